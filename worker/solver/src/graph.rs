@@ -1,0 +1,408 @@
+//! The build graph: vertices holding LLB-shaped ops, joined by edges.
+//!
+//! The field names follow BuildKit's `solver/pb/ops.proto` so that a
+//! `pb.Definition` converts to a [`Graph`] one to one.
+
+use crate::digest::Digest;
+use crate::{Result, SolveError};
+use std::collections::BTreeMap;
+
+/// Index of a vertex in [`Graph::vertices`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct VertexId(pub usize);
+
+/// One output of one vertex: what another op reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Edge {
+    pub vertex: VertexId,
+    /// Output index of that vertex's op (ExecOp mounts and FileOp actions may
+    /// have several outputs; source and merge ops have one, index 0).
+    pub output: usize,
+}
+
+/// Where in a build file a vertex came from, for error messages
+/// (`Dockerfile:12`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SourceLocation {
+    pub file: String,
+    pub line: usize,
+}
+
+/// A node of the graph.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Vertex {
+    pub op: Op,
+    /// Inputs, addressed by position from op fields (`Mount::input`,
+    /// `FileAction::input`, ...), like `pb.Op.inputs`.
+    pub inputs: Vec<Edge>,
+    /// Display name, e.g. `[build 2/4] RUN make`.
+    pub name: String,
+    pub location: Option<SourceLocation>,
+    /// Never take this vertex from the cache (`--no-cache`, `--no-cache-filter`).
+    pub ignore_cache: bool,
+}
+
+/// An LLB operation.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum Op {
+    Source(SourceOp),
+    Exec(ExecOp),
+    File(FileOp),
+    Merge(MergeOp),
+}
+
+/// `pb.SourceOp`: an image, the local context, ...
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SourceOp {
+    /// `docker-image://docker.io/library/busybox:latest`, `local://context`.
+    pub identifier: String,
+    /// `local.includepattern`, `local.excludepatterns`, ... as in LLB.
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// `pb.NetMode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum NetMode {
+    /// BuildKit's "sandbox" default; kiln runs it on the host network like
+    /// BuildKit's containerd worker without CNI.
+    #[default]
+    Unset,
+    Host,
+    None,
+}
+
+/// `pb.Meta`: the process of an exec.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Meta {
+    pub args: Vec<String>,
+    /// `K=V` entries.
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// `user`, `user:group`, `uid`, `uid:gid`; empty means root.
+    pub user: String,
+    pub hostname: String,
+}
+
+/// `pb.CacheSharingOpt`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum CacheSharing {
+    #[default]
+    Shared,
+    Private,
+    Locked,
+}
+
+/// `pb.MountType` with its options.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub enum MountType {
+    #[default]
+    Bind,
+    Cache {
+        id: String,
+        sharing: CacheSharing,
+    },
+    Tmpfs {
+        size: u64,
+    },
+}
+
+/// `pb.Mount`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Mount {
+    /// Index into the vertex's inputs; `None` is scratch (LLB's -1).
+    pub input: Option<usize>,
+    /// Subpath of the input to mount.
+    pub selector: String,
+    /// Mount point; the root mount is `/`.
+    pub dest: String,
+    /// Output index this mount produces; `None` is not exported (LLB's -1).
+    pub output: Option<usize>,
+    pub readonly: bool,
+    pub mount_type: MountType,
+}
+
+/// `pb.ExecOp`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ExecOp {
+    pub meta: Meta,
+    pub mounts: Vec<Mount>,
+    pub network: NetMode,
+}
+
+/// Where a file action reads from (`pb.FileAction.input` / `secondaryInput`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum FileInput {
+    /// Scratch (LLB's -1).
+    Scratch,
+    /// An input of the vertex (LLB's value < len(inputs)).
+    Input(usize),
+    /// The result of an earlier action of the same op (LLB's value - len(inputs)).
+    Action(usize),
+}
+
+/// `pb.UserOpt`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum UserOpt {
+    /// A name looked up in `/etc/passwd` or `/etc/group` of the action's
+    /// destination (LLB's `NamedUserOpt` with its input).
+    ByName(String),
+    ById(u32),
+}
+
+/// `pb.ChownOpt`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChownOpt {
+    pub user: Option<UserOpt>,
+    pub group: Option<UserOpt>,
+}
+
+/// `pb.FileActionCopy`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct FileCopy {
+    pub src: String,
+    pub dest: String,
+    pub owner: Option<ChownOpt>,
+    /// Octal mode to force (`--chmod`); `None` keeps the source's.
+    pub mode: Option<u32>,
+    pub follow_symlink: bool,
+    /// Copy a directory's contents rather than the directory itself.
+    pub dir_copy_contents: bool,
+    /// ADD: extract a local tar archive at the destination.
+    pub attempt_unpack_docker_compatibility: bool,
+    pub create_dest_path: bool,
+    pub allow_wildcard: bool,
+    pub allow_empty_wildcard: bool,
+    pub include_patterns: Vec<String>,
+    pub exclude_patterns: Vec<String>,
+    /// Modification time to set, nanoseconds since the epoch.
+    pub timestamp: Option<i64>,
+}
+
+/// `pb.FileActionMkDir`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FileMkDir {
+    pub path: String,
+    pub mode: u32,
+    pub make_parents: bool,
+    pub owner: Option<ChownOpt>,
+    pub timestamp: Option<i64>,
+}
+
+/// `pb.FileActionMkFile`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FileMkFile {
+    pub path: String,
+    pub mode: u32,
+    pub data: Vec<u8>,
+    pub owner: Option<ChownOpt>,
+    pub timestamp: Option<i64>,
+}
+
+/// `pb.FileActionRm`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FileRm {
+    pub path: String,
+    pub allow_not_found: bool,
+    pub allow_wildcard: bool,
+}
+
+/// `pb.FileActionSymlink`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FileSymlink {
+    pub oldpath: String,
+    pub newpath: String,
+}
+
+/// The action of a [`FileAction`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum FileActionKind {
+    Copy(FileCopy),
+    MkDir(FileMkDir),
+    MkFile(FileMkFile),
+    Rm(FileRm),
+    Symlink(FileSymlink),
+}
+
+/// `pb.FileAction`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FileAction {
+    /// The tree the action modifies.
+    pub input: FileInput,
+    /// The copy source (only for `Copy`).
+    pub secondary_input: Option<FileInput>,
+    /// FileOp output index this action produces; `None` = intermediate.
+    pub output: Option<usize>,
+    pub action: FileActionKind,
+}
+
+/// `pb.FileOp`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FileOp {
+    pub actions: Vec<FileAction>,
+}
+
+/// `pb.MergeOp`: layers of the inputs applied in order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MergeOp {
+    /// Indexes into the vertex's inputs.
+    pub inputs: Vec<usize>,
+}
+
+/// Image configuration carried alongside the graph's result, as the
+/// Dockerfile frontend computes it (what the exporter writes into the OCI
+/// config).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageConfig {
+    pub env: Vec<String>,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub working_dir: String,
+    pub user: String,
+    pub labels: BTreeMap<String, String>,
+    pub exposed_ports: Vec<String>,
+    pub shell: Option<Vec<String>>,
+    pub stop_signal: Option<String>,
+    pub volumes: Vec<String>,
+    /// History entries: `created_by` text and whether the step made a layer.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One `history` entry of an image config.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    /// RFC 3339 time; `None` for entries this build creates (the exporter
+    /// fills in the build time), base images' entries keep theirs.
+    #[serde(default)]
+    pub created: Option<String>,
+    pub created_by: String,
+    pub comment: String,
+    pub empty_layer: bool,
+}
+
+/// A build graph. Vertices are in topological order: a vertex's inputs
+/// always point at earlier vertices.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Graph {
+    pub vertices: Vec<Vertex>,
+}
+
+impl Graph {
+    /// Appends a vertex after checking its inputs point backwards.
+    pub fn add(&mut self, vertex: Vertex) -> Result<VertexId> {
+        let id = self.vertices.len();
+        for e in &vertex.inputs {
+            if e.vertex.0 >= id {
+                return Err(SolveError::BadInput {
+                    vertex: id,
+                    input: e.vertex.0,
+                });
+            }
+        }
+        self.vertices.push(vertex);
+        Ok(VertexId(id))
+    }
+
+    pub fn vertex(&self, id: VertexId) -> &Vertex {
+        &self.vertices[id.0]
+    }
+
+    /// The vertices `target` depends on (itself included), in topological
+    /// order. Vertices not needed for `target` are not returned, so stages a
+    /// target does not need are never built.
+    pub fn needed_for(&self, target: VertexId) -> Vec<VertexId> {
+        let mut needed = vec![false; self.vertices.len()];
+        if target.0 >= needed.len() {
+            return Vec::new();
+        }
+        needed[target.0] = true;
+        for i in (0..=target.0).rev() {
+            if needed[i] {
+                for e in &self.vertices[i].inputs {
+                    needed[e.vertex.0] = true;
+                }
+            }
+        }
+        (0..needed.len())
+            .filter(|&i| needed[i])
+            .map(VertexId)
+            .collect()
+    }
+
+    /// The definition digest of a vertex: its op, its inputs' definition
+    /// digests and output indexes. Equal digests mean equal work.
+    pub fn definition_digests(&self) -> Vec<Digest> {
+        let mut out: Vec<Digest> = Vec::with_capacity(self.vertices.len());
+        for v in &self.vertices {
+            #[derive(serde::Serialize)]
+            struct Def<'a> {
+                op: &'a Op,
+                inputs: Vec<(&'a str, usize)>,
+            }
+            let def = Def {
+                op: &v.op,
+                inputs: v
+                    .inputs
+                    .iter()
+                    .map(|e| (out[e.vertex.0].as_str(), e.output))
+                    .collect(),
+            };
+            let bytes = serde_json::to_vec(&def).expect("graph types serialize to JSON infallibly");
+            out.push(Digest::of(&bytes));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(id: &str) -> Vertex {
+        Vertex {
+            op: Op::Source(SourceOp {
+                identifier: id.into(),
+                attrs: BTreeMap::new(),
+            }),
+            inputs: vec![],
+            name: id.into(),
+            location: None,
+            ignore_cache: false,
+        }
+    }
+
+    #[test]
+    fn add_refuses_forward_edges() {
+        let mut g = Graph::default();
+        let mut v = source("a");
+        v.inputs.push(Edge {
+            vertex: VertexId(0),
+            output: 0,
+        });
+        assert!(matches!(g.add(v), Err(SolveError::BadInput { .. })));
+    }
+
+    #[test]
+    fn needed_for_skips_unrelated_vertices() {
+        let mut g = Graph::default();
+        let a = g.add(source("a")).expect("valid");
+        let _b = g.add(source("b")).expect("valid");
+        let mut c = source("c");
+        c.inputs.push(Edge {
+            vertex: a,
+            output: 0,
+        });
+        let c = g.add(c).expect("valid");
+        assert_eq!(g.needed_for(c), vec![a, c]);
+    }
+
+    #[test]
+    fn equal_ops_have_equal_digests() {
+        let mut g = Graph::default();
+        g.add(source("x")).expect("valid");
+        g.add(source("x")).expect("valid");
+        g.add(source("y")).expect("valid");
+        let d = g.definition_digests();
+        assert_eq!(d[0], d[1]);
+        assert_ne!(d[0], d[2]);
+    }
+}
