@@ -1,0 +1,187 @@
+//! Leases: what protects kiln's objects from containerd's GC.
+//!
+//! kiln's lease IDs start with [`LEASE_PREFIX`] and carry
+//! [`LEASE_OWNER_LABEL`], so kiln never touches a lease it did not make.
+
+use super::Containerd;
+use crate::error::Result;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::{
+    AddResourceRequest, CreateRequest, DeleteRequest, ListRequest, Resource,
+};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+/// Prefix of every lease kiln creates.
+pub const LEASE_PREFIX: &str = "kiln/";
+/// Label marking a lease as kiln's; its value names the purpose.
+pub const LEASE_OWNER_LABEL: &str = "dev.kiln/owner";
+const EXPIRE_LABEL: &str = "containerd.io/gc.expire";
+const FLAT_LABEL: &str = "containerd.io/gc.flat";
+
+/// A lease ID (always with the `kiln/` prefix).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseId(String);
+
+impl LeaseId {
+    /// A new unique lease ID `kiln/<kind>/<random>`.
+    pub fn unique(kind: &str) -> Self {
+        LeaseId(format!(
+            "{LEASE_PREFIX}{kind}/{}",
+            super::content::random_hex(12)
+        ))
+    }
+
+    /// A lease ID derived from a name, e.g. a cache record key.
+    pub fn named(kind: &str, name: &str) -> Self {
+        LeaseId(format!("{LEASE_PREFIX}{kind}/{name}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One lease as containerd lists it.
+#[derive(Clone, Debug)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+}
+
+impl LeaseInfo {
+    /// Whether the lease has an expiry label (and so cannot outlive it).
+    pub fn expires(&self) -> bool {
+        self.labels.contains_key(EXPIRE_LABEL)
+    }
+}
+
+impl Containerd {
+    fn leases(&self) -> LeasesClient<containerd_client::tonic::transport::Channel> {
+        LeasesClient::new(self.channel())
+    }
+
+    /// Creates a flat kiln lease; with `expire`, containerd drops it after
+    /// that long even if kiln dies.
+    pub async fn lease_create(
+        &self,
+        id: &LeaseId,
+        purpose: &str,
+        expire: Option<Duration>,
+        extra_labels: HashMap<String, String>,
+    ) -> Result<()> {
+        let mut labels = extra_labels;
+        labels.insert(LEASE_OWNER_LABEL.into(), purpose.into());
+        labels.insert(FLAT_LABEL.into(), "true".into());
+        if let Some(d) = expire {
+            labels.insert(
+                EXPIRE_LABEL.into(),
+                crate::time::rfc3339(SystemTime::now() + d, false),
+            );
+        }
+        self.leases()
+            .create(self.request(
+                CreateRequest {
+                    id: id.0.clone(),
+                    labels,
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.status_error("Leases.Create", id.as_str(), s))?;
+        Ok(())
+    }
+
+    /// Deletes a kiln lease; with `sync`, waits for a GC run.
+    pub async fn lease_delete(&self, id: &LeaseId, sync: bool) -> Result<()> {
+        match self
+            .leases()
+            .delete(self.request(
+                DeleteRequest {
+                    id: id.0.clone(),
+                    sync,
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) => {
+                let e = self.status_error("Leases.Delete", id.as_str(), s);
+                if e.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Adds a resource (`content` with a digest, `snapshots/<snapshotter>`
+    /// with a key) to a lease. containerd does not check the object exists.
+    pub async fn lease_add_resource(&self, id: &LeaseId, rtype: &str, rid: &str) -> Result<()> {
+        self.leases()
+            .add_resource(self.request(
+                AddResourceRequest {
+                    id: id.0.clone(),
+                    resource: Some(Resource {
+                        id: rid.to_string(),
+                        r#type: rtype.to_string(),
+                    }),
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.status_error("Leases.AddResource", id.as_str(), s))?;
+        Ok(())
+    }
+
+    /// Lists the leases kiln owns in this namespace (others are ignored).
+    pub async fn lease_list_kiln(&self) -> Result<Vec<LeaseInfo>> {
+        let r = self
+            .leases()
+            .list(self.request(
+                ListRequest {
+                    filters: vec![format!("labels.\"{LEASE_OWNER_LABEL}\"")],
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.status_error("Leases.List", "", s))?;
+        Ok(r.into_inner()
+            .leases
+            .into_iter()
+            .filter(|l| l.id.starts_with(LEASE_PREFIX))
+            .map(|l| LeaseInfo {
+                id: l.id,
+                labels: l.labels,
+            })
+            .collect())
+    }
+
+    /// Runs containerd's GC synchronously (create and sync-delete an empty
+    /// lease, as BuildKit does).
+    pub async fn gc(&self) -> Result<()> {
+        let id = LeaseId::unique("gc");
+        self.lease_create(&id, "gc", Some(Duration::from_secs(60)), HashMap::new())
+            .await?;
+        self.lease_delete(&id, true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_ids_carry_the_prefix() {
+        assert!(LeaseId::unique("build").as_str().starts_with("kiln/build/"));
+        assert_eq!(LeaseId::named("cache", "x").as_str(), "kiln/cache/x");
+    }
+}

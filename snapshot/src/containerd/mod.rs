@@ -1,0 +1,187 @@
+//! The connection to containerd and the thin proxies over its services.
+//!
+//! Proxies translate, never decide: they attach the namespace and lease
+//! headers, call, map the status and convert the answer.
+
+mod content;
+mod diff;
+mod images;
+mod leases;
+mod snapshots;
+
+pub use content::{BlobWriter, ContentInfo};
+pub use images::ImageRecord;
+pub use leases::{LeaseId, LEASE_OWNER_LABEL, LEASE_PREFIX};
+pub use snapshots::{SnapshotInfo, SnapshotKind};
+
+use crate::error::{Result, SnapshotError};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{metadata::MetadataValue, Request, Status};
+use kiln_proto::ErrorKind;
+use std::path::{Path, PathBuf};
+
+/// gRPC message limit, containerd's own default.
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// Where and how to reach containerd: the settings ctr and nerdctl read
+/// from `CONTAINERD_ADDRESS`, `CONTAINERD_NAMESPACE`, `CONTAINERD_SNAPSHOTTER`.
+#[derive(Clone, Debug)]
+pub struct ContainerdConfig {
+    pub address: PathBuf,
+    pub namespace: String,
+    pub snapshotter: String,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        ContainerdConfig {
+            address: PathBuf::from("/run/containerd/containerd.sock"),
+            namespace: "default".into(),
+            snapshotter: "overlayfs".into(),
+        }
+    }
+}
+
+/// A connection to one containerd namespace and snapshotter.
+#[derive(Clone)]
+pub struct Containerd {
+    channel: Channel,
+    config: ContainerdConfig,
+}
+
+impl std::fmt::Debug for Containerd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Containerd")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Containerd {
+    /// Connects and checks that containerd answers `Version`. A missing
+    /// socket or dead daemon gives one error that names the socket.
+    pub async fn connect(config: ContainerdConfig) -> Result<Self> {
+        let address = config.address.display().to_string();
+        if !Path::new(&config.address).exists() {
+            return Err(SnapshotError::Connect {
+                address,
+                reason: "no such socket".into(),
+            });
+        }
+        let channel = containerd_client::connect(&config.address)
+            .await
+            .map_err(|e| SnapshotError::Connect {
+                address: address.clone(),
+                reason: error_chain(&e),
+            })?;
+        let this = Containerd { channel, config };
+        this.version().await.map_err(|e| SnapshotError::Connect {
+            address,
+            reason: e.to_string(),
+        })?;
+        Ok(this)
+    }
+
+    pub fn config(&self) -> &ContainerdConfig {
+        &self.config
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.config.namespace
+    }
+
+    pub fn snapshotter(&self) -> &str {
+        &self.config.snapshotter
+    }
+
+    /// The same connection for another namespace (content can be shared
+    /// across namespaces; snapshots cannot).
+    pub fn with_namespace(&self, namespace: &str) -> Self {
+        let mut c = self.clone();
+        c.config.namespace = namespace.to_string();
+        c
+    }
+
+    /// The underlying channel, for the proxies of other crates (tasks,
+    /// containers). Wrap every message with [`Containerd::request`].
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Wraps a message with the namespace header and, if given, the lease
+    /// header so that whatever the call creates belongs to that lease.
+    pub fn request<T>(&self, msg: T, lease: Option<&LeaseId>) -> Request<T> {
+        let mut req = Request::new(msg);
+        let md = req.metadata_mut();
+        if let Ok(v) = MetadataValue::try_from(self.config.namespace.as_str()) {
+            md.insert("containerd-namespace", v);
+        }
+        if let Some(l) = lease {
+            if let Ok(v) = MetadataValue::try_from(l.as_str()) {
+                md.insert("containerd-lease", v);
+            }
+        }
+        req
+    }
+
+    /// Maps a status from `method` about `object` to a typed error.
+    pub fn status_error(
+        &self,
+        method: &'static str,
+        object: &str,
+        status: Status,
+    ) -> SnapshotError {
+        let kind = ErrorKind::from_code(status.code());
+        if kind == ErrorKind::Unavailable {
+            return SnapshotError::Unavailable {
+                address: self.config.address.display().to_string(),
+                method,
+                message: status.message().to_string(),
+            };
+        }
+        SnapshotError::Rpc {
+            method,
+            object: object.to_string(),
+            kind,
+            message: status.message().to_string(),
+        }
+    }
+
+    /// containerd's version string.
+    pub async fn version(&self) -> Result<String> {
+        let mut c =
+            containerd_client::services::v1::version_client::VersionClient::new(self.channel());
+        let r = c
+            .version(Request::new(()))
+            .await
+            .map_err(|s| self.status_error("Version", "", s))?;
+        Ok(r.into_inner().version)
+    }
+
+    /// containerd's server UUID (Introspection.Server).
+    pub async fn server_uuid(&self) -> Result<String> {
+        let mut c = containerd_client::services::v1::introspection_client::IntrospectionClient::new(
+            self.channel(),
+        );
+        let r = c
+            .server(Request::new(()))
+            .await
+            .map_err(|s| self.status_error("Introspection.Server", "", s))?;
+        Ok(r.into_inner().uuid)
+    }
+}
+
+/// The full cause chain of an error as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}

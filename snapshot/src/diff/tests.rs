@@ -1,0 +1,534 @@
+//! Layer diff tests on real trees (run as root: they create 0/0 character
+//! devices, set `trusted.*` xattrs and mount overlays).
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use sha2::{Digest as _, Sha256};
+
+use super::*;
+use crate::mount::{Mount, MountGuard};
+
+/// One tar entry as read back by the `tar` crate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Got {
+    path: String,
+    kind: char,
+    link: Option<String>,
+    data: Vec<u8>,
+    xattrs: Vec<(String, Vec<u8>)>,
+    uid: u64,
+    mode: u32,
+}
+
+fn read_tar(bytes: &[u8]) -> Vec<Got> {
+    let mut ar = ::tar::Archive::new(bytes);
+    let mut out = Vec::new();
+    for e in ar.entries().expect("tar entries") {
+        let mut e = e.expect("tar entry");
+        let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let kind = char::from(e.header().entry_type().as_byte());
+        let link = e
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned());
+        let mut xattrs = Vec::new();
+        if let Some(pax) = e.pax_extensions().expect("pax") {
+            for r in pax {
+                let r = r.expect("pax record");
+                if let Some(name) = r.key().expect("utf-8 key").strip_prefix("SCHILY.xattr.") {
+                    xattrs.push((name.to_string(), r.value_bytes().to_vec()));
+                }
+            }
+        }
+        let uid = e.header().uid().expect("uid");
+        let mode = e.header().mode().expect("mode");
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).expect("entry data");
+        out.push(Got {
+            path,
+            kind,
+            link,
+            data,
+            xattrs,
+            uid,
+            mode,
+        });
+    }
+    out
+}
+
+fn paths(entries: &[Got]) -> Vec<&str> {
+    entries.iter().map(|e| e.path.as_str()).collect()
+}
+
+/// Writes an uncompressed layer and returns it with its descriptor.
+fn layer(src: DiffSource<'_>) -> (LayerDescriptor, Vec<u8>) {
+    let mut out = Vec::new();
+    let desc = write_layer(src, Compression::Uncompressed, &mut out).expect("write_layer");
+    (desc, out)
+}
+
+fn mkdirs(root: &Path, rels: &[&str]) {
+    for r in rels {
+        fs::create_dir_all(root.join(r)).expect("mkdir");
+    }
+}
+
+fn write(root: &Path, rel: &str, data: &[u8]) {
+    fs::write(root.join(rel), data).expect("write file");
+}
+
+fn set_mtime(path: &Path, secs: u64) {
+    fs::File::open(path)
+        .expect("open for utimes")
+        .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .expect("set mtime");
+}
+
+fn whiteout(path: &Path) {
+    mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
+        .expect("mknod 0/0 whiteout (root required)");
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+#[test]
+fn overlay_whiteouts_opaque_dirs_and_copy_up_parents() {
+    let (lower, upper) = (tmp(), tmp());
+    let (l, u) = (lower.path(), upper.path());
+    mkdirs(l, &["a", "c", "d/sub"]);
+    write(l, "a/keep", b"k");
+    write(l, "a/gone", b"g");
+    write(l, "c/same", b"same");
+    write(l, "d/old", b"o");
+    write(l, "d/sub/older", b"o");
+    set_mtime(&l.join("c/same"), 1_600_000_000);
+
+    // The upperdir as overlayfs would leave it.
+    mkdirs(u, &["a", "c", "d", "newdir"]);
+    whiteout(&u.join("a/gone"));
+    whiteout(&u.join("nothere"));
+    write(u, "c/same", b"same");
+    set_mtime(&u.join("c/same"), 1_600_000_000);
+    xattr::set(u.join("d"), "trusted.overlay.opaque", b"y")
+        .expect("set trusted xattr (root required)");
+    write(u, "d/new", b"n");
+    write(u, "newdir/f", b"f");
+
+    let (desc, tar) = layer(DiffSource::Overlay {
+        upper: u,
+        lower: Some(l),
+    });
+    let got = read_tar(&tar);
+    assert_eq!(
+        paths(&got),
+        [
+            "a/",
+            "a/.wh.gone",
+            "d/",
+            "d/.wh..wh..opq",
+            "d/new",
+            "newdir/",
+            "newdir/f"
+        ]
+    );
+    assert_eq!(desc.entries, 7);
+    let wh = &got[1];
+    assert_eq!((wh.kind, wh.data.len(), wh.mode), ('0', 0, 0));
+    assert!(
+        got.iter().all(|e| e.xattrs.is_empty()),
+        "overlay xattrs must not leak: {got:?}"
+    );
+    assert_eq!(got[4].data, b"n");
+
+    // Without a parent, whiteouts and opaque markers are dropped.
+    let (_, tar) = layer(DiffSource::Overlay {
+        upper: u,
+        lower: None,
+    });
+    assert_eq!(
+        paths(&read_tar(&tar)),
+        ["a/", "c/", "c/same", "d/", "d/new", "newdir/", "newdir/f"]
+    );
+}
+
+#[test]
+fn overlay_redirect_or_metacopy_asks_for_fallback() {
+    for name in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
+        let upper = tmp();
+        mkdirs(upper.path(), &["x/moved"]);
+        xattr::set(upper.path().join("x/moved"), name, b"/orig")
+            .expect("set trusted xattr (root required)");
+        let err = write_layer(
+            DiffSource::Overlay {
+                upper: upper.path(),
+                lower: None,
+            },
+            Compression::Uncompressed,
+            &mut Vec::new(),
+        )
+        .expect_err("redirect must fail");
+        match err {
+            DiffError::Redirect { path } => assert_eq!(path, upper.path().join("x/moved")),
+            other => panic!("expected Redirect, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn hardlinks_become_tar_links_and_specials_are_kept() {
+    let upper = tmp();
+    let u = upper.path();
+    mkdirs(u, &["bin", "dev"]);
+    write(u, "bin/a", b"payload");
+    fs::hard_link(u.join("bin/a"), u.join("bin/b")).expect("hard link");
+    fs::hard_link(u.join("bin/a"), u.join("z")).expect("hard link");
+    symlink("a", u.join("bin/c")).expect("symlink");
+    mknod(
+        &u.join("dev/null"),
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        makedev(1, 3),
+    )
+    .expect("mknod (root required)");
+    nix::unistd::mkfifo(&u.join("dev/fifo"), Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let _sock = std::os::unix::net::UnixListener::bind(u.join("dev/sock")).expect("socket");
+
+    for src in [
+        DiffSource::Overlay {
+            upper: u,
+            lower: None,
+        },
+        DiffSource::Walk {
+            lower: None,
+            upper: u,
+        },
+    ] {
+        let (_, tar) = layer(src);
+        let got = read_tar(&tar);
+        assert_eq!(
+            paths(&got),
+            ["bin/", "bin/a", "bin/b", "bin/c", "dev/", "dev/fifo", "dev/null", "z"]
+        );
+        assert_eq!(
+            (got[1].kind, got[1].data.as_slice()),
+            ('0', b"payload".as_slice())
+        );
+        assert_eq!((got[2].kind, got[2].link.as_deref()), ('1', Some("bin/a")));
+        assert_eq!((got[3].kind, got[3].link.as_deref()), ('2', Some("a")));
+        assert_eq!(got[5].kind, '6');
+        assert_eq!(got[6].kind, '3');
+        assert_eq!((got[7].kind, got[7].link.as_deref()), ('1', Some("bin/a")));
+    }
+    let (_, tar) = layer(DiffSource::Walk {
+        lower: None,
+        upper: u,
+    });
+    let mut ar = ::tar::Archive::new(&tar[..]);
+    let null = ar
+        .entries()
+        .expect("entries")
+        .map(|e| e.expect("entry"))
+        .find(|e| &*e.path_bytes() == b"dev/null")
+        .expect("dev/null present");
+    assert_eq!(null.header().device_major().expect("major"), Some(1));
+    assert_eq!(null.header().device_minor().expect("minor"), Some(3));
+}
+
+/// A VFS_CAP_REVISION_2 `security.capability` value: effective,
+/// permitted = CAP_NET_BIND_SERVICE (bit 10).
+const CAP_NET_BIND_SERVICE: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+#[test]
+fn walk_mode_compares_metadata_and_content() {
+    let (lower, upper) = (tmp(), tmp());
+    let (l, u) = (lower.path(), upper.path());
+    for root in [l, u] {
+        mkdirs(root, &["etc", "same"]);
+        write(root, "same/f", b"unchanged");
+        set_mtime(&root.join("same/f"), 1_600_000_000);
+        write(root, "etc/keep", b"k");
+        set_mtime(&root.join("etc/keep"), 1_600_000_000);
+    }
+    // Deleted tree: only the top-most path gets a whiteout.
+    mkdirs(l, &["gone/deep/er"]);
+    write(l, "gone/deep/er/f", b"x");
+    // Same size and whole-second mtime, different content.
+    write(l, "etc/conf", b"aaaa");
+    write(u, "etc/conf", b"bbbb");
+    set_mtime(&l.join("etc/conf"), 1_600_000_000);
+    set_mtime(&u.join("etc/conf"), 1_600_000_000);
+    // A directory replaced by a file, and a file by a directory.
+    mkdirs(l, &["swap1"]);
+    write(u, "swap1", b"now a file");
+    write(l, "swap2", b"was a file");
+    mkdirs(u, &["swap2"]);
+    write(u, "swap2/inner", b"i");
+    // Mode and xattr changes on otherwise identical files.
+    for root in [l, u] {
+        write(root, "perm", b"p");
+        set_mtime(&root.join("perm"), 1_600_000_000);
+        write(root, "attr", b"a");
+        set_mtime(&root.join("attr"), 1_600_000_000);
+    }
+    fs::set_permissions(
+        u.join("perm"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .expect("chmod");
+    xattr::set(u.join("attr"), "security.capability", &CAP_NET_BIND_SERVICE)
+        .expect("set capability (root required)");
+    xattr::set(u.join("attr"), "user.note", b"hi").expect("set user xattr");
+
+    let (desc, tar) = layer(DiffSource::Walk {
+        lower: Some(l),
+        upper: u,
+    });
+    let got = read_tar(&tar);
+    assert_eq!(
+        paths(&got),
+        [
+            "attr",
+            "etc/",
+            "etc/conf",
+            ".wh.gone",
+            "perm",
+            "swap1",
+            "swap2/",
+            "swap2/inner"
+        ]
+    );
+    assert_eq!(desc.entries, 8);
+    assert_eq!(got[2].data, b"bbbb");
+    assert_eq!(
+        got[0].xattrs,
+        [
+            (
+                "security.capability".to_string(),
+                CAP_NET_BIND_SERVICE.to_vec()
+            ),
+            ("user.note".to_string(), b"hi".to_vec()),
+        ]
+    );
+    assert_eq!(got[4].mode, 0o4755);
+
+    // Identical trees give an empty layer.
+    let (desc, tar) = layer(DiffSource::Walk {
+        lower: Some(l),
+        upper: l,
+    });
+    assert_eq!(desc.entries, 0);
+    assert_eq!(tar, vec![0u8; 1024]);
+}
+
+#[test]
+fn long_names_and_targets_round_trip() {
+    let upper = tmp();
+    let long_dir = "d".repeat(120);
+    let long_file = format!("{long_dir}/{}", "f".repeat(200));
+    let target = "t/".repeat(80);
+    mkdirs(upper.path(), &[&long_dir]);
+    write(upper.path(), &long_file, b"x");
+    symlink(&target, upper.path().join("link")).expect("symlink");
+    let (_, tar) = layer(DiffSource::Walk {
+        lower: None,
+        upper: upper.path(),
+    });
+    let got = read_tar(&tar);
+    assert_eq!(
+        paths(&got),
+        [format!("{long_dir}/").as_str(), long_file.as_str(), "link"]
+    );
+    assert_eq!(got[2].link.as_deref(), Some(target.as_str()));
+}
+
+#[test]
+fn layers_are_deterministic_and_compressions_share_the_diff_id() {
+    let upper = tmp();
+    let u = upper.path();
+    mkdirs(u, &["x/y", "b"]);
+    for i in 0..50 {
+        write(u, &format!("x/y/f{i}"), format!("file {i}").as_bytes());
+    }
+    // Big enough for several 1 MiB gzip members.
+    let mut state: u32 = 7;
+    let big: Vec<u8> = (0..3 * 1024 * 1024 + 123)
+        .map(|i| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            if i % 4 == 0 {
+                b'z'
+            } else {
+                (state >> 16) as u8
+            }
+        })
+        .collect();
+    write(u, "b/big", &big);
+    nix::unistd::chown(&u.join("b"), Some(1000.into()), Some(1000.into())).expect("chown");
+
+    let src = DiffSource::Walk {
+        lower: None,
+        upper: u,
+    };
+    let (plain, tar) = layer(src);
+    let (again, tar2) = layer(src);
+    assert_eq!(plain, again);
+    assert_eq!(tar, tar2);
+    assert_eq!(plain.digest, plain.diff_id);
+    assert_eq!(plain.size, plain.uncompressed_size);
+    assert_eq!(plain.size, tar.len() as u64);
+    assert_eq!(plain.diff_id, Digest::from_sha256(&Sha256::digest(&tar)));
+    assert_eq!(plain.media_type, "application/vnd.oci.image.layer.v1.tar");
+    let got = read_tar(&tar);
+    assert_eq!(got.iter().find(|e| e.path == "b/").expect("b/").uid, 1000);
+    assert_eq!(
+        got.iter().find(|e| e.path == "b/big").expect("b/big").data,
+        big
+    );
+
+    let sha = |b: &[u8]| Digest::from_sha256(&Sha256::digest(b));
+    let mut gz = Vec::new();
+    let gz_desc = write_layer(src, Compression::Gzip, &mut gz).expect("gzip layer");
+    assert_eq!(gz_desc.diff_id, plain.diff_id);
+    assert_eq!(gz_desc.digest, sha(&gz));
+    assert_eq!(gz_desc.size, gz.len() as u64);
+    assert_eq!(gz_desc.uncompressed_size, plain.uncompressed_size);
+    assert_eq!(
+        gz_desc.media_type,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let mut back = Vec::new();
+    flate2::read::MultiGzDecoder::new(&gz[..])
+        .read_to_end(&mut back)
+        .expect("gunzip");
+    assert_eq!(sha(&back), plain.diff_id);
+    let mut gz2 = Vec::new();
+    assert_eq!(
+        write_layer(src, Compression::Gzip, &mut gz2).expect("gzip layer"),
+        gz_desc
+    );
+
+    // gzip(1) reads every member.
+    let dir = tmp();
+    let file = dir.path().join("layer.tar.gz");
+    fs::write(&file, &gz).expect("write gz");
+    let status = std::process::Command::new("gzip")
+        .arg("-t")
+        .arg(&file)
+        .status()
+        .expect("run gzip -t");
+    assert!(status.success());
+    let zcat = std::process::Command::new("zcat")
+        .arg(&file)
+        .output()
+        .expect("run zcat");
+    assert!(zcat.status.success());
+    assert_eq!(sha(&zcat.stdout), plain.diff_id);
+
+    let mut zst = Vec::new();
+    let zst_desc = write_layer(src, Compression::Zstd, &mut zst).expect("zstd layer");
+    assert_eq!(zst_desc.diff_id, plain.diff_id);
+    assert_eq!(zst_desc.digest, sha(&zst));
+    assert_eq!(
+        zst_desc.media_type,
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    let back = zstd::stream::decode_all(&zst[..]).expect("unzstd");
+    assert_eq!(sha(&back), plain.diff_id);
+}
+
+#[test]
+fn compression_names() {
+    assert_eq!(
+        "gzip".parse::<Compression>().expect("gzip"),
+        Compression::Gzip
+    );
+    assert_eq!(
+        "zstd".parse::<Compression>().expect("zstd"),
+        Compression::Zstd
+    );
+    assert_eq!(
+        "uncompressed".parse::<Compression>().expect("uncompressed"),
+        Compression::Uncompressed
+    );
+    let err = "lz4".parse::<Compression>().expect_err("unknown");
+    assert_eq!(err.to_string(), "unknown layer compression \"lz4\"");
+}
+
+fn overlay(lowerdir: String, upper: Option<(&Path, &Path)>) -> Mount {
+    let mut options = vec!["index=off".to_string()];
+    if let Some((upper, work)) = upper {
+        options.push(format!("workdir={}", work.display()));
+        options.push(format!("upperdir={}", upper.display()));
+    }
+    options.push(format!("lowerdir={lowerdir}"));
+    Mount {
+        mount_type: "overlay".into(),
+        source: "overlay".into(),
+        target: String::new(),
+        options,
+    }
+}
+
+#[test]
+fn mounted_overlay_delete_and_new_dir() {
+    let root = tmp();
+    let d = |n: &str| -> PathBuf {
+        let p = root.path().join(n);
+        fs::create_dir_all(&p).expect("mkdir");
+        p
+    };
+    let (lower, upper, work, merged, view) =
+        (d("lower"), d("upper"), d("work"), d("merged"), d("view"));
+    mkdirs(&lower, &["etc", "usr/bin"]);
+    write(&lower, "etc/passwd", b"root:x:0:0::/root:/bin/sh\n");
+    write(&lower, "etc/hosts", b"127.0.0.1 localhost\n");
+    write(&lower, "usr/bin/tool", b"#!/bin/sh\n");
+
+    let rw = MountGuard::mount(
+        &[overlay(lower.display().to_string(), Some((&upper, &work)))],
+        merged,
+    )
+    .expect("overlay mount (root required)");
+    fs::remove_file(rw.path().join("etc/hosts")).expect("delete lower file");
+    fs::create_dir_all(rw.path().join("newdir/sub")).expect("mkdir through overlay");
+    fs::write(rw.path().join("newdir/sub/file"), b"new").expect("write through overlay");
+    // Read, but do not change, a lower file.
+    fs::read(rw.path().join("usr/bin/tool")).expect("read");
+    rw.unmount().expect("unmount");
+
+    let expected = [
+        "etc/",
+        "etc/.wh.hosts",
+        "newdir/",
+        "newdir/sub/",
+        "newdir/sub/file",
+    ];
+    let (fast, tar) = layer(DiffSource::Overlay {
+        upper: &upper,
+        lower: Some(&lower),
+    });
+    assert_eq!(paths(&read_tar(&tar)), expected);
+
+    // The walking differ over the merged view (overlay without an upperdir)
+    // finds the same change and the same bytes.
+    let ro = MountGuard::mount(
+        &[overlay(
+            format!("{}:{}", upper.display(), lower.display()),
+            None,
+        )],
+        view,
+    )
+    .expect("read-only overlay view (root required)");
+    let (walked, tar) = layer(DiffSource::Walk {
+        lower: Some(&lower),
+        upper: ro.path(),
+    });
+    assert_eq!(paths(&read_tar(&tar)), expected);
+    assert_eq!(walked.diff_id, fast.diff_id);
+}

@@ -1,0 +1,85 @@
+//! The overlay fast path: walk only the upperdir.
+//!
+//! Follows moby/buildkit util/overlay/overlay_linux.go: whiteouts (0/0 char
+//! devices) become `.wh.` entries when the lower has the path, opaque
+//! directories get a `.wh..wh..opq` marker and lose their lower view, and
+//! entries identical to the lower one (copy-up parents) are skipped, except
+//! that a directory is still written before any changed child.
+
+use std::path::Path;
+
+use super::{join_rel, same_node, sorted_names, DiffError, Emitter, Node};
+
+pub(crate) fn walk<W: std::io::Write>(
+    em: &mut Emitter<W>,
+    upper: &Path,
+    lower: Option<&Path>,
+) -> Result<(), DiffError> {
+    walk_dir(em, upper, lower, b"")
+}
+
+/// Walks upper directory `dir` (tar path `rel`); `lower` is the same
+/// directory in the lower tree if it is visible through the overlay there.
+fn walk_dir<W: std::io::Write>(
+    em: &mut Emitter<W>,
+    dir: &Path,
+    lower: Option<&Path>,
+    rel: &[u8],
+) -> Result<(), DiffError> {
+    for name in sorted_names(dir)? {
+        let abs = dir.join(&name);
+        let node = Node::read(&abs)?;
+        if node.overlay_xattr(&abs, "redirect")?.is_some()
+            || node.overlay_xattr(&abs, "metacopy")?.is_some()
+        {
+            return Err(DiffError::Redirect { path: abs });
+        }
+        if node.is_whiteout() {
+            if let Some(lower) = lower {
+                if Node::read_opt(&lower.join(&name))?.is_some() {
+                    em.whiteout(rel, &name)?;
+                }
+            }
+            continue;
+        }
+        if node.is_socket() {
+            continue;
+        }
+        let lower_abs = lower.map(|l| l.join(&name));
+        let lower_node = match &lower_abs {
+            Some(p) => Node::read_opt(p)?,
+            None => None,
+        };
+        let child_rel = join_rel(rel, &name);
+        if node.is_dir() {
+            let opaque = node.overlay_xattr(&abs, "opaque")?.as_deref() == Some(b"y".as_slice());
+            let lower_dir = match (&lower_abs, &lower_node) {
+                (Some(p), Some(n)) if n.is_dir() => Some((p.as_path(), n)),
+                _ => None,
+            };
+            let changed = match lower_dir {
+                Some((lp, ln)) => opaque || !same_node(ln, lp, &node, &abs)?,
+                None => true,
+            };
+            em.enter_dir(child_rel.clone(), node, changed)?;
+            if opaque && lower_dir.is_some() {
+                em.opaque(&child_rel)?;
+            }
+            let child_lower = if opaque {
+                None
+            } else {
+                lower_dir.map(|(p, _)| p)
+            };
+            walk_dir(em, &abs, child_lower, &child_rel)?;
+            em.leave_dir();
+        } else {
+            if let (Some(lp), Some(ln)) = (&lower_abs, &lower_node) {
+                if same_node(ln, lp, &node, &abs)? {
+                    continue;
+                }
+            }
+            em.file(&child_rel, &abs, &node)?;
+        }
+    }
+    Ok(())
+}

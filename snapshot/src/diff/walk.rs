@@ -1,0 +1,86 @@
+//! The walking differ: compare two complete trees, for any snapshotter.
+//!
+//! Follows containerd/continuity `fs.Changes` (double walk): a path only in
+//! `lower` becomes a whiteout (only the top-most deleted path, not its
+//! children), a path only in `upper` is written with everything below it,
+//! and a path in both is written when [`same_node`] says it changed.
+
+use std::path::Path;
+
+use super::{join_rel, same_node, sorted_names, DiffError, Emitter, Node};
+
+pub(crate) fn walk<W: std::io::Write>(
+    em: &mut Emitter<W>,
+    lower: Option<&Path>,
+    upper: &Path,
+) -> Result<(), DiffError> {
+    walk_dir(em, lower, upper, b"")
+}
+
+fn walk_dir<W: std::io::Write>(
+    em: &mut Emitter<W>,
+    lower: Option<&Path>,
+    upper: &Path,
+    rel: &[u8],
+) -> Result<(), DiffError> {
+    let upper_names = sorted_names(upper)?;
+    let lower_names = match lower {
+        Some(l) => sorted_names(l)?,
+        None => Vec::new(),
+    };
+    let (mut u, mut l) = (0, 0);
+    while u < upper_names.len() || l < lower_names.len() {
+        let order = match (upper_names.get(u), lower_names.get(l)) {
+            (Some(un), Some(ln)) => un.as_encoded_bytes().cmp(ln.as_encoded_bytes()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, _) => std::cmp::Ordering::Greater,
+        };
+        if order == std::cmp::Ordering::Greater {
+            // Only in lower: deleted.
+            em.whiteout(rel, &lower_names[l])?;
+            l += 1;
+            continue;
+        }
+        let name = &upper_names[u];
+        u += 1;
+        let in_lower = order == std::cmp::Ordering::Equal;
+        if in_lower {
+            l += 1;
+        }
+        let abs = upper.join(name);
+        let node = Node::read(&abs)?;
+        if node.is_socket() {
+            continue;
+        }
+        let lower_abs = match lower {
+            Some(lower) if in_lower => Some(lower.join(name)),
+            _ => None,
+        };
+        let lower_node = match &lower_abs {
+            Some(p) => Node::read_opt(p)?,
+            None => None,
+        };
+        let child_rel = join_rel(rel, name);
+        if node.is_dir() {
+            let lower_dir = match (&lower_abs, &lower_node) {
+                (Some(p), Some(n)) if n.is_dir() => Some((p.as_path(), n)),
+                _ => None,
+            };
+            let changed = match lower_dir {
+                Some((lp, ln)) => !same_node(ln, lp, &node, &abs)?,
+                None => true,
+            };
+            em.enter_dir(child_rel.clone(), node, changed)?;
+            walk_dir(em, lower_dir.map(|(p, _)| p), &abs, &child_rel)?;
+            em.leave_dir();
+        } else {
+            if let (Some(lp), Some(ln)) = (&lower_abs, &lower_node) {
+                if same_node(ln, lp, &node, &abs)? {
+                    continue;
+                }
+            }
+            em.file(&child_rel, &abs, &node)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! containerd storage as kiln sees it: the content store, snapshotters,
+//! leases and the image store, plus host mounting and layer diffs.
+//!
+//! Every containerd call goes through [`containerd::Containerd`], which adds
+//! the namespace and lease headers and maps `tonic::Status` to
+//! [`SnapshotError`]. Layer tars are written only here ([`diff`]).
+//!
+//! Architecture invariant: this crate knows nothing about build steps, the
+//! solver's graph or cache keys. It never deletes content or snapshots that
+//! a lease may still need; it deletes leases and lets containerd's GC work.
+
+pub mod containerd;
+pub mod diff;
+pub mod error;
+pub mod layer;
+pub mod mount;
+pub mod time;
+
+pub use containerd::Containerd;
+pub use error::{Result, SnapshotError};
+pub use kiln_proto::ErrorKind;
+pub use kiln_solver::Digest;

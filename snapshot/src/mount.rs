@@ -1,0 +1,736 @@
+//! Mounting containerd `Mount`s on the host.
+//!
+//! Options are turned into flags and data exactly as containerd does
+//! (containerd v1.6.20 mount/mount_linux.go `parseMountOptions`, `Mount`):
+//! known flag names become `MS_*` flags, propagation names are applied by a
+//! second call, a read-only bind is remounted read-only, and everything else
+//! is joined with `,` into the data string. Overlay options are passed
+//! through unchanged, except that a lowerdir list too long for one page is
+//! shortened to paths relative to their common parent, mounted from a thread
+//! that has `chdir`ed there (containerd `compactLowerdirOption`, `mountAt`).
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+/// One containerd mount (containerd `types.Mount`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mount {
+    /// `bind`, `overlay`, `tmpfs`, ...
+    pub mount_type: String,
+    pub source: String,
+    /// Where to mount relative to the target root; usually empty.
+    pub target: String,
+    pub options: Vec<String>,
+}
+
+/// Errors from mounting and unmounting.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The mount(2) call failed.
+    #[error("mounting {fstype} {mount_source} on {target}")]
+    Mount {
+        fstype: String,
+        mount_source: String,
+        target: PathBuf,
+        #[source]
+        errno: Errno,
+    },
+    /// Changing the propagation type or remounting read-only failed.
+    #[error("setting flags {flags:?} on {target} (source {mount_source})")]
+    Remount {
+        mount_source: String,
+        target: PathBuf,
+        flags: MsFlags,
+        #[source]
+        errno: Errno,
+    },
+    /// umount2(2) failed, also with `MNT_DETACH`.
+    #[error("unmounting {target}")]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        errno: Errno,
+    },
+    /// The mount data does not fit in a page, even after shortening lowerdir.
+    #[error("mount options for {mount_source} on {target} are {len} bytes, more than a page")]
+    OptionsTooLong {
+        mount_source: String,
+        target: PathBuf,
+        len: usize,
+    },
+    /// An option containerd supports only through helpers (`loop`).
+    #[error("unsupported mount option {option:?} for {mount_source} on {target}")]
+    UnsupportedOption {
+        option: String,
+        mount_source: String,
+        target: PathBuf,
+    },
+    /// `Mount.target` contains `..`, which could leave the target root.
+    #[error("mount target {sub:?} escapes {target}")]
+    InvalidTarget { sub: String, target: PathBuf },
+    /// Creating the mount point directory failed.
+    #[error("creating mount point {target}")]
+    CreateTarget {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The helper thread for a long lowerdir mount could not run.
+    #[error("mount helper thread for {mount_source} on {target} failed")]
+    Helper {
+        mount_source: String,
+        target: PathBuf,
+        #[source]
+        cause: Option<std::io::Error>,
+    },
+}
+
+/// Mounts every mount in order on `target` (joined with each `Mount.target`).
+/// On failure, mounts made so far are unmounted again.
+pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<(), MountError> {
+    let mut done: Vec<PathBuf> = Vec::new();
+    for m in mounts {
+        let result = mount_target(m, target).and_then(|t| mount_one(m, &t).map(|()| t));
+        match result {
+            Ok(t) => done.push(t),
+            Err(e) => {
+                // Undo exactly the mounts made here, newest first.
+                for t in done.iter().rev() {
+                    if let Err(errno) = unmount_once(t) {
+                        tracing::warn!(mount_point = %t.display(), error = %errno, "unmount after failed mount");
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts everything stacked on `target` (containerd `UnmountAll`). A
+/// target that is not (or no longer) a mount point, or does not exist, is
+/// fine. A busy mount is retried briefly, then detached (`MNT_DETACH`).
+pub fn unmount(target: &Path) -> Result<(), MountError> {
+    loop {
+        match unmount_once(target) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
+            Err(errno) => {
+                return Err(MountError::Unmount {
+                    target: target.to_path_buf(),
+                    errno,
+                })
+            }
+        }
+    }
+}
+
+fn unmount_once(target: &Path) -> Result<(), Errno> {
+    for _ in 0..10 {
+        match nix::mount::umount2(target, MntFlags::empty()) {
+            Err(Errno::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
+            other => return other,
+        }
+    }
+    tracing::warn!(mount_point = %target.display(), "mount busy; detaching");
+    nix::mount::umount2(target, MntFlags::MNT_DETACH)
+}
+
+/// The fast path that needs no mount: a single read-write bind mount is its
+/// source directory (moby/buildkit snapshot/localmounter_linux.go).
+pub fn direct_path(mounts: &[Mount]) -> Option<PathBuf> {
+    match mounts {
+        [m] if m.mount_type == "bind"
+            && m.target.is_empty()
+            && !m.options.iter().any(|o| o == "ro") =>
+        {
+            Some(PathBuf::from(&m.source))
+        }
+        _ => None,
+    }
+}
+
+/// For a single overlay mount, its `upperdir` (if any) and `lowerdir`s
+/// (nearest parent first), for the upperdir diff fast path. `None` for
+/// anything else.
+pub fn overlay_dirs(mounts: &[Mount]) -> Option<(Option<PathBuf>, Vec<PathBuf>)> {
+    let [m] = mounts else { return None };
+    if m.mount_type != "overlay" {
+        return None;
+    }
+    let mut upper = None;
+    let mut lowers = Vec::new();
+    for o in &m.options {
+        if let Some(v) = o.strip_prefix("upperdir=") {
+            upper = Some(PathBuf::from(v));
+        } else if let Some(v) = o.strip_prefix("lowerdir=") {
+            lowers = v
+                .split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
+    }
+    Some((upper, lowers))
+}
+
+/// Mounts on creation, unmounts on drop (failures are logged, never panic).
+#[derive(Debug)]
+pub struct MountGuard {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl MountGuard {
+    /// Mounts `mounts` on `target`, creating the directory if needed (it is
+    /// not removed on drop).
+    pub fn mount(mounts: &[Mount], target: PathBuf) -> Result<Self, MountError> {
+        std::fs::create_dir_all(&target).map_err(|source| MountError::CreateTarget {
+            target: target.clone(),
+            source,
+        })?;
+        mount_all(mounts, &target)?;
+        Ok(MountGuard {
+            path: target,
+            mounted: true,
+        })
+    }
+
+    /// Like [`MountGuard::mount`], but uses [`direct_path`] when it applies:
+    /// then nothing is mounted and [`MountGuard::path`] is the bind source.
+    pub fn mount_or_direct(mounts: &[Mount], target: PathBuf) -> Result<Self, MountError> {
+        match direct_path(mounts) {
+            Some(path) => Ok(MountGuard {
+                path,
+                mounted: false,
+            }),
+            None => Self::mount(mounts, target),
+        }
+    }
+
+    /// Where the mounts can be read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unmounts now, returning the error that drop would only log.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        if !std::mem::replace(&mut self.mounted, false) {
+            return Ok(());
+        }
+        unmount(&self.path)
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) = unmount(&self.path) {
+                tracing::warn!(mount_point = %self.path.display(), error = %e, "unmount on drop failed");
+            }
+        }
+    }
+}
+
+/// `target` joined with `m.target`, refusing `..`.
+fn mount_target(m: &Mount, target: &Path) -> Result<PathBuf, MountError> {
+    if m.target.is_empty() {
+        return Ok(target.to_path_buf());
+    }
+    let sub = Path::new(&m.target);
+    let mut out = target.to_path_buf();
+    for c in sub.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(MountError::InvalidTarget {
+                    sub: m.target.clone(),
+                    target: target.to_path_buf(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Flags and data from containerd-style options.
+#[derive(Debug, PartialEq, Eq)]
+struct ParsedOptions {
+    flags: MsFlags,
+    /// Propagation flags, applied by a separate call.
+    propagation: MsFlags,
+    data: Vec<String>,
+}
+
+fn parse_options(options: &[String]) -> Result<ParsedOptions, String> {
+    let mut flags = MsFlags::empty();
+    let mut propagation = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        // (clear, flag) as in containerd's table.
+        let f = match o.as_str() {
+            "async" => Some((true, MsFlags::MS_SYNCHRONOUS)),
+            "atime" => Some((true, MsFlags::MS_NOATIME)),
+            "bind" => Some((false, MsFlags::MS_BIND)),
+            "defaults" => Some((false, MsFlags::empty())),
+            "dev" => Some((true, MsFlags::MS_NODEV)),
+            "diratime" => Some((true, MsFlags::MS_NODIRATIME)),
+            "dirsync" => Some((false, MsFlags::MS_DIRSYNC)),
+            "exec" => Some((true, MsFlags::MS_NOEXEC)),
+            "mand" => Some((false, MsFlags::MS_MANDLOCK)),
+            "noatime" => Some((false, MsFlags::MS_NOATIME)),
+            "nodev" => Some((false, MsFlags::MS_NODEV)),
+            "nodiratime" => Some((false, MsFlags::MS_NODIRATIME)),
+            "noexec" => Some((false, MsFlags::MS_NOEXEC)),
+            "nomand" => Some((true, MsFlags::MS_MANDLOCK)),
+            "norelatime" => Some((true, MsFlags::MS_RELATIME)),
+            "nostrictatime" => Some((true, MsFlags::MS_STRICTATIME)),
+            "nosuid" => Some((false, MsFlags::MS_NOSUID)),
+            "rbind" => Some((false, MsFlags::MS_BIND | MsFlags::MS_REC)),
+            "relatime" => Some((false, MsFlags::MS_RELATIME)),
+            "remount" => Some((false, MsFlags::MS_REMOUNT)),
+            "ro" => Some((false, MsFlags::MS_RDONLY)),
+            "rw" => Some((true, MsFlags::MS_RDONLY)),
+            "strictatime" => Some((false, MsFlags::MS_STRICTATIME)),
+            "suid" => Some((true, MsFlags::MS_NOSUID)),
+            "sync" => Some((false, MsFlags::MS_SYNCHRONOUS)),
+            _ => None,
+        };
+        let p = match o.as_str() {
+            "private" => Some(MsFlags::MS_PRIVATE),
+            "rprivate" => Some(MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            "shared" => Some(MsFlags::MS_SHARED),
+            "rshared" => Some(MsFlags::MS_SHARED | MsFlags::MS_REC),
+            "slave" => Some(MsFlags::MS_SLAVE),
+            "rslave" => Some(MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            "unbindable" => Some(MsFlags::MS_UNBINDABLE),
+            "runbindable" => Some(MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+            _ => None,
+        };
+        match (f, p) {
+            (Some((true, flag)), _) => flags.remove(flag),
+            (Some((false, flag)), _) => flags.insert(flag),
+            (None, Some(flag)) => propagation.insert(flag),
+            (None, None) if o == "loop" => return Err(o.clone()),
+            (None, None) => data.push(o.clone()),
+        }
+    }
+    Ok(ParsedOptions {
+        flags,
+        propagation,
+        data,
+    })
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions and only reads system configuration.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// containerd `compactLowerdirOption`: if there are several lowerdirs with a
+/// common parent other than `/`, returns that parent (with a trailing `/`)
+/// and the options with lowerdir made relative to it.
+fn compact_lowerdir(options: &[String]) -> Option<(String, Vec<String>)> {
+    let idx = options.iter().position(|o| o.starts_with("lowerdir="))?;
+    let dirs: Vec<&str> = options[idx]["lowerdir=".len()..].split(':').collect();
+    if dirs.len() <= 1 {
+        return None;
+    }
+    let first = dirs[0];
+    let mut common = first.len();
+    for d in &dirs[1..] {
+        common = common.min(
+            first
+                .bytes()
+                .zip(d.bytes())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    let prefix = &first[..common];
+    // Back up to the parent directory of the common string prefix (Go's
+    // path.Dir), since the prefix may end inside a name ("snapshots/1").
+    let dir = match prefix.trim_end_matches('/').rfind('/') {
+        Some(0) | None => return None,
+        Some(i) => &prefix[..i],
+    };
+    let dir = format!("{dir}/");
+    let rel: Vec<&str> = dirs.iter().map(|d| &d[dir.len()..]).collect();
+    let mut opts: Vec<String> = options.to_vec();
+    opts.remove(idx);
+    opts.push(format!("lowerdir={}", rel.join(":")));
+    Some((dir, opts))
+}
+
+fn mount_one(m: &Mount, target: &Path) -> Result<(), MountError> {
+    let mut options = m.options.clone();
+    let mut chdir: Option<String> = None;
+    if m.mount_type == "overlay" {
+        let len = options.iter().map(|o| o.len() + 1).sum::<usize>();
+        if len >= page_size().saturating_sub(512) {
+            if let Some((dir, opts)) = compact_lowerdir(&options) {
+                chdir = Some(dir);
+                options = opts;
+            }
+        }
+    }
+    let parsed = parse_options(&options).map_err(|option| MountError::UnsupportedOption {
+        option,
+        mount_source: m.source.clone(),
+        target: target.to_path_buf(),
+    })?;
+    let data = parsed.data.join(",");
+    if data.len() >= page_size() {
+        return Err(MountError::OptionsTooLong {
+            mount_source: m.source.clone(),
+            target: target.to_path_buf(),
+            len: data.len(),
+        });
+    }
+    let flags = parsed.flags;
+    if !flags.contains(MsFlags::MS_REMOUNT) || !data.is_empty() {
+        let call = MountCall {
+            source: &m.source,
+            target,
+            fstype: &m.mount_type,
+            flags,
+            data: &data,
+        };
+        let result = match &chdir {
+            None => call.run(),
+            Some(dir) => call.run_in(dir).map_err(|cause| MountError::Helper {
+                mount_source: m.source.clone(),
+                target: target.to_path_buf(),
+                cause,
+            })?,
+        };
+        result.map_err(|errno| MountError::Mount {
+            fstype: m.mount_type.clone(),
+            mount_source: m.source.clone(),
+            target: target.to_path_buf(),
+            errno,
+        })?;
+    }
+    let remount = |flags: MsFlags| {
+        nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(
+            |errno| MountError::Remount {
+                mount_source: m.source.clone(),
+                target: target.to_path_buf(),
+                flags,
+                errno,
+            },
+        )
+    };
+    if !parsed.propagation.is_empty() {
+        remount(parsed.propagation | MsFlags::MS_SILENT)?;
+    }
+    if flags.contains(MsFlags::MS_BIND | MsFlags::MS_RDONLY) {
+        remount(flags | MsFlags::MS_REMOUNT)?;
+    }
+    Ok(())
+}
+
+struct MountCall<'a> {
+    source: &'a str,
+    target: &'a Path,
+    fstype: &'a str,
+    flags: MsFlags,
+    data: &'a str,
+}
+
+impl MountCall<'_> {
+    fn run(&self) -> Result<(), Errno> {
+        let data = (!self.data.is_empty()).then_some(self.data);
+        nix::mount::mount(
+            Some(self.source),
+            self.target,
+            Some(self.fstype),
+            self.flags,
+            data,
+        )
+    }
+
+    /// Runs the mount from a thread whose working directory is `dir`, so
+    /// that relative paths in the data resolve there. `unshare(CLONE_FS)`
+    /// gives the thread its own cwd, leaving the process's untouched.
+    fn run_in(&self, dir: &str) -> Result<Result<(), Errno>, Option<std::io::Error>> {
+        std::thread::scope(|s| {
+            let handle = std::thread::Builder::new()
+                .name("kiln-mount".into())
+                .spawn_scoped(
+                    s,
+                    || -> Result<Result<(), Errno>, Option<std::io::Error>> {
+                        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+                            .map_err(|e| Some(e.into()))?;
+                        nix::unistd::chdir(dir).map_err(|e| Some(e.into()))?;
+                        Ok(self.run())
+                    },
+                )
+                .map_err(Some)?;
+            handle.join().map_err(|_| None)?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    fn opts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn bind(source: &Path, options: &[&str]) -> Mount {
+        Mount {
+            mount_type: "bind".into(),
+            source: source.display().to_string(),
+            target: String::new(),
+            options: opts(options),
+        }
+    }
+
+    fn is_mount_point(path: &Path) -> bool {
+        let canon = fs::canonicalize(path).expect("canonical path");
+        let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        info.lines()
+            .any(|l| l.split(' ').nth(4) == Some(canon.to_str().expect("utf-8 temp path")))
+    }
+
+    #[test]
+    fn options_become_flags_and_data_as_in_containerd() {
+        let p = parse_options(&opts(&[
+            "ro",
+            "rbind",
+            "rprivate",
+            "index=off",
+            "nosuid",
+            "suid",
+            "rw",
+        ]))
+        .expect("no loop option");
+        assert_eq!(p.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(p.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert_eq!(p.data, vec!["index=off".to_string()]);
+        assert_eq!(parse_options(&opts(&["loop"])), Err("loop".to_string()));
+    }
+
+    #[test]
+    fn compact_lowerdir_uses_the_parent_of_the_common_prefix() {
+        let o = opts(&[
+            "index=off",
+            "lowerdir=/var/lib/c/snapshots/12/fs:/var/lib/c/snapshots/13/fs:/var/lib/c/snapshots/1/fs",
+            "upperdir=/var/lib/c/snapshots/20/fs",
+        ]);
+        let (dir, new) = compact_lowerdir(&o).expect("compactable");
+        assert_eq!(dir, "/var/lib/c/snapshots/");
+        assert_eq!(
+            new,
+            opts(&[
+                "index=off",
+                "upperdir=/var/lib/c/snapshots/20/fs",
+                "lowerdir=12/fs:13/fs:1/fs"
+            ])
+        );
+        assert_eq!(compact_lowerdir(&opts(&["lowerdir=/a/x:/b/y"])), None);
+        assert_eq!(compact_lowerdir(&opts(&["lowerdir=/a/x"])), None);
+    }
+
+    #[test]
+    fn direct_path_and_overlay_dirs() {
+        let rw = bind(Path::new("/s"), &["rw", "rbind"]);
+        assert_eq!(
+            direct_path(std::slice::from_ref(&rw)),
+            Some(PathBuf::from("/s"))
+        );
+        assert_eq!(
+            direct_path(&[bind(Path::new("/s"), &["ro", "rbind"])]),
+            None
+        );
+        assert_eq!(direct_path(&[rw.clone(), rw]), None);
+        let ov = Mount {
+            mount_type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: opts(&["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/l1:/l2"]),
+        };
+        assert_eq!(
+            overlay_dirs(&[ov]),
+            Some((
+                Some(PathBuf::from("/u")),
+                vec![PathBuf::from("/l1"), PathBuf::from("/l2")]
+            ))
+        );
+        assert_eq!(overlay_dirs(&[bind(Path::new("/s"), &["rbind"])]), None);
+    }
+
+    #[test]
+    fn sub_target_may_not_escape() {
+        let mut m = bind(Path::new("/s"), &["rbind"]);
+        m.target = "../x".into();
+        let err = mount_all(&[m], Path::new("/tmp")).expect_err("escapes");
+        assert!(matches!(err, MountError::InvalidTarget { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn bind_mount_shows_source_and_guard_unmounts() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let dst = tempfile::tempdir().expect("tempdir");
+        fs::write(src.path().join("hello"), b"hi").expect("write");
+        let target = dst.path().join("mnt");
+        {
+            let guard = MountGuard::mount(&[bind(src.path(), &["rw", "rbind"])], target.clone())
+                .expect("bind mount (root required)");
+            assert_eq!(guard.path(), target);
+            assert!(is_mount_point(&target));
+            assert_eq!(fs::read(target.join("hello")).expect("read"), b"hi");
+        }
+        assert!(!is_mount_point(&target));
+        assert!(!target.join("hello").exists());
+        // Unmounting something not mounted is fine.
+        unmount(&target).expect("idempotent unmount");
+    }
+
+    #[test]
+    fn read_only_bind_refuses_writes() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let dst = tempfile::tempdir().expect("tempdir");
+        let guard = MountGuard::mount(
+            &[bind(src.path(), &["ro", "rbind"])],
+            dst.path().to_path_buf(),
+        )
+        .expect("ro bind mount (root required)");
+        let err = fs::write(guard.path().join("x"), b"x").expect_err("read-only");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        // The source itself stays writable.
+        fs::write(src.path().join("y"), b"y").expect("source writable");
+        guard.unmount().expect("unmount");
+    }
+
+    #[test]
+    fn overlay_with_two_lowers() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let d = |n: &str| {
+            let p = root.path().join(n);
+            fs::create_dir_all(&p).expect("mkdir");
+            p
+        };
+        let (near, far, upper, work, mnt) = (d("near"), d("far"), d("upper"), d("work"), d("mnt"));
+        fs::write(near.join("a"), b"near").expect("write");
+        fs::write(far.join("a"), b"far").expect("write");
+        fs::write(far.join("b"), b"far-b").expect("write");
+        let m = Mount {
+            mount_type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![
+                "index=off".into(),
+                format!("workdir={}", work.display()),
+                format!("upperdir={}", upper.display()),
+                format!("lowerdir={}:{}", near.display(), far.display()),
+            ],
+        };
+        let guard = MountGuard::mount(&[m], mnt).expect("overlay mount (root required)");
+        assert_eq!(fs::read(guard.path().join("a")).expect("read a"), b"near");
+        assert_eq!(fs::read(guard.path().join("b")).expect("read b"), b"far-b");
+        fs::write(guard.path().join("new"), b"n").expect("write through overlay");
+        drop(guard);
+        assert_eq!(fs::read(upper.join("new")).expect("in upper"), b"n");
+    }
+
+    #[test]
+    fn long_lowerdir_is_compacted_and_mounts() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let snaps = root
+            .path()
+            .join("io.containerd.snapshotter.v1.overlayfs")
+            .join("snapshots");
+        let mut lowers = Vec::new();
+        for i in 0..80 {
+            let dir = snaps
+                .join(format!(
+                    "{i:03}-{}",
+                    "a-rather-long-snapshot-directory-name"
+                ))
+                .join("fs");
+            fs::create_dir_all(&dir).expect("mkdir");
+            lowers.push(dir);
+        }
+        let lowest = lowers.last().expect("80 lowers");
+        fs::write(lowest.join("bottom"), b"lowest layer").expect("write");
+        fs::write(lowers[0].join("top"), b"top layer").expect("write");
+        let (upper, work, mnt) = (
+            root.path().join("u"),
+            root.path().join("w"),
+            root.path().join("m"),
+        );
+        for p in [&upper, &work, &mnt] {
+            fs::create_dir_all(p).expect("mkdir");
+        }
+        let lowerdir = lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let options = vec![
+            "index=off".to_string(),
+            format!("workdir={}", work.display()),
+            format!("upperdir={}", upper.display()),
+            format!("lowerdir={lowerdir}"),
+        ];
+        assert!(options.iter().map(|o| o.len() + 1).sum::<usize>() > page_size());
+        let cwd = std::env::current_dir().expect("cwd");
+        let m = Mount {
+            mount_type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options,
+        };
+        let guard = MountGuard::mount(&[m], mnt).expect("long overlay mount (root required)");
+        assert_eq!(
+            fs::read(guard.path().join("bottom")).expect("read"),
+            b"lowest layer"
+        );
+        assert_eq!(
+            fs::read(guard.path().join("top")).expect("read"),
+            b"top layer"
+        );
+        assert_eq!(
+            std::env::current_dir().expect("cwd"),
+            cwd,
+            "process cwd unchanged"
+        );
+        guard.unmount().expect("unmount");
+    }
+
+    #[test]
+    fn failed_mount_names_source_and_target() {
+        let dst = tempfile::tempdir().expect("tempdir");
+        let err = mount_all(
+            &[bind(Path::new("/nonexistent/kiln"), &["rbind"])],
+            dst.path(),
+        )
+        .expect_err("missing source");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/nonexistent/kiln") && msg.contains(&dst.path().display().to_string()),
+            "{msg}"
+        );
+        assert!(
+            matches!(
+                err,
+                MountError::Mount {
+                    errno: Errno::ENOENT,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
