@@ -1,0 +1,628 @@
+//! [`ContainerdExecutor`]: a step as a containerd container + task, and
+//! the thin proxy over the Containers and Tasks services.
+//!
+//! The call order is BuildKit's (docs/containerd-worker.md §1.4): FIFOs
+//! opened before `Tasks.Create`, `Wait` subscribed before `Start`, and on
+//! cancel or timeout `Kill(SIGKILL, all)` followed by a bounded wait for
+//! the exit before `Delete`. Everything created is pushed on an explicit
+//! cleanup stack that unwinds on every path.
+
+use crate::error::{ExecError, Result};
+use crate::fifo::{self, FifoReader};
+use crate::spec::{self, build_spec};
+use crate::stubs::{resolve_in_root, MountStubs};
+use crate::user::{resolve_user, ResolvedUser};
+use crate::{Executor, ExitStatus, OutputStream, StepIo, StepSpec};
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, KillRequest, ListContainersRequest, ListTasksRequest, StartRequest,
+    WaitRequest, WaitResponse,
+};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{Response, Status};
+use containerd_client::types::Mount as CtrdMount;
+use kiln_proto::ErrorKind;
+use kiln_snapshot::Containerd;
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// The runtime every step runs under (works on containerd 1.6 to 2.x).
+pub const RUNTIME: &str = "io.containerd.runc.v2";
+/// `Any.type_url` of an OCI runtime spec, as containerd's typeurl names it.
+pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// Label on every step container; its value is the step id.
+pub const STEP_LABEL: &str = "dev.kiln/step";
+/// Label on every step container naming the build's lease.
+pub const LEASE_LABEL: &str = "dev.kiln/lease";
+
+/// How long a killed step may take to exit.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for the shim to close the stdio FIFOs after exit.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
+
+/// Runs steps as containerd tasks with the runc v2 shim.
+#[derive(Clone, Debug)]
+pub struct ContainerdExecutor {
+    ctrd: Containerd,
+    state_dir: PathBuf,
+}
+
+/// Why a running step was stopped.
+enum Stop {
+    Cancelled,
+    Timeout(Duration),
+}
+
+/// What the cleanup stack undoes, in reverse order of creation.
+enum Undo {
+    /// The step's private dir (FIFOs, hosts, resolv.conf).
+    StepDir(PathBuf),
+    /// Mount points runc may create in the rootfs.
+    Stubs(MountStubs),
+    /// FIFO reader threads.
+    Readers(Vec<FifoReader>),
+    /// The container record.
+    Container,
+    /// The task; `running` unless its exit was collected.
+    Task { running: bool },
+}
+
+/// Aborts the spawned Wait call when dropped.
+struct WaitCall(JoinHandle<std::result::Result<Response<WaitResponse>, Status>>);
+
+impl Drop for WaitCall {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl ContainerdExecutor {
+    /// An executor over `ctrd`'s namespace. `state_dir` holds one private
+    /// dir per running step (FIFOs, generated `/etc/hosts` and
+    /// `/etc/resolv.conf`); it is created when needed.
+    pub fn new(ctrd: Containerd, state_dir: PathBuf) -> Self {
+        ContainerdExecutor { ctrd, state_dir }
+    }
+
+    fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.ctrd.channel())
+    }
+
+    fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.ctrd.channel())
+    }
+
+    /// Ids of the step containers (label [`STEP_LABEL`]) in the namespace,
+    /// e.g. to find leftovers of a crashed engine.
+    pub async fn list_containers(&self) -> Result<Vec<String>> {
+        let req = ListContainersRequest {
+            filters: vec![format!("labels.\"{STEP_LABEL}\"")],
+        };
+        let r = self
+            .containers()
+            .list(self.ctrd.request(req, None))
+            .await
+            .map_err(|s| self.ctrd.status_error("Containers.List", "", s))?;
+        Ok(r.into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect())
+    }
+
+    /// Container ids of all tasks in the namespace.
+    pub async fn list_tasks(&self) -> Result<Vec<String>> {
+        let req = ListTasksRequest {
+            filter: String::new(),
+        };
+        let r = self
+            .tasks()
+            .list(self.ctrd.request(req, None))
+            .await
+            .map_err(|s| self.ctrd.status_error("Tasks.List", "", s))?;
+        Ok(r.into_inner()
+            .tasks
+            .into_iter()
+            .map(|p| {
+                if p.container_id.is_empty() {
+                    p.id
+                } else {
+                    p.container_id
+                }
+            })
+            .collect())
+    }
+
+    /// Kills and deletes a step's task and container if they exist, e.g.
+    /// leftovers found by [`ContainerdExecutor::list_containers`].
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        self.delete_task(id, true).await?;
+        self.delete_container(id).await
+    }
+
+    async fn run_step(
+        &self,
+        step: StepSpec,
+        io: StepIo,
+        cancel: CancellationToken,
+    ) -> Result<ExitStatus> {
+        let mut stack: Vec<Undo> = Vec::new();
+        let res = self.run_inner(&step, &io, &cancel, &mut stack).await;
+        self.unwind(&step.id, stack).await;
+        match &res {
+            Ok(st) => tracing::debug!(id = %step.id, code = st.code, "step exited"),
+            Err(e) => tracing::debug!(id = %step.id, error = %e, "step failed"),
+        }
+        res
+    }
+
+    async fn run_inner(
+        &self,
+        step: &StepSpec,
+        io: &StepIo,
+        cancel: &CancellationToken,
+        stack: &mut Vec<Undo>,
+    ) -> Result<ExitStatus> {
+        let id = step.id.as_str();
+        validate(step)?;
+        if cancel.is_cancelled() {
+            return Err(ExecError::Cancelled { id: id.to_string() });
+        }
+        let user = resolve_user(&step.rootfs, &step.user).map_err(|source| ExecError::User {
+            id: id.to_string(),
+            user: step.user.clone(),
+            source,
+        })?;
+        let io_err = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ExecError::Io {
+                id: id.to_string(),
+                op,
+                path,
+                source,
+            }
+        };
+
+        // The step's private dir: FIFOs and the generated /etc files.
+        std::fs::create_dir_all(&self.state_dir).map_err(io_err("create", &self.state_dir))?;
+        let dir = self.state_dir.join(id);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("create", &dir))?;
+        stack.push(Undo::StepDir(dir.clone()));
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, spec::hosts_content(spec::hostname(step)))
+            .map_err(io_err("write", &hosts))?;
+        let resolv = dir.join("resolv.conf");
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").ok();
+        std::fs::write(&resolv, spec::resolv_content(host_resolv.as_deref()))
+            .map_err(io_err("write", &resolv))?;
+
+        let cwd = if step.cwd.is_empty() {
+            "/"
+        } else {
+            step.cwd.as_str()
+        };
+        make_cwd(&step.rootfs, cwd, &user)
+            .map_err(io_err("create working directory", Path::new(cwd)))?;
+
+        let oci = build_spec(step, &user, &hosts, &resolv);
+        let dests: Vec<String> = oci
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|m| m.destination().to_string_lossy().into_owned())
+            .collect();
+        stack.push(Undo::Stubs(MountStubs::record(
+            &step.rootfs,
+            dests.iter().map(String::as_str),
+        )));
+        let spec_json = serde_json::to_vec(&oci).map_err(|source| ExecError::Spec {
+            id: id.to_string(),
+            source,
+        })?;
+
+        // FIFOs: start our blocking opens now, await them only after Create.
+        let stdout = dir.join(format!("{id}-stdout"));
+        let stderr = dir.join(format!("{id}-stderr"));
+        fifo::mkfifo(&stdout).map_err(io_err("mkfifo", &stdout))?;
+        fifo::mkfifo(&stderr).map_err(io_err("mkfifo", &stderr))?;
+        stack.push(Undo::Readers(vec![
+            FifoReader::spawn(stdout.clone(), OutputStream::Stdout, io.output.clone()),
+            FifoReader::spawn(stderr.clone(), OutputStream::Stderr, io.output.clone()),
+        ]));
+
+        let container = Container {
+            id: id.to_string(),
+            labels: HashMap::from([
+                (STEP_LABEL.to_string(), id.to_string()),
+                (LEASE_LABEL.to_string(), step.lease.to_string()),
+            ]),
+            runtime: Some(Runtime {
+                name: RUNTIME.to_string(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.to_string(),
+                value: spec_json,
+            }),
+            ..Default::default()
+        };
+        tracing::debug!(service = "Containers", method = "Create", id);
+        self.containers()
+            .create(self.ctrd.request(
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+                Some(&step.lease),
+            ))
+            .await
+            .map_err(|s| self.ctrd.status_error("Containers.Create", id, s))?;
+        stack.push(Undo::Container);
+
+        let create = CreateTaskRequest {
+            container_id: id.to_string(),
+            rootfs: vec![CtrdMount {
+                r#type: "bind".to_string(),
+                source: step.rootfs.to_string_lossy().into_owned(),
+                target: String::new(),
+                options: vec!["rbind".to_string(), "rw".to_string()],
+            }],
+            stdout: stdout.to_string_lossy().into_owned(),
+            stderr: stderr.to_string_lossy().into_owned(),
+            terminal: false,
+            ..Default::default()
+        };
+        tracing::debug!(service = "Tasks", method = "Create", id);
+        let pid = self
+            .tasks()
+            .create(self.ctrd.request(create, Some(&step.lease)))
+            .await
+            .map_err(|s| self.ctrd.status_error("Tasks.Create", id, s))?
+            .into_inner()
+            .pid;
+        stack.push(Undo::Task { running: true });
+        tracing::debug!(id, pid, "task created");
+
+        // Subscribe to the exit before starting.
+        let mut tasks = self.tasks();
+        let wait_req = self.ctrd.request(
+            WaitRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            },
+            None,
+        );
+        let mut wait = WaitCall(tokio::spawn(async move { tasks.wait(wait_req).await }));
+
+        tracing::debug!(service = "Tasks", method = "Start", id);
+        self.tasks()
+            .start(self.ctrd.request(
+                StartRequest {
+                    container_id: id.to_string(),
+                    exec_id: String::new(),
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.ctrd.status_error("Tasks.Start", id, s))?;
+
+        let deadline = async {
+            match step.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let stop = tokio::select! {
+            r = &mut wait.0 => {
+                let code = self.wait_result(id, r)?.exit_status;
+                mark_exited(stack);
+                self.drain_output(id, stack).await;
+                return Ok(ExitStatus { code });
+            }
+            _ = cancel.cancelled() => Stop::Cancelled,
+            _ = deadline => Stop::Timeout(step.timeout.unwrap_or_default()),
+        };
+
+        tracing::debug!(id, "killing step");
+        self.kill(id).await?;
+        match tokio::time::timeout(KILL_GRACE, &mut wait.0).await {
+            Ok(r) => {
+                self.wait_result(id, r)?;
+                mark_exited(stack);
+                self.drain_output(id, stack).await;
+            }
+            Err(_) => return Err(ExecError::KillTimeout { id: id.to_string() }),
+        }
+        Err(match stop {
+            Stop::Cancelled => ExecError::Cancelled { id: id.to_string() },
+            Stop::Timeout(timeout) => ExecError::Timeout {
+                id: id.to_string(),
+                timeout,
+            },
+        })
+    }
+
+    fn wait_result(
+        &self,
+        id: &str,
+        r: std::result::Result<
+            std::result::Result<Response<WaitResponse>, Status>,
+            tokio::task::JoinError,
+        >,
+    ) -> Result<WaitResponse> {
+        let r = r.map_err(|e| Status::internal(format!("wait call: {e}")));
+        match r.and_then(|r| r) {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.ctrd.status_error("Tasks.Wait", id, s).into()),
+        }
+    }
+
+    /// Waits (bounded) for the shim to close the FIFOs so that all output
+    /// has been forwarded before the task is deleted.
+    async fn drain_output(&self, id: &str, stack: &mut [Undo]) {
+        for undo in stack.iter_mut() {
+            if let Undo::Readers(readers) = undo {
+                let mut pending = Vec::new();
+                for r in readers.drain(..) {
+                    match r.finish(OUTPUT_DRAIN).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(id, error = %e, "reading step output"),
+                        Err(r) => pending.push(r),
+                    }
+                }
+                *readers = pending;
+            }
+        }
+    }
+
+    async fn kill(&self, id: &str) -> Result<()> {
+        tracing::debug!(service = "Tasks", method = "Kill", id);
+        let req = KillRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+            signal: libc::SIGKILL as u32,
+            all: true,
+        };
+        match self.tasks().kill(self.ctrd.request(req, None)).await {
+            Ok(_) => Ok(()),
+            Err(s) => {
+                let e = self.ctrd.status_error("Tasks.Kill", id, s);
+                // Already gone or already exited: nothing left to kill.
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotFound | ErrorKind::FailedPrecondition
+                ) {
+                    Ok(())
+                } else {
+                    Err(e.into())
+                }
+            }
+        }
+    }
+
+    /// Deletes the task; if it may be running, kills it first and retries
+    /// while the shim still reports it running (bounded by the kill grace).
+    async fn delete_task(&self, id: &str, running: bool) -> Result<()> {
+        if running {
+            self.kill(id).await?;
+        }
+        let start = tokio::time::Instant::now();
+        loop {
+            tracing::debug!(service = "Tasks", method = "Delete", id);
+            let req = DeleteTaskRequest {
+                container_id: id.to_string(),
+            };
+            let err = match self.tasks().delete(self.ctrd.request(req, None)).await {
+                Ok(_) => return Ok(()),
+                Err(s) => self.ctrd.status_error("Tasks.Delete", id, s),
+            };
+            match err.kind() {
+                ErrorKind::NotFound => return Ok(()),
+                ErrorKind::FailedPrecondition if running && start.elapsed() < KILL_GRACE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => return Err(err.into()),
+            }
+        }
+    }
+
+    async fn delete_container(&self, id: &str) -> Result<()> {
+        tracing::debug!(service = "Containers", method = "Delete", id);
+        let req = DeleteContainerRequest { id: id.to_string() };
+        match self.containers().delete(self.ctrd.request(req, None)).await {
+            Ok(_) => Ok(()),
+            Err(s) => {
+                let e = self.ctrd.status_error("Containers.Delete", id, s);
+                if e.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(e.into())
+                }
+            }
+        }
+    }
+
+    /// Undoes everything on the stack, newest first. Failures are logged
+    /// with ids; the primary result is the caller's.
+    async fn unwind(&self, id: &str, mut stack: Vec<Undo>) {
+        while let Some(undo) = stack.pop() {
+            match undo {
+                Undo::Task { running } => {
+                    if let Err(e) = self.delete_task(id, running).await {
+                        tracing::warn!(id, error = %e, "cleanup: deleting task");
+                    }
+                }
+                Undo::Container => {
+                    if let Err(e) = self.delete_container(id).await {
+                        tracing::warn!(id, error = %e, "cleanup: deleting container");
+                    }
+                }
+                Undo::Readers(readers) => {
+                    for r in readers {
+                        r.unblock().await;
+                        let path = r.path.clone();
+                        match r.finish(OUTPUT_DRAIN).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!(id, path = %path.display(), error = %e, "cleanup: reading step output")
+                            }
+                            Err(_) => {
+                                tracing::warn!(id, path = %path.display(), "cleanup: output reader still blocked, leaving it")
+                            }
+                        }
+                    }
+                }
+                Undo::Stubs(stubs) => {
+                    for e in stubs.clean() {
+                        tracing::warn!(id, path = %e.path.display(), error = %e.source, "cleanup: removing mount stub");
+                    }
+                }
+                Undo::StepDir(dir) => {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(id, path = %dir.display(), error = %e, "cleanup: removing step dir");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Executor for ContainerdExecutor {
+    fn run(
+        &self,
+        step: StepSpec,
+        io: StepIo,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<ExitStatus>> + Send {
+        let span = tracing::info_span!("step", id = %step.id);
+        self.run_step(step, io, cancel).instrument(span)
+    }
+}
+
+fn mark_exited(stack: &mut [Undo]) {
+    for undo in stack.iter_mut() {
+        if let Undo::Task { running } = undo {
+            *running = false;
+        }
+    }
+}
+
+/// Rejects steps runc would reject later with a worse message.
+fn validate(step: &StepSpec) -> Result<()> {
+    let invalid = |reason| {
+        Err(ExecError::InvalidStep {
+            id: step.id.clone(),
+            reason,
+        })
+    };
+    if step.id.is_empty() || step.id.contains('/') || step.id.starts_with('.') {
+        return invalid("container id must be a non-empty name without '/'");
+    }
+    if step.args.is_empty() {
+        return invalid("no command to run");
+    }
+    if !step.cwd.is_empty() && !step.cwd.starts_with('/') {
+        return invalid("working directory must be absolute");
+    }
+    if step.mounts.iter().any(|m| !m.dest().starts_with('/')) {
+        return invalid("mount destination must be absolute");
+    }
+    Ok(())
+}
+
+/// Creates the working directory inside the rootfs like BuildKit does:
+/// missing directories are created 0755 and owned by the step's user.
+fn make_cwd(root: &Path, cwd: &str, user: &ResolvedUser) -> std::io::Result<()> {
+    let target = resolve_in_root(root, cwd);
+    let Ok(rel) = target.strip_prefix(root) else {
+        return Ok(());
+    };
+    let mut p = root.to_path_buf();
+    for c in rel.components() {
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new().mode(0o755).create(&p)?;
+                std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ExtraMount, Network};
+    use kiln_snapshot::containerd::LeaseId;
+
+    #[test]
+    fn malformed_steps_are_rejected_before_any_io() {
+        let ok = StepSpec {
+            id: "kiln-1".into(),
+            rootfs: "/nonexistent".into(),
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            hostname: String::new(),
+            network: Network::Host,
+            mounts: vec![],
+            lease: LeaseId::named("build", "v"),
+            timeout: None,
+        };
+        assert!(validate(&ok).is_ok());
+        let check = |f: &dyn Fn(&mut StepSpec), reason: &str| {
+            let mut s = ok.clone();
+            f(&mut s);
+            let err = validate(&s).expect_err(reason);
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+            assert!(err.to_string().contains(reason), "{err}");
+        };
+        check(&|s| s.args.clear(), "no command to run");
+        check(&|s| s.id = "a/b".into(), "container id");
+        check(
+            &|s| s.cwd = "work".into(),
+            "working directory must be absolute",
+        );
+        check(
+            &|s| {
+                s.mounts.push(ExtraMount::Tmpfs {
+                    dest: "tmp".into(),
+                    size: None,
+                })
+            },
+            "mount destination must be absolute",
+        );
+    }
+
+    #[test]
+    fn make_cwd_creates_owned_dirs_inside_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr")).expect("mkdir");
+        std::os::unix::fs::symlink("/usr", root.join("link")).expect("symlink");
+        let me = ResolvedUser {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            additional_gids: vec![],
+            home: "/".into(),
+        };
+        make_cwd(root, "/link/src/app", &me).expect("make cwd");
+        assert!(root.join("usr/src/app").is_dir());
+        assert!(!root.join("link/src").is_symlink());
+    }
+}

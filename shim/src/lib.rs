@@ -1,0 +1,146 @@
+//! A build step as a containerd task.
+//!
+//! This crate owns the `Executor` trait, the pure `StepSpec` -> OCI runtime
+//! spec conversion, stdio FIFOs, exit status and kill/timeout, and the
+//! containerd Containers + Tasks proxy. It must not decide cache keys or
+//! know about the solver's graph.
+//!
+//! The shape follows BuildKit's containerd executor:
+//! - [`spec::build_spec`] is a pure function from a [`StepSpec`] and a
+//!   resolved user to an OCI runtime spec, so everything a step can see is
+//!   unit-testable without root or containerd.
+//! - [`ContainerdExecutor`] runs that spec with the call order of
+//!   `docs/containerd-worker.md` §1.4: FIFOs opened before `Tasks.Create`,
+//!   `Wait` before `Start`, kill-and-still-wait on cancel, and an explicit
+//!   cleanup stack (task -> container -> mount stubs -> step dir) that runs
+//!   on every path.
+//! - [`stubs`] removes the mount points runc created in the rootfs, so the
+//!   layer diff the engine computes afterwards holds no `proc/`, `dev/` or
+//!   `etc/hosts` stubs.
+//!
+//! Architecture invariant: a non-zero exit is data ([`ExitStatus`]), never
+//! an `Err`. Only this crate builds OCI specs.
+
+pub mod error;
+mod executor;
+mod fifo;
+pub mod spec;
+pub mod stubs;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod user;
+
+pub use error::{ExecError, Result};
+pub use executor::{ContainerdExecutor, LEASE_LABEL, RUNTIME, SPEC_TYPE_URL, STEP_LABEL};
+pub use spec::build_spec;
+pub use tokio_util::sync::CancellationToken;
+
+use kiln_snapshot::containerd::LeaseId;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Hostname of a step when [`StepSpec::hostname`] is empty, as in BuildKit.
+pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+
+/// Everything needed to run one build step.
+#[derive(Clone, Debug)]
+pub struct StepSpec {
+    /// Container id, unique within the namespace (e.g. `kiln-<hex>`).
+    pub id: String,
+    /// Host path where the step's root filesystem is already mounted
+    /// read-write by the engine.
+    pub rootfs: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// Absolute working directory; created in the rootfs if missing.
+    pub cwd: String,
+    /// `USER` value (`name`, `uid`, `name:group`, `uid:gid`); empty is root.
+    pub user: String,
+    /// Empty means [`DEFAULT_HOSTNAME`].
+    pub hostname: String,
+    pub network: Network,
+    /// Extra mounts, applied after the standard ones.
+    pub mounts: Vec<ExtraMount>,
+    /// The build's lease; containers and tasks are created under it.
+    pub lease: LeaseId,
+    /// Kill the step after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// The network a step sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network namespace and resolv.conf.
+    #[default]
+    Host,
+    /// A new network namespace with only loopback.
+    None,
+}
+
+/// An extra mount of a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExtraMount {
+    /// A bind mount of a host path.
+    Bind {
+        source: PathBuf,
+        dest: String,
+        readonly: bool,
+    },
+    /// A fresh tmpfs; `size` in bytes, `None` for the kernel default.
+    Tmpfs { dest: String, size: Option<u64> },
+}
+
+impl ExtraMount {
+    /// The absolute path inside the container.
+    pub fn dest(&self) -> &str {
+        match self {
+            ExtraMount::Bind { dest, .. } | ExtraMount::Tmpfs { dest, .. } => dest,
+        }
+    }
+}
+
+/// How a step's process ended. A non-zero code is data, not an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// The exit code; 128+n for a signal n, 255 when containerd does not
+    /// know it.
+    pub code: u32,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+}
+
+/// Which output stream a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Where a step's live output goes. Chunks arrive as the process writes
+/// them; a closed receiver only drops output, it does not stop the step.
+#[derive(Clone, Debug)]
+pub struct StepIo {
+    pub output: tokio::sync::mpsc::UnboundedSender<(OutputStream, Vec<u8>)>,
+}
+
+/// Runs build steps. BuildKit's `Executor` minus interactive exec.
+pub trait Executor: Send + Sync {
+    /// Runs `step` to completion and returns its exit status.
+    ///
+    /// Output is streamed to `io` while the step runs. When `cancel` fires
+    /// or the step's timeout passes, the step's processes are killed, their
+    /// exit is still collected, every resource is cleaned up and the result
+    /// is [`ExecError::Cancelled`] or [`ExecError::Timeout`]. A non-zero
+    /// exit is `Ok`.
+    fn run(
+        &self,
+        step: StepSpec,
+        io: StepIo,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<ExitStatus, ExecError>> + Send;
+}

@@ -1,0 +1,497 @@
+//! `StepSpec` -> OCI runtime spec, a pure function.
+//!
+//! The spec is containerd 1.6's default Unix spec (`oci/spec.go`
+//! `populateDefaultUnixSpec`) adjusted the way BuildKit's executor adjusts
+//! it: no `/run` tmpfs (it would hide the image's `/run`), a read-only
+//! `/sys/fs/cgroup`, generated `/etc/hosts` and `/etc/resolv.conf` bound
+//! read-only, `noNewPrivileges` off, and a network namespace only when the
+//! step has no network.
+
+use crate::user::ResolvedUser;
+use crate::{ExtraMount, Network, StepSpec, DEFAULT_HOSTNAME};
+use oci_spec::runtime::{
+    Capability, Linux, LinuxCapabilities, LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType,
+    LinuxResources, Mount, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
+};
+use std::path::{Path, PathBuf};
+
+/// `PATH` added when the step's environment has none (BuildKit's default).
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Parent of every step's cgroup: `linux.cgroupsPath` is `/kiln/<id>`.
+pub const CGROUP_PARENT: &str = "/kiln";
+
+/// containerd's default capability set (`oci/spec.go` `defaultUnixCaps`).
+pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Paths masked from the step, as in containerd's default spec.
+pub const MASKED_PATHS: [&str; 10] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+/// Paths made read-only, as in containerd's default spec.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The hostname a step gets.
+pub fn hostname(step: &StepSpec) -> &str {
+    if step.hostname.is_empty() {
+        DEFAULT_HOSTNAME
+    } else {
+        &step.hostname
+    }
+}
+
+/// The `/etc/hosts` a step sees (BuildKit's, with the step's hostname).
+pub fn hosts_content(hostname: &str) -> String {
+    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+}
+
+/// The `/etc/resolv.conf` a step sees: the host's, or public resolvers
+/// when the host has none.
+pub fn resolv_content(host: Option<&str>) -> String {
+    match host {
+        Some(s) if !s.trim().is_empty() => s.to_string(),
+        _ => "nameserver 8.8.8.8\nnameserver 8.8.4.4\nnameserver 2001:4860:4860::8888\nnameserver 2001:4860:4860::8844\n"
+            .to_string(),
+    }
+}
+
+/// The step's environment with `PATH` (and `HOME`, as runc would) added
+/// when missing.
+pub fn step_env(env: &[String], home: &str) -> Vec<String> {
+    let mut out = env.to_vec();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        out.push(DEFAULT_PATH.to_string());
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        out.push(format!("HOME={home}"));
+    }
+    out
+}
+
+fn mount(dest: &str, typ: &str, source: impl Into<PathBuf>, options: &[&str]) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from(dest));
+    m.set_typ(Some(typ.to_string()));
+    m.set_source(Some(source.into()));
+    m.set_options(Some(options.iter().map(|s| s.to_string()).collect()));
+    m
+}
+
+/// Every mount of a step in order: the standard set, the generated
+/// hosts/resolv.conf, then the step's own mounts.
+pub fn step_mounts(step: &StepSpec, hosts: &Path, resolv: &Path) -> Vec<Mount> {
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+        mount("/etc/hosts", "bind", hosts, &["rbind", "ro"]),
+        mount("/etc/resolv.conf", "bind", resolv, &["rbind", "ro"]),
+    ];
+    for m in &step.mounts {
+        mounts.push(match m {
+            ExtraMount::Bind {
+                source,
+                dest,
+                readonly,
+            } => mount(
+                dest,
+                "bind",
+                source.clone(),
+                &["rbind", if *readonly { "ro" } else { "rw" }],
+            ),
+            ExtraMount::Tmpfs { dest, size } => {
+                let mut opts = vec!["nosuid".to_string(), "nodev".into(), "mode=1777".into()];
+                if let Some(size) = size {
+                    opts.push(format!("size={size}"));
+                }
+                let mut t = mount(dest, "tmpfs", "tmpfs", &[]);
+                t.set_options(Some(opts));
+                t
+            }
+        });
+    }
+    mounts
+}
+
+fn namespace(typ: LinuxNamespaceType) -> LinuxNamespace {
+    let mut ns = LinuxNamespace::default();
+    ns.set_typ(typ);
+    ns
+}
+
+/// The namespaces of a step: pid, ipc, uts and mount always; network only
+/// when the step has no network.
+pub fn step_namespaces(network: Network) -> Vec<LinuxNamespace> {
+    let mut out = vec![
+        namespace(LinuxNamespaceType::Pid),
+        namespace(LinuxNamespaceType::Ipc),
+        namespace(LinuxNamespaceType::Uts),
+        namespace(LinuxNamespaceType::Mount),
+    ];
+    if network == Network::None {
+        out.push(namespace(LinuxNamespaceType::Network));
+    }
+    out
+}
+
+/// Builds the OCI runtime spec of `step` run as `user`, with the generated
+/// `hosts` and `resolv` files bound over `/etc/hosts` and
+/// `/etc/resolv.conf`. The root path is `rootfs`, relative to the bundle,
+/// where containerd mounts the rootfs passed to `Tasks.Create`.
+pub fn build_spec(step: &StepSpec, user: &ResolvedUser, hosts: &Path, resolv: &Path) -> Spec {
+    let mut u = User::default();
+    u.set_uid(user.uid);
+    u.set_gid(user.gid);
+    if !user.additional_gids.is_empty() {
+        u.set_additional_gids(Some(user.additional_gids.clone()));
+    }
+
+    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities.set_bounding(Some(caps.clone()));
+    capabilities.set_effective(Some(caps.clone()));
+    capabilities.set_permitted(Some(caps));
+    capabilities.set_inheritable(None);
+    capabilities.set_ambient(None);
+
+    let nofile = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(1024u64)
+        .soft(1024u64)
+        .build()
+        .expect("an rlimit builder with every field set cannot fail");
+
+    let mut process = Process::default();
+    process.set_terminal(Some(false));
+    process.set_user(u);
+    process.set_args(Some(step.args.clone()));
+    process.set_env(Some(step_env(&step.env, &user.home)));
+    process.set_cwd(PathBuf::from(if step.cwd.is_empty() {
+        "/"
+    } else {
+        step.cwd.as_str()
+    }));
+    process.set_capabilities(Some(capabilities));
+    process.set_rlimits(Some(vec![nofile]));
+    process.set_no_new_privileges(Some(false));
+
+    let mut root = Root::default();
+    root.set_path(PathBuf::from("rootfs"));
+    root.set_readonly(Some(false));
+
+    let mut deny_all = LinuxDeviceCgroup::default();
+    deny_all.set_allow(false);
+    deny_all.set_access(Some("rwm".to_string()));
+    let mut resources = LinuxResources::default();
+    resources.set_devices(Some(vec![deny_all]));
+
+    let mut linux = Linux::default();
+    linux.set_resources(Some(resources));
+    linux.set_cgroups_path(Some(PathBuf::from(format!("{CGROUP_PARENT}/{}", step.id))));
+    linux.set_namespaces(Some(step_namespaces(step.network)));
+    linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|s| s.to_string()).collect()));
+    linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|s| s.to_string()).collect()));
+
+    let mut spec = Spec::default();
+    spec.set_version("1.0.2-dev".to_string());
+    spec.set_root(Some(root));
+    spec.set_hostname(Some(hostname(step).to_string()));
+    spec.set_process(Some(process));
+    spec.set_mounts(Some(step_mounts(step, hosts, resolv)));
+    spec.set_annotations(None);
+    spec.set_linux(Some(linux));
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_snapshot::containerd::LeaseId;
+
+    fn step(network: Network) -> StepSpec {
+        StepSpec {
+            id: "kiln-abc".into(),
+            rootfs: "/tmp/rootfs".into(),
+            args: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: vec!["FOO=bar".into()],
+            cwd: "/work".into(),
+            user: "app".into(),
+            hostname: String::new(),
+            network,
+            mounts: vec![
+                ExtraMount::Bind {
+                    source: "/host/cache".into(),
+                    dest: "/cache".into(),
+                    readonly: true,
+                },
+                ExtraMount::Tmpfs {
+                    dest: "/tmp".into(),
+                    size: Some(1 << 20),
+                },
+            ],
+            lease: LeaseId::named("build", "t"),
+            timeout: None,
+        }
+    }
+
+    fn user() -> ResolvedUser {
+        ResolvedUser {
+            uid: 1000,
+            gid: 1001,
+            additional_gids: vec![10, 20],
+            home: "/home/app".into(),
+        }
+    }
+
+    fn build(network: Network) -> Spec {
+        build_spec(
+            &step(network),
+            &user(),
+            Path::new("/state/kiln-abc/hosts"),
+            Path::new("/state/kiln-abc/resolv.conf"),
+        )
+    }
+
+    fn ns_types(spec: &Spec) -> Vec<LinuxNamespaceType> {
+        let linux = spec.linux().as_ref().expect("linux section");
+        let ns = linux.namespaces().as_ref().expect("namespaces");
+        ns.iter().map(|n| n.typ()).collect()
+    }
+
+    #[test]
+    fn capabilities_are_containerds_default_set() {
+        let spec = build(Network::Host);
+        let process = spec.process().as_ref().expect("process");
+        let caps = process.capabilities().as_ref().expect("capabilities");
+        let want: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+        assert_eq!(caps.bounding().as_ref(), Some(&want));
+        assert_eq!(caps.effective().as_ref(), Some(&want));
+        assert_eq!(caps.permitted().as_ref(), Some(&want));
+        assert_eq!(caps.inheritable(), &None);
+        assert_eq!(caps.ambient(), &None);
+        assert_eq!(want.len(), 14);
+        assert_eq!(process.no_new_privileges(), Some(false));
+        let rl = process.rlimits().as_ref().expect("rlimits");
+        assert_eq!(rl.len(), 1);
+        assert_eq!(
+            (rl[0].typ(), rl[0].soft(), rl[0].hard()),
+            (PosixRlimitType::RlimitNofile, 1024, 1024)
+        );
+    }
+
+    #[test]
+    fn mounts_in_order_with_generated_files_and_extras() {
+        let spec = build(Network::Host);
+        let mounts = spec.mounts().as_ref().expect("mounts");
+        let got: Vec<(String, String, String)> = mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.destination().display().to_string(),
+                    m.typ().clone().unwrap_or_default(),
+                    m.options().clone().unwrap_or_default().join(","),
+                )
+            })
+            .collect();
+        let want = [
+            ("/proc", "proc", "nosuid,noexec,nodev"),
+            ("/dev", "tmpfs", "nosuid,strictatime,mode=755,size=65536k"),
+            (
+                "/dev/pts",
+                "devpts",
+                "nosuid,noexec,newinstance,ptmxmode=0666,mode=0620,gid=5",
+            ),
+            (
+                "/dev/shm",
+                "tmpfs",
+                "nosuid,noexec,nodev,mode=1777,size=65536k",
+            ),
+            ("/dev/mqueue", "mqueue", "nosuid,noexec,nodev"),
+            ("/sys", "sysfs", "nosuid,noexec,nodev,ro"),
+            (
+                "/sys/fs/cgroup",
+                "cgroup",
+                "nosuid,noexec,nodev,relatime,ro",
+            ),
+            ("/etc/hosts", "bind", "rbind,ro"),
+            ("/etc/resolv.conf", "bind", "rbind,ro"),
+            ("/cache", "bind", "rbind,ro"),
+            ("/tmp", "tmpfs", "nosuid,nodev,mode=1777,size=1048576"),
+        ];
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            mounts[7].source().as_deref(),
+            Some(Path::new("/state/kiln-abc/hosts"))
+        );
+        assert_eq!(
+            mounts[8].source().as_deref(),
+            Some(Path::new("/state/kiln-abc/resolv.conf"))
+        );
+        assert_eq!(
+            mounts[9].source().as_deref(),
+            Some(Path::new("/host/cache"))
+        );
+    }
+
+    #[test]
+    fn namespaces_per_network_mode() {
+        use LinuxNamespaceType as T;
+        let base = vec![T::Pid, T::Ipc, T::Uts, T::Mount];
+        assert_eq!(ns_types(&build(Network::Host)), base);
+        let mut none = base.clone();
+        none.push(T::Network);
+        assert_eq!(ns_types(&build(Network::None)), none);
+    }
+
+    #[test]
+    fn user_ids_cwd_hostname_and_cgroup() {
+        let spec = build(Network::Host);
+        let process = spec.process().as_ref().expect("process");
+        let u = process.user();
+        assert_eq!((u.uid(), u.gid()), (1000, 1001));
+        assert_eq!(u.additional_gids().as_ref(), Some(&vec![10, 20]));
+        assert_eq!(process.cwd(), Path::new("/work"));
+        assert_eq!(
+            process.args().as_ref(),
+            Some(&vec!["/bin/sh".to_string(), "-c".into(), "true".into()])
+        );
+        assert_eq!(spec.hostname().as_deref(), Some(DEFAULT_HOSTNAME));
+        let root = spec.root().as_ref().expect("root");
+        assert_eq!(
+            (root.path().as_path(), root.readonly()),
+            (Path::new("rootfs"), Some(false))
+        );
+        let linux = spec.linux().as_ref().expect("linux");
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/kiln/kiln-abc"))
+        );
+        assert_eq!(
+            linux.masked_paths().as_ref().map(Vec::len),
+            Some(MASKED_PATHS.len())
+        );
+        assert_eq!(
+            linux.readonly_paths().as_ref().map(Vec::len),
+            Some(READONLY_PATHS.len())
+        );
+    }
+
+    #[test]
+    fn env_gets_path_and_home_defaults_only_when_missing() {
+        let spec = build(Network::Host);
+        let env = spec.process().as_ref().and_then(|p| p.env().clone());
+        assert_eq!(
+            env,
+            Some(vec![
+                "FOO=bar".to_string(),
+                DEFAULT_PATH.to_string(),
+                "HOME=/home/app".into()
+            ])
+        );
+        let kept = step_env(&["PATH=/x".into(), "HOME=/h".into()], "/home/app");
+        assert_eq!(kept, vec!["PATH=/x".to_string(), "HOME=/h".into()]);
+    }
+
+    #[test]
+    fn spec_serializes_with_oci_field_names() {
+        let json = serde_json::to_value(build(Network::None)).expect("serialize");
+        assert_eq!(json["root"]["path"], "rootfs");
+        assert_eq!(json["linux"]["cgroupsPath"], "/kiln/kiln-abc");
+        assert_eq!(json["process"]["user"]["additionalGids"][1], 20);
+        assert_eq!(json["linux"]["namespaces"][4]["type"], "network");
+        assert_eq!(json["linux"]["resources"]["devices"][0]["access"], "rwm");
+        assert!(json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .expect("bounding")
+            .contains(&serde_json::json!("CAP_SYS_CHROOT")));
+    }
+
+    #[test]
+    fn hosts_and_resolv_contents() {
+        assert_eq!(
+            hosts_content(DEFAULT_HOSTNAME),
+            "127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        );
+        assert_eq!(
+            resolv_content(Some("nameserver 1.1.1.1\n")),
+            "nameserver 1.1.1.1\n"
+        );
+        assert!(resolv_content(None).starts_with("nameserver 8.8.8.8\n"));
+    }
+}

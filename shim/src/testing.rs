@@ -1,0 +1,150 @@
+//! A scripted [`Executor`] for tests of the crates above this one.
+//!
+//! [`FakeExecutor`] records every [`StepSpec`] it is given and answers
+//! from a script of outcomes, in order; with the script exhausted it
+//! answers exit 0 with no output.
+
+use crate::{ExecError, Executor, ExitStatus, OutputStream, StepIo, StepSpec};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub enum FakeOutcome {
+    /// Writes `stdout` and `stderr`, then exits with `code`.
+    Exit {
+        code: u32,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    /// Runs until cancelled, then answers [`ExecError::Cancelled`].
+    Hang,
+}
+
+/// Records steps and answers from a script.
+#[derive(Clone, Debug, Default)]
+pub struct FakeExecutor {
+    steps: Arc<Mutex<Vec<StepSpec>>>,
+    script: Arc<Mutex<VecDeque<FakeOutcome>>>,
+}
+
+impl FakeExecutor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends an outcome to the script.
+    pub fn push(&self, outcome: FakeOutcome) {
+        self.script
+            .lock()
+            .expect("script lock poisoned")
+            .push_back(outcome);
+    }
+
+    /// Every step run so far, in order.
+    pub fn steps(&self) -> Vec<StepSpec> {
+        self.steps.lock().expect("steps lock poisoned").clone()
+    }
+}
+
+impl Executor for FakeExecutor {
+    fn run(
+        &self,
+        step: StepSpec,
+        io: StepIo,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<ExitStatus, ExecError>> + Send {
+        let outcome = self
+            .script
+            .lock()
+            .expect("script lock poisoned")
+            .pop_front();
+        let id = step.id.clone();
+        self.steps.lock().expect("steps lock poisoned").push(step);
+        async move {
+            match outcome {
+                None => Ok(ExitStatus { code: 0 }),
+                Some(FakeOutcome::Exit {
+                    code,
+                    stdout,
+                    stderr,
+                }) => {
+                    if !stdout.is_empty() {
+                        let _ = io.output.send((OutputStream::Stdout, stdout));
+                    }
+                    if !stderr.is_empty() {
+                        let _ = io.output.send((OutputStream::Stderr, stderr));
+                    }
+                    Ok(ExitStatus { code })
+                }
+                Some(FakeOutcome::Hang) => {
+                    cancel.cancelled().await;
+                    Err(ExecError::Cancelled { id })
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Network;
+    use kiln_snapshot::containerd::LeaseId;
+
+    fn step(id: &str) -> StepSpec {
+        StepSpec {
+            id: id.into(),
+            rootfs: "/nonexistent".into(),
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            hostname: String::new(),
+            network: Network::Host,
+            mounts: vec![],
+            lease: LeaseId::named("build", "fake"),
+            timeout: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_from_script_and_records_steps() {
+        let fake = FakeExecutor::new();
+        fake.push(FakeOutcome::Exit {
+            code: 3,
+            stdout: b"out".to_vec(),
+            stderr: vec![],
+        });
+        fake.push(FakeOutcome::Hang);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let io = StepIo { output: tx };
+        let st = fake
+            .run(step("a"), io.clone(), CancellationToken::new())
+            .await
+            .expect("exit is data");
+        assert_eq!(st.code, 3);
+        assert_eq!(
+            rx.recv().await,
+            Some((OutputStream::Stdout, b"out".to_vec()))
+        );
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let err = fake
+            .run(step("b"), io.clone(), cancel)
+            .await
+            .expect_err("cancelled");
+        assert!(matches!(err, ExecError::Cancelled { .. }));
+        assert_eq!(
+            fake.run(step("c"), io, CancellationToken::new())
+                .await
+                .expect("default")
+                .code,
+            0
+        );
+        let ids: Vec<String> = fake.steps().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+    }
+}
