@@ -1,0 +1,135 @@
+//! The Dockerfile frontend: parser -> instructions -> build graph.
+//!
+//! A Dockerfile goes through three steps, one module each:
+//! [`parser`] splits the text into logical lines (directives, comments,
+//! continuations, flags), [`instructions`] turns those into typed
+//! instructions grouped by stage, and [`convert`] walks the stages the
+//! target needs and emits a [`kiln_solver::Graph`] shaped like the LLB that
+//! BuildKit's `dockerfile2llb` emits, plus the image config of the result.
+//! [`shell`] holds the word lexer (variable substitution) and
+//! [`reference`] the image-name normalization they share.
+//!
+//! Architecture invariant: this crate does no IO and names no containerd
+//! type. Base image configs come in as data ([`to_graph`]'s `bases`, keyed by
+//! the refs [`Dockerfile::base_images`] returns); files of the build context
+//! are never read here, only named in `local://` sources.
+
+pub mod convert;
+pub mod instructions;
+pub mod parser;
+pub mod reference;
+pub mod shell;
+
+use std::collections::BTreeMap;
+
+pub use convert::{to_graph, Build};
+pub use instructions::{parse, Dockerfile};
+pub use reference::RefError;
+
+/// Errors of the Dockerfile frontend. Every message names the file, and the
+/// line when one instruction is at fault (`Dockerfile:3: ...`).
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// The file has no instruction at all (empty, or only comments).
+    #[error("{file}: file with no instructions")]
+    Empty { file: String },
+    /// The file has global `ARG`s but no `FROM`.
+    #[error("{file}: dockerfile contains no stages to build")]
+    NoStages { file: String },
+    /// An instruction keyword that is not a Dockerfile instruction.
+    #[error("{file}:{line}: unknown instruction: {word}")]
+    UnknownInstruction {
+        file: String,
+        line: usize,
+        word: String,
+    },
+    /// A `--flag` the instruction does not take.
+    #[error("{file}:{line}: unknown flag: {flag}")]
+    UnknownFlag {
+        file: String,
+        line: usize,
+        flag: String,
+    },
+    /// Heredocs (`RUN <<EOF`) are recognized but not implemented.
+    #[error("{file}:{line}: heredocs are not supported yet")]
+    Heredoc { file: String, line: usize },
+    /// A valid Dockerfile feature kiln does not implement yet.
+    #[error("{file}:{line}: {feature} is not supported yet")]
+    Unsupported {
+        file: String,
+        line: usize,
+        feature: String,
+    },
+    /// A malformed instruction (wrong arguments, bad flag value, bad
+    /// substitution, ...); the message follows BuildKit's wording.
+    #[error("{file}:{line}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    /// An image reference that does not parse.
+    #[error("{file}:{line}: {err}")]
+    Reference {
+        file: String,
+        line: usize,
+        err: RefError,
+    },
+    /// `--target` names no stage.
+    #[error("target stage \"{target}\" could not be found")]
+    TargetNotFound { target: String },
+    /// The caller did not pass the config of a base image that
+    /// [`Dockerfile::base_images`] asked for.
+    #[error("{file}:{line}: no image config for base image {reference}")]
+    MissingBaseConfig {
+        file: String,
+        line: usize,
+        reference: String,
+    },
+    /// The emitted graph was refused by the solver (a bug in this crate).
+    #[error("invalid build graph")]
+    Graph(#[source] kiln_solver::SolveError),
+}
+
+pub type Result<T, E = ParseError> = std::result::Result<T, E>;
+
+/// What the caller of [`to_graph`] decides: file name, target, build args,
+/// labels, context, cache and platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Name used in error messages and source locations, e.g. `Dockerfile`.
+    pub filename: String,
+    /// `--target`: the stage to build; the last stage when `None`.
+    pub target: Option<String>,
+    /// `--build-arg` values; they override `ARG` defaults.
+    pub build_args: BTreeMap<String, String>,
+    /// `--label` values, added to the final image's labels.
+    pub labels: BTreeMap<String, String>,
+    /// `.dockerignore` patterns, passed to the local source as
+    /// `local.excludepatterns`.
+    pub excludes: Vec<String>,
+    /// Name of the main context; the source is `local://<context_name>`.
+    pub context_name: String,
+    /// `--no-cache`: every vertex gets `ignore_cache`.
+    pub no_cache: bool,
+    /// Target OS, e.g. `linux` (feeds `TARGETOS`, `TARGETPLATFORM`, ...).
+    pub platform_os: String,
+    /// Target architecture, e.g. `amd64`.
+    pub platform_arch: String,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            filename: "Dockerfile".to_string(),
+            target: None,
+            build_args: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            excludes: Vec::new(),
+            context_name: "context".to_string(),
+            no_cache: false,
+            platform_os: "linux".to_string(),
+            platform_arch: "amd64".to_string(),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Image reference normalization, as docker's `reference.ParseNormalizedNamed`
+//! followed by `TagNameOnly`: `busybox` -> `docker.io/library/busybox:latest`.
+
+/// Why an image reference does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    /// The reference is empty.
+    #[error("invalid reference format: empty reference")]
+    Empty,
+    /// The repository part has uppercase letters.
+    #[error("invalid reference format: repository name ({repository}) must be lowercase")]
+    Uppercase { repository: String },
+    /// A bare 64-hex string, which docker reserves for image ids.
+    #[error("invalid repository name ({reference}), cannot specify 64-byte hexadecimal strings")]
+    HexName { reference: String },
+    /// The name is longer than 255 characters.
+    #[error("invalid reference format: repository name must not be more than 255 characters")]
+    TooLong,
+    /// The digest after `@` is not `algorithm:hex` of the right length.
+    #[error("invalid reference format: invalid digest {digest:?}")]
+    Digest { digest: String },
+    /// Anything else that does not match the reference grammar.
+    #[error("invalid reference format: {reference:?}")]
+    Invalid { reference: String },
+}
+
+const DEFAULT_DOMAIN: &str = "docker.io";
+
+/// Normalizes `name` to `domain/path[:tag][@digest]`, adding `docker.io`,
+/// `library/` and `:latest` the way docker does. A digest-pinned reference
+/// keeps its digest and gets no `latest` tag.
+pub fn normalize(name: &str) -> Result<String, RefError> {
+    if name.is_empty() {
+        return Err(RefError::Empty);
+    }
+    let invalid = || RefError::Invalid {
+        reference: name.to_string(),
+    };
+    let (name_tag, digest) = match name.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (name, None),
+    };
+    if let Some(d) = digest {
+        if !valid_digest(d) {
+            return Err(RefError::Digest {
+                digest: d.to_string(),
+            });
+        }
+    }
+    if name_tag.is_empty() {
+        return Err(invalid());
+    }
+    // A `:` after the last `/` separates the tag; one before it is a port.
+    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match name_tag[last_slash..].rfind(':') {
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
+        None => (name_tag, None),
+    };
+    if let Some(t) = tag {
+        if !valid_tag(t) {
+            return Err(invalid());
+        }
+    }
+    if repo.len() == 64
+        && repo
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(RefError::HexName {
+            reference: name.to_string(),
+        });
+    }
+    let (mut domain, mut path) = match repo.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.to_lowercase() != first =>
+        {
+            (first.to_string(), rest.to_string())
+        }
+        _ => (DEFAULT_DOMAIN.to_string(), repo.to_string()),
+    };
+    if domain == "index.docker.io" {
+        domain = DEFAULT_DOMAIN.to_string();
+    }
+    if domain == DEFAULT_DOMAIN && !path.contains('/') {
+        path = format!("library/{path}");
+    }
+    if path.to_lowercase() != path {
+        return Err(RefError::Uppercase { repository: path });
+    }
+    if !valid_domain(&domain) || path.is_empty() || !path.split('/').all(valid_component) {
+        return Err(invalid());
+    }
+    if domain.len() + 1 + path.len() > 255 {
+        return Err(RefError::TooLong);
+    }
+    let mut out = format!("{domain}/{path}");
+    match (tag, digest) {
+        (Some(t), _) => {
+            out.push(':');
+            out.push_str(t);
+        }
+        (None, None) => out.push_str(":latest"),
+        (None, Some(_)) => {}
+    }
+    if let Some(d) = digest {
+        out.push('@');
+        out.push_str(d);
+    }
+    Ok(out)
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    let mut i = 0;
+    loop {
+        let start = i;
+        while i < b.len() && alnum(b[i]) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+        if i == b.len() {
+            return true;
+        }
+        match b[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if i < b.len() && b[i] == b'_' {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while i < b.len() && b[i] == b'-' {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Host labels separated by dots, an optional `:port`; or `[ipv6]:port`.
+fn valid_domain(d: &str) -> bool {
+    let (host, port) = if let Some(rest) = d.strip_prefix('[') {
+        let Some((ip, tail)) = rest.split_once(']') else {
+            return false;
+        };
+        if ip.is_empty()
+            || !ip
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return false;
+        }
+        let port = match tail {
+            "" => None,
+            t => match t.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return false,
+            },
+        };
+        (None, port)
+    } else {
+        match d.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(d), None),
+        }
+    };
+    if let Some(p) = port {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+    }
+    host.is_none_or(|h| {
+        h.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+    })
+}
+
+/// `[\w][\w.-]{0,127}`
+fn valid_tag(t: &str) -> bool {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let b = t.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && word(b[0])
+        && b.iter().all(|&x| word(x) || x == b'.' || x == b'-')
+}
+
+/// `algorithm:hex`; sha256 and sha512 must have their exact lowercase length.
+fn valid_digest(d: &str) -> bool {
+    let Some((algo, hex)) = d.split_once(':') else {
+        return false;
+    };
+    let algo_ok = algo.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && algo
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-_".contains(&b));
+    let hex_ok = hex
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let len_ok = match algo {
+        "sha256" => hex.len() == 64,
+        "sha512" => hex.len() == 128,
+        _ => hex.len() >= 32,
+    };
+    algo_ok && hex_ok && len_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `expect` is the normalized name, or `error: <message>`.
+    fn check(input: &str, expect: &str) {
+        let got = match normalize(input) {
+            Ok(s) => s,
+            Err(e) => format!("error: {e}"),
+        };
+        assert_eq!(got, expect, "normalize({input:?})");
+    }
+
+    const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn official_and_user_images() {
+        check("busybox", "docker.io/library/busybox:latest");
+        check("busybox:1.36", "docker.io/library/busybox:1.36");
+        check("foo/bar", "docker.io/foo/bar:latest");
+        check("docker.io/busybox", "docker.io/library/busybox:latest");
+        check(
+            "index.docker.io/library/alpine:3",
+            "docker.io/library/alpine:3",
+        );
+        check("a/b/c:v1.0-rc_1", "docker.io/a/b/c:v1.0-rc_1");
+    }
+
+    #[test]
+    fn registries_keep_their_host() {
+        check("localhost:5000/x", "localhost:5000/x:latest");
+        check("localhost/x:1", "localhost/x:1");
+        check("ghcr.io/owner/img:tag", "ghcr.io/owner/img:tag");
+        check(
+            "registry.example.com:443/a/b",
+            "registry.example.com:443/a/b:latest",
+        );
+        check("[::1]:5000/x", "[::1]:5000/x:latest");
+    }
+
+    #[test]
+    fn digests_stay_pinned() {
+        check(
+            &format!("name@sha256:{HEX}"),
+            &format!("docker.io/library/name@sha256:{HEX}"),
+        );
+        check(
+            &format!("name:tag@sha256:{HEX}"),
+            &format!("docker.io/library/name:tag@sha256:{HEX}"),
+        );
+        check(
+            "name@sha256:abc",
+            "error: invalid reference format: invalid digest \"sha256:abc\"",
+        );
+    }
+
+    #[test]
+    fn invalid_references() {
+        check("", "error: invalid reference format: empty reference");
+        check(
+            "Busybox",
+            "error: invalid reference format: repository name (library/Busybox) must be lowercase",
+        );
+        check("foo//bar", "error: invalid reference format: \"foo//bar\"");
+        check(
+            "foo:bad tag",
+            "error: invalid reference format: \"foo:bad tag\"",
+        );
+        check("-foo", "error: invalid reference format: \"-foo\"");
+        check(
+            HEX,
+            &format!("error: invalid repository name ({HEX}), cannot specify 64-byte hexadecimal strings"),
+        );
+    }
+}
