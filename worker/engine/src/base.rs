@@ -1,0 +1,224 @@
+//! Base images from the namespace's image store: resolving a name to its
+//! platform manifest, config and layers, and unpacking the layer chain
+//! under chainID names when it is not unpacked yet.
+
+use crate::error::{Result, WorkerError};
+use crate::oci::{self, Descriptor, ImageConfigJson, Index, Manifest};
+use crate::refs::Layer;
+use kiln_snapshot::containerd::LeaseId;
+use kiln_snapshot::{Containerd, Digest};
+use std::collections::HashMap;
+
+/// A base image as found in containerd.
+#[derive(Clone, Debug)]
+pub struct BaseImage {
+    pub name: String,
+    pub manifest: Descriptor,
+    pub config_digest: String,
+    pub config: ImageConfigJson,
+    pub layers: Vec<Layer>,
+}
+
+fn invalid(name: &str, reason: impl Into<String>) -> WorkerError {
+    WorkerError::InvalidImage {
+        image: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Looks `name` (normalized) up and reads its manifest and config.
+pub async fn load(ctrd: &Containerd, name: &str) -> Result<BaseImage> {
+    let record = match ctrd.image_get(name).await {
+        Ok(r) => r,
+        Err(e) if e.is_not_found() => {
+            return Err(WorkerError::ImageNotFound {
+                image: name.to_string(),
+                namespace: ctrd.namespace().to_string(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut desc = Descriptor {
+        media_type: record.media_type.clone(),
+        digest: record.digest.clone(),
+        size: record.size,
+        ..Default::default()
+    };
+    if desc.media_type == oci::MEDIA_OCI_INDEX || desc.media_type == oci::MEDIA_DOCKER_LIST {
+        let bytes = ctrd.content_read(&desc.digest).await?;
+        let index: Index = serde_json::from_slice(&bytes)
+            .map_err(|e| invalid(name, format!("index {}: {e}", desc.digest)))?;
+        let want = oci::host_platform();
+        let chosen = index
+            .manifests
+            .iter()
+            .find(|m| {
+                m.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
+            })
+            .or_else(|| {
+                if index.manifests.len() == 1 {
+                    index.manifests.first()
+                } else {
+                    None
+                }
+            })
+            .ok_or_else(|| {
+                invalid(
+                    name,
+                    format!("no manifest for {}/{}", want.os, want.architecture),
+                )
+            })?;
+        desc = chosen.clone();
+    }
+    let bytes = ctrd.content_read(&desc.digest).await?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(name, format!("manifest {}: {e}", desc.digest)))?;
+    let cfg_bytes = ctrd.content_read(&manifest.config.digest).await?;
+    let config: ImageConfigJson = serde_json::from_slice(&cfg_bytes)
+        .map_err(|e| invalid(name, format!("config {}: {e}", manifest.config.digest)))?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(invalid(
+            name,
+            format!(
+                "{} layers but {} diff_ids",
+                manifest.layers.len(),
+                config.rootfs.diff_ids.len()
+            ),
+        ));
+    }
+    let mut layers = Vec::with_capacity(manifest.layers.len());
+    for (l, d) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        let diff_id = Digest::parse(d).ok_or_else(|| invalid(name, format!("bad diff_id {d}")))?;
+        layers.push(Layer {
+            diff_id,
+            media_type: l.media_type.clone(),
+            digest: l.digest.clone(),
+            size: l.size,
+        });
+    }
+    Ok(BaseImage {
+        name: name.to_string(),
+        manifest: desc,
+        config_digest: manifest.config.digest.clone(),
+        config,
+        layers,
+    })
+}
+
+/// Makes sure every prefix of `layers` is a committed snapshot named by its
+/// chainID, applying the missing layers with containerd's diff service.
+/// Snapshots are leased before they are created.
+pub async fn ensure_unpacked(ctrd: &Containerd, layers: &[Layer], lease: &LeaseId) -> Result<()> {
+    let chain = Digest::chain_ids(&crate::refs::diff_ids(layers));
+    let snap_type = format!("snapshots/{}", ctrd.snapshotter());
+    // Find the first missing prefix, from the top down.
+    let mut first_missing = chain.len();
+    for i in (0..chain.len()).rev() {
+        ctrd.lease_add_resource(lease, &snap_type, chain[i].as_str())
+            .await?;
+        if ctrd.snapshot_exists(chain[i].as_str()).await? {
+            break;
+        }
+        first_missing = i;
+    }
+    for i in first_missing..chain.len() {
+        let parent = if i == 0 {
+            String::new()
+        } else {
+            chain[i - 1].to_string()
+        };
+        let key = format!("kiln-extract-{}-{}", rand_hex(), chain[i].hex());
+        let mounts = ctrd.snapshot_prepare(&key, &parent, lease).await?;
+        let l = &layers[i];
+        let applied = match ctrd
+            .diff_apply(&l.media_type, &l.digest, l.size, &mounts, lease)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = ctrd.snapshot_remove(&key).await;
+                return Err(e.into());
+            }
+        };
+        if applied != l.diff_id.as_str() {
+            let _ = ctrd.snapshot_remove(&key).await;
+            return Err(WorkerError::InvalidImage {
+                image: l.digest.clone(),
+                reason: format!("layer unpacked to {applied}, config says {}", l.diff_id),
+            });
+        }
+        match ctrd
+            .snapshot_commit(chain[i].as_str(), &key, HashMap::new(), lease)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {
+                // A concurrent unpacker won; its snapshot is equal.
+                ctrd.snapshot_remove(&key).await?;
+            }
+            Err(e) => {
+                let _ = ctrd.snapshot_remove(&key).await;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records the unpacked chain on the config blob, as containerd's own
+/// unpacker does, so the snapshots live as long as the image.
+pub async fn label_unpacked(ctrd: &Containerd, base: &BaseImage) -> Result<()> {
+    let top = crate::refs::top_snapshot(&base.layers);
+    if top.is_empty() {
+        return Ok(());
+    }
+    let key = format!("containerd.io/gc.ref.snapshot.{}", ctrd.snapshotter());
+    let info = ctrd.content_info(&base.config_digest).await?;
+    if info.labels.get(&key) == Some(&top) {
+        return Ok(());
+    }
+    let mut labels = HashMap::new();
+    labels.insert(key, top);
+    ctrd.content_set_labels(&base.config_digest, labels).await?;
+    Ok(())
+}
+
+pub(crate) fn rand_hex() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// The frontend's view of a base image config.
+pub fn frontend_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
+    let c = &cfg.config;
+    kiln_solver::ImageConfig {
+        env: c.env.clone(),
+        cmd: c.cmd.clone(),
+        entrypoint: c.entrypoint.clone(),
+        working_dir: c.working_dir.clone(),
+        user: c.user.clone(),
+        labels: c.labels.clone(),
+        exposed_ports: c.exposed_ports.keys().cloned().collect(),
+        shell: c.shell.clone(),
+        stop_signal: if c.stop_signal.is_empty() {
+            None
+        } else {
+            Some(c.stop_signal.clone())
+        },
+        volumes: c.volumes.keys().cloned().collect(),
+        history: cfg
+            .history
+            .iter()
+            .map(|h| kiln_solver::HistoryEntry {
+                created: h.created.clone(),
+                created_by: h.created_by.clone(),
+                comment: h.comment.clone(),
+                empty_layer: h.empty_layer,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,183 @@
+//! One build: a lease around everything it creates, the solve, the export,
+//! and the cleanup that leaves only what the image record references.
+
+use crate::error::{Result, WorkerError};
+use crate::export::{export_image, image_config, Exported};
+use crate::ops::StepRunner;
+use crate::progress::{Progress, ProgressEvent};
+use crate::refs::Ref;
+use kiln_shim::ContainerdExecutor;
+use kiln_snapshot::containerd::LeaseId;
+use kiln_snapshot::diff::Compression;
+use kiln_snapshot::Containerd;
+use kiln_solver::{Graph, ImageConfig, SolveError, VertexId};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// How long a build's lease protects its objects if kiln dies mid-build.
+pub const BUILD_LEASE_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// What to build and where the result goes.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    pub graph: Graph,
+    pub result: VertexId,
+    /// The image config the frontend computed for the result.
+    pub config: ImageConfig,
+    /// Local sources by name (`context` -> directory).
+    pub locals: HashMap<String, PathBuf>,
+    /// Image names to point at the result (normalized); may be empty.
+    pub names: Vec<String>,
+    pub compression: Compression,
+}
+
+/// What a build produced.
+#[derive(Clone, Debug)]
+pub struct BuildResult {
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub names: Vec<String>,
+}
+
+/// The engine: containerd, an executor, a state directory for mount
+/// points and FIFOs (never for data).
+#[derive(Clone)]
+pub struct Engine {
+    ctrd: Containerd,
+    executor: Arc<ContainerdExecutor>,
+    state_dir: PathBuf,
+    parallelism: usize,
+}
+
+impl Engine {
+    pub fn new(ctrd: Containerd, state_dir: PathBuf) -> Self {
+        let executor = Arc::new(ContainerdExecutor::new(
+            ctrd.clone(),
+            state_dir.join("exec"),
+        ));
+        let parallelism = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(4);
+        Engine {
+            ctrd,
+            executor,
+            state_dir,
+            parallelism,
+        }
+    }
+
+    pub fn containerd(&self) -> &Containerd {
+        &self.ctrd
+    }
+
+    /// The frontend's view of base image `name` (normalized).
+    pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
+        let base = crate::base::load(&self.ctrd, name).await?;
+        Ok(crate::base::frontend_config(&base.config))
+    }
+
+    /// Runs a build. Everything it creates is under one expiring lease,
+    /// which is deleted once the image records hold the result (or on
+    /// failure), so nothing outlives the build but the image.
+    pub async fn build(
+        &self,
+        req: BuildRequest,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<BuildResult> {
+        let lease = LeaseId::unique("build");
+        let span = tracing::info_span!("build", lease = %lease);
+        async {
+            self.ctrd
+                .lease_create(&lease, "build", Some(BUILD_LEASE_EXPIRY), HashMap::new())
+                .await?;
+            let r = self.build_leased(&req, &lease, progress, cancel).await;
+            // On success the images reference everything that must live;
+            // on failure nothing must. Either way the lease goes.
+            if let Err(e) = self.ctrd.lease_delete(&lease, r.is_err()).await {
+                tracing::warn!(lease = %lease, error = %e, "cannot delete build lease");
+            }
+            r
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn build_leased(
+        &self,
+        req: &BuildRequest,
+        lease: &LeaseId,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<BuildResult> {
+        let mount_dir = self
+            .state_dir
+            .join("mounts")
+            .join(lease.as_str().replace('/', "-"));
+        std::fs::create_dir_all(&mount_dir).map_err(|e| WorkerError::Io {
+            path: mount_dir.display().to_string(),
+            source: e,
+        })?;
+        let runner = Arc::new(StepRunner {
+            ctrd: self.ctrd.clone(),
+            executor: self.executor.clone(),
+            mount_dir: mount_dir.clone(),
+            lease: lease.clone(),
+            compression: req.compression,
+            locals: req.locals.clone(),
+            progress: progress.clone(),
+        });
+        let solved =
+            kiln_solver::scheduler::solve(&req.graph, req.result, runner, self.parallelism, cancel)
+                .await;
+        let _ = std::fs::remove_dir_all(&mount_dir);
+        let outputs = match solved {
+            Ok(o) => o,
+            Err(SolveError::Op { source, .. }) => {
+                return Err(match source.downcast::<WorkerError>() {
+                    Ok(w) => *w,
+                    Err(other) => WorkerError::BadInput {
+                        location: String::new(),
+                        reason: other.to_string(),
+                    },
+                })
+            }
+            Err(SolveError::Cancelled) => return Err(WorkerError::Cancelled),
+            Err(e) => {
+                return Err(WorkerError::BadInput {
+                    location: String::new(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let layers = match outputs.into_iter().next() {
+            Some(Ref::Chain(l)) => l,
+            Some(Ref::Local { .. }) => {
+                return Err(WorkerError::BadInput {
+                    location: String::new(),
+                    reason: "the build result is a local directory, not a filesystem".into(),
+                })
+            }
+            None => Vec::new(),
+        };
+        progress.send(ProgressEvent::Info {
+            message: "exporting to image".into(),
+        });
+        let config = image_config(&layers, &req.config);
+        let Exported {
+            manifest,
+            config_digest,
+            names,
+        } = export_image(&self.ctrd, &layers, &config, &req.names, true, lease).await?;
+        Ok(BuildResult {
+            manifest_digest: manifest.digest,
+            config_digest,
+            names,
+        })
+    }
+}

@@ -1,0 +1,87 @@
+//! The engine's error type.
+
+use kiln_proto::ErrorKind;
+
+/// Errors of a build.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// containerd access, mounting or diffing failed.
+    #[error(transparent)]
+    Snapshot(#[from] kiln_snapshot::SnapshotError),
+    /// Running a step's container failed (not a non-zero exit).
+    #[error("{location}{source}")]
+    Exec {
+        location: String,
+        source: kiln_shim::ExecError,
+    },
+    /// A base image is not in the namespace's image store.
+    #[error("image \"{image}\" not found in containerd namespace \"{namespace}\"")]
+    ImageNotFound { image: String, namespace: String },
+    /// An image's manifest or config cannot be used.
+    #[error("image {image} is invalid: {reason}")]
+    InvalidImage { image: String, reason: String },
+    /// A RUN step exited non-zero.
+    #[error("{location}process \"{command}\" did not complete successfully: exit code: {code}")]
+    StepFailed {
+        /// `Dockerfile:12: ` or empty.
+        location: String,
+        command: String,
+        code: u32,
+    },
+    /// A COPY/ADD/WORKDIR file action failed.
+    #[error("{location}{message}")]
+    FileOp { location: String, message: String },
+    /// The graph uses something this engine does not run yet.
+    #[error("{location}{what} is not supported yet")]
+    Unsupported { location: String, what: String },
+    /// A graph input has the wrong kind (e.g. a local dir as a rootfs).
+    #[error("{location}invalid input: {reason}")]
+    BadInput { location: String, reason: String },
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The build was cancelled.
+    #[error("build cancelled")]
+    Cancelled,
+}
+
+impl WorkerError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            WorkerError::Snapshot(e) => e.kind(),
+            WorkerError::Exec { source, .. } => source.kind(),
+            WorkerError::ImageNotFound { .. } => ErrorKind::NotFound,
+            WorkerError::InvalidImage { .. } | WorkerError::BadInput { .. } => {
+                ErrorKind::InvalidArgument
+            }
+            WorkerError::StepFailed { .. } | WorkerError::FileOp { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            WorkerError::Unsupported { .. } => ErrorKind::Unimplemented,
+            WorkerError::Io { .. } => ErrorKind::Internal,
+            WorkerError::Cancelled => ErrorKind::Cancelled,
+        }
+    }
+}
+
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+/// An error and its causes as one line (`a: b: c`), for messages that
+/// must stand alone (a step's failure shown to the user).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,565 @@
+//! `COPY`/`ADD` of local trees: BuildKit's `docopy` over fsutil's `Copy`.
+
+use super::root::{self, DirAttrs, Resolved};
+use super::{io_err, meta, owner, unpack, FileOpError, Result};
+use crate::ignore::{clean_path, contains_wildcards, glob_match, PatternMatcher};
+use kiln_solver::FileCopy;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Copies `op.src` from `src_root` to `op.dest` in `dest_root`, with docker
+/// `COPY`/`ADD` semantics. Without `--chown` every written entry is owned by
+/// 0:0, which is what `COPY` from the build context gives; use
+/// [`copy_keep_owner`] for sources whose ownership must survive (`COPY
+/// --from` a stage or image). `--chown` names are looked up in
+/// `cwd_owner_root` (normally `dest_root`). `src_excludes` (the
+/// `.dockerignore` matcher, relative to `src_root`) hides paths: they are
+/// neither copied nor matched by wildcards.
+pub fn copy(
+    src_root: &Path,
+    dest_root: &Path,
+    cwd_owner_root: &Path,
+    op: &FileCopy,
+    src_excludes: Option<&PatternMatcher>,
+) -> Result<()> {
+    run(src_root, dest_root, cwd_owner_root, op, src_excludes, false)
+}
+
+/// Like [`copy`], but without `--chown` entries keep the uid/gid they have
+/// in `src_root` (BuildKit's behaviour, right for `COPY --from`).
+pub fn copy_keep_owner(
+    src_root: &Path,
+    dest_root: &Path,
+    cwd_owner_root: &Path,
+    op: &FileCopy,
+    src_excludes: Option<&PatternMatcher>,
+) -> Result<()> {
+    run(src_root, dest_root, cwd_owner_root, op, src_excludes, true)
+}
+
+/// One copy source: where it is and the name it takes under a directory
+/// destination.
+struct Source {
+    resolved: Resolved,
+    name: Option<OsString>,
+}
+
+fn not_found(src: &str) -> FileOpError {
+    FileOpError::NotFound {
+        path: clean_path(&format!("/{src}")),
+    }
+}
+
+fn compile(patterns: &[String]) -> Result<Option<PatternMatcher>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    PatternMatcher::new(patterns)
+        .map(Some)
+        .map_err(|source| FileOpError::Pattern { source })
+}
+
+fn run(
+    src_root: &Path,
+    dest_root: &Path,
+    owner_root: &Path,
+    op: &FileCopy,
+    src_excludes: Option<&PatternMatcher>,
+    keep_owner: bool,
+) -> Result<()> {
+    let chown = owner::resolve(owner_root, op.owner.as_ref())?;
+    let hide = src_excludes.filter(|m| !m.is_empty());
+    let mut copier = Copier {
+        src_root,
+        dest_root,
+        chown,
+        keep_owner,
+        mode: op.mode,
+        timestamp: op.timestamp,
+        include: compile(&op.include_patterns)?,
+        exclude: compile(&op.exclude_patterns)?,
+        hide,
+        inodes: HashMap::new(),
+        pending: Vec::new(),
+    };
+
+    let wildcard = if op.allow_wildcard {
+        resolve_wildcards(src_root, &op.src, op.follow_symlink, hide)?
+    } else {
+        None
+    };
+    let mut sources = Vec::new();
+    let force_dir = match wildcard {
+        Some(matches) => {
+            if matches.is_empty() {
+                if op.allow_empty_wildcard {
+                    return Ok(());
+                }
+                return Err(not_found(&op.src));
+            }
+            let many = matches.len() > 1;
+            for m in matches {
+                let name = m.rel.last().cloned();
+                let resolved = if op.follow_symlink {
+                    let rel: PathBuf = m.rel.iter().collect();
+                    root::resolve(src_root, &rel, true, hide)?
+                } else {
+                    m
+                };
+                if resolved.hidden || std::fs::symlink_metadata(&resolved.host).is_err() {
+                    return Err(not_found(&op.src));
+                }
+                sources.push(Source { resolved, name });
+            }
+            many
+        }
+        None => {
+            let resolved = root::resolve(src_root, Path::new(&op.src), op.follow_symlink, hide)?;
+            if resolved.hidden || std::fs::symlink_metadata(&resolved.host).is_err() {
+                return Err(not_found(&op.src));
+            }
+            sources.push(Source {
+                resolved,
+                name: root::base_name(&op.src),
+            });
+            false
+        }
+    };
+
+    let dest_is_dir = force_dir || root::has_dir_suffix(&op.dest);
+    let dest = Path::new(&op.dest);
+    let dst = root::resolve(dest_root, dest, true, None)?;
+    if !op.create_dest_path && std::fs::symlink_metadata(parent_of(dest_root, &dst).host).is_err() {
+        return Err(FileOpError::DestParentMissing {
+            path: clean_path(&format!("/{}", op.dest)),
+        });
+    }
+    let dir_attrs = DirAttrs {
+        mode: op.mode.unwrap_or(0o755),
+        owner: chown,
+        timestamp: op.timestamp,
+    };
+    let ensure = if dest_is_dir {
+        dst.clone()
+    } else {
+        parent_of(dest_root, &dst)
+    };
+    let mut created = root::mkdir_all(dest_root, &ensure, dir_attrs)?;
+
+    for src in &sources {
+        if op.attempt_unpack_docker_compatibility && unpack::is_archive(&src.resolved.host) {
+            created.extend(unpack::extract(
+                src_root,
+                &src.resolved.host,
+                dest_root,
+                &dst,
+                chown,
+                op.timestamp,
+            )?);
+            continue;
+        }
+        let src_md = std::fs::symlink_metadata(&src.resolved.host).map_err(io_err(
+            "stat",
+            src_root,
+            &src.resolved.host,
+        ))?;
+        let dest_md = std::fs::symlink_metadata(&dst.host).ok();
+        let src_is_dir = src_md.is_dir();
+        let mut target = dst.clone();
+        let into_dir = match &dest_md {
+            Some(d) => (!op.dir_copy_contents && src_is_dir) || (!src_is_dir && d.is_dir()),
+            None => false,
+        };
+        if into_dir {
+            if let Some(name) = &src.name {
+                target.host.push(name);
+                target.rel.push(name.clone());
+            }
+        }
+        let parent = if op.dir_copy_contents && src_is_dir && dest_md.is_none() {
+            target.clone()
+        } else {
+            parent_of(dest_root, &target)
+        };
+        created.extend(root::mkdir_all(dest_root, &parent, dir_attrs)?);
+        let ign_rel = src.resolved.rel_str();
+        copier.copy_entry(&src.resolved.host, &ign_rel, "", &target.host, false)?;
+    }
+    root::restamp(dest_root, &created, op.timestamp)
+}
+
+/// The resolved parent of a resolved path (the root's parent is the root).
+fn parent_of(root: &Path, r: &Resolved) -> Resolved {
+    let mut rel = r.rel.clone();
+    rel.pop();
+    let mut host = root.to_path_buf();
+    host.extend(&rel);
+    Resolved {
+        host,
+        rel,
+        hidden: r.hidden,
+    }
+}
+
+/// Expands a source with wildcards (fsutil's `ResolveWildcards`): the part
+/// before the first wildcard component is resolved in `root`, then the tree
+/// below it is matched with Go's `filepath.Match` on the relative path; a
+/// matched directory is not searched further. `None` when `src` has no
+/// wildcard. Hidden entries (`hide`) are invisible.
+pub(crate) fn resolve_wildcards(
+    root: &Path,
+    src: &str,
+    follow_final: bool,
+    hide: Option<&PatternMatcher>,
+) -> Result<Option<Vec<Resolved>>> {
+    let cleaned = clean_path(&format!("/{src}"));
+    let comps: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).collect();
+    let Some(k) = comps.iter().position(|c| contains_wildcards(c)) else {
+        return Ok(None);
+    };
+    let base = root::resolve(root, Path::new(&comps[..k].join("/")), follow_final, hide)?;
+    let pattern = comps[k..].join("/");
+    let mut out = Vec::new();
+    let is_dir = std::fs::symlink_metadata(&base.host).is_ok_and(|m| m.is_dir());
+    if base.hidden || !is_dir {
+        return Ok(Some(out));
+    }
+    let depth = comps.len() - k;
+    walk_matches(
+        root, &base.host, &base.rel, "", depth, &pattern, hide, &mut out,
+    )?;
+    Ok(Some(out))
+}
+
+/// Reads a directory's entry names, sorted so results are deterministic.
+fn sorted_names(root: &Path, dir: &Path) -> Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err("read directory", root, dir))? {
+        names.push(
+            entry
+                .map_err(io_err("read directory", root, dir))?
+                .file_name(),
+        );
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a private recursive helper; a struct would only rename the arguments"
+)]
+fn walk_matches(
+    root: &Path,
+    dir: &Path,
+    dir_rel: &[OsString],
+    rel: &str,
+    depth: usize,
+    pattern: &str,
+    hide: Option<&PatternMatcher>,
+    out: &mut Vec<Resolved>,
+) -> Result<()> {
+    for name in sorted_names(root, dir)? {
+        let host = dir.join(&name);
+        let md = std::fs::symlink_metadata(&host).map_err(io_err("stat", root, &host))?;
+        let mut child_root_rel = dir_rel.to_vec();
+        child_root_rel.push(name.clone());
+        if let Some(h) = hide {
+            if root::is_hidden(h, &root::rel_string(&child_root_rel), md.is_dir()) {
+                continue;
+            }
+        }
+        let lossy = name.to_string_lossy();
+        let child_rel = if rel.is_empty() {
+            lossy.into_owned()
+        } else {
+            format!("{rel}/{lossy}")
+        };
+        if glob_match(pattern, &child_rel) {
+            out.push(Resolved {
+                host,
+                rel: child_root_rel,
+                hidden: false,
+            });
+            continue;
+        }
+        if md.is_dir() && depth > 1 {
+            walk_matches(
+                root,
+                &host,
+                &child_root_rel,
+                &child_rel,
+                depth - 1,
+                pattern,
+                hide,
+                out,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A source directory whose destination is created only when something
+/// inside it is copied (include patterns like `a/*/c`).
+struct Pending {
+    src: PathBuf,
+    dst: PathBuf,
+    copied: bool,
+    created_late: bool,
+}
+
+struct Copier<'a> {
+    src_root: &'a Path,
+    dest_root: &'a Path,
+    chown: Option<(u32, u32)>,
+    keep_owner: bool,
+    mode: Option<u32>,
+    timestamp: Option<i64>,
+    include: Option<PatternMatcher>,
+    exclude: Option<PatternMatcher>,
+    hide: Option<&'a PatternMatcher>,
+    /// (device, inode) of multiply-linked source files -> first copy.
+    inodes: HashMap<(u64, u64), PathBuf>,
+    pending: Vec<Pending>,
+}
+
+impl Copier<'_> {
+    /// Copies one entry (fsutil's `copier.copy`). `ign_rel` is the path
+    /// relative to the source root (for `.dockerignore`), `pat_rel` relative
+    /// to the copied source (for the op's include/exclude patterns; empty
+    /// for the source itself, which they never filter).
+    fn copy_entry(
+        &mut self,
+        src: &Path,
+        ign_rel: &str,
+        pat_rel: &str,
+        dst: &Path,
+        overwrite_meta: bool,
+    ) -> Result<()> {
+        let md = std::fs::symlink_metadata(src).map_err(io_err("stat", self.src_root, src))?;
+        let is_dir = md.is_dir();
+        let mut include = true;
+        let mut descend = true;
+        if !pat_rel.is_empty() {
+            if let Some(h) = self.hide {
+                if h.matches(ign_rel) {
+                    include = false;
+                    descend &= is_dir && h.might_include_children(ign_rel);
+                }
+            }
+            if let Some(inc) = &self.include {
+                if !inc.matches(pat_rel) {
+                    include = false;
+                }
+            }
+            if let Some(exc) = &self.exclude {
+                if exc.matches(pat_rel) {
+                    include = false;
+                    descend &= is_dir && exc.might_include_children(pat_rel);
+                }
+            }
+        }
+        if !include && (!is_dir || !descend) {
+            return Ok(());
+        }
+        if include {
+            self.create_pending()?;
+        }
+
+        let ft = md.file_type();
+        if is_dir {
+            let created = if include {
+                self.copy_dir_only(dst)?
+            } else {
+                false
+            };
+            self.pending.push(Pending {
+                src: src.to_path_buf(),
+                dst: dst.to_path_buf(),
+                copied: include,
+                created_late: false,
+            });
+            let result = self.copy_children(src, ign_rel, pat_rel, dst);
+            let done = self.pending.pop();
+            result?;
+            if include && (overwrite_meta || created) {
+                self.apply_info(src, &md, dst)?;
+            } else if include {
+                // An existing top-level destination keeps owner and mode
+                // but takes the source's (or the forced) timestamps.
+                self.apply_times(&md, dst)?;
+            } else if done.is_some_and(|p| p.created_late) {
+                self.apply_times(&md, dst)?;
+            }
+            return Ok(());
+        }
+
+        self.ensure_empty_file_target(dst)?;
+        if ft.is_file() {
+            let key = (md.dev(), md.ino());
+            let first = if md.nlink() > 1 {
+                self.inodes.get(&key).cloned()
+            } else {
+                None
+            };
+            match first {
+                Some(first) => std::fs::hard_link(&first, dst).map_err(io_err(
+                    "create hard link",
+                    self.dest_root,
+                    dst,
+                ))?,
+                None => {
+                    self.copy_file(src, dst)?;
+                    if md.nlink() > 1 {
+                        self.inodes.insert(key, dst.to_path_buf());
+                    }
+                }
+            }
+        } else if ft.is_symlink() {
+            let link = std::fs::read_link(src).map_err(io_err("read link", self.src_root, src))?;
+            std::os::unix::fs::symlink(&link, dst).map_err(io_err(
+                "create symlink",
+                self.dest_root,
+                dst,
+            ))?;
+        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            let kind = nix::sys::stat::SFlag::from_bits_truncate(md.mode() & libc::S_IFMT);
+            let perm = nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777);
+            nix::sys::stat::mknod(dst, kind, perm, md.rdev())
+                .map_err(|e| io_err("create device", self.dest_root, dst)(e.into()))?;
+        } else {
+            // Sockets (and anything unknown) become empty regular files,
+            // as with BuildKit's context transfer.
+            self.create_file(dst)?;
+        }
+        self.apply_info(src, &md, dst)
+    }
+
+    fn copy_children(
+        &mut self,
+        src: &Path,
+        ign_rel: &str,
+        pat_rel: &str,
+        dst: &Path,
+    ) -> Result<()> {
+        for name in sorted_names(self.src_root, src)? {
+            let lossy = name.to_string_lossy();
+            let join = |base: &str| {
+                if base.is_empty() {
+                    lossy.to_string()
+                } else {
+                    format!("{base}/{lossy}")
+                }
+            };
+            let (child_ign, child_pat) = (join(ign_rel), join(pat_rel));
+            self.copy_entry(
+                &src.join(&name),
+                &child_ign,
+                &child_pat,
+                &dst.join(&name),
+                true,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Creates the destinations of directories skipped so far because only
+    /// something inside them is included.
+    fn create_pending(&mut self) -> Result<()> {
+        for i in 0..self.pending.len() {
+            if self.pending[i].copied {
+                continue;
+            }
+            let (src, dst) = (self.pending[i].src.clone(), self.pending[i].dst.clone());
+            let md =
+                std::fs::symlink_metadata(&src).map_err(io_err("stat", self.src_root, &src))?;
+            if self.copy_dir_only(&dst)? {
+                self.apply_info(&src, &md, &dst)?;
+                self.pending[i].created_late = true;
+            }
+            self.pending[i].copied = true;
+        }
+        Ok(())
+    }
+
+    /// Makes `dst` a directory; true if it was created. An existing
+    /// non-directory is an error, as in fsutil.
+    fn copy_dir_only(&self, dst: &Path) -> Result<bool> {
+        match std::fs::symlink_metadata(dst) {
+            Ok(m) if m.is_dir() => Ok(false),
+            Ok(_) => Err(FileOpError::NotADirectory {
+                path: root::display(self.dest_root, dst),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(dst).map_err(io_err("mkdir", self.dest_root, dst))?;
+                Ok(true)
+            }
+            Err(e) => Err(io_err("stat", self.dest_root, dst)(e)),
+        }
+    }
+
+    /// Removes whatever non-directory is at `dst` (never following it).
+    fn ensure_empty_file_target(&self, dst: &Path) -> Result<()> {
+        match std::fs::symlink_metadata(dst) {
+            Ok(m) if m.is_dir() => Err(FileOpError::IsADirectory {
+                path: root::display(self.dest_root, dst),
+            }),
+            Ok(_) => std::fs::remove_file(dst).map_err(io_err("remove", self.dest_root, dst)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("stat", self.dest_root, dst)(e)),
+        }
+    }
+
+    fn create_file(&self, dst: &Path) -> Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dst)
+            .map_err(io_err("create", self.dest_root, dst))
+    }
+
+    fn copy_file(&self, src: &Path, dst: &Path) -> Result<()> {
+        let mut from = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(src)
+            .map_err(io_err("open", self.src_root, src))?;
+        let mut to = self.create_file(dst)?;
+        std::io::copy(&mut from, &mut to).map_err(io_err("copy to", self.dest_root, dst))?;
+        Ok(())
+    }
+
+    /// Owner, mode, times and xattrs of a written entry (fsutil's
+    /// `copyFileInfo` + `copyXAttrs`). Owner first: chown clears setuid bits.
+    fn apply_info(&self, src: &Path, md: &Metadata, dst: &Path) -> Result<()> {
+        let (uid, gid) = match self.chown {
+            Some(ids) => ids,
+            None if self.keep_owner => (md.uid(), md.gid()),
+            None => (0, 0),
+        };
+        meta::lchown(self.dest_root, dst, uid, gid)?;
+        if !md.file_type().is_symlink() {
+            let mode = self.mode.unwrap_or(md.mode()) & 0o7777;
+            meta::chmod(self.dest_root, dst, mode)?;
+        }
+        self.apply_times(md, dst)?;
+        meta::copy_xattrs(src, dst);
+        Ok(())
+    }
+
+    fn apply_times(&self, md: &Metadata, dst: &Path) -> Result<()> {
+        let (atime, mtime) = match self.timestamp {
+            Some(ts) => (ts, ts),
+            None => (
+                md.atime() * 1_000_000_000 + md.atime_nsec(),
+                md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ),
+        };
+        meta::set_times(self.dest_root, dst, atime, mtime)
+    }
+}

@@ -1,0 +1,655 @@
+//! Tests of the file actions on temp dirs. They run as root (chown is real).
+
+use super::*;
+use crate::ignore::{parse_dockerignore, PatternMatcher};
+use kiln_solver::{ChownOpt, FileCopy, FileMkDir, FileMkFile, FileRm, FileSymlink, UserOpt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use tempfile::TempDir;
+
+struct Fx {
+    _base: TempDir,
+    ctx: PathBuf,
+    dest: PathBuf,
+}
+
+/// A context dir and a destination rootfs side by side under one temp dir,
+/// so escapes can be checked against the common parent too.
+fn fx() -> Fx {
+    let base = tempfile::tempdir().expect("tempdir");
+    let ctx = base.path().join("ctx");
+    let dest = base.path().join("rootfs");
+    std::fs::create_dir(&ctx).expect("mkdir ctx");
+    std::fs::create_dir(&dest).expect("mkdir rootfs");
+    Fx {
+        _base: base,
+        ctx,
+        dest,
+    }
+}
+
+fn write(root: &Path, rel: &str, data: &str) -> PathBuf {
+    let p = root.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir -p");
+    }
+    std::fs::write(&p, data).expect("write");
+    p
+}
+
+fn read(root: &Path, rel: &str) -> String {
+    std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
+fn lstat(root: &Path, rel: &str) -> std::fs::Metadata {
+    std::fs::symlink_metadata(root.join(rel)).unwrap_or_else(|e| panic!("stat {rel}: {e}"))
+}
+
+fn exists(root: &Path, rel: &str) -> bool {
+    std::fs::symlink_metadata(root.join(rel)).is_ok()
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).expect("chown");
+}
+
+/// A Dockerfile-like `COPY src dest`.
+fn cp(src: &str, dest: &str) -> FileCopy {
+    FileCopy {
+        src: src.into(),
+        dest: dest.into(),
+        follow_symlink: true,
+        dir_copy_contents: true,
+        create_dest_path: true,
+        allow_wildcard: true,
+        allow_empty_wildcard: false,
+        ..FileCopy::default()
+    }
+}
+
+fn run(f: &Fx, op: &FileCopy) -> Result<()> {
+    copy(&f.ctx, &f.dest, &f.dest, op, None)
+}
+
+#[test]
+fn file_to_file_keeps_mode_and_mtime_and_resets_owner() {
+    let f = fx();
+    let a = write(&f.ctx, "a.txt", "hello");
+    chown(&a, 1234, 1234);
+    set_mode(&a, 0o4751);
+    let mtime = 1_600_000_000_123_456_789;
+    meta::set_times(&f.ctx, &a, mtime, mtime).expect("utime");
+    run(&f, &cp("a.txt", "/out/b.txt")).expect("copy");
+    assert_eq!(read(&f.dest, "out/b.txt"), "hello");
+    let md = lstat(&f.dest, "out/b.txt");
+    assert_eq!(md.mode() & 0o7777, 0o4751);
+    assert_eq!((md.uid(), md.gid()), (0, 0));
+    assert_eq!(md.mtime() * 1_000_000_000 + md.mtime_nsec(), mtime);
+    assert_eq!(lstat(&f.dest, "out").mode() & 0o7777, 0o755);
+}
+
+#[test]
+fn copy_keep_owner_preserves_source_ids() {
+    let f = fx();
+    let a = write(&f.ctx, "d/a.txt", "x");
+    chown(&a, 1234, 4321);
+    copy_keep_owner(&f.ctx, &f.dest, &f.dest, &cp("/d", "/out/"), None).expect("copy");
+    let md = lstat(&f.dest, "out/a.txt");
+    assert_eq!((md.uid(), md.gid()), (1234, 4321));
+}
+
+#[test]
+fn file_into_directory() {
+    let f = fx();
+    write(&f.ctx, "a.txt", "a");
+    run(&f, &cp("/a.txt", "/app/")).expect("copy to dir/");
+    assert_eq!(read(&f.dest, "app/a.txt"), "a");
+    // An existing directory without trailing slash receives the file too.
+    std::fs::create_dir(f.dest.join("existing")).expect("mkdir");
+    run(&f, &cp("a.txt", "existing")).expect("copy to existing dir");
+    assert_eq!(read(&f.dest, "existing/a.txt"), "a");
+    // Existing files are replaced.
+    write(&f.ctx, "a.txt", "new");
+    run(&f, &cp("a.txt", "/app/a.txt")).expect("replace");
+    assert_eq!(read(&f.dest, "app/a.txt"), "new");
+}
+
+#[test]
+fn directory_contents_are_copied_and_merged() {
+    let f = fx();
+    write(&f.ctx, "dir/x", "x");
+    write(&f.ctx, "dir/sub/y", "y");
+    set_mode(&f.ctx.join("dir/sub"), 0o750);
+    run(&f, &cp("dir", "/dest")).expect("copy dir");
+    assert_eq!(read(&f.dest, "dest/x"), "x");
+    assert_eq!(read(&f.dest, "dest/sub/y"), "y");
+    assert_eq!(lstat(&f.dest, "dest/sub").mode() & 0o7777, 0o750);
+    assert_eq!(lstat(&f.dest, "dest").mode() & 0o7777, 0o755);
+
+    // Merging into an existing dir keeps its owner and mode.
+    let existing = f.dest.join("merge");
+    std::fs::create_dir(&existing).expect("mkdir");
+    write(&f.dest, "merge/old", "old");
+    set_mode(&existing, 0o700);
+    chown(&existing, 42, 42);
+    run(&f, &cp("dir/", "/merge")).expect("merge");
+    let md = lstat(&f.dest, "merge");
+    assert_eq!((md.mode() & 0o7777, md.uid()), (0o700, 42));
+    assert_eq!(read(&f.dest, "merge/old"), "old");
+    assert_eq!(read(&f.dest, "merge/sub/y"), "y");
+
+    // Without dir_copy_contents an existing destination receives the dir.
+    let mut op = cp("dir", "/merge");
+    op.dir_copy_contents = false;
+    run(&f, &op).expect("copy dir itself");
+    assert_eq!(read(&f.dest, "merge/dir/sub/y"), "y");
+}
+
+#[test]
+fn wildcards_into_directory_and_single_match_to_file() {
+    let f = fx();
+    write(&f.ctx, "a.txt", "a");
+    write(&f.ctx, "b.txt", "b");
+    write(&f.ctx, "c.md", "c");
+    write(&f.ctx, "sub/d.txt", "d");
+    run(&f, &cp("/*.txt", "/out")).expect("copy");
+    assert_eq!(read(&f.dest, "out/a.txt"), "a");
+    assert_eq!(read(&f.dest, "out/b.txt"), "b");
+    assert!(!exists(&f.dest, "out/c.md"));
+    assert!(!exists(&f.dest, "out/d.txt"), "* must not cross /");
+    run(&f, &cp("/a*.txt", "/single")).expect("copy");
+    assert_eq!(read(&f.dest, "single"), "a");
+    run(&f, &cp("/s?b/*.txt", "/nested/")).expect("copy");
+    assert_eq!(read(&f.dest, "nested/d.txt"), "d");
+}
+
+#[test]
+fn missing_source_and_empty_wildcard_are_not_found() {
+    let f = fx();
+    let e = run(&f, &cp("missing.txt", "/")).expect_err("missing");
+    assert_eq!(e.to_string(), "\"/missing.txt\": not found");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    let e = run(&f, &cp("/*.nope", "/out/")).expect_err("empty wildcard");
+    assert_eq!(e.to_string(), "\"/*.nope\": not found");
+    let mut op = cp("/*.nope", "/out/");
+    op.allow_empty_wildcard = true;
+    run(&f, &op).expect("allowed");
+    assert!(!exists(&f.dest, "out"));
+    let mut op = cp("/a.txt", "/no/parent/x");
+    op.create_dest_path = false;
+    write(&f.ctx, "a.txt", "a");
+    assert!(matches!(
+        run(&f, &op),
+        Err(FileOpError::DestParentMissing { .. })
+    ));
+}
+
+fn passwd(root: &Path) {
+    write(
+        root,
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+    );
+    write(root, "etc/group", "root:x:0:\napp:x:1001:\ngrp:x:2000:\n");
+}
+
+fn chown_op(src: &str, dest: &str, user: Option<UserOpt>, group: Option<UserOpt>) -> FileCopy {
+    let mut op = cp(src, dest);
+    op.owner = Some(ChownOpt { user, group });
+    op
+}
+
+#[test]
+fn chown_by_name_and_id() {
+    let f = fx();
+    passwd(&f.dest);
+    write(&f.ctx, "d/a", "a");
+    let op = chown_op("d", "/new/deep/", Some(UserOpt::ByName("app".into())), None);
+    run(&f, &op).expect("chown app");
+    for rel in ["new", "new/deep", "new/deep/a"] {
+        let md = lstat(&f.dest, rel);
+        assert_eq!((md.uid(), md.gid()), (1000, 1001), "{rel}");
+    }
+    let op = chown_op(
+        "d/a",
+        "/g",
+        Some(UserOpt::ByName("app".into())),
+        Some(UserOpt::ByName("grp".into())),
+    );
+    run(&f, &op).expect("chown app:grp");
+    let md = lstat(&f.dest, "g");
+    assert_eq!((md.uid(), md.gid()), (1000, 2000));
+    run(&f, &chown_op("d/a", "/i", Some(UserOpt::ById(42)), None)).expect("by id");
+    let md = lstat(&f.dest, "i");
+    assert_eq!((md.uid(), md.gid()), (42, 42));
+    run(
+        &f,
+        &chown_op("d/a", "/j", Some(UserOpt::ById(42)), Some(UserOpt::ById(7))),
+    )
+    .expect("by ids");
+    let md = lstat(&f.dest, "j");
+    assert_eq!((md.uid(), md.gid()), (42, 7));
+    let e = run(
+        &f,
+        &chown_op("d/a", "/k", Some(UserOpt::ByName("nobody".into())), None),
+    )
+    .expect_err("unknown user");
+    assert!(matches!(e, FileOpError::Owner { .. }), "{e}");
+}
+
+#[test]
+fn chmod_applies_to_everything_copied_and_created() {
+    let f = fx();
+    write(&f.ctx, "d/a", "a");
+    write(&f.ctx, "d/s/b", "b");
+    let mut op = cp("d", "/p/q/");
+    op.mode = Some(0o700);
+    run(&f, &op).expect("copy");
+    for rel in ["p", "p/q", "p/q/a", "p/q/s", "p/q/s/b"] {
+        assert_eq!(lstat(&f.dest, rel).mode() & 0o7777, 0o700, "{rel}");
+    }
+}
+
+#[test]
+fn timestamp_override_applies_to_files_dirs_and_created_parents() {
+    let f = fx();
+    write(&f.ctx, "d/s/a", "a");
+    let ts = 1_234_567_890_000_000_123;
+    let mut op = cp("d", "/p/q");
+    op.timestamp = Some(ts);
+    run(&f, &op).expect("copy");
+    for rel in ["p", "p/q", "p/q/s", "p/q/s/a"] {
+        let md = lstat(&f.dest, rel);
+        assert_eq!(md.mtime() * 1_000_000_000 + md.mtime_nsec(), ts, "{rel}");
+    }
+}
+
+#[test]
+fn symlinks_inside_trees_stay_symlinks() {
+    let f = fx();
+    write(&f.ctx, "a.txt", "a");
+    write(&f.ctx, "d/f", "f");
+    std::os::unix::fs::symlink("../a.txt", f.ctx.join("d/rel")).expect("symlink");
+    std::os::unix::fs::symlink("/etc/passwd", f.ctx.join("d/abs")).expect("symlink");
+    std::os::unix::fs::symlink("nowhere", f.ctx.join("d/dangling")).expect("symlink");
+    run(&f, &cp("d", "/out")).expect("copy");
+    for (rel, target) in [
+        ("out/rel", "../a.txt"),
+        ("out/abs", "/etc/passwd"),
+        ("out/dangling", "nowhere"),
+    ] {
+        assert!(lstat(&f.dest, rel).file_type().is_symlink(), "{rel}");
+        assert_eq!(
+            std::fs::read_link(f.dest.join(rel)).expect("readlink"),
+            PathBuf::from(target)
+        );
+    }
+
+    // A top-level symlink source is followed only with follow_symlink.
+    std::os::unix::fs::symlink("a.txt", f.ctx.join("top")).expect("symlink");
+    run(&f, &cp("top", "/followed")).expect("copy");
+    assert!(lstat(&f.dest, "followed").file_type().is_file());
+    assert_eq!(read(&f.dest, "followed"), "a");
+    let mut op = cp("top", "/kept");
+    op.follow_symlink = false;
+    run(&f, &op).expect("copy");
+    assert!(lstat(&f.dest, "kept").file_type().is_symlink());
+}
+
+#[test]
+fn hardlinks_are_preserved() {
+    let f = fx();
+    write(&f.ctx, "d/h1", "same");
+    std::fs::hard_link(f.ctx.join("d/h1"), f.ctx.join("d/h2")).expect("link");
+    write(&f.ctx, "d/other", "other");
+    run(&f, &cp("d", "/out")).expect("copy");
+    let (a, b) = (lstat(&f.dest, "out/h1"), lstat(&f.dest, "out/h2"));
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(a.nlink(), 2);
+    assert_eq!(lstat(&f.dest, "out/other").nlink(), 1);
+}
+
+#[test]
+fn escaping_symlinks_are_clamped_to_their_roots() {
+    let f = fx();
+    // Source side: a context symlink to /etc resolves to <ctx>/etc.
+    std::os::unix::fs::symlink("/etc", f.ctx.join("evil")).expect("symlink");
+    let e = run(&f, &cp("evil/passwd", "/stolen")).expect_err("must not read host /etc");
+    assert!(matches!(e, FileOpError::NotFound { .. }), "{e}");
+    assert!(!exists(&f.dest, "stolen"));
+    write(&f.ctx, "etc/passwd", "ctx passwd");
+    run(&f, &cp("evil/passwd", "/ok")).expect("clamped copy");
+    assert_eq!(read(&f.dest, "ok"), "ctx passwd");
+    // `..` links and `..` in the source are clamped too.
+    write(&f.ctx, "secret", "inside");
+    write(f.ctx.parent().expect("parent"), "outside", "host file");
+    std::os::unix::fs::symlink("../../../..", f.ctx.join("up")).expect("symlink");
+    run(&f, &cp("up/secret", "/s1")).expect("copy");
+    assert_eq!(read(&f.dest, "s1"), "inside");
+    assert!(run(&f, &cp("../outside", "/s2")).is_err());
+    assert!(run(&f, &cp("up/outside", "/s3")).is_err());
+
+    // Symlink loops end in an error, not a hang.
+    std::os::unix::fs::symlink("loop", f.ctx.join("loop")).expect("symlink");
+    let e = run(&f, &cp("loop/x", "/l")).expect_err("loop");
+    assert!(matches!(e, FileOpError::SymlinkLoop { .. }), "{e}");
+
+    // Destination side: a symlink in the rootfs to /etc writes into the
+    // rootfs' etc, never the host's.
+    write(&f.ctx, "a.txt", "a");
+    std::os::unix::fs::symlink("/etc", f.dest.join("target")).expect("symlink");
+    run(&f, &cp("a.txt", "/target/")).expect("copy");
+    assert_eq!(read(&f.dest, "etc/a.txt"), "a");
+    assert!(!Path::new("/etc/a.txt").exists());
+    run(&f, &cp("a.txt", "../../../escaped.txt")).expect("copy");
+    assert_eq!(read(&f.dest, "escaped.txt"), "a");
+    assert!(!exists(f.ctx.parent().expect("parent"), "escaped.txt"));
+    // A symlink at the destination is followed inside the rootfs.
+    std::os::unix::fs::symlink("/etc/hostname", f.dest.join("ln")).expect("symlink");
+    run(&f, &cp("a.txt", "/ln")).expect("copy");
+    assert_eq!(read(&f.dest, "etc/hostname"), "a");
+}
+
+/// Builds a tar with raw names (so `..` and absolute paths can be tested).
+fn tar_bytes(entries: &[(&str, tar::EntryType, &str, u64)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, data_or_link, uid) in entries {
+        let mut h = tar::Header::new_old();
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_uid(*uid);
+        h.set_gid(*uid);
+        h.set_mtime(1_000_000_000);
+        let data: &[u8] = match kind {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let raw = &mut h.as_old_mut().linkname;
+                raw[..data_or_link.len()].copy_from_slice(data_or_link.as_bytes());
+                h.set_mode(0o777);
+                &[]
+            }
+            tar::EntryType::Directory => {
+                h.set_mode(0o750);
+                &[]
+            }
+            _ => {
+                h.set_mode(0o640);
+                data_or_link.as_bytes()
+            }
+        };
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).expect("append");
+    }
+    b.into_inner().expect("finish")
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+#[test]
+fn add_extracts_archives_and_clamps_traversal() {
+    use tar::EntryType as T;
+    let f = fx();
+    let archive = tar_bytes(&[
+        ("dir/", T::Directory, "", 0),
+        ("dir/f.txt", T::Regular, "inside", 1234),
+        ("../../escape.txt", T::Regular, "esc", 0),
+        ("/abs.txt", T::Regular, "abs", 0),
+        ("link", T::Symlink, "/", 0),
+        ("link/through.txt", T::Regular, "through", 0),
+        ("up", T::Symlink, "../../..", 0),
+        ("up/up.txt", T::Regular, "up", 0),
+        ("hl", T::Link, "dir/f.txt", 0),
+        ("hl2", T::Link, "../../../dir/f.txt", 0),
+    ]);
+    std::fs::write(f.ctx.join("a.tar.gz"), gzip(&archive)).expect("write");
+    std::fs::write(f.ctx.join("plain.tar"), &archive).expect("write");
+    write(&f.ctx, "notes.txt", "not an archive");
+    let mut op = cp("a.tar.gz", "/app");
+    op.attempt_unpack_docker_compatibility = true;
+    run(&f, &op).expect("add");
+    assert_eq!(read(&f.dest, "app/dir/f.txt"), "inside");
+    let md = lstat(&f.dest, "app/dir/f.txt");
+    assert_eq!(
+        (md.uid(), md.mode() & 0o7777, md.mtime()),
+        (1234, 0o640, 1_000_000_000)
+    );
+    assert_eq!(lstat(&f.dest, "app/dir").mode() & 0o7777, 0o750);
+    assert_eq!(lstat(&f.dest, "app/dir").mtime(), 1_000_000_000);
+    assert_eq!(read(&f.dest, "app/escape.txt"), "esc");
+    assert_eq!(read(&f.dest, "app/abs.txt"), "abs");
+    assert_eq!(read(&f.dest, "app/through.txt"), "through");
+    assert_eq!(read(&f.dest, "app/up.txt"), "up");
+    assert_eq!(lstat(&f.dest, "app/hl").ino(), md.ino());
+    assert_eq!(lstat(&f.dest, "app/hl2").ino(), md.ino());
+    let base = f.ctx.parent().expect("parent");
+    for outside in ["escape.txt", "through.txt", "up.txt", "rootfs/escape.txt"] {
+        assert!(!exists(base, outside), "{outside} escaped");
+    }
+    assert!(!Path::new("/through.txt").exists());
+
+    // Plain tar with --chown: entries are chowned.
+    let mut op = chown_op("plain.tar", "/plain", Some(UserOpt::ById(77)), None);
+    op.attempt_unpack_docker_compatibility = true;
+    run(&f, &op).expect("add plain");
+    assert_eq!(lstat(&f.dest, "plain/dir/f.txt").uid(), 77);
+    assert_eq!(lstat(&f.dest, "plain").uid(), 77);
+
+    // A non-archive is copied as a file.
+    let mut op = cp("notes.txt", "/n/");
+    op.attempt_unpack_docker_compatibility = true;
+    run(&f, &op).expect("add file");
+    assert_eq!(read(&f.dest, "n/notes.txt"), "not an archive");
+    // COPY never extracts.
+    run(&f, &cp("a.tar.gz", "/copied.tgz")).expect("copy archive");
+    assert!(lstat(&f.dest, "copied.tgz").is_file());
+}
+
+#[test]
+fn dockerignore_and_op_patterns_hide_paths() {
+    let f = fx();
+    write(&f.ctx, "app.log", "log");
+    write(&f.ctx, "main.rs", "main");
+    write(&f.ctx, "dir/secret/other", "no");
+    write(&f.ctx, "dir/secret/keep", "yes");
+    write(&f.ctx, "dir/readme.md", "md");
+    write(&f.ctx, "dir/sub/a.txt", "a");
+    write(&f.ctx, "dir/sub/b.bin", "b");
+    let ignore = PatternMatcher::new(&parse_dockerignore("*.log\ndir/secret\n!dir/secret/keep\n"))
+        .expect("patterns");
+    let go = |op: &FileCopy| copy(&f.ctx, &f.dest, &f.dest, op, Some(&ignore));
+    go(&cp(".", "/all")).expect("copy all");
+    assert!(!exists(&f.dest, "all/app.log"));
+    assert_eq!(read(&f.dest, "all/main.rs"), "main");
+    assert!(!exists(&f.dest, "all/dir/secret/other"));
+    assert_eq!(read(&f.dest, "all/dir/secret/keep"), "yes");
+    assert!(matches!(
+        go(&cp("app.log", "/x")),
+        Err(FileOpError::NotFound { .. })
+    ));
+    assert!(matches!(
+        go(&cp("*.log", "/x")),
+        Err(FileOpError::NotFound { .. })
+    ));
+    assert!(matches!(
+        go(&cp("dir/secret/other", "/x")),
+        Err(FileOpError::NotFound { .. })
+    ));
+    go(&cp("dir/secret/keep", "/kept")).expect("re-included");
+
+    // Op patterns are relative to the copied source.
+    let mut op = cp("dir", "/ex");
+    op.exclude_patterns = vec!["*.md".into(), "sub/*.bin".into()];
+    go(&op).expect("copy");
+    assert!(!exists(&f.dest, "ex/readme.md"));
+    assert!(!exists(&f.dest, "ex/sub/b.bin"));
+    assert_eq!(read(&f.dest, "ex/sub/a.txt"), "a");
+    let mut op = cp("dir", "/in");
+    op.include_patterns = vec!["sub/*.txt".into()];
+    go(&op).expect("copy");
+    assert_eq!(read(&f.dest, "in/sub/a.txt"), "a");
+    assert!(!exists(&f.dest, "in/readme.md"));
+    assert!(
+        !exists(&f.dest, "in/secret"),
+        "dirs without included files are not created"
+    );
+}
+
+#[test]
+fn type_conflicts_follow_fsutil() {
+    let f = fx();
+    write(&f.ctx, "d/x", "file");
+    std::fs::create_dir_all(f.dest.join("out/x")).expect("mkdir");
+    let e = run(&f, &cp("d", "/out")).expect_err("file onto dir");
+    assert_eq!(
+        e.to_string(),
+        "cannot replace to directory /out/x with file"
+    );
+    write(&f.ctx, "e/y/z", "z");
+    write(&f.dest, "o2/y", "a file");
+    let e = run(&f, &cp("e", "/o2")).expect_err("dir onto file");
+    assert_eq!(e.to_string(), "cannot copy to non-directory: /o2/y");
+}
+
+#[test]
+fn mkdir_modes_owners_and_parents() {
+    let f = fx();
+    passwd(&f.dest);
+    let op = FileMkDir {
+        path: "/a/b/c".into(),
+        mode: 0o750,
+        make_parents: true,
+        owner: Some(ChownOpt {
+            user: Some(UserOpt::ByName("app".into())),
+            group: None,
+        }),
+        timestamp: Some(5_000_000_000),
+    };
+    mkdir(&f.dest, &op).expect("mkdir -p");
+    for rel in ["a", "a/b", "a/b/c"] {
+        let md = lstat(&f.dest, rel);
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid(), md.gid()),
+            (0o750, 1000, 1001),
+            "{rel}"
+        );
+        assert_eq!(md.mtime(), 5, "{rel}");
+    }
+    mkdir(&f.dest, &op).expect("existing is fine");
+    let flat = FileMkDir {
+        path: "/x/y".into(),
+        mode: 0o700,
+        make_parents: false,
+        owner: None,
+        timestamp: None,
+    };
+    let e = mkdir(&f.dest, &flat).expect_err("missing parent");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    let flat = FileMkDir {
+        path: "/x".into(),
+        ..flat
+    };
+    mkdir(&f.dest, &flat).expect("mkdir");
+    assert_eq!(lstat(&f.dest, "x").mode() & 0o7777, 0o700);
+    // Through a symlink pointing out of the root.
+    std::os::unix::fs::symlink("/", f.dest.join("escape")).expect("symlink");
+    let op = FileMkDir {
+        path: "/escape/kiln-mkdir-test".into(),
+        ..flat
+    };
+    mkdir(&f.dest, &op).expect("mkdir");
+    assert!(exists(&f.dest, "kiln-mkdir-test"));
+    assert!(!Path::new("/kiln-mkdir-test").exists());
+}
+
+#[test]
+fn mkfile_writes_data_mode_owner() {
+    let f = fx();
+    let op = FileMkFile {
+        path: "/f".into(),
+        mode: 0o644,
+        data: b"data".to_vec(),
+        owner: Some(ChownOpt {
+            user: Some(UserOpt::ById(5)),
+            group: Some(UserOpt::ById(6)),
+        }),
+        timestamp: None,
+    };
+    mkfile(&f.dest, &op).expect("mkfile");
+    assert_eq!(read(&f.dest, "f"), "data");
+    let md = lstat(&f.dest, "f");
+    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o644, 5, 6));
+    // A symlink to a host file writes inside the root instead.
+    std::fs::create_dir(f.dest.join("etc")).expect("mkdir");
+    std::os::unix::fs::symlink("/etc/kiln-mkfile-test", f.dest.join("l")).expect("symlink");
+    let op = FileMkFile {
+        path: "/l".into(),
+        owner: None,
+        ..op
+    };
+    mkfile(&f.dest, &op).expect("mkfile");
+    assert_eq!(read(&f.dest, "etc/kiln-mkfile-test"), "data");
+    assert!(!Path::new("/etc/kiln-mkfile-test").exists());
+}
+
+#[test]
+fn rm_files_dirs_wildcards_and_missing() {
+    let f = fx();
+    write(&f.dest, "a.txt", "a");
+    write(&f.dest, "b.txt", "b");
+    write(&f.dest, "d/x", "x");
+    write(&f.dest, "etc/passwd", "rootfs passwd");
+    let rm_op = |path: &str, allow_not_found, allow_wildcard| FileRm {
+        path: path.into(),
+        allow_not_found,
+        allow_wildcard,
+    };
+    rm(&f.dest, &rm_op("/d", false, false)).expect("rm dir");
+    assert!(!exists(&f.dest, "d"));
+    rm(&f.dest, &rm_op("/*.txt", false, true)).expect("rm wildcard");
+    assert!(!exists(&f.dest, "a.txt") && !exists(&f.dest, "b.txt"));
+    rm(&f.dest, &rm_op("/*.none", false, true)).expect("empty wildcard is fine");
+    let e = rm(&f.dest, &rm_op("/gone", false, false)).expect_err("missing");
+    assert_eq!(e.to_string(), "\"/gone\": not found");
+    rm(&f.dest, &rm_op("/gone", true, false)).expect("allowed");
+    assert!(matches!(
+        rm(&f.dest, &rm_op("/", false, false)),
+        Err(FileOpError::InvalidPath { .. })
+    ));
+    // A symlinked parent is resolved inside the root; a final symlink is
+    // removed itself.
+    std::os::unix::fs::symlink("/etc", f.dest.join("e")).expect("symlink");
+    std::os::unix::fs::symlink("/etc/passwd", f.dest.join("p")).expect("symlink");
+    rm(&f.dest, &rm_op("/p", false, false)).expect("rm link");
+    assert!(!exists(&f.dest, "p"));
+    assert!(exists(&f.dest, "etc/passwd"));
+    rm(&f.dest, &rm_op("/e/passwd", false, false)).expect("rm through link");
+    assert!(!exists(&f.dest, "etc/passwd"));
+    assert!(Path::new("/etc/passwd").exists());
+}
+
+#[test]
+fn symlink_creates_links_once() {
+    let f = fx();
+    std::fs::create_dir(f.dest.join("bin")).expect("mkdir");
+    let op = FileSymlink {
+        oldpath: "/usr/bin/busybox".into(),
+        newpath: "/bin/sh".into(),
+    };
+    symlink(&f.dest, &op).expect("symlink");
+    assert_eq!(
+        std::fs::read_link(f.dest.join("bin/sh")).expect("readlink"),
+        PathBuf::from("/usr/bin/busybox")
+    );
+    let e = symlink(&f.dest, &op).expect_err("exists");
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+}

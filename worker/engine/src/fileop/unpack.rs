@@ -1,0 +1,227 @@
+//! `ADD` of a local archive: detection by content and extraction clamped to
+//! the destination directory (BuildKit's `file/unpack.go` over containerd's
+//! `archive.Apply`, without whiteout handling).
+//!
+//! Plain and gzip tars are recognised. bzip2, xz and zstd archives are not
+//! (no decoder among the engine's dependencies; zstd would only need the
+//! workspace's `zstd` crate) and are copied as files instead.
+
+use super::root::{self, DirAttrs, Resolved};
+use super::{io_err, meta, FileOpError, Result};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+
+/// Opens a possibly compressed archive; `None` for compressions we cannot
+/// read.
+fn open_stream(path: &Path) -> std::io::Result<Option<Box<dyn Read>>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut reader = BufReader::new(file);
+    let head = reader.fill_buf()?;
+    if head.starts_with(GZIP_MAGIC) {
+        return Ok(Some(Box::new(flate2::bufread::MultiGzDecoder::new(reader))));
+    }
+    let unsupported: [&[u8]; 3] = [
+        b"BZh",
+        &[0xfd, b'7', b'z', b'X', b'Z', 0],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+    ];
+    if unsupported.iter().any(|m| head.starts_with(m)) {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(reader)))
+}
+
+/// Whether `path` is a regular file holding a tar archive with a valid
+/// first header (the name does not matter).
+pub(crate) fn is_archive(path: &Path) -> bool {
+    let is_file = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    if !is_file {
+        return false;
+    }
+    let Ok(Some(stream)) = open_stream(path) else {
+        return false;
+    };
+    let mut archive = tar::Archive::new(stream);
+    let Ok(mut entries) = archive.entries() else {
+        return false;
+    };
+    matches!(entries.next(), Some(Ok(_)))
+}
+
+/// Extracts the archive at `archive` into the directory `dst` of
+/// `dest_root` (created 0755, with `chown`), like `tar -x`: existing
+/// directories are merged, other existing entries replaced. Entry paths,
+/// hard link targets and symlinks met on the way are clamped inside `dst`.
+/// Entries keep the archive's uid/gid unless `chown` is given, and the
+/// archive's modes and mtimes. Returns the directories created for `dst`.
+pub(crate) fn extract(
+    src_root: &Path,
+    archive: &Path,
+    dest_root: &Path,
+    dst: &Resolved,
+    chown: Option<(u32, u32)>,
+    timestamp: Option<i64>,
+) -> Result<Vec<PathBuf>> {
+    let created = root::mkdir_all(
+        dest_root,
+        dst,
+        DirAttrs {
+            mode: 0o755,
+            owner: chown,
+            timestamp,
+        },
+    )?;
+    let shown = root::display(src_root, archive);
+    let bad = |source: std::io::Error| FileOpError::Archive {
+        path: shown.clone(),
+        source,
+    };
+    let stream = open_stream(archive)
+        .map_err(bad)?
+        .ok_or_else(|| bad(std::io::Error::other("unsupported compression")))?;
+    let base = dst.host.as_path();
+    let mut tar = tar::Archive::new(stream);
+    let mut dirs: Vec<(PathBuf, i64)> = Vec::new();
+    for entry in tar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let name = entry.path().map_err(bad)?.into_owned();
+        let Ok((parent, last)) = root::resolve_parent(base, &name) else {
+            // "", ".", "/": the destination itself, left as it is.
+            continue;
+        };
+        root::mkdir_all(
+            base,
+            &parent,
+            DirAttrs {
+                mode: 0o755,
+                owner: chown,
+                timestamp: None,
+            },
+        )?;
+        let target = parent.host.join(&last);
+        let xattrs = pax_xattrs(&mut entry);
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let mode = header.mode().map_err(bad)?;
+        let mtime = header.mtime().map_err(bad)? as i64;
+        let (uid, gid) = match chown {
+            Some(ids) => ids,
+            None => (
+                header.uid().map_err(bad)? as u32,
+                header.gid().map_err(bad)? as u32,
+            ),
+        };
+        let existing = std::fs::symlink_metadata(&target).ok();
+        if let Some(m) = &existing {
+            if !(m.is_dir() && kind.is_dir()) {
+                let removed = if m.is_dir() {
+                    std::fs::remove_dir_all(&target)
+                } else {
+                    std::fs::remove_file(&target)
+                };
+                removed.map_err(io_err("remove", base, &target))?;
+            }
+        }
+        match kind {
+            tar::EntryType::Directory => {
+                if !std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+                    std::fs::create_dir(&target).map_err(io_err("mkdir", base, &target))?;
+                }
+                dirs.push((target.clone(), mtime));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&target)
+                    .map_err(io_err("create", base, &target))?;
+                std::io::copy(&mut entry, &mut out).map_err(bad)?;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(bad)?
+                    .ok_or_else(|| bad(std::io::Error::other("symlink without target")))?;
+                std::os::unix::fs::symlink(&link, &target).map_err(io_err(
+                    "create symlink",
+                    base,
+                    &target,
+                ))?;
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name()
+                    .map_err(bad)?
+                    .ok_or_else(|| bad(std::io::Error::other("hard link without target")))?
+                    .into_owned();
+                let (lp, ll) = root::resolve_parent(base, &link)?;
+                let source = lp.host.join(ll);
+                std::fs::hard_link(&source, &target).map_err(io_err(
+                    "create hard link",
+                    base,
+                    &target,
+                ))?;
+                // A hard link shares the inode: nothing more to set.
+                continue;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let sflag = match kind {
+                    tar::EntryType::Char => nix::sys::stat::SFlag::S_IFCHR,
+                    tar::EntryType::Block => nix::sys::stat::SFlag::S_IFBLK,
+                    _ => nix::sys::stat::SFlag::S_IFIFO,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let dev = libc::makedev(major, minor);
+                let perm = nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777);
+                if let Err(e) = nix::sys::stat::mknod(&target, sflag, perm, dev) {
+                    tracing::debug!(path = %target.display(), error = %e, "device node not created");
+                    continue;
+                }
+            }
+            // PAX/GNU metadata entries are folded in by the reader; other
+            // kinds (sparse, volume labels) are skipped.
+            _ => continue,
+        }
+        meta::lchown(base, &target, uid, gid)?;
+        if kind != tar::EntryType::Symlink {
+            meta::chmod(base, &target, mode)?;
+        }
+        for (key, value) in xattrs {
+            if let Err(e) = xattr::set(&target, &key, &value) {
+                tracing::debug!(path = %target.display(), name = %key, error = %e, "xattr not set");
+            }
+        }
+        if !kind.is_dir() {
+            let ns = mtime * 1_000_000_000;
+            meta::set_times(base, &target, ns, ns)?;
+        }
+    }
+    // Directory times last: writing their contents moved them.
+    for (dir, mtime) in dirs.iter().rev() {
+        let ns = mtime * 1_000_000_000;
+        meta::set_times(base, dir, ns, ns)?;
+    }
+    Ok(created)
+}
+
+/// `SCHILY.xattr.*` records of an entry's PAX header.
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
+    let Ok(Some(exts)) = entry.pax_extensions() else {
+        return Vec::new();
+    };
+    exts.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let key = e.key().ok()?.strip_prefix("SCHILY.xattr.")?.to_string();
+            Some((key, e.value_bytes().to_vec()))
+        })
+        .collect()
+}

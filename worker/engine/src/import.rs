@@ -1,0 +1,67 @@
+//! Importing a root filesystem directory as a one-layer image, with kiln's
+//! own layer writer: how tests and the quick start get a base image without
+//! a registry.
+
+use crate::error::Result;
+use crate::export::{export_image, image_config};
+use crate::refs::Layer;
+use kiln_snapshot::containerd::LeaseId;
+use kiln_snapshot::diff::Compression;
+use kiln_snapshot::layer::{commit_layer, LayerSource};
+use kiln_snapshot::Containerd;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// Imports `dir` as image `name` (normalized) with one layer and the given
+/// config. The layer is not unpacked: a build that uses it unpacks it.
+/// Returns the manifest digest.
+pub async fn import_rootfs(
+    ctrd: &Containerd,
+    dir: &Path,
+    name: &str,
+    config: &kiln_solver::ImageConfig,
+) -> Result<String> {
+    let lease = LeaseId::unique("import");
+    ctrd.lease_create(
+        &lease,
+        "import",
+        Some(Duration::from_secs(3600)),
+        HashMap::new(),
+    )
+    .await?;
+    let r = async {
+        let desc = commit_layer(
+            ctrd,
+            LayerSource::Walk {
+                lower: None,
+                upper: dir.to_path_buf(),
+            },
+            Compression::Gzip,
+            &lease,
+        )
+        .await?;
+        let layers = vec![Layer {
+            diff_id: desc.diff_id.clone(),
+            media_type: desc.media_type.to_string(),
+            digest: desc.digest.to_string(),
+            size: desc.size as i64,
+        }];
+        let mut cfg = config.clone();
+        cfg.history = vec![kiln_solver::HistoryEntry {
+            created: None,
+            created_by: format!("kiln import {}", dir.display()),
+            comment: "imported by kiln".into(),
+            empty_layer: false,
+        }];
+        let json = image_config(&layers, &cfg);
+        // Not unpacked: the config must not claim a snapshot.
+        let out = export_image(ctrd, &layers, &json, &[name.to_string()], false, &lease).await?;
+        Ok::<_, crate::error::WorkerError>(out.manifest.digest)
+    }
+    .await;
+    if let Err(e) = ctrd.lease_delete(&lease, false).await {
+        tracing::warn!(lease = %lease, error = %e, "cannot delete import lease");
+    }
+    r
+}

@@ -1,0 +1,26 @@
+//! kiln's build engine: the ops of the build graph run over containerd.
+//!
+//! It owns one lease per build, base-image resolution and unpacking, the
+//! exec/file/source ops (`ops`), and the image exporter. It drives the
+//! solver's scheduler with its `StepRunner`, runs steps through the shim's
+//! executor and writes layers through the snapshot crate.
+//!
+//! Architecture invariant: the engine does not speak the daemon's gRPC,
+//! does not build OCI runtime specs (the shim does) and does not write
+//! layer tars (the snapshot crate does).
+
+pub mod base;
+pub mod build;
+pub mod error;
+pub mod export;
+pub mod fileop;
+pub mod ignore;
+pub mod import;
+pub mod oci;
+pub mod ops;
+pub mod progress;
+pub mod refs;
+
+pub use build::{BuildRequest, BuildResult, Engine};
+pub use error::{Result, WorkerError};
+pub use progress::{LogStream, Progress, ProgressEvent};

@@ -1,0 +1,140 @@
+//! Exec ops: a RUN step as a containerd task on a prepared snapshot.
+
+use super::{location, StepRunner};
+use crate::error::{Result, WorkerError};
+use crate::progress::{LogStream, ProgressEvent};
+use crate::refs::Ref;
+use kiln_shim::{ExecError, Executor, ExtraMount, Network, OutputStream, StepIo, StepSpec};
+use kiln_solver::{ExecOp, MountType, NetMode, Vertex, VertexId};
+use tokio_util::sync::CancellationToken;
+
+impl StepRunner {
+    pub(super) async fn exec(
+        &self,
+        id: VertexId,
+        v: &Vertex,
+        op: &ExecOp,
+        inputs: &[Ref],
+        cancel: CancellationToken,
+    ) -> Result<Vec<Ref>> {
+        let loc = location(v);
+        let root =
+            op.mounts
+                .iter()
+                .find(|m| m.dest == "/")
+                .ok_or_else(|| WorkerError::BadInput {
+                    location: loc.clone(),
+                    reason: "exec has no root mount".into(),
+                })?;
+        let parent = match root.input {
+            None => Vec::new(),
+            Some(i) => match inputs.get(i) {
+                Some(Ref::Chain(layers)) => layers.clone(),
+                Some(Ref::Local { .. }) => {
+                    return Err(WorkerError::BadInput {
+                        location: loc,
+                        reason: "a local directory cannot be a root filesystem".into(),
+                    })
+                }
+                None => {
+                    return Err(WorkerError::BadInput {
+                        location: loc,
+                        reason: format!("root mount input {i} does not exist"),
+                    })
+                }
+            },
+        };
+        let mut extra = Vec::new();
+        for m in op.mounts.iter().filter(|m| m.dest != "/") {
+            match &m.mount_type {
+                MountType::Tmpfs { size } => extra.push(ExtraMount::Tmpfs {
+                    dest: m.dest.clone(),
+                    size: Some(*size).filter(|s| *s > 0),
+                }),
+                MountType::Cache { .. } => {
+                    return Err(WorkerError::Unsupported {
+                        location: loc,
+                        what: "RUN --mount=type=cache".into(),
+                    })
+                }
+                MountType::Bind => {
+                    return Err(WorkerError::Unsupported {
+                        location: loc,
+                        what: "RUN --mount=type=bind".into(),
+                    })
+                }
+            }
+        }
+        let active = self.prepare(&parent).await?;
+        let mounted = match self.mount(&active.key, &active.mounts) {
+            Ok(m) => m,
+            Err(e) => {
+                self.discard(active).await;
+                return Err(e);
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let progress = self.progress.clone();
+        let vertex = id.0;
+        let forward = tokio::spawn(async move {
+            while let Some((stream, data)) = rx.recv().await {
+                progress.send(ProgressEvent::Log {
+                    vertex,
+                    stream: match stream {
+                        OutputStream::Stdout => LogStream::Stdout,
+                        OutputStream::Stderr => LogStream::Stderr,
+                    },
+                    data,
+                });
+            }
+        });
+        let spec = StepSpec {
+            id: format!("kiln-{}", crate::base::rand_hex()),
+            rootfs: mounted.path().to_path_buf(),
+            args: op.meta.args.clone(),
+            env: op.meta.env.clone(),
+            cwd: if op.meta.cwd.is_empty() {
+                "/".into()
+            } else {
+                op.meta.cwd.clone()
+            },
+            user: op.meta.user.clone(),
+            hostname: op.meta.hostname.clone(),
+            network: match op.network {
+                NetMode::None => Network::None,
+                NetMode::Host | NetMode::Unset => Network::Host,
+            },
+            mounts: extra,
+            lease: self.lease.clone(),
+            timeout: None,
+        };
+        let status = self.executor.run(spec, StepIo { output: tx }, cancel).await;
+        let _ = forward.await;
+        drop(mounted);
+        let status = match status {
+            Ok(s) => s,
+            Err(ExecError::Cancelled { .. }) => {
+                self.discard(active).await;
+                return Err(WorkerError::Cancelled);
+            }
+            Err(e) => {
+                self.discard(active).await;
+                return Err(WorkerError::Exec {
+                    location: loc,
+                    source: e,
+                });
+            }
+        };
+        if status.code != 0 {
+            self.discard(active).await;
+            return Err(WorkerError::StepFailed {
+                location: loc,
+                command: op.meta.args.join(" "),
+                code: status.code,
+            });
+        }
+        let layers = self.commit(active).await?;
+        let n = root.output.map(|o| o + 1).unwrap_or(1);
+        Ok(vec![Ref::Chain(layers); n])
+    }
+}

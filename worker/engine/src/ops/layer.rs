@@ -1,0 +1,207 @@
+//! The life of a mutable snapshot in a step: prepare on the parent chain,
+//! mount on the host, then either discard it or diff it into a layer blob
+//! and commit it under the new chainID.
+
+use super::StepRunner;
+use crate::error::Result;
+use crate::refs::{self, Layer};
+use kiln_snapshot::layer::{commit_layer, LayerSource};
+use kiln_snapshot::mount::{overlay_dirs, Mount, MountGuard};
+use kiln_snapshot::{Digest, SnapshotError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// An active snapshot prepared for one step.
+pub(super) struct Active {
+    pub key: String,
+    pub mounts: Vec<Mount>,
+    pub parent: Vec<Layer>,
+}
+
+/// A host mount that unmounts and removes its directory when dropped.
+pub(super) struct HostMount {
+    guard: Option<MountGuard>,
+    dir: PathBuf,
+}
+
+impl HostMount {
+    pub fn path(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove mount point");
+        }
+    }
+}
+
+impl StepRunner {
+    /// Mounts `mounts` at a fresh directory below the build's mount dir.
+    pub(super) fn mount(&self, name: &str, mounts: &[Mount]) -> Result<HostMount> {
+        let dir = self.mount_dir.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| crate::error::WorkerError::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })?;
+        match MountGuard::mount(mounts, dir.clone()) {
+            Ok(g) => Ok(HostMount {
+                guard: Some(g),
+                dir,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(SnapshotError::from(e).into())
+            }
+        }
+    }
+
+    /// Prepares an active snapshot on top of `parent` under the build lease.
+    pub(super) async fn prepare(&self, parent: &[Layer]) -> Result<Active> {
+        let key = format!("kiln-active-{}", crate::base::rand_hex());
+        let mounts = self
+            .ctrd
+            .snapshot_prepare(&key, &refs::top_snapshot(parent), &self.lease)
+            .await?;
+        Ok(Active {
+            key,
+            mounts,
+            parent: parent.to_vec(),
+        })
+    }
+
+    /// Removes an active snapshot that produced nothing (failed step).
+    pub(super) async fn discard(&self, active: Active) {
+        if let Err(e) = self.ctrd.snapshot_remove(&active.key).await {
+            tracing::warn!(key = %active.key, error = %e, "cannot remove active snapshot");
+        }
+    }
+
+    /// Diffs the (unmounted) active snapshot against its parent into a layer
+    /// blob and commits it as the new chain's chainID. Discards it on error.
+    pub(super) async fn commit(&self, active: Active) -> Result<Vec<Layer>> {
+        match self.commit_inner(&active).await {
+            Ok(l) => Ok(l),
+            Err(e) => {
+                self.discard(active).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_inner(&self, active: &Active) -> Result<Vec<Layer>> {
+        let parent_top = refs::top_snapshot(&active.parent);
+        // A read-only view of the parent to compare against.
+        let mut view_key = None;
+        let lower = if parent_top.is_empty() {
+            None
+        } else {
+            let key = format!("kiln-view-{}", crate::base::rand_hex());
+            let mounts = self
+                .ctrd
+                .snapshot_view(&key, &parent_top, &self.lease)
+                .await?;
+            view_key = Some(key.clone());
+            match self.mount(&key, &mounts) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let _ = self.ctrd.snapshot_remove(&key).await;
+                    return Err(e);
+                }
+            }
+        };
+        let result = self
+            .diff(active, lower.as_ref().map(|m| m.path().to_path_buf()))
+            .await;
+        drop(lower);
+        if let Some(k) = view_key {
+            if let Err(e) = self.ctrd.snapshot_remove(&k).await {
+                tracing::warn!(key = %k, error = %e, "cannot remove view snapshot");
+            }
+        }
+        let desc = result?;
+        let mut layers = active.parent.clone();
+        layers.push(Layer {
+            diff_id: desc.diff_id.clone(),
+            media_type: desc.media_type.to_string(),
+            digest: desc.digest.to_string(),
+            size: desc.size as i64,
+        });
+        let chain = Digest::chain_ids(&refs::diff_ids(&layers));
+        let name = chain.last().map(|d| d.to_string()).unwrap_or_default();
+        // Lease the name before it exists so it is never unprotected.
+        self.ctrd
+            .lease_add_resource(
+                &self.lease,
+                &format!("snapshots/{}", self.ctrd.snapshotter()),
+                &name,
+            )
+            .await?;
+        match self
+            .ctrd
+            .snapshot_commit(&name, &active.key, HashMap::new(), &self.lease)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {
+                // The same layer was committed by another build: reuse it.
+                self.ctrd.snapshot_remove(&active.key).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(layers)
+    }
+
+    /// Picks the diff strategy: the overlay upperdir when the snapshotter
+    /// gives one, else a full walk of the mounted trees.
+    async fn diff(
+        &self,
+        active: &Active,
+        lower: Option<PathBuf>,
+    ) -> Result<kiln_snapshot::diff::LayerDescriptor> {
+        let upper = match overlay_dirs(&active.mounts) {
+            Some((Some(upper), _)) => Some(upper),
+            _ => match active.mounts.as_slice() {
+                // No parent: overlayfs hands out a bind of the empty upper.
+                [m] if m.mount_type == "bind" && active.parent.is_empty() => {
+                    Some(PathBuf::from(&m.source))
+                }
+                _ => None,
+            },
+        };
+        if let Some(upper) = upper {
+            let r = commit_layer(
+                &self.ctrd,
+                LayerSource::Overlay {
+                    upper,
+                    lower: lower.clone(),
+                },
+                self.compression,
+                &self.lease,
+            )
+            .await;
+            match r {
+                Err(SnapshotError::Diff(kiln_snapshot::diff::DiffError::Redirect { .. })) => {
+                    tracing::info!(key = %active.key, "overlay redirect found, falling back to a full walk");
+                }
+                other => return Ok(other?),
+            }
+        }
+        let mounted = self.mount(&format!("{}-diff", active.key), &active.mounts)?;
+        let r = commit_layer(
+            &self.ctrd,
+            LayerSource::Walk {
+                lower,
+                upper: mounted.path().to_path_buf(),
+            },
+            self.compression,
+            &self.lease,
+        )
+        .await;
+        drop(mounted);
+        Ok(r?)
+    }
+}

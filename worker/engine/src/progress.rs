@@ -1,0 +1,59 @@
+//! Progress events of a build, in the shape of BuildKit's Status stream
+//! (vertex started / log / completed) so the CLI renders them and the
+//! daemon can forward them.
+
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// Which output stream a log chunk came from (1 = stdout, 2 = stderr, as
+/// in BuildKit's VertexLog).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One progress event.
+#[derive(Clone, Debug)]
+pub enum ProgressEvent {
+    Started {
+        vertex: usize,
+        name: String,
+        at: SystemTime,
+    },
+    Log {
+        vertex: usize,
+        stream: LogStream,
+        data: Vec<u8>,
+    },
+    Completed {
+        vertex: usize,
+        name: String,
+        cached: bool,
+        error: Option<String>,
+        at: SystemTime,
+    },
+    /// A message not tied to a vertex (exporting, naming).
+    Info { message: String },
+}
+
+/// The sending side; a closed receiver is ignored.
+#[derive(Clone, Debug)]
+pub struct Progress(Option<mpsc::UnboundedSender<ProgressEvent>>);
+
+impl Progress {
+    pub fn new(tx: mpsc::UnboundedSender<ProgressEvent>) -> Self {
+        Progress(Some(tx))
+    }
+
+    /// Progress that goes nowhere.
+    pub fn none() -> Self {
+        Progress(None)
+    }
+
+    pub fn send(&self, e: ProgressEvent) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(e);
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! What a vertex output is: a layer chain committed in containerd, a local
+//! directory (the build context), or nothing (scratch).
+
+use kiln_solver::Digest;
+use std::path::PathBuf;
+
+/// One layer of a chain: its blob in the content store and its diffID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub diff_id: Digest,
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+}
+
+/// A vertex output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ref {
+    /// A committed snapshot chain; the top snapshot is named by the chainID
+    /// of the layers, so an empty chain is scratch.
+    Chain(Vec<Layer>),
+    /// A directory on the host (the build context), with the exclude
+    /// patterns that hide parts of it.
+    Local { dir: PathBuf, excludes: Vec<String> },
+}
+
+impl Ref {
+    /// The empty filesystem.
+    pub fn scratch() -> Self {
+        Ref::Chain(Vec::new())
+    }
+}
+
+/// The diffIDs of a chain.
+pub fn diff_ids(layers: &[Layer]) -> Vec<Digest> {
+    layers.iter().map(|l| l.diff_id.clone()).collect()
+}
+
+/// The committed snapshot name of a chain's top: its chainID; `""` (no
+/// parent) for scratch.
+pub fn top_snapshot(layers: &[Layer]) -> String {
+    Digest::chain_ids(&diff_ids(layers))
+        .last()
+        .map(|d| d.to_string())
+        .unwrap_or_default()
+}
