@@ -1,0 +1,336 @@
+//! The private-containerd test harness for kiln's end-to-end tests.
+//!
+//! [`Harness::start`] runs a containerd of its own (temporary root, state
+//! and socket, CRI disabled), waits until it answers, and kills it on drop,
+//! so tests never touch the machine's containerd. `KILN_TEST_CONTAINERD`
+//! may point at a running containerd socket instead. Each test uses its own
+//! namespace so tests can run in parallel.
+//!
+//! Nothing here ships in a binary.
+
+use kiln_snapshot::containerd::ContainerdConfig;
+use kiln_snapshot::Containerd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Errors of the harness, as text: tests fail with them.
+pub type HarnessResult<T> = Result<T, String>;
+
+/// A private containerd for one test.
+pub struct Harness {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Harness {
+    /// Starts containerd (or uses `KILN_TEST_CONTAINERD`). Fails, never
+    /// skips, when containerd cannot run: CI has root and containerd.
+    pub async fn start() -> HarnessResult<Harness> {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-it-")
+            .tempdir_in("/tmp")
+            .map_err(|e| format!("tempdir: {e}"))?;
+        if let Ok(sock) = std::env::var("KILN_TEST_CONTAINERD") {
+            return Ok(Harness {
+                dir,
+                socket: PathBuf::from(sock),
+                child: None,
+            });
+        }
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        let socket = dir.path().join("containerd.sock");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}.ttrpc\"\n[debug]\n  level = \"warn\"\n",
+                root.display(),
+                state.display(),
+                socket.display(),
+                socket.display()
+            ),
+        )
+        .map_err(|e| format!("write {}: {e}", config.display()))?;
+        let log = std::fs::File::create(dir.path().join("containerd.log"))
+            .map_err(|e| format!("containerd.log: {e}"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start containerd (is it installed? run .ci/run): {e}"))?;
+        let mut h = Harness {
+            dir,
+            socket,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if h.socket.exists() {
+                if let Ok(c) = Containerd::connect(h.config("default")).await {
+                    if c.version().await.is_ok() {
+                        break;
+                    }
+                }
+            }
+            if let Some(ch) = h.child.as_mut() {
+                if let Ok(Some(status)) = ch.try_wait() {
+                    return Err(format!("containerd exited with {status}: {}", h.log_tail()));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "containerd did not answer in 30s: {}",
+                    h.log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(h)
+    }
+
+    /// The end of containerd's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The containerd socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A temporary directory that lives as long as the harness.
+    pub fn state_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The connection settings for `namespace` (overlayfs).
+    pub fn config(&self, namespace: &str) -> ContainerdConfig {
+        ContainerdConfig {
+            address: self.socket.clone(),
+            namespace: namespace.to_string(),
+            snapshotter: "overlayfs".to_string(),
+        }
+    }
+
+    /// A connection to `namespace`.
+    pub async fn client(&self, namespace: &str) -> HarnessResult<Containerd> {
+        Containerd::connect(self.config(namespace))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs `ctr` against this containerd and returns stdout; fails on a
+    /// non-zero exit with stderr in the message.
+    pub fn ctr(&self, namespace: &str, args: &[&str]) -> HarnessResult<String> {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(namespace)
+            .args(args)
+            .output()
+            .map_err(|e| format!("ctr: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ctr {:?} failed: {}{}",
+                args,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Ask containerd to stop cleanly first.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            // Shims outlive containerd; kill the ones of this root.
+            kill_shims(self.dir.path());
+            unmount_below(self.dir.path());
+        }
+    }
+}
+
+/// Kills containerd-shim processes whose command line mentions `dir`.
+fn kill_shims(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmd.contains("containerd-shim") && cmd.contains(&needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Lazily unmounts anything still mounted below `dir`, deepest first.
+fn unmount_below(dir: &Path) {
+    let needle = dir.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut targets: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(String::from))
+        .filter(|t| t.starts_with(&needle))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = nix::mount::umount2(t.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Writes a busybox root filesystem (Debian's static busybox, applet
+/// symlinks, passwd and group with a non-root user) into `dir`.
+pub fn busybox_rootfs(dir: &Path) -> HarnessResult<()> {
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    for d in ["bin", "etc", "tmp", "root", "home/app"] {
+        std::fs::create_dir_all(dir.join(d)).map_err(|e| io(d, e))?;
+    }
+    std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+        .map_err(|e| io("chmod tmp", e))?;
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
+        .map_err(|e| io("copy /bin/busybox (install busybox-static)", e))?;
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .map_err(|e| io("busybox --list", e))?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let link = dir.join("bin").join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", &link).map_err(|e| io(applet, e))?;
+            }
+        }
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .map_err(|e| io("passwd", e))?;
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nnogroup:x:65534:\n",
+    )
+    .map_err(|e| io("group", e))?;
+    std::fs::write(dir.join("etc/base-release"), "busybox test base\n")
+        .map_err(|e| io("base-release", e))?;
+    Ok(())
+}
+
+impl Harness {
+    /// Imports a busybox image named `name` into `namespace` with kiln's
+    /// own importer (not unpacked, so builds exercise the unpacker).
+    pub async fn import_busybox(&self, namespace: &str, name: &str) -> HarnessResult<()> {
+        let rootfs = self.state_dir().join(format!("busybox-{namespace}"));
+        busybox_rootfs(&rootfs)?;
+        let ctrd = self.client(namespace).await?;
+        let cfg = kiln_solver::ImageConfig {
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            cmd: Some(vec!["sh".into()]),
+            ..Default::default()
+        };
+        kiln_worker::import::import_rootfs(&ctrd, &rootfs, name, &cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Runs the `kiln` binary against this containerd in `namespace`.
+    pub fn kiln(&self, namespace: &str, args: &[&str]) -> HarnessResult<KilnOutput> {
+        let out = Command::new(kiln_binary()?)
+            .arg("--containerd-address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(namespace)
+            .arg("--root")
+            .arg(self.state_dir().join("kiln-root"))
+            .args(args)
+            .output()
+            .map_err(|e| format!("run kiln: {e}"))?;
+        Ok(KilnOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// What `ctr` lists of kiln's leftovers in `namespace`: containers,
+    /// tasks, active snapshots and kiln leases without an expiry.
+    pub fn leftovers(&self, namespace: &str) -> HarnessResult<Vec<String>> {
+        let mut out = Vec::new();
+        for line in self.ctr(namespace, &["containers", "ls", "-q"])?.lines() {
+            out.push(format!("container {line}"));
+        }
+        for line in self.ctr(namespace, &["tasks", "ls"])?.lines().skip(1) {
+            out.push(format!("task {line}"));
+        }
+        for line in self.ctr(namespace, &["snapshots", "ls"])?.lines().skip(1) {
+            if line.split_whitespace().any(|w| w == "Active") {
+                out.push(format!("active snapshot {line}"));
+            }
+        }
+        for line in self.ctr(namespace, &["leases", "ls"])?.lines().skip(1) {
+            if line.starts_with("kiln/") && !line.contains("containerd.io/gc.expire") {
+                out.push(format!("lease {line}"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The result of one `kiln` run.
+#[derive(Debug)]
+pub struct KilnOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The `kiln` binary next to the test executable (cargo builds it for
+/// `cargo test --workspace`).
+pub fn kiln_binary() -> HarnessResult<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("kiln");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not found: run the tests with `cargo test --workspace`",
+            bin.display()
+        ))
+    }
+}

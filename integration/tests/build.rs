@@ -1,0 +1,474 @@
+//! Issue 2's acceptance: Dockerfiles built into a private containerd by the
+//! `kiln` binary, checked with `ctr` and the content store.
+
+use kiln_integration::{Harness, KilnOutput};
+use std::path::PathBuf;
+
+/// A build context in a temp dir with the given files.
+fn context(h: &Harness, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = h.state_dir().join(format!("ctx-{name}"));
+    for (path, body) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().expect("files have a parent")).expect("mkdir");
+        std::fs::write(&p, body).expect("write context file");
+    }
+    dir
+}
+
+async fn setup(ns: &str) -> Harness {
+    let h = Harness::start().await.expect("private containerd starts");
+    h.import_busybox(ns, "docker.io/library/busybox:latest")
+        .await
+        .expect("busybox imports");
+    h
+}
+
+fn build(h: &Harness, ns: &str, args: &[&str]) -> KilnOutput {
+    let mut all = vec!["build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    h.kiln(ns, &all).expect("kiln runs")
+}
+
+fn ok(out: KilnOutput) -> KilnOutput {
+    assert!(out.success, "build failed:\n{}\n{}", out.stdout, out.stderr);
+    out
+}
+
+/// The config JSON of image `name`.
+fn image_config(h: &Harness, ns: &str, name: &str) -> serde_json::Value {
+    let images = h.ctr(ns, &["images", "ls"]).expect("ctr images ls");
+    let line = images
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} not in\n{images}"));
+    let digest = line
+        .split_whitespace()
+        .nth(2)
+        .expect("digest column")
+        .to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&h.ctr(ns, &["content", "get", &digest]).expect("manifest"))
+            .expect("json");
+    let cfg = manifest["config"]["digest"]
+        .as_str()
+        .expect("config digest")
+        .to_string();
+    serde_json::from_str(&h.ctr(ns, &["content", "get", &cfg]).expect("config")).expect("json")
+}
+
+fn ctr_run(h: &Harness, ns: &str, image: &str, id: &str, cmd: &[&str]) -> String {
+    let mut args = vec!["run", "--rm", image, id];
+    args.extend_from_slice(cmd);
+    h.ctr(ns, &args).expect("ctr run succeeds")
+}
+
+const FULL: &str = r#"# every instruction of the engine's subset
+ARG BASE=busybox
+FROM ${BASE} AS base
+ARG GREETING=hi
+ENV APP_HOME=/srv/app MODE=test
+WORKDIR $APP_HOME
+COPY greeting.txt ./
+ADD files.tar /srv/unpacked/
+RUN echo "$GREETING from $MODE" > run.txt && chown app run.txt
+USER app
+RUN id -u > /tmp/whoami
+LABEL org.example.kind="full test" version=1
+EXPOSE 8080 53/udp
+ENTRYPOINT ["sh", "-c"]
+CMD ["cat /srv/app/greeting.txt /srv/app/run.txt /srv/unpacked/inside.txt /tmp/whoami"]
+"#;
+
+fn tar_with(name: &str, body: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut hdr = tar::Header::new_gnu();
+    hdr.set_size(body.len() as u64);
+    hdr.set_mode(0o644);
+    hdr.set_uid(0);
+    hdr.set_gid(0);
+    hdr.set_mtime(1_700_000_000);
+    hdr.set_cksum();
+    b.append_data(&mut hdr, name, body.as_bytes()).expect("tar");
+    b.into_inner().expect("tar")
+}
+
+#[tokio::test]
+async fn every_instruction_builds_and_runs_unpacked() {
+    let ns = "full";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "full",
+        &[
+            ("Dockerfile", FULL),
+            ("greeting.txt", "hello from the context\n"),
+        ],
+    );
+    std::fs::write(
+        ctx.join("files.tar"),
+        tar_with("inside.txt", "extracted by ADD\n"),
+    )
+    .expect("tar");
+    let out = ok(build(
+        &h,
+        ns,
+        &[
+            "-t",
+            "full:1",
+            "--build-arg",
+            "GREETING=howdy",
+            "--label",
+            "extra=yes",
+            ctx.to_str().expect("utf8"),
+        ],
+    ));
+    assert!(
+        out.stdout.contains("docker.io/library/full:1"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("manifest sha256:"), "{}", out.stdout);
+
+    let printed = ctr_run(&h, ns, "docker.io/library/full:1", "full-run", &[]);
+    assert_eq!(
+        printed,
+        "hello from the context\nhowdy from test\nextracted by ADD\n1000\n"
+    );
+
+    let cfg = image_config(&h, ns, "docker.io/library/full:1");
+    let c = &cfg["config"];
+    assert_eq!(c["User"], "app");
+    assert_eq!(c["WorkingDir"], "/srv/app");
+    assert_eq!(c["Entrypoint"], serde_json::json!(["sh", "-c"]));
+    assert_eq!(
+        c["Cmd"],
+        serde_json::json!([
+            "cat /srv/app/greeting.txt /srv/app/run.txt /srv/unpacked/inside.txt /tmp/whoami"
+        ])
+    );
+    assert_eq!(
+        c["Env"],
+        serde_json::json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "APP_HOME=/srv/app",
+            "MODE=test"
+        ])
+    );
+    assert_eq!(
+        c["Labels"],
+        serde_json::json!({"org.example.kind": "full test", "version": "1", "extra": "yes"})
+    );
+    assert_eq!(
+        c["ExposedPorts"],
+        serde_json::json!({"8080/tcp": {}, "53/udp": {}})
+    );
+    let history: Vec<(String, bool)> = cfg["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|e| {
+            (
+                e["created_by"].as_str().unwrap_or("").to_string(),
+                e["empty_layer"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, bool)> = vec![
+        ("kiln import ".to_string(), false),
+        ("ARG GREETING=howdy".into(), true),
+        ("ENV APP_HOME=/srv/app MODE=test".into(), true),
+        ("WORKDIR /srv/app".into(), false),
+        ("COPY greeting.txt ./ # buildkit".into(), false),
+        ("ADD files.tar /srv/unpacked/ # buildkit".into(), false),
+        ("RUN |1 GREETING=howdy /bin/sh -c echo \"$GREETING from $MODE\" > run.txt && chown app run.txt # buildkit".into(), false),
+        ("USER app".into(), true),
+        ("RUN |1 GREETING=howdy /bin/sh -c id -u > /tmp/whoami # buildkit".into(), false),
+        ("LABEL org.example.kind=full test version=1".into(), true),
+        ("EXPOSE [53/udp 8080/tcp]".into(), true),
+        ("ENTRYPOINT [\"sh\" \"-c\"]".into(), true),
+        ("CMD [\"cat /srv/app/greeting.txt /srv/app/run.txt /srv/unpacked/inside.txt /tmp/whoami\"]".into(), true),
+    ];
+    assert_eq!(history.len(), expected.len(), "history: {history:#?}");
+    for (got, want) in history.iter().zip(&expected) {
+        if want.0 == "kiln import " {
+            assert!(got.0.starts_with("kiln import "), "{got:?}");
+            assert_eq!(got.1, want.1);
+        } else {
+            assert_eq!(got, want);
+        }
+    }
+    let layers = history.iter().filter(|(_, empty)| !empty).count();
+    assert_eq!(
+        cfg["rootfs"]["diff_ids"]
+            .as_array()
+            .expect("diff_ids")
+            .len(),
+        layers
+    );
+
+    let check = h.ctr(ns, &["images", "check"]).expect("ctr images check");
+    let line = check
+        .lines()
+        .find(|l| l.starts_with("docker.io/library/full:1"))
+        .expect("image listed");
+    assert!(line.contains("complete"), "{line}");
+    assert!(line.contains("true"), "not unpacked: {line}");
+    assert!(h.leftovers(ns).expect("ctr").is_empty());
+}
+
+#[tokio::test]
+async fn multi_stage_builds_only_what_the_target_needs() {
+    let ns = "multi";
+    let h = setup(ns).await;
+    let df = "FROM busybox AS unused\nRUN echo UNUSED-STAGE-RAN\n\
+              FROM busybox AS builder\nRUN echo BUILDER-RAN && echo built > /artifact\n\
+              FROM busybox AS final\nCOPY --from=builder /artifact /artifact\nRUN echo FINAL-RAN\n\
+              FROM final AS after\nRUN echo AFTER-RAN\n";
+    let ctx = context(&h, "multi", &[("Dockerfile", df)]);
+    let out = ok(build(
+        &h,
+        ns,
+        &[
+            "-t",
+            "multi",
+            "--target",
+            "final",
+            ctx.to_str().expect("utf8"),
+        ],
+    ));
+    assert!(out.stderr.contains("BUILDER-RAN"), "{}", out.stderr);
+    assert!(out.stderr.contains("FINAL-RAN"), "{}", out.stderr);
+    assert!(!out.stderr.contains("UNUSED-STAGE-RAN"), "{}", out.stderr);
+    assert!(!out.stderr.contains("AFTER-RAN"), "{}", out.stderr);
+    let printed = ctr_run(
+        &h,
+        ns,
+        "docker.io/library/multi:latest",
+        "multi-run",
+        &["cat", "/artifact"],
+    );
+    assert_eq!(printed, "built\n");
+}
+
+#[tokio::test]
+async fn a_deleted_base_file_is_absent() {
+    let ns = "whiteout";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "wh",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN rm /etc/base-release && rm -r /home/app\n",
+        )],
+    );
+    ok(build(&h, ns, &["-t", "wh", ctx.to_str().expect("utf8")]));
+    let printed = ctr_run(
+        &h,
+        ns,
+        "docker.io/library/wh:latest",
+        "wh-run",
+        &[
+            "sh",
+            "-c",
+            "ls /etc/base-release /home/app 2>&1; echo; ls /etc",
+        ],
+    );
+    assert!(printed.contains("No such file or directory"), "{printed}");
+    assert!(!printed.contains("base-release\n"), "{printed}");
+    assert!(printed.contains("passwd"), "{printed}");
+}
+
+#[tokio::test]
+async fn a_failing_run_names_the_line_and_leaves_nothing() {
+    let ns = "failing";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "fail",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo before\nRUN echo about to fail; exit 3\n",
+        )],
+    );
+    let out = build(&h, ns, &["-t", "fail", ctx.to_str().expect("utf8")]);
+    assert!(!out.success);
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("Dockerfile:3"), "{}", out.stderr);
+    assert!(last.contains("echo about to fail; exit 3"), "{last}");
+    assert!(last.contains("exit code: 3"), "{last}");
+    assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
+    assert!(!h
+        .ctr(ns, &["images", "ls", "-q"])
+        .expect("ctr")
+        .contains("fail"));
+}
+
+/// The entries of the newest layer of `image`.
+fn top_layer_entries(h: &Harness, ns: &str, image: &str) -> Vec<String> {
+    let images = h.ctr(ns, &["images", "ls"]).expect("ctr");
+    let line = images
+        .lines()
+        .find(|l| l.starts_with(image))
+        .expect("listed");
+    let digest = line.split_whitespace().nth(2).expect("digest").to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&h.ctr(ns, &["content", "get", &digest]).expect("manifest"))
+            .expect("json");
+    let layer = manifest["layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(|l| l["digest"].as_str())
+        .expect("a layer")
+        .to_string();
+    let out = std::process::Command::new("ctr")
+        .args([
+            "--address",
+            h.socket().to_str().expect("utf8"),
+            "--namespace",
+            ns,
+            "content",
+            "get",
+            &layer,
+        ])
+        .output()
+        .expect("ctr content get");
+    let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(&out.stdout[..]));
+    a.entries()
+        .expect("tar")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn layers_hold_no_stubs_and_copies_are_reproducible() {
+    let ns = "stubs";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "stubs",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY data /data\nRUN echo x > /made-by-run\n",
+            ),
+            ("data/a.txt", "a\n"),
+            ("data/sub/b.txt", "b\n"),
+        ],
+    );
+    ok(build(
+        &h,
+        ns,
+        &["-t", "stubs:1", ctx.to_str().expect("utf8")],
+    ));
+    let entries = top_layer_entries(&h, ns, "docker.io/library/stubs:1");
+    assert_eq!(entries, vec!["made-by-run"], "RUN layer entries");
+    ok(build(
+        &h,
+        ns,
+        &["-t", "stubs:2", "--no-cache", ctx.to_str().expect("utf8")],
+    ));
+    let d1 = image_config(&h, ns, "docker.io/library/stubs:1")["rootfs"]["diff_ids"].clone();
+    let d2 = image_config(&h, ns, "docker.io/library/stubs:2")["rootfs"]["diff_ids"].clone();
+    // base, COPY equal; the RUN layer differs only by file times.
+    assert_eq!(d1[0], d2[0]);
+    assert_eq!(d1[1], d2[1], "COPY diffIDs differ");
+}
+
+#[tokio::test]
+async fn two_builds_at_once_both_succeed() {
+    let ns = "concurrent";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "conc",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY f /f\nRUN sleep 1 && cat /f > /g\n",
+            ),
+            ("f", "same\n"),
+        ],
+    );
+    let c = ctx.to_str().expect("utf8").to_string();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| build(&h, ns, &["-t", "conc:a", &c]));
+        let b = s.spawn(|| build(&h, ns, &["-t", "conc:b", &c]));
+        (a.join().expect("thread"), b.join().expect("thread"))
+    });
+    ok(a);
+    ok(b);
+    for tag in ["a", "b"] {
+        let printed = ctr_run(
+            &h,
+            ns,
+            &format!("docker.io/library/conc:{tag}"),
+            &format!("conc-{tag}"),
+            &["cat", "/g"],
+        );
+        assert_eq!(printed, "same\n");
+    }
+    assert!(h.leftovers(ns).expect("ctr").is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_gives_one_line_and_leaves_nothing() {
+    let ns = "bad";
+    let h = setup(ns).await;
+    let cases: Vec<(&str, &str, &str)> = vec![
+        ("empty", "", "Dockerfile"),
+        (
+            "unknown",
+            "FROM busybox\nFOO bar\n",
+            "Dockerfile:2: unknown instruction: FOO",
+        ),
+        (
+            "missing-src",
+            "FROM busybox\nCOPY nothere.txt /x\n",
+            "nothere.txt",
+        ),
+        (
+            "missing-base",
+            "FROM nosuchimage:1\n",
+            "image \"docker.io/library/nosuchimage:1\" not found in containerd namespace \"bad\"",
+        ),
+    ];
+    for (name, df, needle) in cases {
+        let ctx = context(&h, name, &[("Dockerfile", df)]);
+        let out = build(&h, ns, &["-t", name, ctx.to_str().expect("utf8")]);
+        assert!(!out.success, "{name} succeeded");
+        let errors: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{name}: {}", out.stderr);
+        assert!(errors[0].contains(needle), "{name}: {}", errors[0]);
+        assert_eq!(
+            h.leftovers(ns).expect("ctr"),
+            Vec::<String>::new(),
+            "{name}"
+        );
+    }
+    // An unreachable containerd.
+    let ctx = context(&h, "unreachable", &[("Dockerfile", "FROM busybox\n")]);
+    let out = std::process::Command::new(kiln_integration::kiln_binary().expect("kiln"))
+        .args([
+            "--containerd-address",
+            "/tmp/kiln-no-such.sock",
+            "build",
+            ctx.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("kiln runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/tmp/kiln-no-such.sock"), "{stderr}");
+}
