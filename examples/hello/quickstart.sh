@@ -32,7 +32,7 @@ for applet in $(/bin/busybox --list); do
 done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$rootfs/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
-"$kiln" --containerd-address "$sock" import-rootfs --name busybox:latest --cmd sh -- "$rootfs"
+"$kiln" --containerd-address "$sock" import-rootfs --name busybox:latest --cmd sh "$rootfs"
 
 "$kiln" --containerd-address "$sock" build -t hello "$here"
 echo "== ctr run docker.io/library/hello:latest"

@@ -65,8 +65,9 @@ enum Command {
         /// Image name, e.g. busybox:latest.
         #[arg(long)]
         name: String,
-        /// Default command of the image.
-        #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+        /// Default command of the image, one argument per flag
+        /// (`--cmd sh --cmd -c --cmd 'echo hi'`).
+        #[arg(long, allow_hyphen_values = true)]
         cmd: Vec<String>,
         dir: PathBuf,
     },
