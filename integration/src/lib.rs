@@ -265,15 +265,22 @@ impl Harness {
         Ok(())
     }
 
-    /// Runs the `kiln` binary against this containerd in `namespace`.
-    pub fn kiln(&self, namespace: &str, args: &[&str]) -> HarnessResult<KilnOutput> {
-        let out = Command::new(kiln_binary()?)
-            .arg("--containerd-address")
+    /// A `kiln` command pointed at this containerd and `namespace`.
+    pub fn kiln_command(&self, namespace: &str) -> HarnessResult<Command> {
+        let mut cmd = Command::new(kiln_binary()?);
+        cmd.arg("--containerd-address")
             .arg(&self.socket)
             .arg("--namespace")
             .arg(namespace)
             .arg("--root")
-            .arg(self.state_dir().join("kiln-root"))
+            .arg(self.state_dir().join("kiln-root"));
+        Ok(cmd)
+    }
+
+    /// Runs the `kiln` binary against this containerd in `namespace`.
+    pub fn kiln(&self, namespace: &str, args: &[&str]) -> HarnessResult<KilnOutput> {
+        let out = self
+            .kiln_command(namespace)?
             .args(args)
             .output()
             .map_err(|e| format!("run kiln: {e}"))?;

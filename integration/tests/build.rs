@@ -472,3 +472,92 @@ async fn bad_input_gives_one_line_and_leaves_nothing() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("/tmp/kiln-no-such.sock"), "{stderr}");
 }
+
+#[tokio::test]
+async fn ctrl_c_kills_the_step_and_leaves_nothing() {
+    use std::io::{BufRead, BufReader};
+    let ns = "interrupt";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "int",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo STEP-STARTED && sleep 60\n",
+        )],
+    );
+    let mut child = h
+        .kiln_command(ns)
+        .expect("kiln")
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "int",
+            ctx.to_str().expect("utf8"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln starts");
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("utf8 output");
+        seen.push(line.clone());
+        if line.contains("STEP-STARTED") {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("STEP-STARTED")), "{seen:#?}");
+    let started = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("kiln exits");
+    assert!(!status.success());
+    // The 60 s sleep was killed, not waited for (a generous bound that
+    // still tells "killed" from "ran to the end").
+    assert!(started.elapsed() < std::time::Duration::from_secs(45));
+    assert!(rest.iter().any(|l| l.contains("cancelled")), "{rest:#?}");
+    assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn zstd_and_uncompressed_layers_export_and_run() {
+    let ns = "compress";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "zstd",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY f /f\n"),
+            ("f", "compressed\n"),
+        ],
+    );
+    for (compression, media) in [
+        ("zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
+        ("uncompressed", "application/vnd.oci.image.layer.v1.tar"),
+    ] {
+        let name = format!("docker.io/library/c:{compression}");
+        let out = format!("type=image,name={name},compression={compression}");
+        ok(build(&h, ns, &["-o", &out, ctx.to_str().expect("utf8")]));
+        let images = h.ctr(ns, &["images", "ls"]).expect("ctr");
+        let line = images
+            .lines()
+            .find(|l| l.starts_with(&name))
+            .expect("listed");
+        let digest = line.split_whitespace().nth(2).expect("digest");
+        let manifest: serde_json::Value =
+            serde_json::from_str(&h.ctr(ns, &["content", "get", digest]).expect("manifest"))
+                .expect("json");
+        assert_eq!(manifest["layers"][1]["mediaType"], media);
+        let printed = ctr_run(&h, ns, &name, &format!("c-{compression}"), &["cat", "/f"]);
+        assert_eq!(printed, "compressed\n");
+    }
+}

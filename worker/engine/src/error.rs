@@ -8,11 +8,12 @@ pub enum WorkerError {
     /// containerd access, mounting or diffing failed.
     #[error(transparent)]
     Snapshot(#[from] kiln_snapshot::SnapshotError),
-    /// Running a step's container failed (not a non-zero exit).
-    #[error("{location}{source}")]
+    /// Running a step's container failed (not a non-zero exit). The
+    /// whole cause chain is printed, so it is not exposed as a source.
+    #[error("{location}{}", error_chain(.error))]
     Exec {
         location: String,
-        source: kiln_shim::ExecError,
+        error: kiln_shim::ExecError,
     },
     /// A base image is not in the namespace's image store.
     #[error("image \"{image}\" not found in containerd namespace \"{namespace}\"")]
@@ -53,7 +54,7 @@ impl WorkerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             WorkerError::Snapshot(e) => e.kind(),
-            WorkerError::Exec { source, .. } => source.kind(),
+            WorkerError::Exec { error, .. } => error.kind(),
             WorkerError::ImageNotFound { .. } => ErrorKind::NotFound,
             WorkerError::InvalidImage { .. } | WorkerError::BadInput { .. } => {
                 ErrorKind::InvalidArgument

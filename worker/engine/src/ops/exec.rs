@@ -121,7 +121,7 @@ impl StepRunner {
                 self.discard(active).await;
                 return Err(WorkerError::Exec {
                     location: loc,
-                    source: e,
+                    error: e,
                 });
             }
         };
