@@ -323,15 +323,15 @@ pub struct KilnOutput {
     pub stderr: String,
 }
 
-/// The `kiln` binary next to the test executable (cargo builds it for
-/// `cargo test --workspace`).
+/// The `kiln` CLI next to the test executable: `kiln-under-test`, which
+/// cargo builds for this package's tests.
 pub fn kiln_binary() -> HarnessResult<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("kiln");
+    let bin = dir.join("kiln-under-test");
     if bin.exists() {
         Ok(bin)
     } else {

@@ -1,0 +1,296 @@
+//! `kiln`, the build client. In this version it runs the engine in-process
+//! against containerd (the embedded mode).
+//!
+//! It owns flags, reading the Dockerfile and `.dockerignore`, and progress
+//! display; the build itself is the engine's. The binary is a one-line
+//! `main` over [`main`] so the end-to-end tests can build the same CLI.
+
+mod progress;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+use kiln_dockerfile::BuildOptions;
+use kiln_snapshot::containerd::ContainerdConfig;
+use kiln_snapshot::diff::Compression;
+use kiln_snapshot::Containerd;
+use kiln_worker::{BuildRequest, Engine, Progress};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "containerd-native image builder")]
+struct Cli {
+    /// containerd's socket.
+    #[arg(
+        long,
+        env = "CONTAINERD_ADDRESS",
+        default_value = "/run/containerd/containerd.sock",
+        global = true
+    )]
+    containerd_address: PathBuf,
+    /// containerd namespace to build in and register images in.
+    #[arg(
+        long,
+        env = "CONTAINERD_NAMESPACE",
+        default_value = "default",
+        global = true
+    )]
+    namespace: String,
+    /// Snapshotter for build steps and the unpacked result.
+    #[arg(
+        long,
+        env = "CONTAINERD_SNAPSHOTTER",
+        default_value = "overlayfs",
+        global = true
+    )]
+    snapshotter: String,
+    /// kiln's state directory (mount points and FIFOs; no image data).
+    #[arg(
+        long,
+        env = "KILN_ROOT",
+        default_value = "/var/lib/kiln",
+        global = true
+    )]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an image from a Dockerfile into containerd.
+    Build(BuildArgs),
+    /// Import a root filesystem directory as a one-layer image.
+    ImportRootfs {
+        /// Image name, e.g. busybox:latest.
+        #[arg(long)]
+        name: String,
+        /// Default command of the image, one argument per flag
+        /// (`--cmd sh --cmd -c --cmd 'echo hi'`).
+        #[arg(long, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Name of the image (repeatable).
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// Dockerfile path (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Stage to build.
+    #[arg(long)]
+    target: Option<String>,
+    /// Build-time variable K=V (K alone takes the environment's value).
+    #[arg(long = "build-arg")]
+    build_args: Vec<String>,
+    /// Image label K=V.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Do not use cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Progress output: auto, plain or tty.
+    #[arg(long, default_value = "auto")]
+    progress: String,
+    /// Output: type=image[,name=N][,compression=gzip|zstd|uncompressed].
+    #[arg(short = 'o', long = "output")]
+    outputs: Vec<String>,
+    /// Build context directory.
+    context: PathBuf,
+}
+
+/// The whole `kiln` command: parses the arguments and runs.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let config = ContainerdConfig {
+        address: cli.containerd_address.clone(),
+        namespace: cli.namespace.clone(),
+        snapshotter: cli.snapshotter.clone(),
+    };
+    match cli.command {
+        Command::Build(args) => build(config, cli.root, args).await,
+        Command::ImportRootfs { name, cmd, dir } => {
+            let ctrd = Containerd::connect(config).await?;
+            let name = kiln_dockerfile::reference::normalize(&name)?;
+            let cfg = kiln_solver::ImageConfig {
+                env: vec![
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                ],
+                cmd: if cmd.is_empty() { None } else { Some(cmd) },
+                ..Default::default()
+            };
+            let digest = kiln_worker::import::import_rootfs(&ctrd, &dir, &name, &cfg).await?;
+            println!("{name} {digest}");
+            Ok(())
+        }
+    }
+}
+
+/// Splits `K=V`; `K` alone takes the environment's value when `from_env`.
+fn key_values(items: &[String], from_env: bool, what: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        match item.split_once('=') {
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            None if from_env => {
+                if let Ok(v) = std::env::var(item) {
+                    out.insert(item.clone(), v);
+                }
+            }
+            None => return Err(anyhow!("invalid {what} {item:?}: expected KEY=VALUE")),
+        }
+    }
+    Ok(out)
+}
+
+/// The image exporter's settings from `-o` (only `type=image` here).
+fn parse_outputs(outputs: &[String]) -> Result<(Vec<String>, Compression)> {
+    let mut names = Vec::new();
+    let mut compression = Compression::Gzip;
+    for o in outputs {
+        let mut kind = None;
+        for kv in o.split(',') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| anyhow!("invalid output {o:?}: expected key=value pairs"))?;
+            match k {
+                "type" => kind = Some(v.to_string()),
+                "name" => names.extend(v.split(',').map(String::from)),
+                "compression" => {
+                    compression = v.parse().map_err(|_| {
+                        anyhow!("invalid compression {v:?}: use gzip, zstd or uncompressed")
+                    })?
+                }
+                "unpack" | "push" | "oci-mediatypes" => {}
+                _ => return Err(anyhow!("unknown output option {k:?} in {o:?}")),
+            }
+        }
+        match kind.as_deref() {
+            Some("image") | None => {}
+            Some(t) => {
+                return Err(anyhow!(
+                    "output type {t:?} is not supported yet (use type=image)"
+                ))
+            }
+        }
+    }
+    Ok((names, compression))
+}
+
+async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Result<()> {
+    let context = args
+        .context
+        .canonicalize()
+        .with_context(|| format!("build context {}", args.context.display()))?;
+    if !context.is_dir() {
+        return Err(anyhow!(
+            "build context {} is not a directory",
+            context.display()
+        ));
+    }
+    let dockerfile = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let filename = dockerfile
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "Dockerfile".into());
+    let src = std::fs::read_to_string(&dockerfile)
+        .with_context(|| format!("cannot read {}", dockerfile.display()))?;
+    let excludes = match std::fs::read_to_string(context.join(".dockerignore")) {
+        Ok(text) => kiln_worker::ignore::parse_dockerignore(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(anyhow!("cannot read .dockerignore: {e}")),
+    };
+    let platform = kiln_worker::oci::host_platform();
+    let opts = BuildOptions {
+        filename: filename.clone(),
+        target: args.target.clone(),
+        build_args: key_values(&args.build_args, true, "build-arg")?,
+        labels: key_values(&args.labels, false, "label")?,
+        excludes,
+        context_name: "context".into(),
+        no_cache: args.no_cache,
+        platform_os: platform.os.clone(),
+        platform_arch: platform.architecture.clone(),
+    };
+    let df = kiln_dockerfile::parse(&src, &filename)?;
+    let (mut names, compression) = parse_outputs(&args.outputs)?;
+    names.extend(args.tags.iter().cloned());
+    let names = names
+        .iter()
+        .map(|n| kiln_dockerfile::reference::normalize(n).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()?;
+
+    let ctrd = Containerd::connect(config).await?;
+    let engine = Engine::new(ctrd, root);
+    let mut bases = BTreeMap::new();
+    for image in df.base_images(&opts)? {
+        let cfg = engine.image_config(&image).await?;
+        bases.insert(image, cfg);
+    }
+    let built = kiln_dockerfile::to_graph(&df, &opts, &bases)?;
+    let mut locals = HashMap::new();
+    locals.insert("context".to_string(), context.clone());
+    let req = BuildRequest {
+        graph: built.graph,
+        result: built.result,
+        config: built.config,
+        locals,
+        names,
+        compression,
+    };
+
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ncancelling build...");
+            on_signal.cancel();
+        }
+    });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
+    let result = engine.build(req, Progress::new(tx), cancel).await;
+    let _ = display.await;
+    let result = result?;
+    for n in &result.names {
+        println!("naming to {n}");
+    }
+    println!("manifest {}", result.manifest_digest);
+    Ok(())
+}
