@@ -292,7 +292,9 @@ impl Harness {
     }
 
     /// What `ctr` lists of kiln's leftovers in `namespace`: containers,
-    /// tasks, active snapshots and kiln leases without an expiry.
+    /// tasks, active snapshots other than cache mounts, and kiln leases
+    /// without an expiry other than cache records (which are meant to
+    /// stay).
     pub fn leftovers(&self, namespace: &str) -> HarnessResult<Vec<String>> {
         let mut out = Vec::new();
         for line in self.ctr(namespace, &["containers", "ls", "-q"])?.lines() {
@@ -302,17 +304,31 @@ impl Harness {
             out.push(format!("task {line}"));
         }
         for line in self.ctr(namespace, &["snapshots", "ls"])?.lines().skip(1) {
-            if line.split_whitespace().any(|w| w == "Active") {
+            if line.split_whitespace().any(|w| w == "Active")
+                && !line.starts_with("kiln-cachemount-")
+            {
                 out.push(format!("active snapshot {line}"));
             }
         }
         for line in self.ctr(namespace, &["leases", "ls"])?.lines().skip(1) {
-            if line.starts_with("kiln/") && !line.contains("containerd.io/gc.expire") {
+            if line.starts_with("kiln/")
+                && !line.starts_with("kiln/cache/")
+                && !line.contains("containerd.io/gc.expire")
+            {
                 out.push(format!("lease {line}"));
             }
         }
         Ok(out)
     }
+}
+
+/// Whether a step printed `marker` as a whole output line (`#N marker`),
+/// as opposed to the marker appearing in a step's name.
+pub fn step_printed(stderr: &str, marker: &str) -> bool {
+    stderr.lines().any(|l| {
+        l.split_once(' ')
+            .is_some_and(|(n, rest)| n.starts_with('#') && rest == marker)
+    })
 }
 
 /// The result of one `kiln` run.

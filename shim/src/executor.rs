@@ -104,8 +104,19 @@ impl ContainerdExecutor {
     /// Ids of the step containers (label [`STEP_LABEL`]) in the namespace,
     /// e.g. to find leftovers of a crashed engine.
     pub async fn list_containers(&self) -> Result<Vec<String>> {
+        self.list_with_filter(format!("labels.\"{STEP_LABEL}\""))
+            .await
+    }
+
+    /// Ids of the step containers a build's lease ran.
+    pub async fn list_containers_of_lease(&self, lease: &str) -> Result<Vec<String>> {
+        self.list_with_filter(format!("labels.\"{LEASE_LABEL}\"==\"{lease}\""))
+            .await
+    }
+
+    async fn list_with_filter(&self, filter: String) -> Result<Vec<String>> {
         let req = ListContainersRequest {
-            filters: vec![format!("labels.\"{STEP_LABEL}\"")],
+            filters: vec![filter],
         };
         let r = self
             .containers()

@@ -6,6 +6,7 @@
 use crate::containerd::{Containerd, LeaseId};
 use crate::diff::{write_layer, Compression, DiffSource, LayerDescriptor};
 use crate::error::{Result, SnapshotError};
+use kiln_solver::Digest;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -112,4 +113,107 @@ pub async fn commit_layer(
     labels.insert(UNCOMPRESSED_LABEL.to_string(), desc.diff_id.to_string());
     writer.commit(&desc.digest, labels).await?;
     Ok(desc)
+}
+
+/// A blocking `Read` over a content stream.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The label on a layer blob naming its variant in another compression,
+/// so a second export in that compression reuses it.
+fn variant_label(to: Compression) -> String {
+    format!("dev.kiln/variant.{}", to.as_str())
+}
+
+/// The layer `digest` (compressed as `from`, diffID `diff_id`) in
+/// compression `to`: an existing variant when the blob names one that is
+/// still there, else a new blob written under `lease`.
+pub async fn convert_layer(
+    ctrd: &Containerd,
+    digest: &str,
+    from: Compression,
+    diff_id: &Digest,
+    to: Compression,
+    lease: &LeaseId,
+) -> Result<(Digest, u64)> {
+    let info = ctrd.content_info(digest).await?;
+    if let Some(v) = info.labels.get(&variant_label(to)) {
+        if let Ok(vi) = ctrd.content_info(v).await {
+            ctrd.lease_add_resource(lease, "content", v).await?;
+            if let Some(d) = Digest::parse(v) {
+                return Ok((d, vi.size as u64));
+            }
+        }
+    }
+    let rx = ctrd.content_read_stream(digest).await?;
+    let (tx, mut out_rx) = mpsc::channel::<Vec<u8>>(4);
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut input = ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        };
+        let mut w = ChannelWriter {
+            buf: Vec::with_capacity(CHUNK),
+            tx,
+        };
+        let desc = crate::diff::recompress(&mut input, from, to, &mut w)?;
+        w.flush()
+            .map_err(|e| crate::diff::DiffError::Output { source: e })?;
+        Ok::<_, crate::diff::DiffError>(desc)
+    });
+    let mut writer = ctrd.content_writer(lease).await?;
+    let mut write_err = None;
+    while let Some(chunk) = out_rx.recv().await {
+        if let Err(e) = writer.write(&chunk).await {
+            write_err = Some(e);
+            break;
+        }
+    }
+    drop(out_rx);
+    let produced = producer.await.map_err(|e| SnapshotError::Io {
+        path: "layer conversion".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    let desc = produced?;
+    if desc.diff_id != *diff_id {
+        return Err(SnapshotError::InvalidBlob {
+            digest: digest.to_string(),
+            reason: format!("decompresses to {}, expected {diff_id}", desc.diff_id),
+        });
+    }
+    let mut labels = HashMap::new();
+    labels.insert(UNCOMPRESSED_LABEL.to_string(), desc.diff_id.to_string());
+    writer.commit(&desc.digest, labels).await?;
+    let mut link = HashMap::new();
+    link.insert(variant_label(to), desc.digest.to_string());
+    if let Err(e) = ctrd.content_set_labels(digest, link).await {
+        tracing::warn!(digest, error = %e, "cannot record a layer variant");
+    }
+    Ok((desc.digest, desc.size))
 }

@@ -93,6 +93,49 @@ impl Containerd {
         Ok(out)
     }
 
+    /// Streams a blob's bytes in chunks (for layers, which must not be read
+    /// into memory whole). A read error ends the stream with `Err`.
+    pub async fn content_read_stream(
+        &self,
+        digest: &str,
+    ) -> Result<mpsc::Receiver<Result<Vec<u8>>>> {
+        let mut stream = self
+            .content()
+            .read(self.request(
+                ReadContentRequest {
+                    digest: digest.to_string(),
+                    offset: 0,
+                    size: 0,
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.status_error("Content.Read", digest, s))?
+            .into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        let digest = digest.to_string();
+        tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(chunk)) => {
+                        if tx.send(Ok(chunk.data)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(s) => {
+                        let _ = tx
+                            .send(Err(this.status_error("Content.Read", &digest, s)))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     /// Sets labels on an existing blob (only the given keys change).
     pub async fn content_set_labels(
         &self,

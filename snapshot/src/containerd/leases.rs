@@ -37,6 +37,12 @@ impl LeaseId {
         LeaseId(format!("{LEASE_PREFIX}{kind}/{name}"))
     }
 
+    /// A kiln lease ID from its text; `None` for leases kiln does not own.
+    pub fn from_kiln(id: &str) -> Option<Self> {
+        id.starts_with(LEASE_PREFIX)
+            .then(|| LeaseId(id.to_string()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -53,12 +59,22 @@ impl std::fmt::Display for LeaseId {
 pub struct LeaseInfo {
     pub id: String,
     pub labels: HashMap<String, String>,
+    /// Creation time, seconds since the epoch.
+    pub created_secs: u64,
 }
 
 impl LeaseInfo {
     /// Whether the lease has an expiry label (and so cannot outlive it).
     pub fn expires(&self) -> bool {
         self.labels.contains_key(EXPIRE_LABEL)
+    }
+}
+
+fn convert(l: containerd_client::services::v1::Lease) -> LeaseInfo {
+    LeaseInfo {
+        created_secs: l.created_at.map(|t| t.seconds.max(0) as u64).unwrap_or(0),
+        id: l.id,
+        labels: l.labels,
     }
 }
 
@@ -158,11 +174,27 @@ impl Containerd {
             .leases
             .into_iter()
             .filter(|l| l.id.starts_with(LEASE_PREFIX))
-            .map(|l| LeaseInfo {
-                id: l.id,
-                labels: l.labels,
-            })
+            .map(convert)
             .collect())
+    }
+
+    /// The kiln lease `id`, if it exists.
+    pub async fn lease_get_kiln(&self, id: &LeaseId) -> Result<Option<LeaseInfo>> {
+        let r = self
+            .leases()
+            .list(self.request(
+                ListRequest {
+                    filters: vec![format!("id==\"{}\"", id.as_str())],
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.status_error("Leases.List", id.as_str(), s))?;
+        Ok(r.into_inner()
+            .leases
+            .into_iter()
+            .find(|l| l.id == id.as_str() && l.labels.contains_key(LEASE_OWNER_LABEL))
+            .map(convert))
     }
 
     /// Runs containerd's GC synchronously (create and sync-delete an empty

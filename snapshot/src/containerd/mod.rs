@@ -11,7 +11,7 @@ mod snapshots;
 
 pub use content::{BlobWriter, ContentInfo};
 pub use images::ImageRecord;
-pub use leases::{LeaseId, LEASE_OWNER_LABEL, LEASE_PREFIX};
+pub use leases::{LeaseId, LeaseInfo, LEASE_OWNER_LABEL, LEASE_PREFIX};
 pub use snapshots::{SnapshotInfo, SnapshotKind};
 
 use crate::error::{Result, SnapshotError};

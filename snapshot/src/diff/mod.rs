@@ -28,6 +28,7 @@
 //!   `<dir>/.wh..wh..opq` and its new contents. Sockets are skipped.
 
 mod compress;
+mod recompress;
 mod tar;
 mod upper;
 mod walk;
@@ -44,6 +45,7 @@ use std::str::FromStr;
 use kiln_solver::Digest;
 
 use self::compress::{Compressor, HashWriter};
+pub use self::recompress::{compression_of, recompress};
 use self::tar::{CopyError, Entry, EntryKind, TarWriter};
 
 /// How a layer blob is compressed.

@@ -61,6 +61,28 @@ struct Cli {
 enum Command {
     /// Build an image from a Dockerfile into containerd.
     Build(BuildArgs),
+    /// Show the build cache's records in containerd.
+    Du {
+        /// Show every record with its full lease ID.
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
+    /// Remove build cache records (least recently used first) and run
+    /// containerd's garbage collection.
+    Prune {
+        /// Remove all records, internal ones included.
+        #[arg(long, short = 'a')]
+        all: bool,
+        /// Keep the most recently used records up to this size (e.g. 5GB).
+        #[arg(long)]
+        keep_storage: Option<String>,
+        /// Keep records used within this long (e.g. 48h).
+        #[arg(long)]
+        keep_duration: Option<String>,
+        /// Only records matching type=regular|exec.cachemount (repeatable).
+        #[arg(long)]
+        filter: Vec<String>,
+    },
     /// Import a root filesystem directory as a one-layer image.
     ImportRootfs {
         /// Image name, e.g. busybox:latest.
@@ -94,6 +116,9 @@ struct BuildArgs {
     /// Do not use cache.
     #[arg(long)]
     no_cache: bool,
+    /// Do not use cache for these stages (repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    no_cache_filter: Vec<String>,
     /// Progress output: auto, plain or tty.
     #[arg(long, default_value = "auto")]
     progress: String,
@@ -140,6 +165,86 @@ async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Build(args) => build(config, cli.root, args).await,
+        Command::Du { verbose } => {
+            let ctrd = Containerd::connect(config).await?;
+            let records = kiln_worker::prune::disk_usage(&ctrd).await?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            println!(
+                "{:<26} {:<16} {:>10} {:>14}  DESCRIPTION",
+                "ID", "TYPE", "SIZE", "LAST USED"
+            );
+            let mut total = 0;
+            for r in &records {
+                total += r.size;
+                let id = r.lease.id.rsplit('/').next().unwrap_or_default();
+                let id = if verbose {
+                    r.lease.id.as_str()
+                } else {
+                    &id[..id.len().min(25)]
+                };
+                let desc = if verbose {
+                    r.description.clone()
+                } else {
+                    r.description.chars().take(60).collect()
+                };
+                println!(
+                    "{:<26} {:<16} {:>10} {:>14}  {}",
+                    id,
+                    r.record_type,
+                    human_size(r.size),
+                    format!("{} ago", human_age(now.saturating_sub(r.last_used))),
+                    desc
+                );
+            }
+            println!("Total: {} in {} records", human_size(total), records.len());
+            Ok(())
+        }
+        Command::Prune {
+            all,
+            keep_storage,
+            keep_duration,
+            filter,
+        } => {
+            let mut opts = kiln_worker::prune::PruneOptions {
+                all,
+                ..Default::default()
+            };
+            if let Some(s) = keep_storage {
+                opts.keep_storage = Some(kiln_worker::prune::parse_size(&s).ok_or_else(|| {
+                    anyhow!("invalid --keep-storage {s:?}: use e.g. 512MB or 5GB")
+                })?);
+            }
+            if let Some(d) = keep_duration {
+                opts.keep_duration =
+                    Some(kiln_worker::prune::parse_duration(&d).ok_or_else(|| {
+                        anyhow!("invalid --keep-duration {d:?}: use e.g. 48h or 30m")
+                    })?);
+            }
+            for f in filter {
+                match f.split_once('=') {
+                    Some(("type", t)) => opts.types.push(t.to_string()),
+                    _ => {
+                        return Err(anyhow!(
+                            "invalid --filter {f:?}: only type=TYPE is supported"
+                        ))
+                    }
+                }
+            }
+            let ctrd = Containerd::connect(config).await?;
+            let report = kiln_worker::prune::prune(&ctrd, &opts).await?;
+            for r in &report.removed {
+                println!("{}\t{}\t{}", r.lease.id, r.record_type, human_size(r.size));
+            }
+            println!(
+                "Total: {} in {} records",
+                human_size(report.reclaimed),
+                report.removed.len()
+            );
+            Ok(())
+        }
         Command::ImportRootfs { name, cmd, dir } => {
             let ctrd = Containerd::connect(config).await?;
             let name = kiln_dockerfile::reference::normalize(&name)?;
@@ -154,6 +259,32 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{name} {digest}");
             Ok(())
         }
+    }
+}
+
+/// Bytes with a binary unit, like buildctl du.
+fn human_size(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.2}{}", units[u])
+    }
+}
+
+/// A rough age: `5s`, `3m`, `2h`, `4d`.
+fn human_age(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
     }
 }
 
@@ -245,6 +376,7 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
         excludes,
         context_name: "context".into(),
         no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter.clone(),
         platform_os: platform.os.clone(),
         platform_arch: platform.architecture.clone(),
     };
@@ -258,6 +390,7 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
 
     let ctrd = Containerd::connect(config).await?;
     let engine = Engine::new(ctrd, root);
+    engine.sweep().await?;
     let mut bases = BTreeMap::new();
     for image in df.base_images(&opts)? {
         let cfg = engine.image_config(&image).await?;

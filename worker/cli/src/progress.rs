@@ -13,6 +13,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 pub enum Mode {
     Plain,
     Tty,
+    /// One JSON object per event on stderr, with times, for tools.
+    RawJson,
 }
 
 impl Mode {
@@ -22,15 +24,58 @@ impl Mode {
             // Live line rewriting comes later; a terminal gets the same
             // stream for now.
             "tty" | "auto" => Ok(Mode::Tty),
+            "rawjson" => Ok(Mode::RawJson),
             other => Err(anyhow!(
-                "invalid --progress {other:?}: use auto, plain or tty"
+                "invalid --progress {other:?}: use auto, plain, tty or rawjson"
             )),
         }
     }
 }
 
+fn nanos(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Writes events as JSON lines until the sender is dropped.
+async fn render_json(mut rx: UnboundedReceiver<ProgressEvent>) {
+    let out = std::io::stderr();
+    while let Some(e) = rx.recv().await {
+        let v = match e {
+            ProgressEvent::Started { vertex, name, at } => serde_json::json!({
+                "vertex": vertex, "name": name, "started": nanos(at),
+            }),
+            ProgressEvent::Log {
+                vertex,
+                stream,
+                data,
+            } => serde_json::json!({
+                "vertex": vertex,
+                "stream": if stream == kiln_worker::LogStream::Stdout { 1 } else { 2 },
+                "data": String::from_utf8_lossy(&data),
+            }),
+            ProgressEvent::Completed {
+                vertex,
+                name,
+                cached,
+                error,
+                at,
+            } => serde_json::json!({
+                "vertex": vertex, "name": name, "completed": nanos(at), "cached": cached, "error": error,
+            }),
+            ProgressEvent::Info { message } => serde_json::json!({ "info": message }),
+        };
+        let _ = writeln!(out.lock(), "{v}");
+    }
+}
+
 /// Renders events until the sender is dropped.
-pub async fn render(mut rx: UnboundedReceiver<ProgressEvent>, _mode: Mode) {
+pub async fn render(rx: UnboundedReceiver<ProgressEvent>, mode: Mode) {
+    if mode == Mode::RawJson {
+        return render_json(rx).await;
+    }
+    let mut rx = rx;
     let mut numbers: HashMap<usize, (usize, SystemTime)> = HashMap::new();
     let mut next = 1;
     let mut partial: HashMap<usize, Vec<u8>> = HashMap::new();

@@ -675,7 +675,29 @@ impl Converter<'_> {
         }
     }
 
+    /// Emits stage `i`; with `--no-cache-filter` naming it, every vertex
+    /// it adds ignores the cache.
     fn dispatch_stage(&mut self, i: usize) -> Result<StageState> {
+        let first = self.graph.vertices.len();
+        let st = self.dispatch_stage_inner(i)?;
+        let name = self.df.stages[i]
+            .name
+            .clone()
+            .unwrap_or_else(|| i.to_string());
+        if self
+            .opts
+            .no_cache_filter
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(&name))
+        {
+            for v in &mut self.graph.vertices[first..] {
+                v.ignore_cache = true;
+            }
+        }
+        Ok(st)
+    }
+
+    fn dispatch_stage_inner(&mut self, i: usize) -> Result<StageState> {
         let df = self.df;
         let stage: &Stage = &df.stages[i];
         let total = stage

@@ -112,6 +112,9 @@ pub struct BuildOptions {
     pub context_name: String,
     /// `--no-cache`: every vertex gets `ignore_cache`.
     pub no_cache: bool,
+    /// `--no-cache-filter`: stages (by name, or index for unnamed ones)
+    /// whose vertices ignore the cache.
+    pub no_cache_filter: Vec<String>,
     /// Target OS, e.g. `linux` (feeds `TARGETOS`, `TARGETPLATFORM`, ...).
     pub platform_os: String,
     /// Target architecture, e.g. `amd64`.
@@ -128,6 +131,7 @@ impl Default for BuildOptions {
             excludes: Vec::new(),
             context_name: "context".to_string(),
             no_cache: false,
+            no_cache_filter: Vec::new(),
             platform_os: "linux".to_string(),
             platform_arch: "amd64".to_string(),
         }

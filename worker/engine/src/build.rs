@@ -1,6 +1,7 @@
 //! One build: a lease around everything it creates, the solve, the export,
 //! and the cleanup that leaves only what the image record references.
 
+use crate::contenthash::HashCache;
 use crate::error::{Result, WorkerError};
 use crate::export::{export_image, image_config, Exported};
 use crate::ops::StepRunner;
@@ -10,6 +11,7 @@ use kiln_shim::ContainerdExecutor;
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::diff::Compression;
 use kiln_snapshot::Containerd;
+use kiln_solver::scheduler::Solver;
 use kiln_solver::{Graph, ImageConfig, SolveError, VertexId};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -50,7 +52,9 @@ pub struct Engine {
     ctrd: Containerd,
     executor: Arc<ContainerdExecutor>,
     state_dir: PathBuf,
-    parallelism: usize,
+    /// Shared by every build of this engine: equal steps run once.
+    solver: Arc<Solver<StepRunner>>,
+    hashes: Arc<HashCache>,
 }
 
 impl Engine {
@@ -63,16 +67,24 @@ impl Engine {
             .map(|n| n.get())
             .unwrap_or(2)
             .max(4);
+        let hashes = Arc::new(HashCache::open(&state_dir.join("contenthash")));
         Engine {
             ctrd,
             executor,
             state_dir,
-            parallelism,
+            solver: Arc::new(Solver::new(parallelism)),
+            hashes,
         }
     }
 
     pub fn containerd(&self) -> &Containerd {
         &self.ctrd
+    }
+
+    /// Cleans up after kiln processes that died mid-build (their step
+    /// containers, host mounts and leases).
+    pub async fn sweep(&self) -> Result<()> {
+        crate::sweep::sweep(&self.ctrd, &self.executor, &self.state_dir).await
     }
 
     /// The frontend's view of base image `name` (normalized).
@@ -94,7 +106,12 @@ impl Engine {
         let span = tracing::info_span!("build", lease = %lease);
         async {
             self.ctrd
-                .lease_create(&lease, "build", Some(BUILD_LEASE_EXPIRY), HashMap::new())
+                .lease_create(
+                    &lease,
+                    "build",
+                    Some(BUILD_LEASE_EXPIRY),
+                    crate::sweep::owner_labels(),
+                )
                 .await?;
             let r = self.build_leased(&req, &lease, progress, cancel).await;
             // On success the images reference everything that must live;
@@ -131,10 +148,14 @@ impl Engine {
             compression: req.compression,
             locals: req.locals.clone(),
             progress: progress.clone(),
+            hashes: self.hashes.clone(),
         });
         let solved =
-            kiln_solver::scheduler::solve(&req.graph, req.result, runner, self.parallelism, cancel)
+            kiln_solver::scheduler::solve(&self.solver, &req.graph, req.result, runner, cancel)
                 .await;
+        if let Err(e) = self.hashes.save() {
+            tracing::warn!(error = %e, "cannot save the context hash cache");
+        }
         let _ = std::fs::remove_dir_all(&mount_dir);
         let outputs = match solved {
             Ok(o) => o,
@@ -173,7 +194,16 @@ impl Engine {
             manifest,
             config_digest,
             names,
-        } = export_image(&self.ctrd, &layers, &config, &req.names, true, lease).await?;
+        } = export_image(
+            &self.ctrd,
+            &layers,
+            &config,
+            &req.names,
+            true,
+            Some(req.compression),
+            lease,
+        )
+        .await?;
         Ok(BuildResult {
             manifest_digest: manifest.digest,
             config_digest,

@@ -5,6 +5,8 @@ use crate::error::Result;
 use crate::oci::{self, Descriptor, History, ImageConfigJson, Manifest, RootFs, RunConfig};
 use crate::refs::{self, Layer};
 use kiln_snapshot::containerd::{ImageRecord, LeaseId};
+use kiln_snapshot::diff::{compression_of, Compression};
+use kiln_snapshot::layer::convert_layer;
 use kiln_snapshot::Containerd;
 use std::collections::HashMap;
 
@@ -77,6 +79,42 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
     }
 }
 
+/// The chain with every layer in `compression` (re-compressed variants
+/// where needed, reused when a blob names one) and OCI media type names.
+/// `None` keeps the layers as they are.
+async fn with_compression(
+    ctrd: &Containerd,
+    layers: &[Layer],
+    compression: Option<Compression>,
+    lease: &LeaseId,
+) -> Result<Vec<Layer>> {
+    let Some(to) = compression else {
+        return Ok(layers.to_vec());
+    };
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers {
+        match compression_of(&l.media_type) {
+            Some(from) if from == to => out.push(Layer {
+                media_type: to.media_type().to_string(),
+                ..l.clone()
+            }),
+            Some(from) => {
+                let (digest, size) =
+                    convert_layer(ctrd, &l.digest, from, &l.diff_id, to, lease).await?;
+                out.push(Layer {
+                    diff_id: l.diff_id.clone(),
+                    media_type: to.media_type().to_string(),
+                    digest: digest.to_string(),
+                    size: size as i64,
+                });
+            }
+            // A layer type kiln does not know (e.g. foreign): keep it.
+            None => out.push(l.clone()),
+        }
+    }
+    Ok(out)
+}
+
 /// Writes config and manifest under `lease` with the GC labels that tie
 /// manifest -> config/layers and config -> unpacked snapshot, then points
 /// every name at the manifest. `unpacked` says the chain's snapshots exist
@@ -87,8 +125,10 @@ pub async fn export_image(
     config: &ImageConfigJson,
     names: &[String],
     unpacked: bool,
+    compression: Option<Compression>,
     lease: &LeaseId,
 ) -> Result<Exported> {
+    let layers = &with_compression(ctrd, layers, compression, lease).await?;
     let config_bytes =
         serde_json::to_vec(config).map_err(|e| crate::error::WorkerError::InvalidImage {
             image: "result".into(),

@@ -56,7 +56,16 @@ pub async fn import_rootfs(
         }];
         let json = image_config(&layers, &cfg);
         // Not unpacked: the config must not claim a snapshot.
-        let out = export_image(ctrd, &layers, &json, &[name.to_string()], false, &lease).await?;
+        let out = export_image(
+            ctrd,
+            &layers,
+            &json,
+            &[name.to_string()],
+            false,
+            None,
+            &lease,
+        )
+        .await?;
         Ok::<_, crate::error::WorkerError>(out.manifest.digest)
     }
     .await;

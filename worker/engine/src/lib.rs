@@ -11,6 +11,8 @@
 
 pub mod base;
 pub mod build;
+pub mod cache;
+pub mod contenthash;
 pub mod error;
 pub mod export;
 pub mod fileop;
@@ -19,7 +21,9 @@ pub mod import;
 pub mod oci;
 pub mod ops;
 pub mod progress;
+pub mod prune;
 pub mod refs;
+pub mod sweep;
 
 pub use build::{BuildRequest, BuildResult, Engine};
 pub use error::{Result, WorkerError};

@@ -328,6 +328,13 @@ impl Graph {
             .collect()
     }
 
+    /// The digest of an op's own definition (not its inputs, name or
+    /// location): the op part of a cache key.
+    pub fn op_digest(op: &Op) -> Digest {
+        let bytes = serde_json::to_vec(op).expect("graph types serialize to JSON infallibly");
+        Digest::of(&bytes)
+    }
+
     /// The definition digest of a vertex: its op, its inputs' definition
     /// digests and output indexes. Equal digests mean equal work.
     pub fn definition_digests(&self) -> Vec<Digest> {

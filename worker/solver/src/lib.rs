@@ -8,6 +8,7 @@
 //! type. Ops are executed through the [`scheduler::OpRunner`] trait that the
 //! engine implements; with a fake runner the solver is deterministic.
 
+pub mod cache;
 pub mod digest;
 pub mod graph;
 pub mod scheduler;

@@ -1,6 +1,9 @@
 //! Runs the vertices a target needs, each once, as soon as its inputs are
-//! ready, with bounded parallelism.
+//! ready, with bounded parallelism; answers vertices from the cache and
+//! from equal vertices running at the same time.
 
+use crate::cache::{cache_key, Flight, FlightControl};
+use crate::digest::Digest;
 use crate::graph::{Graph, Vertex, VertexId};
 use crate::{Result, SolveError};
 use std::collections::HashMap;
@@ -10,12 +13,29 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Executes one vertex. Implemented by the engine over containerd, and by
-/// fakes in tests.
+/// Executes one vertex and keeps its results. Implemented by the engine
+/// over containerd, and by fakes in tests.
 pub trait OpRunner: Send + Sync + 'static {
     /// What a vertex output is (a snapshot reference, ...).
     type Ref: Clone + Send + Sync + 'static;
     type Error: std::error::Error + Send + Sync + 'static;
+
+    /// A digest standing for input `index` (`input`) as `vertex` uses it:
+    /// a content address of the input's result, never of its history.
+    fn input_digest(
+        &self,
+        vertex: &Vertex,
+        index: usize,
+        input: &Self::Ref,
+    ) -> impl Future<Output = std::result::Result<Digest, Self::Error>> + Send;
+
+    /// The cached outputs for `key`, if the cache holds them. Ops that must
+    /// always run (sources) answer `None`.
+    fn load(
+        &self,
+        key: &Digest,
+        vertex: &Vertex,
+    ) -> impl Future<Output = std::result::Result<Option<Vec<Self::Ref>>, Self::Error>> + Send;
 
     /// Runs `vertex` on its inputs (in `vertex.inputs` order) and returns its
     /// outputs, indexed by output number. Must stop promptly when `cancel`
@@ -27,29 +47,121 @@ pub trait OpRunner: Send + Sync + 'static {
         inputs: Vec<Self::Ref>,
         cancel: CancellationToken,
     ) -> impl Future<Output = std::result::Result<Vec<Self::Ref>, Self::Error>> + Send;
+
+    /// Keeps the outputs of a run under `key`.
+    fn save(
+        &self,
+        key: &Digest,
+        vertex: &Vertex,
+        outputs: &[Self::Ref],
+    ) -> impl Future<Output = std::result::Result<(), Self::Error>> + Send;
+
+    /// Told when `vertex` was answered without running: from the cache, or
+    /// by an equal vertex that ran at the same time.
+    fn cached(&self, id: VertexId, vertex: &Vertex);
+}
+
+/// The shared state of every solve of one process: dedup of equal work.
+pub struct Solver<R: OpRunner> {
+    flight: Arc<FlightControl<R::Ref>>,
+    parallelism: Arc<Semaphore>,
+}
+
+impl<R: OpRunner> Solver<R> {
+    /// A solver running at most `parallelism` ops at once across all its
+    /// solves.
+    pub fn new(parallelism: usize) -> Self {
+        Solver {
+            flight: Arc::default(),
+            parallelism: Arc::new(Semaphore::new(parallelism.max(1))),
+        }
+    }
+}
+
+/// An error shared from an equal vertex that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SharedFailure(String);
+
+/// How one vertex ended.
+enum Outcome<E> {
+    Ran(E),
+    Shared(String),
 }
 
 /// A vertex that finished, with its outputs or its error.
 type Finished<R> = (
     VertexId,
-    std::result::Result<Vec<<R as OpRunner>::Ref>, <R as OpRunner>::Error>,
+    std::result::Result<Vec<<R as OpRunner>::Ref>, Outcome<<R as OpRunner>::Error>>,
 );
 
-/// Solves `target` of `graph` with at most `parallelism` vertices running at
-/// once and returns the target's outputs. On the first failure every running
-/// vertex is cancelled and awaited before the error is returned.
+/// Computes the key of one vertex and answers it from the cache, from an
+/// equal vertex in flight, or by running it (then saving the result).
+async fn solve_vertex<R: OpRunner>(
+    runner: Arc<R>,
+    flight: Arc<FlightControl<R::Ref>>,
+    sem: Arc<Semaphore>,
+    id: VertexId,
+    vertex: Vertex,
+    inputs: Vec<R::Ref>,
+    cancel: CancellationToken,
+) -> std::result::Result<Vec<R::Ref>, Outcome<R::Error>> {
+    let mut digests = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        digests.push(
+            runner
+                .input_digest(&vertex, i, input)
+                .await
+                .map_err(Outcome::Ran)?,
+        );
+    }
+    let key = cache_key(&Graph::op_digest(&vertex.op), &digests);
+    match flight.join(&key) {
+        Flight::Follower(f) => {
+            let outs = f.wait().await.map_err(Outcome::Shared)?;
+            runner.cached(id, &vertex);
+            Ok(outs)
+        }
+        Flight::Leader(leader) => {
+            let result: std::result::Result<Vec<R::Ref>, R::Error> = async {
+                if !vertex.ignore_cache {
+                    if let Some(outs) = runner.load(&key, &vertex).await? {
+                        runner.cached(id, &vertex);
+                        return Ok(outs);
+                    }
+                }
+                let outs = {
+                    let _permit = sem.acquire_owned().await;
+                    runner.run(id, vertex.clone(), inputs, cancel).await?
+                };
+                runner.save(&key, &vertex, &outs).await?;
+                Ok(outs)
+            }
+            .await;
+            leader.finish(match &result {
+                Ok(o) => Ok(o.clone()),
+                Err(e) => Err(e.to_string()),
+            });
+            result.map_err(Outcome::Ran)
+        }
+    }
+}
+
+/// Solves `target` of `graph` and returns the target's outputs. Every
+/// needed vertex starts as soon as its inputs are ready; on the first
+/// failure every running vertex is cancelled and awaited before the error
+/// is returned.
 pub async fn solve<R: OpRunner>(
+    solver: &Solver<R>,
     graph: &Graph,
     target: VertexId,
     runner: Arc<R>,
-    parallelism: usize,
     cancel: CancellationToken,
 ) -> Result<Vec<R::Ref>> {
     let order = graph.needed_for(target);
     if order.is_empty() {
         return Err(SolveError::Empty);
     }
-    let sem = Arc::new(Semaphore::new(parallelism.max(1)));
     let mut done: HashMap<VertexId, Vec<R::Ref>> = HashMap::new();
     let mut pending: Vec<VertexId> = order;
     let mut running: JoinSet<Finished<R>> = JoinSet::new();
@@ -77,14 +189,16 @@ pub async fn solve<R: OpRunner>(
                             }
                         }
                     }
-                    let runner = runner.clone();
-                    let sem = sem.clone();
-                    let vertex = v.clone();
-                    let token = cancel.child_token();
-                    running.spawn(async move {
-                        let _permit = sem.acquire_owned().await;
-                        (id, runner.run(id, vertex, inputs, token).await)
-                    });
+                    let task = solve_vertex(
+                        runner.clone(),
+                        solver.flight.clone(),
+                        solver.parallelism.clone(),
+                        id,
+                        v.clone(),
+                        inputs,
+                        cancel.child_token(),
+                    );
+                    running.spawn(async move { (id, task.await) });
                 } else {
                     i += 1;
                 }
@@ -104,9 +218,13 @@ pub async fn solve<R: OpRunner>(
             }
             Some(Ok((id, Err(e)))) => {
                 if first_error.is_none() {
+                    let source: Box<dyn std::error::Error + Send + Sync> = match e {
+                        Outcome::Ran(e) => Box::new(e),
+                        Outcome::Shared(m) => Box::new(SharedFailure(m)),
+                    };
                     first_error = Some(SolveError::Op {
                         name: graph.vertex(id).name.clone(),
-                        source: Box::new(e),
+                        source,
                     });
                     cancel.cancel();
                 }
@@ -134,19 +252,51 @@ mod tests {
     use crate::graph::*;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     #[derive(Debug, thiserror::Error)]
     #[error("fake failure")]
     struct FakeError;
 
-    /// Records the order of runs; fails vertices whose name starts with "fail".
-    struct Counting {
+    /// Counts runs per vertex name and keeps results in a map (the cache);
+    /// fails vertices whose op identifier starts with "fail"; a vertex named
+    /// "meet" waits at a barrier shared by all "meet" vertices.
+    #[derive(Default)]
+    struct Fake {
         runs: Mutex<Vec<String>>,
+        cached: Mutex<Vec<String>>,
+        store: Mutex<HashMap<Digest, Vec<String>>>,
+        meet: Option<tokio::sync::Barrier>,
     }
 
-    impl OpRunner for Counting {
+    fn ident(v: &Vertex) -> String {
+        match &v.op {
+            Op::Source(s) => s.identifier.clone(),
+            _ => String::new(),
+        }
+    }
+
+    impl OpRunner for Fake {
         type Ref = String;
         type Error = FakeError;
+
+        async fn input_digest(
+            &self,
+            _vertex: &Vertex,
+            _index: usize,
+            input: &String,
+        ) -> std::result::Result<Digest, FakeError> {
+            Ok(Digest::of(input.as_bytes()))
+        }
+
+        async fn load(
+            &self,
+            key: &Digest,
+            _vertex: &Vertex,
+        ) -> std::result::Result<Option<Vec<String>>, FakeError> {
+            Ok(self.store.lock().expect("not poisoned").get(key).cloned())
+        }
+
         async fn run(
             &self,
             _id: VertexId,
@@ -158,17 +308,54 @@ mod tests {
                 .lock()
                 .expect("not poisoned")
                 .push(vertex.name.clone());
-            if vertex.name.starts_with("fail") {
+            if vertex.name.starts_with("meet") {
+                if let Some(b) = &self.meet {
+                    b.wait().await;
+                }
+            }
+            if ident(&vertex).starts_with("fail") {
                 return Err(FakeError);
             }
-            Ok(vec![format!("{}({})", vertex.name, inputs.join(","))])
+            Ok(vec![format!("{}({})", ident(&vertex), inputs.join(","))])
+        }
+
+        async fn save(
+            &self,
+            key: &Digest,
+            _vertex: &Vertex,
+            outputs: &[String],
+        ) -> std::result::Result<(), FakeError> {
+            self.store
+                .lock()
+                .expect("not poisoned")
+                .insert(key.clone(), outputs.to_vec());
+            Ok(())
+        }
+
+        fn cached(&self, _id: VertexId, vertex: &Vertex) {
+            self.cached
+                .lock()
+                .expect("not poisoned")
+                .push(vertex.name.clone());
         }
     }
 
-    fn v(name: &str, inputs: &[VertexId]) -> Vertex {
+    impl Fake {
+        fn runs(&self) -> Vec<String> {
+            self.runs.lock().expect("not poisoned").clone()
+        }
+        fn forget_runs(&self) {
+            self.runs.lock().expect("not poisoned").clear();
+            self.cached.lock().expect("not poisoned").clear();
+        }
+    }
+
+    /// A vertex whose op is identified by `op` and named `name`.
+    fn v(name: &str, op: &str, inputs: &[VertexId]) -> Vertex {
         Vertex {
-            op: Op::Merge(MergeOp {
-                inputs: (0..inputs.len()).collect(),
+            op: Op::Source(SourceOp {
+                identifier: op.into(),
+                attrs: BTreeMap::new(),
             }),
             inputs: inputs
                 .iter()
@@ -180,39 +367,130 @@ mod tests {
         }
     }
 
+    /// a <- b <- c, with a and b both inputs of c, and an unused vertex.
+    fn chain(b_op: &str) -> (Graph, VertexId) {
+        let mut g = Graph::default();
+        let a = g.add(v("a", "a", &[])).expect("valid");
+        let _unused = g.add(v("unused", "unused", &[])).expect("valid");
+        let b = g.add(v("b", b_op, &[a])).expect("valid");
+        let c = g.add(v("c", "c", &[a, b])).expect("valid");
+        (g, c)
+    }
+
+    async fn run(
+        solver: &Solver<Fake>,
+        g: &Graph,
+        t: VertexId,
+        f: &Arc<Fake>,
+    ) -> Result<Vec<String>> {
+        solve(solver, g, t, f.clone(), CancellationToken::new()).await
+    }
+
     #[tokio::test]
     async fn runs_needed_vertices_once_in_dependency_order() {
-        let mut g = Graph::default();
-        let a = g.add(v("a", &[])).expect("valid");
-        let _unused = g.add(v("unused", &[])).expect("valid");
-        let b = g.add(v("b", &[a])).expect("valid");
-        let c = g.add(v("c", &[a, b])).expect("valid");
-        let runner = Arc::new(Counting {
-            runs: Mutex::new(vec![]),
-        });
-        let out = solve(&g, c, runner.clone(), 4, CancellationToken::new())
-            .await
-            .expect("solves");
+        let (g, c) = chain("b");
+        let f = Arc::new(Fake::default());
+        let out = run(&Solver::new(4), &g, c, &f).await.expect("solves");
         assert_eq!(out, vec!["c(a(),b(a()))".to_string()]);
-        assert_eq!(
-            *runner.runs.lock().expect("not poisoned"),
-            vec!["a", "b", "c"]
-        );
+        assert_eq!(f.runs(), vec!["a", "b", "c"]);
     }
 
     #[tokio::test]
     async fn a_failure_names_the_vertex_and_stops_dependents() {
         let mut g = Graph::default();
-        let a = g.add(v("fail-a", &[])).expect("valid");
-        let b = g.add(v("b", &[a])).expect("valid");
-        let runner = Arc::new(Counting {
-            runs: Mutex::new(vec![]),
-        });
-        let err = solve(&g, b, runner.clone(), 1, CancellationToken::new())
-            .await
-            .expect_err("fails");
+        let a = g.add(v("fail-a", "fail", &[])).expect("valid");
+        let b = g.add(v("b", "b", &[a])).expect("valid");
+        let f = Arc::new(Fake::default());
+        let err = run(&Solver::new(1), &g, b, &f).await.expect_err("fails");
         assert_eq!(err.to_string(), "fail-a");
-        assert_eq!(*runner.runs.lock().expect("not poisoned"), vec!["fail-a"]);
-        let _ = BTreeMap::<u8, u8>::new();
+        assert_eq!(f.runs(), vec!["fail-a"]);
+    }
+
+    #[tokio::test]
+    async fn a_second_solve_is_all_cache_hits() {
+        let (g, c) = chain("b");
+        let f = Arc::new(Fake::default());
+        let solver = Solver::new(4);
+        let first = run(&solver, &g, c, &f).await.expect("solves");
+        f.forget_runs();
+        let second = run(&solver, &g, c, &f).await.expect("solves");
+        assert_eq!(first, second);
+        assert_eq!(
+            f.runs(),
+            Vec::<String>::new(),
+            "a cache hit executes nothing"
+        );
+        assert_eq!(*f.cached.lock().expect("not poisoned"), vec!["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_changed_op_reruns_it_and_what_depends_on_it() {
+        let f = Arc::new(Fake::default());
+        let solver = Solver::new(4);
+        let (g, c) = chain("b");
+        run(&solver, &g, c, &f).await.expect("solves");
+        f.forget_runs();
+        let (g2, c2) = chain("b-changed");
+        run(&solver, &g2, c2, &f).await.expect("solves");
+        assert_eq!(f.runs(), vec!["b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn ignore_cache_reruns_only_that_vertex() {
+        let f = Arc::new(Fake::default());
+        let solver = Solver::new(4);
+        let (mut g, c) = chain("b");
+        run(&solver, &g, c, &f).await.expect("solves");
+        f.forget_runs();
+        g.vertices[0].ignore_cache = true;
+        run(&solver, &g, c, &f).await.expect("solves");
+        // a re-ran and gave the same result, so b and c still hit.
+        assert_eq!(f.runs(), vec!["a"]);
+    }
+
+    #[tokio::test]
+    async fn equal_vertices_run_once_in_one_build() {
+        let mut g = Graph::default();
+        let a1 = g.add(v("a1", "same", &[])).expect("valid");
+        let a2 = g.add(v("a2", "same", &[])).expect("valid");
+        let j = g.add(v("join", "join", &[a1, a2])).expect("valid");
+        let f = Arc::new(Fake::default());
+        run(&Solver::new(4), &g, j, &f).await.expect("solves");
+        let runs = f.runs();
+        assert_eq!(
+            runs.iter().filter(|r| r.starts_with('a')).count(),
+            1,
+            "{runs:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_solves_share_equal_work() {
+        let (g, c) = chain("b");
+        let f = Arc::new(Fake::default());
+        let solver = Solver::new(4);
+        let (x, y) = tokio::join!(run(&solver, &g, c, &f), run(&solver, &g, c, &f));
+        assert_eq!(x.expect("solves"), y.expect("solves"));
+        assert_eq!(f.runs(), vec!["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn independent_vertices_run_at_the_same_time() {
+        // Both "meet" vertices wait for each other at a barrier: the solve
+        // only finishes if they run concurrently.
+        let mut g = Graph::default();
+        let m1 = g.add(v("meet1", "m1", &[])).expect("valid");
+        let m2 = g.add(v("meet2", "m2", &[])).expect("valid");
+        let j = g.add(v("join", "join", &[m1, m2])).expect("valid");
+        let f = Arc::new(Fake {
+            meet: Some(tokio::sync::Barrier::new(2)),
+            ..Default::default()
+        });
+        let solved =
+            tokio::time::timeout(Duration::from_secs(10), run(&Solver::new(4), &g, j, &f)).await;
+        assert!(
+            matches!(solved, Ok(Ok(_))),
+            "independent vertices did not overlap"
+        );
     }
 }

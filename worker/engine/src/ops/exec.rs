@@ -45,31 +45,49 @@ impl StepRunner {
             },
         };
         let mut extra = Vec::new();
+        let mut held_mounts = Vec::new();
         for m in op.mounts.iter().filter(|m| m.dest != "/") {
             match &m.mount_type {
                 MountType::Tmpfs { size } => extra.push(ExtraMount::Tmpfs {
                     dest: m.dest.clone(),
                     size: Some(*size).filter(|s| *s > 0),
                 }),
-                MountType::Cache { .. } => {
-                    return Err(WorkerError::Unsupported {
-                        location: loc,
-                        what: "RUN --mount=type=cache".into(),
-                    })
+                MountType::Cache { id, sharing } => {
+                    let (source, held) = match self.cache_mount(id, *sharing).await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            self.release_cache_mounts(held_mounts).await;
+                            return Err(e);
+                        }
+                    };
+                    extra.push(ExtraMount::Bind {
+                        source,
+                        dest: m.dest.clone(),
+                        readonly: m.readonly,
+                    });
+                    held_mounts.push(held);
                 }
                 MountType::Bind => {
+                    self.release_cache_mounts(held_mounts).await;
                     return Err(WorkerError::Unsupported {
                         location: loc,
                         what: "RUN --mount=type=bind".into(),
-                    })
+                    });
                 }
             }
         }
-        let active = self.prepare(&parent).await?;
+        let active = match self.prepare(&parent).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.release_cache_mounts(held_mounts).await;
+                return Err(e);
+            }
+        };
         let mounted = match self.mount(&active.key, &active.mounts) {
             Ok(m) => m,
             Err(e) => {
                 self.discard(active).await;
+                self.release_cache_mounts(held_mounts).await;
                 return Err(e);
             }
         };
@@ -111,6 +129,7 @@ impl StepRunner {
         let status = self.executor.run(spec, StepIo { output: tx }, cancel).await;
         let _ = forward.await;
         drop(mounted);
+        self.release_cache_mounts(held_mounts).await;
         let status = match status {
             Ok(s) => s,
             Err(ExecError::Cancelled { .. }) => {

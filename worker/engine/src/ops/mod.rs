@@ -1,6 +1,7 @@
 //! The ops of the build graph over containerd: the engine's implementation
 //! of the solver's `OpRunner`.
 
+mod cachemount;
 mod exec;
 mod file;
 mod layer;
@@ -14,7 +15,7 @@ use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::diff::Compression;
 use kiln_snapshot::Containerd;
 use kiln_solver::scheduler::OpRunner;
-use kiln_solver::{Op, Vertex, VertexId};
+use kiln_solver::{Digest, FileActionKind, FileInput, Op, Vertex, VertexId};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct StepRunner {
     /// Local sources by name (`context` -> directory).
     pub locals: HashMap<String, PathBuf>,
     pub progress: Progress,
+    /// Content digests of local sources, kept between builds.
+    pub hashes: Arc<crate::contenthash::HashCache>,
 }
 
 /// `Dockerfile:12: ` for a vertex with a location, else empty.
@@ -46,6 +49,105 @@ pub(crate) fn location(v: &Vertex) -> String {
 impl OpRunner for StepRunner {
     type Ref = Ref;
     type Error = WorkerError;
+
+    async fn input_digest(&self, vertex: &Vertex, index: usize, input: &Ref) -> Result<Digest> {
+        match input {
+            Ref::Chain(layers) => Ok(Digest::of(
+                format!("chain:{}", crate::refs::top_snapshot(layers)).as_bytes(),
+            )),
+            Ref::Local { dir, excludes } => {
+                // The content of what the op's copies select from this
+                // input, not of the whole directory.
+                let mut selections: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+                if let Op::File(f) = &vertex.op {
+                    for a in &f.actions {
+                        if let (FileActionKind::Copy(c), Some(FileInput::Input(i))) =
+                            (&a.action, a.secondary_input)
+                        {
+                            if i == index {
+                                selections.push((
+                                    c.src.clone(),
+                                    c.include_patterns.clone(),
+                                    c.exclude_patterns.clone(),
+                                ));
+                            }
+                        }
+                    }
+                }
+                if selections.is_empty() {
+                    selections.push((".".into(), Vec::new(), Vec::new()));
+                }
+                let hashes = self.hashes.clone();
+                let (dir, excludes) = (dir.clone(), excludes.clone());
+                let loc = location(vertex);
+                tokio::task::spawn_blocking(move || {
+                    let mut text = String::from("local\n");
+                    for (src, inc, exc) in &selections {
+                        let d = hashes.digest(&dir, src, &excludes, inc, exc).map_err(|e| {
+                            WorkerError::BadInput {
+                                location: loc.clone(),
+                                reason: crate::error::error_chain(&e),
+                            }
+                        })?;
+                        text.push_str(d.as_str());
+                        text.push('\n');
+                    }
+                    Ok(Digest::of(text.as_bytes()))
+                })
+                .await
+                .map_err(|e| WorkerError::BadInput {
+                    location: location(vertex),
+                    reason: e.to_string(),
+                })?
+            }
+        }
+    }
+
+    async fn load(&self, key: &Digest, vertex: &Vertex) -> Result<Option<Vec<Ref>>> {
+        if matches!(vertex.op, Op::Source(_)) {
+            return Ok(None);
+        }
+        Ok(crate::cache::load(&self.ctrd, key, &self.lease)
+            .await?
+            .map(|outs| outs.into_iter().map(Ref::Chain).collect()))
+    }
+
+    async fn save(&self, key: &Digest, vertex: &Vertex, outputs: &[Ref]) -> Result<()> {
+        if matches!(vertex.op, Op::Source(_)) {
+            return Ok(());
+        }
+        let mut chains = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            match o {
+                Ref::Chain(l) => chains.push(l.clone()),
+                Ref::Local { .. } => return Ok(()),
+            }
+        }
+        crate::cache::save(
+            &self.ctrd,
+            key,
+            &chains,
+            crate::cache::TYPE_REGULAR,
+            &vertex.name,
+        )
+        .await
+    }
+
+    fn cached(&self, id: VertexId, vertex: &Vertex) {
+        let at = SystemTime::now();
+        self.progress.send(ProgressEvent::Started {
+            vertex: id.0,
+            name: vertex.name.clone(),
+            at,
+        });
+        self.progress.send(ProgressEvent::Completed {
+            vertex: id.0,
+            name: vertex.name.clone(),
+            cached: true,
+            error: None,
+            at,
+        });
+    }
 
     async fn run(
         &self,

@@ -1,0 +1,382 @@
+//! Issue 3's acceptance: the build cache lives in containerd, survives kiln
+//! processes and kiln's state directory, is shared by concurrent processes,
+//! and is pruned back to nothing.
+
+use kiln_integration::{step_printed, Harness, KilnOutput};
+use std::path::PathBuf;
+
+fn context(h: &Harness, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = h.state_dir().join(format!("ctx-{name}"));
+    for (path, body) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().expect("files have a parent")).expect("mkdir");
+        std::fs::write(&p, body).expect("write context file");
+    }
+    dir
+}
+
+async fn setup(ns: &str) -> Harness {
+    let h = Harness::start().await.expect("private containerd starts");
+    h.import_busybox(ns, "docker.io/library/busybox:latest")
+        .await
+        .expect("busybox imports");
+    h
+}
+
+fn build(h: &Harness, ns: &str, args: &[&str]) -> KilnOutput {
+    let mut all = vec!["build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    let out = h.kiln(ns, &all).expect("kiln runs");
+    assert!(out.success, "build failed:\n{}\n{}", out.stdout, out.stderr);
+    out
+}
+
+/// The layer digests of image `name`.
+fn layers(h: &Harness, ns: &str, name: &str) -> Vec<String> {
+    let images = h.ctr(ns, &["images", "ls"]).expect("ctr");
+    let line = images
+        .lines()
+        .find(|l| l.starts_with(name))
+        .expect("listed");
+    let digest = line.split_whitespace().nth(2).expect("digest");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&h.ctr(ns, &["content", "get", digest]).expect("manifest"))
+            .expect("json");
+    manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect()
+}
+
+/// kiln's cache record leases.
+fn records(h: &Harness, ns: &str) -> Vec<String> {
+    h.ctr(ns, &["leases", "ls"])
+        .expect("ctr")
+        .lines()
+        .filter(|l| l.starts_with("kiln/cache/"))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Whether any RUN of [`DF`] executed.
+fn ran_any(stderr: &str) -> bool {
+    step_printed(stderr, "RUN1-RAN") || step_printed(stderr, "RUN2-RAN")
+}
+
+const DF: &str = "FROM busybox\nCOPY a /a\nRUN echo RUN1-RAN && cat /a > /r1\nCOPY b /b\nRUN echo RUN2-RAN && cat /b > /r2\n";
+
+#[tokio::test]
+async fn a_noop_rebuild_runs_nothing_and_keeps_digests() {
+    let ns = "noop";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "noop",
+        &[("Dockerfile", DF), ("a", "a1\n"), ("b", "b1\n")],
+    );
+    let c = ctx.to_str().expect("utf8");
+    let first = build(&h, ns, &["-t", "noop:1", c]);
+    assert!(step_printed(&first.stderr, "RUN1-RAN") && step_printed(&first.stderr, "RUN2-RAN"));
+    let second = build(&h, ns, &["-t", "noop:2", c]);
+    assert!(!ran_any(&second.stderr), "a step ran:\n{}", second.stderr);
+    assert_eq!(
+        second.stderr.matches("CACHED").count(),
+        4,
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        layers(&h, ns, "docker.io/library/noop:1"),
+        layers(&h, ns, "docker.io/library/noop:2")
+    );
+
+    // A changed file re-runs its COPY and what follows, nothing before.
+    std::fs::write(ctx.join("b"), "b2\n").expect("write");
+    let third = build(&h, ns, &["-t", "noop:3", c]);
+    assert!(!step_printed(&third.stderr, "RUN1-RAN"), "{}", third.stderr);
+    assert!(step_printed(&third.stderr, "RUN2-RAN"), "{}", third.stderr);
+    let (l1, l3) = (
+        layers(&h, ns, "docker.io/library/noop:1"),
+        layers(&h, ns, "docker.io/library/noop:3"),
+    );
+    assert_eq!(
+        l1[..3],
+        l3[..3],
+        "base, COPY a and RUN 1 keep their digests"
+    );
+    assert_ne!(l1[3], l3[3]);
+    assert_ne!(l1[4], l3[4]);
+
+    // A new mtime alone changes nothing.
+    let f = std::fs::File::options()
+        .write(true)
+        .open(ctx.join("a"))
+        .expect("open");
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .expect("touch");
+    let fourth = build(&h, ns, &["-t", "noop:4", c]);
+    assert!(!ran_any(&fourth.stderr), "{}", fourth.stderr);
+
+    // A changed build arg invalidates the first RUN that sees it.
+    let df = "FROM busybox\nARG V=1\nCOPY a /a\nRUN echo ARGRUN-RAN\n";
+    std::fs::write(ctx.join("Dockerfile"), df).expect("write");
+    build(&h, ns, &["--build-arg", "V=1", c]);
+    let same = build(&h, ns, &["--build-arg", "V=1", c]);
+    assert!(!step_printed(&same.stderr, "ARGRUN-RAN"), "{}", same.stderr);
+    let changed = build(&h, ns, &["--build-arg", "V=2", c]);
+    assert!(
+        step_printed(&changed.stderr, "ARGRUN-RAN"),
+        "{}",
+        changed.stderr
+    );
+}
+
+#[tokio::test]
+async fn the_cache_survives_processes_and_the_state_directory() {
+    let ns = "survive";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "survive",
+        &[("Dockerfile", DF), ("a", "a\n"), ("b", "b\n")],
+    );
+    let c = ctx.to_str().expect("utf8");
+    build(&h, ns, &["-t", "s:1", c]);
+    std::fs::remove_dir_all(h.state_dir().join("kiln-root")).expect("delete kiln's state");
+    let again = build(&h, ns, &["-t", "s:2", c]);
+    assert!(!ran_any(&again.stderr), "{}", again.stderr);
+    assert_eq!(
+        layers(&h, ns, "docker.io/library/s:1"),
+        layers(&h, ns, "docker.io/library/s:2")
+    );
+}
+
+#[tokio::test]
+async fn two_processes_at_once_make_one_record_per_step() {
+    let ns = "twoproc";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "twoproc",
+        &[("Dockerfile", DF), ("a", "a\n"), ("b", "b\n")],
+    );
+    let c = ctx.to_str().expect("utf8").to_string();
+    std::thread::scope(|s| {
+        let x = s.spawn(|| build(&h, ns, &["-t", "t:x", &c]));
+        let y = s.spawn(|| build(&h, ns, &["-t", "t:y", &c]));
+        x.join().expect("thread");
+        y.join().expect("thread");
+    });
+    // COPY a, RUN 1, COPY b, RUN 2.
+    assert_eq!(records(&h, ns).len(), 4, "{:?}", records(&h, ns));
+    let again = build(&h, ns, &["-t", "t:z", &c]);
+    assert!(!ran_any(&again.stderr), "{}", again.stderr);
+}
+
+#[tokio::test]
+async fn independent_stages_run_at_the_same_time() {
+    let ns = "parallel";
+    let h = setup(ns).await;
+    let df = "FROM busybox AS s1\nRUN sleep 2 && echo 1 > /o\n\
+              FROM busybox AS s2\nRUN sleep 2 && echo 2 > /o\n\
+              FROM busybox AS s3\nRUN sleep 2 && echo 3 > /o\n\
+              FROM busybox AS s4\nRUN sleep 2 && echo 4 > /o\n\
+              FROM busybox\nCOPY --from=s1 /o /o1\nCOPY --from=s2 /o /o2\nCOPY --from=s3 /o /o3\nCOPY --from=s4 /o /o4\n";
+    let ctx = context(&h, "parallel", &[("Dockerfile", df)]);
+    let out = h
+        .kiln(
+            ns,
+            &[
+                "build",
+                "--progress",
+                "rawjson",
+                "-t",
+                "par",
+                ctx.to_str().expect("utf8"),
+            ],
+        )
+        .expect("kiln runs");
+    assert!(out.success, "{}", out.stderr);
+    let mut intervals: std::collections::HashMap<u64, (u128, u128)> = Default::default();
+    for line in out.stderr.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = v["name"].as_str().unwrap_or_default();
+        if !name.contains("RUN sleep") {
+            continue;
+        }
+        let id = v["vertex"].as_u64().expect("vertex");
+        let e = intervals.entry(id).or_default();
+        if let Some(s) = v["started"].as_u64() {
+            e.0 = s as u128;
+        }
+        if let Some(c) = v["completed"].as_u64() {
+            e.1 = c as u128;
+        }
+    }
+    assert_eq!(intervals.len(), 4, "{}", out.stderr);
+    // Every pair of RUN steps overlapped in time.
+    let iv: Vec<(u128, u128)> = intervals.values().copied().collect();
+    for i in 0..iv.len() {
+        for j in 0..iv.len() {
+            if i != j {
+                assert!(
+                    iv[i].0 < iv[j].1 && iv[j].0 < iv[i].1,
+                    "steps {i} and {j} did not overlap: {iv:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn cache_mounts_persist_and_locked_serializes() {
+    let ns = "cachemount";
+    let h = setup(ns).await;
+    let df = |tag: &str| {
+        format!(
+            "FROM busybox\nRUN --mount=type=cache,target=/cache,sharing=locked \
+             echo start-{tag} >> /cache/log && sleep 1 && echo end-{tag} >> /cache/log && cat /cache/log\n"
+        )
+    };
+    let a = context(&h, "cm-a", &[("Dockerfile", &df("a"))]);
+    let b = context(&h, "cm-b", &[("Dockerfile", &df("b"))]);
+    let (pa, pb) = (
+        a.to_str().expect("utf8").to_string(),
+        b.to_str().expect("utf8").to_string(),
+    );
+    std::thread::scope(|s| {
+        let x = s.spawn(|| build(&h, ns, &[&pa]));
+        let y = s.spawn(|| build(&h, ns, &[&pb]));
+        x.join().expect("thread");
+        y.join().expect("thread");
+    });
+    let c = context(
+        &h,
+        "cm-c",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,target=/cache cat /cache/log\n",
+        )],
+    );
+    let out = build(&h, ns, &[c.to_str().expect("utf8")]);
+    let log: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|w| w.starts_with("start-") || w.starts_with("end-"))
+        .collect();
+    assert_eq!(log.len(), 4, "{}", out.stderr);
+    // Locked: each user's start and end are adjacent.
+    assert_eq!(
+        log[0].trim_start_matches("start-"),
+        log[1].trim_start_matches("end-"),
+        "{log:?}"
+    );
+    assert_eq!(
+        log[2].trim_start_matches("start-"),
+        log[3].trim_start_matches("end-"),
+        "{log:?}"
+    );
+    // The cache's files are not in the image.
+    let du = h.kiln(ns, &["du"]).expect("kiln du");
+    assert!(du.stdout.contains("exec.cachemount"), "{}", du.stdout);
+}
+
+#[tokio::test]
+async fn prune_all_leaves_no_kiln_lease_and_images_still_run() {
+    let ns = "prune";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "prune",
+        &[
+            ("Dockerfile", "FROM busybox AS tmp\nRUN echo tmp > /t\nFROM busybox\nCOPY --from=tmp /t /t\nRUN --mount=type=cache,target=/c echo kept > /k\n"),
+        ],
+    );
+    build(&h, ns, &["-t", "pruned", ctx.to_str().expect("utf8")]);
+    assert!(!records(&h, ns).is_empty());
+    let du = h.kiln(ns, &["du", "--verbose"]).expect("kiln du");
+    assert!(
+        du.success && du.stdout.contains("kiln/cache/"),
+        "{}",
+        du.stdout
+    );
+    let out = h.kiln(ns, &["prune", "--all"]).expect("kiln prune");
+    assert!(out.success, "{}", out.stderr);
+    let leases = h.ctr(ns, &["leases", "ls"]).expect("ctr");
+    assert!(!leases.contains("kiln/"), "{leases}");
+    // Only the images' snapshots are left: the busybox chain and the image's.
+    let snaps = h.ctr(ns, &["snapshots", "ls"]).expect("ctr");
+    assert_eq!(snaps.lines().skip(1).count(), 3, "{snaps}");
+    let printed = h
+        .ctr(
+            ns,
+            &[
+                "run",
+                "--rm",
+                "docker.io/library/pruned:latest",
+                "pruned-run",
+                "cat",
+                "/t",
+                "/k",
+            ],
+        )
+        .expect("the image still runs");
+    assert_eq!(printed, "tmp\nkept\n");
+}
+
+#[tokio::test]
+async fn a_killed_build_leaves_only_expiring_leases_and_the_next_build_works() {
+    use std::io::{BufRead, BufReader};
+    let ns = "sigkill";
+    let h = setup(ns).await;
+    let ctx = context(
+        &h,
+        "kill",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo STEP-STARTED && sleep 120\n",
+        )],
+    );
+    let mut child = h
+        .kiln_command(ns)
+        .expect("kiln")
+        .args(["build", "--progress", "plain", ctx.to_str().expect("utf8")])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    let stderr = child.stderr.take().expect("piped");
+    for line in BufReader::new(stderr).lines() {
+        if line.expect("output").contains("STEP-STARTED") {
+            break;
+        }
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    // What a dead build leaves is held by leases that expire.
+    for line in h.ctr(ns, &["leases", "ls"]).expect("ctr").lines().skip(1) {
+        assert!(
+            line.contains("containerd.io/gc.expire"),
+            "a lease that never expires: {line}"
+        );
+    }
+    // The next kiln cleans up after the dead one and builds.
+    let ok = context(
+        &h,
+        "after",
+        &[("Dockerfile", "FROM busybox\nRUN echo fine > /f\n")],
+    );
+    build(&h, ns, &["-t", "after", ok.to_str().expect("utf8")]);
+    assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
+    let tasks = h.ctr(ns, &["tasks", "ls"]).expect("ctr");
+    assert_eq!(
+        tasks.lines().count(),
+        1,
+        "the killed step's task is gone: {tasks}"
+    );
+}

@@ -1,0 +1,269 @@
+//! Cache records that live in containerd.
+//!
+//! A record is the result of one vertex under its cache key: a JSON blob
+//! in the content store listing the output layer chains, held together
+//! with the chains' top snapshots and layer blobs by one flat lease without
+//! expiry, `kiln/cache/<key hex>`. The lease's labels say what the record
+//! is (`dev.kiln/cache.record` = the blob's digest, type, size,
+//! description); the blob's label `dev.kiln/cache.lastused` says when it
+//! was last used. So a record is found again by its key through containerd
+//! alone, by any kiln process on the namespace; kiln's state directory
+//! holds no cache data.
+
+use crate::error::Result;
+use crate::refs::{self, Layer};
+use kiln_snapshot::containerd::{LeaseId, LeaseInfo};
+use kiln_snapshot::{Containerd, Digest};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const RECORD_LABEL: &str = "dev.kiln/cache.record";
+pub const TYPE_LABEL: &str = "dev.kiln/cache.type";
+pub const SIZE_LABEL: &str = "dev.kiln/cache.size";
+pub const DESCRIPTION_LABEL: &str = "dev.kiln/cache.description";
+pub const LAST_USED_LABEL: &str = "dev.kiln/cache.lastused";
+/// The lease kind of cache records (`kiln/cache/...`).
+pub const LEASE_KIND: &str = "cache";
+
+/// A record's kind, as `kiln du` and `prune --filter type=` name it.
+pub const TYPE_REGULAR: &str = "regular";
+pub const TYPE_CACHE_MOUNT: &str = "exec.cachemount";
+
+/// One layer as a record stores it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct RecordLayer {
+    diff_id: String,
+    media_type: String,
+    digest: String,
+    size: i64,
+}
+
+/// The record blob.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RecordBlob {
+    version: u32,
+    key: String,
+    outputs: Vec<Vec<RecordLayer>>,
+}
+
+/// The lease of the record for `key`.
+pub fn lease_for(key: &Digest) -> LeaseId {
+    LeaseId::named(LEASE_KIND, key.hex())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Looks the record for `key` up. A hit is added to `build_lease` so it
+/// cannot be pruned while the build uses it, and its last-use time is
+/// bumped. A record whose objects are gone is deleted and misses.
+pub async fn load(
+    ctrd: &Containerd,
+    key: &Digest,
+    build_lease: &LeaseId,
+) -> Result<Option<Vec<Vec<Layer>>>> {
+    let id = lease_for(key);
+    let Some(lease) = ctrd.lease_get_kiln(&id).await? else {
+        return Ok(None);
+    };
+    let Some(record) = lease.labels.get(RECORD_LABEL).cloned() else {
+        return Ok(None);
+    };
+    let blob = match ctrd.content_read(&record).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => {
+            forget(ctrd, &id, "record blob is gone").await;
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Ok(parsed) = serde_json::from_slice::<RecordBlob>(&blob) else {
+        forget(ctrd, &id, "record blob does not parse").await;
+        return Ok(None);
+    };
+    let mut outputs = Vec::with_capacity(parsed.outputs.len());
+    for chain in &parsed.outputs {
+        let mut layers = Vec::with_capacity(chain.len());
+        for l in chain {
+            let Some(diff_id) = Digest::parse(&l.diff_id) else {
+                forget(ctrd, &id, "record has a bad diffID").await;
+                return Ok(None);
+            };
+            layers.push(Layer {
+                diff_id,
+                media_type: l.media_type.clone(),
+                digest: l.digest.clone(),
+                size: l.size,
+            });
+        }
+        outputs.push(layers);
+    }
+    // Protect the hit for the rest of the build, then check it is whole.
+    let snap_type = format!("snapshots/{}", ctrd.snapshotter());
+    for chain in &outputs {
+        let top = refs::top_snapshot(chain);
+        if !top.is_empty() {
+            ctrd.lease_add_resource(build_lease, &snap_type, &top)
+                .await?;
+            if !ctrd.snapshot_exists(&top).await? {
+                forget(ctrd, &id, "snapshot is gone").await;
+                return Ok(None);
+            }
+        }
+        for l in chain {
+            ctrd.lease_add_resource(build_lease, "content", &l.digest)
+                .await?;
+        }
+    }
+    let mut labels = HashMap::new();
+    labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
+    if let Err(e) = ctrd.content_set_labels(&record, labels).await {
+        tracing::warn!(record = %record, error = %e, "cannot update cache record use time");
+    }
+    Ok(Some(outputs))
+}
+
+/// Deletes a broken record's lease (kiln's own, by construction).
+async fn forget(ctrd: &Containerd, id: &LeaseId, why: &str) {
+    tracing::warn!(lease = %id, why, "dropping broken cache record");
+    if let Err(e) = ctrd.lease_delete(id, false).await {
+        tracing::warn!(lease = %id, error = %e, "cannot delete broken cache record");
+    }
+}
+
+/// Saves `outputs` as the record of `key`. When another build saved the
+/// same key first, its record stays and this is a no-op: one record per
+/// key, and neither build fails.
+pub async fn save(
+    ctrd: &Containerd,
+    key: &Digest,
+    outputs: &[Vec<Layer>],
+    record_type: &str,
+    description: &str,
+) -> Result<()> {
+    let blob = RecordBlob {
+        version: 1,
+        key: key.to_string(),
+        outputs: outputs
+            .iter()
+            .map(|chain| {
+                chain
+                    .iter()
+                    .map(|l| RecordLayer {
+                        diff_id: l.diff_id.to_string(),
+                        media_type: l.media_type.clone(),
+                        digest: l.digest.clone(),
+                        size: l.size,
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    let bytes = serde_json::to_vec(&blob).map_err(|e| crate::error::WorkerError::BadInput {
+        location: String::new(),
+        reason: format!("cache record: {e}"),
+    })?;
+    let digest = Digest::of(&bytes);
+    // The record's own layer is the top of its first output.
+    let size = outputs
+        .first()
+        .and_then(|c| c.last())
+        .map(|l| l.size)
+        .unwrap_or(0);
+    let mut labels = HashMap::new();
+    labels.insert(RECORD_LABEL.to_string(), digest.to_string());
+    labels.insert(TYPE_LABEL.to_string(), record_type.to_string());
+    labels.insert(SIZE_LABEL.to_string(), size.to_string());
+    labels.insert(DESCRIPTION_LABEL.to_string(), truncate(description, 200));
+    let id = lease_for(key);
+    match ctrd.lease_create(&id, LEASE_KIND, None, labels).await {
+        Ok(()) => {}
+        Err(e) if e.is_already_exists() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let mut blob_labels = HashMap::new();
+    blob_labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
+    ctrd.content_write_small(&bytes, blob_labels, &id).await?;
+    let snap_type = format!("snapshots/{}", ctrd.snapshotter());
+    for chain in outputs {
+        let top = refs::top_snapshot(chain);
+        if !top.is_empty() {
+            ctrd.lease_add_resource(&id, &snap_type, &top).await?;
+        }
+        for l in chain {
+            ctrd.lease_add_resource(&id, "content", &l.digest).await?;
+        }
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// A cache record as `kiln du` and `kiln prune` see it.
+#[derive(Clone, Debug)]
+pub struct RecordInfo {
+    pub lease: LeaseInfo,
+    pub record_type: String,
+    pub size: u64,
+    pub description: String,
+    /// Seconds since the epoch; the lease's creation when never used.
+    pub last_used: u64,
+}
+
+/// Every cache record in the namespace.
+pub async fn list(ctrd: &Containerd) -> Result<Vec<RecordInfo>> {
+    let mut out = Vec::new();
+    for lease in ctrd.lease_list_kiln().await? {
+        if !lease.id.starts_with(&format!(
+            "{}{LEASE_KIND}/",
+            kiln_snapshot::containerd::LEASE_PREFIX
+        )) {
+            continue;
+        }
+        let record_type = lease.labels.get(TYPE_LABEL).cloned().unwrap_or_default();
+        let size = lease
+            .labels
+            .get(SIZE_LABEL)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let description = lease
+            .labels
+            .get(DESCRIPTION_LABEL)
+            .cloned()
+            .unwrap_or_default();
+        let mut last_used = lease.created_secs;
+        if let Some(rec) = lease.labels.get(RECORD_LABEL) {
+            if let Ok(info) = ctrd.content_info(rec).await {
+                if let Some(t) = info
+                    .labels
+                    .get(LAST_USED_LABEL)
+                    .and_then(|s| s.parse().ok())
+                {
+                    last_used = t;
+                }
+            }
+        }
+        out.push(RecordInfo {
+            lease,
+            record_type,
+            size,
+            description,
+            last_used,
+        });
+    }
+    Ok(out)
+}

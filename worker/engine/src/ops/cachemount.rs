@@ -1,0 +1,152 @@
+//! `RUN --mount=type=cache`: directories that persist across builds and
+//! processes as containerd snapshots.
+//!
+//! Each cache id is one active snapshot, `kiln-cachemount-<hash>`, held by a
+//! lease without expiry, `kiln/cache/mount-<hash>`, which `kiln du` lists
+//! and `kiln prune` removes like any cache record. Sharing modes use file
+//! locks in the state directory, so they hold across kiln processes:
+//! `shared` takes a shared lock, `locked` an exclusive one (waiting), and
+//! `private` an exclusive one without waiting, falling back to a fresh
+//! snapshot of its own when the cache is busy.
+
+use super::layer::HostMount;
+use super::StepRunner;
+use crate::error::{Result, WorkerError};
+use kiln_snapshot::containerd::LeaseId;
+use kiln_snapshot::Digest;
+use kiln_solver::CacheSharing;
+use nix::fcntl::{Flock, FlockArg};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+
+/// What a step holds while it uses a cache mount.
+pub(crate) struct HeldCacheMount {
+    mount: Option<HostMount>,
+    _lock: Option<Flock<File>>,
+    /// A private fallback snapshot to remove afterwards.
+    temporary: Option<String>,
+}
+
+impl StepRunner {
+    /// Mounts the cache `id` on the host and returns the path to bind into
+    /// the step, with what must be held until the step ends.
+    pub(super) async fn cache_mount(
+        &self,
+        id: &str,
+        sharing: CacheSharing,
+    ) -> Result<(PathBuf, HeldCacheMount)> {
+        let hash = Digest::of(id.as_bytes()).hex()[..32].to_string();
+        let lease = LeaseId::named(crate::cache::LEASE_KIND, &format!("mount-{hash}"));
+        let key = format!("kiln-cachemount-{hash}");
+        let lock = self.lock_cache_mount(&hash, sharing).await?;
+        let (key, temporary, lease_for_prepare) = match (&lock, sharing) {
+            (None, CacheSharing::Private) => {
+                // Busy: this user gets a fresh cache of its own.
+                let k = format!("kiln-cachemount-private-{}", crate::base::rand_hex());
+                (k.clone(), Some(k), self.lease.clone())
+            }
+            _ => (key, None, lease.clone()),
+        };
+        if temporary.is_none() {
+            let mut labels = HashMap::new();
+            labels.insert(
+                crate::cache::TYPE_LABEL.to_string(),
+                crate::cache::TYPE_CACHE_MOUNT.to_string(),
+            );
+            labels.insert(crate::cache::SIZE_LABEL.to_string(), "0".to_string());
+            labels.insert(
+                crate::cache::DESCRIPTION_LABEL.to_string(),
+                format!("cached mount {id}"),
+            );
+            match self
+                .ctrd
+                .lease_create(&lease, crate::cache::LEASE_KIND, None, labels)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mounts = match self
+            .ctrd
+            .snapshot_prepare(&key, "", &lease_for_prepare)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.is_already_exists() => self.ctrd.snapshot_mounts(&key).await?,
+            Err(e) => return Err(e.into()),
+        };
+        let mount = self.mount(&format!("{key}-{}", crate::base::rand_hex()), &mounts)?;
+        Ok((
+            mount.path().to_path_buf(),
+            HeldCacheMount {
+                mount: Some(mount),
+                _lock: lock,
+                temporary,
+            },
+        ))
+    }
+
+    /// Takes the file lock that implements `sharing` (None when a private
+    /// user found the cache busy).
+    async fn lock_cache_mount(
+        &self,
+        hash: &str,
+        sharing: CacheSharing,
+    ) -> Result<Option<Flock<File>>> {
+        let dir = self
+            .mount_dir
+            .parent()
+            .map(|p| p.join("cachemount-locks"))
+            .unwrap_or_default();
+        std::fs::create_dir_all(&dir).map_err(|e| WorkerError::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })?;
+        let path = dir.join(format!("{hash}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| WorkerError::Io {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+        let arg = match sharing {
+            CacheSharing::Shared => FlockArg::LockShared,
+            CacheSharing::Locked => FlockArg::LockExclusive,
+            CacheSharing::Private => FlockArg::LockExclusiveNonblock,
+        };
+        let locked = tokio::task::spawn_blocking(move || Flock::lock(file, arg))
+            .await
+            .map_err(|e| WorkerError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        match locked {
+            Ok(l) => Ok(Some(l)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if sharing == CacheSharing::Private => {
+                Ok(None)
+            }
+            Err((_, errno)) => Err(WorkerError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::from(errno),
+            }),
+        }
+    }
+
+    /// Unmounts cache mounts after a step and removes private fallbacks.
+    pub(super) async fn release_cache_mounts(&self, held: Vec<HeldCacheMount>) {
+        for mut h in held {
+            drop(h.mount.take());
+            if let Some(k) = h.temporary.take() {
+                if let Err(e) = self.ctrd.snapshot_remove(&k).await {
+                    tracing::warn!(key = %k, error = %e, "cannot remove private cache mount");
+                }
+            }
+        }
+    }
+}
