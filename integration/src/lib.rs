@@ -168,7 +168,7 @@ impl Drop for Harness {
             let _ = child.wait();
             // Shims outlive containerd; kill the ones of this root.
             kill_shims(self.dir.path());
-            unmount_below(self.dir.path());
+            kiln_worker::sweep::unmount_below(self.dir.path());
         }
     }
 }
@@ -191,21 +191,6 @@ fn kill_shims(dir: &Path) {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-    }
-}
-
-/// Lazily unmounts anything still mounted below `dir`, deepest first.
-fn unmount_below(dir: &Path) {
-    let needle = dir.display().to_string();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut targets: Vec<String> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(String::from))
-        .filter(|t| t.starts_with(&needle))
-        .collect();
-    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-    for t in targets {
-        let _ = nix::mount::umount2(t.as_str(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -355,5 +340,66 @@ pub fn kiln_binary() -> HarnessResult<PathBuf> {
             "{} not found: run the tests with `cargo test --workspace`",
             bin.display()
         ))
+    }
+}
+
+impl Harness {
+    /// Starts a private containerd and imports busybox into `namespace`
+    /// as `docker.io/library/busybox:latest`; panics (fails the test) if
+    /// either cannot be done.
+    pub async fn with_busybox(namespace: &str) -> Harness {
+        let h = Harness::start().await.expect("private containerd starts");
+        h.import_busybox(namespace, "docker.io/library/busybox:latest")
+            .await
+            .expect("busybox imports");
+        h
+    }
+
+    /// A build context directory `ctx-<name>` holding `files`.
+    pub fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.state_dir().join(format!("ctx-{name}"));
+        for (path, body) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().expect("files have a parent")).expect("mkdir");
+            std::fs::write(&p, body).expect("write context file");
+        }
+        dir
+    }
+
+    /// `kiln build --progress plain ARGS` in `namespace`.
+    pub fn build(&self, namespace: &str, args: &[&str]) -> KilnOutput {
+        let mut all = vec!["build", "--progress", "plain"];
+        all.extend_from_slice(args);
+        self.kiln(namespace, &all).expect("kiln runs")
+    }
+
+    /// The manifest JSON that image `name` points at.
+    pub fn manifest(&self, namespace: &str, name: &str) -> serde_json::Value {
+        let images = self
+            .ctr(namespace, &["images", "ls"])
+            .expect("ctr images ls");
+        let line = images
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in\n{images}"));
+        let digest = line.split_whitespace().nth(2).expect("digest column");
+        serde_json::from_str(
+            &self
+                .ctr(namespace, &["content", "get", digest])
+                .expect("manifest"),
+        )
+        .expect("manifest JSON")
+    }
+}
+
+impl KilnOutput {
+    /// Fails the test unless the run succeeded.
+    pub fn ok(self) -> KilnOutput {
+        assert!(
+            self.success,
+            "kiln failed:\n{}\n{}",
+            self.stdout, self.stderr
+        );
+        self
     }
 }

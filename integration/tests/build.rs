@@ -2,58 +2,22 @@
 //! `kiln` binary, checked with `ctr` and the content store.
 
 use kiln_integration::{Harness, KilnOutput};
-use std::path::PathBuf;
 
-/// A build context in a temp dir with the given files.
-fn context(h: &Harness, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let dir = h.state_dir().join(format!("ctx-{name}"));
-    for (path, body) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().expect("files have a parent")).expect("mkdir");
-        std::fs::write(&p, body).expect("write context file");
-    }
-    dir
-}
-
-async fn setup(ns: &str) -> Harness {
-    let h = Harness::start().await.expect("private containerd starts");
-    h.import_busybox(ns, "docker.io/library/busybox:latest")
-        .await
-        .expect("busybox imports");
-    h
-}
-
+/// The config JSON of image `name`.
 fn build(h: &Harness, ns: &str, args: &[&str]) -> KilnOutput {
-    let mut all = vec!["build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
+    h.build(ns, args)
 }
 
 fn ok(out: KilnOutput) -> KilnOutput {
-    assert!(out.success, "build failed:\n{}\n{}", out.stdout, out.stderr);
-    out
+    out.ok()
 }
 
-/// The config JSON of image `name`.
 fn image_config(h: &Harness, ns: &str, name: &str) -> serde_json::Value {
-    let images = h.ctr(ns, &["images", "ls"]).expect("ctr images ls");
-    let line = images
-        .lines()
-        .find(|l| l.starts_with(name))
-        .unwrap_or_else(|| panic!("{name} not in\n{images}"));
-    let digest = line
-        .split_whitespace()
-        .nth(2)
-        .expect("digest column")
-        .to_string();
-    let manifest: serde_json::Value =
-        serde_json::from_str(&h.ctr(ns, &["content", "get", &digest]).expect("manifest"))
-            .expect("json");
+    let manifest = h.manifest(ns, name);
     let cfg = manifest["config"]["digest"]
         .as_str()
-        .expect("config digest")
-        .to_string();
-    serde_json::from_str(&h.ctr(ns, &["content", "get", &cfg]).expect("config")).expect("json")
+        .expect("config digest");
+    serde_json::from_str(&h.ctr(ns, &["content", "get", cfg]).expect("config")).expect("json")
 }
 
 fn ctr_run(h: &Harness, ns: &str, image: &str, id: &str, cmd: &[&str]) -> String {
@@ -95,9 +59,8 @@ fn tar_with(name: &str, body: &str) -> Vec<u8> {
 #[tokio::test]
 async fn every_instruction_builds_and_runs_unpacked() {
     let ns = "full";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
         "full",
         &[
             ("Dockerfile", FULL),
@@ -219,12 +182,12 @@ async fn every_instruction_builds_and_runs_unpacked() {
 #[tokio::test]
 async fn multi_stage_builds_only_what_the_target_needs() {
     let ns = "multi";
-    let h = setup(ns).await;
+    let h = Harness::with_busybox(ns).await;
     let df = "FROM busybox AS unused\nRUN echo UNUSED-STAGE-RAN\n\
               FROM busybox AS builder\nRUN echo BUILDER-RAN && echo built > /artifact\n\
               FROM busybox AS final\nCOPY --from=builder /artifact /artifact\nRUN echo FINAL-RAN\n\
               FROM final AS after\nRUN echo AFTER-RAN\n";
-    let ctx = context(&h, "multi", &[("Dockerfile", df)]);
+    let ctx = h.context("multi", &[("Dockerfile", df)]);
     let out = ok(build(
         &h,
         ns,
@@ -253,16 +216,15 @@ async fn multi_stage_builds_only_what_the_target_needs() {
 #[tokio::test]
 async fn a_deleted_base_file_is_absent() {
     let ns = "whiteout";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
         "wh",
         &[(
             "Dockerfile",
             "FROM busybox\nRUN rm /etc/base-release && rm -r /home/app\n",
         )],
     );
-    ok(build(&h, ns, &["-t", "wh", ctx.to_str().expect("utf8")]));
+    h.build(ns, &["-t", "wh", ctx.to_str().expect("utf8")]).ok();
     let printed = ctr_run(
         &h,
         ns,
@@ -282,9 +244,8 @@ async fn a_deleted_base_file_is_absent() {
 #[tokio::test]
 async fn a_failing_run_names_the_line_and_leaves_nothing() {
     let ns = "failing";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
         "fail",
         &[(
             "Dockerfile",
@@ -349,9 +310,8 @@ fn top_layer_entries(h: &Harness, ns: &str, image: &str) -> Vec<String> {
 #[tokio::test]
 async fn layers_hold_no_stubs_and_copies_are_reproducible() {
     let ns = "stubs";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
         "stubs",
         &[
             (
@@ -384,9 +344,8 @@ async fn layers_hold_no_stubs_and_copies_are_reproducible() {
 #[tokio::test]
 async fn two_builds_at_once_both_succeed() {
     let ns = "concurrent";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
         "conc",
         &[
             (
@@ -420,7 +379,7 @@ async fn two_builds_at_once_both_succeed() {
 #[tokio::test]
 async fn bad_input_gives_one_line_and_leaves_nothing() {
     let ns = "bad";
-    let h = setup(ns).await;
+    let h = Harness::with_busybox(ns).await;
     let cases: Vec<(&str, &str, &str)> = vec![
         ("empty", "", "Dockerfile"),
         (
@@ -440,7 +399,7 @@ async fn bad_input_gives_one_line_and_leaves_nothing() {
         ),
     ];
     for (name, df, needle) in cases {
-        let ctx = context(&h, name, &[("Dockerfile", df)]);
+        let ctx = h.context(name, &[("Dockerfile", df)]);
         let out = build(&h, ns, &["-t", name, ctx.to_str().expect("utf8")]);
         assert!(!out.success, "{name} succeeded");
         let errors: Vec<&str> = out
@@ -457,7 +416,7 @@ async fn bad_input_gives_one_line_and_leaves_nothing() {
         );
     }
     // An unreachable containerd.
-    let ctx = context(&h, "unreachable", &[("Dockerfile", "FROM busybox\n")]);
+    let ctx = h.context("unreachable", &[("Dockerfile", "FROM busybox\n")]);
     let out = std::process::Command::new(kiln_integration::kiln_binary().expect("kiln"))
         .args([
             "--containerd-address",
@@ -477,9 +436,8 @@ async fn bad_input_gives_one_line_and_leaves_nothing() {
 async fn ctrl_c_kills_the_step_and_leaves_nothing() {
     use std::io::{BufRead, BufReader};
     let ns = "interrupt";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
         "int",
         &[(
             "Dockerfile",
@@ -531,9 +489,8 @@ async fn ctrl_c_kills_the_step_and_leaves_nothing() {
 #[tokio::test]
 async fn zstd_and_uncompressed_layers_export_and_run() {
     let ns = "compress";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
         "zstd",
         &[
             ("Dockerfile", "FROM busybox\nCOPY f /f\n"),
@@ -546,7 +503,7 @@ async fn zstd_and_uncompressed_layers_export_and_run() {
     ] {
         let name = format!("docker.io/library/c:{compression}");
         let out = format!("type=image,name={name},compression={compression}");
-        ok(build(&h, ns, &["-o", &out, ctx.to_str().expect("utf8")]));
+        h.build(ns, &["-o", &out, ctx.to_str().expect("utf8")]).ok();
         let images = h.ctr(ns, &["images", "ls"]).expect("ctr");
         let line = images
             .lines()

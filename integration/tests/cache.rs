@@ -3,46 +3,15 @@
 //! and is pruned back to nothing.
 
 use kiln_integration::{step_printed, Harness, KilnOutput};
-use std::path::PathBuf;
 
-fn context(h: &Harness, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let dir = h.state_dir().join(format!("ctx-{name}"));
-    for (path, body) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().expect("files have a parent")).expect("mkdir");
-        std::fs::write(&p, body).expect("write context file");
-    }
-    dir
-}
-
-async fn setup(ns: &str) -> Harness {
-    let h = Harness::start().await.expect("private containerd starts");
-    h.import_busybox(ns, "docker.io/library/busybox:latest")
-        .await
-        .expect("busybox imports");
-    h
-}
-
+/// `kiln build` that must succeed.
 fn build(h: &Harness, ns: &str, args: &[&str]) -> KilnOutput {
-    let mut all = vec!["build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    let out = h.kiln(ns, &all).expect("kiln runs");
-    assert!(out.success, "build failed:\n{}\n{}", out.stdout, out.stderr);
-    out
+    h.build(ns, args).ok()
 }
 
 /// The layer digests of image `name`.
 fn layers(h: &Harness, ns: &str, name: &str) -> Vec<String> {
-    let images = h.ctr(ns, &["images", "ls"]).expect("ctr");
-    let line = images
-        .lines()
-        .find(|l| l.starts_with(name))
-        .expect("listed");
-    let digest = line.split_whitespace().nth(2).expect("digest");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&h.ctr(ns, &["content", "get", digest]).expect("manifest"))
-            .expect("json");
-    manifest["layers"]
+    h.manifest(ns, name)["layers"]
         .as_array()
         .expect("layers")
         .iter()
@@ -70,12 +39,8 @@ const DF: &str = "FROM busybox\nCOPY a /a\nRUN echo RUN1-RAN && cat /a > /r1\nCO
 #[tokio::test]
 async fn a_noop_rebuild_runs_nothing_and_keeps_digests() {
     let ns = "noop";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
-        "noop",
-        &[("Dockerfile", DF), ("a", "a1\n"), ("b", "b1\n")],
-    );
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context("noop", &[("Dockerfile", DF), ("a", "a1\n"), ("b", "b1\n")]);
     let c = ctx.to_str().expect("utf8");
     let first = build(&h, ns, &["-t", "noop:1", c]);
     assert!(step_printed(&first.stderr, "RUN1-RAN") && step_printed(&first.stderr, "RUN2-RAN"));
@@ -136,12 +101,8 @@ async fn a_noop_rebuild_runs_nothing_and_keeps_digests() {
 #[tokio::test]
 async fn the_cache_survives_processes_and_the_state_directory() {
     let ns = "survive";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
-        "survive",
-        &[("Dockerfile", DF), ("a", "a\n"), ("b", "b\n")],
-    );
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context("survive", &[("Dockerfile", DF), ("a", "a\n"), ("b", "b\n")]);
     let c = ctx.to_str().expect("utf8");
     build(&h, ns, &["-t", "s:1", c]);
     std::fs::remove_dir_all(h.state_dir().join("kiln-root")).expect("delete kiln's state");
@@ -156,12 +117,8 @@ async fn the_cache_survives_processes_and_the_state_directory() {
 #[tokio::test]
 async fn two_processes_at_once_make_one_record_per_step() {
     let ns = "twoproc";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
-        "twoproc",
-        &[("Dockerfile", DF), ("a", "a\n"), ("b", "b\n")],
-    );
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context("twoproc", &[("Dockerfile", DF), ("a", "a\n"), ("b", "b\n")]);
     let c = ctx.to_str().expect("utf8").to_string();
     std::thread::scope(|s| {
         let x = s.spawn(|| build(&h, ns, &["-t", "t:x", &c]));
@@ -178,13 +135,13 @@ async fn two_processes_at_once_make_one_record_per_step() {
 #[tokio::test]
 async fn independent_stages_run_at_the_same_time() {
     let ns = "parallel";
-    let h = setup(ns).await;
+    let h = Harness::with_busybox(ns).await;
     let df = "FROM busybox AS s1\nRUN sleep 2 && echo 1 > /o\n\
               FROM busybox AS s2\nRUN sleep 2 && echo 2 > /o\n\
               FROM busybox AS s3\nRUN sleep 2 && echo 3 > /o\n\
               FROM busybox AS s4\nRUN sleep 2 && echo 4 > /o\n\
               FROM busybox\nCOPY --from=s1 /o /o1\nCOPY --from=s2 /o /o2\nCOPY --from=s3 /o /o3\nCOPY --from=s4 /o /o4\n";
-    let ctx = context(&h, "parallel", &[("Dockerfile", df)]);
+    let ctx = h.context("parallel", &[("Dockerfile", df)]);
     let out = h
         .kiln(
             ns,
@@ -235,15 +192,15 @@ async fn independent_stages_run_at_the_same_time() {
 #[tokio::test]
 async fn cache_mounts_persist_and_locked_serializes() {
     let ns = "cachemount";
-    let h = setup(ns).await;
+    let h = Harness::with_busybox(ns).await;
     let df = |tag: &str| {
         format!(
             "FROM busybox\nRUN --mount=type=cache,target=/cache,sharing=locked \
              echo start-{tag} >> /cache/log && sleep 1 && echo end-{tag} >> /cache/log && cat /cache/log\n"
         )
     };
-    let a = context(&h, "cm-a", &[("Dockerfile", &df("a"))]);
-    let b = context(&h, "cm-b", &[("Dockerfile", &df("b"))]);
+    let a = h.context("cm-a", &[("Dockerfile", &df("a"))]);
+    let b = h.context("cm-b", &[("Dockerfile", &df("b"))]);
     let (pa, pb) = (
         a.to_str().expect("utf8").to_string(),
         b.to_str().expect("utf8").to_string(),
@@ -254,8 +211,7 @@ async fn cache_mounts_persist_and_locked_serializes() {
         x.join().expect("thread");
         y.join().expect("thread");
     });
-    let c = context(
-        &h,
+    let c = h.context(
         "cm-c",
         &[(
             "Dockerfile",
@@ -289,9 +245,8 @@ async fn cache_mounts_persist_and_locked_serializes() {
 #[tokio::test]
 async fn prune_all_leaves_no_kiln_lease_and_images_still_run() {
     let ns = "prune";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
         "prune",
         &[
             ("Dockerfile", "FROM busybox AS tmp\nRUN echo tmp > /t\nFROM busybox\nCOPY --from=tmp /t /t\nRUN --mount=type=cache,target=/c echo kept > /k\n"),
@@ -333,9 +288,8 @@ async fn prune_all_leaves_no_kiln_lease_and_images_still_run() {
 async fn a_killed_build_leaves_only_expiring_leases_and_the_next_build_works() {
     use std::io::{BufRead, BufReader};
     let ns = "sigkill";
-    let h = setup(ns).await;
-    let ctx = context(
-        &h,
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
         "kill",
         &[(
             "Dockerfile",
@@ -366,8 +320,7 @@ async fn a_killed_build_leaves_only_expiring_leases_and_the_next_build_works() {
         );
     }
     // The next kiln cleans up after the dead one and builds.
-    let ok = context(
-        &h,
+    let ok = h.context(
         "after",
         &[("Dockerfile", "FROM busybox\nRUN echo fine > /f\n")],
     );

@@ -60,35 +60,28 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Computes the layer of `source` and commits it to the content store under
-/// `lease`, labeled with its diffID. Returns the descriptor.
-pub async fn commit_layer(
+/// Runs `produce` on a blocking thread, streaming what it writes into a new
+/// content ingest under `lease`, and returns the open writer (for the
+/// caller to commit with the digest `produce` computed) and its result.
+async fn stream_blob<F>(
     ctrd: &Containerd,
-    source: LayerSource,
-    compression: Compression,
     lease: &LeaseId,
-) -> Result<LayerDescriptor> {
+    produce: F,
+) -> Result<(crate::containerd::BlobWriter, LayerDescriptor)>
+where
+    F: FnOnce(&mut dyn Write) -> std::result::Result<LayerDescriptor, crate::diff::DiffError>
+        + Send
+        + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let producer = tokio::task::spawn_blocking(move || {
         let mut w = ChannelWriter {
             buf: Vec::with_capacity(CHUNK),
             tx,
         };
-        let src = match &source {
-            LayerSource::Overlay { upper, lower } => DiffSource::Overlay {
-                upper: upper.as_path(),
-                lower: lower.as_deref(),
-            },
-            LayerSource::Walk { lower, upper } => DiffSource::Walk {
-                lower: lower.as_deref(),
-                upper: upper.as_path(),
-            },
-        };
-        let desc = write_layer(src, compression, &mut w)?;
-        w.flush().map_err(|e| crate::diff::DiffError::Io {
-            path: PathBuf::from("<content writer>"),
-            source: e,
-        })?;
+        let desc = produce(&mut w)?;
+        w.flush()
+            .map_err(|e| crate::diff::DiffError::Output { source: e })?;
         Ok::<_, crate::diff::DiffError>(desc)
     });
     let mut writer = ctrd.content_writer(lease).await?;
@@ -102,13 +95,37 @@ pub async fn commit_layer(
     // Closing the receiver makes a still-running producer fail fast.
     drop(rx);
     let produced = producer.await.map_err(|e| SnapshotError::Io {
-        path: "layer diff".into(),
+        path: "layer stream".into(),
         source: std::io::Error::other(e.to_string()),
     })?;
     if let Some(e) = write_err {
         return Err(e);
     }
-    let desc = produced?;
+    Ok((writer, produced?))
+}
+
+/// Computes the layer of `source` and commits it to the content store under
+/// `lease`, labeled with its diffID. Returns the descriptor.
+pub async fn commit_layer(
+    ctrd: &Containerd,
+    source: LayerSource,
+    compression: Compression,
+    lease: &LeaseId,
+) -> Result<LayerDescriptor> {
+    let (writer, desc) = stream_blob(ctrd, lease, move |w| {
+        let src = match &source {
+            LayerSource::Overlay { upper, lower } => DiffSource::Overlay {
+                upper: upper.as_path(),
+                lower: lower.as_deref(),
+            },
+            LayerSource::Walk { lower, upper } => DiffSource::Walk {
+                lower: lower.as_deref(),
+                upper: upper.as_path(),
+            },
+        };
+        write_layer(src, compression, w)
+    })
+    .await?;
     let mut labels = HashMap::new();
     labels.insert(UNCOMPRESSED_LABEL.to_string(), desc.diff_id.to_string());
     writer.commit(&desc.digest, labels).await?;
@@ -168,39 +185,15 @@ pub async fn convert_layer(
         }
     }
     let rx = ctrd.content_read_stream(digest).await?;
-    let (tx, mut out_rx) = mpsc::channel::<Vec<u8>>(4);
-    let producer = tokio::task::spawn_blocking(move || {
+    let (writer, desc) = stream_blob(ctrd, lease, move |w| {
         let mut input = ChannelReader {
             rx,
             buf: Vec::new(),
             pos: 0,
         };
-        let mut w = ChannelWriter {
-            buf: Vec::with_capacity(CHUNK),
-            tx,
-        };
-        let desc = crate::diff::recompress(&mut input, from, to, &mut w)?;
-        w.flush()
-            .map_err(|e| crate::diff::DiffError::Output { source: e })?;
-        Ok::<_, crate::diff::DiffError>(desc)
-    });
-    let mut writer = ctrd.content_writer(lease).await?;
-    let mut write_err = None;
-    while let Some(chunk) = out_rx.recv().await {
-        if let Err(e) = writer.write(&chunk).await {
-            write_err = Some(e);
-            break;
-        }
-    }
-    drop(out_rx);
-    let produced = producer.await.map_err(|e| SnapshotError::Io {
-        path: "layer conversion".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    if let Some(e) = write_err {
-        return Err(e);
-    }
-    let desc = produced?;
+        crate::diff::recompress(&mut input, from, to, w)
+    })
+    .await?;
     if desc.diff_id != *diff_id {
         return Err(SnapshotError::InvalidBlob {
             digest: digest.to_string(),

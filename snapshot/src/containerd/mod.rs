@@ -171,8 +171,9 @@ impl Containerd {
     }
 }
 
-/// The full cause chain of an error as one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The full cause chain of an error as one line (`a: b: c`), for
+/// messages that must stand alone.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

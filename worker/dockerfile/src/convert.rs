@@ -1938,6 +1938,34 @@ built ["deps", "1"]
     }
 
     #[test]
+    fn no_cache_filter_marks_only_the_named_stages() {
+        let o = BuildOptions {
+            no_cache_filter: vec!["deps".into()],
+            ..opts()
+        };
+        check_with(
+            "FROM scratch AS deps\nCOPY a /a\nFROM scratch\nCOPY --from=deps /a /b\nCOPY c /c\n",
+            &o,
+            r#"
+v0 "[internal] load build context" no-cache
+  source local://context {}
+v1 "[deps 1/1] COPY a /a" @Dockerfile:2 <- [v0] no-cache
+  copy /a -> /a mode=None unpack=false excl=[] on scratch from in0 out=Some(0)
+v2 "[stage-1 1/2] COPY --from=deps /a /b" @Dockerfile:4 <- [v1]
+  copy /a -> /b mode=None unpack=false excl=[] on scratch from in0 out=Some(0)
+v3 "[stage-1 2/2] COPY c /c" @Dockerfile:5 <- [v2 v0]
+  copy /c -> /c mode=None unpack=false excl=[] on in0 from in1 out=Some(0)
+env ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+cmd None entrypoint None workdir "/" user "" shell None stop None
+labels {} ports [] volumes []
+history layer "COPY /a /b # buildkit"
+history layer "COPY c /c # buildkit"
+built ["deps", "1"]
+"#,
+        );
+    }
+
+    #[test]
     fn options_no_cache_excludes_labels() {
         let o = BuildOptions {
             no_cache: true,

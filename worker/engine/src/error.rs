@@ -71,18 +71,4 @@ impl WorkerError {
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
 
-/// An error and its causes as one line (`a: b: c`), for messages that
-/// must stand alone (a step's failure shown to the user).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
+pub use kiln_snapshot::containerd::error_chain;

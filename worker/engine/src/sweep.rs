@@ -61,7 +61,7 @@ fn owner_is_dead(lease: &LeaseInfo) -> bool {
 }
 
 /// Lazily unmounts everything mounted at or below `dir`, deepest first.
-fn unmount_below(dir: &Path) {
+pub fn unmount_below(dir: &Path) {
     let needle = dir.display().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut targets: Vec<String> = mounts
