@@ -392,6 +392,26 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// `ctr run --rm IMAGE ID CMD...` and its stdout. ctr 1.6 now and then
+    /// exits before it has copied a short-lived task's output (the task ran
+    /// and exited 0, stdout came back empty); an empty answer is retried
+    /// with a fresh container ID, up to three times, before it is returned.
+    pub fn run_image(&self, namespace: &str, image: &str, id: &str, cmd: &[&str]) -> String {
+        let mut out = String::new();
+        for attempt in 0..3 {
+            let cid = format!("{id}-{attempt}");
+            let mut args = vec!["run", "--rm", image, cid.as_str()];
+            args.extend_from_slice(cmd);
+            out = self.ctr(namespace, &args).expect("ctr run succeeds");
+            if !out.is_empty() {
+                break;
+            }
+        }
+        out
+    }
+}
+
 impl KilnOutput {
     /// Fails the test unless the run succeeded.
     pub fn ok(self) -> KilnOutput {

@@ -21,9 +21,7 @@ fn image_config(h: &Harness, ns: &str, name: &str) -> serde_json::Value {
 }
 
 fn ctr_run(h: &Harness, ns: &str, image: &str, id: &str, cmd: &[&str]) -> String {
-    let mut args = vec!["run", "--rm", image, id];
-    args.extend_from_slice(cmd);
-    h.ctr(ns, &args).expect("ctr run succeeds")
+    h.run_image(ns, image, id, cmd)
 }
 
 const FULL: &str = r#"# every instruction of the engine's subset

@@ -267,20 +267,12 @@ async fn prune_all_leaves_no_kiln_lease_and_images_still_run() {
     // Only the images' snapshots are left: the busybox chain and the image's.
     let snaps = h.ctr(ns, &["snapshots", "ls"]).expect("ctr");
     assert_eq!(snaps.lines().skip(1).count(), 3, "{snaps}");
-    let printed = h
-        .ctr(
-            ns,
-            &[
-                "run",
-                "--rm",
-                "docker.io/library/pruned:latest",
-                "pruned-run",
-                "cat",
-                "/t",
-                "/k",
-            ],
-        )
-        .expect("the image still runs");
+    let printed = h.run_image(
+        ns,
+        "docker.io/library/pruned:latest",
+        "pruned-run",
+        &["cat", "/t", "/k"],
+    );
     assert_eq!(printed, "tmp\nkept\n");
 }
 

@@ -93,15 +93,45 @@ impl Engine {
         Ok(crate::base::frontend_config(&base.config))
     }
 
-    /// Runs a build. Everything it creates is under one expiring lease,
-    /// which is deleted once the image records hold the result (or on
-    /// failure), so nothing outlives the build but the image.
+    /// Runs a build into the image store: solve, export an image named by
+    /// `req.names`, release. Everything the build creates is under one
+    /// expiring lease, deleted once the image records hold the result (or
+    /// on failure), so nothing outlives the build but the image.
     pub async fn build(
         &self,
         req: BuildRequest,
         progress: Progress,
         cancel: CancellationToken,
     ) -> Result<BuildResult> {
+        let solved = self.solve(&req, progress.clone(), cancel).await?;
+        progress.send(ProgressEvent::Info {
+            message: "exporting to image".into(),
+        });
+        let r = solved
+            .export_image(&req.config, &req.names, req.compression)
+            .await;
+        solved.release(r.is_err()).await;
+        let Exported {
+            manifest,
+            config_digest,
+            names,
+        } = r?;
+        Ok(BuildResult {
+            manifest_digest: manifest.digest,
+            config_digest,
+            names,
+        })
+    }
+
+    /// Solves the graph and keeps the result under the build's lease until
+    /// [`Solved::release`], so exporters can read it. On failure the lease
+    /// is already gone.
+    pub async fn solve(
+        &self,
+        req: &BuildRequest,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<Solved> {
         let lease = LeaseId::unique("build");
         let span = tracing::info_span!("build", lease = %lease);
         async {
@@ -113,29 +143,35 @@ impl Engine {
                     crate::sweep::owner_labels(),
                 )
                 .await?;
-            let r = self.build_leased(&req, &lease, progress, cancel).await;
-            // On success the images reference everything that must live;
-            // on failure nothing must. Either way the lease goes.
-            if let Err(e) = self.ctrd.lease_delete(&lease, r.is_err()).await {
-                tracing::warn!(lease = %lease, error = %e, "cannot delete build lease");
+            match self.solve_leased(req, &lease, progress, cancel).await {
+                Ok(layers) => Ok(Solved {
+                    engine: self.clone(),
+                    lease: lease.clone(),
+                    layers,
+                }),
+                Err(e) => {
+                    if let Err(d) = self.ctrd.lease_delete(&lease, true).await {
+                        tracing::warn!(lease = %lease, error = %d, "cannot delete build lease");
+                    }
+                    Err(e)
+                }
             }
-            r
         }
         .instrument(span)
         .await
     }
 
-    async fn build_leased(
+    async fn solve_leased(
         &self,
         req: &BuildRequest,
         lease: &LeaseId,
         progress: Progress,
         cancel: CancellationToken,
-    ) -> Result<BuildResult> {
+    ) -> Result<Vec<crate::refs::Layer>> {
         let mount_dir = self
             .state_dir
             .join("mounts")
-            .join(lease.as_str().replace('/', "-"));
+            .join(crate::sweep::mount_dir_name(lease));
         std::fs::create_dir_all(&mount_dir).map_err(|e| WorkerError::Io {
             path: mount_dir.display().to_string(),
             source: e,
@@ -176,38 +212,122 @@ impl Engine {
                 })
             }
         };
-        let layers = match outputs.into_iter().next() {
-            Some(Ref::Chain(l)) => l,
-            Some(Ref::Local { .. }) => {
-                return Err(WorkerError::BadInput {
-                    location: String::new(),
-                    reason: "the build result is a local directory, not a filesystem".into(),
-                })
+        match outputs.into_iter().next() {
+            Some(Ref::Chain(l)) => Ok(l),
+            Some(Ref::Local { .. }) => Err(WorkerError::BadInput {
+                location: String::new(),
+                reason: "the build result is a local directory, not a filesystem".into(),
+            }),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// A solved build whose result is still held by its lease.
+pub struct Solved {
+    engine: Engine,
+    lease: LeaseId,
+    /// The result's layer chain (empty = scratch).
+    pub layers: Vec<crate::refs::Layer>,
+}
+
+/// A read-only mount of a build result on the host.
+pub struct ResultView {
+    mount: Option<kiln_snapshot::mount::MountGuard>,
+    key: Option<String>,
+    ctrd: Containerd,
+    path: PathBuf,
+}
+
+impl ResultView {
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Unmounts and removes the view snapshot.
+    pub async fn close(mut self) {
+        drop(self.mount.take());
+        if let Some(k) = self.key.take() {
+            if let Err(e) = self.ctrd.snapshot_remove(&k).await {
+                tracing::warn!(key = %k, error = %e, "cannot remove result view");
             }
-            None => Vec::new(),
-        };
-        progress.send(ProgressEvent::Info {
-            message: "exporting to image".into(),
-        });
-        let config = image_config(&layers, &req.config);
-        let Exported {
-            manifest,
-            config_digest,
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+impl Solved {
+    /// The lease holding the result.
+    pub fn lease(&self) -> &LeaseId {
+        &self.lease
+    }
+
+    /// Writes config and manifest for the result (under the lease) and
+    /// points `names` at it; with no names the image exists only as content
+    /// until [`Solved::release`].
+    pub async fn export_image(
+        &self,
+        config: &ImageConfig,
+        names: &[String],
+        compression: Compression,
+    ) -> Result<Exported> {
+        let json = image_config(&self.layers, config);
+        export_image(
+            &self.engine.ctrd,
+            &self.layers,
+            &json,
             names,
-        } = export_image(
-            &self.ctrd,
-            &layers,
-            &config,
-            &req.names,
             true,
-            Some(req.compression),
-            lease,
+            Some(compression),
+            &self.lease,
         )
-        .await?;
-        Ok(BuildResult {
-            manifest_digest: manifest.digest,
-            config_digest,
-            names,
-        })
+        .await
+    }
+
+    /// Mounts the result read-only (an empty directory for scratch).
+    pub async fn view(&self) -> Result<ResultView> {
+        let ctrd = self.engine.ctrd.clone();
+        let top = crate::refs::top_snapshot(&self.layers);
+        let dir = self
+            .engine
+            .state_dir
+            .join("mounts")
+            .join(format!("view-{}", crate::base::rand_hex()));
+        std::fs::create_dir_all(&dir).map_err(|e| WorkerError::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })?;
+        if top.is_empty() {
+            return Ok(ResultView {
+                mount: None,
+                key: None,
+                ctrd,
+                path: dir,
+            });
+        }
+        let key = format!("kiln-view-{}", crate::base::rand_hex());
+        let mounts = ctrd.snapshot_view(&key, &top, &self.lease).await?;
+        match kiln_snapshot::mount::MountGuard::mount(&mounts, dir.clone())
+            .map_err(|e| WorkerError::from(kiln_snapshot::SnapshotError::from(e)))
+        {
+            Ok(m) => Ok(ResultView {
+                mount: Some(m),
+                key: Some(key),
+                ctrd,
+                path: dir,
+            }),
+            Err(e) => {
+                let _ = ctrd.snapshot_remove(&key).await;
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes the build's lease; `sync` waits for containerd's GC.
+    pub async fn release(self, sync: bool) {
+        if let Err(e) = self.engine.ctrd.lease_delete(&self.lease, sync).await {
+            tracing::warn!(lease = %self.lease, error = %e, "cannot delete build lease");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! does not build OCI runtime specs (the shim does) and does not write
 //! layer tars (the snapshot crate does).
 
+pub mod archive;
 pub mod base;
 pub mod build;
 pub mod cache;

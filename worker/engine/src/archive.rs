@@ -1,0 +1,726 @@
+//! Image archives: an image in the content store written as an OCI image
+//! layout tar (the `oci` exporter) or as that layout plus Docker's
+//! `manifest.json` (the `docker` exporter, which `docker load` accepts).
+//!
+//! The tar is written by hand, header by header, straight into an async
+//! writer: layers go from containerd's read stream to the output one chunk
+//! at a time, so no layer is ever held in memory, and each blob is hashed
+//! on the way through so a corrupt content store cannot produce an archive
+//! that silently differs from its descriptors.
+//!
+//! The output is deterministic: entries in a fixed order, mode 0644 (0755
+//! for directories), mtime 0, uid/gid 0, no user or group names.
+
+use crate::error::{Result, WorkerError};
+use crate::oci::{self, Descriptor, Index, Manifest};
+use kiln_snapshot::Containerd;
+use kiln_solver::Digest;
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+/// The annotation that carries the full image name (containerd's).
+pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
+/// The annotation that carries the tag (OCI's reference name).
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// The `io::Error` path used for failed writes to the archive output.
+const OUTPUT: &str = "image archive output";
+
+/// Tar block size.
+const BLOCK: usize = 512;
+
+/// Which kind of archive to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// An OCI image layout (`oci-layout`, `index.json`, `blobs/`).
+    Oci,
+    /// The OCI layout plus a Docker `manifest.json`, for `docker load`.
+    Docker,
+}
+
+/// Streams an image archive of the manifest `manifest` (already in the
+/// content store, with its config and layers) to `out`, which is flushed
+/// but not shut down.
+///
+/// Entries, in order: `oci-layout`, `blobs/`, `blobs/sha256/`, the
+/// manifest, config and layer blobs (each once), `index.json` (one entry
+/// per name, annotated with [`ANNOTATION_IMAGE_NAME`] and
+/// [`ANNOTATION_REF_NAME`]; one unannotated entry when `names` is empty)
+/// and, for [`ArchiveFormat::Docker`], `manifest.json` with the familiar
+/// forms of the tagged names as `RepoTags`.
+///
+/// Every blob is checked to exist with its descriptor's size before the
+/// first byte is written, and hashed while it is streamed; a mismatch is
+/// [`WorkerError::InvalidImage`] (the output is then incomplete). Only
+/// single manifests can be archived: an index is
+/// [`WorkerError::Unsupported`].
+pub async fn write_archive(
+    ctrd: &Containerd,
+    manifest: &Descriptor,
+    names: &[String],
+    format: ArchiveFormat,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+) -> Result<()> {
+    let image = manifest.digest.as_str();
+    if manifest.media_type != oci::MEDIA_OCI_MANIFEST
+        && manifest.media_type != oci::MEDIA_DOCKER_MANIFEST
+    {
+        return Err(WorkerError::Unsupported {
+            location: String::new(),
+            what: format!("an image archive of {}", manifest.media_type),
+        });
+    }
+    let manifest_bytes = ctrd.content_read(&manifest.digest).await?;
+    if manifest_bytes.len() as i64 != manifest.size {
+        return Err(invalid(
+            image,
+            format!(
+                "manifest is {} bytes, its descriptor says {}",
+                manifest_bytes.len(),
+                manifest.size
+            ),
+        ));
+    }
+    let parsed: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| invalid(image, format!("manifest JSON: {e}")))?;
+
+    // Blob paths are built from digests: only accept well-formed sha256
+    // digests, which also keeps the paths inside `blobs/sha256/`.
+    let manifest_hex = blob_hex(image, &manifest.digest)?;
+    let config_hex = blob_hex(image, &parsed.config.digest)?;
+    let mut layer_hexes = Vec::with_capacity(parsed.layers.len());
+    for l in &parsed.layers {
+        layer_hexes.push(blob_hex(image, &l.digest)?);
+    }
+
+    // Config and layers, each once, in manifest order; checked to exist
+    // with the right size before anything is written.
+    let mut streamed: Vec<(&Descriptor, u64)> = Vec::new();
+    let mut seen = HashSet::from([manifest.digest.as_str()]);
+    for d in std::iter::once(&parsed.config).chain(parsed.layers.iter()) {
+        if !seen.insert(d.digest.as_str()) {
+            continue;
+        }
+        let size = u64::try_from(d.size)
+            .map_err(|_| invalid(image, format!("blob {} has size {}", d.digest, d.size)))?;
+        let info = ctrd.content_info(&d.digest).await?;
+        if info.size != d.size {
+            return Err(invalid(
+                image,
+                format!(
+                    "blob {} is {} bytes in the content store, the manifest says {}",
+                    d.digest, info.size, d.size
+                ),
+            ));
+        }
+        streamed.push((d, size));
+    }
+
+    let index_json = index_json(manifest, names, image)?;
+    let docker_json = match format {
+        ArchiveFormat::Oci => None,
+        ArchiveFormat::Docker => Some(docker_manifest_json(
+            config_hex,
+            &layer_hexes,
+            names,
+            image,
+        )?),
+    };
+
+    let mut tar = TarStream::new(BufWriter::with_capacity(256 * 1024, out));
+    tar.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .await
+        .map_err(output_error)?;
+    tar.dir("blobs/").await.map_err(output_error)?;
+    tar.dir("blobs/sha256/").await.map_err(output_error)?;
+    tar.file(&format!("blobs/sha256/{manifest_hex}"), &manifest_bytes)
+        .await
+        .map_err(output_error)?;
+    for (d, size) in streamed {
+        let hex = blob_hex(image, &d.digest)?;
+        let rx = ctrd.content_read_stream(&d.digest).await?;
+        stream_blob(
+            &mut tar,
+            &format!("blobs/sha256/{hex}"),
+            &d.digest,
+            size,
+            rx,
+            image,
+        )
+        .await?;
+    }
+    tar.file("index.json", &index_json)
+        .await
+        .map_err(output_error)?;
+    if let Some(json) = docker_json {
+        tar.file("manifest.json", &json)
+            .await
+            .map_err(output_error)?;
+    }
+    tar.finish().await.map_err(output_error)?;
+    tracing::debug!(manifest = %manifest.digest, ?format, names = ?names, "wrote image archive");
+    Ok(())
+}
+
+/// The familiar form of a normalized name, as Docker shows it:
+/// `docker.io/library/x:tag` -> `x:tag`, `docker.io/u/x:tag` -> `u/x:tag`;
+/// other names are returned unchanged.
+pub fn familiar_name(name: &str) -> String {
+    let Some(rest) = name.strip_prefix("docker.io/") else {
+        return name.to_string();
+    };
+    match rest.strip_prefix("library/") {
+        // `library/` is only implied for single-component repositories.
+        Some(short) if !repository_of(short).contains('/') => short.to_string(),
+        _ => rest.to_string(),
+    }
+}
+
+/// The repository part of a name without its domain: everything before
+/// the tag or digest.
+fn repository_of(name: &str) -> &str {
+    let last = name.rfind('/').map_or(0, |i| i + 1);
+    match name[last..].find([':', '@']) {
+        Some(i) => &name[..last + i],
+        None => name,
+    }
+}
+
+/// The OCI reference name of `name`: what follows the repository (the tag,
+/// or `@digest` for a digest reference), as containerd's exporter writes
+/// it. `None` when the name has neither.
+fn ref_name(name: &str) -> Option<&str> {
+    let last = name.rfind('/').map_or(0, |i| i + 1);
+    let i = name[last..].find([':', '@'])? + last;
+    let object = name[i..].strip_prefix(':').unwrap_or(&name[i..]);
+    (!object.is_empty()).then_some(object)
+}
+
+/// The tag of `name`, when it has one (`x:tag` or `x:tag@digest`).
+fn tag_of(name: &str) -> Option<&str> {
+    let object = ref_name(name)?;
+    let tag = object.split('@').next().unwrap_or_default();
+    (!tag.is_empty()).then_some(tag)
+}
+
+/// `index.json`: the manifest once per name, annotated with the name.
+fn index_json(manifest: &Descriptor, names: &[String], image: &str) -> Result<Vec<u8>> {
+    let entry = |name: Option<&str>| {
+        let mut d = Descriptor {
+            media_type: manifest.media_type.clone(),
+            digest: manifest.digest.clone(),
+            size: manifest.size,
+            platform: manifest.platform.clone(),
+            annotations: BTreeMap::new(),
+        };
+        if let Some(name) = name {
+            d.annotations
+                .insert(ANNOTATION_IMAGE_NAME.into(), name.to_string());
+            if let Some(r) = ref_name(name) {
+                d.annotations.insert(ANNOTATION_REF_NAME.into(), r.into());
+            }
+        }
+        d
+    };
+    let manifests = if names.is_empty() {
+        vec![entry(None)]
+    } else {
+        names.iter().map(|n| entry(Some(n))).collect()
+    };
+    let index = Index {
+        schema_version: 2,
+        media_type: oci::MEDIA_OCI_INDEX.into(),
+        manifests,
+    };
+    serde_json::to_vec(&index).map_err(|e| invalid(image, format!("index.json: {e}")))
+}
+
+/// One entry of Docker's `manifest.json`.
+#[derive(serde::Serialize)]
+struct DockerManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: Vec<String>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// Docker's `manifest.json`: one image, its tagged names in familiar form
+/// (digest-only names cannot be tags and are left out).
+fn docker_manifest_json(
+    config_hex: &str,
+    layer_hexes: &[&str],
+    names: &[String],
+    image: &str,
+) -> Result<Vec<u8>> {
+    let mut repo_tags: Vec<String> = Vec::new();
+    for n in names {
+        let Some(tag) = tag_of(n) else { continue };
+        let familiar = format!("{}:{tag}", familiar_name(repository_of(n)));
+        if !repo_tags.contains(&familiar) {
+            repo_tags.push(familiar);
+        }
+    }
+    let entry = DockerManifestEntry {
+        config: format!("blobs/sha256/{config_hex}"),
+        repo_tags,
+        layers: layer_hexes
+            .iter()
+            .map(|h| format!("blobs/sha256/{h}"))
+            .collect(),
+    };
+    serde_json::to_vec(&[entry]).map_err(|e| invalid(image, format!("manifest.json: {e}")))
+}
+
+/// The hex part of a sha256 digest; anything else is an invalid image.
+fn blob_hex<'a>(image: &str, digest: &'a str) -> Result<&'a str> {
+    match Digest::parse(digest) {
+        Some(_) => Ok(&digest["sha256:".len()..]),
+        None => Err(invalid(
+            image,
+            format!("unsupported or malformed digest {digest:?}"),
+        )),
+    }
+}
+
+fn invalid(image: &str, reason: String) -> WorkerError {
+    WorkerError::InvalidImage {
+        image: image.to_string(),
+        reason,
+    }
+}
+
+fn output_error(source: std::io::Error) -> WorkerError {
+    WorkerError::Io {
+        path: OUTPUT.into(),
+        source,
+    }
+}
+
+/// Copies one blob from a content read stream into a tar entry of `size`
+/// bytes at `path`, hashing it on the way: too many or too few bytes, or a
+/// different digest, is [`WorkerError::InvalidImage`] for `image`.
+async fn stream_blob<W: AsyncWrite + Unpin>(
+    tar: &mut TarStream<W>,
+    path: &str,
+    digest: &str,
+    size: u64,
+    mut rx: mpsc::Receiver<kiln_snapshot::Result<Vec<u8>>>,
+    image: &str,
+) -> Result<()> {
+    tar.begin_file(path, size).await.map_err(output_error)?;
+    let mut hasher = Sha256::new();
+    let mut got: u64 = 0;
+    while let Some(chunk) = rx.recv().await {
+        let chunk = chunk?;
+        got += chunk.len() as u64;
+        if got > size {
+            return Err(invalid(
+                image,
+                format!("blob {digest} is longer than its {size} bytes"),
+            ));
+        }
+        hasher.update(&chunk);
+        tar.write_data(&chunk).await.map_err(output_error)?;
+    }
+    if got != size {
+        return Err(invalid(
+            image,
+            format!("blob {digest} ended after {got} of its {size} bytes"),
+        ));
+    }
+    let actual = Digest::from_sha256(hasher.finalize().as_slice());
+    if actual.as_str() != digest {
+        return Err(invalid(
+            image,
+            format!("blob {digest} read back as {actual}"),
+        ));
+    }
+    tar.end_file().await.map_err(output_error)
+}
+
+/// A ustar header for `path` with fixed metadata: mode 0644 for files and
+/// 0755 for directories (whose path ends with `/`), mtime 0, uid/gid 0.
+fn header(path: &str, size: u64, dir: bool) -> std::io::Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path)?;
+    if dir {
+        // `set_path` drops a trailing slash; tar readers expect it on
+        // directories, so write the name field directly (paths are short).
+        let name = &mut h.as_old_mut().name;
+        if path.len() > name.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("directory name {path:?} is too long for ustar"),
+            ));
+        }
+        name.fill(0);
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+    } else {
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+    }
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    Ok(h)
+}
+
+/// Zero bytes that pad an entry of `size` bytes to a whole block.
+fn padding(size: u64) -> usize {
+    let rem = (size % BLOCK as u64) as usize;
+    if rem == 0 {
+        0
+    } else {
+        BLOCK - rem
+    }
+}
+
+/// A tar archive written entry by entry into an async writer. A file is
+/// either written whole ([`TarStream::file`]) or streamed
+/// ([`TarStream::begin_file`], [`TarStream::write_data`],
+/// [`TarStream::end_file`]), in which case its size must be known up front
+/// and exactly that many bytes must follow.
+struct TarStream<W> {
+    out: W,
+    /// Bytes still owed to the current streamed entry.
+    remaining: u64,
+    /// The size of the current streamed entry, for its padding.
+    current: u64,
+}
+
+impl<W: AsyncWrite + Unpin> TarStream<W> {
+    fn new(out: W) -> Self {
+        TarStream {
+            out,
+            remaining: 0,
+            current: 0,
+        }
+    }
+
+    fn check_idle(&self) -> std::io::Result<()> {
+        if self.remaining != 0 {
+            return Err(std::io::Error::other(format!(
+                "tar entry is missing {} bytes",
+                self.remaining
+            )));
+        }
+        Ok(())
+    }
+
+    /// A directory entry; `path` ends with `/`.
+    async fn dir(&mut self, path: &str) -> std::io::Result<()> {
+        self.check_idle()?;
+        let h = header(path, 0, true)?;
+        self.out.write_all(h.as_bytes()).await
+    }
+
+    /// A regular file holding `data`.
+    async fn file(&mut self, path: &str, data: &[u8]) -> std::io::Result<()> {
+        self.begin_file(path, data.len() as u64).await?;
+        self.write_data(data).await?;
+        self.end_file().await
+    }
+
+    /// Starts a regular file of `size` bytes.
+    async fn begin_file(&mut self, path: &str, size: u64) -> std::io::Result<()> {
+        self.check_idle()?;
+        let h = header(path, size, false)?;
+        self.out.write_all(h.as_bytes()).await?;
+        self.remaining = size;
+        self.current = size;
+        Ok(())
+    }
+
+    /// Part of the current file's data.
+    async fn write_data(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if data.len() as u64 > self.remaining {
+            return Err(std::io::Error::other(format!(
+                "tar entry data exceeds its size by {} bytes",
+                data.len() as u64 - self.remaining
+            )));
+        }
+        self.out.write_all(data).await?;
+        self.remaining -= data.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the current file: all its bytes written, padded to a block.
+    async fn end_file(&mut self) -> std::io::Result<()> {
+        self.check_idle()?;
+        let pad = padding(self.current);
+        self.current = 0;
+        self.out.write_all(&[0u8; BLOCK][..pad]).await
+    }
+
+    /// Two zero blocks end the archive; then everything is flushed and
+    /// the writer handed back.
+    async fn finish(mut self) -> std::io::Result<W> {
+        self.check_idle()?;
+        self.out.write_all(&[0u8; 2 * BLOCK]).await?;
+        self.out.flush().await?;
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn familiar_names() {
+        for (name, want) in [
+            ("docker.io/library/hello:latest", "hello:latest"),
+            ("docker.io/library/busybox:1.36", "busybox:1.36"),
+            ("docker.io/u/x:tag", "u/x:tag"),
+            ("docker.io/library/a/b:1", "library/a/b:1"),
+            ("example.com/x:1", "example.com/x:1"),
+            ("localhost:5000/a/b:2", "localhost:5000/a/b:2"),
+            ("docker.io/library/x", "x"),
+            (
+                "docker.io/library/x@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                "x@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            ),
+        ] {
+            assert_eq!(familiar_name(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn ref_names_and_tags() {
+        assert_eq!(ref_name("docker.io/library/x:latest"), Some("latest"));
+        assert_eq!(ref_name("localhost:5000/x:1"), Some("1"));
+        assert_eq!(ref_name("localhost:5000/x"), None);
+        assert_eq!(ref_name("example.com/x@sha256:ab"), Some("@sha256:ab"));
+        assert_eq!(ref_name("example.com/x:t@sha256:ab"), Some("t@sha256:ab"));
+        assert_eq!(tag_of("example.com/x:t@sha256:ab"), Some("t"));
+        assert_eq!(tag_of("example.com/x@sha256:ab"), None);
+        assert_eq!(repository_of("localhost:5000/x:1"), "localhost:5000/x");
+    }
+
+    fn digest_of(data: &[u8]) -> String {
+        Digest::of(data).to_string()
+    }
+
+    #[test]
+    fn index_has_one_annotated_entry_per_name() {
+        let m = Descriptor {
+            media_type: oci::MEDIA_OCI_MANIFEST.into(),
+            digest: digest_of(b"m"),
+            size: 1,
+            ..Default::default()
+        };
+        let names = vec![
+            "docker.io/library/hello:latest".to_string(),
+            "example.com/x:1".to_string(),
+        ];
+        let v: serde_json::Value =
+            serde_json::from_slice(&index_json(&m, &names, "t").expect("index")).expect("json");
+        assert_eq!(v["schemaVersion"], 2);
+        assert_eq!(v["mediaType"], oci::MEDIA_OCI_INDEX);
+        let ms = v["manifests"].as_array().expect("manifests");
+        assert_eq!(ms.len(), 2);
+        assert_eq!(ms[0]["digest"], m.digest.as_str());
+        assert_eq!(
+            ms[0]["annotations"][ANNOTATION_IMAGE_NAME],
+            "docker.io/library/hello:latest"
+        );
+        assert_eq!(ms[0]["annotations"][ANNOTATION_REF_NAME], "latest");
+        assert_eq!(
+            ms[1]["annotations"][ANNOTATION_IMAGE_NAME],
+            "example.com/x:1"
+        );
+        assert_eq!(ms[1]["annotations"][ANNOTATION_REF_NAME], "1");
+
+        let v: serde_json::Value =
+            serde_json::from_slice(&index_json(&m, &[], "t").expect("index")).expect("json");
+        let ms = v["manifests"].as_array().expect("manifests");
+        assert_eq!(ms.len(), 1);
+        assert!(ms[0].get("annotations").is_none(), "{v}");
+    }
+
+    #[test]
+    fn docker_manifest_lists_familiar_tags() {
+        let names = vec![
+            "docker.io/library/hello:latest".to_string(),
+            "example.com/x:1".to_string(),
+            "example.com/x@sha256:ab".to_string(),
+        ];
+        let json = docker_manifest_json("cc", &["l1", "l2"], &names, "t").expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!([{
+                "Config": "blobs/sha256/cc",
+                "RepoTags": ["hello:latest", "example.com/x:1"],
+                "Layers": ["blobs/sha256/l1", "blobs/sha256/l2"],
+            }])
+        );
+    }
+
+    /// Entries as `(path, data)`; a path ending in `/` is a directory.
+    async fn write_entries(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut tar = TarStream::new(Vec::new());
+        for (path, data) in entries {
+            if path.ends_with('/') {
+                tar.dir(path).await.expect("dir");
+            } else {
+                tar.file(path, data).await.expect("file");
+            }
+        }
+        tar.finish().await.expect("finish")
+    }
+
+    #[tokio::test]
+    async fn tar_layout_parses_back_in_order() {
+        let big: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let long_path = format!("blobs/sha256/{}", "a".repeat(64));
+        let entries: Vec<(&str, Vec<u8>)> = vec![
+            ("oci-layout", b"{}".to_vec()),
+            ("blobs/", vec![]),
+            ("blobs/sha256/", vec![]),
+            ("empty", vec![]),
+            ("exact", vec![7u8; 1024]),
+            ("big", big.clone()),
+            (&long_path, b"x".to_vec()),
+        ];
+        let bytes = write_entries(&entries).await;
+
+        // Layout: each entry is a header plus data padded to 512; two zero
+        // blocks end it.
+        let want_len: usize = entries
+            .iter()
+            .map(|(_, d)| BLOCK + d.len() + padding(d.len() as u64))
+            .sum::<usize>()
+            + 2 * BLOCK;
+        assert_eq!(bytes.len(), want_len);
+        assert!(bytes[bytes.len() - 2 * BLOCK..].iter().all(|b| *b == 0));
+
+        let mut ar = tar::Archive::new(&bytes[..]);
+        let mut seen = Vec::new();
+        for e in ar.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            let h = e.header().clone();
+            let path = String::from_utf8(e.path_bytes().into_owned()).expect("utf8");
+            assert_eq!(h.mtime().expect("mtime"), 0, "{path}");
+            assert_eq!(h.uid().expect("uid"), 0, "{path}");
+            assert_eq!(h.gid().expect("gid"), 0, "{path}");
+            assert!(h.as_ustar().is_some(), "{path} is ustar");
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).expect("read");
+            if path.ends_with('/') {
+                assert_eq!(h.entry_type(), tar::EntryType::Directory, "{path}");
+                assert_eq!(h.mode().expect("mode"), 0o755, "{path}");
+            } else {
+                assert_eq!(h.entry_type(), tar::EntryType::Regular, "{path}");
+                assert_eq!(h.mode().expect("mode"), 0o644, "{path}");
+            }
+            assert_eq!(h.size().expect("size"), data.len() as u64, "{path}");
+            seen.push((path, data));
+        }
+        let want: Vec<(String, Vec<u8>)> = entries
+            .iter()
+            .map(|(p, d)| (p.to_string(), d.clone()))
+            .collect();
+        assert_eq!(seen, want);
+    }
+
+    #[tokio::test]
+    async fn streamed_entry_must_get_its_declared_size() {
+        let mut tar = TarStream::new(Vec::new());
+        tar.begin_file("f", 3).await.expect("begin");
+        tar.write_data(b"ab").await.expect("write");
+        assert!(tar.end_file().await.is_err(), "one byte short");
+        assert!(tar.write_data(b"cd").await.is_err(), "one byte too many");
+        tar.write_data(b"c").await.expect("last byte");
+        tar.end_file().await.expect("end");
+        tar.finish().await.expect("finish");
+    }
+
+    /// A content read stream that yields `chunks`.
+    fn chunks(chunks: Vec<Vec<u8>>) -> mpsc::Receiver<kiln_snapshot::Result<Vec<u8>>> {
+        let (tx, rx) = mpsc::channel(chunks.len().max(1));
+        for c in chunks {
+            tx.try_send(Ok(c)).expect("channel has room");
+        }
+        rx
+    }
+
+    #[tokio::test]
+    async fn stream_blob_verifies_digest_and_size() {
+        let data = b"hello layer".to_vec();
+        let digest = digest_of(&data);
+        let split = vec![data[..4].to_vec(), data[4..].to_vec()];
+
+        let mut tar = TarStream::new(Vec::new());
+        stream_blob(
+            &mut tar,
+            "b",
+            &digest,
+            data.len() as u64,
+            chunks(split),
+            "img",
+        )
+        .await
+        .expect("matching blob streams");
+        let bytes = tar.finish().await.expect("finish");
+        let mut ar = tar::Archive::new(&bytes[..]);
+        let mut e = ar
+            .entries()
+            .expect("entries")
+            .next()
+            .expect("one")
+            .expect("entry");
+        let mut back = Vec::new();
+        e.read_to_end(&mut back).expect("read");
+        assert_eq!(back, data);
+
+        for (got, size, why) in [
+            (b"hello layeR".to_vec(), data.len() as u64, "read back as"),
+            (b"hello layer!".to_vec(), data.len() as u64, "longer than"),
+            (b"hello".to_vec(), data.len() as u64, "ended after 5"),
+        ] {
+            let mut tar = TarStream::new(Vec::new());
+            let err = stream_blob(&mut tar, "b", &digest, size, chunks(vec![got]), "img")
+                .await
+                .expect_err(why);
+            assert!(
+                matches!(&err, WorkerError::InvalidImage { reason, .. } if reason.contains(why)),
+                "{why}: {err}"
+            );
+        }
+
+        // A read error from containerd ends the copy with that error.
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(Err(kiln_snapshot::SnapshotError::InvalidBlob {
+            digest: digest.clone(),
+            reason: "boom".into(),
+        }))
+        .expect("room");
+        let mut tar = TarStream::new(Vec::new());
+        let err = stream_blob(&mut tar, "b", &digest, 11, rx, "img")
+            .await
+            .expect_err("read error");
+        assert!(matches!(err, WorkerError::Snapshot(_)), "{err}");
+    }
+
+    #[test]
+    fn headers_and_padding() {
+        assert_eq!(padding(0), 0);
+        assert_eq!(padding(1), 511);
+        assert_eq!(padding(512), 0);
+        assert_eq!(padding(513), 511);
+        let h = header("blobs/", 0, true).expect("dir header");
+        assert_eq!(&h.as_old().name[..7], b"blobs/\0");
+        let too_long = format!("{}/", "d".repeat(120));
+        assert!(header(&too_long, 0, true).is_err());
+    }
+}

@@ -1,0 +1,541 @@
+//! The receiving half of DiffCopy: validate, create, request, write.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{
+    fchmod, fchmodat, fstatat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags, Mode,
+    SFlag, UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+use xattr::FileExt;
+
+use super::send::send_err;
+use super::{
+    compare_paths, is_valid_path, mode, packet, posix_perm, FsutilError, Packet, PacketType, Stat,
+};
+
+/// How a receiver applies what it receives.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReceiveOptions {
+    /// Owner for every entry; `None` keeps the sender's uid and gid.
+    pub chown: Option<(u32, u32)>,
+}
+
+/// What a transfer delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiveStats {
+    /// STAT entries, of every type.
+    pub entries: u64,
+    /// Regular files whose content was transferred.
+    pub files: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+/// How many files may be open for writing at once; a sender interleaving
+/// more (upstream uses 4) costs reopens, not descriptors.
+const MAX_OPEN_WRITERS: usize = 16;
+
+/// How many received packets may wait for the file system.
+const APPLY_DEPTH: usize = 64;
+
+/// Receives a tree from the sender at the other end of `rx`/`tx` into
+/// `dest`, an existing directory (buildkit-protocol.md §5). Entries already
+/// in `dest` are replaced (directories are merged).
+///
+/// The sender is untrusted: a path that is not relative and clean, an entry
+/// out of order or under anything but a directory of this transfer, a hard
+/// link to anything but an earlier regular file, or DATA that was not asked
+/// for ends the transfer with an error (also sent to the peer as ERR), and
+/// nothing outside `dest` is touched.
+pub async fn receive_dir<S>(
+    dest: &Path,
+    mut rx: S,
+    tx: mpsc::Sender<Packet>,
+    opts: ReceiveOptions,
+) -> Result<ReceiveStats, FsutilError>
+where
+    S: Stream<Item = Result<Packet, Status>> + Unpin,
+{
+    let root = match nix::fcntl::open(
+        dest,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(errno) => {
+            let e = FsutilError::Io {
+                op: "open destination",
+                path: dest.display().to_string(),
+                source: errno.into(),
+            };
+            send_err(&tx, &e).await;
+            return Err(e);
+        }
+    };
+    let (in_tx, in_rx) = mpsc::channel::<Packet>(APPLY_DEPTH);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Packet>();
+    // The file system work runs on a blocking thread; it never waits on the
+    // network (its output queue is unbounded), so reading never stalls.
+    let applier = tokio::task::spawn_blocking(move || Applier::new(root, opts, out_tx).run(in_rx));
+    let reader = async move {
+        loop {
+            tokio::select! {
+                () = in_tx.closed() => return Ok(()),
+                item = rx.next() => match item {
+                    Some(Ok(p)) => {
+                        if in_tx.send(p).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Some(Err(status)) => return Err(FsutilError::Transport { status }),
+                    // Dropping `in_tx` tells the applier.
+                    None => return Ok(()),
+                },
+            }
+        }
+    };
+    let writer = async {
+        while let Some(p) = out_rx.recv().await {
+            if tx.send(p).await.is_err() {
+                return Err(FsutilError::Closed);
+            }
+        }
+        Ok(())
+    };
+    let (read, _written, applied) = tokio::join!(reader, writer, applier);
+    match applied {
+        Ok(Ok(stats)) => Ok(stats),
+        // A broken transport is the cause of the applier's early end.
+        Ok(Err(e)) => Err(read.err().unwrap_or(e)),
+        Err(source) => Err(FsutilError::Task { source }),
+    }
+}
+
+/// What an earlier entry of this transfer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    /// A regular file with content (a hard-link target candidate).
+    File,
+    Link,
+    Symlink,
+    Special,
+}
+
+/// A requested file whose DATA has not ended yet.
+struct PendingFile {
+    path: String,
+    stat: Stat,
+}
+
+/// The receiver's file system side, run on a blocking thread.
+struct Applier {
+    root: OwnedFd,
+    chown: Option<(u32, u32)>,
+    out: mpsc::UnboundedSender<Packet>,
+    next_id: u32,
+    previous: Option<String>,
+    entries: HashMap<String, Kind>,
+    /// Requested files by ID until their empty DATA.
+    pending: HashMap<u32, PendingFile>,
+    writers: HashMap<u32, File>,
+    /// Directories in listing order; their metadata is applied last.
+    dirs: Vec<Stat>,
+    /// The last directory opened, as consecutive entries share parents.
+    last_dir: Option<(String, Arc<OwnedFd>)>,
+    listing_done: bool,
+    fin_sent: bool,
+    stats: ReceiveStats,
+}
+
+/// Splits a valid wire path into its parent ("" for the root) and name.
+fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+fn io_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(Errno) -> FsutilError + 'a {
+    move |errno| FsutilError::Io {
+        op,
+        path: path.to_string(),
+        source: errno.into(),
+    }
+}
+
+impl Applier {
+    fn new(root: OwnedFd, opts: ReceiveOptions, out: mpsc::UnboundedSender<Packet>) -> Applier {
+        Applier {
+            root,
+            chown: opts.chown,
+            out,
+            next_id: 0,
+            previous: None,
+            entries: HashMap::new(),
+            pending: HashMap::new(),
+            writers: HashMap::new(),
+            dirs: Vec::new(),
+            last_dir: None,
+            listing_done: false,
+            fin_sent: false,
+            stats: ReceiveStats::default(),
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Packet>) -> Result<ReceiveStats, FsutilError> {
+        let res = self.drive(&mut rx);
+        if let Err(e) = &res {
+            if !matches!(
+                e,
+                FsutilError::FromSender { .. } | FsutilError::UnexpectedEof
+            ) {
+                let _ = self.out.send(Packet {
+                    data: e.wire_message().into_bytes(),
+                    ..packet(PacketType::PacketErr)
+                });
+            }
+        }
+        res
+    }
+
+    fn drive(&mut self, rx: &mut mpsc::Receiver<Packet>) -> Result<ReceiveStats, FsutilError> {
+        loop {
+            let Some(p) = rx.blocking_recv() else {
+                // After our FIN the peer may just close.
+                return if self.fin_sent {
+                    Ok(self.stats)
+                } else {
+                    Err(FsutilError::UnexpectedEof)
+                };
+            };
+            match PacketType::try_from(p.r#type) {
+                Ok(PacketType::PacketStat) if !self.listing_done => match p.stat {
+                    Some(stat) => self.entry(stat)?,
+                    None => {
+                        self.listing_done = true;
+                        self.maybe_finish()?;
+                    }
+                },
+                Ok(PacketType::PacketData) => {
+                    self.data(p.id, p.data)?;
+                    self.maybe_finish()?;
+                }
+                Ok(PacketType::PacketFin) if self.fin_sent => return Ok(self.stats),
+                Ok(PacketType::PacketErr) => {
+                    return Err(FsutilError::FromSender {
+                        message: String::from_utf8_lossy(&p.data).into_owned(),
+                    })
+                }
+                Ok(other) => {
+                    return Err(FsutilError::UnexpectedPacket {
+                        packet: other.as_str_name(),
+                    })
+                }
+                Err(_) => return Err(FsutilError::InvalidPacketType { value: p.r#type }),
+            }
+        }
+    }
+
+    /// One STAT entry: validate it, then create it.
+    fn entry(&mut self, stat: Stat) -> Result<(), FsutilError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stats.entries += 1;
+        let path = stat.path.clone();
+        if !is_valid_path(&path) {
+            return Err(FsutilError::InvalidPath { path });
+        }
+        if let Some(previous) = &self.previous {
+            if compare_paths(&path, previous) != std::cmp::Ordering::Greater {
+                return Err(FsutilError::OutOfOrder {
+                    path,
+                    previous: previous.clone(),
+                });
+            }
+        }
+        self.previous = Some(path.clone());
+        let (parent, name) = split(&path);
+        if !parent.is_empty() && self.entries.get(parent) != Some(&Kind::Dir) {
+            return Err(FsutilError::ParentNotDirectory { path });
+        }
+        let dir = self.open_dir(parent)?;
+        let m = stat.mode;
+        let kind = if m & mode::DIR != 0 {
+            self.make_dir(&dir, name, &path)?;
+            self.dirs.push(stat);
+            Kind::Dir
+        } else if m & mode::SYMLINK != 0 {
+            if stat.linkname.is_empty() {
+                return Err(FsutilError::EmptySymlink { path });
+            }
+            self.clear(&dir, name, &path)?;
+            symlinkat(stat.linkname.as_str(), &*dir, name).map_err(io_err("symlink", &path))?;
+            self.apply_at(&dir, name, &stat, true)?;
+            Kind::Symlink
+        } else if !stat.linkname.is_empty() {
+            let target = stat.linkname.as_str();
+            if !is_valid_path(target) || self.entries.get(target) != Some(&Kind::File) {
+                return Err(FsutilError::InvalidLink {
+                    path,
+                    target: target.to_string(),
+                });
+            }
+            let (tparent, tname) = split(target);
+            let tdir = self.open_dir(tparent)?;
+            self.clear(&dir, name, &path)?;
+            linkat(&*tdir, tname, &*dir, name, AtFlags::empty()).map_err(io_err("link", &path))?;
+            Kind::Link
+        } else if m & (mode::NAMED_PIPE | mode::DEVICE) != 0 {
+            let kind = if m & mode::NAMED_PIPE != 0 {
+                SFlag::S_IFIFO
+            } else if m & mode::CHAR_DEVICE != 0 {
+                SFlag::S_IFCHR
+            } else {
+                SFlag::S_IFBLK
+            };
+            let dev = makedev(stat.devmajor as u64, stat.devminor as u64);
+            self.clear(&dir, name, &path)?;
+            mknodat(&*dir, name, kind, Mode::from_bits_truncate(0o600), dev)
+                .map_err(io_err("mknod", &path))?;
+            self.apply_at(&dir, name, &stat, false)?;
+            Kind::Special
+        } else if m & mode::TYPE != 0 {
+            return Err(FsutilError::UnsupportedType { path, mode: m });
+        } else {
+            self.clear(&dir, name, &path)?;
+            let flags = OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_WRONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC;
+            drop(
+                openat(&*dir, name, flags, Mode::from_bits_truncate(0o600))
+                    .map_err(io_err("create", &path))?,
+            );
+            self.pending.insert(
+                id,
+                PendingFile {
+                    path: path.clone(),
+                    stat,
+                },
+            );
+            let _ = self.out.send(Packet {
+                id,
+                ..packet(PacketType::PacketReq)
+            });
+            Kind::File
+        };
+        self.entries.insert(path, kind);
+        Ok(())
+    }
+
+    /// One DATA packet: append it, or finish the file on the empty one.
+    fn data(&mut self, id: u32, data: Vec<u8>) -> Result<(), FsutilError> {
+        if !self.pending.contains_key(&id) {
+            return Err(FsutilError::UnexpectedData { id });
+        }
+        if data.is_empty() {
+            let Some(file) = self.pending.remove(&id) else {
+                return Err(FsutilError::UnexpectedData { id });
+            };
+            let f = match self.writers.remove(&id) {
+                Some(f) => f,
+                None => self.open_file(&file.path, OFlag::empty())?,
+            };
+            self.apply_fd(&f, &file.stat, &file.path)?;
+            self.stats.files += 1;
+            return Ok(());
+        }
+        if !self.writers.contains_key(&id) {
+            if self.writers.len() >= MAX_OPEN_WRITERS {
+                if let Some(&evict) = self.writers.keys().next() {
+                    self.writers.remove(&evict);
+                }
+            }
+            let path = self
+                .pending
+                .get(&id)
+                .map(|f| f.path.clone())
+                .unwrap_or_default();
+            let f = self.open_file(&path, OFlag::O_APPEND)?;
+            self.writers.insert(id, f);
+        }
+        let path = self
+            .pending
+            .get(&id)
+            .map(|f| f.path.as_str())
+            .unwrap_or_default();
+        if let Some(f) = self.writers.get_mut(&id) {
+            f.write_all(&data).map_err(|source| FsutilError::Io {
+                op: "write",
+                path: path.to_string(),
+                source,
+            })?;
+        }
+        self.stats.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// After the listing and the last file: directory metadata (children
+    /// first, so their changes do not disturb a parent's mtime), then FIN.
+    fn maybe_finish(&mut self) -> Result<(), FsutilError> {
+        if !self.listing_done || !self.pending.is_empty() || self.fin_sent {
+            return Ok(());
+        }
+        self.writers.clear();
+        self.last_dir = None;
+        let dirs = std::mem::take(&mut self.dirs);
+        for stat in dirs.iter().rev() {
+            let fd = self.open_dir(&stat.path)?;
+            let f = File::from(fd.try_clone().map_err(|source| FsutilError::Io {
+                op: "dup",
+                path: stat.path.clone(),
+                source,
+            })?);
+            self.apply_fd(&f, stat, &stat.path)?;
+        }
+        let _ = self.out.send(packet(PacketType::PacketFin));
+        self.fin_sent = true;
+        Ok(())
+    }
+
+    /// Opens a directory of this transfer (or the root, for "") by walking
+    /// from the root without following symlinks.
+    fn open_dir(&mut self, rel: &str) -> Result<Arc<OwnedFd>, FsutilError> {
+        if let Some((p, fd)) = &self.last_dir {
+            if p == rel {
+                return Ok(fd.clone());
+            }
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut cur = openat(&self.root, ".", flags, Mode::empty()).map_err(io_err("open", "."))?;
+        if !rel.is_empty() {
+            for c in rel.split('/') {
+                cur = openat(&cur, c, flags, Mode::empty()).map_err(io_err("open", rel))?;
+            }
+        }
+        let fd = Arc::new(cur);
+        self.last_dir = Some((rel.to_string(), fd.clone()));
+        Ok(fd)
+    }
+
+    /// Opens a regular file of this transfer for writing, never through a
+    /// symlink.
+    fn open_file(&mut self, rel: &str, extra: OFlag) -> Result<File, FsutilError> {
+        let (parent, name) = split(rel);
+        let dir = self.open_dir(parent)?;
+        let flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | extra;
+        let fd = openat(&*dir, name, flags, Mode::empty()).map_err(io_err("open", rel))?;
+        Ok(File::from(fd))
+    }
+
+    /// Makes `name` a directory, keeping one that exists already (merge)
+    /// and replacing anything else.
+    fn make_dir(&self, dir: &OwnedFd, name: &str, path: &str) -> Result<(), FsutilError> {
+        match mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
+            Ok(()) => Ok(()),
+            Err(Errno::EEXIST) => {
+                let st = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(io_err("stat", path))?;
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    return Ok(());
+                }
+                unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(io_err("remove", path))?;
+                mkdirat(dir, name, Mode::from_bits_truncate(0o700)).map_err(io_err("mkdir", path))
+            }
+            Err(e) => Err(io_err("mkdir", path)(e)),
+        }
+    }
+
+    /// Removes a non-directory at `name` so it can be created afresh. An
+    /// existing directory is not replaced by a non-directory.
+    fn clear(&self, dir: &OwnedFd, name: &str, path: &str) -> Result<(), FsutilError> {
+        match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(io_err("stat", path)(e)),
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                Err(io_err("replace directory", path)(Errno::EISDIR))
+            }
+            Ok(_) => {
+                unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(io_err("remove", path))
+            }
+        }
+    }
+
+    fn owner(&self, stat: &Stat) -> (Uid, Gid) {
+        let (uid, gid) = self.chown.unwrap_or((stat.uid, stat.gid));
+        (Uid::from_raw(uid), Gid::from_raw(gid))
+    }
+
+    /// Owner, mode, xattrs and mtime of an open file or directory. The owner
+    /// goes first: chown clears set-id bits and file capabilities.
+    fn apply_fd(&self, f: &File, stat: &Stat, path: &str) -> Result<(), FsutilError> {
+        let (uid, gid) = self.owner(stat);
+        fchown(f.as_fd(), Some(uid), Some(gid)).map_err(io_err("chown", path))?;
+        fchmod(f.as_fd(), Mode::from_bits_truncate(posix_perm(stat.mode)))
+            .map_err(io_err("chmod", path))?;
+        for (key, value) in &stat.xattrs {
+            if let Err(e) = f.set_xattr(key, value) {
+                // Some namespaces need privileges or support this file
+                // system may lack; like upstream, that does not fail a copy.
+                tracing::debug!(path, key, error = %e, "skipping xattr");
+            }
+        }
+        let t = timespec(stat.mod_time);
+        futimens(f.as_fd(), &t, &t).map_err(io_err("set times", path))
+    }
+
+    /// Owner, mode and mtime of a symlink or special file just created in
+    /// `dir` (xattrs are not applied to these).
+    fn apply_at(
+        &self,
+        dir: &OwnedFd,
+        name: &str,
+        stat: &Stat,
+        symlink: bool,
+    ) -> Result<(), FsutilError> {
+        let path = stat.path.as_str();
+        let (uid, gid) = self.owner(stat);
+        fchownat(
+            dir,
+            name,
+            Some(uid),
+            Some(gid),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(io_err("chown", path))?;
+        if !symlink {
+            // `name` was just created by mknodat in a directory only this
+            // transfer writes, so it is not a symlink.
+            fchmodat(
+                dir,
+                name,
+                Mode::from_bits_truncate(posix_perm(stat.mode)),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(io_err("chmod", path))?;
+        }
+        let t = timespec(stat.mod_time);
+        utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+            .map_err(io_err("set times", path))
+    }
+}
+
+/// Unix nanoseconds as a timespec.
+fn timespec(nanos: i64) -> TimeSpec {
+    TimeSpec::new(
+        nanos.div_euclid(1_000_000_000),
+        nanos.rem_euclid(1_000_000_000),
+    )
+}

@@ -1,0 +1,523 @@
+//! The sending half of DiffCopy: walk, list, then serve file requests.
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiln_worker::ignore::PatternMatcher;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+
+use super::{go_mode, packet, FsutilError, Packet, PacketType, Stat, MAX_DATA_CHUNK};
+
+/// How many files are streamed at the same time (upstream's worker count).
+const FILE_WORKERS: usize = 4;
+
+/// How long a failing side waits to hand its ERR packet to the transport.
+const ERR_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a sender lists.
+#[derive(Clone, Debug, Default)]
+pub struct SendOptions {
+    /// When non-empty, only paths matching one of these (`.dockerignore`
+    /// syntax, `!` excludes again) and the directories leading to them are
+    /// sent.
+    pub include_patterns: Vec<String>,
+    /// Paths matching these (`.dockerignore` semantics) are not sent; an
+    /// excluded directory is entered only if an exception may re-include
+    /// something below it.
+    pub exclude_patterns: Vec<String>,
+    /// When non-empty, only these paths (and the directories leading to
+    /// them) are sent; symlinks among them are followed inside the root and
+    /// their targets sent too.
+    pub follow_paths: Vec<String>,
+    /// Sends uid and gid 0 for every entry, as buildctl and buildx do for
+    /// build contexts.
+    pub reset_owner: bool,
+}
+
+/// Sends the tree under `root` to the receiver at the other end of
+/// `rx`/`tx` (buildkit-protocol.md §5): one STAT per entry in walk order, an
+/// empty STAT, then the requested files as DATA chunks, until the receiver's
+/// FIN (answered with FIN).
+pub async fn send_dir<S>(
+    root: &Path,
+    opts: &SendOptions,
+    mut rx: S,
+    tx: mpsc::Sender<Packet>,
+) -> Result<(), FsutilError>
+where
+    S: Stream<Item = Result<Packet, Status>> + Unpin,
+{
+    let files = Arc::new(Mutex::new(HashMap::new()));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let walker = match Walker::new(root, opts, tx.clone(), files.clone(), cancel.clone()) {
+        Ok(w) => w,
+        Err(e) => {
+            send_err(&tx, &e).await;
+            return Err(e);
+        }
+    };
+    let mut walk = tokio::task::spawn_blocking(move || walker.run());
+    let mut walk_done = false;
+    let permits = Arc::new(Semaphore::new(FILE_WORKERS));
+    let mut workers: JoinSet<Result<(), FsutilError>> = JoinSet::new();
+
+    let result = loop {
+        tokio::select! {
+            res = &mut walk, if !walk_done => {
+                walk_done = true;
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(e),
+                    Err(source) => break Err(FsutilError::Task { source }),
+                }
+            }
+            Some(res) = workers.join_next() => match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break Err(e),
+                Err(source) => break Err(FsutilError::Task { source }),
+            },
+            item = rx.next() => {
+                let p = match item {
+                    None => break Err(FsutilError::UnexpectedEof),
+                    Some(Err(status)) => break Err(FsutilError::Transport { status }),
+                    Some(Ok(p)) => p,
+                };
+                match PacketType::try_from(p.r#type) {
+                    Ok(PacketType::PacketReq) => {
+                        let path = files.lock().map(|mut f| f.remove(&p.id)).unwrap_or_default();
+                        let Some(path) = path else {
+                            break Err(FsutilError::InvalidRequest { id: p.id });
+                        };
+                        workers.spawn(send_file(p.id, path, permits.clone(), tx.clone()));
+                    }
+                    Ok(PacketType::PacketFin) => {
+                        break match tx.send(packet(PacketType::PacketFin)).await {
+                            Ok(()) => Ok(()),
+                            Err(_) => Err(FsutilError::Closed),
+                        };
+                    }
+                    Ok(PacketType::PacketErr) => {
+                        break Err(FsutilError::FromReceiver {
+                            message: String::from_utf8_lossy(&p.data).into_owned(),
+                        });
+                    }
+                    Ok(other) => break Err(FsutilError::UnexpectedPacket {
+                        packet: other.as_str_name(),
+                    }),
+                    Err(_) => break Err(FsutilError::InvalidPacketType { value: p.r#type }),
+                }
+            }
+        }
+    };
+    cancel.store(true, Ordering::Relaxed);
+    workers.abort_all();
+    if let Err(e) = &result {
+        send_err(&tx, e).await;
+    }
+    result
+}
+
+/// Tells the peer about a local failure, unless the peer caused it or can
+/// no longer hear it.
+pub(super) async fn send_err(tx: &mpsc::Sender<Packet>, e: &FsutilError) {
+    if matches!(
+        e,
+        FsutilError::FromReceiver { .. }
+            | FsutilError::FromSender { .. }
+            | FsutilError::Closed
+            | FsutilError::Transport { .. }
+            | FsutilError::UnexpectedEof
+    ) {
+        return;
+    }
+    let err = Packet {
+        data: e.wire_message().into_bytes(),
+        ..packet(PacketType::PacketErr)
+    };
+    // Best effort: a peer that stopped reading must not hang the error path.
+    let _ = tokio::time::timeout(ERR_SEND_TIMEOUT, tx.send(err)).await;
+}
+
+/// Streams one requested file: DATA chunks, then an empty DATA. A file that
+/// cannot be opened any more is sent as the empty DATA alone.
+async fn send_file(
+    id: u32,
+    path: PathBuf,
+    permits: Arc<Semaphore>,
+    tx: mpsc::Sender<Packet>,
+) -> Result<(), FsutilError> {
+    let _permit = permits
+        .acquire_owned()
+        .await
+        .map_err(|_| FsutilError::Closed)?;
+    let data = |data: Vec<u8>| Packet {
+        id,
+        data,
+        ..packet(PacketType::PacketData)
+    };
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        // The entry was a regular file during the walk; never block on a
+        // FIFO or follow a symlink that replaced it since.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .await;
+    if let Ok(mut f) = opened {
+        let mut buf = vec![0u8; MAX_DATA_CHUNK];
+        loop {
+            let n = f.read(&mut buf).await.map_err(|source| FsutilError::Io {
+                op: "read",
+                path: path.display().to_string(),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            tx.send(data(buf[..n].to_vec()))
+                .await
+                .map_err(|_| FsutilError::Closed)?;
+        }
+    }
+    tx.send(data(Vec::new()))
+        .await
+        .map_err(|_| FsutilError::Closed)
+}
+
+/// The directory walk, run on a blocking thread. It sends the STAT packets
+/// itself so that a slow receiver never stalls the reading of requests.
+struct Walker {
+    root: PathBuf,
+    /// Include patterns turned around (`**` then each include as an
+    /// exception): "matched" means *not* included, and
+    /// `might_include_children` tells whether a directory can hold an
+    /// included path.
+    not_included: Option<PatternMatcher>,
+    exclude: Option<PatternMatcher>,
+    reset_owner: bool,
+    out: mpsc::Sender<Packet>,
+    /// Requestable regular files by entry ID, shared with the request loop.
+    files: Arc<Mutex<HashMap<u32, PathBuf>>>,
+    cancel: Arc<AtomicBool>,
+    next_id: u32,
+    /// The directories leading to the current one, and whether each has been
+    /// sent (a directory that is not itself included is sent only when
+    /// something inside it is).
+    ancestors: Vec<(Stat, bool)>,
+    /// (device, inode) of multiply-linked files -> the first path sent.
+    inodes: HashMap<(u64, u64), String>,
+}
+
+impl Walker {
+    fn new(
+        root: &Path,
+        opts: &SendOptions,
+        out: mpsc::Sender<Packet>,
+        files: Arc<Mutex<HashMap<u32, PathBuf>>>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Walker, FsutilError> {
+        let compile =
+            |p: &[String]| PatternMatcher::new(p).map_err(|source| FsutilError::Pattern { source });
+        let mut includes = opts.include_patterns.clone();
+        includes.extend(resolve_follow_paths(root, &opts.follow_paths));
+        let not_included = if includes.is_empty() {
+            None
+        } else {
+            let mut inverted = vec!["**".to_string()];
+            inverted.extend(includes.iter().map(|p| match p.trim().strip_prefix('!') {
+                Some(rest) => rest.to_string(),
+                None => format!("!{}", p.trim()),
+            }));
+            Some(compile(&inverted)?)
+        };
+        let exclude = if opts.exclude_patterns.is_empty() {
+            None
+        } else {
+            Some(compile(&opts.exclude_patterns)?)
+        };
+        Ok(Walker {
+            root: root.to_path_buf(),
+            not_included,
+            exclude,
+            reset_owner: opts.reset_owner,
+            out,
+            files,
+            cancel,
+            next_id: 0,
+            ancestors: Vec::new(),
+            inodes: HashMap::new(),
+        })
+    }
+
+    fn run(mut self) -> Result<(), FsutilError> {
+        let root = self.root.clone();
+        let md = std::fs::metadata(&root).map_err(|source| FsutilError::Io {
+            op: "stat",
+            path: root.display().to_string(),
+            source,
+        })?;
+        if !md.is_dir() {
+            return Err(FsutilError::Io {
+                op: "walk",
+                path: root.display().to_string(),
+                source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            });
+        }
+        self.walk(&root, "")?;
+        self.out
+            .blocking_send(packet(PacketType::PacketStat))
+            .map_err(|_| FsutilError::Closed)
+    }
+
+    fn walk(&mut self, dir: &Path, dir_rel: &str) -> Result<(), FsutilError> {
+        let io = |op, source| FsutilError::Io {
+            op,
+            path: dir.display().to_string(),
+            source,
+        };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io("read directory", e))? {
+            names.push(entry.map_err(|e| io("read directory", e))?.file_name());
+        }
+        // OsString orders by bytes on Unix: Go's walk order.
+        names.sort();
+        for name in names {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(FsutilError::Closed);
+            }
+            let abs = dir.join(&name);
+            let Some(name) = name.to_str() else {
+                return Err(FsutilError::NonUtf8Path { path: abs });
+            };
+            let rel = if dir_rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dir_rel}/{name}")
+            };
+            let md = match std::fs::symlink_metadata(&abs) {
+                Ok(md) => md,
+                // Removed since the directory was read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(FsutilError::Io {
+                        op: "stat",
+                        path: abs.display().to_string(),
+                        source,
+                    })
+                }
+            };
+            if md.file_type().is_socket() {
+                continue;
+            }
+            let is_dir = md.is_dir();
+            let mut include = true;
+            let mut descend = is_dir;
+            for m in [&self.not_included, &self.exclude].into_iter().flatten() {
+                if m.matches(&rel) {
+                    include = false;
+                    descend = descend && m.might_include_children(&rel);
+                }
+            }
+            if !include && !descend {
+                continue;
+            }
+            let stat = self.stat_of(&abs, rel.clone(), &md)?;
+            if include {
+                self.send_ancestors()?;
+                self.send(stat.clone(), &abs, &md)?;
+            }
+            if is_dir {
+                self.ancestors.push((stat, include));
+                let res = self.walk(&abs, &rel);
+                self.ancestors.pop();
+                res?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the directories leading to an included entry that were held
+    /// back because they are not included themselves.
+    fn send_ancestors(&mut self) -> Result<(), FsutilError> {
+        for i in 0..self.ancestors.len() {
+            if !self.ancestors[i].1 {
+                self.ancestors[i].1 = true;
+                let stat = self.ancestors[i].0.clone();
+                self.send_stat(stat)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one entry, turning later paths of a multiply-linked file into
+    /// hard links and registering regular files as requestable.
+    fn send(&mut self, mut stat: Stat, abs: &Path, md: &Metadata) -> Result<(), FsutilError> {
+        let ft = md.file_type();
+        if !ft.is_dir() && !ft.is_symlink() && md.nlink() > 1 {
+            match self.inodes.get(&(md.dev(), md.ino())) {
+                Some(first) => {
+                    stat.linkname = first.clone();
+                    stat.size = 0;
+                }
+                None => {
+                    self.inodes.insert((md.dev(), md.ino()), stat.path.clone());
+                }
+            }
+        }
+        if ft.is_file() && stat.linkname.is_empty() {
+            if let Ok(mut files) = self.files.lock() {
+                files.insert(self.next_id, abs.to_path_buf());
+            }
+        }
+        self.send_stat(stat)
+    }
+
+    fn send_stat(&mut self, stat: Stat) -> Result<(), FsutilError> {
+        self.next_id += 1;
+        self.out
+            .blocking_send(Packet {
+                stat: Some(stat),
+                ..packet(PacketType::PacketStat)
+            })
+            .map_err(|_| FsutilError::Closed)
+    }
+
+    fn stat_of(&self, abs: &Path, rel: String, md: &Metadata) -> Result<Stat, FsutilError> {
+        let ft = md.file_type();
+        let linkname = if ft.is_symlink() {
+            let target = std::fs::read_link(abs).map_err(|source| FsutilError::Io {
+                op: "readlink",
+                path: abs.display().to_string(),
+                source,
+            })?;
+            target
+                .to_str()
+                .ok_or_else(|| FsutilError::NonUtf8Path {
+                    path: target.clone(),
+                })?
+                .to_string()
+        } else {
+            String::new()
+        };
+        let (devmajor, devminor) = if ft.is_block_device() || ft.is_char_device() {
+            (
+                nix::sys::stat::major(md.rdev()) as i64,
+                nix::sys::stat::minor(md.rdev()) as i64,
+            )
+        } else {
+            (0, 0)
+        };
+        let mut xattrs = HashMap::new();
+        if let Ok(names) = xattr::list(abs) {
+            for name in names {
+                let (Some(key), Ok(Some(value))) = (name.to_str(), xattr::get(abs, &name)) else {
+                    continue;
+                };
+                xattrs.insert(key.to_string(), value);
+            }
+        }
+        let (uid, gid) = if self.reset_owner {
+            (0, 0)
+        } else {
+            (md.uid(), md.gid())
+        };
+        Ok(Stat {
+            path: rel,
+            mode: go_mode(md.mode()),
+            uid,
+            gid,
+            size: md.len() as i64,
+            mod_time: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            linkname,
+            devmajor,
+            devminor,
+            xattrs,
+        })
+    }
+}
+
+/// fsutil's `FollowLinks`: each follow path, plus the targets of symlinks
+/// among them (followed while they stay inside the root), as include
+/// patterns.
+fn resolve_follow_paths(root: &Path, paths: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in paths {
+        let mut cur = clean(p);
+        // Bounded like the kernel's symlink limit.
+        for _ in 0..40 {
+            if cur.is_empty() || cur == ".." || cur.starts_with("../") {
+                break;
+            }
+            if !out.contains(&cur) {
+                out.push(cur.clone());
+            }
+            let abs = root.join(&cur);
+            let is_link = std::fs::symlink_metadata(&abs)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false);
+            let target = match std::fs::read_link(&abs) {
+                Ok(t) if is_link => t,
+                _ => break,
+            };
+            let Some(target) = target.to_str() else {
+                break;
+            };
+            cur = if target.starts_with('/') {
+                clean(target)
+            } else {
+                let parent = cur.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                clean(&format!("{parent}/{target}"))
+            };
+        }
+    }
+    out
+}
+
+/// Lexically cleans a slash-separated path relative to the root: no leading
+/// `/`, no `.` or empty elements, `..` eating the element before it (and
+/// kept when it climbs above the root). The root itself is "".
+fn clean(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if matches!(parts.last(), Some(&l) if l != "..") {
+                    parts.pop();
+                } else if !p.starts_with('/') {
+                    parts.push("..");
+                }
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean;
+
+    #[test]
+    fn clean_matches_go_for_relative_and_absolute_targets() {
+        for (input, want) in [
+            ("a/b", "a/b"),
+            ("/a/./b/", "a/b"),
+            ("a/../b", "b"),
+            ("../a", "../a"),
+            ("/../a", "a"),
+            ("a/../../b", "../b"),
+            ("", ""),
+        ] {
+            assert_eq!(clean(input), want, "{input}");
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The session byte stream and the HTTP/2 connections on it
+//! (buildkit-protocol.md §4).
+//!
+//! `Control.Session` carries `BytesMessage{data}` in both directions; the
+//! concatenated `data` fields form a duplex byte stream whose message
+//! boundaries mean nothing. [`HijackedConn`] is that stream as tokio
+//! `AsyncRead + AsyncWrite`; shutting down its write half ends the outbound
+//! message stream (the gRPC half-close).
+//!
+//! Over the stream the client is the HTTP/2 server ([`serve_session`]) and the
+//! daemon the HTTP/2 client ([`connect_session`]), with prior knowledge (no
+//! `Upgrade`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use kiln_proto::control::BytesMessage;
+use kiln_proto::health::health_check_response::ServingStatus;
+use kiln_proto::health::health_server::{Health, HealthServer};
+use kiln_proto::health::{HealthCheckRequest, HealthCheckResponse};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::{CancellationToken, PollSender};
+use tonic::body::Body;
+use tonic::codegen::http::{Request, Response, Uri};
+use tonic::server::NamedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+use crate::error::{Result, SessionError};
+
+/// The largest `data` field this side writes. The peer's default gRPC
+/// receive limit is 4 MiB; HTTP/2 writes are far smaller in practice.
+const MAX_CHUNK: usize = 1 << 20;
+
+/// How many outbound messages may wait for the gRPC stream.
+const OUTBOUND_DEPTH: usize = 16;
+
+/// The inbound half: the `data` of each received message, in order.
+type Inbound = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+/// The session byte stream tunnelled through `Control.Session`.
+pub struct HijackedConn {
+    inbound: Inbound,
+    /// Received bytes not yet read.
+    pending: Bytes,
+    eof: bool,
+    outbound: PollSender<Bytes>,
+}
+
+impl std::fmt::Debug for HijackedConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HijackedConn")
+            .field("pending", &self.pending.len())
+            .field("eof", &self.eof)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HijackedConn {
+    /// A connection reading the `data` of `inbound` and writing chunks to
+    /// `outbound`; dropping or shutting down the connection closes
+    /// `outbound`.
+    pub fn from_parts<S>(inbound: S, outbound: mpsc::Sender<Bytes>) -> HijackedConn
+    where
+        S: Stream<Item = Result<Bytes, Status>> + Send + 'static,
+    {
+        HijackedConn {
+            inbound: Box::pin(inbound),
+            pending: Bytes::new(),
+            eof: false,
+            outbound: PollSender::new(outbound),
+        }
+    }
+}
+
+impl AsyncRead for HijackedConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.inbound.as_mut().poll_next(cx)) {
+                Some(Ok(data)) => self.pending = data,
+                Some(Err(status)) => {
+                    self.eof = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        status,
+                    )));
+                }
+                None => self.eof = true,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HijackedConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "session stream closed");
+        ready!(self.outbound.poll_reserve(cx)).map_err(|_| closed())?;
+        let n = buf.len().min(MAX_CHUNK);
+        self.outbound
+            .send_item(Bytes::copy_from_slice(&buf[..n]))
+            .map_err(|_| closed())?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.outbound.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Maps received `BytesMessage`s to their data.
+fn inbound_data<S>(inbound: S) -> impl Stream<Item = Result<Bytes, Status>> + Send + 'static
+where
+    S: Stream<Item = Result<BytesMessage, Status>> + Send + 'static,
+{
+    inbound.map(|m| m.map(|m| Bytes::from(m.data)))
+}
+
+/// The daemon's end of `Control.Session`: `inbound` is the request stream of
+/// the RPC; the returned stream is what the handler answers with.
+pub fn daemon_side<S>(
+    inbound: S,
+) -> (
+    HijackedConn,
+    impl Stream<Item = Result<BytesMessage, Status>> + Send + 'static,
+)
+where
+    S: Stream<Item = Result<BytesMessage, Status>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
+    let outbound = ReceiverStream::new(rx).map(|data: Bytes| {
+        Ok(BytesMessage {
+            data: data.to_vec(),
+        })
+    });
+    (
+        HijackedConn::from_parts(inbound_data(inbound), tx),
+        outbound,
+    )
+}
+
+/// The client's end of `Control.Session` before the call is made: the
+/// request stream to pass to `ControlClient::session`, and the half that
+/// [`ClientSide::attach`] completes with the response stream.
+pub fn client_side() -> (
+    ClientSide,
+    impl Stream<Item = BytesMessage> + Send + 'static,
+) {
+    let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
+    let requests = ReceiverStream::new(rx).map(|data: Bytes| BytesMessage {
+        data: data.to_vec(),
+    });
+    (ClientSide { outbound: tx }, requests)
+}
+
+/// The client's end of a session whose `Control.Session` call is under way.
+#[derive(Debug)]
+pub struct ClientSide {
+    outbound: mpsc::Sender<Bytes>,
+}
+
+impl ClientSide {
+    /// Completes the connection with the response stream of the call.
+    pub fn attach<S>(self, inbound: S) -> HijackedConn
+    where
+        S: Stream<Item = Result<BytesMessage, Status>> + Send + 'static,
+    {
+        HijackedConn::from_parts(inbound_data(inbound), self.outbound)
+    }
+}
+
+/// Two connections wired to each other in memory, as if through
+/// `Control.Session` (tests, embedded mode).
+pub fn loopback() -> (HijackedConn, HijackedConn) {
+    let (a_tx, a_rx) = mpsc::channel(OUTBOUND_DEPTH);
+    let (b_tx, b_rx) = mpsc::channel(OUTBOUND_DEPTH);
+    let a = HijackedConn::from_parts(ReceiverStream::new(b_rx).map(Ok), a_tx);
+    let b = HijackedConn::from_parts(ReceiverStream::new(a_rx).map(Ok), b_tx);
+    (a, b)
+}
+
+/// The daemon side: opens an HTTP/2 gRPC client connection (prior
+/// knowledge) over the session. The channel cannot reconnect: once the
+/// session ends, calls fail with `Unavailable`.
+pub async fn connect_session(conn: HijackedConn) -> Result<Channel> {
+    let slot = Arc::new(Mutex::new(Some(conn)));
+    let connector = tower::service_fn(move |_: Uri| {
+        let conn = slot.lock().map(|mut s| s.take()).unwrap_or_default();
+        async move {
+            conn.map(TokioIo::new)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the session has ended"))
+        }
+    });
+    // Upstream sends authority "localhost"; clients do not check it.
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| SessionError::Connect { source })
+}
+
+/// A boxed gRPC service as the session server routes to it.
+type BoxedService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// The services a client exposes in its session, routed by service name
+/// (the first path segment), plus the list of methods it announces in
+/// `x-docker-expose-session-grpc-method`.
+///
+/// `grpc.health.v1.Health` answering `SERVING` is always present.
+#[derive(Clone)]
+pub struct SessionServices {
+    routes: HashMap<&'static str, BoxedService>,
+    methods: Vec<String>,
+}
+
+impl std::fmt::Debug for SessionServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionServices")
+            .field("methods", &self.methods)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SessionServices {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SessionServices {
+    /// The health service alone.
+    pub fn new() -> SessionServices {
+        let mut s = SessionServices {
+            routes: HashMap::new(),
+            methods: Vec::new(),
+        };
+        s.add(HealthServer::new(SessionHealth), &["Check"]);
+        s
+    }
+
+    /// Adds a gRPC service (a generated `...Server` or a hand-written one)
+    /// whose `methods` (bare names, e.g. `DiffCopy`) are announced. A
+    /// service of the same name is replaced.
+    pub fn add<S>(&mut self, svc: S, methods: &[&str]) -> &mut SessionServices
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let prefix = format!("/{}/", S::NAME);
+        self.methods.retain(|m| !m.starts_with(&prefix));
+        self.methods
+            .extend(methods.iter().map(|m| format!("{prefix}{m}")));
+        self.routes.insert(S::NAME, BoxCloneSyncService::new(svc));
+        self
+    }
+
+    /// Full method paths to announce, one metadata value each.
+    pub fn methods(&self) -> &[String] {
+        &self.methods
+    }
+}
+
+impl Service<Request<Body>> for SessionServices {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<
+        Box<
+            dyn std::future::Future<Output = std::result::Result<Response<Body>, Infallible>>
+                + Send,
+        >,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::result::Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let name = req.uri().path().trim_start_matches('/');
+        let name = name.split('/').next().unwrap_or_default();
+        match self.routes.get(name) {
+            Some(svc) => Box::pin(svc.clone().oneshot(req)),
+            None => {
+                let status = Status::unimplemented(format!("unknown service {name}"));
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+/// The session's health service: the session is up while it answers.
+#[derive(Clone, Copy, Debug, Default)]
+struct SessionHealth;
+
+#[tonic::async_trait]
+impl Health for SessionHealth {
+    async fn check(
+        &self,
+        _request: tonic::Request<HealthCheckRequest>,
+    ) -> std::result::Result<tonic::Response<HealthCheckResponse>, Status> {
+        Ok(tonic::Response::new(HealthCheckResponse {
+            status: ServingStatus::Serving as i32,
+        }))
+    }
+}
+
+/// The client side: serves `services` over the session as an HTTP/2 server
+/// until the daemon closes the connection or `cancel` fires (then the
+/// connection shuts down gracefully).
+pub async fn serve_session(
+    conn: HijackedConn,
+    services: SessionServices,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let svc = services.map_request(|req: Request<hyper::body::Incoming>| req.map(Body::new));
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // Go's http2 server default, which BuildKit clients use.
+    builder.max_concurrent_streams(250);
+    let connection = builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(svc));
+    tokio::pin!(connection);
+    let res = tokio::select! {
+        res = connection.as_mut() => res,
+        () = cancel.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    match res {
+        Ok(()) => Ok(()),
+        // The daemon dropped the session: its end, not a failure.
+        Err(e) if peer_gone(&e) => Ok(()),
+        Err(source) => Err(SessionError::Serve { source }),
+    }
+}
+
+/// Whether a connection error means the other end of the session went
+/// away (the outbound half is closed).
+fn peer_gone(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_proto::health::health_client::HealthClient;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn loopback_carries_bytes_both_ways_and_shutdown_is_eof() {
+        let (mut a, mut b) = loopback();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            a.write_all(&sent).await.expect("write");
+            a.shutdown().await.expect("shutdown");
+            let mut back = Vec::new();
+            a.read_to_end(&mut back).await.expect("read back");
+            back
+        });
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, big);
+        b.write_all(b"pong").await.expect("write back");
+        b.shutdown().await.expect("shutdown back");
+        assert_eq!(writer.await.expect("join"), b"pong");
+    }
+
+    #[tokio::test]
+    async fn daemon_and_client_sides_pair_up() {
+        // What the daemon's Control.Session handler and the client's call
+        // see, wired back to back.
+        let (client_half, requests) = client_side();
+        let (mut daemon_conn, responses) = daemon_side(requests.map(Ok));
+        let mut client_conn = client_half.attach(responses);
+        daemon_conn.write_all(b"hello").await.expect("write");
+        daemon_conn.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        client_conn.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"hello");
+    }
+
+    #[tokio::test]
+    async fn health_answers_serving_and_unknown_services_are_unimplemented() {
+        let (daemon, client) = loopback();
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve_session(
+            client,
+            SessionServices::new(),
+            cancel.clone(),
+        ));
+        let channel = connect_session(daemon).await.expect("connect");
+        let mut health = HealthClient::new(channel.clone());
+        let resp = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("check")
+            .into_inner();
+        assert_eq!(resp.status, ServingStatus::Serving as i32);
+        let mut fs = kiln_proto::filesync::file_send_client::FileSendClient::new(channel);
+        let err = fs
+            .diff_copy(tokio_stream::iter(
+                Vec::<kiln_proto::filesync::BytesMessage>::new(),
+            ))
+            .await
+            .expect_err("no FileSend registered");
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        cancel.cancel();
+        server.await.expect("join").expect("serve");
+        assert_eq!(
+            SessionServices::new().methods(),
+            ["/grpc.health.v1.Health/Check".to_string()]
+        );
+    }
+}

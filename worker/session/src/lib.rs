@@ -1,0 +1,41 @@
+//! kiln's session transport and the fsutil file-transfer protocol, shared by
+//! kilnd (the daemon) and the kiln client.
+//!
+//! A BuildKit session is a raw byte stream tunnelled through the
+//! `Control.Session` RPC, inside which the *client* serves HTTP/2 + gRPC and
+//! the *daemon* is the gRPC client (buildkit-protocol.md §4). This crate owns
+//! both ends of that arrangement and the services carried over it:
+//!
+//! - [`hijack`]: the byte stream over `BytesMessage` chunks, the daemon's
+//!   gRPC channel over it and the client's HTTP/2 server on it;
+//! - [`fsutil`]: the DiffCopy packet protocol (§5), sender and receiver,
+//!   independent of any transport;
+//! - [`filesync`]: the build-context pull (`FileSync.DiffCopy`, §4.1);
+//! - [`filesend`]: exporter output pushed to the client (`FileSend.DiffCopy`,
+//!   §6), as raw bytes (tar, oci, docker) or as fsutil packets (local).
+//!
+//! The crate is shaped around the two roles rather than the two binaries:
+//! each module offers the daemon half and the client half side by side so
+//! that one in-crate test can run both against each other.
+//!
+//! Architecture invariant: this crate moves bytes and files; it must not know
+//! about builds, the solver, snapshots or containerd. Its one dependency on
+//! `kiln-worker` is the `.dockerignore` matcher (`kiln_worker::ignore`), reused
+//! so that the context a client sends is filtered exactly as the engine
+//! filters copies.
+
+pub mod filesend;
+pub mod filesync;
+pub mod fsutil;
+pub mod hijack;
+
+mod codec;
+mod error;
+mod metadata;
+mod respond;
+
+pub use error::{Result, SessionError};
+pub use fsutil::FsutilError;
+
+#[cfg(test)]
+mod tests;

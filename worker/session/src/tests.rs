@@ -1,0 +1,249 @@
+//! End to end: a "client" serving its session services and a "daemon"
+//! calling them, over the session byte stream in memory.
+
+use std::collections::HashMap;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use kiln_proto::filesync::file_send_server::{FileSend, FileSendServer};
+use kiln_proto::filesync::BytesMessage;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::filesend::{send_bytes, send_local, FileSendReceiver, FileSendTarget};
+use crate::filesync::{fetch_dir, FileSyncServerImpl};
+use crate::fsutil::tests::{snapshot, write};
+use crate::hijack::{client_side, connect_session, daemon_side, serve_session, SessionServices};
+use crate::SessionError;
+
+/// A session as kilnd and the kiln CLI hold it: the client's end of the
+/// `Control.Session` call wired to the daemon's handler.
+struct Session {
+    channel: Channel,
+    cancel: CancellationToken,
+    server: JoinHandle<crate::Result<()>>,
+}
+
+impl Session {
+    async fn start(services: SessionServices) -> Session {
+        let (client_half, requests) = client_side();
+        let (daemon_conn, responses) = daemon_side(requests.map(Ok));
+        let client_conn = client_half.attach(responses);
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve_session(client_conn, services, cancel.clone()));
+        let channel = connect_session(daemon_conn).await.expect("connect");
+        Session {
+            channel,
+            cancel,
+            server,
+        }
+    }
+
+    async fn end(self) {
+        drop(self.channel);
+        self.cancel.cancel();
+        self.server.await.expect("join").expect("serve");
+    }
+}
+
+fn context_tree(root: &Path) {
+    write(&root.join("Dockerfile"), b"FROM scratch\nCOPY . /\n");
+    write(&root.join("README.md"), b"readme");
+    write(&root.join("naïve.txt"), b"unicode name");
+    write(&root.join("src/main.rs"), &vec![b'm'; 200_000]);
+    write(&root.join("src/lib.rs"), b"lib");
+    std::fs::hard_link(root.join("src/lib.rs"), root.join("src/lib-link.rs")).expect("link");
+    symlink("src/main.rs", root.join("main-link")).expect("symlink");
+    std::os::unix::fs::lchown(root.join("src/lib.rs"), Some(1234), Some(5678)).expect("chown");
+}
+
+fn file_sync(dirs: &[(&str, &Path)]) -> SessionServices {
+    let dirs: HashMap<String, PathBuf> = dirs
+        .iter()
+        .map(|(n, p)| (n.to_string(), p.to_path_buf()))
+        .collect();
+    let mut services = SessionServices::new();
+    services.add(
+        FileSyncServerImpl::new(dirs).into_service(),
+        FileSyncServerImpl::METHODS,
+    );
+    services
+}
+
+#[tokio::test]
+async fn daemon_fetches_the_client_context_over_the_session() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (src, dest) = (tmp.path().join("ctx"), tmp.path().join("dest"));
+    context_tree(&src);
+    std::fs::create_dir_all(&dest).expect("mkdir");
+    let session = Session::start(file_sync(&[("context", &src)])).await;
+
+    let stats = fetch_dir(session.channel.clone(), "context", &[], &[], &[], &dest)
+        .await
+        .expect("fetch");
+    assert_eq!(stats.entries, 8);
+    let (want, got) = (snapshot(&src), snapshot(&dest));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (path, w) in &want {
+        let g = &got[path];
+        assert_eq!((g.st_mode, g.mtime), (w.st_mode, w.mtime), "{path}");
+        assert_eq!((&g.content, &g.target), (&w.content, &w.target), "{path}");
+        assert_eq!(g.link_group, w.link_group, "{path}");
+        // The client resets owners, as buildctl does.
+        assert_eq!((g.uid, g.gid), (0, 0), "{path}");
+    }
+
+    // Patterns travel as repeated metadata; non-ASCII ones escaped.
+    let dest2 = tmp.path().join("dest2");
+    std::fs::create_dir_all(&dest2).expect("mkdir");
+    let includes = vec![
+        "naïve.txt".to_string(),
+        "src".to_string(),
+        "Dockerfile".to_string(),
+    ];
+    let excludes = vec!["src/lib*.rs".to_string(), "!src/lib.rs".to_string()];
+    fetch_dir(
+        session.channel.clone(),
+        "context",
+        &includes,
+        &excludes,
+        &[],
+        &dest2,
+    )
+    .await
+    .expect("fetch filtered");
+    let got: Vec<String> = snapshot(&dest2).into_keys().collect();
+    assert_eq!(
+        got,
+        [
+            "Dockerfile",
+            "naïve.txt",
+            "src",
+            "src/lib.rs",
+            "src/main.rs"
+        ]
+    );
+
+    let dest3 = tmp.path().join("dest3");
+    std::fs::create_dir_all(&dest3).expect("mkdir");
+    let follow = vec!["main-link".to_string()];
+    fetch_dir(
+        session.channel.clone(),
+        "context",
+        &[],
+        &[],
+        &follow,
+        &dest3,
+    )
+    .await
+    .expect("fetch follow paths");
+    let got: Vec<String> = snapshot(&dest3).into_keys().collect();
+    assert_eq!(got, ["main-link", "src", "src/main.rs"]);
+
+    let err = fetch_dir(session.channel.clone(), "secret", &[], &[], &[], &dest3)
+        .await
+        .expect_err("unknown dir");
+    assert_eq!(err.kind(), kiln_proto::ErrorKind::NotFound);
+    assert!(
+        format!("{:?}", err).contains("no access allowed to dir"),
+        "{err:?}"
+    );
+    session.end().await;
+}
+
+#[tokio::test]
+async fn exports_reach_the_client_as_bytes_and_as_trees() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tar_out = tmp.path().join("out.tar");
+    let local_out = tmp.path().join("local-out");
+    let mut services = SessionServices::new();
+    services.add(
+        FileSendReceiver::new(vec![
+            FileSendTarget::Bytes {
+                dest: Some(tar_out.clone()),
+            },
+            FileSendTarget::Local {
+                dir: local_out.clone(),
+            },
+        ]),
+        FileSendReceiver::METHODS,
+    );
+    assert_eq!(
+        services.methods(),
+        [
+            "/grpc.health.v1.Health/Check".to_string(),
+            "/moby.filesync.v1.FileSend/DiffCopy".to_string()
+        ]
+    );
+    let session = Session::start(services).await;
+
+    // More than two 3 MiB chunks.
+    let data: Vec<u8> = (0..7_500_000u32).map(|i| (i % 253) as u8).collect();
+    let md = vec![(
+        "containerimage.digest".to_string(),
+        "sha256:abc".to_string(),
+    )];
+    send_bytes(session.channel.clone(), Some(0), md, data.as_slice())
+        .await
+        .expect("send bytes");
+    assert_eq!(std::fs::read(&tar_out).expect("read"), data);
+
+    let src = tmp.path().join("rootfs");
+    context_tree(&src);
+    send_local(session.channel.clone(), Some(1), &src)
+        .await
+        .expect("send local");
+    let (want, got) = (snapshot(&src), snapshot(&local_out));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    let me = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    for (path, w) in &want {
+        let g = &got[path];
+        assert_eq!(
+            (g.st_mode, g.mtime, &g.content),
+            (w.st_mode, w.mtime, &w.content)
+        );
+        assert_eq!((g.uid, g.gid), me, "{path} re-owned to the client");
+    }
+
+    // An exporter id the client has no target for.
+    let err = send_bytes(session.channel.clone(), Some(5), vec![], &b"x"[..])
+        .await
+        .expect_err("no target");
+    assert!(matches!(err, SessionError::Call { .. }), "{err:?}");
+    session.end().await;
+}
+
+/// A client that already has the export target.
+struct Exists;
+
+#[tonic::async_trait]
+impl FileSend for Exists {
+    async fn diff_copy(
+        &self,
+        _request: tonic::Request<tonic::Streaming<BytesMessage>>,
+    ) -> Result<tonic::Response<tonic::codegen::BoxStream<BytesMessage>>, tonic::Status> {
+        Err(tonic::Status::already_exists("target exists"))
+    }
+}
+
+#[tokio::test]
+async fn already_exists_from_the_client_counts_as_success() {
+    let mut services = SessionServices::new();
+    services.add(FileSendServer::new(Exists), &["DiffCopy"]);
+    let session = Session::start(services).await;
+    send_bytes(session.channel.clone(), None, vec![], &b"ignored"[..])
+        .await
+        .expect("skip is success");
+    session.end().await;
+}
