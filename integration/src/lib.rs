@@ -327,12 +327,21 @@ pub struct KilnOutput {
 /// The `kiln` CLI next to the test executable: `kiln-under-test`, which
 /// cargo builds for this package's tests.
 pub fn kiln_binary() -> HarnessResult<PathBuf> {
+    test_binary("kiln-under-test")
+}
+
+/// `kilnd` next to the test executable (`kilnd-under-test`).
+pub fn kilnd_binary() -> HarnessResult<PathBuf> {
+    test_binary("kilnd-under-test")
+}
+
+fn test_binary(name: &str) -> HarnessResult<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("kiln-under-test");
+    let bin = dir.join(name);
     if bin.exists() {
         Ok(bin)
     } else {
@@ -421,5 +430,84 @@ impl KilnOutput {
             self.stdout, self.stderr
         );
         self
+    }
+}
+
+/// A kilnd started for a test on a private containerd; SIGTERM on drop.
+pub struct Kilnd {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Kilnd {
+    /// `unix://<socket>`, for `--addr`.
+    pub fn addr(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the exit status.
+    pub fn terminate(&mut self) -> HarnessResult<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            return Err("kilnd already stopped".into());
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("kilnd did not exit within 30 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Kilnd {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
+
+impl Harness {
+    /// Starts kilnd on this containerd in `namespace` and waits until its
+    /// socket answers.
+    pub async fn start_kilnd(&self, namespace: &str) -> HarnessResult<Kilnd> {
+        let socket = self.state_dir().join(format!("kilnd-{namespace}.sock"));
+        let log = self.state_dir().join(format!("kilnd-{namespace}.log"));
+        let logf = std::fs::File::create(&log).map_err(|e| format!("kilnd log: {e}"))?;
+        let child = Command::new(kilnd_binary()?)
+            .arg("--addr")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--root")
+            .arg(self.state_dir().join(format!("kilnd-root-{namespace}")))
+            .arg("--containerd-address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(namespace)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .map_err(|e| format!("start kilnd: {e}"))?;
+        let k = Kilnd {
+            child: Some(child),
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if k.socket.exists() && containerd_client::connect(&k.socket).await.is_ok() {
+                return Ok(k);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "kilnd did not listen within 30 s: {}",
+            std::fs::read_to_string(&k.log).unwrap_or_default()
+        ))
     }
 }

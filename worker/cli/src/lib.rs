@@ -6,6 +6,7 @@
 //! `main` over [`main`] so the end-to-end tests can build the same CLI.
 
 mod progress;
+mod remote;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
@@ -45,6 +46,10 @@ struct Cli {
         global = true
     )]
     snapshotter: String,
+    /// A kilnd (or BuildKit) daemon to build with, `unix:///path` or
+    /// `tcp://host:port`; without it the engine runs in this process.
+    #[arg(long, env = "KILN_HOST", global = true)]
+    addr: Option<String>,
     /// kiln's state directory (mount points and FIFOs; no image data).
     #[arg(
         long,
@@ -164,7 +169,17 @@ async fn run(cli: Cli) -> Result<()> {
         snapshotter: cli.snapshotter.clone(),
     };
     match cli.command {
-        Command::Build(args) => build(config, cli.root, args).await,
+        Command::Build(args) => {
+            let addr = cli.addr.clone().or_else(|| {
+                std::env::var("BUILDKIT_HOST")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            });
+            match addr {
+                Some(addr) => build_remote(&addr, args).await,
+                None => build(config, cli.root, args).await,
+            }
+        }
         Command::Du { verbose } => {
             let ctrd = Containerd::connect(config).await?;
             let records = kiln_worker::prune::disk_usage(&ctrd).await?;
@@ -339,6 +354,77 @@ fn parse_outputs(outputs: &[String]) -> Result<(Vec<String>, Compression)> {
         }
     }
     Ok((names, compression))
+}
+
+/// `kiln build` against a daemon.
+async fn build_remote(addr: &str, args: BuildArgs) -> Result<()> {
+    let context = args
+        .context
+        .canonicalize()
+        .with_context(|| format!("build context {}", args.context.display()))?;
+    let dockerfile = match &args.file {
+        Some(f) => f
+            .canonicalize()
+            .with_context(|| format!("cannot read {}", f.display()))?,
+        None => context.join("Dockerfile"),
+    };
+    let mut attrs = HashMap::new();
+    for (k, v) in key_values(&args.build_args, true, "build-arg")? {
+        attrs.insert(format!("build-arg:{k}"), v);
+    }
+    for (k, v) in key_values(&args.labels, false, "label")? {
+        attrs.insert(format!("label:{k}"), v);
+    }
+    if let Some(t) = &args.target {
+        attrs.insert("target".into(), t.clone());
+    }
+    if args.no_cache {
+        attrs.insert("no-cache".into(), String::new());
+    } else if !args.no_cache_filter.is_empty() {
+        attrs.insert("no-cache".into(), args.no_cache_filter.join(","));
+    }
+    let mut outputs = Vec::new();
+    for o in &args.outputs {
+        let mut m = HashMap::new();
+        for kv in o.split(',') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| anyhow!("invalid output {o:?}: expected key=value pairs"))?;
+            m.insert(k.to_string(), v.to_string());
+        }
+        outputs.push(m);
+    }
+    let tags = args
+        .tags
+        .iter()
+        .map(|n| kiln_dockerfile::reference::normalize(n).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    let channel = remote::connect(addr).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
+    let resp = remote::build(
+        channel,
+        remote::RemoteBuild {
+            context,
+            dockerfile,
+            attrs,
+            outputs,
+            tags,
+        },
+        tx,
+    )
+    .await;
+    let _ = display.await;
+    let resp = resp?;
+    if let Some(n) = resp.get("image.name") {
+        for name in n.split(',') {
+            println!("naming to {name}");
+        }
+    }
+    if let Some(d) = resp.get("containerimage.digest") {
+        println!("manifest {d}");
+    }
+    Ok(())
 }
 
 async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Result<()> {

@@ -84,7 +84,7 @@ impl<T: Clone> Leader<T> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         map.remove(&self.key);
-        let _ = self.tx.send(Some(outcome));
+        self.tx.send_replace(Some(outcome));
     }
 }
 

@@ -1,0 +1,385 @@
+//! Issue 4's acceptance through kilnd: the kiln client, raw LLB over the
+//! Control API, exporters, workers, load and disconnects.
+
+use kiln_integration::{step_printed, Harness, KilnOutput, Kilnd};
+use kiln_proto::control::control_client::ControlClient;
+use kiln_proto::control::{Exporter, ListWorkersRequest, SolveRequest, StatusRequest};
+use kiln_proto::llb;
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+async fn setup(ns: &str) -> (Harness, Kilnd) {
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    (h, k)
+}
+
+/// `kiln --addr <kilnd> build --progress plain ARGS`.
+fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
+    let addr = k.addr();
+    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    h.kiln(ns, &all).expect("kiln runs")
+}
+
+async fn control(k: &Kilnd) -> ControlClient<tonic::transport::Channel> {
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    ControlClient::new(ch)
+}
+
+const DF: &str = "FROM busybox\nWORKDIR /app\nCOPY hello.txt .\nRUN echo built-remotely > built.txt && chmod 0750 built.txt\nCMD [\"cat\", \"/app/hello.txt\", \"/app/built.txt\"]\n";
+
+#[tokio::test]
+async fn the_kiln_client_builds_through_kilnd_like_embedded_mode() {
+    let ns = "remote";
+    let (h, k) = setup(ns).await;
+    let ctx = h.context(
+        "remote",
+        &[("Dockerfile", DF), ("hello.txt", "hello via kilnd\n")],
+    );
+    let c = ctx.to_str().expect("utf8");
+    let out = remote(&h, &k, ns, &["-t", "remote:1", c]).ok();
+    assert!(out.stdout.contains("manifest sha256:"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("RUN echo built-remotely"),
+        "{}",
+        out.stderr
+    );
+    let printed = h.run_image(ns, "docker.io/library/remote:1", "remote-run", &[]);
+    assert_eq!(printed, "hello via kilnd\nbuilt-remotely\n");
+    let check = h.ctr(ns, &["images", "check"]).expect("ctr");
+    let line = check
+        .lines()
+        .find(|l| l.starts_with("docker.io/library/remote:1"))
+        .expect("listed");
+    assert!(line.contains("complete") && line.contains("true"), "{line}");
+    // The cache is shared with embedded builds of the same namespace.
+    let again = remote(&h, &k, ns, &["-t", "remote:2", c]).ok();
+    assert_eq!(
+        again.stderr.matches("CACHED").count(),
+        3,
+        "{}",
+        again.stderr
+    );
+    let embedded = h.build(ns, &["-t", "remote:3", c]).ok();
+    assert_eq!(
+        embedded.stderr.matches("CACHED").count(),
+        3,
+        "{}",
+        embedded.stderr
+    );
+
+    // A failing step names the line and the exit code.
+    let bad = h.context(
+        "remote-bad",
+        &[("Dockerfile", "FROM busybox\nRUN echo doomed && exit 7\n")],
+    );
+    let out = remote(&h, &k, ns, &[bad.to_str().expect("utf8")]);
+    assert!(!out.success);
+    assert!(step_printed(&out.stderr, "doomed"), "{}", out.stderr);
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("Dockerfile:2") && last.contains("exit code: 7"),
+        "{last}"
+    );
+    assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn every_exporter_delivers() {
+    let ns = "exporters";
+    let (h, k) = setup(ns).await;
+    let ctx = h.context("exp", &[("Dockerfile", DF), ("hello.txt", "exported\n")]);
+    let c = ctx.to_str().expect("utf8");
+    let dir = h.state_dir().join("exports");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (kind, ns2) in [("oci", "imported-oci"), ("docker", "imported-docker")] {
+        let file = dir.join(format!("image-{kind}.tar"));
+        let o = format!(
+            "type={kind},dest={},name=docker.io/library/exp:{kind}",
+            file.display()
+        );
+        remote(&h, &k, ns, &["-o", &o, c]).ok();
+        h.ctr(ns2, &["images", "import", file.to_str().expect("utf8")])
+            .expect("ctr import");
+        let printed = h.run_image(
+            ns2,
+            &format!("docker.io/library/exp:{kind}"),
+            &format!("exp-{kind}"),
+            &[],
+        );
+        assert_eq!(printed, "exported\nbuilt-remotely\n");
+        // Only the archive: nothing was named in kilnd's namespace.
+        assert!(!h
+            .ctr(ns, &["images", "ls", "-q"])
+            .expect("ctr")
+            .contains(&format!("exp:{kind}")));
+    }
+    let local = dir.join("local");
+    remote(
+        &h,
+        &k,
+        ns,
+        &["-o", &format!("type=local,dest={}", local.display()), c],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(local.join("app/hello.txt")).expect("local file"),
+        "exported\n"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(local.join("app/built.txt"))
+            .expect("built.txt")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o7777, 0o750);
+    assert!(local.join("bin/busybox").exists());
+    let tarfile = dir.join("fs.tar");
+    remote(
+        &h,
+        &k,
+        ns,
+        &["-o", &format!("type=tar,dest={}", tarfile.display()), c],
+    )
+    .ok();
+    let mut a = tar::Archive::new(std::fs::File::open(&tarfile).expect("tar"));
+    let names: HashSet<String> = a
+        .entries()
+        .expect("entries")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        names.contains("app/built.txt") && names.contains("bin/busybox"),
+        "{names:?}"
+    );
+}
+
+fn op_bytes(op: &llb::Op) -> (Vec<u8>, String) {
+    let b = op.encode_to_vec();
+    let d = kiln_solver::Digest::of(&b).to_string();
+    (b, d)
+}
+
+#[tokio::test]
+async fn raw_llb_builds_and_status_reports_its_digests() {
+    let ns = "llb";
+    let (h, k) = setup(ns).await;
+    let (src_b, src_d) = op_bytes(&llb::Op {
+        op: Some(llb::op::Op::Source(llb::SourceOp {
+            identifier: "docker-image://docker.io/library/busybox:latest".into(),
+            attrs: HashMap::new(),
+        })),
+        ..Default::default()
+    });
+    let (exec_b, exec_d) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: src_d.clone(),
+            index: 0,
+        }],
+        op: Some(llb::op::Op::Exec(llb::ExecOp {
+            meta: Some(llb::Meta {
+                args: vec!["/bin/sh".into(), "-c".into(), "echo from-llb > /x".into()],
+                cwd: "/".into(),
+                env: vec!["PATH=/bin".into()],
+                ..Default::default()
+            }),
+            mounts: vec![llb::Mount {
+                input: 0,
+                dest: "/".into(),
+                output: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    });
+    let (term_b, _) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: exec_d.clone(),
+            index: 0,
+        }],
+        ..Default::default()
+    });
+    let def = llb::Definition {
+        def: vec![src_b, exec_b, term_b],
+        ..Default::default()
+    };
+    let mut c = control(&k).await;
+    let build_ref = "llbtest0000000000000000001".to_string();
+    let mut sc = c.clone();
+    let r2 = build_ref.clone();
+    let status = tokio::spawn(async move {
+        let mut s = sc
+            .status(StatusRequest { r#ref: r2 })
+            .await
+            .expect("status")
+            .into_inner();
+        let mut digests = HashSet::new();
+        while let Some(m) = s.message().await.expect("status stream") {
+            for v in m.vertexes {
+                digests.insert(v.digest);
+            }
+        }
+        digests
+    });
+    let resp = c
+        .solve(SolveRequest {
+            r#ref: build_ref,
+            definition: Some(def),
+            exporters: vec![Exporter {
+                r#type: "image".into(),
+                attrs: HashMap::from([("name".to_string(), "docker.io/library/llb:1".to_string())]),
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("solve")
+        .into_inner();
+    assert!(resp.exporter_response["containerimage.digest"].starts_with("sha256:"));
+    assert_eq!(
+        resp.exporter_response["image.name"],
+        "docker.io/library/llb:1"
+    );
+    let digests = tokio::time::timeout(Duration::from_secs(20), status)
+        .await
+        .expect("status ends")
+        .expect("task");
+    assert!(
+        digests.contains(&src_d) && digests.contains(&exec_d),
+        "{digests:?}"
+    );
+    let printed = h.run_image(ns, "docker.io/library/llb:1", "llb-run", &["cat", "/x"]);
+    assert_eq!(printed, "from-llb\n");
+}
+
+#[tokio::test]
+async fn list_workers_shows_what_nerdctl_checks() {
+    let ns = "workers";
+    let (h, k) = setup(ns).await;
+    let mut c = control(&k).await;
+    let w = c
+        .list_workers(ListWorkersRequest::default())
+        .await
+        .expect("list workers")
+        .into_inner();
+    assert_eq!(w.record.len(), 1);
+    let l = &w.record[0].labels;
+    assert_eq!(l["org.mobyproject.buildkit.worker.executor"], "containerd");
+    assert_eq!(
+        l["org.mobyproject.buildkit.worker.containerd.namespace"],
+        ns
+    );
+    assert_eq!(
+        l["org.mobyproject.buildkit.worker.snapshotter"],
+        "overlayfs"
+    );
+    let uuid = h
+        .client(ns)
+        .await
+        .expect("containerd")
+        .server_uuid()
+        .await
+        .expect("uuid");
+    assert_eq!(l["org.mobyproject.buildkit.worker.containerd.uuid"], uuid);
+    assert!(!w.record[0].platforms.is_empty());
+}
+
+#[tokio::test]
+async fn eight_clients_at_once_and_a_disconnect_cancels() {
+    let ns = "load";
+    let (h, mut k) = setup(ns).await;
+    let ctxs: Vec<String> = (0..8)
+        .map(|i| {
+            let df = format!("FROM busybox\nRUN echo client-{i} > /who && sleep 1\n");
+            h.context(&format!("load-{i}"), &[("Dockerfile", &df)])
+                .to_str()
+                .expect("utf8")
+                .to_string()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ctxs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (h, k) = (&h, &k);
+                s.spawn(move || remote(h, k, ns, &["-t", &format!("load:{i}"), c]).ok())
+            })
+            .collect();
+        for hd in handles {
+            hd.join().expect("thread");
+        }
+    });
+    for i in 0..8 {
+        let printed = h.run_image(
+            ns,
+            &format!("docker.io/library/load:{i}"),
+            &format!("load-{i}"),
+            &["cat", "/who"],
+        );
+        assert_eq!(printed, format!("client-{i}\n"));
+    }
+
+    // A client that goes away mid-build cancels it and its lease goes.
+    use std::io::{BufRead, BufReader};
+    let slow = h.context(
+        "slow",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo SLOW-STARTED && sleep 120\n",
+        )],
+    );
+    let addr = k.addr();
+    let mut child = h
+        .kiln_command(ns)
+        .expect("kiln")
+        .args([
+            "--addr",
+            &addr,
+            "build",
+            "--progress",
+            "plain",
+            slow.to_str().expect("utf8"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    let stderr = child.stderr.take().expect("piped");
+    for line in BufReader::new(stderr).lines() {
+        if line.expect("output").contains("SLOW-STARTED") {
+            break;
+        }
+    }
+    child.kill().expect("SIGKILL the client");
+    child.wait().expect("reaped");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = h.leftovers(ns).expect("ctr");
+        let leases = h.ctr(ns, &["leases", "ls"]).expect("ctr");
+        let build_leases = leases
+            .lines()
+            .filter(|l| l.starts_with("kiln/build/"))
+            .count();
+        if left.is_empty() && build_leases == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still there after 30 s: {left:?}\n{leases}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // SIGTERM: kilnd exits 0.
+    let status = k.terminate().expect("kilnd stops");
+    assert!(status.success(), "{status:?}");
+}

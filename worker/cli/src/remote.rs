@@ -1,0 +1,272 @@
+//! `kiln --addr ADDR build`: the client of a kilnd (or any BuildKit) daemon.
+//! It serves the session (FileSync for the context and Dockerfile, FileSend
+//! for outputs), asks for a `dockerfile.v0` solve, and renders Status.
+
+use anyhow::{anyhow, Context, Result};
+use kiln_proto::control::control_client::ControlClient;
+use kiln_proto::control::{Exporter, SolveRequest, StatusRequest};
+use kiln_session::filesend::{FileSendReceiver, FileSendTarget};
+use kiln_session::filesync::FileSyncServerImpl;
+use kiln_session::hijack::{client_side, serve_session, SessionServices};
+use kiln_worker::{LogStream, ProgressEvent};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// What `kiln build` asks of the daemon.
+pub struct RemoteBuild {
+    pub context: PathBuf,
+    pub dockerfile: PathBuf,
+    pub attrs: HashMap<String, String>,
+    /// `-o` specs, parsed into key/value maps (with `type`).
+    pub outputs: Vec<HashMap<String, String>>,
+    /// `-t` names for the image exporter.
+    pub tags: Vec<String>,
+}
+
+/// Connects to `addr`: `unix:///path` or `tcp://host:port`.
+pub async fn connect(addr: &str) -> Result<Channel> {
+    if let Some(path) = addr.strip_prefix("unix://") {
+        return containerd_client::connect(path)
+            .await
+            .with_context(|| format!("cannot connect to kilnd at {addr}"));
+    }
+    if let Some(hp) = addr.strip_prefix("tcp://") {
+        return tonic::transport::Endpoint::from_shared(format!("http://{hp}"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to kilnd at {addr}"));
+    }
+    Err(anyhow!(
+        "unsupported address {addr:?}: use unix:///path or tcp://host:port"
+    ))
+}
+
+fn random_id(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut r = rand::thread_rng();
+    (0..len)
+        .map(|_| CHARS[r.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> SystemTime {
+    t.as_ref()
+        .map(|t| {
+            SystemTime::UNIX_EPOCH
+                + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
+        })
+        .unwrap_or_else(SystemTime::now)
+}
+
+/// Runs a build through the daemon and returns its exporter response.
+pub async fn build(
+    channel: Channel,
+    b: RemoteBuild,
+    progress: tokio::sync::mpsc::UnboundedSender<ProgressEvent>,
+) -> Result<HashMap<String, String>> {
+    let mut control = ControlClient::new(channel)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    // Exporters and where FileSend output goes, in exporter order.
+    let mut exporters = Vec::new();
+    let mut targets = Vec::new();
+    let mut names: Vec<String> = b.tags.clone();
+    let mut image_attrs: HashMap<String, String> = HashMap::new();
+    for o in &b.outputs {
+        let kind = o.get("type").cloned().unwrap_or_else(|| "image".into());
+        let mut attrs = o.clone();
+        attrs.remove("type");
+        match kind.as_str() {
+            "image" => {
+                if let Some(n) = attrs.remove("name") {
+                    names.extend(n.split(',').map(String::from));
+                }
+                image_attrs.extend(attrs);
+            }
+            "local" => {
+                let dest = attrs
+                    .remove("dest")
+                    .ok_or_else(|| anyhow!("type=local needs dest=DIR"))?;
+                std::fs::create_dir_all(&dest).with_context(|| format!("create {dest}"))?;
+                exporters.push(Exporter {
+                    r#type: kind,
+                    attrs,
+                });
+                targets.push(FileSendTarget::Local {
+                    dir: PathBuf::from(dest),
+                });
+            }
+            "tar" | "oci" | "docker" => {
+                let dest = attrs
+                    .remove("dest")
+                    .ok_or_else(|| anyhow!("type={kind} needs dest=FILE or dest=-"))?;
+                let dest = (dest != "-").then(|| PathBuf::from(dest));
+                if dest.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    return Err(anyhow!(
+                        "refusing to write a {kind} archive to a terminal; use dest=FILE"
+                    ));
+                }
+                if let Some(n) = attrs.remove("name") {
+                    attrs.insert("name".into(), n);
+                } else if !b.tags.is_empty() {
+                    attrs.insert("name".into(), b.tags.join(","));
+                }
+                exporters.push(Exporter {
+                    r#type: kind,
+                    attrs,
+                });
+                targets.push(FileSendTarget::Bytes { dest });
+            }
+            other => {
+                return Err(anyhow!(
+                    "unknown output type {other:?} (image, local, tar, oci, docker)"
+                ))
+            }
+        }
+    }
+    // The image exporter runs when asked for, or when no output was given
+    // (a build into containerd is kiln's default); `-t` names go to it.
+    if b.outputs.is_empty()
+        || b.outputs
+            .iter()
+            .any(|o| o.get("type").is_none_or(|t| t == "image"))
+    {
+        let mut attrs = image_attrs;
+        if !names.is_empty() {
+            attrs.insert("name".into(), names.join(","));
+        }
+        exporters.insert(
+            0,
+            Exporter {
+                r#type: "image".into(),
+                attrs,
+            },
+        );
+        // The image exporter never sends files; its slot keeps the indexes.
+        targets.insert(0, FileSendTarget::Bytes { dest: None });
+    }
+
+    let session_id = random_id(25);
+    let df_dir = b
+        .dockerfile
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| b.context.clone());
+    let mut services = SessionServices::new();
+    services.add(
+        FileSyncServerImpl::new(HashMap::from([
+            ("context".to_string(), b.context.clone()),
+            ("dockerfile".to_string(), df_dir),
+        ]))
+        .into_service(),
+        FileSyncServerImpl::METHODS,
+    );
+    if targets
+        .iter()
+        .any(|t| !matches!(t, FileSendTarget::Bytes { dest: None }))
+        || exporters.iter().any(|e| e.r#type != "image")
+    {
+        services.add(FileSendReceiver::new(targets), FileSendReceiver::METHODS);
+    }
+    let (side, requests) = client_side();
+    let mut req = tonic::Request::new(requests);
+    let md = req.metadata_mut();
+    md.insert("x-docker-expose-session-uuid", session_id.parse()?);
+    md.insert("x-docker-expose-session-name", "kiln".parse()?);
+    md.insert("x-docker-expose-session-sharedkey", "".parse()?);
+    for m in services.methods() {
+        md.append("x-docker-expose-session-grpc-method", m.parse()?);
+    }
+    let responses = control
+        .session(req)
+        .await
+        .context("cannot open a session with kilnd")?
+        .into_inner();
+    let conn = side.attach(responses);
+    let cancel = CancellationToken::new();
+    let serving = tokio::spawn(serve_session(conn, services, cancel.clone()));
+
+    let build_ref = random_id(25);
+    let mut attrs = b.attrs.clone();
+    if let Some(f) = b.dockerfile.file_name() {
+        attrs.insert("filename".into(), f.to_string_lossy().into_owned());
+    }
+    let solve = SolveRequest {
+        r#ref: build_ref.clone(),
+        session: session_id,
+        frontend: "dockerfile.v0".into(),
+        frontend_attrs: attrs,
+        exporter_deprecated: exporters
+            .first()
+            .map(|e| e.r#type.clone())
+            .unwrap_or_default(),
+        exporter_attrs_deprecated: exporters
+            .first()
+            .map(|e| e.attrs.clone())
+            .unwrap_or_default(),
+        exporters,
+        ..Default::default()
+    };
+    let mut status_client = control.clone();
+    let status = tokio::spawn(async move {
+        let mut stream = match status_client
+            .status(StatusRequest { r#ref: build_ref })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(e) => return Err(anyhow!("status: {}", e.message())),
+        };
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut started = std::collections::HashSet::new();
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|e| anyhow!("status: {}", e.message()))?
+        {
+            for v in msg.vertexes {
+                let n = index.len();
+                let i = *index.entry(v.digest.clone()).or_insert(n);
+                if (v.started.is_some() || v.completed.is_some()) && started.insert(i) {
+                    let _ = progress.send(ProgressEvent::Started {
+                        vertex: i,
+                        name: v.name.clone(),
+                        at: ts(&v.started),
+                    });
+                }
+                if v.completed.is_some() {
+                    let _ = progress.send(ProgressEvent::Completed {
+                        vertex: i,
+                        name: v.name,
+                        cached: v.cached,
+                        error: (!v.error.is_empty()).then_some(v.error),
+                        at: ts(&v.completed),
+                    });
+                }
+            }
+            for l in msg.logs {
+                let n = index.len();
+                let i = *index.entry(l.vertex.clone()).or_insert(n);
+                let _ = progress.send(ProgressEvent::Log {
+                    vertex: i,
+                    stream: if l.stream == 2 {
+                        LogStream::Stderr
+                    } else {
+                        LogStream::Stdout
+                    },
+                    data: l.msg,
+                });
+            }
+        }
+        Ok(())
+    });
+    let solved = control.solve(solve).await;
+    let _ = status.await;
+    cancel.cancel();
+    let _ = serving.await;
+    let resp = solved.map_err(|e| anyhow!("{}", e.message()))?.into_inner();
+    Ok(resp.exporter_response)
+}

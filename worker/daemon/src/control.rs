@@ -1,0 +1,300 @@
+//! The `moby.buildkit.v1.Control` service.
+
+use crate::jobs::Job;
+use crate::solve::{solve, Input};
+use crate::state::Daemon;
+use kiln_proto::control::control_server::Control;
+use kiln_proto::control::{
+    BytesMessage, DiskUsageRequest, DiskUsageResponse, Exporter, InfoRequest, InfoResponse,
+    ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest, SolveResponse,
+    StatusRequest, StatusResponse, UsageRecord,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// How long Status waits for its build to be registered by Solve.
+const STATUS_WAIT: Duration = Duration::from_secs(6);
+/// How long a finished build stays visible to Status.
+const FINISHED_JOB_GRACE: Duration = Duration::from_secs(10);
+/// How long a build waits for its session to attach.
+const SESSION_WAIT: Duration = Duration::from_secs(5);
+
+pub struct ControlService(pub Arc<Daemon>);
+
+/// The exporters of a request: the list, or the deprecated single one.
+fn exporters(r: &SolveRequest) -> Vec<Exporter> {
+    if !r.exporters.is_empty() {
+        return r.exporters.clone();
+    }
+    if r.exporter_deprecated.is_empty() {
+        return Vec::new();
+    }
+    vec![Exporter {
+        r#type: r.exporter_deprecated.clone(),
+        attrs: r.exporter_attrs_deprecated.clone(),
+    }]
+}
+
+/// The whole build of one Solve call, run in its own task so that a client
+/// that goes away cancels it rather than dropping it halfway.
+async fn run_solve(
+    d: Arc<Daemon>,
+    job: Arc<Job>,
+    r: SolveRequest,
+) -> Result<SolveResponse, Status> {
+    let session = if r.session.is_empty() {
+        None
+    } else {
+        d.sessions.get(&r.session, SESSION_WAIT).await
+    };
+    if !r.session.is_empty() && session.is_none() {
+        tracing::warn!(session = %r.session, "session did not attach; building without it");
+    }
+    let exporters = exporters(&r);
+    let compression = crate::export::compression(&exporters)?;
+    let has_definition = r.definition.as_ref().is_some_and(|d| !d.def.is_empty());
+    let (solved, config) = if has_definition {
+        let def = r.definition.as_ref().expect("checked above");
+        let (s, c) = solve(
+            &d,
+            &job,
+            session.as_ref(),
+            Input::Definition(def),
+            compression,
+        )
+        .await?;
+        (s, c.or_else(|| config_from_attrs(&exporters)))
+    } else if r.frontend == "dockerfile.v0"
+        || r.frontend == "gateway.v0"
+            && r.frontend_attrs
+                .get("source")
+                .is_some_and(|s| s == "dockerfile.v0")
+    {
+        solve(
+            &d,
+            &job,
+            session.as_ref(),
+            Input::Dockerfile(&r.frontend_attrs),
+            compression,
+        )
+        .await?
+    } else if r.frontend.is_empty() {
+        // The gateway flow: the client drives a frontend over LLBBridge and
+        // ends it with Return.
+        let Some(ret) = job.wait_returned().await else {
+            return Err(Status::cancelled("build cancelled"));
+        };
+        if let Some(err) = ret.error.filter(|e| e.code != 0) {
+            return Err(Status::new(tonic::Code::from(err.code), err.message));
+        }
+        let Some(result) = ret.result else {
+            return Ok(SolveResponse::default());
+        };
+        let id = crate::gateway::result_ref(&result);
+        let Some(id) = id.filter(|i| !i.is_empty()) else {
+            // An empty result (buildx's preflight).
+            return Ok(SolveResponse::default());
+        };
+        let Some(found) = job.results.lock().await.remove(&id) else {
+            return Err(Status::not_found(format!("no result {id:?} in this build")));
+        };
+        let config = found
+            .config
+            .or_else(|| crate::gateway::config_from_metadata(&result.metadata));
+        (found.solved, config)
+    } else {
+        return Err(Status::invalid_argument(format!(
+            "frontend {:?} is not supported (dockerfile.v0, or LLB)",
+            r.frontend
+        )));
+    };
+    let config = config.unwrap_or_default();
+    let exported = crate::export::run(
+        &d,
+        session.as_ref(),
+        &solved,
+        &config,
+        &exporters,
+        compression,
+    )
+    .await;
+    solved.release(exported.is_err()).await;
+    Ok(SolveResponse {
+        exporter_response: exported?,
+    })
+}
+
+/// An image config passed as exporter attribute `containerimage.config`.
+fn config_from_attrs(exporters: &[Exporter]) -> Option<kiln_solver::ImageConfig> {
+    exporters.iter().find_map(|e| {
+        let j = e.attrs.get("containerimage.config")?;
+        let cfg: kiln_worker::oci::ImageConfigJson = serde_json::from_str(j).ok()?;
+        Some(kiln_worker::base::frontend_config(&cfg))
+    })
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn solve(
+        &self,
+        request: Request<SolveRequest>,
+    ) -> Result<Response<SolveResponse>, Status> {
+        let r = request.into_inner();
+        if r.r#ref.is_empty() {
+            return Err(Status::invalid_argument("solve request without a ref"));
+        }
+        let d = self.0.clone();
+        if d.shutdown.is_cancelled() {
+            return Err(Status::unavailable("kilnd is shutting down"));
+        }
+        let job = d.jobs.get_or_create(&r.r#ref, &d.shutdown);
+        *job.session.lock().unwrap_or_else(|p| p.into_inner()) = r.session.clone();
+        job.mark_started();
+        let active = d.jobs.enter();
+        // If this handler is dropped (the client went away), the build is
+        // cancelled; the task below still cleans up and releases leases.
+        let guard = job.cancel.clone().drop_guard();
+        let (d2, job2) = (d.clone(), job.clone());
+        let task = tokio::spawn(async move {
+            let r = run_solve(d2.clone(), job2.clone(), r).await;
+            job2.cancel.cancel();
+            job2.release_results(true).await;
+            let _ = std::fs::remove_dir_all(crate::solve::job_dir(&d2, &job2));
+            job2.mark_done();
+            // Keep the finished job a little so a Status call that arrives
+            // after a fast (all cached) build still gets its history.
+            let (d3, id) = (d2.clone(), job2.id.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(FINISHED_JOB_GRACE).await;
+                d3.jobs.remove(&id);
+            });
+            drop(active);
+            r
+        });
+        let r = task.await.map_err(|e| Status::internal(e.to_string()))?;
+        guard.disarm();
+        r.map(Response::new)
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<BoxStream<StatusResponse>>, Status> {
+        let id = request.into_inner().r#ref;
+        let d = self.0.clone();
+        let Some(job) = d.jobs.wait_started(&id, STATUS_WAIT, &d.shutdown).await else {
+            return Err(Status::not_found(format!("no such job {id}")));
+        };
+        let (history, mut updates, mut done) = job.subscribe();
+        let stream = async_stream(history, move |tx| async move {
+            loop {
+                tokio::select! {
+                    u = updates.recv() => match u {
+                        Ok(s) => if tx.send(Ok(s)).await.is_err() { return },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    },
+                    c = done.changed() => {
+                        if c.is_err() || *done.borrow() {
+                            // Drain what is left, then end the stream OK.
+                            while let Ok(s) = updates.try_recv() {
+                                if tx.send(Ok(s)).await.is_err() { return }
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn session(
+        &self,
+        request: Request<Streaming<BytesMessage>>,
+    ) -> Result<Response<BoxStream<BytesMessage>>, Status> {
+        let md = request.metadata();
+        let id = md
+            .get("x-docker-expose-session-uuid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if id.is_empty() {
+            return Err(Status::invalid_argument(
+                "session without x-docker-expose-session-uuid",
+            ));
+        }
+        let methods: Vec<String> = md
+            .get_all("x-docker-expose-session-grpc-method")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+            .collect();
+        let (conn, outbound) = kiln_session::hijack::daemon_side(request.into_inner());
+        let d = self.0.clone();
+        let sid = id.clone();
+        tokio::spawn(async move {
+            match kiln_session::hijack::connect_session(conn).await {
+                Ok(channel) => d
+                    .sessions
+                    .insert(&sid, crate::sessions::SessionHandle { channel, methods }),
+                Err(e) => tracing::warn!(session = %sid, error = %e, "cannot talk to the session"),
+            }
+        });
+        let d = self.0.clone();
+        let out = crate::sessions::on_end(Box::pin(outbound), move || d.sessions.remove(&id));
+        Ok(Response::new(out))
+    }
+
+    async fn list_workers(
+        &self,
+        request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        crate::workers::list_workers(&self.0, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        crate::workers::info(&self.0).await.map(Response::new)
+    }
+
+    async fn disk_usage(
+        &self,
+        request: Request<DiskUsageRequest>,
+    ) -> Result<Response<DiskUsageResponse>, Status> {
+        crate::workers::disk_usage(&self.0, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn prune(
+        &self,
+        request: Request<PruneRequest>,
+    ) -> Result<Response<BoxStream<UsageRecord>>, Status> {
+        let records = crate::workers::prune(&self.0, request.into_inner()).await?;
+        let s = tokio_stream::iter(records.into_iter().map(Ok));
+        Ok(Response::new(Box::pin(s)))
+    }
+}
+
+/// A boxed stream fed by `history` first, then by `f`.
+fn async_stream<T, F, Fut>(history: Vec<T>, f: F) -> BoxStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        for h in history {
+            if tx.send(Ok(h)).await.is_err() {
+                return;
+            }
+        }
+        f(tx).await;
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

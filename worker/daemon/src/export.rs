@@ -1,0 +1,187 @@
+//! The exporters of a solved build: `image` (into containerd, unpacked),
+//! `oci` / `docker` / `tar` (bytes over FileSend), `local` (a file tree over
+//! FileSend, the daemon as fsutil sender).
+
+use crate::sessions::SessionHandle;
+use crate::state::{status_of, Daemon};
+use base64::Engine as _;
+use kiln_proto::control::Exporter;
+use kiln_snapshot::diff::Compression;
+use kiln_solver::ImageConfig;
+use kiln_worker::archive::ArchiveFormat;
+use kiln_worker::build::Solved;
+use std::collections::HashMap;
+use tonic::Status;
+
+const FILE_SEND: &str = "/moby.filesync.v1.FileSend/DiffCopy";
+
+/// The layer compression the exporters ask for (gzip by default).
+pub fn compression(exporters: &[Exporter]) -> Result<Compression, Status> {
+    for e in exporters {
+        if let Some(c) = e.attrs.get("compression") {
+            return c
+                .parse()
+                .map_err(|_| Status::invalid_argument(format!("invalid compression {c:?}")));
+        }
+    }
+    Ok(Compression::Gzip)
+}
+
+fn names(attrs: &HashMap<String, String>) -> Result<Vec<String>, Status> {
+    let mut out = Vec::new();
+    if let Some(n) = attrs.get("name") {
+        for name in n.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            out.push(
+                kiln_dockerfile::reference::normalize(name)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn session_for<'a>(
+    session: Option<&'a SessionHandle>,
+    kind: &str,
+) -> Result<&'a SessionHandle, Status> {
+    let s = session.ok_or_else(|| {
+        Status::failed_precondition(format!("the {kind} exporter needs a session"))
+    })?;
+    if !s.exposes(FILE_SEND) {
+        return Err(Status::failed_precondition(format!(
+            "the {kind} exporter needs the client to accept files (FileSend)"
+        )));
+    }
+    Ok(s)
+}
+
+/// Runs every exporter on `solved` and merges their responses.
+pub async fn run(
+    d: &Daemon,
+    session: Option<&SessionHandle>,
+    solved: &Solved,
+    config: &ImageConfig,
+    exporters: &[Exporter],
+    compression: Compression,
+) -> Result<HashMap<String, String>, Status> {
+    let mut resp = HashMap::new();
+    for (index, e) in exporters.iter().enumerate() {
+        let attrs = &e.attrs;
+        match e.r#type.as_str() {
+            "image" | "moby" => {
+                if attrs
+                    .get("push")
+                    .is_some_and(|v| v.is_empty() || v == "true")
+                {
+                    return Err(Status::unimplemented(
+                        "push=true: pushing to a registry is not supported yet",
+                    ));
+                }
+                let names = names(attrs)?;
+                let out = solved
+                    .export_image(config, &names, compression)
+                    .await
+                    .map_err(|e| status_of(&e))?;
+                image_response(&mut resp, &out);
+            }
+            kind @ ("oci" | "docker") => {
+                let s = session_for(session, kind)?;
+                let names = names(attrs)?;
+                let out = solved
+                    .export_image(config, &[], compression)
+                    .await
+                    .map_err(|e| status_of(&e))?;
+                image_response(&mut resp, &out);
+                let format = if kind == "docker" {
+                    ArchiveFormat::Docker
+                } else {
+                    ArchiveFormat::Oci
+                };
+                let (mut w, r) = tokio::io::duplex(1 << 20);
+                let ctrd = d.ctrd.clone();
+                let manifest = out.manifest.clone();
+                let writer = tokio::spawn(async move {
+                    let r = kiln_worker::archive::write_archive(
+                        &ctrd, &manifest, &names, format, &mut w,
+                    )
+                    .await;
+                    drop(w);
+                    r
+                });
+                let md: Vec<(String, String)> = resp
+                    .iter()
+                    .map(|(k, v)| (format!("exporter-md-{k}"), v.clone()))
+                    .collect();
+                let sent =
+                    kiln_session::filesend::send_bytes(s.channel.clone(), Some(index), md, r).await;
+                let written = writer.await.map_err(|e| Status::internal(e.to_string()))?;
+                written.map_err(|e| status_of(&e))?;
+                sent.map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
+            }
+            "local" => {
+                let s = session_for(session, "local")?;
+                let view = solved.view().await.map_err(|e| status_of(&e))?;
+                let r =
+                    kiln_session::filesend::send_local(s.channel.clone(), Some(index), view.path())
+                        .await;
+                view.close().await;
+                r.map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
+            }
+            "tar" => {
+                let s = session_for(session, "tar")?;
+                let view = solved.view().await.map_err(|e| status_of(&e))?;
+                let root = view.path().to_path_buf();
+                let (w, r) = tokio::io::duplex(1 << 20);
+                let writer = tokio::task::spawn_blocking(move || {
+                    let mut sync = tokio_util::io::SyncIoBridge::new(w);
+                    kiln_snapshot::diff::write_layer(
+                        kiln_snapshot::diff::DiffSource::Walk {
+                            lower: None,
+                            upper: &root,
+                        },
+                        Compression::Uncompressed,
+                        &mut sync,
+                    )
+                });
+                let sent = kiln_session::filesend::send_bytes(
+                    s.channel.clone(),
+                    Some(index),
+                    Vec::new(),
+                    r,
+                )
+                .await;
+                let written = writer.await.map_err(|e| Status::internal(e.to_string()));
+                view.close().await;
+                written?.map_err(|e| Status::internal(e.to_string()))?;
+                sent.map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "exporter {other:?} is not supported (image, oci, docker, local, tar)"
+                )))
+            }
+        }
+    }
+    Ok(resp)
+}
+
+/// The image exporters' response keys.
+fn image_response(resp: &mut HashMap<String, String>, out: &kiln_worker::export::Exported) {
+    resp.insert("containerimage.digest".into(), out.manifest.digest.clone());
+    resp.insert(
+        "containerimage.config.digest".into(),
+        out.config_digest.clone(),
+    );
+    let desc = serde_json::json!({
+        "mediaType": out.manifest.media_type,
+        "digest": out.manifest.digest,
+        "size": out.manifest.size,
+    });
+    resp.insert(
+        "containerimage.descriptor".into(),
+        base64::engine::general_purpose::STANDARD.encode(desc.to_string()),
+    );
+    if !out.names.is_empty() {
+        resp.insert("image.name".into(), out.names.join(","));
+    }
+}

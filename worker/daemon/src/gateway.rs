@@ -1,0 +1,207 @@
+//! The `moby.buildkit.v1.frontend.LLBBridge` service: the gateway flow that
+//! buildctl ≥ 0.11 and buildx use. The client drives the frontend here
+//! (Ping, Solve with `dockerfile.v0` or a definition, Return); the waiting
+//! Control.Solve then exports the returned result.
+
+use crate::jobs::{GatewayResult, Job};
+use crate::solve::{solve, Input};
+use crate::state::Daemon;
+use kiln_proto::apicaps::ApiCap;
+use kiln_proto::gateway::llb_bridge_server::LlbBridge;
+use kiln_proto::gateway::{
+    result, PingRequest, PongResponse, Ref, Result as GwResult, ReturnRequest, ReturnResponse,
+    SolveRequest, SolveResponse,
+};
+use kiln_snapshot::diff::Compression;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// How long a gateway call waits for Control.Solve to register its build.
+const JOB_WAIT: Duration = Duration::from_secs(3);
+/// How long it waits for the build's session.
+const SESSION_WAIT: Duration = Duration::from_secs(5);
+
+pub struct GatewayService(pub Arc<Daemon>);
+
+/// The gateway API capabilities kiln implements.
+const FRONTEND_CAPS: &[&str] = &["solve.base", "return", "returnmap", "proto.refarray"];
+
+/// The LLB capabilities kiln can build.
+const LLB_CAPS: &[&str] = &[
+    "source.image",
+    "source.image.resolvemode",
+    "source.local",
+    "source.local.unique",
+    "source.local.sessionid",
+    "source.local.includepatterns",
+    "source.local.excludepatterns",
+    "source.local.followpaths",
+    "source.local.sharedkeyhint",
+    "source.local.differ",
+    "exec.meta.base",
+    "exec.meta.network",
+    "exec.meta.hostname",
+    "exec.mount.bind",
+    "exec.mount.cache",
+    "exec.mount.cache.sharing",
+    "exec.mount.tmpfs",
+    "exec.mount.tmpfs.size",
+    "file.base",
+    "file.rm.notfound",
+    "file.rm.allowwildcard",
+    "file.copy.includepatterns",
+    "file.symlink.create",
+    "constraints",
+    "platform",
+    "meta.ignorecache",
+    "meta.description",
+    "mergeop",
+];
+
+fn caps(ids: &[&str]) -> Vec<ApiCap> {
+    ids.iter()
+        .map(|id| ApiCap {
+            id: id.to_string(),
+            enabled: true,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The ref id a returned result points at.
+pub fn result_ref(r: &GwResult) -> Option<String> {
+    match r.result.as_ref()? {
+        result::Result::Ref(rf) => Some(rf.id.clone()),
+        result::Result::RefDeprecated(id) => Some(id.clone()),
+        result::Result::Refs(m) => m.refs.values().next().map(|r| r.id.clone()),
+        result::Result::RefsDeprecated(m) => m.refs.values().next().cloned(),
+    }
+}
+
+/// The image config in a result's metadata (`containerimage.config`).
+pub fn config_from_metadata(md: &HashMap<String, Vec<u8>>) -> Option<kiln_solver::ImageConfig> {
+    let bytes = md.get("containerimage.config")?;
+    let cfg: kiln_worker::oci::ImageConfigJson = serde_json::from_slice(bytes).ok()?;
+    Some(kiln_worker::base::frontend_config(&cfg))
+}
+
+impl GatewayService {
+    /// The build a gateway call belongs to (metadata
+    /// `buildkit-controlapi-buildid`).
+    async fn job<T>(&self, req: &Request<T>) -> Result<Arc<Job>, Status> {
+        let id = req
+            .metadata()
+            .get("buildkit-controlapi-buildid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if id.is_empty() {
+            return Err(Status::invalid_argument("no buildkit-controlapi-buildid"));
+        }
+        self.0
+            .jobs
+            .wait_started(&id, JOB_WAIT, &self.0.shutdown)
+            .await
+            .ok_or_else(|| Status::not_found(format!("no such job {id}")))
+    }
+}
+
+#[tonic::async_trait]
+impl LlbBridge for GatewayService {
+    async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PongResponse>, Status> {
+        let workers = crate::workers::list_workers(&self.0, Default::default())
+            .await?
+            .record;
+        Ok(Response::new(PongResponse {
+            frontend_api_caps: caps(FRONTEND_CAPS),
+            llb_caps: caps(LLB_CAPS),
+            workers,
+        }))
+    }
+
+    async fn solve(
+        &self,
+        request: Request<SolveRequest>,
+    ) -> Result<Response<SolveResponse>, Status> {
+        let job = self.job(&request).await?;
+        let r = request.into_inner();
+        let sid = job
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let session = if sid.is_empty() {
+            None
+        } else {
+            self.0.sessions.get(&sid, SESSION_WAIT).await
+        };
+        let has_definition = r.definition.as_ref().is_some_and(|d| !d.def.is_empty());
+        let input = if has_definition {
+            Input::Definition(r.definition.as_ref().expect("checked above"))
+        } else if r.frontend == "dockerfile.v0" {
+            Input::Dockerfile(&r.frontend_opt)
+        } else if r.frontend.is_empty() {
+            // Nothing to solve: an empty result.
+            return Ok(Response::new(SolveResponse {
+                r#ref: String::new(),
+                result: Some(GwResult::default()),
+            }));
+        } else {
+            return Err(Status::invalid_argument(format!(
+                "frontend {:?} is not supported (dockerfile.v0, or LLB)",
+                r.frontend
+            )));
+        };
+        let compression = r
+            .frontend_opt
+            .get("compression")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(Compression::Gzip);
+        let (solved, config) = solve(&self.0, &job, session.as_ref(), input, compression).await?;
+        let id = format!(
+            "ref-{}",
+            kiln_solver::Digest::of(solved.lease().as_str().as_bytes()).hex()
+        );
+        let mut metadata = HashMap::new();
+        if let Some(cfg) = &config {
+            let json = kiln_worker::export::image_config(&solved.layers, cfg);
+            if let Ok(bytes) = serde_json::to_vec(&json) {
+                metadata.insert("containerimage.config".to_string(), bytes);
+            }
+        }
+        job.results
+            .lock()
+            .await
+            .insert(id.clone(), GatewayResult { solved, config });
+        let result = GwResult {
+            metadata,
+            result: Some(result::Result::Ref(Ref {
+                id: id.clone(),
+                def: None,
+            })),
+            ..Default::default()
+        };
+        Ok(Response::new(if r.allow_result_return {
+            SolveResponse {
+                r#ref: String::new(),
+                result: Some(result),
+            }
+        } else {
+            SolveResponse {
+                r#ref: id,
+                result: None,
+            }
+        }))
+    }
+
+    async fn r#return(
+        &self,
+        request: Request<ReturnRequest>,
+    ) -> Result<Response<ReturnResponse>, Status> {
+        let job = self.job(&request).await?;
+        job.set_returned(request.into_inner());
+        Ok(Response::new(ReturnResponse {}))
+    }
+}

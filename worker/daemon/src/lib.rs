@@ -1,0 +1,205 @@
+//! `kilnd`, kiln's BuildKit-compatible daemon: buildctl, nerdctl and the
+//! buildx remote driver talk to it as they would to buildkitd.
+//!
+//! This file is wiring only: flags and configuration ([`config`]), the
+//! tracing subscriber, the daemon state, one gRPC server per listening
+//! address ([`listen`]) and an orderly shutdown on SIGTERM/SIGINT: stop
+//! accepting, cancel, wait for running builds, exit 0.
+
+mod config;
+mod control;
+mod export;
+mod frontend;
+mod gateway;
+mod jobs;
+mod listen;
+mod llb;
+mod sessions;
+mod solve;
+mod state;
+mod status;
+mod trace;
+mod workers;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Parser;
+use kiln_proto::control::control_server::ControlServer;
+use kiln_proto::gateway::llb_bridge_server::LlbBridgeServer;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+/// gRPC message limit in both directions (LLB definitions can be large).
+const MAX_MESSAGE: usize = 16 << 20;
+/// How long connections may stay open once builds are done.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(
+    name = "kilnd",
+    version = workers::VERSION,
+    about = "kiln's BuildKit-compatible build daemon (buildctl, nerdctl build, buildx remote driver)"
+)]
+struct Cli {
+    #[command(flatten)]
+    flags: config::Flags,
+}
+
+/// The whole `kilnd` command: parses the arguments and serves until a
+/// signal.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::Config::load(&cli.flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kilnd: {}", error_line(&anyhow::Error::new(e)));
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(config.debug);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kilnd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(config));
+    // Connections still draining after the timeout are dropped here.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kilnd: {}", error_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn error_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+/// Logs to stderr (journald picks it up); `KILND_LOG` overrides the level.
+fn init_tracing(debug: bool) {
+    let default = if debug {
+        "debug,h2=info,hyper=info,hyper_util=info,tower=info,rustls=info"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run(config: config::Config) -> Result<()> {
+    let root = config.root.clone();
+    let worker_id = tokio::task::spawn_blocking(move || workers::worker_id(&root))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot create the worker id under {}",
+                config.root.display()
+            )
+        })?;
+    let addrs = config.addrs.clone();
+    let tls = config.tls.clone();
+
+    let d = state::Daemon::new(config).await?;
+    match d.ctrd.version().await {
+        Ok(v) => tracing::info!(
+            version = workers::VERSION,
+            worker = %worker_id,
+            containerd = %v,
+            namespace = d.ctrd.namespace(),
+            snapshotter = d.ctrd.snapshotter(),
+            max_parallelism = ?d.config.max_parallelism,
+            "kilnd starting"
+        ),
+        Err(e) => tracing::warn!(error = %e, "containerd version unavailable"),
+    }
+
+    // Bind every address before serving any, so that a bad one fails the
+    // start instead of leaving a half-listening daemon.
+    let mut listeners = Vec::new();
+    for addr in &addrs {
+        let listener = listen::bind(addr, tls.as_ref()).await?;
+        tracing::info!(addr, local = ?listener.local_addr(), tls = tls.is_some() && addr.starts_with("tcp://"), "listening");
+        listeners.push(listener);
+    }
+
+    let stop_accepting = CancellationToken::new();
+    let mut servers = JoinSet::new();
+    for listener in listeners {
+        let router = Server::builder()
+            .add_service(
+                ControlServer::new(control::ControlService(d.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
+            .add_service(
+                LlbBridgeServer::new(gateway::GatewayService(d.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
+            .add_service(trace::TraceService);
+        let stop = stop_accepting.clone();
+        servers.spawn(async move {
+            let addr = listener.addr().to_string();
+            router
+                .serve_with_incoming_shutdown(listener, stop.cancelled_owned())
+                .await
+                .with_context(|| format!("serving {addr}"))
+        });
+    }
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        Some(done) = servers.join_next() => {
+            stop_accepting.cancel();
+            d.shutdown.cancel();
+            return match done {
+                Ok(Ok(())) => Err(anyhow!("a listener stopped unexpectedly")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow!("a server task failed: {e}")),
+            };
+        }
+    }
+
+    stop_accepting.cancel();
+    d.shutdown.cancel();
+    tokio::select! {
+        _ = d.wait_idle() => tracing::info!("builds finished"),
+        _ = sigterm.recv() => tracing::warn!("second SIGTERM: not waiting for builds"),
+        _ = sigint.recv() => tracing::warn!("second SIGINT: not waiting for builds"),
+    }
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(done) = servers.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "server shutdown"),
+                Err(e) => tracing::warn!(error = %e, "server task"),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!("closing connections still open");
+    }
+    tracing::info!("kilnd stopped");
+    Ok(())
+}

@@ -1,0 +1,462 @@
+//! LLB (`pb.Definition`) from buildctl and other clients, translated to
+//! kiln's build graph. Each op keeps the digest of its exact bytes (never
+//! re-marshalled), which is what Status reports as the vertex digest.
+
+use kiln_proto::llb;
+use kiln_solver::{
+    CacheSharing, ChownOpt, Digest, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
+    FileMkDir, FileMkFile, FileOp, FileRm, FileSymlink, Graph, MergeOp, Meta, Mount, MountType,
+    NetMode, Op, SourceOp, UserOpt, Vertex, VertexId,
+};
+use prost::Message;
+use std::collections::HashMap;
+
+/// Why a definition cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LlbError {
+    #[error("invalid LLB definition: op {index} does not decode: {source}")]
+    Decode {
+        index: usize,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("invalid LLB definition: {reason}")]
+    Invalid { reason: String },
+    #[error("LLB {what} is not supported by kiln yet")]
+    Unsupported { what: String },
+}
+
+/// A translated definition.
+#[derive(Debug)]
+pub struct Translated {
+    pub graph: Graph,
+    pub result: Option<VertexId>,
+    /// The LLB digest of each vertex, by vertex index.
+    pub digests: Vec<Digest>,
+}
+
+fn invalid(reason: impl Into<String>) -> LlbError {
+    LlbError::Invalid {
+        reason: reason.into(),
+    }
+}
+
+fn opt_index(v: i64) -> Option<usize> {
+    usize::try_from(v).ok()
+}
+
+fn file_input(v: i64, inputs: usize) -> FileInput {
+    match usize::try_from(v) {
+        Err(_) => FileInput::Scratch,
+        Ok(i) if i < inputs => FileInput::Input(i),
+        Ok(i) => FileInput::Action(i - inputs),
+    }
+}
+
+fn user_opt(u: &Option<llb::UserOpt>) -> Option<UserOpt> {
+    match u.as_ref()?.user.as_ref()? {
+        llb::user_opt::User::ByName(n) => Some(UserOpt::ByName(n.name.clone())),
+        llb::user_opt::User::ById(id) => Some(UserOpt::ById(*id)),
+    }
+}
+
+fn chown(o: &Option<llb::ChownOpt>) -> Option<ChownOpt> {
+    let o = o.as_ref()?;
+    Some(ChownOpt {
+        user: user_opt(&o.user),
+        group: user_opt(&o.group),
+    })
+}
+
+fn timestamp(ns: i64) -> Option<i64> {
+    (ns > 0).then_some(ns)
+}
+
+fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
+    let n_inputs = op.inputs.len();
+    Ok(match op.op.as_ref() {
+        Some(llb::op::Op::Source(s)) => Op::Source(SourceOp {
+            identifier: s.identifier.clone(),
+            attrs: s
+                .attrs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }),
+        Some(llb::op::Op::Exec(e)) => {
+            let meta = e.meta.clone().unwrap_or_default();
+            let mut mounts = Vec::with_capacity(e.mounts.len());
+            for m in &e.mounts {
+                let mount_type = match llb::MountType::try_from(m.mount_type) {
+                    Ok(llb::MountType::Bind) => MountType::Bind,
+                    Ok(llb::MountType::Cache) => {
+                        let c = m.cache_opt.clone().unwrap_or_default();
+                        MountType::Cache {
+                            id: if c.id.is_empty() {
+                                m.dest.clone()
+                            } else {
+                                c.id
+                            },
+                            sharing: match llb::CacheSharingOpt::try_from(c.sharing) {
+                                Ok(llb::CacheSharingOpt::Private) => CacheSharing::Private,
+                                Ok(llb::CacheSharingOpt::Locked) => CacheSharing::Locked,
+                                _ => CacheSharing::Shared,
+                            },
+                        }
+                    }
+                    Ok(llb::MountType::Tmpfs) => MountType::Tmpfs {
+                        size: m
+                            .tmpfs_opt
+                            .as_ref()
+                            .map(|t| t.size.max(0) as u64)
+                            .unwrap_or(0),
+                    },
+                    Ok(other) => {
+                        return Err(LlbError::Unsupported {
+                            what: format!("{} mount", other.as_str_name().to_lowercase()),
+                        })
+                    }
+                    Err(_) => return Err(invalid(format!("unknown mount type {}", m.mount_type))),
+                };
+                if let Some(i) = opt_index(m.input) {
+                    if i >= n_inputs {
+                        return Err(invalid(format!("mount input {i} out of range")));
+                    }
+                }
+                mounts.push(Mount {
+                    input: opt_index(m.input),
+                    selector: m.selector.clone(),
+                    dest: m.dest.clone(),
+                    output: opt_index(m.output),
+                    readonly: m.readonly,
+                    mount_type,
+                });
+            }
+            Op::Exec(ExecOp {
+                meta: Meta {
+                    args: meta.args,
+                    env: meta.env,
+                    cwd: meta.cwd,
+                    user: meta.user,
+                    hostname: meta.hostname,
+                },
+                mounts,
+                network: match llb::NetMode::try_from(e.network) {
+                    Ok(llb::NetMode::Host) => NetMode::Host,
+                    Ok(llb::NetMode::None) => NetMode::None,
+                    _ => NetMode::Unset,
+                },
+            })
+        }
+        Some(llb::op::Op::File(f)) => {
+            let mut actions = Vec::with_capacity(f.actions.len());
+            for a in &f.actions {
+                let action = match a.action.as_ref() {
+                    Some(llb::file_action::Action::Copy(c)) => FileActionKind::Copy(FileCopy {
+                        src: c.src.clone(),
+                        dest: c.dest.clone(),
+                        owner: chown(&c.owner),
+                        mode: (c.mode >= 0).then_some(c.mode as u32),
+                        follow_symlink: c.follow_symlink,
+                        dir_copy_contents: c.dir_copy_contents,
+                        attempt_unpack_docker_compatibility: c.attempt_unpack_docker_compatibility,
+                        create_dest_path: c.create_dest_path,
+                        allow_wildcard: c.allow_wildcard,
+                        allow_empty_wildcard: c.allow_empty_wildcard,
+                        include_patterns: c.include_patterns.clone(),
+                        exclude_patterns: c.exclude_patterns.clone(),
+                        timestamp: timestamp(c.timestamp),
+                    }),
+                    Some(llb::file_action::Action::Mkdir(m)) => FileActionKind::MkDir(FileMkDir {
+                        path: m.path.clone(),
+                        mode: m.mode as u32,
+                        make_parents: m.make_parents,
+                        owner: chown(&m.owner),
+                        timestamp: timestamp(m.timestamp),
+                    }),
+                    Some(llb::file_action::Action::Mkfile(m)) => {
+                        FileActionKind::MkFile(FileMkFile {
+                            path: m.path.clone(),
+                            mode: m.mode as u32,
+                            data: m.data.clone(),
+                            owner: chown(&m.owner),
+                            timestamp: timestamp(m.timestamp),
+                        })
+                    }
+                    Some(llb::file_action::Action::Rm(r)) => FileActionKind::Rm(FileRm {
+                        path: r.path.clone(),
+                        allow_not_found: r.allow_not_found,
+                        allow_wildcard: r.allow_wildcard,
+                    }),
+                    Some(llb::file_action::Action::Symlink(s)) => {
+                        FileActionKind::Symlink(FileSymlink {
+                            oldpath: s.oldpath.clone(),
+                            newpath: s.newpath.clone(),
+                        })
+                    }
+                    None => return Err(invalid("file action without an action")),
+                };
+                actions.push(FileAction {
+                    input: file_input(a.input, n_inputs),
+                    secondary_input: (a.secondary_input >= 0)
+                        .then(|| file_input(a.secondary_input, n_inputs)),
+                    output: opt_index(a.output),
+                    action,
+                });
+            }
+            Op::File(FileOp { actions })
+        }
+        Some(llb::op::Op::Merge(m)) => Op::Merge(MergeOp {
+            inputs: m
+                .inputs
+                .iter()
+                .map(|i| opt_index(i.input).ok_or_else(|| invalid("merge input -1")))
+                .collect::<Result<_, _>>()?,
+        }),
+        Some(llb::op::Op::Diff(_)) => {
+            return Err(LlbError::Unsupported {
+                what: "diff op".into(),
+            })
+        }
+        Some(llb::op::Op::Build(_)) => {
+            return Err(LlbError::Unsupported {
+                what: "build op".into(),
+            })
+        }
+        Some(llb::op::Op::Passthrough(_)) => {
+            return Err(LlbError::Unsupported {
+                what: "passthrough op".into(),
+            })
+        }
+        None => return Err(invalid("an op without a kind that is not the terminal op")),
+    })
+}
+
+/// A display name like BuildKit's when the client gave none.
+fn default_name(op: &Op) -> String {
+    match op {
+        Op::Source(s) => s.identifier.clone(),
+        Op::Exec(e) => e.meta.args.join(" "),
+        Op::File(f) => f
+            .actions
+            .iter()
+            .map(|a| match &a.action {
+                FileActionKind::Copy(c) => format!("copy {} {}", c.src, c.dest),
+                FileActionKind::MkDir(m) => format!("mkdir {}", m.path),
+                FileActionKind::MkFile(m) => format!("mkfile {}", m.path),
+                FileActionKind::Rm(r) => format!("rm {}", r.path),
+                FileActionKind::Symlink(s) => format!("symlink {} -> {}", s.newpath, s.oldpath),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Op::Merge(_) => "merge".into(),
+    }
+}
+
+/// Translates a definition. An empty definition has no result (scratch).
+pub fn translate(def: &llb::Definition) -> Result<Translated, LlbError> {
+    let mut ops: HashMap<Digest, llb::Op> = HashMap::new();
+    let mut order: Vec<Digest> = Vec::new();
+    for (index, bytes) in def.def.iter().enumerate() {
+        let op = llb::Op::decode(bytes.as_slice())
+            .map_err(|source| LlbError::Decode { index, source })?;
+        let d = Digest::of(bytes);
+        if !ops.contains_key(&d) {
+            order.push(d.clone());
+        }
+        ops.insert(d, op);
+    }
+    let Some(last) = order.last().cloned() else {
+        return Ok(Translated {
+            graph: Graph::default(),
+            result: None,
+            digests: Vec::new(),
+        });
+    };
+    let terminal = &ops[&last];
+    if terminal.op.is_some() || terminal.inputs.len() != 1 {
+        return Err(invalid(
+            "the last op must be a terminal op with exactly one input",
+        ));
+    }
+    let result_input = terminal.inputs[0].clone();
+    // Depth-first from the result so every vertex comes after its inputs.
+    let mut graph = Graph::default();
+    let mut ids: HashMap<Digest, VertexId> = HashMap::new();
+    let mut digests = Vec::new();
+    let mut stack: Vec<(Digest, bool)> = vec![(
+        Digest::parse(&result_input.digest).ok_or_else(|| invalid("bad terminal input digest"))?,
+        false,
+    )];
+    let mut visiting = std::collections::HashSet::new();
+    while let Some((d, expanded)) = stack.pop() {
+        if ids.contains_key(&d) {
+            continue;
+        }
+        let op = ops
+            .get(&d)
+            .ok_or_else(|| invalid(format!("input {d} is not in the definition")))?;
+        if !expanded {
+            if !visiting.insert(d.clone()) {
+                return Err(invalid(format!("cycle through {d}")));
+            }
+            stack.push((d.clone(), true));
+            for i in op.inputs.iter().rev() {
+                let id = Digest::parse(&i.digest).ok_or_else(|| invalid("bad input digest"))?;
+                if !ids.contains_key(&id) {
+                    stack.push((id, false));
+                }
+            }
+            continue;
+        }
+        let mut inputs = Vec::with_capacity(op.inputs.len());
+        for i in &op.inputs {
+            let id = Digest::parse(&i.digest).ok_or_else(|| invalid("bad input digest"))?;
+            let vertex = *ids
+                .get(&id)
+                .ok_or_else(|| invalid(format!("cycle through {id}")))?;
+            inputs.push(Edge {
+                vertex,
+                output: usize::try_from(i.index).map_err(|_| invalid("negative output index"))?,
+            });
+        }
+        let converted = convert_op(op)?;
+        let meta = def.metadata.get(d.as_str());
+        let name = meta
+            .and_then(|m| m.description.get("llb.customname").cloned())
+            .unwrap_or_else(|| default_name(&converted));
+        let v = graph
+            .add(Vertex {
+                op: converted,
+                inputs,
+                name,
+                location: None,
+                ignore_cache: meta.is_some_and(|m| m.ignore_cache),
+            })
+            .map_err(|e| invalid(e.to_string()))?;
+        ids.insert(d.clone(), v);
+        digests.push(d);
+    }
+    let result = ids[&Digest::parse(&result_input.digest).ok_or_else(|| invalid("bad digest"))?];
+    Ok(Translated {
+        graph,
+        result: Some(result),
+        digests,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(op: &llb::Op) -> Vec<u8> {
+        op.encode_to_vec()
+    }
+
+    #[test]
+    fn translates_image_exec_and_terminal() {
+        let src = llb::Op {
+            op: Some(llb::op::Op::Source(llb::SourceOp {
+                identifier: "docker-image://docker.io/library/busybox:latest".into(),
+                attrs: Default::default(),
+            })),
+            ..Default::default()
+        };
+        let src_b = enc(&src);
+        let src_d = Digest::of(&src_b);
+        let exec = llb::Op {
+            inputs: vec![llb::Input {
+                digest: src_d.to_string(),
+                index: 0,
+            }],
+            op: Some(llb::op::Op::Exec(llb::ExecOp {
+                meta: Some(llb::Meta {
+                    args: vec!["/bin/sh".into(), "-c".into(), "echo hi > /x".into()],
+                    cwd: "/".into(),
+                    ..Default::default()
+                }),
+                mounts: vec![llb::Mount {
+                    input: 0,
+                    dest: "/".into(),
+                    output: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let exec_b = enc(&exec);
+        let exec_d = Digest::of(&exec_b);
+        let term = llb::Op {
+            inputs: vec![llb::Input {
+                digest: exec_d.to_string(),
+                index: 0,
+            }],
+            ..Default::default()
+        };
+        let mut metadata = HashMap::new();
+        metadata.insert(
+            exec_d.to_string(),
+            llb::OpMetadata {
+                ignore_cache: true,
+                description: HashMap::from([("llb.customname".to_string(), "say hi".to_string())]),
+                ..Default::default()
+            },
+        );
+        let def = llb::Definition {
+            def: vec![src_b, exec_b, enc(&term)],
+            metadata,
+            source: None,
+        };
+        let t = translate(&def).expect("translates");
+        assert_eq!(t.digests, vec![src_d, exec_d]);
+        assert_eq!(t.result, Some(VertexId(1)));
+        let v = &t.graph.vertices[1];
+        assert_eq!(v.name, "say hi");
+        assert!(v.ignore_cache);
+        assert_eq!(
+            v.inputs,
+            vec![Edge {
+                vertex: VertexId(0),
+                output: 0
+            }]
+        );
+        match &v.op {
+            Op::Exec(e) => {
+                assert_eq!(e.mounts[0].input, Some(0));
+                assert_eq!(e.mounts[0].output, Some(0));
+                assert_eq!(e.meta.args[2], "echo hi > /x");
+            }
+            other => panic!("not an exec: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_definitions() {
+        let garbage = llb::Definition {
+            def: vec![vec![0xff, 0xff, 0xff]],
+            ..Default::default()
+        };
+        assert!(matches!(translate(&garbage), Err(LlbError::Decode { .. })));
+        let dangling = llb::Op {
+            inputs: vec![llb::Input {
+                digest: Digest::of(b"missing").to_string(),
+                index: 0,
+            }],
+            ..Default::default()
+        };
+        let def = llb::Definition {
+            def: vec![enc(&dangling)],
+            ..Default::default()
+        };
+        let err = translate(&def).expect_err("dangling input");
+        assert!(
+            err.to_string().contains("is not in the definition"),
+            "{err}"
+        );
+        assert!(translate(&llb::Definition::default())
+            .expect("empty")
+            .result
+            .is_none());
+    }
+}

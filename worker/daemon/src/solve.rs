@@ -1,0 +1,147 @@
+//! Turning what a client asked for (an LLB definition or the Dockerfile
+//! frontend) into a solved result held under a build lease.
+
+use crate::jobs::Job;
+use crate::sessions::SessionHandle;
+use crate::state::{status_of, Daemon};
+use kiln_proto::llb;
+use kiln_snapshot::diff::Compression;
+use kiln_solver::{Digest, Graph, ImageConfig, Op};
+use kiln_worker::build::{BuildRequest, Solved};
+use kiln_worker::Progress;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tonic::Status;
+
+/// What to solve.
+pub enum Input<'a> {
+    Definition(&'a llb::Definition),
+    Dockerfile(&'a HashMap<String, String>),
+}
+
+/// The directory where a job's local sources land.
+pub fn job_dir(d: &Daemon, job: &Job) -> PathBuf {
+    let safe: String = job
+        .id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    d.config.root.join("sessions").join(safe)
+}
+
+/// Input digests of each vertex (for Status).
+fn vertex_inputs(graph: &Graph, digests: &[Digest]) -> Vec<Vec<String>> {
+    graph
+        .vertices
+        .iter()
+        .map(|v| {
+            v.inputs
+                .iter()
+                .map(|e| digests[e.vertex.0].to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Parses a JSON array attribute of a local source.
+fn json_list(attrs: &std::collections::BTreeMap<String, String>, key: &str) -> Vec<String> {
+    attrs
+        .get(key)
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
+/// Fetches every `local://NAME` source of `graph` through the session.
+async fn fetch_locals(
+    d: &Daemon,
+    job: &Job,
+    session: Option<&SessionHandle>,
+    graph: &Graph,
+) -> Result<HashMap<String, PathBuf>, Status> {
+    let mut locals = HashMap::new();
+    for v in &graph.vertices {
+        let Op::Source(s) = &v.op else { continue };
+        let Some(name) = s.identifier.strip_prefix("local://") else {
+            continue;
+        };
+        if locals.contains_key(name) {
+            continue;
+        }
+        let session = session.ok_or_else(|| {
+            Status::failed_precondition(format!("local source {name:?} needs a session"))
+        })?;
+        let dest = job_dir(d, job).join(format!("local-{}", locals.len()));
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::create_dir_all(&dest).map_err(|e| Status::internal(e.to_string()))?;
+        let mut includes = json_list(&s.attrs, "local.includepattern");
+        includes.extend(json_list(&s.attrs, "local.includepatterns"));
+        kiln_session::filesync::fetch_dir(
+            session.channel.clone(),
+            name,
+            &includes,
+            &json_list(&s.attrs, "local.excludepatterns"),
+            &json_list(&s.attrs, "local.followpaths"),
+            &dest,
+        )
+        .await
+        .map_err(|e| Status::new(e.kind().code(), format!("local {name:?}: {e}")))?;
+        locals.insert(name.to_string(), dest);
+    }
+    Ok(locals)
+}
+
+/// Solves `input` for `job`, forwarding progress to the job's Status.
+pub async fn solve(
+    d: &Arc<Daemon>,
+    job: &Arc<Job>,
+    session: Option<&SessionHandle>,
+    input: Input<'_>,
+    compression: Compression,
+) -> Result<(Solved, Option<ImageConfig>), Status> {
+    let (graph, result, digests, config, locals) = match input {
+        Input::Definition(def) => {
+            let t =
+                crate::llb::translate(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let Some(result) = t.result else {
+                return Err(Status::invalid_argument("the definition has no result"));
+            };
+            let locals = fetch_locals(d, job, session, &t.graph).await?;
+            (t.graph, result, t.digests, None, locals)
+        }
+        Input::Dockerfile(attrs) => {
+            let session = session.ok_or_else(|| {
+                Status::failed_precondition("the dockerfile frontend needs a session")
+            })?;
+            let f = crate::frontend::dockerfile(d, job, session, attrs).await?;
+            let digests = f.build.graph.definition_digests();
+            (
+                f.build.graph,
+                f.build.result,
+                digests,
+                Some(f.build.config),
+                HashMap::from([("context".to_string(), f.context)]),
+            )
+        }
+    };
+    let inputs = vertex_inputs(&graph, &digests);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let forward = tokio::spawn(crate::status::forward(rx, digests, inputs, job.clone()));
+    let req = BuildRequest {
+        graph,
+        result,
+        config: config.clone().unwrap_or_default(),
+        locals,
+        names: Vec::new(),
+        compression,
+    };
+    let solved = d
+        .engine
+        .solve(&req, Progress::new(tx), job.cancel.clone())
+        .await;
+    let _ = forward.await;
+    match solved {
+        Ok(s) => Ok((s, config)),
+        Err(e) => Err(status_of(&e)),
+    }
+}

@@ -1,0 +1,49 @@
+//! The daemon's shared state: the engine, running jobs, attached sessions.
+
+use crate::config::Config;
+use crate::jobs::Jobs;
+use crate::sessions::Sessions;
+use kiln_snapshot::Containerd;
+use kiln_worker::Engine;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub struct Daemon {
+    pub engine: Engine,
+    pub ctrd: Containerd,
+    pub config: Config,
+    /// Cancelled on SIGTERM: every running build is cancelled with it.
+    pub shutdown: CancellationToken,
+    pub jobs: Arc<Jobs>,
+    pub sessions: Sessions,
+}
+
+impl Daemon {
+    /// Connects to containerd, cleans up after dead builds, and is ready.
+    pub async fn new(config: Config) -> anyhow::Result<Arc<Daemon>> {
+        let ctrd = Containerd::connect(config.containerd.clone()).await?;
+        std::fs::create_dir_all(&config.root)?;
+        let engine = Engine::new(ctrd.clone(), config.root.clone());
+        engine.sweep().await?;
+        Ok(Arc::new(Daemon {
+            engine,
+            ctrd,
+            config,
+            shutdown: CancellationToken::new(),
+            jobs: Arc::new(Jobs::default()),
+            sessions: Sessions::default(),
+        }))
+    }
+
+    /// Waits until no build is running (after `shutdown` was cancelled,
+    /// running builds end by releasing their leases).
+    pub async fn wait_idle(&self) {
+        self.jobs.wait_idle().await;
+    }
+}
+
+/// A worker error as a gRPC status, with its kind's code and the whole
+/// cause chain as message.
+pub fn status_of(e: &kiln_worker::WorkerError) -> tonic::Status {
+    tonic::Status::new(e.kind().code(), kiln_worker::error::error_chain(e))
+}

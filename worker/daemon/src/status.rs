@@ -1,0 +1,79 @@
+//! Engine progress events as BuildKit Status messages.
+
+use crate::jobs::Job;
+use kiln_proto::control::{StatusResponse, Vertex, VertexLog};
+use kiln_solver::Digest;
+use kiln_worker::{LogStream, ProgressEvent};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+fn ts(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Forwards one solve's events to its job; `digests[i]` is vertex i's
+/// digest and `inputs[i]` its input digests.
+pub async fn forward(
+    mut rx: UnboundedReceiver<ProgressEvent>,
+    digests: Vec<Digest>,
+    inputs: Vec<Vec<String>>,
+    job: Arc<Job>,
+) {
+    let mut started: std::collections::HashMap<usize, SystemTime> = Default::default();
+    let digest = |i: usize| digests.get(i).map(|d| d.to_string()).unwrap_or_default();
+    while let Some(e) = rx.recv().await {
+        let mut s = StatusResponse::default();
+        match e {
+            ProgressEvent::Started { vertex, name, at } => {
+                started.insert(vertex, at);
+                s.vertexes.push(Vertex {
+                    digest: digest(vertex),
+                    inputs: inputs.get(vertex).cloned().unwrap_or_default(),
+                    name,
+                    started: Some(ts(at)),
+                    ..Default::default()
+                });
+            }
+            ProgressEvent::Completed {
+                vertex,
+                name,
+                cached,
+                error,
+                at,
+            } => {
+                s.vertexes.push(Vertex {
+                    digest: digest(vertex),
+                    inputs: inputs.get(vertex).cloned().unwrap_or_default(),
+                    name,
+                    cached,
+                    started: Some(ts(started.get(&vertex).copied().unwrap_or(at))),
+                    completed: Some(ts(at)),
+                    error: error.unwrap_or_default(),
+                    ..Default::default()
+                });
+            }
+            ProgressEvent::Log {
+                vertex,
+                stream,
+                data,
+            } => {
+                s.logs.push(VertexLog {
+                    vertex: digest(vertex),
+                    timestamp: Some(ts(SystemTime::now())),
+                    stream: match stream {
+                        LogStream::Stdout => 1,
+                        LogStream::Stderr => 2,
+                    },
+                    msg: data,
+                });
+            }
+            ProgressEvent::Info { .. } => continue,
+        }
+        job.publish(s);
+    }
+}

@@ -1,0 +1,515 @@
+//! The worker kilnd reports (ListWorkers, Info) and the cache calls
+//! (DiskUsage, Prune), translated to and from the engine.
+//!
+//! There is one worker: containerd in the configured namespace with the
+//! configured snapshotter. Its labels are the ones nerdctl compares with its
+//! own containerd (executor, containerd UUID, namespace, snapshotter) to
+//! decide whether an image can go straight into the store; see the BuildKit
+//! protocol notes, section 11.
+
+use crate::config::GcPolicy;
+use crate::state::Daemon;
+use kiln_proto::control::{
+    DiskUsageRequest, DiskUsageResponse, InfoResponse, ListWorkersRequest, ListWorkersResponse,
+    PruneRequest, UsageRecord,
+};
+use kiln_proto::llb::Platform;
+use kiln_proto::worker::{BuildkitVersion, GcPolicy as GcPolicyRecord, WorkerRecord};
+use kiln_worker::cache::RecordInfo;
+use kiln_worker::prune::PruneOptions;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+use tonic::Status;
+
+/// The package BuildkitVersion names.
+pub const PACKAGE: &str = "github.com/kiln-build/kiln";
+/// A semver-like version for `buildx inspect` and `buildx ls`.
+pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"), "-kiln");
+/// The source revision, when the build sets `KILN_REVISION`.
+pub const REVISION: &str = match option_env!("KILN_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
+/// The file under the root that holds the worker id.
+pub const WORKER_ID_FILE: &str = "workerid";
+
+/// BuildKit's worker label keys.
+pub mod labels {
+    pub const EXECUTOR: &str = "org.mobyproject.buildkit.worker.executor";
+    pub const SNAPSHOTTER: &str = "org.mobyproject.buildkit.worker.snapshotter";
+    pub const NAMESPACE: &str = "org.mobyproject.buildkit.worker.containerd.namespace";
+    pub const UUID: &str = "org.mobyproject.buildkit.worker.containerd.uuid";
+    pub const HOSTNAME: &str = "org.mobyproject.buildkit.worker.hostname";
+    pub const NETWORK: &str = "org.mobyproject.buildkit.worker.network";
+    pub const SELINUX: &str = "org.mobyproject.buildkit.worker.selinux.enabled";
+}
+
+/// The version every record and Info carry.
+pub fn buildkit_version() -> BuildkitVersion {
+    BuildkitVersion {
+        package: PACKAGE.to_string(),
+        version: VERSION.to_string(),
+        revision: REVISION.to_string(),
+        dockerfile_version: String::new(),
+    }
+}
+
+/// The stable worker id in `<root>/workerid`, created (random) on first
+/// use. Call it once at startup so an unwritable root fails early.
+pub fn worker_id(root: &Path) -> std::io::Result<String> {
+    let path = root.join(WORKER_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(root)?;
+    let id = new_id();
+    // Write then rename, so a reader never sees half an id; if two
+    // processes race, the last rename wins and both read it back.
+    let tmp = root.join(format!(".{WORKER_ID_FILE}.{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(id.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(std::fs::read_to_string(&path)?.trim().to_string())
+}
+
+/// 25 random characters of `[a-z0-9]`, like BuildKit's identity ids.
+fn new_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..25)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The host's platform in OCI terms.
+pub fn host_platform() -> Platform {
+    let (architecture, variant) = match std::env::consts::ARCH {
+        "x86_64" => ("amd64", ""),
+        "aarch64" => ("arm64", ""),
+        "arm" => ("arm", "v7"),
+        "x86" => ("386", ""),
+        "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", ""),
+        "loongarch64" => ("loong64", ""),
+        "mips64" if cfg!(target_endian = "little") => ("mips64le", ""),
+        other => (other, ""),
+    };
+    Platform {
+        architecture: architecture.to_string(),
+        os: std::env::consts::OS.to_string(),
+        variant: variant.to_string(),
+        ..Default::default()
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+const GB: u64 = 1 << 30;
+const MB: u64 = 1 << 20;
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// BuildKit's default policies with fixed sizes (BuildKit scales them with
+/// the disk): cache mounts unused for two days beyond 512 MB, anything
+/// unused for 60 days, then keep the cache within 10 GB reserved / 100 GB
+/// used, internal records last.
+pub fn default_gc_policies() -> Vec<GcPolicy> {
+    let caps = GcPolicy {
+        reserved_space: Some(10 * GB),
+        max_used_space: Some(100 * GB),
+        ..GcPolicy::default()
+    };
+    vec![
+        GcPolicy {
+            filters: vec!["type==exec.cachemount".to_string()],
+            keep_duration: Some(2 * DAY),
+            max_used_space: Some(512 * MB),
+            ..GcPolicy::default()
+        },
+        GcPolicy {
+            keep_duration: Some(60 * DAY),
+            ..caps.clone()
+        },
+        caps.clone(),
+        GcPolicy { all: true, ..caps },
+    ]
+}
+
+fn gc_record(p: &GcPolicy) -> GcPolicyRecord {
+    let bytes = |v: Option<u64>| v.map(|b| i64::try_from(b).unwrap_or(i64::MAX)).unwrap_or(0);
+    GcPolicyRecord {
+        all: p.all,
+        keep_duration: p
+            .keep_duration
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0),
+        filters: p.filters.clone(),
+        reserved_space: bytes(p.reserved_space),
+        max_used_space: bytes(p.max_used_space),
+        min_free_space: bytes(p.min_free_space),
+    }
+}
+
+/// The worker record, given what only containerd knows.
+pub fn worker_record(
+    id: String,
+    namespace: &str,
+    snapshotter: &str,
+    containerd_uuid: &str,
+    gc: &[GcPolicy],
+) -> WorkerRecord {
+    let labels = HashMap::from([
+        (labels::EXECUTOR.to_string(), "containerd".to_string()),
+        (labels::SNAPSHOTTER.to_string(), snapshotter.to_string()),
+        (labels::NAMESPACE.to_string(), namespace.to_string()),
+        (labels::UUID.to_string(), containerd_uuid.to_string()),
+        (labels::HOSTNAME.to_string(), hostname()),
+        (labels::NETWORK.to_string(), "host".to_string()),
+        (labels::SELINUX.to_string(), "false".to_string()),
+    ]);
+    let defaults;
+    let gc = if gc.is_empty() {
+        defaults = default_gc_policies();
+        &defaults[..]
+    } else {
+        gc
+    };
+    WorkerRecord {
+        id,
+        labels,
+        platforms: vec![host_platform()],
+        gc_policy: gc.iter().map(gc_record).collect(),
+        buildkit_version: Some(buildkit_version()),
+        cdi_devices: Vec::new(),
+    }
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+/// A library error as a status: its kind's code, the whole cause chain as
+/// message.
+fn status_of<E: std::error::Error>(e: &E, kind: kiln_proto::ErrorKind) -> Status {
+    Status::new(kind.code(), kiln_snapshot::containerd::error_chain(e))
+}
+
+/// ListWorkers: the one worker. Filters are ignored.
+pub async fn list_workers(
+    d: &Daemon,
+    _req: ListWorkersRequest,
+) -> Result<ListWorkersResponse, Status> {
+    let root = d.config.root.clone();
+    let id = tokio::task::spawn_blocking(move || worker_id(&root))
+        .await
+        .map_err(|e| internal("worker id", e))?
+        .map_err(|e| internal("cannot read or create the worker id", e))?;
+    let uuid = d
+        .ctrd
+        .server_uuid()
+        .await
+        .map_err(|e| status_of(&e, e.kind()))?;
+    Ok(ListWorkersResponse {
+        record: vec![worker_record(
+            id,
+            d.ctrd.namespace(),
+            d.ctrd.snapshotter(),
+            &uuid,
+            &d.config.gc,
+        )],
+    })
+}
+
+/// Info: the daemon's version.
+pub async fn info(_d: &Daemon) -> Result<InfoResponse, Status> {
+    Ok(InfoResponse {
+        buildkit_version: Some(buildkit_version()),
+    })
+}
+
+/// The record types a list of BuildKit filters selects; empty means all.
+///
+/// Supported: `type==T` (also `type=T`), several per filter separated by
+/// commas or several filters; they select the union of the types (kiln
+/// records have exactly one type). Any other key is refused rather than
+/// ignored, so that a filter kilnd does not understand never widens a
+/// prune.
+pub fn parse_filters(filters: &[String]) -> Result<Vec<String>, Status> {
+    let mut types = Vec::new();
+    for f in filters {
+        for term in f.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (key, value) = term
+                .split_once("==")
+                .or_else(|| term.split_once('='))
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("invalid filter {term:?} (expected type==T)"))
+                })?;
+            match key.trim() {
+                "type" => {
+                    let v = value.trim().to_string();
+                    if !types.contains(&v) {
+                        types.push(v);
+                    }
+                }
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "unsupported filter key {other:?} (kilnd supports type==)"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(types)
+}
+
+fn timestamp(secs: u64) -> Option<prost_types::Timestamp> {
+    (secs > 0).then(|| prost_types::Timestamp {
+        seconds: i64::try_from(secs).unwrap_or(i64::MAX),
+        nanos: 0,
+    })
+}
+
+/// One cache record as BuildKit describes it.
+pub fn usage_record(r: &RecordInfo) -> UsageRecord {
+    UsageRecord {
+        id: r.lease.id.clone(),
+        mutable: r.record_type == kiln_worker::cache::TYPE_CACHE_MOUNT,
+        in_use: false,
+        size: i64::try_from(r.size).unwrap_or(i64::MAX),
+        created_at: timestamp(r.lease.created_secs),
+        last_used_at: timestamp(r.last_used),
+        description: r.description.clone(),
+        record_type: r.record_type.clone(),
+        shared: false,
+        ..Default::default()
+    }
+}
+
+/// DiskUsage: every cache record (most recently used first), narrowed by
+/// `type==` filters. `ageLimit` is ignored.
+pub async fn disk_usage(d: &Daemon, req: DiskUsageRequest) -> Result<DiskUsageResponse, Status> {
+    let types = parse_filters(&req.filter)?;
+    let records = kiln_worker::prune::disk_usage(&d.ctrd)
+        .await
+        .map_err(|e| status_of(&e, e.kind()))?;
+    Ok(DiskUsageResponse {
+        record: records
+            .iter()
+            .filter(|r| types.is_empty() || types.contains(&r.record_type))
+            .map(usage_record)
+            .collect(),
+    })
+}
+
+/// The engine's prune options for a BuildKit PruneRequest.
+///
+/// `maxUsedSpace` (or, without it, `reservedSpace`, the old keepBytes)
+/// bounds what is kept; `minFreeSpace` needs the disk's free space, which
+/// kilnd does not measure, so it is refused rather than ignored.
+pub fn prune_options(req: &PruneRequest) -> Result<PruneOptions, Status> {
+    if req.min_free_space > 0 {
+        return Err(Status::invalid_argument(
+            "minFreeSpace is not supported by kilnd; use maxUsedSpace or reservedSpace",
+        ));
+    }
+    let positive = |v: i64| u64::try_from(v).ok().filter(|&v| v > 0);
+    let keep_storage = match (positive(req.max_used_space), positive(req.reserved_space)) {
+        (Some(max), Some(reserved)) => Some(max.max(reserved)),
+        (Some(max), None) => Some(max),
+        (None, reserved) => reserved,
+    };
+    Ok(PruneOptions {
+        all: req.all,
+        keep_storage,
+        keep_duration: positive(req.keep_duration).map(Duration::from_nanos),
+        types: parse_filters(&req.filter)?,
+    })
+}
+
+/// Prune: removes records as asked and returns what went, for Control to
+/// stream.
+pub async fn prune(d: &Daemon, req: PruneRequest) -> Result<Vec<UsageRecord>, Status> {
+    let opts = prune_options(&req)?;
+    let report = kiln_worker::prune::prune(&d.ctrd, &opts)
+        .await
+        .map_err(|e| status_of(&e, e.kind()))?;
+    tracing::info!(
+        removed = report.removed.len(),
+        reclaimed = report.reclaimed,
+        "pruned build cache"
+    );
+    Ok(report.removed.iter().map(usage_record).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_snapshot::containerd::LeaseInfo;
+
+    #[test]
+    fn worker_id_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        let a = worker_id(&root).expect("created");
+        assert_eq!(a.len(), 25);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        let b = worker_id(&root).expect("read back");
+        assert_eq!(a, b);
+        std::fs::write(root.join(WORKER_ID_FILE), "fixed-id\n").expect("write");
+        assert_eq!(worker_id(&root).expect("read"), "fixed-id");
+    }
+
+    #[test]
+    fn record_carries_the_labels_nerdctl_checks() {
+        let r = worker_record("w1".into(), "ns1", "overlayfs", "uuid-1", &[]);
+        assert_eq!(r.id, "w1");
+        let l = |k: &str| r.labels.get(k).map(String::as_str);
+        assert_eq!(l(labels::EXECUTOR), Some("containerd"));
+        assert_eq!(l(labels::SNAPSHOTTER), Some("overlayfs"));
+        assert_eq!(l(labels::NAMESPACE), Some("ns1"));
+        assert_eq!(l(labels::UUID), Some("uuid-1"));
+        assert_eq!(l(labels::NETWORK), Some("host"));
+        assert_eq!(l(labels::SELINUX), Some("false"));
+        assert!(r.labels.contains_key(labels::HOSTNAME));
+        assert_eq!(r.platforms.len(), 1);
+        assert_eq!(r.platforms[0].os, "linux");
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(r.platforms[0].architecture, "amd64");
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(r.platforms[0].architecture, "arm64");
+        assert_eq!(r.gc_policy.len(), 4, "BuildKit-like defaults");
+        assert_eq!(r.gc_policy[0].keep_duration, 48 * 3600 * 1_000_000_000);
+        assert!(r.gc_policy[3].all);
+        let v = r.buildkit_version.expect("version");
+        assert_eq!(v.version, "v0.1.0-kiln");
+        assert_eq!(v.package, PACKAGE);
+    }
+
+    #[test]
+    fn configured_gc_replaces_the_defaults() {
+        let gc = [GcPolicy {
+            all: true,
+            keep_duration: Some(Duration::from_secs(2)),
+            reserved_space: Some(5),
+            max_used_space: Some(6),
+            min_free_space: Some(7),
+            filters: vec!["type==regular".into()],
+        }];
+        let r = worker_record("w".into(), "n", "s", "u", &gc);
+        assert_eq!(
+            r.gc_policy,
+            vec![GcPolicyRecord {
+                all: true,
+                keep_duration: 2_000_000_000,
+                filters: vec!["type==regular".into()],
+                reserved_space: 5,
+                max_used_space: 6,
+                min_free_space: 7,
+            }]
+        );
+    }
+
+    #[test]
+    fn filters_select_types_and_refuse_the_rest() {
+        let f = |v: &[&str]| parse_filters(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(f(&[]).expect("none"), Vec::<String>::new());
+        assert_eq!(f(&["type==regular"]).expect("one"), vec!["regular"]);
+        assert_eq!(
+            f(&["type=regular", "type==exec.cachemount,type==regular"]).expect("union"),
+            vec!["regular", "exec.cachemount"]
+        );
+        let err = f(&["until=24h"]).expect_err("unsupported");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            err.message(),
+            "unsupported filter key \"until\" (kilnd supports type==)"
+        );
+        assert_eq!(
+            f(&["regular"]).expect_err("no key").code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn prune_requests_map_to_engine_options() {
+        let o = prune_options(&PruneRequest {
+            filter: vec!["type==exec.cachemount".into()],
+            all: true,
+            keep_duration: 3_600_000_000_000,
+            reserved_space: 100,
+            max_used_space: 0,
+            min_free_space: 0,
+        })
+        .expect("valid");
+        assert!(o.all);
+        assert_eq!(o.keep_duration, Some(Duration::from_secs(3600)));
+        assert_eq!(o.keep_storage, Some(100));
+        assert_eq!(o.types, vec!["exec.cachemount"]);
+
+        let o = prune_options(&PruneRequest {
+            reserved_space: 100,
+            max_used_space: 50,
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(o.keep_storage, Some(100), "never below the reserve");
+        let o = prune_options(&PruneRequest::default()).expect("valid");
+        assert_eq!(o.keep_storage, None);
+        assert_eq!(o.keep_duration, None);
+        assert!(o.types.is_empty());
+
+        let err = prune_options(&PruneRequest {
+            min_free_space: 1,
+            ..Default::default()
+        })
+        .expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn usage_records_describe_cache_records() {
+        let r = RecordInfo {
+            lease: LeaseInfo {
+                id: "kiln/cache/abc".into(),
+                labels: HashMap::new(),
+                created_secs: 100,
+            },
+            record_type: "exec.cachemount".into(),
+            size: 42,
+            description: "cache mount /root/.cache".into(),
+            last_used: 200,
+        };
+        let u = usage_record(&r);
+        assert_eq!(u.id, "kiln/cache/abc");
+        assert!(u.mutable);
+        assert!(!u.in_use && !u.shared);
+        assert_eq!(u.size, 42);
+        assert_eq!(u.record_type, "exec.cachemount");
+        assert_eq!(u.description, "cache mount /root/.cache");
+        assert_eq!(u.created_at.map(|t| t.seconds), Some(100));
+        assert_eq!(u.last_used_at.map(|t| t.seconds), Some(200));
+        let regular = usage_record(&RecordInfo {
+            record_type: "regular".into(),
+            last_used: 0,
+            ..r
+        });
+        assert!(!regular.mutable);
+        assert_eq!(regular.last_used_at, None);
+    }
+}
