@@ -28,6 +28,7 @@
 //! file only; it never follows a symlink out of the context and never
 //! writes into it.
 
+use crate::fileop::root::{is_hidden, rel_string, segments, Seg};
 use crate::ignore::{clean_path, contains_wildcards, glob_match, IgnoreError, PatternMatcher};
 use kiln_solver::Digest;
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,7 @@ use std::fs::Metadata;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -433,12 +434,6 @@ struct Filters {
     exclude: Option<PatternMatcher>,
 }
 
-/// Same rule as `fileop::root::is_hidden`: matched, and not a directory an
-/// exception could re-open.
-fn is_hidden(hide: &PatternMatcher, rel: &str, is_dir: bool) -> bool {
-    hide.matches(rel) && !(is_dir && hide.might_include_children(rel))
-}
-
 /// Writes one length-prefixed field, so that no two record streams can
 /// collide by shifting bytes between fields.
 fn put(h: &mut Sha256, tag: u8, bytes: &[u8]) {
@@ -447,29 +442,11 @@ fn put(h: &mut Sha256, tag: u8, bytes: &[u8]) {
     h.update(bytes);
 }
 
-fn rel_string(rel: &[OsString]) -> String {
-    let parts: Vec<_> = rel.iter().map(|c| c.to_string_lossy()).collect();
-    parts.join("/")
-}
-
 /// Where a source resolved inside the context.
 struct Resolved {
     rel: Vec<OsString>,
     /// Some existing component on the way is hidden by `.dockerignore`.
     hidden: bool,
-}
-
-enum Seg {
-    Parent,
-    Name(OsString),
-}
-
-fn segments(path: &Path) -> impl Iterator<Item = Seg> + '_ {
-    path.components().filter_map(|c| match c {
-        Component::ParentDir => Some(Seg::Parent),
-        Component::Normal(n) => Some(Seg::Name(n.to_os_string())),
-        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-    })
 }
 
 /// One digest computation over a locked context cache.

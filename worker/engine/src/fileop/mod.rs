@@ -17,7 +17,7 @@ mod copy;
 mod meta;
 mod ops;
 mod owner;
-mod root;
+pub(crate) mod root;
 mod unpack;
 
 #[cfg(test)]

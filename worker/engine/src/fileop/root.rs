@@ -48,12 +48,14 @@ pub(crate) fn display(root: &Path, host: &Path) -> String {
     }
 }
 
-enum Seg {
+/// One component of a path to resolve inside a root.
+pub(crate) enum Seg {
     Parent,
     Name(OsString),
 }
 
-fn segments(path: &Path) -> impl Iterator<Item = Seg> + '_ {
+/// The components of `path` that matter inside a root (`..` and names).
+pub(crate) fn segments(path: &Path) -> impl Iterator<Item = Seg> + '_ {
     path.components().filter_map(|c| match c {
         Component::ParentDir => Some(Seg::Parent),
         Component::Normal(n) => Some(Seg::Name(n.to_os_string())),
