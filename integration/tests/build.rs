@@ -1,6 +1,9 @@
 //! Issue 2's acceptance: Dockerfiles built into a private containerd by the
 //! `kiln` binary, checked with `ctr` and the content store.
 
+mod common;
+
+use common::image_config;
 use kiln_integration::{Harness, KilnOutput};
 
 /// The config JSON of image `name`.
@@ -12,169 +15,26 @@ fn ok(out: KilnOutput) -> KilnOutput {
     out.ok()
 }
 
-fn image_config(h: &Harness, ns: &str, name: &str) -> serde_json::Value {
-    let manifest = h.manifest(ns, name);
-    let cfg = manifest["config"]["digest"]
-        .as_str()
-        .expect("config digest");
-    serde_json::from_str(&h.ctr(ns, &["content", "get", cfg]).expect("config")).expect("json")
-}
-
 fn ctr_run(h: &Harness, ns: &str, image: &str, id: &str, cmd: &[&str]) -> String {
     h.run_image(ns, image, id, cmd)
-}
-
-const FULL: &str = r#"# every instruction of the engine's subset
-ARG BASE=busybox
-FROM ${BASE} AS base
-ARG GREETING=hi
-ENV APP_HOME=/srv/app MODE=test
-WORKDIR $APP_HOME
-COPY greeting.txt ./
-ADD files.tar /srv/unpacked/
-RUN echo "$GREETING from $MODE" > run.txt && chown app run.txt
-USER app
-RUN id -u > /tmp/whoami
-LABEL org.example.kind="full test" version=1
-EXPOSE 8080 53/udp
-ENTRYPOINT ["sh", "-c"]
-CMD ["cat /srv/app/greeting.txt /srv/app/run.txt /srv/unpacked/inside.txt /tmp/whoami"]
-"#;
-
-fn tar_with(name: &str, body: &str) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut hdr = tar::Header::new_gnu();
-    hdr.set_size(body.len() as u64);
-    hdr.set_mode(0o644);
-    hdr.set_uid(0);
-    hdr.set_gid(0);
-    hdr.set_mtime(1_700_000_000);
-    hdr.set_cksum();
-    b.append_data(&mut hdr, name, body.as_bytes()).expect("tar");
-    b.into_inner().expect("tar")
 }
 
 #[tokio::test]
 async fn every_instruction_builds_and_runs_unpacked() {
     let ns = "full";
     let h = Harness::with_busybox(ns).await;
-    let ctx = h.context(
-        "full",
-        &[
-            ("Dockerfile", FULL),
-            ("greeting.txt", "hello from the context\n"),
-        ],
-    );
-    std::fs::write(
-        ctx.join("files.tar"),
-        tar_with("inside.txt", "extracted by ADD\n"),
-    )
-    .expect("tar");
-    let out = ok(build(
-        &h,
-        ns,
-        &[
-            "-t",
-            "full:1",
-            "--build-arg",
-            "GREETING=howdy",
-            "--label",
-            "extra=yes",
-            ctx.to_str().expect("utf8"),
-        ],
-    ));
+    let ctx = common::full_context(&h, "full");
+    let mut args = vec!["-t", "full:1"];
+    args.extend_from_slice(common::FULL_ARGS);
+    args.push(ctx.to_str().expect("utf8"));
+    let out = ok(build(&h, ns, &args));
     assert!(
         out.stdout.contains("docker.io/library/full:1"),
         "{}",
         out.stdout
     );
     assert!(out.stdout.contains("manifest sha256:"), "{}", out.stdout);
-
-    let printed = ctr_run(&h, ns, "docker.io/library/full:1", "full-run", &[]);
-    assert_eq!(
-        printed,
-        "hello from the context\nhowdy from test\nextracted by ADD\n1000\n"
-    );
-
-    let cfg = image_config(&h, ns, "docker.io/library/full:1");
-    let c = &cfg["config"];
-    assert_eq!(c["User"], "app");
-    assert_eq!(c["WorkingDir"], "/srv/app");
-    assert_eq!(c["Entrypoint"], serde_json::json!(["sh", "-c"]));
-    assert_eq!(
-        c["Cmd"],
-        serde_json::json!([
-            "cat /srv/app/greeting.txt /srv/app/run.txt /srv/unpacked/inside.txt /tmp/whoami"
-        ])
-    );
-    assert_eq!(
-        c["Env"],
-        serde_json::json!([
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "APP_HOME=/srv/app",
-            "MODE=test"
-        ])
-    );
-    assert_eq!(
-        c["Labels"],
-        serde_json::json!({"org.example.kind": "full test", "version": "1", "extra": "yes"})
-    );
-    assert_eq!(
-        c["ExposedPorts"],
-        serde_json::json!({"8080/tcp": {}, "53/udp": {}})
-    );
-    let history: Vec<(String, bool)> = cfg["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|e| {
-            (
-                e["created_by"].as_str().unwrap_or("").to_string(),
-                e["empty_layer"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect();
-    let expected: Vec<(String, bool)> = vec![
-        ("kiln import ".to_string(), false),
-        ("ARG GREETING=howdy".into(), true),
-        ("ENV APP_HOME=/srv/app MODE=test".into(), true),
-        ("WORKDIR /srv/app".into(), false),
-        ("COPY greeting.txt ./ # buildkit".into(), false),
-        ("ADD files.tar /srv/unpacked/ # buildkit".into(), false),
-        ("RUN |1 GREETING=howdy /bin/sh -c echo \"$GREETING from $MODE\" > run.txt && chown app run.txt # buildkit".into(), false),
-        ("USER app".into(), true),
-        ("RUN |1 GREETING=howdy /bin/sh -c id -u > /tmp/whoami # buildkit".into(), false),
-        ("LABEL org.example.kind=full test version=1".into(), true),
-        ("EXPOSE [53/udp 8080/tcp]".into(), true),
-        ("ENTRYPOINT [\"sh\" \"-c\"]".into(), true),
-        ("CMD [\"cat /srv/app/greeting.txt /srv/app/run.txt /srv/unpacked/inside.txt /tmp/whoami\"]".into(), true),
-    ];
-    assert_eq!(history.len(), expected.len(), "history: {history:#?}");
-    for (got, want) in history.iter().zip(&expected) {
-        if want.0 == "kiln import " {
-            assert!(got.0.starts_with("kiln import "), "{got:?}");
-            assert_eq!(got.1, want.1);
-        } else {
-            assert_eq!(got, want);
-        }
-    }
-    let layers = history.iter().filter(|(_, empty)| !empty).count();
-    assert_eq!(
-        cfg["rootfs"]["diff_ids"]
-            .as_array()
-            .expect("diff_ids")
-            .len(),
-        layers
-    );
-
-    let check = h.ctr(ns, &["images", "check"]).expect("ctr images check");
-    let line = check
-        .lines()
-        .find(|l| l.starts_with("docker.io/library/full:1"))
-        .expect("image listed");
-    assert!(line.contains("complete"), "{line}");
-    assert!(line.contains("true"), "not unpacked: {line}");
-    assert!(h.leftovers(ns).expect("ctr").is_empty());
+    common::check_full_image(&h, ns, "docker.io/library/full:1");
 }
 
 #[tokio::test]

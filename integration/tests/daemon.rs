@@ -1,6 +1,8 @@
 //! Issue 4's acceptance through kilnd: the kiln client, raw LLB over the
 //! Control API, exporters, workers, load and disconnects.
 
+mod common;
+
 use kiln_integration::{step_printed, Harness, KilnOutput, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, ListWorkersRequest, SolveRequest, StatusRequest};
@@ -86,6 +88,45 @@ async fn the_kiln_client_builds_through_kilnd_like_embedded_mode() {
         "{last}"
     );
     assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_full_dockerfile_gives_the_same_image_through_kilnd() {
+    let ns = "remote-full";
+    let (h, k) = setup(ns).await;
+    let ctx = common::full_context(&h, "remote-full");
+    let mut args = vec!["-t", "full:remote"];
+    args.extend_from_slice(common::FULL_ARGS);
+    args.push(ctx.to_str().expect("utf8"));
+    remote(&h, &k, ns, &args).ok();
+    common::check_full_image(&h, ns, "docker.io/library/full:remote");
+    // Multi-stage with --target through kilnd: only the needed stages run.
+    let df = "FROM busybox AS unused\nRUN echo UNUSED-STAGE-RAN\n\
+              FROM busybox AS builder\nRUN echo BUILDER-RAN && echo built > /artifact\n\
+              FROM busybox AS final\nCOPY --from=builder /artifact /artifact\n";
+    let multi = h.context("remote-multi", &[("Dockerfile", df)]);
+    let out = remote(
+        &h,
+        &k,
+        ns,
+        &[
+            "-t",
+            "multi:remote",
+            "--target",
+            "final",
+            multi.to_str().expect("utf8"),
+        ],
+    )
+    .ok();
+    assert!(step_printed(&out.stderr, "BUILDER-RAN"), "{}", out.stderr);
+    assert!(!out.stderr.contains("UNUSED-STAGE-RAN"), "{}", out.stderr);
+    let printed = h.run_image(
+        ns,
+        "docker.io/library/multi:remote",
+        "multi-remote",
+        &["cat", "/artifact"],
+    );
+    assert_eq!(printed, "built\n");
 }
 
 #[tokio::test]
