@@ -474,9 +474,19 @@ impl Drop for Kilnd {
 }
 
 impl Harness {
+    /// Starts kilnd with extra flags (e.g. a TLS `--addr tcp://...`) besides
+    /// its unix socket, and waits until it listens on every address.
+    pub async fn start_kilnd_with(&self, namespace: &str, extra: &[&str]) -> HarnessResult<Kilnd> {
+        self.spawn_kilnd(namespace, extra).await
+    }
+
     /// Starts kilnd on this containerd in `namespace` and waits until its
     /// socket answers.
     pub async fn start_kilnd(&self, namespace: &str) -> HarnessResult<Kilnd> {
+        self.spawn_kilnd(namespace, &[]).await
+    }
+
+    async fn spawn_kilnd(&self, namespace: &str, extra: &[&str]) -> HarnessResult<Kilnd> {
         let socket = self.state_dir().join(format!("kilnd-{namespace}.sock"));
         let log = self.state_dir().join(format!("kilnd-{namespace}.log"));
         let logf = std::fs::File::create(&log).map_err(|e| format!("kilnd log: {e}"))?;
@@ -489,6 +499,7 @@ impl Harness {
             .arg(&self.socket)
             .arg("--namespace")
             .arg(namespace)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
@@ -500,7 +511,14 @@ impl Harness {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if k.socket.exists() && containerd_client::connect(&k.socket).await.is_ok() {
+            let listening = std::fs::read_to_string(&k.log)
+                .unwrap_or_default()
+                .matches("listening")
+                .count();
+            if k.socket.exists()
+                && containerd_client::connect(&k.socket).await.is_ok()
+                && listening > extra.iter().filter(|a| **a == "--addr").count()
+            {
                 return Ok(k);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -50,6 +50,18 @@ struct Cli {
     /// `tcp://host:port`; without it the engine runs in this process.
     #[arg(long, env = "KILN_HOST", global = true)]
     addr: Option<String>,
+    /// CA certificate to verify a tcp:// daemon with (enables TLS).
+    #[arg(long, global = true)]
+    tlscacert: Option<PathBuf>,
+    /// Client certificate for a daemon that requires one.
+    #[arg(long, global = true)]
+    tlscert: Option<PathBuf>,
+    /// Client key for --tlscert.
+    #[arg(long, global = true)]
+    tlskey: Option<PathBuf>,
+    /// Server name to verify instead of the address's host.
+    #[arg(long, global = true)]
+    tlsservername: Option<String>,
     /// kiln's state directory (mount points and FIFOs; no image data).
     #[arg(
         long,
@@ -176,7 +188,15 @@ async fn run(cli: Cli) -> Result<()> {
                     .filter(|s| !s.is_empty())
             });
             match addr {
-                Some(addr) => build_remote(&addr, args).await,
+                Some(addr) => {
+                    let tls = remote::ClientTls {
+                        ca: cli.tlscacert.clone(),
+                        cert: cli.tlscert.clone(),
+                        key: cli.tlskey.clone(),
+                        server_name: cli.tlsservername.clone(),
+                    };
+                    build_remote(&addr, &tls, args).await
+                }
                 None => build(config, cli.root, args).await,
             }
         }
@@ -357,7 +377,7 @@ fn parse_outputs(outputs: &[String]) -> Result<(Vec<String>, Compression)> {
 }
 
 /// `kiln build` against a daemon.
-async fn build_remote(addr: &str, args: BuildArgs) -> Result<()> {
+async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> Result<()> {
     let context = args
         .context
         .canonicalize()
@@ -399,7 +419,7 @@ async fn build_remote(addr: &str, args: BuildArgs) -> Result<()> {
         .iter()
         .map(|n| kiln_dockerfile::reference::normalize(n).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
-    let channel = remote::connect(addr).await?;
+    let channel = remote::connect(addr, tls).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
     let resp = remote::build(

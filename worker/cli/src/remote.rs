@@ -26,24 +26,98 @@ pub struct RemoteBuild {
     pub tags: Vec<String>,
 }
 
-/// Connects to `addr`: `unix:///path` or `tcp://host:port`.
-pub async fn connect(addr: &str) -> Result<Channel> {
+/// TLS settings for `tcp://` daemons (buildctl's `--tlscacert`,
+/// `--tlscert`, `--tlskey`, `--tlsservername`).
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+impl ClientTls {
+    fn enabled(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some()
+    }
+
+    fn config(&self) -> Result<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = self
+            .ca
+            .as_ref()
+            .ok_or_else(|| anyhow!("--tlscacert is needed to verify the daemon"))?;
+        for c in
+            CertificateDer::pem_file_iter(ca).with_context(|| format!("read {}", ca.display()))?
+        {
+            roots.add(c.with_context(|| format!("parse {}", ca.display()))?)?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let mut config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let certs = CertificateDer::pem_file_iter(cert)
+                    .with_context(|| format!("read {}", cert.display()))?
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .with_context(|| format!("parse {}", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .with_context(|| format!("read {}", key.display()))?;
+                builder.with_client_auth_cert(certs, key)?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err(anyhow!("--tlscert and --tlskey go together")),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+}
+
+/// Connects to `addr`: `unix:///path` or `tcp://host:port` (with TLS when
+/// `tls` says so).
+pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel> {
     if let Some(path) = addr.strip_prefix("unix://") {
         return containerd_client::connect(path)
             .await
             .with_context(|| format!("cannot connect to kilnd at {addr}"));
     }
     if let Some(hp) = addr.strip_prefix("tcp://") {
+        if !tls.enabled() {
+            return tonic::transport::Endpoint::from_shared(format!("http://{hp}"))?
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to kilnd at {addr}"));
+        }
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls.config()?));
+        let host = hp
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(hp)
+            .to_string();
+        let name = tls.server_name.clone().unwrap_or(host);
+        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+            .with_context(|| format!("invalid TLS server name {name:?}"))?;
+        let target = hp.to_string();
         return tonic::transport::Endpoint::from_shared(format!("http://{hp}"))?
-            .connect()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let (connector, server_name, target) =
+                    (connector.clone(), server_name.clone(), target.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(target).await?;
+                    let tls = connector.connect(server_name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            }))
             .await
-            .with_context(|| format!("cannot connect to kilnd at {addr}"));
+            .with_context(|| format!("cannot connect to kilnd at {addr} over TLS"));
     }
     Err(anyhow!(
         "unsupported address {addr:?}: use unix:///path or tcp://host:port"
     ))
 }
-
 fn random_id(len: usize) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
