@@ -227,7 +227,22 @@ impl ContainerdExecutor {
         make_cwd(&step.rootfs, cwd, &user)
             .map_err(io_err("create working directory", Path::new(cwd)))?;
 
-        let oci = build_spec(step, &user, &hosts, &resolv);
+        // /etc/hostname, as BuildKit provides it.
+        let hostname = dir.join("hostname");
+        std::fs::write(&hostname, format!("{}\n", spec::hostname(step)))
+            .map_err(io_err("write", &hostname))?;
+        let mut oci = build_spec(step, &user, &hosts, &resolv);
+        let mut mounts = oci.mounts().clone().unwrap_or_default();
+        if let Ok(m) = oci_spec::runtime::MountBuilder::default()
+            .destination("/etc/hostname")
+            .typ("bind")
+            .source(&hostname)
+            .options(vec!["rbind".to_string(), "ro".to_string()])
+            .build()
+        {
+            mounts.push(m);
+        }
+        oci.set_mounts(Some(mounts));
         let dests: Vec<String> = oci
             .mounts()
             .iter()

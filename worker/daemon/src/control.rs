@@ -87,7 +87,10 @@ async fn run_solve(
             return Err(Status::cancelled("build cancelled"));
         };
         if let Some(err) = ret.error.filter(|e| e.code != 0) {
-            return Err(Status::new(tonic::Code::from(err.code), err.message));
+            return Err(Status::new(
+                tonic::Code::from(err.code),
+                strip_code_prefix(&err.message),
+            ));
         }
         let Some(result) = ret.result else {
             return Ok(SolveResponse::default());
@@ -124,6 +127,37 @@ async fn run_solve(
     Ok(SolveResponse {
         exporter_response: exported?,
     })
+}
+
+/// A returned error's message without the `NotFound: ` style prefixes Go
+/// clients put in front (the code travels separately; clients print it).
+fn strip_code_prefix(message: &str) -> String {
+    const NAMES: &[&str] = &[
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    let mut m = message;
+    while let Some(rest) = NAMES
+        .iter()
+        .find_map(|n| m.strip_prefix(n).and_then(|r| r.strip_prefix(": ")))
+    {
+        m = rest;
+    }
+    m.to_string()
 }
 
 /// An image config passed as exporter attribute `containerimage.config`.
@@ -297,4 +331,16 @@ where
         f(tx).await;
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_prefixes_are_stripped() {
+        assert_eq!(strip_code_prefix("NotFound: NotFound: gone"), "gone");
+        assert_eq!(strip_code_prefix("Dockerfile:2: bad"), "Dockerfile:2: bad");
+        assert_eq!(strip_code_prefix("InvalidArgument: x: y"), "x: y");
+    }
 }

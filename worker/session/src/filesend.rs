@@ -158,18 +158,49 @@ pub async fn send_local(channel: Channel, exporter_id: Option<usize>, root: &Pat
     export_metadata(req.metadata_mut(), exporter_id, &[])?;
     let codec = tonic_prost::ProstCodec::<Packet, Packet>::default();
     let path = http::uri::PathAndQuery::from_static(DIFF_COPY_METHOD);
-    let mut inbound = grpc
-        .streaming(req, path, codec)
-        .await
-        .map_err(call_err)?
-        .into_inner();
-    send_dir(root, &SendOptions::default(), &mut inbound, tx)
+    // The call resolves only when the client sends response headers, and a
+    // Go gRPC server sends them with its first message, which its fsutil
+    // receiver sends only after our STATs: so the call runs beside the
+    // sender, forwarding what the client says through a channel.
+    let (in_tx, in_rx) = mpsc::channel::<std::result::Result<Packet, Status>>(64);
+    let call = tokio::spawn(async move {
+        let mut inbound = match grpc.streaming(req, path, codec).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                let _ = in_tx.send(Err(s)).await;
+                return;
+            }
+        };
+        loop {
+            match inbound.message().await {
+                Ok(Some(p)) => {
+                    if in_tx.send(Ok(p)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(s) => {
+                    let _ = in_tx.send(Err(s)).await;
+                    return;
+                }
+            }
+        }
+    });
+    let mut inbound = ReceiverStream::new(in_rx);
+    let sent = send_dir(root, &SendOptions::default(), &mut inbound, tx)
         .await
         .map_err(|source| SessionError::Transfer {
             name: root.display().to_string(),
             source,
-        })?;
-    while inbound.message().await.map_err(call_err)?.is_some() {}
+        });
+    if let Err(e) = sent {
+        call.abort();
+        return Err(e);
+    }
+    while let Some(m) = inbound.next().await {
+        m.map_err(call_err)?;
+    }
+    let _ = call.await;
     Ok(())
 }
 

@@ -162,6 +162,9 @@ pub async fn solve<R: OpRunner>(
     if order.is_empty() {
         return Err(SolveError::Empty);
     }
+    // A failure cancels this solve's vertices, never the caller's token
+    // (which may stand for a whole build that outlives this solve).
+    let cancel = cancel.child_token();
     let mut done: HashMap<VertexId, Vec<R::Ref>> = HashMap::new();
     let mut pending: Vec<VertexId> = order;
     let mut running: JoinSet<Finished<R>> = JoinSet::new();
@@ -404,6 +407,19 @@ mod tests {
         let err = run(&Solver::new(1), &g, b, &f).await.expect_err("fails");
         assert_eq!(err.to_string(), "fail-a");
         assert_eq!(f.runs(), vec!["fail-a"]);
+    }
+
+    #[tokio::test]
+    async fn a_failure_does_not_cancel_the_callers_token() {
+        let mut g = Graph::default();
+        let a = g.add(v("fail-a", "fail", &[])).expect("valid");
+        let f = Arc::new(Fake::default());
+        let token = CancellationToken::new();
+        let err = solve(&Solver::new(1), &g, a, f, token.clone())
+            .await
+            .expect_err("fails");
+        assert_eq!(err.to_string(), "fail-a");
+        assert!(!token.is_cancelled());
     }
 
     #[tokio::test]
