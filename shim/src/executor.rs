@@ -243,6 +243,14 @@ impl ContainerdExecutor {
             mounts.push(m);
         }
         oci.set_mounts(Some(mounts));
+        // One runc shim per kiln process serves all its steps: starting a
+        // shim per step is most of a short step's cost.
+        let mut annotations = oci.annotations().clone().unwrap_or_default();
+        annotations.insert(
+            "io.containerd.runc.v2.group".to_string(),
+            format!("kiln-{}", std::process::id()),
+        );
+        oci.set_annotations(Some(annotations));
         let dests: Vec<String> = oci
             .mounts()
             .iter()
