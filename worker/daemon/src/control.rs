@@ -114,6 +114,14 @@ async fn run_solve(
         )));
     };
     let config = config.unwrap_or_default();
+    let started = std::time::SystemTime::now();
+    let export_name = match exporters.first().map(|e| e.r#type.as_str()) {
+        Some("image") | None => "exporting to image".to_string(),
+        Some(t) => format!("exporting to {t}"),
+    };
+    if !exporters.is_empty() {
+        crate::status::step(&job, &export_name, started, None, None);
+    }
     let exported = crate::export::run(
         &d,
         session.as_ref(),
@@ -123,6 +131,15 @@ async fn run_solve(
         compression,
     )
     .await;
+    if !exporters.is_empty() {
+        crate::status::step(
+            &job,
+            &export_name,
+            started,
+            Some(std::time::SystemTime::now()),
+            exported.as_ref().err().map(|e| e.message().to_string()),
+        );
+    }
     solved.release(exported.is_err()).await;
     Ok(SolveResponse {
         exporter_response: exported?,

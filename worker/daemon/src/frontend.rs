@@ -50,6 +50,9 @@ pub async fn dockerfile(
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| Status::internal(e.to_string()))?;
     }
+    let load_name = format!("[internal] load build definition from {filename}");
+    let load_started = std::time::SystemTime::now();
+    crate::status::step(job, &load_name, load_started, None, None);
     let ignore_name = format!("{filename}.dockerignore");
     kiln_session::filesync::fetch_dir(
         session.channel.clone(),
@@ -67,6 +70,13 @@ pub async fn dockerfile(
             "failed to read dockerfile: open {filename}: no such file or directory"
         ))
     })?;
+    crate::status::step(
+        job,
+        &load_name,
+        load_started,
+        Some(std::time::SystemTime::now()),
+        None,
+    );
     // .dockerignore: next to the Dockerfile (<name>.dockerignore) first,
     // then the context's.
     let mut ignore_text = std::fs::read_to_string(df_dir.join(&ignore_name)).ok();

@@ -148,6 +148,15 @@ impl Jobs {
         })
         .await
         .unwrap_or(false);
+        if !ok {
+            // Nobody started it: do not keep the placeholder around.
+            let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if m.get(id)
+                .is_some_and(|j| Arc::ptr_eq(j, &job) && !*j.started.borrow())
+            {
+                m.remove(id);
+            }
+        }
         ok.then_some(job)
     }
 

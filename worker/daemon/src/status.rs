@@ -77,3 +77,25 @@ pub async fn forward(
         job.publish(s);
     }
 }
+
+/// Reports a daemon-side step (loading the definition, exporting) as a
+/// vertex of its own: once when it starts, once when it ends.
+pub fn step(
+    job: &Job,
+    name: &str,
+    started: SystemTime,
+    completed: Option<SystemTime>,
+    error: Option<String>,
+) {
+    job.publish(StatusResponse {
+        vertexes: vec![Vertex {
+            digest: Digest::of(format!("kiln-step:{}:{name}", job.id).as_bytes()).to_string(),
+            name: name.to_string(),
+            started: Some(ts(started)),
+            completed: completed.map(ts),
+            error: error.unwrap_or_default(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+}
