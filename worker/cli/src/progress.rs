@@ -1,5 +1,7 @@
 //! Progress display: BuildKit's plain style (`#N name`, output lines
-//! prefixed with `#N`, `#N DONE 0.3s`).
+//! prefixed with `#N`, `#N DONE 0.3s`), a live terminal view (finished
+//! steps scroll up, running steps stay at the bottom with their elapsed
+//! time), and raw JSON events.
 
 use anyhow::{anyhow, Result};
 use kiln_worker::ProgressEvent;
@@ -21,9 +23,12 @@ impl Mode {
     pub fn parse(s: &str) -> Result<Mode> {
         match s {
             "plain" => Ok(Mode::Plain),
-            // Live line rewriting comes later; a terminal gets the same
-            // stream for now.
-            "tty" | "auto" => Ok(Mode::Tty),
+            "tty" => Ok(Mode::Tty),
+            "auto" => Ok(if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                Mode::Tty
+            } else {
+                Mode::Plain
+            }),
             "rawjson" => Ok(Mode::RawJson),
             other => Err(anyhow!(
                 "invalid --progress {other:?}: use auto, plain, tty or rawjson"
@@ -70,10 +75,146 @@ async fn render_json(mut rx: UnboundedReceiver<ProgressEvent>) {
     }
 }
 
+/// A step the live view shows.
+struct LiveStep {
+    n: usize,
+    name: String,
+    started: std::time::Instant,
+}
+
+/// The bottom block of the live view: a header and one line per running
+/// step, each cut to `width` columns.
+fn live_block(
+    running: &[LiveStep],
+    done: usize,
+    total: usize,
+    elapsed: f64,
+    now: std::time::Instant,
+    width: usize,
+) -> Vec<String> {
+    let cut = |s: String| -> String {
+        if s.chars().count() <= width {
+            s
+        } else {
+            s.chars().take(width.saturating_sub(1)).collect::<String>() + "…"
+        }
+    };
+    let mut lines = vec![cut(format!("[+] Building {elapsed:.1}s ({done}/{total})"))];
+    for s in running {
+        let t = now.duration_since(s.started).as_secs_f64();
+        lines.push(cut(format!(" => #{} {}  {t:.1}s", s.n, s.name)));
+    }
+    lines
+}
+
+/// The live terminal view.
+async fn render_tty(mut rx: UnboundedReceiver<ProgressEvent>) {
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100usize)
+        .max(20);
+    let began = std::time::Instant::now();
+    let mut running: Vec<LiveStep> = Vec::new();
+    let mut numbers: HashMap<usize, usize> = HashMap::new();
+    let mut partial: HashMap<usize, Vec<u8>> = HashMap::new();
+    let (mut next, mut done) = (1usize, 0usize);
+    let mut drawn = 0usize;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let out = std::io::stderr();
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => match e { Some(e) => Some(e), None => break },
+            _ = tick.tick() => None,
+        };
+        let mut o = out.lock();
+        // Erase the previous live block.
+        for _ in 0..drawn {
+            let _ = write!(o, "\x1b[1A\x1b[2K");
+        }
+        match event {
+            Some(ProgressEvent::Started { vertex, name, .. }) => {
+                numbers.insert(vertex, next);
+                running.push(LiveStep {
+                    n: next,
+                    name,
+                    started: std::time::Instant::now(),
+                });
+                next += 1;
+            }
+            Some(ProgressEvent::Log { vertex, data, .. }) => {
+                let n = numbers.get(&vertex).copied().unwrap_or(0);
+                let buf = partial.entry(vertex).or_default();
+                buf.extend_from_slice(&data);
+                while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let _ = writeln!(
+                        o,
+                        "#{n} {}",
+                        String::from_utf8_lossy(&line[..line.len() - 1])
+                    );
+                }
+            }
+            Some(ProgressEvent::Completed {
+                vertex,
+                name,
+                cached,
+                error,
+                ..
+            }) => {
+                let n = numbers.get(&vertex).copied().unwrap_or(0);
+                let secs = running
+                    .iter()
+                    .find(|s| s.n == n)
+                    .map(|s| s.started.elapsed().as_secs_f64())
+                    .unwrap_or(0.0);
+                running.retain(|s| s.n != n);
+                done += 1;
+                let status = match (&error, cached) {
+                    (Some(e), _) => format!("ERROR: {e}"),
+                    (None, true) => "CACHED".to_string(),
+                    (None, false) => format!("DONE {secs:.1}s"),
+                };
+                let _ = writeln!(o, " => #{n} {name}  {status}");
+            }
+            Some(ProgressEvent::Info { message }) => {
+                let _ = writeln!(o, " => {message}");
+            }
+            None => {}
+        }
+        let block = live_block(
+            &running,
+            done,
+            next - 1,
+            began.elapsed().as_secs_f64(),
+            std::time::Instant::now(),
+            width,
+        );
+        for l in &block {
+            let _ = writeln!(o, "{l}");
+        }
+        drawn = block.len();
+        let _ = o.flush();
+    }
+    let mut o = out.lock();
+    for _ in 0..drawn {
+        let _ = write!(o, "\x1b[1A\x1b[2K");
+    }
+    let _ = writeln!(
+        o,
+        "[+] Building {:.1}s ({done}/{}) FINISHED",
+        began.elapsed().as_secs_f64(),
+        next - 1
+    );
+}
+
 /// Renders events until the sender is dropped.
 pub async fn render(rx: UnboundedReceiver<ProgressEvent>, mode: Mode) {
     if mode == Mode::RawJson {
         return render_json(rx).await;
+    }
+    if mode == Mode::Tty {
+        return render_tty(rx).await;
     }
     let mut rx = rx;
     let mut numbers: HashMap<usize, (usize, SystemTime)> = HashMap::new();
@@ -135,5 +276,41 @@ pub async fn render(rx: UnboundedReceiver<ProgressEvent>, mode: Mode) {
                 next += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_live_block_shows_running_steps_with_their_time_cut_to_width() {
+        let now = Instant::now();
+        let running = vec![
+            LiveStep {
+                n: 3,
+                name: "RUN make".into(),
+                started: now - Duration::from_millis(1500),
+            },
+            LiveStep {
+                n: 4,
+                name: "RUN a very long command line that goes on and on".into(),
+                started: now,
+            },
+        ];
+        let b = live_block(&running, 2, 4, 2.0, now, 30);
+        assert_eq!(b[0], "[+] Building 2.0s (2/4)");
+        assert_eq!(b[1], " => #3 RUN make  1.5s");
+        assert_eq!(b[2].chars().count(), 30);
+        assert!(b[2].ends_with('…'));
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(Mode::parse("plain").expect("plain"), Mode::Plain);
+        assert_eq!(Mode::parse("tty").expect("tty"), Mode::Tty);
+        assert_eq!(Mode::parse("rawjson").expect("rawjson"), Mode::RawJson);
+        assert!(Mode::parse("fancy").is_err());
     }
 }
