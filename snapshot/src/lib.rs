@@ -14,6 +14,9 @@ pub mod diff;
 pub mod error;
 pub mod layer;
 pub mod mount;
+pub mod snapshotter;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 
 pub use containerd::Containerd;

@@ -58,6 +58,7 @@ const LLB_CAPS: &[&str] = &[
     "meta.ignorecache",
     "meta.description",
     "mergeop",
+    "exporter.multiple",
 ];
 
 fn caps(ids: &[&str]) -> Vec<ApiCap> {
