@@ -525,3 +525,55 @@ async fn tls_needs_a_client_certificate_when_a_ca_is_set() {
         "over-tls\n"
     );
 }
+
+#[tokio::test]
+async fn sigterm_cancels_running_builds_releases_their_leases_and_exits_0() {
+    use std::io::{BufRead, BufReader};
+    let ns = "sigterm";
+    let (h, mut k) = setup(ns).await;
+    let slow = h.context(
+        "term",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo TERM-STARTED && sleep 120\n",
+        )],
+    );
+    let addr = k.addr();
+    let mut child = h
+        .kiln_command(ns)
+        .expect("kiln")
+        .args([
+            "--addr",
+            &addr,
+            "build",
+            "--progress",
+            "plain",
+            slow.to_str().expect("utf8"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        if line.expect("output").contains("TERM-STARTED") {
+            break;
+        }
+    }
+    let started = std::time::Instant::now();
+    let status = k.terminate().expect("kilnd stops");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "kilnd waited for the 120 s step"
+    );
+    let client = child.wait().expect("client exits");
+    assert!(!client.success(), "the cancelled build reported success");
+    assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
+    let leases = h.ctr(ns, &["leases", "ls"]).expect("ctr");
+    assert!(
+        !leases.lines().any(|l| l.starts_with("kiln/build/")),
+        "{leases}"
+    );
+}
