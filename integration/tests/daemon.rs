@@ -577,3 +577,143 @@ async fn sigterm_cancels_running_builds_releases_their_leases_and_exits_0() {
         "{leases}"
     );
 }
+
+/// A gateway request tagged with its build (`buildkit-controlapi-buildid`).
+fn with_id<T>(id: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("buildkit-controlapi-buildid", id.parse().expect("ascii"));
+    r
+}
+
+#[tokio::test]
+async fn the_gateway_flow_builds_and_an_empty_return_is_an_empty_result() {
+    use kiln_proto::gateway::llb_bridge_client::LlbBridgeClient;
+    use kiln_proto::gateway::{result, PingRequest, ReturnRequest, SolveRequest as GwSolve};
+    let ns = "gateway";
+    let (h, k) = setup(ns).await;
+    let channel = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect");
+
+    // buildx's preflight: Solve with no frontend, Ping, Return with nothing.
+    let id = "gatewaypreflight000000001";
+    let mut c = ControlClient::new(channel.clone());
+    let solve = tokio::spawn(async move {
+        c.solve(SolveRequest {
+            r#ref: id.into(),
+            internal: true,
+            ..Default::default()
+        })
+        .await
+    });
+    let mut gw = LlbBridgeClient::new(channel.clone());
+    let pong = gw
+        .ping(with_id(id, PingRequest {}))
+        .await
+        .expect("ping")
+        .into_inner();
+    let caps: HashSet<String> = pong
+        .frontend_api_caps
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    assert!(
+        caps.contains("solve.base") && caps.contains("return"),
+        "{caps:?}"
+    );
+    gw.r#return(with_id(id, ReturnRequest::default()))
+        .await
+        .expect("return");
+    let resp = solve.await.expect("task").expect("solve").into_inner();
+    assert!(resp.exporter_response.is_empty());
+
+    // A real gateway build from a definition, exported as an image.
+    let (src_b, src_d) = op_bytes(&llb::Op {
+        op: Some(llb::op::Op::Source(llb::SourceOp {
+            identifier: "docker-image://docker.io/library/busybox:latest".into(),
+            attrs: HashMap::new(),
+        })),
+        ..Default::default()
+    });
+    let (exec_b, exec_d) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: src_d,
+            index: 0,
+        }],
+        op: Some(llb::op::Op::Exec(llb::ExecOp {
+            meta: Some(llb::Meta {
+                args: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo via-gateway > /g".into(),
+                ],
+                cwd: "/".into(),
+                ..Default::default()
+            }),
+            mounts: vec![llb::Mount {
+                input: 0,
+                dest: "/".into(),
+                output: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    });
+    let (term_b, _) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: exec_d,
+            index: 0,
+        }],
+        ..Default::default()
+    });
+    let id = "gatewaybuild0000000000001";
+    let mut c = ControlClient::new(channel.clone());
+    let solve = tokio::spawn(async move {
+        c.solve(SolveRequest {
+            r#ref: id.into(),
+            exporters: vec![Exporter {
+                r#type: "image".into(),
+                attrs: HashMap::from([("name".to_string(), "docker.io/library/gw:1".to_string())]),
+            }],
+            ..Default::default()
+        })
+        .await
+    });
+    let res = gw
+        .solve(with_id(
+            id,
+            GwSolve {
+                definition: Some(llb::Definition {
+                    def: vec![src_b, exec_b, term_b],
+                    ..Default::default()
+                }),
+                allow_result_return: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("gateway solve")
+        .into_inner();
+    let result = res.result.expect("a result");
+    assert!(matches!(result.result, Some(result::Result::Ref(_))));
+    gw.r#return(with_id(
+        id,
+        ReturnRequest {
+            result: Some(result),
+            error: None,
+        },
+    ))
+    .await
+    .expect("return");
+    let resp = solve.await.expect("task").expect("solve").into_inner();
+    assert_eq!(
+        resp.exporter_response["image.name"],
+        "docker.io/library/gw:1"
+    );
+    assert_eq!(
+        h.run_image(ns, "docker.io/library/gw:1", "gw-run", &["cat", "/g"]),
+        "via-gateway\n"
+    );
+}
