@@ -125,6 +125,21 @@ pub async fn solve(
         }
     };
     let inputs = vertex_inputs(&graph, &digests);
+    // Announce every vertex the result needs up front, as BuildKit does, so
+    // clients know the total before steps start.
+    job.publish(kiln_proto::control::StatusResponse {
+        vertexes: graph
+            .needed_for(result)
+            .into_iter()
+            .map(|v| kiln_proto::control::Vertex {
+                digest: digests[v.0].to_string(),
+                inputs: inputs[v.0].clone(),
+                name: graph.vertex(v).name.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let forward = tokio::spawn(crate::status::forward(rx, digests, inputs, job.clone()));
     let req = BuildRequest {
