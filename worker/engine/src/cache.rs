@@ -128,8 +128,20 @@ pub async fn load(
     Ok(Some(outputs))
 }
 
-/// Deletes a broken record's lease (kiln's own, by construction).
+/// How old a record must be before a missing part means it is broken
+/// rather than still being written by another process.
+const BROKEN_AFTER_SECS: u64 = 600;
+
+/// Deletes a broken record's lease (kiln's own, by construction). A young
+/// record may still be being written by another process: it is only
+/// skipped (a miss), never deleted.
 async fn forget(ctrd: &Containerd, id: &LeaseId, why: &str) {
+    if let Ok(Some(info)) = ctrd.lease_get_kiln(id).await {
+        if now_secs().saturating_sub(info.created_secs) < BROKEN_AFTER_SECS {
+            tracing::debug!(lease = %id, why, "cache record incomplete (being written?); treated as a miss");
+            return;
+        }
+    }
     tracing::warn!(lease = %id, why, "dropping broken cache record");
     if let Err(e) = ctrd.lease_delete(id, false).await {
         tracing::warn!(lease = %id, error = %e, "cannot delete broken cache record");

@@ -123,7 +123,9 @@ impl OpRunner for StepRunner {
                 Ref::Local { .. } => return Ok(()),
             }
         }
-        crate::cache::save(
+        // A record that cannot be saved costs a future rebuild, not this
+        // build: the result itself is safe under the build's lease.
+        if let Err(e) = crate::cache::save(
             &self.ctrd,
             key,
             &chains,
@@ -131,6 +133,10 @@ impl OpRunner for StepRunner {
             &vertex.name,
         )
         .await
+        {
+            tracing::warn!(vertex = %vertex.name, error = %e, "cannot save a cache record");
+        }
+        Ok(())
     }
 
     fn cached(&self, id: VertexId, vertex: &Vertex) {
