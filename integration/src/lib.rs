@@ -316,6 +316,45 @@ pub fn step_printed(stderr: &str, marker: &str) -> bool {
     })
 }
 
+/// A `kiln` run started in the background, stopped at a given point.
+pub struct RunningKiln {
+    pub child: Child,
+    /// The rest of its stderr, line by line.
+    pub rest: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+}
+
+impl Harness {
+    /// Starts `kiln ARGS` in `namespace` and returns once a step printed
+    /// `marker` as an output line; fails the test if it never does.
+    pub fn kiln_until(&self, namespace: &str, args: &[&str], marker: &str) -> RunningKiln {
+        use std::io::BufRead;
+        let mut child = self
+            .kiln_command(namespace)
+            .expect("kiln")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kiln starts");
+        let stderr = child.stderr.take().expect("piped");
+        let mut rest = std::io::BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
+        for line in rest.by_ref() {
+            let line = line.expect("utf8 output");
+            if step_printed(&line, marker) {
+                return RunningKiln { child, rest };
+            }
+            seen.push(line);
+        }
+        let _ = child.kill();
+        let status = child.wait();
+        panic!(
+            "kiln never printed {marker:?} ({status:?}):\n{}",
+            seen.join("\n")
+        );
+    }
+}
+
 /// The result of one `kiln` run.
 #[derive(Debug)]
 pub struct KilnOutput {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::image_config;
-use kiln_integration::{Harness, KilnOutput};
+use kiln_integration::{Harness, KilnOutput, RunningKiln};
 
 /// The config JSON of image `name`.
 fn build(h: &Harness, ns: &str, args: &[&str]) -> KilnOutput {
@@ -292,7 +292,6 @@ async fn bad_input_gives_one_line_and_leaves_nothing() {
 
 #[tokio::test]
 async fn ctrl_c_kills_the_step_and_leaves_nothing() {
-    use std::io::{BufRead, BufReader};
     let ns = "interrupt";
     let h = Harness::with_busybox(ns).await;
     let ctx = h.context(
@@ -302,32 +301,21 @@ async fn ctrl_c_kills_the_step_and_leaves_nothing() {
             "FROM busybox\nRUN echo STEP-STARTED && sleep 60\n",
         )],
     );
-    let mut child = h
-        .kiln_command(ns)
-        .expect("kiln")
-        .args([
+    let RunningKiln {
+        mut child,
+        rest: lines,
+    } = h.kiln_until(
+        ns,
+        &[
             "build",
             "--progress",
             "plain",
             "-t",
             "int",
             ctx.to_str().expect("utf8"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kiln starts");
-    let stderr = child.stderr.take().expect("piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("utf8 output");
-        seen.push(line.clone());
-        if line.contains("STEP-STARTED") {
-            break;
-        }
-    }
-    assert!(seen.iter().any(|l| l.contains("STEP-STARTED")), "{seen:#?}");
+        ],
+        "STEP-STARTED",
+    );
     let started = std::time::Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

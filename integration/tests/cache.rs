@@ -278,7 +278,6 @@ async fn prune_all_leaves_no_kiln_lease_and_images_still_run() {
 
 #[tokio::test]
 async fn a_killed_build_leaves_only_expiring_leases_and_the_next_build_works() {
-    use std::io::{BufRead, BufReader};
     let ns = "sigkill";
     let h = Harness::with_busybox(ns).await;
     let ctx = h.context(
@@ -289,19 +288,12 @@ async fn a_killed_build_leaves_only_expiring_leases_and_the_next_build_works() {
         )],
     );
     let mut child = h
-        .kiln_command(ns)
-        .expect("kiln")
-        .args(["build", "--progress", "plain", ctx.to_str().expect("utf8")])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("kiln starts");
-    let stderr = child.stderr.take().expect("piped");
-    for line in BufReader::new(stderr).lines() {
-        if line.expect("output").contains("STEP-STARTED") {
-            break;
-        }
-    }
+        .kiln_until(
+            ns,
+            &["build", "--progress", "plain", ctx.to_str().expect("utf8")],
+            "STEP-STARTED",
+        )
+        .child;
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
     // What a dead build leaves is held by leases that expire.

@@ -210,10 +210,9 @@ fn op_bytes(op: &llb::Op) -> (Vec<u8>, String) {
     (b, d)
 }
 
-#[tokio::test]
-async fn raw_llb_builds_and_status_reports_its_digests() {
-    let ns = "llb";
-    let (h, k) = setup(ns).await;
+/// A definition: busybox, then `sh -c CMD` on it, then the terminal op.
+/// Returns it with the source's and the exec's digests.
+fn busybox_exec(cmd: &str) -> (llb::Definition, String, String) {
     let (src_b, src_d) = op_bytes(&llb::Op {
         op: Some(llb::op::Op::Source(llb::SourceOp {
             identifier: "docker-image://docker.io/library/busybox:latest".into(),
@@ -228,7 +227,7 @@ async fn raw_llb_builds_and_status_reports_its_digests() {
         }],
         op: Some(llb::op::Op::Exec(llb::ExecOp {
             meta: Some(llb::Meta {
-                args: vec!["/bin/sh".into(), "-c".into(), "echo from-llb > /x".into()],
+                args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
                 cwd: "/".into(),
                 env: vec!["PATH=/bin".into()],
                 ..Default::default()
@@ -254,6 +253,14 @@ async fn raw_llb_builds_and_status_reports_its_digests() {
         def: vec![src_b, exec_b, term_b],
         ..Default::default()
     };
+    (def, src_d, exec_d)
+}
+
+#[tokio::test]
+async fn raw_llb_builds_and_status_reports_its_digests() {
+    let ns = "llb";
+    let (h, k) = setup(ns).await;
+    let (def, src_d, exec_d) = busybox_exec("echo from-llb > /x");
     let mut c = control(&k).await;
     let build_ref = "llbtest0000000000000000001".to_string();
     let mut sc = c.clone();
@@ -371,7 +378,6 @@ async fn eight_clients_at_once_and_a_disconnect_cancels() {
     }
 
     // A client that goes away mid-build cancels it and its lease goes.
-    use std::io::{BufRead, BufReader};
     let slow = h.context(
         "slow",
         &[(
@@ -381,26 +387,19 @@ async fn eight_clients_at_once_and_a_disconnect_cancels() {
     );
     let addr = k.addr();
     let mut child = h
-        .kiln_command(ns)
-        .expect("kiln")
-        .args([
-            "--addr",
-            &addr,
-            "build",
-            "--progress",
-            "plain",
-            slow.to_str().expect("utf8"),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("kiln starts");
-    let stderr = child.stderr.take().expect("piped");
-    for line in BufReader::new(stderr).lines() {
-        if line.expect("output").contains("SLOW-STARTED") {
-            break;
-        }
-    }
+        .kiln_until(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress",
+                "plain",
+                slow.to_str().expect("utf8"),
+            ],
+            "SLOW-STARTED",
+        )
+        .child;
     child.kill().expect("SIGKILL the client");
     child.wait().expect("reaped");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -528,7 +527,6 @@ async fn tls_needs_a_client_certificate_when_a_ca_is_set() {
 
 #[tokio::test]
 async fn sigterm_cancels_running_builds_releases_their_leases_and_exits_0() {
-    use std::io::{BufRead, BufReader};
     let ns = "sigterm";
     let (h, mut k) = setup(ns).await;
     let slow = h.context(
@@ -540,27 +538,19 @@ async fn sigterm_cancels_running_builds_releases_their_leases_and_exits_0() {
     );
     let addr = k.addr();
     let mut child = h
-        .kiln_command(ns)
-        .expect("kiln")
-        .args([
-            "--addr",
-            &addr,
-            "build",
-            "--progress",
-            "plain",
-            slow.to_str().expect("utf8"),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("kiln starts");
-    let stderr = child.stderr.take().expect("piped");
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        if line.expect("output").contains("TERM-STARTED") {
-            break;
-        }
-    }
+        .kiln_until(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress",
+                "plain",
+                slow.to_str().expect("utf8"),
+            ],
+            "TERM-STARTED",
+        )
+        .child;
     let started = std::time::Instant::now();
     let status = k.terminate().expect("kilnd stops");
     assert!(status.success(), "{status:?}");
@@ -629,45 +619,7 @@ async fn the_gateway_flow_builds_and_an_empty_return_is_an_empty_result() {
     assert!(resp.exporter_response.is_empty());
 
     // A real gateway build from a definition, exported as an image.
-    let (src_b, src_d) = op_bytes(&llb::Op {
-        op: Some(llb::op::Op::Source(llb::SourceOp {
-            identifier: "docker-image://docker.io/library/busybox:latest".into(),
-            attrs: HashMap::new(),
-        })),
-        ..Default::default()
-    });
-    let (exec_b, exec_d) = op_bytes(&llb::Op {
-        inputs: vec![llb::Input {
-            digest: src_d,
-            index: 0,
-        }],
-        op: Some(llb::op::Op::Exec(llb::ExecOp {
-            meta: Some(llb::Meta {
-                args: vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    "echo via-gateway > /g".into(),
-                ],
-                cwd: "/".into(),
-                ..Default::default()
-            }),
-            mounts: vec![llb::Mount {
-                input: 0,
-                dest: "/".into(),
-                output: 0,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
-        ..Default::default()
-    });
-    let (term_b, _) = op_bytes(&llb::Op {
-        inputs: vec![llb::Input {
-            digest: exec_d,
-            index: 0,
-        }],
-        ..Default::default()
-    });
+    let (def, _, _) = busybox_exec("echo via-gateway > /g");
     let id = "gatewaybuild0000000000001";
     let mut c = ControlClient::new(channel.clone());
     let solve = tokio::spawn(async move {
@@ -685,10 +637,7 @@ async fn the_gateway_flow_builds_and_an_empty_return_is_an_empty_result() {
         .solve(with_id(
             id,
             GwSolve {
-                definition: Some(llb::Definition {
-                    def: vec![src_b, exec_b, term_b],
-                    ..Default::default()
-                }),
+                definition: Some(def),
                 allow_result_return: true,
                 ..Default::default()
             },
