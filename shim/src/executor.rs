@@ -12,7 +12,7 @@ use crate::fifo::{self, FifoReader};
 use crate::spec::{self, build_spec};
 use crate::stubs::{resolve_in_root, MountStubs};
 use crate::user::{resolve_user, ResolvedUser};
-use crate::{Executor, ExitStatus, OutputStream, StepIo, StepSpec};
+use crate::{Containers, Executor, ExitStatus, OutputStream, StepIo, StepSpec};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
@@ -25,9 +25,9 @@ use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Response, Status};
 use containerd_client::types::Mount as CtrdMount;
 use kiln_proto::ErrorKind;
+use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::Containerd;
 use std::collections::HashMap;
-use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -532,15 +532,31 @@ impl ContainerdExecutor {
     }
 }
 
+#[async_trait::async_trait]
 impl Executor for ContainerdExecutor {
-    fn run(
+    async fn run(
         &self,
         step: StepSpec,
         io: StepIo,
         cancel: CancellationToken,
-    ) -> impl Future<Output = Result<ExitStatus>> + Send {
+    ) -> Result<ExitStatus> {
         let span = tracing::info_span!("step", id = %step.id);
-        self.run_step(step, io, cancel).instrument(span)
+        self.run_step(step, io, cancel).instrument(span).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Containers for ContainerdExecutor {
+    async fn list(&self) -> Result<Vec<String>> {
+        self.list_containers().await
+    }
+
+    async fn list_of_lease(&self, lease: &LeaseId) -> Result<Vec<String>> {
+        self.list_containers_of_lease(lease.as_str()).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        ContainerdExecutor::remove(self, id).await
     }
 }
 

@@ -36,7 +36,6 @@ pub use spec::build_spec;
 pub use tokio_util::sync::CancellationToken;
 
 use kiln_snapshot::containerd::LeaseId;
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -129,6 +128,7 @@ pub struct StepIo {
 }
 
 /// Runs build steps. BuildKit's `Executor` minus interactive exec.
+#[async_trait::async_trait]
 pub trait Executor: Send + Sync {
     /// Runs `step` to completion and returns its exit status.
     ///
@@ -137,10 +137,27 @@ pub trait Executor: Send + Sync {
     /// exit is still collected, every resource is cleaned up and the result
     /// is [`ExecError::Cancelled`] or [`ExecError::Timeout`]. A non-zero
     /// exit is `Ok`.
-    fn run(
+    async fn run(
         &self,
         step: StepSpec,
         io: StepIo,
         cancel: CancellationToken,
-    ) -> impl Future<Output = Result<ExitStatus, ExecError>> + Send;
+    ) -> Result<ExitStatus, ExecError>;
+}
+
+/// The step containers in a namespace (containerd's `Containers` and
+/// `Tasks` services, as far as cleaning up after a dead build needs them).
+/// Step containers carry [`STEP_LABEL`] and, naming their build's lease,
+/// [`LEASE_LABEL`].
+#[async_trait::async_trait]
+pub trait Containers: Send + Sync {
+    /// Ids of every step container in the namespace.
+    async fn list(&self) -> Result<Vec<String>, ExecError>;
+
+    /// Ids of the step containers that ran under the build lease `lease`.
+    async fn list_of_lease(&self, lease: &LeaseId) -> Result<Vec<String>, ExecError>;
+
+    /// Kills and deletes a step's task (if any) and container; a missing
+    /// container is not an error.
+    async fn remove(&self, id: &str) -> Result<(), ExecError>;
 }

@@ -4,9 +4,9 @@
 //! from a script of outcomes, in order; with the script exhausted it
 //! answers exit 0 with no output.
 
-use crate::{ExecError, Executor, ExitStatus, OutputStream, StepIo, StepSpec};
+use crate::{Containers, ExecError, Executor, ExitStatus, OutputStream, StepIo, StepSpec};
+use kiln_snapshot::containerd::LeaseId;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -49,13 +49,14 @@ impl FakeExecutor {
     }
 }
 
+#[async_trait::async_trait]
 impl Executor for FakeExecutor {
-    fn run(
+    async fn run(
         &self,
         step: StepSpec,
         io: StepIo,
         cancel: CancellationToken,
-    ) -> impl Future<Output = Result<ExitStatus, ExecError>> + Send {
+    ) -> Result<ExitStatus, ExecError> {
         let outcome = self
             .script
             .lock()
@@ -63,7 +64,7 @@ impl Executor for FakeExecutor {
             .pop_front();
         let id = step.id.clone();
         self.steps.lock().expect("steps lock poisoned").push(step);
-        async move {
+        {
             match outcome {
                 None => Ok(ExitStatus { code: 0 }),
                 Some(FakeOutcome::Exit {
@@ -88,11 +89,27 @@ impl Executor for FakeExecutor {
     }
 }
 
+/// A fake step leaves no container behind once `run` returns, so there is
+/// never one to list or remove.
+#[async_trait::async_trait]
+impl Containers for FakeExecutor {
+    async fn list(&self) -> Result<Vec<String>, ExecError> {
+        Ok(Vec::new())
+    }
+
+    async fn list_of_lease(&self, _lease: &LeaseId) -> Result<Vec<String>, ExecError> {
+        Ok(Vec::new())
+    }
+
+    async fn remove(&self, _id: &str) -> Result<(), ExecError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Network;
-    use kiln_snapshot::containerd::LeaseId;
 
     fn step(id: &str) -> StepSpec {
         StepSpec {

@@ -1,7 +1,10 @@
 //! containerd storage as kiln sees it: the content store, snapshotters,
 //! leases and the image store, plus host mounting and layer diffs.
 //!
-//! Every containerd call goes through [`containerd::Containerd`], which adds
+//! The services kiln uses are small traits in [`services`] (`Snapshots`,
+//! `Content`, `Leases`, `Images`, `Applier`), so the engine holds
+//! `Arc<dyn …>` and can run on the in-memory fakes of [`testing`].
+//! containerd's implementation is [`containerd::Containerd`], which adds
 //! the namespace and lease headers and maps `tonic::Status` to
 //! [`SnapshotError`]. Layer tars are written only here ([`diff`]).
 //!
@@ -14,7 +17,7 @@ pub mod diff;
 pub mod error;
 pub mod layer;
 pub mod mount;
-pub mod snapshotter;
+pub mod services;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;

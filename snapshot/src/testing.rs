@@ -4,14 +4,15 @@
 //! temp root (a child starts as a copy of its parent) and hands out bind
 //! mounts, so mount-level code can be tested without containerd.
 //! [`snapshotter_conformance`] checks the contract of
-//! [`crate::snapshotter::Snapshotter`]; it runs on the fake in unit tests
+//! [`crate::services::Snapshots`]; it runs on the fake in unit tests
 //! and on the containerd proxy in kiln's integration tests. A fake that has
 //! not passed it is not trusted.
 
 use crate::containerd::{LeaseId, SnapshotInfo, SnapshotKind};
 use crate::error::{Result, SnapshotError};
 use crate::mount::{Mount, MountGuard};
-use crate::snapshotter::Snapshotter;
+use crate::services::Snapshots;
+use async_trait::async_trait;
 use kiln_proto::ErrorKind;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -144,7 +145,12 @@ impl MemSnapshotter {
     }
 }
 
-impl Snapshotter for MemSnapshotter {
+#[async_trait]
+impl Snapshots for MemSnapshotter {
+    fn snapshotter(&self) -> &str {
+        "mem"
+    }
+
     async fn prepare(&self, key: &str, parent: &str, _lease: &LeaseId) -> Result<Vec<Mount>> {
         self.create("Snapshots.Prepare", key, parent, SnapshotKind::Active)
     }
@@ -260,8 +266,8 @@ fn kind_of<T>(r: &Result<T>) -> Option<ErrorKind> {
 /// Checks `s` against the snapshotter contract kiln relies on. Needs root
 /// (it mounts what the snapshotter returns under `scratch`). `prefix` keeps
 /// the keys of concurrent runs apart.
-pub async fn snapshotter_conformance<S: Snapshotter>(
-    s: &S,
+pub async fn snapshotter_conformance(
+    s: &dyn Snapshots,
     lease: &LeaseId,
     scratch: &Path,
     prefix: &str,

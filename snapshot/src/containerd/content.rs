@@ -357,6 +357,10 @@ impl BlobWriter {
                 self.ctrd
                     .lease_add_resource(&self.lease, "content", digest.as_str())
                     .await?;
+                if labels.is_empty() {
+                    // An empty update mask would replace every label.
+                    return Ok(());
+                }
                 self.ctrd.content_set_labels(digest.as_str(), labels).await
             }
             Err(e) => Err(e),

@@ -7,6 +7,7 @@ mod content;
 mod diff;
 mod images;
 mod leases;
+mod services;
 mod snapshots;
 
 pub use content::{BlobWriter, ContentInfo};
