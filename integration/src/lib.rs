@@ -244,9 +244,14 @@ impl Harness {
             cmd: Some(vec!["sh".into()]),
             ..Default::default()
         };
-        kiln_worker::import::import_rootfs(&ctrd, &rootfs, name, &cfg)
-            .await
-            .map_err(|e| e.to_string())?;
+        kiln_worker::import::import_rootfs(
+            &kiln_worker::Services::containerd(&ctrd),
+            &rootfs,
+            name,
+            &cfg,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         Ok(())
     }
 

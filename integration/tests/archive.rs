@@ -77,9 +77,15 @@ async fn oci_and_docker_archives_import_and_run() {
         let mut out = tokio::fs::File::create(&path)
             .await
             .expect("create archive");
-        write_archive(&ctrd, &manifest, &names, format, &mut out)
-            .await
-            .unwrap_or_else(|e| panic!("write {format:?} archive: {e}"));
+        write_archive(
+            &kiln_worker::Services::containerd(&ctrd),
+            &manifest,
+            &names,
+            format,
+            &mut out,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("write {format:?} archive: {e}"));
         drop(out);
         paths.push(path);
     }

@@ -3,9 +3,10 @@
 //! threads while the compressed bytes stream into `Content.Write`, so the
 //! layer is read once and never held in memory or on disk.
 
-use crate::containerd::{Containerd, LeaseId};
+use crate::containerd::LeaseId;
 use crate::diff::{write_layer, Compression, DiffSource, LayerDescriptor};
 use crate::error::{Result, SnapshotError};
+use crate::services::{Content, ContentWriter, LeaseResource, Leases};
 use kiln_solver::Digest;
 use std::collections::HashMap;
 use std::io::Write;
@@ -64,10 +65,10 @@ impl Write for ChannelWriter {
 /// content ingest under `lease`, and returns the open writer (for the
 /// caller to commit with the digest `produce` computed) and its result.
 async fn stream_blob<F>(
-    ctrd: &Containerd,
+    content: &dyn Content,
     lease: &LeaseId,
     produce: F,
-) -> Result<(crate::containerd::BlobWriter, LayerDescriptor)>
+) -> Result<(Box<dyn ContentWriter>, LayerDescriptor)>
 where
     F: FnOnce(&mut dyn Write) -> std::result::Result<LayerDescriptor, crate::diff::DiffError>
         + Send
@@ -84,7 +85,7 @@ where
             .map_err(|e| crate::diff::DiffError::Output { source: e })?;
         Ok::<_, crate::diff::DiffError>(desc)
     });
-    let mut writer = ctrd.content_writer(lease).await?;
+    let mut writer = content.writer(lease).await?;
     let mut write_err = None;
     while let Some(chunk) = rx.recv().await {
         if let Err(e) = writer.write(&chunk).await {
@@ -107,12 +108,12 @@ where
 /// Computes the layer of `source` and commits it to the content store under
 /// `lease`, labeled with its diffID. Returns the descriptor.
 pub async fn commit_layer(
-    ctrd: &Containerd,
+    content: &dyn Content,
     source: LayerSource,
     compression: Compression,
     lease: &LeaseId,
 ) -> Result<LayerDescriptor> {
-    let (writer, desc) = stream_blob(ctrd, lease, move |w| {
+    let (writer, desc) = stream_blob(content, lease, move |w| {
         let src = match &source {
             LayerSource::Overlay { upper, lower } => DiffSource::Overlay {
                 upper: upper.as_path(),
@@ -168,24 +169,27 @@ fn variant_label(to: Compression) -> String {
 /// compression `to`: an existing variant when the blob names one that is
 /// still there, else a new blob written under `lease`.
 pub async fn convert_layer(
-    ctrd: &Containerd,
+    content: &dyn Content,
+    leases: &dyn Leases,
     digest: &str,
     from: Compression,
     diff_id: &Digest,
     to: Compression,
     lease: &LeaseId,
 ) -> Result<(Digest, u64)> {
-    let info = ctrd.content_info(digest).await?;
+    let info = content.info(digest).await?;
     if let Some(v) = info.labels.get(&variant_label(to)) {
-        if let Ok(vi) = ctrd.content_info(v).await {
-            ctrd.lease_add_resource(lease, "content", v).await?;
+        if let Ok(vi) = content.info(v).await {
+            leases
+                .add_resource(lease, &LeaseResource::Content(v.clone()))
+                .await?;
             if let Some(d) = Digest::parse(v) {
                 return Ok((d, vi.size as u64));
             }
         }
     }
-    let rx = ctrd.content_read_stream(digest).await?;
-    let (writer, desc) = stream_blob(ctrd, lease, move |w| {
+    let rx = content.read_stream(digest).await?;
+    let (writer, desc) = stream_blob(content, lease, move |w| {
         let mut input = ChannelReader {
             rx,
             buf: Vec::new(),
@@ -205,7 +209,7 @@ pub async fn convert_layer(
     writer.commit(&desc.digest, labels).await?;
     let mut link = HashMap::new();
     link.insert(variant_label(to), desc.digest.to_string());
-    if let Err(e) = ctrd.content_set_labels(digest, link).await {
+    if let Err(e) = content.set_labels(digest, link).await {
         tracing::warn!(digest, error = %e, "cannot record a layer variant");
     }
     Ok((desc.digest, desc.size))

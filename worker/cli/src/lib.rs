@@ -202,7 +202,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Du { verbose } => {
             let ctrd = Containerd::connect(config).await?;
-            let records = kiln_worker::prune::disk_usage(&ctrd).await?;
+            let records =
+                kiln_worker::prune::disk_usage(&kiln_worker::Services::containerd(&ctrd)).await?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -269,7 +270,8 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             let ctrd = Containerd::connect(config).await?;
-            let report = kiln_worker::prune::prune(&ctrd, &opts).await?;
+            let report =
+                kiln_worker::prune::prune(&kiln_worker::Services::containerd(&ctrd), &opts).await?;
             for r in &report.removed {
                 println!("{}\t{}\t{}", r.lease.id, r.record_type, human_size(r.size));
             }
@@ -290,7 +292,13 @@ async fn run(cli: Cli) -> Result<()> {
                 cmd: if cmd.is_empty() { None } else { Some(cmd) },
                 ..Default::default()
             };
-            let digest = kiln_worker::import::import_rootfs(&ctrd, &dir, &name, &cfg).await?;
+            let digest = kiln_worker::import::import_rootfs(
+                &kiln_worker::Services::containerd(&ctrd),
+                &dir,
+                &name,
+                &cfg,
+            )
+            .await?;
             println!("{name} {digest}");
             Ok(())
         }

@@ -98,11 +98,11 @@ pub async fn run(
                     ArchiveFormat::Oci
                 };
                 let (mut w, r) = tokio::io::duplex(1 << 20);
-                let ctrd = d.ctrd.clone();
+                let svc = d.engine.services().clone();
                 let manifest = out.manifest.clone();
                 let writer = tokio::spawn(async move {
                     let r = kiln_worker::archive::write_archive(
-                        &ctrd, &manifest, &names, format, &mut w,
+                        &svc, &manifest, &names, format, &mut w,
                     )
                     .await;
                     drop(w);

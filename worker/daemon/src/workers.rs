@@ -303,7 +303,7 @@ pub fn usage_record(r: &RecordInfo) -> UsageRecord {
 /// `type==` filters. `ageLimit` is ignored.
 pub async fn disk_usage(d: &Daemon, req: DiskUsageRequest) -> Result<DiskUsageResponse, Status> {
     let types = parse_filters(&req.filter)?;
-    let records = kiln_worker::prune::disk_usage(&d.ctrd)
+    let records = kiln_worker::prune::disk_usage(d.engine.services())
         .await
         .map_err(|e| status_of(&e, e.kind()))?;
     Ok(DiskUsageResponse {
@@ -344,7 +344,7 @@ pub fn prune_options(req: &PruneRequest) -> Result<PruneOptions, Status> {
 /// stream.
 pub async fn prune(d: &Daemon, req: PruneRequest) -> Result<Vec<UsageRecord>, Status> {
     let opts = prune_options(&req)?;
-    let report = kiln_worker::prune::prune(&d.ctrd, &opts)
+    let report = kiln_worker::prune::prune(d.engine.services(), &opts)
         .await
         .map_err(|e| status_of(&e, e.kind()))?;
     tracing::info!(

@@ -13,7 +13,7 @@
 
 use crate::error::{Result, WorkerError};
 use crate::oci::{self, Descriptor, Index, Manifest};
-use kiln_snapshot::Containerd;
+use crate::services::Services;
 use kiln_solver::Digest;
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -57,7 +57,7 @@ pub enum ArchiveFormat {
 /// single manifests can be archived: an index is
 /// [`WorkerError::Unsupported`].
 pub async fn write_archive(
-    ctrd: &Containerd,
+    svc: &Services,
     manifest: &Descriptor,
     names: &[String],
     format: ArchiveFormat,
@@ -72,7 +72,7 @@ pub async fn write_archive(
             what: format!("an image archive of {}", manifest.media_type),
         });
     }
-    let manifest_bytes = ctrd.content_read(&manifest.digest).await?;
+    let manifest_bytes = svc.content.read(&manifest.digest).await?;
     if manifest_bytes.len() as i64 != manifest.size {
         return Err(invalid(
             image,
@@ -105,7 +105,7 @@ pub async fn write_archive(
         }
         let size = u64::try_from(d.size)
             .map_err(|_| invalid(image, format!("blob {} has size {}", d.digest, d.size)))?;
-        let info = ctrd.content_info(&d.digest).await?;
+        let info = svc.content.info(&d.digest).await?;
         if info.size != d.size {
             return Err(invalid(
                 image,
@@ -140,7 +140,7 @@ pub async fn write_archive(
         .map_err(output_error)?;
     for (d, size) in streamed {
         let hex = blob_hex(image, &d.digest)?;
-        let rx = ctrd.content_read_stream(&d.digest).await?;
+        let rx = svc.content.read_stream(&d.digest).await?;
         stream_blob(
             &mut tar,
             &format!("blobs/sha256/{hex}"),

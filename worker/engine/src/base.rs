@@ -5,8 +5,10 @@
 use crate::error::{Result, WorkerError};
 use crate::oci::{self, Descriptor, ImageConfigJson, Index, Manifest};
 use crate::refs::Layer;
+use crate::services::Services;
 use kiln_snapshot::containerd::LeaseId;
-use kiln_snapshot::{Containerd, Digest};
+use kiln_snapshot::services::{snapshot_exists, LeaseResource};
+use kiln_snapshot::Digest;
 use std::collections::HashMap;
 
 /// A base image as found in containerd.
@@ -27,13 +29,13 @@ fn invalid(name: &str, reason: impl Into<String>) -> WorkerError {
 }
 
 /// Looks `name` (normalized) up and reads its manifest and config.
-pub async fn load(ctrd: &Containerd, name: &str) -> Result<BaseImage> {
-    let record = match ctrd.image_get(name).await {
+pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
+    let record = match svc.images.get(name).await {
         Ok(r) => r,
         Err(e) if e.is_not_found() => {
             return Err(WorkerError::ImageNotFound {
                 image: name.to_string(),
-                namespace: ctrd.namespace().to_string(),
+                namespace: svc.namespace.to_string(),
             })
         }
         Err(e) => return Err(e.into()),
@@ -45,7 +47,7 @@ pub async fn load(ctrd: &Containerd, name: &str) -> Result<BaseImage> {
         ..Default::default()
     };
     if desc.media_type == oci::MEDIA_OCI_INDEX || desc.media_type == oci::MEDIA_DOCKER_LIST {
-        let bytes = ctrd.content_read(&desc.digest).await?;
+        let bytes = svc.content.read(&desc.digest).await?;
         let index: Index = serde_json::from_slice(&bytes)
             .map_err(|e| invalid(name, format!("index {}: {e}", desc.digest)))?;
         let want = oci::host_platform();
@@ -72,10 +74,10 @@ pub async fn load(ctrd: &Containerd, name: &str) -> Result<BaseImage> {
             })?;
         desc = chosen.clone();
     }
-    let bytes = ctrd.content_read(&desc.digest).await?;
+    let bytes = svc.content.read(&desc.digest).await?;
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| invalid(name, format!("manifest {}: {e}", desc.digest)))?;
-    let cfg_bytes = ctrd.content_read(&manifest.config.digest).await?;
+    let cfg_bytes = svc.content.read(&manifest.config.digest).await?;
     let config: ImageConfigJson = serde_json::from_slice(&cfg_bytes)
         .map_err(|e| invalid(name, format!("config {}: {e}", manifest.config.digest)))?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -110,15 +112,18 @@ pub async fn load(ctrd: &Containerd, name: &str) -> Result<BaseImage> {
 /// Makes sure every prefix of `layers` is a committed snapshot named by its
 /// chainID, applying the missing layers with containerd's diff service.
 /// Snapshots are leased before they are created.
-pub async fn ensure_unpacked(ctrd: &Containerd, layers: &[Layer], lease: &LeaseId) -> Result<()> {
+pub async fn ensure_unpacked(svc: &Services, layers: &[Layer], lease: &LeaseId) -> Result<()> {
     let chain = Digest::chain_ids(&crate::refs::diff_ids(layers));
-    let snap_type = format!("snapshots/{}", ctrd.snapshotter());
     // Find the first missing prefix, from the top down.
     let mut first_missing = chain.len();
     for i in (0..chain.len()).rev() {
-        ctrd.lease_add_resource(lease, &snap_type, chain[i].as_str())
+        svc.leases
+            .add_resource(
+                lease,
+                &LeaseResource::snapshot(&*svc.snapshots, chain[i].as_str()),
+            )
             .await?;
-        if ctrd.snapshot_exists(chain[i].as_str()).await? {
+        if snapshot_exists(&*svc.snapshots, chain[i].as_str()).await? {
             break;
         }
         first_missing = i;
@@ -130,36 +135,34 @@ pub async fn ensure_unpacked(ctrd: &Containerd, layers: &[Layer], lease: &LeaseI
             chain[i - 1].to_string()
         };
         let key = format!("kiln-extract-{}-{}", rand_hex(), chain[i].hex());
-        let mounts = ctrd.snapshot_prepare(&key, &parent, lease).await?;
+        let mounts = svc.snapshots.prepare(&key, &parent, lease).await?;
         let l = &layers[i];
-        let applied = match ctrd
-            .diff_apply(&l.media_type, &l.digest, l.size, &mounts, lease)
+        let applied = match svc
+            .applier
+            .apply(&l.media_type, &l.digest, l.size, &mounts, lease)
             .await
         {
             Ok(a) => a,
             Err(e) => {
-                let _ = ctrd.snapshot_remove(&key).await;
+                let _ = svc.snapshots.remove(&key).await;
                 return Err(e.into());
             }
         };
         if applied != l.diff_id.as_str() {
-            let _ = ctrd.snapshot_remove(&key).await;
+            let _ = svc.snapshots.remove(&key).await;
             return Err(WorkerError::InvalidImage {
                 image: l.digest.clone(),
                 reason: format!("layer unpacked to {applied}, config says {}", l.diff_id),
             });
         }
-        match ctrd
-            .snapshot_commit(chain[i].as_str(), &key, HashMap::new(), lease)
-            .await
-        {
+        match svc.snapshots.commit(chain[i].as_str(), &key, lease).await {
             Ok(()) => {}
             Err(e) if e.is_already_exists() => {
                 // A concurrent unpacker won; its snapshot is equal.
-                ctrd.snapshot_remove(&key).await?;
+                svc.snapshots.remove(&key).await?;
             }
             Err(e) => {
-                let _ = ctrd.snapshot_remove(&key).await;
+                let _ = svc.snapshots.remove(&key).await;
                 return Err(e.into());
             }
         }
@@ -169,19 +172,22 @@ pub async fn ensure_unpacked(ctrd: &Containerd, layers: &[Layer], lease: &LeaseI
 
 /// Records the unpacked chain on the config blob, as containerd's own
 /// unpacker does, so the snapshots live as long as the image.
-pub async fn label_unpacked(ctrd: &Containerd, base: &BaseImage) -> Result<()> {
+pub async fn label_unpacked(svc: &Services, base: &BaseImage) -> Result<()> {
     let top = crate::refs::top_snapshot(&base.layers);
     if top.is_empty() {
         return Ok(());
     }
-    let key = format!("containerd.io/gc.ref.snapshot.{}", ctrd.snapshotter());
-    let info = ctrd.content_info(&base.config_digest).await?;
+    let key = format!(
+        "containerd.io/gc.ref.snapshot.{}",
+        svc.snapshots.snapshotter()
+    );
+    let info = svc.content.info(&base.config_digest).await?;
     if info.labels.get(&key) == Some(&top) {
         return Ok(());
     }
     let mut labels = HashMap::new();
     labels.insert(key, top);
-    ctrd.content_set_labels(&base.config_digest, labels).await?;
+    svc.content.set_labels(&base.config_digest, labels).await?;
     Ok(())
 }
 

@@ -7,7 +7,8 @@ use crate::export::{export_image, image_config, Exported};
 use crate::ops::StepRunner;
 use crate::progress::{Progress, ProgressEvent};
 use crate::refs::Ref;
-use kiln_shim::ContainerdExecutor;
+use crate::services::Services;
+use kiln_shim::{ContainerdExecutor, Containers, Executor};
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::diff::Compression;
 use kiln_snapshot::Containerd;
@@ -45,12 +46,13 @@ pub struct BuildResult {
     pub names: Vec<String>,
 }
 
-/// The engine: containerd, an executor, a state directory for mount
-/// points and FIFOs (never for data).
+/// The engine: containerd's services, an executor, a state directory for
+/// mount points and FIFOs (never for data).
 #[derive(Clone)]
 pub struct Engine {
-    ctrd: Containerd,
-    executor: Arc<ContainerdExecutor>,
+    svc: Services,
+    executor: Arc<dyn Executor>,
+    containers: Arc<dyn Containers>,
     state_dir: PathBuf,
     /// Shared by every build of this engine: equal steps run once.
     solver: Arc<Solver<StepRunner>>,
@@ -58,38 +60,58 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine on containerd: its services and its runc steps.
     pub fn new(ctrd: Containerd, state_dir: PathBuf) -> Self {
         let executor = Arc::new(ContainerdExecutor::new(
             ctrd.clone(),
             state_dir.join("exec"),
         ));
+        Engine::with_services(
+            Services::containerd(&ctrd),
+            executor.clone(),
+            executor,
+            state_dir,
+        )
+    }
+
+    /// An engine on any implementation of the services (the in-memory
+    /// fakes in tests). `containers` lists and removes what `executor`
+    /// leaves behind when a build dies.
+    pub fn with_services(
+        svc: Services,
+        executor: Arc<dyn Executor>,
+        containers: Arc<dyn Containers>,
+        state_dir: PathBuf,
+    ) -> Self {
         let parallelism = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
             .max(4);
         let hashes = Arc::new(HashCache::open(&state_dir.join("contenthash")));
         Engine {
-            ctrd,
+            svc,
             executor,
+            containers,
             state_dir,
             solver: Arc::new(Solver::new(parallelism)),
             hashes,
         }
     }
 
-    pub fn containerd(&self) -> &Containerd {
-        &self.ctrd
+    /// The services the engine runs on.
+    pub fn services(&self) -> &Services {
+        &self.svc
     }
 
     /// Cleans up after kiln processes that died mid-build (their step
     /// containers, host mounts and leases).
     pub async fn sweep(&self) -> Result<()> {
-        crate::sweep::sweep(&self.ctrd, &self.executor, &self.state_dir).await
+        crate::sweep::sweep(&self.svc, &*self.containers, &self.state_dir).await
     }
 
     /// The frontend's view of base image `name` (normalized).
     pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
-        let base = crate::base::load(&self.ctrd, name).await?;
+        let base = crate::base::load(&self.svc, name).await?;
         Ok(crate::base::frontend_config(&base.config))
     }
 
@@ -135,8 +157,9 @@ impl Engine {
         let lease = LeaseId::unique("build");
         let span = tracing::info_span!("build", lease = %lease);
         async {
-            self.ctrd
-                .lease_create(
+            self.svc
+                .leases
+                .create(
                     &lease,
                     "build",
                     Some(BUILD_LEASE_EXPIRY),
@@ -150,7 +173,7 @@ impl Engine {
                     layers,
                 }),
                 Err(e) => {
-                    if let Err(d) = self.ctrd.lease_delete(&lease, true).await {
+                    if let Err(d) = self.svc.leases.delete(&lease, true).await {
                         tracing::warn!(lease = %lease, error = %d, "cannot delete build lease");
                     }
                     Err(e)
@@ -177,7 +200,7 @@ impl Engine {
             source: e,
         })?;
         let runner = Arc::new(StepRunner {
-            ctrd: self.ctrd.clone(),
+            svc: self.svc.clone(),
             executor: self.executor.clone(),
             mount_dir: mount_dir.clone(),
             lease: lease.clone(),
@@ -235,7 +258,7 @@ pub struct Solved {
 pub struct ResultView {
     mount: Option<kiln_snapshot::mount::MountGuard>,
     key: Option<String>,
-    ctrd: Containerd,
+    svc: Services,
     path: PathBuf,
 }
 
@@ -248,7 +271,7 @@ impl ResultView {
     pub async fn close(mut self) {
         drop(self.mount.take());
         if let Some(k) = self.key.take() {
-            if let Err(e) = self.ctrd.snapshot_remove(&k).await {
+            if let Err(e) = self.svc.snapshots.remove(&k).await {
                 tracing::warn!(key = %k, error = %e, "cannot remove result view");
             }
         }
@@ -273,7 +296,7 @@ impl Solved {
     ) -> Result<Exported> {
         let json = image_config(&self.layers, config);
         export_image(
-            &self.engine.ctrd,
+            &self.engine.svc,
             &self.layers,
             &json,
             names,
@@ -286,7 +309,7 @@ impl Solved {
 
     /// Mounts the result read-only (an empty directory for scratch).
     pub async fn view(&self) -> Result<ResultView> {
-        let ctrd = self.engine.ctrd.clone();
+        let svc = self.engine.svc.clone();
         let top = crate::refs::top_snapshot(&self.layers);
         let dir = self
             .engine
@@ -301,23 +324,23 @@ impl Solved {
             return Ok(ResultView {
                 mount: None,
                 key: None,
-                ctrd,
+                svc,
                 path: dir,
             });
         }
         let key = format!("kiln-view-{}", crate::base::rand_hex());
-        let mounts = ctrd.snapshot_view(&key, &top, &self.lease).await?;
+        let mounts = svc.snapshots.view(&key, &top, &self.lease).await?;
         match kiln_snapshot::mount::MountGuard::mount(&mounts, dir.clone())
             .map_err(|e| WorkerError::from(kiln_snapshot::SnapshotError::from(e)))
         {
             Ok(m) => Ok(ResultView {
                 mount: Some(m),
                 key: Some(key),
-                ctrd,
+                svc,
                 path: dir,
             }),
             Err(e) => {
-                let _ = ctrd.snapshot_remove(&key).await;
+                let _ = svc.snapshots.remove(&key).await;
                 let _ = std::fs::remove_dir(&dir);
                 Err(e)
             }
@@ -326,7 +349,7 @@ impl Solved {
 
     /// Deletes the build's lease; `sync` waits for containerd's GC.
     pub async fn release(self, sync: bool) {
-        if let Err(e) = self.engine.ctrd.lease_delete(&self.lease, sync).await {
+        if let Err(e) = self.engine.svc.leases.delete(&self.lease, sync).await {
             tracing::warn!(lease = %self.lease, error = %e, "cannot delete build lease");
         }
     }

@@ -12,8 +12,10 @@
 
 use crate::error::Result;
 use crate::refs::{self, Layer};
+use crate::services::Services;
 use kiln_snapshot::containerd::{LeaseId, LeaseInfo};
-use kiln_snapshot::{Containerd, Digest};
+use kiln_snapshot::services::{snapshot_exists, write_blob, LeaseResource};
+use kiln_snapshot::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -63,27 +65,27 @@ fn now_secs() -> u64 {
 /// cannot be pruned while the build uses it, and its last-use time is
 /// bumped. A record whose objects are gone is deleted and misses.
 pub async fn load(
-    ctrd: &Containerd,
+    svc: &Services,
     key: &Digest,
     build_lease: &LeaseId,
 ) -> Result<Option<Vec<Vec<Layer>>>> {
     let id = lease_for(key);
-    let Some(lease) = ctrd.lease_get_kiln(&id).await? else {
+    let Some(lease) = svc.leases.get(&id).await? else {
         return Ok(None);
     };
     let Some(record) = lease.labels.get(RECORD_LABEL).cloned() else {
         return Ok(None);
     };
-    let blob = match ctrd.content_read(&record).await {
+    let blob = match svc.content.read(&record).await {
         Ok(b) => b,
         Err(e) if e.is_not_found() => {
-            forget(ctrd, &id, "record blob is gone").await;
+            forget(svc, &id, "record blob is gone").await;
             return Ok(None);
         }
         Err(e) => return Err(e.into()),
     };
     let Ok(parsed) = serde_json::from_slice::<RecordBlob>(&blob) else {
-        forget(ctrd, &id, "record blob does not parse").await;
+        forget(svc, &id, "record blob does not parse").await;
         return Ok(None);
     };
     let mut outputs = Vec::with_capacity(parsed.outputs.len());
@@ -91,7 +93,7 @@ pub async fn load(
         let mut layers = Vec::with_capacity(chain.len());
         for l in chain {
             let Some(diff_id) = Digest::parse(&l.diff_id) else {
-                forget(ctrd, &id, "record has a bad diffID").await;
+                forget(svc, &id, "record has a bad diffID").await;
                 return Ok(None);
             };
             layers.push(Layer {
@@ -104,25 +106,26 @@ pub async fn load(
         outputs.push(layers);
     }
     // Protect the hit for the rest of the build, then check it is whole.
-    let snap_type = format!("snapshots/{}", ctrd.snapshotter());
     for chain in &outputs {
         let top = refs::top_snapshot(chain);
         if !top.is_empty() {
-            ctrd.lease_add_resource(build_lease, &snap_type, &top)
+            svc.leases
+                .add_resource(build_lease, &LeaseResource::snapshot(&*svc.snapshots, &top))
                 .await?;
-            if !ctrd.snapshot_exists(&top).await? {
-                forget(ctrd, &id, "snapshot is gone").await;
+            if !snapshot_exists(&*svc.snapshots, &top).await? {
+                forget(svc, &id, "snapshot is gone").await;
                 return Ok(None);
             }
         }
         for l in chain {
-            ctrd.lease_add_resource(build_lease, "content", &l.digest)
+            svc.leases
+                .add_resource(build_lease, &LeaseResource::Content(l.digest.clone()))
                 .await?;
         }
     }
     let mut labels = HashMap::new();
     labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
-    if let Err(e) = ctrd.content_set_labels(&record, labels).await {
+    if let Err(e) = svc.content.set_labels(&record, labels).await {
         tracing::warn!(record = %record, error = %e, "cannot update cache record use time");
     }
     Ok(Some(outputs))
@@ -135,15 +138,15 @@ const BROKEN_AFTER_SECS: u64 = 600;
 /// Deletes a broken record's lease (kiln's own, by construction). A young
 /// record may still be being written by another process: it is only
 /// skipped (a miss), never deleted.
-async fn forget(ctrd: &Containerd, id: &LeaseId, why: &str) {
-    if let Ok(Some(info)) = ctrd.lease_get_kiln(id).await {
+async fn forget(svc: &Services, id: &LeaseId, why: &str) {
+    if let Ok(Some(info)) = svc.leases.get(id).await {
         if now_secs().saturating_sub(info.created_secs) < BROKEN_AFTER_SECS {
             tracing::debug!(lease = %id, why, "cache record incomplete (being written?); treated as a miss");
             return;
         }
     }
     tracing::warn!(lease = %id, why, "dropping broken cache record");
-    if let Err(e) = ctrd.lease_delete(id, false).await {
+    if let Err(e) = svc.leases.delete(id, false).await {
         tracing::warn!(lease = %id, error = %e, "cannot delete broken cache record");
     }
 }
@@ -152,7 +155,7 @@ async fn forget(ctrd: &Containerd, id: &LeaseId, why: &str) {
 /// same key first, its record stays and this is a no-op: one record per
 /// key, and neither build fails.
 pub async fn save(
-    ctrd: &Containerd,
+    svc: &Services,
     key: &Digest,
     outputs: &[Vec<Layer>],
     record_type: &str,
@@ -193,22 +196,25 @@ pub async fn save(
     labels.insert(SIZE_LABEL.to_string(), size.to_string());
     labels.insert(DESCRIPTION_LABEL.to_string(), truncate(description, 200));
     let id = lease_for(key);
-    match ctrd.lease_create(&id, LEASE_KIND, None, labels).await {
+    match svc.leases.create(&id, LEASE_KIND, None, labels).await {
         Ok(()) => {}
         Err(e) if e.is_already_exists() => return Ok(()),
         Err(e) => return Err(e.into()),
     }
     let mut blob_labels = HashMap::new();
     blob_labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
-    ctrd.content_write_small(&bytes, blob_labels, &id).await?;
-    let snap_type = format!("snapshots/{}", ctrd.snapshotter());
+    write_blob(&*svc.content, &bytes, blob_labels, &id).await?;
     for chain in outputs {
         let top = refs::top_snapshot(chain);
         if !top.is_empty() {
-            ctrd.lease_add_resource(&id, &snap_type, &top).await?;
+            svc.leases
+                .add_resource(&id, &LeaseResource::snapshot(&*svc.snapshots, &top))
+                .await?;
         }
         for l in chain {
-            ctrd.lease_add_resource(&id, "content", &l.digest).await?;
+            svc.leases
+                .add_resource(&id, &LeaseResource::Content(l.digest.clone()))
+                .await?;
         }
     }
     Ok(())
@@ -237,9 +243,9 @@ pub struct RecordInfo {
 }
 
 /// Every cache record in the namespace.
-pub async fn list(ctrd: &Containerd) -> Result<Vec<RecordInfo>> {
+pub async fn list(svc: &Services) -> Result<Vec<RecordInfo>> {
     let mut out = Vec::new();
-    for lease in ctrd.lease_list_kiln().await? {
+    for lease in svc.leases.list().await? {
         if !lease.id.starts_with(&format!(
             "{}{LEASE_KIND}/",
             kiln_snapshot::containerd::LEASE_PREFIX
@@ -259,7 +265,7 @@ pub async fn list(ctrd: &Containerd) -> Result<Vec<RecordInfo>> {
             .unwrap_or_default();
         let mut last_used = lease.created_secs;
         if let Some(rec) = lease.labels.get(RECORD_LABEL) {
-            if let Ok(info) = ctrd.content_info(rec).await {
+            if let Ok(info) = svc.content.info(rec).await {
                 if let Some(t) = info
                     .labels
                     .get(LAST_USED_LABEL)

@@ -4,10 +4,11 @@
 use crate::error::Result;
 use crate::oci::{self, Descriptor, History, ImageConfigJson, Manifest, RootFs, RunConfig};
 use crate::refs::{self, Layer};
+use crate::services::Services;
 use kiln_snapshot::containerd::{ImageRecord, LeaseId};
 use kiln_snapshot::diff::{compression_of, Compression};
 use kiln_snapshot::layer::convert_layer;
-use kiln_snapshot::Containerd;
+use kiln_snapshot::services::write_blob;
 use std::collections::HashMap;
 
 /// What the exporter produced.
@@ -83,7 +84,7 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
 /// where needed, reused when a blob names one) and OCI media type names.
 /// `None` keeps the layers as they are.
 async fn with_compression(
-    ctrd: &Containerd,
+    svc: &Services,
     layers: &[Layer],
     compression: Option<Compression>,
     lease: &LeaseId,
@@ -99,8 +100,16 @@ async fn with_compression(
                 ..l.clone()
             }),
             Some(from) => {
-                let (digest, size) =
-                    convert_layer(ctrd, &l.digest, from, &l.diff_id, to, lease).await?;
+                let (digest, size) = convert_layer(
+                    &*svc.content,
+                    &*svc.leases,
+                    &l.digest,
+                    from,
+                    &l.diff_id,
+                    to,
+                    lease,
+                )
+                .await?;
                 out.push(Layer {
                     diff_id: l.diff_id.clone(),
                     media_type: to.media_type().to_string(),
@@ -120,7 +129,7 @@ async fn with_compression(
 /// every name at the manifest. `unpacked` says the chain's snapshots exist
 /// (named by chainID) and should live as long as the image.
 pub async fn export_image(
-    ctrd: &Containerd,
+    svc: &Services,
     layers: &[Layer],
     config: &ImageConfigJson,
     names: &[String],
@@ -128,7 +137,7 @@ pub async fn export_image(
     compression: Option<Compression>,
     lease: &LeaseId,
 ) -> Result<Exported> {
-    let layers = &with_compression(ctrd, layers, compression, lease).await?;
+    let layers = &with_compression(svc, layers, compression, lease).await?;
     let config_bytes =
         serde_json::to_vec(config).map_err(|e| crate::error::WorkerError::InvalidImage {
             image: "result".into(),
@@ -138,13 +147,14 @@ pub async fn export_image(
     let top = refs::top_snapshot(layers);
     if unpacked && !top.is_empty() {
         cfg_labels.insert(
-            format!("containerd.io/gc.ref.snapshot.{}", ctrd.snapshotter()),
+            format!(
+                "containerd.io/gc.ref.snapshot.{}",
+                svc.snapshots.snapshotter()
+            ),
             top,
         );
     }
-    let config_digest = ctrd
-        .content_write_small(&config_bytes, cfg_labels, lease)
-        .await?;
+    let config_digest = write_blob(&*svc.content, &config_bytes, cfg_labels, lease).await?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: oci::MEDIA_OCI_MANIFEST.into(),
@@ -180,9 +190,7 @@ pub async fn export_image(
             l.digest.clone(),
         );
     }
-    let manifest_digest = ctrd
-        .content_write_small(&manifest_bytes, m_labels, lease)
-        .await?;
+    let manifest_digest = write_blob(&*svc.content, &manifest_bytes, m_labels, lease).await?;
     let desc = Descriptor {
         media_type: oci::MEDIA_OCI_MANIFEST.into(),
         digest: manifest_digest.to_string(),
@@ -190,17 +198,18 @@ pub async fn export_image(
         ..Default::default()
     };
     for name in names {
-        ctrd.image_put(
-            &ImageRecord {
-                name: name.clone(),
-                media_type: desc.media_type.clone(),
-                digest: desc.digest.clone(),
-                size: desc.size,
-                labels: HashMap::new(),
-            },
-            Some(lease),
-        )
-        .await?;
+        svc.images
+            .put(
+                &ImageRecord {
+                    name: name.clone(),
+                    media_type: desc.media_type.clone(),
+                    digest: desc.digest.clone(),
+                    size: desc.size,
+                    labels: HashMap::new(),
+                },
+                Some(lease),
+            )
+            .await?;
     }
     Ok(Exported {
         manifest: desc,

@@ -5,10 +5,10 @@
 use crate::error::Result;
 use crate::export::{export_image, image_config};
 use crate::refs::Layer;
+use crate::services::Services;
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::diff::Compression;
 use kiln_snapshot::layer::{commit_layer, LayerSource};
-use kiln_snapshot::Containerd;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -17,22 +17,23 @@ use std::time::Duration;
 /// config. The layer is not unpacked: a build that uses it unpacks it.
 /// Returns the manifest digest.
 pub async fn import_rootfs(
-    ctrd: &Containerd,
+    svc: &Services,
     dir: &Path,
     name: &str,
     config: &kiln_solver::ImageConfig,
 ) -> Result<String> {
     let lease = LeaseId::unique("import");
-    ctrd.lease_create(
-        &lease,
-        "import",
-        Some(Duration::from_secs(3600)),
-        HashMap::new(),
-    )
-    .await?;
+    svc.leases
+        .create(
+            &lease,
+            "import",
+            Some(Duration::from_secs(3600)),
+            HashMap::new(),
+        )
+        .await?;
     let r = async {
         let desc = commit_layer(
-            ctrd,
+            &*svc.content,
             LayerSource::Walk {
                 lower: None,
                 upper: dir.to_path_buf(),
@@ -57,7 +58,7 @@ pub async fn import_rootfs(
         let json = image_config(&layers, &cfg);
         // Not unpacked: the config must not claim a snapshot.
         let out = export_image(
-            ctrd,
+            svc,
             &layers,
             &json,
             &[name.to_string()],
@@ -69,7 +70,7 @@ pub async fn import_rootfs(
         Ok::<_, crate::error::WorkerError>(out.manifest.digest)
     }
     .await;
-    if let Err(e) = ctrd.lease_delete(&lease, false).await {
+    if let Err(e) = svc.leases.delete(&lease, false).await {
         tracing::warn!(lease = %lease, error = %e, "cannot delete import lease");
     }
     r

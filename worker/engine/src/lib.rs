@@ -24,8 +24,10 @@ pub mod ops;
 pub mod progress;
 pub mod prune;
 pub mod refs;
+pub mod services;
 pub mod sweep;
 
 pub use build::{BuildRequest, BuildResult, Engine};
 pub use error::{Result, WorkerError};
 pub use progress::{LogStream, Progress, ProgressEvent};
+pub use services::Services;

@@ -5,8 +5,8 @@
 
 use crate::cache::{self, RecordInfo};
 use crate::error::Result;
+use crate::services::Services;
 use kiln_snapshot::containerd::LeaseId;
-use kiln_snapshot::Containerd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What to keep and what to remove.
@@ -31,8 +31,8 @@ pub struct PruneReport {
 }
 
 /// Every cache record, most recently used first.
-pub async fn disk_usage(ctrd: &Containerd) -> Result<Vec<RecordInfo>> {
-    let mut records = cache::list(ctrd).await?;
+pub async fn disk_usage(svc: &Services) -> Result<Vec<RecordInfo>> {
+    let mut records = cache::list(svc).await?;
     records.sort_by_key(|r| std::cmp::Reverse(r.last_used));
     Ok(records)
 }
@@ -64,8 +64,8 @@ pub fn select(records: &[RecordInfo], opts: &PruneOptions, now: u64) -> Vec<usiz
 }
 
 /// Removes records as `opts` says, then runs containerd's GC.
-pub async fn prune(ctrd: &Containerd, opts: &PruneOptions) -> Result<PruneReport> {
-    let records = cache::list(ctrd).await?;
+pub async fn prune(svc: &Services, opts: &PruneOptions) -> Result<PruneReport> {
+    let records = cache::list(svc).await?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -76,11 +76,11 @@ pub async fn prune(ctrd: &Containerd, opts: &PruneOptions) -> Result<PruneReport
         let Some(id) = LeaseId::from_kiln(&r.lease.id) else {
             continue;
         };
-        ctrd.lease_delete(&id, false).await?;
+        svc.leases.delete(&id, false).await?;
         report.reclaimed += r.size;
         report.removed.push(r.clone());
     }
-    ctrd.gc().await?;
+    svc.leases.gc().await?;
     Ok(report)
 }
 

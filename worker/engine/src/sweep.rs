@@ -7,9 +7,9 @@
 //! (and, on another host, only a lease that expires).
 
 use crate::error::Result;
-use kiln_shim::ContainerdExecutor;
+use crate::services::Services;
+use kiln_shim::Containers;
 use kiln_snapshot::containerd::{LeaseId, LeaseInfo};
-use kiln_snapshot::Containerd;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -78,12 +78,8 @@ pub fn unmount_below(dir: &Path) {
 }
 
 /// Cleans up the builds of dead kiln processes in this namespace.
-pub async fn sweep(
-    ctrd: &Containerd,
-    executor: &ContainerdExecutor,
-    state_dir: &Path,
-) -> Result<()> {
-    for lease in ctrd.lease_list_kiln().await? {
+pub async fn sweep(svc: &Services, containers: &dyn Containers, state_dir: &Path) -> Result<()> {
+    for lease in svc.leases.list().await? {
         if !lease.id.starts_with("kiln/build/") || !owner_is_dead(&lease) {
             continue;
         }
@@ -91,10 +87,10 @@ pub async fn sweep(
             continue;
         };
         tracing::info!(lease = %id, "cleaning up after a dead build");
-        match executor.list_containers_of_lease(id.as_str()).await {
-            Ok(containers) => {
-                for c in containers {
-                    if let Err(e) = executor.remove(&c).await {
+        match containers.list_of_lease(&id).await {
+            Ok(ids) => {
+                for c in ids {
+                    if let Err(e) = containers.remove(&c).await {
                         tracing::warn!(container = %c, error = %e, "cannot remove a dead build's step");
                     }
                 }
@@ -104,7 +100,7 @@ pub async fn sweep(
         let mounts = state_dir.join("mounts").join(mount_dir_name(&id));
         unmount_below(&mounts);
         let _ = std::fs::remove_dir_all(&mounts);
-        ctrd.lease_delete(&id, false).await?;
+        svc.leases.delete(&id, false).await?;
     }
     Ok(())
 }

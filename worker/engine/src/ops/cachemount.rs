@@ -60,8 +60,9 @@ impl StepRunner {
                 format!("cached mount {id}"),
             );
             match self
-                .ctrd
-                .lease_create(&lease, crate::cache::LEASE_KIND, None, labels)
+                .svc
+                .leases
+                .create(&lease, crate::cache::LEASE_KIND, None, labels)
                 .await
             {
                 Ok(()) => {}
@@ -70,15 +71,20 @@ impl StepRunner {
             }
         }
         let mounts = match self
-            .ctrd
-            .snapshot_prepare(&key, "", &lease_for_prepare)
+            .svc
+            .snapshots
+            .prepare(&key, "", &lease_for_prepare)
             .await
         {
             Ok(m) => m,
-            Err(e) if e.is_already_exists() => self.ctrd.snapshot_mounts(&key).await?,
+            Err(e) if e.is_already_exists() => self.svc.snapshots.mounts(&key).await?,
             Err(e) => return Err(e.into()),
         };
-        let mount = self.mount(&format!("{key}-{}", crate::base::rand_hex()), &mounts)?;
+        let mount = self.mount(
+            &format!("{key}-{}", crate::base::rand_hex()),
+            &mounts,
+            false,
+        )?;
         Ok((
             mount.path().to_path_buf(),
             HeldCacheMount {
@@ -143,7 +149,7 @@ impl StepRunner {
         for mut h in held {
             drop(h.mount.take());
             if let Some(k) = h.temporary.take() {
-                if let Err(e) = self.ctrd.snapshot_remove(&k).await {
+                if let Err(e) = self.svc.snapshots.remove(&k).await {
                     tracing::warn!(key = %k, error = %e, "cannot remove private cache mount");
                 }
             }

@@ -4,7 +4,7 @@ use super::{location, StepRunner};
 use crate::error::{Result, WorkerError};
 use crate::progress::{LogStream, ProgressEvent};
 use crate::refs::Ref;
-use kiln_shim::{ExecError, Executor, ExtraMount, Network, OutputStream, StepIo, StepSpec};
+use kiln_shim::{ExecError, ExtraMount, Network, OutputStream, StepIo, StepSpec};
 use kiln_solver::{ExecOp, MountType, NetMode, Vertex, VertexId};
 use tokio_util::sync::CancellationToken;
 
@@ -83,7 +83,7 @@ impl StepRunner {
                 return Err(e);
             }
         };
-        let mounted = match self.mount(&active.key, &active.mounts) {
+        let mounted = match self.mount(&active.key, &active.mounts, false) {
             Ok(m) => m,
             Err(e) => {
                 self.discard(active).await;

@@ -78,7 +78,7 @@ impl StepRunner {
         active: &super::layer::Active,
     ) -> Result<()> {
         let loc = location(v);
-        let dest = self.mount(&active.key, &active.mounts)?;
+        let dest = self.mount(&active.key, &active.mounts, false)?;
         for a in &op.actions {
             let fail = |e: fileop::FileOpError| WorkerError::FileOp {
                 location: loc.clone(),
@@ -132,7 +132,7 @@ impl StepRunner {
             Source::Dir { .. } => {}
             Source::Mounted(m, key) => {
                 drop(m);
-                if let Err(e) = self.ctrd.snapshot_remove(&key).await {
+                if let Err(e) = self.svc.snapshots.remove(&key).await {
                     tracing::warn!(key = %key, error = %e, "cannot remove view snapshot");
                 }
             }
@@ -196,13 +196,14 @@ impl StepRunner {
             Ref::Chain(layers) => {
                 let key = format!("kiln-view-{}", crate::base::rand_hex());
                 let mounts = self
-                    .ctrd
-                    .snapshot_view(&key, &crate::refs::top_snapshot(&layers), &self.lease)
+                    .svc
+                    .snapshots
+                    .view(&key, &crate::refs::top_snapshot(&layers), &self.lease)
                     .await?;
-                match self.mount(&key, &mounts) {
+                match self.mount(&key, &mounts, true) {
                     Ok(m) => Ok(Source::Mounted(m, key)),
                     Err(e) => {
-                        let _ = self.ctrd.snapshot_remove(&key).await;
+                        let _ = self.svc.snapshots.remove(&key).await;
                         Err(e)
                     }
                 }

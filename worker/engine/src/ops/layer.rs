@@ -7,8 +7,8 @@ use crate::error::Result;
 use crate::refs::{self, Layer};
 use kiln_snapshot::layer::{commit_layer, LayerSource};
 use kiln_snapshot::mount::{overlay_dirs, Mount, MountGuard};
+use kiln_snapshot::services::LeaseResource;
 use kiln_snapshot::{Digest, SnapshotError};
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// An active snapshot prepared for one step.
@@ -18,30 +18,61 @@ pub(super) struct Active {
     pub parent: Vec<Layer>,
 }
 
-/// A host mount that unmounts and removes its directory when dropped.
+/// A snapshot's tree on the host: either mounted at a directory below the
+/// build's mount dir (unmounted and removed when dropped), or, for a single
+/// bind mount, its source used in place, with nothing mounted.
 pub(super) struct HostMount {
     guard: Option<MountGuard>,
-    dir: PathBuf,
+    /// The mount point this created, if any.
+    dir: Option<PathBuf>,
+    path: PathBuf,
 }
 
 impl HostMount {
     pub fn path(&self) -> &std::path::Path {
-        &self.dir
+        &self.path
     }
 }
 
 impl Drop for HostMount {
     fn drop(&mut self) {
         drop(self.guard.take());
-        if let Err(e) = std::fs::remove_dir(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove mount point");
+        if let Some(dir) = &self.dir {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove mount point");
+            }
         }
     }
 }
 
+/// The source of a single bind mount, which the engine can use in place of
+/// mounting it. A read-only bind qualifies only where the engine just reads
+/// (`read_only`): a view is never written.
+fn bind_source(mounts: &[Mount], read_only: bool) -> Option<PathBuf> {
+    match mounts {
+        [m] if m.mount_type == "bind"
+            && m.target.is_empty()
+            && (read_only || !m.options.iter().any(|o| o == "ro")) =>
+        {
+            Some(PathBuf::from(&m.source))
+        }
+        _ => None,
+    }
+}
+
 impl StepRunner {
-    /// Mounts `mounts` at a fresh directory below the build's mount dir.
-    pub(super) fn mount(&self, name: &str, mounts: &[Mount]) -> Result<HostMount> {
+    /// The tree of `mounts` on the host: a single bind mount's source as it
+    /// is (no mount syscall, as BuildKit's local mounter does), else mounted
+    /// at a fresh directory below the build's mount dir. With `read_only`
+    /// the caller promises not to write.
+    pub(super) fn mount(&self, name: &str, mounts: &[Mount], read_only: bool) -> Result<HostMount> {
+        if let Some(path) = bind_source(mounts, read_only) {
+            return Ok(HostMount {
+                guard: None,
+                dir: None,
+                path,
+            });
+        }
         let dir = self.mount_dir.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| crate::error::WorkerError::Io {
             path: dir.display().to_string(),
@@ -50,7 +81,8 @@ impl StepRunner {
         match MountGuard::mount(mounts, dir.clone()) {
             Ok(g) => Ok(HostMount {
                 guard: Some(g),
-                dir,
+                path: dir.clone(),
+                dir: Some(dir),
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
@@ -63,8 +95,9 @@ impl StepRunner {
     pub(super) async fn prepare(&self, parent: &[Layer]) -> Result<Active> {
         let key = format!("kiln-active-{}", crate::base::rand_hex());
         let mounts = self
-            .ctrd
-            .snapshot_prepare(&key, &refs::top_snapshot(parent), &self.lease)
+            .svc
+            .snapshots
+            .prepare(&key, &refs::top_snapshot(parent), &self.lease)
             .await?;
         Ok(Active {
             key,
@@ -75,7 +108,7 @@ impl StepRunner {
 
     /// Removes an active snapshot that produced nothing (failed step).
     pub(super) async fn discard(&self, active: Active) {
-        if let Err(e) = self.ctrd.snapshot_remove(&active.key).await {
+        if let Err(e) = self.svc.snapshots.remove(&active.key).await {
             tracing::warn!(key = %active.key, error = %e, "cannot remove active snapshot");
         }
     }
@@ -101,14 +134,15 @@ impl StepRunner {
         } else {
             let key = format!("kiln-view-{}", crate::base::rand_hex());
             let mounts = self
-                .ctrd
-                .snapshot_view(&key, &parent_top, &self.lease)
+                .svc
+                .snapshots
+                .view(&key, &parent_top, &self.lease)
                 .await?;
             view_key = Some(key.clone());
-            match self.mount(&key, &mounts) {
+            match self.mount(&key, &mounts, true) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    let _ = self.ctrd.snapshot_remove(&key).await;
+                    let _ = self.svc.snapshots.remove(&key).await;
                     return Err(e);
                 }
             }
@@ -118,7 +152,7 @@ impl StepRunner {
             .await;
         drop(lower);
         if let Some(k) = view_key {
-            if let Err(e) = self.ctrd.snapshot_remove(&k).await {
+            if let Err(e) = self.svc.snapshots.remove(&k).await {
                 tracing::warn!(key = %k, error = %e, "cannot remove view snapshot");
             }
         }
@@ -133,22 +167,23 @@ impl StepRunner {
         let chain = Digest::chain_ids(&refs::diff_ids(&layers));
         let name = chain.last().map(|d| d.to_string()).unwrap_or_default();
         // Lease the name before it exists so it is never unprotected.
-        self.ctrd
-            .lease_add_resource(
+        self.svc
+            .leases
+            .add_resource(
                 &self.lease,
-                &format!("snapshots/{}", self.ctrd.snapshotter()),
-                &name,
+                &LeaseResource::snapshot(&*self.svc.snapshots, &name),
             )
             .await?;
         match self
-            .ctrd
-            .snapshot_commit(&name, &active.key, HashMap::new(), &self.lease)
+            .svc
+            .snapshots
+            .commit(&name, &active.key, &self.lease)
             .await
         {
             Ok(()) => {}
             Err(e) if e.is_already_exists() => {
                 // The same layer was committed by another build: reuse it.
-                self.ctrd.snapshot_remove(&active.key).await?;
+                self.svc.snapshots.remove(&active.key).await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -174,7 +209,7 @@ impl StepRunner {
         };
         if let Some(upper) = upper {
             let r = commit_layer(
-                &self.ctrd,
+                &*self.svc.content,
                 LayerSource::Overlay {
                     upper,
                     lower: lower.clone(),
@@ -190,9 +225,9 @@ impl StepRunner {
                 other => return Ok(other?),
             }
         }
-        let mounted = self.mount(&format!("{}-diff", active.key), &active.mounts)?;
+        let mounted = self.mount(&format!("{}-diff", active.key), &active.mounts, true)?;
         let r = commit_layer(
-            &self.ctrd,
+            &*self.svc.content,
             LayerSource::Walk {
                 lower,
                 upper: mounted.path().to_path_buf(),

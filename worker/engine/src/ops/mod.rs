@@ -10,10 +10,10 @@ mod source;
 use crate::error::{Result, WorkerError};
 use crate::progress::{Progress, ProgressEvent};
 use crate::refs::Ref;
-use kiln_shim::ContainerdExecutor;
+use crate::services::Services;
+use kiln_shim::Executor;
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::diff::Compression;
-use kiln_snapshot::Containerd;
 use kiln_solver::scheduler::OpRunner;
 use kiln_solver::{Digest, FileActionKind, FileInput, Op, Vertex, VertexId};
 use std::collections::HashMap;
@@ -25,8 +25,8 @@ use tracing::Instrument;
 
 /// Everything one build's ops share.
 pub struct StepRunner {
-    pub ctrd: Containerd,
-    pub executor: Arc<ContainerdExecutor>,
+    pub svc: Services,
+    pub executor: Arc<dyn Executor>,
     /// Where host mount points of this build go.
     pub mount_dir: PathBuf,
     pub lease: LeaseId,
@@ -107,7 +107,7 @@ impl OpRunner for StepRunner {
         if matches!(vertex.op, Op::Source(_)) {
             return Ok(None);
         }
-        Ok(crate::cache::load(&self.ctrd, key, &self.lease)
+        Ok(crate::cache::load(&self.svc, key, &self.lease)
             .await?
             .map(|outs| outs.into_iter().map(Ref::Chain).collect()))
     }
@@ -126,7 +126,7 @@ impl OpRunner for StepRunner {
         // A record that cannot be saved costs a future rebuild, not this
         // build: the result itself is safe under the build's lease.
         if let Err(e) = crate::cache::save(
-            &self.ctrd,
+            &self.svc,
             key,
             &chains,
             crate::cache::TYPE_REGULAR,

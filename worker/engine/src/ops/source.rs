@@ -8,9 +8,9 @@ use kiln_solver::{SourceOp, Vertex};
 impl StepRunner {
     pub(super) async fn source(&self, v: &Vertex, s: &SourceOp) -> Result<Vec<Ref>> {
         if let Some(name) = s.identifier.strip_prefix("docker-image://") {
-            let base = crate::base::load(&self.ctrd, name).await?;
-            crate::base::ensure_unpacked(&self.ctrd, &base.layers, &self.lease).await?;
-            crate::base::label_unpacked(&self.ctrd, &base).await?;
+            let base = crate::base::load(&self.svc, name).await?;
+            crate::base::ensure_unpacked(&self.svc, &base.layers, &self.lease).await?;
+            crate::base::label_unpacked(&self.svc, &base).await?;
             return Ok(vec![Ref::Chain(base.layers)]);
         }
         if let Some(name) = s.identifier.strip_prefix("local://") {
