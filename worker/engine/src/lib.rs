@@ -31,3 +31,6 @@ pub use build::{BuildRequest, BuildResult, Engine};
 pub use error::{Result, WorkerError};
 pub use progress::{LogStream, Progress, ProgressEvent};
 pub use services::Services;
+
+#[cfg(test)]
+mod tests;

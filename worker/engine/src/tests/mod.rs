@@ -1,0 +1,445 @@
+//! The engine on in-memory fakes: builds, cache records, base images,
+//! export and prune, with no containerd, no root and no mount syscall
+//! (the fake snapshotter's mounts are single binds, used in place).
+
+mod scaffold;
+
+use crate::cache;
+use crate::error::WorkerError;
+use crate::oci::{self, ImageConfigJson, Manifest};
+use crate::progress::Progress;
+use crate::prune::{self, PruneOptions};
+use crate::services::Services;
+use crate::{BuildRequest, BuildResult, Engine};
+use kiln_shim::testing::{FakeExecutor, FakeOutcome};
+use kiln_snapshot::containerd::{ImageRecord, LeaseId};
+use kiln_snapshot::diff::Compression;
+use kiln_snapshot::layer::UNCOMPRESSED_LABEL;
+use kiln_snapshot::services::write_blob;
+use kiln_snapshot::testing::MemSnapshotter;
+use kiln_solver::{
+    Edge, ExecOp, Graph, ImageConfig, MergeOp, Meta, Mount, MountType, NetMode, Op, Vertex,
+    VertexId,
+};
+use scaffold::MemStore;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// One fake containerd namespace, shared by every engine made from it.
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: MemStore,
+    svc: Services,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = MemStore::default();
+    let s = Arc::new(store.clone());
+    let svc = Services {
+        namespace: "test".into(),
+        content: s.clone(),
+        snapshots: Arc::new(MemSnapshotter::new(&dir.path().join("snapshots"))),
+        leases: s.clone(),
+        images: s.clone(),
+        applier: s,
+    };
+    Fixture { dir, store, svc }
+}
+
+impl Fixture {
+    /// An engine with its own state directory (as another kiln process
+    /// would have) and executor.
+    fn engine(&self, name: &str, exec: &FakeExecutor) -> Engine {
+        Engine::with_services(
+            self.svc.clone(),
+            Arc::new(exec.clone()),
+            Arc::new(exec.clone()),
+            self.dir.path().join(name),
+        )
+    }
+
+    async fn lease_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .svc
+            .leases
+            .list()
+            .await
+            .expect("list leases")
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Writes a blob held by a test lease.
+    async fn blob(&self, data: &[u8]) -> String {
+        let lease = LeaseId::named("test", "seed");
+        match self
+            .svc
+            .leases
+            .create(&lease, "test", None, HashMap::new())
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => panic!("seed lease: {e}"),
+        }
+        write_blob(&*self.svc.content, data, HashMap::new(), &lease)
+            .await
+            .expect("write blob")
+            .to_string()
+    }
+
+    /// Points image `name` at a manifest of `manifest` bytes.
+    async fn image(&self, name: &str, manifest: &[u8]) {
+        let digest = self.blob(manifest).await;
+        self.svc
+            .images
+            .put(
+                &ImageRecord {
+                    name: name.into(),
+                    media_type: oci::MEDIA_OCI_MANIFEST.into(),
+                    digest,
+                    size: manifest.len() as i64,
+                    labels: HashMap::new(),
+                },
+                None,
+            )
+            .await
+            .expect("put image");
+    }
+}
+
+fn vertex(op: Op, inputs: Vec<Edge>, name: &str) -> Vertex {
+    Vertex {
+        op,
+        inputs,
+        name: name.into(),
+        location: None,
+        ignore_cache: false,
+    }
+}
+
+/// scratch -> `RUN <args>`.
+fn run_graph(args: &[&str]) -> (Graph, VertexId) {
+    let mut g = Graph::default();
+    let scratch = g
+        .add(vertex(
+            Op::Merge(MergeOp { inputs: vec![] }),
+            vec![],
+            "scratch",
+        ))
+        .expect("add scratch");
+    let run = g
+        .add(vertex(
+            Op::Exec(ExecOp {
+                meta: Meta {
+                    args: args.iter().map(|a| a.to_string()).collect(),
+                    env: vec!["PATH=/bin".into()],
+                    cwd: "/".into(),
+                    ..Default::default()
+                },
+                mounts: vec![Mount {
+                    input: Some(0),
+                    selector: String::new(),
+                    dest: "/".into(),
+                    output: Some(0),
+                    readonly: false,
+                    mount_type: MountType::Bind,
+                }],
+                network: NetMode::Unset,
+            }),
+            vec![Edge {
+                vertex: scratch,
+                output: 0,
+            }],
+            "RUN",
+        ))
+        .expect("add run");
+    (g, run)
+}
+
+fn request(args: &[&str], names: &[&str]) -> BuildRequest {
+    let (graph, result) = run_graph(args);
+    BuildRequest {
+        graph,
+        result,
+        config: ImageConfig::default(),
+        locals: HashMap::new(),
+        names: names.iter().map(|n| n.to_string()).collect(),
+        compression: Compression::Gzip,
+    }
+}
+
+async fn build(engine: &Engine, req: BuildRequest) -> crate::Result<BuildResult> {
+    engine
+        .build(req, Progress::none(), CancellationToken::new())
+        .await
+}
+
+#[tokio::test]
+async fn a_cache_hit_executes_nothing() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    let engine = fx.engine("a", &exec);
+    build(&engine, request(&["true"], &[]))
+        .await
+        .expect("first build");
+    assert_eq!(exec.steps().len(), 1, "the first build runs its step");
+    build(&engine, request(&["true"], &[]))
+        .await
+        .expect("second build");
+    assert_eq!(exec.steps().len(), 1, "the second build runs nothing");
+    build(&engine, request(&["false"], &[]))
+        .await
+        .expect("a different step");
+    assert_eq!(exec.steps().len(), 2, "a different step is not a hit");
+}
+
+#[tokio::test]
+async fn a_cache_record_is_found_by_another_engine_on_the_same_namespace() {
+    let fx = fixture();
+    let first = FakeExecutor::new();
+    build(&fx.engine("a", &first), request(&["true"], &[]))
+        .await
+        .expect("build in a");
+    assert_eq!(first.steps().len(), 1);
+    let second = FakeExecutor::new();
+    build(&fx.engine("b", &second), request(&["true"], &[]))
+        .await
+        .expect("build in b");
+    assert_eq!(
+        second.steps().len(),
+        0,
+        "the other engine hits the record in containerd"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_step_releases_its_build_lease() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    exec.push(FakeOutcome::Exit {
+        code: 3,
+        stdout: vec![],
+        stderr: b"boom".to_vec(),
+    });
+    let err = build(
+        &fx.engine("a", &exec),
+        request(&["false"], &["docker.io/library/x:latest"]),
+    )
+    .await
+    .expect_err("the step fails");
+    assert!(
+        matches!(err, WorkerError::StepFailed { code: 3, ref command, .. } if command == "false"),
+        "{err:?}"
+    );
+    let leases = fx.lease_ids().await;
+    assert!(
+        leases.iter().all(|l| !l.starts_with("kiln/build/")),
+        "no build lease is left: {leases:?}"
+    );
+    assert!(
+        fx.svc
+            .images
+            .get("docker.io/library/x:latest")
+            .await
+            .is_err(),
+        "a failed build names no image"
+    );
+}
+
+#[tokio::test]
+async fn a_successful_build_releases_its_build_lease_too() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    build(&fx.engine("a", &exec), request(&["true"], &[]))
+        .await
+        .expect("build");
+    let leases = fx.lease_ids().await;
+    assert!(
+        leases.iter().all(|l| !l.starts_with("kiln/build/")),
+        "{leases:?}"
+    );
+    assert!(
+        leases.iter().any(|l| l.starts_with("kiln/cache/")),
+        "the step's result is kept by a cache record: {leases:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_export_writes_exactly_config_manifest_and_layers_with_gc_labels() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    let name = "docker.io/library/out:latest";
+    let r = build(&fx.engine("a", &exec), request(&["true"], &[name]))
+        .await
+        .expect("build");
+
+    // The image record points at the manifest.
+    let record = fx.svc.images.get(name).await.expect("image record");
+    assert_eq!(record.digest, r.manifest_digest);
+    assert_eq!(record.media_type, oci::MEDIA_OCI_MANIFEST);
+    assert_eq!(r.names, [name]);
+
+    // The manifest names the config and one layer.
+    let content = &fx.svc.content;
+    let manifest: Manifest =
+        serde_json::from_slice(&content.read(&r.manifest_digest).await.expect("manifest"))
+            .expect("manifest JSON");
+    assert_eq!(manifest.config.digest, r.config_digest);
+    assert_eq!(manifest.config.media_type, oci::MEDIA_OCI_CONFIG);
+    assert_eq!(manifest.layers.len(), 1);
+    let layer = &manifest.layers[0];
+    assert_eq!(layer.media_type, Compression::Gzip.media_type());
+
+    // Labels: manifest -> config and layer; config -> unpacked snapshot;
+    // layer -> its diffID.
+    let m_info = content
+        .info(&r.manifest_digest)
+        .await
+        .expect("manifest info");
+    let expected: HashMap<String, String> = [
+        (
+            "containerd.io/gc.ref.content.config".to_string(),
+            r.config_digest.clone(),
+        ),
+        (
+            "containerd.io/gc.ref.content.l.0".to_string(),
+            layer.digest.clone(),
+        ),
+    ]
+    .into();
+    assert_eq!(m_info.labels, expected);
+    let config: ImageConfigJson =
+        serde_json::from_slice(&content.read(&r.config_digest).await.expect("config"))
+            .expect("config JSON");
+    assert_eq!(config.rootfs.diff_ids.len(), 1);
+    let diff_id = &config.rootfs.diff_ids[0];
+    let chain_id = diff_id.clone(); // one layer: its chainID is its diffID
+    let c_info = content.info(&r.config_digest).await.expect("config info");
+    assert_eq!(
+        c_info.labels,
+        HashMap::from([(
+            "containerd.io/gc.ref.snapshot.mem".to_string(),
+            chain_id.clone()
+        )])
+    );
+    let l_info = content.info(&layer.digest).await.expect("layer info");
+    assert_eq!(l_info.labels.get(UNCOMPRESSED_LABEL), Some(diff_id));
+    assert_eq!(l_info.size, layer.size);
+    // The unpacked snapshot the config names exists.
+    fx.svc
+        .snapshots
+        .stat(&chain_id)
+        .await
+        .expect("unpacked snapshot");
+
+    // Nothing else was written but the cache records of the build.
+    let mut expected_blobs: BTreeSet<String> = [
+        r.manifest_digest.clone(),
+        r.config_digest.clone(),
+        layer.digest.clone(),
+    ]
+    .into();
+    for rec in cache::list(&fx.svc).await.expect("records") {
+        expected_blobs.insert(rec.lease.labels[cache::RECORD_LABEL].clone());
+    }
+    assert_eq!(fx.store.digests(), expected_blobs);
+}
+
+#[tokio::test]
+async fn base_image_resolution_reads_manifest_and_config() {
+    let fx = fixture();
+    let config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"WorkingDir":"/w"},"rootfs":{"type":"layers","diff_ids":[]},"history":[]}"#;
+    let cfg_digest = fx.blob(config).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci::MEDIA_OCI_MANIFEST,
+        "config": {"mediaType": oci::MEDIA_OCI_CONFIG, "digest": cfg_digest, "size": config.len()},
+        "layers": []
+    });
+    fx.image("docker.io/library/base:1", manifest.to_string().as_bytes())
+        .await;
+    let engine = fx.engine("a", &FakeExecutor::new());
+    let cfg = engine
+        .image_config("docker.io/library/base:1")
+        .await
+        .expect("found");
+    assert_eq!(cfg.env, ["A=1"]);
+    assert_eq!(cfg.working_dir, "/w");
+    let base = crate::base::load(&fx.svc, "docker.io/library/base:1")
+        .await
+        .expect("load");
+    assert_eq!(base.config_digest, cfg_digest);
+    assert!(base.layers.is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_base_image_is_not_found_and_named() {
+    let fx = fixture();
+    let engine = fx.engine("a", &FakeExecutor::new());
+    let err = engine
+        .image_config("docker.io/library/nope:1")
+        .await
+        .expect_err("missing");
+    assert!(
+        matches!(&err, WorkerError::ImageNotFound { image, namespace }
+            if image == "docker.io/library/nope:1" && namespace == "test"),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), kiln_snapshot::ErrorKind::NotFound);
+    assert!(err.to_string().contains("docker.io/library/nope:1"));
+}
+
+#[tokio::test]
+async fn a_base_image_with_a_bad_manifest_is_invalid() {
+    let fx = fixture();
+    fx.image("docker.io/library/bad:1", b"{not json").await;
+    let err = fx
+        .engine("a", &FakeExecutor::new())
+        .image_config("docker.io/library/bad:1")
+        .await
+        .expect_err("bad manifest");
+    assert!(
+        matches!(&err, WorkerError::InvalidImage { image, reason }
+            if image == "docker.io/library/bad:1" && reason.starts_with("manifest ")),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), kiln_snapshot::ErrorKind::InvalidArgument);
+}
+
+#[tokio::test]
+async fn prune_removes_the_records_and_the_next_build_runs_again() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    let engine = fx.engine("a", &exec);
+    build(&engine, request(&["true"], &[]))
+        .await
+        .expect("build");
+    let before = prune::disk_usage(&fx.svc).await.expect("du");
+    assert!(!before.is_empty(), "the build left cache records");
+    let report = prune::prune(&fx.svc, &PruneOptions::default())
+        .await
+        .expect("prune");
+    assert_eq!(report.removed.len(), before.len());
+    assert!(prune::disk_usage(&fx.svc).await.expect("du").is_empty());
+    assert!(
+        fx.lease_ids()
+            .await
+            .iter()
+            .all(|l| !l.starts_with("kiln/cache/")),
+        "every record lease is gone"
+    );
+    build(&engine, request(&["true"], &[]))
+        .await
+        .expect("rebuild");
+    assert_eq!(
+        exec.steps().len(),
+        2,
+        "with the records gone, the step runs again"
+    );
+}
