@@ -443,3 +443,33 @@ async fn prune_removes_the_records_and_the_next_build_runs_again() {
         "with the records gone, the step runs again"
     );
 }
+
+#[tokio::test]
+async fn sweep_deletes_the_leases_of_dead_builds_only() {
+    let fx = fixture();
+    let engine = fx.engine("a", &FakeExecutor::new());
+    let mut dead = crate::sweep::owner_labels();
+    // This pid with another start time: a process that is gone.
+    dead.insert("dev.kiln/pid.start".into(), "1".into());
+    let leases = &fx.svc.leases;
+    let dead_id = LeaseId::named("build", "dead");
+    let live_id = LeaseId::named("build", "live");
+    let other_id = LeaseId::named("cache", "record");
+    leases
+        .create(&dead_id, "build", None, dead.clone())
+        .await
+        .expect("dead lease");
+    leases
+        .create(&live_id, "build", None, crate::sweep::owner_labels())
+        .await
+        .expect("live lease");
+    leases
+        .create(&other_id, "cache", None, dead)
+        .await
+        .expect("other lease");
+    engine.sweep().await.expect("sweep");
+    assert_eq!(
+        fx.lease_ids().await,
+        [live_id.to_string(), other_id.to_string()]
+    );
+}
