@@ -38,6 +38,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_listings_show_exactly_what_a_namespace_holds() {
+        use crate::containerd::{ImageRecord, LeaseId};
+        use crate::services::{write_blob, Images, LeaseResource, Leases, Snapshots};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mem = MemContainerd::new(&dir.path().join("snapshots"));
+        let other = mem.with_namespace("other");
+        let l = LeaseId::unique("test");
+        Leases::create(&mem, &l, "test", None, Default::default())
+            .await
+            .expect("lease");
+        let mut labels = std::collections::HashMap::new();
+        labels.insert("k".to_string(), "v".to_string());
+        let d = write_blob(&mem, b"blob", labels, &l).await.expect("write");
+        mem.prepare("key", "", &l).await.expect("prepare");
+        let img = ImageRecord {
+            name: "docker.io/library/x:y".into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: d.to_string(),
+            size: 4,
+            labels: Default::default(),
+        };
+        Images::put(&mem, &img, None).await.expect("put");
+
+        let content = mem.list_content();
+        assert_eq!(content.len(), 1);
+        assert_eq!(content[0].digest, d.as_str());
+        assert_eq!(content[0].size, 4);
+        assert_eq!(content[0].labels.get("k").map(String::as_str), Some("v"));
+        assert_eq!(mem.list_images(), vec![img]);
+        let snaps = mem.list_snapshots();
+        assert_eq!(snaps.len(), 1);
+        assert_eq!(snaps[0].name, "key");
+        assert_eq!(
+            mem.list_resources(&l),
+            Some(vec![
+                LeaseResource::Content(d.to_string()),
+                LeaseResource::Snapshot {
+                    snapshotter: "mem".into(),
+                    key: "key".into()
+                },
+            ])
+        );
+        assert!(other.list_content().is_empty() && other.list_images().is_empty());
+        assert_eq!(other.list_resources(&l), None);
+
+        Leases::delete(&mem, &l, true).await.expect("delete");
+        assert!(
+            mem.list_snapshots().is_empty(),
+            "the unleased snapshot is collected"
+        );
+        assert_eq!(mem.list_content().len(), 1, "the image keeps its target");
+        assert_eq!(mem.list_resources(&l), None);
+    }
+
+    #[tokio::test]
     async fn the_fake_passes_the_content_suite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = content_conformance(fake(&dir)).await;

@@ -2,8 +2,9 @@
 //! images, leases and snapshots, and the garbage collector that ties them
 //! together the way containerd's metadata store does.
 
-use crate::containerd::{ImageRecord, LeaseId, SnapshotKind};
+use crate::containerd::{ContentInfo, ImageRecord, LeaseId, SnapshotInfo, SnapshotKind};
 use crate::error::SnapshotError;
+use crate::services::LeaseResource;
 use kiln_proto::ErrorKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -159,6 +160,61 @@ impl MemContainerd {
     /// The namespace this view works in.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// Every blob of this namespace, by digest (containerd's
+    /// `Content.List`), for tests that check exactly what was written.
+    pub fn list_content(&self) -> Vec<ContentInfo> {
+        self.with_ns(|ns| {
+            ns.blobs
+                .iter()
+                .map(|(d, b)| ContentInfo {
+                    digest: d.clone(),
+                    size: b.data.len() as i64,
+                    labels: b.labels.clone(),
+                })
+                .collect()
+        })
+    }
+
+    /// Every image record of this namespace, by name (`Images.List`).
+    pub fn list_images(&self) -> Vec<ImageRecord> {
+        self.with_ns(|ns| ns.images.values().cloned().collect())
+    }
+
+    /// Every snapshot of this namespace, by key (`Snapshots.List`).
+    pub fn list_snapshots(&self) -> Vec<SnapshotInfo> {
+        self.with_ns(|ns| {
+            ns.snapshots
+                .iter()
+                .map(|(k, s)| SnapshotInfo {
+                    name: k.clone(),
+                    parent: s.parent.clone(),
+                    kind: s.kind,
+                    labels: s.labels.clone(),
+                })
+                .collect()
+        })
+    }
+
+    /// What lease `id` holds (`Leases.ListResources`), sorted; `None` if
+    /// there is no such lease.
+    pub fn list_resources(&self, id: &LeaseId) -> Option<Vec<LeaseResource>> {
+        let snapshotter = self.shared.snapshotter.clone();
+        self.with_ns(|ns| {
+            let l = ns.leases.get(id.as_str())?;
+            let mut out: Vec<LeaseResource> = l
+                .content
+                .iter()
+                .map(|d| LeaseResource::Content(d.clone()))
+                .chain(l.snapshots.iter().map(|k| LeaseResource::Snapshot {
+                    snapshotter: snapshotter.clone(),
+                    key: k.clone(),
+                }))
+                .collect();
+            out.sort_by(|a, b| (a.resource_type(), a.id()).cmp(&(b.resource_type(), b.id())));
+            Some(out)
+        })
     }
 
     pub(crate) fn snapshotter_name(&self) -> &str {
