@@ -118,6 +118,7 @@ impl Applier for MemContainerd {
         mounts: &[Mount],
         _lease: &LeaseId,
     ) -> Result<String> {
+        self.injected("Diff.Apply", digest)?;
         let compression = compression_of(media_type).ok_or_else(|| {
             rpc(
                 "Diff.Apply",

@@ -30,6 +30,7 @@ pub(crate) fn merge_labels(into: &mut HashMap<String, String>, labels: HashMap<S
 
 impl MemContainerd {
     fn blob(&self, method: &'static str, digest: &str) -> Result<(Arc<Vec<u8>>, ContentInfo)> {
+        self.injected(method, digest)?;
         self.with_ns(|ns| {
             ns.blobs
                 .get(digest)
@@ -75,6 +76,7 @@ impl ContentWriter for MemWriter {
         labels: HashMap<String, String>,
     ) -> Result<()> {
         let MemWriter { mem, lease, data } = *self;
+        mem.injected("Content.Write", digest.as_str())?;
         let actual = Digest::of(&data);
         if actual != *digest {
             return Err(rpc(
@@ -134,6 +136,7 @@ impl Content for MemContainerd {
     }
 
     async fn set_labels(&self, digest: &str, labels: HashMap<String, String>) -> Result<()> {
+        self.injected("Content.Update", digest)?;
         self.with_ns(|ns| match ns.blobs.get_mut(digest) {
             Some(b) => {
                 merge_labels(&mut b.labels, labels);

@@ -36,6 +36,7 @@ impl Leases for MemContainerd {
         expire: Option<Duration>,
         labels: HashMap<String, String>,
     ) -> Result<()> {
+        self.injected("Leases.Create", id.as_str())?;
         let now = SystemTime::now();
         let mut labels = labels;
         labels.insert(LEASE_OWNER_LABEL.into(), purpose.into());
@@ -70,14 +71,17 @@ impl Leases for MemContainerd {
     }
 
     async fn delete(&self, id: &LeaseId, sync: bool) -> Result<()> {
-        self.with_ns(|ns| ns.leases.remove(id.as_str()));
-        if sync {
+        self.injected("Leases.Delete", id.as_str())?;
+        // containerd answers NotFound (which the proxy ignores) before any GC.
+        let existed = self.with_ns(|ns| ns.leases.remove(id.as_str())).is_some();
+        if sync && existed {
             self.collect();
         }
         Ok(())
     }
 
     async fn add_resource(&self, id: &LeaseId, resource: &LeaseResource) -> Result<()> {
+        self.injected("Leases.AddResource", id.as_str())?;
         let snapshotter = self.snapshotter_name().to_string();
         self.with_ns(|ns| {
             let lease = ns.lease_mut("Leases.AddResource", id.as_str(), id)?;
@@ -108,6 +112,7 @@ impl Leases for MemContainerd {
     }
 
     async fn list(&self) -> Result<Vec<LeaseInfo>> {
+        self.injected("Leases.List", "")?;
         Ok(self.with_ns(|ns| {
             ns.leases
                 .iter()
@@ -118,6 +123,7 @@ impl Leases for MemContainerd {
     }
 
     async fn get(&self, id: &LeaseId) -> Result<Option<LeaseInfo>> {
+        self.injected("Leases.List", id.as_str())?;
         Ok(self.with_ns(|ns| {
             ns.leases
                 .get(id.as_str())
@@ -127,6 +133,7 @@ impl Leases for MemContainerd {
     }
 
     async fn gc(&self) -> Result<()> {
+        self.injected("Leases.Delete", "")?;
         self.collect();
         Ok(())
     }
@@ -160,6 +167,7 @@ fn validate(record: &ImageRecord) -> Result<()> {
 #[async_trait]
 impl Images for MemContainerd {
     async fn get(&self, name: &str) -> Result<ImageRecord> {
+        self.injected("Images.Get", name)?;
         self.with_ns(|ns| {
             ns.images.get(name).cloned().ok_or_else(|| {
                 rpc(
@@ -174,6 +182,7 @@ impl Images for MemContainerd {
 
     /// Images are GC roots themselves; the lease is not needed for them.
     async fn put(&self, record: &ImageRecord, _lease: Option<&LeaseId>) -> Result<()> {
+        self.injected("Images.Create", &record.name)?;
         validate(record)?;
         self.with_ns(|ns| {
             ns.images.insert(record.name.clone(), record.clone());
@@ -182,6 +191,7 @@ impl Images for MemContainerd {
     }
 
     async fn delete(&self, name: &str, sync: bool) -> Result<()> {
+        self.injected("Images.Delete", name)?;
         self.with_ns(|ns| match ns.images.remove(name) {
             Some(_) => Ok(()),
             None => Err(rpc(

@@ -93,6 +93,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_injected_failure_fails_that_many_calls_and_changes_nothing() {
+        use crate::containerd::LeaseId;
+        use crate::services::{write_blob, Content, Leases, Snapshots};
+        use crate::ErrorKind;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mem = MemContainerd::new(&dir.path().join("snapshots"));
+        let l = LeaseId::unique("test");
+        Leases::create(&mem, &l, "test", None, Default::default())
+            .await
+            .expect("lease");
+        mem.fail_next("Content.Write", ErrorKind::Unavailable, 2);
+        mem.fail_next("Snapshots.Prepare", ErrorKind::AlreadyExists, 1);
+        for _ in 0..2 {
+            let e = write_blob(&mem, b"x", Default::default(), &l)
+                .await
+                .expect_err("injected");
+            assert_eq!(e.kind(), ErrorKind::Unavailable);
+            assert!(matches!(e, crate::SnapshotError::Unavailable { .. }));
+        }
+        assert!(
+            mem.list_content().is_empty(),
+            "a failed commit stores nothing"
+        );
+        let e = mem.prepare("k", "", &l).await.expect_err("injected");
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+        assert!(
+            mem.list_snapshots().is_empty(),
+            "a failed prepare creates nothing"
+        );
+        let d = write_blob(&mem, b"x", Default::default(), &l)
+            .await
+            .expect("the third write succeeds");
+        assert_eq!(mem.info(d.as_str()).await.expect("info").size, 1);
+        mem.prepare("k", "", &l)
+            .await
+            .expect("the second prepare succeeds");
+    }
+
+    #[tokio::test]
     async fn the_fake_passes_the_content_suite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = content_conformance(fake(&dir)).await;

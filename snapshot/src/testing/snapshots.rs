@@ -62,6 +62,7 @@ impl MemContainerd {
         kind: SnapshotKind,
         lease: &LeaseId,
     ) -> Result<Vec<Mount>> {
+        self.injected(method, key)?;
         let mut state = self.lock();
         let dir = self.new_dir(&mut state);
         let ns = state.namespaces.entry(self.namespace.clone()).or_default();
@@ -143,6 +144,7 @@ impl Snapshots for MemContainerd {
     }
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.injected("Snapshots.Mounts", key)?;
         self.with_ns(|ns| match ns.snapshots.get(key) {
             Some(s) if s.kind != SnapshotKind::Committed => {
                 Ok(bind(&s.dir, s.kind == SnapshotKind::View))
@@ -158,6 +160,7 @@ impl Snapshots for MemContainerd {
     }
 
     async fn commit(&self, name: &str, key: &str, lease: &LeaseId) -> Result<()> {
+        self.injected("Snapshots.Commit", name)?;
         self.with_ns(|ns| {
             ns.lease_mut("Snapshots.Commit", name, lease)?;
             if ns.snapshots.contains_key(name) {
@@ -191,6 +194,7 @@ impl Snapshots for MemContainerd {
     }
 
     async fn remove(&self, key: &str) -> Result<()> {
+        self.injected("Snapshots.Remove", key)?;
         let removed = self.with_ns(|ns| {
             if !ns.snapshots.contains_key(key) {
                 return Ok(None);
@@ -212,6 +216,7 @@ impl Snapshots for MemContainerd {
     }
 
     async fn stat(&self, key: &str) -> Result<SnapshotInfo> {
+        self.injected("Snapshots.Stat", key)?;
         self.with_ns(|ns| {
             let s = ns
                 .snapshots

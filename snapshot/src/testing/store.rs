@@ -78,6 +78,8 @@ impl Namespace {
 pub(crate) struct State {
     pub(crate) namespaces: HashMap<String, Namespace>,
     next_dir: u64,
+    /// Injected failures: method -> (kind, calls left to fail).
+    faults: HashMap<String, (ErrorKind, usize)>,
 }
 
 pub(crate) struct Shared {
@@ -143,6 +145,7 @@ impl MemContainerd {
                 state: Mutex::new(State {
                     namespaces: HashMap::new(),
                     next_dir: 0,
+                    faults: HashMap::new(),
                 }),
             }),
             namespace: "default".to_string(),
@@ -215,6 +218,39 @@ impl MemContainerd {
             out.sort_by(|a, b| (a.resource_type(), a.id()).cmp(&(b.resource_type(), b.id())));
             Some(out)
         })
+    }
+
+    /// Makes the next `times` calls of `method` fail with `kind` (in any
+    /// namespace), for tests of error paths. Methods are named as the
+    /// proxy names them in errors: `Content.Info`, `Content.Read` (both
+    /// reads), `Content.Write` (a writer's commit), `Content.Update`
+    /// (set_labels), `Leases.Create`, `Leases.Delete` (and gc),
+    /// `Leases.AddResource`, `Leases.List` (list and get), `Images.Get`,
+    /// `Images.Create` (put), `Images.Delete`, `Snapshots.Prepare`, `.View`,
+    /// `.Mounts`, `.Commit`, `.Remove`, `.Stat`, and `Diff.Apply`. A failed
+    /// call changes nothing.
+    pub fn fail_next(&self, method: &str, kind: ErrorKind, times: usize) {
+        self.lock().faults.insert(method.to_string(), (kind, times));
+    }
+
+    /// The injected failure of `method`, if one is due.
+    pub(crate) fn injected(&self, method: &'static str, object: &str) -> crate::Result<()> {
+        let mut state = self.lock();
+        match state.faults.get_mut(method) {
+            Some((kind, left)) if *left > 0 => {
+                *left -= 1;
+                // The proxy's own variant for a containerd that went away.
+                if *kind == ErrorKind::Unavailable {
+                    return Err(SnapshotError::Unavailable {
+                        address: "mem".into(),
+                        method,
+                        message: "injected failure".into(),
+                    });
+                }
+                Err(rpc(method, object, *kind, "injected failure"))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn snapshotter_name(&self) -> &str {
