@@ -1,30 +1,54 @@
-//! The snapshotter conformance suite on containerd's overlayfs
-//! snapshotter, through kiln's proxy: the same checks the in-memory fake
-//! passes in kiln-snapshot's unit tests.
+//! The conformance suites on containerd itself, through kiln's proxy: the
+//! same named cases the in-memory fake passes in kiln-snapshot's unit
+//! tests, each in a fresh namespace of a private containerd (overlayfs).
+//! Where the two disagree, containerd is right and the fake is fixed.
 
 use kiln_integration::Harness;
-use kiln_snapshot::containerd::LeaseId;
-use kiln_snapshot::testing::snapshotter_conformance;
-use std::collections::HashMap;
-use std::time::Duration;
+use kiln_snapshot::testing::{
+    applier_conformance, content_conformance, images_conformance, leases_conformance,
+    snapshotter_conformance, ConformanceError, Namespaces, Report,
+};
+use std::sync::Arc;
+
+async fn containerd(h: &Harness) -> Arc<dyn Namespaces> {
+    Arc::new(h.client("conformance").await.expect("connect"))
+}
+
+fn check(r: Result<Report, ConformanceError>) {
+    match r {
+        Ok(report) => assert!(!report.passed.is_empty(), "{} ran no cases", report.suite),
+        Err(e) => panic!("{e}"),
+    }
+}
 
 #[tokio::test]
-async fn containerd_overlayfs_passes_the_snapshotter_conformance_suite() {
+async fn containerd_passes_the_content_suite() {
     let h = Harness::start().await.expect("private containerd starts");
-    let ctrd = h.client("conformance").await.expect("connect");
-    let lease = LeaseId::unique("conformance");
-    ctrd.lease_create(
-        &lease,
-        "test",
-        Some(Duration::from_secs(600)),
-        HashMap::new(),
-    )
-    .await
-    .expect("lease");
+    check(content_conformance(containerd(&h).await).await);
+}
+
+#[tokio::test]
+async fn containerd_passes_the_leases_suite() {
+    let h = Harness::start().await.expect("private containerd starts");
+    check(leases_conformance(containerd(&h).await).await);
+}
+
+#[tokio::test]
+async fn containerd_passes_the_images_suite() {
+    let h = Harness::start().await.expect("private containerd starts");
+    check(images_conformance(containerd(&h).await).await);
+}
+
+#[tokio::test]
+async fn containerd_overlayfs_passes_the_snapshotter_suite() {
+    let h = Harness::start().await.expect("private containerd starts");
     let scratch = h.state_dir().join("conformance");
-    std::fs::create_dir_all(&scratch).expect("mkdir");
-    snapshotter_conformance(&ctrd, &lease, &scratch, "ctrd")
-        .await
-        .expect("containerd conforms");
-    ctrd.lease_delete(&lease, true).await.expect("release");
+    check(snapshotter_conformance(containerd(&h).await, &scratch).await);
+}
+
+#[tokio::test]
+async fn containerd_passes_the_applier_suite() {
+    let h = Harness::start().await.expect("private containerd starts");
+    let scratch = h.state_dir().join("conformance");
+    check(applier_conformance(containerd(&h).await, &scratch).await);
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 pub const LEASE_PREFIX: &str = "kiln/";
 /// Label marking a lease as kiln's; its value names the purpose.
 pub const LEASE_OWNER_LABEL: &str = "dev.kiln/owner";
-const EXPIRE_LABEL: &str = "containerd.io/gc.expire";
-const FLAT_LABEL: &str = "containerd.io/gc.flat";
+pub(crate) const EXPIRE_LABEL: &str = "containerd.io/gc.expire";
+pub(crate) const FLAT_LABEL: &str = "containerd.io/gc.flat";
 
 /// A lease ID (always with the `kiln/` prefix).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -13,6 +13,8 @@ mod snapshots;
 pub use content::{BlobWriter, ContentInfo};
 pub use images::ImageRecord;
 pub use leases::{LeaseId, LeaseInfo, LEASE_OWNER_LABEL, LEASE_PREFIX};
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use leases::{EXPIRE_LABEL, FLAT_LABEL};
 pub use snapshots::{SnapshotInfo, SnapshotKind};
 
 use crate::error::{Result, SnapshotError};

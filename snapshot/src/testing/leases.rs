@@ -1,0 +1,209 @@
+//! [`Leases`] and [`Images`] on the in-memory containerd: the GC roots.
+
+use super::store::{rpc, Lease, MemContainerd};
+use crate::containerd::{ImageRecord, LeaseId, LeaseInfo, LEASE_OWNER_LABEL, LEASE_PREFIX};
+use crate::containerd::{EXPIRE_LABEL, FLAT_LABEL};
+use crate::error::Result;
+use crate::services::{Images, LeaseResource, Leases};
+use async_trait::async_trait;
+use kiln_proto::ErrorKind;
+use kiln_solver::Digest;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+fn info(id: &str, l: &Lease) -> LeaseInfo {
+    LeaseInfo {
+        id: id.to_string(),
+        labels: l.labels.clone(),
+        created_secs: l.created_secs,
+    }
+}
+
+fn is_kiln(id: &str, l: &Lease) -> bool {
+    id.starts_with(LEASE_PREFIX) && l.labels.contains_key(LEASE_OWNER_LABEL)
+}
+
+#[async_trait]
+impl Leases for MemContainerd {
+    async fn create(
+        &self,
+        id: &LeaseId,
+        purpose: &str,
+        expire: Option<Duration>,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.injected("Leases.Create", id.as_str())?;
+        let now = SystemTime::now();
+        let mut labels = labels;
+        labels.insert(LEASE_OWNER_LABEL.into(), purpose.into());
+        labels.insert(FLAT_LABEL.into(), "true".into());
+        // The label has whole seconds, and containerd reads the label.
+        let expires = expire.map(|d| UNIX_EPOCH + Duration::from_secs(secs(now + d)));
+        if let Some(e) = expires {
+            labels.insert(EXPIRE_LABEL.into(), crate::time::rfc3339(e, false));
+        }
+        self.with_ns(|ns| {
+            if ns.leases.contains_key(id.as_str()) {
+                return Err(rpc(
+                    "Leases.Create",
+                    id.as_str(),
+                    ErrorKind::AlreadyExists,
+                    &format!("lease {id}: already exists"),
+                ));
+            }
+            ns.leases.insert(
+                id.as_str().to_string(),
+                Lease {
+                    labels,
+                    created_secs: secs(now),
+                    expires,
+                    flat: true,
+                    content: HashSet::new(),
+                    snapshots: HashSet::new(),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    async fn delete(&self, id: &LeaseId, sync: bool) -> Result<()> {
+        self.injected("Leases.Delete", id.as_str())?;
+        // containerd answers NotFound (which the proxy ignores) before any GC.
+        let existed = self.with_ns(|ns| ns.leases.remove(id.as_str())).is_some();
+        if sync && existed {
+            self.collect();
+        }
+        Ok(())
+    }
+
+    async fn add_resource(&self, id: &LeaseId, resource: &LeaseResource) -> Result<()> {
+        self.injected("Leases.AddResource", id.as_str())?;
+        let snapshotter = self.snapshotter_name().to_string();
+        self.with_ns(|ns| {
+            let lease = ns.lease_mut("Leases.AddResource", id.as_str(), id)?;
+            match resource {
+                LeaseResource::Content(d) => {
+                    if Digest::parse(d).is_none() {
+                        return Err(rpc(
+                            "Leases.AddResource",
+                            id.as_str(),
+                            ErrorKind::InvalidArgument,
+                            &format!("invalid content digest {d:?}"),
+                        ));
+                    }
+                    lease.content.insert(d.clone());
+                }
+                // A snapshot of another snapshotter is recorded by
+                // containerd but holds nothing here: there is none.
+                LeaseResource::Snapshot {
+                    snapshotter: s,
+                    key,
+                } if *s == snapshotter => {
+                    lease.snapshots.insert(key.clone());
+                }
+                LeaseResource::Snapshot { .. } => {}
+            }
+            Ok(())
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<LeaseInfo>> {
+        self.injected("Leases.List", "")?;
+        Ok(self.with_ns(|ns| {
+            ns.leases
+                .iter()
+                .filter(|(id, l)| is_kiln(id, l))
+                .map(|(id, l)| info(id, l))
+                .collect()
+        }))
+    }
+
+    async fn get(&self, id: &LeaseId) -> Result<Option<LeaseInfo>> {
+        self.injected("Leases.List", id.as_str())?;
+        Ok(self.with_ns(|ns| {
+            ns.leases
+                .get(id.as_str())
+                .filter(|l| is_kiln(id.as_str(), l))
+                .map(|l| info(id.as_str(), l))
+        }))
+    }
+
+    async fn gc(&self) -> Result<()> {
+        self.injected("Leases.Delete", "")?;
+        self.collect();
+        Ok(())
+    }
+}
+
+/// containerd's checks of an image record (`validateImage`).
+fn validate(record: &ImageRecord) -> Result<()> {
+    let bad = |what: &str| {
+        Err(rpc(
+            "Images.Create",
+            &record.name,
+            ErrorKind::InvalidArgument,
+            what,
+        ))
+    };
+    if record.name.is_empty() {
+        return bad("image name must not be empty");
+    }
+    if Digest::parse(&record.digest).is_none() {
+        return bad(&format!("Target.Digest {:?} invalid", record.digest));
+    }
+    if record.size <= 0 {
+        return bad("Target.Size must be greater than zero");
+    }
+    if record.media_type.is_empty() {
+        return bad("Target.MediaType must be set");
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Images for MemContainerd {
+    async fn get(&self, name: &str) -> Result<ImageRecord> {
+        self.injected("Images.Get", name)?;
+        self.with_ns(|ns| {
+            ns.images.get(name).cloned().ok_or_else(|| {
+                rpc(
+                    "Images.Get",
+                    name,
+                    ErrorKind::NotFound,
+                    &format!("image {name:?}: not found"),
+                )
+            })
+        })
+    }
+
+    /// Images are GC roots themselves; the lease is not needed for them.
+    async fn put(&self, record: &ImageRecord, _lease: Option<&LeaseId>) -> Result<()> {
+        self.injected("Images.Create", &record.name)?;
+        validate(record)?;
+        self.with_ns(|ns| {
+            ns.images.insert(record.name.clone(), record.clone());
+        });
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str, sync: bool) -> Result<()> {
+        self.injected("Images.Delete", name)?;
+        self.with_ns(|ns| match ns.images.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(rpc(
+                "Images.Delete",
+                name,
+                ErrorKind::NotFound,
+                &format!("image {name:?}: not found"),
+            )),
+        })?;
+        if sync {
+            self.collect();
+        }
+        Ok(())
+    }
+}
