@@ -156,6 +156,27 @@ impl ContainerdExecutor {
     /// Kills and deletes a step's task and container if they exist, e.g.
     /// leftovers found by [`ContainerdExecutor::list_containers`].
     pub async fn remove(&self, id: &str) -> Result<()> {
+        self.kill(id).await?;
+        // Collect the exit before Delete: until the shim has seen the
+        // process die, Delete fails with "cannot delete a running process"
+        // (code Unknown in containerd 1.6, so the retry below would not
+        // catch it).
+        let req = WaitRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        };
+        match tokio::time::timeout(KILL_GRACE, self.tasks().wait(self.ctrd.request(req, None)))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) => {
+                let e = self.ctrd.status_error("Tasks.Wait", id, s);
+                if !e.is_not_found() {
+                    tracing::debug!(id, error = %e, "wait before delete failed");
+                }
+            }
+            Err(_) => tracing::warn!(id, "a killed step did not exit in time"),
+        }
         self.delete_task(id, true).await?;
         self.delete_container(id).await
     }
