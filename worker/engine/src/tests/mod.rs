@@ -1,8 +1,8 @@
 //! The engine on in-memory fakes: builds, cache records, base images,
-//! export and prune, with no containerd, no root and no mount syscall
-//! (the fake snapshotter's mounts are single binds, used in place).
-
-mod scaffold;
+//! export, prune and sweep on `kiln_snapshot::testing::MemContainerd` and
+//! `kiln_shim::testing::FakeExecutor`, with no containerd, no root and no
+//! mount syscall (the fake snapshotter's mounts are single binds, used in
+//! place).
 
 use crate::cache;
 use crate::error::WorkerError;
@@ -16,12 +16,11 @@ use kiln_snapshot::containerd::{ImageRecord, LeaseId};
 use kiln_snapshot::diff::Compression;
 use kiln_snapshot::layer::UNCOMPRESSED_LABEL;
 use kiln_snapshot::services::write_blob;
-use kiln_snapshot::testing::MemSnapshotter;
+use kiln_snapshot::testing::MemContainerd;
 use kiln_solver::{
     Edge, ExecOp, Graph, ImageConfig, MergeOp, Meta, Mount, MountType, NetMode, Op, Vertex,
     VertexId,
 };
-use scaffold::MemStore;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -29,23 +28,23 @@ use tokio_util::sync::CancellationToken;
 /// One fake containerd namespace, shared by every engine made from it.
 struct Fixture {
     dir: tempfile::TempDir,
-    store: MemStore,
+    mem: MemContainerd,
     svc: Services,
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = MemStore::default();
-    let s = Arc::new(store.clone());
+    let mem = MemContainerd::new(&dir.path().join("snapshots")).with_namespace("test");
+    let s = Arc::new(mem.clone());
     let svc = Services {
-        namespace: "test".into(),
+        namespace: mem.namespace().to_string(),
         content: s.clone(),
-        snapshots: Arc::new(MemSnapshotter::new(&dir.path().join("snapshots"))),
+        snapshots: s.clone(),
         leases: s.clone(),
         images: s.clone(),
         applier: s,
     };
-    Fixture { dir, store, svc }
+    Fixture { dir, mem, svc }
 }
 
 impl Fixture {
@@ -250,6 +249,10 @@ async fn a_failed_step_releases_its_build_lease() {
             .is_err(),
         "a failed build names no image"
     );
+    assert!(
+        fx.mem.list_snapshots().is_empty(),
+        "the failed step's snapshot is removed and nothing else holds one"
+    );
 }
 
 #[tokio::test]
@@ -348,7 +351,13 @@ async fn an_export_writes_exactly_config_manifest_and_layers_with_gc_labels() {
     for rec in cache::list(&fx.svc).await.expect("records") {
         expected_blobs.insert(rec.lease.labels[cache::RECORD_LABEL].clone());
     }
-    assert_eq!(fx.store.digests(), expected_blobs);
+    let written: BTreeSet<String> = fx
+        .mem
+        .list_content()
+        .into_iter()
+        .map(|c| c.digest)
+        .collect();
+    assert_eq!(written, expected_blobs);
 }
 
 #[tokio::test]
