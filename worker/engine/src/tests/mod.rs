@@ -482,3 +482,79 @@ async fn sweep_deletes_the_leases_of_dead_builds_only() {
         [live_id.to_string(), other_id.to_string()]
     );
 }
+
+#[tokio::test]
+async fn a_build_from_a_base_image_unpacks_it_under_its_chain_id() {
+    let fx = fixture();
+    // A one-layer base image, written with kiln's own layer writer.
+    let rootfs = fx.dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).expect("mkdir");
+    std::fs::write(rootfs.join("etc/hello"), "hi\n").expect("write");
+    fx.blob(b"seed").await; // creates the seed lease
+    let layer = kiln_snapshot::layer::commit_layer(
+        &*fx.svc.content,
+        kiln_snapshot::layer::LayerSource::Walk {
+            lower: None,
+            upper: rootfs,
+        },
+        Compression::Gzip,
+        &LeaseId::named("test", "seed"),
+    )
+    .await
+    .expect("layer");
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id.to_string()]},
+        "history": [{"created_by": "base"}]
+    })
+    .to_string();
+    let config_digest = fx.blob(config.as_bytes()).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci::MEDIA_OCI_MANIFEST,
+        "config": {"mediaType": oci::MEDIA_OCI_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest.to_string(), "size": layer.size}]
+    });
+    let base = "docker.io/library/base:1";
+    fx.image(base, manifest.to_string().as_bytes()).await;
+
+    // FROM base, RUN true.
+    let mut req = request(&["true"], &["docker.io/library/child:1"]);
+    req.graph.vertices[0] = vertex(
+        Op::Source(kiln_solver::SourceOp {
+            identifier: format!("docker-image://{base}"),
+            attrs: Default::default(),
+        }),
+        vec![],
+        "FROM base",
+    );
+    let exec = FakeExecutor::new();
+    let r = build(&fx.engine("a", &exec), req).await.expect("build");
+    assert_eq!(exec.steps().len(), 1);
+
+    // The base is unpacked under its chainID (one layer: its diffID) and
+    // its config names that snapshot, so it lives as long as the image.
+    let chain = layer.diff_id.to_string();
+    let info = fx.svc.snapshots.stat(&chain).await.expect("unpacked");
+    assert_eq!(
+        info.kind,
+        kiln_snapshot::containerd::SnapshotKind::Committed
+    );
+    let labels = fx
+        .svc
+        .content
+        .info(&config_digest)
+        .await
+        .expect("config")
+        .labels;
+    assert_eq!(
+        labels.get("containerd.io/gc.ref.snapshot.mem"),
+        Some(&chain)
+    );
+    // The result stacks one layer on the base's.
+    let m: Manifest =
+        serde_json::from_slice(&fx.svc.content.read(&r.manifest_digest).await.expect("read"))
+            .expect("manifest JSON");
+    assert_eq!(m.layers.len(), 2);
+    assert_eq!(m.layers[0].digest, layer.digest.to_string());
+}
