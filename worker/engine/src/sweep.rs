@@ -100,7 +100,9 @@ pub async fn sweep(svc: &Services, containers: &dyn Containers, state_dir: &Path
         let mounts = state_dir.join("mounts").join(mount_dir_name(&id));
         unmount_below(&mounts);
         let _ = std::fs::remove_dir_all(&mounts);
-        svc.leases.delete(&id, false).await?;
+        // Synchronous: what only the dead build held is gone when the sweep
+        // returns, not whenever containerd next collects.
+        svc.leases.delete(&id, true).await?;
     }
     Ok(())
 }
