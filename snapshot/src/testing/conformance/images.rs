@@ -25,6 +25,7 @@ pub async fn images_conformance(
             a_missing_image_is_not_found,
             an_invalid_record_is_invalid_argument,
             a_deleted_image_is_gone,
+            an_image_outlives_the_lease_it_was_put_under,
             an_image_keeps_its_target_and_what_its_labels_reference,
             an_image_record_label_keeps_a_blob,
             an_image_keeps_a_snapshot_through_a_config_label,
@@ -145,6 +146,18 @@ async fn a_deleted_image_is_gone(c: Ctx) -> CaseResult {
         s.images.get(&r.name).await,
         ErrorKind::NotFound,
         "get after delete",
+    )
+}
+
+async fn an_image_outlives_the_lease_it_was_put_under(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let l = lease(s).await?;
+    let r = record("docker.io/library/leased:x", &Digest::of(b"m"), 1, &[]);
+    ok(s.images.put(&r, Some(&l)).await, "put under a lease")?;
+    ok(s.leases.delete(&l, true).await, "release the lease")?;
+    ensure(
+        ok(s.images.get(&r.name).await, "get")?.digest == r.digest,
+        "an image record is a root, not a leased object",
     )
 }
 

@@ -25,6 +25,7 @@ pub async fn leases_conformance(
             creating_an_existing_lease_is_already_exists,
             deleting_a_missing_lease_is_not_an_error,
             adding_to_a_missing_lease_is_not_found,
+            adding_an_invalid_digest_is_invalid_argument,
             a_leased_blob_survives_gc_and_a_released_one_does_not,
             a_blob_in_two_leases_lives_until_both_are_released,
             a_resource_can_be_leased_before_it_exists,
@@ -125,6 +126,18 @@ async fn adding_to_a_missing_lease_is_not_found(c: Ctx) -> CaseResult {
             .await,
         ErrorKind::NotFound,
         "add_resource to a missing lease",
+    )
+}
+
+async fn adding_an_invalid_digest_is_invalid_argument(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let l = lease(s).await?;
+    fails(
+        s.leases
+            .add_resource(&l, &LeaseResource::Content("sha256:nothex".into()))
+            .await,
+        ErrorKind::InvalidArgument,
+        "add_resource of content that is not a digest",
     )
 }
 

@@ -25,6 +25,7 @@ pub async fn snapshotter_conformance(
             an_existing_key_or_name_is_already_exists,
             a_missing_or_uncommitted_parent_is_refused,
             mounts_is_only_for_active_and_view_snapshots,
+            only_an_active_snapshot_commits,
             remove_deletes_keys_but_not_parents,
             creating_under_a_missing_lease_is_not_found,
         ],
@@ -240,6 +241,32 @@ async fn mounts_is_only_for_active_and_view_snapshots(c: Ctx) -> CaseResult {
         s.commit("c2", "missing", &l).await,
         ErrorKind::NotFound,
         "commit of a missing key",
+    )
+}
+
+async fn only_an_active_snapshot_commits(c: Ctx) -> CaseResult {
+    let s = &c.s.snapshots;
+    let l = lease(&c.s).await?;
+    ok(s.prepare("a1", "", &l).await, "prepare")?;
+    ok(s.commit("c1", "a1", &l).await, "commit")?;
+    ok(s.view("v1", "c1", &l).await, "view")?;
+    fails(
+        s.commit("c2", "v1", &l).await,
+        ErrorKind::FailedPrecondition,
+        "commit of a view",
+    )?;
+    fails(
+        s.commit("c3", "c1", &l).await,
+        ErrorKind::FailedPrecondition,
+        "commit of a committed snapshot",
+    )?;
+    ensure(
+        !has_snapshot(&c.s, "c2").await? && !has_snapshot(&c.s, "c3").await?,
+        "nothing was committed",
+    )?;
+    ensure(
+        ok(s.stat("v1").await, "stat")?.kind == SnapshotKind::View,
+        "the view is unchanged",
     )
 }
 
