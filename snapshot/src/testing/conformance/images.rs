@@ -25,6 +25,7 @@ pub async fn images_conformance(
             a_missing_image_is_not_found,
             an_invalid_record_is_invalid_argument,
             a_deleted_image_is_gone,
+            images_are_per_namespace,
             an_image_outlives_the_lease_it_was_put_under,
             an_image_keeps_its_target_and_what_its_labels_reference,
             an_image_record_label_keeps_a_blob,
@@ -146,6 +147,22 @@ async fn a_deleted_image_is_gone(c: Ctx) -> CaseResult {
         s.images.get(&r.name).await,
         ErrorKind::NotFound,
         "get after delete",
+    )
+}
+
+async fn images_are_per_namespace(c: Ctx) -> CaseResult {
+    let other = ok(
+        c.namespaces
+            .namespace(&format!("{}-other", c.namespace))
+            .await,
+        "other namespace",
+    )?;
+    let r = record("docker.io/library/here:x", &Digest::of(b"m"), 1, &[]);
+    ok(c.s.images.put(&r, None).await, "put")?;
+    fails(
+        other.images.get(&r.name).await,
+        ErrorKind::NotFound,
+        "get from another namespace",
     )
 }
 

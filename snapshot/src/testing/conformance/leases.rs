@@ -35,6 +35,7 @@ pub async fn leases_conformance(
             a_leased_snapshot_survives_gc_and_a_released_one_does_not,
             a_committed_snapshot_holds_its_parent,
             a_snapshot_leased_by_add_resource_survives,
+            gc_covers_every_namespace,
         ],
         namespaces,
         &scratch,
@@ -343,4 +344,24 @@ async fn a_snapshot_leased_by_add_resource_survives(c: Ctx) -> CaseResult {
     )?;
     ok(s.leases.delete(&holder, true).await, "delete the holder")?;
     ensure(!has_snapshot(s, "held").await?, "gone once released")
+}
+
+async fn gc_covers_every_namespace(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let other = ok(
+        c.namespaces
+            .namespace(&format!("{}-other", c.namespace))
+            .await,
+        "other namespace",
+    )?;
+    let (here, there) = (lease(s).await?, lease(&other).await?);
+    let kept = blob(s, b"kept here", &[], &here).await?;
+    let released = blob(&other, b"released there", &[], &there).await?;
+    ok(other.leases.delete(&there, false).await, "delete there")?;
+    ok(s.leases.gc().await, "gc from here")?;
+    ensure(
+        !has_blob(&other, &released).await?,
+        "a gc started from one namespace collects another's garbage",
+    )?;
+    ensure(has_blob(s, &kept).await?, "and keeps what is leased")
 }

@@ -28,6 +28,7 @@ pub async fn snapshotter_conformance(
             only_an_active_snapshot_commits,
             remove_deletes_keys_but_not_parents,
             creating_under_a_missing_lease_is_not_found,
+            keys_are_per_namespace,
         ],
         namespaces,
         scratch,
@@ -318,4 +319,30 @@ async fn creating_under_a_missing_lease_is_not_found(c: Ctx) -> CaseResult {
         !has_snapshot(&c.s, "a1").await? && !has_snapshot(&c.s, "c2").await?,
         "nothing was created",
     )
+}
+
+async fn keys_are_per_namespace(c: Ctx) -> CaseResult {
+    let other = ok(
+        c.namespaces
+            .namespace(&format!("{}-other", c.namespace))
+            .await,
+        "other namespace",
+    )?;
+    let (l, lo) = (lease(&c.s).await?, lease(&other).await?);
+    ok(c.s.snapshots.prepare("a1", "", &l).await, "prepare here")?;
+    ok(c.s.snapshots.commit("c1", "a1", &l).await, "commit here")?;
+    ensure(
+        !has_snapshot(&other, "c1").await?,
+        "a snapshot of one namespace is absent from another",
+    )?;
+    fails(
+        other.snapshots.prepare("a2", "c1", &lo).await,
+        ErrorKind::NotFound,
+        "another namespace's snapshot as parent",
+    )?;
+    ok(
+        other.snapshots.prepare("a1", "", &lo).await,
+        "the same key in another namespace",
+    )?;
+    Ok(())
 }
