@@ -18,6 +18,8 @@
 mod applier;
 mod conformance;
 mod content;
+mod gc;
+mod images;
 mod leases;
 mod snapshots;
 mod store;
