@@ -30,6 +30,7 @@ pub async fn images_conformance(
             an_image_keeps_its_target_and_what_its_labels_reference,
             an_image_record_label_keeps_a_blob,
             an_image_keeps_a_snapshot_through_a_config_label,
+            only_well_formed_gc_labels_reference,
         ],
         namespaces,
         &scratch,
@@ -283,5 +284,50 @@ async fn an_image_keeps_a_snapshot_through_a_config_label(c: Ctx) -> CaseResult 
     ensure(
         !has_snapshot(s, "unpacked-2").await? && !has_snapshot(s, "unpacked-1").await?,
         "once the image is deleted the snapshots are collected",
+    )
+}
+
+async fn only_well_formed_gc_labels_reference(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let l = lease(s).await?;
+    let sn = &s.snapshots;
+    ok(sn.prepare("k1", "", &l).await, "prepare")?;
+    ok(sn.commit("named-ref", "k1", &l).await, "commit")?;
+    ok(sn.prepare("k2", "", &l).await, "prepare")?;
+    ok(sn.commit("other-snapshotter", "k2", &l).await, "commit")?;
+    let slash = blob(s, b"slash-named", &[], &l).await?;
+    let glued = blob(s, b"glued name", &[], &l).await?;
+    let own = format!("containerd.io/gc.ref.snapshot.{}/name", sn.snapshotter());
+    let foreign = format!("containerd.io/gc.ref.snapshot.not-{}", sn.snapshotter());
+    let manifest = blob(
+        s,
+        b"labels of every shape",
+        &[
+            ("containerd.io/gc.ref.content/name", slash.as_str()),
+            ("containerd.io/gc.ref.contentname", glued.as_str()),
+            (&own, "named-ref"),
+            (&foreign, "other-snapshotter"),
+        ],
+        &l,
+    )
+    .await?;
+    let r = record("docker.io/library/shapes:x", &manifest, 21, &[]);
+    ok(s.images.put(&r, None).await, "put")?;
+    ok(s.leases.delete(&l, true).await, "release the lease")?;
+    ensure(
+        has_blob(s, &slash).await?,
+        "gc.ref.content/<name> references content",
+    )?;
+    ensure(
+        !has_blob(s, &glued).await?,
+        "gc.ref.content<name> (no separator) references nothing",
+    )?;
+    ensure(
+        has_snapshot(s, "named-ref").await?,
+        "gc.ref.snapshot.<snapshotter>/<name> references a snapshot",
+    )?;
+    ensure(
+        !has_snapshot(s, "other-snapshotter").await?,
+        "a reference for another snapshotter keeps nothing here",
     )
 }
