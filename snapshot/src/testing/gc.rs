@@ -9,7 +9,8 @@ use std::time::SystemTime;
 
 /// Label that makes an object a GC root by itself.
 const GC_ROOT: &str = "containerd.io/gc.root";
-/// Prefix of labels referencing content (`…content` or `…content.<name>`).
+/// Prefix of labels referencing content (`…content`, `…content.<name>`
+/// or `…content/<name>`).
 const GC_REF_CONTENT: &str = "containerd.io/gc.ref.content";
 /// Prefix of labels referencing a snapshot of a snapshotter
 /// (`…snapshot.<snapshotter>` or `…snapshot.<snapshotter>/<name>`).
