@@ -22,6 +22,7 @@ pub async fn images_conformance(
         cases![
             a_put_record_reads_back,
             a_second_put_replaces_target_and_labels,
+            concurrent_puts_of_one_name_both_succeed,
             a_missing_image_is_not_found,
             an_invalid_record_is_invalid_argument,
             a_deleted_image_is_gone,
@@ -329,5 +330,20 @@ async fn only_well_formed_gc_labels_reference(c: Ctx) -> CaseResult {
     ensure(
         !has_snapshot(s, "other-snapshotter").await?,
         "a reference for another snapshotter keeps nothing here",
+    )
+}
+
+async fn concurrent_puts_of_one_name_both_succeed(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let name = "docker.io/library/raced:x";
+    let first = record(name, &Digest::of(b"m1"), 2, &[]);
+    let second = record(name, &Digest::of(b"m2"), 2, &[]);
+    let (a, b) = tokio::join!(s.images.put(&first, None), s.images.put(&second, None));
+    ok(a, "first put")?;
+    ok(b, "second put")?;
+    let got = ok(s.images.get(name).await, "get")?;
+    ensure(
+        got.digest == first.digest || got.digest == second.digest,
+        "one of the two targets wins",
     )
 }

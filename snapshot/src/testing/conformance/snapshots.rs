@@ -29,6 +29,7 @@ pub async fn snapshotter_conformance(
             remove_deletes_keys_but_not_parents,
             creating_under_a_missing_lease_is_not_found,
             keys_are_per_namespace,
+            concurrent_commits_onto_one_name_let_one_win,
         ],
         namespaces,
         scratch,
@@ -345,4 +346,20 @@ async fn keys_are_per_namespace(c: Ctx) -> CaseResult {
         "the same key in another namespace",
     )?;
     Ok(())
+}
+
+async fn concurrent_commits_onto_one_name_let_one_win(c: Ctx) -> CaseResult {
+    let s = &c.s.snapshots;
+    let l = lease(&c.s).await?;
+    ok(s.prepare("a1", "", &l).await, "prepare")?;
+    ok(s.prepare("a2", "", &l).await, "prepare")?;
+    let (x, y) = tokio::join!(s.commit("c", "a1", &l), s.commit("c", "a2", &l));
+    let won = [&x, &y].iter().filter(|r| r.is_ok()).count();
+    ensure(won == 1, "exactly one commit succeeds")?;
+    let lost = if x.is_ok() { y } else { x };
+    fails(lost, ErrorKind::AlreadyExists, "the other commit")?;
+    ensure(
+        ok(s.stat("c").await, "stat")?.kind == SnapshotKind::Committed,
+        "the name is committed",
+    )
 }
