@@ -16,7 +16,10 @@ async fn containerd(h: &Harness) -> Arc<dyn Namespaces> {
 
 fn check(r: Result<Report, ConformanceError>) {
     match r {
-        Ok(report) => assert!(!report.passed.is_empty(), "{} ran no cases", report.suite),
+        Ok(report) => {
+            assert!(!report.passed.is_empty(), "{} ran no cases", report.suite);
+            eprintln!("{}: passed {:?}", report.suite, report.passed);
+        }
         Err(e) => panic!("{e}"),
     }
 }

@@ -18,6 +18,8 @@
 mod applier;
 mod conformance;
 mod content;
+mod gc;
+mod images;
 mod leases;
 mod snapshots;
 mod store;
@@ -129,6 +131,27 @@ mod tests {
         mem.prepare("k", "", &l)
             .await
             .expect("the second prepare succeeds");
+    }
+
+    #[tokio::test]
+    async fn gc_and_remove_delete_the_snapshot_directories() {
+        use crate::containerd::LeaseId;
+        use crate::services::{Leases, Snapshots};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mem = MemContainerd::new(&dir.path().join("snapshots"));
+        let l = LeaseId::unique("test");
+        Leases::create(&mem, &l, "test", None, Default::default())
+            .await
+            .expect("lease");
+        let source = |m: &[crate::mount::Mount]| std::path::PathBuf::from(&m[0].source);
+        let removed = source(&mem.prepare("removed", "", &l).await.expect("prepare"));
+        let collected = source(&mem.prepare("collected", "", &l).await.expect("prepare"));
+        std::fs::write(collected.join("f"), "x").expect("write");
+        assert!(removed.is_dir() && collected.is_dir());
+        mem.remove("removed").await.expect("remove");
+        assert!(!removed.exists(), "remove deletes the directory");
+        Leases::delete(&mem, &l, true).await.expect("delete");
+        assert!(!collected.exists(), "gc deletes the directory");
     }
 
     #[tokio::test]

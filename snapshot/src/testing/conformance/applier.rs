@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 const TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// Checks the diff service's Apply of `namespaces`, reading the results
 /// under `scratch` (as the snapshotter suite does).
@@ -24,6 +25,7 @@ pub async fn applier_conformance(
         cases![
             a_layer_applies_with_its_whiteouts_and_returns_its_diff_id,
             an_uncompressed_layer_applies,
+            links_and_type_changes_apply_from_a_zstd_layer,
             applying_a_missing_blob_is_not_found,
         ],
         namespaces,
@@ -45,29 +47,45 @@ fn open(mounts: &[Mount], target: &Path) -> Result<(Option<MountGuard>, PathBuf)
     Ok((Some(g), p))
 }
 
-/// A layer tar: `(path, Some(body))` is a file, `(path, None)` a directory.
-fn layer(entries: &[(&str, Option<&str>)]) -> Result<Vec<u8>, String> {
+/// An entry of a test layer.
+enum E<'a> {
+    File(&'a str, &'a str),
+    Dir(&'a str),
+    Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str),
+}
+
+/// A layer tar of `entries`, in order.
+fn layer(entries: &[E]) -> Result<Vec<u8>, String> {
     let mut b = tar::Builder::new(Vec::new());
-    for (path, body) in entries {
+    for e in entries {
         let mut h = tar::Header::new_gnu();
-        match body {
-            Some(body) => {
+        h.set_mtime(1);
+        h.set_size(0);
+        let r = match e {
+            E::File(path, body) => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(0o644);
                 h.set_size(body.len() as u64);
-                h.set_mtime(1);
                 b.append_data(&mut h, path, body.as_bytes())
-                    .map_err(|e| format!("tar {path}: {e}"))?;
             }
-            None => {
+            E::Dir(path) => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o755);
-                h.set_size(0);
-                h.set_mtime(1);
                 b.append_data(&mut h, path, std::io::empty())
-                    .map_err(|e| format!("tar {path}: {e}"))?;
             }
-        }
+            E::Symlink(path, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                b.append_link(&mut h, path, target)
+            }
+            E::Hardlink(path, target) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o644);
+                b.append_link(&mut h, path, target)
+            }
+        };
+        r.map_err(|e| format!("tar: {e}"))?;
     }
     b.into_inner().map_err(|e| format!("tar: {e}"))
 }
@@ -82,10 +100,13 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>, String> {
 async fn base(c: &Ctx, lease: &crate::containerd::LeaseId) -> CaseResult {
     let s = &c.s;
     let base = layer(&[
-        ("keep", Some("kept")),
-        ("gone", Some("to be whited out")),
-        ("d/", None),
-        ("d/old", Some("hidden by the opaque dir")),
+        E::File("keep", "kept"),
+        E::File("gone", "to be whited out"),
+        E::Dir("d/"),
+        E::File("d/old", "hidden by the opaque dir"),
+        E::File("was-file", "becomes a directory"),
+        E::Dir("was-dir/"),
+        E::File("was-dir/f", "goes with its directory"),
     ])?;
     let d = blob(s, &base, &[], lease).await?;
     let m = ok(s.snapshots.prepare("a1", "", lease).await, "prepare")?;
@@ -107,11 +128,11 @@ async fn a_layer_applies_with_its_whiteouts_and_returns_its_diff_id(c: Ctx) -> C
     let l = lease(s).await?;
     base(&c, &l).await?;
     let tar = layer(&[
-        ("d/", None),
-        ("d/.wh..wh..opq", Some("")),
-        ("d/fresh", Some("new in d")),
-        (".wh.gone", Some("")),
-        ("new", Some("added")),
+        E::Dir("d/"),
+        E::File("d/.wh..wh..opq", ""),
+        E::File("d/fresh", "new in d"),
+        E::File(".wh.gone", ""),
+        E::File("new", "added"),
     ])?;
     let gz = gzip(&tar)?;
     let d = blob(s, &gz, &[], &l).await?;
@@ -154,6 +175,51 @@ async fn an_uncompressed_layer_applies(c: Ctx) -> CaseResult {
         std::fs::read_to_string(root.join("d/old")).ok().as_deref()
             == Some("hidden by the opaque dir"),
         "the base layer's files are there",
+    )
+}
+
+async fn links_and_type_changes_apply_from_a_zstd_layer(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let l = lease(s).await?;
+    base(&c, &l).await?;
+    let tar = layer(&[
+        E::Dir("was-file/"),
+        E::File("was-file/inner", "inside"),
+        E::File("was-dir", "now a file"),
+        E::File("new", "added"),
+        E::Symlink("link", "keep"),
+        E::Hardlink("hard", "new"),
+    ])?;
+    let zst = zstd::encode_all(&tar[..], 1).map_err(|e| format!("zstd: {e}"))?;
+    let d = blob(s, &zst, &[], &l).await?;
+    let m = ok(s.snapshots.prepare("a2", "c1", &l).await, "prepare")?;
+    let applied = ok(
+        s.applier
+            .apply(TAR_ZSTD, d.as_str(), zst.len() as i64, &m, &l)
+            .await,
+        "apply",
+    )?;
+    ensure(
+        applied == Digest::of(&tar).as_str(),
+        "apply returns the uncompressed digest",
+    )?;
+    let (_guard, root) = open(&m, &c.scratch.join("mnt"))?;
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).ok();
+    ensure(
+        read("was-file/inner").as_deref() == Some("inside"),
+        "a directory replaces a file",
+    )?;
+    ensure(
+        read("was-dir").as_deref() == Some("now a file") && read("was-dir/f").is_none(),
+        "a file replaces a directory and its contents",
+    )?;
+    ensure(
+        std::fs::read_link(root.join("link")).ok() == Some(PathBuf::from("keep")),
+        "a symlink keeps its target text",
+    )?;
+    ensure(
+        read("hard").as_deref() == Some("added"),
+        "a hard link has its target's contents",
     )
 }
 

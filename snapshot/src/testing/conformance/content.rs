@@ -24,6 +24,7 @@ pub async fn content_conformance(
             writing_under_a_missing_lease_is_not_found,
             a_blob_lives_as_long_as_the_lease_it_was_written_under,
             content_is_per_namespace,
+            concurrent_writers_of_one_blob_both_succeed,
         ],
         namespaces,
         &scratch,
@@ -222,4 +223,23 @@ async fn content_is_per_namespace(c: Ctx) -> CaseResult {
         there.labels.contains_key("there") && !there.labels.contains_key("here"),
         "labels are per namespace (there)",
     )
+}
+
+async fn concurrent_writers_of_one_blob_both_succeed(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let (l1, l2) = (lease(s).await?, lease(s).await?);
+    let data = big(&c.namespace);
+    let (a, b) = tokio::join!(
+        write_blob(&*s.content, &data, labels_of(&[("one", "1")]), &l1),
+        write_blob(&*s.content, &data, labels_of(&[("two", "2")]), &l2),
+    );
+    let (a, b) = (ok(a, "first writer")?, ok(b, "second writer")?);
+    ensure(a == b, "both name the same digest")?;
+    let info = ok(s.content.info(a.as_str()).await, "info")?;
+    ensure(
+        info.labels.contains_key("one") && info.labels.contains_key("two"),
+        "both writers' labels are set",
+    )?;
+    ok(s.leases.delete(&l1, true).await, "release one")?;
+    ensure(has_blob(s, &a).await?, "the other writer's lease holds it")
 }

@@ -22,12 +22,16 @@ pub async fn images_conformance(
         cases![
             a_put_record_reads_back,
             a_second_put_replaces_target_and_labels,
+            concurrent_puts_of_one_name_both_succeed,
             a_missing_image_is_not_found,
             an_invalid_record_is_invalid_argument,
             a_deleted_image_is_gone,
+            images_are_per_namespace,
+            an_image_outlives_the_lease_it_was_put_under,
             an_image_keeps_its_target_and_what_its_labels_reference,
             an_image_record_label_keeps_a_blob,
             an_image_keeps_a_snapshot_through_a_config_label,
+            only_well_formed_gc_labels_reference,
         ],
         namespaces,
         &scratch,
@@ -148,6 +152,34 @@ async fn a_deleted_image_is_gone(c: Ctx) -> CaseResult {
     )
 }
 
+async fn images_are_per_namespace(c: Ctx) -> CaseResult {
+    let other = ok(
+        c.namespaces
+            .namespace(&format!("{}-other", c.namespace))
+            .await,
+        "other namespace",
+    )?;
+    let r = record("docker.io/library/here:x", &Digest::of(b"m"), 1, &[]);
+    ok(c.s.images.put(&r, None).await, "put")?;
+    fails(
+        other.images.get(&r.name).await,
+        ErrorKind::NotFound,
+        "get from another namespace",
+    )
+}
+
+async fn an_image_outlives_the_lease_it_was_put_under(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let l = lease(s).await?;
+    let r = record("docker.io/library/leased:x", &Digest::of(b"m"), 1, &[]);
+    ok(s.images.put(&r, Some(&l)).await, "put under a lease")?;
+    ok(s.leases.delete(&l, true).await, "release the lease")?;
+    ensure(
+        ok(s.images.get(&r.name).await, "get")?.digest == r.digest,
+        "an image record is a root, not a leased object",
+    )
+}
+
 async fn an_image_keeps_its_target_and_what_its_labels_reference(c: Ctx) -> CaseResult {
     let s = &c.s;
     let l = lease(s).await?;
@@ -253,5 +285,65 @@ async fn an_image_keeps_a_snapshot_through_a_config_label(c: Ctx) -> CaseResult 
     ensure(
         !has_snapshot(s, "unpacked-2").await? && !has_snapshot(s, "unpacked-1").await?,
         "once the image is deleted the snapshots are collected",
+    )
+}
+
+async fn only_well_formed_gc_labels_reference(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let l = lease(s).await?;
+    let sn = &s.snapshots;
+    ok(sn.prepare("k1", "", &l).await, "prepare")?;
+    ok(sn.commit("named-ref", "k1", &l).await, "commit")?;
+    ok(sn.prepare("k2", "", &l).await, "prepare")?;
+    ok(sn.commit("other-snapshotter", "k2", &l).await, "commit")?;
+    let slash = blob(s, b"slash-named", &[], &l).await?;
+    let glued = blob(s, b"glued name", &[], &l).await?;
+    let own = format!("containerd.io/gc.ref.snapshot.{}/name", sn.snapshotter());
+    let foreign = format!("containerd.io/gc.ref.snapshot.not-{}", sn.snapshotter());
+    let manifest = blob(
+        s,
+        b"labels of every shape",
+        &[
+            ("containerd.io/gc.ref.content/name", slash.as_str()),
+            ("containerd.io/gc.ref.contentname", glued.as_str()),
+            (&own, "named-ref"),
+            (&foreign, "other-snapshotter"),
+        ],
+        &l,
+    )
+    .await?;
+    let r = record("docker.io/library/shapes:x", &manifest, 21, &[]);
+    ok(s.images.put(&r, None).await, "put")?;
+    ok(s.leases.delete(&l, true).await, "release the lease")?;
+    ensure(
+        has_blob(s, &slash).await?,
+        "gc.ref.content/<name> references content",
+    )?;
+    ensure(
+        !has_blob(s, &glued).await?,
+        "gc.ref.content<name> (no separator) references nothing",
+    )?;
+    ensure(
+        has_snapshot(s, "named-ref").await?,
+        "gc.ref.snapshot.<snapshotter>/<name> references a snapshot",
+    )?;
+    ensure(
+        !has_snapshot(s, "other-snapshotter").await?,
+        "a reference for another snapshotter keeps nothing here",
+    )
+}
+
+async fn concurrent_puts_of_one_name_both_succeed(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let name = "docker.io/library/raced:x";
+    let first = record(name, &Digest::of(b"m1"), 2, &[]);
+    let second = record(name, &Digest::of(b"m2"), 2, &[]);
+    let (a, b) = tokio::join!(s.images.put(&first, None), s.images.put(&second, None));
+    ok(a, "first put")?;
+    ok(b, "second put")?;
+    let got = ok(s.images.get(name).await, "get")?;
+    ensure(
+        got.digest == first.digest || got.digest == second.digest,
+        "one of the two targets wins",
     )
 }

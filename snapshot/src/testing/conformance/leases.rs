@@ -25,6 +25,7 @@ pub async fn leases_conformance(
             creating_an_existing_lease_is_already_exists,
             deleting_a_missing_lease_is_not_an_error,
             adding_to_a_missing_lease_is_not_found,
+            adding_an_invalid_digest_is_invalid_argument,
             a_leased_blob_survives_gc_and_a_released_one_does_not,
             a_blob_in_two_leases_lives_until_both_are_released,
             a_resource_can_be_leased_before_it_exists,
@@ -34,6 +35,7 @@ pub async fn leases_conformance(
             a_leased_snapshot_survives_gc_and_a_released_one_does_not,
             a_committed_snapshot_holds_its_parent,
             a_snapshot_leased_by_add_resource_survives,
+            gc_covers_every_namespace,
         ],
         namespaces,
         &scratch,
@@ -125,6 +127,18 @@ async fn adding_to_a_missing_lease_is_not_found(c: Ctx) -> CaseResult {
             .await,
         ErrorKind::NotFound,
         "add_resource to a missing lease",
+    )
+}
+
+async fn adding_an_invalid_digest_is_invalid_argument(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let l = lease(s).await?;
+    fails(
+        s.leases
+            .add_resource(&l, &LeaseResource::Content("sha256:nothex".into()))
+            .await,
+        ErrorKind::InvalidArgument,
+        "add_resource of content that is not a digest",
     )
 }
 
@@ -330,4 +344,24 @@ async fn a_snapshot_leased_by_add_resource_survives(c: Ctx) -> CaseResult {
     )?;
     ok(s.leases.delete(&holder, true).await, "delete the holder")?;
     ensure(!has_snapshot(s, "held").await?, "gone once released")
+}
+
+async fn gc_covers_every_namespace(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let other = ok(
+        c.namespaces
+            .namespace(&format!("{}-other", c.namespace))
+            .await,
+        "other namespace",
+    )?;
+    let (here, there) = (lease(s).await?, lease(&other).await?);
+    let kept = blob(s, b"kept here", &[], &here).await?;
+    let released = blob(&other, b"released there", &[], &there).await?;
+    ok(other.leases.delete(&there, false).await, "delete there")?;
+    ok(s.leases.gc().await, "gc from here")?;
+    ensure(
+        !has_blob(&other, &released).await?,
+        "a gc started from one namespace collects another's garbage",
+    )?;
+    ensure(has_blob(s, &kept).await?, "and keeps what is leased")
 }

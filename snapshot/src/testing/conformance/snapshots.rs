@@ -25,8 +25,11 @@ pub async fn snapshotter_conformance(
             an_existing_key_or_name_is_already_exists,
             a_missing_or_uncommitted_parent_is_refused,
             mounts_is_only_for_active_and_view_snapshots,
+            only_an_active_snapshot_commits,
             remove_deletes_keys_but_not_parents,
             creating_under_a_missing_lease_is_not_found,
+            keys_are_per_namespace,
+            concurrent_commits_onto_one_name_let_one_win,
         ],
         namespaces,
         scratch,
@@ -243,6 +246,32 @@ async fn mounts_is_only_for_active_and_view_snapshots(c: Ctx) -> CaseResult {
     )
 }
 
+async fn only_an_active_snapshot_commits(c: Ctx) -> CaseResult {
+    let s = &c.s.snapshots;
+    let l = lease(&c.s).await?;
+    ok(s.prepare("a1", "", &l).await, "prepare")?;
+    ok(s.commit("c1", "a1", &l).await, "commit")?;
+    ok(s.view("v1", "c1", &l).await, "view")?;
+    fails(
+        s.commit("c2", "v1", &l).await,
+        ErrorKind::FailedPrecondition,
+        "commit of a view",
+    )?;
+    fails(
+        s.commit("c3", "c1", &l).await,
+        ErrorKind::FailedPrecondition,
+        "commit of a committed snapshot",
+    )?;
+    ensure(
+        !has_snapshot(&c.s, "c2").await? && !has_snapshot(&c.s, "c3").await?,
+        "nothing was committed",
+    )?;
+    ensure(
+        ok(s.stat("v1").await, "stat")?.kind == SnapshotKind::View,
+        "the view is unchanged",
+    )
+}
+
 async fn remove_deletes_keys_but_not_parents(c: Ctx) -> CaseResult {
     let s = &c.s.snapshots;
     let l = lease(&c.s).await?;
@@ -290,5 +319,47 @@ async fn creating_under_a_missing_lease_is_not_found(c: Ctx) -> CaseResult {
     ensure(
         !has_snapshot(&c.s, "a1").await? && !has_snapshot(&c.s, "c2").await?,
         "nothing was created",
+    )
+}
+
+async fn keys_are_per_namespace(c: Ctx) -> CaseResult {
+    let other = ok(
+        c.namespaces
+            .namespace(&format!("{}-other", c.namespace))
+            .await,
+        "other namespace",
+    )?;
+    let (l, lo) = (lease(&c.s).await?, lease(&other).await?);
+    ok(c.s.snapshots.prepare("a1", "", &l).await, "prepare here")?;
+    ok(c.s.snapshots.commit("c1", "a1", &l).await, "commit here")?;
+    ensure(
+        !has_snapshot(&other, "c1").await?,
+        "a snapshot of one namespace is absent from another",
+    )?;
+    fails(
+        other.snapshots.prepare("a2", "c1", &lo).await,
+        ErrorKind::NotFound,
+        "another namespace's snapshot as parent",
+    )?;
+    ok(
+        other.snapshots.prepare("a1", "", &lo).await,
+        "the same key in another namespace",
+    )?;
+    Ok(())
+}
+
+async fn concurrent_commits_onto_one_name_let_one_win(c: Ctx) -> CaseResult {
+    let s = &c.s.snapshots;
+    let l = lease(&c.s).await?;
+    ok(s.prepare("a1", "", &l).await, "prepare")?;
+    ok(s.prepare("a2", "", &l).await, "prepare")?;
+    let (x, y) = tokio::join!(s.commit("c", "a1", &l), s.commit("c", "a2", &l));
+    let won = [&x, &y].iter().filter(|r| r.is_ok()).count();
+    ensure(won == 1, "exactly one commit succeeds")?;
+    let lost = if x.is_ok() { y } else { x };
+    fails(lost, ErrorKind::AlreadyExists, "the other commit")?;
+    ensure(
+        ok(s.stat("c").await, "stat")?.kind == SnapshotKind::Committed,
+        "the name is committed",
     )
 }
