@@ -558,3 +558,66 @@ async fn a_build_from_a_base_image_unpacks_it_under_its_chain_id() {
     assert_eq!(m.layers.len(), 2);
     assert_eq!(m.layers[0].digest, layer.digest.to_string());
 }
+
+#[tokio::test]
+async fn an_export_in_another_compression_writes_a_variant_once_and_reuses_it() {
+    let fx = fixture();
+    let engine = fx.engine("a", &FakeExecutor::new());
+    let req = request(&["true"], &[]);
+    let solved = engine
+        .solve(&req, Progress::none(), CancellationToken::new())
+        .await
+        .expect("solve");
+    let gzip = solved.layers[0].clone();
+    assert_eq!(gzip.media_type, Compression::Gzip.media_type());
+    let first = solved
+        .export_image(&ImageConfig::default(), &[], Compression::Zstd)
+        .await
+        .expect("zstd export");
+    let read_manifest = |digest: String| {
+        let content = fx.svc.content.clone();
+        async move {
+            serde_json::from_slice::<Manifest>(&content.read(&digest).await.expect("read"))
+                .expect("manifest JSON")
+        }
+    };
+    let m = read_manifest(first.manifest.digest.clone()).await;
+    let zstd = &m.layers[0];
+    assert_eq!(zstd.media_type, Compression::Zstd.media_type());
+    assert_ne!(zstd.digest, gzip.digest);
+    // The variant decompresses to the same diffID and is named on the
+    // original, so a second export reuses it.
+    let v = fx.svc.content.info(&zstd.digest).await.expect("variant");
+    assert_eq!(
+        v.labels.get(UNCOMPRESSED_LABEL),
+        Some(&gzip.diff_id.to_string())
+    );
+    let g = fx.svc.content.info(&gzip.digest).await.expect("original");
+    assert_eq!(g.labels.get("dev.kiln/variant.zstd"), Some(&zstd.digest));
+    // Reading the original again would fail: the second export must take
+    // the variant its label names.
+    fx.mem
+        .fail_next("Content.Read", kiln_snapshot::ErrorKind::Unavailable, 1);
+    let second = solved
+        .export_image(&ImageConfig::default(), &[], Compression::Zstd)
+        .await
+        .expect("second zstd export reuses the variant");
+    assert!(
+        fx.svc.content.read(&gzip.digest).await.is_err(),
+        "the export read nothing, so the injected failure is still pending"
+    );
+    let m2 = read_manifest(second.manifest.digest.clone()).await;
+    assert_eq!(m2.layers[0].digest, zstd.digest);
+    solved.release(true).await;
+    assert!(
+        fx.lease_ids()
+            .await
+            .iter()
+            .all(|l| !l.starts_with("kiln/build/")),
+        "released"
+    );
+    assert!(
+        fx.svc.content.info(&zstd.digest).await.is_err(),
+        "an unnamed export's variant is collected with the build lease"
+    );
+}
