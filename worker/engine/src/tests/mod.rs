@@ -621,3 +621,69 @@ async fn an_export_in_another_compression_writes_a_variant_once_and_reuses_it() 
         "an unnamed export's variant is collected with the build lease"
     );
 }
+
+#[tokio::test]
+async fn a_cache_mount_is_a_leased_snapshot_that_du_lists_and_prune_removes() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    let mut req = request(&["true"], &[]);
+    if let Op::Exec(e) = &mut req.graph.vertices[1].op {
+        e.mounts.push(Mount {
+            input: None,
+            selector: String::new(),
+            dest: "/cache".into(),
+            output: None,
+            readonly: false,
+            mount_type: MountType::Cache {
+                id: "go-build".into(),
+                sharing: kiln_solver::CacheSharing::Locked,
+            },
+        });
+    }
+    build(&fx.engine("a", &exec), req).await.expect("build");
+    // The step got the cache directory bound in.
+    let steps = exec.steps();
+    let binds: Vec<_> = steps[0]
+        .mounts
+        .iter()
+        .filter(|m| m.dest() == "/cache")
+        .collect();
+    assert_eq!(binds.len(), 1, "{:?}", steps[0].mounts);
+    let mounts = prune::disk_usage(&fx.svc).await.expect("du");
+    let cache_mounts: Vec<_> = mounts
+        .iter()
+        .filter(|r| r.record_type == cache::TYPE_CACHE_MOUNT)
+        .collect();
+    assert_eq!(cache_mounts.len(), 1);
+    assert_eq!(cache_mounts[0].description, "cached mount go-build");
+    let snapshot = |snaps: Vec<kiln_snapshot::containerd::SnapshotInfo>| {
+        snaps
+            .into_iter()
+            .filter(|s| s.name.starts_with("kiln-cachemount-"))
+            .count()
+    };
+    assert_eq!(
+        snapshot(fx.mem.list_snapshots()),
+        1,
+        "it outlives the build"
+    );
+    prune::prune(
+        &fx.svc,
+        &PruneOptions {
+            types: vec![cache::TYPE_CACHE_MOUNT.into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("prune");
+    assert_eq!(snapshot(fx.mem.list_snapshots()), 0, "pruned and collected");
+    let after = prune::disk_usage(&fx.svc).await.expect("du");
+    assert_eq!(
+        after.len(),
+        mounts.len() - 1,
+        "only the cache mount's record is gone"
+    );
+    assert!(after
+        .iter()
+        .all(|r| r.record_type != cache::TYPE_CACHE_MOUNT));
+}
