@@ -20,7 +20,11 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "containerd-native image builder")]
+#[command(
+    name = "kiln",
+    version = kiln_worker::VERSION,
+    about = "containerd-native image builder"
+)]
 struct Cli {
     /// containerd's socket.
     #[arg(
@@ -532,4 +536,16 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
     }
     println!("manifest {}", result.manifest_digest);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_flag_prints_the_one_kiln_version() {
+        use clap::CommandFactory;
+        assert_eq!(
+            super::Cli::command().get_version(),
+            Some(kiln_worker::VERSION)
+        );
+    }
 }
