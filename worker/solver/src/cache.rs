@@ -179,42 +179,60 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn followers_get_the_leaders_outcome() {
-        let fc: Arc<FlightControl<u32, std::io::Error>> = Arc::default();
+    type Control = Arc<FlightControl<u32, std::io::Error>>;
+    type Outcome = Result<Vec<u32>, FlightError<std::io::Error>>;
+
+    /// A flight control with a leader and `n` followers of one key.
+    fn flight(
+        n: usize,
+    ) -> (
+        Control,
+        Leader<u32, std::io::Error>,
+        Vec<Follower<u32, std::io::Error>>,
+    ) {
+        let fc: Control = Arc::default();
         let key = Digest::of(b"k");
         let Flight::Leader(leader) = fc.join(&key) else {
             panic!("first caller leads")
         };
-        let Flight::Follower(f) = fc.join(&key) else {
-            panic!("second caller follows")
-        };
-        let Flight::Follower(g) = fc.join(&key) else {
-            panic!("third caller follows")
-        };
+        let followers = (0..n)
+            .map(|_| match fc.join(&key) {
+                Flight::Follower(f) => f,
+                Flight::Leader(_) => panic!("later callers follow"),
+            })
+            .collect();
+        (fc, leader, followers)
+    }
+
+    fn led_again(fc: &Control) -> bool {
+        matches!(fc.join(&Digest::of(b"k")), Flight::Leader(_))
+    }
+
+    async fn outcomes(followers: Vec<Follower<u32, std::io::Error>>) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        for f in followers {
+            out.push(f.wait().await);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_outcome() {
+        let (fc, leader, followers) = flight(2);
         leader.finish(Ok(vec![7]));
-        assert_eq!(f.wait().await.expect("leader succeeded"), vec![7]);
-        assert_eq!(g.wait().await.expect("leader succeeded"), vec![7]);
-        assert!(
-            matches!(fc.join(&key), Flight::Leader(_)),
-            "finished flights are gone"
-        );
+        for got in outcomes(followers).await {
+            assert_eq!(got.expect("leader succeeded"), vec![7]);
+        }
+        assert!(led_again(&fc), "finished flights are gone");
     }
 
     #[tokio::test]
     async fn followers_share_the_leaders_error_itself() {
-        let fc: Arc<FlightControl<u32, std::io::Error>> = Arc::default();
-        let key = Digest::of(b"k");
-        let Flight::Leader(leader) = fc.join(&key) else {
-            panic!("first caller leads")
-        };
-        let Flight::Follower(f) = fc.join(&key) else {
-            panic!("second caller follows")
-        };
+        let (_fc, leader, followers) = flight(1);
         let err = Arc::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
         leader.finish(Err(err.clone()));
-        match f.wait().await {
-            Err(FlightError::Failed(got)) => {
+        match outcomes(followers).await.pop() {
+            Some(Err(FlightError::Failed(got))) => {
                 assert!(Arc::ptr_eq(&got, &err), "the same error, not a copy");
                 assert_eq!(got.kind(), std::io::ErrorKind::PermissionDenied);
             }
@@ -224,17 +242,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_leader_releases_followers() {
-        let fc: Arc<FlightControl<u32, std::io::Error>> = Arc::default();
-        let key = Digest::of(b"k");
-        let leader = fc.join(&key);
-        let Flight::Follower(f) = fc.join(&key) else {
-            panic!("second caller follows")
-        };
+        let (fc, leader, followers) = flight(1);
         drop(leader);
-        assert!(matches!(f.wait().await, Err(FlightError::Abandoned)));
-        assert!(
-            matches!(fc.join(&key), Flight::Leader(_)),
-            "an abandoned key can be led again"
-        );
+        assert!(matches!(
+            outcomes(followers).await.as_slice(),
+            [Err(FlightError::Abandoned)]
+        ));
+        assert!(led_again(&fc), "an abandoned key can be led again");
     }
 }
