@@ -537,15 +537,3 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
     println!("manifest {}", result.manifest_digest);
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn version_flag_prints_the_one_kiln_version() {
-        use clap::CommandFactory;
-        assert_eq!(
-            super::Cli::command().get_version(),
-            Some(kiln_worker::VERSION)
-        );
-    }
-}

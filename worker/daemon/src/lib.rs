@@ -203,15 +203,3 @@ async fn run(config: config::Config) -> Result<()> {
     tracing::info!("kilnd stopped");
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn version_flag_prints_the_one_kiln_version() {
-        use clap::CommandFactory;
-        assert_eq!(
-            super::Cli::command().get_version(),
-            Some(kiln_worker::VERSION)
-        );
-    }
-}
