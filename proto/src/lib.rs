@@ -123,77 +123,9 @@ mod tests {
     }
 
     use prost::Message;
-    use sha2::{Digest as _, Sha256};
-    use std::collections::HashMap;
     use std::future::Future;
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll};
-
-    /// The LLB digest of a marshaled op: over its exact bytes.
-    fn digest_of(op_bytes: &[u8]) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(op_bytes)))
-    }
-
-    #[test]
-    fn definition_round_trips_and_digests_are_over_exact_bytes() {
-        let source = llb::Op {
-            op: Some(llb::op::Op::Source(llb::SourceOp {
-                identifier: "docker-image://docker.io/library/alpine:latest".into(),
-                attrs: HashMap::from([("image.resolvemode".into(), "default".into())]),
-            })),
-            platform: Some(llb::Platform {
-                architecture: "amd64".into(),
-                os: "linux".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let source_bytes = source.encode_to_vec();
-        let source_digest = digest_of(&source_bytes);
-        let terminal = llb::Op {
-            inputs: vec![llb::Input {
-                digest: source_digest.clone(),
-                index: 0,
-            }],
-            ..Default::default()
-        };
-        let terminal_bytes = terminal.encode_to_vec();
-        let def = llb::Definition {
-            def: vec![source_bytes.clone(), terminal_bytes.clone()],
-            metadata: HashMap::from([(
-                source_digest.clone(),
-                llb::OpMetadata {
-                    description: HashMap::from([("llb.customname".into(), "alpine".into())]),
-                    caps: HashMap::from([("source.image".into(), true)]),
-                    ..Default::default()
-                },
-            )]),
-            source: None,
-        };
-
-        let wire = def.encode_to_vec();
-        let back = llb::Definition::decode(wire.as_slice()).expect("valid definition");
-        assert_eq!(back, def);
-        assert_eq!(back.def[0], source_bytes, "op bytes survive unchanged");
-
-        let ops: Vec<llb::Op> = back
-            .def
-            .iter()
-            .map(|b| llb::Op::decode(b.as_slice()).expect("valid op"))
-            .collect();
-        assert_eq!(ops, vec![source, terminal]);
-        // The terminal op: no oneof, one input naming the source's digest,
-        // which is the SHA-256 of the bytes as they sit in `def`.
-        let last = &ops[1];
-        assert!(last.op.is_none());
-        assert_eq!(last.inputs.len(), 1);
-        assert_eq!(last.inputs[0].digest, digest_of(&back.def[0]));
-        assert!(back.metadata.contains_key(&last.inputs[0].digest));
-        assert_eq!(
-            digest_of(b""),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-    }
 
     #[test]
     fn llb_field_numbers_match_the_wire() {
@@ -485,21 +417,6 @@ mod tests {
                 "/moby.filesync.v1.FileSend/DiffCopy",
                 "/grpc.health.v1.Health/Check",
             ]
-        );
-    }
-
-    #[test]
-    fn unserved_control_calls_answer_unimplemented() {
-        struct Stub;
-        impl control::control_server::Control for Stub {}
-        let status = run(control::control_server::Control::info(
-            &Stub,
-            tonic::Request::new(control::InfoRequest {}),
-        ))
-        .expect_err("default method");
-        assert_eq!(
-            ErrorKind::from_code(status.code()),
-            ErrorKind::Unimplemented
         );
     }
 }

@@ -29,7 +29,7 @@
 
 mod compress;
 mod recompress;
-mod tar;
+pub mod tar;
 mod upper;
 mod walk;
 

@@ -20,7 +20,11 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "containerd-native image builder")]
+#[command(
+    name = "kiln",
+    version = kiln_worker::VERSION,
+    about = "containerd-native image builder"
+)]
 struct Cli {
     /// containerd's socket.
     #[arg(

@@ -27,5 +27,11 @@ pub mod refs;
 pub mod sweep;
 
 pub use build::{BuildRequest, BuildResult, Engine};
+
+/// kiln's version, from this one place: what kilnd reports as the worker's
+/// BuildKit version (ListWorkers, Info, `buildx inspect`) and what both
+/// `kiln --version` and `kilnd --version` print. Semver-like, as buildx
+/// shows it.
+pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"), "-kiln");
 pub use error::{Result, WorkerError};
 pub use progress::{LogStream, Progress, ProgressEvent};
