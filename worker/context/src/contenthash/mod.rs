@@ -16,12 +16,12 @@
 //! same entries for both.
 //!
 //! Reading 400 MB on every no-op rebuild is what the [`HashCache`] avoids:
-//! a stat cache ([`state`]) maps each path's (dev, ino, size, mtime, ctime,
+//! a stat cache (module `state`) maps each path's (dev, ino, size, mtime, ctime,
 //! mode) to its content and xattr digests, so a warm call only stats the
 //! tree. As in git, an entry recorded within [`RACY_WINDOW`] of the file's
 //! mtime/ctime is not trusted (a write in the same timestamp tick would go
 //! unseen) and is re-read until it has aged. The walk itself is in
-//! [`tree`].
+//! module `tree`.
 //!
 //! Architecture invariant: this module reads the context and its own state
 //! file only; it never follows a symlink out of the context and never
@@ -144,6 +144,15 @@ pub struct HashCache {
     /// Number of regular files whose content was read (test-only probe).
     #[cfg(test)]
     reads: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for HashCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashCache")
+            .field("state_dir", &self.state_dir)
+            .field("racy_window_ns", &self.racy_window_ns)
+            .finish_non_exhaustive()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
