@@ -1,6 +1,5 @@
 //! kiln's wire protocol: the BuildKit-compatible `.proto` definitions and
-//! the mapping between gRPC status codes and the error kinds every kiln
-//! library exposes.
+//! their generated code.
 //!
 //! The `.proto` files under `proto/` are kiln's own: written from the wire
 //! facts (field numbers, types, package and service names) in the BuildKit
@@ -16,8 +15,10 @@
 //! server implements only the calls it serves. Clients are generic over the
 //! channel: this crate does not enable tonic's transport.
 //!
-//! This crate holds no logic beyond the status mapping: it must not know
-//! about builds, snapshots or containerd objects.
+//! This crate holds no logic: it must not know about builds, snapshots or
+//! containerd objects. The gRPC status <-> error-kind mapping lives in the
+//! leaf crate `kiln-types` (re-exported here as [`ErrorKind`]), so crates
+//! that need a kind do not compile the generated code.
 
 pub mod wire;
 
@@ -47,80 +48,13 @@ pub use wire::moby::sshforward::v1 as sshforward;
 /// `pb`: LLB, the build graph (`Definition`, `Op` and the op kinds).
 pub use wire::pb as llb;
 
-/// The error kinds of containerd's `errdefs`, which kiln's library errors
-/// expose through a `kind()` method. Policy matches on kinds, never on
-/// message strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    NotFound,
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    Unavailable,
-    Cancelled,
-    DeadlineExceeded,
-    Unimplemented,
-    Internal,
-}
-
-impl ErrorKind {
-    /// The kind of a gRPC status received from containerd or a client.
-    pub fn from_code(code: tonic::Code) -> Self {
-        use tonic::Code;
-        match code {
-            Code::NotFound => ErrorKind::NotFound,
-            Code::AlreadyExists => ErrorKind::AlreadyExists,
-            Code::FailedPrecondition => ErrorKind::FailedPrecondition,
-            Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
-            Code::Unavailable => ErrorKind::Unavailable,
-            Code::Cancelled => ErrorKind::Cancelled,
-            Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
-            Code::Unimplemented => ErrorKind::Unimplemented,
-            _ => ErrorKind::Internal,
-        }
-    }
-
-    /// The gRPC code the daemon answers for this kind.
-    pub fn code(self) -> tonic::Code {
-        use tonic::Code;
-        match self {
-            ErrorKind::NotFound => Code::NotFound,
-            ErrorKind::AlreadyExists => Code::AlreadyExists,
-            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
-            ErrorKind::InvalidArgument => Code::InvalidArgument,
-            ErrorKind::Unavailable => Code::Unavailable,
-            ErrorKind::Cancelled => Code::Cancelled,
-            ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
-            ErrorKind::Unimplemented => Code::Unimplemented,
-            ErrorKind::Internal => Code::Internal,
-        }
-    }
-}
+/// The errdefs kinds and their gRPC code mapping live in the leaf crate
+/// `kiln-types`; re-exported so `kiln_proto::ErrorKind` keeps working.
+pub use kiln_types::ErrorKind;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kinds_round_trip_through_codes() {
-        for k in [
-            ErrorKind::NotFound,
-            ErrorKind::AlreadyExists,
-            ErrorKind::FailedPrecondition,
-            ErrorKind::InvalidArgument,
-            ErrorKind::Unavailable,
-            ErrorKind::Cancelled,
-            ErrorKind::DeadlineExceeded,
-            ErrorKind::Unimplemented,
-            ErrorKind::Internal,
-        ] {
-            assert_eq!(ErrorKind::from_code(k.code()), k);
-        }
-        assert_eq!(
-            ErrorKind::from_code(tonic::Code::Unknown),
-            ErrorKind::Internal
-        );
-    }
 
     use prost::Message;
     use std::future::Future;

@@ -24,8 +24,8 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Response, Status};
 use containerd_client::types::Mount as CtrdMount;
-use kiln_proto::ErrorKind;
 use kiln_snapshot::Containerd;
+use kiln_types::ErrorKind;
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;

@@ -6,7 +6,7 @@
 use crate::containerd::{Containerd, LeaseId};
 use crate::diff::{write_layer, Compression, DiffSource, LayerDescriptor};
 use crate::error::{Result, SnapshotError};
-use kiln_solver::Digest;
+use kiln_types::Digest;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;

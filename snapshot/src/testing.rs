@@ -12,7 +12,7 @@ use crate::containerd::{LeaseId, SnapshotInfo, SnapshotKind};
 use crate::error::{Result, SnapshotError};
 use crate::mount::{Mount, MountGuard};
 use crate::snapshotter::Snapshotter;
-use kiln_proto::ErrorKind;
+use kiln_types::ErrorKind;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

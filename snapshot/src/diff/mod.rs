@@ -42,7 +42,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use kiln_solver::Digest;
+use kiln_types::Digest;
 
 use self::compress::{Compressor, HashWriter};
 pub use self::recompress::{compression_of, recompress};

@@ -13,11 +13,9 @@ pub mod archive;
 pub mod base;
 pub mod build;
 pub mod cache;
-pub mod contenthash;
 pub mod error;
 pub mod export;
 pub mod fileop;
-pub mod ignore;
 pub mod import;
 pub mod oci;
 pub mod ops;
@@ -25,6 +23,10 @@ pub mod progress;
 pub mod prune;
 pub mod refs;
 pub mod sweep;
+
+/// The build context's rules live in `kiln-context` (shared with the
+/// session); re-exported so `kiln_worker::{contenthash, ignore}` keep working.
+pub use kiln_context::{contenthash, ignore};
 
 pub use build::{BuildRequest, BuildResult, Engine};
 

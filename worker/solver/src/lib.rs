@@ -9,12 +9,13 @@
 //! engine implements; with a fake runner the solver is deterministic.
 
 pub mod cache;
-pub mod digest;
 pub mod graph;
 pub mod scheduler;
 
-pub use digest::Digest;
 pub use graph::*;
+/// Digests live in the leaf crate `kiln-types`, shared with snapshot and
+/// shim; re-exported so `kiln_solver::{digest, Digest}` keep working.
+pub use kiln_types::{digest, Digest};
 
 /// Errors of the solver.
 #[derive(Debug, thiserror::Error)]

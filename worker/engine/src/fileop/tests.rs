@@ -1,7 +1,7 @@
 //! Tests of the file actions on temp dirs. They run as root (chown is real).
 
 use super::*;
-use crate::ignore::{parse_dockerignore, PatternMatcher};
+use kiln_context::ignore::{parse_dockerignore, PatternMatcher};
 use kiln_solver::{ChownOpt, FileCopy, FileMkDir, FileMkFile, FileRm, FileSymlink, UserOpt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
