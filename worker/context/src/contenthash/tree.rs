@@ -83,8 +83,9 @@ impl TreeHasher<'_> {
     }
 
     /// Hashes the entry at `rel` and, for a directory, everything below it
-    /// that the copy would take (mirrors `Copier::copy_entry`). Symlinks
-    /// below the source are recorded as links, never followed.
+    /// that the copy would take: `filter` is the [`EntryFilter`] the copy
+    /// applies too. Symlinks below the source are recorded as links, never
+    /// followed (the copy recreates them as links).
     fn tree(&mut self, rel: &[OsString], filter: &EntryFilter<'_>) -> Result<()> {
         let mut host = self.root.to_path_buf();
         host.extend(rel);

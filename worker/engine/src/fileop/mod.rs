@@ -24,8 +24,8 @@ mod unpack;
 mod tests;
 
 use kiln_context::ignore::IgnoreError;
-use kiln_proto::ErrorKind;
 use kiln_shim::user::UserError;
+use kiln_types::ErrorKind;
 use std::path::Path;
 
 pub use copy::{copy, copy_keep_owner, selection};
