@@ -304,30 +304,15 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Bytes with a binary unit, like buildctl du.
+/// Bytes with a binary unit, like buildctl du (`1.5 GiB`).
 fn human_size(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.2}{}", units[u])
-    }
+    bytesize::ByteSize(n).display().iec().to_string()
 }
 
-/// A rough age: `5s`, `3m`, `2h`, `4d`.
+/// A rough age, its largest unit only: `5s`, `3m`, `2h`, `4days`.
 fn human_age(secs: u64) -> String {
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m", secs / 60),
-        3600..=86_399 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86_400),
-    }
+    let full = humantime::format_duration(std::time::Duration::from_secs(secs)).to_string();
+    full.split(' ').next().unwrap_or("0s").to_string()
 }
 
 /// Splits `K=V`; `K` alone takes the environment's value when `from_env`.
@@ -534,4 +519,33 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
     }
     println!("manifest {}", result.manifest_digest);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_print_with_binary_units() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(10 << 30), "10.0 GiB");
+        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn ages_print_their_largest_unit() {
+        assert_eq!(human_age(0), "0s");
+        assert_eq!(human_age(59), "59s");
+        assert_eq!(human_age(3 * 60 + 5), "3m");
+        assert_eq!(human_age(2 * 3600 + 61), "2h");
+        assert_eq!(human_age(4 * 86_400 + 3600), "4days");
+        // No overflow on absurd ages.
+        assert!(
+            human_age(u64::MAX).ends_with("years"),
+            "{}",
+            human_age(u64::MAX)
+        );
+    }
 }
