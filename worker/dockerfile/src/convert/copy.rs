@@ -117,15 +117,7 @@ impl Converter<'_> {
                 }),
             })
             .collect();
-        let name = progress.name(&self.display_name(c, &st.env));
-        let v = self.add(Vertex {
-            op: Op::File(FileOp { actions }),
-            inputs: inputs.0,
-            name,
-            location: self.location(line),
-            ignore_cache: self.opts.no_cache,
-        })?;
-        st.edge = Some(Self::edge(v));
+        self.add_step(st, progress, c, Op::File(FileOp { actions }), inputs)?;
 
         let mut msg = String::from(what);
         if let Some(c) = &chown {

@@ -225,6 +225,29 @@ impl Converter<'_> {
         self.graph.add(vertex).map_err(ParseError::Graph)
     }
 
+    /// Emits one step of a stage (`RUN`, `COPY`/`ADD`, `WORKDIR`): a vertex
+    /// named `[stage n/N] <instruction>` at the command's line, whose
+    /// output 0 becomes the stage's filesystem.
+    fn add_step(
+        &mut self,
+        st: &mut StageState,
+        progress: &mut Progress,
+        c: &Command,
+        op: Op,
+        inputs: Inputs,
+    ) -> Result<()> {
+        let name = progress.name(&self.display_name(c, &st.env));
+        let v = self.add(Vertex {
+            op,
+            inputs: inputs.0,
+            name,
+            location: self.location(c.line),
+            ignore_cache: self.opts.no_cache,
+        })?;
+        st.edge = Some(Self::edge(v));
+        Ok(())
+    }
+
     fn location(&self, line: usize) -> Option<SourceLocation> {
         Some(SourceLocation {
             file: self.opts.filename.clone(),
@@ -450,9 +473,11 @@ impl Converter<'_> {
                     let owner = (!st.config.user.is_empty()).then(|| chown_opt(&st.config.user));
                     let mut inputs = Inputs::default();
                     let input = inputs.file_input(st.edge);
-                    let name = progress.name(&self.display_name(c, &st.env));
-                    let v = self.add(Vertex {
-                        op: Op::File(FileOp {
+                    self.add_step(
+                        st,
+                        progress,
+                        c,
+                        Op::File(FileOp {
                             actions: vec![FileAction {
                                 input,
                                 secondary_input: None,
@@ -466,12 +491,8 @@ impl Converter<'_> {
                                 }),
                             }],
                         }),
-                        inputs: inputs.0,
-                        name,
-                        location: self.location(line),
-                        ignore_cache: self.opts.no_cache,
-                    })?;
-                    st.edge = Some(Self::edge(v));
+                        inputs,
+                    )?;
                 }
                 st.config
                     .history

@@ -37,9 +37,11 @@ impl Converter<'_> {
         for m in &run.mounts {
             mounts.push(self.run_mount(stage, st, &cwd, m, &mut inputs, line)?);
         }
-        let name = progress.name(&self.display_name(c, &st.env));
-        let v = self.add(Vertex {
-            op: Op::Exec(ExecOp {
+        self.add_step(
+            st,
+            progress,
+            c,
+            Op::Exec(ExecOp {
                 meta: Meta {
                     args: args.clone(),
                     env: st.env.clone(),
@@ -50,12 +52,8 @@ impl Converter<'_> {
                 mounts,
                 network,
             }),
-            inputs: inputs.0,
-            name,
-            location: self.location(line),
-            ignore_cache: self.opts.no_cache,
-        })?;
-        st.edge = Some(Self::edge(v));
+            inputs,
+        )?;
 
         // `RUN |N K=V ... cmd`: the args in scope, with their current
         // value, each once in first-seen order.
