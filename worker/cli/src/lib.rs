@@ -427,9 +427,8 @@ fn frontend_attrs(
 /// `kiln build` against a daemon.
 async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> Result<()> {
     let (context, dockerfile) = context_and_dockerfile(&args)?;
+    // The daemon parses (and refuses) them, as any BuildKit client's.
     let attrs = frontend_attrs(&args, &dockerfile)?;
-    // Fail before connecting, as the embedded mode does.
-    kiln_frontend::FrontendOptions::from_attrs(&attrs)?;
     let mut outputs = Vec::new();
     for o in &args.outputs {
         let mut m = HashMap::new();
@@ -524,6 +523,61 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn build_args(argv: &[&str]) -> BuildArgs {
+        let mut all = vec!["kiln", "build"];
+        all.extend_from_slice(argv);
+        match Cli::try_parse_from(all).expect("flags parse").command {
+            Command::Build(b) => b,
+            _ => panic!("not a build"),
+        }
+    }
+
+    #[test]
+    fn build_flags_become_buildctls_frontend_attributes() {
+        let args = build_args(&[
+            "-f",
+            "ctx/app.Dockerfile",
+            "--target",
+            "final",
+            "--build-arg",
+            "A=1",
+            "--label",
+            "team=infra",
+            "--no-cache-filter",
+            "deps,final",
+            "--platform",
+            "linux/amd64",
+            "--build-context",
+            "base=docker-image://alpine",
+            "ctx",
+        ]);
+        let attrs =
+            frontend_attrs(&args, std::path::Path::new("/abs/ctx/app.Dockerfile")).expect("attrs");
+        let want: HashMap<String, String> = [
+            ("filename", "app.Dockerfile"),
+            ("target", "final"),
+            ("build-arg:A", "1"),
+            ("label:team", "infra"),
+            ("no-cache", "deps,final"),
+            ("platform", "linux/amd64"),
+            ("context:base", "docker-image://alpine"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(attrs, want);
+
+        let all = build_args(&["--no-cache", "--no-cache-filter", "x", "ctx"]);
+        let attrs = frontend_attrs(&all, std::path::Path::new("/c/Dockerfile")).expect("attrs");
+        assert_eq!(attrs.get("no-cache").map(String::as_str), Some(""));
+        let bad = build_args(&["--label", "novalue", "ctx"]);
+        let e = frontend_attrs(&bad, std::path::Path::new("/c/Dockerfile")).expect_err("bad label");
+        assert_eq!(
+            e.to_string(),
+            "invalid label \"novalue\": expected KEY=VALUE"
+        );
+    }
 
     #[test]
     fn sizes_print_with_binary_units() {
