@@ -90,22 +90,14 @@ fn new_id() -> String {
         .collect()
 }
 
-/// The host's platform in OCI terms.
+/// The host's platform as ListWorkers reports it: the engine's
+/// [`kiln_worker::oci::host_platform`], the one the builds use.
 pub fn host_platform() -> Platform {
-    let (architecture, variant) = match std::env::consts::ARCH {
-        "x86_64" => ("amd64", ""),
-        "aarch64" => ("arm64", ""),
-        "arm" => ("arm", "v7"),
-        "x86" => ("386", ""),
-        "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", ""),
-        "loongarch64" => ("loong64", ""),
-        "mips64" if cfg!(target_endian = "little") => ("mips64le", ""),
-        other => (other, ""),
-    };
+    let p = kiln_worker::oci::host_platform();
     Platform {
-        architecture: architecture.to_string(),
-        os: std::env::consts::OS.to_string(),
-        variant: variant.to_string(),
+        architecture: p.architecture,
+        os: p.os,
+        variant: p.variant,
         ..Default::default()
     }
 }
