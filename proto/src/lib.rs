@@ -1,6 +1,5 @@
 //! kiln's wire protocol: the BuildKit-compatible `.proto` definitions and
-//! the mapping between gRPC status codes and the error kinds every kiln
-//! library exposes.
+//! their generated code.
 //!
 //! The `.proto` files under `proto/` are kiln's own: written from the wire
 //! facts (field numbers, types, package and service names) in the BuildKit
@@ -16,8 +15,10 @@
 //! server implements only the calls it serves. Clients are generic over the
 //! channel: this crate does not enable tonic's transport.
 //!
-//! This crate holds no logic beyond the status mapping: it must not know
-//! about builds, snapshots or containerd objects.
+//! This crate holds no logic: it must not know about builds, snapshots or
+//! containerd objects. The gRPC status <-> error-kind mapping lives in the
+//! leaf crate `kiln-types` (re-exported here as [`ErrorKind`]), so crates
+//! that need a kind do not compile the generated code.
 
 pub mod wire;
 
@@ -47,153 +48,18 @@ pub use wire::moby::sshforward::v1 as sshforward;
 /// `pb`: LLB, the build graph (`Definition`, `Op` and the op kinds).
 pub use wire::pb as llb;
 
-/// The error kinds of containerd's `errdefs`, which kiln's library errors
-/// expose through a `kind()` method. Policy matches on kinds, never on
-/// message strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    NotFound,
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    Unavailable,
-    Cancelled,
-    DeadlineExceeded,
-    Unimplemented,
-    Internal,
-}
-
-impl ErrorKind {
-    /// The kind of a gRPC status received from containerd or a client.
-    pub fn from_code(code: tonic::Code) -> Self {
-        use tonic::Code;
-        match code {
-            Code::NotFound => ErrorKind::NotFound,
-            Code::AlreadyExists => ErrorKind::AlreadyExists,
-            Code::FailedPrecondition => ErrorKind::FailedPrecondition,
-            Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
-            Code::Unavailable => ErrorKind::Unavailable,
-            Code::Cancelled => ErrorKind::Cancelled,
-            Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
-            Code::Unimplemented => ErrorKind::Unimplemented,
-            _ => ErrorKind::Internal,
-        }
-    }
-
-    /// The gRPC code the daemon answers for this kind.
-    pub fn code(self) -> tonic::Code {
-        use tonic::Code;
-        match self {
-            ErrorKind::NotFound => Code::NotFound,
-            ErrorKind::AlreadyExists => Code::AlreadyExists,
-            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
-            ErrorKind::InvalidArgument => Code::InvalidArgument,
-            ErrorKind::Unavailable => Code::Unavailable,
-            ErrorKind::Cancelled => Code::Cancelled,
-            ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
-            ErrorKind::Unimplemented => Code::Unimplemented,
-            ErrorKind::Internal => Code::Internal,
-        }
-    }
-}
+/// The errdefs kinds and their gRPC code mapping live in the leaf crate
+/// `kiln-types`; re-exported so `kiln_proto::ErrorKind` keeps working.
+pub use kiln_types::ErrorKind;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn kinds_round_trip_through_codes() {
-        for k in [
-            ErrorKind::NotFound,
-            ErrorKind::AlreadyExists,
-            ErrorKind::FailedPrecondition,
-            ErrorKind::InvalidArgument,
-            ErrorKind::Unavailable,
-            ErrorKind::Cancelled,
-            ErrorKind::DeadlineExceeded,
-            ErrorKind::Unimplemented,
-            ErrorKind::Internal,
-        ] {
-            assert_eq!(ErrorKind::from_code(k.code()), k);
-        }
-        assert_eq!(
-            ErrorKind::from_code(tonic::Code::Unknown),
-            ErrorKind::Internal
-        );
-    }
-
     use prost::Message;
-    use sha2::{Digest as _, Sha256};
-    use std::collections::HashMap;
     use std::future::Future;
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll};
-
-    /// The LLB digest of a marshaled op: over its exact bytes.
-    fn digest_of(op_bytes: &[u8]) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(op_bytes)))
-    }
-
-    #[test]
-    fn definition_round_trips_and_digests_are_over_exact_bytes() {
-        let source = llb::Op {
-            op: Some(llb::op::Op::Source(llb::SourceOp {
-                identifier: "docker-image://docker.io/library/alpine:latest".into(),
-                attrs: HashMap::from([("image.resolvemode".into(), "default".into())]),
-            })),
-            platform: Some(llb::Platform {
-                architecture: "amd64".into(),
-                os: "linux".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let source_bytes = source.encode_to_vec();
-        let source_digest = digest_of(&source_bytes);
-        let terminal = llb::Op {
-            inputs: vec![llb::Input {
-                digest: source_digest.clone(),
-                index: 0,
-            }],
-            ..Default::default()
-        };
-        let terminal_bytes = terminal.encode_to_vec();
-        let def = llb::Definition {
-            def: vec![source_bytes.clone(), terminal_bytes.clone()],
-            metadata: HashMap::from([(
-                source_digest.clone(),
-                llb::OpMetadata {
-                    description: HashMap::from([("llb.customname".into(), "alpine".into())]),
-                    caps: HashMap::from([("source.image".into(), true)]),
-                    ..Default::default()
-                },
-            )]),
-            source: None,
-        };
-
-        let wire = def.encode_to_vec();
-        let back = llb::Definition::decode(wire.as_slice()).expect("valid definition");
-        assert_eq!(back, def);
-        assert_eq!(back.def[0], source_bytes, "op bytes survive unchanged");
-
-        let ops: Vec<llb::Op> = back
-            .def
-            .iter()
-            .map(|b| llb::Op::decode(b.as_slice()).expect("valid op"))
-            .collect();
-        assert_eq!(ops, vec![source, terminal]);
-        // The terminal op: no oneof, one input naming the source's digest,
-        // which is the SHA-256 of the bytes as they sit in `def`.
-        let last = &ops[1];
-        assert!(last.op.is_none());
-        assert_eq!(last.inputs.len(), 1);
-        assert_eq!(last.inputs[0].digest, digest_of(&back.def[0]));
-        assert!(back.metadata.contains_key(&last.inputs[0].digest));
-        assert_eq!(
-            digest_of(b""),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-    }
 
     #[test]
     fn llb_field_numbers_match_the_wire() {
@@ -485,21 +351,6 @@ mod tests {
                 "/moby.filesync.v1.FileSend/DiffCopy",
                 "/grpc.health.v1.Health/Check",
             ]
-        );
-    }
-
-    #[test]
-    fn unserved_control_calls_answer_unimplemented() {
-        struct Stub;
-        impl control::control_server::Control for Stub {}
-        let status = run(control::control_server::Control::info(
-            &Stub,
-            tonic::Request::new(control::InfoRequest {}),
-        ))
-        .expect_err("default method");
-        assert_eq!(
-            ErrorKind::from_code(status.code()),
-            ErrorKind::Unimplemented
         );
     }
 }

@@ -1,8 +1,8 @@
 //! The crate's error type.
 
 use crate::user::UserError;
-use kiln_proto::ErrorKind;
 use kiln_snapshot::SnapshotError;
+use kiln_types::ErrorKind;
 use std::path::PathBuf;
 use std::time::Duration;
 

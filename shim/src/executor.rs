@@ -24,9 +24,9 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Response, Status};
 use containerd_client::types::Mount as CtrdMount;
-use kiln_proto::ErrorKind;
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::Containerd;
+use kiln_types::ErrorKind;
 use std::collections::HashMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};

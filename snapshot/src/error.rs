@@ -1,6 +1,6 @@
 //! The crate's error type.
 
-use kiln_proto::ErrorKind;
+use kiln_types::ErrorKind;
 
 /// Errors of containerd access, mounting and diffing.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use crate::containerd::LeaseId;
 use crate::diff::{write_layer, Compression, DiffSource, LayerDescriptor};
 use crate::error::{Result, SnapshotError};
 use crate::services::{Content, ContentWriter, LeaseResource, Leases};
-use kiln_solver::Digest;
+use kiln_types::Digest;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;

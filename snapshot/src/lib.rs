@@ -24,5 +24,5 @@ pub mod time;
 
 pub use containerd::Containerd;
 pub use error::{Result, SnapshotError};
-pub use kiln_proto::ErrorKind;
-pub use kiln_solver::Digest;
+pub use kiln_types::Digest;
+pub use kiln_types::ErrorKind;

@@ -20,7 +20,7 @@ use crate::containerd::{ContentInfo, ImageRecord, LeaseId, LeaseInfo, SnapshotIn
 use crate::error::Result;
 use crate::mount::Mount;
 use async_trait::async_trait;
-use kiln_solver::Digest;
+use kiln_types::Digest;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;

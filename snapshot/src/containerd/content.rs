@@ -8,7 +8,7 @@ use containerd_client::services::v1::{
     Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction, WriteContentRequest,
 };
 use containerd_client::tonic::transport::Channel;
-use kiln_solver::Digest;
+use kiln_types::Digest;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -20,7 +20,7 @@ pub use snapshots::{SnapshotInfo, SnapshotKind};
 use crate::error::{Result, SnapshotError};
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{metadata::MetadataValue, Request, Status};
-use kiln_proto::ErrorKind;
+use kiln_types::ErrorKind;
 use std::path::{Path, PathBuf};
 
 /// gRPC message limit, containerd's own default.

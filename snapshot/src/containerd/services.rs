@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::mount::Mount;
 use crate::services::{Applier, Content, ContentWriter, Images, LeaseResource, Leases, Snapshots};
 use async_trait::async_trait;
-use kiln_solver::Digest;
+use kiln_types::Digest;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;

@@ -29,7 +29,7 @@
 
 mod compress;
 mod recompress;
-mod tar;
+pub mod tar;
 mod upper;
 mod walk;
 
@@ -42,7 +42,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use kiln_solver::Digest;
+use kiln_types::Digest;
 
 use self::compress::{Compressor, HashWriter};
 pub use self::recompress::{compression_of, recompress};
@@ -393,6 +393,32 @@ fn join_rel(parent: &[u8], name: &OsStr) -> Vec<u8> {
     p
 }
 
+/// A path of the upper tree as it is in the lower tree.
+pub(crate) struct Lower {
+    path: PathBuf,
+    node: Node,
+}
+
+impl Lower {
+    /// `name` in lower directory `dir`; `None` when there is no lower
+    /// directory or no such entry in it.
+    fn of(dir: Option<&Path>, name: &OsStr) -> Result<Option<Lower>, DiffError> {
+        let Some(dir) = dir else { return Ok(None) };
+        let path = dir.join(name);
+        Ok(Node::read_opt(&path)?.map(|node| Lower { path, node }))
+    }
+
+    /// The lower entry if it is a directory (whose children are compared).
+    fn dir(this: &Option<Lower>) -> Option<&Lower> {
+        this.as_ref().filter(|l| l.node.is_dir())
+    }
+
+    /// Whether upper `node` at `path` is unchanged from this entry.
+    fn same_as(&self, node: &Node, path: &Path) -> Result<bool, DiffError> {
+        same_node(&self.node, &self.path, node, path)
+    }
+}
+
 /// A directory on the current walk path whose header may not be written yet.
 struct OpenDir {
     rel: Vec<u8>,
@@ -453,6 +479,21 @@ impl<W: Write> Emitter<W> {
             self.open[i].written = true;
         }
         Ok(())
+    }
+
+    /// Writes a non-directory `rel` read from `abs`, unless it is unchanged
+    /// from its `lower` entry.
+    fn changed_file(
+        &mut self,
+        rel: &[u8],
+        abs: &Path,
+        node: &Node,
+        lower: Option<&Lower>,
+    ) -> Result<(), DiffError> {
+        match lower {
+            Some(l) if l.same_as(node, abs)? => Ok(()),
+            _ => self.file(rel, abs, node),
+        }
     }
 
     /// Writes a non-directory `rel` read from `abs`.

@@ -3,7 +3,7 @@
 
 use super::compress::{Compressor, HashWriter};
 use super::{Compression, DiffError, LayerDescriptor};
-use kiln_solver::Digest;
+use kiln_types::Digest;
 use std::io::{self, Read, Write};
 
 /// The compression a layer media type uses, if it is a layer type kiln

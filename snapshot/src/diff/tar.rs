@@ -1,62 +1,97 @@
-//! A small deterministic tar writer.
+//! The one tar writer of kiln, for layers and image archives alike.
 //!
-//! Every entry gets a POSIX ustar header with numeric ids and empty user and
-//! group names. Anything that does not fit a ustar field (names over 100
-//! bytes, long link targets, large ids, sizes or times) and every extended
-//! attribute goes into a PAX extended header (`x`) written just before the
-//! entry, with its records sorted by key. The same input always gives the same
-//! bytes, which is what makes diffIDs usable as cache keys.
+//! Headers and PAX extended headers are built by the `tar` crate
+//! ([`tar::Header`], [`tar::Builder::append_pax_extensions`]); this module
+//! only decides what goes in them, the way containerd's archive writer does
+//! (Go's `archive/tar` in PAX format):
+//! - a POSIX ustar header with numeric ids, empty user and group names and
+//!   the mtime in whole seconds;
+//! - anything that does not fit its ustar field (a path or link target over
+//!   100 bytes, an id over 7 octal digits, a size over 11, a negative or huge
+//!   mtime) leaves a zero (or the first 100 bytes) in the field and goes into
+//!   a PAX record instead, and every extended attribute becomes a
+//!   `SCHILY.xattr.<name>` record; the records are sorted by key and written
+//!   as one `x` entry just before the entry they describe.
+//!
+//! The same input always gives the same bytes, which is what makes diffIDs
+//! usable as cache keys.
+//!
+//! [`TarWriter`] writes to any [`Write`]. An async caller (the image archive
+//! writer) uses a `TarWriter<Vec<u8>>` as its header encoder: it appends a
+//! header, [`TarWriter::take`]s the bytes and writes them itself, streams the
+//! entry's data and pads it with [`padding`].
 
 use std::io::{self, Read, Write};
 
-const BLOCK: usize = 512;
-
 /// PAX extended header records, `(key, value)`.
-type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
+type PaxRecords = Vec<(String, Vec<u8>)>;
+
+/// The size of a tar block.
+pub const BLOCK: usize = 512;
+
+/// The widest value of a ustar numeric field of `len` bytes: `len - 1`
+/// octal digits and a NUL.
+const fn octal_max(len: u32) -> u64 {
+    (1 << (3 * (len - 1))) - 1
+}
 
 /// What a tar entry is, with the type-specific payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum EntryKind {
+pub enum EntryKind {
+    /// A regular file; its data follows the header.
     Regular,
+    /// A directory; its path ends in `/`.
     Dir,
+    /// A symbolic link to the target.
     Symlink(Vec<u8>),
     /// A hard link to an earlier entry of the same archive (its tar path).
     HardLink(Vec<u8>),
+    /// A character device.
     Char {
+        /// The device's major number.
         major: u64,
+        /// The device's minor number.
         minor: u64,
     },
+    /// A block device.
     Block {
+        /// The device's major number.
         major: u64,
+        /// The device's minor number.
         minor: u64,
     },
+    /// A named pipe.
     Fifo,
 }
 
 impl EntryKind {
-    fn typeflag(&self) -> u8 {
+    fn entry_type(&self) -> tar::EntryType {
         match self {
-            EntryKind::Regular => b'0',
-            EntryKind::HardLink(_) => b'1',
-            EntryKind::Symlink(_) => b'2',
-            EntryKind::Char { .. } => b'3',
-            EntryKind::Block { .. } => b'4',
-            EntryKind::Dir => b'5',
-            EntryKind::Fifo => b'6',
+            EntryKind::Regular => tar::EntryType::Regular,
+            EntryKind::HardLink(_) => tar::EntryType::Link,
+            EntryKind::Symlink(_) => tar::EntryType::Symlink,
+            EntryKind::Char { .. } => tar::EntryType::Char,
+            EntryKind::Block { .. } => tar::EntryType::Block,
+            EntryKind::Dir => tar::EntryType::Directory,
+            EntryKind::Fifo => tar::EntryType::Fifo,
         }
     }
 }
 
 /// One tar entry's header. `size` is only meaningful for `Regular`.
 #[derive(Debug, Clone)]
-pub(crate) struct Entry<'a> {
+pub struct Entry<'a> {
     /// The tar path: relative, `/`-separated, directories end in `/`.
     pub path: &'a [u8],
+    /// The entry type, with the link target or device numbers.
     pub kind: EntryKind,
     /// Permission and set-id/sticky bits (`st_mode & 0o7777`).
     pub mode: u32,
+    /// The owner's numeric user id.
     pub uid: u64,
+    /// The owner's numeric group id.
     pub gid: u64,
+    /// Bytes of data that follow a `Regular` entry.
     pub size: u64,
     /// Seconds since the epoch.
     pub mtime: i64,
@@ -64,62 +99,82 @@ pub(crate) struct Entry<'a> {
     pub xattrs: &'a [(Vec<u8>, Vec<u8>)],
 }
 
+impl<'a> Entry<'a> {
+    /// An entry with fixed metadata, as image archives hold them: owned by
+    /// 0:0, mtime 0, mode 0644 for files and 0755 for directories, no
+    /// extended attributes.
+    pub fn fixed(path: &'a [u8], kind: EntryKind, size: u64) -> Self {
+        let mode = if kind == EntryKind::Dir { 0o755 } else { 0o644 };
+        Entry {
+            path,
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 0,
+            xattrs: &[],
+        }
+    }
+}
+
 /// Why copying an entry's data failed.
 #[derive(Debug)]
-pub(crate) enum CopyError {
+pub enum CopyError {
+    /// Reading the source failed.
     Read(io::Error),
+    /// Writing the archive failed.
     Write(io::Error),
     /// The source ended before the size recorded in the header.
     Short,
 }
 
-/// Writes tar entries to `W`. Call [`TarWriter::finish`] to write the
-/// end-of-archive marker.
-pub(crate) struct TarWriter<W: Write> {
-    out: W,
+/// Zero bytes that pad an entry of `size` bytes to a whole block.
+pub fn padding(size: u64) -> usize {
+    match (size % BLOCK as u64) as usize {
+        0 => 0,
+        rem => BLOCK - rem,
+    }
+}
+
+/// Writes tar entries to `W` through a [`tar::Builder`]. Call
+/// [`TarWriter::finish`] to write the end-of-archive marker and get `W`
+/// back.
+pub struct TarWriter<W: Write> {
+    builder: tar::Builder<W>,
     buf: Vec<u8>,
 }
 
+impl<W: Write> std::fmt::Debug for TarWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TarWriter").finish_non_exhaustive()
+    }
+}
+
 impl<W: Write> TarWriter<W> {
-    pub(crate) fn new(out: W) -> Self {
+    /// A writer of a new archive into `out`.
+    pub fn new(out: W) -> Self {
         TarWriter {
-            out,
+            builder: tar::Builder::new(out),
             buf: vec![0; 128 * 1024],
         }
     }
 
     /// Writes the header (and PAX header if needed) of `entry`. For a
     /// `Regular` entry with a non-zero size the caller must follow with
-    /// [`TarWriter::copy_data`].
-    pub(crate) fn append_header(&mut self, entry: &Entry<'_>) -> io::Result<()> {
-        let (header, pax) = encode(entry);
-        if !pax.is_empty() {
-            let body = pax_body(&pax);
-            let mut name = b"PaxHeaders.0/".to_vec();
-            name.extend_from_slice(basename(entry.path));
-            name.truncate(100);
-            let pax_entry = Entry {
-                path: &name,
-                kind: EntryKind::Regular,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                size: body.len() as u64,
-                mtime: 0,
-                xattrs: &[],
-            };
-            let (mut pax_header, _) = encode(&pax_entry);
-            pax_header[156] = b'x';
-            set_checksum(&mut pax_header);
-            self.out.write_all(&pax_header)?;
-            self.out.write_all(&body)?;
-            self.pad(body.len() as u64)?;
-        }
-        self.out.write_all(&header)
+    /// [`TarWriter::copy_data`] (or write the data and its [`padding`]
+    /// itself).
+    pub fn append_header(&mut self, entry: &Entry<'_>) -> io::Result<()> {
+        let (header, pax) = encode(entry)?;
+        self.builder
+            .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        // No data: the builder writes the header block alone.
+        self.builder.append(&header, io::empty())
     }
 
     /// Copies exactly `size` bytes of `data` and pads to a block boundary.
-    pub(crate) fn copy_data(&mut self, data: &mut dyn Read, size: u64) -> Result<(), CopyError> {
+    pub fn copy_data(&mut self, data: &mut dyn Read, size: u64) -> Result<(), CopyError> {
+        let out = self.builder.get_mut();
         let mut left = size;
         while left > 0 {
             let want = self
@@ -132,150 +187,121 @@ impl<W: Write> TarWriter<W> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(CopyError::Read(e)),
             };
-            self.out
-                .write_all(&self.buf[..n])
-                .map_err(CopyError::Write)?;
+            out.write_all(&self.buf[..n]).map_err(CopyError::Write)?;
             left -= n as u64;
         }
-        self.pad(size).map_err(CopyError::Write)
+        out.write_all(&[0; BLOCK][..padding(size)])
+            .map_err(CopyError::Write)
     }
 
     /// Writes the two zero blocks that end an archive and returns the sink.
-    pub(crate) fn finish(mut self) -> io::Result<W> {
-        self.out.write_all(&[0; 2 * BLOCK])?;
-        Ok(self.out)
-    }
-
-    fn pad(&mut self, len: u64) -> io::Result<()> {
-        let rem = (len % BLOCK as u64) as usize;
-        if rem != 0 {
-            self.out.write_all(&[0; BLOCK][..BLOCK - rem])?;
-        }
-        Ok(())
+    pub fn finish(self) -> io::Result<W> {
+        self.builder.into_inner()
     }
 }
 
-fn basename(path: &[u8]) -> &[u8] {
-    let trimmed = path.strip_suffix(b"/").unwrap_or(path);
-    match trimmed.iter().rposition(|&b| b == b'/') {
-        Some(i) => &trimmed[i + 1..],
-        None => trimmed,
+impl<W: Write + Default> TarWriter<W> {
+    /// Hands over what was written so far and leaves an empty sink, for a
+    /// caller that moves the bytes on itself.
+    pub fn take(&mut self) -> W {
+        std::mem::take(self.builder.get_mut())
     }
 }
 
-/// Builds the ustar header block and the PAX records it needs.
-fn encode(e: &Entry<'_>) -> ([u8; BLOCK], PaxRecords) {
-    let mut h = [0u8; BLOCK];
+/// The ustar header of `e` and the PAX records (sorted by key) it needs.
+fn encode(e: &Entry<'_>) -> io::Result<(tar::Header, PaxRecords)> {
+    let mut h = tar::Header::new_ustar();
     let mut pax = PaxRecords::new();
 
-    if e.path.len() <= 100 {
-        h[..e.path.len()].copy_from_slice(e.path);
-    } else {
-        h[..100].copy_from_slice(&e.path[..100]);
-        pax.push((b"path".to_vec(), e.path.to_vec()));
+    // The name is written as is (the `tar` crate's `set_path` would
+    // normalise it, drop a directory's trailing `/` and split long paths
+    // into ustar's prefix, which containerd's PAX writer does not do).
+    let name = &mut h.as_old_mut().name;
+    let n = e.path.len().min(name.len());
+    name[..n].copy_from_slice(&e.path[..n]);
+    if e.path.len() > n {
+        pax.push(("path".into(), e.path.to_vec()));
     }
-    put_octal(&mut h[100..108], u64::from(e.mode & 0o7777));
-    if !put_octal(&mut h[108..116], e.uid) {
-        put_octal(&mut h[108..116], 0);
-        pax.push((b"uid".to_vec(), e.uid.to_string().into_bytes()));
-    }
-    if !put_octal(&mut h[116..124], e.gid) {
-        put_octal(&mut h[116..124], 0);
-        pax.push((b"gid".to_vec(), e.gid.to_string().into_bytes()));
+    h.set_mode(e.mode & 0o7777);
+    for (key, value, set) in [
+        (
+            "uid",
+            e.uid,
+            tar::Header::set_uid as fn(&mut tar::Header, u64),
+        ),
+        ("gid", e.gid, tar::Header::set_gid),
+    ] {
+        if value <= octal_max(8) {
+            set(&mut h, value);
+        } else {
+            set(&mut h, 0);
+            pax.push((key.into(), value.to_string().into_bytes()));
+        }
     }
     let size = if e.kind == EntryKind::Regular {
         e.size
     } else {
         0
     };
-    if !put_octal(&mut h[124..136], size) {
-        put_octal(&mut h[124..136], 0);
-        pax.push((b"size".to_vec(), size.to_string().into_bytes()));
+    if size <= octal_max(12) {
+        h.set_size(size);
+    } else {
+        h.set_size(0);
+        pax.push(("size".into(), size.to_string().into_bytes()));
     }
-    let mtime_fits = u64::try_from(e.mtime).is_ok_and(|t| put_octal(&mut h[136..148], t));
-    if !mtime_fits {
-        put_octal(&mut h[136..148], 0);
-        pax.push((b"mtime".to_vec(), e.mtime.to_string().into_bytes()));
-    }
-    h[148..156].copy_from_slice(b"        ");
-    h[156] = e.kind.typeflag();
-    match &e.kind {
-        EntryKind::Symlink(target) | EntryKind::HardLink(target) => {
-            if target.len() <= 100 {
-                h[157..157 + target.len()].copy_from_slice(target);
-            } else {
-                h[157..257].copy_from_slice(&target[..100]);
-                pax.push((b"linkpath".to_vec(), target.clone()));
-            }
+    match u64::try_from(e.mtime) {
+        Ok(t) if t <= octal_max(12) => h.set_mtime(t),
+        _ => {
+            h.set_mtime(0);
+            pax.push(("mtime".into(), e.mtime.to_string().into_bytes()));
         }
-        _ => {}
     }
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
+    h.set_entry_type(e.kind.entry_type());
+    if let EntryKind::Symlink(target) | EntryKind::HardLink(target) = &e.kind {
+        let field_len = h.as_old().linkname.len();
+        h.set_link_name_literal(&target[..target.len().min(field_len)])?;
+        if target.len() > field_len {
+            pax.push(("linkpath".into(), target.clone()));
+        }
+    }
     let (major, minor) = match e.kind {
         EntryKind::Char { major, minor } | EntryKind::Block { major, minor } => (major, minor),
         _ => (0, 0),
     };
-    put_numeric(&mut h[329..337], major);
-    put_numeric(&mut h[337..345], minor);
+    h.set_device_major(device_number(major, e.path)?)?;
+    h.set_device_minor(device_number(minor, e.path)?)?;
     for (name, value) in e.xattrs {
-        let mut key = b"SCHILY.xattr.".to_vec();
-        key.extend_from_slice(name);
-        pax.push((key, value.clone()));
+        let name = std::str::from_utf8(name).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "extended attribute {:?} of {:?} is not UTF-8",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(e.path)
+                ),
+            )
+        })?;
+        pax.push((format!("SCHILY.xattr.{name}"), value.clone()));
     }
     pax.sort();
-    set_checksum(&mut h);
-    (h, pax)
+    h.set_cksum();
+    Ok((h, pax))
 }
 
-/// Writes `v` as zero-padded octal with a trailing NUL; false if it does not fit.
-fn put_octal(field: &mut [u8], v: u64) -> bool {
-    let digits = field.len() - 1;
-    let s = format!("{v:0digits$o}");
-    if s.len() > digits {
-        return false;
-    }
-    field[..digits].copy_from_slice(s.as_bytes());
-    field[digits] = 0;
-    true
-}
-
-/// Octal if it fits, else GNU base-256 (only used for device numbers, which
-/// PAX cannot carry).
-fn put_numeric(field: &mut [u8], v: u64) {
-    if !put_octal(field, v) {
-        field.fill(0);
-        let bytes = v.to_be_bytes();
-        let n = field.len();
-        field[n - bytes.len()..].copy_from_slice(&bytes);
-        field[0] |= 0x80;
-    }
-}
-
-fn set_checksum(h: &mut [u8; BLOCK]) {
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
-}
-
-/// PAX records: `"<len> <key>=<value>\n"` where `<len>` counts the whole record.
-fn pax_body(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (key, value) in records {
-        let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
-        let mut len = rest + 1;
-        while rest + len.to_string().len() != len {
-            len = rest + len.to_string().len();
-        }
-        body.extend_from_slice(len.to_string().as_bytes());
-        body.push(b' ');
-        body.extend_from_slice(key);
-        body.push(b'=');
-        body.extend_from_slice(value);
-        body.push(b'\n');
-    }
-    body
+/// A device number as the ustar field holds it (PAX has no record for one).
+fn device_number(n: u64, path: &[u8]) -> io::Result<u32> {
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| u64::from(n) <= octal_max(8))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "device number {n} of {:?} does not fit a tar header",
+                    String::from_utf8_lossy(path)
+                ),
+            )
+        })
 }
 
 #[cfg(test)]
@@ -295,23 +321,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pax_record_lengths_count_themselves() {
-        let body = pax_body(&[(b"path".to_vec(), vec![b'a'; 3])]);
-        assert_eq!(body, b"12 path=aaa\n");
-        // 9 + 1 digit would be 10, which needs 2 digits: the length is 11.
-        let body = pax_body(&[(b"k".to_vec(), vec![b'v'; 5])]);
-        assert_eq!(body, b"11 k=vvvvv\n");
-        let body = pax_body(&[(b"k".to_vec(), vec![b'v'; 94])]);
-        assert_eq!(body.len(), 101);
-        assert!(body.starts_with(b"101 "));
+    /// The PAX records of the next entry of `it`, as `(key, value)`.
+    fn pax_of<R: Read>(e: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
+        match e.pax_extensions().expect("pax") {
+            None => Vec::new(),
+            Some(records) => records
+                .map(|r| {
+                    let r = r.expect("record");
+                    (r.key().expect("key").to_string(), r.value_bytes().to_vec())
+                })
+                .collect(),
+        }
     }
 
     #[test]
     fn long_names_links_ids_and_xattrs_round_trip_through_tar_rs() {
         let long = [b"d/".as_slice(), &[b'n'; 200]].concat();
         let target = vec![b't'; 150];
-        let xattrs = vec![(b"security.capability".to_vec(), vec![1, 0, 0, 2])];
+        let xattrs = vec![
+            (b"user.z".to_vec(), b"last".to_vec()),
+            (b"security.capability".to_vec(), vec![1, 0, 0, 2]),
+        ];
         let mut w = TarWriter::new(Vec::new());
         let mut e = entry(&long, EntryKind::Regular);
         e.size = 3;
@@ -325,15 +355,14 @@ mod tests {
             .expect("vec write");
         w.append_header(&entry(b"c", EntryKind::Char { major: 1, minor: 3 }))
             .expect("vec write");
+        w.append_header(&entry(b"dir/", EntryKind::Dir))
+            .expect("vec write");
         let bytes = w.finish().expect("vec write");
         assert_eq!(bytes.len() % BLOCK, 0);
+        assert!(bytes[bytes.len() - 2 * BLOCK..].iter().all(|&b| b == 0));
 
-        let mut ar = tar::Archive::new(&bytes[..]);
-        let mut it = ar.entries().expect("entries");
-        let mut first = it.next().expect("first").expect("first ok");
-        assert_eq!(&*first.path_bytes(), long.as_slice());
-        // tar-rs applies the PAX uid over the ustar field, which we wrote as 0.
-        assert_eq!(first.header().uid().expect("uid"), 5_000_000);
+        // The PAX header comes first, then the ustar header whose overflowing
+        // fields hold zero (as Go's PAX writer leaves them).
         assert_eq!(bytes[156], b'x');
         let pax_len = u64::from_str_radix(
             std::str::from_utf8(&bytes[124..135]).expect("octal size"),
@@ -342,21 +371,35 @@ mod tests {
         .expect("octal size");
         let ustar = BLOCK * (1 + (pax_len as usize).div_ceil(BLOCK));
         assert_eq!(bytes[ustar + 156], b'0');
-        assert_eq!(&bytes[ustar + 108..ustar + 116], b"0000000\0");
+        assert_eq!(&bytes[ustar..ustar + 100], &long[..100]);
+        assert_eq!(&bytes[ustar + 108..ustar + 116], b"0000000\0", "uid");
+        assert_eq!(&bytes[ustar + 116..ustar + 124], b"0000007\0", "gid");
+        assert_eq!(&bytes[ustar + 136..ustar + 148], b"00000000000\0", "mtime");
+        assert_eq!(&bytes[ustar + 257..ustar + 265], b"ustar\x0000");
         assert_eq!(
             &bytes[ustar + 265..ustar + 329],
             &[0u8; 64][..],
             "no user/group names"
         );
-        let pax: Vec<(String, Vec<u8>)> = first
-            .pax_extensions()
-            .expect("pax")
-            .expect("has pax")
-            .map(|r| {
-                let r = r.expect("record");
-                (r.key().expect("key").to_string(), r.value_bytes().to_vec())
-            })
-            .collect();
+
+        let mut ar = tar::Archive::new(&bytes[..]);
+        let mut it = ar.entries().expect("entries");
+        let mut first = it.next().expect("first").expect("first ok");
+        assert_eq!(&*first.path_bytes(), long.as_slice());
+        // tar-rs applies the PAX uid over the ustar field.
+        assert_eq!(first.header().uid().expect("uid"), 5_000_000);
+        let pax = pax_of(&mut first);
+        assert_eq!(
+            pax.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            [
+                "SCHILY.xattr.security.capability",
+                "SCHILY.xattr.user.z",
+                "mtime",
+                "path",
+                "uid"
+            ],
+            "sorted by key"
+        );
         assert!(pax.contains(&("uid".to_string(), b"5000000".to_vec())));
         assert!(pax.contains(&("mtime".to_string(), b"-5".to_vec())));
         assert!(pax.contains(&(
@@ -371,8 +414,86 @@ mod tests {
             &*second.link_name_bytes().expect("link name"),
             target.as_slice()
         );
-        let third = it.next().expect("third").expect("third ok");
+        let mut third = it.next().expect("third").expect("third ok");
+        assert_eq!(third.header().device_major().expect("major"), Some(1));
         assert_eq!(third.header().device_minor().expect("minor"), Some(3));
+        assert_eq!(third.header().mtime().expect("mtime"), 1_700_000_000);
+        assert!(pax_of(&mut third).is_empty(), "everything fits ustar");
+        let fourth = it.next().expect("fourth").expect("fourth ok");
+        assert_eq!(
+            &*fourth.path_bytes(),
+            b"dir/",
+            "a directory keeps its slash"
+        );
+        assert_eq!(fourth.header().entry_type(), tar::EntryType::Directory);
         assert!(it.next().is_none());
+    }
+
+    #[test]
+    fn short_data_and_odd_inputs_are_errors() {
+        let mut w = TarWriter::new(Vec::new());
+        let mut e = entry(b"f", EntryKind::Regular);
+        e.size = 4;
+        w.append_header(&e).expect("vec write");
+        assert!(matches!(
+            w.copy_data(&mut &b"abc"[..], 4),
+            Err(CopyError::Short)
+        ));
+
+        let mut w = TarWriter::new(Vec::new());
+        let dev = entry(
+            b"d",
+            EntryKind::Block {
+                major: 1 << 40,
+                minor: 0,
+            },
+        );
+        assert!(w.append_header(&dev).is_err(), "major too big for ustar");
+        let xattrs = vec![(vec![0xff, 0xfe], b"v".to_vec())];
+        let mut e = entry(b"x", EntryKind::Regular);
+        e.xattrs = &xattrs;
+        assert!(w.append_header(&e).is_err(), "xattr name not UTF-8");
+    }
+
+    #[test]
+    fn take_hands_over_header_bytes_for_an_async_writer() {
+        let mut w = TarWriter::new(Vec::new());
+        w.append_header(&Entry::fixed(b"blobs/", EntryKind::Dir, 0))
+            .expect("vec write");
+        let dir = w.take();
+        assert_eq!(dir.len(), BLOCK);
+        assert_eq!(&dir[..7], b"blobs/\0");
+        w.append_header(&Entry::fixed(b"f", EntryKind::Regular, 700))
+            .expect("vec write");
+        let file = w.take();
+        assert_eq!(file.len(), BLOCK);
+        assert_eq!(padding(700), 2 * BLOCK - 700);
+        assert_eq!(padding(0), 0);
+        assert_eq!(padding(512), 0);
+        let end = w.finish().expect("vec write");
+        assert_eq!(end, vec![0u8; 2 * BLOCK]);
+
+        let all = [dir, file, vec![7u8; 700], vec![0; padding(700)], end].concat();
+        let mut ar = tar::Archive::new(&all[..]);
+        let got: Vec<(String, u32, u64)> = ar
+            .entries()
+            .expect("entries")
+            .map(|e| {
+                let e = e.expect("entry");
+                let h = e.header();
+                (
+                    String::from_utf8_lossy(&e.path_bytes()).into_owned(),
+                    h.mode().expect("mode"),
+                    h.size().expect("size"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("blobs/".to_string(), 0o755, 0),
+                ("f".to_string(), 0o644, 700)
+            ]
+        );
     }
 }

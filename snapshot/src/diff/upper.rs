@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::{join_rel, same_node, sorted_names, DiffError, Emitter, Node};
+use super::{join_rel, sorted_names, DiffError, Emitter, Lower, Node};
 
 pub(crate) fn walk<W: std::io::Write>(
     em: &mut Emitter<W>,
@@ -45,20 +45,13 @@ fn walk_dir<W: std::io::Write>(
         if node.is_socket() {
             continue;
         }
-        let lower_abs = lower.map(|l| l.join(&name));
-        let lower_node = match &lower_abs {
-            Some(p) => Node::read_opt(p)?,
-            None => None,
-        };
+        let lower_entry = Lower::of(lower, &name)?;
         let child_rel = join_rel(rel, &name);
         if node.is_dir() {
             let opaque = node.overlay_xattr(&abs, "opaque")?.as_deref() == Some(b"y".as_slice());
-            let lower_dir = match (&lower_abs, &lower_node) {
-                (Some(p), Some(n)) if n.is_dir() => Some((p.as_path(), n)),
-                _ => None,
-            };
+            let lower_dir = Lower::dir(&lower_entry);
             let changed = match lower_dir {
-                Some((lp, ln)) => opaque || !same_node(ln, lp, &node, &abs)?,
+                Some(l) => opaque || !l.same_as(&node, &abs)?,
                 None => true,
             };
             em.enter_dir(child_rel.clone(), node, changed)?;
@@ -68,17 +61,12 @@ fn walk_dir<W: std::io::Write>(
             let child_lower = if opaque {
                 None
             } else {
-                lower_dir.map(|(p, _)| p)
+                lower_dir.map(|l| l.path.as_path())
             };
             walk_dir(em, &abs, child_lower, &child_rel)?;
             em.leave_dir();
         } else {
-            if let (Some(lp), Some(ln)) = (&lower_abs, &lower_node) {
-                if same_node(ln, lp, &node, &abs)? {
-                    continue;
-                }
-            }
-            em.file(&child_rel, &abs, &node)?;
+            em.changed_file(&child_rel, &abs, &node, lower_entry.as_ref())?;
         }
     }
     Ok(())

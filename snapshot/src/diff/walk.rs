@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use super::{join_rel, same_node, sorted_names, DiffError, Emitter, Node};
+use super::{join_rel, sorted_names, DiffError, Emitter, Lower, Node};
 
 pub(crate) fn walk<W: std::io::Write>(
     em: &mut Emitter<W>,
@@ -52,34 +52,23 @@ fn walk_dir<W: std::io::Write>(
         if node.is_socket() {
             continue;
         }
-        let lower_abs = match lower {
-            Some(lower) if in_lower => Some(lower.join(name)),
-            _ => None,
-        };
-        let lower_node = match &lower_abs {
-            Some(p) => Node::read_opt(p)?,
-            None => None,
+        let lower_entry = if in_lower {
+            Lower::of(lower, name)?
+        } else {
+            None
         };
         let child_rel = join_rel(rel, name);
         if node.is_dir() {
-            let lower_dir = match (&lower_abs, &lower_node) {
-                (Some(p), Some(n)) if n.is_dir() => Some((p.as_path(), n)),
-                _ => None,
-            };
+            let lower_dir = Lower::dir(&lower_entry);
             let changed = match lower_dir {
-                Some((lp, ln)) => !same_node(ln, lp, &node, &abs)?,
+                Some(l) => !l.same_as(&node, &abs)?,
                 None => true,
             };
             em.enter_dir(child_rel.clone(), node, changed)?;
-            walk_dir(em, lower_dir.map(|(p, _)| p), &abs, &child_rel)?;
+            walk_dir(em, lower_dir.map(|l| l.path.as_path()), &abs, &child_rel)?;
             em.leave_dir();
         } else {
-            if let (Some(lp), Some(ln)) = (&lower_abs, &lower_node) {
-                if same_node(ln, lp, &node, &abs)? {
-                    continue;
-                }
-            }
-            em.file(&child_rel, &abs, &node)?;
+            em.changed_file(&child_rel, &abs, &node, lower_entry.as_ref())?;
         }
     }
     Ok(())

@@ -6,8 +6,8 @@ use crate::containerd::{ImageRecord, LeaseId};
 use crate::error::Result;
 use crate::services::Images;
 use async_trait::async_trait;
-use kiln_proto::ErrorKind;
-use kiln_solver::Digest;
+use kiln_types::Digest;
+use kiln_types::ErrorKind;
 
 /// containerd's checks of an image record (`validateImage`).
 fn validate(record: &ImageRecord) -> Result<()> {

@@ -6,8 +6,8 @@ use crate::containerd::{EXPIRE_LABEL, FLAT_LABEL};
 use crate::error::Result;
 use crate::services::{LeaseResource, Leases};
 use async_trait::async_trait;
-use kiln_proto::ErrorKind;
-use kiln_solver::Digest;
+use kiln_types::Digest;
+use kiln_types::ErrorKind;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

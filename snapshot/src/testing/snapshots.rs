@@ -8,7 +8,7 @@ use crate::error::{Result, SnapshotError};
 use crate::mount::Mount;
 use crate::services::Snapshots;
 use async_trait::async_trait;
-use kiln_proto::ErrorKind;
+use kiln_types::ErrorKind;
 use std::collections::HashMap;
 use std::path::Path;
 

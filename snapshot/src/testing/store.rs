@@ -4,7 +4,7 @@
 use crate::containerd::{ContentInfo, ImageRecord, LeaseId, SnapshotInfo, SnapshotKind};
 use crate::error::SnapshotError;
 use crate::services::LeaseResource;
-use kiln_proto::ErrorKind;
+use kiln_types::ErrorKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

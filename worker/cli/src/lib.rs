@@ -1,8 +1,9 @@
 //! `kiln`, the build client. In this version it runs the engine in-process
 //! against containerd (the embedded mode).
 //!
-//! It owns flags, reading the Dockerfile and `.dockerignore`, and progress
-//! display; the build itself is the engine's. The binary is a one-line
+//! It owns flags (turned into BuildKit frontend attributes, so both modes
+//! share `kiln-frontend`'s path to the graph) and progress display; the
+//! build itself is the engine's. The binary is a one-line
 //! `main` over [`main`] so the end-to-end tests can build the same CLI.
 
 mod progress;
@@ -10,7 +11,6 @@ mod remote;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
-use kiln_dockerfile::BuildOptions;
 use kiln_snapshot::containerd::ContainerdConfig;
 use kiln_snapshot::diff::Compression;
 use kiln_snapshot::Containerd;
@@ -20,7 +20,11 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "containerd-native image builder")]
+#[command(
+    name = "kiln",
+    version = kiln_worker::VERSION,
+    about = "containerd-native image builder"
+)]
 struct Cli {
     /// containerd's socket.
     #[arg(
@@ -136,6 +140,13 @@ struct BuildArgs {
     /// Do not use cache for these stages (repeatable or comma-separated).
     #[arg(long, value_delimiter = ',')]
     no_cache_filter: Vec<String>,
+    /// Extra named build context NAME=VALUE (not supported yet: fails
+    /// before the build, in both modes).
+    #[arg(long = "build-context")]
+    build_contexts: Vec<String>,
+    /// Target platform; kiln builds for the host's only.
+    #[arg(long)]
+    platform: Option<String>,
     /// Progress output: auto, plain or tty.
     #[arg(long, default_value = "auto")]
     progress: String,
@@ -305,30 +316,15 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Bytes with a binary unit, like buildctl du.
+/// Bytes with a binary unit, like buildctl du (`1.5 GiB`).
 fn human_size(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.2}{}", units[u])
-    }
+    bytesize::ByteSize(n).display().iec().to_string()
 }
 
-/// A rough age: `5s`, `3m`, `2h`, `4d`.
+/// A rough age, its largest unit only: `5s`, `3m`, `2h`, `4days`.
 fn human_age(secs: u64) -> String {
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m", secs / 60),
-        3600..=86_399 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86_400),
-    }
+    let full = humantime::format_duration(std::time::Duration::from_secs(secs)).to_string();
+    full.split(' ').next().unwrap_or("0s").to_string()
 }
 
 /// Splits `K=V`; `K` alone takes the environment's value when `from_env`.
@@ -384,33 +380,67 @@ fn parse_outputs(outputs: &[String]) -> Result<(Vec<String>, Compression)> {
     Ok((names, compression))
 }
 
-/// `kiln build` against a daemon.
-async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> Result<()> {
+/// The build context directory and the Dockerfile (`-f`, else
+/// `CONTEXT/Dockerfile`), both absolute.
+fn context_and_dockerfile(args: &BuildArgs) -> Result<(PathBuf, PathBuf)> {
     let context = args
         .context
         .canonicalize()
         .with_context(|| format!("build context {}", args.context.display()))?;
+    if !context.is_dir() {
+        return Err(anyhow!(
+            "build context {} is not a directory",
+            context.display()
+        ));
+    }
     let dockerfile = match &args.file {
         Some(f) => f
             .canonicalize()
             .with_context(|| format!("cannot read {}", f.display()))?,
-        None => context.join("Dockerfile"),
+        None => context.join(kiln_frontend::DEFAULT_FILENAME),
     };
+    Ok((context, dockerfile))
+}
+
+/// The build flags as the frontend attributes buildctl would send, so
+/// embedded and daemon builds have one parser of options
+/// ([`kiln_frontend::FrontendOptions::from_attrs`]).
+fn frontend_attrs(
+    args: &BuildArgs,
+    dockerfile: &std::path::Path,
+) -> Result<HashMap<String, String>> {
     let mut attrs = HashMap::new();
+    if let Some(f) = dockerfile.file_name() {
+        attrs.insert("filename".into(), f.to_string_lossy().into_owned());
+    }
     for (k, v) in key_values(&args.build_args, true, "build-arg")? {
         attrs.insert(format!("build-arg:{k}"), v);
     }
     for (k, v) in key_values(&args.labels, false, "label")? {
         attrs.insert(format!("label:{k}"), v);
     }
+    for (k, v) in key_values(&args.build_contexts, false, "build-context")? {
+        attrs.insert(format!("context:{k}"), v);
+    }
     if let Some(t) = &args.target {
         attrs.insert("target".into(), t.clone());
+    }
+    if let Some(p) = &args.platform {
+        attrs.insert("platform".into(), p.clone());
     }
     if args.no_cache {
         attrs.insert("no-cache".into(), String::new());
     } else if !args.no_cache_filter.is_empty() {
         attrs.insert("no-cache".into(), args.no_cache_filter.join(","));
     }
+    Ok(attrs)
+}
+
+/// `kiln build` against a daemon.
+async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> Result<()> {
+    let (context, dockerfile) = context_and_dockerfile(&args)?;
+    // The daemon parses (and refuses) them, as any BuildKit client's.
+    let attrs = frontend_attrs(&args, &dockerfile)?;
     let mut outputs = Vec::new();
     for o in &args.outputs {
         let mut m = HashMap::new();
@@ -456,45 +486,10 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
 }
 
 async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Result<()> {
-    let context = args
-        .context
-        .canonicalize()
-        .with_context(|| format!("build context {}", args.context.display()))?;
-    if !context.is_dir() {
-        return Err(anyhow!(
-            "build context {} is not a directory",
-            context.display()
-        ));
-    }
-    let dockerfile = args
-        .file
-        .clone()
-        .unwrap_or_else(|| context.join("Dockerfile"));
-    let filename = dockerfile
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "Dockerfile".into());
-    let src = std::fs::read_to_string(&dockerfile)
-        .with_context(|| format!("cannot read {}", dockerfile.display()))?;
-    let excludes = match std::fs::read_to_string(context.join(".dockerignore")) {
-        Ok(text) => kiln_worker::ignore::parse_dockerignore(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(anyhow!("cannot read .dockerignore: {e}")),
-    };
-    let platform = kiln_worker::oci::host_platform();
-    let opts = BuildOptions {
-        filename: filename.clone(),
-        target: args.target.clone(),
-        build_args: key_values(&args.build_args, true, "build-arg")?,
-        labels: key_values(&args.labels, false, "label")?,
-        excludes,
-        context_name: "context".into(),
-        no_cache: args.no_cache,
-        no_cache_filter: args.no_cache_filter.clone(),
-        platform_os: platform.os.clone(),
-        platform_arch: platform.architecture.clone(),
-    };
-    let df = kiln_dockerfile::parse(&src, &filename)?;
+    let (context, dockerfile) = context_and_dockerfile(&args)?;
+    let opts = kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(&args, &dockerfile)?)?;
+    let df_dir = dockerfile.parent().unwrap_or(&context);
+    let source = kiln_frontend::read_dockerfile(df_dir, &opts.filename, &context)?;
     let (mut names, compression) = parse_outputs(&args.outputs)?;
     names.extend(args.tags.iter().cloned());
     let names = names
@@ -505,14 +500,9 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
     let ctrd = Containerd::connect(config).await?;
     let engine = Engine::new(ctrd, root);
     engine.sweep().await?;
-    let mut bases = BTreeMap::new();
-    for image in df.base_images(&opts)? {
-        let cfg = engine.image_config(&image).await?;
-        bases.insert(image, cfg);
-    }
-    let built = kiln_dockerfile::to_graph(&df, &opts, &bases)?;
+    let built = kiln_frontend::plan(&source, &opts, &engine).await?;
     let mut locals = HashMap::new();
-    locals.insert("context".to_string(), context.clone());
+    locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.clone());
     let req = BuildRequest {
         graph: built.graph,
         result: built.result,
@@ -540,4 +530,88 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
     }
     println!("manifest {}", result.manifest_digest);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_args(argv: &[&str]) -> BuildArgs {
+        let mut all = vec!["kiln", "build"];
+        all.extend_from_slice(argv);
+        match Cli::try_parse_from(all).expect("flags parse").command {
+            Command::Build(b) => b,
+            _ => panic!("not a build"),
+        }
+    }
+
+    #[test]
+    fn build_flags_become_buildctls_frontend_attributes() {
+        let args = build_args(&[
+            "-f",
+            "ctx/app.Dockerfile",
+            "--target",
+            "final",
+            "--build-arg",
+            "A=1",
+            "--label",
+            "team=infra",
+            "--no-cache-filter",
+            "deps,final",
+            "--platform",
+            "linux/amd64",
+            "--build-context",
+            "base=docker-image://alpine",
+            "ctx",
+        ]);
+        let attrs =
+            frontend_attrs(&args, std::path::Path::new("/abs/ctx/app.Dockerfile")).expect("attrs");
+        let want: HashMap<String, String> = [
+            ("filename", "app.Dockerfile"),
+            ("target", "final"),
+            ("build-arg:A", "1"),
+            ("label:team", "infra"),
+            ("no-cache", "deps,final"),
+            ("platform", "linux/amd64"),
+            ("context:base", "docker-image://alpine"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(attrs, want);
+
+        let all = build_args(&["--no-cache", "--no-cache-filter", "x", "ctx"]);
+        let attrs = frontend_attrs(&all, std::path::Path::new("/c/Dockerfile")).expect("attrs");
+        assert_eq!(attrs.get("no-cache").map(String::as_str), Some(""));
+        let bad = build_args(&["--label", "novalue", "ctx"]);
+        let e = frontend_attrs(&bad, std::path::Path::new("/c/Dockerfile")).expect_err("bad label");
+        assert_eq!(
+            e.to_string(),
+            "invalid label \"novalue\": expected KEY=VALUE"
+        );
+    }
+
+    #[test]
+    fn sizes_print_with_binary_units() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(10 << 30), "10.0 GiB");
+        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn ages_print_their_largest_unit() {
+        assert_eq!(human_age(0), "0s");
+        assert_eq!(human_age(59), "59s");
+        assert_eq!(human_age(3 * 60 + 5), "3m");
+        assert_eq!(human_age(2 * 3600 + 61), "2h");
+        assert_eq!(human_age(4 * 86_400 + 3600), "4days");
+        // No overflow on absurd ages.
+        assert!(
+            human_age(u64::MAX).ends_with("years"),
+            "{}",
+            human_age(u64::MAX)
+        );
+    }
 }

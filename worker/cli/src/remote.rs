@@ -265,10 +265,8 @@ pub async fn build(
     let serving = tokio::spawn(serve_session(conn, services, cancel.clone()));
 
     let build_ref = random_id(25);
-    let mut attrs = b.attrs.clone();
-    if let Some(f) = b.dockerfile.file_name() {
-        attrs.insert("filename".into(), f.to_string_lossy().into_owned());
-    }
+    // The attributes already name the Dockerfile (`filename`).
+    let attrs = b.attrs.clone();
     let solve = SolveRequest {
         r#ref: build_ref.clone(),
         session: session_id,

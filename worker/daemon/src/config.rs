@@ -579,6 +579,15 @@ mod tests {
             err(file("[[gc]]\nkeep-duration = \"soon\""), &[]),
             "invalid duration \"soon\" for gc.keep-duration (expected seconds or e.g. 48h, 7d)"
         );
+        // Values past u64 are refused, not saturated or wrapped.
+        assert_eq!(
+            err(file("[[gc]]\nreserved-space = \"99999999999T\""), &[]),
+            "invalid size \"99999999999T\" for gc.reserved-space (expected bytes or e.g. 512MB, 10GB)"
+        );
+        assert_eq!(
+            err(file("[[gc]]\nkeep-duration = \"300000000000000d\""), &[]),
+            "invalid duration \"300000000000000d\" for gc.keep-duration (expected seconds or e.g. 48h, 7d)"
+        );
         let unknown =
             FileConfig::parse("rot = \"/x\"", Path::new("k.toml")).expect_err("unknown key");
         assert_eq!(unknown.to_string(), "invalid config file k.toml");

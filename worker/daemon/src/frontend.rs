@@ -1,12 +1,13 @@
-//! The built-in `dockerfile.v0` frontend: reads the Dockerfile and
-//! `.dockerignore` from the client's session, fetches the context with
-//! those exclusions, and emits the graph.
+//! The built-in `dockerfile.v0` frontend: fetches the Dockerfile, its
+//! ignore files and then the context (with those exclusions) through the
+//! client's session into the job's directories, and runs the shared
+//! frontend path (`kiln-frontend`) on them, as the CLI's embedded mode does.
 
 use crate::jobs::Job;
 use crate::sessions::SessionHandle;
-use crate::state::{status_of, Daemon};
-use kiln_dockerfile::BuildOptions;
-use std::collections::{BTreeMap, HashMap};
+use crate::state::Daemon;
+use kiln_frontend::{FrontendError, FrontendOptions};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use tonic::Status;
 
@@ -23,6 +24,19 @@ fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
     )
 }
 
+/// A frontend error as a gRPC status, with its kind's code.
+fn frontend_status(e: &FrontendError) -> Status {
+    Status::new(e.kind().code(), kiln_worker::error::error_chain(e))
+}
+
+/// An empty directory `name` under the job's directory.
+fn fresh_dir(d: &Daemon, job: &Job, name: &str) -> Result<PathBuf, Status> {
+    let dir = crate::solve::job_dir(d, job).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(dir)
+}
+
 /// Runs the Dockerfile frontend with BuildKit's frontend attributes.
 pub async fn dockerfile(
     d: &Daemon,
@@ -30,46 +44,42 @@ pub async fn dockerfile(
     session: &SessionHandle,
     attrs: &HashMap<String, String>,
 ) -> Result<Frontend, Status> {
-    let filename = attrs
-        .get("filename")
-        .filter(|f| !f.is_empty())
-        .cloned()
-        .unwrap_or_else(|| "Dockerfile".into());
-    let df_local = attrs
-        .get("dockerfilekey")
-        .cloned()
-        .unwrap_or_else(|| "dockerfile".into());
-    let ctx_local = attrs
-        .get("contextkey")
-        .cloned()
-        .unwrap_or_else(|| "context".into());
-    let base = crate::solve::job_dir(d, job);
-    let df_dir = base.join("dockerfile");
-    let ctx_dir = base.join("context");
-    for dir in [&df_dir, &ctx_dir] {
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).map_err(|e| Status::internal(e.to_string()))?;
-    }
+    let opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    let filename = opts.filename.clone();
+    let df_dir = fresh_dir(d, job, "dockerfile")?;
+    let ignore_dir = fresh_dir(d, job, "dockerignore")?;
+    let ctx_dir = fresh_dir(d, job, "context")?;
     let load_name = format!("[internal] load build definition from {filename}");
     let load_started = std::time::SystemTime::now();
     crate::status::step(job, &load_name, load_started, None, None);
-    let ignore_name = format!("{filename}.dockerignore");
     kiln_session::filesync::fetch_dir(
         session.channel.clone(),
-        &df_local,
+        &opts.dockerfile_key,
         &[],
         &[],
-        &[filename.clone(), ignore_name.clone()],
+        &[
+            filename.clone(),
+            kiln_frontend::dockerfile_ignore_name(&filename),
+        ],
         &df_dir,
     )
     .await
-    .map_err(|e| fetch_err(&df_local, e))?;
-    let df_path = df_dir.join(&filename);
-    let src = std::fs::read_to_string(&df_path).map_err(|_| {
-        Status::not_found(format!(
-            "failed to read dockerfile: open {filename}: no such file or directory"
-        ))
-    })?;
+    .map_err(|e| fetch_err(&opts.dockerfile_key, e))?;
+    // Only the context's ignore file, before the context itself: its
+    // patterns (or the Dockerfile's own) decide what to fetch.
+    kiln_session::filesync::fetch_dir(
+        session.channel.clone(),
+        &opts.context_key,
+        &[],
+        &[],
+        &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
+        &ignore_dir,
+    )
+    .await
+    .map_err(|e| fetch_err(&opts.context_key, e))?;
+    let source = kiln_frontend::read_dockerfile(&df_dir, &filename, &ignore_dir)
+        .map_err(|e| frontend_status(&e))?;
+    let _ = std::fs::remove_dir_all(&ignore_dir);
     crate::status::step(
         job,
         &load_name,
@@ -77,83 +87,19 @@ pub async fn dockerfile(
         Some(std::time::SystemTime::now()),
         None,
     );
-    // .dockerignore: next to the Dockerfile (<name>.dockerignore) first,
-    // then the context's.
-    let mut ignore_text = std::fs::read_to_string(df_dir.join(&ignore_name)).ok();
-    if ignore_text.is_none() {
-        let probe = base.join("dockerignore");
-        let _ = std::fs::remove_dir_all(&probe);
-        std::fs::create_dir_all(&probe).map_err(|e| Status::internal(e.to_string()))?;
-        kiln_session::filesync::fetch_dir(
-            session.channel.clone(),
-            &ctx_local,
-            &[],
-            &[],
-            &[".dockerignore".to_string()],
-            &probe,
-        )
-        .await
-        .map_err(|e| fetch_err(&ctx_local, e))?;
-        ignore_text = std::fs::read_to_string(probe.join(".dockerignore")).ok();
-        let _ = std::fs::remove_dir_all(&probe);
-    }
-    let excludes = ignore_text
-        .map(|t| kiln_worker::ignore::parse_dockerignore(&t))
-        .unwrap_or_default();
     kiln_session::filesync::fetch_dir(
         session.channel.clone(),
-        &ctx_local,
+        &opts.context_key,
         &[],
-        &excludes,
+        &source.excludes,
         &[],
         &ctx_dir,
     )
     .await
-    .map_err(|e| fetch_err(&ctx_local, e))?;
-
-    let mut build_args = BTreeMap::new();
-    let mut labels = BTreeMap::new();
-    for (k, v) in attrs {
-        if let Some(a) = k.strip_prefix("build-arg:") {
-            build_args.insert(a.to_string(), v.clone());
-        } else if let Some(l) = k.strip_prefix("label:") {
-            labels.insert(l.to_string(), v.clone());
-        }
-    }
-    let (no_cache, no_cache_filter) = match attrs.get("no-cache") {
-        None => (false, Vec::new()),
-        Some(v) if v.is_empty() => (true, Vec::new()),
-        Some(v) => (false, v.split(',').map(|s| s.trim().to_string()).collect()),
-    };
-    let platform = kiln_worker::oci::host_platform();
-    let opts = BuildOptions {
-        filename: filename.clone(),
-        target: attrs.get("target").filter(|t| !t.is_empty()).cloned(),
-        build_args,
-        labels,
-        excludes,
-        context_name: "context".into(),
-        no_cache,
-        no_cache_filter,
-        platform_os: platform.os,
-        platform_arch: platform.architecture,
-    };
-    let df = kiln_dockerfile::parse(&src, &filename)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let mut bases = BTreeMap::new();
-    for image in df
-        .base_images(&opts)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?
-    {
-        let cfg = d
-            .engine
-            .image_config(&image)
-            .await
-            .map_err(|e| status_of(&e))?;
-        bases.insert(image, cfg);
-    }
-    let build = kiln_dockerfile::to_graph(&df, &opts, &bases)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    .map_err(|e| fetch_err(&opts.context_key, e))?;
+    let build = kiln_frontend::plan(&source, &opts, &d.engine)
+        .await
+        .map_err(|e| frontend_status(&e))?;
     Ok(Frontend {
         build,
         context: ctx_dir,

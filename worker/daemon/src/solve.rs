@@ -120,7 +120,7 @@ pub async fn solve(
                 f.build.result,
                 digests,
                 Some(f.build.config),
-                HashMap::from([("context".to_string(), f.context)]),
+                HashMap::from([(kiln_frontend::CONTEXT_NAME.to_string(), f.context)]),
             )
         }
     };

@@ -47,3 +47,36 @@ impl Daemon {
 pub fn status_of(e: &kiln_worker::WorkerError) -> tonic::Status {
     tonic::Status::new(e.kind().code(), kiln_worker::error::error_chain(e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::status_of;
+    use kiln_worker::WorkerError;
+    use std::sync::Arc;
+    use tonic::Code;
+
+    fn step_failed() -> WorkerError {
+        WorkerError::StepFailed {
+            location: "Dockerfile:2: ".into(),
+            command: "exit 7".into(),
+            code: 7,
+        }
+    }
+
+    #[test]
+    fn a_shared_or_panicked_step_keeps_its_code() {
+        let own = status_of(&step_failed());
+        assert_eq!(own.code(), Code::FailedPrecondition);
+
+        // What a build that waited for an equal step of another build gets.
+        let shared = status_of(&WorkerError::Shared(Arc::new(step_failed())));
+        assert_eq!(shared.code(), Code::FailedPrecondition);
+        assert_eq!(shared.message(), own.message(), "the same text, once");
+
+        let panicked = status_of(&WorkerError::Panicked {
+            step: "RUN x".into(),
+            message: "boom".into(),
+        });
+        assert_eq!(panicked.code(), Code::Internal);
+    }
+}

@@ -25,8 +25,6 @@ use tonic::Status;
 
 /// The package BuildkitVersion names.
 pub const PACKAGE: &str = "github.com/kiln-build/kiln";
-/// A semver-like version for `buildx inspect` and `buildx ls`.
-pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"), "-kiln");
 /// The source revision, when the build sets `KILN_REVISION`.
 pub const REVISION: &str = match option_env!("KILN_REVISION") {
     Some(r) => r,
@@ -51,7 +49,7 @@ pub mod labels {
 pub fn buildkit_version() -> BuildkitVersion {
     BuildkitVersion {
         package: PACKAGE.to_string(),
-        version: VERSION.to_string(),
+        version: kiln_worker::VERSION.to_string(),
         revision: REVISION.to_string(),
         dockerfile_version: String::new(),
     }
@@ -92,22 +90,14 @@ fn new_id() -> String {
         .collect()
 }
 
-/// The host's platform in OCI terms.
+/// The host's platform as ListWorkers reports it: the engine's
+/// [`kiln_worker::oci::host_platform`], the one the builds use.
 pub fn host_platform() -> Platform {
-    let (architecture, variant) = match std::env::consts::ARCH {
-        "x86_64" => ("amd64", ""),
-        "aarch64" => ("arm64", ""),
-        "arm" => ("arm", "v7"),
-        "x86" => ("386", ""),
-        "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", ""),
-        "loongarch64" => ("loong64", ""),
-        "mips64" if cfg!(target_endian = "little") => ("mips64le", ""),
-        other => (other, ""),
-    };
+    let p = kiln_worker::oci::host_platform();
     Platform {
-        architecture: architecture.to_string(),
-        os: std::env::consts::OS.to_string(),
-        variant: variant.to_string(),
+        architecture: p.architecture,
+        os: p.os,
+        variant: p.variant,
         ..Default::default()
     }
 }
@@ -397,7 +387,7 @@ mod tests {
         assert_eq!(r.gc_policy[0].keep_duration, 48 * 3600 * 1_000_000_000);
         assert!(r.gc_policy[3].all);
         let v = r.buildkit_version.expect("version");
-        assert_eq!(v.version, "v0.1.0-kiln");
+        assert_eq!(v.version, kiln_worker::VERSION);
         assert_eq!(v.package, PACKAGE);
     }
 

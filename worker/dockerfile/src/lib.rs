@@ -7,7 +7,7 @@
 //! target needs and emits a [`kiln_solver::Graph`] shaped like the LLB that
 //! BuildKit's `dockerfile2llb` emits, plus the image config of the result.
 //! [`shell`] holds the word lexer (variable substitution) and
-//! [`reference`] the image-name normalization they share.
+//! [`reference`](mod@reference) the image-name normalization they share.
 //!
 //! Architecture invariant: this crate does no IO and names no containerd
 //! type. Base image configs come in as data ([`to_graph`]'s `bases`, keyed by

@@ -266,53 +266,42 @@ pub fn parse_words(rest: &str, escape: char) -> Vec<String> {
             break;
         }
         match phase {
-            Phase::Word => {
-                if ch.is_whitespace() {
-                    phase = Phase::Spaces;
-                    if blank_ok || !word.is_empty() {
-                        words.push(std::mem::take(&mut word));
-                    }
-                    blank_ok = false;
-                    i += 1;
-                    continue;
+            Phase::Word if ch.is_whitespace() => {
+                phase = Phase::Spaces;
+                if blank_ok || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
                 }
-                if ch == '\'' || ch == '"' {
-                    phase = Phase::Quote(ch);
-                    blank_ok = true;
-                }
-                if ch == escape {
-                    if i + 1 == chars.len() {
-                        i += 1;
-                        continue;
-                    }
-                    word.push(ch);
-                    i += 1;
-                    word.push(chars[i]);
-                    i += 1;
-                    continue;
-                }
-                word.push(ch);
+                blank_ok = false;
+                i += 1;
+                continue;
             }
-            Phase::Quote(q) => {
-                if ch == q {
-                    phase = Phase::Word;
-                }
-                if ch == escape && q != '\'' {
-                    if i + 1 == chars.len() {
-                        phase = Phase::Word;
-                        i += 1;
-                        continue;
-                    }
-                    word.push(ch);
-                    i += 1;
-                    word.push(chars[i]);
-                    i += 1;
-                    continue;
-                }
-                word.push(ch);
+            Phase::Word if ch == '\'' || ch == '"' => {
+                phase = Phase::Quote(ch);
+                blank_ok = true;
             }
-            Phase::Spaces => {}
+            Phase::Quote(q) if ch == q => phase = Phase::Word,
+            _ => {}
         }
+        // The escape works outside quotes and inside double quotes; it is
+        // kept with the character it escapes (the words are lexed again
+        // later), and dropped when nothing follows (closing an open quote).
+        let escapes = match phase {
+            Phase::Word => true,
+            Phase::Quote(q) => q != '\'',
+            Phase::Spaces => false,
+        };
+        if ch == escape && escapes {
+            if i + 1 == chars.len() {
+                phase = Phase::Word;
+                i += 1;
+                continue;
+            }
+            word.push(ch);
+            word.push(chars[i + 1]);
+            i += 2;
+            continue;
+        }
+        word.push(ch);
         i += 1;
     }
     words
@@ -389,6 +378,15 @@ mod tests {
         );
         assert_eq!(parse_words(r"a=x\ y  b", '\\'), vec![r"a=x\ y", "b"]);
         assert_eq!(parse_words(r#"e="""#, '\\'), vec![r#"e="""#]);
+        // Escapes inside double quotes are kept, inside single quotes they
+        // are plain characters, and a trailing one is dropped.
+        assert_eq!(
+            parse_words(r#"a="x\" y" b='p\' q"#, '\\'),
+            vec![r#"a="x\" y""#, r"b='p\'", "q"]
+        );
+        assert_eq!(parse_words(r"a\", '\\'), vec!["a"]);
+        assert_eq!(parse_words(r#"a="x\"#, '\\'), vec![r#"a="x"#]);
+        assert_eq!(parse_words("a=`` b", '`'), vec!["a=``", "b"]);
         assert_eq!(
             Lex::new('\\').process_words("80 $SP", &env()),
             Ok(vec!["80".into(), "x".into(), "y".into()])

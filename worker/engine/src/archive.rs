@@ -2,11 +2,12 @@
 //! layout tar (the `oci` exporter) or as that layout plus Docker's
 //! `manifest.json` (the `docker` exporter, which `docker load` accepts).
 //!
-//! The tar is written by hand, header by header, straight into an async
-//! writer: layers go from containerd's read stream to the output one chunk
-//! at a time, so no layer is ever held in memory, and each blob is hashed
-//! on the way through so a corrupt content store cannot produce an archive
-//! that silently differs from its descriptors.
+//! Headers come from the one tar writer, [`kiln_snapshot::diff::tar`], and
+//! go straight into an async writer: layers go from containerd's read
+//! stream to the output one chunk at a time, so no layer is ever held in
+//! memory, and each blob is hashed on the way through so a corrupt content
+//! store cannot produce an archive that silently differs from its
+//! descriptors.
 //!
 //! The output is deterministic: entries in a fixed order, mode 0644 (0755
 //! for directories), mtime 0, uid/gid 0, no user or group names.
@@ -14,6 +15,7 @@
 use crate::error::{Result, WorkerError};
 use crate::oci::{self, Descriptor, Index, Manifest};
 use crate::services::Services;
+use kiln_snapshot::diff::tar::{padding, Entry, EntryKind, TarWriter, BLOCK};
 use kiln_solver::Digest;
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -27,9 +29,6 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// The `io::Error` path used for failed writes to the archive output.
 const OUTPUT: &str = "image archive output";
-
-/// Tar block size.
-const BLOCK: usize = 512;
 
 /// Which kind of archive to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,54 +341,15 @@ async fn stream_blob<W: AsyncWrite + Unpin>(
     tar.end_file().await.map_err(output_error)
 }
 
-/// A ustar header for `path` with fixed metadata: mode 0644 for files and
-/// 0755 for directories (whose path ends with `/`), mtime 0, uid/gid 0.
-fn header(path: &str, size: u64, dir: bool) -> std::io::Result<tar::Header> {
-    let mut h = tar::Header::new_ustar();
-    h.set_path(path)?;
-    if dir {
-        // `set_path` drops a trailing slash; tar readers expect it on
-        // directories, so write the name field directly (paths are short).
-        let name = &mut h.as_old_mut().name;
-        if path.len() > name.len() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("directory name {path:?} is too long for ustar"),
-            ));
-        }
-        name.fill(0);
-        name[..path.len()].copy_from_slice(path.as_bytes());
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-    } else {
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-    }
-    h.set_size(size);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_cksum();
-    Ok(h)
-}
-
-/// Zero bytes that pad an entry of `size` bytes to a whole block.
-fn padding(size: u64) -> usize {
-    let rem = (size % BLOCK as u64) as usize;
-    if rem == 0 {
-        0
-    } else {
-        BLOCK - rem
-    }
-}
-
 /// A tar archive written entry by entry into an async writer. A file is
 /// either written whole ([`TarStream::file`]) or streamed
 /// ([`TarStream::begin_file`], [`TarStream::write_data`],
 /// [`TarStream::end_file`]), in which case its size must be known up front
-/// and exactly that many bytes must follow.
+/// and exactly that many bytes must follow. Headers are encoded by a
+/// [`TarWriter`] into a buffer and moved on from there.
 struct TarStream<W> {
     out: W,
+    headers: TarWriter<Vec<u8>>,
     /// Bytes still owed to the current streamed entry.
     remaining: u64,
     /// The size of the current streamed entry, for its padding.
@@ -400,9 +360,19 @@ impl<W: AsyncWrite + Unpin> TarStream<W> {
     fn new(out: W) -> Self {
         TarStream {
             out,
+            headers: TarWriter::new(Vec::new()),
             remaining: 0,
             current: 0,
         }
+    }
+
+    /// Writes the header of `entry` (mode, owner and mtime fixed).
+    async fn header(&mut self, path: &str, kind: EntryKind, size: u64) -> std::io::Result<()> {
+        self.check_idle()?;
+        self.headers
+            .append_header(&Entry::fixed(path.as_bytes(), kind, size))?;
+        let bytes = self.headers.take();
+        self.out.write_all(&bytes).await
     }
 
     fn check_idle(&self) -> std::io::Result<()> {
@@ -417,9 +387,7 @@ impl<W: AsyncWrite + Unpin> TarStream<W> {
 
     /// A directory entry; `path` ends with `/`.
     async fn dir(&mut self, path: &str) -> std::io::Result<()> {
-        self.check_idle()?;
-        let h = header(path, 0, true)?;
-        self.out.write_all(h.as_bytes()).await
+        self.header(path, EntryKind::Dir, 0).await
     }
 
     /// A regular file holding `data`.
@@ -431,9 +399,7 @@ impl<W: AsyncWrite + Unpin> TarStream<W> {
 
     /// Starts a regular file of `size` bytes.
     async fn begin_file(&mut self, path: &str, size: u64) -> std::io::Result<()> {
-        self.check_idle()?;
-        let h = header(path, size, false)?;
-        self.out.write_all(h.as_bytes()).await?;
+        self.header(path, EntryKind::Regular, size).await?;
         self.remaining = size;
         self.current = size;
         Ok(())
@@ -464,7 +430,8 @@ impl<W: AsyncWrite + Unpin> TarStream<W> {
     /// the writer handed back.
     async fn finish(mut self) -> std::io::Result<W> {
         self.check_idle()?;
-        self.out.write_all(&[0u8; 2 * BLOCK]).await?;
+        let end = self.headers.finish()?;
+        self.out.write_all(&end).await?;
         self.out.flush().await?;
         Ok(self.out)
     }
@@ -712,15 +679,17 @@ mod tests {
         assert!(matches!(err, WorkerError::Snapshot(_)), "{err}");
     }
 
-    #[test]
-    fn headers_and_padding() {
-        assert_eq!(padding(0), 0);
-        assert_eq!(padding(1), 511);
-        assert_eq!(padding(512), 0);
-        assert_eq!(padding(513), 511);
-        let h = header("blobs/", 0, true).expect("dir header");
-        assert_eq!(&h.as_old().name[..7], b"blobs/\0");
-        let too_long = format!("{}/", "d".repeat(120));
-        assert!(header(&too_long, 0, true).is_err());
+    #[tokio::test]
+    async fn long_paths_go_through_pax() {
+        let dir = format!("{}/", "d".repeat(120));
+        let file = format!("{dir}{}", "f".repeat(200));
+        let bytes = write_entries(&[(&dir, vec![]), (&file, b"x".to_vec())]).await;
+        let mut ar = tar::Archive::new(&bytes[..]);
+        let paths: Vec<String> = ar
+            .entries()
+            .expect("entries")
+            .map(|e| String::from_utf8(e.expect("entry").path_bytes().into_owned()).expect("utf8"))
+            .collect();
+        assert_eq!(paths, [dir, file]);
     }
 }

@@ -218,22 +218,7 @@ impl Engine {
         let _ = std::fs::remove_dir_all(&mount_dir);
         let outputs = match solved {
             Ok(o) => o,
-            Err(SolveError::Op { source, .. }) => {
-                return Err(match source.downcast::<WorkerError>() {
-                    Ok(w) => *w,
-                    Err(other) => WorkerError::BadInput {
-                        location: String::new(),
-                        reason: other.to_string(),
-                    },
-                })
-            }
-            Err(SolveError::Cancelled) => return Err(WorkerError::Cancelled),
-            Err(e) => {
-                return Err(WorkerError::BadInput {
-                    location: String::new(),
-                    reason: e.to_string(),
-                })
-            }
+            Err(e) => return Err(solve_error(e)),
         };
         match outputs.into_iter().next() {
             Some(Ref::Chain(l)) => Ok(l),
@@ -243,6 +228,31 @@ impl Engine {
             }),
             None => Ok(Vec::new()),
         }
+    }
+}
+
+/// The engine error for a failed solve: a step's own error keeps its kind
+/// whether the step ran or waited for an equal one, a panic is internal.
+fn solve_error(e: SolveError) -> WorkerError {
+    match e {
+        SolveError::Op { source, .. } => {
+            match source.downcast::<kiln_solver::SharedError<WorkerError>>() {
+                Ok(shared) => shared.into_inner().unwrap_or_else(WorkerError::Shared),
+                Err(other) => WorkerError::BadInput {
+                    location: String::new(),
+                    reason: other.to_string(),
+                },
+            }
+        }
+        SolveError::Panicked { name, message } => WorkerError::Panicked {
+            step: name,
+            message,
+        },
+        SolveError::Cancelled => WorkerError::Cancelled,
+        e @ (SolveError::BadInput { .. } | SolveError::Empty) => WorkerError::BadInput {
+            location: String::new(),
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -352,5 +362,58 @@ impl Solved {
         if let Err(e) = self.engine.svc.leases.delete(&self.lease, sync).await {
             tracing::warn!(lease = %self.lease, error = %e, "cannot delete build lease");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_proto::ErrorKind;
+
+    fn step_failed() -> WorkerError {
+        WorkerError::StepFailed {
+            location: "Dockerfile:3: ".into(),
+            command: "false".into(),
+            code: 1,
+        }
+    }
+
+    fn op_error(e: Arc<WorkerError>) -> SolveError {
+        SolveError::Op {
+            name: "RUN false".into(),
+            source: Box::new(kiln_solver::SharedError(e)),
+        }
+    }
+
+    #[test]
+    fn solve_errors_keep_the_kind_of_the_step_error() {
+        // The step ran for this build alone: its own error comes back.
+        let own = solve_error(op_error(Arc::new(step_failed())));
+        assert!(
+            matches!(own, WorkerError::StepFailed { code: 1, .. }),
+            "{own:?}"
+        );
+
+        // An equal step of another build still holds the error: shared, with
+        // the same kind and message (not InvalidArgument).
+        let leader = Arc::new(step_failed());
+        let follower = solve_error(op_error(leader.clone()));
+        assert!(matches!(follower, WorkerError::Shared(_)), "{follower:?}");
+        assert_eq!(follower.kind(), ErrorKind::FailedPrecondition);
+        assert_eq!(follower.to_string(), leader.to_string());
+
+        let panicked = solve_error(SolveError::Panicked {
+            name: "RUN x".into(),
+            message: "boom".into(),
+        });
+        assert_eq!(panicked.kind(), ErrorKind::Internal);
+        assert_eq!(
+            panicked.to_string(),
+            "RUN x: internal error: the step panicked: boom"
+        );
+        assert_eq!(
+            solve_error(SolveError::Cancelled).kind(),
+            ErrorKind::Cancelled
+        );
     }
 }

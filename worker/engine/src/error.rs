@@ -48,6 +48,13 @@ pub enum WorkerError {
     /// The build was cancelled.
     #[error("build cancelled")]
     Cancelled,
+    /// A step's error shared with the equal steps (in this or another
+    /// build) that waited for its one run; it is that error in every way.
+    #[error(transparent)]
+    Shared(std::sync::Arc<WorkerError>),
+    /// The task solving a step panicked: a bug in kiln.
+    #[error("{step}: internal error: the step panicked: {message}")]
+    Panicked { step: String, message: String },
 }
 
 impl WorkerError {
@@ -63,8 +70,9 @@ impl WorkerError {
                 ErrorKind::FailedPrecondition
             }
             WorkerError::Unsupported { .. } => ErrorKind::Unimplemented,
-            WorkerError::Io { .. } => ErrorKind::Internal,
+            WorkerError::Io { .. } | WorkerError::Panicked { .. } => ErrorKind::Internal,
             WorkerError::Cancelled => ErrorKind::Cancelled,
+            WorkerError::Shared(e) => e.kind(),
         }
     }
 }

@@ -13,11 +13,9 @@ pub mod archive;
 pub mod base;
 pub mod build;
 pub mod cache;
-pub mod contenthash;
 pub mod error;
 pub mod export;
 pub mod fileop;
-pub mod ignore;
 pub mod import;
 pub mod oci;
 pub mod ops;
@@ -27,7 +25,17 @@ pub mod refs;
 pub mod services;
 pub mod sweep;
 
+/// The build context's rules live in `kiln-context` (shared with the
+/// session); re-exported so `kiln_worker::{contenthash, ignore}` keep working.
+pub use kiln_context::{contenthash, ignore};
+
 pub use build::{BuildRequest, BuildResult, Engine};
+
+/// kiln's version, from this one place: what kilnd reports as the worker's
+/// BuildKit version (ListWorkers, Info, `buildx inspect`) and what both
+/// `kiln --version` and `kilnd --version` print. Semver-like, as buildx
+/// shows it.
+pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"), "-kiln");
 pub use error::{Result, WorkerError};
 pub use progress::{LogStream, Progress, ProgressEvent};
 pub use services::Services;

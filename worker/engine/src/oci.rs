@@ -137,25 +137,91 @@ pub struct ImageConfigJson {
     pub history: Vec<History>,
 }
 
-/// The platform kiln builds for: the host's.
+/// The platform kiln builds for: the host's, in Go/OCI naming (what
+/// `runtime.GOARCH` and containerd's `platforms.DefaultSpec` report). The
+/// one implementation: the frontend's `TARGETPLATFORM`, base image
+/// selection, the exported config and kilnd's ListWorkers all use it.
 pub fn host_platform() -> Platform {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        "s390x" => "s390x",
-        "powerpc64" => "ppc64le",
-        "riscv64" => "riscv64",
-        other => other,
+    platform_of(
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        cfg!(target_endian = "little"),
+    )
+}
+
+/// Maps Rust's `std::env::consts::{OS, ARCH}` (and the byte order, which
+/// Rust's ARCH leaves out for ppc64 and mips) to OCI's os, architecture and
+/// variant.
+pub fn platform_of(os: &str, arch: &str, little_endian: bool) -> Platform {
+    let (architecture, variant) = match (arch, little_endian) {
+        ("x86_64", _) => ("amd64", ""),
+        ("x86", _) => ("386", ""),
+        ("aarch64", _) => ("arm64", ""),
+        // Rust's `arm` targets kiln runs on are ARMv7 (armv7-unknown-linux-*);
+        // containerd's default spec names it arm/v7 too.
+        ("arm", _) => ("arm", "v7"),
+        ("powerpc64", true) => ("ppc64le", ""),
+        ("powerpc64", false) => ("ppc64", ""),
+        ("mips64", true) => ("mips64le", ""),
+        ("mips", true) => ("mipsle", ""),
+        ("loongarch64", _) => ("loong64", ""),
+        (other, _) => (other, ""),
     };
     Platform {
-        architecture: arch.into(),
-        os: "linux".into(),
-        variant: String::new(),
+        architecture: architecture.into(),
+        os: os.into(),
+        variant: variant.into(),
     }
 }
 
 /// Current time as the image `created` field wants it.
 pub fn now_rfc3339() -> String {
     kiln_snapshot::time::rfc3339(std::time::SystemTime::now(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_names_follow_go() {
+        let cases = [
+            ("x86_64", true, "amd64", ""),
+            ("x86", true, "386", ""),
+            ("aarch64", true, "arm64", ""),
+            ("arm", true, "arm", "v7"),
+            ("powerpc64", true, "ppc64le", ""),
+            ("powerpc64", false, "ppc64", ""),
+            ("s390x", false, "s390x", ""),
+            ("riscv64", true, "riscv64", ""),
+            ("mips64", true, "mips64le", ""),
+            ("mips64", false, "mips64", ""),
+            ("loongarch64", true, "loong64", ""),
+        ];
+        for (arch, le, want_arch, want_variant) in cases {
+            let p = platform_of("linux", arch, le);
+            assert_eq!(
+                (p.os.as_str(), p.architecture.as_str(), p.variant.as_str()),
+                ("linux", want_arch, want_variant),
+                "{arch} little_endian={le}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_platform_is_the_running_one() {
+        let p = host_platform();
+        assert_eq!(p.os, std::env::consts::OS);
+        assert_eq!(
+            p,
+            platform_of(
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+                cfg!(target_endian = "little")
+            )
+        );
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(p.architecture, "amd64");
+        }
+    }
 }

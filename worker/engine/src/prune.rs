@@ -84,52 +84,42 @@ pub async fn prune(svc: &Services, opts: &PruneOptions) -> Result<PruneReport> {
     Ok(report)
 }
 
-/// Parses sizes like `512MB`, `1.5g`, `1024` (bytes; binary multiples).
+/// Parses a size the way Docker's `--keep-storage` does (`RAMInBytes`):
+/// a number with an optional unit `b`, `k`, `m`, `g`, `t` or `p`, with or
+/// without `b`/`ib`, case-insensitive, always in binary multiples (`512MB`
+/// is 512 MiB, `1.5g` is 1.5 GiB, `100` is bytes). `None` when malformed
+/// or too large for a `u64`.
 pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match unit.trim_end_matches('b').trim_end_matches('i') {
-        "" => 1.0,
-        "k" => 1024.0,
-        "m" => 1024.0 * 1024.0,
-        "g" => 1024.0 * 1024.0 * 1024.0,
-        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number = number.trim();
+    if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    let unit = unit.to_ascii_lowercase();
+    let prefix = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let binary = match prefix {
+        "" => "B",
+        "k" => "KiB",
+        "m" => "MiB",
+        "g" => "GiB",
+        "t" => "TiB",
+        "p" => "PiB",
         _ => return None,
     };
-    Some((n * mult) as u64)
+    let size: bytesize::ByteSize = format!("{number} {binary}").parse().ok()?;
+    // bytesize saturates instead of failing; 16 EiB is no real limit.
+    Some(size.as_u64()).filter(|&n| n != u64::MAX)
 }
 
-/// Parses durations like `48h`, `30m`, `10s`, `7d`, `1h30m`.
+/// Parses durations like `48h`, `30m`, `10s`, `7d`, `1h30m` (a unit is
+/// required). `None` when malformed or too long.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    let t = s.trim();
-    if t.is_empty() {
-        return None;
-    }
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().ok()?;
-        num.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return None,
-        };
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    Some(Duration::from_secs(total))
+    humantime::parse_duration(s.trim()).ok()
 }
 
 #[cfg(test)]
@@ -208,5 +198,37 @@ mod tests {
         assert_eq!(parse_duration("48h"), Some(Duration::from_secs(48 * 3600)));
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+    }
+
+    #[test]
+    fn sizes_keep_their_binary_meaning_in_every_spelling() {
+        for (text, want) in [
+            ("10GB", 10u64 << 30),
+            ("512MiB", 512 << 20),
+            ("512mb", 512 << 20),
+            ("1.5g", 3 << 29),
+            ("2 KiB", 2048),
+            ("7b", 7),
+            ("1P", 1 << 50),
+            (" 42 ", 42),
+        ] {
+            assert_eq!(parse_size(text), Some(want), "{text}");
+        }
+        for bad in ["", "GB", "-5GB", "1.2.3g", "5 parsecs", "nan", "1e3"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn too_large_sizes_and_durations_are_refused_not_wrapped() {
+        // Beyond u64: the hand-written parser saturated (sizes) or
+        // overflowed (durations).
+        assert_eq!(parse_size("99999999999999999999"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+        assert_eq!(parse_size("20000000p"), None);
+        assert_eq!(parse_duration("300000000000000d"), None);
+        assert_eq!(parse_duration("99999999999999999999s"), None);
     }
 }

@@ -19,10 +19,10 @@
 //! that one in-crate test can run both against each other.
 //!
 //! Architecture invariant: this crate moves bytes and files; it must not know
-//! about builds, the solver, snapshots or containerd. Its one dependency on
-//! `kiln-worker` is the `.dockerignore` matcher (`kiln_worker::ignore`), reused
-//! so that the context a client sends is filtered exactly as the engine
-//! filters copies.
+//! about builds, the solver, snapshots or containerd. It takes the
+//! `.dockerignore` matcher from `kiln-context` (`kiln_context::ignore`), the
+//! crate the engine's copies use too, so that the context a client sends is
+//! filtered exactly as the engine filters copies.
 
 pub mod filesend;
 pub mod filesync;

@@ -23,16 +23,36 @@ pub fn cache_key(op_digest: &Digest, inputs: &[Digest]) -> Digest {
     Digest::of(text.as_bytes())
 }
 
+/// Why a follower did not get outputs from its leader.
+#[derive(Debug)]
+pub enum FlightError<E> {
+    /// The leader's work failed with this error, shared with every
+    /// follower so each reports the same kind of failure.
+    Failed(Arc<E>),
+    /// The leader went away without an outcome (its build was cancelled,
+    /// or its task panicked): nothing is known about the work itself.
+    Abandoned,
+}
+
+impl<E> Clone for FlightError<E> {
+    fn clone(&self) -> Self {
+        match self {
+            FlightError::Failed(e) => FlightError::Failed(e.clone()),
+            FlightError::Abandoned => FlightError::Abandoned,
+        }
+    }
+}
+
 /// What followers of a running key receive.
-type Shared<T> = Option<Result<Vec<T>, String>>;
+type Shared<T, E> = Option<Result<Vec<T>, FlightError<E>>>;
 
 /// Dedup of equal keys in flight: the first caller of a key leads (runs
 /// it), later callers wait for the leader's outcome.
-pub struct FlightControl<T> {
-    inflight: Mutex<HashMap<Digest, watch::Receiver<Shared<T>>>>,
+pub struct FlightControl<T, E> {
+    inflight: Mutex<HashMap<Digest, watch::Receiver<Shared<T, E>>>>,
 }
 
-impl<T> Default for FlightControl<T> {
+impl<T, E> Default for FlightControl<T, E> {
     fn default() -> Self {
         FlightControl {
             inflight: Mutex::new(HashMap::new()),
@@ -40,27 +60,38 @@ impl<T> Default for FlightControl<T> {
     }
 }
 
+impl<T, E> std::fmt::Debug for FlightControl<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.inflight.lock().map_or(0, |m| m.len());
+        f.debug_struct("FlightControl")
+            .field("in_flight", &n)
+            .finish()
+    }
+}
+
 /// The role a caller got for a key.
-pub enum Flight<T: Clone> {
+pub enum Flight<T: Clone, E> {
     /// Run the work, then [`Leader::finish`].
-    Leader(Leader<T>),
+    Leader(Leader<T, E>),
     /// Wait with [`Follower::wait`].
-    Follower(Follower<T>),
+    Follower(Follower<T, E>),
 }
 
-pub struct Leader<T> {
+/// The caller that runs the work of a key.
+pub struct Leader<T, E> {
     key: Digest,
-    tx: watch::Sender<Shared<T>>,
-    control: Arc<FlightControl<T>>,
+    tx: watch::Sender<Shared<T, E>>,
+    control: Arc<FlightControl<T, E>>,
 }
 
-pub struct Follower<T> {
-    rx: watch::Receiver<Shared<T>>,
+/// A caller waiting for the leader of its key.
+pub struct Follower<T, E> {
+    rx: watch::Receiver<Shared<T, E>>,
 }
 
-impl<T: Clone> FlightControl<T> {
+impl<T: Clone, E> FlightControl<T, E> {
     /// Joins the flight for `key`.
-    pub fn join(self: &Arc<Self>, key: &Digest) -> Flight<T> {
+    pub fn join(self: &Arc<Self>, key: &Digest) -> Flight<T, E> {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = map.get(key) {
             return Flight::Follower(Follower { rx: rx.clone() });
@@ -75,23 +106,25 @@ impl<T: Clone> FlightControl<T> {
     }
 }
 
-impl<T: Clone> Leader<T> {
+impl<T, E> Leader<T, E> {
     /// Publishes the outcome to followers and ends the flight.
-    pub fn finish(self, outcome: Result<Vec<T>, String>) {
+    pub fn finish(self, outcome: Result<Vec<T>, Arc<E>>) {
         let mut map = self
             .control
             .inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         map.remove(&self.key);
-        self.tx.send_replace(Some(outcome));
+        self.tx
+            .send_replace(Some(outcome.map_err(FlightError::Failed)));
     }
 }
 
-impl<T> Drop for Leader<T> {
+impl<T, E> Drop for Leader<T, E> {
     fn drop(&mut self) {
-        // A leader dropped without finishing (cancelled) must not leave
-        // followers waiting forever, nor its key in flight.
+        // A leader dropped without finishing (cancelled, or unwinding from
+        // a panic) must not leave followers waiting forever, nor its key in
+        // flight.
         if self.tx.borrow().is_none() {
             let mut map = self
                 .control
@@ -104,22 +137,20 @@ impl<T> Drop for Leader<T> {
             {
                 map.remove(&self.key);
             }
-            let _ = self.tx.send(Some(Err(
-                "the equal step it waited for was cancelled".into()
-            )));
+            let _ = self.tx.send(Some(Err(FlightError::Abandoned)));
         }
     }
 }
 
-impl<T: Clone> Follower<T> {
+impl<T: Clone, E> Follower<T, E> {
     /// The leader's outcome.
-    pub async fn wait(mut self) -> Result<Vec<T>, String> {
+    pub async fn wait(mut self) -> Result<Vec<T>, FlightError<E>> {
         loop {
             if let Some(v) = self.rx.borrow().clone() {
                 return v;
             }
             if self.rx.changed().await.is_err() {
-                return Err("the equal step it waited for went away".into());
+                return Err(FlightError::Abandoned);
             }
         }
     }
@@ -148,33 +179,75 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn followers_get_the_leaders_outcome() {
-        let fc: Arc<FlightControl<u32>> = Arc::default();
+    type Control = Arc<FlightControl<u32, std::io::Error>>;
+    type Outcome = Result<Vec<u32>, FlightError<std::io::Error>>;
+
+    /// A flight control with a leader and `n` followers of one key.
+    fn flight(
+        n: usize,
+    ) -> (
+        Control,
+        Leader<u32, std::io::Error>,
+        Vec<Follower<u32, std::io::Error>>,
+    ) {
+        let fc: Control = Arc::default();
         let key = Digest::of(b"k");
         let Flight::Leader(leader) = fc.join(&key) else {
             panic!("first caller leads")
         };
-        let Flight::Follower(f) = fc.join(&key) else {
-            panic!("second caller follows")
-        };
+        let followers = (0..n)
+            .map(|_| match fc.join(&key) {
+                Flight::Follower(f) => f,
+                Flight::Leader(_) => panic!("later callers follow"),
+            })
+            .collect();
+        (fc, leader, followers)
+    }
+
+    fn led_again(fc: &Control) -> bool {
+        matches!(fc.join(&Digest::of(b"k")), Flight::Leader(_))
+    }
+
+    async fn outcomes(followers: Vec<Follower<u32, std::io::Error>>) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        for f in followers {
+            out.push(f.wait().await);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_outcome() {
+        let (fc, leader, followers) = flight(2);
         leader.finish(Ok(vec![7]));
-        assert_eq!(f.wait().await, Ok(vec![7]));
-        assert!(
-            matches!(fc.join(&key), Flight::Leader(_)),
-            "finished flights are gone"
-        );
+        for got in outcomes(followers).await {
+            assert_eq!(got.expect("leader succeeded"), vec![7]);
+        }
+        assert!(led_again(&fc), "finished flights are gone");
+    }
+
+    #[tokio::test]
+    async fn followers_share_the_leaders_error_itself() {
+        let (_fc, leader, followers) = flight(1);
+        let err = Arc::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        leader.finish(Err(err.clone()));
+        match outcomes(followers).await.pop() {
+            Some(Err(FlightError::Failed(got))) => {
+                assert!(Arc::ptr_eq(&got, &err), "the same error, not a copy");
+                assert_eq!(got.kind(), std::io::ErrorKind::PermissionDenied);
+            }
+            other => panic!("expected the leader's error, got {other:?}"),
+        }
     }
 
     #[tokio::test]
     async fn a_dropped_leader_releases_followers() {
-        let fc: Arc<FlightControl<u32>> = Arc::default();
-        let key = Digest::of(b"k");
-        let leader = fc.join(&key);
-        let Flight::Follower(f) = fc.join(&key) else {
-            panic!("second caller follows")
-        };
+        let (fc, leader, followers) = flight(1);
         drop(leader);
-        assert!(f.wait().await.is_err());
+        assert!(matches!(
+            outcomes(followers).await.as_slice(),
+            [Err(FlightError::Abandoned)]
+        ));
+        assert!(led_again(&fc), "an abandoned key can be led again");
     }
 }

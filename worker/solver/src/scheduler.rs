@@ -2,10 +2,10 @@
 //! ready, with bounded parallelism; answers vertices from the cache and
 //! from equal vertices running at the same time.
 
-use crate::cache::{cache_key, Flight, FlightControl};
+use crate::cache::{cache_key, Flight, FlightControl, FlightError};
 use crate::digest::Digest;
 use crate::graph::{Graph, Vertex, VertexId};
-use crate::{Result, SolveError};
+use crate::{Result, SharedError, SolveError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -63,7 +63,7 @@ pub trait OpRunner: Send + Sync + 'static {
 
 /// The shared state of every solve of one process: dedup of equal work.
 pub struct Solver<R: OpRunner> {
-    flight: Arc<FlightControl<R::Ref>>,
+    flight: Arc<FlightControl<R::Ref, R::Error>>,
     parallelism: Arc<Semaphore>,
 }
 
@@ -78,72 +78,81 @@ impl<R: OpRunner> Solver<R> {
     }
 }
 
-/// An error shared from an equal vertex that failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct SharedFailure(String);
-
-/// How one vertex ended.
-enum Outcome<E> {
-    Ran(E),
-    Shared(String),
+impl<R: OpRunner> std::fmt::Debug for Solver<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Solver")
+            .field("flight", &self.flight)
+            .field("free_permits", &self.parallelism.available_permits())
+            .finish()
+    }
 }
 
+/// A vertex's outputs, or the (shareable) error of the run that failed it.
+type VertexResult<R> = std::result::Result<Vec<<R as OpRunner>::Ref>, Arc<<R as OpRunner>::Error>>;
+
 /// A vertex that finished, with its outputs or its error.
-type Finished<R> = (
-    VertexId,
-    std::result::Result<Vec<<R as OpRunner>::Ref>, Outcome<<R as OpRunner>::Error>>,
-);
+type Finished<R> = (VertexId, VertexResult<R>);
 
 /// Computes the key of one vertex and answers it from the cache, from an
 /// equal vertex in flight, or by running it (then saving the result).
 async fn solve_vertex<R: OpRunner>(
     runner: Arc<R>,
-    flight: Arc<FlightControl<R::Ref>>,
+    flight: Arc<FlightControl<R::Ref, R::Error>>,
     sem: Arc<Semaphore>,
     id: VertexId,
     vertex: Vertex,
     inputs: Vec<R::Ref>,
     cancel: CancellationToken,
-) -> std::result::Result<Vec<R::Ref>, Outcome<R::Error>> {
+) -> VertexResult<R> {
     let mut digests = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
-        digests.push(
-            runner
-                .input_digest(&vertex, i, input)
-                .await
-                .map_err(Outcome::Ran)?,
-        );
+        digests.push(runner.input_digest(&vertex, i, input).await?);
     }
     let key = cache_key(&Graph::op_digest(&vertex.op), &digests);
-    match flight.join(&key) {
-        Flight::Follower(f) => {
-            let outs = f.wait().await.map_err(Outcome::Shared)?;
-            runner.cached(id, &vertex);
+    loop {
+        let leader = match flight.join(&key) {
+            Flight::Leader(leader) => leader,
+            Flight::Follower(f) => match f.wait().await {
+                Ok(outs) => {
+                    runner.cached(id, &vertex);
+                    return Ok(outs);
+                }
+                Err(FlightError::Failed(e)) => return Err(e),
+                // The leader's build went away; the work itself may be
+                // fine, so try again (leading it this time, if nobody else
+                // took over).
+                Err(FlightError::Abandoned) => continue,
+            },
+        };
+        let result: std::result::Result<Vec<R::Ref>, R::Error> = async {
+            if !vertex.ignore_cache {
+                if let Some(outs) = runner.load(&key, &vertex).await? {
+                    runner.cached(id, &vertex);
+                    return Ok(outs);
+                }
+            }
+            let outs = {
+                let _permit = sem.acquire_owned().await;
+                runner.run(id, vertex.clone(), inputs, cancel).await?
+            };
+            runner.save(&key, &vertex, &outs).await?;
             Ok(outs)
         }
-        Flight::Leader(leader) => {
-            let result: std::result::Result<Vec<R::Ref>, R::Error> = async {
-                if !vertex.ignore_cache {
-                    if let Some(outs) = runner.load(&key, &vertex).await? {
-                        runner.cached(id, &vertex);
-                        return Ok(outs);
-                    }
-                }
-                let outs = {
-                    let _permit = sem.acquire_owned().await;
-                    runner.run(id, vertex.clone(), inputs, cancel).await?
-                };
-                runner.save(&key, &vertex, &outs).await?;
-                Ok(outs)
-            }
-            .await;
-            leader.finish(match &result {
-                Ok(o) => Ok(o.clone()),
-                Err(e) => Err(e.to_string()),
-            });
-            result.map_err(Outcome::Ran)
-        }
+        .await;
+        let result = result.map_err(Arc::new);
+        leader.finish(result.clone());
+        return result;
+    }
+}
+
+/// The message of a panic payload.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_string(),
+            Err(_) => "a panic without a message".into(),
+        },
     }
 }
 
@@ -168,6 +177,8 @@ pub async fn solve<R: OpRunner>(
     let mut done: HashMap<VertexId, Vec<R::Ref>> = HashMap::new();
     let mut pending: Vec<VertexId> = order;
     let mut running: JoinSet<Finished<R>> = JoinSet::new();
+    // Which vertex each task solves, to name it when the task panics.
+    let mut tasks: HashMap<tokio::task::Id, VertexId> = HashMap::new();
     let mut first_error: Option<SolveError> = None;
 
     loop {
@@ -201,14 +212,15 @@ pub async fn solve<R: OpRunner>(
                         inputs,
                         cancel.child_token(),
                     );
-                    running.spawn(async move { (id, task.await) });
+                    let handle = running.spawn(async move { (id, task.await) });
+                    tasks.insert(handle.id(), id);
                 } else {
                     i += 1;
                 }
             }
         }
         let next = tokio::select! {
-            r = running.join_next() => r,
+            r = running.join_next_with_id() => r,
             _ = cancel.cancelled(), if first_error.is_none() => {
                 first_error = Some(SolveError::Cancelled);
                 continue;
@@ -216,27 +228,32 @@ pub async fn solve<R: OpRunner>(
         };
         match next {
             None => break,
-            Some(Ok((id, Ok(outs)))) => {
+            Some(Ok((_, (id, Ok(outs))))) => {
                 done.insert(id, outs);
             }
-            Some(Ok((id, Err(e)))) => {
+            Some(Ok((_, (id, Err(e))))) => {
                 if first_error.is_none() {
-                    let source: Box<dyn std::error::Error + Send + Sync> = match e {
-                        Outcome::Ran(e) => Box::new(e),
-                        Outcome::Shared(m) => Box::new(SharedFailure(m)),
-                    };
                     first_error = Some(SolveError::Op {
                         name: graph.vertex(id).name.clone(),
-                        source,
+                        source: Box::new(SharedError(e)),
                     });
                     cancel.cancel();
                 }
             }
             Some(Err(join)) => {
                 if first_error.is_none() {
-                    first_error = Some(SolveError::Op {
-                        name: "scheduler".into(),
-                        source: Box::new(join),
+                    let name = tasks
+                        .get(&join.id())
+                        .map_or_else(|| "scheduler".into(), |&v| graph.vertex(v).name.clone());
+                    first_error = Some(if join.is_panic() {
+                        SolveError::Panicked {
+                            name,
+                            message: panic_message(join.into_panic()),
+                        }
+                    } else {
+                        // Tasks are never aborted; a task cancelled by the
+                        // runtime shutting down ends the solve the same way.
+                        SolveError::Cancelled
                     });
                     cancel.cancel();
                 }
@@ -257,13 +274,15 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("fake failure")]
-    struct FakeError;
+    /// A failure of the fake, carrying the failing op's identifier.
+    #[derive(Debug, PartialEq, Eq, thiserror::Error)]
+    #[error("fake failure of {0}")]
+    struct FakeError(String);
 
     /// Counts runs per vertex name and keeps results in a map (the cache);
-    /// fails vertices whose op identifier starts with "fail"; a vertex named
-    /// "meet" waits at a barrier shared by all "meet" vertices.
+    /// fails vertices whose op identifier starts with "fail" (after 100 ms
+    /// for "fail-slow"), panics on "panic"; a vertex named "meet" waits at a
+    /// barrier shared by all "meet" vertices.
     #[derive(Default)]
     struct Fake {
         runs: Mutex<Vec<String>>,
@@ -316,8 +335,16 @@ mod tests {
                     b.wait().await;
                 }
             }
-            if ident(&vertex).starts_with("fail") {
-                return Err(FakeError);
+            let op = ident(&vertex);
+            if op.starts_with("fail-slow") {
+                // Long enough for an equal vertex to join as a follower.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if op.starts_with("fail") {
+                return Err(FakeError(op));
+            }
+            if op.starts_with("panic") {
+                panic!("the fake op {op} panics");
             }
             Ok(vec![format!("{}({})", ident(&vertex), inputs.join(","))])
         }
@@ -406,7 +433,76 @@ mod tests {
         let f = Arc::new(Fake::default());
         let err = run(&Solver::new(1), &g, b, &f).await.expect_err("fails");
         assert_eq!(err.to_string(), "fail-a");
+        assert_eq!(**fake_error(&err), FakeError("fail".into()));
         assert_eq!(f.runs(), vec!["fail-a"]);
+    }
+
+    /// The runner error behind a solve error.
+    fn fake_error(err: &SolveError) -> &SharedError<FakeError> {
+        match err {
+            SolveError::Op { source, .. } => source
+                .downcast_ref::<SharedError<FakeError>>()
+                .expect("the runner's error type survives"),
+            other => panic!("expected an op failure, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_runner_error_reaches_the_caller_typed() {
+        let mut g = Graph::default();
+        let a = g.add(v("fail-a", "fail-x", &[])).expect("valid");
+        let f = Arc::new(Fake::default());
+        let err = run(&Solver::new(1), &g, a, &f).await.expect_err("fails");
+        let shared = fake_error(&err);
+        assert_eq!(**shared, FakeError("fail-x".into()));
+        assert_eq!(
+            shared.0.to_string(),
+            "fake failure of fail-x",
+            "prints as the runner's error"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_follower_of_a_failed_vertex_gets_the_leaders_error() {
+        // Two builds with one equal vertex: the first leads and fails slowly,
+        // the second follows it and must see the very same error.
+        let mut g1 = Graph::default();
+        let l = g1.add(v("leader", "fail-slow", &[])).expect("valid");
+        let mut g2 = Graph::default();
+        let fo = g2.add(v("follower", "fail-slow", &[])).expect("valid");
+        let f = Arc::new(Fake::default());
+        let solver = Solver::new(4);
+        let (x, y) = tokio::join!(run(&solver, &g1, l, &f), run(&solver, &g2, fo, &f));
+        let (x, y) = (x.expect_err("leader fails"), y.expect_err("follower fails"));
+        assert_eq!(f.runs(), vec!["leader"], "the equal vertex ran once");
+        assert_eq!(x.to_string(), "leader");
+        assert_eq!(y.to_string(), "follower");
+        let (lx, ly) = (fake_error(&x), fake_error(&y));
+        assert!(Arc::ptr_eq(&lx.0, &ly.0), "one error, shared");
+        assert_eq!(**ly, FakeError("fail-slow".into()));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_op_is_a_panic_naming_its_vertex() {
+        let mut g = Graph::default();
+        let a = g.add(v("a", "a", &[])).expect("valid");
+        let p = g.add(v("boom", "panic", &[a])).expect("valid");
+        let f = Arc::new(Fake::default());
+        let solver = Solver::new(2);
+        let err = run(&solver, &g, p, &f).await.expect_err("panics");
+        match &err {
+            SolveError::Panicked { name, message } => {
+                assert_eq!(name, "boom");
+                assert_eq!(message, "the fake op panic panics");
+            }
+            other => panic!("expected a panic, got {other:?}"),
+        }
+        // The panicked leader's key is free again: the next solve runs it
+        // (and panics) instead of waiting forever.
+        let again = tokio::time::timeout(Duration::from_secs(10), run(&solver, &g, p, &f))
+            .await
+            .expect("no follower left hanging");
+        assert!(matches!(again, Err(SolveError::Panicked { .. })));
     }
 
     #[tokio::test]

@@ -4,8 +4,8 @@
 use super::{blob, cases, ensure, fails, lease, ok, run, CaseResult, Ctx};
 use super::{ConformanceError, Namespaces, Report};
 use crate::mount::{Mount, MountGuard};
-use kiln_proto::ErrorKind;
-use kiln_solver::Digest;
+use kiln_types::Digest;
+use kiln_types::ErrorKind;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,8 +4,8 @@ use super::{blob, cases, ensure, fails, has_blob, labels_of, lease, ok, run, Cas
 use super::{ConformanceError, Namespaces, Report};
 use crate::containerd::LeaseId;
 use crate::services::write_blob;
-use kiln_proto::ErrorKind;
-use kiln_solver::Digest;
+use kiln_types::Digest;
+use kiln_types::ErrorKind;
 use std::sync::Arc;
 
 /// Checks the content store of `namespaces` (no root needed).

@@ -6,8 +6,8 @@ use super::{
 };
 use super::{ConformanceError, Namespaces, Report};
 use crate::containerd::ImageRecord;
-use kiln_proto::ErrorKind;
-use kiln_solver::Digest;
+use kiln_types::Digest;
+use kiln_types::ErrorKind;
 use std::sync::Arc;
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

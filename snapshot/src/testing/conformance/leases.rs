@@ -7,8 +7,8 @@ use super::{
 use super::{ConformanceError, Namespaces, Report};
 use crate::containerd::{LeaseId, LEASE_OWNER_LABEL};
 use crate::services::LeaseResource;
-use kiln_proto::ErrorKind;
-use kiln_solver::Digest;
+use kiln_types::Digest;
+use kiln_types::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 

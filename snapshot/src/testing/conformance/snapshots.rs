@@ -5,7 +5,7 @@ use super::{cases, ensure, fails, has_snapshot, lease, ok, run, CaseResult, Ctx}
 use super::{ConformanceError, Namespaces, Report};
 use crate::containerd::{LeaseId, SnapshotKind};
 use crate::mount::{Mount, MountGuard};
-use kiln_proto::ErrorKind;
+use kiln_types::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

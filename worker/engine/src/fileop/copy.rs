@@ -1,11 +1,12 @@
 //! `COPY`/`ADD` of local trees: BuildKit's `docopy` over fsutil's `Copy`.
 
-use super::root::{self, DirAttrs, Resolved};
+use super::root::{self, DirAttrs};
 use super::{io_err, meta, owner, unpack, FileOpError, Result};
-use crate::ignore::{clean_path, contains_wildcards, glob_match, PatternMatcher};
+use kiln_context::ignore::{clean_path, PatternMatcher};
+use kiln_context::select::{select, CopySelection, EntryFilter, Selection};
+use kiln_context::walk::sorted_names;
 use kiln_solver::FileCopy;
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -40,26 +41,23 @@ pub fn copy_keep_owner(
     run(src_root, dest_root, cwd_owner_root, op, src_excludes, true)
 }
 
-/// One copy source: where it is and the name it takes under a directory
-/// destination.
-struct Source {
-    resolved: Resolved,
-    name: Option<OsString>,
+/// What `op` selects from its source root, as a typed request: the same
+/// one the context hasher is given, so a cache key covers what is copied.
+pub fn selection(op: &FileCopy) -> CopySelection {
+    CopySelection {
+        src: op.src.clone(),
+        follow_symlink: op.follow_symlink,
+        allow_wildcard: op.allow_wildcard,
+        allow_empty_wildcard: op.allow_empty_wildcard,
+        include_patterns: op.include_patterns.clone(),
+        exclude_patterns: op.exclude_patterns.clone(),
+    }
 }
 
 fn not_found(src: &str) -> FileOpError {
     FileOpError::NotFound {
         path: clean_path(&format!("/{src}")),
     }
-}
-
-fn compile(patterns: &[String]) -> Result<Option<PatternMatcher>> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    PatternMatcher::new(patterns)
-        .map(Some)
-        .map_err(|source| FileOpError::Pattern { source })
 }
 
 fn run(
@@ -72,6 +70,9 @@ fn run(
 ) -> Result<()> {
     let chown = owner::resolve(owner_root, op.owner.as_ref())?;
     let hide = src_excludes.filter(|m| !m.is_empty());
+    let sel = selection(op);
+    let filter =
+        EntryFilter::new(&sel, hide).map_err(|e| FileOpError::Pattern { source: e.source })?;
     let mut copier = Copier {
         src_root,
         dest_root,
@@ -79,60 +80,26 @@ fn run(
         keep_owner,
         mode: op.mode,
         timestamp: op.timestamp,
-        include: compile(&op.include_patterns)?,
-        exclude: compile(&op.exclude_patterns)?,
-        hide,
+        filter,
         inodes: HashMap::new(),
         pending: Vec::new(),
     };
 
-    let wildcard = if op.allow_wildcard {
-        resolve_wildcards(src_root, &op.src, op.follow_symlink, hide)?
-    } else {
-        None
-    };
-    let mut sources = Vec::new();
-    let force_dir = match wildcard {
-        Some(matches) => {
-            if matches.is_empty() {
-                if op.allow_empty_wildcard {
-                    return Ok(());
-                }
-                return Err(not_found(&op.src));
-            }
-            let many = matches.len() > 1;
-            for m in matches {
-                let name = m.rel.last().cloned();
-                let resolved = if op.follow_symlink {
-                    let rel: PathBuf = m.rel.iter().collect();
-                    root::resolve(src_root, &rel, true, hide)?
-                } else {
-                    m
-                };
-                if resolved.hidden || std::fs::symlink_metadata(&resolved.host).is_err() {
-                    return Err(not_found(&op.src));
-                }
-                sources.push(Source { resolved, name });
-            }
-            many
-        }
-        None => {
-            let resolved = root::resolve(src_root, Path::new(&op.src), op.follow_symlink, hide)?;
-            if resolved.hidden || std::fs::symlink_metadata(&resolved.host).is_err() {
-                return Err(not_found(&op.src));
-            }
-            sources.push(Source {
-                resolved,
-                name: root::base_name(&op.src),
-            });
-            false
-        }
-    };
+    let (sources, from_wildcard) =
+        match select(src_root, &sel, hide).map_err(root::path_err(src_root))? {
+            Selection::Found {
+                sources,
+                from_wildcard,
+            } => (sources, from_wildcard),
+            Selection::NoMatches if op.allow_empty_wildcard => return Ok(()),
+            Selection::NoMatches | Selection::NotFound => return Err(not_found(&op.src)),
+        };
+    let force_dir = from_wildcard && sources.len() > 1;
 
     let dest_is_dir = force_dir || root::has_dir_suffix(&op.dest);
     let dest = Path::new(&op.dest);
     let dst = root::resolve(dest_root, dest, true, None)?;
-    if !op.create_dest_path && std::fs::symlink_metadata(parent_of(dest_root, &dst).host).is_err() {
+    if !op.create_dest_path && std::fs::symlink_metadata(dst.parent(dest_root).host).is_err() {
         return Err(FileOpError::DestParentMissing {
             path: clean_path(&format!("/{}", op.dest)),
         });
@@ -145,7 +112,7 @@ fn run(
     let ensure = if dest_is_dir {
         dst.clone()
     } else {
-        parent_of(dest_root, &dst)
+        dst.parent(dest_root)
     };
     let mut created = root::mkdir_all(dest_root, &ensure, dir_attrs)?;
 
@@ -182,124 +149,13 @@ fn run(
         let parent = if op.dir_copy_contents && src_is_dir && dest_md.is_none() {
             target.clone()
         } else {
-            parent_of(dest_root, &target)
+            target.parent(dest_root)
         };
         created.extend(root::mkdir_all(dest_root, &parent, dir_attrs)?);
         let ign_rel = src.resolved.rel_str();
         copier.copy_entry(&src.resolved.host, &ign_rel, "", &target.host, false)?;
     }
     root::restamp(dest_root, &created, op.timestamp)
-}
-
-/// The resolved parent of a resolved path (the root's parent is the root).
-fn parent_of(root: &Path, r: &Resolved) -> Resolved {
-    let mut rel = r.rel.clone();
-    rel.pop();
-    let mut host = root.to_path_buf();
-    host.extend(&rel);
-    Resolved {
-        host,
-        rel,
-        hidden: r.hidden,
-    }
-}
-
-/// Expands a source with wildcards (fsutil's `ResolveWildcards`): the part
-/// before the first wildcard component is resolved in `root`, then the tree
-/// below it is matched with Go's `filepath.Match` on the relative path; a
-/// matched directory is not searched further. `None` when `src` has no
-/// wildcard. Hidden entries (`hide`) are invisible.
-pub(crate) fn resolve_wildcards(
-    root: &Path,
-    src: &str,
-    follow_final: bool,
-    hide: Option<&PatternMatcher>,
-) -> Result<Option<Vec<Resolved>>> {
-    let cleaned = clean_path(&format!("/{src}"));
-    let comps: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).collect();
-    let Some(k) = comps.iter().position(|c| contains_wildcards(c)) else {
-        return Ok(None);
-    };
-    let base = root::resolve(root, Path::new(&comps[..k].join("/")), follow_final, hide)?;
-    let pattern = comps[k..].join("/");
-    let mut out = Vec::new();
-    let is_dir = std::fs::symlink_metadata(&base.host).is_ok_and(|m| m.is_dir());
-    if base.hidden || !is_dir {
-        return Ok(Some(out));
-    }
-    let depth = comps.len() - k;
-    walk_matches(
-        root, &base.host, &base.rel, "", depth, &pattern, hide, &mut out,
-    )?;
-    Ok(Some(out))
-}
-
-/// Reads a directory's entry names, sorted so results are deterministic.
-fn sorted_names(root: &Path, dir: &Path) -> Result<Vec<OsString>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err("read directory", root, dir))? {
-        names.push(
-            entry
-                .map_err(io_err("read directory", root, dir))?
-                .file_name(),
-        );
-    }
-    names.sort();
-    Ok(names)
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "a private recursive helper; a struct would only rename the arguments"
-)]
-fn walk_matches(
-    root: &Path,
-    dir: &Path,
-    dir_rel: &[OsString],
-    rel: &str,
-    depth: usize,
-    pattern: &str,
-    hide: Option<&PatternMatcher>,
-    out: &mut Vec<Resolved>,
-) -> Result<()> {
-    for name in sorted_names(root, dir)? {
-        let host = dir.join(&name);
-        let md = std::fs::symlink_metadata(&host).map_err(io_err("stat", root, &host))?;
-        let mut child_root_rel = dir_rel.to_vec();
-        child_root_rel.push(name.clone());
-        if let Some(h) = hide {
-            if root::is_hidden(h, &root::rel_string(&child_root_rel), md.is_dir()) {
-                continue;
-            }
-        }
-        let lossy = name.to_string_lossy();
-        let child_rel = if rel.is_empty() {
-            lossy.into_owned()
-        } else {
-            format!("{rel}/{lossy}")
-        };
-        if glob_match(pattern, &child_rel) {
-            out.push(Resolved {
-                host,
-                rel: child_root_rel,
-                hidden: false,
-            });
-            continue;
-        }
-        if md.is_dir() && depth > 1 {
-            walk_matches(
-                root,
-                &host,
-                &child_root_rel,
-                &child_rel,
-                depth - 1,
-                pattern,
-                hide,
-                out,
-            )?;
-        }
-    }
-    Ok(())
 }
 
 /// A source directory whose destination is created only when something
@@ -318,9 +174,8 @@ struct Copier<'a> {
     keep_owner: bool,
     mode: Option<u32>,
     timestamp: Option<i64>,
-    include: Option<PatternMatcher>,
-    exclude: Option<PatternMatcher>,
-    hide: Option<&'a PatternMatcher>,
+    /// `.dockerignore` and the op's include/exclude patterns.
+    filter: EntryFilter<'a>,
     /// (device, inode) of multiply-linked source files -> first copy.
     inodes: HashMap<(u64, u64), PathBuf>,
     pending: Vec<Pending>,
@@ -341,27 +196,7 @@ impl Copier<'_> {
     ) -> Result<()> {
         let md = std::fs::symlink_metadata(src).map_err(io_err("stat", self.src_root, src))?;
         let is_dir = md.is_dir();
-        let mut include = true;
-        let mut descend = true;
-        if !pat_rel.is_empty() {
-            if let Some(h) = self.hide {
-                if h.matches(ign_rel) {
-                    include = false;
-                    descend &= is_dir && h.might_include_children(ign_rel);
-                }
-            }
-            if let Some(inc) = &self.include {
-                if !inc.matches(pat_rel) {
-                    include = false;
-                }
-            }
-            if let Some(exc) = &self.exclude {
-                if exc.matches(pat_rel) {
-                    include = false;
-                    descend &= is_dir && exc.might_include_children(pat_rel);
-                }
-            }
-        }
+        let (include, descend) = self.filter.decide(ign_rel, pat_rel, is_dir);
         if !include && (!is_dir || !descend) {
             return Ok(());
         }
@@ -445,7 +280,7 @@ impl Copier<'_> {
         pat_rel: &str,
         dst: &Path,
     ) -> Result<()> {
-        for name in sorted_names(self.src_root, src)? {
+        for name in sorted_names(src).map_err(root::path_err(self.src_root))? {
             let lossy = name.to_string_lossy();
             let join = |base: &str| {
                 if base.is_empty() {

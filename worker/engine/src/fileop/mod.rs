@@ -23,12 +23,12 @@ mod unpack;
 #[cfg(test)]
 mod tests;
 
-use crate::ignore::IgnoreError;
-use kiln_proto::ErrorKind;
+use kiln_context::ignore::IgnoreError;
 use kiln_shim::user::UserError;
+use kiln_types::ErrorKind;
 use std::path::Path;
 
-pub use copy::{copy, copy_keep_owner};
+pub use copy::{copy, copy_keep_owner, selection};
 pub use ops::{mkdir, mkfile, rm, symlink};
 
 /// Errors of file actions. Paths are shown as seen inside their root

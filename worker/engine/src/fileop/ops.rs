@@ -1,9 +1,9 @@
 //! mkdir, mkfile, rm and symlink actions (BuildKit's `file/backend.go`).
 
-use super::copy::resolve_wildcards;
 use super::root::{self, DirAttrs};
 use super::{io_err, meta, owner, FileOpError, Result};
-use crate::ignore::clean_path;
+use kiln_context::ignore::clean_path;
+use kiln_context::walk::resolve_wildcards;
 use kiln_solver::{FileMkDir, FileMkFile, FileRm, FileSymlink};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -73,7 +73,9 @@ pub fn mkfile(root: &Path, op: &FileMkFile) -> Result<()> {
 /// wildcards, and matching nothing is fine.
 pub fn rm(root: &Path, op: &FileRm) -> Result<()> {
     if op.allow_wildcard {
-        if let Some(matches) = resolve_wildcards(root, &op.path, false, None)? {
+        if let Some(matches) =
+            resolve_wildcards(root, &op.path, false, None).map_err(root::path_err(root))?
+        {
             for m in matches {
                 remove(root, &m.host, &op.path, op.allow_not_found)?;
             }

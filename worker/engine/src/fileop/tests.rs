@@ -1,7 +1,7 @@
 //! Tests of the file actions on temp dirs. They run as root (chown is real).
 
 use super::*;
-use crate::ignore::{parse_dockerignore, PatternMatcher};
+use kiln_context::ignore::{parse_dockerignore, PatternMatcher};
 use kiln_solver::{ChownOpt, FileCopy, FileMkDir, FileMkFile, FileRm, FileSymlink, UserOpt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -652,4 +652,110 @@ fn symlink_creates_links_once() {
     );
     let e = symlink(&f.dest, &op).expect_err("exists");
     assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+}
+
+/// What a copy wrote below `root`: each path with its type and its link
+/// target or content (not times or owners, which the context digest leaves
+/// out by design).
+fn written(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let e = e.expect("walk");
+        let rel = e.path().strip_prefix(root).expect("below root");
+        let ft = e.file_type();
+        let what = if ft.is_symlink() {
+            format!(
+                "-> {}",
+                std::fs::read_link(e.path()).expect("link").display()
+            )
+        } else if ft.is_dir() {
+            "dir".to_owned()
+        } else {
+            format!("= {}", std::fs::read_to_string(e.path()).expect("file"))
+        };
+        out.push(format!("{} {what}", rel.display()));
+    }
+    out
+}
+
+/// A named change to a context directory.
+type Edit = (&'static str, fn(&Path));
+
+#[test]
+fn the_context_digest_changes_exactly_when_the_copy_does() {
+    let no_follow = FileCopy {
+        follow_symlink: false,
+        ..cp("link", "/out")
+    };
+    let literal = FileCopy {
+        allow_wildcard: false,
+        ..cp("*.txt", "/out")
+    };
+    let go_only = FileCopy {
+        include_patterns: vec!["*.go".into()],
+        ..cp("dir", "/out")
+    };
+    let ops = [
+        cp("link", "/out"),
+        no_follow,
+        cp("*.txt", "/out/"),
+        literal,
+        go_only,
+    ];
+    let edits: [Edit; 5] = [
+        ("link target content", |c| {
+            write(c, "real.txt", "real, edited");
+        }),
+        ("a wildcard match", |c| {
+            write(c, "a.txt", "a, edited");
+        }),
+        ("a file the include skips", |c| {
+            write(c, "dir/y.md", "y, edited");
+        }),
+        ("a file the include keeps", |c| {
+            write(c, "dir/x.go", "x, edited");
+        }),
+        ("the link itself", |c| {
+            std::fs::remove_file(c.join("link")).expect("rm link");
+            std::os::unix::fs::symlink("a.txt", c.join("link")).expect("relink");
+        }),
+    ];
+    for (i, op) in ops.iter().enumerate() {
+        for (what, edit) in &edits {
+            let f = fx();
+            for (rel, data) in [
+                ("real.txt", "real"),
+                ("a.txt", "a"),
+                ("*.txt", "literally named"),
+                ("dir/x.go", "x"),
+                ("dir/y.md", "y"),
+            ] {
+                write(&f.ctx, rel, data);
+            }
+            std::os::unix::fs::symlink("real.txt", f.ctx.join("link")).expect("symlink");
+            let state = tempfile::tempdir().expect("state dir");
+            let hash = || {
+                crate::contenthash::HashCache::open(state.path())
+                    .digest(&f.ctx, &selection(op), &[])
+                    .expect("digest")
+            };
+            let out = |n: &str| {
+                let dest = f.dest.join(n);
+                std::fs::create_dir(&dest).expect("mkdir dest");
+                copy(&f.ctx, &dest, &dest, op, None).expect("copy");
+                written(&dest)
+            };
+            let (before, h1) = (out("before"), hash());
+            edit(&f.ctx);
+            let (after, h2) = (out("after"), hash());
+            assert_eq!(
+                before != after,
+                h1 != h2,
+                "op {i} ({} follow={} wildcard={}), edit: {what}\n{before:?}\n{after:?}",
+                op.src,
+                op.follow_symlink,
+                op.allow_wildcard
+            );
+        }
+    }
 }

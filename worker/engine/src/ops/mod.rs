@@ -57,33 +57,31 @@ impl OpRunner for StepRunner {
             )),
             Ref::Local { dir, excludes } => {
                 // The content of what the op's copies select from this
-                // input, not of the whole directory.
-                let mut selections: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+                // input (the copies' own typed selections, so hashing
+                // follows links and expands wildcards exactly as the copy
+                // does), not of the whole directory.
+                let mut selections: Vec<kiln_context::CopySelection> = Vec::new();
                 if let Op::File(f) = &vertex.op {
                     for a in &f.actions {
                         if let (FileActionKind::Copy(c), Some(FileInput::Input(i))) =
                             (&a.action, a.secondary_input)
                         {
                             if i == index {
-                                selections.push((
-                                    c.src.clone(),
-                                    c.include_patterns.clone(),
-                                    c.exclude_patterns.clone(),
-                                ));
+                                selections.push(crate::fileop::selection(c));
                             }
                         }
                     }
                 }
                 if selections.is_empty() {
-                    selections.push((".".into(), Vec::new(), Vec::new()));
+                    selections.push(kiln_context::CopySelection::all());
                 }
                 let hashes = self.hashes.clone();
                 let (dir, excludes) = (dir.clone(), excludes.clone());
                 let loc = location(vertex);
                 tokio::task::spawn_blocking(move || {
                     let mut text = String::from("local\n");
-                    for (src, inc, exc) in &selections {
-                        let d = hashes.digest(&dir, src, &excludes, inc, exc).map_err(|e| {
+                    for sel in &selections {
+                        let d = hashes.digest(&dir, sel, &excludes).map_err(|e| {
                             WorkerError::BadInput {
                                 location: loc.clone(),
                                 reason: crate::error::error_chain(&e),

@@ -69,7 +69,7 @@ pub enum FsutilError {
     #[error("invalid pattern")]
     Pattern {
         #[source]
-        source: kiln_worker::ignore::IgnoreError,
+        source: kiln_context::ignore::IgnoreError,
     },
     /// A background task of the transfer panicked or was cancelled.
     #[error("transfer task failed")]

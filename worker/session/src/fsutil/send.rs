@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln_worker::ignore::PatternMatcher;
+use kiln_context::ignore::PatternMatcher;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;

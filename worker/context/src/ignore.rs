@@ -63,7 +63,7 @@ pub fn parse_dockerignore(text: &str) -> Vec<String> {
 /// Lexically cleans a slash-separated path like Go's `path.Clean`: repeated
 /// slashes collapse, `.` elements go, `..` eats the element before it (and
 /// stops at the root of an absolute path). The empty path cleans to `.`.
-pub(crate) fn clean_path(p: &str) -> String {
+pub fn clean_path(p: &str) -> String {
     let rooted = p.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
     for part in p.split('/') {
@@ -446,7 +446,7 @@ fn single_matches(tok: &Token, c: char) -> bool {
 
 /// Whether a path component contains glob metacharacters (`*`, `?`, `[`),
 /// skipping `\`-escaped characters, like fsutil's `containsWildcards`.
-pub(crate) fn contains_wildcards(s: &str) -> bool {
+pub fn contains_wildcards(s: &str) -> bool {
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
         match c {
@@ -463,7 +463,7 @@ pub(crate) fn contains_wildcards(s: &str) -> bool {
 /// Go's `filepath.Match` on whole slash-separated paths: `*` and `?` never
 /// cross `/`, there is no `**`. Used for `COPY` source wildcards. A
 /// malformed pattern matches nothing.
-pub(crate) fn glob_match(pattern: &str, path: &str) -> bool {
+pub fn glob_match(pattern: &str, path: &str) -> bool {
     let mut tokens = Vec::new();
     let chars: Vec<char> = pattern.chars().collect();
     let mut i = 0;

@@ -42,8 +42,8 @@ impl Digest {
         self.0.strip_prefix("sha256:").unwrap_or(&self.0)
     }
 
-    /// The OCI chain ID of `diff_ids`: chain[0] = diff[0],
-    /// chain[i] = sha256(chain[i-1] + " " + diff[i]).
+    /// The OCI chain ID of `diff_ids`: `chain[0] = diff[0]`,
+    /// `chain[i] = sha256(chain[i-1] + " " + diff[i])`.
     pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
         let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
         for d in diff_ids {

@@ -1,0 +1,18 @@
+//! The few types every kiln layer shares: [`Digest`], the identity of ops,
+//! blobs and cache keys, and [`ErrorKind`], the errdefs kind every library
+//! error exposes.
+//!
+//! This is a leaf crate so that `snapshot` and `shim` can name a digest or
+//! an error kind without depending on the solver or on the generated
+//! protobuf code of `kiln-proto`. The gRPC code mapping of [`ErrorKind`]
+//! lives here too, behind the `tonic` feature, so there is one mapping for
+//! the containerd proxies and the daemon alike.
+//!
+//! Architecture invariant: this crate knows no kiln crate, does no IO and
+//! holds no policy; it only names things.
+
+pub mod digest;
+mod kind;
+
+pub use digest::Digest;
+pub use kind::ErrorKind;

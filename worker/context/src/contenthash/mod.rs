@@ -1,0 +1,265 @@
+//! Content digests of build-context selections, the cache key of a `COPY`
+//! from the local context (BuildKit's `cache/contenthash`, without its
+//! radix tree).
+//!
+//! A digest covers, for every entry the copy would read, in a fixed order:
+//! the path relative to the copied source, the file type, the permission
+//! bits, the symlink target, the device number, which earlier entry a file
+//! is a hard link of, a digest of the extended attributes (the copy carries
+//! them over) and the content digest. It never covers mtimes, owners or
+//! inode numbers, so a fresh checkout of the same tree hits the cache.
+//!
+//! The selection is the copy's own: the hasher is given the copy's
+//! [`CopySelection`] and resolves it through [`crate::select::select`] and
+//! filters below each source with [`crate::select::EntryFilter`], exactly
+//! as the copy does, so `follow_symlink` and `allow_wildcard` select the
+//! same entries for both.
+//!
+//! Reading 400 MB on every no-op rebuild is what the [`HashCache`] avoids:
+//! a stat cache (module `state`) maps each path's (dev, ino, size, mtime, ctime,
+//! mode) to its content and xattr digests, so a warm call only stats the
+//! tree. As in git, an entry recorded within [`RACY_WINDOW`] of the file's
+//! mtime/ctime is not trusted (a write in the same timestamp tick would go
+//! unseen) and is re-read until it has aged. The walk itself is in
+//! module `tree`.
+//!
+//! Architecture invariant: this module reads the context and its own state
+//! file only; it never follows a symlink out of the context and never
+//! writes into it.
+
+mod state;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use crate::ignore::PatternMatcher;
+use crate::path::PathError;
+use crate::select::{CopySelection, PatternError};
+use kiln_types::Digest;
+use sha2::{Digest as _, Sha256};
+use state::ContextCache;
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+#[cfg(test)]
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tree::TreeHasher;
+
+/// How long after a file's last change a recorded stat tuple stays
+/// untrusted (the racy-git problem).
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Domain separator of the digest; bump it when the record layout changes.
+/// v2: the selection is the copy's own (no "both readings" records).
+const DIGEST_DOMAIN: &[u8] = b"kiln.contenthash.v2\0";
+
+/// Errors of content hashing. Paths are host paths.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// A filesystem call on the context failed.
+    #[error("failed to {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Walking the context failed (a directory could not be read).
+    #[error("failed to walk {path}")]
+    Walk {
+        path: PathBuf,
+        #[source]
+        source: walkdir::Error,
+    },
+    /// Resolving a path exceeded 255 symlinks (a source that loops is
+    /// hashed as a marker instead; this is any other resolution).
+    #[error("too many levels of symbolic links resolving {path}")]
+    SymlinkLoop { path: String },
+    /// A file was replaced by something else while it was being hashed.
+    #[error("{path} changed while hashing")]
+    Changed { path: PathBuf },
+    /// A `.dockerignore`, include or exclude pattern is malformed.
+    #[error("invalid {which} pattern")]
+    Pattern {
+        which: &'static str,
+        #[source]
+        source: crate::ignore::IgnoreError,
+    },
+    /// The stat cache could not be written.
+    #[error("failed to save stat cache {path}")]
+    Save {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<PatternError> for HashError {
+    fn from(e: PatternError) -> Self {
+        HashError::Pattern {
+            which: e.which,
+            source: e.source,
+        }
+    }
+}
+
+impl From<PathError> for HashError {
+    fn from(e: PathError) -> Self {
+        match e {
+            PathError::Io { op, path, source } => HashError::Io { op, path, source },
+            PathError::SymlinkLoop { path } => HashError::SymlinkLoop { path },
+        }
+    }
+}
+
+pub type Result<T, E = HashError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> HashError + 'a {
+    move |source| HashError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A persistent stat cache: path -> (dev, ino, size, mtime_ns, ctime_ns,
+/// mode) -> content digest. Stored as one file under `state_dir` per
+/// context directory (name derived from the context's absolute path),
+/// loaded lazily, saved atomically (write temp + rename). It is only an
+/// accelerator: deleting it loses nothing but time; a corrupt file is
+/// ignored (logged) and rebuilt.
+///
+/// Calls for different contexts run in parallel; calls for the same
+/// context are serialized (the second one then finds a warm cache).
+pub struct HashCache {
+    state_dir: PathBuf,
+    contexts: Mutex<HashMap<PathBuf, Arc<Mutex<ContextCache>>>>,
+    racy_window_ns: i64,
+    /// Number of regular files whose content was read (test-only probe).
+    #[cfg(test)]
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for HashCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashCache")
+            .field("state_dir", &self.state_dir)
+            .field("racy_window_ns", &self.racy_window_ns)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every entry is replaced whole, so a panic elsewhere cannot leave a
+    // half-written entry behind: the data is still usable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl HashCache {
+    /// A cache whose state files live in `state_dir` (created on save).
+    /// Nothing is read until a context is first hashed.
+    pub fn open(state_dir: &Path) -> Self {
+        HashCache {
+            state_dir: state_dir.to_path_buf(),
+            contexts: Mutex::new(HashMap::new()),
+            racy_window_ns: i64::try_from(RACY_WINDOW.as_nanos()).unwrap_or(i64::MAX),
+            #[cfg(test)]
+            reads: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The state file used for a (canonical) context directory.
+    fn state_file(&self, context: &Path) -> PathBuf {
+        let h = Sha256::digest(context.as_os_str().as_bytes());
+        self.state_dir
+            .join(format!("contenthash-{}.json", hex::encode(&h[..16])))
+    }
+
+    fn context_cache(&self, context: &Path) -> Arc<Mutex<ContextCache>> {
+        let mut map = lock(&self.contexts);
+        map.entry(context.to_path_buf())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(ContextCache::new(
+                    context,
+                    self.state_file(context),
+                )))
+            })
+            .clone()
+    }
+
+    /// Digest of what a copy with `selection` would read from `context`,
+    /// with `excludes` (.dockerignore patterns, same semantics as
+    /// [`PatternMatcher`]) hiding entries. The sources are resolved as the
+    /// copy resolves them; a missing (or ignored) source, or a wildcard
+    /// without matches, gives a stable marker digest (the copy itself
+    /// reports the error).
+    pub fn digest(
+        &self,
+        context: &Path,
+        selection: &CopySelection,
+        excludes: &[String],
+    ) -> Result<Digest, HashError> {
+        let hide = PatternMatcher::new(excludes).map_err(|source| HashError::Pattern {
+            which: "dockerignore",
+            source,
+        })?;
+        let mut out = Sha256::new();
+        out.update(DIGEST_DOMAIN);
+        let context = match std::fs::canonicalize(context) {
+            Ok(c) if c.is_dir() => c,
+            _ => {
+                // No context, nothing to copy: the copy fails the same way.
+                tree::put(&mut out, b'!', b"context not found");
+                return Ok(Digest::from_sha256(&out.finalize()));
+            }
+        };
+        let cache = self.context_cache(&context);
+        let mut cache = lock(&cache);
+        cache.load();
+        cache.generation += 1;
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let mut hasher = TreeHasher {
+            owner: self,
+            root: &context,
+            cache: &mut cache,
+            now_ns,
+            out,
+            links: HashMap::new(),
+            buf: Vec::new(),
+        };
+        hasher.selection(selection, Some(&hide))?;
+        Ok(Digest::from_sha256(&hasher.out.finalize()))
+    }
+
+    /// Writes the stat cache back if it changed.
+    pub fn save(&self) -> Result<(), HashError> {
+        let caches: Vec<_> = lock(&self.contexts).values().cloned().collect();
+        let mut first_err = None;
+        for c in caches {
+            if let Err(e) = lock(&c).save() {
+                tracing::warn!(error = %e, "stat cache not saved");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    #[cfg(test)]
+    fn with_racy_window(mut self, window: Duration) -> Self {
+        self.racy_window_ns = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
+        self
+    }
+
+    #[cfg(test)]
+    fn take_reads(&self) -> usize {
+        self.reads.swap(0, Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,137 @@
+//! `COPY` and `ADD`: the file op that copies from the context, a stage or
+//! an image, with `--chown` and `--chmod`, and BuildKit's history text.
+
+use super::*;
+
+impl Converter<'_> {
+    pub(super) fn dispatch_copy(
+        &mut self,
+        stage: usize,
+        st: &mut StageState,
+        progress: &mut Progress,
+        c: &Command,
+        cp: &Copy,
+    ) -> Result<()> {
+        let line = c.line;
+        let what = if cp.add { "ADD" } else { "COPY" };
+        let chown = cp
+            .chown
+            .as_ref()
+            .map(|s| self.expand(s, &st.env, line))
+            .transpose()?;
+        let chmod = cp
+            .chmod
+            .as_ref()
+            .map(|s| self.expand(s, &st.env, line))
+            .transpose()?;
+        let mode = match &chmod {
+            None => None,
+            Some(m) => match u32::from_str_radix(m, 8) {
+                Ok(v) if v <= 0o7777 => Some(v),
+                _ => {
+                    return Err(self.file_err(
+                        line,
+                        format!("invalid chmod parameter: '{m}'. it should be octal string and between 0 and 07777"),
+                    ))
+                }
+            },
+        };
+        let excludes = cp
+            .excludes
+            .iter()
+            .map(|e| self.expand(e, &st.env, line))
+            .collect::<Result<Vec<_>>>()?;
+        let mut srcs = Vec::new();
+        for s in &cp.srcs {
+            let s = self.expand(s, &st.env, line)?;
+            let is_url = s.starts_with("http://") || s.starts_with("https://");
+            let is_git =
+                s.starts_with("git@") || s.starts_with("git://") || s.starts_with("ssh://");
+            match (cp.add, is_url, is_git) {
+                (false, true, _) => {
+                    return Err(self.file_err(line, "source can't be a URL for COPY".into()))
+                }
+                (false, _, true) => {
+                    return Err(self.file_err(line, "source can't be a git ref for COPY".into()))
+                }
+                (true, true, _) | (true, _, true) => {
+                    return Err(ParseError::Unsupported {
+                        file: self.opts.filename.clone(),
+                        line,
+                        feature: if is_url {
+                            "ADD from a URL".into()
+                        } else {
+                            "ADD from a git repository".into()
+                        },
+                    })
+                }
+                _ => {}
+            }
+            srcs.push(s);
+        }
+        let dest_written = self.expand(&cp.dest, &st.env, line)?;
+        let cwd = if st.config.working_dir.is_empty() {
+            "/"
+        } else {
+            &st.config.working_dir
+        };
+        let mut dest = resolve_keep_slash(cwd, &dest_written);
+        if srcs.len() > 1 && !dest.ends_with('/') {
+            dest.push('/');
+        }
+
+        let source = match &cp.from {
+            Some(from) => self.source_edge(from, stage, line)?,
+            None => Some(self.context()?),
+        };
+        let mut inputs = Inputs::default();
+        let first_input = inputs.file_input(st.edge);
+        let secondary = inputs.file_input(source);
+        let owner = chown.as_deref().map(chown_opt);
+        let n = srcs.len();
+        let actions = srcs
+            .iter()
+            .enumerate()
+            .map(|(k, src)| FileAction {
+                input: if k == 0 {
+                    first_input
+                } else {
+                    FileInput::Action(k - 1)
+                },
+                secondary_input: Some(secondary),
+                output: (k + 1 == n).then_some(0),
+                action: FileActionKind::Copy(FileCopy {
+                    src: clean(&format!("/{src}")),
+                    dest: dest.clone(),
+                    owner: owner.clone(),
+                    mode,
+                    follow_symlink: true,
+                    dir_copy_contents: true,
+                    attempt_unpack_docker_compatibility: cp.add,
+                    create_dest_path: true,
+                    allow_wildcard: true,
+                    allow_empty_wildcard: true,
+                    include_patterns: Vec::new(),
+                    exclude_patterns: excludes.clone(),
+                    timestamp: None,
+                }),
+            })
+            .collect();
+        self.add_step(st, progress, c, Op::File(FileOp { actions }), inputs)?;
+
+        let mut msg = String::from(what);
+        if let Some(c) = &chown {
+            msg.push_str(&format!(" --chown={c}"));
+        }
+        if let Some(m) = &chmod {
+            msg.push_str(&format!(" --chmod={m}"));
+        }
+        for s in &srcs {
+            msg.push(' ');
+            msg.push_str(s);
+        }
+        msg.push_str(&format!(" {dest_written} # buildkit"));
+        st.config.history.push(history(msg, true));
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! Helpers that reproduce Go's and BuildKit's formatting and parsing rules
+//! (`%q` quoting, `path.Clean`, `--chown`, sizes, signals, port ranges)
+//! where kiln's output must match BuildKit's.
+
+use super::*;
+
+/// Go's `%q` of a `[]string`: `["a" "b"]`.
+pub(super) fn go_quote_list(v: &[String]) -> String {
+    let items: Vec<String> = v.iter().map(|s| go_quote(s)).collect();
+    format!("[{}]", items.join(" "))
+}
+
+pub(super) fn go_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `path.Clean` for absolute slash paths.
+pub(super) fn clean(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// `p` against directory `dir`, cleaned; a trailing `/` or `/.` of `p` is
+/// kept (BuildKit's `NormalizePath(dir, p, keepSlash=true)`).
+pub(super) fn resolve_keep_slash(dir: &str, p: &str) -> String {
+    let p = if p.is_empty() || p == "." { "./" } else { p };
+    let joined = if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("{dir}/{p}")
+    };
+    let mut out = clean(&joined);
+    if p.ends_with('/') && !out.ends_with('/') {
+        out.push('/');
+    } else if p.ends_with("/.") {
+        if out != "/" {
+            out.push('/');
+        }
+        out.push('.');
+    }
+    out
+}
+
+/// `user[:group]` as an LLB chown (numbers by id, others by name).
+pub(super) fn chown_opt(spec: &str) -> ChownOpt {
+    let one = |s: &str| match s.parse::<u32>() {
+        Ok(id) => UserOpt::ById(id),
+        Err(_) => UserOpt::ByName(s.to_string()),
+    };
+    match spec.split_once(':') {
+        Some((u, "")) => ChownOpt {
+            user: Some(one(u)),
+            group: Some(UserOpt::ById(0)),
+        },
+        Some((u, g)) => ChownOpt {
+            user: Some(one(u)),
+            group: Some(one(g)),
+        },
+        None => ChownOpt {
+            user: Some(one(spec)),
+            group: None,
+        },
+    }
+}
+
+/// `units.RAMInBytes`: `64m`, `1g`, `512k`, `100` (binary multiples).
+pub(super) fn ram_in_bytes(s: &str) -> Option<u64> {
+    let lower = s.trim().to_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(digits_end);
+    let n: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim_end_matches('b').trim_end_matches('i') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    Some((n * mult as f64) as u64)
+}
+
+pub(super) fn valid_signal(s: &str) -> bool {
+    const SIGNALS: &[&str] = &[
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+    ];
+    if let Ok(n) = s.parse::<u32>() {
+        return n > 0 && n < 65;
+    }
+    let upper = s.to_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if SIGNALS.contains(&name) {
+        return true;
+    }
+    // RTMIN, RTMIN+3, RTMAX-2
+    ["RTMIN", "RTMAX"].iter().any(|rt| {
+        name.strip_prefix(rt).is_some_and(|tail| {
+            tail.is_empty()
+                || (tail.starts_with(['+', '-'])
+                    && tail.len() > 1
+                    && tail[1..].bytes().all(|b| b.is_ascii_digit()))
+        })
+    })
+}
+
+/// `nat.ParsePortSpecs` for one spec: `80`, `80/udp`, `8000-8002`,
+/// `ip:host:ctr` (only the container port counts).
+pub(super) fn parse_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
+    let (port, proto) = match spec.rsplit_once('/') {
+        Some((p, proto)) => (p, proto.to_lowercase()),
+        None => (spec, "tcp".to_string()),
+    };
+    let port = port.rsplit(':').next().unwrap_or(port);
+    let parse = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| format!("invalid containerPort: {s}"))
+    };
+    let (lo, hi) = match port.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => (parse(port)?, parse(port)?),
+    };
+    if hi < lo {
+        return Err(format!("invalid range specified for container: {port}"));
+    }
+    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}

@@ -1,0 +1,652 @@
+//! Instructions -> build graph and image config, after BuildKit's
+//! `dockerfile2llb/convert.go`.
+//!
+//! Each stage the target needs is dispatched in file order. A stage's state
+//! is an optional [`Edge`] (`None` is scratch) plus the image config, the
+//! process env (config env plus `ARG` values, like an LLB state's env) and
+//! the `ARG`s in scope. `RUN` becomes an exec, `COPY`/`ADD` and `WORKDIR`
+//! become file ops; the other instructions only change the config and add a
+//! history entry.
+//!
+//! The modules follow the conversion's seams: `plan` decides the stage
+//! structure before any vertex exists (bases, target, needed stages,
+//! `--from` resolution), `run` and `copy` emit the vertices of `RUN` and
+//! `COPY`/`ADD`, and `gocompat` holds the helpers that reproduce Go's
+//! (and BuildKit's) formatting and parsing rules where the output must match
+//! byte for byte. Everything else (the converter, the per-stage dispatch and
+//! the metadata instructions) is here.
+
+use crate::instructions::{
+    ArgDecl, CmdLine, Command, Copy, Dockerfile, Instruction, KeyValue, MountKind, MountSpec, Run,
+    Stage,
+};
+use crate::reference::normalize;
+use crate::shell::{add_env, lookup, Lex};
+use crate::{BuildOptions, ParseError, Result};
+use kiln_solver::{
+    CacheSharing, ChownOpt, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
+    FileMkDir, FileOp, Graph, HistoryEntry, ImageConfig, MergeOp, Meta, Mount, MountType, NetMode,
+    Op, SourceLocation, SourceOp, UserOpt, Vertex, VertexId,
+};
+use std::collections::BTreeMap;
+
+mod copy;
+mod gocompat;
+mod plan;
+mod run;
+#[cfg(test)]
+mod tests;
+
+use gocompat::*;
+use plan::*;
+
+/// `PATH` given to images whose config has none (BuildKit, non-Windows).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// `comment` of every history entry the frontend writes.
+pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+
+/// The result of [`to_graph`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Build {
+    pub graph: Graph,
+    /// The vertex whose output 0 is the target stage's filesystem.
+    pub result: VertexId,
+    /// The image config of the target stage.
+    pub config: ImageConfig,
+    /// Stages dispatched, in order: their name, or their index when unnamed.
+    pub stages_built: Vec<String>,
+}
+
+impl Dockerfile {
+    /// The normalized base image refs (after `ARG` expansion) of the
+    /// `FROM` lines of the stages the target needs, without `scratch` and
+    /// stage names, each once. The caller resolves their configs and passes
+    /// them to [`to_graph`]. Images used only by `COPY --from` or
+    /// `RUN --mount=from=` are not listed: their config is not needed.
+    pub fn base_images(&self, opts: &BuildOptions) -> Result<Vec<String>> {
+        let plan = Plan::new(self, opts)?;
+        let mut out: Vec<String> = Vec::new();
+        for (i, s) in plan.stages.iter().enumerate() {
+            if let Base::Image(r) = &s.base {
+                if plan.needed[i] && !out.contains(r) {
+                    out.push(r.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Builds the graph for `opts.target` (or the last stage). `bases` maps the
+/// refs of [`Dockerfile::base_images`] to their image configs.
+pub fn to_graph(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    bases: &BTreeMap<String, ImageConfig>,
+) -> Result<Build> {
+    let plan = Plan::new(df, opts)?;
+    let mut conv = Converter {
+        df,
+        opts,
+        bases,
+        lex: Lex::new(df.escape),
+        graph: Graph::default(),
+        context: None,
+        images: BTreeMap::new(),
+        states: vec![None; df.stages.len()],
+        stages_built: Vec::new(),
+        plan,
+    };
+    for i in 0..df.stages.len() {
+        if conv.plan.needed[i] {
+            let st = conv.dispatch_stage(i)?;
+            conv.states[i] = Some(st);
+            let s = &df.stages[i];
+            conv.stages_built
+                .push(s.name.clone().unwrap_or_else(|| i.to_string()));
+        }
+    }
+    let target = conv.plan.target;
+    let Some(mut st) = conv.states[target].take() else {
+        return Err(conv.file_err(df.stages[target].line, "target stage was not built".into()));
+    };
+    for (k, v) in &opts.labels {
+        st.config.labels.insert(k.clone(), v.clone());
+    }
+    let result = match st.edge {
+        Some(e) => e.vertex,
+        // An empty stage: a merge of nothing is scratch.
+        None => conv.add(Vertex {
+            op: Op::Merge(MergeOp { inputs: Vec::new() }),
+            inputs: Vec::new(),
+            name: "[internal] scratch".into(),
+            location: None,
+            ignore_cache: opts.no_cache,
+        })?,
+    };
+    Ok(Build {
+        graph: conv.graph,
+        result,
+        config: st.config,
+        stages_built: conv.stages_built,
+    })
+}
+
+/// A stage's state while (and after) it is dispatched.
+#[derive(Clone, Debug)]
+struct StageState {
+    /// The filesystem; `None` is scratch.
+    edge: Option<Edge>,
+    config: ImageConfig,
+    /// The process env: config env plus `ARG` values (BuildKit's state env).
+    env: Vec<String>,
+    /// `ARG`s in scope with their values, in declaration order.
+    args: Vec<(String, Option<String>)>,
+    /// `CMD` was set in this stage (then `ENTRYPOINT` keeps it).
+    cmd_set: bool,
+}
+
+struct Converter<'a> {
+    df: &'a Dockerfile,
+    opts: &'a BuildOptions,
+    bases: &'a BTreeMap<String, ImageConfig>,
+    lex: Lex,
+    graph: Graph,
+    plan: Plan,
+    context: Option<VertexId>,
+    images: BTreeMap<String, VertexId>,
+    states: Vec<Option<StageState>>,
+    stages_built: Vec<String>,
+}
+
+/// Vertex numbering within a stage (`[build 2/4]`).
+struct Progress {
+    label: String,
+    index: usize,
+    total: usize,
+}
+
+impl Progress {
+    fn name(&mut self, text: &str) -> String {
+        if self.total == 0 {
+            return text.to_string();
+        }
+        self.index += 1;
+        let width = self.total.to_string().len();
+        let label = if self.label.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", self.label)
+        };
+        format!("[{label}{:>width$}/{}] {text}", self.index, self.total)
+    }
+}
+
+/// The inputs of one vertex, deduplicated.
+#[derive(Default)]
+struct Inputs(Vec<Edge>);
+
+impl Inputs {
+    fn index(&mut self, e: Edge) -> usize {
+        match self.0.iter().position(|x| *x == e) {
+            Some(i) => i,
+            None => {
+                self.0.push(e);
+                self.0.len() - 1
+            }
+        }
+    }
+
+    fn file_input(&mut self, e: Option<Edge>) -> FileInput {
+        e.map_or(FileInput::Scratch, |e| FileInput::Input(self.index(e)))
+    }
+}
+
+fn history(created_by: String, layer: bool) -> HistoryEntry {
+    HistoryEntry {
+        created: None,
+        created_by,
+        comment: HISTORY_COMMENT.to_string(),
+        empty_layer: !layer,
+    }
+}
+
+impl Converter<'_> {
+    fn file_err(&self, line: usize, message: String) -> ParseError {
+        ParseError::Invalid {
+            file: self.opts.filename.clone(),
+            line,
+            message,
+        }
+    }
+
+    fn add(&mut self, vertex: Vertex) -> Result<VertexId> {
+        self.graph.add(vertex).map_err(ParseError::Graph)
+    }
+
+    /// Emits one step of a stage (`RUN`, `COPY`/`ADD`, `WORKDIR`): a vertex
+    /// named `[stage n/N] <instruction>` at the command's line, whose
+    /// output 0 becomes the stage's filesystem.
+    fn add_step(
+        &mut self,
+        st: &mut StageState,
+        progress: &mut Progress,
+        c: &Command,
+        op: Op,
+        inputs: Inputs,
+    ) -> Result<()> {
+        let name = progress.name(&self.display_name(c, &st.env));
+        let v = self.add(Vertex {
+            op,
+            inputs: inputs.0,
+            name,
+            location: self.location(c.line),
+            ignore_cache: self.opts.no_cache,
+        })?;
+        st.edge = Some(Self::edge(v));
+        Ok(())
+    }
+
+    fn location(&self, line: usize) -> Option<SourceLocation> {
+        Some(SourceLocation {
+            file: self.opts.filename.clone(),
+            line,
+        })
+    }
+
+    fn expand(&self, word: &str, env: &[String], line: usize) -> Result<String> {
+        self.lex
+            .process_word(word, env)
+            .map_err(|m| self.file_err(line, m))
+    }
+
+    fn edge(v: VertexId) -> Edge {
+        Edge {
+            vertex: v,
+            output: 0,
+        }
+    }
+
+    /// The shared `local://<context>` source.
+    fn context(&mut self) -> Result<Edge> {
+        if let Some(v) = self.context {
+            return Ok(Self::edge(v));
+        }
+        let mut attrs = BTreeMap::new();
+        if !self.opts.excludes.is_empty() {
+            let json = serde_json::to_string(&self.opts.excludes)
+                .expect("a list of strings serializes to JSON");
+            attrs.insert("local.excludepatterns".to_string(), json);
+        }
+        let v = self.add(Vertex {
+            op: Op::Source(SourceOp {
+                identifier: format!("local://{}", self.opts.context_name),
+                attrs,
+            }),
+            inputs: Vec::new(),
+            name: "[internal] load build context".into(),
+            location: None,
+            ignore_cache: self.opts.no_cache,
+        })?;
+        self.context = Some(v);
+        Ok(Self::edge(v))
+    }
+
+    /// A `docker-image://` source for `--from=<image>`, one per ref.
+    fn image_source(&mut self, reference: &str, line: usize) -> Result<Edge> {
+        if let Some(v) = self.images.get(reference) {
+            return Ok(Self::edge(*v));
+        }
+        let v = self.add(Vertex {
+            op: Op::Source(SourceOp {
+                identifier: format!("docker-image://{reference}"),
+                attrs: BTreeMap::new(),
+            }),
+            inputs: Vec::new(),
+            name: format!("FROM {reference}"),
+            location: self.location(line),
+            ignore_cache: self.opts.no_cache,
+        })?;
+        self.images.insert(reference.to_string(), v);
+        Ok(Self::edge(v))
+    }
+
+    /// The filesystem `--from` names: a stage's state or an image.
+    fn source_edge(&mut self, from: &str, current: usize, line: usize) -> Result<Option<Edge>> {
+        match resolve_source(self.df, from, current, &self.opts.filename, line)? {
+            Source::Stage(j) => match &self.states[j] {
+                Some(st) => Ok(st.edge),
+                None => Err(self.file_err(line, format!("stage {from:?} was not built"))),
+            },
+            Source::Image(r) => self.image_source(&r, line).map(Some),
+        }
+    }
+
+    /// Emits stage `i`; with `--no-cache-filter` naming it, every vertex
+    /// it adds ignores the cache.
+    fn dispatch_stage(&mut self, i: usize) -> Result<StageState> {
+        let first = self.graph.vertices.len();
+        let st = self.dispatch_stage_inner(i)?;
+        let name = self.df.stages[i]
+            .name
+            .clone()
+            .unwrap_or_else(|| i.to_string());
+        if self
+            .opts
+            .no_cache_filter
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(&name))
+        {
+            for v in &mut self.graph.vertices[first..] {
+                v.ignore_cache = true;
+            }
+        }
+        Ok(st)
+    }
+
+    fn dispatch_stage_inner(&mut self, i: usize) -> Result<StageState> {
+        let df = self.df;
+        let stage: &Stage = &df.stages[i];
+        let total = stage
+            .commands
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.instruction,
+                    Instruction::Run(_) | Instruction::Copy(_) | Instruction::Workdir(_)
+                )
+            })
+            .count()
+            + usize::from(matches!(self.plan.stages[i].base, Base::Image(_)));
+        let mut progress = Progress {
+            label: self.plan.display[i].clone(),
+            index: 0,
+            total,
+        };
+        let mut st = match self.plan.stages[i].base.clone() {
+            Base::Stage(j) => {
+                let Some(parent) = self.states[j].clone() else {
+                    return Err(self.file_err(stage.line, format!("stage {j} was not built")));
+                };
+                StageState {
+                    cmd_set: false,
+                    ..parent
+                }
+            }
+            Base::Scratch => {
+                let config = ImageConfig {
+                    working_dir: "/".into(),
+                    ..ImageConfig::default()
+                };
+                self.new_state(None, config)
+            }
+            Base::Image(r) => {
+                let Some(config) = self.bases.get(&r).cloned() else {
+                    return Err(ParseError::MissingBaseConfig {
+                        file: self.opts.filename.clone(),
+                        line: stage.line,
+                        reference: r,
+                    });
+                };
+                let v = self.add(Vertex {
+                    op: Op::Source(SourceOp {
+                        identifier: format!("docker-image://{r}"),
+                        attrs: BTreeMap::new(),
+                    }),
+                    inputs: Vec::new(),
+                    name: progress.name(&format!("FROM {r}")),
+                    location: self.location(stage.line),
+                    ignore_cache: self.opts.no_cache,
+                })?;
+                self.new_state(Some(Self::edge(v)), config)
+            }
+        };
+        for c in &stage.commands {
+            self.dispatch(i, &mut st, &mut progress, c)?;
+        }
+        Ok(st)
+    }
+
+    fn new_state(&self, edge: Option<Edge>, mut config: ImageConfig) -> StageState {
+        if lookup(&config.env, "PATH").is_none() {
+            config.env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        StageState {
+            edge,
+            env: config.env.clone(),
+            config,
+            args: Vec::new(),
+            cmd_set: false,
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        stage: usize,
+        st: &mut StageState,
+        progress: &mut Progress,
+        c: &Command,
+    ) -> Result<()> {
+        let line = c.line;
+        match &c.instruction {
+            Instruction::Env(kvs) => {
+                let kvs = self.expand_kvs(kvs, &st.env, line)?;
+                let mut msg = String::from("ENV");
+                for (k, v) in kvs {
+                    msg.push_str(&format!(" {k}={v}"));
+                    add_env(&mut st.env, &k, &v);
+                    add_env(&mut st.config.env, &k, &v);
+                }
+                st.config.history.push(history(msg, false));
+            }
+            Instruction::Label(kvs) => {
+                let kvs = self.expand_kvs(kvs, &st.env, line)?;
+                let mut msg = String::from("LABEL");
+                for (k, v) in kvs {
+                    msg.push_str(&format!(" {k}={v}"));
+                    st.config.labels.insert(k, v);
+                }
+                st.config.history.push(history(msg, false));
+            }
+            Instruction::Arg(args) => self.dispatch_arg(st, args, line)?,
+            Instruction::User(u) => {
+                let u = self.expand(u, &st.env, line)?;
+                st.config.history.push(history(format!("USER {u}"), false));
+                st.config.user = u;
+            }
+            Instruction::Workdir(p) => {
+                let p = self.expand(p, &st.env, line)?;
+                let base = if st.config.working_dir.is_empty() {
+                    "/"
+                } else {
+                    &st.config.working_dir
+                };
+                let wd = if p.starts_with('/') {
+                    clean(&p)
+                } else {
+                    clean(&format!("{base}/{p}"))
+                };
+                st.config.working_dir = wd.clone();
+                let layer = wd != "/";
+                if layer {
+                    let owner = (!st.config.user.is_empty()).then(|| chown_opt(&st.config.user));
+                    let mut inputs = Inputs::default();
+                    let input = inputs.file_input(st.edge);
+                    self.add_step(
+                        st,
+                        progress,
+                        c,
+                        Op::File(FileOp {
+                            actions: vec![FileAction {
+                                input,
+                                secondary_input: None,
+                                output: Some(0),
+                                action: FileActionKind::MkDir(FileMkDir {
+                                    path: wd.clone(),
+                                    mode: 0o755,
+                                    make_parents: true,
+                                    owner,
+                                    timestamp: None,
+                                }),
+                            }],
+                        }),
+                        inputs,
+                    )?;
+                }
+                st.config
+                    .history
+                    .push(history(format!("WORKDIR {wd}"), layer));
+            }
+            Instruction::Expose(ports) => {
+                let mut specs = Vec::new();
+                for p in ports {
+                    let words = self
+                        .lex
+                        .process_words(p, &st.env)
+                        .map_err(|m| self.file_err(line, m))?;
+                    for w in words {
+                        specs.extend(parse_ports(&w).map_err(|m| self.file_err(line, m))?);
+                    }
+                }
+                specs.sort();
+                specs.dedup();
+                // Current BuildKit prints the parsed port list (a Go slice).
+                st.config
+                    .history
+                    .push(history(format!("EXPOSE [{}]", specs.join(" ")), false));
+                st.config.exposed_ports.extend(specs);
+                st.config.exposed_ports.sort();
+                st.config.exposed_ports.dedup();
+            }
+            Instruction::Volume(vols) => {
+                let mut out = Vec::new();
+                for v in vols {
+                    let v = self.expand(v, &st.env, line)?;
+                    if v.is_empty() {
+                        return Err(self
+                            .file_err(line, "VOLUME specified can not be an empty string".into()));
+                    }
+                    out.push(v);
+                }
+                st.config
+                    .history
+                    .push(history(format!("VOLUME [{}]", out.join(" ")), false));
+                st.config.volumes.extend(out);
+                st.config.volumes.sort();
+                st.config.volumes.dedup();
+            }
+            Instruction::StopSignal(s) => {
+                let s = self.expand(s, &st.env, line)?;
+                if !valid_signal(&s) {
+                    return Err(self.file_err(line, format!("Invalid signal: {s}")));
+                }
+                st.config
+                    .history
+                    .push(history(format!("STOPSIGNAL {s}"), false));
+                st.config.stop_signal = Some(s);
+            }
+            Instruction::Shell(sh) => {
+                st.config
+                    .history
+                    .push(history(format!("SHELL [{}]", sh.join(" ")), false));
+                st.config.shell = Some(sh.clone());
+            }
+            Instruction::Cmd(cmd) => {
+                let args = with_shell(&st.config, cmd);
+                st.config
+                    .history
+                    .push(history(format!("CMD {}", go_quote_list(&args)), false));
+                st.config.cmd = Some(args);
+                st.cmd_set = true;
+            }
+            Instruction::Entrypoint(cmd) => {
+                let args = with_shell(&st.config, cmd);
+                st.config.history.push(history(
+                    format!("ENTRYPOINT {}", go_quote_list(&args)),
+                    false,
+                ));
+                st.config.entrypoint = (!args.is_empty()).then_some(args);
+                if !st.cmd_set {
+                    st.config.cmd = None;
+                }
+            }
+            Instruction::Maintainer(m) => {
+                st.config
+                    .history
+                    .push(history(format!("MAINTAINER {m}"), false));
+            }
+            Instruction::Run(run) => self.dispatch_run(stage, st, progress, c, run)?,
+            Instruction::Copy(cp) => self.dispatch_copy(stage, st, progress, c, cp)?,
+        }
+        Ok(())
+    }
+
+    /// The vertex name: the instruction as written, variables expanded
+    /// where the builder expands them.
+    fn display_name(&self, c: &Command, env: &[String]) -> String {
+        if matches!(c.instruction, Instruction::Run(_)) {
+            return c.original.clone();
+        }
+        self.lex
+            .process_word(&c.original, env)
+            .unwrap_or_else(|_| c.original.clone())
+    }
+
+    /// Expands keys and values; every value sees the env from before the
+    /// instruction.
+    fn expand_kvs(
+        &self,
+        kvs: &[KeyValue],
+        env: &[String],
+        line: usize,
+    ) -> Result<Vec<(String, String)>> {
+        kvs.iter()
+            .map(|kv| {
+                Ok((
+                    self.expand(&kv.key, env, line)?,
+                    self.expand(&kv.value, env, line)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn dispatch_arg(&self, st: &mut StageState, args: &[ArgDecl], line: usize) -> Result<()> {
+        let mut shown = Vec::new();
+        for a in args {
+            let override_value = self.opts.build_args.get(&a.key);
+            let value = match (override_value, &a.default) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(d)) => Some(self.expand(d, &st.env, line)?),
+                // `ARG X` imports the global value.
+                (None, None) => lookup(&self.plan.global_env, &a.key).map(str::to_string),
+            };
+            if let Some(v) = &value {
+                add_env(&mut st.env, &a.key, v);
+                shown.push(format!("{}={v}", a.key));
+            } else {
+                shown.push(a.key.clone());
+            }
+            st.args.push((a.key.clone(), value));
+        }
+        st.config
+            .history
+            .push(history(format!("ARG {}", shown.join(" ")), false));
+        Ok(())
+    }
+}
+
+/// Exec form as is; shell form prefixed with `SHELL` or `/bin/sh -c`.
+fn with_shell(config: &ImageConfig, cmd: &CmdLine) -> Vec<String> {
+    match cmd {
+        CmdLine::Exec(v) => v.clone(),
+        CmdLine::Shell(s) => {
+            let mut args: Vec<String> = match &config.shell {
+                Some(sh) if !sh.is_empty() => sh.clone(),
+                _ => DEFAULT_SHELL.iter().map(|s| s.to_string()).collect(),
+            };
+            args.push(s.clone());
+            args
+        }
+    }
+}

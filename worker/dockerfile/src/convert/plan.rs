@@ -1,0 +1,245 @@
+//! Stage planning: before any vertex is emitted, the global args, each
+//! stage's base, the target, which stages it needs, and where `--from`
+//! reads.
+
+use super::*;
+
+/// What a stage starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Base {
+    Scratch,
+    Stage(usize),
+    /// A normalized image ref.
+    Image(String),
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct StagePlan {
+    pub(super) base: Base,
+}
+
+/// Where `COPY --from` / `--mount from=` reads.
+pub(super) enum Source {
+    Stage(usize),
+    Image(String),
+}
+
+/// The stage structure, computed before any vertex is emitted: global
+/// args, each stage's base, the target and which stages it needs.
+pub(super) struct Plan {
+    /// Global `ARG`s with values and the platform args, `K=V`.
+    pub(super) global_env: Vec<String>,
+    pub(super) stages: Vec<StagePlan>,
+    pub(super) target: usize,
+    pub(super) needed: Vec<bool>,
+    /// Stage labels for vertex names (`build`, `stage-1`, or none when the
+    /// build has a single stage).
+    pub(super) display: Vec<String>,
+}
+
+impl Plan {
+    pub(super) fn new(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
+        let lex = Lex::new(df.escape);
+        let file = &opts.filename;
+        let invalid = |line: usize, message: String| ParseError::Invalid {
+            file: file.clone(),
+            line,
+            message,
+        };
+        let platform = format!("{}/{}", opts.platform_os, opts.platform_arch);
+        let target_name = opts.target.clone().unwrap_or_else(|| "default".into());
+        let mut global_env: Vec<String> = Vec::new();
+        for (k, v) in [
+            ("TARGETPLATFORM", platform.as_str()),
+            ("TARGETOS", &opts.platform_os),
+            ("TARGETARCH", &opts.platform_arch),
+            ("TARGETVARIANT", ""),
+            ("BUILDPLATFORM", &platform),
+            ("BUILDOS", &opts.platform_os),
+            ("BUILDARCH", &opts.platform_arch),
+            ("BUILDVARIANT", ""),
+            ("TARGETSTAGE", &target_name),
+        ] {
+            let v = opts.build_args.get(k).map_or(v, String::as_str);
+            add_env(&mut global_env, k, v);
+        }
+        for c in &df.global_args {
+            if let Instruction::Arg(args) = &c.instruction {
+                for a in args {
+                    let value = match (opts.build_args.get(&a.key), &a.default) {
+                        (Some(v), _) => Some(v.clone()),
+                        (None, Some(d)) => Some(
+                            lex.process_word(d, &global_env)
+                                .map_err(|m| invalid(c.line, m))?,
+                        ),
+                        (None, None) => None,
+                    };
+                    if let Some(v) = value {
+                        add_env(&mut global_env, &a.key, &v);
+                    }
+                }
+            }
+        }
+
+        let mut stages: Vec<StagePlan> = Vec::new();
+        for (i, s) in df.stages.iter().enumerate() {
+            let base_name = lex
+                .process_word(&s.base, &global_env)
+                .map_err(|m| invalid(s.line, m))?;
+            if base_name.is_empty() {
+                return Err(invalid(
+                    s.line,
+                    format!("base name ({}) should not be blank", s.base),
+                ));
+            }
+            if let Some(p) = &s.platform {
+                let p = lex
+                    .process_word(p, &global_env)
+                    .map_err(|m| invalid(s.line, m))?;
+                if p != platform {
+                    return Err(ParseError::Unsupported {
+                        file: file.clone(),
+                        line: s.line,
+                        feature: format!("FROM --platform={p} (building for {platform})"),
+                    });
+                }
+            }
+            let lower = base_name.to_lowercase();
+            let base = if lower == "scratch" {
+                Base::Scratch
+            } else if let Some(j) = df.stages[..i]
+                .iter()
+                .position(|p| p.name.as_deref() == Some(&lower))
+            {
+                Base::Stage(j)
+            } else if let Some(j) = lower.parse::<usize>().ok().filter(|j| *j < i) {
+                Base::Stage(j)
+            } else {
+                Base::Image(normalize(&base_name).map_err(|err| ParseError::Reference {
+                    file: file.clone(),
+                    line: s.line,
+                    err,
+                })?)
+            };
+            stages.push(StagePlan { base });
+        }
+
+        let target = match &opts.target {
+            None => df.stages.len() - 1,
+            Some(t) => {
+                let t = t.to_lowercase();
+                df.stages
+                    .iter()
+                    .position(|s| s.name.as_deref() == Some(&t))
+                    .ok_or_else(|| ParseError::TargetNotFound {
+                        target: opts.target.clone().unwrap_or_default(),
+                    })?
+            }
+        };
+
+        // Dependencies, then the stages reachable from the target.
+        let mut image_sources = 0;
+        let mut deps: Vec<Vec<usize>> = Vec::new();
+        for (i, s) in df.stages.iter().enumerate() {
+            let mut d = Vec::new();
+            if let Base::Stage(j) = stages[i].base {
+                d.push(j);
+            }
+            for c in &s.commands {
+                for from in from_refs(c) {
+                    match resolve_source(df, from, i, file, c.line)? {
+                        Source::Stage(j) => d.push(j),
+                        Source::Image(_) => image_sources += 1,
+                    }
+                }
+            }
+            deps.push(d);
+        }
+        let mut needed = vec![false; df.stages.len()];
+        let mut todo = vec![target];
+        while let Some(i) = todo.pop() {
+            if !needed[i] {
+                needed[i] = true;
+                todo.extend(deps[i].iter().copied());
+            }
+        }
+
+        let single = df.stages.len() + image_sources == 1;
+        let display = df
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match &s.name {
+                _ if single => String::new(),
+                Some(n) => n.clone(),
+                None => format!("stage-{i}"),
+            })
+            .collect();
+        Ok(Plan {
+            global_env,
+            stages,
+            target,
+            needed,
+            display,
+        })
+    }
+}
+
+/// The `--from` / `from=` names a command reads from.
+pub(super) fn from_refs(c: &Command) -> Vec<&str> {
+    match &c.instruction {
+        Instruction::Copy(cp) => cp.from.iter().map(String::as_str).collect(),
+        Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.from.as_deref()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Resolves `--from=<name|index|image>` seen in stage `current`.
+pub(super) fn resolve_source(
+    df: &Dockerfile,
+    from: &str,
+    current: usize,
+    file: &str,
+    line: usize,
+) -> Result<Source> {
+    let invalid = |message: String| ParseError::Invalid {
+        file: file.to_string(),
+        line,
+        message,
+    };
+    if from.contains('$') {
+        return Err(invalid(
+            "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"
+                .into(),
+        ));
+    }
+    let stage_label = |i: usize| {
+        df.stages[i]
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{i}"))
+    };
+    let lower = from.to_lowercase();
+    let found = match from.parse::<usize>() {
+        Ok(idx) if idx < df.stages.len() => Some(idx),
+        Ok(idx) => return Err(invalid(format!("invalid stage index {idx}"))),
+        Err(_) => df
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(&lower)),
+    };
+    match found {
+        Some(j) if j < current => Ok(Source::Stage(j)),
+        Some(_) => Err(invalid(format!(
+            "cannot copy from stage {from:?}, it needs to be defined before current stage {:?}",
+            stage_label(current)
+        ))),
+        None => normalize(from)
+            .map(Source::Image)
+            .map_err(|err| ParseError::Reference {
+                file: file.to_string(),
+                line,
+                err,
+            }),
+    }
+}

@@ -1,0 +1,198 @@
+//! `RUN`: the exec vertex, its mounts (`--mount=type=bind|cache|tmpfs|
+//! secret|ssh`) and network mode.
+
+use super::*;
+
+impl Converter<'_> {
+    pub(super) fn dispatch_run(
+        &mut self,
+        stage: usize,
+        st: &mut StageState,
+        progress: &mut Progress,
+        c: &Command,
+        run: &Run,
+    ) -> Result<()> {
+        let line = c.line;
+        let args = with_shell(&st.config, &run.cmd);
+        let cwd = if st.config.working_dir.is_empty() {
+            "/".to_string()
+        } else {
+            st.config.working_dir.clone()
+        };
+        let network = match run.network.as_deref() {
+            None | Some("default") => NetMode::Unset,
+            Some("none") => NetMode::None,
+            Some("host") => NetMode::Host,
+            Some(n) => return Err(self.file_err(line, format!("unsupported network mode: {n}"))),
+        };
+        let mut inputs = Inputs::default();
+        let mut mounts = vec![Mount {
+            input: st.edge.map(|e| inputs.index(e)),
+            selector: String::new(),
+            dest: "/".into(),
+            output: Some(0),
+            readonly: false,
+            mount_type: MountType::Bind,
+        }];
+        for m in &run.mounts {
+            mounts.push(self.run_mount(stage, st, &cwd, m, &mut inputs, line)?);
+        }
+        self.add_step(
+            st,
+            progress,
+            c,
+            Op::Exec(ExecOp {
+                meta: Meta {
+                    args: args.clone(),
+                    env: st.env.clone(),
+                    cwd,
+                    user: st.config.user.clone(),
+                    hostname: String::new(),
+                },
+                mounts,
+                network,
+            }),
+            inputs,
+        )?;
+
+        // `RUN |N K=V ... cmd`: the args in scope, with their current
+        // value, each once in first-seen order.
+        let mut build_env: Vec<(String, String)> = Vec::new();
+        for (k, v) in &st.args {
+            let value = lookup(&st.env, k)
+                .map(str::to_string)
+                .unwrap_or_else(|| v.clone().unwrap_or_default());
+            match build_env.iter_mut().find(|(key, _)| key == k) {
+                Some(slot) => slot.1 = value,
+                None => build_env.push((k.clone(), value)),
+            }
+        }
+        let mut words: Vec<String> = Vec::new();
+        if !build_env.is_empty() {
+            words.push(format!("|{}", build_env.len()));
+            words.extend(build_env.iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        words.extend(args);
+        st.config
+            .history
+            .push(history(format!("RUN {} # buildkit", words.join(" ")), true));
+        Ok(())
+    }
+
+    fn run_mount(
+        &mut self,
+        stage: usize,
+        st: &StageState,
+        cwd: &str,
+        m: &MountSpec,
+        inputs: &mut Inputs,
+        line: usize,
+    ) -> Result<Mount> {
+        let ex = |s: &Option<String>| -> Result<Option<String>> {
+            s.as_deref()
+                .map(|w| self.expand(w, &st.env, line))
+                .transpose()
+        };
+        let flag = |s: Option<String>, name: &str| -> Result<bool> {
+            match s.as_deref() {
+                None => Ok(false),
+                Some("true" | "1") => Ok(true),
+                Some("false" | "0") => Ok(false),
+                Some(v) => Err(self.file_err(line, format!("invalid value for {name}: {v}"))),
+            }
+        };
+        let kind = m.kind.unwrap_or(MountKind::Bind);
+        let target = ex(&m.target)?.unwrap_or_default();
+        let dest = if target.starts_with('/') {
+            clean(&target)
+        } else {
+            clean(&format!("{cwd}/{target}"))
+        };
+        if dest == "/" {
+            return Err(self.file_err(line, "invalid mount target \"/\"".into()));
+        }
+        for (v, name) in [(&m.uid, "uid"), (&m.gid, "gid")] {
+            if let Some(v) = ex(v)? {
+                if v.parse::<u32>().is_err() {
+                    return Err(self.file_err(line, format!("invalid value for {name}: {v}")));
+                }
+            }
+        }
+        if let Some(mode) = ex(&m.mode)? {
+            if u32::from_str_radix(&mode, 8).is_err() {
+                return Err(self.file_err(line, format!("invalid value for mode: {mode}")));
+            }
+        }
+        if kind != MountKind::Cache && (m.uid.is_some() || m.gid.is_some() || m.mode.is_some()) {
+            return Err(self.file_err(
+                line,
+                "mode/uid/gid are only supported for cache, secret and ssh mounts".into(),
+            ));
+        }
+        let readonly = flag(ex(&m.readonly)?, "readonly")?;
+        match kind {
+            MountKind::Cache => {
+                if m.from.is_some() || m.source.is_some() {
+                    return Err(ParseError::Unsupported {
+                        file: self.opts.filename.clone(),
+                        line,
+                        feature: "RUN --mount=type=cache with from or source".into(),
+                    });
+                }
+                let sharing = match ex(&m.sharing)?.as_deref() {
+                    None | Some("shared") => CacheSharing::Shared,
+                    Some("private") => CacheSharing::Private,
+                    Some("locked") => CacheSharing::Locked,
+                    Some(s) => {
+                        return Err(self.file_err(line, format!("unsupported sharing value {s:?}")))
+                    }
+                };
+                let id = ex(&m.id)?
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| dest.clone());
+                Ok(Mount {
+                    input: None,
+                    selector: String::new(),
+                    dest,
+                    output: None,
+                    readonly,
+                    mount_type: MountType::Cache { id, sharing },
+                })
+            }
+            MountKind::Tmpfs => {
+                let size = match ex(&m.size)? {
+                    None => 0,
+                    Some(s) => ram_in_bytes(&s)
+                        .ok_or_else(|| self.file_err(line, format!("invalid size: {s}")))?,
+                };
+                Ok(Mount {
+                    input: None,
+                    selector: String::new(),
+                    dest,
+                    output: None,
+                    readonly: false,
+                    mount_type: MountType::Tmpfs { size },
+                })
+            }
+            MountKind::Bind => {
+                let rw = flag(ex(&m.readwrite)?, "readwrite")?;
+                let selector = match ex(&m.source)? {
+                    Some(s) if !s.is_empty() => clean(&format!("/{s}")),
+                    _ => String::new(),
+                };
+                let src = match &m.from {
+                    Some(from) => self.source_edge(from, stage, line)?,
+                    None => Some(self.context()?),
+                };
+                Ok(Mount {
+                    input: src.map(|e| inputs.index(e)),
+                    selector,
+                    dest,
+                    output: None,
+                    readonly: !rw,
+                    mount_type: MountType::Bind,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,796 @@
+use super::*;
+use crate::parse;
+use std::fmt::Write as _;
+
+/// The config test base images have: PATH set, a CMD, one layer.
+fn base_config(reference: &str) -> ImageConfig {
+    ImageConfig {
+        env: vec!["PATH=/usr/bin:/bin".into(), "HOME=/root".into()],
+        cmd: Some(vec!["sh".into()]),
+        working_dir: String::new(),
+        labels: BTreeMap::from([("base".to_string(), reference.to_string())]),
+        history: vec![HistoryEntry {
+            created: Some("2024-01-01T00:00:00Z".into()),
+            created_by: format!("ADD rootfs.tar / # {reference}"),
+            comment: String::new(),
+            empty_layer: false,
+        }],
+        ..ImageConfig::default()
+    }
+}
+
+/// Parses and converts `src` with `opts`, giving every base image
+/// [`base_config`].
+fn build(src: &str, opts: &BuildOptions) -> Result<Build> {
+    let df = parse(src, &opts.filename)?;
+    let bases = df
+        .base_images(opts)?
+        .into_iter()
+        .map(|r| {
+            let c = base_config(&r);
+            (r, c)
+        })
+        .collect();
+    to_graph(&df, opts, &bases)
+}
+
+fn input(i: &FileInput) -> String {
+    match i {
+        FileInput::Scratch => "scratch".into(),
+        FileInput::Input(n) => format!("in{n}"),
+        FileInput::Action(n) => format!("act{n}"),
+    }
+}
+
+fn owner(o: &Option<ChownOpt>) -> String {
+    let one = |u: &Option<UserOpt>| match u {
+        None => "-".to_string(),
+        Some(UserOpt::ById(n)) => n.to_string(),
+        Some(UserOpt::ByName(s)) => s.clone(),
+    };
+    match o {
+        None => String::new(),
+        Some(c) => format!(" owner={}:{}", one(&c.user), one(&c.group)),
+    }
+}
+
+/// The vertices the result needs, then the image config.
+fn render(b: &Build) -> String {
+    let mut out = String::new();
+    let needed = b.graph.needed_for(b.result);
+    for id in &needed {
+        let v = b.graph.vertex(*id);
+        let loc = v
+            .location
+            .as_ref()
+            .map(|l| format!(" @{}:{}", l.file, l.line))
+            .unwrap_or_default();
+        let ins: Vec<String> = v
+            .inputs
+            .iter()
+            .map(|e| format!("v{}", e.vertex.0))
+            .collect();
+        let ins = if ins.is_empty() {
+            String::new()
+        } else {
+            format!(" <- [{}]", ins.join(" "))
+        };
+        let nc = if v.ignore_cache { " no-cache" } else { "" };
+        let _ = writeln!(out, "v{} {:?}{loc}{ins}{nc}", id.0, v.name);
+        match &v.op {
+            Op::Source(s) => {
+                let _ = writeln!(out, "  source {} {:?}", s.identifier, s.attrs);
+            }
+            Op::Exec(e) => {
+                let _ = writeln!(
+                    out,
+                    "  exec {:?} cwd={} user={:?} net={:?}\n  env {:?}",
+                    e.meta.args, e.meta.cwd, e.meta.user, e.network, e.meta.env
+                );
+                for m in &e.mounts {
+                    let src = m.input.map_or("scratch".to_string(), |i| format!("in{i}"));
+                    let _ = writeln!(
+                        out,
+                        "  mount {} <- {src}{:?} out={:?} ro={} {:?}",
+                        m.dest, m.selector, m.output, m.readonly, m.mount_type
+                    );
+                }
+            }
+            Op::File(f) => {
+                for a in &f.actions {
+                    let sec = a
+                        .secondary_input
+                        .as_ref()
+                        .map(|s| format!(" from {}", input(s)))
+                        .unwrap_or_default();
+                    let what = match &a.action {
+                        FileActionKind::Copy(c) => format!(
+                            "copy {} -> {} mode={:?}{} unpack={} excl={:?}",
+                            c.src,
+                            c.dest,
+                            c.mode,
+                            owner(&c.owner),
+                            c.attempt_unpack_docker_compatibility,
+                            c.exclude_patterns
+                        ),
+                        FileActionKind::MkDir(m) => {
+                            format!(
+                                "mkdir {} {:o} parents={}{}",
+                                m.path,
+                                m.mode,
+                                m.make_parents,
+                                owner(&m.owner)
+                            )
+                        }
+                        other => format!("{other:?}"),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {} on {}{sec} out={:?}",
+                        what,
+                        input(&a.input),
+                        a.output
+                    );
+                }
+            }
+            Op::Merge(m) => {
+                let _ = writeln!(out, "  merge {:?}", m.inputs);
+            }
+        }
+    }
+    let c = &b.config;
+    let _ = writeln!(out, "env {:?}", c.env);
+    let _ = writeln!(
+        out,
+        "cmd {:?} entrypoint {:?} workdir {:?} user {:?} shell {:?} stop {:?}",
+        c.cmd, c.entrypoint, c.working_dir, c.user, c.shell, c.stop_signal
+    );
+    let _ = writeln!(
+        out,
+        "labels {:?} ports {:?} volumes {:?}",
+        c.labels, c.exposed_ports, c.volumes
+    );
+    for h in &c.history {
+        let layer = if h.empty_layer { "empty" } else { "layer" };
+        let _ = writeln!(out, "history {layer} {:?}", h.created_by);
+    }
+    let _ = writeln!(out, "built {:?}", b.stages_built);
+    out
+}
+
+fn check_with(src: &str, opts: &BuildOptions, expect: &str) {
+    let got = match build(src, opts) {
+        Ok(b) => render(&b),
+        Err(e) => format!("error: {e}\n"),
+    };
+    if got.trim() != expect.trim() {
+        panic!("source:\n{src}\n--- got:\n{got}\n--- expected:\n{expect}\n");
+    }
+}
+
+fn check(src: &str, expect: &str) {
+    check_with(src, &BuildOptions::default(), expect);
+}
+
+fn opts() -> BuildOptions {
+    BuildOptions::default()
+}
+
+fn vertex_names(b: &Build) -> Vec<String> {
+    b.graph
+        .needed_for(b.result)
+        .iter()
+        .map(|id| b.graph.vertex(*id).name.clone())
+        .collect()
+}
+
+fn sources(b: &Build) -> Vec<String> {
+    b.graph
+        .needed_for(b.result)
+        .iter()
+        .filter_map(|id| match &b.graph.vertex(*id).op {
+            Op::Source(s) => Some(s.identifier.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn execs(b: &Build) -> Vec<&ExecOp> {
+    b.graph
+        .needed_for(b.result)
+        .iter()
+        .filter_map(|id| match &b.graph.vertex(*id).op {
+            Op::Exec(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn single_stage_copy_run_cmd() {
+    check(
+        "FROM busybox\nCOPY hello.txt /hello.txt\nRUN echo hi\nCMD [\"cat\", \"/hello.txt\"]\n",
+        r#"
+v0 "[1/3] FROM docker.io/library/busybox:latest" @Dockerfile:1
+  source docker-image://docker.io/library/busybox:latest {}
+v1 "[internal] load build context"
+  source local://context {}
+v2 "[2/3] COPY hello.txt /hello.txt" @Dockerfile:2 <- [v0 v1]
+  copy /hello.txt -> /hello.txt mode=None unpack=false excl=[] on in0 from in1 out=Some(0)
+v3 "[3/3] RUN echo hi" @Dockerfile:3 <- [v2]
+  exec ["/bin/sh", "-c", "echo hi"] cwd=/ user="" net=Unset
+  env ["PATH=/usr/bin:/bin", "HOME=/root"]
+  mount / <- in0"" out=Some(0) ro=false Bind
+env ["PATH=/usr/bin:/bin", "HOME=/root"]
+cmd Some(["cat", "/hello.txt"]) entrypoint None workdir "" user "" shell None stop None
+labels {"base": "docker.io/library/busybox:latest"} ports [] volumes []
+history layer "ADD rootfs.tar / # docker.io/library/busybox:latest"
+history layer "COPY hello.txt /hello.txt # buildkit"
+history layer "RUN /bin/sh -c echo hi # buildkit"
+history empty "CMD [\"cat\" \"/hello.txt\"]"
+built ["0"]
+"#,
+    );
+}
+
+const MULTI: &str = r#"FROM golang:1.22 AS build
+WORKDIR /src
+COPY . .
+RUN go build -o /out/app
+FROM alpine AS test
+RUN echo test
+FROM scratch
+COPY --from=build /out/app /app
+ENTRYPOINT ["/app"]
+"#;
+
+#[test]
+fn multi_stage_prunes_unneeded_stages() {
+    let df = parse(MULTI, "Dockerfile").expect("parses");
+    assert_eq!(
+        df.base_images(&opts()).expect("plans"),
+        vec!["docker.io/library/golang:1.22".to_string()]
+    );
+    let b = build(MULTI, &opts()).expect("builds");
+    assert_eq!(b.stages_built, vec!["build", "2"]);
+    assert_eq!(
+        sources(&b),
+        vec![
+            "docker-image://docker.io/library/golang:1.22",
+            "local://context"
+        ]
+    );
+    let args: Vec<&Vec<String>> = execs(&b).iter().map(|e| &e.meta.args).collect();
+    assert_eq!(
+        args,
+        vec![&vec![
+            "/bin/sh".to_string(),
+            "-c".into(),
+            "go build -o /out/app".into()
+        ]]
+    );
+    assert_eq!(
+        vertex_names(&b),
+        vec![
+            "[build 1/4] FROM docker.io/library/golang:1.22",
+            "[build 2/4] WORKDIR /src",
+            "[internal] load build context",
+            "[build 3/4] COPY . .",
+            "[build 4/4] RUN go build -o /out/app",
+            "[stage-2 1/1] COPY --from=build /out/app /app",
+        ]
+    );
+    // The final stage is FROM scratch: no base history, default PATH.
+    assert_eq!(b.config.env, vec![format!("PATH={DEFAULT_PATH}")]);
+    assert_eq!(b.config.working_dir, "/");
+    assert_eq!(b.config.entrypoint, Some(vec!["/app".to_string()]));
+    let hist: Vec<&str> = b
+        .config
+        .history
+        .iter()
+        .map(|h| h.created_by.as_str())
+        .collect();
+    assert_eq!(
+        hist,
+        vec!["COPY /out/app /app # buildkit", "ENTRYPOINT [\"/app\"]"]
+    );
+}
+
+#[test]
+fn copy_from_stage_onto_scratch() {
+    check(
+            "FROM busybox AS b\nRUN make\nFROM scratch\nCOPY --from=b --chown=app:1 --chmod=0755 /x /y/ \n",
+            r#"
+v0 "[b 1/2] FROM docker.io/library/busybox:latest" @Dockerfile:1
+  source docker-image://docker.io/library/busybox:latest {}
+v1 "[b 2/2] RUN make" @Dockerfile:2 <- [v0]
+  exec ["/bin/sh", "-c", "make"] cwd=/ user="" net=Unset
+  env ["PATH=/usr/bin:/bin", "HOME=/root"]
+  mount / <- in0"" out=Some(0) ro=false Bind
+v2 "[stage-1 1/1] COPY --from=b --chown=app:1 --chmod=0755 /x /y/" @Dockerfile:4 <- [v1]
+  copy /x -> /y/ mode=Some(493) owner=app:1 unpack=false excl=[] on scratch from in0 out=Some(0)
+env ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+cmd None entrypoint None workdir "/" user "" shell None stop None
+labels {} ports [] volumes []
+history layer "COPY --chown=app:1 --chmod=0755 /x /y/ # buildkit"
+built ["b", "1"]
+"#,
+        );
+}
+
+#[test]
+fn target_selects_stage_and_its_deps_only() {
+    let o = BuildOptions {
+        target: Some("TEST".into()),
+        ..opts()
+    };
+    let df = parse(MULTI, "Dockerfile").expect("parses");
+    assert_eq!(
+        df.base_images(&o).expect("plans"),
+        vec!["docker.io/library/alpine:latest".to_string()]
+    );
+    let b = build(MULTI, &o).expect("builds");
+    assert_eq!(b.stages_built, vec!["test"]);
+    assert_eq!(
+        sources(&b),
+        vec!["docker-image://docker.io/library/alpine:latest"]
+    );
+    assert_eq!(execs(&b).len(), 1);
+    assert_eq!(execs(&b)[0].meta.args[2], "echo test");
+
+    let o = BuildOptions {
+        target: Some("bulid".into()),
+        ..opts()
+    };
+    check_with(
+        MULTI,
+        &o,
+        "error: target stage \"bulid\" could not be found",
+    );
+}
+
+#[test]
+fn build_args_reach_run_env_and_change_the_key() {
+    let src = "FROM busybox\nARG V=1\nARG UNSET\nRUN echo $V\n";
+    let b1 = build(src, &opts()).expect("builds");
+    let e = execs(&b1)[0];
+    assert_eq!(e.meta.env, vec!["PATH=/usr/bin:/bin", "HOME=/root", "V=1"]);
+    assert_eq!(e.meta.args, vec!["/bin/sh", "-c", "echo $V"]);
+    // ARG values never reach the image config.
+    assert_eq!(b1.config.env, vec!["PATH=/usr/bin:/bin", "HOME=/root"]);
+    let hist: Vec<&str> = b1
+        .config
+        .history
+        .iter()
+        .skip(1)
+        .map(|h| h.created_by.as_str())
+        .collect();
+    assert_eq!(
+        hist,
+        vec![
+            "ARG V=1",
+            "ARG UNSET",
+            "RUN |2 V=1 UNSET= /bin/sh -c echo $V # buildkit"
+        ]
+    );
+
+    let o = BuildOptions {
+        build_args: BTreeMap::from([("V".to_string(), "2".to_string())]),
+        ..opts()
+    };
+    let b2 = build(src, &o).expect("builds");
+    assert_eq!(
+        execs(&b2)[0].meta.env,
+        vec!["PATH=/usr/bin:/bin", "HOME=/root", "V=2"]
+    );
+    let d1 = b1.graph.definition_digests();
+    let d2 = b2.graph.definition_digests();
+    assert_eq!(d1[0], d2[0], "the base is unchanged");
+    assert_ne!(d1[b1.result.0], d2[b2.result.0], "the RUN is invalidated");
+}
+
+#[test]
+fn global_args_and_platform_args() {
+    let src = r#"ARG TAG=1.36
+ARG IMG=busybox
+FROM --platform=$BUILDPLATFORM ${IMG}:${TAG}
+ARG TAG
+ARG TARGETARCH
+ARG IMG=other
+RUN echo $TAG $TARGETARCH
+"#;
+    let df = parse(src, "Dockerfile").expect("parses");
+    assert_eq!(
+        df.base_images(&opts()).expect("plans"),
+        vec!["docker.io/library/busybox:1.36".to_string()]
+    );
+    let b = build(src, &opts()).expect("builds");
+    assert_eq!(
+        execs(&b)[0].meta.env,
+        vec![
+            "PATH=/usr/bin:/bin",
+            "HOME=/root",
+            "TAG=1.36",
+            "TARGETARCH=amd64",
+            "IMG=other"
+        ]
+    );
+    assert_eq!(
+            b.config.history.last().map(|h| h.created_by.as_str()),
+            Some("RUN |3 TAG=1.36 TARGETARCH=amd64 IMG=other /bin/sh -c echo $TAG $TARGETARCH # buildkit")
+        );
+    let o = BuildOptions {
+        build_args: BTreeMap::from([("TAG".to_string(), "musl".to_string())]),
+        ..opts()
+    };
+    assert_eq!(
+        df.base_images(&o).expect("plans"),
+        vec!["docker.io/library/busybox:musl".to_string()]
+    );
+    check(
+            "FROM --platform=linux/arm64 busybox\n",
+            "error: Dockerfile:1: FROM --platform=linux/arm64 (building for linux/amd64) is not supported yet",
+        );
+}
+
+#[test]
+fn env_inherits_base_and_metadata_history() {
+    check(
+        r#"FROM busybox
+ENV HOME=/home/app NEW=$HOME/x
+ENV LEGACY a b
+LABEL a=b "c d"="e f"
+USER app:app
+WORKDIR app
+WORKDIR ../srv
+WORKDIR /
+EXPOSE 8080 53/UDP 7000-7001
+VOLUME ["/data", "/logs"]
+STOPSIGNAL SIGKILL
+SHELL ["/bin/bash", "-c"]
+ENTRYPOINT exec server
+MAINTAINER someone
+"#,
+        r#"
+v0 "[1/4] FROM docker.io/library/busybox:latest" @Dockerfile:1
+  source docker-image://docker.io/library/busybox:latest {}
+v1 "[2/4] WORKDIR app" @Dockerfile:6 <- [v0]
+  mkdir /app 755 parents=true owner=app:app on in0 out=Some(0)
+v2 "[3/4] WORKDIR ../srv" @Dockerfile:7 <- [v1]
+  mkdir /srv 755 parents=true owner=app:app on in0 out=Some(0)
+env ["PATH=/usr/bin:/bin", "HOME=/home/app", "NEW=/root/x", "LEGACY=a b"]
+cmd None entrypoint Some(["/bin/bash", "-c", "exec server"]) workdir "/" user "app:app" shell Some(["/bin/bash", "-c"]) stop Some("SIGKILL")
+labels {"a": "b", "base": "docker.io/library/busybox:latest", "c d": "e f"} ports ["53/udp", "7000/tcp", "7001/tcp", "8080/tcp"] volumes ["/data", "/logs"]
+history layer "ADD rootfs.tar / # docker.io/library/busybox:latest"
+history empty "ENV HOME=/home/app NEW=/root/x"
+history empty "ENV LEGACY=a b"
+history empty "LABEL a=b c d=e f"
+history empty "USER app:app"
+history layer "WORKDIR /app"
+history layer "WORKDIR /srv"
+history empty "WORKDIR /"
+history empty "EXPOSE [53/udp 7000/tcp 7001/tcp 8080/tcp]"
+history empty "VOLUME [/data /logs]"
+history empty "STOPSIGNAL SIGKILL"
+history empty "SHELL [/bin/bash -c]"
+history empty "ENTRYPOINT [\"/bin/bash\" \"-c\" \"exec server\"]"
+history empty "MAINTAINER someone"
+built ["0"]
+"#,
+    );
+}
+
+#[test]
+fn entrypoint_resets_inherited_cmd_only() {
+    let b = build("FROM busybox\nENTRYPOINT [\"/e\"]\n", &opts()).expect("builds");
+    assert_eq!(b.config.cmd, None, "CMD from the base is dropped");
+    let b = build("FROM busybox\nCMD [\"c\"]\nENTRYPOINT [\"/e\"]\n", &opts()).expect("builds");
+    assert_eq!(b.config.cmd, Some(vec!["c".to_string()]));
+    let b = build(
+        "FROM busybox AS a\nCMD [\"c\"]\nFROM a\nENTRYPOINT [\"/e\"]\n",
+        &opts(),
+    )
+    .expect("builds");
+    assert_eq!(b.config.cmd, None, "CMD from the parent stage is dropped");
+    let b = build(
+        "FROM busybox\nSHELL [\"/bin/bash\", \"-c\"]\nCMD echo $HOME\nRUN echo\n",
+        &opts(),
+    )
+    .expect("builds");
+    assert_eq!(
+        b.config.cmd,
+        Some(vec![
+            "/bin/bash".to_string(),
+            "-c".into(),
+            "echo $HOME".into()
+        ])
+    );
+    assert_eq!(execs(&b)[0].meta.args, vec!["/bin/bash", "-c", "echo"]);
+}
+
+#[test]
+fn copy_paths_against_workdir() {
+    check(
+        r#"FROM busybox
+WORKDIR /app
+COPY a.txt .
+COPY ["x", "y", "dir"]
+ADD --chown=1000 archive.tar sub/
+COPY --exclude=*.md docs ./docs/.
+"#,
+        r#"
+v0 "[1/6] FROM docker.io/library/busybox:latest" @Dockerfile:1
+  source docker-image://docker.io/library/busybox:latest {}
+v1 "[2/6] WORKDIR /app" @Dockerfile:2 <- [v0]
+  mkdir /app 755 parents=true on in0 out=Some(0)
+v2 "[internal] load build context"
+  source local://context {}
+v3 "[3/6] COPY a.txt ." @Dockerfile:3 <- [v1 v2]
+  copy /a.txt -> /app/ mode=None unpack=false excl=[] on in0 from in1 out=Some(0)
+v4 "[4/6] COPY [x, y, dir]" @Dockerfile:4 <- [v3 v2]
+  copy /x -> /app/dir/ mode=None unpack=false excl=[] on in0 from in1 out=None
+  copy /y -> /app/dir/ mode=None unpack=false excl=[] on act0 from in1 out=Some(0)
+v5 "[5/6] ADD --chown=1000 archive.tar sub/" @Dockerfile:5 <- [v4 v2]
+  copy /archive.tar -> /app/sub/ mode=None owner=1000:- unpack=true excl=[] on in0 from in1 out=Some(0)
+v6 "[6/6] COPY --exclude=*.md docs ./docs/." @Dockerfile:6 <- [v5 v2]
+  copy /docs -> /app/docs/. mode=None unpack=false excl=["*.md"] on in0 from in1 out=Some(0)
+env ["PATH=/usr/bin:/bin", "HOME=/root"]
+cmd Some(["sh"]) entrypoint None workdir "/app" user "" shell None stop None
+labels {"base": "docker.io/library/busybox:latest"} ports [] volumes []
+history layer "ADD rootfs.tar / # docker.io/library/busybox:latest"
+history layer "WORKDIR /app"
+history layer "COPY a.txt . # buildkit"
+history layer "COPY x y dir # buildkit"
+history layer "ADD --chown=1000 archive.tar sub/ # buildkit"
+history layer "COPY docs ./docs/. # buildkit"
+built ["0"]
+"#,
+    );
+}
+
+#[test]
+fn run_mounts_and_network() {
+    check(
+        r#"FROM busybox AS deps
+RUN fetch
+FROM busybox
+WORKDIR /w
+RUN --network=none --mount=type=cache,target=/root/.cache,sharing=locked \
+    --mount=type=cache,target=cache,id=shared \
+    --mount=type=tmpfs,target=/tmp,size=64m \
+    --mount=type=bind,from=deps,source=/out,target=/deps \
+    --mount=target=src,rw \
+    make
+"#,
+        r#"
+v0 "[deps 1/2] FROM docker.io/library/busybox:latest" @Dockerfile:1
+  source docker-image://docker.io/library/busybox:latest {}
+v1 "[deps 2/2] RUN fetch" @Dockerfile:2 <- [v0]
+  exec ["/bin/sh", "-c", "fetch"] cwd=/ user="" net=Unset
+  env ["PATH=/usr/bin:/bin", "HOME=/root"]
+  mount / <- in0"" out=Some(0) ro=false Bind
+v2 "[stage-1 1/3] FROM docker.io/library/busybox:latest" @Dockerfile:3
+  source docker-image://docker.io/library/busybox:latest {}
+v3 "[stage-1 2/3] WORKDIR /w" @Dockerfile:4 <- [v2]
+  mkdir /w 755 parents=true on in0 out=Some(0)
+v4 "[internal] load build context"
+  source local://context {}
+v5 "[stage-1 3/3] RUN --network=none --mount=type=cache,target=/root/.cache,sharing=locked     --mount=type=cache,target=cache,id=shared     --mount=type=tmpfs,target=/tmp,size=64m     --mount=type=bind,from=deps,source=/out,target=/deps     --mount=target=src,rw     make" @Dockerfile:5 <- [v3 v1 v4]
+  exec ["/bin/sh", "-c", "make"] cwd=/w user="" net=None
+  env ["PATH=/usr/bin:/bin", "HOME=/root"]
+  mount / <- in0"" out=Some(0) ro=false Bind
+  mount /root/.cache <- scratch"" out=None ro=false Cache { id: "/root/.cache", sharing: Locked }
+  mount /w/cache <- scratch"" out=None ro=false Cache { id: "shared", sharing: Shared }
+  mount /tmp <- scratch"" out=None ro=false Tmpfs { size: 67108864 }
+  mount /deps <- in1"/out" out=None ro=true Bind
+  mount /w/src <- in2"" out=None ro=false Bind
+env ["PATH=/usr/bin:/bin", "HOME=/root"]
+cmd Some(["sh"]) entrypoint None workdir "/w" user "" shell None stop None
+labels {"base": "docker.io/library/busybox:latest"} ports [] volumes []
+history layer "ADD rootfs.tar / # docker.io/library/busybox:latest"
+history layer "WORKDIR /w"
+history layer "RUN /bin/sh -c make # buildkit"
+built ["deps", "1"]
+"#,
+    );
+}
+
+#[test]
+fn no_cache_filter_marks_only_the_named_stages() {
+    let o = BuildOptions {
+        no_cache_filter: vec!["deps".into()],
+        ..opts()
+    };
+    check_with(
+        "FROM scratch AS deps\nCOPY a /a\nFROM scratch\nCOPY --from=deps /a /b\nCOPY c /c\n",
+        &o,
+        r#"
+v0 "[internal] load build context" no-cache
+  source local://context {}
+v1 "[deps 1/1] COPY a /a" @Dockerfile:2 <- [v0] no-cache
+  copy /a -> /a mode=None unpack=false excl=[] on scratch from in0 out=Some(0)
+v2 "[stage-1 1/2] COPY --from=deps /a /b" @Dockerfile:4 <- [v1]
+  copy /a -> /b mode=None unpack=false excl=[] on scratch from in0 out=Some(0)
+v3 "[stage-1 2/2] COPY c /c" @Dockerfile:5 <- [v2 v0]
+  copy /c -> /c mode=None unpack=false excl=[] on in0 from in1 out=Some(0)
+env ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+cmd None entrypoint None workdir "/" user "" shell None stop None
+labels {} ports [] volumes []
+history layer "COPY /a /b # buildkit"
+history layer "COPY c /c # buildkit"
+built ["deps", "1"]
+"#,
+    );
+}
+
+#[test]
+fn options_no_cache_excludes_labels() {
+    let o = BuildOptions {
+        no_cache: true,
+        excludes: vec!["*.md".into(), "!README.md".into()],
+        labels: BTreeMap::from([("org.example".to_string(), "yes".to_string())]),
+        context_name: "ctx".into(),
+        ..opts()
+    };
+    check_with(
+        "FROM scratch\nLABEL a=1\nCOPY x /\n",
+        &o,
+        r#"
+v0 "[internal] load build context" no-cache
+  source local://ctx {"local.excludepatterns": "[\"*.md\",\"!README.md\"]"}
+v1 "[1/1] COPY x /" @Dockerfile:3 <- [v0] no-cache
+  copy /x -> / mode=None unpack=false excl=[] on scratch from in0 out=Some(0)
+env ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+cmd None entrypoint None workdir "/" user "" shell None stop None
+labels {"a": "1", "org.example": "yes"} ports [] volumes []
+history empty "LABEL a=1"
+history layer "COPY x / # buildkit"
+built ["0"]
+"#,
+    );
+    // A stage with no filesystem change is scratch: an empty merge.
+    check(
+        "FROM scratch\nCMD [\"x\"]\n",
+        r#"
+v0 "[internal] scratch"
+  merge []
+env ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+cmd Some(["x"]) entrypoint None workdir "/" user "" shell None stop None
+labels {} ports [] volumes []
+history empty "CMD [\"x\"]"
+built ["0"]
+"#,
+    );
+}
+
+#[test]
+fn copy_from_image_and_index() {
+    let b = build(
+            "FROM busybox\nCOPY --from=nginx:1 /etc/nginx /etc/nginx\nFROM scratch\nCOPY --from=0 /bin/sh /sh\n",
+            &opts(),
+        )
+        .expect("builds");
+    assert_eq!(
+        sources(&b),
+        vec![
+            "docker-image://docker.io/library/busybox:latest",
+            "docker-image://docker.io/library/nginx:1",
+        ]
+    );
+    assert_eq!(
+        vertex_names(&b),
+        vec![
+            "[stage-0 1/2] FROM docker.io/library/busybox:latest",
+            "FROM docker.io/library/nginx:1",
+            "[stage-0 2/2] COPY --from=nginx:1 /etc/nginx /etc/nginx",
+            "[stage-1 1/1] COPY --from=0 /bin/sh /sh",
+        ]
+    );
+    // A single stage that copies from an image still gets a stage label
+    // (BuildKit counts the image as a stage).
+    let b = build("FROM busybox\nCOPY --from=nginx /a /a\n", &opts()).expect("builds");
+    assert_eq!(
+        vertex_names(&b)[0],
+        "[stage-0 1/2] FROM docker.io/library/busybox:latest"
+    );
+}
+
+#[test]
+fn escape_directive_in_a_build() {
+    check(
+        "# escape=`\nFROM busybox\nRUN echo a `\n  b\nCOPY C:\\x.txt `\n  /x\n",
+        r#"
+v0 "[1/3] FROM docker.io/library/busybox:latest" @Dockerfile:2
+  source docker-image://docker.io/library/busybox:latest {}
+v1 "[2/3] RUN echo a   b" @Dockerfile:3 <- [v0]
+  exec ["/bin/sh", "-c", "echo a   b"] cwd=/ user="" net=Unset
+  env ["PATH=/usr/bin:/bin", "HOME=/root"]
+  mount / <- in0"" out=Some(0) ro=false Bind
+v2 "[internal] load build context"
+  source local://context {}
+v3 "[3/3] COPY C:\\x.txt   /x" @Dockerfile:5 <- [v1 v2]
+  copy /C:\x.txt -> /x mode=None unpack=false excl=[] on in0 from in1 out=Some(0)
+env ["PATH=/usr/bin:/bin", "HOME=/root"]
+cmd Some(["sh"]) entrypoint None workdir "" user "" shell None stop None
+labels {"base": "docker.io/library/busybox:latest"} ports [] volumes []
+history layer "ADD rootfs.tar / # docker.io/library/busybox:latest"
+history layer "RUN /bin/sh -c echo a   b # buildkit"
+history layer "COPY C:\\x.txt /x # buildkit"
+built ["0"]
+"#,
+    );
+}
+
+#[test]
+fn conversion_errors_name_the_line() {
+    check("FROM busybox\nCOPY --chmod=64a a b\n", "error: Dockerfile:2: invalid chmod parameter: '64a'. it should be octal string and between 0 and 07777");
+    check(
+            "FROM busybox AS a\nCOPY --from=b x y\nFROM busybox AS b\n",
+            "error: Dockerfile:2: cannot copy from stage \"b\", it needs to be defined before current stage \"a\"",
+        );
+    check(
+            "FROM busybox\nCOPY --from=$X a b\n",
+            "error: Dockerfile:2: variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
+        );
+    check(
+        "FROM busybox\nADD https://example.com/a.tgz /\n",
+        "error: Dockerfile:2: ADD from a URL is not supported yet",
+    );
+    check(
+        "FROM busybox\nCOPY https://example.com/a.tgz /\n",
+        "error: Dockerfile:2: source can't be a URL for COPY",
+    );
+    check(
+        "FROM busybox\nRUN --network=bridge x\n",
+        "error: Dockerfile:2: unsupported network mode: bridge",
+    );
+    check(
+        "FROM busybox\nENV A=\"${B:?must be set}\"\n",
+        "error: Dockerfile:2: B: must be set",
+    );
+    check("FROM Busybox\n", "error: Dockerfile:1: invalid reference format: repository name (library/Busybox) must be lowercase");
+    check(
+        "ARG IMG\nFROM $IMG\n",
+        "error: Dockerfile:2: base name ($IMG) should not be blank",
+    );
+    check(
+        "FROM busybox\nSTOPSIGNAL SIGNOPE\n",
+        "error: Dockerfile:2: Invalid signal: SIGNOPE",
+    );
+    check(
+        "FROM busybox\nEXPOSE 80/tcp abc\n",
+        "error: Dockerfile:2: invalid containerPort: abc",
+    );
+    let df = parse("FROM busybox\n", "Dockerfile").expect("parses");
+    let err = to_graph(&df, &opts(), &BTreeMap::new())
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    assert_eq!(
+        err,
+        Err(
+            "Dockerfile:1: no image config for base image docker.io/library/busybox:latest"
+                .to_string()
+        )
+    );
+}
+
+/// `testdata/<case>/{Dockerfile,expected}`: `expected` is the
+/// [`render`]ing of the build, or `error: <message>` for invalid input.
+#[test]
+fn testdata_cases() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("testdata exists")
+        .map(|e| e.expect("readable testdata").path())
+        .collect();
+    dirs.sort();
+    let mut ran = 0;
+    for dir in dirs {
+        let src = std::fs::read_to_string(dir.join("Dockerfile")).expect("case has a Dockerfile");
+        let expect =
+            std::fs::read_to_string(dir.join("expected")).expect("case has an expected file");
+        check(&src, &expect);
+        ran += 1;
+    }
+    assert!(ran >= 5, "only {ran} testdata cases found");
+}

@@ -1,0 +1,340 @@
+//! The Dockerfile frontend path, from "context + Dockerfile + options" to
+//! the build graph, shared by the CLI's embedded mode and kilnd's
+//! `dockerfile.v0` frontend.
+//!
+//! Both callers go through the same three steps, so the rules a user sees
+//! (which options exist, which ignore file wins, which platform is built)
+//! have one implementation:
+//! 1. [`FrontendOptions::from_attrs`] reads BuildKit's frontend attributes
+//!    (`filename`, `target`, `build-arg:K`, `label:K`, `no-cache`, ...). The
+//!    CLI turns its flags into the same map buildctl would send, and an
+//!    attribute kiln does not implement fails here, before anything runs.
+//! 2. [`read_dockerfile`] reads the Dockerfile and its ignore file from
+//!    directories: `<filename>.dockerignore` next to the Dockerfile first,
+//!    else the context's `.dockerignore`. kilnd fetches exactly these files
+//!    through the session into its job directories first.
+//! 3. [`plan`] resolves the base images' configs through [`ImageConfigs`]
+//!    (the engine, or a fake in tests) and emits the graph.
+//!
+//! This crate exists because step 2 does file IO, which `kiln-dockerfile`
+//! must not do; it holds no gRPC and no CLI flags.
+
+use kiln_dockerfile::{BuildOptions, ParseError};
+use kiln_solver::ImageConfig;
+use kiln_types::ErrorKind;
+use kiln_worker::WorkerError;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+/// The name of the main build context: the graph reads it as
+/// `local://context`, and callers map it to the context directory.
+pub const CONTEXT_NAME: &str = "context";
+/// The Dockerfile's default name.
+pub const DEFAULT_FILENAME: &str = "Dockerfile";
+/// The context's ignore file, used when the Dockerfile has none of its own.
+pub const CONTEXT_IGNORE_FILE: &str = ".dockerignore";
+
+/// Errors of the frontend path. Base image failures keep the engine's
+/// error (and its kind) unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    /// A frontend attribute kiln does not implement.
+    #[error("frontend option {key:?} is not supported by kiln")]
+    UnsupportedAttribute { key: String },
+    /// `context:NAME` / `--build-context NAME=...`.
+    #[error("named build context {name:?} is not supported by kiln yet")]
+    NamedContext { name: String },
+    /// A supported attribute with a value kiln cannot use.
+    #[error("invalid frontend option {key}={value:?}: {reason}")]
+    InvalidAttribute {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    /// The Dockerfile is not there.
+    #[error("failed to read dockerfile: open {filename}: no such file or directory")]
+    DockerfileNotFound { filename: String },
+    /// Reading the Dockerfile or an ignore file failed otherwise.
+    #[error("cannot read {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Dockerfile does not parse or convert.
+    #[error(transparent)]
+    Dockerfile(#[from] ParseError),
+    /// Resolving a base image failed.
+    #[error(transparent)]
+    Image(#[from] WorkerError),
+}
+
+impl FrontendError {
+    /// The error's kind, for the daemon's gRPC status.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FrontendError::UnsupportedAttribute { .. } | FrontendError::NamedContext { .. } => {
+                ErrorKind::Unimplemented
+            }
+            FrontendError::InvalidAttribute { .. } | FrontendError::Dockerfile(_) => {
+                ErrorKind::InvalidArgument
+            }
+            FrontendError::DockerfileNotFound { .. } => ErrorKind::NotFound,
+            FrontendError::Io { .. } => ErrorKind::Internal,
+            FrontendError::Image(e) => e.kind(),
+        }
+    }
+}
+
+pub type Result<T, E = FrontendError> = std::result::Result<T, E>;
+
+/// What the frontend attributes ask for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendOptions {
+    /// `filename`: the Dockerfile's name in its directory.
+    pub filename: String,
+    /// `dockerfilekey`: the session's local dir holding the Dockerfile.
+    pub dockerfile_key: String,
+    /// `contextkey`: the session's local dir holding the context.
+    pub context_key: String,
+    /// `target`: the stage to build.
+    pub target: Option<String>,
+    /// `build-arg:K`.
+    pub build_args: BTreeMap<String, String>,
+    /// `label:K`.
+    pub labels: BTreeMap<String, String>,
+    /// `no-cache` with an empty value.
+    pub no_cache: bool,
+    /// `no-cache` with a list of stages.
+    pub no_cache_filter: Vec<String>,
+}
+
+impl Default for FrontendOptions {
+    fn default() -> Self {
+        FrontendOptions {
+            filename: DEFAULT_FILENAME.to_string(),
+            dockerfile_key: "dockerfile".to_string(),
+            context_key: CONTEXT_NAME.to_string(),
+            target: None,
+            build_args: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            no_cache: false,
+            no_cache_filter: Vec::new(),
+        }
+    }
+}
+
+impl FrontendOptions {
+    /// Reads BuildKit's `dockerfile.v0` frontend attributes. Every key
+    /// must be one kiln implements: anything else fails naming the key,
+    /// so no option is silently ignored.
+    pub fn from_attrs(attrs: &HashMap<String, String>) -> Result<FrontendOptions> {
+        let mut opts = FrontendOptions::default();
+        // Sorted, so the first unsupported key reported does not depend on
+        // hash order.
+        let sorted: BTreeMap<&str, &str> = attrs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (key, value) in sorted {
+            if let Some(name) = key.strip_prefix("build-arg:") {
+                opts.build_args.insert(name.to_string(), value.to_string());
+            } else if let Some(name) = key.strip_prefix("label:") {
+                opts.labels.insert(name.to_string(), value.to_string());
+            } else if key.starts_with("vcs:") {
+                // buildx sends the context's git source, revision and
+                // directories (`vcs:source`, `vcs:revision`,
+                // `vcs:localdir:NAME`) whenever the context is a git
+                // checkout. BuildKit records them only in provenance
+                // attestations, which kiln does not make and does not
+                // advertise (so buildx never asks for one): they cannot
+                // change the image, so accepting them ignores nothing.
+            } else if let Some(name) = key.strip_prefix("context:") {
+                return Err(FrontendError::NamedContext {
+                    name: name.to_string(),
+                });
+            } else {
+                match key {
+                    "filename" if !value.is_empty() => opts.filename = value.to_string(),
+                    "dockerfilekey" if !value.is_empty() => opts.dockerfile_key = value.to_string(),
+                    "contextkey" if !value.is_empty() => opts.context_key = value.to_string(),
+                    "filename" | "dockerfilekey" | "contextkey" => {}
+                    "target" => {
+                        opts.target = Some(value.to_string()).filter(|t| !t.is_empty());
+                    }
+                    "no-cache" if value.is_empty() => opts.no_cache = true,
+                    "no-cache" => {
+                        opts.no_cache_filter = value
+                            .split(',')
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty())
+                            .collect();
+                    }
+                    "platform" => check_platform(value)?,
+                    "image-resolve-mode" => check_resolve_mode(value)?,
+                    _ => {
+                        return Err(FrontendError::UnsupportedAttribute {
+                            key: key.to_string(),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(opts)
+    }
+}
+
+/// `image-resolve-mode` (buildx and nerdctl `--pull`, `--pull=false`):
+/// kiln resolves base images in the namespace's image store only, which
+/// is what `default` and `local` ask for; `pull` needs a registry.
+fn check_resolve_mode(value: &str) -> Result<()> {
+    match value {
+        "" | "default" | "local" => Ok(()),
+        "pull" => Err(FrontendError::InvalidAttribute {
+            key: "image-resolve-mode".to_string(),
+            value: value.to_string(),
+            reason: "pulling base images from a registry is not supported by kiln yet".to_string(),
+        }),
+        _ => Err(FrontendError::InvalidAttribute {
+            key: "image-resolve-mode".to_string(),
+            value: value.to_string(),
+            reason: "expected default, pull or local".to_string(),
+        }),
+    }
+}
+
+/// kiln builds for the host only: `platform` may name it (or be empty).
+fn check_platform(value: &str) -> Result<()> {
+    let host = kiln_worker::oci::host_platform();
+    let short = format!("{}/{}", host.os, host.architecture);
+    let full = if host.variant.is_empty() {
+        short.clone()
+    } else {
+        format!("{short}/{}", host.variant)
+    };
+    if value.is_empty() || value == short || value == full {
+        return Ok(());
+    }
+    Err(FrontendError::InvalidAttribute {
+        key: "platform".to_string(),
+        value: value.to_string(),
+        reason: format!("kiln builds for the host platform ({full}) only"),
+    })
+}
+
+/// The Dockerfile's own ignore file: `<filename>.dockerignore`, in the
+/// Dockerfile's directory.
+pub fn dockerfile_ignore_name(filename: &str) -> String {
+    format!("{filename}.dockerignore")
+}
+
+/// A Dockerfile and the ignore patterns that apply to its context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerfileSource {
+    /// The name errors and source locations use.
+    pub filename: String,
+    pub text: String,
+    /// Ignore patterns, as `local.excludepatterns` wants them.
+    pub excludes: Vec<String>,
+}
+
+/// Reads `filename` from `dockerfile_dir` and the ignore file that applies:
+/// `<filename>.dockerignore` next to it if present, else `.dockerignore`
+/// in `context_dir`, else none.
+pub fn read_dockerfile(
+    dockerfile_dir: &Path,
+    filename: &str,
+    context_dir: &Path,
+) -> Result<DockerfileSource> {
+    let path = dockerfile_dir.join(filename);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FrontendError::DockerfileNotFound {
+                filename: filename.to_string(),
+            })
+        }
+        Err(source) => return Err(FrontendError::Io { path, source }),
+    };
+    let own = dockerfile_dir.join(dockerfile_ignore_name(filename));
+    let ignore = match read_optional(&own)? {
+        Some(t) => Some(t),
+        None => read_optional(&context_dir.join(CONTEXT_IGNORE_FILE))?,
+    };
+    Ok(DockerfileSource {
+        filename: filename.to_string(),
+        text,
+        excludes: ignore
+            .map(|t| kiln_context::ignore::parse_dockerignore(&t))
+            .unwrap_or_default(),
+    })
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FrontendError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Where base image configs come from: the engine reads them from the
+/// containerd image store; tests answer from a table.
+pub trait ImageConfigs {
+    /// The frontend-relevant config of the image `reference` (normalized).
+    fn image_config(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send;
+}
+
+impl ImageConfigs for kiln_worker::Engine {
+    fn image_config(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send {
+        kiln_worker::Engine::image_config(self, reference)
+    }
+}
+
+/// The Dockerfile's build options for the host platform.
+pub fn build_options(source: &DockerfileSource, opts: &FrontendOptions) -> BuildOptions {
+    let platform = kiln_worker::oci::host_platform();
+    BuildOptions {
+        filename: source.filename.clone(),
+        target: opts.target.clone(),
+        build_args: opts.build_args.clone(),
+        labels: opts.labels.clone(),
+        excludes: source.excludes.clone(),
+        context_name: CONTEXT_NAME.to_string(),
+        no_cache: opts.no_cache,
+        no_cache_filter: opts.no_cache_filter.clone(),
+        platform_os: platform.os,
+        platform_arch: platform.architecture,
+    }
+}
+
+/// Parses the Dockerfile, resolves the configs of the base images the
+/// target needs, and emits the graph and the result's image config. The
+/// graph reads the context as `local://`[`CONTEXT_NAME`].
+pub async fn plan<I: ImageConfigs>(
+    source: &DockerfileSource,
+    opts: &FrontendOptions,
+    images: &I,
+) -> Result<kiln_dockerfile::Build> {
+    let build_opts = build_options(source, opts);
+    let df = kiln_dockerfile::parse(&source.text, &source.filename)?;
+    let mut bases = BTreeMap::new();
+    for image in df.base_images(&build_opts)? {
+        let cfg = images.image_config(&image).await?;
+        bases.insert(image, cfg);
+    }
+    Ok(kiln_dockerfile::to_graph(&df, &build_opts, &bases)?)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,276 @@
+use super::*;
+use kiln_solver::{ExecOp, Op};
+use std::sync::Mutex;
+
+fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn attributes_become_options() {
+    let o = FrontendOptions::from_attrs(&attrs(&[
+        ("filename", "app.Dockerfile"),
+        ("target", "final"),
+        ("build-arg:VERSION", "1.2"),
+        ("build-arg:EMPTY", ""),
+        ("label:org.example.team", "infra"),
+        ("no-cache", "deps, final"),
+        ("contextkey", "ctx"),
+    ]))
+    .expect("supported attributes");
+    assert_eq!(o.filename, "app.Dockerfile");
+    assert_eq!(o.target.as_deref(), Some("final"));
+    assert_eq!(o.context_key, "ctx");
+    assert_eq!(o.dockerfile_key, "dockerfile");
+    assert_eq!(
+        o.build_args,
+        BTreeMap::from([
+            ("EMPTY".to_string(), String::new()),
+            ("VERSION".to_string(), "1.2".to_string())
+        ])
+    );
+    assert_eq!(
+        o.labels.get("org.example.team").map(String::as_str),
+        Some("infra")
+    );
+    assert!(!o.no_cache);
+    assert_eq!(o.no_cache_filter, ["deps", "final"]);
+
+    let all = FrontendOptions::from_attrs(&attrs(&[("no-cache", ""), ("target", "")]))
+        .expect("supported attributes");
+    assert!(all.no_cache);
+    assert_eq!(all.target, None);
+    assert_eq!(all.filename, DEFAULT_FILENAME);
+}
+
+#[test]
+fn unsupported_attributes_fail_naming_the_key() {
+    let e = FrontendOptions::from_attrs(&attrs(&[("target", "x"), ("add-hosts", "a=1.2.3.4")]))
+        .expect_err("add-hosts is not implemented");
+    assert_eq!(
+        e.to_string(),
+        "frontend option \"add-hosts\" is not supported by kiln"
+    );
+    assert_eq!(e.kind(), ErrorKind::Unimplemented);
+
+    let e = FrontendOptions::from_attrs(&attrs(&[("context:base", "docker-image://alpine")]))
+        .expect_err("named contexts are not implemented");
+    assert_eq!(
+        e.to_string(),
+        "named build context \"base\" is not supported by kiln yet"
+    );
+    assert_eq!(e.kind(), ErrorKind::Unimplemented);
+}
+
+#[test]
+fn what_buildx_and_nerdctl_send_by_default_is_accepted() {
+    // `docker buildx build` in a git checkout, and `nerdctl build
+    // --pull=false`: provenance-only metadata and a local resolve mode.
+    let opts = FrontendOptions::from_attrs(&attrs(&[
+        ("filename", "Dockerfile"),
+        ("vcs:source", "https://example.invalid/repo.git"),
+        ("vcs:revision", "0123456789abcdef"),
+        ("vcs:localdir:context", "."),
+        ("vcs:localdir:dockerfile", "."),
+        ("image-resolve-mode", "local"),
+    ]))
+    .expect("accepted");
+    assert_eq!(opts.filename, "Dockerfile");
+    assert!(opts.build_args.is_empty() && opts.labels.is_empty());
+}
+
+#[test]
+fn pulling_base_images_is_refused_by_name() {
+    let e = FrontendOptions::from_attrs(&attrs(&[("image-resolve-mode", "pull")]))
+        .expect_err("no registry yet");
+    assert!(
+        e.to_string()
+            .starts_with("invalid frontend option image-resolve-mode=\"pull\""),
+        "{e}"
+    );
+    let e = FrontendOptions::from_attrs(&attrs(&[("image-resolve-mode", "sometimes")]))
+        .expect_err("unknown mode");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn platform_must_be_the_host() {
+    let host = kiln_worker::oci::host_platform();
+    let same = format!("{}/{}", host.os, host.architecture);
+    FrontendOptions::from_attrs(&attrs(&[("platform", same.as_str())])).expect("host platform");
+    let other = if host.architecture == "s390x" {
+        "linux/amd64"
+    } else {
+        "linux/s390x"
+    };
+    let e = FrontendOptions::from_attrs(&attrs(&[("platform", other)]))
+        .expect_err("other platforms are not built");
+    assert!(
+        e.to_string().starts_with(&format!(
+            "invalid frontend option platform={other:?}: kiln builds for the host platform"
+        )),
+        "{e}"
+    );
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).expect("write test file");
+}
+
+#[test]
+fn dockerfile_specific_ignore_file_wins_over_the_contexts() {
+    let df_dir = tempfile::tempdir().expect("tempdir");
+    let ctx = tempfile::tempdir().expect("tempdir");
+    write(df_dir.path(), "app.Dockerfile", "FROM scratch\n");
+    write(ctx.path(), ".dockerignore", "from-context\n");
+
+    let s = read_dockerfile(df_dir.path(), "app.Dockerfile", ctx.path()).expect("read");
+    assert_eq!(s.text, "FROM scratch\n");
+    assert_eq!(s.filename, "app.Dockerfile");
+    assert_eq!(s.excludes, ["from-context"]);
+
+    write(
+        df_dir.path(),
+        "app.Dockerfile.dockerignore",
+        "# own\nsecret\n!secret/keep\n",
+    );
+    let s = read_dockerfile(df_dir.path(), "app.Dockerfile", ctx.path()).expect("read");
+    assert_eq!(s.excludes, ["secret", "!secret/keep"]);
+
+    // Another Dockerfile in the same directory does not pick it up.
+    write(df_dir.path(), "Dockerfile", "FROM scratch\n");
+    let s = read_dockerfile(df_dir.path(), "Dockerfile", ctx.path()).expect("read");
+    assert_eq!(s.excludes, ["from-context"]);
+}
+
+#[test]
+fn no_ignore_file_means_no_excludes_and_a_missing_dockerfile_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = read_dockerfile(dir.path(), "Dockerfile", dir.path()).expect_err("missing");
+    assert_eq!(
+        e.to_string(),
+        "failed to read dockerfile: open Dockerfile: no such file or directory"
+    );
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    write(dir.path(), "Dockerfile", "FROM scratch\n");
+    let s = read_dockerfile(dir.path(), "Dockerfile", dir.path()).expect("read");
+    assert!(s.excludes.is_empty());
+}
+
+/// Answers image configs from a table and records what was asked.
+#[derive(Default)]
+struct FakeImages {
+    configs: BTreeMap<String, ImageConfig>,
+    asked: Mutex<Vec<String>>,
+}
+
+impl ImageConfigs for FakeImages {
+    fn image_config(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send {
+        if let Ok(mut asked) = self.asked.lock() {
+            asked.push(reference.to_string());
+        }
+        let answer =
+            self.configs
+                .get(reference)
+                .cloned()
+                .ok_or_else(|| WorkerError::ImageNotFound {
+                    image: reference.to_string(),
+                    namespace: "test".to_string(),
+                });
+        async move { answer }
+    }
+}
+
+fn source(text: &str, excludes: &[&str]) -> DockerfileSource {
+    DockerfileSource {
+        filename: "Dockerfile".to_string(),
+        text: text.to_string(),
+        excludes: excludes.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn plan_resolves_only_the_needed_bases_and_builds_for_the_host() {
+    let images = FakeImages {
+        configs: BTreeMap::from([(
+            "docker.io/library/busybox:latest".to_string(),
+            ImageConfig {
+                env: vec!["PATH=/bin".to_string()],
+                ..Default::default()
+            },
+        )]),
+        ..Default::default()
+    };
+    let text = "FROM docker.io/library/alpine AS unused\nRUN true\n\
+                FROM busybox\nARG TARGETARCH\nCOPY . /src\nRUN echo $TARGETARCH $V\n";
+    let opts = FrontendOptions::from_attrs(&attrs(&[("build-arg:V", "v1"), ("label:a", "b")]))
+        .expect("options");
+    let build = plan(&source(text, &["secret"]), &opts, &images)
+        .await
+        .expect("plan");
+    let asked = images.asked.lock().expect("not poisoned").clone();
+    assert_eq!(asked, ["docker.io/library/busybox:latest"]);
+    assert_eq!(build.config.labels.get("a").map(String::as_str), Some("b"));
+
+    let context = build
+        .graph
+        .vertices
+        .iter()
+        .find_map(|v| match &v.op {
+            Op::Source(s) if s.identifier.starts_with("local://") => Some(s),
+            _ => None,
+        })
+        .expect("a context source");
+    assert_eq!(context.identifier, format!("local://{CONTEXT_NAME}"));
+    assert_eq!(
+        context
+            .attrs
+            .get("local.excludepatterns")
+            .map(String::as_str),
+        Some("[\"secret\"]")
+    );
+    let run: Vec<&ExecOp> = build
+        .graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::Exec(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(run.len(), 1, "the unused stage is not built");
+    let arch = kiln_worker::oci::host_platform().architecture;
+    assert!(
+        run[0].meta.args.iter().any(|a| a == "echo $TARGETARCH $V")
+            && run[0]
+                .meta
+                .env
+                .iter()
+                .any(|e| e == &format!("TARGETARCH={arch}")),
+        "{:?}",
+        run[0].meta
+    );
+}
+
+#[tokio::test]
+async fn plan_passes_the_engines_error_through() {
+    let images = FakeImages::default();
+    let e = plan(
+        &source("FROM busybox\n", &[]),
+        &FrontendOptions::default(),
+        &images,
+    )
+    .await
+    .expect_err("no such image");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert_eq!(
+        e.to_string(),
+        "image \"docker.io/library/busybox:latest\" not found in containerd namespace \"test\""
+    );
+}
