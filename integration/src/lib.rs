@@ -168,7 +168,7 @@ impl Drop for Harness {
             let _ = child.wait();
             // Shims outlive containerd; kill the ones of this root.
             kill_shims(self.dir.path());
-            kiln_worker::sweep::unmount_below(self.dir.path());
+            kiln_engine::sweep::unmount_below(self.dir.path());
         }
     }
 }
@@ -244,8 +244,8 @@ impl Harness {
             cmd: Some(vec!["sh".into()]),
             ..Default::default()
         };
-        kiln_worker::import::import_rootfs(
-            &kiln_worker::Services::containerd(&ctrd),
+        kiln_engine::import::import_rootfs(
+            &kiln_engine::Services::containerd(&ctrd),
             &rootfs,
             name,
             &cfg,

@@ -3,9 +3,9 @@
 //! manifest digest, unpack and run; the Docker archive's `manifest.json`
 //! names only files that are in the tar.
 
+use kiln_engine::archive::{write_archive, ArchiveFormat};
+use kiln_engine::oci::Descriptor;
 use kiln_integration::Harness;
-use kiln_worker::archive::{write_archive, ArchiveFormat};
-use kiln_worker::oci::Descriptor;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
@@ -78,7 +78,7 @@ async fn oci_and_docker_archives_import_and_run() {
             .await
             .expect("create archive");
         write_archive(
-            &kiln_worker::Services::containerd(&ctrd),
+            &kiln_engine::Services::containerd(&ctrd),
             &manifest,
             &names,
             format,

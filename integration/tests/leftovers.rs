@@ -34,8 +34,8 @@ async fn a_leaked_build_lease_is_a_leftover() {
     ctrd.lease_create(
         &build,
         "build",
-        Some(kiln_worker::build::BUILD_LEASE_EXPIRY),
-        kiln_worker::sweep::owner_labels(),
+        Some(kiln_engine::build::BUILD_LEASE_EXPIRY),
+        kiln_engine::sweep::owner_labels(),
     )
     .await
     .expect("build lease");

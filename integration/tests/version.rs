@@ -1,4 +1,4 @@
-//! Both binaries print the one kiln version (`kiln_worker::VERSION`, which
+//! Both binaries print the one kiln version (`kiln_engine::VERSION`, which
 //! kilnd also reports to BuildKit clients) for `--version`.
 
 use kiln_integration::{kiln_binary, kilnd_binary};
@@ -16,7 +16,7 @@ fn both_binaries_print_the_one_kiln_version() {
         assert!(out.status.success(), "{name} --version failed");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            format!("{name} {}\n", kiln_worker::VERSION),
+            format!("{name} {}\n", kiln_engine::VERSION),
             "{name}"
         );
     }

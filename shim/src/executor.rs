@@ -9,8 +9,8 @@
 
 use crate::error::{ExecError, Result};
 use crate::fifo::{self, FifoReader};
+use crate::mountpoints::{resolve_in_root, MountPoints};
 use crate::spec::{self, build_spec};
-use crate::stubs::{resolve_in_root, MountStubs};
 use crate::user::{resolve_user, ResolvedUser};
 use crate::{Containers, Executor, ExitStatus, OutputStream, StepIo, StepSpec};
 use containerd_client::services::v1::container::Runtime;
@@ -67,7 +67,7 @@ enum Undo {
     /// The step's private dir (FIFOs, hosts, resolv.conf).
     StepDir(PathBuf),
     /// Mount points runc may create in the rootfs.
-    Stubs(MountStubs),
+    MountPoints(MountPoints),
     /// FIFO reader threads.
     Readers(Vec<FifoReader>),
     /// The container record.
@@ -278,7 +278,7 @@ impl ContainerdExecutor {
             .flatten()
             .map(|m| m.destination().to_string_lossy().into_owned())
             .collect();
-        stack.push(Undo::Stubs(MountStubs::record(
+        stack.push(Undo::MountPoints(MountPoints::record(
             &step.rootfs,
             dests.iter().map(String::as_str),
         )));
@@ -538,7 +538,7 @@ impl ContainerdExecutor {
                         }
                     }
                 }
-                Undo::Stubs(stubs) => {
+                Undo::MountPoints(stubs) => {
                     for e in stubs.clean() {
                         tracing::warn!(id, path = %e.path.display(), error = %e.source, "cleanup: removing mount stub");
                     }
@@ -615,7 +615,7 @@ fn validate(step: &StepSpec) -> Result<()> {
 /// Creates the working directory inside the rootfs like BuildKit does:
 /// missing directories are created 0755 and owned by the step's user.
 fn make_cwd(root: &Path, cwd: &str, user: &ResolvedUser) -> std::io::Result<()> {
-    let target = resolve_in_root(root, cwd);
+    let target = resolve_in_root(root, cwd)?;
     let Ok(rel) = target.strip_prefix(root) else {
         return Ok(());
     };

@@ -12,9 +12,9 @@
 //! - [`ContainerdExecutor`] runs that spec with the call order of
 //!   `docs/containerd-worker.md` §1.4: FIFOs opened before `Tasks.Create`,
 //!   `Wait` before `Start`, kill-and-still-wait on cancel, and an explicit
-//!   cleanup stack (task -> container -> mount stubs -> step dir) that runs
+//!   cleanup stack (task -> container -> mount points -> step dir) that runs
 //!   on every path.
-//! - [`stubs`] removes the mount points runc created in the rootfs, so the
+//! - [`mountpoints`] removes the mount points runc created in the rootfs, so the
 //!   layer diff the engine computes afterwards holds no `proc/`, `dev/` or
 //!   `etc/hosts` stubs.
 //!
@@ -24,8 +24,8 @@
 pub mod error;
 mod executor;
 mod fifo;
+pub mod mountpoints;
 pub mod spec;
-pub mod stubs;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod user;

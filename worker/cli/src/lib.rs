@@ -11,10 +11,10 @@ mod remote;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
+use kiln_engine::{BuildRequest, Engine, Progress};
 use kiln_snapshot::containerd::ContainerdConfig;
 use kiln_snapshot::diff::Compression;
 use kiln_snapshot::Containerd;
-use kiln_worker::{BuildRequest, Engine, Progress};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     name = "kiln",
-    version = kiln_worker::VERSION,
+    version = kiln_engine::VERSION,
     about = "containerd-native image builder"
 )]
 struct Cli {
@@ -214,7 +214,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Du { verbose } => {
             let ctrd = Containerd::connect(config).await?;
             let records =
-                kiln_worker::prune::disk_usage(&kiln_worker::Services::containerd(&ctrd)).await?;
+                kiln_engine::prune::disk_usage(&kiln_engine::Services::containerd(&ctrd)).await?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -255,18 +255,18 @@ async fn run(cli: Cli) -> Result<()> {
             keep_duration,
             filter,
         } => {
-            let mut opts = kiln_worker::prune::PruneOptions {
+            let mut opts = kiln_engine::prune::PruneOptions {
                 all,
                 ..Default::default()
             };
             if let Some(s) = keep_storage {
-                opts.keep_storage = Some(kiln_worker::prune::parse_size(&s).ok_or_else(|| {
+                opts.keep_storage = Some(kiln_engine::prune::parse_size(&s).ok_or_else(|| {
                     anyhow!("invalid --keep-storage {s:?}: use e.g. 512MB or 5GB")
                 })?);
             }
             if let Some(d) = keep_duration {
                 opts.keep_duration =
-                    Some(kiln_worker::prune::parse_duration(&d).ok_or_else(|| {
+                    Some(kiln_engine::prune::parse_duration(&d).ok_or_else(|| {
                         anyhow!("invalid --keep-duration {d:?}: use e.g. 48h or 30m")
                     })?);
             }
@@ -282,7 +282,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let ctrd = Containerd::connect(config).await?;
             let report =
-                kiln_worker::prune::prune(&kiln_worker::Services::containerd(&ctrd), &opts).await?;
+                kiln_engine::prune::prune(&kiln_engine::Services::containerd(&ctrd), &opts).await?;
             for r in &report.removed {
                 println!("{}\t{}\t{}", r.lease.id, r.record_type, human_size(r.size));
             }
@@ -303,8 +303,8 @@ async fn run(cli: Cli) -> Result<()> {
                 cmd: if cmd.is_empty() { None } else { Some(cmd) },
                 ..Default::default()
             };
-            let digest = kiln_worker::import::import_rootfs(
-                &kiln_worker::Services::containerd(&ctrd),
+            let digest = kiln_engine::import::import_rootfs(
+                &kiln_engine::Services::containerd(&ctrd),
                 &dir,
                 &name,
                 &cfg,

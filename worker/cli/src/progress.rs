@@ -4,7 +4,7 @@
 //! time), and raw JSON events.
 
 use anyhow::{anyhow, Result};
-use kiln_worker::ProgressEvent;
+use kiln_engine::ProgressEvent;
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::SystemTime;
@@ -57,7 +57,7 @@ async fn render_json(mut rx: UnboundedReceiver<ProgressEvent>) {
                 data,
             } => serde_json::json!({
                 "vertex": vertex,
-                "stream": if stream == kiln_worker::LogStream::Stdout { 1 } else { 2 },
+                "stream": if stream == kiln_engine::LogStream::Stdout { 1 } else { 2 },
                 "data": String::from_utf8_lossy(&data),
             }),
             ProgressEvent::Completed {

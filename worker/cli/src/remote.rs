@@ -3,12 +3,12 @@
 //! for outputs), asks for a `dockerfile.v0` solve, and renders Status.
 
 use anyhow::{anyhow, Context, Result};
+use kiln_engine::{LogStream, ProgressEvent};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, SolveRequest, StatusRequest};
 use kiln_session::filesend::{FileSendReceiver, FileSendTarget};
 use kiln_session::filesync::FileSyncServerImpl;
 use kiln_session::hijack::{client_side, serve_session, SessionServices};
-use kiln_worker::{LogStream, ProgressEvent};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

@@ -216,7 +216,7 @@ impl Amount {
     fn bytes(&self, key: &'static str) -> Result<u64, ConfigError> {
         match self {
             Amount::Number(n) => Ok(*n),
-            Amount::Text(s) => kiln_worker::prune::parse_size(s).ok_or_else(|| ConfigError::Size {
+            Amount::Text(s) => kiln_engine::prune::parse_size(s).ok_or_else(|| ConfigError::Size {
                 key,
                 value: s.clone(),
             }),
@@ -227,7 +227,7 @@ impl Amount {
         match self {
             Amount::Number(n) => Ok(Duration::from_secs(*n)),
             Amount::Text(s) => {
-                kiln_worker::prune::parse_duration(s).ok_or_else(|| ConfigError::Duration {
+                kiln_engine::prune::parse_duration(s).ok_or_else(|| ConfigError::Duration {
                     key,
                     value: s.clone(),
                 })

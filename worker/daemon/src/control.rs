@@ -181,8 +181,8 @@ fn strip_code_prefix(message: &str) -> String {
 fn config_from_attrs(exporters: &[Exporter]) -> Option<kiln_solver::ImageConfig> {
     exporters.iter().find_map(|e| {
         let j = e.attrs.get("containerimage.config")?;
-        let cfg: kiln_worker::oci::ImageConfigJson = serde_json::from_str(j).ok()?;
-        Some(kiln_worker::base::frontend_config(&cfg))
+        let cfg: kiln_engine::oci::ImageConfigJson = serde_json::from_str(j).ok()?;
+        Some(kiln_engine::base::frontend_config(&cfg))
     })
 }
 

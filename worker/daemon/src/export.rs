@@ -5,11 +5,11 @@
 use crate::sessions::SessionHandle;
 use crate::state::{status_of, Daemon};
 use base64::Engine as _;
+use kiln_engine::archive::ArchiveFormat;
+use kiln_engine::build::Solved;
 use kiln_proto::control::Exporter;
 use kiln_snapshot::diff::Compression;
 use kiln_solver::ImageConfig;
-use kiln_worker::archive::ArchiveFormat;
-use kiln_worker::build::Solved;
 use std::collections::HashMap;
 use tonic::Status;
 
@@ -101,7 +101,7 @@ pub async fn run(
                 let svc = d.engine.services().clone();
                 let manifest = out.manifest.clone();
                 let writer = tokio::spawn(async move {
-                    let r = kiln_worker::archive::write_archive(
+                    let r = kiln_engine::archive::write_archive(
                         &svc, &manifest, &names, format, &mut w,
                     )
                     .await;
@@ -166,7 +166,7 @@ pub async fn run(
 }
 
 /// The image exporters' response keys.
-fn image_response(resp: &mut HashMap<String, String>, out: &kiln_worker::export::Exported) {
+fn image_response(resp: &mut HashMap<String, String>, out: &kiln_engine::export::Exported) {
     resp.insert("containerimage.digest".into(), out.manifest.digest.clone());
     resp.insert(
         "containerimage.config.digest".into(),

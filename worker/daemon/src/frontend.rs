@@ -26,7 +26,7 @@ fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
 
 /// A frontend error as a gRPC status, with its kind's code.
 fn frontend_status(e: &FrontendError) -> Status {
-    Status::new(e.kind().code(), kiln_worker::error::error_chain(e))
+    Status::new(e.kind().code(), kiln_engine::error::error_chain(e))
 }
 
 /// An empty directory `name` under the job's directory.

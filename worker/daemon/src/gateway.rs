@@ -84,8 +84,8 @@ pub fn result_ref(r: &GwResult) -> Option<String> {
 /// The image config in a result's metadata (`containerimage.config`).
 pub fn config_from_metadata(md: &HashMap<String, Vec<u8>>) -> Option<kiln_solver::ImageConfig> {
     let bytes = md.get("containerimage.config")?;
-    let cfg: kiln_worker::oci::ImageConfigJson = serde_json::from_slice(bytes).ok()?;
-    Some(kiln_worker::base::frontend_config(&cfg))
+    let cfg: kiln_engine::oci::ImageConfigJson = serde_json::from_slice(bytes).ok()?;
+    Some(kiln_engine::base::frontend_config(&cfg))
 }
 
 impl GatewayService {
@@ -167,7 +167,7 @@ impl LlbBridge for GatewayService {
         );
         let mut metadata = HashMap::new();
         if let Some(cfg) = &config {
-            let json = kiln_worker::export::image_config(&solved.layers, cfg);
+            let json = kiln_engine::export::image_config(&solved.layers, cfg);
             if let Ok(bytes) = serde_json::to_vec(&json) {
                 metadata.insert("containerimage.config".to_string(), bytes);
             }

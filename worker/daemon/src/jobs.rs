@@ -2,9 +2,9 @@
 //! LLBBridge finds its build, and Control.Solve waits for the gateway's
 //! Return.
 
+use kiln_engine::build::Solved;
 use kiln_proto::control::StatusResponse;
 use kiln_proto::gateway::ReturnRequest;
-use kiln_worker::build::Solved;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -40,7 +40,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Parser)]
 #[command(
     name = "kilnd",
-    version = kiln_worker::VERSION,
+    version = kiln_engine::VERSION,
     about = "kiln's BuildKit-compatible build daemon (buildctl, nerdctl build, buildx remote driver)"
 )]
 struct Cli {
@@ -119,7 +119,7 @@ async fn run(config: config::Config) -> Result<()> {
     let d = state::Daemon::new(config).await?;
     match d.ctrd.version().await {
         Ok(v) => tracing::info!(
-            version = kiln_worker::VERSION,
+            version = kiln_engine::VERSION,
             worker = %worker_id,
             containerd = %v,
             namespace = d.ctrd.namespace(),

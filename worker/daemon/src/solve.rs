@@ -4,11 +4,11 @@
 use crate::jobs::Job;
 use crate::sessions::SessionHandle;
 use crate::state::{status_of, Daemon};
+use kiln_engine::build::{BuildRequest, Solved};
+use kiln_engine::Progress;
 use kiln_proto::llb;
 use kiln_snapshot::diff::Compression;
 use kiln_solver::{Digest, Graph, ImageConfig, Op};
-use kiln_worker::build::{BuildRequest, Solved};
-use kiln_worker::Progress;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 use crate::config::Config;
 use crate::jobs::Jobs;
 use crate::sessions::Sessions;
+use kiln_engine::Engine;
 use kiln_snapshot::Containerd;
-use kiln_worker::Engine;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -44,14 +44,14 @@ impl Daemon {
 
 /// A worker error as a gRPC status, with its kind's code and the whole
 /// cause chain as message.
-pub fn status_of(e: &kiln_worker::WorkerError) -> tonic::Status {
-    tonic::Status::new(e.kind().code(), kiln_worker::error::error_chain(e))
+pub fn status_of(e: &kiln_engine::WorkerError) -> tonic::Status {
+    tonic::Status::new(e.kind().code(), kiln_engine::error::error_chain(e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::status_of;
-    use kiln_worker::WorkerError;
+    use kiln_engine::WorkerError;
     use std::sync::Arc;
     use tonic::Code;
 

@@ -1,9 +1,9 @@
 //! Engine progress events as BuildKit Status messages.
 
 use crate::jobs::Job;
+use kiln_engine::{LogStream, ProgressEvent};
 use kiln_proto::control::{StatusResponse, Vertex, VertexLog};
 use kiln_solver::Digest;
-use kiln_worker::{LogStream, ProgressEvent};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::mpsc::UnboundedReceiver;

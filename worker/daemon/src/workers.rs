@@ -9,14 +9,14 @@
 
 use crate::config::GcPolicy;
 use crate::state::Daemon;
+use kiln_engine::cache::RecordInfo;
+use kiln_engine::prune::PruneOptions;
 use kiln_proto::control::{
     DiskUsageRequest, DiskUsageResponse, InfoResponse, ListWorkersRequest, ListWorkersResponse,
     PruneRequest, UsageRecord,
 };
 use kiln_proto::llb::Platform;
 use kiln_proto::worker::{BuildkitVersion, GcPolicy as GcPolicyRecord, WorkerRecord};
-use kiln_worker::cache::RecordInfo;
-use kiln_worker::prune::PruneOptions;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -49,7 +49,7 @@ pub mod labels {
 pub fn buildkit_version() -> BuildkitVersion {
     BuildkitVersion {
         package: PACKAGE.to_string(),
-        version: kiln_worker::VERSION.to_string(),
+        version: kiln_engine::VERSION.to_string(),
         revision: REVISION.to_string(),
         dockerfile_version: String::new(),
     }
@@ -91,9 +91,9 @@ fn new_id() -> String {
 }
 
 /// The host's platform as ListWorkers reports it: the engine's
-/// [`kiln_worker::oci::host_platform`], the one the builds use.
+/// [`kiln_engine::oci::host_platform`], the one the builds use.
 pub fn host_platform() -> Platform {
-    let p = kiln_worker::oci::host_platform();
+    let p = kiln_engine::oci::host_platform();
     Platform {
         architecture: p.architecture,
         os: p.os,
@@ -277,7 +277,7 @@ fn timestamp(secs: u64) -> Option<prost_types::Timestamp> {
 pub fn usage_record(r: &RecordInfo) -> UsageRecord {
     UsageRecord {
         id: r.lease.id.clone(),
-        mutable: r.record_type == kiln_worker::cache::TYPE_CACHE_MOUNT,
+        mutable: r.record_type == kiln_engine::cache::TYPE_CACHE_MOUNT,
         in_use: false,
         size: i64::try_from(r.size).unwrap_or(i64::MAX),
         created_at: timestamp(r.lease.created_secs),
@@ -293,7 +293,7 @@ pub fn usage_record(r: &RecordInfo) -> UsageRecord {
 /// `type==` filters. `ageLimit` is ignored.
 pub async fn disk_usage(d: &Daemon, req: DiskUsageRequest) -> Result<DiskUsageResponse, Status> {
     let types = parse_filters(&req.filter)?;
-    let records = kiln_worker::prune::disk_usage(d.engine.services())
+    let records = kiln_engine::prune::disk_usage(d.engine.services())
         .await
         .map_err(|e| status_of(&e, e.kind()))?;
     Ok(DiskUsageResponse {
@@ -334,7 +334,7 @@ pub fn prune_options(req: &PruneRequest) -> Result<PruneOptions, Status> {
 /// stream.
 pub async fn prune(d: &Daemon, req: PruneRequest) -> Result<Vec<UsageRecord>, Status> {
     let opts = prune_options(&req)?;
-    let report = kiln_worker::prune::prune(d.engine.services(), &opts)
+    let report = kiln_engine::prune::prune(d.engine.services(), &opts)
         .await
         .map_err(|e| status_of(&e, e.kind()))?;
     tracing::info!(
@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(r.gc_policy[0].keep_duration, 48 * 3600 * 1_000_000_000);
         assert!(r.gc_policy[3].all);
         let v = r.buildkit_version.expect("version");
-        assert_eq!(v.version, kiln_worker::VERSION);
+        assert_eq!(v.version, kiln_engine::VERSION);
         assert_eq!(v.package, PACKAGE);
     }
 

@@ -26,7 +26,7 @@ pub mod services;
 pub mod sweep;
 
 /// The build context's rules live in `kiln-context` (shared with the
-/// session); re-exported so `kiln_worker::{contenthash, ignore}` keep working.
+/// session); re-exported so `kiln_engine::{contenthash, ignore}` keep working.
 pub use kiln_context::{contenthash, ignore};
 
 pub use build::{BuildRequest, BuildResult, Engine};

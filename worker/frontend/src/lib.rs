@@ -20,9 +20,9 @@
 //! must not do; it holds no gRPC and no CLI flags.
 
 use kiln_dockerfile::{BuildOptions, ParseError};
+use kiln_engine::WorkerError;
 use kiln_solver::ImageConfig;
 use kiln_types::ErrorKind;
-use kiln_worker::WorkerError;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -206,7 +206,7 @@ fn check_resolve_mode(value: &str) -> Result<()> {
 
 /// kiln builds for the host only: `platform` may name it (or be empty).
 fn check_platform(value: &str) -> Result<()> {
-    let host = kiln_worker::oci::host_platform();
+    let host = kiln_engine::oci::host_platform();
     let short = format!("{}/{}", host.os, host.architecture);
     let full = if host.variant.is_empty() {
         short.clone()
@@ -292,18 +292,18 @@ pub trait ImageConfigs {
     ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send;
 }
 
-impl ImageConfigs for kiln_worker::Engine {
+impl ImageConfigs for kiln_engine::Engine {
     fn image_config(
         &self,
         reference: &str,
     ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send {
-        kiln_worker::Engine::image_config(self, reference)
+        kiln_engine::Engine::image_config(self, reference)
     }
 }
 
 /// The Dockerfile's build options for the host platform.
 pub fn build_options(source: &DockerfileSource, opts: &FrontendOptions) -> BuildOptions {
-    let platform = kiln_worker::oci::host_platform();
+    let platform = kiln_engine::oci::host_platform();
     BuildOptions {
         filename: source.filename.clone(),
         target: opts.target.clone(),

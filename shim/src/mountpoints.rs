@@ -1,71 +1,29 @@
-//! Mount stubs: the empty dirs and files runc creates in the rootfs as
-//! mount points (`/proc`, `/dev`, `/etc/hosts`, …).
+//! Mount points: the empty dirs and files runc creates in the rootfs for
+//! a step's mounts (`/proc`, `/dev`, `/etc/hosts`, …).
 //!
 //! They land in the step's upper layer and would show up in its diff, so,
-//! like BuildKit's `MountStubsCleaner`, kiln records before the run which
+//! like BuildKit's `MountPointsCleaner`, kiln records before the run which
 //! mount destinations do not exist yet and removes afterwards those that
 //! are still empty, deepest first, restoring the mtimes of the directories
 //! they were created in.
 
+use kiln_context::path::PathError;
 use std::fs::FileTimes;
 use std::io;
-use std::path::{Component, Path, PathBuf};
-
-/// How many symlinks a path may traverse inside the rootfs.
-const MAX_SYMLINKS: usize = 40;
+use std::path::{Path, PathBuf};
 
 /// Resolves `path` (absolute inside the container) to a host path under
 /// `root`, following symlinks as the container would see them: `..` and
-/// absolute link targets never leave `root`. Missing components are kept
-/// as they are.
-pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
-    let mut pending: Vec<String> = components(path).into_iter().rev().collect();
-    let mut cur: Vec<String> = Vec::new();
-    let mut links = 0;
-    while let Some(c) = pending.pop() {
-        if c == ".." {
-            cur.pop();
-            continue;
-        }
-        let mut candidate = cur.clone();
-        candidate.push(c.clone());
-        let host = join(root, &candidate);
-        match std::fs::symlink_metadata(&host) {
-            Ok(m) if m.file_type().is_symlink() && links < MAX_SYMLINKS => {
-                links += 1;
-                let Ok(target) = std::fs::read_link(&host) else {
-                    cur = candidate;
-                    continue;
-                };
-                let target = target.to_string_lossy().into_owned();
-                if target.starts_with('/') {
-                    cur.clear();
-                }
-                pending.extend(components(&target).into_iter().rev());
-            }
-            _ => cur = candidate,
-        }
+/// absolute link targets never leave `root`; missing components are kept
+/// as they are. This is the one clamping resolver of kiln
+/// ([`kiln_context::path::resolve`]); a link loop is an error (`ELOOP`),
+/// never a path handed to the host kernel half-resolved.
+pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
+    match kiln_context::path::resolve(root, Path::new(path), true, None) {
+        Ok(r) => Ok(r.host),
+        Err(PathError::SymlinkLoop { .. }) => Err(io::Error::from_raw_os_error(libc::ELOOP)),
+        Err(PathError::Io { source, .. }) => Err(source),
     }
-    join(root, &cur)
-}
-
-fn components(path: &str) -> Vec<String> {
-    Path::new(path)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-            Component::ParentDir => Some("..".to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn join(root: &Path, parts: &[String]) -> PathBuf {
-    let mut p = root.to_path_buf();
-    for c in parts {
-        p.push(c);
-    }
-    p
 }
 
 /// For each destination, the host paths under `root` that do not exist
@@ -75,7 +33,11 @@ fn join(root: &Path, parts: &[String]) -> PathBuf {
 pub fn missing_paths<'a>(root: &Path, dests: impl IntoIterator<Item = &'a str>) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     for dest in dests {
-        let resolved = resolve_in_root(root, dest);
+        // A destination that cannot be resolved fails the run in runc;
+        // nothing of it is recorded to clean.
+        let Ok(resolved) = resolve_in_root(root, dest) else {
+            continue;
+        };
         let Ok(rel) = resolved.strip_prefix(root) else {
             continue;
         };
@@ -107,7 +69,7 @@ pub fn sort_deepest_first(paths: &mut [PathBuf]) {
 
 /// The stubs a run may create in one rootfs, recorded before the run.
 #[derive(Debug)]
-pub struct MountStubs {
+pub struct MountPoints {
     /// Missing paths, deepest first.
     paths: Vec<PathBuf>,
     /// Existing directories the stubs will be created in, with their times.
@@ -116,12 +78,12 @@ pub struct MountStubs {
 
 /// One stub that could not be removed or one mtime not restored.
 #[derive(Debug)]
-pub struct StubError {
+pub struct MountPointError {
     pub path: PathBuf,
     pub source: io::Error,
 }
 
-impl MountStubs {
+impl MountPoints {
     /// Records which of `dests` (absolute container paths) are missing in
     /// `root`.
     pub fn record<'a>(root: &Path, dests: impl IntoIterator<Item = &'a str>) -> Self {
@@ -143,7 +105,7 @@ impl MountStubs {
                 parents.push((parent.to_path_buf(), t));
             }
         }
-        MountStubs { paths, parents }
+        MountPoints { paths, parents }
     }
 
     /// The recorded missing paths, deepest first.
@@ -154,7 +116,7 @@ impl MountStubs {
     /// Removes the recorded paths that are now empty directories or empty
     /// files, deepest first, then restores the parents' times. Paths that
     /// hold data (the step wrote there) are kept. Returns what failed.
-    pub fn clean(&self) -> Vec<StubError> {
+    pub fn clean(&self) -> Vec<MountPointError> {
         let mut errors = Vec::new();
         for p in &self.paths {
             let Ok(m) = std::fs::symlink_metadata(p) else {
@@ -172,7 +134,7 @@ impl MountStubs {
                 Ok(())
             };
             if let Err(source) = res {
-                errors.push(StubError {
+                errors.push(MountPointError {
                     path: p.clone(),
                     source,
                 });
@@ -182,7 +144,7 @@ impl MountStubs {
             let res = std::fs::File::open(dir).and_then(|f| f.set_times(*times));
             if let Err(source) = res {
                 if source.kind() != io::ErrorKind::NotFound {
-                    errors.push(StubError {
+                    errors.push(MountPointError {
                         path: dir.clone(),
                         source,
                     });
@@ -253,17 +215,29 @@ mod tests {
         std::fs::create_dir_all(root.join("etc")).expect("mkdir");
         symlink("/run/systemd/resolv.conf", root.join("etc/resolv.conf")).expect("symlink");
         symlink("../../..", root.join("etc/up")).expect("symlink");
+        let resolve = |p: &str| resolve_in_root(root, p).expect("resolves");
         assert_eq!(
-            resolve_in_root(root, "/etc/resolv.conf"),
+            resolve("/etc/resolv.conf"),
             root.join("run/systemd/resolv.conf")
         );
-        assert_eq!(resolve_in_root(root, "/etc/up/x"), root.join("x"));
-        assert_eq!(resolve_in_root(root, "/../../x"), root.join("x"));
+        assert_eq!(resolve("/etc/up/x"), root.join("x"));
+        assert_eq!(resolve("/../../x"), root.join("x"));
         let got = missing_paths(root, ["/etc/resolv.conf"]);
         assert_eq!(
             rel(root, &got),
             ["run/systemd/resolv.conf", "run/systemd", "run"]
         );
+    }
+
+    #[test]
+    fn a_symlink_loop_is_an_error_and_records_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        symlink("/b", root.join("a")).expect("symlink");
+        symlink("/a", root.join("b")).expect("symlink");
+        let e = resolve_in_root(root, "/a/x").expect_err("a loop");
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        assert!(missing_paths(root, ["/a/x"]).is_empty());
     }
 
     #[test]
@@ -275,7 +249,7 @@ mod tests {
         std::fs::File::open(root.join("etc"))
             .and_then(|f| f.set_times(FileTimes::new().set_modified(old)))
             .expect("set mtime");
-        let stubs = MountStubs::record(root, ["/proc", "/etc/hosts", "/data/x", "/dev/pts"]);
+        let stubs = MountPoints::record(root, ["/proc", "/etc/hosts", "/data/x", "/dev/pts"]);
         // What runc and the step would do.
         std::fs::create_dir_all(root.join("proc")).expect("mkdir");
         std::fs::write(root.join("etc/hosts"), "").expect("write");
