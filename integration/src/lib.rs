@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 pub type HarnessResult<T> = Result<T, String>;
 
 /// A private containerd for one test.
+#[derive(Debug)]
 pub struct Harness {
     dir: tempfile::TempDir,
     socket: PathBuf,
@@ -335,6 +336,7 @@ pub fn step_printed(stderr: &str, marker: &str) -> bool {
 }
 
 /// A `kiln` run started in the background, stopped at a given point.
+#[derive(Debug)]
 pub struct RunningKiln {
     pub child: Child,
     /// The rest of its stderr, line by line.
@@ -491,6 +493,7 @@ impl KilnOutput {
 }
 
 /// A kilnd started for a test on a private containerd; SIGTERM on drop.
+#[derive(Debug)]
 pub struct Kilnd {
     child: Option<Child>,
     pub socket: PathBuf,

@@ -292,6 +292,16 @@ pub struct BlobWriter {
     offset: i64,
 }
 
+impl std::fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("lease", &self.lease)
+            .field("ref", &self.r#ref)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
 impl BlobWriter {
     async fn next_response(&mut self) -> Result<()> {
         match self.responses.message().await {

@@ -1,9 +1,9 @@
 //! `kilnd`, kiln's BuildKit-compatible daemon: buildctl, nerdctl and the
 //! buildx remote driver talk to it as they would to buildkitd.
 //!
-//! This file is wiring only: flags and configuration ([`config`]), the
+//! This file is wiring only: flags and configuration (`config`), the
 //! tracing subscriber, the daemon state, one gRPC server per listening
-//! address ([`listen`]) and an orderly shutdown on SIGTERM/SIGINT: stop
+//! address (`listen`) and an orderly shutdown on SIGTERM/SIGINT: stop
 //! accepting, cancel, wait for running builds, exit 0.
 
 mod config;

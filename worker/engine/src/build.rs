@@ -59,6 +59,15 @@ pub struct Engine {
     hashes: Arc<HashCache>,
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("services", &self.svc)
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Engine {
     /// An engine on containerd: its services and its runc steps.
     pub fn new(ctrd: Containerd, state_dir: PathBuf) -> Self {
@@ -264,12 +273,30 @@ pub struct Solved {
     pub layers: Vec<crate::refs::Layer>,
 }
 
+impl std::fmt::Debug for Solved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Solved")
+            .field("lease", &self.lease)
+            .field("layers", &self.layers)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A read-only mount of a build result on the host.
 pub struct ResultView {
     mount: Option<kiln_snapshot::mount::MountGuard>,
     key: Option<String>,
     svc: Services,
     path: PathBuf,
+}
+
+impl std::fmt::Debug for ResultView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultView")
+            .field("key", &self.key)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResultView {

@@ -89,6 +89,29 @@ pub struct Follower<T, E> {
     rx: watch::Receiver<Shared<T, E>>,
 }
 
+impl<T: Clone, E> std::fmt::Debug for Flight<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Flight::Leader(l) => f.debug_tuple("Leader").field(l).finish(),
+            Flight::Follower(w) => f.debug_tuple("Follower").field(w).finish(),
+        }
+    }
+}
+
+impl<T, E> std::fmt::Debug for Leader<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leader")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, E> std::fmt::Debug for Follower<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower").finish_non_exhaustive()
+    }
+}
+
 impl<T: Clone, E> FlightControl<T, E> {
     /// Joins the flight for `key`.
     pub fn join(self: &Arc<Self>, key: &Digest) -> Flight<T, E> {

@@ -38,6 +38,16 @@ pub struct StepRunner {
     pub hashes: Arc<crate::contenthash::HashCache>,
 }
 
+impl std::fmt::Debug for StepRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepRunner")
+            .field("lease", &self.lease)
+            .field("mount_dir", &self.mount_dir)
+            .field("compression", &self.compression)
+            .finish_non_exhaustive()
+    }
+}
+
 /// `Dockerfile:12: ` for a vertex with a location, else empty.
 pub(crate) fn location(v: &Vertex) -> String {
     v.location
