@@ -580,6 +580,9 @@ mod tests {
 
     #[test]
     fn bind_mount_shows_source_and_guard_unmounts() {
+        if !kiln_types::testing::needs_root("bind mounts") {
+            return;
+        }
         let src = tempfile::tempdir().expect("tempdir");
         let dst = tempfile::tempdir().expect("tempdir");
         fs::write(src.path().join("hello"), b"hi").expect("write");
@@ -599,6 +602,9 @@ mod tests {
 
     #[test]
     fn read_only_bind_refuses_writes() {
+        if !kiln_types::testing::needs_root("bind mounts") {
+            return;
+        }
         let src = tempfile::tempdir().expect("tempdir");
         let dst = tempfile::tempdir().expect("tempdir");
         let guard = MountGuard::mount(
@@ -615,6 +621,9 @@ mod tests {
 
     #[test]
     fn overlay_with_two_lowers() {
+        if !kiln_types::testing::needs_root("overlay mounts") {
+            return;
+        }
         let root = tempfile::tempdir().expect("tempdir");
         let d = |n: &str| {
             let p = root.path().join(n);
@@ -646,6 +655,9 @@ mod tests {
 
     #[test]
     fn long_lowerdir_is_compacted_and_mounts() {
+        if !kiln_types::testing::needs_root("overlay mounts") {
+            return;
+        }
         let root = tempfile::tempdir().expect("tempdir");
         let snaps = root
             .path()
@@ -709,6 +721,7 @@ mod tests {
         guard.unmount().expect("unmount");
     }
 
+    /// Without root the mount fails too (EPERM), and names the same paths.
     #[test]
     fn failed_mount_names_source_and_target() {
         let dst = tempfile::tempdir().expect("tempdir");
@@ -722,6 +735,19 @@ mod tests {
             msg.contains("/nonexistent/kiln") && msg.contains(&dst.path().display().to_string()),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_missing_bind_source_is_enoent() {
+        if !kiln_types::testing::needs_root("bind mounts (without root every mount is EPERM)") {
+            return;
+        }
+        let dst = tempfile::tempdir().expect("tempdir");
+        let err = mount_all(
+            &[bind(Path::new("/nonexistent/kiln"), &["rbind"])],
+            dst.path(),
+        )
+        .expect_err("missing source");
         assert!(
             matches!(
                 err,

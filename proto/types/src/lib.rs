@@ -9,10 +9,14 @@
 //! the containerd proxies and the daemon alike.
 //!
 //! Architecture invariant: this crate knows no kiln crate, does no IO and
-//! holds no policy; it only names things.
+//! holds no policy; it only names things. The one exception is
+//! `testing` (behind the `testing` feature, for dev-dependencies): the
+//! single rule for tests that need root, which every crate's tests share.
 
 pub mod digest;
 mod kind;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use digest::Digest;
 pub use kind::ErrorKind;

@@ -1,5 +1,6 @@
-//! Layer diff tests on real trees (run as root: they create 0/0 character
-//! devices, set `trusted.*` xattrs and mount overlays).
+//! Layer diff tests on real trees. Many need root (they create 0/0
+//! character devices, set `trusted.*` xattrs, chown and mount overlays) and
+//! start with `needs_root`; the rest run everywhere.
 
 use std::fs;
 use std::io::Read;
@@ -100,6 +101,10 @@ fn tmp() -> tempfile::TempDir {
 
 #[test]
 fn overlay_whiteouts_opaque_dirs_and_copy_up_parents() {
+    if !kiln_types::testing::needs_root("0/0 character device whiteouts and trusted.overlay xattrs")
+    {
+        return;
+    }
     let (lower, upper) = (tmp(), tmp());
     let (l, u) = (lower.path(), upper.path());
     mkdirs(l, &["a", "c", "d/sub"]);
@@ -160,6 +165,9 @@ fn overlay_whiteouts_opaque_dirs_and_copy_up_parents() {
 
 #[test]
 fn overlay_redirect_or_metacopy_asks_for_fallback() {
+    if !kiln_types::testing::needs_root("trusted.overlay xattrs") {
+        return;
+    }
     for name in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
         let upper = tmp();
         mkdirs(upper.path(), &["x/moved"]);
@@ -183,6 +191,9 @@ fn overlay_redirect_or_metacopy_asks_for_fallback() {
 
 #[test]
 fn hardlinks_become_tar_links_and_specials_are_kept() {
+    if !kiln_types::testing::needs_root("mknod of a character device") {
+        return;
+    }
     let upper = tmp();
     let u = upper.path();
     mkdirs(u, &["bin", "dev"]);
@@ -247,6 +258,9 @@ const CAP_NET_BIND_SERVICE: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0
 
 #[test]
 fn walk_mode_compares_metadata_and_content() {
+    if !kiln_types::testing::needs_root("a security.capability xattr") {
+        return;
+    }
     let (lower, upper) = (tmp(), tmp());
     let (l, u) = (lower.path(), upper.path());
     for root in [l, u] {
@@ -369,7 +383,6 @@ fn layers_are_deterministic_and_compressions_share_the_diff_id() {
         })
         .collect();
     write(u, "b/big", &big);
-    nix::unistd::chown(&u.join("b"), Some(1000.into()), Some(1000.into())).expect("chown");
 
     let src = DiffSource::Walk {
         lower: None,
@@ -385,7 +398,6 @@ fn layers_are_deterministic_and_compressions_share_the_diff_id() {
     assert_eq!(plain.diff_id, Digest::from_sha256(&Sha256::digest(&tar)));
     assert_eq!(plain.media_type, "application/vnd.oci.image.layer.v1.tar");
     let got = read_tar(&tar);
-    assert_eq!(got.iter().find(|e| e.path == "b/").expect("b/").uid, 1000);
     assert_eq!(
         got.iter().find(|e| e.path == "b/big").expect("b/big").data,
         big
@@ -443,6 +455,25 @@ fn layers_are_deterministic_and_compressions_share_the_diff_id() {
 }
 
 #[test]
+fn entries_keep_their_owner() {
+    if !kiln_types::testing::needs_root("chown to uid 1000") {
+        return;
+    }
+    let upper = tmp();
+    let u = upper.path();
+    mkdirs(u, &["b"]);
+    write(u, "b/f", b"f");
+    nix::unistd::chown(&u.join("b"), Some(1000.into()), Some(1000.into())).expect("chown");
+    let (_, tar) = layer(DiffSource::Walk {
+        lower: None,
+        upper: u,
+    });
+    let got = read_tar(&tar);
+    assert_eq!(got.iter().find(|e| e.path == "b/").expect("b/").uid, 1000);
+    assert_eq!(got.iter().find(|e| e.path == "b/f").expect("b/f").uid, 0);
+}
+
+#[test]
 fn compression_names() {
     assert_eq!(
         "gzip".parse::<Compression>().expect("gzip"),
@@ -477,6 +508,9 @@ fn overlay(lowerdir: String, upper: Option<(&Path, &Path)>) -> Mount {
 
 #[test]
 fn mounted_overlay_delete_and_new_dir() {
+    if !kiln_types::testing::needs_root("overlay mounts") {
+        return;
+    }
     let root = tmp();
     let d = |n: &str| -> PathBuf {
         let p = root.path().join(n);

@@ -74,6 +74,11 @@ fn file_sync(dirs: &[(&str, &Path)]) -> SessionServices {
 
 #[tokio::test]
 async fn daemon_fetches_the_client_context_over_the_session() {
+    if !kiln_types::testing::needs_root(
+        "the context has a file owned by uid 1234 and the daemon writes uid 0",
+    ) {
+        return;
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let (src, dest) = (tmp.path().join("ctx"), tmp.path().join("dest"));
     context_tree(&src);
@@ -144,8 +149,17 @@ async fn daemon_fetches_the_client_context_over_the_session() {
     .expect("fetch follow paths");
     let got: Vec<String> = snapshot(&dest3).into_keys().collect();
     assert_eq!(got, ["main-link", "src", "src/main.rs"]);
+    session.end().await;
+}
 
-    let err = fetch_dir(session.channel.clone(), "secret", &[], &[], &[], &dest3)
+#[tokio::test]
+async fn a_dir_the_client_did_not_share_is_not_found() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (src, dest) = (tmp.path().join("ctx"), tmp.path().join("dest"));
+    write(&src.join("Dockerfile"), b"FROM scratch\n");
+    std::fs::create_dir_all(&dest).expect("mkdir");
+    let session = Session::start(file_sync(&[("context", &src)])).await;
+    let err = fetch_dir(session.channel.clone(), "secret", &[], &[], &[], &dest)
         .await
         .expect_err("unknown dir");
     assert_eq!(err.kind(), kiln_proto::ErrorKind::NotFound);
@@ -153,26 +167,33 @@ async fn daemon_fetches_the_client_context_over_the_session() {
         format!("{:?}", err).contains("no access allowed to dir"),
         "{err:?}"
     );
+    assert!(snapshot(&dest).is_empty(), "nothing fetched");
     session.end().await;
 }
 
-#[tokio::test]
-async fn exports_reach_the_client_as_bytes_and_as_trees() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let tar_out = tmp.path().join("out.tar");
-    let local_out = tmp.path().join("local-out");
+/// A client with two export targets: exporter 0 receives bytes into
+/// `tar_out`, exporter 1 a tree into `local_out`.
+fn export_targets(tar_out: &Path, local_out: &Path) -> SessionServices {
     let mut services = SessionServices::new();
     services.add(
         FileSendReceiver::new(vec![
             FileSendTarget::Bytes {
-                dest: Some(tar_out.clone()),
+                dest: Some(tar_out.to_path_buf()),
             },
             FileSendTarget::Local {
-                dir: local_out.clone(),
+                dir: local_out.to_path_buf(),
             },
         ]),
         FileSendReceiver::METHODS,
     );
+    services
+}
+
+#[tokio::test]
+async fn exports_reach_the_client_as_bytes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tar_out = tmp.path().join("out.tar");
+    let services = export_targets(&tar_out, &tmp.path().join("local-out"));
     assert_eq!(
         services.methods(),
         [
@@ -192,6 +213,24 @@ async fn exports_reach_the_client_as_bytes_and_as_trees() {
         .await
         .expect("send bytes");
     assert_eq!(std::fs::read(&tar_out).expect("read"), data);
+
+    // An exporter id the client has no target for.
+    let err = send_bytes(session.channel.clone(), Some(5), vec![], &b"x"[..])
+        .await
+        .expect_err("no target");
+    assert!(matches!(err, SessionError::Call { .. }), "{err:?}");
+    session.end().await;
+}
+
+#[tokio::test]
+async fn exports_reach_the_client_as_trees() {
+    if !kiln_types::testing::needs_root("the exported tree has a file owned by uid 1234") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let local_out = tmp.path().join("local-out");
+    let services = export_targets(&tmp.path().join("out.tar"), &local_out);
+    let session = Session::start(services).await;
 
     let src = tmp.path().join("rootfs");
     context_tree(&src);
@@ -215,12 +254,6 @@ async fn exports_reach_the_client_as_bytes_and_as_trees() {
         );
         assert_eq!((g.uid, g.gid), me, "{path} re-owned to the client");
     }
-
-    // An exporter id the client has no target for.
-    let err = send_bytes(session.channel.clone(), Some(5), vec![], &b"x"[..])
-        .await
-        .expect_err("no target");
-    assert!(matches!(err, SessionError::Call { .. }), "{err:?}");
     session.end().await;
 }
 

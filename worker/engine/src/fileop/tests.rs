@@ -1,4 +1,6 @@
-//! Tests of the file actions on temp dirs. They run as root (chown is real).
+//! Tests of the file actions on temp dirs. Most need root, because chown is
+//! real: every COPY without `--chown` owns what it writes to uid 0. Those
+//! start with `needs_root`; the parts that write no owner run everywhere.
 
 use super::*;
 use kiln_context::ignore::{parse_dockerignore, PatternMatcher};
@@ -77,6 +79,9 @@ fn run(f: &Fx, op: &FileCopy) -> Result<()> {
 
 #[test]
 fn file_to_file_keeps_mode_and_mtime_and_resets_owner() {
+    if !kiln_types::testing::needs_root("chown of the source to uid 1234") {
+        return;
+    }
     let f = fx();
     let a = write(&f.ctx, "a.txt", "hello");
     chown(&a, 1234, 1234);
@@ -94,6 +99,9 @@ fn file_to_file_keeps_mode_and_mtime_and_resets_owner() {
 
 #[test]
 fn copy_keep_owner_preserves_source_ids() {
+    if !kiln_types::testing::needs_root("chown of the source to uid 1234") {
+        return;
+    }
     let f = fx();
     let a = write(&f.ctx, "d/a.txt", "x");
     chown(&a, 1234, 4321);
@@ -104,6 +112,9 @@ fn copy_keep_owner_preserves_source_ids() {
 
 #[test]
 fn file_into_directory() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
     let f = fx();
     write(&f.ctx, "a.txt", "a");
     run(&f, &cp("/a.txt", "/app/")).expect("copy to dir/");
@@ -120,6 +131,9 @@ fn file_into_directory() {
 
 #[test]
 fn directory_contents_are_copied_and_merged() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
     let f = fx();
     write(&f.ctx, "dir/x", "x");
     write(&f.ctx, "dir/sub/y", "y");
@@ -151,6 +165,9 @@ fn directory_contents_are_copied_and_merged() {
 
 #[test]
 fn wildcards_into_directory_and_single_match_to_file() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
     let f = fx();
     write(&f.ctx, "a.txt", "a");
     write(&f.ctx, "b.txt", "b");
@@ -205,6 +222,9 @@ fn chown_op(src: &str, dest: &str, user: Option<UserOpt>, group: Option<UserOpt>
 
 #[test]
 fn chown_by_name_and_id() {
+    if !kiln_types::testing::needs_root("COPY --chown to uid 1000") {
+        return;
+    }
     let f = fx();
     passwd(&f.dest);
     write(&f.ctx, "d/a", "a");
@@ -243,6 +263,9 @@ fn chown_by_name_and_id() {
 
 #[test]
 fn chmod_applies_to_everything_copied_and_created() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
     let f = fx();
     write(&f.ctx, "d/a", "a");
     write(&f.ctx, "d/s/b", "b");
@@ -256,6 +279,9 @@ fn chmod_applies_to_everything_copied_and_created() {
 
 #[test]
 fn timestamp_override_applies_to_files_dirs_and_created_parents() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
     let f = fx();
     write(&f.ctx, "d/s/a", "a");
     let ts = 1_234_567_890_000_000_123;
@@ -270,6 +296,9 @@ fn timestamp_override_applies_to_files_dirs_and_created_parents() {
 
 #[test]
 fn symlinks_inside_trees_stay_symlinks() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
     let f = fx();
     write(&f.ctx, "a.txt", "a");
     write(&f.ctx, "d/f", "f");
@@ -302,6 +331,9 @@ fn symlinks_inside_trees_stay_symlinks() {
 
 #[test]
 fn hardlinks_are_preserved() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
     let f = fx();
     write(&f.ctx, "d/h1", "same");
     std::fs::hard_link(f.ctx.join("d/h1"), f.ctx.join("d/h2")).expect("link");
@@ -313,30 +345,46 @@ fn hardlinks_are_preserved() {
     assert_eq!(lstat(&f.dest, "out/other").nlink(), 1);
 }
 
+/// The source-side escapes that end in an error write nothing, so no owner
+/// either: this part runs without root.
 #[test]
-fn escaping_symlinks_are_clamped_to_their_roots() {
+fn escaping_source_symlinks_and_loops_fail_without_reading_outside() {
     let f = fx();
-    // Source side: a context symlink to /etc resolves to <ctx>/etc.
+    // A context symlink to /etc resolves to <ctx>/etc, which is missing.
     std::os::unix::fs::symlink("/etc", f.ctx.join("evil")).expect("symlink");
     let e = run(&f, &cp("evil/passwd", "/stolen")).expect_err("must not read host /etc");
     assert!(matches!(e, FileOpError::NotFound { .. }), "{e}");
     assert!(!exists(&f.dest, "stolen"));
-    write(&f.ctx, "etc/passwd", "ctx passwd");
-    run(&f, &cp("evil/passwd", "/ok")).expect("clamped copy");
-    assert_eq!(read(&f.dest, "ok"), "ctx passwd");
     // `..` links and `..` in the source are clamped too.
-    write(&f.ctx, "secret", "inside");
     write(f.ctx.parent().expect("parent"), "outside", "host file");
     std::os::unix::fs::symlink("../../../..", f.ctx.join("up")).expect("symlink");
-    run(&f, &cp("up/secret", "/s1")).expect("copy");
-    assert_eq!(read(&f.dest, "s1"), "inside");
     assert!(run(&f, &cp("../outside", "/s2")).is_err());
     assert!(run(&f, &cp("up/outside", "/s3")).is_err());
+    // Nothing was written (a failed chown would leave the file behind).
+    assert!(!exists(&f.dest, "s2") && !exists(&f.dest, "s3"));
 
     // Symlink loops end in an error, not a hang.
     std::os::unix::fs::symlink("loop", f.ctx.join("loop")).expect("symlink");
     let e = run(&f, &cp("loop/x", "/l")).expect_err("loop");
     assert!(matches!(e, FileOpError::SymlinkLoop { .. }), "{e}");
+}
+
+#[test]
+fn escaping_symlinks_are_clamped_to_their_roots() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
+    let f = fx();
+    // Source side: a context symlink to /etc resolves to <ctx>/etc.
+    std::os::unix::fs::symlink("/etc", f.ctx.join("evil")).expect("symlink");
+    write(&f.ctx, "etc/passwd", "ctx passwd");
+    run(&f, &cp("evil/passwd", "/ok")).expect("clamped copy");
+    assert_eq!(read(&f.dest, "ok"), "ctx passwd");
+    // `..` links are clamped too.
+    write(&f.ctx, "secret", "inside");
+    std::os::unix::fs::symlink("../../../..", f.ctx.join("up")).expect("symlink");
+    run(&f, &cp("up/secret", "/s1")).expect("copy");
+    assert_eq!(read(&f.dest, "s1"), "inside");
 
     // Destination side: a symlink in the rootfs to /etc writes into the
     // rootfs' etc, never the host's.
@@ -397,6 +445,9 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn add_extracts_archives_and_clamps_traversal() {
+    if !kiln_types::testing::needs_root("ADD gives extracted entries the archive's uids") {
+        return;
+    }
     use tar::EntryType as T;
     let f = fx();
     let archive = tar_bytes(&[
@@ -456,6 +507,9 @@ fn add_extracts_archives_and_clamps_traversal() {
 
 #[test]
 fn dockerignore_and_op_patterns_hide_paths() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
     let f = fx();
     write(&f.ctx, "app.log", "log");
     write(&f.ctx, "main.rs", "main");
@@ -522,6 +576,9 @@ fn type_conflicts_follow_fsutil() {
 
 #[test]
 fn mkdir_modes_owners_and_parents() {
+    if !kiln_types::testing::needs_root("mkdir --chown to uid 1000") {
+        return;
+    }
     let f = fx();
     passwd(&f.dest);
     let op = FileMkDir {
@@ -545,6 +602,12 @@ fn mkdir_modes_owners_and_parents() {
         assert_eq!(md.mtime(), 5, "{rel}");
     }
     mkdir(&f.dest, &op).expect("existing is fine");
+}
+
+/// Without an owner mkdir chowns nothing, so this runs without root.
+#[test]
+fn mkdir_without_parents_or_owner_stays_in_the_root() {
+    let f = fx();
     let flat = FileMkDir {
         path: "/x/y".into(),
         mode: 0o700,
@@ -573,6 +636,9 @@ fn mkdir_modes_owners_and_parents() {
 
 #[test]
 fn mkfile_writes_data_mode_owner() {
+    if !kiln_types::testing::needs_root("mkfile --chown to uid 5") {
+        return;
+    }
     let f = fx();
     let op = FileMkFile {
         path: "/f".into(),
@@ -588,13 +654,21 @@ fn mkfile_writes_data_mode_owner() {
     assert_eq!(read(&f.dest, "f"), "data");
     let md = lstat(&f.dest, "f");
     assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o644, 5, 6));
+}
+
+/// Without an owner mkfile chowns nothing, so this runs without root.
+#[test]
+fn mkfile_through_a_symlink_writes_inside_the_root() {
+    let f = fx();
     // A symlink to a host file writes inside the root instead.
     std::fs::create_dir(f.dest.join("etc")).expect("mkdir");
     std::os::unix::fs::symlink("/etc/kiln-mkfile-test", f.dest.join("l")).expect("symlink");
     let op = FileMkFile {
         path: "/l".into(),
+        mode: 0o644,
+        data: b"data".to_vec(),
         owner: None,
-        ..op
+        timestamp: None,
     };
     mkfile(&f.dest, &op).expect("mkfile");
     assert_eq!(read(&f.dest, "etc/kiln-mkfile-test"), "data");
@@ -683,6 +757,9 @@ type Edit = (&'static str, fn(&Path));
 
 #[test]
 fn the_context_digest_changes_exactly_when_the_copy_does() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
     let no_follow = FileCopy {
         follow_symlink: false,
         ..cp("link", "/out")
