@@ -13,12 +13,12 @@
 //! for directories), mtime 0, uid/gid 0, no user or group names.
 
 use crate::error::{Result, WorkerError};
-use crate::oci::{self, Descriptor, Index, Manifest};
+use crate::oci::{self, Descriptor, ImageIndex, ImageManifest, MediaType};
 use crate::services::Services;
 use kiln_snapshot::diff::tar::{padding, Entry, EntryKind, TarWriter, BLOCK};
 use kiln_solver::Digest;
 use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
@@ -62,55 +62,54 @@ pub async fn write_archive(
     format: ArchiveFormat,
     out: &mut (dyn AsyncWrite + Unpin + Send),
 ) -> Result<()> {
-    let image = manifest.digest.as_str();
-    if manifest.media_type != oci::MEDIA_OCI_MANIFEST
-        && manifest.media_type != oci::MEDIA_DOCKER_MANIFEST
-    {
+    let image: &str = manifest.digest().as_ref();
+    let media_type = manifest.media_type().to_string();
+    if media_type != oci::MEDIA_OCI_MANIFEST && media_type != oci::MEDIA_DOCKER_MANIFEST {
         return Err(WorkerError::Unsupported {
             location: String::new(),
-            what: format!("an image archive of {}", manifest.media_type),
+            what: format!("an image archive of {media_type}"),
         });
     }
-    let manifest_bytes = svc.content.read(&manifest.digest).await?;
-    if manifest_bytes.len() as i64 != manifest.size {
+    let manifest_bytes = svc.content.read(image).await?;
+    if manifest_bytes.len() as u64 != manifest.size() {
         return Err(invalid(
             image,
             format!(
                 "manifest is {} bytes, its descriptor says {}",
                 manifest_bytes.len(),
-                manifest.size
+                manifest.size()
             ),
         ));
     }
-    let parsed: Manifest = serde_json::from_slice(&manifest_bytes)
+    let parsed: ImageManifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| invalid(image, format!("manifest JSON: {e}")))?;
 
     // Blob paths are built from digests: only accept well-formed sha256
     // digests, which also keeps the paths inside `blobs/sha256/`.
-    let manifest_hex = blob_hex(image, &manifest.digest)?;
-    let config_hex = blob_hex(image, &parsed.config.digest)?;
-    let mut layer_hexes = Vec::with_capacity(parsed.layers.len());
-    for l in &parsed.layers {
-        layer_hexes.push(blob_hex(image, &l.digest)?);
+    let manifest_hex = blob_hex(image, image)?;
+    let config_hex = blob_hex(image, parsed.config().digest().as_ref())?;
+    let mut layer_hexes = Vec::with_capacity(parsed.layers().len());
+    for l in parsed.layers() {
+        layer_hexes.push(blob_hex(image, l.digest().as_ref())?);
     }
 
     // Config and layers, each once, in manifest order; checked to exist
     // with the right size before anything is written.
     let mut streamed: Vec<(&Descriptor, u64)> = Vec::new();
-    let mut seen = HashSet::from([manifest.digest.as_str()]);
-    for d in std::iter::once(&parsed.config).chain(parsed.layers.iter()) {
-        if !seen.insert(d.digest.as_str()) {
+    let mut seen = HashSet::from([image]);
+    for d in std::iter::once(parsed.config()).chain(parsed.layers().iter()) {
+        let digest: &str = d.digest().as_ref();
+        if !seen.insert(digest) {
             continue;
         }
-        let size = u64::try_from(d.size)
-            .map_err(|_| invalid(image, format!("blob {} has size {}", d.digest, d.size)))?;
-        let info = svc.content.info(&d.digest).await?;
-        if info.size != d.size {
+        let size = d.size();
+        let info = svc.content.info(digest).await?;
+        if u64::try_from(info.size).ok() != Some(size) {
             return Err(invalid(
                 image,
                 format!(
-                    "blob {} is {} bytes in the content store, the manifest says {}",
-                    d.digest, info.size, d.size
+                    "blob {digest} is {} bytes in the content store, the manifest says {size}",
+                    info.size
                 ),
             ));
         }
@@ -138,12 +137,13 @@ pub async fn write_archive(
         .await
         .map_err(output_error)?;
     for (d, size) in streamed {
-        let hex = blob_hex(image, &d.digest)?;
-        let rx = svc.content.read_stream(&d.digest).await?;
+        let digest: &str = d.digest().as_ref();
+        let hex = blob_hex(image, digest)?;
+        let rx = svc.content.read_stream(digest).await?;
         stream_blob(
             &mut tar,
             &format!("blobs/sha256/{hex}"),
-            &d.digest,
+            digest,
             size,
             rx,
             image,
@@ -159,7 +159,7 @@ pub async fn write_archive(
             .map_err(output_error)?;
     }
     tar.finish().await.map_err(output_error)?;
-    tracing::debug!(manifest = %manifest.digest, ?format, names = ?names, "wrote image archive");
+    tracing::debug!(manifest = %image, ?format, names = ?names, "wrote image archive");
     Ok(())
 }
 
@@ -207,19 +207,19 @@ fn tag_of(name: &str) -> Option<&str> {
 /// `index.json`: the manifest once per name, annotated with the name.
 fn index_json(manifest: &Descriptor, names: &[String], image: &str) -> Result<Vec<u8>> {
     let entry = |name: Option<&str>| {
-        let mut d = Descriptor {
-            media_type: manifest.media_type.clone(),
-            digest: manifest.digest.clone(),
-            size: manifest.size,
-            platform: manifest.platform.clone(),
-            annotations: BTreeMap::new(),
-        };
+        let mut d = Descriptor::new(
+            manifest.media_type().clone(),
+            manifest.size(),
+            manifest.digest().clone(),
+        );
+        d.set_platform(manifest.platform().clone());
         if let Some(name) = name {
-            d.annotations
-                .insert(ANNOTATION_IMAGE_NAME.into(), name.to_string());
+            let mut annotations = HashMap::new();
+            annotations.insert(ANNOTATION_IMAGE_NAME.to_string(), name.to_string());
             if let Some(r) = ref_name(name) {
-                d.annotations.insert(ANNOTATION_REF_NAME.into(), r.into());
+                annotations.insert(ANNOTATION_REF_NAME.to_string(), r.to_string());
             }
+            d.set_annotations(Some(annotations));
         }
         d
     };
@@ -228,12 +228,11 @@ fn index_json(manifest: &Descriptor, names: &[String], image: &str) -> Result<Ve
     } else {
         names.iter().map(|n| entry(Some(n))).collect()
     };
-    let index = Index {
-        schema_version: 2,
-        media_type: oci::MEDIA_OCI_INDEX.into(),
-        manifests,
-    };
-    serde_json::to_vec(&index).map_err(|e| invalid(image, format!("index.json: {e}")))
+    let mut index = ImageIndex::default();
+    index.set_schema_version(2);
+    index.set_media_type(Some(MediaType::from(oci::MEDIA_OCI_INDEX)));
+    index.set_manifests(manifests);
+    oci::to_json(&index).map_err(|e| invalid(image, format!("index.json: {e}")))
 }
 
 /// One entry of Docker's `manifest.json`.
@@ -479,12 +478,7 @@ mod tests {
 
     #[test]
     fn index_has_one_annotated_entry_per_name() {
-        let m = Descriptor {
-            media_type: oci::MEDIA_OCI_MANIFEST.into(),
-            digest: digest_of(b"m"),
-            size: 1,
-            ..Default::default()
-        };
+        let m = oci::descriptor(oci::MEDIA_OCI_MANIFEST, &digest_of(b"m"), 1).expect("descriptor");
         let names = vec![
             "docker.io/library/hello:latest".to_string(),
             "example.com/x:1".to_string(),
@@ -495,7 +489,7 @@ mod tests {
         assert_eq!(v["mediaType"], oci::MEDIA_OCI_INDEX);
         let ms = v["manifests"].as_array().expect("manifests");
         assert_eq!(ms.len(), 2);
-        assert_eq!(ms[0]["digest"], m.digest.as_str());
+        assert_eq!(ms[0]["digest"], m.digest().to_string());
         assert_eq!(
             ms[0]["annotations"][ANNOTATION_IMAGE_NAME],
             "docker.io/library/hello:latest"

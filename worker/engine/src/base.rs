@@ -3,7 +3,7 @@
 //! under chainID names when it is not unpacked yet.
 
 use crate::error::{Result, WorkerError};
-use crate::oci::{self, Descriptor, ImageConfigJson, Index, Manifest};
+use crate::oci::{self, Descriptor, ImageConfigJson, ImageIndex, ImageManifest};
 use crate::refs::Layer;
 use crate::services::Services;
 use kiln_snapshot::containerd::LeaseId;
@@ -40,28 +40,30 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
         }
         Err(e) => return Err(e.into()),
     };
-    let mut desc = Descriptor {
-        media_type: record.media_type.clone(),
-        digest: record.digest.clone(),
-        size: record.size,
-        ..Default::default()
-    };
-    if desc.media_type == oci::MEDIA_OCI_INDEX || desc.media_type == oci::MEDIA_DOCKER_LIST {
-        let bytes = svc.content.read(&desc.digest).await?;
-        let index: Index = serde_json::from_slice(&bytes)
-            .map_err(|e| invalid(name, format!("index {}: {e}", desc.digest)))?;
+    let mut desc = oci::descriptor(&record.media_type, &record.digest, record.size)
+        .ok_or_else(|| {
+            invalid(
+                name,
+                format!("bad record {} of {} bytes", record.digest, record.size),
+            )
+        })?;
+    let media_type = desc.media_type().to_string();
+    if media_type == oci::MEDIA_OCI_INDEX || media_type == oci::MEDIA_DOCKER_LIST {
+        let bytes = svc.content.read(desc.digest().as_ref()).await?;
+        let index: ImageIndex = serde_json::from_slice(&bytes)
+            .map_err(|e| invalid(name, format!("index {}: {e}", desc.digest())))?;
         let want = oci::host_platform();
         let chosen = index
-            .manifests
+            .manifests()
             .iter()
             .find(|m| {
-                m.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
+                m.platform().as_ref().is_some_and(|p| {
+                    p.os() == want.os() && p.architecture() == want.architecture()
+                })
             })
             .or_else(|| {
-                if index.manifests.len() == 1 {
-                    index.manifests.first()
+                if index.manifests().len() == 1 {
+                    index.manifests().first()
                 } else {
                     None
                 }
@@ -69,41 +71,43 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
             .ok_or_else(|| {
                 invalid(
                     name,
-                    format!("no manifest for {}/{}", want.os, want.architecture),
+                    format!("no manifest for {}/{}", want.os(), want.architecture()),
                 )
             })?;
         desc = chosen.clone();
     }
-    let bytes = svc.content.read(&desc.digest).await?;
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| invalid(name, format!("manifest {}: {e}", desc.digest)))?;
-    let cfg_bytes = svc.content.read(&manifest.config.digest).await?;
+    let bytes = svc.content.read(desc.digest().as_ref()).await?;
+    let manifest: ImageManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(name, format!("manifest {}: {e}", desc.digest())))?;
+    let config_digest = manifest.config().digest().to_string();
+    let cfg_bytes = svc.content.read(&config_digest).await?;
     let config: ImageConfigJson = serde_json::from_slice(&cfg_bytes)
-        .map_err(|e| invalid(name, format!("config {}: {e}", manifest.config.digest)))?;
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        .map_err(|e| invalid(name, format!("config {config_digest}: {e}")))?;
+    let diff_ids = config.image.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
         return Err(invalid(
             name,
             format!(
                 "{} layers but {} diff_ids",
-                manifest.layers.len(),
-                config.rootfs.diff_ids.len()
+                manifest.layers().len(),
+                diff_ids.len()
             ),
         ));
     }
-    let mut layers = Vec::with_capacity(manifest.layers.len());
-    for (l, d) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+    let mut layers = Vec::with_capacity(manifest.layers().len());
+    for (l, d) in manifest.layers().iter().zip(diff_ids) {
         let diff_id = Digest::parse(d).ok_or_else(|| invalid(name, format!("bad diff_id {d}")))?;
         layers.push(Layer {
             diff_id,
-            media_type: l.media_type.clone(),
-            digest: l.digest.clone(),
-            size: l.size,
+            media_type: l.media_type().to_string(),
+            digest: l.digest().to_string(),
+            size: oci::size_of(l),
         });
     }
     Ok(BaseImage {
         name: name.to_string(),
         manifest: desc,
-        config_digest: manifest.config.digest.clone(),
+        config_digest,
         config,
         layers,
     })
@@ -198,32 +202,43 @@ pub(crate) fn rand_hex() -> String {
     hex::encode(b)
 }
 
-/// The frontend's view of a base image config.
+/// The frontend's view of a base image config. Port and volume sets come
+/// out sorted: oci-spec reads them into `HashMap`s, and the frontend's
+/// config must not depend on their iteration order.
 pub fn frontend_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
-    let c = &cfg.config;
+    let c = &cfg.config.oci;
+    let sorted = |v: &Option<Vec<String>>| {
+        let mut v = v.clone().unwrap_or_default();
+        v.sort();
+        v.dedup();
+        v
+    };
     kiln_solver::ImageConfig {
-        env: c.env.clone(),
-        cmd: c.cmd.clone(),
-        entrypoint: c.entrypoint.clone(),
-        working_dir: c.working_dir.clone(),
-        user: c.user.clone(),
-        labels: c.labels.clone(),
-        exposed_ports: c.exposed_ports.keys().cloned().collect(),
-        shell: c.shell.clone(),
-        stop_signal: if c.stop_signal.is_empty() {
-            None
-        } else {
-            Some(c.stop_signal.clone())
-        },
-        volumes: c.volumes.keys().cloned().collect(),
-        history: cfg
-            .history
+        env: c.env().clone().unwrap_or_default(),
+        cmd: c.cmd().clone(),
+        entrypoint: c.entrypoint().clone(),
+        working_dir: c.working_dir().clone().unwrap_or_default(),
+        user: c.user().clone().unwrap_or_default(),
+        labels: c
+            .labels()
             .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        exposed_ports: sorted(c.exposed_ports()),
+        shell: cfg.config.shell.clone(),
+        stop_signal: c.stop_signal().clone().filter(|s| !s.is_empty()),
+        volumes: sorted(c.volumes()),
+        history: cfg
+            .image
+            .history()
+            .iter()
+            .flatten()
             .map(|h| kiln_solver::HistoryEntry {
-                created: h.created.clone(),
-                created_by: h.created_by.clone(),
-                comment: h.comment.clone(),
-                empty_layer: h.empty_layer,
+                created: h.created().clone(),
+                created_by: h.created_by().clone().unwrap_or_default(),
+                comment: h.comment().clone().unwrap_or_default(),
+                empty_layer: h.empty_layer().unwrap_or(false),
             })
             .collect(),
     }

@@ -148,7 +148,7 @@ impl Engine {
             names,
         } = r?;
         Ok(BuildResult {
-            manifest_digest: manifest.digest,
+            manifest_digest: manifest.digest().to_string(),
             config_digest,
             names,
         })

@@ -2,7 +2,11 @@
 //! the result is complete and already unpacked for other clients.
 
 use crate::error::Result;
-use crate::oci::{self, Descriptor, History, ImageConfigJson, Manifest, RootFs, RunConfig};
+use crate::error::WorkerError;
+use crate::oci::{
+    self, Config, Descriptor, History, ImageConfigJson, ImageConfiguration, ImageManifestBuilder, MediaType,
+    RootFs, RunConfig,
+};
 use crate::refs::{self, Layer};
 use crate::services::Services;
 use kiln_snapshot::containerd::{ImageRecord, LeaseId};
@@ -23,61 +27,75 @@ pub struct Exported {
 pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageConfigJson {
     let platform = oci::host_platform();
     let created = oci::now_rfc3339();
+    let entry = |created: String, h: Option<&kiln_solver::HistoryEntry>| {
+        let mut e = History::default();
+        e.set_created(Some(created));
+        if let Some(h) = h {
+            e.set_created_by((!h.created_by.is_empty()).then(|| h.created_by.clone()));
+            e.set_comment((!h.comment.is_empty()).then(|| h.comment.clone()));
+            e.set_empty_layer(h.empty_layer.then_some(true));
+        }
+        e
+    };
     let mut history: Vec<History> = cfg
         .history
         .iter()
-        .map(|h| History {
-            created: Some(h.created.clone().unwrap_or_else(|| created.clone())),
-            created_by: h.created_by.clone(),
-            comment: h.comment.clone(),
-            empty_layer: h.empty_layer,
-        })
+        .map(|h| entry(h.created.clone().unwrap_or_else(|| created.clone()), Some(h)))
         .collect();
     // Every layer needs a non-empty history entry; back-fill the bottom
     // when the base image shipped fewer (as BuildKit's exporter does).
-    let with_layer = history.iter().filter(|h| !h.empty_layer).count();
+    let with_layer = history
+        .iter()
+        .filter(|h| h.empty_layer() != Some(true))
+        .count();
     if with_layer < layers.len() {
         let missing = layers.len() - with_layer;
-        let mut filled: Vec<History> = (0..missing)
-            .map(|_| History {
-                created: Some(created.clone()),
-                ..Default::default()
-            })
-            .collect();
+        let mut filled: Vec<History> = (0..missing).map(|_| entry(created.clone(), None)).collect();
         filled.extend(history);
         history = filled;
     }
+    let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let mut run = Config::default();
+    run.set_user(nonempty(&cfg.user));
+    run.set_exposed_ports((!cfg.exposed_ports.is_empty()).then(|| cfg.exposed_ports.clone()));
+    run.set_env((!cfg.env.is_empty()).then(|| cfg.env.clone()));
+    run.set_entrypoint(cfg.entrypoint.clone());
+    run.set_cmd(cfg.cmd.clone());
+    run.set_volumes((!cfg.volumes.is_empty()).then(|| cfg.volumes.clone()));
+    run.set_working_dir(nonempty(&cfg.working_dir));
+    run.set_labels(
+        (!cfg.labels.is_empty()).then(|| cfg.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+    );
+    run.set_stop_signal(cfg.stop_signal.clone().filter(|s| !s.is_empty()));
+    let mut rootfs = RootFs::default();
+    rootfs.set_diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect());
+    let mut image = ImageConfiguration::default();
+    image.set_created(Some(created));
+    image.set_architecture(platform.architecture().clone());
+    image.set_os(platform.os().clone());
+    image.set_rootfs(rootfs);
+    image.set_history((!history.is_empty()).then_some(history));
     ImageConfigJson {
-        created: Some(created),
-        architecture: platform.architecture,
-        os: platform.os,
+        image,
         config: RunConfig {
-            user: cfg.user.clone(),
-            exposed_ports: cfg
-                .exposed_ports
-                .iter()
-                .map(|p| (p.clone(), serde_json::json!({})))
-                .collect(),
-            env: cfg.env.clone(),
-            entrypoint: cfg.entrypoint.clone(),
-            cmd: cfg.cmd.clone(),
-            volumes: cfg
-                .volumes
-                .iter()
-                .map(|v| (v.clone(), serde_json::json!({})))
-                .collect(),
-            working_dir: cfg.working_dir.clone(),
-            labels: cfg.labels.clone(),
-            stop_signal: cfg.stop_signal.clone().unwrap_or_default(),
+            oci: run,
             shell: cfg.shell.clone(),
             args_escaped: false,
         },
-        rootfs: RootFs {
-            fs_type: "layers".into(),
-            diff_ids: layers.iter().map(|l| l.diff_id.to_string()).collect(),
-        },
-        history,
     }
+}
+
+fn result_invalid(reason: impl Into<String>) -> WorkerError {
+    WorkerError::InvalidImage {
+        image: "result".into(),
+        reason: reason.into(),
+    }
+}
+
+/// A descriptor for a blob kiln wrote or recorded itself.
+fn own_descriptor(media_type: &str, digest: &str, size: i64) -> Result<Descriptor> {
+    oci::descriptor(media_type, digest, size)
+        .ok_or_else(|| result_invalid(format!("bad descriptor {digest} of {size} bytes")))
 }
 
 /// The chain with every layer in `compression` (re-compressed variants
@@ -138,11 +156,7 @@ pub async fn export_image(
     lease: &LeaseId,
 ) -> Result<Exported> {
     let layers = &with_compression(svc, layers, compression, lease).await?;
-    let config_bytes =
-        serde_json::to_vec(config).map_err(|e| crate::error::WorkerError::InvalidImage {
-            image: "result".into(),
-            reason: e.to_string(),
-        })?;
+    let config_bytes = oci::to_json(config).map_err(|e| result_invalid(e.to_string()))?;
     let mut cfg_labels = HashMap::new();
     let top = refs::top_snapshot(layers);
     if unpacked && !top.is_empty() {
@@ -155,30 +169,23 @@ pub async fn export_image(
         );
     }
     let config_digest = write_blob(&*svc.content, &config_bytes, cfg_labels, lease).await?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: oci::MEDIA_OCI_MANIFEST.into(),
-        config: Descriptor {
-            media_type: oci::MEDIA_OCI_CONFIG.into(),
-            digest: config_digest.to_string(),
-            size: config_bytes.len() as i64,
-            ..Default::default()
-        },
-        layers: layers
-            .iter()
-            .map(|l| Descriptor {
-                media_type: l.media_type.clone(),
-                digest: l.digest.clone(),
-                size: l.size,
-                ..Default::default()
-            })
-            .collect(),
-    };
-    let manifest_bytes =
-        serde_json::to_vec(&manifest).map_err(|e| crate::error::WorkerError::InvalidImage {
-            image: "result".into(),
-            reason: e.to_string(),
-        })?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::from(oci::MEDIA_OCI_MANIFEST))
+        .config(own_descriptor(
+            oci::MEDIA_OCI_CONFIG,
+            &config_digest.to_string(),
+            config_bytes.len() as i64,
+        )?)
+        .layers(
+            layers
+                .iter()
+                .map(|l| own_descriptor(&l.media_type, &l.digest, l.size))
+                .collect::<Result<Vec<_>>>()?,
+        )
+        .build()
+        .map_err(|e| result_invalid(e.to_string()))?;
+    let manifest_bytes = oci::to_json(&manifest).map_err(|e| result_invalid(e.to_string()))?;
     let mut m_labels = HashMap::new();
     m_labels.insert(
         "containerd.io/gc.ref.content.config".to_string(),
@@ -191,20 +198,19 @@ pub async fn export_image(
         );
     }
     let manifest_digest = write_blob(&*svc.content, &manifest_bytes, m_labels, lease).await?;
-    let desc = Descriptor {
-        media_type: oci::MEDIA_OCI_MANIFEST.into(),
-        digest: manifest_digest.to_string(),
-        size: manifest_bytes.len() as i64,
-        ..Default::default()
-    };
+    let desc = own_descriptor(
+        oci::MEDIA_OCI_MANIFEST,
+        &manifest_digest.to_string(),
+        manifest_bytes.len() as i64,
+    )?;
     for name in names {
         svc.images
             .put(
                 &ImageRecord {
                     name: name.clone(),
-                    media_type: desc.media_type.clone(),
-                    digest: desc.digest.clone(),
-                    size: desc.size,
+                    media_type: desc.media_type().to_string(),
+                    digest: desc.digest().to_string(),
+                    size: oci::size_of(&desc),
                     labels: HashMap::new(),
                 },
                 Some(lease),

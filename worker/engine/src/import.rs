@@ -67,7 +67,7 @@ pub async fn import_rootfs(
             &lease,
         )
         .await?;
-        Ok::<_, crate::error::WorkerError>(out.manifest.digest)
+        Ok::<_, crate::error::WorkerError>(out.manifest.digest().to_string())
     }
     .await;
     if let Err(e) = svc.leases.delete(&lease, false).await {

@@ -2,7 +2,6 @@
 //! and writes.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -10,90 +9,34 @@ pub const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-/// A content descriptor.
+pub use oci_spec::image::{
+    Arch, Config, Descriptor, Digest, History, ImageConfiguration, ImageIndex, ImageManifest,
+    ImageManifestBuilder,
+    MediaType, Os, Platform, RootFs,
+};
+
+/// An image config: OCI's [`ImageConfiguration`] plus the Docker-only
+/// fields of `config` that OCI's [`Config`] lacks ([`RunConfig`]).
+///
+/// `image.config` is always `None`: the runtime part lives in
+/// [`ImageConfigJson::config`], which is what reads and writes the `config`
+/// key (serde hands the flattened struct only the keys this one leaves).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: String,
-    pub size: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+pub struct ImageConfigJson {
+    #[serde(flatten)]
+    pub image: ImageConfiguration,
+    /// `config`; a missing or `null` one reads as empty, and it is always
+    /// written (as `{}` when empty), as before.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub config: RunConfig,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Platform {
-    pub architecture: String,
-    pub os: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub variant: String,
-}
-
-/// An image index (or Docker manifest list).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Index {
-    pub schema_version: u32,
-    #[serde(default)]
-    pub media_type: String,
-    pub manifests: Vec<Descriptor>,
-}
-
-/// An image manifest.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub media_type: String,
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
-}
-
-/// The runtime part of an image config (`config`), with Docker's field
-/// names.
+/// The runtime part of an image config (`config`): OCI's fields plus the
+/// Docker-only ones kiln carries from a base image into the result.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
-    #[serde(rename = "User", default, skip_serializing_if = "String::is_empty")]
-    pub user: String,
-    #[serde(
-        rename = "ExposedPorts",
-        default,
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
-    pub exposed_ports: BTreeMap<String, serde_json::Value>,
-    #[serde(rename = "Env", default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<String>,
-    #[serde(
-        rename = "Entrypoint",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<Vec<String>>,
-    #[serde(
-        rename = "Volumes",
-        default,
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
-    pub volumes: BTreeMap<String, serde_json::Value>,
-    #[serde(
-        rename = "WorkingDir",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
-    pub working_dir: String,
-    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(
-        rename = "StopSignal",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
-    pub stop_signal: String,
+    #[serde(flatten)]
+    pub oci: Config,
     #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<Vec<String>>,
     #[serde(
@@ -104,37 +47,35 @@ pub struct RunConfig {
     pub args_escaped: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RootFs {
-    #[serde(rename = "type")]
-    pub fs_type: String,
-    pub diff_ids: Vec<String>,
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct History {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub created_by: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub comment: String,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub empty_layer: bool,
+/// The JSON kiln writes for configs, manifests and indexes: compact, with
+/// every object's keys sorted. oci-spec keeps labels, annotations and
+/// exposed ports in `HashMap`s, so serializing its types directly would
+/// give a different byte string (and digest) for the same image on every
+/// run; going through [`serde_json::Value`] (a sorted map) makes it
+/// deterministic.
+pub fn to_json<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&serde_json::to_value(value)?)
 }
 
-/// An image config.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ImageConfigJson {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    pub architecture: String,
-    pub os: String,
-    #[serde(default)]
-    pub config: RunConfig,
-    pub rootfs: RootFs,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<History>,
+/// A descriptor from the strings and sizes kiln keeps in its records;
+/// `None` when `digest` is not a well-formed digest or `size` is negative.
+pub fn descriptor(media_type: &str, digest: &str, size: i64) -> Option<Descriptor> {
+    let digest: Digest = digest.parse().ok()?;
+    let size = u64::try_from(size).ok()?;
+    Some(Descriptor::new(MediaType::from(media_type), size, digest))
+}
+
+/// A descriptor's size as the content store's records hold it.
+pub fn size_of(d: &Descriptor) -> i64 {
+    i64::try_from(d.size()).unwrap_or(i64::MAX)
 }
 
 /// The platform kiln builds for: the host's, in Go/OCI naming (what
@@ -167,11 +108,11 @@ pub fn platform_of(os: &str, arch: &str, little_endian: bool) -> Platform {
         ("loongarch64", _) => ("loong64", ""),
         (other, _) => (other, ""),
     };
-    Platform {
-        architecture: architecture.into(),
-        os: os.into(),
-        variant: variant.into(),
-    }
+    let mut p = Platform::default();
+    p.set_architecture(Arch::from(architecture));
+    p.set_os(Os::from(os));
+    p.set_variant((!variant.is_empty()).then(|| variant.to_string()));
+    p
 }
 
 /// Current time as the image `created` field wants it.
@@ -182,6 +123,164 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::refs::Layer;
+    use kiln_solver::Digest as KilnDigest;
+    use serde_json::{json, Value};
+
+    fn keys(v: &Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        k.sort();
+        k
+    }
+
+    fn no_nulls(v: &Value) -> bool {
+        match v {
+            Value::Null => false,
+            Value::Array(a) => a.iter().all(no_nulls),
+            Value::Object(o) => o.values().all(no_nulls),
+            _ => true,
+        }
+    }
+
+    /// The config kiln exports keeps Docker's key names, the Docker-only
+    /// `Shell`, no nulls and no keys it did not write before.
+    #[test]
+    fn exported_config_json_has_the_docker_keys() {
+        let layer = Layer {
+            diff_id: KilnDigest::of(b"layer"),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: KilnDigest::of(b"blob").to_string(),
+            size: 4,
+        };
+        let cfg = kiln_solver::ImageConfig {
+            env: vec!["PATH=/bin".into()],
+            cmd: Some(vec!["sh".into()]),
+            entrypoint: Some(vec!["/e".into()]),
+            working_dir: "/w".into(),
+            user: "app".into(),
+            labels: [("b".to_string(), "2".to_string()), ("a".into(), "1".into())].into(),
+            exposed_ports: vec!["80/tcp".into(), "443/tcp".into()],
+            shell: Some(vec!["/bin/bash".into(), "-c".into()]),
+            stop_signal: Some("SIGTERM".into()),
+            volumes: vec!["/data".into()],
+            history: vec![kiln_solver::HistoryEntry {
+                created: None,
+                created_by: "RUN x".into(),
+                comment: String::new(),
+                empty_layer: false,
+            }],
+        };
+        let config = crate::export::image_config(&[layer], &cfg);
+        let bytes = to_json(&config).expect("json");
+        let v: Value = serde_json::from_slice(&bytes).expect("parse");
+        assert!(no_nulls(&v), "{v}");
+        assert_eq!(
+            keys(&v),
+            ["architecture", "config", "created", "history", "os", "rootfs"]
+        );
+        assert_eq!(
+            keys(&v["config"]),
+            [
+                "Cmd",
+                "Entrypoint",
+                "Env",
+                "ExposedPorts",
+                "Labels",
+                "Shell",
+                "StopSignal",
+                "User",
+                "Volumes",
+                "WorkingDir"
+            ]
+        );
+        assert_eq!(v["config"]["ExposedPorts"], json!({"443/tcp": {}, "80/tcp": {}}));
+        assert_eq!(v["config"]["Volumes"], json!({"/data": {}}));
+        assert_eq!(v["config"]["Shell"], json!(["/bin/bash", "-c"]));
+        assert_eq!(v["rootfs"]["type"], "layers");
+        assert_eq!(keys(&v["rootfs"]), ["diff_ids", "type"]);
+        assert_eq!(keys(&v["history"][0]), ["created", "created_by"]);
+        // Deterministic bytes: the same config serializes the same way
+        // whatever order oci-spec's HashMaps iterate in.
+        let again: ImageConfigJson = serde_json::from_slice(&bytes).expect("read back");
+        assert_eq!(to_json(&again).expect("json"), bytes);
+        assert_eq!(crate::base::frontend_config(&again), {
+            let mut c = cfg.clone();
+            c.exposed_ports.sort();
+            c.history[0].created = v["created"].as_str().map(String::from);
+            c
+        });
+    }
+
+    /// An empty run config is still written as `"config": {}`, and a
+    /// `null` or missing one reads as empty; Docker-only fields of a base
+    /// image survive a read and write.
+    #[test]
+    fn config_json_round_trips_docker_fields() {
+        let empty = crate::export::image_config(&[], &kiln_solver::ImageConfig::default());
+        let v: Value = serde_json::from_slice(&to_json(&empty).expect("json")).expect("parse");
+        assert_eq!(v["config"], json!({}));
+        assert_eq!(keys(&v), ["architecture", "config", "created", "os", "rootfs"]);
+        for base in [
+            json!({"architecture": "amd64", "os": "linux", "config": null, "rootfs": {"type": "layers", "diff_ids": []}}),
+            json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}),
+        ] {
+            let c: ImageConfigJson = serde_json::from_value(base).expect("config");
+            assert_eq!(c.config, RunConfig::default());
+        }
+        let base = json!({
+            "architecture": "arm64", "os": "linux", "variant": "v8",
+            "config": {"User": "u", "Shell": ["/bin/ash", "-c"], "ArgsEscaped": true, "Env": ["A=1"]},
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "history": [{"created_by": "x", "empty_layer": true}]
+        });
+        let c: ImageConfigJson = serde_json::from_value(base.clone()).expect("config");
+        assert_eq!(c.config.shell, Some(vec!["/bin/ash".into(), "-c".into()]));
+        assert!(c.config.args_escaped);
+        assert_eq!(c.config.oci.user().as_deref(), Some("u"));
+        assert_eq!(c.image.config(), &None);
+        assert_eq!(c.image.architecture(), &Arch::ARM64);
+        let out: Value = serde_json::from_slice(&to_json(&c).expect("json")).expect("parse");
+        assert_eq!(out, base);
+    }
+
+    /// Manifests and indexes keep `schemaVersion: 2`, the OCI media types
+    /// and only the descriptor keys kiln wrote before.
+    #[test]
+    fn manifest_and_index_json_keys() {
+        let d = |m: &str, data: &[u8]| {
+            descriptor(m, &KilnDigest::of(data).to_string(), data.len() as i64).expect("descriptor")
+        };
+        let m = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::from(MEDIA_OCI_MANIFEST))
+            .config(d(MEDIA_OCI_CONFIG, b"c"))
+            .layers(vec![d("application/vnd.oci.image.layer.v1.tar+gzip", b"l")])
+            .build()
+            .expect("manifest");
+        let v: Value = serde_json::from_slice(&to_json(&m).expect("json")).expect("parse");
+        assert_eq!(keys(&v), ["config", "layers", "mediaType", "schemaVersion"]);
+        assert_eq!(v["schemaVersion"], 2);
+        assert_eq!(v["mediaType"], MEDIA_OCI_MANIFEST);
+        assert_eq!(keys(&v["config"]), ["digest", "mediaType", "size"]);
+        assert_eq!(v["config"]["mediaType"], MEDIA_OCI_CONFIG);
+        assert_eq!(v["config"]["size"], 1);
+        assert_eq!(keys(&v["layers"][0]), ["digest", "mediaType", "size"]);
+        // A Docker manifest list's media type reads and writes unchanged.
+        let list = json!({"schemaVersion": 2, "mediaType": MEDIA_DOCKER_LIST, "manifests": [
+            {"mediaType": MEDIA_DOCKER_MANIFEST, "digest": KilnDigest::of(b"m").to_string(), "size": 1,
+             "platform": {"architecture": "amd64", "os": "linux"}}]});
+        let i: ImageIndex = serde_json::from_value(list.clone()).expect("index");
+        assert_eq!(i.media_type().as_ref().map(ToString::to_string).as_deref(), Some(MEDIA_DOCKER_LIST));
+        let out: Value = serde_json::from_slice(&to_json(&i).expect("json")).expect("parse");
+        assert_eq!(out, list);
+        assert!(descriptor(MEDIA_OCI_CONFIG, "sha256:zz", 1).is_none());
+        assert!(descriptor(MEDIA_OCI_CONFIG, &KilnDigest::of(b"x").to_string(), -1).is_none());
+    }
 
     #[test]
     fn platform_names_follow_go() {
@@ -201,8 +300,12 @@ mod tests {
         for (arch, le, want_arch, want_variant) in cases {
             let p = platform_of("linux", arch, le);
             assert_eq!(
-                (p.os.as_str(), p.architecture.as_str(), p.variant.as_str()),
-                ("linux", want_arch, want_variant),
+                (
+                    p.os().to_string(),
+                    p.architecture().to_string(),
+                    p.variant().clone().unwrap_or_default()
+                ),
+                ("linux".into(), want_arch.into(), want_variant.into()),
                 "{arch} little_endian={le}"
             );
         }
@@ -211,7 +314,7 @@ mod tests {
     #[test]
     fn host_platform_is_the_running_one() {
         let p = host_platform();
-        assert_eq!(p.os, std::env::consts::OS);
+        assert_eq!(p.os().to_string(), std::env::consts::OS);
         assert_eq!(
             p,
             platform_of(
@@ -221,7 +324,7 @@ mod tests {
             )
         );
         if cfg!(target_arch = "x86_64") {
-            assert_eq!(p.architecture, "amd64");
+            assert_eq!(p.architecture().to_string(), "amd64");
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::cache;
 use crate::error::WorkerError;
-use crate::oci::{self, ImageConfigJson, Manifest};
+use crate::oci::{self, ImageConfigJson, ImageManifest as Manifest};
 use crate::progress::Progress;
 use crate::prune::{self, PruneOptions};
 use crate::services::Services;
@@ -293,11 +293,17 @@ async fn an_export_writes_exactly_config_manifest_and_layers_with_gc_labels() {
     let manifest: Manifest =
         serde_json::from_slice(&content.read(&r.manifest_digest).await.expect("manifest"))
             .expect("manifest JSON");
-    assert_eq!(manifest.config.digest, r.config_digest);
-    assert_eq!(manifest.config.media_type, oci::MEDIA_OCI_CONFIG);
-    assert_eq!(manifest.layers.len(), 1);
-    let layer = &manifest.layers[0];
-    assert_eq!(layer.media_type, Compression::Gzip.media_type());
+    assert_eq!(manifest.config().digest().to_string(), r.config_digest);
+    assert_eq!(
+        manifest.config().media_type().to_string(),
+        oci::MEDIA_OCI_CONFIG
+    );
+    assert_eq!(manifest.layers().len(), 1);
+    let layer = &manifest.layers()[0];
+    assert_eq!(
+        layer.media_type().to_string(),
+        Compression::Gzip.media_type()
+    );
 
     // Labels: manifest -> config and layer; config -> unpacked snapshot;
     // layer -> its diffID.
@@ -312,7 +318,7 @@ async fn an_export_writes_exactly_config_manifest_and_layers_with_gc_labels() {
         ),
         (
             "containerd.io/gc.ref.content.l.0".to_string(),
-            layer.digest.clone(),
+            layer.digest().to_string(),
         ),
     ]
     .into();
@@ -320,8 +326,8 @@ async fn an_export_writes_exactly_config_manifest_and_layers_with_gc_labels() {
     let config: ImageConfigJson =
         serde_json::from_slice(&content.read(&r.config_digest).await.expect("config"))
             .expect("config JSON");
-    assert_eq!(config.rootfs.diff_ids.len(), 1);
-    let diff_id = &config.rootfs.diff_ids[0];
+    assert_eq!(config.image.rootfs().diff_ids().len(), 1);
+    let diff_id = &config.image.rootfs().diff_ids()[0];
     let chain_id = diff_id.clone(); // one layer: its chainID is its diffID
     let c_info = content.info(&r.config_digest).await.expect("config info");
     assert_eq!(
@@ -331,9 +337,12 @@ async fn an_export_writes_exactly_config_manifest_and_layers_with_gc_labels() {
             chain_id.clone()
         )])
     );
-    let l_info = content.info(&layer.digest).await.expect("layer info");
+    let l_info = content
+        .info(layer.digest().as_ref())
+        .await
+        .expect("layer info");
     assert_eq!(l_info.labels.get(UNCOMPRESSED_LABEL), Some(diff_id));
-    assert_eq!(l_info.size, layer.size);
+    assert_eq!(l_info.size, oci::size_of(layer));
     // The unpacked snapshot the config names exists.
     fx.svc
         .snapshots
@@ -345,7 +354,7 @@ async fn an_export_writes_exactly_config_manifest_and_layers_with_gc_labels() {
     let mut expected_blobs: BTreeSet<String> = [
         r.manifest_digest.clone(),
         r.config_digest.clone(),
-        layer.digest.clone(),
+        layer.digest().to_string(),
     ]
     .into();
     for rec in cache::list(&fx.svc).await.expect("records") {
@@ -555,8 +564,8 @@ async fn a_build_from_a_base_image_unpacks_it_under_its_chain_id() {
     let m: Manifest =
         serde_json::from_slice(&fx.svc.content.read(&r.manifest_digest).await.expect("read"))
             .expect("manifest JSON");
-    assert_eq!(m.layers.len(), 2);
-    assert_eq!(m.layers[0].digest, layer.digest.to_string());
+    assert_eq!(m.layers().len(), 2);
+    assert_eq!(m.layers()[0].digest().to_string(), layer.digest.to_string());
 }
 
 #[tokio::test]
@@ -581,19 +590,23 @@ async fn an_export_in_another_compression_writes_a_variant_once_and_reuses_it() 
                 .expect("manifest JSON")
         }
     };
-    let m = read_manifest(first.manifest.digest.clone()).await;
-    let zstd = &m.layers[0];
-    assert_eq!(zstd.media_type, Compression::Zstd.media_type());
-    assert_ne!(zstd.digest, gzip.digest);
+    let m = read_manifest(first.manifest.digest().to_string()).await;
+    let zstd = &m.layers()[0];
+    assert_eq!(
+        zstd.media_type().to_string(),
+        Compression::Zstd.media_type()
+    );
+    let zstd_digest = zstd.digest().to_string();
+    assert_ne!(zstd_digest, gzip.digest);
     // The variant decompresses to the same diffID and is named on the
     // original, so a second export reuses it.
-    let v = fx.svc.content.info(&zstd.digest).await.expect("variant");
+    let v = fx.svc.content.info(&zstd_digest).await.expect("variant");
     assert_eq!(
         v.labels.get(UNCOMPRESSED_LABEL),
         Some(&gzip.diff_id.to_string())
     );
     let g = fx.svc.content.info(&gzip.digest).await.expect("original");
-    assert_eq!(g.labels.get("dev.kiln/variant.zstd"), Some(&zstd.digest));
+    assert_eq!(g.labels.get("dev.kiln/variant.zstd"), Some(&zstd_digest));
     // Reading the original again would fail: the second export must take
     // the variant its label names.
     fx.mem
@@ -606,8 +619,8 @@ async fn an_export_in_another_compression_writes_a_variant_once_and_reuses_it() 
         fx.svc.content.read(&gzip.digest).await.is_err(),
         "the export read nothing, so the injected failure is still pending"
     );
-    let m2 = read_manifest(second.manifest.digest.clone()).await;
-    assert_eq!(m2.layers[0].digest, zstd.digest);
+    let m2 = read_manifest(second.manifest.digest().to_string()).await;
+    assert_eq!(m2.layers()[0].digest().to_string(), zstd_digest);
     solved.release(true).await;
     assert!(
         fx.lease_ids()
@@ -617,7 +630,7 @@ async fn an_export_in_another_compression_writes_a_variant_once_and_reuses_it() 
         "released"
     );
     assert!(
-        fx.svc.content.info(&zstd.digest).await.is_err(),
+        fx.svc.content.info(&zstd_digest).await.is_err(),
         "an unnamed export's variant is collected with the build lease"
     );
 }
