@@ -4,7 +4,7 @@
 //! names only files that are in the tar.
 
 use kiln_engine::archive::{write_archive, ArchiveFormat};
-use kiln_engine::oci::Descriptor;
+use kiln_engine::oci::descriptor;
 use kiln_integration::Harness;
 use std::collections::HashMap;
 use std::io::Read;
@@ -60,12 +60,8 @@ async fn oci_and_docker_archives_import_and_run() {
     let h = Harness::with_busybox(NS).await;
     let ctrd = h.client(NS).await.expect("connect");
     let record = ctrd.image_get(IMAGE).await.expect("busybox record");
-    let manifest = Descriptor {
-        media_type: record.media_type.clone(),
-        digest: record.digest.clone(),
-        size: record.size,
-        ..Default::default()
-    };
+    let manifest = descriptor(&record.media_type, &record.digest, record.size)
+        .expect("busybox record is a valid descriptor");
     let names = vec![IMAGE.to_string()];
 
     let mut paths = Vec::new();

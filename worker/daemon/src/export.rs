@@ -167,15 +167,18 @@ pub async fn run(
 
 /// The image exporters' response keys.
 fn image_response(resp: &mut HashMap<String, String>, out: &kiln_engine::export::Exported) {
-    resp.insert("containerimage.digest".into(), out.manifest.digest.clone());
+    resp.insert(
+        "containerimage.digest".into(),
+        out.manifest.digest().to_string(),
+    );
     resp.insert(
         "containerimage.config.digest".into(),
         out.config_digest.clone(),
     );
     let desc = serde_json::json!({
-        "mediaType": out.manifest.media_type,
-        "digest": out.manifest.digest,
-        "size": out.manifest.size,
+        "mediaType": out.manifest.media_type().to_string(),
+        "digest": out.manifest.digest().to_string(),
+        "size": out.manifest.size(),
     });
     resp.insert(
         "containerimage.descriptor".into(),

@@ -95,9 +95,9 @@ fn new_id() -> String {
 pub fn host_platform() -> Platform {
     let p = kiln_engine::oci::host_platform();
     Platform {
-        architecture: p.architecture,
-        os: p.os,
-        variant: p.variant,
+        architecture: p.architecture().to_string(),
+        os: p.os().to_string(),
+        variant: p.variant().clone().unwrap_or_default(),
         ..Default::default()
     }
 }

@@ -40,8 +40,8 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
         }
         Err(e) => return Err(e.into()),
     };
-    let mut desc = oci::descriptor(&record.media_type, &record.digest, record.size)
-        .ok_or_else(|| {
+    let mut desc =
+        oci::descriptor(&record.media_type, &record.digest, record.size).ok_or_else(|| {
             invalid(
                 name,
                 format!("bad record {} of {} bytes", record.digest, record.size),
@@ -57,9 +57,9 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
             .manifests()
             .iter()
             .find(|m| {
-                m.platform().as_ref().is_some_and(|p| {
-                    p.os() == want.os() && p.architecture() == want.architecture()
-                })
+                m.platform()
+                    .as_ref()
+                    .is_some_and(|p| p.os() == want.os() && p.architecture() == want.architecture())
             })
             .or_else(|| {
                 if index.manifests().len() == 1 {

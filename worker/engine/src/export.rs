@@ -4,8 +4,8 @@
 use crate::error::Result;
 use crate::error::WorkerError;
 use crate::oci::{
-    self, Config, Descriptor, History, ImageConfigJson, ImageConfiguration, ImageManifestBuilder, MediaType,
-    RootFs, RunConfig,
+    self, Config, Descriptor, History, ImageConfigJson, ImageConfiguration, ImageManifestBuilder,
+    MediaType, RootFs, RunConfig,
 };
 use crate::refs::{self, Layer};
 use crate::services::Services;
@@ -40,7 +40,12 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
     let mut history: Vec<History> = cfg
         .history
         .iter()
-        .map(|h| entry(h.created.clone().unwrap_or_else(|| created.clone()), Some(h)))
+        .map(|h| {
+            entry(
+                h.created.clone().unwrap_or_else(|| created.clone()),
+                Some(h),
+            )
+        })
         .collect();
     // Every layer needs a non-empty history entry; back-fill the bottom
     // when the base image shipped fewer (as BuildKit's exporter does).
@@ -63,9 +68,12 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
     run.set_cmd(cfg.cmd.clone());
     run.set_volumes((!cfg.volumes.is_empty()).then(|| cfg.volumes.clone()));
     run.set_working_dir(nonempty(&cfg.working_dir));
-    run.set_labels(
-        (!cfg.labels.is_empty()).then(|| cfg.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-    );
+    run.set_labels((!cfg.labels.is_empty()).then(|| {
+        cfg.labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }));
     run.set_stop_signal(cfg.stop_signal.clone().filter(|s| !s.is_empty()));
     let mut rootfs = RootFs::default();
     rootfs.set_diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect());

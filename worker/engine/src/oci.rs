@@ -11,8 +11,7 @@ pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.man
 
 pub use oci_spec::image::{
     Arch, Config, Descriptor, Digest, History, ImageConfiguration, ImageIndex, ImageManifest,
-    ImageManifestBuilder,
-    MediaType, Os, Platform, RootFs,
+    ImageManifestBuilder, MediaType, Os, Platform, RootFs,
 };
 
 /// An image config: OCI's [`ImageConfiguration`] plus the Docker-only
@@ -181,7 +180,14 @@ mod tests {
         assert!(no_nulls(&v), "{v}");
         assert_eq!(
             keys(&v),
-            ["architecture", "config", "created", "history", "os", "rootfs"]
+            [
+                "architecture",
+                "config",
+                "created",
+                "history",
+                "os",
+                "rootfs"
+            ]
         );
         assert_eq!(
             keys(&v["config"]),
@@ -198,7 +204,10 @@ mod tests {
                 "WorkingDir"
             ]
         );
-        assert_eq!(v["config"]["ExposedPorts"], json!({"443/tcp": {}, "80/tcp": {}}));
+        assert_eq!(
+            v["config"]["ExposedPorts"],
+            json!({"443/tcp": {}, "80/tcp": {}})
+        );
         assert_eq!(v["config"]["Volumes"], json!({"/data": {}}));
         assert_eq!(v["config"]["Shell"], json!(["/bin/bash", "-c"]));
         assert_eq!(v["rootfs"]["type"], "layers");
@@ -224,7 +233,10 @@ mod tests {
         let empty = crate::export::image_config(&[], &kiln_solver::ImageConfig::default());
         let v: Value = serde_json::from_slice(&to_json(&empty).expect("json")).expect("parse");
         assert_eq!(v["config"], json!({}));
-        assert_eq!(keys(&v), ["architecture", "config", "created", "os", "rootfs"]);
+        assert_eq!(
+            keys(&v),
+            ["architecture", "config", "created", "os", "rootfs"]
+        );
         for base in [
             json!({"architecture": "amd64", "os": "linux", "config": null, "rootfs": {"type": "layers", "diff_ids": []}}),
             json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}),
@@ -275,7 +287,10 @@ mod tests {
             {"mediaType": MEDIA_DOCKER_MANIFEST, "digest": KilnDigest::of(b"m").to_string(), "size": 1,
              "platform": {"architecture": "amd64", "os": "linux"}}]});
         let i: ImageIndex = serde_json::from_value(list.clone()).expect("index");
-        assert_eq!(i.media_type().as_ref().map(ToString::to_string).as_deref(), Some(MEDIA_DOCKER_LIST));
+        assert_eq!(
+            i.media_type().as_ref().map(ToString::to_string).as_deref(),
+            Some(MEDIA_DOCKER_LIST)
+        );
         let out: Value = serde_json::from_slice(&to_json(&i).expect("json")).expect("parse");
         assert_eq!(out, list);
         assert!(descriptor(MEDIA_OCI_CONFIG, "sha256:zz", 1).is_none());

@@ -207,11 +207,10 @@ fn check_resolve_mode(value: &str) -> Result<()> {
 /// kiln builds for the host only: `platform` may name it (or be empty).
 fn check_platform(value: &str) -> Result<()> {
     let host = kiln_engine::oci::host_platform();
-    let short = format!("{}/{}", host.os, host.architecture);
-    let full = if host.variant.is_empty() {
-        short.clone()
-    } else {
-        format!("{short}/{}", host.variant)
+    let short = format!("{}/{}", host.os(), host.architecture());
+    let full = match host.variant() {
+        Some(v) => format!("{short}/{v}"),
+        None => short.clone(),
     };
     if value.is_empty() || value == short || value == full {
         return Ok(());
@@ -313,8 +312,8 @@ pub fn build_options(source: &DockerfileSource, opts: &FrontendOptions) -> Build
         context_name: CONTEXT_NAME.to_string(),
         no_cache: opts.no_cache,
         no_cache_filter: opts.no_cache_filter.clone(),
-        platform_os: platform.os,
-        platform_arch: platform.architecture,
+        platform_os: platform.os().to_string(),
+        platform_arch: platform.architecture().to_string(),
     }
 }
 

@@ -99,9 +99,9 @@ fn pulling_base_images_is_refused_by_name() {
 #[test]
 fn platform_must_be_the_host() {
     let host = kiln_engine::oci::host_platform();
-    let same = format!("{}/{}", host.os, host.architecture);
+    let same = format!("{}/{}", host.os(), host.architecture());
     FrontendOptions::from_attrs(&attrs(&[("platform", same.as_str())])).expect("host platform");
-    let other = if host.architecture == "s390x" {
+    let other = if host.architecture().to_string() == "s390x" {
         "linux/amd64"
     } else {
         "linux/s390x"
@@ -245,7 +245,7 @@ async fn plan_resolves_only_the_needed_bases_and_builds_for_the_host() {
         })
         .collect();
     assert_eq!(run.len(), 1, "the unused stage is not built");
-    let arch = kiln_engine::oci::host_platform().architecture;
+    let arch = kiln_engine::oci::host_platform().architecture().to_string();
     assert!(
         run[0].meta.args.iter().any(|a| a == "echo $TARGETARCH $V")
             && run[0]
