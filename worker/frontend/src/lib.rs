@@ -55,6 +55,10 @@ pub enum FrontendError {
     /// The Dockerfile is not there.
     #[error("failed to read dockerfile: open {filename}: no such file or directory")]
     DockerfileNotFound { filename: String },
+    /// The Dockerfile or an ignore file is not a regular file, or is
+    /// larger than [`MAX_DEFINITION_FILE`].
+    #[error("cannot read {name}: {reason}")]
+    BadFile { name: String, reason: String },
     /// Reading the Dockerfile or an ignore file failed otherwise.
     #[error("cannot read {path}")]
     Io {
@@ -81,6 +85,7 @@ impl FrontendError {
                 ErrorKind::InvalidArgument
             }
             FrontendError::DockerfileNotFound { .. } => ErrorKind::NotFound,
+            FrontendError::BadFile { .. } => ErrorKind::InvalidArgument,
             FrontendError::Io { .. } => ErrorKind::Internal,
             FrontendError::Image(e) => e.kind(),
         }
@@ -156,7 +161,7 @@ impl FrontendOptions {
                 });
             } else {
                 match key {
-                    "filename" if !value.is_empty() => opts.filename = value.to_string(),
+                    "filename" if !value.is_empty() => opts.filename = check_filename(value)?,
                     "dockerfilekey" if !value.is_empty() => opts.dockerfile_key = value.to_string(),
                     "contextkey" if !value.is_empty() => opts.context_key = value.to_string(),
                     "filename" | "dockerfilekey" | "contextkey" => {}
@@ -238,28 +243,46 @@ pub struct DockerfileSource {
     pub excludes: Vec<String>,
 }
 
+/// The largest Dockerfile or ignore file kiln reads: these files come
+/// from clients, and a larger one is almost surely not a build definition.
+pub const MAX_DEFINITION_FILE: u64 = 16 << 20;
+
+/// `filename` names a file inside the Dockerfile's directory: relative,
+/// without `..`.
+fn check_filename(value: &str) -> Result<String> {
+    let p = Path::new(value);
+    let escapes = p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if escapes {
+        return Err(FrontendError::InvalidAttribute {
+            key: "filename".to_string(),
+            value: value.to_string(),
+            reason: "must be a path inside the Dockerfile's directory".to_string(),
+        });
+    }
+    Ok(value.to_string())
+}
+
 /// Reads `filename` from `dockerfile_dir` and the ignore file that applies:
 /// `<filename>.dockerignore` next to it if present, else `.dockerignore`
-/// in `context_dir`, else none.
+/// in `context_dir`, else none. Every name is resolved beneath its
+/// directory with kiln's one clamping resolver (a symlink cannot reach a
+/// host file), must be a regular file and at most
+/// [`MAX_DEFINITION_FILE`] bytes.
 pub fn read_dockerfile(
     dockerfile_dir: &Path,
     filename: &str,
     context_dir: &Path,
 ) -> Result<DockerfileSource> {
-    let path = dockerfile_dir.join(filename);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(FrontendError::DockerfileNotFound {
-                filename: filename.to_string(),
-            })
+    let text = read_beneath(dockerfile_dir, filename)?.ok_or_else(|| {
+        FrontendError::DockerfileNotFound {
+            filename: filename.to_string(),
         }
-        Err(source) => return Err(FrontendError::Io { path, source }),
-    };
-    let own = dockerfile_dir.join(dockerfile_ignore_name(filename));
-    let ignore = match read_optional(&own)? {
+    })?;
+    let ignore = match read_beneath(dockerfile_dir, &dockerfile_ignore_name(filename))? {
         Some(t) => Some(t),
-        None => read_optional(&context_dir.join(CONTEXT_IGNORE_FILE))?,
+        None => read_beneath(context_dir, CONTEXT_IGNORE_FILE)?,
     };
     Ok(DockerfileSource {
         filename: filename.to_string(),
@@ -270,15 +293,55 @@ pub fn read_dockerfile(
     })
 }
 
-fn read_optional(path: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(FrontendError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+/// The text of `name` beneath `root`, `None` if there is no such file.
+fn read_beneath(root: &Path, name: &str) -> Result<Option<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |reason: String| FrontendError::BadFile {
+        name: name.to_string(),
+        reason,
+    };
+    let resolved = kiln_context::path::resolve(root, Path::new(name), true, None)
+        .map_err(|e| bad(e.to_string()))?;
+    let path = resolved.host;
+    let io = |source| FrontendError::Io {
+        path: path.clone(),
+        source,
+    };
+    // Opened without following a last-moment symlink and without blocking
+    // on a FIFO; what is checked is what was opened.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(bad("not a regular file".to_string()))
+        }
+        Err(source) => return Err(io(source)),
+    };
+    let md = file.metadata().map_err(io)?;
+    if !md.file_type().is_file() {
+        return Err(bad("not a regular file".to_string()));
     }
+    if md.len() > MAX_DEFINITION_FILE {
+        return Err(bad(format!(
+            "{} bytes, more than the {MAX_DEFINITION_FILE} kiln reads",
+            md.len()
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_DEFINITION_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_DEFINITION_FILE {
+        return Err(bad(format!(
+            "more than the {MAX_DEFINITION_FILE} bytes kiln reads"
+        )));
+    }
+    Ok(Some(text))
 }
 
 /// Where base image configs come from: the engine reads them from the

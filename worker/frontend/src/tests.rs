@@ -274,3 +274,68 @@ async fn plan_passes_the_engines_error_through() {
         "image \"docker.io/library/busybox:latest\" not found in containerd namespace \"test\""
     );
 }
+
+#[test]
+fn a_filename_outside_the_dockerfile_directory_is_refused() {
+    for bad in ["../Dockerfile", "/etc/shadow", "sub/../../x"] {
+        let e = FrontendOptions::from_attrs(&attrs(&[("filename", bad)]))
+            .expect_err("escapes its directory");
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
+        assert!(e.to_string().contains("filename"), "{e}");
+    }
+    let ok = FrontendOptions::from_attrs(&attrs(&[("filename", "sub/app.Dockerfile")]))
+        .expect("a path inside is fine");
+    assert_eq!(ok.filename, "sub/app.Dockerfile");
+}
+
+#[test]
+fn symlinks_in_client_files_stay_beneath_their_directory() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    write(outside.path(), "secret", "host-secret\n");
+    let df = tempfile::tempdir().expect("tempdir");
+    let ctx = tempfile::tempdir().expect("tempdir");
+    write(df.path(), "secret", "FROM scratch\n");
+    // An absolute link target is taken inside the directory, as a
+    // container would see it: never the host's file.
+    std::os::unix::fs::symlink(outside.path().join("secret"), df.path().join("Dockerfile"))
+        .expect("symlink");
+    let e = read_dockerfile(df.path(), "Dockerfile", ctx.path()).expect_err("no such file inside");
+    assert!(matches!(e, FrontendError::DockerfileNotFound { .. }), "{e}");
+    std::os::unix::fs::symlink("/secret", df.path().join("linked")).expect("symlink");
+    let src = read_dockerfile(df.path(), "linked", ctx.path()).expect("clamped to the dir");
+    assert_eq!(src.text, "FROM scratch\n");
+    // The ignore file likewise.
+    std::os::unix::fs::symlink(
+        outside.path().join("secret"),
+        ctx.path().join(".dockerignore"),
+    )
+    .expect("symlink");
+    let src = read_dockerfile(df.path(), "linked", ctx.path()).expect("no ignore file inside");
+    assert!(src.excludes.is_empty(), "{:?}", src.excludes);
+}
+
+#[test]
+fn fifos_directories_and_huge_files_are_refused_without_reading() {
+    let df = tempfile::tempdir().expect("tempdir");
+    let ctx = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(df.path().join("Dockerfile")).expect("mkdir");
+    mkfifo(&df.path().join("fifo"));
+    let big = std::fs::File::create(df.path().join("big")).expect("create");
+    big.set_len(MAX_DEFINITION_FILE + 1).expect("sparse file");
+    for name in ["Dockerfile", "fifo", "big"] {
+        let e = read_dockerfile(df.path(), name, ctx.path()).expect_err(name);
+        assert!(matches!(e, FrontendError::BadFile { .. }), "{name}: {e}");
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.to_string().starts_with(&format!("cannot read {name}: ")),
+            "{e}"
+        );
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let r = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(r, 0, "mkfifo {}", path.display());
+}
