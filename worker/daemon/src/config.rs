@@ -28,6 +28,10 @@ pub struct Config {
     pub containerd: ContainerdConfig,
     /// TLS for `tcp://` addresses (unix sockets are always plain).
     pub tls: Option<TlsConfig>,
+    /// Plain TCP allowed beyond loopback (`--insecure-tcp`).
+    pub insecure_tcp: bool,
+    /// Tenant mappings; empty means one tenant, `containerd.namespace`.
+    pub tenants: Vec<crate::tenants::TenantConfig>,
     /// Cache GC policies as ListWorkers reports them; empty means the
     /// defaults of [`crate::workers::default_gc_policies`].
     pub gc: Vec<GcPolicy>,
@@ -44,6 +48,8 @@ impl Default for Config {
             root: PathBuf::from(DEFAULT_ROOT),
             containerd: ContainerdConfig::default(),
             tls: None,
+            insecure_tcp: false,
+            tenants: Vec::new(),
             gc: Vec::new(),
             max_parallelism: None,
             debug: false,
@@ -109,6 +115,24 @@ pub enum ConfigError {
     /// A TLS CA was given without a server certificate.
     #[error("a TLS CA (--tlscacert {ca}) needs --tlscert and --tlskey too")]
     TlsCaWithoutCert { ca: PathBuf },
+    /// Plain TCP on an address that is not loopback, without the opt-in.
+    #[error(
+        "refusing to listen on {addr} without TLS: anyone who reaches it could build as root; \
+         plain TCP is only for loopback addresses (127.0.0.1, [::1], localhost). Configure TLS \
+         (--tlscert, --tlskey, --tlscacert) or opt in with --insecure-tcp \
+         ([grpc] insecure-tcp = true)"
+    )]
+    InsecureTcp { addr: String },
+    /// TLS without a client CA, without the opt-in.
+    #[error(
+        "refusing to listen on {addr} with TLS but without client certificates: any client \
+         could build. Set a client CA (--tlscacert, [grpc.tls] ca) or opt in with \
+         --tls-allow-no-client-auth ([grpc.tls] allow-no-client-auth = true)"
+    )]
+    NoClientAuth { addr: String },
+    /// A `[[tenant]]` table is incomplete or contradicts another.
+    #[error("invalid [[tenant]] {tenant:?}: {problem}")]
+    Tenant { tenant: String, problem: String },
 }
 
 /// kilnd's flags. `main` flattens them into its command line.
@@ -146,6 +170,13 @@ pub struct Flags {
     /// certificates mandatory.
     #[arg(long, value_name = "FILE")]
     pub tlscacert: Option<PathBuf>,
+    /// Allow plain TCP (no TLS) on addresses that are not loopback; anyone
+    /// who can reach them can build as root.
+    #[arg(long)]
+    pub insecure_tcp: bool,
+    /// Allow TLS without --tlscacert: clients are not authenticated.
+    #[arg(long)]
+    pub tls_allow_no_client_auth: bool,
     /// Debug logging.
     #[arg(long)]
     pub debug: bool,
@@ -164,6 +195,8 @@ pub struct FileConfig {
     containerd: ContainerdSection,
     #[serde(default)]
     gc: Vec<GcSection>,
+    #[serde(default)]
+    tenant: Vec<TenantSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,6 +204,7 @@ pub struct FileConfig {
 struct GrpcSection {
     #[serde(default)]
     address: Vec<String>,
+    insecure_tcp: Option<bool>,
     tls: Option<TlsSection>,
 }
 
@@ -180,6 +214,27 @@ struct TlsSection {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    allow_no_client_auth: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TenantSection {
+    name: String,
+    namespace: String,
+    #[serde(rename = "match")]
+    matcher: MatchSection,
+    max_builds: Option<usize>,
+    cache_max: Option<Amount>,
+}
+
+/// Exactly one of the keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchSection {
+    cn: Option<String>,
+    san: Option<String>,
+    uid: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +378,11 @@ impl Config {
             (None, None, Some(ca)) => return Err(ConfigError::TlsCaWithoutCert { ca }),
             _ => return Err(ConfigError::TlsIncomplete),
         };
+        let insecure_tcp = flags.insecure_tcp || file.grpc.insecure_tcp.unwrap_or(false);
+        let no_client_auth =
+            flags.tls_allow_no_client_auth || file_tls.allow_no_client_auth.unwrap_or(false);
+        check_network_surface(&addrs, tls.as_ref(), insecure_tcp, no_client_auth)?;
+        let tenants = tenants(&file.tenant)?;
 
         let gc = file
             .gc
@@ -360,11 +420,126 @@ impl Config {
             root: flags.root.clone().or(file.root).unwrap_or(defaults.root),
             containerd,
             tls,
+            insecure_tcp,
+            tenants,
             gc,
             max_parallelism: file.max_parallelism,
             debug: flags.debug || file.debug.unwrap_or(false),
         })
     }
+}
+
+/// Whether a listening host is a loopback address: an IP literal in
+/// 127.0.0.0/8 or `::1`, or `localhost`. A name that needs resolving is
+/// not trusted to stay loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The network rules for `tcp://` addresses: plain TCP only on loopback
+/// unless `insecure_tcp`; TLS only with a client CA unless
+/// `no_client_auth`.
+fn check_network_surface(
+    addrs: &[String],
+    tls: Option<&TlsConfig>,
+    insecure_tcp: bool,
+    no_client_auth: bool,
+) -> Result<(), ConfigError> {
+    for addr in addrs {
+        let Some(crate::listen::ListenAddr::Tcp(hostport)) = crate::listen::ListenAddr::parse(addr)
+        else {
+            continue;
+        };
+        match tls {
+            None => {
+                let host = hostport
+                    .rsplit_once(':')
+                    .map(|(h, _)| h)
+                    .unwrap_or_default();
+                if !insecure_tcp && !is_loopback_host(host) {
+                    return Err(ConfigError::InsecureTcp { addr: addr.clone() });
+                }
+            }
+            Some(t) if t.ca.is_none() && !no_client_auth => {
+                return Err(ConfigError::NoClientAuth { addr: addr.clone() })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The `[[tenant]]` tables, checked: valid and unique names and
+/// namespaces, exactly one match key, no identity matched twice.
+fn tenants(sections: &[TenantSection]) -> Result<Vec<crate::tenants::TenantConfig>, ConfigError> {
+    use crate::tenants::{valid_name, valid_namespace, Match, TenantConfig};
+    let mut out: Vec<TenantConfig> = Vec::new();
+    for t in sections {
+        let bad = |problem: String| ConfigError::Tenant {
+            tenant: t.name.clone(),
+            problem,
+        };
+        if !valid_name(&t.name) {
+            return Err(bad("name must be 1 to 64 ASCII letters and digits".into()));
+        }
+        if !valid_namespace(&t.namespace) {
+            return Err(bad(format!(
+                "namespace {:?} is not a containerd namespace name",
+                t.namespace
+            )));
+        }
+        let m = &t.matcher;
+        let matcher = match (&m.cn, &m.san, m.uid) {
+            (Some(cn), None, None) if !cn.is_empty() => Match::Cn(cn.clone()),
+            (None, Some(san), None) if !san.is_empty() => Match::San(san.clone()),
+            (None, None, Some(uid)) => Match::Uid(uid),
+            _ => {
+                return Err(bad(
+                    "match needs exactly one of cn = \"NAME\", san = \"NAME\" or uid = N".into(),
+                ))
+            }
+        };
+        if t.max_builds == Some(0) {
+            return Err(bad("max-builds must be at least 1".into()));
+        }
+        let cache_max = t
+            .cache_max
+            .as_ref()
+            .map(|a| a.bytes("tenant.cache-max"))
+            .transpose()?;
+        for other in &out {
+            if other.name == t.name {
+                return Err(bad("another [[tenant]] has the same name".into()));
+            }
+            if other.namespace == t.namespace {
+                return Err(bad(format!(
+                    "namespace {:?} is also tenant {:?}'s: tenants must not share a namespace",
+                    t.namespace, other.name
+                )));
+            }
+            if other.matcher == matcher {
+                return Err(bad(format!(
+                    "match {{ {matcher} }} is also tenant {:?}'s",
+                    other.name
+                )));
+            }
+        }
+        out.push(TenantConfig {
+            name: t.name.clone(),
+            namespace: t.namespace.clone(),
+            matcher,
+            max_builds: t.max_builds,
+            cache_max,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -408,6 +583,7 @@ mod tests {
         [grpc.tls]
         cert = "/etc/kiln/cert.pem"
         key = "/etc/kiln/key.pem"
+        allow-no-client-auth = true
 
         [containerd]
         address = "/run/file/containerd.sock"
@@ -600,6 +776,192 @@ mod tests {
     }
 
     #[test]
+    fn plain_tcp_is_for_loopback_unless_opted_in() {
+        let resolve = |a: &[&str], f: &str| Config::resolve(file(f), &flags(a), env(&[]));
+        for ok in [
+            "tcp://127.0.0.1:1234",
+            "tcp://127.8.0.1:1",
+            "tcp://[::1]:1234",
+            "tcp://localhost:1234",
+            "unix:///run/k.sock",
+        ] {
+            let c = resolve(&["--addr", ok], "").expect(ok);
+            assert!(!c.insecure_tcp);
+        }
+        for bad in [
+            "tcp://0.0.0.0:1234",
+            "tcp://[::]:1234",
+            "tcp://10.0.0.1:1",
+            "tcp://build.example:1",
+        ] {
+            let e = resolve(&["--addr", "unix:///k.sock", "--addr", bad], "").expect_err(bad);
+            assert!(
+                matches!(&e, ConfigError::InsecureTcp { addr } if addr == bad),
+                "{e}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("refusing to listen on {bad} without TLS"))
+                    && text.contains("--insecure-tcp")
+                    && text.contains("[grpc] insecure-tcp = true"),
+                "{text}"
+            );
+            // The opt-in, as a flag or in the file.
+            let c = resolve(&["--addr", bad, "--insecure-tcp"], "").expect("flag opt-in");
+            assert!(c.insecure_tcp);
+            let c = resolve(&["--addr", bad], "[grpc]\ninsecure-tcp = true").expect("file opt-in");
+            assert!(c.insecure_tcp);
+            // TLS with a client CA needs no opt-in.
+            resolve(
+                &[
+                    "--addr",
+                    bad,
+                    "--tlscert=/c",
+                    "--tlskey=/k",
+                    "--tlscacert=/ca",
+                ],
+                "",
+            )
+            .expect("mutual TLS");
+        }
+    }
+
+    #[test]
+    fn tls_without_a_client_ca_needs_an_opt_in() {
+        let resolve = |a: &[&str], f: &str| Config::resolve(file(f), &flags(a), env(&[]));
+        let tls = ["--tlscert=/c", "--tlskey=/k"];
+        let with = |extra: &[&'static str]| {
+            let mut v = vec!["--addr", "tcp://127.0.0.1:1234"];
+            v.extend_from_slice(&tls);
+            v.extend_from_slice(extra);
+            v
+        };
+        let e = resolve(&with(&[]), "").expect_err("no client auth");
+        assert_eq!(
+            e.to_string(),
+            "refusing to listen on tcp://127.0.0.1:1234 with TLS but without client \
+             certificates: any client could build. Set a client CA (--tlscacert, [grpc.tls] ca) \
+             or opt in with --tls-allow-no-client-auth ([grpc.tls] allow-no-client-auth = true)"
+        );
+        resolve(&with(&["--tls-allow-no-client-auth"]), "").expect("flag opt-in");
+        resolve(&with(&[]), "[grpc.tls]\nallow-no-client-auth = true").expect("file opt-in");
+        // TLS settings with only unix sockets listen on nothing with TLS.
+        resolve(&["--addr", "unix:///k.sock", tls[0], tls[1]], "").expect("unix only");
+    }
+
+    #[test]
+    fn tenants_are_read_and_checked() {
+        use crate::tenants::{Match, TenantConfig};
+        let c = Config::resolve(
+            file(
+                r#"
+                [[tenant]]
+                name = "alice"
+                namespace = "kiln-alice"
+                match = { cn = "alice" }
+                max-builds = 2
+                cache-max = "10GB"
+
+                [[tenant]]
+                name = "bob"
+                namespace = "kiln-bob"
+                match = { uid = 1001 }
+
+                [[tenant]]
+                name = "ci"
+                namespace = "kiln.ci"
+                match = { san = "ci.example" }
+            "#,
+            ),
+            &flags(&[]),
+            env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.tenants,
+            vec![
+                TenantConfig {
+                    name: "alice".into(),
+                    namespace: "kiln-alice".into(),
+                    matcher: Match::Cn("alice".into()),
+                    max_builds: Some(2),
+                    cache_max: Some(10 << 30),
+                },
+                TenantConfig {
+                    name: "bob".into(),
+                    namespace: "kiln-bob".into(),
+                    matcher: Match::Uid(1001),
+                    max_builds: None,
+                    cache_max: None,
+                },
+                TenantConfig {
+                    name: "ci".into(),
+                    namespace: "kiln.ci".into(),
+                    matcher: Match::San("ci.example".into()),
+                    max_builds: None,
+                    cache_max: None,
+                },
+            ]
+        );
+
+        let err = |tables: &str| {
+            Config::resolve(file(tables), &flags(&[]), env(&[]))
+                .expect_err(tables)
+                .to_string()
+        };
+        let t = |name: &str, ns: &str, m: &str, extra: &str| {
+            format!("[[tenant]]\nname = \"{name}\"\nnamespace = \"{ns}\"\nmatch = {m}\n{extra}\n")
+        };
+        let a = t("a", "ns-a", "{ cn = \"a\" }", "");
+        assert_eq!(
+            err(&t("a/b", "ns", "{ uid = 1 }", "")),
+            "invalid [[tenant]] \"a/b\": name must be 1 to 64 ASCII letters and digits"
+        );
+        assert_eq!(
+            err(&t("a", "bad/ns", "{ uid = 1 }", "")),
+            "invalid [[tenant]] \"a\": namespace \"bad/ns\" is not a containerd namespace name"
+        );
+        let exactly_one = "invalid [[tenant]] \"a\": match needs exactly one of cn = \"NAME\", \
+                           san = \"NAME\" or uid = N";
+        assert_eq!(err(&t("a", "ns", "{}", "")), exactly_one);
+        assert_eq!(
+            err(&t("a", "ns", "{ cn = \"a\", uid = 1 }", "")),
+            exactly_one
+        );
+        assert_eq!(err(&t("a", "ns", "{ cn = \"\" }", "")), exactly_one);
+        assert_eq!(
+            err(&t("a", "ns", "{ uid = 1 }", "max-builds = 0")),
+            "invalid [[tenant]] \"a\": max-builds must be at least 1"
+        );
+        assert_eq!(
+            err(&t("a", "ns", "{ uid = 1 }", "cache-max = \"big\"")),
+            "invalid size \"big\" for tenant.cache-max (expected bytes or e.g. 512MB, 10GB)"
+        );
+        assert_eq!(
+            err(&format!("{a}{}", t("a", "ns-b", "{ uid = 1 }", ""))),
+            "invalid [[tenant]] \"a\": another [[tenant]] has the same name"
+        );
+        assert_eq!(
+            err(&format!("{a}{}", t("b", "ns-a", "{ uid = 1 }", ""))),
+            "invalid [[tenant]] \"b\": namespace \"ns-a\" is also tenant \"a\"'s: tenants \
+             must not share a namespace"
+        );
+        assert_eq!(
+            err(&format!("{a}{}", t("b", "ns-b", "{ cn = \"a\" }", ""))),
+            "invalid [[tenant]] \"b\": match { cn = \"a\" } is also tenant \"a\"'s"
+        );
+        // Unknown keys in a table or its match are refused, as everywhere.
+        let unknown = FileConfig::parse(&t("a", "ns", "{ user = \"a\" }", ""), Path::new("k.toml"))
+            .expect_err("unknown match key");
+        assert!(
+            std::error::Error::source(&unknown)
+                .map(|s| s.to_string().contains("user"))
+                .unwrap_or(false),
+            "{unknown:?}"
+        );
+    }
+
+    #[test]
     fn example_config_parses_as_shipped_and_uncommented() {
         let text = include_str!("../../../deploy/kilnd.toml");
         let c = Config::resolve(file(text), &flags(&[]), env(&[])).expect("valid example");
@@ -621,6 +983,9 @@ mod tests {
         assert_eq!(c.max_parallelism, Some(4));
         assert!(c.tls.as_ref().and_then(|t| t.ca.as_ref()).is_some());
         assert_eq!(c.gc.len(), 2);
+        assert!(!c.insecure_tcp, "the example keeps the safe default");
+        assert_eq!(c.tenants.len(), 2);
+        assert_eq!(c.tenants[0].cache_max, Some(10 << 30));
         assert_eq!(c.gc[1].min_free_space, Some(20 << 30));
         assert_eq!(
             c.gc[1].keep_duration,

@@ -3,6 +3,7 @@
 use crate::jobs::Job;
 use crate::solve::{solve, Input};
 use crate::state::Daemon;
+use crate::tenants::Tenant;
 use kiln_proto::control::control_server::Control;
 use kiln_proto::control::{
     BytesMessage, DiskUsageRequest, DiskUsageResponse, Exporter, InfoRequest, InfoResponse,
@@ -41,13 +42,16 @@ fn exporters(r: &SolveRequest) -> Vec<Exporter> {
 /// that goes away cancels it rather than dropping it halfway.
 async fn run_solve(
     d: Arc<Daemon>,
+    tenant: Arc<Tenant>,
     job: Arc<Job>,
     r: SolveRequest,
 ) -> Result<SolveResponse, Status> {
     let session = if r.session.is_empty() {
         None
     } else {
-        d.sessions.get(&r.session, SESSION_WAIT).await
+        d.sessions
+            .get(&tenant.scoped(&r.session), SESSION_WAIT)
+            .await
     };
     if !r.session.is_empty() && session.is_none() {
         tracing::warn!(session = %r.session, "session did not attach; building without it");
@@ -59,6 +63,7 @@ async fn run_solve(
         let def = r.definition.as_ref().expect("checked above");
         let (s, c) = solve(
             &d,
+            &tenant.engine,
             &job,
             session.as_ref(),
             Input::Definition(def),
@@ -74,6 +79,7 @@ async fn run_solve(
     {
         solve(
             &d,
+            &tenant.engine,
             &job,
             session.as_ref(),
             Input::Dockerfile(&r.frontend_attrs),
@@ -123,7 +129,7 @@ async fn run_solve(
         crate::status::step(&job, &export_name, started, None, None);
     }
     let exported = crate::export::run(
-        &d,
+        &tenant.engine,
         session.as_ref(),
         &solved,
         &config,
@@ -192,16 +198,22 @@ impl Control for ControlService {
         &self,
         request: Request<SolveRequest>,
     ) -> Result<Response<SolveResponse>, Status> {
+        let d = self.0.clone();
+        let tenant = d.tenant(&request).await?;
         let r = request.into_inner();
         if r.r#ref.is_empty() {
             return Err(Status::invalid_argument("solve request without a ref"));
         }
-        let d = self.0.clone();
         if d.shutdown.is_cancelled() {
             return Err(Status::unavailable("kilnd is shutting down"));
         }
-        let job = d.jobs.get_or_create(&r.r#ref, &d.shutdown);
-        *job.session.lock().unwrap_or_else(|p| p.into_inner()) = r.session.clone();
+        let build_permit = tenant.start_build()?;
+        let job = d.jobs.get_or_create(&tenant.scoped(&r.r#ref), &d.shutdown);
+        *job.session.lock().unwrap_or_else(|p| p.into_inner()) = if r.session.is_empty() {
+            String::new()
+        } else {
+            tenant.scoped(&r.session)
+        };
         job.mark_started();
         let active = d.jobs.enter();
         // If this handler is dropped (the client went away), the build is
@@ -209,9 +221,11 @@ impl Control for ControlService {
         let guard = job.cancel.clone().drop_guard();
         let (d2, job2) = (d.clone(), job.clone());
         let task = tokio::spawn(async move {
-            let r = run_solve(d2.clone(), job2.clone(), r).await;
+            let r = run_solve(d2.clone(), tenant.clone(), job2.clone(), r).await;
             job2.cancel.cancel();
             job2.release_results(true).await;
+            tenant.enforce_cache_max().await;
+            drop(build_permit);
             let _ = std::fs::remove_dir_all(crate::solve::job_dir(&d2, &job2));
             job2.mark_done();
             // Keep the finished job a little so a Status call that arrives
@@ -233,9 +247,11 @@ impl Control for ControlService {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<BoxStream<StatusResponse>>, Status> {
-        let id = request.into_inner().r#ref;
         let d = self.0.clone();
-        let Some(job) = d.jobs.wait_started(&id, STATUS_WAIT, &d.shutdown).await else {
+        let tenant = d.tenant(&request).await?;
+        let id = request.into_inner().r#ref;
+        let key = tenant.scoped(&id);
+        let Some(job) = d.jobs.wait_started(&key, STATUS_WAIT, &d.shutdown).await else {
             return Err(Status::not_found(format!("no such job {id}")));
         };
         let (history, mut updates, mut done) = job.subscribe();
@@ -266,6 +282,7 @@ impl Control for ControlService {
         &self,
         request: Request<Streaming<BytesMessage>>,
     ) -> Result<Response<BoxStream<BytesMessage>>, Status> {
+        let tenant = self.0.tenant(&request).await?;
         let md = request.metadata();
         let id = md
             .get("x-docker-expose-session-uuid")
@@ -283,6 +300,9 @@ impl Control for ControlService {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
             .collect();
+        // Session ids are keyed by tenant: a build finds only its own
+        // tenant's sessions.
+        let id = tenant.scoped(&id);
         let (conn, outbound) = kiln_session::hijack::daemon_side(request.into_inner());
         let d = self.0.clone();
         let sid = id.clone();
@@ -303,12 +323,15 @@ impl Control for ControlService {
         &self,
         request: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
-        crate::workers::list_workers(&self.0, request.into_inner())
+        let tenant = self.0.tenant(&request).await?;
+        crate::workers::list_workers(&self.0, &tenant, request.into_inner())
             .await
             .map(Response::new)
     }
 
-    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+    async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        // Only known clients learn anything, even the version.
+        self.0.tenant(&request).await?;
         crate::workers::info(&self.0).await.map(Response::new)
     }
 
@@ -316,7 +339,8 @@ impl Control for ControlService {
         &self,
         request: Request<DiskUsageRequest>,
     ) -> Result<Response<DiskUsageResponse>, Status> {
-        crate::workers::disk_usage(&self.0, request.into_inner())
+        let tenant = self.0.tenant(&request).await?;
+        crate::workers::disk_usage(&tenant, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -325,7 +349,8 @@ impl Control for ControlService {
         &self,
         request: Request<PruneRequest>,
     ) -> Result<Response<BoxStream<UsageRecord>>, Status> {
-        let records = crate::workers::prune(&self.0, request.into_inner()).await?;
+        let tenant = self.0.tenant(&request).await?;
+        let records = crate::workers::prune(&tenant, request.into_inner()).await?;
         let s = tokio_stream::iter(records.into_iter().map(Ok));
         Ok(Response::new(Box::pin(s)))
     }

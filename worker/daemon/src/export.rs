@@ -3,7 +3,7 @@
 //! FileSend, the daemon as fsutil sender).
 
 use crate::sessions::SessionHandle;
-use crate::state::{status_of, Daemon};
+use crate::state::status_of;
 use base64::Engine as _;
 use kiln_engine::archive::ArchiveFormat;
 use kiln_engine::build::Solved;
@@ -57,7 +57,7 @@ fn session_for<'a>(
 
 /// Runs every exporter on `solved` and merges their responses.
 pub async fn run(
-    d: &Daemon,
+    engine: &kiln_engine::Engine,
     session: Option<&SessionHandle>,
     solved: &Solved,
     config: &ImageConfig,
@@ -98,7 +98,7 @@ pub async fn run(
                     ArchiveFormat::Oci
                 };
                 let (mut w, r) = tokio::io::duplex(1 << 20);
-                let svc = d.engine.services().clone();
+                let svc = engine.services().clone();
                 let manifest = out.manifest.clone();
                 let writer = tokio::spawn(async move {
                     let r = kiln_engine::archive::write_archive(

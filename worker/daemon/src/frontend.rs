@@ -40,6 +40,7 @@ fn fresh_dir(d: &Daemon, job: &Job, name: &str) -> Result<PathBuf, Status> {
 /// Runs the Dockerfile frontend with BuildKit's frontend attributes.
 pub async fn dockerfile(
     d: &Daemon,
+    engine: &kiln_engine::Engine,
     job: &Job,
     session: &SessionHandle,
     attrs: &HashMap<String, String>,
@@ -97,7 +98,7 @@ pub async fn dockerfile(
     )
     .await
     .map_err(|e| fetch_err(&opts.context_key, e))?;
-    let build = kiln_frontend::plan(&source, &opts, &d.engine)
+    let build = kiln_frontend::plan(&source, &opts, engine)
         .await
         .map_err(|e| frontend_status(&e))?;
     Ok(Frontend {

@@ -6,6 +6,7 @@
 use crate::jobs::{GatewayResult, Job};
 use crate::solve::{solve, Input};
 use crate::state::Daemon;
+use crate::tenants::Tenant;
 use kiln_proto::apicaps::ApiCap;
 use kiln_proto::gateway::llb_bridge_server::LlbBridge;
 use kiln_proto::gateway::{
@@ -91,7 +92,8 @@ pub fn config_from_metadata(md: &HashMap<String, Vec<u8>>) -> Option<kiln_solver
 impl GatewayService {
     /// The build a gateway call belongs to (metadata
     /// `buildkit-controlapi-buildid`).
-    async fn job<T>(&self, req: &Request<T>) -> Result<Arc<Job>, Status> {
+    async fn job<T>(&self, req: &Request<T>) -> Result<(Arc<Tenant>, Arc<Job>), Status> {
+        let tenant = self.0.tenant(req).await?;
         let id = req
             .metadata()
             .get("buildkit-controlapi-buildid")
@@ -101,18 +103,22 @@ impl GatewayService {
         if id.is_empty() {
             return Err(Status::invalid_argument("no buildkit-controlapi-buildid"));
         }
-        self.0
+        // Another tenant's build id is not found: jobs are keyed by tenant.
+        let job = self
+            .0
             .jobs
-            .wait_started(&id, JOB_WAIT, &self.0.shutdown)
+            .wait_started(&tenant.scoped(&id), JOB_WAIT, &self.0.shutdown)
             .await
-            .ok_or_else(|| Status::not_found(format!("no such job {id}")))
+            .ok_or_else(|| Status::not_found(format!("no such job {id}")))?;
+        Ok((tenant, job))
     }
 }
 
 #[tonic::async_trait]
 impl LlbBridge for GatewayService {
-    async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PongResponse>, Status> {
-        let workers = crate::workers::list_workers(&self.0, Default::default())
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PongResponse>, Status> {
+        let tenant = self.0.tenant(&request).await?;
+        let workers = crate::workers::list_workers(&self.0, &tenant, Default::default())
             .await?
             .record;
         Ok(Response::new(PongResponse {
@@ -126,7 +132,7 @@ impl LlbBridge for GatewayService {
         &self,
         request: Request<SolveRequest>,
     ) -> Result<Response<SolveResponse>, Status> {
-        let job = self.job(&request).await?;
+        let (tenant, job) = self.job(&request).await?;
         let r = request.into_inner();
         let sid = job
             .session
@@ -160,7 +166,15 @@ impl LlbBridge for GatewayService {
             .get("compression")
             .and_then(|c| c.parse().ok())
             .unwrap_or(Compression::Gzip);
-        let (solved, config) = solve(&self.0, &job, session.as_ref(), input, compression).await?;
+        let (solved, config) = solve(
+            &self.0,
+            &tenant.engine,
+            &job,
+            session.as_ref(),
+            input,
+            compression,
+        )
+        .await?;
         let id = format!(
             "ref-{}",
             kiln_solver::Digest::of(solved.lease().as_str().as_bytes()).hex()
@@ -201,7 +215,7 @@ impl LlbBridge for GatewayService {
         &self,
         request: Request<ReturnRequest>,
     ) -> Result<Response<ReturnResponse>, Status> {
-        let job = self.job(&request).await?;
+        let (_, job) = self.job(&request).await?;
         job.set_returned(request.into_inner());
         Ok(Response::new(ReturnResponse {}))
     }

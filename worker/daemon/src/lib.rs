@@ -18,6 +18,7 @@ mod sessions;
 mod solve;
 mod state;
 mod status;
+mod tenants;
 mod trace;
 mod workers;
 
@@ -125,6 +126,8 @@ async fn run(config: config::Config) -> Result<()> {
             namespace = d.ctrd.namespace(),
             snapshotter = d.ctrd.snapshotter(),
             max_parallelism = ?d.config.max_parallelism,
+            tenants = d.config.tenants.len(),
+            insecure_tcp = d.config.insecure_tcp,
             "kilnd starting"
         ),
         Err(e) => tracing::warn!(error = %e, "containerd version unavailable"),

@@ -11,6 +11,7 @@
 //! HTTP/2 either way.
 
 use crate::config::TlsConfig;
+use crate::tenants::{cert_identity, Identity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::io;
@@ -122,6 +123,10 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The negotiated ALPN protocol; `None` for clients that offered none.
     pub alpn: Option<Vec<u8>>,
+    /// Who the client is, as far as the connection proves it: the peer
+    /// uid on a unix socket, the verified client certificate's names on
+    /// mutual TLS; `None` on plain TCP and server-only TLS.
+    pub identity: Option<Identity>,
 }
 
 impl tonic::transport::server::Connected for Conn {
@@ -129,17 +134,28 @@ impl tonic::transport::server::Connected for Conn {
 
     fn connect_info(&self) -> ConnInfo {
         match self {
-            Conn::Unix(_) => ConnInfo::default(),
+            Conn::Unix(s) => ConnInfo {
+                identity: s.peer_cred().ok().map(|c| Identity::Uid(c.uid())),
+                ..ConnInfo::default()
+            },
             Conn::Tcp(s) => ConnInfo {
                 remote_addr: s.peer_addr().ok(),
                 ..ConnInfo::default()
             },
             Conn::Tls(s) => {
                 let (tcp, session) = s.get_ref();
+                // rustls only completes the handshake with a certificate
+                // that chains to the client CA (when one is configured).
+                let identity = session
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|leaf| cert_identity(leaf))
+                    .map(Identity::Cert);
                 ConnInfo {
                     remote_addr: tcp.peer_addr().ok(),
                     tls: true,
                     alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+                    identity,
                 }
             }
         }
@@ -265,9 +281,11 @@ pub async fn bind(addr: &str, tls: Option<&TlsConfig>) -> Result<Listener, Liste
             let listener = TcpListener::bind(&hostport).await.map_err(io_err)?;
             let local = listener.local_addr().map_err(io_err)?;
             if acceptor.is_none() && !local.ip().is_loopback() {
+                // Configuration refuses this without --insecure-tcp.
                 tracing::warn!(
                     addr,
-                    "listening on a TCP address without TLS: anyone who can reach it can build as root"
+                    "INSECURE: listening on plain TCP beyond loopback (--insecure-tcp): anyone \
+                     who can reach {addr} can build as root on this host"
                 );
             }
             tokio::spawn(accept_tcp(listener, acceptor, tx));
@@ -725,6 +743,60 @@ mod tests {
 
         stop.cancel();
         task.await.expect("server stops");
+    }
+
+    #[tokio::test]
+    async fn connections_carry_the_peer_identity() {
+        use tokio_stream::StreamExt;
+        use tonic::transport::server::Connected;
+
+        // Unix socket: the peer's uid.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("id.sock");
+        let mut listener = bind(&format!("unix://{}", path.display()), None)
+            .await
+            .expect("bind");
+        let _client = UnixStream::connect(&path).await.expect("connect");
+        let conn = listener.next().await.expect("a connection").expect("ok");
+        assert_eq!(
+            conn.connect_info().identity,
+            Some(Identity::Uid(nix::unistd::getuid().as_raw()))
+        );
+
+        // Mutual TLS: the names of the client certificate.
+        let pki = pki();
+        let tls = TlsConfig {
+            cert: pki.cert.clone(),
+            key: pki.key.clone(),
+            ca: Some(pki.ca.clone()),
+        };
+        let mut listener = bind("tcp://127.0.0.1:0", Some(&tls)).await.expect("bind");
+        let port = listener.local_addr().expect("tcp").port();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der.clone()).expect("ca root");
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![pki.client_cert.clone()], pki.client_key.clone_key())
+            .expect("client cert");
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("tcp");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let _tls = connector.connect(name, tcp).await.expect("handshake");
+        let conn = listener.next().await.expect("a connection").expect("ok");
+        let Some(Identity::Cert(c)) = conn.connect_info().identity else {
+            panic!("no certificate identity");
+        };
+        assert_eq!(c.sans, vec!["client".to_string()]);
+
+        // Plain TCP proves nothing.
+        let mut listener = bind("tcp://127.0.0.1:0", None).await.expect("bind");
+        let port = listener.local_addr().expect("tcp").port();
+        let _tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("tcp");
+        let conn = listener.next().await.expect("a connection").expect("ok");
+        assert_eq!(conn.connect_info().identity, None);
     }
 
     #[tokio::test]

@@ -94,6 +94,7 @@ async fn fetch_locals(
 /// Solves `input` for `job`, forwarding progress to the job's Status.
 pub async fn solve(
     d: &Arc<Daemon>,
+    engine: &kiln_engine::Engine,
     job: &Arc<Job>,
     session: Option<&SessionHandle>,
     input: Input<'_>,
@@ -113,7 +114,7 @@ pub async fn solve(
             let session = session.ok_or_else(|| {
                 Status::failed_precondition("the dockerfile frontend needs a session")
             })?;
-            let f = crate::frontend::dockerfile(d, job, session, attrs).await?;
+            let f = crate::frontend::dockerfile(d, engine, job, session, attrs).await?;
             let digests = f.build.graph.definition_digests();
             (
                 f.build.graph,
@@ -150,8 +151,7 @@ pub async fn solve(
         names: Vec::new(),
         compression,
     };
-    let solved = d
-        .engine
+    let solved = engine
         .solve(&req, Progress::new(tx), job.cancel.clone())
         .await;
     let _ = forward.await;

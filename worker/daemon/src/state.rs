@@ -1,21 +1,30 @@
-//! The daemon's shared state: the engine, running jobs, attached sessions.
+//! The daemon's shared state: the tenants and their engines, running jobs,
+//! attached sessions.
 
 use crate::config::Config;
 use crate::jobs::Jobs;
+use crate::listen::ConnInfo;
 use crate::sessions::Sessions;
-use kiln_engine::Engine;
+use crate::tenants::{Tenant, TenantConfig};
 use kiln_snapshot::Containerd;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 pub struct Daemon {
-    pub engine: Engine,
+    /// The connection in the configured namespace (version, server uuid).
     pub ctrd: Containerd,
     pub config: Config,
     /// Cancelled on SIGTERM: every running build is cancelled with it.
     pub shutdown: CancellationToken,
     pub jobs: Arc<Jobs>,
     pub sessions: Sessions,
+    /// The one tenant when no `[[tenant]]` is configured.
+    default: Option<Arc<Tenant>>,
+    /// Configured tenants by name, each set up (engine, sweep) on first use.
+    tenants: Mutex<HashMap<String, Arc<OnceCell<Arc<Tenant>>>>>,
 }
 
 impl Daemon {
@@ -23,16 +32,74 @@ impl Daemon {
     pub async fn new(config: Config) -> anyhow::Result<Arc<Daemon>> {
         let ctrd = Containerd::connect(config.containerd.clone()).await?;
         std::fs::create_dir_all(&config.root)?;
-        let engine = Engine::new(ctrd.clone(), config.root.clone());
-        engine.sweep().await?;
+        let default = if config.tenants.is_empty() {
+            let t = Tenant::new(None, ctrd.clone(), config.root.clone());
+            t.engine.sweep().await?;
+            Some(Arc::new(t))
+        } else {
+            None
+        };
         Ok(Arc::new(Daemon {
-            engine,
             ctrd,
             config,
             shutdown: CancellationToken::new(),
             jobs: Arc::new(Jobs::default()),
             sessions: Sessions::default(),
+            default,
+            tenants: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// The tenant of the client that sent `req` (see [`crate::tenants`]).
+    pub async fn tenant<T>(&self, req: &tonic::Request<T>) -> Result<Arc<Tenant>, tonic::Status> {
+        if let Some(t) = &self.default {
+            return Ok(t.clone());
+        }
+        let identity = req
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|c| c.identity.as_ref());
+        let config = crate::tenants::resolve(&self.config.tenants, identity)?;
+        self.configured(config).await
+    }
+
+    /// The engine of a configured tenant, created and swept on first use.
+    async fn configured(&self, config: &TenantConfig) -> Result<Arc<Tenant>, tonic::Status> {
+        let cell = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(config.name.clone())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            let state_dir = self.config.root.join("tenants").join(&config.name);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&state_dir)
+                .map_err(|e| {
+                    tonic::Status::internal(format!(
+                        "cannot create tenant {:?}'s state directory {}: {e}",
+                        config.name,
+                        state_dir.display()
+                    ))
+                })?;
+            let t = Tenant::new(
+                Some(config),
+                self.ctrd.with_namespace(&config.namespace),
+                state_dir,
+            );
+            t.engine.sweep().await.map_err(|e| status_of(&e))?;
+            tracing::info!(
+                tenant = %config.name,
+                namespace = %config.namespace,
+                "tenant ready"
+            );
+            Ok(Arc::new(t))
+        })
+        .await
+        .cloned()
     }
 
     /// Waits until no build is running (after `shutdown` was cancelled,

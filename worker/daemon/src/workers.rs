@@ -9,6 +9,7 @@
 
 use crate::config::GcPolicy;
 use crate::state::Daemon;
+use crate::tenants::Tenant;
 use kiln_engine::cache::RecordInfo;
 use kiln_engine::prune::PruneOptions;
 use kiln_proto::control::{
@@ -139,6 +140,26 @@ pub fn default_gc_policies() -> Vec<GcPolicy> {
     ]
 }
 
+/// The GC policies ListWorkers reports for a tenant: the configured ones
+/// (or the defaults), then its `cache-max` as a policy over every record,
+/// the one kilnd applies itself after each of the tenant's builds.
+pub fn gc_policies(configured: &[GcPolicy], cache_max: Option<u64>) -> Vec<GcPolicy> {
+    let Some(max) = cache_max else {
+        return configured.to_vec();
+    };
+    let mut all = if configured.is_empty() {
+        default_gc_policies()
+    } else {
+        configured.to_vec()
+    };
+    all.push(GcPolicy {
+        all: true,
+        max_used_space: Some(max),
+        ..GcPolicy::default()
+    });
+    all
+}
+
 fn gc_record(p: &GcPolicy) -> GcPolicyRecord {
     let bytes = |v: Option<u64>| v.map(|b| i64::try_from(b).unwrap_or(i64::MAX)).unwrap_or(0);
     GcPolicyRecord {
@@ -201,6 +222,7 @@ fn status_of<E: std::error::Error>(e: &E, kind: kiln_proto::ErrorKind) -> Status
 /// ListWorkers: the one worker. Filters are ignored.
 pub async fn list_workers(
     d: &Daemon,
+    tenant: &Tenant,
     _req: ListWorkersRequest,
 ) -> Result<ListWorkersResponse, Status> {
     let root = d.config.root.clone();
@@ -208,7 +230,7 @@ pub async fn list_workers(
         .await
         .map_err(|e| internal("worker id", e))?
         .map_err(|e| internal("cannot read or create the worker id", e))?;
-    let uuid = d
+    let uuid = tenant
         .ctrd
         .server_uuid()
         .await
@@ -216,10 +238,10 @@ pub async fn list_workers(
     Ok(ListWorkersResponse {
         record: vec![worker_record(
             id,
-            d.ctrd.namespace(),
-            d.ctrd.snapshotter(),
+            tenant.ctrd.namespace(),
+            tenant.ctrd.snapshotter(),
             &uuid,
-            &d.config.gc,
+            &gc_policies(&d.config.gc, tenant.cache_max),
         )],
     })
 }
@@ -291,9 +313,12 @@ pub fn usage_record(r: &RecordInfo) -> UsageRecord {
 
 /// DiskUsage: every cache record (most recently used first), narrowed by
 /// `type==` filters. `ageLimit` is ignored.
-pub async fn disk_usage(d: &Daemon, req: DiskUsageRequest) -> Result<DiskUsageResponse, Status> {
+pub async fn disk_usage(
+    tenant: &Tenant,
+    req: DiskUsageRequest,
+) -> Result<DiskUsageResponse, Status> {
     let types = parse_filters(&req.filter)?;
-    let records = kiln_engine::prune::disk_usage(d.engine.services())
+    let records = kiln_engine::prune::disk_usage(tenant.engine.services())
         .await
         .map_err(|e| status_of(&e, e.kind()))?;
     Ok(DiskUsageResponse {
@@ -332,9 +357,9 @@ pub fn prune_options(req: &PruneRequest) -> Result<PruneOptions, Status> {
 
 /// Prune: removes records as asked and returns what went, for Control to
 /// stream.
-pub async fn prune(d: &Daemon, req: PruneRequest) -> Result<Vec<UsageRecord>, Status> {
+pub async fn prune(tenant: &Tenant, req: PruneRequest) -> Result<Vec<UsageRecord>, Status> {
     let opts = prune_options(&req)?;
-    let report = kiln_engine::prune::prune(d.engine.services(), &opts)
+    let report = kiln_engine::prune::prune(tenant.engine.services(), &opts)
         .await
         .map_err(|e| status_of(&e, e.kind()))?;
     tracing::info!(
@@ -412,6 +437,27 @@ mod tests {
                 max_used_space: 6,
                 min_free_space: 7,
             }]
+        );
+    }
+
+    #[test]
+    fn a_tenants_cache_max_is_reported_after_the_other_policies() {
+        let cap = GcPolicy {
+            all: true,
+            max_used_space: Some(42),
+            ..GcPolicy::default()
+        };
+        assert_eq!(gc_policies(&[], None), Vec::<GcPolicy>::new());
+        let mut expected = default_gc_policies();
+        expected.push(cap.clone());
+        assert_eq!(gc_policies(&[], Some(42)), expected);
+        let mine = GcPolicy {
+            keep_duration: Some(Duration::from_secs(1)),
+            ..GcPolicy::default()
+        };
+        assert_eq!(
+            gc_policies(std::slice::from_ref(&mine), Some(42)),
+            vec![mine, cap]
         );
     }
 
