@@ -82,7 +82,8 @@ struct Cli {
 enum Command {
     /// Build an image from a Dockerfile into containerd.
     Build(BuildArgs),
-    /// Show the build cache's records in containerd.
+    /// Show the build cache's records in containerd (with --addr, the
+    /// daemon's records this client may see).
     Du {
         /// Show every record with its full lease ID.
         #[arg(long, short = 'v')]
@@ -191,30 +192,41 @@ async fn run(cli: Cli) -> Result<()> {
         namespace: cli.namespace.clone(),
         snapshotter: cli.snapshotter.clone(),
     };
+    let addr = cli.addr.clone().or_else(|| {
+        std::env::var("BUILDKIT_HOST")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let tls = remote::ClientTls {
+        ca: cli.tlscacert.clone(),
+        cert: cli.tlscert.clone(),
+        key: cli.tlskey.clone(),
+        server_name: cli.tlsservername.clone(),
+    };
     match cli.command {
-        Command::Build(args) => {
-            let addr = cli.addr.clone().or_else(|| {
-                std::env::var("BUILDKIT_HOST")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            });
-            match addr {
-                Some(addr) => {
-                    let tls = remote::ClientTls {
-                        ca: cli.tlscacert.clone(),
-                        cert: cli.tlscert.clone(),
-                        key: cli.tlskey.clone(),
-                        server_name: cli.tlsservername.clone(),
-                    };
-                    build_remote(&addr, &tls, args).await
-                }
-                None => build(config, cli.root, args).await,
-            }
-        }
+        Command::Build(args) => match addr {
+            Some(addr) => build_remote(&addr, &tls, args).await,
+            None => build(config, cli.root, args).await,
+        },
         Command::Du { verbose } => {
-            let ctrd = Containerd::connect(config).await?;
-            let records =
-                kiln_engine::prune::disk_usage(&kiln_engine::Services::containerd(&ctrd)).await?;
+            let records = match &addr {
+                // The daemon's records, as far as this client may see them.
+                Some(addr) => remote::disk_usage(remote::connect(addr, &tls).await?).await?,
+                None => {
+                    let ctrd = Containerd::connect(config).await?;
+                    kiln_engine::prune::disk_usage(&kiln_engine::Services::containerd(&ctrd))
+                        .await?
+                        .into_iter()
+                        .map(|r| remote::Record {
+                            id: r.lease.id,
+                            record_type: r.record_type,
+                            size: r.size,
+                            last_used: r.last_used,
+                            description: r.description,
+                        })
+                        .collect()
+                }
+            };
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -226,9 +238,9 @@ async fn run(cli: Cli) -> Result<()> {
             let mut total = 0;
             for r in &records {
                 total += r.size;
-                let id = r.lease.id.rsplit('/').next().unwrap_or_default();
+                let id = r.id.rsplit('/').next().unwrap_or_default();
                 let id = if verbose {
-                    r.lease.id.as_str()
+                    r.id.as_str()
                 } else {
                     &id[..id.len().min(25)]
                 };
@@ -280,16 +292,43 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
-            let ctrd = Containerd::connect(config).await?;
-            let report =
-                kiln_engine::prune::prune(&kiln_engine::Services::containerd(&ctrd), &opts).await?;
-            for r in &report.removed {
-                println!("{}\t{}\t{}", r.lease.id, r.record_type, human_size(r.size));
+            let removed: Vec<(String, String, u64)> = match &addr {
+                Some(addr) => {
+                    let nanos =
+                        |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+                    let req = kiln_proto::control::PruneRequest {
+                        all: opts.all,
+                        keep_duration: opts.keep_duration.map(nanos).unwrap_or(0),
+                        max_used_space: opts
+                            .keep_storage
+                            .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
+                            .unwrap_or(0),
+                        filter: opts.types.iter().map(|t| format!("type=={t}")).collect(),
+                        ..Default::default()
+                    };
+                    remote::prune(remote::connect(addr, &tls).await?, req)
+                        .await?
+                        .into_iter()
+                        .map(|r| (r.id, r.record_type, r.size))
+                        .collect()
+                }
+                None => {
+                    let ctrd = Containerd::connect(config).await?;
+                    kiln_engine::prune::prune(&kiln_engine::Services::containerd(&ctrd), &opts)
+                        .await?
+                        .removed
+                        .into_iter()
+                        .map(|r| (r.lease.id, r.record_type, r.size))
+                        .collect()
+                }
+            };
+            for (id, record_type, size) in &removed {
+                println!("{id}\t{record_type}\t{}", human_size(*size));
             }
             println!(
                 "Total: {} in {} records",
-                human_size(report.reclaimed),
-                report.removed.len()
+                human_size(removed.iter().map(|r| r.2).sum()),
+                removed.len()
             );
             Ok(())
         }

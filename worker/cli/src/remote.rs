@@ -76,6 +76,67 @@ impl ClientTls {
     }
 }
 
+/// One cache record as the daemon reports it (DiskUsage, Prune).
+pub struct Record {
+    pub id: String,
+    pub record_type: String,
+    pub size: u64,
+    /// Seconds since the epoch; 0 if never.
+    pub last_used: u64,
+    pub description: String,
+}
+
+impl From<kiln_proto::control::UsageRecord> for Record {
+    fn from(r: kiln_proto::control::UsageRecord) -> Record {
+        Record {
+            id: r.id,
+            record_type: r.record_type,
+            size: u64::try_from(r.size).unwrap_or(0),
+            last_used: r
+                .last_used_at
+                .and_then(|t| u64::try_from(t.seconds).ok())
+                .unwrap_or(0),
+            description: r.description,
+        }
+    }
+}
+
+/// The daemon's cache records (Control.DiskUsage) as this client is
+/// allowed to see them (its tenant's, on a kilnd with tenants).
+pub async fn disk_usage(channel: Channel) -> Result<Vec<Record>> {
+    let resp = ControlClient::new(channel)
+        .disk_usage(kiln_proto::control::DiskUsageRequest::default())
+        .await
+        .map_err(|s| anyhow!("disk usage: {}", s.message()))?;
+    Ok(resp
+        .into_inner()
+        .record
+        .into_iter()
+        .map(Record::from)
+        .collect())
+}
+
+/// Control.Prune; the records the daemon removed.
+pub async fn prune(
+    channel: Channel,
+    req: kiln_proto::control::PruneRequest,
+) -> Result<Vec<Record>> {
+    let mut stream = ControlClient::new(channel)
+        .prune(req)
+        .await
+        .map_err(|s| anyhow!("prune: {}", s.message()))?
+        .into_inner();
+    let mut removed = Vec::new();
+    while let Some(r) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow!("prune: {}", s.message()))?
+    {
+        removed.push(Record::from(r));
+    }
+    Ok(removed)
+}
+
 /// Connects to `addr`: `unix:///path` or `tcp://host:port` (with TLS when
 /// `tls` says so).
 pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel> {

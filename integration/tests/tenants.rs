@@ -1,0 +1,453 @@
+//! Issue 8's tenants and network surface through the real binaries: two
+//! tenants on one kilnd by client certificate (and by unix peer uid), each
+//! confined to its own containerd namespace; a kilnd that refuses to
+//! listen where it should not.
+
+use kiln_integration::{kilnd_binary, Harness, KilnOutput};
+use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+/// A test CA with a server certificate for localhost and client
+/// certificates by subject CN, as PEM files.
+struct Pki {
+    dir: PathBuf,
+    ca: String,
+    server: (String, String),
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: PathBuf) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let server = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("server cert");
+        let ca = write(&dir, "ca.pem", ca_cert.pem());
+        let server = (
+            write(&dir, "server.pem", server.pem()),
+            write(&dir, "server-key.pem", key.serialize_pem()),
+        );
+        Pki {
+            dir,
+            ca,
+            server,
+            issuer,
+        }
+    }
+
+    /// A client certificate with subject CN `cn` (its SAN is another name,
+    /// so only the CN can match): (cert, key) paths.
+    fn client(&self, cn: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec![format!("{cn}.clients.test")]).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+        (
+            write(&self.dir, &format!("{cn}.pem"), cert.pem()),
+            write(&self.dir, &format!("{cn}-key.pem"), key.serialize_pem()),
+        )
+    }
+}
+
+fn write(dir: &Path, name: &str, body: String) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write");
+    p.to_str().expect("utf8").to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One client of the mTLS kilnd.
+struct Client<'a> {
+    h: &'a Harness,
+    addr: String,
+    ca: String,
+    cert: (String, String),
+}
+
+impl Client<'_> {
+    fn run(&self, args: &[&str]) -> KilnOutput {
+        let mut all = vec![
+            "--addr",
+            self.addr.as_str(),
+            "--tlscacert",
+            self.ca.as_str(),
+            "--tlsservername",
+            "localhost",
+            "--tlscert",
+            self.cert.0.as_str(),
+            "--tlskey",
+            self.cert.1.as_str(),
+        ];
+        all.extend_from_slice(args);
+        // The namespace flag is for embedded mode; remote builds land in
+        // whatever namespace kilnd picks for the client.
+        self.h.kiln("unused", &all).expect("kiln runs")
+    }
+
+    fn build(&self, tag: &str, ctx: &Path) -> KilnOutput {
+        self.run(&[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            tag,
+            ctx.to_str().expect("utf8"),
+        ])
+    }
+
+    /// `kiln du -v`: (record id, description) per line.
+    fn du(&self) -> BTreeSet<(String, String)> {
+        let out = self.run(&["du", "-v"]).ok();
+        out.stdout
+            .lines()
+            .skip(1)
+            .filter(|l| !l.starts_with("Total:"))
+            .map(|l| {
+                let id = l.split_whitespace().next().unwrap_or_default().to_string();
+                (id, l.to_string())
+            })
+            .collect()
+    }
+}
+
+/// The kiln cache-record leases in `ns`, as ctr lists them.
+fn cache_leases(h: &Harness, ns: &str) -> BTreeSet<String> {
+    h.ctr(ns, &["leases", "ls"])
+        .expect("ctr leases")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|id| id.starts_with("kiln/cache/") && !id.contains("mount-"))
+        .map(String::from)
+        .collect()
+}
+
+fn ids(du: &BTreeSet<(String, String)>) -> BTreeSet<String> {
+    du.iter()
+        .map(|(id, _)| id.clone())
+        .filter(|id| !id.contains("mount-"))
+        .collect()
+}
+
+fn images(h: &Harness, ns: &str) -> String {
+    h.ctr(ns, &["images", "ls", "-q"]).expect("ctr images")
+}
+
+const COMMON: &str = "FROM busybox\nRUN echo same-step > /same\n";
+
+#[tokio::test]
+async fn two_tenants_by_client_certificate_share_nothing() {
+    let h = Harness::with_busybox("kiln-alice").await;
+    h.import_busybox("kiln-bob", "docker.io/library/busybox:latest")
+        .await
+        .expect("busybox for bob");
+    let pki = Pki::new(h.state_dir().join("pki"));
+    let config = write(
+        h.state_dir(),
+        "kilnd-tenants.toml",
+        r#"
+[[tenant]]
+name = "alice"
+namespace = "kiln-alice"
+match = { cn = "alice" }
+
+[[tenant]]
+name = "bob"
+namespace = "kiln-bob"
+match = { cn = "bob" }
+"#
+        .to_string(),
+    );
+    let addr = format!("tcp://127.0.0.1:{}", free_port());
+    let _k = h
+        .start_kilnd_with(
+            "tenants-default",
+            &[
+                "--config",
+                &config,
+                "--addr",
+                &addr,
+                "--tlscert",
+                &pki.server.0,
+                "--tlskey",
+                &pki.server.1,
+                "--tlscacert",
+                &pki.ca,
+            ],
+        )
+        .await
+        .expect("kilnd with tenants starts");
+    let client = |cn: &str| Client {
+        h: &h,
+        addr: addr.clone(),
+        ca: pki.ca.clone(),
+        cert: pki.client(cn),
+    };
+    let (alice, bob, mallory) = (client("alice"), client("bob"), client("mallory"));
+
+    // A certificate the CA signed but no tenant maps is refused by name.
+    let ctx = h.context("common", &[("Dockerfile", COMMON)]);
+    let refused = mallory.build("mallory:1", &ctx);
+    assert!(!refused.success, "an unmapped client built");
+    assert!(
+        refused.stderr.contains("CN=")
+            && refused.stderr.contains("mallory")
+            && refused.stderr.contains("is not mapped to a tenant"),
+        "{}",
+        refused.stderr
+    );
+    let refused = mallory.run(&["du"]);
+    assert!(!refused.success, "an unmapped client read du");
+
+    // Alice builds; her repeat hits her cache; bob's identical build runs
+    // the step itself.
+    alice.build("common:alice", &ctx).ok();
+    let again = alice.build("common:alice2", &ctx).ok();
+    assert!(again.stderr.contains("CACHED"), "{}", again.stderr);
+    let bobs = bob.build("common:bob", &ctx).ok();
+    assert!(
+        !bobs.stderr.contains("CACHED"),
+        "bob hit alice's cache:\n{}",
+        bobs.stderr
+    );
+
+    // A cache mount alice writes is empty for bob (and still full for
+    // alice, so the mount does persist).
+    let writer = h.context(
+        "writer",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,target=/c,id=shared echo alice-data > /c/f\n",
+        )],
+    );
+    let reader = h.context(
+        "reader",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,target=/c,id=shared ls -A /c > /seen\n",
+        )],
+    );
+    alice.build("writer:alice", &writer).ok();
+    alice.build("reader:alice", &reader).ok();
+    bob.build("reader:bob", &reader).ok();
+    assert_eq!(
+        h.run_image(
+            "kiln-alice",
+            "docker.io/library/reader:alice",
+            "ra",
+            &["cat", "/seen"]
+        ),
+        "f\n"
+    );
+    assert_eq!(
+        h.run_image(
+            "kiln-bob",
+            "docker.io/library/reader:bob",
+            "rb",
+            &["cat", "/seen"]
+        ),
+        "",
+        "bob saw alice's cache mount"
+    );
+
+    // The same image name in both tenants: each keeps its own.
+    for (who, c) in [("alice", &alice), ("bob", &bob)] {
+        let ctx = h.context(
+            &format!("named-{who}"),
+            &[(
+                "Dockerfile",
+                format!("FROM busybox\nRUN echo made-by-{who} > /who\n").as_str(),
+            )],
+        );
+        c.build("same:name", &ctx).ok();
+    }
+    for who in ["alice", "bob"] {
+        let ns = format!("kiln-{who}");
+        assert_eq!(
+            h.run_image(&ns, "docker.io/library/same:name", "who", &["cat", "/who"]),
+            format!("made-by-{who}\n")
+        );
+    }
+    let (a_images, b_images) = (images(&h, "kiln-alice"), images(&h, "kiln-bob"));
+    assert!(
+        a_images.contains("writer:alice") && !a_images.contains(":bob"),
+        "{a_images}"
+    );
+    assert!(
+        b_images.contains("reader:bob") && !b_images.contains(":alice"),
+        "{b_images}"
+    );
+
+    // du: each sees exactly the records of its own namespace.
+    let (a_du, b_du) = (alice.du(), bob.du());
+    assert_eq!(ids(&a_du), cache_leases(&h, "kiln-alice"));
+    assert_eq!(ids(&b_du), cache_leases(&h, "kiln-bob"));
+    assert!(
+        a_du.iter().any(|(_, l)| l.contains("alice-data")),
+        "{a_du:?}"
+    );
+    assert!(
+        !b_du.iter().any(|(_, l)| l.contains("alice-data")),
+        "bob sees alice's record: {b_du:?}"
+    );
+
+    // Alice prunes everything; bob's cache stays and still hits.
+    let pruned = alice.run(&["prune", "--all"]).ok();
+    assert!(pruned.stdout.contains("Total:"), "{}", pruned.stdout);
+    assert!(
+        cache_leases(&h, "kiln-alice").is_empty(),
+        "alice's prune left records"
+    );
+    assert!(ids(&alice.du()).is_empty(), "alice's du after prune");
+    assert_eq!(
+        ids(&bob.du()),
+        ids(&b_du),
+        "alice's prune touched bob's records"
+    );
+    let bob_again = bob.build("common:bob2", &ctx).ok();
+    assert!(bob_again.stderr.contains("CACHED"), "{}", bob_again.stderr);
+    // And alice now runs the step again: her cache is gone, not bob's.
+    let alice_again = alice.build("common:alice3", &ctx).ok();
+    assert!(
+        !alice_again.stderr.contains("CACHED"),
+        "{}",
+        alice_again.stderr
+    );
+}
+
+#[tokio::test]
+async fn unix_socket_clients_are_tenants_by_uid() {
+    const UID: u32 = 4242;
+    let h = Harness::with_busybox("kiln-u4242").await;
+    let config = write(
+        h.state_dir(),
+        "kilnd-uid.toml",
+        format!("[[tenant]]\nname = \"u{UID}\"\nnamespace = \"kiln-u{UID}\"\nmatch = {{ uid = {UID} }}\n"),
+    );
+    let k = h
+        .start_kilnd_with("uid-default", &["--config", &config])
+        .await
+        .expect("kilnd starts");
+    // Let the unprivileged client reach the socket and read the context.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(h.state_dir(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod state dir");
+    std::fs::set_permissions(&k.socket, std::fs::Permissions::from_mode(0o666))
+        .expect("chmod socket");
+    let ctx = h.context(
+        "uid",
+        &[("Dockerfile", "FROM busybox\nRUN echo by-uid > /u\n")],
+    );
+    let c = ctx.to_str().expect("utf8");
+    let addr = k.addr();
+    let args = [
+        "--addr",
+        addr.as_str(),
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "uid:1",
+        c,
+    ];
+
+    // root (uid 0) is not mapped.
+    let refused = h.kiln("unused", &args).expect("kiln runs");
+    assert!(!refused.success, "root built without a mapping");
+    assert!(
+        refused.stderr.contains("uid 0 is not mapped"),
+        "{}",
+        refused.stderr
+    );
+
+    let mut cmd = h.kiln_command("unused").expect("kiln");
+    cmd.args(args).env("HOME", "/tmp");
+    // SAFETY: setgid/setuid are async-signal-safe; nothing else runs
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(UID)).map_err(std::io::Error::from)?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(UID)).map_err(std::io::Error::from)
+        });
+    }
+    let out = cmd.output().expect("kiln runs as uid 4242");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        h.run_image("kiln-u4242", "docker.io/library/uid:1", "u", &["cat", "/u"]),
+        "by-uid\n"
+    );
+    assert!(
+        !images(&h, "uid-default").contains("uid:1"),
+        "the build landed in the default namespace"
+    );
+}
+
+/// Starts kilnd with `args` (no containerd needed: the configuration is
+/// refused first) and returns its exit status and stderr.
+fn kilnd_refuses(args: &[&str]) -> String {
+    let out = std::process::Command::new(kilnd_binary().expect("kilnd"))
+        .args(args)
+        .output()
+        .expect("kilnd runs");
+    assert!(!out.status.success(), "kilnd started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn kilnd_refuses_plain_tcp_beyond_loopback_and_tls_without_client_auth() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("root");
+    let root = root.to_str().expect("utf8");
+    let port = free_port();
+    let addr = format!("tcp://0.0.0.0:{port}");
+    let err = kilnd_refuses(&["--root", root, "--addr", &addr]);
+    assert!(
+        err.contains(&format!("refusing to listen on {addr} without TLS"))
+            && err.contains("--insecure-tcp"),
+        "{err}"
+    );
+    // Nothing listens on the port.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+
+    let pki = Pki::new(dir.path().join("pki"));
+    let err = kilnd_refuses(&[
+        "--root",
+        root,
+        "--addr",
+        &addr,
+        "--tlscert",
+        &pki.server.0,
+        "--tlskey",
+        &pki.server.1,
+    ]);
+    assert!(
+        err.contains(&format!(
+            "refusing to listen on {addr} with TLS but without client certificates"
+        )) && err.contains("--tls-allow-no-client-auth"),
+        "{err}"
+    );
+}
