@@ -451,3 +451,147 @@ fn kilnd_refuses_plain_tcp_beyond_loopback_and_tls_without_client_auth() {
         "{err}"
     );
 }
+
+/// A raw gRPC channel to kilnd over mutual TLS with `cert`.
+async fn tls_channel(port: u16, pki: &Pki, cert: &(String, String)) -> tonic::transport::Channel {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&pki.ca).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("root");
+    }
+    let chain = CertificateDer::pem_file_iter(&cert.0)
+        .expect("cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("cert chain");
+    let key = PrivateKeyDer::from_pem_file(&cert.1).expect("key");
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client cert");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                let name = rustls::pki_types::ServerName::try_from("localhost")
+                    .map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .expect("connect over mutual TLS")
+}
+
+/// `req` with the build id metadata LLBBridge calls carry.
+fn for_build<T>(msg: T, build: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("buildkit-controlapi-buildid", build.parse().expect("ascii"));
+    req
+}
+
+#[tokio::test]
+async fn one_tenants_build_ref_is_not_reachable_from_another() {
+    use kiln_proto::control::control_client::ControlClient;
+    use kiln_proto::control::{SolveRequest, StatusRequest};
+    use kiln_proto::gateway::llb_bridge_client::LlbBridgeClient;
+    use kiln_proto::gateway::ReturnRequest;
+    use std::time::Duration;
+
+    let h = Harness::start().await.expect("containerd");
+    let pki = Pki::new(h.state_dir().join("pki"));
+    let config = write(
+        h.state_dir(),
+        "kilnd-refs.toml",
+        "[[tenant]]\nname = \"alice\"\nnamespace = \"ref-alice\"\nmatch = { cn = \"alice\" }\n\
+         [[tenant]]\nname = \"bob\"\nnamespace = \"ref-bob\"\nmatch = { cn = \"bob\" }\n"
+            .to_string(),
+    );
+    let port = free_port();
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let _k = h
+        .start_kilnd_with(
+            "refs-default",
+            &[
+                "--config",
+                &config,
+                "--addr",
+                &addr,
+                "--tlscert",
+                &pki.server.0,
+                "--tlskey",
+                &pki.server.1,
+                "--tlscacert",
+                &pki.ca,
+            ],
+        )
+        .await
+        .expect("kilnd starts");
+    let alice = tls_channel(port, &pki, &pki.client("alice")).await;
+    let bob = tls_channel(port, &pki, &pki.client("bob")).await;
+
+    // Alice opens a gateway build: it waits for her Return.
+    let solve = |ch: tonic::transport::Channel| {
+        tokio::spawn(async move {
+            ControlClient::new(ch)
+                .solve(SolveRequest {
+                    r#ref: "shared-ref".into(),
+                    ..Default::default()
+                })
+                .await
+        })
+    };
+    let alices = solve(alice.clone());
+    let mut status = ControlClient::new(alice.clone())
+        .status(StatusRequest {
+            r#ref: "shared-ref".into(),
+        })
+        .await
+        .expect("alice sees her own build")
+        .into_inner();
+
+    // Bob cannot watch or end it by its ref.
+    let e = ControlClient::new(bob.clone())
+        .status(StatusRequest {
+            r#ref: "shared-ref".into(),
+        })
+        .await
+        .expect_err("bob watched alice's build");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = LlbBridgeClient::new(bob.clone())
+        .r#return(for_build(ReturnRequest::default(), "shared-ref"))
+        .await
+        .expect_err("bob returned alice's build");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    // Bob's own build with the same ref is his, not merged with hers.
+    let bobs = solve(bob.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    LlbBridgeClient::new(bob.clone())
+        .r#return(for_build(ReturnRequest::default(), "shared-ref"))
+        .await
+        .expect("bob returns his build");
+    bobs.await
+        .expect("task")
+        .expect("bob's build ends with his Return");
+    assert!(!alices.is_finished(), "bob's Return ended alice's build");
+
+    LlbBridgeClient::new(alice.clone())
+        .r#return(for_build(ReturnRequest::default(), "shared-ref"))
+        .await
+        .expect("alice returns her build");
+    alices
+        .await
+        .expect("task")
+        .expect("alice's build ends with her Return");
+    // Her status stream ends with her build.
+    while let Some(_update) = status.message().await.expect("status stream") {}
+}
