@@ -342,7 +342,10 @@ async fn unix_socket_clients_are_tenants_by_uid() {
     let config = write(
         h.state_dir(),
         "kilnd-uid.toml",
-        format!("[[tenant]]\nname = \"u{UID}\"\nnamespace = \"kiln-u{UID}\"\nmatch = {{ uid = {UID} }}\n"),
+        format!(
+            "[[tenant]]\nname = \"u{UID}\"\nnamespace = \"kiln-u{UID}\"\nmatch = {{ uid = {UID} }}\n\
+             cache-max = 1\n"
+        ),
     );
     let k = h
         .start_kilnd_with("uid-default", &["--config", &config])
@@ -404,6 +407,9 @@ async fn unix_socket_clients_are_tenants_by_uid() {
         !images(&h, "uid-default").contains("uid:1"),
         "the build landed in the default namespace"
     );
+    // cache-max = 1 byte: the tenant's cache was pruned after the build
+    // (the image keeps what it needs).
+    assert_eq!(cache_leases(&h, "kiln-u4242"), BTreeSet::new());
 }
 
 /// Starts kilnd with `args` (no containerd needed: the configuration is
@@ -512,7 +518,7 @@ async fn one_tenants_build_ref_is_not_reachable_from_another() {
         h.state_dir(),
         "kilnd-refs.toml",
         "[[tenant]]\nname = \"alice\"\nnamespace = \"ref-alice\"\nmatch = { cn = \"alice\" }\n\
-         [[tenant]]\nname = \"bob\"\nnamespace = \"ref-bob\"\nmatch = { cn = \"bob\" }\n"
+         [[tenant]]\nname = \"bob\"\nnamespace = \"ref-bob\"\nmatch = { cn = \"bob\" }\nmax-builds = 1\n"
             .to_string(),
     );
     let port = free_port();
@@ -575,6 +581,16 @@ async fn one_tenants_build_ref_is_not_reachable_from_another() {
     // Bob's own build with the same ref is his, not merged with hers.
     let bobs = solve(bob.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // His max-builds = 1 refuses a second build while it runs.
+    let second = ControlClient::new(bob.clone())
+        .solve(SolveRequest {
+            r#ref: "bobs-second".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bob ran two builds");
+    assert_eq!(second.code(), tonic::Code::ResourceExhausted, "{second:?}");
+    assert!(second.message().contains("max-builds"), "{second:?}");
     LlbBridgeClient::new(bob.clone())
         .r#return(for_build(ReturnRequest::default(), "shared-ref"))
         .await
@@ -583,6 +599,25 @@ async fn one_tenants_build_ref_is_not_reachable_from_another() {
         .expect("task")
         .expect("bob's build ends with his Return");
     assert!(!alices.is_finished(), "bob's Return ended alice's build");
+    // Once it ended, he may build again.
+    let again = ControlClient::new(bob.clone());
+    let third = tokio::spawn(async move {
+        let mut c = again;
+        c.solve(SolveRequest {
+            r#ref: "bobs-third".into(),
+            ..Default::default()
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    LlbBridgeClient::new(bob.clone())
+        .r#return(for_build(ReturnRequest::default(), "bobs-third"))
+        .await
+        .expect("bob returns his third build");
+    third
+        .await
+        .expect("task")
+        .expect("a build after the first ended is allowed");
 
     LlbBridgeClient::new(alice.clone())
         .r#return(for_build(ReturnRequest::default(), "shared-ref"))
