@@ -137,6 +137,15 @@ async fn run(config: config::Config) -> Result<()> {
     // start instead of leaving a half-listening daemon.
     let mut listeners = Vec::new();
     for addr in &addrs {
+        let authenticated =
+            !addr.starts_with("tcp://") || tls.as_ref().is_some_and(|t| t.ca.is_some());
+        if !d.config.tenants.is_empty() && !authenticated {
+            tracing::warn!(
+                addr,
+                "tenants are configured but clients on this address prove no identity: \
+                 every request there is refused"
+            );
+        }
         let listener = listen::bind(addr, tls.as_ref()).await?;
         tracing::info!(addr, local = ?listener.local_addr(), tls = tls.is_some() && addr.starts_with("tcp://"), "listening");
         listeners.push(listener);

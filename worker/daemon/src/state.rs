@@ -39,7 +39,7 @@ impl Daemon {
         } else {
             None
         };
-        Ok(Arc::new(Daemon {
+        let d = Arc::new(Daemon {
             ctrd,
             config,
             shutdown: CancellationToken::new(),
@@ -47,7 +47,16 @@ impl Daemon {
             sessions: Sessions::default(),
             default,
             tenants: Mutex::new(HashMap::new()),
-        }))
+        });
+        // Set up (and sweep) every tenant now, so that what a killed kilnd
+        // left in a namespace goes at startup, not at that tenant's next
+        // build. A tenant that fails here is retried on its first use.
+        for t in &d.config.tenants {
+            if let Err(e) = d.configured(t).await {
+                tracing::warn!(tenant = %t.name, error = %e.message(), "tenant not ready yet");
+            }
+        }
+        Ok(d)
     }
 
     /// The tenant of the client that sent `req` (see [`crate::tenants`]).
