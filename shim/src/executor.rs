@@ -9,9 +9,10 @@
 
 use crate::error::{ExecError, Result};
 use crate::fifo::{self, FifoReader};
-use crate::mountpoints::{resolve_in_root, MountPoints};
+use crate::mountpoints::MountPoints;
+use crate::rootfs::RootDir;
 use crate::spec::{self, build_spec};
-use crate::user::{resolve_user, ResolvedUser};
+use crate::user::resolve_user;
 use crate::{Containers, Executor, ExitStatus, OutputStream, StepIo, StepSpec};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -245,7 +246,8 @@ impl ContainerdExecutor {
         } else {
             step.cwd.as_str()
         };
-        make_cwd(&step.rootfs, cwd, &user)
+        let root = RootDir::open(&step.rootfs).map_err(io_err("open rootfs", &step.rootfs))?;
+        root.mkdir_all(cwd, user.uid, user.gid)
             .map_err(io_err("create working directory", Path::new(cwd)))?;
 
         // /etc/hostname, as BuildKit provides it.
@@ -279,7 +281,7 @@ impl ContainerdExecutor {
             .map(|m| m.destination().to_string_lossy().into_owned())
             .collect();
         stack.push(Undo::MountPoints(MountPoints::record(
-            &step.rootfs,
+            &root,
             dests.iter().map(String::as_str),
         )));
         let spec_json = serde_json::to_vec(&oci).map_err(|source| ExecError::Spec {
@@ -612,28 +614,6 @@ fn validate(step: &StepSpec) -> Result<()> {
     Ok(())
 }
 
-/// Creates the working directory inside the rootfs like BuildKit does:
-/// missing directories are created 0755 and owned by the step's user.
-fn make_cwd(root: &Path, cwd: &str, user: &ResolvedUser) -> std::io::Result<()> {
-    let target = resolve_in_root(root, cwd)?;
-    let Ok(rel) = target.strip_prefix(root) else {
-        return Ok(());
-    };
-    let mut p = root.to_path_buf();
-    for c in rel.components() {
-        p.push(c);
-        match std::fs::symlink_metadata(&p) {
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new().mode(0o755).create(&p)?;
-                std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid))?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -678,22 +658,5 @@ mod tests {
             },
             "mount destination must be absolute",
         );
-    }
-
-    #[test]
-    fn make_cwd_creates_owned_dirs_inside_root() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("usr")).expect("mkdir");
-        std::os::unix::fs::symlink("/usr", root.join("link")).expect("symlink");
-        let me = ResolvedUser {
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            additional_gids: vec![],
-            home: "/".into(),
-        };
-        make_cwd(root, "/link/src/app", &me).expect("make cwd");
-        assert!(root.join("usr/src/app").is_dir());
-        assert!(!root.join("link/src").is_symlink());
     }
 }

@@ -17,6 +17,9 @@
 //! - [`mountpoints`] removes the mount points runc created in the rootfs, so the
 //!   layer diff the engine computes afterwards holds no `proc/`, `dev/` or
 //!   `etc/hosts` stubs.
+//! - [`rootfs`] is the only way the shim touches a rootfs: directory fds and
+//!   `*at` calls, so no symlink in an image or placed by a step can make kiln
+//!   act on a host path.
 //!
 //! Architecture invariant: a non-zero exit is data ([`ExitStatus`]), never
 //! an `Err`. Only this crate builds OCI specs.
@@ -25,6 +28,7 @@ pub mod error;
 mod executor;
 mod fifo;
 pub mod mountpoints;
+pub mod rootfs;
 pub mod spec;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -39,12 +39,18 @@ struct GroupEntry {
     members: Vec<String>,
 }
 
-/// Reads a file inside `rootfs` without following symlinks out of it; a
-/// missing or unreadable file reads as empty, as in BuildKit.
+/// The most of `/etc/passwd` or `/etc/group` that is read.
+const MAX_DB_FILE: u64 = 16 << 20;
+
+/// Reads a file inside `rootfs`, following symlinks as the container would
+/// (never out of it); a missing, unreadable or non-regular file reads as
+/// empty, as in BuildKit.
 fn read_in_root(rootfs: &Path, rel: &str) -> String {
-    let path = rootfs.join(rel);
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_file() => std::fs::read_to_string(&path).unwrap_or_default(),
+    let Ok(root) = crate::rootfs::RootDir::open(rootfs) else {
+        return String::new();
+    };
+    match root.read_file(rel, MAX_DB_FILE) {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
         _ => String::new(),
     }
 }
