@@ -69,6 +69,8 @@ enum Undo {
     StepDir(PathBuf),
     /// Mount points runc may create in the rootfs.
     MountPoints(MountPoints),
+    /// The rootfs bind handed to containerd (see [`task_rootfs`]).
+    TaskRootfs(PathBuf),
     /// FIFO reader threads.
     Readers(Vec<FifoReader>),
     /// The container record.
@@ -327,11 +329,14 @@ impl ContainerdExecutor {
             .map_err(|s| self.ctrd.status_error("Containers.Create", id, s))?;
         stack.push(Undo::Container);
 
+        let task_root = dir.join("rootfs");
+        task_rootfs(&step.rootfs, &task_root).map_err(io_err("bind rootfs", &task_root))?;
+        stack.push(Undo::TaskRootfs(task_root.clone()));
         let create = CreateTaskRequest {
             container_id: id.to_string(),
             rootfs: vec![CtrdMount {
                 r#type: "bind".to_string(),
-                source: step.rootfs.to_string_lossy().into_owned(),
+                source: task_root.to_string_lossy().into_owned(),
                 target: String::new(),
                 options: vec!["rbind".to_string(), "rw".to_string()],
             }],
@@ -350,6 +355,10 @@ impl ContainerdExecutor {
             .pid;
         stack.push(Undo::Task { running: true });
         tracing::debug!(id, pid, "task created");
+        // containerd has its own bind of it in the bundle now.
+        if let Err(e) = kiln_snapshot::mount::unmount(&task_root) {
+            tracing::warn!(id, path = %task_root.display(), error = %e, "unmounting the task's rootfs bind");
+        }
 
         // Subscribe to the exit before starting.
         let mut tasks = self.tasks();
@@ -545,7 +554,21 @@ impl ContainerdExecutor {
                         tracing::warn!(id, path = %e.path.display(), error = %e.source, "cleanup: removing mount stub");
                     }
                 }
+                Undo::TaskRootfs(path) => {
+                    if let Err(e) = kiln_snapshot::mount::unmount(&path) {
+                        tracing::warn!(id, path = %path.display(), error = %e, "cleanup: unmounting the task's rootfs bind");
+                    }
+                }
                 Undo::StepDir(dir) => {
+                    // Never recurse into a rootfs bind that is still
+                    // mounted: rmdir fails on a mount point.
+                    let bind = dir.join("rootfs");
+                    if let Err(e) = std::fs::remove_dir(&bind) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(id, path = %bind.display(), error = %e, "cleanup: rootfs bind still there; leaving the step dir");
+                            continue;
+                        }
+                    }
                     if let Err(e) = std::fs::remove_dir_all(&dir) {
                         tracing::warn!(id, path = %dir.display(), error = %e, "cleanup: removing step dir");
                     }
@@ -591,6 +614,51 @@ fn mark_exited(stack: &mut [Undo]) {
     }
 }
 
+/// Binds the step's rootfs at `target` (in the step's 0700 dir) without
+/// `nosuid,nodev`, for containerd to mount as the task's rootfs.
+///
+/// kiln mounts snapshots on the host `nosuid,nodev`, and a bind inherits
+/// those flags, so the step would see no setuid binaries work (`sudo` as a
+/// `USER`). This bind clears them for the moment containerd binds it into
+/// the bundle (as BuildKit has containerd mount the snapshot itself); it is
+/// private, so containerd's copy is independent of it, and kiln unmounts
+/// it as soon as the task exists.
+fn task_rootfs(rootfs: &Path, target: &Path) -> std::io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::DirBuilder::new().mode(0o700).create(target)?;
+    let none = None::<&str>;
+    mount(
+        Some(rootfs),
+        target,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )?;
+    let res = mount(
+        none,
+        target,
+        none,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        none,
+    )
+    .and_then(|()| {
+        // Without MS_NOSUID and MS_NODEV in the flags, the remount
+        // clears them on this bind only.
+        mount(
+            none,
+            target,
+            none,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+            none,
+        )
+    });
+    if let Err(e) = res {
+        let _ = kiln_snapshot::mount::unmount(target);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 /// Rejects steps runc would reject later with a worse message.
 fn validate(step: &StepSpec) -> Result<()> {
     let invalid = |reason| {
@@ -634,6 +702,8 @@ mod tests {
             mounts: vec![],
             lease: LeaseId::named("build", "v"),
             timeout: None,
+            security: crate::Security::Sandbox,
+            pids_limit: None,
         };
         assert!(validate(&ok).is_ok());
         let check = |f: &dyn Fn(&mut StepSpec), reason: &str| {
