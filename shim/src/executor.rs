@@ -257,6 +257,16 @@ impl ContainerdExecutor {
         std::fs::write(&hostname, format!("{}\n", spec::hostname(step)))
             .map_err(io_err("write", &hostname))?;
         let mut oci = build_spec(step, &user, &hosts, &resolv);
+        if let Some(bounding) = own_bounding_set() {
+            let removed = spec::restrict_capabilities(&mut oci, bounding);
+            if !removed.is_empty() {
+                tracing::info!(
+                    id,
+                    ?removed,
+                    "kiln does not hold these capabilities; the step does not get them"
+                );
+            }
+        }
         let mut mounts = oci.mounts().clone().unwrap_or_default();
         if let Ok(m) = oci_spec::runtime::MountBuilder::default()
             .destination("/etc/hostname")
@@ -612,6 +622,13 @@ fn mark_exited(stack: &mut [Undo]) {
             *running = false;
         }
     }
+}
+
+/// kiln's own capability bounding set (`CapBnd` in `/proc/self/status`).
+fn own_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// Binds the step's rootfs at `target` (in the step's 0700 dir) without

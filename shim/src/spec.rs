@@ -118,6 +118,88 @@ pub const READONLY_PATHS: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
+/// A capability's number in the kernel's capability sets.
+pub fn cap_number(c: Capability) -> u32 {
+    use Capability as C;
+    match c {
+        C::Chown => 0,
+        C::DacOverride => 1,
+        C::DacReadSearch => 2,
+        C::Fowner => 3,
+        C::Fsetid => 4,
+        C::Kill => 5,
+        C::Setgid => 6,
+        C::Setuid => 7,
+        C::Setpcap => 8,
+        C::LinuxImmutable => 9,
+        C::NetBindService => 10,
+        C::NetBroadcast => 11,
+        C::NetAdmin => 12,
+        C::NetRaw => 13,
+        C::IpcLock => 14,
+        C::IpcOwner => 15,
+        C::SysModule => 16,
+        C::SysRawio => 17,
+        C::SysChroot => 18,
+        C::SysPtrace => 19,
+        C::SysPacct => 20,
+        C::SysAdmin => 21,
+        C::SysBoot => 22,
+        C::SysNice => 23,
+        C::SysResource => 24,
+        C::SysTime => 25,
+        C::SysTtyConfig => 26,
+        C::Mknod => 27,
+        C::Lease => 28,
+        C::AuditWrite => 29,
+        C::AuditControl => 30,
+        C::Setfcap => 31,
+        C::MacOverride => 32,
+        C::MacAdmin => 33,
+        C::Syslog => 34,
+        C::WakeAlarm => 35,
+        C::BlockSuspend => 36,
+        C::AuditRead => 37,
+        C::Perfmon => 38,
+        C::Bpf => 39,
+        C::CheckpointRestore => 40,
+    }
+}
+
+/// Keeps in `spec` only the capabilities in `bounding` (a kernel mask such
+/// as kiln's own `CapBnd`): runc cannot grant a step what kiln does not
+/// hold, and would fail the step instead. Returns what was removed, sorted
+/// by number, for the caller to log.
+pub fn restrict_capabilities(spec: &mut Spec, bounding: u64) -> Vec<Capability> {
+    let held = |c: &Capability| cap_number(*c) < 64 && bounding & (1u64 << cap_number(*c)) != 0;
+    let mut removed: Vec<Capability> = Vec::new();
+    let Some(process) = spec.process_mut() else {
+        return removed;
+    };
+    let Some(mut caps) = process.capabilities().clone() else {
+        return removed;
+    };
+    let keep = |set: &Option<oci_spec::runtime::Capabilities>, removed: &mut Vec<Capability>| {
+        set.as_ref().map(|set| {
+            for c in set.iter().filter(|c| !held(c)) {
+                if !removed.contains(c) {
+                    removed.push(*c);
+                }
+            }
+            set.iter().copied().filter(|c| held(c)).collect()
+        })
+    };
+    let b = keep(caps.bounding(), &mut removed);
+    let e = keep(caps.effective(), &mut removed);
+    let p = keep(caps.permitted(), &mut removed);
+    caps.set_bounding(b);
+    caps.set_effective(e);
+    caps.set_permitted(p);
+    process.set_capabilities(Some(caps));
+    removed.sort_by_key(|c| cap_number(*c));
+    removed
+}
+
 /// The hostname a step gets.
 pub fn hostname(step: &StepSpec) -> &str {
     if step.hostname.is_empty() {
@@ -622,6 +704,33 @@ mod tests {
                 .expect(dest);
             assert!(m.options().iter().flatten().any(|o| o == "rw"), "{dest}");
         }
+    }
+
+    #[test]
+    fn capabilities_kiln_lacks_are_not_granted() {
+        let mut s = step(Network::Host);
+        s.security = Security::Insecure;
+        let mut spec = build_spec(
+            &s,
+            &user(),
+            Path::new("/state/hosts"),
+            Path::new("/state/resolv.conf"),
+        );
+        // Every capability but CAP_SYS_RESOURCE (24) and CAP_SYS_MODULE (16).
+        let mask: u64 = !((1 << 24) | (1 << 16));
+        let removed = restrict_capabilities(&mut spec, mask);
+        assert_eq!(removed, [Capability::SysModule, Capability::SysResource]);
+        let caps = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().clone())
+            .expect("capabilities");
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            let set = set.clone().expect("set");
+            assert_eq!(set.len(), ALL_CAPABILITIES.len() - 2);
+            assert!(!set.contains(&Capability::SysResource));
+        }
+        assert!(restrict_capabilities(&mut spec, u64::MAX).is_empty());
     }
 
     #[test]
