@@ -305,3 +305,46 @@ async fn host_mount_is_nosuid_but_setuid_works_in_the_step() {
     );
     guard.unmount().expect("unmount");
 }
+
+/// Through `kiln build`: a RUN step gets the sandbox and the default pids
+/// limit from the engine, and `unshare -U` fails naming the line.
+#[tokio::test]
+async fn dockerfile_run_steps_are_sandboxed() {
+    let ns = "sandbox-build";
+    let h = Harness::with_busybox(ns).await;
+    let facts = "FROM busybox\n\
+                 RUN echo seccomp=$(grep '^Seccomp:' /proc/self/status | tr -dc 0-9) && \
+                 echo pids=$(cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null)\n";
+    let ctx = h.context("facts", &[("Dockerfile", facts)]);
+    let out = h
+        .build(ns, &["-t", "facts", ctx.to_str().expect("utf8")])
+        .ok();
+    assert!(
+        kiln_integration::step_printed(&out.stderr, "seccomp=2"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        kiln_integration::step_printed(
+            &out.stderr,
+            &format!("pids={}", kiln_shim::DEFAULT_PIDS_LIMIT)
+        ),
+        "{}",
+        out.stderr
+    );
+
+    let ctx = h.context(
+        "unshare",
+        &[("Dockerfile", "FROM busybox\nRUN unshare -U true\n")],
+    );
+    let out = h.build(ns, &["-t", "unshare", ctx.to_str().expect("utf8")]);
+    assert!(!out.success, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Operation not permitted"),
+        "{}",
+        out.stderr
+    );
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("Dockerfile:2"), "{}", out.stderr);
+    assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
+}
