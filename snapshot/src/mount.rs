@@ -618,8 +618,8 @@ mod tests {
         let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let line = info
             .lines()
-            .filter(|l| l.split(' ').nth(4) == Some(canon.to_str().expect("utf-8 temp path")))
-            .last()
+            .rev()
+            .find(|l| l.split(' ').nth(4) == Some(canon.to_str().expect("utf-8 temp path")))
             .expect("a mount point");
         line.split(' ')
             .nth(5)
