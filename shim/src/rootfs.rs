@@ -309,6 +309,38 @@ mod tests {
     }
 
     #[test]
+    fn mkdir_all_creates_owned_dirs_through_links() {
+        if !kiln_types::testing::needs_root("chown to another user") {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr")).expect("mkdir");
+        symlink("usr", root.join("link")).expect("symlink");
+        let r = RootDir::open(root).expect("open root");
+        r.mkdir_all("/link/src/app", 1234, 4321).expect("mkdir");
+        assert!(root.join("usr/src/app").is_dir());
+        for p in ["usr/src", "usr/src/app"] {
+            let m = std::fs::metadata(root.join(p)).expect("stat");
+            assert_eq!(
+                (
+                    std::os::unix::fs::MetadataExt::uid(&m),
+                    std::os::unix::fs::MetadataExt::gid(&m)
+                ),
+                (1234, 4321),
+                "{p}"
+            );
+        }
+        // What existed keeps its owner.
+        let usr = std::fs::metadata(root.join("usr")).expect("stat");
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&usr), me().0);
+        // A file in the way is not a directory.
+        std::fs::write(root.join("usr/file"), "x").expect("write");
+        let e = r.mkdir_all("/usr/file/x", 0, 0).expect_err("not a dir");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+    }
+
+    #[test]
     fn too_many_links_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();

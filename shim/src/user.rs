@@ -214,4 +214,28 @@ mod tests {
         );
         assert!(resolve_user(r.path(), "app:nogroup").is_err());
     }
+
+    /// An image whose `/etc` is an absolute link must not make kiln read
+    /// the host's `/etc/passwd` (or whatever the link names on the host).
+    #[test]
+    fn passwd_is_read_inside_the_rootfs_only() {
+        let host = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            host.path().join("passwd"),
+            "hostonly:x:4711:4711::/h:/bin/sh\n",
+        )
+        .expect("write");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(host.path(), dir.path().join("etc")).expect("symlink");
+        let e = resolve_user(dir.path(), "hostonly").expect_err("a host user");
+        assert!(matches!(e, UserError::UnknownUser { .. }), "{e}");
+        // The link is followed inside the rootfs, as the container sees it.
+        let inside = dir
+            .path()
+            .join(host.path().strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(&inside).expect("mkdir");
+        std::fs::write(inside.join("passwd"), "img:x:7:7::/i:/bin/sh\n").expect("write");
+        let u = resolve_user(dir.path(), "img").expect("the image's user");
+        assert_eq!((u.uid, u.gid), (7, 7));
+    }
 }
