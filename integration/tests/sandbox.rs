@@ -159,7 +159,10 @@ async fn sandboxed_steps_cannot_unshare_use_keyrings_or_raw_sockets() {
          unshare -U true; echo unshare-rc=$?; \
          kiln-probe unshare-user; kiln-probe keyctl; kiln-probe add-key; \
          kiln-probe raw-socket; kiln-probe udp-socket; \
-         echo interrupts=$(wc -c < /proc/interrupts); echo end"
+         echo interrupts=$(wc -c < /proc/interrupts); \
+         mknod /tmp/null c 1 3 && echo x > /tmp/null && echo mknod-ok; \
+         touch /tmp/f && chown 1000:1000 /tmp/f && echo chown-ok; \
+         chroot / true && echo chroot-ok; echo end"
     );
 
     let sandboxed = run(
@@ -195,6 +198,10 @@ async fn sandboxed_steps_cannot_unshare_use_keyrings_or_raw_sockets() {
         out.contains("interrupts=0\n"),
         "/proc/interrupts not masked: {out}"
     );
+    // What builds do still works.
+    for ok in ["mknod-ok", "chown-ok", "chroot-ok"] {
+        assert!(out.contains(ok), "{ok}: {out}\n{}", sandboxed.stderr);
+    }
 
     // The controls: the same probes work in an insecure step.
     let insecure = run(
