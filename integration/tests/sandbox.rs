@@ -162,7 +162,8 @@ async fn sandboxed_steps_cannot_unshare_use_keyrings_or_raw_sockets() {
          echo interrupts=$(wc -c < /proc/interrupts); \
          mknod /tmp/null c 1 3 && echo x > /tmp/null && echo mknod-ok; \
          touch /tmp/f && chown 1000:1000 /tmp/f && echo chown-ok; \
-         chroot / true && echo chroot-ok; echo end"
+         chroot / true && echo chroot-ok; \
+         [ -c /dev/fuse ] && echo fuse-dev; echo end"
     );
 
     let sandboxed = run(
@@ -198,6 +199,7 @@ async fn sandboxed_steps_cannot_unshare_use_keyrings_or_raw_sockets() {
         out.contains("interrupts=0\n"),
         "/proc/interrupts not masked: {out}"
     );
+    assert!(!out.contains("fuse-dev"), "{out}");
     // What builds do still works.
     for ok in ["mknod-ok", "chown-ok", "chroot-ok"] {
         assert!(out.contains(ok), "{ok}: {out}\n{}", sandboxed.stderr);
@@ -225,6 +227,7 @@ async fn sandboxed_steps_cannot_unshare_use_keyrings_or_raw_sockets() {
             "{probe}: {out}"
         );
     }
+    assert!(out.contains("fuse-dev"), "no /dev/fuse: {out}");
     assert!(
         !out.contains("interrupts=0\n"),
         "/proc/interrupts masked in an insecure step: {out}"

@@ -18,9 +18,9 @@
 use crate::user::ResolvedUser;
 use crate::{ExtraMount, Network, Security, StepSpec, DEFAULT_HOSTNAME};
 use oci_spec::runtime::{
-    Capability, Linux, LinuxCapabilities, LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType,
-    LinuxPids, LinuxResources, Mount, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec,
-    User,
+    Capability, Linux, LinuxCapabilities, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType,
+    LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources, Mount, PosixRlimitBuilder,
+    PosixRlimitType, Process, Root, Spec, User,
 };
 use std::path::{Path, PathBuf};
 
@@ -198,6 +198,34 @@ pub fn restrict_capabilities(spec: &mut Spec, bounding: u64) -> Vec<Capability> 
     process.set_capabilities(Some(caps));
     removed.sort_by_key(|c| cap_number(*c));
     removed
+}
+
+/// The device nodes an insecure step gets besides runc's defaults, as in
+/// BuildKit's insecure mode: `/dev/kmsg`, `cuse`, `fuse`, `kvm`, `net/tun`,
+/// `loop-control` and `loop0`..`loop7` (BuildKit counts the loop devices
+/// from the host's first free one; kiln keeps the spec a pure function).
+pub fn insecure_devices() -> Vec<LinuxDevice> {
+    let dev = |path: String, typ, major, minor| {
+        let mut d = LinuxDevice::default();
+        d.set_path(PathBuf::from(path));
+        d.set_typ(typ);
+        d.set_major(major);
+        d.set_minor(minor);
+        d
+    };
+    let c = LinuxDeviceType::C;
+    let mut out = vec![
+        dev("/dev/kmsg".into(), c, 1, 11),
+        dev("/dev/cuse".into(), c, 10, 203),
+        dev("/dev/fuse".into(), c, 10, 229),
+        dev("/dev/kvm".into(), c, 10, 232),
+        dev("/dev/net/tun".into(), c, 10, 200),
+        dev("/dev/loop-control".into(), c, 10, 237),
+    ];
+    for i in 0..8 {
+        out.push(dev(format!("/dev/loop{i}"), LinuxDeviceType::B, 7, i));
+    }
+    out
 }
 
 /// The hostname a step gets.
@@ -415,8 +443,8 @@ pub fn build_spec(step: &StepSpec, user: &ResolvedUser, hosts: &Path, resolv: &P
                 d
             };
             resources.set_devices(Some(vec![
-                allow(oci_spec::runtime::LinuxDeviceType::C),
-                allow(oci_spec::runtime::LinuxDeviceType::B),
+                allow(LinuxDeviceType::C),
+                allow(LinuxDeviceType::B),
             ]));
         }
     }
@@ -438,6 +466,7 @@ pub fn build_spec(step: &StepSpec, user: &ResolvedUser, hosts: &Path, resolv: &P
             std::env::consts::ARCH,
         )));
     } else {
+        linux.set_devices(Some(insecure_devices()));
         // oci-spec's default Linux section masks paths of its own.
         linux.set_masked_paths(Some(Vec::new()));
         linux.set_readonly_paths(Some(Vec::new()));
@@ -696,6 +725,13 @@ mod tests {
         assert!(res.pids().is_none());
         let devices = res.devices().clone().expect("devices");
         assert!(devices.iter().all(|d| d.allow()));
+        let nodes = linux.devices().clone().expect("device nodes");
+        assert!(nodes
+            .iter()
+            .any(|d| d.path() == Path::new("/dev/fuse") && (d.major(), d.minor()) == (10, 229)));
+        assert!(nodes
+            .iter()
+            .any(|d| d.path() == Path::new("/dev/loop7") && d.typ() == LinuxDeviceType::B));
         let mounts = spec.mounts().as_ref().expect("mounts");
         for dest in ["/sys", "/sys/fs/cgroup"] {
             let m = mounts
