@@ -5,7 +5,7 @@
 use kiln_integration::Harness;
 use kiln_shim::{
     CancellationToken, ContainerdExecutor, ExecError, Executor, ExitStatus, Network, OutputStream,
-    StepIo, StepSpec,
+    Security, StepIo, StepSpec,
 };
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::Containerd;
@@ -84,6 +84,8 @@ fn step(f: &Fixture, root: &Path, id: &str, script: &str) -> StepSpec {
         mounts: vec![],
         lease: f.lease.clone(),
         timeout: None,
+        security: Security::Sandbox,
+        pids_limit: Some(kiln_shim::DEFAULT_PIDS_LIMIT),
     }
 }
 

@@ -9,9 +9,10 @@
 
 use crate::error::{ExecError, Result};
 use crate::fifo::{self, FifoReader};
-use crate::mountpoints::{resolve_in_root, MountPoints};
+use crate::mountpoints::MountPoints;
+use crate::rootfs::RootDir;
 use crate::spec::{self, build_spec};
-use crate::user::{resolve_user, ResolvedUser};
+use crate::user::resolve_user;
 use crate::{Containers, Executor, ExitStatus, OutputStream, StepIo, StepSpec};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -68,6 +69,8 @@ enum Undo {
     StepDir(PathBuf),
     /// Mount points runc may create in the rootfs.
     MountPoints(MountPoints),
+    /// The rootfs bind handed to containerd (see [`task_rootfs`]).
+    TaskRootfs(PathBuf),
     /// FIFO reader threads.
     Readers(Vec<FifoReader>),
     /// The container record.
@@ -245,7 +248,8 @@ impl ContainerdExecutor {
         } else {
             step.cwd.as_str()
         };
-        make_cwd(&step.rootfs, cwd, &user)
+        let root = RootDir::open(&step.rootfs).map_err(io_err("open rootfs", &step.rootfs))?;
+        root.mkdir_all(cwd, user.uid, user.gid)
             .map_err(io_err("create working directory", Path::new(cwd)))?;
 
         // /etc/hostname, as BuildKit provides it.
@@ -253,6 +257,16 @@ impl ContainerdExecutor {
         std::fs::write(&hostname, format!("{}\n", spec::hostname(step)))
             .map_err(io_err("write", &hostname))?;
         let mut oci = build_spec(step, &user, &hosts, &resolv);
+        if let Some(bounding) = own_bounding_set() {
+            let removed = spec::restrict_capabilities(&mut oci, bounding);
+            if !removed.is_empty() {
+                tracing::info!(
+                    id,
+                    ?removed,
+                    "kiln does not hold these capabilities; the step does not get them"
+                );
+            }
+        }
         let mut mounts = oci.mounts().clone().unwrap_or_default();
         if let Ok(m) = oci_spec::runtime::MountBuilder::default()
             .destination("/etc/hostname")
@@ -279,7 +293,7 @@ impl ContainerdExecutor {
             .map(|m| m.destination().to_string_lossy().into_owned())
             .collect();
         stack.push(Undo::MountPoints(MountPoints::record(
-            &step.rootfs,
+            &root,
             dests.iter().map(String::as_str),
         )));
         let spec_json = serde_json::to_vec(&oci).map_err(|source| ExecError::Spec {
@@ -325,11 +339,14 @@ impl ContainerdExecutor {
             .map_err(|s| self.ctrd.status_error("Containers.Create", id, s))?;
         stack.push(Undo::Container);
 
+        let task_root = dir.join("rootfs");
+        task_rootfs(&step.rootfs, &task_root).map_err(io_err("bind rootfs", &task_root))?;
+        stack.push(Undo::TaskRootfs(task_root.clone()));
         let create = CreateTaskRequest {
             container_id: id.to_string(),
             rootfs: vec![CtrdMount {
                 r#type: "bind".to_string(),
-                source: step.rootfs.to_string_lossy().into_owned(),
+                source: task_root.to_string_lossy().into_owned(),
                 target: String::new(),
                 options: vec!["rbind".to_string(), "rw".to_string()],
             }],
@@ -348,6 +365,10 @@ impl ContainerdExecutor {
             .pid;
         stack.push(Undo::Task { running: true });
         tracing::debug!(id, pid, "task created");
+        // containerd has its own bind of it in the bundle now.
+        if let Err(e) = kiln_snapshot::mount::unmount(&task_root) {
+            tracing::warn!(id, path = %task_root.display(), error = %e, "unmounting the task's rootfs bind");
+        }
 
         // Subscribe to the exit before starting.
         let mut tasks = self.tasks();
@@ -543,7 +564,21 @@ impl ContainerdExecutor {
                         tracing::warn!(id, path = %e.path.display(), error = %e.source, "cleanup: removing mount stub");
                     }
                 }
+                Undo::TaskRootfs(path) => {
+                    if let Err(e) = kiln_snapshot::mount::unmount(&path) {
+                        tracing::warn!(id, path = %path.display(), error = %e, "cleanup: unmounting the task's rootfs bind");
+                    }
+                }
                 Undo::StepDir(dir) => {
+                    // Never recurse into a rootfs bind that is still
+                    // mounted: rmdir fails on a mount point.
+                    let bind = dir.join("rootfs");
+                    if let Err(e) = std::fs::remove_dir(&bind) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(id, path = %bind.display(), error = %e, "cleanup: rootfs bind still there; leaving the step dir");
+                            continue;
+                        }
+                    }
                     if let Err(e) = std::fs::remove_dir_all(&dir) {
                         tracing::warn!(id, path = %dir.display(), error = %e, "cleanup: removing step dir");
                     }
@@ -589,6 +624,58 @@ fn mark_exited(stack: &mut [Undo]) {
     }
 }
 
+/// kiln's own capability bounding set (`CapBnd` in `/proc/self/status`).
+fn own_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Binds the step's rootfs at `target` (in the step's 0700 dir) without
+/// `nosuid,nodev`, for containerd to mount as the task's rootfs.
+///
+/// kiln mounts snapshots on the host `nosuid,nodev`, and a bind inherits
+/// those flags, so the step would see no setuid binaries work (`sudo` as a
+/// `USER`). This bind clears them for the moment containerd binds it into
+/// the bundle (as BuildKit has containerd mount the snapshot itself); it is
+/// private, so containerd's copy is independent of it, and kiln unmounts
+/// it as soon as the task exists.
+fn task_rootfs(rootfs: &Path, target: &Path) -> std::io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::DirBuilder::new().mode(0o700).create(target)?;
+    let none = None::<&str>;
+    mount(
+        Some(rootfs),
+        target,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )?;
+    let res = mount(
+        none,
+        target,
+        none,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        none,
+    )
+    .and_then(|()| {
+        // Without MS_NOSUID and MS_NODEV in the flags, the remount
+        // clears them on this bind only.
+        mount(
+            none,
+            target,
+            none,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+            none,
+        )
+    });
+    if let Err(e) = res {
+        let _ = kiln_snapshot::mount::unmount(target);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 /// Rejects steps runc would reject later with a worse message.
 fn validate(step: &StepSpec) -> Result<()> {
     let invalid = |reason| {
@@ -608,28 +695,6 @@ fn validate(step: &StepSpec) -> Result<()> {
     }
     if step.mounts.iter().any(|m| !m.dest().starts_with('/')) {
         return invalid("mount destination must be absolute");
-    }
-    Ok(())
-}
-
-/// Creates the working directory inside the rootfs like BuildKit does:
-/// missing directories are created 0755 and owned by the step's user.
-fn make_cwd(root: &Path, cwd: &str, user: &ResolvedUser) -> std::io::Result<()> {
-    let target = resolve_in_root(root, cwd)?;
-    let Ok(rel) = target.strip_prefix(root) else {
-        return Ok(());
-    };
-    let mut p = root.to_path_buf();
-    for c in rel.components() {
-        p.push(c);
-        match std::fs::symlink_metadata(&p) {
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new().mode(0o755).create(&p)?;
-                std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid))?;
-            }
-            Err(e) => return Err(e),
-        }
     }
     Ok(())
 }
@@ -654,6 +719,8 @@ mod tests {
             mounts: vec![],
             lease: LeaseId::named("build", "v"),
             timeout: None,
+            security: crate::Security::Sandbox,
+            pids_limit: None,
         };
         assert!(validate(&ok).is_ok());
         let check = |f: &dyn Fn(&mut StepSpec), reason: &str| {
@@ -678,22 +745,5 @@ mod tests {
             },
             "mount destination must be absolute",
         );
-    }
-
-    #[test]
-    fn make_cwd_creates_owned_dirs_inside_root() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("usr")).expect("mkdir");
-        std::os::unix::fs::symlink("/usr", root.join("link")).expect("symlink");
-        let me = ResolvedUser {
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            additional_gids: vec![],
-            home: "/".into(),
-        };
-        make_cwd(root, "/link/src/app", &me).expect("make cwd");
-        assert!(root.join("usr/src/app").is_dir());
-        assert!(!root.join("link/src").is_symlink());
     }
 }

@@ -17,6 +17,9 @@
 //! - [`mountpoints`] removes the mount points runc created in the rootfs, so the
 //!   layer diff the engine computes afterwards holds no `proc/`, `dev/` or
 //!   `etc/hosts` stubs.
+//! - [`rootfs`] is the only way the shim touches a rootfs: directory fds and
+//!   `*at` calls, so no symlink in an image or placed by a step can make kiln
+//!   act on a host path.
 //!
 //! Architecture invariant: a non-zero exit is data ([`ExitStatus`]), never
 //! an `Err`. Only this crate builds OCI specs.
@@ -25,6 +28,8 @@ pub mod error;
 mod executor;
 mod fifo;
 pub mod mountpoints;
+pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -41,6 +46,11 @@ use std::time::Duration;
 
 /// Hostname of a step when [`StepSpec::hostname`] is empty, as in BuildKit.
 pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+
+/// The pids limit the engine gives a step ([`StepSpec::pids_limit`]):
+/// Podman's documented default for containers (4096), enough for parallel
+/// compilers and test runners, and a stop for a fork bomb.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
 
 /// Everything needed to run one build step.
 #[derive(Clone, Debug)]
@@ -65,6 +75,23 @@ pub struct StepSpec {
     pub lease: LeaseId,
     /// Kill the step after this long.
     pub timeout: Option<Duration>,
+    /// The sandbox the step runs in (LLB `ExecOp.security`).
+    pub security: Security,
+    /// Most tasks (processes and threads) the step may have at once
+    /// (cgroup `pids.max`); `None` is unlimited.
+    pub pids_limit: Option<u64>,
+}
+
+/// How much of the sandbox a step runs in (LLB `SecurityMode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Security {
+    /// Default seccomp profile, masked and read-only paths, the default
+    /// capability set without `CAP_NET_RAW`.
+    #[default]
+    Sandbox,
+    /// BuildKit's `security.insecure`: every capability, no seccomp, nothing
+    /// masked. The caller checks the entitlement before asking for it.
+    Insecure,
 }
 
 /// The network a step sees.

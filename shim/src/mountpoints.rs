@@ -4,79 +4,46 @@
 //! They land in the step's upper layer and would show up in its diff, so,
 //! like BuildKit's `MountPointsCleaner`, kiln records before the run which
 //! mount destinations do not exist yet and removes afterwards those that
-//! are still empty, deepest first, restoring the mtimes of the directories
+//! are still empty, deepest first, restoring the times of the directories
 //! they were created in.
+//!
+//! Both halves work on directory fds ([`crate::rootfs`]): before the run the
+//! deepest existing directory of each destination is opened and held; after
+//! it, the recorded names are reopened from that fd with `O_NOFOLLOW` and
+//! removed with `unlinkat`. A step that swaps a stub directory for a
+//! symlink to a host path only stops the cleanup there: kiln never removes
+//! through a link, so nothing outside the rootfs can be touched.
 
-use kiln_context::path::PathError;
-use std::fs::FileTimes;
+use crate::rootfs::{open_dir, remove_stub, RootDir};
+use nix::sys::stat::fstat;
+use nix::sys::time::TimeSpec;
+use std::ffi::OsString;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 
-/// Resolves `path` (absolute inside the container) to a host path under
-/// `root`, following symlinks as the container would see them: `..` and
-/// absolute link targets never leave `root`; missing components are kept
-/// as they are. This is the one clamping resolver of kiln
-/// ([`kiln_context::path::resolve`]); a link loop is an error (`ELOOP`),
-/// never a path handed to the host kernel half-resolved.
-pub fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
-    match kiln_context::path::resolve(root, Path::new(path), true, None) {
-        Ok(r) => Ok(r.host),
-        Err(PathError::SymlinkLoop { .. }) => Err(io::Error::from_raw_os_error(libc::ELOOP)),
-        Err(PathError::Io { source, .. }) => Err(source),
-    }
-}
-
-/// For each destination, the host paths under `root` that do not exist
-/// yet: the first missing component of its resolved path and everything
-/// below it. These are what runc will create. Sorted deepest first,
-/// without duplicates.
-pub fn missing_paths<'a>(root: &Path, dests: impl IntoIterator<Item = &'a str>) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = Vec::new();
-    for dest in dests {
-        // A destination that cannot be resolved fails the run in runc;
-        // nothing of it is recorded to clean.
-        let Ok(resolved) = resolve_in_root(root, dest) else {
-            continue;
-        };
-        let Ok(rel) = resolved.strip_prefix(root) else {
-            continue;
-        };
-        let mut p = root.to_path_buf();
-        let mut missing = false;
-        for c in rel.components() {
-            p.push(c);
-            if !missing && std::fs::symlink_metadata(&p).is_err() {
-                missing = true;
-            }
-            if missing && !out.contains(&p) {
-                out.push(p.clone());
-            }
-        }
-    }
-    sort_deepest_first(&mut out);
-    out
-}
-
-/// Sorts paths so that children come before their parents.
-pub fn sort_deepest_first(paths: &mut [PathBuf]) {
-    paths.sort_by(|a, b| {
-        b.components()
-            .count()
-            .cmp(&a.components().count())
-            .then_with(|| a.cmp(b))
-    });
+/// One destination's missing components below an existing directory.
+#[derive(Debug)]
+struct Chain {
+    /// The deepest existing directory, held open across the run.
+    anchor: OwnedFd,
+    /// Its host path when recorded, for messages.
+    anchor_path: PathBuf,
+    /// The missing names below it, outermost first.
+    names: Vec<OsString>,
 }
 
 /// The stubs a run may create in one rootfs, recorded before the run.
 #[derive(Debug)]
 pub struct MountPoints {
-    /// Missing paths, deepest first.
-    paths: Vec<PathBuf>,
-    /// Existing directories the stubs will be created in, with their times.
-    parents: Vec<(PathBuf, FileTimes)>,
+    /// Longest chains first, so that deeper stubs go before their parents.
+    chains: Vec<Chain>,
+    /// The directories the stubs will be created in, with their times,
+    /// one per inode.
+    parents: Vec<(OwnedFd, PathBuf, TimeSpec, TimeSpec)>,
 }
 
-/// One stub that could not be removed or one mtime not restored.
+/// One stub that could not be removed or one time not restored.
 #[derive(Debug)]
 pub struct MountPointError {
     pub path: PathBuf,
@@ -85,70 +52,122 @@ pub struct MountPointError {
 
 impl MountPoints {
     /// Records which of `dests` (absolute container paths) are missing in
-    /// `root`.
-    pub fn record<'a>(root: &Path, dests: impl IntoIterator<Item = &'a str>) -> Self {
-        let paths = missing_paths(root, dests);
-        let mut parents: Vec<(PathBuf, FileTimes)> = Vec::new();
-        for p in &paths {
-            let Some(parent) = p.parent() else { continue };
-            if paths.iter().any(|q| q == parent) || parents.iter().any(|(q, _)| q == parent) {
+    /// `root`. A destination that cannot be resolved (a link loop) is not
+    /// recorded: runc fails the run on it.
+    pub fn record<'a>(root: &RootDir, dests: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut chains: Vec<Chain> = Vec::new();
+        let mut parents: Vec<(OwnedFd, PathBuf, TimeSpec, TimeSpec)> = Vec::new();
+        let mut seen: Vec<(u64, u64)> = Vec::new();
+        for dest in dests {
+            let Ok(w) = root.walk(dest) else { continue };
+            if w.missing().is_empty() {
                 continue;
             }
-            if let Ok(m) = std::fs::metadata(parent) {
-                let mut t = FileTimes::new();
-                if let Ok(a) = m.accessed() {
-                    t = t.set_accessed(a);
+            let Ok(anchor) = w.dup_dir(root) else {
+                continue;
+            };
+            let anchor_path = w.existing_path(root);
+            if let Ok(st) = fstat(&anchor) {
+                let key = (st.st_dev, st.st_ino);
+                if !seen.contains(&key) {
+                    if let Ok(fd) = anchor.try_clone() {
+                        seen.push(key);
+                        parents.push((
+                            fd,
+                            anchor_path.clone(),
+                            TimeSpec::new(st.st_atime, st.st_atime_nsec),
+                            TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+                        ));
+                    }
                 }
-                if let Ok(mt) = m.modified() {
-                    t = t.set_modified(mt);
+            }
+            chains.push(Chain {
+                anchor,
+                anchor_path,
+                names: w.missing().to_vec(),
+            });
+        }
+        chains.sort_by_key(|c| std::cmp::Reverse(c.names.len()));
+        MountPoints { chains, parents }
+    }
+
+    /// The recorded missing paths as host paths at record time, deepest
+    /// first, without duplicates.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for c in &self.chains {
+            let mut p = c.anchor_path.clone();
+            for n in &c.names {
+                p.push(n);
+                if !out.contains(&p) {
+                    out.push(p.clone());
                 }
-                parents.push((parent.to_path_buf(), t));
             }
         }
-        MountPoints { paths, parents }
+        out.sort_by(|a, b| {
+            b.components()
+                .count()
+                .cmp(&a.components().count())
+                .then_with(|| a.cmp(b))
+        });
+        out
     }
 
-    /// The recorded missing paths, deepest first.
-    pub fn paths(&self) -> &[PathBuf] {
-        &self.paths
-    }
-
-    /// Removes the recorded paths that are now empty directories or empty
+    /// Removes the recorded stubs that are now empty directories or empty
     /// files, deepest first, then restores the parents' times. Paths that
-    /// hold data (the step wrote there) are kept. Returns what failed.
+    /// hold data (the step wrote there) are kept, and so is anything the
+    /// step replaced with a symlink. Returns what failed.
     pub fn clean(&self) -> Vec<MountPointError> {
         let mut errors = Vec::new();
-        for p in &self.paths {
-            let Ok(m) = std::fs::symlink_metadata(p) else {
-                continue;
-            };
-            let res = if m.is_dir() {
-                match std::fs::read_dir(p).map(|mut entries| entries.next().is_none()) {
-                    Ok(true) => std::fs::remove_dir(p),
-                    Ok(false) => Ok(()),
-                    Err(e) => Err(e),
+        for c in &self.chains {
+            // Reopen the chain from its anchor, never through a link.
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            let mut path = c.anchor_path.clone();
+            for n in &c.names[..c.names.len().saturating_sub(1)] {
+                let dir = fds.last().map(|f| f.as_fd()).unwrap_or(c.anchor.as_fd());
+                match open_dir(dir, n) {
+                    Ok(fd) => {
+                        path.push(n);
+                        fds.push(fd);
+                    }
+                    // Gone, or no longer a directory (a symlink, a file):
+                    // nothing below it is a stub of ours.
+                    Err(nix::errno::Errno::ENOENT)
+                    | Err(nix::errno::Errno::ENOTDIR)
+                    | Err(nix::errno::Errno::ELOOP) => break,
+                    Err(e) => {
+                        let mut p = path.clone();
+                        p.push(n);
+                        errors.push(MountPointError {
+                            path: p,
+                            source: e.into(),
+                        });
+                        break;
+                    }
                 }
-            } else if m.is_file() && m.len() == 0 {
-                std::fs::remove_file(p)
-            } else {
-                Ok(())
-            };
-            if let Err(source) = res {
-                errors.push(MountPointError {
-                    path: p.clone(),
-                    source,
-                });
+            }
+            // fds[i] is the directory holding names[i + 1]; the anchor holds
+            // names[0]. Remove from the deepest reachable name up.
+            for i in (0..=fds.len()).rev() {
+                let Some(name) = c.names.get(i) else { continue };
+                let dir = if i == 0 {
+                    c.anchor.as_fd()
+                } else {
+                    fds[i - 1].as_fd()
+                };
+                if let Err(source) = remove_stub(dir, name) {
+                    let mut p = c.anchor_path.clone();
+                    p.extend(&c.names[..=i]);
+                    errors.push(MountPointError { path: p, source });
+                }
             }
         }
-        for (dir, times) in &self.parents {
-            let res = std::fs::File::open(dir).and_then(|f| f.set_times(*times));
-            if let Err(source) = res {
-                if source.kind() != io::ErrorKind::NotFound {
-                    errors.push(MountPointError {
-                        path: dir.clone(),
-                        source,
-                    });
-                }
+        for (fd, path, atime, mtime) in &self.parents {
+            if let Err(e) = nix::sys::stat::futimens(fd, atime, mtime) {
+                errors.push(MountPointError {
+                    path: path.clone(),
+                    source: e.into(),
+                });
             }
         }
         errors
@@ -158,7 +177,9 @@ impl MountPoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::FileTimes;
     use std::os::unix::fs::symlink;
+    use std::path::Path;
 
     fn rel(root: &Path, paths: &[PathBuf]) -> Vec<String> {
         paths
@@ -172,6 +193,11 @@ mod tests {
             .collect()
     }
 
+    fn record(root: &Path, dests: &[&str]) -> MountPoints {
+        let r = RootDir::open(root).expect("open root");
+        MountPoints::record(&r, dests.iter().copied())
+    }
+
     #[test]
     fn missing_components_deepest_first() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -179,9 +205,9 @@ mod tests {
         std::fs::create_dir_all(root.join("etc")).expect("mkdir");
         std::fs::create_dir_all(root.join("dev")).expect("mkdir");
         std::fs::write(root.join("etc/hosts"), "x").expect("write");
-        let got = missing_paths(
+        let got = record(
             root,
-            [
+            &[
                 "/proc",
                 "/dev",
                 "/dev/pts",
@@ -191,7 +217,8 @@ mod tests {
                 "/etc/resolv.conf",
                 "/a/b/c",
             ],
-        );
+        )
+        .paths();
         assert_eq!(
             rel(root, &got),
             [
@@ -215,29 +242,21 @@ mod tests {
         std::fs::create_dir_all(root.join("etc")).expect("mkdir");
         symlink("/run/systemd/resolv.conf", root.join("etc/resolv.conf")).expect("symlink");
         symlink("../../..", root.join("etc/up")).expect("symlink");
-        let resolve = |p: &str| resolve_in_root(root, p).expect("resolves");
         assert_eq!(
-            resolve("/etc/resolv.conf"),
-            root.join("run/systemd/resolv.conf")
-        );
-        assert_eq!(resolve("/etc/up/x"), root.join("x"));
-        assert_eq!(resolve("/../../x"), root.join("x"));
-        let got = missing_paths(root, ["/etc/resolv.conf"]);
-        assert_eq!(
-            rel(root, &got),
+            rel(root, &record(root, &["/etc/resolv.conf"]).paths()),
             ["run/systemd/resolv.conf", "run/systemd", "run"]
         );
+        assert_eq!(rel(root, &record(root, &["/etc/up/x"]).paths()), ["x"]);
+        assert_eq!(rel(root, &record(root, &["/../../y"]).paths()), ["y"]);
     }
 
     #[test]
-    fn a_symlink_loop_is_an_error_and_records_nothing() {
+    fn a_symlink_loop_records_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         symlink("/b", root.join("a")).expect("symlink");
         symlink("/a", root.join("b")).expect("symlink");
-        let e = resolve_in_root(root, "/a/x").expect_err("a loop");
-        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
-        assert!(missing_paths(root, ["/a/x"]).is_empty());
+        assert!(record(root, &["/a/x"]).paths().is_empty());
     }
 
     #[test]
@@ -249,7 +268,7 @@ mod tests {
         std::fs::File::open(root.join("etc"))
             .and_then(|f| f.set_times(FileTimes::new().set_modified(old)))
             .expect("set mtime");
-        let stubs = MountPoints::record(root, ["/proc", "/etc/hosts", "/data/x", "/dev/pts"]);
+        let stubs = record(root, &["/proc", "/etc/hosts", "/data/x", "/dev/pts"]);
         // What runc and the step would do.
         std::fs::create_dir_all(root.join("proc")).expect("mkdir");
         std::fs::write(root.join("etc/hosts"), "").expect("write");
@@ -269,5 +288,39 @@ mod tests {
             .and_then(|m| m.modified())
             .expect("mtime");
         assert_eq!(mtime, old);
+    }
+
+    /// A step that swaps a stub directory (or the directory holding a
+    /// stub) for a symlink to a host path must not make kiln remove the
+    /// host path.
+    #[test]
+    fn clean_never_removes_through_a_swapped_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(host.path().join("pts")).expect("mkdir");
+        std::fs::write(host.path().join("hosts"), "").expect("write");
+        std::fs::create_dir_all(root.join("etc")).expect("mkdir");
+        let stubs = record(root, &["/dev/pts", "/etc/hosts", "/sys"]);
+        // runc creates the stubs ...
+        std::fs::create_dir_all(root.join("dev/pts")).expect("mkdir");
+        std::fs::write(root.join("etc/hosts"), "").expect("write");
+        std::fs::create_dir_all(root.join("sys")).expect("mkdir");
+        // ... and the step swaps them for links to the host.
+        std::fs::remove_dir_all(root.join("dev")).expect("rm");
+        symlink(host.path(), root.join("dev")).expect("symlink");
+        std::fs::remove_file(root.join("etc/hosts")).expect("rm");
+        symlink(host.path().join("hosts"), root.join("etc/hosts")).expect("symlink");
+        std::fs::remove_dir(root.join("sys")).expect("rm");
+        symlink(host.path().join("pts"), root.join("sys")).expect("symlink");
+
+        let errors = stubs.clean();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(host.path().join("pts").is_dir(), "host dir removed");
+        assert!(host.path().join("hosts").is_file(), "host file removed");
+        // The step's own links are its data.
+        assert!(root.join("dev").is_symlink());
+        assert!(root.join("etc/hosts").is_symlink());
+        assert!(root.join("sys").is_symlink());
     }
 }

@@ -6,12 +6,21 @@
 //! `/sys/fs/cgroup`, generated `/etc/hosts` and `/etc/resolv.conf` bound
 //! read-only, `noNewPrivileges` off, and a network namespace only when the
 //! step has no network.
+//!
+//! A sandboxed step (the default) further gets Docker's current masked and
+//! read-only paths, kiln's default seccomp profile ([`crate::seccomp`]),
+//! the capability set without `CAP_NET_RAW` and a pids limit. An insecure
+//! step (`RUN --security=insecure`, granted by the daemon's entitlement
+//! check, not here) gets what BuildKit's insecure mode gives: every
+//! capability, no seccomp, nothing masked, writable `/sys` and cgroupfs, and
+//! every device allowed by the device cgroup.
 
 use crate::user::ResolvedUser;
-use crate::{ExtraMount, Network, StepSpec, DEFAULT_HOSTNAME};
+use crate::{ExtraMount, Network, Security, StepSpec, DEFAULT_HOSTNAME};
 use oci_spec::runtime::{
-    Capability, Linux, LinuxCapabilities, LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType,
-    LinuxResources, Mount, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
+    Capability, Linux, LinuxCapabilities, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType,
+    LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources, Mount, PosixRlimitBuilder,
+    PosixRlimitType, Process, Root, Spec, User,
 };
 use std::path::{Path, PathBuf};
 
@@ -21,14 +30,15 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 /// Parent of every step's cgroup: `linux.cgroupsPath` is `/kiln/<id>`.
 pub const CGROUP_PARENT: &str = "/kiln";
 
-/// containerd's default capability set (`oci/spec.go` `defaultUnixCaps`).
-pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+/// The capabilities of a sandboxed step: containerd's and Docker's default
+/// set (`oci/spec.go` `defaultUnixCaps`) without `CAP_NET_RAW`, so a step
+/// cannot open raw sockets or forge packets.
+pub const DEFAULT_CAPABILITIES: [Capability; 13] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
     Capability::Mknod,
-    Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
     Capability::Setfcap,
@@ -39,21 +49,67 @@ pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
-/// Paths masked from the step, as in containerd's default spec.
-pub const MASKED_PATHS: [&str; 10] = [
-    "/proc/acpi",
+/// The capabilities of an insecure step: the list BuildKit's insecure mode
+/// grants (`util/entitlements/security`).
+pub const ALL_CAPABILITIES: [Capability; 38] = [
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::Setfcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::AuditWrite,
+    Capability::MacAdmin,
+    Capability::MacOverride,
+    Capability::DacReadSearch,
+    Capability::SysPtrace,
+    Capability::SysModule,
+    Capability::Syslog,
+    Capability::SysRawio,
+    Capability::SysAdmin,
+    Capability::LinuxImmutable,
+    Capability::SysBoot,
+    Capability::SysNice,
+    Capability::SysPacct,
+    Capability::SysTtyConfig,
+    Capability::SysTime,
+    Capability::WakeAlarm,
+    Capability::AuditRead,
+    Capability::AuditControl,
+    Capability::SysResource,
+    Capability::BlockSuspend,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::Lease,
+    Capability::NetAdmin,
+    Capability::NetBroadcast,
+];
+
+/// Paths masked from a sandboxed step, as in Docker's current default spec
+/// (moby `daemon/pkg/oci/defaults.go`).
+pub const MASKED_PATHS: [&str; 12] = [
     "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
     "/proc/timer_list",
     "/proc/timer_stats",
     "/proc/sched_debug",
-    "/sys/firmware",
     "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 
-/// Paths made read-only, as in containerd's default spec.
+/// Paths made read-only in a sandboxed step, as in Docker's default spec.
 pub const READONLY_PATHS: [&str; 5] = [
     "/proc/bus",
     "/proc/fs",
@@ -61,6 +117,116 @@ pub const READONLY_PATHS: [&str; 5] = [
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
+
+/// A capability's number in the kernel's capability sets.
+pub fn cap_number(c: Capability) -> u32 {
+    use Capability as C;
+    match c {
+        C::Chown => 0,
+        C::DacOverride => 1,
+        C::DacReadSearch => 2,
+        C::Fowner => 3,
+        C::Fsetid => 4,
+        C::Kill => 5,
+        C::Setgid => 6,
+        C::Setuid => 7,
+        C::Setpcap => 8,
+        C::LinuxImmutable => 9,
+        C::NetBindService => 10,
+        C::NetBroadcast => 11,
+        C::NetAdmin => 12,
+        C::NetRaw => 13,
+        C::IpcLock => 14,
+        C::IpcOwner => 15,
+        C::SysModule => 16,
+        C::SysRawio => 17,
+        C::SysChroot => 18,
+        C::SysPtrace => 19,
+        C::SysPacct => 20,
+        C::SysAdmin => 21,
+        C::SysBoot => 22,
+        C::SysNice => 23,
+        C::SysResource => 24,
+        C::SysTime => 25,
+        C::SysTtyConfig => 26,
+        C::Mknod => 27,
+        C::Lease => 28,
+        C::AuditWrite => 29,
+        C::AuditControl => 30,
+        C::Setfcap => 31,
+        C::MacOverride => 32,
+        C::MacAdmin => 33,
+        C::Syslog => 34,
+        C::WakeAlarm => 35,
+        C::BlockSuspend => 36,
+        C::AuditRead => 37,
+        C::Perfmon => 38,
+        C::Bpf => 39,
+        C::CheckpointRestore => 40,
+    }
+}
+
+/// Keeps in `spec` only the capabilities in `bounding` (a kernel mask such
+/// as kiln's own `CapBnd`): runc cannot grant a step what kiln does not
+/// hold, and would fail the step instead. Returns what was removed, sorted
+/// by number, for the caller to log.
+pub fn restrict_capabilities(spec: &mut Spec, bounding: u64) -> Vec<Capability> {
+    let held = |c: &Capability| cap_number(*c) < 64 && bounding & (1u64 << cap_number(*c)) != 0;
+    let mut removed: Vec<Capability> = Vec::new();
+    let Some(process) = spec.process_mut() else {
+        return removed;
+    };
+    let Some(mut caps) = process.capabilities().clone() else {
+        return removed;
+    };
+    let keep = |set: &Option<oci_spec::runtime::Capabilities>, removed: &mut Vec<Capability>| {
+        set.as_ref().map(|set| {
+            for c in set.iter().filter(|c| !held(c)) {
+                if !removed.contains(c) {
+                    removed.push(*c);
+                }
+            }
+            set.iter().copied().filter(|c| held(c)).collect()
+        })
+    };
+    let b = keep(caps.bounding(), &mut removed);
+    let e = keep(caps.effective(), &mut removed);
+    let p = keep(caps.permitted(), &mut removed);
+    caps.set_bounding(b);
+    caps.set_effective(e);
+    caps.set_permitted(p);
+    process.set_capabilities(Some(caps));
+    removed.sort_by_key(|c| cap_number(*c));
+    removed
+}
+
+/// The device nodes an insecure step gets besides runc's defaults, as in
+/// BuildKit's insecure mode: `/dev/kmsg`, `cuse`, `fuse`, `kvm`, `net/tun`,
+/// `loop-control` and `loop0`..`loop7` (BuildKit counts the loop devices
+/// from the host's first free one; kiln keeps the spec a pure function).
+pub fn insecure_devices() -> Vec<LinuxDevice> {
+    let dev = |path: String, typ, major, minor| {
+        let mut d = LinuxDevice::default();
+        d.set_path(PathBuf::from(path));
+        d.set_typ(typ);
+        d.set_major(major);
+        d.set_minor(minor);
+        d
+    };
+    let c = LinuxDeviceType::C;
+    let mut out = vec![
+        dev("/dev/kmsg".into(), c, 1, 11),
+        dev("/dev/cuse".into(), c, 10, 203),
+        dev("/dev/fuse".into(), c, 10, 229),
+        dev("/dev/kvm".into(), c, 10, 232),
+        dev("/dev/net/tun".into(), c, 10, 200),
+        dev("/dev/loop-control".into(), c, 10, 237),
+    ];
+    for i in 0..8 {
+        out.push(dev(format!("/dev/loop{i}"), LinuxDeviceType::B, 7, i));
+    }
+    out
+}
 
 /// The hostname a step gets.
 pub fn hostname(step: &StepSpec) -> &str {
@@ -111,6 +277,11 @@ fn mount(dest: &str, typ: &str, source: impl Into<PathBuf>, options: &[&str]) ->
 /// Every mount of a step in order: the standard set, the generated
 /// hosts/resolv.conf, then the step's own mounts.
 pub fn step_mounts(step: &StepSpec, hosts: &Path, resolv: &Path) -> Vec<Mount> {
+    // BuildKit's insecure mode makes sysfs and cgroupfs writable.
+    let sys_mode = match step.security {
+        Security::Sandbox => "ro",
+        Security::Insecure => "rw",
+    };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount(
@@ -148,13 +319,13 @@ pub fn step_mounts(step: &StepSpec, hosts: &Path, resolv: &Path) -> Vec<Mount> {
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
+            &["nosuid", "noexec", "nodev", sys_mode],
         ),
         mount(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+            &["nosuid", "noexec", "nodev", "relatime", sys_mode],
         ),
         mount("/etc/hosts", "bind", hosts, &["rbind", "ro"]),
         mount("/etc/resolv.conf", "bind", resolv, &["rbind", "ro"]),
@@ -218,7 +389,11 @@ pub fn build_spec(step: &StepSpec, user: &ResolvedUser, hosts: &Path, resolv: &P
         u.set_additional_gids(Some(user.additional_gids.clone()));
     }
 
-    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+    let cap_list: &[Capability] = match step.security {
+        Security::Sandbox => &DEFAULT_CAPABILITIES,
+        Security::Insecure => &ALL_CAPABILITIES,
+    };
+    let caps: oci_spec::runtime::Capabilities = cap_list.iter().copied().collect();
     let mut capabilities = LinuxCapabilities::default();
     capabilities.set_bounding(Some(caps.clone()));
     capabilities.set_effective(Some(caps.clone()));
@@ -251,18 +426,52 @@ pub fn build_spec(step: &StepSpec, user: &ResolvedUser, hosts: &Path, resolv: &P
     root.set_path(PathBuf::from("rootfs"));
     root.set_readonly(Some(false));
 
-    let mut deny_all = LinuxDeviceCgroup::default();
-    deny_all.set_allow(false);
-    deny_all.set_access(Some("rwm".to_string()));
     let mut resources = LinuxResources::default();
-    resources.set_devices(Some(vec![deny_all]));
+    match step.security {
+        Security::Sandbox => {
+            let mut deny_all = LinuxDeviceCgroup::default();
+            deny_all.set_allow(false);
+            deny_all.set_access(Some("rwm".to_string()));
+            resources.set_devices(Some(vec![deny_all]));
+        }
+        Security::Insecure => {
+            let allow = |typ| {
+                let mut d = LinuxDeviceCgroup::default();
+                d.set_allow(true);
+                d.set_typ(Some(typ));
+                d.set_access(Some("rwm".to_string()));
+                d
+            };
+            resources.set_devices(Some(vec![
+                allow(LinuxDeviceType::C),
+                allow(LinuxDeviceType::B),
+            ]));
+        }
+    }
+    if let Some(limit) = step.pids_limit {
+        let mut pids = LinuxPids::default();
+        pids.set_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        resources.set_pids(Some(pids));
+    }
 
     let mut linux = Linux::default();
     linux.set_resources(Some(resources));
     linux.set_cgroups_path(Some(PathBuf::from(format!("{CGROUP_PARENT}/{}", step.id))));
     linux.set_namespaces(Some(step_namespaces(step.network)));
-    linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|s| s.to_string()).collect()));
-    linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|s| s.to_string()).collect()));
+    if step.security == Security::Sandbox {
+        linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|s| s.to_string()).collect()));
+        linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|s| s.to_string()).collect()));
+        linux.set_seccomp(Some(crate::seccomp::default_profile(
+            cap_list,
+            std::env::consts::ARCH,
+        )));
+    } else {
+        linux.set_devices(Some(insecure_devices()));
+        // oci-spec's default Linux section masks paths of its own.
+        linux.set_masked_paths(Some(Vec::new()));
+        linux.set_readonly_paths(Some(Vec::new()));
+        linux.set_seccomp(None);
+    }
 
     let mut spec = Spec::default();
     spec.set_version("1.0.2-dev".to_string());
@@ -303,6 +512,8 @@ mod tests {
             ],
             lease: LeaseId::named("build", "t"),
             timeout: None,
+            security: Security::Sandbox,
+            pids_limit: Some(crate::DEFAULT_PIDS_LIMIT),
         }
     }
 
@@ -331,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn capabilities_are_containerds_default_set() {
+    fn capabilities_are_containerds_default_set_without_net_raw() {
         let spec = build(Network::Host);
         let process = spec.process().as_ref().expect("process");
         let caps = process.capabilities().as_ref().expect("capabilities");
@@ -341,7 +552,8 @@ mod tests {
         assert_eq!(caps.permitted().as_ref(), Some(&want));
         assert_eq!(caps.inheritable(), &None);
         assert_eq!(caps.ambient(), &None);
-        assert_eq!(want.len(), 14);
+        assert_eq!(want.len(), 13);
+        assert!(!want.contains(&Capability::NetRaw));
         assert_eq!(process.no_new_privileges(), Some(false));
         let rl = process.rlimits().as_ref().expect("rlimits");
         assert_eq!(rl.len(), 1);
@@ -450,6 +662,111 @@ mod tests {
             linux.readonly_paths().as_ref().map(Vec::len),
             Some(READONLY_PATHS.len())
         );
+    }
+
+    #[test]
+    fn sandbox_has_seccomp_masks_and_a_pids_limit() {
+        let spec = build(Network::Host);
+        let linux = spec.linux().as_ref().expect("linux");
+        let masked = linux.masked_paths().clone().expect("masked paths");
+        for p in [
+            "/proc/interrupts",
+            "/sys/devices/virtual/powercap",
+            "/proc/kcore",
+        ] {
+            assert!(masked.iter().any(|m| m == p), "{p} not masked");
+        }
+        let seccomp = linux.seccomp().as_ref().expect("seccomp");
+        assert_eq!(
+            seccomp.default_action(),
+            oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
+        );
+        let res = linux.resources().as_ref().expect("resources");
+        assert_eq!(
+            res.pids().as_ref().map(|p| p.limit()),
+            Some(crate::DEFAULT_PIDS_LIMIT as i64)
+        );
+        let json = serde_json::to_value(&spec).expect("serialize");
+        assert_eq!(json["linux"]["resources"]["pids"]["limit"], 4096);
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        let mounts = spec.mounts().as_ref().expect("mounts");
+        let sys = mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys"))
+            .expect("/sys");
+        assert!(sys.options().iter().flatten().any(|o| o == "ro"));
+    }
+
+    #[test]
+    fn insecure_is_buildkits_insecure_mode() {
+        let mut s = step(Network::Host);
+        s.security = Security::Insecure;
+        s.pids_limit = None;
+        let spec = build_spec(
+            &s,
+            &user(),
+            Path::new("/state/hosts"),
+            Path::new("/state/resolv.conf"),
+        );
+        let caps = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().clone())
+            .expect("capabilities");
+        let bounding = caps.bounding().clone().expect("bounding");
+        assert_eq!(bounding.len(), ALL_CAPABILITIES.len());
+        assert!(bounding.contains(&Capability::SysAdmin));
+        assert!(bounding.contains(&Capability::NetRaw));
+        let linux = spec.linux().as_ref().expect("linux");
+        assert!(linux.seccomp().is_none());
+        assert_eq!(linux.masked_paths().as_deref(), Some(&[][..]));
+        assert_eq!(linux.readonly_paths().as_deref(), Some(&[][..]));
+        let res = linux.resources().as_ref().expect("resources");
+        assert!(res.pids().is_none());
+        let devices = res.devices().clone().expect("devices");
+        assert!(devices.iter().all(|d| d.allow()));
+        let nodes = linux.devices().clone().expect("device nodes");
+        assert!(nodes
+            .iter()
+            .any(|d| d.path() == Path::new("/dev/fuse") && (d.major(), d.minor()) == (10, 229)));
+        assert!(nodes
+            .iter()
+            .any(|d| d.path() == Path::new("/dev/loop7") && d.typ() == LinuxDeviceType::B));
+        let mounts = spec.mounts().as_ref().expect("mounts");
+        for dest in ["/sys", "/sys/fs/cgroup"] {
+            let m = mounts
+                .iter()
+                .find(|m| m.destination() == Path::new(dest))
+                .expect(dest);
+            assert!(m.options().iter().flatten().any(|o| o == "rw"), "{dest}");
+        }
+    }
+
+    #[test]
+    fn capabilities_kiln_lacks_are_not_granted() {
+        let mut s = step(Network::Host);
+        s.security = Security::Insecure;
+        let mut spec = build_spec(
+            &s,
+            &user(),
+            Path::new("/state/hosts"),
+            Path::new("/state/resolv.conf"),
+        );
+        // Every capability but CAP_SYS_RESOURCE (24) and CAP_SYS_MODULE (16).
+        let mask: u64 = !((1 << 24) | (1 << 16));
+        let removed = restrict_capabilities(&mut spec, mask);
+        assert_eq!(removed, [Capability::SysModule, Capability::SysResource]);
+        let caps = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().clone())
+            .expect("capabilities");
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            let set = set.clone().expect("set");
+            assert_eq!(set.len(), ALL_CAPABILITIES.len() - 2);
+            assert!(!set.contains(&Capability::SysResource));
+        }
+        assert!(restrict_capabilities(&mut spec, u64::MAX).is_empty());
     }
 
     #[test]

@@ -124,6 +124,8 @@ mod tests {
             mounts: vec![],
             lease: LeaseId::named("build", "fake"),
             timeout: None,
+            security: crate::Security::Sandbox,
+            pids_limit: None,
         }
     }
 

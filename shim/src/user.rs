@@ -39,12 +39,18 @@ struct GroupEntry {
     members: Vec<String>,
 }
 
-/// Reads a file inside `rootfs` without following symlinks out of it; a
-/// missing or unreadable file reads as empty, as in BuildKit.
+/// The most of `/etc/passwd` or `/etc/group` that is read.
+const MAX_DB_FILE: u64 = 16 << 20;
+
+/// Reads a file inside `rootfs`, following symlinks as the container would
+/// (never out of it); a missing, unreadable or non-regular file reads as
+/// empty, as in BuildKit.
 fn read_in_root(rootfs: &Path, rel: &str) -> String {
-    let path = rootfs.join(rel);
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_file() => std::fs::read_to_string(&path).unwrap_or_default(),
+    let Ok(root) = crate::rootfs::RootDir::open(rootfs) else {
+        return String::new();
+    };
+    match root.read_file(rel, MAX_DB_FILE) {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
         _ => String::new(),
     }
 }
@@ -207,5 +213,29 @@ mod tests {
             "unable to find user nobody: no matching entries in passwd file"
         );
         assert!(resolve_user(r.path(), "app:nogroup").is_err());
+    }
+
+    /// An image whose `/etc` is an absolute link must not make kiln read
+    /// the host's `/etc/passwd` (or whatever the link names on the host).
+    #[test]
+    fn passwd_is_read_inside_the_rootfs_only() {
+        let host = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            host.path().join("passwd"),
+            "hostonly:x:4711:4711::/h:/bin/sh\n",
+        )
+        .expect("write");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(host.path(), dir.path().join("etc")).expect("symlink");
+        let e = resolve_user(dir.path(), "hostonly").expect_err("a host user");
+        assert!(matches!(e, UserError::UnknownUser { .. }), "{e}");
+        // The link is followed inside the rootfs, as the container sees it.
+        let inside = dir
+            .path()
+            .join(host.path().strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(&inside).expect("mkdir");
+        std::fs::write(inside.join("passwd"), "img:x:7:7::/i:/bin/sh\n").expect("write");
+        let u = resolve_user(dir.path(), "img").expect("the image's user");
+        assert_eq!((u.uid, u.gid), (7, 7));
     }
 }

@@ -8,6 +8,12 @@
 //! through unchanged, except that a lowerdir list too long for one page is
 //! shortened to paths relative to their common parent, mounted from a thread
 //! that has `chdir`ed there (containerd `compactLowerdirOption`, `mountAt`).
+//!
+//! One difference from containerd: every mount kiln makes on the host is
+//! `nosuid,nodev` ([`HOST_FLAGS`]; a bind is remounted to apply them), so
+//! a setuid binary or a device node in a snapshot never acts as one on
+//! the host. A step that needs them inside its container gets a bind with
+//! the flags cleared from the shim, for the moment containerd mounts it.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -87,6 +93,10 @@ pub enum MountError {
         cause: Option<std::io::Error>,
     },
 }
+
+/// Flags kiln adds to every mount it makes on the host, whatever the
+/// options say.
+pub const HOST_FLAGS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 
 /// Mounts every mount in order on `target` (joined with each `Mount.target`).
 /// On failure, mounts made so far are unmounted again.
@@ -392,7 +402,7 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), MountError> {
             len: data.len(),
         });
     }
-    let flags = parsed.flags;
+    let flags = parsed.flags | HOST_FLAGS;
     if !flags.contains(MsFlags::MS_REMOUNT) || !data.is_empty() {
         let call = MountCall {
             source: &m.source,
@@ -429,7 +439,9 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), MountError> {
     if !parsed.propagation.is_empty() {
         remount(parsed.propagation | MsFlags::MS_SILENT)?;
     }
-    if flags.contains(MsFlags::MS_BIND | MsFlags::MS_RDONLY) {
+    // A bind ignores every flag but MS_REC: apply read-only and
+    // HOST_FLAGS with a remount of the bind.
+    if flags.contains(MsFlags::MS_BIND) {
         remount(flags | MsFlags::MS_REMOUNT)?;
     }
     Ok(())
@@ -598,6 +610,63 @@ mod tests {
         assert!(!target.join("hello").exists());
         // Unmounting something not mounted is fine.
         unmount(&target).expect("idempotent unmount");
+    }
+
+    /// The options field (6th) of the mountinfo line of `path`.
+    fn mount_options(path: &Path) -> Vec<String> {
+        let canon = fs::canonicalize(path).expect("canonical path");
+        let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let line = info
+            .lines()
+            .rev()
+            .find(|l| l.split(' ').nth(4) == Some(canon.to_str().expect("utf-8 temp path")))
+            .expect("a mount point");
+        line.split(' ')
+            .nth(5)
+            .expect("options field")
+            .split(',')
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A setuid file or a device node in a mounted snapshot must not act
+    /// as one on the host: every host mount is nosuid,nodev, even when the
+    /// options ask for suid and dev.
+    #[test]
+    fn host_mounts_are_nosuid_nodev() {
+        if !kiln_types::testing::needs_root("bind and overlay mounts") {
+            return;
+        }
+        let src = tempfile::tempdir().expect("tempdir");
+        let dst = tempfile::tempdir().expect("tempdir");
+        for options in [&["rbind", "rw"][..], &["bind", "ro", "suid", "dev"][..]] {
+            let target = dst.path().join("bind");
+            let guard = MountGuard::mount(&[bind(src.path(), options)], target.clone())
+                .expect("bind mount");
+            let got = mount_options(&target);
+            assert!(got.iter().any(|o| o == "nosuid"), "{options:?}: {got:?}");
+            assert!(got.iter().any(|o| o == "nodev"), "{options:?}: {got:?}");
+            guard.unmount().expect("unmount");
+        }
+        let lower = tempfile::tempdir().expect("tempdir");
+        let upper = tempfile::tempdir().expect("tempdir");
+        let work = tempfile::tempdir().expect("tempdir");
+        let target = dst.path().join("overlay");
+        let m = Mount {
+            mount_type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![
+                format!("lowerdir={}", lower.path().display()),
+                format!("upperdir={}", upper.path().display()),
+                format!("workdir={}", work.path().display()),
+            ],
+        };
+        let guard = MountGuard::mount(&[m], target.clone()).expect("overlay mount");
+        let got = mount_options(&target);
+        assert!(got.iter().any(|o| o == "nosuid"), "{got:?}");
+        assert!(got.iter().any(|o| o == "nodev"), "{got:?}");
+        guard.unmount().expect("unmount");
     }
 
     #[test]

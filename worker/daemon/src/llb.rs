@@ -6,7 +6,7 @@ use kiln_proto::llb;
 use kiln_solver::{
     CacheSharing, ChownOpt, Digest, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
     FileMkDir, FileMkFile, FileOp, FileRm, FileSymlink, Graph, MergeOp, Meta, Mount, MountType,
-    NetMode, Op, SourceOp, UserOpt, Vertex, VertexId,
+    NetMode, Op, SecurityMode, SourceOp, UserOpt, Vertex, VertexId,
 };
 use prost::Message;
 use std::collections::HashMap;
@@ -145,6 +145,18 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                     Ok(llb::NetMode::Host) => NetMode::Host,
                     Ok(llb::NetMode::None) => NetMode::None,
                     _ => NetMode::Unset,
+                },
+                // The entitlement check (security.insecure granted and
+                // requested) belongs to the solve, not to this translation.
+                security: match llb::SecurityMode::try_from(e.security) {
+                    Ok(llb::SecurityMode::Sandbox) => SecurityMode::Sandbox,
+                    Ok(llb::SecurityMode::Insecure) => SecurityMode::Insecure,
+                    Err(_) => {
+                        return Err(invalid(format!(
+                            "unknown exec security mode {}",
+                            e.security
+                        )))
+                    }
                 },
             })
         }
@@ -381,6 +393,7 @@ mod tests {
                     output: 0,
                     ..Default::default()
                 }],
+                security: llb::SecurityMode::Insecure as i32,
                 ..Default::default()
             })),
             ..Default::default()
@@ -426,6 +439,7 @@ mod tests {
                 assert_eq!(e.mounts[0].input, Some(0));
                 assert_eq!(e.mounts[0].output, Some(0));
                 assert_eq!(e.meta.args[2], "echo hi > /x");
+                assert_eq!(e.security, SecurityMode::Insecure);
             }
             other => panic!("not an exec: {other:?}"),
         }

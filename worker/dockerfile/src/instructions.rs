@@ -87,10 +87,11 @@ pub struct MountSpec {
     pub size: Option<String>,
 }
 
-/// `RUN [--network=..] [--mount=..]... cmd`.
+/// `RUN [--network=..] [--security=..] [--mount=..]... cmd`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
     pub network: Option<String>,
+    pub security: Option<String>,
     pub mounts: Vec<MountSpec>,
     pub cmd: CmdLine,
 }
@@ -373,14 +374,14 @@ impl Parser<'_> {
 
     fn run(&self, node: &Node, flags: Vec<Flag>, rest: &str) -> Result<Instruction> {
         let mut network = None;
+        let mut security = None;
         let mut mounts = Vec::new();
         for f in &flags {
             match f.name.as_str() {
                 "network" => network = Some(self.flag_value(node, f)?),
+                "security" => security = Some(self.flag_value(node, f)?),
                 "mount" => mounts.push(self.mount(node, &self.flag_value(node, f)?)?),
-                "security" | "device" => {
-                    return Err(self.unsupported(node.line, &format!("RUN --{}", f.name)))
-                }
+                "device" => return Err(self.unsupported(node.line, &format!("RUN --{}", f.name))),
                 _ => return Err(self.unknown_flag(node, f)),
             }
         }
@@ -398,6 +399,7 @@ impl Parser<'_> {
         }
         Ok(Instruction::Run(Run {
             network,
+            security,
             mounts,
             cmd,
         }))
@@ -650,8 +652,8 @@ ENTRYPOINT ["/bin/app"]
 SHELL ["/bin/bash", "-c"]
 "#,
             r#"stage 0 1: base=a name=None platform=None
-  2: Run(Run { network: None, mounts: [], cmd: Exec(["echo", "hi A"]) })
-  3: Run(Run { network: None, mounts: [], cmd: Shell("[not json") })
+  2: Run(Run { network: None, security: None, mounts: [], cmd: Exec(["echo", "hi A"]) })
+  3: Run(Run { network: None, security: None, mounts: [], cmd: Shell("[not json") })
   4: Cmd(Shell("echo \"$HOME\""))
   5: Entrypoint(Exec(["/bin/app"]))
   6: Shell(["/bin/bash", "-c"])"#,
@@ -695,7 +697,7 @@ ADD ["a b", "/c"]
         check(
             "FROM a\nRUN --network=none --mount=type=cache,target=/root/.cache,sharing=locked,id=x --mount=type=tmpfs,dst=/t make\n",
             r#"stage 0 1: base=a name=None platform=None
-  2: Run(Run { network: Some("none"), mounts: [MountSpec { kind: Some(Cache), target: Some("/root/.cache"), source: None, from: None, id: Some("x"), sharing: Some("locked"), readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None }, MountSpec { kind: Some(Tmpfs), target: Some("/t"), source: None, from: None, id: None, sharing: None, readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None }], cmd: Shell("make") })"#,
+  2: Run(Run { network: Some("none"), security: None, mounts: [MountSpec { kind: Some(Cache), target: Some("/root/.cache"), source: None, from: None, id: Some("x"), sharing: Some("locked"), readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None }, MountSpec { kind: Some(Tmpfs), target: Some("/t"), source: None, from: None, id: None, sharing: None, readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None }], cmd: Shell("make") })"#,
         );
     }
 

@@ -71,6 +71,24 @@ pub enum NetMode {
     None,
 }
 
+/// `pb.SecurityMode`: the sandbox of an exec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum SecurityMode {
+    /// The default sandbox (seccomp, masked paths, reduced capabilities).
+    #[default]
+    Sandbox,
+    /// `RUN --security=insecure`: needs the `security.insecure` entitlement.
+    Insecure,
+}
+
+impl SecurityMode {
+    /// Whether this is the default (left out of cache keys, so keys of
+    /// sandboxed steps are what they were before the field existed).
+    pub fn is_sandbox(&self) -> bool {
+        *self == SecurityMode::Sandbox
+    }
+}
+
 /// `pb.Meta`: the process of an exec.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Meta {
@@ -127,6 +145,8 @@ pub struct ExecOp {
     pub meta: Meta,
     pub mounts: Vec<Mount>,
     pub network: NetMode,
+    #[serde(skip_serializing_if = "SecurityMode::is_sandbox")]
+    pub security: SecurityMode,
 }
 
 /// Where a file action reads from (`pb.FileAction.input` / `secondaryInput`).

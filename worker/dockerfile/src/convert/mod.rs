@@ -26,7 +26,7 @@ use crate::{BuildOptions, ParseError, Result};
 use kiln_solver::{
     CacheSharing, ChownOpt, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
     FileMkDir, FileOp, Graph, HistoryEntry, ImageConfig, MergeOp, Meta, Mount, MountType, NetMode,
-    Op, SourceLocation, SourceOp, UserOpt, Vertex, VertexId,
+    Op, SecurityMode, SourceLocation, SourceOp, UserOpt, Vertex, VertexId,
 };
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
 //! `RUN`: the exec vertex, its mounts (`--mount=type=bind|cache|tmpfs|
-//! secret|ssh`) and network mode.
+//! secret|ssh`), network mode and security mode.
 
 use super::*;
 
@@ -24,6 +24,13 @@ impl Converter<'_> {
             Some("none") => NetMode::None,
             Some("host") => NetMode::Host,
             Some(n) => return Err(self.file_err(line, format!("unsupported network mode: {n}"))),
+        };
+        // Whether the build may use `insecure` is the entitlement check's
+        // business (the daemon's), not the Dockerfile's.
+        let security = match run.security.as_deref() {
+            None | Some("sandbox") => SecurityMode::Sandbox,
+            Some("insecure") => SecurityMode::Insecure,
+            Some(s) => return Err(self.file_err(line, format!("unsupported security mode: {s}"))),
         };
         let mut inputs = Inputs::default();
         let mut mounts = vec![Mount {
@@ -51,6 +58,7 @@ impl Converter<'_> {
                 },
                 mounts,
                 network,
+                security,
             }),
             inputs,
         )?;

@@ -549,6 +549,24 @@ built ["0"]
 }
 
 #[test]
+fn run_security_mode() {
+    let b = build(
+        "FROM busybox\nRUN --security=insecure a\nRUN --security=sandbox b\nRUN c\n",
+        &opts(),
+    )
+    .expect("build");
+    let modes: Vec<SecurityMode> = execs(&b).iter().map(|e| e.security).collect();
+    assert_eq!(
+        modes,
+        [
+            SecurityMode::Insecure,
+            SecurityMode::Sandbox,
+            SecurityMode::Sandbox
+        ]
+    );
+}
+
+#[test]
 fn run_mounts_and_network() {
     check(
         r#"FROM busybox AS deps
@@ -743,6 +761,10 @@ fn conversion_errors_name_the_line() {
     check(
         "FROM busybox\nRUN --network=bridge x\n",
         "error: Dockerfile:2: unsupported network mode: bridge",
+    );
+    check(
+        "FROM busybox\nRUN --security=privileged x\n",
+        "error: Dockerfile:2: unsupported security mode: privileged",
     );
     check(
         "FROM busybox\nENV A=\"${B:?must be set}\"\n",

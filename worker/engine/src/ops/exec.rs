@@ -4,8 +4,8 @@ use super::{location, StepRunner};
 use crate::error::{Result, WorkerError};
 use crate::progress::{LogStream, ProgressEvent};
 use crate::refs::Ref;
-use kiln_shim::{ExecError, ExtraMount, Network, OutputStream, StepIo, StepSpec};
-use kiln_solver::{ExecOp, MountType, NetMode, Vertex, VertexId};
+use kiln_shim::{ExecError, ExtraMount, Network, OutputStream, Security, StepIo, StepSpec};
+use kiln_solver::{ExecOp, MountType, NetMode, SecurityMode, Vertex, VertexId};
 use tokio_util::sync::CancellationToken;
 
 impl StepRunner {
@@ -125,6 +125,13 @@ impl StepRunner {
             mounts: extra,
             lease: self.lease.clone(),
             timeout: None,
+            // Granting insecure is the daemon's entitlement check, done
+            // before the build reaches the engine.
+            security: match op.security {
+                SecurityMode::Sandbox => Security::Sandbox,
+                SecurityMode::Insecure => Security::Insecure,
+            },
+            pids_limit: Some(kiln_shim::DEFAULT_PIDS_LIMIT),
         };
         let status = self.executor.run(spec, StepIo { output: tx }, cancel).await;
         let _ = forward.await;

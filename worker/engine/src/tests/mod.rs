@@ -150,6 +150,7 @@ fn run_graph(args: &[&str]) -> (Graph, VertexId) {
                     mount_type: MountType::Bind,
                 }],
                 network: NetMode::Unset,
+                security: kiln_solver::SecurityMode::Sandbox,
             }),
             vec![Edge {
                 vertex: scratch,
