@@ -38,7 +38,7 @@ pub enum ExecError {
     Network {
         id: String,
         #[source]
-        source: crate::network::NetworkError,
+        source: Box<crate::network::NetworkError>,
     },
     /// The runtime spec could not be encoded.
     #[error("step {id}: cannot encode the runtime spec")]

@@ -455,15 +455,15 @@ impl ContainerdExecutor {
             .await
             .map_err(|e| ExecError::Network {
                 id: id.to_string(),
-                source: crate::network::NetworkError::Io {
+                source: Box::new(crate::network::NetworkError::Io {
                     op: "attach",
                     path: PathBuf::from(id),
                     source: std::io::Error::other(e.to_string()),
-                },
+                }),
             })?
             .map_err(|source| ExecError::Network {
                 id: id.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         tracing::debug!(
             id,
