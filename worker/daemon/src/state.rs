@@ -16,6 +16,9 @@ pub struct Daemon {
     pub shutdown: CancellationToken,
     pub jobs: Arc<Jobs>,
     pub sessions: Sessions,
+    /// The steps' sandbox network as ListWorkers reports it: `cni` or
+    /// `host`.
+    pub network: &'static str,
 }
 
 impl Daemon {
@@ -23,7 +26,24 @@ impl Daemon {
     pub async fn new(config: Config) -> anyhow::Result<Arc<Daemon>> {
         let ctrd = Containerd::connect(config.containerd.clone()).await?;
         std::fs::create_dir_all(&config.root)?;
-        let engine = Engine::new(ctrd.clone(), config.root.clone());
+        let cni = config.worker.network.resolve(
+            config.worker.cni.clone(),
+            kiln_engine::build::network_dir(&config.root),
+        )?;
+        match &cni {
+            Some(c) => tracing::info!(
+                mode = %config.worker.network,
+                bridge = %c.config().bridge,
+                subnet = %c.config().subnet,
+                "RUN steps get their own network namespace on the cni bridge"
+            ),
+            None => tracing::warn!(
+                mode = %config.worker.network,
+                "RUN steps share the host's network namespace"
+            ),
+        }
+        let network = if cni.is_some() { "cni" } else { "host" };
+        let engine = Engine::with_network(ctrd.clone(), config.root.clone(), cni);
         engine.sweep().await?;
         Ok(Arc::new(Daemon {
             engine,
@@ -32,6 +52,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             jobs: Arc::new(Jobs::default()),
             sessions: Sessions::default(),
+            network,
         }))
     }
 
