@@ -161,7 +161,8 @@ struct BuildArgs {
     /// Embedded mode: the network of RUN steps without --network: cni (a
     /// namespace of their own on the kiln0 bridge), host, or auto (cni when
     /// the CNI plugins are in /usr/lib/cni, else host) [default: auto].
-    /// A daemon (--addr) uses its own setting.
+    /// A daemon (--addr) uses its own setting. [env: KILN_NETWORK_MODE,
+    /// read in embedded mode only]
     #[arg(long, value_name = "MODE")]
     network_mode: Option<String>,
     /// Build context directory.
@@ -517,7 +518,12 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
     // In embedded mode this process is the daemon too: what the user
     // allows is both what is allowed and what is asked for.
     let granted = kiln_engine::entitlements::Entitlements::parse(&args.allow)?;
-    let mode: kiln_engine::network::NetworkMode = match &args.network_mode {
+    let mode = args.network_mode.clone().or_else(|| {
+        std::env::var("KILN_NETWORK_MODE")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let mode: kiln_engine::network::NetworkMode = match mode {
         Some(m) => m.parse()?,
         None => Default::default(),
     };
