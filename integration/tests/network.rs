@@ -88,8 +88,8 @@ fn links() -> String {
 }
 
 /// Nothing of a step's network is left: no namespace or step directory
-/// under `<root>/net/steps`, no host-local allocation, no veth, and no
-/// containerd leftover.
+/// under `<root>/net/steps`, no host-local allocation, no veth, no
+/// masquerade chain, and no containerd leftover.
 fn assert_no_network_leftovers(h: &Harness, ns: &str, root: &Path) {
     let steps = root.join("net/steps");
     let left: Vec<_> = std::fs::read_dir(&steps)
@@ -110,6 +110,16 @@ fn assert_no_network_leftovers(h: &Harness, ns: &str, root: &Path) {
         "addresses still allocated: {allocated:?}"
     );
     assert!(!links().contains("veth"), "a veth is left:\n{}", links());
+    // The bridge plugin's masquerading chains are per step.
+    let nat = Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .expect("iptables");
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    assert!(
+        !nat.lines().any(|l| l.starts_with("-N CNI-")),
+        "masquerade chains left:\n{nat}"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let root_s = root.display().to_string();
     assert!(
