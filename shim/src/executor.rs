@@ -109,11 +109,6 @@ impl ContainerdExecutor {
         self
     }
 
-    /// The sandbox network, if steps get one.
-    pub fn cni(&self) -> Option<&Cni> {
-        self.cni.as_ref()
-    }
-
     fn containers(&self) -> ContainersClient<Channel> {
         ContainersClient::new(self.ctrd.channel())
     }
