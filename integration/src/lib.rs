@@ -256,9 +256,13 @@ impl Harness {
         Ok(())
     }
 
-    /// A `kiln` command pointed at this containerd and `namespace`.
+    /// A `kiln` command pointed at this containerd and `namespace`. Its
+    /// steps use the host's network (`KILN_NETWORK_MODE=host`): a CNI
+    /// bridge would change the host's network, so only tests that run in a
+    /// network namespace of their own (`tests/network.rs`) use one.
     pub fn kiln_command(&self, namespace: &str) -> HarnessResult<Command> {
         let mut cmd = Command::new(kiln_binary()?);
+        cmd.env("KILN_NETWORK_MODE", "host");
         cmd.arg("--containerd-address")
             .arg(&self.socket)
             .arg("--namespace")
@@ -527,6 +531,16 @@ impl Kilnd {
     }
 }
 
+impl Kilnd {
+    /// Kills kilnd with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Kilnd {
     fn drop(&mut self) {
         let _ = self.terminate();
@@ -559,6 +573,13 @@ impl Harness {
             .arg(&self.socket)
             .arg("--namespace")
             .arg(namespace)
+            // The host's network unless the test chooses (see kiln_command).
+            .args(
+                (!extra.contains(&"--network-mode"))
+                    .then_some(["--network-mode", "host"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .stdout(Stdio::null())
             .stderr(logf)

@@ -33,6 +33,13 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
+    /// The step's network could not be set up.
+    #[error("step {id}: cannot set up its network")]
+    Network {
+        id: String,
+        #[source]
+        source: Box<crate::network::NetworkError>,
+    },
     /// The runtime spec could not be encoded.
     #[error("step {id}: cannot encode the runtime spec")]
     Spec {
@@ -58,9 +65,10 @@ impl ExecError {
         match self {
             ExecError::User { .. } | ExecError::InvalidStep { .. } => ErrorKind::InvalidArgument,
             ExecError::Containerd(e) => e.kind(),
-            ExecError::Io { .. } | ExecError::Spec { .. } | ExecError::KillTimeout { .. } => {
-                ErrorKind::Internal
-            }
+            ExecError::Io { .. }
+            | ExecError::Spec { .. }
+            | ExecError::KillTimeout { .. }
+            | ExecError::Network { .. } => ErrorKind::Internal,
             ExecError::Cancelled { .. } => ErrorKind::Cancelled,
             ExecError::Timeout { .. } => ErrorKind::DeadlineExceeded,
         }

@@ -10,10 +10,11 @@
 use crate::error::{ExecError, Result};
 use crate::fifo::{self, FifoReader};
 use crate::mountpoints::MountPoints;
+use crate::network::{Attachment, Cni};
 use crate::rootfs::RootDir;
 use crate::spec::{self, build_spec};
 use crate::user::resolve_user;
-use crate::{Containers, Executor, ExitStatus, OutputStream, StepIo, StepSpec};
+use crate::{Containers, Executor, ExitStatus, Network, OutputStream, StepIo, StepSpec};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
@@ -55,6 +56,8 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 pub struct ContainerdExecutor {
     ctrd: Containerd,
     state_dir: PathBuf,
+    /// The sandbox network; `None` runs sandboxed steps on the host's.
+    cni: Option<Cni>,
 }
 
 /// Why a running step was stopped.
@@ -71,6 +74,8 @@ enum Undo {
     MountPoints(MountPoints),
     /// The rootfs bind handed to containerd (see [`task_rootfs`]).
     TaskRootfs(PathBuf),
+    /// The step's CNI network (namespace, veth, address).
+    Network(Attachment),
     /// FIFO reader threads.
     Readers(Vec<FifoReader>),
     /// The container record.
@@ -93,7 +98,18 @@ impl ContainerdExecutor {
     /// dir per running step (FIFOs, generated `/etc/hosts` and
     /// `/etc/resolv.conf`); it is created when needed.
     pub fn new(ctrd: Containerd, state_dir: PathBuf) -> Self {
-        ContainerdExecutor { ctrd, state_dir }
+        ContainerdExecutor {
+            ctrd,
+            state_dir,
+            cni: None,
+        }
+    }
+
+    /// Runs [`Network::Sandbox`] steps in a fresh network namespace on
+    /// `cni`'s bridge instead of the host's network.
+    pub fn with_cni(mut self, cni: Cni) -> Self {
+        self.cni = Some(cni);
+        self
     }
 
     fn containers(&self) -> ContainersClient<Channel> {
@@ -190,6 +206,11 @@ impl ContainerdExecutor {
         io: StepIo,
         cancel: CancellationToken,
     ) -> Result<ExitStatus> {
+        let mut step = step;
+        if step.network == Network::Sandbox && self.cni.is_none() {
+            // The daemon's network mode is host.
+            step.network = Network::Host;
+        }
         let mut stack: Vec<Undo> = Vec::new();
         let res = self.run_inner(&step, &io, &cancel, &mut stack).await;
         self.unwind(&step.id, stack).await;
@@ -239,7 +260,10 @@ impl ContainerdExecutor {
         std::fs::write(&hosts, spec::hosts_content(spec::hostname(step)))
             .map_err(io_err("write", &hosts))?;
         let resolv = dir.join("resolv.conf");
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").ok();
+        let mut host_resolv = std::fs::read_to_string("/etc/resolv.conf").ok();
+        if step.network == Network::Sandbox {
+            host_resolv = host_resolv.and_then(|r| crate::network::isolated_resolv(&r));
+        }
         std::fs::write(&resolv, spec::resolv_content(host_resolv.as_deref()))
             .map_err(io_err("write", &resolv))?;
 
@@ -266,6 +290,10 @@ impl ContainerdExecutor {
                     "kiln does not hold these capabilities; the step does not get them"
                 );
             }
+        }
+        if step.network == Network::Sandbox {
+            let netns = self.attach_network(id, stack).await?;
+            spec::join_network_namespace(&mut oci, &netns);
         }
         let mut mounts = oci.mounts().clone().unwrap_or_default();
         if let Ok(m) = oci_spec::runtime::MountBuilder::default()
@@ -429,6 +457,40 @@ impl ContainerdExecutor {
         })
     }
 
+    /// Attaches the step to the CNI network (pushing the attachment on the
+    /// cleanup stack) and returns its namespace.
+    async fn attach_network(&self, id: &str, stack: &mut Vec<Undo>) -> Result<PathBuf> {
+        let Some(cni) = self.cni.clone() else {
+            return Err(ExecError::InvalidStep {
+                id: id.to_string(),
+                reason: "a sandbox network needs a cni executor",
+            });
+        };
+        let owned = id.to_string();
+        let attached = tokio::task::spawn_blocking(move || cni.attach(&owned))
+            .await
+            .map_err(|e| ExecError::Network {
+                id: id.to_string(),
+                source: Box::new(crate::network::NetworkError::Io {
+                    op: "attach",
+                    path: PathBuf::from(id),
+                    source: std::io::Error::other(e.to_string()),
+                }),
+            })?
+            .map_err(|source| ExecError::Network {
+                id: id.to_string(),
+                source: Box::new(source),
+            })?;
+        tracing::debug!(
+            id,
+            address = attached.address(),
+            "step attached to the cni network"
+        );
+        let netns = attached.netns();
+        stack.push(Undo::Network(attached));
+        Ok(netns)
+    }
+
     fn wait_result(
         &self,
         id: &str,
@@ -567,6 +629,18 @@ impl ContainerdExecutor {
                 Undo::TaskRootfs(path) => {
                     if let Err(e) = kiln_snapshot::mount::unmount(&path) {
                         tracing::warn!(id, path = %path.display(), error = %e, "cleanup: unmounting the task's rootfs bind");
+                    }
+                }
+                Undo::Network(att) => {
+                    let detached = tokio::task::spawn_blocking(move || att.detach()).await;
+                    match detached {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(id, error = %e, "cleanup: detaching the step's network")
+                        }
+                        Err(e) => {
+                            tracing::warn!(id, error = %e, "cleanup: detaching the step's network")
+                        }
                     }
                 }
                 Undo::StepDir(dir) => {

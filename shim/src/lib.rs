@@ -14,6 +14,9 @@
 //!   `Wait` before `Start`, kill-and-still-wait on cancel, and an explicit
 //!   cleanup stack (task -> container -> mount points -> step dir) that runs
 //!   on every path.
+//! - [`network`] gives a step its sandbox network: a fresh namespace on
+//!   kiln's bridge through the real CNI plugins (set up before the task,
+//!   deleted after it on every path, swept after a crash), or the host's.
 //! - [`mountpoints`] removes the mount points runc created in the rootfs, so the
 //!   layer diff the engine computes afterwards holds no `proc/`, `dev/` or
 //!   `etc/hosts` stubs.
@@ -28,6 +31,7 @@ pub mod error;
 mod executor;
 mod fifo;
 pub mod mountpoints;
+pub mod network;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
@@ -97,8 +101,13 @@ pub enum Security {
 /// The network a step sees.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Network {
-    /// The host's network namespace and resolv.conf.
+    /// The executor's sandbox network (LLB's default): a fresh network
+    /// namespace on kiln's CNI bridge when the executor has one
+    /// ([`ContainerdExecutor::with_cni`]), else the host's network.
     #[default]
+    Sandbox,
+    /// The host's network namespace and resolv.conf (`RUN --network=host`,
+    /// which needs the `network.host` entitlement).
     Host,
     /// A new network namespace with only loopback.
     None,

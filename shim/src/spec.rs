@@ -362,8 +362,9 @@ fn namespace(typ: LinuxNamespaceType) -> LinuxNamespace {
     ns
 }
 
-/// The namespaces of a step: pid, ipc, uts and mount always; network only
-/// when the step has no network.
+/// The namespaces of a step: pid, ipc, uts and mount always; network
+/// unless the step uses the host's (a sandbox's namespace is joined by path,
+/// [`join_network_namespace`]; without a path runc makes an empty one).
 pub fn step_namespaces(network: Network) -> Vec<LinuxNamespace> {
     let mut out = vec![
         namespace(LinuxNamespaceType::Pid),
@@ -371,10 +372,26 @@ pub fn step_namespaces(network: Network) -> Vec<LinuxNamespace> {
         namespace(LinuxNamespaceType::Uts),
         namespace(LinuxNamespaceType::Mount),
     ];
-    if network == Network::None {
+    if network != Network::Host {
         out.push(namespace(LinuxNamespaceType::Network));
     }
     out
+}
+
+/// Makes the step join the network namespace at `path` (a CNI sandbox)
+/// instead of a new one.
+pub fn join_network_namespace(spec: &mut Spec, path: &Path) {
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let Some(namespaces) = linux.namespaces_mut() else {
+        return;
+    };
+    for ns in namespaces.iter_mut() {
+        if ns.typ() == LinuxNamespaceType::Network {
+            ns.set_path(Some(path.to_path_buf()));
+        }
+    }
 }
 
 /// Builds the OCI runtime spec of `step` run as `user`, with the generated
@@ -629,6 +646,28 @@ mod tests {
         let mut none = base.clone();
         none.push(T::Network);
         assert_eq!(ns_types(&build(Network::None)), none);
+        assert_eq!(ns_types(&build(Network::Sandbox)), none);
+    }
+
+    #[test]
+    fn a_sandbox_joins_its_namespace_by_path() {
+        let mut spec = build(Network::Sandbox);
+        join_network_namespace(&mut spec, Path::new("/state/net/steps/kiln-abc/netns"));
+        let linux = spec.linux().as_ref().expect("linux section");
+        let ns = linux.namespaces().as_ref().expect("namespaces");
+        let paths: Vec<_> = ns.iter().map(|n| (n.typ(), n.path().clone())).collect();
+        assert!(paths.contains(&(
+            LinuxNamespaceType::Network,
+            Some(PathBuf::from("/state/net/steps/kiln-abc/netns"))
+        )));
+        assert!(paths
+            .iter()
+            .filter(|(t, _)| *t != LinuxNamespaceType::Network)
+            .all(|(_, p)| p.is_none()));
+        // The host's network has no namespace entry to join.
+        let mut host = build(Network::Host);
+        join_network_namespace(&mut host, Path::new("/x"));
+        assert!(!ns_types(&host).contains(&LinuxNamespaceType::Network));
     }
 
     #[test]

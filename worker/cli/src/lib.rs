@@ -81,7 +81,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile into containerd.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show the build cache's records in containerd (with --addr, the
     /// daemon's records this client may see).
     Du {
@@ -154,6 +154,18 @@ struct BuildArgs {
     /// Output: type=image[,name=N][,compression=gzip|zstd|uncompressed].
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
+    /// Allow an entitlement the build needs: network.host for RUN
+    /// --network=host, security.insecure for RUN --security=insecure
+    /// (repeatable; a daemon must also allow it).
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
+    /// Embedded mode: the network of RUN steps without --network: cni (a
+    /// namespace of their own on the kiln0 bridge), host, or auto (cni when
+    /// the CNI plugins are in /usr/lib/cni, else host) [default: auto].
+    /// A daemon (--addr) uses its own setting. [env: KILN_NETWORK_MODE,
+    /// read in embedded mode only]
+    #[arg(long, value_name = "MODE")]
+    network_mode: Option<String>,
     /// Build context directory.
     context: PathBuf,
 }
@@ -205,8 +217,15 @@ async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Build(args) => match addr {
-            Some(addr) => build_remote(&addr, &tls, args).await,
-            None => build(config, cli.root, args).await,
+            Some(addr) => {
+                if args.network_mode.is_some() {
+                    return Err(anyhow!(
+                        "--network-mode configures the embedded engine; a daemon ({addr}) uses its own (kilnd --network-mode)"
+                    ));
+                }
+                build_remote(&addr, &tls, *args).await
+            }
+            None => build(config, cli.root, *args).await,
         },
         Command::Du { verbose } => {
             let records = match &addr {
@@ -507,6 +526,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             attrs,
             outputs,
             tags,
+            entitlements: args.allow.clone(),
         },
         tx,
     )
@@ -536,10 +556,30 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
         .map(|n| kiln_dockerfile::reference::normalize(n).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
 
+    // In embedded mode this process is the daemon too: what the user
+    // allows is both what is allowed and what is asked for.
+    let granted = kiln_engine::entitlements::Entitlements::parse(&args.allow)?;
+    let mode = args.network_mode.clone().or_else(|| {
+        std::env::var("KILN_NETWORK_MODE")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let mode: kiln_engine::network::NetworkMode = match mode {
+        Some(m) => m.parse()?,
+        None => Default::default(),
+    };
+    let cni = mode.resolve(
+        kiln_engine::network::CniConfig::default(),
+        kiln_engine::build::network_dir(&root),
+    )?;
+
     let ctrd = Containerd::connect(config).await?;
-    let engine = Engine::new(ctrd, root);
+    let engine = Engine::with_network(ctrd, root, cni);
     engine.sweep().await?;
     let built = kiln_frontend::plan(&source, &opts, &engine).await?;
+    // The exec op carries no security mode, so none asks for
+    // security.insecure.
+    granted.check_graph(&built.graph)?;
     let mut locals = HashMap::new();
     locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.clone());
     let req = BuildRequest {
@@ -579,9 +619,27 @@ mod tests {
         let mut all = vec!["kiln", "build"];
         all.extend_from_slice(argv);
         match Cli::try_parse_from(all).expect("flags parse").command {
-            Command::Build(b) => b,
+            Command::Build(b) => *b,
             _ => panic!("not a build"),
         }
+    }
+
+    #[test]
+    fn allow_and_network_mode_are_build_flags() {
+        let args = build_args(&[
+            "--allow",
+            "network.host",
+            "--allow",
+            "security.insecure",
+            "--network-mode",
+            "cni",
+            "ctx",
+        ]);
+        assert_eq!(args.allow, ["network.host", "security.insecure"]);
+        assert_eq!(args.network_mode.as_deref(), Some("cni"));
+        let none = build_args(&["ctx"]);
+        assert!(none.allow.is_empty());
+        assert_eq!(none.network_mode, None);
     }
 
     #[test]

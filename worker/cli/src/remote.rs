@@ -24,6 +24,8 @@ pub struct RemoteBuild {
     pub outputs: Vec<HashMap<String, String>>,
     /// `-t` names for the image exporter.
     pub tags: Vec<String>,
+    /// `--allow` entitlements (`network.host`, `security.insecure`).
+    pub entitlements: Vec<String>,
 }
 
 /// TLS settings for `tcp://` daemons (buildctl's `--tlscacert`,
@@ -342,6 +344,7 @@ pub async fn build(
             .map(|e| e.attrs.clone())
             .unwrap_or_default(),
         exporters,
+        entitlements: b.entitlements.clone(),
         ..Default::default()
     };
     let mut status_client = control.clone();

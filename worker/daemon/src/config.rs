@@ -6,6 +6,8 @@
 //! is the pure part of that, so precedence is tested without touching the
 //! process environment or `/etc`.
 
+use kiln_engine::entitlements::{EntitlementError, Entitlements};
+use kiln_engine::network::{CniConfig, NetworkError, NetworkMode};
 use kiln_snapshot::containerd::ContainerdConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,21 @@ pub struct Config {
     pub max_parallelism: Option<usize>,
     /// Debug logging.
     pub debug: bool,
+    /// How RUN steps run: their network, the entitlements builds may get.
+    pub worker: WorkerConfig,
+}
+
+/// The `[worker]` section: the steps' sandbox network and the
+/// entitlements a build may be granted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// What LLB's default network is (`host`, `cni`, `auto`).
+    pub network: NetworkMode,
+    /// kiln's CNI network, used in `cni` mode (and `auto` when installed).
+    pub cni: CniConfig,
+    /// Entitlements a client may ask for (`network.host`,
+    /// `security.insecure`); nothing by default, as in BuildKit.
+    pub allow: Entitlements,
 }
 
 impl Default for Config {
@@ -53,6 +70,7 @@ impl Default for Config {
             gc: Vec::new(),
             max_parallelism: None,
             debug: false,
+            worker: WorkerConfig::default(),
         }
     }
 }
@@ -112,6 +130,19 @@ pub enum ConfigError {
     /// Only one of the TLS certificate and key was given.
     #[error("TLS needs both a certificate (--tlscert) and a key (--tlskey)")]
     TlsIncomplete,
+    /// A `[worker]` network setting (or `--network-mode`) is not usable.
+    #[error("invalid [worker] network setting")]
+    Network {
+        #[source]
+        source: NetworkError,
+    },
+    /// An entitlement in `[worker] allow` or `--allow-insecure-entitlement`
+    /// is not one kiln knows.
+    #[error("invalid entitlement in [worker] allow or --allow-insecure-entitlement")]
+    Entitlement {
+        #[source]
+        source: EntitlementError,
+    },
     /// A TLS CA was given without a server certificate.
     #[error("a TLS CA (--tlscacert {ca}) needs --tlscert and --tlskey too")]
     TlsCaWithoutCert { ca: PathBuf },
@@ -180,6 +211,15 @@ pub struct Flags {
     /// Debug logging.
     #[arg(long)]
     pub debug: bool,
+    /// The network of RUN steps without --network: cni (a namespace of
+    /// their own on kiln's bridge), host, or auto (cni when the CNI plugins
+    /// are installed, else host) [default: auto].
+    #[arg(long, value_name = "MODE")]
+    pub network_mode: Option<String>,
+    /// Lets clients ask for an entitlement (network.host,
+    /// security.insecure); repeatable; replaces `[worker] allow`.
+    #[arg(long = "allow-insecure-entitlement", value_name = "NAME")]
+    pub allow_insecure_entitlement: Vec<String>,
 }
 
 /// `kilnd.toml` as written; every key is optional.
@@ -197,6 +237,21 @@ pub struct FileConfig {
     gc: Vec<GcSection>,
     #[serde(default)]
     tenant: Vec<TenantSection>,
+    #[serde(default)]
+    worker: WorkerSection,
+}
+
+/// `[worker]`: how RUN steps run.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct WorkerSection {
+    network: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    cni_plugin_dir: Option<PathBuf>,
+    cni_bridge: Option<String>,
+    cni_subnet: Option<String>,
+    cni_masquerade: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,6 +470,40 @@ impl Config {
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
 
+        let network_err = |source| ConfigError::Network { source };
+        let network = match flags
+            .network_mode
+            .as_deref()
+            .or(file.worker.network.as_deref())
+        {
+            Some(m) => m.parse().map_err(network_err)?,
+            None => NetworkMode::default(),
+        };
+        let cni_defaults = CniConfig::default();
+        let cni = CniConfig {
+            plugin_dir: file
+                .worker
+                .cni_plugin_dir
+                .unwrap_or(cni_defaults.plugin_dir),
+            bridge: file.worker.cni_bridge.unwrap_or(cni_defaults.bridge),
+            subnet: match &file.worker.cni_subnet {
+                Some(s) => s.parse().map_err(network_err)?,
+                None => cni_defaults.subnet,
+            },
+            masquerade: file
+                .worker
+                .cni_masquerade
+                .unwrap_or(cni_defaults.masquerade),
+        };
+        kiln_engine::network::cni::check_bridge_name(&cni.bridge).map_err(network_err)?;
+        let allow = if flags.allow_insecure_entitlement.is_empty() {
+            &file.worker.allow
+        } else {
+            &flags.allow_insecure_entitlement
+        };
+        let allow =
+            Entitlements::parse(allow).map_err(|source| ConfigError::Entitlement { source })?;
+
         Ok(Config {
             addrs,
             root: flags.root.clone().or(file.root).unwrap_or(defaults.root),
@@ -425,6 +514,11 @@ impl Config {
             gc,
             max_parallelism: file.max_parallelism,
             debug: flags.debug || file.debug.unwrap_or(false),
+            worker: WorkerConfig {
+                network,
+                cni,
+                allow,
+            },
         })
     }
 }
@@ -616,6 +710,49 @@ mod tests {
         assert!(c.gc.is_empty());
         assert_eq!(c.max_parallelism, None);
         assert!(!c.debug);
+        assert_eq!(c.worker, WorkerConfig::default());
+        assert_eq!(c.worker.network, NetworkMode::Auto);
+        assert_eq!(c.worker.allow, Entitlements::default());
+    }
+
+    #[test]
+    fn worker_network_and_entitlements() {
+        let text = r#"
+            [worker]
+            network = "cni"
+            allow = ["network.host"]
+            cni-plugin-dir = "/opt/cni/bin"
+            cni-bridge = "kilnt0"
+            cni-subnet = "10.50.0.0/24"
+            cni-masquerade = false
+        "#;
+        let c = Config::resolve(file(text), &flags(&[]), env(&[])).expect("valid");
+        assert_eq!(c.worker.network, NetworkMode::Cni);
+        assert_eq!(c.worker.cni.plugin_dir, PathBuf::from("/opt/cni/bin"));
+        assert_eq!(c.worker.cni.bridge, "kilnt0");
+        assert_eq!(c.worker.cni.subnet.to_string(), "10.50.0.0/24");
+        assert!(!c.worker.cni.masquerade);
+        assert_eq!(
+            c.worker.allow,
+            Entitlements::parse(&["network.host"]).expect("known")
+        );
+        // Flags replace the file.
+        let c = Config::resolve(
+            file(text),
+            &flags(&[
+                "--network-mode",
+                "host",
+                "--allow-insecure-entitlement",
+                "security.insecure",
+            ]),
+            env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(c.worker.network, NetworkMode::Host);
+        assert_eq!(
+            c.worker.allow,
+            Entitlements::parse(&["security.insecure"]).expect("known")
+        );
     }
 
     #[test]
@@ -764,6 +901,36 @@ mod tests {
             err(file("[[gc]]\nkeep-duration = \"300000000000000d\""), &[]),
             "invalid duration \"300000000000000d\" for gc.keep-duration (expected seconds or e.g. 48h, 7d)"
         );
+        let chain = |f: FileConfig, a: &[&str]| {
+            let e = Config::resolve(f, &flags(a), env(&[])).expect_err("invalid");
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(c) = src {
+                s.push_str(": ");
+                s.push_str(&c.to_string());
+                src = c.source();
+            }
+            s
+        };
+        assert_eq!(
+            chain(FileConfig::default(), &["--network-mode", "bridge"]),
+            "invalid [worker] network setting: unknown network mode \"bridge\" (host, cni or auto)"
+        );
+        assert_eq!(
+            chain(file("[worker]\ncni-subnet = \"10.0.0.1/8\""), &[]),
+            "invalid [worker] network setting: invalid cni subnet \"10.0.0.1/8\": host bits are set (use the network address)"
+        );
+        assert!(chain(file("[worker]\ncni-bridge = \"no/slash\""), &[])
+            .contains("invalid cni bridge name \"no/slash\""));
+        assert_eq!(
+            chain(file("[worker]\nallow = [\"network.hots\"]"), &[]),
+            "invalid entitlement in [worker] allow or --allow-insecure-entitlement: unknown entitlement network.hots"
+        );
+        assert!(chain(
+            FileConfig::default(),
+            &["--allow-insecure-entitlement", "device"]
+        )
+        .contains("unknown entitlement device"));
         let unknown =
             FileConfig::parse("rot = \"/x\"", Path::new("k.toml")).expect_err("unknown key");
         assert_eq!(unknown.to_string(), "invalid config file k.toml");
@@ -986,6 +1153,12 @@ mod tests {
         assert!(!c.insecure_tcp, "the example keeps the safe default");
         assert_eq!(c.tenants.len(), 2);
         assert_eq!(c.tenants[0].cache_max, Some(10 << 30));
+        assert_eq!(c.worker.network, NetworkMode::Auto);
+        assert_eq!(c.worker.cni, CniConfig::default());
+        assert!(c
+            .worker
+            .allow
+            .contains(kiln_engine::entitlements::Entitlement::NetworkHost));
         assert_eq!(c.gc[1].min_free_space, Some(20 << 30));
         assert_eq!(
             c.gc[1].keep_duration,

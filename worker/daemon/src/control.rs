@@ -207,6 +207,11 @@ impl Control for ControlService {
         if d.shutdown.is_cancelled() {
             return Err(Status::unavailable("kilnd is shutting down"));
         }
+        // Entitlements the client asks for must be known and allowed by
+        // this daemon, before anything of the build exists.
+        let granted =
+            kiln_engine::entitlements::Entitlements::grant(&r.entitlements, &d.config.worker.allow)
+                .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
         let build_permit = tenant.start_build()?;
         let job = d.jobs.get_or_create(&tenant.scoped(&r.r#ref), &d.shutdown);
         *job.session.lock().unwrap_or_else(|p| p.into_inner()) = if r.session.is_empty() {
@@ -214,6 +219,7 @@ impl Control for ControlService {
         } else {
             tenant.scoped(&r.session)
         };
+        *job.entitlements.lock().unwrap_or_else(|p| p.into_inner()) = granted;
         job.mark_started();
         let active = d.jobs.enter();
         // If this handler is dropped (the client went away), the build is

@@ -32,6 +32,9 @@ pub struct Job {
     /// Results of LLBBridge solves, by ref id.
     pub results: tokio::sync::Mutex<HashMap<String, GatewayResult>>,
     returned: watch::Sender<Option<ReturnRequest>>,
+    /// What the client asked for and the daemon allows; set by
+    /// Control.Solve before the job is marked started.
+    pub entitlements: Mutex<kiln_engine::entitlements::Entitlements>,
 }
 
 impl Job {
@@ -46,6 +49,7 @@ impl Job {
             session: Mutex::new(String::new()),
             results: tokio::sync::Mutex::new(HashMap::new()),
             returned: watch::channel(None).0,
+            entitlements: Mutex::new(Default::default()),
         }
     }
 

@@ -125,6 +125,15 @@ pub async fn solve(
             )
         }
     };
+    // A step needing an entitlement the build was not granted fails the
+    // build here, before any step runs. The closure says whether an exec op
+    // asks for the insecure security mode; kiln's exec op carries no
+    // security mode, so none does.
+    job.entitlements
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check_graph(&graph)
+        .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
     let inputs = vertex_inputs(&graph, &digests);
     // Announce every vertex the result needs up front, as BuildKit does, so
     // clients know the total before steps start.

@@ -25,6 +25,11 @@ pub struct Daemon {
     default: Option<Arc<Tenant>>,
     /// Configured tenants by name, each set up (engine, sweep) on first use.
     tenants: Mutex<HashMap<String, Arc<OnceCell<Arc<Tenant>>>>>,
+    /// The steps' sandbox network as ListWorkers reports it: `cni` or
+    /// `host`.
+    pub network: &'static str,
+    /// The steps' CNI network, shared by every tenant's engine.
+    cni: Option<kiln_engine::network::Cni>,
 }
 
 impl Daemon {
@@ -32,8 +37,25 @@ impl Daemon {
     pub async fn new(config: Config) -> anyhow::Result<Arc<Daemon>> {
         let ctrd = Containerd::connect(config.containerd.clone()).await?;
         std::fs::create_dir_all(&config.root)?;
+        let cni = config.worker.network.resolve(
+            config.worker.cni.clone(),
+            kiln_engine::build::network_dir(&config.root),
+        )?;
+        match &cni {
+            Some(c) => tracing::info!(
+                mode = %config.worker.network,
+                bridge = %c.config().bridge,
+                subnet = %c.config().subnet,
+                "RUN steps get their own network namespace on the cni bridge"
+            ),
+            None => tracing::warn!(
+                mode = %config.worker.network,
+                "RUN steps share the host's network namespace"
+            ),
+        }
+        let network = if cni.is_some() { "cni" } else { "host" };
         let default = if config.tenants.is_empty() {
-            let t = Tenant::new(None, ctrd.clone(), config.root.clone());
+            let t = Tenant::new(None, ctrd.clone(), config.root.clone(), cni.clone());
             t.engine.sweep().await?;
             Some(Arc::new(t))
         } else {
@@ -46,6 +68,8 @@ impl Daemon {
             jobs: Arc::new(Jobs::default()),
             sessions: Sessions::default(),
             default,
+            network,
+            cni,
             tenants: Mutex::new(HashMap::new()),
         });
         // Set up (and sweep) every tenant now, so that what a killed kilnd
@@ -98,6 +122,7 @@ impl Daemon {
                 Some(config),
                 self.ctrd.with_namespace(&config.namespace),
                 state_dir,
+                self.cni.clone(),
             );
             t.engine.sweep().await.map_err(|e| status_of(&e))?;
             tracing::info!(

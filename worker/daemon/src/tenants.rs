@@ -16,6 +16,7 @@
 //! tenant too ([`Tenant::scoped`]), so another tenant's ref or session id
 //! is simply not found.
 
+use kiln_engine::network::Cni;
 use kiln_engine::Engine;
 use kiln_snapshot::Containerd;
 use std::fmt;
@@ -201,8 +202,13 @@ pub struct Tenant {
 impl Tenant {
     /// The tenant on `ctrd` (already in its namespace) with state in
     /// `state_dir`; the caller sweeps its engine before first use.
-    pub fn new(config: Option<&TenantConfig>, ctrd: Containerd, state_dir: PathBuf) -> Tenant {
-        let engine = Engine::new(ctrd.clone(), state_dir.clone());
+    pub fn new(
+        config: Option<&TenantConfig>,
+        ctrd: Containerd,
+        state_dir: PathBuf,
+        cni: Option<Cni>,
+    ) -> Tenant {
+        let engine = Engine::with_network(ctrd.clone(), state_dir.clone(), cni);
         let max_builds = config.and_then(|c| c.max_builds);
         Tenant {
             name: config.map(|c| c.name.clone()),

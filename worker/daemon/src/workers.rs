@@ -182,6 +182,7 @@ pub fn worker_record(
     snapshotter: &str,
     containerd_uuid: &str,
     gc: &[GcPolicy],
+    network: &str,
 ) -> WorkerRecord {
     let labels = HashMap::from([
         (labels::EXECUTOR.to_string(), "containerd".to_string()),
@@ -189,7 +190,7 @@ pub fn worker_record(
         (labels::NAMESPACE.to_string(), namespace.to_string()),
         (labels::UUID.to_string(), containerd_uuid.to_string()),
         (labels::HOSTNAME.to_string(), hostname()),
-        (labels::NETWORK.to_string(), "host".to_string()),
+        (labels::NETWORK.to_string(), network.to_string()),
         (labels::SELINUX.to_string(), "false".to_string()),
     ]);
     let defaults;
@@ -242,6 +243,7 @@ pub async fn list_workers(
             tenant.ctrd.snapshotter(),
             &uuid,
             &gc_policies(&d.config.gc, tenant.cache_max),
+            d.network,
         )],
     })
 }
@@ -392,14 +394,14 @@ mod tests {
 
     #[test]
     fn record_carries_the_labels_nerdctl_checks() {
-        let r = worker_record("w1".into(), "ns1", "overlayfs", "uuid-1", &[]);
+        let r = worker_record("w1".into(), "ns1", "overlayfs", "uuid-1", &[], "cni");
         assert_eq!(r.id, "w1");
         let l = |k: &str| r.labels.get(k).map(String::as_str);
         assert_eq!(l(labels::EXECUTOR), Some("containerd"));
         assert_eq!(l(labels::SNAPSHOTTER), Some("overlayfs"));
         assert_eq!(l(labels::NAMESPACE), Some("ns1"));
         assert_eq!(l(labels::UUID), Some("uuid-1"));
-        assert_eq!(l(labels::NETWORK), Some("host"));
+        assert_eq!(l(labels::NETWORK), Some("cni"));
         assert_eq!(l(labels::SELINUX), Some("false"));
         assert!(r.labels.contains_key(labels::HOSTNAME));
         assert_eq!(r.platforms.len(), 1);
@@ -426,7 +428,7 @@ mod tests {
             min_free_space: Some(7),
             filters: vec!["type==regular".into()],
         }];
-        let r = worker_record("w".into(), "n", "s", "u", &gc);
+        let r = worker_record("w".into(), "n", "s", "u", &gc, "host");
         assert_eq!(
             r.gc_policy,
             vec![GcPolicyRecord {

@@ -8,6 +8,7 @@ use crate::ops::StepRunner;
 use crate::progress::{Progress, ProgressEvent};
 use crate::refs::Ref;
 use crate::services::Services;
+use kiln_shim::network::Cni;
 use kiln_shim::{ContainerdExecutor, Containers, Executor};
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::diff::Compression;
@@ -23,6 +24,13 @@ use tracing::Instrument;
 
 /// How long a build's lease protects its objects if kiln dies mid-build.
 pub const BUILD_LEASE_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// Where an engine with state directory `state_dir` keeps its step
+/// networks (namespaces, IPAM allocations): give it to
+/// [`crate::network::NetworkMode::resolve`].
+pub fn network_dir(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("net")
+}
 
 /// What to build and where the result goes.
 #[derive(Clone, Debug)]
@@ -54,6 +62,9 @@ pub struct Engine {
     executor: Arc<dyn Executor>,
     containers: Arc<dyn Containers>,
     state_dir: PathBuf,
+    /// Where the steps' CNI state lives (shared by every engine on one
+    /// bridge, so kilnd's tenants never get the same address).
+    network_dir: PathBuf,
     /// Shared by every build of this engine: equal steps run once.
     solver: Arc<Solver<StepRunner>>,
     hashes: Arc<HashCache>,
@@ -69,18 +80,31 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine on containerd: its services and its runc steps.
+    /// An engine on containerd: its services and its runc steps, which
+    /// run on the host's network.
     pub fn new(ctrd: Containerd, state_dir: PathBuf) -> Self {
-        let executor = Arc::new(ContainerdExecutor::new(
-            ctrd.clone(),
-            state_dir.join("exec"),
-        ));
-        Engine::with_services(
+        Engine::with_network(ctrd, state_dir, None)
+    }
+
+    /// An engine whose sandboxed steps (LLB's default network) run on
+    /// `cni`, or on the host's network when it is `None` (see
+    /// [`crate::network::NetworkMode::resolve`]).
+    pub fn with_network(ctrd: Containerd, state_dir: PathBuf, cni: Option<Cni>) -> Self {
+        let mut executor = ContainerdExecutor::new(ctrd.clone(), state_dir.join("exec"));
+        let mut network_dir = network_dir(&state_dir);
+        if let Some(cni) = cni {
+            network_dir = cni.state_dir().to_path_buf();
+            executor = executor.with_cni(cni);
+        }
+        let executor = Arc::new(executor);
+        let mut engine = Engine::with_services(
             Services::containerd(&ctrd),
             executor.clone(),
             executor,
             state_dir,
-        )
+        );
+        engine.network_dir = network_dir;
+        engine
     }
 
     /// An engine on any implementation of the services (the in-memory
@@ -101,6 +125,7 @@ impl Engine {
             svc,
             executor,
             containers,
+            network_dir: network_dir(&state_dir),
             state_dir,
             solver: Arc::new(Solver::new(parallelism)),
             hashes,
@@ -115,7 +140,11 @@ impl Engine {
     /// Cleans up after kiln processes that died mid-build (their step
     /// containers, host mounts and leases).
     pub async fn sweep(&self) -> Result<()> {
-        crate::sweep::sweep(&self.svc, &*self.containers, &self.state_dir).await
+        crate::sweep::sweep(&self.svc, &*self.containers, &self.state_dir).await?;
+        // The networks of dead steps (their containers are gone by now).
+        let net = self.network_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || kiln_shim::network::sweep(&net)).await;
+        Ok(())
     }
 
     /// The frontend's view of base image `name` (normalized).

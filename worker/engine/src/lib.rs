@@ -13,6 +13,7 @@ pub mod archive;
 pub mod base;
 pub mod build;
 pub mod cache;
+pub mod entitlements;
 pub mod error;
 pub mod export;
 pub mod fileop;
@@ -28,6 +29,10 @@ pub mod sweep;
 /// The build context's rules live in `kiln-context` (shared with the
 /// session); re-exported so `kiln_engine::{contenthash, ignore}` keep working.
 pub use kiln_context::{contenthash, ignore};
+/// Step networks (modes, the CNI network) live in the shim, which runs
+/// steps; re-exported so the binaries configure them without depending on
+/// the shim.
+pub use kiln_shim::network;
 
 pub use build::{BuildRequest, BuildResult, Engine};
 

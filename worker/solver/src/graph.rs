@@ -63,8 +63,8 @@ pub struct SourceOp {
 /// `pb.NetMode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum NetMode {
-    /// BuildKit's "sandbox" default; kiln runs it on the host network like
-    /// BuildKit's containerd worker without CNI.
+    /// BuildKit's "sandbox" default: the worker's network mode decides
+    /// (a fresh namespace on kiln's CNI bridge, or the host's network).
     #[default]
     Unset,
     Host,

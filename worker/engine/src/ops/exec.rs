@@ -120,7 +120,8 @@ impl StepRunner {
             hostname: op.meta.hostname.clone(),
             network: match op.network {
                 NetMode::None => Network::None,
-                NetMode::Host | NetMode::Unset => Network::Host,
+                NetMode::Host => Network::Host,
+                NetMode::Unset => Network::Sandbox,
             },
             mounts: extra,
             lease: self.lease.clone(),
