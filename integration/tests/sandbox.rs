@@ -356,5 +356,41 @@ async fn dockerfile_run_steps_are_sandboxed() {
     );
     let last = out.stderr.lines().last().unwrap_or_default();
     assert!(last.contains("Dockerfile:2"), "{}", out.stderr);
+
+    // BuildKit's insecure mode is an entitlement: refused before any step
+    // runs unless asked for, and then without seccomp.
+    let insecure = "FROM busybox\n\
+                    RUN --security=insecure echo insecure-seccomp=$(grep '^Seccomp:' /proc/self/status | tr -dc 0-9)\n";
+    let ctx = h.context("insecure", &[("Dockerfile", insecure)]);
+    let out = h.build(ns, &["-t", "insecure", ctx.to_str().expect("utf8")]);
+    assert!(!out.success, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Dockerfile:2: security.insecure is not allowed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !kiln_integration::step_printed(&out.stderr, "insecure-seccomp="),
+        "the step ran: {}",
+        out.stderr
+    );
+    let out = h
+        .build(
+            ns,
+            &[
+                "--allow",
+                "security.insecure",
+                "-t",
+                "insecure",
+                ctx.to_str().expect("utf8"),
+            ],
+        )
+        .ok();
+    assert!(
+        kiln_integration::step_printed(&out.stderr, "insecure-seccomp=0"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
 }
