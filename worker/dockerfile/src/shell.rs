@@ -5,6 +5,18 @@
 //! `${VAR:+alt}`, `${VAR+alt}`, `${VAR:?msg}` and `${VAR?msg}`, removes quotes
 //! and escapes. Unset variables expand to nothing.
 
+/// How deeply `${…}` may nest inside a default or alternative word. The
+/// expansion recurses once per level; this keeps a hostile Dockerfile far
+/// from the stack's end (a daemon's runtime thread has 2 MiB) while no
+/// real Dockerfile comes near it.
+pub const MAX_EXPANSION_DEPTH: usize = 64;
+
+/// The longest word an expansion may produce: the kernel's limit for one
+/// argument or environment string (`MAX_ARG_STRLEN`, 128 KiB), so nothing
+/// longer could reach a step anyway. It stops `ENV B=$A$A$A$A` chains from
+/// doubling their way through the daemon's memory.
+pub const MAX_WORD_BYTES: usize = 128 << 10;
+
 /// Looks `key` up in a `K=V` list; the last entry wins.
 pub fn lookup<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
     env.iter().rev().find_map(|kv| {
@@ -46,6 +58,7 @@ impl Lex {
             pos: 0,
             escape: self.escape,
             env,
+            depth: 0,
         };
         w.process_stop_on(None)
     }
@@ -65,6 +78,8 @@ struct Word<'a> {
     pos: usize,
     escape: char,
     env: &'a [String],
+    /// How many `${…}` we are inside of.
+    depth: usize,
 }
 
 impl Word<'_> {
@@ -80,9 +95,19 @@ impl Word<'_> {
         c
     }
 
+    fn too_long(out: &str) -> Result<(), String> {
+        if out.len() > MAX_WORD_BYTES {
+            return Err(format!(
+                "variable substitution produces more than {MAX_WORD_BYTES} bytes"
+            ));
+        }
+        Ok(())
+    }
+
     fn process_stop_on(&mut self, stop: Option<char>) -> Result<String, String> {
         let mut out = String::new();
         while let Some(ch) = self.peek() {
+            Self::too_long(&out)?;
             if Some(ch) == stop {
                 self.pos += 1;
                 return Ok(out);
@@ -104,6 +129,7 @@ impl Word<'_> {
                 }
             }
         }
+        Self::too_long(&out)?;
         match stop {
             Some(s) => Err(format!(
                 "unexpected end of statement while looking for matching {s}"
@@ -144,7 +170,10 @@ impl Word<'_> {
                     self.pos += 1;
                     return Ok(out);
                 }
-                Some('$') => out.push_str(&self.dollar()?),
+                Some('$') => {
+                    out.push_str(&self.dollar()?);
+                    Self::too_long(&out)?;
+                }
                 Some(c) if c == self.escape => {
                     self.pos += 1;
                     match self.peek() {
@@ -212,7 +241,15 @@ impl Word<'_> {
         match self.next() {
             Some('}') if !colon => Ok(value.unwrap_or_default()),
             Some(m @ ('-' | '+' | '?')) => {
-                let word = self.process_stop_on(Some('}'))?;
+                if self.depth >= MAX_EXPANSION_DEPTH {
+                    return Err(format!(
+                        "variable substitution nested deeper than {MAX_EXPANSION_DEPTH} levels"
+                    ));
+                }
+                self.depth += 1;
+                let word = self.process_stop_on(Some('}'));
+                self.depth -= 1;
+                let word = word?;
                 // With `:`, an empty value counts as unset.
                 let set = value.as_deref().is_some_and(|v| !colon || !v.is_empty());
                 match m {
@@ -327,6 +364,35 @@ mod tests {
             Err(e) => format!("error: {e}"),
         };
         assert_eq!(got, expect, "process_word({word:?})");
+    }
+
+    #[test]
+    fn nesting_and_size_are_bounded() {
+        let nest = |n: usize| format!("{}x{}", "${A:+".repeat(n), "}".repeat(n));
+        check(&nest(MAX_EXPANSION_DEPTH), "x");
+        check(
+            &nest(MAX_EXPANSION_DEPTH + 1),
+            "error: variable substitution nested deeper than 64 levels",
+        );
+        // Deep enough to overflow any thread's stack if it recursed.
+        let deep = "${a:-".repeat(200_000);
+        let got = Lex::new('\\').process_word(&deep, &[]);
+        assert_eq!(
+            got,
+            Err("variable substitution nested deeper than 64 levels".into())
+        );
+        let big = vec![format!("B={}", "b".repeat(MAX_WORD_BYTES / 2))];
+        assert_eq!(
+            Lex::new('\\').process_word("$B$B", &big).map(|w| w.len()),
+            Ok(MAX_WORD_BYTES)
+        );
+        for word in ["$B$B$B", "\"$B$B$B\"", "${X:-$B$B$B}"] {
+            assert_eq!(
+                Lex::new('\\').process_word(word, &big),
+                Err("variable substitution produces more than 131072 bytes".into()),
+                "{word}"
+            );
+        }
     }
 
     #[test]
