@@ -10,6 +10,9 @@
 //! printed with a ratio against its baseline in the same run: W2 and W3's
 //! rebuilds against their cold build, W4 against the 12 s its sleeps take
 //! in sequence, W1 against a plain `tar | gzip` of the same bytes.
+//! W5 runs kilnd and a step that prints 2 GB (`yes | head -c`), sampling
+//! kilnd's VmRSS from /proc: its peak against kilnd's RSS when idle (the
+//! step's output is clipped, so the peak should stay near idle).
 
 use kiln_integration::Harness;
 use std::path::{Path, PathBuf};
@@ -205,4 +208,61 @@ fn main() {
         secs(w4_t),
         w4_t.as_secs_f64() / 12.0
     );
+
+    // W5: kilnd's peak memory while a step prints 2 GB.
+    let ns = "w5";
+    rt.block_on(h.import_busybox(ns, "docker.io/library/busybox:latest"))
+        .expect("busybox");
+    let kilnd = rt.block_on(h.start_kilnd(ns)).expect("kilnd starts");
+    let pid = kilnd.pid().expect("kilnd runs");
+    let idle = rss_kib(pid).unwrap_or(0);
+    let w5 = work.join("w5");
+    write_context(&w5, "FROM busybox\nRUN yes | head -c 2000000000\n");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(rss_kib(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            max
+        })
+    };
+    let addr = kilnd.addr();
+    let start = Instant::now();
+    let out = h
+        .kiln(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress",
+                "plain",
+                w5.to_str().expect("utf8 path"),
+            ],
+        )
+        .expect("kiln runs");
+    let took = start.elapsed();
+    assert!(out.success, "W5 build failed:\n{}", out.stderr);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    println!(
+        "W5 kilnd peak RSS, step prints 2 GB {:>6} MiB   (idle {} MiB; build {})",
+        peak / 1024,
+        idle / 1024,
+        secs(took)
+    );
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
 }

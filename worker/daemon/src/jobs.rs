@@ -125,7 +125,8 @@ impl History {
     }
 
     /// Log bytes kept.
-    pub fn log_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn log_bytes(&self) -> usize {
         self.log_bytes
     }
 }
@@ -180,7 +181,8 @@ impl Job {
     }
 
     /// Log bytes kept for late subscribers.
-    pub fn history_log_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn history_log_bytes(&self) -> usize {
         self.history
             .lock()
             .unwrap_or_else(|p| p.into_inner())
