@@ -93,7 +93,8 @@ struct Output {
 }
 
 async fn run(f: &Fixture, s: StepSpec) -> (Result<ExitStatus, ExecError>, Output) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(kiln_shim::OUTPUT_QUEUE);
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(OutputStream, Vec<u8>)>(kiln_shim::OUTPUT_QUEUE);
     // Read while the step runs: the output channel is bounded.
     let shared = std::sync::Arc::new(std::sync::Mutex::new(Output {
         stdout: String::new(),
