@@ -26,17 +26,32 @@ pub fn lookup<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
     })
 }
 
+/// The largest environment (`ENV` and `ARG` values of a stage, as `K=V`
+/// bytes) a Dockerfile may build up: half the usual kernel limit for a
+/// process's arguments and environment together (`ARG_MAX`, 2 MiB), so
+/// nothing larger could start a step anyway.
+pub const MAX_ENV_BYTES: usize = 1 << 20;
+
 /// Sets `key` in a `K=V` list: replaced in place when present, appended
-/// otherwise (BuildKit's `addEnv`).
-pub fn add_env(env: &mut Vec<String>, key: &str, value: &str) {
+/// otherwise (BuildKit's `addEnv`). Fails when the list would grow past
+/// [`MAX_ENV_BYTES`].
+pub fn add_env(env: &mut Vec<String>, key: &str, value: &str) -> Result<(), String> {
     let entry = format!("{key}={value}");
-    match env
-        .iter_mut()
-        .find(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k) == key)
-    {
-        Some(slot) => *slot = entry,
+    let slot = env
+        .iter()
+        .position(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k) == key);
+    let total: usize =
+        env.iter().map(String::len).sum::<usize>() + entry.len() - slot.map_or(0, |i| env[i].len());
+    if total > MAX_ENV_BYTES {
+        return Err(format!(
+            "the environment (ENV and ARG values) grows past {MAX_ENV_BYTES} bytes"
+        ));
+    }
+    match slot {
+        Some(i) => env[i] = entry,
         None => env.push(entry),
     }
+    Ok(())
 }
 
 /// The lexer, configured with the file's escape character.
@@ -462,10 +477,19 @@ mod tests {
     #[test]
     fn env_list_replaces_in_place() {
         let mut e = env();
-        add_env(&mut e, "A", "new");
-        add_env(&mut e, "Z", "z");
+        add_env(&mut e, "A", "new").expect("small");
+        add_env(&mut e, "Z", "z").expect("small");
         assert_eq!(e, vec!["A=new", "EMPTY=", "PATH=/bin", "SP=x y", "Z=z"]);
         assert_eq!(lookup(&e, "Z"), Some("z"));
         assert_eq!(lookup(&e, "NOPE"), None);
+        // Up to the limit, replacing counts the new value only.
+        let big = "x".repeat(MAX_ENV_BYTES / 2);
+        add_env(&mut e, "B1", &big).expect("half");
+        add_env(&mut e, "B1", &big).expect("replaced, not added");
+        assert_eq!(
+            add_env(&mut e, "B2", &big),
+            Err("the environment (ENV and ARG values) grows past 1048576 bytes".into())
+        );
+        assert_eq!(e.len(), 6);
     }
 }
