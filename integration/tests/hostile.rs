@@ -110,6 +110,10 @@ fn cases() -> Vec<Case> {
         continued.push_str(" && true \\\n");
     }
     continued.push_str(" && echo continued-ok\n");
+    let mut too_many = String::new();
+    for i in 0..10_001 {
+        too_many.push_str(&format!("p{i}\n"));
+    }
     let mut patterns = String::new();
     for i in 0..5000 {
         patterns.push_str(&format!("**/a*b*c*d*e*f*g*{i}/**\n"));
@@ -210,6 +214,32 @@ fn cases() -> Vec<Case> {
             BOTH,
             vec![df(&doubling)],
             Expect::Err("variable substitution produces more than 131072 bytes".into()),
+        ),
+        // RUN's shell form is expanded by the step's shell, not kiln (as
+        // in BuildKit): the same nesting runs.
+        case(
+            "deep-expansion-in-run-is-the-shells",
+            DAEMON,
+            vec![df(&format!(
+                "FROM busybox\nRUN echo {}shell-expanded{}\n",
+                "${a:-".repeat(200),
+                "}".repeat(200)
+            ))],
+            Expect::OkWith("shell-expanded"),
+        ),
+        case(
+            "too-many-ignore-patterns",
+            BOTH,
+            vec![df(simple), Entry::File(".dockerignore", too_many)],
+            Expect::Err("10001 patterns, more than the 10000 kiln matches".into()),
+        ),
+        // A step that leaves a tree deeper than PATH_MAX: the layer diff
+        // walks it (BuildKit commits it); kiln must not crash either way.
+        case(
+            "step-leaves-a-very-deep-tree",
+            DAEMON,
+            vec![df("FROM busybox\nRUN i=0; while [ $i -lt 3000 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done\nRUN echo still-serving\n")],
+            Expect::Either,
         ),
         case("two-hundred-stage-chain", EMBEDDED, vec![df(&stages)], Expect::Ok),
         case(
@@ -473,6 +503,8 @@ async fn hostile_inputs_get_clear_errors_and_change_nothing_outside() {
         h.state_dir().join("kiln-root"),
         h.state_dir().join(format!("kilnd-root-{ns}")),
     ];
+    // After every case kilnd must still serve: a crash fails all that
+    // follow.
     let shadow_head = std::fs::read_to_string("/etc/shadow")
         .ok()
         .and_then(|s| s.lines().next().map(str::to_string))
@@ -576,6 +608,9 @@ async fn kilnd_memory_stays_bounded_while_a_step_floods_its_output() {
     let out = run(&h, &k, ns, Client::Daemon, &ctx);
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let (max, samples) = sampler.join().expect("sampler");
+    eprintln!(
+        "kilnd peak RSS {max} KiB over {samples} samples while a step printed {FLOOD_BYTES} bytes"
+    );
     assert!(out.success, "flood build failed:\n{}", out.stderr);
     assert!(
         out.stderr.contains("[output clipped, log limit"),
