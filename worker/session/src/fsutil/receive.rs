@@ -105,7 +105,9 @@ where
     let (in_tx, in_rx) = mpsc::channel::<Packet>(APPLY_DEPTH);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Packet>();
     // The file system work runs on a blocking thread; it never waits on the
-    // network (its output queue is unbounded), so reading never stalls.
+    // network (its output queue is unbounded), so reading never stalls. The
+    // queue holds at most one small REQ per listed file, so MAX_ENTRIES
+    // bounds it.
     let applier = tokio::task::spawn_blocking(move || Applier::new(root, opts, out_tx).run(in_rx));
     let reader = async move {
         loop {
