@@ -10,6 +10,10 @@
 //! printed with a ratio against its baseline in the same run: W2 and W3's
 //! rebuilds against their cold build, W4 against the 12 s its sleeps take
 //! in sequence, W1 against a plain `tar | gzip` of the same bytes.
+//! W5 runs kilnd and a step that prints 2 GB (`yes | head -c`), sampling
+//! kilnd's VmRSS from /proc: its peak against kilnd's RSS when idle (the
+//! step's output is clipped, so the peak should stay near idle).
+//! `KILN_BENCH_ONLY=W5` (a comma-separated list) runs only those.
 
 use kiln_integration::Harness;
 use std::path::{Path, PathBuf};
@@ -117,92 +121,160 @@ fn main() {
             .unwrap_or(1)
     );
 
-    // W1 and W2: each run in a fresh namespace, so W1 is cold.
-    let w1 = work.join("w1");
-    write_context(&w1, W1);
-    let (mut cold, mut noop) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        let ns = format!("w1-{i}");
-        rt.block_on(h.import_busybox(&ns, "docker.io/library/busybox:latest"))
-            .expect("busybox");
-        cold.push(timed_build(&h, &ns, &w1, &["-t", "w1"]));
-        noop.push(timed_build(&h, &ns, &w1, &["-t", "w1"]));
-    }
-    let (w1_t, w2_t) = (median(cold), median(noop));
-    // Baseline for W1: tar|gzip of a tree like the one W1 writes.
-    let like = work.join("w1-like");
-    std::fs::create_dir_all(&like).expect("mkdir");
-    for s in ["a", "b"] {
-        let d = like.join(s);
-        std::fs::create_dir_all(&d).expect("mkdir");
-        for i in 0..2000 {
-            std::fs::write(d.join(format!("f{i}")), format!("{s}{i}\n")).expect("write");
+    // KILN_BENCH_ONLY=W5 (or W1,W3,...) runs only those workloads.
+    let only = std::env::var("KILN_BENCH_ONLY").ok();
+    let want = |w: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|x| x.trim() == w))
+    };
+    if want("W1") || want("W2") {
+        // W1 and W2: each run in a fresh namespace, so W1 is cold.
+        let w1 = work.join("w1");
+        write_context(&w1, W1);
+        let (mut cold, mut noop) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let ns = format!("w1-{i}");
+            rt.block_on(h.import_busybox(&ns, "docker.io/library/busybox:latest"))
+                .expect("busybox");
+            cold.push(timed_build(&h, &ns, &w1, &["-t", "w1"]));
+            noop.push(timed_build(&h, &ns, &w1, &["-t", "w1"]));
         }
-        let st = std::process::Command::new("dd")
-            .args([
-                "if=/dev/urandom",
-                &format!("of={}", d.join("big").display()),
-                "bs=1M",
-                "count=100",
-            ])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("dd");
-        assert!(st.success());
+        let (w1_t, w2_t) = (median(cold), median(noop));
+        // Baseline for W1: tar|gzip of a tree like the one W1 writes.
+        let like = work.join("w1-like");
+        std::fs::create_dir_all(&like).expect("mkdir");
+        for s in ["a", "b"] {
+            let d = like.join(s);
+            std::fs::create_dir_all(&d).expect("mkdir");
+            for i in 0..2000 {
+                std::fs::write(d.join(format!("f{i}")), format!("{s}{i}\n")).expect("write");
+            }
+            let st = std::process::Command::new("dd")
+                .args([
+                    "if=/dev/urandom",
+                    &format!("of={}", d.join("big").display()),
+                    "bs=1M",
+                    "count=100",
+                ])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("dd");
+            assert!(st.success());
+        }
+        let tg = tar_gzip(&like);
+        println!(
+            "W1 cold 3-stage build           {:>8}   (tar|gzip of the same bytes: {}, ratio {:.2})",
+            secs(w1_t),
+            secs(tg),
+            w1_t.as_secs_f64() / tg.as_secs_f64()
+        );
+        println!(
+            "W2 no-op rebuild of W1          {:>8}   (ratio to W1 cold: {:.3})",
+            secs(w2_t),
+            w2_t.as_secs_f64() / w1_t.as_secs_f64()
+        );
     }
-    let tg = tar_gzip(&like);
-    println!(
-        "W1 cold 3-stage build           {:>8}   (tar|gzip of the same bytes: {}, ratio {:.2})",
-        secs(w1_t),
-        secs(tg),
-        w1_t.as_secs_f64() / tg.as_secs_f64()
-    );
-    println!(
-        "W2 no-op rebuild of W1          {:>8}   (ratio to W1 cold: {:.3})",
-        secs(w2_t),
-        w2_t.as_secs_f64() / w1_t.as_secs_f64()
-    );
-
-    // W3: cold, no-op, one file changed.
-    let w3 = work.join("w3");
-    w3_context(&w3);
-    let (mut cold, mut noop, mut one) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
-        let ns = format!("w3-{i}");
-        rt.block_on(h.import_busybox(&ns, "docker.io/library/busybox:latest"))
+    if want("W3") {
+        // W3: cold, no-op, one file changed.
+        let w3 = work.join("w3");
+        w3_context(&w3);
+        let (mut cold, mut noop, mut one) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let ns = format!("w3-{i}");
+            rt.block_on(h.import_busybox(&ns, "docker.io/library/busybox:latest"))
+                .expect("busybox");
+            cold.push(timed_build(&h, &ns, &w3, &["-t", "w3"]));
+            noop.push(timed_build(&h, &ns, &w3, &["-t", "w3"]));
+            std::fs::write(w3.join("d050/f100"), format!("changed {i}\n")).expect("write");
+            one.push(timed_build(&h, &ns, &w3, &["-t", "w3"]));
+        }
+        let (c, z, o) = (median(cold), median(noop), median(one));
+        println!("W3 COPY 20k files/400MB cold    {:>8}", secs(c));
+        println!(
+            "W3 no-op rebuild                {:>8}   (ratio to cold: {:.3})",
+            secs(z),
+            z.as_secs_f64() / c.as_secs_f64()
+        );
+        println!(
+            "W3 one file changed             {:>8}   (ratio to cold: {:.3})",
+            secs(o),
+            o.as_secs_f64() / c.as_secs_f64()
+        );
+    }
+    if want("W4") {
+        // W4: four 3 s sleeps in parallel stages.
+        let w4 = work.join("w4");
+        write_context(&w4, W4);
+        let mut t = Vec::new();
+        for i in 0..n {
+            let ns = format!("w4-{i}");
+            rt.block_on(h.import_busybox(&ns, "docker.io/library/busybox:latest"))
+                .expect("busybox");
+            t.push(timed_build(&h, &ns, &w4, &["-t", "w4"]));
+        }
+        let w4_t = median(t);
+        println!(
+            "W4 4 x RUN sleep 3 in parallel  {:>8}   (ratio to 12 s in sequence: {:.2})",
+            secs(w4_t),
+            w4_t.as_secs_f64() / 12.0
+        );
+    }
+    if want("W5") {
+        // W5: kilnd's peak memory while a step prints 2 GB.
+        let ns = "w5";
+        rt.block_on(h.import_busybox(ns, "docker.io/library/busybox:latest"))
             .expect("busybox");
-        cold.push(timed_build(&h, &ns, &w3, &["-t", "w3"]));
-        noop.push(timed_build(&h, &ns, &w3, &["-t", "w3"]));
-        std::fs::write(w3.join("d050/f100"), format!("changed {i}\n")).expect("write");
-        one.push(timed_build(&h, &ns, &w3, &["-t", "w3"]));
+        let kilnd = rt.block_on(h.start_kilnd(ns)).expect("kilnd starts");
+        let pid = kilnd.pid().expect("kilnd runs");
+        let idle = rss_kib(pid).unwrap_or(0);
+        let w5 = work.join("w5");
+        write_context(&w5, "FROM busybox\nRUN yes | head -c 2000000000\n");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut max = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    max = max.max(rss_kib(pid).unwrap_or(0));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                max
+            })
+        };
+        let addr = kilnd.addr();
+        let start = Instant::now();
+        let out = h
+            .kiln(
+                ns,
+                &[
+                    "--addr",
+                    &addr,
+                    "build",
+                    "--progress",
+                    "plain",
+                    w5.to_str().expect("utf8 path"),
+                ],
+            )
+            .expect("kiln runs");
+        let took = start.elapsed();
+        assert!(out.success, "W5 build failed:\n{}", out.stderr);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.join().expect("sampler");
+        println!(
+            "W5 kilnd peak RSS, step prints 2 GB {:>6} MiB   (idle {} MiB; build {})",
+            peak / 1024,
+            idle / 1024,
+            secs(took)
+        );
     }
-    let (c, z, o) = (median(cold), median(noop), median(one));
-    println!("W3 COPY 20k files/400MB cold    {:>8}", secs(c));
-    println!(
-        "W3 no-op rebuild                {:>8}   (ratio to cold: {:.3})",
-        secs(z),
-        z.as_secs_f64() / c.as_secs_f64()
-    );
-    println!(
-        "W3 one file changed             {:>8}   (ratio to cold: {:.3})",
-        secs(o),
-        o.as_secs_f64() / c.as_secs_f64()
-    );
+}
 
-    // W4: four 3 s sleeps in parallel stages.
-    let w4 = work.join("w4");
-    write_context(&w4, W4);
-    let mut t = Vec::new();
-    for i in 0..n {
-        let ns = format!("w4-{i}");
-        rt.block_on(h.import_busybox(&ns, "docker.io/library/busybox:latest"))
-            .expect("busybox");
-        t.push(timed_build(&h, &ns, &w4, &["-t", "w4"]));
-    }
-    let w4_t = median(t);
-    println!(
-        "W4 4 x RUN sleep 3 in parallel  {:>8}   (ratio to 12 s in sequence: {:.2})",
-        secs(w4_t),
-        w4_t.as_secs_f64() / 12.0
-    );
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
 }

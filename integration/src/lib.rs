@@ -510,6 +510,11 @@ impl Kilnd {
         format!("unix://{}", self.socket.display())
     }
 
+    /// The daemon's process id while it runs (for /proc sampling).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends SIGTERM and waits (up to 30 s) for the exit status.
     pub fn terminate(&mut self) -> HarnessResult<std::process::ExitStatus> {
         let Some(mut child) = self.child.take() else {

@@ -95,22 +95,38 @@ struct Output {
 }
 
 async fn run(f: &Fixture, s: StepSpec) -> (Result<ExitStatus, ExecError>, Output) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(OutputStream, Vec<u8>)>(kiln_shim::OUTPUT_QUEUE);
+    // Read while the step runs: the output channel is bounded.
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(Output {
+        stdout: String::new(),
+        stderr: String::new(),
+    }));
+    let sink = shared.clone();
+    let collect = tokio::spawn(async move {
+        while let Some((stream, chunk)) = rx.recv().await {
+            let text = String::from_utf8_lossy(&chunk).into_owned();
+            let mut out = sink.lock().expect("not poisoned");
+            match stream {
+                OutputStream::Stdout => out.stdout.push_str(&text),
+                OutputStream::Stderr => out.stderr.push_str(&text),
+            }
+        }
+    });
     let res = f
         .exec
         .run(s, StepIo { output: tx }, CancellationToken::new())
         .await;
-    let mut out = Output {
-        stdout: String::new(),
-        stderr: String::new(),
-    };
-    while let Ok((stream, chunk)) = rx.try_recv() {
-        let text = String::from_utf8_lossy(&chunk);
-        match stream {
-            OutputStream::Stdout => out.stdout.push_str(&text),
-            OutputStream::Stderr => out.stderr.push_str(&text),
-        }
-    }
+    // Output written before the step ended is queued by now; a reader
+    // left behind by the executor must not hang the test.
+    let _ = tokio::time::timeout(Duration::from_secs(5), collect).await;
+    let out = std::mem::replace(
+        &mut *shared.lock().expect("not poisoned"),
+        Output {
+            stdout: String::new(),
+            stderr: String::new(),
+        },
+    );
     (res, out)
 }
 
@@ -275,7 +291,7 @@ async fn cancel_kills_promptly_and_cleans_up() {
     let f = fixture("exec-cancel").await;
     let root = rootfs();
     let cancel = CancellationToken::new();
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, _rx) = tokio::sync::mpsc::channel(kiln_shim::OUTPUT_QUEUE);
     let started = Instant::now();
     let canceller = {
         let cancel = cancel.clone();

@@ -118,24 +118,30 @@ struct Output {
 }
 
 async fn run(f: &Fixture, s: StepSpec) -> Output {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The output queue is bounded: read it while the step runs.
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(OutputStream, Vec<u8>)>(kiln_shim::OUTPUT_QUEUE);
+    let reader = tokio::spawn(async move {
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        while let Some((stream, chunk)) = rx.recv().await {
+            let text = String::from_utf8_lossy(&chunk);
+            match stream {
+                OutputStream::Stdout => stdout.push_str(&text),
+                OutputStream::Stderr => stderr.push_str(&text),
+            }
+        }
+        (stdout, stderr)
+    });
     let res: Result<ExitStatus, ExecError> = f
         .exec
         .run(s, StepIo { output: tx }, CancellationToken::new())
         .await;
-    let mut out = Output {
+    let (stdout, stderr) = reader.await.expect("the output reader");
+    Output {
         code: res.expect("the step runs").code,
-        stdout: String::new(),
-        stderr: String::new(),
-    };
-    while let Ok((stream, chunk)) = rx.try_recv() {
-        let text = String::from_utf8_lossy(&chunk);
-        match stream {
-            OutputStream::Stdout => out.stdout.push_str(&text),
-            OutputStream::Stderr => out.stderr.push_str(&text),
-        }
+        stdout,
+        stderr,
     }
-    out
 }
 
 /// The value of `Field:` in the step's `/proc/self/status` dump.

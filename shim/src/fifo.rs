@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 use tokio::task::JoinHandle;
 
 /// Creates a FIFO readable and writable by its owner only.
@@ -37,7 +37,7 @@ impl FifoReader {
     pub(crate) fn spawn(
         path: PathBuf,
         stream: OutputStream,
-        output: UnboundedSender<(OutputStream, Vec<u8>)>,
+        output: Sender<(OutputStream, Vec<u8>)>,
     ) -> Self {
         let p = path.clone();
         let handle = tokio::task::spawn_blocking(move || {
@@ -47,8 +47,10 @@ impl FifoReader {
                 match f.read(&mut buf) {
                     Ok(0) => return Ok(()),
                     Ok(n) => {
-                        // A closed receiver drops output; the step goes on.
-                        let _ = output.send((stream, buf[..n].to_vec()));
+                        // Waits while the receiver's queue is full (the
+                        // step's writes then block on the pipe). A closed
+                        // receiver drops output; the step goes on.
+                        let _ = output.blocking_send((stream, buf[..n].to_vec()));
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
@@ -100,7 +102,7 @@ mod tests {
     #[tokio::test]
     async fn reads_until_eof_and_unblocks_without_writer() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(crate::OUTPUT_QUEUE);
 
         let path = dir.path().join("out");
         mkfifo(&path).expect("mkfifo");

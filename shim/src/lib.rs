@@ -156,11 +156,18 @@ pub enum OutputStream {
     Stderr,
 }
 
+/// How many output chunks (of at most 32 KiB) may wait for the receiver of
+/// a [`StepIo`] before the reader stops reading (and the step's writes
+/// block on the full pipe): what bounds a step's output in flight.
+pub const OUTPUT_QUEUE: usize = 16;
+
 /// Where a step's live output goes. Chunks arrive as the process writes
-/// them; a closed receiver only drops output, it does not stop the step.
+/// them; the channel is bounded (see [`OUTPUT_QUEUE`]), so a receiver that
+/// does not keep up slows the step down. A closed receiver only drops
+/// output, it does not stop the step.
 #[derive(Clone, Debug)]
 pub struct StepIo {
-    pub output: tokio::sync::mpsc::UnboundedSender<(OutputStream, Vec<u8>)>,
+    pub output: tokio::sync::mpsc::Sender<(OutputStream, Vec<u8>)>,
 }
 
 /// Runs build steps. BuildKit's `Executor` minus interactive exec.

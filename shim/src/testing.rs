@@ -73,10 +73,10 @@ impl Executor for FakeExecutor {
                     stderr,
                 }) => {
                     if !stdout.is_empty() {
-                        let _ = io.output.send((OutputStream::Stdout, stdout));
+                        let _ = io.output.send((OutputStream::Stdout, stdout)).await;
                     }
                     if !stderr.is_empty() {
-                        let _ = io.output.send((OutputStream::Stderr, stderr));
+                        let _ = io.output.send((OutputStream::Stderr, stderr)).await;
                     }
                     Ok(ExitStatus { code })
                 }
@@ -138,7 +138,7 @@ mod tests {
             stderr: vec![],
         });
         fake.push(FakeOutcome::Hang);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(crate::OUTPUT_QUEUE);
         let io = StepIo { output: tx };
         let st = fake
             .run(step("a"), io.clone(), CancellationToken::new())

@@ -11,7 +11,7 @@ mod remote;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
-use kiln_engine::{BuildRequest, Engine, Progress};
+use kiln_engine::{BuildRequest, Engine};
 use kiln_snapshot::containerd::ContainerdConfig;
 use kiln_snapshot::diff::Compression;
 use kiln_snapshot::Containerd;
@@ -516,7 +516,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
         .map(|n| kiln_dockerfile::reference::normalize(n).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
     let channel = remote::connect(addr, tls).await?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::channel(kiln_engine::progress::QUEUE);
     let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
     let resp = remote::build(
         channel,
@@ -599,9 +599,9 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
             on_signal.cancel();
         }
     });
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = kiln_engine::progress::channel();
     let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
-    let result = engine.build(req, Progress::new(tx), cancel).await;
+    let result = engine.build(req, tx, cancel).await;
     let _ = display.await;
     let result = result?;
     for n in &result.names {

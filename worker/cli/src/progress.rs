@@ -8,7 +8,7 @@ use kiln_engine::ProgressEvent;
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::SystemTime;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +44,7 @@ fn nanos(t: SystemTime) -> u128 {
 }
 
 /// Writes events as JSON lines until the sender is dropped.
-async fn render_json(mut rx: UnboundedReceiver<ProgressEvent>) {
+async fn render_json(mut rx: Receiver<ProgressEvent>) {
     let out = std::io::stderr();
     while let Some(e) = rx.recv().await {
         let v = match e {
@@ -108,7 +108,7 @@ fn live_block(
 }
 
 /// The live terminal view.
-async fn render_tty(mut rx: UnboundedReceiver<ProgressEvent>) {
+async fn render_tty(mut rx: Receiver<ProgressEvent>) {
     let width = std::env::var("COLUMNS")
         .ok()
         .and_then(|c| c.parse().ok())
@@ -209,7 +209,7 @@ async fn render_tty(mut rx: UnboundedReceiver<ProgressEvent>) {
 }
 
 /// Renders events until the sender is dropped.
-pub async fn render(rx: UnboundedReceiver<ProgressEvent>, mode: Mode) {
+pub async fn render(rx: Receiver<ProgressEvent>, mode: Mode) {
     if mode == Mode::RawJson {
         return render_json(rx).await;
     }

@@ -203,7 +203,7 @@ fn ts(t: &Option<prost_types::Timestamp>) -> SystemTime {
 pub async fn build(
     channel: Channel,
     b: RemoteBuild,
-    progress: tokio::sync::mpsc::UnboundedSender<ProgressEvent>,
+    progress: tokio::sync::mpsc::Sender<ProgressEvent>,
 ) -> Result<HashMap<String, String>> {
     let mut control = ControlClient::new(channel)
         .max_decoding_message_size(16 << 20)
@@ -367,34 +367,40 @@ pub async fn build(
                 let n = index.len();
                 let i = *index.entry(v.digest.clone()).or_insert(n);
                 if (v.started.is_some() || v.completed.is_some()) && started.insert(i) {
-                    let _ = progress.send(ProgressEvent::Started {
-                        vertex: i,
-                        name: v.name.clone(),
-                        at: ts(&v.started),
-                    });
+                    let _ = progress
+                        .send(ProgressEvent::Started {
+                            vertex: i,
+                            name: v.name.clone(),
+                            at: ts(&v.started),
+                        })
+                        .await;
                 }
                 if v.completed.is_some() {
-                    let _ = progress.send(ProgressEvent::Completed {
-                        vertex: i,
-                        name: v.name,
-                        cached: v.cached,
-                        error: (!v.error.is_empty()).then_some(v.error),
-                        at: ts(&v.completed),
-                    });
+                    let _ = progress
+                        .send(ProgressEvent::Completed {
+                            vertex: i,
+                            name: v.name,
+                            cached: v.cached,
+                            error: (!v.error.is_empty()).then_some(v.error),
+                            at: ts(&v.completed),
+                        })
+                        .await;
                 }
             }
             for l in msg.logs {
                 let n = index.len();
                 let i = *index.entry(l.vertex.clone()).or_insert(n);
-                let _ = progress.send(ProgressEvent::Log {
-                    vertex: i,
-                    stream: if l.stream == 2 {
-                        LogStream::Stderr
-                    } else {
-                        LogStream::Stdout
-                    },
-                    data: l.msg,
-                });
+                let _ = progress
+                    .send(ProgressEvent::Log {
+                        vertex: i,
+                        stream: if l.stream == 2 {
+                            LogStream::Stderr
+                        } else {
+                            LogStream::Stdout
+                        },
+                        data: l.msg,
+                    })
+                    .await;
             }
         }
         Ok(())

@@ -24,7 +24,24 @@ pub enum IgnoreError {
     /// `\` inside a class), like Go's `filepath.ErrBadPattern`.
     #[error("syntax error in pattern {pattern:?}")]
     BadPattern { pattern: String },
+    /// A pattern longer than any path it could match ([`MAX_PATTERN_BYTES`]).
+    #[error("pattern {prefix:?}... is longer than {MAX_PATTERN_BYTES} bytes")]
+    PatternTooLong { prefix: String },
+    /// More patterns than [`MAX_PATTERNS`].
+    #[error("{count} patterns, more than the {MAX_PATTERNS} kiln matches")]
+    TooManyPatterns { count: usize },
 }
+
+/// The longest pattern accepted: the kernel's `PATH_MAX`, the longest path
+/// a pattern could be meant for. Matching costs pattern length times path
+/// length for every file, so this also bounds that work.
+pub const MAX_PATTERN_BYTES: usize = 4096;
+
+/// The most patterns one matcher takes. Every file of a context is
+/// matched against every pattern; real ignore files have tens to hundreds,
+/// and this keeps a hostile one from turning a context walk (or a copy's
+/// include/exclude filter in the daemon) into hours of work.
+pub const MAX_PATTERNS: usize = 10_000;
 
 /// Parses the text of a `.dockerignore` file into patterns, like moby's
 /// `ignorefile.ReadAll`: a UTF-8 BOM is dropped, lines starting with `#`
@@ -147,10 +164,19 @@ impl PatternMatcher {
     /// include/exclude patterns of a copy). Empty patterns are skipped.
     pub fn new(patterns: &[String]) -> Result<Self, IgnoreError> {
         let mut out = PatternMatcher::default();
+        let count = patterns.iter().filter(|p| !p.trim().is_empty()).count();
+        if count > MAX_PATTERNS {
+            return Err(IgnoreError::TooManyPatterns { count });
+        }
         for p in patterns {
             let p = p.trim();
             if p.is_empty() {
                 continue;
+            }
+            if p.len() > MAX_PATTERN_BYTES {
+                return Err(IgnoreError::PatternTooLong {
+                    prefix: p.chars().take(32).collect(),
+                });
             }
             let mut p = clean_path(p);
             let mut exclusion = false;
@@ -644,6 +670,25 @@ mod tests {
                 false,
             ),
         ]);
+    }
+
+    #[test]
+    fn pattern_count_and_length_are_bounded() {
+        let long = "a".repeat(MAX_PATTERN_BYTES + 1);
+        assert_eq!(
+            PatternMatcher::new(&[long]).err().map(|e| e.to_string()),
+            Some(format!(
+                "pattern {:?}... is longer than 4096 bytes",
+                "a".repeat(32)
+            ))
+        );
+        assert!(PatternMatcher::new(&["a".repeat(MAX_PATTERN_BYTES)]).is_ok());
+        let many: Vec<String> = (0..=MAX_PATTERNS).map(|i| format!("p{i}")).collect();
+        assert_eq!(
+            PatternMatcher::new(&many).err(),
+            Some(IgnoreError::TooManyPatterns { count: 10_001 })
+        );
+        assert!(PatternMatcher::new(&many[1..]).is_ok());
     }
 
     #[test]

@@ -266,7 +266,12 @@ impl Control for ControlService {
                 tokio::select! {
                     u = updates.recv() => match u {
                         Ok(s) => if tx.send(Ok(s)).await.is_err() { return },
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        // Fell behind: what was missed is gone (logs
+                        // included), but every vertex's newest state is
+                        // sent so no step looks stuck.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            if tx.send(Ok(job.state())).await.is_err() { return }
+                        }
                         Err(_) => return,
                     },
                     c = done.changed() => {

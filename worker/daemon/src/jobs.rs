@@ -3,9 +3,9 @@
 //! Return.
 
 use kiln_engine::build::Solved;
-use kiln_proto::control::StatusResponse;
+use kiln_proto::control::{StatusResponse, Vertex, VertexLog, VertexStatus, VertexWarning};
 use kiln_proto::gateway::ReturnRequest;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch, Notify};
@@ -18,10 +18,123 @@ pub struct GatewayResult {
     pub config: Option<kiln_solver::ImageConfig>,
 }
 
+/// Log bytes a job keeps for late Status subscribers (the newest; older
+/// chunks are dropped). Twice a step's clipped log (2 MiB per stream), so
+/// the end of a flooding step and what followed it stay visible.
+pub const HISTORY_LOG_BYTES: usize = 8 << 20;
+/// Progress items (`VertexStatus`, by id) and warnings a job keeps; the
+/// oldest go first.
+pub const HISTORY_ITEMS: usize = 4096;
+/// Live updates a slow Status reader may fall behind before it skips to
+/// the newest vertex states.
+pub const UPDATES_QUEUE: usize = 256;
+/// The size a replayed batch of logs aims at: well under gRPC's default
+/// 4 MiB message limit of every client.
+const REPLAY_BATCH_BYTES: usize = 1 << 20;
+
+/// What a job keeps of its progress for Status subscribers that arrive
+/// late (or fall behind): the newest state of every vertex and progress
+/// item, the newest [`HISTORY_ITEMS`] warnings and the newest
+/// [`HISTORY_LOG_BYTES`] of logs. Dropped: older states of a vertex (its
+/// newest carries its start, end and error), the oldest progress items and
+/// warnings beyond the cap, and the oldest logs beyond the cap (counted in
+/// `dropped_log_bytes`). So a job's memory is bounded whatever its steps
+/// print.
+#[derive(Debug, Default)]
+pub struct History {
+    vertexes: Vec<Vertex>,
+    vertex_index: HashMap<String, usize>,
+    statuses: VecDeque<VertexStatus>,
+    warnings: VecDeque<VertexWarning>,
+    logs: VecDeque<VertexLog>,
+    log_bytes: usize,
+    pub dropped_log_bytes: u64,
+}
+
+impl History {
+    /// Records `s`.
+    pub fn record(&mut self, s: &StatusResponse) {
+        for v in &s.vertexes {
+            match self.vertex_index.get(&v.digest) {
+                Some(&i) => self.vertexes[i] = v.clone(),
+                None => {
+                    self.vertex_index
+                        .insert(v.digest.clone(), self.vertexes.len());
+                    self.vertexes.push(v.clone());
+                }
+            }
+        }
+        for st in &s.statuses {
+            match self.statuses.iter_mut().find(|x| x.id == st.id) {
+                Some(x) => *x = st.clone(),
+                None => {
+                    if self.statuses.len() >= HISTORY_ITEMS {
+                        self.statuses.pop_front();
+                    }
+                    self.statuses.push_back(st.clone());
+                }
+            }
+        }
+        for w in &s.warnings {
+            if self.warnings.len() >= HISTORY_ITEMS {
+                self.warnings.pop_front();
+            }
+            self.warnings.push_back(w.clone());
+        }
+        for l in &s.logs {
+            self.log_bytes += l.msg.len();
+            self.logs.push_back(l.clone());
+        }
+        while self.log_bytes > HISTORY_LOG_BYTES {
+            let Some(old) = self.logs.pop_front() else {
+                break;
+            };
+            self.log_bytes -= old.msg.len();
+            self.dropped_log_bytes += old.msg.len() as u64;
+        }
+    }
+
+    /// The newest state of every vertex, progress item and warning.
+    pub fn state(&self) -> StatusResponse {
+        StatusResponse {
+            vertexes: self.vertexes.clone(),
+            statuses: self.statuses.iter().cloned().collect(),
+            warnings: self.warnings.iter().cloned().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// What a new subscriber is sent: the state, then the kept logs in
+    /// batches.
+    pub fn replay(&self) -> Vec<StatusResponse> {
+        let mut out = vec![self.state()];
+        let mut batch = StatusResponse::default();
+        let mut size = 0;
+        for l in &self.logs {
+            if size + l.msg.len() > REPLAY_BATCH_BYTES && !batch.logs.is_empty() {
+                out.push(std::mem::take(&mut batch));
+                size = 0;
+            }
+            size += l.msg.len();
+            batch.logs.push(l.clone());
+        }
+        if !batch.logs.is_empty() {
+            out.push(batch);
+        }
+        out
+    }
+
+    /// Log bytes kept.
+    #[cfg(test)]
+    fn log_bytes(&self) -> usize {
+        self.log_bytes
+    }
+}
+
 /// One build.
 pub struct Job {
     pub id: String,
-    history: Mutex<Vec<StatusResponse>>,
+    history: Mutex<History>,
     updates: broadcast::Sender<StatusResponse>,
     done: watch::Sender<bool>,
     /// Set when Control.Solve registers the build.
@@ -41,8 +154,8 @@ impl Job {
     fn new(id: &str, parent: &CancellationToken) -> Job {
         Job {
             id: id.to_string(),
-            history: Mutex::new(Vec::new()),
-            updates: broadcast::channel(1024).0,
+            history: Mutex::new(History::default()),
+            updates: broadcast::channel(UPDATES_QUEUE).0,
             done: watch::channel(false).0,
             started: watch::channel(false).0,
             cancel: parent.child_token(),
@@ -58,11 +171,30 @@ impl Job {
         self.history
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(s.clone());
+            .record(&s);
         let _ = self.updates.send(s);
     }
 
-    /// Everything published so far and a receiver for what follows.
+    /// The newest state of every vertex: what a Status reader that fell
+    /// behind the live updates is sent instead of what it missed.
+    pub fn state(&self) -> StatusResponse {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state()
+    }
+
+    /// Log bytes kept for late subscribers.
+    #[cfg(test)]
+    fn history_log_bytes(&self) -> usize {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .log_bytes()
+    }
+
+    /// What was kept so far (see [`History`]) and a receiver for what
+    /// follows.
     pub fn subscribe(
         &self,
     ) -> (
@@ -71,7 +203,7 @@ impl Job {
         watch::Receiver<bool>,
     ) {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        (h.clone(), self.updates.subscribe(), self.done.subscribe())
+        (h.replay(), self.updates.subscribe(), self.done.subscribe())
     }
 
     pub fn mark_started(&self) {
@@ -199,5 +331,71 @@ impl Drop for ActiveGuard {
         if *a == 0 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(vertex: &str, n: usize) -> StatusResponse {
+        StatusResponse {
+            logs: vec![VertexLog {
+                vertex: vertex.into(),
+                stream: 1,
+                msg: vec![b'y'; n],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn vertex(digest: &str, completed: bool) -> StatusResponse {
+        StatusResponse {
+            vertexes: vec![Vertex {
+                digest: digest.into(),
+                name: digest.into(),
+                started: Some(prost_types::Timestamp::default()),
+                completed: completed.then(prost_types::Timestamp::default),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_newest_state_and_a_bounded_log() {
+        let job = Job::new("j", &CancellationToken::new());
+        job.publish(vertex("a", false));
+        job.publish(vertex("b", false));
+        // 64 MiB of output in 32 KiB chunks, as a flooding step would send
+        // without clipping.
+        for _ in 0..2048 {
+            job.publish(log("a", 32 << 10));
+        }
+        job.publish(vertex("a", true));
+        assert!(job.history_log_bytes() <= HISTORY_LOG_BYTES);
+        assert!(job.history_log_bytes() > HISTORY_LOG_BYTES - (32 << 10));
+        let (replay, _, _) = job.subscribe();
+        let state = &replay[0];
+        assert_eq!(state.vertexes.len(), 2, "one entry per vertex");
+        assert_eq!(state.vertexes[0].digest, "a");
+        assert!(state.vertexes[0].completed.is_some(), "the newest state");
+        assert!(state.vertexes[1].completed.is_none());
+        let logs: usize = replay[1..]
+            .iter()
+            .flat_map(|r| &r.logs)
+            .map(|l| l.msg.len())
+            .sum();
+        assert_eq!(logs, job.history_log_bytes());
+        for r in &replay[1..] {
+            let size: usize = r.logs.iter().map(|l| l.msg.len()).sum();
+            assert!(size <= REPLAY_BATCH_BYTES, "batch of {size} bytes");
+        }
+        let h = job.history.lock().expect("not poisoned");
+        assert_eq!(
+            h.dropped_log_bytes as usize + h.log_bytes(),
+            2048 * (32 << 10)
+        );
     }
 }

@@ -473,4 +473,62 @@ mod tests {
             .result
             .is_none());
     }
+
+    /// A hostile client's chain of 20000 steps: translated without
+    /// recursion (the walk is an explicit stack), on a thread with a small
+    /// stack to prove it.
+    #[test]
+    fn a_deep_chain_does_not_recurse() {
+        let mut def = Vec::new();
+        let mut prev = enc(&llb::Op {
+            op: Some(llb::op::Op::Source(llb::SourceOp {
+                identifier: "docker-image://docker.io/library/busybox:latest".into(),
+                attrs: Default::default(),
+            })),
+            ..Default::default()
+        });
+        for i in 0..20_000 {
+            def.push(prev.clone());
+            prev = enc(&llb::Op {
+                inputs: vec![llb::Input {
+                    digest: Digest::of(&prev).to_string(),
+                    index: 0,
+                }],
+                op: Some(llb::op::Op::Exec(llb::ExecOp {
+                    meta: Some(llb::Meta {
+                        args: vec!["true".into(), i.to_string()],
+                        cwd: "/".into(),
+                        ..Default::default()
+                    }),
+                    mounts: vec![llb::Mount {
+                        input: 0,
+                        dest: "/".into(),
+                        output: 0,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            });
+        }
+        def.push(prev.clone());
+        def.push(enc(&llb::Op {
+            inputs: vec![llb::Input {
+                digest: Digest::of(&prev).to_string(),
+                index: 0,
+            }],
+            ..Default::default()
+        }));
+        let def = llb::Definition {
+            def,
+            ..Default::default()
+        };
+        let t = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || translate(&def).map(|t| t.graph.vertices.len()))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(t.expect("translates"), 20_001);
+    }
 }

@@ -5,7 +5,6 @@ use crate::jobs::Job;
 use crate::sessions::SessionHandle;
 use crate::state::{status_of, Daemon};
 use kiln_engine::build::{BuildRequest, Solved};
-use kiln_engine::Progress;
 use kiln_proto::llb;
 use kiln_snapshot::diff::Compression;
 use kiln_solver::{Digest, Graph, ImageConfig, Op};
@@ -150,7 +149,10 @@ pub async fn solve(
             .collect(),
         ..Default::default()
     });
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded: the forwarder only records into the job (never waits on a
+    // client), so the engine is slowed only by a stuck daemon, not a slow
+    // Status reader.
+    let (progress, rx) = kiln_engine::progress::channel();
     let forward = tokio::spawn(crate::status::forward(rx, digests, inputs, job.clone()));
     let req = BuildRequest {
         graph,
@@ -160,9 +162,7 @@ pub async fn solve(
         names: Vec::new(),
         compression,
     };
-    let solved = engine
-        .solve(&req, Progress::new(tx), job.cancel.clone())
-        .await;
+    let solved = engine.solve(&req, progress, job.cancel.clone()).await;
     let _ = forward.await;
     match solved {
         Ok(s) => Ok((s, config)),

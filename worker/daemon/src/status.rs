@@ -6,7 +6,7 @@ use kiln_proto::control::{StatusResponse, Vertex, VertexLog};
 use kiln_solver::Digest;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 fn ts(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -19,7 +19,7 @@ fn ts(t: SystemTime) -> prost_types::Timestamp {
 /// Forwards one solve's events to its job; `digests[i]` is vertex i's
 /// digest and `inputs[i]` its input digests.
 pub async fn forward(
-    mut rx: UnboundedReceiver<ProgressEvent>,
+    mut rx: Receiver<ProgressEvent>,
     digests: Vec<Digest>,
     inputs: Vec<Vec<String>>,
     job: Arc<Job>,

@@ -5,6 +5,18 @@
 //! `${VAR:+alt}`, `${VAR+alt}`, `${VAR:?msg}` and `${VAR?msg}`, removes quotes
 //! and escapes. Unset variables expand to nothing.
 
+/// How deeply `${…}` may nest inside a default or alternative word. The
+/// expansion recurses once per level; this keeps a hostile Dockerfile far
+/// from the stack's end (a daemon's runtime thread has 2 MiB) while no
+/// real Dockerfile comes near it.
+pub const MAX_EXPANSION_DEPTH: usize = 64;
+
+/// The longest word an expansion may produce: the kernel's limit for one
+/// argument or environment string (`MAX_ARG_STRLEN`, 128 KiB), so nothing
+/// longer could reach a step anyway. It stops `ENV B=$A$A$A$A` chains from
+/// doubling their way through the daemon's memory.
+pub const MAX_WORD_BYTES: usize = 128 << 10;
+
 /// Looks `key` up in a `K=V` list; the last entry wins.
 pub fn lookup<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
     env.iter().rev().find_map(|kv| {
@@ -14,17 +26,32 @@ pub fn lookup<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
     })
 }
 
+/// The largest environment (`ENV` and `ARG` values of a stage, as `K=V`
+/// bytes) a Dockerfile may build up: half the usual kernel limit for a
+/// process's arguments and environment together (`ARG_MAX`, 2 MiB), so
+/// nothing larger could start a step anyway.
+pub const MAX_ENV_BYTES: usize = 1 << 20;
+
 /// Sets `key` in a `K=V` list: replaced in place when present, appended
-/// otherwise (BuildKit's `addEnv`).
-pub fn add_env(env: &mut Vec<String>, key: &str, value: &str) {
+/// otherwise (BuildKit's `addEnv`). Fails when the list would grow past
+/// [`MAX_ENV_BYTES`].
+pub fn add_env(env: &mut Vec<String>, key: &str, value: &str) -> Result<(), String> {
     let entry = format!("{key}={value}");
-    match env
-        .iter_mut()
-        .find(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k) == key)
-    {
-        Some(slot) => *slot = entry,
+    let slot = env
+        .iter()
+        .position(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k) == key);
+    let total: usize =
+        env.iter().map(String::len).sum::<usize>() + entry.len() - slot.map_or(0, |i| env[i].len());
+    if total > MAX_ENV_BYTES {
+        return Err(format!(
+            "the environment (ENV and ARG values) grows past {MAX_ENV_BYTES} bytes"
+        ));
+    }
+    match slot {
+        Some(i) => env[i] = entry,
         None => env.push(entry),
     }
+    Ok(())
 }
 
 /// The lexer, configured with the file's escape character.
@@ -46,6 +73,7 @@ impl Lex {
             pos: 0,
             escape: self.escape,
             env,
+            depth: 0,
         };
         w.process_stop_on(None)
     }
@@ -65,6 +93,8 @@ struct Word<'a> {
     pos: usize,
     escape: char,
     env: &'a [String],
+    /// How many `${…}` we are inside of.
+    depth: usize,
 }
 
 impl Word<'_> {
@@ -80,9 +110,19 @@ impl Word<'_> {
         c
     }
 
+    fn too_long(out: &str) -> Result<(), String> {
+        if out.len() > MAX_WORD_BYTES {
+            return Err(format!(
+                "variable substitution produces more than {MAX_WORD_BYTES} bytes"
+            ));
+        }
+        Ok(())
+    }
+
     fn process_stop_on(&mut self, stop: Option<char>) -> Result<String, String> {
         let mut out = String::new();
         while let Some(ch) = self.peek() {
+            Self::too_long(&out)?;
             if Some(ch) == stop {
                 self.pos += 1;
                 return Ok(out);
@@ -104,6 +144,7 @@ impl Word<'_> {
                 }
             }
         }
+        Self::too_long(&out)?;
         match stop {
             Some(s) => Err(format!(
                 "unexpected end of statement while looking for matching {s}"
@@ -144,7 +185,10 @@ impl Word<'_> {
                     self.pos += 1;
                     return Ok(out);
                 }
-                Some('$') => out.push_str(&self.dollar()?),
+                Some('$') => {
+                    out.push_str(&self.dollar()?);
+                    Self::too_long(&out)?;
+                }
                 Some(c) if c == self.escape => {
                     self.pos += 1;
                     match self.peek() {
@@ -212,7 +256,15 @@ impl Word<'_> {
         match self.next() {
             Some('}') if !colon => Ok(value.unwrap_or_default()),
             Some(m @ ('-' | '+' | '?')) => {
-                let word = self.process_stop_on(Some('}'))?;
+                if self.depth >= MAX_EXPANSION_DEPTH {
+                    return Err(format!(
+                        "variable substitution nested deeper than {MAX_EXPANSION_DEPTH} levels"
+                    ));
+                }
+                self.depth += 1;
+                let word = self.process_stop_on(Some('}'));
+                self.depth -= 1;
+                let word = word?;
                 // With `:`, an empty value counts as unset.
                 let set = value.as_deref().is_some_and(|v| !colon || !v.is_empty());
                 match m {
@@ -330,6 +382,35 @@ mod tests {
     }
 
     #[test]
+    fn nesting_and_size_are_bounded() {
+        let nest = |n: usize| format!("{}x{}", "${A:+".repeat(n), "}".repeat(n));
+        check(&nest(MAX_EXPANSION_DEPTH), "x");
+        check(
+            &nest(MAX_EXPANSION_DEPTH + 1),
+            "error: variable substitution nested deeper than 64 levels",
+        );
+        // Deep enough to overflow any thread's stack if it recursed.
+        let deep = "${a:-".repeat(200_000);
+        let got = Lex::new('\\').process_word(&deep, &[]);
+        assert_eq!(
+            got,
+            Err("variable substitution nested deeper than 64 levels".into())
+        );
+        let big = vec![format!("B={}", "b".repeat(MAX_WORD_BYTES / 2))];
+        assert_eq!(
+            Lex::new('\\').process_word("$B$B", &big).map(|w| w.len()),
+            Ok(MAX_WORD_BYTES)
+        );
+        for word in ["$B$B$B", "\"$B$B$B\"", "${X:-$B$B$B}"] {
+            assert_eq!(
+                Lex::new('\\').process_word(word, &big),
+                Err("variable substitution produces more than 131072 bytes".into()),
+                "{word}"
+            );
+        }
+    }
+
+    #[test]
     fn substitution() {
         check("$A", "a");
         check("${A}b", "ab");
@@ -396,10 +477,19 @@ mod tests {
     #[test]
     fn env_list_replaces_in_place() {
         let mut e = env();
-        add_env(&mut e, "A", "new");
-        add_env(&mut e, "Z", "z");
+        add_env(&mut e, "A", "new").expect("small");
+        add_env(&mut e, "Z", "z").expect("small");
         assert_eq!(e, vec!["A=new", "EMPTY=", "PATH=/bin", "SP=x y", "Z=z"]);
         assert_eq!(lookup(&e, "Z"), Some("z"));
         assert_eq!(lookup(&e, "NOPE"), None);
+        // Up to the limit, replacing counts the new value only.
+        let big = "x".repeat(MAX_ENV_BYTES / 2);
+        add_env(&mut e, "B1", &big).expect("half");
+        add_env(&mut e, "B1", &big).expect("replaced, not added");
+        assert_eq!(
+            add_env(&mut e, "B2", &big),
+            Err("the environment (ENV and ARG values) grows past 1048576 bytes".into())
+        );
+        assert_eq!(e.len(), 6);
     }
 }

@@ -164,9 +164,11 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<BuildResult> {
         let solved = self.solve(&req, progress.clone(), cancel).await?;
-        progress.send(ProgressEvent::Info {
-            message: "exporting to image".into(),
-        });
+        progress
+            .send(ProgressEvent::Info {
+                message: "exporting to image".into(),
+            })
+            .await;
         let r = solved
             .export_image(&req.config, &req.names, req.compression)
             .await;

@@ -45,6 +45,13 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
+    /// The process's step log limits are set to something unreadable.
+    #[error("{location}{source}")]
+    LogLimit {
+        location: String,
+        #[source]
+        source: crate::steplog::InvalidLimit,
+    },
     /// The build was cancelled.
     #[error("build cancelled")]
     Cancelled,
@@ -63,9 +70,9 @@ impl WorkerError {
             WorkerError::Snapshot(e) => e.kind(),
             WorkerError::Exec { error, .. } => error.kind(),
             WorkerError::ImageNotFound { .. } => ErrorKind::NotFound,
-            WorkerError::InvalidImage { .. } | WorkerError::BadInput { .. } => {
-                ErrorKind::InvalidArgument
-            }
+            WorkerError::InvalidImage { .. }
+            | WorkerError::BadInput { .. }
+            | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,
             WorkerError::StepFailed { .. } | WorkerError::FileOp { .. } => {
                 ErrorKind::FailedPrecondition
             }

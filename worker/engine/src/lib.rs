@@ -24,6 +24,7 @@ pub mod progress;
 pub mod prune;
 pub mod refs;
 pub mod services;
+pub mod steplog;
 pub mod sweep;
 
 /// The build context's rules live in `kiln-context` (shared with the

@@ -37,12 +37,24 @@ pub enum ProgressEvent {
     Info { message: String },
 }
 
+/// How many events may wait for the consumer before senders wait: a slow
+/// consumer (a terminal, a Status client) slows the build down instead of
+/// growing the queue. Step output is clipped before it gets here
+/// ([`crate::steplog`]), so this bounds memory, not what is shown.
+pub const QUEUE: usize = 256;
+
+/// A bounded channel for one build's progress.
+pub fn channel() -> (Progress, mpsc::Receiver<ProgressEvent>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (Progress(Some(tx)), rx)
+}
+
 /// The sending side; a closed receiver is ignored.
 #[derive(Clone, Debug)]
-pub struct Progress(Option<mpsc::UnboundedSender<ProgressEvent>>);
+pub struct Progress(Option<mpsc::Sender<ProgressEvent>>);
 
 impl Progress {
-    pub fn new(tx: mpsc::UnboundedSender<ProgressEvent>) -> Self {
+    pub fn new(tx: mpsc::Sender<ProgressEvent>) -> Self {
         Progress(Some(tx))
     }
 
@@ -51,9 +63,10 @@ impl Progress {
         Progress(None)
     }
 
-    pub fn send(&self, e: ProgressEvent) {
+    /// Sends `e`, waiting while the queue is full.
+    pub async fn send(&self, e: ProgressEvent) {
         if let Some(tx) = &self.0 {
-            let _ = tx.send(e);
+            let _ = tx.send(e).await;
         }
     }
 }

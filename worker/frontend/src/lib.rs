@@ -280,16 +280,31 @@ pub fn read_dockerfile(
             filename: filename.to_string(),
         }
     })?;
-    let ignore = match read_beneath(dockerfile_dir, &dockerfile_ignore_name(filename))? {
-        Some(t) => Some(t),
-        None => read_beneath(context_dir, CONTEXT_IGNORE_FILE)?,
+    let own = dockerfile_ignore_name(filename);
+    let ignore = match read_beneath(dockerfile_dir, &own)? {
+        Some(t) => Some((own, t)),
+        None => read_beneath(context_dir, CONTEXT_IGNORE_FILE)?
+            .map(|t| (CONTEXT_IGNORE_FILE.to_string(), t)),
+    };
+    let excludes = match ignore {
+        None => Vec::new(),
+        Some((name, t)) => {
+            let excludes = kiln_context::ignore::parse_dockerignore(&t);
+            // Refused here, naming the file, rather than by whichever
+            // sender or matcher meets the patterns later.
+            kiln_context::ignore::PatternMatcher::new(&excludes).map_err(|e| {
+                FrontendError::BadFile {
+                    name,
+                    reason: e.to_string(),
+                }
+            })?;
+            excludes
+        }
     };
     Ok(DockerfileSource {
         filename: filename.to_string(),
         text,
-        excludes: ignore
-            .map(|t| kiln_context::ignore::parse_dockerignore(&t))
-            .unwrap_or_default(),
+        excludes,
     })
 }
 

@@ -339,3 +339,26 @@ fn mkfifo(path: &Path) {
     let r = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
     assert_eq!(r, 0, "mkfifo {}", path.display());
 }
+
+#[test]
+fn an_ignore_file_with_unusable_patterns_is_refused_naming_it() {
+    let df = tempfile::tempdir().expect("tempdir");
+    let ctx = tempfile::tempdir().expect("tempdir");
+    std::fs::write(df.path().join("Dockerfile"), "FROM scratch\n").expect("write");
+    let many: String = (0..=kiln_context::ignore::MAX_PATTERNS)
+        .map(|i| format!("p{i}\n"))
+        .collect();
+    std::fs::write(ctx.path().join(".dockerignore"), &many).expect("write");
+    let e = read_dockerfile(df.path(), "Dockerfile", ctx.path()).expect_err("too many");
+    assert_eq!(
+        e.to_string(),
+        "cannot read .dockerignore: 10001 patterns, more than the 10000 kiln matches"
+    );
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    std::fs::write(df.path().join("Dockerfile.dockerignore"), "[\n").expect("write");
+    let e = read_dockerfile(df.path(), "Dockerfile", ctx.path()).expect_err("bad pattern");
+    assert_eq!(
+        e.to_string(),
+        "cannot read Dockerfile.dockerignore: syntax error in pattern \"[\""
+    );
+}

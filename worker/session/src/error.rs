@@ -22,11 +22,12 @@ pub enum SessionError {
         #[source]
         source: hyper::Error,
     },
-    /// A call over the session answered with an error status.
-    #[error("session call {method} failed")]
+    /// A call over the session answered with an error status. Its
+    /// message is the client's own account of the cause (e.g. a bad ignore
+    /// pattern), so it is printed.
+    #[error("session call {method} failed: {}", status.message())]
     Call {
         method: &'static str,
-        #[source]
         status: tonic::Status,
     },
     /// A metadata key or value cannot be sent as a gRPC header.

@@ -58,7 +58,7 @@ pub trait OpRunner: Send + Sync + 'static {
 
     /// Told when `vertex` was answered without running: from the cache, or
     /// by an equal vertex that ran at the same time.
-    fn cached(&self, id: VertexId, vertex: &Vertex);
+    fn cached(&self, id: VertexId, vertex: &Vertex) -> impl Future<Output = ()> + Send;
 }
 
 /// The shared state of every solve of one process: dedup of equal work.
@@ -114,7 +114,7 @@ async fn solve_vertex<R: OpRunner>(
             Flight::Leader(leader) => leader,
             Flight::Follower(f) => match f.wait().await {
                 Ok(outs) => {
-                    runner.cached(id, &vertex);
+                    runner.cached(id, &vertex).await;
                     return Ok(outs);
                 }
                 Err(FlightError::Failed(e)) => return Err(e),
@@ -127,7 +127,7 @@ async fn solve_vertex<R: OpRunner>(
         let result: std::result::Result<Vec<R::Ref>, R::Error> = async {
             if !vertex.ignore_cache {
                 if let Some(outs) = runner.load(&key, &vertex).await? {
-                    runner.cached(id, &vertex);
+                    runner.cached(id, &vertex).await;
                     return Ok(outs);
                 }
             }
@@ -362,7 +362,7 @@ mod tests {
             Ok(())
         }
 
-        fn cached(&self, _id: VertexId, vertex: &Vertex) {
+        async fn cached(&self, _id: VertexId, vertex: &Vertex) {
             self.cached
                 .lock()
                 .expect("not poisoned")

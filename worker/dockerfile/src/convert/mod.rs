@@ -97,6 +97,7 @@ pub fn to_graph(
         states: vec![None; df.stages.len()],
         stages_built: Vec::new(),
         plan,
+        graph_bytes: 0,
     };
     for i in 0..df.stages.len() {
         if conv.plan.needed[i] {
@@ -158,7 +159,17 @@ struct Converter<'a> {
     images: BTreeMap<String, VertexId>,
     states: Vec<Option<StageState>>,
     stages_built: Vec<String>,
+    /// Bytes of step definitions emitted so far (see [`MAX_GRAPH_BYTES`]).
+    graph_bytes: usize,
 }
+
+/// The most bytes of step definitions (each step's environment, arguments
+/// and name) one conversion may emit. Every `RUN` carries a copy of its
+/// stage's environment, so a few kilobytes of Dockerfile repeating `RUN`
+/// after a large `ENV` would otherwise multiply into gigabytes of graph;
+/// real builds stay far below this (100 steps with 4 KiB environments are
+/// 400 KiB).
+pub const MAX_GRAPH_BYTES: usize = 64 << 20;
 
 /// Vertex numbering within a stage (`[build 2/4]`).
 struct Progress {
@@ -222,6 +233,26 @@ impl Converter<'_> {
     }
 
     fn add(&mut self, vertex: Vertex) -> Result<VertexId> {
+        let mut size = vertex.name.len();
+        if let Op::Exec(e) = &vertex.op {
+            size += e
+                .meta
+                .env
+                .iter()
+                .chain(&e.meta.args)
+                .map(String::len)
+                .sum::<usize>();
+        }
+        self.graph_bytes = self.graph_bytes.saturating_add(size);
+        if self.graph_bytes > MAX_GRAPH_BYTES {
+            let line = vertex.location.as_ref().map_or(0, |l| l.line);
+            return Err(self.file_err(
+                line,
+                format!(
+                    "the build's steps exceed {MAX_GRAPH_BYTES} bytes of environment and arguments"
+                ),
+            ));
+        }
         self.graph.add(vertex).map_err(ParseError::Graph)
     }
 
@@ -435,8 +466,8 @@ impl Converter<'_> {
                 let mut msg = String::from("ENV");
                 for (k, v) in kvs {
                     msg.push_str(&format!(" {k}={v}"));
-                    add_env(&mut st.env, &k, &v);
-                    add_env(&mut st.config.env, &k, &v);
+                    add_env(&mut st.env, &k, &v).map_err(|m| self.file_err(line, m))?;
+                    add_env(&mut st.config.env, &k, &v).map_err(|m| self.file_err(line, m))?;
                 }
                 st.config.history.push(history(msg, false));
             }
@@ -622,7 +653,7 @@ impl Converter<'_> {
                 (None, None) => lookup(&self.plan.global_env, &a.key).map(str::to_string),
             };
             if let Some(v) = &value {
-                add_env(&mut st.env, &a.key, v);
+                add_env(&mut st.env, &a.key, v).map_err(|m| self.file_err(line, m))?;
                 shown.push(format!("{}={v}", a.key));
             } else {
                 shown.push(a.key.clone());

@@ -61,7 +61,10 @@ impl Plan {
             ("TARGETSTAGE", &target_name),
         ] {
             let v = opts.build_args.get(k).map_or(v, String::as_str);
-            add_env(&mut global_env, k, v);
+            // Only a client's --build-arg can make these large; the
+            // Dockerfile has no line for them yet.
+            add_env(&mut global_env, k, v)
+                .map_err(|m| invalid(1, format!("build argument {k}: {m}")))?;
         }
         for c in &df.global_args {
             if let Instruction::Arg(args) = &c.instruction {
@@ -75,7 +78,7 @@ impl Plan {
                         (None, None) => None,
                     };
                     if let Some(v) = value {
-                        add_env(&mut global_env, &a.key, &v);
+                        add_env(&mut global_env, &a.key, &v).map_err(|m| invalid(c.line, m))?;
                     }
                 }
             }

@@ -816,3 +816,68 @@ fn testdata_cases() {
     }
     assert!(ran >= 5, "only {ran} testdata cases found");
 }
+
+/// A Dockerfile that multiplies a large environment into many steps, or
+/// doubles a variable, or nests expansions past the limit, is an error
+/// naming its line (this is how a 24 KB Dockerfile could exhaust kilnd).
+#[test]
+fn hostile_dockerfiles_are_bounded_errors() {
+    let mut src = String::from("FROM busybox\nENV a0=0123456789abcdef\n");
+    for i in 1..=13 {
+        src.push_str(&format!("ENV a{i}=${{a{p}}}${{a{p}}}\n", p = i - 1));
+    }
+    // a13 is 128 KiB: five copies make a 0.9 MiB environment, a sixth
+    // would pass the 1 MiB a stage may build up.
+    let mut too_big_env = src.clone();
+    for i in 0..6 {
+        too_big_env.push_str(&format!("ENV b{i}=$a13\n"));
+    }
+    check(
+        &too_big_env,
+        "error: Dockerfile:21: the environment (ENV and ARG values) grows past 1048576 bytes",
+    );
+    for i in 0..5 {
+        src.push_str(&format!("ENV b{i}=$a13\n"));
+    }
+    let first_run = src.lines().count() + 1;
+    for _ in 0..100 {
+        src.push_str("RUN true\n");
+    }
+    let e = build(&src, &opts()).expect_err("too big").to_string();
+    let (at, msg) = e.split_once(": ").expect("located");
+    assert_eq!(
+        msg,
+        "the build's steps exceed 67108864 bytes of environment and arguments"
+    );
+    // About 0.9 MiB per step: a RUN past the 70th crosses 64 MiB.
+    let line: usize = at
+        .strip_prefix("Dockerfile:")
+        .and_then(|l| l.parse().ok())
+        .expect("a line");
+    assert!((first_run + 65..first_run + 80).contains(&line), "{e}");
+    let mut doubling = String::from("FROM busybox\nENV a0=0123456789abcdef\n");
+    for i in 1..=14 {
+        doubling.push_str(&format!("ENV a{i}=${{a{p}}}${{a{p}}}\n", p = i - 1));
+    }
+    check(
+        &doubling,
+        "error: Dockerfile:16: variable substitution produces more than 131072 bytes",
+    );
+    let n = (24 << 10) / 6;
+    check(
+        &format!(
+            "FROM busybox\nENV x={}v{}\n",
+            "${a:-".repeat(n),
+            "}".repeat(n)
+        ),
+        "error: Dockerfile:2: variable substitution nested deeper than 64 levels",
+    );
+    check(
+        &format!(
+            "ARG x={}v{}\nFROM busybox\n",
+            "${a:-".repeat(n),
+            "}".repeat(n)
+        ),
+        "error: Dockerfile:1: variable substitution nested deeper than 64 levels",
+    );
+}

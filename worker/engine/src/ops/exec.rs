@@ -91,19 +91,45 @@ impl StepRunner {
                 return Err(e);
             }
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let limits = match crate::steplog::LogLimits::current() {
+            Ok(l) => l,
+            Err(source) => {
+                drop(mounted);
+                self.discard(active).await;
+                self.release_cache_mounts(held_mounts).await;
+                return Err(WorkerError::LogLimit {
+                    location: loc,
+                    source,
+                });
+            }
+        };
+        // Bounded: a reader that outruns us waits (the FIFO fills and the
+        // step's write blocks) rather than queueing without limit. We read
+        // as fast as chunks come and drop what is clipped, so a step that
+        // floods its output still runs at full speed.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(OutputStream, Vec<u8>)>(kiln_shim::OUTPUT_QUEUE);
         let progress = self.progress.clone();
         let vertex = id.0;
         let forward = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut stdout = crate::steplog::StreamClip::new(limits, started);
+            let mut stderr = crate::steplog::StreamClip::new(limits, started);
             while let Some((stream, data)) = rx.recv().await {
-                progress.send(ProgressEvent::Log {
-                    vertex,
-                    stream: match stream {
-                        OutputStream::Stdout => LogStream::Stdout,
-                        OutputStream::Stderr => LogStream::Stderr,
-                    },
-                    data,
-                });
+                let (clip, stream) = match stream {
+                    OutputStream::Stdout => (&mut stdout, LogStream::Stdout),
+                    OutputStream::Stderr => (&mut stderr, LogStream::Stderr),
+                };
+                let Some(data) = clip.pass(&data, std::time::Instant::now()) else {
+                    continue;
+                };
+                progress
+                    .send(ProgressEvent::Log {
+                        vertex,
+                        stream,
+                        data,
+                    })
+                    .await;
             }
         });
         let spec = StepSpec {

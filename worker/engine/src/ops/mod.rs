@@ -147,20 +147,24 @@ impl OpRunner for StepRunner {
         Ok(())
     }
 
-    fn cached(&self, id: VertexId, vertex: &Vertex) {
+    async fn cached(&self, id: VertexId, vertex: &Vertex) {
         let at = SystemTime::now();
-        self.progress.send(ProgressEvent::Started {
-            vertex: id.0,
-            name: vertex.name.clone(),
-            at,
-        });
-        self.progress.send(ProgressEvent::Completed {
-            vertex: id.0,
-            name: vertex.name.clone(),
-            cached: true,
-            error: None,
-            at,
-        });
+        self.progress
+            .send(ProgressEvent::Started {
+                vertex: id.0,
+                name: vertex.name.clone(),
+                at,
+            })
+            .await;
+        self.progress
+            .send(ProgressEvent::Completed {
+                vertex: id.0,
+                name: vertex.name.clone(),
+                cached: true,
+                error: None,
+                at,
+            })
+            .await;
     }
 
     async fn run(
@@ -172,11 +176,13 @@ impl OpRunner for StepRunner {
     ) -> Result<Vec<Ref>> {
         let span = tracing::info_span!("vertex", id = id.0, name = %vertex.name);
         async {
-            self.progress.send(ProgressEvent::Started {
-                vertex: id.0,
-                name: vertex.name.clone(),
-                at: SystemTime::now(),
-            });
+            self.progress
+                .send(ProgressEvent::Started {
+                    vertex: id.0,
+                    name: vertex.name.clone(),
+                    at: SystemTime::now(),
+                })
+                .await;
             let r = match &vertex.op {
                 Op::Source(s) => self.source(&vertex, s).await,
                 Op::Exec(e) => self.exec(id, &vertex, e, &inputs, cancel).await,
@@ -188,13 +194,15 @@ impl OpRunner for StepRunner {
                     what: "merge op".into(),
                 }),
             };
-            self.progress.send(ProgressEvent::Completed {
-                vertex: id.0,
-                name: vertex.name.clone(),
-                cached: false,
-                error: r.as_ref().err().map(|e| e.to_string()),
-                at: SystemTime::now(),
-            });
+            self.progress
+                .send(ProgressEvent::Completed {
+                    vertex: id.0,
+                    name: vertex.name.clone(),
+                    cached: false,
+                    error: r.as_ref().err().map(|e| e.to_string()),
+                    at: SystemTime::now(),
+                })
+                .await;
             r
         }
         .instrument(span)

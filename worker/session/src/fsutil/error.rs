@@ -18,6 +18,15 @@ pub enum FsutilError {
     /// A hard link does not name an earlier regular file of this transfer.
     #[error("invalid hard link {path:?} to {target:?}")]
     InvalidLink { path: String, target: String },
+    /// A transfer past one of the receiver's limits ([`super::receive`]'s
+    /// `MAX_*`): too many entries, too long a path or symlink target, more
+    /// content than declared or than a context may hold.
+    #[error("{path:?}: {what} exceeds the limit of {limit}")]
+    TooLarge {
+        path: String,
+        what: &'static str,
+        limit: u64,
+    },
     /// A symlink without a target.
     #[error("symlink {path:?} has no target")]
     EmptySymlink { path: String },
@@ -90,6 +99,7 @@ impl FsutilError {
             | InvalidLink { .. }
             | EmptySymlink { .. }
             | UnsupportedType { .. }
+            | TooLarge { .. }
             | InvalidRequest { .. }
             | UnexpectedData { .. }
             | UnexpectedPacket { .. }

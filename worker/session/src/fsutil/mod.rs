@@ -21,7 +21,9 @@ pub(crate) mod tests;
 pub use error::FsutilError;
 pub use kiln_proto::fsutil::packet::PacketType;
 pub use kiln_proto::fsutil::{Packet, Stat};
-pub use receive::{receive_dir, ReceiveOptions, ReceiveStats};
+pub use receive::{
+    receive_dir, ReceiveOptions, ReceiveStats, MAX_ENTRIES, MAX_PATH_BYTES, MAX_TOTAL_BYTES,
+};
 pub use send::{send_dir, SendOptions};
 
 /// Go `os.FileMode` bits as they travel in `Stat.mode`.

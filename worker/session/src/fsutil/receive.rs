@@ -48,6 +48,23 @@ pub struct ReceiveStats {
 /// more (upstream uses 4) costs reopens, not descriptors.
 const MAX_OPEN_WRITERS: usize = 16;
 
+/// The most entries one transfer may list. Each costs the receiver some
+/// bookkeeping (its path, kind and, for directories, metadata: a few
+/// hundred bytes), so this bounds that memory at a few hundred MiB, while
+/// the largest real contexts (monorepos with their dependencies) stay well
+/// under it.
+pub const MAX_ENTRIES: u64 = 1_000_000;
+
+/// The longest path (and symlink target) accepted, in bytes: the kernel's
+/// `PATH_MAX`. A longer one could not be used by a step anyway.
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// The most file content one transfer may declare (the sum of its regular
+/// files' sizes), and so write: 64 GiB. Content goes to disk, not memory;
+/// the limit stops a sender from filling the daemon's disk with one
+/// context, and no image build context comes near it.
+pub const MAX_TOTAL_BYTES: u64 = 64 << 30;
+
 /// How many received packets may wait for the file system.
 const APPLY_DEPTH: usize = 64;
 
@@ -88,7 +105,9 @@ where
     let (in_tx, in_rx) = mpsc::channel::<Packet>(APPLY_DEPTH);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Packet>();
     // The file system work runs on a blocking thread; it never waits on the
-    // network (its output queue is unbounded), so reading never stalls.
+    // network (its output queue is unbounded), so reading never stalls. The
+    // queue holds at most one small REQ per listed file, so MAX_ENTRIES
+    // bounds it.
     let applier = tokio::task::spawn_blocking(move || Applier::new(root, opts, out_tx).run(in_rx));
     let reader = async move {
         loop {
@@ -159,6 +178,8 @@ struct Applier {
     listing_done: bool,
     fin_sent: bool,
     stats: ReceiveStats,
+    /// The sum of the regular files' declared sizes.
+    declared: u64,
 }
 
 /// Splits a valid wire path into its parent ("" for the root) and name.
@@ -190,6 +211,7 @@ impl Applier {
             listing_done: false,
             fin_sent: false,
             stats: ReceiveStats::default(),
+            declared: 0,
         }
     }
 
@@ -253,6 +275,27 @@ impl Applier {
         self.next_id += 1;
         self.stats.entries += 1;
         let path = stat.path.clone();
+        if self.stats.entries > MAX_ENTRIES {
+            return Err(FsutilError::TooLarge {
+                path,
+                what: "the number of entries",
+                limit: MAX_ENTRIES,
+            });
+        }
+        if path.len() > MAX_PATH_BYTES {
+            return Err(FsutilError::TooLarge {
+                path,
+                what: "the path length",
+                limit: MAX_PATH_BYTES as u64,
+            });
+        }
+        if stat.linkname.len() > MAX_PATH_BYTES {
+            return Err(FsutilError::TooLarge {
+                path,
+                what: "the link target length",
+                limit: MAX_PATH_BYTES as u64,
+            });
+        }
         if !is_valid_path(&path) {
             return Err(FsutilError::InvalidPath { path });
         }
@@ -313,6 +356,14 @@ impl Applier {
         } else if m & mode::TYPE != 0 {
             return Err(FsutilError::UnsupportedType { path, mode: m });
         } else {
+            let size = u64::try_from(stat.size).unwrap_or(0);
+            if self.declared.saturating_add(size) > MAX_TOTAL_BYTES {
+                return Err(FsutilError::TooLarge {
+                    path,
+                    what: "the context's total file size",
+                    limit: MAX_TOTAL_BYTES,
+                });
+            }
             self.clear(&dir, name, &path)?;
             let flags = OFlag::O_CREAT
                 | OFlag::O_EXCL
@@ -330,6 +381,7 @@ impl Applier {
                     stat,
                 },
             );
+            self.declared = self.declared.saturating_add(size);
             let _ = self.out.send(Packet {
                 id,
                 ..packet(PacketType::PacketReq)
@@ -376,6 +428,15 @@ impl Applier {
             .get(&id)
             .map(|f| f.path.as_str())
             .unwrap_or_default();
+        // A file may grow while the sender reads it, so its own size is not
+        // held to what it declared; the whole transfer is.
+        if self.stats.bytes.saturating_add(data.len() as u64) > MAX_TOTAL_BYTES {
+            return Err(FsutilError::TooLarge {
+                path: path.to_string(),
+                what: "the context's total file size",
+                limit: MAX_TOTAL_BYTES,
+            });
+        }
         if let Some(f) = self.writers.get_mut(&id) {
             f.write_all(&data).map_err(|source| FsutilError::Io {
                 op: "write",

@@ -685,6 +685,51 @@ async fn hostile_senders_are_refused_and_write_nothing_outside() {
             vec![stat("a", FILE, "b"), stat("b", FILE, "")],
             |e| matches!(e, FsutilError::InvalidLink { .. }),
         ),
+        (
+            "path longer than PATH_MAX",
+            vec![stat(
+                &"a".repeat(super::receive::MAX_PATH_BYTES + 1),
+                FILE,
+                "",
+            )],
+            |e| {
+                matches!(e, FsutilError::TooLarge { what, .. } if *what == "the path length")
+                    && e.to_string()
+                        .ends_with("the path length exceeds the limit of 4096")
+            },
+        ),
+        (
+            "symlink target longer than PATH_MAX",
+            vec![stat(
+                "l",
+                LINK,
+                &"x/".repeat(super::receive::MAX_PATH_BYTES / 2 + 1),
+            )],
+            |e| matches!(e, FsutilError::TooLarge { what, .. } if *what == "the link target length"),
+        ),
+        (
+            "declared content past the context limit",
+            vec![
+                {
+                    let mut p = stat("a", FILE, "");
+                    if let Some(s) = &mut p.stat {
+                        s.size = (super::receive::MAX_TOTAL_BYTES / 2) as i64;
+                    }
+                    p
+                },
+                {
+                    let mut p = stat("b", FILE, "");
+                    if let Some(s) = &mut p.stat {
+                        s.size = (super::receive::MAX_TOTAL_BYTES / 2 + 1) as i64;
+                    }
+                    p
+                },
+            ],
+            |e| {
+                e.to_string()
+                    == "\"b\": the context's total file size exceeds the limit of 68719476736"
+            },
+        ),
         ("socket", vec![stat("s", mode::SOCKET | 0o755, "")], |e| {
             matches!(e, FsutilError::UnsupportedType { .. })
         }),
