@@ -71,9 +71,13 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine on containerd: its services and its runc steps.
     pub fn new(ctrd: Containerd, state_dir: PathBuf) -> Self {
+        // One exec dir per process, so a later sweep can tell a dead
+        // process's step files from a live one's.
         let executor = Arc::new(ContainerdExecutor::new(
             ctrd.clone(),
-            state_dir.join("exec"),
+            state_dir
+                .join(crate::sweep::EXEC_DIR)
+                .join(crate::sweep::owner_dir_name()),
         ));
         Engine::with_services(
             Services::containerd(&ctrd),
@@ -114,7 +118,12 @@ impl Engine {
 
     /// Cleans up after kiln processes that died mid-build (their step
     /// containers, host mounts and leases).
+    /// The state directory is made (or tightened to) 0700 first.
     pub async fn sweep(&self) -> Result<()> {
+        crate::sweep::private_state_dir(&self.state_dir).map_err(|source| WorkerError::Io {
+            path: self.state_dir.display().to_string(),
+            source,
+        })?;
         crate::sweep::sweep(&self.svc, &*self.containers, &self.state_dir).await
     }
 
