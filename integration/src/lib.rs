@@ -589,3 +589,94 @@ impl Harness {
         ))
     }
 }
+
+/// What kiln left in its state directory `root` (a kilnd's or a CLI's
+/// `--root`): mounts at or below it, received build contexts
+/// (`sessions/<process>/<build>`) and step dirs (`exec/<process>/<step>`).
+/// A process's empty directory is not a leftover; anything in it is.
+pub fn state_leftovers(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let needle = root.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for target in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if target
+            .strip_prefix(&needle)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        {
+            out.push(format!("mount {target}"));
+        }
+    }
+    for kind in [
+        kiln_engine::sweep::SESSIONS_DIR,
+        kiln_engine::sweep::EXEC_DIR,
+    ] {
+        let Ok(owners) = std::fs::read_dir(root.join(kind)) else {
+            continue;
+        };
+        for owner in owners.flatten() {
+            let Ok(entries) = std::fs::read_dir(owner.path()) else {
+                out.push(format!("{kind} entry {}", owner.path().display()));
+                continue;
+            };
+            for e in entries.flatten() {
+                out.push(format!("{kind} dir {}", e.path().display()));
+            }
+        }
+    }
+    out
+}
+
+impl Harness {
+    /// The state directory of the kilnd that [`Harness::start_kilnd`] runs
+    /// for `namespace`.
+    pub fn kilnd_root(&self, namespace: &str) -> PathBuf {
+        self.state_dir().join(format!("kilnd-root-{namespace}"))
+    }
+
+    /// [`Harness::leftovers`] in `namespace` plus [`state_leftovers`] of
+    /// `root`: everything a finished or cancelled build must not leave.
+    pub fn all_leftovers(&self, namespace: &str, root: &Path) -> HarnessResult<Vec<String>> {
+        let mut out = self.leftovers(namespace)?;
+        out.extend(state_leftovers(root));
+        Ok(out)
+    }
+
+    /// Waits up to `wait` for [`Harness::all_leftovers`] to be empty; the
+    /// leftovers still there at the deadline are the error.
+    pub async fn wait_no_leftovers(
+        &self,
+        namespace: &str,
+        root: &Path,
+        wait: Duration,
+    ) -> HarnessResult<()> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = self.all_leftovers(namespace, root)?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("left after {wait:?}:\n{}", left.join("\n")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The buildctl-style client (`buildctl-like`) next to the test executable.
+pub fn buildctl_like_binary() -> HarnessResult<PathBuf> {
+    test_binary("buildctl-like")
+}
+
+impl Kilnd {
+    /// SIGKILLs kilnd and returns its process without reaping it: until the
+    /// caller waits for it, it stays a zombie (as a daemon that was just
+    /// killed may still be when its successor starts).
+    pub fn kill_unreaped(&mut self) -> HarnessResult<Child> {
+        let child = self.child.take().ok_or("kilnd already stopped")?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| format!("kill kilnd: {e}"))?;
+        Ok(child)
+    }
+}

@@ -1,0 +1,115 @@
+//! Faults (issue 8): clients, kilnd and containerd going away mid-build.
+//! After each, the next build succeeds and nothing is left: no kiln lease,
+//! container, task, active snapshot, mount under kiln's root, received
+//! context or step dir.
+
+use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// How long cleanup may take after a fault.
+const SETTLE: Duration = Duration::from_secs(30);
+
+const SLOW: &str = "FROM busybox\nRUN echo FAULT-STARTED && sleep 120\n";
+
+async fn setup(ns: &str) -> (Harness, Kilnd) {
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    (h, k)
+}
+
+/// Starts the buildctl-style client on `ctx` and returns once the step
+/// printed `marker`.
+fn buildctl_until(k: &Kilnd, ctx: &Path, marker: &str) -> Child {
+    let mut child = Command::new(buildctl_like_binary().expect("buildctl-like"))
+        .arg(k.addr())
+        .arg(ctx)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("buildctl-like starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.expect("utf8");
+        if line.trim() == marker {
+            return child;
+        }
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let status = child.wait();
+    panic!(
+        "the client never printed {marker:?} ({status:?}): {seen:?}\n{}",
+        std::fs::read_to_string(&k.log).unwrap_or_default()
+    );
+}
+
+/// A buildctl-style build of `ctx` into image `name`; fails the test
+/// unless it succeeds.
+fn buildctl_ok(k: &Kilnd, ctx: &Path, name: &str) {
+    let out = Command::new(buildctl_like_binary().expect("buildctl-like"))
+        .arg(k.addr())
+        .arg(ctx)
+        .arg(name)
+        .output()
+        .expect("buildctl-like runs");
+    assert!(
+        out.status.success(),
+        "build failed: {}\n{}\nkilnd: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&k.log).unwrap_or_default()
+    );
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("signal");
+}
+
+/// A buildctl-style client stopped mid-RUN by `sig`: its build is
+/// cancelled and everything released, and the next build succeeds.
+async fn client_stopped_mid_run(ns: &str, sig: nix::sys::signal::Signal) {
+    let (h, k) = setup(ns).await;
+    let root = h.kilnd_root(ns);
+    let slow = h.context(&format!("{ns}-slow"), &[("Dockerfile", SLOW)]);
+    let mut child = buildctl_until(&k, &slow, "FAULT-STARTED");
+    signal(&child, sig);
+    let status = child.wait().expect("reaped");
+    assert!(!status.success(), "{status:?}");
+    if let Err(left) = h.wait_no_leftovers(ns, &root, SETTLE).await {
+        panic!(
+            "{left}\nkilnd: {}",
+            std::fs::read_to_string(&k.log).unwrap_or_default()
+        );
+    }
+    let next = h.context(
+        &format!("{ns}-next"),
+        &[("Dockerfile", "FROM busybox\nRUN echo next > /next\n")],
+    );
+    buildctl_ok(&k, &next, "docker.io/library/next:1");
+    assert_eq!(
+        h.run_image(
+            ns,
+            "docker.io/library/next:1",
+            &format!("{ns}-run"),
+            &["cat", "/next"]
+        ),
+        "next\n"
+    );
+    h.wait_no_leftovers(ns, &root, SETTLE)
+        .await
+        .expect("nothing left after the next build");
+}
+
+#[tokio::test]
+async fn buildctl_interrupted_mid_run_releases_everything() {
+    client_stopped_mid_run("fault-sigint", nix::sys::signal::Signal::SIGINT).await;
+}
+
+#[tokio::test]
+async fn buildctl_killed_mid_run_releases_everything() {
+    client_stopped_mid_run("fault-sigkill", nix::sys::signal::Signal::SIGKILL).await;
+}
