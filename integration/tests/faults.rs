@@ -113,3 +113,37 @@ async fn buildctl_interrupted_mid_run_releases_everything() {
 async fn buildctl_killed_mid_run_releases_everything() {
     client_stopped_mid_run("fault-sigkill", nix::sys::signal::Signal::SIGKILL).await;
 }
+
+#[tokio::test]
+async fn kilnd_killed_mid_run_and_restarted_at_once_cleans_up() {
+    let ns = "fault-kilnd";
+    let (h, mut k) = setup(ns).await;
+    let root = h.kilnd_root(ns);
+    let slow = h.context("kilnd-slow", &[("Dockerfile", SLOW)]);
+    let mut client = buildctl_until(&k, &slow, "FAULT-STARTED");
+    // Restarted while the killed daemon is still a zombie (not reaped):
+    // its build must not pass for a live one.
+    let dead = k.kill_unreaped().expect("SIGKILL kilnd");
+    let k = h.start_kilnd(ns).await.expect("kilnd restarts");
+    let mut dead = dead;
+    dead.wait().expect("reap the old kilnd");
+    let status = client.wait().expect("client ends");
+    assert!(!status.success(), "{status:?}");
+    if let Err(left) = h.wait_no_leftovers(ns, &root, SETTLE).await {
+        panic!(
+            "{left}\nkilnd: {}",
+            std::fs::read_to_string(&k.log).unwrap_or_default()
+        );
+    }
+    let next = h.context(
+        "kilnd-next",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo after-restart > /next\n",
+        )],
+    );
+    buildctl_ok(&k, &next, "docker.io/library/after-restart:1");
+    h.wait_no_leftovers(ns, &root, SETTLE)
+        .await
+        .expect("nothing left after the next build");
+}
