@@ -57,20 +57,19 @@ impl Harness {
             ),
         )
         .map_err(|e| format!("write {}: {e}", config.display()))?;
-        let log = std::fs::File::create(dir.path().join("containerd.log"))
-            .map_err(|e| format!("containerd.log: {e}"))?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start containerd (is it installed? run .ci/run): {e}"))?;
+        let child = spawn_containerd(dir.path())?;
         let mut h = Harness {
             dir,
             socket,
             child: Some(child),
         };
+        h.wait_answering().await?;
+        Ok(h)
+    }
+
+    /// Waits until the private containerd answers Version (30 s at most).
+    async fn wait_answering(&mut self) -> HarnessResult<()> {
+        let h = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if h.socket.exists() {
@@ -93,7 +92,7 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(h)
+        Ok(())
     }
 
     /// The end of containerd's log, for failure messages.
@@ -171,6 +170,50 @@ impl Drop for Harness {
             kill_shims(self.dir.path());
             kiln_engine::sweep::unmount_below(self.dir.path());
         }
+    }
+}
+
+/// Starts containerd with the config written in `dir` (log appended to
+/// `dir/containerd.log`).
+fn spawn_containerd(dir: &Path) -> HarnessResult<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .map_err(|e| format!("containerd.log: {e}"))?;
+    Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start containerd (is it installed? run .ci/run): {e}"))
+}
+
+impl Harness {
+    /// Restarts the private containerd as an operator would: SIGTERM, wait
+    /// for it to exit, start it again on the same root and socket, and wait
+    /// until it answers. Shims (and the steps they run) survive, as they do
+    /// in production.
+    pub async fn restart_containerd(&mut self) -> HarnessResult<()> {
+        let this = self;
+        let mut child = this
+            .child
+            .take()
+            .ok_or("containerd is not the harness's own (KILN_TEST_CONTAINERD)")?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        this.child = Some(spawn_containerd(this.dir.path())?);
+        this.wait_answering().await
     }
 }
 

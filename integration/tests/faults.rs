@@ -27,7 +27,7 @@ fn buildctl_until(k: &Kilnd, ctx: &Path, marker: &str) -> Child {
         .arg(k.addr())
         .arg(ctx)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("buildctl-like starts");
     let stdout = child.stdout.take().expect("piped");
@@ -143,6 +143,40 @@ async fn kilnd_killed_mid_run_and_restarted_at_once_cleans_up() {
         )],
     );
     buildctl_ok(&k, &next, "docker.io/library/after-restart:1");
+    h.wait_no_leftovers(ns, &root, SETTLE)
+        .await
+        .expect("nothing left after the next build");
+}
+
+#[tokio::test]
+async fn containerd_restarted_mid_run_fails_the_build_clearly_and_cleans_up() {
+    let ns = "fault-ctrd";
+    let (mut h, k) = setup(ns).await;
+    let root = h.kilnd_root(ns);
+    let slow = h.context("ctrd-slow", &[("Dockerfile", SLOW)]);
+    let client = buildctl_until(&k, &slow, "FAULT-STARTED");
+    h.restart_containerd().await.expect("containerd restarts");
+    let out = client.wait_with_output().expect("client ends");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Dockerfile:2: containerd connection lost (restarted?)"),
+        "the cause a user can act on, and the step: {err}"
+    );
+    if let Err(left) = h.wait_no_leftovers(ns, &root, SETTLE).await {
+        panic!(
+            "{left}\nkilnd: {}",
+            std::fs::read_to_string(&k.log).unwrap_or_default()
+        );
+    }
+    let next = h.context(
+        "ctrd-next",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo after-containerd > /next\n",
+        )],
+    );
+    buildctl_ok(&k, &next, "docker.io/library/after-containerd:1");
     h.wait_no_leftovers(ns, &root, SETTLE)
         .await
         .expect("nothing left after the next build");
