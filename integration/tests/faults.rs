@@ -181,3 +181,68 @@ async fn containerd_restarted_mid_run_fails_the_build_clearly_and_cleans_up() {
         .await
         .expect("nothing left after the next build");
 }
+
+/// A fixed-seed pseudo-random sequence (xorshift64*), so every run kills at
+/// the same moments and a failure can be replayed.
+struct Moments(u64);
+
+impl Moments {
+    fn next_ms(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % below
+    }
+}
+
+#[tokio::test]
+async fn kiln_killed_at_twenty_moments_leaves_nothing_after_the_next_build() {
+    let ns = "fault-cli";
+    let h = Harness::with_busybox(ns).await;
+    let root = h.state_dir().join("kiln-root");
+    let ctx = h.context(
+        "cli",
+        &[
+            ("a.txt", "a\n"),
+            (
+                "Dockerfile",
+                "FROM busybox\nARG N\nCOPY a.txt /a\nRUN echo $N > /n && sleep 0.3\nRUN cat /a /n > /c\n",
+            ),
+        ],
+    );
+    let ctx = ctx.to_str().expect("utf8");
+    let mut moments = Moments(0x6b69_6c6e_2d38);
+    let mut killed_running = 0;
+    for i in 0..20 {
+        // A fresh ARG each time, so the steps run instead of hitting.
+        let n = format!("N=killed-{i}");
+        let mut child = h
+            .kiln_command(ns)
+            .expect("kiln")
+            .args(["build", "--progress", "plain", "--build-arg", &n, ctx])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kiln starts");
+        let delay = moments.next_ms(1500);
+        std::thread::sleep(Duration::from_millis(delay));
+        if matches!(child.try_wait(), Ok(None)) {
+            killed_running += 1;
+        }
+        let _ = child.kill();
+        child.wait().expect("reaped");
+
+        // The next kiln sweeps what the killed one left, and builds.
+        let next = format!("N=next-{i}");
+        h.build(ns, &["--build-arg", &next, "-t", "cli-next:1", ctx])
+            .ok();
+        let left = h.all_leftovers(ns, &root).expect("ctr");
+        assert!(
+            left.is_empty(),
+            "after a kill at {delay} ms (round {i}): {left:?}"
+        );
+    }
+    // Not asserted (it depends on the machine's speed), but shown: how many
+    // of the kills hit a build still running.
+    eprintln!("{killed_running} of 20 kills hit a running build");
+}
