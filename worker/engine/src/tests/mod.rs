@@ -700,3 +700,32 @@ async fn a_cache_mount_is_a_leased_snapshot_that_du_lists_and_prune_removes() {
         .iter()
         .all(|r| r.record_type != cache::TYPE_CACHE_MOUNT));
 }
+
+#[tokio::test]
+async fn a_failed_layer_write_names_the_steps_dockerfile_line() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    let engine = fx.engine("a", &exec);
+    let mut req = request(&["fill-the-disk"], &[]);
+    let run = req.result;
+    req.graph.vertices[run.0].location = Some(kiln_solver::SourceLocation {
+        file: "Dockerfile".into(),
+        line: 7,
+    });
+    // What a full disk looks like from here: containerd refuses the
+    // commit of the step's layer.
+    fx.mem
+        .fail_next("Snapshots.Commit", kiln_snapshot::ErrorKind::Internal, 1);
+    let err = build(&engine, req).await.expect_err("the commit fails");
+    let text = err.to_string();
+    assert!(text.starts_with("Dockerfile:7: "), "{text}");
+    assert!(text.contains("injected failure"), "{text}");
+    assert_eq!(err.kind(), kiln_snapshot::ErrorKind::Internal);
+    assert!(
+        fx.lease_ids()
+            .await
+            .iter()
+            .all(|l| !l.starts_with("kiln/build/")),
+        "released"
+    );
+}
