@@ -79,6 +79,11 @@ async fn client_stopped_mid_run(ns: &str, sig: nix::sys::signal::Signal) {
     signal(&child, sig);
     let status = child.wait().expect("reaped");
     assert!(!status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&k.log).unwrap_or_default();
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in kilnd's log file: {log:?}"
+    );
     if let Err(left) = h.wait_no_leftovers(ns, &root, SETTLE).await {
         panic!(
             "{left}\nkilnd: {}",
@@ -245,4 +250,20 @@ async fn kiln_killed_at_twenty_moments_leaves_nothing_after_the_next_build() {
     // Not asserted (it depends on the machine's speed), but shown: how many
     // of the kills hit a build still running.
     eprintln!("{killed_running} of 20 kills hit a running build");
+
+    // With stderr not a terminal, logs and progress carry no colour codes.
+    let out = h
+        .kiln_command(ns)
+        .expect("kiln")
+        .env("KILN_LOG", "debug")
+        .args(["build", "--progress", "auto", "--build-arg", "N=plain", ctx])
+        .output()
+        .expect("kiln runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("DEBUG"), "debug logs were written: {err}");
+    assert!(
+        !err.contains('\x1b'),
+        "escape codes in piped stderr: {err:?}"
+    );
 }
