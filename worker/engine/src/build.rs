@@ -21,7 +21,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// How long a build's lease protects its objects if kiln dies mid-build.
+/// How long a build's lease protects its objects after kiln stopped
+/// renewing it (it died mid-build); see [`crate::lease`].
 pub const BUILD_LEASE_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// What to build and where the result goes.
@@ -57,6 +58,7 @@ pub struct Engine {
     /// Shared by every build of this engine: equal steps run once.
     solver: Arc<Solver<StepRunner>>,
     hashes: Arc<HashCache>,
+    lease_timing: crate::lease::LeaseTiming,
 }
 
 impl std::fmt::Debug for Engine {
@@ -108,7 +110,14 @@ impl Engine {
             state_dir,
             solver: Arc::new(Solver::new(parallelism)),
             hashes,
+            lease_timing: crate::lease::LeaseTiming::default(),
         }
+    }
+
+    /// The same engine with other build lease timing (tests use seconds).
+    pub fn with_lease_timing(mut self, timing: crate::lease::LeaseTiming) -> Self {
+        self.lease_timing = timing;
+        self
     }
 
     /// The services the engine runs on.
@@ -175,25 +184,24 @@ impl Engine {
         let lease = LeaseId::unique("build");
         let span = tracing::info_span!("build", lease = %lease);
         async {
-            self.svc
-                .leases
-                .create(
-                    &lease,
-                    "build",
-                    Some(BUILD_LEASE_EXPIRY),
-                    crate::sweep::owner_labels(),
-                )
-                .await?;
+            let keepalive = crate::lease::create_build_lease(
+                self.svc.leases.clone(),
+                &lease,
+                self.lease_timing,
+            )
+            .await?;
             match self.solve_leased(req, &lease, progress, cancel).await {
                 Ok(layers) => Ok(Solved {
                     engine: self.clone(),
                     lease: lease.clone(),
+                    keepalive,
                     layers,
                 }),
                 Err(e) => {
                     if let Err(d) = self.svc.leases.delete(&lease, true).await {
                         tracing::warn!(lease = %lease, error = %d, "cannot delete build lease");
                     }
+                    keepalive.stop().await;
                     Err(e)
                 }
             }
@@ -278,6 +286,8 @@ fn solve_error(e: SolveError) -> WorkerError {
 pub struct Solved {
     engine: Engine,
     lease: LeaseId,
+    /// Renews the lease's protection until release.
+    keepalive: crate::lease::Keepalive,
     /// The result's layer chain (empty = scratch).
     pub layers: Vec<crate::refs::Layer>,
 }
@@ -398,6 +408,7 @@ impl Solved {
         if let Err(e) = self.engine.svc.leases.delete(&self.lease, sync).await {
             tracing::warn!(lease = %self.lease, error = %e, "cannot delete build lease");
         }
+        self.keepalive.stop().await;
     }
 }
 

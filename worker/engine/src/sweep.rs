@@ -151,6 +151,18 @@ fn owner_is_dead(lease: &LeaseInfo) -> bool {
     }
 }
 
+/// Whether the process that owns `lease` runs on this host right now.
+fn owner_is_alive_here(lease: &LeaseInfo) -> bool {
+    let (Some(pid), Some(start), Some(host)) = (
+        lease.labels.get(PID_LABEL),
+        lease.labels.get(START_LABEL),
+        lease.labels.get(HOST_LABEL),
+    ) else {
+        return false;
+    };
+    *host == hostname() && pid.parse::<u32>().is_ok_and(|p| process_alive(p, start))
+}
+
 /// Lazily unmounts everything mounted at or below `dir`, deepest first.
 pub fn unmount_below(dir: &Path) {
     let needle = dir.display().to_string();
@@ -180,9 +192,28 @@ pub async fn sweep(svc: &Services, containers: &dyn Containers, state_dir: &Path
 }
 
 async fn sweep_leases(svc: &Services, containers: &dyn Containers, state_dir: &Path) -> Result<()> {
-    for lease in svc.leases.list().await? {
-        if !lease.id.starts_with("kiln/build/") || !owner_is_dead(&lease) {
+    let all = svc.leases.list().await?;
+    for lease in &all {
+        // A dead process's keepalive: it holds nothing, but it is litter.
+        if crate::lease::is_keepalive(lease) && owner_is_dead(lease) {
+            if let Some(id) = LeaseId::from_kiln(&lease.id) {
+                svc.leases.delete(&id, false).await?;
+            }
             continue;
+        }
+        if !lease.id.starts_with("kiln/build/") {
+            continue;
+        }
+        // Dead on this host, or (wherever it ran) no longer renewed.
+        let gone = owner_is_dead(lease)
+            || (!owner_is_alive_here(lease) && crate::lease::keepalive_lapsed(lease, &all));
+        if !gone {
+            continue;
+        }
+        for k in crate::lease::keepalives_of(lease, &all) {
+            if let Some(id) = LeaseId::from_kiln(&k.id) {
+                svc.leases.delete(&id, false).await?;
+            }
         }
         let Some(id) = LeaseId::from_kiln(&lease.id) else {
             continue;
