@@ -267,3 +267,51 @@ async fn kiln_killed_at_twenty_moments_leaves_nothing_after_the_next_build() {
         "escape codes in piped stderr: {err:?}"
     );
 }
+
+/// An open `Control.Session` call (and its own connection): it ends when
+/// this is dropped.
+#[allow(dead_code, reason = "held only to keep the session open")]
+struct OpenSession(
+    kiln_session::hijack::ClientSide,
+    tonic::Streaming<kiln_proto::control::BytesMessage>,
+);
+
+/// Opens `Control.Session` with session id `id` on a connection of its own.
+async fn open_session(k: &Kilnd, id: &str) -> Result<OpenSession, tonic::Status> {
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let mut control = kiln_proto::control::control_client::ControlClient::new(ch);
+    let (side, requests) = kiln_session::hijack::client_side();
+    let mut req = tonic::Request::new(requests);
+    req.metadata_mut()
+        .insert("x-docker-expose-session-uuid", id.parse().expect("ascii"));
+    let s = control.session(req).await?.into_inner();
+    Ok(OpenSession(side, s))
+}
+
+#[tokio::test]
+async fn a_live_session_id_from_another_connection_is_refused() {
+    let ns = "fault-dup";
+    let h = Harness::start().await.expect("containerd");
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let first = open_session(&k, "shared-id").await.expect("first session");
+    let Err(err) = open_session(&k, "shared-id").await else {
+        panic!("a second session with a live id was accepted");
+    };
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains("shared-id"), "{}", err.message());
+    drop(first);
+    // Once the first ended, the id is free again.
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        match open_session(&k, "shared-id").await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the id stays taken after its session ended: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
