@@ -225,9 +225,9 @@ mod tests {
         );
         let other = info("kiln/keepalive/bb/0", &[(KEEPALIVE_SECS_LABEL, "600")], now);
         assert!(!keepalive_lapsed(&build, &[fresh.clone(), stale.clone()]));
-        assert!(keepalive_lapsed(&build, &[stale.clone()]));
+        assert!(keepalive_lapsed(&build, std::slice::from_ref(&stale)));
         assert!(
-            keepalive_lapsed(&build, &[other.clone()]),
+            keepalive_lapsed(&build, std::slice::from_ref(&other)),
             "another build's keepalive does not count"
         );
         assert!(keepalive_lapsed(&build, &[]));

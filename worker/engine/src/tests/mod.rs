@@ -778,7 +778,7 @@ async fn a_build_running_past_the_lease_expiry_keeps_its_protection() {
         .sweep()
         .await
         .expect("sweep");
-    assert!(fx.lease_ids().await.iter().any(|l| *l == build_lease.id));
+    assert!(fx.lease_ids().await.contains(&build_lease.id));
 
     cancel.cancel();
     let r = build.await.expect("joined");
