@@ -736,8 +736,11 @@ async fn a_build_running_past_the_lease_expiry_keeps_its_protection() {
     let fx = fixture();
     let exec = FakeExecutor::new();
     exec.push(FakeOutcome::Hang);
+    // The fake (like containerd) keeps expiry labels in whole seconds, so a
+    // keepalive lives between 1 and 2 s: one renewed every 100 ms is always
+    // current.
     let timing = LeaseTiming {
-        expiry: std::time::Duration::from_secs(1),
+        expiry: std::time::Duration::from_secs(2),
         refresh: std::time::Duration::from_millis(100),
     };
     let engine = fx.engine("a", &exec).with_lease_timing(timing);
@@ -754,7 +757,7 @@ async fn a_build_running_past_the_lease_expiry_keeps_its_protection() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     // Well past the expiry of the first keepalive, then a GC.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
     fx.svc.leases.gc().await.expect("gc");
     let all = fx.svc.leases.list().await.expect("list");
     let build_lease = all
