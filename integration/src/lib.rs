@@ -329,9 +329,10 @@ impl Harness {
     /// tasks, active snapshots and kiln leases, except what kiln keeps on
     /// purpose: cache record leases (`kiln/cache/...`, which also hold the
     /// shared cache-mount snapshots `kiln-cachemount-<hash>`). A build lease
-    /// counts whether or not it carries an expiry (every build lease does),
-    /// and so does a private cache-mount snapshot, which only lives as long
-    /// as its build.
+    /// counts whether or not it carries an expiry, so do a build's
+    /// keepalive leases (`kiln/keepalive/...`), and so does a private
+    /// cache-mount snapshot, which only lives as long as its build. See
+    /// [`state_leftovers`] for what is left outside containerd.
     pub fn leftovers(&self, namespace: &str) -> HarnessResult<Vec<String>> {
         let mut out = Vec::new();
         for line in self.ctr(namespace, &["containers", "ls", "-q"])?.lines() {
