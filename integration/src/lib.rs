@@ -57,20 +57,19 @@ impl Harness {
             ),
         )
         .map_err(|e| format!("write {}: {e}", config.display()))?;
-        let log = std::fs::File::create(dir.path().join("containerd.log"))
-            .map_err(|e| format!("containerd.log: {e}"))?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start containerd (is it installed? run .ci/run): {e}"))?;
+        let child = spawn_containerd(dir.path())?;
         let mut h = Harness {
             dir,
             socket,
             child: Some(child),
         };
+        h.wait_answering().await?;
+        Ok(h)
+    }
+
+    /// Waits until the private containerd answers Version (30 s at most).
+    async fn wait_answering(&mut self) -> HarnessResult<()> {
+        let h = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if h.socket.exists() {
@@ -93,7 +92,7 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(h)
+        Ok(())
     }
 
     /// The end of containerd's log, for failure messages.
@@ -171,6 +170,50 @@ impl Drop for Harness {
             kill_shims(self.dir.path());
             kiln_engine::sweep::unmount_below(self.dir.path());
         }
+    }
+}
+
+/// Starts containerd with the config written in `dir` (log appended to
+/// `dir/containerd.log`).
+fn spawn_containerd(dir: &Path) -> HarnessResult<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .map_err(|e| format!("containerd.log: {e}"))?;
+    Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start containerd (is it installed? run .ci/run): {e}"))
+}
+
+impl Harness {
+    /// Restarts the private containerd as an operator would: SIGTERM, wait
+    /// for it to exit, start it again on the same root and socket, and wait
+    /// until it answers. Shims (and the steps they run) survive, as they do
+    /// in production.
+    pub async fn restart_containerd(&mut self) -> HarnessResult<()> {
+        let this = self;
+        let mut child = this
+            .child
+            .take()
+            .ok_or("containerd is not the harness's own (KILN_TEST_CONTAINERD)")?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        this.child = Some(spawn_containerd(this.dir.path())?);
+        this.wait_answering().await
     }
 }
 
@@ -290,9 +333,10 @@ impl Harness {
     /// tasks, active snapshots and kiln leases, except what kiln keeps on
     /// purpose: cache record leases (`kiln/cache/...`, which also hold the
     /// shared cache-mount snapshots `kiln-cachemount-<hash>`). A build lease
-    /// counts whether or not it carries an expiry (every build lease does),
-    /// and so does a private cache-mount snapshot, which only lives as long
-    /// as its build.
+    /// counts whether or not it carries an expiry, so do a build's
+    /// keepalive leases (`kiln/keepalive/...`), and so does a private
+    /// cache-mount snapshot, which only lives as long as its build. See
+    /// [`state_leftovers`] for what is left outside containerd.
     pub fn leftovers(&self, namespace: &str) -> HarnessResult<Vec<String>> {
         let mut out = Vec::new();
         for line in self.ctr(namespace, &["containers", "ls", "-q"])?.lines() {
@@ -613,5 +657,96 @@ impl Harness {
             "kilnd did not listen within 30 s: {}",
             std::fs::read_to_string(&k.log).unwrap_or_default()
         ))
+    }
+}
+
+/// What kiln left in its state directory `root` (a kilnd's or a CLI's
+/// `--root`): mounts at or below it, received build contexts
+/// (`sessions/<process>/<build>`) and step dirs (`exec/<process>/<step>`).
+/// A process's empty directory is not a leftover; anything in it is.
+pub fn state_leftovers(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let needle = root.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for target in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if target
+            .strip_prefix(&needle)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        {
+            out.push(format!("mount {target}"));
+        }
+    }
+    for kind in [
+        kiln_engine::sweep::SESSIONS_DIR,
+        kiln_engine::sweep::EXEC_DIR,
+    ] {
+        let Ok(owners) = std::fs::read_dir(root.join(kind)) else {
+            continue;
+        };
+        for owner in owners.flatten() {
+            let Ok(entries) = std::fs::read_dir(owner.path()) else {
+                out.push(format!("{kind} entry {}", owner.path().display()));
+                continue;
+            };
+            for e in entries.flatten() {
+                out.push(format!("{kind} dir {}", e.path().display()));
+            }
+        }
+    }
+    out
+}
+
+impl Harness {
+    /// The state directory of the kilnd that [`Harness::start_kilnd`] runs
+    /// for `namespace`.
+    pub fn kilnd_root(&self, namespace: &str) -> PathBuf {
+        self.state_dir().join(format!("kilnd-root-{namespace}"))
+    }
+
+    /// [`Harness::leftovers`] in `namespace` plus [`state_leftovers`] of
+    /// `root`: everything a finished or cancelled build must not leave.
+    pub fn all_leftovers(&self, namespace: &str, root: &Path) -> HarnessResult<Vec<String>> {
+        let mut out = self.leftovers(namespace)?;
+        out.extend(state_leftovers(root));
+        Ok(out)
+    }
+
+    /// Waits up to `wait` for [`Harness::all_leftovers`] to be empty; the
+    /// leftovers still there at the deadline are the error.
+    pub async fn wait_no_leftovers(
+        &self,
+        namespace: &str,
+        root: &Path,
+        wait: Duration,
+    ) -> HarnessResult<()> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = self.all_leftovers(namespace, root)?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("left after {wait:?}:\n{}", left.join("\n")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The buildctl-style client (`buildctl-like`) next to the test executable.
+pub fn buildctl_like_binary() -> HarnessResult<PathBuf> {
+    test_binary("buildctl-like")
+}
+
+impl Kilnd {
+    /// SIGKILLs kilnd and returns its process without reaping it: until the
+    /// caller waits for it, it stays a zombie (as a daemon that was just
+    /// killed may still be when its successor starts).
+    pub fn kill_unreaped(&mut self) -> HarnessResult<Child> {
+        let child = self.child.take().ok_or("kilnd already stopped")?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| format!("kill kilnd: {e}"))?;
+        Ok(child)
     }
 }

@@ -296,12 +296,26 @@ async fn a_killed_build_leaves_only_expiring_leases_and_the_next_build_works() {
         .child;
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
-    // What a dead build leaves is held by leases that expire.
-    for line in h.ctr(ns, &["leases", "ls"]).expect("ctr").lines().skip(1) {
-        assert!(
-            line.contains("containerd.io/gc.expire"),
-            "a lease that never expires: {line}"
-        );
+    // What a dead build leaves is held by leases that expire, or by its
+    // build lease, which lives only as long as its expiring keepalive is
+    // renewed (a later kiln's sweep deletes it once that lapsed).
+    let leases = h.ctr(ns, &["leases", "ls"]).expect("ctr");
+    for line in leases.lines().skip(1) {
+        let keepalive = line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .find_map(|l| l.strip_prefix("dev.kiln/keepalive="));
+        match keepalive {
+            Some(prefix) => assert!(
+                leases
+                    .lines()
+                    .any(|k| k.starts_with(prefix) && k.contains("containerd.io/gc.expire")),
+                "a build lease without an expiring keepalive: {line}\n{leases}"
+            ),
+            None => assert!(
+                line.contains("containerd.io/gc.expire"),
+                "a lease that never expires: {line}"
+            ),
+        }
     }
     // The next kiln cleans up after the dead one and builds.
     let ok = h.context(

@@ -50,6 +50,9 @@ pub const LEASE_LABEL: &str = "dev.kiln/lease";
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// How long to wait for the shim to close the stdio FIFOs after exit.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
+/// How long cleanup keeps retrying while containerd is unreachable (it is
+/// restarting): a live process has no later sweep to leave the task to.
+const CLEANUP_RECONNECT: Duration = Duration::from_secs(60);
 
 /// Runs steps as containerd tasks with the runc v2 shim.
 #[derive(Clone, Debug)]
@@ -570,6 +573,13 @@ impl ContainerdExecutor {
                 ErrorKind::FailedPrecondition if running && start.elapsed() < KILL_GRACE => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                // containerd 1.6 answers Unknown "cannot delete a running
+                // process"; after a containerd restart the first kill may
+                // also have come before it re-attached the task: kill again.
+                ErrorKind::Internal if running && start.elapsed() < KILL_GRACE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.kill(id).await?;
+                }
                 _ => return Err(err.into()),
             }
         }
@@ -597,12 +607,12 @@ impl ContainerdExecutor {
         while let Some(undo) = stack.pop() {
             match undo {
                 Undo::Task { running } => {
-                    if let Err(e) = self.delete_task(id, running).await {
+                    if let Err(e) = retry_unavailable(|| self.delete_task(id, running)).await {
                         tracing::warn!(id, error = %e, "cleanup: deleting task");
                     }
                 }
                 Undo::Container => {
-                    if let Err(e) = self.delete_container(id).await {
+                    if let Err(e) = retry_unavailable(|| self.delete_container(id)).await {
                         tracing::warn!(id, error = %e, "cleanup: deleting container");
                     }
                 }
@@ -658,6 +668,24 @@ impl ContainerdExecutor {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Runs a cleanup call again while containerd is unreachable, for up to
+/// [`CLEANUP_RECONNECT`].
+async fn retry_unavailable<F, Fut>(mut call: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        match call().await {
+            Err(e) if e.kind() == ErrorKind::Unavailable && start.elapsed() < CLEANUP_RECONNECT => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => return r,
         }
     }
 }

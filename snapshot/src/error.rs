@@ -17,8 +17,9 @@ pub enum SnapshotError {
         kind: ErrorKind,
         message: String,
     },
-    /// containerd went away during a call.
-    #[error("containerd at {address} is unavailable during {method}: {message}")]
+    /// containerd went away during a call (it stopped or restarted, or its
+    /// socket vanished); what was in flight is lost.
+    #[error("containerd connection lost (restarted?): {method} on {address}: {message}")]
     Unavailable {
         address: String,
         method: &'static str,

@@ -135,7 +135,7 @@ impl Containerd {
         status: Status,
     ) -> SnapshotError {
         let kind = ErrorKind::from_code(status.code());
-        if kind == ErrorKind::Unavailable {
+        if kind == ErrorKind::Unavailable || is_connection_lost(&status) {
             return SnapshotError::Unavailable {
                 address: self.config.address.display().to_string(),
                 method,
@@ -174,6 +174,20 @@ impl Containerd {
     }
 }
 
+/// Whether `status` is the client's own report of a broken connection
+/// (tonic answers `Unknown: transport error` when the socket drops mid-call)
+/// rather than an answer from containerd.
+fn is_connection_lost(status: &Status) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cur {
+        if e.is::<containerd_client::tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// The full cause chain of an error as one line (`a: b: c`), for
 /// messages that must stand alone.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -188,4 +202,51 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctrd() -> Containerd {
+        let channel = containerd_client::tonic::transport::Endpoint::from_static("http://[::1]:1")
+            .connect_lazy();
+        Containerd {
+            channel,
+            config: ContainerdConfig {
+                address: "/run/k/containerd.sock".into(),
+                namespace: "ns".into(),
+                snapshotter: "overlayfs".into(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_names_containerd_and_the_socket() {
+        let c = ctrd();
+        // What tonic hands back when the socket breaks mid-call.
+        let broken = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(broken.code(), containerd_client::tonic::Code::Unknown);
+        let e = c.status_error("Tasks.Start", "kiln-1", broken);
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "containerd connection lost (restarted?): Tasks.Start on /run/k/containerd.sock"
+            ),
+            "{text}"
+        );
+        let down = c.status_error("Leases.List", "", Status::unavailable("connection refused"));
+        assert!(
+            down.to_string().contains("connection lost (restarted?)"),
+            "{down}"
+        );
+
+        // An answer from containerd keeps its own kind.
+        let answer = c.status_error("Snapshots.Stat", "k", Status::unknown("odd"));
+        assert_eq!(answer.kind(), ErrorKind::Internal);
+        assert!(!answer.to_string().contains("connection lost"), "{answer}");
+    }
 }

@@ -213,14 +213,14 @@ impl Control for ControlService {
             kiln_engine::entitlements::Entitlements::grant(&r.entitlements, &d.config.worker.allow)
                 .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
         let build_permit = tenant.start_build()?;
-        let job = d.jobs.get_or_create(&tenant.scoped(&r.r#ref), &d.shutdown);
-        *job.session.lock().unwrap_or_else(|p| p.into_inner()) = if r.session.is_empty() {
+        let session = if r.session.is_empty() {
             String::new()
         } else {
             tenant.scoped(&r.session)
         };
-        *job.entitlements.lock().unwrap_or_else(|p| p.into_inner()) = granted;
-        job.mark_started();
+        let job = d
+            .jobs
+            .start(&tenant.scoped(&r.r#ref), &session, granted, &d.shutdown)?;
         let active = d.jobs.enter();
         // If this handler is dropped (the client went away), the build is
         // cancelled; the task below still cleans up and releases leases.
@@ -229,6 +229,10 @@ impl Control for ControlService {
         let task = tokio::spawn(async move {
             let r = run_solve(d2.clone(), tenant.clone(), job2.clone(), r).await;
             job2.cancel.cancel();
+            // LLBBridge solves of this job run in tasks of their own: let
+            // them end (they were just cancelled) before releasing, so a
+            // result that lands late is not kept by nobody.
+            job2.wait_solves().await;
             job2.release_results(true).await;
             tenant.enforce_cache_max().await;
             drop(build_permit);
@@ -314,19 +318,30 @@ impl Control for ControlService {
         // Session ids are keyed by tenant: a build finds only its own
         // tenant's sessions.
         let id = tenant.scoped(&id);
+        // One live session per id: a second connection claiming an id in
+        // use is refused, never merged with (or allowed to replace) it.
+        let generation = self.0.sessions.reserve(&id)?;
         let (conn, outbound) = kiln_session::hijack::daemon_side(request.into_inner());
         let d = self.0.clone();
         let sid = id.clone();
         tokio::spawn(async move {
             match kiln_session::hijack::connect_session(conn).await {
-                Ok(channel) => d
-                    .sessions
-                    .insert(&sid, crate::sessions::SessionHandle { channel, methods }),
+                Ok(channel) => d.sessions.attach(
+                    &sid,
+                    generation,
+                    crate::sessions::SessionHandle { channel, methods },
+                ),
                 Err(e) => tracing::warn!(session = %sid, error = %e, "cannot talk to the session"),
             }
         });
         let d = self.0.clone();
-        let out = crate::sessions::on_end(Box::pin(outbound), move || d.sessions.remove(&id));
+        // The session's end (client closed it, or its connection died) ends
+        // its builds: they cannot export to a client that is gone, and their
+        // steps, containers, mounts and leases are released by cancelling.
+        let out = crate::sessions::on_end(Box::pin(outbound), move || {
+            d.sessions.remove(&id, generation);
+            d.jobs.cancel_session(&id);
+        });
         Ok(Response::new(out))
     }
 

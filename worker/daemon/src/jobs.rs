@@ -143,11 +143,36 @@ pub struct Job {
     /// The session that holds this build's local sources and outputs.
     pub session: Mutex<String>,
     /// Results of LLBBridge solves, by ref id.
-    pub results: tokio::sync::Mutex<HashMap<String, GatewayResult>>,
+    pub results: tokio::sync::Mutex<Results>,
     returned: watch::Sender<Option<ReturnRequest>>,
     /// What the client asked for and the daemon allows; set by
     /// Control.Solve before the job is marked started.
     pub entitlements: Mutex<kiln_engine::entitlements::Entitlements>,
+    /// Engine solves of this job still running (their own tasks).
+    solving: watch::Sender<usize>,
+}
+
+/// The results a job holds. Once released (the build ended), a result that
+/// arrives late is released at once instead of being kept by nobody.
+#[derive(Default)]
+pub struct Results {
+    map: HashMap<String, GatewayResult>,
+    closed: bool,
+}
+
+impl Results {
+    /// Keeps `r` as `id`, or releases it if the job already ended.
+    pub fn insert(&mut self, id: String, r: GatewayResult) {
+        if self.closed {
+            tokio::spawn(async move { r.solved.release(true).await });
+        } else {
+            self.map.insert(id, r);
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<GatewayResult> {
+        self.map.remove(id)
+    }
 }
 
 impl Job {
@@ -160,10 +185,28 @@ impl Job {
             started: watch::channel(false).0,
             cancel: parent.child_token(),
             session: Mutex::new(String::new()),
-            results: tokio::sync::Mutex::new(HashMap::new()),
+            results: tokio::sync::Mutex::new(Results::default()),
             returned: watch::channel(None).0,
             entitlements: Mutex::new(Default::default()),
+            solving: watch::channel(0).0,
         }
+    }
+
+    /// Counts an engine solve of this job until the guard drops.
+    pub fn solving(self: &Arc<Self>) -> SolvingGuard {
+        self.solving.send_modify(|n| *n += 1);
+        SolvingGuard(self.clone())
+    }
+
+    /// Waits until no engine solve of this job runs.
+    pub async fn wait_solves(&self) {
+        let mut rx = self.solving.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Whether Control.Solve registered this job and it has not ended.
+    pub fn is_running(&self) -> bool {
+        *self.started.borrow() && !*self.done.borrow()
     }
 
     /// Records and broadcasts a status update.
@@ -232,10 +275,14 @@ impl Job {
         }
     }
 
-    /// Releases every result still held (after export or on failure).
+    /// Releases every result still held (after export or on failure); a
+    /// result that arrives later is released as it arrives.
     pub async fn release_results(&self, sync: bool) {
-        let results: Vec<GatewayResult> =
-            self.results.lock().await.drain().map(|(_, r)| r).collect();
+        let results: Vec<GatewayResult> = {
+            let mut r = self.results.lock().await;
+            r.closed = true;
+            r.map.drain().map(|(_, r)| r).collect()
+        };
         for r in results {
             r.solved.release(sync).await;
         }
@@ -303,6 +350,52 @@ impl Jobs {
             .remove(id);
     }
 
+    /// Registers the build `id` for Control.Solve: a placeholder left by an
+    /// early Status is taken over and a finished job of the same ref is
+    /// replaced, but a ref that is still running (from any connection) is
+    /// refused rather than merged into.
+    pub fn start(
+        &self,
+        id: &str,
+        session: &str,
+        entitlements: kiln_engine::entitlements::Entitlements,
+        parent: &CancellationToken,
+    ) -> Result<Arc<Job>, tonic::Status> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let job = match m.get(id) {
+            Some(j) if *j.started.borrow() && !*j.done.borrow() => {
+                return Err(tonic::Status::already_exists(format!(
+                    "build ref {id:?} is already running; a ref names one build"
+                )));
+            }
+            Some(j) if !*j.started.borrow() => j.clone(),
+            _ => {
+                let j = Arc::new(Job::new(id, parent));
+                m.insert(id.to_string(), j.clone());
+                j
+            }
+        };
+        *job.session.lock().unwrap_or_else(|p| p.into_inner()) = session.to_string();
+        *job.entitlements.lock().unwrap_or_else(|p| p.into_inner()) = entitlements;
+        job.mark_started();
+        drop(m);
+        self.changed.notify_waiters();
+        Ok(job)
+    }
+
+    /// Cancels every running build whose session is `session` (the session
+    /// ended: its client is gone).
+    pub fn cancel_session(&self, session: &str) {
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for j in m.values() {
+            let mine = *j.session.lock().unwrap_or_else(|p| p.into_inner()) == session;
+            if mine && j.is_running() {
+                tracing::info!(job = %j.id, session, "session ended: cancelling its build");
+                j.cancel.cancel();
+            }
+        }
+    }
+
     /// Counts a running build; the guard uncounts it.
     pub fn enter(self: &Arc<Self>) -> ActiveGuard {
         *self.active.lock().unwrap_or_else(|p| p.into_inner()) += 1;
@@ -318,6 +411,15 @@ impl Jobs {
             }
             notified.await;
         }
+    }
+}
+
+/// Marks an engine solve of a job as running while alive.
+pub struct SolvingGuard(Arc<Job>);
+
+impl Drop for SolvingGuard {
+    fn drop(&mut self) {
+        self.0.solving.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -397,5 +499,42 @@ mod tests {
             h.dropped_log_bytes as usize + h.log_bytes(),
             2048 * (32 << 10)
         );
+    }
+
+    #[test]
+    fn a_running_ref_is_refused_a_placeholder_taken_over_a_finished_one_replaced() {
+        let jobs = Jobs::default();
+        let parent = CancellationToken::new();
+        // Status came first and left a placeholder: Solve takes it over.
+        let early = jobs.get_or_create("r1", &parent);
+        let job = jobs
+            .start("r1", "s1", Default::default(), &parent)
+            .expect("started");
+        assert!(Arc::ptr_eq(&early, &job));
+        let Err(dup) = jobs.start("r1", "s2", Default::default(), &parent) else {
+            panic!("a running ref was started twice");
+        };
+        assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+        assert_eq!(*job.session.lock().expect("lock"), "s1", "not merged");
+        job.mark_done();
+        let again = jobs
+            .start("r1", "s3", Default::default(), &parent)
+            .expect("a finished ref is reusable");
+        assert!(!Arc::ptr_eq(&job, &again));
+    }
+
+    #[test]
+    fn a_session_that_ends_cancels_its_running_builds_only() {
+        let jobs = Jobs::default();
+        let parent = CancellationToken::new();
+        let a = jobs
+            .start("a", "gone", Default::default(), &parent)
+            .expect("a");
+        let b = jobs
+            .start("b", "alive", Default::default(), &parent)
+            .expect("b");
+        jobs.cancel_session("gone");
+        assert!(a.cancel.is_cancelled());
+        assert!(!b.cancel.is_cancelled());
     }
 }

@@ -105,6 +105,10 @@ fn init_tracing(debug: bool) {
 }
 
 async fn run(config: config::Config) -> Result<()> {
+    // kiln's state (received contexts, step files, mount points) is for
+    // root only: created 0700, an existing directory tightened.
+    kiln_engine::sweep::private_state_dir(&config.root)
+        .with_context(|| format!("cannot make {} private", config.root.display()))?;
     let root = config.root.clone();
     let worker_id = tokio::task::spawn_blocking(move || workers::worker_id(&root))
         .await?

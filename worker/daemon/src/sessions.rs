@@ -21,26 +21,62 @@ impl SessionHandle {
     }
 }
 
+/// One session id: reserved when Control.Session opens, attached once the
+/// daemon's gRPC channel into it is up.
+struct Entry {
+    generation: u64,
+    handle: Option<SessionHandle>,
+}
+
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, SessionHandle>>,
+    map: Mutex<HashMap<String, Entry>>,
+    next: std::sync::atomic::AtomicU64,
     changed: Notify,
 }
 
 impl Sessions {
-    pub fn insert(&self, id: &str, h: SessionHandle) {
-        self.map
+    /// Claims `id` for a new Control.Session call. An id that is already
+    /// live (from this or another connection) is `AlreadyExists`: two
+    /// clients must never share, or take over, one session.
+    pub fn reserve(&self, id: &str) -> Result<u64, tonic::Status> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.contains_key(id) {
+            return Err(tonic::Status::already_exists(format!(
+                "session {id:?} is already attached by another client"
+            )));
+        }
+        let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        m.insert(
+            id.to_string(),
+            Entry {
+                generation,
+                handle: None,
+            },
+        );
+        Ok(generation)
+    }
+
+    /// Makes the reserved session `id` usable (if it has not ended yet).
+    pub fn attach(&self, id: &str, generation: u64, h: SessionHandle) {
+        if let Some(e) = self
+            .map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), h);
+            .get_mut(id)
+            .filter(|e| e.generation == generation)
+        {
+            e.handle = Some(h);
+        }
         self.changed.notify_waiters();
     }
 
-    pub fn remove(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+    /// Forgets the session `id` of `generation` (it ended).
+    pub fn remove(&self, id: &str, generation: u64) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(id).is_some_and(|e| e.generation == generation) {
+            m.remove(id);
+        }
     }
 
     /// The session `id`, waiting up to `wait` for it to attach.
@@ -48,8 +84,14 @@ impl Sessions {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.changed.notified();
-            if let Some(h) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
-                return Some(h.clone());
+            if let Some(h) = self
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .and_then(|e| e.handle.clone())
+            {
+                return Some(h);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return None;
@@ -87,4 +129,23 @@ pub fn on_end<T: Send + 'static>(
         inner,
         f: Some(Box::new(f)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_session_id_is_refused_and_free_again_after_it_ends() {
+        let s = Sessions::default();
+        let first = s.reserve("abc").expect("first");
+        let dup = s.reserve("abc").expect_err("a second session with the id");
+        assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+        assert!(dup.message().contains("\"abc\""), "{}", dup.message());
+        // A stale end of another generation does not free it.
+        s.remove("abc", first + 1);
+        assert!(s.reserve("abc").is_err());
+        s.remove("abc", first);
+        s.reserve("abc").expect("free once the first ended");
+    }
 }

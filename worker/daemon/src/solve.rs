@@ -19,14 +19,17 @@ pub enum Input<'a> {
     Dockerfile(&'a HashMap<String, String>),
 }
 
-/// The directory where a job's local sources land.
+/// The directory where a job's local sources land:
+/// `<root>/sessions/<this process>/<sha256 of the ref>`. Refs are strings a
+/// client chooses, so they never become a path component themselves (two
+/// refs cannot collide and none can climb out); the process level lets the
+/// startup sweep of a later kilnd remove what a dead one left.
 pub fn job_dir(d: &Daemon, job: &Job) -> PathBuf {
-    let safe: String = job
-        .id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    d.config.root.join("sessions").join(safe)
+    d.config
+        .root
+        .join(kiln_engine::sweep::SESSIONS_DIR)
+        .join(kiln_engine::sweep::owner_dir_name())
+        .join(Digest::of(job.id.as_bytes()).hex())
 }
 
 /// Input digests of each vertex (for Status).
@@ -72,7 +75,8 @@ async fn fetch_locals(
         })?;
         let dest = job_dir(d, job).join(format!("local-{}", locals.len()));
         let _ = std::fs::remove_dir_all(&dest);
-        std::fs::create_dir_all(&dest).map_err(|e| Status::internal(e.to_string()))?;
+        kiln_engine::sweep::create_private_dir(&dest)
+            .map_err(|e| Status::internal(format!("create {}: {e}", dest.display())))?;
         let mut includes = json_list(&s.attrs, "local.includepattern");
         includes.extend(json_list(&s.attrs, "local.includepatterns"));
         kiln_session::filesync::fetch_dir(
@@ -99,6 +103,9 @@ pub async fn solve(
     input: Input<'_>,
     compression: Compression,
 ) -> Result<(Solved, Option<ImageConfig>), Status> {
+    let dir = job_dir(d, job);
+    kiln_engine::sweep::create_private_dir(&dir)
+        .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
     let (graph, result, digests, config, locals) = match input {
         Input::Definition(def) => {
             let t =
@@ -125,9 +132,7 @@ pub async fn solve(
         }
     };
     // A step needing an entitlement the build was not granted fails the
-    // build here, before any step runs. The closure says whether an exec op
-    // asks for the insecure security mode; kiln's exec op carries no
-    // security mode, so none does.
+    // build here, before any step runs (host network, insecure mode).
     job.entitlements
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -162,8 +167,28 @@ pub async fn solve(
         names: Vec::new(),
         compression,
     };
-    let solved = engine.solve(&req, progress, job.cancel.clone()).await;
-    let _ = forward.await;
+    // The engine runs in a task of its own: the caller (a Control.Solve or
+    // LLBBridge.Solve handler) is dropped when its client goes away, and a
+    // dropped engine future would leave the running step's task, container,
+    // mounts and build lease behind. Dropping the caller cancels the solve
+    // instead, and a result nobody waits for any more is released.
+    let cancel = job.cancel.child_token();
+    let stop_on_drop = cancel.clone().drop_guard();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let engine = engine.clone();
+    let counted = job.solving();
+    tokio::spawn(async move {
+        let solved = engine.solve(&req, progress, cancel).await;
+        let _ = forward.await;
+        if let Err(Ok(orphan)) = done_tx.send(solved) {
+            orphan.release(true).await;
+        }
+        drop(counted);
+    });
+    let solved = done_rx
+        .await
+        .map_err(|_| Status::internal("the build task ended without an answer"))?;
+    stop_on_drop.disarm();
     match solved {
         Ok(s) => Ok((s, config)),
         Err(e) => Err(status_of(&e)),

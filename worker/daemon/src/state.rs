@@ -36,7 +36,7 @@ impl Daemon {
     /// Connects to containerd, cleans up after dead builds, and is ready.
     pub async fn new(config: Config) -> anyhow::Result<Arc<Daemon>> {
         let ctrd = Containerd::connect(config.containerd.clone()).await?;
-        std::fs::create_dir_all(&config.root)?;
+        kiln_engine::sweep::private_state_dir(&config.root)?;
         let cni = config.worker.network.resolve(
             config.worker.cni.clone(),
             kiln_engine::build::network_dir(&config.root),
@@ -59,6 +59,9 @@ impl Daemon {
             t.engine.sweep().await?;
             Some(Arc::new(t))
         } else {
+            // Job directories live under the root whatever the tenant
+            // (`solve::job_dir`); tenants' engines sweep only their own.
+            kiln_engine::sweep::sweep_dirs(&config.root);
             None
         };
         let d = Arc::new(Daemon {

@@ -22,7 +22,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// How long a build's lease protects its objects if kiln dies mid-build.
+/// How long a build's lease protects its objects after kiln stopped
+/// renewing it (it died mid-build); see [`crate::lease`].
 pub const BUILD_LEASE_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// Where an engine with state directory `state_dir` keeps its step
@@ -68,6 +69,7 @@ pub struct Engine {
     /// Shared by every build of this engine: equal steps run once.
     solver: Arc<Solver<StepRunner>>,
     hashes: Arc<HashCache>,
+    lease_timing: crate::lease::LeaseTiming,
 }
 
 impl std::fmt::Debug for Engine {
@@ -90,7 +92,14 @@ impl Engine {
     /// `cni`, or on the host's network when it is `None` (see
     /// [`crate::network::NetworkMode::resolve`]).
     pub fn with_network(ctrd: Containerd, state_dir: PathBuf, cni: Option<Cni>) -> Self {
-        let mut executor = ContainerdExecutor::new(ctrd.clone(), state_dir.join("exec"));
+        // One exec dir per process, so a later sweep can tell a dead
+        // process's step files from a live one's.
+        let mut executor = ContainerdExecutor::new(
+            ctrd.clone(),
+            state_dir
+                .join(crate::sweep::EXEC_DIR)
+                .join(crate::sweep::owner_dir_name()),
+        );
         let mut network_dir = network_dir(&state_dir);
         if let Some(cni) = cni {
             network_dir = cni.state_dir().to_path_buf();
@@ -129,7 +138,14 @@ impl Engine {
             state_dir,
             solver: Arc::new(Solver::new(parallelism)),
             hashes,
+            lease_timing: crate::lease::LeaseTiming::default(),
         }
+    }
+
+    /// The same engine with other build lease timing (tests use seconds).
+    pub fn with_lease_timing(mut self, timing: crate::lease::LeaseTiming) -> Self {
+        self.lease_timing = timing;
+        self
     }
 
     /// The services the engine runs on.
@@ -139,7 +155,12 @@ impl Engine {
 
     /// Cleans up after kiln processes that died mid-build (their step
     /// containers, host mounts and leases).
+    /// The state directory is made (or tightened to) 0700 first.
     pub async fn sweep(&self) -> Result<()> {
+        crate::sweep::private_state_dir(&self.state_dir).map_err(|source| WorkerError::Io {
+            path: self.state_dir.display().to_string(),
+            source,
+        })?;
         crate::sweep::sweep(&self.svc, &*self.containers, &self.state_dir).await?;
         // The networks of dead steps (their containers are gone by now).
         let net = self.network_dir.clone();
@@ -197,25 +218,24 @@ impl Engine {
         let lease = LeaseId::unique("build");
         let span = tracing::info_span!("build", lease = %lease);
         async {
-            self.svc
-                .leases
-                .create(
-                    &lease,
-                    "build",
-                    Some(BUILD_LEASE_EXPIRY),
-                    crate::sweep::owner_labels(),
-                )
-                .await?;
+            let keepalive = crate::lease::create_build_lease(
+                self.svc.leases.clone(),
+                &lease,
+                self.lease_timing,
+            )
+            .await?;
             match self.solve_leased(req, &lease, progress, cancel).await {
                 Ok(layers) => Ok(Solved {
                     engine: self.clone(),
                     lease: lease.clone(),
+                    keepalive,
                     layers,
                 }),
                 Err(e) => {
                     if let Err(d) = self.svc.leases.delete(&lease, true).await {
                         tracing::warn!(lease = %lease, error = %d, "cannot delete build lease");
                     }
+                    keepalive.stop().await;
                     Err(e)
                 }
             }
@@ -300,6 +320,8 @@ fn solve_error(e: SolveError) -> WorkerError {
 pub struct Solved {
     engine: Engine,
     lease: LeaseId,
+    /// Renews the lease's protection until release.
+    keepalive: crate::lease::Keepalive,
     /// The result's layer chain (empty = scratch).
     pub layers: Vec<crate::refs::Layer>,
 }
@@ -420,6 +442,7 @@ impl Solved {
         if let Err(e) = self.engine.svc.leases.delete(&self.lease, sync).await {
             tracing::warn!(lease = %self.lease, error = %e, "cannot delete build lease");
         }
+        self.keepalive.stop().await;
     }
 }
 

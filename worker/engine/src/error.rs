@@ -15,6 +15,14 @@ pub enum WorkerError {
         location: String,
         error: kiln_shim::ExecError,
     },
+    /// containerd access, mounting or writing the layer failed while a
+    /// step ran (e.g. no space left while its layer was written): the
+    /// step's Dockerfile line comes first.
+    #[error("{location}{}", error_chain(.error))]
+    AtStep {
+        location: String,
+        error: kiln_snapshot::SnapshotError,
+    },
     /// A base image is not in the namespace's image store.
     #[error("image \"{image}\" not found in containerd namespace \"{namespace}\"")]
     ImageNotFound { image: String, namespace: String },
@@ -67,7 +75,7 @@ pub enum WorkerError {
 impl WorkerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            WorkerError::Snapshot(e) => e.kind(),
+            WorkerError::Snapshot(e) | WorkerError::AtStep { error: e, .. } => e.kind(),
             WorkerError::Exec { error, .. } => error.kind(),
             WorkerError::ImageNotFound { .. } => ErrorKind::NotFound,
             WorkerError::InvalidImage { .. }

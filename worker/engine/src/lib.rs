@@ -18,6 +18,7 @@ pub mod error;
 pub mod export;
 pub mod fileop;
 pub mod import;
+pub mod lease;
 pub mod oci;
 pub mod ops;
 pub mod progress;

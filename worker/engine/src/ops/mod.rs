@@ -194,6 +194,15 @@ impl OpRunner for StepRunner {
                     what: "merge op".into(),
                 }),
             };
+            // containerd or disk trouble in a step (a full disk while its
+            // layer is written) names the step's line too.
+            let r = r.map_err(|e| match e {
+                WorkerError::Snapshot(error) if vertex.location.is_some() => WorkerError::AtStep {
+                    location: location(&vertex),
+                    error,
+                },
+                e => e,
+            });
             self.progress
                 .send(ProgressEvent::Completed {
                     vertex: id.0,

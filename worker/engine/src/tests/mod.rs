@@ -701,3 +701,158 @@ async fn a_cache_mount_is_a_leased_snapshot_that_du_lists_and_prune_removes() {
         .iter()
         .all(|r| r.record_type != cache::TYPE_CACHE_MOUNT));
 }
+
+#[tokio::test]
+async fn a_failed_layer_write_names_the_steps_dockerfile_line() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    let engine = fx.engine("a", &exec);
+    let mut req = request(&["fill-the-disk"], &[]);
+    let run = req.result;
+    req.graph.vertices[run.0].location = Some(kiln_solver::SourceLocation {
+        file: "Dockerfile".into(),
+        line: 7,
+    });
+    // What a full disk looks like from here: containerd refuses the
+    // commit of the step's layer.
+    fx.mem
+        .fail_next("Snapshots.Commit", kiln_snapshot::ErrorKind::Internal, 1);
+    let err = build(&engine, req).await.expect_err("the commit fails");
+    let text = err.to_string();
+    assert!(text.starts_with("Dockerfile:7: "), "{text}");
+    assert!(text.contains("injected failure"), "{text}");
+    assert_eq!(err.kind(), kiln_snapshot::ErrorKind::Internal);
+    assert!(
+        fx.lease_ids()
+            .await
+            .iter()
+            .all(|l| !l.starts_with("kiln/build/")),
+        "released"
+    );
+}
+
+#[tokio::test]
+async fn a_build_running_past_the_lease_expiry_keeps_its_protection() {
+    use crate::lease::{keepalive_lapsed, LeaseTiming};
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    exec.push(FakeOutcome::Hang);
+    // The fake (like containerd) keeps expiry labels in whole seconds, so a
+    // keepalive lives between 1 and 2 s: one renewed every 100 ms is always
+    // current.
+    let timing = LeaseTiming {
+        expiry: std::time::Duration::from_secs(2),
+        refresh: std::time::Duration::from_millis(100),
+    };
+    let engine = fx.engine("a", &exec).with_lease_timing(timing);
+    let cancel = CancellationToken::new();
+    let build = tokio::spawn({
+        let (engine, cancel) = (engine.clone(), cancel.clone());
+        async move {
+            engine
+                .build(request(&["sleep", "long"], &[]), Progress::none(), cancel)
+                .await
+        }
+    });
+    while exec.steps().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Well past the expiry of the first keepalive, then a GC.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    fx.svc.leases.gc().await.expect("gc");
+    let all = fx.svc.leases.list().await.expect("list");
+    let build_lease = all
+        .iter()
+        .find(|l| l.id.starts_with("kiln/build/"))
+        .expect("the build lease survives the GC");
+    assert!(
+        !build_lease.expires(),
+        "the build lease itself never expires"
+    );
+    assert!(
+        !keepalive_lapsed(build_lease, &all),
+        "its keepalive was renewed: {all:?}"
+    );
+    assert!(
+        !fx.mem.list_snapshots().is_empty(),
+        "the running step's snapshot is still held"
+    );
+    // Another kiln's sweep leaves a live build alone.
+    fx.engine("b", &FakeExecutor::new())
+        .sweep()
+        .await
+        .expect("sweep");
+    assert!(fx.lease_ids().await.contains(&build_lease.id));
+
+    cancel.cancel();
+    let r = build.await.expect("joined");
+    assert!(matches!(r, Err(WorkerError::Cancelled)), "{r:?}");
+    let left = fx.lease_ids().await;
+    assert!(
+        left.iter()
+            .all(|l| !l.starts_with("kiln/build/") && !l.starts_with("kiln/keepalive/")),
+        "the lease and its keepalive are gone: {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn sweep_deletes_a_build_lease_whose_keepalive_lapsed_wherever_it_ran() {
+    let fx = fixture();
+    let engine = fx.engine("a", &FakeExecutor::new());
+    let leases = &fx.svc.leases;
+    let mut elsewhere = crate::sweep::owner_labels();
+    elsewhere.insert("dev.kiln/host".into(), "another-host".into());
+    // Renewed: a current keepalive exists.
+    let kept = LeaseId::named("build", "kept");
+    let mut labels = elsewhere.clone();
+    labels.insert(
+        crate::lease::KEEPALIVE_LABEL.into(),
+        "kiln/keepalive/kept/".into(),
+    );
+    leases
+        .create(&kept, "build", None, labels)
+        .await
+        .expect("kept");
+    let mut k = elsewhere.clone();
+    k.insert("dev.kiln/keepalive.secs".into(), "3600".into());
+    leases
+        .create(
+            &LeaseId::named("keepalive", "kept/3"),
+            "keepalive",
+            Some(std::time::Duration::from_secs(3600)),
+            k,
+        )
+        .await
+        .expect("keepalive");
+    // Lapsed: nothing renews it any more.
+    let lapsed = LeaseId::named("build", "lapsed");
+    let mut labels = elsewhere.clone();
+    labels.insert(
+        crate::lease::KEEPALIVE_LABEL.into(),
+        "kiln/keepalive/lapsed/".into(),
+    );
+    leases
+        .create(&lapsed, "build", None, labels)
+        .await
+        .expect("lapsed");
+    // An older kiln's lease (no keepalive) on another host: left to expire.
+    let old = LeaseId::named("build", "old");
+    leases
+        .create(
+            &old,
+            "build",
+            Some(std::time::Duration::from_secs(3600)),
+            elsewhere,
+        )
+        .await
+        .expect("old");
+    engine.sweep().await.expect("sweep");
+    assert_eq!(
+        fx.lease_ids().await,
+        [
+            kept.to_string(),
+            old.to_string(),
+            "kiln/keepalive/kept/3".to_string()
+        ]
+    );
+}

@@ -1,0 +1,191 @@
+//! A client that talks to kilnd exactly as `buildctl build --frontend
+//! dockerfile.v0` (v0.11 and later) does, for the fault tests: a session
+//! serving the context over FileSync, `Control.Solve` without a frontend
+//! (the gateway flow), `Control.Status`, and `LLBBridge.Solve` with the
+//! Dockerfile frontend followed by `Return`, all at once. Like buildctl, a
+//! SIGINT cancels the Solve calls and closes the session; SIGKILL just
+//! drops the connection.
+//!
+//! Usage: `buildctl-like unix:///path/kilnd.sock CONTEXT_DIR [IMAGE_NAME]`.
+//! Every status log line is printed to stdout as it arrives, so a test can
+//! wait for a step's output before it interrupts the client.
+
+use kiln_proto::control::control_client::ControlClient;
+use kiln_proto::control::{Exporter, SolveRequest, StatusRequest};
+use kiln_proto::gateway::llb_bridge_client::LlbBridgeClient;
+use kiln_proto::gateway::{self, ReturnRequest};
+use kiln_session::filesync::FileSyncServerImpl;
+use kiln_session::hijack::{client_side, serve_session, SessionServices};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn random_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("bc{}x{nanos}", std::process::id())
+}
+
+fn with_build_id<T>(msg: T, id: &str) -> Result<tonic::Request<T>, Error> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("buildkit-controlapi-buildid", id.parse()?);
+    Ok(r)
+}
+
+/// The frontend half: LLBBridge.Solve with dockerfile.v0, then Return.
+async fn gateway(channel: Channel, build: String) -> Result<(), Error> {
+    let mut bridge = LlbBridgeClient::new(channel);
+    let solved = bridge
+        .solve(with_build_id(
+            gateway::SolveRequest {
+                frontend: "dockerfile.v0".into(),
+                allow_result_return: true,
+                ..Default::default()
+            },
+            &build,
+        )?)
+        .await;
+    let ret = match solved {
+        Ok(r) => ReturnRequest {
+            result: r.into_inner().result,
+            error: None,
+        },
+        Err(s) => ReturnRequest {
+            result: None,
+            error: Some(kiln_proto::rpc::Status {
+                code: s.code() as i32,
+                message: s.message().to_string(),
+                details: Vec::new(),
+            }),
+        },
+    };
+    bridge.r#return(with_build_id(ret, &build)?).await?;
+    Ok(())
+}
+
+async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool, Error> {
+    let path = addr
+        .strip_prefix("unix://")
+        .ok_or("the address must be unix:///path")?;
+    let channel = containerd_client::connect(path).await?;
+    let mut control = ControlClient::new(channel.clone());
+
+    let session_id = random_id();
+    let build = random_id();
+    let mut services = SessionServices::new();
+    services.add(
+        FileSyncServerImpl::new(HashMap::from([
+            ("context".to_string(), context.clone()),
+            ("dockerfile".to_string(), context),
+        ]))
+        .into_service(),
+        FileSyncServerImpl::METHODS,
+    );
+    let (side, requests) = client_side();
+    let mut req = tonic::Request::new(requests);
+    let md = req.metadata_mut();
+    md.insert("x-docker-expose-session-uuid", session_id.parse()?);
+    md.insert("x-docker-expose-session-sharedkey", "".parse()?);
+    for m in services.methods() {
+        md.append("x-docker-expose-session-grpc-method", m.parse()?);
+    }
+    let responses = control.session(req).await?.into_inner();
+    let session_done = CancellationToken::new();
+    let session = tokio::spawn(serve_session(
+        side.attach(responses),
+        services,
+        session_done.clone(),
+    ));
+
+    let mut status_client = control.clone();
+    let status_ref = build.clone();
+    let status = tokio::spawn(async move {
+        let Ok(s) = status_client
+            .status(StatusRequest { r#ref: status_ref })
+            .await
+        else {
+            return;
+        };
+        let mut stream = s.into_inner();
+        while let Ok(Some(msg)) = stream.message().await {
+            let mut out = std::io::stdout().lock();
+            for l in msg.logs {
+                for line in String::from_utf8_lossy(&l.msg).lines() {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            let _ = out.flush();
+        }
+    });
+    let frontend = tokio::spawn(gateway(channel.clone(), build.clone()));
+    let exporters = name
+        .map(|n| {
+            vec![Exporter {
+                r#type: "image".into(),
+                attrs: HashMap::from([("name".to_string(), n)]),
+            }]
+        })
+        .unwrap_or_default();
+    let solve = control.solve(SolveRequest {
+        r#ref: build,
+        session: session_id,
+        exporters,
+        ..Default::default()
+    });
+
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let ok = tokio::select! {
+        r = solve => {
+            if let Err(e) = &r {
+                eprintln!("buildctl-like: solve: {}", e.message());
+            }
+            r.is_ok()
+        }
+        _ = sigint.recv() => {
+            // As buildctl: the Solve calls are cancelled at once; the
+            // session and Status wind down right after.
+            eprintln!("buildctl-like: interrupted");
+            frontend.abort();
+            false
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), status).await;
+    session_done.cancel();
+    let _ = session.await;
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(addr), Some(context)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: buildctl-like unix:///path CONTEXT_DIR [IMAGE_NAME]");
+        return ExitCode::from(2);
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("buildctl-like: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(addr, PathBuf::from(context), args.get(2).cloned())) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("buildctl-like: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
