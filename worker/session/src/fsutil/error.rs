@@ -18,7 +18,7 @@ pub enum FsutilError {
     /// A hard link does not name an earlier regular file of this transfer.
     #[error("invalid hard link {path:?} to {target:?}")]
     InvalidLink { path: String, target: String },
-    /// A transfer past one of the receiver's limits ([`super::receive`]'s
+    /// A transfer past one of the receiver's limits (the receiver's
     /// `MAX_*`): too many entries, too long a path or symlink target, more
     /// content than declared or than a context may hold.
     #[error("{path:?}: {what} exceeds the limit of {limit}")]
