@@ -133,34 +133,42 @@ pub fn owner_labels() -> HashMap<String, String> {
     l
 }
 
-/// Whether the process that owns `lease` is known to be gone.
-fn owner_is_dead(lease: &LeaseInfo) -> bool {
+/// The process that owns a lease, as this host can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// No owner labels, or another host's process.
+    Unknown,
+    /// Running on this host now.
+    Alive,
+    /// Gone from this host (or a zombie, or an unreadable pid).
+    Dead,
+}
+
+fn owner(lease: &LeaseInfo) -> Owner {
     let (Some(pid), Some(start), Some(host)) = (
         lease.labels.get(PID_LABEL),
         lease.labels.get(START_LABEL),
         lease.labels.get(HOST_LABEL),
     ) else {
-        return false;
+        return Owner::Unknown;
     };
     if *host != hostname() {
-        return false;
+        return Owner::Unknown;
     }
     match pid.parse::<u32>() {
-        Ok(pid) => !process_alive(pid, start),
-        Err(_) => true,
+        Ok(pid) if process_alive(pid, start) => Owner::Alive,
+        _ => Owner::Dead,
     }
+}
+
+/// Whether the process that owns `lease` is known to be gone.
+fn owner_is_dead(lease: &LeaseInfo) -> bool {
+    owner(lease) == Owner::Dead
 }
 
 /// Whether the process that owns `lease` runs on this host right now.
 fn owner_is_alive_here(lease: &LeaseInfo) -> bool {
-    let (Some(pid), Some(start), Some(host)) = (
-        lease.labels.get(PID_LABEL),
-        lease.labels.get(START_LABEL),
-        lease.labels.get(HOST_LABEL),
-    ) else {
-        return false;
-    };
-    *host == hostname() && pid.parse::<u32>().is_ok_and(|p| process_alive(p, start))
+    owner(lease) == Owner::Alive
 }
 
 /// Lazily unmounts everything mounted at or below `dir`, deepest first.
