@@ -8,6 +8,8 @@
 //!
 //! Nothing here ships in a binary.
 
+pub mod pki;
+
 use kiln_snapshot::containerd::ContainerdConfig;
 use kiln_snapshot::Containerd;
 use std::os::unix::fs::PermissionsExt;

@@ -426,47 +426,13 @@ async fn eight_clients_at_once_and_a_disconnect_cancels() {
 
 #[tokio::test]
 async fn tls_needs_a_client_certificate_when_a_ca_is_set() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
     let ns = "tls";
     let h = Harness::with_busybox(ns).await;
-    let dir = h.state_dir().join("pki");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .signed_by(&server_key, &issuer)
-        .expect("server cert");
-    let client_key = KeyPair::generate().expect("key");
-    let client = CertificateParams::new(vec!["client".to_string()])
-        .expect("params")
-        .signed_by(&client_key, &issuer)
-        .expect("client cert");
-    let write = |name: &str, pem: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).expect("write pem");
-        p.to_str().expect("utf8").to_string()
-    };
-    let ca = write("ca.pem", ca_cert.pem());
-    let (scert, skey) = (
-        write("server.pem", server.pem()),
-        write("server-key.pem", server_key.serialize_pem()),
-    );
-    let (ccert, ckey) = (
-        write("client.pem", client.pem()),
-        write("client-key.pem", client_key.serialize_pem()),
-    );
-    // A free loopback port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let pki = kiln_integration::pki::Pki::new(h.state_dir().join("pki"));
+    let ca = pki.ca.clone();
+    let (scert, skey) = pki.server.clone();
+    let (ccert, ckey) = pki.client("client");
+    let port = kiln_integration::pki::free_port();
     let addr = format!("tcp://127.0.0.1:{port}");
     let _k = h
         .start_kilnd_with(

@@ -3,79 +3,11 @@
 //! confined to its own containerd namespace; a kilnd that refuses to
 //! listen where it should not.
 
+use kiln_integration::pki::{free_port, write, Pki};
 use kiln_integration::{kilnd_binary, Harness, KilnOutput};
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-
-/// A test CA with a server certificate for localhost and client
-/// certificates by subject CN, as PEM files.
-struct Pki {
-    dir: PathBuf,
-    ca: String,
-    server: (String, String),
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(dir: PathBuf) -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let ca_key = KeyPair::generate().expect("ca key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().expect("key");
-        let server = CertificateParams::new(vec!["localhost".to_string()])
-            .expect("params")
-            .signed_by(&key, &issuer)
-            .expect("server cert");
-        let ca = write(&dir, "ca.pem", ca_cert.pem());
-        let server = (
-            write(&dir, "server.pem", server.pem()),
-            write(&dir, "server-key.pem", key.serialize_pem()),
-        );
-        Pki {
-            dir,
-            ca,
-            server,
-            issuer,
-        }
-    }
-
-    /// A client certificate with subject CN `cn` (its SAN is another name,
-    /// so only the CN can match): (cert, key) paths.
-    fn client(&self, cn: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params =
-            rcgen::CertificateParams::new(vec![format!("{cn}.clients.test")]).expect("params");
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
-        (
-            write(&self.dir, &format!("{cn}.pem"), cert.pem()),
-            write(&self.dir, &format!("{cn}-key.pem"), key.serialize_pem()),
-        )
-    }
-}
-
-fn write(dir: &Path, name: &str, body: String) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, body).expect("write");
-    p.to_str().expect("utf8").to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use std::path::Path;
 
 /// One client of the mTLS kilnd.
 struct Client<'a> {
