@@ -551,6 +551,30 @@ async fn one_tenants_build_ref_is_not_reachable_from_another() {
         .expect("task")
         .expect("a build after the first ended is allowed");
 
+    // Session ids are keyed by tenant too: alice's live session id does
+    // not block bob's equal one, while her own second claim is refused.
+    let open = |ch: tonic::transport::Channel, id: &'static str| async move {
+        let (side, requests) = kiln_session::hijack::client_side();
+        let mut req = tonic::Request::new(requests);
+        req.metadata_mut()
+            .insert("x-docker-expose-session-uuid", id.parse().expect("ascii"));
+        ControlClient::new(ch)
+            .session(req)
+            .await
+            .map(|s| (side, s.into_inner()))
+    };
+    let alices_session = open(alice.clone(), "shared-session")
+        .await
+        .expect("alice's session");
+    let bobs_session = open(bob.clone(), "shared-session")
+        .await
+        .expect("bob's session with an equal id is his own");
+    let e = open(alice.clone(), "shared-session")
+        .await
+        .expect_err("alice's live session id was claimed twice");
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    drop((alices_session, bobs_session));
+
     LlbBridgeClient::new(alice.clone())
         .r#return(for_build(ReturnRequest::default(), "shared-ref"))
         .await
