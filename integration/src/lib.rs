@@ -32,17 +32,29 @@ impl Harness {
     /// Starts containerd (or uses `KILN_TEST_CONTAINERD`). Fails, never
     /// skips, when containerd cannot run: CI has root and containerd.
     pub async fn start() -> HarnessResult<Harness> {
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-it-")
-            .tempdir_in("/tmp")
-            .map_err(|e| format!("tempdir: {e}"))?;
         if let Ok(sock) = std::env::var("KILN_TEST_CONTAINERD") {
             return Ok(Harness {
-                dir,
+                dir: Self::tempdir()?,
                 socket: PathBuf::from(sock),
                 child: None,
             });
         }
+        Self::start_private().await
+    }
+
+    fn tempdir() -> HarnessResult<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix("kiln-it-")
+            .tempdir_in("/tmp")
+            .map_err(|e| format!("tempdir: {e}"))
+    }
+
+    /// Starts a containerd of its own (the first `containerd` on `PATH`)
+    /// even when `KILN_TEST_CONTAINERD` names one: for tests that need
+    /// containerd, and so the steps' host network, in a network namespace
+    /// the test made.
+    pub async fn start_private() -> HarnessResult<Harness> {
+        let dir = Self::tempdir()?;
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = dir.path().join("containerd.sock");
@@ -467,6 +479,17 @@ impl Harness {
     /// either cannot be done.
     pub async fn with_busybox(namespace: &str) -> Harness {
         let h = Harness::start().await.expect("private containerd starts");
+        h.import_busybox(namespace, "docker.io/library/busybox:latest")
+            .await
+            .expect("busybox imports");
+        h
+    }
+
+    /// [`Harness::with_busybox`] on [`Harness::start_private`].
+    pub async fn with_busybox_private(namespace: &str) -> Harness {
+        let h = Harness::start_private()
+            .await
+            .expect("private containerd starts");
         h.import_busybox(namespace, "docker.io/library/busybox:latest")
             .await
             .expect("busybox imports");

@@ -7,7 +7,9 @@
 //! it: the CNI bridge, veths, iptables rules and `ip_forward` the plugins
 //! set up never touch the machine's network, and "the host's loopback" a
 //! step must not reach is the test namespace's `127.0.0.1`, where the test
-//! listens.
+//! listens. So containerd is always the test's own (the first on `PATH`,
+//! e.g. a 2.x build), even when `KILN_TEST_CONTAINERD` names a shared one
+//! outside the namespace.
 
 use kiln_integration::{step_printed, Harness, KilnOutput, Kilnd};
 use std::io::{Read, Write};
@@ -152,7 +154,7 @@ fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
 fn a_cni_step_has_its_own_address_and_cannot_reach_the_hosts_loopback() {
     in_private_netns(|| async {
         let ns = "net-cni";
-        let h = Harness::with_busybox(ns).await;
+        let h = Harness::with_busybox_private(ns).await;
         let root = h.state_dir().join("kiln-root");
         let l = listen();
         let df = format!(
@@ -224,7 +226,7 @@ fn a_cni_step_has_its_own_address_and_cannot_reach_the_hosts_loopback() {
 fn two_cni_steps_of_one_build_reach_each_other_over_the_bridge() {
     in_private_netns(|| async {
         let ns = "net-peers";
-        let h = Harness::with_busybox(ns).await;
+        let h = Harness::with_busybox_private(ns).await;
         let root = h.state_dir().join("kiln-root");
         // Stage `server` listens on its eth0 address and writes that
         // address where stage `client` can read it (a cache mount shared by
@@ -252,7 +254,7 @@ fn two_cni_steps_of_one_build_reach_each_other_over_the_bridge() {
 fn a_failed_cni_step_leaves_nothing() {
     in_private_netns(|| async {
         let ns = "net-fail";
-        let h = Harness::with_busybox(ns).await;
+        let h = Harness::with_busybox_private(ns).await;
         let root = h.state_dir().join("kiln-root");
         let ctx = h.context(
             "fail",
@@ -276,7 +278,7 @@ fn a_failed_cni_step_leaves_nothing() {
 fn kilnd_grants_network_host_only_when_allowed_and_asked() {
     in_private_netns(|| async {
         let ns = "net-ent";
-        let h = Harness::with_busybox(ns).await;
+        let h = Harness::with_busybox_private(ns).await;
         let root = h.state_dir().join(format!("kilnd-root-{ns}"));
         let l = listen();
         let df = format!("FROM busybox\n{}", probe_run("--network=host", l.port));
@@ -366,7 +368,7 @@ fn kilnd_grants_network_host_only_when_allowed_and_asked() {
 fn a_killed_kilnd_leaves_no_step_network_after_restart() {
     in_private_netns(|| async {
         let ns = "net-kill";
-        let h = Harness::with_busybox(ns).await;
+        let h = Harness::with_busybox_private(ns).await;
         let root = h.state_dir().join(format!("kilnd-root-{ns}"));
         let ctx = h.context(
             "kill",
