@@ -26,10 +26,12 @@ pub struct HostConfig {
     /// Pushes always go to the registry itself.
     #[serde(default)]
     pub mirrors: Vec<String>,
-    /// Plain HTTP instead of HTTPS. `localhost`, `127.0.0.1` and `::1` (any
-    /// loopback address) use plain HTTP without it, as docker does.
-    #[serde(default)]
-    pub http: bool,
+    /// `true`: plain HTTP; `false`: HTTPS. Unset: HTTPS, except for
+    /// `localhost` and loopback addresses (`127.0.0.1`, `::1`), which use
+    /// plain HTTP as docker and BuildKit do (so a TLS registry on loopback
+    /// needs `http = false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<bool>,
     /// HTTPS without verifying the server's certificate.
     #[serde(default)]
     pub insecure: bool,
@@ -247,11 +249,11 @@ pub fn api_host(domain: &str) -> &str {
 }
 
 fn scheme_for(hosts: &HostsConfig, host: &str) -> &'static str {
-    let cfg = hosts.settings(host);
-    if cfg.is_some_and(|c| c.http) || is_localhost(host) {
-        "http"
-    } else {
-        "https"
+    match hosts.settings(host).and_then(|c| c.http) {
+        Some(true) => "http",
+        Some(false) => "https",
+        None if is_localhost(host) => "http",
+        None => "https",
     }
 }
 
@@ -324,7 +326,9 @@ cert = "/etc/kiln/cert.pem"
             ["mirror.example.com", "127.0.0.1:5001/cache/hub"]
         );
         let reg = cfg.get("reg.example.com:5000").expect("reg");
-        assert!(reg.insecure && !reg.http);
+        assert!(reg.insecure);
+        assert_eq!(reg.http, Some(false));
+        assert_eq!(hub.http, None);
         assert_eq!(reg.ca, [PathBuf::from("/etc/kiln/ca.pem")]);
         assert_eq!(
             reg.keypair,
@@ -414,6 +418,8 @@ mirrors = ["mirror.example.com", "127.0.0.1:5001/cache/hub/"]
 http = true
 [registry."mirror.example.com"]
 insecure = true
+[registry."localhost:5443"]
+http = false
 "#,
         )
         .expect("parses");
@@ -447,6 +453,9 @@ insecure = true
             ),
             "http://127.0.0.1:5000/v2/a/b/blobs/uploads/?mount=sha256:ab&from=c/d%20e"
         );
+        // A loopback registry is plain HTTP unless told otherwise.
+        assert_eq!(endpoints(&cfg, "localhost:5443", true)[0].scheme, "https");
+        assert_eq!(endpoints(&cfg, "localhost:5444", true)[0].scheme, "http");
         assert_eq!(
             endpoints(&cfg, "ghcr.io", true)[0].url("o/i/manifests/v1", &[]),
             "https://ghcr.io/v2/o/i/manifests/v1"

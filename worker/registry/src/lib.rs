@@ -6,7 +6,7 @@
 //! `keypair`), the one rule for which endpoint a request goes to
 //! ([`hosts::endpoints`]: mirrors first with `?ns=`, docker.io as
 //! `registry-1.docker.io`, plain HTTP only for `http = true` and loopback
-//! hosts), the TLS config of each host (rustls with the ring provider, the
+//! hosts unless `http = false`), the TLS config of each host (rustls with the ring provider, the
 //! system roots plus the host's CAs, its client certificate, or no
 //! verification for `insecure`), the auth protocol (Bearer tokens from the
 //! `WWW-Authenticate` realm, identity tokens as OAuth2 refresh tokens,
