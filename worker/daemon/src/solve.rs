@@ -166,6 +166,10 @@ pub async fn solve(
         locals,
         names: Vec::new(),
         compression,
+        // kilnd pushes from its exporter (`push.rs`), with the session's
+        // credentials; the engine's own push is for the embedded CLI.
+        credentials: Arc::new(kiln_registry::Anonymous),
+        push: None,
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a

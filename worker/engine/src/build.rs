@@ -45,6 +45,12 @@ pub struct BuildRequest {
     /// Image names to point at the result (normalized); may be empty.
     pub names: Vec<String>,
     pub compression: Compression,
+    /// The registry logins of this build (the client's: its docker config
+    /// embedded, its session through kilnd).
+    pub credentials: Arc<dyn kiln_registry::Credentials>,
+    /// Push the result to the registries of `names` after the export
+    /// (`push=true`); `None` keeps it local.
+    pub push: Option<crate::push::PushOptions>,
 }
 
 /// What a build produced.
@@ -70,6 +76,8 @@ pub struct Engine {
     solver: Arc<Solver<StepRunner>>,
     hashes: Arc<HashCache>,
     lease_timing: crate::lease::LeaseTiming,
+    /// `[registry."HOST"]` settings for pulls and pushes.
+    registry: Arc<kiln_registry::HostsConfig>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -139,7 +147,27 @@ impl Engine {
             solver: Arc::new(Solver::new(parallelism)),
             hashes,
             lease_timing: crate::lease::LeaseTiming::default(),
+            registry: Arc::default(),
         }
+    }
+
+    /// The same engine with these registry settings.
+    pub fn with_registry(mut self, hosts: Arc<kiln_registry::HostsConfig>) -> Self {
+        self.registry = hosts;
+        self
+    }
+
+    /// The engine's registry settings.
+    pub fn registry_hosts(&self) -> Arc<kiln_registry::HostsConfig> {
+        self.registry.clone()
+    }
+
+    /// A registry client for one build with `creds`.
+    pub fn registry_client(
+        &self,
+        creds: Arc<dyn kiln_registry::Credentials>,
+    ) -> kiln_registry::Client {
+        kiln_registry::Client::new(self.registry.clone(), creds)
     }
 
     /// The same engine with other build lease timing (tests use seconds).
@@ -190,9 +218,26 @@ impl Engine {
                 message: "exporting to image".into(),
             })
             .await;
-        let r = solved
+        let mut r = solved
             .export_image(&req.config, &req.names, req.compression)
             .await;
+        if let (Ok(out), Some(opts)) = (&r, &req.push) {
+            // After the graph's vertices, in the same progress stream.
+            let first = req.graph.vertices.len();
+            if let Err(e) = solved
+                .push(
+                    out,
+                    &req.names,
+                    opts,
+                    req.credentials.clone(),
+                    &progress,
+                    first,
+                )
+                .await
+            {
+                r = Err(e);
+            }
+        }
         solved.release(r.is_err()).await;
         let Exported {
             manifest,
@@ -393,6 +438,39 @@ impl Solved {
             true,
             Some(compression),
             &self.lease,
+        )
+        .await
+    }
+
+    /// Pushes an exported image to every name of `names` with `creds`
+    /// (see [`crate::push`]), over the engine's registry configuration
+    /// (made insecure for those registries by `opts.insecure`). Vertex
+    /// numbers of the progress start at `first_vertex`.
+    pub async fn push(
+        &self,
+        exported: &Exported,
+        names: &[String],
+        opts: &crate::push::PushOptions,
+        creds: Arc<dyn kiln_registry::Credentials>,
+        progress: &Progress,
+        first_vertex: usize,
+    ) -> Result<crate::push::Pushed> {
+        if names.is_empty() {
+            return Err(WorkerError::BadInput {
+                location: String::new(),
+                reason: "push=true needs a name to push to (-t REGISTRY/REPOSITORY:TAG)".into(),
+            });
+        }
+        let hosts = crate::push::hosts_for(&self.engine.registry_hosts(), names, opts.insecure)?;
+        let client = kiln_registry::Client::new(Arc::new(hosts), creds);
+        crate::push::push_image(
+            &self.engine.svc,
+            Arc::new(client),
+            &exported.manifest,
+            names,
+            opts,
+            progress,
+            first_vertex,
         )
         .await
     }

@@ -26,6 +26,13 @@ pub enum WorkerError {
     /// A base image is not in the namespace's image store.
     #[error("image \"{image}\" not found in containerd namespace \"{namespace}\"")]
     ImageNotFound { image: String, namespace: String },
+    /// A push to a registry failed; the registry's error names the host
+    /// and what to fix.
+    #[error("cannot push {name}: {error}")]
+    Push {
+        name: String,
+        error: kiln_registry::RegistryError,
+    },
     /// An image's manifest or config cannot be used.
     #[error("image {image} is invalid: {reason}")]
     InvalidImage { image: String, reason: String },
@@ -77,6 +84,7 @@ impl WorkerError {
         match self {
             WorkerError::Snapshot(e) | WorkerError::AtStep { error: e, .. } => e.kind(),
             WorkerError::Exec { error, .. } => error.kind(),
+            WorkerError::Push { error, .. } => error.kind(),
             WorkerError::ImageNotFound { .. } => ErrorKind::NotFound,
             WorkerError::InvalidImage { .. }
             | WorkerError::BadInput { .. }

@@ -171,6 +171,8 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         locals: HashMap::new(),
         names: names.iter().map(|n| n.to_string()).collect(),
         compression: Compression::Gzip,
+        credentials: Arc::new(kiln_registry::Anonymous),
+        push: None,
     }
 }
 
