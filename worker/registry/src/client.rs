@@ -218,7 +218,8 @@ impl Client {
                     return Ok(self.blob_reader(ep, &what, resp, start, total));
                 }
                 Ok(resp) if resp.status().is_success() => {
-                    let total = resp.content_length();
+                    let total = header_str(resp.headers(), CONTENT_LENGTH.as_str())
+                        .and_then(|v| v.parse().ok());
                     return Ok(self.blob_reader(ep, &what, resp, 0, total));
                 }
                 Ok(resp) if resp.status() == StatusCode::NOT_FOUND => RegistryError::BlobUnknown {
@@ -253,7 +254,12 @@ impl Client {
             )
             .await?;
         match resp.status() {
-            s if s.is_success() => Ok(Some(resp.content_length().unwrap_or(0))),
+            // A HEAD answer has no body: the size is in the header only.
+            s if s.is_success() => Ok(Some(
+                header_str(resp.headers(), CONTENT_LENGTH.as_str())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(status_error(&ep, &what, resp).await),
         }
