@@ -5,10 +5,10 @@
 //! BuildKit's `[registry."host"]` keys `mirrors`, `http`, `insecure`, `ca`,
 //! `keypair`), the one rule for which endpoint a request goes to
 //! ([`hosts::endpoints`]: mirrors first with `?ns=`, docker.io as
-//! `registry-1.docker.io`, plain HTTP only for `http = true` and loopback
-//! hosts unless `http = false`), the TLS config of each host (rustls with the ring provider, the
-//! system roots plus the host's CAs, its client certificate, or no
-//! verification for `insecure`), the auth protocol (Bearer tokens from the
+//! `registry-1.docker.io`, plain HTTP only for `http = true` and for
+//! loopback hosts without `http = false`), the TLS config of each host
+//! (rustls with the ring provider, the system roots plus the host's CAs,
+//! its client certificate, or no verification for `insecure`), the auth protocol (Bearer tokens from the
 //! `WWW-Authenticate` realm, identity tokens as OAuth2 refresh tokens,
 //! Basic), where credentials come from ([`Credentials`]: docker's
 //! config.json through `docker_credential`, or whatever kilnd's session
@@ -24,7 +24,9 @@
 //!
 //! Architecture invariant: this crate knows nothing of containerd (no
 //! content store, leases, images or labels beyond naming
-//! [`source_label`]) and nothing of builds; it never writes to disk. Digest
+//! [`source_label`]) and nothing of builds, progress or caches; it never
+//! writes to disk and never retries on its own (callers decide, with
+//! [`RegistryError::is_transient`] and a resume offset). Digest
 //! verification of blobs is the caller's, when it commits them to a
 //! content store; manifests are verified here because they are returned
 //! whole.
