@@ -615,4 +615,18 @@ fn mount_sources_come_from_the_registrys_label_only() {
     ]);
     assert_eq!(mount_sources(&labels, &r), ["library/base", "other/x"]);
     assert!(mount_sources(&HashMap::new(), &r).is_empty());
+    // containerd's own pull writes the host without its port.
+    let pulled_by_ctr = HashMap::from([(
+        "containerd.io/distribution.source.127.0.0.1".to_string(),
+        "library/base".to_string(),
+    )]);
+    assert_eq!(mount_sources(&pulled_by_ctr, &r), ["library/base"]);
+    assert_eq!(
+        containerd_source_key("[::1]:5000"),
+        "containerd.io/distribution.source.::1"
+    );
+    assert_eq!(
+        containerd_source_key("docker.io"),
+        "containerd.io/distribution.source.docker.io"
+    );
 }
