@@ -159,7 +159,10 @@ async fn push_by_digest_leaves_no_tag() {
         )
         .ok();
     let digest = manifest_digest(&out);
-    assert_eq!(stored_manifests(&reg, "kiln/bydigest"), vec![digest.clone()]);
+    assert_eq!(
+        stored_manifests(&reg, "kiln/bydigest"),
+        vec![digest.clone()]
+    );
     // The tag does not exist; the digest pulls.
     let tag = h.ctr(ns, &["images", "pull", "--plain-http", &name]);
     assert!(tag.is_err(), "{tag:?}");

@@ -153,6 +153,11 @@ struct BuildArgs {
     /// Target platform; kiln builds for the host's only.
     #[arg(long)]
     platform: Option<String>,
+    /// Ask the registry for every base image even if the image store has
+    /// the tag, and pull what changed (image-resolve-mode=pull). Without
+    /// it, a tag in the store is used as it is and a missing one pulled.
+    #[arg(long)]
+    pull: bool,
     /// Progress output: auto, plain or tty.
     #[arg(long, default_value = "auto")]
     progress: String,
@@ -543,6 +548,12 @@ fn frontend_attrs(
     if let Some(p) = &args.platform {
         attrs.insert("platform".into(), p.clone());
     }
+    if args.pull {
+        attrs.insert(
+            kiln_engine::resolve::FRONTEND_ATTR.into(),
+            kiln_engine::resolve::ResolveMode::Pull.as_str().into(),
+        );
+    }
     if args.no_cache {
         attrs.insert("no-cache".into(), String::new());
     } else if !args.no_cache_filter.is_empty() {
@@ -689,11 +700,15 @@ async fn build(
         ));
     }
     let hosts = registry_hosts(config_file.as_deref())?;
+    // Embedded, this process is the client: the user's own logins.
+    let credentials: std::sync::Arc<dyn kiln_registry::Credentials> =
+        std::sync::Arc::new(kiln_registry::DockerConfig);
 
     let ctrd = Containerd::connect(config).await?;
     let engine = Engine::with_network(ctrd, root, cni).with_registry(std::sync::Arc::new(hosts));
     engine.sweep().await?;
-    let built = kiln_frontend::plan(&source, &opts, &engine).await?;
+    let images = engine.base_images(opts.resolve_mode, credentials.clone());
+    let built = kiln_frontend::plan(&source, &opts, &images).await?;
     // The exec op carries no security mode, so none asks for
     // security.insecure.
     granted.check_graph(&built.graph)?;
@@ -706,8 +721,8 @@ async fn build(
         locals,
         names,
         compression,
-        // Embedded, this process is the client: the user's own logins.
-        credentials: std::sync::Arc::new(kiln_registry::DockerConfig),
+        credentials,
+        resolve_mode: opts.resolve_mode,
         push,
     };
 
@@ -779,6 +794,7 @@ mod tests {
             "linux/amd64",
             "--build-context",
             "base=docker-image://alpine",
+            "--pull",
             "ctx",
         ]);
         let attrs =
@@ -791,6 +807,7 @@ mod tests {
             ("no-cache", "deps,final"),
             ("platform", "linux/amd64"),
             ("context:base", "docker-image://alpine"),
+            ("image-resolve-mode", "pull"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

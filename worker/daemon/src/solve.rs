@@ -106,6 +106,11 @@ pub async fn solve(
     let dir = job_dir(d, job);
     kiln_engine::sweep::create_private_dir(&dir)
         .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
+    // The client's registry logins, asked through its session when a
+    // registry wants them (anonymous without an Auth service).
+    let credentials: Arc<dyn kiln_registry::Credentials> =
+        Arc::new(crate::registry::SessionCredentials::new(session));
+    let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
     let (graph, result, digests, config, locals) = match input {
         Input::Definition(def) => {
             let t =
@@ -120,7 +125,10 @@ pub async fn solve(
             let session = session.ok_or_else(|| {
                 Status::failed_precondition("the dockerfile frontend needs a session")
             })?;
-            let f = crate::frontend::dockerfile(d, engine, job, session, attrs).await?;
+            let f =
+                crate::frontend::dockerfile(d, engine, job, session, attrs, credentials.clone())
+                    .await?;
+            resolve_mode = f.resolve_mode;
             let digests = f.build.graph.definition_digests();
             (
                 f.build.graph,
@@ -166,9 +174,10 @@ pub async fn solve(
         locals,
         names: Vec::new(),
         compression,
+        credentials,
+        resolve_mode,
         // kilnd pushes from its exporter (`push.rs`), with the session's
         // credentials; the engine's own push is for the embedded CLI.
-        credentials: Arc::new(kiln_registry::Anonymous),
         push: None,
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or

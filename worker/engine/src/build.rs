@@ -7,6 +7,7 @@ use crate::export::{export_image, image_config, Exported};
 use crate::ops::StepRunner;
 use crate::progress::{Progress, ProgressEvent};
 use crate::refs::Ref;
+use crate::resolve::ResolveMode;
 use crate::services::Services;
 use kiln_shim::network::Cni;
 use kiln_shim::{ContainerdExecutor, Containers, Executor};
@@ -45,12 +46,21 @@ pub struct BuildRequest {
     /// Image names to point at the result (normalized); may be empty.
     pub names: Vec<String>,
     pub compression: Compression,
-    /// The registry logins of this build (the client's: its docker config
-    /// embedded, its session through kilnd).
+    /// Registry credentials of whoever asked for the build (the client's
+    /// session through kilnd, `~/.docker/config.json` in embedded mode);
+    /// [`kiln_registry::Anonymous`] by default.
     pub credentials: Arc<dyn kiln_registry::Credentials>,
+    /// When base images are pulled ([`crate::resolve`]); an LLB source's
+    /// own `image.resolvemode` attribute wins.
+    pub resolve_mode: ResolveMode,
     /// Push the result to the registries of `names` after the export
     /// (`push=true`); `None` keeps it local.
     pub push: Option<crate::push::PushOptions>,
+}
+
+/// The credentials of a build that has none.
+pub fn anonymous() -> Arc<dyn kiln_registry::Credentials> {
+    Arc::new(kiln_registry::Anonymous)
 }
 
 /// What a build produced.
@@ -76,8 +86,8 @@ pub struct Engine {
     solver: Arc<Solver<StepRunner>>,
     hashes: Arc<HashCache>,
     lease_timing: crate::lease::LeaseTiming,
-    /// `[registry."HOST"]` settings for pulls and pushes.
-    registry: Arc<kiln_registry::HostsConfig>,
+    /// Registries: mirrors, TLS, plain HTTP (`[registry."host"]`).
+    registry_hosts: Arc<kiln_registry::HostsConfig>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -147,27 +157,44 @@ impl Engine {
             solver: Arc::new(Solver::new(parallelism)),
             hashes,
             lease_timing: crate::lease::LeaseTiming::default(),
-            registry: Arc::default(),
+            registry_hosts: Arc::new(kiln_registry::HostsConfig::default()),
         }
     }
 
-    /// The same engine with these registry settings.
+    /// The same engine with these registry settings (kilnd.toml's
+    /// `[registry."host"]` tables); without, every registry is reached
+    /// over HTTPS with the system roots (plain HTTP for localhost).
     pub fn with_registry(mut self, hosts: Arc<kiln_registry::HostsConfig>) -> Self {
-        self.registry = hosts;
+        self.registry_hosts = hosts;
         self
     }
 
-    /// The engine's registry settings.
-    pub fn registry_hosts(&self) -> Arc<kiln_registry::HostsConfig> {
-        self.registry.clone()
+    /// The registry settings builds use.
+    pub fn registry_hosts(&self) -> &Arc<kiln_registry::HostsConfig> {
+        &self.registry_hosts
     }
 
-    /// A registry client for one build with `creds`.
+    /// A registry client for one build, with its credentials (one token
+    /// cache per build).
     pub fn registry_client(
         &self,
-        creds: Arc<dyn kiln_registry::Credentials>,
+        credentials: Arc<dyn kiln_registry::Credentials>,
     ) -> kiln_registry::Client {
-        kiln_registry::Client::new(self.registry.clone(), creds)
+        kiln_registry::Client::new(self.registry_hosts.clone(), credentials)
+    }
+
+    /// Base image configs for the frontend, resolved by `mode` with
+    /// `credentials` (see [`BaseImages`]).
+    pub fn base_images(
+        &self,
+        mode: ResolveMode,
+        credentials: Arc<dyn kiln_registry::Credentials>,
+    ) -> BaseImages {
+        BaseImages {
+            svc: self.svc.clone(),
+            client: self.registry_client(credentials),
+            mode,
+        }
     }
 
     /// The same engine with other build lease timing (tests use seconds).
@@ -196,10 +223,12 @@ impl Engine {
         Ok(())
     }
 
-    /// The frontend's view of base image `name` (normalized).
+    /// The frontend's view of base image `name` (normalized), by kiln's
+    /// default resolve rule without credentials.
     pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
-        let base = crate::base::load(&self.svc, name).await?;
-        Ok(crate::base::frontend_config(&base.config))
+        self.base_images(ResolveMode::Default, anonymous())
+            .image_config(name)
+            .await
     }
 
     /// Runs a build into the image store: solve, export an image named by
@@ -313,6 +342,8 @@ impl Engine {
             locals: req.locals.clone(),
             progress: progress.clone(),
             hashes: self.hashes.clone(),
+            registry: self.registry_client(req.credentials.clone()),
+            resolve_mode: req.resolve_mode,
         });
         let solved =
             kiln_solver::scheduler::solve(&self.solver, &req.graph, req.result, runner, cancel)
@@ -333,6 +364,24 @@ impl Engine {
             }),
             None => Ok(Vec::new()),
         }
+    }
+}
+
+/// Base image configs as the frontend asks for them: one build's resolve
+/// mode and registry client (its credentials). A pull it needs reads the
+/// manifest and config only; the build's source op pulls the layers.
+#[derive(Clone, Debug)]
+pub struct BaseImages {
+    svc: Services,
+    client: kiln_registry::Client,
+    mode: ResolveMode,
+}
+
+impl BaseImages {
+    /// The frontend's view of base image `name` (normalized).
+    pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
+        let cfg = crate::pull::base_config(&self.svc, &self.client, name, self.mode).await?;
+        Ok(crate::base::frontend_config(&cfg))
     }
 }
 
@@ -461,7 +510,7 @@ impl Solved {
                 reason: "push=true needs a name to push to (-t REGISTRY/REPOSITORY:TAG)".into(),
             });
         }
-        let hosts = crate::push::hosts_for(&self.engine.registry_hosts(), names, opts.insecure)?;
+        let hosts = crate::push::hosts_for(self.engine.registry_hosts(), names, opts.insecure)?;
         let client = kiln_registry::Client::new(Arc::new(hosts), creds);
         crate::push::push_image(
             &self.engine.svc,

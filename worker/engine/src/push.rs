@@ -206,7 +206,7 @@ pub fn hosts_for(hosts: &HostsConfig, names: &[String], insecure: bool) -> Resul
 fn push_error(r: &Reference) -> impl Fn(RegistryError) -> WorkerError + '_ {
     move |error| WorkerError::Push {
         name: r.to_string(),
-        error,
+        error: Box::new(error),
     }
 }
 
