@@ -456,9 +456,19 @@ async fn push_blobs(
             limit.clone(),
         );
         let earlier = earlier.to_vec();
+        let status = BlobStatus {
+            progress: progress.clone(),
+            vertex,
+            id: b.digest().to_string(),
+            total: b.size(),
+            started: SystemTime::now(),
+        };
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let outcome = push_blob(&svc, &*target, &r, &b, &earlier).await;
+            let outcome = push_blob(&svc, &*target, &r, &b, &earlier, &status).await;
+            if outcome.is_ok() {
+                status.send(status.total, true).await;
+            }
             (i, b.digest().to_string(), b.size(), outcome)
         });
     }
@@ -509,6 +519,35 @@ async fn push_blobs(
     Ok(out.into_iter().flatten().collect())
 }
 
+/// How often an upload reports its bytes.
+const STATUS_EVERY: u64 = 8 << 20;
+
+/// One blob's line in the progress (BuildKit's VertexStatus: the digest,
+/// bytes sent of its size).
+#[derive(Clone)]
+struct BlobStatus {
+    progress: Progress,
+    vertex: usize,
+    id: String,
+    total: u64,
+    started: SystemTime,
+}
+
+impl BlobStatus {
+    async fn send(&self, current: u64, done: bool) {
+        self.progress
+            .send(ProgressEvent::Status {
+                vertex: self.vertex,
+                id: self.id.clone(),
+                current,
+                total: self.total,
+                started: self.started,
+                completed: done.then(SystemTime::now),
+            })
+            .await;
+    }
+}
+
 /// One blob: HEAD, else mount, else upload; then the source label records
 /// `r` so later pushes to the registry can mount from it.
 async fn push_blob(
@@ -517,6 +556,7 @@ async fn push_blob(
     r: &Reference,
     b: &Descriptor,
     earlier: &[String],
+    status: &BlobStatus,
 ) -> Result<BlobOutcome> {
     let digest = b.digest().to_string();
     if target
@@ -558,14 +598,22 @@ async fn push_blob(
     if outcome == BlobOutcome::Uploaded {
         let mut chunks = svc.content.read_stream(&digest).await?;
         let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+        status.send(0, false).await;
+        let reporter = status.clone();
         let feed = tokio::spawn(async move {
+            let (mut sent, mut reported) = (0u64, 0u64);
             while let Some(c) = chunks.recv().await {
                 let c = c
                     .map(Bytes::from)
                     .map_err(|e| std::io::Error::other(e.to_string()));
                 let failed = c.is_err();
+                sent += c.as_ref().map_or(0, |b| b.len() as u64);
                 if tx.send(c).await.is_err() || failed {
                     return;
+                }
+                if sent - reported >= STATUS_EVERY {
+                    reported = sent;
+                    reporter.send(sent, false).await;
                 }
             }
         });

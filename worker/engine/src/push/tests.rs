@@ -366,6 +366,7 @@ async fn an_index_is_pushed_blobs_first_then_configs_manifests_and_the_index() {
     // the vertex number given, with a line per blob.
     let mut names = Vec::new();
     let mut lines = 0;
+    let mut done: HashMap<String, (u64, u64)> = HashMap::new();
     while let Some(e) = rx.recv().await {
         match e {
             ProgressEvent::Started { vertex, name, .. } => names.push((vertex, name)),
@@ -375,9 +376,25 @@ async fn an_index_is_pushed_blobs_first_then_configs_manifests_and_the_index() {
                 assert!(String::from_utf8_lossy(&data).contains(": pushed "));
                 lines += 1;
             }
+            ProgressEvent::Status {
+                vertex: 10,
+                id,
+                current,
+                total,
+                completed: Some(_),
+                ..
+            } => {
+                done.insert(id, (current, total));
+            }
             _ => {}
         }
     }
+    // A finished byte status per blob: all of it sent.
+    assert_eq!(done.len(), 5, "{done:?}");
+    assert_eq!(
+        done.get(&shared.digest().to_string()),
+        Some(&(3 << 20, 3 << 20))
+    );
     assert_eq!(
         names,
         [
