@@ -249,6 +249,44 @@ async fn kilnd_pushes_with_the_credentials_of_the_clients_session() {
 }
 
 #[tokio::test]
+async fn a_buildctl_push_request_pushes_with_the_sessions_login() {
+    let ns = "push-buildctl";
+    let h = Harness::with_busybox(ns).await;
+    let reg = Registry::start_with(RegistryOptions {
+        basic_auth: Some(("ci".into(), "t0ken".into())),
+        ..Default::default()
+    })
+    .await
+    .expect("registry starts");
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = h.context("buildctl-push", &[("Dockerfile", DF)]);
+    let name = reg.reference("ci/app:1");
+    // buildctl's gateway flow: Control.Solve with an image exporter
+    // `name=...,push=true`, LLBBridge.Solve + Return, Auth in the session.
+    let out = std::process::Command::new(
+        kiln_integration::buildctl_like_binary().expect("buildctl-like"),
+    )
+    .args([
+        format!("unix://{}", k.socket.display()),
+        ctx.display().to_string(),
+        name.clone(),
+    ])
+    .env("BUILDCTL_LIKE_PUSH", "1")
+    .env("BUILDCTL_LIKE_AUTH", "ci:t0ken")
+    .output()
+    .expect("buildctl-like runs");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stored_manifests(&reg, "ci/app"), ["1"]);
+    let (_, output) = pull_fresh_and_run(&name, Some("ci:t0ken"), "buildctl-pushed").await;
+    assert_eq!(output, "pushed-by-kiln\n");
+}
+
+#[tokio::test]
 async fn layers_of_a_base_pulled_from_the_registry_are_mounted_not_uploaded() {
     let ns = "push-mount-seed";
     let h = Harness::with_busybox(ns).await;
