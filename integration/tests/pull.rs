@@ -124,10 +124,7 @@ fn assert_nothing_partial(h: &Harness, ns: &str) {
         content(h, ns)
     );
     let active = h.ctr(ns, &["content", "active"]).expect("active");
-    assert!(
-        active.lines().nth(1).is_none(),
-        "ingests left: {active}"
-    );
+    assert!(active.lines().nth(1).is_none(), "ingests left: {active}");
     let snaps = h.ctr(ns, &["snapshots", "ls"]).expect("snapshots");
     assert!(snaps.lines().nth(1).is_none(), "snapshots left: {snaps}");
     let images = h.ctr(ns, &["images", "ls", "-q"]).expect("images");
@@ -336,6 +333,7 @@ async fn a_dropped_download_resumes_and_a_dead_registry_leaves_nothing() {
     assert!(!out.success);
     assert!(out.stderr.contains(&layer), "{}", out.stderr);
     assert_eq!(proxy.hits(), 4, "one try and three retries");
+    assert_eq!(proxy.ranged(), 3, "each retry resumed with a Range");
     assert_nothing_partial(&h, "pull-cut");
 
     // Cut once: the download resumes from where it stopped and succeeds;
@@ -349,6 +347,7 @@ async fn a_dropped_download_resumes_and_a_dead_registry_leaves_nothing() {
     );
     build_with(&h, "pull-cut", &[], &["-t", "resumed:1", &ctx]).ok();
     assert_eq!(proxy.hits(), 2, "a second request finished the layer");
+    assert_eq!(proxy.ranged(), 1, "the second request resumed with a Range");
     let stored = h.ctr("pull-cut", &["content", "get", &layer]).map(|_| ());
     assert!(stored.is_ok());
     let got = Command::new("sh")
@@ -494,6 +493,56 @@ async fn an_index_without_the_host_platform_fails_listing_what_it_has() {
         out.stderr
     );
     assert_nothing_partial(&h, ns);
+
+    // With the host's platform in it, the index is pulled as ctr pulls it:
+    // the index labels every child (fetched or not), the image names the
+    // index.
+    let mut platforms = vec![host.clone()];
+    platforms.push(others[0].to_string());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": platforms.iter().map(|a| serde_json::json!({
+            "mediaType": media_type, "digest": digest, "size": size,
+            "platform": {"os": "linux", "architecture": a},
+        })).collect::<Vec<_>>(),
+    });
+    let index_bytes = serde_json::to_vec(&index).expect("json");
+    let both: kiln_types::reference::Reference =
+        format!("{}/base:both", reg.host()).parse().expect("ref");
+    client
+        .push_manifest(
+            &both,
+            "both",
+            "application/vnd.oci.image.index.v1+json",
+            index_bytes,
+        )
+        .await
+        .expect("index pushed");
+    let ctx = context(&h, "both", &both.to_string());
+    build_with(&h, ns, &[], &["-t", "fromindex:1", &ctx]).ok();
+    h.ctr(
+        "pull-platform-ctr",
+        &["images", "pull", "--plain-http", &both.to_string()],
+    )
+    .expect("ctr pull");
+    let by_kiln = content(&h, ns);
+    for (d, labels) in content(&h, "pull-platform-ctr") {
+        assert_eq!(by_kiln.get(&d), Some(&labels), "labels of {d}");
+    }
+    let record = h.ctr(ns, &["images", "ls"]).expect("images");
+    let line = record
+        .lines()
+        .find(|l| l.starts_with(&both.to_string()))
+        .expect("index image");
+    assert!(
+        line.contains("application/vnd.oci.image.index.v1+json"),
+        "{line}"
+    );
+    let index_digest = line.split_whitespace().nth(2).expect("digest");
+    let labels = &by_kiln[index_digest];
+    assert_eq!(labels["containerd.io/gc.ref.content.m.0"], digest);
+    assert_eq!(labels["containerd.io/gc.ref.content.m.1"], digest);
 }
 
 /// A docker config dir whose `auths` has `user:password` for `host`.
