@@ -364,13 +364,14 @@ impl Puller {
         let size = desc.size();
         let started = SystemTime::now();
         let show = is_layer(desc.media_type().as_ref());
+        // Leased before it is looked at, so a blob found in the store
+        // cannot be collected between the look and its use.
+        self.svc
+            .leases
+            .add_resource(&self.lease, &LeaseResource::Content(digest.clone()))
+            .await?;
         match self.svc.content.info(&digest).await {
             Ok(info) if u64::try_from(info.size).ok() == Some(size) => {
-                // Held by this pull's lease first, then labelled.
-                self.svc
-                    .leases
-                    .add_resource(&self.lease, &LeaseResource::Content(digest.clone()))
-                    .await?;
                 let labels = self.labels_for(&digest, HashMap::new()).await?;
                 self.svc.content.set_labels(&digest, labels).await?;
                 if show {
