@@ -12,6 +12,7 @@
 
 pub mod pki;
 pub mod registry;
+pub mod token;
 
 use kiln_snapshot::containerd::ContainerdConfig;
 use kiln_snapshot::Containerd;
