@@ -230,6 +230,13 @@ async fn anonymous_push_and_pull_of_blobs_and_manifests() {
             .contains("digest mismatch for the blob body to push"),
         "{err}"
     );
+    // ... and its upload is cancelled, not left half-written.
+    let cancelled = |q: &LoggedRequest| q.method == "DELETE" && q.path.contains("/blobs/uploads/");
+    let logged = reg.requests_when(|qs| qs.iter().any(cancelled)).await;
+    assert!(
+        logged.iter().any(|q| cancelled(q) && q.status == 204),
+        "{logged:?}"
+    );
 }
 
 #[tokio::test]

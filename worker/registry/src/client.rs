@@ -337,7 +337,7 @@ impl Client {
         size: u64,
         mut body: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     ) -> Result<()> {
-        let mut hasher = Hasher::new(digest)?;
+        let hasher = Hasher::new(digest)?;
         let ep = self.push_endpoint(r);
         let scopes = Scopes::push(&r.path);
         let what = format!("pushing blob {digest}");
@@ -350,7 +350,45 @@ impl Client {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(status_error(&ep, &what, resp).await);
         }
-        let mut loc = location(&ep, resp.headers()).ok_or_else(|| no_location(&ep, &what))?;
+        let loc = location(&ep, resp.headers()).ok_or_else(|| no_location(&ep, &what))?;
+        let result = self
+            .upload(
+                &ep,
+                &scopes,
+                &what,
+                loc.clone(),
+                digest,
+                size,
+                &mut body,
+                hasher,
+            )
+            .await;
+        if result.is_err() {
+            // Leave no half-written upload behind in the registry.
+            let cancel = self
+                .send(&ep, &scopes, &what, &|c: &reqwest::Client| c.delete(&loc))
+                .await;
+            if let Err(e) = cancel {
+                tracing::debug!(error = %e, "cancelling a failed upload");
+            }
+        }
+        result
+    }
+
+    /// The body of an upload started at `loc`: one PUT, or PATCHes and a
+    /// closing PUT.
+    #[allow(clippy::too_many_arguments)] // one call site, all of it context
+    async fn upload(
+        &self,
+        ep: &Endpoint,
+        scopes: &Scopes,
+        what: &str,
+        mut loc: String,
+        digest: &str,
+        size: u64,
+        body: &mut tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+        mut hasher: Hasher,
+    ) -> Result<()> {
         let mut pending: Option<Bytes> = None;
         let limit = if size <= MONOLITHIC_MAX {
             size as usize
@@ -359,7 +397,7 @@ impl Client {
         };
         let mut sent: u64 = 0;
         loop {
-            let buf = next_chunk(&mut body, &mut pending, limit.max(1), digest).await?;
+            let buf = next_chunk(body, &mut pending, limit.max(1), digest).await?;
             let done = buf.is_empty() || size <= MONOLITHIC_MAX;
             if !buf.is_empty() {
                 hasher.update(&buf);
@@ -375,7 +413,7 @@ impl Client {
             if done {
                 // The final PUT carries what is left (everything, for a
                 // small blob).
-                let actual = sent + len + drain_len(&mut body, &mut pending, digest).await?;
+                let actual = sent + len + drain_len(body, &mut pending, digest).await?;
                 if actual != size {
                     return Err(RegistryError::SizeMismatch {
                         digest: digest.to_string(),
@@ -394,7 +432,7 @@ impl Client {
                 }
                 let url = with_query(&loc, "digest", digest);
                 let resp = self
-                    .send(&ep, &scopes, &what, &|c: &reqwest::Client| {
+                    .send(ep, scopes, what, &|c: &reqwest::Client| {
                         c.put(&url)
                             .header(CONTENT_TYPE, "application/octet-stream")
                             .header(CONTENT_LENGTH, len)
@@ -402,13 +440,13 @@ impl Client {
                     })
                     .await?;
                 if resp.status() != StatusCode::CREATED {
-                    return Err(status_error(&ep, &what, resp).await);
+                    return Err(status_error(ep, what, resp).await);
                 }
                 return Ok(());
             }
             let range = format!("{}-{}", sent, sent + len - 1);
             let resp = self
-                .send(&ep, &scopes, &what, &|c: &reqwest::Client| {
+                .send(ep, scopes, what, &|c: &reqwest::Client| {
                     c.patch(&loc)
                         .header(CONTENT_TYPE, "application/octet-stream")
                         .header(CONTENT_RANGE, &range)
@@ -417,9 +455,9 @@ impl Client {
                 })
                 .await?;
             if resp.status() != StatusCode::ACCEPTED {
-                return Err(status_error(&ep, &what, resp).await);
+                return Err(status_error(ep, what, resp).await);
             }
-            loc = location(&ep, resp.headers()).unwrap_or(loc);
+            loc = location(ep, resp.headers()).unwrap_or(loc);
             sent += len;
         }
     }
