@@ -240,6 +240,43 @@ async fn anonymous_push_and_pull_of_blobs_and_manifests() {
 }
 
 #[tokio::test]
+async fn transport_faults_name_the_host_and_the_fix() {
+    // HTTPS asked of a plain-HTTP registry.
+    let reg = Registry::start().await.expect("registry starts");
+    let r = reference(&reg.reference("kiln/plain:v1"));
+    let https = client(
+        &format!("[registry.\"{}\"]\nhttp = false\n", reg.host()),
+        Arc::new(Anonymous),
+    );
+    let err = https.resolve(&r).await.expect_err("TLS to a plain port");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: TLS: ", reg.host()))
+            && err.to_string().contains(&format!(
+                "set `http = true` under [registry.\"{}\"] in kilnd.toml",
+                reg.host()
+            )),
+        "{err}"
+    );
+
+    // Nothing listening: transient, and says so in one line.
+    let port = kiln_integration::pki::free_port();
+    let gone = reference(&format!("127.0.0.1:{port}/kiln/gone:v1"));
+    let err = client("", Arc::new(Anonymous))
+        .resolve(&gone)
+        .await
+        .expect_err("connection refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "127.0.0.1:{port}: fetching manifest v1: cannot connect: Connection refused (os \
+             error 111)"
+        )
+    );
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
 async fn mount_from_another_repository() {
     let reg = Registry::start().await.expect("registry starts");
     let c = client("", Arc::new(Anonymous));
@@ -328,6 +365,20 @@ async fn tls_with_the_registry_ca_configured_or_not() {
             reg.host()
         )),
         "{msg}"
+    );
+
+    // A loopback host is plain HTTP by default: the message says how to
+    // switch it to HTTPS.
+    let plain = client("", Arc::new(Anonymous));
+    let err = plain.resolve(&r).await.expect_err("HTTP to an HTTPS port");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: fetching manifest v1: 400", reg.host()))
+            && err.to_string().contains(&format!(
+                "(set `http = false` under [registry.\"{}\"] in kilnd.toml)",
+                reg.host()
+            )),
+        "{err}"
     );
 
     // `insecure = true` skips verification.

@@ -1148,6 +1148,16 @@ async fn status_error(ep: &Endpoint, what: &str, mut resp: reqwest::Response) ->
                 .trim()
                 .to_string()
         });
+    // Go's answer to plain HTTP on a TLS port: a loopback registry is
+    // reached over HTTP unless its settings say `http = false`.
+    let message = if message.contains("HTTP request to an HTTPS server") {
+        format!(
+            "{message} (set `http = false` under [registry.\"{}\"] in kilnd.toml)",
+            ep.host
+        )
+    } else {
+        message
+    };
     if status == StatusCode::FORBIDDEN {
         return RegistryError::Denied {
             host: ep.host.clone(),
@@ -1225,6 +1235,15 @@ fn transport_error(host: &str, what: &str, t: &Timeouts, e: &reqwest::Error) -> 
                      in kilnd.toml)"
                 ),
             },
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+                RegistryError::Tls {
+                    host: host.to_string(),
+                    detail: format!(
+                        "{tls} (the registry does not speak TLS: if it serves plain HTTP, set \
+                         `http = true` under [registry.\"{host}\"] in kilnd.toml)"
+                    ),
+                }
+            }
             other => RegistryError::Tls {
                 host: host.to_string(),
                 detail: other.to_string(),
@@ -1239,10 +1258,21 @@ fn transport_error(host: &str, what: &str, t: &Timeouts, e: &reqwest::Error) -> 
             secs,
         };
     }
+    let detail = if e.is_connect() {
+        // The innermost cause ("Connection refused") is the news; the
+        // layers above it only repeat the URL.
+        let mut cause: &(dyn std::error::Error + 'static) = e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        format!("cannot connect: {cause}")
+    } else {
+        error_chain(e)
+    };
     RegistryError::Transport {
         host: host.to_string(),
         what: what.to_string(),
-        detail: error_chain(e),
+        detail,
     }
 }
 
