@@ -277,6 +277,47 @@ async fn transport_faults_name_the_host_and_the_fix() {
 }
 
 #[tokio::test]
+async fn a_manifest_altered_in_storage_is_refused() {
+    let reg = Registry::start().await.expect("registry starts");
+    let c = client("", Arc::new(Anonymous));
+    let r = reference(&reg.reference("kiln/altered:v1"));
+    let digest = push_small_image(&c, &r, b"altered layer").await;
+    // The registry's own storage: blobs/sha256/<2 hex>/<hex>/data.
+    let hex = digest.trim_start_matches("sha256:");
+    let data = reg
+        .data_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data).expect("manifest in storage");
+    bytes.extend_from_slice(b"\n\n");
+    std::fs::write(&data, &bytes).expect("alter manifest");
+    let actual = sha256(&bytes);
+
+    // By tag: the registry still announces the digest it stored.
+    let err = c.resolve(&r).await.expect_err("altered manifest by tag");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: digest mismatch for manifest of {r}: expected {digest}, got {actual}",
+            reg.host()
+        )
+    );
+    assert_eq!(err.kind(), kiln_proto::ErrorKind::FailedPrecondition);
+    // By digest: checked against the digest asked for.
+    let err = c
+        .fetch_manifest(&r, &digest)
+        .await
+        .expect_err("altered manifest by digest");
+    assert!(
+        err.to_string()
+            .ends_with(&format!("expected {digest}, got {actual}")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn mount_from_another_repository() {
     let reg = Registry::start().await.expect("registry starts");
     let c = client("", Arc::new(Anonymous));
