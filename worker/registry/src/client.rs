@@ -96,19 +96,26 @@ struct Timeouts {
 
 impl Timeouts {
     fn from_env() -> Timeouts {
-        match std::env::var(TIMEOUT_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|s| *s > 0)
-        {
-            Some(s) => Timeouts {
+        let defaults = Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            read: DEFAULT_READ_TIMEOUT,
+        };
+        let Ok(value) = std::env::var(TIMEOUT_ENV) else {
+            return defaults;
+        };
+        match value.trim().parse::<u64>() {
+            Ok(s) if s > 0 => Timeouts {
                 connect: Duration::from_secs(s),
                 read: Duration::from_secs(s),
             },
-            None => Timeouts {
-                connect: DEFAULT_CONNECT_TIMEOUT,
-                read: DEFAULT_READ_TIMEOUT,
-            },
+            _ => {
+                // Client::new cannot fail; say it loudly instead.
+                tracing::warn!(
+                    value = %value,
+                    "{TIMEOUT_ENV} is not a positive number of seconds; using the default timeouts"
+                );
+                defaults
+            }
         }
     }
 }
