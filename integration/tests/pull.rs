@@ -31,6 +31,11 @@ fn asked(reg: &Registry) -> Vec<String> {
         .collect()
 }
 
+/// Pushes image `local` of `src_ns` to `repo`.
+fn push_base_named(h: &Harness, src_ns: &str, reg: &Registry, local: &str, repo: &str) {
+    reg.push_image(h, src_ns, local, repo).expect("ctr push");
+}
+
 /// The registry's stored file of blob `digest` (to damage it).
 fn blob_file(reg: &Registry, digest: &str) -> PathBuf {
     let hex = digest.trim_start_matches("sha256:");
@@ -207,16 +212,53 @@ async fn from_a_registry_pulls_once_and_rebuilds_without_asking() {
         &["--pull", "-t", "pulled:3", ctx2.to_str().expect("utf8")],
     )
     .ok();
-    let asked = asked(&reg)[before..].to_vec();
-    assert!(
-        asked.iter().any(|r| r.contains("/v2/base/manifests/1")),
-        "{asked:?}"
+    let now = asked(&reg)[before..].to_vec();
+    assert_eq!(
+        now.iter()
+            .filter(|r| r.contains("/v2/base/manifests/1"))
+            .count(),
+        1,
+        "the tag is asked for once per build: {now:?}"
     );
     assert!(
-        !asked.iter().any(|r| r.contains("/blobs/")),
-        "--pull downloaded an unchanged blob: {asked:?}"
+        !now.iter().any(|r| r.contains("/blobs/")),
+        "--pull downloaded an unchanged blob: {now:?}"
     );
     assert_eq!(snapshot_created(&h, ns, &chain), created, "unpacked again");
+
+    // The tag moves to another image: without --pull the build keeps the
+    // one it has; with --pull it gets the new one.
+    let v2 = h.context(
+        "a1v2",
+        &[("Dockerfile", "FROM busybox\nRUN echo two > /version\n")],
+    );
+    build_with(
+        &h,
+        "pull-src",
+        &[],
+        &["-t", "base:2", v2.to_str().expect("utf8")],
+    )
+    .ok();
+    push_base_named(&h, "pull-src", &reg, "docker.io/library/base:2", "base:1");
+    let ctx3 = h.context(
+        "a1c",
+        &[(
+            "Dockerfile",
+            &format!("FROM {base}\nRUN cat /version > /seen\nCMD [\"cat\", \"/seen\"]\n"),
+        )],
+    );
+    let c3 = ctx3.to_str().expect("utf8");
+    let out = build_with(&h, ns, &[], &["-t", "kept:1", c3]);
+    assert!(
+        !out.success && out.stderr.contains("/version"),
+        "without --pull the old base (no /version) is used: {}",
+        out.stderr
+    );
+    build_with(&h, ns, &[], &["--pull", "-t", "moved:1", c3]).ok();
+    assert_eq!(
+        h.run_image(ns, "docker.io/library/moved:1", "moved-1", &[]),
+        "two\n"
+    );
     assert!(h.leftovers(ns).expect("leftovers").is_empty());
 }
 

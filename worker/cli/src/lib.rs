@@ -626,6 +626,7 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
         compression,
         credentials,
         resolve_mode: opts.resolve_mode,
+        pinned: images.pinned(),
     };
 
     let cancel = CancellationToken::new();

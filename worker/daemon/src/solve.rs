@@ -109,6 +109,7 @@ pub async fn solve(
     // Anonymous until the client's session answers for credentials.
     let credentials = kiln_engine::build::anonymous();
     let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
+    let mut pinned = kiln_engine::resolve::Pinned::default();
     let (graph, result, digests, config, locals) = match input {
         Input::Definition(def) => {
             let t =
@@ -127,6 +128,7 @@ pub async fn solve(
                 crate::frontend::dockerfile(d, engine, job, session, attrs, credentials.clone())
                     .await?;
             resolve_mode = f.resolve_mode;
+            pinned = f.pinned;
             let digests = f.build.graph.definition_digests();
             (
                 f.build.graph,
@@ -174,6 +176,7 @@ pub async fn solve(
         compression,
         credentials,
         resolve_mode,
+        pinned,
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a
