@@ -42,6 +42,8 @@ struct Rule {
     hits: usize,
     /// Connections accepted.
     connections: usize,
+    /// Matching requests that asked for a byte range (`Range:` header).
+    ranged: usize,
 }
 
 /// A running proxy; it stops when dropped. It runs on a thread and
@@ -71,6 +73,7 @@ impl FaultProxy {
             fault: Fault::None,
             hits: 0,
             connections: 0,
+            ranged: 0,
         }));
         let stop = CancellationToken::new();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -120,12 +123,19 @@ impl FaultProxy {
             g.pattern = pattern.to_string();
             g.fault = fault;
             g.hits = 0;
+            g.ranged = 0;
         }
     }
 
     /// How many matching responses were seen since the last [`Self::set`].
     pub fn hits(&self) -> usize {
         self.rule.lock().map(|g| g.hits).unwrap_or(0)
+    }
+
+    /// How many matching requests since the last [`Self::set`] asked for a
+    /// byte range (a resumed download).
+    pub fn ranged(&self) -> usize {
+        self.rule.lock().map(|g| g.ranged).unwrap_or(0)
     }
 
     /// How many connections were accepted in all.
@@ -156,6 +166,7 @@ async fn relay(client: TcpStream, server: TcpStream, rule: Arc<Mutex<Rule>>) {
         let mut buf = vec![0u8; 64 << 10];
         let mut line = Vec::new();
         let mut in_headers = false;
+        let mut current_matches = false;
         loop {
             let n = match cr.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -184,9 +195,17 @@ async fn relay(client: TcpStream, server: TcpStream, rule: Arc<Mutex<Rule>>) {
                             head: method == "HEAD",
                         });
                     }
+                    current_matches = matches;
                     in_headers = true;
                 } else if in_headers && text.is_empty() {
                     in_headers = false;
+                } else if in_headers
+                    && current_matches
+                    && text.to_ascii_lowercase().starts_with("range:")
+                {
+                    if let Ok(mut g) = r.lock() {
+                        g.ranged += 1;
+                    }
                 }
             }
             if sw.write_all(&buf[..n]).await.is_err() {

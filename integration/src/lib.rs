@@ -13,6 +13,7 @@
 pub mod faultproxy;
 pub mod pki;
 pub mod registry;
+pub mod token;
 
 use kiln_snapshot::containerd::ContainerdConfig;
 use kiln_snapshot::Containerd;

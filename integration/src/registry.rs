@@ -1,7 +1,7 @@
 //! A private OCI registry for the registry tests: Debian's
 //! `docker-registry` (distribution 2.8) on a free loopback port, with
 //! filesystem storage in a temporary directory, optionally htpasswd basic
-//! auth, TLS with a server certificate from the test CA (`pki`) and
+//! auth, bearer tokens from a test token server ([`crate::token`]), TLS with a server certificate from the test CA (`pki`) and
 //! client-certificate verification. Its access log is a file the tests read
 //! to check which requests were made (or that none were). Killed on drop.
 //!
@@ -9,6 +9,7 @@
 //! harness containerd, so tests of kiln's pull never depend on kiln's push.
 
 use crate::pki::{free_port, Pki};
+use crate::token::TokenServer;
 use crate::{Harness, HarnessResult};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,6 +26,10 @@ pub struct RegistryOptions {
     pub tls: bool,
     /// With `tls`: require a client certificate signed by the test CA.
     pub client_certs: bool,
+    /// Require bearer tokens from a [`TokenServer`] that grants this user
+    /// and password (and the identity token [`Registry::identity_token`])
+    /// what they ask for.
+    pub token_auth: Option<(String, String)>,
 }
 
 /// A running `docker-registry`.
@@ -36,6 +41,7 @@ pub struct Registry {
     host: String,
     options: RegistryOptions,
     pki: Option<Pki>,
+    token: Option<TokenServer>,
 }
 
 /// One line of the registry's access log.
@@ -69,8 +75,9 @@ impl Registry {
              http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-secret\n",
             dir.path().join("data").display()
         );
-        let pki = options.tls.then(|| Pki::new(dir.path().join("pki")));
-        if let Some(pki) = &pki {
+        let pki =
+            (options.tls || options.token_auth.is_some()).then(|| Pki::new(dir.path().join("pki")));
+        if let (Some(pki), true) = (&pki, options.tls) {
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 pki.server.0, pki.server.1
@@ -96,6 +103,20 @@ impl Registry {
                 "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
                 file.display()
             ));
+        }
+        let mut token = None;
+        if let (Some((user, password)), Some(pki)) = (&options.token_auth, &pki) {
+            let (cert, key) = pki.client("token-signer");
+            let server = TokenServer::start(&cert, &key, user, password, &identity_token(user))?;
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
+                 rootcertbundle: {}\n",
+                server.realm(),
+                crate::token::SERVICE,
+                crate::token::ISSUER,
+                pki.ca
+            ));
+            token = Some(server);
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).map_err(|e| format!("config.yml: {e}"))?;
@@ -123,6 +144,7 @@ impl Registry {
             host,
             options,
             pki,
+            token,
         };
         registry.wait_answering().await?;
         Ok(registry)
@@ -205,7 +227,24 @@ impl Registry {
 
     /// The test CA's certificate (PEM path), with TLS.
     pub fn ca(&self) -> Option<&str> {
-        self.pki.as_ref().map(|p| p.ca.as_str())
+        self.pki
+            .as_ref()
+            .filter(|_| self.options.tls)
+            .map(|p| p.ca.as_str())
+    }
+
+    /// The token server, with `token_auth`.
+    pub fn token_server(&self) -> Option<&TokenServer> {
+        self.token.as_ref()
+    }
+
+    /// The identity (refresh) token the token server accepts for the
+    /// `token_auth` user, as `docker login` would store it.
+    pub fn identity_token(&self) -> Option<String> {
+        self.options
+            .token_auth
+            .as_ref()
+            .map(|(u, _)| identity_token(u))
     }
 
     /// A client certificate the registry accepts (cert, key), with TLS.
@@ -257,6 +296,23 @@ impl Registry {
             .collect()
     }
 
+    /// The requests once `cond` holds for them, or after 10 s (the caller
+    /// asserts): the registry logs a request after it has answered, so a
+    /// client can be done before its request is in the log.
+    pub async fn requests_when(
+        &self,
+        cond: impl Fn(&[LoggedRequest]) -> bool,
+    ) -> Vec<LoggedRequest> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let requests = self.requests();
+            if cond(&requests) || Instant::now() > deadline {
+                return requests;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// How many logged requests have `needle` in their path (for example
     /// `"/manifests/"` or `"/blobs/"`), any method.
     pub fn count_requests(&self, needle: &str) -> usize {
@@ -287,6 +343,7 @@ impl Registry {
             .options
             .basic_auth
             .as_ref()
+            .or(self.options.token_auth.as_ref())
             .map(|(u, p)| format!("{u}:{p}"));
         let cert = self.options.client_certs.then(|| self.client_cert());
         let mut args = vec!["images", "push"];
@@ -346,6 +403,11 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The identity token of `user` at the test token server.
+fn identity_token(user: &str) -> String {
+    format!("kiln-refresh-token-for-{user}")
 }
 
 /// `127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "ua"` (combined log

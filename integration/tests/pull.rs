@@ -31,6 +31,11 @@ fn asked(reg: &Registry) -> Vec<String> {
         .collect()
 }
 
+/// Pushes image `local` of `src_ns` to `repo`.
+fn push_base_named(h: &Harness, src_ns: &str, reg: &Registry, local: &str, repo: &str) {
+    reg.push_image(h, src_ns, local, repo).expect("ctr push");
+}
+
 /// The registry's stored file of blob `digest` (to damage it).
 fn blob_file(reg: &Registry, digest: &str) -> PathBuf {
     let hex = digest.trim_start_matches("sha256:");
@@ -210,16 +215,53 @@ async fn from_a_registry_pulls_once_and_rebuilds_without_asking() {
         &["--pull", "-t", "pulled:3", ctx2.to_str().expect("utf8")],
     )
     .ok();
-    let asked = asked(&reg)[before..].to_vec();
-    assert!(
-        asked.iter().any(|r| r.contains("/v2/base/manifests/1")),
-        "{asked:?}"
+    let now = asked(&reg)[before..].to_vec();
+    assert_eq!(
+        now.iter()
+            .filter(|r| r.contains("/v2/base/manifests/1"))
+            .count(),
+        1,
+        "the tag is asked for once per build: {now:?}"
     );
     assert!(
-        !asked.iter().any(|r| r.contains("/blobs/")),
-        "--pull downloaded an unchanged blob: {asked:?}"
+        !now.iter().any(|r| r.contains("/blobs/")),
+        "--pull downloaded an unchanged blob: {now:?}"
     );
     assert_eq!(snapshot_created(&h, ns, &chain), created, "unpacked again");
+
+    // The tag moves to another image: without --pull the build keeps the
+    // one it has; with --pull it gets the new one.
+    let v2 = h.context(
+        "a1v2",
+        &[("Dockerfile", "FROM busybox\nRUN echo two > /version\n")],
+    );
+    build_with(
+        &h,
+        "pull-src",
+        &[],
+        &["-t", "base:2", v2.to_str().expect("utf8")],
+    )
+    .ok();
+    push_base_named(&h, "pull-src", &reg, "docker.io/library/base:2", "base:1");
+    let ctx3 = h.context(
+        "a1c",
+        &[(
+            "Dockerfile",
+            &format!("FROM {base}\nRUN cat /version > /seen\nCMD [\"cat\", \"/seen\"]\n"),
+        )],
+    );
+    let c3 = ctx3.to_str().expect("utf8");
+    let out = build_with(&h, ns, &[], &["-t", "kept:1", c3]);
+    assert!(
+        !out.success && out.stderr.contains("/version"),
+        "without --pull the old base (no /version) is used: {}",
+        out.stderr
+    );
+    build_with(&h, ns, &[], &["--pull", "-t", "moved:1", c3]).ok();
+    assert_eq!(
+        h.run_image(ns, "docker.io/library/moved:1", "moved-1", &[]),
+        "two\n"
+    );
     assert!(h.leftovers(ns).expect("leftovers").is_empty());
 }
 
@@ -336,6 +378,7 @@ async fn a_dropped_download_resumes_and_a_dead_registry_leaves_nothing() {
     assert!(!out.success);
     assert!(out.stderr.contains(&layer), "{}", out.stderr);
     assert_eq!(proxy.hits(), 4, "one try and three retries");
+    assert_eq!(proxy.ranged(), 3, "each retry resumed with a Range");
     assert_nothing_partial(&h, "pull-cut");
 
     // Cut once: the download resumes from where it stopped and succeeds;
@@ -349,6 +392,7 @@ async fn a_dropped_download_resumes_and_a_dead_registry_leaves_nothing() {
     );
     build_with(&h, "pull-cut", &[], &["-t", "resumed:1", &ctx]).ok();
     assert_eq!(proxy.hits(), 2, "a second request finished the layer");
+    assert_eq!(proxy.ranged(), 1, "the second request resumed with a Range");
     let stored = h.ctr("pull-cut", &["content", "get", &layer]).map(|_| ());
     assert!(stored.is_ok());
     let got = Command::new("sh")
@@ -494,6 +538,56 @@ async fn an_index_without_the_host_platform_fails_listing_what_it_has() {
         out.stderr
     );
     assert_nothing_partial(&h, ns);
+
+    // With the host's platform in it, the index is pulled as ctr pulls it:
+    // the index labels every child (fetched or not), the image names the
+    // index.
+    let mut platforms = vec![host.clone()];
+    platforms.push(others[0].to_string());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": platforms.iter().map(|a| serde_json::json!({
+            "mediaType": media_type, "digest": digest, "size": size,
+            "platform": {"os": "linux", "architecture": a},
+        })).collect::<Vec<_>>(),
+    });
+    let index_bytes = serde_json::to_vec(&index).expect("json");
+    let both: kiln_types::reference::Reference =
+        format!("{}/base:both", reg.host()).parse().expect("ref");
+    client
+        .push_manifest(
+            &both,
+            "both",
+            "application/vnd.oci.image.index.v1+json",
+            index_bytes,
+        )
+        .await
+        .expect("index pushed");
+    let ctx = context(&h, "both", &both.to_string());
+    build_with(&h, ns, &[], &["-t", "fromindex:1", &ctx]).ok();
+    h.ctr(
+        "pull-platform-ctr",
+        &["images", "pull", "--plain-http", &both.to_string()],
+    )
+    .expect("ctr pull");
+    let by_kiln = content(&h, ns);
+    for (d, labels) in content(&h, "pull-platform-ctr") {
+        assert_eq!(by_kiln.get(&d), Some(&labels), "labels of {d}");
+    }
+    let record = h.ctr(ns, &["images", "ls"]).expect("images");
+    let line = record
+        .lines()
+        .find(|l| l.starts_with(&both.to_string()))
+        .expect("index image");
+    assert!(
+        line.contains("application/vnd.oci.image.index.v1+json"),
+        "{line}"
+    );
+    let index_digest = line.split_whitespace().nth(2).expect("digest");
+    let labels = &by_kiln[index_digest];
+    assert_eq!(labels["containerd.io/gc.ref.content.m.0"], digest);
+    assert_eq!(labels["containerd.io/gc.ref.content.m.1"], digest);
 }
 
 /// A docker config dir whose `auths` has `user:password` for `host`.

@@ -3,11 +3,10 @@
 //! htpasswd basic auth, with TLS from a test CA (and client certificates),
 //! and as a mirror.
 //!
-//! Bearer tokens are not covered here: that needs a token server, which
-//! distribution does not ship; the challenge parsing and token answers are
-//! unit tests of the crate.
+//! Bearer tokens come from the harness's token server; the registry
+//! verifies them itself (JWTs chained to the test CA).
 
-use kiln_integration::registry::{Registry, RegistryOptions};
+use kiln_integration::registry::{LoggedRequest, Registry, RegistryOptions};
 use kiln_integration::Harness;
 use kiln_registry::{
     Anonymous, Client, Credential, Credentials, HostsConfig, Reference, RegistryError,
@@ -148,10 +147,12 @@ async fn anonymous_push_and_pull_of_blobs_and_manifests() {
     c.push_blob(&r, &sha256(&big), big.len() as u64, body(&big))
         .await
         .expect("push big blob");
+    let is_patch = |q: &LoggedRequest| q.method == "PATCH" && q.status == 202;
     let patches = reg
-        .requests()
+        .requests_when(|qs| qs.iter().filter(|q| is_patch(q)).count() >= 3)
+        .await
         .iter()
-        .filter(|q| q.method == "PATCH" && q.status == 202)
+        .filter(|q| is_patch(q))
         .count();
     assert_eq!(patches, 3, "20 MiB in 8 MiB chunks: {:?}", reg.requests());
     assert_eq!(
@@ -204,10 +205,12 @@ async fn anonymous_push_and_pull_of_blobs_and_manifests() {
     let (offset, tail) = read_all(&c, &r, &sha256(&big), from).await;
     assert_eq!(offset, from, "the registry honours Range");
     assert_eq!(tail, big[from as usize..]);
+    let is_ranged = |q: &LoggedRequest| q.method == "GET" && q.status == 206;
     let ranged = reg
-        .requests()
+        .requests_when(|qs| qs.iter().any(is_ranged))
+        .await
         .iter()
-        .filter(|q| q.method == "GET" && q.status == 206)
+        .filter(|q| is_ranged(q))
         .count();
     assert_eq!(ranged, 1, "{:?}", reg.requests());
 
@@ -225,6 +228,91 @@ async fn anonymous_push_and_pull_of_blobs_and_manifests() {
     assert!(
         err.to_string()
             .contains("digest mismatch for the blob body to push"),
+        "{err}"
+    );
+    // ... and its upload is cancelled, not left half-written.
+    let cancelled = |q: &LoggedRequest| q.method == "DELETE" && q.path.contains("/blobs/uploads/");
+    let logged = reg.requests_when(|qs| qs.iter().any(cancelled)).await;
+    assert!(
+        logged.iter().any(|q| cancelled(q) && q.status == 204),
+        "{logged:?}"
+    );
+}
+
+#[tokio::test]
+async fn transport_faults_name_the_host_and_the_fix() {
+    // HTTPS asked of a plain-HTTP registry.
+    let reg = Registry::start().await.expect("registry starts");
+    let r = reference(&reg.reference("kiln/plain:v1"));
+    let https = client(
+        &format!("[registry.\"{}\"]\nhttp = false\n", reg.host()),
+        Arc::new(Anonymous),
+    );
+    let err = https.resolve(&r).await.expect_err("TLS to a plain port");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: TLS: ", reg.host()))
+            && err.to_string().contains(&format!(
+                "set `http = true` under [registry.\"{}\"] in kilnd.toml",
+                reg.host()
+            )),
+        "{err}"
+    );
+
+    // Nothing listening: transient, and says so in one line.
+    let port = kiln_integration::pki::free_port();
+    let gone = reference(&format!("127.0.0.1:{port}/kiln/gone:v1"));
+    let err = client("", Arc::new(Anonymous))
+        .resolve(&gone)
+        .await
+        .expect_err("connection refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "127.0.0.1:{port}: fetching manifest v1: cannot connect: Connection refused (os \
+             error 111)"
+        )
+    );
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn a_manifest_altered_in_storage_is_refused() {
+    let reg = Registry::start().await.expect("registry starts");
+    let c = client("", Arc::new(Anonymous));
+    let r = reference(&reg.reference("kiln/altered:v1"));
+    let digest = push_small_image(&c, &r, b"altered layer").await;
+    // The registry's own storage: blobs/sha256/<2 hex>/<hex>/data.
+    let hex = digest.trim_start_matches("sha256:");
+    let data = reg
+        .data_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data).expect("manifest in storage");
+    bytes.extend_from_slice(b"\n\n");
+    std::fs::write(&data, &bytes).expect("alter manifest");
+    let actual = sha256(&bytes);
+
+    // By tag: the registry still announces the digest it stored.
+    let err = c.resolve(&r).await.expect_err("altered manifest by tag");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: digest mismatch for manifest of {r}: expected {digest}, got {actual}",
+            reg.host()
+        )
+    );
+    assert_eq!(err.kind(), kiln_proto::ErrorKind::FailedPrecondition);
+    // By digest: checked against the digest asked for.
+    let err = c
+        .fetch_manifest(&r, &digest)
+        .await
+        .expect_err("altered manifest by digest");
+    assert!(
+        err.to_string()
+            .ends_with(&format!("expected {digest}, got {actual}")),
         "{err}"
     );
 }
@@ -320,6 +408,20 @@ async fn tls_with_the_registry_ca_configured_or_not() {
         "{msg}"
     );
 
+    // A loopback host is plain HTTP by default: the message says how to
+    // switch it to HTTPS.
+    let plain = client("", Arc::new(Anonymous));
+    let err = plain.resolve(&r).await.expect_err("HTTP to an HTTPS port");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: fetching manifest v1: 400", reg.host()))
+            && err.to_string().contains(&format!(
+                "(set `http = false` under [registry.\"{}\"] in kilnd.toml)",
+                reg.host()
+            )),
+        "{err}"
+    );
+
     // `insecure = true` skips verification.
     let insecure = client(
         &format!(
@@ -384,14 +486,10 @@ async fn mirrors_are_asked_first_with_ns() {
     let resolved = c.resolve(&v1).await.expect("resolve through the mirror");
     assert_eq!(resolved.digest, mirrored_digest);
     let ns = format!("ns={}", upstream.host());
-    assert!(
-        mirror
-            .requests()
-            .iter()
-            .any(|q| q.path.contains("/v2/kiln/base/manifests/v1") && q.path.contains(&ns)),
-        "{:?}",
-        mirror.requests()
-    );
+    let via_mirror =
+        |q: &LoggedRequest| q.path.contains("/v2/kiln/base/manifests/v1") && q.path.contains(&ns);
+    let logged = mirror.requests_when(|qs| qs.iter().any(via_mirror)).await;
+    assert!(logged.iter().any(via_mirror), "{logged:?}");
     assert_eq!(
         upstream.count_requests("/manifests/"),
         upstream_manifest_requests,
@@ -413,10 +511,9 @@ async fn mirrors_are_asked_first_with_ns() {
         c.resolve(&v2).await.expect("resolve").digest,
         upstream_digest
     );
-    assert!(mirror
-        .requests()
-        .iter()
-        .any(|q| q.path.contains("/manifests/v2") && q.status == 404));
+    let missed = |q: &LoggedRequest| q.path.contains("/manifests/v2") && q.status == 404;
+    let logged = mirror.requests_when(|qs| qs.iter().any(missed)).await;
+    assert!(logged.iter().any(missed), "{logged:?}");
 }
 
 #[tokio::test]
@@ -500,4 +597,78 @@ async fn a_hung_registry_times_out_naming_the_host() {
     assert!(err.is_transient());
     reg.resume().expect("SIGCONT");
     assert_eq!(c.resolve(&r).await.expect("answers again").digest, digest);
+}
+
+#[tokio::test]
+async fn bearer_tokens_from_the_realm_cached_per_scope() {
+    let reg = Registry::start_with(RegistryOptions {
+        token_auth: Some(("kiln".into(), "t0ken-pass".into())),
+        ..Default::default()
+    })
+    .await
+    .expect("registry starts");
+    let tokens = reg.token_server().expect("token server");
+    let r = reference(&reg.reference("kiln/tok:v1"));
+
+    // Basic credentials at the realm: one token for the push scope serves
+    // every request of the push, one more for the pull scope.
+    let c = client("", basic("kiln", "t0ken-pass"));
+    let digest = push_small_image(&c, &r, b"token layer").await;
+    assert_eq!(c.resolve(&r).await.expect("resolve").digest, digest);
+    let asked = tokens.requests();
+    assert_eq!(
+        asked,
+        [
+            "GET service=kiln-test-registry&scope=repository%3Akiln%2Ftok%3Apull%2Cpush",
+            "GET service=kiln-test-registry&scope=repository%3Akiln%2Ftok%3Apull",
+        ],
+        "{asked:?}"
+    );
+
+    // A mount asks for pull on the source repository in the same token.
+    let dst = reference(&reg.reference("kiln/tok-copy:v1"));
+    assert!(c
+        .mount_blob(&dst, &sha256(b"token layer"), "kiln/tok")
+        .await
+        .expect("mount"));
+    assert!(
+        tokens.requests().last().is_some_and(|q| q.ends_with(
+            "scope=repository%3Akiln%2Ftok-copy%3Apull%2Cpush&scope=repository%3Akiln%2Ftok%3Apull"
+        )),
+        "{:?}",
+        tokens.requests()
+    );
+
+    // An identity token is exchanged with a refresh_token grant (POST).
+    let identity: Arc<dyn Credentials> = Arc::new(Fixed(Credential::IdentityToken(
+        reg.identity_token().expect("identity token"),
+    )));
+    let by_identity = client("", identity);
+    assert_eq!(
+        by_identity.resolve(&r).await.expect("resolve").digest,
+        digest
+    );
+    let last = tokens.requests().last().cloned().unwrap_or_default();
+    assert!(last.starts_with("POST grant_type=refresh_token&"), "{last}");
+
+    // A wrong password is refused by the token server: one line, the 401.
+    let wrong = client("", basic("kiln", "nope"));
+    let err = wrong.resolve(&r).await.expect_err("wrong password");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: 401 Unauthorized (credentials were sent and refused)",
+            reg.host()
+        )
+    );
+    // Anonymous gets a token without access, and the registry says no.
+    let anonymous = client("", Arc::new(Anonymous));
+    let err = anonymous.resolve(&r).await.expect_err("anonymous");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: 401 Unauthorized (no credentials were sent: log in to this registry first)",
+            reg.host()
+        )
+    );
 }

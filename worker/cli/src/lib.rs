@@ -723,6 +723,7 @@ async fn build(
         compression,
         credentials,
         resolve_mode: opts.resolve_mode,
+        pinned: images.pinned(),
         push,
     };
 

@@ -17,6 +17,8 @@ pub struct Frontend {
     pub context: PathBuf,
     /// `image-resolve-mode`, for the build's source ops.
     pub resolve_mode: kiln_engine::resolve::ResolveMode,
+    /// The base images the frontend resolved, for the source ops.
+    pub pinned: kiln_engine::resolve::Pinned,
 }
 
 fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
@@ -109,5 +111,6 @@ pub async fn dockerfile(
         build,
         context: ctx_dir,
         resolve_mode: opts.resolve_mode,
+        pinned: images.pinned(),
     })
 }

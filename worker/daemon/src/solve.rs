@@ -111,6 +111,7 @@ pub async fn solve(
     let credentials: Arc<dyn kiln_registry::Credentials> =
         Arc::new(crate::registry::SessionCredentials::new(session));
     let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
+    let mut pinned = kiln_engine::resolve::Pinned::default();
     let (graph, result, digests, config, locals) = match input {
         Input::Definition(def) => {
             let t =
@@ -129,6 +130,7 @@ pub async fn solve(
                 crate::frontend::dockerfile(d, engine, job, session, attrs, credentials.clone())
                     .await?;
             resolve_mode = f.resolve_mode;
+            pinned = f.pinned;
             let digests = f.build.graph.definition_digests();
             (
                 f.build.graph,
@@ -176,6 +178,7 @@ pub async fn solve(
         compression,
         credentials,
         resolve_mode,
+        pinned,
         // kilnd pushes from its exporter (`push.rs`), with the session's
         // credentials; the engine's own push is for the embedded CLI.
         push: None,

@@ -15,6 +15,8 @@ use std::collections::HashMap;
 #[derive(Clone, Debug)]
 pub struct BaseImage {
     pub name: String,
+    /// The image record's target (index or manifest) digest.
+    pub target: String,
     pub manifest: Descriptor,
     pub config_digest: String,
     pub config: ImageConfigJson,
@@ -103,6 +105,7 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
     }
     Ok(BaseImage {
         name: name.to_string(),
+        target: record.digest.clone(),
         manifest: desc,
         config_digest,
         config,

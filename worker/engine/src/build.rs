@@ -53,6 +53,9 @@ pub struct BuildRequest {
     /// When base images are pulled ([`crate::resolve`]); an LLB source's
     /// own `image.resolvemode` attribute wins.
     pub resolve_mode: ResolveMode,
+    /// What the frontend resolved each base image to
+    /// ([`BaseImages::pinned`]); empty for LLB from a client.
+    pub pinned: crate::resolve::Pinned,
     /// Push the result to the registries of `names` after the export
     /// (`push=true`); `None` keeps it local.
     pub push: Option<crate::push::PushOptions>,
@@ -194,6 +197,7 @@ impl Engine {
             svc: self.svc.clone(),
             client: self.registry_client(credentials),
             mode,
+            pinned: crate::resolve::Pinned::default(),
         }
     }
 
@@ -344,6 +348,7 @@ impl Engine {
             hashes: self.hashes.clone(),
             registry: self.registry_client(req.credentials.clone()),
             resolve_mode: req.resolve_mode,
+            pinned: req.pinned.clone(),
         });
         let solved =
             kiln_solver::scheduler::solve(&self.solver, &req.graph, req.result, runner, cancel)
@@ -375,13 +380,22 @@ pub struct BaseImages {
     svc: Services,
     client: kiln_registry::Client,
     mode: ResolveMode,
+    pinned: crate::resolve::Pinned,
 }
 
 impl BaseImages {
-    /// The frontend's view of base image `name` (normalized).
+    /// The frontend's view of base image `name` (normalized); the image
+    /// it came from is pinned for the build.
     pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
-        let cfg = crate::pull::base_config(&self.svc, &self.client, name, self.mode).await?;
+        let (cfg, digest) =
+            crate::pull::base_config(&self.svc, &self.client, name, self.mode).await?;
+        self.pinned.insert(name, &digest);
         Ok(crate::base::frontend_config(&cfg))
+    }
+
+    /// The images resolved so far, for [`BuildRequest::pinned`].
+    pub fn pinned(&self) -> crate::resolve::Pinned {
+        self.pinned.clone()
     }
 }
 

@@ -176,11 +176,12 @@ struct Puller {
 }
 
 /// Pulls `reference` (normalized) into the store under `lease` and points
-/// the image record of that name at it. Returns the record.
+/// the image record `name` at it. Returns the record.
 pub async fn pull(
     svc: &Services,
     client: &Client,
     reference: &Reference,
+    name: &str,
     lease: &LeaseId,
     report: Reporter,
 ) -> Result<ImageRecord> {
@@ -188,7 +189,7 @@ pub async fn pull(
         svc: svc.clone(),
         client: client.clone(),
         reference: reference.clone(),
-        image: reference.to_string(),
+        image: name.to_string(),
         lease: lease.clone(),
         report,
     });
@@ -364,13 +365,14 @@ impl Puller {
         let size = desc.size();
         let started = SystemTime::now();
         let show = is_layer(desc.media_type().as_ref());
+        // Leased before it is looked at, so a blob found in the store
+        // cannot be collected between the look and its use.
+        self.svc
+            .leases
+            .add_resource(&self.lease, &LeaseResource::Content(digest.clone()))
+            .await?;
         match self.svc.content.info(&digest).await {
             Ok(info) if u64::try_from(info.size).ok() == Some(size) => {
-                // Held by this pull's lease first, then labelled.
-                self.svc
-                    .leases
-                    .add_resource(&self.lease, &LeaseResource::Content(digest.clone()))
-                    .await?;
                 let labels = self.labels_for(&digest, HashMap::new()).await?;
                 self.svc.content.set_labels(&digest, labels).await?;
                 if show {
@@ -494,16 +496,37 @@ async fn local(svc: &Services, name: &str) -> Result<Option<BaseImage>> {
 
 /// Base image `name` (normalized) by the resolve rule
 /// ([`crate::resolve`]): from the store, or pulled under `lease` first.
+/// With `pin` (what the frontend resolved `name` to in this build) that
+/// exact index or manifest is used: the store's if the record points at
+/// it, else pulled by digest, with no second look at the tag.
 pub async fn base_image(
     svc: &Services,
     client: &Client,
     name: &str,
     mode: ResolveMode,
+    pin: Option<&str>,
     lease: &LeaseId,
     report: Reporter,
 ) -> Result<BaseImage> {
     let r = parse_reference(name)?;
     let found = local(svc, name).await?;
+    if let Some(digest) = pin {
+        if let Some(b) = found.filter(|b| b.target == digest) {
+            return Ok(b);
+        }
+        if mode == ResolveMode::Local {
+            return Err(WorkerError::NotLocal {
+                image: name.to_string(),
+                namespace: svc.namespace.clone(),
+            });
+        }
+        let pinned = Reference {
+            digest: Some(digest.to_string()),
+            ..r
+        };
+        pull(svc, client, &pinned, name, lease, report).await?;
+        return crate::base::load(svc, name).await;
+    }
     match (mode.decide(r.digest.is_some(), found.is_some()), found) {
         (Decision::UseLocal, Some(b)) => Ok(b),
         (Decision::Refuse, _) | (Decision::UseLocal, None) => Err(WorkerError::NotLocal {
@@ -511,7 +534,7 @@ pub async fn base_image(
             namespace: svc.namespace.clone(),
         }),
         (Decision::PullMissing | Decision::AskRegistry, _) => {
-            pull(svc, client, &r, lease, report).await?;
+            pull(svc, client, &r, name, lease, report).await?;
             crate::base::load(svc, name).await
         }
     }
@@ -519,45 +542,43 @@ pub async fn base_image(
 
 /// The config of base image `name` (normalized) by the resolve rule,
 /// for the frontend: from the store, or read from the registry (manifest
-/// and config only, stored nowhere; the source op pulls the image).
+/// and config only, stored nowhere; the source op pulls the image). Also
+/// returns the index or manifest digest it came from, to pin.
 pub async fn base_config(
     svc: &Services,
     client: &Client,
     name: &str,
     mode: ResolveMode,
-) -> Result<ImageConfigJson> {
+) -> Result<(ImageConfigJson, String)> {
     let r = parse_reference(name)?;
     let found = local(svc, name).await?;
     match (mode.decide(r.digest.is_some(), found.is_some()), found) {
-        (Decision::UseLocal, Some(b)) => Ok(b.config),
+        (Decision::UseLocal, Some(b)) => Ok((b.config, b.target)),
         (Decision::Refuse, _) | (Decision::UseLocal, None) => Err(WorkerError::NotLocal {
             image: name.to_string(),
             namespace: svc.namespace.clone(),
         }),
         (Decision::PullMissing | Decision::AskRegistry, found) => {
-            remote_config(svc, client, &r, found).await
+            remote_config(client, &r, found).await
         }
     }
 }
 
-/// Resolves `r` at the registry and reads its host platform config; an
-/// unchanged image (`found` has the same digest) is read from the store.
+/// Resolves `r` at the registry and reads its host platform config (and
+/// the digest it resolved to); an unchanged image (`found` has the same
+/// digest) is read from the store.
 async fn remote_config(
-    svc: &Services,
     client: &Client,
     r: &Reference,
     found: Option<BaseImage>,
-) -> Result<ImageConfigJson> {
+) -> Result<(ImageConfigJson, String)> {
     let image = r.to_string();
     let resolved = client
         .resolve(r)
         .await
         .map_err(|e| registry_error(&image, e))?;
-    if let Some(b) = found {
-        let record = svc.images.get(&image).await?;
-        if record.digest == resolved.digest {
-            return Ok(b.config);
-        }
+    if let Some(b) = found.filter(|b| b.target == resolved.digest) {
+        return Ok((b.config, b.target));
     }
     let manifest_bytes = if is_index(&resolved.media_type) {
         let index: ImageIndex = serde_json::from_slice(&resolved.bytes)
@@ -605,7 +626,9 @@ async fn remote_config(
     if got.as_str() != digest {
         return Err(digest_mismatch(r, &digest, got.as_str()));
     }
-    serde_json::from_slice(&bytes).map_err(|e| pull_error(&image, format!("config {digest}: {e}")))
+    let config = serde_json::from_slice(&bytes)
+        .map_err(|e| pull_error(&image, format!("config {digest}: {e}")))?;
+    Ok((config, resolved.digest))
 }
 
 /// The host part of the source label key for `r`.

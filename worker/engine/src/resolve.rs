@@ -15,7 +15,9 @@
 //! kiln's does not, so a second build of an unchanged Dockerfile makes no
 //! registry request at all (docs/REGISTRY.md).
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 /// How base images are resolved (BuildKit's `image-resolve-mode` values,
 /// also the LLB source attribute [`LLB_ATTR`]).
@@ -76,6 +78,33 @@ impl ResolveMode {
 impl fmt::Display for ResolveMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The index or manifest digest each base image resolved to in one
+/// build, by name. The frontend pins the image whose config it read, and
+/// the source op uses exactly that image, as BuildKit pins the digest into
+/// the LLB: a tag that moves between the two cannot mix one image's config
+/// with another's layers, and `pull` asks the registry once per build.
+#[derive(Clone, Debug, Default)]
+pub struct Pinned(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl Pinned {
+    /// The digest `name` was pinned to, if any.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Pins `name` to `digest`.
+    pub fn insert(&self, name: &str, digest: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), digest.to_string());
     }
 }
 

@@ -96,19 +96,26 @@ struct Timeouts {
 
 impl Timeouts {
     fn from_env() -> Timeouts {
-        match std::env::var(TIMEOUT_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|s| *s > 0)
-        {
-            Some(s) => Timeouts {
+        let defaults = Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            read: DEFAULT_READ_TIMEOUT,
+        };
+        let Ok(value) = std::env::var(TIMEOUT_ENV) else {
+            return defaults;
+        };
+        match value.trim().parse::<u64>() {
+            Ok(s) if s > 0 => Timeouts {
                 connect: Duration::from_secs(s),
                 read: Duration::from_secs(s),
             },
-            None => Timeouts {
-                connect: DEFAULT_CONNECT_TIMEOUT,
-                read: DEFAULT_READ_TIMEOUT,
-            },
+            _ => {
+                // Client::new cannot fail; say it loudly instead.
+                tracing::warn!(
+                    value = %value,
+                    "{TIMEOUT_ENV} is not a positive number of seconds; using the default timeouts"
+                );
+                defaults
+            }
         }
     }
 }
@@ -337,7 +344,7 @@ impl Client {
         size: u64,
         mut body: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     ) -> Result<()> {
-        let mut hasher = Hasher::new(digest)?;
+        let hasher = Hasher::new(digest)?;
         let ep = self.push_endpoint(r);
         let scopes = Scopes::push(&r.path);
         let what = format!("pushing blob {digest}");
@@ -350,7 +357,45 @@ impl Client {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(status_error(&ep, &what, resp).await);
         }
-        let mut loc = location(&ep, resp.headers()).ok_or_else(|| no_location(&ep, &what))?;
+        let loc = location(&ep, resp.headers()).ok_or_else(|| no_location(&ep, &what))?;
+        let result = self
+            .upload(
+                &ep,
+                &scopes,
+                &what,
+                loc.clone(),
+                digest,
+                size,
+                &mut body,
+                hasher,
+            )
+            .await;
+        if result.is_err() {
+            // Leave no half-written upload behind in the registry.
+            let cancel = self
+                .send(&ep, &scopes, &what, &|c: &reqwest::Client| c.delete(&loc))
+                .await;
+            if let Err(e) = cancel {
+                tracing::debug!(error = %e, "cancelling a failed upload");
+            }
+        }
+        result
+    }
+
+    /// The body of an upload started at `loc`: one PUT, or PATCHes and a
+    /// closing PUT.
+    #[allow(clippy::too_many_arguments)] // one call site, all of it context
+    async fn upload(
+        &self,
+        ep: &Endpoint,
+        scopes: &Scopes,
+        what: &str,
+        mut loc: String,
+        digest: &str,
+        size: u64,
+        body: &mut tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+        mut hasher: Hasher,
+    ) -> Result<()> {
         let mut pending: Option<Bytes> = None;
         let limit = if size <= MONOLITHIC_MAX {
             size as usize
@@ -359,7 +404,7 @@ impl Client {
         };
         let mut sent: u64 = 0;
         loop {
-            let buf = next_chunk(&mut body, &mut pending, limit.max(1), digest).await?;
+            let buf = next_chunk(body, &mut pending, limit.max(1), digest).await?;
             let done = buf.is_empty() || size <= MONOLITHIC_MAX;
             if !buf.is_empty() {
                 hasher.update(&buf);
@@ -375,7 +420,7 @@ impl Client {
             if done {
                 // The final PUT carries what is left (everything, for a
                 // small blob).
-                let actual = sent + len + drain_len(&mut body, &mut pending, digest).await?;
+                let actual = sent + len + drain_len(body, &mut pending, digest).await?;
                 if actual != size {
                     return Err(RegistryError::SizeMismatch {
                         digest: digest.to_string(),
@@ -394,7 +439,7 @@ impl Client {
                 }
                 let url = with_query(&loc, "digest", digest);
                 let resp = self
-                    .send(&ep, &scopes, &what, &|c: &reqwest::Client| {
+                    .send(ep, scopes, what, &|c: &reqwest::Client| {
                         c.put(&url)
                             .header(CONTENT_TYPE, "application/octet-stream")
                             .header(CONTENT_LENGTH, len)
@@ -402,13 +447,13 @@ impl Client {
                     })
                     .await?;
                 if resp.status() != StatusCode::CREATED {
-                    return Err(status_error(&ep, &what, resp).await);
+                    return Err(status_error(ep, what, resp).await);
                 }
                 return Ok(());
             }
             let range = format!("{}-{}", sent, sent + len - 1);
             let resp = self
-                .send(&ep, &scopes, &what, &|c: &reqwest::Client| {
+                .send(ep, scopes, what, &|c: &reqwest::Client| {
                     c.patch(&loc)
                         .header(CONTENT_TYPE, "application/octet-stream")
                         .header(CONTENT_RANGE, &range)
@@ -417,9 +462,9 @@ impl Client {
                 })
                 .await?;
             if resp.status() != StatusCode::ACCEPTED {
-                return Err(status_error(&ep, &what, resp).await);
+                return Err(status_error(ep, what, resp).await);
             }
-            loc = location(&ep, resp.headers()).unwrap_or(loc);
+            loc = location(ep, resp.headers()).unwrap_or(loc);
             sent += len;
         }
     }
@@ -1110,6 +1155,16 @@ async fn status_error(ep: &Endpoint, what: &str, mut resp: reqwest::Response) ->
                 .trim()
                 .to_string()
         });
+    // Go's answer to plain HTTP on a TLS port: a loopback registry is
+    // reached over HTTP unless its settings say `http = false`.
+    let message = if message.contains("HTTP request to an HTTPS server") {
+        format!(
+            "{message} (set `http = false` under [registry.\"{}\"] in kilnd.toml)",
+            ep.host
+        )
+    } else {
+        message
+    };
     if status == StatusCode::FORBIDDEN {
         return RegistryError::Denied {
             host: ep.host.clone(),
@@ -1187,6 +1242,15 @@ fn transport_error(host: &str, what: &str, t: &Timeouts, e: &reqwest::Error) -> 
                      in kilnd.toml)"
                 ),
             },
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+                RegistryError::Tls {
+                    host: host.to_string(),
+                    detail: format!(
+                        "{tls} (the registry does not speak TLS: if it serves plain HTTP, set \
+                         `http = true` under [registry.\"{host}\"] in kilnd.toml)"
+                    ),
+                }
+            }
             other => RegistryError::Tls {
                 host: host.to_string(),
                 detail: other.to_string(),
@@ -1201,10 +1265,21 @@ fn transport_error(host: &str, what: &str, t: &Timeouts, e: &reqwest::Error) -> 
             secs,
         };
     }
+    let detail = if e.is_connect() {
+        // The innermost cause ("Connection refused") is the news; the
+        // layers above it only repeat the URL.
+        let mut cause: &(dyn std::error::Error + 'static) = e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        format!("cannot connect: {cause}")
+    } else {
+        error_chain(e)
+    };
     RegistryError::Transport {
         host: host.to_string(),
         what: what.to_string(),
-        detail: error_chain(e),
+        detail,
     }
 }
 

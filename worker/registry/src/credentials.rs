@@ -94,10 +94,40 @@ fn config_path() -> Option<std::path::PathBuf> {
     Some(dir.join("config.json"))
 }
 
+/// The helper names of a docker config file (`credHelpers`, `credsStore`).
+#[derive(Default, serde::Deserialize)]
+struct Helpers {
+    #[serde(rename = "credHelpers", default)]
+    cred_helpers: std::collections::HashMap<String, String>,
+    #[serde(rename = "credsStore", default)]
+    creds_store: Option<String>,
+}
+
+impl Helpers {
+    /// The `docker-credential-*` program asked for `key`, if any.
+    fn for_key(&self, key: &str) -> Option<String> {
+        self.cred_helpers
+            .get(key)
+            .filter(|h| !h.is_empty())
+            .or(self.creds_store.as_ref().filter(|h| !h.is_empty()))
+            .map(|h| format!("docker-credential-{h}"))
+    }
+}
+
 /// The blocking lookup: the config file at `path` (missing: anonymous),
 /// then the helper it names.
 fn lookup(path: &std::path::Path, host: &str) -> Result<Option<Credential>> {
     use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+    let cred_err = |message: String| RegistryError::Credentials {
+        host: host.to_string(),
+        message,
+    };
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cred_err(format!("{}: {e}", path.display()))),
+    };
+    let helpers: Helpers = serde_json::from_slice(&text).unwrap_or_default();
     let key = docker_config_key(host);
     // docker also accepts `https://host` keys written by older clients.
     let mut keys = vec![key.clone()];
@@ -105,17 +135,13 @@ fn lookup(path: &std::path::Path, host: &str) -> Result<Option<Credential>> {
         keys.push(format!("https://{host}"));
         keys.push(format!("http://{host}"));
     }
-    let cred_err = |message: String| RegistryError::Credentials {
-        host: host.to_string(),
-        message,
-    };
     for k in &keys {
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(cred_err(format!("{}: {e}", path.display()))),
+        let helper = || {
+            helpers
+                .for_key(k)
+                .unwrap_or_else(|| "the credential helper".into())
         };
-        match docker_credential::get_credential_from_reader(std::io::BufReader::new(file), k) {
+        match docker_credential::get_credential_from_reader(text.as_slice(), k) {
             Ok(DockerCredential::UsernamePassword(username, password)) => {
                 return Ok(Some(Credential::Basic { username, password }))
             }
@@ -135,7 +161,34 @@ fn lookup(path: &std::path::Path, host: &str) -> Result<Option<Credential>> {
                 // Only the first key is asked of a credsStore helper.
                 return Ok(None);
             }
-            Err(e) => return Err(cred_err(e.to_string().trim_end().to_string())),
+            Err(E::HelperFailure {
+                helper: name,
+                stdout,
+                stderr,
+            }) => {
+                let why = [stderr, stdout]
+                    .iter()
+                    .flat_map(|s| s.lines())
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .unwrap_or("no message")
+                    .to_string();
+                return Err(cred_err(format!("{name} failed: {why}")));
+            }
+            Err(E::HelperCommunicationError) => {
+                return Err(cred_err(format!(
+                    "cannot run {} (named in {}): is it installed and on PATH?",
+                    helper(),
+                    path.display()
+                )))
+            }
+            Err(E::MalformedHelperResponse) => {
+                return Err(cred_err(format!(
+                    "{} answered something that is not a credential",
+                    helper()
+                )))
+            }
+            Err(e) => return Err(cred_err(format!("{}: {e}", path.display()))),
         }
     }
     Ok(None)
@@ -187,6 +240,22 @@ mod tests {
             err.to_string(),
             format!(
                 "docker.io: reading credentials: {}: not a docker config file",
+                path.display()
+            )
+        );
+        // A helper that cannot run is named, with the file that names it.
+        std::fs::write(
+            &path,
+            r#"{"credHelpers":{"reg.example.com":"kiln-test-no-such-helper"}}"#,
+        )
+        .expect("write");
+        let err = lookup(&path, "reg.example.com").expect_err("no helper");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "reg.example.com: reading credentials: cannot run \
+                 docker-credential-kiln-test-no-such-helper (named in {}): is it installed and \
+                 on PATH?",
                 path.display()
             )
         );

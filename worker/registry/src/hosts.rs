@@ -379,6 +379,22 @@ cert = "/etc/kiln/cert.pem"
     }
 
     #[test]
+    fn validate_loads_every_tls_file() {
+        let cfg = parse(
+            "[registry.\"ok.example.com\"]\nhttp = true\n\
+             [registry.\"r.example.com\"]\nca = [\"/nonexistent/kiln/ca.pem\"]\n",
+        )
+        .expect("parses");
+        let err = cfg.validate().expect_err("missing CA file");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/kiln/ca.pem: ca of [registry.\"r.example.com\"]: "),
+            "{err}"
+        );
+        assert!(HostsConfig::default().validate().is_ok());
+    }
+
+    #[test]
     fn missing_file_is_empty_config() {
         let dir = std::env::temp_dir().join("kiln-registry-no-such-dir");
         let cfg = HostsConfig::from_kilnd_toml(&dir.join("kilnd.toml")).expect("missing is ok");

@@ -40,6 +40,8 @@ pub struct StepRunner {
     pub registry: kiln_registry::Client,
     /// The build's resolve mode for base images.
     pub resolve_mode: crate::resolve::ResolveMode,
+    /// The images the frontend resolved, by name.
+    pub pinned: crate::resolve::Pinned,
 }
 
 impl std::fmt::Debug for StepRunner {

@@ -29,8 +29,18 @@ impl StepRunner {
                 progress: self.progress.clone(),
                 vertex: Some(id.0),
             };
+            let pin = self.pinned.get(name);
+            let pull = crate::pull::base_image(
+                &self.svc,
+                &self.registry,
+                name,
+                mode,
+                pin.as_deref(),
+                &self.lease,
+                report,
+            );
             let base = tokio::select! {
-                b = crate::pull::base_image(&self.svc, &self.registry, name, mode, &self.lease, report) => b?,
+                b = pull => b?,
                 _ = cancel.cancelled() => return Err(WorkerError::Cancelled),
             };
             crate::base::ensure_unpacked(&self.svc, &base.layers, &self.lease).await?;

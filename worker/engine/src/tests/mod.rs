@@ -173,6 +173,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         compression: Compression::Gzip,
         credentials: crate::build::anonymous(),
         resolve_mode: crate::resolve::ResolveMode::Default,
+        pinned: Default::default(),
         push: None,
     }
 }
