@@ -647,3 +647,26 @@ fn mount_sources_come_from_the_registrys_label_only() {
         "containerd.io/distribution.source.docker.io"
     );
 }
+
+#[test]
+fn registry_insecure_marks_only_the_pushed_registries() {
+    let mut hosts = HostsConfig::default();
+    hosts.hosts.insert(
+        "other.example".into(),
+        kiln_registry::HostConfig {
+            ca: vec!["/ca.pem".into()],
+            ..Default::default()
+        },
+    );
+    let names = [name("app", "1"), "registry.example:5000/x/y:2".to_string()];
+    let same = hosts_for(&hosts, &names, false).expect("hosts");
+    assert_eq!(same, hosts, "without registry.insecure nothing changes");
+    let insecure = hosts_for(&hosts, &names, true).expect("hosts");
+    for host in [REGISTRY, "registry.example:5000"] {
+        let h = insecure.get(host).expect("marked");
+        assert_eq!((h.http, h.insecure), (Some(true), true), "{host}");
+    }
+    assert_eq!(insecure.get("other.example"), hosts.get("other.example"));
+    let bad = hosts_for(&hosts, &["Not A Name".to_string()], true).expect_err("bad name");
+    assert!(bad.to_string().contains("push target"), "{bad}");
+}
