@@ -1,6 +1,6 @@
 //! The few types every kiln layer shares: [`Digest`], the identity of ops,
 //! blobs and cache keys, [`ErrorKind`], the errdefs kind every library
-//! error exposes, and [`reference`], docker's image-name rule and the
+//! error exposes, and [`reference`](mod@reference), docker's image-name rule and the
 //! parsed [`Reference`] (shared by the Dockerfile frontend, the exporters
 //! and the registry client).
 //!
