@@ -174,6 +174,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         credentials: crate::build::anonymous(),
         resolve_mode: crate::resolve::ResolveMode::Default,
         pinned: Default::default(),
+        push: None,
     }
 }
 
