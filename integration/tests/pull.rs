@@ -158,6 +158,13 @@ async fn from_a_registry_pulls_once_and_rebuilds_without_asking() {
     let ctx = context(&h, "a1", &base);
 
     let first = build_with(&h, ns, &[], &["-t", "pulled:1", &ctx]).ok();
+    // The frontend's registry lookup is a step, as BuildKit shows it.
+    let metadata = format!("[internal] load metadata for {base}");
+    assert!(
+        first.stderr.lines().any(|l| l.ends_with(&metadata)),
+        "{}",
+        first.stderr
+    );
     // The FROM step shows the layer it downloaded, BuildKit's way.
     let layer = layers(&h, ns, &base)[0].clone();
     assert!(
@@ -192,13 +199,14 @@ async fn from_a_registry_pulls_once_and_rebuilds_without_asking() {
             &format!("FROM {base}\nRUN echo again > /again\n"),
         )],
     );
-    build_with(
+    let second = build_with(
         &h,
         ns,
         &[],
         &["-t", "pulled:2", ctx2.to_str().expect("utf8")],
     )
     .ok();
+    assert!(!second.stderr.contains(&metadata), "{}", second.stderr);
     assert_eq!(
         asked(&reg)[before..].to_vec(),
         Vec::<String>::new(),
@@ -453,6 +461,12 @@ async fn kilnd_pulls_and_reports_layers_in_its_status_stream() {
         h.kiln(ns, &all).expect("kiln runs").ok()
     };
     let out = build(&["-t", "viakilnd:1"]);
+    let metadata = format!("[internal] load metadata for {base}");
+    assert!(
+        out.stderr.lines().any(|l| l.ends_with(&metadata)),
+        "{}",
+        out.stderr
+    );
     let layer = layers(&h, ns, &base)[0].clone();
     assert!(
         out.stderr

@@ -707,11 +707,31 @@ async fn build(
     let ctrd = Containerd::connect(config).await?;
     let engine = Engine::with_network(ctrd, root, cni).with_registry(std::sync::Arc::new(hosts));
     engine.sweep().await?;
-    let images = engine.base_images(opts.resolve_mode, credentials.clone());
-    let built = kiln_frontend::plan(&source, &opts, &images).await?;
+    // Progress starts before the frontend, which shows its registry
+    // lookups.
+    let (tx, rx) = kiln_engine::progress::channel();
+    let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
+    let images = engine
+        .base_images(opts.resolve_mode, credentials.clone())
+        .with_progress(tx.clone());
+    let planned = kiln_frontend::plan(&source, &opts, &images).await;
+    let pinned = images.pinned();
+    drop(images);
+    let built = match planned {
+        Ok(b) => b,
+        Err(e) => {
+            drop(tx);
+            let _ = display.await;
+            return Err(e.into());
+        }
+    };
     // The exec op carries no security mode, so none asks for
     // security.insecure.
-    granted.check_graph(&built.graph)?;
+    if let Err(e) = granted.check_graph(&built.graph) {
+        drop(tx);
+        let _ = display.await;
+        return Err(e.into());
+    }
     let mut locals = HashMap::new();
     locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.clone());
     let req = BuildRequest {
@@ -723,7 +743,7 @@ async fn build(
         compression,
         credentials,
         resolve_mode: opts.resolve_mode,
-        pinned: images.pinned(),
+        pinned,
         push,
     };
 
@@ -735,8 +755,6 @@ async fn build(
             on_signal.cancel();
         }
     });
-    let (tx, rx) = kiln_engine::progress::channel();
-    let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
     let result = engine.build(req, tx, cancel).await;
     let _ = display.await;
     let result = result?;

@@ -226,12 +226,15 @@ async fn render_tty(mut rx: Receiver<ProgressEvent>) {
     for _ in 0..drawn {
         let _ = write!(o, "\x1b[1A\x1b[2K");
     }
-    let _ = writeln!(
-        o,
-        "[+] Building {:.1}s ({done}/{}) FINISHED",
-        began.elapsed().as_secs_f64(),
-        next - 1
-    );
+    // A build that ended before any step (a Dockerfile error) shows none.
+    if next > 1 {
+        let _ = writeln!(
+            o,
+            "[+] Building {:.1}s ({done}/{}) FINISHED",
+            began.elapsed().as_secs_f64(),
+            next - 1
+        );
+    }
 }
 
 /// Renders events until the sender is dropped.

@@ -103,14 +103,42 @@ pub async fn dockerfile(
     )
     .await
     .map_err(|e| fetch_err(&opts.context_key, e))?;
-    let images = engine.base_images(opts.resolve_mode, credentials);
-    let build = kiln_frontend::plan(&source, &opts, &images)
-        .await
-        .map_err(|e| frontend_status(&e))?;
+    // Registry lookups show as `[internal] load metadata for <name>`
+    // steps, as BuildKit's frontend shows them.
+    let (tx, mut rx) = kiln_engine::progress::channel();
+    let images = engine
+        .base_images(opts.resolve_mode, credentials)
+        .with_progress(tx);
+    let pinned = images.pinned();
+    let plan = async {
+        let r = kiln_frontend::plan(&source, &opts, &images).await;
+        drop(images);
+        r
+    };
+    let forward = async {
+        let mut started = HashMap::new();
+        while let Some(e) = rx.recv().await {
+            match e {
+                kiln_engine::ProgressEvent::Started { name, at, .. } => {
+                    crate::status::step(job, &name, at, None, None);
+                    started.insert(name, at);
+                }
+                kiln_engine::ProgressEvent::Completed {
+                    name, at, error, ..
+                } => {
+                    let from = started.get(&name).copied().unwrap_or(at);
+                    crate::status::step(job, &name, from, Some(at), error);
+                }
+                _ => {}
+            }
+        }
+    };
+    let (build, ()) = tokio::join!(plan, forward);
+    let build = build.map_err(|e| frontend_status(&e))?;
     Ok(Frontend {
         build,
         context: ctx_dir,
         resolve_mode: opts.resolve_mode,
-        pinned: images.pinned(),
+        pinned,
     })
 }

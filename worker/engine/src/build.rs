@@ -198,6 +198,8 @@ impl Engine {
             client: self.registry_client(credentials),
             mode,
             pinned: crate::resolve::Pinned::default(),
+            progress: Progress::none(),
+            next_vertex: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 
@@ -381,14 +383,36 @@ pub struct BaseImages {
     client: kiln_registry::Client,
     mode: ResolveMode,
     pinned: crate::resolve::Pinned,
+    progress: Progress,
+    /// Registry lookups are numbered down from [`METADATA_VERTICES`].
+    next_vertex: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// Progress vertex ids of the frontend's registry lookups count down from
+/// here, far above any graph's vertex index.
+pub const METADATA_VERTICES: usize = usize::MAX;
+
 impl BaseImages {
+    /// The same lookups, reporting each registry request as a vertex
+    /// (`[internal] load metadata for <name>`, as BuildKit shows it) on
+    /// `progress`.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
     /// The frontend's view of base image `name` (normalized); the image
     /// it came from is pinned for the build.
     pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
+        let n = self
+            .next_vertex
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let report = crate::pull::Reporter {
+            progress: self.progress.clone(),
+            vertex: Some(METADATA_VERTICES - n),
+        };
         let (cfg, digest) =
-            crate::pull::base_config(&self.svc, &self.client, name, self.mode).await?;
+            crate::pull::base_config(&self.svc, &self.client, name, self.mode, &report).await?;
         self.pinned.insert(name, &digest);
         Ok(crate::base::frontend_config(&cfg))
     }

@@ -544,11 +544,14 @@ pub async fn base_image(
 /// for the frontend: from the store, or read from the registry (manifest
 /// and config only, stored nowhere; the source op pulls the image). Also
 /// returns the index or manifest digest it came from, to pin.
+/// A registry lookup shows as BuildKit's `[internal] load metadata for
+/// <name>` vertex on `report` (its `vertex` is the id to use).
 pub async fn base_config(
     svc: &Services,
     client: &Client,
     name: &str,
     mode: ResolveMode,
+    report: &Reporter,
 ) -> Result<(ImageConfigJson, String)> {
     let r = parse_reference(name)?;
     let found = local(svc, name).await?;
@@ -559,7 +562,32 @@ pub async fn base_config(
             namespace: svc.namespace.clone(),
         }),
         (Decision::PullMissing | Decision::AskRegistry, found) => {
-            remote_config(client, &r, found).await
+            let step = format!("[internal] load metadata for {name}");
+            let started = SystemTime::now();
+            if let Some(vertex) = report.vertex {
+                report
+                    .progress
+                    .send(ProgressEvent::Started {
+                        vertex,
+                        name: step.clone(),
+                        at: started,
+                    })
+                    .await;
+            }
+            let r = remote_config(client, &r, found).await;
+            if let Some(vertex) = report.vertex {
+                report
+                    .progress
+                    .send(ProgressEvent::Completed {
+                        vertex,
+                        name: step,
+                        cached: false,
+                        error: r.as_ref().err().map(|e| e.to_string()),
+                        at: SystemTime::now(),
+                    })
+                    .await;
+            }
+            r
         }
     }
 }
