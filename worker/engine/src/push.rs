@@ -262,32 +262,17 @@ async fn plan(svc: &Services, root: &Descriptor) -> Result<Plan> {
     Ok(plan)
 }
 
-/// The label key containerd itself gives content pulled from `domain`:
-/// the host without its port (Go's `url.Hostname()`), so content `ctr
-/// images pull` fetched from `127.0.0.1:5000` says
-/// `containerd.io/distribution.source.127.0.0.1`.
-fn containerd_source_key(domain: &str) -> String {
-    let host = match domain.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or(rest, |(ip, _)| ip),
-        None => domain.split_once(':').map_or(domain, |(h, _)| h),
-    };
-    format!("containerd.io/distribution.source.{host}")
-}
-
 /// The repositories of `r`'s registry a blob may be mounted from, per its
 /// `containerd.io/distribution.source.<registry>` label (a comma-separated
-/// list, as containerd writes it; under kiln's key and containerd's own),
-/// excluding `r`'s own. A candidate of another port on the same host only
+/// list, as containerd writes it), excluding `r`'s own. A candidate of another port on the same host only
 /// costs a refused mount: the upload follows.
 fn mount_sources(labels: &HashMap<String, String>, r: &Reference) -> Vec<String> {
-    let (key, own) = kiln_registry::source_label(r);
+    let (key, _) = crate::pull::source_label(r, None);
     let mut out: Vec<String> = Vec::new();
-    for k in [key, containerd_source_key(&r.domain)] {
-        for p in labels.get(&k).into_iter().flat_map(|v| v.split(',')) {
-            let p = p.trim();
-            if !p.is_empty() && p != own && !out.iter().any(|o| o == p) {
-                out.push(p.to_string());
-            }
+    for p in labels.get(&key).into_iter().flat_map(|v| v.split(',')) {
+        let p = p.trim();
+        if !p.is_empty() && p != r.path && !out.iter().any(|o| o == p) {
+            out.push(p.to_string());
         }
     }
     out
@@ -634,16 +619,12 @@ async fn record_source(
     digest: &str,
     labels: &HashMap<String, String>,
 ) {
-    let (key, path) = kiln_registry::source_label(r);
-    let mut repos: Vec<&str> = labels
-        .get(&key)
-        .map(|v| v.split(',').filter(|p| !p.is_empty()).collect())
-        .unwrap_or_default();
-    if repos.contains(&path.as_str()) {
+    let (key, _) = crate::pull::source_label(r, None);
+    let existing = labels.get(&key).map(String::as_str);
+    if existing.is_some_and(|v| v.split(',').any(|p| p == r.path)) {
         return;
     }
-    repos.push(&path);
-    let value = repos.join(",");
+    let (key, value) = crate::pull::source_label(r, existing);
     if let Err(e) = svc
         .content
         .set_labels(digest, HashMap::from([(key, value)]))

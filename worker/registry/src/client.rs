@@ -154,15 +154,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// `("containerd.io/distribution.source.<domain>", "<path>")`: the label
-/// containerd puts on pulled content so a push can mount it from there.
-pub fn source_label(r: &Reference) -> (String, String) {
-    (
-        format!("containerd.io/distribution.source.{}", r.domain),
-        r.path.clone(),
-    )
-}
-
 impl Client {
     /// A client for `hosts`' settings, asking `creds` when a registry
     /// demands authentication. Timeouts: 30 s to connect, 60 s between
@@ -1399,17 +1390,5 @@ mod tests {
             got.push(String::from_utf8(c.to_vec()).expect("utf8"));
         }
         assert_eq!(got, ["abcd", "efgh", "i"]);
-    }
-
-    #[test]
-    fn source_labels_name_domain_and_path() {
-        let r = Reference::parse("busybox").expect("parses");
-        assert_eq!(
-            source_label(&r),
-            (
-                "containerd.io/distribution.source.docker.io".to_string(),
-                "library/busybox".to_string()
-            )
-        );
     }
 }

@@ -23,8 +23,8 @@
 //! small; HTTP and TLS are `reqwest` and `rustls`.
 //!
 //! Architecture invariant: this crate knows nothing of containerd (no
-//! content store, leases, images or labels beyond naming
-//! [`source_label`]) and nothing of builds, progress or caches; it never
+//! content store, leases, images or labels: the distribution source
+//! label is the engine's, `kiln_engine::pull::source_label`) and nothing of builds, progress or caches; it never
 //! writes to disk and never retries on its own (callers decide, with
 //! [`RegistryError::is_transient`] and a resume offset). Digest
 //! verification of blobs is the caller's, when it commits them to a
@@ -39,8 +39,8 @@ pub mod hosts;
 mod tls;
 
 pub use client::{
-    source_label, BlobReader, Client, Resolved, CHUNK_SIZE, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_READ_TIMEOUT, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, MONOLITHIC_MAX, TIMEOUT_ENV,
+    BlobReader, Client, Resolved, CHUNK_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
+    MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE, MONOLITHIC_MAX, TIMEOUT_ENV,
 };
 pub use credentials::{docker_config_key, Anonymous, Credential, Credentials, DockerConfig};
 pub use error::{RegistryError, Result};
