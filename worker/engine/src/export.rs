@@ -90,6 +90,7 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
             shell: cfg.shell.clone(),
             args_escaped: false,
         },
+        inline_cache: None,
     }
 }
 

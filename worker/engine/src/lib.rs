@@ -24,6 +24,7 @@ pub mod ops;
 pub mod progress;
 pub mod prune;
 pub mod refs;
+pub mod remotecache;
 pub mod services;
 pub mod steplog;
 pub mod sweep;

@@ -28,6 +28,14 @@ pub struct ImageConfigJson {
     /// written (as `{}` when empty), as before.
     #[serde(default, deserialize_with = "null_as_default")]
     pub config: RunConfig,
+    /// BuildKit's inline cache (`moby.buildkit.cache.v0`, base64 JSON of
+    /// cache records), written only when an inline cache is exported.
+    #[serde(
+        rename = "moby.buildkit.cache.v0",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inline_cache: Option<String>,
 }
 
 /// The runtime part of an image config (`config`): OCI's fields plus the

@@ -4,6 +4,8 @@
 //! mount syscall (the fake snapshotter's mounts are single binds, used in
 //! place).
 
+mod remotecache;
+
 use crate::cache;
 use crate::error::WorkerError;
 use crate::oci::{self, ImageConfigJson, ImageManifest as Manifest};
@@ -171,6 +173,8 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         locals: HashMap::new(),
         names: names.iter().map(|n| n.to_string()).collect(),
         compression: Compression::Gzip,
+        cache_imports: Vec::new(),
+        cache_exports: Vec::new(),
     }
 }
 
