@@ -159,6 +159,7 @@ pub async fn solve(
     // Status reader.
     let (progress, rx) = kiln_engine::progress::channel();
     let forward = tokio::spawn(crate::status::forward(rx, digests, inputs, job.clone()));
+    let cache = job.cache.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let req = BuildRequest {
         graph,
         result,
@@ -166,6 +167,8 @@ pub async fn solve(
         locals,
         names: Vec::new(),
         compression,
+        cache_imports: cache.imports,
+        cache_exports: cache.exports,
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a
