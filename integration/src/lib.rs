@@ -6,9 +6,12 @@
 //! may point at a running containerd socket instead. Each test uses its own
 //! namespace so tests can run in parallel.
 //!
+//! [`registry`] runs a private `docker-registry` for the registry tests.
+//!
 //! Nothing here ships in a binary.
 
 pub mod pki;
+pub mod registry;
 
 use kiln_snapshot::containerd::ContainerdConfig;
 use kiln_snapshot::Containerd;

@@ -30,14 +30,22 @@ impl Pki {
         let ca_key = KeyPair::generate().expect("ca key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct subjects: with rcgen's default name on both, OpenSSL
+        // (curl) takes the server certificate for a self-signed one.
+        ca_params.distinguished_name = rcgen::DistinguishedName::new();
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kiln test CA");
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate().expect("key");
-        let server = CertificateParams::new(vec!["localhost".to_string()])
-            .expect("params")
-            .signed_by(&key, &issuer)
-            .expect("server cert");
+        let mut server = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        server.distinguished_name = rcgen::DistinguishedName::new();
+        server
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let server = server.signed_by(&key, &issuer).expect("server cert");
         let ca = write(&dir, "ca.pem", ca_cert.pem());
         let server = (
             write(&dir, "server.pem", server.pem()),

@@ -1,6 +1,8 @@
 //! The few types every kiln layer shares: [`Digest`], the identity of ops,
-//! blobs and cache keys, and [`ErrorKind`], the errdefs kind every library
-//! error exposes.
+//! blobs and cache keys, [`ErrorKind`], the errdefs kind every library
+//! error exposes, and [`reference`], docker's image-name rule and the
+//! parsed [`Reference`] (shared by the Dockerfile frontend, the exporters
+//! and the registry client).
 //!
 //! This is a leaf crate so that `snapshot` and `shim` can name a digest or
 //! an error kind without depending on the solver or on the generated
@@ -15,8 +17,10 @@
 
 pub mod digest;
 mod kind;
+pub mod reference;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use digest::Digest;
 pub use kind::ErrorKind;
+pub use reference::Reference;

@@ -7,7 +7,8 @@
 //! target needs and emits a [`kiln_solver::Graph`] shaped like the LLB that
 //! BuildKit's `dockerfile2llb` emits, plus the image config of the result.
 //! [`shell`] holds the word lexer (variable substitution) and
-//! [`reference`](mod@reference) the image-name normalization they share.
+//! [`reference`](mod@reference) re-exports the image-name normalization of
+//! `kiln_types::reference`, which the exporters and the registry share.
 //!
 //! Architecture invariant: this crate does no IO and names no containerd
 //! type. Base image configs come in as data ([`to_graph`]'s `bases`, keyed by
@@ -17,8 +18,11 @@
 pub mod convert;
 pub mod instructions;
 pub mod parser;
-pub mod reference;
 pub mod shell;
+
+/// Image reference normalization; the rule lives in `kiln_types` so the
+/// registry client and the exporters use the same one.
+pub use kiln_types::reference;
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,10 @@
 //! Image reference normalization, as docker's `reference.ParseNormalizedNamed`
-//! followed by `TagNameOnly`: `busybox` -> `docker.io/library/busybox:latest`.
+//! followed by `TagNameOnly`: `busybox` -> `docker.io/library/busybox:latest`,
+//! and the parsed form, [`Reference`], that registry code addresses.
+//!
+//! It lives in this leaf crate because the Dockerfile frontend (names in
+//! `FROM`), the exporters (names of results) and the registry client (where
+//! to pull from and push to) must agree on one rule.
 
 /// Why an image reference does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +117,109 @@ pub fn normalize(name: &str) -> Result<String, RefError> {
         out.push_str(d);
     }
     Ok(out)
+}
+
+/// A normalized image reference split into its parts: `domain/path[:tag][@digest]`.
+///
+/// [`Reference::parse`] applies [`normalize`] first, so `busybox` has domain
+/// `docker.io`, path `library/busybox` and tag `latest`; a digest-pinned
+/// reference without a tag has no tag. `Display` prints the normalized
+/// string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Reference {
+    /// The registry host, with its port if any (`docker.io`, `127.0.0.1:5000`).
+    pub domain: String,
+    /// The repository path inside the registry (`library/busybox`).
+    pub path: String,
+    /// The tag, if the reference names one.
+    pub tag: Option<String>,
+    /// The digest (`sha256:<hex>`), if the reference pins one.
+    pub digest: Option<String>,
+}
+
+impl Reference {
+    /// Parses and normalizes `s` (see [`normalize`]).
+    pub fn parse(s: &str) -> Result<Reference, RefError> {
+        let normalized = normalize(s)?;
+        let (rest, digest) = match normalized.split_once('@') {
+            Some((r, d)) => (r, Some(d.to_string())),
+            None => (normalized.as_str(), None),
+        };
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => (
+                &rest[..last_slash + i],
+                Some(rest[last_slash + i + 1..].to_string()),
+            ),
+            None => (rest, None),
+        };
+        let Some((domain, path)) = name.split_once('/') else {
+            // `normalize` always emits `domain/path`.
+            return Err(RefError::Invalid {
+                reference: s.to_string(),
+            });
+        };
+        Ok(Reference {
+            domain: domain.to_string(),
+            path: path.to_string(),
+            tag,
+            digest,
+        })
+    }
+
+    /// `domain/path`, the repository without tag or digest.
+    pub fn repository(&self) -> String {
+        format!("{}/{}", self.domain, self.path)
+    }
+
+    /// The same repository pinned to `digest`, without a tag.
+    pub fn with_digest(&self, digest: &str) -> Reference {
+        Reference {
+            domain: self.domain.clone(),
+            path: self.path.clone(),
+            tag: None,
+            digest: Some(digest.to_string()),
+        }
+    }
+
+    /// The same repository with `tag` and no digest.
+    pub fn with_tag(&self, tag: &str) -> Reference {
+        Reference {
+            domain: self.domain.clone(),
+            path: self.path.clone(),
+            tag: Some(tag.to_string()),
+            digest: None,
+        }
+    }
+
+    /// What a registry's manifest endpoint is asked for: the digest when
+    /// pinned (it wins over a tag, as in containerd), else the tag.
+    pub fn object(&self) -> &str {
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
+    }
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.domain, self.path)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Reference {
+    type Err = RefError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Reference::parse(s)
+    }
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
@@ -275,6 +383,60 @@ mod tests {
         check(
             "name@sha256:abc",
             "error: invalid reference format: invalid digest \"sha256:abc\"",
+        );
+    }
+
+    fn parsed(s: &str) -> (String, String, Option<String>, Option<String>) {
+        let r = Reference::parse(s).expect("parses");
+        assert_eq!(r.to_string(), normalize(s).expect("normalizes"), "{s}");
+        (r.domain, r.path, r.tag, r.digest)
+    }
+
+    #[test]
+    fn references_split_into_parts() {
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            parsed("busybox"),
+            (
+                s("docker.io"),
+                s("library/busybox"),
+                Some(s("latest")),
+                None
+            )
+        );
+        assert_eq!(
+            parsed("127.0.0.1:5000/a/b:v1"),
+            (s("127.0.0.1:5000"), s("a/b"), Some(s("v1")), None)
+        );
+        assert_eq!(
+            parsed(&format!("localhost:5000/x@sha256:{HEX}")),
+            (
+                s("localhost:5000"),
+                s("x"),
+                None,
+                Some(format!("sha256:{HEX}"))
+            )
+        );
+        assert_eq!(
+            parsed(&format!("[::1]:5000/x:t@sha256:{HEX}")),
+            (
+                s("[::1]:5000"),
+                s("x"),
+                Some(s("t")),
+                Some(format!("sha256:{HEX}"))
+            )
+        );
+        let r = Reference::parse("ghcr.io/o/i:t").expect("parses");
+        assert_eq!(r.repository(), "ghcr.io/o/i");
+        assert_eq!(r.object(), "t");
+        let pinned = r.with_digest(&format!("sha256:{HEX}"));
+        assert_eq!(pinned.to_string(), format!("ghcr.io/o/i@sha256:{HEX}"));
+        assert_eq!(pinned.object(), format!("sha256:{HEX}"));
+        assert_eq!(
+            Reference::parse("Bad").map_err(|e| e.to_string()),
+            Err(s(
+                "invalid reference format: repository name (library/Bad) must be lowercase"
+            ))
         );
     }
 
