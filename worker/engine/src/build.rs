@@ -462,30 +462,30 @@ impl Solved {
     /// (which [`Solved::export_image`] writes into the image config). An
     /// export with `ignore-error=true` that fails is a warning.
     pub async fn export_cache(&self, progress: &Progress) -> Result<()> {
-        use crate::remotecache::{export, CacheError, ExportTarget};
+        use crate::remotecache::{export, registry, ExportTarget};
         let records = self.cache.records();
         for e in &self.cache_exports {
+            if e.target == ExportTarget::Inline {
+                continue;
+            }
+            progress
+                .send(ProgressEvent::Info {
+                    message: format!("exporting cache to {}", e.describe()),
+                })
+                .await;
+            let plan = export::plan(&records, &self.layers, e.mode, &crate::oci::now_rfc3339());
+            let svc = &self.engine.svc;
             let r = match &e.target {
-                ExportTarget::Inline => continue,
                 ExportTarget::Local { dest, tag } => {
-                    progress
-                        .send(ProgressEvent::Info {
-                            message: format!("exporting cache to {}", e.describe()),
-                        })
-                        .await;
-                    let plan =
-                        export::plan(&records, &self.layers, e.mode, &crate::oci::now_rfc3339());
-                    export::write_local(&self.engine.svc, &plan, e.style, dest, tag)
-                        .await
-                        .map(|_| ())
+                    export::write_local(svc, &plan, e.style, dest, tag).await
                 }
-                ExportTarget::Registry { .. } => Err(CacheError::Unsupported {
-                    what: "type=registry cache export".into(),
-                    reason: "in this build of kiln yet".into(),
-                }),
+                ExportTarget::Registry { reference } => {
+                    registry::push(svc, &registry::client(), reference, &plan, e.style).await
+                }
+                ExportTarget::Inline => continue,
             };
             match r {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(err) if e.ignore_error => {
                     progress
                         .send(ProgressEvent::Info {

@@ -15,10 +15,27 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Where an imported cache's blobs are read from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum BlobSource {
     /// An OCI layout directory.
     Local(PathBuf),
+    /// A registry repository.
+    Registry {
+        client: kiln_registry::Client,
+        reference: kiln_types::reference::Reference,
+    },
+}
+
+impl std::fmt::Debug for BlobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobSource::Local(p) => f.debug_tuple("Local").field(p).finish(),
+            BlobSource::Registry { reference, .. } => f
+                .debug_tuple("Registry")
+                .field(&reference.to_string())
+                .finish(),
+        }
+    }
 }
 
 /// One imported cache: its keys' chains and where the blobs are.
@@ -56,25 +73,36 @@ fn read_small(dir: &Path, digest: &str) -> std::result::Result<Vec<u8>, CacheErr
     Ok(bytes)
 }
 
+/// What a fetched blob is: registries serve manifests and blobs apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Manifest,
+    Blob,
+}
+
 /// Reads the cache a manifest (or index) blob describes; `fetch` reads a
 /// small blob by digest. Image manifests contribute their inline caches.
-pub fn read_manifest(
+pub async fn read_manifest<F, Fut>(
     location: &str,
     digest: &str,
-    fetch: &dyn Fn(&str) -> std::result::Result<Vec<u8>, CacheError>,
-) -> std::result::Result<Chains, CacheError> {
+    bytes: Vec<u8>,
+    fetch: F,
+) -> std::result::Result<Chains, CacheError>
+where
+    F: Fn(String, Kind) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<Vec<u8>, CacheError>>,
+{
     let fmt = |source| CacheError::Format {
         location: location.to_string(),
         source,
     };
-    let bytes = fetch(digest)?;
     match format::parse_manifest(&bytes, digest).map_err(fmt)? {
         Parsed::Cache { config, layers } => {
-            let cfg = fetch(&config.digest)?;
+            let cfg = fetch(config.digest.clone(), Kind::Blob).await?;
             format::parse_config(&cfg, &config.digest, &layers).map_err(fmt)
         }
         Parsed::Image(m) => {
-            let cfg = fetch(&m.config.digest)?;
+            let cfg = fetch(m.config.digest.clone(), Kind::Blob).await?;
             Ok(format::parse_inline(&cfg, &m.config.digest, &m.layers)
                 .map_err(fmt)?
                 .unwrap_or_default())
@@ -82,9 +110,9 @@ pub fn read_manifest(
         Parsed::Images(list) => {
             let mut all = Chains::default();
             for d in list {
-                let b = fetch(&d.digest)?;
+                let b = fetch(d.digest.clone(), Kind::Manifest).await?;
                 if let Parsed::Image(m) = format::parse_manifest(&b, &d.digest).map_err(fmt)? {
-                    let cfg = fetch(&m.config.digest)?;
+                    let cfg = fetch(m.config.digest.clone(), Kind::Blob).await?;
                     if let Some(c) =
                         format::parse_inline(&cfg, &m.config.digest, &m.layers).map_err(fmt)?
                     {
@@ -101,7 +129,7 @@ pub fn read_manifest(
 
 /// Reads a local cache: `index.json`'s manifest tagged `tag` (or the one
 /// named by `digest`).
-pub fn read_local(
+pub async fn read_local(
     src: &Path,
     tag: &str,
     digest: Option<&str>,
@@ -135,7 +163,11 @@ pub fn read_local(
                 })?
         }
     };
-    let chains = read_manifest(&location, &manifest, &|d| read_small(src, d))?;
+    let bytes = read_small(src, &manifest)?;
+    let chains = read_manifest(&location, &manifest, bytes, |d, _| async move {
+        read_small(src, &d)
+    })
+    .await?;
     Ok(Imported {
         chains,
         source: BlobSource::Local(src.to_path_buf()),
@@ -152,21 +184,13 @@ pub async fn read_all(
     for i in imports {
         let what = i.describe();
         let r = match &i.source {
+            // Small JSON files: read in place.
             ImportSource::Local { src, tag, digest } => {
-                let (src, tag, digest) = (src.clone(), tag.clone(), digest.clone());
-                tokio::task::spawn_blocking(move || read_local(&src, &tag, digest.as_deref()))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(CacheError::Unsupported {
-                            what: "reading the cache".into(),
-                            reason: format!("(the reader panicked: {e})"),
-                        })
-                    })
+                read_local(src, tag, digest.as_deref()).await
             }
-            ImportSource::Registry { .. } => Err(CacheError::Unsupported {
-                what: "type=registry cache import".into(),
-                reason: "in this build of kiln yet".into(),
-            }),
+            ImportSource::Registry { reference } => {
+                super::registry::read(&super::registry::client(), reference).await
+            }
         };
         out.push((what, r));
     }
@@ -224,6 +248,9 @@ async fn fetch_blob(
             w.commit(&digest, HashMap::new())
                 .await
                 .map_err(|e| blob(crate::error::error_chain(&e)))
+        }
+        BlobSource::Registry { client, reference } => {
+            super::registry::fetch_layer(svc, client, reference, l, lease).await
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod export;
 pub mod format;
 pub mod import;
 pub mod options;
+pub mod registry;
 
 pub use options::{CacheExport, CacheImport, ExportTarget, ImportSource, Mode};
 
@@ -58,6 +59,9 @@ pub enum CacheError {
         digest: String,
         reason: String,
     },
+    /// A registry refused or failed (its message names the host).
+    #[error(transparent)]
+    Registry(#[from] kiln_registry::RegistryError),
     /// The target is not reachable this way (yet).
     #[error("{what} is not supported {reason}")]
     Unsupported { what: String, reason: String },
@@ -70,6 +74,7 @@ impl CacheError {
             CacheError::Io { .. } => ErrorKind::Internal,
             CacheError::Blob { .. } => ErrorKind::FailedPrecondition,
             CacheError::Unsupported { .. } => ErrorKind::Unimplemented,
+            CacheError::Registry(e) => e.kind(),
         }
     }
 }
