@@ -2,7 +2,8 @@
 //! (`--cache-to`), a build of the same context on a fresh containerd B
 //! imports it (`--cache-from`) and runs no step whose result is in it.
 
-use kiln_integration::{step_printed, Harness, KilnOutput};
+use kiln_integration::registry::Registry;
+use kiln_integration::{step_printed, Harness, KilnOutput, Kilnd};
 use std::path::Path;
 
 /// `kiln build` that must succeed.
@@ -241,5 +242,87 @@ async fn bad_cache_options_fail_before_the_build() {
         out.stderr.contains("unsupported attribute compression"),
         "{}",
         out.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_registry_cache_makes_every_step_cached_on_a_fresh_containerd() {
+    let ns = "rcache-reg";
+    let reg = Registry::start().await.expect("registry starts");
+    let cache_ref = reg.reference("kiln/cache:app");
+    let a = fresh(ns).await;
+    let ctx = a.context("reg", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx.to_str().expect("utf8");
+    let to = format!("type=registry,ref={cache_ref}");
+    let first = build(&a, ns, &["--cache-to", &to, "-t", "out:1", c]);
+    assert!(step_printed(&first.stderr, "RUN1-RAN"));
+    assert!(
+        reg.count_requests("/manifests/app") > 0,
+        "the cache manifest was pushed:\n{}",
+        reg.access_log()
+    );
+
+    let b = fresh_like(&a, ns).await;
+    // A bare reference is type=registry,ref=REF.
+    let second = build(&b, ns, &["--cache-from", &cache_ref, "-t", "out:1", c]);
+    assert!(
+        !step_printed(&second.stderr, "RUN1-RAN") && !step_printed(&second.stderr, "RUN2-RAN"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
+    assert_eq!(
+        layers(&a, ns, "docker.io/library/out:1"),
+        layers(&b, ns, "docker.io/library/out:1")
+    );
+}
+
+/// `kiln --addr <kilnd> build --progress plain ARGS`.
+fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
+    let addr = k.addr();
+    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    h.kiln(ns, &all).expect("kiln runs")
+}
+
+#[tokio::test]
+async fn kilnd_exports_and_imports_a_registry_cache_with_mode_max() {
+    let ns = "rcache-kilnd";
+    let reg = Registry::start().await.expect("registry starts");
+    let cache_ref = reg.reference("kiln/cache:multi");
+    let a = fresh(ns).await;
+    let ka = a.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = a.context("kilnd", &[("Dockerfile", MULTI)]);
+    let c = ctx.to_str().expect("utf8");
+    let to = format!("type=registry,ref={cache_ref},mode=max");
+    let first = remote(&a, &ka, ns, &["--cache-to", &to, "-t", "multi:1", c]);
+    assert!(first.success, "{}", first.stderr);
+    assert!(
+        step_printed(&first.stderr, "BUILDER-RAN"),
+        "{}",
+        first.stderr
+    );
+
+    let b = fresh_like(&a, ns).await;
+    let kb = b.start_kilnd(ns).await.expect("kilnd starts");
+    let from = format!("type=registry,ref={cache_ref}");
+    let second = remote(&b, &kb, ns, &["--cache-from", &from, "-t", "multi:1", c]);
+    assert!(second.success, "{}", second.stderr);
+    assert!(
+        !step_printed(&second.stderr, "BUILDER-RAN") && !step_printed(&second.stderr, "FINAL-RAN"),
+        "{}",
+        second.stderr
+    );
+
+    // A directory of the client's machine is refused before the build.
+    let local = format!("type=local,dest={}", b.state_dir().join("c").display());
+    let refused = remote(&b, &kb, ns, &["--cache-to", &local, c]);
+    assert!(!refused.success);
+    assert!(
+        refused
+            .stderr
+            .contains("type=local is not supported through kilnd yet"),
+        "{}",
+        refused.stderr
     );
 }
