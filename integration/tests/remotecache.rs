@@ -73,6 +73,9 @@ async fn a_local_cache_makes_every_step_cached_on_a_fresh_containerd() {
     );
 
     let b = fresh_like(&a, ns).await;
+    // The same files at another path: keys follow content, not paths.
+    let ctx_b = b.context("local-b", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx_b.to_str().expect("utf8");
     let from = format!("type=local,src={}", dir.display());
     let second = build(&b, ns, &["--cache-from", &from, "-t", "out:1", c]);
     assert!(
@@ -100,7 +103,7 @@ async fn a_local_cache_makes_every_step_cached_on_a_fresh_containerd() {
     assert_eq!(out, "a1\ntwo\n");
 
     // A changed file misses from the COPY on, and only there.
-    std::fs::write(ctx.join("a"), "a2\n").expect("write");
+    std::fs::write(ctx_b.join("a"), "a2\n").expect("write");
     let third = build(&b, ns, &["--cache-from", &from, "-t", "out:2", c]);
     assert!(step_printed(&third.stderr, "RUN1-RAN"), "{}", third.stderr);
 }
