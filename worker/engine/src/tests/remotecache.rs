@@ -269,3 +269,34 @@ async fn an_inline_cache_is_in_the_image_config() {
     lens.sort();
     assert_eq!(lens, [1, 2]);
 }
+
+#[tokio::test]
+async fn a_failed_export_fails_the_build_unless_errors_are_ignored() {
+    // A file where the layout directory should be.
+    let tmp = tempfile::tempdir().expect("dir");
+    let not_a_dir = tmp.path().join("file");
+    std::fs::write(&not_a_dir, "x").expect("write");
+    let fx = fixture();
+    let engine = fx.engine("a", &FakeExecutor::new());
+    let (_, _, r) = build_collecting(
+        &engine,
+        request(vec![local_export(&not_a_dir, Mode::Min)], vec![]),
+    )
+    .await;
+    let err = r.expect_err("the export fails");
+    assert!(matches!(err, WorkerError::RemoteCache(_)), "{err:?}");
+    assert!(
+        err.to_string().contains(&not_a_dir.display().to_string()),
+        "{err}"
+    );
+    let mut ignored = local_export(&not_a_dir, Mode::Min);
+    ignored.ignore_error = true;
+    let (_, info, r) = build_collecting(&engine, request(vec![ignored], vec![])).await;
+    r.expect("ignore-error=true keeps the build");
+    assert!(
+        info.iter()
+            .any(|m| m.starts_with("WARNING: cache export to local cache")
+                && m.contains("ignore-error=true")),
+        "{info:?}"
+    );
+}
