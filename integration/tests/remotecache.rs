@@ -102,6 +102,11 @@ async fn a_local_cache_makes_every_step_cached_on_a_fresh_containerd() {
     );
     assert_eq!(out, "a1\ntwo\n");
 
+    // The hits were saved as B's own records: without --cache-from too.
+    let again = build(&b, ns, &["-t", "out:3", c]);
+    assert_eq!(cached(&again.stderr), 3, "{}", again.stderr);
+    assert_eq!(b.leftovers(ns).expect("ctr"), Vec::<String>::new());
+
     // A changed file misses from the COPY on, and only there.
     std::fs::write(ctx_b.join("a"), "a2\n").expect("write");
     let third = build(&b, ns, &["--cache-from", &from, "-t", "out:2", c]);
