@@ -5,12 +5,12 @@
 //! in embedded and daemon mode alike.
 
 use anyhow::Result;
-use kiln_engine::remotecache::options::split_spec;
+use kiln_engine::remotecache::options::split_specs;
 use kiln_engine::remotecache::{CacheExport, CacheImport};
 use std::collections::BTreeMap;
 
 /// One entry as a Solve request carries it.
-pub type Entry = (String, BTreeMap<String, String>);
+pub use kiln_engine::remotecache::options::Entry;
 
 /// The build arg that asks for an inline cache.
 pub const INLINE_CACHE_ARG: &str = "BUILDKIT_INLINE_CACHE";
@@ -25,10 +25,11 @@ pub fn entries(
 ) -> Result<(Vec<Entry>, Vec<Entry>)> {
     let mut exports = Vec::new();
     for spec in cache_to {
-        let (ty, mut attrs) = split_spec("--cache-to", spec)?;
-        absolute(&ty, &mut attrs, "dest")?;
-        CacheExport::parse(&ty, &attrs)?;
-        exports.push((ty, attrs));
+        for (ty, mut attrs) in split_specs("--cache-to", spec)? {
+            absolute(&ty, &mut attrs, "dest")?;
+            CacheExport::parse(&ty, &attrs)?;
+            exports.push((ty, attrs));
+        }
     }
     let inline_arg = build_args
         .get(INLINE_CACHE_ARG)
@@ -38,10 +39,11 @@ pub fn entries(
     }
     let mut imports = Vec::new();
     for spec in cache_from {
-        let (ty, mut attrs) = split_spec("--cache-from", spec)?;
-        absolute(&ty, &mut attrs, "src")?;
-        CacheImport::parse(&ty, &attrs)?;
-        imports.push((ty, attrs));
+        for (ty, mut attrs) in split_specs("--cache-from", spec)? {
+            absolute(&ty, &mut attrs, "src")?;
+            CacheImport::parse(&ty, &attrs)?;
+            imports.push((ty, attrs));
+        }
     }
     Ok((exports, imports))
 }
@@ -82,7 +84,7 @@ mod tests {
     fn flags_become_checked_entries() {
         let (e, i) = entries(
             &["type=local,dest=rel/dir,mode=max".into()],
-            &["localhost:5000/c:1".into()],
+            &["localhost:5000/c:1,localhost:5000/c:2".into()],
             &BTreeMap::from([(INLINE_CACHE_ARG.to_string(), "1".to_string())]),
         )
         .expect("valid");
@@ -92,6 +94,10 @@ mod tests {
         assert!(dest.is_absolute() && dest.ends_with("rel/dir"), "{dest:?}");
         assert_eq!(i[0].0, "registry");
         assert_eq!(i[0].1["ref"], "localhost:5000/c:1");
+        assert_eq!(
+            i[1].1["ref"], "localhost:5000/c:2",
+            "a bare list is one entry each"
+        );
         let err = entries(&["type=s3,bucket=b".into()], &[], &BTreeMap::new()).expect_err("s3");
         assert!(err.to_string().contains("\"s3\" is not supported"), "{err}");
         let err = entries(&[], &["type=local,src=x,mode=max".into()], &BTreeMap::new())

@@ -242,9 +242,13 @@ impl CacheImport {
     }
 }
 
-/// Splits buildx's `--cache-to`/`--cache-from` value into a type and
+/// A cache entry as a Solve request carries it: a type and attributes.
+pub type Entry = (String, BTreeMap<String, String>);
+
+/// Splits one buildx `--cache-to`/`--cache-from` entry into a type and
 /// attributes: `type=local,dest=DIR`, or a bare reference meaning
-/// `type=registry,ref=REF`. `flag` names the option in errors.
+/// `type=registry,ref=REF` (see [`split_specs`] for several). `flag`
+/// names the option in errors.
 pub fn split_spec(
     flag: &str,
     spec: &str,
@@ -268,12 +272,27 @@ pub fn split_spec(
             ));
         };
         let k = k.trim().to_ascii_lowercase();
+        // A repeated key: the last one wins, as in buildx.
         if k == "type" {
             ty = Some(v.trim().to_string());
-        } else if attrs.insert(k.clone(), v.to_string()).is_some() {
-            return Err(option(flag, format!("{k} is given twice")));
+        } else {
+            attrs.insert(k, v.to_string());
         }
     }
     let ty = ty.ok_or_else(|| option(flag, format!("\"{spec}\" has no type=")))?;
     Ok((ty, attrs))
+}
+
+/// Splits a whole `--cache-to`/`--cache-from` value: as buildx, a value
+/// without `=` is a comma-separated list of references, each its own
+/// `type=registry` entry.
+pub fn split_specs(flag: &str, spec: &str) -> Result<Vec<Entry>, CacheError> {
+    if spec.contains('=') {
+        return Ok(vec![split_spec(flag, spec)?]);
+    }
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|r| split_spec(flag, r))
+        .collect()
 }

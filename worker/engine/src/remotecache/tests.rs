@@ -155,7 +155,8 @@ fn attrs(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 #[test]
 fn options_parse_as_buildx_writes_them() {
-    let (ty, a) = split_spec("--cache-to", "type=local,dest=/tmp/c,mode=max").expect("spec");
+    let (ty, a) =
+        split_spec("--cache-to", "type=local,dest=/tmp/c,mode=min,mode=max").expect("spec");
     let e = CacheExport::parse(&ty, &a).expect("local");
     assert_eq!(
         e.target,
@@ -164,7 +165,7 @@ fn options_parse_as_buildx_writes_them() {
             tag: "latest".into()
         }
     );
-    assert_eq!(e.mode, Mode::Max);
+    assert_eq!(e.mode, Mode::Max, "the last of a repeated key wins");
     assert!(e.style.image_manifest && e.style.oci, "BuildKit's defaults");
     let (ty, a) = split_spec("--cache-from", "localhost:5000/app:cache").expect("bare ref");
     assert_eq!(
