@@ -289,7 +289,15 @@ pub async fn load(
             Err(e) => return Err(WorkerError::from(e)),
         }
     }
-    crate::base::ensure_unpacked(svc, &layers, lease).await?;
+    // A cache whose layers do not unpack to what it claims is a miss (the
+    // step runs), not a failed build; what was written is the lease's.
+    if let Err(e) = crate::base::ensure_unpacked(svc, &layers, lease).await {
+        if matches!(e, WorkerError::Cancelled) {
+            return Err(e);
+        }
+        tracing::warn!(key = %key, cache = %imported.describe, error = %e, "cannot unpack an imported result; running the step");
+        return Ok(None);
+    }
     if let Err(e) = crate::cache::save(
         svc,
         key,

@@ -19,12 +19,14 @@ use std::sync::Arc;
 ///
 /// FIXME: the engine's registry wiring (the hosts config of kilnd.toml and
 /// the build's credentials, `Engine::registry_client`) is not on this
-/// branch yet; until it is, caches use docker's config.json credentials
-/// and no hosts config (so plain HTTP only for localhost registries).
+/// branch yet; until it is, caches go to registries anonymously and with
+/// no hosts config (plain HTTP only for loopback registries). Anonymous on
+/// purpose: in kilnd, the daemon's own docker credentials must never push
+/// a client's cache.
 pub fn client() -> Client {
     Client::new(
         Arc::new(HostsConfig::default()),
-        Arc::new(kiln_registry::DockerConfig),
+        Arc::new(kiln_registry::Anonymous),
     )
 }
 

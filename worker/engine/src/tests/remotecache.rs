@@ -300,3 +300,30 @@ async fn a_failed_export_fails_the_build_unless_errors_are_ignored() {
         "{info:?}"
     );
 }
+
+#[tokio::test]
+async fn a_corrupt_blob_in_an_imported_cache_is_a_miss() {
+    let cache = tempfile::tempdir().expect("cache dir");
+    let a = fixture();
+    let (_, _, r) = build_collecting(
+        &a.engine("a", &FakeExecutor::new()),
+        request(vec![local_export(cache.path(), Mode::Max)], vec![]),
+    )
+    .await;
+    r.expect("build on a");
+    // The image's layer blobs get other bytes (JSON blobs stay intact).
+    let layers = layer_digests(&a, "docker.io/library/out:latest").await;
+    for d in &layers {
+        let p = crate::remotecache::export::blob_path(cache.path(), d).expect("path");
+        std::fs::write(&p, b"not the layer").expect("corrupt");
+    }
+    let b = fixture();
+    let (cached, _, r) = build_collecting(
+        &b.engine("b", &FakeExecutor::new()),
+        request(vec![], vec![local_import(cache.path())]),
+    )
+    .await;
+    r.expect("the build runs its steps instead");
+    // Only the side stage, whose blob is not in the image, still hits.
+    assert_eq!(cached, set(&["side"]));
+}
