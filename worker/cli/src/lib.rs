@@ -149,6 +149,11 @@ struct BuildArgs {
     /// Target platform; kiln builds for the host's only.
     #[arg(long)]
     platform: Option<String>,
+    /// Ask the registry for every base image even if the image store has
+    /// the tag, and pull what changed (image-resolve-mode=pull). Without
+    /// it, a tag in the store is used as it is and a missing one pulled.
+    #[arg(long)]
+    pull: bool,
     /// Progress output: auto, plain or tty.
     #[arg(long, default_value = "auto")]
     progress: String,
@@ -498,6 +503,12 @@ fn frontend_attrs(
     if let Some(p) = &args.platform {
         attrs.insert("platform".into(), p.clone());
     }
+    if args.pull {
+        attrs.insert(
+            kiln_engine::resolve::FRONTEND_ATTR.into(),
+            kiln_engine::resolve::ResolveMode::Pull.as_str().into(),
+        );
+    }
     if args.no_cache {
         attrs.insert("no-cache".into(), String::new());
     } else if !args.no_cache_filter.is_empty() {
@@ -566,6 +577,26 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     Ok(())
 }
 
+/// The registry settings and credentials of an embedded build: kilnd's
+/// `[registry."HOST"]` tables (from `$KILN_CONFIG`, else
+/// /etc/kiln/kilnd.toml when it exists) and docker's `config.json`, so
+/// `kiln build` reaches registries as kilnd and `docker login` would.
+async fn embedded_registry() -> Result<(
+    std::sync::Arc<kiln_registry::HostsConfig>,
+    std::sync::Arc<dyn kiln_registry::Credentials>,
+)> {
+    let path = std::env::var_os("KILN_CONFIG")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/kiln/kilnd.toml"));
+    let hosts = kiln_registry::HostsConfig::from_kilnd_toml(&path)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok((
+        std::sync::Arc::new(hosts),
+        std::sync::Arc::new(kiln_registry::DockerConfig),
+    ))
+}
+
 async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Result<()> {
     let (context, dockerfile) = context_and_dockerfile(&args)?;
     let opts = kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(&args, &dockerfile)?)?;
@@ -597,10 +628,12 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
         kiln_engine::build::network_dir(&root),
     )?;
 
+    let (hosts, credentials) = embedded_registry().await?;
     let ctrd = Containerd::connect(config).await?;
-    let engine = Engine::with_network(ctrd, root, cni);
+    let engine = Engine::with_network(ctrd, root, cni).with_registry(hosts);
     engine.sweep().await?;
-    let built = kiln_frontend::plan(&source, &opts, &engine).await?;
+    let images = engine.base_images(opts.resolve_mode, credentials.clone());
+    let built = kiln_frontend::plan(&source, &opts, &images).await?;
     // The exec op carries no security mode, so none asks for
     // security.insecure.
     granted.check_graph(&built.graph)?;
@@ -615,6 +648,8 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
         compression,
         cache_imports,
         cache_exports,
+        credentials,
+        resolve_mode: opts.resolve_mode,
     };
 
     let cancel = CancellationToken::new();
@@ -685,6 +720,7 @@ mod tests {
             "linux/amd64",
             "--build-context",
             "base=docker-image://alpine",
+            "--pull",
             "ctx",
         ]);
         let attrs =
@@ -697,6 +733,7 @@ mod tests {
             ("no-cache", "deps,final"),
             ("platform", "linux/amd64"),
             ("context:base", "docker-image://alpine"),
+            ("image-resolve-mode", "pull"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -70,6 +70,17 @@ async fn render_json(mut rx: Receiver<ProgressEvent>) {
                 "vertex": vertex, "name": name, "completed": nanos(at), "cached": cached, "error": error,
             }),
             ProgressEvent::Info { message } => serde_json::json!({ "info": message }),
+            ProgressEvent::Status {
+                vertex,
+                id,
+                current,
+                total,
+                started,
+                completed,
+            } => serde_json::json!({
+                "vertex": vertex, "status": id, "current": current, "total": total,
+                "started": nanos(started), "completed": completed.map(nanos),
+            }),
         };
         let _ = writeln!(out.lock(), "{v}");
     }
@@ -180,7 +191,22 @@ async fn render_tty(mut rx: Receiver<ProgressEvent>) {
             Some(ProgressEvent::Info { message }) => {
                 let _ = writeln!(o, " => {message}");
             }
-            None => {}
+            Some(ProgressEvent::Status {
+                vertex,
+                id,
+                current,
+                total,
+                started,
+                completed: Some(at),
+            }) => {
+                let n = numbers.get(&vertex).copied().unwrap_or(0);
+                let _ = writeln!(
+                    o,
+                    " => #{n} {}",
+                    status_line(&id, current, total, started, Some(at))
+                );
+            }
+            Some(ProgressEvent::Status { .. }) | None => {}
         }
         let block = live_block(
             &running,
@@ -275,8 +301,64 @@ pub async fn render(rx: Receiver<ProgressEvent>, mode: Mode) {
                 let _ = writeln!(o, "#{next} {message}");
                 next += 1;
             }
+            // As BuildKit's plain output: one line per finished item.
+            ProgressEvent::Status {
+                vertex,
+                id,
+                current,
+                total,
+                started,
+                completed: Some(at),
+            } => {
+                let n = numbers.get(&vertex).map(|v| v.0).unwrap_or(0);
+                let _ = writeln!(
+                    o,
+                    "#{n} {}",
+                    status_line(&id, current, total, started, Some(at))
+                );
+            }
+            ProgressEvent::Status { .. } => {}
         }
     }
+}
+
+/// Bytes as BuildKit shows them: decimal units, up to 2 decimals.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    let num = format!("{v:.2}");
+    let num = num.trim_end_matches('0').trim_end_matches('.');
+    format!("{num}{}", UNITS[u])
+}
+
+/// One status of a vertex, BuildKit's way: `sha256:… 1.2MB / 3.4MB 0.3s done`
+/// (only the id and the time when there is no byte count).
+fn status_line(
+    id: &str,
+    current: u64,
+    total: u64,
+    started: SystemTime,
+    completed: Option<SystemTime>,
+) -> String {
+    let mut line = id.to_string();
+    if total > 0 {
+        line += &format!(" {} / {}", human_bytes(current), human_bytes(total));
+    } else if current > 0 {
+        line += &format!(" {}", human_bytes(current));
+    }
+    if let Some(at) = completed {
+        let secs = at
+            .duration_since(started)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        line += &format!(" {secs:.1}s done");
+    }
+    line
 }
 
 #[cfg(test)]
@@ -304,6 +386,25 @@ mod tests {
         assert_eq!(b[1], " => #3 RUN make  1.5s");
         assert_eq!(b[2].chars().count(), 30);
         assert!(b[2].ends_with('…'));
+    }
+
+    #[test]
+    fn a_finished_layer_reads_as_buildkit_shows_it() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let line = status_line(
+            "sha256:abc",
+            3_400_000,
+            3_400_000,
+            t0,
+            Some(t0 + Duration::from_millis(300)),
+        );
+        assert_eq!(line, "sha256:abc 3.4MB / 3.4MB 0.3s done");
+        assert_eq!(human_bytes(999), "999B");
+        assert_eq!(human_bytes(1_234_567), "1.23MB");
+        assert_eq!(
+            status_line("resolve x", 0, 0, t0, Some(t0)),
+            "resolve x 0.0s done"
+        );
     }
 
     #[test]

@@ -413,6 +413,20 @@ pub async fn build(
                         .await;
                 }
             }
+            for st in msg.statuses {
+                let n = index.len();
+                let i = *index.entry(st.vertex.clone()).or_insert(n);
+                let _ = progress
+                    .send(ProgressEvent::Status {
+                        vertex: i,
+                        id: st.id,
+                        current: u64::try_from(st.current).unwrap_or(0),
+                        total: u64::try_from(st.total).unwrap_or(0),
+                        started: ts(&st.started),
+                        completed: st.completed.as_ref().map(|_| ts(&st.completed)),
+                    })
+                    .await;
+            }
             for l in msg.logs {
                 let n = index.len();
                 let i = *index.entry(l.vertex.clone()).or_insert(n);

@@ -15,6 +15,8 @@ use tonic::Status;
 pub struct Frontend {
     pub build: kiln_dockerfile::Build,
     pub context: PathBuf,
+    /// `image-resolve-mode`, for the build's source ops.
+    pub resolve_mode: kiln_engine::resolve::ResolveMode,
 }
 
 fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
@@ -44,6 +46,7 @@ pub async fn dockerfile(
     job: &Job,
     session: &SessionHandle,
     attrs: &HashMap<String, String>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
     let filename = opts.filename.clone();
@@ -98,11 +101,13 @@ pub async fn dockerfile(
     )
     .await
     .map_err(|e| fetch_err(&opts.context_key, e))?;
-    let build = kiln_frontend::plan(&source, &opts, engine)
+    let images = engine.base_images(opts.resolve_mode, credentials);
+    let build = kiln_frontend::plan(&source, &opts, &images)
         .await
         .map_err(|e| frontend_status(&e))?;
     Ok(Frontend {
         build,
         context: ctx_dir,
+        resolve_mode: opts.resolve_mode,
     })
 }

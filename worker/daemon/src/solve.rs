@@ -106,6 +106,9 @@ pub async fn solve(
     let dir = job_dir(d, job);
     kiln_engine::sweep::create_private_dir(&dir)
         .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
+    // Anonymous until the client's session answers for credentials.
+    let credentials = kiln_engine::build::anonymous();
+    let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
     let (graph, result, digests, config, locals) = match input {
         Input::Definition(def) => {
             let t =
@@ -120,7 +123,10 @@ pub async fn solve(
             let session = session.ok_or_else(|| {
                 Status::failed_precondition("the dockerfile frontend needs a session")
             })?;
-            let f = crate::frontend::dockerfile(d, engine, job, session, attrs).await?;
+            let f =
+                crate::frontend::dockerfile(d, engine, job, session, attrs, credentials.clone())
+                    .await?;
+            resolve_mode = f.resolve_mode;
             let digests = f.build.graph.definition_digests();
             (
                 f.build.graph,
@@ -169,6 +175,8 @@ pub async fn solve(
         compression,
         cache_imports: cache.imports,
         cache_exports: cache.exports,
+        credentials,
+        resolve_mode,
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a

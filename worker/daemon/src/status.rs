@@ -2,7 +2,7 @@
 
 use crate::jobs::Job;
 use kiln_engine::{LogStream, ProgressEvent};
-use kiln_proto::control::{StatusResponse, Vertex, VertexLog};
+use kiln_proto::control::{StatusResponse, Vertex, VertexLog, VertexStatus};
 use kiln_solver::Digest;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -70,6 +70,27 @@ pub async fn forward(
                         LogStream::Stderr => 2,
                     },
                     msg: data,
+                });
+            }
+            ProgressEvent::Status {
+                vertex,
+                id,
+                current,
+                total,
+                started,
+                completed,
+            } => {
+                // BuildKit names a status by its ID (a layer digest, or
+                // `resolve <ref>`), with bytes as current/total.
+                s.statuses.push(VertexStatus {
+                    id: id.clone(),
+                    vertex: digest(vertex),
+                    name: id,
+                    current: i64::try_from(current).unwrap_or(i64::MAX),
+                    total: i64::try_from(total).unwrap_or(i64::MAX),
+                    timestamp: Some(ts(SystemTime::now())),
+                    started: Some(ts(started)),
+                    completed: completed.map(ts),
                 });
             }
             ProgressEvent::Info { .. } => continue,

@@ -28,6 +28,9 @@ fn invalid(name: &str, reason: impl Into<String>) -> WorkerError {
     }
 }
 
+/// containerd's label of a layer blob's diffID, set when it is unpacked.
+pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
+
 /// Looks `name` (normalized) up and reads its manifest and config.
 pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
     let record = match svc.images.get(name).await {
@@ -52,28 +55,22 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
         let bytes = svc.content.read(desc.digest().as_ref()).await?;
         let index: ImageIndex = serde_json::from_slice(&bytes)
             .map_err(|e| invalid(name, format!("index {}: {e}", desc.digest())))?;
-        let want = oci::host_platform();
-        let chosen = index
-            .manifests()
-            .iter()
-            .find(|m| {
-                m.platform()
-                    .as_ref()
-                    .is_some_and(|p| p.os() == want.os() && p.architecture() == want.architecture())
-            })
-            .or_else(|| {
-                if index.manifests().len() == 1 {
-                    index.manifests().first()
-                } else {
-                    None
-                }
-            })
-            .ok_or_else(|| {
-                invalid(
-                    name,
-                    format!("no manifest for {}/{}", want.os(), want.architecture()),
-                )
-            })?;
+        let chosen = choose_platform(&index).map_err(|present| {
+            let want = oci::host_platform();
+            invalid(
+                name,
+                format!(
+                    "no manifest for {}/{} (the index has: {})",
+                    want.os(),
+                    want.architecture(),
+                    if present.is_empty() {
+                        "none".to_string()
+                    } else {
+                        present.join(", ")
+                    }
+                ),
+            )
+        })?;
         desc = chosen.clone();
     }
     let bytes = svc.content.read(desc.digest().as_ref()).await?;
@@ -111,6 +108,39 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
         config,
         layers,
     })
+}
+
+/// The host platform's manifest in `index` (or its only manifest when it
+/// names no platform); else the platforms it has, as `os/arch[/variant]`.
+/// The one platform rule of base images, for local images and pulls.
+pub fn choose_platform(index: &ImageIndex) -> std::result::Result<&Descriptor, Vec<String>> {
+    let want = oci::host_platform();
+    index
+        .manifests()
+        .iter()
+        .find(|m| {
+            m.platform()
+                .as_ref()
+                .is_some_and(|p| p.os() == want.os() && p.architecture() == want.architecture())
+        })
+        .or_else(|| {
+            if index.manifests().len() == 1 && index.manifests()[0].platform().is_none() {
+                index.manifests().first()
+            } else {
+                None
+            }
+        })
+        .ok_or_else(|| {
+            index
+                .manifests()
+                .iter()
+                .filter_map(|m| m.platform().as_ref())
+                .map(|p| match p.variant() {
+                    Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+                    None => format!("{}/{}", p.os(), p.architecture()),
+                })
+                .collect()
+        })
 }
 
 /// Makes sure every prefix of `layers` is a committed snapshot named by its
@@ -160,7 +190,13 @@ pub async fn ensure_unpacked(svc: &Services, layers: &[Layer], lease: &LeaseId) 
             });
         }
         match svc.snapshots.commit(chain[i].as_str(), &key, lease).await {
-            Ok(()) => {}
+            Ok(()) => {
+                // As containerd's unpacker: the layer's diffID, once apply
+                // has verified it.
+                let mut labels = HashMap::new();
+                labels.insert(UNCOMPRESSED_LABEL.to_string(), applied.clone());
+                svc.content.set_labels(&l.digest, labels).await?;
+            }
             Err(e) if e.is_already_exists() => {
                 // A concurrent unpacker won; its snapshot is equal.
                 svc.snapshots.remove(&key).await?;

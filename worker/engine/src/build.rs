@@ -8,6 +8,7 @@ use crate::ops::StepRunner;
 use crate::progress::{Progress, ProgressEvent};
 use crate::refs::Ref;
 use crate::remotecache::BuildCache;
+use crate::resolve::ResolveMode;
 use crate::services::Services;
 use kiln_shim::network::Cni;
 use kiln_shim::{ContainerdExecutor, Containers, Executor};
@@ -52,6 +53,18 @@ pub struct BuildRequest {
     /// Caches written after the solve (`--cache-to`), by
     /// [`Solved::export_image`] (inline) and [`Solved::export_cache`].
     pub cache_exports: Vec<crate::remotecache::CacheExport>,
+    /// Registry credentials of whoever asked for the build (the client's
+    /// session through kilnd, `~/.docker/config.json` in embedded mode);
+    /// [`kiln_registry::Anonymous`] by default.
+    pub credentials: Arc<dyn kiln_registry::Credentials>,
+    /// When base images are pulled ([`crate::resolve`]); an LLB source's
+    /// own `image.resolvemode` attribute wins.
+    pub resolve_mode: ResolveMode,
+}
+
+/// The credentials of a build that has none.
+pub fn anonymous() -> Arc<dyn kiln_registry::Credentials> {
+    Arc::new(kiln_registry::Anonymous)
 }
 
 /// What a build produced.
@@ -77,6 +90,8 @@ pub struct Engine {
     solver: Arc<Solver<StepRunner>>,
     hashes: Arc<HashCache>,
     lease_timing: crate::lease::LeaseTiming,
+    /// Registries: mirrors, TLS, plain HTTP (`[registry."host"]`).
+    registry_hosts: Arc<kiln_registry::HostsConfig>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -146,6 +161,43 @@ impl Engine {
             solver: Arc::new(Solver::new(parallelism)),
             hashes,
             lease_timing: crate::lease::LeaseTiming::default(),
+            registry_hosts: Arc::new(kiln_registry::HostsConfig::default()),
+        }
+    }
+
+    /// The same engine with these registry settings (kilnd.toml's
+    /// `[registry."host"]` tables); without, every registry is reached
+    /// over HTTPS with the system roots (plain HTTP for localhost).
+    pub fn with_registry(mut self, hosts: Arc<kiln_registry::HostsConfig>) -> Self {
+        self.registry_hosts = hosts;
+        self
+    }
+
+    /// The registry settings builds use.
+    pub fn registry_hosts(&self) -> &Arc<kiln_registry::HostsConfig> {
+        &self.registry_hosts
+    }
+
+    /// A registry client for one build, with its credentials (one token
+    /// cache per build).
+    pub fn registry_client(
+        &self,
+        credentials: Arc<dyn kiln_registry::Credentials>,
+    ) -> kiln_registry::Client {
+        kiln_registry::Client::new(self.registry_hosts.clone(), credentials)
+    }
+
+    /// Base image configs for the frontend, resolved by `mode` with
+    /// `credentials` (see [`BaseImages`]).
+    pub fn base_images(
+        &self,
+        mode: ResolveMode,
+        credentials: Arc<dyn kiln_registry::Credentials>,
+    ) -> BaseImages {
+        BaseImages {
+            svc: self.svc.clone(),
+            client: self.registry_client(credentials),
+            mode,
         }
     }
 
@@ -175,10 +227,12 @@ impl Engine {
         Ok(())
     }
 
-    /// The frontend's view of base image `name` (normalized).
+    /// The frontend's view of base image `name` (normalized), by kiln's
+    /// default resolve rule without credentials.
     pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
-        let base = crate::base::load(&self.svc, name).await?;
-        Ok(crate::base::frontend_config(&base.config))
+        self.base_images(ResolveMode::Default, anonymous())
+            .image_config(name)
+            .await
     }
 
     /// Runs a build into the image store: solve, export an image named by
@@ -244,6 +298,7 @@ impl Engine {
                     layers,
                     cache,
                     cache_exports: req.cache_exports.clone(),
+                    registry: self.registry_client(req.credentials.clone()),
                 }),
                 Err(e) => {
                     if let Err(d) = self.svc.leases.delete(&lease, true).await {
@@ -265,7 +320,8 @@ impl Engine {
         progress: Progress,
         cancel: CancellationToken,
     ) -> Result<(Vec<crate::refs::Layer>, Arc<BuildCache>)> {
-        let imports = read_cache_imports(&req.cache_imports, &progress).await;
+        let registry = self.registry_client(req.credentials.clone());
+        let imports = read_cache_imports(&req.cache_imports, &registry, &progress).await;
         let cache = Arc::new(BuildCache::new(&req.graph, req.result, imports));
         let mount_dir = self
             .state_dir
@@ -285,6 +341,8 @@ impl Engine {
             progress: progress.clone(),
             hashes: self.hashes.clone(),
             remote: cache.clone(),
+            registry: registry.clone(),
+            resolve_mode: req.resolve_mode,
         });
         let solved =
             kiln_solver::scheduler::solve(&self.solver, &req.graph, req.result, runner, cancel)
@@ -312,10 +370,11 @@ impl Engine {
 /// in the progress (as in BuildKit), not a failed build.
 async fn read_cache_imports(
     imports: &[crate::remotecache::CacheImport],
+    registry: &kiln_registry::Client,
     progress: &Progress,
 ) -> Vec<crate::remotecache::import::Imported> {
     let mut out = Vec::new();
-    for (what, r) in crate::remotecache::import::read_all(imports).await {
+    for (what, r) in crate::remotecache::import::read_all(imports, registry).await {
         match r {
             Ok(i) => {
                 progress
@@ -336,6 +395,24 @@ async fn read_cache_imports(
         }
     }
     out
+}
+
+/// Base image configs as the frontend asks for them: one build's resolve
+/// mode and registry client (its credentials). A pull it needs reads the
+/// manifest and config only; the build's source op pulls the layers.
+#[derive(Clone, Debug)]
+pub struct BaseImages {
+    svc: Services,
+    client: kiln_registry::Client,
+    mode: ResolveMode,
+}
+
+impl BaseImages {
+    /// The frontend's view of base image `name` (normalized).
+    pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
+        let cfg = crate::pull::base_config(&self.svc, &self.client, name, self.mode).await?;
+        Ok(crate::base::frontend_config(&cfg))
+    }
 }
 
 /// The engine error for a failed solve: a step's own error keeps its kind
@@ -374,6 +451,8 @@ pub struct Solved {
     /// The build's answered vertices, for cache export.
     cache: Arc<BuildCache>,
     cache_exports: Vec<crate::remotecache::CacheExport>,
+    /// The build's registry client (its credentials), for cache exports.
+    registry: kiln_registry::Client,
 }
 
 impl std::fmt::Debug for Solved {
@@ -480,7 +559,7 @@ impl Solved {
                     export::write_local(svc, &plan, e.style, dest, tag).await
                 }
                 ExportTarget::Registry { reference } => {
-                    registry::push(svc, &registry::client(), reference, &plan, e.style).await
+                    registry::push(svc, &self.registry, reference, &plan, e.style).await
                 }
                 ExportTarget::Inline => continue,
             };

@@ -26,6 +26,31 @@ pub enum WorkerError {
     /// A base image is not in the namespace's image store.
     #[error("image \"{image}\" not found in containerd namespace \"{namespace}\"")]
     ImageNotFound { image: String, namespace: String },
+    /// The registry refused or failed a pull (its message names the
+    /// registry and what to fix).
+    #[error("cannot pull {image}: {error}")]
+    Registry {
+        image: String,
+        error: kiln_registry::RegistryError,
+    },
+    /// The registry has no manifest by the reference's tag or digest.
+    #[error("cannot pull {image}: {registry} has no manifest {object} (manifest unknown)")]
+    ManifestUnknown {
+        image: String,
+        registry: String,
+        object: String,
+    },
+    /// What a registry sent cannot be used (a digest mismatch, no manifest
+    /// for the host platform, a body that never completed).
+    #[error("cannot pull {image}: {reason}")]
+    Pull { image: String, reason: String },
+    /// `image-resolve-mode=local` and the image is not in the store.
+    #[error(
+        "image \"{image}\" not found in containerd namespace \"{namespace}\" and \
+         image-resolve-mode is local: pull it first (ctr -n {namespace} images pull {image}) \
+         or let kiln pull it (image-resolve-mode=default)"
+    )]
+    NotLocal { image: String, namespace: String },
     /// An image's manifest or config cannot be used.
     #[error("image {image} is invalid: {reason}")]
     InvalidImage { image: String, reason: String },
@@ -80,7 +105,11 @@ impl WorkerError {
         match self {
             WorkerError::Snapshot(e) | WorkerError::AtStep { error: e, .. } => e.kind(),
             WorkerError::Exec { error, .. } => error.kind(),
-            WorkerError::ImageNotFound { .. } => ErrorKind::NotFound,
+            WorkerError::ImageNotFound { .. }
+            | WorkerError::NotLocal { .. }
+            | WorkerError::ManifestUnknown { .. } => ErrorKind::NotFound,
+            WorkerError::Registry { error, .. } => error.kind(),
+            WorkerError::Pull { .. } => ErrorKind::FailedPrecondition,
             WorkerError::InvalidImage { .. }
             | WorkerError::BadInput { .. }
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,

@@ -35,6 +35,18 @@ pub enum ProgressEvent {
     },
     /// A message not tied to a vertex (exporting, naming).
     Info { message: String },
+    /// Progress of one item inside a vertex, as BuildKit's VertexStatus:
+    /// a pull reports one per layer (`id` = the layer digest, bytes
+    /// `current` of `total`) and one for resolving the reference.
+    Status {
+        vertex: usize,
+        id: String,
+        current: u64,
+        /// 0 when unknown.
+        total: u64,
+        started: SystemTime,
+        completed: Option<SystemTime>,
+    },
 }
 
 /// How many events may wait for the consumer before senders wait: a slow

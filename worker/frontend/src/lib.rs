@@ -20,6 +20,7 @@
 //! must not do; it holds no gRPC and no CLI flags.
 
 use kiln_dockerfile::{BuildOptions, ParseError};
+use kiln_engine::resolve::ResolveMode;
 use kiln_engine::WorkerError;
 use kiln_solver::ImageConfig;
 use kiln_types::ErrorKind;
@@ -113,6 +114,9 @@ pub struct FrontendOptions {
     pub no_cache: bool,
     /// `no-cache` with a list of stages.
     pub no_cache_filter: Vec<String>,
+    /// `image-resolve-mode`: when base images are pulled
+    /// ([`kiln_engine::resolve`]).
+    pub resolve_mode: ResolveMode,
 }
 
 impl Default for FrontendOptions {
@@ -126,6 +130,7 @@ impl Default for FrontendOptions {
             labels: BTreeMap::new(),
             no_cache: false,
             no_cache_filter: Vec::new(),
+            resolve_mode: ResolveMode::Default,
         }
     }
 }
@@ -177,7 +182,7 @@ impl FrontendOptions {
                             .collect();
                     }
                     "platform" => check_platform(value)?,
-                    "image-resolve-mode" => check_resolve_mode(value)?,
+                    "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
                     // buildctl repeats the Solve request's cache imports
                     // here (JSON); kilnd reads and checks them with the
                     // request's (`cache` in kilnd's solve), so the frontend
@@ -196,22 +201,13 @@ impl FrontendOptions {
 }
 
 /// `image-resolve-mode` (buildx and nerdctl `--pull`, `--pull=false`):
-/// kiln resolves base images in the namespace's image store only, which
-/// is what `default` and `local` ask for; `pull` needs a registry.
-fn check_resolve_mode(value: &str) -> Result<()> {
-    match value {
-        "" | "default" | "local" => Ok(()),
-        "pull" => Err(FrontendError::InvalidAttribute {
-            key: "image-resolve-mode".to_string(),
-            value: value.to_string(),
-            reason: "pulling base images from a registry is not supported by kiln yet".to_string(),
-        }),
-        _ => Err(FrontendError::InvalidAttribute {
-            key: "image-resolve-mode".to_string(),
-            value: value.to_string(),
-            reason: "expected default, pull or local".to_string(),
-        }),
-    }
+/// `default`, `pull` or `local`, applied by the engine's one rule.
+fn resolve_mode(value: &str) -> Result<ResolveMode> {
+    ResolveMode::parse(value).map_err(|_| FrontendError::InvalidAttribute {
+        key: kiln_engine::resolve::FRONTEND_ATTR.to_string(),
+        value: value.to_string(),
+        reason: "expected default, pull or local".to_string(),
+    })
 }
 
 /// kiln builds for the host only: `platform` may name it (or be empty).
@@ -365,7 +361,7 @@ fn read_beneath(root: &Path, name: &str) -> Result<Option<String>> {
 }
 
 /// Where base image configs come from: the engine reads them from the
-/// containerd image store; tests answer from a table.
+/// containerd image store or a registry; tests answer from a table.
 pub trait ImageConfigs {
     /// The frontend-relevant config of the image `reference` (normalized).
     fn image_config(
@@ -374,12 +370,14 @@ pub trait ImageConfigs {
     ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send;
 }
 
-impl ImageConfigs for kiln_engine::Engine {
+/// The engine's base images, resolved with one build's mode and
+/// credentials (`Engine::base_images`).
+impl ImageConfigs for kiln_engine::build::BaseImages {
     fn image_config(
         &self,
         reference: &str,
     ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send {
-        kiln_engine::Engine::image_config(self, reference)
+        kiln_engine::build::BaseImages::image_config(self, reference)
     }
 }
 

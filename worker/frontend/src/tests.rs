@@ -83,16 +83,28 @@ fn what_buildx_and_nerdctl_send_by_default_is_accepted() {
 }
 
 #[test]
-fn pulling_base_images_is_refused_by_name() {
-    let e = FrontendOptions::from_attrs(&attrs(&[("image-resolve-mode", "pull")]))
-        .expect_err("no registry yet");
-    assert!(
-        e.to_string()
-            .starts_with("invalid frontend option image-resolve-mode=\"pull\""),
-        "{e}"
+fn resolve_modes_are_buildkits_and_others_are_refused_by_name() {
+    for (value, mode) in [
+        ("default", ResolveMode::Default),
+        ("pull", ResolveMode::Pull),
+        ("local", ResolveMode::Local),
+    ] {
+        let opts = FrontendOptions::from_attrs(&attrs(&[("image-resolve-mode", value)]))
+            .expect("a BuildKit mode");
+        assert_eq!(opts.resolve_mode, mode);
+    }
+    assert_eq!(
+        FrontendOptions::from_attrs(&attrs(&[]))
+            .expect("no attrs")
+            .resolve_mode,
+        ResolveMode::Default
     );
     let e = FrontendOptions::from_attrs(&attrs(&[("image-resolve-mode", "sometimes")]))
         .expect_err("unknown mode");
+    assert_eq!(
+        e.to_string(),
+        "invalid frontend option image-resolve-mode=\"sometimes\": expected default, pull or local"
+    );
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
 }
 

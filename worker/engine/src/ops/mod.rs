@@ -39,6 +39,10 @@ pub struct StepRunner {
     /// Imported caches asked on a miss, and the answered vertices for
     /// cache export.
     pub remote: Arc<crate::remotecache::BuildCache>,
+    /// The build's registry client (its credentials).
+    pub registry: kiln_registry::Client,
+    /// The build's resolve mode for base images.
+    pub resolve_mode: crate::resolve::ResolveMode,
 }
 
 impl std::fmt::Debug for StepRunner {
@@ -200,7 +204,7 @@ impl OpRunner for StepRunner {
                 })
                 .await;
             let r = match &vertex.op {
-                Op::Source(s) => self.source(&vertex, s).await,
+                Op::Source(s) => self.source(id, &vertex, s, &cancel).await,
                 Op::Exec(e) => self.exec(id, &vertex, e, &inputs, cancel).await,
                 Op::File(f) => self.file(&vertex, f, &inputs).await,
                 // The frontend's way of saying "scratch".

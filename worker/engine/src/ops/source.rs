@@ -3,12 +3,36 @@
 use super::{location, StepRunner};
 use crate::error::{Result, WorkerError};
 use crate::refs::Ref;
-use kiln_solver::{SourceOp, Vertex};
+use kiln_solver::{SourceOp, Vertex, VertexId};
+use tokio_util::sync::CancellationToken;
 
 impl StepRunner {
-    pub(super) async fn source(&self, v: &Vertex, s: &SourceOp) -> Result<Vec<Ref>> {
+    pub(super) async fn source(
+        &self,
+        id: VertexId,
+        v: &Vertex,
+        s: &SourceOp,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Ref>> {
         if let Some(name) = s.identifier.strip_prefix("docker-image://") {
-            let base = crate::base::load(&self.svc, name).await?;
+            // LLB's per-image mode wins over the build's.
+            let mode = match s.attrs.get(crate::resolve::LLB_ATTR) {
+                Some(m) => {
+                    crate::resolve::ResolveMode::parse(m).map_err(|e| WorkerError::BadInput {
+                        location: location(v),
+                        reason: format!("{}: {e}", crate::resolve::LLB_ATTR),
+                    })?
+                }
+                None => self.resolve_mode,
+            };
+            let report = crate::pull::Reporter {
+                progress: self.progress.clone(),
+                vertex: Some(id.0),
+            };
+            let base = tokio::select! {
+                b = crate::pull::base_image(&self.svc, &self.registry, name, mode, &self.lease, report) => b?,
+                _ = cancel.cancelled() => return Err(WorkerError::Cancelled),
+            };
             crate::base::ensure_unpacked(&self.svc, &base.layers, &self.lease).await?;
             crate::base::label_unpacked(&self.svc, &base).await?;
             return Ok(vec![Ref::Chain(base.layers)]);

@@ -177,8 +177,10 @@ pub async fn read_local(
 
 /// Reads every import (the blocking reads off the runtime). A cache that
 /// cannot be read is a warning, as in BuildKit: the build runs without it.
+/// `client` is the build's registry client (its credentials).
 pub async fn read_all(
     imports: &[CacheImport],
+    client: &kiln_registry::Client,
 ) -> Vec<(String, std::result::Result<Imported, CacheError>)> {
     let mut out = Vec::with_capacity(imports.len());
     for i in imports {
@@ -188,9 +190,7 @@ pub async fn read_all(
             ImportSource::Local { src, tag, digest } => {
                 read_local(src, tag, digest.as_deref()).await
             }
-            ImportSource::Registry { reference } => {
-                super::registry::read(&super::registry::client(), reference).await
-            }
+            ImportSource::Registry { reference } => super::registry::read(client, reference).await,
         };
         out.push((what, r));
     }

@@ -9,26 +9,10 @@ use super::CacheError;
 use crate::refs::Layer;
 use crate::services::Services;
 use bytes::Bytes;
-use kiln_registry::{Client, HostsConfig};
+use kiln_registry::Client;
 use kiln_snapshot::containerd::LeaseId;
 use kiln_types::reference::Reference;
 use std::collections::HashMap;
-use std::sync::Arc;
-
-/// The registry client of cache export and import.
-///
-/// FIXME: the engine's registry wiring (the hosts config of kilnd.toml and
-/// the build's credentials, `Engine::registry_client`) is not on this
-/// branch yet; until it is, caches go to registries anonymously and with
-/// no hosts config (plain HTTP only for loopback registries). Anonymous on
-/// purpose: in kilnd, the daemon's own docker credentials must never push
-/// a client's cache.
-pub fn client() -> Client {
-    Client::new(
-        Arc::new(HostsConfig::default()),
-        Arc::new(kiln_registry::Anonymous),
-    )
-}
 
 fn parse_ref(flag: &str, reference: &str) -> Result<Reference, CacheError> {
     Reference::parse(reference).map_err(|e| CacheError::Option {

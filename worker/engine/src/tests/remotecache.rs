@@ -90,6 +90,8 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         compression: Compression::Gzip,
         cache_imports: imports,
         cache_exports: exports,
+        credentials: crate::build::anonymous(),
+        resolve_mode: crate::resolve::ResolveMode::Default,
     }
 }
 
