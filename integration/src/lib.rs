@@ -629,16 +629,31 @@ impl Harness {
     /// Starts kilnd with extra flags (e.g. a TLS `--addr tcp://...`) besides
     /// its unix socket, and waits until it listens on every address.
     pub async fn start_kilnd_with(&self, namespace: &str, extra: &[&str]) -> HarnessResult<Kilnd> {
-        self.spawn_kilnd(namespace, extra).await
+        self.spawn_kilnd(namespace, extra, &[]).await
+    }
+
+    /// Starts kilnd with these environment variables set (e.g. a `HOME`
+    /// and `DOCKER_CONFIG` without credentials).
+    pub async fn start_kilnd_env(
+        &self,
+        namespace: &str,
+        env: &[(&str, &Path)],
+    ) -> HarnessResult<Kilnd> {
+        self.spawn_kilnd(namespace, &[], env).await
     }
 
     /// Starts kilnd on this containerd in `namespace` and waits until its
     /// socket answers.
     pub async fn start_kilnd(&self, namespace: &str) -> HarnessResult<Kilnd> {
-        self.spawn_kilnd(namespace, &[]).await
+        self.spawn_kilnd(namespace, &[], &[]).await
     }
 
-    async fn spawn_kilnd(&self, namespace: &str, extra: &[&str]) -> HarnessResult<Kilnd> {
+    async fn spawn_kilnd(
+        &self,
+        namespace: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> HarnessResult<Kilnd> {
         let socket = self.state_dir().join(format!("kilnd-{namespace}.sock"));
         let log = self.state_dir().join(format!("kilnd-{namespace}.log"));
         let logf = std::fs::File::create(&log).map_err(|e| format!("kilnd log: {e}"))?;
@@ -659,6 +674,7 @@ impl Harness {
                     .flatten(),
             )
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

@@ -307,9 +307,30 @@ impl Registry {
         Ok(remote)
     }
 
+    /// Freezes the registry (SIGSTOP): connections are still accepted by
+    /// the kernel but nothing answers, as with a hung registry.
+    pub fn pause(&self) -> HarnessResult<()> {
+        self.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Lets a paused registry run again (SIGCONT).
+    pub fn resume(&self) -> HarnessResult<()> {
+        self.signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) -> HarnessResult<()> {
+        let child = self.child.as_ref().ok_or("the registry is not running")?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, sig).map_err(|e| format!("kill -{sig} {pid}: {e}"))
+    }
+
     /// Stops the registry (for "registry went away" faults); the data stays.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // Continue a paused registry first, so it is never left
+            // stopped should the kill fail.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -46,9 +46,12 @@ fn blob_file(reg: &Registry, digest: &str) -> PathBuf {
 fn build_with(h: &Harness, ns: &str, env: &[(&str, &str)], args: &[&str]) -> KilnOutput {
     let empty = h.state_dir().join("no-docker-config");
     std::fs::create_dir_all(&empty).expect("mkdir");
+    // An empty kilnd.toml: a KILN_CONFIG that does not exist is an error.
+    let no_registries = h.state_dir().join("no-kilnd.toml");
+    std::fs::write(&no_registries, "").expect("empty kilnd.toml");
     let mut cmd = h.kiln_command(ns).expect("kiln");
     cmd.env("DOCKER_CONFIG", &empty)
-        .env("KILN_CONFIG", h.state_dir().join("no-kilnd.toml"));
+        .env("KILN_CONFIG", &no_registries);
     for (k, v) in env {
         cmd.env(k, v);
     }

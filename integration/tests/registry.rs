@@ -172,6 +172,29 @@ async fn anonymous_push_and_pull_of_blobs_and_manifests() {
         .await
         .expect("manifest by digest");
     assert_eq!(by_digest, resolved.bytes);
+    // push-by-digest: the same bytes under their digest, and only those.
+    let again = c
+        .push_manifest(
+            &r,
+            &manifest_digest,
+            &resolved.media_type,
+            by_digest.clone(),
+        )
+        .await
+        .expect("push by digest");
+    assert_eq!(again, manifest_digest);
+    let mut altered = by_digest.clone();
+    altered.push(b'\n');
+    let err = c
+        .push_manifest(&r, &manifest_digest, &resolved.media_type, altered)
+        .await
+        .expect_err("bytes that are not the digest");
+    assert!(
+        err.to_string().contains(&format!(
+            "digest mismatch for the manifest to push: expected {manifest_digest}"
+        )),
+        "{err}"
+    );
     let (offset, whole) = read_all(&c, &r, &sha256(&big), 0).await;
     assert_eq!(offset, 0);
     assert_eq!(sha256(&whole), sha256(&big));
@@ -419,4 +442,62 @@ async fn harness_fills_the_registry_with_ctr_push() {
     let c = client("", Arc::new(Anonymous));
     let resolved = c.resolve(&reference(&remote)).await.expect("resolve");
     assert_eq!(resolved.digest, local_digest);
+}
+
+#[tokio::test]
+async fn a_hung_registry_times_out_naming_the_host() {
+    let reg = Registry::start().await.expect("registry starts");
+    let r = reference(&reg.reference("kiln/slow:v1"));
+    let c = client("", Arc::new(Anonymous)).with_timeouts(
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(2),
+    );
+    // 32 MiB: more than loopback socket buffers hold, so the answer
+    // cannot have arrived whole before the registry froze.
+    let layer = data(32 << 20, 4);
+    let digest = push_small_image(&c, &r, &layer).await;
+    let layer_digest = sha256(&layer);
+
+    // A blob whose answer stops mid-way: the reader times out.
+    let mut reader = c
+        .fetch_blob(&r, &layer_digest, 0)
+        .await
+        .expect("fetch_blob");
+    let first = reader
+        .chunk()
+        .await
+        .expect("first bytes")
+        .expect("not empty");
+    reg.pause().expect("SIGSTOP");
+    let mut got = first.len();
+    let err = loop {
+        match reader.chunk().await {
+            Ok(Some(chunk)) => got += chunk.len(),
+            Ok(None) => panic!("a frozen registry sent the whole blob"),
+            Err(e) => break e,
+        }
+    };
+    assert!(got < layer.len());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: no answer within 2s while fetching blob {layer_digest} (the registry is slow \
+             or unreachable; KILN_REGISTRY_TIMEOUT=<seconds> changes the limit)",
+            reg.host()
+        )
+    );
+
+    let err = c.resolve(&r).await.expect_err("hung registry");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: no answer within 2s while fetching manifest v1 (the registry is slow or \
+             unreachable; KILN_REGISTRY_TIMEOUT=<seconds> changes the limit)",
+            reg.host()
+        )
+    );
+    assert_eq!(err.kind(), kiln_proto::ErrorKind::DeadlineExceeded);
+    assert!(err.is_transient());
+    reg.resume().expect("SIGCONT");
+    assert_eq!(c.resolve(&r).await.expect("answers again").digest, digest);
 }

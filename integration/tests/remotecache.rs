@@ -334,3 +334,28 @@ async fn kilnd_exports_and_imports_a_registry_cache_with_mode_max() {
         refused.stderr
     );
 }
+
+#[tokio::test]
+async fn an_inline_cache_pushed_with_the_image_is_imported_from_the_registry() {
+    let ns = "rcache-inline-reg";
+    let reg = Registry::start().await.expect("registry starts");
+    let image = reg.reference("kiln/app:inline");
+    let a = fresh(ns).await;
+    let ctx = a.context("inline-reg", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx.to_str().expect("utf8");
+    build(
+        &a,
+        ns,
+        &["--cache-to", "type=inline", "--push", "-t", &image, c],
+    );
+
+    let b = fresh_like(&a, ns).await;
+    // The image's own reference: its config holds the inline cache.
+    let second = build(&b, ns, &["--cache-from", &image, "-t", "out:1", c]);
+    assert!(
+        !step_printed(&second.stderr, "RUN1-RAN") && !step_printed(&second.stderr, "RUN2-RAN"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
+}

@@ -7,6 +7,10 @@
 //! drops the connection.
 //!
 //! Usage: `buildctl-like unix:///path/kilnd.sock CONTEXT_DIR [IMAGE_NAME]`.
+//! With `BUILDCTL_LIKE_PUSH=1` the image exporter gets `push=true`, and
+//! with `BUILDCTL_LIKE_AUTH=user:password` the session serves
+//! `Auth.Credentials` with that login for every registry (buildctl's
+//! auth provider answers from the docker config the same way).
 //! Every status log line is printed to stdout as it arrives, so a test can
 //! wait for a step's output before it interrupts the client.
 
@@ -14,6 +18,7 @@ use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, SolveRequest, StatusRequest};
 use kiln_proto::gateway::llb_bridge_client::LlbBridgeClient;
 use kiln_proto::gateway::{self, ReturnRequest};
+use kiln_session::auth::{AuthServerImpl, CredentialSource, HostCredentials, SourceError};
 use kiln_session::filesync::FileSyncServerImpl;
 use kiln_session::hijack::{client_side, serve_session, SessionServices};
 use std::collections::HashMap;
@@ -25,6 +30,17 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// One login for every registry.
+#[derive(Debug)]
+struct FixedLogin(HostCredentials);
+
+#[tonic::async_trait]
+impl CredentialSource for FixedLogin {
+    async fn credentials(&self, _host: &str) -> Result<Option<HostCredentials>, SourceError> {
+        Ok(Some(self.0.clone()))
+    }
+}
 
 fn random_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -90,6 +106,19 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
         .into_service(),
         FileSyncServerImpl::METHODS,
     );
+    if let Some((user, password)) = std::env::var("BUILDCTL_LIKE_AUTH").ok().and_then(|v| {
+        v.split_once(':')
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+    }) {
+        services.add(
+            AuthServerImpl::new(std::sync::Arc::new(FixedLogin(HostCredentials {
+                username: user,
+                secret: password,
+            })))
+            .into_service(),
+            AuthServerImpl::METHODS,
+        );
+    }
     let (side, requests) = client_side();
     let mut req = tonic::Request::new(requests);
     let md = req.metadata_mut();
@@ -127,11 +156,16 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
         }
     });
     let frontend = tokio::spawn(gateway(channel.clone(), build.clone()));
+    let push = std::env::var("BUILDCTL_LIKE_PUSH").is_ok_and(|v| v == "1");
     let exporters = name
         .map(|n| {
+            let mut attrs = HashMap::from([("name".to_string(), n)]);
+            if push {
+                attrs.insert("push".to_string(), "true".to_string());
+            }
             vec![Exporter {
                 r#type: "image".into(),
-                attrs: HashMap::from([("name".to_string(), n)]),
+                attrs,
             }]
         })
         .unwrap_or_default();

@@ -67,6 +67,11 @@ struct Cli {
     /// Server name to verify instead of the address's host.
     #[arg(long, global = true)]
     tlsservername: Option<String>,
+    /// kilnd's configuration file, whose `[registry."HOST"]` tables
+    /// (mirrors, http, insecure, ca, keypair) embedded builds use too
+    /// [default: /etc/kiln/kilnd.toml if it exists].
+    #[arg(long, env = "KILN_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     /// kiln's state directory (mount points and FIFOs; no image data).
     #[arg(
         long,
@@ -157,9 +162,14 @@ struct BuildArgs {
     /// Progress output: auto, plain or tty.
     #[arg(long, default_value = "auto")]
     progress: String,
-    /// Output: type=image[,name=N][,compression=gzip|zstd|uncompressed].
+    /// Output: type=image[,name=N][,compression=gzip|zstd|uncompressed]
+    /// [,push=true][,push-by-digest=true][,registry.insecure=true].
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
+    /// Push the image to its registries (`-o type=image,push=true` for
+    /// the -t names).
+    #[arg(long)]
+    push: bool,
     /// Allow an entitlement the build needs: network.host for RUN
     /// --network=host, security.insecure for RUN --security=insecure
     /// (repeatable; a daemon must also allow it).
@@ -240,9 +250,15 @@ async fn run(cli: Cli) -> Result<()> {
                         "--network-mode configures the embedded engine; a daemon ({addr}) uses its own (kilnd --network-mode)"
                     ));
                 }
+                if let Some(c) = &cli.config {
+                    return Err(anyhow!(
+                        "--config/KILN_CONFIG ({}) configures the embedded engine's registries; a daemon ({addr}) uses its own kilnd.toml",
+                        c.display()
+                    ));
+                }
                 build_remote(&addr, &tls, *args).await
             }
-            None => build(config, cli.root, *args).await,
+            None => build(config, cli.root, cli.config, *args).await,
         },
         Command::Du { verbose } => {
             let records = match &addr {
@@ -422,24 +438,55 @@ fn key_values(items: &[String], from_env: bool, what: &str) -> Result<BTreeMap<S
 }
 
 /// The image exporter's settings from `-o` (only `type=image` here).
-fn parse_outputs(outputs: &[String]) -> Result<(Vec<String>, Compression)> {
-    let mut names = Vec::new();
-    let mut compression = Compression::Gzip;
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ImageOutput {
+    names: Vec<String>,
+    compression: Option<Compression>,
+    /// `push=true`: push every name after the build.
+    push: bool,
+    /// `push-by-digest=true`: push without tags.
+    push_by_digest: bool,
+    /// `registry.insecure=true`: the push may use plain HTTP or skip TLS
+    /// verification for the registries of its names.
+    insecure: bool,
+}
+
+/// A boolean exporter attribute as BuildKit reads it (`push` alone is
+/// `true`).
+fn bool_attr(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(anyhow!("invalid {key}={value:?}: expected true or false")),
+    }
+}
+
+/// `-o` specs of the image exporter; `push` is `--push`.
+fn parse_outputs(outputs: &[String], push: bool) -> Result<ImageOutput> {
+    let mut out = ImageOutput {
+        push,
+        ..Default::default()
+    };
     for o in outputs {
         let mut kind = None;
         for kv in o.split(',') {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| anyhow!("invalid output {o:?}: expected key=value pairs"))?;
+            let (k, v) = match kv.split_once('=') {
+                Some(kv) => kv,
+                None if kv == "push" => (kv, ""),
+                None => return Err(anyhow!("invalid output {o:?}: expected key=value pairs")),
+            };
             match k {
                 "type" => kind = Some(v.to_string()),
-                "name" => names.extend(v.split(',').map(String::from)),
+                "name" => out.names.extend(v.split(',').map(String::from)),
                 "compression" => {
-                    compression = v.parse().map_err(|_| {
+                    out.compression = Some(v.parse().map_err(|_| {
                         anyhow!("invalid compression {v:?}: use gzip, zstd or uncompressed")
-                    })?
+                    })?)
                 }
-                "unpack" | "push" | "oci-mediatypes" => {}
+                "push" => out.push |= bool_attr(k, v)?,
+                "push-by-digest" => out.push_by_digest = bool_attr(k, v)?,
+                "registry.insecure" => out.insecure = bool_attr(k, v)?,
+                "unpack" | "oci-mediatypes" => {}
                 _ => return Err(anyhow!("unknown output option {k:?} in {o:?}")),
             }
         }
@@ -452,7 +499,15 @@ fn parse_outputs(outputs: &[String]) -> Result<(Vec<String>, Compression)> {
             }
         }
     }
-    Ok((names, compression))
+    if out.push_by_digest && !out.push {
+        return Err(anyhow!("push-by-digest=true needs push=true (or --push)"));
+    }
+    if out.insecure && !out.push {
+        return Err(anyhow!(
+            "registry.insecure=true needs push=true (or --push)"
+        ));
+    }
+    Ok(out)
 }
 
 /// The build context directory and the Dockerfile (`-f`, else
@@ -524,14 +579,12 @@ fn cache_entries(args: &BuildArgs) -> Result<(Vec<cacheflags::Entry>, Vec<cachef
     cacheflags::entries(&args.cache_to, &args.cache_from, &build_args)
 }
 
-/// `kiln build` against a daemon.
-async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> Result<()> {
-    let (context, dockerfile) = context_and_dockerfile(&args)?;
-    // The daemon parses (and refuses) them, as any BuildKit client's.
-    let attrs = frontend_attrs(&args, &dockerfile)?;
-    let (cache_exports, cache_imports) = cache_entries(&args)?;
+/// `-o` specs as the exporter attribute maps sent to a daemon; `--push`
+/// (`push`) sets `push=true` on the image output, adding one if there is
+/// none.
+fn remote_outputs(specs: &[String], push: bool) -> Result<Vec<HashMap<String, String>>> {
     let mut outputs = Vec::new();
-    for o in &args.outputs {
+    for o in specs {
         let mut m = HashMap::new();
         for kv in o.split(',') {
             let (k, v) = kv
@@ -541,6 +594,25 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
         }
         outputs.push(m);
     }
+    if push {
+        let is_image = |m: &HashMap<String, String>| m.get("type").is_none_or(|t| t == "image");
+        if !outputs.iter().any(is_image) {
+            outputs.push(HashMap::from([("type".to_string(), "image".to_string())]));
+        }
+        for m in outputs.iter_mut().filter(|m| is_image(m)) {
+            m.insert("push".into(), "true".into());
+        }
+    }
+    Ok(outputs)
+}
+
+/// `kiln build` against a daemon.
+async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> Result<()> {
+    let (context, dockerfile) = context_and_dockerfile(&args)?;
+    // The daemon parses (and refuses) them, as any BuildKit client's.
+    let attrs = frontend_attrs(&args, &dockerfile)?;
+    let (cache_exports, cache_imports) = cache_entries(&args)?;
+    let outputs = remote_outputs(&args.outputs, args.push)?;
     let tags = args
         .tags
         .iter()
@@ -577,34 +649,45 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     Ok(())
 }
 
-/// The registry settings and credentials of an embedded build: kilnd's
-/// `[registry."HOST"]` tables (from `$KILN_CONFIG`, else
-/// /etc/kiln/kilnd.toml when it exists) and docker's `config.json`, so
-/// `kiln build` reaches registries as kilnd and `docker login` would.
-async fn embedded_registry() -> Result<(
-    std::sync::Arc<kiln_registry::HostsConfig>,
-    std::sync::Arc<dyn kiln_registry::Credentials>,
-)> {
-    let path = std::env::var_os("KILN_CONFIG")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/etc/kiln/kilnd.toml"));
-    let hosts = kiln_registry::HostsConfig::from_kilnd_toml(&path)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    Ok((
-        std::sync::Arc::new(hosts),
-        std::sync::Arc::new(kiln_registry::DockerConfig),
-    ))
+/// Where the embedded CLI reads `[registry."HOST"]` tables: kilnd's own
+/// default configuration file (`kilnd --config`'s default), so one file
+/// configures registries for both.
+const DEFAULT_KILND_CONFIG: &str = "/etc/kiln/kilnd.toml";
+
+/// The registry configuration of embedded builds: the `[registry]` tables
+/// of `--config`/`KILN_CONFIG` (which must exist), else of
+/// [`DEFAULT_KILND_CONFIG`] if it exists.
+fn registry_hosts(config: Option<&std::path::Path>) -> Result<kiln_registry::HostsConfig> {
+    let path = match config {
+        Some(p) => {
+            if !p.is_file() {
+                return Err(anyhow!(
+                    "configuration file {} (--config/KILN_CONFIG) does not exist",
+                    p.display()
+                ));
+            }
+            p
+        }
+        None => std::path::Path::new(DEFAULT_KILND_CONFIG),
+    };
+    Ok(kiln_registry::HostsConfig::from_kilnd_toml(path)?)
 }
 
-async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Result<()> {
+async fn build(
+    config: ContainerdConfig,
+    root: PathBuf,
+    config_file: Option<PathBuf>,
+    args: BuildArgs,
+) -> Result<()> {
     let (context, dockerfile) = context_and_dockerfile(&args)?;
     let opts = kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(&args, &dockerfile)?)?;
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let (cache_exports, cache_imports) = cacheflags::parsed(&cache_exports, &cache_imports)?;
     let df_dir = dockerfile.parent().unwrap_or(&context);
     let source = kiln_frontend::read_dockerfile(df_dir, &opts.filename, &context)?;
-    let (mut names, compression) = parse_outputs(&args.outputs)?;
+    let out = parse_outputs(&args.outputs, args.push)?;
+    let compression = out.compression.unwrap_or(Compression::Gzip);
+    let mut names = out.names.clone();
     names.extend(args.tags.iter().cloned());
     let names = names
         .iter()
@@ -628,9 +711,23 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
         kiln_engine::build::network_dir(&root),
     )?;
 
-    let (hosts, credentials) = embedded_registry().await?;
+    let push = out.push.then(|| kiln_engine::push::PushOptions {
+        by_digest: out.push_by_digest,
+        insecure: out.insecure,
+        ..Default::default()
+    });
+    if push.is_some() && names.is_empty() {
+        return Err(anyhow!(
+            "--push needs a name to push to (-t REGISTRY/REPOSITORY:TAG)"
+        ));
+    }
+    let hosts = registry_hosts(config_file.as_deref())?;
+    // Embedded, this process is the client: the user's own logins.
+    let credentials: std::sync::Arc<dyn kiln_registry::Credentials> =
+        std::sync::Arc::new(kiln_registry::DockerConfig);
+
     let ctrd = Containerd::connect(config).await?;
-    let engine = Engine::with_network(ctrd, root, cni).with_registry(hosts);
+    let engine = Engine::with_network(ctrd, root, cni).with_registry(std::sync::Arc::new(hosts));
     engine.sweep().await?;
     let images = engine.base_images(opts.resolve_mode, credentials.clone());
     let built = kiln_frontend::plan(&source, &opts, &images).await?;
@@ -650,6 +747,7 @@ async fn build(config: ContainerdConfig, root: PathBuf, args: BuildArgs) -> Resu
         cache_exports,
         credentials,
         resolve_mode: opts.resolve_mode,
+        push,
     };
 
     let cancel = CancellationToken::new();
@@ -749,6 +847,69 @@ mod tests {
             e.to_string(),
             "invalid label \"novalue\": expected KEY=VALUE"
         );
+    }
+
+    #[test]
+    fn push_options_as_buildx_spells_them() {
+        let out = |specs: &[&str], push: bool| {
+            parse_outputs(
+                &specs.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                push,
+            )
+        };
+        let plain = out(&["type=image,name=r/x:1"], false).expect("plain");
+        assert_eq!(plain.names, ["r/x:1"]);
+        assert!(!plain.push);
+        assert!(out(&[], true).expect("--push").push);
+        let all = out(
+            &["type=image,name=r/x:1,push=true,push-by-digest=true,registry.insecure=true"],
+            false,
+        )
+        .expect("all");
+        assert!(all.push && all.push_by_digest && all.insecure);
+        assert!(out(&["type=image,push"], false).expect("bare push").push);
+        // --push with -o push-by-digest: the flag is push=true.
+        assert!(
+            out(&["type=image,push-by-digest=true"], true)
+                .expect("flag and option")
+                .push_by_digest
+        );
+        assert_eq!(
+            out(&["type=image,push-by-digest=true"], false)
+                .expect_err("modifier alone")
+                .to_string(),
+            "push-by-digest=true needs push=true (or --push)"
+        );
+        assert_eq!(
+            out(&["type=image,push=maybe"], false)
+                .expect_err("bad bool")
+                .to_string(),
+            "invalid push=\"maybe\": expected true or false"
+        );
+        assert!(build_args(&["--push", "-t", "r/x:1", "ctx"]).push);
+    }
+
+    #[test]
+    fn push_flag_marks_the_image_output_for_a_daemon() {
+        let specs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let get = |m: &HashMap<String, String>, k: &str| m.get(k).cloned();
+        // No output: an image output that pushes.
+        let o = remote_outputs(&[], true).expect("outputs");
+        assert_eq!(o.len(), 1);
+        assert_eq!(get(&o[0], "type").as_deref(), Some("image"));
+        assert_eq!(get(&o[0], "push").as_deref(), Some("true"));
+        // A local output alone gets an image output besides it.
+        let o = remote_outputs(&specs(&["type=local,dest=out"]), true).expect("outputs");
+        assert_eq!(o.len(), 2);
+        assert_eq!(get(&o[0], "push"), None);
+        assert_eq!(get(&o[1], "push").as_deref(), Some("true"));
+        // An image output is marked, not duplicated.
+        let o = remote_outputs(&specs(&["type=image,name=r/x:1"]), true).expect("outputs");
+        assert_eq!(o.len(), 1);
+        assert_eq!(get(&o[0], "push").as_deref(), Some("true"));
+        assert_eq!(get(&o[0], "name").as_deref(), Some("r/x:1"));
+        let o = remote_outputs(&specs(&["type=image,name=r/x:1"]), false).expect("outputs");
+        assert_eq!(get(&o[0], "push"), None);
     }
 
     #[test]

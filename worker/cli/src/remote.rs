@@ -6,14 +6,51 @@ use anyhow::{anyhow, Context, Result};
 use kiln_engine::{LogStream, ProgressEvent};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest};
+use kiln_session::auth::{AuthServerImpl, CredentialSource, HostCredentials, SourceError};
 use kiln_session::filesend::{FileSendReceiver, FileSendTarget};
 use kiln_session::filesync::FileSyncServerImpl;
 use kiln_session::hijack::{client_side, serve_session, SessionServices};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+/// The client's registry logins for the session's Auth service: Docker's
+/// config (`DOCKER_CONFIG` or `~/.docker/config.json`: `auths`,
+/// `credHelpers`, `credsStore`), as `docker login` and buildx leave it.
+#[derive(Debug)]
+pub struct DockerConfigSource(kiln_registry::DockerConfig);
+
+impl DockerConfigSource {
+    pub fn new() -> DockerConfigSource {
+        DockerConfigSource(kiln_registry::DockerConfig)
+    }
+}
+
+#[tonic::async_trait]
+impl CredentialSource for DockerConfigSource {
+    async fn credentials(
+        &self,
+        host: &str,
+    ) -> std::result::Result<Option<HostCredentials>, SourceError> {
+        use kiln_registry::{Credential, Credentials};
+        // `DockerConfig` finds Docker Hub's key (its index) for
+        // `registry-1.docker.io` itself.
+        Ok(self.0.get(host).await?.map(|c| match c {
+            Credential::Basic { username, password } => HostCredentials {
+                username,
+                secret: password,
+            },
+            // As BuildKit's clients send an identity token: no username.
+            Credential::IdentityToken(token) => HostCredentials {
+                username: String::new(),
+                secret: token,
+            },
+        }))
+    }
+}
 
 /// What `kiln build` asks of the daemon.
 pub struct RemoteBuild {
@@ -304,6 +341,12 @@ pub async fn build(
         ]))
         .into_service(),
         FileSyncServerImpl::METHODS,
+    );
+    // The user's registry logins, lent per request: the daemon never
+    // holds them.
+    services.add(
+        AuthServerImpl::new(Arc::new(DockerConfigSource::new())).into_service(),
+        AuthServerImpl::METHODS,
     );
     if targets
         .iter()

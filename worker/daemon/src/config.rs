@@ -43,6 +43,10 @@ pub struct Config {
     pub debug: bool,
     /// How RUN steps run: their network, the entitlements builds may get.
     pub worker: WorkerConfig,
+    /// `[registry."HOST"]`: mirrors, plain HTTP, TLS trust and client
+    /// certificates per registry (BuildKit's buildkitd.toml shape; the
+    /// embedded CLI reads the same tables).
+    pub registry: std::sync::Arc<kiln_registry::HostsConfig>,
 }
 
 /// The `[worker]` section: the steps' sandbox network and the
@@ -71,6 +75,7 @@ impl Default for Config {
             max_parallelism: None,
             debug: false,
             worker: WorkerConfig::default(),
+            registry: Default::default(),
         }
     }
 }
@@ -161,6 +166,13 @@ pub enum ConfigError {
          --tls-allow-no-client-auth ([grpc.tls] allow-no-client-auth = true)"
     )]
     NoClientAuth { addr: String },
+    /// A `[registry."HOST"]` table is not usable (its message names the
+    /// file, the host and the key).
+    #[error("invalid [registry] table")]
+    Registry {
+        #[source]
+        source: kiln_registry::RegistryError,
+    },
     /// A `[[tenant]]` table is incomplete or contradicts another.
     #[error("invalid [[tenant]] {tenant:?}: {problem}")]
     Tenant { tenant: String, problem: String },
@@ -239,6 +251,10 @@ pub struct FileConfig {
     tenant: Vec<TenantSection>,
     #[serde(default)]
     worker: WorkerSection,
+    /// Parsed by `kiln-registry`, the one reader of these tables (the
+    /// embedded CLI's `HostsConfig::from_kilnd_toml` too).
+    #[serde(default)]
+    registry: kiln_registry::HostsConfig,
 }
 
 /// `[worker]`: how RUN steps run.
@@ -349,10 +365,15 @@ impl Amount {
 impl FileConfig {
     /// Parses the text of a `kilnd.toml`; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+        // The `[registry]` tables have one reader, shared with the embedded
+        // CLI: it also checks hosts, mirrors and key pairs.
+        file.registry = kiln_registry::HostsConfig::parse(text, path)
+            .map_err(|source| ConfigError::Registry { source })?;
+        Ok(file)
     }
 
     /// Reads `path`.
@@ -519,6 +540,7 @@ impl Config {
                 cni,
                 allow,
             },
+            registry: std::sync::Arc::new(file.registry),
         })
     }
 }
@@ -1129,6 +1151,39 @@ mod tests {
     }
 
     #[test]
+    fn registry_tables_refuse_unknown_keys_and_bad_hosts_by_name() {
+        let c = Config::resolve(
+            file("[registry.\"127.0.0.1:5000\"]\nhttp = true\ninsecure = true\n"),
+            &flags(&[]),
+            env(&[]),
+        )
+        .expect("valid");
+        let h = &c.registry.hosts["127.0.0.1:5000"];
+        assert!(h.http == Some(true) && h.insecure);
+        let chain = |e: &ConfigError| {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(c) = src {
+                s.push_str(&format!(": {c}"));
+                src = c.source();
+            }
+            s
+        };
+        let unknown = FileConfig::parse(
+            "[registry.\"r.example\"]\nmirror = [\"m.example\"]\n",
+            Path::new("k.toml"),
+        )
+        .expect_err("unknown key");
+        assert!(chain(&unknown).contains("mirror"), "{}", chain(&unknown));
+        let bad = FileConfig::parse(
+            "[registry.\"https://r.example\"]\nhttp = true\n",
+            Path::new("k.toml"),
+        )
+        .expect_err("a URL, not a host");
+        assert!(chain(&bad).contains("https://r.example"), "{}", chain(&bad));
+    }
+
+    #[test]
     fn example_config_parses_as_shipped_and_uncommented() {
         let text = include_str!("../../../deploy/kilnd.toml");
         let c = Config::resolve(file(text), &flags(&[]), env(&[])).expect("valid example");
@@ -1160,6 +1215,18 @@ mod tests {
             .allow
             .contains(kiln_engine::entitlements::Entitlement::NetworkHost));
         assert_eq!(c.gc[1].min_free_space, Some(20 << 30));
+        // The embedded CLI's reader sees the same registries.
+        assert_eq!(
+            *c.registry,
+            kiln_registry::HostsConfig::parse(&enabled, Path::new("kilnd.toml")).expect("hosts")
+        );
+        let example = &c.registry.hosts["registry.example.com:5000"];
+        assert_eq!(example.ca, [PathBuf::from("/etc/kiln/registry-ca.pem")]);
+        assert_eq!(example.keypair.len(), 1);
+        assert_eq!(
+            c.registry.hosts["docker.io"].mirrors,
+            ["mirror.example.com", "cache.example.com/docker"]
+        );
         assert_eq!(
             c.gc[1].keep_duration,
             Some(Duration::from_secs(60 * 86_400))

@@ -130,6 +130,7 @@ async fn run_solve(
     }
     let exported = crate::export::run(
         &tenant.engine,
+        &job,
         session.as_ref(),
         &solved,
         &config,

@@ -58,6 +58,7 @@ fn session_for<'a>(
 /// Runs every exporter on `solved` and merges their responses.
 pub async fn run(
     engine: &kiln_engine::Engine,
+    job: &std::sync::Arc<crate::jobs::Job>,
     session: Option<&SessionHandle>,
     solved: &Solved,
     config: &ImageConfig,
@@ -69,19 +70,15 @@ pub async fn run(
         let attrs = &e.attrs;
         match e.r#type.as_str() {
             "image" | "moby" => {
-                if attrs
-                    .get("push")
-                    .is_some_and(|v| v.is_empty() || v == "true")
-                {
-                    return Err(Status::unimplemented(
-                        "push=true: pushing to a registry is not supported yet",
-                    ));
-                }
+                let push = crate::push::options(attrs)?;
                 let names = names(attrs)?;
                 let out = solved
                     .export_image(config, &names, compression)
                     .await
                     .map_err(|e| status_of(&e))?;
+                if let Some(opts) = &push {
+                    crate::push::run(job, session, solved, &out, &names, opts).await?;
+                }
                 image_response(&mut resp, &out);
             }
             kind @ ("oci" | "docker") => {

@@ -15,6 +15,8 @@ mod gateway;
 mod jobs;
 mod listen;
 mod llb;
+mod push;
+mod registry;
 mod sessions;
 mod solve;
 mod state;

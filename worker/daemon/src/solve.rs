@@ -106,8 +106,10 @@ pub async fn solve(
     let dir = job_dir(d, job);
     kiln_engine::sweep::create_private_dir(&dir)
         .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
-    // Anonymous until the client's session answers for credentials.
-    let credentials = kiln_engine::build::anonymous();
+    // The client's registry logins, asked through its session when a
+    // registry wants them (anonymous without an Auth service).
+    let credentials: Arc<dyn kiln_registry::Credentials> =
+        Arc::new(crate::registry::SessionCredentials::new(session));
     let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
     let (graph, result, digests, config, locals) = match input {
         Input::Definition(def) => {
@@ -177,6 +179,9 @@ pub async fn solve(
         cache_exports: cache.exports,
         credentials,
         resolve_mode,
+        // kilnd pushes from its exporter (`push.rs`), with the session's
+        // credentials; the engine's own push is for the embedded CLI.
+        push: None,
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a

@@ -55,7 +55,13 @@ impl Daemon {
         }
         let network = if cni.is_some() { "cni" } else { "host" };
         let default = if config.tenants.is_empty() {
-            let t = Tenant::new(None, ctrd.clone(), config.root.clone(), cni.clone());
+            let t = Tenant::new(
+                None,
+                ctrd.clone(),
+                config.root.clone(),
+                cni.clone(),
+                config.registry.clone(),
+            );
             t.engine.sweep().await?;
             Some(Arc::new(t))
         } else {
@@ -126,6 +132,7 @@ impl Daemon {
                 self.ctrd.with_namespace(&config.namespace),
                 state_dir,
                 self.cni.clone(),
+                self.config.registry.clone(),
             );
             t.engine.sweep().await.map_err(|e| status_of(&e))?;
             tracing::info!(

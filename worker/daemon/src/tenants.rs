@@ -207,8 +207,10 @@ impl Tenant {
         ctrd: Containerd,
         state_dir: PathBuf,
         cni: Option<Cni>,
+        registry: Arc<kiln_registry::HostsConfig>,
     ) -> Tenant {
-        let engine = Engine::with_network(ctrd.clone(), state_dir.clone(), cni);
+        let engine =
+            Engine::with_network(ctrd.clone(), state_dir.clone(), cni).with_registry(registry);
         let max_builds = config.and_then(|c| c.max_builds);
         Tenant {
             name: config.map(|c| c.name.clone()),

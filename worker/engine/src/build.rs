@@ -60,6 +60,9 @@ pub struct BuildRequest {
     /// When base images are pulled ([`crate::resolve`]); an LLB source's
     /// own `image.resolvemode` attribute wins.
     pub resolve_mode: ResolveMode,
+    /// Push the result to the registries of `names` after the export
+    /// (`push=true`); `None` keeps it local.
+    pub push: Option<crate::push::PushOptions>,
 }
 
 /// The credentials of a build that has none.
@@ -254,6 +257,24 @@ impl Engine {
         let mut r = solved
             .export_image(&req.config, &req.names, req.compression)
             .await;
+        if let (Ok(out), Some(opts)) = (&r, &req.push) {
+            // After the graph's vertices, in the same progress stream.
+            let first = req.graph.vertices.len();
+            if let Err(e) = solved
+                .push(
+                    out,
+                    &req.names,
+                    opts,
+                    req.credentials.clone(),
+                    &progress,
+                    first,
+                )
+                .await
+            {
+                r = Err(e);
+            }
+        }
+        // Then the cache, as BuildKit does after its exporters.
         if r.is_ok() {
             if let Err(e) = solved.export_cache(&progress).await {
                 r = Err(e);
@@ -579,6 +600,39 @@ impl Solved {
             }
         }
         Ok(())
+    }
+
+    /// Pushes an exported image to every name of `names` with `creds`
+    /// (see [`crate::push`]), over the engine's registry configuration
+    /// (made insecure for those registries by `opts.insecure`). Vertex
+    /// numbers of the progress start at `first_vertex`.
+    pub async fn push(
+        &self,
+        exported: &Exported,
+        names: &[String],
+        opts: &crate::push::PushOptions,
+        creds: Arc<dyn kiln_registry::Credentials>,
+        progress: &Progress,
+        first_vertex: usize,
+    ) -> Result<crate::push::Pushed> {
+        if names.is_empty() {
+            return Err(WorkerError::BadInput {
+                location: String::new(),
+                reason: "push=true needs a name to push to (-t REGISTRY/REPOSITORY:TAG)".into(),
+            });
+        }
+        let hosts = crate::push::hosts_for(self.engine.registry_hosts(), names, opts.insecure)?;
+        let client = kiln_registry::Client::new(Arc::new(hosts), creds);
+        crate::push::push_image(
+            &self.engine.svc,
+            Arc::new(client),
+            &exported.manifest,
+            names,
+            opts,
+            progress,
+            first_vertex,
+        )
+        .await
     }
 
     /// Mounts the result read-only (an empty directory for scratch).

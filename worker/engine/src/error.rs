@@ -26,12 +26,21 @@ pub enum WorkerError {
     /// A base image is not in the namespace's image store.
     #[error("image \"{image}\" not found in containerd namespace \"{namespace}\"")]
     ImageNotFound { image: String, namespace: String },
+    /// A push to a registry failed; the registry's error names the host
+    /// and what to fix.
+    /// (Boxed, like `Registry`'s: a registry error is large and would make
+    /// every engine result that big.)
+    #[error("cannot push {name}: {error}")]
+    Push {
+        name: String,
+        error: Box<kiln_registry::RegistryError>,
+    },
     /// The registry refused or failed a pull (its message names the
     /// registry and what to fix).
     #[error("cannot pull {image}: {error}")]
     Registry {
         image: String,
-        error: kiln_registry::RegistryError,
+        error: Box<kiln_registry::RegistryError>,
     },
     /// The registry has no manifest by the reference's tag or digest.
     #[error("cannot pull {image}: {registry} has no manifest {object} (manifest unknown)")]
@@ -105,6 +114,7 @@ impl WorkerError {
         match self {
             WorkerError::Snapshot(e) | WorkerError::AtStep { error: e, .. } => e.kind(),
             WorkerError::Exec { error, .. } => error.kind(),
+            WorkerError::Push { error, .. } => error.kind(),
             WorkerError::ImageNotFound { .. }
             | WorkerError::NotLocal { .. }
             | WorkerError::ManifestUnknown { .. } => ErrorKind::NotFound,

@@ -1,7 +1,8 @@
 //! kiln's build engine: the ops of the build graph run over containerd.
 //!
 //! It owns one lease per build, base-image resolution and unpacking, the
-//! exec/file/source ops (`ops`), and the image exporter. It drives the
+//! exec/file/source ops (`ops`), the image exporter and pushing its result
+//! to registries (`push`). It drives the
 //! solver's scheduler with its `StepRunner`, runs steps through the shim's
 //! executor and writes layers through the snapshot crate.
 //!
@@ -24,6 +25,7 @@ pub mod ops;
 pub mod progress;
 pub mod prune;
 pub mod pull;
+pub mod push;
 pub mod refs;
 pub mod remotecache;
 pub mod resolve;

@@ -88,7 +88,7 @@ fn registry_error(image: &str, source: RegistryError) -> WorkerError {
     }
     WorkerError::Registry {
         image: image.to_string(),
-        error: source,
+        error: Box::new(source),
     }
 }
 

@@ -173,6 +173,22 @@ impl Client {
         }
     }
 
+    /// The same settings with other timeouts: `connect` to open a
+    /// connection, `read` between bytes of an answer. Call it before the
+    /// first request (the caches start empty).
+    pub fn with_timeouts(self, connect: Duration, read: Duration) -> Self {
+        Client {
+            inner: Arc::new(Inner {
+                hosts: self.inner.hosts.clone(),
+                creds: self.inner.creds.clone(),
+                timeouts: Timeouts { connect, read },
+                http: Mutex::new(HashMap::new()),
+                auth: Mutex::new(HashMap::new()),
+                credentials: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
     /// Resolves a tag or digest to its manifest or index (mirrors first),
     /// verified against the reference's digest or the registry's
     /// `Docker-Content-Digest`.
@@ -418,19 +434,23 @@ impl Client {
         bytes: Vec<u8>,
     ) -> Result<String> {
         let ep = self.push_endpoint(r);
-        let digest = hash_hex("sha256", &bytes)?;
         let what = format!("pushing manifest {tag_or_digest}");
-        if tag_or_digest.contains(':') {
-            let expected = hash_hex(algorithm(tag_or_digest)?, &bytes)?;
-            if expected != tag_or_digest {
+        // A tag has no `:`; anything else must be the manifest's digest.
+        let digest = if tag_or_digest.contains(':') {
+            check_digest(tag_or_digest)?;
+            let actual = hash_hex(algorithm(tag_or_digest)?, &bytes)?;
+            if actual != tag_or_digest {
                 return Err(RegistryError::DigestMismatch {
                     host: ep.host.clone(),
                     what: "the manifest to push".into(),
                     expected: tag_or_digest.to_string(),
-                    actual: expected,
+                    actual,
                 });
             }
-        }
+            actual
+        } else {
+            hash_hex("sha256", &bytes)?
+        };
         let url = ep.url(&format!("{}/manifests/{tag_or_digest}", r.path), &[]);
         let body = Bytes::from(bytes);
         let resp = self
@@ -449,7 +469,7 @@ impl Client {
             return Err(status_error(&ep, &what, resp).await);
         }
         if let Some(announced) = header_str(resp.headers(), "docker-content-digest") {
-            if announced.starts_with("sha256:") && announced != digest {
+            if announced.split(':').next() == digest.split(':').next() && announced != digest {
                 return Err(RegistryError::DigestMismatch {
                     host: ep.host.clone(),
                     what: format!("manifest {tag_or_digest} as stored"),
@@ -755,12 +775,9 @@ impl Client {
         let http = self.http(&realm_host)?;
         let rb = match cred {
             Some(Credential::IdentityToken(token)) => {
-                let mut form = reqwest::Url::parse("http://form.invalid/").map_err(|e| {
-                    RegistryError::Tls {
-                        host: ep.host.clone(),
-                        detail: e.to_string(),
-                    }
-                })?;
+                // A URL only to encode the form with its query encoder.
+                let mut form =
+                    reqwest::Url::parse("http://form.invalid/").expect("a constant URL parses");
                 {
                     let mut q = form.query_pairs_mut();
                     q.append_pair("grant_type", "refresh_token");

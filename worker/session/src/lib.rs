@@ -12,7 +12,9 @@
 //!   independent of any transport;
 //! - [`filesync`]: the build-context pull (`FileSync.DiffCopy`, §4.1);
 //! - [`filesend`]: exporter output pushed to the client (`FileSend.DiffCopy`,
-//!   §6), as raw bytes (tar, oci, docker) or as fsutil packets (local).
+//!   §6), as raw bytes (tar, oci, docker) or as fsutil packets (local);
+//! - [`auth`]: registry credentials the client lends per request
+//!   (`Auth.Credentials`), served from whatever store the client has.
 //!
 //! The crate is shaped around the two roles rather than the two binaries:
 //! each module offers the daemon half and the client half side by side so
@@ -24,6 +26,7 @@
 //! crate the engine's copies use too, so that the context a client sends is
 //! filtered exactly as the engine filters copies.
 
+pub mod auth;
 pub mod filesend;
 pub mod filesync;
 pub mod fsutil;

@@ -177,6 +177,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         cache_exports: Vec::new(),
         credentials: crate::build::anonymous(),
         resolve_mode: crate::resolve::ResolveMode::Default,
+        push: None,
     }
 }
 

@@ -92,6 +92,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         cache_exports: exports,
         credentials: crate::build::anonymous(),
         resolve_mode: crate::resolve::ResolveMode::Default,
+        push: None,
     }
 }
 
