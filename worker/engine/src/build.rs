@@ -540,11 +540,8 @@ impl Solved {
             .iter()
             .any(|e| e.target == crate::remotecache::ExportTarget::Inline)
         {
-            json.inline_cache = crate::remotecache::export::inline(
-                &self.cache.records(),
-                &self.layers,
-                &crate::oci::now_rfc3339(),
-            );
+            json.inline_cache =
+                crate::remotecache::export::inline(&self.cache.records(), &self.layers);
         }
         export_image(
             &self.engine.svc,
@@ -573,7 +570,7 @@ impl Solved {
                     message: format!("exporting cache to {}", e.describe()),
                 })
                 .await;
-            let plan = export::plan(&records, &self.layers, e.mode, &crate::oci::now_rfc3339());
+            let plan = export::plan(&records, &self.layers, e.mode);
             let svc = &self.engine.svc;
             let r = match &e.target {
                 ExportTarget::Local { dest, tag } => {

@@ -65,7 +65,9 @@ fn link(records: &[VertexRecord]) -> Vec<Vec<Vec<CacheInput>>> {
 
 /// The cache of `records` for an export in `mode`: layers deduplicated by
 /// chain (a blob with the same parent is one entry), one record per vertex.
-pub fn plan(records: &[VertexRecord], result: &[Layer], mode: Mode, created_at: &str) -> Plan {
+/// Each result's `createdAt` is its top layer's time (Go's zero time for a
+/// base-image layer, which has none).
+pub fn plan(records: &[VertexRecord], result: &[Layer], mode: Mode) -> Plan {
     let mut layers: Vec<CacheLayer> = Vec::new();
     let mut blobs: Vec<Layer> = Vec::new();
     // (blob, parent index) -> layer index.
@@ -101,7 +103,7 @@ pub fn plan(records: &[VertexRecord], result: &[Layer], mode: Mode, created_at: 
             }
             rec.results.push(CacheResult {
                 layer: parent,
-                created_at: created_at.to_string(),
+                created_at: created_at(&chain),
             });
         }
         out.push(rec);
@@ -118,7 +120,7 @@ pub fn plan(records: &[VertexRecord], result: &[Layer], mode: Mode, created_at: 
 /// The inline cache of `records` for an image whose layers are `result`:
 /// the records whose chain is a prefix of the image's, their results
 /// indexing the image's layers. `None` when no record has a result.
-pub fn inline(records: &[VertexRecord], result: &[Layer], created_at: &str) -> Option<String> {
+pub fn inline(records: &[VertexRecord], result: &[Layer]) -> Option<String> {
     let links = link(records);
     let mut out = Vec::with_capacity(records.len());
     let mut any = false;
@@ -132,7 +134,7 @@ pub fn inline(records: &[VertexRecord], result: &[Layer], created_at: &str) -> O
             any = true;
             rec.results.push(CacheResult {
                 layer: chain.len() as i64 - 1,
-                created_at: created_at.to_string(),
+                created_at: created_at(&chain),
             });
         }
         out.push(rec);
@@ -140,10 +142,22 @@ pub fn inline(records: &[VertexRecord], result: &[Layer], created_at: &str) -> O
     any.then(|| format::inline_value(&out))
 }
 
-/// A layer as a cache manifest lists it (diffID annotated).
+/// The `createdAt` of a result: its top layer's time.
+fn created_at(chain: &[Layer]) -> String {
+    chain
+        .last()
+        .and_then(|l| l.created.clone())
+        .unwrap_or_else(|| format::ZERO_TIME.to_string())
+}
+
+/// A layer as a cache manifest lists it (diffID annotated, and its time
+/// when it has one, as BuildKit does).
 pub fn layer_descriptor(l: &Layer) -> Descriptor {
     let mut annotations = BTreeMap::new();
     annotations.insert(ANNOTATION_UNCOMPRESSED.to_string(), l.diff_id.to_string());
+    if let Some(t) = &l.created {
+        annotations.insert(format::ANNOTATION_CREATED_AT.to_string(), t.clone());
+    }
     Descriptor {
         media_type: l.media_type.clone(),
         digest: l.digest.clone(),

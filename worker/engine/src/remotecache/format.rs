@@ -29,6 +29,13 @@ pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.man
 pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// What Go writes for a zero `time.Time`.
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+/// The layer descriptor annotation BuildKit dates a cached layer with.
+pub const ANNOTATION_CREATED_AT: &str = "buildkit/createdat";
+
+/// A cache time as a layer time: `None` when empty or Go's zero time.
+pub fn layer_time(t: &str) -> Option<String> {
+    (!t.is_empty() && !t.starts_with("0001-01-01T")).then(|| t.to_string())
+}
 
 /// Why a cache cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +247,9 @@ pub struct ChainLayer {
     pub media_type: String,
     pub size: i64,
     pub diff_id: String,
+    /// When the layer was made, from its result's `createdAt` or the
+    /// descriptor's `buildkit/createdat`.
+    pub created: Option<String>,
 }
 
 /// A parsed cache: each key's results as layer chains (bottom first).
@@ -281,11 +291,17 @@ fn chain_layer(d: &Descriptor, annotations: Option<&LayerAnnotations>) -> Option
                 .map(|a| a.diff_id.clone())
                 .filter(|s| !s.is_empty())
         })?;
+    let created = d
+        .annotations
+        .get(ANNOTATION_CREATED_AT)
+        .and_then(|t| layer_time(t))
+        .or_else(|| annotations.and_then(|a| layer_time(&a.created_at)));
     Some(ChainLayer {
         digest: d.digest.clone(),
         media_type: d.media_type.clone(),
         size: d.size,
         diff_id,
+        created,
     })
 }
 
@@ -328,6 +344,27 @@ fn chains_of(
             .and_then(|i| config.layers.get(i))
             .ok_or_else(|| invalid(format!("invalid layer index {i}")))
     };
+    // A result's createdAt dates its top layer, whichever record uses it.
+    let mut times: HashMap<i64, String> = HashMap::new();
+    for r in &config.records {
+        for res in &r.results {
+            if let Some(t) = layer_time(&res.created_at) {
+                times.entry(res.layer).or_insert(t);
+            }
+        }
+        for res in &r.chained_results {
+            if let (Some(&top), Some(t)) = (res.layers.last(), layer_time(&res.created_at)) {
+                times.entry(top).or_insert(t);
+            }
+        }
+    }
+    let layer = |i: i64, l: &CacheLayer| {
+        let mut c = layer(l)?;
+        if let Some(t) = times.get(&i) {
+            c.created = Some(t.clone());
+        }
+        Some(c)
+    };
     let mut out = Chains::default();
     for (ri, r) in config.records.iter().enumerate() {
         if r.digest.is_empty() {
@@ -345,7 +382,7 @@ fn chains_of(
                 if seen > config.layers.len() {
                     return Err(invalid("invalid looping layer".into()));
                 }
-                match layer(l) {
+                match layer(idx, l) {
                     Some(c) => chain.push(c),
                     None => usable = false,
                 }
@@ -360,7 +397,7 @@ fn chains_of(
             let mut chain = Vec::new();
             let mut usable = true;
             for &i in &res.layers {
-                match layer(at(i)?) {
+                match layer(i, at(i)?) {
                     Some(c) => chain.push(c),
                     None => usable = false,
                 }
@@ -430,6 +467,7 @@ pub fn parse_inline(
             media_type: d.media_type.clone(),
             size: d.size,
             diff_id: diff_id.clone(),
+            created: None,
         });
     }
     let by_blob: HashMap<String, ChainLayer> = described

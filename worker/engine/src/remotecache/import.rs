@@ -204,6 +204,7 @@ fn layer_of(l: &ChainLayer) -> Option<Layer> {
         media_type: l.media_type.clone(),
         digest: l.digest.clone(),
         size: l.size,
+        created: l.created.clone(),
     })
 }
 

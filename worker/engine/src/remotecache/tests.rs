@@ -13,6 +13,8 @@ fn layer(c: char) -> Layer {
         media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
         digest: Digest::of(format!("blob-{c}").as_bytes()).to_string(),
         size: 10,
+        // 'a' plays a base-image layer: no time of its own.
+        created: (c != 'a').then(|| format!("2024-05-01T10:00:0{}Z", c as u32 % 10)),
     }
 }
 
@@ -52,7 +54,7 @@ fn with_results(p: &export::Plan) -> Vec<usize> {
 #[test]
 fn min_exports_the_results_chain_and_max_every_vertex() {
     let (records, result) = build();
-    let min = plan(&records, &result, Mode::Min, format::ZERO_TIME);
+    let min = plan(&records, &result, Mode::Min);
     assert_eq!(with_results(&min), [0, 1, 3], "the side stage is left out");
     let blobs: Vec<&str> = min.layers.iter().map(|l| l.digest.as_str()).collect();
     assert_eq!(
@@ -64,7 +66,7 @@ fn min_exports_the_results_chain_and_max_every_vertex() {
         3,
         "shared prefixes are one layer entry"
     );
-    let max = plan(&records, &result, Mode::Max, format::ZERO_TIME);
+    let max = plan(&records, &result, Mode::Max);
     assert_eq!(with_results(&max), [0, 1, 2, 3]);
     assert_eq!(max.layers.len(), 4);
     // Every record is present with its links, results or not.
@@ -81,7 +83,7 @@ fn min_exports_the_results_chain_and_max_every_vertex() {
 fn an_input_without_a_record_drops_the_links() {
     let mut records = vec![rec(1, &[0], &['a'])];
     records[0].inputs = vec![None];
-    let p = plan(&records, &[layer('a')], Mode::Max, format::ZERO_TIME);
+    let p = plan(&records, &[layer('a')], Mode::Max);
     assert!(p.config.records[0].inputs.is_empty());
 }
 
@@ -95,7 +97,7 @@ fn our_cache_reads_back_as_the_same_chains() {
             oci: true,
         },
     ] {
-        let p = plan(&records, &result, Mode::Max, "2024-05-01T10:00:00Z");
+        let p = plan(&records, &result, Mode::Max);
         let (config, config_desc, manifest, manifest_desc) = manifest_blobs(&p, style);
         assert_eq!(manifest_desc.media_type, style.media_type());
         let Parsed::Cache { config: c, layers } =
@@ -110,13 +112,14 @@ fn our_cache_reads_back_as_the_same_chains() {
                 .get(r.key.as_str())
                 .expect("every record has a result");
             let want = r.chain.as_ref().expect("chain");
-            let got: Vec<(String, String)> = got
+            // Layer times travel too (by result and by descriptor).
+            let got: Vec<(String, String, Option<String>)> = got
                 .iter()
-                .map(|l| (l.digest.clone(), l.diff_id.clone()))
+                .map(|l| (l.digest.clone(), l.diff_id.clone(), l.created.clone()))
                 .collect();
-            let want: Vec<(String, String)> = want
+            let want: Vec<(String, String, Option<String>)> = want
                 .iter()
-                .map(|l| (l.digest.clone(), l.diff_id.to_string()))
+                .map(|l| (l.digest.clone(), l.diff_id.to_string(), l.created.clone()))
                 .collect();
             assert_eq!(got, want, "{}", r.name);
         }
@@ -126,7 +129,7 @@ fn our_cache_reads_back_as_the_same_chains() {
 #[test]
 fn inline_results_index_the_images_layers() {
     let (records, result) = build();
-    let value = inline(&records, &result, format::ZERO_TIME).expect("has results");
+    let value = inline(&records, &result).expect("has results");
     let descs: Vec<format::Descriptor> = result.iter().map(export::layer_descriptor).collect();
     let config = serde_json::json!({
         "rootfs": {"type": "layers", "diff_ids": result.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
