@@ -150,9 +150,9 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-async fn export_then_import(
-    mode: Mode,
-) -> (BTreeSet<String>, Vec<String>, Vec<String>, Vec<String>) {
+type Image = (String, Vec<String>);
+
+async fn export_then_import(mode: Mode) -> (BTreeSet<String>, Vec<String>, Image, Image) {
     let cache = tempfile::tempdir().expect("cache dir");
     let a = fixture();
     let (cached, _, r) = build_collecting(
@@ -180,12 +180,16 @@ async fn export_then_import(
     (cached, info, layers_a, layers_b)
 }
 
-async fn layer_digests(fx: &Fixture, name: &str) -> Vec<String> {
+/// The image's manifest digest and its layer digests.
+async fn layer_digests(fx: &Fixture, name: &str) -> (String, Vec<String>) {
     let rec = fx.svc.images.get(name).await.expect("image");
     let m: Manifest =
         serde_json::from_slice(&fx.svc.content.read(&rec.digest).await.expect("manifest"))
             .expect("manifest json");
-    m.layers().iter().map(|l| l.digest().to_string()).collect()
+    (
+        rec.digest.clone(),
+        m.layers().iter().map(|l| l.digest().to_string()).collect(),
+    )
 }
 
 #[tokio::test]
@@ -199,7 +203,7 @@ async fn max_mode_makes_every_step_of_a_fresh_namespace_a_hit() {
     );
     assert_eq!(
         layers_a, layers_b,
-        "the imported blobs are the image's layers"
+        "the imported blobs are the image's layers, dated by the cache: same image digest"
     );
 }
 
@@ -208,7 +212,7 @@ async fn min_mode_leaves_the_side_stage_out() {
     let (cached, _, layers_a, layers_b) = export_then_import(Mode::Min).await;
     // The side stage runs again; its result is equal, so the copy hits.
     assert_eq!(cached, set(&["first", "copy"]));
-    assert_eq!(layers_a, layers_b);
+    assert_eq!(layers_a, layers_b, "same layers and same image digest");
 }
 
 #[tokio::test]
@@ -315,7 +319,7 @@ async fn a_corrupt_blob_in_an_imported_cache_is_a_miss() {
     .await;
     r.expect("build on a");
     // The image's layer blobs get other bytes (JSON blobs stay intact).
-    let layers = layer_digests(&a, "docker.io/library/out:latest").await;
+    let (_, layers) = layer_digests(&a, "docker.io/library/out:latest").await;
     for d in &layers {
         let p = crate::remotecache::export::blob_path(cache.path(), d).expect("path");
         std::fs::write(&p, b"not the layer").expect("corrupt");
