@@ -11,14 +11,16 @@ fn build(h: &Harness, ns: &str, args: &[&str]) -> KilnOutput {
     h.build(ns, args).ok()
 }
 
-/// The layer digests of image `name`.
-fn layers(h: &Harness, ns: &str, name: &str) -> Vec<String> {
-    h.manifest(ns, name)["layers"]
+/// The manifest digest of image `name` and its layer digests: a build
+/// from an imported cache gives the same image, not only the same layers.
+fn image(h: &Harness, ns: &str, name: &str) -> (String, Vec<String>) {
+    let layers = h.manifest(ns, name)["layers"]
         .as_array()
         .expect("layers")
         .iter()
         .map(|l| l["digest"].as_str().expect("digest").to_string())
-        .collect()
+        .collect();
+    (h.image_digest(ns, name), layers)
 }
 
 fn cached(stderr: &str) -> usize {
@@ -90,9 +92,9 @@ async fn a_local_cache_makes_every_step_cached_on_a_fresh_containerd() {
         second.stderr
     );
     assert_eq!(
-        layers(&a, ns, "docker.io/library/out:1"),
-        layers(&b, ns, "docker.io/library/out:1"),
-        "the same layers"
+        image(&a, ns, "docker.io/library/out:1"),
+        image(&b, ns, "docker.io/library/out:1"),
+        "the same image"
     );
     let out = b.run_image(
         ns,
@@ -115,7 +117,9 @@ async fn a_local_cache_makes_every_step_cached_on_a_fresh_containerd() {
 
 const MULTI: &str = "FROM busybox AS builder\nRUN echo BUILDER-RAN && echo built > /x && echo not-copied > /other\nFROM busybox\nCOPY --from=builder /x /x\nRUN echo FINAL-RAN && cat /x > /y\n";
 
-async fn multi_stage(ns: &str, mode: &str) -> (String, Vec<String>, Vec<String>) {
+type Image = (String, Vec<String>);
+
+async fn multi_stage(ns: &str, mode: &str) -> (String, Image, Image) {
     let a = fresh(ns).await;
     let ctx = a.context("multi", &[("Dockerfile", MULTI)]);
     let c = ctx.to_str().expect("utf8");
@@ -128,8 +132,8 @@ async fn multi_stage(ns: &str, mode: &str) -> (String, Vec<String>, Vec<String>)
     let second = build(&b, ns, &["--cache-from", &from, "-t", "multi:1", c]);
     (
         second.stderr,
-        layers(&a, ns, "docker.io/library/multi:1"),
-        layers(&b, ns, "docker.io/library/multi:1"),
+        image(&a, ns, "docker.io/library/multi:1"),
+        image(&b, ns, "docker.io/library/multi:1"),
     )
 }
 
@@ -142,7 +146,7 @@ async fn mode_max_caches_every_stage_of_a_multi_stage_build() {
     );
     // Every step; the final stage's FROM is the builder's, shown cached.
     assert_eq!(cached(&stderr), 4, "{stderr}");
-    assert_eq!(la, lb);
+    assert_eq!(la, lb, "the same image");
 }
 
 #[tokio::test]
@@ -205,13 +209,31 @@ async fn an_inline_cache_travels_in_the_image() {
         .to_string();
     let b = fresh_like(&a, ns).await;
     let from = format!("type=local,src={},digest={digest}", dir.display());
-    let second = build(&b, ns, &["--cache-from", &from, "-t", "inl:1", c]);
+    // B writes its inline cache too: the config holds it either way.
+    let second = build(
+        &b,
+        ns,
+        &[
+            "--cache-from",
+            &from,
+            "--cache-to",
+            "type=inline",
+            "-t",
+            "inl:1",
+            c,
+        ],
+    );
     assert!(
         !step_printed(&second.stderr, "RUN1-RAN") && !step_printed(&second.stderr, "RUN2-RAN"),
         "{}",
         second.stderr
     );
     assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
+    assert_eq!(
+        image(&a, ns, "docker.io/library/inl:1"),
+        image(&b, ns, "docker.io/library/inl:1"),
+        "the same image, inline cache included"
+    );
 }
 
 fn untar(tar: &Path, dir: &Path) {
@@ -280,8 +302,9 @@ async fn a_registry_cache_makes_every_step_cached_on_a_fresh_containerd() {
     );
     assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
     assert_eq!(
-        layers(&a, ns, "docker.io/library/out:1"),
-        layers(&b, ns, "docker.io/library/out:1")
+        image(&a, ns, "docker.io/library/out:1"),
+        image(&b, ns, "docker.io/library/out:1"),
+        "the same image"
     );
 }
 
@@ -321,6 +344,11 @@ async fn kilnd_exports_and_imports_a_registry_cache_with_mode_max() {
         "{}",
         second.stderr
     );
+    assert_eq!(
+        image(&a, ns, "docker.io/library/multi:1"),
+        image(&b, ns, "docker.io/library/multi:1"),
+        "the same image through kilnd"
+    );
 
     // A directory of the client's machine is refused before the build.
     let local = format!("type=local,dest={}", b.state_dir().join("c").display());
@@ -339,23 +367,40 @@ async fn kilnd_exports_and_imports_a_registry_cache_with_mode_max() {
 async fn an_inline_cache_pushed_with_the_image_is_imported_from_the_registry() {
     let ns = "rcache-inline-reg";
     let reg = Registry::start().await.expect("registry starts");
-    let image = reg.reference("kiln/app:inline");
+    let image_ref = reg.reference("kiln/app:inline");
     let a = fresh(ns).await;
     let ctx = a.context("inline-reg", &[("Dockerfile", DF), ("a", "a1\n")]);
     let c = ctx.to_str().expect("utf8");
     build(
         &a,
         ns,
-        &["--cache-to", "type=inline", "--push", "-t", &image, c],
+        &["--cache-to", "type=inline", "--push", "-t", &image_ref, c],
     );
 
     let b = fresh_like(&a, ns).await;
     // The image's own reference: its config holds the inline cache.
-    let second = build(&b, ns, &["--cache-from", &image, "-t", "out:1", c]);
+    let second = build(
+        &b,
+        ns,
+        &[
+            "--cache-from",
+            &image_ref,
+            "--cache-to",
+            "type=inline",
+            "-t",
+            "out:1",
+            c,
+        ],
+    );
     assert!(
         !step_printed(&second.stderr, "RUN1-RAN") && !step_printed(&second.stderr, "RUN2-RAN"),
         "{}",
         second.stderr
     );
     assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
+    assert_eq!(
+        image(&a, ns, &image_ref),
+        image(&b, ns, "docker.io/library/out:1"),
+        "B's image is the pushed one"
+    );
 }
