@@ -903,7 +903,7 @@ async fn config_of(fx: &Fixture, manifest_digest: &str) -> ImageConfigJson {
     serde_json::from_slice(
         &fx.svc
             .content
-            .read(&m.config().digest().to_string())
+            .read(m.config().digest().as_ref())
             .await
             .expect("config"),
     )
