@@ -519,19 +519,27 @@ impl Harness {
         self.kiln(namespace, &all).expect("kiln runs")
     }
 
-    /// The manifest JSON that image `name` points at.
-    pub fn manifest(&self, namespace: &str, name: &str) -> serde_json::Value {
+    /// The manifest digest that image `name` points at.
+    pub fn image_digest(&self, namespace: &str, name: &str) -> String {
         let images = self
             .ctr(namespace, &["images", "ls"])
             .expect("ctr images ls");
         let line = images
             .lines()
-            .find(|l| l.starts_with(name))
+            .find(|l| l.split_whitespace().next() == Some(name))
             .unwrap_or_else(|| panic!("{name} not in\n{images}"));
-        let digest = line.split_whitespace().nth(2).expect("digest column");
+        line.split_whitespace()
+            .nth(2)
+            .expect("digest column")
+            .to_string()
+    }
+
+    /// The manifest JSON that image `name` points at.
+    pub fn manifest(&self, namespace: &str, name: &str) -> serde_json::Value {
+        let digest = self.image_digest(namespace, name);
         serde_json::from_str(
             &self
-                .ctr(namespace, &["content", "get", digest])
+                .ctr(namespace, &["content", "get", &digest])
                 .expect("manifest"),
         )
         .expect("manifest JSON")

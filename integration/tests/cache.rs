@@ -56,6 +56,11 @@ async fn a_noop_rebuild_runs_nothing_and_keeps_digests() {
         layers(&h, ns, "docker.io/library/noop:1"),
         layers(&h, ns, "docker.io/library/noop:2")
     );
+    // Dated by the cache records, not by the clock: the same image.
+    assert_eq!(
+        h.image_digest(ns, "docker.io/library/noop:1"),
+        h.image_digest(ns, "docker.io/library/noop:2")
+    );
 
     // A changed file re-runs its COPY and what follows, nothing before.
     std::fs::write(ctx.join("b"), "b2\n").expect("write");
@@ -73,6 +78,10 @@ async fn a_noop_rebuild_runs_nothing_and_keeps_digests() {
     );
     assert_ne!(l1[3], l3[3]);
     assert_ne!(l1[4], l3[4]);
+    assert_ne!(
+        h.image_digest(ns, "docker.io/library/noop:1"),
+        h.image_digest(ns, "docker.io/library/noop:3")
+    );
 
     // A new mtime alone changes nothing.
     let f = std::fs::File::options()
@@ -83,6 +92,11 @@ async fn a_noop_rebuild_runs_nothing_and_keeps_digests() {
         .expect("touch");
     let fourth = build(&h, ns, &["-t", "noop:4", c]);
     assert!(!ran_any(&fourth.stderr), "{}", fourth.stderr);
+    // (b is still b2: the image of the third build.)
+    assert_eq!(
+        h.image_digest(ns, "docker.io/library/noop:4"),
+        h.image_digest(ns, "docker.io/library/noop:3")
+    );
 
     // A changed build arg invalidates the first RUN that sees it.
     let df = "FROM busybox\nARG V=1\nCOPY a /a\nRUN echo ARGRUN-RAN\n";

@@ -80,7 +80,8 @@ pub trait ContentWriter: Send {
     /// race-free way to add GC references). Bytes that do not hash to
     /// `digest` fail the commit. If the blob already exists, the writer's
     /// lease is pointed at it and the labels are added: a commit is never
-    /// an `AlreadyExists` error.
+    /// an `AlreadyExists` error. `NotFound` when that existing blob was
+    /// garbage collected before the lease held it (write it again).
     async fn commit(
         self: Box<Self>,
         digest: &Digest,
@@ -120,10 +121,21 @@ pub async fn write_blob(
     lease: &LeaseId,
 ) -> Result<Digest> {
     let digest = Digest::of(data);
-    let mut w = content.writer(lease).await?;
-    w.write(data).await?;
-    w.commit(&digest, labels).await?;
-    Ok(digest)
+    // An unreferenced blob with the same bytes (e.g. the same image config
+    // exported by an earlier build whose lease is gone) can be collected
+    // between "already exists" and this lease holding it: the commit then
+    // says NotFound, and writing again under the lease stores it for good.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut w = content.writer(lease).await?;
+        w.write(data).await?;
+        match w.commit(&digest, labels.clone()).await {
+            Ok(()) => return Ok(digest),
+            Err(e) if e.is_not_found() && attempt < 3 => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A resource a lease can hold.

@@ -368,8 +368,10 @@ impl BlobWriter {
                     .lease_add_resource(&self.lease, "content", digest.as_str())
                     .await?;
                 if labels.is_empty() {
-                    // An empty update mask would replace every label.
-                    return Ok(());
+                    // An empty update mask would replace every label; still
+                    // say NotFound when the blob was collected before the
+                    // lease held it.
+                    return self.ctrd.content_info(digest.as_str()).await.map(|_| ());
                 }
                 self.ctrd.content_set_labels(digest.as_str(), labels).await
             }

@@ -208,4 +208,30 @@ mod tests {
             r.err().map(|e| e.to_string()).unwrap_or_default()
         );
     }
+
+    /// A blob collected between "already exists" and the lease holding it
+    /// (the commit says NotFound) is written again, not an error.
+    #[tokio::test]
+    async fn write_blob_writes_again_when_the_existing_blob_was_collected() {
+        use crate::containerd::LeaseId;
+        use crate::services::{write_blob, Content, Leases};
+        use crate::ErrorKind;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mem = MemContainerd::new(&dir.path().join("snapshots"));
+        let l = LeaseId::unique("test");
+        Leases::create(&mem, &l, "test", None, Default::default())
+            .await
+            .expect("lease");
+        mem.fail_next("Content.Write", ErrorKind::NotFound, 1);
+        let d = write_blob(&mem, b"config", Default::default(), &l)
+            .await
+            .expect("written on the second attempt");
+        assert_eq!(mem.read(d.as_str()).await.expect("stored"), b"config");
+        // It gives up after a few attempts rather than looping.
+        mem.fail_next("Content.Write", ErrorKind::NotFound, 3);
+        let e = write_blob(&mem, b"other", Default::default(), &l)
+            .await
+            .expect_err("still missing");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
 }

@@ -6,6 +6,7 @@
 //! build itself is the engine's. The binary is a one-line
 //! `main` over [`main`] so the end-to-end tests can build the same CLI.
 
+mod cacheflags;
 mod progress;
 mod remote;
 
@@ -174,6 +175,15 @@ struct BuildArgs {
     /// (repeatable; a daemon must also allow it).
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
+    /// Cache export: type=local,dest=DIR | type=registry,ref=R |
+    /// type=inline, with mode=min|max (repeatable; a bare ref is
+    /// type=registry,ref=REF).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
+    /// Cache import: type=local,src=DIR | type=registry,ref=R (repeatable;
+    /// a bare ref is type=registry,ref=REF).
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
     /// Embedded mode: the network of RUN steps without --network: cni (a
     /// namespace of their own on the kiln0 bridge), host, or auto (cni when
     /// the CNI plugins are in /usr/lib/cni, else host) [default: auto].
@@ -562,6 +572,13 @@ fn frontend_attrs(
     Ok(attrs)
 }
 
+/// The `--cache-to`/`--cache-from` entries of the flags (and of
+/// `--build-arg BUILDKIT_INLINE_CACHE=1`), checked.
+fn cache_entries(args: &BuildArgs) -> Result<(Vec<cacheflags::Entry>, Vec<cacheflags::Entry>)> {
+    let build_args = key_values(&args.build_args, true, "build-arg")?;
+    cacheflags::entries(&args.cache_to, &args.cache_from, &build_args)
+}
+
 /// `-o` specs as the exporter attribute maps sent to a daemon; `--push`
 /// (`push`) sets `push=true` on the image output, adding one if there is
 /// none.
@@ -594,6 +611,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     let (context, dockerfile) = context_and_dockerfile(&args)?;
     // The daemon parses (and refuses) them, as any BuildKit client's.
     let attrs = frontend_attrs(&args, &dockerfile)?;
+    let (cache_exports, cache_imports) = cache_entries(&args)?;
     let outputs = remote_outputs(&args.outputs, args.push)?;
     let tags = args
         .tags
@@ -612,6 +630,8 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             outputs,
             tags,
             entitlements: args.allow.clone(),
+            cache_exports,
+            cache_imports,
         },
         tx,
     )
@@ -661,6 +681,8 @@ async fn build(
 ) -> Result<()> {
     let (context, dockerfile) = context_and_dockerfile(&args)?;
     let opts = kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(&args, &dockerfile)?)?;
+    let (cache_exports, cache_imports) = cache_entries(&args)?;
+    let (cache_exports, cache_imports) = cacheflags::parsed(&cache_exports, &cache_imports)?;
     let df_dir = dockerfile.parent().unwrap_or(&context);
     let source = kiln_frontend::read_dockerfile(df_dir, &opts.filename, &context)?;
     let out = parse_outputs(&args.outputs, args.push)?;
@@ -741,6 +763,8 @@ async fn build(
         locals,
         names,
         compression,
+        cache_imports,
+        cache_exports,
         credentials,
         resolve_mode: opts.resolve_mode,
         pinned,

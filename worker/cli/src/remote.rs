@@ -5,7 +5,7 @@
 use anyhow::{anyhow, Context, Result};
 use kiln_engine::{LogStream, ProgressEvent};
 use kiln_proto::control::control_client::ControlClient;
-use kiln_proto::control::{Exporter, SolveRequest, StatusRequest};
+use kiln_proto::control::{CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest};
 use kiln_session::auth::{AuthServerImpl, CredentialSource, HostCredentials, SourceError};
 use kiln_session::filesend::{FileSendReceiver, FileSendTarget};
 use kiln_session::filesync::FileSyncServerImpl;
@@ -63,6 +63,9 @@ pub struct RemoteBuild {
     pub tags: Vec<String>,
     /// `--allow` entitlements (`network.host`, `security.insecure`).
     pub entitlements: Vec<String>,
+    /// `--cache-to` / `--cache-from` entries (type, attributes).
+    pub cache_exports: Vec<crate::cacheflags::Entry>,
+    pub cache_imports: Vec<crate::cacheflags::Entry>,
 }
 
 /// TLS settings for `tcp://` daemons (buildctl's `--tlscacert`,
@@ -372,7 +375,29 @@ pub async fn build(
 
     let build_ref = random_id(25);
     // The attributes already name the Dockerfile (`filename`).
-    let attrs = b.attrs.clone();
+    let mut attrs = b.attrs.clone();
+    let entry = |(t, a): &crate::cacheflags::Entry| CacheOptionsEntry {
+        r#type: t.clone(),
+        attrs: a.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    let cache_imports: Vec<CacheOptionsEntry> = b.cache_imports.iter().map(entry).collect();
+    if !cache_imports.is_empty() {
+        // As buildctl: the frontend gets the imports too.
+        let json: Vec<serde_json::Value> = b
+            .cache_imports
+            .iter()
+            .map(|(t, a)| serde_json::json!({"Type": t, "Attrs": a}))
+            .collect();
+        attrs.insert(
+            "cache-imports".into(),
+            serde_json::Value::Array(json).to_string(),
+        );
+    }
+    let cache = CacheOptions {
+        exports: b.cache_exports.iter().map(entry).collect(),
+        imports: cache_imports,
+        ..Default::default()
+    };
     let solve = SolveRequest {
         r#ref: build_ref.clone(),
         session: session_id,
@@ -388,6 +413,7 @@ pub async fn build(
             .unwrap_or_default(),
         exporters,
         entitlements: b.entitlements.clone(),
+        cache: Some(cache),
         ..Default::default()
     };
     let mut status_client = control.clone();

@@ -147,6 +147,10 @@ async fn run_solve(
             exported.as_ref().err().map(|e| e.message().to_string()),
         );
     }
+    let exported = match exported {
+        Ok(resp) => crate::cache::export(&job, &solved).await.map(|()| resp),
+        Err(e) => Err(e),
+    };
     solved.release(exported.is_err()).await;
     Ok(SolveResponse {
         exporter_response: exported?,
@@ -213,15 +217,21 @@ impl Control for ControlService {
         let granted =
             kiln_engine::entitlements::Entitlements::grant(&r.entitlements, &d.config.worker.allow)
                 .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
+        // Cache exports and imports are checked before the build too.
+        let cache = crate::cache::CacheOptions::from_request(&r)?;
         let build_permit = tenant.start_build()?;
         let session = if r.session.is_empty() {
             String::new()
         } else {
             tenant.scoped(&r.session)
         };
-        let job = d
-            .jobs
-            .start(&tenant.scoped(&r.r#ref), &session, granted, &d.shutdown)?;
+        let job = d.jobs.start(
+            &tenant.scoped(&r.r#ref),
+            &session,
+            granted,
+            cache,
+            &d.shutdown,
+        )?;
         let active = d.jobs.enter();
         // If this handler is dropped (the client went away), the build is
         // cancelled; the task below still cleans up and releases leases.

@@ -148,6 +148,9 @@ pub struct Job {
     /// What the client asked for and the daemon allows; set by
     /// Control.Solve before the job is marked started.
     pub entitlements: Mutex<kiln_engine::entitlements::Entitlements>,
+    /// The request's cache exports and imports (`crate::cache`); set by
+    /// Control.Solve before the job is marked started.
+    pub cache: Mutex<crate::cache::CacheOptions>,
     /// Engine solves of this job still running (their own tasks).
     solving: watch::Sender<usize>,
 }
@@ -188,6 +191,7 @@ impl Job {
             results: tokio::sync::Mutex::new(Results::default()),
             returned: watch::channel(None).0,
             entitlements: Mutex::new(Default::default()),
+            cache: Mutex::new(Default::default()),
             solving: watch::channel(0).0,
         }
     }
@@ -359,6 +363,7 @@ impl Jobs {
         id: &str,
         session: &str,
         entitlements: kiln_engine::entitlements::Entitlements,
+        cache: crate::cache::CacheOptions,
         parent: &CancellationToken,
     ) -> Result<Arc<Job>, tonic::Status> {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -377,6 +382,7 @@ impl Jobs {
         };
         *job.session.lock().unwrap_or_else(|p| p.into_inner()) = session.to_string();
         *job.entitlements.lock().unwrap_or_else(|p| p.into_inner()) = entitlements;
+        *job.cache.lock().unwrap_or_else(|p| p.into_inner()) = cache;
         job.mark_started();
         drop(m);
         self.changed.notify_waiters();
@@ -508,17 +514,18 @@ mod tests {
         // Status came first and left a placeholder: Solve takes it over.
         let early = jobs.get_or_create("r1", &parent);
         let job = jobs
-            .start("r1", "s1", Default::default(), &parent)
+            .start("r1", "s1", Default::default(), Default::default(), &parent)
             .expect("started");
         assert!(Arc::ptr_eq(&early, &job));
-        let Err(dup) = jobs.start("r1", "s2", Default::default(), &parent) else {
+        let Err(dup) = jobs.start("r1", "s2", Default::default(), Default::default(), &parent)
+        else {
             panic!("a running ref was started twice");
         };
         assert_eq!(dup.code(), tonic::Code::AlreadyExists);
         assert_eq!(*job.session.lock().expect("lock"), "s1", "not merged");
         job.mark_done();
         let again = jobs
-            .start("r1", "s3", Default::default(), &parent)
+            .start("r1", "s3", Default::default(), Default::default(), &parent)
             .expect("a finished ref is reusable");
         assert!(!Arc::ptr_eq(&job, &again));
     }
@@ -528,10 +535,16 @@ mod tests {
         let jobs = Jobs::default();
         let parent = CancellationToken::new();
         let a = jobs
-            .start("a", "gone", Default::default(), &parent)
+            .start("a", "gone", Default::default(), Default::default(), &parent)
             .expect("a");
         let b = jobs
-            .start("b", "alive", Default::default(), &parent)
+            .start(
+                "b",
+                "alive",
+                Default::default(),
+                Default::default(),
+                &parent,
+            )
             .expect("b");
         jobs.cancel_session("gone");
         assert!(a.cancel.is_cancelled());

@@ -6,6 +6,7 @@
 //! address (`listen`) and an orderly shutdown on SIGTERM/SIGINT: stop
 //! accepting, cancel, wait for running builds, exit 0.
 
+mod cache;
 mod config;
 mod control;
 mod export;

@@ -169,6 +169,7 @@ pub async fn solve(
     // Status reader.
     let (progress, rx) = kiln_engine::progress::channel();
     let forward = tokio::spawn(crate::status::forward(rx, digests, inputs, job.clone()));
+    let cache = job.cache.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let req = BuildRequest {
         graph,
         result,
@@ -176,6 +177,8 @@ pub async fn solve(
         locals,
         names: Vec::new(),
         compression,
+        cache_imports: cache.imports,
+        cache_exports: cache.exports,
         credentials,
         resolve_mode,
         pinned,

@@ -101,6 +101,7 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
             media_type: l.media_type().to_string(),
             digest: l.digest().to_string(),
             size: oci::size_of(l),
+            created: None,
         });
     }
     Ok(BaseImage {

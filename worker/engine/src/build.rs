@@ -7,6 +7,7 @@ use crate::export::{export_image, image_config, Exported};
 use crate::ops::StepRunner;
 use crate::progress::{Progress, ProgressEvent};
 use crate::refs::Ref;
+use crate::remotecache::BuildCache;
 use crate::resolve::ResolveMode;
 use crate::services::Services;
 use kiln_shim::network::Cni;
@@ -46,6 +47,12 @@ pub struct BuildRequest {
     /// Image names to point at the result (normalized); may be empty.
     pub names: Vec<String>,
     pub compression: Compression,
+    /// Caches read before the solve (`--cache-from`); a key the local
+    /// cache misses but one of these holds is a hit.
+    pub cache_imports: Vec<crate::remotecache::CacheImport>,
+    /// Caches written after the solve (`--cache-to`), by
+    /// [`Solved::export_image`] (inline) and [`Solved::export_cache`].
+    pub cache_exports: Vec<crate::remotecache::CacheExport>,
     /// Registry credentials of whoever asked for the build (the client's
     /// session through kilnd, `~/.docker/config.json` in embedded mode);
     /// [`kiln_registry::Anonymous`] by default.
@@ -273,6 +280,12 @@ impl Engine {
                 r = Err(e);
             }
         }
+        // Then the cache, as BuildKit does after its exporters.
+        if r.is_ok() {
+            if let Err(e) = solved.export_cache(&progress).await {
+                r = Err(e);
+            }
+        }
         solved.release(r.is_err()).await;
         let Exported {
             manifest,
@@ -305,11 +318,14 @@ impl Engine {
             )
             .await?;
             match self.solve_leased(req, &lease, progress, cancel).await {
-                Ok(layers) => Ok(Solved {
+                Ok((layers, cache)) => Ok(Solved {
                     engine: self.clone(),
                     lease: lease.clone(),
                     keepalive,
                     layers,
+                    cache,
+                    cache_exports: req.cache_exports.clone(),
+                    registry: self.registry_client(req.credentials.clone()),
                 }),
                 Err(e) => {
                     if let Err(d) = self.svc.leases.delete(&lease, true).await {
@@ -330,7 +346,10 @@ impl Engine {
         lease: &LeaseId,
         progress: Progress,
         cancel: CancellationToken,
-    ) -> Result<Vec<crate::refs::Layer>> {
+    ) -> Result<(Vec<crate::refs::Layer>, Arc<BuildCache>)> {
+        let registry = self.registry_client(req.credentials.clone());
+        let imports = read_cache_imports(&req.cache_imports, &registry, &progress).await;
+        let cache = Arc::new(BuildCache::new(&req.graph, req.result, imports));
         let mount_dir = self
             .state_dir
             .join("mounts")
@@ -348,7 +367,8 @@ impl Engine {
             locals: req.locals.clone(),
             progress: progress.clone(),
             hashes: self.hashes.clone(),
-            registry: self.registry_client(req.credentials.clone()),
+            remote: cache.clone(),
+            registry: registry.clone(),
             resolve_mode: req.resolve_mode,
             pinned: req.pinned.clone(),
         });
@@ -364,14 +384,45 @@ impl Engine {
             Err(e) => return Err(solve_error(e)),
         };
         match outputs.into_iter().next() {
-            Some(Ref::Chain(l)) => Ok(l),
+            Some(Ref::Chain(l)) => Ok((l, cache)),
             Some(Ref::Local { .. }) => Err(WorkerError::BadInput {
                 location: String::new(),
                 reason: "the build result is a local directory, not a filesystem".into(),
             }),
-            None => Ok(Vec::new()),
+            None => Ok((Vec::new(), cache)),
         }
     }
+}
+
+/// Reads the build's cache imports; one that cannot be read is a warning
+/// in the progress (as in BuildKit), not a failed build.
+async fn read_cache_imports(
+    imports: &[crate::remotecache::CacheImport],
+    registry: &kiln_registry::Client,
+    progress: &Progress,
+) -> Vec<crate::remotecache::import::Imported> {
+    let mut out = Vec::new();
+    for (what, r) in crate::remotecache::import::read_all(imports, registry).await {
+        match r {
+            Ok(i) => {
+                progress
+                    .send(ProgressEvent::Info {
+                        message: format!("importing cache from {what}: {} keys", i.chains.len()),
+                    })
+                    .await;
+                out.push(i);
+            }
+            Err(e) => {
+                tracing::warn!(cache = %what, error = %e, "cache import skipped");
+                progress
+                    .send(ProgressEvent::Info {
+                        message: format!("WARNING: cache import from {what} skipped: {e}"),
+                    })
+                    .await;
+            }
+        }
+    }
+    out
 }
 
 /// Base image configs as the frontend asks for them: one build's resolve
@@ -456,6 +507,11 @@ pub struct Solved {
     keepalive: crate::lease::Keepalive,
     /// The result's layer chain (empty = scratch).
     pub layers: Vec<crate::refs::Layer>,
+    /// The build's answered vertices, for cache export.
+    cache: Arc<BuildCache>,
+    cache_exports: Vec<crate::remotecache::CacheExport>,
+    /// The build's registry client (its credentials), for cache exports.
+    registry: kiln_registry::Client,
 }
 
 impl std::fmt::Debug for Solved {
@@ -516,7 +572,15 @@ impl Solved {
         names: &[String],
         compression: Compression,
     ) -> Result<Exported> {
-        let json = image_config(&self.layers, config);
+        let mut json = image_config(&self.layers, config);
+        if self
+            .cache_exports
+            .iter()
+            .any(|e| e.target == crate::remotecache::ExportTarget::Inline)
+        {
+            json.inline_cache =
+                crate::remotecache::export::inline(&self.cache.records(), &self.layers);
+        }
         export_image(
             &self.engine.svc,
             &self.layers,
@@ -527,6 +591,50 @@ impl Solved {
             &self.lease,
         )
         .await
+    }
+
+    /// Writes the build's cache to every `--cache-to` target but inline
+    /// (which [`Solved::export_image`] writes into the image config). An
+    /// export with `ignore-error=true` that fails is a warning.
+    pub async fn export_cache(&self, progress: &Progress) -> Result<()> {
+        use crate::remotecache::{export, registry, ExportTarget};
+        let records = self.cache.records();
+        for e in &self.cache_exports {
+            if e.target == ExportTarget::Inline {
+                continue;
+            }
+            progress
+                .send(ProgressEvent::Info {
+                    message: format!("exporting cache to {}", e.describe()),
+                })
+                .await;
+            let plan = export::plan(&records, &self.layers, e.mode);
+            let svc = &self.engine.svc;
+            let r = match &e.target {
+                ExportTarget::Local { dest, tag } => {
+                    export::write_local(svc, &plan, e.style, dest, tag).await
+                }
+                ExportTarget::Registry { reference } => {
+                    registry::push(svc, &self.registry, reference, &plan, e.style).await
+                }
+                ExportTarget::Inline => continue,
+            };
+            match r {
+                Ok(_) => {}
+                Err(err) if e.ignore_error => {
+                    progress
+                        .send(ProgressEvent::Info {
+                            message: format!(
+                                "WARNING: cache export to {} failed (ignore-error=true): {err}",
+                                e.describe()
+                            ),
+                        })
+                        .await;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Pushes an exported image to every name of `names` with `creds`

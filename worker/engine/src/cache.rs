@@ -39,6 +39,10 @@ struct RecordLayer {
     media_type: String,
     digest: String,
     size: i64,
+    /// When the layer was made (RFC 3339); records written before kiln
+    /// kept it have none and take the record's own creation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<String>,
 }
 
 /// The record blob.
@@ -88,6 +92,14 @@ pub async fn load(
         forget(svc, &id, "record blob does not parse").await;
         return Ok(None);
     };
+    // A version 1 record knows no layer times: its own creation stands
+    // in. From version 2 a missing time means a base-image layer.
+    let recorded = if lease.created_secs > 0 {
+        UNIX_EPOCH + std::time::Duration::from_secs(lease.created_secs)
+    } else {
+        SystemTime::now()
+    };
+    let fallback = kiln_snapshot::time::rfc3339(recorded, true);
     let mut outputs = Vec::with_capacity(parsed.outputs.len());
     for chain in &parsed.outputs {
         let mut layers = Vec::with_capacity(chain.len());
@@ -101,6 +113,10 @@ pub async fn load(
                 media_type: l.media_type.clone(),
                 digest: l.digest.clone(),
                 size: l.size,
+                created: match (&l.created, parsed.version) {
+                    (None, 1) => Some(fallback.clone()),
+                    (c, _) => c.clone(),
+                },
             });
         }
         outputs.push(layers);
@@ -162,7 +178,7 @@ pub async fn save(
     description: &str,
 ) -> Result<()> {
     let blob = RecordBlob {
-        version: 1,
+        version: 2,
         key: key.to_string(),
         outputs: outputs
             .iter()
@@ -174,6 +190,7 @@ pub async fn save(
                         media_type: l.media_type.clone(),
                         digest: l.digest.clone(),
                         size: l.size,
+                        created: l.created.clone(),
                     })
                     .collect()
             })

@@ -101,6 +101,9 @@ pub enum WorkerError {
     /// build) that waited for its one run; it is that error in every way.
     #[error(transparent)]
     Shared(std::sync::Arc<WorkerError>),
+    /// Cache export or import failed.
+    #[error(transparent)]
+    RemoteCache(#[from] crate::remotecache::CacheError),
     /// The task solving a step panicked: a bug in kiln.
     #[error("{step}: internal error: the step panicked: {message}")]
     Panicked { step: String, message: String },
@@ -127,6 +130,7 @@ impl WorkerError {
             WorkerError::Io { .. } | WorkerError::Panicked { .. } => ErrorKind::Internal,
             WorkerError::Cancelled => ErrorKind::Cancelled,
             WorkerError::Shared(e) => e.kind(),
+            WorkerError::RemoteCache(e) => e.kind(),
         }
     }
 }

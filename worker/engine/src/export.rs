@@ -24,41 +24,40 @@ pub struct Exported {
 }
 
 /// Builds the OCI config for a chain and the frontend's image config.
+///
+/// Times follow BuildKit's exporter, so a rebuild from cache (local or
+/// imported) gives the same config: a layer's history entry without a
+/// time takes the layer's own (`Layer::created`, kept by its cache
+/// record); an entry still without one takes the first new layer's time
+/// before it, or the time of the entry before it after that; the image's
+/// `created` is the last entry's. Base-image entries keep their times.
 pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageConfigJson {
     let platform = oci::host_platform();
-    let created = oci::now_rfc3339();
-    let entry = |created: String, h: Option<&kiln_solver::HistoryEntry>| {
+    let entry = |h: Option<&kiln_solver::HistoryEntry>| {
         let mut e = History::default();
-        e.set_created(Some(created));
         if let Some(h) = h {
+            e.set_created(h.created.clone());
             e.set_created_by((!h.created_by.is_empty()).then(|| h.created_by.clone()));
             e.set_comment((!h.comment.is_empty()).then(|| h.comment.clone()));
             e.set_empty_layer(h.empty_layer.then_some(true));
         }
         e
     };
-    let mut history: Vec<History> = cfg
-        .history
-        .iter()
-        .map(|h| {
-            entry(
-                h.created.clone().unwrap_or_else(|| created.clone()),
-                Some(h),
-            )
-        })
-        .collect();
+    let mut history: Vec<History> = cfg.history.iter().map(|h| entry(Some(h))).collect();
     // Every layer needs a non-empty history entry; back-fill the bottom
-    // when the base image shipped fewer (as BuildKit's exporter does).
+    // when the base image shipped fewer.
     let with_layer = history
         .iter()
         .filter(|h| h.empty_layer() != Some(true))
         .count();
     if with_layer < layers.len() {
         let missing = layers.len() - with_layer;
-        let mut filled: Vec<History> = (0..missing).map(|_| entry(created.clone(), None)).collect();
+        let mut filled: Vec<History> = (0..missing).map(|_| entry(None)).collect();
         filled.extend(history);
         history = filled;
     }
+    date_history(&mut history, layers);
+    let created = history.iter().rev().find_map(|h| h.created().clone());
     let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
     let mut run = Config::default();
     run.set_user(nonempty(&cfg.user));
@@ -78,7 +77,7 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
     let mut rootfs = RootFs::default();
     rootfs.set_diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect());
     let mut image = ImageConfiguration::default();
-    image.set_created(Some(created));
+    image.set_created(created);
     image.set_architecture(platform.architecture().clone());
     image.set_os(platform.os().clone());
     image.set_rootfs(rootfs);
@@ -90,6 +89,47 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
             shell: cfg.shell.clone(),
             args_escaped: false,
         },
+        inline_cache: None,
+    }
+}
+
+/// Fills in history times as described at [`image_config`].
+fn date_history(history: &mut [History], layers: &[Layer]) {
+    let mut layer = 0;
+    for h in history.iter_mut() {
+        if h.empty_layer() == Some(true) {
+            continue;
+        }
+        if h.created().is_none() {
+            h.set_created(layers.get(layer).and_then(|l| l.created.clone()));
+        }
+        layer += 1;
+    }
+    // The first time after an entry without one (the first new layer), or
+    // the last time when every later entry has none.
+    let mut fill = None;
+    let mut seen_gap = false;
+    for h in history.iter() {
+        match h.created() {
+            Some(t) => {
+                fill = Some(t.clone());
+                if seen_gap {
+                    break;
+                }
+            }
+            None => seen_gap = true,
+        }
+    }
+    let mut seen_gap = false;
+    for h in history.iter_mut() {
+        match h.created() {
+            Some(t) if seen_gap => fill = Some(t.clone()),
+            Some(_) => {}
+            None => {
+                seen_gap = true;
+                h.set_created(fill.clone());
+            }
+        }
     }
 }
 
@@ -141,6 +181,7 @@ async fn with_compression(
                     media_type: to.media_type().to_string(),
                     digest: digest.to_string(),
                     size: size as i64,
+                    created: l.created.clone(),
                 });
             }
             // A layer type kiln does not know (e.g. foreign): keep it.

@@ -47,6 +47,7 @@ pub async fn import_rootfs(
             media_type: desc.media_type.to_string(),
             digest: desc.digest.to_string(),
             size: desc.size as i64,
+            created: Some(crate::oci::now_rfc3339()),
         }];
         let mut cfg = config.clone();
         cfg.history = vec![kiln_solver::HistoryEntry {

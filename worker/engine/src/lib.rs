@@ -27,6 +27,7 @@ pub mod prune;
 pub mod pull;
 pub mod push;
 pub mod refs;
+pub mod remotecache;
 pub mod resolve;
 pub mod services;
 pub mod steplog;

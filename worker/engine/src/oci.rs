@@ -28,6 +28,14 @@ pub struct ImageConfigJson {
     /// written (as `{}` when empty), as before.
     #[serde(default, deserialize_with = "null_as_default")]
     pub config: RunConfig,
+    /// BuildKit's inline cache (`moby.buildkit.cache.v0`, base64 JSON of
+    /// cache records), written only when an inline cache is exported.
+    #[serde(
+        rename = "moby.buildkit.cache.v0",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inline_cache: Option<String>,
 }
 
 /// The runtime part of an image config (`config`): OCI's fields plus the
@@ -155,6 +163,7 @@ mod tests {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             digest: KilnDigest::of(b"blob").to_string(),
             size: 4,
+            created: Some("2024-05-01T10:00:00Z".into()),
         };
         let cfg = kiln_solver::ImageConfig {
             env: vec!["PATH=/bin".into()],
@@ -227,16 +236,14 @@ mod tests {
 
     /// An empty run config is still written as `"config": {}`, and a
     /// `null` or missing one reads as empty; Docker-only fields of a base
-    /// image survive a read and write.
+    /// image survive a read and write. Nothing dates an image without
+    /// layers or history, so it has no `created` (never "now").
     #[test]
     fn config_json_round_trips_docker_fields() {
         let empty = crate::export::image_config(&[], &kiln_solver::ImageConfig::default());
         let v: Value = serde_json::from_slice(&to_json(&empty).expect("json")).expect("parse");
         assert_eq!(v["config"], json!({}));
-        assert_eq!(
-            keys(&v),
-            ["architecture", "config", "created", "os", "rootfs"]
-        );
+        assert_eq!(keys(&v), ["architecture", "config", "os", "rootfs"]);
         for base in [
             json!({"architecture": "amd64", "os": "linux", "config": null, "rootfs": {"type": "layers", "diff_ids": []}}),
             json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}),

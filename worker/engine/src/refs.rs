@@ -11,6 +11,10 @@ pub struct Layer {
     pub media_type: String,
     pub digest: String,
     pub size: i64,
+    /// When the step that made this layer finished (RFC 3339), kept with
+    /// the cache record so a cached rebuild dates its history the same
+    /// way; `None` for base-image layers (their history has the times).
+    pub created: Option<String>,
 }
 
 /// A vertex output.

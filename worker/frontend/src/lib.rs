@@ -183,6 +183,11 @@ impl FrontendOptions {
                     }
                     "platform" => check_platform(value)?,
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
+                    // buildctl repeats the Solve request's cache imports
+                    // here (JSON); kilnd reads and checks them with the
+                    // request's (`cache` in kilnd's solve), so the frontend
+                    // has nothing to do with them.
+                    "cache-imports" => {}
                     _ => {
                         return Err(FrontendError::UnsupportedAttribute {
                             key: key.to_string(),

@@ -59,6 +59,11 @@ pub trait OpRunner: Send + Sync + 'static {
     /// Told when `vertex` was answered without running: from the cache, or
     /// by an equal vertex that ran at the same time.
     fn cached(&self, id: VertexId, vertex: &Vertex) -> impl Future<Output = ()> + Send;
+
+    /// Told the key and outputs of every vertex of this solve that
+    /// succeeded, however it was answered (run, cache, or an equal vertex
+    /// in flight): what a cache exporter needs to describe the build.
+    fn solved(&self, _id: VertexId, _key: &Digest, _outputs: &[Self::Ref]) {}
 }
 
 /// The shared state of every solve of one process: dedup of equal work.
@@ -109,12 +114,33 @@ async fn solve_vertex<R: OpRunner>(
         digests.push(runner.input_digest(&vertex, i, input).await?);
     }
     let key = cache_key(&Graph::op_digest(&vertex.op), &digests);
+    let result = answer_vertex(&runner, &flight, &sem, id, &vertex, inputs, &key, cancel).await;
+    if let Ok(outs) = &result {
+        runner.solved(id, &key, outs);
+    }
+    result
+}
+
+/// Answers one vertex under `key`: from an equal vertex in flight, from the
+/// cache, or by running it (then saving the result).
+#[allow(clippy::too_many_arguments)] // the parts of one vertex solve, passed once
+async fn answer_vertex<R: OpRunner>(
+    runner: &Arc<R>,
+    flight: &Arc<FlightControl<R::Ref, R::Error>>,
+    sem: &Arc<Semaphore>,
+    id: VertexId,
+    vertex: &Vertex,
+    inputs: Vec<R::Ref>,
+    key: &Digest,
+    cancel: CancellationToken,
+) -> VertexResult<R> {
+    let key = key.clone();
     loop {
         let leader = match flight.join(&key) {
             Flight::Leader(leader) => leader,
             Flight::Follower(f) => match f.wait().await {
                 Ok(outs) => {
-                    runner.cached(id, &vertex).await;
+                    runner.cached(id, vertex).await;
                     return Ok(outs);
                 }
                 Err(FlightError::Failed(e)) => return Err(e),
@@ -126,16 +152,16 @@ async fn solve_vertex<R: OpRunner>(
         };
         let result: std::result::Result<Vec<R::Ref>, R::Error> = async {
             if !vertex.ignore_cache {
-                if let Some(outs) = runner.load(&key, &vertex).await? {
-                    runner.cached(id, &vertex).await;
+                if let Some(outs) = runner.load(&key, vertex).await? {
+                    runner.cached(id, vertex).await;
                     return Ok(outs);
                 }
             }
             let outs = {
-                let _permit = sem.acquire_owned().await;
+                let _permit = sem.clone().acquire_owned().await;
                 runner.run(id, vertex.clone(), inputs, cancel).await?
             };
-            runner.save(&key, &vertex, &outs).await?;
+            runner.save(&key, vertex, &outs).await?;
             Ok(outs)
         }
         .await;
@@ -289,6 +315,8 @@ mod tests {
         cached: Mutex<Vec<String>>,
         store: Mutex<HashMap<Digest, Vec<String>>>,
         meet: Option<tokio::sync::Barrier>,
+        /// Every `solved` call: vertex, key, outputs.
+        solved: Mutex<Vec<(VertexId, Digest, Vec<String>)>>,
     }
 
     fn ident(v: &Vertex) -> String {
@@ -367,6 +395,13 @@ mod tests {
                 .lock()
                 .expect("not poisoned")
                 .push(vertex.name.clone());
+        }
+
+        fn solved(&self, id: VertexId, key: &Digest, outputs: &[String]) {
+            self.solved
+                .lock()
+                .expect("not poisoned")
+                .push((id, key.clone(), outputs.to_vec()));
         }
     }
 
@@ -533,6 +568,27 @@ mod tests {
             "a cache hit executes nothing"
         );
         assert_eq!(*f.cached.lock().expect("not poisoned"), vec!["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn every_answered_vertex_is_reported_with_its_key_and_outputs() {
+        let (g, target) = chain("b");
+        let f = Arc::new(Fake::default());
+        let solver = Solver::new(4);
+        run(&solver, &g, target, &f).await.expect("first solve");
+        let first = std::mem::take(&mut *f.solved.lock().expect("not poisoned"));
+        assert_eq!(first.len(), 3, "{first:?}");
+        // A cached solve reports the same keys and outputs.
+        run(&solver, &g, target, &f).await.expect("second solve");
+        let mut second = f.solved.lock().expect("not poisoned").clone();
+        let mut first = first;
+        first.sort_by_key(|(id, _, _)| id.0);
+        second.sort_by_key(|(id, _, _)| id.0);
+        assert_eq!(first, second);
+        assert_eq!(f.runs().len(), 3, "the second solve ran nothing");
+        assert_eq!(second[2].2, vec!["c(a(),b(a()))".to_string()]);
+        // Keys differ per vertex.
+        assert_ne!(second[0].1, second[1].1);
     }
 
     #[tokio::test]

@@ -163,6 +163,7 @@ impl StepRunner {
             media_type: desc.media_type.to_string(),
             digest: desc.digest.to_string(),
             size: desc.size as i64,
+            created: Some(crate::oci::now_rfc3339()),
         });
         let chain = Digest::chain_ids(&refs::diff_ids(&layers));
         let name = chain.last().map(|d| d.to_string()).unwrap_or_default();

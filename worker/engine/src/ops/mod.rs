@@ -36,6 +36,9 @@ pub struct StepRunner {
     pub progress: Progress,
     /// Content digests of local sources, kept between builds.
     pub hashes: Arc<crate::contenthash::HashCache>,
+    /// Imported caches asked on a miss, and the answered vertices for
+    /// cache export.
+    pub remote: Arc<crate::remotecache::BuildCache>,
     /// The build's registry client (its credentials).
     pub registry: kiln_registry::Client,
     /// The build's resolve mode for base images.
@@ -121,9 +124,22 @@ impl OpRunner for StepRunner {
         if matches!(vertex.op, Op::Source(_)) {
             return Ok(None);
         }
-        Ok(crate::cache::load(&self.svc, key, &self.lease)
-            .await?
-            .map(|outs| outs.into_iter().map(Ref::Chain).collect()))
+        if let Some(outs) = crate::cache::load(&self.svc, key, &self.lease).await? {
+            return Ok(Some(outs.into_iter().map(Ref::Chain).collect()));
+        }
+        Ok(crate::remotecache::import::load(
+            &self.svc,
+            &self.remote,
+            key,
+            &self.lease,
+            &vertex.name,
+        )
+        .await?
+        .map(|chain| vec![Ref::Chain(chain)]))
+    }
+
+    fn solved(&self, id: VertexId, key: &Digest, outputs: &[Ref]) {
+        self.remote.note(id, key, outputs);
     }
 
     async fn save(&self, key: &Digest, vertex: &Vertex, outputs: &[Ref]) -> Result<()> {

@@ -4,6 +4,8 @@
 //! mount syscall (the fake snapshotter's mounts are single binds, used in
 //! place).
 
+mod remotecache;
+
 use crate::cache;
 use crate::error::WorkerError;
 use crate::oci::{self, ImageConfigJson, ImageManifest as Manifest};
@@ -171,6 +173,8 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         locals: HashMap::new(),
         names: names.iter().map(|n| n.to_string()).collect(),
         compression: Compression::Gzip,
+        cache_imports: Vec::new(),
+        cache_exports: Vec::new(),
         credentials: crate::build::anonymous(),
         resolve_mode: crate::resolve::ResolveMode::Default,
         pinned: Default::default(),
@@ -885,4 +889,130 @@ async fn sweep_deletes_a_build_lease_whose_keepalive_lapsed_wherever_it_ran() {
             "kiln/keepalive/kept/3".to_string()
         ]
     );
+}
+
+/// The exported config of a build's manifest.
+async fn config_of(fx: &Fixture, manifest_digest: &str) -> ImageConfigJson {
+    let m: Manifest = serde_json::from_slice(
+        &fx.svc
+            .content
+            .read(manifest_digest)
+            .await
+            .expect("manifest"),
+    )
+    .expect("manifest JSON");
+    serde_json::from_slice(
+        &fx.svc
+            .content
+            .read(m.config().digest().as_ref())
+            .await
+            .expect("config"),
+    )
+    .expect("config JSON")
+}
+
+fn dated_request(args: &[&str]) -> BuildRequest {
+    let mut req = request(args, &["docker.io/library/dated:1"]);
+    req.config.history = vec![kiln_solver::HistoryEntry {
+        created: None,
+        created_by: format!("RUN {}", args.join(" ")),
+        comment: String::new(),
+        empty_layer: false,
+    }];
+    req
+}
+
+/// The image's times come from the layers' cache records, so a rebuild
+/// that hits the cache gives the same image digest; a changed step gets
+/// its own time and so another digest.
+#[tokio::test]
+async fn a_cached_rebuild_gives_the_same_image_digest() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    let engine = fx.engine("a", &exec);
+    let first = build(&engine, dated_request(&["true"]))
+        .await
+        .expect("first build");
+    let second = build(&engine, dated_request(&["true"]))
+        .await
+        .expect("second build");
+    assert_eq!(exec.steps().len(), 1, "the second build is a cache hit");
+    assert_eq!(first.manifest_digest, second.manifest_digest);
+    // The image is dated by its one layer's history entry.
+    let cfg = config_of(&fx, &first.manifest_digest).await;
+    let history = cfg.image.history().clone().expect("history");
+    assert_eq!(history.len(), 1);
+    assert!(history[0].created().is_some());
+    assert_eq!(cfg.image.created(), history[0].created());
+
+    let changed = build(&engine, dated_request(&["false"]))
+        .await
+        .expect("a changed step");
+    assert_eq!(exec.steps().len(), 2, "the changed step runs");
+    assert_ne!(changed.manifest_digest, first.manifest_digest);
+    let cfg2 = config_of(&fx, &changed.manifest_digest).await;
+    assert_ne!(
+        cfg2.image.created(),
+        cfg.image.created(),
+        "a step that ran again has its own time"
+    );
+}
+
+/// BuildKit's history times: base entries keep theirs, a layer's entry
+/// takes its layer's time, an empty entry before the first new layer
+/// takes that layer's time and one after takes the entry before it; the
+/// image is as old as its last entry.
+#[test]
+fn history_times_follow_the_layers() {
+    let layer = |n: &str, created: Option<&str>| crate::refs::Layer {
+        diff_id: kiln_solver::Digest::of(n.as_bytes()),
+        media_type: Compression::Gzip.media_type().to_string(),
+        digest: kiln_solver::Digest::of(format!("blob {n}").as_bytes()).to_string(),
+        size: 1,
+        created: created.map(String::from),
+    };
+    let entry = |by: &str, created: Option<&str>, empty: bool| kiln_solver::HistoryEntry {
+        created: created.map(String::from),
+        created_by: by.into(),
+        comment: String::new(),
+        empty_layer: empty,
+    };
+    let cfg = ImageConfig {
+        history: vec![
+            entry("base", Some("2020-01-01T00:00:00Z"), false),
+            entry("ENV", None, true),
+            entry("RUN a", None, false),
+            entry("LABEL", None, true),
+            entry("RUN b", None, false),
+            entry("CMD", None, true),
+        ],
+        ..Default::default()
+    };
+    let layers = [
+        // A base layer's own time is never used: its entry has one.
+        layer("base", Some("2019-01-01T00:00:00Z")),
+        layer("a", Some("2024-05-01T10:00:01Z")),
+        layer("b", Some("2024-05-01T10:00:02Z")),
+    ];
+    let json = crate::export::image_config(&layers, &cfg);
+    let times: Vec<Option<String>> = json
+        .image
+        .history()
+        .iter()
+        .flatten()
+        .map(|h| h.created().clone())
+        .collect();
+    let t = |s: &str| Some(s.to_string());
+    assert_eq!(
+        times,
+        [
+            t("2020-01-01T00:00:00Z"),
+            t("2024-05-01T10:00:01Z"),
+            t("2024-05-01T10:00:01Z"),
+            t("2024-05-01T10:00:01Z"),
+            t("2024-05-01T10:00:02Z"),
+            t("2024-05-01T10:00:02Z"),
+        ]
+    );
+    assert_eq!(json.image.created(), &t("2024-05-01T10:00:02Z"));
 }

@@ -1,0 +1,406 @@
+//! Issue 9's cache acceptance: a build on containerd A exports its cache
+//! (`--cache-to`), a build of the same context on a fresh containerd B
+//! imports it (`--cache-from`) and runs no step whose result is in it.
+
+use kiln_integration::registry::Registry;
+use kiln_integration::{step_printed, Harness, KilnOutput, Kilnd};
+use std::path::Path;
+
+/// `kiln build` that must succeed.
+fn build(h: &Harness, ns: &str, args: &[&str]) -> KilnOutput {
+    h.build(ns, args).ok()
+}
+
+/// The manifest digest of image `name` and its layer digests: a build
+/// from an imported cache gives the same image, not only the same layers.
+fn image(h: &Harness, ns: &str, name: &str) -> (String, Vec<String>) {
+    let layers = h.manifest(ns, name)["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect();
+    (h.image_digest(ns, name), layers)
+}
+
+fn cached(stderr: &str) -> usize {
+    stderr.lines().filter(|l| l.ends_with(" CACHED")).count()
+}
+
+const DF: &str = "FROM busybox\nCOPY a /a\nRUN echo RUN1-RAN && cat /a > /r1\nRUN echo RUN2-RAN && echo two > /r2\n";
+
+/// A fresh containerd (its own, even when the tests share one) with
+/// busybox imported.
+async fn fresh(ns: &str) -> Harness {
+    Harness::with_busybox_private(ns).await
+}
+
+/// A second fresh containerd holding the same busybox image as `a` (the
+/// test image is made per harness, with its own mtimes, while a base image
+/// from a registry is the same everywhere): exported from `a` and imported
+/// with containerd's own tools.
+async fn fresh_like(a: &Harness, ns: &str) -> Harness {
+    let b = Harness::start_private()
+        .await
+        .expect("private containerd starts");
+    let tar = a.state_dir().join(format!("busybox-{ns}.tar"));
+    let t = tar.to_str().expect("utf8");
+    a.ctr(
+        ns,
+        &["images", "export", t, "docker.io/library/busybox:latest"],
+    )
+    .expect("ctr export busybox");
+    b.ctr(ns, &["images", "import", t])
+        .expect("ctr import busybox");
+    b
+}
+
+#[tokio::test]
+async fn a_local_cache_makes_every_step_cached_on_a_fresh_containerd() {
+    let ns = "rcache-local";
+    let a = fresh(ns).await;
+    let ctx = a.context("local", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx.to_str().expect("utf8");
+    let dir = a.state_dir().join("cache-local");
+    let to = format!("type=local,dest={}", dir.display());
+    let first = build(&a, ns, &["--cache-to", &to, "-t", "out:1", c]);
+    assert!(step_printed(&first.stderr, "RUN1-RAN") && step_printed(&first.stderr, "RUN2-RAN"));
+    assert!(dir.join("index.json").is_file() && dir.join("oci-layout").is_file());
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+            .expect("json");
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "latest"
+    );
+
+    let b = fresh_like(&a, ns).await;
+    // The same files at another path: keys follow content, not paths.
+    let ctx_b = b.context("local-b", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx_b.to_str().expect("utf8");
+    let from = format!("type=local,src={}", dir.display());
+    let second = build(&b, ns, &["--cache-from", &from, "-t", "out:1", c]);
+    assert!(
+        !step_printed(&second.stderr, "RUN1-RAN") && !step_printed(&second.stderr, "RUN2-RAN"),
+        "a step ran on B:\n{}",
+        second.stderr
+    );
+    assert_eq!(
+        cached(&second.stderr),
+        3,
+        "COPY and both RUNs:\n{}",
+        second.stderr
+    );
+    assert_eq!(
+        image(&a, ns, "docker.io/library/out:1"),
+        image(&b, ns, "docker.io/library/out:1"),
+        "the same image"
+    );
+    let out = b.run_image(
+        ns,
+        "docker.io/library/out:1",
+        "rc-local",
+        &["cat", "/r1", "/r2"],
+    );
+    assert_eq!(out, "a1\ntwo\n");
+
+    // The hits were saved as B's own records: without --cache-from too.
+    let again = build(&b, ns, &["-t", "out:3", c]);
+    assert_eq!(cached(&again.stderr), 3, "{}", again.stderr);
+    assert_eq!(b.leftovers(ns).expect("ctr"), Vec::<String>::new());
+
+    // A changed file misses from the COPY on, and only there.
+    std::fs::write(ctx_b.join("a"), "a2\n").expect("write");
+    let third = build(&b, ns, &["--cache-from", &from, "-t", "out:2", c]);
+    assert!(step_printed(&third.stderr, "RUN1-RAN"), "{}", third.stderr);
+}
+
+const MULTI: &str = "FROM busybox AS builder\nRUN echo BUILDER-RAN && echo built > /x && echo not-copied > /other\nFROM busybox\nCOPY --from=builder /x /x\nRUN echo FINAL-RAN && cat /x > /y\n";
+
+type Image = (String, Vec<String>);
+
+async fn multi_stage(ns: &str, mode: &str) -> (String, Image, Image) {
+    let a = fresh(ns).await;
+    let ctx = a.context("multi", &[("Dockerfile", MULTI)]);
+    let c = ctx.to_str().expect("utf8");
+    let dir = a.state_dir().join("cache-multi");
+    let to = format!("type=local,dest={},mode={mode}", dir.display());
+    let first = build(&a, ns, &["--cache-to", &to, "-t", "multi:1", c]);
+    assert!(step_printed(&first.stderr, "BUILDER-RAN"));
+    let b = fresh_like(&a, ns).await;
+    let from = format!("type=local,src={}", dir.display());
+    let second = build(&b, ns, &["--cache-from", &from, "-t", "multi:1", c]);
+    (
+        second.stderr,
+        image(&a, ns, "docker.io/library/multi:1"),
+        image(&b, ns, "docker.io/library/multi:1"),
+    )
+}
+
+#[tokio::test]
+async fn mode_max_caches_every_stage_of_a_multi_stage_build() {
+    let (stderr, la, lb) = multi_stage("rcache-max", "max").await;
+    assert!(
+        !step_printed(&stderr, "BUILDER-RAN") && !step_printed(&stderr, "FINAL-RAN"),
+        "{stderr}"
+    );
+    // Every step; the final stage's FROM is the builder's, shown cached.
+    assert_eq!(cached(&stderr), 4, "{stderr}");
+    assert_eq!(la, lb, "the same image");
+}
+
+#[tokio::test]
+async fn mode_min_leaves_the_builder_stage_out() {
+    let (stderr, _, _) = multi_stage("rcache-min", "min").await;
+    // Only the final image's records were exported (its FROM, COPY and
+    // RUN), so the builder stage runs again.
+    assert!(
+        stderr.contains("importing cache from local cache"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(": 3 keys"), "{stderr}");
+    assert!(step_printed(&stderr, "BUILDER-RAN"), "{stderr}");
+    // FIXME: kiln keys a COPY --from by the source stage's chainID, and a
+    // re-run RUN writes new mtimes, so the final stage misses too. Keying
+    // it by the content the copy selects (as for the build context) would
+    // let it hit, as it does in BuildKit.
+    assert!(step_printed(&stderr, "FINAL-RAN"), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_inline_cache_travels_in_the_image() {
+    let ns = "rcache-inline";
+    let a = fresh(ns).await;
+    let ctx = a.context("inline", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx.to_str().expect("utf8");
+    build(&a, ns, &["--cache-to", "type=inline", "-t", "inl:1", c]);
+    let manifest = a.manifest(ns, "docker.io/library/inl:1");
+    let config_digest = manifest["config"]["digest"].as_str().expect("config");
+    let config: serde_json::Value = serde_json::from_str(
+        &a.ctr(ns, &["content", "get", config_digest])
+            .expect("config"),
+    )
+    .expect("json");
+    assert!(
+        config["moby.buildkit.cache.v0"].is_string(),
+        "the config carries the inline cache: {config}"
+    );
+    // The image as an OCI layout (containerd's own export), read on B as
+    // the image whose config holds the cache.
+    let tar = a.state_dir().join("inl.tar");
+    a.ctr(
+        ns,
+        &[
+            "images",
+            "export",
+            tar.to_str().expect("utf8"),
+            "docker.io/library/inl:1",
+        ],
+    )
+    .expect("ctr export");
+    let dir = a.state_dir().join("inl-layout");
+    untar(&tar, &dir);
+    let images = a.ctr(ns, &["images", "ls"]).expect("ls");
+    let digest = images
+        .lines()
+        .find(|l| l.starts_with("docker.io/library/inl:1"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .expect("digest")
+        .to_string();
+    let b = fresh_like(&a, ns).await;
+    let from = format!("type=local,src={},digest={digest}", dir.display());
+    // B writes its inline cache too: the config holds it either way.
+    let second = build(
+        &b,
+        ns,
+        &[
+            "--cache-from",
+            &from,
+            "--cache-to",
+            "type=inline",
+            "-t",
+            "inl:1",
+            c,
+        ],
+    );
+    assert!(
+        !step_printed(&second.stderr, "RUN1-RAN") && !step_printed(&second.stderr, "RUN2-RAN"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
+    assert_eq!(
+        image(&a, ns, "docker.io/library/inl:1"),
+        image(&b, ns, "docker.io/library/inl:1"),
+        "the same image, inline cache included"
+    );
+}
+
+fn untar(tar: &Path, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let st = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .expect("tar runs");
+    assert!(st.success());
+}
+
+#[tokio::test]
+async fn bad_cache_options_fail_before_the_build() {
+    let ns = "rcache-bad";
+    let h = fresh(ns).await;
+    let ctx = h.context("bad", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx.to_str().expect("utf8");
+    let out = h.build(ns, &["--cache-to", "type=gha", c]);
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("--cache-to: cache type \"gha\" is not supported by kiln"),
+        "{}",
+        out.stderr
+    );
+    assert!(!step_printed(&out.stderr, "RUN1-RAN"));
+    let out = h.build(
+        ns,
+        &["--cache-from", "type=local,src=/x,compression=zstd", c],
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("unsupported attribute compression"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_registry_cache_makes_every_step_cached_on_a_fresh_containerd() {
+    let ns = "rcache-reg";
+    let reg = Registry::start().await.expect("registry starts");
+    let cache_ref = reg.reference("kiln/cache:app");
+    let a = fresh(ns).await;
+    let ctx = a.context("reg", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx.to_str().expect("utf8");
+    let to = format!("type=registry,ref={cache_ref}");
+    let first = build(&a, ns, &["--cache-to", &to, "-t", "out:1", c]);
+    assert!(step_printed(&first.stderr, "RUN1-RAN"));
+    assert!(
+        reg.count_requests("/manifests/app") > 0,
+        "the cache manifest was pushed:\n{}",
+        reg.access_log()
+    );
+
+    let b = fresh_like(&a, ns).await;
+    // A bare reference is type=registry,ref=REF.
+    let second = build(&b, ns, &["--cache-from", &cache_ref, "-t", "out:1", c]);
+    assert!(
+        !step_printed(&second.stderr, "RUN1-RAN") && !step_printed(&second.stderr, "RUN2-RAN"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
+    assert_eq!(
+        image(&a, ns, "docker.io/library/out:1"),
+        image(&b, ns, "docker.io/library/out:1"),
+        "the same image"
+    );
+}
+
+/// `kiln --addr <kilnd> build --progress plain ARGS`.
+fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
+    let addr = k.addr();
+    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    h.kiln(ns, &all).expect("kiln runs")
+}
+
+#[tokio::test]
+async fn kilnd_exports_and_imports_a_registry_cache_with_mode_max() {
+    let ns = "rcache-kilnd";
+    let reg = Registry::start().await.expect("registry starts");
+    let cache_ref = reg.reference("kiln/cache:multi");
+    let a = fresh(ns).await;
+    let ka = a.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = a.context("kilnd", &[("Dockerfile", MULTI)]);
+    let c = ctx.to_str().expect("utf8");
+    let to = format!("type=registry,ref={cache_ref},mode=max");
+    let first = remote(&a, &ka, ns, &["--cache-to", &to, "-t", "multi:1", c]);
+    assert!(first.success, "{}", first.stderr);
+    assert!(
+        step_printed(&first.stderr, "BUILDER-RAN"),
+        "{}",
+        first.stderr
+    );
+
+    let b = fresh_like(&a, ns).await;
+    let kb = b.start_kilnd(ns).await.expect("kilnd starts");
+    let from = format!("type=registry,ref={cache_ref}");
+    let second = remote(&b, &kb, ns, &["--cache-from", &from, "-t", "multi:1", c]);
+    assert!(second.success, "{}", second.stderr);
+    assert!(
+        !step_printed(&second.stderr, "BUILDER-RAN") && !step_printed(&second.stderr, "FINAL-RAN"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        image(&a, ns, "docker.io/library/multi:1"),
+        image(&b, ns, "docker.io/library/multi:1"),
+        "the same image through kilnd"
+    );
+
+    // A directory of the client's machine is refused before the build.
+    let local = format!("type=local,dest={}", b.state_dir().join("c").display());
+    let refused = remote(&b, &kb, ns, &["--cache-to", &local, c]);
+    assert!(!refused.success);
+    assert!(
+        refused
+            .stderr
+            .contains("type=local is not supported through kilnd yet"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[tokio::test]
+async fn an_inline_cache_pushed_with_the_image_is_imported_from_the_registry() {
+    let ns = "rcache-inline-reg";
+    let reg = Registry::start().await.expect("registry starts");
+    let image_ref = reg.reference("kiln/app:inline");
+    let a = fresh(ns).await;
+    let ctx = a.context("inline-reg", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx.to_str().expect("utf8");
+    build(
+        &a,
+        ns,
+        &["--cache-to", "type=inline", "--push", "-t", &image_ref, c],
+    );
+
+    let b = fresh_like(&a, ns).await;
+    // The image's own reference: its config holds the inline cache.
+    let second = build(
+        &b,
+        ns,
+        &[
+            "--cache-from",
+            &image_ref,
+            "--cache-to",
+            "type=inline",
+            "-t",
+            "out:1",
+            c,
+        ],
+    );
+    assert!(
+        !step_printed(&second.stderr, "RUN1-RAN") && !step_printed(&second.stderr, "RUN2-RAN"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
+    assert_eq!(
+        image(&a, ns, &image_ref),
+        image(&b, ns, "docker.io/library/out:1"),
+        "B's image is the pushed one"
+    );
+}
