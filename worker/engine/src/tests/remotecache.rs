@@ -93,6 +93,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         credentials: crate::build::anonymous(),
         resolve_mode: crate::resolve::ResolveMode::Default,
         push: None,
+        pinned: Default::default(),
     }
 }
 
