@@ -522,7 +522,7 @@ async fn a_blob_pulled_from_the_same_registry_is_mounted_not_uploaded() {
         .expect("info")
         .labels;
     assert_eq!(
-        labels.get(&SOURCE_KEY.to_string()).map(String::as_str),
+        labels.get(SOURCE_KEY).map(String::as_str),
         Some("team/app")
     );
 }
