@@ -533,6 +533,24 @@ impl BlobStatus {
     }
 }
 
+/// One layer of something other than an image (a remote cache's layers),
+/// by the same rule as an image's blobs ([`push_blob`]), without progress.
+pub(crate) async fn push_layer(
+    svc: &Services,
+    target: &dyn PushTarget,
+    r: &Reference,
+    layer: &Descriptor,
+) -> Result<BlobOutcome> {
+    let status = BlobStatus {
+        progress: Progress::none(),
+        vertex: 0,
+        id: layer.digest().to_string(),
+        total: layer.size(),
+        started: SystemTime::now(),
+    };
+    push_blob(svc, target, r, layer, &[], &status).await
+}
+
 /// One blob: HEAD, else mount, else upload; then the source label records
 /// `r` so later pushes to the registry can mount from it.
 async fn push_blob(

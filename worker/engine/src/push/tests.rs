@@ -521,10 +521,7 @@ async fn a_blob_pulled_from_the_same_registry_is_mounted_not_uploaded() {
         .await
         .expect("info")
         .labels;
-    assert_eq!(
-        labels.get(SOURCE_KEY).map(String::as_str),
-        Some("team/app")
-    );
+    assert_eq!(labels.get(SOURCE_KEY).map(String::as_str), Some("team/app"));
 }
 
 #[tokio::test]

@@ -112,40 +112,25 @@ pub async fn fetch_layer(
         .map_err(|e| blob(crate::error::error_chain(&e)))
 }
 
-/// Uploads one layer from the content store unless the repository has it.
+/// Uploads one layer from the content store unless the repository has it
+/// (or can mount it), by the image push's rule.
 async fn push_layer(
     svc: &Services,
     client: &Client,
     r: &Reference,
     l: &Layer,
 ) -> Result<(), CacheError> {
-    if client.blob_exists(r, &l.digest).await?.is_some() {
-        return Ok(());
-    }
-    let mut rx = svc
-        .content
-        .read_stream(&l.digest)
+    let blob = |reason: String| CacheError::Blob {
+        location: r.to_string(),
+        digest: l.digest.clone(),
+        reason,
+    };
+    let desc = crate::oci::descriptor(&l.media_type, &l.digest, l.size)
+        .ok_or_else(|| blob(format!("bad descriptor ({} bytes)", l.size)))?;
+    crate::push::push_layer(svc, client, r, &desc)
         .await
-        .map_err(|e| CacheError::Blob {
-            location: "content store".into(),
-            digest: l.digest.clone(),
-            reason: crate::error::error_chain(&e),
-        })?;
-    let (tx, body) = tokio::sync::mpsc::channel(4);
-    let forward = tokio::spawn(async move {
-        while let Some(chunk) = rx.recv().await {
-            let item = chunk
-                .map(Bytes::from)
-                .map_err(|e| std::io::Error::other(crate::error::error_chain(&e)));
-            if tx.send(item).await.is_err() {
-                break;
-            }
-        }
-    });
-    let size = u64::try_from(l.size).unwrap_or(0);
-    let r = client.push_blob(r, &l.digest, size, body).await;
-    forward.abort();
-    Ok(r?)
+        .map(|_| ())
+        .map_err(|e| blob(crate::error::error_chain(&e)))
 }
 
 /// Uploads a small blob held in memory.
