@@ -750,3 +750,51 @@ async fn an_unknown_ca_names_the_config_key_and_the_key_fixes_it() {
     )
     .ok();
 }
+
+/// `image-resolve-mode=local` from a buildctl-style client is BuildKit's
+/// "prefer local": a missing base is pulled, a present one is used
+/// without a registry request.
+#[tokio::test]
+async fn resolve_mode_local_prefers_the_store_and_pulls_what_is_missing() {
+    let h = Harness::with_busybox("pull-src-local").await;
+    let reg = registry().await;
+    push_base(&h, "pull-src-local", &reg, "base:1");
+    let base = format!("{}/base:1", reg.host());
+    let ns = "pull-local";
+    let k = h.start_kilnd(ns).await.expect("kilnd");
+    let ctx = context(&h, "local-mode", &base);
+    let build = |name: &str| {
+        let out = std::process::Command::new(
+            kiln_integration::buildctl_like_binary().expect("buildctl-like"),
+        )
+        .args([
+            format!("unix://{}", k.socket.display()),
+            ctx.clone(),
+            name.to_string(),
+        ])
+        .env("BUILDCTL_LIKE_OPTS", "image-resolve-mode=local")
+        .output()
+        .expect("buildctl-like runs");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    build("docker.io/library/local-mode:1");
+    assert!(
+        asked(&reg)
+            .iter()
+            .any(|r| r.contains("/v2/base/manifests/1")),
+        "the missing base was not pulled: {:?}",
+        asked(&reg)
+    );
+    assert_eq!(
+        h.run_image(ns, "docker.io/library/local-mode:1", "local-mode", &[]),
+        "pulled\n"
+    );
+    let before = asked(&reg).len();
+    build("docker.io/library/local-mode:2");
+    assert_eq!(asked(&reg).len(), before, "{:?}", asked(&reg));
+}

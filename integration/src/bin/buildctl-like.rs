@@ -11,6 +11,7 @@
 //! with `BUILDCTL_LIKE_AUTH=user:password` the session serves
 //! `Auth.Credentials` with that login for every registry (buildctl's
 //! auth provider answers from the docker config the same way).
+//! `BUILDCTL_LIKE_OPTS=k=v,k=v` are frontend options, as `buildctl --opt`.
 //! Every status log line is printed to stdout as it arrives, so a test can
 //! wait for a step's output before it interrupts the client.
 
@@ -64,6 +65,12 @@ async fn gateway(channel: Channel, build: String) -> Result<(), Error> {
         .solve(with_build_id(
             gateway::SolveRequest {
                 frontend: "dockerfile.v0".into(),
+                frontend_opt: std::env::var("BUILDCTL_LIKE_OPTS")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 allow_result_return: true,
                 ..Default::default()
             },

@@ -53,13 +53,6 @@ pub enum WorkerError {
     /// for the host platform, a body that never completed).
     #[error("cannot pull {image}: {reason}")]
     Pull { image: String, reason: String },
-    /// `image-resolve-mode=local` and the image is not in the store.
-    #[error(
-        "image \"{image}\" not found in containerd namespace \"{namespace}\" and \
-         image-resolve-mode is local: pull it first (ctr -n {namespace} images pull {image}) \
-         or let kiln pull it (image-resolve-mode=default)"
-    )]
-    NotLocal { image: String, namespace: String },
     /// An image's manifest or config cannot be used.
     #[error("image {image} is invalid: {reason}")]
     InvalidImage { image: String, reason: String },
@@ -115,9 +108,9 @@ impl WorkerError {
             WorkerError::Snapshot(e) | WorkerError::AtStep { error: e, .. } => e.kind(),
             WorkerError::Exec { error, .. } => error.kind(),
             WorkerError::Push { error, .. } => error.kind(),
-            WorkerError::ImageNotFound { .. }
-            | WorkerError::NotLocal { .. }
-            | WorkerError::ManifestUnknown { .. } => ErrorKind::NotFound,
+            WorkerError::ImageNotFound { .. } | WorkerError::ManifestUnknown { .. } => {
+                ErrorKind::NotFound
+            }
             WorkerError::Registry { error, .. } => error.kind(),
             WorkerError::Pull { .. } => ErrorKind::FailedPrecondition,
             WorkerError::InvalidImage { .. }

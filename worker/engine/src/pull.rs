@@ -514,12 +514,6 @@ pub async fn base_image(
         if let Some(b) = found.filter(|b| b.target == digest) {
             return Ok(b);
         }
-        if mode == ResolveMode::Local {
-            return Err(WorkerError::NotLocal {
-                image: name.to_string(),
-                namespace: svc.namespace.clone(),
-            });
-        }
         let pinned = Reference {
             digest: Some(digest.to_string()),
             ..r
@@ -529,11 +523,7 @@ pub async fn base_image(
     }
     match (mode.decide(r.digest.is_some(), found.is_some()), found) {
         (Decision::UseLocal, Some(b)) => Ok(b),
-        (Decision::Refuse, _) | (Decision::UseLocal, None) => Err(WorkerError::NotLocal {
-            image: name.to_string(),
-            namespace: svc.namespace.clone(),
-        }),
-        (Decision::PullMissing | Decision::AskRegistry, _) => {
+        (Decision::UseLocal | Decision::PullMissing | Decision::AskRegistry, _) => {
             pull(svc, client, &r, name, lease, report).await?;
             crate::base::load(svc, name).await
         }
@@ -557,11 +547,7 @@ pub async fn base_config(
     let found = local(svc, name).await?;
     match (mode.decide(r.digest.is_some(), found.is_some()), found) {
         (Decision::UseLocal, Some(b)) => Ok((b.config, b.target)),
-        (Decision::Refuse, _) | (Decision::UseLocal, None) => Err(WorkerError::NotLocal {
-            image: name.to_string(),
-            namespace: svc.namespace.clone(),
-        }),
-        (Decision::PullMissing | Decision::AskRegistry, found) => {
+        (Decision::UseLocal | Decision::PullMissing | Decision::AskRegistry, found) => {
             let step = format!("[internal] load metadata for {name}");
             let started = SystemTime::now();
             if let Some(vertex) = report.vertex {

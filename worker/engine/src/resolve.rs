@@ -9,7 +9,9 @@
 //!   always resolved at the registry and what changed is pulled. A
 //!   `name@sha256:` reference present locally is still used as it is: a
 //!   digest cannot change.
-//! - [`ResolveMode::Local`] (`image-resolve-mode=local`): never the network.
+//! - [`ResolveMode::Local`] (`image-resolve-mode=local`): BuildKit's
+//!   "prefer local": the store's image if it has one, else a pull, which
+//!   is kiln's default rule already.
 //!
 //! BuildKit's own default asks the registry for every tag on every build;
 //! kiln's does not, so a second build of an unchanged Dockerfile makes no
@@ -66,7 +68,7 @@ impl ResolveMode {
     pub fn decide(self, pinned_by_digest: bool, present: bool) -> Decision {
         match (self, present) {
             (ResolveMode::Local, true) => Decision::UseLocal,
-            (ResolveMode::Local, false) => Decision::Refuse,
+            (ResolveMode::Local, false) => Decision::PullMissing,
             (ResolveMode::Default, true) => Decision::UseLocal,
             (ResolveMode::Default, false) => Decision::PullMissing,
             (ResolveMode::Pull, true) if pinned_by_digest => Decision::UseLocal,
@@ -117,8 +119,6 @@ pub enum Decision {
     PullMissing,
     /// Ask the registry what the tag points at; pull if it differs.
     AskRegistry,
-    /// Not in the store and the network is not allowed.
-    Refuse,
 }
 
 #[cfg(test)]
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn the_rule() {
-        use Decision::{AskRegistry, PullMissing, Refuse, UseLocal};
+        use Decision::{AskRegistry, PullMissing, UseLocal};
         use ResolveMode::{Default, Local, Pull};
         // (mode, digest?, present?) -> decision
         let table = [
@@ -141,8 +141,8 @@ mod tests {
             (Pull, true, false, AskRegistry),
             (Local, false, true, UseLocal),
             (Local, true, true, UseLocal),
-            (Local, false, false, Refuse),
-            (Local, true, false, Refuse),
+            (Local, false, false, PullMissing),
+            (Local, true, false, PullMissing),
         ];
         for (mode, digest, present, want) in table {
             assert_eq!(

@@ -406,32 +406,6 @@ async fn base_image_resolution_reads_manifest_and_config() {
 }
 
 #[tokio::test]
-async fn a_missing_base_image_is_not_pulled_in_local_mode_and_named() {
-    let fx = fixture();
-    let engine = fx.engine("a", &FakeExecutor::new());
-    let err = engine
-        .base_images(
-            crate::resolve::ResolveMode::Local,
-            crate::build::anonymous(),
-        )
-        .image_config("docker.io/library/nope:1")
-        .await
-        .expect_err("missing");
-    assert!(
-        matches!(&err, WorkerError::NotLocal { image, namespace }
-            if image == "docker.io/library/nope:1" && namespace == "test"),
-        "{err:?}"
-    );
-    assert_eq!(err.kind(), kiln_snapshot::ErrorKind::NotFound);
-    assert_eq!(
-        err.to_string(),
-        "image \"docker.io/library/nope:1\" not found in containerd namespace \"test\" and \
-         image-resolve-mode is local: pull it first (ctr -n test images pull \
-         docker.io/library/nope:1) or let kiln pull it (image-resolve-mode=default)"
-    );
-}
-
-#[tokio::test]
 async fn a_missing_base_image_is_asked_for_at_its_registry_by_default() {
     let fx = fixture();
     let engine = fx.engine("a", &FakeExecutor::new());
