@@ -585,9 +585,24 @@ async fn an_index_without_the_host_platform_fails_listing_what_it_has() {
         &["images", "pull", "--plain-http", &both.to_string()],
     )
     .expect("ctr pull");
+    // containerd 2's ctr pulls through the Transfer service, which leaves
+    // an index pull's config without the `gc.ref.snapshot` label (seen on
+    // 2.4; 1.6's ctr sets it): compare the rest here; kiln's unpack label
+    // is checked by the first test.
+    let unpack_label = |k: &String| !k.starts_with("containerd.io/gc.ref.snapshot.");
+    let without_unpack = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        m.iter()
+            .filter(|(k, _)| unpack_label(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
     let by_kiln = content(&h, ns);
     for (d, labels) in content(&h, "pull-platform-ctr") {
-        assert_eq!(by_kiln.get(&d), Some(&labels), "labels of {d}");
+        assert_eq!(
+            by_kiln.get(&d).map(without_unpack),
+            Some(without_unpack(&labels)),
+            "labels of {d}"
+        );
     }
     let record = h.ctr(ns, &["images", "ls"]).expect("images");
     let line = record
