@@ -276,6 +276,11 @@ impl Control for ControlService {
             return Err(Status::not_found(format!("no such job {id}")));
         };
         let (history, mut updates, mut done) = job.subscribe();
+        // A receiver starts with the current value seen: a build that was
+        // already done (a fast failure, an all-cached build) would never
+        // change again and the stream would never end. Make the first
+        // `changed` look at the value.
+        done.mark_changed();
         let stream = async_stream(history, move |tx| async move {
             loop {
                 tokio::select! {
