@@ -102,7 +102,17 @@ pub async fn fetch_layer(
         .writer(lease)
         .await
         .map_err(|e| blob(crate::error::error_chain(&e)))?;
+    let size = u64::try_from(l.size).unwrap_or(0);
+    let mut written: u64 = 0;
     while let Some(c) = rd.chunk().await? {
+        // A registry is not trusted to stop: never ingest more than the
+        // cache says the layer holds.
+        written += c.len() as u64;
+        if written > size {
+            return Err(blob(format!(
+                "the registry sent more than the {size} bytes the cache names"
+            )));
+        }
         w.write(&c)
             .await
             .map_err(|e| blob(crate::error::error_chain(&e)))?;
