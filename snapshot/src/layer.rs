@@ -2,9 +2,11 @@
 //! diff walk, tar, diffID hash, compression and blob hash run on blocking
 //! threads while the compressed bytes stream into `Content.Write`, so the
 //! layer is read once and never held in memory or on disk.
+//! [`hash_layer`] is the same walk and tar hashed only (the diffID of a
+//! layer whose blob is made later, if ever).
 
 use crate::containerd::LeaseId;
-use crate::diff::{write_layer, Compression, DiffSource, LayerDescriptor};
+use crate::diff::{write_layer, Compression, DiffSource, LayerDescriptor, LayerHash};
 use crate::error::{Result, SnapshotError};
 use crate::services::{Content, ContentWriter, LeaseResource, Leases};
 use kiln_types::Digest;
@@ -31,6 +33,34 @@ pub enum LayerSource {
         lower: Option<PathBuf>,
         upper: PathBuf,
     },
+}
+
+impl LayerSource {
+    fn diff_source(&self) -> DiffSource<'_> {
+        match self {
+            LayerSource::Overlay { upper, lower } => DiffSource::Overlay {
+                upper: upper.as_path(),
+                lower: lower.as_deref(),
+            },
+            LayerSource::Walk { lower, upper } => DiffSource::Walk {
+                lower: lower.as_deref(),
+                upper: upper.as_path(),
+            },
+        }
+    }
+}
+
+/// The diffID (and uncompressed size) of the layer of `source`, computed
+/// on a blocking thread from the same tar [`commit_layer`] would write,
+/// without compressing it or writing anything to the content store.
+pub async fn hash_layer(source: LayerSource) -> Result<LayerHash> {
+    tokio::task::spawn_blocking(move || crate::diff::hash_layer(source.diff_source()))
+        .await
+        .map_err(|e| SnapshotError::Io {
+            path: "layer hash".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(SnapshotError::from)
 }
 
 /// A `Write` that forwards 1 MiB chunks into a channel.
@@ -114,17 +144,7 @@ pub async fn commit_layer(
     lease: &LeaseId,
 ) -> Result<LayerDescriptor> {
     let (writer, desc) = stream_blob(content, lease, move |w| {
-        let src = match &source {
-            LayerSource::Overlay { upper, lower } => DiffSource::Overlay {
-                upper: upper.as_path(),
-                lower: lower.as_deref(),
-            },
-            LayerSource::Walk { lower, upper } => DiffSource::Walk {
-                lower: lower.as_deref(),
-                upper: upper.as_path(),
-            },
-        };
-        write_layer(src, compression, w)
+        write_layer(source.diff_source(), compression, w)
     })
     .await?;
     let mut labels = HashMap::new();

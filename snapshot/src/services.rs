@@ -59,6 +59,13 @@ pub trait Snapshots: Send + Sync {
 
     /// Describes a snapshot; `NotFound` if there is none.
     async fn stat(&self, key: &str) -> Result<SnapshotInfo>;
+
+    /// Sets labels on an existing snapshot (containerd's `Update` with a
+    /// `labels.<key>` field path per label): only the given keys change,
+    /// an empty value removes the label. `NotFound` if there is none. A
+    /// `containerd.io/gc.ref.*` label holds what it names for as long as
+    /// the snapshot is reached by anything but a flat lease.
+    async fn update_labels(&self, key: &str, labels: HashMap<String, String>) -> Result<()>;
 }
 
 /// Whether snapshot `key` exists ([`Snapshots::stat`] without `NotFound`).
@@ -177,7 +184,8 @@ impl LeaseResource {
 /// start with [`crate::containerd::LEASE_PREFIX`] and carry
 /// [`crate::containerd::LEASE_OWNER_LABEL`], so kiln never touches a lease
 /// it did not make. kiln's leases are flat (`containerd.io/gc.flat`): they
-/// hold exactly their resources, not what those reference.
+/// hold exactly their resources, not what those reference (except those of
+/// [`Leases::create_referencing`]).
 #[async_trait]
 pub trait Leases: Send + Sync {
     /// Creates a flat kiln lease labelled with `purpose` (the owner label)
@@ -188,6 +196,17 @@ pub trait Leases: Send + Sync {
         id: &LeaseId,
         purpose: &str,
         expire: Option<Duration>,
+        labels: HashMap<String, String>,
+    ) -> Result<()>;
+
+    /// Creates a kiln lease without expiry that is *not* flat: it holds
+    /// its resources and what their `containerd.io/gc.ref.*` labels
+    /// reference (cache records, so a blob their snapshots name in a label
+    /// lives as long as the snapshot). An existing `id` is `AlreadyExists`.
+    async fn create_referencing(
+        &self,
+        id: &LeaseId,
+        purpose: &str,
         labels: HashMap<String, String>,
     ) -> Result<()>;
 

@@ -92,9 +92,38 @@ impl Containerd {
         expire: Option<Duration>,
         extra_labels: HashMap<String, String>,
     ) -> Result<()> {
+        self.lease_create_with(id, purpose, expire, true, extra_labels)
+            .await
+    }
+
+    /// Creates a kiln lease without expiry that is *not* flat: containerd
+    /// also holds what its objects' `containerd.io/gc.ref.*` labels
+    /// reference (see [`crate::services::Leases::create_referencing`]).
+    pub async fn lease_create_referencing(
+        &self,
+        id: &LeaseId,
+        purpose: &str,
+        extra_labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.lease_create_with(id, purpose, None, false, extra_labels)
+            .await
+    }
+
+    async fn lease_create_with(
+        &self,
+        id: &LeaseId,
+        purpose: &str,
+        expire: Option<Duration>,
+        flat: bool,
+        extra_labels: HashMap<String, String>,
+    ) -> Result<()> {
         let mut labels = extra_labels;
         labels.insert(LEASE_OWNER_LABEL.into(), purpose.into());
-        labels.insert(FLAT_LABEL.into(), "true".into());
+        if flat {
+            labels.insert(FLAT_LABEL.into(), "true".into());
+        } else {
+            labels.remove(FLAT_LABEL);
+        }
         if let Some(d) = expire {
             labels.insert(
                 EXPIRE_LABEL.into(),

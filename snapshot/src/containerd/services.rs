@@ -40,6 +40,10 @@ impl Snapshots for Containerd {
     async fn stat(&self, key: &str) -> Result<SnapshotInfo> {
         self.snapshot_stat(key).await
     }
+
+    async fn update_labels(&self, key: &str, labels: HashMap<String, String>) -> Result<()> {
+        self.snapshot_update_labels(key, labels).await
+    }
 }
 
 #[async_trait]
@@ -90,6 +94,15 @@ impl Leases for Containerd {
         labels: HashMap<String, String>,
     ) -> Result<()> {
         self.lease_create(id, purpose, expire, labels).await
+    }
+
+    async fn create_referencing(
+        &self,
+        id: &LeaseId,
+        purpose: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.lease_create_referencing(id, purpose, labels).await
     }
 
     async fn delete(&self, id: &LeaseId, sync: bool) -> Result<()> {

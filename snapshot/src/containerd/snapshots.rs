@@ -1,11 +1,11 @@
-//! The snapshotter: prepare, view, mounts, commit, remove, stat.
+//! The snapshotter: prepare, view, mounts, commit, remove, stat, update.
 
 use super::{Containerd, LeaseId};
 use crate::error::Result;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest,
-    RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest, ViewSnapshotRequest,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::types::Mount as PbMount;
@@ -188,6 +188,32 @@ impl Containerd {
             .map_err(|s| self.status_error("Snapshots.Stat", key, s))?;
         let i = r.into_inner().info.unwrap_or_default();
         Ok(convert_info(i))
+    }
+
+    /// Sets labels on a snapshot (only the given keys change; an empty
+    /// value removes one).
+    pub async fn snapshot_update_labels(
+        &self,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+        self.snapshots()
+            .update(self.request(
+                UpdateSnapshotRequest {
+                    snapshotter: self.config.snapshotter.clone(),
+                    info: Some(containerd_client::services::v1::snapshots::Info {
+                        name: key.to_string(),
+                        labels,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask { paths }),
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.status_error("Snapshots.Update", key, s))?;
+        Ok(())
     }
 
     /// Whether a snapshot exists.

@@ -179,20 +179,7 @@ pub fn write_layer(
 ) -> Result<LayerDescriptor, DiffError> {
     let blob = HashWriter::new(out);
     let compressor = Compressor::new(compression, blob).map_err(DiffError::output)?;
-    let tar_hash = HashWriter::new(compressor);
-    let mut emitter = Emitter::new(TarWriter::new(BufWriter::with_capacity(
-        256 * 1024,
-        tar_hash,
-    )));
-    match src {
-        DiffSource::Overlay { upper, lower } => upper::walk(&mut emitter, upper, lower)?,
-        DiffSource::Walk { lower, upper } => walk::walk(&mut emitter, lower, upper)?,
-    }
-    let entries = emitter.entries;
-    let buffered = emitter.tar.finish().map_err(DiffError::output)?;
-    let tar_hash = buffered
-        .into_inner()
-        .map_err(|e| DiffError::output(e.into_error()))?;
+    let (tar_hash, entries) = emit(src, HashWriter::new(compressor))?;
     let (compressor, diff_id, uncompressed_size) = tar_hash.finish();
     let blob = compressor.finish().map_err(DiffError::output)?;
     let (out, digest, size) = blob.finish();
@@ -214,6 +201,54 @@ pub fn write_layer(
         "layer written"
     );
     Ok(desc)
+}
+
+/// Writes the tar of `src` to `out` (the one place the layer's tar bytes
+/// are produced, for [`write_layer`] and [`hash_layer`] alike) and returns
+/// `out` with the number of entries written.
+fn emit<W: Write>(src: DiffSource<'_>, out: W) -> Result<(W, usize), DiffError> {
+    let mut emitter = Emitter::new(TarWriter::new(BufWriter::with_capacity(256 * 1024, out)));
+    match src {
+        DiffSource::Overlay { upper, lower } => upper::walk(&mut emitter, upper, lower)?,
+        DiffSource::Walk { lower, upper } => walk::walk(&mut emitter, lower, upper)?,
+    }
+    let entries = emitter.entries;
+    let buffered = emitter.tar.finish().map_err(DiffError::output)?;
+    let out = buffered
+        .into_inner()
+        .map_err(|e| DiffError::output(e.into_error()))?;
+    Ok((out, entries))
+}
+
+/// What [`hash_layer`] found: the layer's identity without its blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerHash {
+    /// SHA-256 of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Bytes of the uncompressed tar.
+    pub uncompressed_size: u64,
+    /// Tar entries (as [`LayerDescriptor::entries`]).
+    pub entries: usize,
+}
+
+/// The diffID of the layer of `src`: the same tar [`write_layer`] writes,
+/// hashed and dropped, with no compression and no blob. A blob written
+/// later from the same change has this diffID.
+pub fn hash_layer(src: DiffSource<'_>) -> Result<LayerHash, DiffError> {
+    let (tar_hash, entries) = emit(src, HashWriter::new(io::sink()))?;
+    let (_, diff_id, uncompressed_size) = tar_hash.finish();
+    let h = LayerHash {
+        diff_id: Digest::from_sha256(&diff_id),
+        uncompressed_size,
+        entries,
+    };
+    tracing::debug!(
+        diff_id = h.diff_id.as_str(),
+        uncompressed_size,
+        entries,
+        "layer hashed"
+    );
+    Ok(h)
 }
 
 /// An lstat result plus the extended attributes that go into the tar.

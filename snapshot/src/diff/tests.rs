@@ -403,6 +403,12 @@ fn layers_are_deterministic_and_compressions_share_the_diff_id() {
         big
     );
 
+    // Hashing alone gives the diffID of the very tar the blob holds.
+    let hashed = crate::diff::hash_layer(src).expect("hash layer");
+    assert_eq!(hashed.diff_id, plain.diff_id);
+    assert_eq!(hashed.uncompressed_size, plain.uncompressed_size);
+    assert_eq!(hashed.entries, plain.entries);
+
     let sha = |b: &[u8]| Digest::from_sha256(&Sha256::digest(b));
     let mut gz = Vec::new();
     let gz_desc = write_layer(src, Compression::Gzip, &mut gz).expect("gzip layer");

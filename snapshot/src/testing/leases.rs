@@ -27,20 +27,24 @@ fn is_kiln(id: &str, l: &Lease) -> bool {
     id.starts_with(LEASE_PREFIX) && l.labels.contains_key(LEASE_OWNER_LABEL)
 }
 
-#[async_trait]
-impl Leases for MemContainerd {
-    async fn create(
+impl MemContainerd {
+    fn create_lease(
         &self,
         id: &LeaseId,
         purpose: &str,
         expire: Option<Duration>,
+        flat: bool,
         labels: HashMap<String, String>,
     ) -> Result<()> {
         self.injected("Leases.Create", id.as_str())?;
         let now = SystemTime::now();
         let mut labels = labels;
         labels.insert(LEASE_OWNER_LABEL.into(), purpose.into());
-        labels.insert(FLAT_LABEL.into(), "true".into());
+        if flat {
+            labels.insert(FLAT_LABEL.into(), "true".into());
+        } else {
+            labels.remove(FLAT_LABEL);
+        }
         // The label has whole seconds, and containerd reads the label.
         let expires = expire.map(|d| UNIX_EPOCH + Duration::from_secs(secs(now + d)));
         if let Some(e) = expires {
@@ -61,13 +65,35 @@ impl Leases for MemContainerd {
                     labels,
                     created_secs: secs(now),
                     expires,
-                    flat: true,
+                    flat,
                     content: HashSet::new(),
                     snapshots: HashSet::new(),
                 },
             );
             Ok(())
         })
+    }
+}
+
+#[async_trait]
+impl Leases for MemContainerd {
+    async fn create(
+        &self,
+        id: &LeaseId,
+        purpose: &str,
+        expire: Option<Duration>,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.create_lease(id, purpose, expire, true, labels)
+    }
+
+    async fn create_referencing(
+        &self,
+        id: &LeaseId,
+        purpose: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.create_lease(id, purpose, None, false, labels)
     }
 
     async fn delete(&self, id: &LeaseId, sync: bool) -> Result<()> {

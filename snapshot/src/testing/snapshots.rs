@@ -215,6 +215,17 @@ impl Snapshots for MemContainerd {
         Ok(())
     }
 
+    async fn update_labels(&self, key: &str, labels: HashMap<String, String>) -> Result<()> {
+        self.injected("Snapshots.Update", key)?;
+        self.with_ns(|ns| match ns.snapshots.get_mut(key) {
+            Some(s) => {
+                super::content::merge_labels(&mut s.labels, labels);
+                Ok(())
+            }
+            None => Err(not_found("Snapshots.Update", key)),
+        })
+    }
+
     async fn stat(&self, key: &str) -> Result<SnapshotInfo> {
         self.injected("Snapshots.Stat", key)?;
         self.with_ns(|ns| {

@@ -30,6 +30,7 @@ pub async fn leases_conformance(
             a_blob_in_two_leases_lives_until_both_are_released,
             a_resource_can_be_leased_before_it_exists,
             a_flat_lease_does_not_hold_what_labels_reference,
+            a_referencing_lease_holds_what_its_snapshots_labels_name,
             a_gc_root_label_keeps_a_blob,
             an_expired_lease_holds_nothing_and_is_removed,
             a_leased_snapshot_survives_gc_and_a_released_one_does_not,
@@ -216,6 +217,74 @@ async fn a_flat_lease_does_not_hold_what_labels_reference(c: Ctx) -> CaseResult 
         !has_blob(s, &child).await?,
         "kiln's leases are flat: a blob only a leased blob's label references is collected",
     )
+}
+
+async fn a_referencing_lease_holds_what_its_snapshots_labels_name(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let work = lease(s).await?;
+    let (flat, deep) = (
+        LeaseId::unique("conformance"),
+        LeaseId::unique("conformance"),
+    );
+    ok(
+        s.leases
+            .create(&flat, "conformance", None, Default::default())
+            .await,
+        "create flat",
+    )?;
+    ok(
+        s.leases
+            .create_referencing(&deep, "conformance", Default::default())
+            .await,
+        "create referencing",
+    )?;
+    let got = ok(s.leases.get(&deep).await, "get")?.ok_or("get finds the lease")?;
+    ensure(
+        !got.labels.contains_key("containerd.io/gc.flat"),
+        "a referencing lease is not flat",
+    )?;
+    // parent <- child, each with a blob named by a label on it.
+    ok(s.snapshots.prepare("a1", "", &work).await, "prepare")?;
+    ok(s.snapshots.commit("p", "a1", &work).await, "commit")?;
+    ok(s.snapshots.prepare("a2", "p", &work).await, "prepare")?;
+    ok(s.snapshots.commit("c", "a2", &work).await, "commit")?;
+    let (pb, cb) = (
+        blob(s, b"parent's blob", &[], &work).await?,
+        blob(s, b"child's blob", &[], &work).await?,
+    );
+    for (snap, b) in [("p", &pb), ("c", &cb)] {
+        ok(
+            s.snapshots
+                .update_labels(
+                    snap,
+                    labels_of(&[("containerd.io/gc.ref.content.kiln.test", b.as_str())]),
+                )
+                .await,
+            "label the snapshot",
+        )?;
+    }
+    let child = LeaseResource::snapshot(&*s.snapshots, "c");
+    ok(s.leases.add_resource(&flat, &child).await, "hold flat")?;
+    ok(s.leases.add_resource(&deep, &child).await, "hold deep")?;
+    ok(
+        s.leases.delete(&work, false).await,
+        "release the work lease",
+    )?;
+    ok(s.leases.gc().await, "gc")?;
+    ensure(
+        has_blob(s, &pb).await? && has_blob(s, &cb).await?,
+        "a referencing lease holds the blobs its snapshot chain's labels name",
+    )?;
+    ok(s.leases.delete(&deep, true).await, "delete referencing")?;
+    ensure(
+        has_snapshot(s, "c").await? && has_snapshot(s, "p").await?,
+        "the flat lease still holds the chain",
+    )?;
+    ensure(
+        !has_blob(s, &pb).await? && !has_blob(s, &cb).await?,
+        "a flat lease does not hold what its snapshots' labels name",
+    )?;
+    ok(s.leases.delete(&flat, true).await, "delete flat")
 }
 
 async fn a_gc_root_label_keeps_a_blob(c: Ctx) -> CaseResult {

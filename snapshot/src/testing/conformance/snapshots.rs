@@ -30,6 +30,7 @@ pub async fn snapshotter_conformance(
             creating_under_a_missing_lease_is_not_found,
             keys_are_per_namespace,
             concurrent_commits_onto_one_name_let_one_win,
+            update_labels_changes_only_the_given_labels,
         ],
         namespaces,
         scratch,
@@ -361,5 +362,43 @@ async fn concurrent_commits_onto_one_name_let_one_win(c: Ctx) -> CaseResult {
     ensure(
         ok(s.stat("c").await, "stat")?.kind == SnapshotKind::Committed,
         "the name is committed",
+    )
+}
+
+async fn update_labels_changes_only_the_given_labels(c: Ctx) -> CaseResult {
+    let s = &c.s.snapshots;
+    let l = lease(&c.s).await?;
+    ok(s.prepare("a1", "", &l).await, "prepare")?;
+    ok(s.commit("c1", "a1", &l).await, "commit")?;
+    let set = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    ok(
+        s.update_labels("c1", set(&[("dev.kiln/a", "1"), ("dev.kiln/b", "2")]))
+            .await,
+        "label a committed snapshot",
+    )?;
+    ok(
+        s.update_labels("c1", set(&[("dev.kiln/a", "3"), ("dev.kiln/b", "")]))
+            .await,
+        "change one label, remove another",
+    )?;
+    let labels = ok(s.stat("c1").await, "stat")?.labels;
+    ensure(
+        labels.get("dev.kiln/a").map(String::as_str) == Some("3"),
+        "a given label is set",
+    )?;
+    ensure(
+        !labels.contains_key("dev.kiln/b"),
+        "an empty value removes a label",
+    )?;
+    fails(
+        s.update_labels("nothing", set(&[("dev.kiln/a", "1")]))
+            .await,
+        ErrorKind::NotFound,
+        "labelling a missing snapshot",
     )
 }
