@@ -12,24 +12,49 @@ use kiln_types::ErrorKind;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Copies a tree (files, dirs, symlinks; modes kept) from `from` to `to`.
+/// Copies a tree (files, dirs, symlinks) from `from` to `to`, keeping
+/// modes, owners (when permitted) and times, so a view or a child of a
+/// snapshot shows the same metadata as the snapshot, as a real
+/// snapshotter's does (layer diffs read it).
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    for e in walkdir::WalkDir::new(from).min_depth(1) {
+    use std::os::unix::fs::MetadataExt;
+    // Post-order: a directory's times are set after its children exist.
+    for e in walkdir::WalkDir::new(from)
+        .min_depth(1)
+        .contents_first(true)
+    {
         let e = e.map_err(std::io::Error::other)?;
         let rel = e.path().strip_prefix(from).map_err(std::io::Error::other)?;
         let dest = to.join(rel);
+        let meta = e.path().symlink_metadata()?;
         let ft = e.file_type();
         if ft.is_dir() {
             std::fs::create_dir_all(&dest)?;
-            std::fs::set_permissions(
-                &dest,
-                e.metadata().map_err(std::io::Error::other)?.permissions(),
-            )?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dest)?;
+            std::fs::set_permissions(&dest, meta.permissions())?;
         } else {
-            std::fs::copy(e.path(), &dest)?;
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if ft.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dest)?;
+            } else {
+                std::fs::copy(e.path(), &dest)?;
+            }
         }
+        // Without root only one's own files exist: nothing to change.
+        let _ = std::os::unix::fs::lchown(&dest, Some(meta.uid()), Some(meta.gid()));
+        if !ft.is_symlink() {
+            std::fs::set_permissions(&dest, meta.permissions())?;
+        }
+        let ts = |s: i64, ns: i64| nix::sys::time::TimeSpec::new(s, ns);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &dest,
+            &ts(meta.atime(), meta.atime_nsec()),
+            &ts(meta.mtime(), meta.mtime_nsec()),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(std::io::Error::from)?;
     }
     Ok(())
 }

@@ -96,13 +96,13 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
     let mut layers = Vec::with_capacity(manifest.layers().len());
     for (l, d) in manifest.layers().iter().zip(diff_ids) {
         let diff_id = Digest::parse(d).ok_or_else(|| invalid(name, format!("bad diff_id {d}")))?;
-        layers.push(Layer {
+        layers.push(Layer::with_blob(
             diff_id,
-            media_type: l.media_type().to_string(),
-            digest: l.digest().to_string(),
-            size: oci::size_of(l),
-            created: None,
-        });
+            l.media_type().to_string(),
+            l.digest().to_string(),
+            oci::size_of(l),
+            None,
+        ));
     }
     Ok(BaseImage {
         name: name.to_string(),
@@ -175,9 +175,16 @@ pub async fn ensure_unpacked(svc: &Services, layers: &[Layer], lease: &LeaseId) 
         let key = format!("kiln-extract-{}-{}", rand_hex(), chain[i].hex());
         let mounts = svc.snapshots.prepare(&key, &parent, lease).await?;
         let l = &layers[i];
+        let Some(b) = &l.blob else {
+            let _ = svc.snapshots.remove(&key).await;
+            return Err(WorkerError::LayerBlob {
+                diff_id: l.diff_id.to_string(),
+                reason: "it has no blob and its snapshot is gone".into(),
+            });
+        };
         let applied = match svc
             .applier
-            .apply(&l.media_type, &l.digest, l.size, &mounts, lease)
+            .apply(&b.media_type, &b.digest, b.size, &mounts, lease)
             .await
         {
             Ok(a) => a,
@@ -189,7 +196,7 @@ pub async fn ensure_unpacked(svc: &Services, layers: &[Layer], lease: &LeaseId) 
         if applied != l.diff_id.as_str() {
             let _ = svc.snapshots.remove(&key).await;
             return Err(WorkerError::InvalidImage {
-                image: l.digest.clone(),
+                image: b.digest.clone(),
                 reason: format!("layer unpacked to {applied}, config says {}", l.diff_id),
             });
         }
@@ -199,7 +206,7 @@ pub async fn ensure_unpacked(svc: &Services, layers: &[Layer], lease: &LeaseId) 
                 // has verified it.
                 let mut labels = HashMap::new();
                 labels.insert(UNCOMPRESSED_LABEL.to_string(), applied.clone());
-                svc.content.set_labels(&l.digest, labels).await?;
+                svc.content.set_labels(&b.digest, labels).await?;
             }
             Err(e) if e.is_already_exists() => {
                 // A concurrent unpacker won; its snapshot is equal.

@@ -325,6 +325,7 @@ impl Engine {
                     layers,
                     cache,
                     cache_exports: req.cache_exports.clone(),
+                    compression: req.compression,
                     registry: self.registry_client(req.credentials.clone()),
                 }),
                 Err(e) => {
@@ -363,7 +364,6 @@ impl Engine {
             executor: self.executor.clone(),
             mount_dir: mount_dir.clone(),
             lease: lease.clone(),
-            compression: req.compression,
             locals: req.locals.clone(),
             progress: progress.clone(),
             hashes: self.hashes.clone(),
@@ -510,6 +510,9 @@ pub struct Solved {
     /// The build's answered vertices, for cache export.
     cache: Arc<BuildCache>,
     cache_exports: Vec<crate::remotecache::CacheExport>,
+    /// The build's layer compression, for cache exports (an image export
+    /// names its own).
+    compression: Compression,
     /// The build's registry client (its credentials), for cache exports.
     registry: kiln_registry::Client,
 }
@@ -563,16 +566,33 @@ impl Solved {
         &self.lease
     }
 
+    /// Where this build mounts snapshots on the host.
+    fn mount_dir(&self) -> PathBuf {
+        self.engine
+            .state_dir
+            .join("mounts")
+            .join(crate::sweep::mount_dir_name(&self.lease))
+    }
+
     /// Writes config and manifest for the result (under the lease) and
     /// points `names` at it; with no names the image exists only as content
-    /// until [`Solved::release`].
+    /// until [`Solved::release`]. The layers' blobs are made here, in
+    /// `compression`, where they do not exist yet ([`crate::blobs`]).
     pub async fn export_image(
         &self,
         config: &ImageConfig,
         names: &[String],
         compression: Compression,
     ) -> Result<Exported> {
-        let mut json = image_config(&self.layers, config);
+        let layers = crate::blobs::ensure(
+            &self.engine.svc,
+            &self.layers,
+            compression,
+            &self.lease,
+            &self.mount_dir(),
+        )
+        .await?;
+        let mut json = image_config(&layers, config);
         if self
             .cache_exports
             .iter()
@@ -581,16 +601,7 @@ impl Solved {
             json.inline_cache =
                 crate::remotecache::export::inline(&self.cache.records(), &self.layers);
         }
-        export_image(
-            &self.engine.svc,
-            &self.layers,
-            &json,
-            names,
-            true,
-            Some(compression),
-            &self.lease,
-        )
-        .await
+        export_image(&self.engine.svc, &layers, &json, names, true, &self.lease).await
     }
 
     /// Writes the build's cache to every `--cache-to` target but inline
@@ -598,7 +609,24 @@ impl Solved {
     /// export with `ignore-error=true` that fails is a warning.
     pub async fn export_cache(&self, progress: &Progress) -> Result<()> {
         use crate::remotecache::{export, registry, ExportTarget};
-        let records = self.cache.records();
+        if self
+            .cache_exports
+            .iter()
+            .all(|e| e.target == ExportTarget::Inline)
+        {
+            return Ok(());
+        }
+        // Every exported layer needs its blob, in the build's compression.
+        let mut records = self.cache.records();
+        let mount_dir = self.mount_dir();
+        let mut blobs =
+            crate::blobs::Blobs::new(&self.engine.svc, self.compression, &self.lease, &mount_dir);
+        for r in &mut records {
+            if let Some(chain) = &r.chain {
+                r.chain = Some(blobs.chain(chain).await?);
+            }
+        }
+        let result = blobs.chain(&self.layers).await?;
         for e in &self.cache_exports {
             if e.target == ExportTarget::Inline {
                 continue;
@@ -608,7 +636,7 @@ impl Solved {
                     message: format!("exporting cache to {}", e.describe()),
                 })
                 .await;
-            let plan = export::plan(&records, &self.layers, e.mode);
+            let plan = export::plan(&records, &result, e.mode);
             let svc = &self.engine.svc;
             let r = match &e.target {
                 ExportTarget::Local { dest, tag } => {

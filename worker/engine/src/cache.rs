@@ -2,8 +2,12 @@
 //!
 //! A record is the result of one vertex under its cache key: a JSON blob
 //! in the content store listing the output layer chains, held together
-//! with the chains' top snapshots and layer blobs by one flat lease without
-//! expiry, `kiln/cache/<key hex>`. The lease's labels say what the record
+//! with the chains' top snapshots and the layer blobs it lists by one lease
+//! without expiry, `kiln/cache/<key hex>`. A step's layer is recorded
+//! without a blob (diffID only); when an exporter makes its blob
+//! ([`crate::blobs::ensure`]) the layer's snapshot names it in a GC label,
+//! and the record's lease is not flat, so the blob lives as long as the
+//! record (or anything else holding the snapshot). The lease's labels say what the record
 //! is (`dev.kiln/cache.record` = the blob's digest, type, size,
 //! description); the blob's label `dev.kiln/cache.lastused` says when it
 //! was last used. So a record is found again by its key through containerd
@@ -11,7 +15,7 @@
 //! holds no cache data.
 
 use crate::error::Result;
-use crate::refs::{self, Layer};
+use crate::refs::{self, Blob, Layer};
 use crate::services::Services;
 use kiln_snapshot::containerd::{LeaseId, LeaseInfo};
 use kiln_snapshot::services::{snapshot_exists, write_blob, LeaseResource};
@@ -32,18 +36,28 @@ pub const LEASE_KIND: &str = "cache";
 pub const TYPE_REGULAR: &str = "regular";
 pub const TYPE_CACHE_MOUNT: &str = "exec.cachemount";
 
-/// One layer as a record stores it.
+/// One layer as a record stores it. Version 3 records a step's layer
+/// without a blob (`digest` etc. absent) and with its uncompressed size;
+/// versions 1 and 2 always have a blob.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct RecordLayer {
     diff_id: String,
-    media_type: String,
-    digest: String,
-    size: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uncompressed_size: Option<u64>,
     /// When the layer was made (RFC 3339); records written before kiln
     /// kept it have none and take the record's own creation time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     created: Option<String>,
 }
+
+/// The record version this kiln writes.
+const RECORD_VERSION: u32 = 3;
 
 /// The record blob.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -108,11 +122,22 @@ pub async fn load(
                 forget(svc, &id, "record has a bad diffID").await;
                 return Ok(None);
             };
+            let blob = match (&l.media_type, &l.digest, l.size) {
+                (Some(media_type), Some(digest), Some(size)) => Some(Blob {
+                    media_type: media_type.clone(),
+                    digest: digest.clone(),
+                    size,
+                }),
+                (None, None, None) if parsed.version >= 3 => None,
+                _ => {
+                    forget(svc, &id, "record has a partial blob").await;
+                    return Ok(None);
+                }
+            };
             layers.push(Layer {
                 diff_id,
-                media_type: l.media_type.clone(),
-                digest: l.digest.clone(),
-                size: l.size,
+                blob,
+                uncompressed_size: l.uncompressed_size,
                 created: match (&l.created, parsed.version) {
                     (None, 1) => Some(fallback.clone()),
                     (c, _) => c.clone(),
@@ -133,9 +158,9 @@ pub async fn load(
                 return Ok(None);
             }
         }
-        for l in chain {
+        for b in chain.iter().filter_map(|l| l.blob.as_ref()) {
             svc.leases
-                .add_resource(build_lease, &LeaseResource::Content(l.digest.clone()))
+                .add_resource(build_lease, &LeaseResource::Content(b.digest.clone()))
                 .await?;
         }
     }
@@ -178,7 +203,7 @@ pub async fn save(
     description: &str,
 ) -> Result<()> {
     let blob = RecordBlob {
-        version: 2,
+        version: RECORD_VERSION,
         key: key.to_string(),
         outputs: outputs
             .iter()
@@ -187,9 +212,10 @@ pub async fn save(
                     .iter()
                     .map(|l| RecordLayer {
                         diff_id: l.diff_id.to_string(),
-                        media_type: l.media_type.clone(),
-                        digest: l.digest.clone(),
-                        size: l.size,
+                        media_type: l.blob.as_ref().map(|b| b.media_type.clone()),
+                        digest: l.blob.as_ref().map(|b| b.digest.clone()),
+                        size: l.blob.as_ref().map(|b| b.size),
+                        uncompressed_size: l.uncompressed_size,
                         created: l.created.clone(),
                     })
                     .collect()
@@ -201,11 +227,19 @@ pub async fn save(
         reason: format!("cache record: {e}"),
     })?;
     let digest = Digest::of(&bytes);
-    // The record's own layer is the top of its first output.
+    // The record's own layer is the top of its first output: its blob's
+    // size, or for a layer without a blob (yet) the size of its
+    // uncompressed tar, counted while its diffID was hashed. A blob made
+    // later does not change the label: the record's size stays what it
+    // was when the record was saved.
     let size = outputs
         .first()
         .and_then(|c| c.last())
-        .map(|l| l.size)
+        .map(|l| match (&l.blob, l.uncompressed_size) {
+            (Some(b), _) => b.size,
+            (None, Some(n)) => i64::try_from(n).unwrap_or(i64::MAX),
+            (None, None) => 0,
+        })
         .unwrap_or(0);
     let mut labels = HashMap::new();
     labels.insert(RECORD_LABEL.to_string(), digest.to_string());
@@ -213,7 +247,8 @@ pub async fn save(
     labels.insert(SIZE_LABEL.to_string(), size.to_string());
     labels.insert(DESCRIPTION_LABEL.to_string(), truncate(description, 200));
     let id = lease_for(key);
-    match svc.leases.create(&id, LEASE_KIND, None, labels).await {
+    // Not flat: the snapshots' blob labels hold the blobs made later.
+    match svc.leases.create_referencing(&id, LEASE_KIND, labels).await {
         Ok(()) => {}
         Err(e) if e.is_already_exists() => return Ok(()),
         Err(e) => return Err(e.into()),
@@ -228,9 +263,9 @@ pub async fn save(
                 .add_resource(&id, &LeaseResource::snapshot(&*svc.snapshots, &top))
                 .await?;
         }
-        for l in chain {
+        for b in chain.iter().filter_map(|l| l.blob.as_ref()) {
             svc.leases
-                .add_resource(&id, &LeaseResource::Content(l.digest.clone()))
+                .add_resource(&id, &LeaseResource::Content(b.digest.clone()))
                 .await?;
         }
     }

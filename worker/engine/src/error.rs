@@ -97,6 +97,10 @@ pub enum WorkerError {
     /// Cache export or import failed.
     #[error(transparent)]
     RemoteCache(#[from] crate::remotecache::CacheError),
+    /// A layer's blob cannot be made on demand: its snapshot is gone, or
+    /// the blob made from it has another diffID than the one recorded.
+    #[error("layer {diff_id}: cannot make its blob: {reason}")]
+    LayerBlob { diff_id: String, reason: String },
     /// The task solving a step panicked: a bug in kiln.
     #[error("{step}: internal error: the step panicked: {message}")]
     Panicked { step: String, message: String },
@@ -112,7 +116,9 @@ impl WorkerError {
                 ErrorKind::NotFound
             }
             WorkerError::Registry { error, .. } => error.kind(),
-            WorkerError::Pull { .. } => ErrorKind::FailedPrecondition,
+            WorkerError::Pull { .. } | WorkerError::LayerBlob { .. } => {
+                ErrorKind::FailedPrecondition
+            }
             WorkerError::InvalidImage { .. }
             | WorkerError::BadInput { .. }
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,

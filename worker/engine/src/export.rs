@@ -10,8 +10,6 @@ use crate::oci::{
 use crate::refs::{self, Layer};
 use crate::services::Services;
 use kiln_snapshot::containerd::{ImageRecord, LeaseId};
-use kiln_snapshot::diff::{compression_of, Compression};
-use kiln_snapshot::layer::convert_layer;
 use kiln_snapshot::services::write_blob;
 use std::collections::HashMap;
 
@@ -146,65 +144,27 @@ fn own_descriptor(media_type: &str, digest: &str, size: i64) -> Result<Descripto
         .ok_or_else(|| result_invalid(format!("bad descriptor {digest} of {size} bytes")))
 }
 
-/// The chain with every layer in `compression` (re-compressed variants
-/// where needed, reused when a blob names one) and OCI media type names.
-/// `None` keeps the layers as they are.
-async fn with_compression(
-    svc: &Services,
-    layers: &[Layer],
-    compression: Option<Compression>,
-    lease: &LeaseId,
-) -> Result<Vec<Layer>> {
-    let Some(to) = compression else {
-        return Ok(layers.to_vec());
-    };
-    let mut out = Vec::with_capacity(layers.len());
-    for l in layers {
-        match compression_of(&l.media_type) {
-            Some(from) if from == to => out.push(Layer {
-                media_type: to.media_type().to_string(),
-                ..l.clone()
-            }),
-            Some(from) => {
-                let (digest, size) = convert_layer(
-                    &*svc.content,
-                    &*svc.leases,
-                    &l.digest,
-                    from,
-                    &l.diff_id,
-                    to,
-                    lease,
-                )
-                .await?;
-                out.push(Layer {
-                    diff_id: l.diff_id.clone(),
-                    media_type: to.media_type().to_string(),
-                    digest: digest.to_string(),
-                    size: size as i64,
-                    created: l.created.clone(),
-                });
-            }
-            // A layer type kiln does not know (e.g. foreign): keep it.
-            None => out.push(l.clone()),
-        }
-    }
-    Ok(out)
-}
-
 /// Writes config and manifest under `lease` with the GC labels that tie
 /// manifest -> config/layers and config -> unpacked snapshot, then points
 /// every name at the manifest. `unpacked` says the chain's snapshots exist
-/// (named by chainID) and should live as long as the image.
+/// (named by chainID) and should live as long as the image. Every layer
+/// must have its blob ([`crate::blobs::ensure`] makes them).
 pub async fn export_image(
     svc: &Services,
     layers: &[Layer],
     config: &ImageConfigJson,
     names: &[String],
     unpacked: bool,
-    compression: Option<Compression>,
     lease: &LeaseId,
 ) -> Result<Exported> {
-    let layers = &with_compression(svc, layers, compression, lease).await?;
+    let blobs = layers
+        .iter()
+        .map(|l| {
+            l.blob
+                .as_ref()
+                .ok_or_else(|| result_invalid(format!("layer {} has no blob to export", l.diff_id)))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let config_bytes = oci::to_json(config).map_err(|e| result_invalid(e.to_string()))?;
     let mut cfg_labels = HashMap::new();
     let top = refs::top_snapshot(layers);
@@ -227,9 +187,9 @@ pub async fn export_image(
             config_bytes.len() as i64,
         )?)
         .layers(
-            layers
+            blobs
                 .iter()
-                .map(|l| own_descriptor(&l.media_type, &l.digest, l.size))
+                .map(|b| own_descriptor(&b.media_type, &b.digest, b.size))
                 .collect::<Result<Vec<_>>>()?,
         )
         .build()
@@ -240,10 +200,10 @@ pub async fn export_image(
         "containerd.io/gc.ref.content.config".to_string(),
         config_digest.to_string(),
     );
-    for (i, l) in layers.iter().enumerate() {
+    for (i, b) in blobs.iter().enumerate() {
         m_labels.insert(
             format!("containerd.io/gc.ref.content.l.{i}"),
-            l.digest.clone(),
+            b.digest.clone(),
         );
     }
     let manifest_digest = write_blob(&*svc.content, &manifest_bytes, m_labels, lease).await?;

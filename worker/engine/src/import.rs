@@ -42,13 +42,13 @@ pub async fn import_rootfs(
             &lease,
         )
         .await?;
-        let layers = vec![Layer {
-            diff_id: desc.diff_id.clone(),
-            media_type: desc.media_type.to_string(),
-            digest: desc.digest.to_string(),
-            size: desc.size as i64,
-            created: Some(crate::oci::now_rfc3339()),
-        }];
+        let layers = vec![Layer::with_blob(
+            desc.diff_id.clone(),
+            desc.media_type,
+            desc.digest.to_string(),
+            desc.size as i64,
+            Some(crate::oci::now_rfc3339()),
+        )];
         let mut cfg = config.clone();
         cfg.history = vec![kiln_solver::HistoryEntry {
             created: None,
@@ -58,16 +58,7 @@ pub async fn import_rootfs(
         }];
         let json = image_config(&layers, &cfg);
         // Not unpacked: the config must not claim a snapshot.
-        let out = export_image(
-            svc,
-            &layers,
-            &json,
-            &[name.to_string()],
-            false,
-            None,
-            &lease,
-        )
-        .await?;
+        let out = export_image(svc, &layers, &json, &[name.to_string()], false, &lease).await?;
         Ok::<_, crate::error::WorkerError>(out.manifest.digest().to_string())
     }
     .await;

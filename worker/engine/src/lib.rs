@@ -12,6 +12,7 @@
 
 pub mod archive;
 pub mod base;
+pub mod blobs;
 pub mod build;
 pub mod cache;
 pub mod entitlements;

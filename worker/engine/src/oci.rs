@@ -158,13 +158,13 @@ mod tests {
     /// `Shell`, no nulls and no keys it did not write before.
     #[test]
     fn exported_config_json_has_the_docker_keys() {
-        let layer = Layer {
-            diff_id: KilnDigest::of(b"layer"),
-            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            digest: KilnDigest::of(b"blob").to_string(),
-            size: 4,
-            created: Some("2024-05-01T10:00:00Z".into()),
-        };
+        let layer = Layer::with_blob(
+            KilnDigest::of(b"layer"),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            KilnDigest::of(b"blob").to_string(),
+            4,
+            Some("2024-05-01T10:00:00Z".into()),
+        );
         let cfg = kiln_solver::ImageConfig {
             env: vec!["PATH=/bin".into()],
             cmd: Some(vec!["sh".into()]),

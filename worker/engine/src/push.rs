@@ -14,9 +14,9 @@
 //!    for push-by-digest).
 //!
 //! Blobs are pushed as the content store holds them: the exporter has
-//! already written every layer in the requested compression (see
-//! `export::with_compression`), so a layer whose compressed blob did not
-//! exist yet was compressed on the way here.
+//! already made every layer's blob in the requested compression (see
+//! `blobs::ensure`), so a layer whose compressed blob did not exist yet
+//! was compressed on the way here.
 //!
 //! The registry is behind [`PushTarget`] (implemented by
 //! [`kiln_registry::Client`]), so the order and the skip/mount decisions

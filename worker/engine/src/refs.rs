@@ -4,17 +4,54 @@
 use kiln_solver::Digest;
 use std::path::PathBuf;
 
-/// One layer of a chain: its blob in the content store and its diffID.
+/// A layer's blob in the content store.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layer {
-    pub diff_id: Digest,
+pub struct Blob {
     pub media_type: String,
     pub digest: String,
     pub size: i64,
+}
+
+/// One layer of a chain: its diffID and, when one exists yet, its blob.
+///
+/// A step's layer is committed as a snapshot with only its diffID
+/// computed: its blob is made when an exporter needs it
+/// ([`crate::blobs::ensure`]). Base-image and imported layers always come
+/// with their blobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub diff_id: Digest,
+    /// `None` until a blob is needed (a step's layer).
+    pub blob: Option<Blob>,
+    /// Bytes of the uncompressed tar, when kiln made the layer itself
+    /// (`kiln du` counts it for a layer without a blob).
+    pub uncompressed_size: Option<u64>,
     /// When the step that made this layer finished (RFC 3339), kept with
     /// the cache record so a cached rebuild dates its history the same
     /// way; `None` for base-image layers (their history has the times).
     pub created: Option<String>,
+}
+
+impl Layer {
+    /// A layer with a blob (base image, pulled or imported).
+    pub fn with_blob(
+        diff_id: Digest,
+        media_type: impl Into<String>,
+        digest: impl Into<String>,
+        size: i64,
+        created: Option<String>,
+    ) -> Self {
+        Layer {
+            diff_id,
+            blob: Some(Blob {
+                media_type: media_type.into(),
+                digest: digest.into(),
+                size,
+            }),
+            uncompressed_size: None,
+            created,
+        }
+    }
 }
 
 /// A vertex output.

@@ -1,11 +1,12 @@
 //! The life of a mutable snapshot in a step: prepare on the parent chain,
-//! mount on the host, then either discard it or diff it into a layer blob
-//! and commit it under the new chainID.
+//! mount on the host, then either discard it or hash its diff (the diffID
+//! only: no blob, see [`crate::blobs`]) and commit it under the new
+//! chainID.
 
 use super::StepRunner;
 use crate::error::Result;
 use crate::refs::{self, Layer};
-use kiln_snapshot::layer::{commit_layer, LayerSource};
+use kiln_snapshot::layer::{hash_layer, LayerSource};
 use kiln_snapshot::mount::{overlay_dirs, Mount, MountGuard};
 use kiln_snapshot::services::LeaseResource;
 use kiln_snapshot::{Digest, SnapshotError};
@@ -113,8 +114,10 @@ impl StepRunner {
         }
     }
 
-    /// Diffs the (unmounted) active snapshot against its parent into a layer
-    /// blob and commits it as the new chain's chainID. Discards it on error.
+    /// Hashes the diff of the (unmounted) active snapshot against its
+    /// parent (its diffID) and commits it as the new chain's chainID; the
+    /// layer's blob is made only when an exporter asks for it. Discards
+    /// the snapshot on error.
     pub(super) async fn commit(&self, active: Active) -> Result<Vec<Layer>> {
         match self.commit_inner(&active).await {
             Ok(l) => Ok(l),
@@ -156,13 +159,12 @@ impl StepRunner {
                 tracing::warn!(key = %k, error = %e, "cannot remove view snapshot");
             }
         }
-        let desc = result?;
+        let hash = result?;
         let mut layers = active.parent.clone();
         layers.push(Layer {
-            diff_id: desc.diff_id.clone(),
-            media_type: desc.media_type.to_string(),
-            digest: desc.digest.to_string(),
-            size: desc.size as i64,
+            diff_id: hash.diff_id,
+            blob: None,
+            uncompressed_size: Some(hash.uncompressed_size),
             created: Some(crate::oci::now_rfc3339()),
         });
         let chain = Digest::chain_ids(&refs::diff_ids(&layers));
@@ -197,7 +199,7 @@ impl StepRunner {
         &self,
         active: &Active,
         lower: Option<PathBuf>,
-    ) -> Result<kiln_snapshot::diff::LayerDescriptor> {
+    ) -> Result<kiln_snapshot::diff::LayerHash> {
         let upper = match overlay_dirs(&active.mounts) {
             Some((Some(upper), _)) => Some(upper),
             _ => match active.mounts.as_slice() {
@@ -209,15 +211,10 @@ impl StepRunner {
             },
         };
         if let Some(upper) = upper {
-            let r = commit_layer(
-                &*self.svc.content,
-                LayerSource::Overlay {
-                    upper,
-                    lower: lower.clone(),
-                },
-                self.compression,
-                &self.lease,
-            )
+            let r = hash_layer(LayerSource::Overlay {
+                upper,
+                lower: lower.clone(),
+            })
             .await;
             match r {
                 Err(SnapshotError::Diff(kiln_snapshot::diff::DiffError::Redirect { .. })) => {
@@ -227,15 +224,10 @@ impl StepRunner {
             }
         }
         let mounted = self.mount(&format!("{}-diff", active.key), &active.mounts, true)?;
-        let r = commit_layer(
-            &*self.svc.content,
-            LayerSource::Walk {
-                lower,
-                upper: mounted.path().to_path_buf(),
-            },
-            self.compression,
-            &self.lease,
-        )
+        let r = hash_layer(LayerSource::Walk {
+            lower,
+            upper: mounted.path().to_path_buf(),
+        })
         .await;
         drop(mounted);
         Ok(r?)

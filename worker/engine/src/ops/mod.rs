@@ -13,7 +13,6 @@ use crate::refs::Ref;
 use crate::services::Services;
 use kiln_shim::Executor;
 use kiln_snapshot::containerd::LeaseId;
-use kiln_snapshot::diff::Compression;
 use kiln_solver::scheduler::OpRunner;
 use kiln_solver::{Digest, FileActionKind, FileInput, Op, Vertex, VertexId};
 use std::collections::HashMap;
@@ -30,7 +29,6 @@ pub struct StepRunner {
     /// Where host mount points of this build go.
     pub mount_dir: PathBuf,
     pub lease: LeaseId,
-    pub compression: Compression,
     /// Local sources by name (`context` -> directory).
     pub locals: HashMap<String, PathBuf>,
     pub progress: Progress,
@@ -52,7 +50,6 @@ impl std::fmt::Debug for StepRunner {
         f.debug_struct("StepRunner")
             .field("lease", &self.lease)
             .field("mount_dir", &self.mount_dir)
-            .field("compression", &self.compression)
             .finish_non_exhaustive()
     }
 }

@@ -6,7 +6,7 @@ use super::format::{
     ANNOTATION_UNCOMPRESSED, CACHE_CONFIG_MEDIA_TYPE,
 };
 use super::{CacheError, Mode, VertexRecord};
-use crate::refs::Layer;
+use crate::refs::{Blob, Layer};
 use crate::services::Services;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub config: CacheConfig,
-    /// Every layer blob the config names, in config order.
+    /// Every layer blob the config names, in config order (each with its
+    /// blob).
     pub layers: Vec<Layer>,
 }
 
@@ -27,6 +28,15 @@ fn is_prefix(chain: &[Layer], result: &[Layer]) -> bool {
             .iter()
             .zip(result)
             .all(|(a, b)| a.diff_id == b.diff_id)
+}
+
+/// The digest of a layer's blob (`""` for none; [`plan`] keeps only
+/// chains whose layers all have blobs).
+fn digest_of(l: &Layer) -> &str {
+    l.blob
+        .as_ref()
+        .map(|b| b.digest.as_str())
+        .unwrap_or_default()
 }
 
 /// Which records get results: every non-empty chain for `max`, only the
@@ -80,20 +90,23 @@ pub fn plan(records: &[VertexRecord], result: &[Layer], mode: Mode) -> Plan {
             inputs,
             ..CacheRecord::default()
         };
-        if let Some(chain) = wanted(r, result, mode) {
+        // A chain whose blobs were not made (see [`crate::blobs`]) has
+        // nothing to export.
+        let chain = wanted(r, result, mode).filter(|c| c.iter().all(|l| l.blob.is_some()));
+        if let Some(chain) = chain {
             let mut parent = -1i64;
             for l in &chain {
-                let k = (l.digest.clone(), parent);
+                let k = (digest_of(l).to_string(), parent);
                 parent = match by_chain.get(&k) {
                     Some(&i) => i,
                     None => {
                         let i = layers.len() as i64;
                         layers.push(CacheLayer {
-                            blob: l.digest.clone(),
+                            blob: digest_of(l).to_string(),
                             parent,
                             annotations: None,
                         });
-                        if !blobs.iter().any(|b| b.digest == l.digest) {
+                        if !blobs.iter().any(|b| digest_of(b) == digest_of(l)) {
                             blobs.push(l.clone());
                         }
                         by_chain.insert(k, i);
@@ -158,10 +171,15 @@ pub fn layer_descriptor(l: &Layer) -> Descriptor {
     if let Some(t) = &l.created {
         annotations.insert(format::ANNOTATION_CREATED_AT.to_string(), t.clone());
     }
+    let b = l.blob.clone().unwrap_or(Blob {
+        media_type: String::new(),
+        digest: String::new(),
+        size: 0,
+    });
     Descriptor {
-        media_type: l.media_type.clone(),
-        digest: l.digest.clone(),
-        size: l.size,
+        media_type: b.media_type,
+        digest: b.digest,
+        size: b.size,
         annotations,
     }
 }
@@ -226,7 +244,7 @@ fn tempfile_in(dir: &Path) -> Result<(PathBuf, std::fs::File), CacheError> {
 
 /// Copies one layer blob from the content store into the layout, unless
 /// a file of the right size is there already.
-async fn copy_blob(svc: &Services, dir: &Path, l: &Layer) -> Result<(), CacheError> {
+async fn copy_blob(svc: &Services, dir: &Path, l: &Blob) -> Result<(), CacheError> {
     let path = blob_path(dir, &l.digest).ok_or_else(|| CacheError::Blob {
         location: dir.display().to_string(),
         digest: l.digest.clone(),
@@ -293,8 +311,8 @@ pub async fn write_local(
 ) -> Result<Descriptor, CacheError> {
     let blobs = dir.join("blobs").join("sha256");
     std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
-    for l in &plan.layers {
-        copy_blob(svc, dir, l).await?;
+    for b in plan.layers.iter().filter_map(|l| l.blob.as_ref()) {
+        copy_blob(svc, dir, b).await?;
     }
     let (config, config_desc, manifest, manifest_desc) = manifest_blobs(plan, style);
     for (bytes, desc) in [(&config, &config_desc), (&manifest, &manifest_desc)] {

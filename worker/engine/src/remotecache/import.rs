@@ -5,7 +5,7 @@ use super::export::{blob_path, ANNOTATION_REF_NAME};
 use super::format::{self, ChainLayer, Chains, Parsed};
 use super::{CacheError, CacheImport, ImportSource};
 use crate::error::{Result, WorkerError};
-use crate::refs::Layer;
+use crate::refs::{Blob, Layer};
 use crate::services::Services;
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::services::LeaseResource;
@@ -199,20 +199,20 @@ pub async fn read_all(
 
 /// The engine's layer for an imported one.
 fn layer_of(l: &ChainLayer) -> Option<Layer> {
-    Some(Layer {
-        diff_id: Digest::parse(&l.diff_id)?,
-        media_type: l.media_type.clone(),
-        digest: l.digest.clone(),
-        size: l.size,
-        created: l.created.clone(),
-    })
+    Some(Layer::with_blob(
+        Digest::parse(&l.diff_id)?,
+        l.media_type.clone(),
+        l.digest.clone(),
+        l.size,
+        l.created.clone(),
+    ))
 }
 
 /// Copies one blob from a source into the content store under `lease`.
 async fn fetch_blob(
     svc: &Services,
     source: &BlobSource,
-    l: &Layer,
+    l: &Blob,
     lease: &LeaseId,
 ) -> std::result::Result<(), CacheError> {
     match source {
@@ -274,7 +274,7 @@ pub async fn load(
         tracing::warn!(key = %key, cache = %imported.describe, "imported result has a bad diffID; running the step");
         return Ok(None);
     };
-    for l in &layers {
+    for l in layers.iter().filter_map(|l| l.blob.as_ref()) {
         match svc.content.info(&l.digest).await {
             Ok(_) => {
                 svc.leases

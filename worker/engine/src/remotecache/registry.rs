@@ -6,7 +6,7 @@ use super::export::{manifest_blobs, Plan};
 use super::format::{Chains, Descriptor, ManifestStyle};
 use super::import::{read_manifest, BlobSource, Imported, Kind};
 use super::CacheError;
-use crate::refs::Layer;
+use crate::refs::Blob;
 use crate::services::Services;
 use bytes::Bytes;
 use kiln_registry::Client;
@@ -86,7 +86,7 @@ pub async fn fetch_layer(
     svc: &Services,
     client: &Client,
     r: &Reference,
-    l: &Layer,
+    l: &Blob,
     lease: &LeaseId,
 ) -> Result<(), CacheError> {
     let blob = |reason: String| CacheError::Blob {
@@ -128,7 +128,7 @@ async fn push_layer(
     svc: &Services,
     client: &Client,
     r: &Reference,
-    l: &Layer,
+    l: &Blob,
 ) -> Result<(), CacheError> {
     let blob = |reason: String| CacheError::Blob {
         location: r.to_string(),
@@ -172,8 +172,8 @@ pub async fn push(
     style: ManifestStyle,
 ) -> Result<Descriptor, CacheError> {
     let r = parse_ref("--cache-to", reference)?;
-    for l in &plan.layers {
-        push_layer(svc, client, &r, l).await?;
+    for b in plan.layers.iter().filter_map(|l| l.blob.as_ref()) {
+        push_layer(svc, client, &r, b).await?;
     }
     let (config, config_desc, manifest, manifest_desc) = manifest_blobs(plan, style);
     push_bytes(client, &r, &config_desc, &config).await?;

@@ -8,14 +8,14 @@ use super::*;
 use std::collections::BTreeMap;
 
 fn layer(c: char) -> Layer {
-    Layer {
-        diff_id: Digest::of(format!("diff-{c}").as_bytes()),
-        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-        digest: Digest::of(format!("blob-{c}").as_bytes()).to_string(),
-        size: 10,
+    Layer::with_blob(
+        Digest::of(format!("diff-{c}").as_bytes()),
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        Digest::of(format!("blob-{c}").as_bytes()).to_string(),
+        10,
         // 'a' plays a base-image layer: no time of its own.
-        created: (c != 'a').then(|| format!("2024-05-01T10:00:0{}Z", c as u32 % 10)),
-    }
+        (c != 'a').then(|| format!("2024-05-01T10:00:0{}Z", c as u32 % 10)),
+    )
 }
 
 fn rec(id: usize, inputs: &[usize], chain: &[char]) -> VertexRecord {
@@ -56,10 +56,11 @@ fn min_exports_the_results_chain_and_max_every_vertex() {
     let (records, result) = build();
     let min = plan(&records, &result, Mode::Min);
     assert_eq!(with_results(&min), [0, 1, 3], "the side stage is left out");
-    let blobs: Vec<&str> = min.layers.iter().map(|l| l.digest.as_str()).collect();
+    let digest = |l: &Layer| l.blob.as_ref().expect("blob").digest.clone();
+    let blobs: Vec<String> = min.layers.iter().map(digest).collect();
     assert_eq!(
         blobs,
-        [&result[0].digest, &result[1].digest, &result[2].digest]
+        [digest(&result[0]), digest(&result[1]), digest(&result[2])]
     );
     assert_eq!(
         min.config.layers.len(),
@@ -119,7 +120,13 @@ fn our_cache_reads_back_as_the_same_chains() {
                 .collect();
             let want: Vec<(String, String, Option<String>)> = want
                 .iter()
-                .map(|l| (l.digest.clone(), l.diff_id.to_string(), l.created.clone()))
+                .map(|l| {
+                    (
+                        l.blob.as_ref().expect("blob").digest.clone(),
+                        l.diff_id.to_string(),
+                        l.created.clone(),
+                    )
+                })
                 .collect();
             assert_eq!(got, want, "{}", r.name);
         }

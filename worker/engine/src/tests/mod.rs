@@ -578,7 +578,7 @@ async fn a_build_from_a_base_image_unpacks_it_under_its_chain_id() {
 }
 
 #[tokio::test]
-async fn an_export_in_another_compression_writes_a_variant_once_and_reuses_it() {
+async fn a_step_leaves_no_blob_and_an_export_makes_it_once() {
     let fx = fixture();
     let engine = fx.engine("a", &FakeExecutor::new());
     let req = request(&["true"], &[]);
@@ -586,8 +586,21 @@ async fn an_export_in_another_compression_writes_a_variant_once_and_reuses_it() 
         .solve(&req, Progress::none(), CancellationToken::new())
         .await
         .expect("solve");
-    let gzip = solved.layers[0].clone();
-    assert_eq!(gzip.media_type, Compression::Gzip.media_type());
+    let layer = solved.layers[0].clone();
+    assert_eq!(layer.blob, None, "a step's layer has no blob");
+    assert!(layer.uncompressed_size.is_some_and(|n| n > 0));
+    let of_layer = |diff_id: &str| {
+        fx.mem
+            .list_content()
+            .into_iter()
+            .filter(|c| c.labels.get(UNCOMPRESSED_LABEL).map(String::as_str) == Some(diff_id))
+            .count()
+    };
+    assert_eq!(
+        of_layer(layer.diff_id.as_str()),
+        0,
+        "the step wrote no blob of its layer"
+    );
     let first = solved
         .export_image(&ImageConfig::default(), &[], Compression::Zstd)
         .await
@@ -606,30 +619,55 @@ async fn an_export_in_another_compression_writes_a_variant_once_and_reuses_it() 
         Compression::Zstd.media_type()
     );
     let zstd_digest = zstd.digest().to_string();
-    assert_ne!(zstd_digest, gzip.digest);
-    // The variant decompresses to the same diffID and is named on the
-    // original, so a second export reuses it.
-    let v = fx.svc.content.info(&zstd_digest).await.expect("variant");
+    // The blob decompresses to the recorded diffID and the layer's
+    // snapshot names it, so it lives as long as the snapshot.
+    let v = fx.svc.content.info(&zstd_digest).await.expect("blob");
     assert_eq!(
         v.labels.get(UNCOMPRESSED_LABEL),
-        Some(&gzip.diff_id.to_string())
+        Some(&layer.diff_id.to_string())
     );
-    let g = fx.svc.content.info(&gzip.digest).await.expect("original");
-    assert_eq!(g.labels.get("dev.kiln/variant.zstd"), Some(&zstd_digest));
-    // Reading the original again would fail: the second export must take
-    // the variant its label names.
+    let snap = fx
+        .svc
+        .snapshots
+        .stat(layer.diff_id.as_str())
+        .await
+        .expect("the layer's snapshot");
+    assert_eq!(
+        snap.labels
+            .get(&crate::blobs::blob_label(Compression::Zstd)),
+        Some(&zstd_digest)
+    );
+    // Making a blob again would need a view of the snapshot: the second
+    // export must take the one the label names.
     fx.mem
-        .fail_next("Content.Read", kiln_snapshot::ErrorKind::Unavailable, 1);
+        .fail_next("Snapshots.View", kiln_snapshot::ErrorKind::Unavailable, 1);
     let second = solved
         .export_image(&ImageConfig::default(), &[], Compression::Zstd)
         .await
-        .expect("second zstd export reuses the variant");
+        .expect("second zstd export reuses the blob");
     assert!(
-        fx.svc.content.read(&gzip.digest).await.is_err(),
-        "the export read nothing, so the injected failure is still pending"
+        fx.svc
+            .snapshots
+            .view("probe", "", &solved.lease().clone())
+            .await
+            .is_err(),
+        "the export made no view, so the injected failure is still pending"
     );
     let m2 = read_manifest(second.manifest.digest().to_string()).await;
     assert_eq!(m2.layers()[0].digest().to_string(), zstd_digest);
+    assert_eq!(of_layer(layer.diff_id.as_str()), 1, "one blob, made once");
+    // Another compression is another blob of the same diffID.
+    let gz = solved
+        .export_image(&ImageConfig::default(), &[], Compression::Gzip)
+        .await
+        .expect("gzip export");
+    let m3 = read_manifest(gz.manifest.digest().to_string()).await;
+    assert_eq!(
+        m3.layers()[0].media_type().to_string(),
+        Compression::Gzip.media_type()
+    );
+    assert_ne!(m3.layers()[0].digest().to_string(), zstd_digest);
+    assert_eq!(of_layer(layer.diff_id.as_str()), 2);
     solved.release(true).await;
     assert!(
         fx.lease_ids()
@@ -637,10 +675,6 @@ async fn an_export_in_another_compression_writes_a_variant_once_and_reuses_it() 
             .iter()
             .all(|l| !l.starts_with("kiln/build/")),
         "released"
-    );
-    assert!(
-        fx.svc.content.info(&zstd_digest).await.is_err(),
-        "an unnamed export's variant is collected with the build lease"
     );
 }
 
@@ -938,12 +972,14 @@ async fn a_cached_rebuild_gives_the_same_image_digest() {
 /// image is as old as its last entry.
 #[test]
 fn history_times_follow_the_layers() {
-    let layer = |n: &str, created: Option<&str>| crate::refs::Layer {
-        diff_id: kiln_solver::Digest::of(n.as_bytes()),
-        media_type: Compression::Gzip.media_type().to_string(),
-        digest: kiln_solver::Digest::of(format!("blob {n}").as_bytes()).to_string(),
-        size: 1,
-        created: created.map(String::from),
+    let layer = |n: &str, created: Option<&str>| {
+        crate::refs::Layer::with_blob(
+            kiln_solver::Digest::of(n.as_bytes()),
+            Compression::Gzip.media_type(),
+            kiln_solver::Digest::of(format!("blob {n}").as_bytes()).to_string(),
+            1,
+            created.map(String::from),
+        )
     };
     let entry = |by: &str, created: Option<&str>, empty: bool| kiln_solver::HistoryEntry {
         created: created.map(String::from),

@@ -55,7 +55,9 @@ fn two_stage_graph() -> (Graph, VertexId) {
                     output: Some(0),
                     action: FileActionKind::Copy(FileCopy {
                         src: "/s".into(),
-                        dest: "/s".into(),
+                        // Another path: the copy's layer must not be the
+                        // side stage's own (same tar, same blob).
+                        dest: "/from-side".into(),
                         follow_symlink: true,
                         create_dest_path: true,
                         timestamp: Some(0),

@@ -1,0 +1,335 @@
+//! Layer blobs on demand.
+//!
+//! A step commits its layer as a snapshot with only the diffID computed
+//! (see `ops/layer.rs`): most layers (those of stages that only feed a
+//! `COPY --from`, or of builds nobody exports) never need a blob, so they
+//! never pay for compression. [`ensure`] is the one place a blob is made,
+//! in the compression the consumer asks for, for every exporter: the image
+//! exporter (and so push and the oci/docker tars, which read its manifest)
+//! and the cache exports.
+//!
+//! For a layer without a blob in that compression, the layer's committed
+//! snapshot is diffed against its parent again (a view of the snapshot has
+//! the layer's own directory as the first overlay lowerdir, or is a bind
+//! mount of it for a one-layer chain; any other snapshotter gets a full
+//! walk of both trees), compressed into the content store and checked
+//! against the recorded diffID. The snapshot then names the blob in a
+//! `containerd.io/gc.ref.content.kiln.blob.<compression>` label: the blob
+//! lives exactly as long as something holds the snapshot (a cache
+//! record's lease, which is not flat, an image, a build), and the next
+//! export finds it with one `Stat`.
+
+use crate::error::{Result, WorkerError};
+use crate::refs::{Blob, Layer};
+use crate::services::Services;
+use kiln_snapshot::containerd::LeaseId;
+use kiln_snapshot::diff::{compression_of, Compression, DiffError};
+use kiln_snapshot::layer::{commit_layer, convert_layer, LayerSource};
+use kiln_snapshot::mount::{overlay_dirs, Mount, MountGuard};
+use kiln_snapshot::services::LeaseResource;
+use kiln_snapshot::{Digest, SnapshotError};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The snapshot label naming the layer's blob in `compression`.
+pub fn blob_label(compression: Compression) -> String {
+    format!(
+        "containerd.io/gc.ref.content.kiln.blob.{}",
+        compression.as_str()
+    )
+}
+
+/// `layers` with every layer's blob in `compression` (made, converted or
+/// found again as needed; held by `lease`), with OCI media type names.
+/// A layer of a type kiln does not know (foreign) is kept as it is. Host
+/// mounts go below `mount_dir`.
+pub async fn ensure(
+    svc: &Services,
+    layers: &[Layer],
+    compression: Compression,
+    lease: &LeaseId,
+    mount_dir: &Path,
+) -> Result<Vec<Layer>> {
+    Blobs::new(svc, compression, lease, mount_dir)
+        .chain(layers)
+        .await
+}
+
+/// [`ensure`] for several chains that share layers (a cache export): each
+/// layer is looked at once.
+pub struct Blobs<'a> {
+    svc: &'a Services,
+    compression: Compression,
+    lease: &'a LeaseId,
+    mount_dir: &'a Path,
+    /// By chainID.
+    done: HashMap<Digest, Layer>,
+}
+
+impl std::fmt::Debug for Blobs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blobs")
+            .field("compression", &self.compression)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Blobs<'a> {
+    pub fn new(
+        svc: &'a Services,
+        compression: Compression,
+        lease: &'a LeaseId,
+        mount_dir: &'a Path,
+    ) -> Self {
+        Blobs {
+            svc,
+            compression,
+            lease,
+            mount_dir,
+            done: HashMap::new(),
+        }
+    }
+
+    /// `layers` with blobs, as [`ensure`].
+    pub async fn chain(&mut self, layers: &[Layer]) -> Result<Vec<Layer>> {
+        let chain_ids = Digest::chain_ids(&crate::refs::diff_ids(layers));
+        let mut out = Vec::with_capacity(layers.len());
+        for (i, l) in layers.iter().enumerate() {
+            if let Some(done) = self.done.get(&chain_ids[i]) {
+                out.push(Layer {
+                    created: l.created.clone(),
+                    ..done.clone()
+                });
+                continue;
+            }
+            let blob = self.layer(&chain_ids, i, l).await?;
+            let with = Layer {
+                blob: Some(blob),
+                ..l.clone()
+            };
+            self.done.insert(chain_ids[i].clone(), with.clone());
+            out.push(with);
+        }
+        Ok(out)
+    }
+
+    /// The blob of `layers[i]` (whose chainIDs are `chain_ids`).
+    async fn layer(&self, chain_ids: &[Digest], i: usize, l: &Layer) -> Result<Blob> {
+        let to = self.compression;
+        if let Some(b) = &l.blob {
+            return match compression_of(&b.media_type) {
+                Some(from) if from == to => Ok(Blob {
+                    media_type: to.media_type().to_string(),
+                    ..b.clone()
+                }),
+                Some(from) => {
+                    let (digest, size) = convert_layer(
+                        &*self.svc.content,
+                        &*self.svc.leases,
+                        &b.digest,
+                        from,
+                        &l.diff_id,
+                        to,
+                        self.lease,
+                    )
+                    .await?;
+                    Ok(Blob {
+                        media_type: to.media_type().to_string(),
+                        digest: digest.to_string(),
+                        size: size as i64,
+                    })
+                }
+                // A layer type kiln does not know (e.g. foreign): keep it.
+                None => Ok(b.clone()),
+            };
+        }
+        let name = chain_ids[i].as_str();
+        if let Some(b) = self.labelled(name, l).await? {
+            return Ok(b);
+        }
+        self.make(chain_ids, i, l).await
+    }
+
+    /// The blob the snapshot `name` names for this compression, if it is
+    /// still there (then held by the lease from before the check on).
+    async fn labelled(&self, name: &str, l: &Layer) -> Result<Option<Blob>> {
+        let info = match self.svc.snapshots.stat(name).await {
+            Ok(i) => i,
+            Err(e) if e.is_not_found() => return Err(no_snapshot(l)),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(digest) = info.labels.get(&blob_label(self.compression)) else {
+            return Ok(None);
+        };
+        self.svc
+            .leases
+            .add_resource(self.lease, &LeaseResource::Content(digest.clone()))
+            .await?;
+        match self.svc.content.info(digest).await {
+            Ok(ci) => {
+                let diff_id = ci.labels.get(kiln_snapshot::layer::UNCOMPRESSED_LABEL);
+                if diff_id.map(String::as_str) != Some(l.diff_id.as_str()) {
+                    tracing::warn!(snapshot = name, blob = %digest, "the blob a snapshot names has another diffID; making it again");
+                    return Ok(None);
+                }
+                Ok(Some(Blob {
+                    media_type: self.compression.media_type().to_string(),
+                    digest: digest.clone(),
+                    size: ci.size,
+                }))
+            }
+            // Collected (an older record's flat lease did not hold it).
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Diffs the committed snapshot of `layers[i]` against its parent into
+    /// a blob, checks its diffID and labels the snapshot with it.
+    async fn make(&self, chain_ids: &[Digest], i: usize, l: &Layer) -> Result<Blob> {
+        let name = chain_ids[i].as_str();
+        let own = View::open(self.svc, name, self.lease, self.mount_dir).await?;
+        let parent = match i {
+            0 => None,
+            _ => Some(
+                View::open(
+                    self.svc,
+                    chain_ids[i - 1].as_str(),
+                    self.lease,
+                    self.mount_dir,
+                )
+                .await?,
+            ),
+        };
+        let r = self.diff(&own, parent.as_ref()).await;
+        if let Some(p) = parent {
+            p.close(self.svc).await;
+        }
+        own.close(self.svc).await;
+        let desc = r?;
+        if desc.diff_id != l.diff_id {
+            return Err(WorkerError::LayerBlob {
+                diff_id: l.diff_id.to_string(),
+                reason: format!(
+                    "snapshot {name} now diffs to {}, its record says {}",
+                    desc.diff_id, l.diff_id
+                ),
+            });
+        }
+        let mut labels = HashMap::new();
+        labels.insert(blob_label(self.compression), desc.digest.to_string());
+        // The blob is the lease's already; without the label the next
+        // export only makes it again.
+        if let Err(e) = self.svc.snapshots.update_labels(name, labels).await {
+            tracing::warn!(snapshot = name, error = %e, "cannot label a snapshot with its blob");
+        }
+        tracing::debug!(snapshot = name, blob = %desc.digest, "layer blob made on demand");
+        Ok(Blob {
+            media_type: desc.media_type.to_string(),
+            digest: desc.digest.to_string(),
+            size: desc.size as i64,
+        })
+    }
+
+    /// The layer of `own` over `parent`: the layer's own directory as the
+    /// overlay upper when the view shows it, else a full walk.
+    async fn diff(
+        &self,
+        own: &View,
+        parent: Option<&View>,
+    ) -> Result<kiln_snapshot::diff::LayerDescriptor> {
+        let lower = match parent {
+            Some(p) => Some(p.tree()?),
+            None => None,
+        };
+        let upper = match (overlay_dirs(&own.mounts), own.mounts.as_slice()) {
+            // A view's first lowerdir is the viewed snapshot's own.
+            (Some((None, lowers)), _) => lowers.first().cloned(),
+            // A one-layer chain: a bind of the layer's own directory.
+            (None, [m]) if m.mount_type == "bind" && parent.is_none() => {
+                Some(PathBuf::from(&m.source))
+            }
+            _ => None,
+        };
+        let content = &*self.svc.content;
+        if let Some(upper) = upper {
+            let r = commit_layer(
+                content,
+                LayerSource::Overlay {
+                    upper,
+                    lower: lower.clone(),
+                },
+                self.compression,
+                self.lease,
+            )
+            .await;
+            match r {
+                Err(SnapshotError::Diff(DiffError::Redirect { .. })) => {
+                    tracing::info!(snapshot = %own.parent, "overlay redirect found, falling back to a full walk");
+                }
+                other => return Ok(other?),
+            }
+        }
+        let upper = own.tree()?;
+        Ok(commit_layer(
+            content,
+            LayerSource::Walk { lower, upper },
+            self.compression,
+            self.lease,
+        )
+        .await?)
+    }
+}
+
+fn no_snapshot(l: &Layer) -> WorkerError {
+    WorkerError::LayerBlob {
+        diff_id: l.diff_id.to_string(),
+        reason: "it has no blob and its snapshot is gone".into(),
+    }
+}
+
+/// A read-only view of a committed snapshot, mounted on demand.
+struct View {
+    key: String,
+    parent: String,
+    mounts: Vec<Mount>,
+    dir: PathBuf,
+    guard: std::sync::Mutex<Option<MountGuard>>,
+}
+
+impl View {
+    async fn open(svc: &Services, parent: &str, lease: &LeaseId, mount_dir: &Path) -> Result<Self> {
+        let key = format!("kiln-view-{}", crate::base::rand_hex());
+        let mounts = svc.snapshots.view(&key, parent, lease).await?;
+        Ok(View {
+            dir: mount_dir.join(&key),
+            key,
+            parent: parent.to_string(),
+            mounts,
+            guard: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The whole tree on the host (a bind source as it is, else mounted).
+    fn tree(&self) -> Result<PathBuf> {
+        let mut g = self.guard.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = g.as_ref() {
+            return Ok(m.path().to_path_buf());
+        }
+        let m = MountGuard::mount_or_direct(&self.mounts, self.dir.clone())
+            .map_err(SnapshotError::from)?;
+        let path = m.path().to_path_buf();
+        *g = Some(m);
+        Ok(path)
+    }
+
+    async fn close(self, svc: &Services) {
+        let guard = self.guard.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(guard);
+        let _ = std::fs::remove_dir(&self.dir);
+        if let Err(e) = svc.snapshots.remove(&self.key).await {
+            tracing::warn!(key = %self.key, error = %e, "cannot remove view snapshot");
+        }
+    }
+}
