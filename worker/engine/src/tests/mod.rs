@@ -1026,3 +1026,91 @@ fn history_times_follow_the_layers() {
     );
     assert_eq!(json.image.created(), &t("2024-05-01T10:00:02Z"));
 }
+
+/// A record written before layers could lack a blob (version 2) still
+/// loads with its blobs; one of this version records a step's layer
+/// without one, and sizes it by its uncompressed tar.
+#[tokio::test]
+async fn records_of_both_shapes_load() {
+    let fx = fixture();
+    let diff_id = kiln_solver::Digest::of(b"old layer");
+    let blob = fx.blob(b"old layer blob").await;
+    // The record's snapshot, as the build that saved it left it.
+    let seed = LeaseId::named("test", "seed");
+    fx.svc
+        .snapshots
+        .prepare("a", "", &seed)
+        .await
+        .expect("prepare");
+    fx.svc
+        .snapshots
+        .commit(diff_id.as_str(), "a", &seed)
+        .await
+        .expect("commit");
+    let old_key = kiln_solver::Digest::of(b"old key");
+    let old = serde_json::json!({
+        "version": 2,
+        "key": old_key.to_string(),
+        "outputs": [[{
+            "diff_id": diff_id.to_string(),
+            "media_type": Compression::Gzip.media_type(),
+            "digest": blob,
+            "size": 14,
+        }]],
+    });
+    let bytes = serde_json::to_vec(&old).expect("json");
+    let record = write_blob(&*fx.svc.content, &bytes, HashMap::new(), &seed)
+        .await
+        .expect("record blob");
+    let mut labels = HashMap::new();
+    labels.insert(crate::cache::RECORD_LABEL.to_string(), record.to_string());
+    fx.svc
+        .leases
+        .create(&crate::cache::lease_for(&old_key), "cache", None, labels)
+        .await
+        .expect("record lease");
+    let build = LeaseId::named("test", "build");
+    fx.svc
+        .leases
+        .create(&build, "build", None, HashMap::new())
+        .await
+        .expect("build lease");
+    let got = crate::cache::load(&fx.svc, &old_key, &build)
+        .await
+        .expect("load")
+        .expect("a hit");
+    let want = crate::refs::Layer::with_blob(
+        diff_id.clone(),
+        Compression::Gzip.media_type(),
+        blob,
+        14,
+        None,
+    );
+    assert_eq!(got, vec![vec![want]]);
+
+    let new_key = kiln_solver::Digest::of(b"new key");
+    let lazy = crate::refs::Layer {
+        diff_id,
+        blob: None,
+        uncompressed_size: Some(3072),
+        created: Some("2024-05-01T10:00:00Z".into()),
+    };
+    crate::cache::save(&fx.svc, &new_key, &[vec![lazy.clone()]], "regular", "RUN x")
+        .await
+        .expect("save");
+    let got = crate::cache::load(&fx.svc, &new_key, &build)
+        .await
+        .expect("load")
+        .expect("a hit");
+    assert_eq!(got, vec![vec![lazy]]);
+    let listed = crate::cache::list(&fx.svc).await.expect("list");
+    let rec = listed
+        .iter()
+        .find(|r| r.lease.id == crate::cache::lease_for(&new_key).as_str())
+        .expect("listed");
+    assert_eq!(rec.size, 3072, "a layer without a blob counts its tar");
+    assert!(
+        !rec.lease.labels.contains_key("containerd.io/gc.flat"),
+        "a record's lease follows its snapshots' blob labels"
+    );
+}
