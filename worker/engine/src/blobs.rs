@@ -192,15 +192,20 @@ impl<'a> Blobs<'a> {
         let own = View::open(self.svc, name, self.lease, self.mount_dir).await?;
         let parent = match i {
             0 => None,
-            _ => Some(
-                View::open(
-                    self.svc,
-                    chain_ids[i - 1].as_str(),
-                    self.lease,
-                    self.mount_dir,
-                )
-                .await?,
-            ),
+            _ => match View::open(
+                self.svc,
+                chain_ids[i - 1].as_str(),
+                self.lease,
+                self.mount_dir,
+            )
+            .await
+            {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    own.close(self.svc).await;
+                    return Err(e);
+                }
+            },
         };
         let r = self.diff(&own, parent.as_ref()).await;
         if let Some(p) = parent {

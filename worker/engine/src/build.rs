@@ -740,6 +740,8 @@ impl Solved {
 
     /// Deletes the build's lease; `sync` waits for containerd's GC.
     pub async fn release(self, sync: bool) {
+        // The exporters' mount points are gone; their directory may stay.
+        let _ = std::fs::remove_dir(self.mount_dir());
         if let Err(e) = self.engine.svc.leases.delete(&self.lease, sync).await {
             tracing::warn!(lease = %self.lease, error = %e, "cannot delete build lease");
         }
