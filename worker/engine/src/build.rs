@@ -616,14 +616,21 @@ impl Solved {
         {
             return Ok(());
         }
-        // Every exported layer needs its blob, in the build's compression.
+        // Every exported layer needs its blob, in the build's compression:
+        // with only `mode=min` exports, those of the result's chain alone.
+        let max = self
+            .cache_exports
+            .iter()
+            .any(|e| e.target != ExportTarget::Inline && e.mode == crate::remotecache::Mode::Max);
         let mut records = self.cache.records();
         let mount_dir = self.mount_dir();
         let mut blobs =
             crate::blobs::Blobs::new(&self.engine.svc, self.compression, &self.lease, &mount_dir);
         for r in &mut records {
             if let Some(chain) = &r.chain {
-                r.chain = Some(blobs.chain(chain).await?);
+                if max || export::is_prefix(chain, &self.layers) {
+                    r.chain = Some(blobs.chain(chain).await?);
+                }
             }
         }
         let result = blobs.chain(&self.layers).await?;

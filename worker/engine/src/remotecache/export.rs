@@ -22,7 +22,7 @@ pub struct Plan {
 }
 
 /// Whether `chain` is `result` or a prefix of it (by diffID).
-fn is_prefix(chain: &[Layer], result: &[Layer]) -> bool {
+pub(crate) fn is_prefix(chain: &[Layer], result: &[Layer]) -> bool {
     chain.len() <= result.len()
         && chain
             .iter()

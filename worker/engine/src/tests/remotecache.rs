@@ -155,7 +155,12 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 
 type Image = (String, Vec<String>);
 
-async fn export_then_import(mode: Mode) -> (BTreeSet<String>, Vec<String>, Image, Image) {
+/// What [`export_then_import`] saw: the hits on the importing side, its
+/// progress messages, both images, and how many layer blobs the exporting
+/// namespace ended up with.
+type Exchanged = (BTreeSet<String>, Vec<String>, Image, Image, usize);
+
+async fn export_then_import(mode: Mode) -> Exchanged {
     let cache = tempfile::tempdir().expect("cache dir");
     let a = fixture();
     let (cached, _, r) = build_collecting(
@@ -171,6 +176,12 @@ async fn export_then_import(mode: Mode) -> (BTreeSet<String>, Vec<String>, Image
     assert!(cache.path().join("index.json").is_file());
     assert!(cache.path().join("oci-layout").is_file());
     let layers_a = layer_digests(&a, "docker.io/library/out:latest").await;
+    let blobs_a = a
+        .mem
+        .list_content()
+        .iter()
+        .filter(|c| c.labels.contains_key(UNCOMPRESSED_LABEL))
+        .count();
 
     let b = fixture();
     let (cached, info, r) = build_collecting(
@@ -180,7 +191,7 @@ async fn export_then_import(mode: Mode) -> (BTreeSet<String>, Vec<String>, Image
     .await;
     r.expect("build on b");
     let layers_b = layer_digests(&b, "docker.io/library/out:latest").await;
-    (cached, info, layers_a, layers_b)
+    (cached, info, layers_a, layers_b, blobs_a)
 }
 
 /// The image's manifest digest and its layer digests.
@@ -197,7 +208,8 @@ async fn layer_digests(fx: &Fixture, name: &str) -> (String, Vec<String>) {
 
 #[tokio::test]
 async fn max_mode_makes_every_step_of_a_fresh_namespace_a_hit() {
-    let (cached, info, layers_a, layers_b) = export_then_import(Mode::Max).await;
+    let (cached, info, layers_a, layers_b, blobs_a) = export_then_import(Mode::Max).await;
+    assert_eq!(blobs_a, 3, "the image's two layers and the side stage's");
     assert_eq!(cached, set(&["first", "side", "copy"]));
     assert!(
         info.iter()
@@ -212,7 +224,8 @@ async fn max_mode_makes_every_step_of_a_fresh_namespace_a_hit() {
 
 #[tokio::test]
 async fn min_mode_leaves_the_side_stage_out() {
-    let (cached, _, layers_a, layers_b) = export_then_import(Mode::Min).await;
+    let (cached, _, layers_a, layers_b, blobs_a) = export_then_import(Mode::Min).await;
+    assert_eq!(blobs_a, 2, "no blob for the side stage that min leaves out");
     // The side stage runs again; its result is equal, so the copy hits.
     assert_eq!(cached, set(&["first", "copy"]));
     assert_eq!(layers_a, layers_b, "same layers and same image digest");
