@@ -139,9 +139,14 @@ impl<'h> Session<'h> {
     }
 
     /// Builds `ctx` into image `name` (`compression` as the image exporter's
-    /// attribute; None: the default, gzip) and returns the wall time; panics
-    /// with the build's output when it fails.
-    pub fn build(&self, ctx: &Path, name: &str, compression: Option<&str>) -> Duration {
+    /// attribute; None: the default, gzip) and returns the wall time, or
+    /// the end of the build's output when it fails.
+    pub fn build(
+        &self,
+        ctx: &Path,
+        name: &str,
+        compression: Option<&str>,
+    ) -> Result<Duration, String> {
         let image = format!("docker.io/library/{name}:latest");
         let mut cmd = match &self.daemon {
             Some(d) => self.client.command(&d.addr(), ctx, &image, compression),
@@ -157,23 +162,25 @@ impl<'h> Session<'h> {
             }
         };
         let start = Instant::now();
-        let out = cmd.output().expect("the build command runs");
+        let out = cmd
+            .output()
+            .map_err(|e| format!("{} build: {e}", self.engine.name()))?;
         let took = start.elapsed();
         if !out.status.success() {
             let tail = |b: &[u8]| {
                 let s = String::from_utf8_lossy(b).into_owned();
                 s[s.len().saturating_sub(4000)..].to_string()
             };
-            panic!(
+            return Err(format!(
                 "{} build of {} failed ({}):\n{}\n{}",
                 self.engine.name(),
                 ctx.display(),
                 out.status,
                 tail(&out.stdout),
                 tail(&out.stderr)
-            );
+            ));
         }
-        took
+        Ok(took)
     }
 
     /// The media type of image `name`'s last layer (through an index's

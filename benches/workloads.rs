@@ -33,7 +33,7 @@ mod machine;
 use daemon::{Daemon, DaemonKind, RssSampler};
 use engines::{Client, Engine, Session};
 use kiln_integration::Harness;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -143,6 +143,7 @@ fn median<T: Copy + Ord>(v: &[T]) -> Option<T> {
 #[derive(Default)]
 struct Figures {
     times: HashMap<(&'static str, Engine), Vec<Duration>>,
+    failed: HashSet<(&'static str, Engine)>,
     idle_kib: HashMap<DaemonKind, Vec<u64>>,
     peak_w3_kib: HashMap<DaemonKind, Vec<u64>>,
     start: HashMap<DaemonKind, Vec<Duration>>,
@@ -151,8 +152,16 @@ struct Figures {
 }
 
 impl Figures {
-    fn time(&mut self, id: &'static str, engine: Engine, d: Duration) {
-        self.times.entry((id, engine)).or_default().push(d);
+    /// Records a build's time; a failed build is reported on stderr and
+    /// its row shows "failed" instead of a median.
+    fn time(&mut self, id: &'static str, engine: Engine, r: Result<Duration, String>) {
+        match r {
+            Ok(d) => self.times.entry((id, engine)).or_default().push(d),
+            Err(e) => {
+                eprintln!("{id} {}: {e}", engine.name());
+                self.failed.insert((id, engine));
+            }
+        }
     }
 
     fn median_time(&self, id: &'static str, engine: Engine) -> Option<Duration> {
@@ -330,12 +339,18 @@ impl<'h> Bench<'h> {
             let sampler = RssSampler::start(pid);
             let took = s.build(&ctx, "w6", None);
             let peak = sampler.stop();
+            let took = took.map_or_else(
+                |err| {
+                    eprintln!("W6 {}: {err}", e.name());
+                    "failed".to_string()
+                },
+                |t| format!("{:.2} s", t.as_secs_f64()),
+            );
             self.f.flood.push(format!(
-                "| {} | {:.1} MiB | {:.1} MiB | {:.2} s |",
+                "| {} | {:.1} MiB | {:.1} MiB | {took} |",
                 e.name(),
                 peak as f64 / 1024.0,
                 idle as f64 / 1024.0,
-                took.as_secs_f64()
             ));
             s.close();
         }
@@ -411,12 +426,19 @@ impl Figures {
             }
             let [k, kd, bk] = [Engine::Kiln, Engine::Kilnd, Engine::BuildKit]
                 .map(|e| self.median_time(row.id, e));
+            let cell = |e: Engine, t| {
+                if self.failed.contains(&(row.id, e)) {
+                    "failed".to_string()
+                } else {
+                    cell(t)
+                }
+            };
             println!(
                 "| {} | {} | {} | {} | {} | {} | ≤ {} |",
                 row.label,
-                cell(k),
-                cell(kd),
-                cell(bk),
+                cell(Engine::Kiln, k),
+                cell(Engine::Kilnd, kd),
+                cell(Engine::BuildKit, bk),
                 ratio(k, bk, row.target),
                 ratio(kd, bk, row.target),
                 row.target
