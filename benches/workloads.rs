@@ -1,107 +1,532 @@
-//! kiln's benchmark workloads (issue 3), run with
-//! `cargo bench -p kiln-integration --bench workloads` (root; it starts a
-//! private containerd like the tests do).
+//! kiln side by side with BuildKit (issue 10), run as root with
+//! `cargo bench -p kiln-integration --bench workloads`; it starts a private
+//! containerd like the tests do, and every engine builds on it.
 //!
-//! W1 cold 3-stage build (two stages each write 2,000 small files and a
-//! 100 MB file, the last copies both); W2 no-op rebuild of W1; W3
-//! `COPY . /app` of a 20,000-file, 400 MB context: cold, no-op, one file
-//! changed; W4 four independent `RUN sleep 3` stages joined by a final
-//! stage. Every figure is the median of `KILN_BENCH_RUNS` runs (default 3),
-//! printed with a ratio against its baseline in the same run: W2 and W3's
-//! rebuilds against their cold build, W4 against the 12 s its sleeps take
-//! in sequence, W1 against a plain `tar | gzip` of the same bytes.
-//! W5 runs kilnd and a step that prints 2 GB (`yes | head -c`), sampling
-//! kilnd's VmRSS from /proc: its peak against kilnd's RSS when idle (the
-//! step's output is clipped, so the peak should stay near idle).
-//! `KILN_BENCH_ONLY=W5` (a comma-separated list) runs only those.
+//! Workloads: W1 cold 3-stage build (two stages each write 2,000 small
+//! files and a 100 MB file, the last copies both); W2 no-op rebuild of W1;
+//! W3 `COPY . /app` of a 20,000-file, 400 MB context: cold, no-op, and after
+//! one 20 KB file changed; W4 four independent `RUN sleep 3` stages joined
+//! by a final stage; W5 one RUN writing 1 GiB, exported with gzip and with
+//! zstd layers; W6 a step printing 2 GB, for the daemons' peak memory.
+//!
+//! Engines, alternated within every run (kiln, kilnd, BuildKit, then
+//! again), each cold run on fresh state (a new containerd namespace, a new
+//! daemon state directory): kiln embedded (`kiln build`); kilnd driven by
+//! `buildctl` when it is on PATH, else by the harness's `buildctl-like`;
+//! BuildKit when `buildkitd` and `buildctl` are on PATH (see
+//! `daemon::buildkitd_command` for its settings). Also measured: the
+//! daemons' idle RSS, peak RSS during W3 and time from start to answering
+//! `ListWorkers`, and this machine's disk, hash and compression limits.
+//!
+//! Output: markdown tables of medians, ratios to BuildKit and the issue's
+//! targets (✅/❌). Nothing is asserted about times.
+//!
+//! Environment: `KILN_BENCH_RUNS` (default 3); `KILN_BENCH_ONLY=W1,W3` (W1
+//! to W6, `daemon` for the start/idle figures, `machine` for the limits;
+//! W2 comes with W1); `KILN_BENCH_SCALE=0.1` shrinks file counts and sizes
+//! for a quick smoke run (ratios then say little about the targets).
 
+mod daemon;
+mod engines;
+mod machine;
+
+use daemon::{Daemon, DaemonKind, RssSampler};
+use engines::{Client, Engine, Session};
 use kiln_integration::Harness;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn runs() -> usize {
-    std::env::var("KILN_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
-        .max(1)
+/// What to run, from the environment.
+#[derive(Debug)]
+struct Settings {
+    runs: usize,
+    scale: f64,
+    only: Option<Vec<String>>,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |k: &str| std::env::var(k).ok();
+        Settings {
+            runs: var("KILN_BENCH_RUNS")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(3usize)
+                .max(1),
+            scale: var("KILN_BENCH_SCALE")
+                .and_then(|s| s.parse().ok())
+                .filter(|s: &f64| *s > 0.0)
+                .unwrap_or(1.0),
+            only: var("KILN_BENCH_ONLY").map(|o| {
+                o.split(',')
+                    .map(|x| x.trim().to_ascii_lowercase())
+                    .collect()
+            }),
+        }
+    }
+
+    fn wants(&self, id: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|x| x.eq_ignore_ascii_case(id)))
+    }
+
+    /// `n` scaled, at least 1.
+    fn scaled(&self, n: usize) -> usize {
+        ((n as f64 * self.scale).round() as usize).max(1)
+    }
+}
+
+/// A row of the side-by-side table: the issue's target ratio to BuildKit.
+struct Row {
+    id: &'static str,
+    label: &'static str,
+    target: f64,
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        id: "W1",
+        label: "W1 cold 3-stage",
+        target: 0.6,
+    },
+    Row {
+        id: "W2",
+        label: "W2 no-op rebuild of W1",
+        target: 0.4,
+    },
+    Row {
+        id: "W3",
+        label: "W3 cold `COPY .` 20k files / 400 MB",
+        target: 0.5,
+    },
+    Row {
+        id: "W3-noop",
+        label: "W3 no-op rebuild",
+        target: 0.3,
+    },
+    Row {
+        id: "W3-one",
+        label: "W3 after one 20 KB file changed",
+        target: 0.15,
+    },
+    Row {
+        id: "W4",
+        label: "W4 four parallel `RUN sleep 3` stages",
+        target: 0.95,
+    },
+    Row {
+        id: "W5-gzip",
+        label: "W5 1 GiB layer, gzip",
+        target: 0.6,
+    },
+    Row {
+        id: "W5-zstd",
+        label: "W5 1 GiB layer, zstd",
+        target: 0.5,
+    },
+];
+
+/// The daemon figures' targets for kilnd: idle RSS, peak RSS during W3
+/// (both MiB), start to answering ListWorkers (ms).
+const IDLE_MIB: f64 = 8.0;
+const PEAK_W3_MIB: f64 = 40.0;
+const START_MS: f64 = 15.0;
+
+fn median<T: Copy + Ord>(v: &[T]) -> Option<T> {
+    let mut v = v.to_vec();
     v.sort();
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied()
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.2}s", d.as_secs_f64())
+/// Everything measured, keyed by row or daemon.
+#[derive(Default)]
+struct Figures {
+    times: HashMap<(&'static str, Engine), Vec<Duration>>,
+    failed: HashSet<(&'static str, Engine)>,
+    idle_kib: HashMap<DaemonKind, Vec<u64>>,
+    peak_w3_kib: HashMap<DaemonKind, Vec<u64>>,
+    start: HashMap<DaemonKind, Vec<Duration>>,
+    flood: Vec<String>,
+    machine: Vec<(String, String)>,
 }
 
-/// Runs one build and returns its wall time; panics on failure.
-fn timed_build(h: &Harness, ns: &str, ctx: &Path, extra: &[&str]) -> Duration {
-    let mut args = vec!["build", "--progress", "plain"];
-    args.extend_from_slice(extra);
-    let c = ctx.to_str().expect("utf8 path");
-    args.push(c);
-    let start = Instant::now();
-    let out = h.kiln(ns, &args).expect("kiln runs");
-    let took = start.elapsed();
-    assert!(out.success, "build failed:\n{}", out.stderr);
-    took
+impl Figures {
+    /// Records a build's time; a failed build is reported on stderr and
+    /// its row shows "failed" instead of a median.
+    fn time(&mut self, id: &'static str, engine: Engine, r: Result<Duration, String>) {
+        match r {
+            Ok(d) => self.times.entry((id, engine)).or_default().push(d),
+            Err(e) => {
+                eprintln!("{id} {}: {e}", engine.name());
+                self.failed.insert((id, engine));
+            }
+        }
+    }
+
+    fn median_time(&self, id: &'static str, engine: Engine) -> Option<Duration> {
+        self.times.get(&(id, engine)).and_then(|v| median(v))
+    }
 }
 
-const W1: &str = r#"FROM busybox AS a
-RUN mkdir /d && i=0; while [ $i -lt 2000 ]; do echo a$i > /d/f$i; i=$((i+1)); done && dd if=/dev/urandom of=/d/big bs=1M count=100 2>/dev/null
-FROM busybox AS b
-RUN mkdir /d && i=0; while [ $i -lt 2000 ]; do echo b$i > /d/f$i; i=$((i+1)); done && dd if=/dev/urandom of=/d/big bs=1M count=100 2>/dev/null
-FROM busybox
-COPY --from=a /d /a
-COPY --from=b /d /b
-"#;
+struct Bench<'h> {
+    h: &'h Harness,
+    rt: &'h tokio::runtime::Runtime,
+    s: Settings,
+    engines: Vec<Engine>,
+    client: &'h Client,
+    work: PathBuf,
+    f: Figures,
+}
 
 const W4: &str = "FROM busybox AS s1\nRUN sleep 3 && echo 1 > /o\nFROM busybox AS s2\nRUN sleep 3 && echo 2 > /o\n\
 FROM busybox AS s3\nRUN sleep 3 && echo 3 > /o\nFROM busybox AS s4\nRUN sleep 3 && echo 4 > /o\n\
 FROM busybox\nCOPY --from=s1 /o /o1\nCOPY --from=s2 /o /o2\nCOPY --from=s3 /o /o3\nCOPY --from=s4 /o /o4\n";
+
+fn w1_dockerfile(files: usize, big_mb: usize) -> String {
+    let stage = |s: &str| {
+        format!(
+            "FROM busybox AS {s}\nRUN mkdir /d && i=0; while [ $i -lt {files} ]; do echo {s}$i > /d/f$i; i=$((i+1)); done \
+             && dd if=/dev/urandom of=/d/big bs=1M count={big_mb} 2>/dev/null\n"
+        )
+    };
+    format!(
+        "{}{}FROM busybox\nCOPY --from=a /d /a\nCOPY --from=b /d /b\n",
+        stage("a"),
+        stage("b")
+    )
+}
 
 fn write_context(dir: &Path, dockerfile: &str) {
     std::fs::create_dir_all(dir).expect("mkdir");
     std::fs::write(dir.join("Dockerfile"), dockerfile).expect("write");
 }
 
-/// 20,000 files totalling 400 MB (20 KiB each) of incompressible data, in
-/// 100 directories.
-fn w3_context(dir: &Path) {
+/// The W3 file every "one file changed" build rewrites.
+fn w3_changed(dir: &Path) -> PathBuf {
+    dir.join("d000/f000")
+}
+
+/// `files` files of 20 KiB of incompressible data, 200 per directory.
+fn w3_context(dir: &Path, files: usize) {
     write_context(dir, "FROM busybox\nCOPY . /app\n");
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut buf = vec![0u8; 20 * 1024];
-    for d in 0..100 {
+    for d in 0..files.div_ceil(200) {
         let sub = dir.join(format!("d{d:03}"));
         std::fs::create_dir_all(&sub).expect("mkdir");
-        for f in 0..200 {
-            for chunk in buf.chunks_mut(8) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
-            }
-            std::fs::write(sub.join(format!("f{f:03}")), &buf).expect("write");
+        for f in 0..(files - d * 200).min(200) {
+            let data = machine::random_bytes(20 * 1024, (d * 200 + f) as u64 + 1);
+            std::fs::write(sub.join(format!("f{f:03}")), data).expect("write");
         }
     }
 }
 
-/// `tar -c dir | gzip -6` time: what a single-threaded exporter pays for
-/// the same bytes.
-fn tar_gzip(dir: &Path) -> Duration {
-    let start = Instant::now();
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "tar -C '{}' -cf - . | gzip -6 > /dev/null",
-            dir.display()
-        ))
-        .status()
-        .expect("tar | gzip");
-    assert!(status.success());
-    start.elapsed()
+impl<'h> Bench<'h> {
+    fn open(&self, engine: Engine, ns: &str) -> Session<'h> {
+        self.rt
+            .block_on(Session::open(self.h, engine, ns, self.client))
+            .unwrap_or_else(|e| panic!("{} in {ns}: {e}", engine.name()))
+    }
+
+    fn ns(w: &str, engine: Engine, run: usize) -> String {
+        format!(
+            "{}-{}-{run}",
+            w.to_ascii_lowercase(),
+            engine.name().to_ascii_lowercase()
+        )
+    }
+
+    /// W1 cold and W2 no-op in one session per engine and run.
+    fn w1_w2(&mut self) {
+        let ctx = self.work.join("w1");
+        write_context(
+            &ctx,
+            &w1_dockerfile(self.s.scaled(2000), self.s.scaled(100)),
+        );
+        for run in 0..self.s.runs {
+            for e in self.engines.clone() {
+                let s = self.open(e, &Self::ns("w1", e, run));
+                self.f.time("W1", e, s.build(&ctx, "w1", None));
+                self.f.time("W2", e, s.build(&ctx, "w1", None));
+                s.close();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&ctx);
+    }
+
+    /// W3 cold, no-op and one file changed, sampling the daemon's RSS.
+    fn w3(&mut self) {
+        let ctx = self.work.join("w3");
+        w3_context(&ctx, self.s.scaled(20_000));
+        for run in 0..self.s.runs {
+            for e in self.engines.clone() {
+                let s = self.open(e, &Self::ns("w3", e, run));
+                let sampler = s.daemon_pid().map(RssSampler::start);
+                self.f.time("W3", e, s.build(&ctx, "w3", None));
+                self.f.time("W3-noop", e, s.build(&ctx, "w3", None));
+                let seed = 0xc0ff_ee00 + run as u64 * 16 + e as u64;
+                std::fs::write(w3_changed(&ctx), machine::random_bytes(20 * 1024, seed))
+                    .expect("change one file");
+                self.f.time("W3-one", e, s.build(&ctx, "w3", None));
+                if let (Some(sampler), Some(kind)) = (sampler, e.daemon()) {
+                    self.f
+                        .peak_w3_kib
+                        .entry(kind)
+                        .or_default()
+                        .push(sampler.stop());
+                }
+                s.close();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&ctx);
+    }
+
+    fn w4(&mut self) {
+        let ctx = self.work.join("w4");
+        write_context(&ctx, W4);
+        for run in 0..self.s.runs {
+            for e in self.engines.clone() {
+                let s = self.open(e, &Self::ns("w4", e, run));
+                self.f.time("W4", e, s.build(&ctx, "w4", None));
+                s.close();
+            }
+        }
+    }
+
+    /// One RUN writing 1 GiB of random data, exported with gzip and zstd
+    /// layers, each cold.
+    fn w5(&mut self) {
+        let ctx = self.work.join("w5");
+        let mib = self.s.scaled(1024);
+        write_context(
+            &ctx,
+            &format!(
+                "FROM busybox\nRUN dd if=/dev/urandom of=/big bs=1M count={mib} 2>/dev/null\n"
+            ),
+        );
+        for run in 0..self.s.runs {
+            for (id, c) in [("W5-gzip", "gzip"), ("W5-zstd", "zstd")] {
+                for e in self.engines.clone() {
+                    let s = self.open(e, &Self::ns(id, e, run));
+                    self.f.time(id, e, s.build(&ctx, "w5", Some(c)));
+                    // Not a timing: the comparison is only fair if every
+                    // engine compressed as it was asked.
+                    let media = s.top_layer_type("w5");
+                    assert!(
+                        media.contains(c),
+                        "{} exported a {media} layer, not {c}",
+                        e.name()
+                    );
+                    s.close();
+                }
+            }
+        }
+    }
+
+    /// W6: each daemon's peak RSS while a step prints 2 GB, once.
+    fn w6(&mut self) {
+        let bytes = self.s.scaled(2_000_000_000);
+        let ctx = self.work.join("w6");
+        write_context(&ctx, &format!("FROM busybox\nRUN yes | head -c {bytes}\n"));
+        for e in self
+            .engines
+            .clone()
+            .into_iter()
+            .filter(|e| e.daemon().is_some())
+        {
+            let s = self.open(e, &Self::ns("w6", e, 0));
+            let pid = s.daemon_pid().expect("a daemon runs");
+            let idle = daemon::rss_kib(pid).unwrap_or(0);
+            let sampler = RssSampler::start(pid);
+            let took = s.build(&ctx, "w6", None);
+            let peak = sampler.stop();
+            let took = took.map_or_else(
+                |err| {
+                    eprintln!("W6 {}: {err}", e.name());
+                    "failed".to_string()
+                },
+                |t| format!("{:.2} s", t.as_secs_f64()),
+            );
+            self.f.flood.push(format!(
+                "| {} | {:.1} MiB | {:.1} MiB | {took} |",
+                e.name(),
+                peak as f64 / 1024.0,
+                idle as f64 / 1024.0,
+            ));
+            s.close();
+        }
+    }
+
+    /// Each daemon started 5 times on one state directory: time to its
+    /// first ListWorkers answer, and its RSS 300 ms later.
+    fn daemon_start(&mut self) {
+        for kind in self.engines.iter().filter_map(|e| e.daemon()) {
+            let ns = format!("start-{}", kind.name());
+            let root = self.h.state_dir().join(format!("{ns}-root"));
+            let mut last = None;
+            for _ in 0..5 {
+                let (mut d, took) = self
+                    .rt
+                    .block_on(Daemon::start(self.h, kind, &ns, &root))
+                    .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+                std::thread::sleep(Duration::from_millis(300));
+                let rss = d.pid().and_then(daemon::rss_kib).unwrap_or(0);
+                self.f.start.entry(kind).or_default().push(took);
+                self.f.idle_kib.entry(kind).or_default().push(rss);
+                d.halt();
+                last = Some(d);
+            }
+            if let Some(d) = last {
+                d.stop();
+            }
+            let _ = self.h.ctr("default", &["namespaces", "rm", &ns]);
+        }
+    }
+
+    fn machine(&mut self) {
+        self.f.machine = machine::limits(&self.work, self.s.scaled(1024), self.s.scaled(256));
+    }
+}
+
+/// `t` in seconds, or a dash.
+fn cell(t: Option<Duration>) -> String {
+    t.map_or("—".into(), |t| format!("{:.2} s", t.as_secs_f64()))
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok {
+        "✅"
+    } else {
+        "❌"
+    }
+}
+
+/// `a / b` against `target` (at most), or why there is none.
+fn ratio(a: Option<Duration>, b: Option<Duration>, target: f64) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let r = a.as_secs_f64() / b.as_secs_f64();
+            format!("{r:.2} {}", mark(r <= target))
+        }
+        _ => "n/a".into(),
+    }
+}
+
+impl Figures {
+    fn print_workloads(&self, engines: &[Engine]) {
+        println!(
+            "| workload | kiln | kilnd | BuildKit | kiln / BuildKit | kilnd / BuildKit | target |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for row in ROWS {
+            if !engines
+                .iter()
+                .any(|e| self.median_time(row.id, *e).is_some())
+            {
+                continue;
+            }
+            let [k, kd, bk] = [Engine::Kiln, Engine::Kilnd, Engine::BuildKit]
+                .map(|e| self.median_time(row.id, e));
+            let cell = |e: Engine, t| {
+                if self.failed.contains(&(row.id, e)) {
+                    "failed".to_string()
+                } else {
+                    cell(t)
+                }
+            };
+            println!(
+                "| {} | {} | {} | {} | {} | {} | ≤ {} |",
+                row.label,
+                cell(Engine::Kiln, k),
+                cell(Engine::Kilnd, kd),
+                cell(Engine::BuildKit, bk),
+                ratio(k, bk, row.target),
+                ratio(kd, bk, row.target),
+                row.target
+            );
+        }
+    }
+
+    fn print_daemons(&self) {
+        if self.start.is_empty() && self.peak_w3_kib.is_empty() {
+            return;
+        }
+        let mib = |m: &HashMap<DaemonKind, Vec<u64>>, k| {
+            m.get(&k)
+                .and_then(|v| median(v))
+                .map(|kib| kib as f64 / 1024.0)
+        };
+        let ms = |k| {
+            self.start
+                .get(&k)
+                .and_then(|v| median(v))
+                .map(|d| d.as_secs_f64() * 1000.0)
+        };
+        println!();
+        println!("| daemon | kilnd | buildkitd | target (kilnd) |");
+        println!("|---|---|---|---|");
+        let rows = [
+            (
+                "idle RSS",
+                mib(&self.idle_kib, DaemonKind::Kilnd),
+                mib(&self.idle_kib, DaemonKind::Buildkitd),
+                "MiB",
+                IDLE_MIB,
+            ),
+            (
+                "peak RSS during W3",
+                mib(&self.peak_w3_kib, DaemonKind::Kilnd),
+                mib(&self.peak_w3_kib, DaemonKind::Buildkitd),
+                "MiB",
+                PEAK_W3_MIB,
+            ),
+            (
+                "start → answering ListWorkers (median of 5)",
+                ms(DaemonKind::Kilnd),
+                ms(DaemonKind::Buildkitd),
+                "ms",
+                START_MS,
+            ),
+        ];
+        for (label, kilnd, buildkitd, unit, target) in rows {
+            let show = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.1} {unit}"));
+            println!(
+                "| {label} | {} | {} | ≤ {target} {unit} {} |",
+                show(kilnd),
+                show(buildkitd),
+                kilnd.map_or("", |v| mark(v <= target))
+            );
+        }
+    }
+
+    fn print_rest(&self) {
+        if !self.flood.is_empty() {
+            println!();
+            println!("| W6 a step prints 2 GB | peak RSS | idle RSS | build |");
+            println!("|---|---|---|---|");
+            for l in &self.flood {
+                println!("{l}");
+            }
+        }
+        if !self.machine.is_empty() {
+            println!();
+            println!("| this machine's limit | measured |");
+            println!("|---|---|");
+            for (k, v) in &self.machine {
+                println!("| {k} | {v} |");
+            }
+        }
+    }
+}
+
+/// Why BuildKit cannot run, if it cannot.
+fn buildkit_missing(client: &Client) -> Option<String> {
+    if daemon::on_path("buildkitd").is_none() {
+        return Some("buildkitd is not on PATH".into());
+    }
+    if !matches!(client, Client::Buildctl(_)) {
+        return Some("buildctl is not on PATH".into());
+    }
+    None
 }
 
 fn main() {
@@ -112,169 +537,73 @@ fn main() {
     let h = rt
         .block_on(Harness::start())
         .expect("private containerd starts");
-    let n = runs();
-    let work: PathBuf = h.state_dir().join("bench");
+    let s = Settings::from_env();
+    let client = Client::find().expect("a buildctl-compatible client");
+    let missing = buildkit_missing(&client);
+    let mut engines = vec![Engine::Kiln, Engine::Kilnd];
+    if missing.is_none() {
+        engines.push(Engine::BuildKit);
+    }
     println!(
-        "kiln benchmarks: {n} runs each, medians; {} cores",
-        std::thread::available_parallelism()
-            .map(|p| p.get())
-            .unwrap_or(1)
+        "# kiln side by side: {} run(s) each, medians; scale {}; {} cores",
+        s.runs,
+        s.scale,
+        std::thread::available_parallelism().map_or(1, |p| p.get())
     );
-
-    // KILN_BENCH_ONLY=W5 (or W1,W3,...) runs only those workloads.
-    let only = std::env::var("KILN_BENCH_ONLY").ok();
-    let want = |w: &str| {
-        only.as_deref()
-            .is_none_or(|o| o.split(',').any(|x| x.trim() == w))
+    println!("kilnd is driven by {}", client.describe());
+    match &missing {
+        None => println!(
+            "BuildKit: {} (containerd worker only, on the same containerd, overlayfs, host network, gc off, image-resolve-mode=local, exporter unpack=true)",
+            daemon::on_path("buildkitd").map(|p| p.display().to_string()).unwrap_or_default()
+        ),
+        Some(why) => println!(
+            "BuildKit NOT measured ({why}): every ratio to BuildKit is missing (n/a); put buildkitd and buildctl on PATH (see docs/PERFORMANCE.md)"
+        ),
+    }
+    if s.scale != 1.0 {
+        println!(
+            "scale {} shrinks the workloads: the ratios are not the issue's targets",
+            s.scale
+        );
+    }
+    let work = h.state_dir().join("bench");
+    std::fs::create_dir_all(&work).expect("bench dir");
+    let mut b = Bench {
+        h: &h,
+        rt: &rt,
+        s,
+        engines,
+        client: &client,
+        work,
+        f: Figures::default(),
     };
-    if want("W1") || want("W2") {
-        // W1 and W2: each run in a fresh namespace, so W1 is cold.
-        let w1 = work.join("w1");
-        write_context(&w1, W1);
-        let (mut cold, mut noop) = (Vec::new(), Vec::new());
-        for i in 0..n {
-            let ns = format!("w1-{i}");
-            rt.block_on(h.import_busybox(&ns, "docker.io/library/busybox:latest"))
-                .expect("busybox");
-            cold.push(timed_build(&h, &ns, &w1, &["-t", "w1"]));
-            noop.push(timed_build(&h, &ns, &w1, &["-t", "w1"]));
-        }
-        let (w1_t, w2_t) = (median(cold), median(noop));
-        // Baseline for W1: tar|gzip of a tree like the one W1 writes.
-        let like = work.join("w1-like");
-        std::fs::create_dir_all(&like).expect("mkdir");
-        for s in ["a", "b"] {
-            let d = like.join(s);
-            std::fs::create_dir_all(&d).expect("mkdir");
-            for i in 0..2000 {
-                std::fs::write(d.join(format!("f{i}")), format!("{s}{i}\n")).expect("write");
-            }
-            let st = std::process::Command::new("dd")
-                .args([
-                    "if=/dev/urandom",
-                    &format!("of={}", d.join("big").display()),
-                    "bs=1M",
-                    "count=100",
-                ])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .expect("dd");
-            assert!(st.success());
-        }
-        let tg = tar_gzip(&like);
-        println!(
-            "W1 cold 3-stage build           {:>8}   (tar|gzip of the same bytes: {}, ratio {:.2})",
-            secs(w1_t),
-            secs(tg),
-            w1_t.as_secs_f64() / tg.as_secs_f64()
-        );
-        println!(
-            "W2 no-op rebuild of W1          {:>8}   (ratio to W1 cold: {:.3})",
-            secs(w2_t),
-            w2_t.as_secs_f64() / w1_t.as_secs_f64()
-        );
+    if b.s.wants("machine") {
+        b.machine();
     }
-    if want("W3") {
-        // W3: cold, no-op, one file changed.
-        let w3 = work.join("w3");
-        w3_context(&w3);
-        let (mut cold, mut noop, mut one) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..n {
-            let ns = format!("w3-{i}");
-            rt.block_on(h.import_busybox(&ns, "docker.io/library/busybox:latest"))
-                .expect("busybox");
-            cold.push(timed_build(&h, &ns, &w3, &["-t", "w3"]));
-            noop.push(timed_build(&h, &ns, &w3, &["-t", "w3"]));
-            std::fs::write(w3.join("d050/f100"), format!("changed {i}\n")).expect("write");
-            one.push(timed_build(&h, &ns, &w3, &["-t", "w3"]));
-        }
-        let (c, z, o) = (median(cold), median(noop), median(one));
-        println!("W3 COPY 20k files/400MB cold    {:>8}", secs(c));
-        println!(
-            "W3 no-op rebuild                {:>8}   (ratio to cold: {:.3})",
-            secs(z),
-            z.as_secs_f64() / c.as_secs_f64()
-        );
-        println!(
-            "W3 one file changed             {:>8}   (ratio to cold: {:.3})",
-            secs(o),
-            o.as_secs_f64() / c.as_secs_f64()
-        );
+    if b.s.wants("daemon") {
+        b.daemon_start();
     }
-    if want("W4") {
-        // W4: four 3 s sleeps in parallel stages.
-        let w4 = work.join("w4");
-        write_context(&w4, W4);
-        let mut t = Vec::new();
-        for i in 0..n {
-            let ns = format!("w4-{i}");
-            rt.block_on(h.import_busybox(&ns, "docker.io/library/busybox:latest"))
-                .expect("busybox");
-            t.push(timed_build(&h, &ns, &w4, &["-t", "w4"]));
-        }
-        let w4_t = median(t);
-        println!(
-            "W4 4 x RUN sleep 3 in parallel  {:>8}   (ratio to 12 s in sequence: {:.2})",
-            secs(w4_t),
-            w4_t.as_secs_f64() / 12.0
-        );
+    if b.s.wants("W1") || b.s.wants("W2") {
+        b.w1_w2();
     }
-    if want("W5") {
-        // W5: kilnd's peak memory while a step prints 2 GB.
-        let ns = "w5";
-        rt.block_on(h.import_busybox(ns, "docker.io/library/busybox:latest"))
-            .expect("busybox");
-        let kilnd = rt.block_on(h.start_kilnd(ns)).expect("kilnd starts");
-        let pid = kilnd.pid().expect("kilnd runs");
-        let idle = rss_kib(pid).unwrap_or(0);
-        let w5 = work.join("w5");
-        write_context(&w5, "FROM busybox\nRUN yes | head -c 2000000000\n");
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut max = 0;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    max = max.max(rss_kib(pid).unwrap_or(0));
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                max
-            })
-        };
-        let addr = kilnd.addr();
-        let start = Instant::now();
-        let out = h
-            .kiln(
-                ns,
-                &[
-                    "--addr",
-                    &addr,
-                    "build",
-                    "--progress",
-                    "plain",
-                    w5.to_str().expect("utf8 path"),
-                ],
-            )
-            .expect("kiln runs");
-        let took = start.elapsed();
-        assert!(out.success, "W5 build failed:\n{}", out.stderr);
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let peak = sampler.join().expect("sampler");
-        println!(
-            "W5 kilnd peak RSS, step prints 2 GB {:>6} MiB   (idle {} MiB; build {})",
-            peak / 1024,
-            idle / 1024,
-            secs(took)
-        );
+    if b.s.wants("W3") {
+        b.w3();
     }
-}
-
-/// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    if b.s.wants("W4") {
+        b.w4();
+    }
+    if b.s.wants("W5") {
+        b.w5();
+    }
+    if b.s.wants("W6") {
+        b.w6();
+    }
+    println!();
+    b.f.print_workloads(&b.engines);
+    b.f.print_daemons();
+    b.f.print_rest();
+    if let Some(why) = missing {
+        println!();
+        println!("Ratios to BuildKit are missing: {why}.");
+    }
 }

@@ -11,7 +11,9 @@
 //! with `BUILDCTL_LIKE_AUTH=user:password` the session serves
 //! `Auth.Credentials` with that login for every registry (buildctl's
 //! auth provider answers from the docker config the same way).
-//! `BUILDCTL_LIKE_OPTS=k=v,k=v` are frontend options, as `buildctl --opt`.
+//! `BUILDCTL_LIKE_OPTS=k=v,k=v` are frontend options, as `buildctl --opt`;
+//! `BUILDCTL_LIKE_EXPORT=k=v,k=v` are more attributes of the image exporter
+//! (e.g. `compression=zstd`, as in `buildctl --output type=image,...`).
 //! Every status log line is printed to stdout as it arrives, so a test can
 //! wait for a step's output before it interrupts the client.
 
@@ -58,6 +60,16 @@ fn with_build_id<T>(msg: T, id: &str) -> Result<tonic::Request<T>, Error> {
     Ok(r)
 }
 
+/// `k=v,k=v` pairs of the environment variable `var`.
+fn env_pairs(var: &str) -> HashMap<String, String> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// The frontend half: LLBBridge.Solve with dockerfile.v0, then Return.
 async fn gateway(channel: Channel, build: String) -> Result<(), Error> {
     let mut bridge = LlbBridgeClient::new(channel);
@@ -65,12 +77,7 @@ async fn gateway(channel: Channel, build: String) -> Result<(), Error> {
         .solve(with_build_id(
             gateway::SolveRequest {
                 frontend: "dockerfile.v0".into(),
-                frontend_opt: std::env::var("BUILDCTL_LIKE_OPTS")
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                frontend_opt: env_pairs("BUILDCTL_LIKE_OPTS"),
                 allow_result_return: true,
                 ..Default::default()
             },
@@ -166,7 +173,8 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
     let push = std::env::var("BUILDCTL_LIKE_PUSH").is_ok_and(|v| v == "1");
     let exporters = name
         .map(|n| {
-            let mut attrs = HashMap::from([("name".to_string(), n)]);
+            let mut attrs = env_pairs("BUILDCTL_LIKE_EXPORT");
+            attrs.insert("name".to_string(), n);
             if push {
                 attrs.insert("push".to_string(), "true".to_string());
             }
