@@ -14,6 +14,7 @@ pub mod archive;
 pub mod base;
 pub mod build;
 pub mod cache;
+pub mod claim;
 pub mod entitlements;
 pub mod error;
 pub mod export;
