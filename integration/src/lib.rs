@@ -638,7 +638,7 @@ impl Harness {
     /// Starts kilnd with extra flags (e.g. a TLS `--addr tcp://...`) besides
     /// its unix socket, and waits until it listens on every address.
     pub async fn start_kilnd_with(&self, namespace: &str, extra: &[&str]) -> HarnessResult<Kilnd> {
-        self.spawn_kilnd(namespace, extra, &[]).await
+        self.spawn_kilnd(namespace, namespace, extra, &[]).await
     }
 
     /// Starts kilnd with these environment variables set (e.g. a `HOME`
@@ -648,29 +648,36 @@ impl Harness {
         namespace: &str,
         env: &[(&str, &Path)],
     ) -> HarnessResult<Kilnd> {
-        self.spawn_kilnd(namespace, &[], env).await
+        self.spawn_kilnd(namespace, namespace, &[], env).await
     }
 
     /// Starts kilnd on this containerd in `namespace` and waits until its
     /// socket answers.
     pub async fn start_kilnd(&self, namespace: &str) -> HarnessResult<Kilnd> {
-        self.spawn_kilnd(namespace, &[], &[]).await
+        self.spawn_kilnd(namespace, namespace, &[], &[]).await
+    }
+
+    /// Starts another kilnd on `namespace`, with its own socket, log and
+    /// root named after `name` (several daemons sharing one containerd).
+    pub async fn start_kilnd_named(&self, namespace: &str, name: &str) -> HarnessResult<Kilnd> {
+        self.spawn_kilnd(namespace, name, &[], &[]).await
     }
 
     async fn spawn_kilnd(
         &self,
         namespace: &str,
+        name: &str,
         extra: &[&str],
         env: &[(&str, &Path)],
     ) -> HarnessResult<Kilnd> {
-        let socket = self.state_dir().join(format!("kilnd-{namespace}.sock"));
-        let log = self.state_dir().join(format!("kilnd-{namespace}.log"));
+        let socket = self.state_dir().join(format!("kilnd-{name}.sock"));
+        let log = self.state_dir().join(format!("kilnd-{name}.log"));
         let logf = std::fs::File::create(&log).map_err(|e| format!("kilnd log: {e}"))?;
         let child = Command::new(kilnd_binary()?)
             .arg("--addr")
             .arg(format!("unix://{}", socket.display()))
             .arg("--root")
-            .arg(self.state_dir().join(format!("kilnd-root-{namespace}")))
+            .arg(self.state_dir().join(format!("kilnd-root-{name}")))
             .arg("--containerd-address")
             .arg(&self.socket)
             .arg("--namespace")

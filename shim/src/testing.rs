@@ -21,6 +21,13 @@ pub enum FakeOutcome {
     },
     /// Runs until cancelled, then answers [`ExecError::Cancelled`].
     Hang,
+    /// Runs until `gate` is notified, then exits with `code` (or is
+    /// cancelled, as [`FakeOutcome::Hang`]): a step a test finishes when
+    /// it chooses.
+    Gated {
+        gate: Arc<tokio::sync::Notify>,
+        code: u32,
+    },
 }
 
 /// Records steps and answers from a script.
@@ -84,6 +91,10 @@ impl Executor for FakeExecutor {
                     cancel.cancelled().await;
                     Err(ExecError::Cancelled { id })
                 }
+                Some(FakeOutcome::Gated { gate, code }) => tokio::select! {
+                    _ = cancel.cancelled() => Err(ExecError::Cancelled { id }),
+                    _ = gate.notified() => Ok(ExitStatus { code }),
+                },
             }
         }
     }

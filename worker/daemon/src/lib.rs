@@ -64,6 +64,15 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing(config.debug);
+    // Before the runtime: a few small file operations need no blocking
+    // thread (one would linger, 10 s and its memory, after start).
+    let worker_id = match prepare_root(&config.root) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("kilnd: {}", error_line(&e));
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,7 +83,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(run(config));
+    let result = rt.block_on(run(config, worker_id));
     // Connections still draining after the timeout are dropped here.
     rt.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -107,25 +116,48 @@ fn init_tracing(debug: bool) {
         .init();
 }
 
-async fn run(config: config::Config) -> Result<()> {
+/// Makes kiln's state directory private and returns the worker id kept
+/// in it.
+fn prepare_root(root: &std::path::Path) -> Result<String> {
     // kiln's state (received contexts, step files, mount points) is for
     // root only: created 0700, an existing directory tightened.
-    kiln_engine::sweep::private_state_dir(&config.root)
-        .with_context(|| format!("cannot make {} private", config.root.display()))?;
-    let root = config.root.clone();
-    let worker_id = tokio::task::spawn_blocking(move || workers::worker_id(&root))
-        .await?
-        .with_context(|| {
-            format!(
-                "cannot create the worker id under {}",
-                config.root.display()
-            )
-        })?;
+    kiln_engine::sweep::private_state_dir(root)
+        .with_context(|| format!("cannot make {} private", root.display()))?;
+    workers::worker_id(root)
+        .with_context(|| format!("cannot create the worker id under {}", root.display()))
+}
+
+/// Binds every address of `addrs` (none is served yet).
+async fn bind_all(
+    d: &state::Daemon,
+    addrs: &[String],
+    tls: Option<&config::TlsConfig>,
+) -> Result<Vec<listen::Listener>> {
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let authenticated = !addr.starts_with("tcp://") || tls.is_some_and(|t| t.ca.is_some());
+        if !d.config.tenants.is_empty() && !authenticated {
+            tracing::warn!(
+                addr,
+                "tenants are configured but clients on this address prove no identity: \
+                 every request there is refused"
+            );
+        }
+        listeners.push(listen::bind(addr, tls).await?);
+    }
+    Ok(listeners)
+}
+
+async fn run(config: config::Config, worker_id: String) -> Result<()> {
     let addrs = config.addrs.clone();
     let tls = config.tls.clone();
 
-    let d = state::Daemon::new(config).await?;
-    match d.ctrd.version().await {
+    let d = state::Daemon::new(config, worker_id).await?;
+    let worker_id = &d.worker_id;
+    // Connecting checked containerd answers; its version is for the log
+    // only, asked while the listeners are bound.
+    let (version, listeners) = tokio::join!(d.ctrd.version(), bind_all(&d, &addrs, tls.as_ref()));
+    match version {
         Ok(v) => tracing::info!(
             version = kiln_engine::VERSION,
             worker = %worker_id,
@@ -140,22 +172,11 @@ async fn run(config: config::Config) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "containerd version unavailable"),
     }
 
-    // Bind every address before serving any, so that a bad one fails the
+    // Every address is bound before any is served: a bad one fails the
     // start instead of leaving a half-listening daemon.
-    let mut listeners = Vec::new();
-    for addr in &addrs {
-        let authenticated =
-            !addr.starts_with("tcp://") || tls.as_ref().is_some_and(|t| t.ca.is_some());
-        if !d.config.tenants.is_empty() && !authenticated {
-            tracing::warn!(
-                addr,
-                "tenants are configured but clients on this address prove no identity: \
-                 every request there is refused"
-            );
-        }
-        let listener = listen::bind(addr, tls.as_ref()).await?;
-        tracing::info!(addr, local = ?listener.local_addr(), tls = tls.is_some() && addr.starts_with("tcp://"), "listening");
-        listeners.push(listener);
+    let listeners = listeners?;
+    for l in &listeners {
+        tracing::info!(addr = l.addr(), local = ?l.local_addr(), tls = tls.is_some() && l.addr().starts_with("tcp://"), "listening");
     }
 
     let stop_accepting = CancellationToken::new();

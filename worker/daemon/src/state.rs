@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Daemon {
     /// The connection in the configured namespace (version, server uuid).
     pub ctrd: Containerd,
+    /// The stable worker id (`workers::worker_id`), read once at startup.
+    pub worker_id: String,
     pub config: Config,
     /// Cancelled on SIGTERM: every running build is cancelled with it.
     pub shutdown: CancellationToken,
@@ -34,9 +36,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Connects to containerd, cleans up after dead builds, and is ready.
-    pub async fn new(config: Config) -> anyhow::Result<Arc<Daemon>> {
+    pub async fn new(config: Config, worker_id: String) -> anyhow::Result<Arc<Daemon>> {
         let ctrd = Containerd::connect(config.containerd.clone()).await?;
-        kiln_engine::sweep::private_state_dir(&config.root)?;
         let cni = config.worker.network.resolve(
             config.worker.cni.clone(),
             kiln_engine::build::network_dir(&config.root),
@@ -72,6 +73,7 @@ impl Daemon {
         };
         let d = Arc::new(Daemon {
             ctrd,
+            worker_id,
             config,
             shutdown: CancellationToken::new(),
             jobs: Arc::new(Jobs::default()),

@@ -57,7 +57,8 @@ pub fn buildkit_version() -> BuildkitVersion {
 }
 
 /// The stable worker id in `<root>/workerid`, created (random) on first
-/// use. Call it once at startup so an unwritable root fails early.
+/// use. Read once at startup (an unwritable root fails the start) and
+/// kept for the daemon's life.
 pub fn worker_id(root: &Path) -> std::io::Result<String> {
     let path = root.join(WORKER_ID_FILE);
     match std::fs::read_to_string(&path) {
@@ -210,10 +211,6 @@ pub fn worker_record(
     }
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("{what}: {e}"))
-}
-
 /// A library error as a status: its kind's code, the whole cause chain as
 /// message.
 fn status_of<E: std::error::Error>(e: &E, kind: kiln_proto::ErrorKind) -> Status {
@@ -226,11 +223,7 @@ pub async fn list_workers(
     tenant: &Tenant,
     _req: ListWorkersRequest,
 ) -> Result<ListWorkersResponse, Status> {
-    let root = d.config.root.clone();
-    let id = tokio::task::spawn_blocking(move || worker_id(&root))
-        .await
-        .map_err(|e| internal("worker id", e))?
-        .map_err(|e| internal("cannot read or create the worker id", e))?;
+    let id = d.worker_id.clone();
     let uuid = tenant
         .ctrd
         .server_uuid()

@@ -371,6 +371,7 @@ impl Engine {
             registry: registry.clone(),
             resolve_mode: req.resolve_mode,
             pinned: req.pinned.clone(),
+            started: Default::default(),
         });
         let solved =
             kiln_solver::scheduler::solve(&self.solver, &req.graph, req.result, runner, cancel)

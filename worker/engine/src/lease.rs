@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub const KEEPALIVE_LABEL: &str = "dev.kiln/keepalive";
 /// On a keepalive lease: its lifetime in seconds (with its creation time,
 /// when it lapses; containerd may keep an expired one until its next GC).
-const KEEPALIVE_SECS_LABEL: &str = "dev.kiln/keepalive.secs";
+pub(crate) const KEEPALIVE_SECS_LABEL: &str = "dev.kiln/keepalive.secs";
 
 /// How long a build's protection lasts without renewal, and how often it is
 /// renewed.
@@ -42,7 +42,7 @@ impl Default for LeaseTiming {
 }
 
 /// The keepalive prefix of build lease `lease`.
-fn keepalive_prefix(lease: &LeaseId) -> String {
+pub(crate) fn keepalive_prefix(lease: &LeaseId) -> String {
     let name = lease.as_str().rsplit('/').next().unwrap_or_default();
     format!("{}/", LeaseId::named("keepalive", name).as_str())
 }

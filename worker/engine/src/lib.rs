@@ -15,6 +15,7 @@ pub mod base;
 pub mod blobs;
 pub mod build;
 pub mod cache;
+pub mod claim;
 pub mod entitlements;
 pub mod error;
 pub mod export;

@@ -80,6 +80,8 @@ pub async fn prune(svc: &Services, opts: &PruneOptions) -> Result<PruneReport> {
         report.reclaimed += r.size;
         report.removed.push(r.clone());
     }
+    // Claims whose holder died hold nothing, but they are litter.
+    crate::claim::sweep(&*svc.leases, &svc.leases.list().await?).await?;
     svc.leases.gc().await?;
     Ok(report)
 }

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 const PID_LABEL: &str = "dev.kiln/pid";
-const START_LABEL: &str = "dev.kiln/pid.start";
-const HOST_LABEL: &str = "dev.kiln/host";
+pub(crate) const START_LABEL: &str = "dev.kiln/pid.start";
+pub(crate) const HOST_LABEL: &str = "dev.kiln/host";
 
 /// Below the state directory: one directory per kiln process
 /// ([`owner_dir_name`]) holding its builds' received sources (kilnd).
@@ -162,12 +162,12 @@ fn owner(lease: &LeaseInfo) -> Owner {
 }
 
 /// Whether the process that owns `lease` is known to be gone.
-fn owner_is_dead(lease: &LeaseInfo) -> bool {
+pub(crate) fn owner_is_dead(lease: &LeaseInfo) -> bool {
     owner(lease) == Owner::Dead
 }
 
 /// Whether the process that owns `lease` runs on this host right now.
-fn owner_is_alive_here(lease: &LeaseInfo) -> bool {
+pub(crate) fn owner_is_alive_here(lease: &LeaseInfo) -> bool {
     owner(lease) == Owner::Alive
 }
 
@@ -201,6 +201,8 @@ pub async fn sweep(svc: &Services, containers: &dyn Containers, state_dir: &Path
 
 async fn sweep_leases(svc: &Services, containers: &dyn Containers, state_dir: &Path) -> Result<()> {
     let all = svc.leases.list().await?;
+    // Claims whose holder is gone, whether or not anyone waits on them.
+    crate::claim::sweep(&*svc.leases, &all).await?;
     for lease in &all {
         // A dead process's keepalive: it holds nothing, but it is litter.
         if crate::lease::is_keepalive(lease) && owner_is_dead(lease) {

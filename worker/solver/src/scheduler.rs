@@ -19,6 +19,10 @@ pub trait OpRunner: Send + Sync + 'static {
     /// What a vertex output is (a snapshot reference, ...).
     type Ref: Clone + Send + Sync + 'static;
     type Error: std::error::Error + Send + Sync + 'static;
+    /// The right to run a key, held from [`OpRunner::claim`] until the run's
+    /// outputs are saved or the run failed, then given to
+    /// [`OpRunner::release`].
+    type Claim: Send + 'static;
 
     /// A digest standing for input `index` (`input`) as `vertex` uses it:
     /// a content address of the input's result, never of its history.
@@ -36,6 +40,24 @@ pub trait OpRunner: Send + Sync + 'static {
         key: &Digest,
         vertex: &Vertex,
     ) -> impl Future<Output = std::result::Result<Option<Vec<Self::Ref>>, Self::Error>> + Send;
+
+    /// Called on a cache miss, before running: makes this runner the one
+    /// that runs `key` among every runner sharing its cache (other
+    /// processes, other hosts), or waits while another one runs it and
+    /// answers with the outputs that one saved. Equal keys of one
+    /// [`Solver`] never get here twice at once (they share one flight).
+    /// Must stop promptly when `cancel` fires.
+    fn claim(
+        &self,
+        id: VertexId,
+        key: &Digest,
+        vertex: &Vertex,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = std::result::Result<Claimed<Self::Ref, Self::Claim>, Self::Error>> + Send;
+
+    /// Gives back a claim once its key's outputs are saved, or its run
+    /// failed or was cancelled.
+    fn release(&self, claim: Self::Claim) -> impl Future<Output = ()> + Send;
 
     /// Runs `vertex` on its inputs (in `vertex.inputs` order) and returns its
     /// outputs, indexed by output number. Must stop promptly when `cancel`
@@ -64,6 +86,15 @@ pub trait OpRunner: Send + Sync + 'static {
     /// succeeded, however it was answered (run, cache, or an equal vertex
     /// in flight): what a cache exporter needs to describe the build.
     fn solved(&self, _id: VertexId, _key: &Digest, _outputs: &[Self::Ref]) {}
+}
+
+/// What [`OpRunner::claim`] answers.
+#[derive(Debug)]
+pub enum Claimed<R, C> {
+    /// This runner runs the key; the claim is released after the save.
+    Ours(C),
+    /// Another runner ran the key meanwhile: its saved outputs.
+    Answered(Vec<R>),
 }
 
 /// The shared state of every solve of one process: dedup of equal work.
@@ -151,18 +182,36 @@ async fn answer_vertex<R: OpRunner>(
             },
         };
         let result: std::result::Result<Vec<R::Ref>, R::Error> = async {
+            let mut claim = None;
             if !vertex.ignore_cache {
                 if let Some(outs) = runner.load(&key, vertex).await? {
                     runner.cached(id, vertex).await;
                     return Ok(outs);
                 }
+                // Waiting for another runner holds no permit: it runs
+                // nothing here.
+                match runner.claim(id, &key, vertex, cancel.clone()).await? {
+                    Claimed::Answered(outs) => {
+                        runner.cached(id, vertex).await;
+                        return Ok(outs);
+                    }
+                    Claimed::Ours(c) => claim = Some(c),
+                }
             }
-            let outs = {
-                let _permit = sem.clone().acquire_owned().await;
-                runner.run(id, vertex.clone(), inputs, cancel).await?
-            };
-            runner.save(&key, vertex, &outs).await?;
-            Ok(outs)
+            let ran = async {
+                let outs = {
+                    let _permit = sem.clone().acquire_owned().await;
+                    runner.run(id, vertex.clone(), inputs, cancel).await?
+                };
+                runner.save(&key, vertex, &outs).await?;
+                Ok(outs)
+            }
+            .await;
+            // After the save: whoever waited finds the record.
+            if let Some(c) = claim {
+                runner.release(c).await;
+            }
+            ran
         }
         .await;
         let result = result.map_err(Arc::new);
@@ -317,6 +366,8 @@ mod tests {
         meet: Option<tokio::sync::Barrier>,
         /// Every `solved` call: vertex, key, outputs.
         solved: Mutex<Vec<(VertexId, Digest, Vec<String>)>>,
+        /// Every claim and release, in order (`claim a`, `release a`).
+        claims: Mutex<Vec<String>>,
     }
 
     fn ident(v: &Vertex) -> String {
@@ -326,9 +377,36 @@ mod tests {
         }
     }
 
+    /// A vertex named `elsewhere...` is claimed by another runner, which
+    /// answers it with `elsewhere`.
     impl OpRunner for Fake {
         type Ref = String;
         type Error = FakeError;
+        type Claim = String;
+
+        async fn claim(
+            &self,
+            _id: VertexId,
+            _key: &Digest,
+            vertex: &Vertex,
+            _cancel: CancellationToken,
+        ) -> std::result::Result<Claimed<String, String>, FakeError> {
+            if vertex.name.starts_with("elsewhere") {
+                return Ok(Claimed::Answered(vec!["elsewhere".into()]));
+            }
+            self.claims
+                .lock()
+                .expect("not poisoned")
+                .push(format!("claim {}", vertex.name));
+            Ok(Claimed::Ours(vertex.name.clone()))
+        }
+
+        async fn release(&self, claim: String) {
+            self.claims
+                .lock()
+                .expect("not poisoned")
+                .push(format!("release {claim}"));
+        }
 
         async fn input_digest(
             &self,
@@ -380,9 +458,13 @@ mod tests {
         async fn save(
             &self,
             key: &Digest,
-            _vertex: &Vertex,
+            vertex: &Vertex,
             outputs: &[String],
         ) -> std::result::Result<(), FakeError> {
+            self.claims
+                .lock()
+                .expect("not poisoned")
+                .push(format!("save {}", vertex.name));
             self.store
                 .lock()
                 .expect("not poisoned")
@@ -408,6 +490,9 @@ mod tests {
     impl Fake {
         fn runs(&self) -> Vec<String> {
             self.runs.lock().expect("not poisoned").clone()
+        }
+        fn claims(&self) -> Vec<String> {
+            self.claims.lock().expect("not poisoned").clone()
         }
         fn forget_runs(&self) {
             self.runs.lock().expect("not poisoned").clear();
@@ -660,5 +745,59 @@ mod tests {
             matches!(solved, Ok(Ok(_))),
             "independent vertices did not overlap"
         );
+    }
+
+    #[tokio::test]
+    async fn a_key_another_runner_claimed_is_answered_by_it_not_run() {
+        let mut g = Graph::default();
+        let a = g.add(v("elsewhere-a", "a", &[])).expect("valid");
+        let b = g.add(v("b", "b", &[a])).expect("valid");
+        let f = Arc::new(Fake::default());
+        let out = run(&Solver::new(2), &g, b, &f).await.expect("solves");
+        assert_eq!(out, vec!["b(elsewhere)".to_string()]);
+        assert_eq!(f.runs(), vec!["b"], "the claimed vertex did not run here");
+        assert_eq!(*f.cached.lock().expect("not poisoned"), vec!["elsewhere-a"]);
+        assert_eq!(f.claims(), vec!["claim b", "save b", "release b"]);
+    }
+
+    #[tokio::test]
+    async fn a_claim_is_released_after_the_save_or_the_failure_and_never_on_a_hit() {
+        let (g, c) = chain("b");
+        let f = Arc::new(Fake::default());
+        let solver = Solver::new(1);
+        run(&solver, &g, c, &f).await.expect("solves");
+        assert_eq!(
+            f.claims(),
+            [
+                "claim a",
+                "save a",
+                "release a",
+                "claim b",
+                "save b",
+                "release b",
+                "claim c",
+                "save c",
+                "release c"
+            ]
+        );
+        // All hits: nothing is claimed.
+        f.claims.lock().expect("not poisoned").clear();
+        run(&solver, &g, c, &f).await.expect("solves");
+        assert_eq!(f.claims(), Vec::<String>::new());
+
+        let mut g = Graph::default();
+        let x = g.add(v("fail-x", "fail", &[])).expect("valid");
+        let f = Arc::new(Fake::default());
+        run(&solver, &g, x, &f).await.expect_err("fails");
+        assert_eq!(f.claims(), vec!["claim fail-x", "release fail-x"]);
+
+        // A vertex that ignores the cache runs without a claim.
+        let mut g = Graph::default();
+        let mut nc = v("nocache", "nc", &[]);
+        nc.ignore_cache = true;
+        let n = g.add(nc).expect("valid");
+        let f = Arc::new(Fake::default());
+        run(&solver, &g, n, &f).await.expect("solves");
+        assert_eq!(f.claims(), vec!["save nocache"]);
     }
 }

@@ -13,7 +13,7 @@ use crate::refs::Ref;
 use crate::services::Services;
 use kiln_shim::Executor;
 use kiln_snapshot::containerd::LeaseId;
-use kiln_solver::scheduler::OpRunner;
+use kiln_solver::scheduler::{Claimed, OpRunner};
 use kiln_solver::{Digest, FileActionKind, FileInput, Op, Vertex, VertexId};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -43,6 +43,9 @@ pub struct StepRunner {
     pub resolve_mode: crate::resolve::ResolveMode,
     /// The images the frontend resolved, by name.
     pub pinned: crate::resolve::Pinned,
+    /// Vertices already shown as started while they waited on another
+    /// build's claim (`claim.rs`): not started twice.
+    pub started: std::sync::Mutex<std::collections::HashSet<usize>>,
 }
 
 impl std::fmt::Debug for StepRunner {
@@ -62,9 +65,63 @@ pub(crate) fn location(v: &Vertex) -> String {
         .unwrap_or_default()
 }
 
+impl StepRunner {
+    /// Shows vertex `id` as started, unless it already is.
+    async fn start(&self, id: VertexId, vertex: &Vertex) {
+        let shown = self
+            .started
+            .lock()
+            .map(|mut s| !s.insert(id.0))
+            .unwrap_or(false);
+        if !shown {
+            self.progress
+                .send(ProgressEvent::Started {
+                    vertex: id.0,
+                    name: vertex.name.clone(),
+                    at: SystemTime::now(),
+                })
+                .await;
+        }
+    }
+}
+
 impl OpRunner for StepRunner {
     type Ref = Ref;
     type Error = WorkerError;
+    /// Only steps are claimed: sources run in every build (they are not
+    /// cached) and scratch costs nothing.
+    type Claim = Option<crate::claim::Claim>;
+
+    async fn claim(
+        &self,
+        id: VertexId,
+        key: &Digest,
+        vertex: &Vertex,
+        cancel: CancellationToken,
+    ) -> Result<Claimed<Ref, Self::Claim>> {
+        if !matches!(vertex.op, Op::Exec(_) | Op::File(_)) {
+            return Ok(Claimed::Ours(None));
+        }
+        let got = crate::claim::acquire(
+            &self.svc.leases,
+            key,
+            &self.lease,
+            &cancel,
+            || self.start(id, vertex),
+            || self.load(key, vertex),
+        )
+        .await?;
+        Ok(match got {
+            crate::claim::Acquired::Ours(c) => Claimed::Ours(Some(c)),
+            crate::claim::Acquired::Answered(outs) => Claimed::Answered(outs),
+        })
+    }
+
+    async fn release(&self, claim: Self::Claim) {
+        if let Some(c) = claim {
+            c.release().await;
+        }
+    }
 
     async fn input_digest(&self, vertex: &Vertex, index: usize, input: &Ref) -> Result<Digest> {
         match input {
@@ -167,14 +224,8 @@ impl OpRunner for StepRunner {
     }
 
     async fn cached(&self, id: VertexId, vertex: &Vertex) {
+        self.start(id, vertex).await;
         let at = SystemTime::now();
-        self.progress
-            .send(ProgressEvent::Started {
-                vertex: id.0,
-                name: vertex.name.clone(),
-                at,
-            })
-            .await;
         self.progress
             .send(ProgressEvent::Completed {
                 vertex: id.0,
@@ -195,13 +246,7 @@ impl OpRunner for StepRunner {
     ) -> Result<Vec<Ref>> {
         let span = tracing::info_span!("vertex", id = id.0, name = %vertex.name);
         async {
-            self.progress
-                .send(ProgressEvent::Started {
-                    vertex: id.0,
-                    name: vertex.name.clone(),
-                    at: SystemTime::now(),
-                })
-                .await;
+            self.start(id, &vertex).await;
             let r = match &vertex.op {
                 Op::Source(s) => self.source(id, &vertex, s, &cancel).await,
                 Op::Exec(e) => self.exec(id, &vertex, e, &inputs, cancel).await,

@@ -4,6 +4,7 @@
 //! mount syscall (the fake snapshotter's mounts are single binds, used in
 //! place).
 
+mod claim;
 mod remotecache;
 
 use crate::cache;
