@@ -68,6 +68,7 @@ pub async fn dockerfile(
             kiln_frontend::dockerfile_ignore_name(&filename),
         ],
         &df_dir,
+        Default::default(),
     )
     .await
     .map_err(|e| fetch_err(&opts.dockerfile_key, e))?;
@@ -80,6 +81,7 @@ pub async fn dockerfile(
         &[],
         &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
         &ignore_dir,
+        Default::default(),
     )
     .await
     .map_err(|e| fetch_err(&opts.context_key, e))?;
@@ -100,6 +102,7 @@ pub async fn dockerfile(
         &source.excludes,
         &[],
         &ctx_dir,
+        Default::default(),
     )
     .await
     .map_err(|e| fetch_err(&opts.context_key, e))?;

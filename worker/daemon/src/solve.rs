@@ -86,6 +86,7 @@ async fn fetch_locals(
             &json_list(&s.attrs, "local.excludepatterns"),
             &json_list(&s.attrs, "local.followpaths"),
             &dest,
+            Default::default(),
         )
         .await
         .map_err(|e| Status::new(e.kind().code(), format!("local {name:?}: {e}")))?;
