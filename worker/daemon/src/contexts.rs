@@ -23,6 +23,7 @@
 use crate::config::ContextsConfig;
 use kiln_solver::Digest;
 use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -167,7 +168,11 @@ impl Contexts {
                 _ => {}
             }
             let _ = std::fs::remove_file(held.dir.join(SIZE));
-            kiln_engine::sweep::create_private_dir(&tree)?;
+            // The root of a context is 0755 as a client's directory
+            // usually is (`COPY .` copies its mode, and the context's
+            // hash covers it); the slot around it keeps others out.
+            std::fs::create_dir(&tree)?;
+            std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o755))?;
         }
         // Creating the marker also moves the slot's mtime: its last use.
         std::fs::write(held.dir.join(DIRTY), b"")?;
