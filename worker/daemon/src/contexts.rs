@@ -17,8 +17,13 @@
 //! other's transfers. A slot whose `dirty` marker survived (a failed,
 //! cancelled or crashed receive) is emptied before use: its next receive is
 //! a full one. The slot directory's mtime is its last use; [`Contexts::prune`]
-//! removes slots unused for `max-age`, then the least recently used until
-//! the rest hold at most `max-size`.
+//! removes dirty slots no build holds, slots unused for `max-age`, then the
+//! least recently used until the rest hold at most `max-size`.
+//!
+//! Device nodes, FIFOs and set-id files are not kept: a build's context
+//! holds them only while the build runs (kiln's state keeps none past a
+//! build), and the next receive sends them again. Until they are gone the
+//! slot stays marked dirty, so a crash cannot leave them behind for long.
 
 use crate::config::ContextsConfig;
 use kiln_solver::Digest;
@@ -93,6 +98,8 @@ pub struct Held {
     slot: String,
     dir: PathBuf,
     incremental: bool,
+    /// Tree paths to remove when the build is done with the context.
+    privileged: Vec<String>,
 }
 
 impl Held {
@@ -107,19 +114,46 @@ impl Held {
         self.incremental
     }
 
-    /// Records a complete receive of `tree_bytes` of file content: the
-    /// next build may receive incrementally.
-    pub fn received(&self, tree_bytes: u64) -> std::io::Result<()> {
-        std::fs::write(self.dir.join(SIZE), tree_bytes.to_string())?;
-        match std::fs::remove_file(self.dir.join(DIRTY)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    /// Records a complete receive: the next build may receive
+    /// incrementally (once the privileged entries are gone, at drop).
+    pub fn received(&mut self, stats: &kiln_session::fsutil::ReceiveStats) -> std::io::Result<()> {
+        std::fs::write(self.dir.join(SIZE), stats.tree_bytes.to_string())?;
+        self.privileged = stats.privileged.clone();
+        if self.privileged.is_empty() {
+            remove_marker(&self.dir)?;
         }
+        Ok(())
+    }
+}
+
+fn remove_marker(slot: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(slot.join(DIRTY)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
+        if !self.privileged.is_empty() {
+            let tree = self.tree();
+            // Wire paths the receiver checked: relative, clean, below
+            // directories it made (never through a symlink).
+            let removed = self.privileged.iter().all(|p| {
+                match std::fs::remove_file(tree.join(p)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!(path = %p, error = %e, "cannot remove from a kept context");
+                        false
+                    }
+                    _ => true,
+                }
+            });
+            if removed {
+                if let Err(e) = remove_marker(&self.dir) {
+                    tracing::warn!(slot = %self.slot, error = %e, "cannot mark a kept context clean");
+                }
+            }
+        }
         self.contexts.lock().remove(&self.slot);
     }
 }
@@ -158,6 +192,7 @@ impl Contexts {
             slot,
             dir,
             incremental: false,
+            privileged: Vec::new(),
         };
         kiln_engine::sweep::create_private_dir(&held.dir)?;
         let tree = held.tree();
@@ -188,8 +223,9 @@ impl Contexts {
             return Pruned::default();
         };
         let now = SystemTime::now();
-        // (last use, slot, bytes); a slot without a size never completed.
-        let mut slots: Vec<(SystemTime, String, u64)> = entries
+        // (last use, slot, bytes, dirty); a slot without a size never
+        // completed.
+        let mut slots: Vec<(SystemTime, String, u64, bool)> = entries
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
@@ -198,7 +234,8 @@ impl Contexts {
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
                     .unwrap_or(0);
-                Some((used, name, bytes))
+                let dirty = e.path().join(DIRTY).exists();
+                Some((used, name, bytes, dirty))
             })
             .collect();
         slots.sort();
@@ -206,14 +243,14 @@ impl Contexts {
         let mut doomed = Vec::new();
         {
             let mut busy = self.lock();
-            for (used, name, bytes) in &slots {
+            for (used, name, bytes, dirty) in &slots {
                 if busy.contains(name) {
                     continue;
                 }
                 let old = now
                     .duration_since(*used)
                     .is_ok_and(|age| age > self.limits.max_age);
-                if old || total > self.limits.max_size {
+                if *dirty || old || total > self.limits.max_size {
                     busy.insert(name.clone());
                     doomed.push((name.clone(), *bytes));
                     total = total.saturating_sub(*bytes);
@@ -253,6 +290,14 @@ mod tests {
             shared_key: shared,
             hint: "",
             name,
+        }
+    }
+
+    fn stats(tree_bytes: u64, privileged: &[&str]) -> kiln_session::fsutil::ReceiveStats {
+        kiln_session::fsutil::ReceiveStats {
+            tree_bytes,
+            privileged: privileged.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
         }
     }
 
@@ -298,7 +343,8 @@ mod tests {
         // A concurrent build of the same key gets a slot of its own.
         let second = c.acquire(&k).expect("acquire");
         assert_ne!(first.tree(), second.tree());
-        first.received(1).expect("received");
+        let mut first = first;
+        first.received(&stats(1, &[])).expect("received");
         let tree = first.tree();
         drop(first);
         drop(second);
@@ -320,8 +366,8 @@ mod tests {
         let c = Contexts::new(tmp.path(), limits(Duration::from_secs(3600), 250));
         let mut trees = Vec::new();
         for (i, name) in ["old", "lru", "recent", "held"].iter().enumerate() {
-            let h = c.acquire(&key(None, "", name)).expect("acquire");
-            h.received(100).expect("received");
+            let mut h = c.acquire(&key(None, "", name)).expect("acquire");
+            h.received(&stats(100, &[])).expect("received");
             let slot = h.tree().parent().expect("slot").to_path_buf();
             // Last uses: 2 h ago, then 30, 20 and 10 minutes ago.
             let ago = [7200, 1800, 1200, 600][i];
@@ -354,5 +400,32 @@ mod tests {
         // With nothing allowed, everything not in use goes.
         let none = Contexts::new(tmp.path(), limits(Duration::from_secs(3600), 0));
         assert_eq!(none.prune().slots, 2);
+    }
+
+    #[test]
+    fn privileged_entries_go_when_the_build_is_done_and_dirty_slots_are_pruned() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let c = Contexts::new(tmp.path(), ContextsConfig::default());
+        let k = key(None, "", "context");
+        let mut h = c.acquire(&k).expect("acquire");
+        let tree = h.tree();
+        std::fs::create_dir(tree.join("d")).expect("mkdir");
+        for f in ["d/suid", "d/plain", "link"] {
+            std::fs::write(tree.join(f), b"x").expect("write");
+        }
+        h.received(&stats(3, &["d/suid", "link"]))
+            .expect("received");
+        assert!(tree.join("d/suid").exists(), "kept while the build runs");
+        drop(h);
+        assert!(!tree.join("d/suid").exists() && !tree.join("link").exists());
+        assert!(tree.join("d/plain").exists());
+        let h = c.acquire(&k).expect("acquire");
+        assert!(h.incremental(), "clean once they are gone");
+        // Never received (a failed build): dirty, and pruned when free.
+        drop(h);
+        let other = c.acquire(&key(None, "", "other")).expect("acquire");
+        assert_eq!(c.prune().slots, 1, "the dirty, free slot");
+        assert!(!tree.exists());
+        assert!(other.tree().exists(), "a held slot stays");
     }
 }

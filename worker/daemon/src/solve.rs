@@ -80,7 +80,7 @@ pub async fn fetch_local(
         f.hint.to_string(),
         f.name.to_string(),
     );
-    let held = tokio::task::spawn_blocking(move || {
+    let mut held = tokio::task::spawn_blocking(move || {
         // Old and surplus contexts go as builds start.
         contexts.prune();
         contexts.acquire(&crate::contexts::ContextKey {
@@ -113,7 +113,7 @@ pub async fn fetch_local(
             format!("failed to read local {:?}: {e}", f.name),
         )
     })?;
-    held.received(stats.tree_bytes)
+    held.received(&stats)
         .map_err(|e| Status::internal(format!("cannot record the context {:?}: {e}", f.name)))?;
     // The transfer's counts, at info: what a rebuild cost is visible (and
     // tests read `files`, the files whose content was sent).

@@ -42,7 +42,7 @@ pub struct ReceiveOptions {
 }
 
 /// What a transfer delivered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReceiveStats {
     /// STAT entries, of every type.
     pub entries: u64,
@@ -58,6 +58,10 @@ pub struct ReceiveStats {
     pub removed: u64,
     /// The sum of the listed regular files' sizes: the tree's size.
     pub tree_bytes: u64,
+    /// Device nodes, FIFOs and set-user/group-id files in the tree (and
+    /// hard links to those), in listing order: what a caller that keeps
+    /// the tree may not want to keep.
+    pub privileged: Vec<String>,
 }
 
 /// How many files may be open for writing at once; a sender interleaving
@@ -255,7 +259,7 @@ impl Applier {
             let Some(p) = rx.blocking_recv() else {
                 // After our FIN the peer may just close.
                 return if self.fin_sent {
-                    Ok(self.stats)
+                    Ok(std::mem::take(&mut self.stats))
                 } else {
                     Err(FsutilError::UnexpectedEof)
                 };
@@ -272,7 +276,9 @@ impl Applier {
                     self.data(p.id, p.data)?;
                     self.maybe_finish()?;
                 }
-                Ok(PacketType::PacketFin) if self.fin_sent => return Ok(self.stats),
+                Ok(PacketType::PacketFin) if self.fin_sent => {
+                    return Ok(std::mem::take(&mut self.stats))
+                }
                 Ok(PacketType::PacketErr) => {
                     return Err(FsutilError::FromSender {
                         message: String::from_utf8_lossy(&p.data).into_owned(),
@@ -373,6 +379,9 @@ impl Applier {
                 (Some(o), Ok(t)) => o.st_dev == t.st_dev && o.st_ino == t.st_ino,
                 _ => false,
             };
+            if self.stats.privileged.iter().any(|p| p == target) {
+                self.stats.privileged.push(path.clone());
+            }
             if linked {
                 self.stats.kept += 1;
             } else {
@@ -404,6 +413,7 @@ impl Applier {
                     .map_err(io_err("mknod", &path))?;
                 self.apply_at(&dir, name, &stat, false)?;
             }
+            self.stats.privileged.push(path.clone());
             Kind::Special
         } else if m & mode::TYPE != 0 {
             return Err(FsutilError::UnsupportedType { path, mode: m });
@@ -417,6 +427,9 @@ impl Applier {
                 });
             }
             self.declared = self.declared.saturating_add(size);
+            if m & (mode::SETUID | mode::SETGID) != 0 {
+                self.stats.privileged.push(path.clone());
+            }
             // The content an earlier transfer wrote is kept when the size
             // and mtime agree (the rule fsutil's receivers use). A file
             // with other links is never kept: its inode may be shared with

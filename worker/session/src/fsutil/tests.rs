@@ -952,6 +952,8 @@ async fn incremental_receive_equals_a_fresh_one_after_every_kind_of_change() {
     assert_eq!(stats.files, 6, "{stats:?}");
     // a/empty, gone-dir (once, with its tree) and tmp.
     assert_eq!(stats.removed, 3, "{stats:?}");
+    // a/setgid lost its set-id bit.
+    assert_eq!(stats.privileged, ["a/setuid", "fifo", "null"]);
     assert_eq!(
         stats.tree_bytes,
         snapshot(&fresh)
