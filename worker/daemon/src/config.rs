@@ -47,6 +47,30 @@ pub struct Config {
     /// certificates per registry (BuildKit's buildkitd.toml shape; the
     /// embedded CLI reads the same tables).
     pub registry: std::sync::Arc<kiln_registry::HostsConfig>,
+    /// `[contexts]`: how long and how much of the clients' build contexts
+    /// kilnd keeps between builds (`crate::contexts`).
+    pub contexts: ContextsConfig,
+}
+
+/// The `[contexts]` section: limits on the build contexts kept so that a
+/// rebuild transfers only what changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextsConfig {
+    /// A context not used for this long is removed (`max-age`).
+    pub max_age: Duration,
+    /// The least recently used contexts are removed until the rest take at
+    /// most this many bytes of file content (`max-size`); 0 keeps none.
+    pub max_size: u64,
+}
+
+impl Default for ContextsConfig {
+    /// BuildKit's default GC keeps local sources for 48 hours too.
+    fn default() -> Self {
+        ContextsConfig {
+            max_age: Duration::from_secs(48 * 3600),
+            max_size: 4 << 30,
+        }
+    }
 }
 
 /// The `[worker]` section: the steps' sandbox network and the
@@ -76,6 +100,7 @@ impl Default for Config {
             debug: false,
             worker: WorkerConfig::default(),
             registry: Default::default(),
+            contexts: ContextsConfig::default(),
         }
     }
 }
@@ -255,6 +280,16 @@ pub struct FileConfig {
     /// embedded CLI's `HostsConfig::from_kilnd_toml` too).
     #[serde(default)]
     registry: kiln_registry::HostsConfig,
+    #[serde(default)]
+    contexts: ContextsSection,
+}
+
+/// `[contexts]`: the build contexts kept between builds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ContextsSection {
+    max_age: Option<Amount>,
+    max_size: Option<Amount>,
 }
 
 /// `[worker]`: how RUN steps run.
@@ -541,6 +576,16 @@ impl Config {
                 allow,
             },
             registry: std::sync::Arc::new(file.registry),
+            contexts: ContextsConfig {
+                max_age: match &file.contexts.max_age {
+                    Some(a) => a.duration("contexts.max-age")?,
+                    None => defaults.contexts.max_age,
+                },
+                max_size: match &file.contexts.max_size {
+                    Some(a) => a.bytes("contexts.max-size")?,
+                    None => defaults.contexts.max_size,
+                },
+            },
         })
     }
 }
@@ -1231,5 +1276,38 @@ mod tests {
             c.gc[1].keep_duration,
             Some(Duration::from_secs(60 * 86_400))
         );
+        assert_eq!(c.contexts, ContextsConfig::default());
+    }
+
+    #[test]
+    fn contexts_limits_parse_and_bad_ones_are_refused() {
+        let c = Config::resolve(file(""), &flags(&[]), env(&[])).expect("valid");
+        assert_eq!(c.contexts.max_age, Duration::from_secs(48 * 3600));
+        assert_eq!(c.contexts.max_size, 4 << 30);
+        let c = Config::resolve(
+            file("[contexts]\nmax-age = \"2h\"\nmax-size = \"512MB\""),
+            &flags(&[]),
+            env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(c.contexts.max_age, Duration::from_secs(7200));
+        assert_eq!(c.contexts.max_size, 512 << 20);
+        let c = Config::resolve(file("[contexts]\nmax-size = 0"), &flags(&[]), env(&[]))
+            .expect("valid");
+        assert_eq!(c.contexts.max_size, 0);
+        let err = Config::resolve(
+            file("[contexts]\nmax-age = \"soon\""),
+            &flags(&[]),
+            env(&[]),
+        )
+        .expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "invalid duration \"soon\" for contexts.max-age (expected seconds or e.g. 48h, 7d)"
+        );
+        let unknown = FileConfig::parse("[contexts]\nmax-count = 3", Path::new("k.toml"))
+            .expect_err("unknown key");
+        assert!(std::error::Error::source(&unknown)
+            .is_some_and(|s| s.to_string().contains("max-count")));
     }
 }

@@ -331,6 +331,12 @@ impl Control for ControlService {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
             .collect();
+        let shared_key = md
+            .get("x-docker-expose-session-sharedkey")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let tenant_name = tenant.name.clone();
         // Session ids are keyed by tenant: a build finds only its own
         // tenant's sessions.
         let id = tenant.scoped(&id);
@@ -345,7 +351,12 @@ impl Control for ControlService {
                 Ok(channel) => d.sessions.attach(
                     &sid,
                     generation,
-                    crate::sessions::SessionHandle { channel, methods },
+                    crate::sessions::SessionHandle {
+                        channel,
+                        methods,
+                        tenant: tenant_name,
+                        shared_key,
+                    },
                 ),
                 Err(e) => tracing::warn!(session = %sid, error = %e, "cannot talk to the session"),
             }

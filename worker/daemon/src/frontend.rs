@@ -14,7 +14,8 @@ use tonic::Status;
 /// The frontend's output: the graph and where the context landed.
 pub struct Frontend {
     pub build: kiln_dockerfile::Build,
-    pub context: PathBuf,
+    /// The kept context the build reads (`crate::contexts`).
+    pub context: crate::contexts::Held,
     /// `image-resolve-mode`, for the build's source ops.
     pub resolve_mode: kiln_engine::resolve::ResolveMode,
     /// The base images the frontend resolved, for the source ops.
@@ -54,7 +55,6 @@ pub async fn dockerfile(
     let filename = opts.filename.clone();
     let df_dir = fresh_dir(d, job, "dockerfile")?;
     let ignore_dir = fresh_dir(d, job, "dockerignore")?;
-    let ctx_dir = fresh_dir(d, job, "context")?;
     let load_name = format!("[internal] load build definition from {filename}");
     let load_started = std::time::SystemTime::now();
     crate::status::step(job, &load_name, load_started, None, None);
@@ -68,6 +68,7 @@ pub async fn dockerfile(
             kiln_frontend::dockerfile_ignore_name(&filename),
         ],
         &df_dir,
+        Default::default(),
     )
     .await
     .map_err(|e| fetch_err(&opts.dockerfile_key, e))?;
@@ -80,6 +81,7 @@ pub async fn dockerfile(
         &[],
         &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
         &ignore_dir,
+        Default::default(),
     )
     .await
     .map_err(|e| fetch_err(&opts.context_key, e))?;
@@ -93,16 +95,18 @@ pub async fn dockerfile(
         Some(std::time::SystemTime::now()),
         None,
     );
-    kiln_session::filesync::fetch_dir(
-        session.channel.clone(),
-        &opts.context_key,
-        &[],
-        &source.excludes,
-        &[],
-        &ctx_dir,
+    let context = crate::solve::fetch_local(
+        d,
+        session,
+        &crate::solve::Fetch {
+            name: &opts.context_key,
+            hint: "",
+            includes: &[],
+            excludes: &source.excludes,
+            follow_paths: &[],
+        },
     )
-    .await
-    .map_err(|e| fetch_err(&opts.context_key, e))?;
+    .await?;
     // Registry lookups show as `[internal] load metadata for <name>`
     // steps, as BuildKit's frontend shows them.
     let (tx, mut rx) = kiln_engine::progress::channel();
@@ -137,7 +141,7 @@ pub async fn dockerfile(
     let build = build.map_err(|e| frontend_status(&e))?;
     Ok(Frontend {
         build,
-        context: ctx_dir,
+        context,
         resolve_mode: opts.resolve_mode,
         pinned,
     })

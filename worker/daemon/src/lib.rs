@@ -8,6 +8,7 @@
 
 mod cache;
 mod config;
+mod contexts;
 mod control;
 mod export;
 mod frontend;

@@ -13,6 +13,11 @@ pub struct SessionHandle {
     pub channel: Channel,
     /// The methods the client exposes (`/moby.filesync.v1.FileSync/DiffCopy`).
     pub methods: Vec<String>,
+    /// The tenant the session belongs to (`None`: the default tenant).
+    pub tenant: Option<String>,
+    /// `x-docker-expose-session-sharedkey`: with the local name, which kept
+    /// context (`crate::contexts`) the session's local sources update.
+    pub shared_key: String,
 }
 
 impl SessionHandle {

@@ -54,14 +54,91 @@ fn json_list(attrs: &std::collections::BTreeMap<String, String>, key: &str) -> V
         .unwrap_or_default()
 }
 
-/// Fetches every `local://NAME` source of `graph` through the session.
+/// The client's local directory `name` to read, where its files went.
+pub struct Fetch<'a> {
+    pub name: &'a str,
+    /// The source's `local.sharedkeyhint` (part of the kept context's key).
+    pub hint: &'a str,
+    pub includes: &'a [String],
+    pub excludes: &'a [String],
+    pub follow_paths: &'a [String],
+}
+
+/// Receives the client's local directory into its kept context (see
+/// `crate::contexts`): only what changed since the last build of the same
+/// tenant, session shared key and name is transferred. The context is the
+/// caller's until the returned slot is dropped.
+pub async fn fetch_local(
+    d: &Daemon,
+    session: &SessionHandle,
+    f: &Fetch<'_>,
+) -> Result<crate::contexts::Held, Status> {
+    let contexts = d.contexts.clone();
+    let (tenant, shared_key, hint, name) = (
+        session.tenant.clone(),
+        session.shared_key.clone(),
+        f.hint.to_string(),
+        f.name.to_string(),
+    );
+    let mut held = tokio::task::spawn_blocking(move || {
+        // Old and surplus contexts go as builds start.
+        contexts.prune();
+        contexts.acquire(&crate::contexts::ContextKey {
+            tenant: tenant.as_deref(),
+            shared_key: &shared_key,
+            hint: &hint,
+            name: &name,
+        })
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+    .map_err(|e| Status::internal(format!("cannot prepare the context for {:?}: {e}", f.name)))?;
+    let opts = kiln_session::fsutil::ReceiveOptions {
+        incremental: held.incremental(),
+        ..Default::default()
+    };
+    let stats = kiln_session::filesync::fetch_dir(
+        session.channel.clone(),
+        f.name,
+        f.includes,
+        f.excludes,
+        f.follow_paths,
+        &held.tree(),
+        opts,
+    )
+    .await
+    .map_err(|e| {
+        Status::new(
+            e.kind().code(),
+            format!("failed to read local {:?}: {e}", f.name),
+        )
+    })?;
+    held.received(&stats)
+        .map_err(|e| Status::internal(format!("cannot record the context {:?}: {e}", f.name)))?;
+    // The transfer's counts, at info: what a rebuild cost is visible (and
+    // tests read `files`, the files whose content was sent).
+    tracing::info!(
+        local = f.name,
+        incremental = opts.incremental,
+        entries = stats.entries,
+        files = stats.files,
+        bytes = stats.bytes,
+        kept = stats.kept,
+        removed = stats.removed,
+        "received local directory"
+    );
+    Ok(held)
+}
+
+/// Fetches every `local://NAME` source of `graph` through the session;
+/// the slots hold the kept contexts until the build no longer reads them.
 async fn fetch_locals(
     d: &Daemon,
-    job: &Job,
     session: Option<&SessionHandle>,
     graph: &Graph,
-) -> Result<HashMap<String, PathBuf>, Status> {
+) -> Result<(HashMap<String, PathBuf>, Vec<crate::contexts::Held>), Status> {
     let mut locals = HashMap::new();
+    let mut held = Vec::new();
     for v in &graph.vertices {
         let Op::Source(s) = &v.op else { continue };
         let Some(name) = s.identifier.strip_prefix("local://") else {
@@ -73,25 +150,28 @@ async fn fetch_locals(
         let session = session.ok_or_else(|| {
             Status::failed_precondition(format!("local source {name:?} needs a session"))
         })?;
-        let dest = job_dir(d, job).join(format!("local-{}", locals.len()));
-        let _ = std::fs::remove_dir_all(&dest);
-        kiln_engine::sweep::create_private_dir(&dest)
-            .map_err(|e| Status::internal(format!("create {}: {e}", dest.display())))?;
         let mut includes = json_list(&s.attrs, "local.includepattern");
         includes.extend(json_list(&s.attrs, "local.includepatterns"));
-        kiln_session::filesync::fetch_dir(
-            session.channel.clone(),
-            name,
-            &includes,
-            &json_list(&s.attrs, "local.excludepatterns"),
-            &json_list(&s.attrs, "local.followpaths"),
-            &dest,
+        let slot = fetch_local(
+            d,
+            session,
+            &Fetch {
+                name,
+                hint: s
+                    .attrs
+                    .get("local.sharedkeyhint")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+                includes: &includes,
+                excludes: &json_list(&s.attrs, "local.excludepatterns"),
+                follow_paths: &json_list(&s.attrs, "local.followpaths"),
+            },
         )
-        .await
-        .map_err(|e| Status::new(e.kind().code(), format!("local {name:?}: {e}")))?;
-        locals.insert(name.to_string(), dest);
+        .await?;
+        locals.insert(name.to_string(), slot.tree());
+        held.push(slot);
     }
-    Ok(locals)
+    Ok((locals, held))
 }
 
 /// Solves `input` for `job`, forwarding progress to the job's Status.
@@ -112,15 +192,15 @@ pub async fn solve(
         Arc::new(crate::registry::SessionCredentials::new(session));
     let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
     let mut pinned = kiln_engine::resolve::Pinned::default();
-    let (graph, result, digests, config, locals) = match input {
+    let (graph, result, digests, config, locals, held) = match input {
         Input::Definition(def) => {
             let t =
                 crate::llb::translate(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
             let Some(result) = t.result else {
                 return Err(Status::invalid_argument("the definition has no result"));
             };
-            let locals = fetch_locals(d, job, session, &t.graph).await?;
-            (t.graph, result, t.digests, None, locals)
+            let (locals, held) = fetch_locals(d, session, &t.graph).await?;
+            (t.graph, result, t.digests, None, locals, held)
         }
         Input::Dockerfile(attrs) => {
             let session = session.ok_or_else(|| {
@@ -137,7 +217,8 @@ pub async fn solve(
                 f.build.result,
                 digests,
                 Some(f.build.config),
-                HashMap::from([(kiln_frontend::CONTEXT_NAME.to_string(), f.context)]),
+                HashMap::from([(kiln_frontend::CONTEXT_NAME.to_string(), f.context.tree())]),
+                vec![f.context],
             )
         }
     };
@@ -198,6 +279,8 @@ pub async fn solve(
     let counted = job.solving();
     tokio::spawn(async move {
         let solved = engine.solve(&req, progress, cancel).await;
+        // The steps have read the contexts: another build may update them.
+        drop(held);
         let _ = forward.await;
         if let Err(Ok(orphan)) = done_tx.send(solved) {
             orphan.release(true).await;

@@ -23,6 +23,8 @@ pub struct Daemon {
     pub shutdown: CancellationToken,
     pub jobs: Arc<Jobs>,
     pub sessions: Sessions,
+    /// Build contexts kept between builds (`[contexts]`).
+    pub contexts: Arc<crate::contexts::Contexts>,
     /// The one tenant when no `[[tenant]]` is configured.
     default: Option<Arc<Tenant>>,
     /// Configured tenants by name, each set up (engine, sweep) on first use.
@@ -71,7 +73,11 @@ impl Daemon {
             kiln_engine::sweep::sweep_dirs(&config.root);
             None
         };
+        let contexts = crate::contexts::Contexts::new(&config.root, config.contexts);
+        let pruning = contexts.clone();
+        tokio::task::spawn_blocking(move || pruning.prune()).await?;
         let d = Arc::new(Daemon {
+            contexts,
             ctrd,
             worker_id,
             config,

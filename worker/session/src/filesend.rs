@@ -323,7 +323,10 @@ async fn receive_local(
         nix::unistd::getuid().as_raw(),
         nix::unistd::getgid().as_raw(),
     );
-    let opts = ReceiveOptions { chown: Some(owner) };
+    let opts = ReceiveOptions {
+        chown: Some(owner),
+        ..ReceiveOptions::default()
+    };
     let (res, ()) = tokio::join!(receive_dir(&dir, packets, ptx, opts), encode);
     res.map(|_| ()).map_err(|e| status_of(&e))
 }

@@ -94,7 +94,8 @@ impl FileSync for FileSyncServerImpl {
 
 /// The daemon side: pulls the client's directory `name` into `dest` (an
 /// existing directory), asking the client to filter with `includes`,
-/// `excludes` and `follow_paths`.
+/// `excludes` and `follow_paths`. With `opts.incremental`, `dest` holds an
+/// earlier pull of the same directory and only what changed is sent.
 pub async fn fetch_dir(
     channel: Channel,
     name: &str,
@@ -102,6 +103,7 @@ pub async fn fetch_dir(
     excludes: &[String],
     follow_paths: &[String],
     dest: &Path,
+    opts: ReceiveOptions,
 ) -> Result<ReceiveStats> {
     let mut client = FileSyncClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
@@ -121,7 +123,7 @@ pub async fn fetch_dir(
             status,
         })?
         .into_inner();
-    receive_dir(dest, inbound, tx, ReceiveOptions::default())
+    receive_dir(dest, inbound, tx, opts)
         .await
         .map_err(|source| SessionError::Transfer {
             name: name.to_string(),

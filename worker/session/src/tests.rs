@@ -85,9 +85,17 @@ async fn daemon_fetches_the_client_context_over_the_session() {
     std::fs::create_dir_all(&dest).expect("mkdir");
     let session = Session::start(file_sync(&[("context", &src)])).await;
 
-    let stats = fetch_dir(session.channel.clone(), "context", &[], &[], &[], &dest)
-        .await
-        .expect("fetch");
+    let stats = fetch_dir(
+        session.channel.clone(),
+        "context",
+        &[],
+        &[],
+        &[],
+        &dest,
+        Default::default(),
+    )
+    .await
+    .expect("fetch");
     assert_eq!(stats.entries, 8);
     let (want, got) = (snapshot(&src), snapshot(&dest));
     assert_eq!(
@@ -119,6 +127,7 @@ async fn daemon_fetches_the_client_context_over_the_session() {
         &excludes,
         &[],
         &dest2,
+        Default::default(),
     )
     .await
     .expect("fetch filtered");
@@ -144,6 +153,7 @@ async fn daemon_fetches_the_client_context_over_the_session() {
         &[],
         &follow,
         &dest3,
+        Default::default(),
     )
     .await
     .expect("fetch follow paths");
@@ -159,9 +169,17 @@ async fn a_dir_the_client_did_not_share_is_not_found() {
     write(&src.join("Dockerfile"), b"FROM scratch\n");
     std::fs::create_dir_all(&dest).expect("mkdir");
     let session = Session::start(file_sync(&[("context", &src)])).await;
-    let err = fetch_dir(session.channel.clone(), "secret", &[], &[], &[], &dest)
-        .await
-        .expect_err("unknown dir");
+    let err = fetch_dir(
+        session.channel.clone(),
+        "secret",
+        &[],
+        &[],
+        &[],
+        &dest,
+        Default::default(),
+    )
+    .await
+    .expect_err("unknown dir");
     assert_eq!(err.kind(), kiln_proto::ErrorKind::NotFound);
     assert!(
         format!("{:?}", err).contains("no access allowed to dir"),

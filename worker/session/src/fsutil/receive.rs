@@ -11,8 +11,8 @@ use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{
-    fchmod, fchmodat, fstatat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags, Mode,
-    SFlag, UtimensatFlags,
+    fchmod, fchmodat, fstatat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags,
+    FileStat, Mode, SFlag, UtimensatFlags,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
@@ -31,10 +31,18 @@ use super::{
 pub struct ReceiveOptions {
     /// Owner for every entry; `None` keeps the sender's uid and gid.
     pub chown: Option<(u32, u32)>,
+    /// `dest` holds an earlier transfer (of the same source) to bring up to
+    /// date: an entry whose type, size, mtime and link structure match
+    /// keeps its content (only files that differ are requested), metadata
+    /// that differs is set in place, and whatever the sender no longer
+    /// lists is removed. The result is what a transfer into an empty
+    /// directory would give. Without it, entries already in `dest` are
+    /// replaced and directories merged, and nothing is removed.
+    pub incremental: bool,
 }
 
 /// What a transfer delivered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReceiveStats {
     /// STAT entries, of every type.
     pub entries: u64,
@@ -42,6 +50,18 @@ pub struct ReceiveStats {
     pub files: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// Entries an incremental transfer kept from `dest` (their content
+    /// unchanged; their metadata set again where it differed).
+    pub kept: u64,
+    /// Entries an incremental transfer removed from `dest` (a removed
+    /// directory counts once).
+    pub removed: u64,
+    /// The sum of the listed regular files' sizes: the tree's size.
+    pub tree_bytes: u64,
+    /// Device nodes, FIFOs and set-user/group-id files in the tree (and
+    /// hard links to those), in listing order: what a caller that keeps
+    /// the tree may not want to keep.
+    pub privileged: Vec<String>,
 }
 
 /// How many files may be open for writing at once; a sender interleaving
@@ -70,7 +90,8 @@ const APPLY_DEPTH: usize = 64;
 
 /// Receives a tree from the sender at the other end of `rx`/`tx` into
 /// `dest`, an existing directory (buildkit-protocol.md §5). Entries already
-/// in `dest` are replaced (directories are merged).
+/// in `dest` are replaced (directories are merged), or, with
+/// [`ReceiveOptions::incremental`], brought up to date.
 ///
 /// The sender is untrusted: a path that is not relative and clean, an entry
 /// out of order or under anything but a directory of this transfer, a hard
@@ -164,6 +185,7 @@ struct PendingFile {
 struct Applier {
     root: OwnedFd,
     chown: Option<(u32, u32)>,
+    incremental: bool,
     out: mpsc::UnboundedSender<Packet>,
     next_id: u32,
     previous: Option<String>,
@@ -200,6 +222,7 @@ impl Applier {
         Applier {
             root,
             chown: opts.chown,
+            incremental: opts.incremental,
             out,
             next_id: 0,
             previous: None,
@@ -236,7 +259,7 @@ impl Applier {
             let Some(p) = rx.blocking_recv() else {
                 // After our FIN the peer may just close.
                 return if self.fin_sent {
-                    Ok(self.stats)
+                    Ok(std::mem::take(&mut self.stats))
                 } else {
                     Err(FsutilError::UnexpectedEof)
                 };
@@ -253,7 +276,9 @@ impl Applier {
                     self.data(p.id, p.data)?;
                     self.maybe_finish()?;
                 }
-                Ok(PacketType::PacketFin) if self.fin_sent => return Ok(self.stats),
+                Ok(PacketType::PacketFin) if self.fin_sent => {
+                    return Ok(std::mem::take(&mut self.stats))
+                }
                 Ok(PacketType::PacketErr) => {
                     return Err(FsutilError::FromSender {
                         message: String::from_utf8_lossy(&p.data).into_owned(),
@@ -313,6 +338,16 @@ impl Applier {
             return Err(FsutilError::ParentNotDirectory { path });
         }
         let dir = self.open_dir(parent)?;
+        // What an earlier transfer left at this path (incremental only).
+        let old = if self.incremental {
+            match fstatat(&*dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => Some(st),
+                Err(Errno::ENOENT) => None,
+                Err(e) => return Err(io_err("stat", &path)(e)),
+            }
+        } else {
+            None
+        };
         let m = stat.mode;
         let kind = if m & mode::DIR != 0 {
             self.make_dir(&dir, name, &path)?;
@@ -322,9 +357,13 @@ impl Applier {
             if stat.linkname.is_empty() {
                 return Err(FsutilError::EmptySymlink { path });
             }
-            self.clear(&dir, name, &path)?;
-            symlinkat(stat.linkname.as_str(), &*dir, name).map_err(io_err("symlink", &path))?;
-            self.apply_at(&dir, name, &stat, true)?;
+            if old.is_some_and(|st| self.same_symlink(&dir, name, &st, &stat)) {
+                self.stats.kept += 1;
+            } else {
+                self.clear(&dir, name, &path)?;
+                symlinkat(stat.linkname.as_str(), &*dir, name).map_err(io_err("symlink", &path))?;
+                self.apply_at(&dir, name, &stat, true)?;
+            }
             Kind::Symlink
         } else if !stat.linkname.is_empty() {
             let target = stat.linkname.as_str();
@@ -336,8 +375,20 @@ impl Applier {
             }
             let (tparent, tname) = split(target);
             let tdir = self.open_dir(tparent)?;
-            self.clear(&dir, name, &path)?;
-            linkat(&*tdir, tname, &*dir, name, AtFlags::empty()).map_err(io_err("link", &path))?;
+            let linked = match (old, fstatat(&*tdir, tname, AtFlags::AT_SYMLINK_NOFOLLOW)) {
+                (Some(o), Ok(t)) => o.st_dev == t.st_dev && o.st_ino == t.st_ino,
+                _ => false,
+            };
+            if self.stats.privileged.iter().any(|p| p == target) {
+                self.stats.privileged.push(path.clone());
+            }
+            if linked {
+                self.stats.kept += 1;
+            } else {
+                self.clear(&dir, name, &path)?;
+                linkat(&*tdir, tname, &*dir, name, AtFlags::empty())
+                    .map_err(io_err("link", &path))?;
+            }
             Kind::Link
         } else if m & (mode::NAMED_PIPE | mode::DEVICE) != 0 {
             let kind = if m & mode::NAMED_PIPE != 0 {
@@ -348,10 +399,21 @@ impl Applier {
                 SFlag::S_IFBLK
             };
             let dev = makedev(stat.devmajor as u64, stat.devminor as u64);
-            self.clear(&dir, name, &path)?;
-            mknodat(&*dir, name, kind, Mode::from_bits_truncate(0o600), dev)
-                .map_err(io_err("mknod", &path))?;
-            self.apply_at(&dir, name, &stat, false)?;
+            let same = old.is_some_and(|st| {
+                st.st_mode & libc::S_IFMT == kind.bits()
+                    && st.st_rdev == dev
+                    && st.st_mode & 0o7777 == posix_perm(stat.mode)
+                    && self.same_owner_and_mtime(&st, &stat)
+            });
+            if same {
+                self.stats.kept += 1;
+            } else {
+                self.clear(&dir, name, &path)?;
+                mknodat(&*dir, name, kind, Mode::from_bits_truncate(0o600), dev)
+                    .map_err(io_err("mknod", &path))?;
+                self.apply_at(&dir, name, &stat, false)?;
+            }
+            self.stats.privileged.push(path.clone());
             Kind::Special
         } else if m & mode::TYPE != 0 {
             return Err(FsutilError::UnsupportedType { path, mode: m });
@@ -364,28 +426,46 @@ impl Applier {
                     limit: MAX_TOTAL_BYTES,
                 });
             }
-            self.clear(&dir, name, &path)?;
-            let flags = OFlag::O_CREAT
-                | OFlag::O_EXCL
-                | OFlag::O_WRONLY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC;
-            drop(
-                openat(&*dir, name, flags, Mode::from_bits_truncate(0o600))
-                    .map_err(io_err("create", &path))?,
-            );
-            self.pending.insert(
-                id,
-                PendingFile {
-                    path: path.clone(),
-                    stat,
-                },
-            );
             self.declared = self.declared.saturating_add(size);
-            let _ = self.out.send(Packet {
-                id,
-                ..packet(PacketType::PacketReq)
+            if m & (mode::SETUID | mode::SETGID) != 0 {
+                self.stats.privileged.push(path.clone());
+            }
+            // The content an earlier transfer wrote is kept when the size
+            // and mtime agree (the rule fsutil's receivers use). A file
+            // with other links is never kept: its inode may be shared with
+            // a path that is no longer its link.
+            let keep = old.is_some_and(|st| {
+                st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && st.st_nlink == 1
+                    && st.st_size == stat.size
+                    && stat_mtime(&st) == stat.mod_time
             });
+            if keep {
+                self.refresh_file(&dir, name, &stat)?;
+                self.stats.kept += 1;
+            } else {
+                self.clear(&dir, name, &path)?;
+                let flags = OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC;
+                drop(
+                    openat(&*dir, name, flags, Mode::from_bits_truncate(0o600))
+                        .map_err(io_err("create", &path))?,
+                );
+                self.pending.insert(
+                    id,
+                    PendingFile {
+                        path: path.clone(),
+                        stat,
+                    },
+                );
+                let _ = self.out.send(Packet {
+                    id,
+                    ..packet(PacketType::PacketReq)
+                });
+            }
             Kind::File
         };
         self.entries.insert(path, kind);
@@ -457,6 +537,14 @@ impl Applier {
         self.writers.clear();
         self.last_dir = None;
         let dirs = std::mem::take(&mut self.dirs);
+        if self.incremental {
+            // What the sender no longer lists goes before any directory's
+            // metadata is set: removing changes a directory's mtime.
+            self.remove_unlisted("")?;
+            for stat in &dirs {
+                self.remove_unlisted(&stat.path)?;
+            }
+        }
         for stat in dirs.iter().rev() {
             let fd = self.open_dir(&stat.path)?;
             let f = File::from(fd.try_clone().map_err(|source| FsutilError::Io {
@@ -464,11 +552,74 @@ impl Applier {
                 path: stat.path.clone(),
                 source,
             })?);
+            if self.incremental {
+                // An unchanged directory is left alone (its ctime too, which
+                // the context's stat cache looks at).
+                let st = nix::sys::stat::fstat(f.as_fd()).map_err(io_err("stat", &stat.path))?;
+                if self.same_owner_and_mtime(&st, stat)
+                    && st.st_mode & 0o7777 == posix_perm(stat.mode)
+                    && same_xattrs(&f, stat)
+                {
+                    continue;
+                }
+                drop_xattrs(&f, stat, &stat.path);
+            }
             self.apply_fd(&f, stat, &stat.path)?;
         }
+        self.stats.tree_bytes = self.declared;
         let _ = self.out.send(packet(PacketType::PacketFin));
         self.fin_sent = true;
         Ok(())
+    }
+
+    /// Removes every entry of the directory `rel` (of this transfer, or the
+    /// root for "") that the sender did not list.
+    fn remove_unlisted(&mut self, rel: &str) -> Result<(), FsutilError> {
+        let dir = self.open_dir(rel)?;
+        let names = list_dir(&dir, rel)?;
+        for name in names {
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if !self.entries.contains_key(&path) {
+                remove_entry(&dir, &name, &path)?;
+                self.stats.removed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the symlink `st` at `name` is the one `stat` describes.
+    fn same_symlink(&self, dir: &OwnedFd, name: &str, st: &FileStat, stat: &Stat) -> bool {
+        st.st_mode & libc::S_IFMT == libc::S_IFLNK
+            && self.same_owner_and_mtime(st, stat)
+            && nix::fcntl::readlinkat(dir, name)
+                .is_ok_and(|t| t.as_encoded_bytes() == stat.linkname.as_bytes())
+    }
+
+    /// Whether `st` has the owner this transfer gives `stat` and its mtime.
+    fn same_owner_and_mtime(&self, st: &FileStat, stat: &Stat) -> bool {
+        let (uid, gid) = self.owner(stat);
+        st.st_uid == uid.as_raw() && st.st_gid == gid.as_raw() && stat_mtime(st) == stat.mod_time
+    }
+
+    /// Brings the metadata of a kept regular file to what `stat` says, if
+    /// it differs (and leaves the file untouched otherwise).
+    fn refresh_file(&self, dir: &OwnedFd, name: &str, stat: &Stat) -> Result<(), FsutilError> {
+        let path = stat.path.as_str();
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let f = File::from(openat(dir, name, flags, Mode::empty()).map_err(io_err("open", path))?);
+        let st = nix::sys::stat::fstat(f.as_fd()).map_err(io_err("stat", path))?;
+        if self.same_owner_and_mtime(&st, stat)
+            && st.st_mode & 0o7777 == posix_perm(stat.mode)
+            && same_xattrs(&f, stat)
+        {
+            return Ok(());
+        }
+        drop_xattrs(&f, stat, path);
+        self.apply_fd(&f, stat, path)
     }
 
     /// Opens a directory of this transfer (or the root, for "") by walking
@@ -520,11 +671,15 @@ impl Applier {
     }
 
     /// Removes a non-directory at `name` so it can be created afresh. An
-    /// existing directory is not replaced by a non-directory.
+    /// existing directory is not replaced by a non-directory, except in an
+    /// incremental transfer (where it is what an earlier one left).
     fn clear(&self, dir: &OwnedFd, name: &str, path: &str) -> Result<(), FsutilError> {
         match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(io_err("stat", path)(e)),
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR && self.incremental => {
+                remove_entry(dir, name, path)
+            }
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
                 Err(io_err("replace directory", path)(Errno::EISDIR))
             }
@@ -591,6 +746,86 @@ impl Applier {
         utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
             .map_err(io_err("set times", path))
     }
+}
+
+/// The mtime of `st` in Unix nanoseconds, as `Stat.mod_time` carries it.
+fn stat_mtime(st: &FileStat) -> i64 {
+    st.st_mtime
+        .saturating_mul(1_000_000_000)
+        .saturating_add(st.st_mtime_nsec)
+}
+
+/// Whether the extended attributes of `f` are exactly those of `stat`.
+fn same_xattrs(f: &File, stat: &Stat) -> bool {
+    let Ok(names) = f.list_xattr() else {
+        return stat.xattrs.is_empty();
+    };
+    let mut n = 0;
+    for key in names {
+        n += 1;
+        let Some(want) = key.to_str().and_then(|k| stat.xattrs.get(k)) else {
+            return false;
+        };
+        if f.get_xattr(&key).ok().flatten().as_ref() != Some(want) {
+            return false;
+        }
+    }
+    n == stat.xattrs.len()
+}
+
+/// Removes the extended attributes of `f` that `stat` does not have (a
+/// fresh file has none of them).
+fn drop_xattrs(f: &File, stat: &Stat, path: &str) {
+    let Ok(names) = f.list_xattr() else { return };
+    for key in names {
+        if key.to_str().is_some_and(|k| stat.xattrs.contains_key(k)) {
+            continue;
+        }
+        if let Err(e) = f.remove_xattr(&key) {
+            tracing::debug!(path, key = ?key, error = %e, "cannot remove xattr");
+        }
+    }
+}
+
+/// The names in the open directory `dir` (without `.` and `..`).
+fn list_dir(dir: &OwnedFd, path: &str) -> Result<Vec<String>, FsutilError> {
+    let fd = dir.try_clone().map_err(|source| FsutilError::Io {
+        op: "dup",
+        path: path.to_string(),
+        source,
+    })?;
+    let mut d = nix::dir::Dir::from_fd(fd).map_err(io_err("read directory", path))?;
+    let mut names = Vec::new();
+    for e in d.iter() {
+        let e = e.map_err(io_err("read directory", path))?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        // Entries this side wrote have UTF-8 names (wire paths are
+        // strings); anything else is not the sender's and goes too.
+        names.push(String::from_utf8_lossy(name).into_owned());
+    }
+    Ok(names)
+}
+
+/// Removes `name` in `dir` whatever it is, a directory with everything in
+/// it, never following a symlink.
+fn remove_entry(dir: &OwnedFd, name: &str, path: &str) -> Result<(), FsutilError> {
+    let st = match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(io_err("stat", path)(e)),
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(io_err("remove", path));
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let sub = openat(dir, name, flags, Mode::empty()).map_err(io_err("open", path))?;
+    for child in list_dir(&sub, path)? {
+        remove_entry(&sub, &child, &format!("{path}/{child}"))?;
+    }
+    unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(io_err("remove", path))
 }
 
 /// Unix nanoseconds as a timespec.

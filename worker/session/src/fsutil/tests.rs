@@ -277,6 +277,7 @@ async fn chown_option_reowns_everything_and_reset_owner_sends_root() {
     symlink("f", src.join("d/l")).expect("symlink");
     let ropts = ReceiveOptions {
         chown: Some((1000, 1001)),
+        ..ReceiveOptions::default()
     };
     let (s, r, log) = transfer(&src, SendOptions::default(), &dest, ropts).await;
     s.expect("send");
@@ -865,4 +866,174 @@ fn wire_paths_are_validated_and_ordered_like_the_walk() {
     assert_eq!(compare_paths("a-b", "a/b"), Greater);
     assert_eq!(compare_paths("B", "a"), Less);
     assert_eq!(compare_paths("a", "a"), Equal);
+}
+
+const INCREMENTAL: ReceiveOptions = ReceiveOptions {
+    chown: None,
+    incremental: true,
+};
+
+/// Receives `src` afresh into a new directory under `tmp` and returns it.
+async fn fresh_copy(src: &Path, opts: &SendOptions, tmp: &Path, name: &str) -> std::path::PathBuf {
+    let dest = tmp.join(name);
+    std::fs::create_dir_all(&dest).expect("mkdir");
+    let (s, r, _) = transfer(src, opts.clone(), &dest, ReceiveOptions::default()).await;
+    s.expect("send");
+    r.expect("receive fresh");
+    dest
+}
+
+/// (ctime, inode) of every entry under `root`, to see what was touched.
+fn ctimes(root: &Path) -> BTreeMap<String, (i64, i64, u64)> {
+    snapshot(root)
+        .into_keys()
+        .map(|p| {
+            let md = std::fs::symlink_metadata(root.join(&p)).expect("lstat");
+            (p, (md.ctime(), md.ctime_nsec(), md.ino()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn incremental_receive_equals_a_fresh_one_after_every_kind_of_change() {
+    if !kiln_types::testing::needs_root("the tree has a device node and files owned by uid 1234") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let xattrs = rich_tree(&src);
+    write(&src.join("secret/key"), b"excluded at first");
+    write(&src.join("gone-dir/deep/f"), b"removed later");
+    write(&src.join("plain"), b"plain");
+    if xattrs {
+        xattr::set(src.join("plain"), "user.old", b"1").expect("xattr");
+    }
+    let first = SendOptions {
+        exclude_patterns: vec!["secret".to_string()],
+        ..SendOptions::default()
+    };
+    let inc = fresh_copy(&src, &first, tmp.path(), "inc").await;
+    assert!(!inc.join("secret").exists());
+
+    // Every kind of change at once.
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i * 11 % 256) as u8).collect();
+    write(&src.join("a/big.bin"), &big); // content (same size, new mtime)
+    chmod(&src.join("a/setgid"), 0o755); // mode only
+    std::fs::remove_file(src.join("a/empty")).expect("rm"); // deletion
+    std::fs::remove_file(src.join("owned")).expect("rm"); // file -> dir
+    write(&src.join("owned/inside"), b"now a directory");
+    std::fs::remove_dir(src.join("a/empty-dir")).expect("rmdir"); // dir -> file
+    write(&src.join("a/empty-dir"), b"now a file");
+    std::fs::remove_file(src.join("hl/rel-link")).expect("rm"); // symlink target
+    symlink("../ro/file", src.join("hl/rel-link")).expect("symlink");
+    std::fs::remove_dir_all(src.join("gone-dir")).expect("rm -r"); // a whole tree
+    std::fs::remove_file(src.join("z-second")).expect("rm"); // a link no more
+    write(&src.join("z-second"), b"linked content");
+    std::os::unix::fs::lchown(src.join("dangling"), Some(44), Some(45)).expect("lchown");
+    if xattrs {
+        xattr::remove(src.join("plain"), "user.old").expect("xattr");
+        xattr::set(src.join("a"), "user.dir", b"changed").expect("xattr");
+    }
+    // The excluded path is now included, and another one excluded.
+    let second = SendOptions {
+        exclude_patterns: vec!["tmp".to_string()],
+        ..SendOptions::default()
+    };
+    let (s, r, _) = transfer(&src, second.clone(), &inc, INCREMENTAL).await;
+    s.expect("send");
+    let stats = r.expect("receive incrementally");
+    let fresh = fresh_copy(&src, &second, tmp.path(), "fresh").await;
+    assert_eq!(snapshot(&inc), snapshot(&fresh));
+    assert!(inc.join("secret/key").exists() && !inc.join("tmp").exists());
+    // Content went only for what changed: big.bin, the new files in
+    // owned/ and a/empty-dir, secret/key, and z-second (its inode was
+    // shared with hl/first, so both go again).
+    assert_eq!(stats.files, 6, "{stats:?}");
+    // a/empty, gone-dir (once, with its tree) and tmp.
+    assert_eq!(stats.removed, 3, "{stats:?}");
+    // a/setgid lost its set-id bit.
+    assert_eq!(stats.privileged, ["a/setuid", "fifo", "null"]);
+    assert_eq!(
+        stats.tree_bytes,
+        snapshot(&fresh)
+            .values()
+            .filter_map(|e| e.content.as_ref().map(|c| c.len() as u64))
+            .sum::<u64>()
+    );
+
+    // Nothing changed: nothing is sent and nothing touched (ctimes and
+    // inodes stay, so the context's stat cache stays valid).
+    let before = ctimes(&inc);
+    let (s, r, log) = transfer(&src, second.clone(), &inc, INCREMENTAL).await;
+    s.expect("send");
+    let stats = r.expect("no-op receive");
+    assert_eq!((stats.files, stats.bytes, stats.removed), (0, 0, 0));
+    let non_dirs = snapshot(&inc)
+        .values()
+        .filter(|e| e.st_mode & libc::S_IFMT != libc::S_IFDIR)
+        .count();
+    assert_eq!(stats.kept, non_dirs as u64, "every non-directory kept");
+    assert!(
+        !log.iter()
+            .any(|p| p.r#type == PacketType::PacketData as i32 && !p.data.is_empty()),
+        "no content on the wire"
+    );
+    assert_eq!(ctimes(&inc), before);
+    assert_eq!(snapshot(&inc), snapshot(&fresh));
+}
+
+#[tokio::test]
+async fn an_interrupted_incremental_receive_is_repaired_by_the_next() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    for i in 0..20 {
+        write(
+            &src.join(format!("d{}/f{i}", i % 3)),
+            &vec![i as u8; 1000 + i],
+        );
+    }
+    let opts = SendOptions::default();
+    let inc = fresh_copy(&src, &opts, tmp.path(), "inc").await;
+    for i in 0..20 {
+        write(
+            &src.join(format!("d{}/f{i}", i % 3)),
+            &vec![i as u8 + 1; 1000 + i],
+        );
+    }
+    std::fs::remove_dir_all(src.join("d1")).expect("rm");
+    write(&src.join("d1"), b"a file now");
+
+    // The sender's packets stop after the first content, with an error.
+    let (s_tx, mut s_rx) = mpsc::channel::<Packet>(16);
+    let (fwd_tx, fwd_rx) = mpsc::channel::<Packet>(16);
+    let (r_tx, r_rx) = mpsc::channel::<Packet>(16);
+    let cut = tokio::spawn(async move {
+        while let Some(p) = s_rx.recv().await {
+            let content = p.r#type == PacketType::PacketData as i32 && !p.data.is_empty();
+            if fwd_tx.send(p).await.is_err() {
+                return;
+            }
+            if content {
+                let _ = fwd_tx
+                    .send(Packet {
+                        data: b"cancelled".to_vec(),
+                        ..packet(PacketType::PacketErr)
+                    })
+                    .await;
+                return;
+            }
+        }
+    });
+    let send = send_dir(&src, &opts, ReceiverStream::new(r_rx).map(Ok), s_tx);
+    let recv = receive_dir(&inc, ReceiverStream::new(fwd_rx).map(Ok), r_tx, INCREMENTAL);
+    let (_, r) = tokio::join!(send, recv);
+    cut.await.expect("cut");
+    assert!(matches!(r, Err(FsutilError::FromSender { .. })), "{r:?}");
+
+    let (s, r, _) = transfer(&src, opts.clone(), &inc, INCREMENTAL).await;
+    s.expect("send");
+    r.expect("repairing receive");
+    let fresh = fresh_copy(&src, &opts, tmp.path(), "fresh").await;
+    assert_eq!(snapshot(&inc), snapshot(&fresh));
 }

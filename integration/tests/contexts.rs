@@ -1,0 +1,125 @@
+//! kilnd keeps each client's build context between builds: a rebuild
+//! transfers only the files that changed (issue 10). What crossed the wire
+//! is read from kilnd's `received local directory` log line, whose `files`
+//! counts the files whose content the client sent.
+
+use kiln_integration::{Harness, KilnOutput, Kilnd};
+use std::path::Path;
+
+/// `kiln --addr <kilnd> build --progress plain ARGS`.
+fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
+    let addr = k.addr();
+    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    h.kiln(ns, &all).expect("kiln runs")
+}
+
+/// One transfer of the `context` local as kilnd logged it.
+#[derive(Debug, PartialEq, Eq)]
+struct Transfer {
+    incremental: bool,
+    files: u64,
+    removed: u64,
+}
+
+/// A `key=value` field of a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split_whitespace().next()
+}
+
+/// Every transfer of the `context` local so far, oldest first.
+fn transfers(log: &Path) -> Vec<Transfer> {
+    std::fs::read_to_string(log)
+        .expect("kilnd log")
+        .lines()
+        .filter(|l| l.contains("received local directory"))
+        .filter(|l| field(l, "local").is_some_and(|v| v.trim_matches('"') == "context"))
+        .map(|l| {
+            let num = |k| {
+                field(l, k)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{k} in {l}"))
+            };
+            Transfer {
+                incremental: field(l, "incremental") == Some("true"),
+                files: num("files"),
+                removed: num("removed"),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rebuild_through_kilnd_sends_only_what_changed() {
+    let ns = "kept-context";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let df = "FROM busybox\nCOPY . /ctx/\nCMD [\"cat\", \"/ctx/d2/f0007.txt\"]\n";
+    let mut files: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("d{}/f{i:04}.txt", i % 5), format!("file {i}\n")))
+        .collect();
+    files.push(("Dockerfile".into(), df.into()));
+    files.push(("gone.txt".into(), "removed before the last build\n".into()));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_str()))
+        .collect();
+    let ctx = h.context("kept", &refs);
+    let c = ctx.to_str().expect("utf8");
+
+    remote(&h, &k, ns, &["-t", "kept:1", c]).ok();
+    let first = transfers(&k.log);
+    assert_eq!(
+        first,
+        [Transfer {
+            incremental: false,
+            files: 202,
+            removed: 0
+        }]
+    );
+
+    // Nothing changed: no file content crosses the wire.
+    let out = remote(&h, &k, ns, &["-t", "kept:2", c]).ok();
+    assert_eq!(
+        transfers(&k.log).last(),
+        Some(&Transfer {
+            incremental: true,
+            files: 0,
+            removed: 0
+        })
+    );
+    assert_eq!(out.stderr.matches("CACHED").count(), 1, "{}", out.stderr);
+
+    // One file changed, one deleted: exactly that is sent and removed,
+    // and the image has the new content.
+    std::fs::write(ctx.join("d2/f0007.txt"), "changed content\n").expect("write");
+    std::fs::remove_file(ctx.join("gone.txt")).expect("rm");
+    remote(&h, &k, ns, &["-t", "kept:3", c]).ok();
+    assert_eq!(
+        transfers(&k.log).last(),
+        Some(&Transfer {
+            incremental: true,
+            files: 1,
+            removed: 1
+        })
+    );
+    let printed = h.run_image(ns, "docker.io/library/kept:3", "kept-run", &[]);
+    assert_eq!(printed, "changed content\n");
+    let listed = h.run_image(ns, "docker.io/library/kept:3", "kept-ls", &["ls", "/ctx"]);
+    assert_eq!(listed, "Dockerfile\nd0\nd1\nd2\nd3\nd4\n");
+    // The kept context hashes like the client's own directory: an embedded
+    // build of that directory finds the `COPY .` kilnd cached.
+    let embedded = h.build(ns, &["-t", "kept:embedded", c]).ok();
+    assert_eq!(
+        embedded.stderr.matches("CACHED").count(),
+        1,
+        "{}",
+        embedded.stderr
+    );
+    assert_eq!(
+        h.image_digest(ns, "docker.io/library/kept:embedded"),
+        h.image_digest(ns, "docker.io/library/kept:3")
+    );
+    assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
+}

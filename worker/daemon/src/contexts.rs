@@ -1,0 +1,431 @@
+//! Build contexts kept between builds, so that a rebuild through kilnd
+//! transfers only what changed (BuildKit keeps local sources the same way:
+//! one mutable directory per local name and session shared key).
+//!
+//! A kept context lives in a *slot*, `<root>/contexts/<key hash>-<n>/`:
+//! `tree/` holds the received files, `size` the file content bytes of the
+//! last complete receive, and `dirty` exists while a receive is under way.
+//! The key hash covers the tenant of the session, the session's shared key
+//! (`x-docker-expose-session-sharedkey`), the source's shared key hint and
+//! the local name; the client-chosen parts only ever reach the file system
+//! through the hash, so no key can name another tenant's slot or a path
+//! outside `contexts/`.
+//!
+//! A slot is used by one build at a time: a second build with the same key
+//! while the first one runs takes the next free slot (BuildKit makes a new
+//! directory when the kept one is in use too), so builds never see each
+//! other's transfers. A slot whose `dirty` marker survived (a failed,
+//! cancelled or crashed receive) is emptied before use: its next receive is
+//! a full one. The slot directory's mtime is its last use; [`Contexts::prune`]
+//! removes dirty slots no build holds, slots unused for `max-age`, then the
+//! least recently used until the rest hold at most `max-size`.
+//!
+//! Device nodes, FIFOs and set-id files are not kept: a build's context
+//! holds them only while the build runs (kiln's state keeps none past a
+//! build), and the next receive sends them again. Until they are gone the
+//! slot stays marked dirty, so a crash cannot leave them behind for long.
+
+use crate::config::ContextsConfig;
+use kiln_solver::Digest;
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// The directory under kilnd's root that holds the slots.
+pub const CONTEXTS_DIR: &str = "contexts";
+
+const TREE: &str = "tree";
+const DIRTY: &str = "dirty";
+const SIZE: &str = "size";
+
+/// What identifies a kept context.
+#[derive(Clone, Copy, Debug)]
+pub struct ContextKey<'a> {
+    /// The tenant the session belongs to (`None`: the default tenant).
+    pub tenant: Option<&'a str>,
+    /// The session's `x-docker-expose-session-sharedkey`.
+    pub shared_key: &'a str,
+    /// The source's `local.sharedkeyhint` (empty for the frontend's).
+    pub hint: &'a str,
+    /// The local name (`context`, a named context, an LLB local).
+    pub name: &'a str,
+}
+
+impl ContextKey<'_> {
+    /// The hex digest naming this key's slots. Every part is length-
+    /// prefixed, so no two keys give the same input.
+    fn hash(&self) -> String {
+        let mut input = b"kiln.context.v1".to_vec();
+        let tenant = match self.tenant {
+            Some(t) => [b"t".as_slice(), t.as_bytes()].concat(),
+            None => b"-".to_vec(),
+        };
+        for part in [
+            tenant.as_slice(),
+            self.shared_key.as_bytes(),
+            self.hint.as_bytes(),
+            self.name.as_bytes(),
+        ] {
+            input.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            input.extend_from_slice(part);
+        }
+        Digest::of(&input).hex()[..32].to_string()
+    }
+}
+
+/// The kept contexts of one kilnd.
+#[derive(Debug)]
+pub struct Contexts {
+    dir: PathBuf,
+    limits: ContextsConfig,
+    /// Slots held by a build (or being removed by a prune).
+    busy: Mutex<HashSet<String>>,
+}
+
+/// What a prune removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub slots: usize,
+    pub bytes: u64,
+}
+
+/// A slot held by a build until dropped.
+#[derive(Debug)]
+pub struct Held {
+    contexts: Arc<Contexts>,
+    slot: String,
+    dir: PathBuf,
+    incremental: bool,
+    /// Tree paths to remove when the build is done with the context.
+    privileged: Vec<String>,
+}
+
+impl Held {
+    /// Where the context's files go (and stay).
+    pub fn tree(&self) -> PathBuf {
+        self.dir.join(TREE)
+    }
+
+    /// Whether the tree holds a complete earlier receive to bring up to
+    /// date (otherwise it is empty).
+    pub fn incremental(&self) -> bool {
+        self.incremental
+    }
+
+    /// Records a complete receive: the next build may receive
+    /// incrementally (once the privileged entries are gone, at drop).
+    pub fn received(&mut self, stats: &kiln_session::fsutil::ReceiveStats) -> std::io::Result<()> {
+        std::fs::write(self.dir.join(SIZE), stats.tree_bytes.to_string())?;
+        self.privileged = stats.privileged.clone();
+        if self.privileged.is_empty() {
+            remove_marker(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn remove_marker(slot: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(slot.join(DIRTY)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.privileged.is_empty() {
+            let tree = self.tree();
+            // Wire paths the receiver checked: relative, clean, below
+            // directories it made (never through a symlink).
+            let removed = self.privileged.iter().all(|p| {
+                match std::fs::remove_file(tree.join(p)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!(path = %p, error = %e, "cannot remove from a kept context");
+                        false
+                    }
+                    _ => true,
+                }
+            });
+            if removed {
+                if let Err(e) = remove_marker(&self.dir) {
+                    tracing::warn!(slot = %self.slot, error = %e, "cannot mark a kept context clean");
+                }
+            }
+        }
+        self.contexts.lock().remove(&self.slot);
+    }
+}
+
+impl Contexts {
+    /// The kept contexts under `root` (kilnd's state directory).
+    pub fn new(root: &Path, limits: ContextsConfig) -> Arc<Contexts> {
+        Arc::new(Contexts {
+            dir: root.join(CONTEXTS_DIR),
+            limits,
+            busy: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the first slot of `key` no build holds, creating it if
+    /// needed, emptied if its last receive did not complete, and marked
+    /// dirty until [`Held::received`]. Blocking (file system).
+    pub fn acquire(self: &Arc<Self>, key: &ContextKey<'_>) -> std::io::Result<Held> {
+        let base = key.hash();
+        let slot = {
+            let mut busy = self.lock();
+            let slot = (0..)
+                .map(|n| format!("{base}-{n}"))
+                .find(|s| !busy.contains(s))
+                .expect("an unbounded range has a free slot");
+            busy.insert(slot.clone());
+            slot
+        };
+        let dir = self.dir.join(&slot);
+        let mut held = Held {
+            contexts: self.clone(),
+            slot,
+            dir,
+            incremental: false,
+            privileged: Vec::new(),
+        };
+        kiln_engine::sweep::create_private_dir(&held.dir)?;
+        let tree = held.tree();
+        let clean = tree.is_dir() && !held.dir.join(DIRTY).exists();
+        if !clean {
+            match std::fs::remove_dir_all(&tree) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let _ = std::fs::remove_file(held.dir.join(SIZE));
+            // The root of a context is 0755 as a client's directory
+            // usually is (`COPY .` copies its mode, and the context's
+            // hash covers it); the slot around it keeps others out.
+            std::fs::create_dir(&tree)?;
+            std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o755))?;
+        }
+        // Creating the marker also moves the slot's mtime: its last use.
+        std::fs::write(held.dir.join(DIRTY), b"")?;
+        held.incremental = clean;
+        Ok(held)
+    }
+
+    /// Removes slots no build holds that were last used more than
+    /// `max-age` ago, then the least recently used until the others hold
+    /// at most `max-size` bytes. Blocking (file system).
+    pub fn prune(&self) -> Pruned {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Pruned::default();
+        };
+        let now = SystemTime::now();
+        // (last use, slot, bytes, dirty); a slot without a size never
+        // completed.
+        let mut slots: Vec<(SystemTime, String, u64, bool)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let used = e.metadata().and_then(|m| m.modified()).ok()?;
+                let bytes = std::fs::read_to_string(e.path().join(SIZE))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+                let dirty = e.path().join(DIRTY).exists();
+                Some((used, name, bytes, dirty))
+            })
+            .collect();
+        slots.sort();
+        let mut total: u64 = slots.iter().map(|s| s.2).sum();
+        let mut doomed = Vec::new();
+        {
+            let mut busy = self.lock();
+            for (used, name, bytes, dirty) in &slots {
+                if busy.contains(name) {
+                    continue;
+                }
+                let old = now
+                    .duration_since(*used)
+                    .is_ok_and(|age| age > self.limits.max_age);
+                if *dirty || old || total > self.limits.max_size {
+                    busy.insert(name.clone());
+                    doomed.push((name.clone(), *bytes));
+                    total = total.saturating_sub(*bytes);
+                }
+            }
+        }
+        let mut pruned = Pruned::default();
+        for (name, bytes) in doomed {
+            match std::fs::remove_dir_all(self.dir.join(&name)) {
+                Ok(()) => {
+                    pruned.slots += 1;
+                    pruned.bytes += bytes;
+                }
+                Err(e) => tracing::warn!(slot = %name, error = %e, "cannot remove a kept context"),
+            }
+            self.lock().remove(&name);
+        }
+        if pruned.slots > 0 {
+            tracing::info!(
+                slots = pruned.slots,
+                bytes = pruned.bytes,
+                "removed kept build contexts"
+            );
+        }
+        pruned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn key<'a>(tenant: Option<&'a str>, shared: &'a str, name: &'a str) -> ContextKey<'a> {
+        ContextKey {
+            tenant,
+            shared_key: shared,
+            hint: "",
+            name,
+        }
+    }
+
+    fn stats(tree_bytes: u64, privileged: &[&str]) -> kiln_session::fsutil::ReceiveStats {
+        kiln_session::fsutil::ReceiveStats {
+            tree_bytes,
+            privileged: privileged.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn limits(max_age: Duration, max_size: u64) -> ContextsConfig {
+        ContextsConfig { max_age, max_size }
+    }
+
+    #[test]
+    fn keys_of_other_tenants_or_names_never_share_a_slot_and_stay_inside() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let c = Contexts::new(tmp.path(), ContextsConfig::default());
+        let hostile = "../../etc/x\0/..";
+        let keys = [
+            key(None, "k", "context"),
+            key(Some("alice"), "k", "context"),
+            key(Some("bob"), "k", "context"),
+            key(Some("alice"), "k", "other"),
+            key(Some("alice"), "", "kcontext"),
+            key(Some("alice"), hostile, "context"),
+            key(Some(""), "k", "context"),
+        ];
+        let mut dirs = HashSet::new();
+        for k in &keys {
+            let h = c.acquire(k).expect("acquire");
+            let tree = h.tree();
+            assert!(tree.starts_with(tmp.path().join(CONTEXTS_DIR)), "{tree:?}");
+            assert_eq!(
+                tree.components().count(),
+                tmp.path().components().count() + 3
+            );
+            assert!(dirs.insert(tree), "a slot shared by two keys");
+        }
+    }
+
+    #[test]
+    fn a_clean_slot_is_reused_a_busy_one_is_not_and_a_dirty_one_is_emptied() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let c = Contexts::new(tmp.path(), ContextsConfig::default());
+        let k = key(None, "", "context");
+        let first = c.acquire(&k).expect("acquire");
+        assert!(!first.incremental(), "a new slot is empty");
+        std::fs::write(first.tree().join("f"), b"x").expect("write");
+        // A concurrent build of the same key gets a slot of its own.
+        let second = c.acquire(&k).expect("acquire");
+        assert_ne!(first.tree(), second.tree());
+        let mut first = first;
+        first.received(&stats(1, &[])).expect("received");
+        let tree = first.tree();
+        drop(first);
+        drop(second);
+        let again = c.acquire(&k).expect("acquire");
+        assert_eq!(again.tree(), tree);
+        assert!(again.incremental());
+        assert!(tree.join("f").exists(), "the earlier receive is kept");
+        // This receive never completes (a failed or cancelled build).
+        drop(again);
+        let after_failure = c.acquire(&k).expect("acquire");
+        assert_eq!(after_failure.tree(), tree);
+        assert!(!after_failure.incremental());
+        assert!(!tree.join("f").exists(), "a dirty slot starts empty");
+    }
+
+    #[test]
+    fn prune_removes_old_slots_then_the_least_recently_used_over_the_size() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let c = Contexts::new(tmp.path(), limits(Duration::from_secs(3600), 250));
+        let mut trees = Vec::new();
+        for (i, name) in ["old", "lru", "recent", "held"].iter().enumerate() {
+            let mut h = c.acquire(&key(None, "", name)).expect("acquire");
+            h.received(&stats(100, &[])).expect("received");
+            let slot = h.tree().parent().expect("slot").to_path_buf();
+            // Last uses: 2 h ago, then 30, 20 and 10 minutes ago.
+            let ago = [7200, 1800, 1200, 600][i];
+            let t = SystemTime::now() - Duration::from_secs(ago);
+            std::fs::File::open(&slot)
+                .and_then(|f| f.set_modified(t))
+                .expect("set mtime");
+            trees.push((slot, h));
+        }
+        let held = trees.pop().expect("held");
+        drop(trees);
+        // "old" by age (300 left of 400); "lru" by size (200 left, with
+        // "held", which is in use and never removed).
+        let pruned = c.prune();
+        assert_eq!(
+            pruned,
+            Pruned {
+                slots: 2,
+                bytes: 200
+            }
+        );
+        let left: HashSet<String> = std::fs::read_dir(tmp.path().join(CONTEXTS_DIR))
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        let slot_of = |name: &str| format!("{}-0", key(None, "", name).hash());
+        assert_eq!(left, HashSet::from([slot_of("recent"), slot_of("held")]));
+        assert!(held.0.exists());
+        drop(held);
+        // With nothing allowed, everything not in use goes.
+        let none = Contexts::new(tmp.path(), limits(Duration::from_secs(3600), 0));
+        assert_eq!(none.prune().slots, 2);
+    }
+
+    #[test]
+    fn privileged_entries_go_when_the_build_is_done_and_dirty_slots_are_pruned() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let c = Contexts::new(tmp.path(), ContextsConfig::default());
+        let k = key(None, "", "context");
+        let mut h = c.acquire(&k).expect("acquire");
+        let tree = h.tree();
+        std::fs::create_dir(tree.join("d")).expect("mkdir");
+        for f in ["d/suid", "d/plain", "link"] {
+            std::fs::write(tree.join(f), b"x").expect("write");
+        }
+        h.received(&stats(3, &["d/suid", "link"]))
+            .expect("received");
+        assert!(tree.join("d/suid").exists(), "kept while the build runs");
+        drop(h);
+        assert!(!tree.join("d/suid").exists() && !tree.join("link").exists());
+        assert!(tree.join("d/plain").exists());
+        let h = c.acquire(&k).expect("acquire");
+        assert!(h.incremental(), "clean once they are gone");
+        // Never received (a failed build): dirty, and pruned when free.
+        drop(h);
+        let other = c.acquire(&key(None, "", "other")).expect("acquire");
+        assert_eq!(c.prune().slots, 1, "the dirty, free slot");
+        assert!(!tree.exists());
+        assert!(other.tree().exists(), "a held slot stays");
+    }
+}
