@@ -6,10 +6,13 @@
 //! valid gzip stream (RFC 1952 §2.2) that Go's `compress/gzip` (containerd),
 //! `gzip -d` and flate2's `MultiGzDecoder` read in full. The cost is a reset
 //! of the deflate window every block: 0.3% larger than `gzip -6` on a
-//! 110 MB source tree.
+//! 110 MB source tree. A block that does not compress (see
+//! [`MemberEncoder`]) is written as stored deflate blocks, at copy speed.
+//! Every member depends only on its block's bytes, so the blob digest is
+//! the same on every machine and with any number of threads.
 //! A crate such as `gzp` does the same (and primes each block with the
 //! previous 32 KiB), but it is one more dependency for ~150 lines of std and
-//! flate2 here.
+//! flate2 here. flate2 runs on zlib-rs (see the workspace manifest).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -77,14 +80,26 @@ pub(crate) enum Compressor<W: Write> {
 
 impl<W: Write> Compressor<W> {
     pub(crate) fn new(compression: Compression, out: W) -> io::Result<Self> {
+        Self::with_threads(compression, out, parallelism())
+    }
+
+    /// A compressor using `threads` worker threads; the output is the same
+    /// for any number.
+    pub(crate) fn with_threads(
+        compression: Compression,
+        out: W,
+        threads: usize,
+    ) -> io::Result<Self> {
         Ok(match compression {
-            Compression::Gzip => Compressor::Gzip(ParGzWriter::new(out, parallelism())),
+            Compression::Gzip => Compressor::Gzip(ParGzWriter::new(out, threads)),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
                 // Always multithreaded (even with one worker): zstd's output
                 // then does not depend on the number of workers, so the blob
-                // digest is the same on every machine.
-                let workers = u32::try_from(parallelism()).unwrap_or(u32::MAX);
+                // digest is the same on every machine. The calling thread
+                // only hands over input; the workers compress jobs of
+                // zstd's default size (4 windows: 8 MiB at level 3).
+                let workers = u32::try_from(threads.max(1)).unwrap_or(u32::MAX);
                 enc.multithread(workers)?;
                 Compressor::Zstd(enc)
             }
@@ -261,6 +276,9 @@ impl<W: Write> Write for ParGzWriter<W> {
 }
 
 fn gzip_worker(rx: &Mutex<Receiver<Job>>) {
+    // One encoder per thread: its deflate state is reset, not reallocated,
+    // for every member.
+    let mut encoder = MemberEncoder::new();
     loop {
         let job = match rx.lock() {
             Ok(guard) => guard.recv(),
@@ -268,18 +286,129 @@ fn gzip_worker(rx: &Mutex<Receiver<Job>>) {
         };
         let Ok((data, done)) = job else { return };
         // The receiver may be gone if the writer was dropped; that is fine.
-        let _ = done.send(gzip_member(&data));
+        let _ = done.send(encoder.member(&data));
     }
 }
 
-/// One gzip member with a fixed header (mtime 0, no name, OS unknown).
-fn gzip_member(data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut enc = flate2::GzBuilder::new().mtime(0).write(
-        Vec::with_capacity(data.len() / 2 + 64),
-        flate2::Compression::default(),
-    );
-    enc.write_all(data)?;
-    enc.finish()
+/// The fixed header of every member: deflate, no flags, mtime 0, no extra
+/// flags, OS unknown (what flate2's `GzBuilder` writes at level 6 with
+/// mtime 0).
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+/// Level of the members' deflate streams (gzip's and BuildKit's default).
+const GZIP_LEVEL: u32 = 6;
+/// The incompressibility probe: this many slices of `PROBE_SLICE` bytes,
+/// evenly spaced over a member, each deflated at `PROBE_LEVEL` (zlib-rs'
+/// `deflate_fast`: no lazy matching, dynamic Huffman codes).
+const PROBE_SLICES: usize = 4;
+const PROBE_SLICE: usize = 16 * 1024;
+const PROBE_LEVEL: u32 = 2;
+/// Largest payload of one stored deflate block.
+const STORED_MAX: usize = 0xffff;
+
+/// Encodes gzip members; every member is a pure function of its bytes.
+///
+/// Most of a level-6 deflate's time on data that does not compress (media,
+/// archives, random bytes) is spent searching for matches that are not
+/// there, to end up emitting stored blocks anyway. So each member is first
+/// probed: a few slices spread over it are deflated at a fast level, and
+/// when together they shrink by less than 1/32 the member is written as
+/// stored deflate blocks (a plain copy plus the CRC) instead. The probe
+/// only looks at the member's bytes, so the choice, like the output, is the
+/// same on every machine and with any number of threads.
+pub(crate) struct MemberEncoder {
+    deflate: flate2::Compress,
+    probe: flate2::Compress,
+    probe_out: Vec<u8>,
+}
+
+impl MemberEncoder {
+    pub(crate) fn new() -> Self {
+        MemberEncoder {
+            deflate: flate2::Compress::new(flate2::Compression::new(GZIP_LEVEL), false),
+            probe: flate2::Compress::new(flate2::Compression::new(PROBE_LEVEL), false),
+            probe_out: Vec::with_capacity(PROBE_SLICE + PROBE_SLICE / 8 + 256),
+        }
+    }
+
+    /// One complete gzip member holding `data`.
+    pub(crate) fn member(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(GZIP_HEADER.len() + data.len() + data.len() / 64 + 256);
+        out.extend_from_slice(&GZIP_HEADER);
+        if self.incompressible(data)? {
+            stored_blocks(data, &mut out);
+        } else {
+            self.deflate(data, &mut out)?;
+        }
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        // ISIZE is the length modulo 2^32 (RFC 1952).
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        Ok(out)
+    }
+
+    /// Whether the probe slices of `data` shrink by less than 1/32. Members
+    /// too small to hold the slices are always deflated.
+    fn incompressible(&mut self, data: &[u8]) -> io::Result<bool> {
+        if data.len() < PROBE_SLICES * PROBE_SLICE {
+            return Ok(false);
+        }
+        let stride = data.len() / PROBE_SLICES;
+        let (mut read, mut written) = (0u64, 0u64);
+        for i in 0..PROBE_SLICES {
+            let slice = &data[i * stride..i * stride + PROBE_SLICE];
+            self.probe.reset();
+            self.probe_out.clear();
+            let status = self.probe.compress_vec(
+                slice,
+                &mut self.probe_out,
+                flate2::FlushCompress::Finish,
+            )?;
+            // Output that does not fit the buffer is incompressible anyway.
+            if status != flate2::Status::StreamEnd {
+                written += slice.len() as u64;
+            } else {
+                written += self.probe.total_out();
+            }
+            read += slice.len() as u64;
+        }
+        Ok(written * 32 >= read * 31)
+    }
+
+    /// Appends the raw level-6 deflate stream of `data` to `out`.
+    fn deflate(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        self.deflate.reset();
+        loop {
+            let consumed = usize::try_from(self.deflate.total_in()).unwrap_or(usize::MAX);
+            let rest = data.get(consumed..).unwrap_or_default();
+            let status = self
+                .deflate
+                .compress_vec(rest, out, flate2::FlushCompress::Finish)?;
+            if status == flate2::Status::StreamEnd {
+                return Ok(());
+            }
+            out.reserve(64 * 1024);
+        }
+    }
+}
+
+/// Appends `data` as stored (uncompressed) deflate blocks (RFC 1951
+/// §3.2.4): a header byte with BFINAL on the last block and BTYPE 00, LEN
+/// and its complement NLEN, then the bytes.
+fn stored_blocks(data: &[u8], out: &mut Vec<u8>) {
+    let mut chunks = data.chunks(STORED_MAX).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        // A chunk is at most STORED_MAX = u16::MAX bytes.
+        let len = chunk.len() as u16;
+        out.push(u8::from(last));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
 }
 
 #[cfg(test)]
@@ -304,33 +433,158 @@ mod tests {
             .collect()
     }
 
+    /// Bytes no deflate level can shrink.
+    fn incompressible(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn text(len: usize) -> Vec<u8> {
+        let line = b"fn main() { println!(\"hello, layer\"); } // a line of source\n";
+        line.iter().copied().cycle().take(len).collect()
+    }
+
+    fn gunzip(gz: &[u8]) -> Vec<u8> {
+        let mut back = Vec::new();
+        flate2::read::MultiGzDecoder::new(gz)
+            .read_to_end(&mut back)
+            .expect("decode");
+        back
+    }
+
+    fn par_gzip(data: &[u8], threads: usize, block: usize) -> Vec<u8> {
+        let mut w = ParGzWriter::with_block(Vec::new(), threads, block);
+        for chunk in data.chunks(1000) {
+            w.write_all(chunk).expect("vec write");
+        }
+        w.finish().expect("finish")
+    }
+
     #[test]
     fn multi_member_gzip_round_trips_and_is_deterministic() {
         let data = pseudo_random(10 * 4096 + 17);
-        let run = |threads| {
-            let mut w = ParGzWriter::with_block(Vec::new(), threads, 4096);
-            for chunk in data.chunks(1000) {
-                w.write_all(chunk).expect("vec write");
+        let one = par_gzip(&data, 1, 4096);
+        let many = par_gzip(&data, 4, 4096);
+        assert_eq!(one, many, "output must not depend on the thread count");
+        assert_eq!(gunzip(&many), data);
+    }
+
+    /// Members big enough to be probed, mixing data that is stored with
+    /// data that is deflated: the same bytes with 1, 2 or 5 threads.
+    #[test]
+    fn probed_members_do_not_depend_on_the_thread_count() {
+        let block = 64 * 1024;
+        let mut data = Vec::new();
+        for i in 0..9 {
+            if i % 3 == 1 {
+                data.extend(text(block));
+            } else {
+                data.extend(incompressible(block + i));
             }
-            w.finish().expect("finish")
+        }
+        let one = par_gzip(&data, 1, block);
+        assert_eq!(one, par_gzip(&data, 2, block));
+        assert_eq!(one, par_gzip(&data, 5, block));
+        assert_eq!(gunzip(&one), data);
+    }
+
+    #[test]
+    fn incompressible_members_are_stored_and_others_deflated() {
+        let mut enc = MemberEncoder::new();
+        let random = incompressible(1 << 20);
+        let stored = enc.member(&random).expect("member");
+        // Header, 17 stored blocks of 5 bytes overhead each, trailer.
+        assert_eq!(stored.len(), 10 + random.len() + 17 * 5 + 8);
+        // The first block is a non-final stored block of 65535 bytes.
+        assert_eq!(
+            stored[..15],
+            [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 0, 0xff, 0xff, 0, 0]
+        );
+        assert_eq!(gunzip(&stored), random);
+
+        let source = text(1 << 20);
+        let deflated = enc.member(&source).expect("member");
+        assert!(deflated.len() < source.len() / 10, "{}", deflated.len());
+        assert_eq!(gunzip(&deflated), source);
+        // The encoder is reused: the same input gives the same member.
+        assert_eq!(enc.member(&random).expect("member"), stored);
+        assert_eq!(
+            MemberEncoder::new().member(&source).expect("member"),
+            deflated
+        );
+    }
+
+    /// Half incompressible, half text: one probe slice in two compresses,
+    /// so the member is deflated (the text must not be stored).
+    #[test]
+    fn a_member_with_compressible_parts_is_deflated() {
+        let mut data = incompressible(512 * 1024);
+        data.extend(text(512 * 1024));
+        let member = MemberEncoder::new().member(&data).expect("member");
+        assert!(member.len() < data.len() * 2 / 3, "{}", member.len());
+        assert_eq!(gunzip(&member), data);
+    }
+
+    #[test]
+    fn gzip_tool_reads_stored_and_deflated_members() {
+        let mut data = incompressible(3 * 200 * 1024 + 5);
+        data.extend(text(300 * 1024));
+        let gz = par_gzip(&data, 2, 200 * 1024);
+        let mut child = std::process::Command::new("gzip")
+            .arg("-dc")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gzip runs");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let writer = std::thread::spawn(move || stdin.write_all(&gz).expect("feed gzip"));
+        let out = child.wait_with_output().expect("gzip output");
+        writer.join().expect("writer");
+        assert!(out.status.success(), "gzip -d failed");
+        assert_eq!(out.stdout, data);
+    }
+
+    #[test]
+    fn stored_blocks_of_empty_and_exact_sizes_decode() {
+        for len in [0, 1, STORED_MAX, STORED_MAX + 1, 2 * STORED_MAX] {
+            let data = incompressible(len);
+            let mut raw = Vec::new();
+            stored_blocks(&data, &mut raw);
+            let mut back = Vec::new();
+            flate2::read::DeflateDecoder::new(&raw[..])
+                .read_to_end(&mut back)
+                .expect("inflate");
+            assert_eq!(back, data, "length {len}");
+        }
+    }
+
+    #[test]
+    fn zstd_output_does_not_depend_on_the_thread_count() {
+        let mut data = incompressible(3 << 20);
+        data.extend(text(6 << 20));
+        let run = |threads| {
+            let mut c =
+                Compressor::with_threads(Compression::Zstd, Vec::new(), threads).expect("zstd");
+            c.write_all(&data).expect("write");
+            c.finish().expect("finish")
         };
         let one = run(1);
-        let many = run(4);
-        assert_eq!(one, many, "output must not depend on the thread count");
-        let mut back = Vec::new();
-        flate2::read::MultiGzDecoder::new(&many[..])
-            .read_to_end(&mut back)
-            .expect("decode");
+        assert_eq!(one, run(3));
+        let back = zstd::decode_all(&one[..]).expect("zstd decode");
         assert_eq!(back, data);
     }
 
     #[test]
     fn empty_input_is_a_valid_gzip() {
         let out = ParGzWriter::new(Vec::new(), 2).finish().expect("finish");
-        let mut back = Vec::new();
-        flate2::read::MultiGzDecoder::new(&out[..])
-            .read_to_end(&mut back)
-            .expect("decode");
-        assert!(back.is_empty());
+        assert!(gunzip(&out).is_empty());
     }
 }

@@ -232,7 +232,6 @@ impl Copier<'_> {
             return Ok(());
         }
 
-        self.ensure_empty_file_target(dst)?;
         if ft.is_file() {
             let key = (md.dev(), md.ino());
             let first = if md.nlink() > 1 {
@@ -241,19 +240,25 @@ impl Copier<'_> {
                 None
             };
             match first {
-                Some(first) => std::fs::hard_link(&first, dst).map_err(io_err(
-                    "create hard link",
-                    self.dest_root,
-                    dst,
-                ))?,
+                Some(first) => {
+                    self.ensure_empty_file_target(dst)?;
+                    std::fs::hard_link(&first, dst).map_err(io_err(
+                        "create hard link",
+                        self.dest_root,
+                        dst,
+                    ))?;
+                }
                 None => {
-                    self.copy_file(src, dst)?;
+                    self.copy_file(src, &md, dst)?;
                     if md.nlink() > 1 {
                         self.inodes.insert(key, dst.to_path_buf());
                     }
+                    // Owner, mode, times and xattrs were set on the open file.
+                    return Ok(());
                 }
             }
         } else if ft.is_symlink() {
+            self.ensure_empty_file_target(dst)?;
             let link = std::fs::read_link(src).map_err(io_err("read link", self.src_root, src))?;
             std::os::unix::fs::symlink(&link, dst).map_err(io_err(
                 "create symlink",
@@ -261,6 +266,7 @@ impl Copier<'_> {
                 dst,
             ))?;
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            self.ensure_empty_file_target(dst)?;
             let kind = nix::sys::stat::SFlag::from_bits_truncate(md.mode() & libc::S_IFMT);
             let perm = nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777);
             nix::sys::stat::mknod(dst, kind, perm, md.rdev())
@@ -268,6 +274,7 @@ impl Copier<'_> {
         } else {
             // Sockets (and anything unknown) become empty regular files,
             // as with BuildKit's context transfer.
+            self.ensure_empty_file_target(dst)?;
             self.create_file(dst)?;
         }
         self.apply_info(src, &md, dst)
@@ -358,25 +365,61 @@ impl Copier<'_> {
             .map_err(io_err("create", self.dest_root, dst))
     }
 
-    fn copy_file(&self, src: &Path, dst: &Path) -> Result<()> {
+    /// Copies a regular file and gives the copy its owner, mode, times and
+    /// xattrs (as [`Self::apply_info`] does) through the open descriptors,
+    /// so the destination path is resolved once, not once per call.
+    fn copy_file(&self, src: &Path, md: &Metadata, dst: &Path) -> Result<()> {
         let mut from = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(src)
             .map_err(io_err("open", self.src_root, src))?;
-        let mut to = self.create_file(dst)?;
+        // Usually nothing is there yet; otherwise make room and retry.
+        let mut to = match self.create_file(dst) {
+            Ok(f) => f,
+            Err(FileOpError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                self.ensure_empty_file_target(dst)?;
+                self.create_file(dst)?
+            }
+            Err(e) => return Err(e),
+        };
         std::io::copy(&mut from, &mut to).map_err(io_err("copy to", self.dest_root, dst))?;
+        let (uid, gid) = self.owner_of(md);
+        meta::fchown(self.dest_root, dst, &to, uid, gid)?;
+        let mode = self.mode.unwrap_or(md.mode()) & 0o7777;
+        meta::fchmod(self.dest_root, dst, &to, mode)?;
+        let (atime, mtime) = self.times_of(md);
+        meta::futimens(self.dest_root, dst, &to, atime, mtime)?;
+        meta::copy_fd_xattrs(&from, &to, dst);
         Ok(())
+    }
+
+    /// The owner a written entry gets.
+    fn owner_of(&self, md: &Metadata) -> (u32, u32) {
+        match self.chown {
+            Some(ids) => ids,
+            None if self.keep_owner => (md.uid(), md.gid()),
+            None => (0, 0),
+        }
+    }
+
+    /// The (atime, mtime) in nanoseconds a written entry gets.
+    fn times_of(&self, md: &Metadata) -> (i64, i64) {
+        match self.timestamp {
+            Some(ts) => (ts, ts),
+            None => (
+                md.atime() * 1_000_000_000 + md.atime_nsec(),
+                md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ),
+        }
     }
 
     /// Owner, mode, times and xattrs of a written entry (fsutil's
     /// `copyFileInfo` + `copyXAttrs`). Owner first: chown clears setuid bits.
     fn apply_info(&self, src: &Path, md: &Metadata, dst: &Path) -> Result<()> {
-        let (uid, gid) = match self.chown {
-            Some(ids) => ids,
-            None if self.keep_owner => (md.uid(), md.gid()),
-            None => (0, 0),
-        };
+        let (uid, gid) = self.owner_of(md);
         meta::lchown(self.dest_root, dst, uid, gid)?;
         if !md.file_type().is_symlink() {
             let mode = self.mode.unwrap_or(md.mode()) & 0o7777;
@@ -388,13 +431,7 @@ impl Copier<'_> {
     }
 
     fn apply_times(&self, md: &Metadata, dst: &Path) -> Result<()> {
-        let (atime, mtime) = match self.timestamp {
-            Some(ts) => (ts, ts),
-            None => (
-                md.atime() * 1_000_000_000 + md.atime_nsec(),
-                md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            ),
-        };
+        let (atime, mtime) = self.times_of(md);
         meta::set_times(self.dest_root, dst, atime, mtime)
     }
 }

@@ -558,6 +558,31 @@ fn dockerignore_and_op_patterns_hide_paths() {
     );
 }
 
+/// A copied file replaces a file or a symlink already at its destination
+/// (never writing through the link) and carries the source's xattrs.
+#[test]
+fn files_replace_existing_entries_and_keep_xattrs() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
+    let f = fx();
+    let a = write(&f.ctx, "d/a", "new a");
+    write(&f.ctx, "d/b", "new b");
+    let outside = write(&f.dest, "outside", "untouched");
+    write(&f.dest, "out/a", "old contents, longer than the new ones");
+    std::os::unix::fs::symlink(&outside, f.dest.join("out/b")).expect("symlink");
+    let has_xattrs = xattr::set(&a, "user.kiln.test", b"v1").is_ok();
+    run(&f, &cp("d", "/out")).expect("copy over existing entries");
+    assert_eq!(read(&f.dest, "out/a"), "new a");
+    assert!(lstat(&f.dest, "out/b").file_type().is_file());
+    assert_eq!(read(&f.dest, "out/b"), "new b");
+    assert_eq!(read(&f.dest, "outside"), "untouched");
+    if has_xattrs {
+        let got = xattr::get(f.dest.join("out/a"), "user.kiln.test").expect("getxattr");
+        assert_eq!(got.as_deref(), Some(b"v1".as_slice()));
+    }
+}
+
 #[test]
 fn type_conflicts_follow_fsutil() {
     let f = fx();

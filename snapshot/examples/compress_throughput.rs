@@ -1,0 +1,71 @@
+//! Layer compression throughput on this machine, for docs/PERFORMANCE.md:
+//! `cargo run --release -p kiln-snapshot --example compress_throughput --
+//! FILE...` reads each file into memory and pushes it through the layer
+//! pipeline's compressors (sha256 of the input, compression, sha256 of the
+//! output) as gzip, zstd and uncompressed, printing MB/s of input and the
+//! compressed size. A directory argument is written as a layer instead
+//! (walk + tar + the same pipeline), read from the page cache.
+
+use kiln_snapshot::diff::{recompress, write_layer, Compression, DiffSource};
+use std::path::Path;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        eprintln!("usage: compress_throughput FILE_OR_DIR...");
+        std::process::exit(2);
+    }
+    for arg in &args {
+        let path = Path::new(arg);
+        let data = if path.is_dir() {
+            None
+        } else {
+            match std::fs::read(path) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!("{arg}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        };
+        for compression in [
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::Uncompressed,
+        ] {
+            let start = Instant::now();
+            let result = match &data {
+                Some(d) => recompress(
+                    &mut d.as_slice(),
+                    Compression::Uncompressed,
+                    compression,
+                    &mut std::io::sink(),
+                ),
+                None => write_layer(
+                    DiffSource::Walk {
+                        lower: None,
+                        upper: path,
+                    },
+                    compression,
+                    &mut std::io::sink(),
+                ),
+            };
+            let took = start.elapsed().as_secs_f64();
+            match result {
+                Ok(desc) => println!(
+                    "{arg} {:<12} {:>8.1} MB/s  {:>6.1}% of {} MB  {}",
+                    compression.as_str(),
+                    desc.uncompressed_size as f64 / took / 1e6,
+                    100.0 * desc.size as f64 / desc.uncompressed_size.max(1) as f64,
+                    desc.uncompressed_size / 1_000_000,
+                    desc.digest,
+                ),
+                Err(e) => {
+                    eprintln!("{arg}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+}
