@@ -11,7 +11,9 @@ use std::time::Instant;
 /// Incompressible bytes from a xorshift generator seeded with `seed`.
 pub fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
     let mut buf = vec![0u8; len];
-    seed |= 1;
+    // xorshift needs a non-zero state; `2n + 1` keeps distinct seeds
+    // distinct (`seed | 1` made n and n + 1 give the same bytes).
+    seed = (seed << 1) | 1;
     for chunk in buf.chunks_mut(8) {
         seed ^= seed << 13;
         seed ^= seed >> 7;

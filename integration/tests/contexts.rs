@@ -108,6 +108,12 @@ async fn a_rebuild_through_kilnd_sends_only_what_changed() {
     assert_eq!(printed, "changed content\n");
     let listed = h.run_image(ns, "docker.io/library/kept:3", "kept-ls", &["ls", "/ctx"]);
     assert_eq!(listed, "Dockerfile\nd0\nd1\nd2\nd3\nd4\n");
+    // A rewrite that keeps the size is seen too (its mtime moved).
+    std::fs::write(ctx.join("d2/f0007.txt"), "CHANGED content\n").expect("write");
+    remote(&h, &k, ns, &["-t", "kept:4", c]).ok();
+    assert_eq!(transfers(&k.log).last().map(|t| t.files), Some(1));
+    let printed = h.run_image(ns, "docker.io/library/kept:4", "kept-run4", &[]);
+    assert_eq!(printed, "CHANGED content\n");
     // The kept context hashes like the client's own directory: an embedded
     // build of that directory finds the `COPY .` kilnd cached.
     let embedded = h.build(ns, &["-t", "kept:embedded", c]).ok();
@@ -119,7 +125,7 @@ async fn a_rebuild_through_kilnd_sends_only_what_changed() {
     );
     assert_eq!(
         h.image_digest(ns, "docker.io/library/kept:embedded"),
-        h.image_digest(ns, "docker.io/library/kept:3")
+        h.image_digest(ns, "docker.io/library/kept:4")
     );
     assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
 }
