@@ -47,6 +47,7 @@ fn frontend_opts(case: &Case) -> Result<Vec<String>, String> {
             "--build-arg" => out.push(format!("build-arg:{value}")),
             "--target" => out.push(format!("target={value}")),
             "--platform" => out.push(format!("platform={value}")),
+            "--secret" => out.push(format!("--secret {value}")),
             other => return Err(format!("no buildctl equivalent for {other}")),
         }
     }
@@ -84,8 +85,13 @@ fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {
         .args(["--opt", "image-resolve-mode=local"])
         .args(["--output", &format!("type=image,name={image},unpack=true")]);
     for o in &opts {
-        cmd.args(["--opt", o]);
+        match o.strip_prefix("--secret ") {
+            Some(spec) => cmd.args(["--secret", spec]),
+            None => cmd.args(["--opt", o]),
+        };
     }
+    // Relative paths in the case's arguments name files of the case.
+    cmd.current_dir(&case.dir);
     let out = match cmd.output() {
         Ok(o) => o,
         Err(e) => return Outcome::Differ(format!("buildctl: {e}")),

@@ -154,7 +154,19 @@ fn run_case(h: &Harness, case: &Case) -> Result<(), String> {
     args.extend(case.build.iter().cloned());
     args.push(context.to_string_lossy().into_owned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = h.kiln(NAMESPACE, &args)?;
+    // Relative paths in a case's arguments (`--secret id=x,src=file`)
+    // name files of the case directory.
+    let out = h
+        .kiln_command(NAMESPACE)?
+        .args(&args)
+        .current_dir(&case.dir)
+        .output()
+        .map_err(|e| format!("run kiln: {e}"))?;
+    let out = kiln_integration::KilnOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
     if let Some(want) = &case.expect.error {
         if out.success {
             return Err(format!("built, expected the error {want:?}"));

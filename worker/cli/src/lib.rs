@@ -9,6 +9,7 @@
 mod cacheflags;
 mod progress;
 mod remote;
+mod secrets;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
@@ -191,6 +192,11 @@ struct BuildArgs {
     /// read in embedded mode only]
     #[arg(long, value_name = "MODE")]
     network_mode: Option<String>,
+    /// A secret for RUN --mount=type=secret: id=ID[,src=FILE|,env=VAR]
+    /// [,type=file|env] (repeatable; `id=ID` alone reads the env var ID
+    /// when set, else the file ID).
+    #[arg(long = "secret", value_name = "SPEC")]
+    secrets: Vec<String>,
     /// Build context directory.
     context: PathBuf,
 }
@@ -613,6 +619,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     let attrs = frontend_attrs(&args, &dockerfile)?;
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let outputs = remote_outputs(&args.outputs, args.push)?;
+    let secrets = secrets::Secrets::parse(&args.secrets)?;
     let tags = args
         .tags
         .iter()
@@ -632,6 +639,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             entitlements: args.allow.clone(),
             cache_exports,
             cache_imports,
+            secrets,
         },
         tx,
     )
@@ -683,6 +691,8 @@ async fn build(
     let opts = kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(&args, &dockerfile)?)?;
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let (cache_exports, cache_imports) = cacheflags::parsed(&cache_exports, &cache_imports)?;
+    let secrets: std::sync::Arc<dyn kiln_engine::secrets::SecretSource> =
+        std::sync::Arc::new(secrets::Secrets::parse(&args.secrets)?);
     let df_dir = dockerfile.parent().unwrap_or(&context);
     let source = kiln_frontend::read_dockerfile(df_dir, &opts.filename, &context)?;
     let out = parse_outputs(&args.outputs, args.push)?;
@@ -769,6 +779,7 @@ async fn build(
         resolve_mode: opts.resolve_mode,
         pinned,
         push,
+        secrets,
     };
 
     let cancel = CancellationToken::new();

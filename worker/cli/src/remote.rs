@@ -66,6 +66,8 @@ pub struct RemoteBuild {
     /// `--cache-to` / `--cache-from` entries (type, attributes).
     pub cache_exports: Vec<crate::cacheflags::Entry>,
     pub cache_imports: Vec<crate::cacheflags::Entry>,
+    /// `--secret` specs, served to the daemon through the session.
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// TLS settings for `tcp://` daemons (buildctl's `--tlscacert`,
@@ -347,6 +349,11 @@ pub async fn build(
     services.add(
         AuthServerImpl::new(Arc::new(DockerConfigSource::new())).into_service(),
         AuthServerImpl::METHODS,
+    );
+    // Secrets too are lent per request, by id.
+    services.add(
+        kiln_session::secrets::SecretsServerImpl::new(Arc::new(b.secrets.clone())).into_service(),
+        kiln_session::secrets::SecretsServerImpl::METHODS,
     );
     if targets
         .iter()

@@ -18,6 +18,7 @@ mod listen;
 mod llb;
 mod push;
 mod registry;
+mod secrets;
 mod sessions;
 mod solve;
 mod state;

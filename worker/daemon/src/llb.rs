@@ -6,7 +6,7 @@ use kiln_proto::llb;
 use kiln_solver::{
     CacheSharing, ChownOpt, Digest, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
     FileMkDir, FileMkFile, FileOp, FileRm, FileSymlink, Graph, MergeOp, Meta, Mount, MountType,
-    NetMode, Op, SecurityMode, SourceOp, UserOpt, Vertex, VertexId,
+    NetMode, Op, SecretEnv, SecretMount, SecurityMode, SourceOp, UserOpt, Vertex, VertexId,
 };
 use prost::Message;
 use std::collections::HashMap;
@@ -104,6 +104,19 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                             },
                         }
                     }
+                    Ok(llb::MountType::Secret) => {
+                        let o = m.secret_opt.clone().unwrap_or_default();
+                        if o.id.is_empty() {
+                            return Err(invalid("a secret mount without an id"));
+                        }
+                        MountType::Secret(SecretMount {
+                            id: o.id,
+                            optional: o.optional,
+                            uid: o.uid,
+                            gid: o.gid,
+                            mode: o.mode,
+                        })
+                    }
                     Ok(llb::MountType::Tmpfs) => MountType::Tmpfs {
                         size: m
                             .tmpfs_opt
@@ -158,6 +171,15 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                         )))
                     }
                 },
+                secret_env: e
+                    .secretenv
+                    .iter()
+                    .map(|s| SecretEnv {
+                        id: s.id.clone(),
+                        name: s.name.clone(),
+                        optional: s.optional,
+                    })
+                    .collect(),
             })
         }
         Some(llb::op::Op::File(f)) => {

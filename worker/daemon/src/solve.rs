@@ -266,6 +266,7 @@ pub async fn solve(
         // kilnd pushes from its exporter (`push.rs`), with the session's
         // credentials; the engine's own push is for the embedded CLI.
         push: None,
+        secrets: Arc::new(crate::secrets::SessionSecrets::new(session)),
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a

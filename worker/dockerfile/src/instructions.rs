@@ -67,6 +67,7 @@ pub enum MountKind {
     Bind,
     Cache,
     Tmpfs,
+    Secret,
 }
 
 /// One `RUN --mount=...`, fields unexpanded.
@@ -85,6 +86,10 @@ pub struct MountSpec {
     pub gid: Option<String>,
     pub mode: Option<String>,
     pub size: Option<String>,
+    /// Secret mounts: the env var to set to the secret.
+    pub env: Option<String>,
+    /// Secret mounts: fail when the client has no such secret.
+    pub required: Option<String>,
 }
 
 /// `RUN [--network=..] [--security=..] [--mount=..]... cmd`.
@@ -431,7 +436,8 @@ impl Parser<'_> {
                         "bind" => MountKind::Bind,
                         "cache" => MountKind::Cache,
                         "tmpfs" => MountKind::Tmpfs,
-                        t @ ("secret" | "ssh") => {
+                        "secret" => MountKind::Secret,
+                        t @ "ssh" => {
                             return Err(
                                 self.unsupported(node.line, &format!("RUN --mount=type={t}"))
                             )
@@ -454,6 +460,8 @@ impl Parser<'_> {
                 "gid" => m.gid = Some(need(value)?),
                 "mode" => m.mode = Some(need(value)?),
                 "size" => m.size = Some(need(value)?),
+                "env" => m.env = Some(need(value)?),
+                "required" => m.required = Some(value.unwrap_or_else(|| "true".into())),
                 _ => {
                     return Err(
                         self.invalid(node.line, format!("unexpected key '{key}' in '{field}'"))
@@ -461,7 +469,7 @@ impl Parser<'_> {
                 }
             }
         }
-        if m.target.is_none() {
+        if m.target.is_none() && m.kind != Some(MountKind::Secret) {
             return Err(self.invalid(node.line, "mount target must be set".into()));
         }
         Ok(m)

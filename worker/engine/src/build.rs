@@ -66,6 +66,8 @@ pub struct BuildRequest {
     /// Push the result to the registries of `names` after the export
     /// (`push=true`); `None` keeps it local.
     pub push: Option<crate::push::PushOptions>,
+    /// The client's secrets; [`crate::secrets::NoSecrets`] by default.
+    pub secrets: Arc<dyn crate::secrets::SecretSource>,
 }
 
 /// The credentials of a build that has none.
@@ -371,6 +373,7 @@ impl Engine {
             registry: registry.clone(),
             resolve_mode: req.resolve_mode,
             pinned: req.pinned.clone(),
+            secrets: req.secrets.clone(),
             started: Default::default(),
         });
         let solved =

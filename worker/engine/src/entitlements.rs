@@ -255,6 +255,7 @@ mod tests {
                 mounts: vec![],
                 network,
                 security,
+                secret_env: Vec::new(),
             })
         };
         let vertex = |op, line| Vertex {

@@ -73,6 +73,13 @@ pub enum WorkerError {
     /// A graph input has the wrong kind (e.g. a local dir as a rootfs).
     #[error("{location}invalid input: {reason}")]
     BadInput { location: String, reason: String },
+    /// A secret the step needs is missing or unreadable.
+    #[error("{location}{source}")]
+    Secret {
+        location: String,
+        #[source]
+        source: crate::secrets::SecretError,
+    },
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -122,9 +129,9 @@ impl WorkerError {
             WorkerError::InvalidImage { .. }
             | WorkerError::BadInput { .. }
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,
-            WorkerError::StepFailed { .. } | WorkerError::FileOp { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            WorkerError::StepFailed { .. }
+            | WorkerError::FileOp { .. }
+            | WorkerError::Secret { .. } => ErrorKind::FailedPrecondition,
             WorkerError::Unsupported { .. } => ErrorKind::Unimplemented,
             WorkerError::Io { .. } | WorkerError::Panicked { .. } => ErrorKind::Internal,
             WorkerError::Cancelled => ErrorKind::Cancelled,

@@ -31,6 +31,7 @@ pub mod push;
 pub mod refs;
 pub mod remotecache;
 pub mod resolve;
+pub mod secrets;
 pub mod services;
 pub mod steplog;
 pub mod sweep;

@@ -31,6 +31,7 @@ pub mod filesend;
 pub mod filesync;
 pub mod fsutil;
 pub mod hijack;
+pub mod secrets;
 
 mod codec;
 mod error;

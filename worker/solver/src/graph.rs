@@ -122,6 +122,29 @@ pub enum MountType {
     Tmpfs {
         size: u64,
     },
+    /// A secret of the client's, as a read-only file (`pb.SecretOpt`):
+    /// its id (never its value) is all the graph and the cache key hold.
+    Secret(SecretMount),
+}
+
+/// `pb.SecretOpt`: which secret, and the file's owner and mode.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SecretMount {
+    pub id: String,
+    /// A missing secret skips the mount instead of failing the step.
+    pub optional: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// `pb.SecretEnv`: a secret of the client's as an environment variable of
+/// the step (not part of the cache key, never in the image).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SecretEnv {
+    pub id: String,
+    pub name: String,
+    pub optional: bool,
 }
 
 /// `pb.Mount`.
@@ -147,6 +170,8 @@ pub struct ExecOp {
     pub network: NetMode,
     #[serde(skip_serializing_if = "SecurityMode::is_sandbox")]
     pub security: SecurityMode,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<SecretEnv>,
 }
 
 /// Where a file action reads from (`pb.FileAction.input` / `secondaryInput`).

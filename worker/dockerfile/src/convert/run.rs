@@ -2,6 +2,7 @@
 //! secret|ssh`), network mode and security mode.
 
 use super::*;
+use kiln_solver::{SecretEnv, SecretMount};
 
 impl Converter<'_> {
     pub(super) fn dispatch_run(
@@ -41,7 +42,14 @@ impl Converter<'_> {
             readonly: false,
             mount_type: MountType::Bind,
         }];
+        let mut secret_env = Vec::new();
         for m in &run.mounts {
+            if m.kind == Some(MountKind::Secret) {
+                let (mount, env) = self.secret_mount(st, &cwd, m, line)?;
+                mounts.extend(mount);
+                secret_env.extend(env);
+                continue;
+            }
             mounts.push(self.run_mount(stage, st, &cwd, m, &mut inputs, line)?);
         }
         self.add_step(
@@ -59,6 +67,7 @@ impl Converter<'_> {
                 mounts,
                 network,
                 security,
+                secret_env,
             }),
             inputs,
         )?;
@@ -137,6 +146,17 @@ impl Converter<'_> {
                 "mode/uid/gid are only supported for cache, secret and ssh mounts".into(),
             ));
         }
+        for (set, key) in [(m.required.is_some(), "required"), (m.env.is_some(), "env")] {
+            if set {
+                return Err(self.file_err(
+                    line,
+                    format!(
+                        "unexpected key '{key}' for mount type '{}'",
+                        kind_name(kind)
+                    ),
+                ));
+            }
+        }
         let readonly = flag(ex(&m.readonly)?, "readonly")?;
         match kind {
             MountKind::Cache => {
@@ -182,6 +202,7 @@ impl Converter<'_> {
                     mount_type: MountType::Tmpfs { size },
                 })
             }
+            MountKind::Secret => Err(self.file_err(line, "secret mount out of place".into())),
             MountKind::Bind => {
                 let rw = flag(ex(&m.readwrite)?, "readwrite")?;
                 let selector = match ex(&m.source)? {
@@ -202,5 +223,116 @@ impl Converter<'_> {
                 })
             }
         }
+    }
+}
+
+fn kind_name(kind: MountKind) -> &'static str {
+    match kind {
+        MountKind::Bind => "bind",
+        MountKind::Cache => "cache",
+        MountKind::Tmpfs => "tmpfs",
+        MountKind::Secret => "secret",
+    }
+}
+
+impl Converter<'_> {
+    /// `--mount=type=secret`: a file at the target (default
+    /// `/run/secrets/<id>`), an env var (`env=`), or both (BuildKit's
+    /// `dispatchSecret`). The id, never the value, is in the graph.
+    fn secret_mount(
+        &self,
+        st: &StageState,
+        cwd: &str,
+        m: &MountSpec,
+        line: usize,
+    ) -> Result<(Option<Mount>, Option<SecretEnv>)> {
+        let ex = |s: &Option<String>| -> Result<Option<String>> {
+            s.as_deref()
+                .map(|w| self.expand(w, &st.env, line))
+                .transpose()
+        };
+        let err = |m: &str| self.file_err(line, m.to_string());
+        if m.from.is_some() {
+            return Err(err("secret mount should not have a from"));
+        }
+        if m.sharing.is_some() {
+            return Err(err("secret mount should not define sharing"));
+        }
+        if m.size.is_some() {
+            return Err(err("unexpected key 'size' for mount type 'secret'"));
+        }
+        let source = ex(&m.source)?.filter(|s| !s.is_empty());
+        let id = ex(&m.id)?.filter(|s| !s.is_empty());
+        let target = ex(&m.target)?.filter(|s| !s.is_empty());
+        if source.is_none() && target.is_none() && id.is_none() {
+            return Err(err("invalid secret mount. one of source, target required"));
+        }
+        if source.is_some() && id.is_some() {
+            return Err(err("both source and id can't be set"));
+        }
+        let base = |p: &str| {
+            p.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let id = match source.or(id) {
+            Some(id) => id,
+            None => base(target.as_deref().unwrap_or_default()),
+        };
+        let required = match ex(&m.required)?.as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(v) => return Err(self.file_err(line, format!("invalid value for required: {v}"))),
+        };
+        let number = |v: Option<String>, name: &str, radix: u32, default: u32| -> Result<u32> {
+            match v {
+                None => Ok(default),
+                Some(v) => u32::from_str_radix(&v, radix)
+                    .map_err(|_| self.file_err(line, format!("invalid value for {name}: {v}"))),
+            }
+        };
+        let uid = number(ex(&m.uid)?, "uid", 10, 0)?;
+        let gid = number(ex(&m.gid)?, "gid", 10, 0)?;
+        let mode = number(ex(&m.mode)?, "mode", 8, 0o400)?;
+        let env = ex(&m.env)?;
+        let dest = match (&target, &env) {
+            (Some(t), _) => Some(t.clone()),
+            (None, None) => Some(format!("/run/secrets/{}", base(&id))),
+            (None, Some(_)) => None,
+        };
+        let mount = dest.map(|t| {
+            let dest = if t.starts_with('/') {
+                clean(&t)
+            } else {
+                clean(&format!("{cwd}/{t}"))
+            };
+            Mount {
+                input: None,
+                selector: String::new(),
+                dest,
+                output: None,
+                readonly: true,
+                mount_type: MountType::Secret(SecretMount {
+                    id: id.clone(),
+                    optional: !required,
+                    uid,
+                    gid,
+                    mode,
+                }),
+            }
+        });
+        if let Some(Mount { dest, .. }) = &mount {
+            if dest == "/" {
+                return Err(err("invalid mount target \"/\""));
+            }
+        }
+        let env = env.map(|name| SecretEnv {
+            id: id.clone(),
+            name,
+            optional: !required,
+        });
+        Ok((mount, env))
     }
 }

@@ -22,6 +22,8 @@ pub(super) enum BindHold {
     Copy(PathBuf),
     /// A snapshot (view, or an active one for `rw`), removed afterwards.
     Snapshot(HostMount, String),
+    /// A tmpfs of a secret, unmounted and its mount point removed.
+    Tmpfs(kiln_snapshot::mount::MountGuard, PathBuf),
 }
 
 impl StepRunner {
@@ -144,6 +146,12 @@ impl StepRunner {
                 BindHold::Copy(dir) => {
                     if let Err(e) = std::fs::remove_dir_all(&dir) {
                         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a bind mount's copy");
+                    }
+                }
+                BindHold::Tmpfs(guard, dir) => {
+                    drop(guard);
+                    if let Err(e) = std::fs::remove_dir(&dir) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a secret's mount point");
                     }
                 }
                 BindHold::Snapshot(mounted, key) => {

@@ -85,8 +85,32 @@ impl StepRunner {
                     });
                     binds.push(hold);
                 }
+                MountType::Secret(s) => match self.secret_file(&loc, s).await {
+                    Ok(Some((source, hold))) => {
+                        extra.push(ExtraMount::Bind {
+                            source,
+                            dest: m.dest.clone(),
+                            readonly: true,
+                        });
+                        binds.push(hold);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.release_cache_mounts(held_mounts).await;
+                        self.release_binds(binds).await;
+                        return Err(e);
+                    }
+                },
             }
         }
+        let secret_env = match self.secret_env(&loc, &op.secret_env).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.release_cache_mounts(held_mounts).await;
+                self.release_binds(binds).await;
+                return Err(e);
+            }
+        };
         let active = match self.prepare(&parent).await {
             Ok(a) => a,
             Err(e) => {
@@ -150,7 +174,7 @@ impl StepRunner {
             id: format!("kiln-{}", crate::base::rand_hex()),
             rootfs: mounted.path().to_path_buf(),
             args: op.meta.args.clone(),
-            env: op.meta.env.clone(),
+            env: op.meta.env.iter().cloned().chain(secret_env).collect(),
             cwd: if op.meta.cwd.is_empty() {
                 "/".into()
             } else {

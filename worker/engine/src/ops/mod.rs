@@ -6,6 +6,7 @@ mod cachemount;
 mod exec;
 mod file;
 mod layer;
+mod secretmount;
 mod source;
 
 use crate::error::{Result, WorkerError};
@@ -44,6 +45,8 @@ pub struct StepRunner {
     pub resolve_mode: crate::resolve::ResolveMode,
     /// The images the frontend resolved, by name.
     pub pinned: crate::resolve::Pinned,
+    /// The client's secrets (`RUN --mount=type=secret`, secret env).
+    pub secrets: Arc<dyn crate::secrets::SecretSource>,
     /// Vertices already shown as started while they waited on another
     /// build's claim (`claim.rs`): not started twice.
     pub started: std::sync::Mutex<std::collections::HashSet<usize>>,

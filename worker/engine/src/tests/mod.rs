@@ -154,6 +154,7 @@ fn run_graph(args: &[&str]) -> (Graph, VertexId) {
                 }],
                 network: NetMode::Unset,
                 security: kiln_solver::SecurityMode::Sandbox,
+                secret_env: Vec::new(),
             }),
             vec![Edge {
                 vertex: scratch,
@@ -180,6 +181,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         resolve_mode: crate::resolve::ResolveMode::Default,
         pinned: Default::default(),
         push: None,
+        secrets: crate::secrets::none(),
     }
 }
 

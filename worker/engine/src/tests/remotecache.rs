@@ -96,6 +96,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         resolve_mode: crate::resolve::ResolveMode::Default,
         push: None,
         pinned: Default::default(),
+        secrets: crate::secrets::none(),
     }
 }
 
