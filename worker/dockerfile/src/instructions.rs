@@ -710,7 +710,7 @@ ADD ["a b", "/c"]
         check(
             "FROM a\nRUN --network=none --mount=type=cache,target=/root/.cache,sharing=locked,id=x --mount=type=tmpfs,dst=/t make\n",
             r#"stage 0 1: base=a name=None platform=None
-  2: Run(Run { network: Some("none"), security: None, mounts: [MountSpec { kind: Some(Cache), target: Some("/root/.cache"), source: None, from: None, id: Some("x"), sharing: Some("locked"), readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None }, MountSpec { kind: Some(Tmpfs), target: Some("/t"), source: None, from: None, id: None, sharing: None, readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None }], cmd: Shell("make") })"#,
+  2: Run(Run { network: Some("none"), security: None, mounts: [MountSpec { kind: Some(Cache), target: Some("/root/.cache"), source: None, from: None, id: Some("x"), sharing: Some("locked"), readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None, env: None, required: None }, MountSpec { kind: Some(Tmpfs), target: Some("/t"), source: None, from: None, id: None, sharing: None, readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None, env: None, required: None }], cmd: Shell("make") })"#,
         );
     }
 
@@ -778,8 +778,8 @@ ADD ["a b", "/c"]
             "error: Dockerfile:2: HEALTHCHECK is not supported yet",
         );
         check(
-            "FROM a\nRUN --mount=type=secret,id=x,target=/s cat /s\n",
-            "error: Dockerfile:2: RUN --mount=type=secret is not supported yet",
+            "FROM a\nRUN --mount=type=ssh,target=/s cat /s\n",
+            "error: Dockerfile:2: RUN --mount=type=ssh is not supported yet",
         );
         check(
             "FROM a AS x\nFROM b AS X\n",
