@@ -2,8 +2,11 @@
 //! variable substitution happens in [`crate::convert`], where the values of
 //! `ARG` and `ENV` are known.
 
-use crate::parser::{self, extract_flags, Flag, Node};
+use crate::directives::{CheckConfig, Directive};
+use crate::heredoc::{self, Heredoc};
+use crate::parser::{self, extract_flags, Flag, Node, Warning};
 use crate::shell::parse_words;
+use crate::suggest;
 use crate::{ParseError, Result};
 
 /// A parsed Dockerfile: global `ARG`s and stages, with line numbers.
@@ -13,6 +16,13 @@ pub struct Dockerfile {
     pub filename: String,
     /// The escape character (`\` or the `# escape=` directive's).
     pub escape: char,
+    /// `# syntax=`: always BuildKit's Dockerfile frontend (others fail
+    /// in [`parse`]).
+    pub syntax: Option<Directive>,
+    /// `# check=`: which build checks run and whether they fail the build.
+    pub check: CheckConfig,
+    /// Warnings of the parser (build checks such as NoEmptyContinuation).
+    pub warnings: Vec<Warning>,
     /// `ARG`s before the first `FROM` (each a [`Instruction::Arg`]).
     pub global_args: Vec<Command>,
     pub stages: Vec<Stage>,
@@ -94,6 +104,20 @@ pub struct Run {
     pub security: Option<String>,
     pub mounts: Vec<MountSpec>,
     pub cmd: CmdLine,
+    /// The heredocs of a shell-form command, bodies as written (tabs of
+    /// `<<-` not yet stripped).
+    pub heredocs: Vec<Heredoc>,
+}
+
+/// A heredoc source of `COPY`/`ADD` (`COPY <<EOF /dst`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceContent {
+    /// The delimiter word: the file's name.
+    pub name: String,
+    /// The body (tabs already stripped for `<<-`), unexpanded.
+    pub data: String,
+    /// Whether variables in `data` are expanded (delimiter not quoted).
+    pub expand: bool,
 }
 
 /// `COPY` or `ADD`.
@@ -108,6 +132,8 @@ pub struct Copy {
     pub link: bool,
     pub excludes: Vec<String>,
     pub srcs: Vec<String>,
+    /// Heredoc sources, copied after `srcs`.
+    pub contents: Vec<SourceContent>,
     pub dest: String,
 }
 
@@ -132,6 +158,11 @@ pub enum Instruction {
 
 /// Parses a Dockerfile. `filename` names the file in errors.
 pub fn parse(src: &str, filename: &str) -> Result<Dockerfile> {
+    if src.is_empty() {
+        return Err(ParseError::EmptyFile {
+            file: filename.to_string(),
+        });
+    }
     let lines = parser::split(src, filename)?;
     let p = Parser {
         file: filename,
@@ -140,6 +171,9 @@ pub fn parse(src: &str, filename: &str) -> Result<Dockerfile> {
     let mut df = Dockerfile {
         filename: filename.to_string(),
         escape: lines.escape,
+        syntax: lines.syntax.clone(),
+        check: lines.check.clone(),
+        warnings: lines.warnings.clone(),
         global_args: Vec::new(),
         stages: Vec::new(),
     };
@@ -246,10 +280,35 @@ impl Parser<'_> {
     }
 
     fn unknown_flag(&self, node: &Node, f: &Flag) -> ParseError {
+        let known: &[&str] = match node.keyword.as_str() {
+            "from" => &["platform"],
+            "run" => &["mount", "network", "security", "device"],
+            "copy" => &["from", "chown", "chmod", "link", "parents", "exclude"],
+            "add" => &[
+                "chown",
+                "chmod",
+                "link",
+                "keep-git-dir",
+                "checksum",
+                "unpack",
+                "exclude",
+            ],
+            "healthcheck" => &[
+                "interval",
+                "timeout",
+                "start-period",
+                "start-interval",
+                "retries",
+            ],
+            _ => &[],
+        };
         ParseError::UnknownFlag {
             file: self.file.to_string(),
             line: node.line,
-            flag: f.name.clone(),
+            flag: format!("--{}", f.name),
+            hint: suggest::search(&f.name, known, true)
+                .map(|m| format!(" (did you mean {m}?)"))
+                .unwrap_or_default(),
         }
     }
 
@@ -357,16 +416,13 @@ impl Parser<'_> {
             "healthcheck" => return Err(self.unsupported(line, "HEALTHCHECK")),
             "onbuild" => return Err(self.unsupported(line, "ONBUILD")),
             _ => {
-                let word = node
-                    .original
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
                 return Err(ParseError::UnknownInstruction {
                     file: self.file.to_string(),
                     line,
-                    word,
+                    word: node.word.clone(),
+                    hint: suggest::search(&node.word, INSTRUCTIONS, false)
+                        .map(|m| format!(" (did you mean {m}?)"))
+                        .unwrap_or_default(),
                 });
             }
         })
@@ -389,19 +445,12 @@ impl Parser<'_> {
             return Err(self.invalid(node.line, "RUN requires at least one argument".into()));
         }
         let cmd = cmd_line(rest);
-        if let CmdLine::Shell(s) = &cmd {
-            if has_heredoc(s) {
-                return Err(ParseError::Heredoc {
-                    file: self.file.to_string(),
-                    line: node.line,
-                });
-            }
-        }
         Ok(Instruction::Run(Run {
             network,
             security,
             mounts,
             cmd,
+            heredocs: node.heredocs.clone(),
         }))
     }
 
@@ -472,6 +521,7 @@ impl Parser<'_> {
             link: false,
             excludes: Vec::new(),
             srcs: Vec::new(),
+            contents: Vec::new(),
             dest: String::new(),
         };
         for f in &flags {
@@ -489,15 +539,7 @@ impl Parser<'_> {
         }
         let mut words = match json_array(rest) {
             Some(v) => v,
-            None => {
-                if has_heredoc(rest) {
-                    return Err(ParseError::Heredoc {
-                        file: self.file.to_string(),
-                        line: node.line,
-                    });
-                }
-                rest.split_whitespace().map(str::to_string).collect()
-            }
+            None => rest.split_whitespace().map(str::to_string).collect(),
         };
         match words.len() {
             0 => return Err(self.invalid(node.line, format!("{name} requires at least two arguments"))),
@@ -510,7 +552,38 @@ impl Parser<'_> {
             _ => {}
         }
         c.dest = words.pop().unwrap_or_default();
-        c.srcs = words;
+        if !node.heredocs.is_empty() {
+            if heredoc::parse_word(&c.dest).is_some() {
+                return Err(self.invalid(
+                    node.line,
+                    format!("{name} cannot accept a heredoc as a destination"),
+                ));
+            }
+            for w in words {
+                match heredoc::parse_word(&w) {
+                    Some(h) => {
+                        let body = node
+                            .heredocs
+                            .iter()
+                            .find(|b| b.name == h.name)
+                            .map(|b| b.content.as_str())
+                            .unwrap_or_default();
+                        c.contents.push(SourceContent {
+                            data: if h.chomp {
+                                heredoc::chomp(body)
+                            } else {
+                                body.to_string()
+                            },
+                            name: h.name,
+                            expand: h.expand,
+                        });
+                    }
+                    None => c.srcs.push(w),
+                }
+            }
+        } else {
+            c.srcs = words;
+        }
         Ok(Instruction::Copy(c))
     }
 
@@ -550,6 +623,28 @@ impl Parser<'_> {
     }
 }
 
+/// The instruction keywords, for "did you mean" hints.
+const INSTRUCTIONS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
 fn is_instruction(kw: &str) -> bool {
     matches!(
         kw,
@@ -588,28 +683,6 @@ fn cmd_line(rest: &str) -> CmdLine {
         Some(v) => CmdLine::Exec(v),
         None => CmdLine::Shell(rest.to_string()),
     }
-}
-
-/// `<<WORD`, `<<-WORD`, `<<"WORD"` as a word of its own or inside one.
-fn has_heredoc(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while let Some(p) = s[i..].find("<<") {
-        let mut j = i + p + 2;
-        if b.get(j) == Some(&b'-') {
-            j += 1;
-        }
-        if matches!(b.get(j), Some(b'"' | b'\'')) {
-            j += 1;
-        }
-        if b.get(j)
-            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
-        {
-            return true;
-        }
-        i = i + p + 2;
-    }
-    false
 }
 
 #[cfg(test)]
@@ -652,8 +725,8 @@ ENTRYPOINT ["/bin/app"]
 SHELL ["/bin/bash", "-c"]
 "#,
             r#"stage 0 1: base=a name=None platform=None
-  2: Run(Run { network: None, security: None, mounts: [], cmd: Exec(["echo", "hi A"]) })
-  3: Run(Run { network: None, security: None, mounts: [], cmd: Shell("[not json") })
+  2: Run(Run { network: None, security: None, mounts: [], cmd: Exec(["echo", "hi A"]), heredocs: [] })
+  3: Run(Run { network: None, security: None, mounts: [], cmd: Shell("[not json"), heredocs: [] })
   4: Cmd(Shell("echo \"$HOME\""))
   5: Entrypoint(Exec(["/bin/app"]))
   6: Shell(["/bin/bash", "-c"])"#,
@@ -687,8 +760,8 @@ COPY --from=b --chown=1:2 --chmod=755 --link x y /dst/
 ADD ["a b", "/c"]
 "#,
             r#"stage 0 1: base=a name=Some("b") platform=Some("$BUILDPLATFORM")
-  2: Copy(Copy { add: false, from: Some("b"), chown: Some("1:2"), chmod: Some("755"), link: true, excludes: [], srcs: ["x", "y"], dest: "/dst/" })
-  3: Copy(Copy { add: true, from: None, chown: None, chmod: None, link: false, excludes: [], srcs: ["a b"], dest: "/c" })"#,
+  2: Copy(Copy { add: false, from: Some("b"), chown: Some("1:2"), chmod: Some("755"), link: true, excludes: [], srcs: ["x", "y"], contents: [], dest: "/dst/" })
+  3: Copy(Copy { add: true, from: None, chown: None, chmod: None, link: false, excludes: [], srcs: ["a b"], contents: [], dest: "/c" })"#,
         );
     }
 
@@ -697,13 +770,13 @@ ADD ["a b", "/c"]
         check(
             "FROM a\nRUN --network=none --mount=type=cache,target=/root/.cache,sharing=locked,id=x --mount=type=tmpfs,dst=/t make\n",
             r#"stage 0 1: base=a name=None platform=None
-  2: Run(Run { network: Some("none"), security: None, mounts: [MountSpec { kind: Some(Cache), target: Some("/root/.cache"), source: None, from: None, id: Some("x"), sharing: Some("locked"), readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None }, MountSpec { kind: Some(Tmpfs), target: Some("/t"), source: None, from: None, id: None, sharing: None, readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None }], cmd: Shell("make") })"#,
+  2: Run(Run { network: Some("none"), security: None, mounts: [MountSpec { kind: Some(Cache), target: Some("/root/.cache"), source: None, from: None, id: Some("x"), sharing: Some("locked"), readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None }, MountSpec { kind: Some(Tmpfs), target: Some("/t"), source: None, from: None, id: None, sharing: None, readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None }], cmd: Shell("make"), heredocs: [] })"#,
         );
     }
 
     #[test]
     fn errors_name_file_and_line() {
-        check("", "error: Dockerfile: file with no instructions");
+        check("", "error: Dockerfile: the Dockerfile cannot be empty");
         check(
             "# just a comment\n\n",
             "error: Dockerfile: file with no instructions",
@@ -718,11 +791,11 @@ ADD ["a b", "/c"]
         );
         check(
             "FROM a\n\nFOO bar\n",
-            "error: Dockerfile:3: unknown instruction: FOO",
+            "error: Dockerfile:3: unknown instruction: FOO (did you mean FROM?)",
         );
         check(
-            "FROM a\nfoo bar\n",
-            "error: Dockerfile:2: unknown instruction: FOO",
+            "FROM a\nxyzzy bar\n",
+            "error: Dockerfile:2: unknown instruction: xyzzy",
         );
         check(
             "FROM a b\n",
@@ -750,15 +823,11 @@ ADD ["a b", "/c"]
         );
         check(
             "FROM a\nCOPY --nope x y\n",
-            "error: Dockerfile:2: unknown flag: nope",
+            "error: Dockerfile:2: unknown flag: --nope",
         );
         check(
             "FROM a\nADD --from=b x y\n",
-            "error: Dockerfile:2: unknown flag: from",
-        );
-        check(
-            "FROM a\nRUN <<EOF\necho\nEOF\n",
-            "error: Dockerfile:2: heredocs are not supported yet",
+            "error: Dockerfile:2: unknown flag: --from",
         );
         check(
             "FROM a\nHEALTHCHECK CMD true\n",
@@ -776,13 +845,5 @@ ADD ["a b", "/c"]
             "FROM a\nARG =1\n",
             "error: Dockerfile:2: ARG names can not be blank",
         );
-    }
-
-    #[test]
-    fn heredoc_detection() {
-        assert!(has_heredoc("cat <<EOF"));
-        assert!(has_heredoc("cat <<-\"EOF\""));
-        assert!(!has_heredoc("echo $((1<<2))"));
-        assert!(!has_heredoc("echo a << b"));
     }
 }

@@ -16,6 +16,7 @@
 //! byte for byte. Everything else (the converter, the per-stage dispatch and
 //! the metadata instructions) is here.
 
+use crate::heredoc;
 use crate::instructions::{
     ArgDecl, CmdLine, Command, Copy, Dockerfile, Instruction, KeyValue, MountKind, MountSpec, Run,
     Stage,
@@ -25,8 +26,8 @@ use crate::shell::{add_env, lookup, Lex};
 use crate::{BuildOptions, ParseError, Result};
 use kiln_solver::{
     CacheSharing, ChownOpt, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
-    FileMkDir, FileOp, Graph, HistoryEntry, ImageConfig, MergeOp, Meta, Mount, MountType, NetMode,
-    Op, SecurityMode, SourceLocation, SourceOp, UserOpt, Vertex, VertexId,
+    FileMkDir, FileMkFile, FileOp, Graph, HistoryEntry, ImageConfig, MergeOp, Meta, Mount,
+    MountType, NetMode, Op, SecurityMode, SourceLocation, SourceOp, UserOpt, Vertex, VertexId,
 };
 use std::collections::BTreeMap;
 
@@ -45,6 +46,9 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// `comment` of every history entry the frontend writes.
 pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+/// Where a `RUN <<EOF` script starting with `#!` is mounted (BuildKit's
+/// place for it).
+const PIPES_DIR: &str = "/dev/pipes";
 
 /// The result of [`to_graph`].
 #[derive(Clone, Debug, PartialEq)]
@@ -267,7 +271,21 @@ impl Converter<'_> {
         op: Op,
         inputs: Inputs,
     ) -> Result<()> {
-        let name = progress.name(&self.display_name(c, &st.env));
+        self.add_step_named(st, progress, c, "", op, inputs)
+    }
+
+    /// [`Self::add_step`] with `suffix` after the instruction in the
+    /// vertex name (a heredoc's summary: `RUN <<EOF (echo hi...)`).
+    fn add_step_named(
+        &mut self,
+        st: &mut StageState,
+        progress: &mut Progress,
+        c: &Command,
+        suffix: &str,
+        op: Op,
+        inputs: Inputs,
+    ) -> Result<()> {
+        let name = progress.name(&format!("{}{suffix}", self.display_name(c, &st.env)));
         let v = self.add(Vertex {
             op,
             inputs: inputs.0,
@@ -297,6 +315,32 @@ impl Converter<'_> {
             vertex: v,
             output: 0,
         }
+    }
+
+    /// A file op on scratch writing one heredoc body to `/<name>`
+    /// (`[internal] preparing inline document`).
+    fn inline_document(&mut self, name: &str, mode: u32, data: String) -> Result<Edge> {
+        let v = self.add(Vertex {
+            op: Op::File(FileOp {
+                actions: vec![FileAction {
+                    input: FileInput::Scratch,
+                    secondary_input: None,
+                    output: Some(0),
+                    action: FileActionKind::MkFile(FileMkFile {
+                        path: format!("/{name}"),
+                        mode,
+                        data: data.into_bytes(),
+                        owner: None,
+                        timestamp: None,
+                    }),
+                }],
+            }),
+            inputs: Vec::new(),
+            name: "[internal] preparing inline document".into(),
+            location: None,
+            ignore_cache: self.opts.no_cache,
+        })?;
+        Ok(Self::edge(v))
     }
 
     /// The shared `local://<context>` source.
