@@ -766,6 +766,52 @@ ADD ["a b", "/c"]
     }
 
     #[test]
+    fn heredoc_sources_and_errors() {
+        check(
+            "FROM a\nCOPY x <<-A <<'B' /d/\n\t\ta $X\n\tA\nb $X\nB\n",
+            r#"stage 0 1: base=a name=None platform=None
+  2: Copy(Copy { add: false, from: None, chown: None, chmod: None, link: false, excludes: [], srcs: ["x"], contents: [SourceContent { name: "A", data: "a $X\n", expand: true }, SourceContent { name: "B", data: "b $X\n", expand: false }], dest: "/d/" })"#,
+        );
+        check(
+            "FROM a\nCOPY <<A <<B\na\nA\nb\nB\n",
+            "error: Dockerfile:2: COPY cannot accept a heredoc as a destination",
+        );
+        check(
+            "FROM a\nADD <<A\na\nA\n",
+            "error: Dockerfile:2: ADD requires at least two arguments, but only one was provided. Destination could not be determined",
+        );
+        check(
+            "FROM a\nRUN echo $((1<<4)) \"a<<b\"\n",
+            r#"stage 0 1: base=a name=None platform=None
+  2: Run(Run { network: None, security: None, mounts: [], cmd: Shell("echo $((1<<4)) \"a<<b\""), heredocs: [] })"#,
+        );
+    }
+
+    #[test]
+    fn did_you_mean() {
+        check(
+            "FROM a\nFNTRYPOINT [\"x\"]\n",
+            "error: Dockerfile:2: unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)",
+        );
+        check(
+            "FROM a\ncopu x y\n",
+            "error: Dockerfile:2: unknown instruction: copu (did you mean copy?)",
+        );
+        check(
+            "FROM a\nRUN --mont=type=cache,target=/x true\n",
+            "error: Dockerfile:2: unknown flag: --mont (did you mean mount?)",
+        );
+        check(
+            "FROM a\nCOPY --chmown=1 x y\n",
+            "error: Dockerfile:2: unknown flag: --chmown (did you mean chown?)",
+        );
+        check(
+            "FROM --platfrom=linux/amd64 a\n",
+            "error: Dockerfile:1: unknown flag: --platfrom (did you mean platform?)",
+        );
+    }
+
+    #[test]
     fn run_mounts() {
         check(
             "FROM a\nRUN --network=none --mount=type=cache,target=/root/.cache,sharing=locked,id=x --mount=type=tmpfs,dst=/t make\n",

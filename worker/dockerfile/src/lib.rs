@@ -87,9 +87,9 @@ pub enum ParseError {
         line: usize,
         err: RefError,
     },
-    /// `--target` names no stage.
-    #[error("target stage \"{target}\" could not be found")]
-    TargetNotFound { target: String },
+    /// `--target` names no stage (with a hint when a stage name is close).
+    #[error("target stage \"{target}\" could not be found{hint}")]
+    TargetNotFound { target: String, hint: String },
     /// The caller did not pass the config of a base image that
     /// [`Dockerfile::base_images`] asked for.
     #[error("{file}:{line}: no image config for base image {reference}")]

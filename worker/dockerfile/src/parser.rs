@@ -343,6 +343,124 @@ mod tests {
         check("FROM a\r\nRUN x \\\r\n", "escape \\\n1 from|a\n2 run|x");
     }
 
+    /// Renders nodes with their heredocs (`name fd expand chomp content`).
+    fn heredocs(src: &str) -> String {
+        match split(src, "Dockerfile") {
+            Ok(l) => {
+                let mut out = String::new();
+                for n in l.nodes {
+                    out.push_str(&format!(
+                        "{}-{} {}|{}\n",
+                        n.line, n.end_line, n.keyword, n.rest
+                    ));
+                    for h in n.heredocs {
+                        out.push_str(&format!(
+                            "  {} {} {} {} {:?}\n",
+                            h.name, h.fd, h.expand, h.chomp, h.content
+                        ));
+                    }
+                }
+                out
+            }
+            Err(e) => format!("error: {e}\n"),
+        }
+    }
+
+    #[test]
+    fn heredoc_bodies_in_order() {
+        assert_eq!(
+            heredocs(
+                "FROM a\nRUN cat <<A 2<<-'B' && echo \"x<<y\" $((1<<4))\n# not a comment\n$X\nA\n\tb\n\tB\nRUN echo done\n"
+            ),
+            "1-1 from|a\n2-7 run|cat <<A 2<<-'B' && echo \"x<<y\" $((1<<4))\n  A 0 true false \"# not a comment\\n$X\\n\"\n  B 2 false true \"\\tb\\n\"\n8-8 run|echo done\n"
+        );
+        // Only RUN, COPY and ADD (also under ONBUILD) take heredocs, never in
+        // JSON form; a lone `<<` word is not one.
+        assert_eq!(
+            heredocs("FROM a\nCMD cat <<EOF\nRUN [\"cat\", \"<<EOF\"]\nRUN a << b\n"),
+            "1-1 from|a\n2-2 cmd|cat <<EOF\n3-3 run|[\"cat\", \"<<EOF\"]\n4-4 run|a << b\n"
+        );
+        assert_eq!(
+            heredocs("FROM a\nONBUILD RUN <<X\nhi\nX\n"),
+            "1-1 from|a\n2-4 onbuild|RUN <<X\n  X 0 true false \"hi\\n\"\n"
+        );
+        // CRLF bodies keep their line ends; the terminator matches without.
+        assert_eq!(
+            heredocs("FROM a\r\nCOPY <<E /x\r\nhi\r\nE\r\n"),
+            "1-1 from|a\n2-4 copy|<<E /x\n  E 0 true false \"hi\\r\\n\"\n"
+        );
+        assert_eq!(
+            heredocs("FROM a\nRUN <<EOF\necho\n EOF\n"),
+            "error: Dockerfile:2: unterminated heredoc\n"
+        );
+    }
+
+    #[test]
+    fn continuation_rules() {
+        // An escaped escape does not continue the line.
+        check(
+            "FROM a\nRUN echo \\\\\nRUN b\n",
+            "escape \\\n1 from|a\n2 run|echo \\\\\n3 run|b",
+        );
+        // A lone escape continues; empty continuation lines are dropped
+        // with a warning.
+        let l = split("FROM a\nRUN a \\\n\n  b\n", "Dockerfile").expect("parses");
+        assert_eq!(l.nodes[1].rest, "a   b");
+        assert_eq!(
+            l.warnings,
+            vec![Warning {
+                rule: "NoEmptyContinuation".into(),
+                message: "Empty continuation line found in: RUN a   b".into(),
+                line: 4
+            }]
+        );
+        // BOM stripped.
+        check("\u{feff}FROM a\n", "escape \\\n1 from|a");
+        let long = format!("FROM a\nRUN {}\n", "x".repeat(MAX_LINE));
+        check(
+            &long,
+            "error: Dockerfile:2: dockerfile line greater than max allowed size of 65535",
+        );
+        let fits = format!("FROM a\nRUN {}\n", "x".repeat(MAX_LINE - 4));
+        assert!(split(&fits, "Dockerfile").is_ok());
+    }
+
+    #[test]
+    fn directives() {
+        check(
+            "# syntax=foo/bar:1\nFROM a\n",
+            "error: Dockerfile:1: the frontend image \"foo/bar:1\" of the syntax directive (kiln builds Dockerfiles itself, with the syntax of docker/dockerfile:1) is not supported yet",
+        );
+        check(
+            "#!/bin/kiln\n# syntax=other/frontend\nFROM a\n",
+            "error: Dockerfile:2: the frontend image \"other/frontend\" of the syntax directive (kiln builds Dockerfiles itself, with the syntax of docker/dockerfile:1) is not supported yet",
+        );
+        check(
+            "# syntax=docker/dockerfile:1.7-labs\n# Check = skip=all\nFROM a\n",
+            "escape \\\n3 from|a",
+        );
+        check(
+            "# syntax=docker/dockerfile:1\n# syntax=docker/dockerfile:1\nFROM a\n",
+            "error: Dockerfile:2: only one syntax parser directive can be used",
+        );
+        check(
+            "# check=bogus\nFROM a\n",
+            "error: Dockerfile:1: failed to parse check options: invalid check option \"bogus\"",
+        );
+        let l = split(
+            "# check=skip=StageNameCasing;error=true\nFROM a\n",
+            "Dockerfile",
+        )
+        .expect("parses");
+        assert!(l.check.error);
+        assert_eq!(l.check.skip, vec!["StageNameCasing"]);
+        // An unknown key ends the directives: the escape below is a comment.
+        check(
+            "# foo=bar\n# escape=`\nFROM a\nRUN x \\\n y\n",
+            "escape \\\n3 from|a\n4 run|x  y",
+        );
+    }
+
     #[test]
     fn flags() {
         let (f, rest) = extract_flags("--from=build --chown=\"a b\" --link  src dst");

@@ -345,7 +345,7 @@ fn target_selects_stage_and_its_deps_only() {
     check_with(
         MULTI,
         &o,
-        "error: target stage \"bulid\" could not be found",
+        "error: target stage \"bulid\" could not be found (did you mean build?)",
     );
 }
 
