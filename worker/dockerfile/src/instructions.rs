@@ -21,7 +21,7 @@ pub struct Dockerfile {
     pub syntax: Option<Directive>,
     /// `# check=`: which build checks run and whether they fail the build.
     pub check: CheckConfig,
-    /// Warnings of the parser (build checks such as NoEmptyContinuation).
+    /// Build check warnings (see [`crate::lint`]), those `# check=` keeps.
     pub warnings: Vec<Warning>,
     /// `ARG`s before the first `FROM` (each a [`Instruction::Arg`]).
     pub global_args: Vec<Command>,
@@ -173,7 +173,7 @@ pub fn parse(src: &str, filename: &str) -> Result<Dockerfile> {
         escape: lines.escape,
         syntax: lines.syntax.clone(),
         check: lines.check.clone(),
-        warnings: lines.warnings.clone(),
+        warnings: crate::lint::run(&lines.nodes, &lines.warnings, &lines.check),
         global_args: Vec::new(),
         stages: Vec::new(),
     };

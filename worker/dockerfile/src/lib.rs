@@ -7,7 +7,8 @@
 //! target needs and emits a [`kiln_solver::Graph`] shaped like the LLB that
 //! BuildKit's `dockerfile2llb` emits, plus the image config of the result.
 //! [`directives`] reads `# syntax=`/`# escape=`/`# check=`, [`heredoc`]
-//! recognizes `<<EOF` words and [`suggest`] gives "did you mean" hints.
+//! recognizes `<<EOF` words, [`suggest`] gives "did you mean" hints and
+//! [`lint`] runs the build checks that need only the parse tree.
 //! [`shell`] holds the word lexer (variable substitution) and
 //! [`reference`](mod@reference) re-exports the image-name normalization of
 //! `kiln_types::reference`, which the exporters and the registry share.
@@ -21,6 +22,7 @@ pub mod convert;
 pub mod directives;
 pub mod heredoc;
 pub mod instructions;
+pub mod lint;
 pub mod parser;
 pub mod shell;
 pub mod suggest;
@@ -98,6 +100,9 @@ pub enum ParseError {
         line: usize,
         reference: String,
     },
+    /// `# check=error=true` and build checks warned.
+    #[error("{file}: lint violation found for rules: {rules}")]
+    Lint { file: String, rules: String },
     /// The emitted graph was refused by the solver (a bug in this crate).
     #[error("invalid build graph")]
     Graph(#[source] kiln_solver::SolveError),

@@ -29,13 +29,24 @@ pub struct Node {
     pub heredocs: Vec<Heredoc>,
 }
 
-/// A parser warning (BuildKit reports them as build checks).
+/// A build check's warning (`Rule: message (line N)`, BuildKit's short
+/// form).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Warning {
     /// The build check's name, e.g. `NoEmptyContinuation`.
     pub rule: String,
     pub message: String,
     pub line: usize,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.rule, self.message)?;
+        if self.line > 0 {
+            write!(f, " (line {})", self.line)?;
+        }
+        Ok(())
+    }
 }
 
 /// The parsed file: directives and logical lines.
@@ -144,7 +155,7 @@ pub fn split(src: &str, file: &str) -> Result<Lines> {
         if empty_continuation {
             warnings.push(Warning {
                 rule: "NoEmptyContinuation".into(),
-                message: format!("Empty continuation line found in: {text}"),
+                message: "Empty continuation line".into(),
                 line: i,
             });
         }
@@ -410,7 +421,7 @@ mod tests {
             l.warnings,
             vec![Warning {
                 rule: "NoEmptyContinuation".into(),
-                message: "Empty continuation line found in: RUN a   b".into(),
+                message: "Empty continuation line".into(),
                 line: 4
             }]
         );

@@ -60,6 +60,9 @@ pub struct Build {
     pub config: ImageConfig,
     /// Stages dispatched, in order: their name, or their index when unnamed.
     pub stages_built: Vec<String>,
+    /// Build check warnings (the Dockerfile's, see [`crate::lint`]), for
+    /// the frontend to report (`Rule: message (line N)`).
+    pub warnings: Vec<crate::parser::Warning>,
 }
 
 impl Dockerfile {
@@ -130,11 +133,24 @@ pub fn to_graph(
             ignore_cache: opts.no_cache,
         })?,
     };
+    if df.check.error && !df.warnings.is_empty() {
+        let mut rules: Vec<&str> = Vec::new();
+        for w in &df.warnings {
+            if !rules.contains(&w.rule.as_str()) {
+                rules.push(&w.rule);
+            }
+        }
+        return Err(ParseError::Lint {
+            file: opts.filename.clone(),
+            rules: rules.join(", "),
+        });
+    }
     Ok(Build {
         graph: conv.graph,
         result,
         config: st.config,
         stages_built: conv.stages_built,
+        warnings: df.warnings.clone(),
     })
 }
 
