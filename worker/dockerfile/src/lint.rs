@@ -13,6 +13,14 @@
 use crate::directives::CheckConfig;
 use crate::parser::{extract_flags, Node, Warning};
 
+/// Rules BuildKit checks over the whole file, which a comment above one
+/// instruction does not scope.
+const GLOBAL_RULES: [&str; 3] = [
+    "ConsistentInstructionCasing",
+    "ReservedStageName",
+    "NoEmptyContinuation",
+];
+
 /// Stage names BuildKit reserves.
 const RESERVED_STAGE_NAMES: [&str; 2] = ["context", "scratch"];
 
@@ -175,6 +183,26 @@ pub fn run(nodes: &[Node], parser_warnings: &[Warning], check: &CheckConfig) -> 
         }
     }
     out.retain(|w| check.enabled(&w.rule));
+    // `# check=skip=Rule` right above an instruction skips its warnings.
+    for n in nodes {
+        for c in &n.comments {
+            let Some(value) = c.strip_prefix("check").map(str::trim_start) else {
+                continue;
+            };
+            let Some(value) = value.strip_prefix('=') else {
+                continue;
+            };
+            let value = value.trim().split(' ').next().unwrap_or_default();
+            if let Ok(local) = CheckConfig::parse(value) {
+                out.retain(|w| {
+                    w.line < n.line
+                        || w.line > n.end_line
+                        || GLOBAL_RULES.contains(&w.rule.as_str())
+                        || local.enabled(&w.rule)
+                });
+            }
+        }
+    }
     out.sort_by_key(|w| w.line);
     out
 }
@@ -273,6 +301,11 @@ mod tests {
             ""
         );
         assert_eq!(warnings("# check=skip=all\nFROM a AS B\n"), "");
+        // A check comment right above an instruction scopes to it.
+        assert_eq!(
+            warnings("FROM busybox\n# check=skip=JSONArgsRecommended\nCMD a\n\nENTRYPOINT b\n"),
+            "JSONArgsRecommended: JSON arguments recommended for ENTRYPOINT to prevent unintended behavior related to OS signals (line 5)\n"
+        );
         // SHELL set (here or in the parent stage) silences JSONArgsRecommended.
         assert_eq!(
             warnings("FROM a AS p\nSHELL [\"/bin/bash\", \"-c\"]\nFROM p\nCMD x\n"),

@@ -27,6 +27,9 @@ pub struct Node {
     pub original: String,
     /// The heredocs the line opens, bodies read, in order.
     pub heredocs: Vec<Heredoc>,
+    /// The comment lines right above the instruction (text after `#`,
+    /// trimmed); a `# check=skip=...` among them scopes to it.
+    pub comments: Vec<String>,
 }
 
 /// A build check's warning (`Rule: message (line N)`, BuildKit's short
@@ -109,10 +112,22 @@ pub fn split(src: &str, file: &str) -> Result<Lines> {
     let mut scanner = directives::Scanner::default();
     let mut nodes = Vec::new();
     let mut warnings = Vec::new();
+    let mut comments: Vec<String> = Vec::new();
     let mut i = 0;
     while i < raw.len() {
         let first = trim_newline(raw[i]).trim_start();
-        match scanner.line(first).map_err(|m| invalid(i + 1, m))? {
+        if let Some(c) = first.strip_prefix('#') {
+            // A bare `#` ends the comment block above an instruction.
+            match c.trim() {
+                "" => comments.clear(),
+                c => comments.push(c.to_string()),
+            }
+        }
+        let directive = scanner.line(first).map_err(|m| invalid(i + 1, m))?;
+        if directive.is_some() {
+            comments.pop();
+        }
+        match directive {
             Some((key, value)) if key == "escape" => {
                 escape = match value.as_str() {
                     "\\" => '\\',
@@ -201,6 +216,7 @@ pub fn split(src: &str, file: &str) -> Result<Lines> {
             rest: rest.to_string(),
             original,
             heredocs,
+            comments: std::mem::take(&mut comments),
         });
     }
     Ok(Lines {
