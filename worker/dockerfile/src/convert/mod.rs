@@ -85,6 +85,32 @@ impl Dockerfile {
     }
 }
 
+impl Dockerfile {
+    /// A "did you mean" for a base image that could not be resolved: the
+    /// stage name (or common image name) closest to the `FROM` word that
+    /// gave `reference`, as BuildKit suggests when a `FROM` names a stage
+    /// that is spelt wrong.
+    pub fn base_image_hint(&self, reference: &str) -> Option<String> {
+        let names: Vec<&str> = self
+            .stages
+            .iter()
+            .filter_map(|s| s.name.as_deref())
+            .collect();
+        let common: Vec<String> = [
+            "alpine", "busybox", "centos", "debian", "golang", "ubuntu", "fedora",
+        ]
+        .iter()
+        .flat_map(|n| [n.to_string(), format!("{n}:latest")])
+        .collect();
+        let mut options = names;
+        options.extend(common.iter().map(String::as_str));
+        self.stages
+            .iter()
+            .filter(|s| normalize(&s.base).ok().as_deref() == Some(reference))
+            .find_map(|s| crate::suggest::search(&s.base, &options, true))
+    }
+}
+
 /// Builds the graph for `opts.target` (or the last stage). `bases` maps the
 /// refs of [`Dockerfile::base_images`] to their image configs.
 pub fn to_graph(

@@ -906,3 +906,18 @@ fn check_error_true_fails_on_warnings() {
         vec!["JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 3)"]
     );
 }
+
+#[test]
+fn misspelt_stage_in_from_gets_a_hint() {
+    let df = crate::parse(
+        "FROM busybox AS build\nRUN true\nFROM bulid\n",
+        "Dockerfile",
+    )
+    .expect("parses");
+    assert_eq!(
+        df.base_image_hint("docker.io/library/bulid:latest")
+            .as_deref(),
+        Some("build")
+    );
+    assert_eq!(df.base_image_hint("docker.io/library/busybox:latest"), None);
+}
