@@ -787,6 +787,68 @@ ADD ["a b", "/c"]
         );
     }
 
+    /// Random mixes of the characters the parser treats specially never
+    /// make it panic, and every error names the file.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        const PIECES: &[&str] = &[
+            "FROM a\n",
+            "RUN ",
+            "COPY ",
+            "ADD ",
+            "ONBUILD ",
+            "<<",
+            "<<-",
+            "EOF",
+            "\"EOF\"",
+            "'E'",
+            "\n",
+            "\r\n",
+            "\t",
+            " ",
+            "\\",
+            "`",
+            "#",
+            "# escape=`\n",
+            "# syntax=x\n",
+            "# check=error=true\n",
+            "$",
+            "${",
+            "}",
+            "((",
+            "1",
+            "-",
+            "--",
+            "=",
+            "[",
+            "]",
+            "\"",
+            "é",
+            "\u{feff}",
+            "as",
+            "AS b",
+            "/d/",
+            "x",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..3000 {
+            let mut src = String::new();
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (seed >> 33) % 40;
+            for _ in 0..len {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                src.push_str(PIECES[((seed >> 33) as usize) % PIECES.len()]);
+            }
+            if let Err(e) = parse(&src, "Dockerfile") {
+                assert!(e.to_string().starts_with("Dockerfile"), "{e} for {src:?}");
+            }
+        }
+    }
+
     #[test]
     fn did_you_mean() {
         check(
