@@ -32,6 +32,21 @@ pub struct Node {
     pub comments: Vec<String>,
 }
 
+impl Node {
+    /// `text` followed by each heredoc's body and terminator, as BuildKit
+    /// stores an `ONBUILD` trigger (`RUN <<EOF\nbody\nEOF`), so that the
+    /// trigger parses again with its heredocs.
+    pub fn with_heredocs(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for h in &self.heredocs {
+            out.push('\n');
+            out.push_str(&h.content);
+            out.push_str(&h.name);
+        }
+        out
+    }
+}
+
 /// A build check's warning (`Rule: message (line N)`, BuildKit's short
 /// form).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -420,6 +435,19 @@ mod tests {
             heredocs("FROM a\nRUN <<EOF\necho\n EOF\n"),
             "error: Dockerfile:2: unterminated heredoc\n"
         );
+    }
+
+    #[test]
+    fn onbuild_trigger_keeps_heredocs() {
+        let l = split("FROM a\nONBUILD RUN <<X\nhi\nX\n", "Dockerfile").expect("parses");
+        let n = &l.nodes[1];
+        assert_eq!(n.with_heredocs(&n.rest), "RUN <<X\nhi\nX");
+        let again = split(
+            &format!("FROM a\n{}\n", n.with_heredocs(&n.rest)),
+            "Dockerfile",
+        )
+        .expect("parses");
+        assert_eq!(again.nodes[1].heredocs[0].content, "hi\n");
     }
 
     #[test]
