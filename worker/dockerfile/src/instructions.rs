@@ -2,8 +2,11 @@
 //! variable substitution happens in [`crate::convert`], where the values of
 //! `ARG` and `ENV` are known.
 
-use crate::parser::{self, extract_flags, Flag, Node};
+use crate::directives::{CheckConfig, Directive};
+use crate::heredoc::{self, Heredoc};
+use crate::parser::{self, extract_flags, Flag, Node, Warning};
 use crate::shell::parse_words;
+use crate::suggest;
 use crate::{ParseError, Result};
 
 /// A parsed Dockerfile: global `ARG`s and stages, with line numbers.
@@ -13,6 +16,13 @@ pub struct Dockerfile {
     pub filename: String,
     /// The escape character (`\` or the `# escape=` directive's).
     pub escape: char,
+    /// `# syntax=`: always BuildKit's Dockerfile frontend (others fail
+    /// in [`parse`]).
+    pub syntax: Option<Directive>,
+    /// `# check=`: which build checks run and whether they fail the build.
+    pub check: CheckConfig,
+    /// Build check warnings (see [`crate::lint`]), those `# check=` keeps.
+    pub warnings: Vec<Warning>,
     /// `ARG`s before the first `FROM` (each a [`Instruction::Arg`]).
     pub global_args: Vec<Command>,
     pub stages: Vec<Stage>,
@@ -99,6 +109,20 @@ pub struct Run {
     pub security: Option<String>,
     pub mounts: Vec<MountSpec>,
     pub cmd: CmdLine,
+    /// The heredocs of a shell-form command, bodies as written (tabs of
+    /// `<<-` not yet stripped).
+    pub heredocs: Vec<Heredoc>,
+}
+
+/// A heredoc source of `COPY`/`ADD` (`COPY <<EOF /dst`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceContent {
+    /// The delimiter word: the file's name.
+    pub name: String,
+    /// The body (tabs already stripped for `<<-`), unexpanded.
+    pub data: String,
+    /// Whether variables in `data` are expanded (delimiter not quoted).
+    pub expand: bool,
 }
 
 /// `COPY` or `ADD`.
@@ -113,6 +137,8 @@ pub struct Copy {
     pub link: bool,
     pub excludes: Vec<String>,
     pub srcs: Vec<String>,
+    /// Heredoc sources, copied after `srcs`.
+    pub contents: Vec<SourceContent>,
     pub dest: String,
 }
 
@@ -137,6 +163,11 @@ pub enum Instruction {
 
 /// Parses a Dockerfile. `filename` names the file in errors.
 pub fn parse(src: &str, filename: &str) -> Result<Dockerfile> {
+    if src.is_empty() {
+        return Err(ParseError::EmptyFile {
+            file: filename.to_string(),
+        });
+    }
     let lines = parser::split(src, filename)?;
     let p = Parser {
         file: filename,
@@ -145,6 +176,9 @@ pub fn parse(src: &str, filename: &str) -> Result<Dockerfile> {
     let mut df = Dockerfile {
         filename: filename.to_string(),
         escape: lines.escape,
+        syntax: lines.syntax.clone(),
+        check: lines.check.clone(),
+        warnings: crate::lint::run(&lines.nodes, &lines.warnings, &lines.check),
         global_args: Vec::new(),
         stages: Vec::new(),
     };
@@ -251,10 +285,35 @@ impl Parser<'_> {
     }
 
     fn unknown_flag(&self, node: &Node, f: &Flag) -> ParseError {
+        let known: &[&str] = match node.keyword.as_str() {
+            "from" => &["platform"],
+            "run" => &["mount", "network", "security", "device"],
+            "copy" => &["from", "chown", "chmod", "link", "parents", "exclude"],
+            "add" => &[
+                "chown",
+                "chmod",
+                "link",
+                "keep-git-dir",
+                "checksum",
+                "unpack",
+                "exclude",
+            ],
+            "healthcheck" => &[
+                "interval",
+                "timeout",
+                "start-period",
+                "start-interval",
+                "retries",
+            ],
+            _ => &[],
+        };
         ParseError::UnknownFlag {
             file: self.file.to_string(),
             line: node.line,
-            flag: f.name.clone(),
+            flag: format!("--{}", f.name),
+            hint: suggest::search(&f.name, known, true)
+                .map(|m| format!(" (did you mean {m}?)"))
+                .unwrap_or_default(),
         }
     }
 
@@ -362,16 +421,13 @@ impl Parser<'_> {
             "healthcheck" => return Err(self.unsupported(line, "HEALTHCHECK")),
             "onbuild" => return Err(self.unsupported(line, "ONBUILD")),
             _ => {
-                let word = node
-                    .original
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
                 return Err(ParseError::UnknownInstruction {
                     file: self.file.to_string(),
                     line,
-                    word,
+                    word: node.word.clone(),
+                    hint: suggest::search(&node.word, INSTRUCTIONS, false)
+                        .map(|m| format!(" (did you mean {m}?)"))
+                        .unwrap_or_default(),
                 });
             }
         })
@@ -399,19 +455,12 @@ impl Parser<'_> {
             return Err(self.invalid(node.line, "RUN requires at least one argument".into()));
         }
         let cmd = cmd_line(rest);
-        if let CmdLine::Shell(s) = &cmd {
-            if has_heredoc(s) {
-                return Err(ParseError::Heredoc {
-                    file: self.file.to_string(),
-                    line: node.line,
-                });
-            }
-        }
         Ok(Instruction::Run(Run {
             network,
             security,
             mounts,
             cmd,
+            heredocs: node.heredocs.clone(),
         }))
     }
 
@@ -485,6 +534,7 @@ impl Parser<'_> {
             link: false,
             excludes: Vec::new(),
             srcs: Vec::new(),
+            contents: Vec::new(),
             dest: String::new(),
         };
         for f in &flags {
@@ -502,15 +552,7 @@ impl Parser<'_> {
         }
         let mut words = match json_array(rest) {
             Some(v) => v,
-            None => {
-                if has_heredoc(rest) {
-                    return Err(ParseError::Heredoc {
-                        file: self.file.to_string(),
-                        line: node.line,
-                    });
-                }
-                rest.split_whitespace().map(str::to_string).collect()
-            }
+            None => rest.split_whitespace().map(str::to_string).collect(),
         };
         match words.len() {
             0 => return Err(self.invalid(node.line, format!("{name} requires at least two arguments"))),
@@ -523,7 +565,38 @@ impl Parser<'_> {
             _ => {}
         }
         c.dest = words.pop().unwrap_or_default();
-        c.srcs = words;
+        if !node.heredocs.is_empty() {
+            if heredoc::parse_word(&c.dest).is_some() {
+                return Err(self.invalid(
+                    node.line,
+                    format!("{name} cannot accept a heredoc as a destination"),
+                ));
+            }
+            for w in words {
+                match heredoc::parse_word(&w) {
+                    Some(h) => {
+                        let body = node
+                            .heredocs
+                            .iter()
+                            .find(|b| b.name == h.name)
+                            .map(|b| b.content.as_str())
+                            .unwrap_or_default();
+                        c.contents.push(SourceContent {
+                            data: if h.chomp {
+                                heredoc::chomp(body)
+                            } else {
+                                body.to_string()
+                            },
+                            name: h.name,
+                            expand: h.expand,
+                        });
+                    }
+                    None => c.srcs.push(w),
+                }
+            }
+        } else {
+            c.srcs = words;
+        }
         Ok(Instruction::Copy(c))
     }
 
@@ -563,6 +636,28 @@ impl Parser<'_> {
     }
 }
 
+/// The instruction keywords, for "did you mean" hints.
+const INSTRUCTIONS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
 fn is_instruction(kw: &str) -> bool {
     matches!(
         kw,
@@ -601,28 +696,6 @@ fn cmd_line(rest: &str) -> CmdLine {
         Some(v) => CmdLine::Exec(v),
         None => CmdLine::Shell(rest.to_string()),
     }
-}
-
-/// `<<WORD`, `<<-WORD`, `<<"WORD"` as a word of its own or inside one.
-fn has_heredoc(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while let Some(p) = s[i..].find("<<") {
-        let mut j = i + p + 2;
-        if b.get(j) == Some(&b'-') {
-            j += 1;
-        }
-        if matches!(b.get(j), Some(b'"' | b'\'')) {
-            j += 1;
-        }
-        if b.get(j)
-            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
-        {
-            return true;
-        }
-        i = i + p + 2;
-    }
-    false
 }
 
 #[cfg(test)]
@@ -665,8 +738,8 @@ ENTRYPOINT ["/bin/app"]
 SHELL ["/bin/bash", "-c"]
 "#,
             r#"stage 0 1: base=a name=None platform=None
-  2: Run(Run { network: None, security: None, mounts: [], cmd: Exec(["echo", "hi A"]) })
-  3: Run(Run { network: None, security: None, mounts: [], cmd: Shell("[not json") })
+  2: Run(Run { network: None, security: None, mounts: [], cmd: Exec(["echo", "hi A"]), heredocs: [] })
+  3: Run(Run { network: None, security: None, mounts: [], cmd: Shell("[not json"), heredocs: [] })
   4: Cmd(Shell("echo \"$HOME\""))
   5: Entrypoint(Exec(["/bin/app"]))
   6: Shell(["/bin/bash", "-c"])"#,
@@ -700,8 +773,116 @@ COPY --from=b --chown=1:2 --chmod=755 --link x y /dst/
 ADD ["a b", "/c"]
 "#,
             r#"stage 0 1: base=a name=Some("b") platform=Some("$BUILDPLATFORM")
-  2: Copy(Copy { add: false, from: Some("b"), chown: Some("1:2"), chmod: Some("755"), link: true, excludes: [], srcs: ["x", "y"], dest: "/dst/" })
-  3: Copy(Copy { add: true, from: None, chown: None, chmod: None, link: false, excludes: [], srcs: ["a b"], dest: "/c" })"#,
+  2: Copy(Copy { add: false, from: Some("b"), chown: Some("1:2"), chmod: Some("755"), link: true, excludes: [], srcs: ["x", "y"], contents: [], dest: "/dst/" })
+  3: Copy(Copy { add: true, from: None, chown: None, chmod: None, link: false, excludes: [], srcs: ["a b"], contents: [], dest: "/c" })"#,
+        );
+    }
+
+    #[test]
+    fn heredoc_sources_and_errors() {
+        check(
+            "FROM a\nCOPY x <<-A <<'B' /d/\n\t\ta $X\n\tA\nb $X\nB\n",
+            r#"stage 0 1: base=a name=None platform=None
+  2: Copy(Copy { add: false, from: None, chown: None, chmod: None, link: false, excludes: [], srcs: ["x"], contents: [SourceContent { name: "A", data: "a $X\n", expand: true }, SourceContent { name: "B", data: "b $X\n", expand: false }], dest: "/d/" })"#,
+        );
+        check(
+            "FROM a\nCOPY <<A <<B\na\nA\nb\nB\n",
+            "error: Dockerfile:2: COPY cannot accept a heredoc as a destination",
+        );
+        check(
+            "FROM a\nADD <<A\na\nA\n",
+            "error: Dockerfile:2: ADD requires at least two arguments, but only one was provided. Destination could not be determined",
+        );
+        check(
+            "FROM a\nRUN echo $((1<<4)) \"a<<b\"\n",
+            r#"stage 0 1: base=a name=None platform=None
+  2: Run(Run { network: None, security: None, mounts: [], cmd: Shell("echo $((1<<4)) \"a<<b\""), heredocs: [] })"#,
+        );
+    }
+
+    /// Random mixes of the characters the parser treats specially never
+    /// make it panic, and every error names the file.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        const PIECES: &[&str] = &[
+            "FROM a\n",
+            "RUN ",
+            "COPY ",
+            "ADD ",
+            "ONBUILD ",
+            "<<",
+            "<<-",
+            "EOF",
+            "\"EOF\"",
+            "'E'",
+            "\n",
+            "\r\n",
+            "\t",
+            " ",
+            "\\",
+            "`",
+            "#",
+            "# escape=`\n",
+            "# syntax=x\n",
+            "# check=error=true\n",
+            "$",
+            "${",
+            "}",
+            "((",
+            "1",
+            "-",
+            "--",
+            "=",
+            "[",
+            "]",
+            "\"",
+            "é",
+            "\u{feff}",
+            "as",
+            "AS b",
+            "/d/",
+            "x",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..3000 {
+            let mut src = String::new();
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (seed >> 33) % 40;
+            for _ in 0..len {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                src.push_str(PIECES[((seed >> 33) as usize) % PIECES.len()]);
+            }
+            if let Err(e) = parse(&src, "Dockerfile") {
+                assert!(e.to_string().starts_with("Dockerfile"), "{e} for {src:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn did_you_mean() {
+        check(
+            "FROM a\nFNTRYPOINT [\"x\"]\n",
+            "error: Dockerfile:2: unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)",
+        );
+        check(
+            "FROM a\ncopu x y\n",
+            "error: Dockerfile:2: unknown instruction: copu (did you mean copy?)",
+        );
+        check(
+            "FROM a\nRUN --mont=type=cache,target=/x true\n",
+            "error: Dockerfile:2: unknown flag: --mont (did you mean mount?)",
+        );
+        check(
+            "FROM a\nCOPY --chmown=1 x y\n",
+            "error: Dockerfile:2: unknown flag: --chmown (did you mean chown?)",
+        );
+        check(
+            "FROM --platfrom=linux/amd64 a\n",
+            "error: Dockerfile:1: unknown flag: --platfrom (did you mean platform?)",
         );
     }
 
@@ -710,13 +891,13 @@ ADD ["a b", "/c"]
         check(
             "FROM a\nRUN --network=none --mount=type=cache,target=/root/.cache,sharing=locked,id=x --mount=type=tmpfs,dst=/t make\n",
             r#"stage 0 1: base=a name=None platform=None
-  2: Run(Run { network: Some("none"), security: None, mounts: [MountSpec { kind: Some(Cache), target: Some("/root/.cache"), source: None, from: None, id: Some("x"), sharing: Some("locked"), readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None, env: None, required: None }, MountSpec { kind: Some(Tmpfs), target: Some("/t"), source: None, from: None, id: None, sharing: None, readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None, env: None, required: None }], cmd: Shell("make") })"#,
+  2: Run(Run { network: Some("none"), security: None, mounts: [MountSpec { kind: Some(Cache), target: Some("/root/.cache"), source: None, from: None, id: Some("x"), sharing: Some("locked"), readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None, env: None, required: None }, MountSpec { kind: Some(Tmpfs), target: Some("/t"), source: None, from: None, id: None, sharing: None, readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None, env: None, required: None }], cmd: Shell("make"), heredocs: [] })"#,
         );
     }
 
     #[test]
     fn errors_name_file_and_line() {
-        check("", "error: Dockerfile: file with no instructions");
+        check("", "error: Dockerfile: the Dockerfile cannot be empty");
         check(
             "# just a comment\n\n",
             "error: Dockerfile: file with no instructions",
@@ -731,11 +912,11 @@ ADD ["a b", "/c"]
         );
         check(
             "FROM a\n\nFOO bar\n",
-            "error: Dockerfile:3: unknown instruction: FOO",
+            "error: Dockerfile:3: unknown instruction: FOO (did you mean FROM?)",
         );
         check(
-            "FROM a\nfoo bar\n",
-            "error: Dockerfile:2: unknown instruction: FOO",
+            "FROM a\nxyzzy bar\n",
+            "error: Dockerfile:2: unknown instruction: xyzzy",
         );
         check(
             "FROM a b\n",
@@ -763,15 +944,11 @@ ADD ["a b", "/c"]
         );
         check(
             "FROM a\nCOPY --nope x y\n",
-            "error: Dockerfile:2: unknown flag: nope",
+            "error: Dockerfile:2: unknown flag: --nope",
         );
         check(
             "FROM a\nADD --from=b x y\n",
-            "error: Dockerfile:2: unknown flag: from",
-        );
-        check(
-            "FROM a\nRUN <<EOF\necho\nEOF\n",
-            "error: Dockerfile:2: heredocs are not supported yet",
+            "error: Dockerfile:2: unknown flag: --from",
         );
         check(
             "FROM a\nHEALTHCHECK CMD true\n",
@@ -789,13 +966,5 @@ ADD ["a b", "/c"]
             "FROM a\nARG =1\n",
             "error: Dockerfile:2: ARG names can not be blank",
         );
-    }
-
-    #[test]
-    fn heredoc_detection() {
-        assert!(has_heredoc("cat <<EOF"));
-        assert!(has_heredoc("cat <<-\"EOF\""));
-        assert!(!has_heredoc("echo $((1<<2))"));
-        assert!(!has_heredoc("echo a << b"));
     }
 }

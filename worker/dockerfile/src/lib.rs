@@ -6,6 +6,9 @@
 //! instructions grouped by stage, and [`convert`] walks the stages the
 //! target needs and emits a [`kiln_solver::Graph`] shaped like the LLB that
 //! BuildKit's `dockerfile2llb` emits, plus the image config of the result.
+//! [`directives`] reads `# syntax=`/`# escape=`/`# check=`, [`heredoc`]
+//! recognizes `<<EOF` words, [`suggest`] gives "did you mean" hints and
+//! [`lint`] runs the build checks that need only the parse tree.
 //! [`shell`] holds the word lexer (variable substitution) and
 //! [`reference`](mod@reference) re-exports the image-name normalization of
 //! `kiln_types::reference`, which the exporters and the registry share.
@@ -16,9 +19,13 @@
 //! are never read here, only named in `local://` sources.
 
 pub mod convert;
+pub mod directives;
+pub mod heredoc;
 pub mod instructions;
+pub mod lint;
 pub mod parser;
 pub mod shell;
+pub mod suggest;
 
 /// Image reference normalization; the rule lives in `kiln_types` so the
 /// registry client and the exporters use the same one.
@@ -34,29 +41,32 @@ pub use reference::RefError;
 /// line when one instruction is at fault (`Dockerfile:3: ...`).
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
-    /// The file has no instruction at all (empty, or only comments).
+    /// The file has no bytes at all.
+    #[error("{file}: the Dockerfile cannot be empty")]
+    EmptyFile { file: String },
+    /// The file has no instruction at all (only blank lines or comments).
     #[error("{file}: file with no instructions")]
     Empty { file: String },
     /// The file has global `ARG`s but no `FROM`.
     #[error("{file}: dockerfile contains no stages to build")]
     NoStages { file: String },
-    /// An instruction keyword that is not a Dockerfile instruction.
-    #[error("{file}:{line}: unknown instruction: {word}")]
+    /// An instruction keyword that is not a Dockerfile instruction, as
+    /// written, with a ` (did you mean X?)` hint when one is close.
+    #[error("{file}:{line}: unknown instruction: {word}{hint}")]
     UnknownInstruction {
         file: String,
         line: usize,
         word: String,
+        hint: String,
     },
-    /// A `--flag` the instruction does not take.
-    #[error("{file}:{line}: unknown flag: {flag}")]
+    /// A `--flag` the instruction does not take (`--name`), with a hint.
+    #[error("{file}:{line}: unknown flag: {flag}{hint}")]
     UnknownFlag {
         file: String,
         line: usize,
         flag: String,
+        hint: String,
     },
-    /// Heredocs (`RUN <<EOF`) are recognized but not implemented.
-    #[error("{file}:{line}: heredocs are not supported yet")]
-    Heredoc { file: String, line: usize },
     /// A valid Dockerfile feature kiln does not implement yet.
     #[error("{file}:{line}: {feature} is not supported yet")]
     Unsupported {
@@ -79,9 +89,9 @@ pub enum ParseError {
         line: usize,
         err: RefError,
     },
-    /// `--target` names no stage.
-    #[error("target stage \"{target}\" could not be found")]
-    TargetNotFound { target: String },
+    /// `--target` names no stage (with a hint when a stage name is close).
+    #[error("target stage \"{target}\" could not be found{hint}")]
+    TargetNotFound { target: String, hint: String },
     /// The caller did not pass the config of a base image that
     /// [`Dockerfile::base_images`] asked for.
     #[error("{file}:{line}: no image config for base image {reference}")]
@@ -90,6 +100,9 @@ pub enum ParseError {
         line: usize,
         reference: String,
     },
+    /// `# check=error=true` and build checks warned.
+    #[error("{file}: lint violation found for rules: {rules}")]
+    Lint { file: String, rules: String },
     /// The emitted graph was refused by the solver (a bug in this crate).
     #[error("invalid build graph")]
     Graph(#[source] kiln_solver::SolveError),

@@ -1,28 +1,82 @@
-//! From text to logical lines: parser directives (`# escape=`, `# syntax=`),
-//! comments, blank lines, line continuations and leading `--flags`.
-//! Follows BuildKit's `frontend/dockerfile/parser`.
+//! From text to logical lines: parser directives (`# escape=`, `# syntax=`,
+//! `# check=`), comments, blank lines, line continuations and heredoc
+//! bodies. Follows BuildKit's `frontend/dockerfile/parser`.
 
+use crate::directives::{self, CheckConfig, Directive};
+use crate::heredoc::{self, Heredoc};
 use crate::{ParseError, Result};
+
+/// The longest line BuildKit's scanner reads (64 KiB with its newline).
+pub const MAX_LINE: usize = 65535;
 
 /// One logical line: an instruction keyword and its (joined) arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
     /// Line where the instruction starts (1-based).
     pub line: usize,
+    /// Line where it ends (its last continuation or heredoc terminator).
+    pub end_line: usize,
     /// The keyword, lowercased.
     pub keyword: String,
+    /// The keyword as written (for `unknown instruction: foo`).
+    pub word: String,
     /// Everything after the keyword (continuations joined, trimmed).
     pub rest: String,
     /// The whole logical line with the keyword uppercased, for vertex
     /// names (`RUN echo hi`).
     pub original: String,
+    /// The heredocs the line opens, bodies read, in order.
+    pub heredocs: Vec<Heredoc>,
+    /// The comment lines right above the instruction (text after `#`,
+    /// trimmed); a `# check=skip=...` among them scopes to it.
+    pub comments: Vec<String>,
 }
 
-/// The parsed file: escape character and logical lines.
+impl Node {
+    /// `text` followed by each heredoc's body and terminator, as BuildKit
+    /// stores an `ONBUILD` trigger (`RUN <<EOF\nbody\nEOF`), so that the
+    /// trigger parses again with its heredocs.
+    pub fn with_heredocs(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for h in &self.heredocs {
+            out.push('\n');
+            out.push_str(&h.content);
+            out.push_str(&h.name);
+        }
+        out
+    }
+}
+
+/// A build check's warning (`Rule: message (line N)`, BuildKit's short
+/// form).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// The build check's name, e.g. `NoEmptyContinuation`.
+    pub rule: String,
+    pub message: String,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.rule, self.message)?;
+        if self.line > 0 {
+            write!(f, " (line {})", self.line)?;
+        }
+        Ok(())
+    }
+}
+
+/// The parsed file: directives and logical lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lines {
     pub escape: char,
+    /// `# syntax=` (any form BuildKit detects), when present.
+    pub syntax: Option<Directive>,
+    /// `# check=`, parsed.
+    pub check: CheckConfig,
     pub nodes: Vec<Node>,
+    pub warnings: Vec<Warning>,
 }
 
 /// A `--name[=value]` flag in front of an instruction's arguments.
@@ -35,108 +89,198 @@ pub struct Flag {
 
 /// Splits `src` into logical lines.
 pub fn split(src: &str, file: &str) -> Result<Lines> {
+    let invalid = |line: usize, message: String| ParseError::Invalid {
+        file: file.to_string(),
+        line,
+        message,
+    };
     let src = src.strip_prefix('\u{feff}').unwrap_or(src);
-    let lines: Vec<&str> = src
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .collect();
-    let mut escape = '\\';
-    let mut seen: Vec<String> = Vec::new();
-    let mut i = 0;
-    // Directives: `# key=value` lines at the very top.
-    while i < lines.len() {
-        let Some((key, value)) = directive(lines[i]) else {
-            break;
-        };
-        match key.as_str() {
-            "escape" | "syntax" | "check" => {}
-            _ => break,
+    let raw: Vec<&str> = src.split_inclusive('\n').collect();
+    for (i, l) in raw.iter().enumerate() {
+        if l.strip_suffix('\n').unwrap_or(l).len() > MAX_LINE {
+            return Err(invalid(
+                i + 1,
+                format!("dockerfile line greater than max allowed size of {MAX_LINE}"),
+            ));
         }
-        if seen.contains(&key) {
-            return Err(ParseError::Invalid {
+    }
+    let syntax = directives::detect_syntax(src);
+    if let Some(d) = &syntax {
+        if !directives::is_dockerfile_frontend(&d.value) {
+            return Err(ParseError::Unsupported {
                 file: file.to_string(),
-                line: i + 1,
-                message: format!("only one {key} parser directive can be used"),
+                line: d.line,
+                feature: format!(
+                    "the frontend image {:?} of the syntax directive (kiln builds Dockerfiles itself, with the syntax of docker/dockerfile:1)",
+                    d.value
+                ),
             });
         }
-        if key == "escape" {
-            escape = match value.as_str() {
-                "\\" => '\\',
-                "`" => '`',
-                _ => {
-                    return Err(ParseError::Invalid {
-                        file: file.to_string(),
-                        line: i + 1,
-                        message: format!("invalid escape token '{value}' does not match ` or \\"),
-                    })
-                }
-            };
-        }
-        seen.push(key);
-        i += 1;
     }
+    let check = match directives::find(src, "check") {
+        Some(d) => CheckConfig::parse(&d.value)
+            .map_err(|m| invalid(d.line, format!("failed to parse check options: {m}")))?,
+        None => CheckConfig::default(),
+    };
 
+    let mut escape = '\\';
+    let mut scanner = directives::Scanner::default();
     let mut nodes = Vec::new();
-    while i < lines.len() {
-        let start = i + 1;
-        let first = lines[i].trim_start();
+    let mut warnings = Vec::new();
+    let mut comments: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        let first = trim_newline(raw[i]).trim_start();
+        if let Some(c) = first.strip_prefix('#') {
+            // A bare `#` ends the comment block above an instruction.
+            match c.trim() {
+                "" => comments.clear(),
+                c => comments.push(c.to_string()),
+            }
+        }
+        let directive = scanner.line(first).map_err(|m| invalid(i + 1, m))?;
+        if directive.is_some() {
+            comments.pop();
+        }
+        match directive {
+            Some((key, value)) if key == "escape" => {
+                escape = match value.as_str() {
+                    "\\" => '\\',
+                    "`" => '`',
+                    _ => {
+                        return Err(invalid(
+                            i + 1,
+                            format!("invalid escape token '{value}' does not match ` or \\"),
+                        ))
+                    }
+                }
+            }
+            _ => {}
+        }
+        let first = if first.starts_with('#') { "" } else { first };
         i += 1;
-        if first.trim().is_empty() || first.starts_with('#') {
+        let start = i;
+        let (first, mut end_of_line) = trim_continuation(first, escape);
+        if end_of_line && first.is_empty() {
             continue;
         }
         let mut text = first.to_string();
-        while let Some(stripped) = strip_continuation(&text, escape) {
-            text = stripped;
-            // Comment and empty lines inside a continuation are dropped.
-            while i < lines.len()
-                && (lines[i].trim().is_empty() || lines[i].trim_start().starts_with('#'))
-            {
-                i += 1;
+        let mut empty_continuation = false;
+        while !end_of_line && i < raw.len() {
+            let next = trim_newline(raw[i]);
+            i += 1;
+            // Comment lines inside a continuation are removed; empty ones
+            // are dropped with a warning.
+            if next.trim_start().starts_with('#') {
+                continue;
             }
-            match lines.get(i) {
-                Some(next) => {
-                    text.push_str(next);
-                    i += 1;
-                }
-                None => break,
+            if next.trim_start().is_empty() {
+                empty_continuation = true;
+                continue;
             }
+            let (t, eol) = trim_continuation(next, escape);
+            end_of_line = eol;
+            text.push_str(t);
         }
-        let text = text.trim();
-        let (word, rest) = match text.find(char::is_whitespace) {
-            Some(p) => (&text[..p], text[p..].trim()),
-            None => (text, ""),
+        if empty_continuation {
+            warnings.push(Warning {
+                rule: "NoEmptyContinuation".into(),
+                message: "Empty continuation line".into(),
+                line: i,
+            });
+        }
+        let trimmed = text.trim();
+        let (word, rest) = match trimmed.find(char::is_whitespace) {
+            Some(p) => (&trimmed[..p], trimmed[p..].trim()),
+            None => (trimmed, ""),
         };
         let original = if rest.is_empty() {
             word.to_uppercase()
         } else {
             format!("{} {}", word.to_uppercase(), rest)
         };
+        let keyword = word.to_lowercase();
+        let mut heredocs = Vec::new();
+        if text.contains("<<") && can_contain_heredoc(&keyword, rest) {
+            for mut h in heredoc::in_line(&text) {
+                let mut terminated = false;
+                while i < raw.len() {
+                    let line = raw[i];
+                    i += 1;
+                    let mut candidate = trim_newline(line);
+                    if h.chomp {
+                        candidate = candidate.trim_start_matches('\t');
+                    }
+                    if candidate == h.name {
+                        terminated = true;
+                        break;
+                    }
+                    h.content.push_str(line);
+                }
+                if !terminated {
+                    return Err(invalid(start, "unterminated heredoc".into()));
+                }
+                heredocs.push(h);
+            }
+        }
         nodes.push(Node {
             line: start,
-            keyword: word.to_lowercase(),
+            end_line: i,
+            keyword,
+            word: word.to_string(),
             rest: rest.to_string(),
             original,
+            heredocs,
+            comments: std::mem::take(&mut comments),
         });
     }
-    Ok(Lines { escape, nodes })
+    Ok(Lines {
+        escape,
+        syntax,
+        check,
+        nodes,
+        warnings,
+    })
 }
 
-/// `# key=value` (key lowercased), or `None` when the line is not one.
-fn directive(line: &str) -> Option<(String, String)> {
-    let body = line.trim_start().strip_prefix('#')?;
-    let (key, value) = body.split_once('=')?;
-    let key = key.trim();
-    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return None;
+/// RUN, COPY and ADD (also as an `ONBUILD` trigger) take heredocs, never
+/// in JSON form.
+fn can_contain_heredoc(keyword: &str, rest: &str) -> bool {
+    let (keyword, rest) = if keyword == "onbuild" {
+        let (_, r) = extract_flags(rest);
+        let r = r.trim();
+        match r.find(char::is_whitespace) {
+            Some(p) => (r[..p].to_lowercase(), r[p..].trim()),
+            None => (r.to_lowercase(), ""),
+        }
+    } else {
+        (keyword.to_string(), rest)
+    };
+    if !matches!(keyword.as_str(), "run" | "copy" | "add") {
+        return false;
     }
-    Some((key.to_lowercase(), value.trim().to_string()))
+    let (_, args) = extract_flags(rest);
+    !is_json_array(args)
 }
 
-/// The text without its trailing escape character (and blanks after it)
-/// when the line continues.
-fn strip_continuation(text: &str, escape: char) -> Option<String> {
+/// Whether the arguments are exec form (a JSON array of strings).
+pub(crate) fn is_json_array(args: &str) -> bool {
+    let t = args.trim();
+    t.starts_with('[') && t.ends_with(']') && serde_json::from_str::<Vec<String>>(t).is_ok()
+}
+
+fn trim_newline(line: &str) -> &str {
+    line.trim_end_matches(['\r', '\n'])
+}
+
+/// The line without its continuation escape (the escape as last non-blank
+/// character, not itself escaped), and whether the logical line ends here.
+fn trim_continuation(text: &str, escape: char) -> (&str, bool) {
     let trimmed = text.trim_end_matches([' ', '\t']);
-    trimmed.strip_suffix(escape).map(str::to_string)
+    match trimmed.strip_suffix(escape) {
+        Some(before) if !before.ends_with(escape) => (before, false),
+        _ => (text, true),
+    }
 }
 
 /// Takes the leading `--flag[=value]` words off `rest` (quotes in values
@@ -239,6 +383,137 @@ mod tests {
     #[test]
     fn continuation_at_eof_and_crlf() {
         check("FROM a\r\nRUN x \\\r\n", "escape \\\n1 from|a\n2 run|x");
+    }
+
+    /// Renders nodes with their heredocs (`name fd expand chomp content`).
+    fn heredocs(src: &str) -> String {
+        match split(src, "Dockerfile") {
+            Ok(l) => {
+                let mut out = String::new();
+                for n in l.nodes {
+                    out.push_str(&format!(
+                        "{}-{} {}|{}\n",
+                        n.line, n.end_line, n.keyword, n.rest
+                    ));
+                    for h in n.heredocs {
+                        out.push_str(&format!(
+                            "  {} {} {} {} {:?}\n",
+                            h.name, h.fd, h.expand, h.chomp, h.content
+                        ));
+                    }
+                }
+                out
+            }
+            Err(e) => format!("error: {e}\n"),
+        }
+    }
+
+    #[test]
+    fn heredoc_bodies_in_order() {
+        assert_eq!(
+            heredocs(
+                "FROM a\nRUN cat <<A 2<<-'B' && echo \"x<<y\" $((1<<4))\n# not a comment\n$X\nA\n\tb\n\tB\nRUN echo done\n"
+            ),
+            "1-1 from|a\n2-7 run|cat <<A 2<<-'B' && echo \"x<<y\" $((1<<4))\n  A 0 true false \"# not a comment\\n$X\\n\"\n  B 2 false true \"\\tb\\n\"\n8-8 run|echo done\n"
+        );
+        // Only RUN, COPY and ADD (also under ONBUILD) take heredocs, never in
+        // JSON form; a lone `<<` word is not one.
+        assert_eq!(
+            heredocs("FROM a\nCMD cat <<EOF\nRUN [\"cat\", \"<<EOF\"]\nRUN a << b\n"),
+            "1-1 from|a\n2-2 cmd|cat <<EOF\n3-3 run|[\"cat\", \"<<EOF\"]\n4-4 run|a << b\n"
+        );
+        assert_eq!(
+            heredocs("FROM a\nONBUILD RUN <<X\nhi\nX\n"),
+            "1-1 from|a\n2-4 onbuild|RUN <<X\n  X 0 true false \"hi\\n\"\n"
+        );
+        // CRLF bodies keep their line ends; the terminator matches without.
+        assert_eq!(
+            heredocs("FROM a\r\nCOPY <<E /x\r\nhi\r\nE\r\n"),
+            "1-1 from|a\n2-4 copy|<<E /x\n  E 0 true false \"hi\\r\\n\"\n"
+        );
+        assert_eq!(
+            heredocs("FROM a\nRUN <<EOF\necho\n EOF\n"),
+            "error: Dockerfile:2: unterminated heredoc\n"
+        );
+    }
+
+    #[test]
+    fn onbuild_trigger_keeps_heredocs() {
+        let l = split("FROM a\nONBUILD RUN <<X\nhi\nX\n", "Dockerfile").expect("parses");
+        let n = &l.nodes[1];
+        assert_eq!(n.with_heredocs(&n.rest), "RUN <<X\nhi\nX");
+        let again = split(
+            &format!("FROM a\n{}\n", n.with_heredocs(&n.rest)),
+            "Dockerfile",
+        )
+        .expect("parses");
+        assert_eq!(again.nodes[1].heredocs[0].content, "hi\n");
+    }
+
+    #[test]
+    fn continuation_rules() {
+        // An escaped escape does not continue the line.
+        check(
+            "FROM a\nRUN echo \\\\\nRUN b\n",
+            "escape \\\n1 from|a\n2 run|echo \\\\\n3 run|b",
+        );
+        // A lone escape continues; empty continuation lines are dropped
+        // with a warning.
+        let l = split("FROM a\nRUN a \\\n\n  b\n", "Dockerfile").expect("parses");
+        assert_eq!(l.nodes[1].rest, "a   b");
+        assert_eq!(
+            l.warnings,
+            vec![Warning {
+                rule: "NoEmptyContinuation".into(),
+                message: "Empty continuation line".into(),
+                line: 4
+            }]
+        );
+        // BOM stripped.
+        check("\u{feff}FROM a\n", "escape \\\n1 from|a");
+        let long = format!("FROM a\nRUN {}\n", "x".repeat(MAX_LINE));
+        check(
+            &long,
+            "error: Dockerfile:2: dockerfile line greater than max allowed size of 65535",
+        );
+        let fits = format!("FROM a\nRUN {}\n", "x".repeat(MAX_LINE - 4));
+        assert!(split(&fits, "Dockerfile").is_ok());
+    }
+
+    #[test]
+    fn directives() {
+        check(
+            "# syntax=foo/bar:1\nFROM a\n",
+            "error: Dockerfile:1: the frontend image \"foo/bar:1\" of the syntax directive (kiln builds Dockerfiles itself, with the syntax of docker/dockerfile:1) is not supported yet",
+        );
+        check(
+            "#!/bin/kiln\n# syntax=other/frontend\nFROM a\n",
+            "error: Dockerfile:2: the frontend image \"other/frontend\" of the syntax directive (kiln builds Dockerfiles itself, with the syntax of docker/dockerfile:1) is not supported yet",
+        );
+        check(
+            "# syntax=docker/dockerfile:1.7-labs\n# Check = skip=all\nFROM a\n",
+            "escape \\\n3 from|a",
+        );
+        check(
+            "# syntax=docker/dockerfile:1\n# syntax=docker/dockerfile:1\nFROM a\n",
+            "error: Dockerfile:2: only one syntax parser directive can be used",
+        );
+        check(
+            "# check=bogus\nFROM a\n",
+            "error: Dockerfile:1: failed to parse check options: invalid check option \"bogus\"",
+        );
+        let l = split(
+            "# check=skip=StageNameCasing;error=true\nFROM a\n",
+            "Dockerfile",
+        )
+        .expect("parses");
+        assert!(l.check.error);
+        assert_eq!(l.check.skip, vec!["StageNameCasing"]);
+        // An unknown key ends the directives: the escape below is a comment.
+        check(
+            "# foo=bar\n# escape=`\nFROM a\nRUN x \\\n y\n",
+            "escape \\\n3 from|a\n4 run|x  y",
+        );
     }
 
     #[test]

@@ -73,6 +73,14 @@ pub enum FrontendError {
     /// Resolving a base image failed.
     #[error(transparent)]
     Image(#[from] WorkerError),
+    /// Resolving a base image failed and its name is close to a stage's
+    /// (or a common image's): BuildKit's "did you mean" hint.
+    #[error("{source} (did you mean {hint}?)")]
+    ImageWithHint {
+        #[source]
+        source: Box<WorkerError>,
+        hint: String,
+    },
 }
 
 impl FrontendError {
@@ -89,6 +97,7 @@ impl FrontendError {
             FrontendError::BadFile { .. } => ErrorKind::InvalidArgument,
             FrontendError::Io { .. } => ErrorKind::Internal,
             FrontendError::Image(e) => e.kind(),
+            FrontendError::ImageWithHint { source, .. } => source.kind(),
         }
     }
 }
@@ -410,7 +419,18 @@ pub async fn plan<I: ImageConfigs>(
     let df = kiln_dockerfile::parse(&source.text, &source.filename)?;
     let mut bases = BTreeMap::new();
     for image in df.base_images(&build_opts)? {
-        let cfg = images.image_config(&image).await?;
+        let cfg = match images.image_config(&image).await {
+            Ok(cfg) => cfg,
+            Err(source) => {
+                return Err(match df.base_image_hint(&image) {
+                    Some(hint) => FrontendError::ImageWithHint {
+                        source: Box::new(source),
+                        hint,
+                    },
+                    None => FrontendError::Image(source),
+                })
+            }
+        };
         bases.insert(image, cfg);
     }
     Ok(kiln_dockerfile::to_graph(&df, &build_opts, &bases)?)

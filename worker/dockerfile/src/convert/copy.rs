@@ -76,20 +76,24 @@ impl Converter<'_> {
             &st.config.working_dir
         };
         let mut dest = resolve_keep_slash(cwd, &dest_written);
-        if srcs.len() > 1 && !dest.ends_with('/') {
+        if srcs.len() + cp.contents.len() > 1 && !dest.ends_with('/') {
             dest.push('/');
         }
 
-        let source = match &cp.from {
-            Some(from) => self.source_edge(from, stage, line)?,
-            None => Some(self.context()?),
-        };
         let mut inputs = Inputs::default();
         let first_input = inputs.file_input(st.edge);
-        let secondary = inputs.file_input(source);
+        let secondary = if srcs.is_empty() {
+            FileInput::Scratch
+        } else {
+            let source = match &cp.from {
+                Some(from) => self.source_edge(from, stage, line)?,
+                None => Some(self.context()?),
+            };
+            inputs.file_input(source)
+        };
         let owner = chown.as_deref().map(chown_opt);
-        let n = srcs.len();
-        let actions = srcs
+        let n = srcs.len() + cp.contents.len();
+        let mut actions: Vec<FileAction> = srcs
             .iter()
             .enumerate()
             .map(|(k, src)| FileAction {
@@ -117,6 +121,42 @@ impl Converter<'_> {
                 }),
             })
             .collect();
+        // Heredoc sources: each body is written to a scratch file named
+        // after its delimiter, then copied like a file of the context.
+        for content in &cp.contents {
+            let data = if content.expand {
+                heredoc::expand(&content.data, &st.env).map_err(|m| self.file_err(line, m))?
+            } else {
+                content.data.clone()
+            };
+            let file = self.inline_document(&content.name, 0o644, data)?;
+            let k = actions.len();
+            let secondary = inputs.file_input(Some(file));
+            actions.push(FileAction {
+                input: if k == 0 {
+                    first_input
+                } else {
+                    FileInput::Action(k - 1)
+                },
+                secondary_input: Some(secondary),
+                output: (k + 1 == n).then_some(0),
+                action: FileActionKind::Copy(FileCopy {
+                    src: format!("/{}", content.name),
+                    dest: dest.clone(),
+                    owner: owner.clone(),
+                    mode,
+                    follow_symlink: false,
+                    dir_copy_contents: false,
+                    attempt_unpack_docker_compatibility: false,
+                    create_dest_path: true,
+                    allow_wildcard: false,
+                    allow_empty_wildcard: false,
+                    include_patterns: Vec::new(),
+                    exclude_patterns: excludes.clone(),
+                    timestamp: None,
+                }),
+            });
+        }
         self.add_step(st, progress, c, Op::File(FileOp { actions }), inputs)?;
 
         let mut msg = String::from(what);
@@ -129,6 +169,9 @@ impl Converter<'_> {
         for s in &srcs {
             msg.push(' ');
             msg.push_str(s);
+        }
+        for content in &cp.contents {
+            msg.push_str(&format!(" <<{}", content.name));
         }
         msg.push_str(&format!(" {dest_written} # buildkit"));
         st.config.history.push(history(msg, true));

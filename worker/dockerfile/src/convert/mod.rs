@@ -16,6 +16,7 @@
 //! byte for byte. Everything else (the converter, the per-stage dispatch and
 //! the metadata instructions) is here.
 
+use crate::heredoc;
 use crate::instructions::{
     ArgDecl, CmdLine, Command, Copy, Dockerfile, Instruction, KeyValue, MountKind, MountSpec, Run,
     Stage,
@@ -25,8 +26,8 @@ use crate::shell::{add_env, lookup, Lex};
 use crate::{BuildOptions, ParseError, Result};
 use kiln_solver::{
     CacheSharing, ChownOpt, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
-    FileMkDir, FileOp, Graph, HistoryEntry, ImageConfig, MergeOp, Meta, Mount, MountType, NetMode,
-    Op, SecurityMode, SourceLocation, SourceOp, UserOpt, Vertex, VertexId,
+    FileMkDir, FileMkFile, FileOp, Graph, HistoryEntry, ImageConfig, MergeOp, Meta, Mount,
+    MountType, NetMode, Op, SecurityMode, SourceLocation, SourceOp, UserOpt, Vertex, VertexId,
 };
 use std::collections::BTreeMap;
 
@@ -45,6 +46,9 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// `comment` of every history entry the frontend writes.
 pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+/// Where a `RUN <<EOF` script starting with `#!` is mounted (BuildKit's
+/// place for it).
+const PIPES_DIR: &str = "/dev/pipes";
 
 /// The result of [`to_graph`].
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +60,9 @@ pub struct Build {
     pub config: ImageConfig,
     /// Stages dispatched, in order: their name, or their index when unnamed.
     pub stages_built: Vec<String>,
+    /// Build check warnings (the Dockerfile's, see [`crate::lint`]), for
+    /// the frontend to report (`Rule: message (line N)`).
+    pub warnings: Vec<crate::parser::Warning>,
 }
 
 impl Dockerfile {
@@ -75,6 +82,32 @@ impl Dockerfile {
             }
         }
         Ok(out)
+    }
+}
+
+impl Dockerfile {
+    /// A "did you mean" for a base image that could not be resolved: the
+    /// stage name (or common image name) closest to the `FROM` word that
+    /// gave `reference`, as BuildKit suggests when a `FROM` names a stage
+    /// that is spelt wrong.
+    pub fn base_image_hint(&self, reference: &str) -> Option<String> {
+        let names: Vec<&str> = self
+            .stages
+            .iter()
+            .filter_map(|s| s.name.as_deref())
+            .collect();
+        let common: Vec<String> = [
+            "alpine", "busybox", "centos", "debian", "golang", "ubuntu", "fedora",
+        ]
+        .iter()
+        .flat_map(|n| [n.to_string(), format!("{n}:latest")])
+        .collect();
+        let mut options = names;
+        options.extend(common.iter().map(String::as_str));
+        self.stages
+            .iter()
+            .filter(|s| normalize(&s.base).ok().as_deref() == Some(reference))
+            .find_map(|s| crate::suggest::search(&s.base, &options, true))
     }
 }
 
@@ -126,11 +159,24 @@ pub fn to_graph(
             ignore_cache: opts.no_cache,
         })?,
     };
+    if df.check.error && !df.warnings.is_empty() {
+        let mut rules: Vec<&str> = Vec::new();
+        for w in &df.warnings {
+            if !rules.contains(&w.rule.as_str()) {
+                rules.push(&w.rule);
+            }
+        }
+        return Err(ParseError::Lint {
+            file: opts.filename.clone(),
+            rules: rules.join(", "),
+        });
+    }
     Ok(Build {
         graph: conv.graph,
         result,
         config: st.config,
         stages_built: conv.stages_built,
+        warnings: df.warnings.clone(),
     })
 }
 
@@ -267,7 +313,21 @@ impl Converter<'_> {
         op: Op,
         inputs: Inputs,
     ) -> Result<()> {
-        let name = progress.name(&self.display_name(c, &st.env));
+        self.add_step_named(st, progress, c, "", op, inputs)
+    }
+
+    /// [`Self::add_step`] with `suffix` after the instruction in the
+    /// vertex name (a heredoc's summary: `RUN <<EOF (echo hi...)`).
+    fn add_step_named(
+        &mut self,
+        st: &mut StageState,
+        progress: &mut Progress,
+        c: &Command,
+        suffix: &str,
+        op: Op,
+        inputs: Inputs,
+    ) -> Result<()> {
+        let name = progress.name(&format!("{}{suffix}", self.display_name(c, &st.env)));
         let v = self.add(Vertex {
             op,
             inputs: inputs.0,
@@ -297,6 +357,32 @@ impl Converter<'_> {
             vertex: v,
             output: 0,
         }
+    }
+
+    /// A file op on scratch writing one heredoc body to `/<name>`
+    /// (`[internal] preparing inline document`).
+    fn inline_document(&mut self, name: &str, mode: u32, data: String) -> Result<Edge> {
+        let v = self.add(Vertex {
+            op: Op::File(FileOp {
+                actions: vec![FileAction {
+                    input: FileInput::Scratch,
+                    secondary_input: None,
+                    output: Some(0),
+                    action: FileActionKind::MkFile(FileMkFile {
+                        path: format!("/{name}"),
+                        mode,
+                        data: data.into_bytes(),
+                        owner: None,
+                        timestamp: None,
+                    }),
+                }],
+            }),
+            inputs: Vec::new(),
+            name: "[internal] preparing inline document".into(),
+            location: None,
+            ignore_cache: self.opts.no_cache,
+        })?;
+        Ok(Self::edge(v))
     }
 
     /// The shared `local://<context>` source.

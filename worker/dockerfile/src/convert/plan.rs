@@ -134,8 +134,16 @@ impl Plan {
                 df.stages
                     .iter()
                     .position(|s| s.name.as_deref() == Some(&t))
-                    .ok_or_else(|| ParseError::TargetNotFound {
-                        target: opts.target.clone().unwrap_or_default(),
+                    .ok_or_else(|| {
+                        let target = opts.target.clone().unwrap_or_default();
+                        let names: Vec<&str> =
+                            df.stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                        ParseError::TargetNotFound {
+                            hint: crate::suggest::search(&target, &names, true)
+                                .map(|m| format!(" (did you mean {m}?)"))
+                                .unwrap_or_default(),
+                            target,
+                        }
                     })?
             }
         };

@@ -14,7 +14,52 @@ impl Converter<'_> {
         run: &Run,
     ) -> Result<()> {
         let line = c.line;
-        let args = with_shell(&st.config, &run.cmd);
+        let mut inputs = Inputs::default();
+        // The root filesystem is the exec's first input.
+        if let Some(e) = st.edge {
+            inputs.index(e);
+        }
+        let mut pipes: Option<Mount> = None;
+        let mut suffix = String::new();
+        let cmd = match (&run.cmd, run.heredocs.first()) {
+            (CmdLine::Shell(s), Some(first)) => match heredoc::parse_word(s) {
+                // The whole command is one heredoc: its body is the script.
+                Some(_) => {
+                    suffix = format!(" ({})", heredoc::summarize(&first.content));
+                    let data = if first.chomp {
+                        heredoc::chomp(&first.content)
+                    } else {
+                        first.content.clone()
+                    };
+                    if data.starts_with("#!") {
+                        let file = self.inline_document(&first.name, 0o755, data)?;
+                        pipes = Some(Mount {
+                            input: Some(inputs.index(file)),
+                            selector: String::new(),
+                            dest: PIPES_DIR.into(),
+                            output: None,
+                            readonly: true,
+                            mount_type: MountType::Bind,
+                        });
+                        CmdLine::Shell(format!("{PIPES_DIR}/{}", first.name))
+                    } else {
+                        CmdLine::Shell(data)
+                    }
+                }
+                // Anything else: the shell reads the heredocs itself.
+                None => {
+                    let mut script = s.clone();
+                    for h in &run.heredocs {
+                        script.push('\n');
+                        script.push_str(&h.content);
+                        script.push_str(&h.name);
+                    }
+                    CmdLine::Shell(script)
+                }
+            },
+            (cmd, _) => cmd.clone(),
+        };
+        let args = with_shell(&st.config, &cmd);
         let cwd = if st.config.working_dir.is_empty() {
             "/".to_string()
         } else {
@@ -33,7 +78,6 @@ impl Converter<'_> {
             Some("insecure") => SecurityMode::Insecure,
             Some(s) => return Err(self.file_err(line, format!("unsupported security mode: {s}"))),
         };
-        let mut inputs = Inputs::default();
         let mut mounts = vec![Mount {
             input: st.edge.map(|e| inputs.index(e)),
             selector: String::new(),
@@ -42,6 +86,7 @@ impl Converter<'_> {
             readonly: false,
             mount_type: MountType::Bind,
         }];
+        mounts.extend(pipes);
         let mut secret_env = Vec::new();
         for m in &run.mounts {
             if m.kind == Some(MountKind::Secret) {
@@ -52,10 +97,11 @@ impl Converter<'_> {
             }
             mounts.push(self.run_mount(stage, st, &cwd, m, &mut inputs, line)?);
         }
-        self.add_step(
+        self.add_step_named(
             st,
             progress,
             c,
+            &suffix,
             Op::Exec(ExecOp {
                 meta: Meta {
                     args: args.clone(),

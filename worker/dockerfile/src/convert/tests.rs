@@ -345,7 +345,7 @@ fn target_selects_stage_and_its_deps_only() {
     check_with(
         MULTI,
         &o,
-        "error: target stage \"bulid\" could not be found",
+        "error: target stage \"bulid\" could not be found (did you mean build?)",
     );
 }
 
@@ -880,4 +880,44 @@ fn hostile_dockerfiles_are_bounded_errors() {
         ),
         "error: Dockerfile:1: variable substitution nested deeper than 64 levels",
     );
+}
+
+#[test]
+fn check_error_true_fails_on_warnings() {
+    check(
+        "# check=error=true\nFROM busybox AS Build\nCMD echo hi\n",
+        "error: Dockerfile: lint violation found for rules: StageNameCasing, JSONArgsRecommended",
+    );
+    let df = crate::parse(
+        "# check=skip=StageNameCasing\nFROM busybox AS Build\nCMD echo hi\n",
+        "Dockerfile",
+    )
+    .expect("parses");
+    let bases = [(
+        "docker.io/library/busybox:latest".to_string(),
+        kiln_solver::ImageConfig::default(),
+    )]
+    .into_iter()
+    .collect();
+    let b = to_graph(&df, &BuildOptions::default(), &bases).expect("builds");
+    let got: Vec<String> = b.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        got,
+        vec!["JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 3)"]
+    );
+}
+
+#[test]
+fn misspelt_stage_in_from_gets_a_hint() {
+    let df = crate::parse(
+        "FROM busybox AS build\nRUN true\nFROM bulid\n",
+        "Dockerfile",
+    )
+    .expect("parses");
+    assert_eq!(
+        df.base_image_hint("docker.io/library/bulid:latest")
+            .as_deref(),
+        Some("build")
+    );
+    assert_eq!(df.base_image_hint("docker.io/library/busybox:latest"), None);
 }

@@ -1,0 +1,315 @@
+//! Build checks that need only the parse tree, after BuildKit's
+//! `frontend/dockerfile/linter` rules (names and texts are BuildKit's):
+//! StageNameCasing, FromAsCasing, ConsistentInstructionCasing,
+//! ReservedStageName, JSONArgsRecommended, MaintainerDeprecated,
+//! NoEmptyContinuation, MultipleInstructionsDisallowed,
+//! LegacyKeyValueFormat, WorkdirRelativePath and ExposeProtoCasing.
+//!
+//! Warnings are data: [`crate::Dockerfile::warnings`] holds those the
+//! `# check=` directive does not skip, the frontend prints them, and
+//! [`crate::to_graph`] fails with `lint violation found for rules: ...` when
+//! the directive says `error=true`.
+
+use crate::directives::CheckConfig;
+use crate::parser::{extract_flags, Node, Warning};
+
+/// Rules BuildKit checks over the whole file, which a comment above one
+/// instruction does not scope.
+const GLOBAL_RULES: [&str; 3] = [
+    "ConsistentInstructionCasing",
+    "ReservedStageName",
+    "NoEmptyContinuation",
+];
+
+/// Stage names BuildKit reserves.
+const RESERVED_STAGE_NAMES: [&str; 2] = ["context", "scratch"];
+
+fn warn(out: &mut Vec<Warning>, rule: &str, line: usize, message: String) {
+    out.push(Warning {
+        rule: rule.to_string(),
+        message,
+        line,
+    });
+}
+
+fn is_consistent(s: &str) -> bool {
+    s == s.to_lowercase() || s == s.to_uppercase()
+}
+
+/// Per-stage state of the rules that look back within a stage.
+#[derive(Default)]
+struct StageLint {
+    name: Option<String>,
+    /// `SHELL` set in this stage or an in-file parent.
+    shell_set: bool,
+    workdir_set: bool,
+    /// Line of the last CMD / ENTRYPOINT / HEALTHCHECK.
+    last: [Option<usize>; 3],
+}
+
+/// Runs the rules over the logical lines of a file; `parser_warnings` are
+/// those the parser found (NoEmptyContinuation). Only rules `check` enables
+/// are kept, in line order.
+pub fn run(nodes: &[Node], parser_warnings: &[Warning], check: &CheckConfig) -> Vec<Warning> {
+    let mut out: Vec<Warning> = parser_warnings.to_vec();
+
+    // ConsistentInstructionCasing: the majority over FROM lines and the
+    // instructions of stages (global ARGs do not count).
+    let first_from = nodes.iter().position(|n| n.keyword == "from");
+    let in_stages = first_from.map_or(&nodes[..0], |i| &nodes[i..]);
+    let (mut lower, mut upper) = (0, 0);
+    for n in in_stages.iter().filter(|n| is_consistent(&n.word)) {
+        if n.word == n.word.to_lowercase() {
+            lower += 1;
+        } else {
+            upper += 1;
+        }
+    }
+    let majority_lower = lower > upper;
+    for n in in_stages {
+        let wrong = if majority_lower {
+            (n.word != n.word.to_lowercase()).then_some("lowercase")
+        } else {
+            (n.word != n.word.to_uppercase()).then_some("uppercase")
+        };
+        if let Some(casing) = wrong {
+            warn(
+                &mut out,
+                "ConsistentInstructionCasing",
+                n.line,
+                format!(
+                    "Command '{}' should match the case of the command majority ({casing})",
+                    n.word
+                ),
+            );
+        }
+    }
+
+    let mut stages: Vec<StageLint> = Vec::new();
+    for n in nodes {
+        if n.keyword == "from" {
+            stages.push(from_rules(n, &stages, &mut out));
+            continue;
+        }
+        let Some(stage) = stages.last_mut() else {
+            continue;
+        };
+        let (_, args) = extract_flags(&n.rest);
+        let exec_form = crate::parser::is_json_array(args);
+        match n.keyword.as_str() {
+            "shell" => stage.shell_set = true,
+            "maintainer" => warn(
+                &mut out,
+                "MaintainerDeprecated",
+                n.line,
+                "Maintainer instruction is deprecated in favor of using label".into(),
+            ),
+            "cmd" | "entrypoint" | "healthcheck" => {
+                let slot = match n.keyword.as_str() {
+                    "cmd" => 0,
+                    "entrypoint" => 1,
+                    _ => 2,
+                };
+                if let Some(prev) = stage.last[slot] {
+                    // The earlier one is reported: it is the one ignored.
+                    warn(
+                        &mut out,
+                        "MultipleInstructionsDisallowed",
+                        prev,
+                        format!(
+                            "Multiple {} instructions should not be used in the same stage because only the last one will be used",
+                            n.word
+                        ),
+                    );
+                }
+                stage.last[slot] = Some(n.line);
+                if slot < 2 && !exec_form && !stage.shell_set {
+                    warn(
+                        &mut out,
+                        "JSONArgsRecommended",
+                        n.line,
+                        format!(
+                            "JSON arguments recommended for {} to prevent unintended behavior related to OS signals",
+                            n.word
+                        ),
+                    );
+                }
+            }
+            "env" | "label" => {
+                let first = args.split_whitespace().next().unwrap_or_default();
+                if !first.is_empty() && !first.contains('=') {
+                    warn(
+                        &mut out,
+                        "LegacyKeyValueFormat",
+                        n.line,
+                        format!(
+                            "\"{0} key=value\" should be used instead of legacy \"{0} key value\" format",
+                            n.word
+                        ),
+                    );
+                }
+            }
+            "workdir" => {
+                let path = args.trim();
+                if !stage.workdir_set && !path.starts_with('/') && !path.starts_with('$') {
+                    warn(
+                        &mut out,
+                        "WorkdirRelativePath",
+                        n.line,
+                        format!(
+                            "Relative workdir {path:?} can have unexpected results if the base image changes"
+                        ),
+                    );
+                }
+                stage.workdir_set = true;
+            }
+            "expose" => {
+                for port in args.split_whitespace() {
+                    if let Some((_, proto)) = port.rsplit_once('/') {
+                        if proto != proto.to_lowercase() {
+                            warn(
+                                &mut out,
+                                "ExposeProtoCasing",
+                                n.line,
+                                format!(
+                                    "Defined protocol '{port}' in EXPOSE instruction should be lowercase"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out.retain(|w| check.enabled(&w.rule));
+    // `# check=skip=Rule` right above an instruction skips its warnings.
+    for n in nodes {
+        for c in &n.comments {
+            let Some(value) = c.strip_prefix("check").map(str::trim_start) else {
+                continue;
+            };
+            let Some(value) = value.strip_prefix('=') else {
+                continue;
+            };
+            let value = value.trim().split(' ').next().unwrap_or_default();
+            if let Ok(local) = CheckConfig::parse(value) {
+                out.retain(|w| {
+                    w.line < n.line
+                        || w.line > n.end_line
+                        || GLOBAL_RULES.contains(&w.rule.as_str())
+                        || local.enabled(&w.rule)
+                });
+            }
+        }
+    }
+    out.sort_by_key(|w| w.line);
+    out
+}
+
+/// The rules of a `FROM` line; returns the new stage's state.
+fn from_rules(n: &Node, stages: &[StageLint], out: &mut Vec<Warning>) -> StageLint {
+    let (_, args) = extract_flags(&n.rest);
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let mut stage = StageLint::default();
+    if let [base, as_kw, name] = words.as_slice() {
+        if *name != name.to_lowercase() {
+            warn(
+                out,
+                "StageNameCasing",
+                n.line,
+                format!("Stage name '{name}' should be lowercase"),
+            );
+        }
+        let from_lower = n.word == n.word.to_lowercase();
+        let as_matches = if from_lower {
+            *as_kw == as_kw.to_lowercase()
+        } else {
+            *as_kw == as_kw.to_uppercase()
+        };
+        if !as_matches {
+            warn(
+                out,
+                "FromAsCasing",
+                n.line,
+                format!("'{as_kw}' and '{}' keywords' casing do not match", n.word),
+            );
+        }
+        let lower = name.to_lowercase();
+        if RESERVED_STAGE_NAMES.contains(&lower.as_str()) {
+            warn(
+                out,
+                "ReservedStageName",
+                n.line,
+                format!("Stage name should not use the same name as reserved stage {lower:?}"),
+            );
+        }
+        stage.name = Some(lower);
+        // A stage built on an earlier one inherits its SHELL.
+        let base = base.to_lowercase();
+        if let Some(parent) = stages.iter().find(|s| s.name.as_deref() == Some(&base)) {
+            stage.shell_set = parent.shell_set;
+        }
+    } else if let [base] = words.as_slice() {
+        let base = base.to_lowercase();
+        if let Some(parent) = stages.iter().find(|s| s.name.as_deref() == Some(&base)) {
+            stage.shell_set = parent.shell_set;
+        }
+    }
+    stage
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parse;
+
+    fn warnings(src: &str) -> String {
+        match parse(src, "Dockerfile") {
+            Ok(df) => df
+                .warnings
+                .iter()
+                .map(|w| format!("{w}\n"))
+                .collect::<String>(),
+            Err(e) => format!("error: {e}\n"),
+        }
+    }
+
+    #[test]
+    fn parse_tree_rules() {
+        let src = "FROM busybox as Build\nMAINTAINER me\nENV A 1\nLABEL b=2\nWORKDIR app\nWORKDIR sub\nCMD echo a\nCMD [\"b\"]\nEXPOSE 80/TCP 81/udp\nrun true\nFROM Build AS scratch\nENTRYPOINT run\nRUN a \\\n\n  b\n";
+        assert_eq!(
+            warnings(src),
+            "StageNameCasing: Stage name 'Build' should be lowercase (line 1)\n\
+             FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)\n\
+             MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 2)\n\
+             LegacyKeyValueFormat: \"ENV key=value\" should be used instead of legacy \"ENV key value\" format (line 3)\n\
+             WorkdirRelativePath: Relative workdir \"app\" can have unexpected results if the base image changes (line 5)\n\
+             JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 7)\n\
+             MultipleInstructionsDisallowed: Multiple CMD instructions should not be used in the same stage because only the last one will be used (line 7)\n\
+             ExposeProtoCasing: Defined protocol '80/TCP' in EXPOSE instruction should be lowercase (line 9)\n\
+             ConsistentInstructionCasing: Command 'run' should match the case of the command majority (uppercase) (line 10)\n\
+             ReservedStageName: Stage name should not use the same name as reserved stage \"scratch\" (line 11)\n\
+             JSONArgsRecommended: JSON arguments recommended for ENTRYPOINT to prevent unintended behavior related to OS signals (line 12)\n\
+             NoEmptyContinuation: Empty continuation line (line 15)\n"
+        );
+    }
+
+    #[test]
+    fn check_directive_skips_rules() {
+        assert_eq!(
+            warnings("# check=skip=JSONArgsRecommended,MaintainerDeprecated\nFROM busybox\nMAINTAINER x\nCMD a\n"),
+            ""
+        );
+        assert_eq!(warnings("# check=skip=all\nFROM a AS B\n"), "");
+        // A check comment right above an instruction scopes to it.
+        assert_eq!(
+            warnings("FROM busybox\n# check=skip=JSONArgsRecommended\nCMD a\n\nENTRYPOINT b\n"),
+            "JSONArgsRecommended: JSON arguments recommended for ENTRYPOINT to prevent unintended behavior related to OS signals (line 5)\n"
+        );
+        // SHELL set (here or in the parent stage) silences JSONArgsRecommended.
+        assert_eq!(
+            warnings("FROM a AS p\nSHELL [\"/bin/bash\", \"-c\"]\nFROM p\nCMD x\n"),
+            ""
+        );
+    }
+}
