@@ -17,6 +17,7 @@
 
 pub mod convert;
 pub mod instructions;
+pub mod metadata;
 pub mod parser;
 pub mod shell;
 

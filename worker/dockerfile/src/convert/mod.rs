@@ -36,6 +36,8 @@ mod plan;
 mod run;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_metadata;
 
 use gocompat::*;
 use plan::*;
@@ -379,9 +381,24 @@ impl Converter<'_> {
     fn dispatch_stage_inner(&mut self, i: usize) -> Result<StageState> {
         let df = self.df;
         let stage: &Stage = &df.stages[i];
-        let total = stage
-            .commands
+        // ONBUILD triggers of the base (an image's `OnBuild`, or the
+        // parent stage's own ONBUILD lines) run first, in order.
+        let triggers = match &self.plan.stages[i].base {
+            Base::Stage(j) => self.states[*j]
+                .as_ref()
+                .map(|s| s.config.on_build.clone())
+                .unwrap_or_default(),
+            Base::Image(r) => self
+                .bases
+                .get(r)
+                .map(|c| c.on_build.clone())
+                .unwrap_or_default(),
+            Base::Scratch => Vec::new(),
+        };
+        let triggers = self.onbuild_commands(&triggers, stage.line)?;
+        let total = triggers
             .iter()
+            .chain(&stage.commands)
             .filter(|c| {
                 matches!(
                     c.instruction,
@@ -433,10 +450,41 @@ impl Converter<'_> {
                 self.new_state(Some(Self::edge(v)), config)
             }
         };
-        for c in &stage.commands {
+        // The triggers are consumed: the result keeps only this stage's
+        // own ONBUILD lines.
+        st.config.on_build.clear();
+        for c in triggers.iter().chain(&stage.commands) {
             self.dispatch(i, &mut st, &mut progress, c)?;
         }
         Ok(st)
+    }
+
+    /// Parses ONBUILD triggers as Dockerfile lines (with the default
+    /// escape, as BuildKit does), located at the stage's `FROM` line and
+    /// named `ONBUILD <trigger>` in progress.
+    fn onbuild_commands(&self, triggers: &[String], line: usize) -> Result<Vec<Command>> {
+        let file = &self.opts.filename;
+        let mut out = Vec::with_capacity(triggers.len());
+        for t in triggers {
+            let df = crate::instructions::parse(&format!("FROM scratch\n{t}\n"), file)
+                .map_err(|e| at_line(e, line))?;
+            let [stage] = df.stages.as_slice() else {
+                return Err(
+                    self.file_err(line, "onbuild trigger should be a single expression".into())
+                );
+            };
+            let [c] = stage.commands.as_slice() else {
+                return Err(
+                    self.file_err(line, "onbuild trigger should be a single expression".into())
+                );
+            };
+            out.push(Command {
+                line,
+                original: format!("ONBUILD {}", c.original),
+                instruction: c.instruction.clone(),
+            });
+        }
+        Ok(out)
     }
 
     fn new_state(&self, edge: Option<Edge>, mut config: ImageConfig) -> StageState {
@@ -589,6 +637,8 @@ impl Converter<'_> {
                     .history
                     .push(history(format!("CMD {}", go_quote_list(&args)), false));
                 st.config.cmd = Some(args);
+                // As BuildKit, whatever the form.
+                st.config.args_escaped = true;
                 st.cmd_set = true;
             }
             Instruction::Entrypoint(cmd) => {
@@ -606,7 +656,16 @@ impl Converter<'_> {
                 st.config
                     .history
                     .push(history(format!("MAINTAINER {m}"), false));
+                st.config.author = m.clone();
             }
+            Instruction::Healthcheck(h) => {
+                st.config
+                    .history
+                    .push(history(crate::metadata::healthcheck_history(h), false));
+                st.config.healthcheck = Some(h.clone());
+            }
+            // BuildKit writes no history entry for ONBUILD.
+            Instruction::Onbuild(trigger) => st.config.on_build.push(trigger.clone()),
             Instruction::Run(run) => self.dispatch_run(stage, st, progress, c, run)?,
             Instruction::Copy(cp) => self.dispatch_copy(stage, st, progress, c, cp)?,
         }
@@ -664,6 +723,40 @@ impl Converter<'_> {
             .history
             .push(history(format!("ARG {}", shown.join(" ")), false));
         Ok(())
+    }
+}
+
+/// An error of a parsed ONBUILD trigger, moved to the line of the `FROM`
+/// that ran it.
+fn at_line(e: ParseError, at: usize) -> ParseError {
+    match e {
+        ParseError::UnknownInstruction { file, word, .. } => ParseError::UnknownInstruction {
+            file,
+            line: at,
+            word,
+        },
+        ParseError::UnknownFlag { file, flag, .. } => ParseError::UnknownFlag {
+            file,
+            line: at,
+            flag,
+        },
+        ParseError::Heredoc { file, .. } => ParseError::Heredoc { file, line: at },
+        ParseError::Unsupported { file, feature, .. } => ParseError::Unsupported {
+            file,
+            line: at,
+            feature,
+        },
+        ParseError::Invalid { file, message, .. } => ParseError::Invalid {
+            file,
+            line: at,
+            message,
+        },
+        ParseError::Reference { file, err, .. } => ParseError::Reference {
+            file,
+            line: at,
+            err,
+        },
+        other => other,
     }
 }
 

@@ -1,0 +1,199 @@
+//! HEALTHCHECK, ONBUILD, MAINTAINER and CMD's config fields, and the
+//! fields of a base image config the result keeps.
+
+use super::*;
+use crate::parse;
+
+/// Converts `src` with every base image given `base`.
+fn build_with(src: &str, base: &ImageConfig) -> Result<Build> {
+    let opts = BuildOptions::default();
+    let df = parse(src, &opts.filename)?;
+    let bases = df
+        .base_images(&opts)?
+        .into_iter()
+        .map(|r| (r, base.clone()))
+        .collect();
+    to_graph(&df, &opts, &bases)
+}
+
+fn names(b: &Build) -> Vec<String> {
+    b.graph
+        .needed_for(b.result)
+        .iter()
+        .map(|id| b.graph.vertex(*id).name.clone())
+        .collect()
+}
+
+fn created_by(c: &ImageConfig) -> Vec<&str> {
+    c.history.iter().map(|h| h.created_by.as_str()).collect()
+}
+
+#[test]
+fn base_fields_are_kept_and_its_triggers_run_after_from() {
+    let base = ImageConfig {
+        env: vec!["PATH=/bin".into()],
+        healthcheck: Some(kiln_solver::Healthcheck {
+            test: vec!["CMD-SHELL".into(), "true".into()],
+            interval: 5_000_000_000,
+            ..Default::default()
+        }),
+        on_build: vec!["RUN echo one".into(), "ENV FROM_TRIGGER=yes".into()],
+        args_escaped: true,
+        author: "base author".into(),
+        variant: "v8".into(),
+        os_version: "1.0".into(),
+        os_features: vec!["f".into()],
+        ..Default::default()
+    };
+    let b = build_with("FROM img\nRUN echo two\n", &base).expect("builds");
+    // The triggers come first, named ONBUILD, located at the FROM line.
+    assert_eq!(
+        names(&b),
+        [
+            "[1/3] FROM docker.io/library/img:latest",
+            "[2/3] ONBUILD RUN echo one",
+            "[3/3] RUN echo two"
+        ]
+    );
+    let run = b.graph.vertex(VertexId(1));
+    assert_eq!(run.location.as_ref().map(|l| l.line), Some(1));
+    let Op::Exec(e) = &b.graph.vertex(b.result).op else {
+        panic!("the result is the second RUN");
+    };
+    assert!(e.meta.env.contains(&"FROM_TRIGGER=yes".to_string()));
+    let c = &b.config;
+    assert_eq!(
+        created_by(c),
+        [
+            "RUN /bin/sh -c echo one # buildkit",
+            "ENV FROM_TRIGGER=yes",
+            "RUN /bin/sh -c echo two # buildkit"
+        ]
+    );
+    // Consumed triggers are not passed on; everything else is.
+    assert!(c.on_build.is_empty());
+    assert_eq!(c.healthcheck, base.healthcheck);
+    assert!(c.args_escaped);
+    assert_eq!(
+        (c.author.as_str(), c.variant.as_str(), c.os_version.as_str()),
+        ("base author", "v8", "1.0")
+    );
+    assert_eq!(c.os_features, ["f"]);
+}
+
+#[test]
+fn a_bad_base_trigger_fails_at_the_from_line() {
+    for (trigger, want) in [
+        ("NOPE x", "Dockerfile:2: unknown instruction: NOPE"),
+        (
+            "COPY x",
+            "Dockerfile:2: COPY requires at least two arguments",
+        ),
+        (
+            "",
+            "Dockerfile:2: onbuild trigger should be a single expression",
+        ),
+    ] {
+        let base = ImageConfig {
+            on_build: vec![trigger.into()],
+            ..Default::default()
+        };
+        let err = build_with("ARG A\nFROM img\n", &base).expect_err(trigger);
+        assert!(err.to_string().starts_with(want), "{trigger}: {err}");
+    }
+}
+
+#[test]
+fn onbuild_is_stored_and_runs_in_child_stages_only() {
+    let src =
+        "FROM img AS parent\nONBUILD RUN echo child\nONBUILD LABEL from=trigger\nRUN echo parent\n\
+               FROM parent AS child\nRUN echo after\n";
+    // The parent stage as target keeps its triggers in OnBuild and has no
+    // history entry for them.
+    let df = parse(src, "Dockerfile").expect("parses");
+    let opts = BuildOptions {
+        target: Some("parent".into()),
+        ..BuildOptions::default()
+    };
+    let bases = df
+        .base_images(&opts)
+        .expect("bases")
+        .into_iter()
+        .map(|r| (r, ImageConfig::default()))
+        .collect();
+    let p = to_graph(&df, &opts, &bases).expect("builds");
+    assert_eq!(p.config.on_build, ["RUN echo child", "LABEL from=trigger"]);
+    assert_eq!(
+        created_by(&p.config),
+        ["RUN /bin/sh -c echo parent # buildkit"]
+    );
+    assert!(p.config.labels.is_empty());
+    // The child runs them right after its FROM and does not pass them on.
+    let c = build_with(src, &ImageConfig::default()).expect("builds");
+    assert!(c.config.on_build.is_empty());
+    assert_eq!(
+        created_by(&c.config),
+        [
+            "RUN /bin/sh -c echo parent # buildkit",
+            "RUN /bin/sh -c echo child # buildkit",
+            "LABEL from=trigger",
+            "RUN /bin/sh -c echo after # buildkit"
+        ]
+    );
+    assert_eq!(
+        c.config.labels.get("from").map(String::as_str),
+        Some("trigger")
+    );
+    assert_eq!(
+        names(&c),
+        [
+            "[parent 1/2] FROM docker.io/library/img:latest",
+            "[parent 2/2] RUN echo parent",
+            "[child 1/2] ONBUILD RUN echo child",
+            "[child 2/2] RUN echo after"
+        ]
+    );
+}
+
+#[test]
+fn healthcheck_maintainer_and_cmd_set_config() {
+    let src = "FROM img\nMAINTAINER Jane <j@example.com>\n\
+               HEALTHCHECK --interval=30s --retries=3 CMD wget -q localhost || exit 1\n\
+               CMD [\"sh\"]\n";
+    let b = build_with(src, &ImageConfig::default()).expect("builds");
+    let c = &b.config;
+    assert_eq!(c.author, "Jane <j@example.com>");
+    assert!(c.args_escaped);
+    assert_eq!(
+        c.healthcheck,
+        Some(kiln_solver::Healthcheck {
+            test: vec!["CMD-SHELL".into(), "wget -q localhost || exit 1".into()],
+            interval: 30_000_000_000,
+            retries: 3,
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        created_by(c),
+        [
+            "MAINTAINER Jane <j@example.com>",
+            "HEALTHCHECK {Test:[CMD-SHELL wget -q localhost || exit 1] Interval:30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}",
+            "CMD [\"sh\"]"
+        ]
+    );
+    assert!(c.history.iter().all(|h| h.empty_layer));
+    // HEALTHCHECK NONE replaces an inherited check.
+    let base = ImageConfig {
+        healthcheck: c.healthcheck.clone(),
+        ..Default::default()
+    };
+    let none = build_with("FROM img\nHEALTHCHECK NONE\n", &base).expect("builds");
+    assert_eq!(
+        none.config.healthcheck.map(|h| h.test),
+        Some(vec!["NONE".to_string()])
+    );
+    // No CMD, no ArgsEscaped of our own.
+    let plain =
+        build_with("FROM img\nENTRYPOINT [\"a\"]\n", &ImageConfig::default()).expect("builds");
+    assert!(!plain.config.args_escaped);
+}
