@@ -578,8 +578,13 @@ impl Converter<'_> {
                     .push(history(format!("WORKDIR {wd}"), layer));
             }
             Instruction::Expose(ports) => {
+                // BuildKit sorts the words as written, then expands and
+                // parses them in that order; its history lists every port
+                // of that walk, duplicates included.
+                let mut raw: Vec<&String> = ports.iter().collect();
+                raw.sort();
                 let mut specs = Vec::new();
-                for p in ports {
+                for p in raw {
                     let words = self
                         .lex
                         .process_words(p, &st.env)
@@ -588,8 +593,6 @@ impl Converter<'_> {
                         specs.extend(parse_ports(&w).map_err(|m| self.file_err(line, m))?);
                     }
                 }
-                specs.sort();
-                specs.dedup();
                 // Current BuildKit prints the parsed port list (a Go slice).
                 st.config
                     .history

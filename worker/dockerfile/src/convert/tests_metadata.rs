@@ -197,3 +197,50 @@ fn healthcheck_maintainer_and_cmd_set_config() {
         build_with("FROM img\nENTRYPOINT [\"a\"]\n", &ImageConfig::default()).expect("builds");
     assert!(!plain.config.args_escaped);
 }
+
+#[test]
+fn expose_words_as_buildkit_reads_them() {
+    let ok = |w: &str| parse_ports(w).unwrap_or_else(|e| panic!("{w}: {e}"));
+    assert_eq!(ok("80"), ["80/tcp"]);
+    assert_eq!(ok("53/UDP"), ["53/udp"]);
+    assert_eq!(
+        ok("9000-9002/sctp"),
+        ["9000/sctp", "9001/sctp", "9002/sctp"]
+    );
+    assert_eq!(ok("8080:80"), ["80/tcp"]);
+    assert_eq!(ok("127.0.0.1:8080:80/udp"), ["80/udp"]);
+    assert_eq!(ok("[::1]:8080:80"), ["80/tcp"]);
+    assert_eq!(ok("5-5"), ["5/tcp"]);
+    let err = |w: &str| parse_ports(w).expect_err(w);
+    assert_eq!(
+        err("80/foo"),
+        "invalid port: \"80/foo\": invalid proto: foo"
+    );
+    assert_eq!(err("/tcp"), "invalid port: \"/tcp\": no port specified");
+    assert_eq!(err("abc"), "invalid containerPort: abc");
+    assert_eq!(err("70000"), "invalid containerPort: 70000");
+    assert_eq!(err("9-8"), "invalid containerPort: 9-8");
+    assert_eq!(err("x:80"), "invalid hostPort: x");
+    assert_eq!(err("nope:1:80"), "invalid IP address: nope");
+    assert_eq!(
+        err("1-3:5-6"),
+        "invalid ranges specified for container and host Ports: 5-6 and 1-3"
+    );
+}
+
+#[test]
+fn expose_history_follows_the_sorted_words() {
+    let b = build_with(
+        "FROM img\nEXPOSE 9 10 80/udp 80 80\n",
+        &ImageConfig::default(),
+    )
+    .expect("builds");
+    assert_eq!(
+        created_by(&b.config),
+        ["EXPOSE [10/tcp 80/tcp 80/tcp 80/udp 9/tcp]"]
+    );
+    assert_eq!(
+        b.config.exposed_ports,
+        ["10/tcp", "80/tcp", "80/udp", "9/tcp"]
+    );
+}
