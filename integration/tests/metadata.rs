@@ -44,11 +44,8 @@ async fn base_healthcheck_and_onbuild_reach_and_run_in_the_child() {
     let h = Harness::with_busybox(ns).await;
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
     let base_ctx = h.context("meta-base", &[("Dockerfile", BASE)]);
-    h.build(
-        ns,
-        &["-t", "meta-base:1", base_ctx.to_str().expect("utf8")],
-    )
-    .ok();
+    h.build(ns, &["-t", "meta-base:1", base_ctx.to_str().expect("utf8")])
+        .ok();
 
     let base = image_config(&h, ns, "docker.io/library/meta-base:1");
     let healthcheck = json!({
@@ -69,10 +66,7 @@ async fn base_healthcheck_and_onbuild_reach_and_run_in_the_child() {
     );
     assert_eq!(base["author"], "Jane Doe <jane@example.com>");
     assert_eq!(base["config"]["ArgsEscaped"], true);
-    assert_eq!(
-        base["config"]["Cmd"],
-        json!(["/bin/sh", "-c", "echo base"])
-    );
+    assert_eq!(base["config"]["Cmd"], json!(["/bin/sh", "-c", "echo base"]));
     let history = created_by(&base);
     assert!(
         history.ends_with(&[
@@ -120,5 +114,49 @@ async fn base_healthcheck_and_onbuild_reach_and_run_in_the_child() {
             ]),
             "{tag}: {history:?}"
         );
+    }
+}
+
+/// SOURCE_DATE_EPOCH dates the image and this build's history, so two
+/// builds of the same inputs (even without the cache) give the same
+/// manifest; the base's history keeps its own times.
+#[tokio::test]
+async fn source_date_epoch_makes_rebuilds_identical() {
+    let ns = "meta-sde";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
+        "meta-sde",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nENV A=1\nCOPY f.txt /f.txt\nCMD [\"cat\", \"/f.txt\"]\n",
+            ),
+            ("f.txt", "same\n"),
+        ],
+    );
+    let c = ctx.to_str().expect("utf8");
+    let mut manifests = Vec::new();
+    for tag in ["sde:1", "sde:2"] {
+        h.build(
+            ns,
+            &[
+                "--no-cache",
+                "--build-arg",
+                "SOURCE_DATE_EPOCH=1700000000",
+                "-t",
+                tag,
+                c,
+            ],
+        )
+        .ok();
+        manifests.push(h.manifest(ns, &format!("docker.io/library/{tag}")));
+    }
+    assert_eq!(manifests[0], manifests[1]);
+    let cfg = image_config(&h, ns, "docker.io/library/sde:1");
+    assert_eq!(cfg["created"], "2023-11-14T22:13:20Z");
+    let history = cfg["history"].as_array().expect("history");
+    assert_ne!(history[0]["created"], "2023-11-14T22:13:20Z", "base entry");
+    for e in &history[1..] {
+        assert_eq!(e["created"], "2023-11-14T22:13:20Z", "{e}");
     }
 }

@@ -546,6 +546,13 @@ fn frontend_attrs(
     for (k, v) in key_values(&args.build_args, true, "build-arg")? {
         attrs.insert(format!("build-arg:{k}"), v);
     }
+    // As buildx: SOURCE_DATE_EPOCH in the client's environment is a build
+    // argument unless one is given.
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        attrs
+            .entry("build-arg:SOURCE_DATE_EPOCH".into())
+            .or_insert(v);
+    }
     for (k, v) in key_values(&args.labels, false, "label")? {
         attrs.insert(format!("label:{k}"), v);
     }

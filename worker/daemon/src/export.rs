@@ -16,7 +16,19 @@ use tonic::Status;
 const FILE_SEND: &str = "/moby.filesync.v1.FileSend/DiffCopy";
 
 /// The layer compression the exporters ask for (gzip by default).
+/// Also refuses, before the build, the exporter options kiln does not
+/// implement yet.
 pub fn compression(exporters: &[Exporter]) -> Result<Compression, Status> {
+    for e in exporters {
+        if e.attrs
+            .get("rewrite-timestamp")
+            .is_some_and(|v| v != "false")
+        {
+            return Err(Status::unimplemented(
+                "exporter option rewrite-timestamp is not supported yet",
+            ));
+        }
+    }
     for e in exporters {
         if let Some(c) = e.attrs.get("compression") {
             return c

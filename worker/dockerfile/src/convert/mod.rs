@@ -88,7 +88,9 @@ pub fn to_graph(
     bases: &BTreeMap<String, ImageConfig>,
 ) -> Result<Build> {
     let plan = Plan::new(df, opts)?;
+    let epoch = source_date_epoch(df, opts, &plan)?;
     let mut conv = Converter {
+        epoch,
         df,
         opts,
         bases,
@@ -116,6 +118,14 @@ pub fn to_graph(
     };
     for (k, v) in &opts.labels {
         st.config.labels.insert(k.clone(), v.clone());
+    }
+    // SOURCE_DATE_EPOCH dates this build's history entries (base entries
+    // keep theirs), so the exporter's `created` is the epoch too.
+    if let Some(e) = epoch {
+        let t = rfc3339_utc(e);
+        for h in st.config.history.iter_mut().filter(|h| h.created.is_none()) {
+            h.created = Some(t.clone());
+        }
     }
     let result = match st.edge {
         Some(e) => e.vertex,
@@ -151,6 +161,8 @@ struct StageState {
 }
 
 struct Converter<'a> {
+    /// `SOURCE_DATE_EPOCH` in seconds, when set.
+    epoch: Option<i64>,
     df: &'a Dockerfile,
     opts: &'a BuildOptions,
     bases: &'a BTreeMap<String, ImageConfig>,
@@ -566,7 +578,9 @@ impl Converter<'_> {
                                     mode: 0o755,
                                     make_parents: true,
                                     owner,
-                                    timestamp: None,
+                                    // As BuildKit 1.16: the epoch dates
+                                    // the directories WORKDIR creates.
+                                    timestamp: self.epoch.map(|e| e.saturating_mul(1_000_000_000)),
                                 }),
                             }],
                         }),
@@ -727,6 +741,55 @@ impl Converter<'_> {
             .push(history(format!("ARG {}", shown.join(" ")), false));
         Ok(())
     }
+}
+
+/// `SOURCE_DATE_EPOCH` from `--build-arg` or a global `ARG` default:
+/// seconds since the epoch; empty is unset, and `context` is unset too
+/// (BuildKit's value for a local context). Other BuildKit forms (a stage or
+/// named context) are refused before the build.
+fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Result<Option<i64>> {
+    const KEY: &str = "SOURCE_DATE_EPOCH";
+    let Some(v) = opts
+        .build_args
+        .get(KEY)
+        .map(String::as_str)
+        .or_else(|| lookup(&plan.global_env, KEY))
+    else {
+        return Ok(None);
+    };
+    if v.is_empty() || v == "context" {
+        return Ok(None);
+    }
+    v.parse::<i64>()
+        .map(Some)
+        .map_err(|_| ParseError::Unsupported {
+            file: opts.filename.clone(),
+            line: df.stages.first().map_or(1, |s| s.line),
+            feature: format!("SOURCE_DATE_EPOCH={v} (only seconds since the epoch)"),
+        })
+}
+
+/// Seconds since the epoch as RFC 3339 in UTC (Go's `time.Unix(s, 0).UTC()`
+/// marshalled to JSON).
+fn rfc3339_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// An error of a parsed ONBUILD trigger, moved to the line of the `FROM`

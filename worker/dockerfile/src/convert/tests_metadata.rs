@@ -244,3 +244,72 @@ fn expose_history_follows_the_sorted_words() {
         ["10/tcp", "80/tcp", "80/udp", "9/tcp"]
     );
 }
+
+#[test]
+fn source_date_epoch_dates_new_history_and_workdir() {
+    assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+    assert_eq!(rfc3339_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+    assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+    let base = ImageConfig {
+        history: vec![HistoryEntry {
+            created: Some("2020-01-01T00:00:00Z".into()),
+            created_by: "base".into(),
+            comment: String::new(),
+            empty_layer: false,
+        }],
+        ..Default::default()
+    };
+    let src = "ARG SOURCE_DATE_EPOCH=1700000000\nFROM img\nWORKDIR /app\nENV A=1\n";
+    let df = parse(src, "Dockerfile").expect("parses");
+    let convert = |opts: &BuildOptions| {
+        let bases = df
+            .base_images(opts)
+            .expect("bases")
+            .into_iter()
+            .map(|r| (r, base.clone()))
+            .collect();
+        to_graph(&df, opts, &bases)
+    };
+    let b = convert(&BuildOptions::default()).expect("builds");
+    let times: Vec<Option<&str>> = b
+        .config
+        .history
+        .iter()
+        .map(|h| h.created.as_deref())
+        .collect();
+    assert_eq!(
+        times,
+        [
+            Some("2020-01-01T00:00:00Z"),
+            Some("2023-11-14T22:13:20Z"),
+            Some("2023-11-14T22:13:20Z")
+        ]
+    );
+    let Op::File(f) = &b.graph.vertex(b.result).op else {
+        panic!("WORKDIR is the last step");
+    };
+    let FileActionKind::MkDir(m) = &f.actions[0].action else {
+        panic!("WORKDIR makes a directory");
+    };
+    assert_eq!(m.timestamp, Some(1_700_000_000_000_000_000));
+    // A --build-arg wins over the ARG default; without either nothing is
+    // dated here.
+    let mut opts = BuildOptions::default();
+    opts.build_args
+        .insert("SOURCE_DATE_EPOCH".into(), "0".into());
+    let b = convert(&opts).expect("builds");
+    assert_eq!(
+        b.config.history[2].created.as_deref(),
+        Some("1970-01-01T00:00:00Z")
+    );
+    let plain = build_with("FROM img\nENV A=1\n", &base).expect("builds");
+    assert_eq!(plain.config.history[1].created, None);
+    // Other forms are refused before anything runs.
+    opts.build_args
+        .insert("SOURCE_DATE_EPOCH".into(), "builder".into());
+    let err = convert(&opts).expect_err("not supported");
+    assert_eq!(
+        err.to_string(),
+        "Dockerfile:2: SOURCE_DATE_EPOCH=builder (only seconds since the epoch) is not supported yet"
+    );
+}
