@@ -471,32 +471,12 @@ impl Converter<'_> {
         Ok(st)
     }
 
-    /// Parses ONBUILD triggers as Dockerfile lines (with the default
-    /// escape, as BuildKit does), located at the stage's `FROM` line and
-    /// named `ONBUILD <trigger>` in progress.
+    /// Parses ONBUILD triggers (see [`parse_trigger`]).
     fn onbuild_commands(&self, triggers: &[String], line: usize) -> Result<Vec<Command>> {
-        let file = &self.opts.filename;
-        let mut out = Vec::with_capacity(triggers.len());
-        for t in triggers {
-            let df = crate::instructions::parse(&format!("FROM scratch\n{t}\n"), file)
-                .map_err(|e| at_line(e, line))?;
-            let [stage] = df.stages.as_slice() else {
-                return Err(
-                    self.file_err(line, "onbuild trigger should be a single expression".into())
-                );
-            };
-            let [c] = stage.commands.as_slice() else {
-                return Err(
-                    self.file_err(line, "onbuild trigger should be a single expression".into())
-                );
-            };
-            out.push(Command {
-                line,
-                original: format!("ONBUILD {}", c.original),
-                instruction: c.instruction.clone(),
-            });
-        }
-        Ok(out)
+        triggers
+            .iter()
+            .map(|t| parse_trigger(t, &self.opts.filename, line))
+            .collect()
     }
 
     fn new_state(&self, edge: Option<Edge>, mut config: ImageConfig) -> StageState {
@@ -790,6 +770,30 @@ fn rfc3339_utc(secs: i64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Parses an ONBUILD trigger as a Dockerfile line (with the default
+/// escape, as BuildKit does), located at `line` (the `FROM` that runs it)
+/// and named `ONBUILD <trigger>` in progress.
+pub(super) fn parse_trigger(trigger: &str, file: &str, line: usize) -> Result<Command> {
+    let single = || ParseError::Invalid {
+        file: file.to_string(),
+        line,
+        message: "onbuild trigger should be a single expression".into(),
+    };
+    let df = crate::instructions::parse(&format!("FROM scratch\n{trigger}\n"), file)
+        .map_err(|e| at_line(e, line))?;
+    let [stage] = df.stages.as_slice() else {
+        return Err(single());
+    };
+    let [c] = stage.commands.as_slice() else {
+        return Err(single());
+    };
+    Ok(Command {
+        line,
+        original: format!("ONBUILD {}", c.original),
+        instruction: c.instruction.clone(),
+    })
 }
 
 /// An error of a parsed ONBUILD trigger, moved to the line of the `FROM`

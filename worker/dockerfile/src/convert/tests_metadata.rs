@@ -313,3 +313,34 @@ fn source_date_epoch_dates_new_history_and_workdir() {
         "Dockerfile:2: SOURCE_DATE_EPOCH=builder (only seconds since the epoch) is not supported yet"
     );
 }
+
+/// A parent's trigger that copies from another stage makes that stage
+/// needed by the child, and only by it.
+#[test]
+fn a_triggers_from_stage_is_built_for_the_child() {
+    let src = "FROM img AS tools\nRUN echo tool > /tool\n\
+               FROM img AS parent\nONBUILD COPY --from=tools /tool /tool\n\
+               FROM parent\nRUN cat /tool\n";
+    let b = build_with(src, &ImageConfig::default()).expect("builds");
+    assert_eq!(b.stages_built, ["tools", "parent", "2"]);
+    assert!(
+        names(&b)
+            .iter()
+            .any(|n| n == "[stage-2 1/2] ONBUILD COPY --from=tools /tool /tool"),
+        "{:?}",
+        names(&b)
+    );
+    let df = parse(src, "Dockerfile").expect("parses");
+    let opts = BuildOptions {
+        target: Some("parent".into()),
+        ..BuildOptions::default()
+    };
+    let bases = df
+        .base_images(&opts)
+        .expect("bases")
+        .into_iter()
+        .map(|r| (r, ImageConfig::default()))
+        .collect();
+    let p = to_graph(&df, &opts, &bases).expect("builds");
+    assert_eq!(p.stages_built, ["parent"]);
+}
