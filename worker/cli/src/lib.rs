@@ -487,6 +487,12 @@ fn parse_outputs(outputs: &[String], push: bool) -> Result<ImageOutput> {
                 "push-by-digest" => out.push_by_digest = bool_attr(k, v)?,
                 "registry.insecure" => out.insecure = bool_attr(k, v)?,
                 "unpack" | "oci-mediatypes" => {}
+                "rewrite-timestamp" if v != "false" => {
+                    return Err(anyhow!(
+                        "output option rewrite-timestamp is not supported yet"
+                    ))
+                }
+                "rewrite-timestamp" => {}
                 _ => return Err(anyhow!("unknown output option {k:?} in {o:?}")),
             }
         }
@@ -894,6 +900,12 @@ mod tests {
         .expect("all");
         assert!(all.push && all.push_by_digest && all.insecure);
         assert!(out(&["type=image,push"], false).expect("bare push").push);
+        let e = out(&["type=image,rewrite-timestamp=true"], false).expect_err("not supported");
+        assert_eq!(
+            e.to_string(),
+            "output option rewrite-timestamp is not supported yet"
+        );
+        assert!(out(&["type=image,rewrite-timestamp=false"], false).is_ok());
         // --push with -o push-by-digest: the flag is push=true.
         assert!(
             out(&["type=image,push-by-digest=true"], true)

@@ -197,3 +197,35 @@ fn image_response(resp: &mut HashMap<String, String>, out: &kiln_engine::export:
         resp.insert("image.name".into(), out.names.join(","));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exporter(attrs: &[(&str, &str)]) -> Exporter {
+        Exporter {
+            r#type: "image".into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn rewrite_timestamp_is_refused_before_the_build() {
+        let e =
+            compression(&[exporter(&[("rewrite-timestamp", "true")])]).expect_err("not supported");
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            e.message(),
+            "exporter option rewrite-timestamp is not supported yet"
+        );
+        let ok = compression(&[exporter(&[
+            ("rewrite-timestamp", "false"),
+            ("compression", "zstd"),
+        ])])
+        .expect("false is the default");
+        assert_eq!(ok, Compression::Zstd);
+    }
+}
