@@ -5,6 +5,7 @@
 //! Functions here return BuildKit's message; the caller adds the file and
 //! line.
 
+use crate::convert::gocompat::go_quote;
 use crate::parser::Flag;
 use kiln_solver::Healthcheck;
 
@@ -170,27 +171,8 @@ fn json_strings(s: &str) -> Option<Vec<String>> {
     serde_json::from_str(t).ok()
 }
 
-/// Go's `%q`/`%#v` of a string, for the printable text these messages
-/// quote.
-fn go_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-const NS: [(&str, u128); 9] = [
+/// Go's duration units in nanoseconds.
+const UNITS: [(&str, u128); 8] = [
     ("ns", 1),
     ("us", 1_000),
     ("\u{b5}s", 1_000),
@@ -199,7 +181,6 @@ const NS: [(&str, u128); 9] = [
     ("s", 1_000_000_000),
     ("m", 60_000_000_000),
     ("h", 3_600_000_000_000),
-    ("", 0),
 ];
 
 /// Go's `time.ParseDuration`, in nanoseconds, with its error texts.
@@ -243,7 +224,7 @@ pub fn parse_go_duration(s: &str) -> Result<i64, String> {
         if unit.is_empty() {
             return Err(format!("time: missing unit in duration {}", go_quote(s)));
         }
-        let Some(&(_, scale)) = NS.iter().find(|(u, _)| *u == unit && !u.is_empty()) else {
+        let Some(&(_, scale)) = UNITS.iter().find(|(u, _)| *u == unit) else {
             return Err(format!(
                 "time: unknown unit {} in duration {}",
                 go_quote(unit),
