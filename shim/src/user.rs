@@ -132,39 +132,86 @@ pub fn lookup_group(rootfs: &Path, group: &str) -> Result<u32, UserError> {
         })
 }
 
-/// Resolves a `USER` value. Empty means root. With an explicit group no
-/// supplementary groups are added, as in BuildKit/runc.
+/// A uid or gid of a `uid:gid` pair: a number, or `root`.
+fn numeric_id(s: &str) -> Option<u32> {
+    if s == "root" {
+        Some(0)
+    } else {
+        s.parse().ok()
+    }
+}
+
+/// Resolves a `USER` value as BuildKit's executor does (runc's
+/// `GetExecUser`, then containerd's rule that the primary gid is one of the
+/// supplementary groups):
+/// - empty means root, and a root missing from `/etc/passwd` is uid 0, gid 0;
+/// - `uid:gid` (numbers or `root`) is taken as is, without reading a file;
+/// - a user found by name or uid takes its passwd gid and, without an
+///   explicit group, every `/etc/group` entry listing its name (in file
+///   order); a numeric uid not in passwd has gid 0 and no groups;
+/// - `user:group` takes only that group.
+///
+/// `additional_gids` always starts with the primary gid unless the groups
+/// already hold it, so `id` prints the same `groups=` as under BuildKit.
 pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, UserError> {
-    let spec = if spec.is_empty() { "0" } else { spec };
+    let is_default = spec.is_empty();
+    let spec = if is_default { "0" } else { spec };
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let (uid, primary) = lookup_user(rootfs, user)?;
     let entries = passwd(rootfs);
-    let entry = entries.iter().find(|e| e.uid == uid);
-    let home = entry
-        .map(|e| e.home.clone())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "/".to_string());
-    let (gid, additional_gids) = match group {
-        Some(g) => (lookup_group(rootfs, g)?, Vec::new()),
-        None => {
-            let name = entry.map(|e| e.name.as_str()).unwrap_or(user);
-            let extra = groups(rootfs)
-                .iter()
-                .filter(|g| g.members.iter().any(|m| m == name) && g.gid != primary)
-                .map(|g| g.gid)
-                .collect();
-            (primary, extra)
+    let home_of = |uid: u32| {
+        entries
+            .iter()
+            .find(|e| e.uid == uid)
+            .map(|e| e.home.clone())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "/".to_string())
+    };
+    let with_primary = |uid: u32, gid: u32, mut groups: Vec<u32>| {
+        if !groups.contains(&gid) {
+            groups.insert(0, gid);
+        }
+        ResolvedUser {
+            uid,
+            gid,
+            additional_gids: groups,
+            home: home_of(uid),
         }
     };
-    Ok(ResolvedUser {
-        uid,
-        gid,
-        additional_gids,
-        home,
-    })
+    if let (Some(u), Some(g)) = (numeric_id(user), group.and_then(numeric_id)) {
+        return Ok(with_primary(u, g, Vec::new()));
+    }
+    let numeric_user: Option<u32> = user.parse().ok();
+    let found = entries.iter().find(|e| match numeric_user {
+        Some(uid) => e.uid == uid,
+        None => e.name == user,
+    });
+    let (uid, mut gid, matched) = match (found, numeric_user) {
+        (Some(e), _) => (e.uid, e.gid, Some(e.name.as_str())),
+        (None, Some(uid)) => (uid, 0, None),
+        (None, None) if is_default => return Ok(with_primary(0, 0, Vec::new())),
+        (None, None) => {
+            return Err(UserError::UnknownUser {
+                name: user.to_string(),
+            })
+        }
+    };
+    let mut extra = Vec::new();
+    match group.filter(|g| !g.is_empty()) {
+        Some(g) => gid = lookup_group(rootfs, g)?,
+        None => {
+            if let Some(name) = matched {
+                extra = groups(rootfs)
+                    .iter()
+                    .filter(|g| g.members.iter().any(|m| m == name))
+                    .map(|g| g.gid)
+                    .collect();
+            }
+        }
+    }
+    Ok(with_primary(uid, gid, extra))
 }
 
 #[cfg(test)]
@@ -176,12 +223,12 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("etc")).expect("mkdir");
         std::fs::write(
             dir.path().join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nbob:x:1001:1001::/b:/bin/sh\n",
         )
         .expect("write");
         std::fs::write(
             dir.path().join("etc/group"),
-            "root:x:0:\napp:x:1000:\nwheel:x:10:app\n",
+            "root:x:0:\napp:x:1000:app\nwheel:x:10:app,root,bob\n",
         )
         .expect("write");
         dir
@@ -193,15 +240,40 @@ mod tests {
         let u = resolve_user(r.path(), "app").expect("app");
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone()),
-            (1000, 1000, vec![10])
+            (1000, 1000, vec![1000, 10])
         );
         assert_eq!(u.home, "/home/app");
+        // By uid, the passwd entry's name finds the same groups.
+        let u = resolve_user(r.path(), "1000").expect("uid");
+        assert_eq!((u.gid, u.additional_gids.clone()), (1000, vec![1000, 10]));
         let u = resolve_user(r.path(), "app:wheel").expect("app:wheel");
-        assert_eq!((u.uid, u.gid), (1000, 10));
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.clone()),
+            (1000, 10, vec![10])
+        );
         let u = resolve_user(r.path(), "4242:4243").expect("numeric");
         assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 4243, "/"));
+        assert_eq!(u.additional_gids, [4243]);
+        // A uid not in passwd: gid 0, no groups.
+        let u = resolve_user(r.path(), "4242").expect("unknown uid");
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.clone()),
+            (4242, 0, vec![0])
+        );
+        // The primary gid goes first when no group entry lists it.
+        let u = resolve_user(r.path(), "bob").expect("bob");
+        assert_eq!((u.gid, u.additional_gids.clone()), (1001, vec![1001, 10]));
         let u = resolve_user(r.path(), "").expect("root");
-        assert_eq!((u.uid, u.gid), (0, 0));
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.clone()),
+            (0, 0, vec![0, 10])
+        );
+        // Without a passwd file the default user is still root.
+        let empty = tempfile::tempdir().expect("tempdir");
+        let u = resolve_user(empty.path(), "").expect("root without passwd");
+        assert_eq!((u.uid, u.gid, u.additional_gids.clone()), (0, 0, vec![0]));
+        let u = resolve_user(r.path(), "root:1000").expect("root:gid");
+        assert_eq!((u.uid, u.gid), (0, 1000));
     }
 
     #[test]

@@ -493,6 +493,12 @@ fn parse_outputs(outputs: &[String], push: bool) -> Result<ImageOutput> {
                 "push-by-digest" => out.push_by_digest = bool_attr(k, v)?,
                 "registry.insecure" => out.insecure = bool_attr(k, v)?,
                 "unpack" | "oci-mediatypes" => {}
+                "rewrite-timestamp" if v != "false" => {
+                    return Err(anyhow!(
+                        "output option rewrite-timestamp is not supported yet"
+                    ))
+                }
+                "rewrite-timestamp" => {}
                 _ => return Err(anyhow!("unknown output option {k:?} in {o:?}")),
             }
         }
@@ -551,6 +557,13 @@ fn frontend_attrs(
     }
     for (k, v) in key_values(&args.build_args, true, "build-arg")? {
         attrs.insert(format!("build-arg:{k}"), v);
+    }
+    // As buildx: SOURCE_DATE_EPOCH in the client's environment is a build
+    // argument unless one is given.
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        attrs
+            .entry("build-arg:SOURCE_DATE_EPOCH".into())
+            .or_insert(v);
     }
     for (k, v) in key_values(&args.labels, false, "label")? {
         attrs.insert(format!("label:{k}"), v);
@@ -898,6 +911,12 @@ mod tests {
         .expect("all");
         assert!(all.push && all.push_by_digest && all.insecure);
         assert!(out(&["type=image,push"], false).expect("bare push").push);
+        let e = out(&["type=image,rewrite-timestamp=true"], false).expect_err("not supported");
+        assert_eq!(
+            e.to_string(),
+            "output option rewrite-timestamp is not supported yet"
+        );
+        assert!(out(&["type=image,rewrite-timestamp=false"], false).is_ok());
         // --push with -o push-by-digest: the flag is push=true.
         assert!(
             out(&["type=image,push-by-digest=true"], true)

@@ -16,7 +16,19 @@ use tonic::Status;
 const FILE_SEND: &str = "/moby.filesync.v1.FileSend/DiffCopy";
 
 /// The layer compression the exporters ask for (gzip by default).
+/// Also refuses, before the build, the exporter options kiln does not
+/// implement yet.
 pub fn compression(exporters: &[Exporter]) -> Result<Compression, Status> {
+    for e in exporters {
+        if e.attrs
+            .get("rewrite-timestamp")
+            .is_some_and(|v| v != "false")
+        {
+            return Err(Status::unimplemented(
+                "exporter option rewrite-timestamp is not supported yet",
+            ));
+        }
+    }
     for e in exporters {
         if let Some(c) = e.attrs.get("compression") {
             return c
@@ -183,5 +195,37 @@ fn image_response(resp: &mut HashMap<String, String>, out: &kiln_engine::export:
     );
     if !out.names.is_empty() {
         resp.insert("image.name".into(), out.names.join(","));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exporter(attrs: &[(&str, &str)]) -> Exporter {
+        Exporter {
+            r#type: "image".into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn rewrite_timestamp_is_refused_before_the_build() {
+        let e =
+            compression(&[exporter(&[("rewrite-timestamp", "true")])]).expect_err("not supported");
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            e.message(),
+            "exporter option rewrite-timestamp is not supported yet"
+        );
+        let ok = compression(&[exporter(&[
+            ("rewrite-timestamp", "false"),
+            ("compression", "zstd"),
+        ])])
+        .expect("false is the default");
+        assert_eq!(ok, Compression::Zstd);
     }
 }

@@ -159,6 +159,10 @@ pub enum Instruction {
     Volume(Vec<String>),
     StopSignal(String),
     Maintainer(String),
+    /// `HEALTHCHECK`, parsed and checked.
+    Healthcheck(kiln_solver::Healthcheck),
+    /// `ONBUILD`: the trigger as written after the keyword.
+    Onbuild(String),
 }
 
 /// Parses a Dockerfile. `filename` names the file in errors.
@@ -338,7 +342,7 @@ impl Parser<'_> {
     fn instruction(&self, node: &Node) -> Result<Instruction> {
         let (flags, rest) = extract_flags(&node.rest);
         let kw = node.keyword.as_str();
-        if !matches!(kw, "run" | "copy" | "add") {
+        if !matches!(kw, "run" | "copy" | "add" | "healthcheck") {
             if let Some(f) = flags.first() {
                 if is_instruction(kw) {
                     return Err(self.unknown_flag(node, f));
@@ -418,8 +422,12 @@ impl Parser<'_> {
                 need_args("MAINTAINER")?;
                 Instruction::Maintainer(rest.to_string())
             }
-            "healthcheck" => return Err(self.unsupported(line, "HEALTHCHECK")),
-            "onbuild" => return Err(self.unsupported(line, "ONBUILD")),
+            "healthcheck" => Instruction::Healthcheck(
+                crate::metadata::healthcheck(&flags, rest).map_err(|m| self.invalid(line, m))?,
+            ),
+            "onbuild" => Instruction::Onbuild(
+                crate::metadata::onbuild(rest).map_err(|m| self.invalid(line, m))?,
+            ),
             _ => {
                 return Err(ParseError::UnknownInstruction {
                     file: self.file.to_string(),
@@ -951,8 +959,20 @@ ADD ["a b", "/c"]
             "error: Dockerfile:2: unknown flag: --from",
         );
         check(
-            "FROM a\nHEALTHCHECK CMD true\n",
-            "error: Dockerfile:2: HEALTHCHECK is not supported yet",
+            "FROM a\nHEALTHCHECK --interval=1s --retry=2 CMD true\n",
+            "error: Dockerfile:2: unknown flag: retry",
+        );
+        check(
+            "FROM a\nHEALTHCHECK --timeout=500us CMD true\n",
+            "error: Dockerfile:2: Interval \"timeout\" cannot be less than 1ms",
+        );
+        check(
+            "FROM a\nONBUILD ONBUILD RUN true\n",
+            "error: Dockerfile:2: Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+        );
+        check(
+            "FROM a\nONBUILD --x RUN true\n",
+            "error: Dockerfile:2: unknown flag: --x",
         );
         check(
             "FROM a\nRUN --mount=type=ssh,target=/s cat /s\n",

@@ -23,6 +23,7 @@ pub mod directives;
 pub mod heredoc;
 pub mod instructions;
 pub mod lint;
+pub mod metadata;
 pub mod parser;
 pub mod shell;
 pub mod suggest;

@@ -249,8 +249,10 @@ pub(crate) fn rand_hex() -> String {
     hex::encode(b)
 }
 
-/// The frontend's view of a base image config. Port and volume sets come
-/// out sorted: oci-spec reads them into `HashMap`s, and the frontend's
+/// The frontend's view of a base image config: every field BuildKit's
+/// `DockerOCIImage` keeps except `created`, which the exporter sets (keys
+/// Docker's engine writes but BuildKit drops, such as `Hostname`, are
+/// dropped too). Port and volume sets come out sorted: oci-spec reads them into `HashMap`s, and the frontend's
 /// config must not depend on their iteration order.
 pub fn frontend_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
     let c = &cfg.config.oci;
@@ -288,5 +290,12 @@ pub fn frontend_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
                 empty_layer: h.empty_layer().unwrap_or(false),
             })
             .collect(),
+        healthcheck: cfg.config.healthcheck.as_ref().map(Into::into),
+        on_build: cfg.config.on_build.clone().unwrap_or_default(),
+        args_escaped: cfg.config.args_escaped,
+        author: cfg.image.author().clone().unwrap_or_default(),
+        variant: cfg.image.variant().clone().unwrap_or_default(),
+        os_version: cfg.image.os_version().clone().unwrap_or_default(),
+        os_features: cfg.image.os_features().clone().unwrap_or_default(),
     }
 }

@@ -76,8 +76,19 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
     rootfs.set_diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect());
     let mut image = ImageConfiguration::default();
     image.set_created(created);
+    image.set_author(nonempty(&cfg.author));
     image.set_architecture(platform.architecture().clone());
     image.set_os(platform.os().clone());
+    // As BuildKit: the target platform's variant when it has one, else
+    // the base image's; the base's OS version and features are kept.
+    image.set_variant(
+        platform
+            .variant()
+            .clone()
+            .or_else(|| nonempty(&cfg.variant)),
+    );
+    image.set_os_version(nonempty(&cfg.os_version));
+    image.set_os_features((!cfg.os_features.is_empty()).then(|| cfg.os_features.clone()));
     image.set_rootfs(rootfs);
     image.set_history((!history.is_empty()).then_some(history));
     ImageConfigJson {
@@ -85,7 +96,9 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
         config: RunConfig {
             oci: run,
             shell: cfg.shell.clone(),
-            args_escaped: false,
+            args_escaped: cfg.args_escaped,
+            healthcheck: cfg.healthcheck.as_ref().map(Into::into),
+            on_build: (!cfg.on_build.is_empty()).then(|| cfg.on_build.clone()),
         },
         inline_cache: None,
     }

@@ -52,6 +52,63 @@ pub struct RunConfig {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub args_escaped: bool,
+    #[serde(
+        rename = "Healthcheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub healthcheck: Option<HealthcheckJson>,
+    #[serde(rename = "OnBuild", default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
+}
+
+/// Docker's `HealthcheckConfig`: durations are integer nanoseconds, and
+/// zero values are left out (Go's `omitempty`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthcheckJson {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interval: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_period: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_interval: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+impl From<&kiln_solver::Healthcheck> for HealthcheckJson {
+    fn from(h: &kiln_solver::Healthcheck) -> Self {
+        HealthcheckJson {
+            test: (!h.test.is_empty()).then(|| h.test.clone()),
+            interval: h.interval,
+            timeout: h.timeout,
+            start_period: h.start_period,
+            start_interval: h.start_interval,
+            retries: h.retries,
+        }
+    }
+}
+
+impl From<&HealthcheckJson> for kiln_solver::Healthcheck {
+    fn from(h: &HealthcheckJson) -> Self {
+        kiln_solver::Healthcheck {
+            test: h.test.clone().unwrap_or_default(),
+            interval: h.interval,
+            timeout: h.timeout,
+            start_period: h.start_period,
+            start_interval: h.start_interval,
+            retries: h.retries,
+        }
+    }
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -182,6 +239,18 @@ mod tests {
                 comment: String::new(),
                 empty_layer: false,
             }],
+            healthcheck: Some(kiln_solver::Healthcheck {
+                test: vec!["CMD-SHELL".into(), "true".into()],
+                interval: 30_000_000_000,
+                retries: 3,
+                ..Default::default()
+            }),
+            on_build: vec!["RUN echo hi".into()],
+            args_escaped: true,
+            author: "me".into(),
+            variant: String::new(),
+            os_version: "10.0".into(),
+            os_features: vec!["f1".into()],
         };
         let config = crate::export::image_config(&[layer], &cfg);
         let bytes = to_json(&config).expect("json");
@@ -191,21 +260,27 @@ mod tests {
             keys(&v),
             [
                 "architecture",
+                "author",
                 "config",
                 "created",
                 "history",
                 "os",
+                "os.features",
+                "os.version",
                 "rootfs"
             ]
         );
         assert_eq!(
             keys(&v["config"]),
             [
+                "ArgsEscaped",
                 "Cmd",
                 "Entrypoint",
                 "Env",
                 "ExposedPorts",
+                "Healthcheck",
                 "Labels",
+                "OnBuild",
                 "Shell",
                 "StopSignal",
                 "User",
@@ -219,6 +294,16 @@ mod tests {
         );
         assert_eq!(v["config"]["Volumes"], json!({"/data": {}}));
         assert_eq!(v["config"]["Shell"], json!(["/bin/bash", "-c"]));
+        // Docker's names; zero durations are left out as Go's omitempty does.
+        assert_eq!(
+            v["config"]["Healthcheck"],
+            json!({"Test": ["CMD-SHELL", "true"], "Interval": 30_000_000_000i64, "Retries": 3})
+        );
+        assert_eq!(v["config"]["OnBuild"], json!(["RUN echo hi"]));
+        assert_eq!(v["config"]["ArgsEscaped"], json!(true));
+        assert_eq!(v["author"], "me");
+        assert_eq!(v["os.version"], "10.0");
+        assert_eq!(v["os.features"], json!(["f1"]));
         assert_eq!(v["rootfs"]["type"], "layers");
         assert_eq!(keys(&v["rootfs"]), ["diff_ids", "type"]);
         assert_eq!(keys(&v["history"][0]), ["created", "created_by"]);
@@ -253,7 +338,10 @@ mod tests {
         }
         let base = json!({
             "architecture": "arm64", "os": "linux", "variant": "v8",
-            "config": {"User": "u", "Shell": ["/bin/ash", "-c"], "ArgsEscaped": true, "Env": ["A=1"]},
+            "author": "a <a@example.com>", "os.version": "1.2", "os.features": ["x"],
+            "config": {"User": "u", "Shell": ["/bin/ash", "-c"], "ArgsEscaped": true, "Env": ["A=1"],
+                       "Healthcheck": {"Test": ["CMD", "true"], "Timeout": 5, "StartPeriod": 6, "StartInterval": 7},
+                       "OnBuild": ["RUN a", "COPY b c"]},
             "rootfs": {"type": "layers", "diff_ids": []},
             "history": [{"created_by": "x", "empty_layer": true}]
         });
@@ -265,6 +353,41 @@ mod tests {
         assert_eq!(c.image.architecture(), &Arch::ARM64);
         let out: Value = serde_json::from_slice(&to_json(&c).expect("json")).expect("parse");
         assert_eq!(out, base);
+        // The frontend's view keeps all of it, and exporting that view
+        // writes it back.
+        let f = crate::base::frontend_config(&c);
+        assert_eq!(f.on_build, ["RUN a", "COPY b c"]);
+        assert_eq!(
+            f.healthcheck,
+            Some(kiln_solver::Healthcheck {
+                test: vec!["CMD".into(), "true".into()],
+                timeout: 5,
+                start_period: 6,
+                start_interval: 7,
+                ..Default::default()
+            })
+        );
+        assert!(f.args_escaped);
+        assert_eq!(
+            (f.author.as_str(), f.variant.as_str(), f.os_version.as_str()),
+            ("a <a@example.com>", "v8", "1.2")
+        );
+        let again: Value =
+            serde_json::from_slice(&to_json(&crate::export::image_config(&[], &f)).expect("json"))
+                .expect("parse");
+        for key in ["author", "os.version", "os.features"] {
+            assert_eq!(again[key], base[key], "{key}");
+        }
+        for key in [
+            "Healthcheck",
+            "OnBuild",
+            "ArgsEscaped",
+            "Shell",
+            "User",
+            "Env",
+        ] {
+            assert_eq!(again["config"][key], base["config"][key], "{key}");
+        }
     }
 
     /// Manifests and indexes keep `schemaVersion: 2`, the OCI media types

@@ -310,6 +310,38 @@ pub struct ImageConfig {
     pub volumes: Vec<String>,
     /// History entries: `created_by` text and whether the step made a layer.
     pub history: Vec<HistoryEntry>,
+    /// `HEALTHCHECK` (Docker's `Healthcheck`).
+    #[serde(default)]
+    pub healthcheck: Option<Healthcheck>,
+    /// `ONBUILD` triggers, as written after the keyword (Docker's `OnBuild`).
+    #[serde(default)]
+    pub on_build: Vec<String>,
+    /// Docker's `ArgsEscaped` (BuildKit sets it on `CMD`).
+    #[serde(default)]
+    pub args_escaped: bool,
+    /// The top-level `author` (`MAINTAINER`).
+    #[serde(default)]
+    pub author: String,
+    /// Platform details of the base image the result keeps: `variant`,
+    /// `os.version`, `os.features`.
+    #[serde(default)]
+    pub variant: String,
+    #[serde(default)]
+    pub os_version: String,
+    #[serde(default)]
+    pub os_features: Vec<String>,
+}
+
+/// Docker's `HealthcheckConfig`: durations in nanoseconds, 0 = inherit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Healthcheck {
+    /// `["NONE"]`, `["CMD", args...]` or `["CMD-SHELL", command]`.
+    pub test: Vec<String>,
+    pub interval: i64,
+    pub timeout: i64,
+    pub start_period: i64,
+    pub start_interval: i64,
+    pub retries: i64,
 }
 
 /// One `history` entry of an image config.

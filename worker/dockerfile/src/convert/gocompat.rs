@@ -10,7 +10,8 @@ pub(super) fn go_quote_list(v: &[String]) -> String {
     format!("[{}]", items.join(" "))
 }
 
-pub(super) fn go_quote(s: &str) -> String {
+/// Go's `%q` of a string (also what `%#v` prints for one).
+pub(crate) fn go_quote(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -135,24 +136,73 @@ pub(super) fn valid_signal(s: &str) -> bool {
     })
 }
 
-/// `nat.ParsePortSpecs` for one spec: `80`, `80/udp`, `8000-8002`,
-/// `ip:host:ctr` (only the container port counts).
-pub(super) fn parse_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
-    let (port, proto) = match spec.rsplit_once('/') {
-        Some((p, proto)) => (p, proto.to_lowercase()),
-        None => (spec, "tcp".to_string()),
+/// One `EXPOSE` word (`[ip:][host:]port[-end][/proto]`) as the
+/// `port/proto` entries it exposes, with BuildKit's checks and messages
+/// (`convert_expose.go`): the protocol must be tcp, udp or sctp (any case,
+/// written lowercase), a range expands to its ports, an IP or host part is
+/// checked and then dropped.
+pub(super) fn parse_ports(raw: &str) -> std::result::Result<Vec<String>, String> {
+    let parts: Vec<&str> = raw.split(':').collect();
+    let n = parts.len();
+    let (ip, host, container) = match n {
+        1 => (String::new(), "", parts[0]),
+        2 => (String::new(), parts[0], parts[1]),
+        _ => (parts[..n - 2].join(":"), parts[n - 2], parts[n - 1]),
     };
-    let port = port.rsplit(':').next().unwrap_or(port);
-    let parse = |s: &str| {
-        s.parse::<u16>()
-            .map_err(|_| format!("invalid containerPort: {s}"))
-    };
-    let (lo, hi) = match port.split_once('-') {
-        Some((a, b)) => (parse(a)?, parse(b)?),
-        None => (parse(port)?, parse(port)?),
-    };
-    if hi < lo {
-        return Err(format!("invalid range specified for container: {port}"));
+    let (port, proto) = container.split_once('/').unwrap_or((container, ""));
+    let bad = |why: String| format!("invalid port: {}: {why}", go_quote(raw));
+    if port.is_empty() {
+        return Err(bad("no port specified".into()));
     }
-    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+    let proto = match proto.to_lowercase().as_str() {
+        "" => "tcp".to_string(),
+        p @ ("tcp" | "udp" | "sctp") => p.to_string(),
+        _ => return Err(bad(format!("invalid proto: {proto}"))),
+    };
+    if !ip.is_empty() {
+        let bare = match ip.strip_prefix('[') {
+            Some(r) => match r.strip_suffix(']') {
+                Some(inner) => inner.to_string(),
+                None => return Err(format!("invalid IP address {ip}: missing ']' in address")),
+            },
+            None => ip.clone(),
+        };
+        if bare.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("invalid IP address: {bare}"));
+        }
+    }
+    let (start, end) = port_range(port).ok_or_else(|| format!("invalid containerPort: {port}"))?;
+    if !host.is_empty() {
+        let (hs, he) = port_range(host).ok_or_else(|| format!("invalid hostPort: {host}"))?;
+        if end - start != he - hs && end != start {
+            return Err(format!(
+                "invalid ranges specified for container and host Ports: {port} and {host}"
+            ));
+        }
+    }
+    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// `start[-end]` of ports 0-65535, as Go's `strconv.ParseInt` reads them.
+fn port_range(s: &str) -> Option<(u32, u32)> {
+    let num = |t: &str| -> Option<u32> {
+        let v: i64 = t.parse().ok()?;
+        u32::try_from(v).ok().filter(|p| *p <= 65535)
+    };
+    if s.is_empty() {
+        return None;
+    }
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let start = num(a)?;
+    match b {
+        None => Some((start, start)),
+        Some(b) if b == a => Some((start, start)),
+        Some(b) => {
+            let end = num(b)?;
+            (end >= start).then_some((start, end))
+        }
+    }
 }

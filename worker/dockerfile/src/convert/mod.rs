@@ -32,11 +32,13 @@ use kiln_solver::{
 use std::collections::BTreeMap;
 
 mod copy;
-mod gocompat;
+pub(crate) mod gocompat;
 mod plan;
 mod run;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_metadata;
 
 use gocompat::*;
 use plan::*;
@@ -119,7 +121,9 @@ pub fn to_graph(
     bases: &BTreeMap<String, ImageConfig>,
 ) -> Result<Build> {
     let plan = Plan::new(df, opts)?;
+    let epoch = source_date_epoch(df, opts, &plan)?;
     let mut conv = Converter {
+        epoch,
         df,
         opts,
         bases,
@@ -147,6 +151,14 @@ pub fn to_graph(
     };
     for (k, v) in &opts.labels {
         st.config.labels.insert(k.clone(), v.clone());
+    }
+    // SOURCE_DATE_EPOCH dates this build's history entries (base entries
+    // keep theirs), so the exporter's `created` is the epoch too.
+    if let Some(e) = epoch {
+        let t = rfc3339_utc(e);
+        for h in st.config.history.iter_mut().filter(|h| h.created.is_none()) {
+            h.created = Some(t.clone());
+        }
     }
     let result = match st.edge {
         Some(e) => e.vertex,
@@ -195,6 +207,8 @@ struct StageState {
 }
 
 struct Converter<'a> {
+    /// `SOURCE_DATE_EPOCH` in seconds, when set.
+    epoch: Option<i64>,
     df: &'a Dockerfile,
     opts: &'a BuildOptions,
     bases: &'a BTreeMap<String, ImageConfig>,
@@ -465,9 +479,24 @@ impl Converter<'_> {
     fn dispatch_stage_inner(&mut self, i: usize) -> Result<StageState> {
         let df = self.df;
         let stage: &Stage = &df.stages[i];
-        let total = stage
-            .commands
+        // ONBUILD triggers of the base (an image's `OnBuild`, or the
+        // parent stage's own ONBUILD lines) run first, in order.
+        let triggers = match &self.plan.stages[i].base {
+            Base::Stage(j) => self.states[*j]
+                .as_ref()
+                .map(|s| s.config.on_build.clone())
+                .unwrap_or_default(),
+            Base::Image(r) => self
+                .bases
+                .get(r)
+                .map(|c| c.on_build.clone())
+                .unwrap_or_default(),
+            Base::Scratch => Vec::new(),
+        };
+        let triggers = self.onbuild_commands(&triggers, stage.line)?;
+        let total = triggers
             .iter()
+            .chain(&stage.commands)
             .filter(|c| {
                 matches!(
                     c.instruction,
@@ -519,10 +548,21 @@ impl Converter<'_> {
                 self.new_state(Some(Self::edge(v)), config)
             }
         };
-        for c in &stage.commands {
+        // The triggers are consumed: the result keeps only this stage's
+        // own ONBUILD lines.
+        st.config.on_build.clear();
+        for c in triggers.iter().chain(&stage.commands) {
             self.dispatch(i, &mut st, &mut progress, c)?;
         }
         Ok(st)
+    }
+
+    /// Parses ONBUILD triggers (see [`parse_trigger`]).
+    fn onbuild_commands(&self, triggers: &[String], line: usize) -> Result<Vec<Command>> {
+        triggers
+            .iter()
+            .map(|t| parse_trigger(t, &self.opts.filename, line))
+            .collect()
     }
 
     fn new_state(&self, edge: Option<Edge>, mut config: ImageConfig) -> StageState {
@@ -604,7 +644,9 @@ impl Converter<'_> {
                                     mode: 0o755,
                                     make_parents: true,
                                     owner,
-                                    timestamp: None,
+                                    // As BuildKit 1.16: the epoch dates
+                                    // the directories WORKDIR creates.
+                                    timestamp: self.epoch.map(|e| e.saturating_mul(1_000_000_000)),
                                 }),
                             }],
                         }),
@@ -616,8 +658,13 @@ impl Converter<'_> {
                     .push(history(format!("WORKDIR {wd}"), layer));
             }
             Instruction::Expose(ports) => {
+                // BuildKit sorts the words as written, then expands and
+                // parses them in that order; its history lists every port
+                // of that walk, duplicates included.
+                let mut raw: Vec<&String> = ports.iter().collect();
+                raw.sort();
                 let mut specs = Vec::new();
-                for p in ports {
+                for p in raw {
                     let words = self
                         .lex
                         .process_words(p, &st.env)
@@ -626,8 +673,6 @@ impl Converter<'_> {
                         specs.extend(parse_ports(&w).map_err(|m| self.file_err(line, m))?);
                     }
                 }
-                specs.sort();
-                specs.dedup();
                 // Current BuildKit prints the parsed port list (a Go slice).
                 st.config
                     .history
@@ -675,6 +720,8 @@ impl Converter<'_> {
                     .history
                     .push(history(format!("CMD {}", go_quote_list(&args)), false));
                 st.config.cmd = Some(args);
+                // As BuildKit, whatever the form.
+                st.config.args_escaped = true;
                 st.cmd_set = true;
             }
             Instruction::Entrypoint(cmd) => {
@@ -692,7 +739,16 @@ impl Converter<'_> {
                 st.config
                     .history
                     .push(history(format!("MAINTAINER {m}"), false));
+                st.config.author = m.clone();
             }
+            Instruction::Healthcheck(h) => {
+                st.config
+                    .history
+                    .push(history(crate::metadata::healthcheck_history(h), false));
+                st.config.healthcheck = Some(h.clone());
+            }
+            // BuildKit writes no history entry for ONBUILD.
+            Instruction::Onbuild(trigger) => st.config.on_build.push(trigger.clone()),
             Instruction::Run(run) => self.dispatch_run(stage, st, progress, c, run)?,
             Instruction::Copy(cp) => self.dispatch_copy(stage, st, progress, c, cp)?,
         }
@@ -750,6 +806,118 @@ impl Converter<'_> {
             .history
             .push(history(format!("ARG {}", shown.join(" ")), false));
         Ok(())
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` from `--build-arg` or a global `ARG` default:
+/// seconds since the epoch; empty is unset, and `context` is unset too
+/// (BuildKit's value for a local context). Other BuildKit forms (a stage or
+/// named context) are refused before the build.
+fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Result<Option<i64>> {
+    const KEY: &str = "SOURCE_DATE_EPOCH";
+    let Some(v) = opts
+        .build_args
+        .get(KEY)
+        .map(String::as_str)
+        .or_else(|| lookup(&plan.global_env, KEY))
+    else {
+        return Ok(None);
+    };
+    if v.is_empty() || v == "context" {
+        return Ok(None);
+    }
+    v.parse::<i64>()
+        .map(Some)
+        .map_err(|_| ParseError::Unsupported {
+            file: opts.filename.clone(),
+            line: df.stages.first().map_or(1, |s| s.line),
+            feature: format!("SOURCE_DATE_EPOCH={v} (only seconds since the epoch)"),
+        })
+}
+
+/// Seconds since the epoch as RFC 3339 in UTC (Go's `time.Unix(s, 0).UTC()`
+/// marshalled to JSON).
+fn rfc3339_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Parses an ONBUILD trigger as a Dockerfile line (with the default
+/// escape, as BuildKit does), located at `line` (the `FROM` that runs it)
+/// and named `ONBUILD <trigger>` in progress.
+pub(super) fn parse_trigger(trigger: &str, file: &str, line: usize) -> Result<Command> {
+    let single = || ParseError::Invalid {
+        file: file.to_string(),
+        line,
+        message: "onbuild trigger should be a single expression".into(),
+    };
+    let df = crate::instructions::parse(&format!("FROM scratch\n{trigger}\n"), file)
+        .map_err(|e| at_line(e, line))?;
+    let [stage] = df.stages.as_slice() else {
+        return Err(single());
+    };
+    let [c] = stage.commands.as_slice() else {
+        return Err(single());
+    };
+    Ok(Command {
+        line,
+        original: format!("ONBUILD {}", c.original),
+        instruction: c.instruction.clone(),
+    })
+}
+
+/// An error of a parsed ONBUILD trigger, moved to the line of the `FROM`
+/// that ran it.
+fn at_line(e: ParseError, at: usize) -> ParseError {
+    match e {
+        ParseError::UnknownInstruction {
+            file, word, hint, ..
+        } => ParseError::UnknownInstruction {
+            file,
+            line: at,
+            word,
+            hint,
+        },
+        ParseError::UnknownFlag {
+            file, flag, hint, ..
+        } => ParseError::UnknownFlag {
+            file,
+            line: at,
+            flag,
+            hint,
+        },
+        ParseError::Unsupported { file, feature, .. } => ParseError::Unsupported {
+            file,
+            line: at,
+            feature,
+        },
+        ParseError::Invalid { file, message, .. } => ParseError::Invalid {
+            file,
+            line: at,
+            message,
+        },
+        ParseError::Reference { file, err, .. } => ParseError::Reference {
+            file,
+            line: at,
+            err,
+        },
+        other => other,
     }
 }
 

@@ -155,6 +155,19 @@ impl Plan {
             let mut d = Vec::new();
             if let Base::Stage(j) = stages[i].base {
                 d.push(j);
+                // The parent's ONBUILD triggers run here: what they read
+                // `--from` is needed by this stage.
+                for c in &df.stages[j].commands {
+                    if let Instruction::Onbuild(t) = &c.instruction {
+                        let trigger = super::parse_trigger(t, file, s.line)?;
+                        for from in from_refs(&trigger) {
+                            match resolve_source(df, from, i, file, s.line)? {
+                                Source::Stage(k) => d.push(k),
+                                Source::Image(_) => image_sources += 1,
+                            }
+                        }
+                    }
+                }
             }
             for c in &s.commands {
                 for from in from_refs(c) {
