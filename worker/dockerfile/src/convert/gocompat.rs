@@ -10,7 +10,8 @@ pub(super) fn go_quote_list(v: &[String]) -> String {
     format!("[{}]", items.join(" "))
 }
 
-pub(super) fn go_quote(s: &str) -> String {
+/// Go's `%q` of a string.
+pub(crate) fn go_quote(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {

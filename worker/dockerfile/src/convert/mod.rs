@@ -31,7 +31,7 @@ use kiln_solver::{
 use std::collections::BTreeMap;
 
 mod copy;
-mod gocompat;
+pub(crate) mod gocompat;
 mod plan;
 mod run;
 #[cfg(test)]

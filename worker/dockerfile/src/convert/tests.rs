@@ -768,7 +768,7 @@ fn conversion_errors_name_the_line() {
     );
     check(
         "FROM busybox\nENV A=\"${B:?must be set}\"\n",
-        "error: Dockerfile:2: B: must be set",
+        r#"error: Dockerfile:2: failed to process "\"${B:?must be set}\"": B: must be set"#,
     );
     check("FROM Busybox\n", "error: Dockerfile:1: invalid reference format: repository name (library/Busybox) must be lowercase");
     check(
@@ -861,7 +861,7 @@ fn hostile_dockerfiles_are_bounded_errors() {
     }
     check(
         &doubling,
-        "error: Dockerfile:16: variable substitution produces more than 131072 bytes",
+        r#"error: Dockerfile:16: failed to process "${a13}${a13}": variable substitution produces more than 131072 bytes"#,
     );
     let n = (24 << 10) / 6;
     check(
@@ -870,7 +870,10 @@ fn hostile_dockerfiles_are_bounded_errors() {
             "${a:-".repeat(n),
             "}".repeat(n)
         ),
-        "error: Dockerfile:2: variable substitution nested deeper than 64 levels",
+        &format!(
+            "error: Dockerfile:2: failed to process \"{}\"...: variable substitution nested deeper than 64 levels",
+            "${a:-".repeat(40)
+        ),
     );
     check(
         &format!(
@@ -878,6 +881,9 @@ fn hostile_dockerfiles_are_bounded_errors() {
             "${a:-".repeat(n),
             "}".repeat(n)
         ),
-        "error: Dockerfile:1: variable substitution nested deeper than 64 levels",
+        &format!(
+            "error: Dockerfile:1: failed to process \"{}\"...: variable substitution nested deeper than 64 levels",
+            "${a:-".repeat(40)
+        ),
     );
 }
