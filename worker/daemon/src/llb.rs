@@ -6,7 +6,7 @@ use kiln_proto::llb;
 use kiln_solver::{
     CacheSharing, ChownOpt, Digest, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
     FileMkDir, FileMkFile, FileOp, FileRm, FileSymlink, Graph, MergeOp, Meta, Mount, MountType,
-    NetMode, Op, SecurityMode, SourceOp, UserOpt, Vertex, VertexId,
+    NetMode, Op, ProxyEnv, SecurityMode, SourceOp, UserOpt, Vertex, VertexId,
 };
 use prost::Message;
 use std::collections::HashMap;
@@ -139,6 +139,15 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                     cwd: meta.cwd,
                     user: meta.user,
                     hostname: meta.hostname,
+                    proxy_env: meta.proxy_env.map(|p| {
+                        Box::new(ProxyEnv {
+                            http_proxy: p.http_proxy,
+                            https_proxy: p.https_proxy,
+                            ftp_proxy: p.ftp_proxy,
+                            no_proxy: p.no_proxy,
+                            all_proxy: p.all_proxy,
+                        })
+                    }),
                 },
                 mounts,
                 network: match llb::NetMode::try_from(e.network) {

@@ -14,6 +14,17 @@ impl Converter<'_> {
     ) -> Result<()> {
         let line = c.line;
         let what = if cp.add { "ADD" } else { "COPY" };
+        // A linked copy is made on an empty layer and merged, so it does
+        // not see (or follow symlinks of) what is below it; a plain copy
+        // would give another filesystem, so it is refused rather than
+        // approximated.
+        if cp.link {
+            return Err(ParseError::Unsupported {
+                file: self.opts.filename.clone(),
+                line,
+                feature: format!("{what} --link"),
+            });
+        }
         let chown = cp
             .chown
             .as_ref()

@@ -506,6 +506,51 @@ fn add_extracts_archives_and_clamps_traversal() {
 }
 
 #[test]
+fn add_detects_every_compression_by_content() {
+    if !kiln_types::testing::needs_root("ADD gives extracted entries the archive's uids") {
+        return;
+    }
+    use std::io::Write;
+    let f = fx();
+    let archive = tar_bytes(&[("hello.txt", tar::EntryType::Regular, "hi", 0)]);
+    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+    bz.write_all(&archive).expect("bzip2");
+    let mut xz =
+        lzma_rust2::XzWriter::new(Vec::new(), lzma_rust2::XzOptions::with_preset(1)).expect("xz");
+    xz.write_all(&archive).expect("xz");
+    let zst = zstd::encode_all(archive.as_slice(), 3).expect("zstd");
+    // Names that say nothing (or the wrong thing) about the content.
+    let files = [
+        ("bz", bz.finish().expect("bzip2")),
+        ("xz.tar.gz", xz.finish().expect("xz")),
+        ("zst.txt", zst),
+        ("gz", gzip(&archive)),
+        ("plain.zip", archive),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(f.ctx.join(name), bytes).expect("write");
+        let mut op = cp(name, &format!("/out/{name}"));
+        op.attempt_unpack_docker_compatibility = true;
+        run(&f, &op).expect("add");
+        assert_eq!(
+            read(&f.dest, &format!("out/{name}/hello.txt")),
+            "hi",
+            "{name}"
+        );
+    }
+    // A compressed file that is not a tar is copied as it is.
+    let not_tar = zstd::encode_all(&b"just text"[..], 3).expect("zstd");
+    std::fs::write(f.ctx.join("text.zst"), &not_tar).expect("write");
+    let mut op = cp("text.zst", "/t/");
+    op.attempt_unpack_docker_compatibility = true;
+    run(&f, &op).expect("add");
+    assert_eq!(
+        std::fs::read(f.dest.join("t/text.zst")).expect("read"),
+        not_tar
+    );
+}
+
+#[test]
 fn dockerignore_and_op_patterns_hide_paths() {
     if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
         return;

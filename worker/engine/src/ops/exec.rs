@@ -53,7 +53,24 @@ impl StepRunner {
                     size: Some(*size).filter(|s| *s > 0),
                 }),
                 MountType::Cache { id, sharing } => {
-                    let (source, held) = match self.cache_mount(id, *sharing).await {
+                    let base = match m.input.map(|i| inputs.get(i)) {
+                        None => &[][..],
+                        Some(Some(Ref::Chain(layers))) => layers.as_slice(),
+                        Some(_) => {
+                            self.release_cache_mounts(held_mounts).await;
+                            return Err(WorkerError::BadInput {
+                                location: loc,
+                                reason: format!(
+                                    "the base of cache mount {} is not a filesystem",
+                                    m.dest
+                                ),
+                            });
+                        }
+                    };
+                    let cached = self
+                        .cache_mount(id, *sharing, base, &m.selector, &loc)
+                        .await;
+                    let (source, held) = match cached {
                         Ok(x) => x,
                         Err(e) => {
                             self.release_cache_mounts(held_mounts).await;
@@ -136,7 +153,15 @@ impl StepRunner {
             id: format!("kiln-{}", crate::base::rand_hex()),
             rootfs: mounted.path().to_path_buf(),
             args: op.meta.args.clone(),
-            env: op.meta.env.clone(),
+            // Proxy variables come last, as BuildKit's executor appends
+            // them; they are not in the definition (nor the cache key).
+            env: op
+                .meta
+                .env
+                .iter()
+                .cloned()
+                .chain(op.meta.proxy_env.iter().flat_map(|p| p.env()))
+                .collect(),
             cwd: if op.meta.cwd.is_empty() {
                 "/".into()
             } else {
