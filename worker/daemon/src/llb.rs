@@ -178,6 +178,7 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                         dest: c.dest.clone(),
                         owner: chown(&c.owner),
                         mode: (c.mode >= 0).then_some(c.mode as u32),
+                        mode_str: (!c.mode_str.is_empty()).then(|| c.mode_str.clone()),
                         follow_symlink: c.follow_symlink,
                         dir_copy_contents: c.dir_copy_contents,
                         attempt_unpack_docker_compatibility: c.attempt_unpack_docker_compatibility,

@@ -245,6 +245,11 @@ pub struct FileCopy {
     pub owner: Option<ChownOpt>,
     /// Octal mode to force (`--chmod`); `None` keeps the source's.
     pub mode: Option<u32>,
+    /// A symbolic mode (`--chmod=u=rwX,go=rX`, LLB's `modeStr`) applied
+    /// to each entry's own mode; used when `mode` is `None`. Left out of
+    /// the definition when unset, so older cache keys stay valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode_str: Option<String>,
     pub follow_symlink: bool,
     /// Copy a directory's contents rather than the directory itself.
     pub dir_copy_contents: bool,

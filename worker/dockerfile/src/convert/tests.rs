@@ -1076,3 +1076,40 @@ fn copy_link_is_refused_not_approximated() {
         "error: Dockerfile:2: ADD --link is not supported yet",
     );
 }
+
+#[test]
+fn copy_chmod_octal_and_symbolic() {
+    let b = build(
+        "FROM busybox\nARG M=go-w\nCOPY --chmod=u=rwX,$M a /a\nCOPY --chmod=0755 b /b\n",
+        &opts(),
+    )
+    .expect("converts");
+    let copies: Vec<(Option<u32>, Option<String>)> = b
+        .graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::File(f) => match &f.actions[0].action {
+                FileActionKind::Copy(c) => Some((c.mode, c.mode_str.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        copies,
+        [(None, Some("u=rwX,go-w".to_string())), (Some(0o755), None)]
+    );
+    check(
+        "FROM busybox\nCOPY --chmod=64a a /a\n",
+        "error: Dockerfile:2: invalid chmod parameter: '64a'. it should be octal string and between 0 and 07777",
+    );
+    check(
+        "FROM busybox\nCOPY --chmod=10000 a /a\n",
+        "error: Dockerfile:2: invalid chmod parameter: '10000'. it should be octal string and between 0 and 07777",
+    );
+    check(
+        "FROM busybox\nCOPY --chmod=u+q a /a\n",
+        "error: Dockerfile:2: invalid syntax",
+    );
+}

@@ -506,6 +506,38 @@ fn add_extracts_archives_and_clamps_traversal() {
 }
 
 #[test]
+fn symbolic_chmod_applies_to_each_entry_mode() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let f = fx();
+    write(&f.ctx, "d/plain", "p");
+    write(&f.ctx, "d/tool", "t");
+    let set = |p: &str, mode: u32| {
+        std::fs::set_permissions(f.ctx.join(p), std::fs::Permissions::from_mode(mode))
+            .expect("chmod")
+    };
+    set("d/plain", 0o600);
+    set("d/tool", 0o700);
+    set("d", 0o700);
+    let mut op = cp("d", "/new/sub/");
+    op.mode_str = Some("u=rwX,go=rX".into());
+    run(&f, &op).expect("copy");
+    let mode = |p: &str| lstat(&f.dest, p).mode() & 0o7777;
+    assert_eq!(mode("new/sub/plain"), 0o644);
+    assert_eq!(mode("new/sub/tool"), 0o755);
+    assert_eq!(
+        mode("new/sub"),
+        0o755,
+        "created destination dirs get it too"
+    );
+    let mut op = cp("d/plain", "/x");
+    op.mode_str = Some("u+q".into());
+    assert!(matches!(run(&f, &op), Err(FileOpError::InvalidMode { .. })));
+}
+
+#[test]
 fn add_detects_every_compression_by_content() {
     if !kiln_types::testing::needs_root("ADD gives extracted entries the archive's uids") {
         return;
