@@ -10,6 +10,7 @@
 //!
 //! Nothing here ships in a binary.
 
+pub mod cases;
 pub mod faultproxy;
 pub mod pki;
 pub mod registry;

@@ -381,7 +381,12 @@ impl Parser<'_> {
                 "network" => network = Some(self.flag_value(node, f)?),
                 "security" => security = Some(self.flag_value(node, f)?),
                 "mount" => mounts.push(self.mount(node, &self.flag_value(node, f)?)?),
-                "device" => return Err(self.unsupported(node.line, &format!("RUN --{}", f.name))),
+                // BuildKit's stable frontend rejects it the same way.
+                "device" => return Err(self.invalid(
+                    node.line,
+                    "device feature is only supported in Dockerfile frontend 1.14.0-labs or later"
+                        .into(),
+                )),
                 _ => return Err(self.unknown_flag(node, f)),
             }
         }

@@ -46,6 +46,7 @@ impl StepRunner {
         };
         let mut extra = Vec::new();
         let mut held_mounts = Vec::new();
+        let mut binds = Vec::new();
         for m in op.mounts.iter().filter(|m| m.dest != "/") {
             match &m.mount_type {
                 MountType::Tmpfs { size } => extra.push(ExtraMount::Tmpfs {
@@ -74,6 +75,7 @@ impl StepRunner {
                         Ok(x) => x,
                         Err(e) => {
                             self.release_cache_mounts(held_mounts).await;
+                            self.release_binds(binds).await;
                             return Err(e);
                         }
                     };
@@ -85,11 +87,20 @@ impl StepRunner {
                     held_mounts.push(held);
                 }
                 MountType::Bind => {
-                    self.release_cache_mounts(held_mounts).await;
-                    return Err(WorkerError::Unsupported {
-                        location: loc,
-                        what: "RUN --mount=type=bind".into(),
+                    let (source, hold) = match self.bind_source(&loc, m, inputs).await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            self.release_cache_mounts(held_mounts).await;
+                            self.release_binds(binds).await;
+                            return Err(e);
+                        }
+                    };
+                    extra.push(ExtraMount::Bind {
+                        source,
+                        dest: m.dest.clone(),
+                        readonly: m.readonly,
                     });
+                    binds.push(hold);
                 }
             }
         }
@@ -97,6 +108,7 @@ impl StepRunner {
             Ok(a) => a,
             Err(e) => {
                 self.release_cache_mounts(held_mounts).await;
+                self.release_binds(binds).await;
                 return Err(e);
             }
         };
@@ -105,6 +117,7 @@ impl StepRunner {
             Err(e) => {
                 self.discard(active).await;
                 self.release_cache_mounts(held_mounts).await;
+                self.release_binds(binds).await;
                 return Err(e);
             }
         };
@@ -114,6 +127,7 @@ impl StepRunner {
                 drop(mounted);
                 self.discard(active).await;
                 self.release_cache_mounts(held_mounts).await;
+                self.release_binds(binds).await;
                 return Err(WorkerError::LogLimit {
                     location: loc,
                     source,
@@ -189,6 +203,7 @@ impl StepRunner {
         let _ = forward.await;
         drop(mounted);
         self.release_cache_mounts(held_mounts).await;
+        self.release_binds(binds).await;
         let status = match status {
             Ok(s) => s,
             Err(ExecError::Cancelled { .. }) => {

@@ -1,6 +1,7 @@
 //! The ops of the build graph over containerd: the engine's implementation
 //! of the solver's `OpRunner`.
 
+mod bindmount;
 mod cachemount;
 mod exec;
 mod file;
@@ -143,6 +144,16 @@ impl OpRunner for StepRunner {
                                 selections.push(crate::fileop::selection(c));
                             }
                         }
+                    }
+                }
+                if let Op::Exec(e) = &vertex.op {
+                    // A bind mount sees its selector's subtree.
+                    for m in e.mounts.iter().filter(|m| m.input == Some(index)) {
+                        let mut sel = kiln_context::CopySelection::all();
+                        if !m.selector.is_empty() {
+                            sel.src = m.selector.clone();
+                        }
+                        selections.push(sel);
                     }
                 }
                 if selections.is_empty() {
