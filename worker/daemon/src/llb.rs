@@ -456,6 +456,75 @@ mod tests {
     }
 
     #[test]
+    fn proxy_env_and_mode_str_are_carried() {
+        let exec = llb::Op {
+            inputs: vec![llb::Input {
+                digest: Digest::of(b"x").to_string(),
+                index: 0,
+            }],
+            op: Some(llb::op::Op::Exec(llb::ExecOp {
+                meta: Some(llb::Meta {
+                    args: vec!["true".into()],
+                    proxy_env: Some(llb::ProxyEnv {
+                        http_proxy: "http://p:1".into(),
+                        no_proxy: "local".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                mounts: vec![llb::Mount {
+                    input: 0,
+                    dest: "/".into(),
+                    output: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let Op::Exec(e) = convert_op(&exec).expect("converts") else {
+            panic!("an exec")
+        };
+        assert_eq!(
+            e.meta.proxy_env.map(|p| p.env()),
+            Some(vec![
+                "HTTP_PROXY=http://p:1".to_string(),
+                "http_proxy=http://p:1".to_string(),
+                "NO_PROXY=local".to_string(),
+                "no_proxy=local".to_string(),
+            ])
+        );
+        let copy = llb::Op {
+            inputs: vec![llb::Input {
+                digest: Digest::of(b"x").to_string(),
+                index: 0,
+            }],
+            op: Some(llb::op::Op::File(llb::FileOp {
+                actions: vec![llb::FileAction {
+                    input: 0,
+                    secondary_input: 0,
+                    output: 0,
+                    action: Some(llb::file_action::Action::Copy(llb::FileActionCopy {
+                        src: "/a".into(),
+                        dest: "/b".into(),
+                        mode: -1,
+                        mode_str: "u=rwX".into(),
+                        ..Default::default()
+                    })),
+                }],
+            })),
+            ..Default::default()
+        };
+        let Op::File(f) = convert_op(&copy).expect("converts") else {
+            panic!("a file op")
+        };
+        let FileActionKind::Copy(c) = &f.actions[0].action else {
+            panic!("a copy")
+        };
+        assert_eq!((c.mode, c.mode_str.as_deref()), (None, Some("u=rwX")));
+    }
+
+    #[test]
     fn rejects_bad_definitions() {
         let garbage = llb::Definition {
             def: vec![vec![0xff, 0xff, 0xff]],
