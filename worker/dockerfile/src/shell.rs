@@ -434,54 +434,86 @@ impl Glob {
         Ok(Glob(items))
     }
 
-    /// Whether the pattern matches all of `s`.
-    fn matches(&self, s: &[char]) -> bool {
-        // Iterative wildcard matching with one backtrack point: linear
-        // enough for words bounded by MAX_WORD_BYTES.
-        let p = &self.0;
-        let (mut pi, mut si) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while si < s.len() {
-            match p.get(pi) {
-                Some(GlobItem::Star) => {
-                    star = Some((pi, si));
-                    pi += 1;
+    /// The ends `e` such that the pattern matches `s[start..e]`, as flags
+    /// over `lo..lo + flags.len()`. One pass per pattern element over the
+    /// positions still reachable (a window of the pattern's length until a
+    /// `*` opens it to the end), so there is no backtracking.
+    fn ends_from(&self, s: &[char], start: usize) -> (usize, Vec<bool>) {
+        let n = s.len();
+        let mut lo = start;
+        let mut at = vec![true];
+        for item in &self.0 {
+            let Some(first) = at.iter().position(|b| *b) else {
+                return (lo, Vec::new());
+            };
+            match item {
+                GlobItem::Star => {
+                    lo += first;
+                    at = vec![true; n + 1 - lo];
                 }
-                Some(GlobItem::Any) => {
-                    pi += 1;
-                    si += 1;
+                GlobItem::Any | GlobItem::Char(_) => {
+                    let next = at
+                        .iter()
+                        .enumerate()
+                        .take_while(|(k, _)| lo + k < n)
+                        .map(|(k, b)| {
+                            *b && match item {
+                                GlobItem::Char(c) => s[lo + k] == *c,
+                                _ => true,
+                            }
+                        })
+                        .collect();
+                    lo += 1;
+                    at = next;
                 }
-                Some(GlobItem::Char(c)) if *c == s[si] => {
-                    pi += 1;
-                    si += 1;
-                }
-                _ => match star {
-                    Some((sp, ss)) => {
-                        pi = sp + 1;
-                        si = ss + 1;
-                        star = Some((sp, ss + 1));
-                    }
-                    None => return false,
-                },
             }
         }
-        p[pi..].iter().all(|i| *i == GlobItem::Star)
+        (lo, at)
+    }
+
+    /// The starts `p` from which the pattern matches some `s[p..e]`,
+    /// computed backwards in one pass per pattern element.
+    fn match_starts(&self, s: &[char]) -> Vec<bool> {
+        let n = s.len();
+        let mut can = vec![true; n + 1];
+        for item in self.0.iter().rev() {
+            let mut prev = vec![false; n + 1];
+            match item {
+                GlobItem::Star => {
+                    if let Some(last) = can.iter().rposition(|b| *b) {
+                        prev[..=last].iter_mut().for_each(|b| *b = true);
+                    }
+                }
+                GlobItem::Any | GlobItem::Char(_) => {
+                    for p in 0..n {
+                        let ok = match item {
+                            GlobItem::Char(c) => s[p] == *c,
+                            _ => true,
+                        };
+                        prev[p] = ok && can[p + 1];
+                    }
+                }
+            }
+            can = prev;
+        }
+        can
+    }
+
+    /// The end of the shortest or longest match starting at `start`.
+    fn match_end(&self, s: &[char], start: usize, longest: bool) -> Option<usize> {
+        let (lo, ends) = self.ends_from(s, start);
+        let found = if longest {
+            ends.iter().rposition(|b| *b)
+        } else {
+            ends.iter().position(|b| *b)
+        };
+        found.map(|k| lo + k)
     }
 
     /// The length of the shortest or longest match of the pattern
     /// starting at the beginning of `s`.
     fn prefix_len(&self, s: &[char], longest: bool) -> Option<usize> {
-        let ends: Box<dyn Iterator<Item = usize>> = if longest {
-            Box::new((0..=s.len()).rev())
-        } else {
-            Box::new(0..=s.len())
-        };
-        for end in ends {
-            if self.matches(&s[..end]) {
-                return Some(end);
-            }
-        }
-        None
+        self.match_end(s, 0, longest)
     }
 
     fn trim_prefix(&self, value: &str, longest: bool) -> String {
@@ -493,18 +525,15 @@ impl Glob {
     }
 
     fn trim_suffix(&self, value: &str, longest: bool) -> String {
-        let s: Vec<char> = value.chars().collect();
-        let starts: Box<dyn Iterator<Item = usize>> = if longest {
-            Box::new(0..=s.len())
-        } else {
-            Box::new((0..=s.len()).rev())
-        };
-        for start in starts {
-            if self.matches(&s[start..]) {
-                return s[..start].iter().collect();
-            }
+        // A suffix match is a prefix match of the reversed pattern on the
+        // reversed value.
+        let mut rev: Vec<char> = value.chars().collect();
+        rev.reverse();
+        let reversed = Glob(self.0.iter().rev().copied().collect());
+        match reversed.prefix_len(&rev, longest) {
+            Some(n) => rev[n..].iter().rev().collect(),
+            None => value.to_string(),
         }
-        value.to_string()
     }
 
     /// Replaces the first (or every) leftmost-longest match with
@@ -512,30 +541,43 @@ impl Glob {
     /// after a previous match (Go's `regexp` rules, which BuildKit uses).
     fn replace(&self, value: &str, replacement: &str, all: bool) -> String {
         let s: Vec<char> = value.chars().collect();
+        let starts = self.match_starts(&s);
         let mut out = String::new();
         let mut i = 0;
         let mut last_end: Option<usize> = None;
         while i <= s.len() {
-            match self.prefix_len(&s[i..], true) {
-                Some(0) if last_end == Some(i) => {}
-                Some(n) => {
-                    out.push_str(replacement);
-                    last_end = Some(i + n);
-                    if !all {
-                        out.extend(&s[i + n..]);
-                        return out;
-                    }
-                    if n > 0 {
-                        i += n;
-                        continue;
-                    }
+            // The next position a match starts from.
+            let Some(start) = (i..=s.len()).find(|p| starts[*p]) else {
+                break;
+            };
+            out.extend(&s[i..start]);
+            i = start;
+            let end = self.match_end(&s, i, true).unwrap_or(i);
+            if end == i && last_end == Some(i) {
+                // An empty match right after the previous one is skipped.
+                if let Some(c) = s.get(i) {
+                    out.push(*c);
                 }
-                None => {}
+                i += 1;
+                continue;
             }
-            if let Some(c) = s.get(i) {
-                out.push(*c);
+            out.push_str(replacement);
+            last_end = Some(end);
+            if !all {
+                i = end;
+                break;
             }
-            i += 1;
+            if end > i {
+                i = end;
+            } else {
+                if let Some(c) = s.get(i) {
+                    out.push(*c);
+                }
+                i += 1;
+            }
+        }
+        if i < s.len() {
+            out.extend(&s[i..]);
         }
         out
     }
@@ -801,6 +843,24 @@ mod tests {
             &e,
             "/foo/b/c.txt - /foo/c.txt",
         );
+    }
+
+    #[test]
+    fn pattern_work_is_bounded() {
+        // Half the word limit of one character, replaced one by one, and
+        // a pattern that never matches: quadratic or backtracking work
+        // would take minutes here.
+        let long = "a".repeat(MAX_WORD_BYTES / 2);
+        let env = [("L", long.as_str())];
+        let lex = |w: &str| {
+            let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            Lex::new('\\').process_word(w, &env).map(|r| r.len())
+        };
+        assert_eq!(lex("${L//a/b}"), Ok(long.len()));
+        assert_eq!(lex("${L//*b/x}"), Ok(long.len()));
+        assert_eq!(lex("${L%%a*b}"), Ok(long.len()));
+        assert_eq!(lex("${L##*a}"), Ok(0));
+        assert_eq!(lex("${L#a?a}"), Ok(long.len() - 3));
     }
 
     #[test]
