@@ -135,7 +135,7 @@ async fn a_dockerfiles_own_ignore_file_wins_in_both_paths() {
         assert!(!out.success, "{}", out.stdout);
         assert!(
             out.stderr
-                .contains("named build context \"extra\" is not supported by kiln yet"),
+                .contains("named build context \"extra\" is not supported yet"),
             "{}",
             out.stderr
         );

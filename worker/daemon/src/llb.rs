@@ -6,7 +6,8 @@ use kiln_proto::llb;
 use kiln_solver::{
     CacheSharing, ChownOpt, Digest, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
     FileMkDir, FileMkFile, FileOp, FileRm, FileSymlink, Graph, MergeOp, Meta, Mount, MountType,
-    NetMode, Op, SecretEnv, SecretMount, SecurityMode, SourceOp, UserOpt, Vertex, VertexId,
+    NetMode, Op, ProxyEnv, SecretEnv, SecretMount, SecurityMode, SourceOp, UserOpt, Vertex,
+    VertexId,
 };
 use prost::Message;
 use std::collections::HashMap;
@@ -152,6 +153,15 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                     cwd: meta.cwd,
                     user: meta.user,
                     hostname: meta.hostname,
+                    proxy_env: meta.proxy_env.map(|p| {
+                        Box::new(ProxyEnv {
+                            http_proxy: p.http_proxy,
+                            https_proxy: p.https_proxy,
+                            ftp_proxy: p.ftp_proxy,
+                            no_proxy: p.no_proxy,
+                            all_proxy: p.all_proxy,
+                        })
+                    }),
                 },
                 mounts,
                 network: match llb::NetMode::try_from(e.network) {
@@ -191,6 +201,7 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                         dest: c.dest.clone(),
                         owner: chown(&c.owner),
                         mode: (c.mode >= 0).then_some(c.mode as u32),
+                        mode_str: (!c.mode_str.is_empty()).then(|| c.mode_str.clone()),
                         follow_symlink: c.follow_symlink,
                         dir_copy_contents: c.dir_copy_contents,
                         attempt_unpack_docker_compatibility: c.attempt_unpack_docker_compatibility,
@@ -465,6 +476,75 @@ mod tests {
             }
             other => panic!("not an exec: {other:?}"),
         }
+    }
+
+    #[test]
+    fn proxy_env_and_mode_str_are_carried() {
+        let exec = llb::Op {
+            inputs: vec![llb::Input {
+                digest: Digest::of(b"x").to_string(),
+                index: 0,
+            }],
+            op: Some(llb::op::Op::Exec(llb::ExecOp {
+                meta: Some(llb::Meta {
+                    args: vec!["true".into()],
+                    proxy_env: Some(llb::ProxyEnv {
+                        http_proxy: "http://p:1".into(),
+                        no_proxy: "local".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                mounts: vec![llb::Mount {
+                    input: 0,
+                    dest: "/".into(),
+                    output: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let Op::Exec(e) = convert_op(&exec).expect("converts") else {
+            panic!("an exec")
+        };
+        assert_eq!(
+            e.meta.proxy_env.map(|p| p.env()),
+            Some(vec![
+                "HTTP_PROXY=http://p:1".to_string(),
+                "http_proxy=http://p:1".to_string(),
+                "NO_PROXY=local".to_string(),
+                "no_proxy=local".to_string(),
+            ])
+        );
+        let copy = llb::Op {
+            inputs: vec![llb::Input {
+                digest: Digest::of(b"x").to_string(),
+                index: 0,
+            }],
+            op: Some(llb::op::Op::File(llb::FileOp {
+                actions: vec![llb::FileAction {
+                    input: 0,
+                    secondary_input: 0,
+                    output: 0,
+                    action: Some(llb::file_action::Action::Copy(llb::FileActionCopy {
+                        src: "/a".into(),
+                        dest: "/b".into(),
+                        mode: -1,
+                        mode_str: "u=rwX".into(),
+                        ..Default::default()
+                    })),
+                }],
+            })),
+            ..Default::default()
+        };
+        let Op::File(f) = convert_op(&copy).expect("converts") else {
+            panic!("a file op")
+        };
+        let FileActionKind::Copy(c) = &f.actions[0].action else {
+            panic!("a copy")
+        };
+        assert_eq!((c.mode, c.mode_str.as_deref()), (None, Some("u=rwX")));
     }
 
     #[test]

@@ -137,6 +137,13 @@ pub struct BuildOptions {
     pub platform_os: String,
     /// Target architecture, e.g. `amd64`.
     pub platform_arch: String,
+    /// Target architecture variant, e.g. `v7` for `linux/arm/v7`; empty
+    /// when the architecture has none (`TARGETVARIANT`).
+    pub platform_variant: String,
+    /// The hostname of `RUN` steps (the `hostname` frontend attribute or
+    /// `BUILDKIT_SANDBOX_HOSTNAME`); empty is the runtime's default,
+    /// `buildkitsandbox`.
+    pub hostname: String,
 }
 
 impl Default for BuildOptions {
@@ -152,6 +159,8 @@ impl Default for BuildOptions {
             no_cache_filter: Vec::new(),
             platform_os: "linux".to_string(),
             platform_arch: "amd64".to_string(),
+            platform_variant: String::new(),
+            hostname: String::new(),
         }
     }
 }

@@ -2,8 +2,13 @@
 //! `frontend/dockerfile/shell/lex.go` and the parser's `parseWords`.
 //!
 //! The builder expands `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
-//! `${VAR:+alt}`, `${VAR+alt}`, `${VAR:?msg}` and `${VAR?msg}`, removes quotes
-//! and escapes. Unset variables expand to nothing.
+//! `${VAR:+alt}`, `${VAR+alt}`, `${VAR:?msg}`, `${VAR?msg}`, the pattern
+//! forms `${VAR#p}`, `${VAR##p}`, `${VAR%p}`, `${VAR%%p}`, `${VAR/p/r}` and
+//! `${VAR//p/r}` (globs of `*` and `?`), and removes quotes and escapes.
+//! Unset variables expand to nothing. Errors carry BuildKit's texts,
+//! wrapped as `failed to process "<word>": ...`.
+
+use crate::convert::gocompat::go_quote;
 
 /// How deeply `${…}` may nest inside a default or alternative word. The
 /// expansion recurses once per level; this keeps a hostile Dockerfile far
@@ -54,6 +59,19 @@ pub fn add_env(env: &mut Vec<String>, key: &str, value: &str) -> Result<(), Stri
     Ok(())
 }
 
+/// The word as an error shows it: Go-quoted like BuildKit's, cut after
+/// [`MAX_QUOTED_CHARS`] characters so a hostile word does not flood the
+/// output.
+fn quote_word(word: &str) -> String {
+    match word.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}...", go_quote(&word[..cut])),
+        None => go_quote(word),
+    }
+}
+
+/// See [`quote_word`].
+const MAX_QUOTED_CHARS: usize = 200;
+
 /// The lexer, configured with the file's escape character.
 #[derive(Clone, Copy, Debug)]
 pub struct Lex {
@@ -74,8 +92,10 @@ impl Lex {
             escape: self.escape,
             env,
             depth: 0,
+            raw: false,
         };
         w.process_stop_on(None)
+            .map_err(|e| format!("failed to process {}: {e}", quote_word(word)))
     }
 
     /// Like [`Lex::process_word`], then split at whitespace (for `EXPOSE`).
@@ -95,6 +115,9 @@ struct Word<'a> {
     env: &'a [String],
     /// How many `${…}` we are inside of.
     depth: usize,
+    /// Keep escape characters in the output (the pattern of a `#`, `%`
+    /// or `/` modifier, whose escapes quote glob characters).
+    raw: bool,
 }
 
 impl Word<'_> {
@@ -133,6 +156,9 @@ impl Word<'_> {
                 '$' => out.push_str(&self.dollar()?),
                 c if c == self.escape => {
                     self.pos += 1;
+                    if self.raw {
+                        out.push(c);
+                    }
                     match self.next() {
                         Some(n) => out.push(n),
                         None => break,
@@ -191,6 +217,9 @@ impl Word<'_> {
                 }
                 Some(c) if c == self.escape => {
                     self.pos += 1;
+                    if self.raw {
+                        out.push(c);
+                    }
                     match self.peek() {
                         None => {}
                         Some(n) if n == '"' || n == '$' || n == self.escape => {
@@ -234,6 +263,8 @@ impl Word<'_> {
         lookup(self.env, name).map(str::to_string)
     }
 
+    /// Expands `$NAME` / `${NAME...}`, the cursor on the `$`. The
+    /// modifiers and error texts follow BuildKit's `processDollar`.
     fn dollar(&mut self) -> Result<String, String> {
         self.pos += 1;
         if self.peek() != Some('{') {
@@ -244,41 +275,311 @@ impl Word<'_> {
             return Ok(self.get(&name).unwrap_or_default());
         }
         self.pos += 1;
+        match self.peek() {
+            None => return Err(MISSING_BRACE.into()),
+            Some('{' | '}' | ':') => return Err("syntax error: bad substitution".into()),
+            Some(_) => {}
+        }
         let name = self.name();
-        if name.is_empty() {
-            return Err("bad substitution".into());
-        }
         let value = self.get(&name);
-        let colon = self.peek() == Some(':');
-        if colon {
-            self.pos += 1;
-        }
         match self.next() {
-            Some('}') if !colon => Ok(value.unwrap_or_default()),
-            Some(m @ ('-' | '+' | '?')) => {
-                if self.depth >= MAX_EXPANSION_DEPTH {
-                    return Err(format!(
-                        "variable substitution nested deeper than {MAX_EXPANSION_DEPTH} levels"
-                    ));
+            Some('}') => Ok(value.unwrap_or_default()),
+            Some(':') => {
+                let m = self.next();
+                let shown = format!(":{}", m.map_or(String::new(), String::from));
+                if matches!(m, Some('#' | '%')) {
+                    return Err(unsupported(&shown));
                 }
-                self.depth += 1;
-                let word = self.process_stop_on(Some('}'));
-                self.depth -= 1;
-                let word = word?;
-                // With `:`, an empty value counts as unset.
-                let set = value.as_deref().is_some_and(|v| !colon || !v.is_empty());
+                let word = self.nested(Some('}'), false, MISSING_BRACE)?;
+                let set = value.as_deref().filter(|v| !v.is_empty());
                 match m {
-                    '-' => Ok(if set { value.unwrap_or_default() } else { word }),
-                    '+' => Ok(if set { word } else { String::new() }),
-                    _ if set => Ok(value.unwrap_or_default()),
+                    Some('-') => Ok(set.map_or(word, str::to_string)),
+                    Some('+') => Ok(set.map_or(String::new(), |_| word)),
+                    Some('?') => match (set, value.is_some()) {
+                        (Some(v), _) => Ok(v.to_string()),
+                        _ if !word.is_empty() => Err(format!("{name}: {word}")),
+                        (None, true) => Err(format!("{name}: is not allowed to be empty")),
+                        (None, false) => Err(format!("{name}: is not allowed to be unset")),
+                    },
+                    _ => Err(unsupported(&shown)),
+                }
+            }
+            Some(m @ ('-' | '+' | '?')) => {
+                let word = self.nested(Some('}'), false, MISSING_BRACE)?;
+                match (m, value) {
+                    ('-', Some(v)) | ('?', Some(v)) => Ok(v),
+                    ('-', None) => Ok(word),
+                    ('+', Some(_)) => Ok(word),
+                    ('+', None) => Ok(String::new()),
                     _ if !word.is_empty() => Err(format!("{name}: {word}")),
-                    _ if colon => Err(format!("{name}: is not allowed to be unset or empty")),
                     _ => Err(format!("{name}: is not allowed to be unset")),
                 }
             }
-            Some(m) => Err(format!("unsupported modifier ({m}) in substitution")),
-            None => Err(format!("missing '}}' in substitution of {name}")),
+            Some(m @ ('#' | '%')) => {
+                // The pattern keeps its escapes: they quote `*` and `?`.
+                let word = self.nested(Some('}'), true, MISSING_BRACE)?;
+                let (longest, pattern) = match word.strip_prefix(m) {
+                    Some(rest) => (true, rest.to_string()),
+                    None => (false, word),
+                };
+                let value = value.unwrap_or_default();
+                let glob = Glob::parse(&pattern)
+                    .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
+                Ok(if m == '#' {
+                    glob.trim_prefix(&value, longest)
+                } else {
+                    glob.trim_suffix(&value, longest)
+                })
+            }
+            Some('/') => {
+                let all = self.peek() == Some('/');
+                if all {
+                    self.pos += 1;
+                }
+                let pattern = self.nested(Some('/'), true, "syntax error: missing '/' in ${}")?;
+                let replacement = self.nested(Some('}'), true, MISSING_BRACE)?;
+                let value = value.unwrap_or_default();
+                let glob = Glob::parse(&pattern)
+                    .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
+                Ok(glob.replace(&value, &replacement, all))
+            }
+            // BuildKit prints the end of input as U+FFFD here; saying what
+            // is missing is more use.
+            None => Err(MISSING_BRACE.into()),
+            Some(m) => Err(unsupported(&m.to_string())),
         }
+    }
+
+    /// Processes the word of a modifier up to `stop`, one nesting level
+    /// deeper; `raw` keeps escape characters in the result (patterns).
+    /// Running out of input gives `eof_message`.
+    fn nested(
+        &mut self,
+        stop: Option<char>,
+        raw: bool,
+        eof_message: &str,
+    ) -> Result<String, String> {
+        if self.depth >= MAX_EXPANSION_DEPTH {
+            return Err(format!(
+                "variable substitution nested deeper than {MAX_EXPANSION_DEPTH} levels"
+            ));
+        }
+        self.depth += 1;
+        let saved = std::mem::replace(&mut self.raw, raw);
+        let word = self.process_stop_on(stop);
+        self.raw = saved;
+        self.depth -= 1;
+        word.map_err(|e| {
+            if self.peek().is_none()
+                && e.starts_with("unexpected end of statement while looking for matching")
+            {
+                eof_message.to_string()
+            } else {
+                e
+            }
+        })
+    }
+}
+
+const MISSING_BRACE: &str = "syntax error: missing '}'";
+
+fn unsupported(modifier: &str) -> String {
+    format!("unsupported modifier ({modifier}) in substitution")
+}
+
+/// One element of a `${v#pattern}` glob.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum GlobItem {
+    /// `*`: any run of characters.
+    Star,
+    /// `?`: any one character.
+    Any,
+    Char(char),
+}
+
+/// A shell pattern of the `#`, `%` and `/` modifiers: `*`, `?` and
+/// literal characters, where the escape character quotes `*`, `?` and
+/// itself (and is dropped before `}` and `/`). Bracket expressions are
+/// plain characters, as in BuildKit.
+#[derive(Debug)]
+struct Glob(Vec<GlobItem>);
+
+impl Glob {
+    fn parse(pattern: &str) -> Result<Glob, String> {
+        // BuildKit's pattern escape is always `\`, whatever the file's
+        // escape directive says.
+        let escape = '\\';
+        let mut items = Vec::new();
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            items.push(match c {
+                '*' => GlobItem::Star,
+                '?' => GlobItem::Any,
+                c if c == escape => match chars.peek().copied() {
+                    Some('}' | '/') => continue,
+                    Some(n @ ('*' | '?')) => {
+                        chars.next();
+                        GlobItem::Char(n)
+                    }
+                    Some(n) if n == escape => {
+                        chars.next();
+                        GlobItem::Char(n)
+                    }
+                    Some(n) => return Err(format!("invalid escape '{escape}{n}'")),
+                    None => return Err(format!("invalid escape '{escape}'")),
+                },
+                c => GlobItem::Char(c),
+            });
+        }
+        Ok(Glob(items))
+    }
+
+    /// The ends `e` such that the pattern matches `s[start..e]`, as flags
+    /// over `lo..lo + flags.len()`. One pass per pattern element over the
+    /// positions still reachable (a window of the pattern's length until a
+    /// `*` opens it to the end), so there is no backtracking.
+    fn ends_from(&self, s: &[char], start: usize) -> (usize, Vec<bool>) {
+        let n = s.len();
+        let mut lo = start;
+        let mut at = vec![true];
+        for item in &self.0 {
+            let Some(first) = at.iter().position(|b| *b) else {
+                return (lo, Vec::new());
+            };
+            match item {
+                GlobItem::Star => {
+                    lo += first;
+                    at = vec![true; n + 1 - lo];
+                }
+                GlobItem::Any | GlobItem::Char(_) => {
+                    let next = at
+                        .iter()
+                        .enumerate()
+                        .take_while(|(k, _)| lo + k < n)
+                        .map(|(k, b)| {
+                            *b && match item {
+                                GlobItem::Char(c) => s[lo + k] == *c,
+                                _ => true,
+                            }
+                        })
+                        .collect();
+                    lo += 1;
+                    at = next;
+                }
+            }
+        }
+        (lo, at)
+    }
+
+    /// The starts `p` from which the pattern matches some `s[p..e]`,
+    /// computed backwards in one pass per pattern element.
+    fn match_starts(&self, s: &[char]) -> Vec<bool> {
+        let n = s.len();
+        let mut can = vec![true; n + 1];
+        for item in self.0.iter().rev() {
+            let mut prev = vec![false; n + 1];
+            match item {
+                GlobItem::Star => {
+                    if let Some(last) = can.iter().rposition(|b| *b) {
+                        prev[..=last].iter_mut().for_each(|b| *b = true);
+                    }
+                }
+                GlobItem::Any | GlobItem::Char(_) => {
+                    for p in 0..n {
+                        let ok = match item {
+                            GlobItem::Char(c) => s[p] == *c,
+                            _ => true,
+                        };
+                        prev[p] = ok && can[p + 1];
+                    }
+                }
+            }
+            can = prev;
+        }
+        can
+    }
+
+    /// The end of the shortest or longest match starting at `start`.
+    fn match_end(&self, s: &[char], start: usize, longest: bool) -> Option<usize> {
+        let (lo, ends) = self.ends_from(s, start);
+        let found = if longest {
+            ends.iter().rposition(|b| *b)
+        } else {
+            ends.iter().position(|b| *b)
+        };
+        found.map(|k| lo + k)
+    }
+
+    /// The length of the shortest or longest match of the pattern
+    /// starting at the beginning of `s`.
+    fn prefix_len(&self, s: &[char], longest: bool) -> Option<usize> {
+        self.match_end(s, 0, longest)
+    }
+
+    fn trim_prefix(&self, value: &str, longest: bool) -> String {
+        let s: Vec<char> = value.chars().collect();
+        match self.prefix_len(&s, longest) {
+            Some(n) => s[n..].iter().collect(),
+            None => value.to_string(),
+        }
+    }
+
+    fn trim_suffix(&self, value: &str, longest: bool) -> String {
+        // A suffix match is a prefix match of the reversed pattern on the
+        // reversed value.
+        let mut rev: Vec<char> = value.chars().collect();
+        rev.reverse();
+        let reversed = Glob(self.0.iter().rev().copied().collect());
+        match reversed.prefix_len(&rev, longest) {
+            Some(n) => rev[n..].iter().rev().collect(),
+            None => value.to_string(),
+        }
+    }
+
+    /// Replaces the first (or every) leftmost-longest match with
+    /// `replacement`; an empty match is replaced too, but not right
+    /// after a previous match (Go's `regexp` rules, which BuildKit uses).
+    fn replace(&self, value: &str, replacement: &str, all: bool) -> String {
+        let s: Vec<char> = value.chars().collect();
+        let starts = self.match_starts(&s);
+        let mut out = String::new();
+        let mut i = 0;
+        let mut last_end: Option<usize> = None;
+        while i <= s.len() {
+            // The next position a match starts from.
+            let Some(start) = (i..=s.len()).find(|p| starts[*p]) else {
+                break;
+            };
+            out.extend(&s[i..start]);
+            i = start;
+            let end = self.match_end(&s, i, true).unwrap_or(i);
+            if end == i && last_end == Some(i) {
+                // An empty match right after the previous one is skipped.
+                if let Some(c) = s.get(i) {
+                    out.push(*c);
+                }
+                i += 1;
+                continue;
+            }
+            out.push_str(replacement);
+            last_end = Some(end);
+            if !all {
+                i = end;
+                break;
+            }
+            if end > i {
+                i = end;
+            } else {
+                if let Some(c) = s.get(i) {
+                    out.push(*c);
+                }
+                i += 1;
+            }
+        }
+        if i < s.len() {
+            out.extend(&s[i..]);
+        }
+        out
     }
 }
 
@@ -385,16 +686,21 @@ mod tests {
     fn nesting_and_size_are_bounded() {
         let nest = |n: usize| format!("{}x{}", "${A:+".repeat(n), "}".repeat(n));
         check(&nest(MAX_EXPANSION_DEPTH), "x");
+        let deeper = nest(MAX_EXPANSION_DEPTH + 1);
         check(
-            &nest(MAX_EXPANSION_DEPTH + 1),
-            "error: variable substitution nested deeper than 64 levels",
+            &deeper,
+            &format!(
+                "error: failed to process {:?}...: variable substitution nested deeper than 64 levels",
+                &deeper[..200]
+            ),
         );
         // Deep enough to overflow any thread's stack if it recursed.
         let deep = "${a:-".repeat(200_000);
         let got = Lex::new('\\').process_word(&deep, &[]);
-        assert_eq!(
-            got,
-            Err("variable substitution nested deeper than 64 levels".into())
+        assert!(
+            got.as_ref().is_err_and(|e| e.ends_with(": variable substitution nested deeper than 64 levels")),
+            "{:?}",
+            got.map_err(|e| e.len())
         );
         let big = vec![format!("B={}", "b".repeat(MAX_WORD_BYTES / 2))];
         assert_eq!(
@@ -404,8 +710,7 @@ mod tests {
         for word in ["$B$B$B", "\"$B$B$B\"", "${X:-$B$B$B}"] {
             assert_eq!(
                 Lex::new('\\').process_word(word, &big),
-                Err("variable substitution produces more than 131072 bytes".into()),
-                "{word}"
+                Err(format!("failed to process {word:?}: variable substitution produces more than 131072 bytes")),
             );
         }
     }
@@ -420,17 +725,142 @@ mod tests {
         check("${UNSET:-def}", "def");
         check("${EMPTY:-def}", "def");
         check("${EMPTY-def}", "");
+        check("${UNSET-def}", "def");
         check("${A:-def}", "a");
+        check("${A-def}", "a");
         check("${A:+alt}", "alt");
+        check("${A+alt}", "alt");
         check("${UNSET:+alt}", "");
+        check("${UNSET+alt}", "");
         check("${EMPTY:+alt}", "");
         check("${EMPTY+alt}", "alt");
         check("${UNSET:-$A/x}", "a/x");
-        check("${UNSET:?need it}", "error: UNSET: need it");
-        check("${A#x}", "error: unsupported modifier (#) in substitution");
-        check("${A", "error: missing '}' in substitution of A");
+        check("${UNSET:-${EMPTY:-y}}z", "yz");
+        check("${A:?need it}", "a");
+        check("${EMPTY?need it}", "");
+        check("$1x ${999:-d} $@@", "x d @");
         check("$", "$");
         check("a$ b", "a$ b");
+        check("${aaa:-bbb}}", "bbb}");
+    }
+
+    #[test]
+    fn substitution_errors() {
+        let fail = |word: &str, message: &str| {
+            check(
+                word,
+                &format!("error: failed to process {word:?}: {message}"),
+            );
+        };
+        fail("${UNSET:?need it}", "UNSET: need it");
+        fail("${UNSET?need it}", "UNSET: need it");
+        fail("${UNSET:?}", "UNSET: is not allowed to be unset");
+        fail("${UNSET?}", "UNSET: is not allowed to be unset");
+        fail("${EMPTY:?}", "EMPTY: is not allowed to be empty");
+        fail("${A:=x}", "unsupported modifier (:=) in substitution");
+        fail("${A=x}", "unsupported modifier (=) in substitution");
+        fail("${A:YYY}", "unsupported modifier (:Y) in substitution");
+        fail("${A:#x}", "unsupported modifier (:#) in substitution");
+        fail("${A:%%x}", "unsupported modifier (:%) in substitution");
+        fail("${A.}", "unsupported modifier (.) in substitution");
+        fail("${}", "syntax error: bad substitution");
+        fail("${:-x}", "syntax error: bad substitution");
+        fail("${{A}", "syntax error: bad substitution");
+        fail("${", "syntax error: missing '}'");
+        fail("${A", "syntax error: missing '}'");
+        fail("${A:-x", "syntax error: missing '}'");
+        fail("${A//x}", "syntax error: missing '/' in ${}");
+        fail("${A/x", "syntax error: missing '/' in ${}");
+        fail(
+            r"${A#\x}",
+            r"invalid pattern (\x) in substitution: invalid escape '\x'",
+        );
+    }
+
+    fn check_with(word: &str, env: &[(&str, &str)], expect: &str) {
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let got = Lex::new('\\')
+            .process_word(word, &env)
+            .unwrap_or_else(|e| format!("error: {e}"));
+        assert_eq!(got, expect, "process_word({word:?})");
+    }
+
+    #[test]
+    fn pattern_modifiers() {
+        let v = [("V", "file.tar.gz"), ("P", "/a/b/c")];
+        check_with("${V#*.}", &v, "tar.gz");
+        check_with("${V##*.}", &v, "gz");
+        check_with("${V%.*}", &v, "file.tar");
+        check_with("${V%%.*}", &v, "file");
+        check_with("${V#nomatch}", &v, "file.tar.gz");
+        check_with("${V%}", &v, "file.tar.gz");
+        check_with("${V#?i}", &v, "le.tar.gz");
+        check_with("${P#/}", &v, "a/b/c");
+        check_with("${P%/*}", &v, "/a/b");
+        check_with("${UNSET#x}", &v, "");
+        check_with("${V/./-}", &v, "file-tar.gz");
+        check_with("${V//./-}", &v, "file-tar-gz");
+        check_with("${V/t*./}", &v, "file.gz");
+        check_with("${V//[a]/x}", &v, "file.tar.gz");
+        check_with(r"${P//\//_}", &v, "_a_b_c");
+        let p = [("P", "/usr/local/lib")];
+        check_with(
+            "${P/l*l/X} ${P//?o/.} ${P/#/x}",
+            &p,
+            "/usr/Xib /usr/.cal/lib /usr/local/lib",
+        );
+        // BuildKit's own cases (frontend/dockerfile/shell/lex_test.go).
+        let foo = |value: &str| [("FOO", value.to_string())];
+        let cases: &[(&str, &str, &str)] = &[
+            (r"${FOO#()[]{\}^$.\*\?|\\}", r"()[]{}^$.*?|\x", "x"),
+            (r"${FOO%%\**}", "xx**", "xx"),
+            ("${FOO#*x*y}", "xxyy", "y"),
+            ("${FOO#*}", "xxyy", "xxyy"),
+            ("${FOO##*x}", "xxyy", "yy"),
+            ("${FOO##}", "xxyy", "xxyy"),
+            (r"${FOO#?\?}", "???y", "?y"),
+            (r"${FOO%%\**\*}", "a***yy*", "a"),
+            ("${FOO///}", "xxyy", "xxyy"),
+            (r"${FOO//\//\/}", "/tmp/foo.txt", r"\/tmp\/foo.txt"),
+        ];
+        for (word, value, expect) in cases {
+            let env = foo(value);
+            check_with(word, &[("FOO", env[0].1.as_str())], expect);
+        }
+        let e = [("FOO", "xxyy"), ("BAR", "")];
+        check_with("${FOO/$BAR/ww}", &e, "wwxxyy");
+        check_with("${FOO//$BAR/w}", &e, "wxwxwywyw");
+        check_with("${FOO%%$BAR}", &e, "xxyy");
+        let e = [("FOO", "/foo*/*/*.txt"), ("NEEDLE", r"\*/")];
+        check_with(
+            "${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}",
+            &e,
+            "/foo.*/*.txt - /foo..*.txt",
+        );
+        let e = [("FOO", "/a/foo/b/c.txt"), ("NEEDLE", "/?/"), ("R", "/")];
+        check_with(
+            "${FOO/$NEEDLE/$R} - ${FOO//$NEEDLE/$R}",
+            &e,
+            "/foo/b/c.txt - /foo/c.txt",
+        );
+    }
+
+    #[test]
+    fn pattern_work_is_bounded() {
+        // Half the word limit of one character, replaced one by one, and
+        // a pattern that never matches: quadratic or backtracking work
+        // would take minutes here.
+        let long = "a".repeat(MAX_WORD_BYTES / 2);
+        let env = [("L", long.as_str())];
+        let lex = |w: &str| {
+            let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            Lex::new('\\').process_word(w, &env).map(|r| r.len())
+        };
+        assert_eq!(lex("${L//a/b}"), Ok(long.len()));
+        assert_eq!(lex("${L//*b/x}"), Ok(long.len()));
+        assert_eq!(lex("${L%%a*b}"), Ok(long.len()));
+        assert_eq!(lex("${L##*a}"), Ok(0));
+        assert_eq!(lex("${L#a?a}"), Ok(long.len() - 3));
     }
 
     #[test]
@@ -443,7 +873,7 @@ mod tests {
         check("\"x y\"", "x y");
         check(
             "'unterminated",
-            "error: unexpected end of statement while looking for matching single-quote",
+            "error: failed to process \"'unterminated\": unexpected end of statement while looking for matching single-quote",
         );
         assert_eq!(
             Lex::new('`').process_word("`$A $A", &env()),

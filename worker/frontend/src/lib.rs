@@ -44,8 +44,12 @@ pub enum FrontendError {
     #[error("frontend option {key:?} is not supported by kiln")]
     UnsupportedAttribute { key: String },
     /// `context:NAME` / `--build-context NAME=...`.
-    #[error("named build context {name:?} is not supported by kiln yet")]
+    #[error("named build context {name:?} is not supported yet")]
     NamedContext { name: String },
+    /// A valid option or build argument whose effect kiln does not
+    /// implement yet (another platform, `BUILDKIT_MULTI_PLATFORM`, ...).
+    #[error("{what} is not supported yet")]
+    Unsupported { what: String },
     /// A supported attribute with a value kiln cannot use.
     #[error("invalid frontend option {key}={value:?}: {reason}")]
     InvalidAttribute {
@@ -87,9 +91,9 @@ impl FrontendError {
     /// The error's kind, for the daemon's gRPC status.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            FrontendError::UnsupportedAttribute { .. } | FrontendError::NamedContext { .. } => {
-                ErrorKind::Unimplemented
-            }
+            FrontendError::UnsupportedAttribute { .. }
+            | FrontendError::NamedContext { .. }
+            | FrontendError::Unsupported { .. } => ErrorKind::Unimplemented,
             FrontendError::InvalidAttribute { .. } | FrontendError::Dockerfile(_) => {
                 ErrorKind::InvalidArgument
             }
@@ -126,6 +130,9 @@ pub struct FrontendOptions {
     /// `image-resolve-mode`: when base images are pulled
     /// ([`kiln_engine::resolve`]).
     pub resolve_mode: ResolveMode,
+    /// `hostname`, or the `BUILDKIT_SANDBOX_HOSTNAME` build argument
+    /// (which wins): the hostname of `RUN` steps.
+    pub hostname: String,
 }
 
 impl Default for FrontendOptions {
@@ -140,6 +147,7 @@ impl Default for FrontendOptions {
             no_cache: false,
             no_cache_filter: Vec::new(),
             resolve_mode: ResolveMode::Default,
+            hostname: String::new(),
         }
     }
 }
@@ -191,6 +199,8 @@ impl FrontendOptions {
                             .collect();
                     }
                     "platform" => check_platform(value)?,
+                    "hostname" => opts.hostname = value.to_string(),
+                    "multi-platform" => check_multi_platform(key, value)?,
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
                     // buildctl repeats the Solve request's cache imports
                     // here (JSON); kilnd reads and checks them with the
@@ -205,6 +215,7 @@ impl FrontendOptions {
                 }
             }
         }
+        check_buildkit_args(&mut opts)?;
         Ok(opts)
     }
 }
@@ -227,14 +238,84 @@ fn check_platform(value: &str) -> Result<()> {
         Some(v) => format!("{short}/{v}"),
         None => short.clone(),
     };
-    if value.is_empty() || value == short || value == full {
-        return Ok(());
+    // buildx sends a list for multi-platform builds.
+    for p in value.split(',').map(str::trim) {
+        if !(p.is_empty() || p == short || p == full) {
+            return Err(FrontendError::Unsupported {
+                what: format!(
+                    "building for platform {p:?} (kiln builds for the host platform, {full}, only)"
+                ),
+            });
+        }
     }
-    Err(FrontendError::InvalidAttribute {
-        key: "platform".to_string(),
-        value: value.to_string(),
-        reason: format!("kiln builds for the host platform ({full}) only"),
-    })
+    Ok(())
+}
+
+/// Go's `strconv.ParseBool`, which BuildKit uses for boolean options.
+fn parse_go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// `multi-platform` / `BUILDKIT_MULTI_PLATFORM`: an index even for one
+/// platform. Off is what kiln does; on is not implemented.
+fn check_multi_platform(key: &str, value: &str) -> Result<()> {
+    match parse_go_bool(value) {
+        Some(false) => Ok(()),
+        Some(true) => Err(FrontendError::Unsupported {
+            what: format!("{key}={value} (an image index for a single-platform build)"),
+        }),
+        None => Err(FrontendError::InvalidAttribute {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason: format!("invalid boolean value for multi-platform: {value}"),
+        }),
+    }
+}
+
+/// The `BUILDKIT_*` build arguments BuildKit reads as options. The ones
+/// kiln implements are used (`BUILDKIT_CACHE_MOUNT_NS` by the converter,
+/// `BUILDKIT_SANDBOX_HOSTNAME` here); the ones that only matter to a
+/// client (`BUILDKIT_INLINE_CACHE`, read by the CLI) or only name the
+/// build (`BUILDKIT_BUILD_NAME`) change nothing; the others would change
+/// the result and fail until kiln implements them.
+fn check_buildkit_args(opts: &mut FrontendOptions) -> Result<()> {
+    let unsupported = |what: String| Err(FrontendError::Unsupported { what });
+    let mut hostname = None;
+    for (key, value) in &opts.build_args {
+        let on = || parse_go_bool(value).unwrap_or(!value.is_empty());
+        match key.as_str() {
+            "BUILDKIT_SANDBOX_HOSTNAME" if !value.is_empty() => hostname = Some(value.clone()),
+            "BUILDKIT_MULTI_PLATFORM" => check_multi_platform(key, value)?,
+            "BUILDKIT_CONTEXT_KEEP_GIT_DIR" if on() => {
+                return unsupported(format!("{key}={value} (git build contexts)"))
+            }
+            "BUILDKIT_SBOM_SCAN_CONTEXT" | "BUILDKIT_SBOM_SCAN_STAGE" if on() => {
+                return unsupported(format!("{key}={value} (SBOM attestations)"))
+            }
+            "BUILDKIT_SYNTAX" if !value.is_empty() => {
+                return unsupported(format!("{key}={value} (a frontend image)"))
+            }
+            "BUILDKIT_DOCKERFILE_CHECK" if !value.is_empty() => {
+                return unsupported(format!("{key}={value} (build checks as a build argument)"))
+            }
+            "BUILDKIT_DISABLE_FILEOP" if on() => return Err(FrontendError::InvalidAttribute {
+                key: format!("build-arg:{key}"),
+                value: value.clone(),
+                reason:
+                    "support for \"BUILDKIT_DISABLE_FILEOP\" build-arg was removed in BuildKit 0.11"
+                        .into(),
+            }),
+            _ => {}
+        }
+    }
+    if let Some(h) = hostname {
+        opts.hostname = h;
+    }
+    Ok(())
 }
 
 /// The Dockerfile's own ignore file: `<filename>.dockerignore`, in the
@@ -404,6 +485,8 @@ pub fn build_options(source: &DockerfileSource, opts: &FrontendOptions) -> Build
         no_cache_filter: opts.no_cache_filter.clone(),
         platform_os: platform.os().to_string(),
         platform_arch: platform.architecture().to_string(),
+        platform_variant: platform.variant().clone().unwrap_or_default(),
+        hostname: opts.hostname.clone(),
     }
 }
 

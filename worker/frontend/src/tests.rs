@@ -60,7 +60,7 @@ fn unsupported_attributes_fail_naming_the_key() {
         .expect_err("named contexts are not implemented");
     assert_eq!(
         e.to_string(),
-        "named build context \"base\" is not supported by kiln yet"
+        "named build context \"base\" is not supported yet"
     );
     assert_eq!(e.kind(), ErrorKind::Unimplemented);
 }
@@ -122,10 +122,69 @@ fn platform_must_be_the_host() {
         .expect_err("other platforms are not built");
     assert!(
         e.to_string().starts_with(&format!(
-            "invalid frontend option platform={other:?}: kiln builds for the host platform"
-        )),
+            "building for platform {other:?} (kiln builds for the host platform, "
+        )) && e.to_string().ends_with("only) is not supported yet"),
         "{e}"
     );
+    assert_eq!(e.kind(), ErrorKind::Unimplemented);
+    let both = format!("{same},{other}");
+    FrontendOptions::from_attrs(&attrs(&[("platform", both.as_str())]))
+        .expect_err("a list with another platform is not built either");
+}
+
+#[test]
+fn buildkit_build_args_work_or_fail_by_name() {
+    let o = FrontendOptions::from_attrs(&attrs(&[
+        ("build-arg:BUILDKIT_SANDBOX_HOSTNAME", "box"),
+        ("build-arg:BUILDKIT_MULTI_PLATFORM", "0"),
+        ("build-arg:BUILDKIT_CONTEXT_KEEP_GIT_DIR", "false"),
+        ("build-arg:BUILDKIT_INLINE_CACHE", "1"),
+        ("build-arg:BUILDKIT_BUILD_NAME", "x"),
+        ("build-arg:BUILDKIT_CACHE_MOUNT_NS", "ns"),
+        ("hostname", "attr"),
+    ]))
+    .expect("implemented or without effect");
+    assert_eq!(
+        o.hostname, "box",
+        "the build argument wins over the attribute"
+    );
+    assert_eq!(o.build_args["BUILDKIT_CACHE_MOUNT_NS"], "ns");
+    let o = FrontendOptions::from_attrs(&attrs(&[("hostname", "attr")])).expect("hostname");
+    assert_eq!(o.hostname, "attr");
+    for (key, value, message) in [
+        (
+            "build-arg:BUILDKIT_MULTI_PLATFORM",
+            "1",
+            "BUILDKIT_MULTI_PLATFORM=1 (an image index for a single-platform build) is not supported yet",
+        ),
+        (
+            "multi-platform",
+            "true",
+            "multi-platform=true (an image index for a single-platform build) is not supported yet",
+        ),
+        (
+            "build-arg:BUILDKIT_CONTEXT_KEEP_GIT_DIR",
+            "1",
+            "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1 (git build contexts) is not supported yet",
+        ),
+        (
+            "build-arg:BUILDKIT_SBOM_SCAN_STAGE",
+            "true",
+            "BUILDKIT_SBOM_SCAN_STAGE=true (SBOM attestations) is not supported yet",
+        ),
+        (
+            "build-arg:BUILDKIT_SYNTAX",
+            "example.com/frontend:1",
+            "BUILDKIT_SYNTAX=example.com/frontend:1 (a frontend image) is not supported yet",
+        ),
+    ] {
+        let e = FrontendOptions::from_attrs(&attrs(&[(key, value)])).expect_err(key);
+        assert_eq!(e.to_string(), message);
+        assert_eq!(e.kind(), ErrorKind::Unimplemented);
+    }
+    let e = FrontendOptions::from_attrs(&attrs(&[("build-arg:BUILDKIT_MULTI_PLATFORM", "yes")]))
+        .expect_err("not a Go boolean");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
 }
 
 fn write(dir: &Path, name: &str, text: &str) {

@@ -99,6 +99,67 @@ pub struct Meta {
     /// `user`, `user:group`, `uid`, `uid:gid`; empty means root.
     pub user: String,
     pub hostname: String,
+    /// Proxy variables given to the process on top of `env`. Like
+    /// BuildKit's `ProxyEnv` they are not part of the definition, so they
+    /// never change a cache key or the build history.
+    #[serde(skip)]
+    pub proxy_env: Option<Box<ProxyEnv>>,
+}
+
+/// `pb.ProxyEnv`: the proxy build arguments of a build.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyEnv {
+    pub http_proxy: String,
+    pub https_proxy: String,
+    pub ftp_proxy: String,
+    pub no_proxy: String,
+    pub all_proxy: String,
+}
+
+impl ProxyEnv {
+    /// The names of the proxy variables, upper case.
+    pub const NAMES: [&'static str; 5] = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ];
+
+    /// Sets the variable `name` (either case) when it is a proxy
+    /// variable; returns whether it was one.
+    pub fn set(&mut self, name: &str, value: &str) -> bool {
+        let slot = match name.to_ascii_uppercase().as_str() {
+            "HTTP_PROXY" => &mut self.http_proxy,
+            "HTTPS_PROXY" => &mut self.https_proxy,
+            "FTP_PROXY" => &mut self.ftp_proxy,
+            "NO_PROXY" => &mut self.no_proxy,
+            "ALL_PROXY" => &mut self.all_proxy,
+            _ => return false,
+        };
+        *slot = value.to_string();
+        true
+    }
+
+    /// The process environment entries: each set variable in upper and
+    /// lower case, as BuildKit's executor adds them.
+    pub fn env(&self) -> Vec<String> {
+        let values = [
+            &self.http_proxy,
+            &self.https_proxy,
+            &self.ftp_proxy,
+            &self.no_proxy,
+            &self.all_proxy,
+        ];
+        let mut out = Vec::new();
+        for (name, value) in Self::NAMES.iter().zip(values) {
+            if !value.is_empty() {
+                out.push(format!("{name}={value}"));
+                out.push(format!("{}={value}", name.to_ascii_lowercase()));
+            }
+        }
+        out
+    }
 }
 
 /// `pb.CacheSharingOpt`.
@@ -209,6 +270,11 @@ pub struct FileCopy {
     pub owner: Option<ChownOpt>,
     /// Octal mode to force (`--chmod`); `None` keeps the source's.
     pub mode: Option<u32>,
+    /// A symbolic mode (`--chmod=u=rwX,go=rX`, LLB's `modeStr`) applied
+    /// to each entry's own mode; used when `mode` is `None`. Left out of
+    /// the definition when unset, so older cache keys stay valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode_str: Option<String>,
     pub follow_symlink: bool,
     /// Copy a directory's contents rather than the directory itself.
     pub dir_copy_contents: bool,

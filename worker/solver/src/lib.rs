@@ -9,6 +9,7 @@
 //! engine implements; with a fake runner the solver is deterministic.
 
 pub mod cache;
+pub mod chmod;
 pub mod graph;
 pub mod scheduler;
 

@@ -2,6 +2,7 @@
 //! an image, with `--chown` and `--chmod`, and BuildKit's history text.
 
 use super::*;
+use kiln_solver::chmod::SymbolicMode;
 
 impl Converter<'_> {
     pub(super) fn dispatch_copy(
@@ -14,6 +15,17 @@ impl Converter<'_> {
     ) -> Result<()> {
         let line = c.line;
         let what = if cp.add { "ADD" } else { "COPY" };
+        // A linked copy is made on an empty layer and merged, so it does
+        // not see (or follow symlinks of) what is below it; a plain copy
+        // would give another filesystem, so it is refused rather than
+        // approximated.
+        if cp.link {
+            return Err(ParseError::Unsupported {
+                file: self.opts.filename.clone(),
+                line,
+                feature: format!("{what} --link"),
+            });
+        }
         let chown = cp
             .chown
             .as_ref()
@@ -24,16 +36,23 @@ impl Converter<'_> {
             .as_ref()
             .map(|s| self.expand(s, &st.env, line))
             .transpose()?;
-        let mode = match &chmod {
-            None => None,
+        // BuildKit's rules: octal up to 07777, else a symbolic mode; a
+        // value that starts like a number is reported as a bad octal one.
+        let chmod = chmod.filter(|m| !m.is_empty());
+        let (mode, mode_str) = match &chmod {
+            None => (None, None),
             Some(m) => match u32::from_str_radix(m, 8) {
-                Ok(v) if v <= 0o7777 => Some(v),
-                _ => {
+                Ok(v) if v <= 0o7777 => (Some(v), None),
+                _ if m.starts_with(|c: char| c.is_ascii_digit()) => {
                     return Err(self.file_err(
                         line,
                         format!("invalid chmod parameter: '{m}'. it should be octal string and between 0 and 07777"),
                     ))
                 }
+                _ => match SymbolicMode::parse(m) {
+                    Ok(_) => (None, Some(m.clone())),
+                    Err(e) => return Err(self.file_err(line, e.to_string())),
+                },
             },
         };
         let excludes = cp
@@ -109,6 +128,7 @@ impl Converter<'_> {
                     dest: dest.clone(),
                     owner: owner.clone(),
                     mode,
+                    mode_str: mode_str.clone(),
                     follow_symlink: true,
                     dir_copy_contents: true,
                     attempt_unpack_docker_compatibility: cp.add,
@@ -145,6 +165,7 @@ impl Converter<'_> {
                     dest: dest.clone(),
                     owner: owner.clone(),
                     mode,
+                    mode_str: mode_str.clone(),
                     follow_symlink: false,
                     dir_copy_contents: false,
                     attempt_unpack_docker_compatibility: false,

@@ -27,7 +27,8 @@ use crate::{BuildOptions, ParseError, Result};
 use kiln_solver::{
     CacheSharing, ChownOpt, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
     FileMkDir, FileMkFile, FileOp, Graph, HistoryEntry, ImageConfig, MergeOp, Meta, Mount,
-    MountType, NetMode, Op, SecurityMode, SourceLocation, SourceOp, UserOpt, Vertex, VertexId,
+    MountType, NetMode, Op, ProxyEnv, SecurityMode, SourceLocation, SourceOp, UserOpt, Vertex,
+    VertexId,
 };
 use std::collections::BTreeMap;
 
@@ -795,7 +796,10 @@ impl Converter<'_> {
                 (None, None) => lookup(&self.plan.global_env, &a.key).map(str::to_string),
             };
             if let Some(v) = &value {
-                add_env(&mut st.env, &a.key, v).map_err(|m| self.file_err(line, m))?;
+                // BuildKit reads these itself and never exports them.
+                if !NON_ENV_ARGS.contains(&a.key.as_str()) {
+                    add_env(&mut st.env, &a.key, v).map_err(|m| self.file_err(line, m))?;
+                }
                 shown.push(format!("{}={v}", a.key));
             } else {
                 shown.push(a.key.clone());
@@ -920,6 +924,10 @@ fn at_line(e: ParseError, at: usize) -> ParseError {
         other => other,
     }
 }
+
+/// `ARG`s that are never in a step's environment (BuildKit's
+/// `nonEnvArgs`).
+const NON_ENV_ARGS: [&str; 2] = ["BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"];
 
 /// Exec form as is; shell form prefixed with `SHELL` or `/bin/sh -c`.
 fn with_shell(config: &ImageConfig, cmd: &CmdLine) -> Vec<String> {

@@ -29,6 +29,10 @@ pub(super) enum Source {
 pub(super) struct Plan {
     /// Global `ARG`s with values and the platform args, `K=V`.
     pub(super) global_env: Vec<String>,
+    /// The proxy build arguments (`HTTP_PROXY`, ... in either case), given
+    /// to every `RUN` without a declaration and kept out of the history
+    /// and cache keys (BuildKit's `proxyEnvFromBuildArgs`).
+    pub(super) proxy_env: Option<ProxyEnv>,
     pub(super) stages: Vec<StagePlan>,
     pub(super) target: usize,
     pub(super) needed: Vec<bool>,
@@ -46,18 +50,27 @@ impl Plan {
             line,
             message,
         };
-        let platform = format!("{}/{}", opts.platform_os, opts.platform_arch);
+        let short = format!("{}/{}", opts.platform_os, opts.platform_arch);
+        let platform = if opts.platform_variant.is_empty() {
+            short.clone()
+        } else {
+            format!("{short}/{}", opts.platform_variant)
+        };
         let target_name = opts.target.clone().unwrap_or_else(|| "default".into());
         let mut global_env: Vec<String> = Vec::new();
+        // BuildKit's `defaultArgs`: kiln builds for the host, so the build
+        // and target platforms are the same.
         for (k, v) in [
-            ("TARGETPLATFORM", platform.as_str()),
-            ("TARGETOS", &opts.platform_os),
-            ("TARGETARCH", &opts.platform_arch),
-            ("TARGETVARIANT", ""),
-            ("BUILDPLATFORM", &platform),
+            ("BUILDPLATFORM", platform.as_str()),
             ("BUILDOS", &opts.platform_os),
+            ("BUILDOSVERSION", ""),
             ("BUILDARCH", &opts.platform_arch),
-            ("BUILDVARIANT", ""),
+            ("BUILDVARIANT", &opts.platform_variant),
+            ("TARGETPLATFORM", &platform),
+            ("TARGETOS", &opts.platform_os),
+            ("TARGETOSVERSION", ""),
+            ("TARGETARCH", &opts.platform_arch),
+            ("TARGETVARIANT", &opts.platform_variant),
             ("TARGETSTAGE", &target_name),
         ] {
             let v = opts.build_args.get(k).map_or(v, String::as_str);
@@ -99,7 +112,7 @@ impl Plan {
                 let p = lex
                     .process_word(p, &global_env)
                     .map_err(|m| invalid(s.line, m))?;
-                if p != platform {
+                if p != platform && p != short {
                     return Err(ParseError::Unsupported {
                         file: file.clone(),
                         line: s.line,
@@ -199,8 +212,16 @@ impl Plan {
                 None => format!("stage-{i}"),
             })
             .collect();
+        // In name order, so of `HTTP_PROXY` and `http_proxy` the lower
+        // case one wins, as in BuildKit.
+        let mut proxy = ProxyEnv::default();
+        let mut any_proxy = false;
+        for (k, v) in &opts.build_args {
+            any_proxy |= proxy.set(k, v);
+        }
         Ok(Plan {
             global_env,
+            proxy_env: any_proxy.then_some(proxy),
             stages,
             target,
             needed,

@@ -108,7 +108,8 @@ impl Converter<'_> {
                     env: st.env.clone(),
                     cwd,
                     user: st.config.user.clone(),
-                    hostname: String::new(),
+                    hostname: self.opts.hostname.clone(),
+                    proxy_env: self.plan.proxy_env.clone().map(Box::new),
                 },
                 mounts,
                 network,
@@ -174,19 +175,20 @@ impl Converter<'_> {
         if dest == "/" {
             return Err(self.file_err(line, "invalid mount target \"/\"".into()));
         }
-        for (v, name) in [(&m.uid, "uid"), (&m.gid, "gid")] {
-            if let Some(v) = ex(v)? {
-                if v.parse::<u32>().is_err() {
-                    return Err(self.file_err(line, format!("invalid value for {name}: {v}")));
-                }
+        let number = |v: &Option<String>, name: &str, radix: u32| -> Result<Option<u32>> {
+            match ex(v)? {
+                None => Ok(None),
+                Some(v) => u32::from_str_radix(&v, radix)
+                    .map(Some)
+                    .map_err(|_| self.file_err(line, format!("invalid value for {name}: {v}"))),
             }
-        }
-        if let Some(mode) = ex(&m.mode)? {
-            if u32::from_str_radix(&mode, 8).is_err() {
-                return Err(self.file_err(line, format!("invalid value for mode: {mode}")));
-            }
-        }
-        if kind != MountKind::Cache && (m.uid.is_some() || m.gid.is_some() || m.mode.is_some()) {
+        };
+        let uid = number(&m.uid, "uid", 10)?;
+        let gid = number(&m.gid, "gid", 10)?;
+        let mode = number(&m.mode, "mode", 8)?;
+        let owner_mode = (uid.is_some() || gid.is_some() || mode.is_some())
+            .then(|| (uid.unwrap_or(0), gid.unwrap_or(0), mode.unwrap_or(0o755)));
+        if owner_mode.is_some() && kind != MountKind::Cache {
             return Err(self.file_err(
                 line,
                 "mode/uid/gid are only supported for cache, secret and ssh mounts".into(),
@@ -206,13 +208,6 @@ impl Converter<'_> {
         let readonly = flag(ex(&m.readonly)?, "readonly")?;
         match kind {
             MountKind::Cache => {
-                if m.from.is_some() || m.source.is_some() {
-                    return Err(ParseError::Unsupported {
-                        file: self.opts.filename.clone(),
-                        line,
-                        feature: "RUN --mount=type=cache with from or source".into(),
-                    });
-                }
                 let sharing = match ex(&m.sharing)?.as_deref() {
                     None | Some("shared") => CacheSharing::Shared,
                     Some("private") => CacheSharing::Private,
@@ -224,9 +219,36 @@ impl Converter<'_> {
                 let id = ex(&m.id)?
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| dest.clone());
+                // BuildKit's frontend always joins the namespace
+                // (BUILDKIT_CACHE_MOUNT_NS, empty by default) and the id
+                // with a slash, so its LLB and kiln's name one cache.
+                let ns = self
+                    .opts
+                    .build_args
+                    .get(CACHE_MOUNT_NS_ARG)
+                    .map_or("", String::as_str);
+                let id = format!("{ns}/{id}");
+                // The cache starts as a copy of its base: `from=` (a
+                // stage or image) or scratch, plus, with uid/gid/mode, a
+                // `/cache` directory made with them to mount instead of
+                // the root, as BuildKit's frontend does. The engine keeps
+                // one cache per id and base.
+                let source = ex(&m.source)?.map(|s| clean(&format!("/{s}")));
+                let mut base = match &m.from {
+                    Some(from) => self.source_edge(from, stage, line)?,
+                    None => None,
+                };
+                let selector = match (source, owner_mode) {
+                    (Some(s), _) if s != "/" => s,
+                    (_, Some((uid, gid, mode))) => {
+                        base = Some(self.cache_permissions(base, uid, gid, mode)?);
+                        "/cache".to_string()
+                    }
+                    _ => String::new(),
+                };
                 Ok(Mount {
-                    input: None,
-                    selector: String::new(),
+                    input: base.map(|e| inputs.index(e)),
+                    selector,
                     dest,
                     output: None,
                     readonly,
@@ -270,7 +292,48 @@ impl Converter<'_> {
             }
         }
     }
+
+    /// `[internal] setting cache mount permissions`: `/cache` made on
+    /// `base` (scratch when `None`) with the mount's uid, gid and mode.
+    fn cache_permissions(
+        &mut self,
+        base: Option<Edge>,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    ) -> Result<Edge> {
+        let mut inputs = Inputs::default();
+        let input = inputs.file_input(base);
+        let id = |n: u32| Some(UserOpt::ById(n));
+        let v = self.add(Vertex {
+            op: Op::File(FileOp {
+                actions: vec![FileAction {
+                    input,
+                    secondary_input: None,
+                    output: Some(0),
+                    action: FileActionKind::MkDir(FileMkDir {
+                        path: "/cache".into(),
+                        mode,
+                        make_parents: false,
+                        owner: Some(ChownOpt {
+                            user: id(uid),
+                            group: id(gid),
+                        }),
+                        timestamp: None,
+                    }),
+                }],
+            }),
+            inputs: inputs.0,
+            name: "[internal] setting cache mount permissions".into(),
+            location: None,
+            ignore_cache: self.opts.no_cache,
+        })?;
+        Ok(Self::edge(v))
+    }
 }
+
+/// The build argument that namespaces cache mount ids.
+pub const CACHE_MOUNT_NS_ARG: &str = "BUILDKIT_CACHE_MOUNT_NS";
 
 fn kind_name(kind: MountKind) -> &'static str {
     match kind {

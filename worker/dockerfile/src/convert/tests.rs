@@ -597,8 +597,8 @@ v5 "[stage-1 3/3] RUN --network=none --mount=type=cache,target=/root/.cache,shar
   exec ["/bin/sh", "-c", "make"] cwd=/w user="" net=None
   env ["PATH=/usr/bin:/bin", "HOME=/root"]
   mount / <- in0"" out=Some(0) ro=false Bind
-  mount /root/.cache <- scratch"" out=None ro=false Cache { id: "/root/.cache", sharing: Locked }
-  mount /w/cache <- scratch"" out=None ro=false Cache { id: "shared", sharing: Shared }
+  mount /root/.cache <- scratch"" out=None ro=false Cache { id: "//root/.cache", sharing: Locked }
+  mount /w/cache <- scratch"" out=None ro=false Cache { id: "/shared", sharing: Shared }
   mount /tmp <- scratch"" out=None ro=false Tmpfs { size: 67108864 }
   mount /deps <- in1"/out" out=None ro=true Bind
   mount /w/src <- in2"" out=None ro=false Bind
@@ -768,7 +768,7 @@ fn conversion_errors_name_the_line() {
     );
     check(
         "FROM busybox\nENV A=\"${B:?must be set}\"\n",
-        "error: Dockerfile:2: B: must be set",
+        r#"error: Dockerfile:2: failed to process "\"${B:?must be set}\"": B: must be set"#,
     );
     check("FROM Busybox\n", "error: Dockerfile:1: invalid reference format: repository name (library/Busybox) must be lowercase");
     check(
@@ -861,7 +861,7 @@ fn hostile_dockerfiles_are_bounded_errors() {
     }
     check(
         &doubling,
-        "error: Dockerfile:16: variable substitution produces more than 131072 bytes",
+        r#"error: Dockerfile:16: failed to process "${a13}${a13}": variable substitution produces more than 131072 bytes"#,
     );
     let n = (24 << 10) / 6;
     check(
@@ -870,7 +870,10 @@ fn hostile_dockerfiles_are_bounded_errors() {
             "${a:-".repeat(n),
             "}".repeat(n)
         ),
-        "error: Dockerfile:2: variable substitution nested deeper than 64 levels",
+        &format!(
+            "error: Dockerfile:2: failed to process \"{}\"...: variable substitution nested deeper than 64 levels",
+            "${a:-".repeat(40)
+        ),
     );
     check(
         &format!(
@@ -878,7 +881,236 @@ fn hostile_dockerfiles_are_bounded_errors() {
             "${a:-".repeat(n),
             "}".repeat(n)
         ),
-        "error: Dockerfile:1: variable substitution nested deeper than 64 levels",
+        &format!(
+            "error: Dockerfile:1: failed to process \"{}\"...: variable substitution nested deeper than 64 levels",
+            "${a:-".repeat(40)
+        ),
+    );
+}
+
+#[test]
+fn cache_mount_owner_mode_and_namespace() {
+    let o = BuildOptions {
+        build_args: BTreeMap::from([("BUILDKIT_CACHE_MOUNT_NS".to_string(), "ns".to_string())]),
+        ..opts()
+    };
+    let b = build(
+        "FROM busybox\nARG U=1000\nRUN --mount=type=cache,target=/c,uid=$U,gid=2000,mode=0750 \\\n  --mount=type=cache,target=/d,id=x true\n",
+        &o,
+    )
+    .expect("converts");
+    let exec = execs(&b)[0];
+    let run = b
+        .graph
+        .vertices
+        .iter()
+        .find(|v| matches!(v.op, Op::Exec(_)))
+        .expect("a run");
+    let c = &exec.mounts[1];
+    assert_eq!(
+        c.mount_type,
+        MountType::Cache {
+            id: "ns//c".into(),
+            sharing: CacheSharing::Shared
+        }
+    );
+    assert_eq!(c.selector, "/cache");
+    let base = run.inputs[c.input.expect("a base")];
+    let v = b.graph.vertex(base.vertex);
+    assert_eq!(v.name, "[internal] setting cache mount permissions");
+    let Op::File(f) = &v.op else {
+        panic!("a file op: {:?}", v.op)
+    };
+    assert_eq!(
+        f.actions[0].action,
+        FileActionKind::MkDir(FileMkDir {
+            path: "/cache".into(),
+            mode: 0o750,
+            make_parents: false,
+            owner: Some(ChownOpt {
+                user: Some(UserOpt::ById(1000)),
+                group: Some(UserOpt::ById(2000)),
+            }),
+            timestamp: None,
+        })
+    );
+    assert_eq!(f.actions[0].input, FileInput::Scratch);
+    // Without uid/gid/mode the cache has no base and mounts its root.
+    let d = &exec.mounts[2];
+    assert_eq!((d.input, d.selector.as_str()), (None, ""));
+    assert_eq!(
+        d.mount_type,
+        MountType::Cache {
+            id: "ns/x".into(),
+            sharing: CacheSharing::Shared
+        }
+    );
+    check(
+        "FROM busybox\nRUN --mount=type=tmpfs,target=/t,uid=1 true\n",
+        "error: Dockerfile:2: mode/uid/gid are only supported for cache, secret and ssh mounts",
+    );
+    check(
+        "FROM busybox\nRUN --mount=type=cache,target=/t,mode=9 true\n",
+        "error: Dockerfile:2: invalid value for mode: 9",
+    );
+}
+
+#[test]
+fn proxy_args_reach_run_outside_history_and_definition() {
+    let o = BuildOptions {
+        build_args: BTreeMap::from([
+            ("http_proxy".to_string(), "http://p:3128".to_string()),
+            ("HTTPS_PROXY".to_string(), "http://s:3128".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ]),
+        hostname: "box".into(),
+        ..opts()
+    };
+    let src = "FROM busybox\nRUN a\nARG HTTPS_PROXY\nRUN b\n";
+    let b = build(src, &o).expect("converts");
+    let runs = execs(&b);
+    let proxy = ProxyEnv {
+        http_proxy: "http://p:3128".into(),
+        https_proxy: "http://s:3128".into(),
+        ..ProxyEnv::default()
+    };
+    for r in &runs {
+        assert_eq!(r.meta.proxy_env.as_deref(), Some(&proxy));
+        assert_eq!(r.meta.hostname, "box");
+        assert!(!r.meta.env.iter().any(|e| e.starts_with("http_proxy")));
+    }
+    // Declared, a proxy variable is an ordinary ARG: in the env and the
+    // history.
+    assert!(!runs[0]
+        .meta
+        .env
+        .iter()
+        .any(|e| e.starts_with("HTTPS_PROXY=")));
+    assert!(runs[1]
+        .meta
+        .env
+        .contains(&"HTTPS_PROXY=http://s:3128".to_string()));
+    let created: Vec<&str> = b
+        .config
+        .history
+        .iter()
+        .map(|h| h.created_by.as_str())
+        .collect();
+    assert_eq!(
+        &created[created.len() - 3..],
+        [
+            "RUN /bin/sh -c a # buildkit",
+            "ARG HTTPS_PROXY=http://s:3128",
+            "RUN |1 HTTPS_PROXY=http://s:3128 /bin/sh -c b # buildkit"
+        ]
+    );
+    // Proxy values are not part of the definition: a build with other
+    // proxies has the same op digests.
+    let plain = build(
+        src,
+        &BuildOptions {
+            build_args: BTreeMap::from([("HTTPS_PROXY".to_string(), "http://s:3128".to_string())]),
+            hostname: "box".into(),
+            ..opts()
+        },
+    )
+    .expect("converts");
+    assert_eq!(
+        Graph::op_digest(&Op::Exec(runs[0].clone())),
+        Graph::op_digest(&Op::Exec(execs(&plain)[0].clone()))
+    );
+}
+
+#[test]
+fn platform_args_are_global_with_buildkits_values() {
+    let o = BuildOptions {
+        platform_arch: "arm".into(),
+        platform_variant: "v7".into(),
+        target: Some("final".into()),
+        ..opts()
+    };
+    let b = build(
+        "ARG PLAT=${TARGETPLATFORM}\nFROM busybox AS final\nARG TARGETPLATFORM TARGETOS TARGETARCH TARGETVARIANT BUILDPLATFORM BUILDVARIANT TARGETSTAGE PLAT\nARG BUILDKIT_SBOM_SCAN_STAGE=true\nRUN env\n",
+        &o,
+    )
+    .expect("converts");
+    let env = &execs(&b)[0].meta.env;
+    for kv in [
+        "TARGETPLATFORM=linux/arm/v7",
+        "TARGETOS=linux",
+        "TARGETARCH=arm",
+        "TARGETVARIANT=v7",
+        "BUILDPLATFORM=linux/arm/v7",
+        "BUILDVARIANT=v7",
+        "TARGETSTAGE=final",
+        "PLAT=linux/arm/v7",
+    ] {
+        assert!(env.contains(&kv.to_string()), "{kv} in {env:?}");
+    }
+    assert!(
+        !env.iter().any(|e| e.starts_with("BUILDKIT_SBOM")),
+        "{env:?}"
+    );
+    // Not declared in the stage: not in the step's environment.
+    let b = build("FROM busybox\nRUN env\n", &opts()).expect("converts");
+    assert!(!execs(&b)[0]
+        .meta
+        .env
+        .iter()
+        .any(|e| e.starts_with("TARGET")));
+    let b = build("FROM busybox\nARG TARGETSTAGE\nRUN env\n", &opts()).expect("converts");
+    assert!(execs(&b)[0]
+        .meta
+        .env
+        .contains(&"TARGETSTAGE=default".to_string()));
+}
+
+#[test]
+fn copy_link_is_refused_not_approximated() {
+    check(
+        "FROM busybox\nCOPY --link a /a\n",
+        "error: Dockerfile:2: COPY --link is not supported yet",
+    );
+    check(
+        "FROM busybox\nADD --link a /a\n",
+        "error: Dockerfile:2: ADD --link is not supported yet",
+    );
+}
+
+#[test]
+fn copy_chmod_octal_and_symbolic() {
+    let b = build(
+        "FROM busybox\nARG M=go-w\nCOPY --chmod=u=rwX,$M a /a\nCOPY --chmod=0755 b /b\n",
+        &opts(),
+    )
+    .expect("converts");
+    let copies: Vec<(Option<u32>, Option<String>)> = b
+        .graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::File(f) => match &f.actions[0].action {
+                FileActionKind::Copy(c) => Some((c.mode, c.mode_str.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        copies,
+        [(None, Some("u=rwX,go-w".to_string())), (Some(0o755), None)]
+    );
+    check(
+        "FROM busybox\nCOPY --chmod=64a a /a\n",
+        "error: Dockerfile:2: invalid chmod parameter: '64a'. it should be octal string and between 0 and 07777",
+    );
+    check(
+        "FROM busybox\nCOPY --chmod=10000 a /a\n",
+        "error: Dockerfile:2: invalid chmod parameter: '10000'. it should be octal string and between 0 and 07777",
+    );
+    check(
+        "FROM busybox\nCOPY --chmod=u+q a /a\n",
+        "error: Dockerfile:2: invalid syntax",
     );
 }
 

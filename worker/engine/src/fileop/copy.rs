@@ -5,6 +5,7 @@ use super::{io_err, meta, owner, unpack, FileOpError, Result};
 use kiln_context::ignore::{clean_path, PatternMatcher};
 use kiln_context::select::{select, CopySelection, EntryFilter, Selection};
 use kiln_context::walk::sorted_names;
+use kiln_solver::chmod::SymbolicMode;
 use kiln_solver::FileCopy;
 use std::collections::HashMap;
 use std::fs::Metadata;
@@ -69,6 +70,12 @@ fn run(
     keep_owner: bool,
 ) -> Result<()> {
     let chown = owner::resolve(owner_root, op.owner.as_ref())?;
+    let symbolic = match (&op.mode, &op.mode_str) {
+        (None, Some(s)) => {
+            Some(SymbolicMode::parse(s).map_err(|_| FileOpError::InvalidMode { mode: s.clone() })?)
+        }
+        _ => None,
+    };
     let hide = src_excludes.filter(|m| !m.is_empty());
     let sel = selection(op);
     let filter =
@@ -79,6 +86,7 @@ fn run(
         chown,
         keep_owner,
         mode: op.mode,
+        symbolic,
         timestamp: op.timestamp,
         filter,
         inodes: HashMap::new(),
@@ -105,7 +113,10 @@ fn run(
         });
     }
     let dir_attrs = DirAttrs {
-        mode: op.mode.unwrap_or(0o755),
+        mode: op
+            .mode
+            .or_else(|| copier.symbolic.as_ref().map(|s| s.apply(0o755, true)))
+            .unwrap_or(0o755),
         owner: chown,
         timestamp: op.timestamp,
     };
@@ -173,6 +184,8 @@ struct Copier<'a> {
     chown: Option<(u32, u32)>,
     keep_owner: bool,
     mode: Option<u32>,
+    /// `--chmod` in symbolic form, applied to each entry's own mode.
+    symbolic: Option<SymbolicMode>,
     timestamp: Option<i64>,
     /// `.dockerignore` and the op's include/exclude patterns.
     filter: EntryFilter<'a>,
@@ -388,12 +401,22 @@ impl Copier<'_> {
         std::io::copy(&mut from, &mut to).map_err(io_err("copy to", self.dest_root, dst))?;
         let (uid, gid) = self.owner_of(md);
         meta::fchown(self.dest_root, dst, &to, uid, gid)?;
-        let mode = self.mode.unwrap_or(md.mode()) & 0o7777;
+        let mode = self.mode_of(md);
         meta::fchmod(self.dest_root, dst, &to, mode)?;
         let (atime, mtime) = self.times_of(md);
         meta::futimens(self.dest_root, dst, &to, atime, mtime)?;
         meta::copy_fd_xattrs(&from, &to, dst);
         Ok(())
+    }
+
+    /// The permission bits a written entry gets: `--chmod` (octal, or
+    /// symbolic over the source's mode), else the source's.
+    fn mode_of(&self, md: &Metadata) -> u32 {
+        match (&self.mode, &self.symbolic) {
+            (Some(m), _) => *m & 0o7777,
+            (None, Some(s)) => s.apply(md.mode(), md.is_dir()),
+            (None, None) => md.mode() & 0o7777,
+        }
     }
 
     /// The owner a written entry gets.
@@ -422,8 +445,7 @@ impl Copier<'_> {
         let (uid, gid) = self.owner_of(md);
         meta::lchown(self.dest_root, dst, uid, gid)?;
         if !md.file_type().is_symlink() {
-            let mode = self.mode.unwrap_or(md.mode()) & 0o7777;
-            meta::chmod(self.dest_root, dst, mode)?;
+            meta::chmod(self.dest_root, dst, self.mode_of(md))?;
         }
         self.apply_times(md, dst)?;
         meta::copy_xattrs(src, dst);

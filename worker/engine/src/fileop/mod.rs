@@ -39,6 +39,9 @@ pub enum FileOpError {
     /// by `.dockerignore`, or a source wildcard matched nothing.
     #[error("\"{path}\": not found")]
     NotFound { path: String },
+    /// A symbolic `--chmod` (LLB `modeStr`) that does not parse.
+    #[error("invalid chmod parameter: {mode:?}")]
+    InvalidMode { mode: String },
     /// The destination's parent is missing and the copy may not create it.
     #[error("destination parent of {path} does not exist")]
     DestParentMissing { path: String },
@@ -98,6 +101,7 @@ impl FileOpError {
             | FileOpError::IsADirectory { .. }
             | FileOpError::SymlinkLoop { .. } => ErrorKind::FailedPrecondition,
             FileOpError::InvalidPath { .. }
+            | FileOpError::InvalidMode { .. }
             | FileOpError::Pattern { .. }
             | FileOpError::Owner { .. }
             | FileOpError::Archive { .. } => ErrorKind::InvalidArgument,

@@ -506,6 +506,83 @@ fn add_extracts_archives_and_clamps_traversal() {
 }
 
 #[test]
+fn symbolic_chmod_applies_to_each_entry_mode() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let f = fx();
+    write(&f.ctx, "d/plain", "p");
+    write(&f.ctx, "d/tool", "t");
+    let set = |p: &str, mode: u32| {
+        std::fs::set_permissions(f.ctx.join(p), std::fs::Permissions::from_mode(mode))
+            .expect("chmod")
+    };
+    set("d/plain", 0o600);
+    set("d/tool", 0o700);
+    set("d", 0o700);
+    let mut op = cp("d", "/new/sub/");
+    op.mode_str = Some("u=rwX,go=rX".into());
+    run(&f, &op).expect("copy");
+    let mode = |p: &str| lstat(&f.dest, p).mode() & 0o7777;
+    assert_eq!(mode("new/sub/plain"), 0o644);
+    assert_eq!(mode("new/sub/tool"), 0o755);
+    assert_eq!(
+        mode("new/sub"),
+        0o755,
+        "created destination dirs get it too"
+    );
+    let mut op = cp("d/plain", "/x");
+    op.mode_str = Some("u+q".into());
+    assert!(matches!(run(&f, &op), Err(FileOpError::InvalidMode { .. })));
+}
+
+#[test]
+fn add_detects_every_compression_by_content() {
+    if !kiln_types::testing::needs_root("ADD gives extracted entries the archive's uids") {
+        return;
+    }
+    use std::io::Write;
+    let f = fx();
+    let archive = tar_bytes(&[("hello.txt", tar::EntryType::Regular, "hi", 0)]);
+    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+    bz.write_all(&archive).expect("bzip2");
+    let mut xz =
+        lzma_rust2::XzWriter::new(Vec::new(), lzma_rust2::XzOptions::with_preset(1)).expect("xz");
+    xz.write_all(&archive).expect("xz");
+    let zst = zstd::encode_all(archive.as_slice(), 3).expect("zstd");
+    // Names that say nothing (or the wrong thing) about the content.
+    let files = [
+        ("bz", bz.finish().expect("bzip2")),
+        ("xz.tar.gz", xz.finish().expect("xz")),
+        ("zst.txt", zst),
+        ("gz", gzip(&archive)),
+        ("plain.zip", archive),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(f.ctx.join(name), bytes).expect("write");
+        let mut op = cp(name, &format!("/out/{name}"));
+        op.attempt_unpack_docker_compatibility = true;
+        run(&f, &op).expect("add");
+        assert_eq!(
+            read(&f.dest, &format!("out/{name}/hello.txt")),
+            "hi",
+            "{name}"
+        );
+    }
+    // A compressed file that is not a tar is copied as it is.
+    let not_tar = zstd::encode_all(&b"just text"[..], 3).expect("zstd");
+    std::fs::write(f.ctx.join("text.zst"), &not_tar).expect("write");
+    let mut op = cp("text.zst", "/t/");
+    op.attempt_unpack_docker_compatibility = true;
+    run(&f, &op).expect("add");
+    assert_eq!(
+        std::fs::read(f.dest.join("t/text.zst")).expect("read"),
+        not_tar
+    );
+}
+
+#[test]
 fn dockerignore_and_op_patterns_hide_paths() {
     if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
         return;

@@ -2,9 +2,9 @@
 //! the destination directory (BuildKit's `file/unpack.go` over containerd's
 //! `archive.Apply`, without whiteout handling).
 //!
-//! Plain and gzip tars are recognised. bzip2, xz and zstd archives are not
-//! (no decoder among the engine's dependencies; zstd would only need the
-//! workspace's `zstd` crate) and are copied as files instead.
+//! Plain, gzip, bzip2, xz and zstd tars are recognised by their first
+//! bytes, as BuildKit's `DetectCompression` does; the file's name does not
+//! matter.
 
 use super::root::{self, DirAttrs, Resolved};
 use super::{io_err, meta, FileOpError, Result};
@@ -12,29 +12,39 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b, 0x08];
+const BZIP2_MAGIC: &[u8] = b"BZh";
+const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
-/// Opens a possibly compressed archive; `None` for compressions we cannot
-/// read.
-fn open_stream(path: &Path) -> std::io::Result<Option<Box<dyn Read>>> {
+/// The most memory (KiB) the xz decoder may use for one block: far above
+/// what `xz -9` needs (a 64 MiB dictionary), so only a hostile archive
+/// hits it.
+const XZ_MEMORY_LIMIT_KIB: u32 = 1 << 20;
+
+/// Opens a possibly compressed archive as its decompressed bytes.
+fn open_stream(path: &Path) -> std::io::Result<Box<dyn Read>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     let mut reader = BufReader::new(file);
     let head = reader.fill_buf()?;
-    if head.starts_with(GZIP_MAGIC) {
-        return Ok(Some(Box::new(flate2::bufread::MultiGzDecoder::new(reader))));
-    }
-    let unsupported: [&[u8]; 3] = [
-        b"BZh",
-        &[0xfd, b'7', b'z', b'X', b'Z', 0],
-        &[0x28, 0xb5, 0x2f, 0xfd],
-    ];
-    if unsupported.iter().any(|m| head.starts_with(m)) {
-        return Ok(None);
-    }
-    Ok(Some(Box::new(reader)))
+    Ok(if head.starts_with(GZIP_MAGIC) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
+    } else if head.starts_with(BZIP2_MAGIC) {
+        Box::new(bzip2::bufread::MultiBzDecoder::new(reader))
+    } else if head.starts_with(XZ_MAGIC) {
+        Box::new(lzma_rust2::XzReader::new_mem_limit(
+            reader,
+            true,
+            XZ_MEMORY_LIMIT_KIB,
+        ))
+    } else if head.starts_with(ZSTD_MAGIC) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(reader)?)
+    } else {
+        Box::new(reader)
+    })
 }
 
 /// Whether `path` is a regular file holding a tar archive with a valid
@@ -44,7 +54,7 @@ pub(crate) fn is_archive(path: &Path) -> bool {
     if !is_file {
         return false;
     }
-    let Ok(Some(stream)) = open_stream(path) else {
+    let Ok(stream) = open_stream(path) else {
         return false;
     };
     let mut archive = tar::Archive::new(stream);
@@ -82,9 +92,7 @@ pub(crate) fn extract(
         path: shown.clone(),
         source,
     };
-    let stream = open_stream(archive)
-        .map_err(bad)?
-        .ok_or_else(|| bad(std::io::Error::other("unsupported compression")))?;
+    let stream = open_stream(archive).map_err(bad)?;
     let base = dst.host.as_path();
     let mut tar = tar::Archive::new(stream);
     let mut dirs: Vec<(PathBuf, i64)> = Vec::new();

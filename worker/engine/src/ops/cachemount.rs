@@ -8,10 +8,17 @@
 //! `shared` takes a shared lock, `locked` an exclusive one (waiting), and
 //! `private` an exclusive one without waiting, falling back to a fresh
 //! snapshot of its own when the cache is busy.
+//!
+//! A cache mount may have a base (LLB's mount input): BuildKit's frontend
+//! gives one when the mount has `from=`, or `uid`/`gid`/`mode` (a
+//! `/cache` directory made with them on scratch, mounted through the
+//! selector `/cache`). As in BuildKit, a new cache starts as a copy of
+//! its base, and each (id, base) pair is its own cache.
 
 use super::layer::HostMount;
 use super::StepRunner;
 use crate::error::{Result, WorkerError};
+use crate::refs::{self, Layer};
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::Digest;
 use kiln_solver::CacheSharing;
@@ -30,13 +37,24 @@ pub(crate) struct HeldCacheMount {
 
 impl StepRunner {
     /// Mounts the cache `id` on the host and returns the path to bind into
-    /// the step, with what must be held until the step ends.
+    /// the step (`selector` inside the cache), with what must be held
+    /// until the step ends. A new cache starts as a copy of `base`.
     pub(super) async fn cache_mount(
         &self,
         id: &str,
         sharing: CacheSharing,
+        base: &[Layer],
+        selector: &str,
+        location: &str,
     ) -> Result<(PathBuf, HeldCacheMount)> {
-        let hash = Digest::of(id.as_bytes()).hex()[..32].to_string();
+        let parent = refs::top_snapshot(base);
+        // Without a base the key is the id alone, as before bases existed.
+        let cache_key = if parent.is_empty() {
+            id.to_string()
+        } else {
+            format!("{id}:{parent}")
+        };
+        let hash = Digest::of(cache_key.as_bytes()).hex()[..32].to_string();
         let lease = LeaseId::named(crate::cache::LEASE_KIND, &format!("mount-{hash}"));
         let key = format!("kiln-cachemount-{hash}");
         let lock = self.lock_cache_mount(&hash, sharing).await?;
@@ -73,7 +91,7 @@ impl StepRunner {
         let mounts = match self
             .svc
             .snapshots
-            .prepare(&key, "", &lease_for_prepare)
+            .prepare(&key, &parent, &lease_for_prepare)
             .await
         {
             Ok(m) => m,
@@ -85,8 +103,23 @@ impl StepRunner {
             &mounts,
             false,
         )?;
+        let path = match within_cache(mount.path(), selector) {
+            Ok(p) => p,
+            Err(reason) => {
+                drop(mount);
+                if let Some(k) = &temporary {
+                    if let Err(e) = self.svc.snapshots.remove(k).await {
+                        tracing::warn!(key = %k, error = %e, "cannot remove private cache mount");
+                    }
+                }
+                return Err(WorkerError::BadInput {
+                    location: location.to_string(),
+                    reason: format!("cache mount {id}: {reason}"),
+                });
+            }
+        };
         Ok((
-            mount.path().to_path_buf(),
+            path,
             HeldCacheMount {
                 mount: Some(mount),
                 _lock: lock,
@@ -155,4 +188,23 @@ impl StepRunner {
             }
         }
     }
+}
+
+/// The directory `selector` names inside a mounted cache: it must exist
+/// and be a directory there, reached without following a symlink (a base
+/// image could otherwise point the mount anywhere on the host).
+fn within_cache(root: &std::path::Path, selector: &str) -> std::result::Result<PathBuf, String> {
+    let mut path = root.to_path_buf();
+    for part in selector.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part == ".." {
+            return Err(format!("selector {selector:?} leaves the cache"));
+        }
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(md) if md.file_type().is_dir() => {}
+            Ok(_) => return Err(format!("{selector:?} is not a directory in the cache")),
+            Err(e) => return Err(format!("{selector:?}: {e}")),
+        }
+    }
+    Ok(path)
 }

@@ -54,7 +54,24 @@ impl StepRunner {
                     size: Some(*size).filter(|s| *s > 0),
                 }),
                 MountType::Cache { id, sharing } => {
-                    let (source, held) = match self.cache_mount(id, *sharing).await {
+                    let base = match m.input.map(|i| inputs.get(i)) {
+                        None => &[][..],
+                        Some(Some(Ref::Chain(layers))) => layers.as_slice(),
+                        Some(_) => {
+                            self.release_cache_mounts(held_mounts).await;
+                            return Err(WorkerError::BadInput {
+                                location: loc,
+                                reason: format!(
+                                    "the base of cache mount {} is not a filesystem",
+                                    m.dest
+                                ),
+                            });
+                        }
+                    };
+                    let cached = self
+                        .cache_mount(id, *sharing, base, &m.selector, &loc)
+                        .await;
+                    let (source, held) = match cached {
                         Ok(x) => x,
                         Err(e) => {
                             self.release_cache_mounts(held_mounts).await;
@@ -174,7 +191,17 @@ impl StepRunner {
             id: format!("kiln-{}", crate::base::rand_hex()),
             rootfs: mounted.path().to_path_buf(),
             args: op.meta.args.clone(),
-            env: op.meta.env.iter().cloned().chain(secret_env).collect(),
+            // Proxy variables come after the step's own, as BuildKit's
+            // executor appends them; they are not in the definition (nor
+            // the cache key), and neither are secret env vars.
+            env: op
+                .meta
+                .env
+                .iter()
+                .cloned()
+                .chain(op.meta.proxy_env.iter().flat_map(|p| p.env()))
+                .chain(secret_env)
+                .collect(),
             cwd: if op.meta.cwd.is_empty() {
                 "/".into()
             } else {
