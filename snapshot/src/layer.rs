@@ -1,12 +1,13 @@
 //! A layer from a snapshot change straight into the content store: the
-//! diff walk, tar, diffID hash, compression and blob hash run on blocking
-//! threads while the compressed bytes stream into `Content.Write`, so the
-//! layer is read once and never held in memory or on disk.
+//! diff walk, tar, diffID hash and compression run on blocking threads
+//! while the compressed bytes stream into `Content.Write`, so the layer is
+//! read once and never held in memory or on disk; the blob's digest is the
+//! one containerd computes as it stores the bytes.
 //! [`hash_layer`] is the same walk and tar hashed only (the diffID of a
 //! layer whose blob is made later, if ever).
 
 use crate::containerd::LeaseId;
-use crate::diff::{write_layer, Compression, DiffSource, LayerDescriptor, LayerHash};
+use crate::diff::{stream_layer, Compression, DiffSource, LayerDescriptor, LayerHash};
 use crate::error::{Result, SnapshotError};
 use crate::services::{Content, ContentWriter, LeaseResource, Leases};
 use kiln_types::Digest;
@@ -94,15 +95,14 @@ impl Write for ChannelWriter {
 /// Runs `produce` on a blocking thread, streaming what it writes into a new
 /// content ingest under `lease`, and returns the open writer (for the
 /// caller to commit with the digest `produce` computed) and its result.
-async fn stream_blob<F>(
+async fn stream_blob<F, T>(
     content: &dyn Content,
     lease: &LeaseId,
     produce: F,
-) -> Result<(Box<dyn ContentWriter>, LayerDescriptor)>
+) -> Result<(Box<dyn ContentWriter>, T)>
 where
-    F: FnOnce(&mut dyn Write) -> std::result::Result<LayerDescriptor, crate::diff::DiffError>
-        + Send
-        + 'static,
+    F: FnOnce(&mut dyn Write) -> std::result::Result<T, crate::diff::DiffError> + Send + 'static,
+    T: Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let producer = tokio::task::spawn_blocking(move || {
@@ -136,21 +136,35 @@ where
 }
 
 /// Computes the layer of `source` and commits it to the content store under
-/// `lease`, labeled with its diffID. Returns the descriptor.
+/// `lease`, labeled with its diffID. Returns the descriptor. The blob's
+/// digest is the one the store computed while receiving it (containerd
+/// hashes every ingest anyway), so the compressed bytes are hashed once,
+/// not twice; the uncompressed tar is hashed here for the diffID.
 pub async fn commit_layer(
     content: &dyn Content,
     source: LayerSource,
     compression: Compression,
     lease: &LeaseId,
 ) -> Result<LayerDescriptor> {
-    let (writer, desc) = stream_blob(content, lease, move |w| {
-        write_layer(source.diff_source(), compression, w)
+    let (writer, (hash, size)) = stream_blob(content, lease, move |w| {
+        stream_layer(source.diff_source(), compression, w)
     })
     .await?;
+    let digest = writer.digest().ok_or_else(|| SnapshotError::InvalidBlob {
+        digest: hash.diff_id.to_string(),
+        reason: "the content store did not report the digest of the layer it received".into(),
+    })?;
     let mut labels = HashMap::new();
-    labels.insert(UNCOMPRESSED_LABEL.to_string(), desc.diff_id.to_string());
-    writer.commit(&desc.digest, labels).await?;
-    Ok(desc)
+    labels.insert(UNCOMPRESSED_LABEL.to_string(), hash.diff_id.to_string());
+    writer.commit(&digest, labels).await?;
+    Ok(LayerDescriptor {
+        diff_id: hash.diff_id,
+        digest,
+        size,
+        uncompressed_size: hash.uncompressed_size,
+        entries: hash.entries,
+        media_type: compression.media_type(),
+    })
 }
 
 /// A blocking `Read` over a content stream.

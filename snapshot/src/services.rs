@@ -83,6 +83,13 @@ pub trait ContentWriter: Send {
     /// Appends bytes.
     async fn write(&mut self, data: &[u8]) -> Result<()>;
 
+    /// The digest of every byte written so far, as the store computed it:
+    /// containerd answers each write with its running digest (and a
+    /// commit with another digest fails), so a writer that commits with
+    /// this one need not hash the bytes itself. `None` if the store did
+    /// not say.
+    fn digest(&self) -> Option<Digest>;
+
     /// Commits the blob as `digest` with `labels` set at commit (the
     /// race-free way to add GC references). Bytes that do not hash to
     /// `digest` fail the commit. If the blob already exists, the writer's

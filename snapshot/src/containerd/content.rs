@@ -275,6 +275,7 @@ impl Containerd {
             tx,
             responses,
             offset: 0,
+            digest: None,
         };
         w.next_response().await?;
         Ok(w)
@@ -290,6 +291,9 @@ pub struct BlobWriter {
     responses:
         containerd_client::tonic::Streaming<containerd_client::services::v1::WriteContentResponse>,
     offset: i64,
+    /// containerd's running digest of what it received, from its last
+    /// answer.
+    digest: Option<Digest>,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -305,7 +309,10 @@ impl std::fmt::Debug for BlobWriter {
 impl BlobWriter {
     async fn next_response(&mut self) -> Result<()> {
         match self.responses.message().await {
-            Ok(Some(_)) => Ok(()),
+            Ok(Some(r)) => {
+                self.digest = Digest::parse(&r.digest);
+                Ok(())
+            }
             Ok(None) => Err(self.ctrd.status_error(
                 "Content.Write",
                 &self.r#ref,
@@ -328,6 +335,12 @@ impl BlobWriter {
             };
         }
         self.next_response().await
+    }
+
+    /// containerd's digest of every byte written so far (each answer
+    /// carries its running digest); `None` if it sent none.
+    pub fn digest(&self) -> Option<Digest> {
+        self.digest.clone()
     }
 
     /// Appends bytes (split into 1 MiB messages).

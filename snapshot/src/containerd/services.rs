@@ -52,6 +52,10 @@ impl ContentWriter for BlobWriter {
         BlobWriter::write(self, data).await
     }
 
+    fn digest(&self) -> Option<Digest> {
+        BlobWriter::digest(self)
+    }
+
     async fn commit(
         self: Box<Self>,
         digest: &Digest,

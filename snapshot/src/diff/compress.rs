@@ -71,6 +71,37 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+/// Passes bytes through to `W` while counting them: the blob end of a
+/// layer whose store hashes what it receives (see
+/// [`super::stream_layer`]).
+pub(crate) struct CountWriter<W: Write> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> CountWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        CountWriter { inner, count: 0 }
+    }
+
+    /// Returns the sink and the byte count of everything written.
+    pub(crate) fn finish(self) -> (W, u64) {
+        (self.inner, self.count)
+    }
+}
+
+impl<W: Write> Write for CountWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The compressor stage; `finish` must be called to end the stream.
 pub(crate) enum Compressor<W: Write> {
     Gzip(ParGzWriter<W>),

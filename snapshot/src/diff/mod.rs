@@ -44,7 +44,7 @@ use std::str::FromStr;
 
 use kiln_types::Digest;
 
-use self::compress::{Compressor, HashWriter};
+use self::compress::{Compressor, CountWriter, HashWriter};
 pub use self::recompress::{compression_of, recompress};
 use self::tar::{CopyError, Entry, EntryKind, TarWriter};
 
@@ -177,30 +177,72 @@ pub fn write_layer(
     compression: Compression,
     out: &mut dyn Write,
 ) -> Result<LayerDescriptor, DiffError> {
-    let blob = HashWriter::new(out);
-    let compressor = Compressor::new(compression, blob).map_err(DiffError::output)?;
-    let (tar_hash, entries) = emit(src, HashWriter::new(compressor))?;
-    let (compressor, diff_id, uncompressed_size) = tar_hash.finish();
-    let blob = compressor.finish().map_err(DiffError::output)?;
+    let (blob, hash) = compress_layer(src, compression, HashWriter::new(out))?;
     let (out, digest, size) = blob.finish();
     out.flush().map_err(DiffError::output)?;
     let desc = LayerDescriptor {
-        diff_id: Digest::from_sha256(&diff_id),
+        diff_id: hash.diff_id,
         digest: Digest::from_sha256(&digest),
         size,
-        uncompressed_size,
-        entries,
+        uncompressed_size: hash.uncompressed_size,
+        entries: hash.entries,
         media_type: compression.media_type(),
     };
     tracing::debug!(
         diff_id = desc.diff_id.as_str(),
         digest = desc.digest.as_str(),
         size,
-        uncompressed_size,
-        entries,
+        uncompressed_size = desc.uncompressed_size,
+        entries = desc.entries,
         "layer written"
     );
     Ok(desc)
+}
+
+/// [`write_layer`] into a store that hashes what it receives, as
+/// containerd's content store does (it answers every write with its
+/// running digest, and checks a commit against it): the compressed bytes
+/// are not hashed a second time here. Returns the layer's diffID (the
+/// uncompressed tar is still hashed, in the same pass that feeds the
+/// compressor) and the blob's size; the blob's digest is the store's.
+/// `out` is flushed but not synced.
+pub fn stream_layer(
+    src: DiffSource<'_>,
+    compression: Compression,
+    out: &mut dyn Write,
+) -> Result<(LayerHash, u64), DiffError> {
+    let (blob, hash) = compress_layer(src, compression, CountWriter::new(out))?;
+    let (out, size) = blob.finish();
+    out.flush().map_err(DiffError::output)?;
+    tracing::debug!(
+        diff_id = hash.diff_id.as_str(),
+        size,
+        uncompressed_size = hash.uncompressed_size,
+        entries = hash.entries,
+        "layer streamed"
+    );
+    Ok((hash, size))
+}
+
+/// The tar of `src`, hashed (the diffID) and compressed into `blob`; the
+/// shared middle of [`write_layer`] and [`stream_layer`].
+fn compress_layer<B: Write>(
+    src: DiffSource<'_>,
+    compression: Compression,
+    blob: B,
+) -> Result<(B, LayerHash), DiffError> {
+    let compressor = Compressor::new(compression, blob).map_err(DiffError::output)?;
+    let (tar_hash, entries) = emit(src, HashWriter::new(compressor))?;
+    let (compressor, diff_id, uncompressed_size) = tar_hash.finish();
+    let blob = compressor.finish().map_err(DiffError::output)?;
+    Ok((
+        blob,
+        LayerHash {
+            diff_id: Digest::from_sha256(&diff_id),
+            uncompressed_size,
+            entries,
+        },
+    ))
 }
 
 /// Writes the tar of `src` to `out` (the one place the layer's tar bytes

@@ -70,6 +70,10 @@ impl ContentWriter for MemWriter {
         Ok(())
     }
 
+    fn digest(&self) -> Option<Digest> {
+        Some(Digest::of(&self.data))
+    }
+
     async fn commit(
         self: Box<Self>,
         digest: &Digest,

@@ -91,9 +91,31 @@ impl<'a> Blobs<'a> {
         }
     }
 
-    /// `layers` with blobs, as [`ensure`].
+    /// `layers` with blobs, as [`ensure`]. The missing blobs are made
+    /// concurrently, at most one per core: each is its own diff walk, tar,
+    /// hash and compression into its own content ingest, so they share
+    /// nothing but the cores, and a chain's result is the same as made one
+    /// after the other (each blob depends only on its own layer).
     pub async fn chain(&mut self, layers: &[Layer]) -> Result<Vec<Layer>> {
         let chain_ids = Digest::chain_ids(&crate::refs::diff_ids(layers));
+        let todo: Vec<usize> = (0..layers.len())
+            .filter(|&i| !self.done.contains_key(&chain_ids[i]))
+            .collect();
+        let permits = tokio::sync::Semaphore::new(concurrency());
+        let made = {
+            let this = &*self;
+            let (chain_ids, permits) = (&chain_ids, &permits);
+            futures_util::future::join_all(todo.iter().map(|&i| async move {
+                // Never closed, so acquire cannot fail; without a permit
+                // the blob is still made, only less bounded.
+                let _permit = permits.acquire().await.ok();
+                this.layer(chain_ids, i, &layers[i]).await
+            }))
+            .await
+        };
+        // Every blob was waited for (none is left half-written when one
+        // fails); the first error in chain order is the answer.
+        let mut made = made.into_iter();
         let mut out = Vec::with_capacity(layers.len());
         for (i, l) in layers.iter().enumerate() {
             if let Some(done) = self.done.get(&chain_ids[i]) {
@@ -103,7 +125,9 @@ impl<'a> Blobs<'a> {
                 });
                 continue;
             }
-            let blob = self.layer(&chain_ids, i, l).await?;
+            let blob = made
+                .next()
+                .expect("one result per layer that was not done before")?;
             let with = Layer {
                 blob: Some(blob),
                 ..l.clone()
@@ -285,6 +309,13 @@ impl<'a> Blobs<'a> {
         )
         .await?)
     }
+}
+
+/// How many blobs [`Blobs::chain`] makes at once: one per core.
+fn concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(1)
 }
 
 fn no_snapshot(l: &Layer) -> WorkerError {

@@ -50,7 +50,15 @@ async fn a_written_blob_reads_back_whole_and_streamed(c: Ctx) -> CaseResult {
     let digest = Digest::of(&data);
     let mut w = ok(s.content.writer(&l).await, "writer")?;
     ok(w.write(&data[..1000]).await, "write")?;
+    ensure(
+        w.digest() == Some(Digest::of(&data[..1000])),
+        "the writer reports the digest of the bytes written so far",
+    )?;
     ok(w.write(&data[1000..]).await, "write")?;
+    ensure(
+        w.digest() == Some(digest.clone()),
+        "the writer reports the digest of every byte written",
+    )?;
     ok(
         w.commit(&digest, labels_of(&[("dev.kiln/test", "yes")]))
             .await,
