@@ -28,7 +28,7 @@ pub mod path;
 pub mod select;
 pub mod walk;
 
-pub use contenthash::{HashCache, HashError};
+pub use contenthash::{HashCache, HashError, KnownFile};
 pub use ignore::{parse_dockerignore, IgnoreError, PatternMatcher};
 pub use path::{PathError, Resolved};
 pub use select::{CopySelection, EntryFilter, Selection, Source};

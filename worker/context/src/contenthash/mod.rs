@@ -263,3 +263,72 @@ impl HashCache {
         self.reads.swap(0, Ordering::SeqCst)
     }
 }
+
+/// A regular file's content digest as the stat cache knows it, with the
+/// stat tuple it holds for: [`KnownFile::matches`] says whether a file's
+/// current metadata is still that tuple.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownFile {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    mode: u32,
+    /// Hex SHA-256 of the content.
+    pub content: String,
+}
+
+impl KnownFile {
+    /// Whether `md` (of the same path) is still the recorded stat tuple.
+    pub fn matches(&self, md: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.dev == md.dev()
+            && self.ino == md.ino()
+            && self.size == md.size()
+            && self.mtime_ns == state::mtime_ns(md)
+            && self.ctime_ns == state::ctime_ns(md)
+            && self.mode == md.mode()
+    }
+}
+
+impl HashCache {
+    /// The regular files of `context` without extended attributes whose
+    /// content digest is as good as a cache key's: recorded by the last
+    /// [`HashCache::digest`] of this context, or trusted (aged past
+    /// [`RACY_WINDOW`]). Keyed by `/`-separated path relative to the
+    /// context. A caller must still check [`KnownFile::matches`] against
+    /// the file it reads. Empty for a context never hashed.
+    pub fn known_files(&self, context: &Path) -> HashMap<String, KnownFile> {
+        let Ok(context) = std::fs::canonicalize(context) else {
+            return HashMap::new();
+        };
+        let cache = self.context_cache(&context);
+        let mut cache = lock(&cache);
+        cache.load();
+        let generation = cache.generation;
+        cache
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.xattrs.is_none()
+                    && (e.mode & libc::S_IFMT) == libc::S_IFREG
+                    && ((generation > 0 && e.seen == generation) || e.trusted(self.racy_window_ns))
+            })
+            .filter_map(|(k, e)| {
+                Some((
+                    k.clone(),
+                    KnownFile {
+                        dev: e.dev,
+                        ino: e.ino,
+                        size: e.size,
+                        mtime_ns: e.mtime_ns,
+                        ctime_ns: e.ctime_ns,
+                        mode: e.mode,
+                        content: e.content.clone()?,
+                    },
+                ))
+            })
+            .collect()
+    }
+}

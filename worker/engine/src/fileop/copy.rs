@@ -1,5 +1,6 @@
 //! `COPY`/`ADD` of local trees: BuildKit's `docopy` over fsutil's `Copy`.
 
+use super::reuse::{self, CopyOutcome, CopyReuse, Deferred};
 use super::root::{self, DirAttrs};
 use super::{io_err, meta, owner, unpack, FileOpError, Result};
 use kiln_context::ignore::{clean_path, PatternMatcher};
@@ -27,7 +28,15 @@ pub fn copy(
     op: &FileCopy,
     src_excludes: Option<&PatternMatcher>,
 ) -> Result<()> {
-    run(src_root, dest_root, cwd_owner_root, op, src_excludes, false)
+    run(
+        src_root,
+        dest_root,
+        cwd_owner_root,
+        op,
+        src_excludes,
+        false,
+        None,
+    )
 }
 
 /// Like [`copy`], but without `--chown` entries keep the uid/gid they have
@@ -39,7 +48,15 @@ pub fn copy_keep_owner(
     op: &FileCopy,
     src_excludes: Option<&PatternMatcher>,
 ) -> Result<()> {
-    run(src_root, dest_root, cwd_owner_root, op, src_excludes, true)
+    run(
+        src_root,
+        dest_root,
+        cwd_owner_root,
+        op,
+        src_excludes,
+        true,
+        None,
+    )
 }
 
 /// What `op` selects from its source root, as a typed request: the same
@@ -61,6 +78,33 @@ fn not_found(src: &str) -> FileOpError {
     }
 }
 
+/// Like [`copy`] (files from the context, owned by 0:0 without
+/// `--chown`), but incremental: a regular file that the previous result
+/// in `reuse` holds with the same content and metadata is not written
+/// but returned in [`CopyOutcome::deferred`], to be hard-linked by
+/// [`super::reuse::place`] once `dest_root` is unmounted. The outcome's
+/// manifest describes the new result for the next copy.
+pub fn copy_reusing(
+    src_root: &Path,
+    dest_root: &Path,
+    cwd_owner_root: &Path,
+    op: &FileCopy,
+    src_excludes: Option<&PatternMatcher>,
+    reuse: &CopyReuse,
+) -> Result<CopyOutcome> {
+    let mut outcome = CopyOutcome::default();
+    run(
+        src_root,
+        dest_root,
+        cwd_owner_root,
+        op,
+        src_excludes,
+        false,
+        Some((reuse, &mut outcome)),
+    )?;
+    Ok(outcome)
+}
+
 fn run(
     src_root: &Path,
     dest_root: &Path,
@@ -68,6 +112,7 @@ fn run(
     op: &FileCopy,
     src_excludes: Option<&PatternMatcher>,
     keep_owner: bool,
+    reuse: Option<(&CopyReuse, &mut CopyOutcome)>,
 ) -> Result<()> {
     let chown = owner::resolve(owner_root, op.owner.as_ref())?;
     let symbolic = match (&op.mode, &op.mode_str) {
@@ -91,6 +136,7 @@ fn run(
         filter,
         inodes: HashMap::new(),
         pending: Vec::new(),
+        reuse,
     };
 
     let (sources, from_wildcard) =
@@ -192,6 +238,8 @@ struct Copier<'a> {
     /// (device, inode) of multiply-linked source files -> first copy.
     inodes: HashMap<(u64, u64), PathBuf>,
     pending: Vec<Pending>,
+    /// An incremental copy's inputs and what it records.
+    reuse: Option<(&'a CopyReuse, &'a mut CopyOutcome)>,
 }
 
 impl Copier<'_> {
@@ -262,6 +310,9 @@ impl Copier<'_> {
                     ))?;
                 }
                 None => {
+                    if self.reuse.is_some() {
+                        return self.copy_or_defer(src, ign_rel, &md, dst);
+                    }
                     self.copy_file(src, &md, dst)?;
                     if md.nlink() > 1 {
                         self.inodes.insert(key, dst.to_path_buf());
@@ -381,7 +432,7 @@ impl Copier<'_> {
     /// Copies a regular file and gives the copy its owner, mode, times and
     /// xattrs (as [`Self::apply_info`] does) through the open descriptors,
     /// so the destination path is resolved once, not once per call.
-    fn copy_file(&self, src: &Path, md: &Metadata, dst: &Path) -> Result<()> {
+    fn copy_file(&self, src: &Path, md: &Metadata, dst: &Path) -> Result<std::fs::File> {
         let mut from = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -406,6 +457,75 @@ impl Copier<'_> {
         let (atime, mtime) = self.times_of(md);
         meta::futimens(self.dest_root, dst, &to, atime, mtime)?;
         meta::copy_fd_xattrs(&from, &to, dst);
+        Ok(from)
+    }
+
+    /// A regular file of an incremental copy: deferred when the previous
+    /// result holds it as the copy would write it, else copied; recorded
+    /// in the new manifest when its content digest is known and the source
+    /// did not change while it was copied.
+    fn copy_or_defer(
+        &mut self,
+        src: &Path,
+        src_rel: &str,
+        md: &Metadata,
+        dst: &Path,
+    ) -> Result<()> {
+        let content = match &self.reuse {
+            Some((r, _)) => r.content_of(src_rel, md).map(str::to_string),
+            None => None,
+        };
+        let key = reuse::record(self.dest_root, dst);
+        let (Some(content), Some(key)) = (content, key) else {
+            self.copy_file(src, md, dst)?;
+            return Ok(());
+        };
+        let (uid, gid) = self.owner_of(md);
+        let (atime_ns, mtime_ns) = self.times_of(md);
+        let want = reuse::Intended {
+            uid,
+            gid,
+            mode: self.mode.unwrap_or(md.mode()) & 0o7777,
+            atime_ns,
+            mtime_ns,
+        };
+        let old = match &self.reuse {
+            Some((r, _)) => r.linkable(&key, &content, &want, md.size()),
+            None => None,
+        };
+        // Only where the copy would create a new file: never replace
+        // (or link over) what the parent chain has there.
+        let old = old.filter(|_| {
+            matches!(std::fs::symlink_metadata(dst), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        });
+        if let Some(old) = old {
+            if let (Some((_, out)), Ok(rel)) =
+                (self.reuse.as_mut(), dst.strip_prefix(self.dest_root))
+            {
+                out.deferred.push(Deferred {
+                    src: src.to_path_buf(),
+                    rel: rel.to_path_buf(),
+                    old,
+                    uid: want.uid,
+                    gid: want.gid,
+                    mode: want.mode,
+                    atime_ns: want.atime_ns,
+                    mtime_ns: want.mtime_ns,
+                });
+                out.manifest.insert(key, content);
+                return Ok(());
+            }
+        }
+        let from = self.copy_file(src, md, dst)?;
+        let unchanged = from.metadata().is_ok_and(|after| {
+            self.reuse
+                .as_ref()
+                .and_then(|(r, _)| r.known.get(src_rel))
+                .is_some_and(|k| k.matches(&after))
+        });
+        if let (true, Some((_, out))) = (unchanged, self.reuse.as_mut()) {
+            out.manifest.insert(key, content);
+        }
         Ok(())
     }
 

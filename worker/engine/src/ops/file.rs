@@ -4,9 +4,13 @@
 use super::{location, StepRunner};
 use crate::error::{Result, WorkerError};
 use crate::fileop;
+use crate::fileop::reuse::{self, CopyReuse, Manifest};
 use crate::ignore::PatternMatcher;
-use crate::refs::Ref;
+use crate::refs::{self, Layer, Ref};
+use kiln_snapshot::mount::overlay_dirs;
+use kiln_snapshot::Digest;
 use kiln_solver::{FileActionKind, FileInput, FileOp, Vertex};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// A source tree a copy reads from.
@@ -28,6 +32,65 @@ impl Source {
             Source::Empty(p) => p,
         }
     }
+}
+
+/// GC label on a copy's result snapshot naming its manifest blob.
+const MANIFEST_LABEL: &str = "containerd.io/gc.ref.content.kiln.copy";
+
+/// The label on a parent snapshot that names the last result of the copy
+/// in `slot` on it.
+fn slot_label(slot: &str) -> String {
+    format!("kiln.copy.{slot}")
+}
+
+/// A copy that may run incrementally: where its previous result is found.
+struct Incremental {
+    /// The parent chain's top snapshot, which carries the slot label.
+    parent_top: String,
+    /// Names the copy on that parent: its options and its local source.
+    slot: String,
+    /// The context directory (for the hash cache's digests).
+    dir: PathBuf,
+    copy: kiln_solver::FileCopy,
+    input: Option<FileInput>,
+}
+
+/// The previous result of a copy, held by a view.
+struct Previous {
+    view_key: String,
+    /// The result snapshot's own directory.
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+/// Whether `op` is one `COPY` from a local source onto a non-empty parent,
+/// the copy [`StepRunner::copy_incremental`] can run.
+fn incremental_copy(op: &FileOp, inputs: &[Ref], parent: &[Layer]) -> Option<Incremental> {
+    let [a] = op.actions.as_slice() else {
+        return None;
+    };
+    let FileActionKind::Copy(c) = &a.action else {
+        return None;
+    };
+    let Some(FileInput::Input(i)) = a.secondary_input else {
+        return None;
+    };
+    let Some(Ref::Local { dir, excludes }) = inputs.get(i) else {
+        return None;
+    };
+    if parent.is_empty() {
+        return None;
+    }
+    let key = serde_json::to_vec(&(c, dir, excludes)).ok()?;
+    let slot = Digest::of(&key).to_string();
+    let slot = slot.strip_prefix("sha256:").unwrap_or(&slot)[..32].to_string();
+    Some(Incremental {
+        parent_top: refs::top_snapshot(parent),
+        slot,
+        dir: dir.clone(),
+        copy: c.clone(),
+        input: a.secondary_input,
+    })
 }
 
 impl StepRunner {
@@ -60,14 +123,194 @@ impl StepRunner {
             },
             _ => Vec::new(),
         };
+        let incremental = incremental_copy(op, inputs, &parent);
         let active = self.prepare(&parent).await?;
-        let applied = self.apply_actions(v, op, inputs, &active).await;
-        if let Err(e) = applied {
-            self.discard(active).await;
-            return Err(e);
-        }
+        let upper = match overlay_dirs(&active.mounts) {
+            Some((Some(upper), _)) => Some(upper),
+            _ => None,
+        };
+        let applied = match (&incremental, upper) {
+            (Some(inc), Some(upper)) => self
+                .copy_incremental(v, inputs, inc, &active, &upper)
+                .await
+                .map(Some),
+            _ => self
+                .apply_actions(v, op, inputs, &active)
+                .await
+                .map(|()| None),
+        };
+        let manifest = match applied {
+            Ok(m) => m,
+            Err(e) => {
+                self.discard(active).await;
+                return Err(e);
+            }
+        };
         let layers = self.commit(active).await?;
+        if let (Some(inc), Some(manifest)) = (incremental, manifest) {
+            if let Err(e) = self.remember_copy(&inc, &layers, &manifest).await {
+                tracing::warn!(error = %e, "copy manifest not kept; the next copy starts over");
+            }
+        }
         Ok(vec![Ref::Chain(layers)])
+    }
+
+    /// A single `COPY` from the context, run incrementally (module
+    /// [`fileop::reuse`]): the previous result of the same copy (found
+    /// through the parent snapshot's slot label) lends its unchanged files
+    /// as hard links, placed in `upper` after the overlay is unmounted.
+    /// Returns the new result's manifest.
+    async fn copy_incremental(
+        &self,
+        v: &Vertex,
+        inputs: &[Ref],
+        inc: &Incremental,
+        active: &super::layer::Active,
+        upper: &std::path::Path,
+    ) -> Result<Manifest> {
+        let loc = location(v);
+        let fail = |e: fileop::FileOpError| WorkerError::FileOp {
+            location: loc.clone(),
+            message: crate::error::error_chain(&e),
+        };
+        let joined = |e: tokio::task::JoinError| WorkerError::FileOp {
+            location: loc.clone(),
+            message: e.to_string(),
+        };
+        let c = inc.copy.clone();
+        let src = self.copy_source(v, inc.input, inputs).await?;
+        let previous = self.previous_copy(&inc.parent_top, &inc.slot).await;
+        let known = {
+            let hashes = self.hashes.clone();
+            let dir = inc.dir.clone();
+            tokio::task::spawn_blocking(move || hashes.known_files(&dir))
+                .await
+                .unwrap_or_default()
+        };
+        let reuse = std::sync::Arc::new(CopyReuse {
+            known,
+            previous: previous
+                .as_ref()
+                .map(|p| (p.dir.clone(), p.manifest.clone())),
+        });
+        let result = async {
+            let dest = self.mount(&active.key, &active.mounts, false)?;
+            let excludes = match &src {
+                Source::Dir { excludes, .. } => excludes.clone(),
+                _ => None,
+            };
+            let (s, d, up, r) = (
+                src.path().to_path_buf(),
+                dest.path().to_path_buf(),
+                upper.to_path_buf(),
+                reuse.clone(),
+            );
+            let outcome = tokio::task::spawn_blocking(move || {
+                let mut out = fileop::copy_reusing(&s, &d, &d, &c, excludes.as_ref(), &r)?;
+                // Files whose directory overlayfs has not copied up are
+                // copied through the mount instead.
+                let rest = reuse::not_in_upper(&up, &mut out.deferred);
+                reuse::place(&d, &rest, false)?;
+                Ok::<_, fileop::FileOpError>(out)
+            })
+            .await
+            .map_err(joined)?
+            .map_err(fail)?;
+            drop(dest);
+            let up = upper.to_path_buf();
+            let deferred = outcome.deferred;
+            if !deferred.is_empty() {
+                tracing::debug!(
+                    linked = deferred.len(),
+                    "copy reuses the previous result's files"
+                );
+            }
+            tokio::task::spawn_blocking(move || reuse::place(&up, &deferred, true))
+                .await
+                .map_err(joined)?
+                .map_err(fail)?;
+            Ok(outcome.manifest)
+        }
+        .await;
+        self.release(src).await;
+        if let Some(p) = previous {
+            if let Err(e) = self.svc.snapshots.remove(&p.view_key).await {
+                tracing::warn!(key = %p.view_key, error = %e, "cannot remove view snapshot");
+            }
+        }
+        result
+    }
+
+    /// The previous result of the copy in `slot` on `parent_top`, held by a
+    /// view while its files are linked. Anything missing (no label, the
+    /// snapshot or its manifest gone) means there is none: the copy then
+    /// copies everything.
+    async fn previous_copy(&self, parent_top: &str, slot: &str) -> Option<Previous> {
+        let info = self.svc.snapshots.stat(parent_top).await.ok()?;
+        let name = info.labels.get(&slot_label(slot))?.clone();
+        let child = self.svc.snapshots.stat(&name).await.ok()?;
+        let manifest = child.labels.get(MANIFEST_LABEL)?.clone();
+        let view_key = format!("kiln-view-{}", crate::base::rand_hex());
+        let mounts = self
+            .svc
+            .snapshots
+            .view(&view_key, &name, &self.lease)
+            .await
+            .ok()?;
+        let dir = match mounts.as_slice() {
+            [m] if m.mount_type == "bind" => Some(std::path::PathBuf::from(&m.source)),
+            _ => overlay_dirs(&mounts).and_then(|(_, lowers)| lowers.into_iter().next()),
+        };
+        let data = match dir {
+            Some(_) => self.svc.content.read(&manifest).await.ok(),
+            None => None,
+        };
+        match (dir, data) {
+            (Some(dir), Some(data)) => Some(Previous {
+                view_key,
+                dir,
+                manifest: reuse::decode_manifest(&data),
+            }),
+            _ => {
+                let _ = self.svc.snapshots.remove(&view_key).await;
+                None
+            }
+        }
+    }
+
+    /// Keeps `manifest` as a content blob referenced by the copy's result
+    /// snapshot, and names that snapshot in the parent's slot label, for
+    /// the next run of the same copy.
+    async fn remember_copy(
+        &self,
+        inc: &Incremental,
+        layers: &[Layer],
+        manifest: &Manifest,
+    ) -> Result<()> {
+        let name = refs::top_snapshot(layers);
+        let data = reuse::encode_manifest(manifest);
+        let digest = kiln_snapshot::services::write_blob(
+            &*self.svc.content,
+            &data,
+            HashMap::new(),
+            &self.lease,
+        )
+        .await?;
+        self.svc
+            .snapshots
+            .update_labels(
+                &name,
+                HashMap::from([(MANIFEST_LABEL.to_string(), digest.to_string())]),
+            )
+            .await?;
+        self.svc
+            .snapshots
+            .update_labels(
+                &inc.parent_top,
+                HashMap::from([(slot_label(&inc.slot), name)]),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn apply_actions(
