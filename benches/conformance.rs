@@ -140,7 +140,10 @@ fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {
             Err(e) => differ.push(e),
         }
     }
-    if !case.expect.config.is_empty() || !case.expect.absent.is_empty() {
+    if !case.expect.config.is_empty()
+        || !case.expect.absent.is_empty()
+        || !case.expect.present.is_empty()
+    {
         let manifest = h.manifest(NAMESPACE, &image);
         let config = manifest["config"]["digest"]
             .as_str()
@@ -156,6 +159,11 @@ fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {
         for ptr in &case.expect.absent {
             if let Some(got) = config.pointer(ptr).filter(|v| !v.is_null()) {
                 differ.push(format!("config {ptr} is {got}, kiln expects it absent"));
+            }
+        }
+        for ptr in &case.expect.present {
+            if config.pointer(ptr).is_none_or(|v| v.is_null()) {
+                differ.push(format!("config {ptr} is absent, kiln expects it present"));
             }
         }
     }

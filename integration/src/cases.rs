@@ -40,6 +40,10 @@ pub struct Expect {
     pub config: BTreeMap<String, serde_json::Value>,
     /// JSON pointers that must be absent (or `null`) in the image config.
     pub absent: Vec<String>,
+    /// JSON pointers that must be present (with any value).
+    pub present: Vec<String>,
+    /// Build check warnings the build prints (`Rule: message (line N)`).
+    pub warnings: Vec<String>,
 }
 
 impl Case {
@@ -146,15 +150,32 @@ fn load_case(dir: &Path) -> Result<Case, String> {
             "error" => expect.error = Some(s()?),
             "run" => expect.run = Some(s()?),
             "stdout" => expect.stdout = Some(s()?),
-            "absent" => {
-                let list = value
-                    .as_array()
-                    .ok_or_else(|| bad("expect.absent must be a list of JSON pointers"))?;
+            "absent" | "present" => {
+                let what = format!("expect.{key} must be a list of JSON pointers");
+                let list = value.as_array().ok_or_else(|| bad(&what))?;
                 for p in list {
                     match p.as_str() {
-                        Some(p) if p.starts_with('/') => expect.absent.push(p.to_string()),
-                        _ => return Err(bad("expect.absent must be a list of JSON pointers")),
+                        Some(p) if p.starts_with('/') => {
+                            let into = if key == "absent" {
+                                &mut expect.absent
+                            } else {
+                                &mut expect.present
+                            };
+                            into.push(p.to_string());
+                        }
+                        _ => return Err(bad(&what)),
                     }
+                }
+            }
+            "warnings" => {
+                let list = value
+                    .as_array()
+                    .ok_or_else(|| bad("expect.warnings must be a list of strings"))?;
+                for w in list {
+                    let w = w
+                        .as_str()
+                        .ok_or_else(|| bad("expect.warnings must be a list of strings"))?;
+                    expect.warnings.push(w.to_string());
                 }
             }
             "config" => {
@@ -174,7 +195,11 @@ fn load_case(dir: &Path) -> Result<Case, String> {
             k => return Err(bad(&format!("unknown key expect.{k}"))),
         }
     }
-    let observes = expect.run.is_some() || !expect.config.is_empty() || !expect.absent.is_empty();
+    let observes = expect.run.is_some()
+        || !expect.config.is_empty()
+        || !expect.absent.is_empty()
+        || !expect.present.is_empty()
+        || !expect.warnings.is_empty();
     if expect.error.is_some() && observes {
         return Err(bad("expect.error excludes run/stdout/config/absent"));
     }

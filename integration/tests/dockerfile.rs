@@ -186,6 +186,11 @@ fn run_case(h: &Harness, case: &Case) -> Result<(), String> {
     if !out.success {
         return Err(format!("build failed:\n{}", out.stderr));
     }
+    for w in &case.expect.warnings {
+        if !out.stderr.lines().any(|l| l.trim_start_matches(" - ") == w) {
+            return Err(format!("no warning {w:?} in:\n{}", out.stderr));
+        }
+    }
     if let Some(cmd) = &case.expect.run {
         let id = format!("conformance-{}", case.name);
         let got = run_in(h, &image, &id, cmd)?;
@@ -194,7 +199,10 @@ fn run_case(h: &Harness, case: &Case) -> Result<(), String> {
             return Err(format!("`{cmd}` printed {got:?}, expected {want:?}"));
         }
     }
-    if !case.expect.config.is_empty() || !case.expect.absent.is_empty() {
+    if !case.expect.config.is_empty()
+        || !case.expect.absent.is_empty()
+        || !case.expect.present.is_empty()
+    {
         let manifest = h.manifest(NAMESPACE, &image);
         let digest = manifest["config"]["digest"]
             .as_str()
@@ -214,6 +222,11 @@ fn run_case(h: &Harness, case: &Case) -> Result<(), String> {
         for ptr in &case.expect.absent {
             if let Some(got) = config.pointer(ptr).filter(|v| !v.is_null()) {
                 return Err(format!("config {ptr} is {got}, expected it absent"));
+            }
+        }
+        for ptr in &case.expect.present {
+            if config.pointer(ptr).is_none_or(|v| v.is_null()) {
+                return Err(format!("config {ptr} is absent, expected it present"));
             }
         }
     }

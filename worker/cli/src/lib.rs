@@ -777,6 +777,7 @@ async fn build(
         let _ = display.await;
         return Err(e.into());
     }
+    let warnings = built.warnings.clone();
     let mut locals = HashMap::new();
     locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.clone());
     let req = BuildRequest {
@@ -805,12 +806,25 @@ async fn build(
     });
     let result = engine.build(req, tx, cancel).await;
     let _ = display.await;
+    print_warnings(&warnings);
     let result = result?;
     for n in &result.names {
         println!("naming to {n}");
     }
     println!("manifest {}", result.manifest_digest);
     Ok(())
+}
+
+/// The build checks' warnings after the build, as buildx prints them.
+fn print_warnings(warnings: &[kiln_dockerfile::parser::Warning]) {
+    if warnings.is_empty() {
+        return;
+    }
+    let n = warnings.len();
+    eprintln!(" {n} warning{} found:", if n == 1 { "" } else { "s" });
+    for w in warnings {
+        eprintln!(" - {w}");
+    }
 }
 
 #[cfg(test)]

@@ -296,7 +296,12 @@ fn check_buildkit_args(opts: &mut FrontendOptions) -> Result<()> {
             "BUILDKIT_SBOM_SCAN_CONTEXT" | "BUILDKIT_SBOM_SCAN_STAGE" if on() => {
                 return unsupported(format!("{key}={value} (SBOM attestations)"))
             }
-            "BUILDKIT_SYNTAX" if !value.is_empty() => {
+            // BuildKit's own Dockerfile frontend is the language kiln
+            // speaks; any other frontend image is not run.
+            "BUILDKIT_SYNTAX"
+                if !value.is_empty()
+                    && !kiln_dockerfile::directives::is_dockerfile_frontend(value) =>
+            {
                 return unsupported(format!("{key}={value} (a frontend image)"))
             }
             "BUILDKIT_DOCKERFILE_CHECK" if !value.is_empty() => {
