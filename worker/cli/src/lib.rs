@@ -777,7 +777,7 @@ async fn build(
         let _ = display.await;
         return Err(e.into());
     }
-    let warnings = built.warnings.clone();
+    let warnings: Vec<String> = built.warnings.iter().map(|w| w.to_string()).collect();
     let mut locals = HashMap::new();
     locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.clone());
     let req = BuildRequest {
@@ -815,8 +815,9 @@ async fn build(
     Ok(())
 }
 
-/// The build checks' warnings after the build, as buildx prints them.
-fn print_warnings(warnings: &[kiln_dockerfile::parser::Warning]) {
+/// The build checks' warnings (`Rule: message (line N)`) after the
+/// build, as buildx prints them.
+fn print_warnings(warnings: &[String]) {
     if warnings.is_empty() {
         return;
     }

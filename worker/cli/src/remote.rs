@@ -434,6 +434,7 @@ pub async fn build(
         };
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut started = std::collections::HashSet::new();
+        let mut warnings = Vec::new();
         while let Some(msg) = stream
             .message()
             .await
@@ -477,6 +478,13 @@ pub async fn build(
                     })
                     .await;
             }
+            for w in msg.warnings {
+                let mut text = String::from_utf8_lossy(&w.short).into_owned();
+                if let Some(line) = w.ranges.first().and_then(|r| r.start.as_ref()) {
+                    text.push_str(&format!(" (line {})", line.line));
+                }
+                warnings.push(text);
+            }
             for l in msg.logs {
                 let n = index.len();
                 let i = *index.entry(l.vertex.clone()).or_insert(n);
@@ -493,12 +501,13 @@ pub async fn build(
                     .await;
             }
         }
-        Ok(())
+        Ok(warnings)
     });
     let solved = control.solve(solve).await;
-    let _ = status.await;
+    let warnings = status.await.ok().and_then(|r| r.ok()).unwrap_or_default();
     cancel.cancel();
     let _ = serving.await;
+    crate::print_warnings(&warnings);
     let resp = solved.map_err(|e| anyhow!("{}", e.message()))?.into_inner();
     Ok(resp.exporter_response)
 }

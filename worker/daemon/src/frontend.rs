@@ -139,6 +139,7 @@ pub async fn dockerfile(
     };
     let (build, ()) = tokio::join!(plan, forward);
     let build = build.map_err(|e| frontend_status(&e))?;
+    crate::status::warnings(job, &load_name, &filename, &source.text, &build.warnings);
     Ok(Frontend {
         build,
         context,

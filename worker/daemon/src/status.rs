@@ -120,3 +120,85 @@ pub fn step(
         ..Default::default()
     });
 }
+
+/// The Dockerfile's build-check warnings, on the step named `name`, as
+/// BuildKit's frontend sends them (`VertexWarning`: level 1, `Rule:
+/// message` as the short text, the rule's page, the Dockerfile as source
+/// info with the line as range), so buildctl and buildx print them.
+pub fn warnings(
+    job: &Job,
+    name: &str,
+    filename: &str,
+    source: &str,
+    warnings: &[kiln_dockerfile::parser::Warning],
+) {
+    use kiln_proto::control::VertexWarning;
+    use kiln_proto::llb::{Position, Range, SourceInfo};
+    if warnings.is_empty() {
+        return;
+    }
+    let vertex = Digest::of(format!("kiln-step:{}:{name}", job.id).as_bytes()).to_string();
+    let info = SourceInfo {
+        filename: filename.to_string(),
+        data: source.as_bytes().to_vec(),
+        definition: None,
+        language: "Dockerfile".into(),
+    };
+    job.publish(StatusResponse {
+        warnings: warnings
+            .iter()
+            .map(|w| {
+                let line = i32::try_from(w.line).unwrap_or(i32::MAX);
+                VertexWarning {
+                    vertex: vertex.clone(),
+                    level: 1,
+                    short: format!("{}: {}", w.rule, w.message).into_bytes(),
+                    detail: Vec::new(),
+                    url: rule_url(&w.rule),
+                    info: Some(info.clone()),
+                    ranges: (line > 0)
+                        .then(|| Range {
+                            start: Some(Position { line, character: 0 }),
+                            end: Some(Position { line, character: 0 }),
+                        })
+                        .into_iter()
+                        .collect(),
+                }
+            })
+            .collect(),
+        ..Default::default()
+    });
+}
+
+/// The docs page of a build check: `StageNameCasing` ->
+/// `https://docs.docker.com/go/dockerfile/rule/stage-name-casing/`.
+fn rule_url(rule: &str) -> String {
+    let mut kebab = String::new();
+    let chars: Vec<char> = rule.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            let prev_lower = chars[i - 1].is_ascii_lowercase();
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            if prev_lower || (next_lower && chars[i - 1].is_ascii_uppercase()) {
+                kebab.push('-');
+            }
+        }
+        kebab.push(c.to_ascii_lowercase());
+    }
+    format!("https://docs.docker.com/go/dockerfile/rule/{kebab}/")
+}
+
+#[cfg(test)]
+mod rule_url_tests {
+    #[test]
+    fn rule_pages_are_kebab_case() {
+        assert_eq!(
+            super::rule_url("StageNameCasing"),
+            "https://docs.docker.com/go/dockerfile/rule/stage-name-casing/"
+        );
+        assert_eq!(
+            super::rule_url("JSONArgsRecommended"),
+            "https://docs.docker.com/go/dockerfile/rule/json-args-recommended/"
+        );
+    }
+}
