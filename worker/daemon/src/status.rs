@@ -157,7 +157,7 @@ pub fn warnings(
                     url: rule_url(&w.rule),
                     info: Some(info.clone()),
                     ranges: (line > 0)
-                        .then(|| Range {
+                        .then_some(Range {
                             start: Some(Position { line, character: 0 }),
                             end: Some(Position { line, character: 0 }),
                         })

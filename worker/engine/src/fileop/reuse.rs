@@ -68,7 +68,7 @@ pub struct CopyOutcome {
 }
 
 /// Encodes a manifest: one `<hex digest> <path>\n` line per file, sorted by
-/// path (paths never hold a newline, see [`record`]).
+/// path (paths never hold a newline, see `record`).
 pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
     let mut lines: Vec<_> = m.iter().collect();
     lines.sort();
