@@ -20,7 +20,8 @@ pub mod mount;
 pub mod services;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod time;
+/// RFC 3339 formatting lives in `kiln_types`, shared with the frontend.
+pub use kiln_types::time;
 
 pub use containerd::Containerd;
 pub use error::{Result, SnapshotError};

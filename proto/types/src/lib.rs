@@ -20,6 +20,7 @@ mod kind;
 pub mod reference;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod time;
 
 pub use digest::Digest;
 pub use kind::ErrorKind;

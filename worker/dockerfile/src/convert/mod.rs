@@ -156,7 +156,7 @@ pub fn to_graph(
     // SOURCE_DATE_EPOCH dates this build's history entries (base entries
     // keep theirs), so the exporter's `created` is the epoch too.
     if let Some(e) = epoch {
-        let t = rfc3339_utc(e);
+        let t = kiln_types::time::rfc3339_secs(e);
         for h in st.config.history.iter_mut().filter(|h| h.created.is_none()) {
             h.created = Some(t.clone());
         }
@@ -837,29 +837,6 @@ fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Resul
             line: df.stages.first().map_or(1, |s| s.line),
             feature: format!("SOURCE_DATE_EPOCH={v} (only seconds since the epoch)"),
         })
-}
-
-/// Seconds since the epoch as RFC 3339 in UTC (Go's `time.Unix(s, 0).UTC()`
-/// marshalled to JSON).
-fn rfc3339_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Parses an ONBUILD trigger as a Dockerfile line (with the default

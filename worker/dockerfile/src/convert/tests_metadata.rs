@@ -247,9 +247,15 @@ fn expose_history_follows_the_sorted_words() {
 
 #[test]
 fn source_date_epoch_dates_new_history_and_workdir() {
-    assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
-    assert_eq!(rfc3339_utc(1_700_000_000), "2023-11-14T22:13:20Z");
-    assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+    assert_eq!(kiln_types::time::rfc3339_secs(0), "1970-01-01T00:00:00Z");
+    assert_eq!(
+        kiln_types::time::rfc3339_secs(1_700_000_000),
+        "2023-11-14T22:13:20Z"
+    );
+    assert_eq!(
+        kiln_types::time::rfc3339_secs(951_782_400),
+        "2000-02-29T00:00:00Z"
+    );
     let base = ImageConfig {
         history: vec![HistoryEntry {
             created: Some("2020-01-01T00:00:00Z".into()),

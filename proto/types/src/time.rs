@@ -1,5 +1,7 @@
 //! RFC 3339 timestamps, as containerd's lease expiry and OCI `created`
-//! fields expect them (UTC, `Z` suffix).
+//! fields expect them (UTC, `Z` suffix): the one formatter kiln has (the
+//! snapshot layer's leases, cache records, and the Dockerfile frontend's
+//! `SOURCE_DATE_EPOCH` history dates).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,6 +28,13 @@ pub fn rfc3339(t: SystemTime, nanos: bool) -> String {
     } else {
         format!("{y:04}-{m:02}-{day:02}T{hms}Z")
     }
+}
+
+/// [`rfc3339`] of whole seconds since the epoch (`SOURCE_DATE_EPOCH`);
+/// times before 1970 read as the epoch.
+pub fn rfc3339_secs(secs: i64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    rfc3339(t, false)
 }
 
 #[cfg(test)]
