@@ -54,18 +54,6 @@ fn frontend_opts(case: &Case) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn run_in(h: &Harness, image: &str, id: &str, cmd: &str) -> Result<String, String> {
-    let mut out = String::new();
-    for attempt in 0..3 {
-        let cid = format!("{id}-{attempt}");
-        out = h.ctr(NAMESPACE, &["run", "--rm", image, &cid, "sh", "-c", cmd])?;
-        if !out.is_empty() {
-            break;
-        }
-    }
-    Ok(out)
-}
-
 fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {
     let opts = match frontend_opts(case) {
         Ok(o) => o,
@@ -134,7 +122,12 @@ fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {
     let mut differ = Vec::new();
     if let Some(cmd) = &case.expect.run {
         let want = case.expect.stdout.as_deref().unwrap_or_default();
-        match run_in(h, &image, &format!("bk-{}", case.name), cmd) {
+        match h.try_run_image(
+            NAMESPACE,
+            &image,
+            &format!("bk-{}", case.name),
+            &["sh", "-c", cmd],
+        ) {
             Ok(got) if got == want => {}
             Ok(got) => differ.push(format!("`{cmd}` printed {got:?}, kiln expects {want:?}")),
             Err(e) => differ.push(e),

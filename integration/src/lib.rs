@@ -553,17 +553,29 @@ impl Harness {
     /// and exited 0, stdout came back empty); an empty answer is retried
     /// with a fresh container ID, up to three times, before it is returned.
     pub fn run_image(&self, namespace: &str, image: &str, id: &str, cmd: &[&str]) -> String {
+        self.try_run_image(namespace, image, id, cmd)
+            .expect("ctr run succeeds")
+    }
+
+    /// [`Harness::run_image`], with a failed `ctr run` as an error.
+    pub fn try_run_image(
+        &self,
+        namespace: &str,
+        image: &str,
+        id: &str,
+        cmd: &[&str],
+    ) -> HarnessResult<String> {
         let mut out = String::new();
         for attempt in 0..3 {
             let cid = format!("{id}-{attempt}");
             let mut args = vec!["run", "--rm", image, cid.as_str()];
             args.extend_from_slice(cmd);
-            out = self.ctr(namespace, &args).expect("ctr run succeeds");
+            out = self.ctr(namespace, &args)?;
             if !out.is_empty() {
                 break;
             }
         }
-        out
+        Ok(out)
     }
 }
 

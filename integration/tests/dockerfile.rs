@@ -120,21 +120,6 @@ fn a_step_started(stderr: &str) -> Option<&str> {
     })
 }
 
-/// `sh -c CMD` in `image`, its stdout. ctr 1.6 now and then returns before
-/// it copied a short task's output: an empty answer is retried (with a
-/// fresh container id) twice before it counts.
-fn run_in(h: &Harness, image: &str, id: &str, cmd: &str) -> Result<String, String> {
-    let mut out = String::new();
-    for attempt in 0..3 {
-        let cid = format!("{id}-{attempt}");
-        out = h.ctr(NAMESPACE, &["run", "--rm", image, &cid, "sh", "-c", cmd])?;
-        if !out.is_empty() {
-            break;
-        }
-    }
-    Ok(out)
-}
-
 /// Builds `case` and checks what it expects; `Err` says what differed.
 fn run_case(h: &Harness, case: &Case) -> Result<(), String> {
     let image = format!("docker.io/conformance/{}:latest", case.name);
@@ -193,7 +178,7 @@ fn run_case(h: &Harness, case: &Case) -> Result<(), String> {
     }
     if let Some(cmd) = &case.expect.run {
         let id = format!("conformance-{}", case.name);
-        let got = run_in(h, &image, &id, cmd)?;
+        let got = h.try_run_image(NAMESPACE, &image, &id, &["sh", "-c", cmd])?;
         let want = case.expect.stdout.as_deref().unwrap_or_default();
         if got != want {
             return Err(format!("`{cmd}` printed {got:?}, expected {want:?}"));
