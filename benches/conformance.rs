@@ -48,10 +48,26 @@ fn frontend_opts(case: &Case) -> Result<Vec<String>, String> {
             "--target" => out.push(format!("target={value}")),
             "--platform" => out.push(format!("platform={value}")),
             "--secret" => out.push(format!("--secret {value}")),
+            // buildx joins repeated flags into one list attribute.
+            "--add-host" => list(&mut out, "add-hosts", value),
+            "--ulimit" => list(&mut out, "ulimit", value),
+            "--shm-size" => out.push(format!("shm-size={value}")),
             other => return Err(format!("no buildctl equivalent for {other}")),
         }
     }
     Ok(out)
+}
+
+/// Appends `value` to the comma list of option `key` (one `--opt` each).
+fn list(out: &mut Vec<String>, key: &str, value: &str) {
+    let prefix = format!("{key}=");
+    match out.iter_mut().find(|o| o.starts_with(&prefix)) {
+        Some(o) => {
+            o.push(',');
+            o.push_str(value);
+        }
+        None => out.push(format!("{prefix}{value}")),
+    }
 }
 
 fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {

@@ -213,6 +213,14 @@ fn op_bytes(op: &llb::Op) -> (Vec<u8>, String) {
 /// A definition: busybox, then `sh -c CMD` on it, then the terminal op.
 /// Returns it with the source's and the exec's digests.
 fn busybox_exec(cmd: &str) -> (llb::Definition, String, String) {
+    busybox_exec_with(cmd, |_| {})
+}
+
+/// [`busybox_exec`] with the exec op changed by `edit` first.
+fn busybox_exec_with(
+    cmd: &str,
+    edit: impl FnOnce(&mut llb::ExecOp),
+) -> (llb::Definition, String, String) {
     let (src_b, src_d) = op_bytes(&llb::Op {
         op: Some(llb::op::Op::Source(llb::SourceOp {
             identifier: "docker-image://docker.io/library/busybox:latest".into(),
@@ -220,26 +228,28 @@ fn busybox_exec(cmd: &str) -> (llb::Definition, String, String) {
         })),
         ..Default::default()
     });
+    let mut exec = llb::ExecOp {
+        meta: Some(llb::Meta {
+            args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+            cwd: "/".into(),
+            env: vec!["PATH=/bin".into()],
+            ..Default::default()
+        }),
+        mounts: vec![llb::Mount {
+            input: 0,
+            dest: "/".into(),
+            output: 0,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    edit(&mut exec);
     let (exec_b, exec_d) = op_bytes(&llb::Op {
         inputs: vec![llb::Input {
             digest: src_d.clone(),
             index: 0,
         }],
-        op: Some(llb::op::Op::Exec(llb::ExecOp {
-            meta: Some(llb::Meta {
-                args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
-                cwd: "/".into(),
-                env: vec!["PATH=/bin".into()],
-                ..Default::default()
-            }),
-            mounts: vec![llb::Mount {
-                input: 0,
-                dest: "/".into(),
-                output: 0,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
+        op: Some(llb::op::Op::Exec(exec)),
         ..Default::default()
     });
     let (term_b, _) = op_bytes(&llb::Op {
@@ -307,6 +317,73 @@ async fn raw_llb_builds_and_status_reports_its_digests() {
     );
     let printed = h.run_image(ns, "docker.io/library/llb:1", "llb-run", &["cat", "/x"]);
     assert_eq!(printed, "from-llb\n");
+}
+
+/// The exec fields a client may set beyond the command: extra hosts,
+/// ulimits and valid exit codes reach the step; fields kiln does not
+/// implement fail the solve before anything runs.
+#[tokio::test]
+async fn llb_exec_options_reach_the_step_or_fail_naming_them() {
+    let ns = "llbexecopts";
+    let (h, k) = setup(ns).await;
+    let mut c = control(&k).await;
+    let solve = |def: llb::Definition, name: &str| SolveRequest {
+        r#ref: format!("llbopts{:0>19}", name.len()),
+        definition: Some(def),
+        exporters: vec![Exporter {
+            r#type: "image".into(),
+            attrs: HashMap::from([("name".to_string(), format!("docker.io/library/{name}:1"))]),
+        }],
+        ..Default::default()
+    };
+    let (def, _, _) = busybox_exec_with(
+        "tail -n 1 /etc/hosts > /h; ulimit -Sn > /u; ulimit -Hn >> /u; exit 3",
+        |e| {
+            let m = e.meta.as_mut().expect("meta");
+            m.extra_hosts = vec![llb::HostIp {
+                host: "db".into(),
+                ip: "10.9.8.7".into(),
+            }];
+            m.ulimit = vec![llb::Ulimit {
+                name: "nofile".into(),
+                soft: 300,
+                hard: 400,
+            }];
+            m.valid_exit_codes = vec![0, 3];
+        },
+    );
+    c.solve(solve(def, "execopts"))
+        .await
+        .expect("exit code 3 is valid for this step");
+    let printed = h.run_image(
+        ns,
+        "docker.io/library/execopts:1",
+        "execopts-run",
+        &["cat", "/h", "/u"],
+    );
+    assert_eq!(printed, "10.9.8.7\tdb\n300\n400\n");
+
+    let (def, _, _) = busybox_exec_with("exit 3", |e| {
+        e.meta.as_mut().expect("meta").valid_exit_codes = vec![0, 4];
+    });
+    let err = c
+        .solve(solve(def, "badexit"))
+        .await
+        .expect_err("exit code 3 is not in the list");
+    assert!(err.message().contains("exit code: 3"), "{}", err.message());
+
+    let (def, _, _) = busybox_exec_with("touch /ran", |e| {
+        e.meta.as_mut().expect("meta").cgroup_parent = "/kiln-test".into();
+    });
+    let err = c
+        .solve(solve(def, "cgroup"))
+        .await
+        .expect_err("cgroup parent is not supported");
+    assert!(
+        err.message().contains("cgroup parent is not supported"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]

@@ -80,6 +80,8 @@ fn step(f: &Fixture, root: &Path, id: &str, script: &str) -> StepSpec {
         cwd: "/".into(),
         user: String::new(),
         hostname: String::new(),
+        extra_hosts: Vec::new(),
+        ulimits: Vec::new(),
         network: Network::Host,
         mounts: vec![],
         lease: f.lease.clone(),

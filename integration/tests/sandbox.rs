@@ -102,6 +102,8 @@ fn step(f: &Fixture, root: &Path, id: &str, script: &str, security: Security) ->
         cwd: "/".into(),
         user: String::new(),
         hostname: String::new(),
+        extra_hosts: Vec::new(),
+        ulimits: Vec::new(),
         network: Network::None,
         mounts: vec![],
         lease: f.lease.clone(),

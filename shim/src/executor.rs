@@ -260,8 +260,11 @@ impl ContainerdExecutor {
             .map_err(io_err("create", &dir))?;
         stack.push(Undo::StepDir(dir.clone()));
         let hosts = dir.join("hosts");
-        std::fs::write(&hosts, spec::hosts_content(spec::hostname(step)))
-            .map_err(io_err("write", &hosts))?;
+        std::fs::write(
+            &hosts,
+            spec::hosts_content(spec::hostname(step), &step.extra_hosts),
+        )
+        .map_err(io_err("write", &hosts))?;
         let resolv = dir.join("resolv.conf");
         let mut host_resolv = std::fs::read_to_string("/etc/resolv.conf").ok();
         if step.network == Network::Sandbox {
@@ -817,6 +820,8 @@ mod tests {
             cwd: "/".into(),
             user: String::new(),
             hostname: String::new(),
+            extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
             network: Network::Host,
             mounts: vec![],
             lease: LeaseId::named("build", "v"),

@@ -45,6 +45,7 @@ pub use spec::build_spec;
 pub use tokio_util::sync::CancellationToken;
 
 use kiln_snapshot::containerd::LeaseId;
+pub use kiln_types::process::{HostIp, Ulimit};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -72,6 +73,10 @@ pub struct StepSpec {
     pub user: String,
     /// Empty means [`DEFAULT_HOSTNAME`].
     pub hostname: String,
+    /// Lines added to the step's `/etc/hosts` after the default ones.
+    pub extra_hosts: Vec<HostIp>,
+    /// Resource limits; empty keeps the default open-files limit.
+    pub ulimits: Vec<Ulimit>,
     pub network: Network,
     /// Extra mounts, applied after the standard ones.
     pub mounts: Vec<ExtraMount>,

@@ -16,11 +16,11 @@
 //! every device allowed by the device cgroup.
 
 use crate::user::ResolvedUser;
-use crate::{ExtraMount, Network, Security, StepSpec, DEFAULT_HOSTNAME};
+use crate::{ExtraMount, HostIp, Network, Security, StepSpec, Ulimit, DEFAULT_HOSTNAME};
 use oci_spec::runtime::{
     Capability, Linux, LinuxCapabilities, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType,
-    LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources, Mount, PosixRlimitBuilder,
-    PosixRlimitType, Process, Root, Spec, User,
+    LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources, Mount, PosixRlimit,
+    PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
 };
 use std::path::{Path, PathBuf};
 
@@ -237,9 +237,57 @@ pub fn hostname(step: &StepSpec) -> &str {
     }
 }
 
-/// The `/etc/hosts` a step sees (BuildKit's, with the step's hostname).
-pub fn hosts_content(hostname: &str) -> String {
-    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+/// The `/etc/hosts` a step sees (BuildKit's, with the step's hostname and
+/// its extra hosts after the default lines).
+pub fn hosts_content(hostname: &str, extra: &[HostIp]) -> String {
+    let mut s =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for h in extra {
+        s.push_str(&format!("{h}\n"));
+    }
+    s
+}
+
+/// The process's resource limits: the given ones (as BuildKit, they
+/// replace the default), else open files at 1024.
+pub fn rlimits(ulimits: &[Ulimit]) -> Vec<PosixRlimit> {
+    if ulimits.is_empty() {
+        return vec![rlimit(PosixRlimitType::RlimitNofile, 1024, 1024)];
+    }
+    ulimits
+        .iter()
+        .filter_map(|u| {
+            let typ = match u.name.as_str() {
+                "core" => PosixRlimitType::RlimitCore,
+                "cpu" => PosixRlimitType::RlimitCpu,
+                "data" => PosixRlimitType::RlimitData,
+                "fsize" => PosixRlimitType::RlimitFsize,
+                "locks" => PosixRlimitType::RlimitLocks,
+                "memlock" => PosixRlimitType::RlimitMemlock,
+                "msgqueue" => PosixRlimitType::RlimitMsgqueue,
+                "nice" => PosixRlimitType::RlimitNice,
+                "nofile" => PosixRlimitType::RlimitNofile,
+                "nproc" => PosixRlimitType::RlimitNproc,
+                "rss" => PosixRlimitType::RlimitRss,
+                "rtprio" => PosixRlimitType::RlimitRtprio,
+                "rttime" => PosixRlimitType::RlimitRttime,
+                "sigpending" => PosixRlimitType::RlimitSigpending,
+                "stack" => PosixRlimitType::RlimitStack,
+                // `Ulimit::new` admits only the names above.
+                _ => return None,
+            };
+            Some(rlimit(typ, Ulimit::rlimit(u.soft), Ulimit::rlimit(u.hard)))
+        })
+        .collect()
+}
+
+fn rlimit(typ: PosixRlimitType, soft: u64, hard: u64) -> PosixRlimit {
+    PosixRlimitBuilder::default()
+        .typ(typ)
+        .hard(hard)
+        .soft(soft)
+        .build()
+        .expect("an rlimit builder with every field set cannot fail")
 }
 
 /// The `/etc/resolv.conf` a step sees: the host's, or public resolvers
@@ -418,13 +466,6 @@ pub fn build_spec(step: &StepSpec, user: &ResolvedUser, hosts: &Path, resolv: &P
     capabilities.set_inheritable(None);
     capabilities.set_ambient(None);
 
-    let nofile = PosixRlimitBuilder::default()
-        .typ(PosixRlimitType::RlimitNofile)
-        .hard(1024u64)
-        .soft(1024u64)
-        .build()
-        .expect("an rlimit builder with every field set cannot fail");
-
     let mut process = Process::default();
     process.set_terminal(Some(false));
     process.set_user(u);
@@ -436,7 +477,7 @@ pub fn build_spec(step: &StepSpec, user: &ResolvedUser, hosts: &Path, resolv: &P
         step.cwd.as_str()
     }));
     process.set_capabilities(Some(capabilities));
-    process.set_rlimits(Some(vec![nofile]));
+    process.set_rlimits(Some(rlimits(&step.ulimits)));
     process.set_no_new_privileges(Some(false));
 
     let mut root = Root::default();
@@ -515,6 +556,8 @@ mod tests {
             cwd: "/work".into(),
             user: "app".into(),
             hostname: String::new(),
+            extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
             network,
             mounts: vec![
                 ExtraMount::Bind {
@@ -839,9 +882,26 @@ mod tests {
     }
 
     #[test]
+    fn extra_hosts_and_ulimits_reach_the_spec() {
+        let extra = [HostIp::parse("db=10.0.0.1").expect("valid")];
+        assert!(hosts_content("h", &extra).ends_with("ip6-loopback\n10.0.0.1\tdb\n"));
+        let default = rlimits(&[]);
+        assert_eq!(default.len(), 1);
+        assert_eq!(default[0].typ(), PosixRlimitType::RlimitNofile);
+        let given = rlimits(&[
+            Ulimit::parse("nproc=5:6").expect("valid"),
+            Ulimit::parse("core=-1").expect("valid"),
+        ]);
+        assert_eq!(given.len(), 2, "the given limits replace the default");
+        assert_eq!(given[0].typ(), PosixRlimitType::RlimitNproc);
+        assert_eq!((given[0].soft(), given[0].hard()), (5, 6));
+        assert_eq!(given[1].soft(), u64::MAX);
+    }
+
+    #[test]
     fn hosts_and_resolv_contents() {
         assert_eq!(
-            hosts_content(DEFAULT_HOSTNAME),
+            hosts_content(DEFAULT_HOSTNAME, &[]),
             "127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         );
         assert_eq!(

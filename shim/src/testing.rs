@@ -131,6 +131,8 @@ mod tests {
             cwd: "/".into(),
             user: String::new(),
             hostname: String::new(),
+            extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
             network: Network::Host,
             mounts: vec![],
             lease: LeaseId::named("build", "fake"),

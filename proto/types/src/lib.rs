@@ -2,7 +2,8 @@
 //! blobs and cache keys, [`ErrorKind`], the errdefs kind every library
 //! error exposes, and [`reference`](mod@reference), docker's image-name rule and the
 //! parsed [`Reference`] (shared by the Dockerfile frontend, the exporters
-//! and the registry client).
+//! and the registry client), and [`process`]: the extra hosts and
+//! resource limits of a step's process.
 //!
 //! This is a leaf crate so that `snapshot` and `shim` can name a digest or
 //! an error kind without depending on the solver or on the generated
@@ -17,6 +18,7 @@
 
 pub mod digest;
 mod kind;
+pub mod process;
 pub mod reference;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

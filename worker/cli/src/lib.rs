@@ -11,7 +11,7 @@ mod progress;
 mod remote;
 mod secrets;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kiln_engine::{BuildRequest, Engine};
 use kiln_snapshot::containerd::ContainerdConfig;
@@ -155,6 +155,17 @@ struct BuildArgs {
     /// Target platform; kiln builds for the host's only.
     #[arg(long)]
     platform: Option<String>,
+    /// Add a line to RUN steps' /etc/hosts: HOST=IP or HOST:IP (an IP may
+    /// be a comma list or [bracketed]; repeatable).
+    #[arg(long = "add-host", value_name = "HOST=IP")]
+    add_hosts: Vec<String>,
+    /// A resource limit of RUN steps, NAME=SOFT[:HARD] (e.g.
+    /// nofile=1024:2048; repeatable).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<String>,
+    /// Size of RUN steps' /dev/shm (e.g. 128m).
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    shm_size: Option<String>,
     /// Ask the registry for every base image even if the image store has
     /// the tag, and pull what changed (image-resolve-mode=pull). Without
     /// it, a tag in the store is used as it is and a missing one pulled.
@@ -577,6 +588,28 @@ fn frontend_attrs(
     if let Some(p) = &args.platform {
         attrs.insert("platform".into(), p.clone());
     }
+    if !args.add_hosts.is_empty() {
+        attrs.insert("add-hosts".into(), add_hosts_attr(&args.add_hosts)?);
+    }
+    if !args.ulimits.is_empty() {
+        let list = args
+            .ulimits
+            .iter()
+            .map(|u| {
+                kiln_solver::Ulimit::parse(u)
+                    .map(|u| u.to_string())
+                    .map_err(|e| anyhow!("--ulimit {u}: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        attrs.insert("ulimit".into(), list.join(","));
+    }
+    if let Some(s) = &args.shm_size {
+        let bytes = kiln_dockerfile::ram_in_bytes(s)
+            .ok_or_else(|| anyhow!("--shm-size {s}: invalid size"))?;
+        if bytes > 0 {
+            attrs.insert("shm-size".into(), bytes.to_string());
+        }
+    }
     if args.pull {
         attrs.insert(
             kiln_engine::resolve::FRONTEND_ATTR.into(),
@@ -589,6 +622,34 @@ fn frontend_attrs(
         attrs.insert("no-cache".into(), args.no_cache_filter.join(","));
     }
     Ok(attrs)
+}
+
+/// `--add-host` values as the `add-hosts` attribute, as buildx sends it:
+/// `HOST=IP` or `HOST:IP`, an IP list split into one entry each, brackets
+/// around an address dropped. The frontend checks the addresses again.
+fn add_hosts_attr(hosts: &[String]) -> Result<String> {
+    let mut out = Vec::new();
+    for h in hosts {
+        let (host, ips) = h
+            .split_once('=')
+            .or_else(|| h.split_once(':'))
+            .filter(|(host, ip)| !host.is_empty() && !ip.is_empty())
+            .ok_or_else(|| anyhow!("invalid host {h}"))?;
+        if ips == "host-gateway" {
+            bail!("--add-host {h}: host-gateway is not supported yet");
+        }
+        for ip in ips.split(',') {
+            let ip = ip
+                .strip_prefix('[')
+                .and_then(|v| v.strip_suffix(']'))
+                .unwrap_or(ip);
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                bail!("invalid host {h}: failed to parse IP {ip}");
+            }
+            out.push(format!("{host}={ip}"));
+        }
+    }
+    Ok(out.join(","))
 }
 
 /// The `--cache-to`/`--cache-from` entries of the flags (and of

@@ -5,9 +5,9 @@
 use kiln_proto::llb;
 use kiln_solver::{
     CacheSharing, ChownOpt, Digest, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
-    FileMkDir, FileMkFile, FileOp, FileRm, FileSymlink, Graph, MergeOp, Meta, Mount, MountType,
-    NetMode, Op, ProxyEnv, SecretEnv, SecretMount, SecurityMode, SourceOp, UserOpt, Vertex,
-    VertexId,
+    FileMkDir, FileMkFile, FileOp, FileRm, FileSymlink, Graph, HostIp, MergeOp, Meta, Mount,
+    MountType, NetMode, Op, ProxyEnv, SecretEnv, SecretMount, SecurityMode, SourceOp, Ulimit,
+    UserOpt, Vertex, VertexId,
 };
 use prost::Message;
 use std::collections::HashMap;
@@ -86,8 +86,45 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
         }),
         Some(llb::op::Op::Exec(e)) => {
             let meta = e.meta.clone().unwrap_or_default();
+            if !meta.cgroup_parent.is_empty() {
+                return Err(LlbError::Unsupported {
+                    what: "an exec's cgroup parent".into(),
+                });
+            }
+            if let Some(d) = e.cdi_devices.first() {
+                return Err(LlbError::Unsupported {
+                    what: format!("CDI device {:?} of an exec", d.name),
+                });
+            }
+            // `removeMountStubsRecursive` is set by every current client
+            // (client/llb and the gateway); kiln always removes the stubs
+            // it created recursively (`kiln_shim`'s mount points), which
+            // is that behaviour.
+            let extra_hosts = meta
+                .extra_hosts
+                .iter()
+                .map(|h| {
+                    let ip = h.ip.parse().map_err(|_| {
+                        invalid(format!("extra host {:?}: bad IP {:?}", h.host, h.ip))
+                    })?;
+                    HostIp::new(&h.host, ip).map_err(|e| invalid(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let ulimits = meta
+                .ulimit
+                .iter()
+                .map(|u| {
+                    Ulimit::new(&u.name.to_lowercase(), u.soft, u.hard)
+                        .map_err(|e| invalid(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let mut mounts = Vec::with_capacity(e.mounts.len());
             for m in &e.mounts {
+                if !m.result_id.is_empty() {
+                    return Err(LlbError::Unsupported {
+                        what: "a mount of a gateway result id".into(),
+                    });
+                }
                 let mount_type = match llb::MountType::try_from(m.mount_type) {
                     Ok(llb::MountType::Bind) => MountType::Bind,
                     Ok(llb::MountType::Cache) => {
@@ -153,6 +190,9 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                     cwd: meta.cwd,
                     user: meta.user,
                     hostname: meta.hostname,
+                    extra_hosts,
+                    ulimits,
+                    valid_exit_codes: meta.valid_exit_codes,
                     proxy_env: meta.proxy_env.map(|p| {
                         Box::new(ProxyEnv {
                             http_proxy: p.http_proxy,
@@ -167,7 +207,10 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                 network: match llb::NetMode::try_from(e.network) {
                     Ok(llb::NetMode::Host) => NetMode::Host,
                     Ok(llb::NetMode::None) => NetMode::None,
-                    _ => NetMode::Unset,
+                    Ok(llb::NetMode::Unset) => NetMode::Unset,
+                    Err(_) => {
+                        return Err(invalid(format!("unknown exec network mode {}", e.network)))
+                    }
                 },
                 // The entitlement check (security.insecure granted and
                 // requested) belongs to the solve, not to this translation.
@@ -196,6 +239,18 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
             let mut actions = Vec::with_capacity(f.actions.len());
             for a in &f.actions {
                 let action = match a.action.as_ref() {
+                    Some(llb::file_action::Action::Copy(c))
+                        if c.always_replace_existing_dest_paths =>
+                    {
+                        return Err(LlbError::Unsupported {
+                            what: "copy with alwaysReplaceExistingDestPaths".into(),
+                        })
+                    }
+                    Some(llb::file_action::Action::Copy(c)) if !c.required_paths.is_empty() => {
+                        return Err(LlbError::Unsupported {
+                            what: "copy with required paths".into(),
+                        })
+                    }
                     Some(llb::file_action::Action::Copy(c)) => FileActionKind::Copy(FileCopy {
                         src: c.src.clone(),
                         dest: c.dest.clone(),
@@ -274,6 +329,33 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
             })
         }
         None => return Err(invalid("an op without a kind that is not the terminal op")),
+    })
+}
+
+/// kiln builds for the host platform only: an op for another one fails
+/// (no op platform means the worker's, the host's).
+fn check_platform(p: Option<&llb::Platform>) -> Result<(), LlbError> {
+    let Some(p) = p else { return Ok(()) };
+    let host = kiln_engine::oci::host_platform();
+    let host_variant = host.variant().clone().unwrap_or_default();
+    let same = p.os == host.os().to_string()
+        && p.architecture == host.architecture().to_string()
+        && (p.variant.is_empty() || p.variant == host_variant)
+        && p.os_version.is_empty()
+        && p.os_features.is_empty();
+    if same {
+        return Ok(());
+    }
+    let mut name = format!("{}/{}", p.os, p.architecture);
+    if !p.variant.is_empty() {
+        name = format!("{name}/{}", p.variant);
+    }
+    Err(LlbError::Unsupported {
+        what: format!(
+            "an op for platform {name:?} (kiln builds for the host platform, {}/{}, only)",
+            host.os(),
+            host.architecture()
+        ),
     })
 }
 
@@ -365,8 +447,14 @@ pub fn translate(def: &llb::Definition) -> Result<Translated, LlbError> {
                 output: usize::try_from(i.index).map_err(|_| invalid("negative output index"))?,
             });
         }
+        check_platform(op.platform.as_ref())?;
         let converted = convert_op(op)?;
         let meta = def.metadata.get(d.as_str());
+        if meta.is_some_and(|m| m.linux_resources.is_some()) {
+            return Err(LlbError::Unsupported {
+                what: "an exec's resource limits (memory, cpu)".into(),
+            });
+        }
         let name = meta
             .and_then(|m| m.description.get("llb.customname").cloned())
             .unwrap_or_else(|| default_name(&converted));
@@ -574,6 +662,164 @@ mod tests {
             .expect("empty")
             .result
             .is_none());
+    }
+
+    /// An exec on busybox, changed by `edit`, as a definition.
+    fn exec_def(edit: impl FnOnce(&mut llb::Op)) -> llb::Definition {
+        let src = enc(&llb::Op {
+            op: Some(llb::op::Op::Source(llb::SourceOp {
+                identifier: "docker-image://docker.io/library/busybox:latest".into(),
+                attrs: Default::default(),
+            })),
+            ..Default::default()
+        });
+        let mut exec = llb::Op {
+            inputs: vec![llb::Input {
+                digest: Digest::of(&src).to_string(),
+                index: 0,
+            }],
+            op: Some(llb::op::Op::Exec(llb::ExecOp {
+                meta: Some(llb::Meta {
+                    args: vec!["true".into()],
+                    ..Default::default()
+                }),
+                mounts: vec![llb::Mount {
+                    input: 0,
+                    dest: "/".into(),
+                    output: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        edit(&mut exec);
+        let exec = enc(&exec);
+        let term = enc(&llb::Op {
+            inputs: vec![llb::Input {
+                digest: Digest::of(&exec).to_string(),
+                index: 0,
+            }],
+            ..Default::default()
+        });
+        llb::Definition {
+            def: vec![src, exec, term],
+            ..Default::default()
+        }
+    }
+
+    fn exec_of(edit: impl FnOnce(&mut llb::ExecOp)) -> llb::Definition {
+        exec_def(|op| {
+            if let Some(llb::op::Op::Exec(e)) = op.op.as_mut() {
+                edit(e);
+            }
+        })
+    }
+
+    #[test]
+    fn exec_process_options_are_carried_and_checked() {
+        let def = exec_of(|e| {
+            let m = e.meta.as_mut().expect("meta");
+            m.extra_hosts = vec![llb::HostIp {
+                host: "db".into(),
+                ip: "10.0.0.1".into(),
+            }];
+            m.ulimit = vec![llb::Ulimit {
+                name: "NOFILE".into(),
+                soft: 10,
+                hard: 20,
+            }];
+            m.valid_exit_codes = vec![0, 1];
+        });
+        let t = translate(&def).expect("translates");
+        let exec = t
+            .graph
+            .vertices
+            .iter()
+            .find_map(|v| match &v.op {
+                Op::Exec(e) => Some(e.clone()),
+                _ => None,
+            })
+            .expect("an exec");
+        assert_eq!(exec.meta.extra_hosts[0].to_string(), "10.0.0.1\tdb");
+        assert_eq!(exec.meta.ulimits[0].to_string(), "nofile=10:20");
+        assert!(exec.meta.exit_ok(1) && !exec.meta.exit_ok(2));
+
+        type Edit = Box<dyn Fn(&mut llb::ExecOp)>;
+        let bad: [(Edit, &str); 6] = [
+            (
+                Box::new(|e| e.meta.as_mut().expect("meta").cgroup_parent = "/x".into()),
+                "cgroup parent",
+            ),
+            (
+                Box::new(|e| {
+                    e.cdi_devices = vec![llb::CdiDevice {
+                        name: "vendor.com/gpu=0".into(),
+                        optional: true,
+                    }]
+                }),
+                "CDI device",
+            ),
+            (
+                Box::new(|e| e.mounts[0].result_id = "r1".into()),
+                "result id",
+            ),
+            (
+                Box::new(|e| {
+                    e.meta.as_mut().expect("meta").extra_hosts = vec![llb::HostIp {
+                        host: "a\nb".into(),
+                        ip: "1.1.1.1".into(),
+                    }]
+                }),
+                "invalid host name",
+            ),
+            (
+                Box::new(|e| {
+                    e.meta.as_mut().expect("meta").ulimit = vec![llb::Ulimit {
+                        name: "as".into(),
+                        soft: 1,
+                        hard: 1,
+                    }]
+                }),
+                "invalid ulimit type: as",
+            ),
+            (Box::new(|e| e.network = 7), "unknown exec network mode 7"),
+        ];
+        for (edit, text) in bad {
+            let err = translate(&exec_of(edit)).expect_err(text);
+            assert!(err.to_string().contains(text), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn ops_for_another_platform_fail() {
+        let host = kiln_engine::oci::host_platform();
+        let ok = exec_def(|op| {
+            op.platform = Some(llb::Platform {
+                os: host.os().to_string(),
+                architecture: host.architecture().to_string(),
+                ..Default::default()
+            })
+        });
+        translate(&ok).expect("the host's platform");
+        let other = if host.architecture().to_string() == "s390x" {
+            "arm64"
+        } else {
+            "s390x"
+        };
+        let foreign = exec_def(|op| {
+            op.platform = Some(llb::Platform {
+                os: "linux".into(),
+                architecture: other.into(),
+                ..Default::default()
+            })
+        });
+        let err = translate(&foreign).expect_err("foreign platform");
+        assert!(
+            err.to_string()
+                .contains(&format!("platform \"linux/{other}\"")),
+            "{err}"
+        );
     }
 
     /// A hostile client's chain of 20000 steps: translated without

@@ -34,6 +34,7 @@ pub use kiln_types::reference;
 
 use std::collections::BTreeMap;
 
+pub use convert::gocompat::ram_in_bytes;
 pub use convert::{to_graph, Build};
 pub use instructions::{parse, Dockerfile};
 pub use reference::RefError;
@@ -144,6 +145,13 @@ pub struct BuildOptions {
     /// `BUILDKIT_SANDBOX_HOSTNAME`); empty is the runtime's default,
     /// `buildkitsandbox`.
     pub hostname: String,
+    /// Extra `/etc/hosts` entries of `RUN` steps (`add-hosts`).
+    pub extra_hosts: Vec<kiln_types::process::HostIp>,
+    /// Resource limits of `RUN` steps (`ulimit`).
+    pub ulimits: Vec<kiln_types::process::Ulimit>,
+    /// Size in bytes of the `/dev/shm` tmpfs of `RUN` steps (`shm-size`);
+    /// 0 leaves the runtime's default.
+    pub shm_size: u64,
 }
 
 impl Default for BuildOptions {
@@ -161,6 +169,9 @@ impl Default for BuildOptions {
             platform_arch: "amd64".to_string(),
             platform_variant: String::new(),
             hostname: String::new(),
+            extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: 0,
         }
     }
 }

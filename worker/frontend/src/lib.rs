@@ -23,6 +23,7 @@ use kiln_dockerfile::{BuildOptions, ParseError};
 use kiln_engine::resolve::ResolveMode;
 use kiln_engine::WorkerError;
 use kiln_solver::ImageConfig;
+use kiln_types::process::{HostIp, Ulimit};
 use kiln_types::ErrorKind;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -133,6 +134,13 @@ pub struct FrontendOptions {
     /// `hostname`, or the `BUILDKIT_SANDBOX_HOSTNAME` build argument
     /// (which wins): the hostname of `RUN` steps.
     pub hostname: String,
+    /// `add-hosts` (buildx `--add-host`): extra `/etc/hosts` entries of
+    /// `RUN` steps.
+    pub extra_hosts: Vec<HostIp>,
+    /// `ulimit` (buildx `--ulimit`): resource limits of `RUN` steps.
+    pub ulimits: Vec<Ulimit>,
+    /// `shm-size` (buildx `--shm-size`), in bytes; 0 is the default.
+    pub shm_size: u64,
 }
 
 impl Default for FrontendOptions {
@@ -148,6 +156,9 @@ impl Default for FrontendOptions {
             no_cache_filter: Vec::new(),
             resolve_mode: ResolveMode::Default,
             hostname: String::new(),
+            extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: 0,
         }
     }
 }
@@ -200,6 +211,22 @@ impl FrontendOptions {
                     }
                     "platform" => check_platform(value)?,
                     "hostname" => opts.hostname = value.to_string(),
+                    "add-hosts" => {
+                        opts.extra_hosts = csv_fields(value)
+                            .map(|f| HostIp::parse(f).map_err(|e| invalid(key, value, e)))
+                            .collect::<Result<_>>()?;
+                    }
+                    "ulimit" => {
+                        opts.ulimits = csv_fields(value)
+                            .map(|f| Ulimit::parse(f).map_err(|e| invalid(key, value, e)))
+                            .collect::<Result<_>>()?;
+                    }
+                    "shm-size" if value.is_empty() => opts.shm_size = 0,
+                    "shm-size" => {
+                        opts.shm_size = value.parse().map_err(|_| {
+                            invalid(key, value, "expected a size in bytes".to_string())
+                        })?;
+                    }
                     "multi-platform" => check_multi_platform(key, value)?,
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
                     // buildctl repeats the Solve request's cache imports
@@ -217,6 +244,19 @@ impl FrontendOptions {
         }
         check_buildkit_args(&mut opts)?;
         Ok(opts)
+    }
+}
+
+/// The comma-separated fields of a list attribute (`add-hosts`, `ulimit`).
+fn csv_fields(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').filter(|f| !f.is_empty())
+}
+
+fn invalid(key: &str, value: &str, reason: impl ToString) -> FrontendError {
+    FrontendError::InvalidAttribute {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
     }
 }
 
@@ -492,6 +532,9 @@ pub fn build_options(source: &DockerfileSource, opts: &FrontendOptions) -> Build
         platform_arch: platform.architecture().to_string(),
         platform_variant: platform.variant().clone().unwrap_or_default(),
         hostname: opts.hostname.clone(),
+        extra_hosts: opts.extra_hosts.clone(),
+        ulimits: opts.ulimits.clone(),
+        shm_size: opts.shm_size,
     }
 }
 

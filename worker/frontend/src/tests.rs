@@ -47,12 +47,50 @@ fn attributes_become_options() {
 }
 
 #[test]
+fn process_options_are_parsed_as_buildkit_does() {
+    let o = FrontendOptions::from_attrs(&attrs(&[
+        ("add-hosts", "DB=10.0.0.2,v6=::1"),
+        ("ulimit", "nofile=100:200,nproc=50"),
+        ("shm-size", "134217728"),
+    ]))
+    .expect("valid process options");
+    let hosts: Vec<String> = o.extra_hosts.iter().map(|h| h.to_string()).collect();
+    assert_eq!(hosts, ["10.0.0.2\tdb", "::1\tv6"]);
+    let limits: Vec<String> = o.ulimits.iter().map(|u| u.to_string()).collect();
+    assert_eq!(limits, ["nofile=100:200", "nproc=50:50"]);
+    assert_eq!(o.shm_size, 134217728);
+    let b = build_options(
+        &DockerfileSource {
+            filename: "Dockerfile".into(),
+            text: String::new(),
+            excludes: Vec::new(),
+        },
+        &o,
+    );
+    assert_eq!(
+        (b.extra_hosts.len(), b.ulimits.len(), b.shm_size),
+        (2, 2, 134217728)
+    );
+
+    for (key, value, text) in [
+        ("add-hosts", "db=10.0.0", "failed to parse IP 10.0.0"),
+        ("add-hosts", "db", "invalid key-value pair db"),
+        ("ulimit", "as=1", "invalid ulimit type: as"),
+        ("shm-size", "64m", "expected a size in bytes"),
+    ] {
+        let e = FrontendOptions::from_attrs(&attrs(&[(key, value)])).expect_err(value);
+        assert!(e.to_string().contains(text), "{key}={value}: {e}");
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    }
+}
+
+#[test]
 fn unsupported_attributes_fail_naming_the_key() {
-    let e = FrontendOptions::from_attrs(&attrs(&[("target", "x"), ("add-hosts", "a=1.2.3.4")]))
-        .expect_err("add-hosts is not implemented");
+    let e = FrontendOptions::from_attrs(&attrs(&[("target", "x"), ("cgroup-parent", "/kiln")]))
+        .expect_err("cgroup-parent is not implemented");
     assert_eq!(
         e.to_string(),
-        "frontend option \"add-hosts\" is not supported by kiln"
+        "frontend option \"cgroup-parent\" is not supported by kiln"
     );
     assert_eq!(e.kind(), ErrorKind::Unimplemented);
 

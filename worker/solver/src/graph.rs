@@ -5,6 +5,7 @@
 
 use crate::digest::Digest;
 use crate::{Result, SolveError};
+pub use kiln_types::process::{HostIp, Ulimit};
 use std::collections::BTreeMap;
 
 /// Index of a vertex in [`Graph::vertices`].
@@ -44,6 +45,11 @@ pub struct Vertex {
 
 /// An LLB operation.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "an exec carries its whole process; a graph holds a few hundred ops at most, \
+              so boxing it would only add indirection to every pattern match"
+)]
 pub enum Op {
     Source(SourceOp),
     Exec(ExecOp),
@@ -99,11 +105,37 @@ pub struct Meta {
     /// `user`, `user:group`, `uid`, `uid:gid`; empty means root.
     pub user: String,
     pub hostname: String,
+    /// Extra `/etc/hosts` entries (the `add-hosts` attribute, LLB
+    /// `extraHosts`), after the default ones.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<HostIp>,
+    /// Resource limits (the `ulimit` attribute, LLB `ulimit`); when any is
+    /// given they replace the default open-files limit, as in BuildKit.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// Exit codes that count as success (LLB `validExitCodes`); empty
+    /// means 0 only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub valid_exit_codes: Vec<i32>,
     /// Proxy variables given to the process on top of `env`. Like
     /// BuildKit's `ProxyEnv` they are not part of the definition, so they
     /// never change a cache key or the build history.
     #[serde(skip)]
     pub proxy_env: Option<Box<ProxyEnv>>,
+}
+
+impl Meta {
+    /// Whether the process's exit code means success: 0, or one of
+    /// `valid_exit_codes` when there are any (BuildKit's rule).
+    pub fn exit_ok(&self, code: u32) -> bool {
+        if self.valid_exit_codes.is_empty() {
+            code == 0
+        } else {
+            self.valid_exit_codes
+                .iter()
+                .any(|&c| i64::from(c) == i64::from(code))
+        }
+    }
 }
 
 /// `pb.ProxyEnv`: the proxy build arguments of a build.

@@ -93,7 +93,7 @@ pub(super) fn chown_opt(spec: &str) -> ChownOpt {
 }
 
 /// `units.RAMInBytes`: `64m`, `1g`, `512k`, `100` (binary multiples).
-pub(super) fn ram_in_bytes(s: &str) -> Option<u64> {
+pub fn ram_in_bytes(s: &str) -> Option<u64> {
     let lower = s.trim().to_lowercase();
     let digits_end = lower
         .find(|c: char| !c.is_ascii_digit() && c != '.')

@@ -87,6 +87,20 @@ impl Converter<'_> {
             mount_type: MountType::Bind,
         }];
         mounts.extend(pipes);
+        // `shm-size`: BuildKit gives every RUN a /dev/shm tmpfs of that
+        // size, before the step's own mounts.
+        if self.opts.shm_size > 0 {
+            mounts.push(Mount {
+                input: None,
+                selector: String::new(),
+                dest: "/dev/shm".to_string(),
+                output: None,
+                readonly: false,
+                mount_type: MountType::Tmpfs {
+                    size: self.opts.shm_size,
+                },
+            });
+        }
         let mut secret_env = Vec::new();
         for m in &run.mounts {
             if m.kind == Some(MountKind::Secret) {
@@ -109,6 +123,9 @@ impl Converter<'_> {
                     cwd,
                     user: st.config.user.clone(),
                     hostname: self.opts.hostname.clone(),
+                    extra_hosts: self.opts.extra_hosts.clone(),
+                    ulimits: self.opts.ulimits.clone(),
+                    valid_exit_codes: Vec::new(),
                     proxy_env: self.plan.proxy_env.clone().map(Box::new),
                 },
                 mounts,

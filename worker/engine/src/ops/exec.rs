@@ -209,6 +209,8 @@ impl StepRunner {
             },
             user: op.meta.user.clone(),
             hostname: op.meta.hostname.clone(),
+            extra_hosts: op.meta.extra_hosts.clone(),
+            ulimits: op.meta.ulimits.clone(),
             network: match op.network {
                 NetMode::None => Network::None,
                 NetMode::Host => Network::Host,
@@ -244,7 +246,7 @@ impl StepRunner {
                 });
             }
         };
-        if status.code != 0 {
+        if !op.meta.exit_ok(status.code) {
             self.discard(active).await;
             return Err(WorkerError::StepFailed {
                 location: loc,
