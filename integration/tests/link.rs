@@ -6,6 +6,11 @@
 mod common;
 
 use kiln_integration::{step_printed, Harness, KilnOutput};
+use kiln_proto::control::control_client::ControlClient;
+use kiln_proto::control::{Exporter, SolveRequest};
+use kiln_proto::llb;
+use prost::Message;
+use std::collections::HashMap;
 
 const DF: &str =
     "FROM busybox\nARG B\nRUN echo BASE-RAN && echo $B > /base\nCOPY --link big /app/big\n";
@@ -110,4 +115,96 @@ async fn a_plain_copy_runs_again_on_a_new_base() {
         "a plain copy runs again on a new base:\n{}",
         two.stderr
     );
+}
+
+fn op_bytes(op: &llb::Op) -> (Vec<u8>, String) {
+    let b = op.encode_to_vec();
+    let d = kiln_solver::Digest::of(&b).to_string();
+    (b, d)
+}
+
+/// LLB as buildctl sends it for `COPY --link`: busybox and a file op on
+/// scratch, merged.
+fn merge_definition() -> llb::Definition {
+    let (src_b, src_d) = op_bytes(&llb::Op {
+        op: Some(llb::op::Op::Source(llb::SourceOp {
+            identifier: "docker-image://docker.io/library/busybox:latest".into(),
+            attrs: HashMap::new(),
+        })),
+        ..Default::default()
+    });
+    let (file_b, file_d) = op_bytes(&llb::Op {
+        op: Some(llb::op::Op::File(llb::FileOp {
+            actions: vec![llb::FileAction {
+                input: -1,
+                secondary_input: -1,
+                output: 0,
+                action: Some(llb::file_action::Action::Mkfile(llb::FileActionMkFile {
+                    path: "/m".into(),
+                    mode: 0o640,
+                    data: b"merged\n".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+        })),
+        ..Default::default()
+    });
+    let input = |digest: &str| llb::Input {
+        digest: digest.to_string(),
+        index: 0,
+    };
+    let (merge_b, merge_d) = op_bytes(&llb::Op {
+        inputs: vec![input(&src_d), input(&file_d)],
+        op: Some(llb::op::Op::Merge(llb::MergeOp {
+            inputs: vec![llb::MergeInput { input: 0 }, llb::MergeInput { input: 1 }],
+        })),
+        ..Default::default()
+    });
+    let (term_b, _) = op_bytes(&llb::Op {
+        inputs: vec![input(&merge_d)],
+        ..Default::default()
+    });
+    llb::Definition {
+        def: vec![src_b, file_b, merge_b, term_b],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn kilnd_runs_an_llb_merge_op() {
+    let ns = "link-llb";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let name = "docker.io/library/merged:1";
+    ControlClient::new(ch)
+        .solve(SolveRequest {
+            r#ref: "linkmerge0000000000000001".into(),
+            definition: Some(merge_definition()),
+            exporters: vec![Exporter {
+                r#type: "image".into(),
+                attrs: HashMap::from([("name".to_string(), name.to_string())]),
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("solve");
+    let out = h.run_image(
+        ns,
+        name,
+        "merged-run",
+        &[
+            "sh",
+            "-c",
+            "cat /m; stat -c '%a' /m; test -x /bin/busybox && echo base",
+        ],
+    );
+    assert_eq!(out, "merged\n640\nbase\n");
+    let layers = h.manifest(ns, name)["layers"]
+        .as_array()
+        .expect("layers")
+        .len();
+    assert_eq!(layers, 2, "busybox's layer and the merged one");
 }
