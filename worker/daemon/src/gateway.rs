@@ -53,6 +53,7 @@ const LLB_CAPS: &[&str] = &[
     "file.rm.notfound",
     "file.rm.allowwildcard",
     "file.copy.includepatterns",
+    "file.copy.requiredpaths",
     "file.symlink.create",
     "constraints",
     "platform",

@@ -264,6 +264,7 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                         allow_wildcard: c.allow_wildcard,
                         allow_empty_wildcard: c.allow_empty_wildcard,
                         include_patterns: c.include_patterns.clone(),
+                        required_paths: c.required_paths.clone(),
                         exclude_patterns: c.exclude_patterns.clone(),
                         timestamp: timestamp(c.timestamp),
                     }),

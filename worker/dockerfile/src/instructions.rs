@@ -133,8 +133,11 @@ pub struct Copy {
     pub from: Option<String>,
     pub chown: Option<String>,
     pub chmod: Option<String>,
-    /// `--link`: accepted, built like a plain copy.
+    /// `--link`: copied onto an empty layer and merged onto the stage.
     pub link: bool,
+    /// `COPY --parents`: sources keep their parent directories (below a
+    /// `/./` pivot) under the destination.
+    pub parents: bool,
     pub excludes: Vec<String>,
     pub srcs: Vec<String>,
     /// Heredoc sources, copied after `srcs`.
@@ -540,6 +543,7 @@ impl Parser<'_> {
             chown: None,
             chmod: None,
             link: false,
+            parents: false,
             excludes: Vec::new(),
             srcs: Vec::new(),
             contents: Vec::new(),
@@ -551,8 +555,9 @@ impl Parser<'_> {
                 ("chown", _) => c.chown = Some(self.flag_value(node, f)?),
                 ("chmod", _) => c.chmod = Some(self.flag_value(node, f)?),
                 ("link", _) => c.link = self.flag_bool(node, f)?,
+                ("parents", false) => c.parents = self.flag_bool(node, f)?,
                 ("exclude", _) => c.excludes.push(self.flag_value(node, f)?),
-                ("parents", false) | ("checksum" | "keep-git-dir" | "unpack", true) => {
+                ("checksum" | "keep-git-dir" | "unpack", true) => {
                     return Err(self.unsupported(node.line, &format!("{name} --{}", f.name)))
                 }
                 _ => return Err(self.unknown_flag(node, f)),
@@ -781,8 +786,8 @@ COPY --from=b --chown=1:2 --chmod=755 --link x y /dst/
 ADD ["a b", "/c"]
 "#,
             r#"stage 0 1: base=a name=Some("b") platform=Some("$BUILDPLATFORM")
-  2: Copy(Copy { add: false, from: Some("b"), chown: Some("1:2"), chmod: Some("755"), link: true, excludes: [], srcs: ["x", "y"], contents: [], dest: "/dst/" })
-  3: Copy(Copy { add: true, from: None, chown: None, chmod: None, link: false, excludes: [], srcs: ["a b"], contents: [], dest: "/c" })"#,
+  2: Copy(Copy { add: false, from: Some("b"), chown: Some("1:2"), chmod: Some("755"), link: true, parents: false, excludes: [], srcs: ["x", "y"], contents: [], dest: "/dst/" })
+  3: Copy(Copy { add: true, from: None, chown: None, chmod: None, link: false, parents: false, excludes: [], srcs: ["a b"], contents: [], dest: "/c" })"#,
         );
     }
 
@@ -791,7 +796,7 @@ ADD ["a b", "/c"]
         check(
             "FROM a\nCOPY x <<-A <<'B' /d/\n\t\ta $X\n\tA\nb $X\nB\n",
             r#"stage 0 1: base=a name=None platform=None
-  2: Copy(Copy { add: false, from: None, chown: None, chmod: None, link: false, excludes: [], srcs: ["x"], contents: [SourceContent { name: "A", data: "a $X\n", expand: true }, SourceContent { name: "B", data: "b $X\n", expand: false }], dest: "/d/" })"#,
+  2: Copy(Copy { add: false, from: None, chown: None, chmod: None, link: false, parents: false, excludes: [], srcs: ["x"], contents: [SourceContent { name: "A", data: "a $X\n", expand: true }, SourceContent { name: "B", data: "b $X\n", expand: false }], dest: "/d/" })"#,
         );
         check(
             "FROM a\nCOPY <<A <<B\na\nA\nb\nB\n",

@@ -319,6 +319,12 @@ pub struct FileCopy {
     pub exclude_patterns: Vec<String>,
     /// Modification time to set, nanoseconds since the epoch.
     pub timestamp: Option<i64>,
+    /// Paths of the source (absolute, cleaned) that must exist and be
+    /// selected, else the copy fails as not found (`COPY --parents` of a
+    /// path without wildcards, LLB's `required_paths`). Left out of the
+    /// definition when empty, so older cache keys stay valid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_paths: Vec<String>,
 }
 
 /// `pb.FileActionMkDir`.

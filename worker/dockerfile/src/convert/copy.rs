@@ -15,17 +15,6 @@ impl Converter<'_> {
     ) -> Result<()> {
         let line = c.line;
         let what = if cp.add { "ADD" } else { "COPY" };
-        // A linked copy is made on an empty layer and merged, so it does
-        // not see (or follow symlinks of) what is below it; a plain copy
-        // would give another filesystem, so it is refused rather than
-        // approximated.
-        if cp.link {
-            return Err(ParseError::Unsupported {
-                file: self.opts.filename.clone(),
-                line,
-                feature: format!("{what} --link"),
-            });
-        }
         let chown = cp
             .chown
             .as_ref()
@@ -55,6 +44,16 @@ impl Converter<'_> {
                 },
             },
         };
+        // `--link`: the copy runs on an empty filesystem and its layer is
+        // merged onto the stage (so it neither sees nor follows anything
+        // below it, and its layer does not depend on the base). As in
+        // BuildKit, `--chmod` turns it back into a plain copy.
+        let linked = cp.link && chmod.is_none();
+        if linked {
+            if let Some(c) = &chown {
+                link_chown_check(c).map_err(|m| self.file_err(line, m))?;
+            }
+        }
         let excludes = cp
             .excludes
             .iter()
@@ -100,7 +99,11 @@ impl Converter<'_> {
         }
 
         let mut inputs = Inputs::default();
-        let first_input = inputs.file_input(st.edge);
+        let first_input = if linked {
+            FileInput::Scratch
+        } else {
+            inputs.file_input(st.edge)
+        };
         let secondary = if srcs.is_empty() {
             FileInput::Scratch
         } else {
@@ -110,35 +113,58 @@ impl Converter<'_> {
             };
             inputs.file_input(source)
         };
-        let owner = chown.as_deref().map(chown_opt);
+        let owner = chown.as_deref().map(|c| {
+            let mut o = chown_opt(c);
+            if linked {
+                // Nothing to look a name up in: `root` is uid/gid 0.
+                for u in [&mut o.user, &mut o.group].into_iter().flatten() {
+                    if *u == UserOpt::ByName("root".into()) {
+                        *u = UserOpt::ById(0);
+                    }
+                }
+            }
+            o
+        });
         let n = srcs.len() + cp.contents.len();
         let mut actions: Vec<FileAction> = srcs
             .iter()
             .enumerate()
-            .map(|(k, src)| FileAction {
-                input: if k == 0 {
-                    first_input
+            .map(|(k, src)| {
+                let sel = if cp.parents {
+                    parents_selection(src)
                 } else {
-                    FileInput::Action(k - 1)
-                },
-                secondary_input: Some(secondary),
-                output: (k + 1 == n).then_some(0),
-                action: FileActionKind::Copy(FileCopy {
-                    src: clean(&format!("/{src}")),
-                    dest: dest.clone(),
-                    owner: owner.clone(),
-                    mode,
-                    mode_str: mode_str.clone(),
-                    follow_symlink: true,
-                    dir_copy_contents: true,
-                    attempt_unpack_docker_compatibility: cp.add,
-                    create_dest_path: true,
-                    allow_wildcard: true,
-                    allow_empty_wildcard: true,
-                    include_patterns: Vec::new(),
-                    exclude_patterns: excludes.clone(),
-                    timestamp: None,
-                }),
+                    Selection {
+                        src: clean(&format!("/{src}")),
+                        include: Vec::new(),
+                        required: Vec::new(),
+                    }
+                };
+                FileAction {
+                    input: if k == 0 {
+                        first_input
+                    } else {
+                        FileInput::Action(k - 1)
+                    },
+                    secondary_input: Some(secondary),
+                    output: (k + 1 == n).then_some(0),
+                    action: FileActionKind::Copy(FileCopy {
+                        src: sel.src,
+                        dest: dest.clone(),
+                        owner: owner.clone(),
+                        mode,
+                        mode_str: mode_str.clone(),
+                        follow_symlink: true,
+                        dir_copy_contents: true,
+                        attempt_unpack_docker_compatibility: cp.add,
+                        create_dest_path: true,
+                        allow_wildcard: true,
+                        allow_empty_wildcard: true,
+                        include_patterns: sel.include,
+                        exclude_patterns: excludes.clone(),
+                        timestamp: None,
+                        required_paths: sel.required,
+                    }),
+                }
             })
             .collect();
         // Heredoc sources: each body is written to a scratch file named
@@ -175,12 +201,21 @@ impl Converter<'_> {
                     include_patterns: Vec::new(),
                     exclude_patterns: excludes.clone(),
                     timestamp: None,
+                    required_paths: Vec::new(),
                 }),
             });
         }
-        self.add_step(st, progress, c, Op::File(FileOp { actions }), inputs)?;
+        let op = Op::File(FileOp { actions });
+        match (linked, st.edge) {
+            (true, Some(base)) => self.add_linked(st, progress, c, op, inputs, base)?,
+            // On scratch the merge would be the copy itself.
+            _ => self.add_step(st, progress, c, op, inputs)?,
+        }
 
         let mut msg = String::from(what);
+        if cp.parents {
+            msg.push_str(" --parents");
+        }
         if let Some(c) = &chown {
             msg.push_str(&format!(" --chown={c}"));
         }
@@ -197,5 +232,141 @@ impl Converter<'_> {
         msg.push_str(&format!(" {dest_written} # buildkit"));
         st.config.history.push(history(msg, true));
         Ok(())
+    }
+}
+
+impl Converter<'_> {
+    /// A linked copy: `op` (on scratch) and a merge of the stage's `base`
+    /// with its result, shown as `LINK <instruction>` under the same step
+    /// number, as BuildKit names them.
+    fn add_linked(
+        &mut self,
+        st: &mut StageState,
+        progress: &mut Progress,
+        c: &Command,
+        op: Op,
+        inputs: Inputs,
+        base: Edge,
+    ) -> Result<()> {
+        let display = self.display_name(c, &st.env);
+        let name = progress.name(&display);
+        let copy = self.add(Vertex {
+            op,
+            inputs: inputs.0,
+            name,
+            location: self.location(c.line),
+            ignore_cache: self.opts.no_cache,
+        })?;
+        let merged = self.add(Vertex {
+            op: Op::Merge(MergeOp { inputs: vec![0, 1] }),
+            inputs: vec![base, Self::edge(copy)],
+            name: progress.same(&format!("LINK {display}")),
+            location: self.location(c.line),
+            ignore_cache: self.opts.no_cache,
+        })?;
+        st.edge = Some(Self::edge(merged));
+        Ok(())
+    }
+}
+
+/// A `--chown` a linked copy can apply: ids, or `root`. A name would have
+/// to be looked up in the stage's `/etc/passwd`, which a copy made on an
+/// empty filesystem does not have (BuildKit fails such a build too).
+fn link_chown_check(spec: &str) -> std::result::Result<(), String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    for name in std::iter::once(user).chain(group) {
+        if !name.is_empty() && name != "root" && name.parse::<u32>().is_err() {
+            return Err(format!(
+                "--chown={spec} with --link: the name {name:?} cannot be resolved on the empty filesystem a linked copy is made on; use a numeric UID[:GID]"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What one source of a copy selects from its source tree.
+struct Selection {
+    src: String,
+    include: Vec<String>,
+    required: Vec<String>,
+}
+
+/// `COPY --parents`: the source tree below the `/./` pivot (or the whole
+/// tree) is copied with the rest of the path as an include pattern, so the
+/// matched paths keep their parent directories under the destination. A
+/// path without wildcards must exist.
+fn parents_selection(src: &str) -> Selection {
+    let (root, pattern) = match src.split_once("/./") {
+        Some((root, pattern)) => (root, pattern),
+        None => ("/", src),
+    };
+    let pattern = clean(&format!("/{pattern}"));
+    let required = if has_wildcards(root) || has_wildcards(&pattern) {
+        Vec::new()
+    } else {
+        vec![clean(&format!("/{root}/{pattern}"))]
+    };
+    Selection {
+        src: clean(&format!("/{root}")),
+        include: vec![pattern.trim_start_matches('/').to_string()],
+        required,
+    }
+}
+
+/// Whether a path has a wildcard character that is not escaped.
+fn has_wildcards(p: &str) -> bool {
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' | '?' | '[' => return true,
+            '\\' => {
+                chars.next();
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_pivot_splits_root_and_pattern() {
+        let s = parents_selection("x/./y/z.txt");
+        assert_eq!(s.src, "/x");
+        assert_eq!(s.include, ["y/z.txt"]);
+        assert_eq!(s.required, ["/x/y/z.txt"]);
+    }
+
+    #[test]
+    fn parents_without_pivot_copies_from_the_root() {
+        let s = parents_selection("./a/b");
+        assert_eq!(s.src, "/");
+        assert_eq!(s.include, ["a/b"]);
+        assert_eq!(s.required, ["/a/b"]);
+    }
+
+    #[test]
+    fn parents_with_wildcards_require_nothing() {
+        let s = parents_selection("a/*/c.txt");
+        assert_eq!(s.include, ["a/*/c.txt"]);
+        assert!(s.required.is_empty());
+        let s = parents_selection("a\\*b");
+        assert_eq!(s.required.len(), 1, "an escaped star is literal");
+    }
+
+    #[test]
+    fn link_chown_takes_ids_and_root_only() {
+        assert!(link_chown_check("1000:1000").is_ok());
+        assert!(link_chown_check("root").is_ok());
+        assert!(link_chown_check("1:root").is_ok());
+        let e = link_chown_check("app:1").expect_err("a name");
+        assert!(e.contains("\"app\""), "{e}");
+        assert!(link_chown_check("1:staff").is_err());
     }
 }

@@ -253,6 +253,16 @@ impl Progress {
         };
         format!("[{label}{:>width$}/{}] {text}", self.index, self.total)
     }
+
+    /// A name under the step number [`Self::name`] gave last (a step of
+    /// two vertices, such as a linked copy and its merge).
+    fn same(&mut self, text: &str) -> String {
+        if self.total == 0 {
+            return text.to_string();
+        }
+        self.index = self.index.saturating_sub(1);
+        self.name(text)
+    }
 }
 
 /// The inputs of one vertex, deduplicated.

@@ -104,15 +104,24 @@ fn render(b: &Build) -> String {
                         .map(|s| format!(" from {}", input(s)))
                         .unwrap_or_default();
                     let what = match &a.action {
-                        FileActionKind::Copy(c) => format!(
-                            "copy {} -> {} mode={:?}{} unpack={} excl={:?}",
-                            c.src,
-                            c.dest,
-                            c.mode,
-                            owner(&c.owner),
-                            c.attempt_unpack_docker_compatibility,
-                            c.exclude_patterns
-                        ),
+                        FileActionKind::Copy(c) => {
+                            let mut s = format!(
+                                "copy {} -> {} mode={:?}{} unpack={} excl={:?}",
+                                c.src,
+                                c.dest,
+                                c.mode,
+                                owner(&c.owner),
+                                c.attempt_unpack_docker_compatibility,
+                                c.exclude_patterns
+                            );
+                            if !c.include_patterns.is_empty() || !c.required_paths.is_empty() {
+                                s.push_str(&format!(
+                                    " incl={:?} req={:?}",
+                                    c.include_patterns, c.required_paths
+                                ));
+                            }
+                            s
+                        }
                         FileActionKind::MkDir(m) => {
                             format!(
                                 "mkdir {} {:o} parents={}{}",
@@ -1066,14 +1075,94 @@ fn platform_args_are_global_with_buildkits_values() {
 }
 
 #[test]
-fn copy_link_is_refused_not_approximated() {
+fn copy_link_copies_onto_scratch_and_merges() {
     check(
-        "FROM busybox\nCOPY --link a /a\n",
-        "error: Dockerfile:2: COPY --link is not supported yet",
+        "FROM busybox\nCOPY --link --chown=1:root a /a\n",
+        r#"
+v0 "[1/2] FROM docker.io/library/busybox:latest" @Dockerfile:1
+  source docker-image://docker.io/library/busybox:latest {}
+v1 "[internal] load build context"
+  source local://context {}
+v2 "[2/2] COPY --link --chown=1:root a /a" @Dockerfile:2 <- [v1]
+  copy /a -> /a mode=None owner=1:0 unpack=false excl=[] on scratch from in0 out=Some(0)
+v3 "[2/2] LINK COPY --link --chown=1:root a /a" @Dockerfile:2 <- [v0 v2]
+  merge [0, 1]
+env ["PATH=/usr/bin:/bin", "HOME=/root"]
+cmd Some(["sh"]) entrypoint None workdir "" user "" shell None stop None
+labels {"base": "docker.io/library/busybox:latest"} ports [] volumes []
+history layer "ADD rootfs.tar / # docker.io/library/busybox:latest"
+history layer "COPY --chown=1:root a /a # buildkit"
+built ["0"]
+"#,
     );
+}
+
+#[test]
+fn copy_link_on_scratch_is_the_copy_itself() {
     check(
-        "FROM busybox\nADD --link a /a\n",
-        "error: Dockerfile:2: ADD --link is not supported yet",
+        "FROM scratch\nADD --link a b\n",
+        r#"
+v0 "[internal] load build context"
+  source local://context {}
+v1 "[1/1] ADD --link a b" @Dockerfile:2 <- [v0]
+  copy /a -> /b mode=None unpack=true excl=[] on scratch from in0 out=Some(0)
+env ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+cmd None entrypoint None workdir "/" user "" shell None stop None
+labels {} ports [] volumes []
+history layer "ADD a b # buildkit"
+built ["0"]
+"#,
+    );
+}
+
+#[test]
+fn copy_link_with_chmod_is_a_plain_copy() {
+    check(
+        "FROM busybox\nCOPY --link --chmod=600 a /a\n",
+        r#"
+v0 "[1/2] FROM docker.io/library/busybox:latest" @Dockerfile:1
+  source docker-image://docker.io/library/busybox:latest {}
+v1 "[internal] load build context"
+  source local://context {}
+v2 "[2/2] COPY --link --chmod=600 a /a" @Dockerfile:2 <- [v0 v1]
+  copy /a -> /a mode=Some(384) unpack=false excl=[] on in0 from in1 out=Some(0)
+env ["PATH=/usr/bin:/bin", "HOME=/root"]
+cmd Some(["sh"]) entrypoint None workdir "" user "" shell None stop None
+labels {"base": "docker.io/library/busybox:latest"} ports [] volumes []
+history layer "ADD rootfs.tar / # docker.io/library/busybox:latest"
+history layer "COPY --chmod=600 a /a # buildkit"
+built ["0"]
+"#,
+    );
+}
+
+#[test]
+fn copy_link_refuses_a_chown_name() {
+    check(
+        "FROM busybox\nCOPY --link --chown=app a /a\n",
+        "error: Dockerfile:2: --chown=app with --link: the name \"app\" cannot be resolved on the empty filesystem a linked copy is made on; use a numeric UID[:GID]",
+    );
+}
+
+#[test]
+fn copy_parents_keeps_parent_dirs_below_the_pivot() {
+    check(
+        "FROM busybox\nCOPY --parents --from=busybox x/./y/z.txt a/*/c /dst/\n",
+        r#"
+v0 "[stage-0 1/2] FROM docker.io/library/busybox:latest" @Dockerfile:1
+  source docker-image://docker.io/library/busybox:latest {}
+v1 "FROM docker.io/library/busybox:latest" @Dockerfile:2
+  source docker-image://docker.io/library/busybox:latest {}
+v2 "[stage-0 2/2] COPY --parents --from=busybox x/./y/z.txt a/*/c /dst/" @Dockerfile:2 <- [v0 v1]
+  copy /x -> /dst/ mode=None unpack=false excl=[] incl=["y/z.txt"] req=["/x/y/z.txt"] on in0 from in1 out=None
+  copy / -> /dst/ mode=None unpack=false excl=[] incl=["a/*/c"] req=[] on act0 from in1 out=Some(0)
+env ["PATH=/usr/bin:/bin", "HOME=/root"]
+cmd Some(["sh"]) entrypoint None workdir "" user "" shell None stop None
+labels {"base": "docker.io/library/busybox:latest"} ports [] volumes []
+history layer "ADD rootfs.tar / # docker.io/library/busybox:latest"
+history layer "COPY --parents x/./y/z.txt a/*/c /dst/ # buildkit"
+built ["0"]
+"#,
     );
 }
 

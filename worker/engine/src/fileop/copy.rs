@@ -139,6 +139,19 @@ fn run(
         reuse,
     };
 
+    // Each required path must exist (and not be hidden) on its own: an
+    // include pattern that matches nothing would otherwise copy nothing.
+    for required in &op.required_paths {
+        let probe = CopySelection {
+            src: required.clone(),
+            follow_symlink: false,
+            ..CopySelection::all()
+        };
+        match select(src_root, &probe, hide).map_err(root::path_err(src_root))? {
+            Selection::Found { .. } => {}
+            Selection::NoMatches | Selection::NotFound => return Err(not_found(required)),
+        }
+    }
     let (sources, from_wildcard) =
         match select(src_root, &sel, hide).map_err(root::path_err(src_root))? {
             Selection::Found {

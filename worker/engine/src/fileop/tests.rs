@@ -938,3 +938,38 @@ fn the_context_digest_changes_exactly_when_the_copy_does() {
         }
     }
 }
+
+/// `COPY --parents`: the source root with an include pattern keeps the
+/// matched paths' parents; a required path that is missing (or hidden by
+/// the ignore file) fails the copy instead of copying nothing.
+#[test]
+fn required_paths_must_exist_and_includes_keep_parents() {
+    if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {
+        return;
+    }
+    let f = fx();
+    write(&f.ctx, "x/y/z.txt", "z");
+    write(&f.ctx, "x/y/w.txt", "w");
+    write(&f.ctx, "x/hidden.txt", "h");
+    let mut op = cp("/x", "/dst/");
+    op.include_patterns = vec!["y/z.txt".into()];
+    op.required_paths = vec!["/x/y/z.txt".into()];
+    run(&f, &op).expect("copy");
+    assert_eq!(read(&f.dest, "dst/y/z.txt"), "z");
+    assert!(!exists(&f.dest, "dst/y/w.txt"));
+
+    let mut missing = op.clone();
+    missing.include_patterns = vec!["y/nope.txt".into()];
+    missing.required_paths = vec!["/x/y/nope.txt".into()];
+    let err = run(&f, &missing).expect_err("a missing required path");
+    assert_eq!(err.to_string(), "\"/x/y/nope.txt\": not found");
+
+    let ignore = PatternMatcher::new(&parse_dockerignore("x/hidden.txt\n")).expect("patterns");
+    let mut hidden = op.clone();
+    hidden.include_patterns = vec!["hidden.txt".into()];
+    hidden.required_paths = vec!["/x/hidden.txt".into()];
+    assert!(matches!(
+        copy(&f.ctx, &f.dest, &f.dest, &hidden, Some(&ignore)),
+        Err(FileOpError::NotFound { .. })
+    ));
+}

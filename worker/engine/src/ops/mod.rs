@@ -6,6 +6,7 @@ mod cachemount;
 mod exec;
 mod file;
 mod layer;
+mod merge;
 mod secretmount;
 mod source;
 
@@ -92,8 +93,8 @@ impl StepRunner {
 impl OpRunner for StepRunner {
     type Ref = Ref;
     type Error = WorkerError;
-    /// Only steps are claimed: sources run in every build (they are not
-    /// cached) and scratch costs nothing.
+    /// Only steps and merges are claimed: sources run in every build (they
+    /// are not cached) and scratch costs nothing.
     type Claim = Option<crate::claim::Claim>;
 
     async fn claim(
@@ -103,7 +104,12 @@ impl OpRunner for StepRunner {
         vertex: &Vertex,
         cancel: CancellationToken,
     ) -> Result<Claimed<Ref, Self::Claim>> {
-        if !matches!(vertex.op, Op::Exec(_) | Op::File(_)) {
+        let works = match &vertex.op {
+            Op::Exec(_) | Op::File(_) => true,
+            Op::Merge(m) => !m.inputs.is_empty(),
+            Op::Source(_) => false,
+        };
+        if !works {
             return Ok(Claimed::Ours(None));
         }
         let got = crate::claim::acquire(
@@ -265,12 +271,7 @@ impl OpRunner for StepRunner {
                 Op::Source(s) => self.source(id, &vertex, s, &cancel).await,
                 Op::Exec(e) => self.exec(id, &vertex, e, &inputs, cancel).await,
                 Op::File(f) => self.file(&vertex, f, &inputs).await,
-                // The frontend's way of saying "scratch".
-                Op::Merge(m) if m.inputs.is_empty() => Ok(vec![Ref::scratch()]),
-                Op::Merge(_) => Err(WorkerError::Unsupported {
-                    location: location(&vertex),
-                    what: "merge op".into(),
-                }),
+                Op::Merge(m) => self.merge(&vertex, m, &inputs).await,
             };
             // containerd or disk trouble in a step (a full disk while its
             // layer is written) names the step's line too.

@@ -5,6 +5,7 @@
 //! place).
 
 mod claim;
+mod merge;
 mod remotecache;
 
 use crate::cache;
