@@ -246,11 +246,6 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                             what: "copy with alwaysReplaceExistingDestPaths".into(),
                         })
                     }
-                    Some(llb::file_action::Action::Copy(c)) if !c.required_paths.is_empty() => {
-                        return Err(LlbError::Unsupported {
-                            what: "copy with required paths".into(),
-                        })
-                    }
                     Some(llb::file_action::Action::Copy(c)) => FileActionKind::Copy(FileCopy {
                         src: c.src.clone(),
                         dest: c.dest.clone(),
