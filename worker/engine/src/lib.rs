@@ -32,6 +32,7 @@ pub mod refs;
 pub mod remotecache;
 pub mod resolve;
 pub mod secrets;
+pub mod sources;
 pub mod services;
 pub mod steplog;
 pub mod sweep;

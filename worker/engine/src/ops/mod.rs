@@ -6,6 +6,7 @@ mod cachemount;
 mod exec;
 mod file;
 mod layer;
+mod remote;
 mod secretmount;
 mod source;
 
