@@ -666,7 +666,10 @@ mod tests {
         };
         let ok = source(
             "git://127.0.0.1:9418/repo#main",
-            &[("git.fullurl", "git://127.0.0.1:9418/repo"), ("git.keepgitdir", "true")],
+            &[
+                ("git.fullurl", "git://127.0.0.1:9418/repo"),
+                ("git.keepgitdir", "true"),
+            ],
         );
         assert!(convert_op(&ok).is_ok());
         let bad = source("git://h/r", &[("git.sig.pubkey", "k")]);

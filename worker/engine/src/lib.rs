@@ -32,8 +32,8 @@ pub mod refs;
 pub mod remotecache;
 pub mod resolve;
 pub mod secrets;
-pub mod sources;
 pub mod services;
+pub mod sources;
 pub mod steplog;
 pub mod sweep;
 

@@ -179,7 +179,8 @@ impl GitRef {
         } else if let Some((host, path)) = scp_like(s) {
             let (path, fragment) = split_once_opt(path, '#');
             let (path, query) = split_once_opt(path, '?');
-            let remote = s[..s.len() - path.len()
+            let remote = s[..s.len()
+                - path.len()
                 - query.map(|q| q.len() + 1).unwrap_or(0)
                 - fragment.map(|f| f.len() + 1).unwrap_or(0)]
                 .to_string()
@@ -376,7 +377,10 @@ impl GitSource {
         }
         attrs.insert(ATTR_FULL_URL.into(), self.remote.clone());
         if !self.auth_token_secret.is_empty() {
-            attrs.insert(ATTR_AUTH_TOKEN_SECRET.into(), self.auth_token_secret.clone());
+            attrs.insert(
+                ATTR_AUTH_TOKEN_SECRET.into(),
+                self.auth_token_secret.clone(),
+            );
         }
         if !self.auth_header_secret.is_empty() {
             attrs.insert(
@@ -535,7 +539,9 @@ pub fn parse_sha256(d: &str) -> Result<()> {
     match algo {
         "sha256" => {}
         "sha384" | "sha512" => {
-            return Err(SourceError::Unsupported(format!("checksum algorithm {algo}")))
+            return Err(SourceError::Unsupported(format!(
+                "checksum algorithm {algo}"
+            )))
         }
         _ => return Err(invalid("unsupported digest algorithm")),
     }
@@ -609,10 +615,16 @@ mod tests {
         let e = |s: &str| GitRef::parse(s).expect_err("invalid").to_string();
         assert_eq!(e("git://h/r?foo=1"), "unexpected query \"foo\"");
         assert_eq!(e("git://h/r?ref="), "query \"ref\" has no value");
-        assert_eq!(e("git://h/r?ref=a&ref=b"), "query \"ref\" has multiple values");
+        assert_eq!(
+            e("git://h/r?ref=a&ref=b"),
+            "query \"ref\" has multiple values"
+        );
         assert_eq!(e("git://h/r?ref=b#a"), "ref conflicts: \"a\" vs \"b\"");
         assert_eq!(e("git://h/r?tag=a&branch=b"), "branch conflicts with tag");
-        assert_eq!(e("git://h/r?keep-git-dir=maybe"), "invalid keep-git-dir value: \"maybe\"");
+        assert_eq!(
+            e("git://h/r?keep-git-dir=maybe"),
+            "invalid keep-git-dir value: \"maybe\""
+        );
     }
 
     #[test]
@@ -620,12 +632,17 @@ mod tests {
         let s = GitSource::from_ref(&git("git://h:1/r.git?ref=v1&subdir=d&keep-git-dir=true"));
         let op = s.to_op();
         assert_eq!(op.identifier, "git://h:1/r.git#v1:d");
-        assert_eq!(op.attrs.get(ATTR_FULL_URL).map(String::as_str), Some("git://h:1/r.git"));
+        assert_eq!(
+            op.attrs.get(ATTR_FULL_URL).map(String::as_str),
+            Some("git://h:1/r.git")
+        );
         assert_eq!(GitSource::from_op(&op), Ok(Some(s)));
         let mut bad = op.clone();
         bad.attrs.insert("git.sig.pubkey".into(), "k".into());
         assert_eq!(
-            GitSource::from_op(&bad).expect_err("unknown attr").to_string(),
+            GitSource::from_op(&bad)
+                .expect_err("unknown attr")
+                .to_string(),
             "git source attribute git.sig.pubkey is not supported yet"
         );
     }

@@ -246,20 +246,18 @@ impl Converter<'_> {
             }
             if let (Some(flag), Some(q)) = (cp.keep_git_dir, g.keep_git_dir) {
                 if flag != q {
-                    return Err(self.file_err(
-                        line,
-                        "inconsistent keep-git-dir configuration".into(),
-                    ));
+                    return Err(
+                        self.file_err(line, "inconsistent keep-git-dir configuration".into())
+                    );
                 }
             }
             let mut s = GitSource::from_ref(&g);
             s.keep_git_dir = g.keep_git_dir.or(cp.keep_git_dir).unwrap_or(false);
             if let Some(c) = checksum {
                 if !g.checksum.is_empty() && g.checksum != c {
-                    return Err(self.file_err(
-                        line,
-                        format!("checksum mismatch {c:?} != {:?}", g.checksum),
-                    ));
+                    return Err(
+                        self.file_err(line, format!("checksum mismatch {c:?} != {:?}", g.checksum))
+                    );
                 }
                 s.checksum = c.to_string();
             }
@@ -274,8 +272,7 @@ impl Converter<'_> {
                 return Err(ParseError::Unsupported {
                     file: self.opts.filename.clone(),
                     line,
-                    feature: "ADD --keep-git-dir for a source that is not a git repository"
-                        .into(),
+                    feature: "ADD --keep-git-dir for a source that is not a git repository".into(),
                 });
             }
             return Ok(None);

@@ -30,8 +30,20 @@ impl StepRunner {
     }
 
     /// Saves `layers` under each of `keys` (a failure costs a later
-    /// download, not this build).
-    async fn record(&self, v: &Vertex, keys: &[Digest], layers: &[Layer]) {
+    /// download, not this build) and returns the chain recorded under the
+    /// last key: when an equal source of this or another build saved
+    /// first, its chain, so every user of the key sees one checkout (a
+    /// second checkout of a commit has other mtimes, and steps on it
+    /// would miss the cache next time).
+    async fn record(&self, v: &Vertex, keys: &[Digest], layers: Vec<Layer>) -> Result<Vec<Layer>> {
+        self.save_records(v, keys, &layers).await;
+        match keys.last() {
+            Some(k) => Ok(self.recorded(k).await?.unwrap_or(layers)),
+            None => Ok(layers),
+        }
+    }
+
+    async fn save_records(&self, v: &Vertex, keys: &[Digest], layers: &[Layer]) {
         for key in keys {
             if let Err(e) = crate::cache::save(
                 &self.svc,
@@ -127,7 +139,7 @@ impl StepRunner {
             tracing::warn!(dir = %scratch.display(), error = %e, "cannot remove a git scratch directory");
         }
         let ((), layers) = r?;
-        self.record(v, &[key], &layers).await;
+        let layers = self.record(v, &[key], layers).await?;
         Ok(vec![Ref::Chain(layers)])
     }
 
@@ -204,9 +216,15 @@ impl StepRunner {
                 location: location(v),
                 message: e.to_string(),
             })?;
-        let etag = tokio::select! {
-            e = http::head_etag(&client, &src.url) => e,
-            _ = cancel.cancelled() => return Err(WorkerError::Cancelled),
+        // With a checksum only content that was checked may be reused:
+        // an ETag says nothing about it.
+        let etag = if src.checksum.is_empty() {
+            tokio::select! {
+                e = http::head_etag(&client, &src.url) => e,
+                _ = cancel.cancelled() => return Err(WorkerError::Cancelled),
+            }
+        } else {
+            None
         };
         if let Some(etag) = &etag {
             let k = key_of("etag", etag);
@@ -238,11 +256,17 @@ impl StepRunner {
                 fetched.last_modified.as_deref().unwrap_or("")
             ),
         );
-        if let Some(etag) = fetched.etag.as_deref().filter(|e| Some(*e) != etag.as_deref()) {
-            keys.push(key_of("etag", etag));
+        if src.checksum.is_empty() {
+            if let Some(etag) = fetched
+                .etag
+                .as_deref()
+                .filter(|e| Some(*e) != etag.as_deref())
+            {
+                keys.push(key_of("etag", etag));
+            }
         }
         keys.push(content);
-        self.record(v, &keys, &layers).await;
+        let layers = self.record(v, &keys, layers).await?;
         Ok(vec![Ref::Chain(layers)])
     }
 }

@@ -119,8 +119,7 @@ pub async fn resolve(src: &GitSource) -> Result<Resolved, SourceFailure> {
         )));
     }
     let check = |r: Resolved| -> Result<Resolved, SourceFailure> {
-        if !src.checksum.is_empty() && !r.commit.starts_with(&src.checksum.to_ascii_lowercase())
-        {
+        if !src.checksum.is_empty() && !r.commit.starts_with(&src.checksum.to_ascii_lowercase()) {
             return Err(fail(format!(
                 "expected checksum to match {}, got {}",
                 src.checksum, r.commit
@@ -146,12 +145,9 @@ pub async fn resolve(src: &GitSource) -> Result<Resolved, SourceFailure> {
         src.reference.clone()
     };
     let peeled = format!("{reference}^{{}}");
-    let listing = git(
-        None,
-        &["ls-remote", "--", &src.remote, &reference, &peeled],
-    )
-    .await
-    .map_err(|e| fail(format!("failed to fetch remote {}: {}", src.remote, e.0)))?;
+    let listing = git(None, &["ls-remote", "--", &src.remote, &reference, &peeled])
+        .await
+        .map_err(|e| fail(format!("failed to fetch remote {}: {}", src.remote, e.0)))?;
     let r = pick(&reference, &listing).ok_or_else(|| {
         fail(format!(
             "repository does not contain ref {reference}, output: {listing:?}"
@@ -184,15 +180,21 @@ pub async fn checkout(
     let mut fetched = false;
     if !resolved.remote_ref.is_empty() {
         let spec = format!("+{}:refs/kiln/fetched", resolved.remote_ref);
-        fetched = git(w, &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec])
-            .await
-            .is_ok();
+        fetched = git(
+            w,
+            &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
+        )
+        .await
+        .is_ok();
     }
     if !fetched {
         let spec = format!("+{}:refs/kiln/fetched", resolved.commit);
-        if git(w, &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec])
-            .await
-            .is_err()
+        if git(
+            w,
+            &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
+        )
+        .await
+        .is_err()
         {
             git(
                 w,
@@ -245,7 +247,12 @@ pub async fn checkout(
             ],
         )
         .await
-        .map_err(|e| fail(format!("failed to update submodules for {}: {}", src.remote, e.0)))?;
+        .map_err(|e| {
+            fail(format!(
+                "failed to update submodules for {}: {}",
+                src.remote, e.0
+            ))
+        })?;
     }
     git(w, &["update-ref", "-d", "refs/kiln/fetched"]).await?;
     if !src.keep_git_dir {

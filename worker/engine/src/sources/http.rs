@@ -128,8 +128,12 @@ pub async fn download(
         .as_deref()
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .unwrap_or(UNIX_EPOCH);
-    file.set_times(std::fs::FileTimes::new().set_modified(mtime).set_accessed(mtime))
-        .map_err(|e| io_failure(&path, e))?;
+    file.set_times(
+        std::fs::FileTimes::new()
+            .set_modified(mtime)
+            .set_accessed(mtime),
+    )
+    .map_err(|e| io_failure(&path, e))?;
     drop(file);
     if src.uid != 0 || src.gid != 0 {
         std::os::unix::fs::lchown(&path, Some(src.uid), Some(src.gid))
@@ -184,7 +188,10 @@ mod tests {
             Some("y.tgz".into())
         );
         assert_eq!(disposition_name("attachment; filename=\"dir/\""), None);
-        assert_eq!(host_of("https://u:p@h.example:8443/a?b#c"), "h.example:8443");
+        assert_eq!(
+            host_of("https://u:p@h.example:8443/a?b#c"),
+            "h.example:8443"
+        );
         assert_eq!(etag_value("W/\"abc\""), "\"abc\"");
         assert_eq!(http_date_secs("Thu, 01 Jan 1970 00:00:10 GMT"), Some(10));
     }
