@@ -172,7 +172,7 @@ impl GitDaemon {
             .local_addr()
             .expect("addr")
             .port();
-        let child = Command::new("git")
+        let mut child = Command::new("git")
             .args([
                 "daemon",
                 "--export-all",
@@ -194,6 +194,8 @@ impl GitDaemon {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "git daemon does not listen on {port}: {}",
             std::fs::read_to_string(&log).unwrap_or_default()

@@ -61,7 +61,7 @@ pub struct GitRef {
     pub fetch_by_commit: bool,
 }
 
-fn split_once_opt<'a>(s: &'a str, c: char) -> (&'a str, Option<&'a str>) {
+fn split_once_opt(s: &str, c: char) -> (&str, Option<&str>) {
     match s.split_once(c) {
         Some((a, b)) => (a, Some(b)),
         None => (s, None),

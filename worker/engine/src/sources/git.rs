@@ -81,9 +81,7 @@ pub fn pick(reference: &str, listing: &str) -> Option<Resolved> {
         let Some((sha, name)) = line.split_once('\t') else {
             continue;
         };
-        if reference == "HEAD" && name == "HEAD" {
-            exact = Some((sha, name));
-        } else if name == partial {
+        if (reference == "HEAD" && name == "HEAD") || name == partial {
             exact = Some((sha, name));
         } else if name == head {
             branch = Some((sha, name));
