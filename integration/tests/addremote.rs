@@ -340,6 +340,59 @@ kept .git\nno mod at v1\n"
         "a cached commit asks the remote nothing"
     );
 
+    // Through kilnd, fetching again (--no-cache).
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let addr = k.addr();
+    let tagged = format!("FROM busybox\nADD {url}?tag=v1 /t\n");
+    let ctx = h.context("git-kilnd", &[("Dockerfile", &tagged)]);
+    let before = daemon.requests();
+    h.kiln(
+        ns,
+        &[
+            "--addr",
+            &addr,
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+            "-t",
+            "git:remote",
+            ctx.to_str().expect("utf8"),
+        ],
+    )
+    .expect("kiln runs")
+    .ok();
+    assert!(daemon.requests() >= before + 2, "--no-cache fetched again");
+    assert_eq!(
+        h.run_image(
+            ns,
+            "docker.io/library/git:remote",
+            "git-r",
+            &["cat", "/t/a.txt"]
+        ),
+        "first\n"
+    );
+
+    // Credentials are issue 13's: offered ones are refused, not ignored.
+    let token = h.state_dir().join("token");
+    std::fs::write(&token, "t0ken").expect("token file");
+    let ctx = h.context("git-token", &[("Dockerfile", &tagged)]);
+    let out = h.build(
+        ns,
+        &[
+            "--secret",
+            &format!("id=GIT_AUTH_TOKEN,src={}", token.display()),
+            ctx.to_str().expect("utf8"),
+        ],
+    );
+    assert!(!out.success, "built with credentials it does not use");
+    assert!(
+        out.stderr
+            .contains("git credentials from the secret GIT_AUTH_TOKEN is not supported yet"),
+        "{}",
+        out.stderr
+    );
+
     // A checksum that is not the ref's commit fails with BuildKit's text.
     let bad = format!("FROM busybox\nADD --checksum=deadbeef {url}#main /x\n");
     let ctx = h.context("git-bad", &[("Dockerfile", &bad)]);

@@ -22,8 +22,12 @@ impl StepRunner {
         }
     }
 
-    /// The chain of the cache record `key`, if there is one.
-    async fn recorded(&self, key: &Digest) -> Result<Option<Vec<Layer>>> {
+    /// The chain of the cache record `key`, if there is one and the
+    /// vertex may use the cache (`--no-cache` fetches again).
+    async fn recorded(&self, v: &Vertex, key: &Digest) -> Result<Option<Vec<Layer>>> {
+        if v.ignore_cache {
+            return Ok(None);
+        }
         Ok(crate::cache::load(&self.svc, key, &self.lease)
             .await?
             .and_then(|mut outs| (outs.len() == 1).then(|| outs.remove(0))))
@@ -38,8 +42,8 @@ impl StepRunner {
     async fn record(&self, v: &Vertex, keys: &[Digest], layers: Vec<Layer>) -> Result<Vec<Layer>> {
         self.save_records(v, keys, &layers).await;
         match keys.last() {
-            Some(k) => Ok(self.recorded(k).await?.unwrap_or(layers)),
-            None => Ok(layers),
+            Some(k) if !v.ignore_cache => Ok(self.recorded(v, k).await?.unwrap_or(layers)),
+            _ => Ok(layers),
         }
     }
 
@@ -113,7 +117,7 @@ impl StepRunner {
             .to_string()
             .as_bytes(),
         );
-        if let Some(chain) = self.recorded(&key).await? {
+        if let Some(chain) = self.recorded(v, &key).await? {
             tracing::debug!(commit = %resolved.commit, "git checkout from the cache");
             return Ok(vec![Ref::Chain(chain)]);
         }
@@ -204,7 +208,7 @@ impl StepRunner {
         let mut keys = Vec::new();
         if !src.checksum.is_empty() {
             let k = key_of("checksum", &src.checksum);
-            if let Some(chain) = self.recorded(&k).await? {
+            if let Some(chain) = self.recorded(v, &k).await? {
                 return Ok(vec![Ref::Chain(chain)]);
             }
             keys.push(k);
@@ -228,7 +232,7 @@ impl StepRunner {
         };
         if let Some(etag) = &etag {
             let k = key_of("etag", etag);
-            if let Some(chain) = self.recorded(&k).await? {
+            if let Some(chain) = self.recorded(v, &k).await? {
                 tracing::debug!(url = %src.url, etag, "http source not modified");
                 return Ok(vec![Ref::Chain(chain)]);
             }
