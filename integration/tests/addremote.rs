@@ -343,7 +343,7 @@ kept .git\nno mod at v1\n"
     // Through kilnd, fetching again (--no-cache).
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
     let addr = k.addr();
-    let tagged = format!("FROM busybox\nADD {url}?tag=v1 /t\n");
+    let tagged = format!("FROM busybox\nADD {url}?tag=v1&mtime=commit /t\n");
     let ctx = h.context("git-kilnd", &[("Dockerfile", &tagged)]);
     let before = daemon.requests();
     h.kiln(
@@ -363,14 +363,15 @@ kept .git\nno mod at v1\n"
     .expect("kiln runs")
     .ok();
     assert!(daemon.requests() >= before + 2, "--no-cache fetched again");
+    let commit_time = git(&repo, &["log", "-1", "--format=%ct", &first]);
     assert_eq!(
         h.run_image(
             ns,
             "docker.io/library/git:remote",
             "git-r",
-            &["cat", "/t/a.txt"]
+            &["sh", "-c", "cat /t/a.txt; stat -c %Y /t/a.txt /t/dir/b.txt"]
         ),
-        "first\n"
+        format!("first\n{commit_time}\n{commit_time}\n")
     );
 
     // Credentials are issue 13's: offered ones are refused, not ignored.

@@ -253,6 +253,16 @@ pub async fn checkout(
         })?;
     }
     git(w, &["update-ref", "-d", "refs/kiln/fetched"]).await?;
+    let commit_time = if src.mtime == "commit" {
+        let t = git(w, &["log", "-1", "--format=%ct", &resolved.commit]).await?;
+        Some(
+            t.trim()
+                .parse::<i64>()
+                .map_err(|_| fail(format!("commit time {:?} of {}", t.trim(), resolved.commit)))?,
+        )
+    } else {
+        None
+    };
     if !src.keep_git_dir {
         remove_git_links(&work)?;
     }
@@ -290,6 +300,28 @@ pub async fn checkout(
             "copying the checkout: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
+    }
+    if let Some(secs) = commit_time {
+        set_all_mtimes(dest, secs)?;
+    }
+    Ok(())
+}
+
+/// `?mtime=commit`: every entry below `dest` (links themselves, not
+/// their targets) takes the commit's time.
+fn set_all_mtimes(dest: &Path, secs: i64) -> Result<(), SourceFailure> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    let ts = nix::sys::time::TimeSpec::new(secs, 0);
+    for entry in walkdir::WalkDir::new(dest).min_depth(1) {
+        let entry = entry.map_err(|e| fail(format!("walking the checkout: {e}")))?;
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            entry.path(),
+            &ts,
+            &ts,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| fail(format!("{}: {e}", entry.path().display())))?;
     }
     Ok(())
 }
