@@ -446,6 +446,11 @@ impl GitSource {
                 }
             }
         }
+        // ssh needs the client's agent (issue 13): refused before the
+        // build rather than tried with whatever keys the daemon has.
+        if s.remote.starts_with("ssh://") || scp_like(&s.remote).is_some() {
+            return Err(SourceError::Unsupported("a git repository over ssh".into()));
+        }
         if s.fetch_by_commit && !is_commit_id(&s.checksum) {
             return Err(invalid("fetch-by-commit requires a commit checksum"));
         }
@@ -645,6 +650,17 @@ mod tests {
                 .to_string(),
             "git source attribute git.sig.pubkey is not supported yet"
         );
+    }
+
+    #[test]
+    fn ssh_remotes_are_not_supported_yet() {
+        for r in ["git@github.com:foo/bar.git", "ssh://git@h/r.git"] {
+            let op = GitSource::from_ref(&git(r)).to_op();
+            assert_eq!(
+                GitSource::from_op(&op).expect_err("ssh").to_string(),
+                "a git repository over ssh is not supported yet"
+            );
+        }
     }
 
     #[test]

@@ -261,8 +261,18 @@ impl Converter<'_> {
                 }
                 s.checksum = c.to_string();
             }
+            // What the engine will refuse is refused now, before any step.
+            let op = s.to_op();
+            GitSource::from_op(&op).map_err(|e| match e {
+                remote::SourceError::Unsupported(what) => ParseError::Unsupported {
+                    file: self.opts.filename.clone(),
+                    line,
+                    feature: format!("ADD of {what}"),
+                },
+                e => self.file_err(line, e.to_string()),
+            })?;
             return Ok(Some(Remote {
-                op: s.to_op(),
+                op,
                 src: "/".into(),
             }));
         }
