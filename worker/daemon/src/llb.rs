@@ -73,17 +73,35 @@ fn timestamp(ns: i64) -> Option<i64> {
     (ns > 0).then_some(ns)
 }
 
+/// A git or HTTP(S) source with an attribute kiln does not handle fails
+/// here, before the build, naming the attribute.
+fn check_remote_source(op: &SourceOp) -> Result<(), LlbError> {
+    use kiln_solver::source::{GitSource, HttpSource, SourceError};
+    let r = GitSource::from_op(op)
+        .map(|_| ())
+        .and_then(|()| HttpSource::from_op(op).map(|_| ()));
+    match r {
+        Ok(()) => Ok(()),
+        Err(SourceError::Unsupported(what)) => Err(LlbError::Unsupported { what }),
+        Err(e) => Err(invalid(format!("source {}: {e}", op.identifier))),
+    }
+}
+
 fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
     let n_inputs = op.inputs.len();
     Ok(match op.op.as_ref() {
-        Some(llb::op::Op::Source(s)) => Op::Source(SourceOp {
-            identifier: s.identifier.clone(),
-            attrs: s
-                .attrs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }),
+        Some(llb::op::Op::Source(s)) => {
+            let op = SourceOp {
+                identifier: s.identifier.clone(),
+                attrs: s
+                    .attrs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            };
+            check_remote_source(&op)?;
+            Op::Source(op)
+        }
         Some(llb::op::Op::Exec(e)) => {
             let meta = e.meta.clone().unwrap_or_default();
             if !meta.cgroup_parent.is_empty() {
@@ -874,5 +892,38 @@ mod tests {
             .join()
             .expect("no stack overflow");
         assert_eq!(t.expect("translates"), 20_001);
+    }
+
+    #[test]
+    fn remote_sources_refuse_unknown_attrs() {
+        let source = |id: &str, attrs: &[(&str, &str)]| llb::Op {
+            op: Some(llb::op::Op::Source(llb::SourceOp {
+                identifier: id.into(),
+                attrs: attrs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })),
+            ..Default::default()
+        };
+        let ok = source(
+            "git://127.0.0.1:9418/repo#main",
+            &[
+                ("git.fullurl", "git://127.0.0.1:9418/repo"),
+                ("git.keepgitdir", "true"),
+            ],
+        );
+        assert!(convert_op(&ok).is_ok());
+        let bad = source("git://h/r", &[("git.sig.pubkey", "k")]);
+        assert_eq!(
+            convert_op(&bad).expect_err("unknown attr").to_string(),
+            "LLB git source attribute git.sig.pubkey is not supported by kiln yet"
+        );
+        let bad = source("https://h/f", &[("http.header.accept", "x")]);
+        assert_eq!(
+            convert_op(&bad).expect_err("unknown attr").to_string(),
+            "LLB http source attribute http.header.accept is not supported by kiln yet"
+        );
+        assert!(convert_op(&source("https://h/f", &[("http.perm", "0644")])).is_ok());
     }
 }

@@ -139,6 +139,13 @@ pub struct Copy {
     /// `/./` pivot) under the destination.
     pub parents: bool,
     pub excludes: Vec<String>,
+    /// ADD `--checksum` (a digest for a URL, a commit for a git source),
+    /// never expanded here.
+    pub checksum: Option<String>,
+    /// ADD `--keep-git-dir`, when given.
+    pub keep_git_dir: Option<bool>,
+    /// ADD `--unpack`, when given.
+    pub unpack: Option<bool>,
     pub srcs: Vec<String>,
     /// Heredoc sources, copied after `srcs`.
     pub contents: Vec<SourceContent>,
@@ -545,6 +552,9 @@ impl Parser<'_> {
             link: false,
             parents: false,
             excludes: Vec::new(),
+            checksum: None,
+            keep_git_dir: None,
+            unpack: None,
             srcs: Vec::new(),
             contents: Vec::new(),
             dest: String::new(),
@@ -557,9 +567,9 @@ impl Parser<'_> {
                 ("link", _) => c.link = self.flag_bool(node, f)?,
                 ("parents", false) => c.parents = self.flag_bool(node, f)?,
                 ("exclude", _) => c.excludes.push(self.flag_value(node, f)?),
-                ("checksum" | "keep-git-dir" | "unpack", true) => {
-                    return Err(self.unsupported(node.line, &format!("{name} --{}", f.name)))
-                }
+                ("checksum", true) => c.checksum = Some(self.flag_value(node, f)?),
+                ("keep-git-dir", true) => c.keep_git_dir = Some(self.flag_bool(node, f)?),
+                ("unpack", true) => c.unpack = Some(self.flag_bool(node, f)?),
                 _ => return Err(self.unknown_flag(node, f)),
             }
         }
@@ -786,8 +796,8 @@ COPY --from=b --chown=1:2 --chmod=755 --link x y /dst/
 ADD ["a b", "/c"]
 "#,
             r#"stage 0 1: base=a name=Some("b") platform=Some("$BUILDPLATFORM")
-  2: Copy(Copy { add: false, from: Some("b"), chown: Some("1:2"), chmod: Some("755"), link: true, parents: false, excludes: [], srcs: ["x", "y"], contents: [], dest: "/dst/" })
-  3: Copy(Copy { add: true, from: None, chown: None, chmod: None, link: false, parents: false, excludes: [], srcs: ["a b"], contents: [], dest: "/c" })"#,
+  2: Copy(Copy { add: false, from: Some("b"), chown: Some("1:2"), chmod: Some("755"), link: true, parents: false, excludes: [], checksum: None, keep_git_dir: None, unpack: None, srcs: ["x", "y"], contents: [], dest: "/dst/" })
+  3: Copy(Copy { add: true, from: None, chown: None, chmod: None, link: false, parents: false, excludes: [], checksum: None, keep_git_dir: None, unpack: None, srcs: ["a b"], contents: [], dest: "/c" })"#,
         );
     }
 
@@ -796,7 +806,7 @@ ADD ["a b", "/c"]
         check(
             "FROM a\nCOPY x <<-A <<'B' /d/\n\t\ta $X\n\tA\nb $X\nB\n",
             r#"stage 0 1: base=a name=None platform=None
-  2: Copy(Copy { add: false, from: None, chown: None, chmod: None, link: false, parents: false, excludes: [], srcs: ["x"], contents: [SourceContent { name: "A", data: "a $X\n", expand: true }, SourceContent { name: "B", data: "b $X\n", expand: false }], dest: "/d/" })"#,
+  2: Copy(Copy { add: false, from: None, chown: None, chmod: None, link: false, parents: false, excludes: [], checksum: None, keep_git_dir: None, unpack: None, srcs: ["x"], contents: [SourceContent { name: "A", data: "a $X\n", expand: true }, SourceContent { name: "B", data: "b $X\n", expand: false }], dest: "/d/" })"#,
         );
         check(
             "FROM a\nCOPY <<A <<B\na\nA\nb\nB\n",

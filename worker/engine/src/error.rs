@@ -67,6 +67,10 @@ pub enum WorkerError {
     /// A COPY/ADD/WORKDIR file action failed.
     #[error("{location}{message}")]
     FileOp { location: String, message: String },
+    /// A remote source (an HTTP file, a git repository) cannot be
+    /// fetched or is not what the build asked for (checksum mismatch).
+    #[error("{location}{message}")]
+    Source { location: String, message: String },
     /// The graph uses something this engine does not run yet.
     #[error("{location}{what} is not supported yet")]
     Unsupported { location: String, what: String },
@@ -131,7 +135,8 @@ impl WorkerError {
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,
             WorkerError::StepFailed { .. }
             | WorkerError::FileOp { .. }
-            | WorkerError::Secret { .. } => ErrorKind::FailedPrecondition,
+            | WorkerError::Secret { .. }
+            | WorkerError::Source { .. } => ErrorKind::FailedPrecondition,
             WorkerError::Unsupported { .. } => ErrorKind::Unimplemented,
             WorkerError::Io { .. } | WorkerError::Panicked { .. } => ErrorKind::Internal,
             WorkerError::Cancelled => ErrorKind::Cancelled,

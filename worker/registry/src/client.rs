@@ -633,6 +633,14 @@ impl Client {
         Ok((bytes, media_type, digest))
     }
 
+    /// A plain HTTP(S) client for `host` with the TLS settings the hosts
+    /// config gives it (system roots plus its CAs, its client
+    /// certificate): what the engine downloads `ADD <url>` files with. It
+    /// sends no registry credentials.
+    pub fn http_client(&self, host: &str) -> Result<reqwest::Client> {
+        self.http(host)
+    }
+
     /// The reqwest client for `host` (its TLS settings), built once.
     fn http(&self, host: &str) -> Result<reqwest::Client> {
         let mut clients = self

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod chmod;
 pub mod graph;
 pub mod scheduler;
+pub mod source;
 
 pub use graph::*;
 /// Digests live in the leaf crate `kiln-types`, shared with snapshot and

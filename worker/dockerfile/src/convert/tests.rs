@@ -760,10 +760,6 @@ fn conversion_errors_name_the_line() {
             "error: Dockerfile:2: variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
         );
     check(
-        "FROM busybox\nADD https://example.com/a.tgz /\n",
-        "error: Dockerfile:2: ADD from a URL is not supported yet",
-    );
-    check(
         "FROM busybox\nCOPY https://example.com/a.tgz /\n",
         "error: Dockerfile:2: source can't be a URL for COPY",
     );
@@ -1241,4 +1237,56 @@ fn misspelt_stage_in_from_gets_a_hint() {
         Some("build")
     );
     assert_eq!(df.base_image_hint("docker.io/library/busybox:latest"), None);
+}
+
+#[test]
+fn add_from_url_and_git_are_source_ops() {
+    check(
+        "FROM busybox\nADD --chmod=644 https://h.example/a/f.txt?x=1 /f\nADD --keep-git-dir git://127.0.0.1:9/repo.git?tag=v1&subdir=sub /src\n",
+        r#"v0 "[1/3] FROM docker.io/library/busybox:latest" @Dockerfile:1
+  source docker-image://docker.io/library/busybox:latest {}
+v1 "ADD --chmod=644 https://h.example/a/f.txt?x=1 /f" @Dockerfile:2
+  source https://h.example/a/f.txt?x=1 {"http.filename": "f.txt"}
+v2 "[2/3] ADD --chmod=644 https://h.example/a/f.txt?x=1 /f" @Dockerfile:2 <- [v0 v1]
+  copy /f.txt -> /f mode=Some(420) unpack=false excl=[] on in0 from in1 out=Some(0)
+v3 "ADD --keep-git-dir git://127.0.0.1:9/repo.git?tag=v1&subdir=sub /src" @Dockerfile:3
+  source git://127.0.0.1:9/repo.git#refs/tags/v1:sub {"git.authheadersecret": "GIT_AUTH_HEADER", "git.authtokensecret": "GIT_AUTH_TOKEN", "git.fullurl": "git://127.0.0.1:9/repo.git", "git.keepgitdir": "true"}
+v4 "[3/3] ADD --keep-git-dir git://127.0.0.1:9/repo.git?tag=v1&subdir=sub /src" @Dockerfile:3 <- [v2 v3]
+  copy / -> /src mode=None unpack=false excl=[] on in0 from in1 out=Some(0)
+env ["PATH=/usr/bin:/bin", "HOME=/root"]
+cmd Some(["sh"]) entrypoint None workdir "" user "" shell None stop None
+labels {"base": "docker.io/library/busybox:latest"} ports [] volumes []
+history layer "ADD rootfs.tar / # docker.io/library/busybox:latest"
+history layer "ADD --chmod=644 https://h.example/a/f.txt?x=1 /f # buildkit"
+history layer "ADD git://127.0.0.1:9/repo.git?tag=v1&subdir=sub /src # buildkit"
+built ["0"]"#,
+    );
+    for (src, err) in [
+        (
+            "FROM busybox\nADD --checksum=sha256:x https://h/f /f\n",
+            "error: Dockerfile:2: invalid checksum digest length",
+        ),
+        (
+            "FROM busybox\nADD --checksum=sha256:x f /f\n",
+            "error: Dockerfile:2: checksum requires HTTP(S) or Git sources",
+        ),
+        (
+            "FROM busybox\nADD --checksum=abc git://h/r.git git://h/s.git /d/\n",
+            "error: Dockerfile:2: checksum can't be specified for multiple sources",
+        ),
+        (
+            "FROM busybox\nADD --keep-git-dir=false git://h/r?keep-git-dir=1 /d\n",
+            "error: Dockerfile:2: inconsistent keep-git-dir configuration",
+        ),
+        (
+            "FROM busybox\nADD git://h/r?color=red /d\n",
+            "error: Dockerfile:2: unexpected query \"color\"",
+        ),
+        (
+            "FROM busybox\nCOPY git://h/r /d\n",
+            "error: Dockerfile:2: source can't be a git ref for COPY",
+        ),
+    ] {
+        check(src, err);
+    }
 }

@@ -7,6 +7,7 @@ mod exec;
 mod file;
 mod layer;
 mod merge;
+mod remote;
 mod secretmount;
 mod source;
 

@@ -1,4 +1,5 @@
-//! Source ops: base images from the image store, local directories.
+//! Source ops: base images from the image store, local directories, and
+//! remote files and git repositories (`remote.rs`).
 
 use super::{location, StepRunner};
 use crate::error::{Result, WorkerError};
@@ -63,6 +64,22 @@ impl StepRunner {
                 dir: dir.clone(),
                 excludes,
             }]);
+        }
+        let bad = |e: kiln_solver::source::SourceError| match e {
+            kiln_solver::source::SourceError::Unsupported(what) => WorkerError::Unsupported {
+                location: location(v),
+                what,
+            },
+            e => WorkerError::BadInput {
+                location: location(v),
+                reason: e.to_string(),
+            },
+        };
+        if let Some(g) = kiln_solver::source::GitSource::from_op(s).map_err(bad)? {
+            return self.git_source(v, g, cancel).await;
+        }
+        if let Some(h) = kiln_solver::source::HttpSource::from_op(s).map_err(bad)? {
+            return self.http_source(v, h, cancel).await;
         }
         Err(WorkerError::Unsupported {
             location: location(v),
