@@ -12,6 +12,8 @@
 //! [`shell`] holds the word lexer (variable substitution) and
 //! [`reference`](mod@reference) re-exports the image-name normalization of
 //! `kiln_types::reference`, which the exporters and the registry share.
+//! `testing` (feature `testing`) holds the bodies of the cargo-fuzz targets
+//! in `benches/fuzz`, so their regression inputs replay as a unit test.
 //!
 //! Architecture invariant: this crate does no IO and names no containerd
 //! type. Base image configs come in as data ([`to_graph`]'s `bases`, keyed by
