@@ -128,14 +128,15 @@ async fn a_dockerfiles_own_ignore_file_wins_in_both_paths() {
     let listed = h.run_image(ns, "docker.io/library/ign:kilnd", "ign-k", &[]);
     assert_eq!(listed, want, "kilnd");
 
-    // Named contexts are not implemented: both paths refuse them by name
-    // instead of building without them.
-    let named = ["--build-context", "extra=docker-image://alpine", c];
+    // A kind of named context kiln does not implement: both paths refuse
+    // it by value instead of building without it.
+    let named = ["--build-context", "extra=oci-layout://store/app:1", c];
     for out in [h.build(ns, &named), remote(&h, &k, ns, &named)] {
         assert!(!out.success, "{}", out.stdout);
         assert!(
-            out.stderr
-                .contains("named build context \"extra\" is not supported yet"),
+            out.stderr.contains(
+                "named build context extra=\"oci-layout://store/app:1\" is not supported yet"
+            ),
             "{}",
             out.stderr
         );

@@ -148,8 +148,9 @@ struct BuildArgs {
     /// Do not use cache for these stages (repeatable or comma-separated).
     #[arg(long, value_delimiter = ',')]
     no_cache_filter: Vec<String>,
-    /// Extra named build context NAME=VALUE (not supported yet: fails
-    /// before the build, in both modes).
+    /// Extra named build context NAME=VALUE: a directory, or
+    /// docker-image://REF; it replaces the stage, image or `--from`
+    /// source called NAME.
     #[arg(long = "build-context")]
     build_contexts: Vec<String>,
     /// Target platform; kiln builds for the host's only.
@@ -580,6 +581,12 @@ fn frontend_attrs(
         attrs.insert(format!("label:{k}"), v);
     }
     for (k, v) in key_values(&args.build_contexts, false, "build-context")? {
+        // As buildx: a directory is served under the context's name.
+        let v = if is_context_dir(&v) {
+            format!("local:{k}")
+        } else {
+            v
+        };
         attrs.insert(format!("context:{k}"), v);
     }
     if let Some(t) = &args.target {
@@ -652,6 +659,42 @@ fn add_hosts_attr(hosts: &[String]) -> Result<String> {
     Ok(out.join(","))
 }
 
+/// Whether a `--build-context` value names a directory (as buildx tells
+/// them apart): anything that is not `SCHEME://...`, `git@...`, or one of
+/// the `target:`/`input:`/`local:` forms the frontend reads itself.
+fn is_context_dir(value: &str) -> bool {
+    !(value.contains("://")
+        || value.starts_with("git@")
+        || ["target:", "input:", "local:"]
+            .iter()
+            .any(|p| value.starts_with(p)))
+}
+
+/// The directories of `--build-context NAME=DIR`, by name, absolute.
+fn context_dirs(args: &BuildArgs) -> Result<HashMap<String, PathBuf>> {
+    let mut dirs = HashMap::new();
+    for (k, v) in key_values(&args.build_contexts, false, "build-context")? {
+        if !is_context_dir(&v) {
+            continue;
+        }
+        // The session serves the main context and the Dockerfile's
+        // directory under these names.
+        if k == "context" || k == "dockerfile" {
+            return Err(anyhow!(
+                "build context {k}={v}: {k:?} cannot name a directory context"
+            ));
+        }
+        let dir = std::path::Path::new(&v)
+            .canonicalize()
+            .with_context(|| format!("build context {k}={v}"))?;
+        if !dir.is_dir() {
+            return Err(anyhow!("build context {k}={v} is not a directory"));
+        }
+        dirs.insert(k, dir);
+    }
+    Ok(dirs)
+}
+
 /// The `--cache-to`/`--cache-from` entries of the flags (and of
 /// `--build-arg BUILDKIT_INLINE_CACHE=1`), checked.
 fn cache_entries(args: &BuildArgs) -> Result<(Vec<cacheflags::Entry>, Vec<cacheflags::Entry>)> {
@@ -691,6 +734,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     let (context, dockerfile) = context_and_dockerfile(&args)?;
     // The daemon parses (and refuses) them, as any BuildKit client's.
     let attrs = frontend_attrs(&args, &dockerfile)?;
+    let named_dirs = context_dirs(&args)?;
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let outputs = remote_outputs(&args.outputs, args.push)?;
     let secrets = secrets::Secrets::parse(&args.secrets)?;
@@ -708,6 +752,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             context,
             dockerfile,
             attrs,
+            named_dirs,
             outputs,
             tags,
             entitlements: args.allow.clone(),
@@ -762,7 +807,17 @@ async fn build(
     args: BuildArgs,
 ) -> Result<()> {
     let (context, dockerfile) = context_and_dockerfile(&args)?;
-    let opts = kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(&args, &dockerfile)?)?;
+    let mut opts =
+        kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(&args, &dockerfile)?)?;
+    // Each named directory is read with its own `.dockerignore`.
+    let named_dirs = context_dirs(&args)?;
+    for local in kiln_frontend::local_contexts(&opts) {
+        let dir = named_dirs
+            .get(&local)
+            .ok_or_else(|| anyhow!("build context {local:?}: no such directory given"))?;
+        let excludes = kiln_frontend::read_context_ignore(dir)?;
+        kiln_frontend::set_context_excludes(&mut opts, &local, &excludes);
+    }
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let (cache_exports, cache_imports) = cacheflags::parsed(&cache_exports, &cache_imports)?;
     let secrets: std::sync::Arc<dyn kiln_engine::secrets::SecretSource> =
@@ -839,7 +894,7 @@ async fn build(
         return Err(e.into());
     }
     let warnings: Vec<String> = built.warnings.iter().map(|w| w.to_string()).collect();
-    let mut locals = HashMap::new();
+    let mut locals = named_dirs;
     locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.clone());
     let req = BuildRequest {
         graph: built.graph,
@@ -937,6 +992,8 @@ mod tests {
             "linux/amd64",
             "--build-context",
             "base=docker-image://alpine",
+            "--build-context",
+            "deps=./vendor",
             "--pull",
             "ctx",
         ]);
@@ -950,6 +1007,8 @@ mod tests {
             ("no-cache", "deps,final"),
             ("platform", "linux/amd64"),
             ("context:base", "docker-image://alpine"),
+            // A directory goes by its name, as buildx sends it.
+            ("context:deps", "local:deps"),
             ("image-resolve-mode", "pull"),
         ]
         .into_iter()

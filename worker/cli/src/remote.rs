@@ -57,6 +57,8 @@ pub struct RemoteBuild {
     pub context: PathBuf,
     pub dockerfile: PathBuf,
     pub attrs: HashMap<String, String>,
+    /// `--build-context NAME=DIR` directories, served under their names.
+    pub named_dirs: HashMap<String, PathBuf>,
     /// `-o` specs, parsed into key/value maps (with `type`).
     pub outputs: Vec<HashMap<String, String>>,
     /// `-t` names for the image exporter.
@@ -336,12 +338,11 @@ pub async fn build(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| b.context.clone());
     let mut services = SessionServices::new();
+    let mut dirs = b.named_dirs.clone();
+    dirs.insert("context".to_string(), b.context.clone());
+    dirs.insert("dockerfile".to_string(), df_dir);
     services.add(
-        FileSyncServerImpl::new(HashMap::from([
-            ("context".to_string(), b.context.clone()),
-            ("dockerfile".to_string(), df_dir),
-        ]))
-        .into_service(),
+        FileSyncServerImpl::new(dirs).into_service(),
         FileSyncServerImpl::METHODS,
     );
     // The user's registry logins, lent per request: the daemon never

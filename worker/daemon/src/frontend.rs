@@ -11,11 +11,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use tonic::Status;
 
-/// The frontend's output: the graph and where the context landed.
+/// The frontend's output: the graph and where the contexts landed.
 pub struct Frontend {
     pub build: kiln_dockerfile::Build,
     /// The kept context the build reads (`crate::contexts`).
     pub context: crate::contexts::Held,
+    /// The named local contexts the graph reads, by local name, and the
+    /// slots holding them.
+    pub named: Vec<(String, crate::contexts::Held)>,
     /// `image-resolve-mode`, for the build's source ops.
     pub resolve_mode: kiln_engine::resolve::ResolveMode,
     /// The base images the frontend resolved, for the source ops.
@@ -51,7 +54,7 @@ pub async fn dockerfile(
     attrs: &HashMap<String, String>,
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
-    let opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
     let filename = opts.filename.clone();
     let df_dir = fresh_dir(d, job, "dockerfile")?;
     let ignore_dir = fresh_dir(d, job, "dockerignore")?;
@@ -88,6 +91,25 @@ pub async fn dockerfile(
     let source = kiln_frontend::read_dockerfile(&df_dir, &filename, &ignore_dir)
         .map_err(|e| frontend_status(&e))?;
     let _ = std::fs::remove_dir_all(&ignore_dir);
+    // A named local context is read with its own `.dockerignore`, fetched
+    // alone first, as BuildKit does.
+    for local in kiln_frontend::local_contexts(&opts) {
+        let dir = fresh_dir(d, job, "dockerignore")?;
+        kiln_session::filesync::fetch_dir(
+            session.channel.clone(),
+            &local,
+            &[],
+            &[],
+            &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
+            &dir,
+            Default::default(),
+        )
+        .await
+        .map_err(|e| fetch_err(&local, e))?;
+        let excludes = kiln_frontend::read_context_ignore(&dir).map_err(|e| frontend_status(&e))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        kiln_frontend::set_context_excludes(&mut opts, &local, &excludes);
+    }
     crate::status::step(
         job,
         &load_name,
@@ -140,10 +162,53 @@ pub async fn dockerfile(
     let (build, ()) = tokio::join!(plan, forward);
     let build = build.map_err(|e| frontend_status(&e))?;
     crate::status::warnings(job, &load_name, &filename, &source.text, &build.warnings);
+    let named = fetch_named(d, session, &build.graph).await?;
     Ok(Frontend {
         build,
         context,
+        named,
         resolve_mode: opts.resolve_mode,
         pinned,
     })
+}
+
+/// Fetches the named local contexts the graph reads (every `local://`
+/// source but the main context's), each with the exclude patterns the
+/// frontend gave its source.
+async fn fetch_named(
+    d: &Daemon,
+    session: &SessionHandle,
+    graph: &kiln_solver::Graph,
+) -> Result<Vec<(String, crate::contexts::Held)>, Status> {
+    let mut named: Vec<(String, crate::contexts::Held)> = Vec::new();
+    for v in &graph.vertices {
+        let kiln_solver::Op::Source(s) = &v.op else {
+            continue;
+        };
+        let Some(name) = s.identifier.strip_prefix("local://") else {
+            continue;
+        };
+        if name == kiln_frontend::CONTEXT_NAME || named.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        let excludes: Vec<String> = s
+            .attrs
+            .get("local.excludepatterns")
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
+        let held = crate::solve::fetch_local(
+            d,
+            session,
+            &crate::solve::Fetch {
+                name,
+                hint: "",
+                includes: &[],
+                excludes: &excludes,
+                follow_paths: &[],
+            },
+        )
+        .await?;
+        named.push((name.to_string(), held));
+    }
+    Ok(named)
 }

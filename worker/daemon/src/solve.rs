@@ -212,13 +212,20 @@ pub async fn solve(
             resolve_mode = f.resolve_mode;
             pinned = f.pinned;
             let digests = f.build.graph.definition_digests();
+            let mut locals =
+                HashMap::from([(kiln_frontend::CONTEXT_NAME.to_string(), f.context.tree())]);
+            let mut held = vec![f.context];
+            for (name, slot) in f.named {
+                locals.insert(name, slot.tree());
+                held.push(slot);
+            }
             (
                 f.build.graph,
                 f.build.result,
                 digests,
                 Some(f.build.config),
-                HashMap::from([(kiln_frontend::CONTEXT_NAME.to_string(), f.context.tree())]),
-                vec![f.context],
+                locals,
+                held,
             )
         }
     };

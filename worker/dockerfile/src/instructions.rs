@@ -177,12 +177,24 @@ pub enum Instruction {
 
 /// Parses a Dockerfile. `filename` names the file in errors.
 pub fn parse(src: &str, filename: &str) -> Result<Dockerfile> {
+    parse_with_check(src, filename, None)
+}
+
+/// [`parse`] with the build checks' configuration given by the caller
+/// (the `BUILDKIT_DOCKERFILE_CHECK` build argument): when `Some`, it
+/// replaces the file's `# check=` directive, which is then not read at
+/// all, as BuildKit's frontend does.
+pub fn parse_with_check(
+    src: &str,
+    filename: &str,
+    check: Option<&CheckConfig>,
+) -> Result<Dockerfile> {
     if src.is_empty() {
         return Err(ParseError::EmptyFile {
             file: filename.to_string(),
         });
     }
-    let lines = parser::split(src, filename)?;
+    let lines = parser::split_with_check(src, filename, check)?;
     let p = Parser {
         file: filename,
         escape: lines.escape,

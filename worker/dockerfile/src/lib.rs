@@ -12,6 +12,8 @@
 //! [`shell`] holds the word lexer (variable substitution) and
 //! [`reference`](mod@reference) re-exports the image-name normalization of
 //! `kiln_types::reference`, which the exporters and the registry share.
+//! `testing` (feature `testing`) holds the bodies of the cargo-fuzz targets
+//! in `benches/fuzz`, so their regression inputs replay as a unit test.
 //!
 //! Architecture invariant: this crate does no IO and names no containerd
 //! type. Base image configs come in as data ([`to_graph`]'s `bases`, keyed by
@@ -27,6 +29,8 @@ pub mod metadata;
 pub mod parser;
 pub mod shell;
 pub mod suggest;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 /// Image reference normalization; the rule lives in `kiln_types` so the
 /// registry client and the exporters use the same one.
@@ -36,7 +40,7 @@ use std::collections::BTreeMap;
 
 pub use convert::gocompat::ram_in_bytes;
 pub use convert::{to_graph, Build};
-pub use instructions::{parse, Dockerfile};
+pub use instructions::{parse, parse_with_check, Dockerfile};
 pub use reference::RefError;
 
 /// Errors of the Dockerfile frontend. Every message names the file, and the
@@ -152,6 +156,40 @@ pub struct BuildOptions {
     /// Size in bytes of the `/dev/shm` tmpfs of `RUN` steps (`shm-size`);
     /// 0 leaves the runtime's default.
     pub shm_size: u64,
+    /// Named contexts (`--build-context NAME=VALUE`, the `context:NAME`
+    /// frontend attributes), keyed by [`context_key`] of their name: a
+    /// stage of that name is replaced by the context, and a `FROM`,
+    /// `COPY --from` or `RUN --mount=from=` naming it (as a stage or an
+    /// image reference) reads it.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// What a named context stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A directory of the client, read as `local://<local>` with the
+    /// patterns of its own `.dockerignore` (read by the caller).
+    Local {
+        local: String,
+        excludes: Vec<String>,
+    },
+    /// An image (a normalized reference, maybe with a digest): its
+    /// filesystem and its config, which replaces the base's.
+    Image(String),
+    /// `docker-image://scratch`: an empty filesystem.
+    Scratch,
+}
+
+/// The key a name finds its named context under: the name normalized as
+/// an image reference, so `busybox`, `busybox:latest` and
+/// `docker.io/library/busybox:latest` are one (BuildKit compares familiar
+/// names). `None` for `scratch` and `context`, which BuildKit never looks
+/// up, and for a name that is not a reference.
+pub fn context_key(name: &str) -> Option<String> {
+    if name.eq_ignore_ascii_case("scratch") || name.eq_ignore_ascii_case("context") {
+        return None;
+    }
+    reference::normalize(name).ok()
 }
 
 impl Default for BuildOptions {
@@ -172,6 +210,7 @@ impl Default for BuildOptions {
             extra_hosts: Vec::new(),
             ulimits: Vec::new(),
             shm_size: 0,
+            named_contexts: BTreeMap::new(),
         }
     }
 }

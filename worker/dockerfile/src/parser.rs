@@ -89,6 +89,12 @@ pub struct Flag {
 
 /// Splits `src` into logical lines.
 pub fn split(src: &str, file: &str) -> Result<Lines> {
+    split_with_check(src, file, None)
+}
+
+/// [`split`], with `check` (when `Some`) in place of the `# check=`
+/// directive (see [`crate::instructions::parse_with_check`]).
+pub fn split_with_check(src: &str, file: &str, check: Option<&CheckConfig>) -> Result<Lines> {
     let invalid = |line: usize, message: String| ParseError::Invalid {
         file: file.to_string(),
         line,
@@ -117,10 +123,11 @@ pub fn split(src: &str, file: &str) -> Result<Lines> {
             });
         }
     }
-    let check = match directives::find(src, "check") {
-        Some(d) => CheckConfig::parse(&d.value)
+    let check = match (check, directives::find(src, "check")) {
+        (Some(c), _) => c.clone(),
+        (None, Some(d)) => CheckConfig::parse(&d.value)
             .map_err(|m| invalid(d.line, format!("failed to parse check options: {m}")))?,
-        None => CheckConfig::default(),
+        (None, None) => CheckConfig::default(),
     };
 
     let mut escape = '\\';

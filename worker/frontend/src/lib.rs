@@ -19,7 +19,8 @@
 //! This crate exists because step 2 does file IO, which `kiln-dockerfile`
 //! must not do; it holds no gRPC and no CLI flags.
 
-use kiln_dockerfile::{BuildOptions, ParseError};
+use kiln_dockerfile::directives::CheckConfig;
+use kiln_dockerfile::{BuildOptions, NamedContext, ParseError};
 use kiln_engine::resolve::ResolveMode;
 use kiln_engine::WorkerError;
 use kiln_solver::ImageConfig;
@@ -44,13 +45,18 @@ pub enum FrontendError {
     /// A frontend attribute kiln does not implement.
     #[error("frontend option {key:?} is not supported by kiln")]
     UnsupportedAttribute { key: String },
-    /// `context:NAME` / `--build-context NAME=...`.
-    #[error("named build context {name:?} is not supported yet")]
-    NamedContext { name: String },
+    /// `context:NAME` / `--build-context NAME=...` with a kind of value
+    /// kiln does not implement (an OCI layout, a git or HTTP source, a
+    /// gateway input, another target's result).
+    #[error("named build context {name}={value:?} is not supported yet")]
+    NamedContext { name: String, value: String },
     /// A valid option or build argument whose effect kiln does not
     /// implement yet (another platform, `BUILDKIT_MULTI_PLATFORM`, ...).
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
+    /// `BUILDKIT_DOCKERFILE_CHECK` does not parse (BuildKit's text).
+    #[error("failed to parse build-arg:BUILDKIT_DOCKERFILE_CHECK: {message}")]
+    CheckArg { message: String },
     /// A supported attribute with a value kiln cannot use.
     #[error("invalid frontend option {key}={value:?}: {reason}")]
     InvalidAttribute {
@@ -95,9 +101,9 @@ impl FrontendError {
             FrontendError::UnsupportedAttribute { .. }
             | FrontendError::NamedContext { .. }
             | FrontendError::Unsupported { .. } => ErrorKind::Unimplemented,
-            FrontendError::InvalidAttribute { .. } | FrontendError::Dockerfile(_) => {
-                ErrorKind::InvalidArgument
-            }
+            FrontendError::InvalidAttribute { .. }
+            | FrontendError::CheckArg { .. }
+            | FrontendError::Dockerfile(_) => ErrorKind::InvalidArgument,
             FrontendError::DockerfileNotFound { .. } => ErrorKind::NotFound,
             FrontendError::BadFile { .. } => ErrorKind::InvalidArgument,
             FrontendError::Io { .. } => ErrorKind::Internal,
@@ -141,6 +147,14 @@ pub struct FrontendOptions {
     pub ulimits: Vec<Ulimit>,
     /// `shm-size` (buildx `--shm-size`), in bytes; 0 is the default.
     pub shm_size: u64,
+    /// `context:NAME`: named contexts, keyed by
+    /// [`kiln_dockerfile::context_key`]. A `Local` one's `excludes` are
+    /// empty until the caller reads its `.dockerignore`
+    /// ([`read_context_ignore`]).
+    pub named_contexts: BTreeMap<String, NamedContext>,
+    /// The `BUILDKIT_DOCKERFILE_CHECK` build argument, parsed: when set,
+    /// the build checks' configuration instead of the `# check=` directive.
+    pub check: Option<CheckConfig>,
 }
 
 impl Default for FrontendOptions {
@@ -159,6 +173,8 @@ impl Default for FrontendOptions {
             extra_hosts: Vec::new(),
             ulimits: Vec::new(),
             shm_size: 0,
+            named_contexts: BTreeMap::new(),
+            check: None,
         }
     }
 }
@@ -189,9 +205,8 @@ impl FrontendOptions {
                 // advertise (so buildx never asks for one): they cannot
                 // change the image, so accepting them ignores nothing.
             } else if let Some(name) = key.strip_prefix("context:") {
-                return Err(FrontendError::NamedContext {
-                    name: name.to_string(),
-                });
+                let (key, ctx) = named_context(name, value)?;
+                opts.named_contexts.insert(key, ctx);
             } else {
                 match key {
                     "filename" if !value.is_empty() => opts.filename = check_filename(value)?,
@@ -260,6 +275,58 @@ fn invalid(key: &str, value: &str, reason: impl ToString) -> FrontendError {
     }
 }
 
+/// One `context:NAME=VALUE` attribute, as BuildKit's frontend reads it:
+/// `local:DIR` (a directory the client serves under that local name),
+/// `docker-image://REF` (an image, whose config replaces the base's).
+/// `NAME` may end in `::PLATFORM`, which must be the host's. The result
+/// is keyed by [`kiln_dockerfile::context_key`].
+fn named_context(name: &str, value: &str) -> Result<(String, NamedContext)> {
+    let invalid = |reason: String| FrontendError::InvalidAttribute {
+        key: format!("context:{name}"),
+        value: value.to_string(),
+        reason,
+    };
+    let unsupported = || FrontendError::NamedContext {
+        name: name.to_string(),
+        value: value.to_string(),
+    };
+    let plain = match name.split_once("::") {
+        Some((n, platform)) => {
+            check_platform(platform)?;
+            n
+        }
+        None => name,
+    };
+    let Some(key) = kiln_dockerfile::context_key(plain) else {
+        return Err(invalid(format!(
+            "invalid context name {plain} (a stage name or an image reference, not scratch or context)"
+        )));
+    };
+    let Some((kind, rest)) = value.split_once(':') else {
+        return Err(invalid(format!(
+            "invalid context specifier {value} for {name}"
+        )));
+    };
+    let ctx = match kind {
+        "local" if !rest.is_empty() => NamedContext::Local {
+            local: rest.to_string(),
+            excludes: Vec::new(),
+        },
+        "docker-image" => {
+            let r = rest.strip_prefix("//").unwrap_or(rest);
+            if r == "scratch" {
+                NamedContext::Scratch
+            } else {
+                NamedContext::Image(
+                    kiln_dockerfile::reference::normalize(r).map_err(|e| invalid(e.to_string()))?,
+                )
+            }
+        }
+        _ => return Err(unsupported()),
+    };
+    Ok((key, ctx))
+}
+
 /// `image-resolve-mode` (buildx and nerdctl `--pull`, `--pull=false`):
 /// `default`, `pull` or `local`, applied by the engine's one rule.
 fn resolve_mode(value: &str) -> Result<ResolveMode> {
@@ -325,6 +392,7 @@ fn check_multi_platform(key: &str, value: &str) -> Result<()> {
 fn check_buildkit_args(opts: &mut FrontendOptions) -> Result<()> {
     let unsupported = |what: String| Err(FrontendError::Unsupported { what });
     let mut hostname = None;
+    let mut check = None;
     for (key, value) in &opts.build_args {
         let on = || parse_go_bool(value).unwrap_or(!value.is_empty());
         match key.as_str() {
@@ -344,8 +412,12 @@ fn check_buildkit_args(opts: &mut FrontendOptions) -> Result<()> {
             {
                 return unsupported(format!("{key}={value} (a frontend image)"))
             }
-            "BUILDKIT_DOCKERFILE_CHECK" if !value.is_empty() => {
-                return unsupported(format!("{key}={value} (build checks as a build argument)"))
+            // Replaces the file's `# check=` directive, as in BuildKit.
+            "BUILDKIT_DOCKERFILE_CHECK" => {
+                check = Some(
+                    CheckConfig::parse(value)
+                        .map_err(|message| FrontendError::CheckArg { message })?,
+                )
             }
             "BUILDKIT_DISABLE_FILEOP" if on() => return Err(FrontendError::InvalidAttribute {
                 key: format!("build-arg:{key}"),
@@ -360,6 +432,7 @@ fn check_buildkit_args(opts: &mut FrontendOptions) -> Result<()> {
     if let Some(h) = hostname {
         opts.hostname = h;
     }
+    opts.check = check;
     Ok(())
 }
 
@@ -424,24 +497,62 @@ pub fn read_dockerfile(
     };
     let excludes = match ignore {
         None => Vec::new(),
-        Some((name, t)) => {
-            let excludes = kiln_context::ignore::parse_dockerignore(&t);
-            // Refused here, naming the file, rather than by whichever
-            // sender or matcher meets the patterns later.
-            kiln_context::ignore::PatternMatcher::new(&excludes).map_err(|e| {
-                FrontendError::BadFile {
-                    name,
-                    reason: e.to_string(),
-                }
-            })?;
-            excludes
-        }
+        Some((name, t)) => ignore_patterns(name, &t)?,
     };
     Ok(DockerfileSource {
         filename: filename.to_string(),
         text,
         excludes,
     })
+}
+
+/// The ignore patterns of a named local context: its own `.dockerignore`
+/// (at the top of `dir`), as BuildKit reads it; neither the main
+/// context's nor the Dockerfile's ignore file applies to it.
+pub fn read_context_ignore(dir: &Path) -> Result<Vec<String>> {
+    match read_beneath(dir, CONTEXT_IGNORE_FILE)? {
+        Some(text) => ignore_patterns(CONTEXT_IGNORE_FILE.to_string(), &text),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The patterns of the ignore file `name`, checked: unusable ones are
+/// refused here, naming the file, rather than by whichever sender or
+/// matcher meets them later.
+fn ignore_patterns(name: String, text: &str) -> Result<Vec<String>> {
+    let excludes = kiln_context::ignore::parse_dockerignore(text);
+    kiln_context::ignore::PatternMatcher::new(&excludes).map_err(|e| FrontendError::BadFile {
+        name,
+        reason: e.to_string(),
+    })?;
+    Ok(excludes)
+}
+
+/// The local names of the named contexts that are directories, whose
+/// `.dockerignore` the caller reads ([`read_context_ignore`]) and whose
+/// files it serves to the build under that name.
+pub fn local_contexts(opts: &FrontendOptions) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for ctx in opts.named_contexts.values() {
+        if let NamedContext::Local { local, .. } = ctx {
+            if !out.contains(local) {
+                out.push(local.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Sets the exclude patterns of every named context read from the local
+/// directory `local`.
+pub fn set_context_excludes(opts: &mut FrontendOptions, local: &str, patterns: &[String]) {
+    for ctx in opts.named_contexts.values_mut() {
+        if let NamedContext::Local { local: l, excludes } = ctx {
+            if l == local {
+                *excludes = patterns.to_vec();
+            }
+        }
+    }
 }
 
 /// The text of `name` beneath `root`, `None` if there is no such file.
@@ -535,6 +646,7 @@ pub fn build_options(source: &DockerfileSource, opts: &FrontendOptions) -> Build
         extra_hosts: opts.extra_hosts.clone(),
         ulimits: opts.ulimits.clone(),
         shm_size: opts.shm_size,
+        named_contexts: opts.named_contexts.clone(),
     }
 }
 
@@ -547,7 +659,8 @@ pub async fn plan<I: ImageConfigs>(
     images: &I,
 ) -> Result<kiln_dockerfile::Build> {
     let build_opts = build_options(source, opts);
-    let df = kiln_dockerfile::parse(&source.text, &source.filename)?;
+    let df =
+        kiln_dockerfile::parse_with_check(&source.text, &source.filename, opts.check.as_ref())?;
     let mut bases = BTreeMap::new();
     for image in df.base_images(&build_opts)? {
         let cfg = match images.image_config(&image).await {

@@ -93,14 +93,6 @@ fn unsupported_attributes_fail_naming_the_key() {
         "frontend option \"cgroup-parent\" is not supported by kiln"
     );
     assert_eq!(e.kind(), ErrorKind::Unimplemented);
-
-    let e = FrontendOptions::from_attrs(&attrs(&[("context:base", "docker-image://alpine")]))
-        .expect_err("named contexts are not implemented");
-    assert_eq!(
-        e.to_string(),
-        "named build context \"base\" is not supported yet"
-    );
-    assert_eq!(e.kind(), ErrorKind::Unimplemented);
 }
 
 #[test]
@@ -469,5 +461,146 @@ fn an_ignore_file_with_unusable_patterns_is_refused_naming_it() {
     assert_eq!(
         e.to_string(),
         "cannot read Dockerfile.dockerignore: syntax error in pattern \"[\""
+    );
+}
+
+#[tokio::test]
+async fn the_dockerfile_check_build_argument_replaces_the_check_directive() {
+    let mut images = FakeImages::default();
+    images.configs.insert(
+        "docker.io/library/busybox:latest".to_string(),
+        ImageConfig::default(),
+    );
+    // The file's one warning is MaintainerDeprecated.
+    let text = "# check=skip=all\nFROM busybox\nMAINTAINER me\n";
+    let quiet = plan(&source(text, &[]), &FrontendOptions::default(), &images)
+        .await
+        .expect("the directive skips every rule");
+    assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
+
+    let opts = FrontendOptions::from_attrs(&attrs(&[(
+        "build-arg:BUILDKIT_DOCKERFILE_CHECK",
+        "error=true",
+    )]))
+    .expect("a valid check configuration");
+    let e = plan(&source(text, &[]), &opts, &images)
+        .await
+        .expect_err("the argument's error=true wins and nothing is skipped");
+    assert_eq!(
+        e.to_string(),
+        "Dockerfile: lint violation found for rules: MaintainerDeprecated"
+    );
+
+    let skip = FrontendOptions::from_attrs(&attrs(&[(
+        "build-arg:BUILDKIT_DOCKERFILE_CHECK",
+        "skip=MaintainerDeprecated;error=true",
+    )]))
+    .expect("a valid check configuration");
+    // A malformed directive is not even read when the argument is set.
+    let bad_directive = "# check=bogus\nFROM busybox\nMAINTAINER me\n";
+    let built = plan(&source(bad_directive, &[]), &skip, &images)
+        .await
+        .expect("the skipped rule does not fail the build");
+    assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+
+    let e = FrontendOptions::from_attrs(&attrs(&[(
+        "build-arg:BUILDKIT_DOCKERFILE_CHECK",
+        "error=maybe",
+    )]))
+    .expect_err("not a boolean");
+    assert_eq!(
+        e.to_string(),
+        "failed to parse build-arg:BUILDKIT_DOCKERFILE_CHECK: failed to parse check option \"error=maybe\": strconv.ParseBool: parsing \"maybe\": invalid syntax"
+    );
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn named_contexts_are_directories_or_images_and_other_kinds_fail_by_value() {
+    let o = FrontendOptions::from_attrs(&attrs(&[
+        ("context:base", "docker-image://alpine:3.20"),
+        ("context:docker.io/library/busybox:latest", "local:bb"),
+        ("context:tools", "local:tools"),
+        ("context:empty", "docker-image://scratch"),
+    ]))
+    .expect("supported kinds");
+    let key = |n: &str| kiln_dockerfile::context_key(n).expect("a name");
+    assert_eq!(
+        o.named_contexts.get(&key("base")),
+        Some(&NamedContext::Image(
+            "docker.io/library/alpine:3.20".to_string()
+        ))
+    );
+    // Keyed like BuildKit's familiar names: `busybox` finds it.
+    assert_eq!(
+        o.named_contexts.get(&key("busybox")),
+        Some(&NamedContext::Local {
+            local: "bb".to_string(),
+            excludes: Vec::new()
+        })
+    );
+    assert_eq!(
+        o.named_contexts.get(&key("empty")),
+        Some(&NamedContext::Scratch)
+    );
+    assert_eq!(local_contexts(&o), ["bb", "tools"]);
+    let mut o = o;
+    set_context_excludes(&mut o, "tools", &["*.log".to_string()]);
+    assert_eq!(
+        o.named_contexts.get(&key("tools")),
+        Some(&NamedContext::Local {
+            local: "tools".to_string(),
+            excludes: vec!["*.log".to_string()]
+        })
+    );
+
+    for value in [
+        "oci-layout://store/app@sha256:0000",
+        "input:other",
+        "target:build",
+        "https://example.invalid/ctx.tar",
+        "git@example.invalid:repo.git",
+    ] {
+        let e = FrontendOptions::from_attrs(&attrs(&[("context:base", value)])).expect_err(value);
+        assert_eq!(
+            e.to_string(),
+            format!("named build context base={value:?} is not supported yet")
+        );
+        assert_eq!(e.kind(), ErrorKind::Unimplemented);
+    }
+    for (name, value) in [
+        ("base", "nocolon"),
+        ("base", "docker-image://UPPER"),
+        ("context", "local:x"),
+        ("Bad", "local:x"),
+    ] {
+        let e = FrontendOptions::from_attrs(&attrs(&[(&format!("context:{name}"), value)]))
+            .expect_err(value);
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    }
+    // A platform-specific name must be for the host.
+    let host = kiln_engine::oci::host_platform();
+    let here = format!("{}/{}", host.os(), host.architecture());
+    FrontendOptions::from_attrs(&attrs(&[(&format!("context:base::{here}"), "local:b")]))
+        .expect("the host's platform");
+    let e = FrontendOptions::from_attrs(&attrs(&[("context:base::plan9/mips", "local:b")]))
+        .expect_err("another platform");
+    assert_eq!(e.kind(), ErrorKind::Unimplemented);
+}
+
+#[test]
+fn a_named_directory_has_its_own_ignore_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(read_context_ignore(dir.path()).expect("none").is_empty());
+    write(dir.path(), ".dockerignore", "# comment\n*.log\n!keep.log\n");
+    assert_eq!(
+        read_context_ignore(dir.path()).expect("read"),
+        ["*.log", "!keep.log"]
+    );
+    write(dir.path(), ".dockerignore", "[\n");
+    let e = read_context_ignore(dir.path()).expect_err("an unusable pattern");
+    assert!(
+        e.to_string().starts_with("cannot read .dockerignore: "),
+        "{e}"
     );
 }

@@ -23,7 +23,7 @@ use crate::instructions::{
 };
 use crate::reference::normalize;
 use crate::shell::{add_env, lookup, Lex};
-use crate::{BuildOptions, ParseError, Result};
+use crate::{context_key, BuildOptions, NamedContext, ParseError, Result};
 use kiln_solver::{
     CacheSharing, ChownOpt, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
     FileMkDir, FileMkFile, FileOp, Graph, HistoryEntry, ImageConfig, MergeOp, Meta, Mount,
@@ -132,6 +132,7 @@ pub fn to_graph(
         graph: Graph::default(),
         context: None,
         images: BTreeMap::new(),
+        locals: BTreeMap::new(),
         states: vec![None; df.stages.len()],
         stages_built: Vec::new(),
         plan,
@@ -218,6 +219,8 @@ struct Converter<'a> {
     plan: Plan,
     context: Option<VertexId>,
     images: BTreeMap<String, VertexId>,
+    /// The sources of named local contexts, by local name and excludes.
+    locals: BTreeMap<(String, Vec<String>), VertexId>,
     states: Vec<Option<StageState>>,
     stages_built: Vec<String>,
     /// Bytes of step definitions emitted so far (see [`MAX_GRAPH_BYTES`]).
@@ -435,6 +438,33 @@ impl Converter<'_> {
         Ok(Self::edge(v))
     }
 
+    /// The `local://<local>` source of a named context, one per local
+    /// name and exclude patterns.
+    fn local_source(&mut self, local: &str, excludes: &[String]) -> Result<Edge> {
+        let key = (local.to_string(), excludes.to_vec());
+        if let Some(v) = self.locals.get(&key) {
+            return Ok(Self::edge(*v));
+        }
+        let mut attrs = BTreeMap::new();
+        if !excludes.is_empty() {
+            let json =
+                serde_json::to_string(excludes).expect("a list of strings serializes to JSON");
+            attrs.insert("local.excludepatterns".to_string(), json);
+        }
+        let v = self.add(Vertex {
+            op: Op::Source(SourceOp {
+                identifier: format!("local://{local}"),
+                attrs,
+            }),
+            inputs: Vec::new(),
+            name: format!("[context {local}] load from client"),
+            location: None,
+            ignore_cache: self.opts.no_cache,
+        })?;
+        self.locals.insert(key, v);
+        Ok(Self::edge(v))
+    }
+
     /// A `docker-image://` source for `--from=<image>`, one per ref.
     fn image_source(&mut self, reference: &str, line: usize) -> Result<Edge> {
         if let Some(v) = self.images.get(reference) {
@@ -456,12 +486,14 @@ impl Converter<'_> {
 
     /// The filesystem `--from` names: a stage's state or an image.
     fn source_edge(&mut self, from: &str, current: usize, line: usize) -> Result<Option<Edge>> {
-        match resolve_source(self.df, from, current, &self.opts.filename, line)? {
+        match resolve_source(self.df, self.opts, from, current, line)? {
             Source::Stage(j) => match &self.states[j] {
                 Some(st) => Ok(st.edge),
                 None => Err(self.file_err(line, format!("stage {from:?} was not built"))),
             },
             Source::Image(r) => self.image_source(&r, line).map(Some),
+            Source::Local { local, excludes } => self.local_source(&local, &excludes).map(Some),
+            Source::Scratch => Ok(None),
         }
     }
 
@@ -490,9 +522,13 @@ impl Converter<'_> {
     fn dispatch_stage_inner(&mut self, i: usize) -> Result<StageState> {
         let df = self.df;
         let stage: &Stage = &df.stages[i];
+        // A stage a named context replaces is that context alone.
+        let replaced = self.plan.stages[i].replaced;
+        let commands: &[Command] = if replaced { &[] } else { &stage.commands };
         // ONBUILD triggers of the base (an image's `OnBuild`, or the
         // parent stage's own ONBUILD lines) run first, in order.
         let triggers = match &self.plan.stages[i].base {
+            _ if replaced => Vec::new(),
             Base::Stage(j) => self.states[*j]
                 .as_ref()
                 .map(|s| s.config.on_build.clone())
@@ -502,12 +538,12 @@ impl Converter<'_> {
                 .get(r)
                 .map(|c| c.on_build.clone())
                 .unwrap_or_default(),
-            Base::Scratch => Vec::new(),
+            Base::Scratch | Base::Local { .. } => Vec::new(),
         };
         let triggers = self.onbuild_commands(&triggers, stage.line)?;
         let total = triggers
             .iter()
-            .chain(&stage.commands)
+            .chain(commands)
             .filter(|c| {
                 matches!(
                     c.instruction,
@@ -515,7 +551,10 @@ impl Converter<'_> {
                 )
             })
             .count()
-            + usize::from(matches!(self.plan.stages[i].base, Base::Image(_)));
+            + usize::from(matches!(
+                self.plan.stages[i].base,
+                Base::Image(_) | Base::Local { .. }
+            ));
         let mut progress = Progress {
             label: self.plan.display[i].clone(),
             index: 0,
@@ -531,12 +570,14 @@ impl Converter<'_> {
                     ..parent
                 }
             }
-            Base::Scratch => {
-                let config = ImageConfig {
-                    working_dir: "/".into(),
-                    ..ImageConfig::default()
-                };
-                self.new_state(None, config)
+            Base::Scratch => self.new_state(None, scratch_config()),
+            // A directory has no config: the stage starts as on scratch.
+            Base::Local { local, excludes } => {
+                let edge = self.local_source(&local, &excludes)?;
+                // The source counts in the stage's steps but is named
+                // after the context, as in BuildKit.
+                let _ = progress.name("");
+                self.new_state(Some(edge), scratch_config())
             }
             Base::Image(r) => {
                 let Some(config) = self.bases.get(&r).cloned() else {
@@ -560,9 +601,11 @@ impl Converter<'_> {
             }
         };
         // The triggers are consumed: the result keeps only this stage's
-        // own ONBUILD lines.
-        st.config.on_build.clear();
-        for c in triggers.iter().chain(&stage.commands) {
+        // own ONBUILD lines (a replacing image keeps its own, as BuildKit).
+        if !replaced {
+            st.config.on_build.clear();
+        }
+        for c in triggers.iter().chain(commands) {
             self.dispatch(i, &mut st, &mut progress, c)?;
         }
         Ok(st)
@@ -909,6 +952,14 @@ fn at_line(e: ParseError, at: usize) -> ParseError {
             err,
         },
         other => other,
+    }
+}
+
+/// The config of a stage on scratch (or on a named context's directory).
+fn scratch_config() -> ImageConfig {
+    ImageConfig {
+        working_dir: "/".into(),
+        ..ImageConfig::default()
     }
 }
 

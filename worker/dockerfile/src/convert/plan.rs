@@ -11,17 +11,54 @@ pub(super) enum Base {
     Stage(usize),
     /// A normalized image ref.
     Image(String),
+    /// A named context's directory (`local://<local>`).
+    Local {
+        local: String,
+        excludes: Vec<String>,
+    },
+}
+
+impl Base {
+    /// What a stage reading the named context `ctx` starts from.
+    fn of_context(ctx: &NamedContext) -> Base {
+        match ctx {
+            NamedContext::Local { local, excludes } => Base::Local {
+                local: local.clone(),
+                excludes: excludes.clone(),
+            },
+            NamedContext::Image(r) => Base::Image(r.clone()),
+            NamedContext::Scratch => Base::Scratch,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub(super) struct StagePlan {
     pub(super) base: Base,
+    /// A named context of the stage's name replaces it: the stage is the
+    /// context (`base`), and its own `FROM` and commands are not used.
+    pub(super) replaced: bool,
 }
 
 /// Where `COPY --from` / `--mount from=` reads.
 pub(super) enum Source {
     Stage(usize),
     Image(String),
+    /// A named context's directory.
+    Local {
+        local: String,
+        excludes: Vec<String>,
+    },
+    /// A named context that is `docker-image://scratch`.
+    Scratch,
+}
+
+/// The named context `name` refers to, if any (see [`context_key`]).
+pub(super) fn named_context<'a>(opts: &'a BuildOptions, name: &str) -> Option<&'a NamedContext> {
+    if opts.named_contexts.is_empty() {
+        return None;
+    }
+    context_key(name).and_then(|k| opts.named_contexts.get(&k))
 }
 
 /// The stage structure, computed before any vertex is emitted: global
@@ -120,6 +157,13 @@ impl Plan {
                     });
                 }
             }
+            if let Some(ctx) = s.name.as_deref().and_then(|n| named_context(opts, n)) {
+                stages.push(StagePlan {
+                    base: Base::of_context(ctx),
+                    replaced: true,
+                });
+                continue;
+            }
             let lower = base_name.to_lowercase();
             let base = if lower == "scratch" {
                 Base::Scratch
@@ -130,6 +174,8 @@ impl Plan {
                 Base::Stage(j)
             } else if let Some(j) = lower.parse::<usize>().ok().filter(|j| *j < i) {
                 Base::Stage(j)
+            } else if let Some(ctx) = named_context(opts, &base_name) {
+                Base::of_context(ctx)
             } else {
                 Base::Image(normalize(&base_name).map_err(|err| ParseError::Reference {
                     file: file.clone(),
@@ -137,7 +183,10 @@ impl Plan {
                     err,
                 })?)
             };
-            stages.push(StagePlan { base });
+            stages.push(StagePlan {
+                base,
+                replaced: false,
+            });
         }
 
         let target = match &opts.target {
@@ -166,17 +215,27 @@ impl Plan {
         let mut deps: Vec<Vec<usize>> = Vec::new();
         for (i, s) in df.stages.iter().enumerate() {
             let mut d = Vec::new();
+            if stages[i].replaced {
+                // Nothing of the stage's own text is used.
+                deps.push(d);
+                continue;
+            }
             if let Base::Stage(j) = stages[i].base {
                 d.push(j);
                 // The parent's ONBUILD triggers run here: what they read
                 // `--from` is needed by this stage.
-                for c in &df.stages[j].commands {
+                let parent = if stages[j].replaced {
+                    &[][..]
+                } else {
+                    &df.stages[j].commands[..]
+                };
+                for c in parent {
                     if let Instruction::Onbuild(t) = &c.instruction {
                         let trigger = super::parse_trigger(t, file, s.line)?;
                         for from in from_refs(&trigger) {
-                            match resolve_source(df, from, i, file, s.line)? {
+                            match resolve_source(df, opts, from, i, s.line)? {
                                 Source::Stage(k) => d.push(k),
-                                Source::Image(_) => image_sources += 1,
+                                _ => image_sources += 1,
                             }
                         }
                     }
@@ -184,9 +243,9 @@ impl Plan {
             }
             for c in &s.commands {
                 for from in from_refs(c) {
-                    match resolve_source(df, from, i, file, c.line)? {
+                    match resolve_source(df, opts, from, i, c.line)? {
                         Source::Stage(j) => d.push(j),
-                        Source::Image(_) => image_sources += 1,
+                        _ => image_sources += 1,
                     }
                 }
             }
@@ -239,14 +298,16 @@ pub(super) fn from_refs(c: &Command) -> Vec<&str> {
     }
 }
 
-/// Resolves `--from=<name|index|image>` seen in stage `current`.
+/// Resolves `--from=<name|index|named context|image>` seen in stage
+/// `current`.
 pub(super) fn resolve_source(
     df: &Dockerfile,
+    opts: &BuildOptions,
     from: &str,
     current: usize,
-    file: &str,
     line: usize,
 ) -> Result<Source> {
+    let file = opts.filename.as_str();
     let invalid = |message: String| ParseError::Invalid {
         file: file.to_string(),
         line,
@@ -279,12 +340,20 @@ pub(super) fn resolve_source(
             "cannot copy from stage {from:?}, it needs to be defined before current stage {:?}",
             stage_label(current)
         ))),
-        None => normalize(from)
-            .map(Source::Image)
-            .map_err(|err| ParseError::Reference {
-                file: file.to_string(),
-                line,
-                err,
+        None => match named_context(opts, from) {
+            Some(NamedContext::Local { local, excludes }) => Ok(Source::Local {
+                local: local.clone(),
+                excludes: excludes.clone(),
             }),
+            Some(NamedContext::Image(r)) => Ok(Source::Image(r.clone())),
+            Some(NamedContext::Scratch) => Ok(Source::Scratch),
+            None => normalize(from)
+                .map(Source::Image)
+                .map_err(|err| ParseError::Reference {
+                    file: file.to_string(),
+                    line,
+                    err,
+                }),
+        },
     }
 }

@@ -1290,3 +1290,131 @@ built ["0"]"#,
         check(src, err);
     }
 }
+
+fn with_contexts(pairs: &[(&str, NamedContext)]) -> BuildOptions {
+    BuildOptions {
+        named_contexts: pairs
+            .iter()
+            .map(|(n, c)| (context_key(n).expect("a context name"), c.clone()))
+            .collect(),
+        ..opts()
+    }
+}
+
+fn local(name: &str, excludes: &[&str]) -> NamedContext {
+    NamedContext::Local {
+        local: name.to_string(),
+        excludes: excludes.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_named_context_replaces_the_stage_of_its_name() {
+    let src = "FROM busybox AS base\nRUN echo must not run\nONBUILD RUN no\n\
+               FROM base\nCOPY --from=base /a /b\nRUN cat /b\n";
+    let b = build(src, &with_contexts(&[("base", local("base", &["*.tmp"]))])).expect("build");
+    // The stage's base image and RUN are gone; FROM base and COPY
+    // --from=base both read the directory, with its own excludes.
+    assert_eq!(sources(&b), ["local://base"]);
+    assert_eq!(b.stages_built, ["base", "1"]);
+    let src_op = b
+        .graph
+        .vertices
+        .iter()
+        .find_map(|v| match &v.op {
+            Op::Source(s) => Some(s),
+            _ => None,
+        })
+        .expect("a source");
+    assert_eq!(
+        src_op
+            .attrs
+            .get("local.excludepatterns")
+            .map(String::as_str),
+        Some("[\"*.tmp\"]")
+    );
+    let runs: Vec<&Vec<String>> = execs(&b).iter().map(|e| &e.meta.args).collect();
+    assert_eq!(
+        runs,
+        [&vec!["/bin/sh".to_string(), "-c".into(), "cat /b".into()]]
+    );
+
+    // An image context: its config is the stage's, and the image is the
+    // one resolved.
+    let b = build(
+        src,
+        &with_contexts(&[(
+            "base",
+            NamedContext::Image("docker.io/library/alpine:3.20".into()),
+        )]),
+    )
+    .expect("build");
+    assert_eq!(
+        sources(&b),
+        ["docker-image://docker.io/library/alpine:3.20"]
+    );
+    assert_eq!(
+        b.config.labels.get("base").map(String::as_str),
+        Some("docker.io/library/alpine:3.20")
+    );
+}
+
+#[test]
+fn a_named_context_replaces_an_image_by_its_reference() {
+    // `busybox` finds the context given as `docker.io/library/busybox`,
+    // for FROM, COPY --from and RUN --mount=from alike.
+    let src = "FROM docker.io/library/busybox:latest\n\
+               COPY --from=busybox /x /x\n\
+               RUN --mount=from=busybox:latest,target=/m cat /m/x\n";
+    let o = with_contexts(&[("docker.io/library/busybox", local("bb", &[]))]);
+    let b = build(src, &o).expect("build");
+    assert_eq!(sources(&b), ["local://bb"]);
+    // A directory has no config: the stage starts as on scratch.
+    assert_eq!(b.config.env, [format!("PATH={DEFAULT_PATH}")]);
+    assert_eq!(
+        vertex_names(&b)[0],
+        "[context bb] load from client",
+        "{:?}",
+        vertex_names(&b)
+    );
+    let dfile = parse(src, "Dockerfile").expect("parse");
+    assert!(
+        dfile.base_images(&o).expect("bases").is_empty(),
+        "no base image is resolved for a directory"
+    );
+
+    // An image context in place of another image.
+    let o = with_contexts(&[(
+        "busybox",
+        NamedContext::Image(format!(
+            "docker.io/library/busybox@sha256:{}",
+            "a".repeat(64)
+        )),
+    )]);
+    let dfile = parse(src, "Dockerfile").expect("parse");
+    let want = format!("docker.io/library/busybox@sha256:{}", "a".repeat(64));
+    assert_eq!(
+        dfile.base_images(&o).expect("bases"),
+        std::slice::from_ref(&want)
+    );
+    let b = build(src, &o).expect("build");
+    let mut read = sources(&b);
+    read.dedup();
+    assert_eq!(read, [format!("docker-image://{want}")]);
+
+    // scratch is never looked up; docker-image://scratch is empty.
+    let b = build(
+        "FROM scratch\nCOPY --from=tools / /\n",
+        &with_contexts(&[("tools", NamedContext::Scratch)]),
+    )
+    .expect("build");
+    assert!(sources(&b).is_empty(), "{:?}", sources(&b));
+}
+
+#[test]
+fn stages_without_a_named_context_are_unchanged() {
+    let src = "FROM busybox AS base\nRUN true\nFROM base\n";
+    let plain = build(src, &opts()).expect("build");
+    let other = build(src, &with_contexts(&[("unrelated", local("u", &[]))])).expect("build");
+    assert_eq!(render(&plain), render(&other));
+}
