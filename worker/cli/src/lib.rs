@@ -794,6 +794,7 @@ async fn build(
         pinned,
         push,
         secrets,
+        ssh: kiln_engine::ssh::none(),
     };
 
     let cancel = CancellationToken::new();

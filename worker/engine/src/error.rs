@@ -80,6 +80,13 @@ pub enum WorkerError {
         #[source]
         source: crate::secrets::SecretError,
     },
+    /// An SSH agent the step needs is not forwarded or not reachable.
+    #[error("{location}{source}")]
+    Ssh {
+        location: String,
+        #[source]
+        source: crate::ssh::SshError,
+    },
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -131,7 +138,8 @@ impl WorkerError {
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,
             WorkerError::StepFailed { .. }
             | WorkerError::FileOp { .. }
-            | WorkerError::Secret { .. } => ErrorKind::FailedPrecondition,
+            | WorkerError::Secret { .. }
+            | WorkerError::Ssh { .. } => ErrorKind::FailedPrecondition,
             WorkerError::Unsupported { .. } => ErrorKind::Unimplemented,
             WorkerError::Io { .. } | WorkerError::Panicked { .. } => ErrorKind::Internal,
             WorkerError::Cancelled => ErrorKind::Cancelled,

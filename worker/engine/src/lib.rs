@@ -33,6 +33,7 @@ pub mod remotecache;
 pub mod resolve;
 pub mod secrets;
 pub mod services;
+pub mod ssh;
 pub mod steplog;
 pub mod sweep;
 

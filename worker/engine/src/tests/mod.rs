@@ -6,6 +6,7 @@
 
 mod claim;
 mod remotecache;
+mod ssh;
 
 use crate::cache;
 use crate::error::WorkerError;
@@ -182,6 +183,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         pinned: Default::default(),
         push: None,
         secrets: crate::secrets::none(),
+        ssh: crate::ssh::none(),
     }
 }
 
