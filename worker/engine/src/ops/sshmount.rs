@@ -62,7 +62,16 @@ impl StepRunner {
         let listener = (|| {
             std::fs::create_dir_all(&dir)?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-            let listener = tokio::net::UnixListener::bind(&path)?;
+            // A socket's path is limited to 107 bytes and the build's
+            // mount dir may be deeper than that: bind through the
+            // directory's descriptor, whose /proc path is short.
+            let handle = std::fs::File::open(&dir)?;
+            let short = format!(
+                "/proc/self/fd/{}/ssh_auth_sock",
+                std::os::fd::AsRawFd::as_raw_fd(&handle)
+            );
+            let listener = tokio::net::UnixListener::bind(&short)?;
+            drop(handle);
             std::os::unix::fs::chown(&path, Some(s.uid), Some(s.gid))?;
             std::fs::set_permissions(
                 &path,
