@@ -40,10 +40,14 @@ impl SshSource for Mirror {
     }
 }
 
+/// What a step saw of one socket: target, the agent's answer, uid, gid
+/// and mode.
+type Seen = (String, String, u32, u32, u32);
+
 /// A step that talks to its ssh socket and records what it saw.
 #[derive(Clone, Default)]
 struct Talker {
-    seen: Arc<Mutex<Vec<(String, String, u32, u32, u32)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     sockets: Arc<Mutex<Vec<std::path::PathBuf>>>,
 }
 
