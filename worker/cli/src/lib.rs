@@ -10,6 +10,7 @@ mod cacheflags;
 mod progress;
 mod remote;
 mod secrets;
+mod ssh;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -209,6 +210,11 @@ struct BuildArgs {
     /// when set, else the file ID).
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
+    /// An SSH agent for RUN --mount=type=ssh: default|ID[=SOCKET]
+    /// (repeatable; without a socket, $SSH_AUTH_SOCK). Key files are not
+    /// supported yet.
+    #[arg(long = "ssh", value_name = "SPEC")]
+    ssh: Vec<String>,
     /// Build context directory.
     context: PathBuf,
 }
@@ -738,6 +744,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let outputs = remote_outputs(&args.outputs, args.push)?;
     let secrets = secrets::Secrets::parse(&args.secrets)?;
+    let ssh = ssh::Agents::parse(&args.ssh)?.session();
     let tags = args
         .tags
         .iter()
@@ -759,6 +766,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             cache_exports,
             cache_imports,
             secrets,
+            ssh,
         },
         tx,
     )
@@ -822,6 +830,8 @@ async fn build(
     let (cache_exports, cache_imports) = cacheflags::parsed(&cache_exports, &cache_imports)?;
     let secrets: std::sync::Arc<dyn kiln_engine::secrets::SecretSource> =
         std::sync::Arc::new(secrets::Secrets::parse(&args.secrets)?);
+    let ssh: std::sync::Arc<dyn kiln_engine::ssh::SshSource> =
+        std::sync::Arc::new(ssh::Agents::parse(&args.ssh)?);
     let df_dir = dockerfile.parent().unwrap_or(&context);
     let source = kiln_frontend::read_dockerfile(df_dir, &opts.filename, &context)?;
     let out = parse_outputs(&args.outputs, args.push)?;
@@ -910,6 +920,7 @@ async fn build(
         pinned,
         push,
         secrets,
+        ssh,
     };
 
     let cancel = CancellationToken::new();

@@ -70,6 +70,9 @@ pub struct RemoteBuild {
     pub cache_imports: Vec<crate::cacheflags::Entry>,
     /// `--secret` specs, served to the daemon through the session.
     pub secrets: crate::secrets::Secrets,
+    /// `--ssh` agents, served to the daemon through the session (no SSH
+    /// service without `--ssh`, as buildx).
+    pub ssh: Option<kiln_session::ssh::ForwardedAgents>,
 }
 
 /// TLS settings for `tcp://` daemons (buildctl's `--tlscacert`,
@@ -356,6 +359,12 @@ pub async fn build(
         kiln_session::secrets::SecretsServerImpl::new(Arc::new(b.secrets.clone())).into_service(),
         kiln_session::secrets::SecretsServerImpl::METHODS,
     );
+    if let Some(agents) = b.ssh.clone() {
+        services.add(
+            kiln_session::ssh::SshServerImpl::new(agents).into_service(),
+            kiln_session::ssh::SshServerImpl::METHODS,
+        );
+    }
     if targets
         .iter()
         .any(|t| !matches!(t, FileSendTarget::Bytes { dest: None }))

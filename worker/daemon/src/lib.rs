@@ -21,6 +21,7 @@ mod registry;
 mod secrets;
 mod sessions;
 mod solve;
+mod ssh;
 mod state;
 mod status;
 mod tenants;

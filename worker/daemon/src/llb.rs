@@ -6,8 +6,8 @@ use kiln_proto::llb;
 use kiln_solver::{
     CacheSharing, ChownOpt, Digest, Edge, ExecOp, FileAction, FileActionKind, FileCopy, FileInput,
     FileMkDir, FileMkFile, FileOp, FileRm, FileSymlink, Graph, HostIp, MergeOp, Meta, Mount,
-    MountType, NetMode, Op, ProxyEnv, SecretEnv, SecretMount, SecurityMode, SourceOp, Ulimit,
-    UserOpt, Vertex, VertexId,
+    MountType, NetMode, Op, ProxyEnv, SecretEnv, SecretMount, SecurityMode, SourceOp, SshMount,
+    Ulimit, UserOpt, Vertex, VertexId,
 };
 use prost::Message;
 use std::collections::HashMap;
@@ -173,6 +173,18 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                             mode: o.mode,
                         })
                     }
+                    Ok(llb::MountType::Ssh) => {
+                        // An empty id is `default`, resolved where the
+                        // agent is asked for, as BuildKit does.
+                        let o = m.ssh_opt.clone().unwrap_or_default();
+                        MountType::Ssh(SshMount {
+                            id: o.id,
+                            optional: o.optional,
+                            uid: o.uid,
+                            gid: o.gid,
+                            mode: o.mode,
+                        })
+                    }
                     Ok(llb::MountType::Tmpfs) => MountType::Tmpfs {
                         size: m
                             .tmpfs_opt
@@ -180,11 +192,6 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                             .map(|t| t.size.max(0) as u64)
                             .unwrap_or(0),
                     },
-                    Ok(other) => {
-                        return Err(LlbError::Unsupported {
-                            what: format!("{} mount", other.as_str_name().to_lowercase()),
-                        })
-                    }
                     Err(_) => return Err(invalid(format!("unknown mount type {}", m.mount_type))),
                 };
                 if let Some(i) = opt_index(m.input) {
@@ -578,6 +585,56 @@ mod tests {
             }
             other => panic!("not an exec: {other:?}"),
         }
+    }
+
+    #[test]
+    fn ssh_mounts_keep_id_owner_mode_and_optional() {
+        let exec = llb::Op {
+            op: Some(llb::op::Op::Exec(llb::ExecOp {
+                meta: Some(llb::Meta {
+                    args: vec!["ssh-add".into(), "-l".into()],
+                    ..Default::default()
+                }),
+                mounts: vec![
+                    llb::Mount {
+                        input: -1,
+                        dest: "/".into(),
+                        output: 0,
+                        ..Default::default()
+                    },
+                    llb::Mount {
+                        input: -1,
+                        dest: "/run/buildkit/ssh_agent.0".into(),
+                        output: -1,
+                        mount_type: llb::MountType::Ssh as i32,
+                        ssh_opt: Some(llb::SshOpt {
+                            id: "gh".into(),
+                            uid: 1,
+                            gid: 2,
+                            mode: 0o600,
+                            optional: true,
+                        }),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let Op::Exec(e) = convert_op(&exec).expect("converts") else {
+            panic!("an exec")
+        };
+        assert_eq!(e.mounts[1].dest, "/run/buildkit/ssh_agent.0");
+        assert_eq!(
+            e.mounts[1].mount_type,
+            MountType::Ssh(SshMount {
+                id: "gh".into(),
+                optional: true,
+                uid: 1,
+                gid: 2,
+                mode: 0o600,
+            })
+        );
     }
 
     #[test]

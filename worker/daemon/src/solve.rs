@@ -274,6 +274,7 @@ pub async fn solve(
         // credentials; the engine's own push is for the embedded CLI.
         push: None,
         secrets: Arc::new(crate::secrets::SessionSecrets::new(session)),
+        ssh: Arc::new(crate::ssh::SessionSsh::new(session)),
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a

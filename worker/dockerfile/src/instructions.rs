@@ -78,6 +78,7 @@ pub enum MountKind {
     Cache,
     Tmpfs,
     Secret,
+    Ssh,
 }
 
 /// One `RUN --mount=...`, fields unexpanded.
@@ -98,7 +99,8 @@ pub struct MountSpec {
     pub size: Option<String>,
     /// Secret mounts: the env var to set to the secret.
     pub env: Option<String>,
-    /// Secret mounts: fail when the client has no such secret.
+    /// Secret and ssh mounts: fail when the client has no such secret
+    /// or agent.
     pub required: Option<String>,
 }
 
@@ -257,14 +259,6 @@ impl Parser<'_> {
             file: self.file.to_string(),
             line,
             message,
-        }
-    }
-
-    fn unsupported(&self, line: usize, feature: &str) -> ParseError {
-        ParseError::Unsupported {
-            file: self.file.to_string(),
-            line,
-            feature: feature.to_string(),
         }
     }
 
@@ -516,11 +510,7 @@ impl Parser<'_> {
                         "cache" => MountKind::Cache,
                         "tmpfs" => MountKind::Tmpfs,
                         "secret" => MountKind::Secret,
-                        t @ "ssh" => {
-                            return Err(
-                                self.unsupported(node.line, &format!("RUN --mount=type={t}"))
-                            )
-                        }
+                        "ssh" => MountKind::Ssh,
                         t => {
                             return Err(
                                 self.invalid(node.line, format!("unsupported mount type {t:?}"))
@@ -548,7 +538,7 @@ impl Parser<'_> {
                 }
             }
         }
-        if m.target.is_none() && m.kind != Some(MountKind::Secret) {
+        if m.target.is_none() && !matches!(m.kind, Some(MountKind::Secret | MountKind::Ssh)) {
             return Err(self.invalid(node.line, "mount target must be set".into()));
         }
         Ok(m)
@@ -1002,8 +992,8 @@ ADD ["a b", "/c"]
             "error: Dockerfile:2: unknown flag: --x",
         );
         check(
-            "FROM a\nRUN --mount=type=ssh,target=/s cat /s\n",
-            "error: Dockerfile:2: RUN --mount=type=ssh is not supported yet",
+            "FROM a\nRUN --mount=type=ssh,agent=x cat /s\n",
+            "error: Dockerfile:2: unexpected key 'agent' in 'agent=x'",
         );
         check(
             "FROM a AS x\nFROM b AS X\n",

@@ -68,6 +68,8 @@ pub struct BuildRequest {
     pub push: Option<crate::push::PushOptions>,
     /// The client's secrets; [`crate::secrets::NoSecrets`] by default.
     pub secrets: Arc<dyn crate::secrets::SecretSource>,
+    /// The client's SSH agents; [`crate::ssh::NoSsh`] by default.
+    pub ssh: Arc<dyn crate::ssh::SshSource>,
 }
 
 /// The credentials of a build that has none.
@@ -374,6 +376,7 @@ impl Engine {
             resolve_mode: req.resolve_mode,
             pinned: req.pinned.clone(),
             secrets: req.secrets.clone(),
+            ssh: req.ssh.clone(),
             started: Default::default(),
         });
         let solved =

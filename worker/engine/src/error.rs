@@ -84,6 +84,13 @@ pub enum WorkerError {
         #[source]
         source: crate::secrets::SecretError,
     },
+    /// An SSH agent the step needs is not forwarded or not reachable.
+    #[error("{location}{source}")]
+    Ssh {
+        location: String,
+        #[source]
+        source: crate::ssh::SshError,
+    },
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -136,7 +143,8 @@ impl WorkerError {
             WorkerError::StepFailed { .. }
             | WorkerError::FileOp { .. }
             | WorkerError::Secret { .. }
-            | WorkerError::Source { .. } => ErrorKind::FailedPrecondition,
+            | WorkerError::Source { .. }
+            | WorkerError::Ssh { .. } => ErrorKind::FailedPrecondition,
             WorkerError::Unsupported { .. } => ErrorKind::Unimplemented,
             WorkerError::Io { .. } | WorkerError::Panicked { .. } => ErrorKind::Internal,
             WorkerError::Cancelled => ErrorKind::Cancelled,

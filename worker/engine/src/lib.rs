@@ -34,6 +34,7 @@ pub mod resolve;
 pub mod secrets;
 pub mod services;
 pub mod sources;
+pub mod ssh;
 pub mod steplog;
 pub mod sweep;
 

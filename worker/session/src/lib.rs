@@ -14,7 +14,9 @@
 //! - [`filesend`]: exporter output pushed to the client (`FileSend.DiffCopy`,
 //!   §6), as raw bytes (tar, oci, docker) or as fsutil packets (local);
 //! - [`auth`]: registry credentials the client lends per request
-//!   (`Auth.Credentials`), served from whatever store the client has.
+//!   (`Auth.Credentials`), served from whatever store the client has;
+//! - [`ssh`]: the client's SSH agents (`SSH.CheckAgent`/`ForwardAgent`),
+//!   forwarded read-only for ssh mounts.
 //!
 //! The crate is shaped around the two roles rather than the two binaries:
 //! each module offers the daemon half and the client half side by side so
@@ -32,6 +34,7 @@ pub mod filesync;
 pub mod fsutil;
 pub mod hijack;
 pub mod secrets;
+pub mod ssh;
 
 mod codec;
 mod error;

@@ -218,6 +218,34 @@ pub enum MountType {
     /// A secret of the client's, as a read-only file (`pb.SecretOpt`):
     /// its id (never its value) is all the graph and the cache key hold.
     Secret(SecretMount),
+    /// A socket forwarding to one of the client's SSH agents
+    /// (`pb.SSHOpt`): its id and the socket's owner and mode are all the
+    /// graph and the cache key hold, never which agent or key answers.
+    Ssh(SshMount),
+}
+
+/// `pb.SSHOpt`: which agent, and the socket's owner and mode.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SshMount {
+    /// The agent's id as written; empty means `default`, as in LLB.
+    pub id: String,
+    /// An agent the client does not forward skips the mount instead of
+    /// failing the step.
+    pub optional: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+impl SshMount {
+    /// The id the client knows the agent by (`default` when unnamed).
+    pub fn agent_id(&self) -> &str {
+        if self.id.is_empty() {
+            "default"
+        } else {
+            &self.id
+        }
+    }
 }
 
 /// `pb.SecretOpt`: which secret, and the file's owner and mode.

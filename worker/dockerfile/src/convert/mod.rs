@@ -36,6 +36,7 @@ mod copy;
 pub(crate) mod gocompat;
 mod plan;
 mod run;
+mod ssh;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -102,7 +102,13 @@ impl Converter<'_> {
             });
         }
         let mut secret_env = Vec::new();
+        let mut ssh = 0;
         for m in &run.mounts {
+            if m.kind == Some(MountKind::Ssh) {
+                mounts.push(self.ssh_mount(st, &cwd, m, ssh, line)?);
+                ssh += 1;
+                continue;
+            }
             if m.kind == Some(MountKind::Secret) {
                 let (mount, env) = self.secret_mount(st, &cwd, m, line)?;
                 mounts.extend(mount);
@@ -119,7 +125,7 @@ impl Converter<'_> {
             Op::Exec(ExecOp {
                 meta: Meta {
                     args: args.clone(),
-                    env: st.env.clone(),
+                    env: ssh::with_auth_sock(st.env.clone(), &mounts),
                     cwd,
                     user: st.config.user.clone(),
                     hostname: self.opts.hostname.clone(),
@@ -287,7 +293,9 @@ impl Converter<'_> {
                     mount_type: MountType::Tmpfs { size },
                 })
             }
-            MountKind::Secret => Err(self.file_err(line, "secret mount out of place".into())),
+            MountKind::Secret | MountKind::Ssh => {
+                Err(self.file_err(line, format!("{} mount out of place", kind_name(kind))))
+            }
             MountKind::Bind => {
                 let rw = flag(ex(&m.readwrite)?, "readwrite")?;
                 let selector = match ex(&m.source)? {
@@ -358,6 +366,7 @@ fn kind_name(kind: MountKind) -> &'static str {
         MountKind::Cache => "cache",
         MountKind::Tmpfs => "tmpfs",
         MountKind::Secret => "secret",
+        MountKind::Ssh => "ssh",
     }
 }
 

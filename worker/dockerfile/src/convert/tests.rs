@@ -1418,3 +1418,101 @@ fn stages_without_a_named_context_are_unchanged() {
     let other = build(src, &with_contexts(&[("unrelated", local("u", &[]))])).expect("build");
     assert_eq!(render(&plain), render(&other));
 }
+
+#[test]
+fn ssh_mounts_forward_agents_by_id() {
+    let b = build(
+        "FROM busybox\nWORKDIR /w\n\
+         RUN --mount=type=ssh --mount=type=ssh,id=gh,target=s,required,uid=1,gid=2,mode=0640 a\n\
+         ENV SSH_AUTH_SOCK=/mine\n\
+         RUN --mount=type=ssh,required=false b\n\
+         RUN c\n",
+        &opts(),
+    )
+    .expect("converts");
+    let runs = execs(&b);
+    let ssh = |r: &ExecOp| -> Vec<(String, MountType)> {
+        r.mounts
+            .iter()
+            .filter(|m| matches!(m.mount_type, MountType::Ssh(_)))
+            .map(|m| (m.dest.clone(), m.mount_type.clone()))
+            .collect()
+    };
+    let mount = |id: &str, optional, uid, gid, mode| {
+        MountType::Ssh(kiln_solver::SshMount {
+            id: id.into(),
+            optional,
+            uid,
+            gid,
+            mode,
+        })
+    };
+    assert_eq!(
+        ssh(runs[0]),
+        vec![
+            (
+                "/run/buildkit/ssh_agent.0".to_string(),
+                mount("", true, 0, 0, 0o600)
+            ),
+            ("/w/s".to_string(), mount("gh", false, 1, 2, 0o640)),
+        ]
+    );
+    // The first socket is SSH_AUTH_SOCK, unless the step sets it.
+    assert!(runs[0]
+        .meta
+        .env
+        .contains(&"SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0".to_string()));
+    assert_eq!(
+        ssh(runs[1]),
+        vec![(
+            "/run/buildkit/ssh_agent.0".to_string(),
+            mount("", true, 0, 0, 0o600)
+        )]
+    );
+    let socks: Vec<&String> = runs[1]
+        .meta
+        .env
+        .iter()
+        .filter(|e| e.starts_with("SSH_AUTH_SOCK="))
+        .collect();
+    assert_eq!(socks, vec!["SSH_AUTH_SOCK=/mine"]);
+    assert!(ssh(runs[2]).is_empty());
+    assert!(!runs[2]
+        .meta
+        .env
+        .iter()
+        .any(|e| e.starts_with("SSH_AUTH_SOCK=/run")));
+    // The image never sees the socket's variable.
+    assert!(!b.config.env.iter().any(|e| e.contains("ssh_agent")));
+    for (src, err) in [
+        (
+            "RUN --mount=type=ssh,source=x true",
+            "ssh does not support source",
+        ),
+        (
+            "RUN --mount=type=ssh,sharing=locked true",
+            "invalid cache sharing set for ssh mount",
+        ),
+        (
+            "RUN --mount=type=ssh,from=x true",
+            "unexpected key 'from' for mount type 'ssh'",
+        ),
+        (
+            "RUN --mount=type=ssh,required=maybe true",
+            "invalid value for required: maybe",
+        ),
+        (
+            "RUN --mount=type=ssh,mode=9 true",
+            "invalid value for mode: 9",
+        ),
+        (
+            "RUN --mount=type=ssh,target=/ true",
+            "invalid mount target \"/\"",
+        ),
+    ] {
+        check(
+            &format!("FROM busybox\n{src}\n"),
+            &format!("error: Dockerfile:2: {err}"),
+        );
+    }
+}

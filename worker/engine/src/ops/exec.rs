@@ -102,6 +102,22 @@ impl StepRunner {
                     });
                     binds.push(hold);
                 }
+                MountType::Ssh(s) => match self.ssh_socket(&loc, s).await {
+                    Ok(Some((source, hold))) => {
+                        extra.push(ExtraMount::Bind {
+                            source,
+                            dest: m.dest.clone(),
+                            readonly: false,
+                        });
+                        binds.push(hold);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.release_cache_mounts(held_mounts).await;
+                        self.release_binds(binds).await;
+                        return Err(e);
+                    }
+                },
                 MountType::Secret(s) => match self.secret_file(&loc, s).await {
                     Ok(Some((source, hold))) => {
                         extra.push(ExtraMount::Bind {

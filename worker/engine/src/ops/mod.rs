@@ -10,6 +10,7 @@ mod merge;
 mod remote;
 mod secretmount;
 mod source;
+mod sshmount;
 
 use crate::error::{Result, WorkerError};
 use crate::progress::{Progress, ProgressEvent};
@@ -49,6 +50,8 @@ pub struct StepRunner {
     pub pinned: crate::resolve::Pinned,
     /// The client's secrets (`RUN --mount=type=secret`, secret env).
     pub secrets: Arc<dyn crate::secrets::SecretSource>,
+    /// The client's SSH agents (`RUN --mount=type=ssh`).
+    pub ssh: Arc<dyn crate::ssh::SshSource>,
     /// Vertices already shown as started while they waited on another
     /// build's claim (`claim.rs`): not started twice.
     pub started: std::sync::Mutex<std::collections::HashSet<usize>>,

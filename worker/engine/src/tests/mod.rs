@@ -7,6 +7,7 @@
 mod claim;
 mod merge;
 mod remotecache;
+mod ssh;
 
 use crate::cache;
 use crate::error::WorkerError;
@@ -183,6 +184,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         pinned: Default::default(),
         push: None,
         secrets: crate::secrets::none(),
+        ssh: crate::ssh::none(),
     }
 }
 

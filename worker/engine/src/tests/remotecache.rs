@@ -97,6 +97,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         push: None,
         pinned: Default::default(),
         secrets: crate::secrets::none(),
+        ssh: crate::ssh::none(),
     }
 }
 

@@ -1,0 +1,209 @@
+//! `RUN --mount=type=ssh` (issue 11/12), embedded and through kilnd: a
+//! real `ssh-agent` holding a fresh ed25519 key is forwarded with
+//! `--ssh default` ($SSH_AUTH_SOCK), and `ssh-add -l` inside the step (the
+//! host's binary and its libraries copied into the context; busybox has no
+//! ssh client) lists the key's fingerprint. The agent is read-only to the
+//! step (`ssh-add -D` is refused), nothing of the socket is left in the
+//! image, and a required agent the client does not forward fails the step
+//! with BuildKit's words.
+
+use kiln_integration::{Harness, KilnOutput};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+const DOCKERFILE: &str = "FROM busybox\n\
+COPY tools/ /\n\
+RUN --mount=type=ssh ssh-add -l > /out && echo \"$SSH_AUTH_SOCK\" >> /out && \
+(ssh-add -D > /dev/null 2>&1 || echo refused >> /out) && ssh-add -l >> /out\n";
+
+/// An `ssh-agent -D` on a socket of its own; killed on drop.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn need(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    // .ci/install provides openssh-client; a missing tool is a failure,
+    // never a skip.
+    assert!(found, "{tool} is needed (Debian package openssh-client)");
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts an agent in `dir` holding a new key; returns it and the key's
+/// fingerprint line as `ssh-add -l` prints it.
+fn agent_with_key(dir: &Path) -> (Agent, String) {
+    let socket = dir.join("agent.sock");
+    let child = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent starts");
+    let agent = Agent { child, socket };
+    for _ in 0..100 {
+        if agent.socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let key = dir.join("id_ed25519");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-ssh-test", "-f"])
+        .arg(&key));
+    run(Command::new("ssh-add")
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .arg(&key));
+    let listed = run(Command::new("ssh-add")
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .arg("-l"));
+    assert!(listed.contains("kiln-ssh-test"), "{listed}");
+    (agent, listed)
+}
+
+/// Copies `/usr/bin/ssh-add` and the libraries `ldd` lists into `tools/`
+/// of the context, at their own paths.
+fn copy_ssh_add(ctx: &Path) {
+    let tools = ctx.join("tools");
+    let mut files = vec!["/usr/bin/ssh-add".to_string()];
+    for line in run(Command::new("ldd").arg("/usr/bin/ssh-add")).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(p.to_string());
+        }
+    }
+    for f in files {
+        let dest = tools.join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().expect("a parent")).expect("mkdir");
+        std::fs::copy(&f, &dest).unwrap_or_else(|e| panic!("copy {f}: {e}"));
+    }
+}
+
+fn with_sock(h: &Harness, ns: &str, sock: &Path, args: &[&str]) -> KilnOutput {
+    let out = h
+        .kiln_command(ns)
+        .expect("kiln command")
+        .env("SSH_AUTH_SOCK", sock)
+        .args(args)
+        .output()
+        .expect("kiln runs");
+    KilnOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_step_lists_the_forwarded_agents_key() {
+    for tool in ["ssh-agent", "ssh-keygen", "ssh-add", "ldd"] {
+        need(tool);
+    }
+    let ns = "ssh";
+    let h = Harness::with_busybox(ns).await;
+    let agent_dir = h.state_dir().join("agent");
+    std::fs::create_dir_all(&agent_dir).expect("agent dir");
+    let (agent, listed) = agent_with_key(&agent_dir);
+    let ctx = h.context("ssh", &[("Dockerfile", DOCKERFILE)]);
+    copy_ssh_add(&ctx);
+    let c = ctx.to_str().expect("utf8");
+    let want = format!("{listed}/run/buildkit/ssh_agent.0\nrefused\n{listed}");
+    let check = |image: &str, id: &str| {
+        assert_eq!(h.run_image(ns, image, id, &["cat", "/out"]), want);
+        assert_eq!(
+            h.run_image(
+                ns,
+                image,
+                &format!("{id}-stub"),
+                &["sh", "-c", "test -e /run/buildkit || echo clean"]
+            ),
+            "clean\n"
+        );
+    };
+
+    // Embedded.
+    with_sock(
+        &h,
+        ns,
+        &agent.socket,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--ssh",
+            "default",
+            "-t",
+            "ssh:embedded",
+            c,
+        ],
+    )
+    .ok();
+    check("docker.io/library/ssh:embedded", "ssh-e");
+
+    // Through kilnd: the CLI serves the agent in its session.
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let addr = k.addr();
+    let remote = |extra: &[&str]| {
+        let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
+        all.extend_from_slice(extra);
+        with_sock(&h, ns, &agent.socket, &all)
+    };
+    remote(&["--no-cache", "--ssh", "default", "-t", "ssh:remote", c]).ok();
+    check("docker.io/library/ssh:remote", "ssh-r");
+
+    // A required agent the client does not forward: no --ssh at all, or
+    // --ssh without that id.
+    let required = "FROM busybox\nRUN --mount=type=ssh,id=gh,required true\n";
+    let ctx2 = h.context("ssh-required", &[("Dockerfile", required)]);
+    let c2 = ctx2.to_str().expect("utf8");
+    let out = remote(&["--no-cache", c2]);
+    assert!(!out.success, "built without the required agent");
+    assert!(
+        out.stderr
+            .contains("no SSH key \"gh\" forwarded from the client"),
+        "{}",
+        out.stderr
+    );
+    let out = remote(&["--no-cache", "--ssh", "default", c2]);
+    assert!(!out.success, "built without the required agent");
+    assert!(
+        out.stderr.contains("unset ssh forward key gh"),
+        "{}",
+        out.stderr
+    );
+    let out = with_sock(
+        &h,
+        ns,
+        &agent.socket,
+        &["build", "--progress", "plain", "--ssh", "default", c2],
+    );
+    assert!(
+        !out.success && out.stderr.contains("unset ssh forward key gh"),
+        "{}",
+        out.stderr
+    );
+}
