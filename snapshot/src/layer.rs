@@ -211,11 +211,16 @@ pub async fn commit_layer_reusing(
 }
 
 /// The member index and a reader of gzip blob `blob`, if it has an index
-/// that this version of kiln reads; anything missing means no reuse.
+/// that this version of kiln reads and its members compress (copying
+/// stored bytes out of the store and back costs more than storing them);
+/// anything missing means no reuse.
 async fn old_members(content: &dyn Content, blob: &str) -> Option<OldMembers> {
     let info = content.info(blob).await.ok()?;
     let index = info.labels.get(MEMBERS_LABEL)?;
     let index = MemberIndex::decode(&content.read(index).await.ok()?)?;
+    if !index.worth_copying() {
+        return None;
+    }
     let rx = content.read_stream(blob).await.ok()?;
     Some(OldMembers {
         index,

@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
-use super::members::{Cutter, GzipMembers, MemberIndex, OldBlob, OldMembers};
+use super::members::{worth_copying, Cutter, GzipMembers, MemberIndex, OldBlob, OldMembers};
 use super::Compression;
 /// zstd level, as BuildKit's default.
 const ZSTD_LEVEL: i32 = 3;
@@ -104,7 +104,7 @@ impl<W: Write> Write for CountWriter<W> {
 
 /// The compressor stage; `finish` must be called to end the stream.
 pub(crate) enum Compressor<W: Write> {
-    Gzip(ParGzWriter<W>),
+    Gzip(Box<ParGzWriter<W>>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     None(W),
 }
@@ -123,9 +123,9 @@ impl<W: Write> Compressor<W> {
         reuse: Option<OldMembers>,
     ) -> io::Result<Self> {
         match (compression, reuse) {
-            (Compression::Gzip, Some(old)) => Ok(Compressor::Gzip(
+            (Compression::Gzip, Some(old)) => Ok(Compressor::Gzip(Box::new(
                 ParGzWriter::new(out, parallelism()).reusing(old),
-            )),
+            ))),
             _ => Self::new(compression, out),
         }
     }
@@ -138,7 +138,7 @@ impl<W: Write> Compressor<W> {
         threads: usize,
     ) -> io::Result<Self> {
         Ok(match compression {
-            Compression::Gzip => Compressor::Gzip(ParGzWriter::new(out, threads)),
+            Compression::Gzip => Compressor::Gzip(Box::new(ParGzWriter::new(out, threads))),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
                 // Always multithreaded (even with one worker): zstd's output
@@ -190,6 +190,8 @@ impl<W: Write> Write for Compressor<W> {
 enum Member {
     Fresh {
         digest: [u8; 32],
+        /// Uncompressed length.
+        raw: u64,
         bytes: Vec<u8>,
     },
     /// At (offset, length) in the earlier blob; `data` is kept to compress
@@ -337,13 +339,14 @@ impl<W: Write> ParGzWriter<W> {
             .recv()
             .map_err(|_| io::Error::other("gzip worker exited without a result"))??;
         match member {
-            Member::Fresh { digest, bytes } => self.emit(digest, &bytes),
+            Member::Fresh { digest, raw, bytes } => self.emit(digest, raw, &bytes),
             Member::Known {
                 digest,
                 at: (offset, len),
                 crc,
                 data,
             } => {
+                let raw = data.len() as u64;
                 let copied = self
                     .old
                     .as_mut()
@@ -352,28 +355,28 @@ impl<W: Write> ParGzWriter<W> {
                 match copied {
                     Some(bytes) => {
                         self.members.reused += 1;
-                        self.emit(digest, &bytes)
+                        self.emit(digest, raw, &bytes)
                     }
                     None => {
                         let bytes = self
                             .fallback
                             .get_or_insert_with(MemberEncoder::new)
                             .member(&data)?;
-                        self.emit(digest, &bytes)
+                        self.emit(digest, raw, &bytes)
                     }
                 }
             }
         }
     }
 
-    fn emit(&mut self, digest: [u8; 32], bytes: &[u8]) -> io::Result<()> {
+    fn emit(&mut self, digest: [u8; 32], raw: u64, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         let len = bytes.len() as u64;
         self.members
             .index
             .members
             .entry(digest)
-            .or_insert((self.written, len));
+            .or_insert((self.written, len, raw));
         self.members.total += 1;
         self.written += len;
         Ok(())
@@ -438,9 +441,14 @@ fn gzip_worker(rx: &Mutex<Receiver<Job>>) {
         };
         let Ok((data, index, done)) = job else { return };
         let digest: [u8; 32] = Sha256::digest(&data).into();
-        let known = index.and_then(|i| i.members.get(&digest).copied());
+        let raw = data.len() as u64;
+        // Stored members are stored again (a copy either way).
+        let known = index
+            .and_then(|i| i.members.get(&digest).copied())
+            .filter(|&(_, len, _)| worth_copying(len, raw));
         let result = match known {
-            Some(at) => {
+            Some((offset, len, _)) => {
+                let at = (offset, len);
                 let mut crc = flate2::Crc::new();
                 crc.update(&data);
                 Ok(Member::Known {
@@ -452,7 +460,7 @@ fn gzip_worker(rx: &Mutex<Receiver<Job>>) {
             }
             None => encoder
                 .member(&data)
-                .map(|bytes| Member::Fresh { digest, bytes }),
+                .map(|bytes| Member::Fresh { digest, raw, bytes }),
         };
         // The receiver may be gone if the writer was dropped; that is fine.
         let _ = done.send(result);

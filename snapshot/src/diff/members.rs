@@ -336,21 +336,24 @@ fn name_hash(name: &[u8]) -> u64 {
 }
 
 /// Where each member of a blob is: the SHA-256 of its uncompressed bytes ->
-/// (offset, length) of its compressed bytes in the blob.
+/// (offset, length) of its compressed bytes in the blob and the length of
+/// its uncompressed bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberIndex {
-    pub members: HashMap<[u8; 32], (u64, u64)>,
+    pub members: HashMap<[u8; 32], (u64, u64, u64)>,
 }
 
 impl MemberIndex {
     /// The index as a small blob: [`INDEX_VERSION`], then one
-    /// `<hex sha256> <offset> <length>` line per member, by offset.
+    /// `<hex sha256> <offset> <length> <uncompressed length>` line per
+    /// member, by offset.
     pub fn encode(&self) -> Vec<u8> {
         let mut rows: Vec<_> = self.members.iter().collect();
         rows.sort_by_key(|(_, at)| **at);
         let mut out = format!("{INDEX_VERSION}\n").into_bytes();
-        for (digest, (offset, len)) in rows {
-            out.extend_from_slice(format!("{} {offset} {len}\n", hex::encode(digest)).as_bytes());
+        for (digest, (offset, len, raw)) in rows {
+            let line = format!("{} {offset} {len} {raw}\n", hex::encode(digest));
+            out.extend_from_slice(line.as_bytes());
         }
         out
     }
@@ -366,12 +369,32 @@ impl MemberIndex {
         let mut members = HashMap::new();
         for l in lines {
             let mut f = l.split(' ');
-            let (d, o, n) = (f.next()?, f.next()?, f.next()?);
+            let (d, o, n, r) = (f.next()?, f.next()?, f.next()?, f.next()?);
             let digest: [u8; 32] = hex::decode(d).ok()?.try_into().ok()?;
-            members.insert(digest, (o.parse().ok()?, n.parse().ok()?));
+            let at = (o.parse().ok()?, n.parse().ok()?, r.parse().ok()?);
+            members.insert(digest, at);
         }
         Some(MemberIndex { members })
     }
+
+    /// Whether the members compress at all: copying a member of stored
+    /// (incompressible) bytes from the store costs more than storing it
+    /// again, so an index whose members together shrink by less than 1/8
+    /// is not worth reading its blob for.
+    pub fn worth_copying(&self) -> bool {
+        let (len, raw) = self
+            .members
+            .values()
+            .fold((0u64, 0u64), |(l, r), &(_, len, raw)| (l + len, r + raw));
+        worth_copying(len, raw)
+    }
+}
+
+/// Whether a member of `raw` bytes that compressed to `len` is worth
+/// copying rather than compressing again (see
+/// [`MemberIndex::worth_copying`]).
+pub(crate) fn worth_copying(len: u64, raw: u64) -> bool {
+    len.saturating_mul(8) < raw.saturating_mul(7)
 }
 
 /// What a gzip blob's members were.
@@ -556,12 +579,18 @@ mod tests {
     #[test]
     fn the_index_round_trips_and_rejects_other_versions() {
         let mut index = MemberIndex::default();
-        index.members.insert([1; 32], (0, 100));
-        index.members.insert([2; 32], (100, 7));
+        index.members.insert([1; 32], (0, 100, 900));
+        index.members.insert([2; 32], (100, 7, 70));
+        assert!(index.worth_copying());
+        index.members.insert([3; 32], (107, 10_000, 9_990));
+        assert!(!index.worth_copying());
         let data = index.encode();
         assert_eq!(MemberIndex::decode(&data), Some(index));
         assert_eq!(MemberIndex::decode(b"kiln gzip members v0\n"), None);
-        assert_eq!(MemberIndex::decode(b"kiln gzip members v1\nzz 1 2\n"), None);
+        assert_eq!(
+            MemberIndex::decode(b"kiln gzip members v1\nzz 1 2 3\n"),
+            None
+        );
     }
 
     #[test]
