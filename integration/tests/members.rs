@@ -26,7 +26,7 @@ fn text(n: u64) -> String {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let _ = write!(s, "let v{} = {};\n", x % 1000, x >> 40);
+        let _ = writeln!(s, "let v{} = {};", x % 1000, x >> 40);
     }
     s
 }
