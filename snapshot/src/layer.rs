@@ -5,11 +5,17 @@
 //! one containerd computes as it stores the bytes.
 //! [`hash_layer`] is the same walk and tar hashed only (the diffID of a
 //! layer whose blob is made later, if ever).
+//!
+//! A gzip blob is committed with its member index (a small blob it holds
+//! through [`MEMBERS_LABEL`], see [`crate::diff::members`]), so that the
+//! blob of a later version of the layer ([`commit_layer_reusing`]) copies
+//! the compressed members that did not change.
 
 use crate::containerd::LeaseId;
-use crate::diff::{stream_layer, Compression, DiffSource, LayerDescriptor, LayerHash};
+use crate::diff::members::{MemberIndex, OldMembers};
+use crate::diff::{stream_layer_reusing, Compression, DiffSource, LayerDescriptor, LayerHash};
 use crate::error::{Result, SnapshotError};
-use crate::services::{Content, ContentWriter, LeaseResource, Leases};
+use crate::services::{write_blob, Content, ContentWriter, LeaseResource, Leases};
 use kiln_types::Digest;
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,6 +24,10 @@ use tokio::sync::mpsc;
 
 /// The label containerd reads for a compressed layer's diffID.
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
+
+/// The label on a gzip layer blob naming its member index; as a GC
+/// reference it keeps the index exactly as long as the blob.
+pub const MEMBERS_LABEL: &str = "containerd.io/gc.ref.content.kiln.members";
 
 /// Where the layer's change is read from (owned paths, so the walk can run
 /// on a blocking thread).
@@ -146,8 +156,27 @@ pub async fn commit_layer(
     compression: Compression,
     lease: &LeaseId,
 ) -> Result<LayerDescriptor> {
-    let (writer, (hash, size)) = stream_blob(content, lease, move |w| {
-        stream_layer(source.diff_source(), compression, w)
+    let (desc, _) = commit_layer_reusing(content, source, compression, lease, None).await?;
+    Ok(desc)
+}
+
+/// [`commit_layer`], copying from the gzip blob `previous` (an earlier
+/// version of the layer, or any layer blob) the compressed members it
+/// holds with the same bytes, when it has a member index. The blob is the
+/// same as without `previous`. Also returns how many members were copied.
+pub async fn commit_layer_reusing(
+    content: &dyn Content,
+    source: LayerSource,
+    compression: Compression,
+    lease: &LeaseId,
+    previous: Option<&str>,
+) -> Result<(LayerDescriptor, usize)> {
+    let old = match previous {
+        Some(p) if compression == Compression::Gzip => old_members(content, p).await,
+        _ => None,
+    };
+    let (writer, (hash, size, members)) = stream_blob(content, lease, move |w| {
+        stream_layer_reusing(source.diff_source(), compression, w, old)
     })
     .await?;
     let digest = writer.digest().ok_or_else(|| SnapshotError::InvalidBlob {
@@ -156,14 +185,50 @@ pub async fn commit_layer(
     })?;
     let mut labels = HashMap::new();
     labels.insert(UNCOMPRESSED_LABEL.to_string(), hash.diff_id.to_string());
+    let reused = members.as_ref().map_or(0, |m| m.reused);
+    if let Some(m) = members {
+        // The lease holds the index from its write until the blob's label
+        // does; without it the next blob is only compressed in full.
+        match write_blob(content, &m.index.encode(), HashMap::new(), lease).await {
+            Ok(index) => {
+                labels.insert(MEMBERS_LABEL.to_string(), index.to_string());
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot keep a layer's member index"),
+        }
+    }
     writer.commit(&digest, labels).await?;
-    Ok(LayerDescriptor {
-        diff_id: hash.diff_id,
-        digest,
-        size,
-        uncompressed_size: hash.uncompressed_size,
-        entries: hash.entries,
-        media_type: compression.media_type(),
+    Ok((
+        LayerDescriptor {
+            diff_id: hash.diff_id,
+            digest,
+            size,
+            uncompressed_size: hash.uncompressed_size,
+            entries: hash.entries,
+            media_type: compression.media_type(),
+        },
+        reused,
+    ))
+}
+
+/// The member index and a reader of gzip blob `blob`, if it has an index
+/// that this version of kiln reads and its members compress (copying
+/// stored bytes out of the store and back costs more than storing them);
+/// anything missing means no reuse.
+async fn old_members(content: &dyn Content, blob: &str) -> Option<OldMembers> {
+    let info = content.info(blob).await.ok()?;
+    let index = info.labels.get(MEMBERS_LABEL)?;
+    let index = MemberIndex::decode(&content.read(index).await.ok()?)?;
+    if !index.worth_copying() {
+        return None;
+    }
+    let rx = content.read_stream(blob).await.ok()?;
+    Some(OldMembers {
+        index,
+        blob: Box::new(ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        }),
     })
 }
 

@@ -1,8 +1,10 @@
 //! Hashing and compressing writers for the layer pipeline.
 //!
-//! gzip uses every core by cutting the tar stream into fixed blocks and
-//! compressing each block on a worker thread as an independent gzip member;
-//! the members are written in order. A concatenation of gzip members is one
+//! gzip uses every core by cutting the tar stream into members (at entry
+//! boundaries, see [`super::members`]) and compressing each on a worker
+//! thread as an independent gzip member; the members are written in order.
+//! A member whose bytes an earlier blob already holds compressed (its
+//! [`MemberIndex`]) is copied from that blob instead. A concatenation of gzip members is one
 //! valid gzip stream (RFC 1952 §2.2) that Go's `compress/gzip` (containerd),
 //! `gzip -d` and flate2's `MultiGzDecoder` read in full. The cost is a reset
 //! of the deflate window every block: 0.3% larger than `gzip -6` on a
@@ -23,10 +25,8 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
+use super::members::{worth_copying, Cutter, GzipMembers, MemberIndex, OldBlob, OldMembers};
 use super::Compression;
-
-/// Size of the independent gzip members.
-const GZIP_BLOCK: usize = 1 << 20;
 /// zstd level, as BuildKit's default.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -104,7 +104,7 @@ impl<W: Write> Write for CountWriter<W> {
 
 /// The compressor stage; `finish` must be called to end the stream.
 pub(crate) enum Compressor<W: Write> {
-    Gzip(ParGzWriter<W>),
+    Gzip(Box<ParGzWriter<W>>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     None(W),
 }
@@ -112,6 +112,22 @@ pub(crate) enum Compressor<W: Write> {
 impl<W: Write> Compressor<W> {
     pub(crate) fn new(compression: Compression, out: W) -> io::Result<Self> {
         Self::with_threads(compression, out, parallelism())
+    }
+
+    /// A compressor that may copy gzip members from an earlier blob
+    /// (ignored for other compressions); the output is the same as
+    /// without.
+    pub(crate) fn reusing(
+        compression: Compression,
+        out: W,
+        reuse: Option<OldMembers>,
+    ) -> io::Result<Self> {
+        match (compression, reuse) {
+            (Compression::Gzip, Some(old)) => Ok(Compressor::Gzip(Box::new(
+                ParGzWriter::new(out, parallelism()).reusing(old),
+            ))),
+            _ => Self::new(compression, out),
+        }
     }
 
     /// A compressor using `threads` worker threads; the output is the same
@@ -122,7 +138,7 @@ impl<W: Write> Compressor<W> {
         threads: usize,
     ) -> io::Result<Self> {
         Ok(match compression {
-            Compression::Gzip => Compressor::Gzip(ParGzWriter::new(out, threads)),
+            Compression::Gzip => Compressor::Gzip(Box::new(ParGzWriter::new(out, threads))),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
                 // Always multithreaded (even with one worker): zstd's output
@@ -139,10 +155,15 @@ impl<W: Write> Compressor<W> {
     }
 
     pub(crate) fn finish(self) -> io::Result<W> {
+        Ok(self.finish_indexed()?.0)
+    }
+
+    /// Ends the stream; for gzip also returns where its members are.
+    pub(crate) fn finish_indexed(self) -> io::Result<(W, Option<GzipMembers>)> {
         match self {
-            Compressor::Gzip(w) => w.finish(),
-            Compressor::Zstd(w) => w.finish(),
-            Compressor::None(w) => Ok(w),
+            Compressor::Gzip(w) => w.finish().map(|(w, m)| (w, Some(m))),
+            Compressor::Zstd(w) => Ok((w.finish()?, None)),
+            Compressor::None(w) => Ok((w, None)),
         }
     }
 }
@@ -165,8 +186,26 @@ impl<W: Write> Write for Compressor<W> {
     }
 }
 
-type GzResult = io::Result<Vec<u8>>;
-type Job = (Vec<u8>, SyncSender<GzResult>);
+/// A compressed member, or one an earlier blob holds.
+enum Member {
+    Fresh {
+        digest: [u8; 32],
+        /// Uncompressed length.
+        raw: u64,
+        bytes: Vec<u8>,
+    },
+    /// At (offset, length) in the earlier blob; `data` is kept to compress
+    /// it after all if those bytes cannot be read.
+    Known {
+        digest: [u8; 32],
+        at: (u64, u64),
+        crc: u32,
+        data: Vec<u8>,
+    },
+}
+
+type GzResult = io::Result<Member>;
+type Job = (Vec<u8>, Option<Arc<MemberIndex>>, SyncSender<GzResult>);
 
 /// Worker threads compressing gzip members. Threads are started lazily, up
 /// to `max`, and joined on drop.
@@ -190,7 +229,12 @@ impl GzPool {
 
     /// Queues `data`; `busy` is the number of jobs not yet collected, used to
     /// start another worker only when all current ones have work.
-    fn submit(&mut self, data: Vec<u8>, busy: usize) -> io::Result<Receiver<GzResult>> {
+    fn submit(
+        &mut self,
+        data: Vec<u8>,
+        index: Option<Arc<MemberIndex>>,
+        busy: usize,
+    ) -> io::Result<Receiver<GzResult>> {
         if self.workers.len() < self.max && self.workers.len() <= busy {
             let rx = Arc::clone(&self.shared_rx);
             let handle = std::thread::Builder::new()
@@ -203,7 +247,7 @@ impl GzPool {
             .jobs
             .as_ref()
             .ok_or_else(|| io::Error::other("gzip pool already stopped"))?;
-        jobs.send((data, done_tx))
+        jobs.send((data, index, done_tx))
             .map_err(|_| io::Error::other("gzip workers exited"))?;
         Ok(done_rx)
     }
@@ -224,37 +268,63 @@ impl Drop for GzPool {
 /// Parallel multi-member gzip writer.
 pub(crate) struct ParGzWriter<W: Write> {
     out: W,
-    block: usize,
+    /// The current member's bytes so far.
     buf: Vec<u8>,
+    cutter: Cutter,
+    /// Stream offset of `buf[0]`.
+    member_start: u64,
+    cuts: Vec<u64>,
     pool: GzPool,
     pending: VecDeque<Receiver<GzResult>>,
     /// Whether any member was submitted (an empty input still needs one).
     submitted: bool,
+    /// The earlier blob's index (for the workers) and bytes.
+    old: Option<(Arc<MemberIndex>, OldBlob)>,
+    /// This blob's members so far.
+    members: GzipMembers,
+    written: u64,
+    /// For a member the earlier blob was meant to give but did not.
+    fallback: Option<MemberEncoder>,
 }
 
 impl<W: Write> ParGzWriter<W> {
     pub(crate) fn new(out: W, threads: usize) -> Self {
-        Self::with_block(out, threads, GZIP_BLOCK)
+        Self::with_cutter(out, threads, Cutter::new())
     }
 
-    pub(crate) fn with_block(out: W, threads: usize, block: usize) -> Self {
-        let block = block.max(1);
+    fn with_cutter(out: W, threads: usize, cutter: Cutter) -> Self {
         ParGzWriter {
             out,
-            block,
-            buf: Vec::with_capacity(block),
+            buf: Vec::new(),
+            cutter,
+            member_start: 0,
+            cuts: Vec::new(),
             pool: GzPool::new(threads),
             pending: VecDeque::new(),
             submitted: false,
+            old: None,
+            members: GzipMembers::default(),
+            written: 0,
+            fallback: None,
         }
     }
 
-    fn submit(&mut self) -> io::Result<()> {
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.block));
+    /// Copies the members `old` holds instead of compressing them.
+    pub(crate) fn reusing(mut self, old: OldMembers) -> Self {
+        self.old = Some((Arc::new(old.index), OldBlob::new(old.blob)));
+        self
+    }
+
+    /// Submits the first `len` bytes of `buf` as a member.
+    fn submit(&mut self, len: usize) -> io::Result<()> {
+        let rest = self.buf.split_off(len);
+        let data = std::mem::replace(&mut self.buf, rest);
+        self.member_start += len as u64;
         self.submitted = true;
-        let rx = self.pool.submit(data, self.pending.len())?;
+        let index = self.old.as_ref().map(|(i, _)| Arc::clone(i));
+        let rx = self.pool.submit(data, index, self.pending.len())?;
         self.pending.push_back(rx);
-        // Bound memory: at most two blocks in flight per worker.
+        // Bound memory: at most two members in flight per worker.
         while self.pending.len() > 2 * self.pool.max {
             self.write_oldest()?;
         }
@@ -262,48 +332,102 @@ impl<W: Write> ParGzWriter<W> {
     }
 
     fn write_oldest(&mut self) -> io::Result<()> {
-        if let Some(rx) = self.pending.pop_front() {
-            let member = rx
-                .recv()
-                .map_err(|_| io::Error::other("gzip worker exited without a result"))??;
-            self.out.write_all(&member)?;
+        let Some(rx) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let member = rx
+            .recv()
+            .map_err(|_| io::Error::other("gzip worker exited without a result"))??;
+        match member {
+            Member::Fresh { digest, raw, bytes } => self.emit(digest, raw, &bytes),
+            Member::Known {
+                digest,
+                at: (offset, len),
+                crc,
+                data,
+            } => {
+                let raw = data.len() as u64;
+                let copied = self
+                    .old
+                    .as_mut()
+                    .and_then(|(_, blob)| blob.range(offset, len))
+                    .filter(|b| is_member_of(b, crc, data.len()));
+                match copied {
+                    Some(bytes) => {
+                        self.members.reused += 1;
+                        self.emit(digest, raw, &bytes)
+                    }
+                    None => {
+                        let bytes = self
+                            .fallback
+                            .get_or_insert_with(MemberEncoder::new)
+                            .member(&data)?;
+                        self.emit(digest, raw, &bytes)
+                    }
+                }
+            }
         }
+    }
+
+    fn emit(&mut self, digest: [u8; 32], raw: u64, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        let len = bytes.len() as u64;
+        self.members
+            .index
+            .members
+            .entry(digest)
+            .or_insert((self.written, len, raw));
+        self.members.total += 1;
+        self.written += len;
         Ok(())
     }
 
-    pub(crate) fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<(W, GzipMembers)> {
         if !self.buf.is_empty() || !self.submitted {
-            self.submit()?;
+            self.submit(self.buf.len())?;
         }
         while !self.pending.is_empty() {
             self.write_oldest()?;
         }
         self.out.flush()?;
+        let members = std::mem::take(&mut self.members);
         // Dropping the pool joins the (now idle) workers.
-        Ok(self.out)
+        let ParGzWriter { out, .. } = self;
+        Ok((out, members))
     }
 }
 
 impl<W: Write> Write for ParGzWriter<W> {
-    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
-        let total = data.len();
-        while !data.is_empty() {
-            let room = self.block - self.buf.len();
-            let n = room.min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.buf.len() == self.block {
-                self.submit()?;
-            }
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut cuts = std::mem::take(&mut self.cuts);
+        self.cutter.scan(data, &mut cuts);
+        self.buf.extend_from_slice(data);
+        for &cut in &cuts {
+            let len = usize::try_from(cut - self.member_start)
+                .map_err(|_| io::Error::other("gzip member too large"))?;
+            self.submit(len)?;
         }
-        Ok(total)
+        cuts.clear();
+        self.cuts = cuts;
+        Ok(data.len())
     }
 
-    /// Only flushes what is already compressed; a partial block stays
+    /// Only flushes what is already compressed; a partial member stays
     /// buffered so that member boundaries do not depend on flush calls.
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// Whether `bytes` look like the gzip member of `len` bytes with CRC `crc`
+/// that [`MemberEncoder`] writes (header and trailer): a cheap check that
+/// the earlier blob's index pointed at the right bytes.
+fn is_member_of(bytes: &[u8], crc: u32, len: usize) -> bool {
+    let n = bytes.len();
+    n >= GZIP_HEADER.len() + 8
+        && bytes[..GZIP_HEADER.len()] == GZIP_HEADER
+        && bytes[n - 8..n - 4] == crc.to_le_bytes()
+        && bytes[n - 4..] == (len as u32).to_le_bytes()
 }
 
 fn gzip_worker(rx: &Mutex<Receiver<Job>>) {
@@ -315,9 +439,31 @@ fn gzip_worker(rx: &Mutex<Receiver<Job>>) {
             Ok(guard) => guard.recv(),
             Err(_) => return,
         };
-        let Ok((data, done)) = job else { return };
+        let Ok((data, index, done)) = job else { return };
+        let digest: [u8; 32] = Sha256::digest(&data).into();
+        let raw = data.len() as u64;
+        // Stored members are stored again (a copy either way).
+        let known = index
+            .and_then(|i| i.members.get(&digest).copied())
+            .filter(|&(_, len, _)| worth_copying(len, raw));
+        let result = match known {
+            Some((offset, len, _)) => {
+                let at = (offset, len);
+                let mut crc = flate2::Crc::new();
+                crc.update(&data);
+                Ok(Member::Known {
+                    digest,
+                    at,
+                    crc: crc.sum(),
+                    data,
+                })
+            }
+            None => encoder
+                .member(&data)
+                .map(|bytes| Member::Fresh { digest, raw, bytes }),
+        };
         // The receiver may be gone if the writer was dropped; that is fine.
-        let _ = done.send(encoder.member(&data));
+        let _ = done.send(result);
     }
 }
 
@@ -492,11 +638,11 @@ mod tests {
     }
 
     fn par_gzip(data: &[u8], threads: usize, block: usize) -> Vec<u8> {
-        let mut w = ParGzWriter::with_block(Vec::new(), threads, block);
+        let mut w = ParGzWriter::with_cutter(Vec::new(), threads, Cutter::with_step(block as u64));
         for chunk in data.chunks(1000) {
             w.write_all(chunk).expect("vec write");
         }
-        w.finish().expect("finish")
+        w.finish().expect("finish").0
     }
 
     #[test]
@@ -613,9 +759,105 @@ mod tests {
         assert_eq!(back, data);
     }
 
+    /// A tar of `n` text files of about 20 KB whose words depend on
+    /// `seed` and the file, and the same tar with file `edit` grown.
+    fn text_tar(n: usize, edit: Option<usize>) -> Vec<u8> {
+        use crate::diff::tar::{Entry, EntryKind, TarWriter};
+        let mut w = TarWriter::new(Vec::new());
+        for i in 0..n {
+            let mut body = Vec::new();
+            let mut x = i as u64 * 7919 + 1;
+            while body.len() < 20 * 1024 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                body.extend_from_slice(format!("word{} ", x >> 52).as_bytes());
+            }
+            if edit == Some(i) {
+                body.extend_from_slice(&b"an edit that makes the file longer\n".repeat(90));
+            }
+            let path = format!("src/mod-{i:04}.rs");
+            let e = Entry::fixed(path.as_bytes(), EntryKind::Regular, body.len() as u64);
+            w.append_header(&e).expect("header");
+            w.copy_data(&mut &body[..], body.len() as u64)
+                .expect("data");
+        }
+        w.finish().expect("finish")
+    }
+
+    fn gzip_members(data: &[u8], old: Option<OldMembers>) -> (Vec<u8>, GzipMembers) {
+        let mut w = ParGzWriter::new(Vec::new(), 2);
+        if let Some(old) = old {
+            w = w.reusing(old);
+        }
+        for chunk in data.chunks(100_000) {
+            w.write_all(chunk).expect("vec write");
+        }
+        w.finish().expect("finish")
+    }
+
+    /// A file edited in the middle of a layer: the blob made from the
+    /// earlier blob's members is the cold blob, byte for byte, copies all
+    /// but the members around the edit, and `gzip -d` reads it.
+    #[test]
+    fn reusing_members_gives_the_cold_blob() {
+        let before = text_tar(600, None);
+        let after = text_tar(600, Some(300));
+        let (old_blob, old) = gzip_members(&before, None);
+        let (cold, cold_members) = gzip_members(&after, None);
+        let (warm, warm_members) = gzip_members(
+            &after,
+            Some(OldMembers {
+                index: old.index.clone(),
+                blob: Box::new(io::Cursor::new(old_blob.clone())),
+            }),
+        );
+        assert_eq!(warm, cold);
+        assert_eq!(warm_members.index, cold_members.index);
+        let total = cold_members.total;
+        assert!(total >= 10, "{total} members");
+        assert!(
+            warm_members.reused > 0 && warm_members.reused + 3 >= total,
+            "{} of {total} reused",
+            warm_members.reused
+        );
+        assert_eq!(cold_members.reused, 0);
+
+        let mut child = std::process::Command::new("gzip")
+            .arg("-dc")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gzip runs");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let writer = std::thread::spawn(move || stdin.write_all(&warm).expect("feed gzip"));
+        let out = child.wait_with_output().expect("gzip output");
+        writer.join().expect("writer");
+        assert!(out.status.success(), "gzip -d failed");
+        assert_eq!(out.stdout, after);
+    }
+
+    /// An earlier blob whose bytes are not what its index says (here all
+    /// zeros) is not copied from: its members are compressed again.
+    #[test]
+    fn members_that_do_not_check_out_are_compressed_again() {
+        let before = text_tar(200, None);
+        let (old_blob, old) = gzip_members(&before, None);
+        let (cold, _) = gzip_members(&before, None);
+        let (warm, m) = gzip_members(
+            &before,
+            Some(OldMembers {
+                index: old.index,
+                blob: Box::new(io::Cursor::new(vec![0u8; old_blob.len()])),
+            }),
+        );
+        assert_eq!(m.reused, 0);
+        assert_eq!(warm, cold);
+    }
+
     #[test]
     fn empty_input_is_a_valid_gzip() {
-        let out = ParGzWriter::new(Vec::new(), 2).finish().expect("finish");
+        let out = ParGzWriter::new(Vec::new(), 2).finish().expect("finish").0;
         assert!(gunzip(&out).is_empty());
     }
 }

@@ -28,6 +28,7 @@
 //!   `<dir>/.wh..wh..opq` and its new contents. Sockets are skipped.
 
 mod compress;
+pub mod members;
 mod recompress;
 pub mod tar;
 mod upper;
@@ -45,6 +46,7 @@ use std::str::FromStr;
 use kiln_types::Digest;
 
 use self::compress::{Compressor, CountWriter, HashWriter};
+use self::members::{GzipMembers, OldMembers};
 pub use self::recompress::{compression_of, recompress};
 use self::tar::{CopyError, Entry, EntryKind, TarWriter};
 
@@ -177,7 +179,7 @@ pub fn write_layer(
     compression: Compression,
     out: &mut dyn Write,
 ) -> Result<LayerDescriptor, DiffError> {
-    let (blob, hash) = compress_layer(src, compression, HashWriter::new(out))?;
+    let (blob, hash, _) = compress_layer(src, compression, HashWriter::new(out), None)?;
     let (out, digest, size) = blob.finish();
     out.flush().map_err(DiffError::output)?;
     let desc = LayerDescriptor {
@@ -211,7 +213,21 @@ pub fn stream_layer(
     compression: Compression,
     out: &mut dyn Write,
 ) -> Result<(LayerHash, u64), DiffError> {
-    let (blob, hash) = compress_layer(src, compression, CountWriter::new(out))?;
+    let (hash, size, _) = stream_layer_reusing(src, compression, out, None)?;
+    Ok((hash, size))
+}
+
+/// [`stream_layer`], copying the gzip members `old` (an earlier blob's
+/// members) already holds instead of compressing them again: the bytes
+/// written are the same as without it. Also returns, for gzip, where this
+/// blob's members are (for the next blob to reuse).
+pub fn stream_layer_reusing(
+    src: DiffSource<'_>,
+    compression: Compression,
+    out: &mut dyn Write,
+    old: Option<OldMembers>,
+) -> Result<(LayerHash, u64, Option<GzipMembers>), DiffError> {
+    let (blob, hash, members) = compress_layer(src, compression, CountWriter::new(out), old)?;
     let (out, size) = blob.finish();
     out.flush().map_err(DiffError::output)?;
     tracing::debug!(
@@ -219,9 +235,11 @@ pub fn stream_layer(
         size,
         uncompressed_size = hash.uncompressed_size,
         entries = hash.entries,
+        members = members.as_ref().map(|m| m.total),
+        reused = members.as_ref().map(|m| m.reused),
         "layer streamed"
     );
-    Ok((hash, size))
+    Ok((hash, size, members))
 }
 
 /// The tar of `src`, hashed (the diffID) and compressed into `blob`; the
@@ -230,11 +248,12 @@ fn compress_layer<B: Write>(
     src: DiffSource<'_>,
     compression: Compression,
     blob: B,
-) -> Result<(B, LayerHash), DiffError> {
-    let compressor = Compressor::new(compression, blob).map_err(DiffError::output)?;
+    old: Option<OldMembers>,
+) -> Result<(B, LayerHash, Option<GzipMembers>), DiffError> {
+    let compressor = Compressor::reusing(compression, blob, old).map_err(DiffError::output)?;
     let (tar_hash, entries) = emit(src, HashWriter::new(compressor))?;
     let (compressor, diff_id, uncompressed_size) = tar_hash.finish();
-    let blob = compressor.finish().map_err(DiffError::output)?;
+    let (blob, members) = compressor.finish_indexed().map_err(DiffError::output)?;
     Ok((
         blob,
         LayerHash {
@@ -242,6 +261,7 @@ fn compress_layer<B: Write>(
             uncompressed_size,
             entries,
         },
+        members,
     ))
 }
 

@@ -18,13 +18,20 @@
 //! lives exactly as long as something holds the snapshot (a cache
 //! record's lease, which is not flat, an image, a build), and the next
 //! export finds it with one `Stat`.
+//!
+//! A gzip blob made here also names itself on the parent snapshot
+//! ([`members_label`]): the next blob made for a child of the same parent
+//! (typically the same `COPY` after a file changed) copies the compressed
+//! members the two share from it (`kiln_snapshot::diff::members`) instead
+//! of compressing them again. That label is not a GC reference: a blob
+//! collected since is simply not reused.
 
 use crate::error::{Result, WorkerError};
 use crate::refs::{Blob, Layer};
 use crate::services::Services;
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::diff::{compression_of, Compression, DiffError};
-use kiln_snapshot::layer::{commit_layer, convert_layer, LayerSource};
+use kiln_snapshot::layer::{commit_layer_reusing, convert_layer, LayerSource};
 use kiln_snapshot::mount::{overlay_dirs, Mount, MountGuard};
 use kiln_snapshot::services::LeaseResource;
 use kiln_snapshot::{Digest, SnapshotError};
@@ -37,6 +44,12 @@ pub fn blob_label(compression: Compression) -> String {
         "containerd.io/gc.ref.content.kiln.blob.{}",
         compression.as_str()
     )
+}
+
+/// The label on a parent snapshot naming the last blob made in
+/// `compression` for a child of it (a candidate to copy members from).
+pub fn members_label(compression: Compression) -> String {
+    format!("kiln.members.{}", compression.as_str())
 }
 
 /// `layers` with every layer's blob in `compression` (made, converted or
@@ -231,7 +244,17 @@ impl<'a> Blobs<'a> {
                 }
             },
         };
-        let r = self.diff(&own, parent.as_ref()).await;
+        let previous = match (i, self.compression) {
+            (0, _) | (_, Compression::Zstd | Compression::Uncompressed) => None,
+            _ => self
+                .svc
+                .snapshots
+                .stat(chain_ids[i - 1].as_str())
+                .await
+                .ok()
+                .and_then(|p| p.labels.get(&members_label(self.compression)).cloned()),
+        };
+        let r = self.diff(&own, parent.as_ref(), previous.as_deref()).await;
         if let Some(p) = parent {
             p.close(self.svc).await;
         }
@@ -253,6 +276,18 @@ impl<'a> Blobs<'a> {
         if let Err(e) = self.svc.snapshots.update_labels(name, labels).await {
             tracing::warn!(snapshot = name, error = %e, "cannot label a snapshot with its blob");
         }
+        if i > 0 && self.compression == Compression::Gzip {
+            let labels =
+                HashMap::from([(members_label(self.compression), desc.digest.to_string())]);
+            if let Err(e) = self
+                .svc
+                .snapshots
+                .update_labels(chain_ids[i - 1].as_str(), labels)
+                .await
+            {
+                tracing::warn!(snapshot = %chain_ids[i - 1], error = %e, "cannot name a blob on its parent snapshot");
+            }
+        }
         tracing::debug!(snapshot = name, blob = %desc.digest, "layer blob made on demand");
         Ok(Blob {
             media_type: desc.media_type.to_string(),
@@ -267,6 +302,7 @@ impl<'a> Blobs<'a> {
         &self,
         own: &View,
         parent: Option<&View>,
+        previous: Option<&str>,
     ) -> Result<kiln_snapshot::diff::LayerDescriptor> {
         let lower = match parent {
             Some(p) => Some(p.tree()?),
@@ -283,7 +319,7 @@ impl<'a> Blobs<'a> {
         };
         let content = &*self.svc.content;
         if let Some(upper) = upper {
-            let r = commit_layer(
+            let r = commit_layer_reusing(
                 content,
                 LayerSource::Overlay {
                     upper,
@@ -291,24 +327,38 @@ impl<'a> Blobs<'a> {
                 },
                 self.compression,
                 self.lease,
+                previous,
             )
             .await;
             match r {
                 Err(SnapshotError::Diff(DiffError::Redirect { .. })) => {
                     tracing::info!(snapshot = %own.parent, "overlay redirect found, falling back to a full walk");
                 }
-                other => return Ok(other?),
+                other => return Ok(reported(other?)),
             }
         }
         let upper = own.tree()?;
-        Ok(commit_layer(
-            content,
-            LayerSource::Walk { lower, upper },
-            self.compression,
-            self.lease,
-        )
-        .await?)
+        Ok(reported(
+            commit_layer_reusing(
+                content,
+                LayerSource::Walk { lower, upper },
+                self.compression,
+                self.lease,
+                previous,
+            )
+            .await?,
+        ))
     }
+}
+
+/// The descriptor of a blob just made, after logging what it reused.
+fn reported(
+    (desc, reused): (kiln_snapshot::diff::LayerDescriptor, usize),
+) -> kiln_snapshot::diff::LayerDescriptor {
+    if reused > 0 {
+        tracing::debug!(blob = %desc.digest, reused, "gzip members copied from an earlier blob");
+    }
+    desc
 }
 
 /// How many blobs [`Blobs::chain`] makes at once: one per core.

@@ -375,6 +375,12 @@ async fn an_export_writes_exactly_config_manifest_and_layers_with_gc_labels() {
     for rec in cache::list(&fx.svc).await.expect("records") {
         expected_blobs.insert(rec.lease.labels[cache::RECORD_LABEL].clone());
     }
+    // A gzip layer's member index, held by the layer blob's label.
+    let index = l_info
+        .labels
+        .get(kiln_snapshot::layer::MEMBERS_LABEL)
+        .expect("the layer names its member index");
+    expected_blobs.insert(index.clone());
     let written: BTreeSet<String> = fx
         .mem
         .list_content()
