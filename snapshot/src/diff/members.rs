@@ -2,7 +2,7 @@
 //! blob reuse a member's compressed bytes.
 //!
 //! Members are cut at tar entry boundaries chosen by the tar bytes alone
-//! ([`Cutter`]), so that a change in one file moves the cuts around it
+//! (`Cutter`), so that a change in one file moves the cuts around it
 //! only: the members before and after it hold the same bytes as before and
 //! so compress to the same bytes (every member is a pure function of its
 //! bytes, see `compress::MemberEncoder`). A blob's [`MemberIndex`] maps the
@@ -15,16 +15,16 @@
 //! every gzip digest; bump [`INDEX_VERSION`] with it):
 //! - a cut may only fall where a tar entry starts (before its PAX or GNU
 //!   long-name headers, which belong to it), or inside a big file's data;
-//! - an entry whose data is at least [`BIG`] starts a member, its data is
-//!   cut every [`BIG`] bytes from where the data starts, and the entry after
+//! - an entry whose data is at least `BIG` starts a member, its data is
+//!   cut every `BIG` bytes from where the data starts, and the entry after
 //!   it starts a member;
 //! - otherwise a member ends before an entry once it holds at least
-//!   [`MIN`] bytes and the entry's name hashes to 0 modulo [`SPREAD`], or
-//!   once it holds at least [`MAX`] bytes. The name (not the position or
+//!   `MIN` bytes and the entry's name hashes to 0 modulo `SPREAD`, or
+//!   once it holds at least `MAX` bytes. The name (not the position or
 //!   size) picks the cuts, so an edit that changes a file's size leaves the
 //!   same cuts after it as soon as one cut falls on the same entry;
 //! - bytes that do not parse as a tar (a bad header checksum, an unknown
-//!   size) are cut every [`BIG`] bytes from the last cut on.
+//!   size) are cut every `BIG` bytes from the last cut on.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
