@@ -13,25 +13,6 @@ use std::path::Path;
 
 const DF: &str = "FROM busybox\nCOPY . /app\n";
 
-/// (layer digests, diffIDs) of image `name`.
-fn layers(h: &Harness, ns: &str, name: &str) -> (Vec<String>, Vec<String>) {
-    let m = h.manifest(ns, name);
-    let digests = m["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| l["digest"].as_str().expect("digest").to_string())
-        .collect();
-    let cfg = common::image_config(h, ns, name);
-    let diff_ids = cfg["rootfs"]["diff_ids"]
-        .as_array()
-        .expect("diff_ids")
-        .iter()
-        .map(|d| d.as_str().expect("diffID").to_string())
-        .collect();
-    (digests, diff_ids)
-}
-
 /// The inode numbers of `rel` in every overlayfs snapshot's own
 /// directory of the harness's containerd, one per snapshot that has it.
 fn inodes(snapshots: &Path, rel: &str) -> Vec<u64> {
@@ -49,15 +30,7 @@ fn inodes(snapshots: &Path, rel: &str) -> Vec<u64> {
 async fn a_one_file_change_links_the_rest_and_gives_a_cold_builds_layer() {
     let (warm, cold) = ("incr-warm", "incr-cold");
     let h = Harness::with_busybox_private(warm).await;
-    let bb = h.state_dir().join("busybox-image.tar");
-    let bb = bb.to_str().expect("utf8");
-    h.ctr(
-        warm,
-        &["images", "export", bb, "docker.io/library/busybox:latest"],
-    )
-    .expect("ctr images export");
-    h.ctr(cold, &["images", "import", bb])
-        .expect("ctr images import");
+    common::copy_busybox(&h, warm, cold);
     let big = "0123456789abcdef".repeat(4096);
     let ctx = h.context(
         "incr",
@@ -117,14 +90,14 @@ async fn a_one_file_change_links_the_rest_and_gives_a_cold_builds_layer() {
     // same layers, in gzip and in zstd.
     h.build(cold, &["-t", "v2", c]).ok();
     assert_eq!(
-        layers(&h, warm, "docker.io/library/v2:latest"),
-        layers(&h, cold, "docker.io/library/v2:latest")
+        common::layers(&h, warm, "docker.io/library/v2:latest"),
+        common::layers(&h, cold, "docker.io/library/v2:latest")
     );
     let zstd = ["-o", "type=image,name=v2z,compression=zstd", c];
     h.build(warm, &zstd).ok();
     h.build(cold, &zstd).ok();
     assert_eq!(
-        layers(&h, warm, "docker.io/library/v2z:latest"),
-        layers(&h, cold, "docker.io/library/v2z:latest")
+        common::layers(&h, warm, "docker.io/library/v2z:latest"),
+        common::layers(&h, cold, "docker.io/library/v2z:latest")
     );
 }

@@ -45,25 +45,6 @@ fn layer_blobs(h: &Harness, ns: &str) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// (layer digests, diffIDs) of image `name`.
-fn layers(h: &Harness, ns: &str, name: &str) -> (Vec<String>, Vec<String>) {
-    let m = h.manifest(ns, name);
-    let digests = m["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| l["digest"].as_str().expect("digest").to_string())
-        .collect();
-    let cfg = common::image_config(h, ns, name);
-    let diff_ids = cfg["rootfs"]["diff_ids"]
-        .as_array()
-        .expect("diff_ids")
-        .iter()
-        .map(|d| d.as_str().expect("diffID").to_string())
-        .collect();
-    (digests, diff_ids)
-}
-
 #[tokio::test]
 async fn a_stage_that_only_feeds_copy_from_writes_no_blob() {
     let ns = "lazy-nocopy";
@@ -74,7 +55,7 @@ async fn a_stage_that_only_feeds_copy_from_writes_no_blob() {
         .build(ns, &["-t", "final", ctx.to_str().expect("utf8")])
         .ok();
     assert!(step_printed(&out.stderr, "GEN-RAN"), "{}", out.stderr);
-    let (digests, diff_ids) = layers(&h, ns, "docker.io/library/final:latest");
+    let (digests, diff_ids) = common::layers(&h, ns, "docker.io/library/final:latest");
     let new: BTreeSet<(String, String)> =
         layer_blobs(&h, ns).difference(&before).cloned().collect();
     // Only the exported image's own layer got a blob: not the generating
@@ -93,16 +74,7 @@ async fn a_stage_that_only_feeds_copy_from_writes_no_blob() {
 async fn an_image_of_steps_cached_without_blobs_is_a_cold_builds_image() {
     let (warm, cold) = ("lazy-warm", "lazy-cold");
     let h = Harness::with_busybox(warm).await;
-    // The very same base image in the fresh namespace.
-    let bb = h.state_dir().join("busybox-image.tar");
-    let bb = bb.to_str().expect("utf8");
-    h.ctr(
-        warm,
-        &["images", "export", bb, "docker.io/library/busybox:latest"],
-    )
-    .expect("ctr images export");
-    h.ctr(cold, &["images", "import", bb])
-        .expect("ctr images import");
+    common::copy_busybox(&h, warm, cold);
     let ctx = context(&h, "lazy-same");
     let c = ctx.to_str().expect("utf8");
     // The gen stage's steps are cached without blobs by the first build.
@@ -116,8 +88,8 @@ async fn an_image_of_steps_cached_without_blobs_is_a_cold_builds_image() {
     let fresh = h.build(cold, &["--target", "gen", "-t", "gen", c]).ok();
     assert!(step_printed(&fresh.stderr, "GEN-RAN"), "{}", fresh.stderr);
     let (w, fresh) = (
-        layers(&h, warm, "docker.io/library/gen:latest"),
-        layers(&h, cold, "docker.io/library/gen:latest"),
+        common::layers(&h, warm, "docker.io/library/gen:latest"),
+        common::layers(&h, cold, "docker.io/library/gen:latest"),
     );
     assert_eq!(w.0.len(), 3, "busybox, COPY, RUN: {w:?}");
     assert_eq!(w, fresh, "layer digests and diffIDs");
@@ -150,8 +122,8 @@ async fn an_image_of_steps_cached_without_blobs_is_a_cold_builds_image() {
     )
     .ok();
     assert_eq!(
-        layers(&h, warm, "docker.io/library/gen-z:latest"),
-        layers(&h, cold, "docker.io/library/gen-z:latest")
+        common::layers(&h, warm, "docker.io/library/gen-z:latest"),
+        common::layers(&h, cold, "docker.io/library/gen-z:latest")
     );
 }
 
@@ -180,7 +152,7 @@ async fn a_blob_made_on_demand_lives_as_long_as_its_record() {
         "gen",
         c,
     ]);
-    let (digests, _) = layers(&h, ns, "docker.io/library/gen:latest");
+    let (digests, _) = common::layers(&h, ns, "docker.io/library/gen:latest");
     let run_blob = digests.last().expect("the RUN layer").clone();
     // Only the cache record holds the RUN layer's blob now.
     h.ctr(
@@ -225,7 +197,10 @@ async fn a_blob_made_on_demand_lives_as_long_as_its_record() {
         c,
     ]);
     assert!(!step_printed(&again.stderr, "GEN-RAN"), "{}", again.stderr);
-    assert_eq!(layers(&h, ns, "docker.io/library/gen2:latest").0, digests);
+    assert_eq!(
+        common::layers(&h, ns, "docker.io/library/gen2:latest").0,
+        digests
+    );
     h.ctr(
         ns,
         &["images", "rm", "--sync", "docker.io/library/gen2:latest"],

@@ -20,24 +20,6 @@ fn build(h: &Harness, ns: &str, args: &[&str]) -> KilnOutput {
     h.build(ns, args).ok()
 }
 
-/// (layer digests, diffIDs) of image `name`.
-fn layers(h: &Harness, ns: &str, name: &str) -> (Vec<String>, Vec<String>) {
-    let digests = h.manifest(ns, name)["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| l["digest"].as_str().expect("digest").to_string())
-        .collect();
-    let cfg = common::image_config(h, ns, name);
-    let diff_ids = cfg["rootfs"]["diff_ids"]
-        .as_array()
-        .expect("diff_ids")
-        .iter()
-        .map(|d| d.as_str().expect("diffID").to_string())
-        .collect();
-    (digests, diff_ids)
-}
-
 /// The progress number (`#N`) of the vertex named exactly `name`.
 fn vertex_number(stderr: &str, name: &str) -> String {
     stderr
@@ -77,8 +59,8 @@ async fn a_linked_copy_survives_a_base_change_with_the_same_layer() {
         two.stderr
     );
 
-    let (d1, i1) = layers(&h, ns, "docker.io/library/link:one");
-    let (d2, i2) = layers(&h, ns, "docker.io/library/link:two");
+    let (d1, i1) = common::layers(&h, ns, "docker.io/library/link:one");
+    let (d2, i2) = common::layers(&h, ns, "docker.io/library/link:two");
     assert_eq!(d1.len(), 3, "busybox, RUN, linked COPY: {d1:?}");
     assert_eq!(d2.len(), 3, "{d2:?}");
     assert_ne!(d1[1], d2[1], "the RUN layers differ");

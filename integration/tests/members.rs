@@ -3,20 +3,12 @@
 //! for byte the blob a cold build of the changed context gives in a fresh
 //! namespace.
 
+mod common;
+
 use kiln_integration::Harness;
 use std::fmt::Write as _;
 
 const DF: &str = "FROM busybox\nCOPY . /app\n";
-
-/// The layer digests of image `name`.
-fn layer_digests(h: &Harness, ns: &str, name: &str) -> Vec<String> {
-    h.manifest(ns, name)["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| l["digest"].as_str().expect("digest").to_string())
-        .collect()
-}
 
 /// About 20 KB of text, different for every `n`.
 fn text(n: u64) -> String {
@@ -35,15 +27,7 @@ fn text(n: u64) -> String {
 async fn a_rebuild_copies_unchanged_members_and_gives_the_cold_blob() {
     let (warm, cold) = ("members-warm", "members-cold");
     let h = Harness::with_busybox_private(warm).await;
-    let bb = h.state_dir().join("busybox-image.tar");
-    let bb = bb.to_str().expect("utf8");
-    h.ctr(
-        warm,
-        &["images", "export", bb, "docker.io/library/busybox:latest"],
-    )
-    .expect("ctr images export");
-    h.ctr(cold, &["images", "import", bb])
-        .expect("ctr images import");
+    common::copy_busybox(&h, warm, cold);
 
     // 400 files of 20 KB: 8 MB of text, many members.
     let bodies: Vec<(String, String)> = (0..400u64)
@@ -79,14 +63,14 @@ async fn a_rebuild_copies_unchanged_members_and_gives_the_cold_blob() {
     assert!(reused >= 5, "only {reused} members copied");
 
     h.build(cold, &["-t", "v2", c]).ok();
-    let warm_layers = layer_digests(&h, warm, "docker.io/library/v2:latest");
+    let warm_layers = common::layers(&h, warm, "docker.io/library/v2:latest").0;
     assert_eq!(
         warm_layers,
-        layer_digests(&h, cold, "docker.io/library/v2:latest")
+        common::layers(&h, cold, "docker.io/library/v2:latest").0
     );
     assert_ne!(
         warm_layers,
-        layer_digests(&h, warm, "docker.io/library/v1:latest")
+        common::layers(&h, warm, "docker.io/library/v1:latest").0
     );
     assert_eq!(
         h.run_image(

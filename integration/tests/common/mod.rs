@@ -153,3 +153,34 @@ pub fn check_full_image(h: &Harness, ns: &str, name: &str) {
     assert!(line.contains("true"), "not unpacked: {line}");
     assert!(h.leftovers(ns).expect("ctr").is_empty());
 }
+
+/// (layer digests, diffIDs) of image `name`.
+pub fn layers(h: &Harness, ns: &str, name: &str) -> (Vec<String>, Vec<String>) {
+    let digests = h.manifest(ns, name)["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect();
+    let diff_ids = image_config(h, ns, name)["rootfs"]["diff_ids"]
+        .as_array()
+        .expect("diff_ids")
+        .iter()
+        .map(|d| d.as_str().expect("diffID").to_string())
+        .collect();
+    (digests, diff_ids)
+}
+
+/// Copies the very same busybox image from namespace `from` into `to`
+/// (export and import with ctr), for a cold build to compare with.
+pub fn copy_busybox(h: &Harness, from: &str, to: &str) {
+    let bb = h.state_dir().join("busybox-image.tar");
+    let bb = bb.to_str().expect("utf8");
+    h.ctr(
+        from,
+        &["images", "export", bb, "docker.io/library/busybox:latest"],
+    )
+    .expect("ctr images export");
+    h.ctr(to, &["images", "import", bb])
+        .expect("ctr images import");
+}
