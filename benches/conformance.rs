@@ -52,6 +52,22 @@ fn frontend_opts(case: &Case) -> Result<Vec<String>, String> {
             "--add-host" => list(&mut out, "add-hosts", value),
             "--ulimit" => list(&mut out, "ulimit", value),
             "--shm-size" => out.push(format!("shm-size={value}")),
+            "--ssh" => out.push(format!("--ssh {value}")),
+            // As buildx sends them: a directory is a session local of the
+            // context's name, anything else goes to the frontend as is.
+            "--build-context" => {
+                let (name, v) = value
+                    .split_once('=')
+                    .ok_or_else(|| format!("--build-context {value}: no ="))?;
+                if v.contains("://")
+                    || v.contains(':') && !v.starts_with('.') && !v.starts_with('/')
+                {
+                    out.push(format!("context:{name}={v}"));
+                } else {
+                    out.push(format!("--local {name}={v}"));
+                    out.push(format!("context:{name}=local:{name}"));
+                }
+            }
             other => return Err(format!("no buildctl equivalent for {other}")),
         }
     }
@@ -89,9 +105,9 @@ fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {
         .args(["--opt", "image-resolve-mode=local"])
         .args(["--output", &format!("type=image,name={image},unpack=true")]);
     for o in &opts {
-        match o.strip_prefix("--secret ") {
-            Some(spec) => cmd.args(["--secret", spec]),
-            None => cmd.args(["--opt", o]),
+        match o.split_once(' ') {
+            Some((flag @ ("--secret" | "--ssh" | "--local"), spec)) => cmd.args([flag, spec]),
+            _ => cmd.args(["--opt", o]),
         };
     }
     // Relative paths in the case's arguments name files of the case.
