@@ -29,7 +29,16 @@ pub struct GatewayService(pub Arc<Daemon>);
 /// The gateway API capabilities kiln implements.
 const FRONTEND_CAPS: &[&str] = &["solve.base", "return", "returnmap", "proto.refarray"];
 
-/// The LLB capabilities kiln can build.
+/// The LLB capabilities kiln can build: BuildKit's ids (solver/pb's
+/// caps), each one only if `llb.rs` maps the feature and the engine runs
+/// it. Clients gate features on these (buildx refuses a git context
+/// unless `source.git` is listed), so a cap listed here and not
+/// implemented would turn a clear refusal into a wrong build.
+/// Not listed, because kiln does not do them yet: the git/http auth
+/// secrets, ssh known hosts and socket, signature checks, image blobs,
+/// OCI layouts, cgroup parents, CDI devices, linux resources,
+/// `alwaysReplaceExistingDestPaths`, rm's `noFollowSymlink`, diff ops,
+/// content-cached mounts and per-vertex cache export switches.
 const LLB_CAPS: &[&str] = &[
     "source.image",
     "source.image.resolvemode",
@@ -41,19 +50,40 @@ const LLB_CAPS: &[&str] = &[
     "source.local.followpaths",
     "source.local.sharedkeyhint",
     "source.local.differ",
+    "source.git",
+    "source.git.keepgitdir",
+    "source.git.fullurl",
+    "source.git.subdir",
+    "source.git.checksum",
+    "source.git.skipsubmodules",
+    "source.git.mtime",
+    "source.git.fetchbycommit",
+    "source.http",
+    "source.http.checksum",
+    "source.http.perm",
+    // BuildKit's own spelling of this id.
+    "soruce.http.uidgid",
     "exec.meta.base",
     "exec.meta.network",
-    "exec.meta.hostname",
+    "exec.meta.proxyenv",
+    "exec.meta.security",
+    "exec.meta.ulimit",
+    "exec.meta.removemountstubs.recursive",
     "exec.mount.bind",
+    "exec.mount.selector",
     "exec.mount.cache",
     "exec.mount.cache.sharing",
     "exec.mount.tmpfs",
     "exec.mount.tmpfs.size",
+    "exec.mount.secret",
+    "exec.mount.ssh",
+    "exec.secretenv",
+    "exec.validexitcode",
     "file.base",
-    "file.rm.notfound",
-    "file.rm.allowwildcard",
-    "file.copy.includepatterns",
+    "file.rm.wildcard",
+    "file.copy.includeexcludepatterns",
     "file.copy.requiredpaths",
+    "file.copy.modestring",
     "file.symlink.create",
     "constraints",
     "platform",
@@ -219,5 +249,140 @@ impl LlbBridge for GatewayService {
         let (_, job) = self.job(&request).await?;
         job.set_returned(request.into_inner());
         Ok(Response::new(ReturnResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BuildKit's LLB capability ids (solver/pb/caps.go), the vocabulary
+    /// clients check against; an id outside it is a typo no client reads.
+    const BUILDKIT_LLB_CAPS: &[&str] = &[
+        "source.image",
+        "source.image.resolvemode",
+        "source.image.layerlimit",
+        "source.image.checksum",
+        "source.local",
+        "source.local.unique",
+        "source.local.sessionid",
+        "source.local.includepatterns",
+        "source.local.followpaths",
+        "source.local.excludepatterns",
+        "source.local.sharedkeyhint",
+        "source.local.differ",
+        "source.local.metadatatransfer",
+        "source.git",
+        "source.git.keepgitdir",
+        "source.git.fullurl",
+        "source.git.httpauth",
+        "source.git.knownsshhosts",
+        "source.git.mountsshsock",
+        "source.git.subdir",
+        "source.git.checksum",
+        "source.git.skipsubmodules",
+        "source.git.signatureverify",
+        "source.git.mtime",
+        "source.git.fetchbycommit",
+        "source.git.bundle",
+        "source.git.checkoutbundle",
+        "source.http",
+        "source.http.auth",
+        "source.http.checksum",
+        "source.http.perm",
+        "soruce.http.uidgid",
+        "source.http.header",
+        "source.http.signatureverify",
+        "source.imageblob",
+        "source.ocilayout",
+        "source.buildop.llbfilename",
+        "exec.meta.base",
+        "exec.meta.cgroup.parent",
+        "exec.meta.network",
+        "exec.meta.network.proxy",
+        "exec.meta.proxyenv",
+        "exec.meta.security",
+        "exec.meta.security.devices.v1",
+        "exec.meta.setsdefaultpath",
+        "exec.meta.ulimit",
+        "exec.meta.cdi",
+        "exec.meta.removemountstubs.recursive",
+        "exec.meta.linux.resources",
+        "exec.mount.bind",
+        "exec.mount.bind.readwrite-nooutput",
+        "exec.mount.cache",
+        "exec.mount.cache.sharing",
+        "exec.mount.selector",
+        "exec.mount.tmpfs",
+        "exec.mount.tmpfs.size",
+        "exec.mount.secret",
+        "exec.mount.ssh",
+        "exec.mount.cache.content",
+        "exec.cgroup",
+        "exec.secretenv",
+        "exec.validexitcode",
+        "file.base",
+        "file.rm.wildcard",
+        "file.copy.includeexcludepatterns",
+        "file.copy.requiredpaths",
+        "file.rm.nofollowsymlink",
+        "file.copy.alwaysreplaceexistingdestpaths",
+        "file.copy.modestring",
+        "file.symlink.create",
+        "constraints",
+        "platform",
+        "meta.ignorecache",
+        "meta.description",
+        "meta.exportcache",
+        "cache.gha",
+        "cache.s3",
+        "cache.azblob",
+        "mergeop",
+        "diffop",
+        "passthroughop",
+        "exporter.image.annotations",
+        "exporter.image.attestations",
+        "exporter.sourcedateepoch",
+        "exporter.multiple",
+        "exporter.session",
+        "source.policy",
+        "source.policy.session",
+        "gc.freespacefilter",
+        "history.filter",
+    ];
+
+    #[test]
+    fn llb_caps_are_buildkit_ids_listed_once() {
+        let mut seen = std::collections::HashSet::new();
+        for id in LLB_CAPS {
+            assert!(
+                BUILDKIT_LLB_CAPS.contains(id),
+                "{id} is not a BuildKit LLB cap"
+            );
+            assert!(seen.insert(id), "{id} is listed twice");
+        }
+    }
+
+    /// The sources kiln builds are advertised, so buildx and buildctl do
+    /// not refuse them client-side; the ones it refuses are not.
+    #[test]
+    fn implemented_sources_are_advertised_and_refused_ones_are_not() {
+        let has = |id: &str| caps(LLB_CAPS).iter().any(|c| c.id == id && c.enabled);
+        for id in [
+            "source.git",
+            "source.git.keepgitdir",
+            "source.http",
+            "exec.mount.ssh",
+        ] {
+            assert!(has(id), "{id} missing");
+        }
+        for id in [
+            "source.git.httpauth",
+            "source.ocilayout",
+            "diffop",
+            "exec.meta.cdi",
+        ] {
+            assert!(!has(id), "{id} advertised but not implemented");
+        }
     }
 }
