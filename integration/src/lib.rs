@@ -326,6 +326,10 @@ impl Harness {
     pub fn kiln_command(&self, namespace: &str) -> HarnessResult<Command> {
         let mut cmd = Command::new(kiln_binary()?);
         cmd.env("KILN_NETWORK_MODE", "host");
+        // The builder store is the harness's own, so a builder made
+        // current on this machine never redirects a test's build.
+        cmd.env("KILN_CONFIG_DIR", self.state_dir().join("kiln-config"))
+            .env_remove("KILN_BUILDER");
         cmd.arg("--containerd-address")
             .arg(&self.socket)
             .arg("--namespace")

@@ -6,6 +6,8 @@
 //! build itself is the engine's. The binary is a one-line
 //! `main` over [`main`] so the end-to-end tests can build the same CLI.
 
+mod builder_cmd;
+mod builders;
 mod cacheflags;
 mod progress;
 mod remote;
@@ -57,6 +59,10 @@ struct Cli {
     /// `tcp://host:port`; without it the engine runs in this process.
     #[arg(long, env = "KILN_HOST", global = true)]
     addr: Option<String>,
+    /// The builder to use (`kiln builder ls`) [env: KILN_BUILDER;
+    /// default: the current builder].
+    #[arg(long, global = true)]
+    builder: Option<String>,
     /// CA certificate to verify a tcp:// daemon with (enables TLS).
     #[arg(long, global = true)]
     tlscacert: Option<PathBuf>,
@@ -113,6 +119,9 @@ enum Command {
         #[arg(long)]
         filter: Vec<String>,
     },
+    /// Manage builders: where builds run (this process or a daemon).
+    #[command(subcommand)]
+    Builder(builder_cmd::BuilderCommand),
     /// Import a root filesystem directory as a one-layer image.
     ImportRootfs {
         /// Image name, e.g. busybox:latest.
@@ -255,17 +264,43 @@ async fn run(cli: Cli) -> Result<()> {
         namespace: cli.namespace.clone(),
         snapshotter: cli.snapshotter.clone(),
     };
-    let addr = cli.addr.clone().or_else(|| {
+    let mut addr = cli.addr.clone().or_else(|| {
         std::env::var("BUILDKIT_HOST")
             .ok()
             .filter(|s| !s.is_empty())
     });
-    let tls = remote::ClientTls {
+    let mut tls = remote::ClientTls {
         ca: cli.tlscacert.clone(),
         cert: cli.tlscert.clone(),
         key: cli.tlskey.clone(),
         server_name: cli.tlsservername.clone(),
     };
+    // A remote builder supplies the address and TLS files; an explicit
+    // address (--addr, KILN_HOST, BUILDKIT_HOST) wins over the current
+    // builder but not over a builder named on purpose.
+    let named = cli
+        .builder
+        .clone()
+        .or_else(|| std::env::var("KILN_BUILDER").ok().filter(|s| !s.is_empty()));
+    if !matches!(cli.command, Command::Builder(_)) && (named.is_some() || addr.is_none()) {
+        let chosen = match &named {
+            Some(n) => Some(builders::Store::from_env()?.get(n)?),
+            // Without a store (no HOME) the default builder is used.
+            None => match builders::Store::from_env() {
+                Ok(s) => Some(s.selected(None)?),
+                Err(_) => None,
+            },
+        };
+        if let Some(b) = chosen {
+            if let (Some(a), Some(n)) = (&addr, &named) {
+                bail!("--addr {a} and builder {n} both say where to build: give one");
+            }
+            if b.driver == builders::Driver::Remote {
+                addr = b.endpoint.clone();
+                tls = builder_cmd::tls_of(&b);
+            }
+        }
+    }
     match cli.command {
         Command::Build(args) => match addr {
             Some(addr) => {
@@ -408,6 +443,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Builder(cmd) => builder_cmd::run(cmd, named.as_deref(), &config).await,
         Command::ImportRootfs { name, cmd, dir } => {
             let ctrd = Containerd::connect(config).await?;
             let name = kiln_dockerfile::reference::normalize(&name)?;
