@@ -1,0 +1,99 @@
+//! The Kubernetes manifests in deploy/kubernetes (issue 13): each one is
+//! valid against the Kubernetes JSON schema (PyPI's kubernetes-validate,
+//! installed by .ci/install, strict: unknown fields fail), and the
+//! node-local DaemonSet keeps the properties docs/KUBERNETES.md promises.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn validator() -> PathBuf {
+    let p = std::env::var_os("KILN_KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from("/opt/kiln-ci/kubernetes-validate/bin/kubernetes-validate")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run .ci/install (it installs kubernetes-validate)",
+        p.display()
+    );
+    p
+}
+
+fn manifests() -> Vec<PathBuf> {
+    let dir = repo().join("deploy/kubernetes");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn every_manifest_passes_strict_schema_validation() {
+    let files = manifests();
+    assert!(!files.is_empty(), "no manifests in deploy/kubernetes");
+    let out = Command::new(validator())
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for f in &files {
+        let name = f.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(
+            text.contains(&format!("{name} passed")),
+            "{name} not validated:\n{text}"
+        );
+    }
+}
+
+/// The validator rejects what it should: a field the schema lacks.
+#[test]
+fn the_validator_rejects_an_unknown_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\nnotAField: 1\n",
+    )
+    .expect("write");
+    let out = Command::new(validator())
+        .arg("--strict")
+        .arg(&bad)
+        .output()
+        .expect("kubernetes-validate runs");
+    assert!(!out.status.success(), "an unknown field passed");
+}
+
+#[test]
+fn the_node_daemonset_builds_into_the_kubelets_namespace() {
+    let text = std::fs::read_to_string(repo().join("deploy/kubernetes/kilnd-node.yaml"))
+        .expect("kilnd-node.yaml");
+    assert!(text.contains("kind: DaemonSet"));
+    assert!(
+        text.contains("namespace = \"k8s.io\""),
+        "not the kubelet's namespace"
+    );
+    assert!(text.contains("automountServiceAccountToken: false"));
+    // The shim started by the node's containerd must see kilnd's mounts
+    // at the same paths.
+    for p in ["/var/lib/containerd", "/var/lib/kiln"] {
+        let mount = format!("mountPath: {p}\n              mountPropagation: Bidirectional");
+        assert!(text.contains(&mount), "{p} is not shared with the node");
+    }
+}
