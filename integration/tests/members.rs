@@ -59,9 +59,11 @@ async fn rebuild_copies_unchanged_members(compression: &str) {
     let h = Harness::with_busybox_private(warm).await;
     common::copy_busybox(&h, warm, cold);
 
-    // 400 files of 20 KB: 8 MB of text, many members.
-    let bodies: Vec<(String, String)> = (0..400u64)
-        .map(|i| (format!("src/d{}/f{i:03}.txt", i % 4), text(i)))
+    // Files of 20 KB of text, many members: 400 (8 MB) for gzip, 1,600
+    // (32 MB) for zstd, whose members are 4 to 8 MiB.
+    let n = if compression == "zstd" { 1600 } else { 400 };
+    let bodies: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("src/d{}/f{i:04}.txt", i % 4), text(i)))
         .collect();
     let mut files: Vec<(&str, &str)> = vec![("Dockerfile", DF)];
     files.extend(bodies.iter().map(|(p, b)| (p.as_str(), b.as_str())));
@@ -72,8 +74,8 @@ async fn rebuild_copies_unchanged_members(compression: &str) {
     h.build(warm, &args(&v1, c)).ok();
 
     // One file in the middle grows.
-    let changed = ctx.join("src/d2/f202.txt");
-    let mut body = text(202);
+    let changed = ctx.join(format!("src/d2/f{:04}.txt", n / 2 + 2));
+    let mut body = text(n / 2 + 2);
     body.push_str(&"// an edit that makes the file longer\n".repeat(40));
     std::fs::write(&changed, body).expect("change");
     let out = h
@@ -93,7 +95,7 @@ async fn rebuild_copies_unchanged_members(compression: &str) {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no members were copied:\n{stderr}"));
-    assert!(reused >= 5, "only {reused} members copied");
+    assert!(reused >= 3, "only {reused} members copied");
 
     h.build(cold, &args(&v2, c)).ok();
     let image = "docker.io/library/v2:latest";
@@ -116,7 +118,8 @@ async fn rebuild_copies_unchanged_members(compression: &str) {
         decompressed_sha256(&h, warm, top, compression),
         *diff_ids.last().expect("a diffID")
     );
-    let md5 = ["md5sum", "/app/src/d2/f202.txt", "/app/src/d1/f001.txt"];
+    let edited = format!("/app/src/d2/f{:04}.txt", n / 2 + 2);
+    let md5 = ["md5sum", edited.as_str(), "/app/src/d1/f0001.txt"];
     assert_eq!(
         h.run_image(warm, image, &format!("members-{compression}-v2"), &md5),
         h.run_image(cold, image, &format!("members-{compression}-v2c"), &md5)

@@ -287,7 +287,7 @@ pub(crate) struct ParMemberWriter<W: Write> {
 
 impl<W: Write> ParMemberWriter<W> {
     pub(crate) fn new(codec: Codec, out: W, threads: usize) -> Self {
-        Self::with_cutter(codec, out, threads, Cutter::new())
+        Self::with_cutter(codec, out, threads, Cutter::new(codec))
     }
 
     fn with_cutter(codec: Codec, out: W, threads: usize, cutter: Cutter) -> Self {
@@ -880,8 +880,10 @@ mod tests {
         w.finish().expect("finish")
     }
 
+    /// `data` as `codec` members, cut at gzip's sizes (so that a small tar
+    /// has many members whatever the codec).
     fn members_of(codec: Codec, data: &[u8], old: Option<OldMembers>) -> (Vec<u8>, BlobMembers) {
-        let mut w = ParMemberWriter::new(codec, Vec::new(), 2);
+        let mut w = ParMemberWriter::with_cutter(codec, Vec::new(), 2, Cutter::new(Codec::Gzip));
         if let Some(old) = old {
             w = w.reusing(old);
         }
