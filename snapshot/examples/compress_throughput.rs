@@ -4,7 +4,9 @@
 //! pipeline's compressors (sha256 of the input, compression, sha256 of the
 //! output) as gzip, zstd and uncompressed, printing MB/s of input and the
 //! compressed size. A directory argument is written as a layer instead
-//! (walk + tar + the same pipeline), read from the page cache.
+//! (walk + tar + the same pipeline), read from the page cache. For a file,
+//! `zstd-1frame` is the zstd layers kiln made before they were cut into
+//! frames (one multithreaded frame per layer, level 3), for comparison.
 
 use kiln_snapshot::diff::{recompress, write_layer, Compression, DiffSource};
 use std::path::Path;
@@ -52,6 +54,9 @@ fn main() {
                 ),
             };
             let took = start.elapsed().as_secs_f64();
+            if let (Some(d), Compression::Uncompressed) = (&data, compression) {
+                one_frame(arg, d);
+            }
             match result {
                 Ok(desc) => println!(
                     "{arg} {:<12} {:>8.1} MB/s  {:>6.1}% of {} MB  {}",
@@ -68,4 +73,29 @@ fn main() {
             }
         }
     }
+}
+
+/// `data` as one multithreaded zstd frame at level 3 (the zstd layers of
+/// kiln before frames), hashed before and after as above.
+fn one_frame(arg: &str, data: &[u8]) {
+    use sha2::Digest as _;
+    use std::io::Write;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let start = Instant::now();
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd encoder");
+    enc.multithread(threads).expect("zstd threads");
+    let diff_id = sha2::Sha256::digest(data);
+    enc.write_all(data).expect("compress");
+    let out = enc.finish().expect("finish");
+    let digest = sha2::Sha256::digest(&out);
+    let took = start.elapsed().as_secs_f64();
+    println!(
+        "{arg} {:<12} {:>8.1} MB/s  {:>6.1}% of {} MB  sha256:{:x} of sha256:{:x}",
+        "zstd-1frame",
+        data.len() as f64 / took / 1e6,
+        100.0 * out.len() as f64 / data.len().max(1) as f64,
+        data.len() / 1_000_000,
+        digest,
+        diff_id,
+    );
 }

@@ -6,13 +6,13 @@
 //! [`hash_layer`] is the same walk and tar hashed only (the diffID of a
 //! layer whose blob is made later, if ever).
 //!
-//! A gzip blob is committed with its member index (a small blob it holds
+//! A gzip or zstd blob is committed with its member index (a small blob it holds
 //! through [`MEMBERS_LABEL`], see [`crate::diff::members`]), so that the
 //! blob of a later version of the layer ([`commit_layer_reusing`]) copies
 //! the compressed members that did not change.
 
 use crate::containerd::LeaseId;
-use crate::diff::members::{MemberIndex, OldMembers};
+use crate::diff::members::{Codec, MemberIndex, OldMembers};
 use crate::diff::{stream_layer_reusing, Compression, DiffSource, LayerDescriptor, LayerHash};
 use crate::error::{Result, SnapshotError};
 use crate::services::{write_blob, Content, ContentWriter, LeaseResource, Leases};
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 /// The label containerd reads for a compressed layer's diffID.
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
 
-/// The label on a gzip layer blob naming its member index; as a GC
+/// The label on a gzip or zstd layer blob naming its member index; as a GC
 /// reference it keeps the index exactly as long as the blob.
 pub const MEMBERS_LABEL: &str = "containerd.io/gc.ref.content.kiln.members";
 
@@ -160,8 +160,9 @@ pub async fn commit_layer(
     Ok(desc)
 }
 
-/// [`commit_layer`], copying from the gzip blob `previous` (an earlier
-/// version of the layer, or any layer blob) the compressed members it
+/// [`commit_layer`], copying from the blob `previous` (an earlier version
+/// of the layer, or any layer blob, in `compression`) the compressed
+/// members it
 /// holds with the same bytes, when it has a member index. The blob is the
 /// same as without `previous`. Also returns how many members were copied.
 pub async fn commit_layer_reusing(
@@ -171,8 +172,9 @@ pub async fn commit_layer_reusing(
     lease: &LeaseId,
     previous: Option<&str>,
 ) -> Result<(LayerDescriptor, usize)> {
-    let old = match previous {
-        Some(p) if compression == Compression::Gzip => old_members(content, p).await,
+    let codec = Codec::of(compression);
+    let old = match (previous, codec) {
+        (Some(p), Some(codec)) => old_members(content, p, codec).await,
         _ => None,
     };
     let (writer, (hash, size, members)) = stream_blob(content, lease, move |w| {
@@ -186,10 +188,10 @@ pub async fn commit_layer_reusing(
     let mut labels = HashMap::new();
     labels.insert(UNCOMPRESSED_LABEL.to_string(), hash.diff_id.to_string());
     let reused = members.as_ref().map_or(0, |m| m.reused);
-    if let Some(m) = members {
+    if let (Some(m), Some(codec)) = (members, codec) {
         // The lease holds the index from its write until the blob's label
         // does; without it the next blob is only compressed in full.
-        match write_blob(content, &m.index.encode(), HashMap::new(), lease).await {
+        match write_blob(content, &m.index.encode(codec), HashMap::new(), lease).await {
             Ok(index) => {
                 labels.insert(MEMBERS_LABEL.to_string(), index.to_string());
             }
@@ -210,14 +212,14 @@ pub async fn commit_layer_reusing(
     ))
 }
 
-/// The member index and a reader of gzip blob `blob`, if it has an index
-/// that this version of kiln reads and its members compress (copying
+/// The member index and a reader of `codec` blob `blob`, if it has an
+/// index that this version of kiln reads and its members compress (copying
 /// stored bytes out of the store and back costs more than storing them);
 /// anything missing means no reuse.
-async fn old_members(content: &dyn Content, blob: &str) -> Option<OldMembers> {
+async fn old_members(content: &dyn Content, blob: &str, codec: Codec) -> Option<OldMembers> {
     let info = content.info(blob).await.ok()?;
     let index = info.labels.get(MEMBERS_LABEL)?;
-    let index = MemberIndex::decode(&content.read(index).await.ok()?)?;
+    let index = MemberIndex::decode(&content.read(index).await.ok()?, codec)?;
     if !index.worth_copying() {
         return None;
     }

@@ -1,20 +1,25 @@
 //! Hashing and compressing writers for the layer pipeline.
 //!
-//! gzip uses every core by cutting the tar stream into members (at entry
-//! boundaries, see [`super::members`]) and compressing each on a worker
-//! thread as an independent gzip member; the members are written in order.
-//! A member whose bytes an earlier blob already holds compressed (its
-//! [`MemberIndex`]) is copied from that blob instead. A concatenation of gzip members is one
-//! valid gzip stream (RFC 1952 §2.2) that Go's `compress/gzip` (containerd),
-//! `gzip -d` and flate2's `MultiGzDecoder` read in full. The cost is a reset
-//! of the deflate window every block: 0.3% larger than `gzip -6` on a
-//! 110 MB source tree. A block that does not compress (see
-//! [`MemberEncoder`]) is written as stored deflate blocks, at copy speed.
-//! Every member depends only on its block's bytes, so the blob digest is
-//! the same on every machine and with any number of threads.
-//! A crate such as `gzp` does the same (and primes each block with the
-//! previous 32 KiB), but it is one more dependency for ~150 lines of std and
-//! flate2 here. flate2 runs on zlib-rs (see the workspace manifest).
+//! gzip and zstd use every core the same way: the tar stream is cut into
+//! members (at entry boundaries, see [`super::members`]) and each is
+//! compressed on a worker thread as an independent gzip member or zstd
+//! frame; the members are written in order. A member whose bytes an
+//! earlier blob already holds compressed (its [`MemberIndex`]) is copied
+//! from that blob instead. A concatenation of gzip members is one valid
+//! gzip stream (RFC 1952 §2.2) that Go's `compress/gzip` (containerd),
+//! `gzip -d` and flate2's `MultiGzDecoder` read in full; a concatenation of
+//! zstd frames is one valid zstd stream (RFC 8878 §3.1) that containerd's
+//! decoder, `zstd -d` and the `zstd` crate read in full. The cost is a
+//! reset of the compression window every member: 0.3% larger than
+//! `gzip -6` on a 110 MB source tree. A gzip block that does not compress
+//! (see [`GzipEncoder`]) is written as stored deflate blocks, at copy
+//! speed; zstd stores such blocks raw by itself. Every member depends only
+//! on its block's bytes, so the blob digest is the same on every machine
+//! and with any number of threads.
+//! A crate such as `gzp` does the same for gzip (and primes each block
+//! with the previous 32 KiB), but it is one more dependency for ~150 lines
+//! of std and flate2 here. flate2 runs on zlib-rs (see the workspace
+//! manifest).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -25,7 +30,7 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
-use super::members::{worth_copying, Cutter, GzipMembers, MemberIndex, OldBlob, OldMembers};
+use super::members::{worth_copying, BlobMembers, Codec, Cutter, MemberIndex, OldBlob, OldMembers};
 use super::Compression;
 /// zstd level, as BuildKit's default.
 const ZSTD_LEVEL: i32 = 3;
@@ -104,8 +109,8 @@ impl<W: Write> Write for CountWriter<W> {
 
 /// The compressor stage; `finish` must be called to end the stream.
 pub(crate) enum Compressor<W: Write> {
-    Gzip(Box<ParGzWriter<W>>),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+    /// gzip members or zstd frames.
+    Members(Box<ParMemberWriter<W>>),
     None(W),
 }
 
@@ -114,20 +119,20 @@ impl<W: Write> Compressor<W> {
         Self::with_threads(compression, out, parallelism())
     }
 
-    /// A compressor that may copy gzip members from an earlier blob
-    /// (ignored for other compressions); the output is the same as
+    /// A compressor that may copy members from an earlier blob of the same
+    /// compression (ignored when uncompressed); the output is the same as
     /// without.
     pub(crate) fn reusing(
         compression: Compression,
         out: W,
         reuse: Option<OldMembers>,
     ) -> io::Result<Self> {
-        match (compression, reuse) {
-            (Compression::Gzip, Some(old)) => Ok(Compressor::Gzip(Box::new(
-                ParGzWriter::new(out, parallelism()).reusing(old),
-            ))),
-            _ => Self::new(compression, out),
-        }
+        Ok(match (Codec::of(compression), reuse) {
+            (Some(codec), Some(old)) => Compressor::Members(Box::new(
+                ParMemberWriter::new(codec, out, parallelism()).reusing(old),
+            )),
+            _ => Self::new(compression, out)?,
+        })
     }
 
     /// A compressor using `threads` worker threads; the output is the same
@@ -137,20 +142,9 @@ impl<W: Write> Compressor<W> {
         out: W,
         threads: usize,
     ) -> io::Result<Self> {
-        Ok(match compression {
-            Compression::Gzip => Compressor::Gzip(Box::new(ParGzWriter::new(out, threads))),
-            Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
-                // Always multithreaded (even with one worker): zstd's output
-                // then does not depend on the number of workers, so the blob
-                // digest is the same on every machine. The calling thread
-                // only hands over input; the workers compress jobs of
-                // zstd's default size (4 windows: 8 MiB at level 3).
-                let workers = u32::try_from(threads.max(1)).unwrap_or(u32::MAX);
-                enc.multithread(workers)?;
-                Compressor::Zstd(enc)
-            }
-            Compression::Uncompressed => Compressor::None(out),
+        Ok(match Codec::of(compression) {
+            Some(codec) => Compressor::Members(Box::new(ParMemberWriter::new(codec, out, threads))),
+            None => Compressor::None(out),
         })
     }
 
@@ -158,11 +152,10 @@ impl<W: Write> Compressor<W> {
         Ok(self.finish_indexed()?.0)
     }
 
-    /// Ends the stream; for gzip also returns where its members are.
-    pub(crate) fn finish_indexed(self) -> io::Result<(W, Option<GzipMembers>)> {
+    /// Ends the stream; when compressed also returns where its members are.
+    pub(crate) fn finish_indexed(self) -> io::Result<(W, Option<BlobMembers>)> {
         match self {
-            Compressor::Gzip(w) => w.finish().map(|(w, m)| (w, Some(m))),
-            Compressor::Zstd(w) => Ok((w.finish()?, None)),
+            Compressor::Members(w) => w.finish().map(|(w, m)| (w, Some(m))),
             Compressor::None(w) => Ok((w, None)),
         }
     }
@@ -171,16 +164,14 @@ impl<W: Write> Compressor<W> {
 impl<W: Write> Write for Compressor<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Compressor::Gzip(w) => w.write(buf),
-            Compressor::Zstd(w) => w.write(buf),
+            Compressor::Members(w) => w.write(buf),
             Compressor::None(w) => w.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Compressor::Gzip(w) => w.flush(),
-            Compressor::Zstd(w) => w.flush(),
+            Compressor::Members(w) => w.flush(),
             Compressor::None(w) => w.flush(),
         }
     }
@@ -189,7 +180,9 @@ impl<W: Write> Write for Compressor<W> {
 /// A compressed member, or one an earlier blob holds.
 enum Member {
     Fresh {
-        digest: [u8; 32],
+        /// Computed only when the member may be worth copying later (see
+        /// [`MemberIndex::add`]).
+        digest: Option<[u8; 32]>,
         /// Uncompressed length.
         raw: u64,
         bytes: Vec<u8>,
@@ -199,27 +192,30 @@ enum Member {
     Known {
         digest: [u8; 32],
         at: (u64, u64),
-        crc: u32,
+        /// The codec's [`Codec::check`] of `data`.
+        check: u32,
         data: Vec<u8>,
     },
 }
 
-type GzResult = io::Result<Member>;
-type Job = (Vec<u8>, Option<Arc<MemberIndex>>, SyncSender<GzResult>);
+type MemberResult = io::Result<Member>;
+type Job = (Vec<u8>, Option<Arc<MemberIndex>>, SyncSender<MemberResult>);
 
-/// Worker threads compressing gzip members. Threads are started lazily, up
-/// to `max`, and joined on drop.
-struct GzPool {
+/// Worker threads compressing members. Threads are started lazily, up to
+/// `max`, and joined on drop.
+struct Pool {
+    codec: Codec,
     max: usize,
     jobs: Option<Sender<Job>>,
     shared_rx: Arc<Mutex<Receiver<Job>>>,
     workers: Vec<JoinHandle<()>>,
 }
 
-impl GzPool {
-    fn new(max: usize) -> Self {
+impl Pool {
+    fn new(codec: Codec, max: usize) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
-        GzPool {
+        Pool {
+            codec,
             max: max.max(1),
             jobs: Some(tx),
             shared_rx: Arc::new(Mutex::new(rx)),
@@ -234,39 +230,41 @@ impl GzPool {
         data: Vec<u8>,
         index: Option<Arc<MemberIndex>>,
         busy: usize,
-    ) -> io::Result<Receiver<GzResult>> {
+    ) -> io::Result<Receiver<MemberResult>> {
         if self.workers.len() < self.max && self.workers.len() <= busy {
             let rx = Arc::clone(&self.shared_rx);
+            let codec = self.codec;
             let handle = std::thread::Builder::new()
-                .name("kiln-gzip".into())
-                .spawn(move || gzip_worker(&rx))?;
+                .name(format!("kiln-{}", codec.name()))
+                .spawn(move || member_worker(codec, &rx))?;
             self.workers.push(handle);
         }
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         let jobs = self
             .jobs
             .as_ref()
-            .ok_or_else(|| io::Error::other("gzip pool already stopped"))?;
+            .ok_or_else(|| io::Error::other("compression pool already stopped"))?;
         jobs.send((data, index, done_tx))
-            .map_err(|_| io::Error::other("gzip workers exited"))?;
+            .map_err(|_| io::Error::other("compression workers exited"))?;
         Ok(done_rx)
     }
 }
 
-impl Drop for GzPool {
+impl Drop for Pool {
     fn drop(&mut self) {
         // Closing the job channel makes every worker's `recv` fail and return.
         self.jobs = None;
         for handle in self.workers.drain(..) {
             if handle.join().is_err() {
-                tracing::warn!("gzip worker thread panicked");
+                tracing::warn!("compression worker thread panicked");
             }
         }
     }
 }
 
-/// Parallel multi-member gzip writer.
-pub(crate) struct ParGzWriter<W: Write> {
+/// Parallel writer of a multi-member gzip or multi-frame zstd stream.
+pub(crate) struct ParMemberWriter<W: Write> {
+    codec: Codec,
     out: W,
     /// The current member's bytes so far.
     buf: Vec<u8>,
@@ -274,36 +272,37 @@ pub(crate) struct ParGzWriter<W: Write> {
     /// Stream offset of `buf[0]`.
     member_start: u64,
     cuts: Vec<u64>,
-    pool: GzPool,
-    pending: VecDeque<Receiver<GzResult>>,
+    pool: Pool,
+    pending: VecDeque<Receiver<MemberResult>>,
     /// Whether any member was submitted (an empty input still needs one).
     submitted: bool,
     /// The earlier blob's index (for the workers) and bytes.
     old: Option<(Arc<MemberIndex>, OldBlob)>,
     /// This blob's members so far.
-    members: GzipMembers,
+    members: BlobMembers,
     written: u64,
     /// For a member the earlier blob was meant to give but did not.
     fallback: Option<MemberEncoder>,
 }
 
-impl<W: Write> ParGzWriter<W> {
-    pub(crate) fn new(out: W, threads: usize) -> Self {
-        Self::with_cutter(out, threads, Cutter::new())
+impl<W: Write> ParMemberWriter<W> {
+    pub(crate) fn new(codec: Codec, out: W, threads: usize) -> Self {
+        Self::with_cutter(codec, out, threads, Cutter::new(codec))
     }
 
-    fn with_cutter(out: W, threads: usize, cutter: Cutter) -> Self {
-        ParGzWriter {
+    fn with_cutter(codec: Codec, out: W, threads: usize, cutter: Cutter) -> Self {
+        ParMemberWriter {
+            codec,
             out,
             buf: Vec::new(),
             cutter,
             member_start: 0,
             cuts: Vec::new(),
-            pool: GzPool::new(threads),
+            pool: Pool::new(codec, threads),
             pending: VecDeque::new(),
             submitted: false,
             old: None,
-            members: GzipMembers::default(),
+            members: BlobMembers::default(),
             written: 0,
             fallback: None,
         }
@@ -337,52 +336,50 @@ impl<W: Write> ParGzWriter<W> {
         };
         let member = rx
             .recv()
-            .map_err(|_| io::Error::other("gzip worker exited without a result"))??;
+            .map_err(|_| io::Error::other("compression worker exited without a result"))??;
         match member {
             Member::Fresh { digest, raw, bytes } => self.emit(digest, raw, &bytes),
             Member::Known {
                 digest,
                 at: (offset, len),
-                crc,
+                check,
                 data,
             } => {
                 let raw = data.len() as u64;
+                let codec = self.codec;
                 let copied = self
                     .old
                     .as_mut()
                     .and_then(|(_, blob)| blob.range(offset, len))
-                    .filter(|b| is_member_of(b, crc, data.len()));
+                    .filter(|b| codec.is_member_of(b, check, data.len()));
                 match copied {
                     Some(bytes) => {
                         self.members.reused += 1;
-                        self.emit(digest, raw, &bytes)
+                        self.emit(Some(digest), raw, &bytes)
                     }
                     None => {
-                        let bytes = self
-                            .fallback
-                            .get_or_insert_with(MemberEncoder::new)
-                            .member(&data)?;
-                        self.emit(digest, raw, &bytes)
+                        let encoder = match &mut self.fallback {
+                            Some(e) => e,
+                            empty => empty.insert(MemberEncoder::new(codec)?),
+                        };
+                        let bytes = encoder.member(&data)?;
+                        self.emit(Some(digest), raw, &bytes)
                     }
                 }
             }
         }
     }
 
-    fn emit(&mut self, digest: [u8; 32], raw: u64, bytes: &[u8]) -> io::Result<()> {
+    fn emit(&mut self, digest: Option<[u8; 32]>, raw: u64, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         let len = bytes.len() as u64;
-        self.members
-            .index
-            .members
-            .entry(digest)
-            .or_insert((self.written, len, raw));
+        self.members.index.add(digest, self.written, len, raw);
         self.members.total += 1;
         self.written += len;
         Ok(())
     }
 
-    pub(crate) fn finish(mut self) -> io::Result<(W, GzipMembers)> {
+    pub(crate) fn finish(mut self) -> io::Result<(W, BlobMembers)> {
         if !self.buf.is_empty() || !self.submitted {
             self.submit(self.buf.len())?;
         }
@@ -392,19 +389,19 @@ impl<W: Write> ParGzWriter<W> {
         self.out.flush()?;
         let members = std::mem::take(&mut self.members);
         // Dropping the pool joins the (now idle) workers.
-        let ParGzWriter { out, .. } = self;
+        let ParMemberWriter { out, .. } = self;
         Ok((out, members))
     }
 }
 
-impl<W: Write> Write for ParGzWriter<W> {
+impl<W: Write> Write for ParMemberWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut cuts = std::mem::take(&mut self.cuts);
         self.cutter.scan(data, &mut cuts);
         self.buf.extend_from_slice(data);
         for &cut in &cuts {
             let len = usize::try_from(cut - self.member_start)
-                .map_err(|_| io::Error::other("gzip member too large"))?;
+                .map_err(|_| io::Error::other("compressed member too large"))?;
             self.submit(len)?;
         }
         cuts.clear();
@@ -419,51 +416,155 @@ impl<W: Write> Write for ParGzWriter<W> {
     }
 }
 
-/// Whether `bytes` look like the gzip member of `len` bytes with CRC `crc`
-/// that [`MemberEncoder`] writes (header and trailer): a cheap check that
-/// the earlier blob's index pointed at the right bytes.
-fn is_member_of(bytes: &[u8], crc: u32, len: usize) -> bool {
-    let n = bytes.len();
-    n >= GZIP_HEADER.len() + 8
-        && bytes[..GZIP_HEADER.len()] == GZIP_HEADER
-        && bytes[n - 8..n - 4] == crc.to_le_bytes()
-        && bytes[n - 4..] == (len as u32).to_le_bytes()
+impl Codec {
+    /// The name of the compression (and of its worker threads).
+    fn name(self) -> &'static str {
+        match self {
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        }
+    }
+
+    /// What [`Codec::is_member_of`] checks a copied member against, from
+    /// its uncompressed bytes: gzip's CRC-32; nothing for zstd, whose
+    /// frames say their content size and are walked block by block.
+    fn check(self, data: &[u8]) -> u32 {
+        match self {
+            Codec::Gzip => {
+                let mut crc = flate2::Crc::new();
+                crc.update(data);
+                crc.sum()
+            }
+            Codec::Zstd => 0,
+        }
+    }
+
+    /// Whether `bytes` look like the member of `len` bytes (with `check`)
+    /// that [`MemberEncoder`] writes: a cheap check that the earlier blob's
+    /// index pointed at the right bytes. gzip: the header and the trailer
+    /// (CRC-32 and length); zstd: one whole frame (magic number, block
+    /// headers and checksum field spanning exactly `bytes`) whose header
+    /// states `len` as its content size.
+    fn is_member_of(self, bytes: &[u8], check: u32, len: usize) -> bool {
+        let n = bytes.len();
+        match self {
+            Codec::Gzip => {
+                n >= GZIP_HEADER.len() + 8
+                    && bytes[..GZIP_HEADER.len()] == GZIP_HEADER
+                    && bytes[n - 8..n - 4] == check.to_le_bytes()
+                    && bytes[n - 4..] == (len as u32).to_le_bytes()
+            }
+            Codec::Zstd => {
+                bytes.starts_with(&ZSTD_MAGIC)
+                    && matches!(zstd::zstd_safe::get_frame_content_size(bytes), Ok(Some(l)) if l == len as u64)
+                    && zstd::zstd_safe::find_frame_compressed_size(bytes) == Ok(n)
+            }
+        }
+    }
 }
 
-fn gzip_worker(rx: &Mutex<Receiver<Job>>) {
-    // One encoder per thread: its deflate state is reset, not reallocated,
-    // for every member.
-    let mut encoder = MemberEncoder::new();
+fn member_worker(codec: Codec, rx: &Mutex<Receiver<Job>>) {
+    // One encoder per thread: its state is reset, not reallocated, for
+    // every member. Made on the first job, which gets the error if it
+    // cannot be.
+    let mut encoder: Option<MemberEncoder> = None;
     loop {
         let job = match rx.lock() {
             Ok(guard) => guard.recv(),
             Err(_) => return,
         };
         let Ok((data, index, done)) = job else { return };
-        let digest: [u8; 32] = Sha256::digest(&data).into();
-        let raw = data.len() as u64;
-        // Stored members are stored again (a copy either way).
-        let known = index
-            .and_then(|i| i.members.get(&digest).copied())
-            .filter(|&(_, len, _)| worth_copying(len, raw));
+        // Looked up only in an index worth copying from (see
+        // `layer::old_members`); its entries are all worth copying.
+        let digest = index
+            .as_ref()
+            .map(|_| -> [u8; 32] { Sha256::digest(&data).into() });
+        let known = index.zip(digest).and_then(|(i, d)| {
+            i.members
+                .get(&d)
+                .map(|&(offset, len, _)| (d, (offset, len)))
+        });
         let result = match known {
-            Some((offset, len, _)) => {
-                let at = (offset, len);
-                let mut crc = flate2::Crc::new();
-                crc.update(&data);
-                Ok(Member::Known {
-                    digest,
-                    at,
-                    crc: crc.sum(),
-                    data,
-                })
-            }
-            None => encoder
-                .member(&data)
-                .map(|bytes| Member::Fresh { digest, raw, bytes }),
+            Some((digest, at)) => Ok(Member::Known {
+                digest,
+                at,
+                check: codec.check(&data),
+                data,
+            }),
+            None => fresh(codec, &mut encoder, &data, digest),
         };
         // The receiver may be gone if the writer was dropped; that is fine.
         let _ = done.send(result);
+    }
+}
+
+/// `data` compressed, with its digest if it is worth indexing (computed
+/// here unless the lookup did already).
+fn fresh(
+    codec: Codec,
+    encoder: &mut Option<MemberEncoder>,
+    data: &[u8],
+    digest: Option<[u8; 32]>,
+) -> MemberResult {
+    let encoder = match encoder {
+        Some(e) => e,
+        empty => empty.insert(MemberEncoder::new(codec)?),
+    };
+    let bytes = encoder.member(data)?;
+    let raw = data.len() as u64;
+    let digest = worth_copying(bytes.len() as u64, raw)
+        .then(|| digest.unwrap_or_else(|| Sha256::digest(data).into()));
+    Ok(Member::Fresh { digest, raw, bytes })
+}
+
+/// Encodes members of one codec; every member is a pure function of its
+/// bytes.
+pub(crate) enum MemberEncoder {
+    Gzip(Box<GzipEncoder>),
+    Zstd(ZstdEncoder),
+}
+
+impl MemberEncoder {
+    pub(crate) fn new(codec: Codec) -> io::Result<Self> {
+        Ok(match codec {
+            Codec::Gzip => MemberEncoder::Gzip(Box::new(GzipEncoder::new())),
+            Codec::Zstd => MemberEncoder::Zstd(ZstdEncoder::new()?),
+        })
+    }
+
+    /// One complete member holding `data`.
+    pub(crate) fn member(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            MemberEncoder::Gzip(e) => e.member(data),
+            MemberEncoder::Zstd(e) => e.member(data),
+        }
+    }
+}
+
+/// The magic number every zstd frame starts with (RFC 8878 §3.1.1).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Encodes zstd frames at [`ZSTD_LEVEL`] with the content size and a
+/// content checksum in every frame (as the `zstd` tool and containerd's
+/// encoder write them). A frame is one single-threaded `ZSTD_compress2` of
+/// the member's bytes, so it depends only on them (and the zstd version
+/// built in, which `Cargo.lock` pins); zstd already stores incompressible
+/// blocks raw, at about 2 GB/s per core here.
+pub(crate) struct ZstdEncoder {
+    cctx: zstd::bulk::Compressor<'static>,
+}
+
+impl ZstdEncoder {
+    pub(crate) fn new() -> io::Result<Self> {
+        let mut cctx = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+        cctx.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+        cctx.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+        Ok(ZstdEncoder { cctx })
+    }
+
+    /// One complete zstd frame holding `data`.
+    pub(crate) fn member(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
+        self.cctx.compress(data)
     }
 }
 
@@ -492,15 +593,15 @@ const STORED_MAX: usize = 0xffff;
 /// stored deflate blocks (a plain copy plus the CRC) instead. The probe
 /// only looks at the member's bytes, so the choice, like the output, is the
 /// same on every machine and with any number of threads.
-pub(crate) struct MemberEncoder {
+pub(crate) struct GzipEncoder {
     deflate: flate2::Compress,
     probe: flate2::Compress,
     probe_out: Vec<u8>,
 }
 
-impl MemberEncoder {
+impl GzipEncoder {
     pub(crate) fn new() -> Self {
-        MemberEncoder {
+        GzipEncoder {
             deflate: flate2::Compress::new(flate2::Compression::new(GZIP_LEVEL), false),
             probe: flate2::Compress::new(flate2::Compression::new(PROBE_LEVEL), false),
             probe_out: Vec::with_capacity(PROBE_SLICE + PROBE_SLICE / 8 + 256),
@@ -638,7 +739,12 @@ mod tests {
     }
 
     fn par_gzip(data: &[u8], threads: usize, block: usize) -> Vec<u8> {
-        let mut w = ParGzWriter::with_cutter(Vec::new(), threads, Cutter::with_step(block as u64));
+        let mut w = ParMemberWriter::with_cutter(
+            Codec::Gzip,
+            Vec::new(),
+            threads,
+            Cutter::with_step(block as u64),
+        );
         for chunk in data.chunks(1000) {
             w.write_all(chunk).expect("vec write");
         }
@@ -675,7 +781,7 @@ mod tests {
 
     #[test]
     fn incompressible_members_are_stored_and_others_deflated() {
-        let mut enc = MemberEncoder::new();
+        let mut enc = GzipEncoder::new();
         let random = incompressible(1 << 20);
         let stored = enc.member(&random).expect("member");
         // Header, 17 stored blocks of 5 bytes overhead each, trailer.
@@ -694,7 +800,7 @@ mod tests {
         // The encoder is reused: the same input gives the same member.
         assert_eq!(enc.member(&random).expect("member"), stored);
         assert_eq!(
-            MemberEncoder::new().member(&source).expect("member"),
+            GzipEncoder::new().member(&source).expect("member"),
             deflated
         );
     }
@@ -705,7 +811,7 @@ mod tests {
     fn a_member_with_compressible_parts_is_deflated() {
         let mut data = incompressible(512 * 1024);
         data.extend(text(512 * 1024));
-        let member = MemberEncoder::new().member(&data).expect("member");
+        let member = GzipEncoder::new().member(&data).expect("member");
         assert!(member.len() < data.len() * 2 / 3, "{}", member.len());
         assert_eq!(gunzip(&member), data);
     }
@@ -715,18 +821,7 @@ mod tests {
         let mut data = incompressible(3 * 200 * 1024 + 5);
         data.extend(text(300 * 1024));
         let gz = par_gzip(&data, 2, 200 * 1024);
-        let mut child = std::process::Command::new("gzip")
-            .arg("-dc")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("gzip runs");
-        let mut stdin = child.stdin.take().expect("stdin");
-        let writer = std::thread::spawn(move || stdin.write_all(&gz).expect("feed gzip"));
-        let out = child.wait_with_output().expect("gzip output");
-        writer.join().expect("writer");
-        assert!(out.status.success(), "gzip -d failed");
-        assert_eq!(out.stdout, data);
+        assert_eq!(tool_decompress(Codec::Gzip, gz), data);
     }
 
     #[test]
@@ -785,8 +880,10 @@ mod tests {
         w.finish().expect("finish")
     }
 
-    fn gzip_members(data: &[u8], old: Option<OldMembers>) -> (Vec<u8>, GzipMembers) {
-        let mut w = ParGzWriter::new(Vec::new(), 2);
+    /// `data` as `codec` members, cut at gzip's sizes (so that a small tar
+    /// has many members whatever the codec).
+    fn members_of(codec: Codec, data: &[u8], old: Option<OldMembers>) -> (Vec<u8>, BlobMembers) {
+        let mut w = ParMemberWriter::with_cutter(codec, Vec::new(), 2, Cutter::new(Codec::Gzip));
         if let Some(old) = old {
             w = w.reusing(old);
         }
@@ -796,45 +893,95 @@ mod tests {
         w.finish().expect("finish")
     }
 
+    /// `data` through `gzip -dc` or `zstd -dc`.
+    fn tool_decompress(codec: Codec, data: Vec<u8>) -> Vec<u8> {
+        let mut child = std::process::Command::new(codec.name())
+            .args(["-d", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} runs: {e}", codec.name()));
+        let mut stdin = child.stdin.take().expect("stdin");
+        let writer = std::thread::spawn(move || stdin.write_all(&data).expect("feed the tool"));
+        let out = child.wait_with_output().expect("tool output");
+        writer.join().expect("writer");
+        assert!(out.status.success(), "{} -d failed", codec.name());
+        out.stdout
+    }
+
     /// A file edited in the middle of a layer: the blob made from the
     /// earlier blob's members is the cold blob, byte for byte, copies all
-    /// but the members around the edit, and `gzip -d` reads it.
+    /// but the members around the edit, and `gzip -d` / `zstd -d` read it.
     #[test]
     fn reusing_members_gives_the_cold_blob() {
         let before = text_tar(600, None);
         let after = text_tar(600, Some(300));
-        let (old_blob, old) = gzip_members(&before, None);
-        let (cold, cold_members) = gzip_members(&after, None);
-        let (warm, warm_members) = gzip_members(
-            &after,
-            Some(OldMembers {
-                index: old.index.clone(),
-                blob: Box::new(io::Cursor::new(old_blob.clone())),
-            }),
-        );
-        assert_eq!(warm, cold);
-        assert_eq!(warm_members.index, cold_members.index);
-        let total = cold_members.total;
-        assert!(total >= 10, "{total} members");
-        assert!(
-            warm_members.reused > 0 && warm_members.reused + 3 >= total,
-            "{} of {total} reused",
-            warm_members.reused
-        );
-        assert_eq!(cold_members.reused, 0);
+        for codec in [Codec::Gzip, Codec::Zstd] {
+            let (old_blob, old) = members_of(codec, &before, None);
+            let (cold, cold_members) = members_of(codec, &after, None);
+            let (warm, warm_members) = members_of(
+                codec,
+                &after,
+                Some(OldMembers {
+                    index: old.index.clone(),
+                    blob: Box::new(io::Cursor::new(old_blob.clone())),
+                }),
+            );
+            assert_eq!(warm, cold, "{codec:?}");
+            assert_eq!(warm_members.index, cold_members.index);
+            let total = cold_members.total;
+            assert!(total >= 10, "{total} members");
+            assert_eq!(cold_members.index.members.len(), total, "{codec:?}");
+            assert!(
+                warm_members.reused > 0 && warm_members.reused + 3 >= total,
+                "{codec:?}: {} of {total} reused",
+                warm_members.reused
+            );
+            assert_eq!(cold_members.reused, 0);
+            assert_eq!(tool_decompress(codec, warm), after, "{codec:?}");
+        }
+    }
 
-        let mut child = std::process::Command::new("gzip")
-            .arg("-dc")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("gzip runs");
-        let mut stdin = child.stdin.take().expect("stdin");
-        let writer = std::thread::spawn(move || stdin.write_all(&warm).expect("feed gzip"));
-        let out = child.wait_with_output().expect("gzip output");
-        writer.join().expect("writer");
-        assert!(out.status.success(), "gzip -d failed");
-        assert_eq!(out.stdout, after);
+    /// zstd frames carry their content size and checksum, and the stream
+    /// is as many frames as members.
+    #[test]
+    fn zstd_members_are_checksummed_frames() {
+        let data = text_tar(200, None);
+        let (blob, m) = members_of(Codec::Zstd, &data, None);
+        assert_eq!(zstd::decode_all(&blob[..]).expect("zstd decode"), data);
+        let mut rest = &blob[..];
+        let mut frames = 0;
+        while !rest.is_empty() {
+            let n = zstd::zstd_safe::find_frame_compressed_size(rest).expect("a frame");
+            assert!(zstd::zstd_safe::get_frame_content_size(rest)
+                .expect("header")
+                .is_some());
+            // Frame header descriptor: bit 2 is the content checksum flag.
+            assert_eq!(rest[4] & 0b100, 0b100, "frame {frames} has no checksum");
+            rest = &rest[n..];
+            frames += 1;
+        }
+        assert_eq!(frames, m.total);
+        assert!(frames > 1);
+    }
+
+    /// Incompressible members are counted but neither hashed nor indexed,
+    /// so a blob of them is not read again for reuse.
+    #[test]
+    fn incompressible_members_are_not_indexed() {
+        let mut data = incompressible(3 * 1024 * 1024);
+        data.extend(text_tar(100, None));
+        for codec in [Codec::Gzip, Codec::Zstd] {
+            let (blob, m) = members_of(codec, &data, None);
+            assert_eq!(m.index.len, blob.len() as u64);
+            assert_eq!(m.index.raw, data.len() as u64);
+            assert!(m.total > m.index.members.len(), "{codec:?}");
+            assert!(!m.index.members.is_empty(), "{codec:?}");
+            let (random, m) = members_of(codec, &incompressible(3 << 20), None);
+            assert!(m.index.members.is_empty(), "{codec:?}");
+            assert!(!m.index.worth_copying());
+            assert_eq!(m.index.len, random.len() as u64);
+        }
     }
 
     /// An earlier blob whose bytes are not what its index says (here all
@@ -842,22 +989,34 @@ mod tests {
     #[test]
     fn members_that_do_not_check_out_are_compressed_again() {
         let before = text_tar(200, None);
-        let (old_blob, old) = gzip_members(&before, None);
-        let (cold, _) = gzip_members(&before, None);
-        let (warm, m) = gzip_members(
-            &before,
-            Some(OldMembers {
-                index: old.index,
-                blob: Box::new(io::Cursor::new(vec![0u8; old_blob.len()])),
-            }),
-        );
-        assert_eq!(m.reused, 0);
-        assert_eq!(warm, cold);
+        for codec in [Codec::Gzip, Codec::Zstd] {
+            let (old_blob, old) = members_of(codec, &before, None);
+            let (cold, _) = members_of(codec, &before, None);
+            let (warm, m) = members_of(
+                codec,
+                &before,
+                Some(OldMembers {
+                    index: old.index,
+                    blob: Box::new(io::Cursor::new(vec![0u8; old_blob.len()])),
+                }),
+            );
+            assert_eq!(m.reused, 0, "{codec:?}");
+            assert_eq!(warm, cold, "{codec:?}");
+        }
     }
 
     #[test]
-    fn empty_input_is_a_valid_gzip() {
-        let out = ParGzWriter::new(Vec::new(), 2).finish().expect("finish").0;
+    fn empty_input_is_a_valid_stream() {
+        let out = ParMemberWriter::new(Codec::Gzip, Vec::new(), 2)
+            .finish()
+            .expect("finish")
+            .0;
         assert!(gunzip(&out).is_empty());
+        let out = ParMemberWriter::new(Codec::Zstd, Vec::new(), 2)
+            .finish()
+            .expect("finish")
+            .0;
+        assert!(!out.is_empty());
+        assert!(zstd::decode_all(&out[..]).expect("zstd").is_empty());
     }
 }

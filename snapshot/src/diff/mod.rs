@@ -46,7 +46,7 @@ use std::str::FromStr;
 use kiln_types::Digest;
 
 use self::compress::{Compressor, CountWriter, HashWriter};
-use self::members::{GzipMembers, OldMembers};
+use self::members::{BlobMembers, OldMembers};
 pub use self::recompress::{compression_of, recompress};
 use self::tar::{CopyError, Entry, EntryKind, TarWriter};
 
@@ -217,16 +217,17 @@ pub fn stream_layer(
     Ok((hash, size))
 }
 
-/// [`stream_layer`], copying the gzip members `old` (an earlier blob's
-/// members) already holds instead of compressing them again: the bytes
-/// written are the same as without it. Also returns, for gzip, where this
-/// blob's members are (for the next blob to reuse).
+/// [`stream_layer`], copying the members `old` (an earlier blob's members,
+/// of the same compression) already holds instead of compressing them
+/// again: the bytes written are the same as without it. Also returns, for
+/// gzip and zstd, where this blob's members are (for the next blob to
+/// reuse).
 pub fn stream_layer_reusing(
     src: DiffSource<'_>,
     compression: Compression,
     out: &mut dyn Write,
     old: Option<OldMembers>,
-) -> Result<(LayerHash, u64, Option<GzipMembers>), DiffError> {
+) -> Result<(LayerHash, u64, Option<BlobMembers>), DiffError> {
     let (blob, hash, members) = compress_layer(src, compression, CountWriter::new(out), old)?;
     let (out, size) = blob.finish();
     out.flush().map_err(DiffError::output)?;
@@ -249,7 +250,7 @@ fn compress_layer<B: Write>(
     compression: Compression,
     blob: B,
     old: Option<OldMembers>,
-) -> Result<(B, LayerHash, Option<GzipMembers>), DiffError> {
+) -> Result<(B, LayerHash, Option<BlobMembers>), DiffError> {
     let compressor = Compressor::reusing(compression, blob, old).map_err(DiffError::output)?;
     let (tar_hash, entries) = emit(src, HashWriter::new(compressor))?;
     let (compressor, diff_id, uncompressed_size) = tar_hash.finish();

@@ -19,7 +19,7 @@
 //! record's lease, which is not flat, an image, a build), and the next
 //! export finds it with one `Stat`.
 //!
-//! A gzip blob made here also names itself on the parent snapshot
+//! A gzip or zstd blob made here also names itself on the parent snapshot
 //! ([`members_label`]): the next blob made for a child of the same parent
 //! (typically the same `COPY` after a file changed) copies the compressed
 //! members the two share from it (`kiln_snapshot::diff::members`) instead
@@ -245,7 +245,7 @@ impl<'a> Blobs<'a> {
             },
         };
         let previous = match (i, self.compression) {
-            (0, _) | (_, Compression::Zstd | Compression::Uncompressed) => None,
+            (0, _) | (_, Compression::Uncompressed) => None,
             _ => self
                 .svc
                 .snapshots
@@ -276,7 +276,7 @@ impl<'a> Blobs<'a> {
         if let Err(e) = self.svc.snapshots.update_labels(name, labels).await {
             tracing::warn!(snapshot = name, error = %e, "cannot label a snapshot with its blob");
         }
-        if i > 0 && self.compression == Compression::Gzip {
+        if i > 0 && self.compression != Compression::Uncompressed {
             let labels =
                 HashMap::from([(members_label(self.compression), desc.digest.to_string())]);
             if let Err(e) = self
@@ -356,7 +356,7 @@ fn reported(
     (desc, reused): (kiln_snapshot::diff::LayerDescriptor, usize),
 ) -> kiln_snapshot::diff::LayerDescriptor {
     if reused > 0 {
-        tracing::debug!(blob = %desc.digest, reused, "gzip members copied from an earlier blob");
+        tracing::debug!(blob = %desc.digest, reused, "compressed members copied from an earlier blob");
     }
     desc
 }

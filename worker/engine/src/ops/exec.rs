@@ -1,12 +1,30 @@
 //! Exec ops: a RUN step as a containerd task on a prepared snapshot.
+//!
+//! Everything a step holds until it ends (cache mounts, bind sources, the
+//! active snapshot) goes into one [`Held`], released in one place on every
+//! path, success or error, exactly once: the rootfs is unmounted first,
+//! then cache mounts and bind sources are released, then the active
+//! snapshot is committed (the step ran and exited as allowed) or discarded.
 
+use super::bindmount::BindHold;
+use super::cachemount::HeldCacheMount;
+use super::layer::Active;
 use super::{location, StepRunner};
 use crate::error::{Result, WorkerError};
 use crate::progress::{LogStream, ProgressEvent};
-use crate::refs::Ref;
+use crate::refs::{Layer, Ref};
 use kiln_shim::{ExecError, ExtraMount, Network, OutputStream, Security, StepIo, StepSpec};
 use kiln_solver::{ExecOp, MountType, NetMode, SecurityMode, Vertex, VertexId};
 use tokio_util::sync::CancellationToken;
+
+/// What an exec step holds until it ends; see the module docs.
+#[derive(Default)]
+struct Held {
+    cache_mounts: Vec<HeldCacheMount>,
+    binds: Vec<BindHold>,
+    /// Set once the step's snapshot is prepared.
+    active: Option<Active>,
+}
 
 impl StepRunner {
     pub(super) async fn exec(
@@ -44,136 +62,55 @@ impl StepRunner {
                 }
             },
         };
-        let mut extra = Vec::new();
-        let mut held_mounts = Vec::new();
-        let mut binds = Vec::new();
-        for m in op.mounts.iter().filter(|m| m.dest != "/") {
-            match &m.mount_type {
-                MountType::Tmpfs { size } => extra.push(ExtraMount::Tmpfs {
-                    dest: m.dest.clone(),
-                    size: Some(*size).filter(|s| *s > 0),
-                }),
-                MountType::Cache { id, sharing } => {
-                    let base = match m.input.map(|i| inputs.get(i)) {
-                        None => &[][..],
-                        Some(Some(Ref::Chain(layers))) => layers.as_slice(),
-                        Some(_) => {
-                            self.release_cache_mounts(held_mounts).await;
-                            return Err(WorkerError::BadInput {
-                                location: loc,
-                                reason: format!(
-                                    "the base of cache mount {} is not a filesystem",
-                                    m.dest
-                                ),
-                            });
-                        }
-                    };
-                    let cached = self
-                        .cache_mount(id, *sharing, base, &m.selector, &loc)
-                        .await;
-                    let (source, held) = match cached {
-                        Ok(x) => x,
-                        Err(e) => {
-                            self.release_cache_mounts(held_mounts).await;
-                            self.release_binds(binds).await;
-                            return Err(e);
-                        }
-                    };
-                    extra.push(ExtraMount::Bind {
-                        source,
-                        dest: m.dest.clone(),
-                        readonly: m.readonly,
-                    });
-                    held_mounts.push(held);
-                }
-                MountType::Bind => {
-                    let (source, hold) = match self.bind_source(&loc, m, inputs).await {
-                        Ok(x) => x,
-                        Err(e) => {
-                            self.release_cache_mounts(held_mounts).await;
-                            self.release_binds(binds).await;
-                            return Err(e);
-                        }
-                    };
-                    extra.push(ExtraMount::Bind {
-                        source,
-                        dest: m.dest.clone(),
-                        readonly: m.readonly,
-                    });
-                    binds.push(hold);
-                }
-                MountType::Ssh(s) => match self.ssh_socket(&loc, s).await {
-                    Ok(Some((source, hold))) => {
-                        extra.push(ExtraMount::Bind {
-                            source,
-                            dest: m.dest.clone(),
-                            readonly: false,
-                        });
-                        binds.push(hold);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.release_cache_mounts(held_mounts).await;
-                        self.release_binds(binds).await;
-                        return Err(e);
-                    }
-                },
-                MountType::Secret(s) => match self.secret_file(&loc, s).await {
-                    Ok(Some((source, hold))) => {
-                        extra.push(ExtraMount::Bind {
-                            source,
-                            dest: m.dest.clone(),
-                            readonly: true,
-                        });
-                        binds.push(hold);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.release_cache_mounts(held_mounts).await;
-                        self.release_binds(binds).await;
-                        return Err(e);
-                    }
-                },
+        let mut held = Held::default();
+        let ran = self
+            .run_held(id, op, inputs, &loc, &parent, cancel, &mut held)
+            .await;
+        let Held {
+            cache_mounts,
+            binds,
+            active,
+        } = held;
+        self.release_cache_mounts(cache_mounts).await;
+        self.release_binds(binds).await;
+        if let Err(e) = ran {
+            if let Some(active) = active {
+                self.discard(active).await;
             }
+            return Err(e);
         }
-        let secret_env = match self.secret_env(&loc, &op.secret_env).await {
-            Ok(v) => v,
-            Err(e) => {
-                self.release_cache_mounts(held_mounts).await;
-                self.release_binds(binds).await;
-                return Err(e);
-            }
-        };
-        let active = match self.prepare(&parent).await {
-            Ok(a) => a,
-            Err(e) => {
-                self.release_cache_mounts(held_mounts).await;
-                self.release_binds(binds).await;
-                return Err(e);
-            }
-        };
-        let mounted = match self.mount(&active.key, &active.mounts, false) {
-            Ok(m) => m,
-            Err(e) => {
-                self.discard(active).await;
-                self.release_cache_mounts(held_mounts).await;
-                self.release_binds(binds).await;
-                return Err(e);
-            }
-        };
-        let limits = match crate::steplog::LogLimits::current() {
-            Ok(l) => l,
-            Err(source) => {
-                drop(mounted);
-                self.discard(active).await;
-                self.release_cache_mounts(held_mounts).await;
-                self.release_binds(binds).await;
-                return Err(WorkerError::LogLimit {
-                    location: loc,
-                    source,
-                });
-            }
-        };
+        let active = active.expect("a step that ran has prepared its snapshot");
+        let layers = self.commit(active).await?;
+        let n = root.output.map(|o| o + 1).unwrap_or(1);
+        Ok(vec![Ref::Chain(layers); n])
+    }
+
+    /// Sets up the step's mounts and snapshot (all kept in `held`, for
+    /// [`StepRunner::exec`] to release) and runs it; `Ok` when it exited
+    /// as allowed. The rootfs mount is dropped on return.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the step's parts, passed through once"
+    )]
+    async fn run_held(
+        &self,
+        id: VertexId,
+        op: &ExecOp,
+        inputs: &[Ref],
+        loc: &str,
+        parent: &[Layer],
+        cancel: CancellationToken,
+        held: &mut Held,
+    ) -> Result<()> {
+        let extra = self.extra_mounts(op, inputs, loc, held).await?;
+        let secret_env = self.secret_env(loc, &op.secret_env).await?;
+        let active = held.active.insert(self.prepare(parent).await?);
+        let mounted = self.mount(&active.key, &active.mounts, false)?;
+        let limits =
+            crate::steplog::LogLimits::current().map_err(|source| WorkerError::LogLimit {
+                location: loc.to_string(),
+                source,
+            })?;
         // Bounded: a reader that outruns us waits (the FIFO fills and the
         // step's write blocks) rather than queueing without limit. We read
         // as fast as chunks come and drop what is clipped, so a step that
@@ -246,32 +183,98 @@ impl StepRunner {
         let status = self.executor.run(spec, StepIo { output: tx }, cancel).await;
         let _ = forward.await;
         drop(mounted);
-        self.release_cache_mounts(held_mounts).await;
-        self.release_binds(binds).await;
         let status = match status {
             Ok(s) => s,
-            Err(ExecError::Cancelled { .. }) => {
-                self.discard(active).await;
-                return Err(WorkerError::Cancelled);
-            }
+            Err(ExecError::Cancelled { .. }) => return Err(WorkerError::Cancelled),
             Err(e) => {
-                self.discard(active).await;
                 return Err(WorkerError::Exec {
-                    location: loc,
+                    location: loc.to_string(),
                     error: e,
-                });
+                })
             }
         };
         if !op.meta.exit_ok(status.code) {
-            self.discard(active).await;
             return Err(WorkerError::StepFailed {
-                location: loc,
+                location: loc.to_string(),
                 command: op.meta.args.join(" "),
                 code: status.code,
             });
         }
-        let layers = self.commit(active).await?;
-        let n = root.output.map(|o| o + 1).unwrap_or(1);
-        Ok(vec![Ref::Chain(layers); n])
+        Ok(())
+    }
+
+    /// The step's mounts other than `/`; what they hold goes into `held`
+    /// as it is acquired.
+    async fn extra_mounts(
+        &self,
+        op: &ExecOp,
+        inputs: &[Ref],
+        loc: &str,
+        held: &mut Held,
+    ) -> Result<Vec<ExtraMount>> {
+        let loc = loc.to_string();
+        let mut extra = Vec::new();
+        for m in op.mounts.iter().filter(|m| m.dest != "/") {
+            match &m.mount_type {
+                MountType::Tmpfs { size } => extra.push(ExtraMount::Tmpfs {
+                    dest: m.dest.clone(),
+                    size: Some(*size).filter(|s| *s > 0),
+                }),
+                MountType::Cache { id, sharing } => {
+                    let base = match m.input.map(|i| inputs.get(i)) {
+                        None => &[][..],
+                        Some(Some(Ref::Chain(layers))) => layers.as_slice(),
+                        Some(_) => {
+                            return Err(WorkerError::BadInput {
+                                location: loc,
+                                reason: format!(
+                                    "the base of cache mount {} is not a filesystem",
+                                    m.dest
+                                ),
+                            });
+                        }
+                    };
+                    let (source, mount) = self
+                        .cache_mount(id, *sharing, base, &m.selector, &loc)
+                        .await?;
+                    held.cache_mounts.push(mount);
+                    extra.push(ExtraMount::Bind {
+                        source,
+                        dest: m.dest.clone(),
+                        readonly: m.readonly,
+                    });
+                }
+                MountType::Bind => {
+                    let (source, hold) = self.bind_source(&loc, m, inputs).await?;
+                    held.binds.push(hold);
+                    extra.push(ExtraMount::Bind {
+                        source,
+                        dest: m.dest.clone(),
+                        readonly: m.readonly,
+                    });
+                }
+                MountType::Ssh(s) => {
+                    if let Some((source, hold)) = self.ssh_socket(&loc, s).await? {
+                        held.binds.push(hold);
+                        extra.push(ExtraMount::Bind {
+                            source,
+                            dest: m.dest.clone(),
+                            readonly: false,
+                        });
+                    }
+                }
+                MountType::Secret(s) => {
+                    if let Some((source, hold)) = self.secret_file(&loc, s).await? {
+                        held.binds.push(hold);
+                        extra.push(ExtraMount::Bind {
+                            source,
+                            dest: m.dest.clone(),
+                            readonly: true,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(extra)
     }
 }
