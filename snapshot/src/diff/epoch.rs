@@ -415,7 +415,10 @@ mod tests {
     #[test]
     fn pax_records_count_their_own_length() {
         assert_eq!(pax_record(b"mtime", b"1"), b"11 mtime=1\n");
-        assert_eq!(pax_record(b"mtime", b"1700000000"), b"20 mtime=1700000000\n");
+        assert_eq!(
+            pax_record(b"mtime", b"1700000000"),
+            b"20 mtime=1700000000\n"
+        );
         let long = vec![b'a'; 95];
         let r = pax_record(b"k", &long);
         assert_eq!(r.len().to_string().len() + 1 + 1 + 1 + 95 + 1, r.len());
@@ -426,7 +429,10 @@ mod tests {
     fn a_negative_epoch_is_refused() {
         let mut out = Vec::new();
         let err = clamp_tar(&mut &archive(1, "1")[..], -1, &mut out).expect_err("refused");
-        assert_eq!(err.to_string(), "SOURCE_DATE_EPOCH -1 does not fit a tar header");
+        assert_eq!(
+            err.to_string(),
+            "SOURCE_DATE_EPOCH -1 does not fit a tar header"
+        );
     }
 
     #[test]

@@ -462,6 +462,16 @@ pub struct ImageConfig {
     pub os_version: String,
     #[serde(default)]
     pub os_features: Vec<String>,
+    /// `SOURCE_DATE_EPOCH` in seconds as the frontend resolved it (BuildKit's
+    /// `source.date.epoch` result metadata): the exporter's
+    /// `rewrite-timestamp` clamps layer file times to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<i64>,
+    /// The diffIDs of the base image's layers (BuildKit's base image config
+    /// metadata): `rewrite-timestamp` leaves the layers the result shares
+    /// with its base as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base_diff_ids: Vec<String>,
 }
 
 /// Docker's `HealthcheckConfig`: durations in nanoseconds, 0 = inherit.

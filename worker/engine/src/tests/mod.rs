@@ -185,6 +185,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         push: None,
         secrets: crate::secrets::none(),
         ssh: crate::ssh::none(),
+        rewrite_timestamp: false,
     }
 }
 
