@@ -662,7 +662,31 @@ pub async fn plan<I: ImageConfigs>(
     let df =
         kiln_dockerfile::parse_with_check(&source.text, &source.filename, opts.check.as_ref())?;
     let mut bases = BTreeMap::new();
-    for image in df.base_images(&build_opts)? {
+    // A base image's ONBUILD trigger may copy from a stage whose base is
+    // another image: resolve until no new base appears (each round adds at
+    // least one ref of the Dockerfile's finite set, or ends).
+    loop {
+        let new: Vec<String> = df
+            .base_images_with(&build_opts, &bases)?
+            .into_iter()
+            .filter(|r| !bases.contains_key(r))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        resolve_bases(&df, images, new, &mut bases).await?;
+    }
+    Ok(kiln_dockerfile::to_graph(&df, &build_opts, &bases)?)
+}
+
+/// Resolves the configs of `refs` into `bases`.
+async fn resolve_bases<I: ImageConfigs>(
+    df: &kiln_dockerfile::Dockerfile,
+    images: &I,
+    refs: Vec<String>,
+    bases: &mut BTreeMap<String, ImageConfig>,
+) -> Result<()> {
+    for image in refs {
         let cfg = match images.image_config(&image).await {
             Ok(cfg) => cfg,
             Err(source) => {
@@ -677,7 +701,7 @@ pub async fn plan<I: ImageConfigs>(
         };
         bases.insert(image, cfg);
     }
-    Ok(kiln_dockerfile::to_graph(&df, &build_opts, &bases)?)
+    Ok(())
 }
 
 #[cfg(test)]
