@@ -264,21 +264,32 @@ fn clamped_label(epoch: i64, to: Compression) -> String {
     format!("dev.kiln/epoch.{epoch}.{}", to.as_str())
 }
 
-/// The layer `digest` (compressed as `from`, diffID `diff_id`) with every
-/// file time later than `epoch` clamped to it, compressed as `to`
-/// ([`crate::diff::epoch`]): `None` when no time was later (the layer is
-/// unchanged), else the new blob, written under `lease` (or found again
-/// from an earlier export with the same epoch).
+/// A layer blob in the content store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredLayer<'a> {
+    pub digest: &'a str,
+    /// How the blob is compressed.
+    pub compression: Compression,
+    pub diff_id: &'a Digest,
+}
+
+/// The layer `stored` with every file time later than `epoch` clamped to
+/// it, compressed as `to` ([`crate::diff::epoch`]): `None` when no time
+/// was later (the layer is unchanged), else the new blob, written under
+/// `lease` (or found again from an earlier export with the same epoch).
 pub async fn clamp_layer_times(
     content: &dyn Content,
     leases: &dyn Leases,
-    digest: &str,
-    from: Compression,
-    diff_id: &Digest,
+    stored: StoredLayer<'_>,
     to: Compression,
     epoch: i64,
     lease: &LeaseId,
 ) -> Result<Option<LayerDescriptor>> {
+    let StoredLayer {
+        digest,
+        compression: from,
+        diff_id,
+    } = stored;
     let info = content.info(digest).await?;
     let label = clamped_label(epoch, to);
     if let Some(v) = info.labels.get(&label) {

@@ -13,7 +13,7 @@ use crate::refs::{Blob, Layer};
 use crate::services::Services;
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::diff::{compression_of, Compression};
-use kiln_snapshot::layer::clamp_layer_times;
+use kiln_snapshot::layer::{clamp_layer_times, StoredLayer};
 
 /// `layers` (which all have blobs, see [`crate::blobs::ensure`]) with their
 /// times clamped to `epoch`, the new blobs in `compression` and held by
@@ -46,9 +46,11 @@ pub async fn clamp_layers(
         let clamped = clamp_layer_times(
             &*svc.content,
             &*svc.leases,
-            &blob.digest,
-            from,
-            &l.diff_id,
+            StoredLayer {
+                digest: &blob.digest,
+                compression: from,
+                diff_id: &l.diff_id,
+            },
             compression,
             epoch,
             lease,

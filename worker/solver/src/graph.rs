@@ -58,7 +58,7 @@ pub enum Op {
 }
 
 /// `pb.SourceOp`: an image, the local context, ...
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct SourceOp {
     /// `docker-image://docker.io/library/busybox:latest`, `local://context`.
     pub identifier: String,

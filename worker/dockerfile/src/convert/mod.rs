@@ -480,6 +480,19 @@ impl Converter<'_> {
         Ok(Self::edge(v))
     }
 
+    /// The source vertex of a git or HTTP named context (the solver runs
+    /// equal vertices once).
+    fn remote_context(&mut self, op: SourceOp, name: &str) -> Result<Edge> {
+        let v = self.add(Vertex {
+            name: format!("[context {name}] {}", op.identifier),
+            op: Op::Source(op),
+            inputs: Vec::new(),
+            location: None,
+            ignore_cache: self.opts.no_cache,
+        })?;
+        Ok(Self::edge(v))
+    }
+
     /// A `docker-image://` source for `--from=<image>`, one per ref.
     fn image_source(&mut self, reference: &str, line: usize) -> Result<Edge> {
         if let Some(v) = self.images.get(reference) {
@@ -508,6 +521,7 @@ impl Converter<'_> {
             },
             Source::Image(r) => self.image_source(&r, line).map(Some),
             Source::Local { local, excludes } => self.local_source(&local, &excludes).map(Some),
+            Source::Remote { op, name } => self.remote_context(op, &name).map(Some),
             Source::Scratch => Ok(None),
         }
     }
@@ -553,7 +567,7 @@ impl Converter<'_> {
                 .get(r)
                 .map(|c| c.on_build.clone())
                 .unwrap_or_default(),
-            Base::Scratch | Base::Local { .. } => Vec::new(),
+            Base::Scratch | Base::Local { .. } | Base::Remote { .. } => Vec::new(),
         };
         let triggers = self.onbuild_commands(&triggers, stage.line)?;
         let total = triggers
@@ -568,7 +582,7 @@ impl Converter<'_> {
             .count()
             + usize::from(matches!(
                 self.plan.stages[i].base,
-                Base::Image(_) | Base::Local { .. }
+                Base::Image(_) | Base::Local { .. } | Base::Remote { .. }
             ));
         let mut progress = Progress {
             label: self.plan.display[i].clone(),
@@ -587,6 +601,11 @@ impl Converter<'_> {
             }
             Base::Scratch => self.new_state(None, scratch_config()),
             // A directory has no config: the stage starts as on scratch.
+            Base::Remote { op, name } => {
+                let edge = self.remote_context(op, &name)?;
+                let _ = progress.name("");
+                self.new_state(Some(edge), scratch_config())
+            }
             Base::Local { local, excludes } => {
                 let edge = self.local_source(&local, &excludes)?;
                 // The source counts in the stage's steps but is named

@@ -16,6 +16,11 @@ pub(super) enum Base {
         local: String,
         excludes: Vec<String>,
     },
+    /// A named context that is a git or HTTP source.
+    Remote {
+        op: kiln_solver::SourceOp,
+        name: String,
+    },
 }
 
 impl Base {
@@ -28,6 +33,10 @@ impl Base {
             },
             NamedContext::Image(r) => Base::Image(r.clone()),
             NamedContext::Scratch => Base::Scratch,
+            NamedContext::Remote { op, name } => Base::Remote {
+                op: op.clone(),
+                name: name.clone(),
+            },
         }
     }
 }
@@ -51,6 +60,11 @@ pub(super) enum Source {
     },
     /// A named context that is `docker-image://scratch`.
     Scratch,
+    /// A named context that is a git or HTTP source.
+    Remote {
+        op: kiln_solver::SourceOp,
+        name: String,
+    },
 }
 
 /// The named context `name` refers to, if any (see [`context_key`]).
@@ -250,7 +264,7 @@ impl Plan {
                     .get(r)
                     .map(|c| c.on_build.iter().map(String::as_str).collect())
                     .unwrap_or_default(),
-                Base::Scratch | Base::Local { .. } => Vec::new(),
+                Base::Scratch | Base::Local { .. } | Base::Remote { .. } => Vec::new(),
             };
             for t in triggers {
                 let trigger = super::parse_trigger(t, file, s.line)?;
@@ -367,6 +381,10 @@ pub(super) fn resolve_source(
             }),
             Some(NamedContext::Image(r)) => Ok(Source::Image(r.clone())),
             Some(NamedContext::Scratch) => Ok(Source::Scratch),
+            Some(NamedContext::Remote { op, name }) => Ok(Source::Remote {
+                op: op.clone(),
+                name: name.clone(),
+            }),
             None => normalize(from)
                 .map(Source::Image)
                 .map_err(|err| ParseError::Reference {
