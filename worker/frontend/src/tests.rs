@@ -593,7 +593,7 @@ fn named_contexts_are_directories_or_images_and_other_kinds_fail_by_value() {
 fn named_contexts_from_git_and_http() {
     let o = FrontendOptions::from_attrs(&attrs(&[
         ("context:src", "https://example.invalid/repo.git#v1:sub"),
-        ("context:ssh", "git@example.invalid:team/repo.git"),
+        ("context:plain", "git://example.invalid/team/repo.git"),
         ("context:file", "https://example.invalid/ctx.tar.gz"),
     ]))
     .expect("remote contexts");
@@ -609,7 +609,7 @@ fn named_contexts_from_git_and_http() {
         op.attrs.get("git.fullurl").map(String::as_str),
         Some("https://example.invalid/repo.git")
     );
-    let (op, _) = remote("ssh");
+    let (op, _) = remote("plain");
     assert_eq!(op.identifier, "git://example.invalid/team/repo.git");
     let (op, _) = remote("file");
     assert_eq!(op.identifier, "https://example.invalid/ctx.tar.gz");
@@ -618,6 +618,14 @@ fn named_contexts_from_git_and_http() {
         Some("context")
     );
     assert!(local_contexts(&o).is_empty());
+    // A git source the engine cannot fetch (ssh needs the client's agent)
+    // is refused before the build, as it would fail after steps ran.
+    let value = "git@example.invalid:team/repo.git";
+    let e = FrontendOptions::from_attrs(&attrs(&[("context:ssh", value)])).expect_err("ssh");
+    assert_eq!(
+        e.to_string(),
+        format!("named build context ssh={value:?} is not supported yet")
+    );
 }
 
 #[test]
