@@ -260,6 +260,120 @@ impl std::io::Read for ChannelReader {
     }
 }
 
+/// The label on a layer blob whose times were clamped to an epoch, naming
+/// the clamped blob (in the compression the label names) and its diffID.
+fn clamped_label(epoch: i64, to: Compression) -> String {
+    format!("dev.kiln/epoch.{epoch}.{}", to.as_str())
+}
+
+/// A layer blob in the content store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredLayer<'a> {
+    pub digest: &'a str,
+    /// How the blob is compressed.
+    pub compression: Compression,
+    pub diff_id: &'a Digest,
+}
+
+/// The layer `stored` with every file time later than `epoch` clamped to
+/// it, compressed as `to` ([`crate::diff::epoch`]): `None` when no time
+/// was later (the layer is unchanged), else the new blob, written under
+/// `lease` (or found again from an earlier export with the same epoch).
+pub async fn clamp_layer_times(
+    content: &dyn Content,
+    leases: &dyn Leases,
+    stored: StoredLayer<'_>,
+    to: Compression,
+    epoch: i64,
+    lease: &LeaseId,
+) -> Result<Option<LayerDescriptor>> {
+    let StoredLayer {
+        digest,
+        compression: from,
+        diff_id,
+    } = stored;
+    let info = content.info(digest).await?;
+    let label = clamped_label(epoch, to);
+    if let Some(v) = info.labels.get(&label) {
+        if v == "unchanged" {
+            return Ok(None);
+        }
+        if let Some((blob, clamped_id)) = v.split_once('@') {
+            if let (Ok(bi), Some(d), Some(id)) = (
+                content.info(blob).await,
+                Digest::parse(blob),
+                Digest::parse(clamped_id),
+            ) {
+                leases
+                    .add_resource(lease, &LeaseResource::Content(blob.to_string()))
+                    .await?;
+                return Ok(Some(LayerDescriptor {
+                    diff_id: id,
+                    digest: d,
+                    size: bi.size as u64,
+                    uncompressed_size: 0,
+                    entries: 0,
+                    media_type: to.media_type(),
+                }));
+            }
+        }
+    }
+    // First only the diffID of the clamped tar: most layers (those with
+    // no later time) need no new blob at all.
+    let rx = content.read_stream(digest).await?;
+    let probe = tokio::task::spawn_blocking(move || {
+        let mut input = ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        };
+        crate::diff::epoch::clamp_times(
+            &mut input,
+            from,
+            Compression::Uncompressed,
+            epoch,
+            &mut std::io::sink(),
+        )
+    })
+    .await
+    .map_err(|e| SnapshotError::Io {
+        path: "layer stream".into(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    let remember = |value: String| async move {
+        let mut l = HashMap::new();
+        l.insert(label.clone(), value);
+        if let Err(e) = content.set_labels(digest, l).await {
+            tracing::warn!(digest, error = %e, "cannot record a clamped layer");
+        }
+    };
+    if probe.diff_id == *diff_id {
+        remember("unchanged".into()).await;
+        return Ok(None);
+    }
+    let rx = content.read_stream(digest).await?;
+    let (writer, desc) = stream_blob(content, lease, move |w| {
+        let mut input = ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        };
+        crate::diff::epoch::clamp_times(&mut input, from, to, epoch, w)
+    })
+    .await?;
+    if desc.diff_id != probe.diff_id {
+        return Err(SnapshotError::InvalidBlob {
+            digest: digest.to_string(),
+            reason: "the blob changed while its times were clamped".into(),
+        });
+    }
+    let mut labels = HashMap::new();
+    labels.insert(UNCOMPRESSED_LABEL.to_string(), desc.diff_id.to_string());
+    writer.commit(&desc.digest, labels).await?;
+    remember(format!("{}@{}", desc.digest, desc.diff_id)).await;
+    Ok(Some(desc))
+}
+
 /// The label on a layer blob naming its variant in another compression,
 /// so a second export in that compression reuses it.
 fn variant_label(to: Compression) -> String {

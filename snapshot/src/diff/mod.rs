@@ -28,6 +28,7 @@
 //!   `<dir>/.wh..wh..opq` and its new contents. Sockets are skipped.
 
 mod compress;
+pub mod epoch;
 pub mod members;
 mod recompress;
 pub mod tar;

@@ -27,13 +27,7 @@ pub fn recompress(
     to: Compression,
     out: &mut dyn Write,
 ) -> Result<LayerDescriptor, DiffError> {
-    let mut reader: Box<dyn Read + '_> = match from {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(input).map_err(|e| DiffError::Output { source: e })?,
-        ),
-        Compression::Uncompressed => Box::new(input),
-    };
+    let mut reader = decompressor(input, from)?;
     let blob = HashWriter::new(out);
     let compressor = Compressor::new(to, blob).map_err(|e| DiffError::Output { source: e })?;
     let mut tar = HashWriter::new(compressor);
@@ -56,6 +50,20 @@ pub fn recompress(
         uncompressed_size,
         entries: 0,
         media_type: to.media_type(),
+    })
+}
+
+/// A reader of the tar inside a layer compressed with `from`.
+pub(super) fn decompressor<'a>(
+    input: &'a mut dyn Read,
+    from: Compression,
+) -> Result<Box<dyn Read + 'a>, DiffError> {
+    Ok(match from {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(input).map_err(|e| DiffError::Output { source: e })?,
+        ),
+        Compression::Uncompressed => Box::new(input),
     })
 }
 

@@ -509,6 +509,9 @@ struct ImageOutput {
     /// `registry.insecure=true`: the push may use plain HTTP or skip TLS
     /// verification for the registries of its names.
     insecure: bool,
+    /// `rewrite-timestamp=true`: layer file times are clamped to
+    /// `SOURCE_DATE_EPOCH`.
+    rewrite_timestamp: bool,
 }
 
 /// A boolean exporter attribute as BuildKit reads it (`push` alone is
@@ -547,12 +550,7 @@ fn parse_outputs(outputs: &[String], push: bool) -> Result<ImageOutput> {
                 "push-by-digest" => out.push_by_digest = bool_attr(k, v)?,
                 "registry.insecure" => out.insecure = bool_attr(k, v)?,
                 "unpack" | "oci-mediatypes" => {}
-                "rewrite-timestamp" if v != "false" => {
-                    return Err(anyhow!(
-                        "output option rewrite-timestamp is not supported yet"
-                    ))
-                }
-                "rewrite-timestamp" => {}
+                "rewrite-timestamp" => out.rewrite_timestamp = bool_attr(k, v)?,
                 _ => return Err(anyhow!("unknown output option {k:?} in {o:?}")),
             }
         }
@@ -957,6 +955,7 @@ async fn build(
         push,
         secrets,
         ssh,
+        rewrite_timestamp: out.rewrite_timestamp,
     };
 
     let cancel = CancellationToken::new();
@@ -1093,12 +1092,16 @@ mod tests {
         .expect("all");
         assert!(all.push && all.push_by_digest && all.insecure);
         assert!(out(&["type=image,push"], false).expect("bare push").push);
-        let e = out(&["type=image,rewrite-timestamp=true"], false).expect_err("not supported");
-        assert_eq!(
-            e.to_string(),
-            "output option rewrite-timestamp is not supported yet"
+        assert!(
+            out(&["type=image,rewrite-timestamp=true"], false)
+                .expect("rewrite")
+                .rewrite_timestamp
         );
-        assert!(out(&["type=image,rewrite-timestamp=false"], false).is_ok());
+        assert!(
+            !out(&["type=image,rewrite-timestamp=false"], false)
+                .expect("no rewrite")
+                .rewrite_timestamp
+        );
         // --push with -o push-by-digest: the flag is push=true.
         assert!(
             out(&["type=image,push-by-digest=true"], true)

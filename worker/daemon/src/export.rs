@@ -16,18 +16,11 @@ use tonic::Status;
 const FILE_SEND: &str = "/moby.filesync.v1.FileSend/DiffCopy";
 
 /// The layer compression the exporters ask for (gzip by default).
-/// Also refuses, before the build, the exporter options kiln does not
-/// implement yet.
+/// Also checks, before the build, the values of the options read after it
+/// (`rewrite-timestamp`, `source-date-epoch`).
 pub fn compression(exporters: &[Exporter]) -> Result<Compression, Status> {
     for e in exporters {
-        if e.attrs
-            .get("rewrite-timestamp")
-            .is_some_and(|v| v != "false")
-        {
-            return Err(Status::unimplemented(
-                "exporter option rewrite-timestamp is not supported yet",
-            ));
-        }
+        rewrite_epoch(&e.attrs, None)?;
     }
     for e in exporters {
         if let Some(c) = e.attrs.get("compression") {
@@ -37,6 +30,33 @@ pub fn compression(exporters: &[Exporter]) -> Result<Compression, Status> {
         }
     }
     Ok(Compression::Gzip)
+}
+
+/// The epoch an image exporter clamps layer times to: with
+/// `rewrite-timestamp=true`, its `source-date-epoch` option, else the
+/// frontend's `SOURCE_DATE_EPOCH` (BuildKit's texts for bad values).
+fn rewrite_epoch(
+    attrs: &HashMap<String, String>,
+    frontend: Option<i64>,
+) -> Result<Option<i64>, Status> {
+    let rewrite = match attrs.get("rewrite-timestamp").map(String::as_str) {
+        None | Some("false" | "0" | "f" | "F" | "FALSE" | "False") => false,
+        Some("true" | "1" | "t" | "T" | "TRUE" | "True") => true,
+        Some(v) => {
+            return Err(Status::invalid_argument(format!(
+                "non-bool value specified for rewrite-timestamp: strconv.ParseBool: parsing {v:?}: invalid syntax"
+            )))
+        }
+    };
+    let epoch = match attrs.get("source-date-epoch").map(String::as_str) {
+        None | Some("") => frontend,
+        Some(v) => Some(v.parse::<i64>().map_err(|_| {
+            Status::invalid_argument(format!(
+                "invalid source-date-epoch: strconv.ParseInt: parsing {v:?}: invalid syntax"
+            ))
+        })?),
+    };
+    Ok(epoch.filter(|_| rewrite))
 }
 
 fn names(attrs: &HashMap<String, String>) -> Result<Vec<String>, Status> {
@@ -84,8 +104,9 @@ pub async fn run(
             "image" | "moby" => {
                 let push = crate::push::options(attrs)?;
                 let names = names(attrs)?;
+                let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
                 let out = solved
-                    .export_image(config, &names, compression)
+                    .export_image_with(config, &names, compression, epoch)
                     .await
                     .map_err(|e| status_of(&e))?;
                 if let Some(opts) = &push {
@@ -96,8 +117,9 @@ pub async fn run(
             kind @ ("oci" | "docker") => {
                 let s = session_for(session, kind)?;
                 let names = names(attrs)?;
+                let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
                 let out = solved
-                    .export_image(config, &[], compression)
+                    .export_image_with(config, &[], compression, epoch)
                     .await
                     .map_err(|e| status_of(&e))?;
                 image_response(&mut resp, &out);
@@ -213,13 +235,26 @@ mod tests {
     }
 
     #[test]
-    fn rewrite_timestamp_is_refused_before_the_build() {
-        let e =
-            compression(&[exporter(&[("rewrite-timestamp", "true")])]).expect_err("not supported");
-        assert_eq!(e.code(), tonic::Code::Unimplemented);
+    fn rewrite_timestamp_takes_the_exporters_epoch_or_the_frontends() {
+        let attrs = |kv: &[(&str, &str)]| exporter(kv).attrs;
+        let on = attrs(&[("rewrite-timestamp", "true")]);
+        assert_eq!(rewrite_epoch(&on, Some(5)).expect("valid"), Some(5));
+        assert_eq!(rewrite_epoch(&on, None).expect("valid"), None);
+        let own = attrs(&[("rewrite-timestamp", "1"), ("source-date-epoch", "7")]);
+        assert_eq!(rewrite_epoch(&own, Some(5)).expect("valid"), Some(7));
+        let off = attrs(&[("rewrite-timestamp", "false"), ("source-date-epoch", "7")]);
+        assert_eq!(rewrite_epoch(&off, Some(5)).expect("valid"), None);
+        // Bad values fail before the build, with BuildKit's texts.
+        let e = compression(&[exporter(&[("rewrite-timestamp", "yes")])]).expect_err("bad");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             e.message(),
-            "exporter option rewrite-timestamp is not supported yet"
+            "non-bool value specified for rewrite-timestamp: strconv.ParseBool: parsing \"yes\": invalid syntax"
+        );
+        let e = compression(&[exporter(&[("source-date-epoch", "x")])]).expect_err("bad");
+        assert_eq!(
+            e.message(),
+            "invalid source-date-epoch: strconv.ParseInt: parsing \"x\": invalid syntax"
         );
         let ok = compression(&[exporter(&[
             ("rewrite-timestamp", "false"),

@@ -275,6 +275,8 @@ pub async fn solve(
         push: None,
         secrets: Arc::new(crate::secrets::SessionSecrets::new(session)),
         ssh: Arc::new(crate::ssh::SessionSsh::new(session)),
+        // kilnd's exporters clamp layer times themselves (`export.rs`).
+        rewrite_timestamp: false,
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a

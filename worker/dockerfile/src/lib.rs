@@ -178,6 +178,14 @@ pub enum NamedContext {
     Image(String),
     /// `docker-image://scratch`: an empty filesystem.
     Scratch,
+    /// A git repository or an HTTP(S) file (`git@…`, `git://…`,
+    /// `https://…`): the source op the frontend made of it (a git checkout,
+    /// or one file named `context`, as BuildKit's named contexts), named
+    /// `name` in progress. Like a directory, it has no config.
+    Remote {
+        op: kiln_solver::SourceOp,
+        name: String,
+    },
 }
 
 /// The key a name finds its named context under: the name normalized as

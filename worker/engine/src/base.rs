@@ -297,5 +297,7 @@ pub fn frontend_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
         variant: cfg.image.variant().clone().unwrap_or_default(),
         os_version: cfg.image.os_version().clone().unwrap_or_default(),
         os_features: cfg.image.os_features().clone().unwrap_or_default(),
+        source_date_epoch: None,
+        base_diff_ids: cfg.image.rootfs().diff_ids().clone(),
     }
 }

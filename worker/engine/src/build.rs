@@ -70,6 +70,10 @@ pub struct BuildRequest {
     pub secrets: Arc<dyn crate::secrets::SecretSource>,
     /// The client's SSH agents; [`crate::ssh::NoSsh`] by default.
     pub ssh: Arc<dyn crate::ssh::SshSource>,
+    /// The exporter's `rewrite-timestamp=true`: layer file times later
+    /// than the config's `source_date_epoch` are clamped to it (nothing
+    /// without an epoch).
+    pub rewrite_timestamp: bool,
 }
 
 /// The credentials of a build that has none.
@@ -264,8 +268,24 @@ impl Engine {
                 message: "exporting to image".into(),
             })
             .await;
+        if req.rewrite_timestamp && req.config.source_date_epoch.is_none() {
+            // BuildKit's exporter says the same and exports unchanged.
+            progress
+                .send(ProgressEvent::Info {
+                    message: "rewrite-timestamp is specified, but no source-date-epoch was found"
+                        .into(),
+                })
+                .await;
+        }
         let mut r = solved
-            .export_image(&req.config, &req.names, req.compression)
+            .export_image_with(
+                &req.config,
+                &req.names,
+                req.compression,
+                req.config
+                    .source_date_epoch
+                    .filter(|_| req.rewrite_timestamp),
+            )
             .await;
         if let (Ok(out), Some(opts)) = (&r, &req.push) {
             // After the graph's vertices, in the same progress stream.
@@ -591,6 +611,21 @@ impl Solved {
         names: &[String],
         compression: Compression,
     ) -> Result<Exported> {
+        self.export_image_with(config, names, compression, None)
+            .await
+    }
+
+    /// [`Solved::export_image`] with the exporter's `rewrite-timestamp`:
+    /// `Some(epoch)` clamps the layers' file times to it
+    /// ([`crate::epoch`]); an image whose layers changed is not backed by
+    /// the build's snapshots (containerd unpacks it when it is run).
+    pub async fn export_image_with(
+        &self,
+        config: &ImageConfig,
+        names: &[String],
+        compression: Compression,
+        rewrite_timestamp: Option<i64>,
+    ) -> Result<Exported> {
         let layers = crate::blobs::ensure(
             &self.engine.svc,
             &self.layers,
@@ -599,6 +634,20 @@ impl Solved {
             &self.mount_dir(),
         )
         .await?;
+        let (layers, rewritten) = match rewrite_timestamp {
+            Some(epoch) => {
+                crate::epoch::clamp_layers(
+                    &self.engine.svc,
+                    &layers,
+                    &config.base_diff_ids,
+                    epoch,
+                    compression,
+                    &self.lease,
+                )
+                .await?
+            }
+            None => (layers, false),
+        };
         let mut json = image_config(&layers, config);
         if self
             .cache_exports
@@ -608,7 +657,15 @@ impl Solved {
             json.inline_cache =
                 crate::remotecache::export::inline(&self.cache.records(), &self.layers);
         }
-        export_image(&self.engine.svc, &layers, &json, names, true, &self.lease).await
+        export_image(
+            &self.engine.svc,
+            &layers,
+            &json,
+            names,
+            !rewritten,
+            &self.lease,
+        )
+        .await
     }
 
     /// Writes the build's cache to every `--cache-to` target but inline

@@ -28,7 +28,9 @@ pub struct Exported {
 /// time takes the layer's own (`Layer::created`, kept by its cache
 /// record); an entry still without one takes the first new layer's time
 /// before it, or the time of the entry before it after that; the image's
-/// `created` is the last entry's. Base-image entries keep their times.
+/// `created` is the last entry's. Base-image entries keep their times; an
+/// entry made up for a base layer without one takes `SOURCE_DATE_EPOCH`
+/// when it is set.
 pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageConfigJson {
     let platform = oci::host_platform();
     let entry = |h: Option<&kiln_solver::HistoryEntry>| {
@@ -50,7 +52,15 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
         .count();
     if with_layer < layers.len() {
         let missing = layers.len() - with_layer;
-        let mut filled: Vec<History> = (0..missing).map(|_| entry(None)).collect();
+        // These entries are not the base image's, so with SOURCE_DATE_EPOCH
+        // BuildKit's exporter dates them with the epoch (and the image's
+        // `created` follows when they are the last).
+        let backfill = || {
+            let mut e = entry(None);
+            e.set_created(cfg.source_date_epoch.map(kiln_types::time::rfc3339_secs));
+            e
+        };
+        let mut filled: Vec<History> = (0..missing).map(|_| backfill()).collect();
         filled.extend(history);
         history = filled;
     }

@@ -17,6 +17,7 @@ pub mod build;
 pub mod cache;
 pub mod claim;
 pub mod entitlements;
+pub mod epoch;
 pub mod error;
 pub mod export;
 pub mod fileop;

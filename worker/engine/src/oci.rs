@@ -251,6 +251,9 @@ mod tests {
             variant: String::new(),
             os_version: "10.0".into(),
             os_features: vec!["f1".into()],
+            // Exporter inputs: neither is written into the config.
+            source_date_epoch: Some(1),
+            base_diff_ids: vec![KilnDigest::of(b"base").to_string()],
         };
         let config = crate::export::image_config(&[layer], &cfg);
         let bytes = to_json(&config).expect("json");

@@ -277,7 +277,10 @@ fn invalid(key: &str, value: &str, reason: impl ToString) -> FrontendError {
 
 /// One `context:NAME=VALUE` attribute, as BuildKit's frontend reads it:
 /// `local:DIR` (a directory the client serves under that local name),
-/// `docker-image://REF` (an image, whose config replaces the base's).
+/// `docker-image://REF` (an image, whose config replaces the base's), a
+/// git repository (`git@…`, `git://…`, `https://….git#ref:dir`: its
+/// checkout) or another `http(s)://` URL (the file alone, named
+/// `context`). `oci-layout://` and `input:` are refused as not supported.
 /// `NAME` may end in `::PLATFORM`, which must be the host's. The result
 /// is keyed by [`kiln_dockerfile::context_key`].
 fn named_context(name: &str, value: &str) -> Result<(String, NamedContext)> {
@@ -307,7 +310,17 @@ fn named_context(name: &str, value: &str) -> Result<(String, NamedContext)> {
             "invalid context specifier {value} for {name}"
         )));
     };
+    // As BuildKit: `git@host:repo` is a git context without a scheme.
+    let kind = if kind.starts_with("git@") {
+        "git"
+    } else {
+        kind
+    };
     let ctx = match kind {
+        "git" | "http" | "https" => remote_context(plain, value).map_err(|e| match e {
+            RemoteContext::Invalid(reason) => invalid(reason),
+            RemoteContext::Unsupported => unsupported(),
+        })?,
         "local" if !rest.is_empty() => NamedContext::Local {
             local: rest.to_string(),
             excludes: Vec::new(),
@@ -325,6 +338,44 @@ fn named_context(name: &str, value: &str) -> Result<(String, NamedContext)> {
         _ => return Err(unsupported()),
     };
     Ok((key, ctx))
+}
+
+/// Why a git or HTTP named context cannot be used.
+enum RemoteContext {
+    Invalid(String),
+    /// A git source the engine cannot fetch (it would fail after steps ran).
+    Unsupported,
+}
+
+/// The source of a git or HTTP named context, as BuildKit's frontend makes
+/// it: a git reference is a checkout; another HTTP(S) URL is one file,
+/// `context`.
+fn remote_context(name: &str, value: &str) -> std::result::Result<NamedContext, RemoteContext> {
+    use kiln_solver::source::{GitRef, GitSource, HttpSource};
+    let git = GitRef::parse(value).map_err(|e| RemoteContext::Invalid(e.to_string()))?;
+    let op = match git {
+        Some(g) => {
+            let op = GitSource::from_ref(&g).to_op();
+            // What the engine would refuse is refused now, before any step.
+            GitSource::from_op(&op).map_err(|_| RemoteContext::Unsupported)?;
+            op
+        }
+        None if value.starts_with("http://") || value.starts_with("https://") => HttpSource {
+            url: value.to_string(),
+            filename: "context".into(),
+            ..HttpSource::default()
+        }
+        .to_op(),
+        None => {
+            return Err(RemoteContext::Invalid(format!(
+                "invalid git context {value}"
+            )))
+        }
+    };
+    Ok(NamedContext::Remote {
+        op,
+        name: name.to_string(),
+    })
 }
 
 /// `image-resolve-mode` (buildx and nerdctl `--pull`, `--pull=false`):
@@ -662,7 +713,31 @@ pub async fn plan<I: ImageConfigs>(
     let df =
         kiln_dockerfile::parse_with_check(&source.text, &source.filename, opts.check.as_ref())?;
     let mut bases = BTreeMap::new();
-    for image in df.base_images(&build_opts)? {
+    // A base image's ONBUILD trigger may copy from a stage whose base is
+    // another image: resolve until no new base appears (each round adds at
+    // least one ref of the Dockerfile's finite set, or ends).
+    loop {
+        let new: Vec<String> = df
+            .base_images_with(&build_opts, &bases)?
+            .into_iter()
+            .filter(|r| !bases.contains_key(r))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        resolve_bases(&df, images, new, &mut bases).await?;
+    }
+    Ok(kiln_dockerfile::to_graph(&df, &build_opts, &bases)?)
+}
+
+/// Resolves the configs of `refs` into `bases`.
+async fn resolve_bases<I: ImageConfigs>(
+    df: &kiln_dockerfile::Dockerfile,
+    images: &I,
+    refs: Vec<String>,
+    bases: &mut BTreeMap<String, ImageConfig>,
+) -> Result<()> {
+    for image in refs {
         let cfg = match images.image_config(&image).await {
             Ok(cfg) => cfg,
             Err(source) => {
@@ -677,7 +752,7 @@ pub async fn plan<I: ImageConfigs>(
         };
         bases.insert(image, cfg);
     }
-    Ok(kiln_dockerfile::to_graph(&df, &build_opts, &bases)?)
+    Ok(())
 }
 
 #[cfg(test)]

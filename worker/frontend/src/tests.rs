@@ -558,8 +558,6 @@ fn named_contexts_are_directories_or_images_and_other_kinds_fail_by_value() {
         "oci-layout://store/app@sha256:0000",
         "input:other",
         "target:build",
-        "https://example.invalid/ctx.tar",
-        "git@example.invalid:repo.git",
     ] {
         let e = FrontendOptions::from_attrs(&attrs(&[("context:base", value)])).expect_err(value);
         assert_eq!(
@@ -569,6 +567,7 @@ fn named_contexts_are_directories_or_images_and_other_kinds_fail_by_value() {
         assert_eq!(e.kind(), ErrorKind::Unimplemented);
     }
     for (name, value) in [
+        ("base", "git:/not/a/repo"),
         ("base", "nocolon"),
         ("base", "docker-image://UPPER"),
         ("context", "local:x"),
@@ -586,6 +585,47 @@ fn named_contexts_are_directories_or_images_and_other_kinds_fail_by_value() {
     let e = FrontendOptions::from_attrs(&attrs(&[("context:base::plan9/mips", "local:b")]))
         .expect_err("another platform");
     assert_eq!(e.kind(), ErrorKind::Unimplemented);
+}
+
+/// Git and HTTP named contexts are sources, as BuildKit's frontend makes
+/// them: a git reference is a checkout, another URL one file `context`.
+#[test]
+fn named_contexts_from_git_and_http() {
+    let o = FrontendOptions::from_attrs(&attrs(&[
+        ("context:src", "https://example.invalid/repo.git#v1:sub"),
+        ("context:plain", "git://example.invalid/team/repo.git"),
+        ("context:file", "https://example.invalid/ctx.tar.gz"),
+    ]))
+    .expect("remote contexts");
+    let key = |n: &str| kiln_dockerfile::context_key(n).expect("a name");
+    let remote = |n: &str| match o.named_contexts.get(&key(n)) {
+        Some(NamedContext::Remote { op, name }) => (op.clone(), name.clone()),
+        other => panic!("{n}: {other:?}"),
+    };
+    let (op, name) = remote("src");
+    assert_eq!(name, "src");
+    assert_eq!(op.identifier, "git://example.invalid/repo.git#v1:sub");
+    assert_eq!(
+        op.attrs.get("git.fullurl").map(String::as_str),
+        Some("https://example.invalid/repo.git")
+    );
+    let (op, _) = remote("plain");
+    assert_eq!(op.identifier, "git://example.invalid/team/repo.git");
+    let (op, _) = remote("file");
+    assert_eq!(op.identifier, "https://example.invalid/ctx.tar.gz");
+    assert_eq!(
+        op.attrs.get("http.filename").map(String::as_str),
+        Some("context")
+    );
+    assert!(local_contexts(&o).is_empty());
+    // A git source the engine cannot fetch (ssh needs the client's agent)
+    // is refused before the build, as it would fail after steps ran.
+    let value = "git@example.invalid:team/repo.git";
+    let e = FrontendOptions::from_attrs(&attrs(&[("context:ssh", value)])).expect_err("ssh");
+    assert_eq!(
+        e.to_string(),
+        format!("named build context ssh={value:?} is not supported yet")
+    );
 }
 
 #[test]

@@ -58,7 +58,7 @@ pub enum Op {
 }
 
 /// `pb.SourceOp`: an image, the local context, ...
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct SourceOp {
     /// `docker-image://docker.io/library/busybox:latest`, `local://context`.
     pub identifier: String,
@@ -462,6 +462,16 @@ pub struct ImageConfig {
     pub os_version: String,
     #[serde(default)]
     pub os_features: Vec<String>,
+    /// `SOURCE_DATE_EPOCH` in seconds as the frontend resolved it (BuildKit's
+    /// `source.date.epoch` result metadata): the exporter's
+    /// `rewrite-timestamp` clamps layer file times to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<i64>,
+    /// The diffIDs of the base image's layers (BuildKit's base image config
+    /// metadata): `rewrite-timestamp` leaves the layers the result shares
+    /// with its base as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base_diff_ids: Vec<String>,
 }
 
 /// Docker's `HealthcheckConfig`: durations in nanoseconds, 0 = inherit.

@@ -76,7 +76,20 @@ impl Dockerfile {
     /// them to [`to_graph`]. Images used only by `COPY --from` or
     /// `RUN --mount=from=` are not listed: their config is not needed.
     pub fn base_images(&self, opts: &BuildOptions) -> Result<Vec<String>> {
-        let plan = Plan::new(self, opts)?;
+        self.base_images_with(opts, &BTreeMap::new())
+    }
+
+    /// [`Dockerfile::base_images`] once the configs of `known` base images
+    /// are resolved: their ONBUILD triggers may read other stages
+    /// (`COPY --from=<stage>`), which are needed too, and so may be their
+    /// bases. The caller resolves the new refs and asks again until
+    /// nothing is new.
+    pub fn base_images_with(
+        &self,
+        opts: &BuildOptions,
+        known: &BTreeMap<String, ImageConfig>,
+    ) -> Result<Vec<String>> {
+        let plan = Plan::new(self, opts, known)?;
         let mut out: Vec<String> = Vec::new();
         for (i, s) in plan.stages.iter().enumerate() {
             if let Base::Image(r) = &s.base {
@@ -122,7 +135,7 @@ pub fn to_graph(
     opts: &BuildOptions,
     bases: &BTreeMap<String, ImageConfig>,
 ) -> Result<Build> {
-    let plan = Plan::new(df, opts)?;
+    let plan = Plan::new(df, opts, bases)?;
     let epoch = source_date_epoch(df, opts, &plan)?;
     let mut conv = Converter {
         epoch,
@@ -157,6 +170,7 @@ pub fn to_graph(
     }
     // SOURCE_DATE_EPOCH dates this build's history entries (base entries
     // keep theirs), so the exporter's `created` is the epoch too.
+    st.config.source_date_epoch = epoch;
     if let Some(e) = epoch {
         let t = kiln_types::time::rfc3339_secs(e);
         for h in st.config.history.iter_mut().filter(|h| h.created.is_none()) {
@@ -466,6 +480,19 @@ impl Converter<'_> {
         Ok(Self::edge(v))
     }
 
+    /// The source vertex of a git or HTTP named context (the solver runs
+    /// equal vertices once).
+    fn remote_context(&mut self, op: SourceOp, name: &str) -> Result<Edge> {
+        let v = self.add(Vertex {
+            name: format!("[context {name}] {}", op.identifier),
+            op: Op::Source(op),
+            inputs: Vec::new(),
+            location: None,
+            ignore_cache: self.opts.no_cache,
+        })?;
+        Ok(Self::edge(v))
+    }
+
     /// A `docker-image://` source for `--from=<image>`, one per ref.
     fn image_source(&mut self, reference: &str, line: usize) -> Result<Edge> {
         if let Some(v) = self.images.get(reference) {
@@ -494,6 +521,7 @@ impl Converter<'_> {
             },
             Source::Image(r) => self.image_source(&r, line).map(Some),
             Source::Local { local, excludes } => self.local_source(&local, &excludes).map(Some),
+            Source::Remote { op, name } => self.remote_context(op, &name).map(Some),
             Source::Scratch => Ok(None),
         }
     }
@@ -539,7 +567,7 @@ impl Converter<'_> {
                 .get(r)
                 .map(|c| c.on_build.clone())
                 .unwrap_or_default(),
-            Base::Scratch | Base::Local { .. } => Vec::new(),
+            Base::Scratch | Base::Local { .. } | Base::Remote { .. } => Vec::new(),
         };
         let triggers = self.onbuild_commands(&triggers, stage.line)?;
         let total = triggers
@@ -554,7 +582,7 @@ impl Converter<'_> {
             .count()
             + usize::from(matches!(
                 self.plan.stages[i].base,
-                Base::Image(_) | Base::Local { .. }
+                Base::Image(_) | Base::Local { .. } | Base::Remote { .. }
             ));
         let mut progress = Progress {
             label: self.plan.display[i].clone(),
@@ -573,6 +601,11 @@ impl Converter<'_> {
             }
             Base::Scratch => self.new_state(None, scratch_config()),
             // A directory has no config: the stage starts as on scratch.
+            Base::Remote { op, name } => {
+                let edge = self.remote_context(op, &name)?;
+                let _ = progress.name("");
+                self.new_state(Some(edge), scratch_config())
+            }
             Base::Local { local, excludes } => {
                 let edge = self.local_source(&local, &excludes)?;
                 // The source counts in the stage's steps but is named
@@ -869,8 +902,10 @@ impl Converter<'_> {
 
 /// `SOURCE_DATE_EPOCH` from `--build-arg` or a global `ARG` default:
 /// seconds since the epoch; empty is unset, and `context` is unset too
-/// (BuildKit's value for a local context). Other BuildKit forms (a stage or
-/// named context) are refused before the build.
+/// (BuildKit's value for a local context). The other BuildKit forms, a
+/// named context or a stage that is one remote `ADD` (the epoch is the
+/// source's time), are refused before the build, with BuildKit's errors for
+/// a stage that is not such a source and for a name that is neither.
 fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Result<Option<i64>> {
     const KEY: &str = "SOURCE_DATE_EPOCH";
     let Some(v) = opts
@@ -884,13 +919,87 @@ fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Resul
     if v.is_empty() || v == "context" {
         return Ok(None);
     }
-    v.parse::<i64>()
-        .map(Some)
-        .map_err(|_| ParseError::Unsupported {
-            file: opts.filename.clone(),
-            line: df.stages.first().map_or(1, |s| s.line),
-            feature: format!("SOURCE_DATE_EPOCH={v} (only seconds since the epoch)"),
-        })
+    if let Ok(secs) = v.parse::<i64>() {
+        return Ok(Some(secs));
+    }
+    let first = df.stages.first().map_or(1, |s| s.line);
+    let unsupported = |line: usize, what: &str| ParseError::Unsupported {
+        file: opts.filename.clone(),
+        line,
+        feature: format!("SOURCE_DATE_EPOCH={v} ({what})"),
+    };
+    let invalid = |line: usize, message: &str| ParseError::Invalid {
+        file: opts.filename.clone(),
+        line,
+        message: message.to_string(),
+    };
+    if plan::named_context(opts, v).is_some() {
+        return Err(unsupported(first, "the time of a named context"));
+    }
+    let Some(stage) = df
+        .stages
+        .iter()
+        .find(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(v)))
+    else {
+        return Err(invalid(first, &format!("invalid SOURCE_DATE_EPOCH: {v}")));
+    };
+    // BuildKit's checks of a source stage, in its order.
+    let base = Lex::new(df.escape)
+        .process_word(&stage.base, &plan.global_env)
+        .map_err(|m| invalid(stage.line, &m))?;
+    if base != "scratch" {
+        return Err(invalid(
+            stage.line,
+            "SOURCE_DATE_EPOCH stage must use FROM scratch",
+        ));
+    }
+    let mut add = None;
+    for c in &stage.commands {
+        match &c.instruction {
+            Instruction::Arg(_) => {}
+            Instruction::Copy(cp) if cp.add => {
+                if add.is_some() {
+                    return Err(invalid(
+                        stage.line,
+                        "SOURCE_DATE_EPOCH stage must contain exactly one remote ADD",
+                    ));
+                }
+                add = Some(cp);
+            }
+            _ => {
+                let keyword = c.original.split_whitespace().next().unwrap_or_default();
+                return Err(invalid(
+                    stage.line,
+                    &format!(
+                        "SOURCE_DATE_EPOCH stage does not meet source-only requirements: unsupported {} instruction",
+                        keyword.to_lowercase()
+                    ),
+                ));
+            }
+        }
+    }
+    let Some(add) = add else {
+        return Err(invalid(
+            stage.line,
+            "SOURCE_DATE_EPOCH stage must contain exactly one remote ADD",
+        ));
+    };
+    if !add.contents.is_empty() || add.srcs.len() != 1 {
+        return Err(invalid(
+            stage.line,
+            "SOURCE_DATE_EPOCH stage must contain exactly one remote ADD source",
+        ));
+    }
+    let src = &add.srcs[0];
+    let git =
+        kiln_solver::source::GitRef::parse(src).map_err(|e| invalid(stage.line, &e.to_string()))?;
+    if !(src.starts_with("http://") || src.starts_with("https://")) && git.is_none() {
+        return Err(invalid(
+            stage.line,
+            "SOURCE_DATE_EPOCH stage source must be a single HTTP(S) or Git ADD",
+        ));
+    }
+    Err(unsupported(stage.line, "the time of a remote ADD source"))
 }
 
 /// Parses an ONBUILD trigger as a Dockerfile line (with the default

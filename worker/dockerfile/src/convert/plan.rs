@@ -16,6 +16,11 @@ pub(super) enum Base {
         local: String,
         excludes: Vec<String>,
     },
+    /// A named context that is a git or HTTP source.
+    Remote {
+        op: kiln_solver::SourceOp,
+        name: String,
+    },
 }
 
 impl Base {
@@ -28,6 +33,10 @@ impl Base {
             },
             NamedContext::Image(r) => Base::Image(r.clone()),
             NamedContext::Scratch => Base::Scratch,
+            NamedContext::Remote { op, name } => Base::Remote {
+                op: op.clone(),
+                name: name.clone(),
+            },
         }
     }
 }
@@ -51,6 +60,11 @@ pub(super) enum Source {
     },
     /// A named context that is `docker-image://scratch`.
     Scratch,
+    /// A named context that is a git or HTTP source.
+    Remote {
+        op: kiln_solver::SourceOp,
+        name: String,
+    },
 }
 
 /// The named context `name` refers to, if any (see [`context_key`]).
@@ -79,7 +93,13 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    pub(super) fn new(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
+    /// The plan for `opts`; `bases` are the base image configs known so
+    /// far, whose ONBUILD triggers may read other stages (`--from`).
+    pub(super) fn new(
+        df: &Dockerfile,
+        opts: &BuildOptions,
+        bases: &BTreeMap<String, ImageConfig>,
+    ) -> Result<Plan> {
         let lex = Lex::new(df.escape);
         let file = &opts.filename;
         let invalid = |line: usize, message: String| ParseError::Invalid {
@@ -220,24 +240,38 @@ impl Plan {
                 deps.push(d);
                 continue;
             }
-            if let Base::Stage(j) = stages[i].base {
-                d.push(j);
-                // The parent's ONBUILD triggers run here: what they read
-                // `--from` is needed by this stage.
-                let parent = if stages[j].replaced {
-                    &[][..]
-                } else {
-                    &df.stages[j].commands[..]
-                };
-                for c in parent {
-                    if let Instruction::Onbuild(t) = &c.instruction {
-                        let trigger = super::parse_trigger(t, file, s.line)?;
-                        for from in from_refs(&trigger) {
-                            match resolve_source(df, opts, from, i, s.line)? {
-                                Source::Stage(k) => d.push(k),
-                                _ => image_sources += 1,
-                            }
-                        }
+            // The base's ONBUILD triggers run here (the parent stage's
+            // ONBUILD lines, or a base image's `OnBuild`): what they read
+            // `--from` is resolved against this Dockerfile's stages, and
+            // needed by this stage (BuildKit resolves them in the child).
+            let triggers: Vec<&str> = match &stages[i].base {
+                Base::Stage(j) => {
+                    d.push(*j);
+                    if stages[*j].replaced {
+                        Vec::new()
+                    } else {
+                        df.stages[*j]
+                            .commands
+                            .iter()
+                            .filter_map(|c| match &c.instruction {
+                                Instruction::Onbuild(t) => Some(t.as_str()),
+                                _ => None,
+                            })
+                            .collect()
+                    }
+                }
+                Base::Image(r) => bases
+                    .get(r)
+                    .map(|c| c.on_build.iter().map(String::as_str).collect())
+                    .unwrap_or_default(),
+                Base::Scratch | Base::Local { .. } | Base::Remote { .. } => Vec::new(),
+            };
+            for t in triggers {
+                let trigger = super::parse_trigger(t, file, s.line)?;
+                for from in from_refs(&trigger) {
+                    match resolve_source(df, opts, from, i, s.line)? {
+                        Source::Stage(k) => d.push(k),
+                        _ => image_sources += 1,
                     }
                 }
             }
@@ -347,6 +381,10 @@ pub(super) fn resolve_source(
             }),
             Some(NamedContext::Image(r)) => Ok(Source::Image(r.clone())),
             Some(NamedContext::Scratch) => Ok(Source::Scratch),
+            Some(NamedContext::Remote { op, name }) => Ok(Source::Remote {
+                op: op.clone(),
+                name: name.clone(),
+            }),
             None => normalize(from)
                 .map(Source::Image)
                 .map_err(|err| ParseError::Reference {

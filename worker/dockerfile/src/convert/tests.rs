@@ -1411,6 +1411,41 @@ fn a_named_context_replaces_an_image_by_its_reference() {
     assert!(sources(&b).is_empty(), "{:?}", sources(&b));
 }
 
+/// A git or HTTP named context is its source op: a stage of its name
+/// starts from it (with no config), and `COPY --from` reads it.
+#[test]
+fn a_remote_named_context_is_its_source() {
+    let git = NamedContext::Remote {
+        op: SourceOp {
+            identifier: "git://example.invalid/repo.git#v1".into(),
+            attrs: BTreeMap::new(),
+        },
+        name: "src".into(),
+    };
+    let b = build(
+        "FROM busybox AS src\nRUN must not run\nFROM src AS user\nRUN ls\n\
+         FROM busybox\nCOPY --from=src /a /b\nCOPY --from=user /c /d\n",
+        &with_contexts(&[("src", git)]),
+    )
+    .expect("build");
+    let mut read = sources(&b);
+    read.sort();
+    read.dedup();
+    assert_eq!(
+        read,
+        [
+            "docker-image://docker.io/library/busybox:latest",
+            "git://example.invalid/repo.git#v1"
+        ]
+    );
+    assert!(b
+        .graph
+        .vertices
+        .iter()
+        .any(|v| v.name == "[context src] git://example.invalid/repo.git#v1"));
+    assert!(!render(&b).contains("must not run"));
+}
+
 #[test]
 fn stages_without_a_named_context_are_unchanged() {
     let src = "FROM busybox AS base\nRUN true\nFROM base\n";

@@ -316,7 +316,92 @@ fn source_date_epoch_dates_new_history_and_workdir() {
     let err = convert(&opts).expect_err("not supported");
     assert_eq!(
         err.to_string(),
-        "Dockerfile:2: SOURCE_DATE_EPOCH=builder (only seconds since the epoch) is not supported yet"
+        "Dockerfile:2: invalid SOURCE_DATE_EPOCH: builder"
+    );
+}
+
+/// SOURCE_DATE_EPOCH naming a stage: BuildKit's checks of a source stage,
+/// and the one form that passes them (one remote ADD) is not supported.
+#[test]
+fn source_date_epoch_stage_forms() {
+    let check = |src: &str| {
+        let df = parse(src, "Dockerfile").expect("parses");
+        let mut opts = BuildOptions::default();
+        opts.build_args
+            .insert("SOURCE_DATE_EPOCH".into(), "Src".into());
+        let bases = df
+            .base_images(&opts)
+            .expect("bases")
+            .into_iter()
+            .map(|r| (r, ImageConfig::default()))
+            .collect();
+        to_graph(&df, &opts, &bases)
+            .expect_err("refused")
+            .to_string()
+    };
+    assert_eq!(
+        check("FROM scratch AS src\nARG V=1\nADD https://example.com/a.tar /a\nFROM img\n"),
+        "Dockerfile:1: SOURCE_DATE_EPOCH=Src (the time of a remote ADD source) is not supported yet"
+    );
+    assert_eq!(
+        check("FROM scratch\nFROM scratch AS src\nADD https://example.com/a /a\nFROM img\n"),
+        "Dockerfile:2: SOURCE_DATE_EPOCH=Src (the time of a remote ADD source) is not supported yet"
+    );
+    assert_eq!(
+        check("FROM img AS src\nADD https://example.com/a /a\nFROM img\n"),
+        "Dockerfile:1: SOURCE_DATE_EPOCH stage must use FROM scratch"
+    );
+    assert_eq!(
+        check("FROM scratch AS src\nRUN true\nFROM img\n"),
+        "Dockerfile:1: SOURCE_DATE_EPOCH stage does not meet source-only requirements: unsupported run instruction"
+    );
+    assert_eq!(
+        check("FROM scratch AS src\nFROM img\n"),
+        "Dockerfile:1: SOURCE_DATE_EPOCH stage must contain exactly one remote ADD"
+    );
+    assert_eq!(
+        check("FROM scratch AS src\nADD a b /c/\nFROM img\n"),
+        "Dockerfile:1: SOURCE_DATE_EPOCH stage must contain exactly one remote ADD source"
+    );
+    assert_eq!(
+        check("FROM scratch AS src\nADD a /c\nFROM img\n"),
+        "Dockerfile:1: SOURCE_DATE_EPOCH stage source must be a single HTTP(S) or Git ADD"
+    );
+}
+
+/// A base image's trigger that copies from a stage is resolved against
+/// the child's stages (as BuildKit does): the stage, and its own base
+/// image, become needed once the base image's config is known.
+#[test]
+fn a_base_images_trigger_reads_the_childs_stage() {
+    let src = "FROM tools-img AS tools\nRUN echo tool > /tool\nFROM parent-img\nRUN cat /tool\n";
+    let df = parse(src, "Dockerfile").expect("parses");
+    let opts = BuildOptions::default();
+    let parent = ImageConfig {
+        on_build: vec!["COPY --from=tools /tool /tool".into()],
+        ..ImageConfig::default()
+    };
+    let first = df.base_images(&opts).expect("bases");
+    assert_eq!(first, ["docker.io/library/parent-img:latest"]);
+    let mut bases: BTreeMap<String, ImageConfig> = BTreeMap::new();
+    bases.insert(first[0].clone(), parent);
+    let second = df.base_images_with(&opts, &bases).expect("bases");
+    assert_eq!(
+        second,
+        [
+            "docker.io/library/tools-img:latest",
+            "docker.io/library/parent-img:latest"
+        ]
+    );
+    bases.insert(second[0].clone(), ImageConfig::default());
+    let b = to_graph(&df, &opts, &bases).expect("builds");
+    assert_eq!(b.stages_built, ["tools", "1"]);
+    assert!(
+        names(&b)
+            .iter()
+            .any(|n| n == "[stage-1 2/3] ONBUILD COPY --from=tools /tool /tool"),
+        "{:?}",
+        names(&b)
     );
 }
 

@@ -185,6 +185,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         push: None,
         secrets: crate::secrets::none(),
         ssh: crate::ssh::none(),
+        rewrite_timestamp: false,
     }
 }
 
@@ -1037,6 +1038,26 @@ fn history_times_follow_the_layers() {
         ]
     );
     assert_eq!(json.image.created(), &t("2024-05-01T10:00:02Z"));
+
+    // A base image with fewer history entries than layers: the entry made
+    // up for it takes SOURCE_DATE_EPOCH when set (BuildKit's exporter
+    // clamps every entry that is not the base's), and so does `created`.
+    let bare = ImageConfig {
+        source_date_epoch: Some(1_700_000_000),
+        ..Default::default()
+    };
+    let json = crate::export::image_config(&layers[..1], &bare);
+    let created: Vec<Option<String>> = json
+        .image
+        .history()
+        .iter()
+        .flatten()
+        .map(|h| h.created().clone())
+        .collect();
+    assert_eq!(created, [t("2023-11-14T22:13:20Z")]);
+    assert_eq!(json.image.created(), &t("2023-11-14T22:13:20Z"));
+    let json = crate::export::image_config(&layers[..1], &ImageConfig::default());
+    assert_eq!(json.image.created(), &t("2019-01-01T00:00:00Z"));
 }
 
 /// A record written before layers could lack a blob (version 2) still

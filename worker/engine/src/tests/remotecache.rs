@@ -98,6 +98,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         pinned: Default::default(),
         secrets: crate::secrets::none(),
         ssh: crate::ssh::none(),
+        rewrite_timestamp: false,
     }
 }
 
