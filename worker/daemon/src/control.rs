@@ -157,6 +157,63 @@ async fn run_solve(
     })
 }
 
+/// Who sent a request, for the log: the identity its connection proves,
+/// else its TCP peer address, else "unknown".
+fn client_of<T>(request: &Request<T>) -> String {
+    let info = request.extensions().get::<crate::listen::ConnInfo>();
+    match info {
+        Some(crate::listen::ConnInfo {
+            identity: Some(id), ..
+        }) => id.to_string(),
+        Some(crate::listen::ConnInfo {
+            remote_addr: Some(a),
+            ..
+        }) => a.to_string(),
+        _ => "unknown".to_string(),
+    }
+}
+
+/// The fields of a build's log lines.
+struct BuildLog {
+    r#ref: String,
+    session: String,
+    tenant: String,
+    client: String,
+    frontend: String,
+}
+
+impl BuildLog {
+    fn started(&self) {
+        tracing::info!(
+            "ref" = %self.r#ref,
+            session = %self.session,
+            tenant = %self.tenant,
+            client = %self.client,
+            frontend = %self.frontend,
+            "build started"
+        );
+    }
+
+    fn finished(&self, took: std::time::Duration, error: Option<&Status>) {
+        let result = match error {
+            None => "ok",
+            Some(e) if e.code() == tonic::Code::Cancelled => "cancelled",
+            Some(_) => "failed",
+        };
+        tracing::info!(
+            "ref" = %self.r#ref,
+            session = %self.session,
+            tenant = %self.tenant,
+            client = %self.client,
+            frontend = %self.frontend,
+            result,
+            duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            error = error.map(Status::message).unwrap_or(""),
+            "build finished"
+        );
+    }
+}
+
 /// A returned error's message without the `NotFound: ` style prefixes Go
 /// clients put in front (the code travels separately; clients print it).
 fn strip_code_prefix(message: &str) -> String {
@@ -205,6 +262,7 @@ impl Control for ControlService {
     ) -> Result<Response<SolveResponse>, Status> {
         let d = self.0.clone();
         let tenant = d.tenant(&request).await?;
+        let client = client_of(&request);
         let r = request.into_inner();
         if r.r#ref.is_empty() {
             return Err(Status::invalid_argument("solve request without a ref"));
@@ -233,12 +291,33 @@ impl Control for ControlService {
             &d.shutdown,
         )?;
         let active = d.jobs.enter();
+        // One line when a build starts and one when it ends (with its
+        // result and duration), at info: who built what, and how it went.
+        let log = BuildLog {
+            r#ref: r.r#ref.clone(),
+            session: r.session.clone(),
+            tenant: tenant.name.clone().unwrap_or_default(),
+            client,
+            frontend: if r.frontend.is_empty() && r.definition.is_some() {
+                "llb".to_string()
+            } else {
+                r.frontend.clone()
+            },
+        };
+        log.started();
+        let mut counted = crate::metrics::METRICS.build_started();
+        let since = std::time::Instant::now();
         // If this handler is dropped (the client went away), the build is
         // cancelled; the task below still cleans up and releases leases.
         let guard = job.cancel.clone().drop_guard();
         let (d2, job2) = (d.clone(), job.clone());
         let task = tokio::spawn(async move {
             let r = run_solve(d2.clone(), tenant.clone(), job2.clone(), r).await;
+            if r.is_ok() {
+                counted.succeeded();
+            }
+            log.finished(since.elapsed(), r.as_ref().err());
+            drop(counted);
             job2.cancel.cancel();
             // LLBBridge solves of this job run in tasks of their own: let
             // them end (they were just cancelled) before releasing, so a

@@ -23,6 +23,8 @@ pub struct Frontend {
     pub resolve_mode: kiln_engine::resolve::ResolveMode,
     /// The base images the frontend resolved, for the source ops.
     pub pinned: kiln_engine::resolve::Pinned,
+    /// The Dockerfile, for the source of a failed step's error.
+    pub source: kiln_proto::llb::SourceInfo,
 }
 
 fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
@@ -169,6 +171,12 @@ pub async fn dockerfile(
         named,
         resolve_mode: opts.resolve_mode,
         pinned,
+        source: kiln_proto::llb::SourceInfo {
+            filename,
+            data: source.text.into_bytes(),
+            definition: None,
+            language: "Dockerfile".into(),
+        },
     })
 }
 
