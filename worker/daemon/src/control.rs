@@ -93,10 +93,7 @@ async fn run_solve(
             return Err(Status::cancelled("build cancelled"));
         };
         if let Some(err) = ret.error.filter(|e| e.code != 0) {
-            return Err(Status::new(
-                tonic::Code::from(err.code),
-                strip_code_prefix(&err.message),
-            ));
+            return Err(returned_error(err));
         }
         let Some(result) = ret.result else {
             return Ok(SolveResponse::default());
@@ -212,6 +209,23 @@ impl BuildLog {
             "build finished"
         );
     }
+}
+
+/// The error a frontend returned, as the build's status: its code, its
+/// message and its typed details (BuildKit's errdefs.Source of the failed
+/// step among them), so clients print the same source snippet.
+fn returned_error(err: kiln_proto::rpc::Status) -> Status {
+    let code = tonic::Code::from(err.code);
+    let message = strip_code_prefix(&err.message);
+    if err.details.is_empty() {
+        return Status::new(code, message);
+    }
+    let details = prost::Message::encode_to_vec(&kiln_proto::rpc::Status {
+        code: err.code,
+        message: message.clone(),
+        details: err.details,
+    });
+    Status::with_details(code, message, details.into())
 }
 
 /// A returned error's message without the `NotFound: ` style prefixes Go
@@ -510,6 +524,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_returned_error_keeps_its_details() {
+        let detail = prost_types::Any {
+            type_url: crate::errdetails::SOURCE_TYPE_URL.into(),
+            value: br#"{"ranges":[{"start":{"line":2}}]}"#.to_vec(),
+        };
+        let st = returned_error(kiln_proto::rpc::Status {
+            code: tonic::Code::FailedPrecondition as i32,
+            message: "FailedPrecondition: Dockerfile:2: failed".into(),
+            details: vec![detail.clone()],
+        });
+        assert_eq!(st.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(st.message(), "Dockerfile:2: failed");
+        let rpc: kiln_proto::rpc::Status =
+            prost::Message::decode(st.details()).expect("google.rpc.Status");
+        assert_eq!(rpc.details, vec![detail]);
+        let plain = returned_error(kiln_proto::rpc::Status {
+            code: tonic::Code::Internal as i32,
+            message: "boom".into(),
+            details: Vec::new(),
+        });
+        assert!(plain.details().is_empty());
+    }
 
     #[test]
     fn code_prefixes_are_stripped() {

@@ -430,10 +430,13 @@ pub fn take_activation() {
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);
     }
-    for fd in &fds {
-        // SAFETY: fcntl on a descriptor number only changes its flags.
-        unsafe { libc::fcntl(*fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
+    // Only descriptors that are open are taken (a wrong LISTEN_FDS must
+    // not make kilnd adopt whatever it opens next under that number).
+    // SAFETY: fcntl on a descriptor number only reads or sets its flags.
+    let fds: Vec<RawFd> = fds
+        .into_iter()
+        .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0)
+        .collect();
     *PASSED.lock().unwrap_or_else(|p| p.into_inner()) = Some(fds);
 }
 
