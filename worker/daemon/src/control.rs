@@ -312,10 +312,12 @@ impl Control for ControlService {
             session: r.session.clone(),
             tenant: tenant.name.clone().unwrap_or_default(),
             client,
-            frontend: if r.frontend.is_empty() && r.definition.is_some() {
-                "llb".to_string()
-            } else {
-                r.frontend.clone()
+            // Without a frontend, the client sent LLB or drives its
+            // frontend over LLBBridge (buildctl, buildx).
+            frontend: match (r.frontend.is_empty(), r.definition.is_some()) {
+                (true, true) => "llb".to_string(),
+                (true, false) => "gateway".to_string(),
+                (false, _) => r.frontend.clone(),
             },
         };
         log.started();
