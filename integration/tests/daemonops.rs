@@ -737,6 +737,27 @@ async fn a_failed_step_carries_buildkit_source_details() {
         stderr.contains(&format!("buildctl-like: detail {VERTEX_URL} ")),
         "{stderr}"
     );
+
+    // (3) A Dockerfile that does not parse: its line, before any step.
+    let unparsable = "FROM busybox\nRUNN echo typo\n";
+    let ctx = h.context("ops-errdetails-parse", &[("Dockerfile", unparsable)]);
+    let out = Command::new(buildctl_like_binary().expect("buildctl-like"))
+        .arg(k.addr())
+        .arg(&ctx)
+        .output()
+        .expect("buildctl-like runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let source: serde_json::Value = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("buildctl-like: detail {SOURCE_URL} ")))
+        .map(|j| serde_json::from_str(j).expect("JSON"))
+        .unwrap_or_else(|| panic!("no source detail:\n{stderr}"));
+    assert_eq!(
+        source["ranges"],
+        serde_json::json!([{"start": {"line": 2}, "end": {"line": 2}}])
+    );
+    assert_eq!(source["info"]["data"], base64_std(unparsable.as_bytes()));
 }
 
 /// Standard base64 with padding, written out here so the test does not

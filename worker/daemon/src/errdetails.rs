@@ -144,6 +144,33 @@ pub fn with_details(
     tonic::Status::with_details(status.code(), status.message(), rpc.encode_to_vec().into())
 }
 
+/// `status` with the Dockerfile `data` (named `filename`) and `line` as
+/// an `errdefs.Source` detail; unchanged without a line.
+pub fn with_line(
+    status: tonic::Status,
+    filename: &str,
+    data: &[u8],
+    line: Option<usize>,
+) -> tonic::Status {
+    let Some(line) = line.and_then(|l| i32::try_from(l).ok()).filter(|l| *l > 0) else {
+        return status;
+    };
+    let at = llb::Position { line, character: 0 };
+    let source = errdefs::Source {
+        info: Some(llb::SourceInfo {
+            filename: filename.to_string(),
+            data: data.to_vec(),
+            definition: None,
+            language: "Dockerfile".into(),
+        }),
+        ranges: vec![llb::Range {
+            start: Some(at),
+            end: Some(at),
+        }],
+    };
+    with_details(status, None, &[source])
+}
+
 /// An `errdefs.Vertex` as Go's JSON.
 fn vertex_json(v: &errdefs::Vertex) -> Value {
     let mut m = Map::new();
@@ -281,6 +308,26 @@ mod tests {
         assert_eq!(urls, vec![VERTEX_TYPE_URL, SOURCE_TYPE_URL]);
         let v: Value = serde_json::from_slice(&rpc.details[0].value).expect("json");
         assert_eq!(v, json!({"digest": "sha256:ab"}));
+    }
+
+    #[test]
+    fn a_frontend_error_names_its_line() {
+        let st = with_line(
+            tonic::Status::invalid_argument("Dockerfile:2: unknown instruction: RUNN"),
+            "Dockerfile",
+            b"FROM busybox\nRUNN x\n",
+            Some(2),
+        );
+        let rpc = kiln_proto::rpc::Status::decode(st.details()).expect("google.rpc.Status");
+        assert_eq!(rpc.details.len(), 1);
+        assert_eq!(rpc.details[0].type_url, SOURCE_TYPE_URL);
+        let v: Value = serde_json::from_slice(&rpc.details[0].value).expect("json");
+        assert_eq!(
+            v["ranges"],
+            json!([{"start": {"line": 2}, "end": {"line": 2}}])
+        );
+        let none = with_line(tonic::Status::internal("x"), "Dockerfile", b"", None);
+        assert!(none.details().is_empty());
     }
 
     #[test]

@@ -162,7 +162,15 @@ pub async fn dockerfile(
         }
     };
     let (build, ()) = tokio::join!(plan, forward);
-    let build = build.map_err(|e| frontend_status(&e))?;
+    let build = build.map_err(|e| {
+        // A Dockerfile error about a line carries it as BuildKit's source
+        // detail, so clients print the snippet.
+        let line = match &e {
+            FrontendError::Dockerfile(p) => p.line(),
+            _ => None,
+        };
+        crate::errdetails::with_line(frontend_status(&e), &filename, source.text.as_bytes(), line)
+    })?;
     crate::status::warnings(job, &load_name, &filename, &source.text, &build.warnings);
     let named = fetch_named(d, session, &build.graph).await?;
     Ok(Frontend {
