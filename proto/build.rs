@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "buildkit/session/filesync.proto",
     "buildkit/session/secrets.proto",
     "buildkit/session/sshforward.proto",
+    "buildkit/solver/errdefs.proto",
     "grpc/health/v1/health.proto",
 ];
 

@@ -22,6 +22,9 @@
 
 pub mod wire;
 
+/// `errdefs`: the typed details of a failed build's status (the failed
+/// vertex, its source ranges).
+pub use wire::errdefs;
 /// `fsutil.types`: DiffCopy packets and file stats.
 pub use wire::fsutil::types as fsutil;
 /// `google.rpc`: the `Status` error model carried inside messages.

@@ -16,6 +16,11 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pb.rs"));
 }
 
+/// Package `errdefs`: BuildKit's typed error details.
+pub mod errdefs {
+    include!(concat!(env!("OUT_DIR"), "/errdefs.rs"));
+}
+
 /// Package `fsutil` (tonistiigi/fsutil).
 pub mod fsutil {
     /// Package `fsutil.types`: the DiffCopy packets and file stats.

@@ -15,7 +15,9 @@
 //! `BUILDCTL_LIKE_EXPORT=k=v,k=v` are more attributes of the image exporter
 //! (e.g. `compression=zstd`, as in `buildctl --output type=image,...`).
 //! Every status log line is printed to stdout as it arrives, so a test can
-//! wait for a step's output before it interrupts the client.
+//! wait for a step's output before it interrupts the client. A failed
+//! build prints its error and then each typed detail of the error's status
+//! (`buildctl-like: detail TYPE_URL VALUE`).
 
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, SolveRequest, StatusRequest};
@@ -89,12 +91,15 @@ async fn gateway(channel: Channel, build: String) -> Result<(), Error> {
             result: r.into_inner().result,
             error: None,
         },
+        // As buildctl, the error goes back with its typed details.
         Err(s) => ReturnRequest {
             result: None,
             error: Some(kiln_proto::rpc::Status {
                 code: s.code() as i32,
                 message: s.message().to_string(),
-                details: Vec::new(),
+                details: <kiln_proto::rpc::Status as prost::Message>::decode(s.details())
+                    .map(|st| st.details)
+                    .unwrap_or_default(),
             }),
         },
     };
@@ -196,6 +201,18 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
         r = solve => {
             if let Err(e) = &r {
                 eprintln!("buildctl-like: solve: {}", e.message());
+                // Each typed detail on its own line, as
+                // `detail TYPE_URL VALUE` (buildctl prints the
+                // errdefs.Source ones as the `>>>` snippet).
+                if let Ok(st) = <kiln_proto::rpc::Status as prost::Message>::decode(e.details()) {
+                    for d in st.details {
+                        eprintln!(
+                            "buildctl-like: detail {} {}",
+                            d.type_url,
+                            String::from_utf8_lossy(&d.value)
+                        );
+                    }
+                }
             }
             r.is_ok()
         }

@@ -50,6 +50,43 @@ pub struct Config {
     /// `[contexts]`: how long and how much of the clients' build contexts
     /// kilnd keeps between builds (`crate::contexts`).
     pub contexts: ContextsConfig,
+    /// How log lines are written (`--log-format`, `[log] format`).
+    pub log_format: LogFormat,
+    /// The group that owns the unix sockets (`--group`, `[grpc] gid`);
+    /// `None` leaves root's.
+    pub group: Option<u32>,
+    /// Where Prometheus metrics are served over HTTP (`--metrics-addr`,
+    /// `[grpc] metrics-address`), `host:port`; `None` serves none.
+    pub metrics_addr: Option<String>,
+    /// The configuration file read, if any (SIGHUP reads it again).
+    pub file: Option<PathBuf>,
+    /// The configuration file that was asked for but does not exist (the
+    /// defaults apply, as in buildkitd; logged at startup).
+    pub missing_file: Option<PathBuf>,
+}
+
+/// The format of kilnd's log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, its fields at the top level.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(ConfigError::LogFormat {
+                value: other.to_string(),
+            }),
+        }
+    }
 }
 
 /// The `[contexts]` section: limits on the build contexts kept so that a
@@ -101,6 +138,11 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             registry: Default::default(),
             contexts: ContextsConfig::default(),
+            log_format: LogFormat::Text,
+            group: None,
+            metrics_addr: None,
+            file: None,
+            missing_file: None,
         }
     }
 }
@@ -155,7 +197,7 @@ pub enum ConfigError {
     #[error("invalid duration {value:?} for {key} (expected seconds or e.g. 48h, 7d)")]
     Duration { key: &'static str, value: String },
     /// A listening address has an unknown scheme or no path/port.
-    #[error("invalid address {addr:?} (expected unix:///path or tcp://host:port)")]
+    #[error("invalid address {addr:?} (expected unix:///path, tcp://host:port or fd://)")]
     Addr { addr: String },
     /// Only one of the TLS certificate and key was given.
     #[error("TLS needs both a certificate (--tlscert) and a key (--tlskey)")]
@@ -198,6 +240,15 @@ pub enum ConfigError {
         #[source]
         source: kiln_registry::RegistryError,
     },
+    /// `--log-format` / `[log] format` is neither `text` nor `json`.
+    #[error("invalid log format {value:?} (expected text or json)")]
+    LogFormat { value: String },
+    /// `--group` names no group of this host.
+    #[error("unknown group {group:?} for the unix sockets (--group)")]
+    Group { group: String },
+    /// `--metrics-addr` is not `host:port`.
+    #[error("invalid metrics address {addr:?} (expected host:port, e.g. 127.0.0.1:9333)")]
+    MetricsAddr { addr: String },
     /// A `[[tenant]]` table is incomplete or contradicts another.
     #[error("invalid [[tenant]] {tenant:?}: {problem}")]
     Tenant { tenant: String, problem: String },
@@ -245,9 +296,19 @@ pub struct Flags {
     /// Allow TLS without --tlscacert: clients are not authenticated.
     #[arg(long)]
     pub tls_allow_no_client_auth: bool,
-    /// Debug logging.
+    /// Debug logging, with a line per build step.
     #[arg(long)]
     pub debug: bool,
+    /// Log line format: text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Group (name or gid) that owns the unix sockets, so its members can
+    /// build without root (as buildkitd's --group).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// The network of RUN steps without --network: cni (a namespace of
     /// their own on kiln's bridge), host, or auto (cni when the CNI plugins
     /// are installed, else host) [default: auto].
@@ -282,6 +343,15 @@ pub struct FileConfig {
     registry: kiln_registry::HostsConfig,
     #[serde(default)]
     contexts: ContextsSection,
+    #[serde(default)]
+    log: LogSection,
+}
+
+/// `[log]`: how log lines are written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LogSection {
+    format: Option<String>,
 }
 
 /// `[contexts]`: the build contexts kept between builds.
@@ -312,6 +382,9 @@ struct GrpcSection {
     address: Vec<String>,
     insecure_tcp: Option<bool>,
     tls: Option<TlsSection>,
+    /// The unix sockets' group id (buildkitd's `[grpc] gid`).
+    gid: Option<u32>,
+    metrics_address: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -424,17 +497,35 @@ impl FileConfig {
 impl Config {
     /// The configuration for these flags: reads `--config` (or
     /// [`DEFAULT_CONFIG`] if it exists) and the process environment.
+    ///
+    /// A file that does not exist gives the defaults, as in buildkitd: the
+    /// default path quietly, a `--config` path with a warning at startup
+    /// ([`Config::missing_file`]). A file that exists but cannot be read or
+    /// parsed is an error.
     pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
-        let file = match &flags.config {
-            Some(path) => FileConfig::read(path)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => {
-                FileConfig::read(Path::new(DEFAULT_CONFIG))?
+        let path = flags
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let (file, read, missing) = match FileConfig::read(&path) {
+            Ok(f) => (f, Some(path), None),
+            Err(ConfigError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                let missing = flags.config.is_some().then_some(path);
+                (FileConfig::default(), None, missing)
             }
-            None => FileConfig::default(),
+            Err(e) => return Err(e),
         };
-        Config::resolve(file, flags, |k| {
+        let mut c = Config::resolve(file, flags, |k| {
             std::env::var(k).ok().filter(|v| !v.is_empty())
-        })
+        })?;
+        c.file = read;
+        c.missing_file = missing;
+        if let Some(g) = &flags.group {
+            c.group = Some(group_id(g)?);
+        }
+        Ok(c)
     }
 
     /// Merges the sources, flags first, then `env`, then `file`, then the
@@ -560,7 +651,34 @@ impl Config {
         let allow =
             Entitlements::parse(allow).map_err(|source| ConfigError::Entitlement { source })?;
 
+        let log_format = match flags.log_format.as_deref().or(file.log.format.as_deref()) {
+            Some(f) => f.parse()?,
+            None => LogFormat::Text,
+        };
+        let metrics_addr = flags
+            .metrics_addr
+            .clone()
+            .or(file.grpc.metrics_address.clone());
+        if let Some(a) = &metrics_addr {
+            let valid = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !valid {
+                return Err(ConfigError::MetricsAddr { addr: a.clone() });
+            }
+        }
+        // A numeric --group is taken here; a name is looked up by `load`.
+        let group = match flags.group.as_deref().map(str::parse::<u32>) {
+            Some(Ok(gid)) => Some(gid),
+            _ => file.grpc.gid,
+        };
+
         Ok(Config {
+            log_format,
+            group,
+            metrics_addr,
+            file: None,
+            missing_file: None,
             addrs,
             root: flags.root.clone().or(file.root).unwrap_or(defaults.root),
             containerd,
@@ -587,6 +705,19 @@ impl Config {
                 },
             },
         })
+    }
+}
+
+/// The gid of `group`, a number or a group name of this host.
+fn group_id(group: &str) -> Result<u32, ConfigError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(ConfigError::Group {
+            group: group.to_string(),
+        }),
     }
 }
 
@@ -926,6 +1057,75 @@ mod tests {
     }
 
     #[test]
+    fn operations_settings_from_flags_or_file() {
+        let c = Config::resolve(FileConfig::default(), &flags(&[]), env(&[])).expect("valid");
+        assert_eq!(
+            (c.log_format, c.group, c.metrics_addr),
+            (LogFormat::Text, None, None)
+        );
+        let text =
+            "[log]\nformat = \"json\"\n[grpc]\ngid = 1001\nmetrics-address = \"127.0.0.1:9333\"\n";
+        let c = Config::resolve(file(text), &flags(&[]), env(&[])).expect("valid");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.group, Some(1001));
+        assert_eq!(c.metrics_addr.as_deref(), Some("127.0.0.1:9333"));
+        let c = Config::resolve(
+            file(text),
+            &flags(&[
+                "--log-format",
+                "text",
+                "--group",
+                "7",
+                "--metrics-addr",
+                "[::1]:1",
+                "--addr",
+                "fd://",
+            ]),
+            env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.group, Some(7));
+        assert_eq!(c.metrics_addr.as_deref(), Some("[::1]:1"));
+        assert_eq!(c.addrs, vec!["fd://"]);
+    }
+
+    #[test]
+    fn a_missing_config_file_means_the_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("nope.toml");
+        let c =
+            Config::load(&flags(&["--config", missing.to_str().expect("utf8")])).expect("defaults");
+        assert_eq!(c.missing_file.as_deref(), Some(missing.as_path()));
+        assert_eq!(c.file, None);
+        assert_eq!(c.addrs, vec![DEFAULT_ADDR]);
+        // One that exists but is a directory is still an error.
+        let err = Config::load(&flags(&["--config", dir.path().to_str().expect("utf8")]))
+            .expect_err("unreadable");
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        // A group name this host does not have.
+        let err = Config::load(&flags(&[
+            "--config",
+            missing.to_str().expect("utf8"),
+            "--group",
+            "no-such-group-kiln",
+        ]))
+        .expect_err("unknown group");
+        assert_eq!(
+            err.to_string(),
+            "unknown group \"no-such-group-kiln\" for the unix sockets (--group)"
+        );
+        let root = Config::load(&flags(&[
+            "--config",
+            missing.to_str().expect("utf8"),
+            "--group",
+            "root",
+        ]))
+        .expect("root exists");
+        assert_eq!(root.group, Some(0));
+    }
+
+    #[test]
     fn debug_flag_or_file() {
         let c =
             Config::resolve(file("debug = false"), &flags(&["--debug"]), env(&[])).expect("valid");
@@ -940,8 +1140,20 @@ mod tests {
                 .to_string()
         };
         assert_eq!(
-            err(FileConfig::default(), &["--addr", "fd://3"]),
-            "invalid address \"fd://3\" (expected unix:///path or tcp://host:port)"
+            err(FileConfig::default(), &["--addr", "fd://2"]),
+            "invalid address \"fd://2\" (expected unix:///path, tcp://host:port or fd://)"
+        );
+        assert_eq!(
+            err(FileConfig::default(), &["--log-format", "xml"]),
+            "invalid log format \"xml\" (expected text or json)"
+        );
+        assert_eq!(
+            err(file("[log]\nformat = \"yaml\""), &[]),
+            "invalid log format \"yaml\" (expected text or json)"
+        );
+        assert_eq!(
+            err(FileConfig::default(), &["--metrics-addr", "9333"]),
+            "invalid metrics address \"9333\" (expected host:port, e.g. 127.0.0.1:9333)"
         );
         assert_eq!(
             err(FileConfig::default(), &["--tlscert", "/c.pem"]),

@@ -93,10 +93,7 @@ async fn run_solve(
             return Err(Status::cancelled("build cancelled"));
         };
         if let Some(err) = ret.error.filter(|e| e.code != 0) {
-            return Err(Status::new(
-                tonic::Code::from(err.code),
-                strip_code_prefix(&err.message),
-            ));
+            return Err(returned_error(err));
         }
         let Some(result) = ret.result else {
             return Ok(SolveResponse::default());
@@ -157,6 +154,80 @@ async fn run_solve(
     })
 }
 
+/// Who sent a request, for the log: the identity its connection proves,
+/// else its TCP peer address, else "unknown".
+fn client_of<T>(request: &Request<T>) -> String {
+    let info = request.extensions().get::<crate::listen::ConnInfo>();
+    match info {
+        Some(crate::listen::ConnInfo {
+            identity: Some(id), ..
+        }) => id.to_string(),
+        Some(crate::listen::ConnInfo {
+            remote_addr: Some(a),
+            ..
+        }) => a.to_string(),
+        _ => "unknown".to_string(),
+    }
+}
+
+/// The fields of a build's log lines.
+struct BuildLog {
+    r#ref: String,
+    session: String,
+    tenant: String,
+    client: String,
+    frontend: String,
+}
+
+impl BuildLog {
+    fn started(&self) {
+        tracing::info!(
+            "ref" = %self.r#ref,
+            session = %self.session,
+            tenant = %self.tenant,
+            client = %self.client,
+            frontend = %self.frontend,
+            "build started"
+        );
+    }
+
+    fn finished(&self, took: std::time::Duration, error: Option<&Status>) {
+        let result = match error {
+            None => "ok",
+            Some(e) if e.code() == tonic::Code::Cancelled => "cancelled",
+            Some(_) => "failed",
+        };
+        tracing::info!(
+            "ref" = %self.r#ref,
+            session = %self.session,
+            tenant = %self.tenant,
+            client = %self.client,
+            frontend = %self.frontend,
+            result,
+            duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            error = error.map(Status::message).unwrap_or(""),
+            "build finished"
+        );
+    }
+}
+
+/// The error a frontend returned, as the build's status: its code, its
+/// message and its typed details (BuildKit's errdefs.Source of the failed
+/// step among them), so clients print the same source snippet.
+fn returned_error(err: kiln_proto::rpc::Status) -> Status {
+    let code = tonic::Code::from(err.code);
+    let message = strip_code_prefix(&err.message);
+    if err.details.is_empty() {
+        return Status::new(code, message);
+    }
+    let details = prost::Message::encode_to_vec(&kiln_proto::rpc::Status {
+        code: err.code,
+        message: message.clone(),
+        details: err.details,
+    });
+    Status::with_details(code, message, details.into())
+}
+
 /// A returned error's message without the `NotFound: ` style prefixes Go
 /// clients put in front (the code travels separately; clients print it).
 fn strip_code_prefix(message: &str) -> String {
@@ -205,6 +276,7 @@ impl Control for ControlService {
     ) -> Result<Response<SolveResponse>, Status> {
         let d = self.0.clone();
         let tenant = d.tenant(&request).await?;
+        let client = client_of(&request);
         let r = request.into_inner();
         if r.r#ref.is_empty() {
             return Err(Status::invalid_argument("solve request without a ref"));
@@ -233,12 +305,35 @@ impl Control for ControlService {
             &d.shutdown,
         )?;
         let active = d.jobs.enter();
+        // One line when a build starts and one when it ends (with its
+        // result and duration), at info: who built what, and how it went.
+        let log = BuildLog {
+            r#ref: r.r#ref.clone(),
+            session: r.session.clone(),
+            tenant: tenant.name.clone().unwrap_or_default(),
+            client,
+            // Without a frontend, the client sent LLB or drives its
+            // frontend over LLBBridge (buildctl, buildx).
+            frontend: match (r.frontend.is_empty(), r.definition.is_some()) {
+                (true, true) => "llb".to_string(),
+                (true, false) => "gateway".to_string(),
+                (false, _) => r.frontend.clone(),
+            },
+        };
+        log.started();
+        let mut counted = crate::metrics::METRICS.build_started();
+        let since = std::time::Instant::now();
         // If this handler is dropped (the client went away), the build is
         // cancelled; the task below still cleans up and releases leases.
         let guard = job.cancel.clone().drop_guard();
         let (d2, job2) = (d.clone(), job.clone());
         let task = tokio::spawn(async move {
             let r = run_solve(d2.clone(), tenant.clone(), job2.clone(), r).await;
+            if r.is_ok() {
+                counted.succeeded();
+            }
+            log.finished(since.elapsed(), r.as_ref().err());
+            drop(counted);
             job2.cancel.cancel();
             // LLBBridge solves of this job run in tasks of their own: let
             // them end (they were just cancelled) before releasing, so a
@@ -431,6 +526,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_returned_error_keeps_its_details() {
+        let detail = prost_types::Any {
+            type_url: crate::errdetails::SOURCE_TYPE_URL.into(),
+            value: br#"{"ranges":[{"start":{"line":2}}]}"#.to_vec(),
+        };
+        let st = returned_error(kiln_proto::rpc::Status {
+            code: tonic::Code::FailedPrecondition as i32,
+            message: "FailedPrecondition: Dockerfile:2: failed".into(),
+            details: vec![detail.clone()],
+        });
+        assert_eq!(st.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(st.message(), "Dockerfile:2: failed");
+        let rpc: kiln_proto::rpc::Status =
+            prost::Message::decode(st.details()).expect("google.rpc.Status");
+        assert_eq!(rpc.details, vec![detail]);
+        let plain = returned_error(kiln_proto::rpc::Status {
+            code: tonic::Code::Internal as i32,
+            message: "boom".into(),
+            details: Vec::new(),
+        });
+        assert!(plain.details().is_empty());
+    }
 
     #[test]
     fn code_prefixes_are_stripped() {

@@ -143,8 +143,13 @@ pub async fn run(
                     .iter()
                     .map(|(k, v)| (format!("exporter-md-{k}"), v.clone()))
                     .collect();
-                let sent =
-                    kiln_session::filesend::send_bytes(s.channel.clone(), Some(index), md, r).await;
+                let sent = kiln_session::filesend::send_bytes(
+                    s.channel.clone(),
+                    Some(index),
+                    md,
+                    crate::metrics::CountingReader(r),
+                )
+                .await;
                 let written = writer.await.map_err(|e| Status::internal(e.to_string()))?;
                 written.map_err(|e| status_of(&e))?;
                 sent.map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
@@ -178,7 +183,7 @@ pub async fn run(
                     s.channel.clone(),
                     Some(index),
                     Vec::new(),
-                    r,
+                    crate::metrics::CountingReader(r),
                 )
                 .await;
                 let written = writer.await.map_err(|e| Status::internal(e.to_string()));

@@ -23,6 +23,8 @@ pub struct Frontend {
     pub resolve_mode: kiln_engine::resolve::ResolveMode,
     /// The base images the frontend resolved, for the source ops.
     pub pinned: kiln_engine::resolve::Pinned,
+    /// The Dockerfile, for the source of a failed step's error.
+    pub source: kiln_proto::llb::SourceInfo,
 }
 
 fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
@@ -160,7 +162,15 @@ pub async fn dockerfile(
         }
     };
     let (build, ()) = tokio::join!(plan, forward);
-    let build = build.map_err(|e| frontend_status(&e))?;
+    let build = build.map_err(|e| {
+        // A Dockerfile error about a line carries it as BuildKit's source
+        // detail, so clients print the snippet.
+        let line = match &e {
+            FrontendError::Dockerfile(p) => p.line(),
+            _ => None,
+        };
+        crate::errdetails::with_line(frontend_status(&e), &filename, source.text.as_bytes(), line)
+    })?;
     crate::status::warnings(job, &load_name, &filename, &source.text, &build.warnings);
     let named = fetch_named(d, session, &build.graph).await?;
     Ok(Frontend {
@@ -169,6 +179,12 @@ pub async fn dockerfile(
         named,
         resolve_mode: opts.resolve_mode,
         pinned,
+        source: kiln_proto::llb::SourceInfo {
+            filename,
+            data: source.text.into_bytes(),
+            definition: None,
+            language: "Dockerfile".into(),
+        },
     })
 }
 

@@ -2,20 +2,28 @@
 //! buildx remote driver talk to it as they would to buildkitd.
 //!
 //! This file is wiring only: flags and configuration (`config`), the
-//! tracing subscriber, the daemon state, one gRPC server per listening
-//! address (`listen`) and an orderly shutdown on SIGTERM/SIGINT: stop
-//! accepting, cancel, wait for running builds, exit 0.
+//! tracing subscriber (text or JSON lines), the daemon state, one gRPC
+//! server per listening address (`listen`, systemd's sockets included) with
+//! the health service (`health`), the optional metrics endpoint
+//! (`metrics`), readiness for systemd (`notify`), SIGHUP (the
+//! configuration is read again; the log level is applied, the rest at the
+//! next start) and an orderly shutdown on SIGTERM/SIGINT: stop accepting,
+//! cancel, wait for running builds, exit 0.
 
 mod cache;
 mod config;
 mod contexts;
 mod control;
+mod errdetails;
 mod export;
 mod frontend;
 mod gateway;
+mod health;
 mod jobs;
 mod listen;
 mod llb;
+mod metrics;
+mod notify;
 mod push;
 mod registry;
 mod secrets;
@@ -32,6 +40,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use kiln_proto::control::control_server::ControlServer;
 use kiln_proto::gateway::llb_bridge_server::LlbBridgeServer;
+use kiln_proto::health::health_server::HealthServer;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -59,6 +68,8 @@ struct Cli {
 /// signal.
 pub fn main() -> ExitCode {
     tune_malloc();
+    // First, while kilnd is one thread: it changes the environment.
+    listen::take_activation();
     let cli = Cli::parse();
     let config = match config::Config::load(&cli.flags) {
         Ok(c) => c,
@@ -67,7 +78,10 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_tracing(config.debug);
+    let log = init_tracing(config.log_format, config.debug);
+    if let Some(path) = &config.missing_file {
+        tracing::warn!(path = %path.display(), "config file does not exist: using the defaults");
+    }
     // Before the runtime: a few small file operations need no blocking
     // thread (one would linger, 10 s and its memory, after start).
     let worker_id = match prepare_root(&config.root) {
@@ -87,7 +101,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(run(config, worker_id));
+    let result = rt.block_on(run(config, worker_id, cli.flags, log));
     // Connections still draining after the timeout are dropped here.
     rt.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -122,20 +136,95 @@ fn error_line(e: &anyhow::Error) -> String {
     format!("{e:#}")
 }
 
-/// Logs to stderr (journald picks it up); `KILND_LOG` overrides the level.
-fn init_tracing(debug: bool) {
+/// The handle that changes the log level on SIGHUP.
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter for `debug`; `KILND_LOG` overrides it.
+fn log_filter(debug: bool) -> tracing_subscriber::EnvFilter {
     let default = if debug {
         "debug,h2=info,hyper=info,hyper_util=info,tower=info,rustls=info"
     } else {
         "info"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KILND_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tracing_subscriber::EnvFilter::try_from_env("KILND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
+/// Logs to stderr (journald picks it up), one line per event: text, or a
+/// JSON object with the event's fields at the top level.
+fn init_tracing(format: config::LogFormat, debug: bool) -> LogHandle {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(debug));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        config::LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .init(),
+        config::LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+    handle
+}
+
+/// SIGHUP: reads the configuration again. A valid one applies its log
+/// level now; settings that need new sockets, a new containerd connection
+/// or new engines are logged as waiting for the next start. An invalid one
+/// is logged and changes nothing. Never fatal.
+fn reload(flags: &config::Flags, current: &config::Config, log: &LogHandle) {
+    notify::notify_logged(notify::RELOADING);
+    match config::Config::load(flags) {
+        Ok(new) => {
+            let level = match log.modify(|f| *f = log_filter(new.debug)) {
+                Ok(()) => "applied",
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot change the log level");
+                    "unchanged"
+                }
+            };
+            let mut restart = Vec::new();
+            if new.addrs != current.addrs {
+                restart.push("addresses");
+            }
+            if new.root != current.root {
+                restart.push("root");
+            }
+            if new.log_format != current.log_format {
+                restart.push("log format");
+            }
+            if new.group != current.group {
+                restart.push("socket group");
+            }
+            if new.metrics_addr != current.metrics_addr {
+                restart.push("metrics address");
+            }
+            tracing::info!(
+                file = %new.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                debug = new.debug,
+                log_level = level,
+                needs_restart = %restart.join(", "),
+                "SIGHUP: configuration read again; only the log level changes while running"
+            );
+        }
+        Err(e) => tracing::error!(
+            error = %error_line(&anyhow::Error::new(e)),
+            "SIGHUP: the configuration is invalid; keeping the running one"
+        ),
+    }
+    notify::notify_logged(notify::READY);
 }
 
 /// Makes kiln's state directory private and returns the worker id kept
@@ -165,12 +254,17 @@ async fn bind_all(
                  every request there is refused"
             );
         }
-        listeners.push(listen::bind(addr, tls).await?);
+        listeners.push(listen::bind(addr, tls, d.config.group).await?);
     }
     Ok(listeners)
 }
 
-async fn run(config: config::Config, worker_id: String) -> Result<()> {
+async fn run(
+    config: config::Config,
+    worker_id: String,
+    flags: config::Flags,
+    log: LogHandle,
+) -> Result<()> {
     let addrs = config.addrs.clone();
     let tls = config.tls.clone();
 
@@ -202,6 +296,13 @@ async fn run(config: config::Config, worker_id: String) -> Result<()> {
     }
 
     let stop_accepting = CancellationToken::new();
+    if let Some(addr) = &d.config.metrics_addr {
+        let l = metrics::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(addr, local = ?l.local_addr().ok(), "serving metrics on /metrics");
+        tokio::spawn(metrics::serve(l, d.clone(), stop_accepting.clone()));
+    }
     let mut servers = JoinSet::new();
     for listener in listeners {
         let router = Server::builder()
@@ -215,7 +316,10 @@ async fn run(config: config::Config, worker_id: String) -> Result<()> {
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE),
             )
-            .add_service(trace::TraceService);
+            .add_service(trace::TraceService)
+            .add_service(HealthServer::new(health::HealthService {
+                shutdown: d.shutdown.clone(),
+            }));
         let stop = stop_accepting.clone();
         servers.spawn(async move {
             let addr = listener.addr().to_string();
@@ -228,20 +332,33 @@ async fn run(config: config::Config, worker_id: String) -> Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-        Some(done) = servers.join_next() => {
-            stop_accepting.cancel();
-            d.shutdown.cancel();
-            return match done {
-                Ok(Ok(())) => Err(anyhow!("a listener stopped unexpectedly")),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(anyhow!("a server task failed: {e}")),
-            };
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    // Every address listens: a Type=notify unit is started.
+    notify::notify_logged(notify::READY);
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                break;
+            }
+            _ = sigint.recv() => {
+                tracing::info!("SIGINT: shutting down");
+                break;
+            }
+            _ = sighup.recv() => reload(&flags, &d.config, &log),
+            Some(done) = servers.join_next() => {
+                stop_accepting.cancel();
+                d.shutdown.cancel();
+                return match done {
+                    Ok(Ok(())) => Err(anyhow!("a listener stopped unexpectedly")),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow!("a server task failed: {e}")),
+                };
+            }
         }
     }
 
+    notify::notify_logged(notify::STOPPING);
     stop_accepting.cancel();
     d.shutdown.cancel();
     tokio::select! {

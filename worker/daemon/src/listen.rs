@@ -1,4 +1,5 @@
-//! Listening sockets: `unix://` and `tcp://` (plain h2c or TLS).
+//! Listening sockets: `unix://`, `tcp://` (plain h2c or TLS) and `fd://`
+//! (sockets passed by systemd's socket activation, `sd_listen_fds`).
 //!
 //! A [`Listener`] is a stream of accepted connections for tonic's
 //! `serve_with_incoming_shutdown`. Accepting and TLS handshakes run in
@@ -16,6 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -33,6 +35,8 @@ use tokio_stream::Stream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting for tonic.
 const BACKLOG: usize = 64;
+/// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+const SD_LISTEN_FDS_START: RawFd = 3;
 
 /// A parsed listening address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,11 +44,24 @@ pub enum ListenAddr {
     Unix(PathBuf),
     /// `host:port`, as `TcpListener::bind` takes it.
     Tcp(String),
+    /// `fd://`: every socket systemd passed; `fd://N`: that one.
+    Fd(Option<RawFd>),
 }
 
 impl ListenAddr {
-    /// Parses `unix://PATH` or `tcp://HOST:PORT`; `None` for anything else.
+    /// Parses `unix://PATH`, `tcp://HOST:PORT`, `fd://` or `fd://N`; `None`
+    /// for anything else.
     pub fn parse(s: &str) -> Option<ListenAddr> {
+        if let Some(fd) = s.strip_prefix("fd://") {
+            if fd.is_empty() {
+                return Some(ListenAddr::Fd(None));
+            }
+            return fd
+                .parse::<RawFd>()
+                .ok()
+                .filter(|n| *n >= SD_LISTEN_FDS_START)
+                .map(|n| ListenAddr::Fd(Some(n)));
+        }
         if let Some(path) = s.strip_prefix("unix://") {
             return (!path.is_empty()).then(|| ListenAddr::Unix(PathBuf::from(path)));
         }
@@ -62,9 +79,13 @@ impl ListenAddr {
 /// Why an address cannot be listened on.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    /// Not `unix://PATH` or `tcp://HOST:PORT`.
-    #[error("invalid address {addr:?} (expected unix:///path or tcp://host:port)")]
+    /// Not `unix://PATH`, `tcp://HOST:PORT` or `fd://[N]`.
+    #[error("invalid address {addr:?} (expected unix:///path, tcp://host:port or fd://)")]
     Addr { addr: String },
+    /// `fd://` without sockets from systemd, or `fd://N` for one it did
+    /// not pass.
+    #[error("{addr}: {problem}")]
+    Activation { addr: String, problem: String },
     /// Another process answers on the socket.
     #[error("{path} is in use: another daemon answers on it")]
     InUse { path: PathBuf },
@@ -256,9 +277,13 @@ impl Stream for Listener {
     }
 }
 
-/// Binds `addr`; `tls` applies to `tcp://` addresses only. Must be called
-/// within a tokio runtime.
-pub async fn bind(addr: &str, tls: Option<&TlsConfig>) -> Result<Listener, ListenError> {
+/// Binds `addr`; `tls` applies to TCP sockets only, `group` (a gid) owns
+/// the unix sockets kilnd creates. Must be called within a tokio runtime.
+pub async fn bind(
+    addr: &str,
+    tls: Option<&TlsConfig>,
+    group: Option<u32>,
+) -> Result<Listener, ListenError> {
     let parsed = ListenAddr::parse(addr).ok_or_else(|| ListenError::Addr {
         addr: addr.to_string(),
     })?;
@@ -268,8 +293,43 @@ pub async fn bind(addr: &str, tls: Option<&TlsConfig>) -> Result<Listener, Liste
     };
     let (tx, rx) = mpsc::channel(BACKLOG);
     let local_addr = match parsed {
+        ListenAddr::Fd(which) => {
+            let fds = activated(addr, which)?;
+            let acceptor = tls.map(server_config).transpose()?.map(TlsAcceptor::from);
+            let mut local = None;
+            for fd in fds {
+                match socket_family(fd).map_err(io_err)? {
+                    libc::AF_UNIX => {
+                        // SAFETY: systemd passed this descriptor to this
+                        // process as a listening socket; it is taken once
+                        // (`activated` hands each out a single time).
+                        let std = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+                        std.set_nonblocking(true).map_err(io_err)?;
+                        let l = UnixListener::from_std(std).map_err(io_err)?;
+                        tokio::spawn(accept_activated_unix(l, addr.to_string(), tx.clone()));
+                    }
+                    libc::AF_INET | libc::AF_INET6 => {
+                        // SAFETY: as above, a TCP listening socket.
+                        let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                        std.set_nonblocking(true).map_err(io_err)?;
+                        let l = TcpListener::from_std(std).map_err(io_err)?;
+                        local = local.or(l.local_addr().ok());
+                        tokio::spawn(accept_tcp(l, acceptor.clone(), tx.clone()));
+                    }
+                    family => {
+                        return Err(ListenError::Activation {
+                            addr: addr.to_string(),
+                            problem: format!(
+                                "descriptor {fd} is not a unix or TCP socket (family {family})"
+                            ),
+                        })
+                    }
+                }
+            }
+            local
+        }
         ListenAddr::Unix(path) => {
-            let listener = bind_unix(&path).map_err(|e| match e {
+            let listener = bind_unix(&path, group).map_err(|e| match e {
                 UnixBindError::Listen(e) => e,
                 UnixBindError::Io(source) => io_err(source),
             })?;
@@ -311,8 +371,8 @@ impl From<io::Error> for UnixBindError {
 }
 
 /// Creates the parent directory (0711), clears a stale socket, binds and
-/// makes the socket 0660.
-fn bind_unix(path: &Path) -> Result<UnixListener, UnixBindError> {
+/// makes the socket 0660, owned by `group` when given.
+fn bind_unix(path: &Path, group: Option<u32>) -> Result<UnixListener, UnixBindError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
             std::fs::DirBuilder::new()
@@ -346,7 +406,118 @@ fn bind_unix(path: &Path) -> Result<UnixListener, UnixBindError> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+    }
     Ok(listener)
+}
+
+/// The descriptors systemd passed and no `fd://` address took yet; `None`
+/// until [`take_activation`] ran.
+static PASSED: std::sync::Mutex<Option<Vec<RawFd>>> = std::sync::Mutex::new(None);
+
+/// Reads the sockets systemd passed to this process (`LISTEN_PID`,
+/// `LISTEN_FDS`, as `sd_listen_fds` does), marks them close-on-exec so
+/// build steps never inherit them, and removes the variables. Called once
+/// at the start of `main`, before any other thread exists (changing the
+/// environment is only sound then).
+pub fn take_activation() {
+    let fds = listen_fds(
+        std::env::var("LISTEN_PID").ok().as_deref(),
+        std::env::var("LISTEN_FDS").ok().as_deref(),
+        std::process::id(),
+    );
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    // Only descriptors that are open are taken (a wrong LISTEN_FDS must
+    // not make kilnd adopt whatever it opens next under that number).
+    // SAFETY: fcntl on a descriptor number only reads or sets its flags.
+    let fds: Vec<RawFd> = fds
+        .into_iter()
+        .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0)
+        .collect();
+    *PASSED.lock().unwrap_or_else(|p| p.into_inner()) = Some(fds);
+}
+
+/// The passed sockets an `fd://` address takes: all those left for
+/// `fd://`, the one asked for with `fd://N`. Each is handed out once.
+fn activated(addr: &str, which: Option<RawFd>) -> Result<Vec<RawFd>, ListenError> {
+    let err = |problem: String| ListenError::Activation {
+        addr: addr.to_string(),
+        problem,
+    };
+    let mut passed = PASSED.lock().unwrap_or_else(|p| p.into_inner());
+    let fds = passed.get_or_insert_with(Vec::new);
+    match which {
+        None if fds.is_empty() => Err(err(
+            "no sockets were passed by socket activation (LISTEN_FDS); start kilnd through its \
+             systemd socket unit, or listen on unix:// or tcp://"
+                .into(),
+        )),
+        None => Ok(std::mem::take(fds)),
+        Some(n) => match fds.iter().position(|f| *f == n) {
+            Some(i) => Ok(vec![fds.remove(i)]),
+            None => Err(err(format!(
+                "descriptor {n} was not passed by socket activation (or is already in use)"
+            ))),
+        },
+    }
+}
+
+/// The descriptors `LISTEN_PID`/`LISTEN_FDS` pass to process `pid`: from 3
+/// on, `LISTEN_FDS` of them; none when the variables are missing, invalid
+/// or meant for another process.
+fn listen_fds(listen_pid: Option<&str>, listen_fds: Option<&str>, pid: u32) -> Vec<RawFd> {
+    let for_us = listen_pid.and_then(|p| p.parse::<u32>().ok()) == Some(pid);
+    let n = listen_fds
+        .and_then(|n| n.parse::<RawFd>().ok())
+        .filter(|n| *n > 0 && *n < 1024);
+    match (for_us, n) {
+        (true, Some(n)) => (SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + n).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The address family of socket `fd` (`AF_UNIX`, `AF_INET`, ...).
+fn socket_family(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: an all-zero sockaddr_storage is a valid value; getsockname
+    // writes at most `len` bytes into it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the pointers are to live locals of the right size.
+    let r = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(libc::c_int::from(storage.ss_family))
+}
+
+/// Accepts on a unix socket systemd owns: its file is left in place.
+async fn accept_activated_unix(
+    listener: UnixListener,
+    addr: String,
+    tx: mpsc::Sender<io::Result<Conn>>,
+) {
+    loop {
+        tokio::select! {
+            _ = tx.closed() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => {
+                    if tx.send(Ok(Conn::Unix(s))).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => accept_backoff(&addr, &e).await,
+            },
+        }
+    }
 }
 
 /// Sleeps a little after an accept error so that a full file table does
@@ -520,7 +691,8 @@ mod tests {
             "tcp://host",
             "tcp://:80",
             "tcp://h:x",
-            "fd://3",
+            "fd://2",
+            "fd://x",
             "/x.sock",
         ] {
             assert_eq!(ListenAddr::parse(bad), None, "{bad}");
@@ -549,7 +721,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("sub")).expect("mkdir");
         drop(std::os::unix::net::UnixListener::bind(&path).expect("stale socket"));
         let addr = format!("unix://{}", path.display());
-        let listener = bind(&addr, None).await.expect("bind");
+        let listener = bind(&addr, None, None).await.expect("bind");
         let mode = std::fs::metadata(&path)
             .expect("socket")
             .permissions()
@@ -557,7 +729,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o660);
 
         // A second daemon on the same socket is refused.
-        let again = bind(&addr, None).await.expect_err("in use");
+        let again = bind(&addr, None, None).await.expect_err("in use");
         assert!(matches!(again, ListenError::InUse { .. }), "{again}");
 
         let (stop, task) = serve(listener);
@@ -588,7 +760,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("kilnd.sock");
         std::fs::write(&path, "data").expect("write");
-        let err = bind(&format!("unix://{}", path.display()), None)
+        let err = bind(&format!("unix://{}", path.display()), None, None)
             .await
             .expect_err("not a socket");
         assert!(matches!(err, ListenError::NotSocket { .. }), "{err}");
@@ -597,7 +769,7 @@ mod tests {
 
     #[tokio::test]
     async fn plain_tcp_speaks_h2c() {
-        let listener = bind("tcp://127.0.0.1:0", None).await.expect("bind");
+        let listener = bind("tcp://127.0.0.1:0", None, None).await.expect("bind");
         let port = listener.local_addr().expect("tcp").port();
         let (stop, task) = serve(listener);
         let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
@@ -718,7 +890,9 @@ mod tests {
             key: pki.key.clone(),
             ca: Some(pki.ca.clone()),
         };
-        let listener = bind("tcp://127.0.0.1:0", Some(&tls)).await.expect("bind");
+        let listener = bind("tcp://127.0.0.1:0", Some(&tls), None)
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("tcp").port();
         let (stop, task) = serve(listener);
 
@@ -753,7 +927,7 @@ mod tests {
         // Unix socket: the peer's uid.
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("id.sock");
-        let mut listener = bind(&format!("unix://{}", path.display()), None)
+        let mut listener = bind(&format!("unix://{}", path.display()), None, None)
             .await
             .expect("bind");
         let _client = UnixStream::connect(&path).await.expect("connect");
@@ -770,7 +944,9 @@ mod tests {
             key: pki.key.clone(),
             ca: Some(pki.ca.clone()),
         };
-        let mut listener = bind("tcp://127.0.0.1:0", Some(&tls)).await.expect("bind");
+        let mut listener = bind("tcp://127.0.0.1:0", Some(&tls), None)
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("tcp").port();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
@@ -792,7 +968,7 @@ mod tests {
         assert_eq!(c.sans, vec!["client".to_string()]);
 
         // Plain TCP proves nothing.
-        let mut listener = bind("tcp://127.0.0.1:0", None).await.expect("bind");
+        let mut listener = bind("tcp://127.0.0.1:0", None, None).await.expect("bind");
         let port = listener.local_addr().expect("tcp").port();
         let _tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("tcp");
         let conn = listener.next().await.expect("a connection").expect("ok");
@@ -807,7 +983,9 @@ mod tests {
             key: pki.key.clone(),
             ca: None,
         };
-        let listener = bind("tcp://127.0.0.1:0", Some(&tls)).await.expect("bind");
+        let listener = bind("tcp://127.0.0.1:0", Some(&tls), None)
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("tcp").port();
         let (stop, task) = serve(listener);
         call_tls(port, &pki, false, Vec::new())
@@ -825,7 +1003,7 @@ mod tests {
             key: dir.path().join("nope.key"),
             ca: None,
         };
-        let err = bind("tcp://127.0.0.1:0", Some(&missing))
+        let err = bind("tcp://127.0.0.1:0", Some(&missing), None)
             .await
             .expect_err("missing cert");
         assert_eq!(

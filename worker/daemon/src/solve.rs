@@ -192,7 +192,7 @@ pub async fn solve(
         Arc::new(crate::registry::SessionCredentials::new(session));
     let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
     let mut pinned = kiln_engine::resolve::Pinned::default();
-    let (graph, result, digests, config, locals, held) = match input {
+    let (graph, result, digests, config, locals, held, sources) = match input {
         Input::Definition(def) => {
             let t =
                 crate::llb::translate(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -200,7 +200,8 @@ pub async fn solve(
                 return Err(Status::invalid_argument("the definition has no result"));
             };
             let (locals, held) = fetch_locals(d, session, &t.graph).await?;
-            (t.graph, result, t.digests, None, locals, held)
+            let sources = crate::errdetails::SourceMap::definition(def, &t.digests);
+            (t.graph, result, t.digests, None, locals, held, sources)
         }
         Input::Dockerfile(attrs) => {
             let session = session.ok_or_else(|| {
@@ -219,6 +220,7 @@ pub async fn solve(
                 locals.insert(name, slot.tree());
                 held.push(slot);
             }
+            let sources = crate::errdetails::SourceMap::dockerfile(f.source, &f.build.graph);
             (
                 f.build.graph,
                 f.build.result,
@@ -226,6 +228,7 @@ pub async fn solve(
                 Some(f.build.config),
                 locals,
                 held,
+                sources,
             )
         }
     };
@@ -256,7 +259,12 @@ pub async fn solve(
     // client), so the engine is slowed only by a stuck daemon, not a slow
     // Status reader.
     let (progress, rx) = kiln_engine::progress::channel();
-    let forward = tokio::spawn(crate::status::forward(rx, digests, inputs, job.clone()));
+    let forward = tokio::spawn(crate::status::forward(
+        rx,
+        digests.clone(),
+        inputs,
+        job.clone(),
+    ));
     let cache = job.cache.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let req = BuildRequest {
         graph,
@@ -292,18 +300,32 @@ pub async fn solve(
         let solved = engine.solve(&req, progress, cancel).await;
         // The steps have read the contexts: another build may update them.
         drop(held);
-        let _ = forward.await;
-        if let Err(Ok(orphan)) = done_tx.send(solved) {
+        let failed = forward.await.ok().flatten();
+        if let Err((Ok(orphan), _)) = done_tx.send((solved, failed)) {
             orphan.release(true).await;
         }
         drop(counted);
     });
-    let solved = done_rx
+    let (solved, failed) = done_rx
         .await
         .map_err(|_| Status::internal("the build task ended without an answer"))?;
     stop_on_drop.disarm();
     match solved {
         Ok(s) => Ok((s, config)),
-        Err(e) => Err(status_of(&e)),
+        // The failed step's digest and source ranges go with the error, so
+        // buildctl and buildx print its Dockerfile lines.
+        Err(e) => Err(match failed {
+            Some(v) => crate::errdetails::with_details(
+                status_of(&e),
+                digests
+                    .get(v)
+                    .map(|d| kiln_proto::errdefs::Vertex {
+                        digest: d.to_string(),
+                    })
+                    .as_ref(),
+                &sources.sources(v),
+            ),
+            None => status_of(&e),
+        }),
     }
 }

@@ -17,19 +17,22 @@ fn ts(t: SystemTime) -> prost_types::Timestamp {
 }
 
 /// Forwards one solve's events to its job; `digests[i]` is vertex i's
-/// digest and `inputs[i]` its input digests.
+/// digest and `inputs[i]` its input digests. Counts the steps in the
+/// metrics and logs each at debug. Returns the first vertex that failed.
 pub async fn forward(
     mut rx: Receiver<ProgressEvent>,
     digests: Vec<Digest>,
     inputs: Vec<Vec<String>>,
     job: Arc<Job>,
-) {
+) -> Option<usize> {
+    let mut failed = None;
     let mut started: std::collections::HashMap<usize, SystemTime> = Default::default();
     let digest = |i: usize| digests.get(i).map(|d| d.to_string()).unwrap_or_default();
     while let Some(e) = rx.recv().await {
         let mut s = StatusResponse::default();
         match e {
             ProgressEvent::Started { vertex, name, at } => {
+                tracing::debug!(build = %job.id, step = %name, digest = %digest(vertex), "step started");
                 started.insert(vertex, at);
                 s.vertexes.push(Vertex {
                     digest: digest(vertex),
@@ -46,6 +49,27 @@ pub async fn forward(
                 error,
                 at,
             } => {
+                let from = started.get(&vertex).copied().unwrap_or(at);
+                let took = at.duration_since(from).unwrap_or_default();
+                if cached {
+                    crate::metrics::METRICS
+                        .cache_hits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    crate::metrics::METRICS.step_ran(took);
+                }
+                if error.is_some() && failed.is_none() {
+                    failed = Some(vertex);
+                }
+                tracing::debug!(
+                    build = %job.id,
+                    step = %name,
+                    digest = %digest(vertex),
+                    cached,
+                    duration_ms = took.as_millis() as u64,
+                    error = error.as_deref().unwrap_or(""),
+                    "step done"
+                );
                 s.vertexes.push(Vertex {
                     digest: digest(vertex),
                     inputs: inputs.get(vertex).cloned().unwrap_or_default(),
@@ -97,6 +121,7 @@ pub async fn forward(
         }
         job.publish(s);
     }
+    failed
 }
 
 /// Reports a daemon-side step (loading the definition, exporting) as a

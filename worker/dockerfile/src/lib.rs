@@ -116,6 +116,22 @@ pub enum ParseError {
 
 pub type Result<T, E = ParseError> = std::result::Result<T, E>;
 
+impl ParseError {
+    /// The Dockerfile line the error is about, when it is about one (for
+    /// the source snippet clients print).
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ParseError::UnknownInstruction { line, .. }
+            | ParseError::UnknownFlag { line, .. }
+            | ParseError::Unsupported { line, .. }
+            | ParseError::Invalid { line, .. }
+            | ParseError::Reference { line, .. }
+            | ParseError::MissingBaseConfig { line, .. } => Some(*line),
+            _ => None,
+        }
+    }
+}
+
 /// What the caller of [`to_graph`] decides: file name, target, build args,
 /// labels, context, cache and platform.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,5 +236,17 @@ impl Default for BuildOptions {
             shm_size: 0,
             named_contexts: BTreeMap::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_about_a_line_name_it() {
+        let e = crate::instructions::parse("FROM busybox\nRUNN x\n", "Dockerfile")
+            .expect_err("unknown instruction");
+        assert_eq!(e.line(), Some(2), "{e}");
+        let e = crate::instructions::parse("", "Dockerfile").expect_err("empty");
+        assert_eq!(e.line(), None, "{e}");
     }
 }

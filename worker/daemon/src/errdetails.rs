@@ -1,0 +1,381 @@
+//! BuildKit's typed error details on a failed build's gRPC status, so that
+//! buildctl and buildx print the failing step's source with `>>>` as they
+//! do for buildkitd.
+//!
+//! BuildKit's server packs them into the status' `google.rpc.Status`
+//! (trailer `grpc-status-details-bin`) as `Any` values whose type URL is
+//! `github.com/moby/buildkit/errdefs.<Message>+json` and whose value is the
+//! message as Go's `encoding/json` writes the generated struct: the proto
+//! field names, `bytes` as base64, zero values and empty lists left out.
+//! Clients decode a detail by its type URL and wrap the error with it;
+//! buildctl then prints every `errdefs.Source` after the message.
+//!
+//! kilnd attaches, for the step that failed, an `errdefs.Vertex` (its
+//! digest) and an `errdefs.Source` per source location of that step: from
+//! the Dockerfile (the built-in frontend knows each step's line) or from
+//! the source map (`Definition.source`) of an LLB definition a client
+//! sent.
+
+use kiln_proto::errdefs;
+use kiln_proto::llb;
+use kiln_solver::Graph;
+use prost::Message;
+use serde_json::{json, Map, Value};
+
+/// The type URL of an `errdefs.Source` detail.
+pub const SOURCE_TYPE_URL: &str = "github.com/moby/buildkit/errdefs.Source+json";
+/// The type URL of an `errdefs.Vertex` detail.
+pub const VERTEX_TYPE_URL: &str = "github.com/moby/buildkit/errdefs.Vertex+json";
+
+/// Where each vertex of a graph came from: source files, and per vertex
+/// the (file index, ranges) of its locations.
+#[derive(Debug, Default)]
+pub struct SourceMap {
+    infos: Vec<llb::SourceInfo>,
+    by_vertex: Vec<Vec<(usize, Vec<llb::Range>)>>,
+}
+
+impl SourceMap {
+    /// The Dockerfile frontend's map: `info` is the Dockerfile, each vertex
+    /// with a location points at its line.
+    pub fn dockerfile(info: llb::SourceInfo, graph: &Graph) -> SourceMap {
+        let by_vertex = graph
+            .vertices
+            .iter()
+            .map(|v| {
+                v.location
+                    .as_ref()
+                    .and_then(|l| i32::try_from(l.line).ok())
+                    .filter(|line| *line > 0)
+                    .map(|line| {
+                        let at = llb::Position { line, character: 0 };
+                        (
+                            0,
+                            vec![llb::Range {
+                                start: Some(at),
+                                end: Some(at),
+                            }],
+                        )
+                    })
+                    .into_iter()
+                    .collect()
+            })
+            .collect();
+        SourceMap {
+            infos: vec![info],
+            by_vertex,
+        }
+    }
+
+    /// An LLB definition's own source map; `digests[i]` is vertex i's op
+    /// digest, the key of `Definition.source.locations`.
+    pub fn definition(def: &llb::Definition, digests: &[kiln_solver::Digest]) -> SourceMap {
+        let Some(source) = &def.source else {
+            return SourceMap::default();
+        };
+        let by_vertex = digests
+            .iter()
+            .map(|d| {
+                source
+                    .locations
+                    .get(&d.to_string())
+                    .map(|ls| {
+                        ls.locations
+                            .iter()
+                            .filter_map(|l| {
+                                let i = usize::try_from(l.source_index).ok()?;
+                                (i < source.infos.len()).then(|| (i, l.ranges.clone()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        SourceMap {
+            infos: source.infos.clone(),
+            by_vertex,
+        }
+    }
+
+    /// The `errdefs.Source` details of vertex `v`.
+    pub fn sources(&self, v: usize) -> Vec<errdefs::Source> {
+        self.by_vertex
+            .get(v)
+            .into_iter()
+            .flatten()
+            .filter_map(|(i, ranges)| {
+                Some(errdefs::Source {
+                    info: Some(self.infos.get(*i)?.clone()),
+                    ranges: ranges.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `status` with the failed vertex and its sources as BuildKit's typed
+/// details (replacing any details it had).
+pub fn with_details(
+    status: tonic::Status,
+    vertex: Option<&errdefs::Vertex>,
+    sources: &[errdefs::Source],
+) -> tonic::Status {
+    if status.code() == tonic::Code::Ok || (vertex.is_none() && sources.is_empty()) {
+        return status;
+    }
+    let mut details = Vec::new();
+    if let Some(v) = vertex {
+        details.push(prost_types::Any {
+            type_url: VERTEX_TYPE_URL.into(),
+            value: vertex_json(v).to_string().into_bytes(),
+        });
+    }
+    for s in sources {
+        details.push(prost_types::Any {
+            type_url: SOURCE_TYPE_URL.into(),
+            value: source_json(s).to_string().into_bytes(),
+        });
+    }
+    let rpc = kiln_proto::rpc::Status {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details,
+    };
+    tonic::Status::with_details(status.code(), status.message(), rpc.encode_to_vec().into())
+}
+
+/// `status` with the Dockerfile `data` (named `filename`) and `line` as
+/// an `errdefs.Source` detail; unchanged without a line.
+pub fn with_line(
+    status: tonic::Status,
+    filename: &str,
+    data: &[u8],
+    line: Option<usize>,
+) -> tonic::Status {
+    let Some(line) = line.and_then(|l| i32::try_from(l).ok()).filter(|l| *l > 0) else {
+        return status;
+    };
+    let at = llb::Position { line, character: 0 };
+    let source = errdefs::Source {
+        info: Some(llb::SourceInfo {
+            filename: filename.to_string(),
+            data: data.to_vec(),
+            definition: None,
+            language: "Dockerfile".into(),
+        }),
+        ranges: vec![llb::Range {
+            start: Some(at),
+            end: Some(at),
+        }],
+    };
+    with_details(status, None, &[source])
+}
+
+/// An `errdefs.Vertex` as Go's JSON.
+fn vertex_json(v: &errdefs::Vertex) -> Value {
+    let mut m = Map::new();
+    if !v.digest.is_empty() {
+        m.insert("digest".into(), json!(v.digest));
+    }
+    Value::Object(m)
+}
+
+/// An `errdefs.Source` as Go's JSON (the definition of an LLB source file
+/// is not sent: clients print the data only).
+pub fn source_json(s: &errdefs::Source) -> Value {
+    use base64::Engine as _;
+    let mut m = Map::new();
+    if let Some(info) = &s.info {
+        let mut i = Map::new();
+        if !info.filename.is_empty() {
+            i.insert("filename".into(), json!(info.filename));
+        }
+        if !info.data.is_empty() {
+            i.insert(
+                "data".into(),
+                json!(base64::engine::general_purpose::STANDARD.encode(&info.data)),
+            );
+        }
+        if !info.language.is_empty() {
+            i.insert("language".into(), json!(info.language));
+        }
+        m.insert("info".into(), Value::Object(i));
+    }
+    if !s.ranges.is_empty() {
+        let ranges: Vec<Value> = s
+            .ranges
+            .iter()
+            .map(|r| {
+                let mut o = Map::new();
+                if let Some(p) = &r.start {
+                    o.insert("start".into(), position_json(p));
+                }
+                if let Some(p) = &r.end {
+                    o.insert("end".into(), position_json(p));
+                }
+                Value::Object(o)
+            })
+            .collect();
+        m.insert("ranges".into(), Value::Array(ranges));
+    }
+    Value::Object(m)
+}
+
+fn position_json(p: &llb::Position) -> Value {
+    let mut o = Map::new();
+    if p.line != 0 {
+        o.insert("line".into(), json!(p.line));
+    }
+    if p.character != 0 {
+        o.insert("character".into(), json!(p.character));
+    }
+    Value::Object(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_solver::{Op, SourceLocation, SourceOp, Vertex};
+
+    fn vertex(line: Option<usize>) -> Vertex {
+        Vertex {
+            op: Op::Source(SourceOp {
+                identifier: "docker-image://busybox".into(),
+                attrs: Default::default(),
+            }),
+            inputs: Vec::new(),
+            name: "x".into(),
+            location: line.map(|line| SourceLocation {
+                file: "Dockerfile".into(),
+                line,
+            }),
+            ignore_cache: false,
+        }
+    }
+
+    fn dockerfile() -> llb::SourceInfo {
+        llb::SourceInfo {
+            filename: "Dockerfile".into(),
+            data: b"FROM busybox\nRUN exit 3\n".to_vec(),
+            definition: None,
+            language: "Dockerfile".into(),
+        }
+    }
+
+    #[test]
+    fn a_dockerfile_step_points_at_its_line() {
+        let graph = Graph {
+            vertices: vec![vertex(None), vertex(Some(2))],
+        };
+        let map = SourceMap::dockerfile(dockerfile(), &graph);
+        assert!(map.sources(0).is_empty(), "no location, no source");
+        let s = map.sources(1);
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            source_json(&s[0]),
+            json!({
+                "info": {
+                    "filename": "Dockerfile",
+                    "data": "RlJPTSBidXN5Ym94ClJVTiBleGl0IDMK",
+                    "language": "Dockerfile",
+                },
+                "ranges": [{"start": {"line": 2}, "end": {"line": 2}}],
+            })
+        );
+    }
+
+    #[test]
+    fn the_details_ride_in_the_status() {
+        let s = SourceMap::dockerfile(
+            dockerfile(),
+            &Graph {
+                vertices: vec![vertex(Some(2))],
+            },
+        )
+        .sources(0);
+        let st = with_details(
+            tonic::Status::failed_precondition("Dockerfile:2: process failed"),
+            Some(&errdefs::Vertex {
+                digest: "sha256:ab".into(),
+            }),
+            &s,
+        );
+        assert_eq!(st.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(st.message(), "Dockerfile:2: process failed");
+        let rpc = kiln_proto::rpc::Status::decode(st.details()).expect("google.rpc.Status");
+        assert_eq!(rpc.code, tonic::Code::FailedPrecondition as i32);
+        let urls: Vec<&str> = rpc.details.iter().map(|d| d.type_url.as_str()).collect();
+        assert_eq!(urls, vec![VERTEX_TYPE_URL, SOURCE_TYPE_URL]);
+        let v: Value = serde_json::from_slice(&rpc.details[0].value).expect("json");
+        assert_eq!(v, json!({"digest": "sha256:ab"}));
+    }
+
+    #[test]
+    fn a_frontend_error_names_its_line() {
+        let st = with_line(
+            tonic::Status::invalid_argument("Dockerfile:2: unknown instruction: RUNN"),
+            "Dockerfile",
+            b"FROM busybox\nRUNN x\n",
+            Some(2),
+        );
+        let rpc = kiln_proto::rpc::Status::decode(st.details()).expect("google.rpc.Status");
+        assert_eq!(rpc.details.len(), 1);
+        assert_eq!(rpc.details[0].type_url, SOURCE_TYPE_URL);
+        let v: Value = serde_json::from_slice(&rpc.details[0].value).expect("json");
+        assert_eq!(
+            v["ranges"],
+            json!([{"start": {"line": 2}, "end": {"line": 2}}])
+        );
+        let none = with_line(tonic::Status::internal("x"), "Dockerfile", b"", None);
+        assert!(none.details().is_empty());
+    }
+
+    #[test]
+    fn an_llb_source_map_is_followed_by_digest() {
+        let d0 = kiln_solver::Digest::of(b"op0");
+        let d1 = kiln_solver::Digest::of(b"op1");
+        let range = llb::Range {
+            start: Some(llb::Position {
+                line: 4,
+                character: 1,
+            }),
+            end: Some(llb::Position {
+                line: 5,
+                character: 0,
+            }),
+        };
+        let def = llb::Definition {
+            source: Some(llb::Source {
+                locations: [(
+                    d1.to_string(),
+                    llb::Locations {
+                        locations: vec![
+                            llb::Location {
+                                source_index: 0,
+                                ranges: vec![range],
+                            },
+                            // Out of range: skipped, not a panic.
+                            llb::Location {
+                                source_index: 9,
+                                ranges: Vec::new(),
+                            },
+                        ],
+                    },
+                )]
+                .into_iter()
+                .collect(),
+                infos: vec![dockerfile()],
+            }),
+            ..Default::default()
+        };
+        let map = SourceMap::definition(&def, &[d0, d1]);
+        assert!(map.sources(0).is_empty());
+        let s = map.sources(1);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].ranges, vec![range]);
+        assert_eq!(
+            source_json(&s[0])["ranges"],
+            json!([{"start": {"line": 4, "character": 1}, "end": {"line": 5}}])
+        );
+    }
+}
