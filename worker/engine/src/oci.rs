@@ -154,6 +154,30 @@ pub fn host_platform() -> Platform {
     )
 }
 
+/// [`host_platform`] as the graph names platforms: what an op without a
+/// platform runs as.
+pub fn worker_platform() -> kiln_solver::Platform {
+    from_oci(&host_platform())
+}
+
+/// An OCI platform as the graph names it (normalized).
+pub fn from_oci(p: &Platform) -> kiln_solver::Platform {
+    kiln_solver::Platform::new(
+        &p.os().to_string(),
+        &p.architecture().to_string(),
+        p.variant().as_deref().unwrap_or_default(),
+    )
+}
+
+/// A graph platform as an OCI one.
+pub fn to_oci(p: &kiln_solver::Platform) -> Platform {
+    let mut o = Platform::default();
+    o.set_architecture(Arch::from(p.architecture.as_str()));
+    o.set_os(Os::from(p.os.as_str()));
+    o.set_variant((!p.variant.is_empty()).then(|| p.variant.clone()));
+    o
+}
+
 /// Maps Rust's `std::env::consts::{OS, ARCH}` (and the byte order, which
 /// Rust's ARCH leaves out for ppc64 and mips) to OCI's os, architecture and
 /// variant.

@@ -11,10 +11,12 @@
 pub mod cache;
 pub mod chmod;
 pub mod graph;
+pub mod platform;
 pub mod scheduler;
 pub mod source;
 
 pub use graph::*;
+pub use platform::{Platform, PlatformError};
 /// Digests live in the leaf crate `kiln-types`, shared with snapshot and
 /// shim; re-exported so `kiln_solver::{digest, Digest}` keep working.
 pub use kiln_types::{digest, Digest};

@@ -157,6 +157,7 @@ fn run_graph(args: &[&str]) -> (Graph, VertexId) {
                 network: NetMode::Unset,
                 security: kiln_solver::SecurityMode::Sandbox,
                 secret_env: Vec::new(),
+                platform: None,
             }),
             vec![Edge {
                 vertex: scratch,
@@ -554,6 +555,7 @@ async fn a_build_from_a_base_image_unpacks_it_under_its_chain_id() {
         Op::Source(kiln_solver::SourceOp {
             identifier: format!("docker-image://{base}"),
             attrs: Default::default(),
+            platform: None,
         }),
         vec![],
         "FROM base",
