@@ -55,6 +55,11 @@ pub async fn dockerfile(
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    if kiln_frontend::is_multi_platform(&opts) {
+        return Err(frontend_status(&FrontendError::Unsupported {
+            what: "a multi-platform build (an image index) through kilnd".into(),
+        }));
+    }
     let filename = opts.filename.clone();
     let df_dir = fresh_dir(d, job, "dockerfile")?;
     let ignore_dir = fresh_dir(d, job, "dockerignore")?;

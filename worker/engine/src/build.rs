@@ -72,6 +72,16 @@ pub struct BuildRequest {
     pub ssh: Arc<dyn crate::ssh::SshSource>,
 }
 
+/// One platform of a multi-platform build ([`Engine::build_index`]).
+#[derive(Clone, Debug)]
+pub struct PlatformTarget {
+    pub platform: kiln_solver::Platform,
+    /// The platform's result vertex in the build's graph.
+    pub result: VertexId,
+    /// Its image config, as the frontend computed it.
+    pub config: ImageConfig,
+}
+
 /// The credentials of a build that has none.
 pub fn anonymous() -> Arc<dyn kiln_registry::Credentials> {
     Arc::new(kiln_registry::Anonymous)
@@ -244,7 +254,7 @@ impl Engine {
     /// default resolve rule without credentials.
     pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
         self.base_images(ResolveMode::Default, anonymous())
-            .image_config(name)
+            .image_config(name, None)
             .await
     }
 
@@ -300,6 +310,104 @@ impl Engine {
             manifest_digest: manifest.digest().to_string(),
             config_digest,
             names,
+        })
+    }
+
+    /// A multi-platform build into an image index: `req.graph` holds every
+    /// platform's vertices (the frontend's merged graph) and `targets` says
+    /// which vertex is each platform's result and what its config is
+    /// (`req.result` and `req.config` are not used). Each platform is
+    /// solved under a lease of its own, all at once, and exported as a
+    /// manifest; the index names them with their platforms, and
+    /// `req.names` point at it. Every manifest's chain is unpacked (the
+    /// steps committed it), so the image runs on any of them here.
+    pub async fn build_index(
+        &self,
+        req: BuildRequest,
+        targets: Vec<PlatformTarget>,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<BuildResult> {
+        use crate::remotecache::ExportTarget;
+        if targets.is_empty() {
+            return Err(WorkerError::BadInput {
+                location: String::new(),
+                reason: "a multi-platform build with no platform".into(),
+            });
+        }
+        if req
+            .cache_exports
+            .iter()
+            .any(|e| e.target != ExportTarget::Inline)
+        {
+            return Err(WorkerError::Unsupported {
+                location: String::new(),
+                what: "a cache export (--cache-to) of a multi-platform build".into(),
+            });
+        }
+        let solves = targets.iter().map(|t| {
+            let mut r = req.clone();
+            r.result = t.result;
+            r.config = t.config.clone();
+            r.names = Vec::new();
+            let (progress, cancel) = (progress.clone(), cancel.clone());
+            async move { self.solve(&r, progress, cancel).await }
+        });
+        let outcomes = futures_util::future::join_all(solves).await;
+        let mut solved = Vec::with_capacity(outcomes.len());
+        let mut failed = None;
+        for o in outcomes {
+            match o {
+                Ok(s) => solved.push(s),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for s in solved {
+                s.release(true).await;
+            }
+            return Err(e);
+        }
+        progress
+            .send(ProgressEvent::Info {
+                message: "exporting to image".into(),
+            })
+            .await;
+        let mut r = async {
+            let mut manifests = Vec::with_capacity(solved.len());
+            for (t, s) in targets.iter().zip(&solved) {
+                let out = s.export_image(&t.config, &[], req.compression).await?;
+                manifests.push((t.platform.clone(), out.manifest));
+            }
+            crate::export::export_index(&self.svc, &manifests, &req.names, solved[0].lease()).await
+        }
+        .await;
+        if let (Ok(out), Some(opts)) = (&r, &req.push) {
+            let first = req.graph.vertices.len();
+            if let Err(e) = solved[0]
+                .push(
+                    out,
+                    &req.names,
+                    opts,
+                    req.credentials.clone(),
+                    &progress,
+                    first,
+                )
+                .await
+            {
+                r = Err(e);
+            }
+        }
+        for s in solved {
+            s.release(r.is_err()).await;
+        }
+        let out = r?;
+        Ok(BuildResult {
+            manifest_digest: out.manifest.digest().to_string(),
+            config_digest: out.config_digest,
+            names: out.names,
         })
     }
 
@@ -459,9 +567,14 @@ impl BaseImages {
         self
     }
 
-    /// The frontend's view of base image `name` (normalized); the image
-    /// it came from is pinned for the build.
-    pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
+    /// The frontend's view of base image `name` (normalized) for
+    /// `platform` (`None`: the worker's); the image it came from is pinned
+    /// for the build.
+    pub async fn image_config(
+        &self,
+        name: &str,
+        platform: Option<&kiln_solver::Platform>,
+    ) -> Result<ImageConfig> {
         let n = self
             .next_vertex
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -470,8 +583,10 @@ impl BaseImages {
             vertex: Some(METADATA_VERTICES - n),
         };
         let (cfg, digest) =
-            crate::pull::base_config(&self.svc, &self.client, name, self.mode, &report).await?;
-        self.pinned.insert(name, &digest);
+            crate::pull::base_config(&self.svc, &self.client, name, platform, self.mode, &report)
+                .await?;
+        self.pinned
+            .insert(&crate::resolve::Pinned::key(name, platform), &digest);
         Ok(crate::base::frontend_config(&cfg))
     }
 

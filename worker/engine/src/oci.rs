@@ -10,8 +10,8 @@ pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifes
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 pub use oci_spec::image::{
-    Arch, Config, Descriptor, Digest, History, ImageConfiguration, ImageIndex, ImageManifest,
-    ImageManifestBuilder, MediaType, Os, Platform, RootFs,
+    Arch, Config, Descriptor, Digest, History, ImageConfiguration, ImageIndex, ImageIndexBuilder,
+    ImageManifest, ImageManifestBuilder, MediaType, Os, Platform, RootFs,
 };
 
 /// An image config: OCI's [`ImageConfiguration`] plus the Docker-only

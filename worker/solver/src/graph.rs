@@ -472,6 +472,11 @@ pub struct ImageConfig {
     pub os_version: String,
     #[serde(default)]
     pub os_features: Vec<String>,
+    /// The platform the image is for (its `os`, `architecture` and
+    /// `variant`): `--platform`, else the target stage's when it is not
+    /// the worker's; `None` is the worker's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<crate::Platform>,
 }
 
 /// Docker's `HealthcheckConfig`: durations in nanoseconds, 0 = inherit.

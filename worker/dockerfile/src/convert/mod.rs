@@ -170,6 +170,13 @@ pub fn to_graph(
     for (k, v) in &opts.labels {
         st.config.labels.insert(k.clone(), v.clone());
     }
+    // As BuildKit: an explicit target platform is the image's; else the
+    // target stage's (its base image's) platform.
+    st.config.platform = match &opts.target_platform {
+        Some(p) if *p != conv.plan.build_platform => Some(p.clone()),
+        Some(_) => None,
+        None => conv.plan.op_platform(target),
+    };
     // SOURCE_DATE_EPOCH dates this build's history entries (base entries
     // keep theirs), so the exporter's `created` is the epoch too.
     if let Some(e) = epoch {

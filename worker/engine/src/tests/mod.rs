@@ -411,7 +411,7 @@ async fn base_image_resolution_reads_manifest_and_config() {
         .expect("found");
     assert_eq!(cfg.env, ["A=1"]);
     assert_eq!(cfg.working_dir, "/w");
-    let base = crate::base::load(&fx.svc, "docker.io/library/base:1")
+    let base = crate::base::load(&fx.svc, "docker.io/library/base:1", None)
         .await
         .expect("load");
     assert_eq!(base.config_digest, cfg_digest);
