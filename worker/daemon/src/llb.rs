@@ -859,7 +859,7 @@ mod tests {
     }
 
     #[test]
-    fn ops_for_another_platform_fail() {
+    fn ops_for_another_platform_carry_it() {
         let host = kiln_engine::oci::host_platform();
         let ok = exec_def(|op| {
             op.platform = Some(llb::Platform {
@@ -868,7 +868,17 @@ mod tests {
                 ..Default::default()
             })
         });
-        translate(&ok).expect("the host's platform");
+        let exec_platform = |g: &Graph| {
+            g.vertices
+                .iter()
+                .find_map(|v| match &v.op {
+                    Op::Exec(e) => Some(e.platform.clone()),
+                    _ => None,
+                })
+                .expect("an exec")
+        };
+        let g = translate(&ok).expect("the host's platform").graph;
+        assert_eq!(exec_platform(&g), None, "the host's is the worker's own");
         let other = if host.architecture().to_string() == "s390x" {
             "arm64"
         } else {
@@ -881,10 +891,23 @@ mod tests {
                 ..Default::default()
             })
         });
-        let err = translate(&foreign).expect_err("foreign platform");
+        let g = translate(&foreign).expect("a foreign platform").graph;
+        assert_eq!(
+            exec_platform(&g).map(|p| p.to_string()),
+            Some(format!("linux/{other}"))
+        );
+        let windows = exec_def(|op| {
+            op.platform = Some(llb::Platform {
+                os: "windows".into(),
+                architecture: "amd64".into(),
+                os_version: "10.0.17763".into(),
+                ..Default::default()
+            })
+        });
+        let err = translate(&windows).expect_err("OS versions");
         assert!(
             err.to_string()
-                .contains(&format!("platform \"linux/{other}\"")),
+                .contains("platform \"windows/amd64\" with an OS version"),
             "{err}"
         );
     }

@@ -160,6 +160,21 @@ pub fn worker_platform() -> kiln_solver::Platform {
     from_oci(&host_platform())
 }
 
+/// The platforms this worker runs steps of, its own first: the host's,
+/// and every Linux architecture a binfmt_misc emulator runs here
+/// ([`kiln_shim::emulation`]). What kilnd's ListWorkers advertises.
+pub fn runnable_platforms() -> Vec<kiln_solver::Platform> {
+    let host = worker_platform();
+    let mut out = vec![host.clone()];
+    for arch in kiln_shim::emulation::runnable(&host.architecture) {
+        let p = kiln_solver::Platform::new("linux", arch, "");
+        if p.short() != host.short() {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// An OCI platform as the graph names it (normalized).
 pub fn from_oci(p: &Platform) -> kiln_solver::Platform {
     kiln_solver::Platform::new(
