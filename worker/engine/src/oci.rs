@@ -290,6 +290,7 @@ mod tests {
             variant: String::new(),
             os_version: "10.0".into(),
             os_features: vec!["f1".into()],
+            platform: None,
         };
         let config = crate::export::image_config(&[layer], &cfg);
         let bytes = to_json(&config).expect("json");
@@ -464,6 +465,32 @@ mod tests {
         assert_eq!(out, list);
         assert!(descriptor(MEDIA_OCI_CONFIG, "sha256:zz", 1).is_none());
         assert!(descriptor(MEDIA_OCI_CONFIG, &KilnDigest::of(b"x").to_string(), -1).is_none());
+    }
+
+    #[test]
+    fn the_config_is_for_the_frontends_platform() {
+        let for_arm = |variant: &str, base_variant: &str| {
+            let cfg = kiln_solver::ImageConfig {
+                platform: Some(kiln_solver::Platform::new("linux", "arm", variant)),
+                variant: base_variant.into(),
+                ..Default::default()
+            };
+            let v: Value = serde_json::from_slice(
+                &to_json(&crate::export::image_config(&[], &cfg)).expect("json"),
+            )
+            .expect("parse");
+            (v["architecture"].clone(), v["os"].clone(), v["variant"].clone())
+        };
+        assert_eq!(for_arm("v6", "v7"), (json!("arm"), json!("linux"), json!("v6")));
+        let host = crate::export::image_config(&[], &kiln_solver::ImageConfig::default());
+        assert_eq!(
+            host.image.architecture().to_string(),
+            host_platform().architecture().to_string()
+        );
+        // The graph's platform and OCI's convert both ways.
+        let p = kiln_solver::Platform::new("linux", "arm64", "");
+        assert_eq!(from_oci(&to_oci(&p)), p);
+        assert!(runnable_platforms()[0] == worker_platform());
     }
 
     #[test]
