@@ -285,3 +285,168 @@ async fn a_step_nothing_can_run_fails_before_it_runs_naming_qemu() {
         out.stderr
     );
 }
+
+/// One op of a definition, encoded, with its digest.
+fn op_bytes(op: &kiln_proto::llb::Op) -> (Vec<u8>, String) {
+    use prost::Message;
+    let b = op.encode_to_vec();
+    let d = kiln_solver::Digest::of(&b).to_string();
+    (b, d)
+}
+
+/// buildctl-shaped LLB: busybox and `uname -m > /m` on it, both ops for
+/// `linux/<arch>` (as buildctl's `llb.Image(..., llb.Platform(p))` sets
+/// `Op.platform`).
+fn uname_for(arch: &str) -> kiln_proto::llb::Definition {
+    use kiln_proto::llb;
+    let platform = Some(llb::Platform {
+        os: "linux".into(),
+        architecture: arch.into(),
+        ..Default::default()
+    });
+    let (src_b, src_d) = op_bytes(&llb::Op {
+        op: Some(llb::op::Op::Source(llb::SourceOp {
+            identifier: "docker-image://docker.io/library/busybox:latest".into(),
+            attrs: Default::default(),
+        })),
+        platform: platform.clone(),
+        ..Default::default()
+    });
+    let (exec_b, exec_d) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: src_d,
+            index: 0,
+        }],
+        op: Some(llb::op::Op::Exec(llb::ExecOp {
+            meta: Some(llb::Meta {
+                args: vec!["/bin/sh".into(), "-c".into(), "uname -m > /m".into()],
+                cwd: "/".into(),
+                env: vec!["PATH=/bin".into()],
+                ..Default::default()
+            }),
+            mounts: vec![llb::Mount {
+                input: 0,
+                dest: "/".into(),
+                output: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        platform,
+        ..Default::default()
+    });
+    let (term_b, _) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: exec_d,
+            index: 0,
+        }],
+        ..Default::default()
+    });
+    llb::Definition {
+        def: vec![src_b, exec_b, term_b],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn kilnd_builds_foreign_llb_and_multi_platform_dockerfiles() {
+    use kiln_proto::control::control_client::ControlClient;
+    use kiln_proto::control::{Exporter, ListWorkersRequest, SolveRequest};
+    let ns = "platforms-kilnd";
+    let h = Harness::start().await.expect("containerd");
+    import_two_platform_busybox(&h, ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let (host, other) = (host_arch(), other_arch());
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let mut c = ControlClient::new(ch);
+
+    // The worker offers the platform emulation runs here.
+    let workers = c
+        .list_workers(ListWorkersRequest::default())
+        .await
+        .expect("workers")
+        .into_inner();
+    let offered: Vec<String> = workers.record[0]
+        .platforms
+        .iter()
+        .map(|p| format!("{}/{}", p.os, p.architecture))
+        .collect();
+    assert_eq!(offered[0], format!("linux/{host}"));
+    assert!(offered.contains(&format!("linux/{other}")), "{offered:?}");
+
+    // LLB for the other platform picks its manifest and runs emulated.
+    c.solve(SolveRequest {
+        r#ref: "platformsllb000000000000001".into(),
+        definition: Some(uname_for(other)),
+        exporters: vec![Exporter {
+            r#type: "image".into(),
+            attrs: [("name".to_string(), "docker.io/library/llb-other:1".to_string())].into(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .expect("solve");
+    let platform = format!("linux/{other}");
+    let printed = h
+        .ctr(
+            ns,
+            &[
+                "run",
+                "--rm",
+                "--platform",
+                &platform,
+                "docker.io/library/llb-other:1",
+                "llb-other-run",
+                "cat",
+                "/m",
+            ],
+        )
+        .expect("ctr run");
+    assert_eq!(printed, format!("{}\n", machine(other)));
+
+    // The Dockerfile frontend through kilnd with two platforms (the
+    // `platform` attribute buildctl --opt and buildx send): an index.
+    let ctx = h.context(ns, &[("Dockerfile", DOCKERFILE)]);
+    let list = format!("linux/{host},linux/{other}");
+    let addr = k.addr();
+    h.kiln(
+        ns,
+        &[
+            "--addr",
+            &addr,
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            &list,
+            "-t",
+            "remote-multi:1",
+            ctx.to_str().expect("utf8"),
+        ],
+    )
+    .expect("kiln runs")
+    .ok();
+    let index = h.manifest(ns, "docker.io/library/remote-multi:1");
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().expect("arch"))
+        .collect();
+    assert_eq!(archs, [host.as_str(), other]);
+    assert_eq!(
+        printed_via(&h, ns, "docker.io/library/remote-multi:1", other),
+        format!(
+            "{}\n{}\nlinux/{other} {other} linux/{host}\n",
+            machine(other),
+            machine(&host)
+        )
+    );
+}
+
+fn printed_via(h: &Harness, ns: &str, name: &str, arch: &str) -> String {
+    printed(h, ns, name, arch, &format!("via-{arch}"))
+}

@@ -23,6 +23,9 @@ pub struct Frontend {
     pub resolve_mode: kiln_engine::resolve::ResolveMode,
     /// The base images the frontend resolved, for the source ops.
     pub pinned: kiln_engine::resolve::Pinned,
+    /// A multi-platform build's platforms (`build` holds all their
+    /// vertices); empty for one platform.
+    pub targets: Vec<kiln_engine::build::PlatformTarget>,
 }
 
 fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
@@ -55,11 +58,6 @@ pub async fn dockerfile(
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
-    if kiln_frontend::is_multi_platform(&opts) {
-        return Err(frontend_status(&FrontendError::Unsupported {
-            what: "a multi-platform build (an image index) through kilnd".into(),
-        }));
-    }
     let filename = opts.filename.clone();
     let df_dir = fresh_dir(d, job, "dockerfile")?;
     let ignore_dir = fresh_dir(d, job, "dockerignore")?;
@@ -142,7 +140,7 @@ pub async fn dockerfile(
         .with_progress(tx);
     let pinned = images.pinned();
     let plan = async {
-        let r = kiln_frontend::plan(&source, &opts, &images).await;
+        let r = plan_platforms(&source, &opts, &images).await;
         drop(images);
         r
     };
@@ -165,7 +163,7 @@ pub async fn dockerfile(
         }
     };
     let (build, ()) = tokio::join!(plan, forward);
-    let build = build.map_err(|e| frontend_status(&e))?;
+    let (build, targets) = build.map_err(|e| frontend_status(&e))?;
     crate::status::warnings(job, &load_name, &filename, &source.text, &build.warnings);
     let named = fetch_named(d, session, &build.graph).await?;
     Ok(Frontend {
@@ -174,7 +172,44 @@ pub async fn dockerfile(
         named,
         resolve_mode: opts.resolve_mode,
         pinned,
+        targets,
     })
+}
+
+/// Every platform the attributes ask for, as one build: a multi-platform
+/// build's graphs merged, with each platform's result and config.
+async fn plan_platforms(
+    source: &kiln_frontend::DockerfileSource,
+    opts: &FrontendOptions,
+    images: &kiln_engine::build::BaseImages,
+) -> Result<
+    (
+        kiln_dockerfile::Build,
+        Vec<kiln_engine::build::PlatformTarget>,
+    ),
+    FrontendError,
+> {
+    let mut all = kiln_frontend::plan_all(source, opts, images).await?;
+    if !kiln_frontend::is_multi_platform(opts) {
+        return Ok((all.swap_remove(0).1, Vec::new()));
+    }
+    let warnings = all
+        .first()
+        .map(|(_, b)| b.warnings.clone())
+        .unwrap_or_default();
+    let stages_built = all
+        .first()
+        .map(|(_, b)| b.stages_built.clone())
+        .unwrap_or_default();
+    let (graph, targets) = kiln_frontend::merge_platforms(all)?;
+    let build = kiln_dockerfile::Build {
+        graph,
+        result: targets[0].result,
+        config: targets[0].config.clone(),
+        stages_built,
+        warnings,
+    };
+    Ok((build, targets))
 }
 
 /// Fetches the named local contexts the graph reads (every `local://`

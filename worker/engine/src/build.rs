@@ -313,14 +313,9 @@ impl Engine {
         })
     }
 
-    /// A multi-platform build into an image index: `req.graph` holds every
-    /// platform's vertices (the frontend's merged graph) and `targets` says
-    /// which vertex is each platform's result and what its config is
-    /// (`req.result` and `req.config` are not used). Each platform is
-    /// solved under a lease of its own, all at once, and exported as a
-    /// manifest; the index names them with their platforms, and
-    /// `req.names` point at it. Every manifest's chain is unpacked (the
-    /// steps committed it), so the image runs on any of them here.
+    /// A multi-platform build into an image index ([`Engine::solve_index`],
+    /// then the index export, the push and the release), as
+    /// [`Engine::build`] is for one platform.
     pub async fn build_index(
         &self,
         req: BuildRequest,
@@ -328,6 +323,57 @@ impl Engine {
         progress: Progress,
         cancel: CancellationToken,
     ) -> Result<BuildResult> {
+        let solved = self
+            .solve_index(&req, targets, progress.clone(), cancel)
+            .await?;
+        progress
+            .send(ProgressEvent::Info {
+                message: "exporting to image".into(),
+            })
+            .await;
+        let mut r = solved
+            .export_image(&req.config, &req.names, req.compression)
+            .await;
+        if let (Ok(out), Some(opts)) = (&r, &req.push) {
+            let first = req.graph.vertices.len();
+            if let Err(e) = solved
+                .push(
+                    out,
+                    &req.names,
+                    opts,
+                    req.credentials.clone(),
+                    &progress,
+                    first,
+                )
+                .await
+            {
+                r = Err(e);
+            }
+        }
+        solved.release(r.is_err()).await;
+        let out = r?;
+        Ok(BuildResult {
+            manifest_digest: out.manifest.digest().to_string(),
+            config_digest: out.config_digest,
+            names: out.names,
+        })
+    }
+
+    /// Solves a multi-platform build: `req.graph` holds every platform's
+    /// vertices (the frontend's merged graph) and `targets` says which
+    /// vertex is each platform's result and what its config is
+    /// (`req.result` and `req.config` are not used). Each platform is
+    /// solved under a lease of its own, all at once (equal steps of two
+    /// platforms run once); the result's image exports are an index of
+    /// one manifest per platform ([`Solved::export_image`]), each chain
+    /// unpacked, since the steps committed it.
+    pub async fn solve_index(
+        &self,
+        req: &BuildRequest,
+        targets: Vec<PlatformTarget>,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<Solved> {
         use crate::remotecache::ExportTarget;
         if targets.is_empty() {
             return Err(WorkerError::BadInput {
@@ -370,45 +416,13 @@ impl Engine {
             }
             return Err(e);
         }
-        progress
-            .send(ProgressEvent::Info {
-                message: "exporting to image".into(),
-            })
-            .await;
-        let mut r = async {
-            let mut manifests = Vec::with_capacity(solved.len());
-            for (t, s) in targets.iter().zip(&solved) {
-                let out = s.export_image(&t.config, &[], req.compression).await?;
-                manifests.push((t.platform.clone(), out.manifest));
-            }
-            crate::export::export_index(&self.svc, &manifests, &req.names, solved[0].lease()).await
-        }
-        .await;
-        if let (Ok(out), Some(opts)) = (&r, &req.push) {
-            let first = req.graph.vertices.len();
-            if let Err(e) = solved[0]
-                .push(
-                    out,
-                    &req.names,
-                    opts,
-                    req.credentials.clone(),
-                    &progress,
-                    first,
-                )
-                .await
-            {
-                r = Err(e);
-            }
-        }
-        for s in solved {
-            s.release(r.is_err()).await;
-        }
-        let out = r?;
-        Ok(BuildResult {
-            manifest_digest: out.manifest.digest().to_string(),
-            config_digest: out.config_digest,
-            names: out.names,
-        })
+        let mut first = solved.remove(0);
+        first.others = solved;
+        first.platforms = targets
+            .into_iter()
+            .map(|t| (t.platform, t.config))
+            .collect();
+        Ok(first)
     }
 
     /// Solves the graph and keeps the result under the build's lease until
@@ -439,6 +453,8 @@ impl Engine {
                     cache_exports: req.cache_exports.clone(),
                     compression: req.compression,
                     registry: self.registry_client(req.credentials.clone()),
+                    platforms: Vec::new(),
+                    others: Vec::new(),
                 }),
                 Err(e) => {
                     if let Err(d) = self.svc.leases.delete(&lease, true).await {
@@ -637,6 +653,11 @@ pub struct Solved {
     compression: Compression,
     /// The build's registry client (its credentials), for cache exports.
     registry: kiln_registry::Client,
+    /// A multi-platform solve ([`Engine::solve_index`]): every platform
+    /// with its image config, this one's first, and the other platforms'
+    /// solves (each under its own lease). Its image exports are an index.
+    platforms: Vec<(kiln_solver::Platform, ImageConfig)>,
+    others: Vec<Solved>,
 }
 
 impl std::fmt::Debug for Solved {
@@ -700,7 +721,31 @@ impl Solved {
     /// points `names` at it; with no names the image exists only as content
     /// until [`Solved::release`]. The layers' blobs are made here, in
     /// `compression`, where they do not exist yet ([`crate::blobs`]).
+    ///
+    /// A multi-platform solve exports one manifest per platform, each with
+    /// its own config (`config` is not used), and an index of them that
+    /// `names` point at.
     pub async fn export_image(
+        &self,
+        config: &ImageConfig,
+        names: &[String],
+        compression: Compression,
+    ) -> Result<Exported> {
+        if !self.platforms.is_empty() {
+            let mut manifests = Vec::with_capacity(self.platforms.len());
+            let parts = std::iter::once(self).chain(&self.others);
+            for ((platform, cfg), s) in self.platforms.iter().zip(parts) {
+                let out = s.export_manifest(cfg, &[], compression).await?;
+                manifests.push((platform.clone(), out.manifest));
+            }
+            return crate::export::export_index(&self.engine.svc, &manifests, names, &self.lease)
+                .await;
+        }
+        self.export_manifest(config, names, compression).await
+    }
+
+    /// [`Solved::export_image`] of this solve's own result.
+    async fn export_manifest(
         &self,
         config: &ImageConfig,
         names: &[String],
@@ -737,6 +782,12 @@ impl Solved {
             .all(|e| e.target == ExportTarget::Inline)
         {
             return Ok(());
+        }
+        if !self.platforms.is_empty() {
+            return Err(WorkerError::Unsupported {
+                location: String::new(),
+                what: "a cache export (--cache-to) of a multi-platform build".into(),
+            });
         }
         // Every exported layer needs its blob, in the build's compression:
         // with only `mode=min` exports, those of the result's chain alone.
@@ -829,6 +880,12 @@ impl Solved {
 
     /// Mounts the result read-only (an empty directory for scratch).
     pub async fn view(&self) -> Result<ResultView> {
+        if !self.platforms.is_empty() {
+            return Err(WorkerError::Unsupported {
+                location: String::new(),
+                what: "a file tree (local or tar export) of a multi-platform build".into(),
+            });
+        }
         let svc = self.engine.svc.clone();
         let top = crate::refs::top_snapshot(&self.layers);
         let dir = self
@@ -868,7 +925,10 @@ impl Solved {
     }
 
     /// Deletes the build's lease; `sync` waits for containerd's GC.
-    pub async fn release(self, sync: bool) {
+    pub async fn release(mut self, sync: bool) {
+        for o in std::mem::take(&mut self.others) {
+            Box::pin(o.release(sync)).await;
+        }
         // The exporters' mount points are gone; their directory may stay.
         let _ = std::fs::remove_dir(self.mount_dir());
         if let Err(e) = self.engine.svc.leases.delete(&self.lease, sync).await {
