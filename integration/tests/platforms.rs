@@ -180,10 +180,14 @@ async fn a_multi_platform_build_is_an_index_of_both() {
     let ctx = ctx.to_str().expect("utf8");
     let (host, other) = (host_arch(), other_arch());
     let list = format!("linux/{host},linux/{other}");
-    h.build(ns, &["--platform", &list, "-t", "multi:1", ctx]).ok();
+    h.build(ns, &["--platform", &list, "-t", "multi:1", ctx])
+        .ok();
 
     let index = h.manifest(ns, "docker.io/library/multi:1");
-    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
     let manifests = index["manifests"].as_array().expect("manifests");
     let archs: Vec<&str> = manifests
         .iter()
@@ -382,7 +386,11 @@ async fn kilnd_builds_foreign_llb_and_multi_platform_dockerfiles() {
         definition: Some(uname_for(other)),
         exporters: vec![Exporter {
             r#type: "image".into(),
-            attrs: [("name".to_string(), "docker.io/library/llb-other:1".to_string())].into(),
+            attrs: [(
+                "name".to_string(),
+                "docker.io/library/llb-other:1".to_string(),
+            )]
+            .into(),
         }],
         ..Default::default()
     })
@@ -429,7 +437,10 @@ async fn kilnd_builds_foreign_llb_and_multi_platform_dockerfiles() {
     .expect("kiln runs")
     .ok();
     let index = h.manifest(ns, "docker.io/library/remote-multi:1");
-    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
     let archs: Vec<&str> = index["manifests"]
         .as_array()
         .expect("manifests")

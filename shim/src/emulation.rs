@@ -249,7 +249,10 @@ mod tests {
         assert_eq!(support_in(&d, "amd64", "linux", "arm"), Support::Missing);
         assert_eq!(support_in(&d, "amd64", "linux", "amd64"), Support::Native);
         assert_eq!(support_in(&d, "amd64", "linux", "386"), Support::Native);
-        assert_eq!(support_in(&d, "amd64", "windows", "arm64"), Support::Missing);
+        assert_eq!(
+            support_in(&d, "amd64", "windows", "arm64"),
+            Support::Missing
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 

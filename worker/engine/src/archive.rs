@@ -69,11 +69,12 @@ pub async fn write_archive(
         // BuildKit's docker exporter refuses an index the same way.
         return Err(WorkerError::Unsupported {
             location: String::new(),
-            what: "the docker exporter for a multi-platform image (an image index; use oci)"
-                .into(),
+            what: "the docker exporter for a multi-platform image (an image index; use oci)".into(),
         });
     }
-    if !is_index && media_type != oci::MEDIA_OCI_MANIFEST && media_type != oci::MEDIA_DOCKER_MANIFEST
+    if !is_index
+        && media_type != oci::MEDIA_OCI_MANIFEST
+        && media_type != oci::MEDIA_DOCKER_MANIFEST
     {
         return Err(WorkerError::Unsupported {
             location: String::new(),

@@ -136,7 +136,9 @@ pub fn choose_platform<'a>(
             of(m).is_some_and(|p| {
                 p.os == want.os
                     && p.architecture == want.architecture
-                    && (p.variant.is_empty() || want.variant.is_empty() || p.variant <= want.variant)
+                    && (p.variant.is_empty()
+                        || want.variant.is_empty()
+                        || p.variant <= want.variant)
             })
         })
     };

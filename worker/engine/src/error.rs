@@ -66,7 +66,9 @@ pub enum WorkerError {
     },
     /// A step is for a platform this machine cannot run: no CPU or
     /// binfmt_misc emulator for it (`reason` says which and what to do).
-    #[error("{location}cannot run a step for platform {platform} on this {host} machine: {reason}")]
+    #[error(
+        "{location}cannot run a step for platform {platform} on this {host} machine: {reason}"
+    )]
     NoEmulation {
         location: String,
         platform: String,

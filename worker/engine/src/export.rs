@@ -280,7 +280,11 @@ pub async fn export_index(
         .map_err(|e| result_invalid(e.to_string()))?;
     let bytes = oci::to_json(&index).map_err(|e| result_invalid(e.to_string()))?;
     let digest = write_blob(&*svc.content, &bytes, labels, lease).await?;
-    let desc = own_descriptor(oci::MEDIA_OCI_INDEX, &digest.to_string(), bytes.len() as i64)?;
+    let desc = own_descriptor(
+        oci::MEDIA_OCI_INDEX,
+        &digest.to_string(),
+        bytes.len() as i64,
+    )?;
     for name in names {
         svc.images
             .put(

@@ -479,9 +479,16 @@ mod tests {
                 &to_json(&crate::export::image_config(&[], &cfg)).expect("json"),
             )
             .expect("parse");
-            (v["architecture"].clone(), v["os"].clone(), v["variant"].clone())
+            (
+                v["architecture"].clone(),
+                v["os"].clone(),
+                v["variant"].clone(),
+            )
         };
-        assert_eq!(for_arm("v6", "v7"), (json!("arm"), json!("linux"), json!("v6")));
+        assert_eq!(
+            for_arm("v6", "v7"),
+            (json!("arm"), json!("linux"), json!("v6"))
+        );
         let host = crate::export::image_config(&[], &kiln_solver::ImageConfig::default());
         assert_eq!(
             host.image.architecture().to_string(),

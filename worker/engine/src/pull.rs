@@ -688,11 +688,7 @@ fn digest_mismatch(r: &Reference, want: &str, got: &str) -> WorkerError {
     )
 }
 
-fn platform_missing(
-    image: &str,
-    want: &kiln_solver::Platform,
-    present: &[String],
-) -> WorkerError {
+fn platform_missing(image: &str, want: &kiln_solver::Platform, present: &[String]) -> WorkerError {
     let listed = if present.is_empty() {
         "none".to_string()
     } else {

@@ -370,7 +370,9 @@ fn check_platform(value: &str) -> Result<()> {
     })?;
     if p != host {
         return Err(FrontendError::Unsupported {
-            what: format!("a named context for platform {p:?} (kiln reads named contexts for {host} only)"),
+            what: format!(
+                "a named context for platform {p:?} (kiln reads named contexts for {host} only)"
+            ),
         });
     }
     Ok(())

@@ -156,8 +156,8 @@ fn platforms_are_a_normalized_list() {
         target_platforms(&none),
         [kiln_engine::oci::worker_platform()]
     );
-    let e = FrontendOptions::from_attrs(&attrs(&[("platform", "linux/")]))
-        .expect_err("not a platform");
+    let e =
+        FrontendOptions::from_attrs(&attrs(&[("platform", "linux/")])).expect_err("not a platform");
     assert_eq!(
         e.to_string(),
         "invalid frontend option platform=\"linux/\": invalid platform \"linux/\": expected os/arch[/variant]"
@@ -188,8 +188,8 @@ async fn each_platform_is_planned_with_its_own_bases() {
         "linux/arm64"
     };
     let list = format!("{host},{other}");
-    let opts = FrontendOptions::from_attrs(&attrs(&[("platform", list.as_str())]))
-        .expect("options");
+    let opts =
+        FrontendOptions::from_attrs(&attrs(&[("platform", list.as_str())])).expect("options");
     let built = plan_all(&source("FROM busybox\nRUN true\n", &[]), &opts, &images)
         .await
         .expect("plans");

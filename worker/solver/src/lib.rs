@@ -16,10 +16,10 @@ pub mod scheduler;
 pub mod source;
 
 pub use graph::*;
-pub use platform::{Platform, PlatformError};
 /// Digests live in the leaf crate `kiln-types`, shared with snapshot and
 /// shim; re-exported so `kiln_solver::{digest, Digest}` keep working.
 pub use kiln_types::{digest, Digest};
+pub use platform::{Platform, PlatformError};
 
 /// Errors of the solver.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,16 @@ use std::fmt;
 
 /// One OCI platform, normalized.
 #[derive(
-    Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct Platform {
     pub os: String,
@@ -73,10 +82,12 @@ impl Platform {
             return Err(bad("empty"));
         }
         let parts: Vec<&str> = v.split('/').collect();
-        if parts
-            .iter()
-            .any(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
-        {
+        if parts.iter().any(|p| {
+            p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        }) {
             return Err(bad("expected os/arch[/variant]"));
         }
         match parts.as_slice() {
@@ -191,8 +202,8 @@ mod tests {
 
     #[test]
     fn lists_keep_order_without_repeats() {
-        let l = Platform::parse_list("linux/amd64, linux/arm64,linux/x86_64", &host())
-            .expect("list");
+        let l =
+            Platform::parse_list("linux/amd64, linux/arm64,linux/x86_64", &host()).expect("list");
         let s: Vec<String> = l.iter().map(ToString::to_string).collect();
         assert_eq!(s, ["linux/amd64", "linux/arm64"]);
     }

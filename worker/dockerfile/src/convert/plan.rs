@@ -152,11 +152,12 @@ impl Plan {
                     let p = lex
                         .process_word(p, &global_env)
                         .map_err(|m| invalid(s.line, m))?;
-                    Some(
-                        kiln_solver::Platform::parse(&p, &build).map_err(|e| {
-                            invalid(s.line, format!("failed to parse platform {p}: {}", e.reason))
-                        })?,
-                    )
+                    Some(kiln_solver::Platform::parse(&p, &build).map_err(|e| {
+                        invalid(
+                            s.line,
+                            format!("failed to parse platform {p}: {}", e.reason),
+                        )
+                    })?)
                 }
                 None => None,
             };

@@ -31,7 +31,9 @@ impl StepRunner {
                 vertex: Some(id.0),
             };
             let platform = s.platform.as_ref();
-            let pin = self.pinned.get(&crate::resolve::Pinned::key(name, platform));
+            let pin = self
+                .pinned
+                .get(&crate::resolve::Pinned::key(name, platform));
             let pull = crate::pull::base_image(
                 &self.svc,
                 &self.registry,
