@@ -704,6 +704,19 @@ impl ResultView {
 }
 
 impl Solved {
+    /// A multi-platform solve's parts: each platform, its image config and
+    /// its result's layers, in order; empty for one platform.
+    pub fn platform_results(
+        &self,
+    ) -> Vec<(&kiln_solver::Platform, &ImageConfig, &[crate::refs::Layer])> {
+        let parts = std::iter::once(self).chain(&self.others);
+        self.platforms
+            .iter()
+            .zip(parts)
+            .map(|((p, c), s)| (p, c, s.layers.as_slice()))
+            .collect()
+    }
+
     /// The lease holding the result.
     pub fn lease(&self) -> &LeaseId {
         &self.lease
