@@ -20,6 +20,8 @@
 //! - [`mountpoints`] removes the mount points runc created in the rootfs, so the
 //!   layer diff the engine computes afterwards holds no `proc/`, `dev/` or
 //!   `etc/hosts` stubs.
+//! - [`emulation`] says whether a step of another architecture can run
+//!   here (a binfmt_misc handler usable from a container), before it runs.
 //! - [`rootfs`] is the only way the shim touches a rootfs: directory fds and
 //!   `*at` calls, so no symlink in an image or placed by a step can make kiln
 //!   act on a host path.
@@ -27,6 +29,7 @@
 //! Architecture invariant: a non-zero exit is data ([`ExitStatus`]), never
 //! an `Err`. Only this crate builds OCI specs.
 
+pub mod emulation;
 pub mod error;
 mod executor;
 mod fifo;

@@ -163,7 +163,8 @@ struct BuildArgs {
     /// source called NAME.
     #[arg(long = "build-context")]
     build_contexts: Vec<String>,
-    /// Target platform; kiln builds for the host's only.
+    /// Target platform(s), e.g. linux/arm64 or linux/amd64,linux/arm64 (an
+    /// image index); foreign RUN steps run under QEMU user emulation.
     #[arg(long)]
     platform: Option<String>,
     /// Add a line to RUN steps' /etc/hosts: HOST=IP or HOST:IP (an IP may
@@ -919,10 +920,29 @@ async fn build(
     let images = engine
         .base_images(opts.resolve_mode, credentials.clone())
         .with_progress(tx.clone());
-    let planned = kiln_frontend::plan(&source, &opts, &images).await;
+    // Every platform of `--platform a,b` is planned; one graph holds them.
+    let multi = kiln_frontend::is_multi_platform(&opts);
+    let planned = match kiln_frontend::plan_all(&source, &opts, &images).await {
+        Ok(all) if multi => {
+            let warnings = all.first().map(|(_, b)| b.warnings.clone());
+            kiln_frontend::merge_platforms(all).map(|(graph, targets)| {
+                let first = &targets[0];
+                let built = kiln_dockerfile::Build {
+                    graph,
+                    result: first.result,
+                    config: first.config.clone(),
+                    stages_built: Vec::new(),
+                    warnings: warnings.unwrap_or_default(),
+                };
+                (built, targets)
+            })
+        }
+        Ok(mut all) => Ok((all.swap_remove(0).1, Vec::new())),
+        Err(e) => Err(e),
+    };
     let pinned = images.pinned();
     drop(images);
-    let built = match planned {
+    let (built, targets) = match planned {
         Ok(b) => b,
         Err(e) => {
             drop(tx);
@@ -966,7 +986,11 @@ async fn build(
             on_signal.cancel();
         }
     });
-    let result = engine.build(req, tx, cancel).await;
+    let result = if multi {
+        engine.build_index(req, targets, tx, cancel).await
+    } else {
+        engine.build(req, tx, cancel).await
+    };
     let _ = display.await;
     print_warnings(&warnings);
     let result = result?;

@@ -242,6 +242,7 @@ mod tests {
             op: Op::Source(SourceOp {
                 identifier: "docker-image://busybox".into(),
                 attrs: Default::default(),
+                platform: None,
             }),
             inputs: Vec::new(),
             name: "x".into(),

@@ -25,6 +25,9 @@ pub struct Frontend {
     pub pinned: kiln_engine::resolve::Pinned,
     /// The Dockerfile, for the source of a failed step's error.
     pub source: kiln_proto::llb::SourceInfo,
+    /// A multi-platform build's platforms (`build` holds all their
+    /// vertices); empty for one platform.
+    pub targets: Vec<kiln_engine::build::PlatformTarget>,
 }
 
 fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
@@ -139,7 +142,7 @@ pub async fn dockerfile(
         .with_progress(tx);
     let pinned = images.pinned();
     let plan = async {
-        let r = kiln_frontend::plan(&source, &opts, &images).await;
+        let r = plan_platforms(&source, &opts, &images).await;
         drop(images);
         r
     };
@@ -162,7 +165,7 @@ pub async fn dockerfile(
         }
     };
     let (build, ()) = tokio::join!(plan, forward);
-    let build = build.map_err(|e| {
+    let (build, targets) = build.map_err(|e| {
         // A Dockerfile error about a line carries it as BuildKit's source
         // detail, so clients print the snippet.
         let line = match &e {
@@ -185,7 +188,44 @@ pub async fn dockerfile(
             definition: None,
             language: "Dockerfile".into(),
         },
+        targets,
     })
+}
+
+/// Every platform the attributes ask for, as one build: a multi-platform
+/// build's graphs merged, with each platform's result and config.
+async fn plan_platforms(
+    source: &kiln_frontend::DockerfileSource,
+    opts: &FrontendOptions,
+    images: &kiln_engine::build::BaseImages,
+) -> Result<
+    (
+        kiln_dockerfile::Build,
+        Vec<kiln_engine::build::PlatformTarget>,
+    ),
+    FrontendError,
+> {
+    let mut all = kiln_frontend::plan_all(source, opts, images).await?;
+    if !kiln_frontend::is_multi_platform(opts) {
+        return Ok((all.swap_remove(0).1, Vec::new()));
+    }
+    let warnings = all
+        .first()
+        .map(|(_, b)| b.warnings.clone())
+        .unwrap_or_default();
+    let stages_built = all
+        .first()
+        .map(|(_, b)| b.stages_built.clone())
+        .unwrap_or_default();
+    let (graph, targets) = kiln_frontend::merge_platforms(all)?;
+    let build = kiln_dockerfile::Build {
+        graph,
+        result: targets[0].result,
+        config: targets[0].config.clone(),
+        stages_built,
+        warnings,
+    };
+    Ok((build, targets))
 }
 
 /// Fetches the named local contexts the graph reads (every `local://`

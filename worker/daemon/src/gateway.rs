@@ -10,7 +10,7 @@ use crate::tenants::Tenant;
 use kiln_proto::apicaps::ApiCap;
 use kiln_proto::gateway::llb_bridge_server::LlbBridge;
 use kiln_proto::gateway::{
-    result, PingRequest, PongResponse, Ref, Result as GwResult, ReturnRequest, ReturnResponse,
+    result, PingRequest, PongResponse, Ref, RefMap, Result as GwResult, ReturnRequest, ReturnResponse,
     SolveRequest, SolveResponse,
 };
 use kiln_snapshot::diff::Compression;
@@ -211,7 +211,32 @@ impl LlbBridge for GatewayService {
             kiln_solver::Digest::of(solved.lease().as_str().as_bytes()).hex()
         );
         let mut metadata = HashMap::new();
-        if let Some(cfg) = &config {
+        // A multi-platform result as BuildKit's gateway gives one: a ref per
+        // platform (`refs`, keyed by the platform) with `refs.platforms`
+        // and a `containerimage.config/<platform>` each. Every platform's
+        // ref is the one held solve, which exports them all as an index.
+        let parts = solved.platform_results();
+        let multi = !parts.is_empty();
+        let mut platform_ids = Vec::new();
+        for (p, cfg, layers) in parts {
+            let id = p.to_string();
+            let json = kiln_engine::export::image_config(layers, cfg);
+            if let Ok(bytes) = serde_json::to_vec(&json) {
+                metadata.insert(format!("containerimage.config/{id}"), bytes);
+            }
+            let mut platform = serde_json::json!({"os": p.os, "architecture": p.architecture});
+            if !p.variant.is_empty() {
+                platform["variant"] = serde_json::Value::from(p.variant.clone());
+            }
+            platform_ids.push((id.clone(), serde_json::json!({"id": id, "platform": platform})));
+        }
+        if multi {
+            let list: Vec<serde_json::Value> = platform_ids.iter().map(|(_, v)| v.clone()).collect();
+            if let Ok(bytes) = serde_json::to_vec(&serde_json::json!({ "platforms": list })) {
+                metadata.insert("refs.platforms".to_string(), bytes);
+            }
+        }
+        if let (false, Some(cfg)) = (multi, &config) {
             let json = kiln_engine::export::image_config(&solved.layers, cfg);
             if let Ok(bytes) = serde_json::to_vec(&json) {
                 metadata.insert("containerimage.config".to_string(), bytes);
@@ -221,12 +246,22 @@ impl LlbBridge for GatewayService {
             .lock()
             .await
             .insert(id.clone(), GatewayResult { solved, config });
+        let one = |id: &str| Ref {
+            id: id.to_string(),
+            def: None,
+        };
         let result = GwResult {
             metadata,
-            result: Some(result::Result::Ref(Ref {
-                id: id.clone(),
-                def: None,
-            })),
+            result: Some(if multi {
+                result::Result::Refs(RefMap {
+                    refs: platform_ids
+                        .iter()
+                        .map(|(p, _)| (p.clone(), one(&id)))
+                        .collect(),
+                })
+            } else {
+                result::Result::Ref(one(&id))
+            }),
             ..Default::default()
         };
         Ok(Response::new(if r.allow_result_return {

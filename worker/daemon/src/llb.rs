@@ -98,6 +98,7 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                platform: op_platform(op.platform.as_ref())?,
             };
             check_remote_source(&op)?;
             Op::Source(op)
@@ -258,6 +259,7 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                         optional: s.optional,
                     })
                     .collect(),
+                platform: op_platform(op.platform.as_ref())?,
             })
         }
         Some(llb::op::Op::File(f)) => {
@@ -353,31 +355,26 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
     })
 }
 
-/// kiln builds for the host platform only: an op for another one fails
-/// (no op platform means the worker's, the host's).
-fn check_platform(p: Option<&llb::Platform>) -> Result<(), LlbError> {
-    let Some(p) = p else { return Ok(()) };
-    let host = kiln_engine::oci::host_platform();
-    let host_variant = host.variant().clone().unwrap_or_default();
-    let same = p.os == host.os().to_string()
-        && p.architecture == host.architecture().to_string()
-        && (p.variant.is_empty() || p.variant == host_variant)
-        && p.os_version.is_empty()
-        && p.os_features.is_empty();
-    if same {
-        return Ok(());
-    }
+/// The platform of an op as the graph holds it: `None` for the worker's
+/// own (no op platform, or the host's), else the platform, which an image
+/// source picks from an index and an exec runs as (under emulation). OS
+/// versions and features (Windows) are not supported.
+fn op_platform(p: Option<&llb::Platform>) -> Result<Option<kiln_solver::Platform>, LlbError> {
+    let Some(p) = p else { return Ok(None) };
     let mut name = format!("{}/{}", p.os, p.architecture);
     if !p.variant.is_empty() {
         name = format!("{name}/{}", p.variant);
     }
-    Err(LlbError::Unsupported {
-        what: format!(
-            "an op for platform {name:?} (kiln builds for the host platform, {}/{}, only)",
-            host.os(),
-            host.architecture()
-        ),
-    })
+    if !p.os_version.is_empty() || !p.os_features.is_empty() {
+        return Err(LlbError::Unsupported {
+            what: format!("an op for platform {name:?} with an OS version or features"),
+        });
+    }
+    let want = kiln_solver::Platform::new(&p.os, &p.architecture, &p.variant);
+    let host = kiln_engine::oci::worker_platform();
+    // An op without a variant on a host with one (arm/v7) is the host's.
+    let same = want == host || (p.variant.is_empty() && want.short() == host.short());
+    Ok((!same).then_some(want))
 }
 
 /// A display name like BuildKit's when the client gave none.
@@ -468,7 +465,6 @@ pub fn translate(def: &llb::Definition) -> Result<Translated, LlbError> {
                 output: usize::try_from(i.index).map_err(|_| invalid("negative output index"))?,
             });
         }
-        check_platform(op.platform.as_ref())?;
         let converted = convert_op(op)?;
         let meta = def.metadata.get(d.as_str());
         if meta.is_some_and(|m| m.linux_resources.is_some()) {
@@ -863,7 +859,7 @@ mod tests {
     }
 
     #[test]
-    fn ops_for_another_platform_fail() {
+    fn ops_for_another_platform_carry_it() {
         let host = kiln_engine::oci::host_platform();
         let ok = exec_def(|op| {
             op.platform = Some(llb::Platform {
@@ -872,7 +868,17 @@ mod tests {
                 ..Default::default()
             })
         });
-        translate(&ok).expect("the host's platform");
+        let exec_platform = |g: &Graph| {
+            g.vertices
+                .iter()
+                .find_map(|v| match &v.op {
+                    Op::Exec(e) => Some(e.platform.clone()),
+                    _ => None,
+                })
+                .expect("an exec")
+        };
+        let g = translate(&ok).expect("the host's platform").graph;
+        assert_eq!(exec_platform(&g), None, "the host's is the worker's own");
         let other = if host.architecture().to_string() == "s390x" {
             "arm64"
         } else {
@@ -885,10 +891,23 @@ mod tests {
                 ..Default::default()
             })
         });
-        let err = translate(&foreign).expect_err("foreign platform");
+        let g = translate(&foreign).expect("a foreign platform").graph;
+        assert_eq!(
+            exec_platform(&g).map(|p| p.to_string()),
+            Some(format!("linux/{other}"))
+        );
+        let windows = exec_def(|op| {
+            op.platform = Some(llb::Platform {
+                os: "windows".into(),
+                architecture: "amd64".into(),
+                os_version: "10.0.17763".into(),
+                ..Default::default()
+            })
+        });
+        let err = translate(&windows).expect_err("OS versions");
         assert!(
             err.to_string()
-                .contains(&format!("platform \"linux/{other}\"")),
+                .contains("platform \"windows/amd64\" with an OS version"),
             "{err}"
         );
     }

@@ -192,6 +192,7 @@ pub async fn solve(
         Arc::new(crate::registry::SessionCredentials::new(session));
     let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
     let mut pinned = kiln_engine::resolve::Pinned::default();
+    let mut targets = Vec::new();
     let (graph, result, digests, config, locals, held, sources) = match input {
         Input::Definition(def) => {
             let t =
@@ -212,6 +213,7 @@ pub async fn solve(
                     .await?;
             resolve_mode = f.resolve_mode;
             pinned = f.pinned;
+            targets = f.targets;
             let digests = f.build.graph.definition_digests();
             let mut locals =
                 HashMap::from([(kiln_frontend::CONTEXT_NAME.to_string(), f.context.tree())]);
@@ -241,10 +243,15 @@ pub async fn solve(
         .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
     let inputs = vertex_inputs(&graph, &digests);
     // Announce every vertex the result needs up front, as BuildKit does, so
-    // clients know the total before steps start.
+    // clients know the total before steps start (every platform's).
+    let mut needed = graph.needed_for(result);
+    for t in &targets {
+        needed.extend(graph.needed_for(t.result));
+    }
+    needed.sort();
+    needed.dedup();
     job.publish(kiln_proto::control::StatusResponse {
-        vertexes: graph
-            .needed_for(result)
+        vertexes: needed
             .into_iter()
             .map(|v| kiln_proto::control::Vertex {
                 digest: digests[v.0].to_string(),
@@ -297,7 +304,11 @@ pub async fn solve(
     let engine = engine.clone();
     let counted = job.solving();
     tokio::spawn(async move {
-        let solved = engine.solve(&req, progress, cancel).await;
+        let solved = if targets.is_empty() {
+            engine.solve(&req, progress, cancel).await
+        } else {
+            engine.solve_index(&req, targets, progress, cancel).await
+        };
         // The steps have read the contexts: another build may update them.
         drop(held);
         let failed = forward.await.ok().flatten();

@@ -104,6 +104,22 @@ pub fn host_platform() -> Platform {
     }
 }
 
+/// Every platform the worker builds for: the host's, then those QEMU
+/// user emulation runs here ([`kiln_engine::oci::runnable_platforms`]),
+/// so buildx offers them.
+fn platforms() -> Vec<Platform> {
+    let mut out = vec![host_platform()];
+    for p in kiln_engine::oci::runnable_platforms().into_iter().skip(1) {
+        out.push(Platform {
+            architecture: p.architecture,
+            os: p.os,
+            variant: p.variant,
+            ..Default::default()
+        });
+    }
+    out
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -204,7 +220,7 @@ pub fn worker_record(
     WorkerRecord {
         id,
         labels,
-        platforms: vec![host_platform()],
+        platforms: platforms(),
         gc_policy: gc.iter().map(gc_record).collect(),
         buildkit_version: Some(buildkit_version()),
         cdi_devices: Vec::new(),
@@ -397,8 +413,15 @@ mod tests {
         assert_eq!(l(labels::NETWORK), Some("cni"));
         assert_eq!(l(labels::SELINUX), Some("false"));
         assert!(r.labels.contains_key(labels::HOSTNAME));
-        assert_eq!(r.platforms.len(), 1);
+        // The host's first, then what emulation runs here, each once.
+        assert!(!r.platforms.is_empty());
         assert_eq!(r.platforms[0].os, "linux");
+        let names: std::collections::BTreeSet<String> = r
+            .platforms
+            .iter()
+            .map(|p| format!("{}/{}", p.os, p.architecture))
+            .collect();
+        assert_eq!(names.len(), r.platforms.len());
         #[cfg(target_arch = "x86_64")]
         assert_eq!(r.platforms[0].architecture, "amd64");
         #[cfg(target_arch = "aarch64")]

@@ -161,6 +161,10 @@ pub struct BuildOptions {
     /// Target architecture variant, e.g. `v7` for `linux/arm/v7`; empty
     /// when the architecture has none (`TARGETVARIANT`).
     pub platform_variant: String,
+    /// The platform to build for (`--platform`), when it is not the build
+    /// platform above: `TARGETPLATFORM` and friends name it, base images
+    /// are picked for it and `RUN` steps run as it (under emulation).
+    pub target_platform: Option<kiln_solver::Platform>,
     /// The hostname of `RUN` steps (the `hostname` frontend attribute or
     /// `BUILDKIT_SANDBOX_HOSTNAME`); empty is the runtime's default,
     /// `buildkitsandbox`.
@@ -178,6 +182,44 @@ pub struct BuildOptions {
     /// `COPY --from` or `RUN --mount=from=` naming it (as a stage or an
     /// image reference) reads it.
     pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+impl BuildOptions {
+    /// The platform the build runs on (`BUILDPLATFORM`): the worker's.
+    pub fn build_platform(&self) -> kiln_solver::Platform {
+        kiln_solver::Platform::new(
+            &self.platform_os,
+            &self.platform_arch,
+            &self.platform_variant,
+        )
+    }
+
+    /// The platform the build is for (`TARGETPLATFORM`).
+    pub fn target_platform(&self) -> kiln_solver::Platform {
+        self.target_platform
+            .clone()
+            .unwrap_or_else(|| self.build_platform())
+    }
+}
+
+/// A base image to resolve for [`to_graph`]: a normalized reference and
+/// the platform to pick from its index (`None`: the build platform's).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BaseRef {
+    pub reference: String,
+    pub platform: Option<kiln_solver::Platform>,
+}
+
+impl BaseRef {
+    /// The key of its config in the `bases` map of [`to_graph`]: the
+    /// reference alone for the build platform, else the reference and
+    /// the platform separated by a space (which no reference contains).
+    pub fn key(&self) -> String {
+        match &self.platform {
+            None => self.reference.clone(),
+            Some(p) => format!("{} {p}", self.reference),
+        }
+    }
 }
 
 /// What a named context stands for.
@@ -230,6 +272,7 @@ impl Default for BuildOptions {
             platform_os: "linux".to_string(),
             platform_arch: "amd64".to_string(),
             platform_variant: String::new(),
+            target_platform: None,
             hostname: String::new(),
             extra_hosts: Vec::new(),
             ulimits: Vec::new(),

@@ -64,7 +64,18 @@ pub async fn write_archive(
 ) -> Result<()> {
     let image: &str = manifest.digest().as_ref();
     let media_type = manifest.media_type().to_string();
-    if media_type != oci::MEDIA_OCI_MANIFEST && media_type != oci::MEDIA_DOCKER_MANIFEST {
+    let is_index = media_type == oci::MEDIA_OCI_INDEX;
+    if is_index && format == ArchiveFormat::Docker {
+        // BuildKit's docker exporter refuses an index the same way.
+        return Err(WorkerError::Unsupported {
+            location: String::new(),
+            what: "the docker exporter for a multi-platform image (an image index; use oci)".into(),
+        });
+    }
+    if !is_index
+        && media_type != oci::MEDIA_OCI_MANIFEST
+        && media_type != oci::MEDIA_DOCKER_MANIFEST
+    {
         return Err(WorkerError::Unsupported {
             location: String::new(),
             what: format!("an image archive of {media_type}"),
@@ -81,8 +92,34 @@ pub async fn write_archive(
             ),
         ));
     }
-    let parsed: ImageManifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| invalid(image, format!("manifest JSON: {e}")))?;
+    // The manifests to archive: the root itself, or an index's children
+    // (each written from memory next to the index).
+    let mut children: Vec<(String, Vec<u8>)> = Vec::new();
+    if is_index {
+        let index: ImageIndex = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| invalid(image, format!("index JSON: {e}")))?;
+        for m in index.manifests() {
+            let digest: &str = m.digest().as_ref();
+            let bytes = svc.content.read(digest).await?;
+            if bytes.len() as u64 != m.size() {
+                return Err(invalid(
+                    image,
+                    format!("manifest {digest} is not {} bytes", m.size()),
+                ));
+            }
+            children.push((digest.to_string(), bytes));
+        }
+    } else {
+        children.push((image.to_string(), manifest_bytes.clone()));
+    }
+    let mut parsed_all: Vec<ImageManifest> = Vec::with_capacity(children.len());
+    for (digest, bytes) in &children {
+        parsed_all.push(
+            serde_json::from_slice(bytes)
+                .map_err(|e| invalid(image, format!("manifest {digest} JSON: {e}")))?,
+        );
+    }
+    let parsed = &parsed_all[0];
 
     // Blob paths are built from digests: only accept well-formed sha256
     // digests, which also keeps the paths inside `blobs/sha256/`.
@@ -97,7 +134,12 @@ pub async fn write_archive(
     // with the right size before anything is written.
     let mut streamed: Vec<(&Descriptor, u64)> = Vec::new();
     let mut seen = HashSet::from([image]);
-    for d in std::iter::once(parsed.config()).chain(parsed.layers().iter()) {
+    let mut blobs: Vec<&Descriptor> = Vec::new();
+    for p in &parsed_all {
+        blobs.push(p.config());
+        blobs.extend(p.layers().iter());
+    }
+    for d in blobs {
         let digest: &str = d.digest().as_ref();
         if !seen.insert(digest) {
             continue;
@@ -136,6 +178,14 @@ pub async fn write_archive(
     tar.file(&format!("blobs/sha256/{manifest_hex}"), &manifest_bytes)
         .await
         .map_err(output_error)?;
+    if is_index {
+        for (digest, bytes) in &children {
+            let hex = blob_hex(image, digest)?;
+            tar.file(&format!("blobs/sha256/{hex}"), bytes)
+                .await
+                .map_err(output_error)?;
+        }
+    }
     for (d, size) in streamed {
         let digest: &str = d.digest().as_ref();
         let hex = blob_hex(image, digest)?;

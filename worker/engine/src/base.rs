@@ -33,8 +33,13 @@ fn invalid(name: &str, reason: impl Into<String>) -> WorkerError {
 /// containerd's label of a layer blob's diffID, set when it is unpacked.
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
 
-/// Looks `name` (normalized) up and reads its manifest and config.
-pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
+/// Looks `name` (normalized) up and reads its manifest and config; from
+/// an index, the manifest for `platform` (`None`: the worker's).
+pub async fn load(
+    svc: &Services,
+    name: &str,
+    platform: Option<&kiln_solver::Platform>,
+) -> Result<BaseImage> {
     let record = match svc.images.get(name).await {
         Ok(r) => r,
         Err(e) if e.is_not_found() => {
@@ -57,14 +62,12 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
         let bytes = svc.content.read(desc.digest().as_ref()).await?;
         let index: ImageIndex = serde_json::from_slice(&bytes)
             .map_err(|e| invalid(name, format!("index {}: {e}", desc.digest())))?;
-        let chosen = choose_platform(&index).map_err(|present| {
-            let want = oci::host_platform();
+        let want = platform.cloned().unwrap_or_else(oci::worker_platform);
+        let chosen = choose_platform(&index, &want).map_err(|present| {
             invalid(
                 name,
                 format!(
-                    "no manifest for {}/{} (the index has: {})",
-                    want.os(),
-                    want.architecture(),
+                    "no manifest for {want} (the index has: {})",
                     if present.is_empty() {
                         "none".to_string()
                     } else {
@@ -114,19 +117,33 @@ pub async fn load(svc: &Services, name: &str) -> Result<BaseImage> {
     })
 }
 
-/// The host platform's manifest in `index` (or its only manifest when it
-/// names no platform); else the platforms it has, as `os/arch[/variant]`.
-/// The one platform rule of base images, for local images and pulls.
-pub fn choose_platform(index: &ImageIndex) -> std::result::Result<&Descriptor, Vec<String>> {
-    let want = oci::host_platform();
-    index
+/// The manifest for `want` in `index` (or its only manifest when it names
+/// no platform); else the platforms it has, as `os/arch[/variant]`. The
+/// one platform rule of base images, for local images and pulls: the
+/// same normalized platform first, else the same OS and architecture with
+/// a variant the wanted one runs (`arm/v6` for `arm/v7`, none for any).
+pub fn choose_platform<'a>(
+    index: &'a ImageIndex,
+    want: &kiln_solver::Platform,
+) -> std::result::Result<&'a Descriptor, Vec<String>> {
+    let of = |m: &Descriptor| m.platform().as_ref().map(oci::from_oci);
+    let exact = index
         .manifests()
         .iter()
-        .find(|m| {
-            m.platform()
-                .as_ref()
-                .is_some_and(|p| p.os() == want.os() && p.architecture() == want.architecture())
+        .find(|m| of(m).as_ref() == Some(want));
+    let compatible = || {
+        index.manifests().iter().find(|m| {
+            of(m).is_some_and(|p| {
+                p.os == want.os
+                    && p.architecture == want.architecture
+                    && (p.variant.is_empty()
+                        || want.variant.is_empty()
+                        || p.variant <= want.variant)
+            })
         })
+    };
+    exact
+        .or_else(compatible)
         .or_else(|| {
             if index.manifests().len() == 1 && index.manifests()[0].platform().is_none() {
                 index.manifests().first()
@@ -138,11 +155,8 @@ pub fn choose_platform(index: &ImageIndex) -> std::result::Result<&Descriptor, V
             index
                 .manifests()
                 .iter()
-                .filter_map(|m| m.platform().as_ref())
-                .map(|p| match p.variant() {
-                    Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
-                    None => format!("{}/{}", p.os(), p.architecture()),
-                })
+                .filter_map(of)
+                .map(|p| p.to_string())
                 .collect()
         })
 }
@@ -299,5 +313,6 @@ pub fn frontend_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
         os_features: cfg.image.os_features().clone().unwrap_or_default(),
         source_date_epoch: None,
         base_diff_ids: cfg.image.rootfs().diff_ids().clone(),
+        platform: None,
     }
 }

@@ -76,6 +76,16 @@ pub struct BuildRequest {
     pub rewrite_timestamp: bool,
 }
 
+/// One platform of a multi-platform build ([`Engine::build_index`]).
+#[derive(Clone, Debug)]
+pub struct PlatformTarget {
+    pub platform: kiln_solver::Platform,
+    /// The platform's result vertex in the build's graph.
+    pub result: VertexId,
+    /// Its image config, as the frontend computed it.
+    pub config: ImageConfig,
+}
+
 /// The credentials of a build that has none.
 pub fn anonymous() -> Arc<dyn kiln_registry::Credentials> {
     Arc::new(kiln_registry::Anonymous)
@@ -248,7 +258,7 @@ impl Engine {
     /// default resolve rule without credentials.
     pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
         self.base_images(ResolveMode::Default, anonymous())
-            .image_config(name)
+            .image_config(name, None)
             .await
     }
 
@@ -323,6 +333,118 @@ impl Engine {
         })
     }
 
+    /// A multi-platform build into an image index ([`Engine::solve_index`],
+    /// then the index export, the push and the release), as
+    /// [`Engine::build`] is for one platform.
+    pub async fn build_index(
+        &self,
+        req: BuildRequest,
+        targets: Vec<PlatformTarget>,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<BuildResult> {
+        let solved = self
+            .solve_index(&req, targets, progress.clone(), cancel)
+            .await?;
+        progress
+            .send(ProgressEvent::Info {
+                message: "exporting to image".into(),
+            })
+            .await;
+        let mut r = solved
+            .export_image(&req.config, &req.names, req.compression)
+            .await;
+        if let (Ok(out), Some(opts)) = (&r, &req.push) {
+            let first = req.graph.vertices.len();
+            if let Err(e) = solved
+                .push(
+                    out,
+                    &req.names,
+                    opts,
+                    req.credentials.clone(),
+                    &progress,
+                    first,
+                )
+                .await
+            {
+                r = Err(e);
+            }
+        }
+        solved.release(r.is_err()).await;
+        let out = r?;
+        Ok(BuildResult {
+            manifest_digest: out.manifest.digest().to_string(),
+            config_digest: out.config_digest,
+            names: out.names,
+        })
+    }
+
+    /// Solves a multi-platform build: `req.graph` holds every platform's
+    /// vertices (the frontend's merged graph) and `targets` says which
+    /// vertex is each platform's result and what its config is
+    /// (`req.result` and `req.config` are not used). Each platform is
+    /// solved under a lease of its own, all at once (equal steps of two
+    /// platforms run once); the result's image exports are an index of
+    /// one manifest per platform ([`Solved::export_image`]), each chain
+    /// unpacked, since the steps committed it.
+    pub async fn solve_index(
+        &self,
+        req: &BuildRequest,
+        targets: Vec<PlatformTarget>,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<Solved> {
+        use crate::remotecache::ExportTarget;
+        if targets.is_empty() {
+            return Err(WorkerError::BadInput {
+                location: String::new(),
+                reason: "a multi-platform build with no platform".into(),
+            });
+        }
+        if req
+            .cache_exports
+            .iter()
+            .any(|e| e.target != ExportTarget::Inline)
+        {
+            return Err(WorkerError::Unsupported {
+                location: String::new(),
+                what: "a cache export (--cache-to) of a multi-platform build".into(),
+            });
+        }
+        let solves = targets.iter().map(|t| {
+            let mut r = req.clone();
+            r.result = t.result;
+            r.config = t.config.clone();
+            r.names = Vec::new();
+            let (progress, cancel) = (progress.clone(), cancel.clone());
+            async move { self.solve(&r, progress, cancel).await }
+        });
+        let outcomes = futures_util::future::join_all(solves).await;
+        let mut solved = Vec::with_capacity(outcomes.len());
+        let mut failed = None;
+        for o in outcomes {
+            match o {
+                Ok(s) => solved.push(s),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for s in solved {
+                s.release(true).await;
+            }
+            return Err(e);
+        }
+        let mut first = solved.remove(0);
+        first.others = solved;
+        first.platforms = targets
+            .into_iter()
+            .map(|t| (t.platform, t.config))
+            .collect();
+        Ok(first)
+    }
+
     /// Solves the graph and keeps the result under the build's lease until
     /// [`Solved::release`], so exporters can read it. On failure the lease
     /// is already gone.
@@ -351,6 +473,8 @@ impl Engine {
                     cache_exports: req.cache_exports.clone(),
                     compression: req.compression,
                     registry: self.registry_client(req.credentials.clone()),
+                    platforms: Vec::new(),
+                    others: Vec::new(),
                 }),
                 Err(e) => {
                     if let Err(d) = self.svc.leases.delete(&lease, true).await {
@@ -479,9 +603,14 @@ impl BaseImages {
         self
     }
 
-    /// The frontend's view of base image `name` (normalized); the image
-    /// it came from is pinned for the build.
-    pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
+    /// The frontend's view of base image `name` (normalized) for
+    /// `platform` (`None`: the worker's); the image it came from is pinned
+    /// for the build.
+    pub async fn image_config(
+        &self,
+        name: &str,
+        platform: Option<&kiln_solver::Platform>,
+    ) -> Result<ImageConfig> {
         let n = self
             .next_vertex
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -490,8 +619,10 @@ impl BaseImages {
             vertex: Some(METADATA_VERTICES - n),
         };
         let (cfg, digest) =
-            crate::pull::base_config(&self.svc, &self.client, name, self.mode, &report).await?;
-        self.pinned.insert(name, &digest);
+            crate::pull::base_config(&self.svc, &self.client, name, platform, self.mode, &report)
+                .await?;
+        self.pinned
+            .insert(&crate::resolve::Pinned::key(name, platform), &digest);
         Ok(crate::base::frontend_config(&cfg))
     }
 
@@ -542,6 +673,11 @@ pub struct Solved {
     compression: Compression,
     /// The build's registry client (its credentials), for cache exports.
     registry: kiln_registry::Client,
+    /// A multi-platform solve ([`Engine::solve_index`]): every platform
+    /// with its image config, this one's first, and the other platforms'
+    /// solves (each under its own lease). Its image exports are an index.
+    platforms: Vec<(kiln_solver::Platform, ImageConfig)>,
+    others: Vec<Solved>,
 }
 
 impl std::fmt::Debug for Solved {
@@ -588,6 +724,19 @@ impl ResultView {
 }
 
 impl Solved {
+    /// A multi-platform solve's parts: each platform, its image config and
+    /// its result's layers, in order; empty for one platform.
+    pub fn platform_results(
+        &self,
+    ) -> Vec<(&kiln_solver::Platform, &ImageConfig, &[crate::refs::Layer])> {
+        let parts = std::iter::once(self).chain(&self.others);
+        self.platforms
+            .iter()
+            .zip(parts)
+            .map(|((p, c), s)| (p, c, s.layers.as_slice()))
+            .collect()
+    }
+
     /// The lease holding the result.
     pub fn lease(&self) -> &LeaseId {
         &self.lease
@@ -605,6 +754,10 @@ impl Solved {
     /// points `names` at it; with no names the image exists only as content
     /// until [`Solved::release`]. The layers' blobs are made here, in
     /// `compression`, where they do not exist yet ([`crate::blobs`]).
+    ///
+    /// A multi-platform solve exports one manifest per platform, each with
+    /// its own config (`config` is not used), and an index of them that
+    /// `names` point at.
     pub async fn export_image(
         &self,
         config: &ImageConfig,
@@ -620,6 +773,30 @@ impl Solved {
     /// ([`crate::epoch`]); an image whose layers changed is not backed by
     /// the build's snapshots (containerd unpacks it when it is run).
     pub async fn export_image_with(
+        &self,
+        config: &ImageConfig,
+        names: &[String],
+        compression: Compression,
+        rewrite_timestamp: Option<i64>,
+    ) -> Result<Exported> {
+        if !self.platforms.is_empty() {
+            let mut manifests = Vec::with_capacity(self.platforms.len());
+            let parts = std::iter::once(self).chain(&self.others);
+            for ((platform, cfg), s) in self.platforms.iter().zip(parts) {
+                let out = s
+                    .export_manifest(cfg, &[], compression, rewrite_timestamp)
+                    .await?;
+                manifests.push((platform.clone(), out.manifest));
+            }
+            return crate::export::export_index(&self.engine.svc, &manifests, names, &self.lease)
+                .await;
+        }
+        self.export_manifest(config, names, compression, rewrite_timestamp)
+            .await
+    }
+
+    /// [`Solved::export_image_with`] of this solve's own result.
+    async fn export_manifest(
         &self,
         config: &ImageConfig,
         names: &[String],
@@ -679,6 +856,12 @@ impl Solved {
             .all(|e| e.target == ExportTarget::Inline)
         {
             return Ok(());
+        }
+        if !self.platforms.is_empty() {
+            return Err(WorkerError::Unsupported {
+                location: String::new(),
+                what: "a cache export (--cache-to) of a multi-platform build".into(),
+            });
         }
         // Every exported layer needs its blob, in the build's compression:
         // with only `mode=min` exports, those of the result's chain alone.
@@ -771,6 +954,12 @@ impl Solved {
 
     /// Mounts the result read-only (an empty directory for scratch).
     pub async fn view(&self) -> Result<ResultView> {
+        if !self.platforms.is_empty() {
+            return Err(WorkerError::Unsupported {
+                location: String::new(),
+                what: "a file tree (local or tar export) of a multi-platform build".into(),
+            });
+        }
         let svc = self.engine.svc.clone();
         let top = crate::refs::top_snapshot(&self.layers);
         let dir = self
@@ -810,7 +999,10 @@ impl Solved {
     }
 
     /// Deletes the build's lease; `sync` waits for containerd's GC.
-    pub async fn release(self, sync: bool) {
+    pub async fn release(mut self, sync: bool) {
+        for o in std::mem::take(&mut self.others) {
+            Box::pin(o.release(sync)).await;
+        }
         // The exporters' mount points are gone; their directory may stay.
         let _ = std::fs::remove_dir(self.mount_dir());
         if let Err(e) = self.engine.svc.leases.delete(&self.lease, sync).await {

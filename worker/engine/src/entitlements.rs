@@ -256,6 +256,7 @@ mod tests {
                 network,
                 security,
                 secret_env: Vec::new(),
+                platform: None,
             })
         };
         let vertex = |op, line| Vertex {

@@ -64,6 +64,17 @@ pub enum WorkerError {
         command: String,
         code: u32,
     },
+    /// A step is for a platform this machine cannot run: no CPU or
+    /// binfmt_misc emulator for it (`reason` says which and what to do).
+    #[error(
+        "{location}cannot run a step for platform {platform} on this {host} machine: {reason}"
+    )]
+    NoEmulation {
+        location: String,
+        platform: String,
+        host: String,
+        reason: String,
+    },
     /// A COPY/ADD/WORKDIR file action failed.
     #[error("{location}{message}")]
     FileOp { location: String, message: String },
@@ -141,6 +152,7 @@ impl WorkerError {
             | WorkerError::BadInput { .. }
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,
             WorkerError::StepFailed { .. }
+            | WorkerError::NoEmulation { .. }
             | WorkerError::FileOp { .. }
             | WorkerError::Secret { .. }
             | WorkerError::Source { .. }

@@ -30,9 +30,13 @@ pub struct Exported {
 /// before it, or the time of the entry before it after that; the image's
 /// `created` is the last entry's. Base-image entries keep their times; an
 /// entry made up for a base layer without one takes `SOURCE_DATE_EPOCH`
-/// when it is set.
+/// when it is set. The image is for `cfg.platform`, else the worker's
+/// platform.
 pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageConfigJson {
-    let platform = oci::host_platform();
+    let platform = cfg
+        .platform
+        .as_ref()
+        .map_or_else(oci::host_platform, oci::to_oci);
     let entry = |h: Option<&kiln_solver::HistoryEntry>| {
         let mut e = History::default();
         if let Some(h) = h {
@@ -252,6 +256,62 @@ pub async fn export_image(
     Ok(Exported {
         manifest: desc,
         config_digest: config_digest.to_string(),
+        names: names.to_vec(),
+    })
+}
+
+/// Writes an OCI image index of `manifests` (each with the platform it is
+/// for) under `lease`, with the GC labels that tie it to each manifest,
+/// and points every name at it. The manifests were exported first
+/// ([`export_image`] without names), so each already holds its config,
+/// layers and unpacked snapshots.
+pub async fn export_index(
+    svc: &Services,
+    manifests: &[(kiln_solver::Platform, Descriptor)],
+    names: &[String],
+    lease: &LeaseId,
+) -> Result<Exported> {
+    let mut descs = Vec::with_capacity(manifests.len());
+    let mut labels = HashMap::new();
+    for (i, (p, m)) in manifests.iter().enumerate() {
+        let mut d = m.clone();
+        d.set_platform(Some(oci::to_oci(p)));
+        descs.push(d);
+        labels.insert(
+            format!("containerd.io/gc.ref.content.m.{i}"),
+            m.digest().to_string(),
+        );
+    }
+    let index = oci::ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::from(oci::MEDIA_OCI_INDEX))
+        .manifests(descs)
+        .build()
+        .map_err(|e| result_invalid(e.to_string()))?;
+    let bytes = oci::to_json(&index).map_err(|e| result_invalid(e.to_string()))?;
+    let digest = write_blob(&*svc.content, &bytes, labels, lease).await?;
+    let desc = own_descriptor(
+        oci::MEDIA_OCI_INDEX,
+        &digest.to_string(),
+        bytes.len() as i64,
+    )?;
+    for name in names {
+        svc.images
+            .put(
+                &ImageRecord {
+                    name: name.clone(),
+                    media_type: desc.media_type().to_string(),
+                    digest: desc.digest().to_string(),
+                    size: oci::size_of(&desc),
+                    labels: HashMap::new(),
+                },
+                Some(lease),
+            )
+            .await?;
+    }
+    Ok(Exported {
+        manifest: desc,
+        config_digest: String::new(),
         names: names.to_vec(),
     })
 }

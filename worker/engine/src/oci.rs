@@ -10,8 +10,8 @@ pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifes
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 pub use oci_spec::image::{
-    Arch, Config, Descriptor, Digest, History, ImageConfiguration, ImageIndex, ImageManifest,
-    ImageManifestBuilder, MediaType, Os, Platform, RootFs,
+    Arch, Config, Descriptor, Digest, History, ImageConfiguration, ImageIndex, ImageIndexBuilder,
+    ImageManifest, ImageManifestBuilder, MediaType, Os, Platform, RootFs,
 };
 
 /// An image config: OCI's [`ImageConfiguration`] plus the Docker-only
@@ -154,6 +154,45 @@ pub fn host_platform() -> Platform {
     )
 }
 
+/// [`host_platform`] as the graph names platforms: what an op without a
+/// platform runs as.
+pub fn worker_platform() -> kiln_solver::Platform {
+    from_oci(&host_platform())
+}
+
+/// The platforms this worker runs steps of, its own first: the host's,
+/// and every Linux architecture a binfmt_misc emulator runs here
+/// ([`kiln_shim::emulation`]). What kilnd's ListWorkers advertises.
+pub fn runnable_platforms() -> Vec<kiln_solver::Platform> {
+    let host = worker_platform();
+    let mut out = vec![host.clone()];
+    for arch in kiln_shim::emulation::runnable(&host.architecture) {
+        let p = kiln_solver::Platform::new("linux", arch, "");
+        if p.short() != host.short() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// An OCI platform as the graph names it (normalized).
+pub fn from_oci(p: &Platform) -> kiln_solver::Platform {
+    kiln_solver::Platform::new(
+        &p.os().to_string(),
+        &p.architecture().to_string(),
+        p.variant().as_deref().unwrap_or_default(),
+    )
+}
+
+/// A graph platform as an OCI one.
+pub fn to_oci(p: &kiln_solver::Platform) -> Platform {
+    let mut o = Platform::default();
+    o.set_architecture(Arch::from(p.architecture.as_str()));
+    o.set_os(Os::from(p.os.as_str()));
+    o.set_variant((!p.variant.is_empty()).then(|| p.variant.clone()));
+    o
+}
+
 /// Maps Rust's `std::env::consts::{OS, ARCH}` (and the byte order, which
 /// Rust's ARCH leaves out for ppc64 and mips) to OCI's os, architecture and
 /// variant.
@@ -254,6 +293,7 @@ mod tests {
             // Exporter inputs: neither is written into the config.
             source_date_epoch: Some(1),
             base_diff_ids: vec![KilnDigest::of(b"base").to_string()],
+            platform: None,
         };
         let config = crate::export::image_config(&[layer], &cfg);
         let bytes = to_json(&config).expect("json");
@@ -428,6 +468,39 @@ mod tests {
         assert_eq!(out, list);
         assert!(descriptor(MEDIA_OCI_CONFIG, "sha256:zz", 1).is_none());
         assert!(descriptor(MEDIA_OCI_CONFIG, &KilnDigest::of(b"x").to_string(), -1).is_none());
+    }
+
+    #[test]
+    fn the_config_is_for_the_frontends_platform() {
+        let for_arm = |variant: &str, base_variant: &str| {
+            let cfg = kiln_solver::ImageConfig {
+                platform: Some(kiln_solver::Platform::new("linux", "arm", variant)),
+                variant: base_variant.into(),
+                ..Default::default()
+            };
+            let v: Value = serde_json::from_slice(
+                &to_json(&crate::export::image_config(&[], &cfg)).expect("json"),
+            )
+            .expect("parse");
+            (
+                v["architecture"].clone(),
+                v["os"].clone(),
+                v["variant"].clone(),
+            )
+        };
+        assert_eq!(
+            for_arm("v6", "v7"),
+            (json!("arm"), json!("linux"), json!("v6"))
+        );
+        let host = crate::export::image_config(&[], &kiln_solver::ImageConfig::default());
+        assert_eq!(
+            host.image.architecture().to_string(),
+            host_platform().architecture().to_string()
+        );
+        // The graph's platform and OCI's convert both ways.
+        let p = kiln_solver::Platform::new("linux", "arm64", "");
+        assert_eq!(from_oci(&to_oci(&p)), p);
+        assert!(runnable_platforms()[0] == worker_platform());
     }
 
     #[test]

@@ -173,15 +173,19 @@ struct Puller {
     image: String,
     lease: LeaseId,
     report: Reporter,
+    /// The platform picked from an index.
+    platform: kiln_solver::Platform,
 }
 
 /// Pulls `reference` (normalized) into the store under `lease` and points
-/// the image record `name` at it. Returns the record.
+/// the image record `name` at it; from an index, the manifest for
+/// `platform` (`None`: the worker's) and its blobs. Returns the record.
 pub async fn pull(
     svc: &Services,
     client: &Client,
     reference: &Reference,
     name: &str,
+    platform: Option<&kiln_solver::Platform>,
     lease: &LeaseId,
     report: Reporter,
 ) -> Result<ImageRecord> {
@@ -192,6 +196,7 @@ pub async fn pull(
         image: name.to_string(),
         lease: lease.clone(),
         report,
+        platform: platform.cloned().unwrap_or_else(oci::worker_platform),
     });
     p.run().await
 }
@@ -218,8 +223,8 @@ impl Puller {
         let (manifest_digest, manifest_bytes, index) = if is_index(&resolved.media_type) {
             let index: ImageIndex = serde_json::from_slice(&resolved.bytes)
                 .map_err(|e| pull_error(&self.image, format!("index {top}: {e}")))?;
-            let chosen = choose_platform(&index)
-                .map_err(|present| platform_missing(&self.image, &present))?
+            let chosen = choose_platform(&index, &self.platform)
+                .map_err(|present| platform_missing(&self.image, &self.platform, &present))?
                 .clone();
             let d = chosen.digest().to_string();
             let bytes = self.manifest(&d).await?;
@@ -485,31 +490,44 @@ fn parse_reference(name: &str) -> Result<Reference> {
     Reference::parse(name).map_err(|e| pull_error(name, e.to_string()))
 }
 
-/// The image store's record of `name`, if there is one.
-async fn local(svc: &Services, name: &str) -> Result<Option<BaseImage>> {
-    match crate::base::load(svc, name).await {
+/// The image store's record of `name` with the manifest for `platform`,
+/// if there is one. A record of an index whose manifest for `platform`
+/// was never pulled (another platform's was) counts as missing.
+async fn local(
+    svc: &Services,
+    name: &str,
+    platform: Option<&kiln_solver::Platform>,
+) -> Result<Option<BaseImage>> {
+    match crate::base::load(svc, name, platform).await {
         Ok(b) => Ok(Some(b)),
         Err(WorkerError::ImageNotFound { .. }) => Ok(None),
+        Err(e) if platform.is_some() && e.kind() == kiln_types::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// Base image `name` (normalized) by the resolve rule
-/// ([`crate::resolve`]): from the store, or pulled under `lease` first.
+/// Base image `name` (normalized) for `platform` (`None`: the worker's)
+/// by the resolve rule ([`crate::resolve`]): from the store, or pulled
+/// under `lease` first.
 /// With `pin` (what the frontend resolved `name` to in this build) that
 /// exact index or manifest is used: the store's if the record points at
 /// it, else pulled by digest, with no second look at the tag.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site (the source op); a struct would only rename the same fields"
+)]
 pub async fn base_image(
     svc: &Services,
     client: &Client,
     name: &str,
+    platform: Option<&kiln_solver::Platform>,
     mode: ResolveMode,
     pin: Option<&str>,
     lease: &LeaseId,
     report: Reporter,
 ) -> Result<BaseImage> {
     let r = parse_reference(name)?;
-    let found = local(svc, name).await?;
+    let found = local(svc, name, platform).await?;
     if let Some(digest) = pin {
         if let Some(b) = found.filter(|b| b.target == digest) {
             return Ok(b);
@@ -518,19 +536,20 @@ pub async fn base_image(
             digest: Some(digest.to_string()),
             ..r
         };
-        pull(svc, client, &pinned, name, lease, report).await?;
-        return crate::base::load(svc, name).await;
+        pull(svc, client, &pinned, name, platform, lease, report).await?;
+        return crate::base::load(svc, name, platform).await;
     }
     match (mode.decide(r.digest.is_some(), found.is_some()), found) {
         (Decision::UseLocal, Some(b)) => Ok(b),
         (Decision::UseLocal | Decision::PullMissing | Decision::AskRegistry, _) => {
-            pull(svc, client, &r, name, lease, report).await?;
-            crate::base::load(svc, name).await
+            pull(svc, client, &r, name, platform, lease, report).await?;
+            crate::base::load(svc, name, platform).await
         }
     }
 }
 
-/// The config of base image `name` (normalized) by the resolve rule,
+/// The config of base image `name` (normalized) for `platform` (`None`:
+/// the worker's) by the resolve rule,
 /// for the frontend: from the store, or read from the registry (manifest
 /// and config only, stored nowhere; the source op pulls the image). Also
 /// returns the index or manifest digest it came from, to pin.
@@ -540,15 +559,19 @@ pub async fn base_config(
     svc: &Services,
     client: &Client,
     name: &str,
+    platform: Option<&kiln_solver::Platform>,
     mode: ResolveMode,
     report: &Reporter,
 ) -> Result<(ImageConfigJson, String)> {
     let r = parse_reference(name)?;
-    let found = local(svc, name).await?;
+    let found = local(svc, name, platform).await?;
     match (mode.decide(r.digest.is_some(), found.is_some()), found) {
         (Decision::UseLocal, Some(b)) => Ok((b.config, b.target)),
         (Decision::UseLocal | Decision::PullMissing | Decision::AskRegistry, found) => {
-            let step = format!("[internal] load metadata for {name}");
+            let step = match platform {
+                Some(p) => format!("[internal] load metadata for {name} ({p})"),
+                None => format!("[internal] load metadata for {name}"),
+            };
             let started = SystemTime::now();
             if let Some(vertex) = report.vertex {
                 report
@@ -560,7 +583,8 @@ pub async fn base_config(
                     })
                     .await;
             }
-            let r = remote_config(client, &r, found).await;
+            let want = platform.cloned().unwrap_or_else(oci::worker_platform);
+            let r = remote_config(client, &r, &want, found).await;
             if let Some(vertex) = report.vertex {
                 report
                     .progress
@@ -578,12 +602,13 @@ pub async fn base_config(
     }
 }
 
-/// Resolves `r` at the registry and reads its host platform config (and
+/// Resolves `r` at the registry and reads its config for `platform` (and
 /// the digest it resolved to); an unchanged image (`found` has the same
 /// digest) is read from the store.
 async fn remote_config(
     client: &Client,
     r: &Reference,
+    platform: &kiln_solver::Platform,
     found: Option<BaseImage>,
 ) -> Result<(ImageConfigJson, String)> {
     let image = r.to_string();
@@ -597,8 +622,8 @@ async fn remote_config(
     let manifest_bytes = if is_index(&resolved.media_type) {
         let index: ImageIndex = serde_json::from_slice(&resolved.bytes)
             .map_err(|e| pull_error(&image, format!("index {}: {e}", resolved.digest)))?;
-        let chosen = choose_platform(&index)
-            .map_err(|present| platform_missing(&image, &present))?
+        let chosen = choose_platform(&index, platform)
+            .map_err(|present| platform_missing(&image, platform, &present))?
             .digest()
             .to_string();
         client
@@ -663,8 +688,7 @@ fn digest_mismatch(r: &Reference, want: &str, got: &str) -> WorkerError {
     )
 }
 
-fn platform_missing(image: &str, present: &[String]) -> WorkerError {
-    let want = oci::host_platform();
+fn platform_missing(image: &str, want: &kiln_solver::Platform, present: &[String]) -> WorkerError {
     let listed = if present.is_empty() {
         "none".to_string()
     } else {
@@ -672,11 +696,7 @@ fn platform_missing(image: &str, present: &[String]) -> WorkerError {
     };
     pull_error(
         image,
-        format!(
-            "no manifest for platform {}/{} (the index has: {listed})",
-            want.os(),
-            want.architecture()
-        ),
+        format!("no manifest for platform {want} (the index has: {listed})"),
     )
 }
 

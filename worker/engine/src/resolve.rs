@@ -92,6 +92,15 @@ impl fmt::Display for ResolveMode {
 pub struct Pinned(Arc<Mutex<BTreeMap<String, String>>>);
 
 impl Pinned {
+    /// The key of base image `name` for `platform` (`None`: the
+    /// worker's): the name, or the name and the platform.
+    pub fn key(name: &str, platform: Option<&kiln_solver::Platform>) -> String {
+        match platform {
+            None => name.to_string(),
+            Some(p) => format!("{name} {p}"),
+        }
+    }
+
     /// The digest `name` was pinned to, if any.
     pub fn get(&self, name: &str) -> Option<String> {
         self.0

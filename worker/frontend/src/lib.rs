@@ -155,6 +155,12 @@ pub struct FrontendOptions {
     /// The `BUILDKIT_DOCKERFILE_CHECK` build argument, parsed: when set,
     /// the build checks' configuration instead of the `# check=` directive.
     pub check: Option<CheckConfig>,
+    /// `platform`: the platforms to build for, in order; empty is the
+    /// worker's own. More than one makes an image index.
+    pub platforms: Vec<kiln_solver::Platform>,
+    /// `multi-platform` / `BUILDKIT_MULTI_PLATFORM`: an image index even
+    /// for one platform.
+    pub multi_platform: bool,
 }
 
 impl Default for FrontendOptions {
@@ -175,6 +181,8 @@ impl Default for FrontendOptions {
             shm_size: 0,
             named_contexts: BTreeMap::new(),
             check: None,
+            platforms: Vec::new(),
+            multi_platform: false,
         }
     }
 }
@@ -224,7 +232,7 @@ impl FrontendOptions {
                             .filter(|s| !s.is_empty())
                             .collect();
                     }
-                    "platform" => check_platform(value)?,
+                    "platform" => opts.platforms = parse_platforms(key, value)?,
                     "hostname" => opts.hostname = value.to_string(),
                     "add-hosts" => {
                         opts.extra_hosts = csv_fields(value)
@@ -242,7 +250,7 @@ impl FrontendOptions {
                             invalid(key, value, "expected a size in bytes".to_string())
                         })?;
                     }
-                    "multi-platform" => check_multi_platform(key, value)?,
+                    "multi-platform" => opts.multi_platform = multi_platform(key, value)?,
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
                     // buildctl repeats the Solve request's cache imports
                     // here (JSON); kilnd reads and checks them with the
@@ -388,23 +396,35 @@ fn resolve_mode(value: &str) -> Result<ResolveMode> {
     })
 }
 
-/// kiln builds for the host only: `platform` may name it (or be empty).
-fn check_platform(value: &str) -> Result<()> {
-    let host = kiln_engine::oci::host_platform();
-    let short = format!("{}/{}", host.os(), host.architecture());
-    let full = match host.variant() {
-        Some(v) => format!("{short}/{v}"),
-        None => short.clone(),
-    };
-    // buildx sends a list for multi-platform builds.
-    for p in value.split(',').map(str::trim) {
-        if !(p.is_empty() || p == short || p == full) {
-            return Err(FrontendError::Unsupported {
-                what: format!(
-                    "building for platform {p:?} (kiln builds for the host platform, {full}, only)"
-                ),
-            });
+/// `platform`: a comma-separated list (buildx sends one for a
+/// multi-platform build), each parsed and normalized as containerd does.
+fn parse_platforms(key: &str, value: &str) -> Result<Vec<kiln_solver::Platform>> {
+    kiln_solver::Platform::parse_list(value, &kiln_engine::oci::worker_platform()).map_err(|e| {
+        FrontendError::InvalidAttribute {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason: e.to_string(),
         }
+    })
+}
+
+/// The platform of a named context (`context:NAME::PLATFORM`): kiln
+/// reads named contexts for the worker's platform only.
+fn check_platform(value: &str) -> Result<()> {
+    let host = kiln_engine::oci::worker_platform();
+    let p = kiln_solver::Platform::parse(value, &host).map_err(|e| {
+        FrontendError::InvalidAttribute {
+            key: "context".to_string(),
+            value: value.to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    if p != host {
+        return Err(FrontendError::Unsupported {
+            what: format!(
+                "a named context for platform {p:?} (kiln reads named contexts for {host} only)"
+            ),
+        });
     }
     Ok(())
 }
@@ -419,19 +439,13 @@ fn parse_go_bool(value: &str) -> Option<bool> {
 }
 
 /// `multi-platform` / `BUILDKIT_MULTI_PLATFORM`: an index even for one
-/// platform. Off is what kiln does; on is not implemented.
-fn check_multi_platform(key: &str, value: &str) -> Result<()> {
-    match parse_go_bool(value) {
-        Some(false) => Ok(()),
-        Some(true) => Err(FrontendError::Unsupported {
-            what: format!("{key}={value} (an image index for a single-platform build)"),
-        }),
-        None => Err(FrontendError::InvalidAttribute {
-            key: key.to_string(),
-            value: value.to_string(),
-            reason: format!("invalid boolean value for multi-platform: {value}"),
-        }),
-    }
+/// platform.
+fn multi_platform(key: &str, value: &str) -> Result<bool> {
+    parse_go_bool(value).ok_or_else(|| FrontendError::InvalidAttribute {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: format!("invalid boolean value for multi-platform: {value}"),
+    })
 }
 
 /// The `BUILDKIT_*` build arguments BuildKit reads as options. The ones
@@ -444,11 +458,14 @@ fn check_buildkit_args(opts: &mut FrontendOptions) -> Result<()> {
     let unsupported = |what: String| Err(FrontendError::Unsupported { what });
     let mut hostname = None;
     let mut check = None;
+    let mut multi = false;
     for (key, value) in &opts.build_args {
         let on = || parse_go_bool(value).unwrap_or(!value.is_empty());
         match key.as_str() {
             "BUILDKIT_SANDBOX_HOSTNAME" if !value.is_empty() => hostname = Some(value.clone()),
-            "BUILDKIT_MULTI_PLATFORM" => check_multi_platform(key, value)?,
+            "BUILDKIT_MULTI_PLATFORM" => {
+                multi |= multi_platform(key, value)?;
+            }
             "BUILDKIT_CONTEXT_KEEP_GIT_DIR" if on() => {
                 return unsupported(format!("{key}={value} (git build contexts)"))
             }
@@ -484,6 +501,7 @@ fn check_buildkit_args(opts: &mut FrontendOptions) -> Result<()> {
         opts.hostname = h;
     }
     opts.check = check;
+    opts.multi_platform |= multi;
     Ok(())
 }
 
@@ -660,10 +678,12 @@ fn read_beneath(root: &Path, name: &str) -> Result<Option<String>> {
 /// Where base image configs come from: the engine reads them from the
 /// containerd image store or a registry; tests answer from a table.
 pub trait ImageConfigs {
-    /// The frontend-relevant config of the image `reference` (normalized).
+    /// The frontend-relevant config of the image `reference` (normalized)
+    /// for `platform` (`None`: the worker's).
     fn image_config(
         &self,
         reference: &str,
+        platform: Option<&kiln_solver::Platform>,
     ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send;
 }
 
@@ -673,14 +693,41 @@ impl ImageConfigs for kiln_engine::build::BaseImages {
     fn image_config(
         &self,
         reference: &str,
+        platform: Option<&kiln_solver::Platform>,
     ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send {
-        kiln_engine::build::BaseImages::image_config(self, reference)
+        kiln_engine::build::BaseImages::image_config(self, reference, platform)
     }
 }
 
-/// The Dockerfile's build options for the host platform.
+/// The platforms `opts` builds for: its `platform` list, else the
+/// worker's own.
+pub fn target_platforms(opts: &FrontendOptions) -> Vec<kiln_solver::Platform> {
+    if opts.platforms.is_empty() {
+        vec![kiln_engine::oci::worker_platform()]
+    } else {
+        opts.platforms.clone()
+    }
+}
+
+/// Whether the result is an image index: more than one platform, or
+/// `multi-platform` asked for one.
+pub fn is_multi_platform(opts: &FrontendOptions) -> bool {
+    opts.multi_platform || opts.platforms.len() > 1
+}
+
+/// The Dockerfile's build options for the first target platform.
 pub fn build_options(source: &DockerfileSource, opts: &FrontendOptions) -> BuildOptions {
-    let platform = kiln_engine::oci::host_platform();
+    let first = target_platforms(opts).swap_remove(0);
+    build_options_for(source, opts, &first)
+}
+
+/// The Dockerfile's build options for building `target` on this worker.
+pub fn build_options_for(
+    source: &DockerfileSource,
+    opts: &FrontendOptions,
+    target: &kiln_solver::Platform,
+) -> BuildOptions {
+    let platform = kiln_engine::oci::worker_platform();
     BuildOptions {
         filename: source.filename.clone(),
         target: opts.target.clone(),
@@ -690,9 +737,12 @@ pub fn build_options(source: &DockerfileSource, opts: &FrontendOptions) -> Build
         context_name: CONTEXT_NAME.to_string(),
         no_cache: opts.no_cache,
         no_cache_filter: opts.no_cache_filter.clone(),
-        platform_os: platform.os().to_string(),
-        platform_arch: platform.architecture().to_string(),
-        platform_variant: platform.variant().clone().unwrap_or_default(),
+        platform_os: platform.os.clone(),
+        platform_arch: platform.architecture.clone(),
+        platform_variant: platform.variant.clone(),
+        // An explicit `--platform`, even the worker's, sets the image's
+        // platform (BuildKit's explicit target).
+        target_platform: (!opts.platforms.is_empty()).then(|| target.clone()),
         hostname: opts.hostname.clone(),
         extra_hosts: opts.extra_hosts.clone(),
         ulimits: opts.ulimits.clone(),
@@ -702,14 +752,74 @@ pub fn build_options(source: &DockerfileSource, opts: &FrontendOptions) -> Build
 }
 
 /// Parses the Dockerfile, resolves the configs of the base images the
-/// target needs, and emits the graph and the result's image config. The
-/// graph reads the context as `local://`[`CONTEXT_NAME`].
+/// target needs, and emits the graph and the result's image config, for
+/// the first target platform. The graph reads the context as
+/// `local://`[`CONTEXT_NAME`].
 pub async fn plan<I: ImageConfigs>(
     source: &DockerfileSource,
     opts: &FrontendOptions,
     images: &I,
 ) -> Result<kiln_dockerfile::Build> {
-    let build_opts = build_options(source, opts);
+    let first = target_platforms(opts).swap_remove(0);
+    plan_for(source, opts, &first, images).await
+}
+
+/// [`plan`] for every target platform, in order.
+pub async fn plan_all<I: ImageConfigs>(
+    source: &DockerfileSource,
+    opts: &FrontendOptions,
+    images: &I,
+) -> Result<Vec<(kiln_solver::Platform, kiln_dockerfile::Build)>> {
+    let mut out = Vec::new();
+    for p in target_platforms(opts) {
+        let b = plan_for(source, opts, &p, images).await?;
+        out.push((p, b));
+    }
+    Ok(out)
+}
+
+/// One graph for the builds of [`plan_all`]: each platform's vertices
+/// appended in turn (named with the platform first, as BuildKit names the
+/// steps of a multi-platform build: `[linux/arm64 2/3] RUN ...`), and
+/// where each platform's result is. Equal steps of two platforms (a
+/// `FROM --platform=$BUILDPLATFORM` stage) stay two vertices with one
+/// cache key, so the engine runs them once.
+pub fn merge_platforms(
+    builds: Vec<(kiln_solver::Platform, kiln_dockerfile::Build)>,
+) -> Result<(kiln_solver::Graph, Vec<kiln_engine::build::PlatformTarget>)> {
+    let mut graph = kiln_solver::Graph::default();
+    let mut targets = Vec::with_capacity(builds.len());
+    for (platform, b) in builds {
+        let offset = graph.vertices.len();
+        for mut v in b.graph.vertices {
+            for e in &mut v.inputs {
+                e.vertex = kiln_solver::VertexId(e.vertex.0 + offset);
+            }
+            v.name = match v.name.strip_prefix('[') {
+                Some(rest) => format!("[{platform} {rest}"),
+                None => format!("[{platform}] {}", v.name),
+            };
+            graph
+                .add(v)
+                .map_err(|e| FrontendError::Dockerfile(ParseError::Graph(e)))?;
+        }
+        targets.push(kiln_engine::build::PlatformTarget {
+            platform,
+            result: kiln_solver::VertexId(b.result.0 + offset),
+            config: b.config,
+        });
+    }
+    Ok((graph, targets))
+}
+
+/// [`plan`] for the target platform `target`.
+pub async fn plan_for<I: ImageConfigs>(
+    source: &DockerfileSource,
+    opts: &FrontendOptions,
+    target: &kiln_solver::Platform,
+    images: &I,
+) -> Result<kiln_dockerfile::Build> {
+    let build_opts = build_options_for(source, opts, target);
     let df =
         kiln_dockerfile::parse_with_check(&source.text, &source.filename, opts.check.as_ref())?;
     let mut bases = BTreeMap::new();
@@ -717,10 +827,10 @@ pub async fn plan<I: ImageConfigs>(
     // another image: resolve until no new base appears (each round adds at
     // least one ref of the Dockerfile's finite set, or ends).
     loop {
-        let new: Vec<String> = df
-            .base_images_with(&build_opts, &bases)?
+        let new: Vec<kiln_dockerfile::BaseRef> = df
+            .base_image_refs_with(&build_opts, &bases)?
             .into_iter()
-            .filter(|r| !bases.contains_key(r))
+            .filter(|b| !bases.contains_key(&b.key()))
             .collect();
         if new.is_empty() {
             break;
@@ -730,18 +840,19 @@ pub async fn plan<I: ImageConfigs>(
     Ok(kiln_dockerfile::to_graph(&df, &build_opts, &bases)?)
 }
 
-/// Resolves the configs of `refs` into `bases`.
+/// Resolves the configs of `refs` into `bases`, under their keys.
 async fn resolve_bases<I: ImageConfigs>(
     df: &kiln_dockerfile::Dockerfile,
     images: &I,
-    refs: Vec<String>,
+    refs: Vec<kiln_dockerfile::BaseRef>,
     bases: &mut BTreeMap<String, ImageConfig>,
 ) -> Result<()> {
-    for image in refs {
-        let cfg = match images.image_config(&image).await {
+    for base in refs {
+        let image = &base.reference;
+        let cfg = match images.image_config(image, base.platform.as_ref()).await {
             Ok(cfg) => cfg,
             Err(source) => {
-                return Err(match df.base_image_hint(&image) {
+                return Err(match df.base_image_hint(image) {
                     Some(hint) => FrontendError::ImageWithHint {
                         source: Box::new(source),
                         hint,
@@ -750,7 +861,7 @@ async fn resolve_bases<I: ImageConfigs>(
                 })
             }
         };
-        bases.insert(image, cfg);
+        bases.insert(base.key(), cfg);
     }
     Ok(())
 }

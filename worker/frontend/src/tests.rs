@@ -139,27 +139,77 @@ fn resolve_modes_are_buildkits_and_others_are_refused_by_name() {
 }
 
 #[test]
-fn platform_must_be_the_host() {
-    let host = kiln_engine::oci::host_platform();
-    let same = format!("{}/{}", host.os(), host.architecture());
-    FrontendOptions::from_attrs(&attrs(&[("platform", same.as_str())])).expect("host platform");
-    let other = if host.architecture().to_string() == "s390x" {
+fn platforms_are_a_normalized_list() {
+    let o = FrontendOptions::from_attrs(&attrs(&[(
+        "platform",
+        "linux/amd64, linux/aarch64,linux/arm64/v8",
+    )]))
+    .expect("platforms");
+    let names: Vec<String> = o.platforms.iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["linux/amd64", "linux/arm64"]);
+    assert!(is_multi_platform(&o));
+    let one = FrontendOptions::from_attrs(&attrs(&[("platform", "linux/arm64")])).expect("one");
+    assert!(!is_multi_platform(&one));
+    assert_eq!(target_platforms(&one)[0].to_string(), "linux/arm64");
+    let none = FrontendOptions::from_attrs(&attrs(&[])).expect("none");
+    assert_eq!(
+        target_platforms(&none),
+        [kiln_engine::oci::worker_platform()]
+    );
+    let e =
+        FrontendOptions::from_attrs(&attrs(&[("platform", "linux/")])).expect_err("not a platform");
+    assert_eq!(
+        e.to_string(),
+        "invalid frontend option platform=\"linux/\": invalid platform \"linux/\": expected os/arch[/variant]"
+    );
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    for (key, value) in [
+        ("build-arg:BUILDKIT_MULTI_PLATFORM", "1"),
+        ("multi-platform", "true"),
+    ] {
+        let o = FrontendOptions::from_attrs(&attrs(&[(key, value)])).expect(key);
+        assert!(is_multi_platform(&o), "{key}");
+    }
+}
+
+#[tokio::test]
+async fn each_platform_is_planned_with_its_own_bases() {
+    let images = FakeImages {
+        configs: BTreeMap::from([(
+            "docker.io/library/busybox:latest".to_string(),
+            ImageConfig::default(),
+        )]),
+        ..Default::default()
+    };
+    let host = kiln_engine::oci::worker_platform();
+    let other = if host.architecture == "arm64" {
         "linux/amd64"
     } else {
-        "linux/s390x"
+        "linux/arm64"
     };
-    let e = FrontendOptions::from_attrs(&attrs(&[("platform", other)]))
-        .expect_err("other platforms are not built");
-    assert!(
-        e.to_string().starts_with(&format!(
-            "building for platform {other:?} (kiln builds for the host platform, "
-        )) && e.to_string().ends_with("only) is not supported yet"),
-        "{e}"
+    let list = format!("{host},{other}");
+    let opts =
+        FrontendOptions::from_attrs(&attrs(&[("platform", list.as_str())])).expect("options");
+    let built = plan_all(&source("FROM busybox\nRUN true\n", &[]), &opts, &images)
+        .await
+        .expect("plans");
+    let platforms: Vec<String> = built.iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(platforms, [host.to_string(), other.to_string()]);
+    // The worker's own platform is left implicit in the graph; the other
+    // is named on the image config.
+    assert_eq!(built[0].1.config.platform, None);
+    assert_eq!(
+        built[1].1.config.platform.as_ref().map(ToString::to_string),
+        Some(other.to_string())
     );
-    assert_eq!(e.kind(), ErrorKind::Unimplemented);
-    let both = format!("{same},{other}");
-    FrontendOptions::from_attrs(&attrs(&[("platform", both.as_str())]))
-        .expect_err("a list with another platform is not built either");
+    let asked = images.asked.lock().expect("not poisoned").clone();
+    assert_eq!(
+        asked,
+        [
+            "docker.io/library/busybox:latest".to_string(),
+            format!("docker.io/library/busybox:latest {other}")
+        ]
+    );
 }
 
 #[test]
@@ -182,16 +232,6 @@ fn buildkit_build_args_work_or_fail_by_name() {
     let o = FrontendOptions::from_attrs(&attrs(&[("hostname", "attr")])).expect("hostname");
     assert_eq!(o.hostname, "attr");
     for (key, value, message) in [
-        (
-            "build-arg:BUILDKIT_MULTI_PLATFORM",
-            "1",
-            "BUILDKIT_MULTI_PLATFORM=1 (an image index for a single-platform build) is not supported yet",
-        ),
-        (
-            "multi-platform",
-            "true",
-            "multi-platform=true (an image index for a single-platform build) is not supported yet",
-        ),
         (
             "build-arg:BUILDKIT_CONTEXT_KEEP_GIT_DIR",
             "1",
@@ -272,9 +312,13 @@ impl ImageConfigs for FakeImages {
     fn image_config(
         &self,
         reference: &str,
+        platform: Option<&kiln_solver::Platform>,
     ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send {
         if let Ok(mut asked) = self.asked.lock() {
-            asked.push(reference.to_string());
+            asked.push(match platform {
+                None => reference.to_string(),
+                Some(p) => format!("{reference} {p}"),
+            });
         }
         let answer =
             self.configs
@@ -582,7 +626,7 @@ fn named_contexts_are_directories_or_images_and_other_kinds_fail_by_value() {
     let here = format!("{}/{}", host.os(), host.architecture());
     FrontendOptions::from_attrs(&attrs(&[(&format!("context:base::{here}"), "local:b")]))
         .expect("the host's platform");
-    let e = FrontendOptions::from_attrs(&attrs(&[("context:base::plan9/mips", "local:b")]))
+    let e = FrontendOptions::from_attrs(&attrs(&[("context:base::linux/mips", "local:b")]))
         .expect_err("another platform");
     assert_eq!(e.kind(), ErrorKind::Unimplemented);
 }

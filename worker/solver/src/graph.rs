@@ -64,6 +64,11 @@ pub struct SourceOp {
     pub identifier: String,
     /// `local.includepattern`, `local.excludepatterns`, ... as in LLB.
     pub attrs: BTreeMap<String, String>,
+    /// The platform an image source picks from an index (LLB's
+    /// `Op.platform`); `None` is the worker's own. Left out of the
+    /// definition when unset, so keys of host builds stay what they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<crate::Platform>,
 }
 
 /// `pb.NetMode`.
@@ -293,6 +298,11 @@ pub struct ExecOp {
     pub security: SecurityMode,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secret_env: Vec<SecretEnv>,
+    /// The platform the process runs as (LLB's `Op.platform`); `None` is
+    /// the worker's own. Part of the cache key when set: a step of another
+    /// platform is never answered by the host's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<crate::Platform>,
 }
 
 /// Where a file action reads from (`pb.FileAction.input` / `secondaryInput`).
@@ -472,6 +482,11 @@ pub struct ImageConfig {
     /// with its base as they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub base_diff_ids: Vec<String>,
+    /// The platform the image is for (its `os`, `architecture` and
+    /// `variant`): `--platform`, else the target stage's when it is not
+    /// the worker's; `None` is the worker's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<crate::Platform>,
 }
 
 /// Docker's `HealthcheckConfig`: durations in nanoseconds, 0 = inherit.
@@ -588,6 +603,7 @@ mod tests {
             op: Op::Source(SourceOp {
                 identifier: id.into(),
                 attrs: BTreeMap::new(),
+                platform: None,
             }),
             inputs: vec![],
             name: id.into(),

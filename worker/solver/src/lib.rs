@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod chmod;
 pub mod graph;
+pub mod platform;
 pub mod scheduler;
 pub mod source;
 
@@ -18,6 +19,7 @@ pub use graph::*;
 /// Digests live in the leaf crate `kiln-types`, shared with snapshot and
 /// shim; re-exported so `kiln_solver::{digest, Digest}` keep working.
 pub use kiln_types::{digest, Digest};
+pub use platform::{Platform, PlatformError};
 
 /// Errors of the solver.
 #[derive(Debug, thiserror::Error)]

@@ -506,6 +506,7 @@ mod tests {
             op: Op::Source(SourceOp {
                 identifier: op.into(),
                 attrs: BTreeMap::new(),
+                platform: None,
             }),
             inputs: inputs
                 .iter()

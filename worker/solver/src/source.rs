@@ -403,6 +403,7 @@ impl GitSource {
         SourceOp {
             identifier: id,
             attrs,
+            platform: None,
         }
     }
 
@@ -499,6 +500,7 @@ impl HttpSource {
         SourceOp {
             identifier: self.url.clone(),
             attrs,
+            platform: None,
         }
     }
 

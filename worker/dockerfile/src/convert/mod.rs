@@ -80,21 +80,46 @@ impl Dockerfile {
     }
 
     /// [`Dockerfile::base_images`] once the configs of `known` base images
-    /// are resolved: their ONBUILD triggers may read other stages
-    /// (`COPY --from=<stage>`), which are needed too, and so may be their
-    /// bases. The caller resolves the new refs and asks again until
-    /// nothing is new.
+    /// (keyed by [`crate::BaseRef::key`]) are resolved: their ONBUILD
+    /// triggers may read other stages (`COPY --from=<stage>`), which are
+    /// needed too, and so may be their bases. The caller resolves the new
+    /// refs and asks again until nothing is new.
     pub fn base_images_with(
         &self,
         opts: &BuildOptions,
         known: &BTreeMap<String, ImageConfig>,
     ) -> Result<Vec<String>> {
+        Ok(self
+            .base_image_refs_with(opts, known)?
+            .iter()
+            .map(crate::BaseRef::key)
+            .collect())
+    }
+
+    /// [`Dockerfile::base_images`] with the platform each is needed for;
+    /// a config goes into the `bases` map of [`to_graph`] under
+    /// [`crate::BaseRef::key`].
+    pub fn base_image_refs(&self, opts: &BuildOptions) -> Result<Vec<crate::BaseRef>> {
+        self.base_image_refs_with(opts, &BTreeMap::new())
+    }
+
+    /// [`Dockerfile::base_image_refs`] once the configs of `known` base
+    /// images are resolved (see [`Dockerfile::base_images_with`]).
+    pub fn base_image_refs_with(
+        &self,
+        opts: &BuildOptions,
+        known: &BTreeMap<String, ImageConfig>,
+    ) -> Result<Vec<crate::BaseRef>> {
         let plan = Plan::new(self, opts, known)?;
-        let mut out: Vec<String> = Vec::new();
+        let mut out: Vec<crate::BaseRef> = Vec::new();
         for (i, s) in plan.stages.iter().enumerate() {
             if let Base::Image(r) = &s.base {
-                if plan.needed[i] && !out.contains(r) {
-                    out.push(r.clone());
+                let b = crate::BaseRef {
+                    reference: r.clone(),
+                    platform: plan.op_platform(i),
+                };
+                if plan.needed[i] && !out.contains(&b) {
+                    out.push(b);
                 }
             }
         }
@@ -168,6 +193,13 @@ pub fn to_graph(
     for (k, v) in &opts.labels {
         st.config.labels.insert(k.clone(), v.clone());
     }
+    // As BuildKit: an explicit target platform is the image's; else the
+    // target stage's (its base image's) platform.
+    st.config.platform = match &opts.target_platform {
+        Some(p) if *p != conv.plan.build_platform => Some(p.clone()),
+        Some(_) => None,
+        None => conv.plan.op_platform(target),
+    };
     // SOURCE_DATE_EPOCH dates this build's history entries (base entries
     // keep theirs), so the exporter's `created` is the epoch too.
     st.config.source_date_epoch = epoch;
@@ -221,6 +253,8 @@ struct StageState {
     args: Vec<(String, Option<String>)>,
     /// `CMD` was set in this stage (then `ENTRYPOINT` keeps it).
     cmd_set: bool,
+    /// The platform of the stage's ops (`None`: the build platform).
+    platform: Option<kiln_solver::Platform>,
 }
 
 struct Converter<'a> {
@@ -233,7 +267,7 @@ struct Converter<'a> {
     graph: Graph,
     plan: Plan,
     context: Option<VertexId>,
-    images: BTreeMap<String, VertexId>,
+    images: BTreeMap<(String, Option<kiln_solver::Platform>), VertexId>,
     /// The sources of named local contexts, by local name and excludes.
     locals: BTreeMap<(String, Vec<String>), VertexId>,
     states: Vec<Option<StageState>>,
@@ -443,6 +477,7 @@ impl Converter<'_> {
             op: Op::Source(SourceOp {
                 identifier: format!("local://{}", self.opts.context_name),
                 attrs,
+                platform: None,
             }),
             inputs: Vec::new(),
             name: "[internal] load build context".into(),
@@ -470,6 +505,7 @@ impl Converter<'_> {
             op: Op::Source(SourceOp {
                 identifier: format!("local://{local}"),
                 attrs,
+                platform: None,
             }),
             inputs: Vec::new(),
             name: format!("[context {local}] load from client"),
@@ -494,21 +530,28 @@ impl Converter<'_> {
     }
 
     /// A `docker-image://` source for `--from=<image>`, one per ref.
-    fn image_source(&mut self, reference: &str, line: usize) -> Result<Edge> {
-        if let Some(v) = self.images.get(reference) {
+    fn image_source(
+        &mut self,
+        reference: &str,
+        platform: Option<kiln_solver::Platform>,
+        line: usize,
+    ) -> Result<Edge> {
+        let key = (reference.to_string(), platform);
+        if let Some(v) = self.images.get(&key) {
             return Ok(Self::edge(*v));
         }
         let v = self.add(Vertex {
             op: Op::Source(SourceOp {
                 identifier: format!("docker-image://{reference}"),
                 attrs: BTreeMap::new(),
+                platform: key.1.clone(),
             }),
             inputs: Vec::new(),
             name: format!("FROM {reference}"),
             location: self.location(line),
             ignore_cache: self.opts.no_cache,
         })?;
-        self.images.insert(reference.to_string(), v);
+        self.images.insert(key, v);
         Ok(Self::edge(v))
     }
 
@@ -519,7 +562,9 @@ impl Converter<'_> {
                 Some(st) => Ok(st.edge),
                 None => Err(self.file_err(line, format!("stage {from:?} was not built"))),
             },
-            Source::Image(r) => self.image_source(&r, line).map(Some),
+            Source::Image(r) => self
+                .image_source(&r, self.plan.op_platform(current), line)
+                .map(Some),
             Source::Local { local, excludes } => self.local_source(&local, &excludes).map(Some),
             Source::Remote { op, name } => self.remote_context(op, &name).map(Some),
             Source::Scratch => Ok(None),
@@ -564,7 +609,7 @@ impl Converter<'_> {
                 .unwrap_or_default(),
             Base::Image(r) => self
                 .bases
-                .get(r)
+                .get(&self.base_key(i, r))
                 .map(|c| c.on_build.clone())
                 .unwrap_or_default(),
             Base::Scratch | Base::Local { .. } | Base::Remote { .. } => Vec::new(),
@@ -599,22 +644,22 @@ impl Converter<'_> {
                     ..parent
                 }
             }
-            Base::Scratch => self.new_state(None, scratch_config()),
+            Base::Scratch => self.new_state(i, None, scratch_config()),
             // A directory has no config: the stage starts as on scratch.
             Base::Remote { op, name } => {
                 let edge = self.remote_context(op, &name)?;
                 let _ = progress.name("");
-                self.new_state(Some(edge), scratch_config())
+                self.new_state(i, Some(edge), scratch_config())
             }
             Base::Local { local, excludes } => {
                 let edge = self.local_source(&local, &excludes)?;
                 // The source counts in the stage's steps but is named
                 // after the context, as in BuildKit.
                 let _ = progress.name("");
-                self.new_state(Some(edge), scratch_config())
+                self.new_state(i, Some(edge), scratch_config())
             }
             Base::Image(r) => {
-                let Some(config) = self.bases.get(&r).cloned() else {
+                let Some(config) = self.bases.get(&self.base_key(i, &r)).cloned() else {
                     return Err(ParseError::MissingBaseConfig {
                         file: self.opts.filename.clone(),
                         line: stage.line,
@@ -625,13 +670,14 @@ impl Converter<'_> {
                     op: Op::Source(SourceOp {
                         identifier: format!("docker-image://{r}"),
                         attrs: BTreeMap::new(),
+                        platform: self.plan.op_platform(i),
                     }),
                     inputs: Vec::new(),
                     name: progress.name(&format!("FROM {r}")),
                     location: self.location(stage.line),
                     ignore_cache: self.opts.no_cache,
                 })?;
-                self.new_state(Some(Self::edge(v)), config)
+                self.new_state(i, Some(Self::edge(v)), config)
             }
         };
         // The triggers are consumed: the result keeps only this stage's
@@ -653,7 +699,16 @@ impl Converter<'_> {
             .collect()
     }
 
-    fn new_state(&self, edge: Option<Edge>, mut config: ImageConfig) -> StageState {
+    /// The `bases` key of stage `i`'s base image `reference`.
+    fn base_key(&self, i: usize, reference: &str) -> String {
+        crate::BaseRef {
+            reference: reference.to_string(),
+            platform: self.plan.op_platform(i),
+        }
+        .key()
+    }
+
+    fn new_state(&self, i: usize, edge: Option<Edge>, mut config: ImageConfig) -> StageState {
         if lookup(&config.env, "PATH").is_none() {
             config.env.push(format!("PATH={DEFAULT_PATH}"));
         }
@@ -663,6 +718,7 @@ impl Converter<'_> {
             config,
             args: Vec::new(),
             cmd_set: false,
+            platform: self.plan.op_platform(i),
         }
     }
 

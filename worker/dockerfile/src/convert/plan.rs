@@ -47,6 +47,9 @@ pub(super) struct StagePlan {
     /// A named context of the stage's name replaces it: the stage is the
     /// context (`base`), and its own `FROM` and commands are not used.
     pub(super) replaced: bool,
+    /// The platform the stage's base is picked for and its `RUN` steps
+    /// run as: `FROM --platform`, else the base stage's, else the target.
+    pub(super) platform: kiln_solver::Platform,
 }
 
 /// Where `COPY --from` / `--mount from=` reads.
@@ -90,6 +93,8 @@ pub(super) struct Plan {
     /// Stage labels for vertex names (`build`, `stage-1`, or none when the
     /// build has a single stage).
     pub(super) display: Vec<String>,
+    /// The platform the build runs on: ops for it carry no platform.
+    pub(super) build_platform: kiln_solver::Platform,
 }
 
 impl Plan {
@@ -107,27 +112,24 @@ impl Plan {
             line,
             message,
         };
-        let short = format!("{}/{}", opts.platform_os, opts.platform_arch);
-        let platform = if opts.platform_variant.is_empty() {
-            short.clone()
-        } else {
-            format!("{short}/{}", opts.platform_variant)
-        };
+        let build = opts.build_platform();
+        let for_platform = opts.target_platform();
+        let (build_text, target_text) = (build.to_string(), for_platform.to_string());
         let target_name = opts.target.clone().unwrap_or_else(|| "default".into());
         let mut global_env: Vec<String> = Vec::new();
-        // BuildKit's `defaultArgs`: kiln builds for the host, so the build
-        // and target platforms are the same.
+        // BuildKit's `defaultArgs`: the platform the build runs on and the
+        // one it is for.
         for (k, v) in [
-            ("BUILDPLATFORM", platform.as_str()),
-            ("BUILDOS", &opts.platform_os),
+            ("BUILDPLATFORM", build_text.as_str()),
+            ("BUILDOS", &build.os),
             ("BUILDOSVERSION", ""),
-            ("BUILDARCH", &opts.platform_arch),
-            ("BUILDVARIANT", &opts.platform_variant),
-            ("TARGETPLATFORM", &platform),
-            ("TARGETOS", &opts.platform_os),
+            ("BUILDARCH", &build.architecture),
+            ("BUILDVARIANT", &build.variant),
+            ("TARGETPLATFORM", &target_text),
+            ("TARGETOS", &for_platform.os),
             ("TARGETOSVERSION", ""),
-            ("TARGETARCH", &opts.platform_arch),
-            ("TARGETVARIANT", &opts.platform_variant),
+            ("TARGETARCH", &for_platform.architecture),
+            ("TARGETVARIANT", &for_platform.variant),
             ("TARGETSTAGE", &target_name),
         ] {
             let v = opts.build_args.get(k).map_or(v, String::as_str);
@@ -165,22 +167,26 @@ impl Plan {
                     format!("base name ({}) should not be blank", s.base),
                 ));
             }
-            if let Some(p) = &s.platform {
-                let p = lex
-                    .process_word(p, &global_env)
-                    .map_err(|m| invalid(s.line, m))?;
-                if p != platform && p != short {
-                    return Err(ParseError::Unsupported {
-                        file: file.clone(),
-                        line: s.line,
-                        feature: format!("FROM --platform={p} (building for {platform})"),
-                    });
+            let own_platform = match &s.platform {
+                Some(p) => {
+                    let p = lex
+                        .process_word(p, &global_env)
+                        .map_err(|m| invalid(s.line, m))?;
+                    Some(kiln_solver::Platform::parse(&p, &build).map_err(|e| {
+                        invalid(
+                            s.line,
+                            format!("failed to parse platform {p}: {}", e.reason),
+                        )
+                    })?)
                 }
-            }
+                None => None,
+            };
+            let platform = own_platform.unwrap_or_else(|| for_platform.clone());
             if let Some(ctx) = s.name.as_deref().and_then(|n| named_context(opts, n)) {
                 stages.push(StagePlan {
                     base: Base::of_context(ctx),
                     replaced: true,
+                    platform,
                 });
                 continue;
             }
@@ -203,9 +209,15 @@ impl Plan {
                     err,
                 })?)
             };
+            // A stage built on another runs as that one (BuildKit's rule).
+            let platform = match base {
+                Base::Stage(j) => stages[j].platform.clone(),
+                _ => platform,
+            };
             stages.push(StagePlan {
                 base,
                 replaced: false,
+                platform,
             });
         }
 
@@ -260,10 +272,18 @@ impl Plan {
                             .collect()
                     }
                 }
-                Base::Image(r) => bases
-                    .get(r)
-                    .map(|c| c.on_build.iter().map(String::as_str).collect())
-                    .unwrap_or_default(),
+                Base::Image(r) => {
+                    let p = &stages[i].platform;
+                    let key = crate::BaseRef {
+                        reference: r.clone(),
+                        platform: (*p != build).then(|| p.clone()),
+                    }
+                    .key();
+                    bases
+                        .get(&key)
+                        .map(|c| c.on_build.iter().map(String::as_str).collect())
+                        .unwrap_or_default()
+                }
                 Base::Scratch | Base::Local { .. } | Base::Remote { .. } => Vec::new(),
             };
             for t in triggers {
@@ -319,7 +339,17 @@ impl Plan {
             target,
             needed,
             display,
+            build_platform: build,
         })
+    }
+}
+
+impl Plan {
+    /// The platform an op of stage `i` carries: `None` when it is the
+    /// build platform (so host builds keep their cache keys).
+    pub(super) fn op_platform(&self, i: usize) -> Option<kiln_solver::Platform> {
+        let p = &self.stages[i].platform;
+        (*p != self.build_platform).then(|| p.clone())
     }
 }
 

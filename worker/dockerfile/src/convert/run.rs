@@ -138,6 +138,7 @@ impl Converter<'_> {
                 network,
                 security,
                 secret_env,
+                platform: st.platform.clone(),
             }),
             inputs,
         )?;

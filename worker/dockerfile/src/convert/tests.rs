@@ -436,10 +436,135 @@ RUN echo $TAG $TARGETARCH
         df.base_images(&o).expect("plans"),
         vec!["docker.io/library/busybox:musl".to_string()]
     );
+}
+
+/// The ops of `b` that carry a platform, as `identifier-or-args platform`.
+fn op_platforms(b: &Build) -> Vec<String> {
+    b.graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::Source(s) => Some(format!(
+                "{} {}",
+                s.identifier,
+                s.platform.as_ref().map_or("-".into(), ToString::to_string)
+            )),
+            Op::Exec(e) => Some(format!(
+                "{} {}",
+                e.meta.args.last().cloned().unwrap_or_default(),
+                e.platform.as_ref().map_or("-".into(), ToString::to_string)
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_foreign_target_platform_reaches_args_bases_and_ops() {
+    let arm64 = kiln_solver::Platform::new("linux", "arm64", "");
+    let o = BuildOptions {
+        target_platform: Some(arm64.clone()),
+        ..opts()
+    };
+    let src = r#"FROM --platform=$BUILDPLATFORM busybox AS tools
+ARG TARGETPLATFORM BUILDPLATFORM
+RUN echo tools $BUILDPLATFORM $TARGETPLATFORM
+FROM tools AS more
+RUN echo more
+FROM busybox
+ARG TARGETPLATFORM TARGETARCH TARGETVARIANT BUILDARCH
+COPY --from=more /x /x
+COPY --from=alpine /y /y
+RUN echo $TARGETPLATFORM $TARGETARCH $BUILDARCH
+"#;
+    let df = parse(src, "Dockerfile").expect("parses");
+    let refs = df.base_image_refs(&o).expect("plans");
+    assert_eq!(
+        refs,
+        vec![
+            crate::BaseRef {
+                reference: "docker.io/library/busybox:latest".into(),
+                platform: None
+            },
+            crate::BaseRef {
+                reference: "docker.io/library/busybox:latest".into(),
+                platform: Some(arm64.clone())
+            },
+        ]
+    );
+    assert_eq!(
+        df.base_images(&o).expect("plans"),
+        [
+            "docker.io/library/busybox:latest",
+            "docker.io/library/busybox:latest linux/arm64"
+        ]
+    );
+    let b = build(src, &o).expect("builds");
+    assert_eq!(
+        op_platforms(&b),
+        [
+            "docker-image://docker.io/library/busybox:latest -",
+            "echo tools $BUILDPLATFORM $TARGETPLATFORM -",
+            "echo more -",
+            "docker-image://docker.io/library/busybox:latest linux/arm64",
+            "docker-image://docker.io/library/alpine:latest linux/arm64",
+            "echo $TARGETPLATFORM $TARGETARCH $BUILDARCH linux/arm64",
+        ]
+    );
+    let e = execs(&b);
+    assert!(e[0]
+        .meta
+        .env
+        .contains(&"TARGETPLATFORM=linux/arm64".to_string()));
+    assert!(e[0]
+        .meta
+        .env
+        .contains(&"BUILDPLATFORM=linux/amd64".to_string()));
+    for kv in [
+        "TARGETPLATFORM=linux/arm64",
+        "TARGETARCH=arm64",
+        "TARGETVARIANT=",
+        "BUILDARCH=amd64",
+    ] {
+        assert!(e[2].meta.env.contains(&kv.to_string()), "{kv}");
+    }
+    // The same step for the host and for arm64: two cache keys.
+    let host = build("FROM busybox\nRUN true\n", &opts()).expect("builds");
+    let arm = build("FROM busybox\nRUN true\n", &o).expect("builds");
+    assert_ne!(
+        Graph::op_digest(&Op::Exec(execs(&host)[0].clone())),
+        Graph::op_digest(&Op::Exec(execs(&arm)[0].clone()))
+    );
+    // Explicitly the host's platform is the host build, key for key.
+    let same = BuildOptions {
+        target_platform: Some(kiln_solver::Platform::new("linux", "amd64", "")),
+        ..opts()
+    };
+    let explicit = build("FROM busybox\nRUN true\n", &same).expect("builds");
+    assert_eq!(
+        host.graph.definition_digests(),
+        explicit.graph.definition_digests()
+    );
+}
+
+#[test]
+fn from_platform_picks_the_stage_platform() {
+    let b = build(
+        "FROM --platform=linux/arm64/v8 busybox\nRUN uname -m\n",
+        &opts(),
+    )
+    .expect("builds");
+    assert_eq!(
+        op_platforms(&b),
+        [
+            "docker-image://docker.io/library/busybox:latest linux/arm64",
+            "uname -m linux/arm64"
+        ]
+    );
     check(
-            "FROM --platform=linux/arm64 busybox\n",
-            "error: Dockerfile:1: FROM --platform=linux/arm64 (building for linux/amd64) is not supported yet",
-        );
+        "FROM --platform=linux/ busybox\n",
+        "error: Dockerfile:1: failed to parse platform linux/: expected os/arch[/variant]",
+    );
 }
 
 #[test]
@@ -1419,6 +1544,7 @@ fn a_remote_named_context_is_its_source() {
         op: SourceOp {
             identifier: "git://example.invalid/repo.git#v1".into(),
             attrs: BTreeMap::new(),
+            platform: None,
         },
         name: "src".into(),
     };

@@ -36,6 +36,9 @@ impl StepRunner {
         cancel: CancellationToken,
     ) -> Result<Vec<Ref>> {
         let loc = location(v);
+        if let Some(p) = &op.platform {
+            check_emulation(&loc, p)?;
+        }
         let root =
             op.mounts
                 .iter()
@@ -277,4 +280,31 @@ impl StepRunner {
         }
         Ok(extra)
     }
+}
+
+/// Fails a step for platform `p` that nothing on this machine can run,
+/// before it runs (else runc would fail with a bare "exec format error").
+fn check_emulation(loc: &str, p: &kiln_solver::Platform) -> Result<()> {
+    use kiln_shim::emulation::{qemu_name, support, Support};
+    let host = crate::oci::worker_platform();
+    let reason = match support(&host.architecture, &p.os, &p.architecture) {
+        Support::Native | Support::Emulated { .. } => return Ok(()),
+        _ if p.os != "linux" => format!("kiln runs steps of {} only", host.os),
+        Support::NotFixed { handler } => format!(
+            "the binfmt_misc handler {handler:?} matches it but lacks the F (fix binary) flag, \
+             so it cannot run inside a container; register it again with flags F \
+             (as Debian's qemu-user-static package does)"
+        ),
+        Support::Missing => format!(
+            "no binfmt_misc handler for it is registered (QEMU user emulation: install \
+             Debian's qemu-user-static package, which registers qemu-{} with flags F)",
+            qemu_name(&p.architecture)
+        ),
+    };
+    Err(WorkerError::NoEmulation {
+        location: loc.to_string(),
+        platform: p.to_string(),
+        host: host.to_string(),
+        reason,
+    })
 }

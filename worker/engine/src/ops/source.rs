@@ -30,11 +30,15 @@ impl StepRunner {
                 progress: self.progress.clone(),
                 vertex: Some(id.0),
             };
-            let pin = self.pinned.get(name);
+            let platform = s.platform.as_ref();
+            let pin = self
+                .pinned
+                .get(&crate::resolve::Pinned::key(name, platform));
             let pull = crate::pull::base_image(
                 &self.svc,
                 &self.registry,
                 name,
+                platform,
                 mode,
                 pin.as_deref(),
                 &self.lease,

@@ -157,6 +157,7 @@ fn run_graph(args: &[&str]) -> (Graph, VertexId) {
                 network: NetMode::Unset,
                 security: kiln_solver::SecurityMode::Sandbox,
                 secret_env: Vec::new(),
+                platform: None,
             }),
             vec![Edge {
                 vertex: scratch,
@@ -411,7 +412,7 @@ async fn base_image_resolution_reads_manifest_and_config() {
         .expect("found");
     assert_eq!(cfg.env, ["A=1"]);
     assert_eq!(cfg.working_dir, "/w");
-    let base = crate::base::load(&fx.svc, "docker.io/library/base:1")
+    let base = crate::base::load(&fx.svc, "docker.io/library/base:1", None)
         .await
         .expect("load");
     assert_eq!(base.config_digest, cfg_digest);
@@ -555,6 +556,7 @@ async fn a_build_from_a_base_image_unpacks_it_under_its_chain_id() {
         Op::Source(kiln_solver::SourceOp {
             identifier: format!("docker-image://{base}"),
             attrs: Default::default(),
+            platform: None,
         }),
         vec![],
         "FROM base",
