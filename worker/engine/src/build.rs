@@ -81,6 +81,10 @@ pub fn anonymous() -> Arc<dyn kiln_registry::Credentials> {
 #[derive(Clone, Debug)]
 pub struct BuildResult {
     pub manifest_digest: String,
+    /// The manifest's media type and size, for the result's descriptor
+    /// (`containerimage.descriptor` in `kiln build --metadata-file`).
+    pub manifest_media_type: String,
+    pub manifest_size: i64,
     pub config_digest: String,
     pub names: Vec<String>,
 }
@@ -298,6 +302,8 @@ impl Engine {
         } = r?;
         Ok(BuildResult {
             manifest_digest: manifest.digest().to_string(),
+            manifest_media_type: manifest.media_type().to_string(),
+            manifest_size: crate::oci::size_of(&manifest),
             config_digest,
             names,
         })
