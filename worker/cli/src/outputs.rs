@@ -147,17 +147,17 @@ pub fn parse(specs: &[String], push: bool, load: bool, embedded: bool) -> Result
                 "unknown output type {kind:?} (image, registry, local, tar, oci, docker)"
             ));
         };
-        if embedded && !in_process {
-            return Err(anyhow!(
-                "output type={kind} is not supported yet without a daemon (use --addr with kilnd)"
-            ));
-        }
         if kind == "registry" {
             kind = "image".into();
             attrs.insert("push".into(), "true".into());
         }
         for (k, v) in &attrs {
             check(&kind, k, v)?;
+        }
+        if embedded && !in_process {
+            return Err(anyhow!(
+                "output type={kind} is not supported yet without a daemon (use --addr with kilnd)"
+            ));
         }
         if kind != "image" && !attrs.contains_key("dest") {
             return Err(anyhow!("type={kind} needs dest=PATH"));
