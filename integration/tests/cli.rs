@@ -266,6 +266,29 @@ async fn quiet_iidfile_and_metadata_file_say_what_was_built() {
         let sum: u64 = layers.iter().filter_map(|l| l["size"].as_u64()).sum();
         assert_eq!(doc["size"], sum);
     }
+    // kiln images lists both, with docker's short IDs.
+    let (code, out) = kiln_code(&h, ns, &["images"]);
+    assert_eq!(code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "IMAGE", "ID", "CREATED", "SIZE"]
+    );
+    for tag in ["embedded", "remote"] {
+        let name = format!("docker.io/library/cli-results:{tag}");
+        let config = h.manifest(ns, &name)["config"]["digest"]
+            .as_str()
+            .expect("config")
+            .to_string();
+        let line = lines
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} not in\n{}", out.stdout));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1], &config["sha256:".len()..][..12]);
+        assert!(line.contains(" ago "), "{line}");
+        assert!(cols.last().expect("size").ends_with('B'), "{line}");
+    }
     let (code, out) = kiln_code(&h, ns, &["inspect", "cli-results:none"]);
     assert_eq!(code, 1);
     assert!(

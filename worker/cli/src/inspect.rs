@@ -1,7 +1,8 @@
 //! `kiln inspect NAME`: an image of containerd's store as JSON (name,
 //! manifest digest, the host platform's manifest, config, layers with
 //! their sizes and total), read through the engine's content and image
-//! services.
+//! services; `kiln images`: one line per image of the namespace (name,
+//! ID, created, size).
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
@@ -22,6 +23,56 @@ async fn read_json(svc: &kiln_engine::Services, digest: &str) -> Result<Value> {
 
 /// The JSON document `kiln inspect` prints (pretty, one trailing newline).
 pub async fn inspect(svc: &kiln_engine::Services, name: &str) -> Result<String> {
+    Ok(format!(
+        "{}\n",
+        serde_json::to_string_pretty(&document(svc, name).await?)?
+    ))
+}
+
+/// `kiln images`: NAME, IMAGE ID (the config digest's first 12 hex
+/// digits, as docker shows it), CREATED and SIZE (the layers' blobs) of
+/// every image of the namespace. An image whose content is not all here
+/// (another platform's, a pull in progress) shows `-`.
+pub async fn images(
+    svc: &kiln_engine::Services,
+    names: &[String],
+    now: std::time::SystemTime,
+) -> Result<String> {
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "IMAGE ID".into(),
+        "CREATED".into(),
+        "SIZE".into(),
+    ]];
+    for name in names {
+        let row = match document(svc, name).await {
+            Ok(doc) => {
+                let id = doc["id"].as_str().unwrap_or_default();
+                let id = id.strip_prefix("sha256:").unwrap_or(id);
+                let created = doc["created"]
+                    .as_str()
+                    .and_then(|c| {
+                        humantime::parse_rfc3339_weak(c.trim_end_matches('Z').split('.').next()?)
+                            .ok()
+                    })
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map(|d| format!("{} ago", crate::usage::human_duration(d.as_secs())))
+                    .unwrap_or_else(|| "-".into());
+                vec![
+                    name.clone(),
+                    id.chars().take(12).collect(),
+                    created,
+                    crate::usage::human_size(doc["size"].as_u64().unwrap_or(0)),
+                ]
+            }
+            Err(_) => vec![name.clone(), "-".into(), "-".into(), "-".into()],
+        };
+        rows.push(row);
+    }
+    Ok(crate::usage::table(&rows))
+}
+
+async fn document(svc: &kiln_engine::Services, name: &str) -> Result<Value> {
     let record = svc.images.get(name).await.map_err(|e| {
         if e.is_not_found() {
             anyhow!(
@@ -83,5 +134,5 @@ pub async fn inspect(svc: &kiln_engine::Services, name: &str) -> Result<String> 
         "size": total,
         "history": config["history"],
     });
-    Ok(format!("{}\n", serde_json::to_string_pretty(&doc)?))
+    Ok(doc)
 }

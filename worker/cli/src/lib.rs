@@ -118,6 +118,9 @@ enum Command {
         #[arg(long, short = 'f')]
         force: bool,
     },
+    /// List the images of the containerd namespace kiln builds into:
+    /// name, image ID, created, size.
+    Images,
     /// Show an image in containerd's store: its config, layers and sizes.
     Inspect {
         /// Image name, e.g. busybox or registry/app:1.
@@ -486,6 +489,7 @@ async fn run(cli: Cli) -> Result<()> {
                 | Command::Prune { .. }
                 | Command::ImportRootfs { .. }
                 | Command::Inspect { .. }
+                | Command::Images
         );
     if embedded {
         require_root()?;
@@ -624,6 +628,17 @@ async fn run(cli: Cli) -> Result<()> {
             let name = kiln_dockerfile::reference::normalize(&name)?;
             let svc = kiln_engine::Services::containerd(&ctrd);
             stdout(&inspect::inspect(&svc, &name).await?)
+        }
+        Command::Images => {
+            let ctrd = Containerd::connect(config).await?;
+            let names: Vec<String> = ctrd
+                .image_list()
+                .await?
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            let svc = kiln_engine::Services::containerd(&ctrd);
+            stdout(&inspect::images(&svc, &names, std::time::SystemTime::now()).await?)
         }
         Command::Version => stdout(&format!("kiln {}\n", version())),
         Command::Completion { shell } => {

@@ -65,7 +65,7 @@ pub fn human_duration(secs: u64) -> String {
 /// column as wide as its widest cell plus one, rounded up to a tab stop
 /// (written with spaces, so the output does not depend on the terminal's
 /// tab width).
-fn table(rows: &[Vec<String>]) -> String {
+pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
