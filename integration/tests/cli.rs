@@ -196,9 +196,13 @@ async fn quiet_iidfile_and_metadata_file_say_what_was_built() {
     let ns = "cli-results";
     let h = Harness::with_busybox(ns).await;
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    // `as` in lower case: a build check warning, which -q does not print.
     let ctx = h.context(
         "results",
-        &[("Dockerfile", "FROM busybox\nRUN echo results > /r\n")],
+        &[(
+            "Dockerfile",
+            "FROM busybox as base\nRUN echo results > /r\n",
+        )],
     );
     let ctx = ctx.to_str().expect("utf8");
     let dir = tempfile::tempdir().expect("dir");
@@ -227,7 +231,7 @@ async fn quiet_iidfile_and_metadata_file_say_what_was_built() {
         ]);
         let (code, out) = kiln_code(&h, ns, &args);
         assert_eq!(code, 0, "{}", out.stderr);
-        // -q: the image ID alone, no progress.
+        // -q: the image ID alone, no progress and no warnings.
         assert!(out.stderr.is_empty(), "quiet wrote: {}", out.stderr);
         let full = format!("docker.io/library/{name}");
         let manifest = h.manifest(ns, &full);
@@ -266,6 +270,9 @@ async fn quiet_iidfile_and_metadata_file_say_what_was_built() {
         let sum: u64 = layers.iter().filter_map(|l| l["size"].as_u64()).sum();
         assert_eq!(doc["size"], sum);
     }
+    let out = h.build(ns, &["-t", "cli-results:loud", ctx]);
+    assert!(out.stderr.contains("FromAsCasing"), "{}", out.stderr);
+
     // kiln images lists both, with docker's short IDs.
     let (code, out) = kiln_code(&h, ns, &["images"]);
     assert_eq!(code, 0, "{}", out.stderr);

@@ -937,6 +937,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             cache_imports,
             secrets,
             ssh,
+            quiet: report.quiet,
         },
         tx,
     )
@@ -1109,7 +1110,9 @@ async fn build(
     let result = engine.build(req, tx, cancel).await;
     let _ = display.await;
     drop(prepared);
-    print_warnings(&warnings);
+    if !report.quiet {
+        print_warnings(&warnings);
+    }
     report.report(&results::embedded_response(&result?))
 }
 

@@ -73,6 +73,8 @@ pub struct RemoteBuild {
     /// `--ssh` agents, served to the daemon through the session (no SSH
     /// service without `--ssh`, as buildx).
     pub ssh: Option<kiln_session::ssh::ForwardedAgents>,
+    /// `-q`: the build's warnings are not printed either (as buildx).
+    pub quiet: bool,
 }
 
 /// TLS settings for `tcp://` daemons (buildctl's `--tlscacert`,
@@ -524,7 +526,9 @@ pub async fn build(
     let warnings = status.await.ok().and_then(|r| r.ok()).unwrap_or_default();
     cancel.cancel();
     let _ = serving.await;
-    crate::print_warnings(&warnings);
+    if !b.quiet {
+        crate::print_warnings(&warnings);
+    }
     let resp = solved.map_err(|e| anyhow!("{}", e.message()))?.into_inner();
     let mut out = resp.exporter_response;
     // The solve's ref, for `--metadata-file` (`buildx.build.ref`).
