@@ -31,11 +31,13 @@ fn main() {
                     git(&["symbolic-ref", "-q", "HEAD"]),
                 ) {
                     let common = PathBuf::from(common);
-                    println!("cargo:rerun-if-changed={}", common.join(&head).display());
-                    println!(
-                        "cargo:rerun-if-changed={}",
-                        common.join("packed-refs").display()
-                    );
+                    // Only files that exist: cargo reruns a script whose
+                    // watched file is missing on every build.
+                    for file in [common.join(&head), common.join("packed-refs")] {
+                        if file.exists() {
+                            println!("cargo:rerun-if-changed={}", file.display());
+                        }
+                    }
                 }
             }
             git(&["rev-parse", "HEAD"]).unwrap_or_default()

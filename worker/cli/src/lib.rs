@@ -1259,7 +1259,7 @@ mod tests {
         let e = out(&["type=image,rewrite-timestamp=true"], false).expect_err("not supported");
         assert_eq!(
             e.to_string(),
-            "output option rewrite-timestamp=true is not supported yet"
+            "output option rewrite-timestamp is not supported yet (kiln always uses rewrite-timestamp=false)"
         );
         assert!(out(&["type=image,rewrite-timestamp=false"], false).is_ok());
         // --push with -o push-by-digest: the flag is push=true.
