@@ -252,7 +252,8 @@ async fn cache_mounts_persist_and_locked_serializes() {
         "{log:?}"
     );
     // The cache's files are not in the image.
-    let du = h.kiln(ns, &["du"]).expect("kiln du");
+    // (The record type is in the verbose view, as in buildx's.)
+    let du = h.kiln(ns, &["du", "--verbose"]).expect("kiln du");
     assert!(du.stdout.contains("exec.cachemount"), "{}", du.stdout);
 }
 

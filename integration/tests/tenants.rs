@@ -48,16 +48,15 @@ impl Client<'_> {
         ])
     }
 
-    /// `kiln du -v`: (record id, description) per line.
+    /// `kiln du -v`: (record id, the record's block) per record (buildx's
+    /// verbose layout: an `ID:` line first, a blank line after).
     fn du(&self) -> BTreeSet<(String, String)> {
         let out = self.run(&["du", "-v"]).ok();
         out.stdout
-            .lines()
-            .skip(1)
-            .filter(|l| !l.starts_with("Total:"))
-            .map(|l| {
-                let id = l.split_whitespace().next().unwrap_or_default().to_string();
-                (id, l.to_string())
+            .split("\n\n")
+            .filter_map(|block| {
+                let id = block.lines().next()?.strip_prefix("ID:")?.trim();
+                Some((id.to_string(), block.to_string()))
             })
             .collect()
     }

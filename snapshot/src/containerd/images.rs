@@ -4,7 +4,8 @@ use super::{Containerd, LeaseId};
 use crate::error::Result;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::{
-    CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, UpdateImageRequest,
+    CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, ListImagesRequest,
+    UpdateImageRequest,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::types::Descriptor;
@@ -46,6 +47,32 @@ impl Containerd {
             size: t.size,
             labels: img.labels,
         })
+    }
+
+    /// Every image record of the namespace, by name (`kiln images`).
+    pub async fn image_list(&self) -> Result<Vec<ImageRecord>> {
+        let r = self
+            .images()
+            .list(self.request(ListImagesRequest::default(), None))
+            .await
+            .map_err(|s| self.status_error("Images.List", "", s))?;
+        let mut out: Vec<ImageRecord> = r
+            .into_inner()
+            .images
+            .into_iter()
+            .map(|img| {
+                let t = img.target.unwrap_or_default();
+                ImageRecord {
+                    name: img.name,
+                    media_type: t.media_type,
+                    digest: t.digest,
+                    size: t.size,
+                    labels: img.labels,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// Points `record.name` at its target: update if it exists, else

@@ -9,10 +9,15 @@
 mod builder_cmd;
 mod builders;
 mod cacheflags;
+mod contexts;
+mod inspect;
+mod outputs;
 mod progress;
 mod remote;
+mod results;
 mod secrets;
 mod ssh;
+mod usage;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -25,11 +30,7 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "kiln",
-    version = kiln_engine::VERSION,
-    about = "containerd-native image builder"
-)]
+#[command(name = "kiln", about = "containerd-native image builder")]
 struct Cli {
     /// containerd's socket.
     #[arg(
@@ -99,7 +100,7 @@ enum Command {
     /// Show the build cache's records in containerd (with --addr, the
     /// daemon's records this client may see).
     Du {
-        /// Show every record with its full lease ID.
+        /// Show every record with its full lease ID, type and description.
         #[arg(long, short = 'v')]
         verbose: bool,
     },
@@ -115,13 +116,35 @@ enum Command {
         /// Keep records used within this long (e.g. 48h).
         #[arg(long)]
         keep_duration: Option<String>,
-        /// Only records matching type=regular|exec.cachemount (repeatable).
+        /// Only records matching type=regular|exec.cachemount, or unused
+        /// for a while: until=DURATION (e.g. until=24h) (repeatable).
         #[arg(long)]
         filter: Vec<String>,
+        /// Do not prompt for confirmation.
+        #[arg(long, short = 'f')]
+        force: bool,
     },
     /// Manage builders: where builds run (this process or a daemon).
     #[command(subcommand)]
     Builder(builder_cmd::BuilderCommand),
+    /// List the images of the containerd namespace kiln builds into:
+    /// name, image ID, created, size.
+    Images,
+    /// Show an image in containerd's store: its config, layers and sizes.
+    Inspect {
+        /// Image name, e.g. busybox or registry/app:1.
+        name: String,
+    },
+    /// Print kiln's version and the git commit it was built from.
+    Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish or
+    /// powershell) to stdout.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write kiln's man pages (kiln.1, kiln-build.1, ...) into DIR.
+    Man { dir: PathBuf },
     /// Import a root filesystem directory as a one-layer image.
     ImportRootfs {
         /// Image name, e.g. busybox:latest.
@@ -140,7 +163,8 @@ struct BuildArgs {
     /// Name of the image (repeatable).
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
-    /// Dockerfile path (default: CONTEXT/Dockerfile).
+    /// Dockerfile path (default: CONTEXT/Dockerfile; `-` reads it from
+    /// stdin).
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
     /// Stage to build.
@@ -225,13 +249,61 @@ struct BuildArgs {
     /// supported yet.
     #[arg(long = "ssh", value_name = "SPEC")]
     ssh: Vec<String>,
-    /// Build context directory.
+    /// Print nothing but the image ID when the build succeeds.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Write the image ID to FILE.
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Write the build's result metadata (buildx's JSON keys) to FILE.
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// Put the image in the image store: kiln's image output always does
+    /// (containerd's store, unpacked); the flag is buildx's spelling.
+    #[arg(long)]
+    load: bool,
+    /// Add an annotation to the image (not supported yet).
+    #[arg(long, value_name = "KEY=VALUE")]
+    annotation: Vec<String>,
+    /// Run a frontend method instead of building: build (the default);
+    /// check, outline and targets are not supported yet.
+    #[arg(long, value_name = "METHOD")]
+    call: Option<String>,
+    /// Shorthand for --call=check (not supported yet).
+    #[arg(long)]
+    check: bool,
+    /// SBOM attestation: only false (none) is supported.
+    #[arg(long, value_name = "VALUE")]
+    sbom: Option<String>,
+    /// Provenance attestation: only false (none) is supported.
+    #[arg(long, value_name = "VALUE")]
+    provenance: Option<String>,
+    /// Attestation parameters (type=sbom|provenance,...): only
+    /// disabled=true is supported.
+    #[arg(long, value_name = "SPEC")]
+    attest: Vec<String>,
+    /// Networking mode of RUN steps: default (kiln's); host and none are
+    /// not supported yet as a build flag (RUN --network=... is).
+    #[arg(long, value_name = "MODE")]
+    network: Option<String>,
+    /// Parent cgroup of RUN steps (not supported yet).
+    #[arg(long, value_name = "PATH")]
+    cgroup_parent: Option<String>,
+    /// Build context: a directory, a .tar/.tar.gz file, or `-` (a tar or
+    /// a Dockerfile on stdin).
     context: PathBuf,
 }
 
-/// The whole `kiln` command: parses the arguments and runs.
+/// The whole `kiln` command: parses the arguments and runs. Exit codes:
+/// 0 success, 1 any failure (a flag or option that is not supported yet
+/// included), 2 a command line clap cannot parse.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().version(version()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Colour only for a terminal: logs piped to a file or CI stay plain.
@@ -252,11 +324,154 @@ pub fn main() -> std::process::ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our output went away (`kiln du | head -1`):
+        // nothing more to say, and no one to say it to.
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// kiln's version line (with the git commit, see build.rs).
+fn version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| kiln_engine::version_line(env!("KILN_GIT_COMMIT")))
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes command output to stdout; a closed pipe is an error that
+/// [`main`] ends quietly on (never a panic, as `println!` would).
+pub(crate) fn stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// What every embedded command needs first: root (it mounts snapshots,
+/// runs containers and opens containerd's socket).
+const NOT_ROOT: &str = "kiln must run as root (or use kilnd via --addr)";
+
+fn require_root() -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(anyhow!(NOT_ROOT))
+    }
+}
+
+/// The build flags buildx has and kiln does not implement yet, refused
+/// by name before anything runs (never ignored).
+fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
+    let not_yet = |flag: &str| Err(anyhow!("{flag} is not supported yet"));
+    if !args.annotation.is_empty() {
+        return not_yet("--annotation");
+    }
+    if args.check {
+        return not_yet("--check");
+    }
+    if let Some(c) = args.call.as_deref().filter(|c| *c != "build") {
+        return not_yet(&format!("--call={c}"));
+    }
+    let off = |v: &str| matches!(v, "false" | "0");
+    if let Some(v) = args.sbom.as_deref().filter(|v| !off(v)) {
+        return not_yet(&format!("--sbom={v}"));
+    }
+    if let Some(v) = args.provenance.as_deref().filter(|v| !off(v)) {
+        return not_yet(&format!("--provenance={v}"));
+    }
+    for a in &args.attest {
+        let disabled = a
+            .split(',')
+            .any(|kv| kv == "disabled=true" || kv == "disabled");
+        if !disabled {
+            return not_yet(&format!("--attest {a}"));
+        }
+    }
+    if let Some(n) = args.network.as_deref().filter(|n| *n != "default") {
+        return not_yet(&format!("--network={n}"));
+    }
+    if args.cgroup_parent.is_some() {
+        return not_yet("--cgroup-parent");
+    }
+    if args.quiet && !matches!(args.progress.as_str(), "auto" | "quiet") {
+        bail!(
+            "progress={} and quiet cannot be used together",
+            args.progress
+        );
+    }
+    Ok(())
+}
+
+/// The progress display of a build; `None` shows nothing (`-q`,
+/// `--progress quiet|none`).
+fn display_mode(args: &BuildArgs) -> Result<Option<progress::Mode>> {
+    if args.quiet || matches!(args.progress.as_str(), "quiet" | "none") {
+        return Ok(None);
+    }
+    progress::Mode::parse(&args.progress).map(Some)
+}
+
+/// Starts the display of `rx` (or drains it, shown nowhere).
+fn spawn_display(
+    rx: tokio::sync::mpsc::Receiver<kiln_engine::ProgressEvent>,
+    mode: Option<progress::Mode>,
+) -> tokio::task::JoinHandle<()> {
+    match mode {
+        Some(m) => tokio::spawn(progress::render(rx, m)),
+        None => tokio::spawn(async move {
+            let mut rx = rx;
+            while rx.recv().await.is_some() {}
+        }),
+    }
+}
+
+fn reporting(args: &BuildArgs) -> results::Reporting {
+    results::Reporting {
+        quiet: args.quiet || args.progress == "quiet",
+        iidfile: args.iidfile.clone(),
+        metadata_file: args.metadata_file.clone(),
+    }
+}
+
+/// buildx's warning for a build whose result has nowhere to go.
+fn warn_no_output(args: &BuildArgs) {
+    if args.tags.is_empty() && args.outputs.is_empty() && !args.push && !args.load {
+        eprintln!(
+            "WARNING: No output specified. Build result will only remain in the build cache. \
+             To name the image use -t NAME, to push it into a registry use --push"
+        );
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Asks `question` on a terminal; anything but y/yes is no.
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    write!(err, "{question} [y/N] ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -302,24 +517,40 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+    let embedded = addr.is_none()
+        && matches!(
+            cli.command,
+            Command::Build(_)
+                | Command::Du { .. }
+                | Command::Prune { .. }
+                | Command::ImportRootfs { .. }
+                | Command::Inspect { .. }
+                | Command::Images
+        );
+    if embedded {
+        require_root()?;
+    }
     match cli.command {
-        Command::Build(args) => match addr {
-            Some(addr) => {
-                if args.network_mode.is_some() {
-                    return Err(anyhow!(
-                        "--network-mode configures the embedded engine; a daemon ({addr}) uses its own (kilnd --network-mode)"
-                    ));
+        Command::Build(args) => {
+            refuse_unsupported(&args)?;
+            match addr {
+                Some(addr) => {
+                    if args.network_mode.is_some() {
+                        return Err(anyhow!(
+                            "--network-mode configures the embedded engine; a daemon ({addr}) uses its own (kilnd --network-mode)"
+                        ));
+                    }
+                    if let Some(c) = &cli.config {
+                        return Err(anyhow!(
+                            "--config/KILN_CONFIG ({}) configures the embedded engine's registries; a daemon ({addr}) uses its own kilnd.toml",
+                            c.display()
+                        ));
+                    }
+                    build_remote(&addr, &tls, *args).await
                 }
-                if let Some(c) = &cli.config {
-                    return Err(anyhow!(
-                        "--config/KILN_CONFIG ({}) configures the embedded engine's registries; a daemon ({addr}) uses its own kilnd.toml",
-                        c.display()
-                    ));
-                }
-                build_remote(&addr, &tls, *args).await
+                None => build(config, cli.root, cli.config, *args).await,
             }
-            None => build(config, cli.root, cli.config, *args).await,
-        },
+        }
         Command::Du { verbose } => {
             let records = match &addr {
                 // The daemon's records, as far as this client may see them.
@@ -335,49 +566,20 @@ async fn run(cli: Cli) -> Result<()> {
                             size: r.size,
                             last_used: r.last_used,
                             description: r.description,
+                            in_use: false,
+                            shared: false,
                         })
                         .collect()
                 }
             };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            println!(
-                "{:<26} {:<16} {:>10} {:>14}  DESCRIPTION",
-                "ID", "TYPE", "SIZE", "LAST USED"
-            );
-            let mut total = 0;
-            for r in &records {
-                total += r.size;
-                let id = r.id.rsplit('/').next().unwrap_or_default();
-                let id = if verbose {
-                    r.id.as_str()
-                } else {
-                    &id[..id.len().min(25)]
-                };
-                let desc = if verbose {
-                    r.description.clone()
-                } else {
-                    r.description.chars().take(60).collect()
-                };
-                println!(
-                    "{:<26} {:<16} {:>10} {:>14}  {}",
-                    id,
-                    r.record_type,
-                    human_size(r.size),
-                    format!("{} ago", human_age(now.saturating_sub(r.last_used))),
-                    desc
-                );
-            }
-            println!("Total: {} in {} records", human_size(total), records.len());
-            Ok(())
+            stdout(&usage::disk_usage(&records, verbose, now_secs()))
         }
         Command::Prune {
             all,
             keep_storage,
             keep_duration,
             filter,
+            force,
         } => {
             let mut opts = kiln_engine::prune::PruneOptions {
                 all,
@@ -397,14 +599,31 @@ async fn run(cli: Cli) -> Result<()> {
             for f in filter {
                 match f.split_once('=') {
                     Some(("type", t)) => opts.types.push(t.to_string()),
+                    Some((key @ ("until" | "unused-for"), d)) => {
+                        if opts.keep_duration.is_some() {
+                            bail!("--filter {key}=... and --keep-duration set the same thing: use one");
+                        }
+                        opts.keep_duration =
+                            Some(kiln_engine::prune::parse_duration(d).ok_or_else(|| {
+                                anyhow!("{key:?} filter expects a duration (e.g., '24h')")
+                            })?);
+                    }
                     _ => {
                         return Err(anyhow!(
-                            "invalid --filter {f:?}: only type=TYPE is supported"
-                        ))
+                        "invalid --filter {f:?}: only type=TYPE and until=DURATION are supported"
+                    ))
                     }
                 }
             }
-            let removed: Vec<(String, String, u64)> = match &addr {
+            // As buildx: a terminal is asked first; a script passes -f
+            // (without a terminal there is no one to ask).
+            if !force
+                && std::io::IsTerminal::is_terminal(&std::io::stdin())
+                && !confirm(usage::prune_warning(all))?
+            {
+                return Ok(());
+            }
+            let removed: Vec<remote::Record> = match &addr {
                 Some(addr) => {
                     let nanos =
                         |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
@@ -418,11 +637,7 @@ async fn run(cli: Cli) -> Result<()> {
                         filter: opts.types.iter().map(|t| format!("type=={t}")).collect(),
                         ..Default::default()
                     };
-                    remote::prune(remote::connect(addr, &tls).await?, req)
-                        .await?
-                        .into_iter()
-                        .map(|r| (r.id, r.record_type, r.size))
-                        .collect()
+                    remote::prune(remote::connect(addr, &tls).await?, req).await?
                 }
                 None => {
                     let ctrd = Containerd::connect(config).await?;
@@ -430,18 +645,50 @@ async fn run(cli: Cli) -> Result<()> {
                         .await?
                         .removed
                         .into_iter()
-                        .map(|r| (r.lease.id, r.record_type, r.size))
+                        .map(|r| remote::Record {
+                            id: r.lease.id,
+                            record_type: r.record_type,
+                            size: r.size,
+                            last_used: r.last_used,
+                            description: r.description,
+                            in_use: false,
+                            shared: false,
+                        })
                         .collect()
                 }
             };
-            for (id, record_type, size) in &removed {
-                println!("{id}\t{record_type}\t{}", human_size(*size));
-            }
-            println!(
-                "Total: {} in {} records",
-                human_size(removed.iter().map(|r| r.2).sum()),
-                removed.len()
-            );
+            stdout(&usage::pruned(&removed, now_secs()))
+        }
+        Command::Inspect { name } => {
+            let ctrd = Containerd::connect(config).await?;
+            let name = kiln_dockerfile::reference::normalize(&name)?;
+            let svc = kiln_engine::Services::containerd(&ctrd);
+            stdout(&inspect::inspect(&svc, &name).await?)
+        }
+        Command::Images => {
+            let ctrd = Containerd::connect(config).await?;
+            let names: Vec<String> = ctrd
+                .image_list()
+                .await?
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            let svc = kiln_engine::Services::containerd(&ctrd);
+            stdout(&inspect::images(&svc, &names, std::time::SystemTime::now()).await?)
+        }
+        Command::Version => stdout(&format!("kiln {}\n", version())),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut buf);
+            stdout(&String::from_utf8_lossy(&buf))
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            let cmd = Cli::command().version(version());
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir)
+                .with_context(|| format!("write man pages to {}", dir.display()))?;
             Ok(())
         }
         Command::Builder(cmd) => builder_cmd::run(cmd, named.as_deref(), &config).await,
@@ -462,21 +709,9 @@ async fn run(cli: Cli) -> Result<()> {
                 &cfg,
             )
             .await?;
-            println!("{name} {digest}");
-            Ok(())
+            stdout(&format!("{name} {digest}\n"))
         }
     }
-}
-
-/// Bytes with a binary unit, like buildctl du (`1.5 GiB`).
-fn human_size(n: u64) -> String {
-    bytesize::ByteSize(n).display().iec().to_string()
-}
-
-/// A rough age, its largest unit only: `5s`, `3m`, `2h`, `4days`.
-fn human_age(secs: u64) -> String {
-    let full = humantime::format_duration(std::time::Duration::from_secs(secs)).to_string();
-    full.split(' ').next().unwrap_or("0s").to_string()
 }
 
 /// Splits `K=V`; `K` alone takes the environment's value when `from_env`.
@@ -498,7 +733,8 @@ fn key_values(items: &[String], from_env: bool, what: &str) -> Result<BTreeMap<S
     Ok(out)
 }
 
-/// The image exporter's settings from `-o` (only `type=image` here).
+/// The image exporter's settings from `-o` (embedded builds export
+/// images only).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct ImageOutput {
     names: Vec<String>,
@@ -515,86 +751,31 @@ struct ImageOutput {
     rewrite_timestamp: bool,
 }
 
-/// A boolean exporter attribute as BuildKit reads it (`push` alone is
-/// `true`).
-fn bool_attr(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "" | "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(anyhow!("invalid {key}={value:?}: expected true or false")),
-    }
-}
-
-/// `-o` specs of the image exporter; `push` is `--push`.
-fn parse_outputs(outputs: &[String], push: bool) -> Result<ImageOutput> {
-    let mut out = ImageOutput {
-        push,
-        ..Default::default()
-    };
-    for o in outputs {
-        let mut kind = None;
-        for kv in o.split(',') {
-            let (k, v) = match kv.split_once('=') {
-                Some(kv) => kv,
-                None if kv == "push" => (kv, ""),
-                None => return Err(anyhow!("invalid output {o:?}: expected key=value pairs")),
-            };
-            match k {
-                "type" => kind = Some(v.to_string()),
-                "name" => out.names.extend(v.split(',').map(String::from)),
+/// `-o` specs of an embedded build (checked by [`outputs::parse`]);
+/// `push` is `--push`, `load` is `--load`.
+fn parse_outputs(specs: &[String], push: bool, load: bool) -> Result<ImageOutput> {
+    let mut out = ImageOutput::default();
+    for o in outputs::parse(specs, push, load, true)? {
+        for (k, v) in &o.attrs {
+            match k.as_str() {
+                "name" => out
+                    .names
+                    .extend(v.split(',').filter(|n| !n.is_empty()).map(String::from)),
                 "compression" => {
                     out.compression = Some(v.parse().map_err(|_| {
                         anyhow!("invalid compression {v:?}: use gzip, zstd or uncompressed")
                     })?)
                 }
-                "push" => out.push |= bool_attr(k, v)?,
-                "push-by-digest" => out.push_by_digest = bool_attr(k, v)?,
-                "registry.insecure" => out.insecure = bool_attr(k, v)?,
-                "unpack" | "oci-mediatypes" => {}
-                "rewrite-timestamp" => out.rewrite_timestamp = bool_attr(k, v)?,
-                _ => return Err(anyhow!("unknown output option {k:?} in {o:?}")),
+                "push" => out.push |= outputs::bool_attr(k, v)?,
+                "push-by-digest" => out.push_by_digest = outputs::bool_attr(k, v)?,
+                "registry.insecure" => out.insecure = outputs::bool_attr(k, v)?,
+                "rewrite-timestamp" => out.rewrite_timestamp = outputs::bool_attr(k, v)?,
+                // What kiln always does (checked by outputs::parse).
+                _ => {}
             }
         }
-        match kind.as_deref() {
-            Some("image") | None => {}
-            Some(t) => {
-                return Err(anyhow!(
-                    "output type {t:?} is not supported yet (use type=image)"
-                ))
-            }
-        }
-    }
-    if out.push_by_digest && !out.push {
-        return Err(anyhow!("push-by-digest=true needs push=true (or --push)"));
-    }
-    if out.insecure && !out.push {
-        return Err(anyhow!(
-            "registry.insecure=true needs push=true (or --push)"
-        ));
     }
     Ok(out)
-}
-
-/// The build context directory and the Dockerfile (`-f`, else
-/// `CONTEXT/Dockerfile`), both absolute.
-fn context_and_dockerfile(args: &BuildArgs) -> Result<(PathBuf, PathBuf)> {
-    let context = args
-        .context
-        .canonicalize()
-        .with_context(|| format!("build context {}", args.context.display()))?;
-    if !context.is_dir() {
-        return Err(anyhow!(
-            "build context {} is not a directory",
-            context.display()
-        ));
-    }
-    let dockerfile = match &args.file {
-        Some(f) => f
-            .canonicalize()
-            .with_context(|| format!("cannot read {}", f.display()))?,
-        None => context.join(kiln_frontend::DEFAULT_FILENAME),
-    };
-    Ok((context, dockerfile))
 }
 
 /// The build flags as the frontend attributes buildctl would send, so
@@ -743,41 +924,33 @@ fn cache_entries(args: &BuildArgs) -> Result<(Vec<cacheflags::Entry>, Vec<cachef
     cacheflags::entries(&args.cache_to, &args.cache_from, &build_args)
 }
 
-/// `-o` specs as the exporter attribute maps sent to a daemon; `--push`
-/// (`push`) sets `push=true` on the image output, adding one if there is
-/// none.
-fn remote_outputs(specs: &[String], push: bool) -> Result<Vec<HashMap<String, String>>> {
-    let mut outputs = Vec::new();
-    for o in specs {
-        let mut m = HashMap::new();
-        for kv in o.split(',') {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| anyhow!("invalid output {o:?}: expected key=value pairs"))?;
-            m.insert(k.to_string(), v.to_string());
-        }
-        outputs.push(m);
-    }
-    if push {
-        let is_image = |m: &HashMap<String, String>| m.get("type").is_none_or(|t| t == "image");
-        if !outputs.iter().any(is_image) {
-            outputs.push(HashMap::from([("type".to_string(), "image".to_string())]));
-        }
-        for m in outputs.iter_mut().filter(|m| is_image(m)) {
-            m.insert("push".into(), "true".into());
-        }
-    }
-    Ok(outputs)
+/// `-o` specs as the exporter attribute maps sent to a daemon (checked
+/// by [`outputs::parse`]); `--push` sets `push=true` on the image output,
+/// adding one if there is none.
+fn remote_outputs(
+    specs: &[String],
+    push: bool,
+    load: bool,
+) -> Result<Vec<HashMap<String, String>>> {
+    Ok(outputs::parse(specs, push, load, false)?
+        .into_iter()
+        .map(|o| {
+            let mut m: HashMap<String, String> = o.attrs.into_iter().collect();
+            m.insert("type".into(), o.kind);
+            m
+        })
+        .collect())
 }
 
 /// `kiln build` against a daemon.
 async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> Result<()> {
-    let (context, dockerfile) = context_and_dockerfile(&args)?;
+    let outputs = remote_outputs(&args.outputs, args.push, args.load)?;
+    let prepared = contexts::prepare(&args.context, args.file.as_deref(), &mut std::io::stdin())?;
+    let (context, dockerfile) = (prepared.context.clone(), prepared.dockerfile.clone());
     // The daemon parses (and refuses) them, as any BuildKit client's.
     let attrs = frontend_attrs(&args, &dockerfile)?;
     let named_dirs = context_dirs(&args)?;
     let (cache_exports, cache_imports) = cache_entries(&args)?;
-    let outputs = remote_outputs(&args.outputs, args.push)?;
     let secrets = secrets::Secrets::parse(&args.secrets)?;
     let ssh = ssh::Agents::parse(&args.ssh)?.session();
     let tags = args
@@ -785,9 +958,12 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
         .iter()
         .map(|n| kiln_dockerfile::reference::normalize(n).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
+    let mode = display_mode(&args)?;
+    let report = reporting(&args);
+    warn_no_output(&args);
     let channel = remote::connect(addr, tls).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(kiln_engine::progress::QUEUE);
-    let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
+    let display = spawn_display(rx, mode);
     let resp = remote::build(
         channel,
         remote::RemoteBuild {
@@ -802,21 +978,19 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             cache_imports,
             secrets,
             ssh,
+            quiet: report.quiet,
         },
         tx,
     )
     .await;
     let _ = display.await;
-    let resp = resp?;
-    if let Some(n) = resp.get("image.name") {
-        for name in n.split(',') {
-            println!("naming to {name}");
-        }
+    drop(prepared);
+    let mut resp: BTreeMap<String, String> = resp?.into_iter().collect();
+    // As buildx names it: builder/node/ref.
+    if let Some(r) = resp.remove(remote::BUILD_REF_KEY) {
+        resp.insert(remote::BUILD_REF_KEY.into(), format!("kiln/{addr}/{r}"));
     }
-    if let Some(d) = resp.get("containerimage.digest") {
-        println!("manifest {d}");
-    }
-    Ok(())
+    report.report(&resp)
 }
 
 /// Where the embedded CLI reads `[registry."HOST"]` tables: kilnd's own
@@ -849,7 +1023,9 @@ async fn build(
     config_file: Option<PathBuf>,
     args: BuildArgs,
 ) -> Result<()> {
-    let (context, dockerfile) = context_and_dockerfile(&args)?;
+    let out = parse_outputs(&args.outputs, args.push, args.load)?;
+    let prepared = contexts::prepare(&args.context, args.file.as_deref(), &mut std::io::stdin())?;
+    let (context, dockerfile) = (prepared.context.clone(), prepared.dockerfile.clone());
     let mut opts =
         kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(&args, &dockerfile)?)?;
     // Each named directory is read with its own `.dockerignore`.
@@ -869,7 +1045,6 @@ async fn build(
         std::sync::Arc::new(ssh::Agents::parse(&args.ssh)?);
     let df_dir = dockerfile.parent().unwrap_or(&context);
     let source = kiln_frontend::read_dockerfile(df_dir, &opts.filename, &context)?;
-    let out = parse_outputs(&args.outputs, args.push)?;
     let compression = out.compression.unwrap_or(Compression::Gzip);
     let mut names = out.names.clone();
     names.extend(args.tags.iter().cloned());
@@ -916,7 +1091,9 @@ async fn build(
     // Progress starts before the frontend, which shows its registry
     // lookups.
     let (tx, rx) = kiln_engine::progress::channel();
-    let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
+    let report = reporting(&args);
+    warn_no_output(&args);
+    let display = spawn_display(rx, display_mode(&args)?);
     let images = engine
         .base_images(opts.resolve_mode, credentials.clone())
         .with_progress(tx.clone());
@@ -947,7 +1124,12 @@ async fn build(
         Err(e) => {
             drop(tx);
             let _ = display.await;
-            return Err(e.into());
+            let hint = base_image_hint(&e, &engine.services().namespace);
+            let e = anyhow::Error::from(e);
+            return Err(match hint {
+                Some(h) => e.context(h),
+                None => e,
+            });
         }
     };
     // The exec op carries no security mode, so none asks for
@@ -992,13 +1174,35 @@ async fn build(
         engine.build(req, tx, cancel).await
     };
     let _ = display.await;
-    print_warnings(&warnings);
-    let result = result?;
-    for n in &result.names {
-        println!("naming to {n}");
+    drop(prepared);
+    if !report.quiet {
+        print_warnings(&warnings);
     }
-    println!("manifest {}", result.manifest_digest);
-    Ok(())
+    report.report(&results::embedded_response(&result?))
+}
+
+/// What to do when a base image can be neither found in the store nor
+/// pulled: put it there first (kiln never needs a registry for an image
+/// the store has).
+fn base_image_hint(e: &kiln_frontend::FrontendError, namespace: &str) -> Option<String> {
+    use kiln_engine::WorkerError as W;
+    let w = match e {
+        kiln_frontend::FrontendError::Image(w) => w,
+        _ => return None,
+    };
+    let image = match w {
+        W::ImageNotFound { image, .. }
+        | W::Registry { image, .. }
+        | W::ManifestUnknown { image, .. }
+        | W::Pull { image, .. } => image,
+        _ => return None,
+    };
+    Some(format!(
+        "base image {image} is not in containerd namespace {namespace:?} and could not be pulled; \
+         pull it (`ctr -n {namespace} images pull {image}`), import it \
+         (`ctr -n {namespace} images import IMAGE.tar`) or make one from a directory \
+         (`kiln --namespace {namespace} import-rootfs --name {image} DIR`), then build again"
+    ))
 }
 
 /// The build checks' warnings (`Rule: message (line N)`) after the
@@ -1103,6 +1307,7 @@ mod tests {
             parse_outputs(
                 &specs.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                 push,
+                false,
             )
         };
         let plain = out(&["type=image,name=r/x:1"], false).expect("plain");
@@ -1152,45 +1357,98 @@ mod tests {
         let specs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let get = |m: &HashMap<String, String>, k: &str| m.get(k).cloned();
         // No output: an image output that pushes.
-        let o = remote_outputs(&[], true).expect("outputs");
+        let o = remote_outputs(&[], true, false).expect("outputs");
         assert_eq!(o.len(), 1);
         assert_eq!(get(&o[0], "type").as_deref(), Some("image"));
         assert_eq!(get(&o[0], "push").as_deref(), Some("true"));
         // A local output alone gets an image output besides it.
-        let o = remote_outputs(&specs(&["type=local,dest=out"]), true).expect("outputs");
+        let o = remote_outputs(&specs(&["type=local,dest=out"]), true, false).expect("outputs");
         assert_eq!(o.len(), 2);
         assert_eq!(get(&o[0], "push"), None);
         assert_eq!(get(&o[1], "push").as_deref(), Some("true"));
         // An image output is marked, not duplicated.
-        let o = remote_outputs(&specs(&["type=image,name=r/x:1"]), true).expect("outputs");
+        let o = remote_outputs(&specs(&["type=image,name=r/x:1"]), true, false).expect("outputs");
         assert_eq!(o.len(), 1);
         assert_eq!(get(&o[0], "push").as_deref(), Some("true"));
         assert_eq!(get(&o[0], "name").as_deref(), Some("r/x:1"));
-        let o = remote_outputs(&specs(&["type=image,name=r/x:1"]), false).expect("outputs");
+        let o = remote_outputs(&specs(&["type=image,name=r/x:1"]), false, false).expect("outputs");
         assert_eq!(get(&o[0], "push"), None);
     }
 
     #[test]
-    fn sizes_print_with_binary_units() {
-        assert_eq!(human_size(0), "0 B");
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(10 << 30), "10.0 GiB");
-        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+    fn buildx_flags_not_built_yet_are_refused_by_name() {
+        let refused = [
+            (
+                vec!["--annotation", "a=b"],
+                "--annotation is not supported yet",
+            ),
+            (vec!["--check"], "--check is not supported yet"),
+            (
+                vec!["--call", "outline"],
+                "--call=outline is not supported yet",
+            ),
+            (vec!["--sbom", "true"], "--sbom=true is not supported yet"),
+            (
+                vec!["--provenance", "mode=max"],
+                "--provenance=mode=max is not supported yet",
+            ),
+            (
+                vec!["--attest", "type=sbom"],
+                "--attest type=sbom is not supported yet",
+            ),
+            (
+                vec!["--network", "host"],
+                "--network=host is not supported yet",
+            ),
+            (
+                vec!["--cgroup-parent", "x"],
+                "--cgroup-parent is not supported yet",
+            ),
+            (
+                vec!["-q", "--progress", "plain"],
+                "progress=plain and quiet cannot be used together",
+            ),
+        ];
+        for (flags, want) in refused {
+            let mut argv = flags.clone();
+            argv.push("ctx");
+            let e = refuse_unsupported(&build_args(&argv)).expect_err(want);
+            assert_eq!(e.to_string(), want, "{flags:?}");
+        }
+        let accepted: [&[&str]; 8] = [
+            &["--call", "build"],
+            &["--sbom", "false"],
+            &["--provenance", "0"],
+            &["--attest", "type=provenance,disabled=true"],
+            &["--network", "default"],
+            &["--load"],
+            &["-q", "--iidfile", "id", "--metadata-file", "md.json"],
+            &["--progress", "quiet"],
+        ];
+        for flags in accepted {
+            let mut argv = flags.to_vec();
+            argv.push("ctx");
+            refuse_unsupported(&build_args(&argv)).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        }
+        let q = build_args(&["--progress", "quiet", "ctx"]);
+        assert!(reporting(&q).quiet && display_mode(&q).expect("mode").is_none());
     }
 
     #[test]
-    fn ages_print_their_largest_unit() {
-        assert_eq!(human_age(0), "0s");
-        assert_eq!(human_age(59), "59s");
-        assert_eq!(human_age(3 * 60 + 5), "3m");
-        assert_eq!(human_age(2 * 3600 + 61), "2h");
-        assert_eq!(human_age(4 * 86_400 + 3600), "4days");
-        // No overflow on absurd ages.
-        assert!(
-            human_age(u64::MAX).ends_with("years"),
-            "{}",
-            human_age(u64::MAX)
+    fn completion_and_man_pages_come_from_the_flags() {
+        use clap::CommandFactory;
+        let mut buf = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "kiln",
+            &mut buf,
         );
+        let bash = String::from_utf8(buf).expect("utf8");
+        assert!(bash.contains("--metadata-file") && bash.contains("--iidfile"));
+        let dir = tempfile::tempdir().expect("dir");
+        clap_mangen::generate_to(Cli::command(), dir.path()).expect("man");
+        let page = std::fs::read_to_string(dir.path().join("kiln-build.1")).expect("kiln-build.1");
+        assert!(page.contains("iidfile"), "{page}");
     }
 }

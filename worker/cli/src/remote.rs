@@ -73,6 +73,8 @@ pub struct RemoteBuild {
     /// `--ssh` agents, served to the daemon through the session (no SSH
     /// service without `--ssh`, as buildx).
     pub ssh: Option<kiln_session::ssh::ForwardedAgents>,
+    /// `-q`: the build's warnings are not printed either (as buildx).
+    pub quiet: bool,
 }
 
 /// TLS settings for `tcp://` daemons (buildctl's `--tlscacert`,
@@ -133,6 +135,10 @@ pub struct Record {
     /// Seconds since the epoch; 0 if never.
     pub last_used: u64,
     pub description: String,
+    /// A build is using it now (not reclaimable).
+    pub in_use: bool,
+    /// Other records share some of its data.
+    pub shared: bool,
 }
 
 impl From<kiln_proto::control::UsageRecord> for Record {
@@ -146,6 +152,8 @@ impl From<kiln_proto::control::UsageRecord> for Record {
                 .and_then(|t| u64::try_from(t.seconds).ok())
                 .unwrap_or(0),
             description: r.description,
+            in_use: r.in_use,
+            shared: r.shared,
         }
     }
 }
@@ -391,6 +399,7 @@ pub async fn build(
     let serving = tokio::spawn(serve_session(conn, services, cancel.clone()));
 
     let build_ref = random_id(25);
+    let solve_ref = build_ref.clone();
     // The attributes already name the Dockerfile (`filename`).
     let mut attrs = b.attrs.clone();
     let entry = |(t, a): &crate::cacheflags::Entry| CacheOptionsEntry {
@@ -517,7 +526,15 @@ pub async fn build(
     let warnings = status.await.ok().and_then(|r| r.ok()).unwrap_or_default();
     cancel.cancel();
     let _ = serving.await;
-    crate::print_warnings(&warnings);
+    if !b.quiet {
+        crate::print_warnings(&warnings);
+    }
     let resp = solved.map_err(|e| anyhow!("{}", e.message()))?.into_inner();
-    Ok(resp.exporter_response)
+    let mut out = resp.exporter_response;
+    // The solve's ref, for `--metadata-file` (`buildx.build.ref`).
+    out.insert(BUILD_REF_KEY.into(), solve_ref);
+    Ok(out)
 }
+
+/// The response key under which [`build`] returns its solve ref.
+pub const BUILD_REF_KEY: &str = "buildx.build.ref";

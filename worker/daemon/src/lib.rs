@@ -37,7 +37,7 @@ mod trace;
 mod workers;
 
 use anyhow::{anyhow, Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use kiln_proto::control::control_server::ControlServer;
 use kiln_proto::gateway::llb_bridge_server::LlbBridgeServer;
 use kiln_proto::health::health_server::HealthServer;
@@ -56,7 +56,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Parser)]
 #[command(
     name = "kilnd",
-    version = kiln_engine::VERSION,
     about = "kiln's BuildKit-compatible build daemon (buildctl, nerdctl build, buildx remote driver)"
 )]
 struct Cli {
@@ -70,7 +69,14 @@ pub fn main() -> ExitCode {
     tune_malloc();
     // First, while kilnd is one thread: it changes the environment.
     listen::take_activation();
-    let cli = Cli::parse();
+    // The version line names the commit (build.rs), so it is set here.
+    let version: &'static str =
+        Box::leak(kiln_engine::version_line(env!("KILN_GIT_COMMIT")).into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let config = match config::Config::load(&cli.flags) {
         Ok(c) => c,
         Err(e) => {

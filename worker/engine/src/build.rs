@@ -95,6 +95,10 @@ pub fn anonymous() -> Arc<dyn kiln_registry::Credentials> {
 #[derive(Clone, Debug)]
 pub struct BuildResult {
     pub manifest_digest: String,
+    /// The manifest's media type and size, for the result's descriptor
+    /// (`containerimage.descriptor` in `kiln build --metadata-file`).
+    pub manifest_media_type: String,
+    pub manifest_size: i64,
     pub config_digest: String,
     pub names: Vec<String>,
 }
@@ -328,6 +332,8 @@ impl Engine {
         } = r?;
         Ok(BuildResult {
             manifest_digest: manifest.digest().to_string(),
+            manifest_media_type: manifest.media_type().to_string(),
+            manifest_size: crate::oci::size_of(&manifest),
             config_digest,
             names,
         })
@@ -343,6 +349,11 @@ impl Engine {
         progress: Progress,
         cancel: CancellationToken,
     ) -> Result<BuildResult> {
+        // Every platform's config has the frontend's one SOURCE_DATE_EPOCH.
+        let epoch = targets
+            .first()
+            .and_then(|t| t.config.source_date_epoch)
+            .filter(|_| req.rewrite_timestamp);
         let solved = self
             .solve_index(&req, targets, progress.clone(), cancel)
             .await?;
@@ -352,7 +363,7 @@ impl Engine {
             })
             .await;
         let mut r = solved
-            .export_image(&req.config, &req.names, req.compression)
+            .export_image_with(&req.config, &req.names, req.compression, epoch)
             .await;
         if let (Ok(out), Some(opts)) = (&r, &req.push) {
             let first = req.graph.vertices.len();
@@ -374,6 +385,8 @@ impl Engine {
         let out = r?;
         Ok(BuildResult {
             manifest_digest: out.manifest.digest().to_string(),
+            manifest_media_type: out.manifest.media_type().to_string(),
+            manifest_size: crate::oci::size_of(&out.manifest),
             config_digest: out.config_digest,
             names: out.names,
         })

@@ -54,6 +54,18 @@ pub use build::{BuildRequest, BuildResult, Engine};
 /// `kiln --version` and `kilnd --version` print. Semver-like, as buildx
 /// shows it.
 pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"), "-kiln");
+
+/// The line `kiln --version`, `kiln version` and `kilnd --version` print
+/// after the binary's name: [`VERSION`] and the git commit the binary was
+/// built from (each binary's build script finds it; empty outside a git
+/// checkout), as buildx and buildkitd print theirs.
+pub fn version_line(commit: &str) -> String {
+    if commit.is_empty() {
+        VERSION.to_string()
+    } else {
+        format!("{VERSION} {commit}")
+    }
+}
 pub use error::{Result, WorkerError};
 pub use progress::{LogStream, Progress, ProgressEvent};
 pub use services::Services;

@@ -1,0 +1,356 @@
+//! `-o`/`--output` specs as buildx spells them, checked attribute by
+//! attribute before anything runs: each attribute either works (in this
+//! mode) or is refused by name. Embedded builds and `--addr` builds read
+//! the specs through [`parse`], so both refuse the same things.
+
+use anyhow::{anyhow, Result};
+use std::collections::BTreeMap;
+
+/// One `-o` output: its type and its other attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub kind: String,
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl Output {
+    pub fn is_image(&self) -> bool {
+        self.kind == "image"
+    }
+}
+
+/// The output types buildx knows, and whether kiln exports them embedded
+/// (`true`) or only through a daemon (`false`).
+const TYPES: &[(&str, bool)] = &[
+    ("image", true),
+    ("registry", true),
+    ("local", false),
+    ("tar", false),
+    ("oci", false),
+    ("docker", false),
+];
+
+/// How kiln treats one attribute of an output type.
+#[derive(Debug, PartialEq, Eq)]
+enum Support {
+    /// Works with any value the attribute takes.
+    Works,
+    /// Works only with this boolean value (what kiln always does); the
+    /// other is not supported yet.
+    OnlyBool(bool),
+    /// Not implemented: refused by name whatever the value.
+    NotYet,
+}
+
+/// What kiln does with `key` of an output of `kind`; `None` for an
+/// attribute BuildKit does not have.
+fn support(kind: &str, key: &str) -> Option<Support> {
+    use Support::*;
+    let image_like = matches!(kind, "image" | "oci" | "docker");
+    // Annotations of every kind and place (`annotation.K`,
+    // `annotation-index.K`, `annotation-manifest-descriptor[P].K`, ...).
+    if key.starts_with("annotation") && image_like {
+        return Some(NotYet);
+    }
+    let s = match (kind, key) {
+        (_, "dest") if kind != "image" => Works,
+        ("image" | "oci" | "docker", "name") => Works,
+        ("image", "push" | "push-by-digest" | "registry.insecure") => Works,
+        ("image", "unpack" | "store") => OnlyBool(true),
+        ("image", "dangling-name-prefix" | "name-canonical") => NotYet,
+        (_, "compression") if image_like => Works,
+        (_, "force-compression") if image_like => OnlyBool(false),
+        (_, "compression-level") if image_like => NotYet,
+        // kiln writes OCI media types only.
+        (_, "oci-mediatypes") if image_like => OnlyBool(true),
+        (_, "oci-artifact") if image_like => OnlyBool(false),
+        // Layer file times clamped to SOURCE_DATE_EPOCH.
+        (_, "rewrite-timestamp") if image_like => Works,
+        (_, "rewrite-timestamp") => OnlyBool(false),
+        (_, "buildinfo" | "buildinfo-attrs") if image_like => OnlyBool(false),
+        (_, "source-date-epoch") => NotYet,
+        ("oci" | "docker", "tar") => OnlyBool(true),
+        ("docker", "context") => NotYet,
+        ("local" | "tar", "platform-split") => NotYet,
+        (_, "attestation-prefix") => NotYet,
+        _ => return None,
+    };
+    Some(s)
+}
+
+/// A boolean attribute as BuildKit reads it (a bare key is `true`).
+pub fn bool_attr(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(anyhow!("invalid {key}={value:?}: expected true or false")),
+    }
+}
+
+/// Checks one attribute of an output of `kind`.
+fn check(kind: &str, key: &str, value: &str) -> Result<()> {
+    match support(kind, key) {
+        Some(Support::Works) => Ok(()),
+        Some(Support::OnlyBool(ok)) => {
+            if bool_attr(key, value)? == ok {
+                Ok(())
+            } else {
+                Err(anyhow!(
+                    "output option {key} is not supported yet (kiln always uses {key}={ok})"
+                ))
+            }
+        }
+        Some(Support::NotYet) => Err(anyhow!("output option {key} is not supported yet")),
+        None => Err(anyhow!("unknown output option {key:?} for type={kind}")),
+    }
+}
+
+/// Splits one spec into key/value pairs (a bare key, e.g. `push`, has an
+/// empty value; a lone value is buildx's `-o DIR`, `type=local,dest=DIR`).
+fn pairs(spec: &str) -> Result<Vec<(String, String)>> {
+    if !spec.contains('=') && !spec.is_empty() {
+        if spec == "-" {
+            return Err(anyhow!(
+                "-o - (a tar of the result on stdout) is not supported yet: use -o type=tar,dest=-"
+            ));
+        }
+        return Ok(vec![
+            ("type".into(), "local".into()),
+            ("dest".into(), spec.into()),
+        ]);
+    }
+    spec.split(',')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => Ok((k.trim().to_string(), v.to_string())),
+            None => Ok((kv.trim().to_string(), String::new())),
+        })
+        .collect()
+}
+
+/// Parses and checks every `-o` spec. `type=registry` is buildx's
+/// `type=image,push=true`; `push` (`--push`) marks the image output,
+/// adding one if there is none; `load` (`--load`) asks for the image in
+/// containerd's store, which is where kiln's image output puts it.
+/// `embedded` refuses the types only a daemon exports.
+pub fn parse(specs: &[String], push: bool, load: bool, embedded: bool) -> Result<Vec<Output>> {
+    let mut out: Vec<Output> = Vec::new();
+    for spec in specs {
+        let mut kind = None;
+        let mut attrs = BTreeMap::new();
+        for (k, v) in pairs(spec)? {
+            if k == "type" {
+                kind = Some(v);
+            } else {
+                attrs.insert(k, v);
+            }
+        }
+        let mut kind = kind.unwrap_or_else(|| "image".to_string());
+        let Some((_, in_process)) = TYPES.iter().find(|(t, _)| *t == kind) else {
+            return Err(anyhow!(
+                "unknown output type {kind:?} (image, registry, local, tar, oci, docker)"
+            ));
+        };
+        if kind == "registry" {
+            kind = "image".into();
+            attrs.insert("push".into(), "true".into());
+        }
+        for (k, v) in &attrs {
+            check(&kind, k, v)?;
+        }
+        if embedded && !in_process {
+            return Err(anyhow!(
+                "output type={kind} is not supported yet without a daemon (use --addr with kilnd)"
+            ));
+        }
+        if kind != "image" && !attrs.contains_key("dest") {
+            return Err(anyhow!("type={kind} needs dest=PATH"));
+        }
+        out.push(Output { kind, attrs });
+    }
+    if (push || load) && !out.iter().any(Output::is_image) {
+        out.push(Output {
+            kind: "image".into(),
+            attrs: BTreeMap::new(),
+        });
+    }
+    if push {
+        for o in out.iter_mut().filter(|o| o.is_image()) {
+            o.attrs.insert("push".into(), "true".into());
+        }
+    }
+    for o in out.iter().filter(|o| o.is_image()) {
+        let on = |k: &str| {
+            o.attrs
+                .get(k)
+                .map(|v| bool_attr(k, v))
+                .transpose()
+                .map(|b| b.unwrap_or(false))
+        };
+        let pushing = on("push")?;
+        for modifier in ["push-by-digest", "registry.insecure"] {
+            if on(modifier)? && !pushing {
+                return Err(anyhow!("{modifier}=true needs push=true (or --push)"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(spec: &str) -> Result<Vec<Output>> {
+        parse(&[spec.to_string()], false, false, false)
+    }
+
+    /// Every attribute buildx documents for each output type: works in kiln
+    /// (`Ok`), or fails naming the attribute as not supported yet.
+    #[test]
+    fn every_output_attribute_works_or_is_refused_by_name() {
+        let works = [
+            "type=image,name=r/x:1",
+            "type=image,name=r/x:1,push=true",
+            "type=image,push=true,push-by-digest=true",
+            "type=image,push=true,registry.insecure=true",
+            "type=image,compression=zstd",
+            "type=image,compression=gzip,force-compression=false",
+            "type=image,oci-mediatypes=true",
+            "type=image,oci-artifact=false",
+            "type=image,unpack=true",
+            "type=image,store=true",
+            "type=image,rewrite-timestamp=false",
+            "type=image,rewrite-timestamp=true",
+            "type=image,buildinfo=false",
+            "type=registry,name=r/x:1",
+            "type=local,dest=out",
+            "type=tar,dest=out.tar",
+            "type=oci,dest=out.tar,name=r/x:1,compression=gzip",
+            "type=docker,dest=out.tar,name=r/x:1",
+            "type=oci,dest=-,tar=true",
+            "out-dir",
+        ];
+        for spec in works {
+            one(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        }
+        let refused = [
+            ("type=image,compression-level=3", "compression-level"),
+            (
+                "type=image,force-compression=true",
+                "force-compression=true",
+            ),
+            ("type=image,oci-mediatypes=false", "oci-mediatypes=false"),
+            ("type=image,oci-artifact=true", "oci-artifact=true"),
+            ("type=image,unpack=false", "unpack=false"),
+            ("type=image,store=false", "store=false"),
+            (
+                "type=local,dest=o,rewrite-timestamp=true",
+                "rewrite-timestamp=true",
+            ),
+            ("type=image,buildinfo=true", "buildinfo=true"),
+            ("type=image,buildinfo-attrs=true", "buildinfo-attrs=true"),
+            ("type=image,dangling-name-prefix=x", "dangling-name-prefix"),
+            ("type=image,name-canonical=true", "name-canonical"),
+            (
+                "type=image,annotation.org.opencontainers.image.title=x",
+                "annotation.org.opencontainers.image.title",
+            ),
+            ("type=image,annotation-index.a=b", "annotation-index.a"),
+            (
+                "type=image,annotation-manifest-descriptor.a=b",
+                "annotation-manifest-descriptor.a",
+            ),
+            ("type=image,source-date-epoch=0", "source-date-epoch"),
+            ("type=image,attestation-prefix=x", "attestation-prefix"),
+            ("type=oci,dest=o.tar,tar=false", "tar=false"),
+            ("type=oci,dest=o.tar,annotation.a=b", "annotation.a"),
+            ("type=docker,dest=o.tar,context=x", "context"),
+            (
+                "type=docker,dest=o.tar,compression-level=1",
+                "compression-level",
+            ),
+            ("type=local,dest=o,platform-split=true", "platform-split"),
+            ("type=tar,dest=o.tar,platform-split=false", "platform-split"),
+        ];
+        for (spec, name) in refused {
+            let e = one(spec).expect_err(spec).to_string();
+            let key = name.split('=').next().unwrap_or(name);
+            match name.split_once('=') {
+                // A value kiln does not do: the one it does is named.
+                Some((key, bad)) => {
+                    let ok = if bad == "true" { "false" } else { "true" };
+                    assert_eq!(
+                        e,
+                        format!(
+                            "output option {key} is not supported yet (kiln always uses {key}={ok})"
+                        ),
+                        "{spec}"
+                    );
+                }
+                None => assert_eq!(e, format!("output option {key} is not supported yet")),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_types_and_attributes_are_errors() {
+        assert_eq!(
+            one("type=image,frobnicate=1")
+                .expect_err("unknown")
+                .to_string(),
+            "unknown output option \"frobnicate\" for type=image"
+        );
+        assert_eq!(
+            one("type=cacheonly").expect_err("type").to_string(),
+            "unknown output type \"cacheonly\" (image, registry, local, tar, oci, docker)"
+        );
+        assert_eq!(
+            one("type=local").expect_err("no dest").to_string(),
+            "type=local needs dest=PATH"
+        );
+        assert_eq!(
+            one("type=image,push=maybe").expect_err("bool").to_string(),
+            "invalid push=\"maybe\": expected true or false"
+        );
+        assert!(one("-")
+            .expect_err("stdout")
+            .to_string()
+            .contains("not supported yet"));
+    }
+
+    #[test]
+    fn embedded_builds_refuse_the_daemons_types() {
+        let e = parse(&["type=local,dest=o".into()], false, false, true).expect_err("embedded");
+        assert_eq!(
+            e.to_string(),
+            "output type=local is not supported yet without a daemon (use --addr with kilnd)"
+        );
+        let reg =
+            parse(&["type=registry,name=r/x:1".into()], false, false, true).expect("registry");
+        assert_eq!(reg[0].kind, "image");
+        assert_eq!(reg[0].attrs.get("push").map(String::as_str), Some("true"));
+    }
+
+    #[test]
+    fn push_and_load_add_or_mark_the_image_output() {
+        let o = parse(&["type=local,dest=o".into()], true, false, false).expect("push");
+        assert_eq!(o.len(), 2);
+        assert_eq!(o[1].attrs.get("push").map(String::as_str), Some("true"));
+        let o = parse(&[], false, true, true).expect("load");
+        assert_eq!(o.len(), 1);
+        assert!(o[0].is_image() && o[0].attrs.is_empty());
+        assert!(parse(&[], false, false, true).expect("none").is_empty());
+        assert_eq!(
+            parse(
+                &["type=image,push-by-digest=true".into()],
+                false,
+                false,
+                true
+            )
+            .expect_err("modifier")
+            .to_string(),
+            "push-by-digest=true needs push=true (or --push)"
+        );
+    }
+}

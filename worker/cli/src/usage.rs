@@ -1,0 +1,273 @@
+//! `kiln du` and `kiln prune` output, laid out as buildx lays out
+//! `docker buildx du` / `prune`: the `ID RECLAIMABLE SIZE LAST ACCESSED`
+//! table, sizes in docker's decimal units (`12.3MB`), ages in words
+//! (`2 hours ago`), and the Shared/Private/Reclaimable/Total summary.
+
+use crate::remote::Record;
+
+/// A size as docker's `units.HumanSize` writes it: decimal units, four
+/// significant digits (`512B`, `1.5kB`, `12.35MB`).
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < UNITS.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    format!("{}{}", four_digits(v), UNITS[i])
+}
+
+/// `%.4g` for the values `human_size` produces (0 <= v < 1000).
+fn four_digits(v: f64) -> String {
+    let decimals = if v >= 100.0 {
+        1
+    } else if v >= 10.0 {
+        2
+    } else {
+        3
+    };
+    let s = format!("{v:.decimals$}");
+    // A rounding to 1000.0 would be five digits; keep it as `%.4g` does.
+    let s = if s.starts_with("1000") {
+        "1000".to_string()
+    } else {
+        s
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// An age as docker's `units.HumanDuration` writes it (`About an hour`,
+/// `3 days`).
+pub fn human_duration(secs: u64) -> String {
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    let hours = secs / 3600;
+    match secs {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => plural(s, "second"),
+        s if s / 60 == 1 => "About a minute".into(),
+        s if s < 46 * 60 => plural(s / 60, "minute"),
+        s if (s as f64 / 3600.0).round() == 1.0 => "About an hour".into(),
+        _ if hours < 48 => plural(hours, "hour"),
+        _ if hours < 24 * 7 * 2 => plural(hours / 24, "day"),
+        _ if hours < 24 * 30 * 2 => plural(hours / 24 / 7, "week"),
+        _ if hours < 24 * 365 * 2 => plural(hours / 24 / 30, "month"),
+        _ => plural(hours / 24 / 365, "year"),
+    }
+}
+
+/// Lays rows out in columns as Go's tabwriter does with tab padding: each
+/// column as wide as its widest cell plus one, rounded up to a tab stop
+/// (written with spaces, so the output does not depend on the terminal's
+/// tab width).
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            let w = rows
+                .iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0);
+            (w + 1).div_ceil(8) * 8
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}", width = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn short_id(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or(id)
+}
+
+fn last_accessed(r: &Record, now: u64) -> String {
+    if r.last_used == 0 {
+        return String::new();
+    }
+    format!("{} ago", human_duration(now.saturating_sub(r.last_used)))
+}
+
+fn row(r: &Record, now: u64) -> Vec<String> {
+    let mut size = human_size(r.size);
+    if r.shared {
+        size.push('*');
+    }
+    vec![
+        short_id(&r.id).to_string(),
+        (!r.in_use).to_string(),
+        size,
+        last_accessed(r, now),
+    ]
+}
+
+/// `kiln du`: the table (or, verbose, one block per record) and the
+/// summary.
+pub fn disk_usage(records: &[Record], verbose: bool, now: u64) -> String {
+    let mut out = String::new();
+    if verbose {
+        for r in records {
+            let rows = vec![
+                vec!["ID:".to_string(), r.id.clone()],
+                vec!["Reclaimable:".into(), (!r.in_use).to_string()],
+                vec!["Shared:".into(), r.shared.to_string()],
+                vec!["Size:".into(), human_size(r.size)],
+                vec!["Description:".into(), r.description.clone()],
+                vec!["Last used:".into(), last_accessed(r, now)],
+                vec!["Type:".into(), r.record_type.clone()],
+            ];
+            out.push_str(&table(&rows));
+            out.push('\n');
+        }
+    } else {
+        let mut rows = vec![vec![
+            "ID".to_string(),
+            "RECLAIMABLE".into(),
+            "SIZE".into(),
+            "LAST ACCESSED".into(),
+        ]];
+        rows.extend(records.iter().map(|r| row(r, now)));
+        out.push_str(&table(&rows));
+    }
+    if !records.is_empty() && !verbose {
+        out.push('\n');
+    }
+    let total: u64 = records.iter().map(|r| r.size).sum();
+    let shared: u64 = records.iter().filter(|r| r.shared).map(|r| r.size).sum();
+    let reclaimable: u64 = records.iter().filter(|r| !r.in_use).map(|r| r.size).sum();
+    let mut summary = Vec::new();
+    if shared > 0 {
+        summary.push(vec!["Shared:".to_string(), human_size(shared)]);
+        summary.push(vec!["Private:".to_string(), human_size(total - shared)]);
+    }
+    summary.push(vec!["Reclaimable:".to_string(), human_size(reclaimable)]);
+    summary.push(vec!["Total:".to_string(), human_size(total)]);
+    out.push_str(&table(&summary));
+    out
+}
+
+/// `kiln prune`: the removed records under the table header (none: no
+/// header), then the total.
+pub fn pruned(records: &[Record], now: u64) -> String {
+    let mut out = String::new();
+    if !records.is_empty() {
+        let mut rows = vec![vec![
+            "ID".to_string(),
+            "RECLAIMABLE".into(),
+            "SIZE".into(),
+            "LAST ACCESSED".into(),
+        ]];
+        rows.extend(records.iter().map(|r| row(r, now)));
+        out.push_str(&table(&rows));
+    }
+    let total: u64 = records.iter().map(|r| r.size).sum();
+    out.push_str(&table(&[vec!["Total:".to_string(), human_size(total)]]));
+    out
+}
+
+/// buildx's confirmation question before a prune.
+pub fn prune_warning(all: bool) -> &'static str {
+    if all {
+        "WARNING! This will remove all build cache. Are you sure you want to continue?"
+    } else {
+        "WARNING! This will remove all dangling build cache. Are you sure you want to continue?"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, size: u64, last_used: u64, shared: bool, in_use: bool) -> Record {
+        Record {
+            id: id.into(),
+            record_type: "regular".into(),
+            size,
+            last_used,
+            description: "RUN true".into(),
+            in_use,
+            shared,
+        }
+    }
+
+    #[test]
+    fn sizes_use_dockers_decimal_units() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(1500), "1.5kB");
+        assert_eq!(human_size(12_345_678), "12.35MB");
+        assert_eq!(human_size(999_999), "1000kB");
+        assert_eq!(human_size(10_000_000_000), "10GB");
+        assert_eq!(human_size(u64::MAX), "18.45EB");
+    }
+
+    #[test]
+    fn ages_read_as_docker_writes_them() {
+        assert_eq!(human_duration(0), "Less than a second");
+        assert_eq!(human_duration(1), "1 second");
+        assert_eq!(human_duration(59), "59 seconds");
+        assert_eq!(human_duration(90), "About a minute");
+        assert_eq!(human_duration(5 * 60), "5 minutes");
+        assert_eq!(human_duration(3600), "About an hour");
+        assert_eq!(human_duration(3 * 3600), "3 hours");
+        assert_eq!(human_duration(3 * 86_400), "3 days");
+        assert_eq!(human_duration(20 * 86_400), "2 weeks");
+        assert_eq!(human_duration(90 * 86_400), "3 months");
+        assert_eq!(human_duration(800 * 86_400), "2 years");
+    }
+
+    #[test]
+    fn du_has_buildx_columns_and_summary() {
+        let now = 10_000;
+        let records = [
+            rec("kiln/cache/abc", 1_500_000, now - 7200, false, false),
+            rec("kiln/cache/def", 2_000, now - 5, true, true),
+        ];
+        let out = disk_usage(&records, false, now);
+        assert_eq!(
+            out,
+            "ID      RECLAIMABLE     SIZE    LAST ACCESSED\n\
+             abc     true            1.5MB   2 hours ago\n\
+             def     false           2kB*    5 seconds ago\n\
+             \n\
+             Shared:         2kB\n\
+             Private:        1.5MB\n\
+             Reclaimable:    1.5MB\n\
+             Total:          1.502MB\n"
+        );
+        assert_eq!(
+            disk_usage(&[], false, now),
+            "ID      RECLAIMABLE     SIZE    LAST ACCESSED\nReclaimable:    0B\nTotal:          0B\n"
+        );
+        let v = disk_usage(&records[..1], true, now);
+        assert!(v.starts_with("ID:             kiln/cache/abc\n"), "{v}");
+        assert!(v.contains("Type:           regular\n"), "{v}");
+    }
+
+    #[test]
+    fn prune_prints_a_header_only_when_something_went() {
+        assert_eq!(pruned(&[], 0), "Total:  0B\n");
+        let out = pruned(&[rec("kiln/cache/abc", 1000, 0, false, false)], 50);
+        assert_eq!(
+            out,
+            "ID      RECLAIMABLE     SIZE    LAST ACCESSED\nabc     true            1kB\nTotal:  1kB\n"
+        );
+    }
+}
