@@ -173,9 +173,10 @@ struct BuildArgs {
     /// it, a tag in the store is used as it is and a missing one pulled.
     #[arg(long)]
     pull: bool,
-    /// Progress output: auto, plain or tty.
-    #[arg(long, default_value = "auto")]
-    progress: String,
+    /// Progress output: auto, plain, tty, rawjson or quiet (default:
+    /// $BUILDKIT_PROGRESS, else auto).
+    #[arg(long)]
+    progress: Option<String>,
     /// Output: type=image[,name=N][,compression=gzip|zstd|uncompressed]
     /// [,push=true][,push-by-digest=true][,registry.insecure=true].
     #[arg(short = 'o', long = "output")]
@@ -243,7 +244,10 @@ pub fn main() -> std::process::ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match e.downcast_ref::<progress::SolveFailed>() {
+                Some(f) => f.print(&mut std::io::stderr()),
+                None => eprintln!("error: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -751,8 +755,8 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
         .map(|n| kiln_dockerfile::reference::normalize(n).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
     let channel = remote::connect(addr, tls).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(kiln_engine::progress::QUEUE);
-    let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
+    let (tx, rx) = progress::channel();
+    let display = tokio::spawn(progress::render(rx, progress_mode(&args)?));
     let resp = remote::build(
         channel,
         remote::RemoteBuild {
@@ -832,6 +836,7 @@ async fn build(
         std::sync::Arc::new(secrets::Secrets::parse(&args.secrets)?);
     let ssh: std::sync::Arc<dyn kiln_engine::ssh::SshSource> =
         std::sync::Arc::new(ssh::Agents::parse(&args.ssh)?);
+    let shown_as = progress_mode(&args)?;
     let df_dir = dockerfile.parent().unwrap_or(&context);
     let source = kiln_frontend::read_dockerfile(df_dir, &opts.filename, &context)?;
     let out = parse_outputs(&args.outputs, args.push)?;
@@ -879,30 +884,84 @@ async fn build(
     let engine = Engine::with_network(ctrd, root, cni).with_registry(std::sync::Arc::new(hosts));
     engine.sweep().await?;
     // Progress starts before the frontend, which shows its registry
-    // lookups.
-    let (tx, rx) = kiln_engine::progress::channel();
-    let display = tokio::spawn(progress::render(rx, progress::Mode::parse(&args.progress)?));
+    // lookups, after `load build definition` as in BuildKit.
+    let (shown, rx) = progress::channel();
+    let display = tokio::spawn(progress::render(rx, shown_as));
+    let embedded = std::sync::Arc::new(std::sync::Mutex::new(progress::model::Embedded::default()));
+    let (tx, engine_rx) = kiln_engine::progress::channel();
+    let forward = tokio::spawn(progress::forward_engine(
+        engine_rx,
+        embedded.clone(),
+        shown.clone(),
+    ));
+    {
+        let now = std::time::SystemTime::now();
+        let mut e = embedded.lock().unwrap_or_else(|p| p.into_inner());
+        let definition = format!("[internal] load build definition from {}", opts.filename);
+        let updates = [
+            e.begin(&definition, now),
+            e.item(
+                "transferring dockerfile:",
+                i64::try_from(source.text.len()).unwrap_or(i64::MAX),
+                now,
+                std::time::SystemTime::now(),
+            ),
+            e.close(std::time::SystemTime::now(), None),
+        ];
+        drop(e);
+        for u in updates {
+            let _ = shown.send(u).await;
+        }
+    }
     let images = engine
         .base_images(opts.resolve_mode, credentials.clone())
         .with_progress(tx.clone());
     let planned = kiln_frontend::plan(&source, &opts, &images).await;
     let pinned = images.pinned();
     drop(images);
-    let built = match planned {
+    // The exec op carries no security mode, so none asks for
+    // security.insecure.
+    let checked = planned.map_err(anyhow::Error::from).and_then(|b| {
+        granted.check_graph(&b.graph)?;
+        Ok(b)
+    });
+    let built = match checked {
         Ok(b) => b,
         Err(e) => {
             drop(tx);
+            let _ = forward.await;
+            drop(shown);
             let _ = display.await;
-            return Err(e.into());
+            return Err(e);
         }
     };
-    // The exec op carries no security mode, so none asks for
-    // security.insecure.
-    if let Err(e) = granted.check_graph(&built.graph) {
-        drop(tx);
-        let _ = display.await;
-        return Err(e.into());
-    }
+    let digests: Vec<String> = built
+        .graph
+        .definition_digests()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    let inputs = built
+        .graph
+        .vertices
+        .iter()
+        .map(|v| {
+            v.inputs
+                .iter()
+                .filter_map(|e| digests.get(e.vertex.0).cloned())
+                .collect()
+        })
+        .collect();
+    let locations: Vec<Option<kiln_solver::SourceLocation>> = built
+        .graph
+        .vertices
+        .iter()
+        .map(|v| v.location.clone())
+        .collect();
+    embedded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_graph(digests.clone(), inputs);
     let warnings: Vec<String> = built.warnings.iter().map(|w| w.to_string()).collect();
     let mut locals = named_dirs;
     locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.clone());
@@ -931,15 +990,85 @@ async fn build(
             on_signal.cancel();
         }
     });
-    let result = engine.build(req, tx, cancel).await;
-    let _ = display.await;
+    let result = engine.build(req, tx.clone(), cancel).await;
+    drop(tx);
+    // The engine's last events, then the export's items and its end, as
+    // BuildKit's exporter reports them.
+    let _ = forward.await;
+    let finals = {
+        let mut e = embedded.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::SystemTime::now();
+        let exporting = e.open().is_some_and(|v| v.name.starts_with("exporting"));
+        match &result {
+            Ok(r) => {
+                let since = e.open().and_then(|v| v.started).unwrap_or(now);
+                let mut u = vec![
+                    e.item("exporting layers", 0, since, now),
+                    e.item(
+                        &format!("exporting manifest {}", r.manifest_digest),
+                        0,
+                        now,
+                        now,
+                    ),
+                ];
+                for n in &r.names {
+                    u.push(e.item(&format!("naming to {n}"), 0, now, now));
+                }
+                u.push(e.close(now, None));
+                u
+            }
+            Err(err) => vec![e.close(now, exporting.then(|| err.to_string()))],
+        }
+    };
+    for u in finals {
+        let _ = shown.send(u).await;
+    }
+    drop(shown);
+    let mut trace = display.await.unwrap_or_default();
     print_warnings(&warnings);
-    let result = result?;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // The failed steps' Dockerfile lines, for the snippet.
+            let sources = trace
+                .failed()
+                .iter()
+                .filter_map(|v| digests.iter().position(|d| *d == v.vertex.digest))
+                .filter_map(|i| locations.get(i).cloned().flatten())
+                .map(|l| {
+                    let line = i32::try_from(l.line).unwrap_or(i32::MAX);
+                    progress::model::Source {
+                        filename: l.file,
+                        data: source.text.clone().into_bytes(),
+                        language: "Dockerfile".into(),
+                        ranges: vec![progress::model::Range {
+                            start: (line, 0),
+                            end: (line, 0),
+                        }],
+                    }
+                })
+                .collect();
+            trace.updated.clear();
+            return Err(progress::SolveFailed {
+                message: e.to_string(),
+                sources,
+            }
+            .into());
+        }
+    };
     for n in &result.names {
         println!("naming to {n}");
     }
     println!("manifest {}", result.manifest_digest);
     Ok(())
+}
+
+/// The progress mode: `--progress`, else `BUILDKIT_PROGRESS`, else auto.
+fn progress_mode(args: &BuildArgs) -> Result<progress::Mode> {
+    progress::Mode::resolve(
+        args.progress.as_deref(),
+        std::env::var("BUILDKIT_PROGRESS").ok().as_deref(),
+    )
 }
 
 /// The build checks' warnings (`Rule: message (line N)`) after the
