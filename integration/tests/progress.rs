@@ -293,7 +293,7 @@ fn tty_screen(h: &Harness, ns: &str, ctx: &std::path::Path, w: u32, rows: u32) -
         .status()
         .expect("tmux runs (apt-get install tmux)");
     assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     while !done.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }

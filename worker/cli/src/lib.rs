@@ -894,24 +894,19 @@ async fn build(
         embedded.clone(),
         shown.clone(),
     ));
-    {
+    let definition = {
         let now = std::time::SystemTime::now();
         let mut e = embedded.lock().unwrap_or_else(|p| p.into_inner());
-        let definition = format!("[internal] load build definition from {}", opts.filename);
-        let updates = [
-            e.begin(&definition, now),
-            e.item(
-                "transferring dockerfile:",
-                i64::try_from(source.text.len()).unwrap_or(i64::MAX),
-                now,
-                std::time::SystemTime::now(),
-            ),
+        let name = format!("[internal] load build definition from {}", opts.filename);
+        let size = i64::try_from(source.text.len()).unwrap_or(i64::MAX);
+        [
+            e.begin(&name, now),
+            e.item("transferring dockerfile:", size, now, now),
             e.close(std::time::SystemTime::now(), None),
-        ];
-        drop(e);
-        for u in updates {
-            let _ = shown.send(u).await;
-        }
+        ]
+    };
+    for u in definition {
+        let _ = shown.send(u).await;
     }
     let images = engine
         .base_images(opts.resolve_mode, credentials.clone())
