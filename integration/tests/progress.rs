@@ -360,3 +360,57 @@ async fn the_terminal_view_is_redrawn_in_place_at_80x24_and_200x50() {
         );
     }
 }
+
+#[tokio::test]
+async fn through_kilnd_the_layout_and_the_recap_are_the_same() {
+    let ns = "progress-remote";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let addr = k.addr();
+    let df = "FROM busybox\nRUN echo out && usleep 100000 && echo err >&2 && exit 3\n";
+    let ctx = h.context("remote", &[("Dockerfile", df)]);
+    let out = h
+        .kiln(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress",
+                "plain",
+                ctx.to_str().expect("utf8"),
+            ],
+        )
+        .expect("kiln runs");
+    assert!(!out.success, "{}", out.stderr);
+    let masked = mask(&out.stderr);
+    // Output lines timed from the step's start, the step's end, then the
+    // recap of its last lines and the error, as buildx prints them.
+    let step = "[2/2] RUN echo out && usleep 100000 && echo err >&2 && exit 3";
+    let n = masked
+        .lines()
+        .find_map(|l| l.strip_suffix(&format!(" {step}")))
+        .unwrap_or_else(|| panic!("no step line:\n{}", out.stderr))
+        .to_string();
+    assert!(
+        masked.contains(&format!("{n} T out\n{n} T err\n{n} ERROR: ")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        masked.contains(&format!("------\n > {step}:\nT out\nT err\n------\n")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        masked.contains("\n\n#1 [internal] load build definition")
+            || masked.starts_with("#1 [internal] load build definition"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("ERROR: failed to solve: "),
+        "{}",
+        out.stderr
+    );
+}

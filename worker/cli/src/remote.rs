@@ -450,9 +450,21 @@ pub async fn build(
         Ok(warnings)
     });
     let solved = control.solve(solve).await;
-    let warnings = status.await.ok().and_then(|r| r.ok()).unwrap_or_default();
+    // BuildKit ends a failed job's Status stream only when the client
+    // goes away (buildctl cancels it): after a failure, take what is
+    // already on its way and stop listening.
+    let warnings = if solved.is_ok() {
+        status.await.ok().and_then(|r| r.ok())
+    } else {
+        let abort = status.abort_handle();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(1), status).await;
+        abort.abort();
+        r.ok().and_then(|r| r.ok()).and_then(|r| r.ok())
+    }
+    .unwrap_or_default();
     cancel.cancel();
-    let _ = serving.await;
+    // A BuildKit daemon may keep a failed build's session open.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
     crate::print_warnings(&warnings);
     // BuildKit's errors carry the Dockerfile lines they are about.
     let resp = solved

@@ -61,6 +61,9 @@ impl Mode {
     }
 }
 
+/// How long the plain display gathers updates before printing them.
+const BATCH: Duration = Duration::from_millis(100);
+
 /// How many updates may wait for the display.
 const QUEUE: usize = 256;
 
@@ -131,9 +134,16 @@ pub async fn render(mut rx: Receiver<SolveStatus>, mode: Mode) -> Trace {
             return t;
         }
         Mode::Plain => {
+            // Updates are printed in batches, as BuildKit's display does
+            // on its refresh tick: a vertex reported done and restarted in
+            // two messages is then one step, not two.
             let mut p = plain::Plain::default();
             while let Some(u) = rx.recv().await {
                 t.update(&u);
+                let tick = tokio::time::Instant::now() + BATCH;
+                while let Ok(Some(u)) = tokio::time::timeout_at(tick, rx.recv()).await {
+                    t.update(&u);
+                }
                 p.print(&mut t, &mut err.lock());
             }
             p.finish(&mut t, &mut err.lock());
