@@ -394,6 +394,12 @@ fn is_kept_lease(id: &str) -> bool {
     id.starts_with("kiln/cache/") || id.starts_with("kiln/gc/")
 }
 
+/// Whether `line` is the error `kiln` ends a failed run with: `error: …`,
+/// or buildx's `ERROR: failed to solve: …` when the build itself failed.
+pub fn is_error_line(line: &str) -> bool {
+    line.starts_with("error: ") || line.starts_with("ERROR: failed to solve: ")
+}
+
 /// Whether a step printed `marker` as a whole output line (`#N SECS
 /// marker` in the plain progress, `#N marker` without the time), as
 /// opposed to the marker appearing in a step's name.
