@@ -398,12 +398,24 @@ fn is_kept_lease(id: &str) -> bool {
     id.starts_with("kiln/cache/") || id.starts_with("kiln/gc/")
 }
 
-/// Whether a step printed `marker` as a whole output line (`#N marker`),
-/// as opposed to the marker appearing in a step's name.
+/// Whether `line` is the error `kiln` ends a failed run with: `error: …`,
+/// or buildx's `ERROR: failed to solve: …` when the build itself failed.
+pub fn is_error_line(line: &str) -> bool {
+    line.starts_with("error: ") || line.starts_with("ERROR: failed to solve: ")
+}
+
+/// Whether a step printed `marker` as a whole output line (`#N SECS
+/// marker` in the plain progress, `#N marker` without the time), as
+/// opposed to the marker appearing in a step's name.
 pub fn step_printed(stderr: &str, marker: &str) -> bool {
     stderr.lines().any(|l| {
-        l.split_once(' ')
-            .is_some_and(|(n, rest)| n.starts_with('#') && rest == marker)
+        l.split_once(' ').is_some_and(|(n, rest)| {
+            let timed = rest
+                .split_once(' ')
+                .filter(|(t, _)| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.'))
+                .map(|(_, r)| r);
+            n.starts_with('#') && (rest == marker || timed == Some(marker))
+        })
     })
 }
 

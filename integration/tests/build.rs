@@ -265,7 +265,7 @@ async fn bad_input_gives_one_line_and_leaves_nothing() {
         let errors: Vec<&str> = out
             .stderr
             .lines()
-            .filter(|l| l.starts_with("error: "))
+            .filter(|l| kiln_integration::is_error_line(l))
             .collect();
         assert_eq!(errors.len(), 1, "{name}: {}", out.stderr);
         assert!(errors[0].contains(needle), "{name}: {}", errors[0]);

@@ -324,10 +324,16 @@ async fn an_unknown_tag_fails_naming_it_and_leaves_nothing() {
     let out = build_with(&h, ns, &[], &[&ctx]);
     assert!(!out.success);
     let line = format!(
-        "error: cannot pull {0}/base:nope: {0} has no manifest nope (manifest unknown)",
+        " cannot pull {0}/base:nope: {0} has no manifest nope (manifest unknown)",
         reg.host()
     );
-    assert!(out.stderr.lines().any(|l| l == line), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| kiln_integration::is_error_line(l) && l.ends_with(&line)),
+        "{}",
+        out.stderr
+    );
     assert_nothing_partial(&h, ns);
 }
 
@@ -345,9 +351,11 @@ async fn a_damaged_blob_fails_the_digest_check_and_leaves_nothing() {
     assert!(!out.success, "{}", out.stderr);
     assert!(proxy.hits() >= 1);
     assert!(
-        out.stderr.lines().any(|l| l.starts_with("error:")
-            && l.contains("digest mismatch")
-            && l.contains(&layer)),
+        out.stderr
+            .lines()
+            .any(|l| kiln_integration::is_error_line(l)
+                && l.contains("digest mismatch")
+                && l.contains(&layer)),
         "{}",
         out.stderr
     );
@@ -434,10 +442,12 @@ async fn a_stalled_registry_times_out_with_a_clear_message() {
     assert!(!out.success);
     let addr = proxy.addr().to_string();
     assert!(
-        out.stderr.lines().any(|l| l.starts_with("error:")
-            && l.contains(&addr)
-            && l.contains("no answer within 2s")
-            && l.contains("KILN_REGISTRY_TIMEOUT")),
+        out.stderr
+            .lines()
+            .any(|l| kiln_integration::is_error_line(l)
+                && l.contains(&addr)
+                && l.contains("no answer within 2s")
+                && l.contains("KILN_REGISTRY_TIMEOUT")),
         "{}",
         out.stderr
     );
@@ -547,7 +557,7 @@ async fn an_index_without_the_host_platform_fails_listing_what_it_has() {
     assert!(
         out.stderr
             .lines()
-            .any(|l| l.starts_with("error:") && l.contains(&want)),
+            .any(|l| kiln_integration::is_error_line(l) && l.contains(&want)),
         "{}",
         out.stderr
     );
@@ -670,7 +680,7 @@ async fn a_wrong_password_is_one_line_naming_the_registry_and_401() {
     let errors: Vec<&str> = out
         .stderr
         .lines()
-        .filter(|l| l.starts_with("error:"))
+        .filter(|l| kiln_integration::is_error_line(l))
         .collect();
     assert_eq!(errors.len(), 1, "{}", out.stderr);
     assert!(
@@ -744,11 +754,13 @@ async fn an_unknown_ca_names_the_config_key_and_the_key_fixes_it() {
     );
     assert!(!out.success);
     assert!(
-        out.stderr.lines().any(|l| l.starts_with("error:")
-            && l.contains(reg.host())
-            && l.contains("unknown authority")
-            && l.contains(&format!("[registry.\"{}\"]", reg.host()))
-            && l.contains("ca = [")),
+        out.stderr
+            .lines()
+            .any(|l| kiln_integration::is_error_line(l)
+                && l.contains(reg.host())
+                && l.contains("unknown authority")
+                && l.contains(&format!("[registry.\"{}\"]", reg.host()))
+                && l.contains("ca = [")),
         "{}",
         out.stderr
     );

@@ -229,7 +229,7 @@ async fn kilnd_pushes_with_the_credentials_of_the_clients_session() {
     let errors: Vec<&str> = bad
         .stderr
         .lines()
-        .filter(|l| l.starts_with("error:"))
+        .filter(|l| kiln_integration::is_error_line(l))
         .collect();
     assert_eq!(errors.len(), 1, "{}", bad.stderr);
     assert!(

@@ -66,8 +66,9 @@ async fn an_http_named_context_is_one_file_named_context() {
         )
         .ok();
     assert!(
-        out.stderr
-            .contains(&format!("[context web] http://127.0.0.1:{port}/some/file.txt")),
+        out.stderr.contains(&format!(
+            "[context web] http://127.0.0.1:{port}/some/file.txt"
+        )),
         "{}",
         out.stderr
     );

@@ -207,9 +207,10 @@ struct BuildArgs {
     /// it, a tag in the store is used as it is and a missing one pulled.
     #[arg(long)]
     pull: bool,
-    /// Progress output: auto, plain or tty.
-    #[arg(long, default_value = "auto")]
-    progress: String,
+    /// Progress output: auto, plain, tty, rawjson or quiet (default:
+    /// $BUILDKIT_PROGRESS, else auto).
+    #[arg(long)]
+    progress: Option<String>,
     /// Output: type=image[,name=N][,compression=gzip|zstd|uncompressed]
     /// [,push=true][,push-by-digest=true][,registry.insecure=true].
     #[arg(short = 'o', long = "output")]
@@ -328,7 +329,10 @@ pub fn main() -> std::process::ExitCode {
         // nothing more to say, and no one to say it to.
         Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match e.downcast_ref::<progress::SolveFailed>() {
+                Some(f) => f.print(&mut std::io::stderr()),
+                None => eprintln!("error: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -403,41 +407,31 @@ fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
     if args.cgroup_parent.is_some() {
         return not_yet("--cgroup-parent");
     }
-    if args.quiet && !matches!(args.progress.as_str(), "auto" | "quiet") {
-        bail!(
-            "progress={} and quiet cannot be used together",
-            args.progress
-        );
+    if let Some(p) = args
+        .progress
+        .as_deref()
+        .filter(|p| args.quiet && !matches!(*p, "auto" | "quiet"))
+    {
+        bail!("progress={p} and quiet cannot be used together");
     }
     Ok(())
 }
 
-/// The progress display of a build; `None` shows nothing (`-q`,
-/// `--progress quiet|none`).
-fn display_mode(args: &BuildArgs) -> Result<Option<progress::Mode>> {
-    if args.quiet || matches!(args.progress.as_str(), "quiet" | "none") {
-        return Ok(None);
+/// The progress mode: nothing with `-q`, else `--progress`, else
+/// `BUILDKIT_PROGRESS`, else auto.
+fn progress_mode(args: &BuildArgs) -> Result<progress::Mode> {
+    if args.quiet {
+        return Ok(progress::Mode::Quiet);
     }
-    progress::Mode::parse(&args.progress).map(Some)
-}
-
-/// Starts the display of `rx` (or drains it, shown nowhere).
-fn spawn_display(
-    rx: tokio::sync::mpsc::Receiver<kiln_engine::ProgressEvent>,
-    mode: Option<progress::Mode>,
-) -> tokio::task::JoinHandle<()> {
-    match mode {
-        Some(m) => tokio::spawn(progress::render(rx, m)),
-        None => tokio::spawn(async move {
-            let mut rx = rx;
-            while rx.recv().await.is_some() {}
-        }),
-    }
+    progress::Mode::resolve(
+        args.progress.as_deref(),
+        std::env::var("BUILDKIT_PROGRESS").ok().as_deref(),
+    )
 }
 
 fn reporting(args: &BuildArgs) -> results::Reporting {
     results::Reporting {
-        quiet: args.quiet || args.progress == "quiet",
+        quiet: args.quiet || args.progress.as_deref() == Some("quiet"),
         iidfile: args.iidfile.clone(),
         metadata_file: args.metadata_file.clone(),
     }
@@ -958,12 +952,12 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
         .iter()
         .map(|n| kiln_dockerfile::reference::normalize(n).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
-    let mode = display_mode(&args)?;
+    let mode = progress_mode(&args)?;
     let report = reporting(&args);
     warn_no_output(&args);
     let channel = remote::connect(addr, tls).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(kiln_engine::progress::QUEUE);
-    let display = spawn_display(rx, mode);
+    let (tx, rx) = progress::channel();
+    let display = tokio::spawn(progress::render(rx, mode));
     let resp = remote::build(
         channel,
         remote::RemoteBuild {
@@ -1043,6 +1037,7 @@ async fn build(
         std::sync::Arc::new(secrets::Secrets::parse(&args.secrets)?);
     let ssh: std::sync::Arc<dyn kiln_engine::ssh::SshSource> =
         std::sync::Arc::new(ssh::Agents::parse(&args.ssh)?);
+    let shown_as = progress_mode(&args)?;
     let df_dir = dockerfile.parent().unwrap_or(&context);
     let source = kiln_frontend::read_dockerfile(df_dir, &opts.filename, &context)?;
     let compression = out.compression.unwrap_or(Compression::Gzip);
@@ -1089,11 +1084,32 @@ async fn build(
     let engine = Engine::with_network(ctrd, root, cni).with_registry(std::sync::Arc::new(hosts));
     engine.sweep().await?;
     // Progress starts before the frontend, which shows its registry
-    // lookups.
-    let (tx, rx) = kiln_engine::progress::channel();
+    // lookups, after `load build definition` as in BuildKit.
     let report = reporting(&args);
     warn_no_output(&args);
-    let display = spawn_display(rx, display_mode(&args)?);
+    let (shown, rx) = progress::channel();
+    let display = tokio::spawn(progress::render(rx, shown_as));
+    let embedded = std::sync::Arc::new(std::sync::Mutex::new(progress::model::Embedded::default()));
+    let (tx, engine_rx) = kiln_engine::progress::channel();
+    let forward = tokio::spawn(progress::forward_engine(
+        engine_rx,
+        embedded.clone(),
+        shown.clone(),
+    ));
+    let definition = {
+        let now = std::time::SystemTime::now();
+        let mut e = embedded.lock().unwrap_or_else(|p| p.into_inner());
+        let name = format!("[internal] load build definition from {}", opts.filename);
+        let size = i64::try_from(source.text.len()).unwrap_or(i64::MAX);
+        [
+            e.begin(&name, now),
+            e.item("transferring dockerfile:", size, now, now),
+            e.close(std::time::SystemTime::now(), None),
+        ]
+    };
+    for u in definition {
+        let _ = shown.send(u).await;
+    }
     let images = engine
         .base_images(opts.resolve_mode, credentials.clone())
         .with_progress(tx.clone());
@@ -1119,26 +1135,60 @@ async fn build(
     };
     let pinned = images.pinned();
     drop(images);
-    let (built, targets) = match planned {
+    let namespace = engine.services().namespace.clone();
+    let checked = match planned {
+        // The exec op carries no security mode, so none asks for
+        // security.insecure.
+        Ok((b, targets)) => granted
+            .check_graph(&b.graph)
+            .map(|()| (b, targets))
+            .map_err(anyhow::Error::from),
+        Err(e) => {
+            let hint = base_image_hint(&e, &namespace);
+            let e = anyhow::Error::from(e);
+            Err(match hint {
+                Some(h) => e.context(h),
+                None => e,
+            })
+        }
+    };
+    let (built, targets) = match checked {
         Ok(b) => b,
         Err(e) => {
             drop(tx);
+            let _ = forward.await;
+            drop(shown);
             let _ = display.await;
-            let hint = base_image_hint(&e, &engine.services().namespace);
-            let e = anyhow::Error::from(e);
-            return Err(match hint {
-                Some(h) => e.context(h),
-                None => e,
-            });
+            return Err(e);
         }
     };
-    // The exec op carries no security mode, so none asks for
-    // security.insecure.
-    if let Err(e) = granted.check_graph(&built.graph) {
-        drop(tx);
-        let _ = display.await;
-        return Err(e.into());
-    }
+    let digests: Vec<String> = built
+        .graph
+        .definition_digests()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    let inputs = built
+        .graph
+        .vertices
+        .iter()
+        .map(|v| {
+            v.inputs
+                .iter()
+                .filter_map(|e| digests.get(e.vertex.0).cloned())
+                .collect()
+        })
+        .collect();
+    let locations: Vec<Option<kiln_solver::SourceLocation>> = built
+        .graph
+        .vertices
+        .iter()
+        .map(|v| v.location.clone())
+        .collect();
+    embedded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_graph(digests.clone(), inputs);
     let warnings: Vec<String> = built.warnings.iter().map(|w| w.to_string()).collect();
     let mut locals = named_dirs;
     locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.clone());
@@ -1169,16 +1219,79 @@ async fn build(
         }
     });
     let result = if multi {
-        engine.build_index(req, targets, tx, cancel).await
+        engine.build_index(req, targets, tx.clone(), cancel).await
     } else {
-        engine.build(req, tx, cancel).await
+        engine.build(req, tx.clone(), cancel).await
     };
-    let _ = display.await;
+    drop(tx);
+    // The engine's last events, then the export's items and its end, as
+    // BuildKit's exporter reports them.
+    let _ = forward.await;
+    let finals = {
+        let mut e = embedded.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::SystemTime::now();
+        let exporting = e.open().is_some_and(|v| v.name.starts_with("exporting"));
+        match &result {
+            Ok(r) => {
+                let since = e.open().and_then(|v| v.started).unwrap_or(now);
+                let mut u = vec![
+                    e.item("exporting layers", 0, since, now),
+                    e.item(
+                        &format!("exporting manifest {}", r.manifest_digest),
+                        0,
+                        now,
+                        now,
+                    ),
+                ];
+                for n in &r.names {
+                    u.push(e.item(&format!("naming to {n}"), 0, now, now));
+                }
+                u.push(e.close(now, None));
+                u
+            }
+            Err(err) => vec![e.close(now, exporting.then(|| err.to_string()))],
+        }
+    };
+    for u in finals {
+        let _ = shown.send(u).await;
+    }
+    drop(shown);
+    let mut trace = display.await.unwrap_or_default();
     drop(prepared);
     if !report.quiet {
         print_warnings(&warnings);
     }
-    report.report(&results::embedded_response(&result?))
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // The failed steps' Dockerfile lines, for the snippet.
+            let sources = trace
+                .failed()
+                .iter()
+                .filter_map(|v| digests.iter().position(|d| *d == v.vertex.digest))
+                .filter_map(|i| locations.get(i).cloned().flatten())
+                .map(|l| {
+                    let line = i32::try_from(l.line).unwrap_or(i32::MAX);
+                    progress::model::Source {
+                        filename: l.file,
+                        data: source.text.clone().into_bytes(),
+                        language: "Dockerfile".into(),
+                        ranges: vec![progress::model::Range {
+                            start: (line, 0),
+                            end: (line, 0),
+                        }],
+                    }
+                })
+                .collect();
+            trace.updated.clear();
+            return Err(progress::SolveFailed {
+                message: e.to_string(),
+                sources,
+            }
+            .into());
+        }
+    };
+    report.report(&results::embedded_response(&result))
 }
 
 /// What to do when a base image can be neither found in the store nor
@@ -1431,7 +1544,11 @@ mod tests {
             refuse_unsupported(&build_args(&argv)).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
         }
         let q = build_args(&["--progress", "quiet", "ctx"]);
-        assert!(reporting(&q).quiet && display_mode(&q).expect("mode").is_none());
+        assert!(reporting(&q).quiet);
+        assert_eq!(progress_mode(&q).expect("mode"), progress::Mode::Quiet);
+        let q = build_args(&["-q", "ctx"]);
+        assert!(reporting(&q).quiet);
+        assert_eq!(progress_mode(&q).expect("mode"), progress::Mode::Quiet);
     }
 
     #[test]

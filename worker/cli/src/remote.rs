@@ -3,7 +3,6 @@
 //! for outputs), asks for a `dockerfile.v0` solve, and renders Status.
 
 use anyhow::{anyhow, Context, Result};
-use kiln_engine::{LogStream, ProgressEvent};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest};
 use kiln_session::auth::{AuthServerImpl, CredentialSource, HostCredentials, SourceError};
@@ -13,7 +12,6 @@ use kiln_session::hijack::{client_side, serve_session, SessionServices};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -245,20 +243,11 @@ fn random_id(len: usize) -> String {
         .collect()
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> SystemTime {
-    t.as_ref()
-        .map(|t| {
-            SystemTime::UNIX_EPOCH
-                + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
-        })
-        .unwrap_or_else(SystemTime::now)
-}
-
 /// Runs a build through the daemon and returns its exporter response.
 pub async fn build(
     channel: Channel,
     b: RemoteBuild,
-    progress: tokio::sync::mpsc::Sender<ProgressEvent>,
+    progress: tokio::sync::mpsc::Sender<crate::progress::model::SolveStatus>,
 ) -> Result<HashMap<String, String>> {
     let mut control = ControlClient::new(channel)
         .max_decoding_message_size(16 << 20)
@@ -451,85 +440,50 @@ pub async fn build(
             Ok(s) => s.into_inner(),
             Err(e) => return Err(anyhow!("status: {}", e.message())),
         };
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut started = std::collections::HashSet::new();
         let mut warnings = Vec::new();
         while let Some(msg) = stream
             .message()
             .await
             .map_err(|e| anyhow!("status: {}", e.message()))?
         {
-            for v in msg.vertexes {
-                let n = index.len();
-                let i = *index.entry(v.digest.clone()).or_insert(n);
-                if (v.started.is_some() || v.completed.is_some()) && started.insert(i) {
-                    let _ = progress
-                        .send(ProgressEvent::Started {
-                            vertex: i,
-                            name: v.name.clone(),
-                            at: ts(&v.started),
-                        })
-                        .await;
-                }
-                if v.completed.is_some() {
-                    let _ = progress
-                        .send(ProgressEvent::Completed {
-                            vertex: i,
-                            name: v.name,
-                            cached: v.cached,
-                            error: (!v.error.is_empty()).then_some(v.error),
-                            at: ts(&v.completed),
-                        })
-                        .await;
-                }
-            }
-            for st in msg.statuses {
-                let n = index.len();
-                let i = *index.entry(st.vertex.clone()).or_insert(n);
-                let _ = progress
-                    .send(ProgressEvent::Status {
-                        vertex: i,
-                        id: st.id,
-                        current: u64::try_from(st.current).unwrap_or(0),
-                        total: u64::try_from(st.total).unwrap_or(0),
-                        started: ts(&st.started),
-                        completed: st.completed.as_ref().map(|_| ts(&st.completed)),
-                    })
-                    .await;
-            }
-            for w in msg.warnings {
+            for w in &msg.warnings {
                 let mut text = String::from_utf8_lossy(&w.short).into_owned();
                 if let Some(line) = w.ranges.first().and_then(|r| r.start.as_ref()) {
                     text.push_str(&format!(" (line {})", line.line));
                 }
                 warnings.push(text);
             }
-            for l in msg.logs {
-                let n = index.len();
-                let i = *index.entry(l.vertex.clone()).or_insert(n);
-                let _ = progress
-                    .send(ProgressEvent::Log {
-                        vertex: i,
-                        stream: if l.stream == 2 {
-                            LogStream::Stderr
-                        } else {
-                            LogStream::Stdout
-                        },
-                        data: l.msg,
-                    })
-                    .await;
-            }
+            // The daemon's updates are the display's model as they are.
+            let _ = progress.send(msg.into()).await;
         }
         Ok(warnings)
     });
     let solved = control.solve(solve).await;
-    let warnings = status.await.ok().and_then(|r| r.ok()).unwrap_or_default();
+    // BuildKit ends a failed job's Status stream only when the client
+    // goes away (buildctl cancels it): after a failure, take what is
+    // already on its way and stop listening.
+    let warnings = if solved.is_ok() {
+        status.await.ok().and_then(|r| r.ok())
+    } else {
+        let abort = status.abort_handle();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(1), status).await;
+        abort.abort();
+        r.ok().and_then(|r| r.ok()).and_then(|r| r.ok())
+    }
+    .unwrap_or_default();
     cancel.cancel();
-    let _ = serving.await;
+    // A BuildKit daemon may keep a failed build's session open.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
     if !b.quiet {
         crate::print_warnings(&warnings);
     }
-    let resp = solved.map_err(|e| anyhow!("{}", e.message()))?.into_inner();
+    // BuildKit's errors carry the Dockerfile lines they are about.
+    let resp = solved
+        .map_err(|e| crate::progress::SolveFailed {
+            message: e.message().to_string(),
+            sources: crate::progress::source::from_status(&e),
+        })?
+        .into_inner();
     let mut out = resp.exporter_response;
     // The solve's ref, for `--metadata-file` (`buildx.build.ref`).
     out.insert(BUILD_REF_KEY.into(), solve_ref);

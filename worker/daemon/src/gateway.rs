@@ -10,8 +10,8 @@ use crate::tenants::Tenant;
 use kiln_proto::apicaps::ApiCap;
 use kiln_proto::gateway::llb_bridge_server::LlbBridge;
 use kiln_proto::gateway::{
-    result, PingRequest, PongResponse, Ref, RefMap, Result as GwResult, ReturnRequest, ReturnResponse,
-    SolveRequest, SolveResponse,
+    result, PingRequest, PongResponse, Ref, RefMap, Result as GwResult, ReturnRequest,
+    ReturnResponse, SolveRequest, SolveResponse,
 };
 use kiln_snapshot::diff::Compression;
 use std::collections::HashMap;
@@ -228,10 +228,14 @@ impl LlbBridge for GatewayService {
             if !p.variant.is_empty() {
                 platform["variant"] = serde_json::Value::from(p.variant.clone());
             }
-            platform_ids.push((id.clone(), serde_json::json!({"id": id, "platform": platform})));
+            platform_ids.push((
+                id.clone(),
+                serde_json::json!({"id": id, "platform": platform}),
+            ));
         }
         if multi {
-            let list: Vec<serde_json::Value> = platform_ids.iter().map(|(_, v)| v.clone()).collect();
+            let list: Vec<serde_json::Value> =
+                platform_ids.iter().map(|(_, v)| v.clone()).collect();
             if let Ok(bytes) = serde_json::to_vec(&serde_json::json!({ "platforms": list })) {
                 metadata.insert("refs.platforms".to_string(), bytes);
             }

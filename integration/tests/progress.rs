@@ -1,0 +1,416 @@
+//! Issue 12's progress and failure display, from real embedded builds:
+//! the plain layout and the rawjson stream compared with BuildKit's
+//! (times and digests masked), the failure recap with the Dockerfile
+//! snippet, and the terminal view under tmux at 80×24 and 200×50.
+
+use kiln_integration::{Harness, KilnOutput};
+
+/// No COPY: the context load would run beside the FROM and interleave.
+const DF: &str = "FROM busybox\nRUN echo hello && usleep 200000 && echo world >&2\n";
+
+/// `kiln build --progress MODE ARGS` (MODE empty: no flag).
+fn build(h: &Harness, ns: &str, mode: &str, env: &[(&str, &str)], args: &[&str]) -> KilnOutput {
+    let mut cmd = h.kiln_command(ns).expect("kiln");
+    cmd.env_remove("BUILDKIT_PROGRESS");
+    cmd.envs(env.iter().copied());
+    cmd.arg("build");
+    if !mode.is_empty() {
+        cmd.args(["--progress", mode]);
+    }
+    let out = cmd.args(args).output().expect("kiln runs");
+    KilnOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Masks what changes between runs: times (`0.123`, `0.4s`) and digests.
+fn mask(s: &str) -> String {
+    let mut out = String::new();
+    for line in s.lines() {
+        let words: Vec<String> = line
+            .split(' ')
+            .map(|w| {
+                if let Some(d) = w.strip_prefix("sha256:") {
+                    if d.len() == 64 {
+                        return "sha256:D".to_string();
+                    }
+                }
+                let num = w.strip_suffix('s').unwrap_or(w);
+                let is_time = !num.is_empty()
+                    && num.contains('.')
+                    && num.chars().all(|c| c.is_ascii_digit() || c == '.');
+                if is_time {
+                    if w.ends_with('s') {
+                        "Ts".into()
+                    } else {
+                        "T".into()
+                    }
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        out += &words.join(" ");
+        out.push('\n');
+    }
+    out
+}
+
+#[tokio::test]
+async fn plain_is_buildkits_layout() {
+    let ns = "progress-plain";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context("plain", &[("Dockerfile", DF)]);
+    let out = build(
+        &h,
+        ns,
+        "plain",
+        &[],
+        &["-t", "plain:1", ctx.to_str().expect("utf8")],
+    )
+    .ok();
+    // BuildKit's rules: `#N name` once per vertex with a blank line
+    // between vertexes, output lines timed from the vertex's start, a
+    // status line per export item, `DONE` for every vertex.
+    let expected = format!(
+        "\
+#1 [internal] load build definition from Dockerfile
+#1 transferring dockerfile: {}B done
+#1 DONE Ts
+
+#2 [1/2] FROM docker.io/library/busybox:latest
+#2 DONE Ts
+
+#3 [2/2] RUN echo hello && usleep 200000 && echo world >&2
+#3 T hello
+#3 T world
+#3 DONE Ts
+
+#4 exporting to image
+#4 exporting layers Ts done
+#4 exporting manifest sha256:D done
+#4 naming to docker.io/library/plain:1 done
+#4 DONE Ts
+",
+        DF.len()
+    );
+    assert_eq!(mask(&out.stderr), expected, "{}", out.stderr);
+    // A rebuild is all cached.
+    let again = build(
+        &h,
+        ns,
+        "plain",
+        &[],
+        &["-t", "plain:1", ctx.to_str().expect("utf8")],
+    )
+    .ok();
+    assert!(
+        mask(&again.stderr)
+            .contains("#3 [2/2] RUN echo hello && usleep 200000 && echo world >&2\n#3 CACHED\n"),
+        "{}",
+        again.stderr
+    );
+}
+
+#[tokio::test]
+async fn rawjson_is_buildkits_solve_status_and_buildkit_progress_selects_it() {
+    use base64::Engine as _;
+    let ns = "progress-json";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context("json", &[("Dockerfile", DF)]);
+    let c = ctx.to_str().expect("utf8");
+    // The environment chooses when no flag does; the flag wins over it.
+    let out = build(&h, ns, "", &[("BUILDKIT_PROGRESS", "rawjson")], &[c]).ok();
+    let plain = build(
+        &h,
+        ns,
+        "plain",
+        &[("BUILDKIT_PROGRESS", "rawjson")],
+        &["--no-cache", c],
+    )
+    .ok();
+    assert!(
+        plain
+            .stderr
+            .starts_with("#1 [internal] load build definition"),
+        "{}",
+        plain.stderr
+    );
+    let mut run = (false, false);
+    let mut output = Vec::new();
+    for line in out.stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let obj = v.as_object().expect("an object per line");
+        assert!(!obj.is_empty(), "{line}");
+        for (k, items) in obj {
+            let allowed: &[&str] = match k.as_str() {
+                "vertexes" => &[
+                    "digest",
+                    "inputs",
+                    "name",
+                    "started",
+                    "completed",
+                    "cached",
+                    "error",
+                ],
+                "statuses" => &[
+                    "id",
+                    "vertex",
+                    "name",
+                    "total",
+                    "current",
+                    "timestamp",
+                    "started",
+                    "completed",
+                ],
+                "logs" => &["vertex", "stream", "data", "timestamp"],
+                "warnings" => &[
+                    "vertex",
+                    "level",
+                    "short",
+                    "detail",
+                    "url",
+                    "sourceInfo",
+                    "range",
+                ],
+                other => panic!("key {other:?} in {line}"),
+            };
+            for item in items.as_array().expect("a list") {
+                for f in item.as_object().expect("an object").keys() {
+                    assert!(allowed.contains(&f.as_str()), "{k}.{f} in {line}");
+                }
+                if k == "vertexes" {
+                    assert!(
+                        item["digest"]
+                            .as_str()
+                            .is_some_and(|d| d.starts_with("sha256:")),
+                        "{line}"
+                    );
+                    if item["name"]
+                        == "[2/2] RUN echo hello && usleep 200000 && echo world >\u{26}2"
+                    {
+                        run.0 |= item["started"].is_string();
+                        run.1 |= item["completed"].is_string();
+                    }
+                }
+                if k == "logs" {
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(item["data"].as_str().expect("data"))
+                        .expect("base64");
+                    output.extend(data);
+                    assert!(
+                        item["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+                        "{line}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(run, (true, true), "{}", out.stderr);
+    let output = String::from_utf8(output).expect("utf8");
+    assert!(
+        output.contains("hello\n") && output.contains("world\n"),
+        "{output}"
+    );
+    // Go's encoder escapes `&` and `>`.
+    assert!(
+        out.stderr.contains(r"echo world \u003e\u00262"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_failing_run_shows_the_recap_and_the_dockerfile_snippet() {
+    let ns = "progress-fail";
+    let h = Harness::with_busybox(ns).await;
+    let df = "FROM busybox\nRUN echo one\nRUN echo out && usleep 100000 && echo err >&2 && exit 3\nRUN echo never\n";
+    let ctx = h.context("fail", &[("Dockerfile", df)]);
+    let out = build(&h, ns, "plain", &[], &[ctx.to_str().expect("utf8")]);
+    assert!(!out.success, "{}", out.stderr);
+    let tail = mask(
+        out.stderr
+            .split_once("#4 ERROR: ")
+            .expect("the step failed")
+            .1,
+    );
+    let expected = "\
+Dockerfile:3: process \"/bin/sh -c echo out && usleep 100000 && echo err >&2 && exit 3\" did not complete successfully: exit code: 3
+------
+ > [3/4] RUN echo out && usleep 100000 && echo err >&2 && exit 3:
+T out
+T err
+------
+Dockerfile:3
+--------------------
+   1 |     FROM busybox
+   2 |     RUN echo one
+   3 | >>> RUN echo out && usleep 100000 && echo err >&2 && exit 3
+   4 |     RUN echo never
+   5 |     
+--------------------
+ERROR: failed to solve: Dockerfile:3: process \"/bin/sh -c echo out && usleep 100000 && echo err >&2 && exit 3\" did not complete successfully: exit code: 3
+";
+    assert_eq!(tail, expected, "{}", out.stderr);
+    // The step after the failing one never started.
+    assert!(
+        !out.stderr.contains("[4/4] RUN echo never"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Runs `kiln build --progress tty` in a tmux window of `w`×`h` and
+/// returns the screen once it exits.
+fn tty_screen(h: &Harness, ns: &str, ctx: &std::path::Path, w: u32, rows: u32) -> String {
+    let cmd = h.kiln_command(ns).expect("kiln");
+    let mut line: Vec<String> = vec![cmd.get_program().to_string_lossy().into_owned()];
+    line.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    line.extend(["build", "--no-cache", "--progress", "tty"].map(String::from));
+    line.push(ctx.to_string_lossy().into_owned());
+    let session = format!("kiln-{ns}-{w}");
+    let done = h.state_dir().join(format!("tty-{w}.done"));
+    let shell = format!(
+        "cd / && KILN_NETWORK_MODE=host {} >/dev/null; echo $? > {}; sleep 600",
+        line.join(" "),
+        done.display()
+    );
+    let status = std::process::Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            &w.to_string(),
+            "-y",
+            &rows.to_string(),
+            &shell,
+        ])
+        .status()
+        .expect("tmux runs (apt-get install tmux)");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while !done.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let screen = std::process::Command::new("tmux")
+        .args(["capture-pane", "-p", "-t", &session])
+        .output()
+        .expect("capture-pane");
+    let _ = std::process::Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    let code = std::fs::read_to_string(&done).unwrap_or_default();
+    let screen = String::from_utf8_lossy(&screen.stdout).into_owned();
+    assert_eq!(code.trim(), "0", "{screen}");
+    screen
+}
+
+#[tokio::test]
+async fn the_terminal_view_is_redrawn_in_place_at_80x24_and_200x50() {
+    let ns = "progress-tty";
+    let h = Harness::with_busybox(ns).await;
+    // Enough steps and output lines for many redraws and a cut block.
+    let mut df = String::from("FROM busybox\n");
+    for i in 0..12 {
+        df += &format!("RUN for n in 1 2 3 4 5 6 7 8; do echo step {i} line $n of a long output line that is wider than eighty columns for sure; usleep 30000; done\n");
+    }
+    let ctx = h.context("tty", &[("Dockerfile", &df)]);
+    for (w, rows) in [(80u32, 24u32), (200, 50)] {
+        let screen = tty_screen(&h, ns, &ctx, w, rows);
+        let lines: Vec<&str> = screen.lines().collect();
+        // One header: frames never piled up.
+        assert_eq!(
+            screen.matches("[+] Building").count(),
+            1,
+            "{w}x{rows}:\n{screen}"
+        );
+        let head = lines
+            .iter()
+            .position(|l| l.starts_with("[+] Building"))
+            .expect("header");
+        assert!(
+            lines[head].contains("(15/15) FINISHED"),
+            "{w}x{rows}:\n{screen}"
+        );
+        for l in &lines {
+            assert!(l.chars().count() < w as usize, "{w}x{rows}: {l:?}");
+        }
+        // Every step is listed once, after the header, with its time.
+        for i in 0..12 {
+            let step = format!(" => [{:>2}/13] RUN for n in", i + 2);
+            let n = lines.iter().filter(|l| l.starts_with(&step)).count();
+            if rows == 50 {
+                assert_eq!(n, 1, "{w}x{rows}: {step}\n{screen}");
+            } else {
+                assert!(n <= 1, "{w}x{rows}: {step}\n{screen}");
+            }
+        }
+        // The window of a running step is gone once it finished.
+        assert!(!screen.contains(" => => # "), "{w}x{rows}:\n{screen}");
+        assert!(
+            lines[head + 1..]
+                .iter()
+                .all(|l| l.starts_with(" => ") || l.trim().is_empty()),
+            "{w}x{rows}:\n{screen}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn through_kilnd_the_layout_and_the_recap_are_the_same() {
+    let ns = "progress-remote";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let addr = k.addr();
+    let df = "FROM busybox\nRUN echo out && usleep 100000 && echo err >&2 && exit 3\n";
+    let ctx = h.context("remote", &[("Dockerfile", df)]);
+    let out = h
+        .kiln(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress",
+                "plain",
+                ctx.to_str().expect("utf8"),
+            ],
+        )
+        .expect("kiln runs");
+    assert!(!out.success, "{}", out.stderr);
+    let masked = mask(&out.stderr);
+    // Output lines timed from the step's start, the step's end, then the
+    // recap of its last lines and the error, as buildx prints them.
+    let step = "[2/2] RUN echo out && usleep 100000 && echo err >&2 && exit 3";
+    let n = masked
+        .lines()
+        .find_map(|l| l.strip_suffix(&format!(" {step}")))
+        .unwrap_or_else(|| panic!("no step line:\n{}", out.stderr))
+        .to_string();
+    assert!(
+        masked.contains(&format!("{n} T out\n{n} T err\n{n} ERROR: ")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        masked.contains(&format!("------\n > {step}:\nT out\nT err\n------\n")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        masked.contains("\n\n#1 [internal] load build definition")
+            || masked.starts_with("#1 [internal] load build definition"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("ERROR: failed to solve: "),
+        "{}",
+        out.stderr
+    );
+}
