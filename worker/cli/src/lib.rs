@@ -492,12 +492,25 @@ async fn run(cli: Cli) -> Result<()> {
         .builder
         .clone()
         .or_else(|| std::env::var("KILN_BUILDER").ok().filter(|s| !s.is_empty()));
-    if !matches!(cli.command, Command::Builder(_)) && (named.is_some() || addr.is_none()) {
+    let builds = matches!(
+        cli.command,
+        Command::Build(_) | Command::Du { .. } | Command::Prune { .. }
+    );
+    if builds && (named.is_some() || addr.is_none()) {
         let chosen = match &named {
             Some(n) => Some(builders::Store::from_env()?.get(n)?),
             // Without a store (no HOME) the default builder is used.
             None => match builders::Store::from_env() {
-                Ok(s) => Some(s.selected(None)?),
+                Ok(s) => match s.selected(None) {
+                    Ok(b) => Some(b),
+                    // Someone else's store (root's, read by another
+                    // user): the embedded engine would need root anyway,
+                    // which is the first thing to say.
+                    Err(e) => {
+                        require_root()?;
+                        return Err(e.into());
+                    }
+                },
                 Err(_) => None,
             },
         };
