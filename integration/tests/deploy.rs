@@ -97,3 +97,34 @@ fn the_node_daemonset_builds_into_the_kubelets_namespace() {
         assert!(text.contains(&mount), "{p} is not shared with the node");
     }
 }
+
+/// In the kubelet's namespace an image kiln builds carries CRI's
+/// `io.cri-containerd.image=managed`, as an image CRI pulled does, so the
+/// kubelet treats it as its own; in any other namespace kiln adds no CRI
+/// label.
+#[tokio::test]
+async fn images_built_in_k8s_io_are_marked_as_cri_managed() {
+    let h = kiln_integration::Harness::with_busybox("k8s.io").await;
+    h.import_busybox("plain", "docker.io/library/busybox:latest")
+        .await
+        .expect("busybox");
+    let ctx = h.context(
+        "cri",
+        &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
+    );
+    let ctx = ctx.to_str().expect("utf8");
+    for ns in ["k8s.io", "plain"] {
+        let out = h.build(ns, &["-t", "cri-built", ctx]);
+        assert!(out.success, "{ns}: {}", out.stderr);
+        let list = h.ctr(ns, &["images", "ls"]).expect("ctr images ls");
+        let line = list
+            .lines()
+            .find(|l| l.starts_with("docker.io/library/cri-built:latest"))
+            .unwrap_or_else(|| panic!("{ns}: no built image in\n{list}"));
+        assert_eq!(
+            line.contains("io.cri-containerd.image=managed"),
+            ns == "k8s.io",
+            "{ns}: {line}"
+        );
+    }
+}

@@ -247,7 +247,7 @@ pub async fn export_image(
                     media_type: desc.media_type().to_string(),
                     digest: desc.digest().to_string(),
                     size: oci::size_of(&desc),
-                    labels: HashMap::new(),
+                    labels: svc.image_labels(),
                 },
                 Some(lease),
             )
@@ -303,7 +303,7 @@ pub async fn export_index(
                     media_type: desc.media_type().to_string(),
                     digest: desc.digest().to_string(),
                     size: oci::size_of(&desc),
-                    labels: HashMap::new(),
+                    labels: svc.image_labels(),
                 },
                 Some(lease),
             )

@@ -300,7 +300,7 @@ impl Puller {
             media_type: resolved.media_type.clone(),
             digest: top.to_string(),
             size: i64::try_from(resolved.bytes.len()).unwrap_or(i64::MAX),
-            labels: HashMap::new(),
+            labels: self.svc.image_labels(),
         };
         self.svc.images.put(&record, Some(&self.lease)).await?;
         Ok(record)

@@ -35,7 +35,26 @@ impl Services {
             applier: c,
         }
     }
+
+    /// The labels of every image record kiln writes (exports, pulls):
+    /// in the kubelet's namespace, CRI's own mark of an image it manages
+    /// (`io.cri-containerd.image=managed`, what a CRI pull sets), so the
+    /// kubelet lists, runs and garbage-collects a built image exactly as
+    /// one it pulled; elsewhere none.
+    pub fn image_labels(&self) -> std::collections::HashMap<String, String> {
+        let mut labels = std::collections::HashMap::new();
+        if self.namespace == CRI_NAMESPACE {
+            labels.insert(CRI_IMAGE_LABEL.to_string(), CRI_MANAGED.to_string());
+        }
+        labels
+    }
 }
+
+/// The containerd namespace of Kubernetes' CRI plugin.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// CRI's label on the images it manages, and its value.
+pub const CRI_IMAGE_LABEL: &str = "io.cri-containerd.image";
+pub const CRI_MANAGED: &str = "managed";
 
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
