@@ -196,13 +196,21 @@ pub async fn prune(
 /// `tls` says so).
 pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel> {
     if let Some(path) = addr.strip_prefix("unix://") {
-        return containerd_client::connect(path)
+        let path = path.to_string();
+        return endpoint("http://localhost")?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let unix = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(unix))
+                }
+            }))
             .await
             .with_context(|| format!("cannot connect to kilnd at {addr}"));
     }
     if let Some(hp) = addr.strip_prefix("tcp://") {
         if !tls.enabled() {
-            return tonic::transport::Endpoint::from_shared(format!("http://{hp}"))?
+            return endpoint(&format!("http://{hp}"))?
                 .connect()
                 .await
                 .with_context(|| format!("cannot connect to kilnd at {addr}"));
@@ -217,7 +225,7 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel> {
         let server_name = rustls::pki_types::ServerName::try_from(name.clone())
             .with_context(|| format!("invalid TLS server name {name:?}"))?;
         let target = hp.to_string();
-        return tonic::transport::Endpoint::from_shared(format!("http://{hp}"))?
+        return endpoint(&format!("http://{hp}"))?
             .connect_with_connector(tower::service_fn(move |_| {
                 let (connector, server_name, target) =
                     (connector.clone(), server_name.clone(), target.clone());
@@ -234,6 +242,19 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel> {
         "unsupported address {addr:?}: use unix:///path or tcp://host:port"
     ))
 }
+
+/// The largest header list kiln accepts from kilnd: grpc-go's client
+/// default (buildctl's, buildx's). An error's `grpc-status-details-bin`
+/// carries the whole Dockerfile as BuildKit's source detail, which
+/// hyper's 16 KiB default would refuse as a protocol error.
+const MAX_HEADER_LIST: u32 = 16 << 20;
+
+/// An endpoint for `uri` with kiln's HTTP/2 limits.
+fn endpoint(uri: &str) -> Result<tonic::transport::Endpoint> {
+    Ok(tonic::transport::Endpoint::from_shared(uri.to_string())?
+        .http2_max_header_list_size(MAX_HEADER_LIST))
+}
+
 fn random_id(len: usize) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";

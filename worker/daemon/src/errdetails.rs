@@ -113,6 +113,9 @@ impl SourceMap {
     }
 }
 
+/// The largest source file sent in an error's details.
+const MAX_SOURCE_DATA: usize = 4 << 20;
+
 /// `status` with the failed vertex and its sources as BuildKit's typed
 /// details (replacing any details it had).
 pub fn with_details(
@@ -131,6 +134,15 @@ pub fn with_details(
         });
     }
     for s in sources {
+        // The whole file rides in a response header: past what clients
+        // accept (grpc-go and kiln: 16 MiB of headers, in base64) the
+        // message, which names file and line, has to do.
+        if s.info
+            .as_ref()
+            .is_some_and(|i| i.data.len() > MAX_SOURCE_DATA)
+        {
+            continue;
+        }
         details.push(prost_types::Any {
             type_url: SOURCE_TYPE_URL.into(),
             value: source_json(s).to_string().into_bytes(),
