@@ -122,13 +122,21 @@ async fn rawjson_is_buildkits_solve_status_and_buildkit_progress_selects_it() {
     let ctx = h.context("json", &[("Dockerfile", DF)]);
     let c = ctx.to_str().expect("utf8");
     // The environment chooses when no flag does; the flag wins over it.
-    let out = build(&h, ns, "", &[("BUILDKIT_PROGRESS", "rawjson")], &[c]).ok();
+    // Named, so no "No output specified" warning comes first.
+    let out = build(
+        &h,
+        ns,
+        "",
+        &[("BUILDKIT_PROGRESS", "rawjson")],
+        &["-t", "json:1", c],
+    )
+    .ok();
     let plain = build(
         &h,
         ns,
         "plain",
         &[("BUILDKIT_PROGRESS", "rawjson")],
-        &["--no-cache", c],
+        &["--no-cache", "-t", "json:1", c],
     )
     .ok();
     assert!(
@@ -378,6 +386,8 @@ async fn through_kilnd_the_layout_and_the_recap_are_the_same() {
                 "build",
                 "--progress",
                 "plain",
+                "-t",
+                "remote:1",
                 ctx.to_str().expect("utf8"),
             ],
         )
