@@ -508,7 +508,7 @@ async fn run(cli: Cli) -> Result<()> {
                     // which is the first thing to say.
                     Err(e) => {
                         require_root()?;
-                        return Err(e.into());
+                        return Err(e);
                     }
                 },
                 Err(_) => None,
