@@ -3,8 +3,9 @@
 //! gzipped, of the context, or a Dockerfile with an empty context); a
 //! local `.tar`/`.tar.gz` file; `-f -` (the Dockerfile from stdin). A
 //! context from stdin or a tar is unpacked into a temporary directory that
-//! lives as long as the build. Remote contexts (URLs, git) are refused by
-//! name.
+//! lives as long as the build. A git repository or an http(s) URL is
+//! not read here: it goes to the frontend as the `context` attribute, as
+//! buildx sends it, and the engine (embedded or kilnd's) fetches it.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Read;
@@ -17,13 +18,42 @@ use std::path::{Path, PathBuf};
 pub struct Prepared {
     pub context: PathBuf,
     pub dockerfile: PathBuf,
+    /// A git or http(s) context, fetched by the engine; `context` is then
+    /// an empty directory and `dockerfile` is not read.
+    pub remote: Option<String>,
     _keep: Vec<tempfile::TempDir>,
 }
 
 /// Whether `arg` names a remote context docker would fetch (an HTTP(S)
-/// URL, a git URL or `github.com/...`), which kiln does not yet.
+/// URL, a git URL or `github.com/...`).
 fn is_remote(arg: &str) -> bool {
     arg.contains("://") || arg.starts_with("git@") || arg.starts_with("github.com/")
+}
+
+/// A remote context: checked by the frontend's own rule (so a typo fails
+/// here, before anything connects), with an empty directory in place of
+/// the context. `-f` names a file in the fetched context.
+fn prepare_remote(arg: &str, file: Option<&Path>) -> Result<Prepared> {
+    if arg.starts_with("github.com/") {
+        bail!("build context {arg}: the github.com/… short form is not supported yet (use https://{arg}.git)");
+    }
+    kiln_frontend::remote::RemoteContext::parse("context", arg)
+        .with_context(|| format!("build context {arg}"))?;
+    if file.is_some_and(|f| f.as_os_str() == "-") {
+        bail!("build context {arg}: a Dockerfile from stdin (-f -) with a remote context is not supported yet");
+    }
+    let empty = tempfile::Builder::new()
+        .prefix("kiln-context-")
+        .tempdir()
+        .context("create an empty context")?;
+    let context = empty.path().to_path_buf();
+    let dockerfile = context.join(file.unwrap_or(Path::new(kiln_frontend::DEFAULT_FILENAME)));
+    Ok(Prepared {
+        context,
+        dockerfile,
+        remote: Some(arg.to_string()),
+        _keep: vec![empty],
+    })
 }
 
 fn is_gzip(data: &[u8]) -> bool {
@@ -96,7 +126,7 @@ pub fn prepare(context: &Path, file: Option<&Path>, stdin: &mut dyn Read) -> Res
     let file_stdin = file.is_some_and(|f| f.as_os_str() == "-");
     let mut keep = Vec::new();
     if is_remote(&arg) {
-        bail!("build context {arg}: remote contexts (URLs and git repositories) are not supported yet");
+        return prepare_remote(&arg, file);
     }
     let (dir, stdin_dockerfile) = if arg == "-" {
         if file_stdin {
@@ -188,6 +218,7 @@ pub fn prepare(context: &Path, file: Option<&Path>, stdin: &mut dyn Read) -> Res
     Ok(Prepared {
         context: dir,
         dockerfile,
+        remote: None,
         _keep: keep,
     })
 }
@@ -279,19 +310,47 @@ mod tests {
     }
 
     #[test]
-    fn remote_contexts_are_not_supported_yet() {
+    fn remote_contexts_go_to_the_frontend() {
         for url in [
             "https://example.com/ctx.tar.gz",
-            "git@github.com:o/r.git",
-            "github.com/o/r",
-            "git://example.com/r",
+            "git://example.com/r#v1:sub",
+            "https://example.com/r.git?ref=main&subdir=app",
+        ] {
+            let p = prepare(
+                Path::new(url),
+                Some(Path::new("app.Dockerfile")),
+                &mut &b""[..],
+            )
+            .expect(url);
+            assert_eq!(p.remote.as_deref(), Some(url));
+            assert_eq!(std::fs::read_dir(&p.context).expect("dir").count(), 0);
+            assert_eq!(p.dockerfile, p.context.join("app.Dockerfile"));
+        }
+    }
+
+    #[test]
+    fn remote_contexts_kiln_cannot_fetch_fail_by_name() {
+        for (url, msg) in [
+            ("git@github.com:o/r.git", "a git repository over ssh"),
+            (
+                "github.com/o/r",
+                "the github.com/… short form is not supported yet",
+            ),
+            (
+                "ftp://example.com/r",
+                "must be a git repository or an http(s) URL",
+            ),
         ] {
             let e = prepare(Path::new(url), None, &mut &b""[..]).expect_err(url);
-            assert_eq!(
-                e.to_string(),
-                format!("build context {url}: remote contexts (URLs and git repositories) are not supported yet")
-            );
+            assert!(format!("{e:#}").contains(msg), "{url}: {e:#}");
         }
+        let e = prepare(
+            Path::new("git://example.com/r"),
+            Some(Path::new("-")),
+            &mut &b""[..],
+        )
+        .expect_err("-f -");
+        assert!(e.to_string().contains("-f -"), "{e}");
     }
 
     #[test]

@@ -791,10 +791,23 @@ fn parse_outputs(specs: &[String], push: bool, load: bool) -> Result<ImageOutput
 fn frontend_attrs(
     args: &BuildArgs,
     dockerfile: &std::path::Path,
+    remote: Option<&str>,
 ) -> Result<HashMap<String, String>> {
     let mut attrs = HashMap::new();
-    if let Some(f) = dockerfile.file_name() {
-        attrs.insert("filename".into(), f.to_string_lossy().into_owned());
+    match remote {
+        // As buildx: the URL is the `context` attribute and `-f` a path
+        // in the fetched context.
+        Some(url) => {
+            attrs.insert("context".into(), url.to_string());
+            if let Some(f) = &args.file {
+                attrs.insert("filename".into(), f.to_string_lossy().into_owned());
+            }
+        }
+        None => {
+            if let Some(f) = dockerfile.file_name() {
+                attrs.insert("filename".into(), f.to_string_lossy().into_owned());
+            }
+        }
     }
     for (k, v) in key_values(&args.build_args, true, "build-arg")? {
         attrs.insert(format!("build-arg:{k}"), v);
@@ -955,7 +968,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     let prepared = contexts::prepare(&args.context, args.file.as_deref(), &mut std::io::stdin())?;
     let (context, dockerfile) = (prepared.context.clone(), prepared.dockerfile.clone());
     // The daemon parses (and refuses) them, as any BuildKit client's.
-    let attrs = frontend_attrs(&args, &dockerfile)?;
+    let attrs = frontend_attrs(&args, &prepared.dockerfile, prepared.remote.as_deref())?;
     let named_dirs = context_dirs(&args)?;
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let secrets = secrets::Secrets::parse(&args.secrets)?;
@@ -1033,8 +1046,11 @@ async fn build(
     let out = parse_outputs(&args.outputs, args.push, args.load)?;
     let prepared = contexts::prepare(&args.context, args.file.as_deref(), &mut std::io::stdin())?;
     let (context, dockerfile) = (prepared.context.clone(), prepared.dockerfile.clone());
-    let mut opts =
-        kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(&args, &dockerfile)?)?;
+    let mut opts = kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(
+        &args,
+        &prepared.dockerfile,
+        prepared.remote.as_deref(),
+    )?)?;
     // Each named directory is read with its own `.dockerignore`.
     let named_dirs = context_dirs(&args)?;
     for local in kiln_frontend::local_contexts(&opts) {
@@ -1052,7 +1068,15 @@ async fn build(
         std::sync::Arc::new(ssh::Agents::parse(&args.ssh)?);
     let shown_as = progress_mode(&args)?;
     let df_dir = dockerfile.parent().unwrap_or(&context);
-    let source = kiln_frontend::read_dockerfile(df_dir, &opts.filename, &context)?;
+    // A remote context's Dockerfile is read once the engine fetched it.
+    let local_source = match &prepared.remote {
+        None => Some(kiln_frontend::read_dockerfile(
+            df_dir,
+            &opts.filename,
+            &context,
+        )?),
+        Some(_) => None,
+    };
     let compression = out.compression.unwrap_or(Compression::Gzip);
     let mut names = out.names.clone();
     names.extend(args.tags.iter().cloned());
@@ -1109,6 +1133,31 @@ async fn build(
         embedded.clone(),
         shown.clone(),
     ));
+    let source = match local_source {
+        Some(s) => s,
+        None => {
+            let fetched = remote_dockerfile(
+                &engine,
+                &mut opts,
+                &embedded,
+                &shown,
+                credentials.clone(),
+                secrets.clone(),
+                ssh.clone(),
+            )
+            .await;
+            match fetched {
+                Ok(s) => s,
+                Err(e) => {
+                    drop(tx);
+                    let _ = forward.await;
+                    drop(shown);
+                    let _ = display.await;
+                    return Err(e.into());
+                }
+            }
+        }
+    };
     let definition = {
         let now = std::time::SystemTime::now();
         let mut e = embedded.lock().unwrap_or_else(|p| p.into_inner());
@@ -1307,6 +1356,50 @@ async fn build(
     report.report(&results::embedded_response(&result))
 }
 
+/// Fetches a git or HTTP main context with the engine and reads the
+/// Dockerfile from it, shown as one step named as BuildKit names the
+/// context's source.
+async fn remote_dockerfile(
+    engine: &Engine,
+    opts: &mut kiln_frontend::FrontendOptions,
+    embedded: &std::sync::Mutex<progress::model::Embedded>,
+    shown: &tokio::sync::mpsc::Sender<progress::model::SolveStatus>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+    secrets: std::sync::Arc<dyn kiln_engine::secrets::SecretSource>,
+    ssh: std::sync::Arc<dyn kiln_engine::ssh::SshSource>,
+) -> std::result::Result<kiln_frontend::DockerfileSource, kiln_frontend::FrontendError> {
+    let name = opts
+        .remote_context
+        .as_ref()
+        .map(|r| r.vertex_name())
+        .unwrap_or_default();
+    let begin = embedded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .begin(&name, std::time::SystemTime::now());
+    let _ = shown.send(begin).await;
+    let (tx, mut rx) = kiln_engine::progress::channel();
+    // The fetch's own events are summed up in the one step.
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let fetch = kiln_frontend::remote::Fetch {
+        engine,
+        credentials,
+        secrets,
+        ssh,
+        progress: tx,
+        cancel: CancellationToken::new(),
+    };
+    let r = kiln_frontend::remote::load_dockerfile(&fetch, opts).await;
+    drop(fetch);
+    let _ = drain.await;
+    let end = embedded.lock().unwrap_or_else(|p| p.into_inner()).close(
+        std::time::SystemTime::now(),
+        r.as_ref().err().map(|e| e.to_string()),
+    );
+    let _ = shown.send(end).await;
+    r
+}
+
 /// What to do when a base image can be neither found in the store nor
 /// pulled: put it there first (kiln never needs a registry for an image
 /// the store has).
@@ -1397,8 +1490,8 @@ mod tests {
             "--pull",
             "ctx",
         ]);
-        let attrs =
-            frontend_attrs(&args, std::path::Path::new("/abs/ctx/app.Dockerfile")).expect("attrs");
+        let attrs = frontend_attrs(&args, std::path::Path::new("/abs/ctx/app.Dockerfile"), None)
+            .expect("attrs");
         let want: HashMap<String, String> = [
             ("filename", "app.Dockerfile"),
             ("target", "final"),
@@ -1417,10 +1510,12 @@ mod tests {
         assert_eq!(attrs, want);
 
         let all = build_args(&["--no-cache", "--no-cache-filter", "x", "ctx"]);
-        let attrs = frontend_attrs(&all, std::path::Path::new("/c/Dockerfile")).expect("attrs");
+        let attrs =
+            frontend_attrs(&all, std::path::Path::new("/c/Dockerfile"), None).expect("attrs");
         assert_eq!(attrs.get("no-cache").map(String::as_str), Some(""));
         let bad = build_args(&["--label", "novalue", "ctx"]);
-        let e = frontend_attrs(&bad, std::path::Path::new("/c/Dockerfile")).expect_err("bad label");
+        let e = frontend_attrs(&bad, std::path::Path::new("/c/Dockerfile"), None)
+            .expect_err("bad label");
         assert_eq!(
             e.to_string(),
             "invalid label \"novalue\": expected KEY=VALUE"

@@ -14,8 +14,9 @@ use tonic::Status;
 /// The frontend's output: the graph and where the contexts landed.
 pub struct Frontend {
     pub build: kiln_dockerfile::Build,
-    /// The kept context the build reads (`crate::contexts`).
-    pub context: crate::contexts::Held,
+    /// The kept context the build reads (`crate::contexts`); `None` when
+    /// the main context is a git or HTTP source the engine fetches.
+    pub context: Option<crate::contexts::Held>,
     /// The named local contexts the graph reads, by local name, and the
     /// slots holding them.
     pub named: Vec<(String, crate::contexts::Held)>,
@@ -60,6 +61,11 @@ pub async fn dockerfile(
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    if opts.remote_context.is_some() {
+        let source =
+            remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?;
+        return plan(d, engine, job, session, opts, source, None, credentials).await;
+    }
     let filename = opts.filename.clone();
     let df_dir = fresh_dir(d, job, "dockerfile")?;
     let ignore_dir = fresh_dir(d, job, "dockerignore")?;
@@ -134,9 +140,86 @@ pub async fn dockerfile(
         },
     )
     .await?;
+    plan(
+        d,
+        engine,
+        job,
+        session,
+        opts,
+        source,
+        Some(context),
+        credentials,
+    )
+    .await
+}
+
+/// Fetches a git or HTTP main context with the engine (the client's
+/// secrets carry its git credentials) and reads the Dockerfile from it;
+/// the fetch shows as the source's own progress steps.
+async fn remote_dockerfile(
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    opts: &mut FrontendOptions,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<kiln_frontend::DockerfileSource, Status> {
+    let (tx, rx) = kiln_engine::progress::channel();
+    let fetch = kiln_frontend::remote::Fetch {
+        engine,
+        credentials,
+        secrets: std::sync::Arc::new(crate::secrets::SessionSecrets::new(Some(session))),
+        ssh: std::sync::Arc::new(crate::ssh::SessionSsh::new(Some(session))),
+        progress: tx,
+        cancel: job.cancel.child_token(),
+    };
+    let load = async {
+        let r = kiln_frontend::remote::load_dockerfile(&fetch, opts).await;
+        drop(fetch);
+        r
+    };
+    let (source, ()) = tokio::join!(load, forward_steps(job, rx));
+    source.map_err(|e| frontend_status(&e))
+}
+
+/// Shows the engine's steps of the frontend's own work (registry lookups,
+/// fetching a remote context) as job steps, by name.
+async fn forward_steps(job: &Job, mut rx: tokio::sync::mpsc::Receiver<kiln_engine::ProgressEvent>) {
+    let mut started = HashMap::new();
+    while let Some(e) = rx.recv().await {
+        match e {
+            kiln_engine::ProgressEvent::Started { name, at, .. } => {
+                crate::status::step(job, &name, at, None, None);
+                started.insert(name, at);
+            }
+            kiln_engine::ProgressEvent::Completed {
+                name, at, error, ..
+            } => {
+                let from = started.get(&name).copied().unwrap_or(at);
+                crate::status::step(job, &name, from, Some(at), error);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Plans the build from the read Dockerfile and fetches the named
+/// contexts its graph reads.
+#[allow(clippy::too_many_arguments)]
+async fn plan(
+    d: &Daemon,
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    opts: FrontendOptions,
+    source: kiln_frontend::DockerfileSource,
+    context: Option<crate::contexts::Held>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<Frontend, Status> {
+    let filename = opts.filename.clone();
+    let load_name = format!("[internal] load build definition from {filename}");
     // Registry lookups show as `[internal] load metadata for <name>`
     // steps, as BuildKit's frontend shows them.
-    let (tx, mut rx) = kiln_engine::progress::channel();
+    let (tx, rx) = kiln_engine::progress::channel();
     let images = engine
         .base_images(opts.resolve_mode, credentials)
         .with_progress(tx);
@@ -146,25 +229,7 @@ pub async fn dockerfile(
         drop(images);
         r
     };
-    let forward = async {
-        let mut started = HashMap::new();
-        while let Some(e) = rx.recv().await {
-            match e {
-                kiln_engine::ProgressEvent::Started { name, at, .. } => {
-                    crate::status::step(job, &name, at, None, None);
-                    started.insert(name, at);
-                }
-                kiln_engine::ProgressEvent::Completed {
-                    name, at, error, ..
-                } => {
-                    let from = started.get(&name).copied().unwrap_or(at);
-                    crate::status::step(job, &name, from, Some(at), error);
-                }
-                _ => {}
-            }
-        }
-    };
-    let (build, ()) = tokio::join!(plan, forward);
+    let (build, ()) = tokio::join!(plan, forward_steps(job, rx));
     let (build, targets) = build.map_err(|e| {
         // A Dockerfile error about a line carries it as BuildKit's source
         // detail, so clients print the snippet.

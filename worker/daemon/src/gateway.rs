@@ -34,8 +34,8 @@ const FRONTEND_CAPS: &[&str] = &["solve.base", "return", "returnmap", "proto.ref
 /// it. Clients gate features on these (buildx refuses a git context
 /// unless `source.git` is listed), so a cap listed here and not
 /// implemented would turn a clear refusal into a wrong build.
-/// Not listed, because kiln does not do them yet: the git/http auth
-/// secrets, ssh known hosts and socket, signature checks, image blobs,
+/// Not listed, because kiln does not do them yet: the http auth
+/// secrets, git ssh known hosts and socket, signature checks, image blobs,
 /// OCI layouts, cgroup parents, CDI devices, linux resources,
 /// `alwaysReplaceExistingDestPaths`, rm's `noFollowSymlink`, diff ops,
 /// content-cached mounts and per-vertex cache export switches.
@@ -53,6 +53,9 @@ const LLB_CAPS: &[&str] = &[
     "source.git",
     "source.git.keepgitdir",
     "source.git.fullurl",
+    // Token and header secrets (GIT_AUTH_TOKEN / GIT_AUTH_HEADER) from
+    // the client's session.
+    "source.git.httpauth",
     "source.git.subdir",
     "source.git.checksum",
     "source.git.skipsubmodules",
@@ -410,13 +413,14 @@ mod tests {
         for id in [
             "source.git",
             "source.git.keepgitdir",
+            "source.git.httpauth",
             "source.http",
             "exec.mount.ssh",
         ] {
             assert!(has(id), "{id} missing");
         }
         for id in [
-            "source.git.httpauth",
+            "source.git.mountsshsock",
             "source.ocilayout",
             "diffop",
             "exec.meta.cdi",

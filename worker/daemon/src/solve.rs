@@ -215,9 +215,13 @@ pub async fn solve(
             pinned = f.pinned;
             targets = f.targets;
             let digests = f.build.graph.definition_digests();
-            let mut locals =
-                HashMap::from([(kiln_frontend::CONTEXT_NAME.to_string(), f.context.tree())]);
-            let mut held = vec![f.context];
+            let mut locals = HashMap::new();
+            let mut held = Vec::new();
+            // A remote main context is a source op of the graph instead.
+            if let Some(context) = f.context {
+                locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.tree());
+                held.push(context);
+            }
             for (name, slot) in f.named {
                 locals.insert(name, slot.tree());
                 held.push(slot);

@@ -161,6 +161,9 @@ pub struct FrontendOptions {
     /// `multi-platform` / `BUILDKIT_MULTI_PLATFORM`: an image index even
     /// for one platform.
     pub multi_platform: bool,
+    /// `context=<git or http(s) URL>`: the main context is fetched by the
+    /// engine instead of read from the client ([`remote`]).
+    pub remote_context: Option<remote::RemoteContext>,
 }
 
 impl Default for FrontendOptions {
@@ -183,6 +186,7 @@ impl Default for FrontendOptions {
             check: None,
             platforms: Vec::new(),
             multi_platform: false,
+            remote_context: None,
         }
     }
 }
@@ -251,6 +255,11 @@ impl FrontendOptions {
                         })?;
                     }
                     "multi-platform" => opts.multi_platform = multi_platform(key, value)?,
+                    // The main context from a URL (buildctl `--opt
+                    // context=…`, buildx and `kiln build <URL>`).
+                    "context" => {
+                        opts.remote_context = Some(remote::RemoteContext::parse(key, value)?)
+                    }
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
                     // buildctl repeats the Solve request's cache imports
                     // here (JSON); kilnd reads and checks them with the
@@ -266,6 +275,7 @@ impl FrontendOptions {
             }
         }
         check_buildkit_args(&mut opts)?;
+        remote::apply_build_args(&mut opts);
         Ok(opts)
     }
 }
@@ -430,7 +440,7 @@ fn check_platform(value: &str) -> Result<()> {
 }
 
 /// Go's `strconv.ParseBool`, which BuildKit uses for boolean options.
-fn parse_go_bool(value: &str) -> Option<bool> {
+pub(crate) fn parse_go_bool(value: &str) -> Option<bool> {
     match value {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
@@ -465,9 +475,6 @@ fn check_buildkit_args(opts: &mut FrontendOptions) -> Result<()> {
             "BUILDKIT_SANDBOX_HOSTNAME" if !value.is_empty() => hostname = Some(value.clone()),
             "BUILDKIT_MULTI_PLATFORM" => {
                 multi |= multi_platform(key, value)?;
-            }
-            "BUILDKIT_CONTEXT_KEEP_GIT_DIR" if on() => {
-                return unsupported(format!("{key}={value} (git build contexts)"))
             }
             "BUILDKIT_SBOM_SCAN_CONTEXT" | "BUILDKIT_SBOM_SCAN_STAGE" if on() => {
                 return unsupported(format!("{key}={value} (SBOM attestations)"))
@@ -837,7 +844,13 @@ pub async fn plan_for<I: ImageConfigs>(
         }
         resolve_bases(&df, images, new, &mut bases).await?;
     }
-    Ok(kiln_dockerfile::to_graph(&df, &build_opts, &bases)?)
+    let mut build = kiln_dockerfile::to_graph(&df, &build_opts, &bases)?;
+    if let Some(remote) = &opts.remote_context {
+        let (graph, result) = remote::replace_context(build.graph, build.result, remote)?;
+        build.graph = graph;
+        build.result = result;
+    }
+    Ok(build)
 }
 
 /// Resolves the configs of `refs` into `bases`, under their keys.
@@ -865,6 +878,8 @@ async fn resolve_bases<I: ImageConfigs>(
     }
     Ok(())
 }
+
+pub mod remote;
 
 #[cfg(test)]
 mod tests;

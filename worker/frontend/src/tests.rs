@@ -233,11 +233,6 @@ fn buildkit_build_args_work_or_fail_by_name() {
     assert_eq!(o.hostname, "attr");
     for (key, value, message) in [
         (
-            "build-arg:BUILDKIT_CONTEXT_KEEP_GIT_DIR",
-            "1",
-            "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1 (git build contexts) is not supported yet",
-        ),
-        (
             "build-arg:BUILDKIT_SBOM_SCAN_STAGE",
             "true",
             "BUILDKIT_SBOM_SCAN_STAGE=true (SBOM attestations) is not supported yet",
@@ -687,4 +682,168 @@ fn a_named_directory_has_its_own_ignore_file() {
         e.to_string().starts_with("cannot read .dockerignore: "),
         "{e}"
     );
+}
+
+#[test]
+fn the_context_attribute_names_a_git_or_http_context() {
+    use crate::remote::RemoteKind;
+    let o =
+        FrontendOptions::from_attrs(&attrs(&[("context", "git://127.0.0.1:9/repo.git#v1:app")]))
+            .expect("git");
+    let r = o.remote_context.expect("remote");
+    let RemoteKind::Git(g) = &r.kind else {
+        panic!("not git: {r:?}")
+    };
+    assert_eq!((g.reference.as_str(), g.subdir.as_str()), ("v1", "app"));
+    assert!(!g.keep_git_dir);
+    assert_eq!(
+        r.vertex_name(),
+        "[internal] load git source git://127.0.0.1:9/repo.git#v1:app"
+    );
+    let o = FrontendOptions::from_attrs(&attrs(&[(
+        "context",
+        "https://example.com/r.git?ref=main&subdir=d&keep-git-dir=1",
+    )]))
+    .expect("query form");
+    let Some(RemoteKind::Git(g)) = o.remote_context.map(|r| r.kind) else {
+        panic!("not git")
+    };
+    assert_eq!(
+        (g.reference.as_str(), g.subdir.as_str(), g.keep_git_dir),
+        ("main", "d", true)
+    );
+    let o = FrontendOptions::from_attrs(&attrs(&[("context", "https://example.com/c.tgz")]))
+        .expect("http");
+    assert_eq!(
+        o.remote_context.map(|r| r.kind),
+        Some(RemoteKind::Http { archive: false })
+    );
+    let e = FrontendOptions::from_attrs(&attrs(&[("context", "git@example.com:o/r.git")]))
+        .expect_err("ssh");
+    assert!(
+        e.to_string().contains("a git repository over ssh")
+            && e.to_string().contains("not supported yet"),
+        "{e}"
+    );
+    let e = FrontendOptions::from_attrs(&attrs(&[("context", "some/dir")])).expect_err("a path");
+    assert!(matches!(e, FrontendError::InvalidAttribute { .. }), "{e}");
+}
+
+#[test]
+fn keep_git_dir_and_source_date_epoch_apply_to_a_git_context() {
+    use crate::remote::RemoteKind;
+    let git = |extra: &[(&str, &str)], url: &str| {
+        let mut pairs = vec![("context", url)];
+        pairs.extend_from_slice(extra);
+        match FrontendOptions::from_attrs(&attrs(&pairs))
+            .expect("options")
+            .remote_context
+            .map(|r| r.kind)
+        {
+            Some(RemoteKind::Git(g)) => g,
+            other => panic!("not git: {other:?}"),
+        }
+    };
+    let url = "git://h/r.git";
+    let g = git(&[("build-arg:BUILDKIT_CONTEXT_KEEP_GIT_DIR", "true")], url);
+    assert!(g.keep_git_dir);
+    let g = git(&[("build-arg:BUILDKIT_CONTEXT_KEEP_GIT_DIR", "maybe")], url);
+    assert!(!g.keep_git_dir, "not a boolean: no choice, as BuildKit");
+    let g = git(&[("build-arg:SOURCE_DATE_EPOCH", "10")], url);
+    assert_eq!(g.mtime, "commit");
+    let g = git(
+        &[("build-arg:SOURCE_DATE_EPOCH", "10")],
+        "git://h/r.git?mtime=checkout",
+    );
+    assert_eq!(g.mtime, "checkout", "the URL's own mtime wins");
+    // Without a git context the argument changes nothing.
+    FrontendOptions::from_attrs(&attrs(&[("build-arg:BUILDKIT_CONTEXT_KEEP_GIT_DIR", "1")]))
+        .expect("no effect on a local context");
+}
+
+#[tokio::test]
+async fn a_remote_context_replaces_the_local_source_in_the_graph() {
+    let images = FakeImages {
+        configs: BTreeMap::from([(
+            "docker.io/library/busybox:latest".to_string(),
+            ImageConfig::default(),
+        )]),
+        ..Default::default()
+    };
+    let text = "FROM busybox\nCOPY . /src\nRUN ls /src\n";
+    for (url, archive) in [
+        ("git://h/r.git#main", false),
+        ("https://h/ctx.tar.gz", true),
+    ] {
+        let mut opts = FrontendOptions::from_attrs(&attrs(&[("context", url)])).expect("opts");
+        if let Some(r) = &mut opts.remote_context {
+            if let crate::remote::RemoteKind::Http { archive: a } = &mut r.kind {
+                *a = archive;
+            }
+        }
+        let local = plan(&source(text, &[]), &FrontendOptions::default(), &images)
+            .await
+            .expect("local plan");
+        let build = plan(&source(text, &[]), &opts, &images)
+            .await
+            .expect("remote plan");
+        assert!(
+            !build
+                .graph
+                .vertices
+                .iter()
+                .any(|v| matches!(&v.op, Op::Source(s) if s.identifier.starts_with("local://"))),
+            "{url}: no local source left"
+        );
+        assert_eq!(
+            build.graph.vertices.len(),
+            local.graph.vertices.len() + usize::from(archive),
+            "{url}"
+        );
+        // Every edge points backwards and the result is the last RUN.
+        for (i, v) in build.graph.vertices.iter().enumerate() {
+            assert!(v.inputs.iter().all(|e| e.vertex.0 < i), "{url}");
+        }
+        assert!(
+            matches!(build.graph.vertex(build.result).op, Op::Exec(_)),
+            "{url}"
+        );
+        let copy_input = build
+            .graph
+            .vertices
+            .iter()
+            .find(|v| v.name.contains("COPY . /src"))
+            .expect("the COPY")
+            .inputs
+            .iter()
+            .map(|e| build.graph.vertex(e.vertex).name.clone())
+            .collect::<Vec<_>>();
+        let want = if archive {
+            "[internal] unpack remote build context"
+        } else {
+            "[internal] load git source git://h/r.git#main"
+        };
+        assert!(
+            copy_input.iter().any(|n| n == want),
+            "{url}: {copy_input:?}"
+        );
+    }
+}
+
+#[test]
+fn archives_are_told_from_other_files_as_buildkit_does() {
+    use crate::remote::is_archive;
+    assert!(is_archive(&[0x1f, 0x8b, 0x08, 0]));
+    assert!(is_archive(b"BZh91AY"));
+    assert!(is_archive(&[0xfd, b'7', b'z', b'X', b'Z', 0, 1]));
+    let mut h = vec![0u8; 512];
+    h[..5].copy_from_slice(b"a.txt");
+    h[100..107].copy_from_slice(b"0000644");
+    h[124..135].copy_from_slice(b"00000000000");
+    h[156] = b'0';
+    let sum: u32 = h.iter().map(|&c| u32::from(c)).sum::<u32>() + 8 * 32;
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    assert!(is_archive(&h), "a v7 tar header");
+    assert!(!is_archive(b"FROM busybox\nRUN true\n"));
+    assert!(!is_archive(&[0u8; 600]), "zeros are no header");
 }

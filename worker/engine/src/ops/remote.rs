@@ -99,9 +99,9 @@ impl StepRunner {
         src: GitSource,
         cancel: &CancellationToken,
     ) -> Result<Vec<Ref>> {
-        self.refuse_git_credentials(v, &src).await?;
+        let auth = self.git_auth(v, &src).await?;
         let resolved = tokio::select! {
-            r = git::resolve(&src) => r.map_err(|e| Self::source_err(v, e))?,
+            r = git::resolve(&src, auth.as_ref()) => r.map_err(|e| Self::source_err(v, e))?,
             _ = cancel.cancelled() => return Err(WorkerError::Cancelled),
         };
         let key = Digest::of(
@@ -131,9 +131,10 @@ impl StepRunner {
         let r = self
             .new_layer("git", |dir| {
                 let (src, resolved, scratch) = (&src, &resolved, scratch.clone());
+                let auth = auth.as_ref();
                 async move {
                     tokio::select! {
-                        r = git::checkout(src, resolved, &scratch, &dir) => r.map_err(|e| Self::source_err(v, e)),
+                        r = git::checkout(src, auth, resolved, &scratch, &dir) => r.map_err(|e| Self::source_err(v, e)),
                         _ = cancel.cancelled() => Err(WorkerError::Cancelled),
                     }
                 }
@@ -147,10 +148,11 @@ impl StepRunner {
         Ok(vec![Ref::Chain(layers)])
     }
 
-    /// Issue 13's seam: credentials from the client's secrets are not
-    /// used yet, so a build whose client offers them, or that needs ssh,
-    /// fails naming what is missing instead of fetching without them.
-    async fn refuse_git_credentials(&self, v: &Vertex, src: &GitSource) -> Result<()> {
+    /// The remote's credentials from the client's secrets (the first of
+    /// [`git::auth_secret_names`] the client has). ssh remotes never get
+    /// here (`GitSource::from_op` refuses them before the build); this
+    /// refuses one again rather than fetch with the daemon's own keys.
+    async fn git_auth(&self, v: &Vertex, src: &GitSource) -> Result<Option<git::AuthHeader>> {
         let ssh = src.remote.starts_with("ssh://")
             || (!src.remote.contains("://") && src.remote.contains('@'));
         if ssh {
@@ -159,29 +161,21 @@ impl StepRunner {
                 what: "a git repository over ssh".into(),
             });
         }
-        let host = src.host_path.split('/').next().unwrap_or_default();
-        for name in [&src.auth_token_secret, &src.auth_header_secret] {
-            if name.is_empty() {
-                continue;
-            }
-            for id in [format!("{name}.{host}"), name.clone()] {
-                let got = self
-                    .secrets
-                    .get(&id)
-                    .await
-                    .map_err(|e| WorkerError::Secret {
-                        location: location(v),
-                        source: e,
-                    })?;
-                if got.is_some() {
-                    return Err(WorkerError::Unsupported {
-                        location: location(v),
-                        what: format!("git credentials from the secret {id}"),
-                    });
-                }
+        for (id, token) in git::auth_secret_names(src) {
+            let got = self
+                .secrets
+                .get(&id)
+                .await
+                .map_err(|e| WorkerError::Secret {
+                    location: location(v),
+                    source: e,
+                })?;
+            if let Some(secret) = got {
+                tracing::debug!(secret = %id, "git credentials from the client");
+                return Ok(Some(git::AuthHeader::new(&src.remote, &secret, token)));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     pub(super) async fn http_source(

@@ -6,9 +6,12 @@
 //! into a git directory of its own and checks it out into a directory,
 //! with submodules, `--keep-git-dir` and the subdir.
 //!
-//! Credentials are issue 13's: the caller refuses a build whose client
-//! has `GIT_AUTH_TOKEN`/`GIT_AUTH_HEADER` secrets or an ssh remote, so
-//! nothing here ever runs with or without them silently.
+//! Credentials: the caller reads the client's `GIT_AUTH_TOKEN` /
+//! `GIT_AUTH_HEADER` secrets ([`auth_secret_names`]) into an
+//! [`AuthHeader`], which every git command of the source gets as
+//! `http.<remote>.extraheader` through git's environment configuration
+//! (`GIT_CONFIG_COUNT`): never on a command line, in an error, a log or a
+//! cache key. ssh remotes are refused before the build (issue 13).
 
 use super::SourceFailure;
 use kiln_solver::source::{is_commit_id, GitSource};
@@ -19,12 +22,100 @@ fn fail(m: impl Into<String>) -> SourceFailure {
     SourceFailure(m.into())
 }
 
+/// The `Authorization` header of a remote's HTTP requests, from the
+/// client's secrets. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthHeader {
+    /// `http.<scope>.extraheader`: the remote (all of github.com for a
+    /// github.com remote, as BuildKit and actions/checkout scope it).
+    scope: String,
+    value: String,
+}
+
+impl std::fmt::Debug for AuthHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthHeader")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthHeader {
+    /// The header for `remote` from the secret `secret` (BuildKit's
+    /// rule): a token becomes `basic base64("x-access-token:TOKEN")`, a
+    /// header secret is the header's value as it is.
+    pub fn new(remote: &str, secret: &[u8], token: bool) -> AuthHeader {
+        use base64::Engine as _;
+        let value = if token {
+            let mut plain = b"x-access-token:".to_vec();
+            plain.extend_from_slice(secret);
+            format!(
+                "basic {}",
+                base64::engine::general_purpose::STANDARD.encode(plain)
+            )
+        } else {
+            String::from_utf8_lossy(secret).trim_end().to_string()
+        };
+        let scope = ["https://github.com/", "https://www.github.com/"]
+            .into_iter()
+            .find(|p| remote.starts_with(p))
+            .unwrap_or(remote)
+            .to_string();
+        AuthHeader { scope, value }
+    }
+}
+
+/// The host (with port, without user) of a URL remote; empty for another
+/// form.
+pub fn remote_host(remote: &str) -> &str {
+    let Some((_, rest)) = remote.split_once("://") else {
+        return "";
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.rsplit('@').next().unwrap_or_default()
+}
+
+/// The secrets that may hold a remote's credentials, in BuildKit's order
+/// (host-scoped first, a header before a token), each with whether it is
+/// a token.
+pub fn auth_secret_names(src: &GitSource) -> Vec<(String, bool)> {
+    let host = remote_host(&src.remote);
+    let mut out = Vec::new();
+    for scoped in [true, false] {
+        for (name, token) in [
+            (&src.auth_header_secret, false),
+            (&src.auth_token_secret, true),
+        ] {
+            if name.is_empty() || (scoped && host.is_empty()) {
+                continue;
+            }
+            let id = if scoped {
+                format!("{name}.{host}")
+            } else {
+                name.clone()
+            };
+            out.push((id, token));
+        }
+    }
+    out
+}
+
 /// Runs `git args…` with no terminal prompts and no user or system
-/// config that could change what is fetched; returns stdout.
-async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, SourceFailure> {
+/// config that could change what is fetched, and with the remote's
+/// credentials when there are some; returns stdout.
+async fn git(
+    dir: Option<&Path>,
+    auth: Option<&AuthHeader>,
+    args: &[&str],
+) -> Result<String, SourceFailure> {
     let mut cmd = tokio::process::Command::new("git");
     if let Some(d) = dir {
         cmd.current_dir(d);
+    }
+    if let Some(a) = auth {
+        cmd.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", format!("http.{}.extraheader", a.scope))
+            .env("GIT_CONFIG_VALUE_0", format!("Authorization: {}", a.value));
     }
     cmd.args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
@@ -109,7 +200,10 @@ pub fn pick(reference: &str, listing: &str) -> Option<Resolved> {
 /// The commit `src` names: its full commit id (or `--checksum` with
 /// fetch-by-commit) without asking the remote, else `git ls-remote`.
 /// `--checksum` must be a prefix of the commit.
-pub async fn resolve(src: &GitSource) -> Result<Resolved, SourceFailure> {
+pub async fn resolve(
+    src: &GitSource,
+    auth: Option<&AuthHeader>,
+) -> Result<Resolved, SourceFailure> {
     if !src.checksum.is_empty() && !src.checksum.bytes().all(|c| c.is_ascii_hexdigit()) {
         return Err(fail(format!(
             "invalid checksum {} for Git URL, expected hex commit hash",
@@ -143,9 +237,13 @@ pub async fn resolve(src: &GitSource) -> Result<Resolved, SourceFailure> {
         src.reference.clone()
     };
     let peeled = format!("{reference}^{{}}");
-    let listing = git(None, &["ls-remote", "--", &src.remote, &reference, &peeled])
-        .await
-        .map_err(|e| fail(format!("failed to fetch remote {}: {}", src.remote, e.0)))?;
+    let listing = git(
+        None,
+        auth,
+        &["ls-remote", "--", &src.remote, &reference, &peeled],
+    )
+    .await
+    .map_err(|e| fail(format!("failed to fetch remote {}: {}", src.remote, e.0)))?;
     let r = pick(&reference, &listing).ok_or_else(|| {
         fail(format!(
             "repository does not contain ref {reference}, output: {listing:?}"
@@ -163,15 +261,16 @@ pub async fn resolve(src: &GitSource) -> Result<Resolved, SourceFailure> {
 /// with `keep_git_dir`.
 pub async fn checkout(
     src: &GitSource,
+    auth: Option<&AuthHeader>,
     resolved: &Resolved,
     scratch: &Path,
     dest: &Path,
 ) -> Result<(), SourceFailure> {
     let work = scratch.join("work");
     let p = |p: &Path| p.display().to_string();
-    git(None, &["init", "-q", &p(&work)]).await?;
+    git(None, auth, &["init", "-q", &p(&work)]).await?;
     let w = Some(work.as_path());
-    git(w, &["remote", "add", "origin", &src.remote]).await?;
+    git(w, auth, &["remote", "add", "origin", &src.remote]).await?;
     // The ref by name when there is one (any server serves that), the
     // commit itself otherwise; a server that refuses an unadvertised
     // commit gets a full fetch.
@@ -180,6 +279,7 @@ pub async fn checkout(
         let spec = format!("+{}:refs/kiln/fetched", resolved.remote_ref);
         fetched = git(
             w,
+            auth,
             &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
         )
         .await
@@ -189,6 +289,7 @@ pub async fn checkout(
         let spec = format!("+{}:refs/kiln/fetched", resolved.commit);
         if git(
             w,
+            auth,
             &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
         )
         .await
@@ -196,6 +297,7 @@ pub async fn checkout(
         {
             git(
                 w,
+                auth,
                 &[
                     "fetch",
                     "-q",
@@ -209,7 +311,7 @@ pub async fn checkout(
         }
     }
     let commit_ref = format!("{}^{{commit}}", resolved.commit);
-    let have = git(w, &["rev-parse", "--verify", "-q", &commit_ref])
+    let have = git(w, auth, &["rev-parse", "--verify", "-q", &commit_ref])
         .await
         .map_err(|_| {
             fail(format!(
@@ -227,13 +329,14 @@ pub async fn checkout(
     // A branch keeps its name in a kept .git, as BuildKit's checkout does.
     match resolved.remote_ref.strip_prefix("refs/heads/") {
         Some(branch) if src.keep_git_dir => {
-            git(w, &["checkout", "-q", "-B", branch, &resolved.commit]).await?
+            git(w, auth, &["checkout", "-q", "-B", branch, &resolved.commit]).await?
         }
-        _ => git(w, &["checkout", "-q", "--detach", &resolved.commit]).await?,
+        _ => git(w, auth, &["checkout", "-q", "--detach", &resolved.commit]).await?,
     };
     if !src.skip_submodules && work.join(".gitmodules").exists() {
         git(
             w,
+            auth,
             &[
                 "-c",
                 "protocol.file.allow=never",
@@ -252,9 +355,9 @@ pub async fn checkout(
             ))
         })?;
     }
-    git(w, &["update-ref", "-d", "refs/kiln/fetched"]).await?;
+    git(w, auth, &["update-ref", "-d", "refs/kiln/fetched"]).await?;
     let commit_time = if src.mtime == "commit" {
-        let t = git(w, &["log", "-1", "--format=%ct", &resolved.commit]).await?;
+        let t = git(w, auth, &["log", "-1", "--format=%ct", &resolved.commit]).await?;
         Some(
             t.trim()
                 .parse::<i64>()
@@ -307,12 +410,14 @@ pub async fn checkout(
     Ok(())
 }
 
-/// `?mtime=commit`: every entry below `dest` (links themselves, not
-/// their targets) takes the commit's time.
+/// `?mtime=commit`: `dest` and every entry below it (links themselves,
+/// not their targets) take the commit's time, as BuildKit's
+/// `resetSnapshotMtimes` (the root too: `COPY . /dir` copies its time).
+/// Setting a child's times does not touch its directory's.
 fn set_all_mtimes(dest: &Path, secs: i64) -> Result<(), SourceFailure> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     let ts = nix::sys::time::TimeSpec::new(secs, 0);
-    for entry in walkdir::WalkDir::new(dest).min_depth(1) {
+    for entry in walkdir::WalkDir::new(dest) {
         let entry = entry.map_err(|e| fail(format!("walking the checkout: {e}")))?;
         utimensat(
             nix::fcntl::AT_FDCWD,
@@ -357,6 +462,36 @@ mod tests {
 4444444444444444444444444444444444444444\trefs/tags/only\n\
 5555555555555555555555555555555555555555\trefs/tags/only^{}\n\
 6666666666666666666666666666666666666666\tHEAD\n";
+
+    #[test]
+    fn credentials_come_from_buildkits_secrets_in_its_order() {
+        let src = GitSource {
+            remote: "https://user@git.example:8443/o/r.git".into(),
+            auth_token_secret: "GIT_AUTH_TOKEN".into(),
+            auth_header_secret: "GIT_AUTH_HEADER".into(),
+            ..GitSource::default()
+        };
+        assert_eq!(remote_host(&src.remote), "git.example:8443");
+        assert_eq!(
+            auth_secret_names(&src),
+            [
+                ("GIT_AUTH_HEADER.git.example:8443".to_string(), false),
+                ("GIT_AUTH_TOKEN.git.example:8443".to_string(), true),
+                ("GIT_AUTH_HEADER".to_string(), false),
+                ("GIT_AUTH_TOKEN".to_string(), true),
+            ]
+        );
+        let a = AuthHeader::new(&src.remote, b"tok", true);
+        // base64("x-access-token:tok")
+        assert_eq!(a.value, "basic eC1hY2Nlc3MtdG9rZW46dG9r");
+        assert_eq!(a.scope, src.remote);
+        assert!(!format!("{a:?}").contains("eC1h"), "Debug shows no secret");
+        let gh = AuthHeader::new("https://github.com/o/r.git", b"bearer x\n", false);
+        assert_eq!(
+            (gh.scope.as_str(), gh.value.as_str()),
+            ("https://github.com/", "bearer x")
+        );
+    }
 
     #[test]
     fn branches_win_then_peeled_tags() {
