@@ -23,9 +23,20 @@ pub struct Dockerfile {
     pub check: CheckConfig,
     /// Build check warnings (see [`crate::lint`]), those `# check=` keeps.
     pub warnings: Vec<Warning>,
+    /// `# check=` comments above instructions, for the checks the
+    /// converter runs ([`Dockerfile::check_enabled`]).
+    pub check_scopes: Vec<crate::lint::CheckScope>,
     /// `ARG`s before the first `FROM` (each a [`Instruction::Arg`]).
     pub global_args: Vec<Command>,
     pub stages: Vec<Stage>,
+}
+
+impl Dockerfile {
+    /// Whether a build check warning of `rule` at `line` is reported
+    /// (the `# check=` directive and comments, see [`crate::lint::enabled`]).
+    pub fn check_enabled(&self, rule: &str, line: usize) -> bool {
+        crate::lint::enabled(&self.check, &self.check_scopes, rule, line)
+    }
 }
 
 /// `FROM ...` and the instructions up to the next `FROM`.
@@ -207,6 +218,7 @@ pub fn parse_with_check(
         syntax: lines.syntax.clone(),
         check: lines.check.clone(),
         warnings: crate::lint::run(&lines.nodes, &lines.warnings, &lines.check),
+        check_scopes: crate::lint::scopes(&lines.nodes),
         global_args: Vec::new(),
         stages: Vec::new(),
     };

@@ -748,6 +748,7 @@ pub fn build_options_for(
         ulimits: opts.ulimits.clone(),
         shm_size: opts.shm_size,
         named_contexts: opts.named_contexts.clone(),
+        all_stages: false,
     }
 }
 

@@ -57,7 +57,7 @@ impl Converter<'_> {
         let excludes = cp
             .excludes
             .iter()
-            .map(|e| self.expand(e, &st.env, line))
+            .map(|e| self.expand_unchecked(e, &st.env, line))
             .collect::<Result<Vec<_>>>()?;
         let checksum = cp
             .checksum
