@@ -50,16 +50,22 @@ fn fresh_dir(d: &Daemon, job: &Job, name: &str) -> Result<PathBuf, Status> {
     Ok(dir)
 }
 
-/// Runs the Dockerfile frontend with BuildKit's frontend attributes.
-pub async fn dockerfile(
+/// Fetches the Dockerfile and the ignore file that applies through the
+/// session (shown as `[internal] load build definition from NAME`, which
+/// the caller completes); returns it with that step's name and start.
+async fn definition(
     d: &Daemon,
-    engine: &kiln_engine::Engine,
     job: &Job,
     session: &SessionHandle,
-    attrs: &HashMap<String, String>,
-    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
-) -> Result<Frontend, Status> {
-    let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    opts: &FrontendOptions,
+) -> Result<
+    (
+        kiln_frontend::DockerfileSource,
+        String,
+        std::time::SystemTime,
+    ),
+    Status,
+> {
     let filename = opts.filename.clone();
     let df_dir = fresh_dir(d, job, "dockerfile")?;
     let ignore_dir = fresh_dir(d, job, "dockerignore")?;
@@ -96,6 +102,50 @@ pub async fn dockerfile(
     let source = kiln_frontend::read_dockerfile(&df_dir, &filename, &ignore_dir)
         .map_err(|e| frontend_status(&e))?;
     let _ = std::fs::remove_dir_all(&ignore_dir);
+    Ok((source, load_name, load_started))
+}
+
+/// Answers the `frontend.lint` request (buildx `--check`): the build
+/// checks over the Dockerfile, nothing built, as BuildKit's lint result.
+pub async fn lint(
+    d: &Daemon,
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    attrs: &HashMap<String, String>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<kiln_frontend::check::CheckReport, Status> {
+    let opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    let (source, load_name, load_started) = definition(d, job, session, &opts).await?;
+    crate::status::step(
+        job,
+        &load_name,
+        load_started,
+        Some(std::time::SystemTime::now()),
+        None,
+    );
+    let images = engine.base_images(opts.resolve_mode, credentials);
+    Ok(kiln_frontend::check::check(&source, &opts, &images).await)
+}
+
+/// Runs the Dockerfile frontend with BuildKit's frontend attributes.
+pub async fn dockerfile(
+    d: &Daemon,
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    attrs: &HashMap<String, String>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<Frontend, Status> {
+    let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    if opts.lint {
+        // Its result is metadata only a gateway client reads.
+        return Err(Status::unimplemented(
+            "the frontend.lint request outside the gateway API (buildx build --check uses the gateway) is not supported yet",
+        ));
+    }
+    let filename = opts.filename.clone();
+    let (source, load_name, load_started) = definition(d, job, session, &opts).await?;
     // A named local context is read with its own `.dockerignore`, fetched
     // alone first, as BuildKit does.
     for local in kiln_frontend::local_contexts(&opts) {

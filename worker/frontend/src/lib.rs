@@ -161,6 +161,9 @@ pub struct FrontendOptions {
     /// `multi-platform` / `BUILDKIT_MULTI_PLATFORM`: an image index even
     /// for one platform.
     pub multi_platform: bool,
+    /// `requestid=frontend.lint`: run the build checks only
+    /// ([`check::check`]), over every stage when no target is given.
+    pub lint: bool,
 }
 
 impl Default for FrontendOptions {
@@ -183,6 +186,7 @@ impl Default for FrontendOptions {
             check: None,
             platforms: Vec::new(),
             multi_platform: false,
+            lint: false,
         }
     }
 }
@@ -251,6 +255,11 @@ impl FrontendOptions {
                         })?;
                     }
                     "multi-platform" => opts.multi_platform = multi_platform(key, value)?,
+                    "requestid" => opts.lint = check::request(value)?,
+                    // The client says it reads subrequest results
+                    // (`moby.buildkit.frontend.subrequests`): a statement
+                    // about the client that asks for nothing.
+                    "frontend.caps" => {}
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
                     // buildctl repeats the Solve request's cache imports
                     // here (JSON); kilnd reads and checks them with the
@@ -748,7 +757,7 @@ pub fn build_options_for(
         ulimits: opts.ulimits.clone(),
         shm_size: opts.shm_size,
         named_contexts: opts.named_contexts.clone(),
-        all_stages: false,
+        all_stages: opts.lint,
     }
 }
 
@@ -867,5 +876,6 @@ async fn resolve_bases<I: ImageConfigs>(
     Ok(())
 }
 
+pub mod check;
 #[cfg(test)]
 mod tests;
