@@ -15,9 +15,10 @@ use crate::parser::{extract_flags, Node, Warning};
 
 /// Rules BuildKit checks over the whole file, which a comment above one
 /// instruction does not scope.
-const GLOBAL_RULES: [&str; 3] = [
+const GLOBAL_RULES: [&str; 4] = [
     "ConsistentInstructionCasing",
     "ReservedStageName",
+    "DuplicateStageName",
     "NoEmptyContinuation",
 ];
 
@@ -278,6 +279,14 @@ fn from_rules(n: &Node, stages: &[StageLint], out: &mut Vec<Warning>) -> StageLi
             );
         }
         let lower = name.to_lowercase();
+        if stages.iter().any(|s| s.name.as_deref() == Some(&lower)) {
+            warn(
+                out,
+                "DuplicateStageName",
+                n.line,
+                format!("Duplicate stage name {lower:?}, stage names should be unique"),
+            );
+        }
         if RESERVED_STAGE_NAMES.contains(&lower.as_str()) {
             warn(
                 out,
@@ -289,12 +298,12 @@ fn from_rules(n: &Node, stages: &[StageLint], out: &mut Vec<Warning>) -> StageLi
         stage.name = Some(lower);
         // A stage built on an earlier one inherits its SHELL.
         let base = base.to_lowercase();
-        if let Some(parent) = stages.iter().find(|s| s.name.as_deref() == Some(&base)) {
+        if let Some(parent) = stages.iter().rfind(|s| s.name.as_deref() == Some(&base)) {
             stage.shell_set = parent.shell_set;
         }
     } else if let [base] = words.as_slice() {
         let base = base.to_lowercase();
-        if let Some(parent) = stages.iter().find(|s| s.name.as_deref() == Some(&base)) {
+        if let Some(parent) = stages.iter().rfind(|s| s.name.as_deref() == Some(&base)) {
             stage.shell_set = parent.shell_set;
         }
     }

@@ -1034,7 +1034,7 @@ fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Resul
     let Some(stage) = df
         .stages
         .iter()
-        .find(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(v)))
+        .rfind(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(v)))
     else {
         return Err(invalid(first, &format!("invalid SOURCE_DATE_EPOCH: {v}")));
     };

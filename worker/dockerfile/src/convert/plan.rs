@@ -155,7 +155,7 @@ impl Plan {
                 Base::Scratch
             } else if let Some(j) = df.stages[..i]
                 .iter()
-                .position(|p| p.name.as_deref() == Some(&lower))
+                .rposition(|p| p.name.as_deref() == Some(&lower))
             {
                 Base::Stage(j)
             } else if let Some(j) = lower.parse::<usize>().ok().filter(|j| *j < i) {
@@ -187,7 +187,7 @@ impl Plan {
                 let t = t.to_lowercase();
                 df.stages
                     .iter()
-                    .position(|s| s.name.as_deref() == Some(&t))
+                    .rposition(|s| s.name.as_deref() == Some(&t))
                     .ok_or_else(|| {
                         let target = opts.target.clone().unwrap_or_default();
                         let names: Vec<&str> =
@@ -357,7 +357,7 @@ pub(super) fn resolve_source(
         Err(_) => df
             .stages
             .iter()
-            .position(|s| s.name.as_deref() == Some(&lower)),
+            .rposition(|s| s.name.as_deref() == Some(&lower)),
     };
     match found {
         Some(j) if j < current => Ok(Source::Stage(j)),

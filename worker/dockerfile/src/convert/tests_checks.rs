@@ -137,3 +137,23 @@ fn converter_checks_follow_check_directives() {
         "Dockerfile: lint violation found for rules: UndefinedVar"
     );
 }
+
+#[test]
+fn a_duplicate_stage_name_warns_and_references_take_the_last() {
+    assert_eq!(
+        warnings("FROM busybox AS b\nFROM scratch AS b\nFROM b\n"),
+        vec![
+            "DuplicateStageName: Duplicate stage name \"b\", stage names should be unique (line 2)"
+        ]
+    );
+    // `FROM b` is the second `b` (scratch): no image but busybox's.
+    let df = parse(
+        "FROM busybox AS b\nFROM scratch AS b\nFROM b\n",
+        "Dockerfile",
+    )
+    .expect("parses");
+    assert_eq!(
+        df.base_images(&BuildOptions::default()).expect("bases"),
+        Vec::<String>::new()
+    );
+}
