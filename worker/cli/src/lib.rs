@@ -1154,6 +1154,8 @@ async fn build(
                     config: first.config.clone(),
                     stages_built: Vec::new(),
                     warnings: warnings.unwrap_or_default(),
+                    // Checked per platform, before the merge.
+                    context_reads: Vec::new(),
                 };
                 (built, targets)
             })

@@ -274,6 +274,8 @@ async fn plan_platforms(
         config: targets[0].config.clone(),
         stages_built,
         warnings,
+        // Checked per platform, before the merge.
+        context_reads: Vec::new(),
     };
     Ok((build, targets))
 }

@@ -39,7 +39,7 @@ pub use kiln_types::reference;
 use std::collections::BTreeMap;
 
 pub use convert::gocompat::ram_in_bytes;
-pub use convert::{to_graph, Build};
+pub use convert::{to_graph, Build, ContextRead};
 pub use instructions::{parse, parse_with_check, Dockerfile};
 pub use reference::RefError;
 

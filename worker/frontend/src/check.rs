@@ -128,6 +128,68 @@ pub async fn check<I: ImageConfigs>(
     }
 }
 
+/// BuildKit's CopyIgnoredFile (`validateCopySourcePath`): a `COPY`/`ADD`
+/// source of the main context that its ignore file excludes, checked
+/// only when the file has no `!` exceptions (which make it undecidable
+/// from the path alone). Here and not in `kiln-dockerfile` because the
+/// ignore rules are `kiln-context`'s. With `check=error=true` a warning
+/// fails the build, as the other checks do in `to_graph`.
+pub(crate) fn copy_ignored(
+    df: &kiln_dockerfile::Dockerfile,
+    opts: &kiln_dockerfile::BuildOptions,
+    build: &mut kiln_dockerfile::Build,
+) -> Result<()> {
+    const RULE: &str = "CopyIgnoredFile";
+    let Ok(matcher) = kiln_context::ignore::PatternMatcher::new(&opts.excludes) else {
+        // A bad pattern fails the context's transfer with its own error.
+        return Ok(());
+    };
+    if matcher.is_empty() || matcher.has_exclusions() {
+        return Ok(());
+    }
+    // `.` and `/` are excluded only by a pattern of every root entry.
+    let root_ignored = opts
+        .excludes
+        .iter()
+        .any(|p| matches!(p.trim(), "*" | "**" | "**/*"));
+    let mut found = Vec::new();
+    for read in &build.context_reads {
+        let src = kiln_context::ignore::clean_path(&read.path);
+        let ignored = match src.as_str() {
+            "." | "/" => root_ignored,
+            // BuildKit matches the path as written: a rooted one never
+            // matches the context's relative patterns.
+            s if s.starts_with('/') => false,
+            s => matcher.matches(s),
+        };
+        if ignored && df.check_enabled(RULE, read.line) {
+            let cmd = if read.add { "Add" } else { "Copy" };
+            found.push(Warning {
+                rule: RULE.to_string(),
+                message: format!(
+                    "Attempting to {cmd} file {} that is excluded by .dockerignore",
+                    serde_json::Value::from(src.as_str())
+                ),
+                line: read.line,
+            });
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    if df.check.error {
+        return Err(FrontendError::Dockerfile(
+            kiln_dockerfile::ParseError::Lint {
+                file: opts.filename.clone(),
+                rules: RULE.to_string(),
+            },
+        ));
+    }
+    build.warnings.extend(found);
+    build.warnings.sort_by_key(|w| w.line);
+    Ok(())
+}
+
 /// Whether `requestid` names the lint request; any other request fails
 /// as BuildKit's frontend does.
 pub(crate) fn request(value: &str) -> Result<bool> {
@@ -162,6 +224,50 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "frontend request \"frontend.outline\" is not supported yet"
+        );
+    }
+
+    /// `src` converted with `excludes` as the context's ignore patterns,
+    /// then CopyIgnoredFile: the warnings' texts, or the error.
+    fn copy_ignored_of(src: &str, excludes: &[&str]) -> std::result::Result<Vec<String>, String> {
+        let df = kiln_dockerfile::parse(src, "Dockerfile").expect("parses");
+        let opts = kiln_dockerfile::BuildOptions {
+            excludes: excludes.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        };
+        let bases = df
+            .base_images(&opts)
+            .expect("bases")
+            .into_iter()
+            .map(|r| (r, Default::default()))
+            .collect();
+        let mut b = kiln_dockerfile::to_graph(&df, &opts, &bases).expect("converts");
+        copy_ignored(&df, &opts, &mut b).map_err(|e| e.to_string())?;
+        Ok(b.warnings.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn copy_ignored_file() {
+        let src = "FROM busybox\nCOPY Dockerfile keep ./\nADD build/out /o\nCOPY --from=busybox Dockerfile /\n";
+        assert_eq!(
+            copy_ignored_of(src, &["Dockerfile", "build"]),
+            Ok(vec![
+                "CopyIgnoredFile: Attempting to Copy file \"Dockerfile\" that is excluded by .dockerignore (line 2)".to_string(),
+                "CopyIgnoredFile: Attempting to Add file \"build/out\" that is excluded by .dockerignore (line 3)".to_string(),
+            ])
+        );
+        // An exception makes the patterns undecidable from a path.
+        assert_eq!(
+            copy_ignored_of(src, &["Dockerfile", "!keep"]),
+            Ok(Vec::new())
+        );
+        // The root only when every root entry is excluded.
+        let root = "FROM busybox\nCOPY . /c/\n";
+        assert_eq!(copy_ignored_of(root, &[".*"]), Ok(Vec::new()));
+        assert_eq!(copy_ignored_of(root, &["**"]).map(|w| w.len()), Ok(1));
+        assert_eq!(
+            copy_ignored_of(&format!("# check=error=true\n{root}"), &["*"]),
+            Err("Dockerfile: lint violation found for rules: CopyIgnoredFile".to_string())
         );
     }
 

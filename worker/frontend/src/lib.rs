@@ -847,7 +847,9 @@ pub async fn plan_for<I: ImageConfigs>(
         }
         resolve_bases(&df, images, new, &mut bases).await?;
     }
-    Ok(kiln_dockerfile::to_graph(&df, &build_opts, &bases)?)
+    let mut build = kiln_dockerfile::to_graph(&df, &build_opts, &bases)?;
+    check::copy_ignored(&df, &build_opts, &mut build)?;
+    Ok(build)
 }
 
 /// Resolves the configs of `refs` into `bases`, under their keys.

@@ -72,6 +72,15 @@ impl Converter<'_> {
             if remote.is_none() && checksum.is_some() {
                 return Err(self.file_err(line, "checksum requires HTTP(S) or Git sources".into()));
             }
+            // A path of the main context: the CopyIgnoredFile check reads
+            // it (against the context's ignore file, in the frontend).
+            if cp.from.is_none() && remote.is_none() {
+                self.context_reads.push(ContextRead {
+                    line,
+                    add: cp.add,
+                    path: s.clone(),
+                });
+            }
             remotes.push(remote);
             srcs.push(s);
         }

@@ -71,6 +71,19 @@ pub struct Build {
     /// Build check warnings (the Dockerfile's, see [`crate::lint`]), for
     /// the frontend to report (`Rule: message (line N)`).
     pub warnings: Vec<crate::parser::Warning>,
+    /// The main context's paths `COPY`/`ADD` read, as written (expanded),
+    /// for the check that needs the context's ignore file
+    /// (CopyIgnoredFile, run by the frontend).
+    pub context_reads: Vec<ContextRead>,
+}
+
+/// One source path of a `COPY`/`ADD` from the main context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextRead {
+    pub line: usize,
+    /// `ADD` (else `COPY`).
+    pub add: bool,
+    pub path: String,
 }
 
 impl Dockerfile {
@@ -182,6 +195,7 @@ pub fn to_graph(
         graph_bytes: 0,
         unmatched: RefCell::default(),
         warnings: Vec::new(),
+        context_reads: Vec::new(),
     };
     conv.warnings = checks::from_checks(df, opts, &conv.plan);
     for i in 0..df.stages.len() {
@@ -249,6 +263,7 @@ pub fn to_graph(
         config: st.config,
         stages_built: conv.stages_built,
         warnings,
+        context_reads: conv.context_reads,
     })
 }
 
@@ -290,6 +305,8 @@ struct Converter<'a> {
     unmatched: RefCell<BTreeSet<String>>,
     /// Build check warnings found while converting (see [`checks`]).
     warnings: Vec<crate::parser::Warning>,
+    /// See [`Build::context_reads`].
+    context_reads: Vec<ContextRead>,
 }
 
 /// The most bytes of step definitions (each step's environment, arguments
