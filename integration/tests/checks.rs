@@ -4,7 +4,7 @@
 //! --addr` prints them as buildx does, like the embedded build. With
 //! `# check=error=true` the build fails before any step.
 
-use kiln_integration::Harness;
+use kiln_integration::{buildctl_like_binary, Harness};
 
 const DOCKERFILE: &str = "FROM busybox AS Build\nCMD echo hi\n";
 
@@ -65,4 +65,144 @@ async fn warnings_reach_a_daemon_client_and_error_true_fails() {
         "{}",
         out.stderr
     );
+}
+
+/// `kiln build --check` (BuildKit's lint request, embedded): every stage
+/// is checked, the target's or not, nothing is built, the result is
+/// printed as buildx prints it, and the status is 1 when anything was
+/// found. Through a daemon, `kiln --addr` refuses it by name.
+#[tokio::test]
+async fn check_lints_every_stage_without_building() {
+    let ns = "checks-only";
+    let h = Harness::with_busybox(ns).await;
+    let src = "FROM busybox AS Build\nENV A=$NOPE\nFROM busybox\nLABEL ok=1\n";
+    let ctx = h.context("check-only", &[("Dockerfile", src)]);
+    let c = ctx.to_str().expect("utf8");
+    let out = h
+        .kiln(ns, &["build", "--check", "-t", "checked:latest", c])
+        .expect("kiln runs");
+    assert!(!out.success, "warnings must fail --check:\n{}", out.stdout);
+    assert!(
+        out.stdout
+            .starts_with("Check complete, 2 warnings have been found!\n"),
+        "{}",
+        out.stdout
+    );
+    for w in [
+        "\nWARNING: StageNameCasing - https://docs.docker.com/go/dockerfile/rule/stage-name-casing/\nStage name 'Build' should be lowercase\nDockerfile:1\n",
+        // Stage `Build` is not the target's: a build would not check it.
+        "\nWARNING: UndefinedVar - https://docs.docker.com/go/dockerfile/rule/undefined-var/\nUsage of undefined variable '$NOPE'\nDockerfile:2\n",
+    ] {
+        assert!(out.stdout.contains(w), "no {w:?} in\n{}", out.stdout);
+    }
+    let images = h.ctr(ns, &["images", "ls", "-q"]).expect("ctr images");
+    assert!(!images.contains("checked"), "--check built: {images}");
+
+    // The same file built: the stage that is not needed is not checked.
+    let built = h.build(ns, &[c]).ok();
+    assert!(
+        built.stderr.contains(" 1 warning found:"),
+        "{}",
+        built.stderr
+    );
+
+    let clean = h.context(
+        "check-clean",
+        &[("Dockerfile", "FROM busybox\nLABEL ok=1\n")],
+    );
+    let out = h
+        .kiln(
+            ns,
+            &["build", "--call", "check", clean.to_str().expect("utf8")],
+        )
+        .expect("kiln runs");
+    assert!(out.success, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "Check complete, no warnings found.\n");
+
+    let out = h
+        .kiln(
+            ns,
+            &["--addr", "unix:///nonexistent", "build", "--check", c],
+        )
+        .expect("kiln runs");
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("--check with a daemon (unix:///nonexistent) is not supported yet"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The lint request through kilnd's gateway, as buildx `--check` sends it
+/// (`requestid=frontend.lint`): the answer is BuildKit's lint result as
+/// metadata (`result.json`, `result.statuscode`), nothing is built, and
+/// every stage is checked.
+#[tokio::test]
+async fn the_lint_request_through_the_gateway() {
+    let ns = "checks-gateway";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let src = "FROM busybox AS Build\nENV A=$NOPE\nFROM busybox\nLABEL ok=1\n";
+    let ctx = h.context("check-gateway", &[("Dockerfile", src)]);
+    let out = std::process::Command::new(buildctl_like_binary().expect("buildctl-like"))
+        .env(
+            "BUILDCTL_LIKE_OPTS",
+            "requestid=frontend.lint,frontend.caps=moby.buildkit.frontend.subrequests",
+        )
+        .arg(k.addr())
+        .arg(&ctx)
+        .output()
+        .expect("buildctl-like runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |key: &str| -> String {
+        let marker = format!("buildctl-like: metadata {key}\n");
+        let rest = stdout
+            .split_once(&marker)
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| panic!("no {key} in\n{stdout}"));
+        rest.split("buildctl-like: ")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(value("result.statuscode").trim(), "1");
+    let json: serde_json::Value =
+        serde_json::from_str(&value("result.json")).expect("result.json is JSON");
+    let warnings: Vec<(String, String, i64)> = json["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| {
+            (
+                w["ruleName"].as_str().unwrap_or_default().to_string(),
+                w["detail"].as_str().unwrap_or_default().to_string(),
+                w["location"]["ranges"][0]["start"]["line"]
+                    .as_i64()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            (
+                "StageNameCasing".to_string(),
+                "Stage name 'Build' should be lowercase".to_string(),
+                1
+            ),
+            (
+                "UndefinedVar".to_string(),
+                "Usage of undefined variable '$NOPE'".to_string(),
+                2
+            ),
+        ]
+    );
+    assert_eq!(json["sources"][0]["filename"], "Dockerfile");
+    assert!(json.get("buildError").is_none(), "{json}");
 }

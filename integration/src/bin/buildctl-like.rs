@@ -17,7 +17,9 @@
 //! Every status log line is printed to stdout as it arrives, so a test can
 //! wait for a step's output before it interrupts the client. A failed
 //! build prints its error and then each typed detail of the error's status
-//! (`buildctl-like: detail TYPE_URL VALUE`).
+//! (`buildctl-like: detail TYPE_URL VALUE`). The frontend result's
+//! `result.*` metadata (a subrequest's answer, such as the lint request's)
+//! is printed as `buildctl-like: metadata KEY` and the value's lines.
 
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, SolveRequest, StatusRequest};
@@ -87,10 +89,24 @@ async fn gateway(channel: Channel, build: String) -> Result<(), Error> {
         )?)
         .await;
     let ret = match solved {
-        Ok(r) => ReturnRequest {
-            result: r.into_inner().result,
-            error: None,
-        },
+        Ok(r) => {
+            let result = r.into_inner().result;
+            let mut metadata: Vec<_> = result
+                .iter()
+                .flat_map(|r| r.metadata.iter())
+                .filter(|(k, _)| k.starts_with("result."))
+                .collect();
+            metadata.sort();
+            let mut out = std::io::stdout().lock();
+            for (k, v) in metadata {
+                let _ = writeln!(out, "buildctl-like: metadata {k}");
+                let _ = writeln!(out, "{}", String::from_utf8_lossy(v));
+            }
+            ReturnRequest {
+                result,
+                error: None,
+            }
+        }
         // As buildctl, the error goes back with its typed details.
         Err(s) => ReturnRequest {
             result: None,

@@ -9,6 +9,7 @@
 mod builder_cmd;
 mod builders;
 mod cacheflags;
+mod check;
 mod contexts;
 mod inspect;
 mod outputs;
@@ -266,11 +267,12 @@ struct BuildArgs {
     /// Add an annotation to the image (not supported yet).
     #[arg(long, value_name = "KEY=VALUE")]
     annotation: Vec<String>,
-    /// Run a frontend method instead of building: build (the default);
-    /// check, outline and targets are not supported yet.
+    /// Run a frontend method instead of building: build (the default) or
+    /// check (the build checks only); outline and targets are not
+    /// supported yet.
     #[arg(long, value_name = "METHOD")]
     call: Option<String>,
-    /// Shorthand for --call=check (not supported yet).
+    /// Shorthand for --call=check: run the build checks without building.
     #[arg(long)]
     check: bool,
     /// SBOM attestation: only false (none) is supported.
@@ -328,6 +330,10 @@ pub fn main() -> std::process::ExitCode {
         // The reader of our output went away (`kiln du | head -1`):
         // nothing more to say, and no one to say it to.
         Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        // `--check` printed what it found; the status says the rest.
+        Err(e) if e.downcast_ref::<check::ChecksFound>().is_some() => {
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             match e.downcast_ref::<progress::SolveFailed>() {
                 Some(f) => f.print(&mut std::io::stderr()),
@@ -380,10 +386,11 @@ fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
     if !args.annotation.is_empty() {
         return not_yet("--annotation");
     }
-    if args.check {
-        return not_yet("--check");
-    }
-    if let Some(c) = args.call.as_deref().filter(|c| *c != "build") {
+    if let Some(c) = args
+        .call
+        .as_deref()
+        .filter(|c| !matches!(*c, "build" | "check"))
+    {
         return not_yet(&format!("--call={c}"));
     }
     let off = |v: &str| matches!(v, "false" | "0");
@@ -551,6 +558,14 @@ async fn run(cli: Cli) -> Result<()> {
                         return Err(anyhow!(
                             "--config/KILN_CONFIG ({}) configures the embedded engine's registries; a daemon ({addr}) uses its own kilnd.toml",
                             c.display()
+                        ));
+                    }
+                    if args.check || args.call.as_deref() == Some("check") {
+                        // kilnd answers the lint request through the
+                        // gateway API (buildx); `kiln build --addr` sends
+                        // a plain solve.
+                        return Err(anyhow!(
+                            "--check with a daemon ({addr}) is not supported yet: run it embedded, or use buildx against kilnd"
                         ));
                     }
                     build_remote(&addr, &tls, *args).await
@@ -794,6 +809,12 @@ fn frontend_attrs(
     remote: Option<&str>,
 ) -> Result<HashMap<String, String>> {
     let mut attrs = HashMap::new();
+    if args.check || args.call.as_deref() == Some("check") {
+        attrs.insert(
+            "requestid".into(),
+            kiln_frontend::check::LINT_REQUEST.to_string(),
+        );
+    }
     match remote {
         // As buildx: the URL is the `context` attribute and `-f` a path
         // in the fetched context.
@@ -1120,6 +1141,18 @@ async fn build(
     let ctrd = Containerd::connect(config).await?;
     let engine = Engine::with_network(ctrd, root, cni).with_registry(std::sync::Arc::new(hosts));
     engine.sweep().await?;
+    if opts.lint {
+        let Some(source) = &local_source else {
+            bail!(
+                "--check of a remote (git or URL) context is not supported yet in embedded builds"
+            );
+        };
+        let images = engine.base_images(opts.resolve_mode, credentials.clone());
+        let report = kiln_frontend::check::check(source, &opts, &images).await;
+        let mut stdout = std::io::stdout().lock();
+        check::print(&report, &mut stdout)?;
+        return Ok(());
+    }
     // Progress starts before the frontend, which shows its registry
     // lookups, after `load build definition` as in BuildKit.
     let report = reporting(&args);
@@ -1188,6 +1221,8 @@ async fn build(
                     config: first.config.clone(),
                     stages_built: Vec::new(),
                     warnings: warnings.unwrap_or_default(),
+                    // Checked per platform, before the merge.
+                    context_reads: Vec::new(),
                 };
                 (built, targets)
             })
@@ -1603,7 +1638,6 @@ mod tests {
                 vec!["--annotation", "a=b"],
                 "--annotation is not supported yet",
             ),
-            (vec!["--check"], "--check is not supported yet"),
             (
                 vec!["--call", "outline"],
                 "--call=outline is not supported yet",

@@ -51,21 +51,22 @@ fn fresh_dir(d: &Daemon, job: &Job, name: &str) -> Result<PathBuf, Status> {
     Ok(dir)
 }
 
-/// Runs the Dockerfile frontend with BuildKit's frontend attributes.
-pub async fn dockerfile(
+/// Fetches the Dockerfile and the ignore file that applies through the
+/// session (shown as `[internal] load build definition from NAME`, which
+/// the caller completes); returns it with that step's name and start.
+async fn definition(
     d: &Daemon,
-    engine: &kiln_engine::Engine,
     job: &Job,
     session: &SessionHandle,
-    attrs: &HashMap<String, String>,
-    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
-) -> Result<Frontend, Status> {
-    let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
-    if opts.remote_context.is_some() {
-        let source =
-            remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?;
-        return plan(d, engine, job, session, opts, source, None, credentials).await;
-    }
+    opts: &FrontendOptions,
+) -> Result<
+    (
+        kiln_frontend::DockerfileSource,
+        String,
+        std::time::SystemTime,
+    ),
+    Status,
+> {
     let filename = opts.filename.clone();
     let df_dir = fresh_dir(d, job, "dockerfile")?;
     let ignore_dir = fresh_dir(d, job, "dockerignore")?;
@@ -102,6 +103,59 @@ pub async fn dockerfile(
     let source = kiln_frontend::read_dockerfile(&df_dir, &filename, &ignore_dir)
         .map_err(|e| frontend_status(&e))?;
     let _ = std::fs::remove_dir_all(&ignore_dir);
+    Ok((source, load_name, load_started))
+}
+
+/// Answers the `frontend.lint` request (buildx `--check`): the build
+/// checks over the Dockerfile, nothing built, as BuildKit's lint result.
+pub async fn lint(
+    d: &Daemon,
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    attrs: &HashMap<String, String>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<kiln_frontend::check::CheckReport, Status> {
+    let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    let source = if opts.remote_context.is_some() {
+        remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?
+    } else {
+        let (source, load_name, load_started) = definition(d, job, session, &opts).await?;
+        crate::status::step(
+            job,
+            &load_name,
+            load_started,
+            Some(std::time::SystemTime::now()),
+            None,
+        );
+        source
+    };
+    let images = engine.base_images(opts.resolve_mode, credentials);
+    Ok(kiln_frontend::check::check(&source, &opts, &images).await)
+}
+
+/// Runs the Dockerfile frontend with BuildKit's frontend attributes.
+pub async fn dockerfile(
+    d: &Daemon,
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    attrs: &HashMap<String, String>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<Frontend, Status> {
+    let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    if opts.lint {
+        // Its result is metadata only a gateway client reads.
+        return Err(Status::unimplemented(
+            "the frontend.lint request outside the gateway API (buildx build --check uses the gateway) is not supported yet",
+        ));
+    }
+    if opts.remote_context.is_some() {
+        let source =
+            remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?;
+        return plan(d, engine, job, session, opts, source, None, credentials).await;
+    }
+    let (source, load_name, load_started) = definition(d, job, session, &opts).await?;
     // A named local context is read with its own `.dockerignore`, fetched
     // alone first, as BuildKit does.
     for local in kiln_frontend::local_contexts(&opts) {
@@ -289,6 +343,8 @@ async fn plan_platforms(
         config: targets[0].config.clone(),
         stages_built,
         warnings,
+        // Checked per platform, before the merge.
+        context_reads: Vec::new(),
     };
     Ok((build, targets))
 }

@@ -26,6 +26,51 @@ const SESSION_WAIT: Duration = Duration::from_secs(5);
 
 pub struct GatewayService(pub Arc<Daemon>);
 
+impl GatewayService {
+    /// The `frontend.lint` subrequest: the build checks' result as the
+    /// metadata buildx reads (`result.json`, `result.txt`,
+    /// `result.statuscode`), with no ref.
+    async fn lint(
+        &self,
+        tenant: &Tenant,
+        job: &Arc<Job>,
+        session: Option<&crate::sessions::SessionHandle>,
+        r: &SolveRequest,
+    ) -> Result<Response<SolveResponse>, Status> {
+        let session = session.ok_or_else(|| {
+            Status::failed_precondition("the dockerfile frontend needs a session")
+        })?;
+        let credentials: Arc<dyn kiln_registry::Credentials> =
+            Arc::new(crate::registry::SessionCredentials::new(Some(session)));
+        let report = crate::frontend::lint(
+            &self.0,
+            &tenant.engine,
+            job,
+            session,
+            &r.frontend_opt,
+            credentials,
+        )
+        .await?;
+        let metadata = HashMap::from([
+            ("result.json".to_string(), report.json().into_bytes()),
+            ("result.txt".to_string(), report.text().into_bytes()),
+            (
+                "result.statuscode".to_string(),
+                report.status_code().to_string().into_bytes(),
+            ),
+            ("version".to_string(), b"1.0.0".to_vec()),
+        ]);
+        let result = GwResult {
+            metadata,
+            ..Default::default()
+        };
+        Ok(Response::new(SolveResponse {
+            r#ref: String::new(),
+            result: Some(result),
+        }))
+    }
+}
+
 /// The gateway API capabilities kiln implements.
 const FRONTEND_CAPS: &[&str] = &["solve.base", "return", "returnmap", "proto.refarray"];
 
@@ -195,6 +240,12 @@ impl LlbBridge for GatewayService {
                 r.frontend
             )));
         };
+        let lint = matches!(input, Input::Dockerfile(_))
+            && r.frontend_opt.get("requestid").map(String::as_str)
+                == Some(kiln_frontend::check::LINT_REQUEST);
+        if lint {
+            return self.lint(&tenant, &job, session.as_ref(), &r).await;
+        }
         let compression = r
             .frontend_opt
             .get("compression")

@@ -179,7 +179,7 @@ pub fn warnings(
                     level: 1,
                     short: format!("{}: {}", w.rule, w.message).into_bytes(),
                     detail: Vec::new(),
-                    url: rule_url(&w.rule),
+                    url: kiln_dockerfile::lint::rule_url(&w.rule),
                     info: Some(info.clone()),
                     ranges: (line > 0)
                         .then_some(Range {
@@ -193,37 +193,4 @@ pub fn warnings(
             .collect(),
         ..Default::default()
     });
-}
-
-/// The docs page of a build check: `StageNameCasing` ->
-/// `https://docs.docker.com/go/dockerfile/rule/stage-name-casing/`.
-fn rule_url(rule: &str) -> String {
-    let mut kebab = String::new();
-    let chars: Vec<char> = rule.chars().collect();
-    for (i, c) in chars.iter().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            let prev_lower = chars[i - 1].is_ascii_lowercase();
-            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
-            if prev_lower || (next_lower && chars[i - 1].is_ascii_uppercase()) {
-                kebab.push('-');
-            }
-        }
-        kebab.push(c.to_ascii_lowercase());
-    }
-    format!("https://docs.docker.com/go/dockerfile/rule/{kebab}/")
-}
-
-#[cfg(test)]
-mod rule_url_tests {
-    #[test]
-    fn rule_pages_are_kebab_case() {
-        assert_eq!(
-            super::rule_url("StageNameCasing"),
-            "https://docs.docker.com/go/dockerfile/rule/stage-name-casing/"
-        );
-        assert_eq!(
-            super::rule_url("JSONArgsRecommended"),
-            "https://docs.docker.com/go/dockerfile/rule/json-args-recommended/"
-        );
-    }
 }

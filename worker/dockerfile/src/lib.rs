@@ -39,7 +39,7 @@ pub use kiln_types::reference;
 use std::collections::BTreeMap;
 
 pub use convert::gocompat::ram_in_bytes;
-pub use convert::{to_graph, Build};
+pub use convert::{to_graph, Build, ContextRead};
 pub use instructions::{parse, parse_with_check, Dockerfile};
 pub use reference::RefError;
 
@@ -182,6 +182,10 @@ pub struct BuildOptions {
     /// `COPY --from` or `RUN --mount=from=` naming it (as a stage or an
     /// image reference) reads it.
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// Convert every stage, not only those the target needs, when no
+    /// target is given: the build checks' `--check` (BuildKit's lint
+    /// request checks all stages then).
+    pub all_stages: bool,
 }
 
 impl BuildOptions {
@@ -278,6 +282,7 @@ impl Default for BuildOptions {
             ulimits: Vec::new(),
             shm_size: 0,
             named_contexts: BTreeMap::new(),
+            all_stages: false,
         }
     }
 }

@@ -15,9 +15,10 @@ use crate::parser::{extract_flags, Node, Warning};
 
 /// Rules BuildKit checks over the whole file, which a comment above one
 /// instruction does not scope.
-const GLOBAL_RULES: [&str; 3] = [
+const GLOBAL_RULES: [&str; 4] = [
     "ConsistentInstructionCasing",
     "ReservedStageName",
+    "DuplicateStageName",
     "NoEmptyContinuation",
 ];
 
@@ -34,6 +35,67 @@ fn warn(out: &mut Vec<Warning>, rule: &str, line: usize, message: String) {
 
 fn is_consistent(s: &str) -> bool {
     s == s.to_lowercase() || s == s.to_uppercase()
+}
+
+/// A `# check=` comment right above one instruction: its configuration
+/// also applies to the warnings of lines `start..=end`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckScope {
+    pub start: usize,
+    pub end: usize,
+    pub config: CheckConfig,
+}
+
+/// The `# check=` comments above instructions.
+pub fn scopes(nodes: &[Node]) -> Vec<CheckScope> {
+    let mut out = Vec::new();
+    for n in nodes {
+        for c in &n.comments {
+            let Some(value) = c.strip_prefix("check").map(str::trim_start) else {
+                continue;
+            };
+            let Some(value) = value.strip_prefix('=') else {
+                continue;
+            };
+            let value = value.trim().split(' ').next().unwrap_or_default();
+            if let Ok(config) = CheckConfig::parse(value) {
+                out.push(CheckScope {
+                    start: n.line,
+                    end: n.end_line,
+                    config,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether a warning of `rule` at `line` is reported: the file's
+/// configuration enables it and no `# check=` above its instruction skips
+/// it (rules over the whole file are not scoped).
+pub fn enabled(check: &CheckConfig, scopes: &[CheckScope], rule: &str, line: usize) -> bool {
+    check.enabled(rule)
+        && scopes.iter().all(|s| {
+            line < s.start || line > s.end || GLOBAL_RULES.contains(&rule) || s.config.enabled(rule)
+        })
+}
+
+/// The docs page of a build check: `StageNameCasing` ->
+/// `https://docs.docker.com/go/dockerfile/rule/stage-name-casing/`.
+pub fn rule_url(rule: &str) -> String {
+    let mut kebab = String::new();
+    let chars: Vec<char> = rule.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            let prev_lower = chars[i - 1].is_ascii_lowercase();
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            if prev_lower || (next_lower && chars[i - 1].is_ascii_uppercase()) {
+                kebab.push('-');
+            }
+        }
+        kebab.push(c.to_ascii_lowercase());
+    }
+    format!("https://docs.docker.com/go/dockerfile/rule/{kebab}/")
 }
 
 /// Per-stage state of the rules that look back within a stage.
@@ -182,27 +244,8 @@ pub fn run(nodes: &[Node], parser_warnings: &[Warning], check: &CheckConfig) -> 
             _ => {}
         }
     }
-    out.retain(|w| check.enabled(&w.rule));
-    // `# check=skip=Rule` right above an instruction skips its warnings.
-    for n in nodes {
-        for c in &n.comments {
-            let Some(value) = c.strip_prefix("check").map(str::trim_start) else {
-                continue;
-            };
-            let Some(value) = value.strip_prefix('=') else {
-                continue;
-            };
-            let value = value.trim().split(' ').next().unwrap_or_default();
-            if let Ok(local) = CheckConfig::parse(value) {
-                out.retain(|w| {
-                    w.line < n.line
-                        || w.line > n.end_line
-                        || GLOBAL_RULES.contains(&w.rule.as_str())
-                        || local.enabled(&w.rule)
-                });
-            }
-        }
-    }
+    let scopes = scopes(nodes);
+    out.retain(|w| enabled(check, &scopes, &w.rule, w.line));
     out.sort_by_key(|w| w.line);
     out
 }
@@ -236,6 +279,14 @@ fn from_rules(n: &Node, stages: &[StageLint], out: &mut Vec<Warning>) -> StageLi
             );
         }
         let lower = name.to_lowercase();
+        if stages.iter().any(|s| s.name.as_deref() == Some(&lower)) {
+            warn(
+                out,
+                "DuplicateStageName",
+                n.line,
+                format!("Duplicate stage name {lower:?}, stage names should be unique"),
+            );
+        }
         if RESERVED_STAGE_NAMES.contains(&lower.as_str()) {
             warn(
                 out,
@@ -247,12 +298,12 @@ fn from_rules(n: &Node, stages: &[StageLint], out: &mut Vec<Warning>) -> StageLi
         stage.name = Some(lower);
         // A stage built on an earlier one inherits its SHELL.
         let base = base.to_lowercase();
-        if let Some(parent) = stages.iter().find(|s| s.name.as_deref() == Some(&base)) {
+        if let Some(parent) = stages.iter().rfind(|s| s.name.as_deref() == Some(&base)) {
             stage.shell_set = parent.shell_set;
         }
     } else if let [base] = words.as_slice() {
         let base = base.to_lowercase();
-        if let Some(parent) = stages.iter().find(|s| s.name.as_deref() == Some(&base)) {
+        if let Some(parent) = stages.iter().rfind(|s| s.name.as_deref() == Some(&base)) {
             stage.shell_set = parent.shell_set;
         }
     }
@@ -262,6 +313,18 @@ fn from_rules(n: &Node, stages: &[StageLint], out: &mut Vec<Warning>) -> StageLi
 #[cfg(test)]
 mod tests {
     use crate::parse;
+
+    #[test]
+    fn rule_pages_are_kebab_case() {
+        assert_eq!(
+            super::rule_url("StageNameCasing"),
+            "https://docs.docker.com/go/dockerfile/rule/stage-name-casing/"
+        );
+        assert_eq!(
+            super::rule_url("JSONArgsRecommended"),
+            "https://docs.docker.com/go/dockerfile/rule/json-args-recommended/"
+        );
+    }
 
     fn warnings(src: &str) -> String {
         match parse(src, "Dockerfile") {

@@ -8,6 +8,9 @@
 //! Unset variables expand to nothing. Errors carry BuildKit's texts,
 //! wrapped as `failed to process "<word>": ...`.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
 use crate::convert::gocompat::go_quote;
 
 /// How deeply `${…}` may nest inside a default or alternative word. The
@@ -86,6 +89,17 @@ impl Lex {
     /// Expands variables and removes quotes and escapes in one word.
     /// The error is a message without location.
     pub fn process_word(&self, word: &str, env: &[String]) -> Result<String, String> {
+        self.process_word_matches(word, env).0
+    }
+
+    /// [`Lex::process_word`], and the variables the word looked up, found
+    /// or not (BuildKit's `ProcessWordWithMatches`, which the build checks
+    /// read). The names are recorded even when the word fails.
+    pub fn process_word_matches(
+        &self,
+        word: &str,
+        env: &[String],
+    ) -> (Result<String, String>, Matches) {
         let mut w = Word {
             chars: word.chars().collect(),
             pos: 0,
@@ -93,9 +107,12 @@ impl Lex {
             env,
             depth: 0,
             raw: false,
+            matches: RefCell::default(),
         };
-        w.process_stop_on(None)
-            .map_err(|e| format!("failed to process {}: {e}", quote_word(word)))
+        let out = w
+            .process_stop_on(None)
+            .map_err(|e| format!("failed to process {}: {e}", quote_word(word)));
+        (out, w.matches.into_inner())
     }
 
     /// Like [`Lex::process_word`], then split at whitespace (for `EXPOSE`).
@@ -108,7 +125,18 @@ impl Lex {
     }
 }
 
+/// The variables one word looked up (see [`Lex::process_word_matches`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Matches {
+    /// Names found in the env.
+    pub matched: BTreeSet<String>,
+    /// Names not in the env (`${X:-d}` looks `X` up too).
+    pub unmatched: BTreeSet<String>,
+}
+
 struct Word<'a> {
+    /// Every name looked up, for [`Lex::process_word_matches`].
+    matches: RefCell<Matches>,
     chars: Vec<char>,
     pos: usize,
     escape: char,
@@ -260,7 +288,14 @@ impl Word<'_> {
     }
 
     fn get(&self, name: &str) -> Option<String> {
-        lookup(self.env, name).map(str::to_string)
+        let found = lookup(self.env, name).map(str::to_string);
+        let mut m = self.matches.borrow_mut();
+        if found.is_some() {
+            m.matched.insert(name.to_string());
+        } else {
+            m.unmatched.insert(name.to_string());
+        }
+        found
     }
 
     /// Expands `$NAME` / `${NAME...}`, the cursor on the `$`. The

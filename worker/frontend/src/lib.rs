@@ -164,6 +164,9 @@ pub struct FrontendOptions {
     /// `context=<git or http(s) URL>`: the main context is fetched by the
     /// engine instead of read from the client ([`remote`]).
     pub remote_context: Option<remote::RemoteContext>,
+    /// `requestid=frontend.lint`: run the build checks only
+    /// ([`check::check`]), over every stage when no target is given.
+    pub lint: bool,
 }
 
 impl Default for FrontendOptions {
@@ -187,6 +190,7 @@ impl Default for FrontendOptions {
             platforms: Vec::new(),
             multi_platform: false,
             remote_context: None,
+            lint: false,
         }
     }
 }
@@ -260,6 +264,11 @@ impl FrontendOptions {
                     "context" => {
                         opts.remote_context = Some(remote::RemoteContext::parse(key, value)?)
                     }
+                    "requestid" => opts.lint = check::request(value)?,
+                    // The client says it reads subrequest results
+                    // (`moby.buildkit.frontend.subrequests`): a statement
+                    // about the client that asks for nothing.
+                    "frontend.caps" => {}
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
                     // buildctl repeats the Solve request's cache imports
                     // here (JSON); kilnd reads and checks them with the
@@ -755,6 +764,7 @@ pub fn build_options_for(
         ulimits: opts.ulimits.clone(),
         shm_size: opts.shm_size,
         named_contexts: opts.named_contexts.clone(),
+        all_stages: opts.lint,
     }
 }
 
@@ -845,6 +855,7 @@ pub async fn plan_for<I: ImageConfigs>(
         resolve_bases(&df, images, new, &mut bases).await?;
     }
     let mut build = kiln_dockerfile::to_graph(&df, &build_opts, &bases)?;
+    check::copy_ignored(&df, &build_opts, &mut build)?;
     if let Some(remote) = &opts.remote_context {
         let (graph, result) = remote::replace_context(build.graph, build.result, remote)?;
         build.graph = graph;
@@ -879,6 +890,7 @@ async fn resolve_bases<I: ImageConfigs>(
     Ok(())
 }
 
+pub mod check;
 pub mod remote;
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ impl Converter<'_> {
         let excludes = cp
             .excludes
             .iter()
-            .map(|e| self.expand(e, &st.env, line))
+            .map(|e| self.expand_unchecked(e, &st.env, line))
             .collect::<Result<Vec<_>>>()?;
         let checksum = cp
             .checksum
@@ -71,6 +71,15 @@ impl Converter<'_> {
             let remote = self.remote_source(&s, cp, checksum.as_deref(), line)?;
             if remote.is_none() && checksum.is_some() {
                 return Err(self.file_err(line, "checksum requires HTTP(S) or Git sources".into()));
+            }
+            // A path of the main context: the CopyIgnoredFile check reads
+            // it (against the context's ignore file, in the frontend).
+            if cp.from.is_none() && remote.is_none() {
+                self.context_reads.push(ContextRead {
+                    line,
+                    add: cp.add,
+                    path: s.clone(),
+                });
             }
             remotes.push(remote);
             srcs.push(s);

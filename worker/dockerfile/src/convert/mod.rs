@@ -30,8 +30,10 @@ use kiln_solver::{
     MountType, NetMode, Op, ProxyEnv, SecurityMode, SourceLocation, SourceOp, UserOpt, Vertex,
     VertexId,
 };
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 
+mod checks;
 mod copy;
 pub(crate) mod gocompat;
 mod plan;
@@ -39,6 +41,8 @@ mod run;
 mod ssh;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_checks;
 #[cfg(test)]
 mod tests_metadata;
 
@@ -67,6 +71,19 @@ pub struct Build {
     /// Build check warnings (the Dockerfile's, see [`crate::lint`]), for
     /// the frontend to report (`Rule: message (line N)`).
     pub warnings: Vec<crate::parser::Warning>,
+    /// The main context's paths `COPY`/`ADD` read, as written (expanded),
+    /// for the check that needs the context's ignore file
+    /// (CopyIgnoredFile, run by the frontend).
+    pub context_reads: Vec<ContextRead>,
+}
+
+/// One source path of a `COPY`/`ADD` from the main context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextRead {
+    pub line: usize,
+    /// `ADD` (else `COPY`).
+    pub add: bool,
+    pub path: String,
 }
 
 impl Dockerfile {
@@ -176,7 +193,11 @@ pub fn to_graph(
         stages_built: Vec::new(),
         plan,
         graph_bytes: 0,
+        unmatched: RefCell::default(),
+        warnings: Vec::new(),
+        context_reads: Vec::new(),
     };
+    conv.warnings = checks::from_checks(df, opts, &conv.plan);
     for i in 0..df.stages.len() {
         if conv.plan.needed[i] {
             let st = conv.dispatch_stage(i)?;
@@ -220,9 +241,13 @@ pub fn to_graph(
             ignore_cache: opts.no_cache,
         })?,
     };
-    if df.check.error && !df.warnings.is_empty() {
+    let mut warnings = conv.warnings;
+    warnings.retain(|w| df.check_enabled(&w.rule, w.line));
+    warnings.extend(df.warnings.iter().cloned());
+    warnings.sort_by_key(|w| w.line);
+    if df.check.error && !warnings.is_empty() {
         let mut rules: Vec<&str> = Vec::new();
-        for w in &df.warnings {
+        for w in &warnings {
             if !rules.contains(&w.rule.as_str()) {
                 rules.push(&w.rule);
             }
@@ -237,7 +262,8 @@ pub fn to_graph(
         result,
         config: st.config,
         stages_built: conv.stages_built,
-        warnings: df.warnings.clone(),
+        warnings,
+        context_reads: conv.context_reads,
     })
 }
 
@@ -274,6 +300,13 @@ struct Converter<'a> {
     stages_built: Vec<String>,
     /// Bytes of step definitions emitted so far (see [`MAX_GRAPH_BYTES`]).
     graph_bytes: usize,
+    /// Variables the current instruction's expansions did not find (for
+    /// the UndefinedVar check).
+    unmatched: RefCell<BTreeSet<String>>,
+    /// Build check warnings found while converting (see [`checks`]).
+    warnings: Vec<crate::parser::Warning>,
+    /// See [`Build::context_reads`].
+    context_reads: Vec<ContextRead>,
 }
 
 /// The most bytes of step definitions (each step's environment, arguments
@@ -423,7 +456,17 @@ impl Converter<'_> {
         })
     }
 
+    /// Expands one word of an instruction; the names it does not find
+    /// are kept for the UndefinedVar check.
     fn expand(&self, word: &str, env: &[String], line: usize) -> Result<String> {
+        let (out, m) = self.lex.process_word_matches(word, env);
+        self.unmatched.borrow_mut().extend(m.unmatched);
+        out.map_err(|m| self.file_err(line, m))
+    }
+
+    /// [`Self::expand`] for a word BuildKit does not expand (so it does
+    /// not check it either).
+    fn expand_unchecked(&self, word: &str, env: &[String], line: usize) -> Result<String> {
         self.lex
             .process_word(word, env)
             .map_err(|m| self.file_err(line, m))
@@ -686,7 +729,12 @@ impl Converter<'_> {
             st.config.on_build.clear();
         }
         for c in triggers.iter().chain(commands) {
+            self.unmatched.borrow_mut().clear();
+            let env = st.env.clone();
             self.dispatch(i, &mut st, &mut progress, c)?;
+            let unmatched = self.unmatched.take();
+            self.warnings
+                .extend(checks::undefined_vars(&unmatched, &st.args, &env, c.line));
         }
         Ok(st)
     }
@@ -735,6 +783,7 @@ impl Converter<'_> {
                 let kvs = self.expand_kvs(kvs, &st.env, line)?;
                 let mut msg = String::from("ENV");
                 for (k, v) in kvs {
+                    self.warnings.extend(checks::secret_key("ENV", &k, line));
                     msg.push_str(&format!(" {k}={v}"));
                     add_env(&mut st.env, &k, &v).map_err(|m| self.file_err(line, m))?;
                     add_env(&mut st.config.env, &k, &v).map_err(|m| self.file_err(line, m))?;
@@ -750,7 +799,13 @@ impl Converter<'_> {
                 }
                 st.config.history.push(history(msg, false));
             }
-            Instruction::Arg(args) => self.dispatch_arg(st, args, line)?,
+            Instruction::Arg(args) => {
+                for a in args {
+                    self.warnings
+                        .extend(checks::secret_key("ARG", &a.key, line));
+                }
+                self.dispatch_arg(st, args, line)?;
+            }
             Instruction::User(u) => {
                 let u = self.expand(u, &st.env, line)?;
                 st.config.history.push(history(format!("USER {u}"), false));
@@ -814,6 +869,7 @@ impl Converter<'_> {
                         .process_words(p, &st.env)
                         .map_err(|m| self.file_err(line, m))?;
                     for w in words {
+                        self.warnings.extend(checks::expose_format(&w, line));
                         specs.extend(parse_ports(&w).map_err(|m| self.file_err(line, m))?);
                     }
                 }
@@ -995,7 +1051,7 @@ fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Resul
     let Some(stage) = df
         .stages
         .iter()
-        .find(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(v)))
+        .rfind(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(v)))
     else {
         return Err(invalid(first, &format!("invalid SOURCE_DATE_EPOCH: {v}")));
     };

@@ -114,47 +114,7 @@ impl Plan {
         };
         let build = opts.build_platform();
         let for_platform = opts.target_platform();
-        let (build_text, target_text) = (build.to_string(), for_platform.to_string());
-        let target_name = opts.target.clone().unwrap_or_else(|| "default".into());
-        let mut global_env: Vec<String> = Vec::new();
-        // BuildKit's `defaultArgs`: the platform the build runs on and the
-        // one it is for.
-        for (k, v) in [
-            ("BUILDPLATFORM", build_text.as_str()),
-            ("BUILDOS", &build.os),
-            ("BUILDOSVERSION", ""),
-            ("BUILDARCH", &build.architecture),
-            ("BUILDVARIANT", &build.variant),
-            ("TARGETPLATFORM", &target_text),
-            ("TARGETOS", &for_platform.os),
-            ("TARGETOSVERSION", ""),
-            ("TARGETARCH", &for_platform.architecture),
-            ("TARGETVARIANT", &for_platform.variant),
-            ("TARGETSTAGE", &target_name),
-        ] {
-            let v = opts.build_args.get(k).map_or(v, String::as_str);
-            // Only a client's --build-arg can make these large; the
-            // Dockerfile has no line for them yet.
-            add_env(&mut global_env, k, v)
-                .map_err(|m| invalid(1, format!("build argument {k}: {m}")))?;
-        }
-        for c in &df.global_args {
-            if let Instruction::Arg(args) = &c.instruction {
-                for a in args {
-                    let value = match (opts.build_args.get(&a.key), &a.default) {
-                        (Some(v), _) => Some(v.clone()),
-                        (None, Some(d)) => Some(
-                            lex.process_word(d, &global_env)
-                                .map_err(|m| invalid(c.line, m))?,
-                        ),
-                        (None, None) => None,
-                    };
-                    if let Some(v) = value {
-                        add_env(&mut global_env, &a.key, &v).map_err(|m| invalid(c.line, m))?;
-                    }
-                }
-            }
-        }
+        let global_env = global_env(df, opts, &opts.build_args)?;
 
         let mut stages: Vec<StagePlan> = Vec::new();
         for (i, s) in df.stages.iter().enumerate() {
@@ -195,7 +155,7 @@ impl Plan {
                 Base::Scratch
             } else if let Some(j) = df.stages[..i]
                 .iter()
-                .position(|p| p.name.as_deref() == Some(&lower))
+                .rposition(|p| p.name.as_deref() == Some(&lower))
             {
                 Base::Stage(j)
             } else if let Some(j) = lower.parse::<usize>().ok().filter(|j| *j < i) {
@@ -227,7 +187,7 @@ impl Plan {
                 let t = t.to_lowercase();
                 df.stages
                     .iter()
-                    .position(|s| s.name.as_deref() == Some(&t))
+                    .rposition(|s| s.name.as_deref() == Some(&t))
                     .ok_or_else(|| {
                         let target = opts.target.clone().unwrap_or_default();
                         let names: Vec<&str> =
@@ -305,7 +265,8 @@ impl Plan {
             }
             deps.push(d);
         }
-        let mut needed = vec![false; df.stages.len()];
+        // `all_stages` with no target: every stage (the build checks').
+        let mut needed = vec![opts.all_stages && opts.target.is_none(); df.stages.len()];
         let mut todo = vec![target];
         while let Some(i) = todo.pop() {
             if !needed[i] {
@@ -396,7 +357,7 @@ pub(super) fn resolve_source(
         Err(_) => df
             .stages
             .iter()
-            .position(|s| s.name.as_deref() == Some(&lower)),
+            .rposition(|s| s.name.as_deref() == Some(&lower)),
     };
     match found {
         Some(j) if j < current => Ok(Source::Stage(j)),
@@ -424,4 +385,64 @@ pub(super) fn resolve_source(
                 }),
         },
     }
+}
+
+/// BuildKit's global scope: the platform args (`defaultArgs`) and the
+/// global `ARG`s with a value, as `K=V`; `build_args` override defaults
+/// (the build checks pass none, to see the defaults alone).
+pub(super) fn global_env(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    build_args: &BTreeMap<String, String>,
+) -> Result<Vec<String>> {
+    let lex = Lex::new(df.escape);
+    let invalid = |line: usize, message: String| ParseError::Invalid {
+        file: opts.filename.clone(),
+        line,
+        message,
+    };
+    let build = opts.build_platform();
+    let for_platform = opts.target_platform();
+    let (build_text, target_text) = (build.to_string(), for_platform.to_string());
+    let target_name = opts.target.clone().unwrap_or_else(|| "default".into());
+    let mut global_env: Vec<String> = Vec::new();
+    // BuildKit's `defaultArgs`: the platform the build runs on and the
+    // one it is for.
+    for (k, v) in [
+        ("BUILDPLATFORM", build_text.as_str()),
+        ("BUILDOS", &build.os),
+        ("BUILDOSVERSION", ""),
+        ("BUILDARCH", &build.architecture),
+        ("BUILDVARIANT", &build.variant),
+        ("TARGETPLATFORM", &target_text),
+        ("TARGETOS", &for_platform.os),
+        ("TARGETOSVERSION", ""),
+        ("TARGETARCH", &for_platform.architecture),
+        ("TARGETVARIANT", &for_platform.variant),
+        ("TARGETSTAGE", &target_name),
+    ] {
+        let v = build_args.get(k).map_or(v, String::as_str);
+        // Only a client's --build-arg can make these large; the
+        // Dockerfile has no line for them yet.
+        add_env(&mut global_env, k, v)
+            .map_err(|m| invalid(1, format!("build argument {k}: {m}")))?;
+    }
+    for c in &df.global_args {
+        if let Instruction::Arg(args) = &c.instruction {
+            for a in args {
+                let value = match (build_args.get(&a.key), &a.default) {
+                    (Some(v), _) => Some(v.clone()),
+                    (None, Some(d)) => Some(
+                        lex.process_word(d, &global_env)
+                            .map_err(|m| invalid(c.line, m))?,
+                    ),
+                    (None, None) => None,
+                };
+                if let Some(v) = value {
+                    add_env(&mut global_env, &a.key, &v).map_err(|m| invalid(c.line, m))?;
+                }
+            }
+        }
+    }
+    Ok(global_env)
 }

@@ -1,0 +1,159 @@
+//! The build checks the converter runs (see `checks`), with BuildKit's
+//! rule names and texts.
+
+use super::*;
+use crate::parse;
+
+/// The warnings of converting `src` (every base an empty config), as
+/// `Rule: message (line N)`.
+fn warnings_with(src: &str, opts: &BuildOptions) -> Vec<String> {
+    let df = parse(src, &opts.filename).expect("parses");
+    let bases = df
+        .base_images(opts)
+        .expect("bases")
+        .into_iter()
+        .map(|r| (r, ImageConfig::default()))
+        .collect();
+    let b = to_graph(&df, opts, &bases).expect("converts");
+    b.warnings.iter().map(ToString::to_string).collect()
+}
+
+fn warnings(src: &str) -> Vec<String> {
+    warnings_with(src, &BuildOptions::default())
+}
+
+#[test]
+fn undefined_var_names_the_variable_and_a_close_one() {
+    assert_eq!(
+        warnings("FROM busybox\nENV APP_HOME=/x\nCOPY $APP_HOM /d\nRUN echo $NOT_CHECKED\n"),
+        vec!["UndefinedVar: Usage of undefined variable '$APP_HOM' (did you mean $APP_HOME?) (line 3)"]
+    );
+    // Declared ARGs (with or without a value), ENV, the base's env, and the
+    // default forms that still look the name up.
+    assert_eq!(
+        warnings(
+            "FROM busybox\nARG A\nARG B=1\nENV C=2\nWORKDIR /$A$B$C$PATH\nUSER ${USERNAME:-root}\n"
+        ),
+        vec!["UndefinedVar: Usage of undefined variable '$USERNAME' (line 6)"]
+    );
+    // An ENV value sees the env from before the instruction.
+    assert_eq!(
+        warnings("FROM busybox\nENV X=1 Y=$X\n"),
+        vec!["UndefinedVar: Usage of undefined variable '$X' (line 2)"]
+    );
+    // `--exclude` is not expanded by BuildKit, so not checked.
+    assert!(warnings("FROM busybox\nCOPY --exclude=$E . /d\n").is_empty());
+    // A mount option is.
+    assert_eq!(
+        warnings("FROM busybox\nRUN --mount=type=cache,target=/c$CACHE true\n"),
+        vec!["UndefinedVar: Usage of undefined variable '$CACHE' (line 2)"]
+    );
+}
+
+#[test]
+fn from_args_must_be_declared() {
+    assert_eq!(
+        warnings("ARG IMAGE_SUFFIX\nFROM busybox$IMAGE_SUFIX\nFROM busybox${IMAGE_SUFFIX}\n"),
+        vec![
+            "UndefinedArgInFrom: FROM argument 'IMAGE_SUFIX' is not declared (did you mean IMAGE_SUFFIX?) (line 2)",
+        ]
+    );
+    // Declared without a value: a --build-arg gives it; only the
+    // default-value check warns.
+    let mut o = BuildOptions::default();
+    o.build_args.insert("TAG".into(), "latest".into());
+    assert_eq!(
+        warnings_with("ARG TAG\nFROM busybox:${TAG}\n", &o),
+        vec!["InvalidDefaultArgInFrom: Default value for ARG busybox:${TAG} results in empty or invalid base image name (line 2)"]
+    );
+    assert!(warnings("FROM --platform=$BUILDPLATFORM busybox\n").is_empty());
+}
+
+#[test]
+fn platform_flag_checks() {
+    assert_eq!(
+        warnings("FROM --platform=$TARGETPLATFORM busybox\n"),
+        vec!["RedundantTargetPlatform: Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the default behavior (line 1)"]
+    );
+    let host = BuildOptions::default().build_platform();
+    let constant = format!("{}/{}", host.os, host.architecture);
+    assert_eq!(
+        warnings(&format!("FROM --platform={constant} busybox AS build\n")),
+        vec![format!(
+            "FromPlatformFlagConstDisallowed: FROM --platform flag should not use constant value \"{constant}\" (line 1)"
+        )]
+    );
+    // The stage's name says which platform: allowed.
+    assert!(warnings(&format!(
+        "FROM --platform={constant} busybox AS build-{}\n",
+        host.architecture
+    ))
+    .is_empty());
+}
+
+#[test]
+fn secrets_in_arg_or_env() {
+    assert_eq!(
+        warnings(
+            "FROM busybox\nARG GITHUB_TOKEN\nENV db_Password=x AUTH=y\nARG PUBLIC_KEY KEYS TOKENIZER\nENV SECRET_FILE=/s\n"
+        ),
+        vec![
+            "SecretsUsedInArgOrEnv: Do not use ARG or ENV instructions for sensitive data (ARG \"GITHUB_TOKEN\") (line 2)",
+            "SecretsUsedInArgOrEnv: Do not use ARG or ENV instructions for sensitive data (ENV \"db_Password\") (line 3)",
+            "SecretsUsedInArgOrEnv: Do not use ARG or ENV instructions for sensitive data (ENV \"AUTH\") (line 3)",
+        ]
+    );
+}
+
+#[test]
+fn expose_with_a_host_part() {
+    assert_eq!(
+        warnings("FROM busybox\nEXPOSE 80 8080:80 127.0.0.1:53:53/udp\n"),
+        vec![
+            "ExposeInvalidFormat: EXPOSE instruction should not define an IP address or host-port mapping, found '127.0.0.1:53:53/udp' (line 2)",
+            "ExposeInvalidFormat: EXPOSE instruction should not define an IP address or host-port mapping, found '8080:80' (line 2)",
+        ]
+    );
+}
+
+#[test]
+fn converter_checks_follow_check_directives() {
+    assert!(warnings("# check=skip=UndefinedVar\nFROM busybox\nUSER $U\n").is_empty());
+    assert!(warnings("FROM busybox\n# check=skip=UndefinedVar\nUSER $U\n").is_empty());
+    assert_eq!(
+        warnings("FROM busybox\n# check=skip=UndefinedVar\nUSER $U\nWORKDIR /$W\n"),
+        vec!["UndefinedVar: Usage of undefined variable '$W' (line 4)"]
+    );
+    let df = parse("# check=error=true\nFROM busybox\nUSER $U\n", "Dockerfile").expect("parses");
+    let bases = df
+        .base_images(&BuildOptions::default())
+        .expect("bases")
+        .into_iter()
+        .map(|r| (r, ImageConfig::default()))
+        .collect();
+    let err = to_graph(&df, &BuildOptions::default(), &bases).expect_err("fails");
+    assert_eq!(
+        err.to_string(),
+        "Dockerfile: lint violation found for rules: UndefinedVar"
+    );
+}
+
+#[test]
+fn a_duplicate_stage_name_warns_and_references_take_the_last() {
+    assert_eq!(
+        warnings("FROM busybox AS b\nFROM scratch AS b\nFROM b\n"),
+        vec![
+            "DuplicateStageName: Duplicate stage name \"b\", stage names should be unique (line 2)"
+        ]
+    );
+    // `FROM b` is the second `b` (scratch): no image but busybox's.
+    let df = parse(
+        "FROM busybox AS b\nFROM scratch AS b\nFROM b\n",
+        "Dockerfile",
+    )
+    .expect("parses");
+    assert_eq!(
+        df.base_images(&BuildOptions::default()).expect("bases"),
+        Vec::<String>::new()
+    );
+}

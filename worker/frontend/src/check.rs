@@ -1,0 +1,307 @@
+//! The build checks without a build: BuildKit's `frontend.lint` request
+//! (`buildx build --check`, `--call=check`). Every stage is converted (or
+//! the target's, when one is given), nothing runs, and the result is the
+//! warnings, or the error that stopped the conversion, as BuildKit's
+//! `lint.LintResults` JSON that buildx reads.
+
+use crate::{plan_for, target_platforms, DockerfileSource, FrontendError, FrontendOptions};
+use crate::{ImageConfigs, Result};
+use base64::Engine as _;
+use kiln_dockerfile::lint::rule_url;
+use kiln_dockerfile::parser::Warning;
+
+/// The `requestid` frontend attribute of the lint request.
+pub const LINT_REQUEST: &str = "frontend.lint";
+
+/// What the lint request found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckReport {
+    /// The Dockerfile's name, as in its errors.
+    pub filename: String,
+    /// The Dockerfile's text, for source snippets.
+    pub source: String,
+    /// The build checks' warnings, in line order.
+    pub warnings: Vec<Warning>,
+    /// The error that stopped the conversion, and its line when it has
+    /// one (BuildKit reports it as `buildError`, not as a failure).
+    pub error: Option<(String, Option<usize>)>,
+}
+
+impl CheckReport {
+    /// `result.statuscode`: 1 when anything was found, as BuildKit's.
+    pub fn status_code(&self) -> i32 {
+        i32::from(!self.warnings.is_empty() || self.error.is_some())
+    }
+
+    /// `result.txt`: each warning as BuildKit's `PrintLintViolations`
+    /// starts it (`WARNING: Rule - URL`, the message, the file and line),
+    /// without the source snippet, which clients print from
+    /// [`CheckReport::json`].
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for w in &self.warnings {
+            out.push_str(&format!(
+                "\nWARNING: {} - {}\n{}\n",
+                w.rule,
+                rule_url(&w.rule),
+                w.message
+            ));
+            if w.line > 0 {
+                out.push_str(&format!("{}:{}\n", self.filename, w.line));
+            }
+        }
+        if let Some((message, _)) = &self.error {
+            out.push_str(message);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// `result.json`: BuildKit's `lint.LintResults`, one source (the
+    /// Dockerfile) and each warning at its line.
+    pub fn json(&self) -> String {
+        let location = |line: usize| {
+            let pos = serde_json::json!({ "line": line });
+            serde_json::json!({ "ranges": [{ "start": pos, "end": pos }] })
+        };
+        let warnings: Vec<serde_json::Value> = self
+            .warnings
+            .iter()
+            .map(|w| {
+                let mut v = serde_json::json!({
+                    "ruleName": w.rule,
+                    "url": rule_url(&w.rule),
+                    "detail": w.message,
+                });
+                if w.line > 0 {
+                    v["location"] = location(w.line);
+                } else {
+                    v["location"] = serde_json::json!({ "sourceIndex": -1 });
+                }
+                v
+            })
+            .collect();
+        let mut out = serde_json::json!({
+            "warnings": warnings,
+            "sources": [{
+                "filename": self.filename,
+                "language": "Dockerfile",
+                "data": base64::engine::general_purpose::STANDARD.encode(&self.source),
+            }],
+        });
+        if let Some((message, line)) = &self.error {
+            let mut e = serde_json::json!({ "message": message, "location": {} });
+            if let Some(l) = line {
+                e["location"] = location(*l);
+            }
+            out["buildError"] = e;
+        }
+        serde_json::to_string_pretty(&out).unwrap_or_default()
+    }
+}
+
+/// Runs the build checks of `source` for the first target platform;
+/// `opts.lint` need not be set (this sets what it implies).
+pub async fn check<I: ImageConfigs>(
+    source: &DockerfileSource,
+    opts: &FrontendOptions,
+    images: &I,
+) -> CheckReport {
+    let mut opts = opts.clone();
+    opts.lint = true;
+    let first = target_platforms(&opts).swap_remove(0);
+    let (warnings, error) = match plan_for(source, &opts, &first, images).await {
+        Ok(build) => (build.warnings, None),
+        Err(e) => {
+            let line = match &e {
+                FrontendError::Dockerfile(p) => p.line(),
+                _ => None,
+            };
+            (Vec::new(), Some((e.to_string(), line)))
+        }
+    };
+    CheckReport {
+        filename: source.filename.clone(),
+        source: source.text.clone(),
+        warnings,
+        error,
+    }
+}
+
+/// BuildKit's CopyIgnoredFile (`validateCopySourcePath`): a `COPY`/`ADD`
+/// source of the main context that its ignore file excludes, checked
+/// only when the file has no `!` exceptions (which make it undecidable
+/// from the path alone). Here and not in `kiln-dockerfile` because the
+/// ignore rules are `kiln-context`'s. With `check=error=true` a warning
+/// fails the build, as the other checks do in `to_graph`.
+pub(crate) fn copy_ignored(
+    df: &kiln_dockerfile::Dockerfile,
+    opts: &kiln_dockerfile::BuildOptions,
+    build: &mut kiln_dockerfile::Build,
+) -> Result<()> {
+    const RULE: &str = "CopyIgnoredFile";
+    let Ok(matcher) = kiln_context::ignore::PatternMatcher::new(&opts.excludes) else {
+        // A bad pattern fails the context's transfer with its own error.
+        return Ok(());
+    };
+    if matcher.is_empty() || matcher.has_exclusions() {
+        return Ok(());
+    }
+    // `.` and `/` are excluded only by a pattern of every root entry.
+    let root_ignored = opts
+        .excludes
+        .iter()
+        .any(|p| matches!(p.trim(), "*" | "**" | "**/*"));
+    let mut found = Vec::new();
+    for read in &build.context_reads {
+        let src = kiln_context::ignore::clean_path(&read.path);
+        let ignored = match src.as_str() {
+            "." | "/" => root_ignored,
+            // BuildKit matches the path as written: a rooted one never
+            // matches the context's relative patterns.
+            s if s.starts_with('/') => false,
+            s => matcher.matches(s),
+        };
+        if ignored && df.check_enabled(RULE, read.line) {
+            let cmd = if read.add { "Add" } else { "Copy" };
+            found.push(Warning {
+                rule: RULE.to_string(),
+                message: format!(
+                    "Attempting to {cmd} file {} that is excluded by .dockerignore",
+                    serde_json::Value::from(src.as_str())
+                ),
+                line: read.line,
+            });
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    if df.check.error {
+        return Err(FrontendError::Dockerfile(
+            kiln_dockerfile::ParseError::Lint {
+                file: opts.filename.clone(),
+                rules: RULE.to_string(),
+            },
+        ));
+    }
+    build.warnings.extend(found);
+    build.warnings.sort_by_key(|w| w.line);
+    Ok(())
+}
+
+/// Whether `requestid` names the lint request; any other request fails
+/// as BuildKit's frontend does.
+pub(crate) fn request(value: &str) -> Result<bool> {
+    match value {
+        "" => Ok(false),
+        LINT_REQUEST => Ok(true),
+        other => Err(FrontendError::Unsupported {
+            what: format!("frontend request {other:?}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn the_lint_request_is_read_and_other_requests_are_refused() {
+        let attrs = |v: &str| {
+            HashMap::from([
+                ("requestid".to_string(), v.to_string()),
+                (
+                    "frontend.caps".to_string(),
+                    "moby.buildkit.frontend.subrequests".to_string(),
+                ),
+            ])
+        };
+        let opts = FrontendOptions::from_attrs(&attrs(LINT_REQUEST)).expect("lint is read");
+        assert!(opts.lint);
+        let e = FrontendOptions::from_attrs(&attrs("frontend.outline")).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "frontend request \"frontend.outline\" is not supported yet"
+        );
+    }
+
+    /// `src` converted with `excludes` as the context's ignore patterns,
+    /// then CopyIgnoredFile: the warnings' texts, or the error.
+    fn copy_ignored_of(src: &str, excludes: &[&str]) -> std::result::Result<Vec<String>, String> {
+        let df = kiln_dockerfile::parse(src, "Dockerfile").expect("parses");
+        let opts = kiln_dockerfile::BuildOptions {
+            excludes: excludes.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        };
+        let bases = df
+            .base_images(&opts)
+            .expect("bases")
+            .into_iter()
+            .map(|r| (r, Default::default()))
+            .collect();
+        let mut b = kiln_dockerfile::to_graph(&df, &opts, &bases).expect("converts");
+        copy_ignored(&df, &opts, &mut b).map_err(|e| e.to_string())?;
+        Ok(b.warnings.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn copy_ignored_file() {
+        let src = "FROM busybox\nCOPY Dockerfile keep ./\nADD build/out /o\nCOPY --from=busybox Dockerfile /\n";
+        assert_eq!(
+            copy_ignored_of(src, &["Dockerfile", "build"]),
+            Ok(vec![
+                "CopyIgnoredFile: Attempting to Copy file \"Dockerfile\" that is excluded by .dockerignore (line 2)".to_string(),
+                "CopyIgnoredFile: Attempting to Add file \"build/out\" that is excluded by .dockerignore (line 3)".to_string(),
+            ])
+        );
+        // An exception makes the patterns undecidable from a path.
+        assert_eq!(
+            copy_ignored_of(src, &["Dockerfile", "!keep"]),
+            Ok(Vec::new())
+        );
+        // The root only when every root entry is excluded.
+        let root = "FROM busybox\nCOPY . /c/\n";
+        assert_eq!(copy_ignored_of(root, &[".*"]), Ok(Vec::new()));
+        assert_eq!(copy_ignored_of(root, &["**"]).map(|w| w.len()), Ok(1));
+        assert_eq!(
+            copy_ignored_of(&format!("# check=error=true\n{root}"), &["*"]),
+            Err("Dockerfile: lint violation found for rules: CopyIgnoredFile".to_string())
+        );
+    }
+
+    #[test]
+    fn the_result_is_buildkits_lint_results() {
+        let report = CheckReport {
+            filename: "Dockerfile".into(),
+            source: "FROM a\n".into(),
+            warnings: vec![Warning {
+                rule: "UndefinedVar".into(),
+                message: "Usage of undefined variable '$X'".into(),
+                line: 1,
+            }],
+            error: Some(("Dockerfile:1: bad".into(), Some(1))),
+        };
+        let v: serde_json::Value = serde_json::from_str(&report.json()).expect("JSON");
+        assert_eq!(v["warnings"][0]["ruleName"], "UndefinedVar");
+        assert_eq!(
+            v["warnings"][0]["url"],
+            "https://docs.docker.com/go/dockerfile/rule/undefined-var/"
+        );
+        assert_eq!(
+            v["warnings"][0]["location"]["ranges"][0]["start"]["line"],
+            1
+        );
+        // Go encodes a []byte as base64.
+        assert_eq!(v["sources"][0]["data"], "RlJPTSBhCg==");
+        assert_eq!(v["buildError"]["message"], "Dockerfile:1: bad");
+        assert_eq!(report.status_code(), 1);
+        let clean = CheckReport {
+            warnings: Vec::new(),
+            error: None,
+            ..report
+        };
+        assert_eq!(clean.status_code(), 0);
+    }
+}
