@@ -113,8 +113,20 @@ impl SourceMap {
     }
 }
 
+/// `message` without the `FILE:LINE: ` that names one of `sources`
+/// (clients print the source itself, with its name and line, as they do
+/// for BuildKit, whose messages never carry it).
+fn without_location<'a>(message: &'a str, sources: &[errdefs::Source]) -> &'a str {
+    sources
+        .iter()
+        .filter_map(|s| Some((&s.info.as_ref()?.filename, s.ranges.first()?.start?.line)))
+        .find_map(|(file, line)| message.strip_prefix(&format!("{file}:{line}: ")))
+        .unwrap_or(message)
+}
+
 /// `status` with the failed vertex and its sources as BuildKit's typed
-/// details (replacing any details it had).
+/// details (replacing any details it had); a step's message no longer
+/// names the source location the details carry.
 pub fn with_details(
     status: tonic::Status,
     vertex: Option<&errdefs::Vertex>,
@@ -123,6 +135,12 @@ pub fn with_details(
     if status.code() == tonic::Code::Ok || (vertex.is_none() && sources.is_empty()) {
         return status;
     }
+    // A step's error: its vertex's source says where. A frontend error
+    // (no vertex) keeps its text.
+    let message = match vertex {
+        Some(_) => without_location(status.message(), sources),
+        None => status.message(),
+    };
     let mut details = Vec::new();
     if let Some(v) = vertex {
         details.push(prost_types::Any {
@@ -138,10 +156,10 @@ pub fn with_details(
     }
     let rpc = kiln_proto::rpc::Status {
         code: status.code() as i32,
-        message: status.message().to_string(),
+        message: message.to_string(),
         details,
     };
-    tonic::Status::with_details(status.code(), status.message(), rpc.encode_to_vec().into())
+    tonic::Status::with_details(status.code(), message, rpc.encode_to_vec().into())
 }
 
 /// `status` with the Dockerfile `data` (named `filename`) and `line` as
@@ -302,7 +320,8 @@ mod tests {
             &s,
         );
         assert_eq!(st.code(), tonic::Code::FailedPrecondition);
-        assert_eq!(st.message(), "Dockerfile:2: process failed");
+        // The snippet the client prints from the details names the line.
+        assert_eq!(st.message(), "process failed");
         let rpc = kiln_proto::rpc::Status::decode(st.details()).expect("google.rpc.Status");
         assert_eq!(rpc.code, tonic::Code::FailedPrecondition as i32);
         let urls: Vec<&str> = rpc.details.iter().map(|d| d.type_url.as_str()).collect();
