@@ -361,8 +361,8 @@ mod tests {
             // Read back, the exporter inputs are the image's own: no epoch,
             // and its layers are the next build's base layers.
             c.source_date_epoch = None;
-            c.base_diff_ids = serde_json::from_value(v["rootfs"]["diff_ids"].clone())
-                .expect("diff_ids");
+            c.base_diff_ids =
+                serde_json::from_value(v["rootfs"]["diff_ids"].clone()).expect("diff_ids");
             c
         });
     }
