@@ -437,7 +437,8 @@ fn reporting(args: &BuildArgs) -> results::Reporting {
     }
 }
 
-/// buildx's warning for a build whose result has nowhere to go.
+/// buildx's warning for a build whose result has nowhere to go, printed
+/// as buildx prints it: after the progress (before a failure's snippet).
 fn warn_no_output(args: &BuildArgs) {
     if args.tags.is_empty() && args.outputs.is_empty() && !args.push && !args.load {
         eprintln!(
@@ -497,7 +498,14 @@ async fn run(cli: Cli) -> Result<()> {
             Some(n) => Some(builders::Store::from_env()?.get(n)?),
             // Without a store (no HOME) the default builder is used.
             None => match builders::Store::from_env() {
-                Ok(s) => Some(s.selected(None)?),
+                Ok(s) => match s.selected(None) {
+                    Ok(b) => Some(b),
+                    // Not root, with a store it cannot read (HOME=/root):
+                    // the default builder, so "must run as root" is said
+                    // first, not the store's permission error.
+                    Err(_) if !nix::unistd::geteuid().is_root() && addr.is_none() => None,
+                    Err(e) => return Err(e),
+                },
                 Err(_) => None,
             },
         };
@@ -954,7 +962,6 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
         .collect::<Result<Vec<_>>>()?;
     let mode = progress_mode(&args)?;
     let report = reporting(&args);
-    warn_no_output(&args);
     let channel = remote::connect(addr, tls).await?;
     let (tx, rx) = progress::channel();
     let display = tokio::spawn(progress::render(rx, mode));
@@ -978,6 +985,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     )
     .await;
     let _ = display.await;
+    warn_no_output(&args);
     drop(prepared);
     let mut resp: BTreeMap<String, String> = resp?.into_iter().collect();
     // As buildx names it: builder/node/ref.
@@ -1086,7 +1094,6 @@ async fn build(
     // Progress starts before the frontend, which shows its registry
     // lookups, after `load build definition` as in BuildKit.
     let report = reporting(&args);
-    warn_no_output(&args);
     let (shown, rx) = progress::channel();
     let display = tokio::spawn(progress::render(rx, shown_as));
     let embedded = std::sync::Arc::new(std::sync::Mutex::new(progress::model::Embedded::default()));
@@ -1257,6 +1264,7 @@ async fn build(
     }
     drop(shown);
     let mut trace = display.await.unwrap_or_default();
+    warn_no_output(&args);
     drop(prepared);
     if !report.quiet {
         print_warnings(&warnings);
