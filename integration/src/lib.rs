@@ -399,9 +399,10 @@ fn is_kept_lease(id: &str) -> bool {
 }
 
 /// Whether `line` is the error `kiln` ends a failed run with: `error: …`,
-/// or buildx's `ERROR: failed to solve: …` when the build itself failed.
+/// or buildx's `ERROR: failed to build: failed to solve: …` when the build
+/// itself failed.
 pub fn is_error_line(line: &str) -> bool {
-    line.starts_with("error: ") || line.starts_with("ERROR: failed to solve: ")
+    line.starts_with("error: ") || line.starts_with("ERROR: failed to build: failed to solve: ")
 }
 
 /// Whether a step printed `marker` as a whole output line (`#N SECS

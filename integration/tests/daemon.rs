@@ -82,9 +82,17 @@ async fn the_kiln_client_builds_through_kilnd_like_embedded_mode() {
     let out = remote(&h, &k, ns, &[bad.to_str().expect("utf8")]);
     assert!(!out.success);
     assert!(step_printed(&out.stderr, "doomed"), "{}", out.stderr);
+    // As from buildkitd: the snippet from the error's source details
+    // names the line, the error line the exit code.
+    assert!(
+        out.stderr.contains("\nDockerfile:2\n") && out.stderr.contains(" 2 | >>> RUN echo doomed"),
+        "{}",
+        out.stderr
+    );
     let last = out.stderr.lines().last().unwrap_or_default();
     assert!(
-        last.contains("Dockerfile:2") && last.contains("exit code: 7"),
+        last.starts_with("ERROR: failed to build: failed to solve: process ")
+            && last.contains("exit code: 7"),
         "{last}"
     );
     assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());

@@ -687,12 +687,56 @@ async fn a_failed_step_carries_buildkit_source_details() {
     let err = ControlClient::new(ch)
         .solve(SolveRequest {
             r#ref: "opserrdetails000000000001".into(),
-            definition: Some(def),
+            definition: Some(def.clone()),
             ..Default::default()
         })
         .await
         .expect_err("exit 5 fails the build");
     assert!(err.message().contains("exit code: 5"), "{}", err.message());
+    // As buildkitd answers an exit: code Unknown, so buildx and buildctl
+    // print the message without a code before it.
+    assert_eq!(err.code(), tonic::Code::Unknown, "{}", err.message());
+
+    // An exporter option kilnd would not act on fails before the build,
+    // whatever client sent it (buildx passes `-o` attributes through).
+    let refused = |attrs: &[(&str, &str)]| SolveRequest {
+        r#ref: "opserrdetails000000000002".into(),
+        definition: Some(def.clone()),
+        exporters: vec![kiln_proto::control::Exporter {
+            r#type: "image".into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }],
+        ..Default::default()
+    };
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect");
+    for (attrs, code, want) in [
+        (
+            &[("name", "x"), ("oci-mediatypes", "false")][..],
+            tonic::Code::Unimplemented,
+            "output option oci-mediatypes is not supported yet (kiln always uses oci-mediatypes=true)",
+        ),
+        (
+            &[("annotation.org.opencontainers.image.title", "t")][..],
+            tonic::Code::Unimplemented,
+            "output option annotation.org.opencontainers.image.title is not supported yet",
+        ),
+        (
+            &[("frobnicate", "1")][..],
+            tonic::Code::InvalidArgument,
+            "unknown output option \"frobnicate\" for type=image",
+        ),
+    ] {
+        let err = ControlClient::new(ch.clone())
+            .solve(refused(attrs))
+            .await
+            .expect_err("refused before the build");
+        assert_eq!((err.code(), err.message()), (code, want), "{attrs:?}");
+    }
     let d = details(&err);
     let urls: Vec<&str> = d.iter().map(|(u, _)| u.as_str()).collect();
     assert_eq!(urls, vec![VERTEX_URL, SOURCE_URL], "{d:?}");

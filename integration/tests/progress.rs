@@ -148,7 +148,17 @@ async fn rawjson_is_buildkits_solve_status_and_buildkit_progress_selects_it() {
     );
     let mut run = (false, false);
     let mut output = Vec::new();
-    for line in out.stderr.lines() {
+    // Besides the updates, only buildx's no-output warning (after them).
+    let (updates, others): (Vec<&str>, Vec<&str>) =
+        out.stderr.lines().partition(|l| l.starts_with('{'));
+    assert!(
+        others
+            .iter()
+            .all(|l| l.starts_with("WARNING: No output specified.")),
+        "{}",
+        out.stderr
+    );
+    for line in updates {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         let obj = v.as_object().expect("an object per line");
@@ -245,13 +255,16 @@ async fn a_failing_run_shows_the_recap_and_the_dockerfile_snippet() {
             .expect("the step failed")
             .1,
     );
+    // As buildx shows a failed step: the vertex's error without the line
+    // (the snippet names it), the recap, the snippet, the build's error.
     let expected = "\
-Dockerfile:3: process \"/bin/sh -c echo out && usleep 100000 && echo err >&2 && exit 3\" did not complete successfully: exit code: 3
+process \"/bin/sh -c echo out && usleep 100000 && echo err >&2 && exit 3\" did not complete successfully: exit code: 3
 ------
  > [3/4] RUN echo out && usleep 100000 && echo err >&2 && exit 3:
 T out
 T err
 ------
+WARNING: No output specified. Build result will only remain in the build cache. To name the image use -t NAME, to push it into a registry use --push
 Dockerfile:3
 --------------------
    1 |     FROM busybox
@@ -260,7 +273,7 @@ Dockerfile:3
    4 |     RUN echo never
    5 |     
 --------------------
-ERROR: failed to solve: Dockerfile:3: process \"/bin/sh -c echo out && usleep 100000 && echo err >&2 && exit 3\" did not complete successfully: exit code: 3
+ERROR: failed to build: failed to solve: Dockerfile:3: process \"/bin/sh -c echo out && usleep 100000 && echo err >&2 && exit 3\" did not complete successfully: exit code: 3
 ";
     assert_eq!(tail, expected, "{}", out.stderr);
     // The step after the failing one never started.
@@ -360,9 +373,12 @@ async fn the_terminal_view_is_redrawn_in_place_at_80x24_and_200x50() {
         }
         // The window of a running step is gone once it finished.
         assert!(!screen.contains(" => => # "), "{w}x{rows}:\n{screen}");
+        // Below the view only buildx's no-output warning, printed once
+        // the view is done, as buildx does.
         assert!(
             lines[head + 1..]
                 .iter()
+                .take_while(|l| !l.starts_with("WARNING: No output specified."))
                 .all(|l| l.starts_with(" => ") || l.trim().is_empty()),
             "{w}x{rows}:\n{screen}"
         );
@@ -402,8 +418,10 @@ async fn through_kilnd_the_layout_and_the_recap_are_the_same() {
         .find_map(|l| l.strip_suffix(&format!(" {step}")))
         .unwrap_or_else(|| panic!("no step line:\n{}", out.stderr))
         .to_string();
+    // The step's error as buildkitd's: no `Dockerfile:2: ` (the snippet
+    // from the error's source details names the line).
     assert!(
-        masked.contains(&format!("{n} T out\n{n} T err\n{n} ERROR: ")),
+        masked.contains(&format!("{n} T out\n{n} T err\n{n} ERROR: process \"")),
         "{}",
         out.stderr
     );
@@ -419,8 +437,44 @@ async fn through_kilnd_the_layout_and_the_recap_are_the_same() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("ERROR: failed to solve: "),
+        out.stderr
+            .contains("\nDockerfile:2\n--------------------\n"),
         "{}",
         out.stderr
     );
+    assert_eq!(
+        out.stderr.lines().last(),
+        Some(
+            "ERROR: failed to build: failed to solve: process \"/bin/sh -c echo out && usleep 100000 && echo err >&2 && exit 3\" did not complete successfully: exit code: 3"
+        ),
+        "{}",
+        out.stderr
+    );
+
+    // rawjson through kilnd: one non-empty SolveStatus per line (BuildKit
+    // never sends an empty update; buildx would print it as `{}`).
+    let json = h
+        .kiln(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress",
+                "rawjson",
+                ctx.to_str().expect("utf8"),
+            ],
+        )
+        .expect("kiln runs");
+    let updates: Vec<&str> = json.stderr.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(updates.len() > 2, "{}", json.stderr);
+    for line in updates {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v.as_object().is_some_and(|o| !o.is_empty()),
+            "an empty update: {}",
+            json.stderr
+        );
+    }
 }

@@ -444,7 +444,8 @@ fn reporting(args: &BuildArgs) -> results::Reporting {
     }
 }
 
-/// buildx's warning for a build whose result has nowhere to go.
+/// buildx's warning for a build whose result has nowhere to go, printed
+/// as buildx prints it: after the progress (before a failure's snippet).
 fn warn_no_output(args: &BuildArgs) {
     if args.tags.is_empty() && args.outputs.is_empty() && !args.push && !args.load {
         eprintln!(
@@ -1001,7 +1002,6 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
         .collect::<Result<Vec<_>>>()?;
     let mode = progress_mode(&args)?;
     let report = reporting(&args);
-    warn_no_output(&args);
     let channel = remote::connect(addr, tls).await?;
     let (tx, rx) = progress::channel();
     let display = tokio::spawn(progress::render(rx, mode));
@@ -1025,6 +1025,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     )
     .await;
     let _ = display.await;
+    warn_no_output(&args);
     drop(prepared);
     let mut resp: BTreeMap<String, String> = resp?.into_iter().collect();
     // As buildx names it: builder/node/ref.
@@ -1156,7 +1157,6 @@ async fn build(
     // Progress starts before the frontend, which shows its registry
     // lookups, after `load build definition` as in BuildKit.
     let report = reporting(&args);
-    warn_no_output(&args);
     let (shown, rx) = progress::channel();
     let display = tokio::spawn(progress::render(rx, shown_as));
     let embedded = std::sync::Arc::new(std::sync::Mutex::new(progress::model::Embedded::default()));
@@ -1354,6 +1354,7 @@ async fn build(
     }
     drop(shown);
     let mut trace = display.await.unwrap_or_default();
+    warn_no_output(&args);
     drop(prepared);
     if !report.quiet {
         print_warnings(&warnings);

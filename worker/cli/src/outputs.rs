@@ -30,79 +30,15 @@ const TYPES: &[(&str, bool)] = &[
     ("docker", false),
 ];
 
-/// How kiln treats one attribute of an output type.
-#[derive(Debug, PartialEq, Eq)]
-enum Support {
-    /// Works with any value the attribute takes.
-    Works,
-    /// Works only with this boolean value (what kiln always does); the
-    /// other is not supported yet.
-    OnlyBool(bool),
-    /// Not implemented: refused by name whatever the value.
-    NotYet,
-}
-
-/// What kiln does with `key` of an output of `kind`; `None` for an
-/// attribute BuildKit does not have.
-fn support(kind: &str, key: &str) -> Option<Support> {
-    use Support::*;
-    let image_like = matches!(kind, "image" | "oci" | "docker");
-    // Annotations of every kind and place (`annotation.K`,
-    // `annotation-index.K`, `annotation-manifest-descriptor[P].K`, ...).
-    if key.starts_with("annotation") && image_like {
-        return Some(NotYet);
-    }
-    let s = match (kind, key) {
-        (_, "dest") if kind != "image" => Works,
-        ("image" | "oci" | "docker", "name") => Works,
-        ("image", "push" | "push-by-digest" | "registry.insecure") => Works,
-        ("image", "unpack" | "store") => OnlyBool(true),
-        ("image", "dangling-name-prefix" | "name-canonical") => NotYet,
-        (_, "compression") if image_like => Works,
-        (_, "force-compression") if image_like => OnlyBool(false),
-        (_, "compression-level") if image_like => NotYet,
-        // kiln writes OCI media types only.
-        (_, "oci-mediatypes") if image_like => OnlyBool(true),
-        (_, "oci-artifact") if image_like => OnlyBool(false),
-        // Layer file times clamped to SOURCE_DATE_EPOCH.
-        (_, "rewrite-timestamp") if image_like => Works,
-        (_, "rewrite-timestamp") => OnlyBool(false),
-        (_, "buildinfo" | "buildinfo-attrs") if image_like => OnlyBool(false),
-        (_, "source-date-epoch") => NotYet,
-        ("oci" | "docker", "tar") => OnlyBool(true),
-        ("docker", "context") => NotYet,
-        ("local" | "tar", "platform-split") => NotYet,
-        (_, "attestation-prefix") => NotYet,
-        _ => return None,
-    };
-    Some(s)
-}
-
 /// A boolean attribute as BuildKit reads it (a bare key is `true`).
 pub fn bool_attr(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "" | "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(anyhow!("invalid {key}={value:?}: expected true or false")),
-    }
+    Ok(kiln_engine::exporter_options::bool_option(key, value)?)
 }
 
-/// Checks one attribute of an output of `kind`.
+/// Checks one attribute of an output of `kind` against the table kilnd
+/// checks too ([`kiln_engine::exporter_options`]).
 fn check(kind: &str, key: &str, value: &str) -> Result<()> {
-    match support(kind, key) {
-        Some(Support::Works) => Ok(()),
-        Some(Support::OnlyBool(ok)) => {
-            if bool_attr(key, value)? == ok {
-                Ok(())
-            } else {
-                Err(anyhow!(
-                    "output option {key} is not supported yet (kiln always uses {key}={ok})"
-                ))
-            }
-        }
-        Some(Support::NotYet) => Err(anyhow!("output option {key} is not supported yet")),
-        None => Err(anyhow!("unknown output option {key:?} for type={kind}")),
-    }
+    Ok(kiln_engine::exporter_options::check(kind, key, value)?)
 }
 
 /// Splits one spec into key/value pairs (a bare key, e.g. `push`, has an
@@ -219,6 +155,7 @@ mod tests {
             "type=image,oci-mediatypes=true",
             "type=image,oci-artifact=false",
             "type=image,unpack=true",
+            "type=image,push=true,unpack=false",
             "type=image,store=true",
             "type=image,rewrite-timestamp=false",
             "type=image,rewrite-timestamp=true",
@@ -242,7 +179,6 @@ mod tests {
             ),
             ("type=image,oci-mediatypes=false", "oci-mediatypes=false"),
             ("type=image,oci-artifact=true", "oci-artifact=true"),
-            ("type=image,unpack=false", "unpack=false"),
             ("type=image,store=false", "store=false"),
             (
                 "type=local,dest=o,rewrite-timestamp=true",

@@ -94,6 +94,67 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Lays rows out as docker's table formatter does (Go's tabwriter with
+/// minimum width 10 and padding 3, in spaces): every column but the last
+/// as wide as its widest cell plus three.
+fn spaced_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            let w = rows
+                .iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0);
+            (w + 3).max(10)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}", width = widths[c]));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Lays rows out as Go's tabwriter does with tab padding (minimum width
+/// 1, tab width 8, padding 1, as buildx's summaries and `prune` table):
+/// each column as wide as its widest cell plus one, rounded up to a tab
+/// stop, reached with tab characters.
+fn tabbed_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            let w = rows
+                .iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0);
+            (w + 1).div_ceil(8) * 8
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        for (c, cell) in r.iter().enumerate() {
+            out.push_str(cell);
+            if c + 1 < r.len() {
+                let pad = widths[c] - cell.chars().count();
+                out.push_str(&"\t".repeat(pad.div_ceil(8)));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn short_id(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
 }
@@ -105,6 +166,13 @@ fn last_accessed(r: &Record, now: u64) -> String {
     format!("{} ago", human_duration(now.saturating_sub(r.last_used)))
 }
 
+fn header() -> Vec<String> {
+    ["ID", "RECLAIMABLE", "SIZE", "LAST ACCESSED"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// A `du` row as buildx's formatter fills it (`*` after a shared size).
 fn row(r: &Record, now: u64) -> Vec<String> {
     let mut size = human_size(r.size);
     if r.shared {
@@ -118,36 +186,35 @@ fn row(r: &Record, now: u64) -> Vec<String> {
     ]
 }
 
-/// `kiln du`: the table (or, verbose, one block per record) and the
-/// summary.
+/// `kiln du`: the table (or, verbose, buildx's pretty block per record)
+/// and the summary. Records are in the order BuildKit's client sorts
+/// them: by size, then ID.
 pub fn disk_usage(records: &[Record], verbose: bool, now: u64) -> String {
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by(|a, b| a.size.cmp(&b.size).then_with(|| a.id.cmp(&b.id)));
     let mut out = String::new();
     if verbose {
-        for r in records {
-            let rows = vec![
-                vec!["ID:".to_string(), r.id.clone()],
-                vec!["Reclaimable:".into(), (!r.in_use).to_string()],
-                vec!["Shared:".into(), r.shared.to_string()],
-                vec!["Size:".into(), human_size(r.size)],
-                vec!["Description:".into(), r.description.clone()],
-                vec!["Last used:".into(), last_accessed(r, now)],
-                vec!["Type:".into(), r.record_type.clone()],
-            ];
-            out.push_str(&table(&rows));
+        // buildx's pretty template, for the fields kiln's records have.
+        for r in &sorted {
+            out.push_str(&format!("ID:           {}\n", r.id));
+            out.push_str(&format!("Reclaimable:  {}\n", !r.in_use));
+            out.push_str(&format!("Shared:       {}\n", r.shared));
+            out.push_str(&format!("Size:         {}\n", human_size(r.size)));
+            if !r.description.is_empty() {
+                out.push_str(&format!("Description:  {}\n", r.description));
+            }
+            if r.last_used != 0 {
+                out.push_str(&format!("Last used:    {}\n", last_accessed(r, now)));
+            }
+            if !r.record_type.is_empty() {
+                out.push_str(&format!("Type:         {}\n", r.record_type));
+            }
             out.push('\n');
         }
     } else {
-        let mut rows = vec![vec![
-            "ID".to_string(),
-            "RECLAIMABLE".into(),
-            "SIZE".into(),
-            "LAST ACCESSED".into(),
-        ]];
-        rows.extend(records.iter().map(|r| row(r, now)));
-        out.push_str(&table(&rows));
-    }
-    if !records.is_empty() && !verbose {
-        out.push('\n');
+        let mut rows = vec![header()];
+        rows.extend(sorted.iter().map(|r| row(r, now)));
+        out.push_str(&spaced_table(&rows));
     }
     let total: u64 = records.iter().map(|r| r.size).sum();
     let shared: u64 = records.iter().filter(|r| r.shared).map(|r| r.size).sum();
@@ -159,26 +226,41 @@ pub fn disk_usage(records: &[Record], verbose: bool, now: u64) -> String {
     }
     summary.push(vec!["Reclaimable:".to_string(), human_size(reclaimable)]);
     summary.push(vec!["Total:".to_string(), human_size(total)]);
-    out.push_str(&table(&summary));
+    out.push_str(&tabbed_table(&summary));
     out
 }
 
+/// A `prune` row as buildx prints it (`%-40s\t%-5v\t%-10s\t%s`).
+fn pruned_row(r: &Record, now: u64) -> Vec<String> {
+    let mut size = human_size(r.size);
+    if r.shared {
+        size.push('*');
+    }
+    vec![
+        format!("{:<40}", short_id(&r.id)),
+        format!("{:<5}", !r.in_use),
+        format!("{size:<10}"),
+        last_accessed(r, now),
+    ]
+}
+
 /// `kiln prune`: the removed records under the table header (none: no
-/// header), then the total.
+/// header), then the total. buildx flushes its table after each row, so
+/// the header is aligned with the first row only.
 pub fn pruned(records: &[Record], now: u64) -> String {
     let mut out = String::new();
-    if !records.is_empty() {
-        let mut rows = vec![vec![
-            "ID".to_string(),
-            "RECLAIMABLE".into(),
-            "SIZE".into(),
-            "LAST ACCESSED".into(),
-        ]];
-        rows.extend(records.iter().map(|r| row(r, now)));
-        out.push_str(&table(&rows));
+    let mut rows = records.iter().map(|r| pruned_row(r, now));
+    if let Some(first) = rows.next() {
+        out.push_str(&tabbed_table(&[header(), first]));
+    }
+    for r in rows {
+        out.push_str(&tabbed_table(&[r]));
     }
     let total: u64 = records.iter().map(|r| r.size).sum();
-    out.push_str(&table(&[vec!["Total:".to_string(), human_size(total)]]));
+    out.push_str(&tabbed_table(&[vec![
+        "Total:".to_string(),
+        human_size(total),
+    ]]));
     out
 }
 
@@ -241,33 +323,52 @@ mod tests {
             rec("kiln/cache/def", 2_000, now - 5, true, true),
         ];
         let out = disk_usage(&records, false, now);
+        // Byte for byte what buildx prints for these records: the smaller
+        // first, columns padded with three spaces, the summary with tabs.
         assert_eq!(
             out,
-            "ID      RECLAIMABLE     SIZE    LAST ACCESSED\n\
-             abc     true            1.5MB   2 hours ago\n\
-             def     false           2kB*    5 seconds ago\n\
-             \n\
-             Shared:         2kB\n\
-             Private:        1.5MB\n\
-             Reclaimable:    1.5MB\n\
-             Total:          1.502MB\n"
+            "ID        RECLAIMABLE   SIZE      LAST ACCESSED\n\
+             def       false         2kB*      5 seconds ago\n\
+             abc       true          1.5MB     2 hours ago\n\
+             Shared:\t\t2kB\n\
+             Private:\t1.5MB\n\
+             Reclaimable:\t1.5MB\n\
+             Total:\t\t1.502MB\n"
         );
         assert_eq!(
             disk_usage(&[], false, now),
-            "ID      RECLAIMABLE     SIZE    LAST ACCESSED\nReclaimable:    0B\nTotal:          0B\n"
+            "ID        RECLAIMABLE   SIZE      LAST ACCESSED\nReclaimable:\t0B\nTotal:\t\t0B\n"
         );
         let v = disk_usage(&records[..1], true, now);
-        assert!(v.starts_with("ID:             kiln/cache/abc\n"), "{v}");
-        assert!(v.contains("Type:           regular\n"), "{v}");
+        assert_eq!(
+            v,
+            "ID:           kiln/cache/abc\nReclaimable:  true\nShared:       false\n\
+             Size:         1.5MB\nDescription:  RUN true\nLast used:    2 hours ago\n\
+             Type:         regular\n\nReclaimable:\t1.5MB\nTotal:\t\t1.5MB\n"
+        );
     }
 
     #[test]
     fn prune_prints_a_header_only_when_something_went() {
-        assert_eq!(pruned(&[], 0), "Total:  0B\n");
-        let out = pruned(&[rec("kiln/cache/abc", 1000, 0, false, false)], 50);
+        assert_eq!(pruned(&[], 0), "Total:\t0B\n");
+        let out = pruned(
+            &[
+                rec("kiln/cache/abc", 1000, 0, false, false),
+                rec("kiln/cache/de", 20, 40, false, false),
+            ],
+            50,
+        );
+        let id = |s: &str| format!("{s:<40}");
         assert_eq!(
             out,
-            "ID      RECLAIMABLE     SIZE    LAST ACCESSED\nabc     true            1kB\nTotal:  1kB\n"
+            format!(
+                "ID\t\t\t\t\t\tRECLAIMABLE\tSIZE\t\tLAST ACCESSED\n\
+                 {}\ttrue \t\t1kB       \t\n\
+                 {}\ttrue \t20B       \t10 seconds ago\n\
+                 Total:\t1.02kB\n",
+                id("abc"),
+                id("de")
+            )
         );
     }
 }

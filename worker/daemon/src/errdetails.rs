@@ -116,16 +116,46 @@ impl SourceMap {
 /// The largest source file sent in an error's details.
 const MAX_SOURCE_DATA: usize = 4 << 20;
 
+/// `message` without the `FILE:LINE: ` that names one of `sources`
+/// (clients print the source itself, with its name and line, as they do
+/// for BuildKit, whose messages never carry it).
+fn without_location<'a>(message: &'a str, sources: &[errdefs::Source]) -> &'a str {
+    sources
+        .iter()
+        .filter_map(|s| Some((&s.info.as_ref()?.filename, s.ranges.first()?.start?.line)))
+        .find_map(|(file, line)| message.strip_prefix(&format!("{file}:{line}: ")))
+        .unwrap_or(message)
+}
+
 /// `status` with the failed vertex and its sources as BuildKit's typed
-/// details (replacing any details it had).
+/// details (replacing any details it had); a step's message no longer
+/// names the source location the details carry.
 pub fn with_details(
     status: tonic::Status,
     vertex: Option<&errdefs::Vertex>,
     sources: &[errdefs::Source],
 ) -> tonic::Status {
+    // The whole file rides in a response header: past what clients accept
+    // (grpc-go and kiln: 16 MiB of headers, in base64) the message, which
+    // then keeps naming file and line, has to do.
+    let sources: Vec<errdefs::Source> = sources
+        .iter()
+        .filter(|s| {
+            s.info
+                .as_ref()
+                .is_none_or(|i| i.data.len() <= MAX_SOURCE_DATA)
+        })
+        .cloned()
+        .collect();
     if status.code() == tonic::Code::Ok || (vertex.is_none() && sources.is_empty()) {
         return status;
     }
+    // A step's error: its vertex's source says where. A frontend error
+    // (no vertex) keeps its text.
+    let message = match vertex {
+        Some(_) => without_location(status.message(), &sources),
+        None => status.message(),
+    };
     let mut details = Vec::new();
     if let Some(v) = vertex {
         details.push(prost_types::Any {
@@ -133,16 +163,7 @@ pub fn with_details(
             value: vertex_json(v).to_string().into_bytes(),
         });
     }
-    for s in sources {
-        // The whole file rides in a response header: past what clients
-        // accept (grpc-go and kiln: 16 MiB of headers, in base64) the
-        // message, which names file and line, has to do.
-        if s.info
-            .as_ref()
-            .is_some_and(|i| i.data.len() > MAX_SOURCE_DATA)
-        {
-            continue;
-        }
+    for s in &sources {
         details.push(prost_types::Any {
             type_url: SOURCE_TYPE_URL.into(),
             value: source_json(s).to_string().into_bytes(),
@@ -150,10 +171,10 @@ pub fn with_details(
     }
     let rpc = kiln_proto::rpc::Status {
         code: status.code() as i32,
-        message: status.message().to_string(),
+        message: message.to_string(),
         details,
     };
-    tonic::Status::with_details(status.code(), status.message(), rpc.encode_to_vec().into())
+    tonic::Status::with_details(status.code(), message, rpc.encode_to_vec().into())
 }
 
 /// `status` with the Dockerfile `data` (named `filename`) and `line` as
@@ -314,7 +335,8 @@ mod tests {
             &s,
         );
         assert_eq!(st.code(), tonic::Code::FailedPrecondition);
-        assert_eq!(st.message(), "Dockerfile:2: process failed");
+        // The snippet the client prints from the details names the line.
+        assert_eq!(st.message(), "process failed");
         let rpc = kiln_proto::rpc::Status::decode(st.details()).expect("google.rpc.Status");
         assert_eq!(rpc.code, tonic::Code::FailedPrecondition as i32);
         let urls: Vec<&str> = rpc.details.iter().map(|d| d.type_url.as_str()).collect();

@@ -15,12 +15,52 @@ use tonic::Status;
 
 const FILE_SEND: &str = "/moby.filesync.v1.FileSend/DiffCopy";
 
+/// The exporter types kilnd runs.
+const TYPES: &[&str] = &["image", "moby", "oci", "docker", "local", "tar"];
+
+/// Refuses, before the build, an exporter kilnd does not have and every
+/// option it would not act on ([`kiln_engine::exporter_options`], the
+/// table `kiln build -o` checks too), naming it.
+fn check_options(e: &Exporter) -> Result<(), Status> {
+    use kiln_engine::exporter_options::ExporterOptionError as E;
+    if !TYPES.contains(&e.r#type.as_str()) {
+        return Err(Status::unimplemented(format!(
+            "exporter {:?} is not supported yet (image, oci, docker, local, tar)",
+            e.r#type
+        )));
+    }
+    let mut attrs: Vec<_> = e.attrs.iter().collect();
+    attrs.sort();
+    for (k, v) in attrs {
+        // Options kilnd acts on that `kiln build -o` does not have: a
+        // client's own image config (buildctl, gateway clients;
+        // read by `control::config_from_attrs`) and the epoch of
+        // `rewrite-timestamp` (read, and its value checked, by
+        // `rewrite_epoch`).
+        let image_like = matches!(e.r#type.as_str(), "image" | "moby" | "oci" | "docker");
+        if image_like && matches!(k.as_str(), "containerimage.config" | "source-date-epoch") {
+            continue;
+        }
+        // nerdctl's name for an untagged build (`dangling_name`).
+        if matches!(e.r#type.as_str(), "image" | "moby") && k == "dangling-name-prefix" {
+            continue;
+        }
+        kiln_engine::exporter_options::check(&e.r#type, k, v).map_err(|err| match err {
+            E::NotYet { .. } | E::OnlyBool { .. } => Status::unimplemented(err.to_string()),
+            E::Unknown { .. } | E::NotBool { .. } => Status::invalid_argument(err.to_string()),
+        })?;
+    }
+    Ok(())
+}
+
 /// The layer compression the exporters ask for (gzip by default).
-/// Also checks, before the build, the values of the options read after it
-/// (`rewrite-timestamp`, `source-date-epoch`).
+/// Also checks, before the build, every exporter's type and options, and
+/// the values of the options read after it (`rewrite-timestamp`,
+/// `source-date-epoch`).
 pub fn compression(exporters: &[Exporter]) -> Result<Compression, Status> {
     for e in exporters {
         rewrite_epoch(&e.attrs, None)?;
+        check_options(e)?;
     }
     for e in exporters {
         if let Some(c) = e.attrs.get("compression") {
@@ -105,10 +145,28 @@ pub async fn run(
                 let push = crate::push::options(attrs)?;
                 let names = names(attrs)?;
                 let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
-                let out = solved
+                let mut out = solved
                     .export_image_with(config, &names, compression, epoch)
                     .await
                     .map_err(|e| status_of(&e))?;
+                if let Some(name) = dangling_name(attrs, &out) {
+                    engine
+                        .services()
+                        .images
+                        .put(
+                            &kiln_snapshot::containerd::ImageRecord {
+                                name: name.clone(),
+                                media_type: out.manifest.media_type().to_string(),
+                                digest: out.manifest.digest().to_string(),
+                                size: kiln_engine::oci::size_of(&out.manifest),
+                                labels: HashMap::new(),
+                            },
+                            None,
+                        )
+                        .await
+                        .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
+                    out.names.push(name);
+                }
                 if let Some(opts) = &push {
                     crate::push::run(job, session, solved, &out, &names, opts).await?;
                 }
@@ -202,6 +260,21 @@ pub async fn run(
 }
 
 /// The image exporters' response keys.
+/// The name BuildKit's image exporter gives an image built without a name
+/// when asked for `dangling-name-prefix` (nerdctl sends `<none>` for a
+/// build without `-t`): `PREFIX@DIGEST`.
+fn dangling_name(
+    attrs: &HashMap<String, String>,
+    out: &kiln_engine::export::Exported,
+) -> Option<String> {
+    let prefix = attrs
+        .get("dangling-name-prefix")
+        .filter(|p| !p.is_empty())?;
+    out.names
+        .is_empty()
+        .then(|| format!("{prefix}@{}", out.manifest.digest()))
+}
+
 fn image_response(resp: &mut HashMap<String, String>, out: &kiln_engine::export::Exported) {
     resp.insert(
         "containerimage.digest".into(),
@@ -267,5 +340,70 @@ mod tests {
         ])])
         .expect("false is the default");
         assert_eq!(ok, Compression::Zstd);
+    }
+
+    /// What buildx, buildctl and nerdctl send that kilnd would not act on
+    /// fails before the build, naming the option; what it does works.
+    #[test]
+    fn every_exporter_option_works_or_is_refused_by_name() {
+        let with = |kind: &str, kv: &[(&str, &str)]| Exporter {
+            r#type: kind.into(),
+            ..exporter(kv)
+        };
+        for ok in [
+            with(
+                "image",
+                &[("name", "a,b"), ("push", "true"), ("unpack", "true")],
+            ),
+            with("moby", &[("name", "a")]),
+            with("image", &[("containerimage.config", "{}")]),
+            with(
+                "image",
+                &[("unpack", "true"), ("dangling-name-prefix", "<none>")],
+            ),
+            with(
+                "image",
+                &[("rewrite-timestamp", "true"), ("source-date-epoch", "5")],
+            ),
+            with(
+                "oci",
+                &[("name", "a"), ("tar", "true"), ("compression", "zstd")],
+            ),
+            with("local", &[]),
+            with("tar", &[("rewrite-timestamp", "false")]),
+        ] {
+            compression(std::slice::from_ref(&ok)).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        let refused = |e: Exporter| compression(&[e]).expect_err("refused");
+        let e = refused(with("image", &[("oci-mediatypes", "false")]));
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            e.message(),
+            "output option oci-mediatypes is not supported yet (kiln always uses oci-mediatypes=true)"
+        );
+        for (kind, key) in [
+            ("image", "annotation.a"),
+            ("image", "compression-level"),
+            ("docker", "annotation-index.b"),
+            ("local", "source-date-epoch"),
+        ] {
+            let e = refused(with(kind, &[(key, "1")]));
+            assert_eq!(e.code(), tonic::Code::Unimplemented, "{kind} {key}");
+            assert_eq!(
+                e.message(),
+                format!("output option {key} is not supported yet")
+            );
+        }
+        let e = refused(with("image", &[("frobnicate", "1")]));
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "unknown output option \"frobnicate\" for type=image"
+        );
+        let e = refused(with("cacheonly", &[]));
+        assert_eq!(
+            e.message(),
+            "exporter \"cacheonly\" is not supported yet (image, oci, docker, local, tar)"
+        );
     }
 }

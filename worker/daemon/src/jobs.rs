@@ -104,10 +104,15 @@ impl History {
         }
     }
 
-    /// What a new subscriber is sent: the state, then the kept logs in
-    /// batches.
+    /// What a new subscriber is sent: the state (unless nothing happened
+    /// yet: BuildKit never sends an empty update, and buildx's rawjson
+    /// would print it as `{}`), then the kept logs in batches.
     pub fn replay(&self) -> Vec<StatusResponse> {
-        let mut out = vec![self.state()];
+        let state = self.state();
+        let mut out = Vec::new();
+        if state != StatusResponse::default() {
+            out.push(state);
+        }
         let mut batch = StatusResponse::default();
         let mut size = 0;
         for l in &self.logs {

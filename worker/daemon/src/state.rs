@@ -162,9 +162,20 @@ impl Daemon {
 }
 
 /// A worker error as a gRPC status, with its kind's code and the whole
-/// cause chain as message.
+/// cause chain as message. A step's non-zero exit is `Unknown`, as
+/// BuildKit answers it: buildx and buildctl print any other code before
+/// the message (`FailedPrecondition: process "…" did not complete …`).
 pub fn status_of(e: &kiln_engine::WorkerError) -> tonic::Status {
-    tonic::Status::new(e.kind().code(), kiln_engine::error::error_chain(e))
+    tonic::Status::new(code_of(e), kiln_engine::error::error_chain(e))
+}
+
+fn code_of(e: &kiln_engine::WorkerError) -> tonic::Code {
+    use kiln_engine::WorkerError;
+    match e {
+        WorkerError::StepFailed { .. } => tonic::Code::Unknown,
+        WorkerError::Shared(inner) => code_of(inner),
+        e => e.kind().code(),
+    }
 }
 
 #[cfg(test)]
@@ -185,11 +196,11 @@ mod tests {
     #[test]
     fn a_shared_or_panicked_step_keeps_its_code() {
         let own = status_of(&step_failed());
-        assert_eq!(own.code(), Code::FailedPrecondition);
+        assert_eq!(own.code(), Code::Unknown, "as BuildKit's exit errors");
 
         // What a build that waited for an equal step of another build gets.
         let shared = status_of(&WorkerError::Shared(Arc::new(step_failed())));
-        assert_eq!(shared.code(), Code::FailedPrecondition);
+        assert_eq!(shared.code(), Code::Unknown);
         assert_eq!(shared.message(), own.message(), "the same text, once");
 
         let panicked = status_of(&WorkerError::Panicked {

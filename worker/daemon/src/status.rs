@@ -124,6 +124,33 @@ pub async fn forward(
     failed
 }
 
+/// The vertex digest of daemon-side step `name` of `job`.
+fn step_digest(job: &Job, name: &str) -> String {
+    Digest::of(format!("kiln-step:{}:{name}", job.id).as_bytes()).to_string()
+}
+
+/// Status items of daemon-side step `name`, each done, as BuildKit's
+/// image exporter reports its work (`exporting layers`, `exporting
+/// manifest sha256:…`, `naming to …`): (id, started, completed).
+pub fn step_items(job: &Job, name: &str, items: &[(String, SystemTime, SystemTime)]) {
+    let vertex = step_digest(job, name);
+    job.publish(StatusResponse {
+        statuses: items
+            .iter()
+            .map(|(id, started, completed)| VertexStatus {
+                id: id.clone(),
+                vertex: vertex.clone(),
+                name: id.clone(),
+                timestamp: Some(ts(*completed)),
+                started: Some(ts(*started)),
+                completed: Some(ts(*completed)),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
+}
+
 /// Reports a daemon-side step (loading the definition, exporting) as a
 /// vertex of its own: once when it starts, once when it ends.
 pub fn step(
@@ -135,7 +162,7 @@ pub fn step(
 ) {
     job.publish(StatusResponse {
         vertexes: vec![Vertex {
-            digest: Digest::of(format!("kiln-step:{}:{name}", job.id).as_bytes()).to_string(),
+            digest: step_digest(job, name),
             name: name.to_string(),
             started: Some(ts(started)),
             completed: completed.map(ts),

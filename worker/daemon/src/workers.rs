@@ -26,10 +26,15 @@ use tonic::Status;
 
 /// The package BuildkitVersion names.
 pub const PACKAGE: &str = "github.com/kiln-build/kiln";
-/// The source revision, when the build sets `KILN_REVISION`.
+/// The source revision (`buildctl debug info` prints it after the
+/// version, as it does buildkitd's commit): `KILN_REVISION` when the build
+/// sets it, else the git commit of the version line, else `unknown`.
 pub const REVISION: &str = match option_env!("KILN_REVISION") {
     Some(r) => r,
-    None => "unknown",
+    None => match env!("KILN_GIT_COMMIT").as_bytes() {
+        [] => "unknown",
+        _ => env!("KILN_GIT_COMMIT"),
+    },
 };
 
 /// The file under the root that holds the worker id.

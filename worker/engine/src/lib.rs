@@ -20,6 +20,7 @@ pub mod entitlements;
 pub mod epoch;
 pub mod error;
 pub mod export;
+pub mod exporter_options;
 pub mod fileop;
 pub mod import;
 pub mod lease;

@@ -220,6 +220,10 @@ impl FrontendOptions {
                 // attestations, which kiln does not make and does not
                 // advertise (so buildx never asks for one): they cannot
                 // change the image, so accepting them ignores nothing.
+            } else if key.starts_with("sharedkey:localdir:") {
+                // buildx names the client directory behind each local
+                // named context, so BuildKit can share its transfer cache
+                // between builds; it cannot change the image.
             } else if let Some(name) = key.strip_prefix("context:") {
                 let (key, ctx) = named_context(name, value)?;
                 opts.named_contexts.insert(key, ctx);
@@ -264,17 +268,28 @@ impl FrontendOptions {
                     "context" => {
                         opts.remote_context = Some(remote::RemoteContext::parse(key, value)?)
                     }
+                    // buildx's --check: the lint subrequest instead of a
+                    // build; other subrequests (--call outline, targets)
+                    // are refused by name.
                     "requestid" => opts.lint = check::request(value)?,
-                    // The client says it reads subrequest results
-                    // (`moby.buildkit.frontend.subrequests`): a statement
-                    // about the client that asks for nothing.
-                    "frontend.caps" => {}
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
                     // buildctl repeats the Solve request's cache imports
                     // here (JSON); kilnd reads and checks them with the
                     // request's (`cache` in kilnd's solve), so the frontend
                     // has nothing to do with them.
                     "cache-imports" => {}
+                    // The frontend capabilities the client relies on
+                    // (buildx: named contexts, subrequests): each must be
+                    // one kiln's frontend has.
+                    "frontend.caps" => {
+                        for cap in csv_fields(value) {
+                            if !FRONTEND_CAPS.contains(&cap) {
+                                return Err(FrontendError::Unsupported {
+                                    what: format!("frontend capability {cap}"),
+                                });
+                            }
+                        }
+                    }
                     _ => {
                         return Err(FrontendError::UnsupportedAttribute {
                             key: key.to_string(),
@@ -288,6 +303,16 @@ impl FrontendOptions {
         Ok(opts)
     }
 }
+
+/// The `frontend.caps` kiln's Dockerfile frontend has: named contexts
+/// (`context:NAME`), and the subrequests capability buildx names with
+/// `--call`/`--check` (whose `requestid` is then refused by name).
+const FRONTEND_CAPS: &[&str] = &[
+    "moby.buildkit.frontend.contexts",
+    "moby.buildkit.frontend.contexts+forward",
+    "moby.buildkit.frontend.subrequests",
+    "moby.buildkit.frontend.subrequests+forward",
+];
 
 /// The comma-separated fields of a list attribute (`add-hosts`, `ulimit`).
 fn csv_fields(value: &str) -> impl Iterator<Item = &str> {

@@ -96,6 +96,38 @@ fn unsupported_attributes_fail_naming_the_key() {
 }
 
 #[test]
+fn buildx_named_contexts_work_and_its_subrequests_are_refused_by_name() {
+    // `docker buildx build --build-context extra=DIR`.
+    let o = FrontendOptions::from_attrs(&attrs(&[
+        ("frontend.caps", "moby.buildkit.frontend.contexts+forward"),
+        ("context:extra", "local:extra"),
+        ("sharedkey:localdir:extra", "extra"),
+    ]))
+    .expect("named local context");
+    assert_eq!(o.named_contexts.len(), 1);
+    // `--call outline` (`--check` is the lint request, which works).
+    let e = FrontendOptions::from_attrs(&attrs(&[
+        (
+            "frontend.caps",
+            "moby.buildkit.frontend.subrequests+forward",
+        ),
+        ("requestid", "frontend.outline"),
+    ]))
+    .expect_err("subrequests");
+    assert_eq!(
+        e.to_string(),
+        "frontend request \"frontend.outline\" is not supported yet"
+    );
+    assert_eq!(e.kind(), ErrorKind::Unimplemented);
+    let e = FrontendOptions::from_attrs(&attrs(&[("frontend.caps", "moby.buildkit.frontend.x")]))
+        .expect_err("unknown capability");
+    assert_eq!(
+        e.to_string(),
+        "frontend capability moby.buildkit.frontend.x is not supported yet"
+    );
+}
+
+#[test]
 fn what_buildx_and_nerdctl_send_by_default_is_accepted() {
     // `docker buildx build` in a git checkout, and `nerdctl build
     // --pull=false`: provenance-only metadata and a local resolve mode.

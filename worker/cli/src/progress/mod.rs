@@ -111,7 +111,12 @@ impl SolveFailed {
         for s in &self.sources {
             source::print(s, w);
         }
-        let _ = writeln!(w, "ERROR: failed to solve: {}", self.message);
+        // Current buildx's wording (before v0.24: `ERROR: failed to solve`).
+        let _ = writeln!(
+            w,
+            "ERROR: failed to build: failed to solve: {}",
+            self.message
+        );
     }
 }
 
@@ -130,7 +135,11 @@ pub async fn render(mut rx: Receiver<SolveStatus>, mode: Mode) -> Trace {
         Mode::RawJson => {
             while let Some(u) = rx.recv().await {
                 t.update(&u);
-                let _ = writeln!(err.lock(), "{}", json::line(&u));
+                // An update with nothing in it (the embedded engine's
+                // bookkeeping) is not printed: BuildKit never sends one.
+                if u != SolveStatus::default() {
+                    let _ = writeln!(err.lock(), "{}", json::line(&u));
+                }
             }
             return t;
         }
@@ -230,7 +239,7 @@ mod tests {
         f.print(&mut out);
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
-            "Dockerfile:2\n--------------------\n   1 |     FROM busybox\n   2 | >>> RUN false\n   3 |     \n--------------------\nERROR: failed to solve: process \"/bin/sh -c false\" did not complete successfully: exit code: 1\n"
+            "Dockerfile:2\n--------------------\n   1 |     FROM busybox\n   2 | >>> RUN false\n   3 |     \n--------------------\nERROR: failed to build: failed to solve: process \"/bin/sh -c false\" did not complete successfully: exit code: 1\n"
         );
     }
 }

@@ -291,7 +291,14 @@ impl OpRunner for StepRunner {
                     vertex: id.0,
                     name: vertex.name.clone(),
                     cached: false,
-                    error: r.as_ref().err().map(|e| e.to_string()),
+                    // The vertex's own error as BuildKit shows it on the
+                    // vertex: without the `Dockerfile:N: ` that names the
+                    // vertex's line in the build's error.
+                    error: r.as_ref().err().map(|e| {
+                        let m = e.to_string();
+                        m.strip_prefix(location(&vertex).as_str())
+                            .map_or_else(|| m.clone(), str::to_string)
+                    }),
                     at: SystemTime::now(),
                 })
                 .await;

@@ -1,0 +1,134 @@
+//! The options (attributes) of BuildKit's exporters, and what kiln does
+//! with each: works, works only with the value kiln always uses, or is not
+//! supported yet. One table for `kiln build -o` (checked before an embedded
+//! or `--addr` build) and for kilnd (checked before a Solve runs, whatever
+//! client sent the request: buildx, buildctl, nerdctl), so an option is
+//! never silently ignored.
+
+/// Why an exporter option was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExporterOptionError {
+    /// The option exists in BuildKit, but kiln does not implement it.
+    #[error("output option {key} is not supported yet")]
+    NotYet { key: String },
+    /// A boolean option set to the value kiln does not implement.
+    #[error("output option {key} is not supported yet (kiln always uses {key}={always})")]
+    OnlyBool { key: String, always: bool },
+    /// BuildKit's exporter of this type has no such option.
+    #[error("unknown output option {key:?} for type={kind}")]
+    Unknown { kind: String, key: String },
+    /// A boolean option with another value.
+    #[error("invalid {key}={value:?}: expected true or false")]
+    NotBool { key: String, value: String },
+}
+
+/// How kiln treats one option of an exporter type.
+#[derive(Debug, PartialEq, Eq)]
+enum Support {
+    /// Works with any value the option takes.
+    Works,
+    /// Works only with this boolean value (what kiln always does); the
+    /// other is not supported yet.
+    OnlyBool(bool),
+    /// Not implemented: refused by name whatever the value.
+    NotYet,
+}
+
+/// What kiln does with option `key` of an exporter of `kind` (`image`,
+/// `oci`, `docker`, `local`, `tar`; BuildKit's `moby` is `image`); `None`
+/// for an option BuildKit does not have.
+fn support(kind: &str, key: &str) -> Option<Support> {
+    use Support::*;
+    let kind = if kind == "moby" { "image" } else { kind };
+    let image_like = matches!(kind, "image" | "oci" | "docker");
+    // Annotations of every kind and place (`annotation.K`,
+    // `annotation-index.K`, `annotation-manifest-descriptor[P].K`, ...).
+    if key.starts_with("annotation") && image_like {
+        return Some(NotYet);
+    }
+    let s = match (kind, key) {
+        (_, "dest") if kind != "image" => Works,
+        ("image" | "oci" | "docker", "name") => Works,
+        ("image", "push" | "push-by-digest" | "registry.insecure") => Works,
+        // kiln always unpacks into the snapshotter. `unpack=false` (what
+        // buildx sends with every `--push`) only asks to skip that work:
+        // the image stored and pushed is the same.
+        ("image", "unpack") => Works,
+        ("image", "store") => OnlyBool(true),
+        ("image", "dangling-name-prefix" | "name-canonical") => NotYet,
+        (_, "compression") if image_like => Works,
+        (_, "force-compression") if image_like => OnlyBool(false),
+        (_, "compression-level") if image_like => NotYet,
+        // kiln writes OCI media types only.
+        (_, "oci-mediatypes") if image_like => OnlyBool(true),
+        (_, "oci-artifact") if image_like => OnlyBool(false),
+        // Layer file times clamped to SOURCE_DATE_EPOCH.
+        (_, "rewrite-timestamp") if image_like => Works,
+        (_, "rewrite-timestamp") => OnlyBool(false),
+        (_, "buildinfo" | "buildinfo-attrs") if image_like => OnlyBool(false),
+        (_, "source-date-epoch") => NotYet,
+        ("oci" | "docker", "tar") => OnlyBool(true),
+        ("docker", "context") => NotYet,
+        ("local" | "tar", "platform-split") => NotYet,
+        (_, "attestation-prefix") => NotYet,
+        _ => return None,
+    };
+    Some(s)
+}
+
+/// A boolean option as BuildKit reads it (a bare key is `true`).
+pub fn bool_option(key: &str, value: &str) -> Result<bool, ExporterOptionError> {
+    match value {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ExporterOptionError::NotBool {
+            key: key.into(),
+            value: value.into(),
+        }),
+    }
+}
+
+/// Checks option `key=value` of an exporter of `kind`: `Ok` when kiln does
+/// what it asks.
+pub fn check(kind: &str, key: &str, value: &str) -> Result<(), ExporterOptionError> {
+    match support(kind, key) {
+        Some(Support::Works) => Ok(()),
+        Some(Support::OnlyBool(always)) => {
+            if bool_option(key, value)? == always {
+                Ok(())
+            } else {
+                Err(ExporterOptionError::OnlyBool {
+                    key: key.into(),
+                    always,
+                })
+            }
+        }
+        Some(Support::NotYet) => Err(ExporterOptionError::NotYet { key: key.into() }),
+        None => Err(ExporterOptionError::Unknown {
+            kind: kind.into(),
+            key: key.into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moby_is_the_image_exporter_and_unknown_kinds_know_nothing() {
+        assert_eq!(check("moby", "push", "true"), Ok(()));
+        assert_eq!(check("moby", "unpack", "false"), Ok(()), "buildx --push");
+        assert_eq!(
+            check("moby", "store", "false"),
+            Err(ExporterOptionError::OnlyBool {
+                key: "store".into(),
+                always: true
+            })
+        );
+        assert_eq!(
+            check("tar", "name", "x").map_err(|e| e.to_string()),
+            Err("unknown output option \"name\" for type=tar".to_string())
+        );
+    }
+}
