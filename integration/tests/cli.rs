@@ -63,7 +63,6 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
             &["--annotation", "a=b"],
             "--annotation is not supported yet",
         ),
-        (&["--check"], "--check is not supported yet"),
         (
             &["--call", "outline"],
             "--call=outline is not supported yet",

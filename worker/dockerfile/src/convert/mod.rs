@@ -730,11 +730,17 @@ impl Converter<'_> {
         }
         for c in triggers.iter().chain(commands) {
             self.unmatched.borrow_mut().clear();
-            let env = st.env.clone();
+            // The env's names before the instruction (for the hints):
+            // `add_env` replaces in place and appends new names, so they
+            // are the first `before` entries' (no copy per instruction).
+            let before = st.env.len();
             self.dispatch(i, &mut st, &mut progress, c)?;
             let unmatched = self.unmatched.take();
-            self.warnings
-                .extend(checks::undefined_vars(&unmatched, &st.args, &env, c.line));
+            if !unmatched.is_empty() {
+                let env = &st.env[..before.min(st.env.len())];
+                self.warnings
+                    .extend(checks::undefined_vars(&unmatched, &st.args, env, c.line));
+            }
         }
         Ok(st)
     }
