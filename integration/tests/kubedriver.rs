@@ -429,6 +429,28 @@ async fn first_use_boots_in_the_context_namespace_over_v4() {
     let out = kiln(&["builder", "rm", "lazy"]);
     assert!(out.success, "{}", out.stderr);
     assert!(api.objects().is_empty(), "{:?}", api.objects());
+
+    // inspect --bootstrap boots a builder, as buildx's does.
+    let out = kiln(&[
+        "builder",
+        "create",
+        "--name",
+        "later",
+        "--driver",
+        "kubernetes",
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    let out = kiln(&["builder", "inspect", "--bootstrap", "later"]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("Status:        running"),
+        "{}",
+        out.stdout
+    );
+    assert!(api.object("Deployment", "ctxns", "later").is_some());
+    let out = kiln(&["builder", "rm", "later"]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(api.objects().is_empty(), "{:?}", api.objects());
 }
 
 /// Two kilnd+containerd pairs behind a two-replica builder: with sticky

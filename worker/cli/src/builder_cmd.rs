@@ -54,7 +54,8 @@ pub enum BuilderCommand {
     Inspect {
         /// [default: the selected builder]
         name: Option<String>,
-        /// Fail unless the builder answers.
+        /// Boot a kubernetes builder's Deployment; fail unless the
+        /// builder answers.
         #[arg(long)]
         bootstrap: bool,
     },
@@ -361,6 +362,10 @@ pub async fn run(
                 Some(n) => store.get(&n)?,
                 None => store.selected(selected)?,
             };
+            // As buildx: --bootstrap boots a builder that is not running.
+            if bootstrap && b.driver == Driver::Kubernetes {
+                Cluster::from_env().await?.bootstrap(kube_opts(&b)?).await?;
+            }
             let p = probe(&b, containerd).await;
             println!("Name:          {}", b.name);
             println!("Driver:        {}", b.driver.as_str());
