@@ -578,3 +578,56 @@ async fn kilnds_image_builds_from_the_deploy_dockerfile() {
     );
     std::fs::remove_dir_all(&ctx).expect("remove the copied binary");
 }
+
+/// A pod whose kilnd does not answer: the bootstrap fails saying why
+/// (dial-stdio's own message, from the exec's stderr), the builder stays
+/// stored, and rm still deletes what was applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_kilnd_fails_the_bootstrap_and_rm_still_cleans_up() {
+    let ns = "kube-dead";
+    let h = Harness::start().await.expect("containerd");
+    let api = KubeApi::start(Setup {
+        nodes: vec!["unix:///nonexistent/kilnd.sock".into()],
+        kilnd: kilnd_binary().expect("kilnd"),
+        v4_only: false,
+    })
+    .await
+    .expect("stand-in starts");
+    let kc = h.state_dir().join("kubeconfig-dead");
+    std::fs::write(&kc, api.kubeconfig("dead")).expect("kubeconfig");
+    let kiln = |args: &[&str]| kiln(&h, ns, &kc, args);
+    let out = kiln(&[
+        "builder",
+        "create",
+        "--bootstrap",
+        "--name",
+        "dead",
+        "--driver",
+        "kubernetes",
+    ]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("builder dead was created but did not start"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("cannot connect to kilnd at unix:///nonexistent/kilnd.sock"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(api.objects().len(), 2, "{:?}", api.objects());
+    let out = kiln(&["builder", "ls"]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("dead") && l.contains("error")),
+        "{}",
+        out.stdout
+    );
+    let out = kiln(&["builder", "rm", "dead"]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(api.objects().is_empty(), "{:?}", api.objects());
+}
