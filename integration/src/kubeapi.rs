@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -59,6 +59,7 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct KubeApi {
     pub url: String,
+    ca: Option<PathBuf>,
     state: Arc<Mutex<State>>,
 }
 
@@ -72,24 +73,69 @@ pub struct Setup {
     pub kilnd: PathBuf,
     /// Offer only `v4.channel.k8s.io` (as an older API server).
     pub v4_only: bool,
+    /// Serve HTTPS with this certificate and key (PEM files, for
+    /// `localhost`) and the CA that signed it, as a real API server does.
+    pub tls: Option<Tls>,
+}
+
+/// The stand-in's TLS files.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+fn tls_acceptor(t: &Tls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let certs = CertificateDer::pem_file_iter(&t.cert)
+        .map_err(|e| bad(format!("{}: {e}", t.cert.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("{}: {e}", t.cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&t.key)
+        .map_err(|e| bad(format!("{}: {e}", t.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 impl KubeApi {
     /// Listens on a loopback port.
     pub async fn start(setup: Setup) -> std::io::Result<KubeApi> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let port = listener.local_addr()?.port();
+        let acceptor = setup.tls.as_ref().map(tls_acceptor).transpose()?;
+        let url = match acceptor {
+            // The certificate names localhost.
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
         let state = Arc::new(Mutex::new(State::default()));
         let api = KubeApi {
             url,
+            ca: setup.tls.as_ref().map(|t| t.ca.clone()),
             state: state.clone(),
         };
         let setup = Arc::new(setup);
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                let (state, setup) = (state.clone(), setup.clone());
+                let (state, setup, acceptor) = (state.clone(), setup.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(conn, state, setup).await {
+                    let r = match acceptor {
+                        Some(a) => match a.accept(conn).await {
+                            Ok(tls) => serve(tls, state, setup).await,
+                            Err(e) => Err(e.into()),
+                        },
+                        None => serve(conn, state, setup).await,
+                    };
+                    if let Err(e) = r {
                         eprintln!("kube stand-in: {e}");
                     }
                 });
@@ -100,8 +146,13 @@ impl KubeApi {
 
     /// A kubeconfig for this server, context namespace `namespace`.
     pub fn kubeconfig(&self, namespace: &str) -> String {
+        let ca = self
+            .ca
+            .as_ref()
+            .map(|c| format!("    certificate-authority: {}\n", c.display()))
+            .unwrap_or_default();
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {}\nusers:\n- name: tester\n  user:\n    token: standin-token\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: tester\n    namespace: {namespace}\ncurrent-context: standin\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {}\n{ca}users:\n- name: tester\n  user:\n    token: standin-token\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: tester\n    namespace: {namespace}\ncurrent-context: standin\n",
             self.url
         )
     }
@@ -160,7 +211,11 @@ struct Head {
     headers: BTreeMap<String, String>,
 }
 
-async fn read_head(r: &mut BufReader<TcpStream>) -> Result<Option<Head>, BoxError> {
+/// A connection: plain TCP or TLS.
+trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Conn for T {}
+
+async fn read_head<S: Conn>(r: &mut BufReader<S>) -> Result<Option<Head>, BoxError> {
     let mut line = String::new();
     if r.read_line(&mut line).await? == 0 {
         return Ok(None);
@@ -189,8 +244,8 @@ async fn read_head(r: &mut BufReader<TcpStream>) -> Result<Option<Head>, BoxErro
     }))
 }
 
-async fn serve(
-    conn: TcpStream,
+async fn serve<S: Conn>(
+    conn: S,
     state: Arc<Mutex<State>>,
     setup: Arc<Setup>,
 ) -> Result<(), BoxError> {
@@ -393,8 +448,8 @@ fn route(s: &mut State, setup: &Setup, method: &str, target: &str, body: &[u8]) 
 
 /// `GET …/pods/NAME/exec?command=…`: upgrades to a WebSocket and runs
 /// the command (only `kilnd dial-stdio`) against the pod's node.
-async fn exec(
-    mut r: BufReader<TcpStream>,
+async fn exec<S: Conn>(
+    mut r: BufReader<S>,
     head: Head,
     state: Arc<Mutex<State>>,
     setup: Arc<Setup>,

@@ -9,7 +9,7 @@
 //! the kubelet, the image, hostPath propagation).
 
 use kiln::kubedriver::{manifest, opts::KubeOpts, route};
-use kiln_integration::kubeapi::{KubeApi, Setup};
+use kiln_integration::kubeapi::{KubeApi, Setup, Tls};
 use kiln_integration::{kilnd_binary, Harness, KilnOutput};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::ListWorkersRequest;
@@ -219,6 +219,7 @@ async fn create_use_build_rm_through_the_api_and_pod_exec() {
         nodes: vec![k.addr()],
         kilnd: kilnd_binary().expect("kilnd"),
         v4_only: false,
+        tls: None,
     })
     .await
     .expect("stand-in starts");
@@ -385,6 +386,7 @@ async fn first_use_boots_in_the_context_namespace_over_v4() {
         nodes: vec![k.addr()],
         kilnd: kilnd_binary().expect("kilnd"),
         v4_only: true,
+        tls: None,
     })
     .await
     .expect("stand-in starts");
@@ -468,6 +470,7 @@ async fn sticky_routing_sends_a_context_to_the_same_pod() {
         nodes: vec![k1.addr(), k2.addr()],
         kilnd: kilnd_binary().expect("kilnd"),
         v4_only: false,
+        tls: None,
     })
     .await
     .expect("stand-in starts");
@@ -590,6 +593,7 @@ async fn a_dead_kilnd_fails_the_bootstrap_and_rm_still_cleans_up() {
         nodes: vec!["unix:///nonexistent/kilnd.sock".into()],
         kilnd: kilnd_binary().expect("kilnd"),
         v4_only: false,
+        tls: None,
     })
     .await
     .expect("stand-in starts");
@@ -629,5 +633,73 @@ async fn a_dead_kilnd_fails_the_bootstrap_and_rm_still_cleans_up() {
     );
     let out = kiln(&["builder", "rm", "dead"]);
     assert!(out.success, "{}", out.stderr);
+    assert!(api.objects().is_empty(), "{:?}", api.objects());
+}
+
+/// Over HTTPS, as a real API server: kube-rs's rustls path (ring, the
+/// kubeconfig's certificate-authority) works for the API calls and the
+/// exec WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_reached_over_tls() {
+    let ns = "kube-tls";
+    let h = Harness::start().await.expect("containerd");
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let pki = kiln_integration::pki::Pki::new(h.state_dir().join("kube-pki"));
+    let api = KubeApi::start(Setup {
+        nodes: vec![k.addr()],
+        kilnd: kilnd_binary().expect("kilnd"),
+        v4_only: false,
+        tls: Some(Tls {
+            cert: pki.server.0.clone().into(),
+            key: pki.server.1.clone().into(),
+            ca: pki.ca.clone().into(),
+        }),
+    })
+    .await
+    .expect("stand-in starts");
+    assert!(api.url.starts_with("https://localhost:"), "{}", api.url);
+    let kc = h.state_dir().join("kubeconfig-tls");
+    std::fs::write(&kc, api.kubeconfig("tls")).expect("kubeconfig");
+    let kiln = |args: &[&str]| kiln(&h, ns, &kc, args);
+    let out = kiln(&[
+        "builder",
+        "create",
+        "--bootstrap",
+        "--name",
+        "secure",
+        "--driver",
+        "kubernetes",
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(!api.execs().is_empty());
+    let out = kiln(&["builder", "inspect", "secure"]);
+    assert!(
+        out.stdout.contains("Status:        running"),
+        "{}",
+        out.stdout
+    );
+    let out = kiln(&["builder", "rm", "secure"]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(api.objects().is_empty(), "{:?}", api.objects());
+
+    // A server the kubeconfig's CA did not sign is refused.
+    let other = kiln_integration::pki::Pki::new(h.state_dir().join("other-pki"));
+    let bad = h.state_dir().join("kubeconfig-bad-ca");
+    std::fs::write(&bad, api.kubeconfig("tls").replace(&pki.ca, &other.ca)).expect("kubeconfig");
+    let out = self::kiln(
+        &h,
+        ns,
+        &bad,
+        &[
+            "builder",
+            "create",
+            "--bootstrap",
+            "--name",
+            "untrusted",
+            "--driver",
+            "kubernetes",
+        ],
+    );
+    assert!(!out.success, "an untrusted API server was used");
     assert!(api.objects().is_empty(), "{:?}", api.objects());
 }
