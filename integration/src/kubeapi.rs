@@ -73,6 +73,9 @@ pub struct Setup {
     pub kilnd: PathBuf,
     /// Offer only `v4.channel.k8s.io` (as an older API server).
     pub v4_only: bool,
+    /// Pods never start: Pending, and no ready replicas (an image that
+    /// cannot be pulled, a node that cannot take them).
+    pub pending: bool,
     /// Serve HTTPS with this certificate and key (PEM files, for
     /// `localhost`) and the CA that signed it, as a real API server does.
     pub tls: Option<Tls>,
@@ -376,9 +379,13 @@ fn route(s: &mut State, setup: &Setup, method: &str, target: &str, body: &[u8]) 
                         "apiVersion": "v1", "kind": "Pod",
                         "metadata": { "name": pname, "namespace": pns, "labels": labels },
                         "spec": { "containers": [{ "name": "kilnd", "image": "kilnd" }] },
-                        "status": {
-                            "phase": "Running",
-                            "conditions": [{ "type": "Ready", "status": "True" }],
+                        "status": if setup.pending {
+                            json!({ "phase": "Pending" })
+                        } else {
+                            json!({
+                                "phase": "Running",
+                                "conditions": [{ "type": "Ready", "status": "True" }],
+                            })
                         },
                     })
                 })
@@ -419,9 +426,10 @@ fn route(s: &mut State, setup: &Setup, method: &str, target: &str, body: &[u8]) 
                         (labels.clone(), node),
                     );
                 }
+                let ready = if setup.pending { 0 } else { replicas };
                 obj["status"] = json!({
-                    "replicas": replicas, "readyReplicas": replicas,
-                    "availableReplicas": replicas, "updatedReplicas": replicas,
+                    "replicas": replicas, "readyReplicas": ready,
+                    "availableReplicas": ready, "updatedReplicas": replicas,
                 });
             }
             s.objects.insert(key(name), obj.clone());

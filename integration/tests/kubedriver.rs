@@ -219,6 +219,7 @@ async fn create_use_build_rm_through_the_api_and_pod_exec() {
         nodes: vec![k.addr()],
         kilnd: kilnd_binary().expect("kilnd"),
         v4_only: false,
+        pending: false,
         tls: None,
     })
     .await
@@ -386,6 +387,7 @@ async fn first_use_boots_in_the_context_namespace_over_v4() {
         nodes: vec![k.addr()],
         kilnd: kilnd_binary().expect("kilnd"),
         v4_only: true,
+        pending: false,
         tls: None,
     })
     .await
@@ -470,6 +472,7 @@ async fn sticky_routing_sends_a_context_to_the_same_pod() {
         nodes: vec![k1.addr(), k2.addr()],
         kilnd: kilnd_binary().expect("kilnd"),
         v4_only: false,
+        pending: false,
         tls: None,
     })
     .await
@@ -593,6 +596,7 @@ async fn a_dead_kilnd_fails_the_bootstrap_and_rm_still_cleans_up() {
         nodes: vec!["unix:///nonexistent/kilnd.sock".into()],
         kilnd: kilnd_binary().expect("kilnd"),
         v4_only: false,
+        pending: false,
         tls: None,
     })
     .await
@@ -649,6 +653,7 @@ async fn the_api_is_reached_over_tls() {
         nodes: vec![k.addr()],
         kilnd: kilnd_binary().expect("kilnd"),
         v4_only: false,
+        pending: false,
         tls: Some(Tls {
             cert: pki.server.0.clone().into(),
             key: pki.server.1.clone().into(),
@@ -701,5 +706,61 @@ async fn the_api_is_reached_over_tls() {
         ],
     );
     assert!(!out.success, "an untrusted API server was used");
+    assert!(api.objects().is_empty(), "{:?}", api.objects());
+}
+
+/// Pods that never become ready: --bootstrap gives up after `timeout`
+/// saying how many were ready, and a build finds no running pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_that_never_start_time_the_bootstrap_out() {
+    let ns = "kube-pending";
+    let h = Harness::start().await.expect("containerd");
+    let api = KubeApi::start(Setup {
+        nodes: vec!["unix:///nonexistent/kilnd.sock".into()],
+        kilnd: kilnd_binary().expect("kilnd"),
+        v4_only: false,
+        pending: true,
+        tls: None,
+    })
+    .await
+    .expect("stand-in starts");
+    let kc = h.state_dir().join("kubeconfig-pending");
+    std::fs::write(&kc, api.kubeconfig("pending")).expect("kubeconfig");
+    let kiln = |args: &[&str]| kiln(&h, ns, &kc, args);
+    let start = std::time::Instant::now();
+    let out = kiln(&[
+        "builder",
+        "create",
+        "--bootstrap",
+        "--name",
+        "slow",
+        "--driver",
+        "kubernetes",
+        "--driver-opt",
+        "replicas=2,timeout=2s",
+    ]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("expected 2 replicas to be ready, got 0 (timeout 2s)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("waiting for 2 pods to be ready, timeout: 2s"),
+        "{}",
+        out.stderr
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    assert!(api.execs().is_empty(), "a pending pod was exec'd into");
+    let out = kiln(&["builder", "inspect", "slow"]);
+    assert!(
+        out.stdout.contains("Status:        inactive"),
+        "{}",
+        out.stdout
+    );
+    let out = kiln(&["builder", "rm", "slow"]);
+    assert!(out.success, "{}", out.stderr);
     assert!(api.objects().is_empty(), "{:?}", api.objects());
 }
