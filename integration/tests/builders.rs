@@ -129,14 +129,14 @@ async fn a_current_remote_builder_receives_the_builds() {
         "builder",
         "create",
         "--driver",
-        "kubernetes",
+        "docker-container",
         "--name",
-        "kube",
+        "dc",
     ]);
     assert!(!out.success);
     assert!(
         out.stderr
-            .contains("driver kubernetes is not supported yet"),
+            .contains("driver docker-container is not supported yet"),
         "{}",
         out.stderr
     );

@@ -1,9 +1,12 @@
 //! `kiln builder create|ls|use|rm|inspect`: buildx's builder commands
 //! over [`crate::builders::Store`]. A builder's status comes from asking
 //! it: containerd's version for the embedded engine, `ListWorkers` and
-//! `Info` for a daemon.
+//! `Info` for a daemon (for a kubernetes builder, its first running pod,
+//! through a pod exec). A kubernetes builder's objects are applied by
+//! `create --bootstrap` (or at first use) and deleted by `rm`.
 
 use crate::builders::{Builder, Driver, Store};
+use crate::kubedriver::cluster::Cluster;
 use crate::remote::{self, ClientTls};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -23,10 +26,15 @@ pub enum BuilderCommand {
         /// Builder name [default: a free `kilnN`].
         #[arg(long)]
         name: Option<String>,
-        /// embedded (this process) or remote (a kilnd or BuildKit daemon).
+        /// embedded (this process), remote (a kilnd or BuildKit daemon) or
+        /// kubernetes (kilnd pods on KUBECONFIG's cluster).
         #[arg(long, default_value = "embedded")]
         driver: String,
-        /// Driver option KEY=VALUE (remote: cacert, cert, key, servername).
+        /// Driver option KEY=VALUE, comma-separated; quote an item holding
+        /// commas (remote: cacert, cert, key, servername; kubernetes:
+        /// namespace, replicas, requests.*, limits.*, nodeselector,
+        /// tolerations, image, serviceaccount, schedulername, annotations,
+        /// labels, env.*, timeout, loadbalance).
         #[arg(long = "driver-opt", value_name = "KEY=VALUE")]
         driver_opt: Vec<String>,
         /// Make the new builder the current one.
@@ -46,7 +54,8 @@ pub enum BuilderCommand {
     Inspect {
         /// [default: the selected builder]
         name: Option<String>,
-        /// Fail unless the builder answers.
+        /// Boot a kubernetes builder's Deployment; fail unless the
+        /// builder answers.
         #[arg(long)]
         bootstrap: bool,
     },
@@ -59,10 +68,17 @@ struct Probe {
     platforms: Vec<String>,
 }
 
+/// Each `--driver-opt` is a CSV line, as buildx reads it: commas inside
+/// double quotes do not split (`"nodeselector=a=b,c=d"`,
+/// `nodeselector="a=b,c=d"`), and quotes around a whole item go.
 fn driver_opts(items: &[String]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
-        for kv in item.split(',').filter(|s| !s.is_empty()) {
+        for kv in split_csv(item).iter().filter(|s| !s.is_empty()) {
+            let kv = kv
+                .strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .unwrap_or(kv);
             let Some((k, v)) = kv.split_once('=') else {
                 bail!("invalid driver option {kv:?}: expected KEY=VALUE");
             };
@@ -70,6 +86,26 @@ fn driver_opts(items: &[String]) -> Result<BTreeMap<String, String>> {
         }
     }
     Ok(out)
+}
+
+/// Splits on commas outside double quotes; the quotes stay.
+fn split_csv(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            ',' if !quoted => out.push(std::mem::take(&mut field)),
+            _ => {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                field.push(c);
+            }
+        }
+    }
+    out.push(field);
+    out
 }
 
 pub fn tls_of(b: &Builder) -> ClientTls {
@@ -121,7 +157,32 @@ async fn probe_inner(b: &Builder, containerd: &ContainerdConfig) -> Result<Probe
                 platforms,
             })
         }
+        Driver::Kubernetes => {
+            let o = kube_opts(b)?;
+            let cluster = Cluster::from_env().await?;
+            let pods = cluster.running_pods(o).await?;
+            let Some(first) = pods.first() else {
+                // buildx's word for a builder not booted yet.
+                return Ok(Probe {
+                    status: "inactive".into(),
+                    version: String::new(),
+                    platforms: Vec::new(),
+                });
+            };
+            let (version, platforms) = describe(cluster.channel(o, first).await?).await?;
+            Ok(Probe {
+                status: "running".into(),
+                version,
+                platforms,
+            })
+        }
     }
+}
+
+fn kube_opts(b: &Builder) -> Result<&crate::kubedriver::opts::KubeOpts> {
+    b.kubernetes
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("builder {} has no kubernetes settings", b.name))
 }
 
 fn platform_text(p: &oci_spec::image::Platform) -> String {
@@ -169,6 +230,16 @@ fn endpoint_of(b: &Builder, containerd: &ContainerdConfig) -> String {
     match b.driver {
         Driver::Embedded => format!("unix://{}", containerd.address.display()),
         Driver::Remote => b.endpoint.clone().unwrap_or_default(),
+        // As buildx shows it.
+        Driver::Kubernetes => match &b.kubernetes {
+            Some(o) => format!(
+                "kubernetes:///{}?deployment={}&namespace={}",
+                b.name,
+                o.deployment,
+                o.namespace()
+            ),
+            None => String::new(),
+        },
     }
 }
 
@@ -200,12 +271,41 @@ pub async fn run(
                 Some(n) => n,
                 None => free_name(&store)?,
             };
-            let b = Builder::new(
+            let mut b = Builder::new(
                 &name,
                 driver,
                 endpoint.as_deref(),
                 &driver_opts(&driver_opt)?,
             )?;
+            if let Some(o) = b.kubernetes.as_mut() {
+                // Stored first, so `rm` can delete whatever a failed
+                // bootstrap left on the cluster.
+                let cluster = Cluster::from_env().await?;
+                if o.namespace.is_none() {
+                    o.namespace = Some(cluster.default_namespace().to_string());
+                }
+                let o = o.clone();
+                store.create(&b, use_it)?;
+                if bootstrap {
+                    let started = async {
+                        cluster.bootstrap(&o).await?;
+                        let p = probe(&b, containerd).await;
+                        if p.status != "running" {
+                            bail!("{}", p.status);
+                        }
+                        Ok(())
+                    };
+                    if let Err(e) = started.await {
+                        bail!(
+                            "builder {} was created but did not start: {e:#} (`kiln builder rm {}` deletes its objects)",
+                            b.name,
+                            b.name
+                        );
+                    }
+                }
+                println!("{}", b.name);
+                return Ok(());
+            }
             if bootstrap {
                 let p = probe(&b, containerd).await;
                 if p.status != "running" {
@@ -245,6 +345,14 @@ pub async fn run(
         }
         BuilderCommand::Use { name } => store.use_builder(&name),
         BuilderCommand::Rm { name } => {
+            let b = store.get(&name)?;
+            if b.driver == Driver::Kubernetes {
+                let o = kube_opts(&b)?;
+                let gone = Cluster::from_env().await?.delete(o).await?;
+                for g in gone {
+                    eprintln!("deleted {g}");
+                }
+            }
             store.remove(&name)?;
             println!("{name} removed");
             Ok(())
@@ -254,10 +362,27 @@ pub async fn run(
                 Some(n) => store.get(&n)?,
                 None => store.selected(selected)?,
             };
+            // As buildx: --bootstrap boots a builder that is not running.
+            if bootstrap && b.driver == Driver::Kubernetes {
+                Cluster::from_env().await?.bootstrap(kube_opts(&b)?).await?;
+            }
             let p = probe(&b, containerd).await;
             println!("Name:          {}", b.name);
             println!("Driver:        {}", b.driver.as_str());
             println!("Endpoint:      {}", endpoint_of(&b, containerd));
+            if let Some(o) = &b.kubernetes {
+                println!("Namespace:     {}", o.namespace());
+                println!("Deployment:    {}", o.deployment);
+                println!("Replicas:      {}", o.replicas);
+                println!("Image:         {}", o.image);
+                println!(
+                    "Load balance:  {}",
+                    match o.loadbalance {
+                        crate::kubedriver::opts::LoadBalance::Sticky => "sticky",
+                        crate::kubedriver::opts::LoadBalance::Random => "random",
+                    }
+                );
+            }
             if let Some(ca) = &b.tls.ca {
                 println!("TLS CA:        {}", ca.display());
             }
@@ -305,6 +430,19 @@ mod tests {
         assert_eq!(o.len(), 3);
         assert_eq!(o["key"], "/c");
         assert!(driver_opts(&["nokey".into()]).is_err());
+        let o = driver_opts(&[
+            "\"nodeselector=a=b,c=d\",replicas=2".into(),
+            "annotations=\"x=1,y=2\"".into(),
+            "\"tolerations=key=k,operator=Exists;key=j,operator=Exists\"".into(),
+        ])
+        .expect("quoted items");
+        assert_eq!(o["nodeselector"], "a=b,c=d");
+        assert_eq!(o["replicas"], "2");
+        assert_eq!(o["annotations"], "\"x=1,y=2\"");
+        assert_eq!(
+            o["tolerations"],
+            "key=k,operator=Exists;key=j,operator=Exists"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! removed or replaced. Which builder a command uses: `--builder`, else
 //! `KILN_BUILDER`, else the current one.
 
+use crate::kubedriver::opts::KubeOpts;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,8 @@ pub enum Driver {
     Embedded,
     /// A kilnd (or BuildKit) daemon at an address.
     Remote,
+    /// kilnd pods of a Deployment on a Kubernetes cluster (`KUBECONFIG`).
+    Kubernetes,
 }
 
 impl Driver {
@@ -36,11 +39,12 @@ impl Driver {
         match s {
             "embedded" => Ok(Driver::Embedded),
             "remote" => Ok(Driver::Remote),
+            "kubernetes" => Ok(Driver::Kubernetes),
             // buildx's other drivers: kiln does not create them (yet).
-            "kubernetes" | "docker-container" | "docker" => {
-                bail!("driver {s} is not supported yet (supported: embedded, remote)")
+            "docker-container" | "docker" => {
+                bail!("driver {s} is not supported yet (supported: embedded, remote, kubernetes)")
             }
-            _ => bail!("failed to find driver {s:?} (supported: embedded, remote)"),
+            _ => bail!("failed to find driver {s:?} (supported: embedded, remote, kubernetes)"),
         }
     }
 
@@ -48,6 +52,7 @@ impl Driver {
         match self {
             Driver::Embedded => "embedded",
             Driver::Remote => "remote",
+            Driver::Kubernetes => "kubernetes",
         }
     }
 }
@@ -76,6 +81,9 @@ pub struct Builder {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Tls::is_empty")]
     pub tls: Tls,
+    /// The kubernetes driver's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeOpts>,
     /// Seconds since the epoch.
     #[serde(default)]
     pub created: u64,
@@ -95,6 +103,7 @@ impl Builder {
             driver: Driver::Embedded,
             endpoint: None,
             tls: Tls::default(),
+            kubernetes: None,
             created: 0,
         }
     }
@@ -102,7 +111,9 @@ impl Builder {
     /// A new builder from `kiln builder create`'s arguments, checked as
     /// buildx checks them: the remote driver needs an endpoint, takes
     /// only its four options (absolute paths), and TLS needs a CA and
-    /// both or neither of cert and key.
+    /// both or neither of cert and key; the kubernetes driver takes its
+    /// options ([`KubeOpts::parse`]) and no endpoint (the cluster is
+    /// `KUBECONFIG`'s current context).
     pub fn new(
         name: &str,
         driver: Driver,
@@ -118,12 +129,19 @@ impl Builder {
             driver,
             endpoint: None,
             tls: Tls::default(),
+            kubernetes: None,
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         };
         match driver {
+            Driver::Kubernetes => {
+                if let Some(e) = endpoint {
+                    bail!("the kubernetes driver takes no endpoint (got {e:?}): it uses KUBECONFIG's current context");
+                }
+                b.kubernetes = Some(KubeOpts::parse(&b.name, opts)?);
+            }
             Driver::Embedded => {
                 if let Some(e) = endpoint {
                     bail!("the embedded driver takes no endpoint (got {e:?})");
@@ -351,9 +369,9 @@ impl Store {
         Self::write_atomic(&self.dir.join("current"), name.as_bytes())
     }
 
-    /// Removes a builder's record (nothing else: kiln's drivers create
-    /// nothing outside the store). The current builder falls back to
-    /// `default`.
+    /// Removes a builder's record (only: a kubernetes builder's objects
+    /// are deleted by `kiln builder rm` before). The current builder falls
+    /// back to `default`.
     pub fn remove(&self, name: &str) -> Result<()> {
         let _l = self.lock()?;
         let name = validate_name(name)?;
@@ -478,10 +496,17 @@ mod tests {
         )
         .contains("not supported yet"));
         assert!(err(Driver::Embedded, Some("tcp://h:1"), &[]).contains("takes no endpoint"));
-        assert!(Driver::parse("kubernetes")
+        assert!(Driver::parse("docker-container")
             .expect_err("must fail")
             .to_string()
             .contains("not supported yet"));
+        assert_eq!(
+            Driver::parse("kubernetes").expect("kubernetes"),
+            Driver::Kubernetes
+        );
+        assert!(err(Driver::Kubernetes, Some("ctx"), &[]).contains("takes no endpoint"));
+        assert!(err(Driver::Kubernetes, None, &[("cacert", "/ca")])
+            .contains("invalid driver option cacert for driver kubernetes"));
         assert!(Driver::parse("nope")
             .expect_err("must fail")
             .to_string()

@@ -12,6 +12,7 @@ mod cacheflags;
 mod check;
 mod contexts;
 mod inspect;
+pub mod kubedriver;
 mod outputs;
 mod progress;
 mod remote;
@@ -529,6 +530,13 @@ async fn run(cli: Cli) -> Result<()> {
             if b.driver == builders::Driver::Remote {
                 addr = b.endpoint.clone();
                 tls = builder_cmd::tls_of(&b);
+            }
+            if b.driver == builders::Driver::Kubernetes {
+                let context = match &cli.command {
+                    Command::Build(a) => Some(a.context.as_path()),
+                    _ => None,
+                };
+                addr = Some(kubedriver::address(&b.name, context));
             }
         }
     }

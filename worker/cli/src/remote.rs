@@ -193,8 +193,11 @@ pub async fn prune(
 }
 
 /// Connects to `addr`: `unix:///path` or `tcp://host:port` (with TLS when
-/// `tls` says so).
+/// `tls` says so), or a kubernetes builder's pod (`kubernetes://…`).
 pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel> {
+    if addr.starts_with(crate::kubedriver::SCHEME) {
+        return crate::kubedriver::connect(addr).await;
+    }
     if let Some(path) = addr.strip_prefix("unix://") {
         let path = path.to_string();
         return endpoint("http://localhost")?

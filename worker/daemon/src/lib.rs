@@ -14,6 +14,7 @@ mod cache;
 mod config;
 mod contexts;
 mod control;
+mod dial;
 mod errdetails;
 mod export;
 mod frontend;
@@ -58,9 +59,24 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
     name = "kilnd",
     about = "kiln's BuildKit-compatible build daemon (buildctl, nerdctl build, buildx remote driver)"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(flatten)]
     flags: config::Flags,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Proxy stdin/stdout to a running kilnd's socket (as `buildctl
+    /// dial-stdio`): gRPC over a pod exec or ssh stream.
+    DialStdio {
+        /// The daemon's address, unix:///path [default:
+        /// unix:///run/kiln/kilnd.sock].
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<String>,
+    },
 }
 
 /// The whole `kilnd` command: parses the arguments and serves until a
@@ -77,6 +93,9 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    if let Some(Sub::DialStdio { addr }) = cli.command {
+        return dial_stdio(addr.as_deref().unwrap_or(config::DEFAULT_ADDR));
+    }
     let config = match config::Config::load(&cli.flags) {
         Ok(c) => c,
         Err(e) => {
@@ -114,6 +133,31 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kilnd: {}", error_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `kilnd dial-stdio`: no configuration, no logging to stdout (stdout is
+/// the stream), errors on stderr.
+fn dial_stdio(addr: &str) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kilnd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(dial::dial(addr, tokio::io::stdin(), tokio::io::stdout()));
+    // A read of stdin may still be blocked in its thread: do not wait.
+    rt.shutdown_timeout(Duration::ZERO);
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kilnd: {}", error_line(&anyhow::Error::new(e)));
             ExitCode::FAILURE
         }
     }
