@@ -255,6 +255,7 @@ impl FrontendOptions {
                         })?;
                     }
                     "multi-platform" => opts.multi_platform = multi_platform(key, value)?,
+                    "frontend.caps" => check_frontend_caps(value)?,
                     // The main context from a URL (buildctl `--opt
                     // context=…`, buildx and `kiln build <URL>`).
                     "context" => {
@@ -278,6 +279,31 @@ impl FrontendOptions {
         remote::apply_build_args(&mut opts);
         Ok(opts)
     }
+}
+
+/// The frontend capabilities kiln's Dockerfile frontend has, of those a
+/// client may require with `frontend.caps` (BuildKit's
+/// `frontend/dockerfile/builder/caps.go`): named contexts and the git
+/// query form (`?ref=&subdir=`, which buildx requires for a git URL with
+/// a query).
+const FRONTEND_CAPS: &[&str] = &[
+    "moby.buildkit.frontend.contexts",
+    "moby.buildkit.frontend.gitquerystring",
+];
+
+/// `frontend.caps`: every capability the client requires must be one kiln
+/// has. BuildKit forwards a `+forward` one it lacks to a newer frontend
+/// image; kiln runs no frontend image, so that fails too, by name.
+fn check_frontend_caps(value: &str) -> Result<()> {
+    for cap in csv_fields(value) {
+        let name = cap.split('+').next().unwrap_or(cap);
+        if !FRONTEND_CAPS.contains(&name) {
+            return Err(FrontendError::Unsupported {
+                what: format!("frontend capability {name}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The comma-separated fields of a list attribute (`add-hosts`, `ulimit`).
