@@ -9,6 +9,7 @@
 //! git:// fetch.
 
 use kiln_integration::Harness;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -160,8 +161,15 @@ struct GitDaemon {
 }
 
 impl Drop for GitDaemon {
+    /// `git daemon` runs `git-daemon` as its child: the whole process
+    /// group goes, or the server outlives the test.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.child.wait();
     }
 }
@@ -187,6 +195,7 @@ impl GitDaemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
+            .process_group(0)
             .spawn()
             .expect("git daemon starts (Debian package git)");
         for _ in 0..100 {
@@ -195,7 +204,12 @@ impl GitDaemon {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let _ = child.kill();
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = child.wait();
         panic!(
             "git daemon does not listen on {port}: {}",

@@ -263,6 +263,7 @@ impl FrontendOptions {
                         })?;
                     }
                     "multi-platform" => opts.multi_platform = multi_platform(key, value)?,
+                    "frontend.caps" => check_frontend_caps(value)?,
                     // The main context from a URL (buildctl `--opt
                     // context=…`, buildx and `kiln build <URL>`).
                     "context" => {
@@ -278,18 +279,6 @@ impl FrontendOptions {
                     // request's (`cache` in kilnd's solve), so the frontend
                     // has nothing to do with them.
                     "cache-imports" => {}
-                    // The frontend capabilities the client relies on
-                    // (buildx: named contexts, subrequests): each must be
-                    // one kiln's frontend has.
-                    "frontend.caps" => {
-                        for cap in csv_fields(value) {
-                            if !FRONTEND_CAPS.contains(&cap) {
-                                return Err(FrontendError::Unsupported {
-                                    what: format!("frontend capability {cap}"),
-                                });
-                            }
-                        }
-                    }
                     _ => {
                         return Err(FrontendError::UnsupportedAttribute {
                             key: key.to_string(),
@@ -304,15 +293,32 @@ impl FrontendOptions {
     }
 }
 
-/// The `frontend.caps` kiln's Dockerfile frontend has: named contexts
-/// (`context:NAME`), and the subrequests capability buildx names with
-/// `--call`/`--check` (whose `requestid` is then refused by name).
+/// The frontend capabilities kiln's Dockerfile frontend has, of those a
+/// client may require with `frontend.caps` (BuildKit's
+/// `frontend/dockerfile/builder/caps.go`): named contexts, subrequests
+/// (buildx's `--check`; other requests are refused by name) and the git
+/// query form (`?ref=&subdir=`, which buildx requires for a git URL with
+/// a query).
 const FRONTEND_CAPS: &[&str] = &[
     "moby.buildkit.frontend.contexts",
-    "moby.buildkit.frontend.contexts+forward",
     "moby.buildkit.frontend.subrequests",
-    "moby.buildkit.frontend.subrequests+forward",
+    "moby.buildkit.frontend.gitquerystring",
 ];
+
+/// `frontend.caps`: every capability the client requires must be one kiln
+/// has. BuildKit forwards a `+forward` one it lacks to a newer frontend
+/// image; kiln runs no frontend image, so that fails too, by name.
+fn check_frontend_caps(value: &str) -> Result<()> {
+    for cap in csv_fields(value) {
+        let name = cap.split('+').next().unwrap_or(cap);
+        if !FRONTEND_CAPS.contains(&name) {
+            return Err(FrontendError::Unsupported {
+                what: format!("frontend capability {name}"),
+            });
+        }
+    }
+    Ok(())
+}
 
 /// The comma-separated fields of a list attribute (`add-hosts`, `ulimit`).
 fn csv_fields(value: &str) -> impl Iterator<Item = &str> {

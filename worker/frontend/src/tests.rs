@@ -879,3 +879,22 @@ fn archives_are_told_from_other_files_as_buildkit_does() {
     assert!(!is_archive(b"FROM busybox\nRUN true\n"));
     assert!(!is_archive(&[0u8; 600]), "zeros are no header");
 }
+
+#[test]
+fn required_frontend_caps_are_checked() {
+    FrontendOptions::from_attrs(&attrs(&[(
+        "frontend.caps",
+        "moby.buildkit.frontend.contexts,moby.buildkit.frontend.gitquerystring",
+    )]))
+    .expect("caps kiln has");
+    for caps in [
+        "moby.buildkit.frontend.subrequests+forward",
+        "moby.buildkit.frontend.gitquerystring,moby.buildkit.frontend.notexistcap",
+    ] {
+        let e = FrontendOptions::from_attrs(&attrs(&[("frontend.caps", caps)])).expect_err(caps);
+        assert!(
+            matches!(&e, FrontendError::Unsupported { what } if what.starts_with("frontend capability moby.buildkit.frontend.")),
+            "{e}"
+        );
+    }
+}
