@@ -385,6 +385,11 @@ impl ContainerdExecutor {
             .map_err(|s| self.ctrd.status_error("Containers.Create", id, s))?;
         stack.push(Undo::Container);
 
+        // Steps share one shim, which exits when its last task is deleted:
+        // a task created while an earlier step's delete is under way can
+        // reach a shim that is going away ("failed to start shim"). So a
+        // new task waits for the collections still running.
+        self.collect_all().await;
         let task_root = dir.join("rootfs");
         task_rootfs(&step.rootfs, &task_root).map_err(io_err("bind rootfs", &task_root))?;
         stack.push(Undo::TaskRootfs(task_root.clone()));
@@ -636,6 +641,22 @@ impl ContainerdExecutor {
         let handles = pending.entry(step.lease.as_str().to_string()).or_default();
         handles.retain(|h| !h.is_finished());
         handles.push(handle);
+    }
+
+    /// Waits for every background cleanup of this executor (all leases).
+    async fn collect_all(&self) {
+        let handles: Vec<JoinHandle<()>> = self
+            .pending
+            .lock()
+            .expect("no panic while holding the lock")
+            .values_mut()
+            .flat_map(std::mem::take)
+            .collect();
+        for h in handles {
+            if let Err(e) = h.await {
+                tracing::warn!(error = %e, "cleanup of a step did not finish");
+            }
+        }
     }
 
     /// Undoes everything on the stack, newest first. Failures are logged
