@@ -105,8 +105,8 @@ impl<'a> Blobs<'a> {
     }
 
     /// `layers` with blobs, as [`ensure`]. The missing blobs are made
-    /// concurrently, at most one big one per core (small ones, see
-    /// [`takes_a_core`], all at once): each is its own diff walk, tar,
+    /// concurrently, at most one big one per core (those of layers known
+    /// to be under 1 MiB all at once): each is its own diff walk, tar,
     /// hash and compression into its own content ingest, so they share
     /// nothing but the cores, and a chain's result is the same as made one
     /// after the other (each blob depends only on its own layer).
