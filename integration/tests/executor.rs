@@ -142,7 +142,10 @@ fn assert_no_stubs(root: &Path) {
     }
 }
 
+/// After [`Executor::settle`] (a successful step's task and container
+/// are collected after `run` returns), nothing of the steps is left.
 async fn assert_nothing_left(f: &Fixture) {
+    f.exec.settle(&f.lease).await;
     assert_eq!(
         f.exec.list_containers().await.expect("list containers"),
         Vec::<String>::new()

@@ -32,6 +32,7 @@ use kiln_types::ErrorKind;
 use std::collections::HashMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,9 @@ pub struct ContainerdExecutor {
     state_dir: PathBuf,
     /// The sandbox network; `None` runs sandboxed steps on the host's.
     cni: Option<Cni>,
+    /// Cleanups still running after their step returned, by build lease
+    /// (see [`Executor::settle`]).
+    pending: Arc<Mutex<HashMap<String, Vec<JoinHandle<()>>>>>,
 }
 
 /// Why a running step was stopped.
@@ -105,6 +109,7 @@ impl ContainerdExecutor {
             ctrd,
             state_dir,
             cni: None,
+            pending: Arc::default(),
         }
     }
 
@@ -216,7 +221,14 @@ impl ContainerdExecutor {
         }
         let mut stack: Vec<Undo> = Vec::new();
         let res = self.run_inner(&step, &io, &cancel, &mut stack).await;
+        let later = match &res {
+            Ok(ExitStatus { code: 0 }) => deferrable(&mut stack),
+            _ => Vec::new(),
+        };
         self.unwind(&step.id, stack).await;
+        if !later.is_empty() {
+            self.defer(&step, later);
+        }
         match &res {
             Ok(st) => tracing::debug!(id = %step.id, code = st.code, "step exited"),
             Err(e) => tracing::debug!(id = %step.id, error = %e, "step failed"),
@@ -373,6 +385,11 @@ impl ContainerdExecutor {
             .map_err(|s| self.ctrd.status_error("Containers.Create", id, s))?;
         stack.push(Undo::Container);
 
+        // Steps share one shim, which exits when its last task is deleted:
+        // a task created while an earlier step's delete is under way can
+        // reach a shim that is going away ("failed to start shim"). So a
+        // new task waits for the collections still running.
+        self.collect_all().await;
         let task_root = dir.join("rootfs");
         task_rootfs(&step.rootfs, &task_root).map_err(io_err("bind rootfs", &task_root))?;
         stack.push(Undo::TaskRootfs(task_root.clone()));
@@ -604,6 +621,44 @@ impl ContainerdExecutor {
         }
     }
 
+    /// Unwinds `later` (see [`deferrable`]) in a task of its own, which
+    /// [`Executor::settle`] for the step's lease waits for.
+    fn defer(&self, step: &StepSpec, later: Vec<Undo>) {
+        let this = self.clone();
+        let id = step.id.clone();
+        let span = tracing::Span::current();
+        let handle = tokio::spawn(
+            async move {
+                this.unwind(&id, later).await;
+                tracing::debug!(id, "step collected");
+            }
+            .instrument(span),
+        );
+        let mut pending = self
+            .pending
+            .lock()
+            .expect("no panic while holding the lock");
+        let handles = pending.entry(step.lease.as_str().to_string()).or_default();
+        handles.retain(|h| !h.is_finished());
+        handles.push(handle);
+    }
+
+    /// Waits for every background cleanup of this executor (all leases).
+    async fn collect_all(&self) {
+        let handles: Vec<JoinHandle<()>> = self
+            .pending
+            .lock()
+            .expect("no panic while holding the lock")
+            .values_mut()
+            .flat_map(std::mem::take)
+            .collect();
+        for h in handles {
+            if let Err(e) = h.await {
+                tracing::warn!(error = %e, "cleanup of a step did not finish");
+            }
+        }
+    }
+
     /// Undoes everything on the stack, newest first. Failures are logged
     /// with ids; the primary result is the caller's.
     async fn unwind(&self, id: &str, mut stack: Vec<Undo>) {
@@ -704,6 +759,20 @@ impl Executor for ContainerdExecutor {
         let span = tracing::info_span!("step", id = %step.id);
         self.run_step(step, io, cancel).instrument(span).await
     }
+
+    async fn settle(&self, lease: &LeaseId) {
+        let handles = self
+            .pending
+            .lock()
+            .expect("no panic while holding the lock")
+            .remove(lease.as_str())
+            .unwrap_or_default();
+        for h in handles {
+            if let Err(e) = h.await {
+                tracing::warn!(lease = %lease, error = %e, "cleanup of a step did not finish");
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -719,6 +788,34 @@ impl Containers for ContainerdExecutor {
     async fn remove(&self, id: &str) -> Result<()> {
         ContainerdExecutor::remove(self, id).await
     }
+}
+
+/// Takes from the cleanup stack of a step that exited 0 what may be
+/// undone after its rootfs is handed back: the task (its processes are
+/// gone: they all die with the pid namespace's init, whose exit the wait
+/// saw), its rootfs bind, the container record, its network attachment
+/// and the step dir. Output readers and mount point stubs stay (the stubs
+/// are in the rootfs, which is diffed next), and so does everything of a
+/// task whose exit was not collected. Order is kept.
+fn deferrable(stack: &mut Vec<Undo>) -> Vec<Undo> {
+    if stack
+        .iter()
+        .any(|u| matches!(u, Undo::Task { running: true }))
+    {
+        return Vec::new();
+    }
+    let (later, now): (Vec<Undo>, Vec<Undo>) = std::mem::take(stack).into_iter().partition(|u| {
+        matches!(
+            u,
+            Undo::Task { .. }
+                | Undo::TaskRootfs(_)
+                | Undo::Container
+                | Undo::Network(_)
+                | Undo::StepDir(_)
+        )
+    });
+    *stack = now;
+    later
 }
 
 fn mark_exited(stack: &mut [Undo]) {
@@ -809,6 +906,43 @@ mod tests {
     use super::*;
     use crate::{ExtraMount, Network};
     use kiln_snapshot::containerd::LeaseId;
+
+    /// A short name per cleanup item, to compare stacks.
+    fn names(stack: &[Undo]) -> Vec<&'static str> {
+        stack
+            .iter()
+            .map(|u| match u {
+                Undo::StepDir(_) => "dir",
+                Undo::MountPoints(_) => "stubs",
+                Undo::TaskRootfs(_) => "bind",
+                Undo::Network(_) => "net",
+                Undo::Readers(_) => "readers",
+                Undo::Container => "container",
+                Undo::Task { running: true } => "running task",
+                Undo::Task { running: false } => "task",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_records_of_an_exited_task_are_left_for_later() {
+        let mut stack = vec![
+            Undo::StepDir("/s".into()),
+            Undo::Readers(Vec::new()),
+            Undo::Container,
+            Undo::TaskRootfs("/s/rootfs".into()),
+            Undo::Task { running: false },
+        ];
+        let later = deferrable(&mut stack);
+        assert_eq!(names(&later), ["dir", "container", "bind", "task"]);
+        assert_eq!(names(&stack), ["readers"]);
+
+        // A task whose exit was not collected is cleaned up now, whole.
+        let mut stack = vec![Undo::Container, Undo::Task { running: true }];
+        let later = deferrable(&mut stack);
+        assert!(later.is_empty());
+        assert_eq!(names(&stack), ["container", "running task"]);
+    }
 
     #[test]
     fn malformed_steps_are_rejected_before_any_io() {

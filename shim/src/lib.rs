@@ -194,6 +194,15 @@ pub trait Executor: Send + Sync {
         io: StepIo,
         cancel: CancellationToken,
     ) -> Result<ExitStatus, ExecError>;
+
+    /// Waits until what `run` left to clean up after steps of `lease`
+    /// that exited 0 is gone (their task and container records), so that
+    /// nothing of the build outlives it. `run` returns as soon as a
+    /// successful step's rootfs is final (output read, mount points
+    /// removed); collecting its task is off the build's critical path.
+    /// Executors that clean up before `run` returns have nothing to wait
+    /// for.
+    async fn settle(&self, _lease: &LeaseId) {}
 }
 
 /// The step containers in a namespace (containerd's `Containers` and

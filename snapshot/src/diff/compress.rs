@@ -323,8 +323,12 @@ impl<W: Write> ParMemberWriter<W> {
         let index = self.old.as_ref().map(|(i, _)| Arc::clone(i));
         let rx = self.pool.submit(data, index, self.pending.len())?;
         self.pending.push_back(rx);
-        // Bound memory: at most two members in flight per worker.
-        while self.pending.len() > 2 * self.pool.max {
+        // Bound memory: one member per worker, plus the one just queued
+        // (a worker that finishes finds it). Each member holds its input
+        // and its output (1 MiB each for incompressible data) until it is
+        // written; two per worker made kilnd's peak during W3 ~4 MiB
+        // higher on two cores.
+        while self.pending.len() > self.pool.max {
             self.write_oldest()?;
         }
         Ok(())

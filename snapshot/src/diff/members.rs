@@ -34,7 +34,7 @@
 //! - bytes that do not parse as a tar (a bad header checksum, an unknown
 //!   size) are cut every `BIG` bytes from the last cut on.
 //!
-//! Only members worth copying ([`worth_copying`]) are indexed: copying
+//! Only members worth copying (`worth_copying`) are indexed: copying
 //! incompressible bytes out of the store costs more than compressing them
 //! again, so those are neither hashed nor looked up.
 

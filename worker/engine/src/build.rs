@@ -539,6 +539,9 @@ impl Engine {
         let solved =
             kiln_solver::scheduler::solve(&self.solver, &req.graph, req.result, runner, cancel)
                 .await;
+        // Steps' task records are collected in the background while later
+        // steps run; none outlives the solve.
+        self.executor.settle(lease).await;
         if let Err(e) = self.hashes.save() {
             tracing::warn!(error = %e, "cannot save the context hash cache");
         }
