@@ -884,11 +884,11 @@ fn archives_are_told_from_other_files_as_buildkit_does() {
 fn required_frontend_caps_are_checked() {
     FrontendOptions::from_attrs(&attrs(&[(
         "frontend.caps",
-        "moby.buildkit.frontend.contexts,moby.buildkit.frontend.gitquerystring",
+        "moby.buildkit.frontend.contexts,moby.buildkit.frontend.gitquerystring,moby.buildkit.frontend.subrequests+forward",
     )]))
     .expect("caps kiln has");
     for caps in [
-        "moby.buildkit.frontend.subrequests+forward",
+        "moby.buildkit.frontend.notexistcap+forward",
         "moby.buildkit.frontend.gitquerystring,moby.buildkit.frontend.notexistcap",
     ] {
         let e = FrontendOptions::from_attrs(&attrs(&[("frontend.caps", caps)])).expect_err(caps);
