@@ -77,10 +77,6 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
             "--attest type=sbom is not supported yet",
         ),
         (
-            &["--network", "none"],
-            "--network=none is not supported yet",
-        ),
-        (
             &["--cgroup-parent", "kiln"],
             "--cgroup-parent is not supported yet",
         ),
@@ -184,6 +180,63 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
 
 fn json_file(p: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json")
+}
+
+/// buildx's `--network none` (frontend attribute `force-network-mode`):
+/// RUN steps without their own `--network` see only loopback, embedded
+/// and through kilnd; a step's own `--network` still wins.
+#[tokio::test]
+async fn network_none_takes_the_steps_off_the_network() {
+    let ns = "cli-netnone";
+    let h = Harness::with_busybox(ns).await;
+    // The step with its own --network=host needs the entitlement.
+    let k = h
+        .start_kilnd_with(ns, &["--allow-insecure-entitlement", "network.host"])
+        .await
+        .expect("kilnd starts");
+    let addr = k.addr();
+    let df = "FROM busybox\n\
+              RUN echo ifaces=$(ls /sys/class/net | tr '\\n' ' ')\n\
+              RUN --network=host echo host-ifaces=$(ls /sys/class/net | wc -l)\n";
+    let ctx = h.context("netnone", &[("Dockerfile", df)]);
+    let ctx = ctx.to_str().expect("utf8");
+    for remote in [false, true] {
+        let mut args = Vec::new();
+        if remote {
+            args.extend(["--addr", addr.as_str()]);
+        }
+        args.extend([
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+            "--allow",
+            "network.host",
+            "--network",
+            "none",
+            ctx,
+        ]);
+        let (code, out) = kiln_code(&h, ns, &args);
+        assert_eq!(code, 0, "{args:?}: {}", out.stderr);
+        assert!(
+            kiln_integration::step_printed(&out.stderr, "ifaces=lo"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(
+            !kiln_integration::step_printed(&out.stderr, "host-ifaces=1"),
+            "the step's own --network=host: {}",
+            out.stderr
+        );
+    }
+    let (code, out) = kiln_code(&h, ns, &["build", "--network", "bridge", ctx]);
+    assert_eq!(code, 1);
+    assert!(
+        out.stderr
+            .contains("network mode \"bridge\" not supported by kiln"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test]

@@ -286,8 +286,9 @@ struct BuildArgs {
     /// disabled=true is supported.
     #[arg(long, value_name = "SPEC")]
     attest: Vec<String>,
-    /// Networking mode of RUN steps: default (kiln's); host and none are
-    /// not supported yet as a build flag (RUN --network=... is).
+    /// Networking mode of RUN steps without their own --network: default
+    /// (kiln's), none, or host (which asks for the network.host
+    /// entitlement, as buildx does).
     #[arg(long, value_name = "MODE")]
     network: Option<String>,
     /// Parent cgroup of RUN steps (not supported yet).
@@ -408,9 +409,6 @@ fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
         if !disabled {
             return not_yet(&format!("--attest {a}"));
         }
-    }
-    if let Some(n) = args.network.as_deref().filter(|n| *n != "default") {
-        return not_yet(&format!("--network={n}"));
     }
     if args.cgroup_parent.is_some() {
         return not_yet("--cgroup-parent");
@@ -809,6 +807,16 @@ fn parse_outputs(specs: &[String], push: bool, load: bool) -> Result<ImageOutput
     Ok(out)
 }
 
+/// The entitlements a build asks for: `--allow`, and network.host for
+/// `--network host` (as buildx adds it).
+fn entitlements(args: &BuildArgs) -> Vec<String> {
+    let mut e = args.allow.clone();
+    if args.network.as_deref() == Some("host") && !e.iter().any(|a| a == "network.host") {
+        e.push("network.host".into());
+    }
+    e
+}
+
 /// The build flags as the frontend attributes buildctl would send, so
 /// embedded and daemon builds have one parser of options
 /// ([`kiln_frontend::FrontendOptions::from_attrs`]).
@@ -818,6 +826,14 @@ fn frontend_attrs(
     remote: Option<&str>,
 ) -> Result<HashMap<String, String>> {
     let mut attrs = HashMap::new();
+    // buildx's `--network`, as it sends it (and with its text for others).
+    match args.network.as_deref() {
+        None | Some("" | "default") => {}
+        Some(n @ ("none" | "host")) => {
+            attrs.insert("force-network-mode".into(), n.to_string());
+        }
+        Some(n) => bail!("network mode {n:?} not supported by kiln (default, none or host)"),
+    }
     if args.check || args.call.as_deref() == Some("check") {
         attrs.insert(
             "requestid".into(),
@@ -1022,7 +1038,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             named_dirs,
             outputs,
             tags,
-            entitlements: args.allow.clone(),
+            entitlements: entitlements(&args),
             cache_exports,
             cache_imports,
             secrets,
@@ -1117,7 +1133,7 @@ async fn build(
 
     // In embedded mode this process is the daemon too: what the user
     // allows is both what is allowed and what is asked for.
-    let granted = kiln_engine::entitlements::Entitlements::parse(&args.allow)?;
+    let granted = kiln_engine::entitlements::Entitlements::parse(&entitlements(&args))?;
     let mode = args.network_mode.clone().or_else(|| {
         std::env::var("KILN_NETWORK_MODE")
             .ok()
@@ -1659,10 +1675,6 @@ mod tests {
             (
                 vec!["--attest", "type=sbom"],
                 "--attest type=sbom is not supported yet",
-            ),
-            (
-                vec!["--network", "host"],
-                "--network=host is not supported yet",
             ),
             (
                 vec!["--cgroup-parent", "x"],

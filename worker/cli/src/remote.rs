@@ -246,10 +246,10 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel> {
     ))
 }
 
-/// The largest header list kiln accepts from kilnd: grpc-go's client
+/// The largest header list kiln accepts from a daemon: grpc-go's client
 /// default (buildctl's, buildx's). An error's `grpc-status-details-bin`
-/// carries the whole Dockerfile as BuildKit's source detail, which
-/// hyper's 16 KiB default would refuse as a protocol error.
+/// carries Dockerfile source as BuildKit's detail (buildkitd sends whole
+/// files), which hyper's 16 KiB default would refuse as a protocol error.
 const MAX_HEADER_LIST: u32 = 16 << 20;
 
 /// An endpoint for `uri` with kiln's HTTP/2 limits.

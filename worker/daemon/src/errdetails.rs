@@ -113,9 +113,6 @@ impl SourceMap {
     }
 }
 
-/// The largest source file sent in an error's details.
-const MAX_SOURCE_DATA: usize = 4 << 20;
-
 /// `message` without the `FILE:LINE: ` that names one of `sources`
 /// (clients print the source itself, with its name and line, as they do
 /// for BuildKit, whose messages never carry it).
@@ -135,25 +132,13 @@ pub fn with_details(
     vertex: Option<&errdefs::Vertex>,
     sources: &[errdefs::Source],
 ) -> tonic::Status {
-    // The whole file rides in a response header: past what clients accept
-    // (grpc-go and kiln: 16 MiB of headers, in base64) the message, which
-    // then keeps naming file and line, has to do.
-    let sources: Vec<errdefs::Source> = sources
-        .iter()
-        .filter(|s| {
-            s.info
-                .as_ref()
-                .is_none_or(|i| i.data.len() <= MAX_SOURCE_DATA)
-        })
-        .cloned()
-        .collect();
     if status.code() == tonic::Code::Ok || (vertex.is_none() && sources.is_empty()) {
         return status;
     }
     // A step's error: its vertex's source says where. A frontend error
     // (no vertex) keeps its text.
     let message = match vertex {
-        Some(_) => without_location(status.message(), &sources),
+        Some(_) => without_location(status.message(), sources),
         None => status.message(),
     };
     let mut details = Vec::new();
@@ -163,7 +148,7 @@ pub fn with_details(
             value: vertex_json(v).to_string().into_bytes(),
         });
     }
-    for s in &sources {
+    for s in sources {
         details.push(prost_types::Any {
             type_url: SOURCE_TYPE_URL.into(),
             value: source_json(s).to_string().into_bytes(),
@@ -204,6 +189,36 @@ pub fn with_line(
     with_details(status, None, &[source])
 }
 
+/// Lines kept on each side of a detail's ranges: buildx and buildctl
+/// print at most four around them.
+const CONTEXT_LINES: i32 = 5;
+/// The most bytes kept of one line of a detail's source.
+const MAX_LINE: usize = 512;
+
+/// A source's data as a detail carries it. Details ride in an HTTP/2
+/// trailer, which clients cap (tonic's at 16 KiB): a whole large
+/// Dockerfile (or one 64 KiB line) would make the error itself fail as an
+/// h2 protocol error. The lines the client prints are kept (each cut at
+/// [`MAX_LINE`] bytes); the others are emptied, so line numbers stay.
+fn detail_data(data: &[u8], ranges: &[llb::Range]) -> Vec<u8> {
+    let lines = |r: &llb::Range| {
+        let start = r.start.map_or(0, |p| p.line);
+        let end = r.end.map_or(start, |p| p.line).max(start);
+        (start - CONTEXT_LINES)..=(end + CONTEXT_LINES)
+    };
+    let mut out = Vec::with_capacity(data.len().min(16 << 10));
+    for (i, line) in data.split(|b| *b == b'\n').enumerate() {
+        let n = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        if i > 0 {
+            out.push(b'\n');
+        }
+        if ranges.iter().any(|r| lines(r).contains(&n)) {
+            out.extend_from_slice(&line[..line.len().min(MAX_LINE)]);
+        }
+    }
+    out
+}
+
 /// An `errdefs.Vertex` as Go's JSON.
 fn vertex_json(v: &errdefs::Vertex) -> Value {
     let mut m = Map::new();
@@ -226,7 +241,8 @@ pub fn source_json(s: &errdefs::Source) -> Value {
         if !info.data.is_empty() {
             i.insert(
                 "data".into(),
-                json!(base64::engine::general_purpose::STANDARD.encode(&info.data)),
+                json!(base64::engine::general_purpose::STANDARD
+                    .encode(detail_data(&info.data, &s.ranges))),
             );
         }
         if !info.language.is_empty() {
@@ -343,6 +359,27 @@ mod tests {
         assert_eq!(urls, vec![VERTEX_TYPE_URL, SOURCE_TYPE_URL]);
         let v: Value = serde_json::from_slice(&rpc.details[0].value).expect("json");
         assert_eq!(v, json!({"digest": "sha256:ab"}));
+    }
+
+    #[test]
+    fn a_detail_keeps_the_lines_clients_print_and_stays_small() {
+        let at = |line| llb::Range {
+            start: Some(llb::Position { line, character: 0 }),
+            end: Some(llb::Position { line, character: 0 }),
+        };
+        let mut text: Vec<String> = (1..=40).map(|n| format!("line {n}")).collect();
+        text[19] = "x".repeat(100_000);
+        let data = text.join("\n").into_bytes();
+        let kept = String::from_utf8(detail_data(&data, &[at(20)])).expect("utf8");
+        let lines: Vec<&str> = kept.split('\n').collect();
+        assert_eq!(lines.len(), 40, "line numbers stay");
+        assert_eq!(lines[14], "line 15");
+        assert_eq!(lines[19].len(), MAX_LINE);
+        assert_eq!(lines[24], "line 25");
+        assert_eq!((lines[13], lines[25]), ("", ""));
+        assert!(kept.len() < 2_000, "{}", kept.len());
+        let small = b"FROM busybox\nRUN exit 3\n";
+        assert_eq!(detail_data(small, &[at(2)]), small.to_vec());
     }
 
     #[test]

@@ -176,6 +176,10 @@ pub struct BuildOptions {
     /// Size in bytes of the `/dev/shm` tmpfs of `RUN` steps (`shm-size`);
     /// 0 leaves the runtime's default.
     pub shm_size: u64,
+    /// The network of `RUN` steps without `--network`
+    /// (`force-network-mode`, buildx's `--network`): `none`, `host`, or
+    /// `None` for the default.
+    pub force_network: Option<String>,
     /// Named contexts (`--build-context NAME=VALUE`, the `context:NAME`
     /// frontend attributes), keyed by [`context_key`] of their name: a
     /// stage of that name is replaced by the context, and a `FROM`,
@@ -281,6 +285,7 @@ impl Default for BuildOptions {
             extra_hosts: Vec::new(),
             ulimits: Vec::new(),
             shm_size: 0,
+            force_network: None,
             named_contexts: BTreeMap::new(),
             all_stages: false,
         }

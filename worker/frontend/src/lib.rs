@@ -147,6 +147,8 @@ pub struct FrontendOptions {
     pub ulimits: Vec<Ulimit>,
     /// `shm-size` (buildx `--shm-size`), in bytes; 0 is the default.
     pub shm_size: u64,
+    /// `force-network-mode` (buildx's `--network`): `none` or `host`.
+    pub force_network: Option<String>,
     /// `context:NAME`: named contexts, keyed by
     /// [`kiln_dockerfile::context_key`]. A `Local` one's `excludes` are
     /// empty until the caller reads its `.dockerignore`
@@ -185,6 +187,7 @@ impl Default for FrontendOptions {
             extra_hosts: Vec::new(),
             ulimits: Vec::new(),
             shm_size: 0,
+            force_network: None,
             named_contexts: BTreeMap::new(),
             check: None,
             platforms: Vec::new(),
@@ -255,6 +258,21 @@ impl FrontendOptions {
                         opts.ulimits = csv_fields(value)
                             .map(|f| Ulimit::parse(f).map_err(|e| invalid(key, value, e)))
                             .collect::<Result<_>>()?;
+                    }
+                    // buildx's `--network`: BuildKit's modes for every RUN
+                    // without `--network` (`sandbox` is the default).
+                    "force-network-mode" => {
+                        opts.force_network = match value {
+                            "" | "sandbox" | "default" => None,
+                            "none" | "host" => Some(value.to_string()),
+                            _ => {
+                                return Err(invalid(
+                                    key,
+                                    value,
+                                    "expected none, host or sandbox".to_string(),
+                                ))
+                            }
+                        }
                     }
                     "shm-size" if value.is_empty() => opts.shm_size = 0,
                     "shm-size" => {
@@ -794,6 +812,7 @@ pub fn build_options_for(
         extra_hosts: opts.extra_hosts.clone(),
         ulimits: opts.ulimits.clone(),
         shm_size: opts.shm_size,
+        force_network: opts.force_network.clone(),
         named_contexts: opts.named_contexts.clone(),
         all_stages: opts.lint,
     }

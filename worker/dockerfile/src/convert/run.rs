@@ -65,7 +65,13 @@ impl Converter<'_> {
         } else {
             st.config.working_dir.clone()
         };
-        let network = match run.network.as_deref() {
+        // `RUN --network` wins over the build's (BuildKit's
+        // `force-network-mode` is the default of every RUN).
+        let network = match run
+            .network
+            .as_deref()
+            .or(self.opts.force_network.as_deref())
+        {
             None | Some("default") => NetMode::Unset,
             Some("none") => NetMode::None,
             Some("host") => NetMode::Host,
