@@ -35,7 +35,7 @@ pub struct RemoteContext {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RemoteKind {
     /// A git checkout; `keep_git_dir` and `mtime` are settled by the
-    /// build arguments after parsing ([`apply_build_args`]).
+    /// build arguments after parsing (`apply_build_args`).
     Git(GitSource),
     /// An HTTP(S) download; `archive` is known once it is fetched
     /// ([`load_dockerfile`]).
