@@ -12,6 +12,7 @@
 
 pub mod cases;
 pub mod faultproxy;
+pub mod gitdaemon;
 pub mod kubeapi;
 pub mod pki;
 pub mod registry;

@@ -11,10 +11,10 @@
 //! build of the same commit fetches nothing, and that the image equals
 //! the one built from the same files in a local directory.
 
+use kiln_integration::gitdaemon::GitDaemon;
 use kiln_integration::{buildctl_like_binary, Harness};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,70 +50,6 @@ fn git(dir: &Path, args: &[&str]) -> String {
 fn write(path: &Path, body: &str) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, body).expect("write");
-}
-
-/// `git daemon` serving `base` on a loopback port.
-struct GitDaemon {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for GitDaemon {
-    /// `git daemon` runs `git-daemon` as its child: the whole process
-    /// group goes, or the server outlives the test.
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl GitDaemon {
-    fn start(base: &Path, log: PathBuf) -> GitDaemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut child = Command::new("git")
-            .args([
-                "daemon",
-                "--export-all",
-                "--reuseaddr",
-                "--listen=127.0.0.1",
-                &format!("--port={port}"),
-                &format!("--base-path={}", base.display()),
-            ])
-            .arg(base)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .process_group(0)
-            .spawn()
-            .expect("git daemon starts (Debian package git)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return GitDaemon { child, port };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = child.wait();
-        panic!("git daemon does not listen on {port}");
-    }
-
-    fn url(&self, repo: &str) -> String {
-        format!("git://127.0.0.1:{}/{repo}", self.port)
-    }
 }
 
 /// What the HTTP server saw.

@@ -277,12 +277,44 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<BuildResult> {
         let solved = self.solve(&req, progress.clone(), cancel).await?;
+        let epoch = req.config.source_date_epoch;
+        self.export_built(solved, &req, epoch, &progress).await
+    }
+
+    /// A multi-platform build into an image index ([`Engine::solve_index`],
+    /// then the index export, the push, the cache and the release), as
+    /// [`Engine::build`] is for one platform.
+    pub async fn build_index(
+        &self,
+        req: BuildRequest,
+        targets: Vec<PlatformTarget>,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<BuildResult> {
+        // Every platform's config has the frontend's one SOURCE_DATE_EPOCH.
+        let epoch = targets.first().and_then(|t| t.config.source_date_epoch);
+        let solved = self
+            .solve_index(&req, targets, progress.clone(), cancel)
+            .await?;
+        self.export_built(solved, &req, epoch, &progress).await
+    }
+
+    /// What follows a build's solve: the image export (layer times clamped
+    /// to `epoch` with `rewrite-timestamp`), the push, the cache export
+    /// (after the exporters, as BuildKit does), then the release.
+    async fn export_built(
+        &self,
+        solved: Solved,
+        req: &BuildRequest,
+        epoch: Option<i64>,
+        progress: &Progress,
+    ) -> Result<BuildResult> {
         progress
             .send(ProgressEvent::Info {
                 message: "exporting to image".into(),
             })
             .await;
-        if req.rewrite_timestamp && req.config.source_date_epoch.is_none() {
+        if req.rewrite_timestamp && epoch.is_none() {
             // BuildKit's exporter says the same and exports unchanged.
             progress
                 .send(ProgressEvent::Info {
@@ -296,9 +328,7 @@ impl Engine {
                 &req.config,
                 &req.names,
                 req.compression,
-                req.config
-                    .source_date_epoch
-                    .filter(|_| req.rewrite_timestamp),
+                epoch.filter(|_| req.rewrite_timestamp),
             )
             .await;
         if let (Ok(out), Some(opts)) = (&r, &req.push) {
@@ -310,7 +340,7 @@ impl Engine {
                     &req.names,
                     opts,
                     req.credentials.clone(),
-                    &progress,
+                    progress,
                     first,
                 )
                 .await
@@ -318,9 +348,8 @@ impl Engine {
                 r = Err(e);
             }
         }
-        // Then the cache, as BuildKit does after its exporters.
         if r.is_ok() {
-            if let Err(e) = solved.export_cache(&progress).await {
+            if let Err(e) = solved.export_cache(progress).await {
                 r = Err(e);
             }
         }
@@ -336,59 +365,6 @@ impl Engine {
             manifest_size: crate::oci::size_of(&manifest),
             config_digest,
             names,
-        })
-    }
-
-    /// A multi-platform build into an image index ([`Engine::solve_index`],
-    /// then the index export, the push and the release), as
-    /// [`Engine::build`] is for one platform.
-    pub async fn build_index(
-        &self,
-        req: BuildRequest,
-        targets: Vec<PlatformTarget>,
-        progress: Progress,
-        cancel: CancellationToken,
-    ) -> Result<BuildResult> {
-        // Every platform's config has the frontend's one SOURCE_DATE_EPOCH.
-        let epoch = targets
-            .first()
-            .and_then(|t| t.config.source_date_epoch)
-            .filter(|_| req.rewrite_timestamp);
-        let solved = self
-            .solve_index(&req, targets, progress.clone(), cancel)
-            .await?;
-        progress
-            .send(ProgressEvent::Info {
-                message: "exporting to image".into(),
-            })
-            .await;
-        let mut r = solved
-            .export_image_with(&req.config, &req.names, req.compression, epoch)
-            .await;
-        if let (Ok(out), Some(opts)) = (&r, &req.push) {
-            let first = req.graph.vertices.len();
-            if let Err(e) = solved
-                .push(
-                    out,
-                    &req.names,
-                    opts,
-                    req.credentials.clone(),
-                    &progress,
-                    first,
-                )
-                .await
-            {
-                r = Err(e);
-            }
-        }
-        solved.release(r.is_err()).await;
-        let out = r?;
-        Ok(BuildResult {
-            manifest_digest: out.manifest.digest().to_string(),
-            manifest_media_type: out.manifest.media_type().to_string(),
-            manifest_size: crate::oci::size_of(&out.manifest),
-            config_digest: out.config_digest,
-            names: out.names,
         })
     }
 

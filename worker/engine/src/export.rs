@@ -239,6 +239,22 @@ pub async fn export_image(
         &manifest_digest.to_string(),
         manifest_bytes.len() as i64,
     )?;
+    name_image(svc, names, &desc, lease).await?;
+    Ok(Exported {
+        manifest: desc,
+        config_digest: config_digest.to_string(),
+        names: names.to_vec(),
+    })
+}
+
+/// Points every name of `names` at `desc`, held by `lease` until the
+/// records hold it.
+async fn name_image(
+    svc: &Services,
+    names: &[String],
+    desc: &Descriptor,
+    lease: &LeaseId,
+) -> Result<()> {
     for name in names {
         svc.images
             .put(
@@ -246,18 +262,14 @@ pub async fn export_image(
                     name: name.clone(),
                     media_type: desc.media_type().to_string(),
                     digest: desc.digest().to_string(),
-                    size: oci::size_of(&desc),
+                    size: oci::size_of(desc),
                     labels: svc.image_labels(),
                 },
                 Some(lease),
             )
             .await?;
     }
-    Ok(Exported {
-        manifest: desc,
-        config_digest: config_digest.to_string(),
-        names: names.to_vec(),
-    })
+    Ok(())
 }
 
 /// Writes an OCI image index of `manifests` (each with the platform it is
@@ -295,20 +307,7 @@ pub async fn export_index(
         &digest.to_string(),
         bytes.len() as i64,
     )?;
-    for name in names {
-        svc.images
-            .put(
-                &ImageRecord {
-                    name: name.clone(),
-                    media_type: desc.media_type().to_string(),
-                    digest: desc.digest().to_string(),
-                    size: oci::size_of(&desc),
-                    labels: svc.image_labels(),
-                },
-                Some(lease),
-            )
-            .await?;
-    }
+    name_image(svc, names, &desc, lease).await?;
     Ok(Exported {
         manifest: desc,
         config_digest: String::new(),
