@@ -9,6 +9,7 @@
 //! the kubelet, the image, hostPath propagation).
 
 use kiln::kubedriver::{manifest, opts::KubeOpts, route};
+use kiln_integration::gitdaemon::GitDaemon;
 use kiln_integration::kubeapi::{KubeApi, Setup, Tls};
 use kiln_integration::{kilnd_binary, Harness, KilnOutput};
 use kiln_proto::control::control_client::ControlClient;
@@ -347,6 +348,72 @@ async fn create_use_build_rm_through_the_api_and_pod_exec() {
         api.execs().len() > before,
         "the build did not go through an exec"
     );
+
+    // The seed's third command: a git repository (here `git daemon` on
+    // loopback), `#ref:subdir`, --no-cache, --builder; the pod's kilnd
+    // fetches it.
+    let base = h.state_dir().join("kube-git");
+    let repo = base.join("repo.git");
+    std::fs::create_dir_all(repo.join("docker_stuff")).expect("repo dir");
+    std::fs::write(
+        repo.join("docker_stuff/Dockerfile"),
+        "FROM busybox\nCOPY hello /hello\n",
+    )
+    .expect("Dockerfile");
+    std::fs::write(repo.join("docker_stuff/hello"), "from git\n").expect("file");
+    let git_args: [&[&str]; 4] = [
+        &["init", "-q", "-b", "main"],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=kiln",
+            "-c",
+            "user.email=kiln@example.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "v1",
+        ],
+        &["checkout", "-q", "-b", "remotebuild"],
+    ];
+    for args in git_args {
+        let st = std::process::Command::new("git")
+            .current_dir(&repo)
+            .args(args)
+            .status()
+            .expect("git runs");
+        assert!(st.success(), "git {args:?}");
+    }
+    let daemon = GitDaemon::start(&base, h.state_dir().join("kube-git-daemon.log"));
+    let url = format!("{}#remotebuild:docker_stuff", daemon.url("repo.git"));
+    let out = kiln(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "demo-git",
+        &url,
+        "--no-cache",
+        "--builder",
+        "kube",
+    ]);
+    assert!(
+        out.success,
+        "{}\nkilnd: {}",
+        out.stderr,
+        std::fs::read_to_string(&k.log).unwrap_or_default()
+    );
+    assert!(daemon.requests() > 0, "the git daemon served nothing");
+    assert_eq!(
+        h.run_image(
+            dns,
+            "docker.io/library/demo-git:latest",
+            "kube-git",
+            &["cat", "/hello"]
+        ),
+        "from git\n"
+    );
+    assert!(!images(&h, ns).contains("demo-git"), "built embedded");
 
     // rm deletes the Deployment and the ConfigMap, then the record.
     let out = kiln(&["builder", "rm", "kube"]);
