@@ -407,13 +407,26 @@ impl ContainerdExecutor {
             ..Default::default()
         };
         tracing::debug!(service = "Tasks", method = "Create", id);
-        let pid = self
-            .tasks()
-            .create(self.ctrd.request(create, Some(&step.lease)))
-            .await
-            .map_err(|s| self.ctrd.status_error("Tasks.Create", id, s))?
-            .into_inner()
-            .pid;
+        // A step running beside this one may delete the shim's last task
+        // while this one is being created: the shim exits under the create
+        // ("ttrpc: closed"). containerd starts a new shim for a second
+        // create, so that one case is tried again, a few times.
+        let mut attempt = 0;
+        let pid = loop {
+            attempt += 1;
+            match self
+                .tasks()
+                .create(self.ctrd.request(create.clone(), Some(&step.lease)))
+                .await
+            {
+                Ok(r) => break r.into_inner().pid,
+                Err(s) if attempt < SHIM_GONE_TRIES && shim_went_away(&s) => {
+                    tracing::debug!(id, attempt, error = %s.message(), "shim went away; creating again");
+                    self.collect_all().await;
+                }
+                Err(s) => return Err(self.ctrd.status_error("Tasks.Create", id, s).into()),
+            }
+        };
         stack.push(Undo::Task { running: true });
         tracing::debug!(id, pid, "task created");
         // containerd has its own bind of it in the bundle now.
@@ -901,9 +914,33 @@ fn validate(step: &StepSpec) -> Result<()> {
     Ok(())
 }
 
+/// How many times a step's task is created when its shim exits under the
+/// create (see [`shim_went_away`]).
+const SHIM_GONE_TRIES: u32 = 3;
+
+/// Whether `Tasks.Create` failed because the shared shim exited while the
+/// task was being created (its last other task was deleted meanwhile).
+fn shim_went_away(s: &Status) -> bool {
+    let m = s.message();
+    m.contains("ttrpc: closed") || m.contains("failed to start shim")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_shim_that_went_away_makes_the_create_try_again() {
+        for m in [
+            "failed to create shim task: ttrpc: closed",
+            "failed to start shim: start failed: exit status 1",
+        ] {
+            assert!(shim_went_away(&Status::unavailable(m)), "{m}");
+        }
+        for m in ["no such file or directory", "permission denied: ttrpc"] {
+            assert!(!shim_went_away(&Status::unknown(m)), "{m}");
+        }
+    }
     use crate::{ExtraMount, Network};
     use kiln_snapshot::containerd::LeaseId;
 
