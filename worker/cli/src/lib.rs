@@ -352,20 +352,38 @@ fn version() -> &'static str {
     V.get_or_init(|| kiln_engine::version_line(env!("KILN_GIT_COMMIT")))
 }
 
+/// Stdout's reader went away (`kiln du | head -1`). Only [`stdout`]
+/// returns it: a broken pipe anywhere else (a daemon's TLS connection
+/// reset, say) is an error like any other.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    e.downcast_ref::<StdoutClosed>().is_some()
 }
 
 /// Writes command output to stdout; a closed pipe is an error that
 /// [`main`] ends quietly on (never a panic, as `println!` would).
 pub(crate) fn stdout(text: &str) -> Result<()> {
     use std::io::Write;
+    let closed = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            anyhow::Error::new(StdoutClosed)
+        } else {
+            anyhow::Error::new(e).context("writing to stdout")
+        }
+    };
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
+    out.write_all(text.as_bytes()).map_err(closed)?;
+    out.flush().map_err(closed)?;
     Ok(())
 }
 
