@@ -85,3 +85,32 @@ impl GitDaemon {
         format!("git://127.0.0.1:{}/{repo}", self.port)
     }
 }
+
+/// Runs `git` in `dir` with a fixed identity, no system or user
+/// configuration, `main` as the first branch and every protocol allowed
+/// (submodules over file paths); its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=kiln",
+            "-c",
+            "user.email=kiln@example.invalid",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "protocol.allow=always",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -843,3 +843,20 @@ impl Kilnd {
         Ok(child)
     }
 }
+
+/// PyPI's kubernetes-validate, as `.ci/install` puts it (or
+/// `$KILN_KUBERNETES_VALIDATE`): the strict schema check of every
+/// Kubernetes manifest kiln ships or generates.
+pub fn kubernetes_validator() -> PathBuf {
+    let p = std::env::var_os("KILN_KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from("/opt/kiln-ci/kubernetes-validate/bin/kubernetes-validate")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run .ci/install (it installs kubernetes-validate)",
+        p.display()
+    );
+    p
+}

@@ -8,10 +8,9 @@
 //! daemon's upload-pack log), and that an offered token does not stop a
 //! git:// fetch.
 
-use kiln_integration::gitdaemon::GitDaemon;
+use kiln_integration::gitdaemon::{git, GitDaemon};
 use kiln_integration::Harness;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -151,32 +150,6 @@ ADD --checksum=sha256:{} {url} /web/checked\n",
         "{}",
         out.stderr
     );
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=kiln",
-            "-c",
-            "user.email=kiln@example.invalid",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "protocol.allow=always",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn write(path: &Path, body: &str) {

@@ -13,20 +13,6 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-fn validator() -> PathBuf {
-    let p = std::env::var_os("KILN_KUBERNETES_VALIDATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from("/opt/kiln-ci/kubernetes-validate/bin/kubernetes-validate")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run .ci/install (it installs kubernetes-validate)",
-        p.display()
-    );
-    p
-}
-
 fn manifests() -> Vec<PathBuf> {
     let dir = repo().join("deploy/kubernetes");
     let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -42,7 +28,7 @@ fn manifests() -> Vec<PathBuf> {
 fn every_manifest_passes_strict_schema_validation() {
     let files = manifests();
     assert!(!files.is_empty(), "no manifests in deploy/kubernetes");
-    let out = Command::new(validator())
+    let out = Command::new(kiln_integration::kubernetes_validator())
         .arg("--strict")
         .args(&files)
         .output()
@@ -72,7 +58,7 @@ fn the_validator_rejects_an_unknown_field() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\nnotAField: 1\n",
     )
     .expect("write");
-    let out = Command::new(validator())
+    let out = Command::new(kiln_integration::kubernetes_validator())
         .arg("--strict")
         .arg(&bad)
         .output()

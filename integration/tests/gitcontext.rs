@@ -11,7 +11,7 @@
 //! build of the same commit fetches nothing, and that the image equals
 //! the one built from the same files in a local directory.
 
-use kiln_integration::gitdaemon::GitDaemon;
+use kiln_integration::gitdaemon::{git, GitDaemon};
 use kiln_integration::{buildctl_like_binary, Harness};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,32 +20,6 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "s3cret-t0ken";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=kiln",
-            "-c",
-            "user.email=kiln@example.invalid",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "protocol.allow=always",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn write(path: &Path, body: &str) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");

@@ -15,7 +15,7 @@ use kiln_integration::{kilnd_binary, Harness, KilnOutput};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::ListWorkersRequest;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 /// A gRPC channel whose every connection is a fresh `kilnd dial-stdio`
@@ -94,20 +94,6 @@ async fn grpc_reaches_kilnd_through_dial_stdio() {
     );
 }
 
-fn validator() -> PathBuf {
-    let p = std::env::var_os("KILN_KUBERNETES_VALIDATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from("/opt/kiln-ci/kubernetes-validate/bin/kubernetes-validate")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run .ci/install (it installs kubernetes-validate)",
-        p.display()
-    );
-    p
-}
-
 fn opts(name: &str, kv: &[(&str, &str)]) -> KubeOpts {
     let m: BTreeMap<String, String> = kv
         .iter()
@@ -163,7 +149,7 @@ fn generated_manifests_pass_strict_schema_validation() {
         std::fs::write(&f, docs.join("\n---\n")).expect("write");
         files.push(f);
     }
-    let out = std::process::Command::new(validator())
+    let out = std::process::Command::new(kiln_integration::kubernetes_validator())
         .arg("--strict")
         .args(&files)
         .output()
