@@ -12,6 +12,7 @@ use crate::fifo::{self, FifoReader};
 use crate::mountpoints::MountPoints;
 use crate::network::{Attachment, Cni};
 use crate::rootfs::RootDir;
+use crate::shimgroup::{ShimGroup, GROUP_ANNOTATION};
 use crate::spec::{self, build_spec};
 use crate::user::resolve_user;
 use crate::{Containers, Executor, ExitStatus, Network, OutputStream, StepIo, StepSpec};
@@ -65,6 +66,8 @@ pub struct ContainerdExecutor {
     /// Cleanups still running after their step returned, by build lease
     /// (see [`Executor::settle`]).
     pending: Arc<Mutex<HashMap<String, Vec<JoinHandle<()>>>>>,
+    /// The shim the steps share.
+    shims: ShimGroup,
 }
 
 /// Why a running step was stopped.
@@ -110,6 +113,7 @@ impl ContainerdExecutor {
             state_dir,
             cni: None,
             pending: Arc::default(),
+            shims: ShimGroup::new(),
         }
     }
 
@@ -324,13 +328,10 @@ impl ContainerdExecutor {
             mounts.push(m);
         }
         oci.set_mounts(Some(mounts));
-        // One runc shim per kiln process serves all its steps: starting a
-        // shim per step is most of a short step's cost.
+        // From here to the task's create, no delete may empty the shim.
+        let joining = self.shims.join().await;
         let mut annotations = oci.annotations().clone().unwrap_or_default();
-        annotations.insert(
-            "io.containerd.runc.v2.group".to_string(),
-            format!("kiln-{}", std::process::id()),
-        );
+        annotations.insert(GROUP_ANNOTATION.to_string(), joining.name());
         oci.set_annotations(Some(annotations));
         let dests: Vec<String> = oci
             .mounts()
@@ -385,11 +386,6 @@ impl ContainerdExecutor {
             .map_err(|s| self.ctrd.status_error("Containers.Create", id, s))?;
         stack.push(Undo::Container);
 
-        // Steps share one shim, which exits when its last task is deleted:
-        // a task created while an earlier step's delete is under way can
-        // reach a shim that is going away ("failed to start shim"). So a
-        // new task waits for the collections still running.
-        self.collect_all().await;
         let task_root = dir.join("rootfs");
         task_rootfs(&step.rootfs, &task_root).map_err(io_err("bind rootfs", &task_root))?;
         stack.push(Undo::TaskRootfs(task_root.clone()));
@@ -407,24 +403,18 @@ impl ContainerdExecutor {
             ..Default::default()
         };
         tracing::debug!(service = "Tasks", method = "Create", id);
-        // A step running beside this one may delete the shim's last task
-        // while this one is being created: the shim exits under the create
-        // ("ttrpc: closed"). containerd starts a new shim for a second
-        // create, so that one case is tried again, a few times.
-        let mut attempt = 0;
-        let pid = loop {
-            attempt += 1;
-            match self
-                .tasks()
-                .create(self.ctrd.request(create.clone(), Some(&step.lease)))
-                .await
-            {
-                Ok(r) => break r.into_inner().pid,
-                Err(s) if attempt < SHIM_GONE_TRIES && shim_went_away(&s) => {
-                    tracing::debug!(id, attempt, error = %s.message(), "shim went away; creating again");
-                    self.collect_all().await;
-                }
-                Err(s) => return Err(self.ctrd.status_error("Tasks.Create", id, s).into()),
+        let created = self
+            .tasks()
+            .create(self.ctrd.request(create, Some(&step.lease)))
+            .await;
+        let pid = match created {
+            Ok(r) => {
+                joining.created();
+                r.into_inner().pid
+            }
+            Err(s) => {
+                self.shims.abandon(joining).await;
+                return Err(self.ctrd.status_error("Tasks.Create", id, s).into());
             }
         };
         stack.push(Undo::Task { running: true });
@@ -656,29 +646,17 @@ impl ContainerdExecutor {
         handles.push(handle);
     }
 
-    /// Waits for every background cleanup of this executor (all leases).
-    async fn collect_all(&self) {
-        let handles: Vec<JoinHandle<()>> = self
-            .pending
-            .lock()
-            .expect("no panic while holding the lock")
-            .values_mut()
-            .flat_map(std::mem::take)
-            .collect();
-        for h in handles {
-            if let Err(e) = h.await {
-                tracing::warn!(error = %e, "cleanup of a step did not finish");
-            }
-        }
-    }
-
     /// Undoes everything on the stack, newest first. Failures are logged
     /// with ids; the primary result is the caller's.
     async fn unwind(&self, id: &str, mut stack: Vec<Undo>) {
         while let Some(undo) = stack.pop() {
             match undo {
                 Undo::Task { running } => {
-                    if let Err(e) = retry_unavailable(|| self.delete_task(id, running)).await {
+                    let deleted = self
+                        .shims
+                        .leave(retry_unavailable(|| self.delete_task(id, running)))
+                        .await;
+                    if let Err(e) = deleted {
                         tracing::warn!(id, error = %e, "cleanup: deleting task");
                     }
                 }
@@ -914,33 +892,10 @@ fn validate(step: &StepSpec) -> Result<()> {
     Ok(())
 }
 
-/// How many times a step's task is created when its shim exits under the
-/// create (see [`shim_went_away`]).
-const SHIM_GONE_TRIES: u32 = 3;
-
-/// Whether `Tasks.Create` failed because the shared shim exited while the
-/// task was being created (its last other task was deleted meanwhile).
-fn shim_went_away(s: &Status) -> bool {
-    let m = s.message();
-    m.contains("ttrpc: closed") || m.contains("failed to start shim")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_a_shim_that_went_away_makes_the_create_try_again() {
-        for m in [
-            "failed to create shim task: ttrpc: closed",
-            "failed to start shim: start failed: exit status 1",
-        ] {
-            assert!(shim_went_away(&Status::unavailable(m)), "{m}");
-        }
-        for m in ["no such file or directory", "permission denied: ttrpc"] {
-            assert!(!shim_went_away(&Status::unknown(m)), "{m}");
-        }
-    }
     use crate::{ExtraMount, Network};
     use kiln_snapshot::containerd::LeaseId;
 

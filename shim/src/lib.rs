@@ -37,6 +37,7 @@ pub mod mountpoints;
 pub mod network;
 pub mod rootfs;
 pub mod seccomp;
+mod shimgroup;
 pub mod spec;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
