@@ -187,27 +187,7 @@ impl ContainerdExecutor {
     /// Kills and deletes a step's task and container if they exist, e.g.
     /// leftovers found by [`ContainerdExecutor::list_containers`].
     pub async fn remove(&self, id: &str) -> Result<()> {
-        self.kill(id).await?;
-        // Collect the exit before Delete: until the shim has seen the
-        // process die, Delete fails with "cannot delete a running process"
-        // (code Unknown in containerd 1.6, so the retry below would not
-        // catch it).
-        let req = WaitRequest {
-            container_id: id.to_string(),
-            exec_id: String::new(),
-        };
-        match tokio::time::timeout(KILL_GRACE, self.tasks().wait(self.ctrd.request(req, None)))
-            .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(s)) => {
-                let e = self.ctrd.status_error("Tasks.Wait", id, s);
-                if !e.is_not_found() {
-                    tracing::debug!(id, error = %e, "wait before delete failed");
-                }
-            }
-            Err(_) => tracing::warn!(id, "a killed step did not exit in time"),
-        }
+        self.stop(id).await?;
         self.delete_task(id, true).await?;
         self.delete_container(id).await
     }
@@ -550,6 +530,31 @@ impl ContainerdExecutor {
         }
     }
 
+    /// Kills the task and waits (at most [`KILL_GRACE`]) until the shim has
+    /// seen it exit: until then, Delete fails with "cannot delete a running
+    /// process" (code Unknown in containerd 1.6, which the retry in
+    /// [`Self::delete_task`] does not catch).
+    async fn stop(&self, id: &str) -> Result<()> {
+        self.kill(id).await?;
+        let req = WaitRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        };
+        match tokio::time::timeout(KILL_GRACE, self.tasks().wait(self.ctrd.request(req, None)))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) => {
+                let e = self.ctrd.status_error("Tasks.Wait", id, s);
+                if !e.is_not_found() {
+                    tracing::debug!(id, error = %e, "wait before delete failed");
+                }
+            }
+            Err(_) => tracing::warn!(id, "a killed step did not exit in time"),
+        }
+        Ok(())
+    }
+
     async fn kill(&self, id: &str) -> Result<()> {
         tracing::debug!(service = "Tasks", method = "Kill", id);
         let req = KillRequest {
@@ -652,6 +657,13 @@ impl ContainerdExecutor {
         while let Some(undo) = stack.pop() {
             match undo {
                 Undo::Task { running } => {
+                    // A killed task dies before the group's lock is taken:
+                    // no other step's create waits for that.
+                    if running {
+                        if let Err(e) = self.stop(id).await {
+                            tracing::warn!(id, error = %e, "cleanup: stopping task");
+                        }
+                    }
                     let deleted = self
                         .shims
                         .leave(retry_unavailable(|| self.delete_task(id, running)))
