@@ -14,6 +14,7 @@ pub mod cases;
 pub mod faultproxy;
 pub mod gitdaemon;
 pub mod kubeapi;
+pub mod netns;
 pub mod pki;
 pub mod registry;
 pub mod token;
@@ -122,6 +123,12 @@ impl Harness {
         let s = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The private containerd's process id (`None` when it is not the
+    /// harness's own).
+    pub fn containerd_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The containerd socket.
