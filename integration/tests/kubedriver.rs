@@ -586,7 +586,10 @@ fn network_witness(marker: &str) -> String {
 /// namespace no pod uses, so a build that went embedded shows up nowhere
 /// the assertions look.
 struct Routed {
+    /// The pods' containerd namespace.
     ns: String,
+    /// The kubeconfig context's namespace, the builders' pods'.
+    context_ns: String,
     pairs: [PodPair; 2],
     api: KubeApi,
     kc: PathBuf,
@@ -608,6 +611,7 @@ impl Routed {
         let (api, kc) = standin(a.h(), setup([a.node(), b.node()]), context_ns).await;
         Routed {
             ns: ns.to_string(),
+            context_ns: context_ns.to_string(),
             pairs: [a, b],
             api,
             kc,
@@ -654,15 +658,25 @@ impl Routed {
         }
     }
 
-    /// The builder's pods (`<builder>-…`), sorted as the driver sorts.
-    fn pods(&self, context_ns: &str, builder: &str) -> Vec<String> {
+    /// `kiln builder create --bootstrap` of a kubernetes builder with
+    /// `driver_opts` (two replicas), made current with `use_it`; its two
+    /// pods, sorted as the driver sorts them.
+    fn create(&self, builder: &str, driver_opts: &str, use_it: bool) -> Vec<String> {
+        let mut args = vec!["builder", "create", "--bootstrap", "--name", builder];
+        args.extend(["--driver", "kubernetes", "--driver-opt", driver_opts]);
+        if use_it {
+            args.push("--use");
+        }
+        let out = self.kiln(&args);
+        assert!(out.success, "{}", out.stderr);
         let mut pods: Vec<String> = self
             .api
-            .pods(context_ns)
+            .pods(&self.context_ns)
             .into_iter()
             .filter(|p| p.starts_with(&format!("{builder}-")))
             .collect();
         pods.sort();
+        assert_eq!(pods.len(), 2, "{pods:?}");
         pods
     }
 }
@@ -679,21 +693,7 @@ impl Routed {
 async fn builds_route_to_pods_in_their_own_network_namespaces() {
     let ns = "kube-route";
     let r = Routed::start(ns, "route").await;
-    let out = r.kiln(&[
-        "builder",
-        "create",
-        "--bootstrap",
-        "--use",
-        "--name",
-        "pair",
-        "--driver",
-        "kubernetes",
-        "--driver-opt",
-        "replicas=2",
-    ]);
-    assert!(out.success, "{}", out.stderr);
-    let pods = r.pods("route", "pair");
-    assert_eq!(pods.len(), 2, "{pods:?}");
+    let pods = r.create("pair", "replicas=2", true);
 
     let mut used = [false, false];
     for i in 0..8 {
@@ -724,18 +724,7 @@ async fn builds_route_to_pods_in_their_own_network_namespaces() {
     }
     assert_eq!(used, [true, true], "one pod took every context");
 
-    let out = r.kiln(&[
-        "builder",
-        "create",
-        "--bootstrap",
-        "--name",
-        "spread",
-        "--driver",
-        "kubernetes",
-        "--driver-opt",
-        "replicas=2,loadbalance=random",
-    ]);
-    assert!(out.success, "{}", out.stderr);
+    r.create("spread", "replicas=2,loadbalance=random", false);
     let ctx = r.pairs[0]
         .h()
         .context("spread", &[("Dockerfile", &network_witness("spread"))]);
@@ -779,21 +768,7 @@ async fn builds_route_to_pods_in_their_own_network_namespaces() {
 async fn a_stopped_pod_fails_its_builds_until_the_api_drops_it() {
     let ns = "kube-gone";
     let mut r = Routed::start(ns, "gone").await;
-    let out = r.kiln(&[
-        "builder",
-        "create",
-        "--bootstrap",
-        "--use",
-        "--name",
-        "gone",
-        "--driver",
-        "kubernetes",
-        "--driver-opt",
-        "replicas=2",
-    ]);
-    assert!(out.success, "{}", out.stderr);
-    let pods = r.pods("gone", "gone");
-    assert_eq!(pods.len(), 2, "{pods:?}");
+    let pods = r.create("gone", "replicas=2", true);
 
     // A context for each pod.
     let mut ctxs: [Option<(String, String)>; 2] = [None, None];
