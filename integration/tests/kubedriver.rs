@@ -152,17 +152,8 @@ fn generated_manifests_pass_strict_schema_validation() {
         std::fs::write(&f, docs.join("\n---\n")).expect("write");
         files.push(f);
     }
-    let out = std::process::Command::new(kiln_integration::kubernetes_validator())
-        .arg("--strict")
-        .args(&files)
-        .output()
-        .expect("kubernetes-validate runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let (passed, text) = kiln_integration::kubernetes_validate(&files);
+    assert!(passed, "{text}");
     for (name, _) in &cases {
         assert_eq!(
             text.matches(&format!("{name}.yaml passed")).count(),
@@ -181,11 +172,7 @@ fn kiln(h: &Harness, ns: &str, kubeconfig: &Path, args: &[&str]) -> KilnOutput {
         .args(args)
         .output()
         .expect("kiln runs");
-    KilnOutput {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    out.into()
 }
 
 fn images(h: &Harness, ns: &str) -> String {
@@ -204,6 +191,20 @@ async fn standin(h: &Harness, setup: Setup, context_ns: &str) -> (KubeApi, PathB
 /// [`Setup::new`] for these nodes.
 fn setup<N: Into<Node>>(nodes: impl IntoIterator<Item = N>) -> Setup {
     Setup::new(nodes).expect("stand-in setup")
+}
+
+/// `kiln builder create --name NAME --driver kubernetes FLAGS`.
+fn create_args<'a>(name: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "builder",
+        "create",
+        "--name",
+        name,
+        "--driver",
+        "kubernetes",
+    ];
+    args.extend_from_slice(flags);
+    args
 }
 
 /// A node nothing listens on.
@@ -226,16 +227,7 @@ async fn create_use_build_rm_through_the_api_and_pod_exec() {
     let kiln = |args: &[&str]| kiln(&h, ns, &kc, args);
 
     // A bad option fails before any API call.
-    let out = kiln(&[
-        "builder",
-        "create",
-        "--name",
-        "bad",
-        "--driver",
-        "kubernetes",
-        "--driver-opt",
-        "rootless=true",
-    ]);
+    let out = kiln(&create_args("bad", &["--driver-opt", "rootless=true"]));
     assert!(!out.success);
     assert!(
         out.stderr.contains("rootless=true is not supported yet"),
@@ -244,17 +236,14 @@ async fn create_use_build_rm_through_the_api_and_pod_exec() {
     );
     assert!(api.requests().is_empty(), "{:?}", api.requests());
 
-    let out = kiln(&[
-        "builder",
-        "create",
-        "--bootstrap",
-        "--name",
+    let out = kiln(&create_args(
         "kube",
-        "--driver",
-        "kubernetes",
-        "--driver-opt",
-        "namespace=buildkit,replicas=1",
-    ]);
+        &[
+            "--bootstrap",
+            "--driver-opt",
+            "namespace=buildkit,replicas=1",
+        ],
+    ));
     assert!(
         out.success,
         "{}\n{}",
@@ -433,15 +422,7 @@ async fn first_use_boots_in_the_context_namespace_over_v4() {
     };
     let (api, kc) = standin(&h, v4, "ctxns").await;
     let kiln = |args: &[&str]| kiln(&h, ns, &kc, args);
-    let out = kiln(&[
-        "builder",
-        "create",
-        "--name",
-        "lazy",
-        "--driver",
-        "kubernetes",
-        "--use",
-    ]);
+    let out = kiln(&create_args("lazy", &["--use"]));
     assert!(out.success, "{}", out.stderr);
     assert!(api.objects().is_empty(), "created without --bootstrap");
     let out = kiln(&["builder", "inspect", "lazy"]);
@@ -473,14 +454,7 @@ async fn first_use_boots_in_the_context_namespace_over_v4() {
     assert!(api.objects().is_empty(), "{:?}", api.objects());
 
     // inspect --bootstrap boots a builder, as buildx's does.
-    let out = kiln(&[
-        "builder",
-        "create",
-        "--name",
-        "later",
-        "--driver",
-        "kubernetes",
-    ]);
+    let out = kiln(&create_args("later", &[]));
     assert!(out.success, "{}", out.stderr);
     let out = kiln(&["builder", "inspect", "--bootstrap", "later"]);
     assert!(out.success, "{}", out.stderr);
@@ -662,8 +636,7 @@ impl Routed {
     /// `driver_opts` (two replicas), made current with `use_it`; its two
     /// pods, sorted as the driver sorts them.
     fn create(&self, builder: &str, driver_opts: &str, use_it: bool) -> Vec<String> {
-        let mut args = vec!["builder", "create", "--bootstrap", "--name", builder];
-        args.extend(["--driver", "kubernetes", "--driver-opt", driver_opts]);
+        let mut args = create_args(builder, &["--bootstrap", "--driver-opt", driver_opts]);
         if use_it {
             args.push("--use");
         }
@@ -901,15 +874,7 @@ async fn a_dead_kilnd_fails_the_bootstrap_and_rm_still_cleans_up() {
     let h = Harness::start().await.expect("containerd");
     let (api, kc) = standin(&h, setup([NO_KILND.to_string()]), "dead").await;
     let kiln = |args: &[&str]| kiln(&h, ns, &kc, args);
-    let out = kiln(&[
-        "builder",
-        "create",
-        "--bootstrap",
-        "--name",
-        "dead",
-        "--driver",
-        "kubernetes",
-    ]);
+    let out = kiln(&create_args("dead", &["--bootstrap"]));
     assert!(!out.success, "{}", out.stdout);
     assert!(
         out.stderr
@@ -957,15 +922,7 @@ async fn the_api_is_reached_over_tls() {
     let (api, kc) = standin(&h, tls, "tls").await;
     assert!(api.url.starts_with("https://localhost:"), "{}", api.url);
     let kiln = |args: &[&str]| kiln(&h, ns, &kc, args);
-    let out = kiln(&[
-        "builder",
-        "create",
-        "--bootstrap",
-        "--name",
-        "secure",
-        "--driver",
-        "kubernetes",
-    ]);
+    let out = kiln(&create_args("secure", &["--bootstrap"]));
     assert!(out.success, "{}", out.stderr);
     assert!(!api.execs().is_empty());
     let out = kiln(&["builder", "inspect", "secure"]);
@@ -982,20 +939,7 @@ async fn the_api_is_reached_over_tls() {
     let other = kiln_integration::pki::Pki::new(h.state_dir().join("other-pki"));
     let bad = h.state_dir().join("kubeconfig-bad-ca");
     std::fs::write(&bad, api.kubeconfig("tls").replace(&pki.ca, &other.ca)).expect("kubeconfig");
-    let out = self::kiln(
-        &h,
-        ns,
-        &bad,
-        &[
-            "builder",
-            "create",
-            "--bootstrap",
-            "--name",
-            "untrusted",
-            "--driver",
-            "kubernetes",
-        ],
-    );
+    let out = self::kiln(&h, ns, &bad, &create_args("untrusted", &["--bootstrap"]));
     assert!(!out.success, "an untrusted API server was used");
     assert!(api.objects().is_empty(), "{:?}", api.objects());
 }
@@ -1013,17 +957,10 @@ async fn pods_that_never_start_time_the_bootstrap_out() {
     let (api, kc) = standin(&h, pending, "pending").await;
     let kiln = |args: &[&str]| kiln(&h, ns, &kc, args);
     let start = std::time::Instant::now();
-    let out = kiln(&[
-        "builder",
-        "create",
-        "--bootstrap",
-        "--name",
+    let out = kiln(&create_args(
         "slow",
-        "--driver",
-        "kubernetes",
-        "--driver-opt",
-        "replicas=2,timeout=2s",
-    ]);
+        &["--bootstrap", "--driver-opt", "replicas=2,timeout=2s"],
+    ));
     assert!(!out.success, "{}", out.stdout);
     assert!(
         out.stderr
