@@ -7,9 +7,12 @@
 //! It keeps the objects it is given (server-side apply of ConfigMaps and
 //! Deployments), makes a Deployment's pods at once (all Running and
 //! ready), lists them by label selector, and deletes on request. A pod is
-//! bound to a "node": a real kilnd on a test's containerd. An exec of
+//! bound to a "node": a real kilnd on a test's containerd, optionally in a
+//! network namespace of its own (the pod's network). An exec of
 //! `kilnd dial-stdio` in a pod runs the real `kilnd dial-stdio` against
-//! that pod's kilnd, so gRPC goes through the whole exec path.
+//! that pod's kilnd, inside that namespace, so gRPC goes through the whole
+//! exec path. A test can take a pod away as a cluster does: terminating
+//! (a deletionTimestamp, still Running) and then gone.
 //!
 //! What it does not do: authentication (a token is accepted unread),
 //! watches, generations, resourceVersion conflicts, scheduling.
@@ -24,6 +27,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::HarnessResult;
 
 /// One request as the stand-in saw it.
 #[derive(Clone, Debug)]
@@ -43,14 +48,27 @@ pub struct Exec {
     pub command: Vec<String>,
     /// The WebSocket subprotocol agreed on.
     pub protocol: String,
+    /// The network namespace (inode) `kilnd dial-stdio` ran in; `None`
+    /// when nothing ran or it was gone before it could be looked at.
+    pub netns: Option<u64>,
+}
+
+/// A pod of a Deployment.
+#[derive(Debug, Clone)]
+struct Pod {
+    labels: BTreeMap<String, String>,
+    /// Index into `Setup::nodes`.
+    node: usize,
+    /// Being deleted: a deletionTimestamp, still Running.
+    terminating: bool,
 }
 
 #[derive(Debug, Default)]
 struct State {
     /// (kind, namespace, name) -> object.
     objects: BTreeMap<(String, String, String), Value>,
-    /// (namespace, pod) -> (labels, node index).
-    pods: BTreeMap<(String, String), (BTreeMap<String, String>, usize)>,
+    /// (namespace, pod name) -> pod.
+    pods: BTreeMap<(String, String), Pod>,
     requests: Vec<Request>,
     execs: Vec<Exec>,
 }
@@ -63,12 +81,28 @@ pub struct KubeApi {
     state: Arc<Mutex<State>>,
 }
 
+/// Where a pod runs: a kilnd, and the network it is in.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The kilnd address (`unix://…`).
+    pub addr: String,
+    /// The pod's network namespace (a /run/netns file), where an exec's
+    /// `kilnd dial-stdio` runs; `None`: the test's own network.
+    pub netns: Option<PathBuf>,
+}
+
+impl From<String> for Node {
+    /// A kilnd on the test's own network.
+    fn from(addr: String) -> Node {
+        Node { addr, netns: None }
+    }
+}
+
 /// How the stand-in is set up.
 #[derive(Debug, Clone)]
 pub struct Setup {
-    /// The kilnd address (`unix://…`) of each node; pod `i` of a
-    /// Deployment runs on node `i % nodes.len()`.
-    pub nodes: Vec<String>,
+    /// The nodes; pod `i` of a Deployment runs on node `i % nodes.len()`.
+    pub nodes: Vec<Node>,
     /// `kilnd` to run for an exec.
     pub kilnd: PathBuf,
     /// Offer only `v4.channel.k8s.io` (as an older API server).
@@ -79,6 +113,20 @@ pub struct Setup {
     /// Serve HTTPS with this certificate and key (PEM files, for
     /// `localhost`) and the CA that signed it, as a real API server does.
     pub tls: Option<Tls>,
+}
+
+impl Setup {
+    /// Plain HTTP, v5 offered, pods that start at once, the test's
+    /// `kilnd` run for an exec.
+    pub fn new<N: Into<Node>>(nodes: impl IntoIterator<Item = N>) -> HarnessResult<Setup> {
+        Ok(Setup {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            kilnd: crate::kilnd_binary()?,
+            v4_only: false,
+            pending: false,
+            tls: None,
+        })
+    }
 }
 
 /// The stand-in's TLS files.
@@ -202,7 +250,27 @@ impl KubeApi {
         self.lock()
             .pods
             .get(&(namespace.to_string(), pod.to_string()))
-            .map(|(_, n)| *n)
+            .map(|p| p.node)
+    }
+
+    /// Starts deleting a pod as the API server does: it gets a
+    /// deletionTimestamp and stays listed, Running, until it is gone.
+    /// False when there is no such pod.
+    pub fn terminate_pod(&self, namespace: &str, pod: &str) -> bool {
+        self.lock()
+            .pods
+            .get_mut(&(namespace.to_string(), pod.to_string()))
+            .map(|p| p.terminating = true)
+            .is_some()
+    }
+
+    /// Removes a pod: no longer listed, an exec into it is a 404. False
+    /// when there is no such pod.
+    pub fn remove_pod(&self, namespace: &str, pod: &str) -> bool {
+        self.lock()
+            .pods
+            .remove(&(namespace.to_string(), pod.to_string()))
+            .is_some()
     }
 }
 
@@ -371,13 +439,19 @@ fn route(s: &mut State, setup: &Setup, method: &str, target: &str, body: &[u8]) 
             let items: Vec<Value> = s
                 .pods
                 .iter()
-                .filter(|((pns, _), (labels, _))| {
-                    pns == ns && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                .filter(|((pns, _), pod)| {
+                    pns == ns && selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
                 })
-                .map(|((pns, pname), (labels, _))| {
+                .map(|((pns, pname), pod)| {
+                    let mut metadata =
+                        json!({ "name": pname, "namespace": pns, "labels": pod.labels });
+                    if pod.terminating {
+                        metadata["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                        metadata["deletionGracePeriodSeconds"] = json!(30);
+                    }
                     json!({
                         "apiVersion": "v1", "kind": "Pod",
-                        "metadata": { "name": pname, "namespace": pns, "labels": labels },
+                        "metadata": metadata,
                         "spec": { "containers": [{ "name": "kilnd", "image": "kilnd" }] },
                         "status": if setup.pending {
                             json!({ "phase": "Pending" })
@@ -423,7 +497,11 @@ fn route(s: &mut State, setup: &Setup, method: &str, target: &str, body: &[u8]) 
                     };
                     s.pods.insert(
                         (ns.to_string(), format!("{name}-7c9d8-{i}")),
-                        (labels.clone(), node),
+                        Pod {
+                            labels: labels.clone(),
+                            node,
+                            terminating: false,
+                        },
                     );
                 }
                 let ready = if setup.pending { 0 } else { replicas };
@@ -492,18 +570,22 @@ async fn exec<S: Conn>(
         .find(|(k, _)| k == "container")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let node = {
+    let (node, exec_index) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        let exec_index = s.execs.len();
         s.execs.push(Exec {
             namespace: ns.to_string(),
             pod: pod.to_string(),
             container: container.clone(),
             command: command.clone(),
             protocol: protocol.to_string(),
+            netns: None,
         });
-        s.pods
+        let node = s
+            .pods
             .get(&(ns.to_string(), pod.to_string()))
-            .map(|(_, n)| *n)
+            .map(|p| p.node);
+        (node, exec_index)
     };
     let Some(node) = node else {
         let text = status(404, "NotFound", &format!("pods {pod:?} not found"))
@@ -536,14 +618,25 @@ async fn exec<S: Conn>(
         tx.close().await?;
         return Ok(());
     }
-    let addr = setup.nodes.get(node).cloned().unwrap_or_default();
-    let mut child = tokio::process::Command::new(&setup.kilnd)
-        .args(["dial-stdio", "--addr", &addr])
+    let node = setup.nodes.get(node).ok_or("a pod on no node")?;
+    let mut cmd = tokio::process::Command::new(&setup.kilnd);
+    cmd.args(["dial-stdio", "--addr", &node.addr])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+        .kill_on_drop(true);
+    if let Some(netns) = &node.netns {
+        crate::netns::enter_on_exec(cmd.as_std_mut(), netns)?;
+    }
+    let mut child = cmd.spawn()?;
+    // Spawned means exec'd, so past the setns: where it runs now.
+    let netns = child.id().and_then(|pid| crate::netns::of_pid(pid).ok());
+    {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = s.execs.get_mut(exec_index) {
+            e.netns = netns;
+        }
+    }
     let mut stdin = child.stdin.take().ok_or("stdin")?;
     let stdout = child.stdout.take().ok_or("stdout")?;
     let stderr = child.stderr.take().ok_or("stderr")?;

@@ -14,6 +14,7 @@ pub mod cases;
 pub mod faultproxy;
 pub mod gitdaemon;
 pub mod kubeapi;
+pub mod netns;
 pub mod pki;
 pub mod registry;
 pub mod token;
@@ -122,6 +123,12 @@ impl Harness {
         let s = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The private containerd's process id (`None` when it is not the
+    /// harness's own).
+    pub fn containerd_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The containerd socket.
@@ -348,11 +355,7 @@ impl Harness {
             .args(args)
             .output()
             .map_err(|e| format!("run kiln: {e}"))?;
-        Ok(KilnOutput {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        Ok(out.into())
     }
 
     /// What `ctr` lists of kiln's leftovers in `namespace`: containers,
@@ -595,6 +598,16 @@ impl Harness {
             }
         }
         Ok(out)
+    }
+}
+
+impl From<std::process::Output> for KilnOutput {
+    fn from(out: std::process::Output) -> KilnOutput {
+        KilnOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 
@@ -844,10 +857,25 @@ impl Kilnd {
     }
 }
 
-/// PyPI's kubernetes-validate, as `.ci/install` puts it (or
-/// `$KILN_KUBERNETES_VALIDATE`): the strict schema check of every
-/// Kubernetes manifest kiln ships or generates.
-pub fn kubernetes_validator() -> PathBuf {
+/// Runs PyPI's kubernetes-validate, as `.ci/install` puts it (or
+/// `$KILN_KUBERNETES_VALIDATE`), strictly (unknown fields fail) over
+/// `files`: the schema check of every Kubernetes manifest kiln ships or
+/// generates. Whether all passed, and what it said (stdout, then stderr).
+pub fn kubernetes_validate<P: AsRef<std::ffi::OsStr>>(files: &[P]) -> (bool, String) {
+    let out = Command::new(kubernetes_validator())
+        .arg("--strict")
+        .args(files)
+        .output()
+        .expect("kubernetes-validate runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn kubernetes_validator() -> PathBuf {
     let p = std::env::var_os("KILN_KUBERNETES_VALIDATE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

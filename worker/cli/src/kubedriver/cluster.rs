@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, Patch, PatchParams};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
@@ -31,6 +32,76 @@ impl std::fmt::Debug for Cluster {
         f.debug_struct("Cluster")
             .field("default_namespace", &self.default_namespace)
             .finish_non_exhaustive()
+    }
+}
+
+/// How long a new exec connection waits for kilnd's first bytes before
+/// it is used anyway.
+const FIRST_BYTES: Duration = Duration::from_secs(10);
+/// How long the last words of a dial-stdio that ended are waited for.
+const STDERR_GRACE: Duration = Duration::from_secs(2);
+
+/// A pod's `kilnd dial-stdio` ended before kilnd said anything; what it
+/// printed (or the exec's status message).
+#[derive(Debug, Clone)]
+struct DialStdioEnded(String);
+
+impl std::fmt::Display for DialStdioEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            write!(f, "kilnd dial-stdio ended before kilnd answered")
+        } else {
+            write!(
+                f,
+                "kilnd dial-stdio ended before kilnd answered: {}",
+                self.0
+            )
+        }
+    }
+}
+
+impl std::error::Error for DialStdioEnded {}
+
+/// The stderr of an exec'd dial-stdio: kept while the connection is
+/// being made (it is the error if the connection fails), printed as the
+/// pod's once the connection is in use.
+struct StderrRelay {
+    /// `Some` until [`StderrRelay::hand_over`]: the lines so far.
+    early: Arc<Mutex<Option<Vec<String>>>>,
+    task: tokio::task::JoinHandle<()>,
+    pod: String,
+}
+
+impl StderrRelay {
+    fn start(stderr: impl tokio::io::AsyncRead + Unpin + Send + 'static, pod: String) -> Self {
+        let early = Arc::new(Mutex::new(Some(Vec::new())));
+        let (kept, name) = (early.clone(), pod.clone());
+        let task = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                match kept.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    Some(v) => v.push(l),
+                    None => eprintln!("kilnd dial-stdio in pod {name}: {l}"),
+                }
+            }
+        });
+        StderrRelay { early, task, pod }
+    }
+
+    /// The connection is in use: what was said so far is shown, and what
+    /// comes later as it comes.
+    fn hand_over(self) {
+        let said = self.early.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for l in said.unwrap_or_default() {
+            eprintln!("kilnd dial-stdio in pod {}: {l}", self.pod);
+        }
+    }
+
+    /// Everything it said, once it has ended (or after a grace period).
+    async fn said(self) -> String {
+        let _ = tokio::time::timeout(STDERR_GRACE, self.task).await;
+        let said = self.early.lock().unwrap_or_else(|p| p.into_inner()).take();
+        said.unwrap_or_default().join("; ")
     }
 }
 
@@ -165,8 +236,13 @@ impl Cluster {
     }
 
     /// A gRPC channel to kilnd in `pod`: every connection is a pod exec
-    /// of `kilnd dial-stdio`, its stdin and stdout the HTTP/2 stream. What
-    /// dial-stdio prints on stderr is shown as the pod's.
+    /// of `kilnd dial-stdio`, its stdin and stdout the HTTP/2 stream.
+    ///
+    /// kilnd speaks first (its HTTP/2 settings, as soon as it accepts), so
+    /// a connection waits for its first bytes: a dial-stdio that ends
+    /// before any (the pod's kilnd is down) fails the connection with what
+    /// it said, which is then the error, naming the pod. What dial-stdio
+    /// prints on a working connection is shown as the pod's.
     pub async fn channel(&self, o: &KubeOpts, pod: &str) -> Result<tonic::transport::Channel> {
         let api = self.api::<Pod>(o);
         let pod = pod.to_string();
@@ -187,20 +263,50 @@ impl Cluster {
                     else {
                         return Err("the exec stream has no stdin/stdout".into());
                     };
-                    tokio::spawn(async move {
-                        let mut lines = tokio::io::BufReader::new(stderr).lines();
-                        while let Ok(Some(l)) = lines.next_line().await {
-                            eprintln!("kilnd dial-stdio in pod {ns}/{pod}: {l}");
-                        }
-                    });
+                    let status = p.take_status();
+                    let stderr = StderrRelay::start(stderr, format!("{ns}/{pod}"));
                     // The exec's message loop runs until the stream ends.
                     tokio::spawn(async move { p.join().await });
+                    let mut stdout = tokio::io::BufReader::new(stdout);
+                    let ended = match tokio::time::timeout(FIRST_BYTES, stdout.fill_buf()).await {
+                        Ok(Ok(first)) => first.is_empty(),
+                        Ok(Err(e)) => return Err(e.into()),
+                        // A slow kilnd: the connection is used as it is.
+                        Err(_) => false,
+                    };
+                    if ended {
+                        let mut why = stderr.said().await;
+                        if why.is_empty() {
+                            if let Some(status) = status {
+                                why = tokio::time::timeout(STDERR_GRACE, status)
+                                    .await
+                                    .ok()
+                                    .flatten()
+                                    .and_then(|s| s.message)
+                                    .unwrap_or_default();
+                            }
+                        }
+                        return Err(DialStdioEnded(why).into());
+                    }
+                    stderr.hand_over();
                     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper_util::rt::TokioIo::new(
                         tokio::io::join(stdout, stdin),
                     ))
                 }
             }))
             .await
+            .map_err(|e| {
+                // tonic's message repeats its source's: a dial-stdio that
+                // ended is said once, alone.
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    if let Some(ended) = s.downcast_ref::<DialStdioEnded>() {
+                        return anyhow::Error::new(ended.clone());
+                    }
+                    source = s.source();
+                }
+                anyhow::Error::new(e)
+            })
             .with_context(|| format!("cannot reach kilnd in pod {target} (exec kilnd dial-stdio)"))
     }
 
