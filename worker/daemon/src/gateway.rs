@@ -10,8 +10,9 @@ use crate::tenants::Tenant;
 use kiln_proto::apicaps::ApiCap;
 use kiln_proto::gateway::llb_bridge_server::LlbBridge;
 use kiln_proto::gateway::{
-    result, PingRequest, PongResponse, Ref, RefMap, Result as GwResult, ReturnRequest,
-    ReturnResponse, SolveRequest, SolveResponse,
+    result, EvaluateRequest, EvaluateResponse, PingRequest, PongResponse, ReadDirRequest,
+    ReadDirResponse, ReadFileRequest, ReadFileResponse, Ref, RefMap, Result as GwResult,
+    ReturnRequest, ReturnResponse, SolveRequest, SolveResponse, StatFileRequest, StatFileResponse,
 };
 use kiln_snapshot::diff::Compression;
 use std::collections::HashMap;
@@ -71,8 +72,25 @@ impl GatewayService {
     }
 }
 
-/// The gateway API capabilities kiln implements.
-const FRONTEND_CAPS: &[&str] = &["solve.base", "return", "returnmap", "proto.refarray"];
+/// The gateway API capabilities kiln implements (BuildKit's ids,
+/// frontend/gateway/pb's caps). A solve is never lazy here, so a solve
+/// that asks to be evaluated (`gateway.solve.evaluate`) and `Evaluate`
+/// itself hold by construction. buildx reads a remote context's policy
+/// file through `statfile` and `readfile`, and refuses without them.
+/// Not listed, because kiln does not do them yet: `Inputs`, `Warn`,
+/// containers (`gateway.exec*`), `resolveimage`, the source meta
+/// resolver, cache imports and reference definitions.
+const FRONTEND_CAPS: &[&str] = &[
+    "solve.base",
+    "return",
+    "returnmap",
+    "proto.refarray",
+    "readfile",
+    "readdir",
+    "statfile",
+    "gateway.evaluate",
+    "gateway.solve.evaluate",
+];
 
 /// The LLB capabilities kiln can build: BuildKit's ids (solver/pb's
 /// caps), each one only if `llb.rs` maps the feature and the engine runs
@@ -190,6 +208,50 @@ impl GatewayService {
             .await
             .ok_or_else(|| Status::not_found(format!("no such job {id}")))?;
         Ok((tenant, job))
+    }
+
+    /// Runs `read` on the read-only root of result `id` of the request's
+    /// build (a view mounted for this call and removed after it). The
+    /// results stay locked meanwhile, so the build cannot release the
+    /// result under the view.
+    async fn read_result<T, R>(
+        &self,
+        req: Request<T>,
+        id: impl FnOnce(&T) -> String,
+        read: impl FnOnce(&std::path::Path, T) -> Result<R, crate::resultfs::ResultFsError>
+            + Send
+            + 'static,
+    ) -> Result<R, Status>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+    {
+        let (_, job) = self.job(&req).await?;
+        let msg = req.into_inner();
+        let id = id(&msg);
+        let results = job.results.lock().await;
+        let Some(res) = results.get(&id) else {
+            return Err(Status::not_found(format!("no such ref: {id}")));
+        };
+        if !res.solved.platform_results().is_empty() {
+            return Err(Status::unimplemented(format!(
+                "reading the files of a multi-platform result ({id}) is not supported yet; \
+                 solve one platform"
+            )));
+        }
+        let view = res
+            .solved
+            .view()
+            .await
+            .map_err(|e| crate::state::status_of(&e))?;
+        let root = view.path().to_path_buf();
+        let out = tokio::task::spawn_blocking(move || read(&root, msg)).await;
+        view.close().await;
+        drop(results);
+        match out {
+            Ok(r) => r.map_err(Status::from),
+            Err(e) => Err(Status::internal(format!("file read task failed: {e}"))),
+        }
     }
 }
 
@@ -335,6 +397,71 @@ impl LlbBridge for GatewayService {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(r#ref = %request.get_ref().r#ref, path = %request.get_ref().file_path))]
+    async fn read_file(
+        &self,
+        request: Request<ReadFileRequest>,
+    ) -> Result<Response<ReadFileResponse>, Status> {
+        let data = self
+            .read_result(
+                request,
+                |r| r.r#ref.clone(),
+                |root, r| {
+                    let range = r.range.map(|g| crate::resultfs::FileRange {
+                        offset: g.offset,
+                        length: g.length,
+                    });
+                    crate::resultfs::read_file(root, &r.file_path, range)
+                },
+            )
+            .await?;
+        Ok(Response::new(ReadFileResponse { data }))
+    }
+
+    #[tracing::instrument(skip_all, fields(r#ref = %request.get_ref().r#ref, path = %request.get_ref().dir_path))]
+    async fn read_dir(
+        &self,
+        request: Request<ReadDirRequest>,
+    ) -> Result<Response<ReadDirResponse>, Status> {
+        let entries = self
+            .read_result(
+                request,
+                |r| r.r#ref.clone(),
+                |root, r| crate::resultfs::read_dir(root, &r.dir_path, &r.include_pattern),
+            )
+            .await?;
+        Ok(Response::new(ReadDirResponse { entries }))
+    }
+
+    #[tracing::instrument(skip_all, fields(r#ref = %request.get_ref().r#ref, path = %request.get_ref().path))]
+    async fn stat_file(
+        &self,
+        request: Request<StatFileRequest>,
+    ) -> Result<Response<StatFileResponse>, Status> {
+        let stat = self
+            .read_result(
+                request,
+                |r| r.r#ref.clone(),
+                |root, r| crate::resultfs::stat_file(root, &r.path),
+            )
+            .await?;
+        Ok(Response::new(StatFileResponse { stat: Some(stat) }))
+    }
+
+    /// Results are solved before `Solve` answers, so a known ref is
+    /// evaluated already.
+    async fn evaluate(
+        &self,
+        request: Request<EvaluateRequest>,
+    ) -> Result<Response<EvaluateResponse>, Status> {
+        let (_, job) = self.job(&request).await?;
+        let id = &request.get_ref().r#ref;
+        if job.results.lock().await.get(id).is_none() {
+            return Err(Status::not_found(format!("no such ref: {id}")));
+        }
+        Ok(Response::new(EvaluateResponse {}))
+    }
+
     async fn r#return(
         &self,
         request: Request<ReturnRequest>,
@@ -443,6 +570,57 @@ mod tests {
         "gc.freespacefilter",
         "history.filter",
     ];
+
+    /// BuildKit's gateway API capability ids (frontend/gateway/pb's caps).
+    const BUILDKIT_FRONTEND_CAPS: &[&str] = &[
+        "solve.base",
+        "solve.inlinereturn",
+        "resolveimage",
+        "resolveimage.resolvemode",
+        "readfile",
+        "return",
+        "returnmap",
+        "readdir",
+        "statfile",
+        "importcaches",
+        "proto.refarray",
+        "reference.output",
+        "frontend.inputs",
+        "gateway.solve.metadata",
+        "gateway.exec",
+        "gateway.exec.extrahosts",
+        "gateway.exec.secretenv",
+        "gateway.exec.signals",
+        "gateway.exec.filesystem",
+        "frontend.caps",
+        "gateway.solve.evaluate",
+        "gateway.evaluate",
+        "gateway.warnings",
+        "reference.attestations",
+        "source.metaresolver",
+        "source.metaresolver.image.attestations",
+        "source.metaresolver.http.checksumrequest",
+    ];
+
+    #[test]
+    fn frontend_caps_are_buildkit_ids_listed_once() {
+        let mut seen = std::collections::HashSet::new();
+        for id in FRONTEND_CAPS {
+            assert!(
+                BUILDKIT_FRONTEND_CAPS.contains(id),
+                "{id} is not a BuildKit gateway cap"
+            );
+            assert!(seen.insert(id), "{id} is listed twice");
+        }
+        // What buildx needs to read a remote context's files, and what kiln
+        // does not serve.
+        for id in ["readfile", "readdir", "statfile"] {
+            assert!(FRONTEND_CAPS.contains(&id), "{id} missing");
+        }
+        for id in ["frontend.inputs", "gateway.warnings", "gateway.exec"] {
+            assert!(!FRONTEND_CAPS.contains(&id), "{id} advertised");
+        }
+    }
 
     #[test]
     fn llb_caps_are_buildkit_ids_listed_once() {
