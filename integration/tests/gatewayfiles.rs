@@ -4,7 +4,7 @@
 //! source in an internal gateway build and stats and reads its policy file
 //! (`Dockerfile.rego`) there, a missing one being no error.
 //!
-//! Checked: caps, whole and ranged reads, listings with and without an
+//! Checked: caps, `Evaluate`, `Warn`, whole and ranged reads, listings with and without an
 //! include pattern, stats, that symlinks and `..` climbing out of the
 //! result (relative and absolute, with a file of the same name on the host)
 //! stay inside it, missing paths (NotFound naming the path), unknown refs,
@@ -13,17 +13,20 @@
 use kiln_integration::gitdaemon::{git, GitDaemon};
 use kiln_integration::{Harness, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
-use kiln_proto::control::SolveRequest;
+use kiln_proto::control::{SolveRequest, StatusRequest};
 use kiln_proto::gateway::llb_bridge_client::LlbBridgeClient;
 use kiln_proto::gateway::{
     result, EvaluateRequest, FileRange, PingRequest, ReadDirRequest, ReadFileRequest,
-    ReturnRequest, SolveRequest as GwSolve, StatFileRequest,
+    ReturnRequest, SolveRequest as GwSolve, StatFileRequest, WarnRequest,
 };
 use kiln_proto::llb;
 use prost::Message;
 use std::collections::HashMap;
 use tonic::transport::Channel;
 use tonic::Code;
+
+/// How long a finished build may take to remove what it made.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Go's `os.ModeDir` and `os.ModeSymlink` bits in `Stat.mode`.
 const MODE_DIR: u32 = 1 << 31;
@@ -204,6 +207,12 @@ impl GatewayBuild {
             .expect("a stat"))
     }
 
+    /// Ends the build as buildx ends its internal one: the client goes
+    /// away (its Control call is dropped).
+    fn cancel(self) {
+        self.solve.abort();
+    }
+
     /// Ends the build with no result and waits for its Control answer.
     async fn finish(mut self) {
         self.gw
@@ -257,10 +266,49 @@ async fn a_results_files_are_read_inside_its_root() {
         .iter()
         .map(|c| c.id.as_str())
         .collect();
-    for cap in ["readfile", "readdir", "statfile", "gateway.evaluate"] {
+    for cap in [
+        "readfile",
+        "readdir",
+        "statfile",
+        "gateway.evaluate",
+        "gateway.warnings",
+    ] {
         assert!(caps.contains(&cap), "{cap} not advertised: {caps:?}");
     }
+    let status = {
+        let channel = containerd_client::connect(&k.socket)
+            .await
+            .expect("connect to kilnd");
+        let mut c = ControlClient::new(channel);
+        tokio::spawn(async move {
+            let mut s = c
+                .status(StatusRequest {
+                    r#ref: "gatewayfiles000000000001".into(),
+                })
+                .await
+                .expect("status")
+                .into_inner();
+            let mut warnings = Vec::new();
+            while let Some(m) = s.message().await.expect("status stream") {
+                warnings.extend(m.warnings);
+            }
+            warnings
+        })
+    };
     let r = b.solve(def).await;
+    // A frontend's warning reaches the build's status.
+    b.gw.warn(with_id(
+        b.id,
+        WarnRequest {
+            digest: "sha256:0123".into(),
+            level: 1,
+            short: b"from the gateway client".to_vec(),
+            url: "https://example.invalid/rule".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("warn");
     b.gw.evaluate(with_id(b.id, EvaluateRequest { r#ref: r.clone() }))
         .await
         .expect("a solved ref evaluates");
@@ -381,15 +429,17 @@ async fn a_results_files_are_read_inside_its_root() {
     assert_eq!(e.message(), "no such ref: ref-nope");
 
     b.finish().await;
-    let views = std::fs::read_dir(h.kilnd_root(ns).join("mounts"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("view-"))
-                .count()
-        })
-        .unwrap_or(0);
-    assert_eq!(views, 0, "a view mount was left behind");
+    let warnings = status.await.expect("status task");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.short == b"from the gateway client" && w.vertex == "sha256:0123"),
+        "{warnings:?}"
+    );
+    // No view of the result (a mount, a snapshot) outlives the calls.
+    h.wait_no_leftovers(ns, &h.kilnd_root(ns), SETTLE)
+        .await
+        .expect("nothing left");
 }
 
 /// buildx's remote-context policy lookup, with the calls its gateway
@@ -438,5 +488,9 @@ async fn a_git_sources_files_are_read_as_buildx_reads_a_remote_context() {
         names(&b.list(&r, "", "").await.expect("list")),
         ["Dockerfile"]
     );
-    b.finish().await;
+    // buildx ends this build by cancelling it, not by Return.
+    b.cancel();
+    h.wait_no_leftovers(ns, &h.kilnd_root(ns), SETTLE)
+        .await
+        .expect("nothing left");
 }

@@ -13,6 +13,7 @@ use kiln_proto::gateway::{
     result, EvaluateRequest, EvaluateResponse, PingRequest, PongResponse, ReadDirRequest,
     ReadDirResponse, ReadFileRequest, ReadFileResponse, Ref, RefMap, Result as GwResult,
     ReturnRequest, ReturnResponse, SolveRequest, SolveResponse, StatFileRequest, StatFileResponse,
+    WarnRequest, WarnResponse,
 };
 use kiln_snapshot::diff::Compression;
 use std::collections::HashMap;
@@ -77,8 +78,8 @@ impl GatewayService {
 /// that asks to be evaluated (`gateway.solve.evaluate`) and `Evaluate`
 /// itself hold by construction. buildx reads a remote context's policy
 /// file through `statfile` and `readfile`, and refuses without them.
-/// Not listed, because kiln does not do them yet: `Inputs`, `Warn`,
-/// containers (`gateway.exec*`), `resolveimage`, the source meta
+/// A client's `Warn` becomes a warning of the build's status.
+/// Not listed, because kiln does not do them yet: `Inputs`, containers (`gateway.exec*`), `resolveimage`, the source meta
 /// resolver, cache imports and reference definitions.
 const FRONTEND_CAPS: &[&str] = &[
     "solve.base",
@@ -90,6 +91,7 @@ const FRONTEND_CAPS: &[&str] = &[
     "statfile",
     "gateway.evaluate",
     "gateway.solve.evaluate",
+    "gateway.warnings",
 ];
 
 /// The LLB capabilities kiln can build: BuildKit's ids (solver/pb's
@@ -462,6 +464,26 @@ impl LlbBridge for GatewayService {
         Ok(Response::new(EvaluateResponse {}))
     }
 
+    /// A warning the client reports on one of its vertices, passed on in
+    /// the build's status as BuildKit does (buildx and buildctl print it).
+    async fn warn(&self, request: Request<WarnRequest>) -> Result<Response<WarnResponse>, Status> {
+        let (_, job) = self.job(&request).await?;
+        let w = request.into_inner();
+        job.publish(kiln_proto::control::StatusResponse {
+            warnings: vec![kiln_proto::control::VertexWarning {
+                vertex: w.digest,
+                level: w.level,
+                short: w.short,
+                detail: w.detail,
+                url: w.url,
+                info: w.info,
+                ranges: w.ranges,
+            }],
+            ..Default::default()
+        });
+        Ok(Response::new(WarnResponse {}))
+    }
+
     async fn r#return(
         &self,
         request: Request<ReturnRequest>,
@@ -617,7 +639,7 @@ mod tests {
         for id in ["readfile", "readdir", "statfile"] {
             assert!(FRONTEND_CAPS.contains(&id), "{id} missing");
         }
-        for id in ["frontend.inputs", "gateway.warnings", "gateway.exec"] {
+        for id in ["frontend.inputs", "gateway.exec", "resolveimage"] {
             assert!(!FRONTEND_CAPS.contains(&id), "{id} advertised");
         }
     }
