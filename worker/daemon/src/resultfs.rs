@@ -15,7 +15,7 @@ use kiln_proto::fsutil::Stat;
 use kiln_session::fsutil::{stat_of, FsutilError};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use tonic::{Code, Status};
 
@@ -149,7 +149,12 @@ fn io_err<'a>(
 /// The content of the regular file at `path`, or the part `range` names.
 pub fn read_file(root: &Path, path: &str, range: Option<FileRange>) -> Result<Vec<u8>> {
     let (host, _) = resolve(root, path)?;
-    let mut f = std::fs::File::open(&host).map_err(io_err("open", path))?;
+    // Every link is resolved already; one found now is refused.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&host)
+        .map_err(io_err("open", path))?;
     let md = f.metadata().map_err(io_err("stat", path))?;
     if !md.is_file() {
         return Err(ResultFsError::NotRegular {
@@ -358,6 +363,13 @@ mod tests {
         assert_eq!(e.message(), "data is not a regular file");
         let e = Status::from(read_dir(&root, "data/hello.txt", "").expect_err("file"));
         assert_eq!(e.message(), "walk data/hello.txt: not a directory");
+        symlink("loop2", root.join("loop1")).expect("symlink");
+        symlink("loop1", root.join("loop2")).expect("symlink");
+        let e = Status::from(stat_file(&root, "loop1").expect_err("loop"));
+        assert_eq!(
+            e.message(),
+            "cannot resolve loop1: too many levels of symbolic links resolving loop1"
+        );
     }
 
     #[test]
