@@ -8,7 +8,8 @@
 //! include pattern, stats, that symlinks and `..` climbing out of the
 //! result (relative and absolute, with a file of the same name on the host)
 //! stay inside it, missing paths (NotFound naming the path), unknown refs,
-//! and the git-source flow.
+//! the git-source flow, and that what kilnd does not serve is refused by
+//! name.
 
 use kiln_integration::gitdaemon::{git, GitDaemon};
 use kiln_integration::{Harness, Kilnd};
@@ -493,4 +494,75 @@ async fn a_git_sources_files_are_read_as_buildx_reads_a_remote_context() {
     h.wait_no_leftovers(ns, &h.kilnd_root(ns), SETTLE)
         .await
         .expect("nothing left");
+}
+
+/// What kilnd does not serve on this path fails by name instead of being
+/// ignored: source policies (in Control.Solve and in a gateway solve) and
+/// `Inputs`.
+#[tokio::test]
+async fn unserved_gateway_requests_are_refused_by_name() {
+    use kiln_proto::gateway::InputsRequest;
+    use kiln_proto::sourcepolicy::{Policy, Rule, Selector};
+    let ns = "gatewayrefuse";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let policy = Policy {
+        version: 1,
+        rules: vec![Rule {
+            selector: Some(Selector {
+                identifier: "docker-image://*".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+    };
+    let channel = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let e = ControlClient::new(channel)
+        .solve(SolveRequest {
+            r#ref: "gatewayrefuse00000000001".into(),
+            source_policy: Some(policy.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a source policy");
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert_eq!(
+        e.message(),
+        "source policies (EXPERIMENTAL_BUILDKIT_SOURCE_POLICY) are not supported yet"
+    );
+
+    let mut b = GatewayBuild::open(&k, "gatewayrefuse00000000002").await;
+    let def = definition(
+        llb::SourceOp {
+            identifier: "docker-image://docker.io/library/busybox:latest".into(),
+            attrs: HashMap::new(),
+        },
+        None,
+    );
+    let e =
+        b.gw.solve(with_id(
+            b.id,
+            GwSolve {
+                definition: Some(def),
+                allow_result_return: true,
+                source_policies: vec![policy],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("a source policy");
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert_eq!(
+        e.message(),
+        "source policies on a gateway solve are not supported yet"
+    );
+    let e =
+        b.gw.inputs(with_id(b.id, InputsRequest {}))
+            .await
+            .expect_err("inputs");
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert!(e.message().contains("Inputs"), "{e:?}");
+    b.finish().await;
 }

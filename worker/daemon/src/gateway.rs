@@ -10,10 +10,10 @@ use crate::tenants::Tenant;
 use kiln_proto::apicaps::ApiCap;
 use kiln_proto::gateway::llb_bridge_server::LlbBridge;
 use kiln_proto::gateway::{
-    result, EvaluateRequest, EvaluateResponse, PingRequest, PongResponse, ReadDirRequest,
-    ReadDirResponse, ReadFileRequest, ReadFileResponse, Ref, RefMap, Result as GwResult,
-    ReturnRequest, ReturnResponse, SolveRequest, SolveResponse, StatFileRequest, StatFileResponse,
-    WarnRequest, WarnResponse,
+    result, EvaluateRequest, EvaluateResponse, InputsRequest, InputsResponse, PingRequest,
+    PongResponse, ReadDirRequest, ReadDirResponse, ReadFileRequest, ReadFileResponse, Ref, RefMap,
+    Result as GwResult, ReturnRequest, ReturnResponse, SolveRequest, SolveResponse,
+    StatFileRequest, StatFileResponse, WarnRequest, WarnResponse,
 };
 use kiln_snapshot::diff::Compression;
 use std::collections::HashMap;
@@ -287,6 +287,11 @@ impl LlbBridge for GatewayService {
         } else {
             self.0.sessions.get(&sid, SESSION_WAIT).await
         };
+        if r.source_policies.iter().any(|p| !p.rules.is_empty()) {
+            return Err(Status::unimplemented(
+                "source policies on a gateway solve are not supported yet",
+            ));
+        }
         let has_definition = r.definition.as_ref().is_some_and(|d| !d.def.is_empty());
         let input = if has_definition {
             Input::Definition(r.definition.as_ref().expect("checked above"))
@@ -482,6 +487,18 @@ impl LlbBridge for GatewayService {
             ..Default::default()
         });
         Ok(Response::new(WarnResponse {}))
+    }
+
+    /// The frontend inputs of a frontend that runs in a container; kiln
+    /// runs no frontend images.
+    async fn inputs(
+        &self,
+        request: Request<InputsRequest>,
+    ) -> Result<Response<InputsResponse>, Status> {
+        self.job(&request).await?;
+        Err(Status::unimplemented(
+            "LLBBridge.Inputs (the inputs of a frontend image) is not supported yet",
+        ))
     }
 
     async fn r#return(
