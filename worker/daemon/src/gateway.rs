@@ -171,6 +171,43 @@ fn caps(ids: &[&str]) -> Vec<ApiCap> {
         .collect()
 }
 
+/// Takes the main context of a `dockerfile.v0` solve back from its
+/// frontend inputs. buildx sends a git context with a query
+/// (`BUILDX_SEND_GIT_QUERY_AS_INPUT`) as the git state it made from the
+/// URL, with the URL in `input:context` and no `context` attribute; kiln
+/// fetches that URL itself, with the same build arguments, so the attribute
+/// is put back. Any other input (a build result as a context, bake's
+/// `target:`) is refused by name.
+fn context_from_inputs(r: &mut SolveRequest) -> Result<(), Status> {
+    if r.frontend_inputs.is_empty() {
+        return Ok(());
+    }
+    let context = r.frontend_inputs.get("context");
+    let git_state = context.is_some()
+        && r.frontend_inputs.len() <= 2
+        && r.frontend_inputs
+            .iter()
+            .all(|(k, v)| k == "context" || k == "dockerfile" && Some(v) == context)
+        && !r.frontend_opt.contains_key("context");
+    match r.frontend_opt.get("input:context").cloned() {
+        Some(url) if git_state => {
+            r.frontend_opt.remove("input:context");
+            r.frontend_opt.insert("context".to_string(), url);
+            r.frontend_inputs.clear();
+            Ok(())
+        }
+        _ => {
+            let mut names: Vec<&str> = r.frontend_inputs.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            Err(Status::unimplemented(format!(
+                "frontend inputs ({}) are not supported yet: a context is a URL or the \
+                 client's files, not a build result",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
 /// The ref id a returned result points at.
 pub fn result_ref(r: &GwResult) -> Option<String> {
     match r.result.as_ref()? {
@@ -276,7 +313,7 @@ impl LlbBridge for GatewayService {
         request: Request<SolveRequest>,
     ) -> Result<Response<SolveResponse>, Status> {
         let (tenant, job) = self.job(&request).await?;
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         let sid = job
             .session
             .lock()
@@ -293,6 +330,9 @@ impl LlbBridge for GatewayService {
             ));
         }
         let has_definition = r.definition.as_ref().is_some_and(|d| !d.def.is_empty());
+        if !has_definition && r.frontend == "dockerfile.v0" {
+            context_from_inputs(&mut r)?;
+        }
         let input = if has_definition {
             Input::Definition(r.definition.as_ref().expect("checked above"))
         } else if r.frontend == "dockerfile.v0" {
@@ -659,6 +699,76 @@ mod tests {
         for id in ["frontend.inputs", "gateway.exec", "resolveimage"] {
             assert!(!FRONTEND_CAPS.contains(&id), "{id} advertised");
         }
+    }
+
+    fn dockerfile_solve(opts: &[(&str, &str)], inputs: &[(&str, u8)]) -> SolveRequest {
+        let def = |n: u8| kiln_proto::llb::Definition {
+            def: vec![vec![n]],
+            ..Default::default()
+        };
+        SolveRequest {
+            frontend: "dockerfile.v0".into(),
+            frontend_opt: opts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            frontend_inputs: inputs
+                .iter()
+                .map(|(k, n)| (k.to_string(), def(*n)))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_git_context_sent_as_an_input_becomes_the_context_attribute_again() {
+        let url = "git://127.0.0.1/repo?ref=main";
+        let mut r = dockerfile_solve(
+            &[("input:context", url), ("filename", "Dockerfile")],
+            &[("context", 1), ("dockerfile", 1)],
+        );
+        context_from_inputs(&mut r).expect("buildx's git query form");
+        assert_eq!(r.frontend_opt.get("context").map(String::as_str), Some(url));
+        assert!(!r.frontend_opt.contains_key("input:context"));
+        assert!(r.frontend_inputs.is_empty());
+        // Without inputs nothing changes.
+        let mut plain = dockerfile_solve(&[("context", url)], &[]);
+        context_from_inputs(&mut plain).expect("no inputs");
+        assert_eq!(plain.frontend_opt.len(), 1);
+
+        for (opts, inputs) in [
+            // A build result as the context (bake's `target:`).
+            (
+                vec![("filename", "Dockerfile")],
+                vec![("context", 1), ("dockerfile", 1)],
+            ),
+            // A Dockerfile from elsewhere than the context.
+            (
+                vec![("input:context", url)],
+                vec![("context", 1), ("dockerfile", 2)],
+            ),
+            // A named context from a result.
+            (
+                vec![("input:context", url), ("context:base", "input:base")],
+                vec![("context", 1), ("base", 3)],
+            ),
+        ] {
+            let mut r = dockerfile_solve(&opts, &inputs);
+            let e = context_from_inputs(&mut r).expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::Unimplemented);
+            assert!(
+                e.message().starts_with("frontend inputs ("),
+                "{}",
+                e.message()
+            );
+        }
+        let mut r = dockerfile_solve(&[], &[("context", 1), ("base", 3)]);
+        let e = context_from_inputs(&mut r).expect_err("refused");
+        assert_eq!(
+            e.message(),
+            "frontend inputs (base, context) are not supported yet: a context is a URL or \
+             the client's files, not a build result"
+        );
     }
 
     #[test]
