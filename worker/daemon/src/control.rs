@@ -47,6 +47,14 @@ async fn run_solve(
     job: Arc<Job>,
     r: SolveRequest,
 ) -> Result<SolveResponse, Status> {
+    if r.source_policy
+        .as_ref()
+        .is_some_and(|p| !p.rules.is_empty())
+    {
+        return Err(Status::unimplemented(
+            "source policies (EXPERIMENTAL_BUILDKIT_SOURCE_POLICY) are not supported yet",
+        ));
+    }
     let session = if r.session.is_empty() {
         None
     } else {

@@ -10,8 +10,10 @@ use crate::tenants::Tenant;
 use kiln_proto::apicaps::ApiCap;
 use kiln_proto::gateway::llb_bridge_server::LlbBridge;
 use kiln_proto::gateway::{
-    result, PingRequest, PongResponse, Ref, RefMap, Result as GwResult, ReturnRequest,
-    ReturnResponse, SolveRequest, SolveResponse,
+    result, EvaluateRequest, EvaluateResponse, InputsRequest, InputsResponse, PingRequest,
+    PongResponse, ReadDirRequest, ReadDirResponse, ReadFileRequest, ReadFileResponse, Ref, RefMap,
+    Result as GwResult, ReturnRequest, ReturnResponse, SolveRequest, SolveResponse,
+    StatFileRequest, StatFileResponse, WarnRequest, WarnResponse,
 };
 use kiln_snapshot::diff::Compression;
 use std::collections::HashMap;
@@ -71,8 +73,26 @@ impl GatewayService {
     }
 }
 
-/// The gateway API capabilities kiln implements.
-const FRONTEND_CAPS: &[&str] = &["solve.base", "return", "returnmap", "proto.refarray"];
+/// The gateway API capabilities kiln implements (BuildKit's ids,
+/// frontend/gateway/pb's caps). A solve is never lazy here, so a solve
+/// that asks to be evaluated (`gateway.solve.evaluate`) and `Evaluate`
+/// itself hold by construction. buildx reads a remote context's policy
+/// file through `statfile` and `readfile`, and refuses without them.
+/// A client's `Warn` becomes a warning of the build's status.
+/// Not listed, because kiln does not do them yet: `Inputs`, containers (`gateway.exec*`), `resolveimage`, the source meta
+/// resolver, cache imports and reference definitions.
+const FRONTEND_CAPS: &[&str] = &[
+    "solve.base",
+    "return",
+    "returnmap",
+    "proto.refarray",
+    "readfile",
+    "readdir",
+    "statfile",
+    "gateway.evaluate",
+    "gateway.solve.evaluate",
+    "gateway.warnings",
+];
 
 /// The LLB capabilities kiln can build: BuildKit's ids (solver/pb's
 /// caps), each one only if `llb.rs` maps the feature and the engine runs
@@ -151,6 +171,43 @@ fn caps(ids: &[&str]) -> Vec<ApiCap> {
         .collect()
 }
 
+/// Takes the main context of a `dockerfile.v0` solve back from its
+/// frontend inputs. buildx sends a git context with a query
+/// (`BUILDX_SEND_GIT_QUERY_AS_INPUT`) as the git state it made from the
+/// URL, with the URL in `input:context` and no `context` attribute; kiln
+/// fetches that URL itself, with the same build arguments, so the attribute
+/// is put back. Any other input (a build result as a context, bake's
+/// `target:`) is refused by name.
+fn context_from_inputs(r: &mut SolveRequest) -> Result<(), Status> {
+    if r.frontend_inputs.is_empty() {
+        return Ok(());
+    }
+    let context = r.frontend_inputs.get("context");
+    let git_state = context.is_some()
+        && r.frontend_inputs.len() <= 2
+        && r.frontend_inputs
+            .iter()
+            .all(|(k, v)| k == "context" || k == "dockerfile" && Some(v) == context)
+        && !r.frontend_opt.contains_key("context");
+    match r.frontend_opt.get("input:context").cloned() {
+        Some(url) if git_state => {
+            r.frontend_opt.remove("input:context");
+            r.frontend_opt.insert("context".to_string(), url);
+            r.frontend_inputs.clear();
+            Ok(())
+        }
+        _ => {
+            let mut names: Vec<&str> = r.frontend_inputs.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            Err(Status::unimplemented(format!(
+                "frontend inputs ({}) are not supported yet: a context is a URL or the \
+                 client's files, not a build result",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
 /// The ref id a returned result points at.
 pub fn result_ref(r: &GwResult) -> Option<String> {
     match r.result.as_ref()? {
@@ -191,6 +248,50 @@ impl GatewayService {
             .ok_or_else(|| Status::not_found(format!("no such job {id}")))?;
         Ok((tenant, job))
     }
+
+    /// Runs `read` on the read-only root of result `id` of the request's
+    /// build (a view mounted for this call and removed after it). The
+    /// results stay locked meanwhile, so the build cannot release the
+    /// result under the view.
+    async fn read_result<T, R>(
+        &self,
+        req: Request<T>,
+        id: impl FnOnce(&T) -> String,
+        read: impl FnOnce(&std::path::Path, T) -> Result<R, crate::resultfs::ResultFsError>
+            + Send
+            + 'static,
+    ) -> Result<R, Status>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+    {
+        let (_, job) = self.job(&req).await?;
+        let msg = req.into_inner();
+        let id = id(&msg);
+        let results = job.results.lock().await;
+        let Some(res) = results.get(&id) else {
+            return Err(Status::not_found(format!("no such ref: {id}")));
+        };
+        if !res.solved.platform_results().is_empty() {
+            return Err(Status::unimplemented(format!(
+                "reading the files of a multi-platform result ({id}) is not supported yet; \
+                 solve one platform"
+            )));
+        }
+        let view = res
+            .solved
+            .view()
+            .await
+            .map_err(|e| crate::state::status_of(&e))?;
+        let root = view.path().to_path_buf();
+        let out = tokio::task::spawn_blocking(move || read(&root, msg)).await;
+        view.close().await;
+        drop(results);
+        match out {
+            Ok(r) => r.map_err(Status::from),
+            Err(e) => Err(Status::internal(format!("file read task failed: {e}"))),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -212,7 +313,7 @@ impl LlbBridge for GatewayService {
         request: Request<SolveRequest>,
     ) -> Result<Response<SolveResponse>, Status> {
         let (tenant, job) = self.job(&request).await?;
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         let sid = job
             .session
             .lock()
@@ -223,7 +324,15 @@ impl LlbBridge for GatewayService {
         } else {
             self.0.sessions.get(&sid, SESSION_WAIT).await
         };
+        if r.source_policies.iter().any(|p| !p.rules.is_empty()) {
+            return Err(Status::unimplemented(
+                "source policies on a gateway solve are not supported yet",
+            ));
+        }
         let has_definition = r.definition.as_ref().is_some_and(|d| !d.def.is_empty());
+        if !has_definition && r.frontend == "dockerfile.v0" {
+            context_from_inputs(&mut r)?;
+        }
         let input = if has_definition {
             Input::Definition(r.definition.as_ref().expect("checked above"))
         } else if r.frontend == "dockerfile.v0" {
@@ -335,6 +444,103 @@ impl LlbBridge for GatewayService {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(r#ref = %request.get_ref().r#ref, path = %request.get_ref().file_path))]
+    async fn read_file(
+        &self,
+        request: Request<ReadFileRequest>,
+    ) -> Result<Response<ReadFileResponse>, Status> {
+        let data = self
+            .read_result(
+                request,
+                |r| r.r#ref.clone(),
+                |root, r| {
+                    let range = r.range.map(|g| crate::resultfs::FileRange {
+                        offset: g.offset,
+                        length: g.length,
+                    });
+                    crate::resultfs::read_file(root, &r.file_path, range)
+                },
+            )
+            .await?;
+        Ok(Response::new(ReadFileResponse { data }))
+    }
+
+    #[tracing::instrument(skip_all, fields(r#ref = %request.get_ref().r#ref, path = %request.get_ref().dir_path))]
+    async fn read_dir(
+        &self,
+        request: Request<ReadDirRequest>,
+    ) -> Result<Response<ReadDirResponse>, Status> {
+        let entries = self
+            .read_result(
+                request,
+                |r| r.r#ref.clone(),
+                |root, r| crate::resultfs::read_dir(root, &r.dir_path, &r.include_pattern),
+            )
+            .await?;
+        Ok(Response::new(ReadDirResponse { entries }))
+    }
+
+    #[tracing::instrument(skip_all, fields(r#ref = %request.get_ref().r#ref, path = %request.get_ref().path))]
+    async fn stat_file(
+        &self,
+        request: Request<StatFileRequest>,
+    ) -> Result<Response<StatFileResponse>, Status> {
+        let stat = self
+            .read_result(
+                request,
+                |r| r.r#ref.clone(),
+                |root, r| crate::resultfs::stat_file(root, &r.path),
+            )
+            .await?;
+        Ok(Response::new(StatFileResponse { stat: Some(stat) }))
+    }
+
+    /// Results are solved before `Solve` answers, so a known ref is
+    /// evaluated already.
+    async fn evaluate(
+        &self,
+        request: Request<EvaluateRequest>,
+    ) -> Result<Response<EvaluateResponse>, Status> {
+        let (_, job) = self.job(&request).await?;
+        let id = &request.get_ref().r#ref;
+        if job.results.lock().await.get(id).is_none() {
+            return Err(Status::not_found(format!("no such ref: {id}")));
+        }
+        Ok(Response::new(EvaluateResponse {}))
+    }
+
+    /// A warning the client reports on one of its vertices, passed on in
+    /// the build's status as BuildKit does (buildx and buildctl print it).
+    async fn warn(&self, request: Request<WarnRequest>) -> Result<Response<WarnResponse>, Status> {
+        let (_, job) = self.job(&request).await?;
+        let w = request.into_inner();
+        job.publish(kiln_proto::control::StatusResponse {
+            warnings: vec![kiln_proto::control::VertexWarning {
+                vertex: w.digest,
+                level: w.level,
+                short: w.short,
+                detail: w.detail,
+                url: w.url,
+                info: w.info,
+                ranges: w.ranges,
+            }],
+            ..Default::default()
+        });
+        Ok(Response::new(WarnResponse {}))
+    }
+
+    /// The frontend inputs of a frontend that runs in a container; kiln
+    /// runs no frontend images.
+    async fn inputs(
+        &self,
+        request: Request<InputsRequest>,
+    ) -> Result<Response<InputsResponse>, Status> {
+        self.job(&request).await?;
+        Err(Status::unimplemented(
+            "LLBBridge.Inputs (the inputs of a frontend image) is not supported yet",
+        ))
+    }
+
     async fn r#return(
         &self,
         request: Request<ReturnRequest>,
@@ -443,6 +649,127 @@ mod tests {
         "gc.freespacefilter",
         "history.filter",
     ];
+
+    /// BuildKit's gateway API capability ids (frontend/gateway/pb's caps).
+    const BUILDKIT_FRONTEND_CAPS: &[&str] = &[
+        "solve.base",
+        "solve.inlinereturn",
+        "resolveimage",
+        "resolveimage.resolvemode",
+        "readfile",
+        "return",
+        "returnmap",
+        "readdir",
+        "statfile",
+        "importcaches",
+        "proto.refarray",
+        "reference.output",
+        "frontend.inputs",
+        "gateway.solve.metadata",
+        "gateway.exec",
+        "gateway.exec.extrahosts",
+        "gateway.exec.secretenv",
+        "gateway.exec.signals",
+        "gateway.exec.filesystem",
+        "frontend.caps",
+        "gateway.solve.evaluate",
+        "gateway.evaluate",
+        "gateway.warnings",
+        "reference.attestations",
+        "source.metaresolver",
+        "source.metaresolver.image.attestations",
+        "source.metaresolver.http.checksumrequest",
+    ];
+
+    #[test]
+    fn frontend_caps_are_buildkit_ids_listed_once() {
+        let mut seen = std::collections::HashSet::new();
+        for id in FRONTEND_CAPS {
+            assert!(
+                BUILDKIT_FRONTEND_CAPS.contains(id),
+                "{id} is not a BuildKit gateway cap"
+            );
+            assert!(seen.insert(id), "{id} is listed twice");
+        }
+        // What buildx needs to read a remote context's files, and what kiln
+        // does not serve.
+        for id in ["readfile", "readdir", "statfile"] {
+            assert!(FRONTEND_CAPS.contains(&id), "{id} missing");
+        }
+        for id in ["frontend.inputs", "gateway.exec", "resolveimage"] {
+            assert!(!FRONTEND_CAPS.contains(&id), "{id} advertised");
+        }
+    }
+
+    fn dockerfile_solve(opts: &[(&str, &str)], inputs: &[(&str, u8)]) -> SolveRequest {
+        let def = |n: u8| kiln_proto::llb::Definition {
+            def: vec![vec![n]],
+            ..Default::default()
+        };
+        SolveRequest {
+            frontend: "dockerfile.v0".into(),
+            frontend_opt: opts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            frontend_inputs: inputs
+                .iter()
+                .map(|(k, n)| (k.to_string(), def(*n)))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_git_context_sent_as_an_input_becomes_the_context_attribute_again() {
+        let url = "git://127.0.0.1/repo?ref=main";
+        let mut r = dockerfile_solve(
+            &[("input:context", url), ("filename", "Dockerfile")],
+            &[("context", 1), ("dockerfile", 1)],
+        );
+        context_from_inputs(&mut r).expect("buildx's git query form");
+        assert_eq!(r.frontend_opt.get("context").map(String::as_str), Some(url));
+        assert!(!r.frontend_opt.contains_key("input:context"));
+        assert!(r.frontend_inputs.is_empty());
+        // Without inputs nothing changes.
+        let mut plain = dockerfile_solve(&[("context", url)], &[]);
+        context_from_inputs(&mut plain).expect("no inputs");
+        assert_eq!(plain.frontend_opt.len(), 1);
+
+        for (opts, inputs) in [
+            // A build result as the context (bake's `target:`).
+            (
+                vec![("filename", "Dockerfile")],
+                vec![("context", 1), ("dockerfile", 1)],
+            ),
+            // A Dockerfile from elsewhere than the context.
+            (
+                vec![("input:context", url)],
+                vec![("context", 1), ("dockerfile", 2)],
+            ),
+            // A named context from a result.
+            (
+                vec![("input:context", url), ("context:base", "input:base")],
+                vec![("context", 1), ("base", 3)],
+            ),
+        ] {
+            let mut r = dockerfile_solve(&opts, &inputs);
+            let e = context_from_inputs(&mut r).expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::Unimplemented);
+            assert!(
+                e.message().starts_with("frontend inputs ("),
+                "{}",
+                e.message()
+            );
+        }
+        let mut r = dockerfile_solve(&[], &[("context", 1), ("base", 3)]);
+        let e = context_from_inputs(&mut r).expect_err("refused");
+        assert_eq!(
+            e.message(),
+            "frontend inputs (base, context) are not supported yet: a context is a URL or \
+             the client's files, not a build result"
+        );
+    }
 
     #[test]
     fn llb_caps_are_buildkit_ids_listed_once() {

@@ -178,6 +178,10 @@ impl Results {
         }
     }
 
+    pub fn get(&self, id: &str) -> Option<&GatewayResult> {
+        self.map.get(id)
+    }
+
     pub fn remove(&mut self, id: &str) -> Option<GatewayResult> {
         self.map.remove(id)
     }

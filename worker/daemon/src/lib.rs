@@ -27,6 +27,7 @@ mod metrics;
 mod notify;
 mod push;
 mod registry;
+mod resultfs;
 mod secrets;
 mod sessions;
 mod solve;

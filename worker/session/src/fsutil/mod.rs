@@ -15,6 +15,7 @@
 mod error;
 mod receive;
 mod send;
+mod stat;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -25,6 +26,7 @@ pub use receive::{
     receive_dir, ReceiveOptions, ReceiveStats, MAX_ENTRIES, MAX_PATH_BYTES, MAX_TOTAL_BYTES,
 };
 pub use send::{send_dir, SendOptions};
+pub use stat::stat_of;
 
 /// Go `os.FileMode` bits as they travel in `Stat.mode`.
 pub mod mode {

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
-use super::{go_mode, packet, FsutilError, Packet, PacketType, Stat, MAX_DATA_CHUNK};
+use super::{packet, FsutilError, Packet, PacketType, Stat, MAX_DATA_CHUNK};
 
 /// How many files are streamed at the same time (upstream's worker count).
 const FILE_WORKERS: usize = 4;
@@ -391,56 +391,11 @@ impl Walker {
     }
 
     fn stat_of(&self, abs: &Path, rel: String, md: &Metadata) -> Result<Stat, FsutilError> {
-        let ft = md.file_type();
-        let linkname = if ft.is_symlink() {
-            let target = std::fs::read_link(abs).map_err(|source| FsutilError::Io {
-                op: "readlink",
-                path: abs.display().to_string(),
-                source,
-            })?;
-            target
-                .to_str()
-                .ok_or_else(|| FsutilError::NonUtf8Path {
-                    path: target.clone(),
-                })?
-                .to_string()
-        } else {
-            String::new()
-        };
-        let (devmajor, devminor) = if ft.is_block_device() || ft.is_char_device() {
-            (
-                nix::sys::stat::major(md.rdev()) as i64,
-                nix::sys::stat::minor(md.rdev()) as i64,
-            )
-        } else {
-            (0, 0)
-        };
-        let mut xattrs = HashMap::new();
-        if let Ok(names) = xattr::list(abs) {
-            for name in names {
-                let (Some(key), Ok(Some(value))) = (name.to_str(), xattr::get(abs, &name)) else {
-                    continue;
-                };
-                xattrs.insert(key.to_string(), value);
-            }
+        let mut stat = super::stat_of(abs, rel, md)?;
+        if self.reset_owner {
+            (stat.uid, stat.gid) = (0, 0);
         }
-        let (uid, gid) = if self.reset_owner {
-            (0, 0)
-        } else {
-            (md.uid(), md.gid())
-        };
-        Ok(Stat {
-            path: rel,
-            mode: go_mode(md.mode()),
-            uid,
-            gid,
-            size: md.len() as i64,
-            mod_time: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            linkname,
-            devmajor,
-            devminor,
-            xattrs,
-        })
+        Ok(stat)
     }
 }
 
