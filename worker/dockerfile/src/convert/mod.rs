@@ -170,6 +170,26 @@ impl Dockerfile {
     }
 }
 
+/// The source op of base image `reference` (a normalized reference, or an
+/// OCI layout's [`crate::OciLayoutRef::key`]) and its step name:
+/// `FROM <ref>`, or BuildKit's `OCI load from client` for a layout.
+fn image_op(reference: &str, platform: Option<kiln_solver::Platform>) -> (SourceOp, String) {
+    match crate::OciLayoutRef::from_key(reference) {
+        Some(l) => {
+            let name = format!("[context {}] OCI load from client", l.name);
+            (l.to_op(platform), name)
+        }
+        None => (
+            SourceOp {
+                identifier: format!("docker-image://{reference}"),
+                attrs: BTreeMap::new(),
+                platform,
+            },
+            format!("FROM {reference}"),
+        ),
+    }
+}
+
 /// Builds the graph for `opts.target` (or the last stage). `bases` maps the
 /// refs of [`Dockerfile::base_images`] to their image configs.
 pub fn to_graph(
@@ -583,14 +603,11 @@ impl Converter<'_> {
         if let Some(v) = self.images.get(&key) {
             return Ok(Self::edge(*v));
         }
+        let (op, name) = image_op(reference, key.1.clone());
         let v = self.add(Vertex {
-            op: Op::Source(SourceOp {
-                identifier: format!("docker-image://{reference}"),
-                attrs: BTreeMap::new(),
-                platform: key.1.clone(),
-            }),
+            op: Op::Source(op),
             inputs: Vec::new(),
-            name: format!("FROM {reference}"),
+            name,
             location: self.location(line),
             ignore_cache: self.opts.no_cache,
         })?;
@@ -709,14 +726,19 @@ impl Converter<'_> {
                         reference: r,
                     });
                 };
+                let (op, name) = image_op(&r, self.plan.op_platform(i));
+                // A layout's load counts in the stage's steps but is named
+                // after the context, as a directory's.
+                let name = if crate::OciLayoutRef::from_key(&r).is_some() {
+                    let _ = progress.name("");
+                    name
+                } else {
+                    progress.name(&name)
+                };
                 let v = self.add(Vertex {
-                    op: Op::Source(SourceOp {
-                        identifier: format!("docker-image://{r}"),
-                        attrs: BTreeMap::new(),
-                        platform: self.plan.op_platform(i),
-                    }),
+                    op: Op::Source(op),
                     inputs: Vec::new(),
-                    name: progress.name(&format!("FROM {r}")),
+                    name,
                     location: self.location(stage.line),
                     ignore_cache: self.opts.no_cache,
                 })?;

@@ -9,7 +9,8 @@ use super::*;
 pub(super) enum Base {
     Scratch,
     Stage(usize),
-    /// A normalized image ref.
+    /// A normalized image ref, or an OCI layout's image
+    /// ([`crate::OciLayoutRef::key`]).
     Image(String),
     /// A named context's directory (`local://<local>`).
     Local {
@@ -32,6 +33,7 @@ impl Base {
                 excludes: excludes.clone(),
             },
             NamedContext::Image(r) => Base::Image(r.clone()),
+            NamedContext::OciLayout(l) => Base::Image(l.key()),
             NamedContext::Scratch => Base::Scratch,
             NamedContext::Remote { op, name } => Base::Remote {
                 op: op.clone(),
@@ -371,6 +373,7 @@ pub(super) fn resolve_source(
                 excludes: excludes.clone(),
             }),
             Some(NamedContext::Image(r)) => Ok(Source::Image(r.clone())),
+            Some(NamedContext::OciLayout(l)) => Ok(Source::Image(l.key())),
             Some(NamedContext::Scratch) => Ok(Source::Scratch),
             Some(NamedContext::Remote { op, name }) => Ok(Source::Remote {
                 op: op.clone(),
