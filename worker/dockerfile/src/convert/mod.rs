@@ -719,13 +719,23 @@ impl Converter<'_> {
                 self.new_state(i, Some(edge), scratch_config())
             }
             Base::Image(r) => {
-                let Some(config) = self.bases.get(&self.base_key(i, &r)).cloned() else {
+                let Some(mut config) = self.bases.get(&self.base_key(i, &r)).cloned() else {
                     return Err(ParseError::MissingBaseConfig {
                         file: self.opts.filename.clone(),
                         line: stage.line,
                         reference: r,
                     });
                 };
+                let sp = &self.plan.stages[i];
+                if self.plan.needed[i] && !sp.from_context {
+                    self.warnings.extend(checks::base_image_platform(
+                        &sp.base_name,
+                        &sp.platform,
+                        &config,
+                        stage.line,
+                    ));
+                }
+                config.base_platform = None;
                 let (op, name) = image_op(&r, self.plan.op_platform(i));
                 // A layout's load counts in the stage's steps but is named
                 // after the context, as a directory's.

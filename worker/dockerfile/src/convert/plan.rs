@@ -49,6 +49,11 @@ pub(super) struct StagePlan {
     /// A named context of the stage's name replaces it: the stage is the
     /// context (`base`), and its own `FROM` and commands are not used.
     pub(super) replaced: bool,
+    /// The base is a named context (the stage's own name's, or its
+    /// `FROM`'s): BuildKit checks no platform of those.
+    pub(super) from_context: bool,
+    /// The `FROM` name with its args expanded, as written otherwise.
+    pub(super) base_name: String,
     /// The platform the stage's base is picked for and its `RUN` steps
     /// run as: `FROM --platform`, else the base stage's, else the target.
     pub(super) platform: kiln_solver::Platform,
@@ -148,11 +153,14 @@ impl Plan {
                 stages.push(StagePlan {
                     base: Base::of_context(ctx),
                     replaced: true,
+                    from_context: true,
+                    base_name,
                     platform,
                 });
                 continue;
             }
             let lower = base_name.to_lowercase();
+            let mut from_context = false;
             let base = if lower == "scratch" {
                 Base::Scratch
             } else if let Some(j) = df.stages[..i]
@@ -163,6 +171,7 @@ impl Plan {
             } else if let Some(j) = lower.parse::<usize>().ok().filter(|j| *j < i) {
                 Base::Stage(j)
             } else if let Some(ctx) = named_context(opts, &base_name) {
+                from_context = true;
                 Base::of_context(ctx)
             } else {
                 Base::Image(normalize(&base_name).map_err(|err| ParseError::Reference {
@@ -179,6 +188,8 @@ impl Plan {
             stages.push(StagePlan {
                 base,
                 replaced: false,
+                from_context,
+                base_name,
                 platform,
             });
         }

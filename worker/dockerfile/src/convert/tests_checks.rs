@@ -157,3 +157,63 @@ fn a_duplicate_stage_name_warns_and_references_take_the_last() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn a_base_image_for_another_platform_is_named() {
+    let arm = kiln_solver::Platform::new("linux", "arm64", "");
+    let layered = |p: Option<kiln_solver::Platform>| ImageConfig {
+        base_platform: p,
+        base_diff_ids: vec![format!("sha256:{}", "a".repeat(64))],
+        ..ImageConfig::default()
+    };
+    let check = |src: &str, opts: &BuildOptions, cfg: ImageConfig| -> Vec<String> {
+        let df = parse(src, &opts.filename).expect("parses");
+        let bases = df
+            .base_image_refs(opts)
+            .expect("bases")
+            .into_iter()
+            .map(|r| (r.key(), cfg.clone()))
+            .collect();
+        let b = to_graph(&df, opts, &bases).expect("converts");
+        b.warnings.iter().map(ToString::to_string).collect()
+    };
+    let opts = BuildOptions::default();
+    let src = "ARG V=1.0\nFROM example.com/app:$V\nRUN true\n";
+    assert_eq!(
+        check(src, &opts, layered(Some(arm.clone()))),
+        vec![
+            "InvalidBaseImagePlatform: Base image example.com/app:1.0 was pulled with platform \"linux/arm64\", expected \"linux/amd64\" for current build (line 2)"
+        ]
+    );
+    // The same OS and architecture (a variant alone does not count), an
+    // image without layers, and a config naming no platform pass.
+    let host = kiln_solver::Platform::new("linux", "amd64", "v2");
+    assert!(check(src, &opts, layered(Some(host))).is_empty());
+    let scratch = ImageConfig {
+        base_platform: Some(arm.clone()),
+        ..ImageConfig::default()
+    };
+    assert!(check(src, &opts, scratch).is_empty());
+    assert!(check(src, &opts, layered(None)).is_empty());
+    // A stage the target does not need, and a named context, are not
+    // checked (BuildKit checks reachable images it resolved itself).
+    assert!(check(
+        "FROM example.com/app:1 AS unused\nFROM busybox AS last\n",
+        &BuildOptions::default(),
+        layered(Some(kiln_solver::Platform::new("linux", "amd64", "")))
+    )
+    .is_empty());
+    let unused = check(
+        "FROM example.com/other AS unused\nFROM busybox\n",
+        &opts,
+        layered(Some(arm.clone())),
+    );
+    assert_eq!(unused.len(), 1, "{unused:?}");
+    assert!(unused[0].contains("Base image busybox"), "{unused:?}");
+    let mut named = BuildOptions::default();
+    named.named_contexts.insert(
+        crate::context_key("base").expect("a name"),
+        NamedContext::Image("docker.io/library/busybox:latest".into()),
+    );
+    assert!(check("FROM base\n", &named, layered(Some(arm))).is_empty());
+}
