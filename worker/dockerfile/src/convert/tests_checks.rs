@@ -217,3 +217,20 @@ fn a_base_image_for_another_platform_is_named() {
     );
     assert!(check("FROM base\n", &named, layered(Some(arm))).is_empty());
 }
+
+#[test]
+fn undefined_vars_in_copy_heredocs_are_named_as_buildkit_does() {
+    // BuildKit expands a COPY/ADD heredoc with an unquoted delimiter and
+    // checks what it looks up; a quoted one is copied as written, and a
+    // RUN heredoc is left to the shell.
+    assert_eq!(
+        warnings("FROM busybox\nARG A=1\nENV HOME_DIR=/h\nCOPY <<EOF /f\n$A $HOME_DIRR\nEOF\n"),
+        vec!["UndefinedVar: Usage of undefined variable '$HOME_DIRR' (did you mean $HOME_DIR?) (line 4)"]
+    );
+    assert!(warnings("FROM busybox\nCOPY <<\"EOF\" /f\n$NOPE\nEOF\n").is_empty());
+    assert!(warnings("FROM busybox\nRUN <<EOF\necho $NOPE\nEOF\n").is_empty());
+    assert_eq!(
+        warnings("FROM busybox\nADD <<EOF /f\n${NOPE:-x}\nEOF\n"),
+        vec!["UndefinedVar: Usage of undefined variable '$NOPE' (line 2)"]
+    );
+}
