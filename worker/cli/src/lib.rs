@@ -1027,9 +1027,9 @@ fn oci_layout(name: &str, value: &str) -> Result<Option<OciLayoutContext>> {
         Some(d) => d,
         None => {
             let tag = tag.unwrap_or("latest");
-            kiln_engine::layout::resolve_tag(&dir, tag).with_context(|| {
-                format!("{}: oci-layout reference could not be resolved", what())
-            })?
+            // buildx's words.
+            kiln_engine::layout::resolve_tag(&dir, tag)
+                .with_context(|| format!("oci-layout reference {value:?} could not be resolved"))?
         }
     };
     // The store is named after the directory, so the same layout gives
