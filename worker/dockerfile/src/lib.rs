@@ -330,6 +330,14 @@ pub fn context_key(name: &str) -> Option<String> {
     reference::normalize(name).ok()
 }
 
+/// The key of a named context given for one platform only
+/// (`context:NAME::PLATFORM`): [`context_key`] of the name, `::`, and the
+/// normalized platform. A stage built for that platform finds it before
+/// the context of the plain name, as in BuildKit.
+pub fn platform_context_key(key: &str, platform: &kiln_solver::Platform) -> String {
+    format!("{key}::{platform}")
+}
+
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {

@@ -358,8 +358,10 @@ fn invalid(key: &str, value: &str, reason: impl ToString) -> FrontendError {
 /// checkout), another `http(s)://` URL (the file alone, named
 /// `context`) or `oci-layout://STORE@DIGEST` (an image of an OCI layout
 /// the client gives the build). `input:` is refused as not supported.
-/// `NAME` may end in `::PLATFORM`, which must be the host's. The result
-/// is keyed by [`kiln_dockerfile::context_key`].
+/// `NAME` may end in `::PLATFORM`: the context then stands for the name
+/// only in stages built for that platform. The result is keyed by
+/// [`kiln_dockerfile::context_key`] (and
+/// [`kiln_dockerfile::platform_context_key`]).
 fn named_context(name: &str, value: &str) -> Result<(String, NamedContext)> {
     let invalid = |reason: String| FrontendError::InvalidAttribute {
         key: format!("context:{name}"),
@@ -370,17 +372,18 @@ fn named_context(name: &str, value: &str) -> Result<(String, NamedContext)> {
         name: name.to_string(),
         value: value.to_string(),
     };
-    let plain = match name.split_once("::") {
-        Some((n, platform)) => {
-            check_platform(platform)?;
-            n
-        }
-        None => name,
+    let (plain, platform) = match name.split_once("::") {
+        Some((n, platform)) => (n, Some(context_platform(platform)?)),
+        None => (name, None),
     };
     let Some(key) = kiln_dockerfile::context_key(plain) else {
         return Err(invalid(format!(
             "invalid context name {plain} (a stage name or an image reference, not scratch or context)"
         )));
+    };
+    let key = match &platform {
+        Some(p) => kiln_dockerfile::platform_context_key(&key, p),
+        None => key,
     };
     let Some((kind, rest)) = value.split_once(':') else {
         return Err(invalid(format!(
@@ -510,23 +513,14 @@ fn parse_platforms(key: &str, value: &str) -> Result<Vec<kiln_solver::Platform>>
 
 /// The platform of a named context (`context:NAME::PLATFORM`): kiln
 /// reads named contexts for the worker's platform only.
-fn check_platform(value: &str) -> Result<()> {
+/// The platform of a `context:NAME::PLATFORM` attribute, normalized.
+fn context_platform(value: &str) -> Result<kiln_solver::Platform> {
     let host = kiln_engine::oci::worker_platform();
-    let p = kiln_solver::Platform::parse(value, &host).map_err(|e| {
-        FrontendError::InvalidAttribute {
-            key: "context".to_string(),
-            value: value.to_string(),
-            reason: e.to_string(),
-        }
-    })?;
-    if p != host {
-        return Err(FrontendError::Unsupported {
-            what: format!(
-                "a named context for platform {p:?} (kiln reads named contexts for {host} only)"
-            ),
-        });
-    }
-    Ok(())
+    kiln_solver::Platform::parse(value, &host).map_err(|e| FrontendError::InvalidAttribute {
+        key: "context".to_string(),
+        value: value.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Go's `strconv.ParseBool`, which BuildKit uses for boolean options.

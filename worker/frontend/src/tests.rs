@@ -678,14 +678,27 @@ fn named_contexts_are_directories_or_images_and_other_kinds_fail_by_value() {
             .expect_err(value);
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     }
-    // A platform-specific name must be for the host.
-    let host = kiln_engine::oci::host_platform();
-    let here = format!("{}/{}", host.os(), host.architecture());
-    FrontendOptions::from_attrs(&attrs(&[(&format!("context:base::{here}"), "local:b")]))
-        .expect("the host's platform");
-    let e = FrontendOptions::from_attrs(&attrs(&[("context:base::linux/mips", "local:b")]))
-        .expect_err("another platform");
-    assert_eq!(e.kind(), ErrorKind::Unimplemented);
+    // A platform-specific name is kept apart from the plain one, under
+    // its normalized platform.
+    let o = FrontendOptions::from_attrs(&attrs(&[
+        ("context:base::linux/aarch64", "local:b"),
+        ("context:base", "local:c"),
+    ]))
+    .expect("per-platform contexts");
+    let arm = kiln_solver::Platform::new("linux", "arm64", "");
+    let local = |l: &str| NamedContext::Local {
+        local: l.to_string(),
+        excludes: Vec::new(),
+    };
+    assert_eq!(
+        o.named_contexts
+            .get(&kiln_dockerfile::platform_context_key(&key("base"), &arm)),
+        Some(&local("b"))
+    );
+    assert_eq!(o.named_contexts.get(&key("base")), Some(&local("c")));
+    let e = FrontendOptions::from_attrs(&attrs(&[("context:base::linux/", "local:b")]))
+        .expect_err("a bad platform");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
 }
 
 /// Git and HTTP named contexts are sources, as BuildKit's frontend makes

@@ -617,7 +617,8 @@ impl Converter<'_> {
 
     /// The filesystem `--from` names: a stage's state or an image.
     fn source_edge(&mut self, from: &str, current: usize, line: usize) -> Result<Option<Edge>> {
-        match resolve_source(self.df, self.opts, from, current, line)? {
+        let platform = self.plan.stages[current].platform.clone();
+        match resolve_source(self.df, self.opts, from, current, &platform, line)? {
             Source::Stage(j) => match &self.states[j] {
                 Some(st) => Ok(st.edge),
                 None => Err(self.file_err(line, format!("stage {from:?} was not built"))),
@@ -1083,7 +1084,7 @@ fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Resul
         line,
         message: message.to_string(),
     };
-    if plan::named_context(opts, v).is_some() {
+    if plan::named_context(opts, v, &opts.target_platform()).is_some() {
         return Err(unsupported(first, "the time of a named context"));
     }
     let Some(stage) = df

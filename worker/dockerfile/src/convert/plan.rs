@@ -77,12 +77,21 @@ pub(super) enum Source {
     },
 }
 
-/// The named context `name` refers to, if any (see [`context_key`]).
-pub(super) fn named_context<'a>(opts: &'a BuildOptions, name: &str) -> Option<&'a NamedContext> {
+/// The named context `name` refers to for a stage built for `platform`,
+/// if any (see [`context_key`]): the one given for that platform
+/// (`NAME::PLATFORM`) first, else the one of the plain name.
+pub(super) fn named_context<'a>(
+    opts: &'a BuildOptions,
+    name: &str,
+    platform: &kiln_solver::Platform,
+) -> Option<&'a NamedContext> {
     if opts.named_contexts.is_empty() {
         return None;
     }
-    context_key(name).and_then(|k| opts.named_contexts.get(&k))
+    let key = context_key(name)?;
+    opts.named_contexts
+        .get(&crate::platform_context_key(&key, platform))
+        .or_else(|| opts.named_contexts.get(&key))
 }
 
 /// The stage structure, computed before any vertex is emitted: global
@@ -149,7 +158,11 @@ impl Plan {
                 None => None,
             };
             let platform = own_platform.unwrap_or_else(|| for_platform.clone());
-            if let Some(ctx) = s.name.as_deref().and_then(|n| named_context(opts, n)) {
+            if let Some(ctx) = s
+                .name
+                .as_deref()
+                .and_then(|n| named_context(opts, n, &platform))
+            {
                 stages.push(StagePlan {
                     base: Base::of_context(ctx),
                     replaced: true,
@@ -170,7 +183,7 @@ impl Plan {
                 Base::Stage(j)
             } else if let Some(j) = lower.parse::<usize>().ok().filter(|j| *j < i) {
                 Base::Stage(j)
-            } else if let Some(ctx) = named_context(opts, &base_name) {
+            } else if let Some(ctx) = named_context(opts, &base_name, &platform) {
                 from_context = true;
                 Base::of_context(ctx)
             } else {
@@ -262,7 +275,7 @@ impl Plan {
             for t in triggers {
                 let trigger = super::parse_trigger(t, file, s.line)?;
                 for from in from_refs(&trigger) {
-                    match resolve_source(df, opts, from, i, s.line)? {
+                    match resolve_source(df, opts, from, i, &stages[i].platform, s.line)? {
                         Source::Stage(k) => d.push(k),
                         _ => image_sources += 1,
                     }
@@ -270,7 +283,7 @@ impl Plan {
             }
             for c in &s.commands {
                 for from in from_refs(c) {
-                    match resolve_source(df, opts, from, i, c.line)? {
+                    match resolve_source(df, opts, from, i, &stages[i].platform, c.line)? {
                         Source::Stage(j) => d.push(j),
                         _ => image_sources += 1,
                     }
@@ -343,6 +356,7 @@ pub(super) fn resolve_source(
     opts: &BuildOptions,
     from: &str,
     current: usize,
+    platform: &kiln_solver::Platform,
     line: usize,
 ) -> Result<Source> {
     let file = opts.filename.as_str();
@@ -378,7 +392,7 @@ pub(super) fn resolve_source(
             "cannot copy from stage {from:?}, it needs to be defined before current stage {:?}",
             stage_label(current)
         ))),
-        None => match named_context(opts, from) {
+        None => match named_context(opts, from, platform) {
             Some(NamedContext::Local { local, excludes }) => Ok(Source::Local {
                 local: local.clone(),
                 excludes: excludes.clone(),
