@@ -184,9 +184,11 @@ struct BuildArgs {
     /// Do not use cache for these stages (repeatable or comma-separated).
     #[arg(long, value_delimiter = ',')]
     no_cache_filter: Vec<String>,
-    /// Extra named build context NAME=VALUE: a directory, or
-    /// docker-image://REF; it replaces the stage, image or `--from`
-    /// source called NAME.
+    /// Extra named build context NAME=VALUE: a directory,
+    /// docker-image://REF, a git or https URL, or
+    /// oci-layout://DIR[:TAG][@DIGEST]; it replaces the stage, image or
+    /// `--from` source called NAME (NAME::PLATFORM: only in stages built
+    /// for that platform).
     #[arg(long = "build-context")]
     build_contexts: Vec<String>,
     /// Target platform(s), e.g. linux/arm64 or linux/amd64,linux/arm64 (an
