@@ -190,6 +190,10 @@ pub struct BuildOptions {
     /// target is given: the build checks' `--check` (BuildKit's lint
     /// request checks all stages then).
     pub all_stages: bool,
+    /// The platforms the worker runs steps of (its own and those it
+    /// emulates): without a target platform, a stage whose base image is
+    /// for one of them is built for it (BuildKit's `autoDetectPlatform`).
+    pub worker_platforms: Vec<kiln_solver::Platform>,
 }
 
 impl BuildOptions {
@@ -360,6 +364,7 @@ impl Default for BuildOptions {
             force_network: None,
             named_contexts: BTreeMap::new(),
             all_stages: false,
+            worker_platforms: Vec::new(),
         }
     }
 }

@@ -844,6 +844,7 @@ pub fn build_options_for(
         force_network: opts.force_network.clone(),
         named_contexts: opts.named_contexts.clone(),
         all_stages: opts.lint,
+        worker_platforms: kiln_engine::oci::runnable_platforms(),
     }
 }
 

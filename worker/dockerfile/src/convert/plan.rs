@@ -77,6 +77,37 @@ pub(super) enum Source {
     },
 }
 
+/// The platform of a stage on image `reference` when the build names no
+/// target platform and the `FROM` none either (BuildKit's
+/// `autoDetectPlatform`): the image's own platform, as its config (read
+/// for `target`) names it, when the worker runs that platform; else
+/// `target`.
+fn auto_detect_platform(
+    bases: &BTreeMap<String, ImageConfig>,
+    reference: &str,
+    target: kiln_solver::Platform,
+    opts: &BuildOptions,
+    build: &kiln_solver::Platform,
+) -> kiln_solver::Platform {
+    let key = crate::BaseRef {
+        reference: reference.to_string(),
+        platform: (target != *build).then(|| target.clone()),
+    }
+    .key();
+    let Some(image) = bases.get(&key).and_then(|c| c.base_platform.as_ref()) else {
+        return target;
+    };
+    let same = |p: &kiln_solver::Platform| p.os == image.os && p.architecture == image.architecture;
+    if same(&target) {
+        return target;
+    }
+    opts.worker_platforms
+        .iter()
+        .find(|p| same(p))
+        .cloned()
+        .unwrap_or(target)
+}
+
 /// The named context `name` refers to for a stage built for `platform`,
 /// if any (see [`context_key`]): the one given for that platform
 /// (`NAME::PLATFORM`) first, else the one of the plain name.
@@ -194,8 +225,13 @@ impl Plan {
                 })?)
             };
             // A stage built on another runs as that one (BuildKit's rule).
-            let platform = match base {
-                Base::Stage(j) => stages[j].platform.clone(),
+            let platform = match &base {
+                Base::Stage(j) => stages[*j].platform.clone(),
+                Base::Image(r)
+                    if !from_context && s.platform.is_none() && opts.target_platform.is_none() =>
+                {
+                    auto_detect_platform(bases, r, platform, opts, &build)
+                }
                 _ => platform,
             };
             stages.push(StagePlan {

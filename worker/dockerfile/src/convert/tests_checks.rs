@@ -234,3 +234,75 @@ fn undefined_vars_in_copy_heredocs_are_named_as_buildkit_does() {
         vec!["UndefinedVar: Usage of undefined variable '$NOPE' (line 2)"]
     );
 }
+
+#[test]
+fn without_a_target_platform_a_stage_is_built_for_its_images_platform_when_the_worker_runs_it() {
+    let arm = kiln_solver::Platform::new("linux", "arm64", "");
+    let amd = kiln_solver::Platform::new("linux", "amd64", "");
+    let cfg = ImageConfig {
+        base_platform: Some(arm.clone()),
+        base_diff_ids: vec![format!("sha256:{}", "a".repeat(64))],
+        ..ImageConfig::default()
+    };
+    // As the frontend resolves bases: until no new one appears.
+    let convert = |o: &BuildOptions, src: &str| {
+        let df = parse(src, &o.filename).expect("parses");
+        let mut bases = BTreeMap::new();
+        loop {
+            let new: Vec<_> = df
+                .base_image_refs_with(o, &bases)
+                .expect("bases")
+                .into_iter()
+                .filter(|b| !bases.contains_key(&b.key()))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for b in new {
+                bases.insert(b.key(), cfg.clone());
+            }
+        }
+        to_graph(&df, o, &bases).expect("converts")
+    };
+    let source_platform = |b: &Build| {
+        b.graph
+            .vertices
+            .iter()
+            .find_map(|v| match &v.op {
+                Op::Source(s) => Some(s.platform.clone()),
+                _ => None,
+            })
+            .expect("a source")
+    };
+    let src = "FROM example.com/arm-only\nLABEL a=b\n";
+    let runs_arm = BuildOptions {
+        worker_platforms: vec![amd.clone(), arm.clone()],
+        ..BuildOptions::default()
+    };
+    let b = convert(&runs_arm, src);
+    assert_eq!(source_platform(&b), Some(arm.clone()));
+    assert_eq!(b.config.platform, Some(arm.clone()));
+    assert!(b.warnings.is_empty(), "{:?}", b.warnings);
+    // A worker that cannot run it builds for its own platform, and says so.
+    let b = convert(
+        &BuildOptions {
+            worker_platforms: vec![amd.clone()],
+            ..BuildOptions::default()
+        },
+        src,
+    );
+    assert_eq!(source_platform(&b), None);
+    assert_eq!(b.config.platform, None);
+    assert_eq!(b.warnings.len(), 1, "{:?}", b.warnings);
+    // An explicit platform, of the build or of FROM, is kept.
+    let explicit = BuildOptions {
+        target_platform: Some(amd.clone()),
+        ..runs_arm.clone()
+    };
+    assert_eq!(source_platform(&convert(&explicit, src)), None);
+    let from = convert(
+        &runs_arm,
+        "FROM --platform=linux/amd64 example.com/arm-only\n",
+    );
+    assert_eq!(source_platform(&from), None);
+}
