@@ -130,13 +130,12 @@ async fn a_dockerfiles_own_ignore_file_wins_in_both_paths() {
 
     // A kind of named context kiln does not implement: both paths refuse
     // it by value instead of building without it.
-    let named = ["--build-context", "extra=oci-layout://store/app:1", c];
+    let named = ["--build-context", "extra=input:other", c];
     for out in [h.build(ns, &named), remote(&h, &k, ns, &named)] {
         assert!(!out.success, "{}", out.stdout);
         assert!(
-            out.stderr.contains(
-                "named build context extra=\"oci-layout://store/app:1\" is not supported yet"
-            ),
+            out.stderr
+                .contains("named build context extra=\"input:other\" is not supported yet"),
             "{}",
             out.stderr
         );

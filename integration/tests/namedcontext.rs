@@ -99,3 +99,97 @@ async fn a_named_directory_must_exist_and_be_served() {
         out.stderr
     );
 }
+
+/// An image exported as an OCI archive, unpacked into a layout
+/// directory, is a named context (`oci-layout://DIR`, `:TAG`, `@DIGEST`)
+/// of a build in another namespace, whose content store has none of its
+/// blobs: they are imported from the layout, and the layout's config is
+/// the base's (kilnd writes the archive). Through kilnd, which does not read a client's layout
+/// stores, the same flag fails as not supported before any step runs.
+#[tokio::test]
+async fn an_oci_layout_is_a_named_context() {
+    let ns = "named-ctx-layout";
+    let h = Harness::with_busybox(ns).await;
+    // The embedded CLI writes no OCI archive: kilnd exports it.
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let src = h.context(
+        "layout-src",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo from the layout > /layout.txt\nENV FROM_LAYOUT=yes\n",
+        )],
+    );
+    let tar_path = h.state_dir().join("layout.tar");
+    let out_arg = format!("type=oci,dest={},name=layout:v1", tar_path.display());
+    remote(&h, &k, ns, &["-o", &out_arg, src.to_str().expect("utf8")]).ok();
+    let layout = h.state_dir().join("layout");
+    let file = std::fs::File::open(&tar_path).expect("archive written");
+    tar::Archive::new(file)
+        .unpack(&layout)
+        .expect("archive unpacks");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("index JSON");
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("a manifest digest")
+        .to_string();
+
+    let other = "named-ctx-layout-use";
+    let ctx = h.context(
+        "layout-use",
+        &[(
+            "Dockerfile",
+            "FROM base\nCOPY --from=extra /layout.txt /copied.txt\n\
+             CMD [\"sh\", \"-c\", \"cat /layout.txt /copied.txt; echo $FROM_LAYOUT\"]\n",
+        )],
+    );
+    let c = ctx.to_str().expect("utf8");
+    let dir = layout.display().to_string();
+    let forms = [
+        format!("oci-layout://{dir}"),
+        format!("oci-layout://{dir}:v1"),
+        format!("oci-layout://{dir}@{digest}"),
+    ];
+    for (i, form) in forms.iter().enumerate() {
+        let base = format!("base={form}");
+        let extra = format!("extra={form}");
+        let tag = format!("from-layout:{i}");
+        let out = h
+            .build(
+                other,
+                &[
+                    "--build-context",
+                    &base,
+                    "--build-context",
+                    &extra,
+                    "-t",
+                    &tag,
+                    c,
+                ],
+            )
+            .ok();
+        assert!(
+            out.stderr.contains("[context base] OCI load from client"),
+            "{form}:\n{}",
+            out.stderr
+        );
+        let got = h.run_image(
+            other,
+            &format!("docker.io/library/{tag}"),
+            &format!("layout-run-{i}"),
+            &[],
+        );
+        assert_eq!(got, "from the layout\nfrom the layout\nyes\n", "{form}");
+    }
+
+    let base = format!("base={}", forms[0]);
+    let out = remote(&h, &k, ns, &["--build-context", &base, c]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("(an oci-layout:// named context through kilnd) is not supported yet"),
+        "{}",
+        out.stderr
+    );
+}

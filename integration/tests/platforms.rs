@@ -171,6 +171,47 @@ async fn a_foreign_build_picks_its_manifest_and_runs_under_emulation() {
     assert!(h.leftovers(ns).expect("leftovers").is_empty());
 }
 
+/// Without `--platform`, a stage on an image of another platform the
+/// worker emulates is built for that platform (BuildKit's
+/// autoDetectPlatform): its RUN runs under emulation, the image is for
+/// it, and no InvalidBaseImagePlatform warning is given.
+#[tokio::test]
+async fn without_a_platform_an_images_own_platform_is_built_when_emulated() {
+    let ns = "platforms-auto";
+    let h = Harness::start().await.expect("containerd");
+    import_two_platform_busybox(&h, ns).await;
+    let other = other_arch();
+    let df = format!("FROM busybox-{other}\nRUN uname -m > /m\n");
+    let ctx = h.context(ns, &[("Dockerfile", df.as_str())]);
+    let out = h
+        .build(ns, &["-t", "auto:1", ctx.to_str().expect("utf8")])
+        .ok();
+    assert!(
+        !out.stderr.contains("InvalidBaseImagePlatform"),
+        "{}",
+        out.stderr
+    );
+    let cfg = image_config(&h, ns, "docker.io/library/auto:1");
+    assert_eq!(cfg["architecture"], other);
+    let platform = format!("linux/{other}");
+    let m = h
+        .ctr(
+            ns,
+            &[
+                "run",
+                "--rm",
+                "--platform",
+                &platform,
+                "docker.io/library/auto:1",
+                "auto-run",
+                "cat",
+                "/m",
+            ],
+        )
+        .expect("ctr run");
+    assert_eq!(m, format!("{}\n", machine(other)));
+}
+
 #[tokio::test]
 async fn a_multi_platform_build_is_an_index_of_both() {
     let ns = "platforms-multi";

@@ -50,12 +50,13 @@ pub fn print(report: &CheckReport, w: &mut dyn Write) -> Result<(), ChecksFound>
         }
     }
     for warning in &report.warnings {
-        let _ = writeln!(
-            w,
-            "\nWARNING: {} - {}",
-            warning.rule,
-            kiln_dockerfile::lint::rule_url(&warning.rule)
-        );
+        // As BuildKit: ` - URL` only for a rule with a page.
+        let url = kiln_dockerfile::lint::rule_url(&warning.rule);
+        if url.is_empty() {
+            let _ = writeln!(w, "\nWARNING: {}", warning.rule);
+        } else {
+            let _ = writeln!(w, "\nWARNING: {} - {url}", warning.rule);
+        }
         let _ = writeln!(w, "{}", warning.message);
         if warning.line > 0 {
             crate::progress::source::print(&source(report, warning.line), w);

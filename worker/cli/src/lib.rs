@@ -184,9 +184,11 @@ struct BuildArgs {
     /// Do not use cache for these stages (repeatable or comma-separated).
     #[arg(long, value_delimiter = ',')]
     no_cache_filter: Vec<String>,
-    /// Extra named build context NAME=VALUE: a directory, or
-    /// docker-image://REF; it replaces the stage, image or `--from`
-    /// source called NAME.
+    /// Extra named build context NAME=VALUE: a directory,
+    /// docker-image://REF, a git or https URL, or
+    /// oci-layout://DIR[:TAG][@DIGEST]; it replaces the stage, image or
+    /// `--from` source called NAME (NAME::PLATFORM: only in stages built
+    /// for that platform).
     #[arg(long = "build-context")]
     build_contexts: Vec<String>,
     /// Target platform(s), e.g. linux/arm64 or linux/amd64,linux/arm64 (an
@@ -887,8 +889,11 @@ fn frontend_attrs(
         attrs.insert(format!("label:{k}"), v);
     }
     for (k, v) in key_values(&args.build_contexts, false, "build-context")? {
-        // As buildx: a directory is served under the context's name.
-        let v = if is_context_dir(&v) {
+        // As buildx: a directory is served under the context's name, an
+        // OCI layout as a store named by an id, its tag resolved.
+        let v = if let Some(layout) = oci_layout(&k, &v)? {
+            layout.attr
+        } else if is_context_dir(&v) {
             format!("local:{k}")
         } else {
             v
@@ -974,6 +979,81 @@ fn is_context_dir(value: &str) -> bool {
         || ["target:", "input:", "local:"]
             .iter()
             .any(|p| value.starts_with(p)))
+}
+
+/// A `--build-context NAME=oci-layout://PATH[:TAG][@DIGEST]`, as buildx
+/// reads it: the layout directory (absolute), a store id naming it, and
+/// the `context:NAME` value the frontend reads,
+/// `oci-layout://STORE[:TAG]@DIGEST` (a missing digest is the tag's
+/// entry in `index.json`, `latest` without either).
+struct OciLayoutContext {
+    store: String,
+    dir: PathBuf,
+    attr: String,
+}
+
+/// The [`OciLayoutContext`] of a `--build-context` value, `None` when it
+/// is not `oci-layout://`.
+fn oci_layout(name: &str, value: &str) -> Result<Option<OciLayoutContext>> {
+    let Some(spec) = value.strip_prefix("oci-layout://") else {
+        return Ok(None);
+    };
+    let what = || format!("build context {name}={value}");
+    let is_digest = |d: &str| kiln_solver::Digest::parse(d).is_some();
+    let (path, digest) = match spec.rsplit_once('@') {
+        Some((p, d)) if is_digest(d) => (p, Some(d.to_string())),
+        _ => (spec, None),
+    };
+    let is_tag = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 128
+            && !t.starts_with(['.', '-'])
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    };
+    let (path, tag) = match path.rsplit_once(':') {
+        Some((p, t)) if is_tag(t) => (p, Some(t)),
+        _ => (path, None),
+    };
+    let tag = match (tag, &digest) {
+        (None, None) => Some("latest"),
+        (t, _) => t,
+    };
+    let dir = std::path::Path::new(path)
+        .canonicalize()
+        .with_context(what)?;
+    if !dir.is_dir() {
+        bail!("{}: not a directory", what());
+    }
+    let digest = match digest {
+        Some(d) => d,
+        None => {
+            let tag = tag.unwrap_or("latest");
+            // buildx's words.
+            kiln_engine::layout::resolve_tag(&dir, tag)
+                .with_context(|| format!("oci-layout reference {value:?} could not be resolved"))?
+        }
+    };
+    // The store is named after the directory, so the same layout gives
+    // the same build definition on every run.
+    let hashed = kiln_solver::Digest::of(dir.as_os_str().as_encoded_bytes());
+    let store = format!("kiln{}", &hashed.hex()[..24]);
+    let attr = match tag {
+        Some(t) => format!("oci-layout://{store}:{t}@{digest}"),
+        None => format!("oci-layout://{store}@{digest}"),
+    };
+    Ok(Some(OciLayoutContext { store, dir, attr }))
+}
+
+/// The OCI layouts of `--build-context NAME=oci-layout://...`, by store id.
+fn oci_stores(args: &BuildArgs) -> Result<kiln_engine::layout::OciStores> {
+    let mut stores = kiln_engine::layout::OciStores::new();
+    for (k, v) in key_values(&args.build_contexts, false, "build-context")? {
+        if let Some(l) = oci_layout(&k, &v)? {
+            stores.insert(l.store, l.dir);
+        }
+    }
+    Ok(stores)
 }
 
 /// The directories of `--build-context NAME=DIR`, by name, absolute.
@@ -1190,7 +1270,9 @@ async fn build(
                 "--check of a remote (git or URL) context is not supported yet in embedded builds"
             );
         };
-        let images = engine.base_images(opts.resolve_mode, credentials.clone());
+        let images = engine
+            .base_images(opts.resolve_mode, credentials.clone())
+            .with_oci_stores(oci_stores(&args)?);
         let report = kiln_frontend::check::check(source, &opts, &images).await;
         let mut stdout = std::io::stdout().lock();
         check::print(&report, &mut stdout)?;
@@ -1247,8 +1329,10 @@ async fn build(
     for u in definition {
         let _ = shown.send(u).await;
     }
+    let oci_stores = oci_stores(&args)?;
     let images = engine
         .base_images(opts.resolve_mode, credentials.clone())
+        .with_oci_stores(oci_stores.clone())
         .with_progress(tx.clone());
     // Every platform of `--platform a,b` is planned; one graph holds them.
     let multi = kiln_frontend::is_multi_platform(&opts);
@@ -1336,6 +1420,7 @@ async fn build(
         result: built.result,
         config: built.config,
         locals,
+        oci_stores,
         names,
         compression,
         cache_imports,
@@ -1748,5 +1833,39 @@ mod tests {
         clap_mangen::generate_to(Cli::command(), dir.path()).expect("man");
         let page = std::fs::read_to_string(dir.path().join("kiln-build.1")).expect("kiln-build.1");
         assert!(page.contains("iidfile"), "{page}");
+    }
+
+    #[test]
+    fn an_oci_layout_context_is_a_store_with_its_tag_resolved_as_buildx_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let digest = format!("sha256:{}", "c".repeat(64));
+        std::fs::write(
+            dir.path().join("index.json"),
+            format!(r#"{{"manifests":[{{"digest":"{digest}","annotations":{{"org.opencontainers.image.ref.name":"v1"}}}}]}}"#),
+        )
+        .expect("index.json");
+        let path = dir.path().display().to_string();
+        let l = oci_layout("base", &format!("oci-layout://{path}:v1"))
+            .expect("resolves")
+            .expect("a layout");
+        assert_eq!(l.dir, dir.path().canonicalize().expect("canonical"));
+        assert_eq!(l.attr, format!("oci-layout://{}:v1@{digest}", l.store));
+        // The same directory is the same store; a digest needs no lookup.
+        let pinned = format!("sha256:{}", "d".repeat(64));
+        let p = oci_layout("base", &format!("oci-layout://{path}@{pinned}"))
+            .expect("pinned")
+            .expect("a layout");
+        assert_eq!(p.attr, format!("oci-layout://{}@{pinned}", l.store));
+        assert!(oci_layout("base", "docker-image://busybox")
+            .expect("not a layout")
+            .is_none());
+        let e = oci_layout("base", "oci-layout:///nonexistent/layout")
+            .err()
+            .expect("missing");
+        assert!(
+            e.to_string()
+                .contains("build context base=oci-layout:///nonexistent/layout"),
+            "{e}"
+        );
     }
 }

@@ -282,6 +282,9 @@ pub async fn solve(
         result,
         config: config.clone().unwrap_or_default(),
         locals,
+        // kilnd reads no OCI layout from the session yet: such a
+        // named context fails as not supported when it is resolved.
+        oci_stores: Default::default(),
         names: Vec::new(),
         compression,
         cache_imports: cache.imports,

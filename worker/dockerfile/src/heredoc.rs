@@ -91,8 +91,9 @@ pub fn summarize(content: &str) -> String {
 
 /// Expands the variables of a `COPY`/`ADD` heredoc body the way BuildKit
 /// does: quotes are plain characters, `\` escapes the next character,
-/// `$VAR` and `${VAR...}` are substituted from `env`.
-pub fn expand(data: &str, env: &[String]) -> Result<String, String> {
+/// `$VAR` and `${VAR...}` are substituted from `env`. The names it does
+/// not find come back too: BuildKit's UndefinedVar check covers them.
+pub fn expand(data: &str, env: &[String]) -> (Result<String, String>, crate::shell::Matches) {
     // Escaping every quote makes the word lexer keep it literally.
     let mut word = String::with_capacity(data.len() + 8);
     let mut chars = data.chars();
@@ -111,7 +112,7 @@ pub fn expand(data: &str, env: &[String]) -> Result<String, String> {
             _ => word.push(c),
         }
     }
-    crate::shell::Lex::new('\\').process_word(&word, env)
+    crate::shell::Lex::new('\\').process_word_matches(&word, env)
 }
 
 /// Splits at unquoted whitespace, keeping quotes and escapes as written.
@@ -254,10 +255,9 @@ mod tests {
     #[test]
     fn expansion_keeps_quotes() {
         let env = vec!["A=1".to_string(), "B=two".to_string()];
-        assert_eq!(
-            expand("a=$A '$B' \"${B}\" \\$A\n", &env).expect("parses"),
-            "a=1 'two' \"two\" $A\n"
-        );
+        let (out, m) = expand("a=$A '$B' \"${B}\" \\$A $C\n", &env);
+        assert_eq!(out.expect("parses"), "a=1 'two' \"two\" $A \n");
+        assert_eq!(m.unmatched.into_iter().collect::<Vec<_>>(), ["C"]);
     }
 
     #[test]

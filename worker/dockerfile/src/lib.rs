@@ -190,6 +190,10 @@ pub struct BuildOptions {
     /// target is given: the build checks' `--check` (BuildKit's lint
     /// request checks all stages then).
     pub all_stages: bool,
+    /// The platforms the worker runs steps of (its own and those it
+    /// emulates): without a target platform, a stage whose base image is
+    /// for one of them is built for it (BuildKit's `autoDetectPlatform`).
+    pub worker_platforms: Vec<kiln_solver::Platform>,
 }
 
 impl BuildOptions {
@@ -252,6 +256,70 @@ pub enum NamedContext {
         op: kiln_solver::SourceOp,
         name: String,
     },
+    /// `oci-layout://`: an image in an OCI layout the client holds (its
+    /// filesystem and its config, as [`NamedContext::Image`]).
+    OciLayout(OciLayoutRef),
+}
+
+/// An image of an OCI layout store the client holds, pinned by digest
+/// (BuildKit's `oci-layout://` named context): the store's id (the
+/// client names its layouts), the context's name as given (for progress;
+/// normalized, it names the image in the source op, as BuildKit's
+/// "dummy" reference) and the digest of the index or manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OciLayoutRef {
+    pub store: String,
+    pub name: String,
+    pub digest: String,
+}
+
+impl OciLayoutRef {
+    const SCHEME: &'static str = "oci-layout://";
+
+    /// The form a stage's base image takes for this image: the key of its
+    /// config in [`to_graph`]'s `bases` (with [`BaseRef::key`]) and the
+    /// reference [`Dockerfile::base_image_refs`] asks the caller to
+    /// resolve: `oci-layout://NAME@DIGEST#STORE` (no image reference has
+    /// a `#`).
+    pub fn key(&self) -> String {
+        format!(
+            "{}{}@{}#{}",
+            Self::SCHEME,
+            self.name,
+            self.digest,
+            self.store
+        )
+    }
+
+    /// The image a [`OciLayoutRef::key`] names; `None` for any other
+    /// reference.
+    pub fn from_key(key: &str) -> Option<OciLayoutRef> {
+        let rest = key.strip_prefix(Self::SCHEME)?;
+        let (reference, store) = rest.rsplit_once('#')?;
+        let (name, digest) = reference.rsplit_once('@')?;
+        Some(OciLayoutRef {
+            store: store.to_string(),
+            name: name.to_string(),
+            digest: digest.to_string(),
+        })
+    }
+
+    /// BuildKit's source op for it (`llb.OCILayout`): the identifier names
+    /// the image by the context's name and digest, the store is an
+    /// attribute.
+    pub fn to_op(&self, platform: Option<kiln_solver::Platform>) -> kiln_solver::SourceOp {
+        let name = reference::Reference::parse(&self.name)
+            .map(|r| r.repository())
+            .unwrap_or_else(|_| self.name.clone());
+        kiln_solver::SourceOp {
+            identifier: format!("{}{name}@{}", Self::SCHEME, self.digest),
+            attrs: BTreeMap::from([(
+                kiln_solver::source::ATTR_OCI_STORE.to_string(),
+                self.store.clone(),
+            )]),
+            platform,
+        }
+    }
 }
 
 /// The key a name finds its named context under: the name normalized as
@@ -264,6 +332,14 @@ pub fn context_key(name: &str) -> Option<String> {
         return None;
     }
     reference::normalize(name).ok()
+}
+
+/// The key of a named context given for one platform only
+/// (`context:NAME::PLATFORM`): [`context_key`] of the name, `::`, and the
+/// normalized platform. A stage built for that platform finds it before
+/// the context of the plain name, as in BuildKit.
+pub fn platform_context_key(key: &str, platform: &kiln_solver::Platform) -> String {
+    format!("{key}::{platform}")
 }
 
 impl Default for BuildOptions {
@@ -288,6 +364,7 @@ impl Default for BuildOptions {
             force_network: None,
             named_contexts: BTreeMap::new(),
             all_stages: false,
+            worker_platforms: Vec::new(),
         }
     }
 }

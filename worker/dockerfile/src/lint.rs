@@ -81,8 +81,12 @@ pub fn enabled(check: &CheckConfig, scopes: &[CheckScope], rule: &str, line: usi
 }
 
 /// The docs page of a build check: `StageNameCasing` ->
-/// `https://docs.docker.com/go/dockerfile/rule/stage-name-casing/`.
+/// `https://docs.docker.com/go/dockerfile/rule/stage-name-casing/`;
+/// empty for the rules BuildKit gives no page (`InvalidBaseImagePlatform`).
 pub fn rule_url(rule: &str) -> String {
+    if RULES_WITHOUT_PAGE.contains(&rule) {
+        return String::new();
+    }
     let mut kebab = String::new();
     let chars: Vec<char> = rule.chars().collect();
     for (i, c) in chars.iter().enumerate() {
@@ -97,6 +101,9 @@ pub fn rule_url(rule: &str) -> String {
     }
     format!("https://docs.docker.com/go/dockerfile/rule/{kebab}/")
 }
+
+/// Build checks BuildKit's linter has no docs page for.
+const RULES_WITHOUT_PAGE: [&str; 1] = ["InvalidBaseImagePlatform"];
 
 /// Per-stage state of the rules that look back within a stage.
 #[derive(Default)]
@@ -324,6 +331,7 @@ mod tests {
             super::rule_url("JSONArgsRecommended"),
             "https://docs.docker.com/go/dockerfile/rule/json-args-recommended/"
         );
+        assert_eq!(super::rule_url("InvalidBaseImagePlatform"), "");
     }
 
     fn warnings(src: &str) -> String {

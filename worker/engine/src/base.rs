@@ -314,5 +314,14 @@ pub fn frontend_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
         source_date_epoch: None,
         base_diff_ids: cfg.image.rootfs().diff_ids().clone(),
         platform: None,
+        base_platform: {
+            let (os, arch) = (
+                cfg.image.os().to_string(),
+                cfg.image.architecture().to_string(),
+            );
+            let variant = cfg.image.variant().clone().unwrap_or_default();
+            (!os.is_empty() && !arch.is_empty())
+                .then(|| kiln_solver::Platform::new(&os, &arch, &variant))
+        },
     }
 }

@@ -44,6 +44,9 @@ pub struct BuildRequest {
     pub config: ImageConfig,
     /// Local sources by name (`context` -> directory).
     pub locals: HashMap<String, PathBuf>,
+    /// OCI layouts by store id (`oci-layout://` named contexts of the
+    /// embedded CLI); kilnd gives none.
+    pub oci_stores: crate::layout::OciStores,
     /// Image names to point at the result (normalized); may be empty.
     pub names: Vec<String>,
     pub compression: Compression,
@@ -229,6 +232,7 @@ impl Engine {
             pinned: crate::resolve::Pinned::default(),
             progress: Progress::none(),
             next_vertex: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            oci_stores: Arc::new(crate::layout::OciStores::new()),
         }
     }
 
@@ -502,6 +506,7 @@ impl Engine {
             mount_dir: mount_dir.clone(),
             lease: lease.clone(),
             locals: req.locals.clone(),
+            oci_stores: req.oci_stores.clone(),
             progress: progress.clone(),
             hashes: self.hashes.clone(),
             remote: cache.clone(),
@@ -580,6 +585,8 @@ pub struct BaseImages {
     progress: Progress,
     /// Registry lookups are numbered down from [`METADATA_VERTICES`].
     next_vertex: Arc<std::sync::atomic::AtomicUsize>,
+    /// OCI layouts by store id (`oci-layout://` named contexts).
+    oci_stores: Arc<crate::layout::OciStores>,
 }
 
 /// Progress vertex ids of the frontend's registry lookups count down from
@@ -615,6 +622,36 @@ impl BaseImages {
                 .await?;
         self.pinned
             .insert(&crate::resolve::Pinned::key(name, platform), &digest);
+        Ok(crate::base::frontend_config(&cfg))
+    }
+
+    /// The same lookups, with these OCI layouts to read `oci-layout://`
+    /// images from ([`BuildRequest::oci_stores`]).
+    pub fn with_oci_stores(mut self, stores: crate::layout::OciStores) -> Self {
+        self.oci_stores = Arc::new(stores);
+        self
+    }
+
+    /// The frontend's view of image `digest` (an index or a manifest) of
+    /// the OCI layout store `store`, for `platform` (`None`: the
+    /// worker's). A store the build was not given is not supported yet
+    /// (kilnd does not read the client's session stores).
+    pub async fn layout_config(
+        &self,
+        store: &str,
+        digest: &str,
+        platform: Option<&kiln_solver::Platform>,
+    ) -> Result<ImageConfig> {
+        let dir = crate::layout::store(&self.oci_stores, store)?.to_path_buf();
+        let (digest, platform) = (digest.to_string(), platform.cloned());
+        let cfg = tokio::task::spawn_blocking(move || {
+            crate::layout::config(&dir, &digest, platform.as_ref())
+        })
+        .await
+        .map_err(|e| WorkerError::Panicked {
+            step: format!("oci-layout store {store}"),
+            message: e.to_string(),
+        })??;
         Ok(crate::base::frontend_config(&cfg))
     }
 

@@ -56,6 +56,9 @@ pub enum WorkerError {
     /// An image's manifest or config cannot be used.
     #[error("image {image} is invalid: {reason}")]
     InvalidImage { image: String, reason: String },
+    /// An OCI layout (`oci-layout://` named context) that cannot be read.
+    #[error("oci-layout {layout}: {reason}")]
+    OciLayout { layout: String, reason: String },
     /// A RUN step exited non-zero.
     #[error("{location}process \"{command}\" did not complete successfully: exit code: {code}")]
     StepFailed {
@@ -149,6 +152,7 @@ impl WorkerError {
                 ErrorKind::FailedPrecondition
             }
             WorkerError::InvalidImage { .. }
+            | WorkerError::OciLayout { .. }
             | WorkerError::BadInput { .. }
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,
             WorkerError::StepFailed { .. }

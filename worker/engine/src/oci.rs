@@ -290,10 +290,11 @@ mod tests {
             variant: String::new(),
             os_version: "10.0".into(),
             os_features: vec!["f1".into()],
-            // Exporter inputs: neither is written into the config.
+            // Exporter inputs: none is written into the config.
             source_date_epoch: Some(1),
             base_diff_ids: vec![KilnDigest::of(b"base").to_string()],
             platform: None,
+            base_platform: Some(kiln_solver::Platform::new("plan9", "mips", "")),
         };
         let config = crate::export::image_config(&[layer], &cfg);
         let bytes = to_json(&config).expect("json");
@@ -363,6 +364,8 @@ mod tests {
             c.source_date_epoch = None;
             c.base_diff_ids =
                 serde_json::from_value(v["rootfs"]["diff_ids"].clone()).expect("diff_ids");
+            // ... and its platform is the one the exporter wrote.
+            c.base_platform = Some(host_platform()).as_ref().map(from_oci);
             c
         });
     }

@@ -40,12 +40,14 @@ impl CheckReport {
     pub fn text(&self) -> String {
         let mut out = String::new();
         for w in &self.warnings {
-            out.push_str(&format!(
-                "\nWARNING: {} - {}\n{}\n",
-                w.rule,
-                rule_url(&w.rule),
-                w.message
-            ));
+            // As BuildKit: ` - URL` only for a rule with a page.
+            let url = rule_url(&w.rule);
+            let url = if url.is_empty() {
+                url
+            } else {
+                format!(" - {url}")
+            };
+            out.push_str(&format!("\nWARNING: {}{url}\n{}\n", w.rule, w.message));
             if w.line > 0 {
                 out.push_str(&format!("{}:{}\n", self.filename, w.line));
             }

@@ -20,7 +20,7 @@
 //! must not do; it holds no gRPC and no CLI flags.
 
 use kiln_dockerfile::directives::CheckConfig;
-use kiln_dockerfile::{BuildOptions, NamedContext, ParseError};
+use kiln_dockerfile::{BuildOptions, NamedContext, OciLayoutRef, ParseError};
 use kiln_engine::resolve::ResolveMode;
 use kiln_engine::WorkerError;
 use kiln_solver::ImageConfig;
@@ -355,10 +355,13 @@ fn invalid(key: &str, value: &str, reason: impl ToString) -> FrontendError {
 /// `local:DIR` (a directory the client serves under that local name),
 /// `docker-image://REF` (an image, whose config replaces the base's), a
 /// git repository (`git@…`, `git://…`, `https://….git#ref:dir`: its
-/// checkout) or another `http(s)://` URL (the file alone, named
-/// `context`). `oci-layout://` and `input:` are refused as not supported.
-/// `NAME` may end in `::PLATFORM`, which must be the host's. The result
-/// is keyed by [`kiln_dockerfile::context_key`].
+/// checkout), another `http(s)://` URL (the file alone, named
+/// `context`) or `oci-layout://STORE@DIGEST` (an image of an OCI layout
+/// the client gives the build). `input:` is refused as not supported.
+/// `NAME` may end in `::PLATFORM`: the context then stands for the name
+/// only in stages built for that platform. The result is keyed by
+/// [`kiln_dockerfile::context_key`] (and
+/// [`kiln_dockerfile::platform_context_key`]).
 fn named_context(name: &str, value: &str) -> Result<(String, NamedContext)> {
     let invalid = |reason: String| FrontendError::InvalidAttribute {
         key: format!("context:{name}"),
@@ -369,17 +372,18 @@ fn named_context(name: &str, value: &str) -> Result<(String, NamedContext)> {
         name: name.to_string(),
         value: value.to_string(),
     };
-    let plain = match name.split_once("::") {
-        Some((n, platform)) => {
-            check_platform(platform)?;
-            n
-        }
-        None => name,
+    let (plain, platform) = match name.split_once("::") {
+        Some((n, platform)) => (n, Some(context_platform(platform)?)),
+        None => (name, None),
     };
     let Some(key) = kiln_dockerfile::context_key(plain) else {
         return Err(invalid(format!(
             "invalid context name {plain} (a stage name or an image reference, not scratch or context)"
         )));
+    };
+    let key = match &platform {
+        Some(p) => kiln_dockerfile::platform_context_key(&key, p),
+        None => key,
     };
     let Some((kind, rest)) = value.split_once(':') else {
         return Err(invalid(format!(
@@ -411,9 +415,40 @@ fn named_context(name: &str, value: &str) -> Result<(String, NamedContext)> {
                 )
             }
         }
+        "oci-layout" => NamedContext::OciLayout(oci_layout_context(plain, rest).map_err(invalid)?),
         _ => return Err(unsupported()),
     };
     Ok((key, ctx))
+}
+
+/// The image of an `oci-layout://STORE[:TAG]@DIGEST` named context, as
+/// BuildKit's frontend reads it: `STORE` names an OCI layout store the
+/// client gives the build (buildx and kiln's CLI resolve a tag to the
+/// digest first), and the digest is required.
+fn oci_layout_context(name: &str, rest: &str) -> std::result::Result<OciLayoutRef, String> {
+    let spec = rest.strip_prefix("//").unwrap_or(rest);
+    let (named, digest) = match spec.rsplit_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (spec, None),
+    };
+    // A `:` after the last `/` is a tag, which the digest makes moot.
+    let last_slash = named.rfind('/').map_or(0, |i| i + 1);
+    let store = match named[last_slash..].rfind(':') {
+        Some(i) => &named[..last_slash + i],
+        None => named,
+    };
+    kiln_dockerfile::reference::normalize(spec)
+        .map_err(|e| format!("could not parse oci-layout reference {spec:?}: {e}"))?;
+    let Some(digest) = digest else {
+        return Err(format!("oci-layout reference {named:?} has no digest"));
+    };
+    kiln_dockerfile::reference::Reference::parse(name)
+        .map_err(|e| format!("could not parse oci-layout reference {name:?}: {e}"))?;
+    Ok(OciLayoutRef {
+        store: store.to_string(),
+        name: name.to_string(),
+        digest: digest.to_string(),
+    })
 }
 
 /// Why a git or HTTP named context cannot be used.
@@ -478,23 +513,14 @@ fn parse_platforms(key: &str, value: &str) -> Result<Vec<kiln_solver::Platform>>
 
 /// The platform of a named context (`context:NAME::PLATFORM`): kiln
 /// reads named contexts for the worker's platform only.
-fn check_platform(value: &str) -> Result<()> {
+/// The platform of a `context:NAME::PLATFORM` attribute, normalized.
+fn context_platform(value: &str) -> Result<kiln_solver::Platform> {
     let host = kiln_engine::oci::worker_platform();
-    let p = kiln_solver::Platform::parse(value, &host).map_err(|e| {
-        FrontendError::InvalidAttribute {
-            key: "context".to_string(),
-            value: value.to_string(),
-            reason: e.to_string(),
-        }
-    })?;
-    if p != host {
-        return Err(FrontendError::Unsupported {
-            what: format!(
-                "a named context for platform {p:?} (kiln reads named contexts for {host} only)"
-            ),
-        });
-    }
-    Ok(())
+    kiln_solver::Platform::parse(value, &host).map_err(|e| FrontendError::InvalidAttribute {
+        key: "context".to_string(),
+        value: value.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Go's `strconv.ParseBool`, which BuildKit uses for boolean options.
@@ -755,12 +781,15 @@ pub trait ImageConfigs {
 /// The engine's base images, resolved with one build's mode and
 /// credentials (`Engine::base_images`).
 impl ImageConfigs for kiln_engine::build::BaseImages {
-    fn image_config(
+    async fn image_config(
         &self,
         reference: &str,
         platform: Option<&kiln_solver::Platform>,
-    ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send {
-        kiln_engine::build::BaseImages::image_config(self, reference, platform)
+    ) -> Result<ImageConfig, WorkerError> {
+        match OciLayoutRef::from_key(reference) {
+            Some(l) => self.layout_config(&l.store, &l.digest, platform).await,
+            None => kiln_engine::build::BaseImages::image_config(self, reference, platform).await,
+        }
     }
 }
 
@@ -815,6 +844,7 @@ pub fn build_options_for(
         force_network: opts.force_network.clone(),
         named_contexts: opts.named_contexts.clone(),
         all_stages: opts.lint,
+        worker_platforms: kiln_engine::oci::runnable_platforms(),
     }
 }
 

@@ -286,6 +286,7 @@ async fn solve_view(fetch: &Fetch<'_>, remote: &RemoteContext, no_cache: bool) -
         result,
         config: Default::default(),
         locals: Default::default(),
+        oci_stores: Default::default(),
         names: Vec::new(),
         compression: kiln_snapshot::diff::Compression::Gzip,
         cache_imports: Vec::new(),

@@ -487,6 +487,12 @@ pub struct ImageConfig {
     /// the worker's; `None` is the worker's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<crate::Platform>,
+    /// The platform a base image's own config names (its `os`,
+    /// `architecture` and `variant`), as the frontend read it: what the
+    /// `InvalidBaseImagePlatform` check compares with the stage's
+    /// platform. Not carried into a result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_platform: Option<crate::Platform>,
 }
 
 /// Docker's `HealthcheckConfig`: durations in nanoseconds, 0 = inherit.

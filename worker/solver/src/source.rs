@@ -313,6 +313,9 @@ pub const ATTR_GIT_MTIME: &str = "git.mtime";
 pub const ATTR_FETCH_BY_COMMIT: &str = "git.fetchbycommit";
 pub const ATTR_HTTP_CHECKSUM: &str = "http.checksum";
 pub const ATTR_HTTP_FILENAME: &str = "http.filename";
+/// The OCI layout store an `oci-layout://` source reads
+/// (`pb.AttrOCILayoutStoreID`).
+pub const ATTR_OCI_STORE: &str = "oci.store";
 pub const ATTR_HTTP_PERM: &str = "http.perm";
 pub const ATTR_HTTP_UID: &str = "http.uid";
 pub const ATTR_HTTP_GID: &str = "http.gid";

@@ -2,8 +2,8 @@
 //! `dockerfile2llb/validations.go` (rule names and texts are BuildKit's):
 //! UndefinedArgInFrom, InvalidDefaultArgInFrom, RedundantTargetPlatform and
 //! FromPlatformFlagConstDisallowed over every `FROM`, and UndefinedVar,
-//! SecretsUsedInArgOrEnv and ExposeInvalidFormat while a stage's
-//! instructions are dispatched. The rules that need only the parse tree
+//! SecretsUsedInArgOrEnv, ExposeInvalidFormat and InvalidBaseImagePlatform
+//! while a stage's instructions are dispatched. The rules that need only the parse tree
 //! are in [`crate::lint`].
 
 use std::collections::BTreeSet;
@@ -42,6 +42,33 @@ fn did_you_mean(name: &str, options: &[&str], prefix: &str) -> String {
     crate::suggest::search(name, options, true)
         .map(|m| format!(" (did you mean {prefix}{m}?)"))
         .unwrap_or_default()
+}
+
+/// InvalidBaseImagePlatform for a stage whose base is the image `name`
+/// (its `FROM` word, args expanded) built for `expected`: the image's own
+/// config names another OS or architecture (BuildKit's
+/// `validateBaseImagePlatform`; a variant alone does not count). An image
+/// without layers (BuildKit's scratch) is not checked.
+pub(super) fn base_image_platform(
+    name: &str,
+    expected: &kiln_solver::Platform,
+    config: &ImageConfig,
+    line: usize,
+) -> Option<Warning> {
+    let actual = config.base_platform.as_ref()?;
+    let scratch = config.base_diff_ids.is_empty() && config.history.iter().all(|h| h.empty_layer);
+    if scratch || (actual.os == expected.os && actual.architecture == expected.architecture) {
+        return None;
+    }
+    Some(warning(
+        "InvalidBaseImagePlatform",
+        line,
+        format!(
+            "Base image {name} was pulled with platform {}, expected {} for current build",
+            go_quote(&actual.to_string()),
+            go_quote(&expected.to_string())
+        ),
+    ))
 }
 
 /// SecretsUsedInArgOrEnv for one `ARG` or `ENV` name.

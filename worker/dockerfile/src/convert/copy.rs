@@ -199,7 +199,9 @@ impl Converter<'_> {
         // after its delimiter, then copied like a file of the context.
         for content in &cp.contents {
             let data = if content.expand {
-                heredoc::expand(&content.data, &st.env).map_err(|m| self.file_err(line, m))?
+                let (data, m) = heredoc::expand(&content.data, &st.env);
+                self.unmatched.borrow_mut().extend(m.unmatched);
+                data.map_err(|m| self.file_err(line, m))?
             } else {
                 content.data.clone()
             };

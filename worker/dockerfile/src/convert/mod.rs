@@ -170,6 +170,26 @@ impl Dockerfile {
     }
 }
 
+/// The source op of base image `reference` (a normalized reference, or an
+/// OCI layout's [`crate::OciLayoutRef::key`]) and its step name:
+/// `FROM <ref>`, or BuildKit's `OCI load from client` for a layout.
+fn image_op(reference: &str, platform: Option<kiln_solver::Platform>) -> (SourceOp, String) {
+    match crate::OciLayoutRef::from_key(reference) {
+        Some(l) => {
+            let name = format!("[context {}] OCI load from client", l.name);
+            (l.to_op(platform), name)
+        }
+        None => (
+            SourceOp {
+                identifier: format!("docker-image://{reference}"),
+                attrs: BTreeMap::new(),
+                platform,
+            },
+            format!("FROM {reference}"),
+        ),
+    }
+}
+
 /// Builds the graph for `opts.target` (or the last stage). `bases` maps the
 /// refs of [`Dockerfile::base_images`] to their image configs.
 pub fn to_graph(
@@ -583,14 +603,11 @@ impl Converter<'_> {
         if let Some(v) = self.images.get(&key) {
             return Ok(Self::edge(*v));
         }
+        let (op, name) = image_op(reference, key.1.clone());
         let v = self.add(Vertex {
-            op: Op::Source(SourceOp {
-                identifier: format!("docker-image://{reference}"),
-                attrs: BTreeMap::new(),
-                platform: key.1.clone(),
-            }),
+            op: Op::Source(op),
             inputs: Vec::new(),
-            name: format!("FROM {reference}"),
+            name,
             location: self.location(line),
             ignore_cache: self.opts.no_cache,
         })?;
@@ -600,7 +617,8 @@ impl Converter<'_> {
 
     /// The filesystem `--from` names: a stage's state or an image.
     fn source_edge(&mut self, from: &str, current: usize, line: usize) -> Result<Option<Edge>> {
-        match resolve_source(self.df, self.opts, from, current, line)? {
+        let platform = self.plan.stages[current].platform.clone();
+        match resolve_source(self.df, self.opts, from, current, &platform, line)? {
             Source::Stage(j) => match &self.states[j] {
                 Some(st) => Ok(st.edge),
                 None => Err(self.file_err(line, format!("stage {from:?} was not built"))),
@@ -702,21 +720,36 @@ impl Converter<'_> {
                 self.new_state(i, Some(edge), scratch_config())
             }
             Base::Image(r) => {
-                let Some(config) = self.bases.get(&self.base_key(i, &r)).cloned() else {
+                let Some(mut config) = self.bases.get(&self.base_key(i, &r)).cloned() else {
                     return Err(ParseError::MissingBaseConfig {
                         file: self.opts.filename.clone(),
                         line: stage.line,
                         reference: r,
                     });
                 };
+                let sp = &self.plan.stages[i];
+                if self.plan.needed[i] && !sp.from_context {
+                    self.warnings.extend(checks::base_image_platform(
+                        &sp.base_name,
+                        &sp.platform,
+                        &config,
+                        stage.line,
+                    ));
+                }
+                config.base_platform = None;
+                let (op, name) = image_op(&r, self.plan.op_platform(i));
+                // A layout's load counts in the stage's steps but is named
+                // after the context, as a directory's.
+                let name = if crate::OciLayoutRef::from_key(&r).is_some() {
+                    let _ = progress.name("");
+                    name
+                } else {
+                    progress.name(&name)
+                };
                 let v = self.add(Vertex {
-                    op: Op::Source(SourceOp {
-                        identifier: format!("docker-image://{r}"),
-                        attrs: BTreeMap::new(),
-                        platform: self.plan.op_platform(i),
-                    }),
+                    op: Op::Source(op),
                     inputs: Vec::new(),
-                    name: progress.name(&format!("FROM {r}")),
+                    name,
                     location: self.location(stage.line),
                     ignore_cache: self.opts.no_cache,
                 })?;
@@ -1051,7 +1084,7 @@ fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Resul
         line,
         message: message.to_string(),
     };
-    if plan::named_context(opts, v).is_some() {
+    if plan::named_context(opts, v, &opts.target_platform()).is_some() {
         return Err(unsupported(first, "the time of a named context"));
     }
     let Some(stage) = df

@@ -9,7 +9,8 @@ use super::*;
 pub(super) enum Base {
     Scratch,
     Stage(usize),
-    /// A normalized image ref.
+    /// A normalized image ref, or an OCI layout's image
+    /// ([`crate::OciLayoutRef::key`]).
     Image(String),
     /// A named context's directory (`local://<local>`).
     Local {
@@ -32,6 +33,7 @@ impl Base {
                 excludes: excludes.clone(),
             },
             NamedContext::Image(r) => Base::Image(r.clone()),
+            NamedContext::OciLayout(l) => Base::Image(l.key()),
             NamedContext::Scratch => Base::Scratch,
             NamedContext::Remote { op, name } => Base::Remote {
                 op: op.clone(),
@@ -47,6 +49,11 @@ pub(super) struct StagePlan {
     /// A named context of the stage's name replaces it: the stage is the
     /// context (`base`), and its own `FROM` and commands are not used.
     pub(super) replaced: bool,
+    /// The base is a named context (the stage's own name's, or its
+    /// `FROM`'s): BuildKit checks no platform of those.
+    pub(super) from_context: bool,
+    /// The `FROM` name with its args expanded, as written otherwise.
+    pub(super) base_name: String,
     /// The platform the stage's base is picked for and its `RUN` steps
     /// run as: `FROM --platform`, else the base stage's, else the target.
     pub(super) platform: kiln_solver::Platform,
@@ -70,12 +77,52 @@ pub(super) enum Source {
     },
 }
 
-/// The named context `name` refers to, if any (see [`context_key`]).
-pub(super) fn named_context<'a>(opts: &'a BuildOptions, name: &str) -> Option<&'a NamedContext> {
+/// The platform of a stage on image `reference` when the build names no
+/// target platform and the `FROM` none either (BuildKit's
+/// `autoDetectPlatform`): the image's own platform, as its config (read
+/// for `target`) names it, when the worker runs that platform; else
+/// `target`.
+fn auto_detect_platform(
+    bases: &BTreeMap<String, ImageConfig>,
+    reference: &str,
+    target: kiln_solver::Platform,
+    opts: &BuildOptions,
+    build: &kiln_solver::Platform,
+) -> kiln_solver::Platform {
+    let key = crate::BaseRef {
+        reference: reference.to_string(),
+        platform: (target != *build).then(|| target.clone()),
+    }
+    .key();
+    let Some(image) = bases.get(&key).and_then(|c| c.base_platform.as_ref()) else {
+        return target;
+    };
+    let same = |p: &kiln_solver::Platform| p.os == image.os && p.architecture == image.architecture;
+    if same(&target) {
+        return target;
+    }
+    opts.worker_platforms
+        .iter()
+        .find(|p| same(p))
+        .cloned()
+        .unwrap_or(target)
+}
+
+/// The named context `name` refers to for a stage built for `platform`,
+/// if any (see [`context_key`]): the one given for that platform
+/// (`NAME::PLATFORM`) first, else the one of the plain name.
+pub(super) fn named_context<'a>(
+    opts: &'a BuildOptions,
+    name: &str,
+    platform: &kiln_solver::Platform,
+) -> Option<&'a NamedContext> {
     if opts.named_contexts.is_empty() {
         return None;
     }
-    context_key(name).and_then(|k| opts.named_contexts.get(&k))
+    let key = context_key(name)?;
+    opts.named_contexts
+        .get(&crate::platform_context_key(&key, platform))
+        .or_else(|| opts.named_contexts.get(&key))
 }
 
 /// The stage structure, computed before any vertex is emitted: global
@@ -142,15 +189,22 @@ impl Plan {
                 None => None,
             };
             let platform = own_platform.unwrap_or_else(|| for_platform.clone());
-            if let Some(ctx) = s.name.as_deref().and_then(|n| named_context(opts, n)) {
+            if let Some(ctx) = s
+                .name
+                .as_deref()
+                .and_then(|n| named_context(opts, n, &platform))
+            {
                 stages.push(StagePlan {
                     base: Base::of_context(ctx),
                     replaced: true,
+                    from_context: true,
+                    base_name,
                     platform,
                 });
                 continue;
             }
             let lower = base_name.to_lowercase();
+            let mut from_context = false;
             let base = if lower == "scratch" {
                 Base::Scratch
             } else if let Some(j) = df.stages[..i]
@@ -160,7 +214,8 @@ impl Plan {
                 Base::Stage(j)
             } else if let Some(j) = lower.parse::<usize>().ok().filter(|j| *j < i) {
                 Base::Stage(j)
-            } else if let Some(ctx) = named_context(opts, &base_name) {
+            } else if let Some(ctx) = named_context(opts, &base_name, &platform) {
+                from_context = true;
                 Base::of_context(ctx)
             } else {
                 Base::Image(normalize(&base_name).map_err(|err| ParseError::Reference {
@@ -170,13 +225,20 @@ impl Plan {
                 })?)
             };
             // A stage built on another runs as that one (BuildKit's rule).
-            let platform = match base {
-                Base::Stage(j) => stages[j].platform.clone(),
+            let platform = match &base {
+                Base::Stage(j) => stages[*j].platform.clone(),
+                Base::Image(r)
+                    if !from_context && s.platform.is_none() && opts.target_platform.is_none() =>
+                {
+                    auto_detect_platform(bases, r, platform, opts, &build)
+                }
                 _ => platform,
             };
             stages.push(StagePlan {
                 base,
                 replaced: false,
+                from_context,
+                base_name,
                 platform,
             });
         }
@@ -249,7 +311,7 @@ impl Plan {
             for t in triggers {
                 let trigger = super::parse_trigger(t, file, s.line)?;
                 for from in from_refs(&trigger) {
-                    match resolve_source(df, opts, from, i, s.line)? {
+                    match resolve_source(df, opts, from, i, &stages[i].platform, s.line)? {
                         Source::Stage(k) => d.push(k),
                         _ => image_sources += 1,
                     }
@@ -257,7 +319,7 @@ impl Plan {
             }
             for c in &s.commands {
                 for from in from_refs(c) {
-                    match resolve_source(df, opts, from, i, c.line)? {
+                    match resolve_source(df, opts, from, i, &stages[i].platform, c.line)? {
                         Source::Stage(j) => d.push(j),
                         _ => image_sources += 1,
                     }
@@ -330,6 +392,7 @@ pub(super) fn resolve_source(
     opts: &BuildOptions,
     from: &str,
     current: usize,
+    platform: &kiln_solver::Platform,
     line: usize,
 ) -> Result<Source> {
     let file = opts.filename.as_str();
@@ -365,12 +428,13 @@ pub(super) fn resolve_source(
             "cannot copy from stage {from:?}, it needs to be defined before current stage {:?}",
             stage_label(current)
         ))),
-        None => match named_context(opts, from) {
+        None => match named_context(opts, from, platform) {
             Some(NamedContext::Local { local, excludes }) => Ok(Source::Local {
                 local: local.clone(),
                 excludes: excludes.clone(),
             }),
             Some(NamedContext::Image(r)) => Ok(Source::Image(r.clone())),
+            Some(NamedContext::OciLayout(l)) => Ok(Source::Image(l.key())),
             Some(NamedContext::Scratch) => Ok(Source::Scratch),
             Some(NamedContext::Remote { op, name }) => Ok(Source::Remote {
                 op: op.clone(),

@@ -1677,3 +1677,39 @@ fn ssh_mounts_forward_agents_by_id() {
         );
     }
 }
+
+#[test]
+fn a_named_context_for_one_platform_is_read_by_stages_built_for_it() {
+    let arm = kiln_solver::Platform::new("linux", "arm64", "");
+    let key = context_key("base").expect("a context name");
+    let mut o = opts();
+    o.named_contexts.insert(
+        crate::platform_context_key(&key, &arm),
+        NamedContext::Image("docker.io/library/arm-base:1".into()),
+    );
+    o.named_contexts.insert(
+        key,
+        NamedContext::Image("docker.io/library/plain-base:1".into()),
+    );
+    let src = "FROM base\nFROM --platform=linux/arm64 base AS arm\nCOPY --from=base /a /b\n\
+               FROM scratch\nCOPY --from=0 / /x\nCOPY --from=arm / /y\n";
+    let b = build(src, &o).expect("build");
+    // The arm64 stage and its --from (a vertex of its own) read the
+    // arm64 context; the target-platform stage reads the plain one.
+    assert_eq!(
+        sources(&b),
+        [
+            "docker-image://docker.io/library/plain-base:1",
+            "docker-image://docker.io/library/arm-base:1",
+            "docker-image://docker.io/library/arm-base:1",
+        ]
+    );
+    // Without a plain one, a stage for another platform reads the image.
+    o.named_contexts
+        .remove(&context_key("base").expect("a context name"));
+    let b = build("FROM base\n", &o).expect("build");
+    assert_eq!(
+        sources(&b),
+        ["docker-image://docker.io/library/base:latest"]
+    );
+}

@@ -157,3 +157,152 @@ fn a_duplicate_stage_name_warns_and_references_take_the_last() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn a_base_image_for_another_platform_is_named() {
+    let arm = kiln_solver::Platform::new("linux", "arm64", "");
+    let layered = |p: Option<kiln_solver::Platform>| ImageConfig {
+        base_platform: p,
+        base_diff_ids: vec![format!("sha256:{}", "a".repeat(64))],
+        ..ImageConfig::default()
+    };
+    let check = |src: &str, opts: &BuildOptions, cfg: ImageConfig| -> Vec<String> {
+        let df = parse(src, &opts.filename).expect("parses");
+        let bases = df
+            .base_image_refs(opts)
+            .expect("bases")
+            .into_iter()
+            .map(|r| (r.key(), cfg.clone()))
+            .collect();
+        let b = to_graph(&df, opts, &bases).expect("converts");
+        b.warnings.iter().map(ToString::to_string).collect()
+    };
+    let opts = BuildOptions::default();
+    let src = "ARG V=1.0\nFROM example.com/app:$V\nRUN true\n";
+    assert_eq!(
+        check(src, &opts, layered(Some(arm.clone()))),
+        vec![
+            "InvalidBaseImagePlatform: Base image example.com/app:1.0 was pulled with platform \"linux/arm64\", expected \"linux/amd64\" for current build (line 2)"
+        ]
+    );
+    // The same OS and architecture (a variant alone does not count), an
+    // image without layers, and a config naming no platform pass.
+    let host = kiln_solver::Platform::new("linux", "amd64", "v2");
+    assert!(check(src, &opts, layered(Some(host))).is_empty());
+    let scratch = ImageConfig {
+        base_platform: Some(arm.clone()),
+        ..ImageConfig::default()
+    };
+    assert!(check(src, &opts, scratch).is_empty());
+    assert!(check(src, &opts, layered(None)).is_empty());
+    // A stage the target does not need, and a named context, are not
+    // checked (BuildKit checks reachable images it resolved itself).
+    assert!(check(
+        "FROM example.com/app:1 AS unused\nFROM busybox AS last\n",
+        &BuildOptions::default(),
+        layered(Some(kiln_solver::Platform::new("linux", "amd64", "")))
+    )
+    .is_empty());
+    let unused = check(
+        "FROM example.com/other AS unused\nFROM busybox\n",
+        &opts,
+        layered(Some(arm.clone())),
+    );
+    assert_eq!(unused.len(), 1, "{unused:?}");
+    assert!(unused[0].contains("Base image busybox"), "{unused:?}");
+    let mut named = BuildOptions::default();
+    named.named_contexts.insert(
+        crate::context_key("base").expect("a name"),
+        NamedContext::Image("docker.io/library/busybox:latest".into()),
+    );
+    assert!(check("FROM base\n", &named, layered(Some(arm))).is_empty());
+}
+
+#[test]
+fn undefined_vars_in_copy_heredocs_are_named_as_buildkit_does() {
+    // BuildKit expands a COPY/ADD heredoc with an unquoted delimiter and
+    // checks what it looks up; a quoted one is copied as written, and a
+    // RUN heredoc is left to the shell.
+    assert_eq!(
+        warnings("FROM busybox\nARG A=1\nENV HOME_DIR=/h\nCOPY <<EOF /f\n$A $HOME_DIRR\nEOF\n"),
+        vec!["UndefinedVar: Usage of undefined variable '$HOME_DIRR' (did you mean $HOME_DIR?) (line 4)"]
+    );
+    assert!(warnings("FROM busybox\nCOPY <<\"EOF\" /f\n$NOPE\nEOF\n").is_empty());
+    assert!(warnings("FROM busybox\nRUN <<EOF\necho $NOPE\nEOF\n").is_empty());
+    assert_eq!(
+        warnings("FROM busybox\nADD <<EOF /f\n${NOPE:-x}\nEOF\n"),
+        vec!["UndefinedVar: Usage of undefined variable '$NOPE' (line 2)"]
+    );
+}
+
+#[test]
+fn without_a_target_platform_a_stage_is_built_for_its_images_platform_when_the_worker_runs_it() {
+    let arm = kiln_solver::Platform::new("linux", "arm64", "");
+    let amd = kiln_solver::Platform::new("linux", "amd64", "");
+    let cfg = ImageConfig {
+        base_platform: Some(arm.clone()),
+        base_diff_ids: vec![format!("sha256:{}", "a".repeat(64))],
+        ..ImageConfig::default()
+    };
+    // As the frontend resolves bases: until no new one appears.
+    let convert = |o: &BuildOptions, src: &str| {
+        let df = parse(src, &o.filename).expect("parses");
+        let mut bases = BTreeMap::new();
+        loop {
+            let new: Vec<_> = df
+                .base_image_refs_with(o, &bases)
+                .expect("bases")
+                .into_iter()
+                .filter(|b| !bases.contains_key(&b.key()))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for b in new {
+                bases.insert(b.key(), cfg.clone());
+            }
+        }
+        to_graph(&df, o, &bases).expect("converts")
+    };
+    let source_platform = |b: &Build| {
+        b.graph
+            .vertices
+            .iter()
+            .find_map(|v| match &v.op {
+                Op::Source(s) => Some(s.platform.clone()),
+                _ => None,
+            })
+            .expect("a source")
+    };
+    let src = "FROM example.com/arm-only\nLABEL a=b\n";
+    let runs_arm = BuildOptions {
+        worker_platforms: vec![amd.clone(), arm.clone()],
+        ..BuildOptions::default()
+    };
+    let b = convert(&runs_arm, src);
+    assert_eq!(source_platform(&b), Some(arm.clone()));
+    assert_eq!(b.config.platform, Some(arm.clone()));
+    assert!(b.warnings.is_empty(), "{:?}", b.warnings);
+    // A worker that cannot run it builds for its own platform, and says so.
+    let b = convert(
+        &BuildOptions {
+            worker_platforms: vec![amd.clone()],
+            ..BuildOptions::default()
+        },
+        src,
+    );
+    assert_eq!(source_platform(&b), None);
+    assert_eq!(b.config.platform, None);
+    assert_eq!(b.warnings.len(), 1, "{:?}", b.warnings);
+    // An explicit platform, of the build or of FROM, is kept.
+    let explicit = BuildOptions {
+        target_platform: Some(amd.clone()),
+        ..runs_arm.clone()
+    };
+    assert_eq!(source_platform(&convert(&explicit, src)), None);
+    let from = convert(
+        &runs_arm,
+        "FROM --platform=linux/amd64 example.com/arm-only\n",
+    );
+    assert_eq!(source_platform(&from), None);
+}

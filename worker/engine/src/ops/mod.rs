@@ -36,6 +36,8 @@ pub struct StepRunner {
     pub lease: LeaseId,
     /// Local sources by name (`context` -> directory).
     pub locals: HashMap<String, PathBuf>,
+    /// OCI layouts by store id (`oci-layout://` sources).
+    pub oci_stores: crate::layout::OciStores,
     pub progress: Progress,
     /// Content digests of local sources, kept between builds.
     pub hashes: Arc<crate::contenthash::HashCache>,

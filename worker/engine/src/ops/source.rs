@@ -52,6 +52,9 @@ impl StepRunner {
             crate::base::label_unpacked(&self.svc, &base).await?;
             return Ok(vec![Ref::Chain(base.layers)]);
         }
+        if let Some(reference) = s.identifier.strip_prefix("oci-layout://") {
+            return self.oci_layout_source(v, s, reference, cancel).await;
+        }
         if let Some(name) = s.identifier.strip_prefix("local://") {
             let dir = self.locals.get(name).ok_or_else(|| WorkerError::BadInput {
                 location: location(v),
@@ -89,5 +92,45 @@ impl StepRunner {
             location: location(v),
             what: format!("source {}", s.identifier),
         })
+    }
+
+    /// An image of an OCI layout the client holds (`oci-layout://NAME@DIGEST`
+    /// with the store in `oci.store`, as BuildKit's `llb.OCILayout`): its
+    /// blobs imported under the build's lease, its layers unpacked.
+    async fn oci_layout_source(
+        &self,
+        v: &Vertex,
+        s: &SourceOp,
+        reference: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Ref>> {
+        let bad = |reason: String| WorkerError::BadInput {
+            location: location(v),
+            reason,
+        };
+        let store = s
+            .attrs
+            .get(kiln_solver::source::ATTR_OCI_STORE)
+            .ok_or_else(|| bad(format!("oci-layout://{reference}: no oci.store attribute")))?;
+        let digest = reference
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .ok_or_else(|| bad(format!("oci-layout://{reference}: no digest")))?;
+        let dir = crate::layout::store(&self.oci_stores, store)?;
+        let import = crate::layout::import(
+            &self.svc,
+            dir,
+            reference,
+            digest,
+            s.platform.as_ref(),
+            &self.lease,
+        );
+        let base = tokio::select! {
+            b = import => b?,
+            _ = cancel.cancelled() => return Err(WorkerError::Cancelled),
+        };
+        crate::base::ensure_unpacked(&self.svc, &base.layers, &self.lease).await?;
+        crate::base::label_unpacked(&self.svc, &base).await?;
+        Ok(vec![Ref::Chain(base.layers)])
     }
 }

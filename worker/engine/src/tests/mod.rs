@@ -176,6 +176,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         result,
         config: ImageConfig::default(),
         locals: HashMap::new(),
+        oci_stores: HashMap::new(),
         names: names.iter().map(|n| n.to_string()).collect(),
         compression: Compression::Gzip,
         cache_imports: Vec::new(),

@@ -88,6 +88,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         result,
         config: ImageConfig::default(),
         locals: HashMap::new(),
+        oci_stores: HashMap::new(),
         names: vec!["docker.io/library/out:latest".into()],
         compression: Compression::Gzip,
         cache_imports: imports,
