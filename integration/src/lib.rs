@@ -17,6 +17,7 @@ pub mod kubeapi;
 pub mod netns;
 pub mod pki;
 pub mod registry;
+pub mod ssh;
 pub mod token;
 
 use kiln_snapshot::containerd::ContainerdConfig;

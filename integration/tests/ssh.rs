@@ -7,38 +7,15 @@
 //! image, and a required agent the client does not forward fails the step
 //! with BuildKit's words.
 
+use kiln_integration::ssh::{need, Agent};
 use kiln_integration::{Harness, KilnOutput};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 
 const DOCKERFILE: &str = "FROM busybox\n\
 COPY tools/ /\n\
 RUN --mount=type=ssh ssh-add -l > /out && echo \"$SSH_AUTH_SOCK\" >> /out && \
 (ssh-add -D > /dev/null 2>&1 || echo refused >> /out) && ssh-add -l >> /out\n";
-
-/// An `ssh-agent -D` on a socket of its own; killed on drop.
-struct Agent {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn need(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    // .ci/install provides openssh-client; a missing tool is a failure,
-    // never a skip.
-    assert!(found, "{tool} is needed (Debian package openssh-client)");
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("runs");
@@ -48,38 +25,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Starts an agent in `dir` holding a new key; returns it and the key's
-/// fingerprint line as `ssh-add -l` prints it.
-fn agent_with_key(dir: &Path) -> (Agent, String) {
-    let socket = dir.join("agent.sock");
-    let child = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&socket)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("ssh-agent starts");
-    let agent = Agent { child, socket };
-    for _ in 0..100 {
-        if agent.socket.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let key = dir.join("id_ed25519");
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-ssh-test", "-f"])
-        .arg(&key));
-    run(Command::new("ssh-add")
-        .env("SSH_AUTH_SOCK", &agent.socket)
-        .arg(&key));
-    let listed = run(Command::new("ssh-add")
-        .env("SSH_AUTH_SOCK", &agent.socket)
-        .arg("-l"));
-    assert!(listed.contains("kiln-ssh-test"), "{listed}");
-    (agent, listed)
 }
 
 /// Copies `/usr/bin/ssh-add` and the libraries `ldd` lists into `tools/`
@@ -120,14 +65,13 @@ fn with_sock(h: &Harness, ns: &str, sock: &Path, args: &[&str]) -> KilnOutput {
 
 #[tokio::test]
 async fn a_step_lists_the_forwarded_agents_key() {
-    for tool in ["ssh-agent", "ssh-keygen", "ssh-add", "ldd"] {
-        need(tool);
-    }
+    need("ldd", "libc-bin");
     let ns = "ssh";
     let h = Harness::with_busybox(ns).await;
     let agent_dir = h.state_dir().join("agent");
     std::fs::create_dir_all(&agent_dir).expect("agent dir");
-    let (agent, listed) = agent_with_key(&agent_dir);
+    let agent = Agent::with_key(&agent_dir);
+    let listed = agent.listed.clone();
     let ctx = h.context("ssh", &[("Dockerfile", DOCKERFILE)]);
     copy_ssh_add(&ctx);
     let c = ctx.to_str().expect("utf8");

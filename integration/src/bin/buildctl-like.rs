@@ -11,6 +11,8 @@
 //! with `BUILDCTL_LIKE_AUTH=user:password` the session serves
 //! `Auth.Credentials` with that login for every registry (buildctl's
 //! auth provider answers from the docker config the same way).
+//! `BUILDCTL_LIKE_SSH=ID=SOCKET,ID=SOCKET` are the SSH agents the session
+//! forwards, as `buildctl --ssh ID=SOCKET`.
 //! `BUILDCTL_LIKE_OPTS=k=v,k=v` are frontend options, as `buildctl --opt`;
 //! `BUILDCTL_LIKE_EXPORT=k=v,k=v` are more attributes of the image exporter
 //! (e.g. `compression=zstd`, as in `buildctl --output type=image,...`).
@@ -28,6 +30,7 @@ use kiln_proto::gateway::{self, ReturnRequest};
 use kiln_session::auth::{AuthServerImpl, CredentialSource, HostCredentials, SourceError};
 use kiln_session::filesync::FileSyncServerImpl;
 use kiln_session::hijack::{client_side, serve_session, SessionServices};
+use kiln_session::ssh::{ForwardedAgents, SshServerImpl};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -152,6 +155,19 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
             })))
             .into_service(),
             AuthServerImpl::METHODS,
+        );
+    }
+    let agents = env_pairs("BUILDCTL_LIKE_SSH");
+    if !agents.is_empty() {
+        let agents = ForwardedAgents::new(
+            agents
+                .into_iter()
+                .map(|(id, sock)| (id, PathBuf::from(sock)))
+                .collect(),
+        );
+        services.add(
+            SshServerImpl::new(agents).into_service(),
+            SshServerImpl::METHODS,
         );
     }
     let (side, requests) = client_side();

@@ -25,9 +25,9 @@ pub struct Prepared {
 }
 
 /// Whether `arg` names a remote context docker would fetch (an HTTP(S)
-/// URL, a git URL or `github.com/...`).
+/// URL, a git URL, git's scp-like `user@host:path` or `github.com/...`).
 fn is_remote(arg: &str) -> bool {
-    arg.contains("://") || arg.starts_with("git@") || arg.starts_with("github.com/")
+    arg.contains("://") || kiln_solver::source::is_ssh_remote(arg) || arg.starts_with("github.com/")
 }
 
 /// A remote context: checked by the frontend's own rule (so a typo fails
@@ -315,6 +315,9 @@ mod tests {
             "https://example.com/ctx.tar.gz",
             "git://example.com/r#v1:sub",
             "https://example.com/r.git?ref=main&subdir=app",
+            "git@github.com:o/r.git#main",
+            "root@127.0.0.1:/srv/r.git",
+            "ssh://git@example.com:2222/r.git",
         ] {
             let p = prepare(
                 Path::new(url),
@@ -331,7 +334,6 @@ mod tests {
     #[test]
     fn remote_contexts_kiln_cannot_fetch_fail_by_name() {
         for (url, msg) in [
-            ("git@github.com:o/r.git", "a git repository over ssh"),
             (
                 "github.com/o/r",
                 "the github.com/… short form is not supported yet",

@@ -1116,7 +1116,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     let named_dirs = context_dirs(&args)?;
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let secrets = secrets::Secrets::parse(&args.secrets)?;
-    let ssh = ssh::Agents::parse(&args.ssh)?.session();
+    let ssh = ssh::Agents::for_build(&args.ssh, &args.context)?.session();
     let tags = args
         .tags
         .iter()
@@ -1209,7 +1209,7 @@ async fn build(
     let secrets: std::sync::Arc<dyn kiln_engine::secrets::SecretSource> =
         std::sync::Arc::new(secrets::Secrets::parse(&args.secrets)?);
     let ssh: std::sync::Arc<dyn kiln_engine::ssh::SshSource> =
-        std::sync::Arc::new(ssh::Agents::parse(&args.ssh)?);
+        std::sync::Arc::new(ssh::Agents::for_build(&args.ssh, &args.context)?);
     let shown_as = progress_mode(&args)?;
     let df_dir = dockerfile.parent().unwrap_or(&context);
     // A remote context's Dockerfile is read once the engine fetched it.

@@ -1,6 +1,8 @@
 //! `--ssh` (buildx's syntax): `default`, `ID`, or `ID=SOCKET`, the agent
-//! a `RUN --mount=type=ssh,id=ID` step talks to. Without a path the agent
-//! is `$SSH_AUTH_SOCK`. The same agents serve the embedded engine
+//! a `RUN --mount=type=ssh,id=ID` step or a git remote over ssh talks to.
+//! Without a path the agent is `$SSH_AUTH_SOCK`; a git context over ssh
+//! with no `--ssh` forwards `default`, as buildx does
+//! ([`Agents::for_build`]). The same agents serve the embedded engine
 //! ([`kiln_engine::ssh::SshSource`]) and, through `--addr`, the daemon
 //! over the session; either way they are read-only
 //! ([`kiln_session::ssh::ForwardedAgents`]).
@@ -18,10 +20,33 @@ pub struct Agents {
 }
 
 impl Agents {
-    /// Parses the `--ssh` values; a malformed one, a missing socket or a
-    /// key file (not supported yet) is an error naming it.
-    pub fn parse(specs: &[String]) -> anyhow::Result<Agents> {
-        Self::parse_with(specs, std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
+    /// The agents of a build of `context`: the `--ssh` values, or
+    /// `default` when there are none and the context is a git repository
+    /// over ssh (buildx's rule: its checkout needs the agent). A malformed
+    /// value, a missing socket or a key file (not supported yet) is an
+    /// error naming it.
+    pub fn for_build(specs: &[String], context: &std::path::Path) -> anyhow::Result<Agents> {
+        Self::for_build_with(
+            specs,
+            context,
+            std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
+        )
+    }
+
+    fn for_build_with(
+        specs: &[String],
+        context: &std::path::Path,
+        auth_sock: Option<PathBuf>,
+    ) -> anyhow::Result<Agents> {
+        let all = implied(specs, context);
+        let implicit = all.len() != specs.len();
+        Self::parse_with(&all, auth_sock).map_err(|e| match implicit {
+            true => anyhow::anyhow!(
+                "build context {} is a git repository over ssh, which is fetched with the ssh agent of --ssh default: {e}",
+                context.display()
+            ),
+            false => e,
+        })
     }
 
     fn parse_with(specs: &[String], auth_sock: Option<PathBuf>) -> anyhow::Result<Agents> {
@@ -66,6 +91,17 @@ impl Agents {
     /// as buildx then offers no SSH service.
     pub fn session(&self) -> Option<ForwardedAgents> {
         (!self.agents.is_empty()).then(|| self.agents.clone())
+    }
+}
+
+/// `specs`, or `default` for a git context over ssh without any.
+fn implied(specs: &[String], context: &std::path::Path) -> Vec<String> {
+    let git_ssh = context.to_str().is_some_and(|c| {
+        matches!(kiln_solver::source::GitRef::parse(c), Ok(Some(r)) if kiln_solver::source::is_ssh_remote(&r.remote))
+    });
+    match specs.is_empty() && git_ssh {
+        true => vec![DEFAULT_ID.to_string()],
+        false => specs.to_vec(),
     }
 }
 
@@ -153,5 +189,42 @@ mod tests {
         assert!(err(&[&two], None).contains("not supported yet"));
         let missing = format!("x={}", d.path().join("nope").display());
         assert!(err(&[&missing], None).contains("No such file"));
+    }
+
+    /// buildx's rule: a git context over ssh forwards `default` unless
+    /// `--ssh` says otherwise; no other context does.
+    #[tokio::test]
+    async fn a_git_context_over_ssh_forwards_the_default_agent() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let sock = d.path().join("agent.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let build = |ctx: &str, specs: &[&str], auth: Option<&std::path::Path>| {
+            let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+            Agents::for_build_with(
+                &specs,
+                std::path::Path::new(ctx),
+                auth.map(|p| p.to_path_buf()),
+            )
+        };
+        for ctx in ["git@h:r.git", "ssh://git@h:2222/r.git#main"] {
+            let a = build(ctx, &[], Some(&sock)).expect("parses");
+            assert!(a.check("default").await.is_ok(), "{ctx}");
+            assert!(a.session().is_some(), "{ctx}");
+            let only =
+                build(ctx, &[&format!("gh={}", sock.display())], Some(&sock)).expect("parses");
+            assert!(only.check("default").await.is_err(), "{ctx}");
+        }
+        for ctx in [".", "https://h/r.git", "git://h/r.git"] {
+            let a = build(ctx, &[], Some(&sock)).expect("parses");
+            assert!(a.session().is_none(), "{ctx}");
+        }
+        assert_eq!(
+            build("git@h:r.git", &[], None)
+                .expect_err("no agent")
+                .to_string(),
+            "build context git@h:r.git is a git repository over ssh, which is fetched with \
+             the ssh agent of --ssh default: --ssh default: invalid empty ssh agent socket: \
+             make sure SSH_AUTH_SOCK is set"
+        );
     }
 }

@@ -36,7 +36,7 @@ pub struct RemoteContext {
 pub enum RemoteKind {
     /// A git checkout; `keep_git_dir` and `mtime` are settled by the
     /// build arguments after parsing (`apply_build_args`).
-    Git(GitSource),
+    Git(Box<GitSource>),
     /// An HTTP(S) download; `archive` is known once it is fetched
     /// ([`load_dockerfile`]).
     Http { archive: bool },
@@ -54,8 +54,8 @@ impl RemoteContext {
         let kind = match git {
             Some(g) => {
                 let src = GitSource::from_ref(&g);
-                // What the engine would refuse (ssh for now) is refused
-                // before anything runs.
+                // What the engine would refuse (an attribute it does not
+                // handle) is refused before anything runs.
                 GitSource::from_op(&src.to_op()).map_err(|e| match e {
                     kiln_solver::source::SourceError::Unsupported(what) => {
                         FrontendError::Unsupported {
@@ -64,7 +64,7 @@ impl RemoteContext {
                     }
                     e => invalid(e.to_string()),
                 })?;
-                RemoteKind::Git(src)
+                RemoteKind::Git(Box::new(src))
             }
             None if value.starts_with("http://") || value.starts_with("https://") => {
                 RemoteKind::Http { archive: false }

@@ -732,14 +732,20 @@ fn named_contexts_from_git_and_http() {
         Some("context")
     );
     assert!(local_contexts(&o).is_empty());
-    // A git source the engine cannot fetch (ssh needs the client's agent)
-    // is refused before the build, as it would fail after steps ran.
+    // A git repository over ssh is fetched with the client's default
+    // agent, as BuildKit's `llb.Git` asks for it.
     let value = "git@example.invalid:team/repo.git";
-    let e = FrontendOptions::from_attrs(&attrs(&[("context:ssh", value)])).expect_err("ssh");
-    assert_eq!(
-        e.to_string(),
-        format!("named build context ssh={value:?} is not supported yet")
-    );
+    let o = FrontendOptions::from_attrs(&attrs(&[("context:ssh", value)])).expect("ssh");
+    match o.named_contexts.get(&key("ssh")) {
+        Some(NamedContext::Remote { op, .. }) => {
+            assert_eq!(op.identifier, "git://example.invalid/team/repo.git");
+            assert_eq!(
+                op.attrs.get("git.mountsshsock").map(String::as_str),
+                Some("default")
+            );
+        }
+        other => panic!("ssh: {other:?}"),
+    }
 }
 
 #[test]
@@ -793,13 +799,15 @@ fn the_context_attribute_names_a_git_or_http_context() {
         o.remote_context.map(|r| r.kind),
         Some(RemoteKind::Http { archive: false })
     );
-    let e = FrontendOptions::from_attrs(&attrs(&[("context", "git@example.com:o/r.git")]))
-        .expect_err("ssh");
-    assert!(
-        e.to_string().contains("a git repository over ssh")
-            && e.to_string().contains("not supported yet"),
-        "{e}"
-    );
+    let o = FrontendOptions::from_attrs(&attrs(&[("context", "git@example.com:o/r.git#v1")]))
+        .expect("ssh");
+    match o.remote_context.map(|r| r.kind) {
+        Some(RemoteKind::Git(g)) => {
+            assert_eq!(g.remote, "git@example.com:o/r.git");
+            assert_eq!(g.mount_ssh_sock, "default");
+        }
+        other => panic!("ssh: {other:?}"),
+    }
     let e = FrontendOptions::from_attrs(&attrs(&[("context", "some/dir")])).expect_err("a path");
     assert!(matches!(e, FrontendError::InvalidAttribute { .. }), "{e}");
 }

@@ -311,6 +311,11 @@ pub const ATTR_GIT_CHECKSUM: &str = "git.checksum";
 pub const ATTR_SKIP_SUBMODULES: &str = "git.skipsubmodules";
 pub const ATTR_GIT_MTIME: &str = "git.mtime";
 pub const ATTR_FETCH_BY_COMMIT: &str = "git.fetchbycommit";
+/// `known_hosts` lines the ssh server's key must match (BuildKit's
+/// `llb.KnownSSHHosts`).
+pub const ATTR_KNOWN_SSH_HOSTS: &str = "git.knownsshhosts";
+/// The id of the client's SSH agent git authenticates with.
+pub const ATTR_MOUNT_SSH_SOCK: &str = "git.mountsshsock";
 pub const ATTR_HTTP_CHECKSUM: &str = "http.checksum";
 pub const ATTR_HTTP_FILENAME: &str = "http.filename";
 /// The OCI layout store an `oci-layout://` source reads
@@ -342,6 +347,21 @@ pub struct GitSource {
     /// seam; the engine refuses a build that would need them.
     pub auth_token_secret: String,
     pub auth_header_secret: String,
+    /// `known_hosts` lines for an ssh remote; empty: the server's key is
+    /// not checked (BuildKit's `StrictHostKeyChecking=no`).
+    pub known_ssh_hosts: String,
+    /// The client's SSH agent (its id) an ssh remote is fetched with;
+    /// `default` for every ssh remote a user writes, as `llb.Git` sets it.
+    pub mount_ssh_sock: String,
+}
+
+/// Whether `remote` is reached over ssh: an `ssh://` URL or git's
+/// scp-like `user@host:path`.
+pub fn is_ssh_remote(remote: &str) -> bool {
+    match scheme_of(remote) {
+        Some(scheme) => scheme.eq_ignore_ascii_case("ssh"),
+        None => scp_like(remote).is_some(),
+    }
 }
 
 impl GitSource {
@@ -359,6 +379,12 @@ impl GitSource {
             fetch_by_commit: r.fetch_by_commit,
             auth_token_secret: "GIT_AUTH_TOKEN".into(),
             auth_header_secret: "GIT_AUTH_HEADER".into(),
+            known_ssh_hosts: String::new(),
+            mount_ssh_sock: if r.scheme == Some(GitScheme::Ssh) {
+                "default".into()
+            } else {
+                String::new()
+            },
         }
     }
 
@@ -403,6 +429,12 @@ impl GitSource {
         if self.fetch_by_commit {
             attrs.insert(ATTR_FETCH_BY_COMMIT.into(), "true".into());
         }
+        if !self.known_ssh_hosts.is_empty() {
+            attrs.insert(ATTR_KNOWN_SSH_HOSTS.into(), self.known_ssh_hosts.clone());
+        }
+        if !self.mount_ssh_sock.is_empty() {
+            attrs.insert(ATTR_MOUNT_SSH_SOCK.into(), self.mount_ssh_sock.clone());
+        }
         SourceOp {
             identifier: id,
             attrs,
@@ -439,6 +471,8 @@ impl GitSource {
                 ATTR_GIT_CHECKSUM => s.checksum = v.clone(),
                 ATTR_SKIP_SUBMODULES => s.skip_submodules = flag(k, v)?,
                 ATTR_FETCH_BY_COMMIT => s.fetch_by_commit = flag(k, v)?,
+                ATTR_KNOWN_SSH_HOSTS => s.known_ssh_hosts = v.clone(),
+                ATTR_MOUNT_SSH_SOCK => s.mount_ssh_sock = v.clone(),
                 ATTR_GIT_MTIME => match v.as_str() {
                     "" | "checkout" | "commit" => s.mtime = v.clone(),
                     m => return Err(invalid(format!("invalid mtime value: {m:?}"))),
@@ -449,11 +483,6 @@ impl GitSource {
                     )))
                 }
             }
-        }
-        // ssh needs the client's agent (issue 13): refused before the
-        // build rather than tried with whatever keys the daemon has.
-        if s.remote.starts_with("ssh://") || scp_like(&s.remote).is_some() {
-            return Err(SourceError::Unsupported("a git repository over ssh".into()));
         }
         if s.fetch_by_commit && !is_commit_id(&s.checksum) {
             return Err(invalid("fetch-by-commit requires a commit checksum"));
@@ -658,13 +687,28 @@ mod tests {
     }
 
     #[test]
-    fn ssh_remotes_are_not_supported_yet() {
-        for r in ["git@github.com:foo/bar.git", "ssh://git@h/r.git"] {
-            let op = GitSource::from_ref(&git(r)).to_op();
+    fn ssh_remotes_use_the_default_agent_and_keep_known_hosts() {
+        for (r, id) in [
+            ("git@github.com:foo/bar.git", "git://github.com/foo/bar.git"),
+            ("ssh://git@h:2222/srv/r.git#v1", "git://h:2222/srv/r.git#v1"),
+        ] {
+            assert!(is_ssh_remote(&git(r).remote), "{r}");
+            let mut s = GitSource::from_ref(&git(r));
+            assert_eq!(s.mount_ssh_sock, "default");
+            s.known_ssh_hosts = "[h]:2222 ssh-ed25519 AAAA\n".into();
+            let op = s.to_op();
+            assert_eq!(op.identifier, id);
             assert_eq!(
-                GitSource::from_op(&op).expect_err("ssh").to_string(),
-                "a git repository over ssh is not supported yet"
+                op.attrs.get(ATTR_MOUNT_SSH_SOCK).map(String::as_str),
+                Some("default")
             );
+            assert_eq!(op.attrs.get(ATTR_KNOWN_SSH_HOSTS), Some(&s.known_ssh_hosts));
+            assert_eq!(GitSource::from_op(&op), Ok(Some(s)));
+        }
+        for r in ["https://h/r.git", "git://h/r"] {
+            assert!(!is_ssh_remote(r), "{r}");
+            let op = GitSource::from_ref(&git(r)).to_op();
+            assert!(!op.attrs.contains_key(ATTR_MOUNT_SSH_SOCK), "{r}");
         }
     }
 

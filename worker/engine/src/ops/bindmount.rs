@@ -25,7 +25,7 @@ pub(super) enum BindHold {
     /// A tmpfs of a secret, unmounted and its mount point removed.
     Tmpfs(kiln_snapshot::mount::MountGuard, PathBuf),
     /// An SSH agent socket and its forwarder, stopped and removed.
-    Ssh(super::sshmount::SshSocket),
+    Ssh(crate::ssh::AgentSocket),
 }
 
 impl StepRunner {
@@ -156,7 +156,7 @@ impl StepRunner {
                         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a secret's mount point");
                     }
                 }
-                BindHold::Ssh(socket) => socket.close(),
+                BindHold::Ssh(socket) => drop(socket),
                 BindHold::Snapshot(mounted, key) => {
                     drop(mounted);
                     if let Err(e) = self.svc.snapshots.remove(&key).await {

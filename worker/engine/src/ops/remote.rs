@@ -10,6 +10,7 @@ use super::{location, StepRunner};
 use crate::error::{Result, WorkerError};
 use crate::refs::{Layer, Ref};
 use crate::sources::{git, http, SourceFailure};
+use crate::ssh::AgentSocket;
 use kiln_solver::source::{GitSource, HttpSource};
 use kiln_solver::{Digest, Vertex};
 use tokio_util::sync::CancellationToken;
@@ -99,9 +100,9 @@ impl StepRunner {
         src: GitSource,
         cancel: &CancellationToken,
     ) -> Result<Vec<Ref>> {
-        let auth = self.git_auth(v, &src).await?;
+        let access = self.git_access(v, &src).await?;
         let resolved = tokio::select! {
-            r = git::resolve(&src, auth.as_ref()) => r.map_err(|e| Self::source_err(v, e))?,
+            r = git::resolve(&src, &access.access) => r.map_err(|e| Self::source_err(v, e))?,
             _ = cancel.cancelled() => return Err(WorkerError::Cancelled),
         };
         let key = Digest::of(
@@ -131,10 +132,10 @@ impl StepRunner {
         let r = self
             .new_layer("git", |dir| {
                 let (src, resolved, scratch) = (&src, &resolved, scratch.clone());
-                let auth = auth.as_ref();
+                let access = &access.access;
                 async move {
                     tokio::select! {
-                        r = git::checkout(src, auth, resolved, &scratch, &dir) => r.map_err(|e| Self::source_err(v, e)),
+                        r = git::checkout(src, access, resolved, &scratch, &dir) => r.map_err(|e| Self::source_err(v, e)),
                         _ = cancel.cancelled() => Err(WorkerError::Cancelled),
                     }
                 }
@@ -143,24 +144,19 @@ impl StepRunner {
         if let Err(e) = std::fs::remove_dir_all(&scratch) {
             tracing::warn!(dir = %scratch.display(), error = %e, "cannot remove a git scratch directory");
         }
+        drop(access);
         let ((), layers) = r?;
         let layers = self.record(v, &[key], layers).await?;
         Ok(vec![Ref::Chain(layers)])
     }
 
-    /// The remote's credentials from the client's secrets (the first of
-    /// [`git::auth_secret_names`] the client has). ssh remotes never get
-    /// here (`GitSource::from_op` refuses them before the build); this
-    /// refuses one again rather than fetch with the daemon's own keys.
-    async fn git_auth(&self, v: &Vertex, src: &GitSource) -> Result<Option<git::AuthHeader>> {
-        let ssh = src.remote.starts_with("ssh://")
-            || (!src.remote.contains("://") && src.remote.contains('@'));
-        if ssh {
-            return Err(WorkerError::Unsupported {
-                location: location(v),
-                what: "a git repository over ssh".into(),
-            });
-        }
+    /// How git reaches `src`'s remote: the credentials from the client's
+    /// secrets (the first of [`git::auth_secret_names`] the client has),
+    /// and with `git.mountsshsock` the client's agent on a socket of this
+    /// fetch (`no SSH key "ID" forwarded from the client` when it does not
+    /// forward that agent) and the source's known hosts in a file.
+    async fn git_access(&self, v: &Vertex, src: &GitSource) -> Result<GitAccess> {
+        let mut access = GitAccess::default();
         for (id, token) in git::auth_secret_names(src) {
             let got = self
                 .secrets
@@ -172,10 +168,54 @@ impl StepRunner {
                 })?;
             if let Some(secret) = got {
                 tracing::debug!(secret = %id, "git credentials from the client");
-                return Ok(Some(git::AuthHeader::new(&src.remote, &secret, token)));
+                access.access.header = Some(git::AuthHeader::new(&src.remote, &secret, token));
+                break;
             }
         }
-        Ok(None)
+        if src.mount_ssh_sock.is_empty() && src.known_ssh_hosts.is_empty() {
+            return Ok(access);
+        }
+        if !src.mount_ssh_sock.is_empty() {
+            self.ssh
+                .check(&src.mount_ssh_sock)
+                .await
+                .map_err(|source| WorkerError::Ssh {
+                    location: location(v),
+                    source,
+                })?;
+        }
+        // Below the system's temporary directory, as BuildKit's: the
+        // socket's path must stay short enough for `ssh` to connect.
+        let dir = std::env::temp_dir().join(format!("kiln-git-ssh-{}", crate::base::rand_hex()));
+        let io = |e: std::io::Error| WorkerError::Io {
+            path: format!("{}{}", location(v), dir.display()),
+            source: e,
+        };
+        std::fs::create_dir(&dir).map_err(io)?;
+        access.dir = Some(dir.clone());
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io)?;
+        if !src.known_ssh_hosts.is_empty() {
+            let file = dir.join("known_hosts");
+            std::fs::write(&file, format!("{}\n", src.known_ssh_hosts.trim_end())).map_err(io)?;
+            access.access.known_hosts = Some(file);
+        }
+        if !src.mount_ssh_sock.is_empty() {
+            let socket = AgentSocket::listen(
+                dir.join("agent"),
+                self.ssh.clone(),
+                &src.mount_ssh_sock,
+                (
+                    nix::unistd::getuid().as_raw(),
+                    nix::unistd::getgid().as_raw(),
+                    0o600,
+                ),
+            )
+            .map_err(io)?;
+            access.access.agent_socket = Some(socket.path().to_path_buf());
+            access.socket = Some(socket);
+        }
+        Ok(access)
     }
 
     pub(super) async fn http_source(
@@ -266,5 +306,26 @@ impl StepRunner {
         keys.push(content);
         let layers = self.record(v, &keys, layers).await?;
         Ok(vec![Ref::Chain(layers)])
+    }
+}
+
+/// A git fetch's [`git::Access`] and what backs it: the agent socket and
+/// the private directory of it and the known hosts file, both removed on
+/// drop.
+#[derive(Debug, Default)]
+struct GitAccess {
+    access: git::Access,
+    socket: Option<AgentSocket>,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for GitAccess {
+    fn drop(&mut self) {
+        drop(self.socket.take());
+        if let Some(dir) = self.dir.take() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a git fetch's ssh directory");
+            }
+        }
     }
 }

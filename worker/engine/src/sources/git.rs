@@ -11,11 +11,15 @@
 //! [`AuthHeader`], which every git command of the source gets as
 //! `http.<remote>.extraheader` through git's environment configuration
 //! (`GIT_CONFIG_COUNT`): never on a command line, in an error, a log or a
-//! cache key. ssh remotes are refused before the build (issue 13).
+//! cache key. An ssh remote is reached as BuildKit reaches it: `ssh`
+//! with no configuration file (`-F /dev/null`), the client's forwarded
+//! agent as `SSH_AUTH_SOCK` and the source's known hosts, or no host key
+//! check without them ([`ssh_command`]). Unlike BuildKit, the daemon's
+//! own keys, agent and `~/.ssh/known_hosts` are never used or written.
 
 use super::SourceFailure;
 use kiln_solver::source::{is_commit_id, GitSource};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 fn fail(m: impl Into<String>) -> SourceFailure {
@@ -65,6 +69,40 @@ impl AuthHeader {
     }
 }
 
+/// How git reaches a remote: the `Authorization` header of an https
+/// remote, the agent socket and known hosts file of an ssh one.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub header: Option<AuthHeader>,
+    /// The socket of the client's agent (`SSH_AUTH_SOCK`); without it
+    /// `ssh` has no key at all.
+    pub agent_socket: Option<PathBuf>,
+    /// A `known_hosts` file the server's key must be in; without it the
+    /// key is not checked.
+    pub known_hosts: Option<PathBuf>,
+}
+
+/// Quotes `s` for the shell git runs `GIT_SSH_COMMAND` with.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `GIT_SSH_COMMAND`: BuildKit's `ssh -F /dev/null` with the known hosts
+/// file and strict checking, or no check at all without one; never a
+/// prompt, never one of the daemon's own key files, and never its
+/// `~/.ssh/known_hosts` (read or written).
+pub fn ssh_command(known_hosts: Option<&Path>) -> String {
+    let mut cmd = "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=none".to_string();
+    match known_hosts {
+        Some(file) => {
+            cmd.push_str(" -o StrictHostKeyChecking=yes -o UserKnownHostsFile=");
+            cmd.push_str(&shell_quote(&file.display().to_string()));
+        }
+        None => cmd.push_str(" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"),
+    }
+    cmd
+}
+
 /// The host (with port, without user) of a URL remote; empty for another
 /// form.
 pub fn remote_host(remote: &str) -> &str {
@@ -103,16 +141,23 @@ pub fn auth_secret_names(src: &GitSource) -> Vec<(String, bool)> {
 /// Runs `git args…` with no terminal prompts and no user or system
 /// config that could change what is fetched, and with the remote's
 /// credentials when there are some; returns stdout.
-async fn git(
-    dir: Option<&Path>,
-    auth: Option<&AuthHeader>,
-    args: &[&str],
-) -> Result<String, SourceFailure> {
+async fn git(dir: Option<&Path>, access: &Access, args: &[&str]) -> Result<String, SourceFailure> {
     let mut cmd = tokio::process::Command::new("git");
     if let Some(d) = dir {
         cmd.current_dir(d);
     }
-    if let Some(a) = auth {
+    cmd.env(
+        "GIT_SSH_COMMAND",
+        ssh_command(access.known_hosts.as_deref()),
+    )
+    .env_remove("GIT_SSH")
+    .env_remove("GIT_SSH_VARIANT");
+    match &access.agent_socket {
+        Some(sock) => cmd.env("SSH_AUTH_SOCK", sock),
+        // Never the agent of whoever started kiln.
+        None => cmd.env_remove("SSH_AUTH_SOCK"),
+    };
+    if let Some(a) = &access.header {
         cmd.env("GIT_CONFIG_COUNT", "1")
             .env("GIT_CONFIG_KEY_0", format!("http.{}.extraheader", a.scope))
             .env("GIT_CONFIG_VALUE_0", format!("Authorization: {}", a.value));
@@ -200,10 +245,7 @@ pub fn pick(reference: &str, listing: &str) -> Option<Resolved> {
 /// The commit `src` names: its full commit id (or `--checksum` with
 /// fetch-by-commit) without asking the remote, else `git ls-remote`.
 /// `--checksum` must be a prefix of the commit.
-pub async fn resolve(
-    src: &GitSource,
-    auth: Option<&AuthHeader>,
-) -> Result<Resolved, SourceFailure> {
+pub async fn resolve(src: &GitSource, access: &Access) -> Result<Resolved, SourceFailure> {
     if !src.checksum.is_empty() && !src.checksum.bytes().all(|c| c.is_ascii_hexdigit()) {
         return Err(fail(format!(
             "invalid checksum {} for Git URL, expected hex commit hash",
@@ -239,7 +281,7 @@ pub async fn resolve(
     let peeled = format!("{reference}^{{}}");
     let listing = git(
         None,
-        auth,
+        access,
         &["ls-remote", "--", &src.remote, &reference, &peeled],
     )
     .await
@@ -261,16 +303,16 @@ pub async fn resolve(
 /// with `keep_git_dir`.
 pub async fn checkout(
     src: &GitSource,
-    auth: Option<&AuthHeader>,
+    access: &Access,
     resolved: &Resolved,
     scratch: &Path,
     dest: &Path,
 ) -> Result<(), SourceFailure> {
     let work = scratch.join("work");
     let p = |p: &Path| p.display().to_string();
-    git(None, auth, &["init", "-q", &p(&work)]).await?;
+    git(None, access, &["init", "-q", &p(&work)]).await?;
     let w = Some(work.as_path());
-    git(w, auth, &["remote", "add", "origin", &src.remote]).await?;
+    git(w, access, &["remote", "add", "origin", &src.remote]).await?;
     // The ref by name when there is one (any server serves that), the
     // commit itself otherwise; a server that refuses an unadvertised
     // commit gets a full fetch.
@@ -279,7 +321,7 @@ pub async fn checkout(
         let spec = format!("+{}:refs/kiln/fetched", resolved.remote_ref);
         fetched = git(
             w,
-            auth,
+            access,
             &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
         )
         .await
@@ -289,7 +331,7 @@ pub async fn checkout(
         let spec = format!("+{}:refs/kiln/fetched", resolved.commit);
         if git(
             w,
-            auth,
+            access,
             &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
         )
         .await
@@ -297,7 +339,7 @@ pub async fn checkout(
         {
             git(
                 w,
-                auth,
+                access,
                 &[
                     "fetch",
                     "-q",
@@ -311,7 +353,7 @@ pub async fn checkout(
         }
     }
     let commit_ref = format!("{}^{{commit}}", resolved.commit);
-    let have = git(w, auth, &["rev-parse", "--verify", "-q", &commit_ref])
+    let have = git(w, access, &["rev-parse", "--verify", "-q", &commit_ref])
         .await
         .map_err(|_| {
             fail(format!(
@@ -329,14 +371,19 @@ pub async fn checkout(
     // A branch keeps its name in a kept .git, as BuildKit's checkout does.
     match resolved.remote_ref.strip_prefix("refs/heads/") {
         Some(branch) if src.keep_git_dir => {
-            git(w, auth, &["checkout", "-q", "-B", branch, &resolved.commit]).await?
+            git(
+                w,
+                access,
+                &["checkout", "-q", "-B", branch, &resolved.commit],
+            )
+            .await?
         }
-        _ => git(w, auth, &["checkout", "-q", "--detach", &resolved.commit]).await?,
+        _ => git(w, access, &["checkout", "-q", "--detach", &resolved.commit]).await?,
     };
     if !src.skip_submodules && work.join(".gitmodules").exists() {
         git(
             w,
-            auth,
+            access,
             &[
                 "-c",
                 "protocol.file.allow=never",
@@ -355,9 +402,9 @@ pub async fn checkout(
             ))
         })?;
     }
-    git(w, auth, &["update-ref", "-d", "refs/kiln/fetched"]).await?;
+    git(w, access, &["update-ref", "-d", "refs/kiln/fetched"]).await?;
     let commit_time = if src.mtime == "commit" {
-        let t = git(w, auth, &["log", "-1", "--format=%ct", &resolved.commit]).await?;
+        let t = git(w, access, &["log", "-1", "--format=%ct", &resolved.commit]).await?;
         Some(
             t.trim()
                 .parse::<i64>()
@@ -490,6 +537,20 @@ mod tests {
         assert_eq!(
             (gh.scope.as_str(), gh.value.as_str()),
             ("https://github.com/", "bearer x")
+        );
+    }
+
+    #[test]
+    fn ssh_checks_the_host_key_only_against_the_sources_known_hosts() {
+        assert_eq!(
+            ssh_command(None),
+            "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=none \
+             -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+        );
+        assert_eq!(
+            ssh_command(Some(Path::new("/tmp/it's/known_hosts"))),
+            "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=none \
+             -o StrictHostKeyChecking=yes -o UserKnownHostsFile='/tmp/it'\\''s/known_hosts'"
         );
     }
 
