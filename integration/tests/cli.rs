@@ -240,6 +240,55 @@ async fn network_none_takes_the_steps_off_the_network() {
 }
 
 #[tokio::test]
+async fn stdout_stays_clean_and_the_names_are_items_of_the_export_step() {
+    let ns = "cli-stdout";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = h.context("stdout", &[("Dockerfile", MARKER_DOCKERFILE)]);
+    let ctx = ctx.to_str().expect("utf8");
+    let addr = k.addr();
+    for (remote, name) in [(false, "cli-stdout:embedded"), (true, "cli-stdout:remote")] {
+        let mut args = Vec::new();
+        if remote {
+            args.extend(["--addr", addr.as_str()]);
+        }
+        args.extend(["build", "--progress", "plain", "-t", name, ctx]);
+        let (code, out) = kiln_code(&h, ns, &args);
+        assert_eq!(code, 0, "{}", out.stderr);
+        // buildx prints nothing on stdout without -q.
+        assert_eq!(out.stdout, "", "remote={remote}");
+        let full = format!("docker.io/library/{name}");
+        let digest = h.image_digest(ns, &full);
+        let manifest = h.manifest(ns, &full);
+        let config = manifest["config"]["digest"].as_str().expect("config");
+        // The export step's items, in BuildKit's order, all in the step.
+        let step = out
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_suffix(" exporting to image"))
+            .unwrap_or_else(|| panic!("no export step in\n{}", out.stderr));
+        let items: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix(step))
+            .filter_map(|l| l.strip_prefix(' '))
+            .filter(|l| !l.starts_with("exporting layers"))
+            .collect();
+        let expected = [
+            "exporting to image".to_string(),
+            format!("exporting manifest {digest} done"),
+            format!("exporting config {config} done"),
+            format!("naming to {full} done"),
+        ];
+        assert!(
+            items.len() == 5 && items[..4] == expected && items[4].starts_with("DONE "),
+            "remote={remote}\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[tokio::test]
 async fn quiet_iidfile_and_metadata_file_say_what_was_built() {
     let ns = "cli-results";
     let h = Harness::with_busybox(ns).await;

@@ -91,6 +91,7 @@ async fn plain_is_buildkits_layout() {
 #4 exporting to image
 #4 exporting layers Ts done
 #4 exporting manifest sha256:D done
+#4 exporting config sha256:D done
 #4 naming to docker.io/library/plain:1 done
 #4 DONE Ts
 ",
