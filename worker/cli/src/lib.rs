@@ -607,15 +607,7 @@ async fn run(cli: Cli) -> Result<()> {
                     kiln_engine::prune::disk_usage(&kiln_engine::Services::containerd(&ctrd))
                         .await?
                         .into_iter()
-                        .map(|r| remote::Record {
-                            id: r.lease.id,
-                            record_type: r.record_type,
-                            size: r.size,
-                            last_used: r.last_used,
-                            description: r.description,
-                            in_use: false,
-                            shared: false,
-                        })
+                        .map(remote::Record::from)
                         .collect()
                 }
             };
@@ -692,15 +684,7 @@ async fn run(cli: Cli) -> Result<()> {
                         .await?
                         .removed
                         .into_iter()
-                        .map(|r| remote::Record {
-                            id: r.lease.id,
-                            record_type: r.record_type,
-                            size: r.size,
-                            last_used: r.last_used,
-                            description: r.description,
-                            in_use: false,
-                            shared: false,
-                        })
+                        .map(remote::Record::from)
                         .collect()
                 }
             };
