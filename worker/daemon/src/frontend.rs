@@ -51,15 +51,14 @@ fn fresh_dir(d: &Daemon, job: &Job, name: &str) -> Result<PathBuf, Status> {
     Ok(dir)
 }
 
-/// Fetches through the session what a step named `name` shows as
-/// BuildKit's frontend shows it: the step, its `transferring LOCAL:`
-/// item with the bytes on the wire, done (or failed).
+/// Fetches the client's directory `key` through the session as a step
+/// named `name`, shown as BuildKit's frontend shows it: the step, its
+/// `transferring KEY:` item with the bytes on the wire, done (or failed).
 async fn load_step(
     job: &Job,
     session: &SessionHandle,
     name: &str,
     key: &str,
-    local: &str,
     follow_paths: &[String],
     dir: &std::path::Path,
 ) -> Result<(), Status> {
@@ -78,7 +77,7 @@ async fn load_step(
     .map_err(|e| fetch_err(key, e));
     let done = std::time::SystemTime::now();
     if let Ok(stats) = &fetched {
-        crate::status::step_transfer(job, name, local, stats.wire_bytes, started, done);
+        crate::status::step_transfer(job, name, key, stats.wire_bytes, started, done);
     }
     let error = fetched.as_ref().err().map(|e| e.message().to_string());
     crate::status::step(job, name, started, Some(done), error);
@@ -104,7 +103,6 @@ async fn definition(
         session,
         &load_name(&filename),
         &opts.dockerfile_key,
-        "dockerfile",
         &[filename.clone(), own_ignore.clone()],
         &df_dir,
     )
@@ -117,7 +115,6 @@ async fn definition(
             session,
             "[internal] load .dockerignore",
             &opts.context_key,
-            "context",
             &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
             &ignore_dir,
         )
