@@ -613,6 +613,19 @@ impl From<std::process::Output> for KilnOutput {
 }
 
 impl KilnOutput {
+    /// The digests the plain progress shows under `exporting to image`
+    /// (`#N exporting manifest sha256:… done`), in order; kiln, like
+    /// buildx, prints nothing about them on stdout.
+    pub fn exported_manifests(&self) -> Vec<String> {
+        self.stderr
+            .lines()
+            .filter_map(|l| l.split_once(" exporting manifest ").map(|(_, r)| r))
+            .filter_map(|r| r.split_whitespace().next())
+            .filter(|d| d.starts_with("sha256:"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Fails the test unless the run succeeded.
     pub fn ok(self) -> KilnOutput {
         assert!(

@@ -29,11 +29,15 @@ async fn every_instruction_builds_and_runs_unpacked() {
     args.push(ctx.to_str().expect("utf8"));
     let out = ok(build(&h, ns, &args));
     assert!(
-        out.stdout.contains("docker.io/library/full:1"),
+        out.stderr
+            .contains(" naming to docker.io/library/full:1 done"),
         "{}",
-        out.stdout
+        out.stderr
     );
-    assert!(out.stdout.contains("manifest sha256:"), "{}", out.stdout);
+    assert_eq!(
+        out.exported_manifests(),
+        [h.image_digest(ns, "docker.io/library/full:1")]
+    );
     common::check_full_image(&h, ns, "docker.io/library/full:1");
 }
 

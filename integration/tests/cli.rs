@@ -240,6 +240,55 @@ async fn network_none_takes_the_steps_off_the_network() {
 }
 
 #[tokio::test]
+async fn stdout_stays_clean_and_the_names_are_items_of_the_export_step() {
+    let ns = "cli-stdout";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = h.context("stdout", &[("Dockerfile", MARKER_DOCKERFILE)]);
+    let ctx = ctx.to_str().expect("utf8");
+    let addr = k.addr();
+    for (remote, name) in [(false, "cli-stdout:embedded"), (true, "cli-stdout:remote")] {
+        let mut args = Vec::new();
+        if remote {
+            args.extend(["--addr", addr.as_str()]);
+        }
+        args.extend(["build", "--progress", "plain", "-t", name, ctx]);
+        let (code, out) = kiln_code(&h, ns, &args);
+        assert_eq!(code, 0, "{}", out.stderr);
+        // buildx prints nothing on stdout without -q.
+        assert_eq!(out.stdout, "", "remote={remote}");
+        let full = format!("docker.io/library/{name}");
+        let digest = h.image_digest(ns, &full);
+        let manifest = h.manifest(ns, &full);
+        let config = manifest["config"]["digest"].as_str().expect("config");
+        // The export step's items, in BuildKit's order, all in the step.
+        let step = out
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_suffix(" exporting to image"))
+            .unwrap_or_else(|| panic!("no export step in\n{}", out.stderr));
+        let items: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix(step))
+            .filter_map(|l| l.strip_prefix(' '))
+            .filter(|l| !l.starts_with("exporting layers"))
+            .collect();
+        let expected = [
+            "exporting to image".to_string(),
+            format!("exporting manifest {digest} done"),
+            format!("exporting config {config} done"),
+            format!("naming to {full} done"),
+        ];
+        assert!(
+            items.len() == 5 && items[..4] == expected && items[4].starts_with("DONE "),
+            "remote={remote}\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[tokio::test]
 async fn quiet_iidfile_and_metadata_file_say_what_was_built() {
     let ns = "cli-results";
     let h = Harness::with_busybox(ns).await;
@@ -582,6 +631,118 @@ async fn du_and_prune_look_like_buildx_embedded_and_through_kilnd() {
         "",
         "no panic, no error"
     );
+}
+
+/// `kiln du --verbose` without its `Last used:` lines (their "N seconds
+/// ago" moves between two runs).
+fn du_verbose(h: &Harness, ns: &str, pre: &[&str]) -> String {
+    let args: Vec<&str> = pre.iter().copied().chain(["du", "--verbose"]).collect();
+    let (code, out) = kiln_code(h, ns, &args);
+    assert_eq!(code, 0, "{}", out.stderr);
+    out.stdout
+        .lines()
+        .filter(|l| !l.starts_with("Last used:"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[tokio::test]
+async fn du_through_kilnd_shows_the_embedded_records_with_buildkits_fields() {
+    use kiln_proto::control::{control_client::ControlClient, DiskUsageRequest};
+    let ns = "cli-du-fields";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let addr = k.addr();
+    let ctx = h.context(
+        "du-fields",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo a > /a\nRUN echo b > /b\n\
+             RUN --mount=type=cache,target=/c echo c > /c/c\n",
+        )],
+    );
+    let ctx = ctx.to_str().expect("utf8");
+    // Built embedded, then again through kilnd from the cache.
+    let (code, out) = kiln_code(&h, ns, &["build", "-t", "du-fields:1", ctx]);
+    assert_eq!(code, 0, "{}", out.stderr);
+    let (code, out) = kiln_code(
+        &h,
+        ns,
+        &["--addr", &addr, "build", "-t", "du-fields:2", ctx],
+    );
+    assert_eq!(code, 0, "{}", out.stderr);
+
+    // The same records either way, with buildx's every field.
+    let embedded = du_verbose(&h, ns, &[]);
+    assert_eq!(embedded, du_verbose(&h, ns, &["--addr", &addr]));
+    for field in [
+        "Parents:\n - kiln/cache/",
+        "Created at:   20",
+        "Mutable:      true",
+        "Mutable:      false",
+        "Usage count:  2",
+        "Type:         exec.cachemount",
+        "Type:         regular",
+    ] {
+        assert!(embedded.contains(field), "{field:?} in\n{embedded}");
+    }
+    let table = |pre: &[&str]| {
+        let args: Vec<&str> = pre.iter().copied().chain(["du"]).collect();
+        let (code, out) = kiln_code(&h, ns, &args);
+        assert_eq!(code, 0, "{}", out.stderr);
+        // ID, RECLAIMABLE, SIZE (LAST ACCESSED moves).
+        out.stdout
+            .lines()
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
+    let rows = table(&[]);
+    assert_eq!(rows, table(&["--addr", &addr]));
+    // Whole IDs, `*` after the cache mount's, as buildx shows them.
+    assert!(
+        rows.iter().any(|r| r.starts_with("kiln/cache/mount-")
+            && r.split(' ').next().is_some_and(|id| id.ends_with('*'))),
+        "{rows:?}"
+    );
+
+    // What buildctl and buildx read: BuildKit's UsageRecord fields.
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let records = ControlClient::new(ch)
+        .disk_usage(DiskUsageRequest::default())
+        .await
+        .expect("DiskUsage")
+        .into_inner()
+        .record;
+    assert_eq!(
+        records.len(),
+        4,
+        "three steps and the cache mount: {records:?}"
+    );
+    let by_description = |d: &str| {
+        records
+            .iter()
+            .find(|r| r.description.ends_with(d))
+            .unwrap_or_else(|| panic!("no record {d:?} in {records:?}"))
+    };
+    let (a, b) = (
+        by_description("RUN echo a > /a"),
+        by_description("RUN echo b > /b"),
+    );
+    assert_eq!(b.parents, std::slice::from_ref(&a.id), "b sits on a");
+    assert!(a.parents.is_empty(), "a sits on the base image");
+    for r in &records {
+        assert!(r.id.starts_with("kiln/cache/"), "{r:?}");
+        assert!(r.created_at.is_some() && r.last_used_at.is_some(), "{r:?}");
+        assert!(!r.in_use && r.size >= 0, "{r:?}");
+        let mount = r.record_type == "exec.cachemount";
+        assert_eq!(r.mutable, mount, "{r:?}");
+        if !mount {
+            assert_eq!(r.record_type, "regular");
+            assert_eq!(r.usage_count, 2, "built, then a cache hit: {r:?}");
+        }
+    }
 }
 
 #[test]

@@ -91,6 +91,7 @@ async fn plain_is_buildkits_layout() {
 #4 exporting to image
 #4 exporting layers Ts done
 #4 exporting manifest sha256:D done
+#4 exporting config sha256:D done
 #4 naming to docker.io/library/plain:1 done
 #4 DONE Ts
 ",
@@ -477,4 +478,99 @@ async fn through_kilnd_the_layout_and_the_recap_are_the_same() {
             json.stderr
         );
     }
+}
+
+/// Masks the byte counts (and times) of `transferring NAME: 123B done`
+/// lines too.
+fn mask_transfers(s: &str) -> String {
+    mask(s)
+        .lines()
+        .map(|l| match l.split_once(": ") {
+            // A slow transfer also shows its time (`76B 0.1s done`).
+            Some((head, tail)) if head.contains(" transferring ") && tail.ends_with(" done") => {
+                format!("{head}: NB done\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn through_kilnd_the_frontends_internal_steps_are_buildkits() {
+    let ns = "progress-internal";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let addr = k.addr();
+    // From scratch: no base image step runs beside the context's load.
+    let df = "FROM scratch\nCOPY hello.txt /hello.txt\n";
+    let ctx = h.context(
+        "internal",
+        &[
+            ("Dockerfile", df),
+            ("hello.txt", "hello from the context\n"),
+        ],
+    );
+    let c = ctx.to_str().expect("utf8");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
+        args.extend_from_slice(extra);
+        args.extend(["-t", "internal:1", c]);
+        h.kiln(ns, &args).expect("kiln runs").ok()
+    };
+    let out = run(&[]);
+    // BuildKit's dockerfile frontend: the definition, then the context's
+    // ignore file, then the context when the graph reads it, each with
+    // its transfer (fsutil's bytes on the wire).
+    let expected = "\
+#1 [internal] load build definition from Dockerfile
+#1 transferring dockerfile: NB done
+#1 DONE Ts
+
+#2 [internal] load .dockerignore
+#2 transferring context: NB done
+#2 DONE Ts
+
+#3 [internal] load build context
+#3 transferring context: NB done
+#3 DONE Ts
+
+#4 [1/1] COPY hello.txt /hello.txt
+#4 DONE Ts
+
+#5 exporting to image
+#5 exporting layers Ts done
+#5 exporting manifest sha256:D done
+#5 exporting config sha256:D done
+#5 naming to docker.io/library/internal:1 done
+#5 DONE Ts
+";
+    assert_eq!(mask_transfers(&out.stderr), expected, "{}", out.stderr);
+    let bytes = |step: &str| -> u64 {
+        out.stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("#{step} transferring ")))
+            .and_then(|l| l.rsplit_once(": "))
+            .and_then(|(_, n)| n.split('B').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no bytes for #{step}:\n{}", out.stderr))
+    };
+    // Nothing to send is fsutil's FIN packet, which BuildKit shows as 2B;
+    // a file costs its content and its metadata.
+    assert_eq!(bytes("2"), 2, "{}", out.stderr);
+    assert!(bytes("1") > df.len() as u64, "{}", out.stderr);
+    assert!(bytes("3") > 23, "{}", out.stderr);
+
+    // A Dockerfile's own ignore file comes with it: no context ignore step.
+    std::fs::write(ctx.join("Dockerfile.dockerignore"), "*.md\n").expect("write");
+    let out = run(&["--no-cache"]);
+    assert!(!out.stderr.contains("load .dockerignore"), "{}", out.stderr);
+    assert!(
+        mask_transfers(&out.stderr).starts_with(
+            "#1 [internal] load build definition from Dockerfile\n\
+             #1 transferring dockerfile: NB done\n#1 DONE Ts\n\n\
+             #2 [internal] load build context\n#2 transferring context: NB done\n"
+        ),
+        "{}",
+        out.stderr
+    );
 }

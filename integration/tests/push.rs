@@ -10,13 +10,11 @@ use std::path::{Path, PathBuf};
 const DF: &str =
     "FROM busybox\nRUN echo pushed-by-kiln > /pushed.txt\nCMD [\"cat\", \"/pushed.txt\"]\n";
 
-/// The `manifest sha256:...` digest kiln printed.
+/// The manifest digest the export step's progress showed.
 fn manifest_digest(out: &KilnOutput) -> String {
-    out.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("manifest "))
-        .unwrap_or_else(|| panic!("no manifest line in\n{}\n{}", out.stdout, out.stderr))
-        .to_string()
+    out.exported_manifests()
+        .pop()
+        .unwrap_or_else(|| panic!("no exported manifest in\n{}\n{}", out.stdout, out.stderr))
 }
 
 /// The digest `ctr images ls` lists for `name` in `ns`.

@@ -609,15 +609,7 @@ async fn run(cli: Cli) -> Result<()> {
                     kiln_engine::prune::disk_usage(&kiln_engine::Services::containerd(&ctrd))
                         .await?
                         .into_iter()
-                        .map(|r| remote::Record {
-                            id: r.lease.id,
-                            record_type: r.record_type,
-                            size: r.size,
-                            last_used: r.last_used,
-                            description: r.description,
-                            in_use: false,
-                            shared: false,
-                        })
+                        .map(remote::Record::from)
                         .collect()
                 }
             };
@@ -694,15 +686,7 @@ async fn run(cli: Cli) -> Result<()> {
                         .await?
                         .removed
                         .into_iter()
-                        .map(|r| remote::Record {
-                            id: r.lease.id,
-                            record_type: r.record_type,
-                            size: r.size,
-                            last_used: r.last_used,
-                            description: r.description,
-                            in_use: false,
-                            shared: false,
-                        })
+                        .map(remote::Record::from)
                         .collect()
                 }
             };
@@ -1458,17 +1442,14 @@ async fn build(
         match &result {
             Ok(r) => {
                 let since = e.open().and_then(|v| v.started).unwrap_or(now);
-                let mut u = vec![
-                    e.item("exporting layers", 0, since, now),
-                    e.item(
-                        &format!("exporting manifest {}", r.manifest_digest),
-                        0,
-                        now,
-                        now,
-                    ),
-                ];
-                for n in &r.names {
-                    u.push(e.item(&format!("naming to {n}"), 0, now, now));
+                let names: Vec<&str> = r.names.iter().map(String::as_str).collect();
+                let mut u = vec![e.item("exporting layers", 0, since, now)];
+                for i in kiln_engine::progress::image_export_items(
+                    &r.manifest_digest,
+                    Some(&r.config_digest),
+                    &names,
+                ) {
+                    u.push(e.item(&i, 0, now, now));
                 }
                 u.push(e.close(now, None));
                 u

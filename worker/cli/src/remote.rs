@@ -125,33 +125,70 @@ impl ClientTls {
     }
 }
 
-/// One cache record as the daemon reports it (DiskUsage, Prune).
+/// One cache record, with the fields of BuildKit's UsageRecord that
+/// buildx shows: from kilnd (DiskUsage, Prune) or from the engine
+/// (embedded `du`/`prune`), so both modes print the same.
 pub struct Record {
     pub id: String,
     pub record_type: String,
     pub size: u64,
+    /// Seconds since the epoch; 0 if unknown.
+    pub created: u64,
     /// Seconds since the epoch; 0 if never.
     pub last_used: u64,
+    pub usage_count: u64,
     pub description: String,
+    /// Written in place by the steps that use it (a cache mount).
+    pub mutable: bool,
     /// A build is using it now (not reclaimable).
     pub in_use: bool,
     /// Other records share some of its data.
     pub shared: bool,
+    /// The records it sits on.
+    pub parents: Vec<String>,
 }
 
 impl From<kiln_proto::control::UsageRecord> for Record {
     fn from(r: kiln_proto::control::UsageRecord) -> Record {
+        let secs = |t: Option<prost_types::Timestamp>| {
+            t.and_then(|t| u64::try_from(t.seconds).ok()).unwrap_or(0)
+        };
+        let mut parents = r.parents;
+        // A BuildKit before v0.10 names its one parent in Parent.
+        #[allow(deprecated, reason = "older daemons send only Parent")]
+        if parents.is_empty() && !r.parent.is_empty() {
+            parents.push(r.parent);
+        }
         Record {
             id: r.id,
             record_type: r.record_type,
             size: u64::try_from(r.size).unwrap_or(0),
-            last_used: r
-                .last_used_at
-                .and_then(|t| u64::try_from(t.seconds).ok())
-                .unwrap_or(0),
+            created: secs(r.created_at),
+            last_used: secs(r.last_used_at),
+            usage_count: u64::try_from(r.usage_count).unwrap_or(0),
             description: r.description,
+            mutable: r.mutable,
             in_use: r.in_use,
             shared: r.shared,
+            parents,
+        }
+    }
+}
+
+impl From<kiln_engine::cache::RecordInfo> for Record {
+    fn from(r: kiln_engine::cache::RecordInfo) -> Record {
+        Record {
+            mutable: r.mutable(),
+            id: r.lease.id,
+            record_type: r.record_type,
+            size: r.size,
+            created: r.lease.created_secs,
+            last_used: r.last_used,
+            usage_count: r.usage_count,
+            description: r.description,
+            in_use: false,
+            shared: false,
+            parents: r.parents,
         }
     }
 }

@@ -92,21 +92,13 @@ fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<()> {
 
 impl Reporting {
     /// After a successful build: the quiet ID line, the ID file and the
-    /// metadata file; otherwise buildx's "naming to" and manifest lines.
+    /// metadata file. Nothing else goes to stdout, as with buildx: the
+    /// manifest and the names are items of the export step's progress.
     pub fn report(&self, resp: &BTreeMap<String, String>) -> Result<()> {
         let mut out = String::new();
         if self.quiet {
             out.push_str(&image_id(resp));
             out.push('\n');
-        } else {
-            if let Some(n) = resp.get("image.name") {
-                for name in n.split(',').filter(|n| !n.is_empty()) {
-                    out.push_str(&format!("naming to {name}\n"));
-                }
-            }
-            if let Some(d) = resp.get("containerimage.digest") {
-                out.push_str(&format!("manifest {d}\n"));
-            }
         }
         if let Some(p) = &self.iidfile {
             write_atomic(p, image_id(resp).as_bytes()).context("writing image ID file")?;

@@ -155,10 +155,6 @@ fn tabbed_table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn short_id(id: &str) -> &str {
-    id.rsplit('/').next().unwrap_or(id)
-}
-
 fn last_accessed(r: &Record, now: u64) -> String {
     if r.last_used == 0 {
         return String::new();
@@ -172,18 +168,29 @@ fn header() -> Vec<String> {
         .to_vec()
 }
 
-/// A `du` row as buildx's formatter fills it (`*` after a shared size).
+/// A time as buildx's pretty `du` shows it (Go's `time.Time.String` of
+/// a UTC time: `2006-01-02 15:04:05 +0000 UTC`).
+fn go_time(secs: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let rfc = humantime::format_rfc3339_seconds(t).to_string();
+    format!(
+        "{} +0000 UTC",
+        rfc.trim_end_matches('Z').replacen('T', " ", 1)
+    )
+}
+
+/// A `du` row as buildx's formatter fills it (`*` after a mutable
+/// record's ID and after a shared size).
 fn row(r: &Record, now: u64) -> Vec<String> {
     let mut size = human_size(r.size);
     if r.shared {
         size.push('*');
     }
-    vec![
-        short_id(&r.id).to_string(),
-        (!r.in_use).to_string(),
-        size,
-        last_accessed(r, now),
-    ]
+    let mut id = r.id.clone();
+    if r.mutable {
+        id.push('*');
+    }
+    vec![id, (!r.in_use).to_string(), size, last_accessed(r, now)]
 }
 
 /// `kiln du`: the table (or, verbose, buildx's pretty block per record)
@@ -194,15 +201,24 @@ pub fn disk_usage(records: &[Record], verbose: bool, now: u64) -> String {
     sorted.sort_by(|a, b| a.size.cmp(&b.size).then_with(|| a.id.cmp(&b.id)));
     let mut out = String::new();
     if verbose {
-        // buildx's pretty template, for the fields kiln's records have.
+        // buildx's pretty template.
         for r in &sorted {
             out.push_str(&format!("ID:           {}\n", r.id));
+            if !r.parents.is_empty() {
+                out.push_str("Parents:\n");
+                for p in &r.parents {
+                    out.push_str(&format!(" - {p}\n"));
+                }
+            }
+            out.push_str(&format!("Created at:   {}\n", go_time(r.created)));
+            out.push_str(&format!("Mutable:      {}\n", r.mutable));
             out.push_str(&format!("Reclaimable:  {}\n", !r.in_use));
             out.push_str(&format!("Shared:       {}\n", r.shared));
             out.push_str(&format!("Size:         {}\n", human_size(r.size)));
             if !r.description.is_empty() {
                 out.push_str(&format!("Description:  {}\n", r.description));
             }
+            out.push_str(&format!("Usage count:  {}\n", r.usage_count));
             if r.last_used != 0 {
                 out.push_str(&format!("Last used:    {}\n", last_accessed(r, now)));
             }
@@ -237,7 +253,7 @@ fn pruned_row(r: &Record, now: u64) -> Vec<String> {
         size.push('*');
     }
     vec![
-        format!("{:<40}", short_id(&r.id)),
+        format!("{:<40}", r.id),
         format!("{:<5}", !r.in_use),
         format!("{size:<10}"),
         last_accessed(r, now),
@@ -282,10 +298,14 @@ mod tests {
             id: id.into(),
             record_type: "regular".into(),
             size,
+            created: 0,
             last_used,
+            usage_count: 1,
             description: "RUN true".into(),
+            mutable: false,
             in_use,
             shared,
+            parents: Vec::new(),
         }
     }
 
@@ -318,18 +338,23 @@ mod tests {
     #[test]
     fn du_has_buildx_columns_and_summary() {
         let now = 10_000;
-        let records = [
+        let mut records = [
             rec("kiln/cache/abc", 1_500_000, now - 7200, false, false),
             rec("kiln/cache/def", 2_000, now - 5, true, true),
+            rec("kiln/cache/mount-1", 0, now - 60, false, false),
         ];
+        records[2].mutable = true;
+        records[2].record_type = "exec.cachemount".into();
         let out = disk_usage(&records, false, now);
         // Byte for byte what buildx prints for these records: the smaller
-        // first, columns padded with three spaces, the summary with tabs.
+        // first, the whole ID (`*` after a mutable one's), columns padded
+        // with three spaces, the summary with tabs.
         assert_eq!(
             out,
-            "ID        RECLAIMABLE   SIZE      LAST ACCESSED\n\
-             def       false         2kB*      5 seconds ago\n\
-             abc       true          1.5MB     2 hours ago\n\
+            "ID                    RECLAIMABLE   SIZE      LAST ACCESSED\n\
+             kiln/cache/mount-1*   true          0B        About a minute ago\n\
+             kiln/cache/def        false         2kB*      5 seconds ago\n\
+             kiln/cache/abc        true          1.5MB     2 hours ago\n\
              Shared:\t\t2kB\n\
              Private:\t1.5MB\n\
              Reclaimable:\t1.5MB\n\
@@ -339,11 +364,17 @@ mod tests {
             disk_usage(&[], false, now),
             "ID        RECLAIMABLE   SIZE      LAST ACCESSED\nReclaimable:\t0B\nTotal:\t\t0B\n"
         );
+        // buildx's pretty template, every field.
+        records[0].created = 1_764_679_762;
+        records[0].parents = vec!["kiln/cache/p".into()];
         let v = disk_usage(&records[..1], true, now);
         assert_eq!(
             v,
-            "ID:           kiln/cache/abc\nReclaimable:  true\nShared:       false\n\
-             Size:         1.5MB\nDescription:  RUN true\nLast used:    2 hours ago\n\
+            "ID:           kiln/cache/abc\nParents:\n - kiln/cache/p\n\
+             Created at:   2025-12-02 12:49:22 +0000 UTC\nMutable:      false\n\
+             Reclaimable:  true\nShared:       false\n\
+             Size:         1.5MB\nDescription:  RUN true\nUsage count:  1\n\
+             Last used:    2 hours ago\n\
              Type:         regular\n\nReclaimable:\t1.5MB\nTotal:\t\t1.5MB\n"
         );
     }
@@ -366,8 +397,8 @@ mod tests {
                  {}\ttrue \t\t1kB       \t\n\
                  {}\ttrue \t20B       \t10 seconds ago\n\
                  Total:\t1.02kB\n",
-                id("abc"),
-                id("de")
+                id("kiln/cache/abc"),
+                id("kiln/cache/de")
             )
         );
     }

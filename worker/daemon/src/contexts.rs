@@ -100,12 +100,20 @@ pub struct Held {
     incremental: bool,
     /// Tree paths to remove when the build is done with the context.
     privileged: Vec<String>,
+    /// What the last receive cost on the wire (fsutil's count).
+    transferred: u64,
 }
 
 impl Held {
     /// Where the context's files go (and stay).
     pub fn tree(&self) -> PathBuf {
         self.dir.join(TREE)
+    }
+
+    /// The bytes the last receive into the tree took on the wire, for
+    /// the `transferring NAME:` progress item.
+    pub fn transferred(&self) -> u64 {
+        self.transferred
     }
 
     /// Whether the tree holds a complete earlier receive to bring up to
@@ -119,6 +127,7 @@ impl Held {
     pub fn received(&mut self, stats: &kiln_session::fsutil::ReceiveStats) -> std::io::Result<()> {
         std::fs::write(self.dir.join(SIZE), stats.tree_bytes.to_string())?;
         self.privileged = stats.privileged.clone();
+        self.transferred = stats.wire_bytes;
         if self.privileged.is_empty() {
             remove_marker(&self.dir)?;
         }
@@ -193,6 +202,7 @@ impl Contexts {
             dir,
             incremental: false,
             privileged: Vec::new(),
+            transferred: 0,
         };
         kiln_engine::sweep::create_private_dir(&held.dir)?;
         let tree = held.tree();

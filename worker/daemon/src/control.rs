@@ -178,18 +178,19 @@ fn export_items(
     let now = std::time::SystemTime::now();
     let mut items = vec![("exporting layers".to_string(), started, now)];
     if let Some(d) = resp.get("containerimage.digest") {
-        items.push((format!("exporting manifest {d}"), now, now));
-    }
-    if let Some(c) = resp.get("containerimage.config.digest") {
-        items.push((format!("exporting config {c}"), now, now));
-    }
-    for name in resp
-        .get("image.name")
-        .into_iter()
-        .flat_map(|n| n.split(','))
-        .filter(|n| !n.is_empty())
-    {
-        items.push((format!("naming to {name}"), now, now));
+        let names: Vec<&str> = resp
+            .get("image.name")
+            .map(|n| n.split(',').collect())
+            .unwrap_or_default();
+        items.extend(
+            kiln_engine::progress::image_export_items(
+                d,
+                resp.get("containerimage.config.digest").map(String::as_str),
+                &names,
+            )
+            .into_iter()
+            .map(|i| (i, now, now)),
+        );
     }
     items
 }

@@ -51,59 +51,84 @@ fn fresh_dir(d: &Daemon, job: &Job, name: &str) -> Result<PathBuf, Status> {
     Ok(dir)
 }
 
-/// Fetches the Dockerfile and the ignore file that applies through the
-/// session (shown as `[internal] load build definition from NAME`, which
-/// the caller completes); returns it with that step's name and start.
+/// Fetches the client's directory `key` through the session as a step
+/// named `name`, shown as BuildKit's frontend shows it: the step, its
+/// `transferring KEY:` item with the bytes on the wire, done (or failed).
+async fn load_step(
+    job: &Job,
+    session: &SessionHandle,
+    name: &str,
+    key: &str,
+    follow_paths: &[String],
+    dir: &std::path::Path,
+) -> Result<(), Status> {
+    let started = std::time::SystemTime::now();
+    crate::status::step(job, name, started, None, None);
+    let fetched = kiln_session::filesync::fetch_dir(
+        session.channel.clone(),
+        key,
+        &[],
+        &[],
+        follow_paths,
+        dir,
+        Default::default(),
+    )
+    .await
+    .map_err(|e| fetch_err(key, e));
+    let done = std::time::SystemTime::now();
+    if let Ok(stats) = &fetched {
+        crate::status::step_transfer(job, name, key, stats.wire_bytes, started, done);
+    }
+    let error = fetched.as_ref().err().map(|e| e.message().to_string());
+    crate::status::step(job, name, started, Some(done), error);
+    fetched.map(|_| ())
+}
+
+/// Fetches the Dockerfile (with its own ignore file), then, unless that
+/// was there, the context's `.dockerignore`, as the steps BuildKit's
+/// frontend shows: `[internal] load build definition from NAME` and
+/// `[internal] load .dockerignore`.
 async fn definition(
     d: &Daemon,
     job: &Job,
     session: &SessionHandle,
     opts: &FrontendOptions,
-) -> Result<
-    (
-        kiln_frontend::DockerfileSource,
-        String,
-        std::time::SystemTime,
-    ),
-    Status,
-> {
+) -> Result<kiln_frontend::DockerfileSource, Status> {
     let filename = opts.filename.clone();
     let df_dir = fresh_dir(d, job, "dockerfile")?;
     let ignore_dir = fresh_dir(d, job, "dockerignore")?;
-    let load_name = format!("[internal] load build definition from {filename}");
-    let load_started = std::time::SystemTime::now();
-    crate::status::step(job, &load_name, load_started, None, None);
-    kiln_session::filesync::fetch_dir(
-        session.channel.clone(),
+    let own_ignore = kiln_frontend::dockerfile_ignore_name(&filename);
+    load_step(
+        job,
+        session,
+        &load_name(&filename),
         &opts.dockerfile_key,
-        &[],
-        &[],
-        &[
-            filename.clone(),
-            kiln_frontend::dockerfile_ignore_name(&filename),
-        ],
+        &[filename.clone(), own_ignore.clone()],
         &df_dir,
-        Default::default(),
     )
-    .await
-    .map_err(|e| fetch_err(&opts.dockerfile_key, e))?;
+    .await?;
     // Only the context's ignore file, before the context itself: its
     // patterns (or the Dockerfile's own) decide what to fetch.
-    kiln_session::filesync::fetch_dir(
-        session.channel.clone(),
-        &opts.context_key,
-        &[],
-        &[],
-        &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
-        &ignore_dir,
-        Default::default(),
-    )
-    .await
-    .map_err(|e| fetch_err(&opts.context_key, e))?;
+    if !df_dir.join(&own_ignore).exists() {
+        load_step(
+            job,
+            session,
+            "[internal] load .dockerignore",
+            &opts.context_key,
+            &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
+            &ignore_dir,
+        )
+        .await?;
+    }
     let source = kiln_frontend::read_dockerfile(&df_dir, &filename, &ignore_dir)
         .map_err(|e| frontend_status(&e))?;
     let _ = std::fs::remove_dir_all(&ignore_dir);
-    Ok((source, load_name, load_started))
+    Ok(source)
+}
+
+/// The step that loads the Dockerfile, as BuildKit names it.
+fn load_name(filename: &str) -> String {
+    format!("[internal] load build definition from {filename}")
 }
 
 /// Answers the `frontend.lint` request (buildx `--check`): the build
@@ -120,15 +145,7 @@ pub async fn lint(
     let source = if opts.remote_context.is_some() {
         remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?
     } else {
-        let (source, load_name, load_started) = definition(d, job, session, &opts).await?;
-        crate::status::step(
-            job,
-            &load_name,
-            load_started,
-            Some(std::time::SystemTime::now()),
-            None,
-        );
-        source
+        definition(d, job, session, &opts).await?
     };
     let images = engine.base_images(opts.resolve_mode, credentials);
     Ok(kiln_frontend::check::check(&source, &opts, &images).await)
@@ -155,7 +172,7 @@ pub async fn dockerfile(
             remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?;
         return plan(d, engine, job, session, opts, source, None, credentials).await;
     }
-    let (source, load_name, load_started) = definition(d, job, session, &opts).await?;
+    let source = definition(d, job, session, &opts).await?;
     // A named local context is read with its own `.dockerignore`, fetched
     // alone first, as BuildKit does.
     for local in kiln_frontend::local_contexts(&opts) {
@@ -175,13 +192,6 @@ pub async fn dockerfile(
         let _ = std::fs::remove_dir_all(&dir);
         kiln_frontend::set_context_excludes(&mut opts, &local, &excludes);
     }
-    crate::status::step(
-        job,
-        &load_name,
-        load_started,
-        Some(std::time::SystemTime::now()),
-        None,
-    );
     let context = crate::solve::fetch_local(
         d,
         session,
@@ -270,7 +280,7 @@ async fn plan(
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let filename = opts.filename.clone();
-    let load_name = format!("[internal] load build definition from {filename}");
+    let load_name = load_name(&filename);
     // Registry lookups show as `[internal] load metadata for <name>`
     // steps, as BuildKit's frontend shows them.
     let (tx, rx) = kiln_engine::progress::channel();

@@ -73,7 +73,13 @@ pub async fn run(
         .collect();
     let inputs = vec![Vec::new(); digests.len()];
     let (progress, rx) = kiln_engine::progress::channel();
-    let forward = tokio::spawn(crate::status::forward(rx, digests, inputs, job.clone()));
+    let forward = tokio::spawn(crate::status::forward(
+        rx,
+        digests,
+        inputs,
+        Vec::new(),
+        job.clone(),
+    ));
     let creds = Arc::new(crate::registry::SessionCredentials::new(session));
     let pushed = solved
         .push(exported, names, opts, creds, &progress, 0)

@@ -130,6 +130,27 @@ pub async fn fetch_local(
     Ok(held)
 }
 
+/// The transfer of each `local://NAME` source of `graph` that `held`
+/// received (`locals` names their trees), for its vertex's progress.
+fn transfers(
+    graph: &Graph,
+    locals: &HashMap<String, PathBuf>,
+    held: &[crate::contexts::Held],
+) -> Vec<crate::status::Transfer> {
+    graph
+        .vertices
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let Op::Source(s) = &v.op else { return None };
+            let name = s.identifier.strip_prefix("local://")?;
+            let tree = locals.get(name)?;
+            let h = held.iter().find(|h| h.tree() == *tree)?;
+            Some(crate::status::Transfer::new(i, name, h.transferred()))
+        })
+        .collect()
+}
+
 /// Fetches every `local://NAME` source of `graph` through the session;
 /// the slots hold the kept contexts until the build no longer reads them.
 async fn fetch_locals(
@@ -269,11 +290,13 @@ pub async fn solve(
     // Bounded: the forwarder only records into the job (never waits on a
     // client), so the engine is slowed only by a stuck daemon, not a slow
     // Status reader.
+    let transfers = transfers(&graph, &locals, &held);
     let (progress, rx) = kiln_engine::progress::channel();
     let forward = tokio::spawn(crate::status::forward(
         rx,
         digests.clone(),
         inputs,
+        transfers,
         job.clone(),
     ));
     let cache = job.cache.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -16,13 +16,41 @@ fn ts(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
+/// A local source's transfer, shown as BuildKit shows it: an item
+/// `transferring NAME:` with the bytes on the wire, done when the vertex
+/// that reads it is.
+#[derive(Clone, Debug)]
+pub struct Transfer {
+    pub vertex: usize,
+    pub id: String,
+    pub bytes: u64,
+}
+
+impl Transfer {
+    /// The item of local source `name` read by `vertex`.
+    pub fn new(vertex: usize, name: &str, bytes: u64) -> Transfer {
+        Transfer {
+            vertex,
+            id: transfer_id(name),
+            bytes,
+        }
+    }
+}
+
+/// BuildKit's name of the transfer of local source `name`.
+fn transfer_id(name: &str) -> String {
+    format!("transferring {name}:")
+}
+
 /// Forwards one solve's events to its job; `digests[i]` is vertex i's
-/// digest and `inputs[i]` its input digests. Counts the steps in the
+/// digest and `inputs[i]` its input digests; `transfers` are the local
+/// sources' transfers, shown on their vertices. Counts the steps in the
 /// metrics and logs each at debug. Returns the first vertex that failed.
 pub async fn forward(
     mut rx: Receiver<ProgressEvent>,
     digests: Vec<Digest>,
     inputs: Vec<Vec<String>>,
+    transfers: Vec<Transfer>,
     job: Arc<Job>,
 ) -> Option<usize> {
     let mut failed = None;
@@ -70,6 +98,22 @@ pub async fn forward(
                     error = error.as_deref().unwrap_or(""),
                     "step done"
                 );
+                if error.is_none() {
+                    let since = ts(from);
+                    s.statuses
+                        .extend(transfers.iter().filter(|t| t.vertex == vertex).map(|t| {
+                            VertexStatus {
+                                id: t.id.clone(),
+                                vertex: digest(vertex),
+                                name: t.id.clone(),
+                                current: i64::try_from(t.bytes).unwrap_or(i64::MAX),
+                                timestamp: Some(ts(at)),
+                                started: Some(since),
+                                completed: Some(ts(at)),
+                                ..Default::default()
+                            }
+                        }));
+                }
                 s.vertexes.push(Vertex {
                     digest: digest(vertex),
                     inputs: inputs.get(vertex).cloned().unwrap_or_default(),
@@ -147,6 +191,32 @@ pub fn step_items(job: &Job, name: &str, items: &[(String, SystemTime, SystemTim
                 ..Default::default()
             })
             .collect(),
+        ..Default::default()
+    });
+}
+
+/// The transfer item of local source `local` (`transferring
+/// dockerfile:` and its bytes) on daemon-side step `name`, done.
+pub fn step_transfer(
+    job: &Job,
+    name: &str,
+    local: &str,
+    bytes: u64,
+    started: SystemTime,
+    completed: SystemTime,
+) {
+    let id = transfer_id(local);
+    job.publish(StatusResponse {
+        statuses: vec![VertexStatus {
+            id: id.clone(),
+            vertex: step_digest(job, name),
+            name: id,
+            current: i64::try_from(bytes).unwrap_or(i64::MAX),
+            timestamp: Some(ts(completed)),
+            started: Some(ts(started)),
+            completed: Some(ts(completed)),
+            ..Default::default()
+        }],
         ..Default::default()
     });
 }

@@ -315,14 +315,16 @@ fn timestamp(secs: u64) -> Option<prost_types::Timestamp> {
 pub fn usage_record(r: &RecordInfo) -> UsageRecord {
     UsageRecord {
         id: r.lease.id.clone(),
-        mutable: r.record_type == kiln_engine::cache::TYPE_CACHE_MOUNT,
+        mutable: r.mutable(),
         in_use: false,
         size: i64::try_from(r.size).unwrap_or(i64::MAX),
         created_at: timestamp(r.lease.created_secs),
         last_used_at: timestamp(r.last_used),
+        usage_count: i64::try_from(r.usage_count).unwrap_or(i64::MAX),
         description: r.description.clone(),
         record_type: r.record_type.clone(),
         shared: false,
+        parents: r.parents.clone(),
         ..Default::default()
     }
 }
@@ -553,6 +555,8 @@ mod tests {
             size: 42,
             description: "cache mount /root/.cache".into(),
             last_used: 200,
+            usage_count: 3,
+            parents: vec!["kiln/cache/def".into()],
         };
         let u = usage_record(&r);
         assert_eq!(u.id, "kiln/cache/abc");
@@ -563,6 +567,8 @@ mod tests {
         assert_eq!(u.description, "cache mount /root/.cache");
         assert_eq!(u.created_at.map(|t| t.seconds), Some(100));
         assert_eq!(u.last_used_at.map(|t| t.seconds), Some(200));
+        assert_eq!(u.usage_count, 3);
+        assert_eq!(u.parents, ["kiln/cache/def"]);
         let regular = usage_record(&RecordInfo {
             record_type: "regular".into(),
             last_used: 0,

@@ -29,6 +29,9 @@ pub const TYPE_LABEL: &str = "dev.kiln/cache.type";
 pub const SIZE_LABEL: &str = "dev.kiln/cache.size";
 pub const DESCRIPTION_LABEL: &str = "dev.kiln/cache.description";
 pub const LAST_USED_LABEL: &str = "dev.kiln/cache.lastused";
+/// On the record blob beside the last use: how many builds have used the
+/// record (the one that made it counts), as BuildKit's usage count.
+pub const USAGE_COUNT_LABEL: &str = "dev.kiln/cache.usagecount";
 /// The lease kind of cache records (`kiln/cache/...`).
 pub const LEASE_KIND: &str = "cache";
 
@@ -166,6 +169,13 @@ pub async fn load(
     }
     let mut labels = HashMap::new();
     labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
+    // Best effort, as the use time: two builds hitting at once may count
+    // one use.
+    let used = match svc.content.info(&record).await {
+        Ok(info) => usage_count(&info.labels),
+        Err(_) => 0,
+    };
+    labels.insert(USAGE_COUNT_LABEL.to_string(), (used + 1).to_string());
     if let Err(e) = svc.content.set_labels(&record, labels).await {
         tracing::warn!(record = %record, error = %e, "cannot update cache record use time");
     }
@@ -255,6 +265,7 @@ pub async fn save(
     }
     let mut blob_labels = HashMap::new();
     blob_labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
+    blob_labels.insert(USAGE_COUNT_LABEL.to_string(), "1".to_string());
     write_blob(&*svc.content, &bytes, blob_labels, &id).await?;
     for chain in outputs {
         let top = refs::top_snapshot(chain);
@@ -283,7 +294,8 @@ fn truncate(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
-/// A cache record as `kiln du` and `kiln prune` see it.
+/// A cache record as `kiln du` and `kiln prune` see it (and kilnd's
+/// DiskUsage reports it).
 #[derive(Clone, Debug)]
 pub struct RecordInfo {
     pub lease: LeaseInfo,
@@ -292,11 +304,62 @@ pub struct RecordInfo {
     pub description: String,
     /// Seconds since the epoch; the lease's creation when never used.
     pub last_used: u64,
+    /// How many builds used it; 0 for a record that does not count (a
+    /// cache mount) or was written before kiln counted.
+    pub usage_count: u64,
+    /// The lease IDs of the records whose layers this record's layer sits
+    /// on (its parent chain's record, as BuildKit's parent refs); none
+    /// when it sits on a base image or on scratch.
+    pub parents: Vec<String>,
+}
+
+impl RecordInfo {
+    /// A cache mount is written in place by the steps that mount it
+    /// (BuildKit's mutable refs); a step's result never changes.
+    pub fn mutable(&self) -> bool {
+        self.record_type == TYPE_CACHE_MOUNT
+    }
+}
+
+fn usage_count(labels: &HashMap<String, String>) -> u64 {
+    labels
+        .get(USAGE_COUNT_LABEL)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The diffIDs of a record's first output, for finding its parent.
+fn first_chain(blob: &[u8]) -> Option<Vec<String>> {
+    let parsed = serde_json::from_slice::<RecordBlob>(blob).ok()?;
+    let chain = parsed.outputs.into_iter().next()?;
+    Some(chain.into_iter().map(|l| l.diff_id).collect())
+}
+
+/// Each record's parents: the record whose first output is this one's
+/// first output without its top layer. `chains[i]` is record `i`'s chain.
+fn parents(chains: &[Option<Vec<String>>], ids: &[String]) -> Vec<Vec<String>> {
+    let by_chain: HashMap<&[String], &String> = chains
+        .iter()
+        .zip(ids)
+        .filter_map(|(c, id)| c.as_deref().map(|c| (c, id)))
+        .filter(|(c, _)| !c.is_empty())
+        .collect();
+    chains
+        .iter()
+        .map(|c| {
+            c.as_deref()
+                .and_then(|c| c.split_last())
+                .and_then(|(_, below)| by_chain.get(below))
+                .map(|id| vec![(*id).clone()])
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Every cache record in the namespace.
 pub async fn list(svc: &Services) -> Result<Vec<RecordInfo>> {
     let mut out = Vec::new();
+    let mut chains = Vec::new();
     for lease in svc.leases.list().await? {
         if !lease.id.starts_with(&format!(
             "{}{LEASE_KIND}/",
@@ -316,6 +379,8 @@ pub async fn list(svc: &Services) -> Result<Vec<RecordInfo>> {
             .cloned()
             .unwrap_or_default();
         let mut last_used = lease.created_secs;
+        let mut used = 0;
+        let mut chain = None;
         if let Some(rec) = lease.labels.get(RECORD_LABEL) {
             if let Ok(info) = svc.content.info(rec).await {
                 if let Some(t) = info
@@ -325,15 +390,52 @@ pub async fn list(svc: &Services) -> Result<Vec<RecordInfo>> {
                 {
                     last_used = t;
                 }
+                used = usage_count(&info.labels);
             }
+            // A record being written (or broken) has no parents to show.
+            chain = svc
+                .content
+                .read(rec)
+                .await
+                .ok()
+                .and_then(|b| first_chain(&b));
         }
+        chains.push(chain);
         out.push(RecordInfo {
             lease,
             record_type,
             size,
             description,
             last_used,
+            usage_count: used,
+            parents: Vec::new(),
         });
     }
+    let ids: Vec<String> = out.iter().map(|r| r.lease.id.clone()).collect();
+    for (r, p) in out.iter_mut().zip(parents(&chains, &ids)) {
+        r.parents = p;
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_records_parent_is_the_record_of_the_chain_below_its_top_layer() {
+        let chain = |ids: &[&str]| Some(ids.iter().map(|s| s.to_string()).collect());
+        let chains = vec![
+            chain(&["base", "a"]),
+            chain(&["base", "a", "b"]),
+            chain(&["base", "x"]),
+            None,
+            chain(&["other", "a", "b", "c"]),
+        ];
+        let ids: Vec<String> = ["A", "B", "X", "M", "C"].map(String::from).to_vec();
+        assert_eq!(
+            parents(&chains, &ids),
+            [vec![], vec!["A".to_string()], vec![], vec![], vec![]]
+        );
+    }
 }

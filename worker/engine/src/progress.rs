@@ -49,6 +49,23 @@ pub enum ProgressEvent {
     },
 }
 
+/// The items BuildKit's image exporter reports under `exporting to
+/// image` once its layers are done, in its order: the manifest, the
+/// config, then `naming to` each name (the CLI and kilnd show the same).
+pub fn image_export_items(manifest: &str, config: Option<&str>, names: &[&str]) -> Vec<String> {
+    let mut items = vec![format!("exporting manifest {manifest}")];
+    if let Some(c) = config.filter(|c| !c.is_empty()) {
+        items.push(format!("exporting config {c}"));
+    }
+    items.extend(
+        names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("naming to {n}")),
+    );
+    items
+}
+
 /// How many events may wait for the consumer before senders wait: a slow
 /// consumer (a terminal, a Status client) slows the build down instead of
 /// growing the queue. Step output is clipped before it gets here
@@ -80,5 +97,27 @@ impl Progress {
         if let Some(tx) = &self.0 {
             let _ = tx.send(e).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_export_items_follow_buildkits_order() {
+        assert_eq!(
+            image_export_items("sha256:m", Some("sha256:c"), &["a:1", "", "b:2"]),
+            [
+                "exporting manifest sha256:m",
+                "exporting config sha256:c",
+                "naming to a:1",
+                "naming to b:2"
+            ]
+        );
+        assert_eq!(
+            image_export_items("sha256:m", None, &[]),
+            ["exporting manifest sha256:m"]
+        );
     }
 }

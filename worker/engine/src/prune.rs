@@ -141,6 +141,8 @@ mod tests {
             size,
             description: String::new(),
             last_used,
+            usage_count: 0,
+            parents: Vec::new(),
         }
     }
 

@@ -58,6 +58,10 @@ pub struct ReceiveStats {
     pub removed: u64,
     /// The sum of the listed regular files' sizes: the tree's size.
     pub tree_bytes: u64,
+    /// The encoded size of every packet received, as fsutil's progress
+    /// counts a transfer (BuildKit's `transferring NAME: 2B` for nothing
+    /// sent is the FIN packet).
+    pub wire_bytes: u64,
     /// Device nodes, FIFOs and set-user/group-id files in the tree (and
     /// hard links to those), in listing order: what a caller that keeps
     /// the tree may not want to keep.
@@ -264,6 +268,7 @@ impl Applier {
                     Err(FsutilError::UnexpectedEof)
                 };
             };
+            self.stats.wire_bytes += u64::try_from(prost::Message::encoded_len(&p)).unwrap_or(0);
             match PacketType::try_from(p.r#type) {
                 Ok(PacketType::PacketStat) if !self.listing_done => match p.stat {
                     Some(stat) => self.entry(stat)?,
