@@ -121,6 +121,10 @@ const LLB_CAPS: &[&str] = &[
     // Token and header secrets (GIT_AUTH_TOKEN / GIT_AUTH_HEADER) from
     // the client's session.
     "source.git.httpauth",
+    // Over ssh with the client's forwarded agent (git.mountsshsock), host
+    // keys pinned by git.knownsshhosts.
+    "source.git.knownsshhosts",
+    "source.git.mountsshsock",
     "source.git.subdir",
     "source.git.checksum",
     "source.git.skipsubmodules",
@@ -792,13 +796,14 @@ mod tests {
             "source.git",
             "source.git.keepgitdir",
             "source.git.httpauth",
+            "source.git.knownsshhosts",
+            "source.git.mountsshsock",
             "source.http",
             "exec.mount.ssh",
         ] {
             assert!(has(id), "{id} missing");
         }
         for id in [
-            "source.git.mountsshsock",
             "source.ocilayout",
             "diffop",
             "exec.meta.cdi",
