@@ -294,13 +294,21 @@ fn tty_screen(h: &Harness, ns: &str, ctx: &std::path::Path, w: u32, rows: u32) -
     line.extend(["build", "--no-cache", "--progress", "tty"].map(String::from));
     line.push(ctx.to_string_lossy().into_owned());
     let session = format!("kiln-{ns}-{w}");
+    // A tmux server of this run's own: another run's session of the same
+    // name on the shared default server would make new-session fail.
+    let socket = std::env::temp_dir().join(format!("kiln-tmux-{}-{w}", std::process::id()));
+    let tmux = || {
+        let mut c = std::process::Command::new("tmux");
+        c.arg("-S").arg(&socket);
+        c
+    };
     let done = h.state_dir().join(format!("tty-{w}.done"));
     let shell = format!(
         "cd / && KILN_NETWORK_MODE=host {} >/dev/null; echo $? > {}; sleep 600",
         line.join(" "),
         done.display()
     );
-    let status = std::process::Command::new("tmux")
+    let status = tmux()
         .args([
             "new-session",
             "-d",
@@ -319,13 +327,12 @@ fn tty_screen(h: &Harness, ns: &str, ctx: &std::path::Path, w: u32, rows: u32) -
     while !done.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let screen = std::process::Command::new("tmux")
+    let screen = tmux()
         .args(["capture-pane", "-p", "-t", &session])
         .output()
         .expect("capture-pane");
-    let _ = std::process::Command::new("tmux")
-        .args(["kill-session", "-t", &session])
-        .status();
+    let _ = tmux().arg("kill-server").status();
+    let _ = std::fs::remove_file(&socket);
     let code = std::fs::read_to_string(&done).unwrap_or_default();
     let screen = String::from_utf8_lossy(&screen.stdout).into_owned();
     assert_eq!(code.trim(), "0", "{screen}");

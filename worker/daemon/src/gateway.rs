@@ -803,11 +803,7 @@ mod tests {
         ] {
             assert!(has(id), "{id} missing");
         }
-        for id in [
-            "source.ocilayout",
-            "diffop",
-            "exec.meta.cdi",
-        ] {
+        for id in ["source.ocilayout", "diffop", "exec.meta.cdi"] {
             assert!(!has(id), "{id} advertised but not implemented");
         }
     }
