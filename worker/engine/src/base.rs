@@ -85,28 +85,7 @@ pub async fn load(
     let cfg_bytes = svc.content.read(&config_digest).await?;
     let config: ImageConfigJson = serde_json::from_slice(&cfg_bytes)
         .map_err(|e| invalid(name, format!("config {config_digest}: {e}")))?;
-    let diff_ids = config.image.rootfs().diff_ids();
-    if diff_ids.len() != manifest.layers().len() {
-        return Err(invalid(
-            name,
-            format!(
-                "{} layers but {} diff_ids",
-                manifest.layers().len(),
-                diff_ids.len()
-            ),
-        ));
-    }
-    let mut layers = Vec::with_capacity(manifest.layers().len());
-    for (l, d) in manifest.layers().iter().zip(diff_ids) {
-        let diff_id = Digest::parse(d).ok_or_else(|| invalid(name, format!("bad diff_id {d}")))?;
-        layers.push(Layer::with_blob(
-            diff_id,
-            l.media_type().to_string(),
-            l.digest().to_string(),
-            oci::size_of(l),
-            None,
-        ));
-    }
+    let layers = layers_of(&manifest, &config).map_err(|m| invalid(name, m))?;
     Ok(BaseImage {
         name: name.to_string(),
         target: record.digest.clone(),
@@ -324,4 +303,36 @@ pub fn frontend_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
                 .then(|| kiln_solver::Platform::new(&os, &arch, &variant))
         },
     }
+}
+
+/// The layers of an image, each with its diffID from the config, in
+/// order: the one pairing of manifest and config. The error is the reason
+/// they do not pair, for the caller to say which image it is.
+pub(crate) fn layers_of(
+    manifest: &ImageManifest,
+    config: &ImageConfigJson,
+) -> std::result::Result<Vec<Layer>, String> {
+    let diff_ids = config.image.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(format!(
+            "{} layers but {} diff_ids",
+            manifest.layers().len(),
+            diff_ids.len()
+        ));
+    }
+    manifest
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(l, d)| {
+            let diff_id = Digest::parse(d).ok_or_else(|| format!("bad diff_id {d}"))?;
+            Ok(Layer::with_blob(
+                diff_id,
+                l.media_type().to_string(),
+                l.digest().to_string(),
+                oci::size_of(l),
+                None,
+            ))
+        })
+        .collect()
 }

@@ -190,30 +190,8 @@ fn read_image(dir: &Path, digest: &str, platform: Option<&kiln_solver::Platform>
     let config_bytes = read_blob(dir, &config_digest)?;
     let config: ImageConfigJson = serde_json::from_slice(&config_bytes)
         .map_err(|e| layout_error(dir, format!("config {config_digest}: {e}")))?;
-    let diff_ids = config.image.rootfs().diff_ids();
-    if diff_ids.len() != m.layers().len() {
-        return Err(layout_error(
-            dir,
-            format!(
-                "manifest {} has {} layers but its config {} diff_ids",
-                manifest.digest(),
-                m.layers().len(),
-                diff_ids.len()
-            ),
-        ));
-    }
-    let mut layers = Vec::with_capacity(diff_ids.len());
-    for (l, d) in m.layers().iter().zip(diff_ids) {
-        let diff_id =
-            Digest::parse(d).ok_or_else(|| layout_error(dir, format!("bad diff_id {d}")))?;
-        layers.push(Layer::with_blob(
-            diff_id,
-            l.media_type().to_string(),
-            l.digest().to_string(),
-            oci::size_of(l),
-            None,
-        ));
-    }
+    let layers = crate::base::layers_of(&m, &config)
+        .map_err(|e| layout_error(dir, format!("manifest {}: {e}", manifest.digest())))?;
     Ok(Image {
         index,
         manifest,
