@@ -20,7 +20,7 @@ pub fn need(tool: &str, package: &str) {
 }
 
 /// Runs `cmd`, failing the test on a non-zero exit; its stdout.
-fn run(cmd: &mut Command) -> String {
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("runs");
     assert!(
         out.status.success(),

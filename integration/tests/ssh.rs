@@ -7,7 +7,7 @@
 //! image, and a required agent the client does not forward fails the step
 //! with BuildKit's words.
 
-use kiln_integration::ssh::{need, Agent};
+use kiln_integration::ssh::{need, run, Agent};
 use kiln_integration::{Harness, KilnOutput};
 use std::path::Path;
 use std::process::Command;
@@ -16,16 +16,6 @@ const DOCKERFILE: &str = "FROM busybox\n\
 COPY tools/ /\n\
 RUN --mount=type=ssh ssh-add -l > /out && echo \"$SSH_AUTH_SOCK\" >> /out && \
 (ssh-add -D > /dev/null 2>&1 || echo refused >> /out) && ssh-add -l >> /out\n";
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Copies `/usr/bin/ssh-add` and the libraries `ldd` lists into `tools/`
 /// of the context, at their own paths.

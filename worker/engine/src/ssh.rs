@@ -1,7 +1,7 @@
 //! The client's SSH agents, for `RUN --mount=type=ssh` and for git
 //! remotes over ssh: the engine asks an [`SshSource`] whether an agent id
 //! is forwarded before the step or the fetch, and for a fresh connection
-//! to it each time the step (or `ssh`) connects to the [`AgentSocket`] the
+//! to it each time the step (or `ssh`) connects to the `AgentSocket` the
 //! engine listens on. Embedded kiln dials the `--ssh` sockets; kilnd opens
 //! a `ForwardAgent` stream to the client's session. No key, socket path or
 //! agent byte enters the graph, a cache key, a layer or a log.
