@@ -14,6 +14,7 @@ pub mod cases;
 pub mod faultproxy;
 pub mod gitdaemon;
 pub mod kubeapi;
+pub mod llbdef;
 pub mod netns;
 pub mod pki;
 pub mod registry;

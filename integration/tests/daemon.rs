@@ -3,11 +3,11 @@
 
 mod common;
 
+use kiln_integration::llbdef::{op_bytes, shell_exec};
 use kiln_integration::{step_printed, Harness, KilnOutput, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, ListWorkersRequest, SolveRequest, StatusRequest};
 use kiln_proto::llb;
-use prost::Message;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -215,12 +215,6 @@ async fn every_exporter_delivers() {
     );
 }
 
-fn op_bytes(op: &llb::Op) -> (Vec<u8>, String) {
-    let b = op.encode_to_vec();
-    let d = kiln_solver::Digest::of(&b).to_string();
-    (b, d)
-}
-
 /// A definition: busybox, then `sh -c CMD` on it, then the terminal op.
 /// Returns it with the source's and the exec's digests.
 fn busybox_exec(cmd: &str) -> (llb::Definition, String, String) {
@@ -239,21 +233,7 @@ fn busybox_exec_with(
         })),
         ..Default::default()
     });
-    let mut exec = llb::ExecOp {
-        meta: Some(llb::Meta {
-            args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
-            cwd: "/".into(),
-            env: vec!["PATH=/bin".into()],
-            ..Default::default()
-        }),
-        mounts: vec![llb::Mount {
-            input: 0,
-            dest: "/".into(),
-            output: 0,
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let mut exec = shell_exec(cmd);
     edit(&mut exec);
     let (exec_b, exec_d) = op_bytes(&llb::Op {
         inputs: vec![llb::Input {

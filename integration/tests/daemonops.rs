@@ -3,6 +3,7 @@
 //! readiness, the socket's group, the systemd units, and BuildKit's error
 //! details on a failed build.
 
+use kiln_integration::llbdef::op_bytes;
 use kiln_integration::{buildctl_like_binary, kilnd_binary, Harness, KilnOutput, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::SolveRequest;
@@ -598,12 +599,6 @@ fn details(s: &tonic::Status) -> Vec<(String, serde_json::Value)> {
             (d.type_url, v)
         })
         .collect()
-}
-
-fn op_bytes(op: &llb::Op) -> (Vec<u8>, String) {
-    let b = op.encode_to_vec();
-    let d = kiln_solver::Digest::of(&b).to_string();
-    (b, d)
 }
 
 #[tokio::test]

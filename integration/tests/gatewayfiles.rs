@@ -12,6 +12,7 @@
 //! name.
 
 use kiln_integration::gitdaemon::{git, GitDaemon};
+use kiln_integration::llbdef::{op_bytes, shell_exec};
 use kiln_integration::{Harness, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{SolveRequest, StatusRequest};
@@ -21,7 +22,6 @@ use kiln_proto::gateway::{
     ReturnRequest, SolveRequest as GwSolve, StatFileRequest, WarnRequest,
 };
 use kiln_proto::llb;
-use prost::Message;
 use std::collections::HashMap;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -41,12 +41,6 @@ fn with_id<T>(id: &str, msg: T) -> tonic::Request<T> {
     r
 }
 
-fn op_bytes(op: &llb::Op) -> (Vec<u8>, String) {
-    let b = op.encode_to_vec();
-    let d = kiln_solver::Digest::of(&b).to_string();
-    (b, d)
-}
-
 /// A definition of `source` alone, or of `sh -c CMD` run on it.
 fn definition(source: llb::SourceOp, cmd: Option<&str>) -> llb::Definition {
     let (src_b, src_d) = op_bytes(&llb::Op {
@@ -61,21 +55,7 @@ fn definition(source: llb::SourceOp, cmd: Option<&str>) -> llb::Definition {
                 digest: last,
                 index: 0,
             }],
-            op: Some(llb::op::Op::Exec(llb::ExecOp {
-                meta: Some(llb::Meta {
-                    args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
-                    cwd: "/".into(),
-                    env: vec!["PATH=/bin".into()],
-                    ..Default::default()
-                }),
-                mounts: vec![llb::Mount {
-                    input: 0,
-                    dest: "/".into(),
-                    output: 0,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })),
+            op: Some(llb::op::Op::Exec(shell_exec(cmd))),
             ..Default::default()
         });
         def.push(exec_b);

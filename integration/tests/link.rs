@@ -5,11 +5,11 @@
 
 mod common;
 
+use kiln_integration::llbdef::op_bytes;
 use kiln_integration::{step_printed, Harness, KilnOutput};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, SolveRequest};
 use kiln_proto::llb;
-use prost::Message;
 use std::collections::HashMap;
 
 const DF: &str =
@@ -97,12 +97,6 @@ async fn a_plain_copy_runs_again_on_a_new_base() {
         "a plain copy runs again on a new base:\n{}",
         two.stderr
     );
-}
-
-fn op_bytes(op: &llb::Op) -> (Vec<u8>, String) {
-    let b = op.encode_to_vec();
-    let d = kiln_solver::Digest::of(&b).to_string();
-    (b, d)
 }
 
 /// LLB as buildctl sends it for `COPY --link`: busybox and a file op on

@@ -9,6 +9,7 @@
 mod common;
 
 use common::image_config;
+use kiln_integration::llbdef::{op_bytes, shell_exec};
 use kiln_integration::{busybox_rootfs, Harness};
 
 /// Where `.ci/install` puts Debian's arm64 busybox-static.
@@ -332,13 +333,6 @@ async fn a_step_nothing_can_run_fails_before_it_runs_naming_qemu() {
 }
 
 /// One op of a definition, encoded, with its digest.
-fn op_bytes(op: &kiln_proto::llb::Op) -> (Vec<u8>, String) {
-    use prost::Message;
-    let b = op.encode_to_vec();
-    let d = kiln_solver::Digest::of(&b).to_string();
-    (b, d)
-}
-
 /// buildctl-shaped LLB: busybox and `uname -m > /m` on it, both ops for
 /// `linux/<arch>` (as buildctl's `llb.Image(..., llb.Platform(p))` sets
 /// `Op.platform`).
@@ -362,21 +356,7 @@ fn uname_for(arch: &str) -> kiln_proto::llb::Definition {
             digest: src_d,
             index: 0,
         }],
-        op: Some(llb::op::Op::Exec(llb::ExecOp {
-            meta: Some(llb::Meta {
-                args: vec!["/bin/sh".into(), "-c".into(), "uname -m > /m".into()],
-                cwd: "/".into(),
-                env: vec!["PATH=/bin".into()],
-                ..Default::default()
-            }),
-            mounts: vec![llb::Mount {
-                input: 0,
-                dest: "/".into(),
-                output: 0,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
+        op: Some(llb::op::Op::Exec(shell_exec("uname -m > /m"))),
         platform,
         ..Default::default()
     });
