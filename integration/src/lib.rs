@@ -197,7 +197,11 @@ impl Drop for Harness {
             }
             let _ = child.kill();
             let _ = child.wait();
-            // Shims outlive containerd; kill the ones of this root.
+            // Shims and their containers outlive containerd. runc keeps
+            // its state under one root for every containerd on the host,
+            // so a container left there would make a later run's create
+            // of the same ID fail with "already exists".
+            delete_runc_containers(&self.dir.path().join("state"));
             kill_shims(self.dir.path());
             kiln_engine::sweep::unmount_below(self.dir.path());
         }
@@ -245,6 +249,57 @@ impl Harness {
         let _ = child.wait();
         this.child = Some(spawn_containerd(this.dir.path())?);
         this.wait_answering().await
+    }
+}
+
+/// `prefix` with a suffix unique to this run: for task IDs, which runc
+/// keeps under one root for every containerd on the host, so a fixed ID
+/// left by a crashed earlier run would fail this run's create.
+pub fn unique_id(prefix: &str) -> String {
+    let lease = kiln_snapshot::containerd::LeaseId::unique("id");
+    let random = lease.as_str().rsplit('/').next().unwrap_or_default();
+    format!("{prefix}-{random}")
+}
+
+/// runc's default state root, shared by every containerd on the host (the
+/// runc v2 shim's default when a task's options name no root).
+const RUNC_ROOT: &str = "/run/containerd/runc";
+
+/// Force-deletes, with runc, every container that still has a bundle
+/// under this containerd's `state` dir: kills its processes and removes its
+/// runc state.
+fn delete_runc_containers(state: &Path) {
+    let Ok(runtimes) = std::fs::read_dir(state) else {
+        return;
+    };
+    for runtime in runtimes.flatten() {
+        if !runtime
+            .file_name()
+            .to_string_lossy()
+            .starts_with("io.containerd.runtime.v2")
+        {
+            continue;
+        }
+        for ns in std::fs::read_dir(runtime.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for bundle in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let root = Path::new(RUNC_ROOT).join(ns.file_name());
+                if !root.join(bundle.file_name()).exists() {
+                    continue;
+                }
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force"])
+                    .arg(bundle.file_name())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 }
 

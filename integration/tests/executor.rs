@@ -73,7 +73,7 @@ async fn fixture(namespace: &str) -> Fixture {
 
 fn step(f: &Fixture, root: &Path, id: &str, script: &str) -> StepSpec {
     StepSpec {
-        id: id.to_string(),
+        id: kiln_integration::unique_id(id),
         rootfs: root.to_path_buf(),
         args: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec![],

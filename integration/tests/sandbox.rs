@@ -95,7 +95,7 @@ fn mount_like_engine(src: &Path, target: &Path) -> MountGuard {
 
 fn step(f: &Fixture, root: &Path, id: &str, script: &str, security: Security) -> StepSpec {
     StepSpec {
-        id: id.to_string(),
+        id: kiln_integration::unique_id(id),
         rootfs: root.to_path_buf(),
         args: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec![],
