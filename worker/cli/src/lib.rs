@@ -1416,6 +1416,8 @@ async fn build(
         secrets,
         ssh,
         rewrite_timestamp: out.rewrite_timestamp,
+        // Embedded builds always export an image.
+        export_blobs: !out.rewrite_timestamp,
     };
 
     let cancel = CancellationToken::new();

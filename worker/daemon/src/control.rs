@@ -338,13 +338,14 @@ impl Control for ControlService {
         } else {
             tenant.scoped(&r.session)
         };
-        let job = d.jobs.start(
-            &tenant.scoped(&r.r#ref),
-            &session,
-            granted,
+        let opts = crate::jobs::JobOptions {
+            entitlements: granted,
             cache,
-            &d.shutdown,
-        )?;
+            export_blobs: crate::export::export_blobs(&exporters(&r)),
+        };
+        let job = d
+            .jobs
+            .start(&tenant.scoped(&r.r#ref), &session, opts, &d.shutdown)?;
         let active = d.jobs.enter();
         // One line when a build starts and one when it ends (with its
         // result and duration), at info: who built what, and how it went.

@@ -72,6 +72,26 @@ pub fn compression(exporters: &[Exporter]) -> Result<Compression, Status> {
     Ok(Compression::Gzip)
 }
 
+/// The compression an image exporter among `exporters` (image store,
+/// oci/docker tar, push) will read the result's layers in, unchanged, so
+/// the solve makes their blobs as the steps commit (the engine's
+/// `BuildRequest::export_blobs`). `None` when no exporter makes an image,
+/// when one rewrites layer times, or when the options are invalid (the
+/// build then fails on them before anything runs).
+pub fn export_blobs(exporters: &[Exporter]) -> Option<Compression> {
+    let images = exporters
+        .iter()
+        .any(|e| matches!(e.r#type.as_str(), "image" | "moby" | "oci" | "docker"));
+    // Any epoch: does the exporter rewrite times when there is one?
+    let rewrites = exporters
+        .iter()
+        .any(|e| !matches!(rewrite_epoch(&e.attrs, Some(0)), Ok(None)));
+    match (images, rewrites) {
+        (true, false) => compression(exporters).ok(),
+        _ => None,
+    }
+}
+
 /// The epoch an image exporter clamps layer times to: with
 /// `rewrite-timestamp=true`, its `source-date-epoch` option, else the
 /// frontend's `SOURCE_DATE_EPOCH` (BuildKit's texts for bad values).

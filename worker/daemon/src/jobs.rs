@@ -156,8 +156,24 @@ pub struct Job {
     /// The request's cache exports and imports (`crate::cache`); set by
     /// Control.Solve before the job is marked started.
     pub cache: Mutex<crate::cache::CacheOptions>,
+    /// The compression the request's image exporter will read the
+    /// result's layers in, unchanged (`crate::export::export_blobs`): the
+    /// solves make those blobs as their steps commit. Set by Control.Solve
+    /// before the job is marked started.
+    pub export_blobs: Mutex<Option<kiln_snapshot::diff::Compression>>,
     /// Engine solves of this job still running (their own tasks).
     solving: watch::Sender<usize>,
+}
+
+/// What Control.Solve sets on a job before it is marked started.
+#[derive(Debug, Default)]
+pub struct JobOptions {
+    /// What the client asked for and the daemon allows.
+    pub entitlements: kiln_engine::entitlements::Entitlements,
+    /// The request's cache exports and imports.
+    pub cache: crate::cache::CacheOptions,
+    /// See [`Job::export_blobs`].
+    pub export_blobs: Option<kiln_snapshot::diff::Compression>,
 }
 
 /// The results a job holds. Once released (the build ended), a result that
@@ -201,6 +217,7 @@ impl Job {
             returned: watch::channel(None).0,
             entitlements: Mutex::new(Default::default()),
             cache: Mutex::new(Default::default()),
+            export_blobs: Mutex::new(None),
             solving: watch::channel(0).0,
         }
     }
@@ -371,8 +388,7 @@ impl Jobs {
         &self,
         id: &str,
         session: &str,
-        entitlements: kiln_engine::entitlements::Entitlements,
-        cache: crate::cache::CacheOptions,
+        opts: JobOptions,
         parent: &CancellationToken,
     ) -> Result<Arc<Job>, tonic::Status> {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -390,8 +406,9 @@ impl Jobs {
             }
         };
         *job.session.lock().unwrap_or_else(|p| p.into_inner()) = session.to_string();
-        *job.entitlements.lock().unwrap_or_else(|p| p.into_inner()) = entitlements;
-        *job.cache.lock().unwrap_or_else(|p| p.into_inner()) = cache;
+        *job.entitlements.lock().unwrap_or_else(|p| p.into_inner()) = opts.entitlements;
+        *job.cache.lock().unwrap_or_else(|p| p.into_inner()) = opts.cache;
+        *job.export_blobs.lock().unwrap_or_else(|p| p.into_inner()) = opts.export_blobs;
         job.mark_started();
         drop(m);
         self.changed.notify_waiters();
@@ -523,18 +540,17 @@ mod tests {
         // Status came first and left a placeholder: Solve takes it over.
         let early = jobs.get_or_create("r1", &parent);
         let job = jobs
-            .start("r1", "s1", Default::default(), Default::default(), &parent)
+            .start("r1", "s1", Default::default(), &parent)
             .expect("started");
         assert!(Arc::ptr_eq(&early, &job));
-        let Err(dup) = jobs.start("r1", "s2", Default::default(), Default::default(), &parent)
-        else {
+        let Err(dup) = jobs.start("r1", "s2", Default::default(), &parent) else {
             panic!("a running ref was started twice");
         };
         assert_eq!(dup.code(), tonic::Code::AlreadyExists);
         assert_eq!(*job.session.lock().expect("lock"), "s1", "not merged");
         job.mark_done();
         let again = jobs
-            .start("r1", "s3", Default::default(), Default::default(), &parent)
+            .start("r1", "s3", Default::default(), &parent)
             .expect("a finished ref is reusable");
         assert!(!Arc::ptr_eq(&job, &again));
     }
@@ -544,16 +560,10 @@ mod tests {
         let jobs = Jobs::default();
         let parent = CancellationToken::new();
         let a = jobs
-            .start("a", "gone", Default::default(), Default::default(), &parent)
+            .start("a", "gone", Default::default(), &parent)
             .expect("a");
         let b = jobs
-            .start(
-                "b",
-                "alive",
-                Default::default(),
-                Default::default(),
-                &parent,
-            )
+            .start("b", "alive", Default::default(), &parent)
             .expect("b");
         jobs.cancel_session("gone");
         assert!(a.cancel.is_cancelled());

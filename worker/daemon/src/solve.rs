@@ -322,6 +322,8 @@ pub async fn solve(
         ssh: Arc::new(crate::ssh::SessionSsh::new(session)),
         // kilnd's exporters clamp layer times themselves (`export.rs`).
         rewrite_timestamp: false,
+        export_blobs: *job.export_blobs.lock().unwrap_or_else(|p| p.into_inner())
+            == Some(compression),
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a

@@ -248,16 +248,8 @@ impl<'a> Blobs<'a> {
                 }
             },
         };
-        let previous = match (i, self.compression) {
-            (0, _) | (_, Compression::Uncompressed) => None,
-            _ => self
-                .svc
-                .snapshots
-                .stat(chain_ids[i - 1].as_str())
-                .await
-                .ok()
-                .and_then(|p| p.labels.get(&members_label(self.compression)).cloned()),
-        };
+        let parent_name = i.checked_sub(1).map(|p| chain_ids[p].as_str());
+        let previous = previous_members(self.svc, parent_name, self.compression).await;
         let r = self.diff(&own, parent.as_ref(), previous.as_deref()).await;
         if let Some(p) = parent {
             p.close(self.svc).await;
@@ -273,25 +265,7 @@ impl<'a> Blobs<'a> {
                 ),
             });
         }
-        let mut labels = HashMap::new();
-        labels.insert(blob_label(self.compression), desc.digest.to_string());
-        // The blob is the lease's already; without the label the next
-        // export only makes it again.
-        if let Err(e) = self.svc.snapshots.update_labels(name, labels).await {
-            tracing::warn!(snapshot = name, error = %e, "cannot label a snapshot with its blob");
-        }
-        if i > 0 && self.compression != Compression::Uncompressed {
-            let labels =
-                HashMap::from([(members_label(self.compression), desc.digest.to_string())]);
-            if let Err(e) = self
-                .svc
-                .snapshots
-                .update_labels(chain_ids[i - 1].as_str(), labels)
-                .await
-            {
-                tracing::warn!(snapshot = %chain_ids[i - 1], error = %e, "cannot name a blob on its parent snapshot");
-            }
-        }
+        label_made(self.svc, name, parent_name, self.compression, &desc).await;
         tracing::debug!(snapshot = name, blob = %desc.digest, "layer blob made on demand");
         Ok(Blob {
             media_type: desc.media_type.to_string(),
@@ -353,6 +327,155 @@ impl<'a> Blobs<'a> {
             .await?,
         ))
     }
+}
+
+/// The blob to copy compressed members from for a new child of
+/// `parent` (the last one made for a child of it, named by its
+/// [`members_label`]); none for a first layer or uncompressed blobs.
+async fn previous_members(
+    svc: &Services,
+    parent: Option<&str>,
+    compression: Compression,
+) -> Option<String> {
+    if compression == Compression::Uncompressed {
+        return None;
+    }
+    let info = svc.snapshots.stat(parent?).await.ok()?;
+    info.labels.get(&members_label(compression)).cloned()
+}
+
+/// Records a blob just made for the committed snapshot `name`: the
+/// snapshot names it ([`blob_label`]; the blob is the lease's already,
+/// and without the label the next export only makes it again) and the
+/// parent names it as the members to copy from ([`members_label`]).
+async fn label_made(
+    svc: &Services,
+    name: &str,
+    parent: Option<&str>,
+    compression: Compression,
+    desc: &kiln_snapshot::diff::LayerDescriptor,
+) {
+    let labels = HashMap::from([(blob_label(compression), desc.digest.to_string())]);
+    if let Err(e) = svc.snapshots.update_labels(name, labels).await {
+        tracing::warn!(snapshot = name, error = %e, "cannot label a snapshot with its blob");
+    }
+    if let (Some(parent), false) = (parent, compression == Compression::Uncompressed) {
+        let labels = HashMap::from([(members_label(compression), desc.digest.to_string())]);
+        if let Err(e) = svc.snapshots.update_labels(parent, labels).await {
+            tracing::warn!(snapshot = parent, error = %e, "cannot name a blob on its parent snapshot");
+        }
+    }
+}
+
+/// A step's layer made into its blob as the step commits, in one pass with
+/// its diffID, for a layer an exporter will read (see
+/// [`exported_vertices`]): the export then finds it by the label and never
+/// reads the layer again. `parent` is the chainID of the layer's parent
+/// (`None` for a first layer); `name`, its own chainID, is labelled once
+/// the caller committed the snapshot under it ([`EagerBlob::label`]).
+pub(crate) struct EagerBlob {
+    pub desc: kiln_snapshot::diff::LayerDescriptor,
+    compression: Compression,
+    parent: Option<String>,
+}
+
+impl EagerBlob {
+    /// Writes the blob of the layer `source` gives (held by `lease`),
+    /// copying members from the parent's last blob as [`ensure`] does.
+    pub(crate) async fn make(
+        svc: &Services,
+        source: LayerSource,
+        parent: Option<&str>,
+        compression: Compression,
+        lease: &LeaseId,
+    ) -> std::result::Result<Self, SnapshotError> {
+        let previous = previous_members(svc, parent, compression).await;
+        let made = commit_layer_reusing(
+            &*svc.content,
+            source,
+            compression,
+            lease,
+            previous.as_deref(),
+        )
+        .await?;
+        Ok(EagerBlob {
+            desc: reported(made),
+            compression,
+            parent: parent.map(str::to_string),
+        })
+    }
+
+    /// Names the blob on the committed snapshot `name` and its parent.
+    pub(crate) async fn label(&self, svc: &Services, name: &str) {
+        label_made(
+            svc,
+            name,
+            self.parent.as_deref(),
+            self.compression,
+            &self.desc,
+        )
+        .await;
+    }
+}
+
+/// A build's eager blobs: the compression its image exporter will ask for
+/// and the vertices whose layers it will read ([`exported_vertices`]).
+#[derive(Clone, Debug)]
+pub struct ExportBlobs {
+    pub compression: Compression,
+    pub vertices: std::collections::HashSet<usize>,
+}
+
+impl ExportBlobs {
+    /// The compression to make vertex `id`'s blob in as it commits, if an
+    /// exporter will read it.
+    pub fn for_vertex(this: Option<&Self>, id: usize) -> Option<Compression> {
+        this.filter(|e| e.vertices.contains(&id))
+            .map(|e| e.compression)
+    }
+}
+
+/// The vertices of `graph` whose committed layer is part of `result`'s
+/// chain, so an image exporter of `result` reads its blob: from the result
+/// down the root filesystem an exec runs on, the base a file op changes,
+/// and every input of a merge; source ops end the walk (an image's layers
+/// have their blobs, a local or remote source is copied by a file op).
+/// Stages that only feed a `COPY --from` are not in it.
+pub fn exported_vertices(
+    graph: &kiln_solver::graph::Graph,
+    result: kiln_solver::graph::VertexId,
+) -> std::collections::HashSet<usize> {
+    use kiln_solver::graph::{FileInput, Op};
+    let mut out = std::collections::HashSet::new();
+    let mut todo = vec![result.0];
+    while let Some(v) = todo.pop() {
+        let Some(vertex) = graph.vertices.get(v) else {
+            continue;
+        };
+        if !out.insert(v) {
+            continue;
+        }
+        let input = |i: usize| vertex.inputs.get(i).map(|e| e.vertex.0);
+        match &vertex.op {
+            Op::Source(_) => {
+                out.remove(&v);
+            }
+            Op::Exec(e) => todo.extend(
+                e.mounts
+                    .iter()
+                    .find(|m| m.dest == "/")
+                    .and_then(|m| m.input)
+                    .and_then(input),
+            ),
+            Op::File(f) => {
+                if let Some(FileInput::Input(i)) = f.actions.first().map(|a| a.input) {
+                    todo.extend(input(i));
+                }
+            }
+            Op::Merge(m) => todo.extend(m.inputs.iter().filter_map(|&i| input(i))),
+        }
+    }
+    out
 }
 
 /// The descriptor of a blob just made, after logging what it reused.

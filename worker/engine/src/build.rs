@@ -77,6 +77,13 @@ pub struct BuildRequest {
     /// than the config's `source_date_epoch` are clamped to it (nothing
     /// without an epoch).
     pub rewrite_timestamp: bool,
+    /// An image exporter (image store, oci/docker tar, push) will read
+    /// the result's layers in `compression`, unchanged: the steps on the
+    /// result's chain make their blobs as they commit, in one pass with
+    /// their diffID, instead of the export reading each layer again. False
+    /// when nothing exports an image, or when the export rewrites the
+    /// layers (`rewrite_timestamp`).
+    pub export_blobs: bool,
 }
 
 /// One platform of a multi-platform build ([`Engine::build_index`]).
@@ -516,6 +523,12 @@ impl Engine {
             secrets: req.secrets.clone(),
             ssh: req.ssh.clone(),
             started: Default::default(),
+            export_blobs: (req.export_blobs && !req.rewrite_timestamp).then(|| {
+                crate::blobs::ExportBlobs {
+                    compression: req.compression,
+                    vertices: crate::blobs::exported_vertices(&req.graph, req.result),
+                }
+            }),
         });
         let solved =
             kiln_solver::scheduler::solve(&self.solver, &req.graph, req.result, runner, cancel)

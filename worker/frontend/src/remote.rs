@@ -298,6 +298,7 @@ async fn solve_view(fetch: &Fetch<'_>, remote: &RemoteContext, no_cache: bool) -
         secrets: fetch.secrets.clone(),
         ssh: fetch.ssh.clone(),
         rewrite_timestamp: false,
+        export_blobs: false,
     };
     let solved = fetch
         .engine

@@ -9,7 +9,7 @@ use crate::ignore::PatternMatcher;
 use crate::refs::{self, Layer, Ref};
 use kiln_snapshot::mount::overlay_dirs;
 use kiln_snapshot::Digest;
-use kiln_solver::{FileActionKind, FileInput, FileOp, Vertex};
+use kiln_solver::{FileActionKind, FileInput, FileOp, Vertex, VertexId};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -94,7 +94,13 @@ fn incremental_copy(op: &FileOp, inputs: &[Ref], parent: &[Layer]) -> Option<Inc
 }
 
 impl StepRunner {
-    pub(super) async fn file(&self, v: &Vertex, op: &FileOp, inputs: &[Ref]) -> Result<Vec<Ref>> {
+    pub(super) async fn file(
+        &self,
+        id: VertexId,
+        v: &Vertex,
+        op: &FileOp,
+        inputs: &[Ref],
+    ) -> Result<Vec<Ref>> {
         let loc = location(v);
         let bad = |reason: String| WorkerError::BadInput {
             location: loc.clone(),
@@ -146,7 +152,7 @@ impl StepRunner {
                 return Err(e);
             }
         };
-        let layers = self.commit(active).await?;
+        let layers = self.commit(active, self.eager(id)).await?;
         if let (Some(inc), Some(manifest)) = (incremental, manifest) {
             if let Err(e) = self.remember_copy(&inc, &layers, &manifest).await {
                 tracing::warn!(error = %e, "copy manifest not kept; the next copy starts over");

@@ -4,8 +4,10 @@
 //! chainID.
 
 use super::StepRunner;
+use crate::blobs::EagerBlob;
 use crate::error::Result;
 use crate::refs::{self, Layer};
+use kiln_snapshot::diff::{Compression, LayerHash};
 use kiln_snapshot::layer::{hash_layer, LayerSource};
 use kiln_snapshot::mount::{overlay_dirs, Mount, MountGuard};
 use kiln_snapshot::services::LeaseResource;
@@ -92,6 +94,12 @@ impl StepRunner {
         }
     }
 
+    /// The compression to make vertex `id`'s blob in as it commits, when
+    /// the build's image exporter will read its layer.
+    pub(super) fn eager(&self, id: kiln_solver::graph::VertexId) -> Option<Compression> {
+        crate::blobs::ExportBlobs::for_vertex(self.export_blobs.as_ref(), id.0)
+    }
+
     /// Prepares an active snapshot on top of `parent` under the build lease.
     pub(super) async fn prepare(&self, parent: &[Layer]) -> Result<Active> {
         let key = format!("kiln-active-{}", crate::base::rand_hex());
@@ -115,11 +123,17 @@ impl StepRunner {
     }
 
     /// Hashes the diff of the (unmounted) active snapshot against its
-    /// parent (its diffID) and commits it as the new chain's chainID; the
-    /// layer's blob is made only when an exporter asks for it. Discards
-    /// the snapshot on error.
-    pub(super) async fn commit(&self, active: Active) -> Result<Vec<Layer>> {
-        match self.commit_inner(&active).await {
+    /// parent (its diffID) and commits it as the new chain's chainID. The
+    /// layer's blob is made only when an exporter asks for it, unless
+    /// `eager` names the compression an exporter of this build will ask
+    /// for: then the blob is made in the same pass as the diffID
+    /// ([`crate::blobs::EagerBlob`]). Discards the snapshot on error.
+    pub(super) async fn commit(
+        &self,
+        active: Active,
+        eager: Option<Compression>,
+    ) -> Result<Vec<Layer>> {
+        match self.commit_inner(&active, eager).await {
             Ok(l) => Ok(l),
             Err(e) => {
                 self.discard(active).await;
@@ -128,7 +142,11 @@ impl StepRunner {
         }
     }
 
-    async fn commit_inner(&self, active: &Active) -> Result<Vec<Layer>> {
+    async fn commit_inner(
+        &self,
+        active: &Active,
+        eager: Option<Compression>,
+    ) -> Result<Vec<Layer>> {
         let parent_top = refs::top_snapshot(&active.parent);
         // A read-only view of the parent to compare against.
         let mut view_key = None;
@@ -150,8 +168,13 @@ impl StepRunner {
                 }
             }
         };
+        let parent_name = (!parent_top.is_empty()).then_some(parent_top.as_str());
         let result = self
-            .diff(active, lower.as_ref().map(|m| m.path().to_path_buf()))
+            .diff(
+                active,
+                lower.as_ref().map(|m| m.path().to_path_buf()),
+                eager.map(|c| (c, parent_name)),
+            )
             .await;
         drop(lower);
         if let Some(k) = view_key {
@@ -159,7 +182,7 @@ impl StepRunner {
                 tracing::warn!(key = %k, error = %e, "cannot remove view snapshot");
             }
         }
-        let hash = result?;
+        let (hash, blob) = result?;
         let mut layers = active.parent.clone();
         layers.push(Layer {
             diff_id: hash.diff_id,
@@ -190,16 +213,22 @@ impl StepRunner {
             }
             Err(e) => return Err(e.into()),
         }
+        if let Some(blob) = blob {
+            blob.label(&self.svc, &name).await;
+        }
         Ok(layers)
     }
 
     /// Picks the diff strategy: the overlay upperdir when the snapshotter
-    /// gives one, else a full walk of the mounted trees.
+    /// gives one, else a full walk of the mounted trees. With `eager`
+    /// (a compression and the parent's chainID) the diff is also written
+    /// as the layer's blob.
     async fn diff(
         &self,
         active: &Active,
         lower: Option<PathBuf>,
-    ) -> Result<kiln_snapshot::diff::LayerHash> {
+        eager: Option<(Compression, Option<&str>)>,
+    ) -> Result<(LayerHash, Option<EagerBlob>)> {
         let upper = match overlay_dirs(&active.mounts) {
             Some((Some(upper), _)) => Some(upper),
             _ => match active.mounts.as_slice() {
@@ -211,11 +240,15 @@ impl StepRunner {
             },
         };
         if let Some(upper) = upper {
-            let r = hash_layer(LayerSource::Overlay {
-                upper,
-                lower: lower.clone(),
-            })
-            .await;
+            let r = self
+                .diff_source(
+                    LayerSource::Overlay {
+                        upper,
+                        lower: lower.clone(),
+                    },
+                    eager,
+                )
+                .await;
             match r {
                 Err(SnapshotError::Diff(kiln_snapshot::diff::DiffError::Redirect { .. })) => {
                     tracing::info!(key = %active.key, "overlay redirect found, falling back to a full walk");
@@ -224,12 +257,38 @@ impl StepRunner {
             }
         }
         let mounted = self.mount(&format!("{}-diff", active.key), &active.mounts, true)?;
-        let r = hash_layer(LayerSource::Walk {
-            lower,
-            upper: mounted.path().to_path_buf(),
-        })
-        .await;
+        let r = self
+            .diff_source(
+                LayerSource::Walk {
+                    lower,
+                    upper: mounted.path().to_path_buf(),
+                },
+                eager,
+            )
+            .await;
         drop(mounted);
         Ok(r?)
+    }
+
+    /// The layer of `source`: hashed only, or with `eager` made into its
+    /// blob in the same pass.
+    async fn diff_source(
+        &self,
+        source: LayerSource,
+        eager: Option<(Compression, Option<&str>)>,
+    ) -> std::result::Result<(LayerHash, Option<EagerBlob>), SnapshotError> {
+        match eager {
+            None => Ok((hash_layer(source).await?, None)),
+            Some((compression, parent)) => {
+                let blob =
+                    EagerBlob::make(&self.svc, source, parent, compression, &self.lease).await?;
+                let hash = LayerHash {
+                    diff_id: blob.desc.diff_id.clone(),
+                    uncompressed_size: blob.desc.uncompressed_size,
+                    entries: blob.desc.entries,
+                };
+                Ok((hash, Some(blob)))
+            }
+        }
     }
 }

@@ -57,6 +57,9 @@ pub struct StepRunner {
     /// Vertices already shown as started while they waited on another
     /// build's claim (`claim.rs`): not started twice.
     pub started: std::sync::Mutex<std::collections::HashSet<usize>>,
+    /// The layers the build's image exporter will read, made into blobs
+    /// as their steps commit; `None` when nothing exports an image.
+    pub export_blobs: Option<crate::blobs::ExportBlobs>,
 }
 
 impl std::fmt::Debug for StepRunner {
@@ -276,7 +279,7 @@ impl OpRunner for StepRunner {
             let r = match &vertex.op {
                 Op::Source(s) => self.source(id, &vertex, s, &cancel).await,
                 Op::Exec(e) => self.exec(id, &vertex, e, &inputs, cancel).await,
-                Op::File(f) => self.file(&vertex, f, &inputs).await,
+                Op::File(f) => self.file(id, &vertex, f, &inputs).await,
                 Op::Merge(m) => self.merge(&vertex, m, &inputs).await,
             };
             // containerd or disk trouble in a step (a full disk while its

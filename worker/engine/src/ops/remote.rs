@@ -86,7 +86,8 @@ impl StepRunner {
             Err(e) => Err(e),
         };
         match filled {
-            Ok(t) => Ok((t, self.commit(active).await?)),
+            // A source's layer is copied by a file op, never exported as it is.
+            Ok(t) => Ok((t, self.commit(active, None).await?)),
             Err(e) => {
                 self.discard(active).await;
                 Err(e)

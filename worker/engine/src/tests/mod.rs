@@ -188,6 +188,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         secrets: crate::secrets::none(),
         ssh: crate::ssh::none(),
         rewrite_timestamp: false,
+        export_blobs: false,
     }
 }
 
@@ -1149,4 +1150,118 @@ async fn records_of_both_shapes_load() {
         !rec.lease.labels.contains_key("containerd.io/gc.flat"),
         "a record's lease follows its snapshots' blob labels"
     );
+}
+
+#[tokio::test]
+async fn a_layer_an_image_exporter_reads_gets_its_blob_as_it_commits() {
+    let fx = fixture();
+    let engine = fx.engine("a", &FakeExecutor::new());
+    let req = BuildRequest {
+        export_blobs: true,
+        ..request(&["true"], &[])
+    };
+    let solved = engine
+        .solve(&req, Progress::none(), CancellationToken::new())
+        .await
+        .expect("solve");
+    let layer = solved.layers[0].clone();
+    let snap = fx
+        .svc
+        .snapshots
+        .stat(layer.diff_id.as_str())
+        .await
+        .expect("the layer's snapshot");
+    let label = crate::blobs::blob_label(Compression::Gzip);
+    let eager = snap
+        .labels
+        .get(&label)
+        .cloned()
+        .expect("the committed snapshot names its blob");
+    let info = fx.svc.content.info(&eager).await.expect("the blob exists");
+    assert_eq!(
+        info.labels.get(UNCOMPRESSED_LABEL),
+        Some(&layer.diff_id.to_string())
+    );
+    // The export takes that blob: it never views the layer again.
+    fx.mem
+        .fail_next("Snapshots.View", kiln_snapshot::ErrorKind::Unavailable, 1);
+    let first = solved
+        .export_image(&ImageConfig::default(), &[], Compression::Gzip)
+        .await
+        .expect("export");
+    assert!(
+        fx.svc
+            .snapshots
+            .view("probe", "", &solved.lease().clone())
+            .await
+            .is_err(),
+        "the export made no view"
+    );
+    let layer_digest = |manifest: String| {
+        let content = fx.svc.content.clone();
+        async move {
+            let m: Manifest = serde_json::from_slice(&content.read(&manifest).await.expect("read"))
+                .expect("manifest JSON");
+            m.layers()[0].digest().to_string()
+        }
+    };
+    assert_eq!(
+        layer_digest(first.manifest.digest().to_string()).await,
+        eager
+    );
+    // Made on demand from the committed snapshot instead, the blob is the
+    // same bytes.
+    fx.svc
+        .snapshots
+        .update_labels(
+            layer.diff_id.as_str(),
+            HashMap::from([(label.clone(), String::new())]),
+        )
+        .await
+        .expect("drop the label");
+    let again = solved
+        .export_image(&ImageConfig::default(), &[], Compression::Gzip)
+        .await
+        .expect("export on demand");
+    assert_eq!(
+        layer_digest(again.manifest.digest().to_string()).await,
+        eager
+    );
+    solved.release(true).await;
+}
+
+#[test]
+fn only_the_results_own_chain_is_made_into_blobs_as_it_commits() {
+    // scratch(0) -> a(1); scratch -> b(2) -> c(3), c also mounting a at /a:
+    // an image of c holds the layers of b and c, not a's.
+    let (mut g, b) = run_graph(&["b"]);
+    let a = g
+        .add(g.vertices[b.0].clone())
+        .expect("a, the same exec on scratch");
+    let mut c = g.vertices[b.0].clone();
+    let Op::Exec(exec) = &mut c.op else {
+        panic!("run_graph ends in an exec")
+    };
+    exec.mounts[0].input = Some(0);
+    exec.mounts.push(Mount {
+        input: Some(1),
+        dest: "/a".into(),
+        output: None,
+        readonly: true,
+        ..exec.mounts[0].clone()
+    });
+    c.inputs = vec![
+        Edge {
+            vertex: b,
+            output: 0,
+        },
+        Edge {
+            vertex: a,
+            output: 0,
+        },
+    ];
+    let c = g.add(c).expect("c");
+    let out = crate::blobs::exported_vertices(&g, c);
+    assert!(out.contains(&c.0) && out.contains(&b.0), "{out:?}");
+    assert!(!out.contains(&a.0), "a only feeds a mount: {out:?}");
 }

@@ -100,6 +100,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         secrets: crate::secrets::none(),
         ssh: crate::ssh::none(),
         rewrite_timestamp: false,
+        export_blobs: false,
     }
 }
 
