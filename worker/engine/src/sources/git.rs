@@ -304,7 +304,10 @@ async fn run_bounded(
         })
     };
     tokio::pin!(run);
-    let mut tick = tokio::time::interval(SIZE_POLL);
+    // What was there before the command was measured when the last one
+    // ended; a walk that takes long delays the next rather than bunching.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SIZE_POLL, SIZE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = loop {
         tokio::select! {
             r = &mut run => {
