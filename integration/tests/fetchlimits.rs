@@ -330,6 +330,37 @@ async fn git_fetches_stop_at_the_size_and_time_bounds() {
         Vec::<String>::new(),
         "git left running"
     );
+
+    // Cancelled (SIGINT to kiln alone, not to git's process group) while
+    // git waits on that server under the default bounds: git and what it
+    // started are killed too.
+    let ctx = h.context(
+        "git-cancel",
+        &[("Dockerfile", &format!("FROM busybox\nADD {url} /src\n"))],
+    );
+    let child = h
+        .kiln_command(ns)
+        .expect("kiln command")
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processes_with(&url).is_empty() {
+        assert!(Instant::now() < deadline, "git never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let out: KilnOutput = child.wait_with_output().expect("kiln ends").into();
+    assert_eq!(
+        processes_with(&url),
+        Vec::<String>::new(),
+        "git left running"
+    );
+    assert_failed_clean(&h, ns, &out, "cancel", &before);
     drop(daemon);
 }
 
