@@ -12,7 +12,9 @@
 //! `kilnd dial-stdio` in a pod runs the real `kilnd dial-stdio` against
 //! that pod's kilnd, inside that namespace, so gRPC goes through the whole
 //! exec path. A test can take a pod away as a cluster does: terminating
-//! (a deletionTimestamp, still Running) and then gone.
+//! (a deletionTimestamp, still Running) and then gone. It can refuse the
+//! first exec upgrades as an API server that cannot reach the node's
+//! kubelet does (`Setup::refuse_execs`).
 //!
 //! What it does not do: authentication (a token is accepted unread),
 //! watches, generations, resourceVersion conflicts, scheduling.
@@ -71,6 +73,8 @@ struct State {
     pods: BTreeMap<(String, String), Pod>,
     requests: Vec<Request>,
     execs: Vec<Exec>,
+    /// Exec upgrades refused so far ([`Setup::refuse_execs`]).
+    refused_execs: usize,
 }
 
 /// The running stand-in; it stops with the test's runtime.
@@ -113,11 +117,16 @@ pub struct Setup {
     /// Serve HTTPS with this certificate and key (PEM files, for
     /// `localhost`) and the CA that signed it, as a real API server does.
     pub tls: Option<Tls>,
+    /// The first this many exec upgrades are refused as an API server
+    /// refuses them when it cannot reach the node's kubelet: 500 with
+    /// `error dialing backend: remote error: tls: internal error` (the
+    /// transient failure buildx retries); `usize::MAX` refuses them all.
+    pub refuse_execs: usize,
 }
 
 impl Setup {
     /// Plain HTTP, v5 offered, pods that start at once, the test's
-    /// `kilnd` run for an exec.
+    /// `kilnd` run for an exec; every exec upgraded.
     pub fn new<N: Into<Node>>(nodes: impl IntoIterator<Item = N>) -> HarnessResult<Setup> {
         Ok(Setup {
             nodes: nodes.into_iter().map(Into::into).collect(),
@@ -125,6 +134,7 @@ impl Setup {
             v4_only: false,
             pending: false,
             tls: None,
+            refuse_execs: 0,
         })
     }
 }
@@ -215,6 +225,11 @@ impl KubeApi {
     /// Every request so far.
     pub fn requests(&self) -> Vec<Request> {
         self.lock().requests.clone()
+    }
+
+    /// How many exec upgrades were refused ([`Setup::refuse_execs`]).
+    pub fn refused_execs(&self) -> usize {
+        self.lock().refused_execs
     }
 
     /// Every exec so far.
@@ -545,6 +560,29 @@ async fn exec<S: Conn>(
     let ["api", "v1", "namespaces", ns, "pods", pod, "exec"] = seg.as_slice() else {
         return Err(format!("upgrade of {path}: not an exec").into());
     };
+    let refuse = {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        let refuse = s.refused_execs < setup.refuse_execs;
+        if refuse {
+            s.refused_execs += 1;
+        }
+        refuse
+    };
+    if refuse {
+        let text = status(
+            500,
+            "InternalError",
+            "error dialing backend: remote error: tls: internal error",
+        )
+        .1
+        .to_string();
+        let resp = format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        r.get_mut().write_all(resp.as_bytes()).await?;
+        return Ok(());
+    }
     let offered = head
         .headers
         .get("sec-websocket-protocol")

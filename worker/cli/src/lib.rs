@@ -1246,7 +1246,12 @@ async fn build(
         std::sync::Arc::new(kiln_registry::DockerConfig);
 
     let ctrd = Containerd::connect(config).await?;
-    let engine = Engine::with_network(ctrd, root, cni).with_registry(std::sync::Arc::new(hosts));
+    let fetch = kiln_engine::sources::limits::FetchLimits::from_env(|k| {
+        std::env::var(k).ok().filter(|v| !v.is_empty())
+    })?;
+    let engine = Engine::with_network(ctrd, root, cni)
+        .with_registry(std::sync::Arc::new(hosts))
+        .with_fetch_limits(fetch);
     engine.sweep().await?;
     if opts.lint {
         let Some(source) = &local_source else {

@@ -8,6 +8,7 @@
 
 use kiln_engine::entitlements::{EntitlementError, Entitlements};
 use kiln_engine::network::{CniConfig, NetworkError, NetworkMode};
+use kiln_engine::sources::limits::FetchLimits;
 use kiln_snapshot::containerd::ContainerdConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,9 @@ pub struct Config {
     /// `[contexts]`: how long and how much of the clients' build contexts
     /// kilnd keeps between builds (`crate::contexts`).
     pub contexts: ContextsConfig,
+    /// `[fetch]`: bounds on each HTTP(S) download and git fetch of a
+    /// build (`ADD <url>`, remote contexts, git sources).
+    pub fetch: FetchLimits,
     /// How log lines are written (`--log-format`, `[log] format`).
     pub log_format: LogFormat,
     /// The group that owns the unix sockets (`--group`, `[grpc] gid`);
@@ -138,6 +142,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             registry: Default::default(),
             contexts: ContextsConfig::default(),
+            fetch: FetchLimits::default(),
             log_format: LogFormat::Text,
             group: None,
             metrics_addr: None,
@@ -344,7 +349,18 @@ pub struct FileConfig {
     #[serde(default)]
     contexts: ContextsSection,
     #[serde(default)]
+    fetch: FetchSection,
+    #[serde(default)]
     log: LogSection,
+}
+
+/// `[fetch]`: bounds on remote fetches; 0 means no bound.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FetchSection {
+    max_size: Option<Amount>,
+    idle_timeout: Option<Amount>,
+    timeout: Option<Amount>,
 }
 
 /// `[log]`: how log lines are written.
@@ -702,6 +718,20 @@ impl Config {
                 max_size: match &file.contexts.max_size {
                     Some(a) => a.bytes("contexts.max-size")?,
                     None => defaults.contexts.max_size,
+                },
+            },
+            fetch: FetchLimits {
+                max_size: match &file.fetch.max_size {
+                    Some(a) => a.bytes("fetch.max-size")?,
+                    None => defaults.fetch.max_size,
+                },
+                idle_timeout: match &file.fetch.idle_timeout {
+                    Some(a) => a.duration("fetch.idle-timeout")?,
+                    None => defaults.fetch.idle_timeout,
+                },
+                timeout: match &file.fetch.timeout {
+                    Some(a) => a.duration("fetch.timeout")?,
+                    None => defaults.fetch.timeout,
                 },
             },
         })
@@ -1521,5 +1551,31 @@ mod tests {
             .expect_err("unknown key");
         assert!(std::error::Error::source(&unknown)
             .is_some_and(|s| s.to_string().contains("max-count")));
+    }
+
+    #[test]
+    fn fetch_limits_parse_and_bad_ones_are_refused() {
+        let c = Config::resolve(file(""), &flags(&[]), env(&[])).expect("valid");
+        assert_eq!(c.fetch, FetchLimits::default());
+        let c = Config::resolve(
+            file("[fetch]\nmax-size = \"1MB\"\nidle-timeout = \"5s\"\ntimeout = 0"),
+            &flags(&[]),
+            env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.fetch,
+            FetchLimits {
+                max_size: 1 << 20,
+                idle_timeout: Duration::from_secs(5),
+                timeout: Duration::ZERO,
+            }
+        );
+        let err = Config::resolve(file("[fetch]\nmax-size = \"lots\""), &flags(&[]), env(&[]))
+            .expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "invalid size \"lots\" for fetch.max-size (expected bytes or e.g. 512MB, 10GB)"
+        );
     }
 }

@@ -64,6 +64,7 @@ impl Daemon {
                 config.root.clone(),
                 cni.clone(),
                 config.registry.clone(),
+                config.fetch,
             );
             t.engine.sweep().await?;
             Some(Arc::new(t))
@@ -141,6 +142,7 @@ impl Daemon {
                 state_dir,
                 self.cni.clone(),
                 self.config.registry.clone(),
+                self.config.fetch,
             );
             t.engine.sweep().await.map_err(|e| status_of(&e))?;
             tracing::info!(

@@ -208,9 +208,11 @@ impl Tenant {
         state_dir: PathBuf,
         cni: Option<Cni>,
         registry: Arc<kiln_registry::HostsConfig>,
+        fetch: kiln_engine::sources::limits::FetchLimits,
     ) -> Tenant {
-        let engine =
-            Engine::with_network(ctrd.clone(), state_dir.clone(), cni).with_registry(registry);
+        let engine = Engine::with_network(ctrd.clone(), state_dir.clone(), cni)
+            .with_registry(registry)
+            .with_fetch_limits(fetch);
         let max_builds = config.and_then(|c| c.max_builds);
         Tenant {
             name: config.map(|c| c.name.clone()),

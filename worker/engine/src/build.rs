@@ -130,6 +130,8 @@ pub struct Engine {
     lease_timing: crate::lease::LeaseTiming,
     /// Registries: mirrors, TLS, plain HTTP (`[registry."host"]`).
     registry_hosts: Arc<kiln_registry::HostsConfig>,
+    /// Bounds on each HTTP(S) download and git fetch (`[fetch]`).
+    fetch_limits: crate::sources::limits::FetchLimits,
 }
 
 impl std::fmt::Debug for Engine {
@@ -200,6 +202,7 @@ impl Engine {
             hashes,
             lease_timing: crate::lease::LeaseTiming::default(),
             registry_hosts: Arc::new(kiln_registry::HostsConfig::default()),
+            fetch_limits: Default::default(),
         }
     }
 
@@ -208,6 +211,14 @@ impl Engine {
     /// over HTTPS with the system roots (plain HTTP for localhost).
     pub fn with_registry(mut self, hosts: Arc<kiln_registry::HostsConfig>) -> Self {
         self.registry_hosts = hosts;
+        self
+    }
+
+    /// The same engine with these bounds on remote fetches (kilnd.toml's
+    /// `[fetch]`, `KILN_FETCH_*` of embedded builds); without, the
+    /// defaults of [`crate::sources::limits::FetchLimits`].
+    pub fn with_fetch_limits(mut self, limits: crate::sources::limits::FetchLimits) -> Self {
+        self.fetch_limits = limits;
         self
     }
 
@@ -522,6 +533,7 @@ impl Engine {
             pinned: req.pinned.clone(),
             secrets: req.secrets.clone(),
             ssh: req.ssh.clone(),
+            fetch_limits: self.fetch_limits,
             started: Default::default(),
             export_blobs: (req.export_blobs && !req.rewrite_timestamp).then(|| {
                 crate::blobs::ExportBlobs {

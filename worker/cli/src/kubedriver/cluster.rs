@@ -7,6 +7,7 @@
 
 use super::manifest::{self, CONTAINER};
 use super::opts::KubeOpts;
+use super::retry;
 use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -61,6 +62,79 @@ impl std::fmt::Display for DialStdioEnded {
 }
 
 impl std::error::Error for DialStdioEnded {}
+
+/// A pod exec that still failed for a transient reason after
+/// [`retry::ATTEMPTS`] tries (buildx's message); the last error is part of
+/// the message.
+#[derive(Debug, Clone)]
+struct ExecRetriesExhausted {
+    target: String,
+    attempts: u32,
+    last: String,
+}
+
+impl std::fmt::Display for ExecRetriesExhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "failed to connect to pod {} after {} attempts: {}",
+            self.target, self.attempts, self.last
+        )
+    }
+}
+
+impl std::error::Error for ExecRetriesExhausted {}
+
+/// `e` and its causes, each said once.
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cur = s.source();
+    }
+    text
+}
+
+/// Execs `kilnd dial-stdio` in `pod`, trying again after a transient
+/// failure as buildx does ([`retry`]); each retry is announced on stderr.
+/// A failure that is not transient is returned at once, as it is.
+async fn exec_dial_stdio(
+    api: &Api<Pod>,
+    pod: &str,
+    target: &str,
+    ap: &AttachParams,
+) -> Result<kube::api::AttachedProcess, Box<dyn std::error::Error + Send + Sync>> {
+    let mut attempt = 0;
+    loop {
+        let e = match api.exec(pod, ["kilnd", "dial-stdio"], ap).await {
+            Ok(p) => return Ok(p),
+            Err(e) => e,
+        };
+        if !retry::is_transient(&e) {
+            return Err(e.into());
+        }
+        attempt += 1;
+        if attempt >= retry::ATTEMPTS {
+            return Err(ExecRetriesExhausted {
+                target: target.to_string(),
+                attempts: attempt,
+                last: error_text(&e),
+            }
+            .into());
+        }
+        let delay = retry::backoff(attempt - 1);
+        eprintln!(
+            "WARNING: transient connection error to pod {target} (attempt {attempt}/{}): {}; retrying in {delay:?}",
+            retry::ATTEMPTS,
+            error_text(&e)
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
 
 /// The stderr of an exec'd dial-stdio: kept while the connection is
 /// being made (it is the error if the connection fails), printed as the
@@ -257,7 +331,7 @@ impl Cluster {
                         .stdin(true)
                         .stdout(true)
                         .stderr(true);
-                    let mut p = api.exec(&pod, ["kilnd", "dial-stdio"], &ap).await?;
+                    let mut p = exec_dial_stdio(&api, &pod, &format!("{ns}/{pod}"), &ap).await?;
                     let (Some(stdin), Some(stdout), Some(stderr)) =
                         (p.stdin(), p.stdout(), p.stderr())
                     else {
@@ -302,6 +376,9 @@ impl Cluster {
                 while let Some(s) = source {
                     if let Some(ended) = s.downcast_ref::<DialStdioEnded>() {
                         return anyhow::Error::new(ended.clone());
+                    }
+                    if let Some(tries) = s.downcast_ref::<ExecRetriesExhausted>() {
+                        return anyhow::Error::new(tries.clone());
                     }
                     source = s.source();
                 }

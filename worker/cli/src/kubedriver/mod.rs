@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod manifest;
 pub mod opts;
+pub mod retry;
 pub mod route;
 
 use crate::builders::Store;

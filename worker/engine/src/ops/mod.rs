@@ -54,6 +54,8 @@ pub struct StepRunner {
     pub secrets: Arc<dyn crate::secrets::SecretSource>,
     /// The client's SSH agents (`RUN --mount=type=ssh`).
     pub ssh: Arc<dyn crate::ssh::SshSource>,
+    /// Bounds on each HTTP(S) download and git fetch.
+    pub fetch_limits: crate::sources::limits::FetchLimits,
     /// Vertices already shown as started while they waited on another
     /// build's claim (`claim.rs`): not started twice.
     pub started: std::sync::Mutex<std::collections::HashSet<usize>>,

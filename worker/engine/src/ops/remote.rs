@@ -102,10 +102,19 @@ impl StepRunner {
         cancel: &CancellationToken,
     ) -> Result<Vec<Ref>> {
         let access = self.git_access(v, &src).await?;
-        let resolved = tokio::select! {
-            r = git::resolve(&src, &access.access) => r.map_err(|e| Self::source_err(v, e))?,
-            _ = cancel.cancelled() => return Err(WorkerError::Cancelled),
+        // The bounded commands stop on cancellation themselves (their
+        // process group killed and collected), so they are not raced.
+        let failed = |e: SourceFailure| {
+            if cancel.is_cancelled() {
+                WorkerError::Cancelled
+            } else {
+                Self::source_err(v, e)
+            }
         };
+        let bounds = git::Bounds::new(self.fetch_limits, &src.remote, Vec::new(), cancel.clone());
+        let resolved = git::resolve(&src, &access.access, &bounds)
+            .await
+            .map_err(failed)?;
         let key = Digest::of(
             serde_json::json!({
                 "source": "git",
@@ -134,11 +143,17 @@ impl StepRunner {
             .new_layer("git", |dir| {
                 let (src, resolved, scratch) = (&src, &resolved, scratch.clone());
                 let access = &access.access;
+                let limits = self.fetch_limits;
                 async move {
-                    tokio::select! {
-                        r = git::checkout(src, access, resolved, &scratch, &dir) => r.map_err(|e| Self::source_err(v, e)),
-                        _ = cancel.cancelled() => Err(WorkerError::Cancelled),
-                    }
+                    let bounds = git::Bounds::new(
+                        limits,
+                        &src.remote,
+                        vec![scratch.clone(), dir.clone()],
+                        cancel.clone(),
+                    );
+                    git::checkout(src, access, &bounds, resolved, &scratch, &dir)
+                        .await
+                        .map_err(failed)
                 }
             })
             .await;
@@ -259,7 +274,7 @@ impl StepRunner {
         // an ETag says nothing about it.
         let etag = if src.checksum.is_empty() {
             tokio::select! {
-                e = http::head_etag(&client, &src.url) => e,
+                e = http::head_etag(&client, &src.url, &self.fetch_limits) => e,
                 _ = cancel.cancelled() => return Err(WorkerError::Cancelled),
             }
         } else {
@@ -278,7 +293,7 @@ impl StepRunner {
                 let (client, src) = (&client, &src);
                 async move {
                     tokio::select! {
-                        r = http::download(client, src, &dir) => r.map_err(|e| Self::source_err(v, e)),
+                        r = http::download(client, src, &dir, &self.fetch_limits) => r.map_err(|e| Self::source_err(v, e)),
                         _ = cancel.cancelled() => Err(WorkerError::Cancelled),
                     }
                 }

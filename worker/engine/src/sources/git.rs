@@ -16,11 +16,22 @@
 //! agent as `SSH_AUTH_SOCK` and the source's known hosts, or no host key
 //! check without them ([`ssh_command`]). Unlike BuildKit, the daemon's
 //! own keys, agent and `~/.ssh/known_hosts` are never used or written.
+//!
+//! Limits: every command of a source runs in a process group of its own
+//! under the source's [`Bounds`]: past the deadline, over the size bound
+//! (the git directory and the checkout together, measured while the
+//! command runs) or when the build is cancelled, the whole group (git,
+//! its remote helper, `index-pack`, `ssh`) is killed and its status
+//! collected before the failure is returned.
 
+use super::limits::FetchLimits;
 use super::SourceFailure;
 use kiln_solver::source::{is_commit_id, GitSource};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt as _;
+use tokio_util::sync::CancellationToken;
 
 fn fail(m: impl Into<String>) -> SourceFailure {
     SourceFailure(m.into())
@@ -138,10 +149,213 @@ pub fn auth_secret_names(src: &GitSource) -> Vec<(String, bool)> {
     out
 }
 
+/// What bounds the commands of one git fetch: its [`FetchLimits`], the
+/// deadline they give, the directories whose size counts, and the build's
+/// cancellation.
+#[derive(Debug)]
+pub struct Bounds<'a> {
+    limits: FetchLimits,
+    /// The remote, named in a limit's failure.
+    url: &'a str,
+    deadline: Option<tokio::time::Instant>,
+    /// What the fetch writes: their size counts against `max_size`.
+    dirs: Vec<PathBuf>,
+    cancel: CancellationToken,
+    /// Set once a command was stopped by a bound or the cancellation:
+    /// every later step fails with that, never falls back.
+    halted: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> Bounds<'a> {
+    /// Bounds starting now for a fetch from `url` that writes below `dirs`.
+    pub fn new(
+        limits: FetchLimits,
+        url: &'a str,
+        dirs: Vec<PathBuf>,
+        cancel: CancellationToken,
+    ) -> Bounds<'a> {
+        Bounds {
+            deadline: limits.deadline(),
+            limits,
+            url,
+            dirs,
+            cancel,
+            halted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether what the fetch wrote is over the size bound.
+    async fn over_size(&self) -> bool {
+        if self.limits.max_size == 0 || self.dirs.is_empty() {
+            return false;
+        }
+        let dirs = self.dirs.clone();
+        let used = tokio::task::spawn_blocking(move || disk_usage(&dirs))
+            .await
+            .unwrap_or(0);
+        self.limits.too_large(used)
+    }
+
+    /// Whether a command was stopped by a bound or the cancellation.
+    pub fn halted(&self) -> bool {
+        self.halted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `e` as it is when the fetch was halted (a limit's message stands
+    /// alone), else what `wrap` makes of its message.
+    fn unless_halted(
+        &self,
+        e: SourceFailure,
+        wrap: impl FnOnce(String) -> SourceFailure,
+    ) -> SourceFailure {
+        if self.halted() {
+            e
+        } else {
+            wrap(e.0)
+        }
+    }
+
+    /// `Ok(true)` for a command that succeeded, `Ok(false)` for one that
+    /// failed and may be retried another way, the failure of a halted one.
+    fn tolerate<T>(&self, r: Result<T, SourceFailure>) -> Result<bool, SourceFailure> {
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if self.halted() => Err(e),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// The `git -c` settings of the idle bound: an HTTP(S) transfer slower
+    /// than a byte a second for the idle timeout is aborted by git itself.
+    fn idle_config(&self) -> Vec<(String, String)> {
+        match self.limits.idle() {
+            Some(idle) => vec![
+                ("http.lowSpeedLimit".into(), "1".into()),
+                (
+                    "http.lowSpeedTime".into(),
+                    idle.as_secs().max(1).to_string(),
+                ),
+            ],
+            None => Vec::new(),
+        }
+    }
+}
+
+/// How often the size of a running fetch is measured.
+const SIZE_POLL: Duration = Duration::from_millis(500);
+
+/// How long a killed command's group gets to go away before kiln stops
+/// waiting for its status (and logs that).
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// The bytes of the files below `dirs` (links and directories count
+/// nothing; what cannot be read counts nothing).
+fn disk_usage(dirs: &[PathBuf]) -> u64 {
+    dirs.iter()
+        .flat_map(|d| walkdir::WalkDir::new(d).into_iter().flatten())
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut p) = pipe {
+        // A read error ends the output; the status still says how it went.
+        let _ = p.read_to_end(&mut buf).await;
+    }
+    buf
+}
+
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `cmd` in a process group of its own within `bounds`; `spawn_err`
+/// says why it could not start. When a bound is crossed or the build is
+/// cancelled the group is killed, its status collected, and the failure
+/// returned (`cancelled` for a cancelled build: the caller reports that).
+async fn run_bounded(
+    mut cmd: tokio::process::Command,
+    bounds: &Bounds<'_>,
+    spawn_err: impl FnOnce(std::io::Error) -> SourceFailure,
+) -> Result<std::process::Output, SourceFailure> {
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let group = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(nix::unistd::Pid::from_raw);
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (status, stdout, stderr) = tokio::join!(child.wait(), read_all(out), read_all(err));
+        status.map(|status| std::process::Output {
+            status,
+            stdout,
+            stderr,
+        })
+    };
+    tokio::pin!(run);
+    // What was there before the command was measured when the last one
+    // ended; a walk that takes long delays the next rather than bunching.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SIZE_POLL, SIZE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = loop {
+        tokio::select! {
+            r = &mut run => {
+                let out = r.map_err(|e| fail(format!("waiting for {}: {e}", bounds.url)))?;
+                // A command quicker than a poll is measured when it ends.
+                if bounds.over_size().await {
+                    bounds.halted.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(bounds.limits.size_failure(bounds.url));
+                }
+                return Ok(out);
+            }
+            () = until(bounds.deadline) => break bounds.limits.timeout_failure(bounds.url),
+            () = bounds.cancel.cancelled() => break fail("cancelled"),
+            _ = tick.tick() => {
+                if bounds.over_size().await {
+                    break bounds.limits.size_failure(bounds.url);
+                }
+            }
+        }
+    };
+    bounds
+        .halted
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(pg) = group {
+        if let Err(e) = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL) {
+            tracing::warn!(pgid = %pg, error = %e, "cannot kill a git fetch's process group");
+        }
+    }
+    // The group's pipes close as it dies; its status is collected.
+    if tokio::time::timeout(KILL_WAIT, &mut run).await.is_err() {
+        tracing::warn!(
+            url = bounds.url,
+            "a killed git fetch did not exit within 10 s"
+        );
+    }
+    tracing::debug!(url = bounds.url, reason = %stop, "git fetch stopped");
+    Err(stop)
+}
+
 /// Runs `git args…` with no terminal prompts and no user or system
 /// config that could change what is fetched, and with the remote's
-/// credentials when there are some; returns stdout.
-async fn git(dir: Option<&Path>, access: &Access, args: &[&str]) -> Result<String, SourceFailure> {
+/// credentials when there are some, within `bounds`; returns stdout.
+async fn git(
+    dir: Option<&Path>,
+    access: &Access,
+    bounds: &Bounds<'_>,
+    args: &[&str],
+) -> Result<String, SourceFailure> {
     let mut cmd = tokio::process::Command::new("git");
     if let Some(d) = dir {
         cmd.current_dir(d);
@@ -157,10 +371,19 @@ async fn git(dir: Option<&Path>, access: &Access, args: &[&str]) -> Result<Strin
         // Never the agent of whoever started kiln.
         None => cmd.env_remove("SSH_AUTH_SOCK"),
     };
+    let mut config = bounds.idle_config();
     if let Some(a) = &access.header {
-        cmd.env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", format!("http.{}.extraheader", a.scope))
-            .env("GIT_CONFIG_VALUE_0", format!("Authorization: {}", a.value));
+        config.push((
+            format!("http.{}.extraheader", a.scope),
+            format!("Authorization: {}", a.value),
+        ));
+    }
+    if !config.is_empty() {
+        cmd.env("GIT_CONFIG_COUNT", config.len().to_string());
+    }
+    for (i, (k, v)) in config.into_iter().enumerate() {
+        cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
+            .env(format!("GIT_CONFIG_VALUE_{i}"), v);
     }
     cmd.args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
@@ -169,18 +392,15 @@ async fn git(dir: Option<&Path>, access: &Access, args: &[&str]) -> Result<Strin
         .env("GIT_ASKPASS", "/bin/false")
         .env("SSH_ASKPASS", "/bin/false")
         .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let out = cmd.output().await.map_err(|e| {
+        .env_remove("GIT_WORK_TREE");
+    let out = run_bounded(cmd, bounds, |e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             fail("git source needs the git binary, which is not installed (Debian package git)")
         } else {
             fail(format!("git {}: {e}", args.first().copied().unwrap_or("")))
         }
-    })?;
+    })
+    .await?;
     if !out.status.success() {
         return Err(fail(format!(
             "git {}: {}",
@@ -245,7 +465,11 @@ pub fn pick(reference: &str, listing: &str) -> Option<Resolved> {
 /// The commit `src` names: its full commit id (or `--checksum` with
 /// fetch-by-commit) without asking the remote, else `git ls-remote`.
 /// `--checksum` must be a prefix of the commit.
-pub async fn resolve(src: &GitSource, access: &Access) -> Result<Resolved, SourceFailure> {
+pub async fn resolve(
+    src: &GitSource,
+    access: &Access,
+    bounds: &Bounds<'_>,
+) -> Result<Resolved, SourceFailure> {
     if !src.checksum.is_empty() && !src.checksum.bytes().all(|c| c.is_ascii_hexdigit()) {
         return Err(fail(format!(
             "invalid checksum {} for Git URL, expected hex commit hash",
@@ -282,10 +506,15 @@ pub async fn resolve(src: &GitSource, access: &Access) -> Result<Resolved, Sourc
     let listing = git(
         None,
         access,
+        bounds,
         &["ls-remote", "--", &src.remote, &reference, &peeled],
     )
     .await
-    .map_err(|e| fail(format!("failed to fetch remote {}: {}", src.remote, e.0)))?;
+    .map_err(|e| {
+        bounds.unless_halted(e, |m| {
+            fail(format!("failed to fetch remote {}: {m}", src.remote))
+        })
+    })?;
     let r = pick(&reference, &listing).ok_or_else(|| {
         fail(format!(
             "repository does not contain ref {reference}, output: {listing:?}"
@@ -300,46 +529,50 @@ pub async fn resolve(src: &GitSource, access: &Access) -> Result<Resolved, Sourc
 /// Fetches `resolved` from `src.remote` into a git directory below
 /// `scratch` and checks it out into `dest` (an empty directory): the
 /// whole tree or `src.subdir`, submodules unless skipped, `.git` only
-/// with `keep_git_dir`.
+/// with `keep_git_dir`. `bounds` should count `scratch` and `dest`.
 pub async fn checkout(
     src: &GitSource,
     access: &Access,
+    bounds: &Bounds<'_>,
     resolved: &Resolved,
     scratch: &Path,
     dest: &Path,
 ) -> Result<(), SourceFailure> {
     let work = scratch.join("work");
     let p = |p: &Path| p.display().to_string();
-    git(None, access, &["init", "-q", &p(&work)]).await?;
+    git(None, access, bounds, &["init", "-q", &p(&work)]).await?;
     let w = Some(work.as_path());
-    git(w, access, &["remote", "add", "origin", &src.remote]).await?;
+    git(w, access, bounds, &["remote", "add", "origin", &src.remote]).await?;
     // The ref by name when there is one (any server serves that), the
     // commit itself otherwise; a server that refuses an unadvertised
     // commit gets a full fetch.
     let mut fetched = false;
     if !resolved.remote_ref.is_empty() {
         let spec = format!("+{}:refs/kiln/fetched", resolved.remote_ref);
-        fetched = git(
-            w,
-            access,
-            &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
-        )
-        .await
-        .is_ok();
-    }
-    if !fetched {
-        let spec = format!("+{}:refs/kiln/fetched", resolved.commit);
-        if git(
-            w,
-            access,
-            &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
-        )
-        .await
-        .is_err()
-        {
+        fetched = bounds.tolerate(
             git(
                 w,
                 access,
+                bounds,
+                &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
+            )
+            .await,
+        )?;
+    }
+    if !fetched {
+        let spec = format!("+{}:refs/kiln/fetched", resolved.commit);
+        let by_commit = git(
+            w,
+            access,
+            bounds,
+            &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
+        )
+        .await;
+        if !bounds.tolerate(by_commit)? {
+            git(
+                w,
+                access,
+                bounds,
                 &[
                     "fetch",
                     "-q",
@@ -349,17 +582,21 @@ pub async fn checkout(
                 ],
             )
             .await
-            .map_err(|e| fail(format!("failed to fetch remote {}: {}", src.remote, e.0)))?;
+            .map_err(|e| {
+                bounds.unless_halted(e, |m| {
+                    fail(format!("failed to fetch remote {}: {m}", src.remote))
+                })
+            })?;
         }
     }
     let commit_ref = format!("{}^{{commit}}", resolved.commit);
-    let have = git(w, access, &["rev-parse", "--verify", "-q", &commit_ref])
+    let have = git(w, access, bounds, &["rev-parse", "--verify", "-q", &commit_ref])
         .await
-        .map_err(|_| {
-            fail(format!(
+        .map_err(|e| {
+            bounds.unless_halted(e, |_| fail(format!(
                 "fetched ref {} does not match expected commit {} and commit can not be found in the repository",
                 resolved.remote_ref, resolved.commit
-            ))
+            )))
         })?;
     if have.trim() != resolved.commit {
         return Err(fail(format!(
@@ -374,16 +611,26 @@ pub async fn checkout(
             git(
                 w,
                 access,
+                bounds,
                 &["checkout", "-q", "-B", branch, &resolved.commit],
             )
             .await?
         }
-        _ => git(w, access, &["checkout", "-q", "--detach", &resolved.commit]).await?,
+        _ => {
+            git(
+                w,
+                access,
+                bounds,
+                &["checkout", "-q", "--detach", &resolved.commit],
+            )
+            .await?
+        }
     };
     if !src.skip_submodules && work.join(".gitmodules").exists() {
         git(
             w,
             access,
+            bounds,
             &[
                 "-c",
                 "protocol.file.allow=never",
@@ -396,15 +643,29 @@ pub async fn checkout(
         )
         .await
         .map_err(|e| {
-            fail(format!(
-                "failed to update submodules for {}: {}",
-                src.remote, e.0
-            ))
+            bounds.unless_halted(e, |m| {
+                fail(format!(
+                    "failed to update submodules for {}: {m}",
+                    src.remote
+                ))
+            })
         })?;
     }
-    git(w, access, &["update-ref", "-d", "refs/kiln/fetched"]).await?;
+    git(
+        w,
+        access,
+        bounds,
+        &["update-ref", "-d", "refs/kiln/fetched"],
+    )
+    .await?;
     let commit_time = if src.mtime == "commit" {
-        let t = git(w, access, &["log", "-1", "--format=%ct", &resolved.commit]).await?;
+        let t = git(
+            w,
+            access,
+            bounds,
+            &["log", "-1", "--format=%ct", &resolved.commit],
+        )
+        .await?;
         Some(
             t.trim()
                 .parse::<i64>()
@@ -436,15 +697,12 @@ pub async fn checkout(
     };
     // `cp -a` keeps modes, links and times; the .git directory comes
     // along only with keep_git_dir (it was removed otherwise).
-    let out = tokio::process::Command::new("cp")
-        .arg("-a")
+    let mut cp = tokio::process::Command::new("cp");
+    cp.arg("-a")
         .arg("--")
         .arg(format!("{}/.", from.display()))
-        .arg(dest)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| fail(format!("cp: {e}")))?;
+        .arg(dest);
+    let out = run_bounded(cp, bounds, |e| fail(format!("cp: {e}"))).await?;
     if !out.status.success() {
         return Err(fail(format!(
             "copying the checkout: {}",

@@ -2,7 +2,11 @@
 //! http source writes it: mode 0600 unless the op says otherwise, the
 //! owner the op names, the mtime from `Last-Modified` (else the epoch),
 //! its sha256 computed while it streams and checked against `--checksum`.
+//! The download is bounded by the [`FetchLimits`]: a body over the size
+//! bound (by its `Content-Length` or as it streams), a server silent for
+//! the idle timeout, or a download longer than the timeout fails it.
 
+use super::limits::FetchLimits;
 use super::SourceFailure;
 use kiln_solver::source::HttpSource;
 use sha2::{Digest as _, Sha256};
@@ -35,9 +39,18 @@ pub fn host_of(url: &str) -> &str {
 }
 
 /// Asks for the resource's `ETag` with a HEAD request; `None` when the
-/// server sends none or refuses HEAD (the caller then downloads).
-pub async fn head_etag(client: &reqwest::Client, url: &str) -> Option<String> {
-    let resp = client.head(url).send().await.ok()?;
+/// server sends none, refuses HEAD or answers nothing within the idle
+/// timeout (the caller then downloads, under all the limits).
+pub async fn head_etag(
+    client: &reqwest::Client,
+    url: &str,
+    limits: &FetchLimits,
+) -> Option<String> {
+    let head = client.head(url).send();
+    let resp = match limits.idle() {
+        Some(idle) => tokio::time::timeout(idle, head).await.ok()?.ok()?,
+        None => head.await.ok()?,
+    };
     if !resp.status().is_success() {
         return None;
     }
@@ -72,22 +85,56 @@ fn safe_name(n: &str) -> Option<String> {
 }
 
 /// Downloads `src` into `dir` (a fresh, empty directory), checking
-/// `src.checksum`. Blocking file writes run on the blocking pool.
+/// `src.checksum`, within `limits`. Blocking file writes run on the
+/// blocking pool. On failure the partial file stays in `dir`: the caller
+/// discards the directory (the op's snapshot).
 pub async fn download(
     client: &reqwest::Client,
     src: &HttpSource,
     dir: &Path,
+    limits: &FetchLimits,
 ) -> Result<Fetched, SourceFailure> {
-    let mut resp = client
-        .get(&src.url)
-        .send()
-        .await
+    let whole = download_unbounded(client, src, dir, limits);
+    match limits.deadline() {
+        Some(at) => tokio::time::timeout_at(at, whole)
+            .await
+            .map_err(|_| limits.timeout_failure(&src.url))?,
+        None => whole.await,
+    }
+}
+
+/// Waits for `step` at most the idle timeout.
+async fn idle_bounded<T>(
+    limits: &FetchLimits,
+    url: &str,
+    step: impl std::future::Future<Output = T>,
+) -> Result<T, SourceFailure> {
+    match limits.idle() {
+        Some(idle) => tokio::time::timeout(idle, step)
+            .await
+            .map_err(|_| limits.idle_failure(url)),
+        None => Ok(step.await),
+    }
+}
+
+async fn download_unbounded(
+    client: &reqwest::Client,
+    src: &HttpSource,
+    dir: &Path,
+    limits: &FetchLimits,
+) -> Result<Fetched, SourceFailure> {
+    let mut resp = idle_bounded(limits, &src.url, client.get(&src.url).send())
+        .await?
         .map_err(|e| SourceFailure(format!("failed to fetch {}: {}", src.url, chain(&e))))?;
     if !resp.status().is_success() {
         return Err(SourceFailure(format!(
             "invalid response status {}",
             resp.status().as_u16()
         )));
+    }
+    // A body announced over the bound is refused before a byte is written.
+    if resp.content_length().is_some_and(|n| limits.too_large(n)) {
+        return Err(limits.size_failure(&src.url));
     }
     let headers = resp.headers().clone();
     let header = |name: reqwest::header::HeaderName| {
@@ -104,12 +151,16 @@ pub async fn download(
     let perm = if src.perm == 0 { 0o600 } else { src.perm };
     let mut file = open_new(&path, perm)?;
     let mut hasher = Sha256::new();
+    let mut written: u64 = 0;
     loop {
-        let chunk = resp
-            .chunk()
-            .await
+        let chunk = idle_bounded(limits, &src.url, resp.chunk())
+            .await?
             .map_err(|e| SourceFailure(format!("failed to fetch {}: {}", src.url, chain(&e))))?;
         let Some(chunk) = chunk else { break };
+        written = written.saturating_add(chunk.len() as u64);
+        if limits.too_large(written) {
+            return Err(limits.size_failure(&src.url));
+        }
         hasher.update(&chunk);
         file = tokio::task::spawn_blocking(move || file.write_all(&chunk).map(|()| file))
             .await

@@ -7,6 +7,7 @@
 
 pub mod git;
 pub mod http;
+pub mod limits;
 
 /// Why a remote source could not be fetched: the message BuildKit gives
 /// where it has one. The op adds the Dockerfile line.
