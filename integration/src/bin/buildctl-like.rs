@@ -13,6 +13,9 @@
 //! auth provider answers from the docker config the same way).
 //! `BUILDCTL_LIKE_SSH=ID=SOCKET,ID=SOCKET` are the SSH agents the session
 //! forwards, as `buildctl --ssh ID=SOCKET`.
+//! `BUILDCTL_LIKE_OCI=NAME=DIR,NAME=DIR` are OCI layouts the session
+//! serves as the content stores `oci:NAME`, as `buildctl --oci-layout
+//! NAME=DIR` (and buildx for `--build-context X=oci-layout://DIR`) do.
 //! `BUILDCTL_LIKE_OPTS=k=v,k=v` are frontend options, as `buildctl --opt`;
 //! `BUILDCTL_LIKE_EXPORT=k=v,k=v` are more attributes of the image exporter
 //! (e.g. `compression=zstd`, as in `buildctl --output type=image,...`).
@@ -155,6 +158,22 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
             })))
             .into_service(),
             AuthServerImpl::METHODS,
+        );
+    }
+    let layouts = env_pairs("BUILDCTL_LIKE_OCI");
+    if !layouts.is_empty() {
+        let stores = layouts
+            .into_iter()
+            .map(|(name, dir)| {
+                (
+                    kiln_session::content::oci_store_id(&name),
+                    PathBuf::from(dir),
+                )
+            })
+            .collect();
+        services.add(
+            kiln_session::content::LayoutStores::new(stores).into_service(),
+            kiln_session::content::LayoutStores::METHODS,
         );
     }
     let agents = env_pairs("BUILDCTL_LIKE_SSH");

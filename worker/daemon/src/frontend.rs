@@ -29,6 +29,25 @@ pub struct Frontend {
     /// A multi-platform build's platforms (`build` holds all their
     /// vertices); empty for one platform.
     pub targets: Vec<kiln_engine::build::PlatformTarget>,
+    /// The copies of the client's OCI layouts the graph reads.
+    pub layouts: crate::ocilayout::Layouts,
+}
+
+/// Copies the blobs describing the image of each `oci-layout://` named
+/// context from the client's session, for the frontend to read configs.
+async fn describe_layouts(
+    d: &Daemon,
+    job: &Job,
+    session: &SessionHandle,
+    opts: &FrontendOptions,
+) -> Result<crate::ocilayout::Layouts, Status> {
+    let mut layouts = crate::ocilayout::Layouts::new(&crate::solve::job_dir(d, job));
+    for ctx in opts.named_contexts.values() {
+        if let kiln_dockerfile::NamedContext::OciLayout(l) = ctx {
+            layouts.describe(session, &l.store, &l.digest).await?;
+        }
+    }
+    Ok(layouts)
 }
 
 fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
@@ -147,7 +166,10 @@ pub async fn lint(
     } else {
         definition(d, job, session, &opts).await?
     };
-    let images = engine.base_images(opts.resolve_mode, credentials);
+    let layouts = describe_layouts(d, job, session, &opts).await?;
+    let images = engine
+        .base_images(opts.resolve_mode, credentials)
+        .with_oci_stores(layouts.stores());
     Ok(kiln_frontend::check::check(&source, &opts, &images).await)
 }
 
@@ -283,9 +305,11 @@ async fn plan(
     let load_name = load_name(&filename);
     // Registry lookups show as `[internal] load metadata for <name>`
     // steps, as BuildKit's frontend shows them.
+    let mut layouts = describe_layouts(d, job, session, &opts).await?;
     let (tx, rx) = kiln_engine::progress::channel();
     let images = engine
         .base_images(opts.resolve_mode, credentials)
+        .with_oci_stores(layouts.stores())
         .with_progress(tx);
     let pinned = images.pinned();
     let plan = async {
@@ -305,6 +329,9 @@ async fn plan(
     })?;
     crate::status::warnings(job, &load_name, &filename, &source.text, &build.warnings);
     let named = fetch_named(d, session, &build.graph).await?;
+    layouts
+        .fetch_layers(engine, Some(session), &build.graph)
+        .await?;
     Ok(Frontend {
         build,
         context,
@@ -318,6 +345,7 @@ async fn plan(
             language: "Dockerfile".into(),
         },
         targets,
+        layouts,
     })
 }
 

@@ -101,7 +101,7 @@ const FRONTEND_CAPS: &[&str] = &[
 /// implemented would turn a clear refusal into a wrong build.
 /// Not listed, because kiln does not do them yet: the http auth
 /// secrets, git ssh known hosts and socket, signature checks, image blobs,
-/// OCI layouts, cgroup parents, CDI devices, linux resources,
+/// cgroup parents, CDI devices, linux resources,
 /// `alwaysReplaceExistingDestPaths`, rm's `noFollowSymlink`, diff ops,
 /// content-cached mounts and per-vertex cache export switches.
 const LLB_CAPS: &[&str] = &[
@@ -132,6 +132,8 @@ const LLB_CAPS: &[&str] = &[
     "source.git.fetchbycommit",
     "source.http",
     "source.http.checksum",
+    // From the client's session content store `oci:NAME` (`ocilayout.rs`).
+    "source.ocilayout",
     "source.http.perm",
     // BuildKit's own spelling of this id.
     "soruce.http.uidgid",
@@ -799,11 +801,12 @@ mod tests {
             "source.git.knownsshhosts",
             "source.git.mountsshsock",
             "source.http",
+            "source.ocilayout",
             "exec.mount.ssh",
         ] {
             assert!(has(id), "{id} missing");
         }
-        for id in ["source.ocilayout", "diffop", "exec.meta.cdi"] {
+        for id in ["diffop", "exec.meta.cdi"] {
             assert!(!has(id), "{id} advertised but not implemented");
         }
     }

@@ -25,6 +25,7 @@ mod listen;
 mod llb;
 mod metrics;
 mod notify;
+mod ocilayout;
 mod push;
 mod registry;
 mod resultfs;

@@ -214,7 +214,7 @@ pub async fn solve(
     let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
     let mut pinned = kiln_engine::resolve::Pinned::default();
     let mut targets = Vec::new();
-    let (graph, result, digests, config, locals, held, sources) = match input {
+    let (graph, result, digests, config, locals, held, sources, layouts) = match input {
         Input::Definition(def) => {
             let t =
                 crate::llb::translate(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -222,8 +222,12 @@ pub async fn solve(
                 return Err(Status::invalid_argument("the definition has no result"));
             };
             let (locals, held) = fetch_locals(d, session, &t.graph).await?;
+            let mut layouts = crate::ocilayout::Layouts::new(&dir);
+            layouts.fetch_layers(engine, session, &t.graph).await?;
             let sources = crate::errdetails::SourceMap::definition(def, &t.digests);
-            (t.graph, result, t.digests, None, locals, held, sources)
+            (
+                t.graph, result, t.digests, None, locals, held, sources, layouts,
+            )
         }
         Input::Dockerfile(attrs) => {
             let session = session.ok_or_else(|| {
@@ -256,6 +260,7 @@ pub async fn solve(
                 locals,
                 held,
                 sources,
+                f.layouts,
             )
         }
     };
@@ -305,9 +310,8 @@ pub async fn solve(
         result,
         config: config.clone().unwrap_or_default(),
         locals,
-        // kilnd reads no OCI layout from the session yet: such a
-        // named context fails as not supported when it is resolved.
-        oci_stores: Default::default(),
+        // The copies of the client's OCI layouts (`crate::ocilayout`).
+        oci_stores: layouts.stores(),
         names: Vec::new(),
         compression,
         cache_imports: cache.imports,
