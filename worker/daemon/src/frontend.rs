@@ -180,9 +180,11 @@ pub async fn dockerfile(
     job: &Job,
     session: &SessionHandle,
     attrs: &HashMap<String, String>,
+    inputs: &HashMap<String, kiln_proto::llb::Definition>,
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    crate::inputs::check(&opts, inputs)?;
     if opts.lint {
         // Its result is metadata only a gateway client reads.
         return Err(Status::unimplemented(
@@ -192,7 +194,18 @@ pub async fn dockerfile(
     if opts.remote_context.is_some() {
         let source =
             remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?;
-        return plan(d, engine, job, session, opts, source, None, credentials).await;
+        return plan(
+            d,
+            engine,
+            job,
+            session,
+            opts,
+            source,
+            None,
+            inputs,
+            credentials,
+        )
+        .await;
     }
     let source = definition(d, job, session, &opts).await?;
     // A named local context is read with its own `.dockerignore`, fetched
@@ -234,6 +247,7 @@ pub async fn dockerfile(
         opts,
         source,
         Some(context),
+        inputs,
         credentials,
     )
     .await
@@ -299,6 +313,7 @@ async fn plan(
     opts: FrontendOptions,
     source: kiln_frontend::DockerfileSource,
     context: Option<crate::contexts::Held>,
+    inputs: &HashMap<String, kiln_proto::llb::Definition>,
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let filename = opts.filename.clone();
@@ -318,7 +333,7 @@ async fn plan(
         r
     };
     let (build, ()) = tokio::join!(plan, forward_steps(job, rx));
-    let (build, targets) = build.map_err(|e| {
+    let (mut build, mut targets) = build.map_err(|e| {
         // A Dockerfile error about a line carries it as BuildKit's source
         // detail, so clients print the snippet.
         let line = match &e {
@@ -328,6 +343,16 @@ async fn plan(
         crate::errdetails::with_line(frontend_status(&e), &filename, source.text.as_bytes(), line)
     })?;
     crate::status::warnings(job, &load_name, &filename, &source.text, &build.warnings);
+    // The frontend inputs' vertices in place of their placeholders, before
+    // the local sources and layouts the graph reads are fetched.
+    if !inputs.is_empty() {
+        let (graph, moved) = crate::inputs::splice(std::mem::take(&mut build.graph), inputs)?;
+        build.graph = graph;
+        build.result = moved[build.result.0];
+        for t in &mut targets {
+            t.result = moved[t.result.0];
+        }
+    }
     let named = fetch_named(d, session, &build.graph).await?;
     layouts
         .fetch_layers(engine, Some(session), &build.graph)

@@ -20,6 +20,7 @@ mod export;
 mod frontend;
 mod gateway;
 mod health;
+mod inputs;
 mod jobs;
 mod listen;
 mod llb;

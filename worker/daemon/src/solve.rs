@@ -16,7 +16,11 @@ use tonic::Status;
 /// What to solve.
 pub enum Input<'a> {
     Definition(&'a llb::Definition),
-    Dockerfile(&'a HashMap<String, String>),
+    /// The frontend attributes and the frontend inputs (`crate::inputs`).
+    Dockerfile(
+        &'a HashMap<String, String>,
+        &'a HashMap<String, llb::Definition>,
+    ),
 }
 
 /// The directory where a job's local sources land:
@@ -229,13 +233,20 @@ pub async fn solve(
                 t.graph, result, t.digests, None, locals, held, sources, layouts,
             )
         }
-        Input::Dockerfile(attrs) => {
+        Input::Dockerfile(attrs, inputs) => {
             let session = session.ok_or_else(|| {
                 Status::failed_precondition("the dockerfile frontend needs a session")
             })?;
-            let f =
-                crate::frontend::dockerfile(d, engine, job, session, attrs, credentials.clone())
-                    .await?;
+            let f = crate::frontend::dockerfile(
+                d,
+                engine,
+                job,
+                session,
+                attrs,
+                inputs,
+                credentials.clone(),
+            )
+            .await?;
             resolve_mode = f.resolve_mode;
             pinned = f.pinned;
             targets = f.targets;
