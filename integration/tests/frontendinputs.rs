@@ -113,7 +113,7 @@ async fn named_contexts_read_frontend_inputs() {
         (
             "context:base=input:missing".to_string(),
             String::new(),
-            "invalid input missing for ",
+            "invalid input missing for base",
         ),
         (
             "context:tools=input:tools".to_string(),

@@ -6,9 +6,16 @@
 //! config through the session, copies the layers containerd lacks and
 //! builds on them.
 
+use kiln_integration::llbdef::{op_bytes, shell_exec};
 use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
+use kiln_proto::control::control_client::ControlClient;
+use kiln_proto::control::{Exporter, SolveRequest};
+use kiln_proto::llb;
+use kiln_session::hijack::{client_side, serve_session, SessionServices};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use tokio_util::sync::CancellationToken;
 
 /// An image with a file of its own and an ENV, exported by kilnd as an
 /// OCI archive and unpacked into a layout directory; its index digest.
@@ -157,4 +164,99 @@ async fn an_oci_layout_of_the_session_is_a_named_context() {
 fn blob(dir: &Path, digest: &str) -> PathBuf {
     let (alg, hex) = digest.split_once(':').expect("a digest");
     dir.join("blobs").join(alg).join(hex)
+}
+
+/// Raw LLB through `Control.Solve` (buildctl with `--oci-layout
+/// lay=DIR` and a definition of `llb.OCILayout`): an `oci-layout://`
+/// source with `oci.store` and a step on it, in a session serving the
+/// layout as `oci:lay`; the image the step made has the layout's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llb_oci_layout_source_reads_the_session_store() {
+    let ns = "ocilayout-llb-src";
+    let h = Harness::with_busybox(ns).await;
+    let (dir, digest) = layout(&h, ns).await;
+    let other = "ocilayout-llb-use";
+    // The layout's image is busybox-based (the step's shell comes from
+    // it); this namespace has none of its layers.
+    let k = h.start_kilnd(other).await.expect("kilnd starts");
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let mut control = ControlClient::new(ch);
+
+    let id = format!("ocilayoutllb{}", std::process::id());
+    let mut services = SessionServices::new();
+    services.add(
+        kiln_session::content::LayoutStores::new(HashMap::from([(
+            kiln_session::content::oci_store_id("lay"),
+            dir.clone(),
+        )]))
+        .into_service(),
+        kiln_session::content::LayoutStores::METHODS,
+    );
+    let (side, requests) = client_side();
+    let mut req = tonic::Request::new(requests);
+    let md = req.metadata_mut();
+    md.insert("x-docker-expose-session-uuid", id.parse().expect("ascii"));
+    md.insert(
+        "x-docker-expose-session-sharedkey",
+        "".parse().expect("ascii"),
+    );
+    for m in services.methods() {
+        md.append(
+            "x-docker-expose-session-grpc-method",
+            m.parse().expect("ascii"),
+        );
+    }
+    let responses = control.session(req).await.expect("session").into_inner();
+    let done = CancellationToken::new();
+    let served = tokio::spawn(serve_session(
+        side.attach(responses),
+        services,
+        done.clone(),
+    ));
+
+    let (src_b, src_d) = op_bytes(&llb::Op {
+        op: Some(llb::op::Op::Source(llb::SourceOp {
+            identifier: format!("oci-layout://lay@{digest}"),
+            attrs: HashMap::from([("oci.store".to_string(), "lay".to_string())]),
+        })),
+        ..Default::default()
+    });
+    let (exec_b, exec_d) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: src_d,
+            index: 0,
+        }],
+        op: Some(llb::op::Op::Exec(shell_exec("cat /layout.txt > /step.txt"))),
+        ..Default::default()
+    });
+    let (term_b, _) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: exec_d,
+            index: 0,
+        }],
+        ..Default::default()
+    });
+    let image = "docker.io/library/llb-session-layout:1";
+    let r = control
+        .solve(SolveRequest {
+            r#ref: format!("ocilayoutllbbuild{}", std::process::id()),
+            definition: Some(llb::Definition {
+                def: vec![src_b, exec_b, term_b],
+                ..Default::default()
+            }),
+            session: id,
+            exporters: vec![Exporter {
+                r#type: "image".into(),
+                attrs: HashMap::from([("name".to_string(), image.to_string())]),
+            }],
+            ..Default::default()
+        })
+        .await;
+    done.cancel();
+    let _ = served.await;
+    r.expect("the solve succeeds");
+    let got = h.run_image(other, image, "oci-llb-run", &["cat", "/step.txt"]);
+    assert_eq!(got, "from the layout\n");
 }

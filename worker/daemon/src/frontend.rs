@@ -184,7 +184,7 @@ pub async fn dockerfile(
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
-    crate::inputs::check(&opts, inputs)?;
+    crate::inputs::check(attrs, inputs)?;
     if opts.lint {
         // Its result is metadata only a gateway client reads.
         return Err(Status::unimplemented(

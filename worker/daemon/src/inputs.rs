@@ -7,20 +7,25 @@
 //! by the inputs' own vertices, as BuildKit's frontend reads the input's
 //! state in their place.
 
-use kiln_frontend::FrontendOptions;
 use kiln_proto::llb;
 use kiln_solver::{Graph, Op, VertexId};
 use std::collections::HashMap;
 use tonic::Status;
 
-/// Every input the named contexts read must have been sent: BuildKit's
-/// error otherwise, before anything is planned.
+/// Every input the named contexts read (`context:NAME=input:X` in the
+/// frontend attributes) must have been sent: BuildKit's error otherwise,
+/// naming the context as the client did, before anything is planned.
 pub fn check(
-    opts: &FrontendOptions,
+    attrs: &HashMap<String, String>,
     inputs: &HashMap<String, llb::Definition>,
 ) -> Result<(), Status> {
-    for (input, context) in opts.inputs() {
-        if !inputs.contains_key(&input) {
+    let mut read: Vec<(&str, &str)> = attrs
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("context:")?, v.strip_prefix("input:")?)))
+        .collect();
+    read.sort_unstable();
+    for (context, input) in read {
+        if !inputs.contains_key(input) {
             return Err(Status::invalid_argument(format!(
                 "invalid input {input} for {context}"
             )));

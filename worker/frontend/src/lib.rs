@@ -330,24 +330,6 @@ impl FrontendOptions {
         }
         Ok(opts)
     }
-
-    /// The frontend inputs the named contexts read (`input:NAME`), by
-    /// input name, each with the first context name that reads it.
-    pub fn inputs(&self) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        for (ctx_name, ctx) in &self.named_contexts {
-            let identifier = match ctx {
-                NamedContext::Remote { op, .. } => op.identifier.as_str(),
-                NamedContext::Image(r) => r.as_str(),
-                _ => continue,
-            };
-            if let Some(input) = identifier.strip_prefix(kiln_dockerfile::INPUT_SCHEME) {
-                out.entry(input.to_string())
-                    .or_insert_with(|| ctx_name.clone());
-            }
-        }
-        out
-    }
 }
 
 /// The image config in an `input-metadata:NAME` value: BuildKit's JSON
