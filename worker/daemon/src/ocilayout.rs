@@ -54,8 +54,9 @@ impl Layouts {
         if let Some(d) = self.stores.get(store) {
             return Ok(d.clone());
         }
+        // Another solve of the same build may be reading a copy already:
+        // blobs are named by digest and checked, so it is shared.
         let dir = self.root.join(Digest::of(store.as_bytes()).hex());
-        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("blobs/sha256"))
             .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
         self.stores.insert(store.to_string(), dir.clone());
@@ -91,6 +92,7 @@ impl Layouts {
                 )));
             }
             let path = blob_path(store, &dir, &d)?;
+            // A copy an earlier solve of the build made was checked then.
             let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
                 Err(_) => {
@@ -202,9 +204,15 @@ async fn read_json(session: &SessionHandle, store: &str, digest: &str) -> Result
     Ok(bytes)
 }
 
+/// Writes a checked blob through a temporary name, so a concurrent
+/// reader never sees half of it.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Status> {
-    std::fs::write(path, bytes)
-        .map_err(|e| Status::internal(format!("write {}: {e}", path.display())))
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("json-{n}"));
+    let err = |e: std::io::Error| Status::internal(format!("write {}: {e}", path.display()));
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
 }
 
 /// Copies a layer of the client's store to `path` (through a temporary
@@ -217,7 +225,9 @@ async fn copy_layer(
     size: u64,
     path: &Path,
 ) -> Result<(), Status> {
-    let partial = path.with_extension("partial");
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = path.with_extension(format!("partial-{n}"));
     let io = |e: std::io::Error| Status::internal(format!("write {}: {e}", partial.display()));
     let mut f = tokio::fs::File::create(&partial).await.map_err(io)?;
     let id = content::oci_store_id(store);
