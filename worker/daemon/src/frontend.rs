@@ -318,9 +318,9 @@ async fn plan(
 ) -> Result<Frontend, Status> {
     let filename = opts.filename.clone();
     let load_name = load_name(&filename);
+    let mut layouts = describe_layouts(d, job, session, &opts).await?;
     // Registry lookups show as `[internal] load metadata for <name>`
     // steps, as BuildKit's frontend shows them.
-    let mut layouts = describe_layouts(d, job, session, &opts).await?;
     let (tx, rx) = kiln_engine::progress::channel();
     let images = engine
         .base_images(opts.resolve_mode, credentials)
