@@ -22,6 +22,9 @@
 
 pub mod wire;
 
+/// `containerd.services.content.v1`: the content stores a client
+/// attaches to its session (an OCI layout for `oci-layout://` contexts).
+pub use wire::containerd::services::content::v1 as content;
 /// `errdefs`: the typed details of a failed build's status (the failed
 /// vertex, its source ranges).
 pub use wire::errdefs;

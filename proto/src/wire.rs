@@ -21,6 +21,24 @@ pub mod errdefs {
     include!(concat!(env!("OUT_DIR"), "/errdefs.rs"));
 }
 
+/// Packages under `containerd`.
+pub mod containerd {
+    /// Packages under `containerd.services`.
+    pub mod services {
+        /// Packages under `containerd.services.content`.
+        pub mod content {
+            /// Package `containerd.services.content.v1`: the content store
+            /// a client attaches to its session.
+            pub mod v1 {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/containerd.services.content.v1.rs"
+                ));
+            }
+        }
+    }
+}
+
 /// Package `fsutil` (tonistiigi/fsutil).
 pub mod fsutil {
     /// Package `fsutil.types`: the DiffCopy packets and file stats.

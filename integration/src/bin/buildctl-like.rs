@@ -13,6 +13,11 @@
 //! auth provider answers from the docker config the same way).
 //! `BUILDCTL_LIKE_SSH=ID=SOCKET,ID=SOCKET` are the SSH agents the session
 //! forwards, as `buildctl --ssh ID=SOCKET`.
+//! `BUILDCTL_LIKE_OCI=NAME=DIR,NAME=DIR` are OCI layouts the session
+//! serves as the content stores `oci:NAME`, as `buildctl --oci-layout
+//! NAME=DIR` (and buildx for `--build-context X=oci-layout://DIR`) do.
+//! `BUILDCTL_LIKE_INPUTS=NAME=FILE,NAME=FILE` are frontend inputs, each an
+//! encoded LLB `Definition` (as buildx sends bake's `target:` contexts).
 //! `BUILDCTL_LIKE_OPTS=k=v,k=v` are frontend options, as `buildctl --opt`;
 //! `BUILDCTL_LIKE_EXPORT=k=v,k=v` are more attributes of the image exporter
 //! (e.g. `compression=zstd`, as in `buildctl --output type=image,...`).
@@ -77,14 +82,28 @@ fn env_pairs(var: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// The frontend inputs of `BUILDCTL_LIKE_INPUTS`.
+fn frontend_inputs() -> Result<HashMap<String, kiln_proto::llb::Definition>, Error> {
+    env_pairs("BUILDCTL_LIKE_INPUTS")
+        .into_iter()
+        .map(|(name, file)| {
+            let bytes = std::fs::read(&file)?;
+            let def = <kiln_proto::llb::Definition as prost::Message>::decode(bytes.as_slice())?;
+            Ok((name, def))
+        })
+        .collect()
+}
+
 /// The frontend half: LLBBridge.Solve with dockerfile.v0, then Return.
 async fn gateway(channel: Channel, build: String) -> Result<(), Error> {
     let mut bridge = LlbBridgeClient::new(channel);
+    let frontend_inputs = frontend_inputs()?;
     let solved = bridge
         .solve(with_build_id(
             gateway::SolveRequest {
                 frontend: "dockerfile.v0".into(),
                 frontend_opt: env_pairs("BUILDCTL_LIKE_OPTS"),
+                frontend_inputs,
                 allow_result_return: true,
                 ..Default::default()
             },
@@ -155,6 +174,22 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
             })))
             .into_service(),
             AuthServerImpl::METHODS,
+        );
+    }
+    let layouts = env_pairs("BUILDCTL_LIKE_OCI");
+    if !layouts.is_empty() {
+        let stores = layouts
+            .into_iter()
+            .map(|(name, dir)| {
+                (
+                    kiln_session::content::oci_store_id(&name),
+                    PathBuf::from(dir),
+                )
+            })
+            .collect();
+        services.add(
+            kiln_session::content::LayoutStores::new(stores).into_service(),
+            kiln_session::content::LayoutStores::METHODS,
         );
     }
     let agents = env_pairs("BUILDCTL_LIKE_SSH");

@@ -45,7 +45,7 @@ async fn run_solve(
     d: Arc<Daemon>,
     tenant: Arc<Tenant>,
     job: Arc<Job>,
-    r: SolveRequest,
+    mut r: SolveRequest,
 ) -> Result<SolveResponse, Status> {
     if r.source_policy
         .as_ref()
@@ -86,12 +86,13 @@ async fn run_solve(
                 .get("source")
                 .is_some_and(|s| s == "dockerfile.v0")
     {
+        crate::gateway::context_from_inputs(&mut r.frontend_attrs, &mut r.frontend_inputs)?;
         solve(
             &d,
             &tenant.engine,
             &job,
             session.as_ref(),
-            Input::Dockerfile(&r.frontend_attrs),
+            Input::Dockerfile(&r.frontend_attrs, &r.frontend_inputs),
             compression,
         )
         .await?

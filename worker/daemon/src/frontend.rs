@@ -29,6 +29,25 @@ pub struct Frontend {
     /// A multi-platform build's platforms (`build` holds all their
     /// vertices); empty for one platform.
     pub targets: Vec<kiln_engine::build::PlatformTarget>,
+    /// The copies of the client's OCI layouts the graph reads.
+    pub layouts: crate::ocilayout::Layouts,
+}
+
+/// Copies the blobs describing the image of each `oci-layout://` named
+/// context from the client's session, for the frontend to read configs.
+async fn describe_layouts(
+    d: &Daemon,
+    job: &Job,
+    session: &SessionHandle,
+    opts: &FrontendOptions,
+) -> Result<crate::ocilayout::Layouts, Status> {
+    let mut layouts = crate::ocilayout::Layouts::new(&crate::solve::job_dir(d, job));
+    for ctx in opts.named_contexts.values() {
+        if let kiln_dockerfile::NamedContext::OciLayout(l) = ctx {
+            layouts.describe(session, &l.store, &l.digest).await?;
+        }
+    }
+    Ok(layouts)
 }
 
 fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
@@ -147,7 +166,10 @@ pub async fn lint(
     } else {
         definition(d, job, session, &opts).await?
     };
-    let images = engine.base_images(opts.resolve_mode, credentials);
+    let layouts = describe_layouts(d, job, session, &opts).await?;
+    let images = engine
+        .base_images(opts.resolve_mode, credentials)
+        .with_oci_stores(layouts.stores());
     Ok(kiln_frontend::check::check(&source, &opts, &images).await)
 }
 
@@ -158,9 +180,11 @@ pub async fn dockerfile(
     job: &Job,
     session: &SessionHandle,
     attrs: &HashMap<String, String>,
+    inputs: &HashMap<String, kiln_proto::llb::Definition>,
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    crate::inputs::check(attrs, inputs)?;
     if opts.lint {
         // Its result is metadata only a gateway client reads.
         return Err(Status::unimplemented(
@@ -170,7 +194,18 @@ pub async fn dockerfile(
     if opts.remote_context.is_some() {
         let source =
             remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?;
-        return plan(d, engine, job, session, opts, source, None, credentials).await;
+        return plan(
+            d,
+            engine,
+            job,
+            session,
+            opts,
+            source,
+            None,
+            inputs,
+            credentials,
+        )
+        .await;
     }
     let source = definition(d, job, session, &opts).await?;
     // A named local context is read with its own `.dockerignore`, fetched
@@ -212,6 +247,7 @@ pub async fn dockerfile(
         opts,
         source,
         Some(context),
+        inputs,
         credentials,
     )
     .await
@@ -277,15 +313,18 @@ async fn plan(
     opts: FrontendOptions,
     source: kiln_frontend::DockerfileSource,
     context: Option<crate::contexts::Held>,
+    inputs: &HashMap<String, kiln_proto::llb::Definition>,
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let filename = opts.filename.clone();
     let load_name = load_name(&filename);
+    let mut layouts = describe_layouts(d, job, session, &opts).await?;
     // Registry lookups show as `[internal] load metadata for <name>`
     // steps, as BuildKit's frontend shows them.
     let (tx, rx) = kiln_engine::progress::channel();
     let images = engine
         .base_images(opts.resolve_mode, credentials)
+        .with_oci_stores(layouts.stores())
         .with_progress(tx);
     let pinned = images.pinned();
     let plan = async {
@@ -294,7 +333,7 @@ async fn plan(
         r
     };
     let (build, ()) = tokio::join!(plan, forward_steps(job, rx));
-    let (build, targets) = build.map_err(|e| {
+    let (mut build, mut targets) = build.map_err(|e| {
         // A Dockerfile error about a line carries it as BuildKit's source
         // detail, so clients print the snippet.
         let line = match &e {
@@ -304,7 +343,20 @@ async fn plan(
         crate::errdetails::with_line(frontend_status(&e), &filename, source.text.as_bytes(), line)
     })?;
     crate::status::warnings(job, &load_name, &filename, &source.text, &build.warnings);
+    // The frontend inputs' vertices in place of their placeholders, before
+    // the local sources and layouts the graph reads are fetched.
+    if !inputs.is_empty() {
+        let (graph, moved) = crate::inputs::splice(std::mem::take(&mut build.graph), inputs)?;
+        build.graph = graph;
+        build.result = moved[build.result.0];
+        for t in &mut targets {
+            t.result = moved[t.result.0];
+        }
+    }
     let named = fetch_named(d, session, &build.graph).await?;
+    layouts
+        .fetch_layers(engine, Some(session), &build.graph)
+        .await?;
     Ok(Frontend {
         build,
         context,
@@ -318,6 +370,7 @@ async fn plan(
             language: "Dockerfile".into(),
         },
         targets,
+        layouts,
     })
 }
 

@@ -79,7 +79,7 @@ impl GatewayService {
 /// itself hold by construction. buildx reads a remote context's policy
 /// file through `statfile` and `readfile`, and refuses without them.
 /// A client's `Warn` becomes a warning of the build's status.
-/// Not listed, because kiln does not do them yet: `Inputs`, containers (`gateway.exec*`), `resolveimage`, the source meta
+/// Not listed, because kiln does not do them yet: `LLBBridge.Inputs`, containers (`gateway.exec*`), `resolveimage`, the source meta
 /// resolver, cache imports and reference definitions.
 const FRONTEND_CAPS: &[&str] = &[
     "solve.base",
@@ -92,6 +92,9 @@ const FRONTEND_CAPS: &[&str] = &[
     "gateway.evaluate",
     "gateway.solve.evaluate",
     "gateway.warnings",
+    // For named contexts (`context:NAME=input:X`); a result as the main
+    // context is refused by name (`context_from_inputs`).
+    "frontend.inputs",
 ];
 
 /// The LLB capabilities kiln can build: BuildKit's ids (solver/pb's
@@ -101,7 +104,7 @@ const FRONTEND_CAPS: &[&str] = &[
 /// implemented would turn a clear refusal into a wrong build.
 /// Not listed, because kiln does not do them yet: the http auth
 /// secrets, git ssh known hosts and socket, signature checks, image blobs,
-/// OCI layouts, cgroup parents, CDI devices, linux resources,
+/// cgroup parents, CDI devices, linux resources,
 /// `alwaysReplaceExistingDestPaths`, rm's `noFollowSymlink`, diff ops,
 /// content-cached mounts and per-vertex cache export switches.
 const LLB_CAPS: &[&str] = &[
@@ -132,6 +135,8 @@ const LLB_CAPS: &[&str] = &[
     "source.git.fetchbycommit",
     "source.http",
     "source.http.checksum",
+    // From the client's session content store `oci:NAME` (`ocilayout.rs`).
+    "source.ocilayout",
     "source.http.perm",
     // BuildKit's own spelling of this id.
     "soruce.http.uidgid",
@@ -180,28 +185,45 @@ fn caps(ids: &[&str]) -> Vec<ApiCap> {
 /// (`BUILDX_SEND_GIT_QUERY_AS_INPUT`) as the git state it made from the
 /// URL, with the URL in `input:context` and no `context` attribute; kiln
 /// fetches that URL itself, with the same build arguments, so the attribute
-/// is put back. Any other input (a build result as a context, bake's
-/// `target:`) is refused by name.
-fn context_from_inputs(r: &mut SolveRequest) -> Result<(), Status> {
-    if r.frontend_inputs.is_empty() {
+/// is put back. Inputs that named contexts read (`context:NAME=input:X`,
+/// bake's `target:` contexts) stay for the frontend (`crate::inputs`);
+/// any other input (a build result as the main context) is refused by
+/// name.
+pub fn context_from_inputs(
+    frontend_opt: &mut HashMap<String, String>,
+    frontend_inputs: &mut HashMap<String, kiln_proto::llb::Definition>,
+) -> Result<(), Status> {
+    if frontend_inputs.is_empty() {
         return Ok(());
     }
-    let context = r.frontend_inputs.get("context");
+    let context = frontend_inputs.get("context");
     let git_state = context.is_some()
-        && r.frontend_inputs.len() <= 2
-        && r.frontend_inputs
+        && frontend_inputs.len() <= 2
+        && frontend_inputs
             .iter()
             .all(|(k, v)| k == "context" || k == "dockerfile" && Some(v) == context)
-        && !r.frontend_opt.contains_key("context");
-    match r.frontend_opt.get("input:context").cloned() {
+        && !frontend_opt.contains_key("context");
+    match frontend_opt.get("input:context").cloned() {
         Some(url) if git_state => {
-            r.frontend_opt.remove("input:context");
-            r.frontend_opt.insert("context".to_string(), url);
-            r.frontend_inputs.clear();
+            frontend_opt.remove("input:context");
+            frontend_opt.insert("context".to_string(), url);
+            frontend_inputs.clear();
             Ok(())
         }
         _ => {
-            let mut names: Vec<&str> = r.frontend_inputs.keys().map(String::as_str).collect();
+            let read: Vec<&str> = frontend_opt
+                .iter()
+                .filter(|(k, _)| k.starts_with("context:"))
+                .filter_map(|(_, v)| v.strip_prefix("input:"))
+                .collect();
+            let mut names: Vec<&str> = frontend_inputs
+                .keys()
+                .map(String::as_str)
+                .filter(|n| !read.contains(n))
+                .collect();
+            if names.is_empty() {
+                return Ok(());
+            }
             names.sort_unstable();
             Err(Status::unimplemented(format!(
                 "frontend inputs ({}) are not supported yet: a context is a URL or the \
@@ -335,12 +357,12 @@ impl LlbBridge for GatewayService {
         }
         let has_definition = r.definition.as_ref().is_some_and(|d| !d.def.is_empty());
         if !has_definition && r.frontend == "dockerfile.v0" {
-            context_from_inputs(&mut r)?;
+            context_from_inputs(&mut r.frontend_opt, &mut r.frontend_inputs)?;
         }
         let input = if has_definition {
             Input::Definition(r.definition.as_ref().expect("checked above"))
         } else if r.frontend == "dockerfile.v0" {
-            Input::Dockerfile(&r.frontend_opt)
+            Input::Dockerfile(&r.frontend_opt, &r.frontend_inputs)
         } else if r.frontend.is_empty() {
             // Nothing to solve: an empty result.
             return Ok(Response::new(SolveResponse {
@@ -353,7 +375,7 @@ impl LlbBridge for GatewayService {
                 r.frontend
             )));
         };
-        let lint = matches!(input, Input::Dockerfile(_))
+        let lint = matches!(input, Input::Dockerfile(..))
             && r.frontend_opt.get("requestid").map(String::as_str)
                 == Some(kiln_frontend::check::LINT_REQUEST);
         if lint {
@@ -700,7 +722,7 @@ mod tests {
         for id in ["readfile", "readdir", "statfile"] {
             assert!(FRONTEND_CAPS.contains(&id), "{id} missing");
         }
-        for id in ["frontend.inputs", "gateway.exec", "resolveimage"] {
+        for id in ["gateway.exec", "resolveimage"] {
             assert!(!FRONTEND_CAPS.contains(&id), "{id} advertised");
         }
     }
@@ -731,13 +753,15 @@ mod tests {
             &[("input:context", url), ("filename", "Dockerfile")],
             &[("context", 1), ("dockerfile", 1)],
         );
-        context_from_inputs(&mut r).expect("buildx's git query form");
+        context_from_inputs(&mut r.frontend_opt, &mut r.frontend_inputs)
+            .expect("buildx's git query form");
         assert_eq!(r.frontend_opt.get("context").map(String::as_str), Some(url));
         assert!(!r.frontend_opt.contains_key("input:context"));
         assert!(r.frontend_inputs.is_empty());
         // Without inputs nothing changes.
         let mut plain = dockerfile_solve(&[("context", url)], &[]);
-        context_from_inputs(&mut plain).expect("no inputs");
+        context_from_inputs(&mut plain.frontend_opt, &mut plain.frontend_inputs)
+            .expect("no inputs");
         assert_eq!(plain.frontend_opt.len(), 1);
 
         for (opts, inputs) in [
@@ -751,14 +775,15 @@ mod tests {
                 vec![("input:context", url)],
                 vec![("context", 1), ("dockerfile", 2)],
             ),
-            // A named context from a result.
+            // A named context from a result, and the main context too.
             (
                 vec![("input:context", url), ("context:base", "input:base")],
                 vec![("context", 1), ("base", 3)],
             ),
         ] {
             let mut r = dockerfile_solve(&opts, &inputs);
-            let e = context_from_inputs(&mut r).expect_err("refused");
+            let e = context_from_inputs(&mut r.frontend_opt, &mut r.frontend_inputs)
+                .expect_err("refused");
             assert_eq!(e.code(), tonic::Code::Unimplemented);
             assert!(
                 e.message().starts_with("frontend inputs ("),
@@ -767,12 +792,18 @@ mod tests {
             );
         }
         let mut r = dockerfile_solve(&[], &[("context", 1), ("base", 3)]);
-        let e = context_from_inputs(&mut r).expect_err("refused");
+        let e =
+            context_from_inputs(&mut r.frontend_opt, &mut r.frontend_inputs).expect_err("refused");
         assert_eq!(
             e.message(),
             "frontend inputs (base, context) are not supported yet: a context is a URL or \
              the client's files, not a build result"
         );
+        // Inputs that named contexts read stay for the frontend.
+        let mut r = dockerfile_solve(&[("context:base", "input:base")], &[("base", 3)]);
+        context_from_inputs(&mut r.frontend_opt, &mut r.frontend_inputs)
+            .expect("a named context's input");
+        assert_eq!(r.frontend_inputs.len(), 1);
     }
 
     #[test]
@@ -799,11 +830,12 @@ mod tests {
             "source.git.knownsshhosts",
             "source.git.mountsshsock",
             "source.http",
+            "source.ocilayout",
             "exec.mount.ssh",
         ] {
             assert!(has(id), "{id} missing");
         }
-        for id in ["source.ocilayout", "diffop", "exec.meta.cdi"] {
+        for id in ["diffop", "exec.meta.cdi"] {
             assert!(!has(id), "{id} advertised but not implemented");
         }
     }

@@ -16,7 +16,11 @@ use tonic::Status;
 /// What to solve.
 pub enum Input<'a> {
     Definition(&'a llb::Definition),
-    Dockerfile(&'a HashMap<String, String>),
+    /// The frontend attributes and the frontend inputs (`crate::inputs`).
+    Dockerfile(
+        &'a HashMap<String, String>,
+        &'a HashMap<String, llb::Definition>,
+    ),
 }
 
 /// The directory where a job's local sources land:
@@ -214,7 +218,7 @@ pub async fn solve(
     let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
     let mut pinned = kiln_engine::resolve::Pinned::default();
     let mut targets = Vec::new();
-    let (graph, result, digests, config, locals, held, sources) = match input {
+    let (graph, result, digests, config, locals, held, sources, layouts) = match input {
         Input::Definition(def) => {
             let t =
                 crate::llb::translate(def).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -222,16 +226,27 @@ pub async fn solve(
                 return Err(Status::invalid_argument("the definition has no result"));
             };
             let (locals, held) = fetch_locals(d, session, &t.graph).await?;
+            let mut layouts = crate::ocilayout::Layouts::new(&dir);
+            layouts.fetch_layers(engine, session, &t.graph).await?;
             let sources = crate::errdetails::SourceMap::definition(def, &t.digests);
-            (t.graph, result, t.digests, None, locals, held, sources)
+            (
+                t.graph, result, t.digests, None, locals, held, sources, layouts,
+            )
         }
-        Input::Dockerfile(attrs) => {
+        Input::Dockerfile(attrs, inputs) => {
             let session = session.ok_or_else(|| {
                 Status::failed_precondition("the dockerfile frontend needs a session")
             })?;
-            let f =
-                crate::frontend::dockerfile(d, engine, job, session, attrs, credentials.clone())
-                    .await?;
+            let f = crate::frontend::dockerfile(
+                d,
+                engine,
+                job,
+                session,
+                attrs,
+                inputs,
+                credentials.clone(),
+            )
+            .await?;
             resolve_mode = f.resolve_mode;
             pinned = f.pinned;
             targets = f.targets;
@@ -256,6 +271,7 @@ pub async fn solve(
                 locals,
                 held,
                 sources,
+                f.layouts,
             )
         }
     };
@@ -305,9 +321,8 @@ pub async fn solve(
         result,
         config: config.clone().unwrap_or_default(),
         locals,
-        // kilnd reads no OCI layout from the session yet: such a
-        // named context fails as not supported when it is resolved.
-        oci_stores: Default::default(),
+        // The copies of the client's OCI layouts (`crate::ocilayout`).
+        oci_stores: layouts.stores(),
         names: Vec::new(),
         compression,
         cache_imports: cache.imports,

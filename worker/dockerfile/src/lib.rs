@@ -261,6 +261,16 @@ pub enum NamedContext {
     OciLayout(OciLayoutRef),
 }
 
+/// A frontend input (BuildKit's `input:NAME` named context: a build
+/// result the client sends with the solve, as bake does for `target:`
+/// contexts) stands in the graph as a source op `input://NAME`, which
+/// the caller replaces with the input's own vertices. Without an image
+/// config it is a [`NamedContext::Remote`] of that op (no config, like a
+/// directory); with one (`input-metadata:NAME`) a [`NamedContext::Image`]
+/// of the reference `input://NAME`, whose config the caller gives in
+/// `bases` as an image's.
+pub const INPUT_SCHEME: &str = "input://";
+
 /// An image of an OCI layout store the client holds, pinned by digest
 /// (BuildKit's `oci-layout://` named context): the store's id (the
 /// client names its layouts), the context's name as given (for progress;

@@ -659,8 +659,8 @@ impl BaseImages {
 
     /// The frontend's view of image `digest` (an index or a manifest) of
     /// the OCI layout store `store`, for `platform` (`None`: the
-    /// worker's). A store the build was not given is not supported yet
-    /// (kilnd does not read the client's session stores).
+    /// worker's). A store the build was not given is an error (kilnd
+    /// gives its copies of the client's session stores).
     pub async fn layout_config(
         &self,
         store: &str,

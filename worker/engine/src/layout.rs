@@ -28,7 +28,7 @@ pub type OciStores = HashMap<String, PathBuf>;
 const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 
 /// The largest index, manifest or config read from a layout.
-const MAX_JSON: u64 = 16 << 20;
+pub const MAX_JSON: u64 = 16 << 20;
 
 fn layout_error(dir: &Path, reason: impl Into<String>) -> WorkerError {
     WorkerError::OciLayout {
@@ -37,17 +37,17 @@ fn layout_error(dir: &Path, reason: impl Into<String>) -> WorkerError {
     }
 }
 
-/// The directory of store `id`; a store the build was not given is one
-/// the client would serve through its session, which kilnd does not read.
+/// The directory of store `id`: every layout a build reads is given to
+/// it (the embedded CLI's `--build-context` directories, kilnd's copies
+/// of what the client's session serves), so another id is an error of
+/// the build's definition.
 pub fn store<'a>(stores: &'a OciStores, id: &str) -> Result<&'a Path> {
     stores
         .get(id)
         .map(PathBuf::as_path)
-        .ok_or_else(|| WorkerError::Unsupported {
-            location: String::new(),
-            what: format!(
-                "the OCI layout store {id:?} of the client's session (an oci-layout:// named context through kilnd)"
-            ),
+        .ok_or_else(|| WorkerError::OciLayout {
+            layout: id.to_string(),
+            reason: "no such OCI layout store was given to the build".to_string(),
         })
 }
 
@@ -203,6 +203,47 @@ fn read_image(dir: &Path, digest: &str, platform: Option<&kiln_solver::Platform>
     })
 }
 
+/// The blobs an index or a manifest names that describe images, without
+/// their layers: an index's manifests, a manifest's config. Walking them
+/// from an image's digest gives every blob [`config`] may read, for each
+/// platform, which is what a copy of a layout needs before the frontend
+/// has picked platforms (kilnd copies a client's layout this way).
+pub fn described_by(bytes: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        digest: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        manifests: Vec<Named>,
+        #[serde(default)]
+        config: Option<Named>,
+    }
+    let Ok(p) = serde_json::from_slice::<Probe>(bytes) else {
+        return Vec::new();
+    };
+    p.manifests
+        .into_iter()
+        .chain(p.config)
+        .map(|n| n.digest)
+        .collect()
+}
+
+/// The layer blobs of image `digest` of the layout `dir` for `platform`,
+/// by the same platform rule as [`import`]: what an import copies.
+pub fn layer_blobs(
+    dir: &Path,
+    digest: &str,
+    platform: Option<&kiln_solver::Platform>,
+) -> Result<Vec<crate::refs::Blob>> {
+    Ok(read_image(dir, digest, platform)?
+        .layers
+        .into_iter()
+        .filter_map(|l| l.blob)
+        .collect())
+}
+
 /// The config of image `digest` of the layout `dir` for `platform`, for
 /// the frontend.
 pub fn config(
@@ -331,6 +372,15 @@ mod tests {
     }
 
     #[test]
+    fn an_index_is_described_by_its_manifests_and_a_manifest_by_its_config() {
+        let index = format!(r#"{{"manifests":[{{"digest":"{A}"}},{{"digest":"{B}"}}]}}"#);
+        assert_eq!(described_by(index.as_bytes()), vec![A, B]);
+        let manifest = format!(r#"{{"config":{{"digest":"{A}"}},"layers":[{{"digest":"{B}"}}]}}"#);
+        assert_eq!(described_by(manifest.as_bytes()), vec![A]);
+        assert!(described_by(b"not json").is_empty());
+    }
+
+    #[test]
     fn a_blob_that_does_not_hash_to_its_name_is_refused() {
         let d = layout("{}");
         let blobs = d.path().join("blobs/sha256");
@@ -345,11 +395,11 @@ mod tests {
     }
 
     #[test]
-    fn a_store_the_build_was_not_given_is_not_supported_yet() {
+    fn a_store_the_build_was_not_given_is_an_error() {
         let e = store(&OciStores::new(), "s1").expect_err("no stores");
         assert_eq!(
             e.to_string(),
-            "the OCI layout store \"s1\" of the client's session (an oci-layout:// named context through kilnd) is not supported yet"
+            "oci-layout s1: no such OCI layout store was given to the build"
         );
     }
 }

@@ -154,6 +154,10 @@ pub struct FrontendOptions {
     /// empty until the caller reads its `.dockerignore`
     /// ([`read_context_ignore`]).
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// `input-metadata:NAME`: the image config (JSON) of frontend input
+    /// `NAME`, which an `input:NAME` named context starts from as from an
+    /// image's (BuildKit's `containerimage.config` of the metadata).
+    pub input_configs: BTreeMap<String, Vec<u8>>,
     /// The `BUILDKIT_DOCKERFILE_CHECK` build argument, parsed: when set,
     /// the build checks' configuration instead of the `# check=` directive.
     pub check: Option<CheckConfig>,
@@ -193,6 +197,7 @@ impl Default for FrontendOptions {
             platforms: Vec::new(),
             multi_platform: false,
             remote_context: None,
+            input_configs: BTreeMap::new(),
             lint: false,
         }
     }
@@ -230,6 +235,10 @@ impl FrontendOptions {
             } else if let Some(name) = key.strip_prefix("context:") {
                 let (key, ctx) = named_context(name, value)?;
                 opts.named_contexts.insert(key, ctx);
+            } else if let Some(name) = key.strip_prefix("input-metadata:") {
+                if let Some(config) = input_config(key, value)? {
+                    opts.input_configs.insert(name.to_string(), config);
+                }
             } else {
                 match key {
                     "filename" if !value.is_empty() => opts.filename = check_filename(value)?,
@@ -307,8 +316,38 @@ impl FrontendOptions {
         }
         check_buildkit_args(&mut opts)?;
         remote::apply_build_args(&mut opts);
+        // An input with an image config starts from it, as an image.
+        for ctx in opts.named_contexts.values_mut() {
+            if let NamedContext::Remote { op, .. } = ctx {
+                let with_config = op
+                    .identifier
+                    .strip_prefix(kiln_dockerfile::INPUT_SCHEME)
+                    .is_some_and(|input| opts.input_configs.contains_key(input));
+                if with_config {
+                    *ctx = NamedContext::Image(op.identifier.clone());
+                }
+            }
+        }
         Ok(opts)
     }
+}
+
+/// The image config in an `input-metadata:NAME` value: BuildKit's JSON
+/// map of byte strings (base64, as Go encodes `[]byte`), whose
+/// `containerimage.config` is the config; `None` without one.
+fn input_config(key: &str, value: &str) -> Result<Option<Vec<u8>>> {
+    use base64::Engine as _;
+    let m: HashMap<String, String> = serde_json::from_str(value)
+        .map_err(|e| invalid(key, value, format!("failed to parse input metadata: {e}")))?;
+    let Some(b64) = m.get("containerimage.config") else {
+        return Ok(None);
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| invalid(key, value, format!("containerimage.config: {e}")))?;
+    serde_json::from_slice::<kiln_engine::oci::ImageConfigJson>(&bytes)
+        .map_err(|e| invalid(key, value, format!("containerimage.config: {e}")))?;
+    Ok(Some(bytes))
 }
 
 /// The frontend capabilities kiln's Dockerfile frontend has, of those a
@@ -356,8 +395,9 @@ fn invalid(key: &str, value: &str, reason: impl ToString) -> FrontendError {
 /// `docker-image://REF` (an image, whose config replaces the base's), a
 /// git repository (`git@…`, `git://…`, `https://….git#ref:dir`: its
 /// checkout), another `http(s)://` URL (the file alone, named
-/// `context`) or `oci-layout://STORE@DIGEST` (an image of an OCI layout
-/// the client gives the build). `input:` is refused as not supported.
+/// `context`), `oci-layout://STORE@DIGEST` (an image of an OCI layout
+/// the client gives the build) or `input:NAME` (a frontend input, which
+/// the caller splices in; only kilnd has inputs).
 /// `NAME` may end in `::PLATFORM`: the context then stands for the name
 /// only in stages built for that platform. The result is keyed by
 /// [`kiln_dockerfile::context_key`] (and
@@ -416,6 +456,17 @@ fn named_context(name: &str, value: &str) -> Result<(String, NamedContext)> {
             }
         }
         "oci-layout" => NamedContext::OciLayout(oci_layout_context(plain, rest).map_err(invalid)?),
+        // A frontend input: its graph replaces the placeholder op
+        // (`kiln_dockerfile::INPUT_SCHEME`); with an image config it
+        // becomes an image (`FrontendOptions::from_attrs`).
+        "input" if !rest.is_empty() => NamedContext::Remote {
+            op: kiln_solver::SourceOp {
+                identifier: format!("{}{rest}", kiln_dockerfile::INPUT_SCHEME),
+                attrs: BTreeMap::new(),
+                platform: None,
+            },
+            name: plain.to_string(),
+        },
         _ => return Err(unsupported()),
     };
     Ok((key, ctx))
@@ -932,7 +983,7 @@ pub async fn plan_for<I: ImageConfigs>(
         if new.is_empty() {
             break;
         }
-        resolve_bases(&df, images, new, &mut bases).await?;
+        resolve_bases(&df, opts, images, new, &mut bases).await?;
     }
     let mut build = kiln_dockerfile::to_graph(&df, &build_opts, &bases)?;
     check::copy_ignored(&df, &build_opts, &mut build)?;
@@ -947,12 +998,23 @@ pub async fn plan_for<I: ImageConfigs>(
 /// Resolves the configs of `refs` into `bases`, under their keys.
 async fn resolve_bases<I: ImageConfigs>(
     df: &kiln_dockerfile::Dockerfile,
+    opts: &FrontendOptions,
     images: &I,
     refs: Vec<kiln_dockerfile::BaseRef>,
     bases: &mut BTreeMap<String, ImageConfig>,
 ) -> Result<()> {
     for base in refs {
         let image = &base.reference;
+        // A frontend input's config came with the request.
+        let input = image
+            .strip_prefix(kiln_dockerfile::INPUT_SCHEME)
+            .and_then(|i| opts.input_configs.get(i));
+        if let Some(bytes) = input {
+            let cfg: kiln_engine::oci::ImageConfigJson = serde_json::from_slice(bytes)
+                .map_err(|e| invalid(&format!("input-metadata:{image}"), "", e))?;
+            bases.insert(base.key(), kiln_engine::base::frontend_config(&cfg));
+            continue;
+        }
         let cfg = match images.image_config(image, base.platform.as_ref()).await {
             Ok(cfg) => cfg,
             Err(source) => {

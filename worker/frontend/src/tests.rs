@@ -625,14 +625,47 @@ fn named_contexts_are_directories_or_images_and_other_kinds_fail_by_value() {
         })
     );
 
-    for value in ["input:other", "target:build"] {
-        let e = FrontendOptions::from_attrs(&attrs(&[("context:base", value)])).expect_err(value);
-        assert_eq!(
-            e.to_string(),
-            format!("named build context base={value:?} is not supported yet")
-        );
-        assert_eq!(e.kind(), ErrorKind::Unimplemented);
-    }
+    // A frontend input: a placeholder source the caller replaces; with
+    // an image config in its metadata, an image whose config it is.
+    let o = FrontendOptions::from_attrs(&attrs(&[("context:base", "input:other")]))
+        .expect("an input context");
+    assert!(matches!(
+        o.named_contexts.get(&key("base")),
+        Some(NamedContext::Remote { op, name }) if op.identifier == "input://other" && name == "base"
+    ));
+    let config = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    );
+    let o = FrontendOptions::from_attrs(&attrs(&[
+        ("context:base", "input:other"),
+        (
+            "input-metadata:other",
+            &format!(r#"{{"containerimage.config":"{config}"}}"#),
+        ),
+    ]))
+    .expect("an input context with a config");
+    assert_eq!(
+        o.named_contexts.get(&key("base")),
+        Some(&NamedContext::Image("input://other".to_string()))
+    );
+    let e = FrontendOptions::from_attrs(&attrs(&[
+        ("context:base", "input:other"),
+        ("input-metadata:other", "not json"),
+    ]))
+    .expect_err("bad metadata");
+    assert!(
+        e.to_string().contains("failed to parse input metadata"),
+        "{e}"
+    );
+    // `target:` is bake's: it sends the target as an input instead.
+    let e = FrontendOptions::from_attrs(&attrs(&[("context:base", "target:build")]))
+        .expect_err("target:");
+    assert_eq!(
+        e.to_string(),
+        "named build context base=\"target:build\" is not supported yet"
+    );
+    assert_eq!(e.kind(), ErrorKind::Unimplemented);
     // An OCI layout store's image, pinned by digest as buildx sends it.
     let digest = format!("sha256:{}", "a".repeat(64));
     let o = FrontendOptions::from_attrs(&attrs(&[(

@@ -40,6 +40,9 @@ pub enum SessionError {
         #[source]
         source: FsutilError,
     },
+    /// A blob read from a client's content store is not what was asked.
+    #[error("content {digest} from the session: {reason}")]
+    Content { digest: String, reason: String },
     /// Reading the exporter output to send failed.
     #[error("reading exporter output failed")]
     Read {
@@ -57,6 +60,7 @@ impl SessionError {
             SessionError::Metadata { .. } => ErrorKind::InvalidArgument,
             SessionError::Transfer { source, .. } => source.kind(),
             SessionError::Read { .. } => ErrorKind::Internal,
+            SessionError::Content { .. } => ErrorKind::InvalidArgument,
         }
     }
 }

@@ -13,6 +13,9 @@
 //! - [`filesync`]: the build-context pull (`FileSync.DiffCopy`, §4.1);
 //! - [`filesend`]: exporter output pushed to the client (`FileSend.DiffCopy`,
 //!   §6), as raw bytes (tar, oci, docker) or as fsutil packets (local);
+//! - [`content`]: the content stores a client attaches (an OCI layout for
+//!   an `oci-layout://` named context), read with containerd's content
+//!   service as BuildKit carries it;
 //! - [`auth`]: registry credentials the client lends per request
 //!   (`Auth.Credentials`), served from whatever store the client has;
 //! - [`ssh`]: the client's SSH agents (`SSH.CheckAgent`/`ForwardAgent`),
@@ -23,12 +26,14 @@
 //! that one in-crate test can run both against each other.
 //!
 //! Architecture invariant: this crate moves bytes and files; it must not know
-//! about builds, the solver, snapshots or containerd. It takes the
+//! about builds, the solver, snapshots or containerd (it carries containerd's
+//! content *protocol* for a client's stores, never a containerd of its own). It takes the
 //! `.dockerignore` matcher from `kiln-context` (`kiln_context::ignore`), the
 //! crate the engine's copies use too, so that the context a client sends is
 //! filtered exactly as the engine filters copies.
 
 pub mod auth;
+pub mod content;
 pub mod filesend;
 pub mod filesync;
 pub mod fsutil;

@@ -172,8 +172,17 @@ impl Dockerfile {
 
 /// The source op of base image `reference` (a normalized reference, or an
 /// OCI layout's [`crate::OciLayoutRef::key`]) and its step name:
-/// `FROM <ref>`, or BuildKit's `OCI load from client` for a layout.
+/// `FROM <ref>`, or BuildKit's `OCI load from client` for a layout; a
+/// frontend input's placeholder ([`crate::INPUT_SCHEME`]) for an input.
 fn image_op(reference: &str, platform: Option<kiln_solver::Platform>) -> (SourceOp, String) {
+    if let Some(input) = reference.strip_prefix(crate::INPUT_SCHEME) {
+        let op = SourceOp {
+            identifier: reference.to_string(),
+            attrs: BTreeMap::new(),
+            platform,
+        };
+        return (op, format!("[input {input}]"));
+    }
     match crate::OciLayoutRef::from_key(reference) {
         Some(l) => {
             let name = format!("[context {}] OCI load from client", l.name);

@@ -1,0 +1,262 @@
+//! `oci-layout://` named contexts through kilnd: the client attaches its
+//! OCI layout to the session as the content store `oci:NAME` (as buildx
+//! does for `--build-context X=oci-layout://DIR` and buildctl for
+//! `--oci-layout NAME=DIR`), the frontend attribute names the image
+//! `oci-layout://NAME@DIGEST`, and kilnd reads the index, manifests and
+//! config through the session, copies the layers containerd lacks and
+//! builds on them.
+
+use kiln_integration::llbdef::{op_bytes, shell_exec};
+use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
+use kiln_proto::control::control_client::ControlClient;
+use kiln_proto::control::{Exporter, SolveRequest};
+use kiln_proto::llb;
+use kiln_session::hijack::{client_side, serve_session, SessionServices};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tokio_util::sync::CancellationToken;
+
+/// An image with a file of its own and an ENV, exported by kilnd as an
+/// OCI archive and unpacked into a layout directory; its index digest.
+async fn layout(h: &Harness, ns: &str) -> (PathBuf, String) {
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let src = h.context(
+        "oci-src",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo from the layout > /layout.txt\nENV FROM_LAYOUT=yes\n",
+        )],
+    );
+    let tar_path = h.state_dir().join("oci-layout.tar");
+    let out_arg = format!("type=oci,dest={},name=layout:v1", tar_path.display());
+    let addr = k.addr();
+    h.kiln(
+        ns,
+        &[
+            "--addr",
+            &addr,
+            "build",
+            "--progress",
+            "plain",
+            "-o",
+            &out_arg,
+            src.to_str().expect("utf8"),
+        ],
+    )
+    .expect("kiln runs")
+    .ok();
+    drop(k);
+    let dir = h.state_dir().join("oci-layout");
+    let file = std::fs::File::open(&tar_path).expect("archive written");
+    tar::Archive::new(file)
+        .unpack(&dir)
+        .expect("archive unpacks");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+            .expect("index JSON");
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("a manifest digest")
+        .to_string();
+    (dir, digest)
+}
+
+/// `buildctl-like` against `k` with the context `ctx`, these frontend
+/// options and OCI layouts, exporting `image`.
+fn buildctl(k: &Kilnd, ctx: &Path, image: &str, opts: &str, layouts: Option<&str>) -> Output {
+    let mut cmd = Command::new(buildctl_like_binary().expect("buildctl-like"));
+    cmd.arg(k.addr())
+        .arg(ctx)
+        .arg(image)
+        .env("BUILDCTL_LIKE_OPTS", opts);
+    if let Some(l) = layouts {
+        cmd.env("BUILDCTL_LIKE_OCI", l);
+    }
+    cmd.output().expect("buildctl-like runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oci_layout_of_the_session_is_a_named_context() {
+    let ns = "ocilayout-src";
+    let h = Harness::with_busybox(ns).await;
+    let (dir, digest) = layout(&h, ns).await;
+
+    // Another namespace: its content store has none of the layout's blobs.
+    let other = "ocilayout-use";
+    let k = h.start_kilnd(other).await.expect("kilnd starts");
+    let ctx = h.context(
+        "oci-use",
+        &[(
+            "Dockerfile",
+            "FROM base\nCOPY --from=extra /layout.txt /copied.txt\n\
+             CMD [\"sh\", \"-c\", \"cat /layout.txt /copied.txt; echo $FROM_LAYOUT\"]\n",
+        )],
+    );
+    let stores = format!("lay={}", dir.display());
+    let opts = format!(
+        "context:base=oci-layout://lay@{digest},context:extra=oci-layout://lay:v1@{digest}"
+    );
+    let image = "docker.io/library/from-session-layout:1";
+    let out = buildctl(&k, &ctx, image, &opts, Some(&stores));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = h.run_image(other, image, "oci-session-run", &[]);
+    assert_eq!(got, "from the layout\nfrom the layout\nyes\n");
+    // The layout's layers are in this namespace's content store now,
+    // referenced by the image.
+    let manifest = h.manifest(other, image);
+    let layers = manifest["layers"].as_array().expect("layers");
+    let source_layers = {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(blob(&dir, &digest)).expect("index blob"))
+                .expect("index");
+        let m = match index["manifests"][0]["digest"].as_str() {
+            // An index: its (only) manifest.
+            Some(d) => d.to_string(),
+            None => digest.clone(),
+        };
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(blob(&dir, &m)).expect("manifest blob"))
+                .expect("manifest");
+        m["layers"].as_array().expect("layout layers").clone()
+    };
+    assert!(
+        source_layers.iter().all(|l| layers.contains(l)),
+        "the image is built on the layout's layers: {layers:?} vs {source_layers:?}"
+    );
+
+    // Errors, each before any step runs, naming what is wrong.
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let cases = [
+        (
+            format!("context:base=oci-layout://lay@{missing}"),
+            Some(stores.as_str()),
+            format!("oci-layout store \"lay\": reading {missing} from the client"),
+        ),
+        (
+            format!("context:base=oci-layout://nope@{digest}"),
+            Some(stores.as_str()),
+            "unknown store oci:nope".to_string(),
+        ),
+        (
+            format!("context:base=oci-layout://lay@{digest}"),
+            None,
+            "the client's session serves no content store".to_string(),
+        ),
+    ];
+    for (i, (opts, stores, want)) in cases.iter().enumerate() {
+        let image = format!("docker.io/library/from-session-layout:bad{i}");
+        let out = buildctl(&k, &ctx, &image, opts, *stores);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{opts}: {stderr}");
+        assert!(
+            stderr.contains(want.as_str()),
+            "{opts}: want {want:?} in\n{stderr}"
+        );
+    }
+}
+
+fn blob(dir: &Path, digest: &str) -> PathBuf {
+    let (alg, hex) = digest.split_once(':').expect("a digest");
+    dir.join("blobs").join(alg).join(hex)
+}
+
+/// Raw LLB through `Control.Solve` (buildctl with `--oci-layout
+/// lay=DIR` and a definition of `llb.OCILayout`): an `oci-layout://`
+/// source with `oci.store` and a step on it, in a session serving the
+/// layout as `oci:lay`; the image the step made has the layout's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llb_oci_layout_source_reads_the_session_store() {
+    let ns = "ocilayout-llb-src";
+    let h = Harness::with_busybox(ns).await;
+    let (dir, digest) = layout(&h, ns).await;
+    let other = "ocilayout-llb-use";
+    // The layout's image is busybox-based (the step's shell comes from
+    // it); this namespace has none of its layers.
+    let k = h.start_kilnd(other).await.expect("kilnd starts");
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let mut control = ControlClient::new(ch);
+
+    let id = format!("ocilayoutllb{}", std::process::id());
+    let mut services = SessionServices::new();
+    services.add(
+        kiln_session::content::LayoutStores::new(HashMap::from([(
+            kiln_session::content::oci_store_id("lay"),
+            dir.clone(),
+        )]))
+        .into_service(),
+        kiln_session::content::LayoutStores::METHODS,
+    );
+    let (side, requests) = client_side();
+    let mut req = tonic::Request::new(requests);
+    let md = req.metadata_mut();
+    md.insert("x-docker-expose-session-uuid", id.parse().expect("ascii"));
+    md.insert(
+        "x-docker-expose-session-sharedkey",
+        "".parse().expect("ascii"),
+    );
+    for m in services.methods() {
+        md.append(
+            "x-docker-expose-session-grpc-method",
+            m.parse().expect("ascii"),
+        );
+    }
+    let responses = control.session(req).await.expect("session").into_inner();
+    let done = CancellationToken::new();
+    let served = tokio::spawn(serve_session(
+        side.attach(responses),
+        services,
+        done.clone(),
+    ));
+
+    let (src_b, src_d) = op_bytes(&llb::Op {
+        op: Some(llb::op::Op::Source(llb::SourceOp {
+            identifier: format!("oci-layout://lay@{digest}"),
+            attrs: HashMap::from([("oci.store".to_string(), "lay".to_string())]),
+        })),
+        ..Default::default()
+    });
+    let (exec_b, exec_d) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: src_d,
+            index: 0,
+        }],
+        op: Some(llb::op::Op::Exec(shell_exec("cat /layout.txt > /step.txt"))),
+        ..Default::default()
+    });
+    let (term_b, _) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: exec_d,
+            index: 0,
+        }],
+        ..Default::default()
+    });
+    let image = "docker.io/library/llb-session-layout:1";
+    let r = control
+        .solve(SolveRequest {
+            r#ref: format!("ocilayoutllbbuild{}", std::process::id()),
+            definition: Some(llb::Definition {
+                def: vec![src_b, exec_b, term_b],
+                ..Default::default()
+            }),
+            session: id,
+            exporters: vec![Exporter {
+                r#type: "image".into(),
+                attrs: HashMap::from([("name".to_string(), image.to_string())]),
+            }],
+            ..Default::default()
+        })
+        .await;
+    done.cancel();
+    let _ = served.await;
+    r.expect("the solve succeeds");
+    let got = h.run_image(other, image, "oci-llb-run", &["cat", "/step.txt"]);
+    assert_eq!(got, "from the layout\n");
+}

@@ -1,0 +1,327 @@
+//! `containerd.services.content.v1.Content` over the session: the content
+//! stores a client attaches to it (BuildKit's `session/content`), such as
+//! the OCI layout of an `oci-layout://` named context, which buildx and
+//! buildctl serve as the store `oci:NAME`. Each call names its store in
+//! the `buildkit-attachable-store-id` header; a client answers
+//! `InvalidArgument` without one and `NotFound` for a store it does not
+//! have, as BuildKit's does. kiln reads only (`Info`, `Read`).
+//!
+//! [`LayoutStores`] is the client half over OCI layout directories
+//! (`blobs/<algorithm>/<hex>`); [`info`] and [`copy`] are the daemon's.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use kiln_proto::content::content_client::ContentClient;
+use kiln_proto::content::content_server::{Content, ContentServer};
+use kiln_proto::content::{
+    Info, InfoRequest, InfoResponse, ReadContentRequest, ReadContentResponse,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::error::{Result, SessionError};
+
+/// The request header naming the store a call is for.
+pub const STORE_HEADER: &str = "buildkit-attachable-store-id";
+
+/// The prefix of an OCI layout's store id: buildx and buildctl serve the
+/// layout of `oci-layout://NAME@…` as `oci:NAME`.
+pub const OCI_STORE_PREFIX: &str = "oci:";
+
+pub const INFO_METHOD: &str = "/containerd.services.content.v1.Content/Info";
+pub const READ_METHOD: &str = "/containerd.services.content.v1.Content/Read";
+
+/// How many bytes one `Read` answer carries.
+const CHUNK: usize = 1 << 20;
+
+/// The session store id of the OCI layout named `name`.
+pub fn oci_store_id(name: &str) -> String {
+    format!("{OCI_STORE_PREFIX}{name}")
+}
+
+/// The path of blob `digest` below the layout `dir`, for a well-formed
+/// digest only (`sha256:` or `sha512:` and lowercase hex of its length),
+/// so a digest from the wire never names another path.
+pub fn layout_blob_path(dir: &Path, digest: &str) -> Option<PathBuf> {
+    let (algorithm, hex) = digest.split_once(':')?;
+    let len = match algorithm {
+        "sha256" => 64,
+        "sha512" => 128,
+        _ => return None,
+    };
+    let hex_ok = hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    hex_ok.then(|| dir.join("blobs").join(algorithm).join(hex))
+}
+
+/// The client's content stores: OCI layout directories by store id.
+#[derive(Clone, Debug, Default)]
+pub struct LayoutStores {
+    stores: HashMap<String, PathBuf>,
+}
+
+impl LayoutStores {
+    pub const METHODS: &'static [&'static str] = &["Info", "Read"];
+
+    /// Stores by id (`oci:NAME` for a layout named `NAME`).
+    pub fn new(stores: HashMap<String, PathBuf>) -> LayoutStores {
+        LayoutStores { stores }
+    }
+
+    /// The service to add to the session's services.
+    pub fn into_service(self) -> ContentServer<LayoutStores> {
+        ContentServer::new(self)
+    }
+
+    /// The file of blob `digest` in the store the request names.
+    fn blob<T>(&self, request: &Request<T>, digest: &str) -> Result<PathBuf, Status> {
+        let id = request
+            .metadata()
+            .get(STORE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("request lacks metadata {STORE_HEADER:?}"))
+            })?;
+        let dir = self
+            .stores
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("unknown store {id}")))?;
+        layout_blob_path(dir, digest)
+            .ok_or_else(|| Status::invalid_argument(format!("invalid digest {digest:?}")))
+    }
+}
+
+fn io_status(path: &Path, digest: &str, e: std::io::Error) -> Status {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Status::not_found(format!("content {digest}: not found"))
+    } else {
+        Status::unavailable(format!("{}: {e}", path.display()))
+    }
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadContentResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Content for LayoutStores {
+    async fn info(
+        &self,
+        request: Request<InfoRequest>,
+    ) -> std::result::Result<Response<InfoResponse>, Status> {
+        let digest = request.get_ref().digest.clone();
+        let path = self.blob(&request, &digest)?;
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| io_status(&path, &digest, e))?;
+        Ok(Response::new(InfoResponse {
+            info: Some(Info {
+                digest,
+                size: i64::try_from(meta.len()).unwrap_or(i64::MAX),
+                ..Default::default()
+            }),
+        }))
+    }
+
+    async fn read(
+        &self,
+        request: Request<ReadContentRequest>,
+    ) -> std::result::Result<Response<ReadStream>, Status> {
+        let r = request.get_ref().clone();
+        let path = self.blob(&request, &r.digest)?;
+        let mut f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_status(&path, &r.digest, e))?;
+        let offset = u64::try_from(r.offset)
+            .map_err(|_| Status::invalid_argument(format!("negative offset {}", r.offset)))?;
+        f.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| io_status(&path, &r.digest, e))?;
+        // As containerd: size 0 reads to the end.
+        let limit = u64::try_from(r.size).ok().filter(|s| *s > 0);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut at = offset;
+            let mut left = limit;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let want = left.map_or(CHUNK, |l| CHUNK.min(usize::try_from(l).unwrap_or(CHUNK)));
+                if want == 0 {
+                    break;
+                }
+                let n = match f.read(&mut buf[..want]).await {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.send(Err(io_status(&path, &r.digest, e))).await;
+                        break;
+                    }
+                };
+                let msg = ReadContentResponse {
+                    offset: i64::try_from(at).unwrap_or(i64::MAX),
+                    data: buf[..n].to_vec(),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+                at += n as u64;
+                left = left.map(|l| l - n as u64);
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// A request for store `store`.
+fn for_store<T>(msg: T, store: &str) -> Result<Request<T>> {
+    let mut r = Request::new(msg);
+    let value = store.parse().map_err(|_| SessionError::Metadata {
+        key: STORE_HEADER.to_string(),
+    })?;
+    r.metadata_mut().insert(STORE_HEADER, value);
+    Ok(r)
+}
+
+/// The daemon side: the size of blob `digest` in the client's store
+/// `store`.
+pub async fn info(channel: Channel, store: &str, digest: &str) -> Result<u64> {
+    let req = for_store(
+        InfoRequest {
+            digest: digest.to_string(),
+        },
+        store,
+    )?;
+    let info = ContentClient::new(channel)
+        .info(req)
+        .await
+        .map_err(|status| SessionError::Call {
+            method: INFO_METHOD,
+            status,
+        })?
+        .into_inner()
+        .info
+        .unwrap_or_default();
+    Ok(u64::try_from(info.size).unwrap_or(0))
+}
+
+/// The daemon side: copies blob `digest` of the client's store `store`
+/// into `w`, failing once more than `limit` bytes arrive. Returns the
+/// number of bytes copied; the caller checks them against the digest.
+pub async fn copy<W: AsyncWrite + Unpin>(
+    channel: Channel,
+    store: &str,
+    digest: &str,
+    limit: u64,
+    w: &mut W,
+) -> Result<u64> {
+    let req = for_store(
+        ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        },
+        store,
+    )?;
+    let call = |status| SessionError::Call {
+        method: READ_METHOD,
+        status,
+    };
+    let mut stream = ContentClient::new(channel)
+        .read(req)
+        .await
+        .map_err(call)?
+        .into_inner();
+    let mut n = 0u64;
+    while let Some(msg) = stream.next().await {
+        let msg = msg.map_err(call)?;
+        if msg.offset != i64::try_from(n).unwrap_or(i64::MAX) {
+            return Err(SessionError::Content {
+                digest: digest.to_string(),
+                reason: format!("data at offset {} where {n} was next", msg.offset),
+            });
+        }
+        n += msg.data.len() as u64;
+        if n > limit {
+            return Err(SessionError::Content {
+                digest: digest.to_string(),
+                reason: format!("more than the {limit} bytes expected"),
+            });
+        }
+        w.write_all(&msg.data)
+            .await
+            .map_err(|source| SessionError::Read { source })?;
+    }
+    w.flush()
+        .await
+        .map_err(|source| SessionError::Read { source })?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hijack::{connect_session, loopback, serve_session, SessionServices};
+    use tokio_util::sync::CancellationToken;
+
+    const BLOB: &[u8] = b"hello";
+    /// sha256 of "hello".
+    const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    #[tokio::test]
+    async fn the_daemon_reads_a_layout_blob_through_the_session() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = layout_blob_path(dir.path(), DIGEST).expect("valid digest");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, BLOB).expect("write blob");
+
+        let (daemon, client) = loopback();
+        let mut services = SessionServices::new();
+        services.add(
+            LayoutStores::new(HashMap::from([(
+                oci_store_id("base"),
+                dir.path().to_path_buf(),
+            )]))
+            .into_service(),
+            LayoutStores::METHODS,
+        );
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(serve_session(client, services, cancel.clone()));
+        let channel = connect_session(daemon).await.expect("session connects");
+
+        assert_eq!(
+            info(channel.clone(), "oci:base", DIGEST)
+                .await
+                .expect("info"),
+            5
+        );
+        let mut out = Vec::new();
+        let n = copy(channel.clone(), "oci:base", DIGEST, 5, &mut out)
+            .await
+            .expect("read");
+        assert_eq!((n, out.as_slice()), (5, BLOB));
+
+        let e = copy(channel.clone(), "oci:base", DIGEST, 4, &mut Vec::new())
+            .await
+            .expect_err("over the limit");
+        assert!(e.to_string().contains("more than the 4 bytes"), "{e}");
+        let e = info(channel.clone(), "oci:other", DIGEST)
+            .await
+            .expect_err("unknown store");
+        assert_eq!(e.kind(), kiln_proto::ErrorKind::NotFound);
+        assert!(e.to_string().contains("unknown store oci:other"), "{e}");
+        let missing = DIGEST.replace("2cf2", "0000");
+        let e = info(channel.clone(), "oci:base", &missing)
+            .await
+            .expect_err("missing blob");
+        assert_eq!(e.kind(), kiln_proto::ErrorKind::NotFound);
+        let e = info(channel, "oci:base", "sha256:../../etc")
+            .await
+            .expect_err("not a digest");
+        assert_eq!(e.kind(), kiln_proto::ErrorKind::InvalidArgument);
+        cancel.cancel();
+        let _ = served.await;
+    }
+}
