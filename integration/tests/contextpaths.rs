@@ -221,3 +221,44 @@ async fn the_context_ignore_file_is_read_after_the_base_images_metadata() {
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn a_named_context_sends_only_what_is_copied_from_it() {
+    let ns = "ctxpaths-named";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let big = "unused ".repeat(100_000);
+    let extra = h.context(
+        "ctxpaths-extra",
+        &[("only.txt", "named\n"), ("big.bin", &big)],
+    );
+    let df = "FROM busybox\nCOPY --from=extra only.txt /only.txt\n";
+    let ctx = h.context(
+        "ctxpaths-named",
+        &[("Dockerfile", df), ("unused.bin", &big)],
+    );
+    let named = format!("extra={}", extra.to_str().expect("utf8"));
+    let c = ctx.to_str().expect("utf8");
+    remote(
+        &h,
+        &k,
+        ns,
+        &["--build-context", &named, "-t", "named:remote", c],
+    )
+    .ok();
+    // The main context is not read at all; of the named one, one file.
+    assert_eq!(kept_files(&h, ns), ["only.txt"]);
+    let embedded = h
+        .build(ns, &["--build-context", &named, "-t", "named:embedded", c])
+        .ok();
+    assert_eq!(
+        embedded.stderr.matches("CACHED").count(),
+        1,
+        "{}",
+        embedded.stderr
+    );
+    assert_eq!(
+        h.image_digest(ns, "docker.io/library/named:embedded"),
+        h.image_digest(ns, "docker.io/library/named:remote")
+    );
+}

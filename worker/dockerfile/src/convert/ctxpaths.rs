@@ -10,7 +10,16 @@
 //! mount, whose empty source is the whole context), of the stages the
 //! target needs. A path that is the context's root (`COPY . /app`, a
 //! bind mount without `source`) means the whole context: no follow paths.
+//!
+//! A named local context (`--build-context NAME=DIR`) is limited by what
+//! the graph reads of its source ([`read_by_graph`]): the sources of the
+//! copies and bind mounts that take it as their source, the whole of it
+//! when anything else uses it (a stage built on it, the result). That is
+//! BuildKit's rule where it matters (`COPY --from=NAME`, a bind mount
+//! from it) and never less: BuildKit also limits a stage built on a named
+//! context by what later stages copy from it.
 
+use kiln_solver::{FileActionKind, FileInput, Graph, Op, VertexId};
 use std::collections::BTreeSet;
 
 /// The context paths read so far, each cleaned and absolute (`/src/a.go`).
@@ -40,6 +49,56 @@ impl ContextPaths {
                 .collect(),
         )
     }
+}
+
+/// What the graph reads of the source vertex `source`: the paths of the
+/// copies and bind mounts that take it as their source; `None` when it is
+/// read whole (or used any other way: as a filesystem to build on, as the
+/// result).
+pub(super) fn read_by_graph(
+    graph: &Graph,
+    result: VertexId,
+    source: VertexId,
+) -> Option<Vec<String>> {
+    if result == source {
+        return None;
+    }
+    let mut paths = ContextPaths::default();
+    for v in &graph.vertices {
+        let is_source = |i: usize| v.inputs.get(i).is_some_and(|e| e.vertex == source);
+        if !v.inputs.iter().any(|e| e.vertex == source) {
+            continue;
+        }
+        match &v.op {
+            Op::File(f) => {
+                for a in &f.actions {
+                    if matches!(a.input, FileInput::Input(i) if is_source(i)) {
+                        return None;
+                    }
+                    match (&a.action, a.secondary_input) {
+                        (FileActionKind::Copy(c), Some(FileInput::Input(i))) if is_source(i) => {
+                            paths.read(&c.src);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Op::Exec(e) => {
+                for m in &e.mounts {
+                    if !m.input.is_some_and(is_source) {
+                        continue;
+                    }
+                    let bind = matches!(m.mount_type, kiln_solver::MountType::Bind);
+                    if !bind || m.dest == "/" {
+                        return None;
+                    }
+                    paths.read(&m.selector);
+                }
+            }
+            Op::Merge(_) | Op::Source(_) => return None,
+        }
+    }
+    paths.follow_paths()
 }
 
 #[cfg(test)]
@@ -135,6 +194,72 @@ mod convert_tests {
             "FROM busybox\nCOPY a /\nRUN --mount=type=tmpfs,target=/t true\n",
             Some(None),
         );
+    }
+
+    /// The follow paths of the named local context `dir` (used as `ctx`).
+    fn named(src: &str) -> Option<Vec<String>> {
+        let mut opts = BuildOptions::default();
+        let key = crate::context_key("ctx").expect("a valid name");
+        opts.named_contexts.insert(
+            key,
+            NamedContext::Local {
+                local: "dir".into(),
+                excludes: Vec::new(),
+            },
+        );
+        let df = parse(src, &opts.filename).expect("parses");
+        let bases = df
+            .base_images(&opts)
+            .expect("bases")
+            .into_iter()
+            .map(|r| (r, ImageConfig::default()))
+            .collect();
+        let b = to_graph(&df, &opts, &bases).expect("converts");
+        let s = b
+            .graph
+            .vertices
+            .iter()
+            .find_map(|v| match &v.op {
+                Op::Source(s) if s.identifier == "local://dir" => Some(s),
+                _ => None,
+            })
+            .expect("the named context's source");
+        s.attrs
+            .get(super::FOLLOW_PATHS_ATTR)
+            .map(|j| serde_json::from_str(j).expect("a JSON list"))
+    }
+
+    #[test]
+    fn a_named_context_is_limited_to_what_copies_and_binds_take_from_it() {
+        assert_eq!(
+            named(
+                "FROM busybox\nCOPY --from=ctx a.txt /\n\
+                 RUN --mount=from=ctx,source=conf,target=/c true\n\
+                 COPY --from=ctx --link lib/*.so /lib/\n"
+            ),
+            Some(vec![
+                "a.txt".to_string(),
+                "conf".to_string(),
+                "lib/*.so".to_string()
+            ])
+        );
+        // A stage named like the context is the context: what is copied
+        // from it is what is read.
+        assert_eq!(
+            named("FROM scratch AS ctx\nFROM busybox\nCOPY --from=ctx x /\n"),
+            Some(vec!["x".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_named_context_built_on_or_mounted_whole_is_read_whole() {
+        assert_eq!(named("FROM ctx\nRUN true\n"), None);
+        assert_eq!(named("FROM ctx\n"), None);
+        assert_eq!(
+            named("FROM busybox\nCOPY --from=ctx a /\nRUN --mount=from=ctx,target=/c true\n"),
+            None
+        );
+        assert_eq!(named("FROM busybox\nCOPY --from=ctx . /\n"), None);
     }
 
     #[test]

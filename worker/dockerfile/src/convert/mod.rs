@@ -263,9 +263,18 @@ pub fn to_graph(
             ignore_cache: opts.no_cache,
         })?,
     };
-    // The context's source is limited to the paths the build reads, now
+    // The contexts' sources are limited to the paths the build reads, now
     // that every stage is dispatched (BuildKit's `FollowPaths`).
+    let mut follow: Vec<(VertexId, Vec<String>)> = Vec::new();
     if let (Some(v), Some(paths)) = (conv.context, conv.context_paths.follow_paths()) {
+        follow.push((v, paths));
+    }
+    for &v in conv.locals.values() {
+        if let Some(paths) = ctxpaths::read_by_graph(&conv.graph, result, v) {
+            follow.push((v, paths));
+        }
+    }
+    for (v, paths) in follow {
         if let Op::Source(s) = &mut conv.graph.vertices[v.0].op {
             let json = serde_json::to_string(&paths).expect("a list of strings serializes to JSON");
             s.attrs
