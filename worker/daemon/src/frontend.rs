@@ -116,6 +116,7 @@ async fn definition(
     let none = fresh_dir(d, job, "dockerignore")?;
     let source = kiln_frontend::read_dockerfile(&df_dir, &filename, &none)
         .map_err(|e| frontend_status(&e))?;
+    let _ = std::fs::remove_dir_all(&none);
     Ok(Definition {
         source,
         context_ignore: !df_dir.join(&own_ignore).exists(),
