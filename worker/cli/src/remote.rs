@@ -186,7 +186,7 @@ impl From<kiln_engine::cache::RecordInfo> for Record {
             last_used: r.last_used,
             usage_count: r.usage_count,
             description: r.description,
-            in_use: false,
+            in_use: r.in_use,
             shared: false,
             parents: r.parents,
         }

@@ -1,7 +1,10 @@
-//! The built-in `dockerfile.v0` frontend: fetches the Dockerfile, its
-//! ignore files and then the context (with those exclusions) through the
-//! client's session into the job's directories, and runs the shared
-//! frontend path (`kiln-frontend`) on them, as the CLI's embedded mode does.
+//! The built-in `dockerfile.v0` frontend: fetches the Dockerfile and its
+//! ignore files through the client's session into the job's directories
+//! and runs the shared frontend path (`kiln-frontend`) on them, as the
+//! CLI's embedded mode does, in BuildKit's order: the definition, the
+//! named contexts' ignore files, the base images' metadata, the context's
+//! ignore file, then the graph. The contexts themselves are fetched by the
+//! solve as the graph's sources ask (only the paths the build reads).
 
 use crate::jobs::Job;
 use crate::sessions::SessionHandle;
@@ -14,12 +17,9 @@ use tonic::Status;
 /// The frontend's output: the graph and where the contexts landed.
 pub struct Frontend {
     pub build: kiln_dockerfile::Build,
-    /// The kept context the build reads (`crate::contexts`); `None` when
-    /// the main context is a git or HTTP source the engine fetches.
-    pub context: Option<crate::contexts::Held>,
-    /// The named local contexts the graph reads, by local name, and the
-    /// slots holding them.
-    pub named: Vec<(String, crate::contexts::Held)>,
+    /// The client's directory of the graph's `local://context` source
+    /// (`contextkey`).
+    pub context_key: String,
     /// `image-resolve-mode`, for the build's source ops.
     pub resolve_mode: kiln_engine::resolve::ResolveMode,
     /// The base images the frontend resolved, for the source ops.
@@ -103,19 +103,24 @@ async fn load_step(
     fetched.map(|_| ())
 }
 
-/// Fetches the Dockerfile (with its own ignore file), then, unless that
-/// was there, the context's `.dockerignore`, as the steps BuildKit's
-/// frontend shows: `[internal] load build definition from NAME` and
-/// `[internal] load .dockerignore`.
+/// The Dockerfile read and which ignore file applies to its context.
+struct Definition {
+    source: kiln_frontend::DockerfileSource,
+    /// The Dockerfile has no ignore file of its own: the context's
+    /// `.dockerignore` is still to be fetched ([`context_ignore`]).
+    context_ignore: bool,
+}
+
+/// Fetches the Dockerfile (with its own ignore file) as the step BuildKit's
+/// frontend shows: `[internal] load build definition from NAME`.
 async fn definition(
     d: &Daemon,
     job: &Job,
     session: &SessionHandle,
     opts: &FrontendOptions,
-) -> Result<kiln_frontend::DockerfileSource, Status> {
+) -> Result<Definition, Status> {
     let filename = opts.filename.clone();
     let df_dir = fresh_dir(d, job, "dockerfile")?;
-    let ignore_dir = fresh_dir(d, job, "dockerignore")?;
     let own_ignore = kiln_frontend::dockerfile_ignore_name(&filename);
     load_step(
         job,
@@ -126,23 +131,41 @@ async fn definition(
         &df_dir,
     )
     .await?;
-    // Only the context's ignore file, before the context itself: its
-    // patterns (or the Dockerfile's own) decide what to fetch.
-    if !df_dir.join(&own_ignore).exists() {
-        load_step(
-            job,
-            session,
-            "[internal] load .dockerignore",
-            &opts.context_key,
-            &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
-            &ignore_dir,
-        )
-        .await?;
-    }
-    let source = kiln_frontend::read_dockerfile(&df_dir, &filename, &ignore_dir)
+    // No context directory yet: the Dockerfile's own ignore file or none.
+    let none = fresh_dir(d, job, "dockerignore")?;
+    let source = kiln_frontend::read_dockerfile(&df_dir, &filename, &none)
         .map_err(|e| frontend_status(&e))?;
-    let _ = std::fs::remove_dir_all(&ignore_dir);
-    Ok(source)
+    let _ = std::fs::remove_dir_all(&none);
+    Ok(Definition {
+        source,
+        context_ignore: !df_dir.join(&own_ignore).exists(),
+    })
+}
+
+/// Fetches the context's `.dockerignore` alone, as the step BuildKit's
+/// frontend shows (`[internal] load .dockerignore`), and gives its
+/// patterns to `source`: they decide what the context's transfer leaves
+/// out.
+async fn context_ignore(
+    d: &Daemon,
+    job: &Job,
+    session: &SessionHandle,
+    opts: &FrontendOptions,
+    source: &mut kiln_frontend::DockerfileSource,
+) -> Result<(), Status> {
+    let dir = fresh_dir(d, job, "dockerignore")?;
+    load_step(
+        job,
+        session,
+        "[internal] load .dockerignore",
+        &opts.context_key,
+        &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
+        &dir,
+    )
+    .await?;
+    source.excludes = kiln_frontend::read_context_ignore(&dir).map_err(|e| frontend_status(&e))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 /// The step that loads the Dockerfile, as BuildKit names it.
@@ -164,7 +187,12 @@ pub async fn lint(
     let source = if opts.remote_context.is_some() {
         remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?
     } else {
-        definition(d, job, session, &opts).await?
+        // The check of ignored files needs the patterns before planning.
+        let mut def = definition(d, job, session, &opts).await?;
+        if def.context_ignore {
+            context_ignore(d, job, session, &opts, &mut def.source).await?;
+        }
+        def.source
     };
     let layouts = describe_layouts(d, job, session, &opts).await?;
     let images = engine
@@ -201,13 +229,13 @@ pub async fn dockerfile(
             session,
             opts,
             source,
-            None,
+            false,
             inputs,
             credentials,
         )
         .await;
     }
-    let source = definition(d, job, session, &opts).await?;
+    let def = definition(d, job, session, &opts).await?;
     // A named local context is read with its own `.dockerignore`, fetched
     // alone first, as BuildKit does.
     for local in kiln_frontend::local_contexts(&opts) {
@@ -227,26 +255,14 @@ pub async fn dockerfile(
         let _ = std::fs::remove_dir_all(&dir);
         kiln_frontend::set_context_excludes(&mut opts, &local, &excludes);
     }
-    let context = crate::solve::fetch_local(
-        d,
-        session,
-        &crate::solve::Fetch {
-            name: &opts.context_key,
-            hint: "",
-            includes: &[],
-            excludes: &source.excludes,
-            follow_paths: &[],
-        },
-    )
-    .await?;
     plan(
         d,
         engine,
         job,
         session,
         opts,
-        source,
-        Some(context),
+        def.source,
+        def.context_ignore,
         inputs,
         credentials,
     )
@@ -302,8 +318,9 @@ async fn forward_steps(job: &Job, mut rx: tokio::sync::mpsc::Receiver<kiln_engin
     }
 }
 
-/// Plans the build from the read Dockerfile and fetches the named
-/// contexts its graph reads.
+/// Plans the build from the read Dockerfile: the base images' metadata,
+/// then (with `context_ignore`) the context's `.dockerignore`, as
+/// BuildKit's frontend reads it, then the graph.
 #[allow(clippy::too_many_arguments)]
 async fn plan(
     d: &Daemon,
@@ -311,37 +328,56 @@ async fn plan(
     job: &Job,
     session: &SessionHandle,
     opts: FrontendOptions,
-    source: kiln_frontend::DockerfileSource,
-    context: Option<crate::contexts::Held>,
+    mut source: kiln_frontend::DockerfileSource,
+    context_ignore: bool,
     inputs: &HashMap<String, kiln_proto::llb::Definition>,
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<Frontend, Status> {
     let filename = opts.filename.clone();
     let load_name = load_name(&filename);
     let mut layouts = describe_layouts(d, job, session, &opts).await?;
-    // Registry lookups show as `[internal] load metadata for <name>`
-    // steps, as BuildKit's frontend shows them.
-    let (tx, rx) = kiln_engine::progress::channel();
-    let images = engine
-        .base_images(opts.resolve_mode, credentials)
-        .with_oci_stores(layouts.stores())
-        .with_progress(tx);
-    let pinned = images.pinned();
-    let plan = async {
-        let r = plan_platforms(&source, &opts, &images).await;
-        drop(images);
-        r
-    };
-    let (build, ()) = tokio::join!(plan, forward_steps(job, rx));
-    let (mut build, mut targets) = build.map_err(|e| {
-        // A Dockerfile error about a line carries it as BuildKit's source
-        // detail, so clients print the snippet.
-        let line = match &e {
-            FrontendError::Dockerfile(p) => p.line(),
-            _ => None,
+    let planned = async {
+        // Registry lookups show as `[internal] load metadata for <name>`
+        // steps, as BuildKit's frontend shows them.
+        let (tx, rx) = kiln_engine::progress::channel();
+        let images = engine
+            .base_images(opts.resolve_mode, credentials)
+            .with_oci_stores(layouts.stores())
+            .with_progress(tx);
+        let pinned = images.pinned();
+        let resolve = async {
+            let r = kiln_frontend::resolve_all(&source, &opts, &images).await;
+            drop(images);
+            r
         };
-        crate::errdetails::with_line(frontend_status(&e), &filename, source.text.as_bytes(), line)
-    })?;
+        let (bases, ()) = tokio::join!(resolve, forward_steps(job, rx));
+        let bases = bases.map_err(Planning::Frontend)?;
+        if context_ignore {
+            self::context_ignore(d, job, session, &opts, &mut source)
+                .await
+                .map_err(Planning::Fetch)?;
+        }
+        let build = plan_platforms(&source, &opts, &bases).map_err(Planning::Frontend)?;
+        Ok::<_, Planning>((build, pinned))
+    };
+    let ((mut build, mut targets), pinned) = match planned.await {
+        Ok(p) => p,
+        Err(Planning::Fetch(s)) => return Err(s),
+        Err(Planning::Frontend(e)) => {
+            // A Dockerfile error about a line carries it as BuildKit's
+            // source detail, so clients print the snippet.
+            let line = match &e {
+                FrontendError::Dockerfile(p) => p.line(),
+                _ => None,
+            };
+            return Err(crate::errdetails::with_line(
+                frontend_status(&e),
+                &filename,
+                source.text.as_bytes(),
+                line,
+            ));
+        }
+    };
     crate::status::warnings(job, &load_name, &filename, &source.text, &build.warnings);
     // The frontend inputs' vertices in place of their placeholders, before
     // the local sources and layouts the graph reads are fetched.
@@ -353,14 +389,12 @@ async fn plan(
             t.result = moved[t.result.0];
         }
     }
-    let named = fetch_named(d, session, &build.graph).await?;
     layouts
         .fetch_layers(engine, Some(session), &build.graph)
         .await?;
     Ok(Frontend {
         build,
-        context,
-        named,
+        context_key: opts.context_key.clone(),
         resolve_mode: opts.resolve_mode,
         pinned,
         source: kiln_proto::llb::SourceInfo {
@@ -374,12 +408,19 @@ async fn plan(
     })
 }
 
+/// Why planning stopped: the frontend's error (with a Dockerfile line) or
+/// a fetch through the session.
+enum Planning {
+    Frontend(FrontendError),
+    Fetch(Status),
+}
+
 /// Every platform the attributes ask for, as one build: a multi-platform
 /// build's graphs merged, with each platform's result and config.
-async fn plan_platforms(
+fn plan_platforms(
     source: &kiln_frontend::DockerfileSource,
     opts: &FrontendOptions,
-    images: &kiln_engine::build::BaseImages,
+    bases: &kiln_frontend::BaseConfigs,
 ) -> Result<
     (
         kiln_dockerfile::Build,
@@ -387,7 +428,7 @@ async fn plan_platforms(
     ),
     FrontendError,
 > {
-    let mut all = kiln_frontend::plan_all(source, opts, images).await?;
+    let mut all = kiln_frontend::convert_all(source, opts, bases)?;
     if !kiln_frontend::is_multi_platform(opts) {
         return Ok((all.swap_remove(0).1, Vec::new()));
     }
@@ -410,45 +451,4 @@ async fn plan_platforms(
         context_reads: Vec::new(),
     };
     Ok((build, targets))
-}
-
-/// Fetches the named local contexts the graph reads (every `local://`
-/// source but the main context's), each with the exclude patterns the
-/// frontend gave its source.
-async fn fetch_named(
-    d: &Daemon,
-    session: &SessionHandle,
-    graph: &kiln_solver::Graph,
-) -> Result<Vec<(String, crate::contexts::Held)>, Status> {
-    let mut named: Vec<(String, crate::contexts::Held)> = Vec::new();
-    for v in &graph.vertices {
-        let kiln_solver::Op::Source(s) = &v.op else {
-            continue;
-        };
-        let Some(name) = s.identifier.strip_prefix("local://") else {
-            continue;
-        };
-        if name == kiln_frontend::CONTEXT_NAME || named.iter().any(|(n, _)| n == name) {
-            continue;
-        }
-        let excludes: Vec<String> = s
-            .attrs
-            .get("local.excludepatterns")
-            .and_then(|j| serde_json::from_str(j).ok())
-            .unwrap_or_default();
-        let held = crate::solve::fetch_local(
-            d,
-            session,
-            &crate::solve::Fetch {
-                name,
-                hint: "",
-                includes: &[],
-                excludes: &excludes,
-                follow_paths: &[],
-            },
-        )
-        .await?;
-        named.push((name.to_string(), held));
-    }
-    Ok(named)
 }

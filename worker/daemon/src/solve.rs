@@ -155,45 +155,119 @@ fn transfers(
         .collect()
 }
 
-/// Fetches every `local://NAME` source of `graph` through the session;
-/// the slots hold the kept contexts until the build no longer reads them.
-async fn fetch_locals(
-    d: &Daemon,
-    session: Option<&SessionHandle>,
-    graph: &Graph,
-) -> Result<(HashMap<String, PathBuf>, Vec<crate::contexts::Held>), Status> {
-    let mut locals = HashMap::new();
-    let mut held = Vec::new();
+/// What the local sources of a graph named `name` ask of the client's
+/// directory, from their attributes (`local.followpaths`,
+/// `local.includepatterns`, `local.excludepatterns`,
+/// `local.sharedkeyhint`). A graph may hold several sources of one name
+/// (a multi-platform build's, one per platform, may read different
+/// paths): one transfer serves them all, so it sends what any of them
+/// reads, and everything when one of them is not limited.
+#[derive(Debug, Default, PartialEq)]
+struct LocalRequest {
+    hint: String,
+    includes: Vec<String>,
+    excludes: Vec<String>,
+    follow_paths: Vec<String>,
+}
+
+impl LocalRequest {
+    fn of(s: &kiln_solver::SourceOp) -> LocalRequest {
+        let mut includes = json_list(&s.attrs, "local.includepattern");
+        includes.extend(json_list(&s.attrs, "local.includepatterns"));
+        LocalRequest {
+            hint: s
+                .attrs
+                .get("local.sharedkeyhint")
+                .cloned()
+                .unwrap_or_default(),
+            includes,
+            excludes: json_list(&s.attrs, "local.excludepatterns"),
+            follow_paths: json_list(&s.attrs, "local.followpaths"),
+        }
+    }
+
+    /// Whether the whole directory (less its excludes) is asked for.
+    fn is_whole(&self) -> bool {
+        self.includes.is_empty() && self.follow_paths.is_empty()
+    }
+
+    /// This request widened to serve `other` too.
+    fn merge(&mut self, other: LocalRequest) {
+        if self.is_whole() || other.is_whole() {
+            self.includes.clear();
+            self.follow_paths.clear();
+        } else {
+            for p in other.includes {
+                if !self.includes.contains(&p) {
+                    self.includes.push(p);
+                }
+            }
+            for p in other.follow_paths {
+                if !self.follow_paths.contains(&p) {
+                    self.follow_paths.push(p);
+                }
+            }
+        }
+        // Each source filters its own excludes again when read
+        // (`Ref::Local`); the transfer excludes only what all exclude.
+        if self.excludes != other.excludes {
+            self.excludes.clear();
+        }
+    }
+}
+
+/// The local sources of `graph` by name, in the order they first appear,
+/// each with what its sources ask for.
+fn local_requests(graph: &Graph) -> Vec<(String, LocalRequest)> {
+    let mut out: Vec<(String, LocalRequest)> = Vec::new();
     for v in &graph.vertices {
         let Op::Source(s) = &v.op else { continue };
         let Some(name) = s.identifier.strip_prefix("local://") else {
             continue;
         };
-        if locals.contains_key(name) {
-            continue;
+        let req = LocalRequest::of(s);
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, r)) => r.merge(req),
+            None => out.push((name.to_string(), req)),
         }
+    }
+    out
+}
+
+/// Fetches every `local://NAME` source of `graph` through the session,
+/// each as its attributes ask (see [`LocalRequest`]); `main_context`
+/// names the client's directory of `local://context` when it is not
+/// `context` (the Dockerfile frontend's `contextkey`). The slots hold the
+/// kept contexts until the build no longer reads them.
+pub async fn fetch_locals(
+    d: &Daemon,
+    session: Option<&SessionHandle>,
+    graph: &Graph,
+    main_context: Option<&str>,
+) -> Result<(HashMap<String, PathBuf>, Vec<crate::contexts::Held>), Status> {
+    let mut locals = HashMap::new();
+    let mut held = Vec::new();
+    for (name, req) in local_requests(graph) {
         let session = session.ok_or_else(|| {
             Status::failed_precondition(format!("local source {name:?} needs a session"))
         })?;
-        let mut includes = json_list(&s.attrs, "local.includepattern");
-        includes.extend(json_list(&s.attrs, "local.includepatterns"));
+        let dir = match main_context {
+            Some(key) if name == kiln_frontend::CONTEXT_NAME => key,
+            _ => name.as_str(),
+        };
         let slot = fetch_local(
             d,
             session,
             &Fetch {
-                name,
-                hint: s
-                    .attrs
-                    .get("local.sharedkeyhint")
-                    .map(String::as_str)
-                    .unwrap_or_default(),
-                includes: &includes,
-                excludes: &json_list(&s.attrs, "local.excludepatterns"),
-                follow_paths: &json_list(&s.attrs, "local.followpaths"),
+                name: dir,
+                hint: &req.hint,
+                includes: &req.includes,
+                excludes: &req.excludes,
+                follow_paths: &req.follow_paths,
             },
         )
         .await?;
-        locals.insert(name.to_string(), slot.tree());
+        locals.insert(name, slot.tree());
         held.push(slot);
     }
     Ok((locals, held))
@@ -225,7 +299,7 @@ pub async fn solve(
             let Some(result) = t.result else {
                 return Err(Status::invalid_argument("the definition has no result"));
             };
-            let (locals, held) = fetch_locals(d, session, &t.graph).await?;
+            let (locals, held) = fetch_locals(d, session, &t.graph, None).await?;
             let mut layouts = crate::ocilayout::Layouts::new(&dir);
             layouts.fetch_layers(engine, session, &t.graph).await?;
             let sources = crate::errdetails::SourceMap::definition(def, &t.digests);
@@ -251,17 +325,11 @@ pub async fn solve(
             pinned = f.pinned;
             targets = f.targets;
             let digests = f.build.graph.definition_digests();
-            let mut locals = HashMap::new();
-            let mut held = Vec::new();
-            // A remote main context is a source op of the graph instead.
-            if let Some(context) = f.context {
-                locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.tree());
-                held.push(context);
-            }
-            for (name, slot) in f.named {
-                locals.insert(name, slot.tree());
-                held.push(slot);
-            }
+            // The contexts as the graph reads them: only the paths its
+            // sources follow (BuildKit's frontend asks the same). A remote
+            // main context is a source op of the graph instead.
+            let (locals, held) =
+                fetch_locals(d, Some(session), &f.build.graph, Some(&f.context_key)).await?;
             let sources = crate::errdetails::SourceMap::dockerfile(f.source, &f.build.graph);
             (
                 f.build.graph,
@@ -385,5 +453,85 @@ pub async fn solve(
             ),
             None => status_of(&e),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_solver::{SourceOp, Vertex};
+
+    fn local(name: &str, attrs: &[(&str, &str)]) -> Vertex {
+        Vertex {
+            op: Op::Source(SourceOp {
+                identifier: format!("local://{name}"),
+                attrs: attrs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                platform: None,
+            }),
+            inputs: Vec::new(),
+            name: String::new(),
+            location: None,
+            ignore_cache: false,
+        }
+    }
+
+    fn requests(vertices: Vec<Vertex>) -> Vec<(String, LocalRequest)> {
+        let mut g = Graph::default();
+        for v in vertices {
+            g.add(v).expect("no inputs");
+        }
+        local_requests(&g)
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn one_transfer_per_name_sends_what_any_of_its_sources_reads() {
+        let ex = ("local.excludepatterns", r#"["*.md"]"#);
+        let got = requests(vec![
+            local("context", &[("local.followpaths", r#"["a","b"]"#), ex]),
+            local("other", &[("local.includepatterns", r#"["x/*"]"#)]),
+            local("context", &[("local.followpaths", r#"["b","c"]"#), ex]),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "context".to_string(),
+                    LocalRequest {
+                        follow_paths: strings(&["a", "b", "c"]),
+                        excludes: strings(&["*.md"]),
+                        ..Default::default()
+                    }
+                ),
+                (
+                    "other".to_string(),
+                    LocalRequest {
+                        includes: strings(&["x/*"]),
+                        ..Default::default()
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_source_reading_everything_or_other_excludes_widens_the_transfer() {
+        let got = requests(vec![
+            local(
+                "context",
+                &[
+                    ("local.followpaths", r#"["a"]"#),
+                    ("local.excludepatterns", r#"["*.md"]"#),
+                ],
+            ),
+            local("context", &[]),
+        ]);
+        assert_eq!(got, vec![("context".to_string(), LocalRequest::default())]);
     }
 }

@@ -258,7 +258,7 @@ impl Tenant {
             keep_storage: Some(max),
             ..Default::default()
         };
-        match kiln_engine::prune::prune(self.engine.services(), &opts).await {
+        match self.engine.prune(&opts).await {
             Ok(r) if !r.removed.is_empty() => tracing::info!(
                 tenant = self.name.as_deref().unwrap_or_default(),
                 removed = r.removed.len(),

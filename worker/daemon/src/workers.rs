@@ -316,7 +316,7 @@ pub fn usage_record(r: &RecordInfo) -> UsageRecord {
     UsageRecord {
         id: r.lease.id.clone(),
         mutable: r.mutable(),
-        in_use: false,
+        in_use: r.in_use,
         size: i64::try_from(r.size).unwrap_or(i64::MAX),
         created_at: timestamp(r.lease.created_secs),
         last_used_at: timestamp(r.last_used),
@@ -336,7 +336,9 @@ pub async fn disk_usage(
     req: DiskUsageRequest,
 ) -> Result<DiskUsageResponse, Status> {
     let types = parse_filters(&req.filter)?;
-    let records = kiln_engine::prune::disk_usage(tenant.engine.services())
+    let records = tenant
+        .engine
+        .disk_usage()
         .await
         .map_err(|e| status_of(&e, e.kind()))?;
     Ok(DiskUsageResponse {
@@ -377,7 +379,9 @@ pub fn prune_options(req: &PruneRequest) -> Result<PruneOptions, Status> {
 /// stream.
 pub async fn prune(tenant: &Tenant, req: PruneRequest) -> Result<Vec<UsageRecord>, Status> {
     let opts = prune_options(&req)?;
-    let report = kiln_engine::prune::prune(tenant.engine.services(), &opts)
+    let report = tenant
+        .engine
+        .prune(&opts)
         .await
         .map_err(|e| status_of(&e, e.kind()))?;
     tracing::info!(
@@ -557,6 +561,7 @@ mod tests {
             last_used: 200,
             usage_count: 3,
             parents: vec!["kiln/cache/def".into()],
+            in_use: false,
         };
         let u = usage_record(&r);
         assert_eq!(u.id, "kiln/cache/abc");

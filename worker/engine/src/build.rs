@@ -132,6 +132,8 @@ pub struct Engine {
     registry_hosts: Arc<kiln_registry::HostsConfig>,
     /// Bounds on each HTTP(S) download and git fetch (`[fetch]`).
     fetch_limits: crate::sources::limits::FetchLimits,
+    /// The records this engine's running builds hold.
+    in_use: Arc<crate::inuse::InUse>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -203,6 +205,7 @@ impl Engine {
             lease_timing: crate::lease::LeaseTiming::default(),
             registry_hosts: Arc::new(kiln_registry::HostsConfig::default()),
             fetch_limits: Default::default(),
+            in_use: Arc::default(),
         }
     }
 
@@ -263,6 +266,20 @@ impl Engine {
     /// The services the engine runs on.
     pub fn services(&self) -> &Services {
         &self.svc
+    }
+
+    /// Every cache record, most recently used first, those this engine's
+    /// running builds hold (and the records below them) in use.
+    pub async fn disk_usage(&self) -> Result<Vec<crate::cache::RecordInfo>> {
+        crate::prune::disk_usage_holding(&self.svc, &self.in_use.record_ids()).await
+    }
+
+    /// [`crate::prune::prune`], leaving alone the records in use.
+    pub async fn prune(
+        &self,
+        opts: &crate::prune::PruneOptions,
+    ) -> Result<crate::prune::PruneReport> {
+        crate::prune::prune_holding(&self.svc, opts, &self.in_use.record_ids()).await
     }
 
     /// Cleans up after kiln processes that died mid-build (their step
@@ -510,6 +527,8 @@ impl Engine {
         let registry = self.registry_client(req.credentials.clone());
         let imports = read_cache_imports(&req.cache_imports, &registry, &progress).await;
         let cache = Arc::new(BuildCache::new(&req.graph, req.result, imports));
+        // Its answered records are in use until the result is released.
+        self.in_use.track(&cache);
         let mount_dir = self
             .state_dir
             .join("mounts")

@@ -311,6 +311,10 @@ pub struct RecordInfo {
     /// on (its parent chain's record, as BuildKit's parent refs); none
     /// when it sits on a base image or on scratch.
     pub parents: Vec<String>,
+    /// A running build holds it (or a record above it): BuildKit's
+    /// `InUse`. Set by [`crate::build::Engine::disk_usage`], for the
+    /// engine's own builds.
+    pub in_use: bool,
 }
 
 impl RecordInfo {
@@ -409,6 +413,7 @@ pub async fn list(svc: &Services) -> Result<Vec<RecordInfo>> {
             last_used,
             usage_count: used,
             parents: Vec::new(),
+            in_use: false,
         });
     }
     let ids: Vec<String> = out.iter().map(|r| r.lease.id.clone()).collect();

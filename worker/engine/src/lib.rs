@@ -23,6 +23,7 @@ pub mod export;
 pub mod exporter_options;
 pub mod fileop;
 pub mod import;
+pub mod inuse;
 pub mod layout;
 pub mod lease;
 pub mod oci;

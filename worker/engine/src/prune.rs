@@ -7,6 +7,7 @@ use crate::cache::{self, RecordInfo};
 use crate::error::Result;
 use crate::services::Services;
 use kiln_snapshot::containerd::LeaseId;
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What to keep and what to remove.
@@ -32,9 +33,29 @@ pub struct PruneReport {
 
 /// Every cache record, most recently used first.
 pub async fn disk_usage(svc: &Services) -> Result<Vec<RecordInfo>> {
+    disk_usage_holding(svc, &HashSet::new()).await
+}
+
+/// [`disk_usage`] with the records `held` names (lease IDs) in use, and
+/// the records below them: a held record holds its parents, as a
+/// BuildKit ref holds its parent refs.
+pub async fn disk_usage_holding(svc: &Services, held: &HashSet<String>) -> Result<Vec<RecordInfo>> {
     let mut records = cache::list(svc).await?;
+    mark_in_use(&mut records, held);
     records.sort_by_key(|r| std::cmp::Reverse(r.last_used));
     Ok(records)
+}
+
+/// Sets `in_use` on the records `held` names and on their parents, to
+/// the bottom of each chain.
+pub fn mark_in_use(records: &mut [RecordInfo], held: &HashSet<String>) {
+    let mut todo: Vec<String> = held.iter().cloned().collect();
+    while let Some(id) = todo.pop() {
+        if let Some(r) = records.iter_mut().find(|r| r.lease.id == id && !r.in_use) {
+            r.in_use = true;
+            todo.extend(r.parents.iter().cloned());
+        }
+    }
 }
 
 /// Picks the records to remove, oldest use first (pure, for tests).
@@ -47,6 +68,10 @@ pub fn select(records: &[RecordInfo], opts: &PruneOptions, now: u64) -> Vec<usiz
     let mut out = Vec::new();
     for i in order {
         let r = &records[i];
+        // A running build holds it: not BuildKit's to remove either.
+        if r.in_use {
+            continue;
+        }
         if let Some(keep) = opts.keep_duration {
             if now.saturating_sub(r.last_used) < keep.as_secs() {
                 continue;
@@ -65,7 +90,18 @@ pub fn select(records: &[RecordInfo], opts: &PruneOptions, now: u64) -> Vec<usiz
 
 /// Removes records as `opts` says, then runs containerd's GC.
 pub async fn prune(svc: &Services, opts: &PruneOptions) -> Result<PruneReport> {
-    let records = cache::list(svc).await?;
+    prune_holding(svc, opts, &HashSet::new()).await
+}
+
+/// [`prune`], leaving alone the records `held` names and those below them
+/// (see [`disk_usage_holding`]).
+pub async fn prune_holding(
+    svc: &Services,
+    opts: &PruneOptions,
+    held: &HashSet<String>,
+) -> Result<PruneReport> {
+    let mut records = cache::list(svc).await?;
+    mark_in_use(&mut records, held);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -143,7 +179,24 @@ mod tests {
             last_used,
             usage_count: 0,
             parents: Vec::new(),
+            in_use: false,
         }
+    }
+
+    #[test]
+    fn held_records_and_those_below_them_are_in_use_and_never_pruned() {
+        let mut rs = vec![
+            rec("base", 10, 100, "regular"),
+            rec("mid", 10, 200, "regular"),
+            rec("top", 10, 300, "regular"),
+            rec("other", 10, 50, "regular"),
+        ];
+        rs[1].parents = vec!["base".into()];
+        rs[2].parents = vec!["mid".into()];
+        mark_in_use(&mut rs, &HashSet::from(["mid".to_string()]));
+        let used: Vec<bool> = rs.iter().map(|r| r.in_use).collect();
+        assert_eq!(used, [true, true, false, false]);
+        assert_eq!(select(&rs, &PruneOptions::default(), 1000), vec![3, 2]);
     }
 
     #[test]

@@ -918,12 +918,50 @@ pub async fn plan_all<I: ImageConfigs>(
     opts: &FrontendOptions,
     images: &I,
 ) -> Result<Vec<(kiln_solver::Platform, kiln_dockerfile::Build)>> {
-    let mut out = Vec::new();
+    let bases = resolve_all(source, opts, images).await?;
+    convert_all(source, opts, &bases)
+}
+
+/// The base image configs every target platform's build needs, resolved:
+/// the first half of [`plan_all`] (BuildKit's `load metadata` steps),
+/// which reads nothing of the context, not even its ignore file.
+#[derive(Clone, Debug)]
+pub struct BaseConfigs {
+    df: kiln_dockerfile::Dockerfile,
+    /// Per target platform, the configs under [`kiln_dockerfile::BaseRef::key`].
+    platforms: Vec<(kiln_solver::Platform, BTreeMap<String, ImageConfig>)>,
+}
+
+/// Parses the Dockerfile and resolves the base images of every target
+/// platform's build; [`convert_all`] then emits the graphs.
+pub async fn resolve_all<I: ImageConfigs>(
+    source: &DockerfileSource,
+    opts: &FrontendOptions,
+    images: &I,
+) -> Result<BaseConfigs> {
+    let df =
+        kiln_dockerfile::parse_with_check(&source.text, &source.filename, opts.check.as_ref())?;
+    let mut platforms = Vec::new();
     for p in target_platforms(opts) {
-        let b = plan_for(source, opts, &p, images).await?;
-        out.push((p, b));
+        let bases = resolve_for(&df, source, opts, &p, images).await?;
+        platforms.push((p, bases));
     }
-    Ok(out)
+    Ok(BaseConfigs { df, platforms })
+}
+
+/// The second half of [`plan_all`]: each platform's graph from its
+/// resolved base images, with `source`'s ignore patterns (which may be
+/// read after the base images were resolved, as BuildKit reads them).
+pub fn convert_all(
+    source: &DockerfileSource,
+    opts: &FrontendOptions,
+    bases: &BaseConfigs,
+) -> Result<Vec<(kiln_solver::Platform, kiln_dockerfile::Build)>> {
+    bases
+        .platforms
+        .iter()
+        .map(|(p, b)| Ok((p.clone(), convert_for(&bases.df, source, opts, p, b)?)))
+        .collect()
 }
 
 /// One graph for the builds of [`plan_all`]: each platform's vertices
@@ -967,9 +1005,21 @@ pub async fn plan_for<I: ImageConfigs>(
     target: &kiln_solver::Platform,
     images: &I,
 ) -> Result<kiln_dockerfile::Build> {
-    let build_opts = build_options_for(source, opts, target);
     let df =
         kiln_dockerfile::parse_with_check(&source.text, &source.filename, opts.check.as_ref())?;
+    let bases = resolve_for(&df, source, opts, target, images).await?;
+    convert_for(&df, source, opts, target, &bases)
+}
+
+/// The configs of the base images the build for `target` needs.
+async fn resolve_for<I: ImageConfigs>(
+    df: &kiln_dockerfile::Dockerfile,
+    source: &DockerfileSource,
+    opts: &FrontendOptions,
+    target: &kiln_solver::Platform,
+    images: &I,
+) -> Result<BTreeMap<String, ImageConfig>> {
+    let build_opts = build_options_for(source, opts, target);
     let mut bases = BTreeMap::new();
     // A base image's ONBUILD trigger may copy from a stage whose base is
     // another image: resolve until no new base appears (each round adds at
@@ -983,10 +1033,22 @@ pub async fn plan_for<I: ImageConfigs>(
         if new.is_empty() {
             break;
         }
-        resolve_bases(&df, opts, images, new, &mut bases).await?;
+        resolve_bases(df, opts, images, new, &mut bases).await?;
     }
-    let mut build = kiln_dockerfile::to_graph(&df, &build_opts, &bases)?;
-    check::copy_ignored(&df, &build_opts, &mut build)?;
+    Ok(bases)
+}
+
+/// The graph of the build for `target` from its resolved base images.
+fn convert_for(
+    df: &kiln_dockerfile::Dockerfile,
+    source: &DockerfileSource,
+    opts: &FrontendOptions,
+    target: &kiln_solver::Platform,
+    bases: &BTreeMap<String, ImageConfig>,
+) -> Result<kiln_dockerfile::Build> {
+    let build_opts = build_options_for(source, opts, target);
+    let mut build = kiln_dockerfile::to_graph(df, &build_opts, bases)?;
+    check::copy_ignored(df, &build_opts, &mut build)?;
     if let Some(remote) = &opts.remote_context {
         let (graph, result) = remote::replace_context(build.graph, build.result, remote)?;
         build.graph = graph;

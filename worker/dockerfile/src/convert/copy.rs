@@ -75,6 +75,7 @@ impl Converter<'_> {
             // A path of the main context: the CopyIgnoredFile check reads
             // it (against the context's ignore file, in the frontend).
             if cp.from.is_none() && remote.is_none() {
+                self.context_paths.read(&s);
                 self.context_reads.push(ContextRead {
                     line,
                     add: cp.add,

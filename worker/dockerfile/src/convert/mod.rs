@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 mod checks;
 mod copy;
+mod ctxpaths;
 pub(crate) mod gocompat;
 mod plan;
 mod run;
@@ -225,6 +226,7 @@ pub fn to_graph(
         unmatched: RefCell::default(),
         warnings: Vec::new(),
         context_reads: Vec::new(),
+        context_paths: ctxpaths::ContextPaths::default(),
     };
     conv.warnings = checks::from_checks(df, opts, &conv.plan);
     for i in 0..df.stages.len() {
@@ -270,6 +272,24 @@ pub fn to_graph(
             ignore_cache: opts.no_cache,
         })?,
     };
+    // The contexts' sources are limited to the paths the build reads, now
+    // that every stage is dispatched (BuildKit's `FollowPaths`).
+    let mut follow: Vec<(VertexId, Vec<String>)> = Vec::new();
+    if let (Some(v), Some(paths)) = (conv.context, conv.context_paths.follow_paths()) {
+        follow.push((v, paths));
+    }
+    for &v in conv.locals.values() {
+        if let Some(paths) = ctxpaths::read_by_graph(&conv.graph, result, v) {
+            follow.push((v, paths));
+        }
+    }
+    for (v, paths) in follow {
+        if let Op::Source(s) = &mut conv.graph.vertices[v.0].op {
+            let json = serde_json::to_string(&paths).expect("a list of strings serializes to JSON");
+            s.attrs
+                .insert(ctxpaths::FOLLOW_PATHS_ATTR.to_string(), json);
+        }
+    }
     let mut warnings = conv.warnings;
     warnings.retain(|w| df.check_enabled(&w.rule, w.line));
     warnings.extend(df.warnings.iter().cloned());
@@ -336,6 +356,8 @@ struct Converter<'a> {
     warnings: Vec<crate::parser::Warning>,
     /// See [`Build::context_reads`].
     context_reads: Vec<ContextRead>,
+    /// The main context's paths the stages read (see [`ctxpaths`]).
+    context_paths: ctxpaths::ContextPaths,
 }
 
 /// The most bytes of step definitions (each step's environment, arguments

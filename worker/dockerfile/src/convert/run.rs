@@ -291,6 +291,13 @@ impl Converter<'_> {
                     Some(s) => ram_in_bytes(&s)
                         .ok_or_else(|| self.file_err(line, format!("invalid size: {s}")))?,
                 };
+                let source = ex(&m.source)?.unwrap_or_default();
+                // BuildKit counts a tmpfs mount as reading its source from
+                // the context (the whole of it when, as always, it has
+                // none); so its transfer does, and kiln's.
+                if m.from.is_none() {
+                    self.context_paths.read(&source);
+                }
                 Ok(Mount {
                     input: None,
                     selector: String::new(),
@@ -311,7 +318,10 @@ impl Converter<'_> {
                 };
                 let src = match &m.from {
                     Some(from) => self.source_edge(from, stage, line)?,
-                    None => Some(self.context()?),
+                    None => {
+                        self.context_paths.read(&selector);
+                        Some(self.context()?)
+                    }
                 };
                 Ok(Mount {
                     input: src.map(|e| inputs.index(e)),

@@ -223,7 +223,7 @@ fn single_stage_copy_run_cmd() {
 v0 "[1/3] FROM docker.io/library/busybox:latest" @Dockerfile:1
   source docker-image://docker.io/library/busybox:latest {}
 v1 "[internal] load build context"
-  source local://context {}
+  source local://context {"local.followpaths": "[\"hello.txt\"]"}
 v2 "[2/3] COPY hello.txt /hello.txt" @Dockerfile:2 <- [v0 v1]
   copy /hello.txt -> /hello.txt mode=None unpack=false excl=[] on in0 from in1 out=Some(0)
 v3 "[3/3] RUN echo hi" @Dockerfile:3 <- [v2]
@@ -658,7 +658,7 @@ v0 "[1/6] FROM docker.io/library/busybox:latest" @Dockerfile:1
 v1 "[2/6] WORKDIR /app" @Dockerfile:2 <- [v0]
   mkdir /app 755 parents=true on in0 out=Some(0)
 v2 "[internal] load build context"
-  source local://context {}
+  source local://context {"local.followpaths": "[\"a.txt\",\"archive.tar\",\"docs\",\"x\",\"y\"]"}
 v3 "[3/6] COPY a.txt ." @Dockerfile:3 <- [v1 v2]
   copy /a.txt -> /app/ mode=None unpack=false excl=[] on in0 from in1 out=Some(0)
 v4 "[4/6] COPY [x, y, dir]" @Dockerfile:4 <- [v3 v2]
@@ -758,7 +758,7 @@ fn no_cache_filter_marks_only_the_named_stages() {
         &o,
         r#"
 v0 "[internal] load build context" no-cache
-  source local://context {}
+  source local://context {"local.followpaths": "[\"a\",\"c\"]"}
 v1 "[deps 1/1] COPY a /a" @Dockerfile:2 <- [v0] no-cache
   copy /a -> /a mode=None unpack=false excl=[] on scratch from in0 out=Some(0)
 v2 "[stage-1 1/2] COPY --from=deps /a /b" @Dockerfile:4 <- [v1]
@@ -789,7 +789,7 @@ fn options_no_cache_excludes_labels() {
         &o,
         r#"
 v0 "[internal] load build context" no-cache
-  source local://ctx {"local.excludepatterns": "[\"*.md\",\"!README.md\"]"}
+  source local://ctx {"local.excludepatterns": "[\"*.md\",\"!README.md\"]", "local.followpaths": "[\"x\"]"}
 v1 "[1/1] COPY x /" @Dockerfile:3 <- [v0] no-cache
   copy /x -> / mode=None unpack=false excl=[] on scratch from in0 out=Some(0)
 env ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -859,7 +859,7 @@ v1 "[2/3] RUN echo a   b" @Dockerfile:3 <- [v0]
   env ["PATH=/usr/bin:/bin", "HOME=/root"]
   mount / <- in0"" out=Some(0) ro=false Bind
 v2 "[internal] load build context"
-  source local://context {}
+  source local://context {"local.followpaths": "[\"C:\\\\x.txt\"]"}
 v3 "[3/3] COPY C:\\x.txt   /x" @Dockerfile:5 <- [v1 v2]
   copy /C:\x.txt -> /x mode=None unpack=false excl=[] on in0 from in1 out=Some(0)
 env ["PATH=/usr/bin:/bin", "HOME=/root"]
@@ -1203,7 +1203,7 @@ fn copy_link_copies_onto_scratch_and_merges() {
 v0 "[1/2] FROM docker.io/library/busybox:latest" @Dockerfile:1
   source docker-image://docker.io/library/busybox:latest {}
 v1 "[internal] load build context"
-  source local://context {}
+  source local://context {"local.followpaths": "[\"a\"]"}
 v2 "[2/2] COPY --link --chown=1:root a /a" @Dockerfile:2 <- [v1]
   copy /a -> /a mode=None owner=1:0 unpack=false excl=[] on scratch from in0 out=Some(0)
 v3 "[2/2] LINK COPY --link --chown=1:root a /a" @Dockerfile:2 <- [v0 v2]
@@ -1224,7 +1224,7 @@ fn copy_link_on_scratch_is_the_copy_itself() {
         "FROM scratch\nADD --link a b\n",
         r#"
 v0 "[internal] load build context"
-  source local://context {}
+  source local://context {"local.followpaths": "[\"a\"]"}
 v1 "[1/1] ADD --link a b" @Dockerfile:2 <- [v0]
   copy /a -> /b mode=None unpack=true excl=[] on scratch from in0 out=Some(0)
 env ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -1244,7 +1244,7 @@ fn copy_link_with_chmod_is_a_plain_copy() {
 v0 "[1/2] FROM docker.io/library/busybox:latest" @Dockerfile:1
   source docker-image://docker.io/library/busybox:latest {}
 v1 "[internal] load build context"
-  source local://context {}
+  source local://context {"local.followpaths": "[\"a\"]"}
 v2 "[2/2] COPY --link --chmod=600 a /a" @Dockerfile:2 <- [v0 v1]
   copy /a -> /a mode=Some(384) unpack=false excl=[] on in0 from in1 out=Some(0)
 env ["PATH=/usr/bin:/bin", "HOME=/root"]

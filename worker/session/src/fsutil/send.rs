@@ -399,41 +399,122 @@ impl Walker {
     }
 }
 
-/// fsutil's `FollowLinks`: each follow path, plus the targets of symlinks
-/// among them (followed while they stay inside the root), as include
-/// patterns.
+/// fsutil's `FollowLinks`: each follow path, with every symlink on its
+/// way (a directory symlink in the middle too, and those a wildcard
+/// element matches) kept and followed to its target, as include patterns;
+/// a target is clamped to the root. Empty when one path is the root: then
+/// nothing is filtered.
 fn resolve_follow_paths(root: &Path, paths: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+    let mut resolved = std::collections::BTreeSet::new();
     for p in paths {
-        let mut cur = clean(p);
-        // Bounded like the kernel's symlink limit.
-        for _ in 0..40 {
-            if cur.is_empty() || cur == ".." || cur.starts_with("../") {
-                break;
-            }
-            if !out.contains(&cur) {
-                out.push(cur.clone());
-            }
-            let abs = root.join(&cur);
-            let is_link = std::fs::symlink_metadata(&abs)
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false);
-            let target = match std::fs::read_link(&abs) {
-                Ok(t) if is_link => t,
-                _ => break,
-            };
-            let Some(target) = target.to_str() else {
-                break;
-            };
-            cur = if target.starts_with('/') {
-                clean(target)
-            } else {
-                let parent = cur.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                clean(&format!("{parent}/{target}"))
-            };
+        follow_path(root, p, &mut resolved, 0);
+    }
+    // Sorted; a path below one already listed adds nothing.
+    let mut out: Vec<String> = Vec::new();
+    for p in resolved {
+        if p == "." {
+            return Vec::new();
         }
+        if out.last().is_some_and(|l| p.starts_with(&format!("{l}/"))) {
+            continue;
+        }
+        out.push(p);
     }
     out
+}
+
+/// Adds `p` to `resolved` element by element, following each symlink met.
+fn follow_path(
+    root: &Path,
+    p: &str,
+    resolved: &mut std::collections::BTreeSet<String>,
+    depth: usize,
+) {
+    // fsutil stops at paths seen before; the bound is for link chains
+    // that keep making new paths (`a -> a/a`).
+    if depth > 40 {
+        return;
+    }
+    let mut rest = clean(p);
+    if rest.is_empty() {
+        resolved.insert(".".to_string());
+        return;
+    }
+    // Above the root: nothing of the directory matches it.
+    if rest == ".." || rest.starts_with("../") {
+        return;
+    }
+    let mut current = String::new();
+    loop {
+        let (head, tail) = rest.split_once('/').unwrap_or((&rest, ""));
+        current = if current.is_empty() {
+            head.to_string()
+        } else {
+            format!("{current}/{head}")
+        };
+        let tail = tail.to_string();
+        let targets = symlink_targets(root, &current, true);
+        if (tail.is_empty() || !targets.is_empty()) && resolved.contains(&current) {
+            return;
+        }
+        if !targets.is_empty() {
+            resolved.insert(current);
+            for t in targets {
+                follow_path(root, &format!("{t}/{tail}"), resolved, depth + 1);
+            }
+            return;
+        }
+        if tail.is_empty() {
+            resolved.insert(current);
+            return;
+        }
+        rest = tail;
+    }
+}
+
+/// The targets (clean, relative to the root, clamped to it) of the symlink
+/// at `p`, or of the symlinks its last element matches when that is a
+/// wildcard; empty for anything else, missing included.
+fn symlink_targets(root: &Path, p: &str, wildcard: bool) -> Vec<String> {
+    let (dir, base) = p.rsplit_once('/').unwrap_or(("", p));
+    if wildcard && kiln_context::ignore::contains_wildcards(base) {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| kiln_context::ignore::glob_match(base, n))
+            .collect();
+        names.sort();
+        return names
+            .iter()
+            .flat_map(|n| {
+                let child = if dir.is_empty() {
+                    n.clone()
+                } else {
+                    format!("{dir}/{n}")
+                };
+                symlink_targets(root, &child, false)
+            })
+            .collect();
+    }
+    let is_link = std::fs::symlink_metadata(root.join(p)).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return Vec::new();
+    }
+    let Ok(target) = std::fs::read_link(root.join(p)) else {
+        return Vec::new();
+    };
+    let Some(target) = target.to_str() else {
+        return Vec::new();
+    };
+    // An absolute target is the root's; `..` stops at the root.
+    let joined = if target.starts_with('/') {
+        target.to_string()
+    } else {
+        format!("/{dir}/{target}")
+    };
+    vec![clean(&joined)]
 }
 
 /// Lexically cleans a slash-separated path relative to the root: no leading

@@ -436,6 +436,51 @@ async fn follow_paths_send_only_those_paths_and_symlink_targets() {
 }
 
 #[tokio::test]
+async fn follow_paths_resolve_links_on_the_way_and_behind_wildcards_as_fsutil() {
+    // `link/k.md`: the link in the middle is sent and followed.
+    let got = sent_paths(SendOptions {
+        follow_paths: strings(&["link/k.md"]),
+        ..SendOptions::default()
+    })
+    .await;
+    assert_eq!(got, set(&["docs", "docs/keep", "docs/keep/k.md", "link"]));
+    // A wildcard element that matches the link follows it too.
+    let got = sent_paths(SendOptions {
+        follow_paths: strings(&["l*/k.md", "src/m*.rs"]),
+        ..SendOptions::default()
+    })
+    .await;
+    assert_eq!(
+        got,
+        set(&[
+            "docs",
+            "docs/keep",
+            "docs/keep/k.md",
+            "link",
+            "src",
+            "src/main.rs"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_follow_path_naming_the_root_sends_everything_and_one_above_it_nothing() {
+    let all = sent_paths(SendOptions::default()).await;
+    let got = sent_paths(SendOptions {
+        follow_paths: strings(&["a.txt", "./"]),
+        ..SendOptions::default()
+    })
+    .await;
+    assert_eq!(got, all);
+    let got = sent_paths(SendOptions {
+        follow_paths: strings(&["../src/main.rs", "a.txt"]),
+        ..SendOptions::default()
+    })
+    .await;
+    assert_eq!(got, set(&["a.txt"]));
+}
+
+#[tokio::test]
 async fn sender_packets_follow_the_wire_protocol() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
