@@ -11,7 +11,8 @@
 //! (`agree`, `differ: …`, or `BuildKit builds it` for a case kiln rejects
 //! as not supported) and, with `KILN_CONFORMANCE_RECORD=1`, writes
 //! `checked = "buildkit <version>"` into every case BuildKit agreed with.
-//! `KILN_CONFORMANCE_ONLY=prefix` runs the cases whose name starts so;
+//! `KILN_CONFORMANCE_ONLY=prefix[,prefix…]` runs the cases whose name
+//! starts with one of the prefixes;
 //! `KILN_BUILDKIT_VERSION` names the BuildKit when `buildctl --version`
 //! cannot.
 
@@ -37,41 +38,175 @@ enum Outcome {
     Skipped(String),
 }
 
-/// The case's `kiln build` arguments as dockerfile frontend options.
-fn frontend_opts(case: &Case) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
+/// What buildctl is given for a case: frontend options (`--opt`), other
+/// buildctl flags as `(flag, value)`, and attributes added to the image
+/// output.
+#[derive(Default)]
+struct Invocation {
+    opts: Vec<String>,
+    flags: Vec<(&'static str, String)>,
+    output: Vec<String>,
+}
+
+/// The case's `kiln build` arguments as buildctl receives them from
+/// buildx: frontend options, plus what buildx does on the client (an
+/// inline cache export for `BUILDKIT_INLINE_CACHE`, an OCI layout's tag
+/// resolved to a digest and the layout passed as a session store).
+fn invocation(case: &Case) -> Result<Invocation, String> {
+    let mut inv = Invocation::default();
+    let mut layouts = 0;
     let mut args = case.build.iter();
     while let Some(a) = args.next() {
         let value = args.next().ok_or_else(|| format!("{a} has no value"))?;
         match a.as_str() {
-            "--build-arg" => out.push(format!("build-arg:{value}")),
-            "--target" => out.push(format!("target={value}")),
-            "--platform" => out.push(format!("platform={value}")),
-            "--secret" => out.push(format!("--secret {value}")),
+            "--build-arg" => {
+                inv.opts.push(format!("build-arg:{value}"));
+                // buildx: a true BUILDKIT_INLINE_CACHE adds --cache-to type=inline.
+                if value
+                    .strip_prefix("BUILDKIT_INLINE_CACHE=")
+                    .is_some_and(go_bool_true)
+                {
+                    inv.flags.push(("--export-cache", "type=inline".into()));
+                }
+            }
+            "--target" => inv.opts.push(format!("target={value}")),
+            "--platform" => inv.opts.push(format!("platform={value}")),
+            "--secret" => inv.flags.push(("--secret", value.clone())),
             // buildx joins repeated flags into one list attribute.
-            "--add-host" => list(&mut out, "add-hosts", value),
-            "--ulimit" => list(&mut out, "ulimit", value),
-            "--shm-size" => out.push(format!("shm-size={value}")),
-            "--ssh" => out.push(format!("--ssh {value}")),
+            "--add-host" => list(&mut inv.opts, "add-hosts", value),
+            "--ulimit" => list(&mut inv.opts, "ulimit", value),
+            "--shm-size" => inv.opts.push(format!("shm-size={value}")),
+            "--ssh" => inv.flags.push(("--ssh", value.clone())),
+            "--allow" => inv.flags.push(("--allow", value.clone())),
+            // The image output's own attributes (rewrite-timestamp, …).
+            "-o" | "--output" => {
+                let mut attrs = value.split(',');
+                if attrs.next() != Some("type=image") {
+                    return Err(format!("{a} {value}: only type=image outputs are compared"));
+                }
+                inv.output.extend(attrs.map(str::to_string));
+            }
             // As buildx sends them: a directory is a session local of the
             // context's name, anything else goes to the frontend as is.
             "--build-context" => {
                 let (name, v) = value
                     .split_once('=')
                     .ok_or_else(|| format!("--build-context {value}: no ="))?;
-                if v.contains("://")
+                if v.starts_with("oci-layout://") {
+                    let store = format!("kilnlayout{layouts}");
+                    layouts += 1;
+                    let (dir, reference) = oci_layout(case, v, &store)?;
+                    inv.flags
+                        .push(("--oci-layout", format!("{store}={}", dir.display())));
+                    inv.opts.push(format!("context:{name}={reference}"));
+                } else if v.contains("://")
                     || v.contains(':') && !v.starts_with('.') && !v.starts_with('/')
                 {
-                    out.push(format!("context:{name}={v}"));
+                    inv.opts.push(format!("context:{name}={v}"));
                 } else {
-                    out.push(format!("--local {name}={v}"));
-                    out.push(format!("context:{name}=local:{name}"));
+                    inv.flags.push(("--local", format!("{name}={v}")));
+                    inv.opts.push(format!("context:{name}=local:{name}"));
                 }
             }
             other => return Err(format!("no buildctl equivalent for {other}")),
         }
     }
-    Ok(out)
+    // A syntax naming BuildKit's own Dockerfile frontend would make
+    // BuildKit pull that image (no registry here) and run it with
+    // `cmdline` set; setting `cmdline` runs this BuildKit's built-in
+    // frontend in its place, as that image would run.
+    let syntax = case
+        .build
+        .iter()
+        .find_map(|a| a.strip_prefix("BUILDKIT_SYNTAX="))
+        .map(str::to_string)
+        .or_else(|| {
+            let src = std::fs::read_to_string(case.dockerfile()).ok()?;
+            kiln_dockerfile::directives::detect_syntax(&src).map(|d| d.value)
+        });
+    if let Some(syntax) = syntax.filter(|s| kiln_dockerfile::directives::is_dockerfile_frontend(s))
+    {
+        inv.opts.push(format!("cmdline={syntax}"));
+    }
+    Ok(inv)
+}
+
+/// The image output: unpacked (so `ctr run` starts at once), unless the
+/// case's attributes rewrite timestamps, which BuildKit refuses to
+/// combine with unpacking (`ctr run` unpacks it then).
+fn output(image: &str, attrs: &[String]) -> String {
+    let mut out = vec![format!("type=image,name={image}")];
+    if !attrs.iter().any(|a| a.starts_with("rewrite-timestamp=")) {
+        out.push("unpack=true".into());
+    }
+    out.extend(attrs.iter().cloned());
+    out.join(",")
+}
+
+/// Go's `strconv.ParseBool` true values.
+fn go_bool_true(v: &str) -> bool {
+    matches!(v, "1" | "t" | "T" | "TRUE" | "true" | "True")
+}
+
+/// An `oci-layout://PATH[:TAG][@DIGEST]` context as buildx passes it: the
+/// directory (relative to the case) and `oci-layout://STORE[:TAG]@DIGEST`,
+/// the tag (`latest` when neither is given) resolved in the layout's
+/// index.json when there is no digest. An unresolvable tag is buildx's
+/// error, raised before BuildKit sees the build: nothing to compare.
+fn oci_layout(
+    case: &Case,
+    value: &str,
+    store: &str,
+) -> Result<(std::path::PathBuf, String), String> {
+    let mut path = value.trim_start_matches("oci-layout://");
+    let mut digest = None;
+    if let Some((p, d)) = path.rsplit_once('@') {
+        if d.starts_with("sha256:") {
+            path = p;
+            digest = Some(d.to_string());
+        }
+    }
+    let mut tag = None;
+    if let Some((p, t)) = path.rsplit_once(':') {
+        if !t.is_empty() && !t.contains('/') {
+            path = p;
+            tag = Some(t.to_string());
+        }
+    }
+    if tag.is_none() && digest.is_none() {
+        tag = Some("latest".into());
+    }
+    let dir = case.dir.join(path);
+    let digest = match digest {
+        Some(d) => d,
+        None => {
+            let tag = tag.as_deref().unwrap_or_default();
+            let index = dir.join("index.json");
+            let text =
+                std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?;
+            let index: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
+            let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+            let named = |key: &str| {
+                manifests
+                    .iter()
+                    .find(|m| m["annotations"][key].as_str() == Some(tag))
+            };
+            named("io.containerd.image.name")
+                .or_else(|| named("org.opencontainers.image.ref.name"))
+                .or_else(|| (manifests.len() == 1).then(|| &manifests[0]))
+                .and_then(|m| m["digest"].as_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    format!("{value}: buildx resolves the tag before BuildKit sees the build, and finds none")
+                })?
+        }
+    };
+    let reference = match tag {
+        Some(t) => format!("oci-layout://{store}:{t}@{digest}"),
+        None => format!("oci-layout://{store}@{digest}"),
+    };
+    Ok((dir, reference))
 }
 
 /// Appends `value` to the comma list of option `key` (one `--opt` each).
@@ -87,8 +222,8 @@ fn list(out: &mut Vec<String>, key: &str, value: &str) {
 }
 
 fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {
-    let opts = match frontend_opts(case) {
-        Ok(o) => o,
+    let inv = match invocation(case) {
+        Ok(i) => i,
         Err(e) => return Outcome::Skipped(e),
     };
     let image = format!("docker.io/bkconformance/{}:latest", case.name);
@@ -103,12 +238,13 @@ fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {
         .arg("--local")
         .arg(format!("dockerfile={}", case.dir.display()))
         .args(["--opt", "image-resolve-mode=local"])
-        .args(["--output", &format!("type=image,name={image},unpack=true")]);
-    for o in &opts {
-        match o.split_once(' ') {
-            Some((flag @ ("--secret" | "--ssh" | "--local"), spec)) => cmd.args([flag, spec]),
-            _ => cmd.args(["--opt", o]),
-        };
+        .arg("--output")
+        .arg(output(&image, &inv.output));
+    for o in &inv.opts {
+        cmd.args(["--opt", o]);
+    }
+    for (flag, value) in &inv.flags {
+        cmd.arg(flag).arg(value);
     }
     // Relative paths in the case's arguments name files of the case.
     cmd.current_dir(&case.dir);
@@ -260,6 +396,7 @@ async fn main() -> Result<(), String> {
     on_path("buildkitd").ok_or("buildkitd is not on PATH")?;
     let version = buildkit_version(&buildctl);
     let only = std::env::var("KILN_CONFORMANCE_ONLY").unwrap_or_default();
+    let only: Vec<&str> = only.split(',').collect();
     let write = std::env::var("KILN_CONFORMANCE_RECORD").is_ok_and(|v| v == "1");
     let h = Harness::start().await?;
     h.import_busybox(NAMESPACE, "docker.io/library/busybox:latest")
@@ -269,7 +406,10 @@ async fn main() -> Result<(), String> {
     let cases = load_cases()?;
     let (mut agree, mut differ, mut builds, mut skipped) = (0, 0, 0, 0);
     println!("BuildKit {version}");
-    for case in cases.iter().filter(|c| c.name.starts_with(&only)) {
+    for case in cases
+        .iter()
+        .filter(|c| only.iter().any(|p| c.name.starts_with(p)))
+    {
         match check(&h, &buildctl, &d.addr(), case) {
             Outcome::Agree => {
                 agree += 1;

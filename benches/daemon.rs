@@ -50,9 +50,10 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
 
 /// buildkitd's settings, kept comparable with kiln's: only the containerd
 /// worker, on the harness's containerd and overlayfs, steps on the host's
-/// network (as the harness runs kiln's steps), no garbage collection while
-/// a workload runs (kiln's CLI collects nothing between builds either), a
-/// state directory of its own.
+/// network (as the harness runs kiln's steps), `network.host` granted to
+/// builds that ask for it (as kiln grants it on `--allow`), no garbage
+/// collection while a workload runs (kiln's CLI collects nothing between
+/// builds either), a state directory of its own.
 fn buildkitd_command(h: &Harness, bin: &Path, ns: &str, root: &Path, socket: &Path) -> Command {
     let mut cmd = Command::new(bin);
     // An empty config file, so /etc/buildkit/buildkitd.toml never applies.
@@ -73,6 +74,7 @@ fn buildkitd_command(h: &Harness, bin: &Path, ns: &str, root: &Path, socket: &Pa
             "--containerd-worker-snapshotter=overlayfs",
             "--containerd-worker-net=host",
             "--containerd-worker-gc=false",
+            "--allow-insecure-entitlement=network.host",
         ]);
     cmd
 }

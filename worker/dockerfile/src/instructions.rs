@@ -58,6 +58,8 @@ pub struct Command {
     pub line: usize,
     /// The logical line, keyword uppercased (`RUN echo hi`).
     pub original: String,
+    /// The keyword as written (`run`), as BuildKit names a command.
+    pub word: String,
     pub instruction: Instruction,
 }
 
@@ -240,6 +242,7 @@ pub fn parse_with_check(
         let command = Command {
             line: node.line,
             original: node.original.clone(),
+            word: node.word.clone(),
             instruction,
         };
         match df.stages.last_mut() {

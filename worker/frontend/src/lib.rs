@@ -57,6 +57,10 @@ pub enum FrontendError {
     /// `BUILDKIT_DOCKERFILE_CHECK` does not parse (BuildKit's text).
     #[error("failed to parse build-arg:BUILDKIT_DOCKERFILE_CHECK: {message}")]
     CheckArg { message: String },
+    /// One platform of the `platform` attribute does not parse (BuildKit's
+    /// text, containerd's reason).
+    #[error("failed to parse target platform {}: {reason}", reason.specifier())]
+    TargetPlatform { reason: kiln_solver::PlatformError },
     /// A supported attribute with a value kiln cannot use.
     #[error("invalid frontend option {key}={value:?}: {reason}")]
     InvalidAttribute {
@@ -101,7 +105,11 @@ impl FrontendError {
             FrontendError::UnsupportedAttribute { .. }
             | FrontendError::NamedContext { .. }
             | FrontendError::Unsupported { .. } => ErrorKind::Unimplemented,
+            FrontendError::TargetPlatform {
+                reason: kiln_solver::PlatformError::OsOptions { .. },
+            } => ErrorKind::Unimplemented,
             FrontendError::InvalidAttribute { .. }
+            | FrontendError::TargetPlatform { .. }
             | FrontendError::CheckArg { .. }
             | FrontendError::Dockerfile(_) => ErrorKind::InvalidArgument,
             FrontendError::DockerfileNotFound { .. } => ErrorKind::NotFound,
@@ -256,7 +264,7 @@ impl FrontendOptions {
                             .filter(|s| !s.is_empty())
                             .collect();
                     }
-                    "platform" => opts.platforms = parse_platforms(key, value)?,
+                    "platform" => opts.platforms = parse_platforms(value)?,
                     "hostname" => opts.hostname = value.to_string(),
                     "add-hosts" => {
                         opts.extra_hosts = csv_fields(value)
@@ -552,14 +560,9 @@ fn resolve_mode(value: &str) -> Result<ResolveMode> {
 
 /// `platform`: a comma-separated list (buildx sends one for a
 /// multi-platform build), each parsed and normalized as containerd does.
-fn parse_platforms(key: &str, value: &str) -> Result<Vec<kiln_solver::Platform>> {
-    kiln_solver::Platform::parse_list(value, &kiln_engine::oci::worker_platform()).map_err(|e| {
-        FrontendError::InvalidAttribute {
-            key: key.to_string(),
-            value: value.to_string(),
-            reason: e.to_string(),
-        }
-    })
+fn parse_platforms(value: &str) -> Result<Vec<kiln_solver::Platform>> {
+    kiln_solver::Platform::parse_list(value, &kiln_engine::oci::worker_platform())
+        .map_err(|reason| FrontendError::TargetPlatform { reason })
 }
 
 /// The platform of a named context (`context:NAME::PLATFORM`): kiln

@@ -192,7 +192,7 @@ fn platforms_are_a_normalized_list() {
         FrontendOptions::from_attrs(&attrs(&[("platform", "linux/")])).expect_err("not a platform");
     assert_eq!(
         e.to_string(),
-        "invalid frontend option platform=\"linux/\": invalid platform \"linux/\": expected os/arch[/variant]"
+        r#"failed to parse target platform linux/: "" is an invalid component of "linux/": platform specifier component must match "^[A-Za-z0-9_.-]+$": invalid argument"#
     );
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     for (key, value) in [

@@ -27,13 +27,79 @@ pub struct Platform {
     pub variant: String,
 }
 
-/// A platform that cannot be read.
+/// A platform that cannot be read; the message is containerd's
+/// (`platforms.Parse`), which BuildKit prints after its own context.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid platform {value:?}: {reason}")]
-pub struct PlatformError {
-    pub value: String,
-    pub reason: &'static str,
+pub enum PlatformError {
+    /// The first component is not an OS name.
+    #[error("{part:?} is an invalid OS component of {specifier:?}: OSAndVersion specifier component must match {OS_RE:?}: invalid argument")]
+    InvalidOs { specifier: String, part: String },
+    /// A later component has a character outside `[A-Za-z0-9_.-]`, or is
+    /// empty.
+    #[error("{part:?} is an invalid component of {specifier:?}: platform specifier component must match {COMPONENT_RE:?}: invalid argument")]
+    InvalidComponent { specifier: String, part: String },
+    /// One word that is neither a known OS nor a known architecture.
+    #[error("{specifier:?}: unknown operating system or architecture: invalid argument")]
+    Unknown { specifier: String },
+    /// More than `os/arch/variant`.
+    #[error("{specifier:?}: cannot parse platform specifier: invalid argument")]
+    TooLong { specifier: String },
+    /// A `*` in the specifier.
+    #[error("{specifier:?}: wildcards not yet supported: invalid argument")]
+    Wildcard { specifier: String },
+    /// `os(version+feature)`: valid for containerd, not read by kiln.
+    #[error(
+        "{specifier:?}: an OS version or OS features (os(version+feature)) is not supported yet"
+    )]
+    OsOptions { specifier: String },
 }
+
+impl PlatformError {
+    /// The text that did not parse.
+    pub fn specifier(&self) -> &str {
+        match self {
+            PlatformError::InvalidOs { specifier, .. }
+            | PlatformError::InvalidComponent { specifier, .. }
+            | PlatformError::Unknown { specifier }
+            | PlatformError::TooLong { specifier }
+            | PlatformError::Wildcard { specifier }
+            | PlatformError::OsOptions { specifier } => specifier,
+        }
+    }
+}
+
+/// The patterns containerd names in its errors.
+const OS_RE: &str = r"^([A-Za-z0-9_-]+)(?:\(([A-Za-z0-9_.%-]*)((?:\+[A-Za-z0-9_.%-]+)*)\))?$";
+const COMPONENT_RE: &str = "^[A-Za-z0-9_.-]+$";
+
+/// Architectures containerd knows (a one-word platform naming neither one
+/// of these nor a [`KNOWN_OS`] is an error).
+const KNOWN_ARCH: &[&str] = &[
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "ppc64",
+    "ppc64le",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
+];
 
 /// OS names containerd knows (a one-word platform naming one of these is
 /// an OS, anything else an architecture).
@@ -73,38 +139,61 @@ impl Platform {
     /// `default`'s architecture), as containerd's `platforms.Parse` does
     /// with `default` as the running platform.
     pub fn parse(value: &str, default: &Platform) -> Result<Platform, PlatformError> {
-        let bad = |reason| PlatformError {
-            value: value.to_string(),
-            reason,
-        };
-        let v = value.trim();
-        if v.is_empty() {
-            return Err(bad("empty"));
+        let specifier = || value.to_string();
+        if value.contains('*') {
+            return Err(PlatformError::Wildcard {
+                specifier: specifier(),
+            });
         }
-        let parts: Vec<&str> = v.split('/').collect();
-        if parts.iter().any(|p| {
-            p.is_empty()
-                || !p
-                    .chars()
+        let parts: Vec<&str> = value.splitn(4, '/').collect();
+        let component = |p: &str| {
+            !p.is_empty()
+                && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-        }) {
-            return Err(bad("expected os/arch[/variant]"));
+        };
+        for (i, part) in parts.iter().enumerate() {
+            if i == 0 {
+                if !os_component(part) {
+                    return Err(PlatformError::InvalidOs {
+                        specifier: specifier(),
+                        part: part.to_string(),
+                    });
+                }
+                if part.contains('(') {
+                    return Err(PlatformError::OsOptions {
+                        specifier: specifier(),
+                    });
+                }
+            } else if !component(part) {
+                return Err(PlatformError::InvalidComponent {
+                    specifier: specifier(),
+                    part: part.to_string(),
+                });
+            }
         }
         match parts.as_slice() {
             [one] => {
-                let lower = one.to_ascii_lowercase();
-                if KNOWN_OS.contains(&lower.as_str()) || lower == "macos" {
-                    Ok(Platform {
-                        os: normalize_os(&lower),
+                let os = normalize_os(one);
+                if KNOWN_OS.contains(&os.as_str()) {
+                    return Ok(Platform {
+                        os,
                         ..default.clone()
-                    })
+                    });
+                }
+                let p = Platform::new(&default.os, one, "");
+                if KNOWN_ARCH.contains(&p.architecture.as_str()) {
+                    Ok(p)
                 } else {
-                    Ok(Platform::new(&default.os, one, ""))
+                    Err(PlatformError::Unknown {
+                        specifier: specifier(),
+                    })
                 }
             }
             [os, arch] => Ok(Platform::new(os, arch, "")),
             [os, arch, variant] => Ok(Platform::new(os, arch, variant)),
-            _ => Err(bad("expected os/arch[/variant]")),
+            _ => Err(PlatformError::TooLong {
+                specifier: specifier(),
+            }),
         }
     }
 
@@ -135,6 +224,29 @@ impl fmt::Display for Platform {
             write!(f, "{}/{}/{}", self.os, self.architecture, self.variant)
         }
     }
+}
+
+/// Whether `part` matches containerd's OS component pattern: a name,
+/// optionally followed by `(version+feature...)`.
+fn os_component(part: &str) -> bool {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || "_-".contains(c);
+    let option_char = |c: char| c.is_ascii_alphanumeric() || "_.%-".contains(c);
+    let (name, options) = match part.split_once('(') {
+        Some((name, rest)) => match rest.strip_suffix(')') {
+            Some(options) => (name, Some(options)),
+            None => return false,
+        },
+        None => (part, None),
+    };
+    if name.is_empty() || !name.chars().all(name_char) {
+        return false;
+    }
+    let Some(options) = options else {
+        return true;
+    };
+    let mut pieces = options.split('+');
+    let version = pieces.next().unwrap_or_default();
+    version.chars().all(option_char) && pieces.all(|f| !f.is_empty() && f.chars().all(option_char))
 }
 
 fn normalize_os(os: &str) -> String {
@@ -195,9 +307,49 @@ mod tests {
                 "{text}"
             );
         }
-        for bad in ["", "linux/", "a/b/c/d", "linux/arm 64", "/amd64"] {
+        for bad in ["", "linux/", "a/b/c/d", "linux/arm 64", "/amd64", "amd65"] {
             assert!(Platform::parse(bad, &host()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn errors_in_containerds_words() {
+        let err = |text: &str| Platform::parse(text, &host()).expect_err(text).to_string();
+        assert_eq!(
+            err("linux/"),
+            r#""" is an invalid component of "linux/": platform specifier component must match "^[A-Za-z0-9_.-]+$": invalid argument"#
+        );
+        assert_eq!(
+            err("/amd64"),
+            r#""" is an invalid OS component of "/amd64": OSAndVersion specifier component must match "^([A-Za-z0-9_-]+)(?:\\(([A-Za-z0-9_.%-]*)((?:\\+[A-Za-z0-9_.%-]+)*)\\))?$": invalid argument"#
+        );
+        assert_eq!(
+            err("amd65"),
+            r#""amd65": unknown operating system or architecture: invalid argument"#
+        );
+        assert_eq!(
+            err("linux/amd64/v1/x"),
+            r#""linux/amd64/v1/x": cannot parse platform specifier: invalid argument"#
+        );
+        assert_eq!(
+            err("linux/*"),
+            r#""linux/*": wildcards not yet supported: invalid argument"#
+        );
+        // containerd's OS version syntax parses; kiln does not read it.
+        assert_eq!(
+            err("windows(10.0.17763+win32k)/amd64"),
+            r#""windows(10.0.17763+win32k)/amd64": an OS version or OS features (os(version+feature)) is not supported yet"#
+        );
+        assert!(matches!(
+            Platform::parse("windows(10/amd64", &host()),
+            Err(PlatformError::InvalidOs { .. })
+        ));
+        assert_eq!(
+            Platform::parse("linux/", &host())
+                .expect_err("bad")
+                .specifier(),
+            "linux/"
+        );
     }
 
     #[test]

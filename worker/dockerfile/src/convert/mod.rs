@@ -1149,12 +1149,11 @@ fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Resul
                 add = Some(cp);
             }
             _ => {
-                let keyword = c.original.split_whitespace().next().unwrap_or_default();
                 return Err(invalid(
                     stage.line,
                     &format!(
                         "SOURCE_DATE_EPOCH stage does not meet source-only requirements: unsupported {} instruction",
-                        keyword.to_lowercase()
+                        c.word
                     ),
                 ));
             }
@@ -1204,6 +1203,7 @@ pub(super) fn parse_trigger(trigger: &str, file: &str, line: usize) -> Result<Co
     Ok(Command {
         line,
         original: format!("ONBUILD {}", c.original),
+        word: c.word.clone(),
         instruction: c.instruction.clone(),
     })
 }

@@ -174,16 +174,20 @@ impl Plan {
                     format!("base name ({}) should not be blank", s.base),
                 ));
             }
+            // BuildKit names the flag's value as written, before expansion.
             let own_platform = match &s.platform {
-                Some(p) => {
+                Some(raw) => {
                     let p = lex
-                        .process_word(p, &global_env)
+                        .process_word(raw, &global_env)
                         .map_err(|m| invalid(s.line, m))?;
-                    Some(kiln_solver::Platform::parse(&p, &build).map_err(|e| {
-                        invalid(
+                    if p.is_empty() {
+                        return Err(invalid(
                             s.line,
-                            format!("failed to parse platform {p}: {}", e.reason),
-                        )
+                            format!("empty platform value from expression {raw}"),
+                        ));
+                    }
+                    Some(kiln_solver::Platform::parse(&p, &build).map_err(|e| {
+                        invalid(s.line, format!("failed to parse platform {raw}: {e}"))
                     })?)
                 }
                 None => None,

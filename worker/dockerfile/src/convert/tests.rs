@@ -563,7 +563,17 @@ fn from_platform_picks_the_stage_platform() {
     );
     check(
         "FROM --platform=linux/ busybox\n",
-        "error: Dockerfile:1: failed to parse platform linux/: expected os/arch[/variant]",
+        r#"error: Dockerfile:1: failed to parse platform linux/: "" is an invalid component of "linux/": platform specifier component must match "^[A-Za-z0-9_.-]+$": invalid argument"#,
+    );
+    // The value as written, before expansion; an empty one is BuildKit's
+    // own error.
+    check(
+        "ARG P=linux/\nFROM --platform=$P busybox\n",
+        r#"error: Dockerfile:2: failed to parse platform $P: "" is an invalid component of "linux/": platform specifier component must match "^[A-Za-z0-9_.-]+$": invalid argument"#,
+    );
+    check(
+        "ARG P\nFROM --platform=$P busybox\n",
+        "error: Dockerfile:2: empty platform value from expression $P",
     );
 }
 

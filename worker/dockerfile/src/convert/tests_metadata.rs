@@ -353,7 +353,12 @@ fn source_date_epoch_stage_forms() {
     );
     assert_eq!(
         check("FROM scratch AS src\nRUN true\nFROM img\n"),
-        "Dockerfile:1: SOURCE_DATE_EPOCH stage does not meet source-only requirements: unsupported run instruction"
+        "Dockerfile:1: SOURCE_DATE_EPOCH stage does not meet source-only requirements: unsupported RUN instruction"
+    );
+    // BuildKit names the instruction as the Dockerfile spells it.
+    assert_eq!(
+        check("FROM scratch AS src\ncopy a /a\nFROM img\n"),
+        "Dockerfile:1: SOURCE_DATE_EPOCH stage does not meet source-only requirements: unsupported copy instruction"
     );
     assert_eq!(
         check("FROM scratch AS src\nFROM img\n"),
