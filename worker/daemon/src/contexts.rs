@@ -102,6 +102,8 @@ pub struct Held {
     privileged: Vec<String>,
     /// What the last receive cost on the wire (fsutil's count).
     transferred: u64,
+    /// When the last receive started and ended.
+    span: Option<(std::time::SystemTime, std::time::SystemTime)>,
 }
 
 impl Held {
@@ -116,6 +118,11 @@ impl Held {
         self.transferred
     }
 
+    /// When the last receive started and ended, if one was recorded.
+    pub fn span(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+        self.span
+    }
+
     /// Whether the tree holds a complete earlier receive to bring up to
     /// date (otherwise it is empty).
     pub fn incremental(&self) -> bool {
@@ -124,7 +131,13 @@ impl Held {
 
     /// Records a complete receive: the next build may receive
     /// incrementally (once the privileged entries are gone, at drop).
-    pub fn received(&mut self, stats: &kiln_session::fsutil::ReceiveStats) -> std::io::Result<()> {
+    /// `started` is when the receive began; it ends now.
+    pub fn received(
+        &mut self,
+        stats: &kiln_session::fsutil::ReceiveStats,
+        started: std::time::SystemTime,
+    ) -> std::io::Result<()> {
+        self.span = Some((started, std::time::SystemTime::now()));
         std::fs::write(self.dir.join(SIZE), stats.tree_bytes.to_string())?;
         self.privileged = stats.privileged.clone();
         self.transferred = stats.wire_bytes;
@@ -203,6 +216,7 @@ impl Contexts {
             incremental: false,
             privileged: Vec::new(),
             transferred: 0,
+            span: None,
         };
         kiln_engine::sweep::create_private_dir(&held.dir)?;
         let tree = held.tree();
@@ -354,7 +368,9 @@ mod tests {
         let second = c.acquire(&k).expect("acquire");
         assert_ne!(first.tree(), second.tree());
         let mut first = first;
-        first.received(&stats(1, &[])).expect("received");
+        first
+            .received(&stats(1, &[]), std::time::SystemTime::now())
+            .expect("received");
         let tree = first.tree();
         drop(first);
         drop(second);
@@ -377,7 +393,8 @@ mod tests {
         let mut trees = Vec::new();
         for (i, name) in ["old", "lru", "recent", "held"].iter().enumerate() {
             let mut h = c.acquire(&key(None, "", name)).expect("acquire");
-            h.received(&stats(100, &[])).expect("received");
+            h.received(&stats(100, &[]), std::time::SystemTime::now())
+                .expect("received");
             let slot = h.tree().parent().expect("slot").to_path_buf();
             // Last uses: 2 h ago, then 30, 20 and 10 minutes ago.
             let ago = [7200, 1800, 1200, 600][i];
@@ -423,7 +440,7 @@ mod tests {
         for f in ["d/suid", "d/plain", "link"] {
             std::fs::write(tree.join(f), b"x").expect("write");
         }
-        h.received(&stats(3, &["d/suid", "link"]))
+        h.received(&stats(3, &["d/suid", "link"]), std::time::SystemTime::now())
             .expect("received");
         assert!(tree.join("d/suid").exists(), "kept while the build runs");
         drop(h);

@@ -101,6 +101,7 @@ pub async fn fetch_local(
         incremental: held.incremental(),
         ..Default::default()
     };
+    let started = std::time::SystemTime::now();
     let stats = kiln_session::filesync::fetch_dir(
         session.channel.clone(),
         f.name,
@@ -117,7 +118,7 @@ pub async fn fetch_local(
             format!("failed to read local {:?}: {e}", f.name),
         )
     })?;
-    held.received(&stats)
+    held.received(&stats, started)
         .map_err(|e| Status::internal(format!("cannot record the context {:?}: {e}", f.name)))?;
     // The transfer's counts, at info: what a rebuild cost is visible (and
     // tests read `files`, the files whose content was sent).
@@ -150,7 +151,12 @@ fn transfers(
             let name = s.identifier.strip_prefix("local://")?;
             let tree = locals.get(name)?;
             let h = held.iter().find(|h| h.tree() == *tree)?;
-            Some(crate::status::Transfer::new(i, name, h.transferred()))
+            Some(crate::status::Transfer::new(
+                i,
+                name,
+                h.transferred(),
+                h.span(),
+            ))
         })
         .collect()
 }

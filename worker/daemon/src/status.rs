@@ -17,23 +17,42 @@ fn ts(t: SystemTime) -> prost_types::Timestamp {
 }
 
 /// A local source's transfer, shown as BuildKit shows it: an item
-/// `transferring NAME:` with the bytes on the wire, done when the vertex
-/// that reads it is.
+/// `transferring NAME:` with the bytes on the wire and the time the
+/// receive took; the vertex that reads it starts when the receive did
+/// (kilnd receives before the solve), so its duration includes it.
 #[derive(Clone, Debug)]
 pub struct Transfer {
     pub vertex: usize,
     pub id: String,
     pub bytes: u64,
+    /// When the receive started and ended.
+    pub span: Option<(SystemTime, SystemTime)>,
 }
 
 impl Transfer {
     /// The item of local source `name` read by `vertex`.
-    pub fn new(vertex: usize, name: &str, bytes: u64) -> Transfer {
+    pub fn new(
+        vertex: usize,
+        name: &str,
+        bytes: u64,
+        span: Option<(SystemTime, SystemTime)>,
+    ) -> Transfer {
         Transfer {
             vertex,
             id: transfer_id(name),
             bytes,
+            span,
         }
+    }
+
+    /// When `vertex` started: its receive's start if it has one that began
+    /// earlier than `at`.
+    fn started(transfers: &[Transfer], vertex: usize, at: SystemTime) -> SystemTime {
+        transfers
+            .iter()
+            .filter(|t| t.vertex == vertex)
+            .filter_map(|t| t.span.map(|(from, _)| from))
+            .fold(at, SystemTime::min)
     }
 }
 
@@ -61,6 +80,7 @@ pub async fn forward(
         match e {
             ProgressEvent::Started { vertex, name, at } => {
                 tracing::debug!(build = %job.id, step = %name, digest = %digest(vertex), "step started");
+                let at = Transfer::started(&transfers, vertex, at);
                 started.insert(vertex, at);
                 s.vertexes.push(Vertex {
                     digest: digest(vertex),
@@ -102,14 +122,16 @@ pub async fn forward(
                     let since = ts(from);
                     s.statuses
                         .extend(transfers.iter().filter(|t| t.vertex == vertex).map(|t| {
+                            let (from, to) =
+                                t.span.map_or((since, ts(at)), |(a, b)| (ts(a), ts(b)));
                             VertexStatus {
                                 id: t.id.clone(),
                                 vertex: digest(vertex),
                                 name: t.id.clone(),
                                 current: i64::try_from(t.bytes).unwrap_or(i64::MAX),
-                                timestamp: Some(ts(at)),
-                                started: Some(since),
-                                completed: Some(ts(at)),
+                                timestamp: Some(to),
+                                started: Some(from),
+                                completed: Some(to),
                                 ..Default::default()
                             }
                         }));
