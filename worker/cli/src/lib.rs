@@ -1098,6 +1098,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     // The daemon parses (and refuses) them, as any BuildKit client's.
     let attrs = frontend_attrs(&args, &prepared.dockerfile, prepared.remote.as_deref())?;
     let named_dirs = context_dirs(&args)?;
+    let oci_stores = oci_stores(&args)?;
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let secrets = secrets::Secrets::parse(&args.secrets)?;
     let ssh = ssh::Agents::for_build(&args.ssh, &args.context)?.session();
@@ -1118,6 +1119,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             dockerfile,
             attrs,
             named_dirs,
+            oci_stores,
             outputs,
             tags,
             entitlements: entitlements(&args),
