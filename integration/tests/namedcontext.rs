@@ -104,10 +104,9 @@ async fn a_named_directory_must_exist_and_be_served() {
 /// directory, is a named context (`oci-layout://DIR`, `:TAG`, `@DIGEST`)
 /// of a build in another namespace, whose content store has none of its
 /// blobs: they are imported from the layout, and the layout's config is
-/// the base's (kilnd writes the archive). Through kilnd, the kiln CLI
-/// does not attach its layout to the session as a content store yet
-/// (buildx and buildctl do: `ocilayout.rs`), so the same flag fails
-/// before any step runs, saying so.
+/// the base's (kilnd writes the archive). Through kilnd the kiln CLI
+/// attaches the layout to its session as a content store, as buildx
+/// does, and the same flags build the same image.
 #[tokio::test]
 async fn an_oci_layout_is_a_named_context() {
     let ns = "named-ctx-layout";
@@ -185,13 +184,43 @@ async fn an_oci_layout_is_a_named_context() {
         assert_eq!(got, "from the layout\nfrom the layout\nyes\n", "{form}");
     }
 
-    let base = format!("base={}", forms[0]);
-    let out = remote(&h, &k, ns, &["--build-context", &base, c]);
-    assert!(!out.success, "{}", out.stdout);
-    assert!(
-        out.stderr
-            .contains("the client's session serves no content store"),
-        "{}",
-        out.stderr
-    );
+    // Through a kilnd of a third namespace, which has none of the
+    // layout's blobs either: kilnd reads them from the CLI's session.
+    let through = "named-ctx-layout-kilnd";
+    let k2 = h
+        .start_kilnd_named(through, "layout-use")
+        .await
+        .expect("kilnd starts");
+    for (i, form) in forms.iter().enumerate() {
+        let base = format!("base={form}");
+        let extra = format!("extra={form}");
+        let tag = format!("from-layout-kilnd:{i}");
+        let out = remote(
+            &h,
+            &k2,
+            through,
+            &[
+                "--build-context",
+                &base,
+                "--build-context",
+                &extra,
+                "-t",
+                &tag,
+                c,
+            ],
+        )
+        .ok();
+        assert!(
+            !out.stderr.contains("serves no content store"),
+            "{form}:\n{}",
+            out.stderr
+        );
+        let got = h.run_image(
+            through,
+            &format!("docker.io/library/{tag}"),
+            &format!("layout-kilnd-run-{i}"),
+            &[],
+        );
+        assert_eq!(got, "from the layout\nfrom the layout\nyes\n", "{form}");
+    }
 }

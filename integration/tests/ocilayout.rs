@@ -161,6 +161,60 @@ async fn an_oci_layout_of_the_session_is_a_named_context() {
     }
 }
 
+/// kiln's own CLI against kilnd (`kiln --addr … build --build-context
+/// base=oci-layout://DIR:TAG`): it resolves the tag in the layout's
+/// `index.json`, names the layout by a store id in the frontend
+/// attribute and serves it in its session as `oci:ID`, as buildx does;
+/// kilnd, whose namespace has none of the layout's blobs, builds on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kiln_cli_serves_its_oci_layout_to_kilnd() {
+    let ns = "ocilayout-cli-src";
+    let h = Harness::with_busybox(ns).await;
+    let (dir, _) = layout(&h, ns).await;
+    let other = "ocilayout-cli-use";
+    let k = h.start_kilnd(other).await.expect("kilnd starts");
+    let ctx = h.context(
+        "oci-cli-use",
+        &[(
+            "Dockerfile",
+            "FROM base\nCMD [\"sh\", \"-c\", \"cat /layout.txt; echo $FROM_LAYOUT\"]\n",
+        )],
+    );
+    let base = format!("base=oci-layout://{}:v1", dir.display());
+    let addr = k.addr();
+    let image = "from-cli-layout:1";
+    let out = h
+        .kiln(
+            other,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress",
+                "plain",
+                "--build-context",
+                &base,
+                "-t",
+                image,
+                ctx.to_str().expect("utf8"),
+            ],
+        )
+        .expect("kiln runs")
+        .ok();
+    assert!(
+        !out.stderr.contains("serves no content store"),
+        "{}",
+        out.stderr
+    );
+    let got = h.run_image(
+        other,
+        &format!("docker.io/library/{image}"),
+        "oci-cli-run",
+        &[],
+    );
+    assert_eq!(got, "from the layout\nyes\n");
+}
+
 fn blob(dir: &Path, digest: &str) -> PathBuf {
     let (alg, hex) = digest.split_once(':').expect("a digest");
     dir.join("blobs").join(alg).join(hex)

@@ -73,31 +73,34 @@ async fn plain_is_buildkits_layout() {
     .ok();
     // BuildKit's rules: `#N name` once per vertex with a blank line
     // between vertexes, output lines timed from the vertex's start, a
-    // status line per export item, `DONE` for every vertex.
-    let expected = format!(
-        "\
+    // status line per export item, `DONE` for every vertex. The
+    // frontend's internal steps are kilnd's (and their bytes: see
+    // `embedded_internal_steps_and_bytes_are_kilnds`).
+    let expected = "\
 #1 [internal] load build definition from Dockerfile
-#1 transferring dockerfile: {}B done
+#1 transferring dockerfile: NB done
 #1 DONE Ts
 
-#2 [1/2] FROM docker.io/library/busybox:latest
+#2 [internal] load .dockerignore
+#2 transferring context: NB done
 #2 DONE Ts
 
-#3 [2/2] RUN echo hello && usleep 200000 && echo world >&2
-#3 T hello
-#3 T world
+#3 [1/2] FROM docker.io/library/busybox:latest
 #3 DONE Ts
 
-#4 exporting to image
-#4 exporting layers Ts done
-#4 exporting manifest sha256:D done
-#4 exporting config sha256:D done
-#4 naming to docker.io/library/plain:1 done
+#4 [2/2] RUN echo hello && usleep 200000 && echo world >&2
+#4 T hello
+#4 T world
 #4 DONE Ts
-",
-        DF.len()
-    );
-    assert_eq!(mask(&out.stderr), expected, "{}", out.stderr);
+
+#5 exporting to image
+#5 exporting layers Ts done
+#5 exporting manifest sha256:D done
+#5 exporting config sha256:D done
+#5 naming to docker.io/library/plain:1 done
+#5 DONE Ts
+";
+    assert_eq!(mask_transfers(&out.stderr), expected, "{}", out.stderr);
     // A rebuild is all cached.
     let again = build(
         &h,
@@ -109,7 +112,7 @@ async fn plain_is_buildkits_layout() {
     .ok();
     assert!(
         mask(&again.stderr)
-            .contains("#3 [2/2] RUN echo hello && usleep 200000 && echo world >&2\n#3 CACHED\n"),
+            .contains("#4 [2/2] RUN echo hello && usleep 200000 && echo world >&2\n#4 CACHED\n"),
         "{}",
         again.stderr
     );
@@ -252,7 +255,7 @@ async fn a_failing_run_shows_the_recap_and_the_dockerfile_snippet() {
     assert!(!out.success, "{}", out.stderr);
     let tail = mask(
         out.stderr
-            .split_once("#4 ERROR: ")
+            .split_once("#5 ERROR: ")
             .expect("the step failed")
             .1,
     );
@@ -343,9 +346,10 @@ fn tty_screen(h: &Harness, ns: &str, ctx: &std::path::Path, w: u32, rows: u32) -
 async fn the_terminal_view_is_redrawn_in_place_at_80x24_and_200x50() {
     let ns = "progress-tty";
     let h = Harness::with_busybox(ns).await;
-    // Enough steps and output lines for many redraws and a cut block.
+    // Enough steps and output lines for many redraws and a cut block;
+    // few enough that the finished view fits 24 rows with its header.
     let mut df = String::from("FROM busybox\n");
-    for i in 0..12 {
+    for i in 0..10 {
         df += &format!("RUN for n in 1 2 3 4 5 6 7 8; do echo step {i} line $n of a long output line that is wider than eighty columns for sure; usleep 30000; done\n");
     }
     let ctx = h.context("tty", &[("Dockerfile", &df)]);
@@ -363,15 +367,15 @@ async fn the_terminal_view_is_redrawn_in_place_at_80x24_and_200x50() {
             .position(|l| l.starts_with("[+] Building"))
             .expect("header");
         assert!(
-            lines[head].contains("(15/15) FINISHED"),
+            lines[head].contains("(14/14) FINISHED"),
             "{w}x{rows}:\n{screen}"
         );
         for l in &lines {
             assert!(l.chars().count() < w as usize, "{w}x{rows}: {l:?}");
         }
         // Every step is listed once, after the header, with its time.
-        for i in 0..12 {
-            let step = format!(" => [{:>2}/13] RUN for n in", i + 2);
+        for i in 0..10 {
+            let step = format!(" => [{:>2}/11] RUN for n in", i + 2);
             let n = lines.iter().filter(|l| l.starts_with(&step)).count();
             if rows == 50 {
                 assert_eq!(n, 1, "{w}x{rows}: {step}\n{screen}");
@@ -502,33 +506,25 @@ fn mask_transfers(s: &str) -> String {
         .collect()
 }
 
-#[tokio::test]
-async fn through_kilnd_the_frontends_internal_steps_are_buildkits() {
-    let ns = "progress-internal";
-    let h = Harness::with_busybox(ns).await;
-    let k = h.start_kilnd(ns).await.expect("kilnd starts");
-    let addr = k.addr();
-    // From scratch: no base image step runs beside the context's load.
-    let df = "FROM scratch\nCOPY hello.txt /hello.txt\n";
-    let ctx = h.context(
+/// From scratch: no base image step runs beside the context's load.
+const INTERNAL_DF: &str = "FROM scratch\nCOPY hello.txt /hello.txt\n";
+
+/// The context of the internal-steps tests.
+fn internal_context(h: &Harness) -> std::path::PathBuf {
+    h.context(
         "internal",
         &[
-            ("Dockerfile", df),
+            ("Dockerfile", INTERNAL_DF),
             ("hello.txt", "hello from the context\n"),
         ],
-    );
-    let c = ctx.to_str().expect("utf8");
-    let run = |extra: &[&str]| {
-        let mut args = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-        args.extend_from_slice(extra);
-        args.extend(["-t", "internal:1", c]);
-        h.kiln(ns, &args).expect("kiln runs").ok()
-    };
-    let out = run(&[]);
-    // BuildKit's dockerfile frontend: the definition, then the context's
-    // ignore file, then the context when the graph reads it, each with
-    // its transfer (fsutil's bytes on the wire).
-    let expected = "\
+    )
+}
+
+/// BuildKit's dockerfile frontend: the definition, then the context's
+/// ignore file, then the context when the graph reads it, each with its
+/// transfer (fsutil's bytes on the wire), for [`INTERNAL_DF`] tagged
+/// `internal:1` (transfers masked by [`mask_transfers`]).
+const INTERNAL_STEPS: &str = "\
 #1 [internal] load build definition from Dockerfile
 #1 transferring dockerfile: NB done
 #1 DONE Ts
@@ -551,20 +547,44 @@ async fn through_kilnd_the_frontends_internal_steps_are_buildkits() {
 #5 naming to docker.io/library/internal:1 done
 #5 DONE Ts
 ";
-    assert_eq!(mask_transfers(&out.stderr), expected, "{}", out.stderr);
-    let bytes = |step: &str| -> u64 {
-        out.stderr
-            .lines()
-            .find(|l| l.starts_with(&format!("#{step} transferring ")))
-            .and_then(|l| l.rsplit_once(": "))
-            .and_then(|(_, n)| n.split('B').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no bytes for #{step}:\n{}", out.stderr))
+
+/// The bytes of the `transferring …: NB` line of step `#step`.
+fn transfer_bytes(stderr: &str, step: &str) -> u64 {
+    stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("#{step} transferring ")))
+        .and_then(|l| l.rsplit_once(": "))
+        .and_then(|(_, n)| n.split('B').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes for #{step}:\n{stderr}"))
+}
+
+#[tokio::test]
+async fn through_kilnd_the_frontends_internal_steps_are_buildkits() {
+    let ns = "progress-internal";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let addr = k.addr();
+    let ctx = internal_context(&h);
+    let c = ctx.to_str().expect("utf8");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
+        args.extend_from_slice(extra);
+        args.extend(["-t", "internal:1", c]);
+        h.kiln(ns, &args).expect("kiln runs").ok()
     };
+    let out = run(&[]);
+    assert_eq!(
+        mask_transfers(&out.stderr),
+        INTERNAL_STEPS,
+        "{}",
+        out.stderr
+    );
+    let bytes = |step: &str| transfer_bytes(&out.stderr, step);
     // Nothing to send is fsutil's FIN packet, which BuildKit shows as 2B;
     // a file costs its content and its metadata.
     assert_eq!(bytes("2"), 2, "{}", out.stderr);
-    assert!(bytes("1") > df.len() as u64, "{}", out.stderr);
+    assert!(bytes("1") > INTERNAL_DF.len() as u64, "{}", out.stderr);
     assert!(bytes("3") > 23, "{}", out.stderr);
 
     // A Dockerfile's own ignore file comes with it: no context ignore step.
@@ -579,5 +599,111 @@ async fn through_kilnd_the_frontends_internal_steps_are_buildkits() {
         ),
         "{}",
         out.stderr
+    );
+}
+
+/// An embedded build shows kilnd's internal steps in kilnd's order, with
+/// the bytes kilnd's first fetch of the same files takes on the wire
+/// (nothing is transferred: the count is fsutil's, over the same walk),
+/// in the plain and rawjson displays; a Dockerfile's own ignore file
+/// drops the context's ignore step in both paths.
+#[tokio::test]
+async fn embedded_internal_steps_and_bytes_are_kilnds() {
+    let ns = "progress-internal-kilnd";
+    let h = Harness::start().await.expect("private containerd starts");
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let addr = k.addr();
+    let ctx = internal_context(&h);
+    let c = ctx.to_str().expect("utf8");
+    let through = h
+        .kiln(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress",
+                "plain",
+                "-t",
+                "internal:1",
+                c,
+            ],
+        )
+        .expect("kiln runs")
+        .ok();
+    // Another namespace: no cache record of kilnd's build.
+    let embedded_ns = "progress-internal-embedded";
+    let embedded = build(&h, embedded_ns, "plain", &[], &["-t", "internal:1", c]).ok();
+    assert_eq!(
+        mask_transfers(&embedded.stderr),
+        INTERNAL_STEPS,
+        "{}",
+        embedded.stderr
+    );
+    for step in ["1", "2", "3"] {
+        assert_eq!(
+            transfer_bytes(&embedded.stderr, step),
+            transfer_bytes(&through.stderr, step),
+            "#{step}\nembedded:\n{}\nkilnd:\n{}",
+            embedded.stderr,
+            through.stderr
+        );
+    }
+
+    // rawjson carries the same items with their bytes.
+    let json = build(
+        &h,
+        embedded_ns,
+        "rawjson",
+        &[],
+        &["--no-cache", "-t", "internal:1", c],
+    )
+    .ok();
+    let mut items = Vec::new();
+    for line in json.stderr.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for st in v["statuses"].as_array().into_iter().flatten() {
+            let name = st["name"].as_str().unwrap_or_default();
+            if name.starts_with("transferring ") {
+                items.push((name.to_string(), st["current"].as_u64().unwrap_or(0)));
+            }
+        }
+    }
+    let want: Vec<(String, u64)> = [
+        ("transferring dockerfile:", "1"),
+        ("transferring context:", "2"),
+        ("transferring context:", "3"),
+    ]
+    .iter()
+    .map(|(n, step)| (n.to_string(), transfer_bytes(&through.stderr, step)))
+    .collect();
+    assert_eq!(items, want, "{}", json.stderr);
+
+    // A Dockerfile's own ignore file comes with it: no context ignore step.
+    std::fs::write(ctx.join("Dockerfile.dockerignore"), "*.md\n").expect("write");
+    let own = build(
+        &h,
+        embedded_ns,
+        "plain",
+        &[],
+        &["--no-cache", "-t", "internal:1", c],
+    )
+    .ok();
+    assert!(!own.stderr.contains("load .dockerignore"), "{}", own.stderr);
+    assert!(
+        mask_transfers(&own.stderr).starts_with(
+            "#1 [internal] load build definition from Dockerfile\n\
+             #1 transferring dockerfile: NB done\n#1 DONE Ts\n\n\
+             #2 [internal] load build context\n#2 transferring context: NB done\n"
+        ),
+        "{}",
+        own.stderr
+    );
+    // The ignore file is part of the definition's transfer.
+    assert!(
+        transfer_bytes(&own.stderr, "1") > transfer_bytes(&through.stderr, "1"),
+        "{}",
+        own.stderr
     );
 }

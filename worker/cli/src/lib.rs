@@ -1098,6 +1098,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     // The daemon parses (and refuses) them, as any BuildKit client's.
     let attrs = frontend_attrs(&args, &prepared.dockerfile, prepared.remote.as_deref())?;
     let named_dirs = context_dirs(&args)?;
+    let oci_stores = oci_stores(&args)?;
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let secrets = secrets::Secrets::parse(&args.secrets)?;
     let ssh = ssh::Agents::for_build(&args.ssh, &args.context)?.session();
@@ -1118,6 +1119,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             dockerfile,
             attrs,
             named_dirs,
+            oci_stores,
             outputs,
             tags,
             entitlements: entitlements(&args),
@@ -1274,13 +1276,29 @@ async fn build(
     let display = tokio::spawn(progress::render(rx, shown_as));
     let embedded = std::sync::Arc::new(std::sync::Mutex::new(progress::model::Embedded::default()));
     let (tx, engine_rx) = kiln_engine::progress::channel();
+    let transfers = std::sync::Arc::new(progress::internal::Transfers::default());
     let forward = tokio::spawn(progress::forward_engine(
         engine_rx,
         embedded.clone(),
+        transfers.clone(),
         shown.clone(),
     ));
     let source = match local_source {
-        Some(s) => s,
+        // kilnd's steps before it plans, with what its fetches of the
+        // same files from this client would take. A remote context's
+        // Dockerfile comes with the context's own step instead.
+        Some(s) => {
+            let steps = progress::internal::definition_steps(
+                &mut embedded.lock().unwrap_or_else(|p| p.into_inner()),
+                &opts,
+                df_dir,
+                &context,
+            );
+            for u in steps {
+                let _ = shown.send(u).await;
+            }
+            s
+        }
         None => {
             let fetched = remote_dockerfile(
                 &engine,
@@ -1304,20 +1322,6 @@ async fn build(
             }
         }
     };
-    let definition = {
-        let now = std::time::SystemTime::now();
-        let mut e = embedded.lock().unwrap_or_else(|p| p.into_inner());
-        let name = format!("[internal] load build definition from {}", opts.filename);
-        let size = i64::try_from(source.text.len()).unwrap_or(i64::MAX);
-        [
-            e.begin(&name, now),
-            e.item("transferring dockerfile:", size, now, now),
-            e.close(std::time::SystemTime::now(), None),
-        ]
-    };
-    for u in definition {
-        let _ = shown.send(u).await;
-    }
     let oci_stores = oci_stores(&args)?;
     let images = engine
         .base_images(opts.resolve_mode, credentials.clone())
@@ -1404,6 +1408,7 @@ async fn build(
     let warnings: Vec<String> = built.warnings.iter().map(|w| w.to_string()).collect();
     let mut locals = named_dirs;
     locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.clone());
+    transfers.start(&built.graph, &locals);
     let req = BuildRequest {
         graph: built.graph,
         result: built.result,

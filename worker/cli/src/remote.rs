@@ -57,6 +57,10 @@ pub struct RemoteBuild {
     pub attrs: HashMap<String, String>,
     /// `--build-context NAME=DIR` directories, served under their names.
     pub named_dirs: HashMap<String, PathBuf>,
+    /// `--build-context NAME=oci-layout://DIR` layouts by the store id the
+    /// frontend attribute names, served as the content stores `oci:ID`
+    /// (as buildx attaches them).
+    pub oci_stores: kiln_engine::layout::OciStores,
     /// `-o` specs, parsed into key/value maps (with `type`).
     pub outputs: Vec<HashMap<String, String>>,
     /// `-t` names for the image exporter.
@@ -417,6 +421,19 @@ pub async fn build(
         kiln_session::secrets::SecretsServerImpl::new(Arc::new(b.secrets.clone())).into_service(),
         kiln_session::secrets::SecretsServerImpl::METHODS,
     );
+    // The OCI layouts of `oci-layout://` named contexts, read by the
+    // daemon through containerd's Content service.
+    if !b.oci_stores.is_empty() {
+        let stores = b
+            .oci_stores
+            .iter()
+            .map(|(id, dir)| (kiln_session::content::oci_store_id(id), dir.clone()))
+            .collect();
+        services.add(
+            kiln_session::content::LayoutStores::new(stores).into_service(),
+            kiln_session::content::LayoutStores::METHODS,
+        );
+    }
     if let Some(agents) = b.ssh.clone() {
         services.add(
             kiln_session::ssh::SshServerImpl::new(agents).into_service(),

@@ -30,6 +30,13 @@ pub const FOLLOW_PATHS_KEY: &str = "followpaths";
 /// The full method path the daemon calls.
 pub const DIFF_COPY_METHOD: &str = "/moby.filesync.v1.FileSync/DiffCopy";
 
+/// BuildKit's name of the progress item of a transfer of the local
+/// directory `name` (`transferring context:`), which carries its bytes on
+/// the wire ([`crate::fsutil::ReceiveStats::wire_bytes`]).
+pub fn transfer_id(name: &str) -> String {
+    format!("transferring {name}:")
+}
+
 /// The largest message either side accepts (upstream's session limit).
 const MAX_MESSAGE: usize = 16 << 20;
 

@@ -6,6 +6,7 @@
 //! After a failed build the plain and tty displays print BuildKit's recap
 //! of the failed steps; [`source`] prints the Dockerfile snippet under it.
 
+pub mod internal;
 pub mod json;
 pub mod model;
 pub mod plain;
@@ -75,13 +76,37 @@ pub fn channel() -> (Sender<SolveStatus>, Receiver<SolveStatus>) {
 
 /// The embedded engine's events, turned into updates for the display by
 /// `embedded` (shared so the caller can add its own vertexes to it).
+/// A local source's transfer (`transfers`) shows on its vertex when
+/// that completes without error, as kilnd shows it.
 pub async fn forward_engine(
     mut rx: Receiver<kiln_engine::ProgressEvent>,
     embedded: std::sync::Arc<std::sync::Mutex<model::Embedded>>,
+    transfers: std::sync::Arc<internal::Transfers>,
     tx: Sender<SolveStatus>,
 ) {
     while let Some(e) = rx.recv().await {
-        let update = embedded.lock().unwrap_or_else(|p| p.into_inner()).event(e);
+        let transfer = match &e {
+            kiln_engine::ProgressEvent::Completed {
+                vertex,
+                error: None,
+                at,
+                ..
+            } => transfers
+                .done(*vertex)
+                .await
+                .map(|(id, bytes)| (*vertex, id, bytes, *at)),
+            _ => None,
+        };
+        let update = {
+            let mut model = embedded.lock().unwrap_or_else(|p| p.into_inner());
+            let mut update = model.event(e);
+            if let Some((vertex, id, bytes, at)) = transfer {
+                update
+                    .statuses
+                    .push(model.transferred(vertex, &id, bytes, at));
+            }
+            update
+        };
         if tx.send(update).await.is_err() {
             return;
         }

@@ -244,6 +244,21 @@ impl Embedded {
         s
     }
 
+    /// The done item `id` (a local source's `transferring NAME:`) of graph
+    /// vertex `vertex` with `bytes`, from the vertex's start to `at`.
+    pub fn transferred(&self, vertex: usize, id: &str, bytes: u64, at: SystemTime) -> VertexStatus {
+        VertexStatus {
+            id: id.to_string(),
+            vertex: self.digest(vertex),
+            name: id.to_string(),
+            total: 0,
+            current: i64::try_from(bytes).unwrap_or(i64::MAX),
+            timestamp: at,
+            started: Some(self.started.get(&vertex).copied().unwrap_or(at)),
+            completed: Some(at),
+        }
+    }
+
     /// The update one engine event makes.
     pub fn event(&mut self, e: ProgressEvent) -> SolveStatus {
         let now = SystemTime::now();

@@ -18,6 +18,7 @@ mod send;
 mod stat;
 #[cfg(test)]
 pub(crate) mod tests;
+mod wire;
 
 pub use error::FsutilError;
 pub use kiln_proto::fsutil::packet::PacketType;
@@ -27,6 +28,7 @@ pub use receive::{
 };
 pub use send::{send_dir, SendOptions};
 pub use stat::stat_of;
+pub use wire::wire_size;
 
 /// Go `os.FileMode` bits as they travel in `Stat.mode`.
 pub mod mode {

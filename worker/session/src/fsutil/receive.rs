@@ -268,7 +268,7 @@ impl Applier {
                     Err(FsutilError::UnexpectedEof)
                 };
             };
-            self.stats.wire_bytes += u64::try_from(prost::Message::encoded_len(&p)).unwrap_or(0);
+            self.stats.wire_bytes += super::wire::packet_len(&p);
             match PacketType::try_from(p.r#type) {
                 Ok(PacketType::PacketStat) if !self.listing_done => match p.stat {
                     Some(stat) => self.entry(stat)?,

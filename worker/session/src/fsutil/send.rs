@@ -58,7 +58,9 @@ where
 {
     let files = Arc::new(Mutex::new(HashMap::new()));
     let cancel = Arc::new(AtomicBool::new(false));
-    let walker = match Walker::new(root, opts, tx.clone(), files.clone(), cancel.clone()) {
+    let out = tx.clone();
+    let listing: Listing = Box::new(move |p| out.blocking_send(p).map_err(|_| FsutilError::Closed));
+    let walker = match Walker::new(root, opts, listing, files.clone(), cancel.clone()) {
         Ok(w) => w,
         Err(e) => {
             send_err(&tx, &e).await;
@@ -192,9 +194,14 @@ async fn send_file(
         .map_err(|_| FsutilError::Closed)
 }
 
-/// The directory walk, run on a blocking thread. It sends the STAT packets
-/// itself so that a slow receiver never stalls the reading of requests.
-struct Walker {
+/// Where the walk's STAT packets go, in order: the transport (a slow
+/// receiver never stalls the reading of requests), or
+/// [`super::wire::wire_size`]'s count.
+pub(super) type Listing = Box<dyn FnMut(Packet) -> Result<(), FsutilError> + Send>;
+
+/// The directory walk, run on a blocking thread. It hands the STAT
+/// packets to its [`Listing`] itself. Entry IDs are STAT numbers, from 0.
+pub(super) struct Walker {
     root: PathBuf,
     /// Include patterns turned around (`**` then each include as an
     /// exception): "matched" means *not* included, and
@@ -203,7 +210,7 @@ struct Walker {
     not_included: Option<PatternMatcher>,
     exclude: Option<PatternMatcher>,
     reset_owner: bool,
-    out: mpsc::Sender<Packet>,
+    out: Listing,
     /// Requestable regular files by entry ID, shared with the request loop.
     files: Arc<Mutex<HashMap<u32, PathBuf>>>,
     cancel: Arc<AtomicBool>,
@@ -217,10 +224,10 @@ struct Walker {
 }
 
 impl Walker {
-    fn new(
+    pub(super) fn new(
         root: &Path,
         opts: &SendOptions,
-        out: mpsc::Sender<Packet>,
+        out: Listing,
         files: Arc<Mutex<HashMap<u32, PathBuf>>>,
         cancel: Arc<AtomicBool>,
     ) -> Result<Walker, FsutilError> {
@@ -257,7 +264,7 @@ impl Walker {
         })
     }
 
-    fn run(mut self) -> Result<(), FsutilError> {
+    pub(super) fn run(mut self) -> Result<(), FsutilError> {
         let root = self.root.clone();
         let md = std::fs::metadata(&root).map_err(|source| FsutilError::Io {
             op: "stat",
@@ -272,9 +279,7 @@ impl Walker {
             });
         }
         self.walk(&root, "")?;
-        self.out
-            .blocking_send(packet(PacketType::PacketStat))
-            .map_err(|_| FsutilError::Closed)
+        (self.out)(packet(PacketType::PacketStat))
     }
 
     fn walk(&mut self, dir: &Path, dir_rel: &str) -> Result<(), FsutilError> {
@@ -382,12 +387,10 @@ impl Walker {
 
     fn send_stat(&mut self, stat: Stat) -> Result<(), FsutilError> {
         self.next_id += 1;
-        self.out
-            .blocking_send(Packet {
-                stat: Some(stat),
-                ..packet(PacketType::PacketStat)
-            })
-            .map_err(|_| FsutilError::Closed)
+        (self.out)(Packet {
+            stat: Some(stat),
+            ..packet(PacketType::PacketStat)
+        })
     }
 
     fn stat_of(&self, abs: &Path, rel: String, md: &Metadata) -> Result<Stat, FsutilError> {

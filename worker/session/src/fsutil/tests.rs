@@ -246,6 +246,10 @@ async fn rich_tree_round_trips_with_all_metadata() {
     .await;
     s.expect("send");
     let stats = r.expect("receive");
+    assert_eq!(
+        wire_size(&src, &SendOptions::default()).expect("walk"),
+        stats.wire_bytes
+    );
     let want = snapshot(&src);
     let got = snapshot(&dest);
     assert_eq!(got, want);
@@ -373,6 +377,54 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The count `wire_size` gives without a transfer is what a receiver into
+/// an empty directory counts, with every filter the sender takes.
+#[tokio::test]
+async fn wire_size_is_what_a_fresh_receive_counts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    pattern_tree(&src);
+    write(&src.join("chunks/exact"), &vec![1; 2 * MAX_DATA_CHUNK]);
+    write(&src.join("chunks/over"), &vec![2; 100_000]);
+    write(&src.join("chunks/empty"), b"");
+    std::fs::hard_link(src.join("a.txt"), src.join("z-link")).expect("link");
+    std::fs::create_dir_all(src.join("empty-dir")).expect("mkdir");
+    let cases = [
+        SendOptions::default(),
+        SendOptions {
+            reset_owner: true,
+            exclude_patterns: strings(&["docs", "!docs/keep", "*.md"]),
+            ..SendOptions::default()
+        },
+        SendOptions {
+            include_patterns: strings(&["src/**", "chunks"]),
+            ..SendOptions::default()
+        },
+        SendOptions {
+            follow_paths: strings(&["link", "a.txt"]),
+            ..SendOptions::default()
+        },
+        SendOptions {
+            follow_paths: strings(&["missing"]),
+            ..SendOptions::default()
+        },
+    ];
+    for (i, opts) in cases.iter().enumerate() {
+        let dest = tmp.path().join(format!("dest{i}"));
+        std::fs::create_dir_all(&dest).expect("mkdir");
+        let (s, r, _) = transfer(&src, opts.clone(), &dest, ReceiveOptions::default()).await;
+        s.expect("send");
+        let stats = r.expect("receive");
+        assert_eq!(
+            wire_size(&src, opts).expect("walk"),
+            stats.wire_bytes,
+            "{opts:?}"
+        );
+    }
+    // Nothing to send: the end of the listing (0 bytes) and FIN.
+    assert_eq!(wire_size(&src, &cases[4]).expect("walk"), 2);
 }
 
 #[tokio::test]

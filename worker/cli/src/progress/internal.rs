@@ -1,0 +1,161 @@
+//! The frontend's internal steps of an embedded build, as kilnd shows them
+//! for the same build: `[internal] load build definition from NAME` with
+//! `transferring dockerfile:`, `[internal] load .dockerignore` with
+//! `transferring context:` (unless the Dockerfile has its own ignore file),
+//! and a `transferring NAME:` item on each `local://NAME` source vertex
+//! (`[internal] load build context`) when it completes.
+//!
+//! Embedded, nothing is transferred: the engine reads the directories in
+//! place. Each count is what kilnd's fetch of the same files from this
+//! client takes on the wire, as its receiver counts it
+//! ([`kiln_session::fsutil::wire_size`] over the options the CLI's FileSync
+//! sender would get), so both paths show the same bytes for a first build.
+
+use super::model::{Embedded, SolveStatus};
+use kiln_session::filesync::transfer_id;
+use kiln_session::fsutil::{wire_size, FsutilError, SendOptions};
+use kiln_solver::{Graph, Op};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+use tokio::task::JoinHandle;
+
+/// What the CLI's FileSync sender gets for a fetch with these patterns
+/// (it sends every entry as owned by root).
+fn send_options(
+    includes: Vec<String>,
+    excludes: Vec<String>,
+    follow_paths: Vec<String>,
+) -> SendOptions {
+    SendOptions {
+        include_patterns: includes,
+        exclude_patterns: excludes,
+        follow_paths,
+        reset_owner: true,
+    }
+}
+
+/// The wire size of `dir` with `opts`, or `None` (logged) when it cannot
+/// be walked: the engine's own read of the directory reports that.
+fn counted(dir: &Path, opts: &SendOptions) -> Option<u64> {
+    match wire_size(dir, opts) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot count a transfer");
+            None
+        }
+    }
+}
+
+/// The steps kilnd's frontend shows before it plans, for a Dockerfile
+/// `filename` in `dockerfile_dir` and the main context `context`:
+/// the definition with its own ignore file, then the context's ignore
+/// file unless the Dockerfile has its own. Each step starts when the
+/// previous one ends.
+pub fn definition_steps(
+    e: &mut Embedded,
+    opts: &kiln_frontend::FrontendOptions,
+    dockerfile_dir: &Path,
+    context: &Path,
+) -> Vec<SolveStatus> {
+    let own_ignore = kiln_frontend::dockerfile_ignore_name(&opts.filename);
+    let mut steps = vec![(
+        format!("[internal] load build definition from {}", opts.filename),
+        &opts.dockerfile_key,
+        dockerfile_dir,
+        vec![opts.filename.clone(), own_ignore.clone()],
+    )];
+    // kilnd fetches the context's ignore file only when the Dockerfile's
+    // own did not come with the definition.
+    if !dockerfile_dir.join(&own_ignore).exists() {
+        steps.push((
+            "[internal] load .dockerignore".to_string(),
+            &opts.context_key,
+            context,
+            vec![kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
+        ));
+    }
+    let mut out = Vec::new();
+    for (name, key, dir, follow_paths) in steps {
+        let started = SystemTime::now();
+        out.push(e.begin(&name, started));
+        let bytes = counted(dir, &send_options(Vec::new(), Vec::new(), follow_paths));
+        let done = SystemTime::now();
+        if let Some(n) = bytes {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            out.push(e.item(&transfer_id(key), n, started, done));
+        }
+        out.push(e.close(done, None));
+    }
+    out
+}
+
+/// The JSON list attribute `key` of a local source op (`[]` if absent).
+fn json_list(attrs: &std::collections::BTreeMap<String, String>, key: &str) -> Vec<String> {
+    attrs
+        .get(key)
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
+}
+
+/// The transfers of a graph's local sources, counted on blocking threads
+/// while the build runs, each shown on its vertex when that completes.
+/// Shared: the display's forwarder asks for them as vertexes complete,
+/// and the graph they belong to is known only after planning.
+#[derive(Debug, Default)]
+pub struct Transfers {
+    /// By vertex: the item's id and its count under way.
+    pending: Mutex<HashMap<usize, (String, Count)>>,
+}
+
+/// A count on a blocking thread.
+type Count = JoinHandle<Result<u64, FsutilError>>;
+
+impl Transfers {
+    /// Starts counting each `local://NAME` source of `graph` whose
+    /// directory `locals` names, with the patterns of its op (as kilnd
+    /// fetches it).
+    pub fn start(&self, graph: &Graph, locals: &HashMap<String, PathBuf>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, v) in graph.vertices.iter().enumerate() {
+            let Op::Source(s) = &v.op else { continue };
+            let Some(name) = s.identifier.strip_prefix("local://") else {
+                continue;
+            };
+            let Some(dir) = locals.get(name).cloned() else {
+                continue;
+            };
+            let mut includes = json_list(&s.attrs, "local.includepattern");
+            includes.extend(json_list(&s.attrs, "local.includepatterns"));
+            let opts = send_options(
+                includes,
+                json_list(&s.attrs, "local.excludepatterns"),
+                json_list(&s.attrs, "local.followpaths"),
+            );
+            let count = tokio::task::spawn_blocking(move || wire_size(&dir, &opts));
+            pending.insert(i, (transfer_id(name), count));
+        }
+    }
+
+    /// The transfer item of `vertex` (its id and bytes), once counted;
+    /// `None` for a vertex without one, or whose count failed (logged).
+    pub async fn done(&self, vertex: usize) -> Option<(String, u64)> {
+        let (id, count) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&vertex)?;
+        match count.await {
+            Ok(Ok(n)) => Some((id, n)),
+            Ok(Err(e)) => {
+                tracing::warn!(%id, error = %e, "cannot count a transfer");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "the count of a transfer did not finish");
+                None
+            }
+        }
+    }
+}
