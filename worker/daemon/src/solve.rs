@@ -50,14 +50,6 @@ fn vertex_inputs(graph: &Graph, digests: &[Digest]) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Parses a JSON array attribute of a local source.
-fn json_list(attrs: &std::collections::BTreeMap<String, String>, key: &str) -> Vec<String> {
-    attrs
-        .get(key)
-        .and_then(|v| serde_json::from_str(v).ok())
-        .unwrap_or_default()
-}
-
 /// The client's local directory `name` to read, where its files went.
 pub struct Fetch<'a> {
     pub name: &'a str,
@@ -178,17 +170,16 @@ struct LocalRequest {
 
 impl LocalRequest {
     fn of(s: &kiln_solver::SourceOp) -> LocalRequest {
-        let mut includes = json_list(&s.attrs, "local.includepattern");
-        includes.extend(json_list(&s.attrs, "local.includepatterns"));
+        let filter = s.local_filter();
         LocalRequest {
             hint: s
                 .attrs
                 .get("local.sharedkeyhint")
                 .cloned()
                 .unwrap_or_default(),
-            includes,
-            excludes: json_list(&s.attrs, "local.excludepatterns"),
-            follow_paths: json_list(&s.attrs, "local.followpaths"),
+            includes: filter.includes,
+            excludes: filter.excludes,
+            follow_paths: filter.follow_paths,
         }
     }
 

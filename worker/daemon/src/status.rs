@@ -39,7 +39,7 @@ impl Transfer {
     ) -> Transfer {
         Transfer {
             vertex,
-            id: transfer_id(name),
+            id: kiln_session::filesync::transfer_id(name),
             bytes,
             span,
         }
@@ -54,11 +54,6 @@ impl Transfer {
             .filter_map(|t| t.span.map(|(from, _)| from))
             .fold(at, SystemTime::min)
     }
-}
-
-/// BuildKit's name of the transfer of local source `name`.
-fn transfer_id(name: &str) -> String {
-    format!("transferring {name}:")
 }
 
 /// Forwards one solve's events to its job; `digests[i]` is vertex i's
@@ -227,7 +222,7 @@ pub fn step_transfer(
     started: SystemTime,
     completed: SystemTime,
 ) {
-    let id = transfer_id(local);
+    let id = kiln_session::filesync::transfer_id(local);
     job.publish(StatusResponse {
         statuses: vec![VertexStatus {
             id: id.clone(),

@@ -71,6 +71,38 @@ pub struct SourceOp {
     pub platform: Option<crate::Platform>,
 }
 
+/// What a `local://` source asks of the client's directory, from its LLB
+/// attributes (each a JSON list of strings; a missing or malformed one is
+/// empty, as BuildKit reads them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalFilter {
+    /// `local.includepattern` and `local.includepatterns`.
+    pub includes: Vec<String>,
+    /// `local.excludepatterns`.
+    pub excludes: Vec<String>,
+    /// `local.followpaths`.
+    pub follow_paths: Vec<String>,
+}
+
+impl SourceOp {
+    /// The filter of a `local://` source ([`LocalFilter`]).
+    pub fn local_filter(&self) -> LocalFilter {
+        let list = |key: &str| -> Vec<String> {
+            self.attrs
+                .get(key)
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default()
+        };
+        let mut includes = list("local.includepattern");
+        includes.extend(list("local.includepatterns"));
+        LocalFilter {
+            includes,
+            excludes: list("local.excludepatterns"),
+            follow_paths: list("local.followpaths"),
+        }
+    }
+}
+
 /// `pb.NetMode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum NetMode {

@@ -91,14 +91,6 @@ pub fn definition_steps(
     out
 }
 
-/// The JSON list attribute `key` of a local source op (`[]` if absent).
-fn json_list(attrs: &std::collections::BTreeMap<String, String>, key: &str) -> Vec<String> {
-    attrs
-        .get(key)
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default()
-}
-
 /// The transfers of a graph's local sources, counted on blocking threads
 /// while the build runs, each shown on its vertex when that completes.
 /// Shared: the display's forwarder asks for them as vertexes complete,
@@ -126,13 +118,8 @@ impl Transfers {
             let Some(dir) = locals.get(name).cloned() else {
                 continue;
             };
-            let mut includes = json_list(&s.attrs, "local.includepattern");
-            includes.extend(json_list(&s.attrs, "local.includepatterns"));
-            let opts = send_options(
-                includes,
-                json_list(&s.attrs, "local.excludepatterns"),
-                json_list(&s.attrs, "local.followpaths"),
-            );
+            let filter = s.local_filter();
+            let opts = send_options(filter.includes, filter.excludes, filter.follow_paths);
             let count = tokio::task::spawn_blocking(move || wire_size(&dir, &opts));
             pending.insert(i, (transfer_id(name), count));
         }
