@@ -249,19 +249,7 @@ async fn an_llb_oci_layout_source_reads_the_session_store() {
         kiln_session::content::LayoutStores::METHODS,
     );
     let (side, requests) = client_side();
-    let mut req = tonic::Request::new(requests);
-    let md = req.metadata_mut();
-    md.insert("x-docker-expose-session-uuid", id.parse().expect("ascii"));
-    md.insert(
-        "x-docker-expose-session-sharedkey",
-        "".parse().expect("ascii"),
-    );
-    for m in services.methods() {
-        md.append(
-            "x-docker-expose-session-grpc-method",
-            m.parse().expect("ascii"),
-        );
-    }
+    let req = kiln_session::hijack::session_request(&id, "", &services, requests).expect("ascii");
     let responses = control.session(req).await.expect("session").into_inner();
     let done = CancellationToken::new();
     let served = tokio::spawn(serve_session(

@@ -206,13 +206,7 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
         );
     }
     let (side, requests) = client_side();
-    let mut req = tonic::Request::new(requests);
-    let md = req.metadata_mut();
-    md.insert("x-docker-expose-session-uuid", session_id.parse()?);
-    md.insert("x-docker-expose-session-sharedkey", "".parse()?);
-    for m in services.methods() {
-        md.append("x-docker-expose-session-grpc-method", m.parse()?);
-    }
+    let req = kiln_session::hijack::session_request(&session_id, "", &services, requests)?;
     let responses = control.session(req).await?.into_inner();
     let session_done = CancellationToken::new();
     let session = tokio::spawn(serve_session(

@@ -448,14 +448,7 @@ pub async fn build(
         services.add(FileSendReceiver::new(targets), FileSendReceiver::METHODS);
     }
     let (side, requests) = client_side();
-    let mut req = tonic::Request::new(requests);
-    let md = req.metadata_mut();
-    md.insert("x-docker-expose-session-uuid", session_id.parse()?);
-    md.insert("x-docker-expose-session-name", "kiln".parse()?);
-    md.insert("x-docker-expose-session-sharedkey", "".parse()?);
-    for m in services.methods() {
-        md.append("x-docker-expose-session-grpc-method", m.parse()?);
-    }
+    let req = kiln_session::hijack::session_request(&session_id, "kiln", &services, requests)?;
     let responses = control
         .session(req)
         .await

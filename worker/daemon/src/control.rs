@@ -454,7 +454,7 @@ impl Control for ControlService {
         let tenant = self.0.tenant(&request).await?;
         let md = request.metadata();
         let id = md
-            .get("x-docker-expose-session-uuid")
+            .get(kiln_session::hijack::SESSION_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
@@ -464,13 +464,13 @@ impl Control for ControlService {
             ));
         }
         let methods: Vec<String> = md
-            .get_all("x-docker-expose-session-grpc-method")
+            .get_all(kiln_session::hijack::SESSION_METHOD_HEADER)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
             .collect();
         let shared_key = md
-            .get("x-docker-expose-session-sharedkey")
+            .get(kiln_session::hijack::SESSION_SHARED_KEY_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();

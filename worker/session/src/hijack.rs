@@ -175,6 +175,37 @@ where
     )
 }
 
+/// BuildKit's `Control.Session` headers: the session's id, its name, the
+/// shared key that kept contexts are matched by, and one per gRPC method
+/// the client serves in the session.
+pub const SESSION_ID_HEADER: &str = "x-docker-expose-session-uuid";
+pub const SESSION_NAME_HEADER: &str = "x-docker-expose-session-name";
+pub const SESSION_SHARED_KEY_HEADER: &str = "x-docker-expose-session-sharedkey";
+pub const SESSION_METHOD_HEADER: &str = "x-docker-expose-session-grpc-method";
+
+/// The `Control.Session` request of a client that serves `services` as
+/// session `id` (named `name`, which may be empty), over `requests` (the
+/// stream half of [`client_side`]). Fails on an id, name or method that is
+/// not a valid header value.
+pub fn session_request<S>(
+    id: &str,
+    name: &str,
+    services: &SessionServices,
+    requests: S,
+) -> std::result::Result<tonic::Request<S>, tonic::metadata::errors::InvalidMetadataValue> {
+    let mut req = tonic::Request::new(requests);
+    let md = req.metadata_mut();
+    md.insert(SESSION_ID_HEADER, id.parse()?);
+    if !name.is_empty() {
+        md.insert(SESSION_NAME_HEADER, name.parse()?);
+    }
+    md.insert(SESSION_SHARED_KEY_HEADER, "".parse()?);
+    for m in services.methods() {
+        md.append(SESSION_METHOD_HEADER, m.parse()?);
+    }
+    Ok(req)
+}
+
 /// The client's end of `Control.Session` before the call is made: the
 /// request stream to pass to `ControlClient::session`, and the half that
 /// [`ClientSide::attach`] completes with the response stream.
