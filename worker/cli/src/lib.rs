@@ -873,6 +873,10 @@ fn frontend_attrs(
         attrs.insert(format!("label:{k}"), v);
     }
     for (k, v) in key_values(&args.build_contexts, false, "build-context")? {
+        // kiln sends no frontend inputs, embedded or through kilnd.
+        if kiln_frontend::is_input_context(&v) {
+            return Err(kiln_frontend::FrontendError::NamedContext { name: k, value: v }.into());
+        }
         // As buildx: a directory is served under the context's name, an
         // OCI layout as a store named by an id, its tag resolved.
         let v = if let Some(layout) = oci_layout(&k, &v)? {

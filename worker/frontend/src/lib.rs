@@ -398,6 +398,16 @@ fn invalid(key: &str, value: &str, reason: impl ToString) -> FrontendError {
     }
 }
 
+/// Whether a named context's value is a frontend input (`input:NAME`),
+/// which only a client that sends inputs with its solve can use (bake
+/// through buildx); a client that sends none refuses it by name with
+/// [`FrontendError::NamedContext`] before anything is planned.
+pub fn is_input_context(value: &str) -> bool {
+    value
+        .split_once(':')
+        .is_some_and(|(scheme, rest)| scheme == "input" && !rest.is_empty())
+}
+
 /// One `context:NAME=VALUE` attribute, as BuildKit's frontend reads it:
 /// `local:DIR` (a directory the client serves under that local name),
 /// `docker-image://REF` (an image, whose config replaces the base's), a
