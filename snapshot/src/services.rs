@@ -124,6 +124,11 @@ pub trait Content: Send + Sync {
     /// Sets labels on an existing blob: only the given keys change.
     /// `NotFound` if the blob is absent.
     async fn set_labels(&self, digest: &str, labels: HashMap<String, String>) -> Result<()>;
+
+    /// Points `lease` at an existing blob without writing it. `NotFound`
+    /// if the blob or the lease is absent; once this returns, the lease
+    /// holds the blob.
+    async fn hold(&self, digest: &str, lease: &LeaseId) -> Result<()>;
 }
 
 /// Writes a small blob under `lease` with `labels`, and returns its digest
@@ -135,6 +140,21 @@ pub async fn write_blob(
     lease: &LeaseId,
 ) -> Result<Digest> {
     let digest = Digest::of(data);
+    // A blob already there with these labels (the unchanged config or
+    // manifest of a rebuild) is only held: a write would stream the bytes
+    // into an ingest, fail on commit, then hold it and write its labels,
+    // three write transactions in containerd's metadata store for one.
+    if let Ok(info) = content.info(digest.as_str()).await {
+        if labels.iter().all(|(k, v)| info.labels.get(k) == Some(v)) {
+            match content.hold(digest.as_str(), lease).await {
+                Ok(()) => return Ok(digest),
+                // Collected meanwhile (or no such lease, which the write
+                // below reports): write it.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
     // An unreferenced blob with the same bytes (e.g. the same image config
     // exported by an earlier build whose lease is gone) can be collected
     // between "already exists" and this lease holding it: the commit then

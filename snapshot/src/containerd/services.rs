@@ -86,6 +86,13 @@ impl Content for Containerd {
     async fn set_labels(&self, digest: &str, labels: HashMap<String, String>) -> Result<()> {
         self.content_set_labels(digest, labels).await
     }
+
+    async fn hold(&self, digest: &str, lease: &LeaseId) -> Result<()> {
+        // Held first, then checked: once the lease holds the digest the
+        // blob cannot be collected between the two.
+        self.lease_add_resource(lease, "content", digest).await?;
+        self.content_info(digest).await.map(|_| ())
+    }
 }
 
 #[async_trait]

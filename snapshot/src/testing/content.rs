@@ -139,6 +139,24 @@ impl Content for MemContainerd {
         }))
     }
 
+    async fn hold(&self, digest: &str, lease: &LeaseId) -> Result<()> {
+        self.injected("Leases.AddResource", digest)?;
+        self.with_ns(|ns| {
+            if !ns.blobs.contains_key(digest) {
+                return Err(rpc(
+                    "Content.Info",
+                    digest,
+                    ErrorKind::NotFound,
+                    &format!("content digest {digest}: not found"),
+                ));
+            }
+            ns.lease_mut("Leases.AddResource", lease.as_str(), lease)?
+                .content
+                .insert(digest.to_string());
+            Ok(())
+        })
+    }
+
     async fn set_labels(&self, digest: &str, labels: HashMap<String, String>) -> Result<()> {
         self.injected("Content.Update", digest)?;
         self.with_ns(|ns| match ns.blobs.get_mut(digest) {

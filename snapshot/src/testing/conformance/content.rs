@@ -25,6 +25,7 @@ pub async fn content_conformance(
             a_blob_lives_as_long_as_the_lease_it_was_written_under,
             content_is_per_namespace,
             concurrent_writers_of_one_blob_both_succeed,
+            hold_points_a_second_lease_at_an_existing_blob,
         ],
         namespaces,
         &scratch,
@@ -250,4 +251,44 @@ async fn concurrent_writers_of_one_blob_both_succeed(c: Ctx) -> CaseResult {
     )?;
     ok(s.leases.delete(&l1, true).await, "release one")?;
     ensure(has_blob(s, &a).await?, "the other writer's lease holds it")
+}
+
+async fn hold_points_a_second_lease_at_an_existing_blob(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let first = lease(s).await?;
+    let second = lease(s).await?;
+    let d = blob(s, b"held twice", &[("k", "v")], &first).await?;
+    ok(s.content.hold(d.as_str(), &second).await, "hold")?;
+    fails(
+        s.content
+            .hold(Digest::of(b"never written").as_str(), &second)
+            .await,
+        ErrorKind::NotFound,
+        "hold of a missing blob",
+    )?;
+    fails(
+        s.content
+            .hold(d.as_str(), &LeaseId::unique("missing"))
+            .await,
+        ErrorKind::NotFound,
+        "hold under a missing lease",
+    )?;
+    // Writing it again with labels it has is a hold: it stays whole.
+    let again = ok(
+        write_blob(&*s.content, b"held twice", labels_of(&[("k", "v")]), &first).await,
+        "write again",
+    )?;
+    ensure(again == d, "the same digest")?;
+    ok(
+        s.leases.delete(&first, true).await,
+        "delete the first lease",
+    )?;
+    ensure(has_blob(s, &d).await?, "the second lease holds the blob")?;
+    let read = ok(s.content.read(d.as_str()).await, "read")?;
+    ensure(read == b"held twice", "the blob reads back whole")?;
+    ok(
+        s.leases.delete(&second, true).await,
+        "delete the second lease",
+    )?;
+    ensure(!has_blob(s, &d).await?, "gone with its last lease")
 }
