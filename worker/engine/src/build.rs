@@ -553,6 +553,7 @@ impl Engine {
             secrets: req.secrets.clone(),
             ssh: req.ssh.clone(),
             fetch_limits: self.fetch_limits,
+            added: Default::default(),
             started: Default::default(),
             export_blobs: (req.export_blobs && !req.rewrite_timestamp).then(|| {
                 crate::blobs::ExportBlobs {

@@ -83,12 +83,14 @@ fn now_secs() -> u64 {
 }
 
 /// Looks the record for `key` up. A hit is added to `build_lease` so it
-/// cannot be pruned while the build uses it, and its last-use time is
-/// bumped. A record whose objects are gone is deleted and misses.
+/// cannot be pruned while the build uses it (`added`: what the build
+/// added already, added once), and its last-use time is bumped, both at
+/// once. A record whose objects are gone is deleted and misses.
 pub async fn load(
     svc: &Services,
     key: &Digest,
     build_lease: &LeaseId,
+    added: &crate::lease::Added,
 ) -> Result<Option<Vec<Vec<Layer>>>> {
     let id = lease_for(key);
     let Some(lease) = svc.leases.get(&id).await? else {
@@ -149,35 +151,47 @@ pub async fn load(
         }
         outputs.push(layers);
     }
-    // Protect the hit for the rest of the build, then check it is whole.
-    for chain in &outputs {
-        let top = refs::top_snapshot(chain);
-        if !top.is_empty() {
-            svc.leases
-                .add_resource(build_lease, &LeaseResource::snapshot(&*svc.snapshots, &top))
-                .await?;
-            if !snapshot_exists(&*svc.snapshots, &top).await? {
-                forget(svc, &id, "snapshot is gone").await;
-                return Ok(None);
+    // Protect the hit for the rest of the build, then check it is whole;
+    // meanwhile bump its use.
+    let protect = async {
+        let mut resources = Vec::new();
+        let mut tops = Vec::new();
+        for chain in &outputs {
+            let top = refs::top_snapshot(chain);
+            if !top.is_empty() {
+                resources.push(LeaseResource::snapshot(&*svc.snapshots, &top));
+                tops.push(top);
+            }
+            for b in chain.iter().filter_map(|l| l.blob.as_ref()) {
+                resources.push(LeaseResource::Content(b.digest.clone()));
             }
         }
-        for b in chain.iter().filter_map(|l| l.blob.as_ref()) {
-            svc.leases
-                .add_resource(build_lease, &LeaseResource::Content(b.digest.clone()))
-                .await?;
+        added.add(&*svc.leases, build_lease, &resources).await?;
+        for top in &tops {
+            if !snapshot_exists(&*svc.snapshots, top).await? {
+                return Ok(false);
+            }
         }
-    }
-    let mut labels = HashMap::new();
-    labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
-    // Best effort, as the use time: two builds hitting at once may count
-    // one use.
-    let used = match svc.content.info(&record).await {
-        Ok(info) => usage_count(&info.labels),
-        Err(_) => 0,
+        Ok::<bool, crate::error::WorkerError>(true)
     };
-    labels.insert(USAGE_COUNT_LABEL.to_string(), (used + 1).to_string());
-    if let Err(e) = svc.content.set_labels(&record, labels).await {
-        tracing::warn!(record = %record, error = %e, "cannot update cache record use time");
+    let bump = async {
+        let mut labels = HashMap::new();
+        labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
+        // Best effort, as the use time: two builds hitting at once may
+        // count one use.
+        let used = match svc.content.info(&record).await {
+            Ok(info) => usage_count(&info.labels),
+            Err(_) => 0,
+        };
+        labels.insert(USAGE_COUNT_LABEL.to_string(), (used + 1).to_string());
+        if let Err(e) = svc.content.set_labels(&record, labels).await {
+            tracing::warn!(record = %record, error = %e, "cannot update cache record use time");
+        }
+    };
+    let (whole, ()) = tokio::join!(protect, bump);
+    if !whole? {
+        forget(svc, &id, "snapshot is gone").await;
+        return Ok(None);
     }
     Ok(Some(outputs))
 }

@@ -12,8 +12,8 @@
 
 use crate::error::Result;
 use kiln_snapshot::containerd::{LeaseId, LeaseInfo};
-use kiln_snapshot::services::Leases;
-use std::collections::HashMap;
+use kiln_snapshot::services::{LeaseResource, Leases};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,49 @@ impl Default for LeaseTiming {
             expiry: crate::build::BUILD_LEASE_EXPIRY,
             refresh: Duration::from_secs(300),
         }
+    }
+}
+
+/// What a build has added to its lease. Cache hits share resources (the
+/// base image's blobs, the layers below each hit), and each addition is a
+/// write transaction (an fsync) in containerd's metadata store: a build
+/// adds each resource once (a second caller waits for the first's answer),
+/// and the new ones of one call at once.
+#[derive(Debug, Default)]
+pub struct Added(std::sync::Mutex<HashMap<ResourceKey, Arc<tokio::sync::OnceCell<()>>>>);
+
+/// A lease resource as containerd names it: (type, id).
+type ResourceKey = (String, String);
+
+impl Added {
+    /// Adds to `lease` those of `resources` this build has not added yet.
+    /// A resource counts as added once containerd has answered; after a
+    /// failure the next caller tries again.
+    pub async fn add(
+        &self,
+        leases: &dyn Leases,
+        lease: &LeaseId,
+        resources: &[LeaseResource],
+    ) -> Result<()> {
+        let cells: Vec<(&LeaseResource, Arc<tokio::sync::OnceCell<()>>)> = {
+            let mut added = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = HashSet::new();
+            resources
+                .iter()
+                .filter(|r| seen.insert((r.resource_type(), r.id().to_string())))
+                .map(|r| {
+                    let key = (r.resource_type(), r.id().to_string());
+                    (r, added.entry(key).or_default().clone())
+                })
+                .collect()
+        };
+        futures_util::future::try_join_all(
+            cells
+                .iter()
+                .map(|(r, cell)| cell.get_or_try_init(move || leases.add_resource(lease, r))),
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -234,6 +277,76 @@ mod tests {
         assert_eq!(keepalives_of(&build, &[fresh, stale, other]).len(), 2);
         let legacy = info("kiln/build/old", &[], 0);
         assert!(!keepalive_lapsed(&legacy, &[]), "no keepalive, no lapse");
+    }
+
+    /// Counts additions; nothing else is asked of it.
+    #[derive(Default)]
+    struct CountingLeases(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl Leases for CountingLeases {
+        async fn create(
+            &self,
+            _: &LeaseId,
+            _: &str,
+            _: Option<Duration>,
+            _: HashMap<String, String>,
+        ) -> kiln_snapshot::Result<()> {
+            Ok(())
+        }
+        async fn create_referencing(
+            &self,
+            _: &LeaseId,
+            _: &str,
+            _: HashMap<String, String>,
+        ) -> kiln_snapshot::Result<()> {
+            Ok(())
+        }
+        async fn delete(&self, _: &LeaseId, _: bool) -> kiln_snapshot::Result<()> {
+            Ok(())
+        }
+        async fn add_resource(&self, _: &LeaseId, r: &LeaseResource) -> kiln_snapshot::Result<()> {
+            self.0.lock().expect("lock").push(r.id().to_string());
+            Ok(())
+        }
+        async fn list(&self) -> kiln_snapshot::Result<Vec<LeaseInfo>> {
+            Ok(Vec::new())
+        }
+        async fn get(&self, _: &LeaseId) -> kiln_snapshot::Result<Option<LeaseInfo>> {
+            Ok(None)
+        }
+        async fn gc(&self) -> kiln_snapshot::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_build_adds_each_resource_to_its_lease_once() {
+        let leases = CountingLeases::default();
+        let lease = LeaseId::named("build", "b");
+        let added = Added::default();
+        let blob = LeaseResource::Content("sha256:base".into());
+        let snap = |k: &str| LeaseResource::Snapshot {
+            snapshotter: "overlayfs".into(),
+            key: k.into(),
+        };
+        added
+            .add(&leases, &lease, &[snap("a"), blob.clone(), blob.clone()])
+            .await
+            .expect("add");
+        added
+            .add(&leases, &lease, &[snap("b"), blob.clone(), snap("a")])
+            .await
+            .expect("add");
+        let mut got = leases.0.lock().expect("lock").clone();
+        got.sort();
+        assert_eq!(got, ["a", "b", "sha256:base"]);
+        // A snapshot and a blob of the same id are different resources.
+        added
+            .add(&leases, &lease, &[LeaseResource::Content("a".into())])
+            .await
+            .expect("add");
+        assert_eq!(leases.0.lock().expect("lock").len(), 4);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct StepRunner {
     /// Where host mount points of this build go.
     pub mount_dir: PathBuf,
     pub lease: LeaseId,
+    /// What cache hits added to `lease` (each resource once).
+    pub added: crate::lease::Added,
     /// Local sources by name (`context` -> directory).
     pub locals: HashMap<String, PathBuf>,
     /// OCI layouts by store id (`oci-layout://` sources).
@@ -209,7 +211,7 @@ impl OpRunner for StepRunner {
         if matches!(vertex.op, Op::Source(_)) {
             return Ok(None);
         }
-        if let Some(outs) = crate::cache::load(&self.svc, key, &self.lease).await? {
+        if let Some(outs) = crate::cache::load(&self.svc, key, &self.lease, &self.added).await? {
             return Ok(Some(outs.into_iter().map(Ref::Chain).collect()));
         }
         Ok(crate::remotecache::import::load(

@@ -29,7 +29,7 @@ impl StepRunner {
         if v.ignore_cache {
             return Ok(None);
         }
-        Ok(crate::cache::load(&self.svc, key, &self.lease)
+        Ok(crate::cache::load(&self.svc, key, &self.lease, &self.added)
             .await?
             .and_then(|mut outs| (outs.len() == 1).then(|| outs.remove(0))))
     }

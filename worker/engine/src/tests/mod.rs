@@ -1112,7 +1112,7 @@ async fn records_of_both_shapes_load() {
         .create(&build, "build", None, HashMap::new())
         .await
         .expect("build lease");
-    let got = crate::cache::load(&fx.svc, &old_key, &build)
+    let got = crate::cache::load(&fx.svc, &old_key, &build, &Default::default())
         .await
         .expect("load")
         .expect("a hit");
@@ -1135,7 +1135,7 @@ async fn records_of_both_shapes_load() {
     crate::cache::save(&fx.svc, &new_key, &[vec![lazy.clone()]], "regular", "RUN x")
         .await
         .expect("save");
-    let got = crate::cache::load(&fx.svc, &new_key, &build)
+    let got = crate::cache::load(&fx.svc, &new_key, &build, &Default::default())
         .await
         .expect("load")
         .expect("a hit");
