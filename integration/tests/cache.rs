@@ -327,8 +327,9 @@ async fn a_killed_build_leaves_only_expiring_leases_and_the_next_build_works() {
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
     // What a dead build leaves is held by leases that expire, or by its
-    // build lease, which lives only as long as its expiring keepalive is
-    // renewed (a later kiln's sweep deletes it once that lapsed).
+    // build lease, which lives only as long as its own first lifetime
+    // (`dev.kiln/keepalive.secs`) or an expiring keepalive renewed after
+    // it (a later kiln's sweep deletes it once that lapsed).
     let leases = h.ctr(ns, &["leases", "ls"]).expect("ctr");
     for line in leases.lines().skip(1) {
         let keepalive = line
@@ -336,9 +337,12 @@ async fn a_killed_build_leaves_only_expiring_leases_and_the_next_build_works() {
             .find_map(|l| l.strip_prefix("dev.kiln/keepalive="));
         match keepalive {
             Some(prefix) => assert!(
-                leases
-                    .lines()
-                    .any(|k| k.starts_with(prefix) && k.contains("containerd.io/gc.expire")),
+                leases.lines().any(|k| {
+                    (k.starts_with(prefix) && k.contains("containerd.io/gc.expire"))
+                        || (k.starts_with("kiln/build/")
+                            && k.contains(&format!("dev.kiln/keepalive={prefix}"))
+                            && k.contains("dev.kiln/keepalive.secs="))
+                }),
                 "a build lease without an expiring keepalive: {line}\n{leases}"
             ),
             None => assert!(

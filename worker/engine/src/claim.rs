@@ -17,8 +17,9 @@
 //! A claim names its holder: the build lease, that build's keepalive
 //! (`lease.rs`) and its process (`sweep::owner_labels`). It is *stale*
 //! when the process is dead on this host or, wherever it ran, when the
-//! build lease is gone or its keepalive lapsed (read from the keepalive's
-//! own labels: containerd may not have collected an expired one yet). A
+//! build lease is gone or, past the build lease's own first lifetime, its
+//! keepalive lapsed (read from the leases' own labels: containerd may not
+//! have collected an expired one yet). A
 //! waiter deletes a stale claim and takes over; the sweep deletes stale
 //! claims nobody waits for. containerd has no compare-and-delete, so two
 //! waiters taking over one stale claim at the same instant may both run
@@ -73,8 +74,9 @@ pub(crate) fn holder_labels(build: &LeaseId) -> HashMap<String, String> {
 }
 
 /// Whether claim `claim`'s holder is gone: its process is dead on this
-/// host, or (a process elsewhere) its build lease is not in `all` or its
-/// keepalive lapsed. `all` is every kiln lease of the namespace.
+/// host, or (a process elsewhere) its build lease is not in `all` or is
+/// past its own first lifetime with its keepalive lapsed. `all` is every
+/// kiln lease of the namespace.
 pub fn is_stale(claim: &LeaseInfo, all: &[LeaseInfo]) -> bool {
     if crate::sweep::owner_is_dead(claim) {
         return true;
@@ -82,11 +84,16 @@ pub fn is_stale(claim: &LeaseInfo, all: &[LeaseInfo]) -> bool {
     if crate::sweep::owner_is_alive_here(claim) {
         return false;
     }
-    let build_gone = claim
+    let build = claim
         .labels
         .get(HOLDER_LABEL)
-        .is_none_or(|b| !all.iter().any(|l| l.id == *b));
-    build_gone || crate::lease::keepalive_lapsed(claim, all)
+        .and_then(|b| all.iter().find(|l| l.id == *b));
+    match build {
+        None => true,
+        Some(b) => {
+            !crate::lease::within_own_lifetime(b) && crate::lease::keepalive_lapsed(claim, all)
+        }
+    }
 }
 
 /// The right to run one key, held until [`Claim::release`]. Dropped
@@ -322,5 +329,16 @@ mod tests {
         ));
         assert!(is_stale(&claim, &[keepalive(now())]), "no build lease");
         assert!(is_stale(&claim, std::slice::from_ref(&build_info)));
+        // A build lease is its own keepalive for its first lifetime.
+        let young_build = |created: u64| {
+            let mut l = HashMap::new();
+            l.insert(
+                crate::lease::KEEPALIVE_SECS_LABEL.to_string(),
+                "600".to_string(),
+            );
+            info(build.as_str(), l, created)
+        };
+        assert!(!is_stale(&claim, &[young_build(now())]));
+        assert!(is_stale(&claim, &[young_build(now() - 3600)]));
     }
 }
