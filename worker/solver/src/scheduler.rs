@@ -129,12 +129,20 @@ type VertexResult<R> = std::result::Result<Vec<<R as OpRunner>::Ref>, Arc<<R as 
 /// A vertex that finished, with its outputs or its error.
 type Finished<R> = (VertexId, VertexResult<R>);
 
+/// The record saves of one solve still running, each with its claim's
+/// release after it: a vertex's outputs go to its dependents as soon as it
+/// ran, and the solve waits for these before it returns. A failed save
+/// names its vertex.
+type Saves<E> = Arc<std::sync::Mutex<JoinSet<std::result::Result<(), (String, Arc<E>)>>>>;
+
 /// Computes the key of one vertex and answers it from the cache, from an
 /// equal vertex in flight, or by running it (then saving the result).
+#[allow(clippy::too_many_arguments)] // the parts of one vertex solve, passed once
 async fn solve_vertex<R: OpRunner>(
     runner: Arc<R>,
     flight: Arc<FlightControl<R::Ref, R::Error>>,
     sem: Arc<Semaphore>,
+    saves: Saves<R::Error>,
     id: VertexId,
     vertex: Vertex,
     inputs: Vec<R::Ref>,
@@ -145,7 +153,10 @@ async fn solve_vertex<R: OpRunner>(
         digests.push(runner.input_digest(&vertex, i, input).await?);
     }
     let key = cache_key(&Graph::op_digest(&vertex.op), &digests);
-    let result = answer_vertex(&runner, &flight, &sem, id, &vertex, inputs, &key, cancel).await;
+    let result = answer_vertex(
+        &runner, &flight, &sem, &saves, id, &vertex, inputs, &key, cancel,
+    )
+    .await;
     if let Ok(outs) = &result {
         runner.solved(id, &key, outs);
     }
@@ -159,6 +170,7 @@ async fn answer_vertex<R: OpRunner>(
     runner: &Arc<R>,
     flight: &Arc<FlightControl<R::Ref, R::Error>>,
     sem: &Arc<Semaphore>,
+    saves: &Saves<R::Error>,
     id: VertexId,
     vertex: &Vertex,
     inputs: Vec<R::Ref>,
@@ -181,6 +193,10 @@ async fn answer_vertex<R: OpRunner>(
                 Err(FlightError::Abandoned) => continue,
             },
         };
+        // A run hands its flight to its save: equal vertices that join
+        // meanwhile wait for the record, as for any run; its own
+        // dependents get the outputs at once.
+        let mut leader = Some(leader);
         let result: std::result::Result<Vec<R::Ref>, R::Error> = async {
             let mut claim = None;
             if !vertex.ignore_cache {
@@ -198,24 +214,46 @@ async fn answer_vertex<R: OpRunner>(
                     Claimed::Ours(c) => claim = Some(c),
                 }
             }
-            let ran = async {
-                let outs = {
-                    let _permit = sem.clone().acquire_owned().await;
-                    runner.run(id, vertex.clone(), inputs, cancel).await?
-                };
-                runner.save(&key, vertex, &outs).await?;
-                Ok(outs)
+            let ran = {
+                let _permit = sem.clone().acquire_owned().await;
+                runner.run(id, vertex.clone(), inputs, cancel).await
+            };
+            match ran {
+                Ok(outs) => {
+                    // Saved beside the dependents' runs; the claim is
+                    // given back after the save, so whoever waited finds
+                    // the record.
+                    let (runner, key, vertex, saved) =
+                        (runner.clone(), key.clone(), vertex.clone(), outs.clone());
+                    let leader = leader.take();
+                    saves
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .spawn(async move {
+                            let r = runner.save(&key, &vertex, &saved).await;
+                            if let Some(c) = claim {
+                                runner.release(c).await;
+                            }
+                            if let Some(l) = leader {
+                                l.finish(Ok(saved));
+                            }
+                            r.map_err(|e| (vertex.name.clone(), Arc::new(e)))
+                        });
+                    Ok(outs)
+                }
+                Err(e) => {
+                    if let Some(c) = claim {
+                        runner.release(c).await;
+                    }
+                    Err(e)
+                }
             }
-            .await;
-            // After the save: whoever waited finds the record.
-            if let Some(c) = claim {
-                runner.release(c).await;
-            }
-            ran
         }
         .await;
         let result = result.map_err(Arc::new);
-        leader.finish(result.clone());
+        if let Some(l) = leader {
+            l.finish(result.clone());
+        }
         return result;
     }
 }
@@ -255,6 +293,7 @@ pub async fn solve<R: OpRunner>(
     // Which vertex each task solves, to name it when the task panics.
     let mut tasks: HashMap<tokio::task::Id, VertexId> = HashMap::new();
     let mut first_error: Option<SolveError> = None;
+    let saves: Saves<R::Error> = Arc::default();
 
     loop {
         if first_error.is_none() && !cancel.is_cancelled() {
@@ -282,6 +321,7 @@ pub async fn solve<R: OpRunner>(
                         runner.clone(),
                         solver.flight.clone(),
                         solver.parallelism.clone(),
+                        saves.clone(),
                         id,
                         v.clone(),
                         inputs,
@@ -334,6 +374,23 @@ pub async fn solve<R: OpRunner>(
                 }
             }
         }
+    }
+    // Every run's record is saved (or failed) before the solve answers.
+    let mut pending_saves = std::mem::take(&mut *saves.lock().unwrap_or_else(|p| p.into_inner()));
+    while let Some(saved) = pending_saves.join_next().await {
+        let err = match saved {
+            Ok(Ok(())) => continue,
+            Ok(Err((name, e))) => SolveError::Op {
+                name,
+                source: Box::new(SharedError(e)),
+            },
+            Err(join) if join.is_panic() => SolveError::Panicked {
+                name: "saving a cache record".into(),
+                message: panic_message(join.into_panic()),
+            },
+            Err(_) => SolveError::Cancelled,
+        };
+        first_error.get_or_insert(err);
     }
     if let Some(e) = first_error {
         return Err(e);
@@ -461,6 +518,9 @@ mod tests {
             vertex: &Vertex,
             outputs: &[String],
         ) -> std::result::Result<(), FakeError> {
+            if vertex.name.starts_with("slowsave") {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             self.claims
                 .lock()
                 .expect("not poisoned")
@@ -700,6 +760,22 @@ mod tests {
         run(&solver, &g, c, &f).await.expect("solves");
         // a re-ran and gave the same result, so b and c still hit.
         assert_eq!(f.runs(), vec!["a"]);
+    }
+
+    #[tokio::test]
+    async fn a_dependent_runs_while_its_input_is_saved_and_the_solve_waits_for_the_save() {
+        let mut g = Graph::default();
+        let a = g.add(v("slowsave-a", "a", &[])).expect("valid");
+        let b = g.add(v("b", "b", &[a])).expect("valid");
+        let f = Arc::new(Fake::default());
+        run(&Solver::new(4), &g, b, &f).await.expect("solves");
+        let log = f.claims();
+        let at = |e: &str| log.iter().position(|l| l == e).expect(e);
+        assert!(at("claim b") < at("save slowsave-a"), "{log:?}");
+        // Answered only once every record is saved and every claim given
+        // back after its save.
+        assert!(at("save slowsave-a") < at("release slowsave-a"), "{log:?}");
+        assert_eq!(f.store.lock().expect("not poisoned").len(), 2);
     }
 
     #[tokio::test]
