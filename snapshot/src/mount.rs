@@ -187,6 +187,47 @@ pub fn overlay_dirs(mounts: &[Mount]) -> Option<(Option<PathBuf>, Vec<PathBuf>)>
     Some((upper, lowers))
 }
 
+/// The read-only view of an active overlay snapshot's parent, built from
+/// the active mount's own options as containerd's overlay snapshotter
+/// builds a View of that parent: a read-only bind of a single lowerdir, or
+/// an overlay of the lowerdirs alone (with the snapshotter's other mount
+/// options). No snapshot is made, so no write in containerd's metadata
+/// store. `None` for anything but one overlay mount with lowerdirs.
+pub fn overlay_parent_view(mounts: &[Mount]) -> Option<Vec<Mount>> {
+    let [m] = mounts else { return None };
+    let (_, lowers) = overlay_dirs(mounts)?;
+    match lowers.as_slice() {
+        [] => None,
+        [only] => Some(vec![Mount {
+            mount_type: "bind".into(),
+            source: only.display().to_string(),
+            target: String::new(),
+            options: vec!["ro".into(), "rbind".into()],
+        }]),
+        _ => {
+            let mut options: Vec<String> = m
+                .options
+                .iter()
+                .filter(|o| {
+                    !o.starts_with("upperdir=")
+                        && !o.starts_with("workdir=")
+                        && !o.starts_with("lowerdir=")
+                        && o.as_str() != "rw"
+                })
+                .cloned()
+                .collect();
+            let dirs: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+            options.push(format!("lowerdir={}", dirs.join(":")));
+            Some(vec![Mount {
+                mount_type: "overlay".into(),
+                source: "overlay".into(),
+                target: String::new(),
+                options,
+            }])
+        }
+    }
+}
+
 /// Mounts on creation, unmounts on drop (failures are logged, never panic).
 #[derive(Debug)]
 pub struct MountGuard {
@@ -531,6 +572,45 @@ mod tests {
         assert_eq!(p.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
         assert_eq!(p.data, vec!["index=off".to_string()]);
         assert_eq!(parse_options(&opts(&["loop"])), Err("loop".to_string()));
+    }
+
+    #[test]
+    fn the_parent_view_of_an_overlay_is_its_lowerdirs_alone() {
+        let active = |opts: &[&str]| {
+            vec![Mount {
+                mount_type: "overlay".into(),
+                source: "overlay".into(),
+                target: String::new(),
+                options: opts.iter().map(|s| s.to_string()).collect(),
+            }]
+        };
+        let two = overlay_parent_view(&active(&[
+            "index=off",
+            "workdir=/s/9/work",
+            "upperdir=/s/9/fs",
+            "lowerdir=/s/2/fs:/s/1/fs",
+        ]))
+        .expect("a view");
+        assert_eq!(two.len(), 1);
+        assert_eq!(two[0].mount_type, "overlay");
+        assert_eq!(two[0].options, ["index=off", "lowerdir=/s/2/fs:/s/1/fs"]);
+        let one = overlay_parent_view(&active(&[
+            "workdir=/s/9/work",
+            "upperdir=/s/9/fs",
+            "lowerdir=/s/1/fs",
+        ]))
+        .expect("a view");
+        assert_eq!(one[0].mount_type, "bind");
+        assert_eq!(one[0].source, "/s/1/fs");
+        assert_eq!(one[0].options, ["ro", "rbind"]);
+        let bind = vec![Mount {
+            mount_type: "bind".into(),
+            source: "/s/1/fs".into(),
+            target: String::new(),
+            options: vec!["rw".into()],
+        }];
+        assert!(overlay_parent_view(&bind).is_none(), "no parent");
+        assert!(overlay_parent_view(&active(&["upperdir=/u", "workdir=/w"])).is_none());
     }
 
     #[test]

@@ -148,10 +148,16 @@ impl StepRunner {
         eager: Option<Compression>,
     ) -> Result<Vec<Layer>> {
         let parent_top = refs::top_snapshot(&active.parent);
-        // A read-only view of the parent to compare against.
+        // A read-only view of the parent to compare against: from the
+        // active overlay's own lowerdirs when it has them (no View and
+        // Remove in containerd), else a View snapshot.
         let mut view_key = None;
+        let local_view = kiln_snapshot::mount::overlay_parent_view(&active.mounts);
         let lower = if parent_top.is_empty() {
             None
+        } else if let Some(mounts) = local_view {
+            let key = format!("{}-lower", active.key);
+            Some(self.mount(&key, &mounts, true)?)
         } else {
             let key = format!("kiln-view-{}", crate::base::rand_hex());
             let mounts = self
