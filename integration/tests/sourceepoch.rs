@@ -64,8 +64,10 @@ async fn http_server(files: Files) -> u16 {
                         }
                         r
                     }
-                    None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_vec(),
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
                 };
                 let _ = conn.write_all(&resp).await;
                 let _ = conn.shutdown().await;
@@ -197,9 +199,7 @@ ADD {src} /\n\
         );
         let ctx = h.context(name, &[("Dockerfile", &dockerfile)]);
         let tag = format!("docker.io/library/epoch:{name}");
-        let out = h
-            .build(ns, &["-t", &tag, ctx.to_str().expect("utf8")])
-            .ok();
+        let out = h.build(ns, &["-t", &tag, ctx.to_str().expect("utf8")]).ok();
         let (created, last, epoch) = dated(&h, ns, &tag, name);
         assert_eq!(created, rfc3339(*want), "{name}: {}", out.stderr);
         assert_eq!(last, rfc3339(*want), "{name}");
@@ -361,12 +361,7 @@ ADD {src} /\n\
         &["--build-context", &archive],
         ctx.to_str().expect("utf8"),
     );
-    let (created, _, epoch) = dated(
-        &h,
-        ns,
-        "docker.io/library/epoch:kilnd-named",
-        "kilnd-named",
-    );
+    let (created, _, epoch) = dated(&h, ns, "docker.io/library/epoch:kilnd-named", "kilnd-named");
     assert_eq!(created, rfc3339(ARCHIVE_TIME));
     assert_eq!(epoch, ARCHIVE_TIME.to_string());
     remote(

@@ -364,7 +364,15 @@ async fn plan(
     let filename = opts.filename.clone();
     let load_name = load_name(&filename);
     let mut layouts = describe_layouts(d, job, session, &opts).await?;
-    let epoch = resolve_epoch(engine, job, session, &mut opts, &source, credentials.clone()).await;
+    let epoch = resolve_epoch(
+        engine,
+        job,
+        session,
+        &mut opts,
+        &source,
+        credentials.clone(),
+    )
+    .await;
     let planned = async {
         epoch.map_err(Planning::Frontend)?;
         // Registry lookups show as `[internal] load metadata for <name>`

@@ -38,8 +38,8 @@ pub use kiln_types::reference;
 
 use std::collections::BTreeMap;
 
-pub use convert::gocompat::ram_in_bytes;
 pub use convert::epoch::{epoch_source, EpochSource, ResolvedEpoch};
+pub use convert::gocompat::ram_in_bytes;
 pub use convert::{to_graph, Build, ContextRead};
 pub use instructions::{parse, parse_with_check, Dockerfile};
 pub use reference::RefError;

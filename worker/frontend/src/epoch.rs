@@ -23,7 +23,10 @@ use kiln_solver::Graph;
 pub fn source(source: &DockerfileSource, opts: &FrontendOptions) -> Result<Option<EpochSource>> {
     let df =
         kiln_dockerfile::parse_with_check(&source.text, &source.filename, opts.check.as_ref())?;
-    Ok(kiln_dockerfile::epoch_source(&df, &build_options(source, opts))?)
+    Ok(kiln_dockerfile::epoch_source(
+        &df,
+        &build_options(source, opts),
+    )?)
 }
 
 /// Resolves the source `SOURCE_DATE_EPOCH` names, if any, into
@@ -107,8 +110,5 @@ async fn source_time(
         None => kiln_engine::sources::epoch::checkout_time(&root).map(Some),
     };
     remote::close(fetched).await;
-    read.map_err(|e| FrontendError::SourceEpoch {
-        name,
-        reason: e.0,
-    })
+    read.map_err(|e| FrontendError::SourceEpoch { name, reason: e.0 })
 }

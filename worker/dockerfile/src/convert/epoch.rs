@@ -103,7 +103,11 @@ fn source_of(
         .iter()
         .find(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(v)))
     else {
-        return Err(invalid(opts, first, format!("invalid SOURCE_DATE_EPOCH: {v}")));
+        return Err(invalid(
+            opts,
+            first,
+            format!("invalid SOURCE_DATE_EPOCH: {v}"),
+        ));
     };
     // The stage's own words see the global scope without the variable
     // being resolved.

@@ -122,7 +122,9 @@ fn the_resolved_time_is_the_value() {
     let b = convert(STAGE, &opts).expect("builds");
     assert_eq!(b.config.source_date_epoch, None);
     assert!(
-        !run_env(&b).iter().any(|e| e.starts_with("SOURCE_DATE_EPOCH=")),
+        !run_env(&b)
+            .iter()
+            .any(|e| e.starts_with("SOURCE_DATE_EPOCH=")),
         "{:?}",
         run_env(&b)
     );
@@ -141,7 +143,9 @@ fn context_without_a_remote_context_is_unset() {
     let b = convert(src, &opts).expect("builds");
     assert_eq!(b.config.source_date_epoch, None);
     // Not the word `context`: the variable is gone.
-    assert!(!run_env(&b).iter().any(|e| e.starts_with("SOURCE_DATE_EPOCH")));
+    assert!(!run_env(&b)
+        .iter()
+        .any(|e| e.starts_with("SOURCE_DATE_EPOCH")));
     // Resolved (a git or HTTP context), it is the value.
     let opts = BuildOptions {
         resolved_epoch: Some(ResolvedEpoch(Some(1_700_000_101))),
