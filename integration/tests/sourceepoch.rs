@@ -77,21 +77,34 @@ async fn http_server(files: Files) -> u16 {
     port
 }
 
-/// A tar of `(name, mtime)` files, and a directory later than all.
+/// A tar of `(name, mtime)` files holding `bar`, and a directory later
+/// than all.
 fn tar_of(files: &[(&str, u64)]) -> Vec<u8> {
+    let with_body: Vec<(&str, &[u8], u64)> =
+        files.iter().map(|(n, t)| (*n, &b"bar"[..], *t)).collect();
+    tar_files(&with_body)
+}
+
+/// A tar of `(name, body, mtime)` files, and a directory later than all
+/// (which does not count: only regular files date an archive).
+fn tar_files(files: &[(&str, &[u8], u64)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    for (name, mtime) in files {
+    for (name, body, mtime) in files {
         let mut h = tar::Header::new_gnu();
-        h.set_size(3);
+        h.set_size(body.len() as u64);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(*mtime);
         h.set_cksum();
-        b.append_data(&mut h, name, &b"bar"[..]).expect("append");
+        b.append_data(&mut h, name, *body).expect("append");
     }
     let mut d = tar::Header::new_gnu();
     d.set_entry_type(tar::EntryType::Directory);
     d.set_size(0);
     d.set_mode(0o755);
+    d.set_uid(0);
+    d.set_gid(0);
     d.set_mtime(2_000_000_000);
     d.set_cksum();
     b.append_data(&mut d, "later/", &b""[..]).expect("append");
@@ -182,6 +195,20 @@ async fn a_named_source_dates_the_build() {
         ),
     );
     files.insert("/plain.txt".to_string(), (b"plain\n".to_vec(), None));
+    // HTTP main contexts: a tarball with the Dockerfile, older than `foo`.
+    let context_tar = tar_files(&[
+        (
+            "Dockerfile",
+            USE_EPOCH.as_bytes(),
+            ARCHIVE_TIME as u64 - 3600,
+        ),
+        ("foo", b"bar", ARCHIVE_TIME as u64),
+    ]);
+    files.insert(
+        "/ctx-lm.tar".to_string(),
+        (context_tar.clone(), Some(LAST_MODIFIED)),
+    );
+    files.insert("/ctx.tar".to_string(), (context_tar, None));
     let port = http_server(Arc::new(files)).await;
     let http = |p: &str| format!("http://127.0.0.1:{port}{p}");
 
@@ -247,6 +274,31 @@ ADD {src} /\n\
     assert_eq!(created, rfc3339(COMMIT_TIME));
     assert_eq!(last, rfc3339(COMMIT_TIME));
     assert_eq!(epoch, COMMIT_TIME.to_string());
+
+    // `context` of an HTTP main context: its Last-Modified, else the
+    // latest file of the archive.
+    for (name, path, want) in [
+        ("http-context-lm", "/ctx-lm.tar", LAST_MODIFIED_SECS),
+        ("http-context", "/ctx.tar", ARCHIVE_TIME),
+    ] {
+        let tag = format!("docker.io/library/epoch:{name}");
+        let out = h
+            .build(
+                ns,
+                &[
+                    "--build-arg",
+                    "SOURCE_DATE_EPOCH=context",
+                    "-t",
+                    &tag,
+                    &http(path),
+                ],
+            )
+            .ok();
+        let (created, last, epoch) = dated(&h, ns, &tag, name);
+        assert_eq!(created, rfc3339(want), "{name}: {}", out.stderr);
+        assert_eq!(last, rfc3339(want), "{name}");
+        assert_eq!(epoch, want.to_string(), "{name}");
+    }
 
     // `context` of a local directory, and a plain file without
     // Last-Modified: no time, the variable unset (BuildKit's).
