@@ -14,7 +14,9 @@
 //!    else the context's `.dockerignore`. kilnd fetches exactly these files
 //!    through the session into its job directories first.
 //! 3. [`plan`] resolves the base images' configs through [`ImageConfigs`]
-//!    (the engine, or a fake in tests) and emits the graph.
+//!    (the engine, or a fake in tests) and emits the graph. Before it,
+//!    [`epoch::resolve`] dates a `SOURCE_DATE_EPOCH` that names a source
+//!    (it needs the engine to fetch that source).
 //!
 //! This crate exists because step 2 does file IO, which `kiln-dockerfile`
 //! must not do; it holds no gRPC and no CLI flags.
