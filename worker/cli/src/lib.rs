@@ -1326,6 +1326,18 @@ async fn build(
             }
         }
     };
+    // A SOURCE_DATE_EPOCH naming a source: its time, fetched first.
+    let epoch = {
+        let fetch = kiln_frontend::remote::Fetch {
+            engine: &engine,
+            credentials: credentials.clone(),
+            secrets: secrets.clone(),
+            ssh: ssh.clone(),
+            progress: tx.clone(),
+            cancel: CancellationToken::new(),
+        };
+        kiln_frontend::epoch::resolve(&fetch, &source, &mut opts).await
+    };
     let oci_stores = oci_stores(&args)?;
     let images = engine
         .base_images(opts.resolve_mode, credentials.clone())
@@ -1333,7 +1345,11 @@ async fn build(
         .with_progress(tx.clone());
     // Every platform of `--platform a,b` is planned; one graph holds them.
     let multi = kiln_frontend::is_multi_platform(&opts);
-    let planned = match kiln_frontend::plan_all(&source, &opts, &images).await {
+    let all = match epoch {
+        Ok(()) => kiln_frontend::plan_all(&source, &opts, &images).await,
+        Err(e) => Err(e),
+    };
+    let planned = match all {
         Ok(all) if multi => {
             let warnings = all.first().map(|(_, b)| b.warnings.clone());
             kiln_frontend::merge_platforms(all).map(|(graph, targets)| {

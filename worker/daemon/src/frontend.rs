@@ -297,6 +297,34 @@ async fn remote_dockerfile(
     source.map_err(|e| frontend_status(&e))
 }
 
+/// A `SOURCE_DATE_EPOCH` naming a source: its time, fetched with the
+/// engine as the frontend's own step (BuildKit's `[internal] resolve …`).
+async fn resolve_epoch(
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    opts: &mut FrontendOptions,
+    source: &kiln_frontend::DockerfileSource,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<(), FrontendError> {
+    let (tx, rx) = kiln_engine::progress::channel();
+    let fetch = kiln_frontend::remote::Fetch {
+        engine,
+        credentials,
+        secrets: std::sync::Arc::new(crate::secrets::SessionSecrets::new(Some(session))),
+        ssh: std::sync::Arc::new(crate::ssh::SessionSsh::new(Some(session))),
+        progress: tx,
+        cancel: job.cancel.child_token(),
+    };
+    let resolve = async {
+        let r = kiln_frontend::epoch::resolve(&fetch, source, opts).await;
+        drop(fetch);
+        r
+    };
+    let (r, ()) = tokio::join!(resolve, forward_steps(job, rx));
+    r
+}
+
 /// Shows the engine's steps of the frontend's own work (registry lookups,
 /// fetching a remote context) as job steps, by name.
 async fn forward_steps(job: &Job, mut rx: tokio::sync::mpsc::Receiver<kiln_engine::ProgressEvent>) {
@@ -327,7 +355,7 @@ async fn plan(
     engine: &kiln_engine::Engine,
     job: &Job,
     session: &SessionHandle,
-    opts: FrontendOptions,
+    mut opts: FrontendOptions,
     mut source: kiln_frontend::DockerfileSource,
     context_ignore: bool,
     inputs: &HashMap<String, kiln_proto::llb::Definition>,
@@ -336,7 +364,17 @@ async fn plan(
     let filename = opts.filename.clone();
     let load_name = load_name(&filename);
     let mut layouts = describe_layouts(d, job, session, &opts).await?;
+    let epoch = resolve_epoch(
+        engine,
+        job,
+        session,
+        &mut opts,
+        &source,
+        credentials.clone(),
+    )
+    .await;
     let planned = async {
+        epoch.map_err(Planning::Frontend)?;
         // Registry lookups show as `[internal] load metadata for <name>`
         // steps, as BuildKit's frontend shows them.
         let (tx, rx) = kiln_engine::progress::channel();

@@ -38,6 +38,7 @@ pub use kiln_types::reference;
 
 use std::collections::BTreeMap;
 
+pub use convert::epoch::{epoch_source, EpochSource, ResolvedEpoch};
 pub use convert::gocompat::ram_in_bytes;
 pub use convert::{to_graph, Build, ContextRead};
 pub use instructions::{parse, parse_with_check, Dockerfile};
@@ -194,6 +195,10 @@ pub struct BuildOptions {
     /// emulates): without a target platform, a stage whose base image is
     /// for one of them is built for it (BuildKit's `autoDetectPlatform`).
     pub worker_platforms: Vec<kiln_solver::Platform>,
+    /// The time of the source `SOURCE_DATE_EPOCH` names (`context`, a named
+    /// context, a source-only stage: [`convert::epoch::epoch_source`]), as
+    /// the caller resolved it; `None` when it did not.
+    pub resolved_epoch: Option<convert::epoch::ResolvedEpoch>,
 }
 
 impl BuildOptions {
@@ -375,6 +380,7 @@ impl Default for BuildOptions {
             named_contexts: BTreeMap::new(),
             all_stages: false,
             worker_platforms: Vec::new(),
+            resolved_epoch: None,
         }
     }
 }

@@ -111,6 +111,11 @@ pub async fn check<I: ImageConfigs>(
 ) -> CheckReport {
     let mut opts = opts.clone();
     opts.lint = true;
+    // No check reads SOURCE_DATE_EPOCH's value: a source it names (which
+    // is still checked to be one) is not fetched for the checks.
+    if opts.resolved_epoch.is_none() {
+        opts.resolved_epoch = Some(kiln_dockerfile::ResolvedEpoch(None));
+    }
     let first = target_platforms(&opts).swap_remove(0);
     let (warnings, error) = match plan_for(source, &opts, &first, images).await {
         Ok(build) => (build.warnings, None),

@@ -14,7 +14,9 @@
 //!    else the context's `.dockerignore`. kilnd fetches exactly these files
 //!    through the session into its job directories first.
 //! 3. [`plan`] resolves the base images' configs through [`ImageConfigs`]
-//!    (the engine, or a fake in tests) and emits the graph.
+//!    (the engine, or a fake in tests) and emits the graph. Before it,
+//!    [`epoch::resolve`] dates a `SOURCE_DATE_EPOCH` that names a source
+//!    (it needs the engine to fetch that source).
 //!
 //! This crate exists because step 2 does file IO, which `kiln-dockerfile`
 //! must not do; it holds no gRPC and no CLI flags.
@@ -82,6 +84,10 @@ pub enum FrontendError {
         #[source]
         source: std::io::Error,
     },
+    /// The time of the source `SOURCE_DATE_EPOCH` names could not be read
+    /// from what was fetched.
+    #[error("{name}: {reason}")]
+    SourceEpoch { name: String, reason: String },
     /// The Dockerfile does not parse or convert.
     #[error(transparent)]
     Dockerfile(#[from] ParseError),
@@ -114,7 +120,7 @@ impl FrontendError {
             | FrontendError::Dockerfile(_) => ErrorKind::InvalidArgument,
             FrontendError::DockerfileNotFound { .. } => ErrorKind::NotFound,
             FrontendError::BadFile { .. } => ErrorKind::InvalidArgument,
-            FrontendError::Io { .. } => ErrorKind::Internal,
+            FrontendError::Io { .. } | FrontendError::SourceEpoch { .. } => ErrorKind::Internal,
             FrontendError::Image(e) => e.kind(),
             FrontendError::ImageWithHint { source, .. } => source.kind(),
         }
@@ -181,6 +187,9 @@ pub struct FrontendOptions {
     /// `requestid=frontend.lint`: run the build checks only
     /// ([`check::check`]), over every stage when no target is given.
     pub lint: bool,
+    /// The time of the source `SOURCE_DATE_EPOCH` names, once
+    /// [`epoch::resolve`] asked the engine for it.
+    pub resolved_epoch: Option<kiln_dockerfile::ResolvedEpoch>,
 }
 
 impl Default for FrontendOptions {
@@ -207,6 +216,7 @@ impl Default for FrontendOptions {
             remote_context: None,
             input_configs: BTreeMap::new(),
             lint: false,
+            resolved_epoch: None,
         }
     }
 }
@@ -909,6 +919,7 @@ pub fn build_options_for(
         named_contexts: opts.named_contexts.clone(),
         all_stages: opts.lint,
         worker_platforms: kiln_engine::oci::runnable_platforms(),
+        resolved_epoch: opts.resolved_epoch,
     }
 }
 
@@ -1108,6 +1119,7 @@ async fn resolve_bases<I: ImageConfigs>(
 }
 
 pub mod check;
+pub mod epoch;
 pub mod remote;
 
 #[cfg(test)]

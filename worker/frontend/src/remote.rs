@@ -270,9 +270,9 @@ fn without_excludes(mut s: crate::DockerfileSource) -> crate::DockerfileSource {
     s
 }
 
-type Fetched = (kiln_engine::build::ResultView, kiln_engine::build::Solved);
+pub(crate) type Fetched = (kiln_engine::build::ResultView, kiln_engine::build::Solved);
 
-async fn close((view, solved): Fetched) {
+pub(crate) async fn close((view, solved): Fetched) {
     view.close().await;
     solved.release(false).await;
 }
@@ -281,6 +281,16 @@ async fn close((view, solved): Fetched) {
 async fn solve_view(fetch: &Fetch<'_>, remote: &RemoteContext, no_cache: bool) -> Result<Fetched> {
     let mut graph = Graph::default();
     let result = remote.add_to(&mut graph, no_cache)?;
+    solve_graph(fetch, graph, result).await
+}
+
+/// Solves `graph` (sources only: no local context, no image, no secret
+/// of its own) and mounts its `result` read-only.
+pub(crate) async fn solve_graph(
+    fetch: &Fetch<'_>,
+    graph: Graph,
+    result: VertexId,
+) -> Result<Fetched> {
     let req = kiln_engine::BuildRequest {
         graph,
         result,

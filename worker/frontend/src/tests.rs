@@ -982,3 +982,101 @@ fn required_frontend_caps_are_checked() {
         );
     }
 }
+
+/// Which source op `SOURCE_DATE_EPOCH` asks the engine about: the remote
+/// main context's, a remote named context's, a source stage's ADD; none
+/// for a local context or directory; a frontend input is refused.
+#[test]
+fn source_date_epoch_names_the_source_to_fetch() {
+    use kiln_dockerfile::EpochSource;
+    let df = source("FROM scratch\nCOPY a /a\n", &[]);
+    let attrs = |pairs: &[(&str, &str)]| {
+        FrontendOptions::from_attrs(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .expect("attrs")
+    };
+    // `context`, local: nothing to fetch.
+    let local = attrs(&[("build-arg:SOURCE_DATE_EPOCH", "context")]);
+    let named = crate::epoch::source(&df, &local).expect("source");
+    assert_eq!(named, Some(EpochSource::Context));
+    assert_eq!(
+        crate::epoch::source_op(&EpochSource::Context, &local).expect("op"),
+        None
+    );
+    // `context`, a git URL: its checkout, dated by its commit.
+    let git = attrs(&[
+        ("build-arg:SOURCE_DATE_EPOCH", "context"),
+        ("context", "git://127.0.0.1/repo.git#main"),
+    ]);
+    let op = crate::epoch::source_op(&EpochSource::Context, &git)
+        .expect("op")
+        .expect("a git op");
+    let g = kiln_solver::source::GitSource::from_op(&op)
+        .expect("git")
+        .expect("git");
+    assert_eq!(g.remote, "git://127.0.0.1/repo.git");
+    assert_eq!(g.mtime, "commit");
+    // A named HTTP context; a named directory has no time.
+    let http = attrs(&[
+        ("build-arg:SOURCE_DATE_EPOCH", "src"),
+        ("context:src", "https://example.com/src.tar"),
+    ]);
+    let named = crate::epoch::source(&df, &http)
+        .expect("source")
+        .expect("named");
+    let op = crate::epoch::source_op(&named, &http)
+        .expect("op")
+        .expect("an http op");
+    assert_eq!(op.identifier, "https://example.com/src.tar");
+    let dir = attrs(&[
+        ("build-arg:SOURCE_DATE_EPOCH", "src"),
+        ("context:src", "local:srcdir"),
+    ]);
+    let named = crate::epoch::source(&df, &dir)
+        .expect("source")
+        .expect("named");
+    assert_eq!(crate::epoch::source_op(&named, &dir).expect("op"), None);
+    let input = attrs(&[
+        ("build-arg:SOURCE_DATE_EPOCH", "src"),
+        ("context:src", "input:src"),
+    ]);
+    let named = crate::epoch::source(&df, &input)
+        .expect("source")
+        .expect("named");
+    assert_eq!(
+        crate::epoch::source_op(&named, &input)
+            .expect_err("refused")
+            .to_string(),
+        "SOURCE_DATE_EPOCH=src (the time of a frontend input) is not supported yet"
+    );
+}
+
+/// The build checks do not fetch a source SOURCE_DATE_EPOCH names (no
+/// check reads its value), but still refuse a stage that is not one.
+#[tokio::test]
+async fn checks_do_not_fetch_the_epochs_source() {
+    let images = FakeImages::default();
+    let opts = FrontendOptions::default();
+    let ok = source(
+        "ARG SOURCE_DATE_EPOCH=src\nFROM scratch AS src\nADD https://example.com/a.tar /\nFROM scratch\nCOPY a /a\n",
+        &[],
+    );
+    let report = crate::check::check(&ok, &opts, &images).await;
+    assert_eq!(report.error, None);
+    let bad = source(
+        "ARG SOURCE_DATE_EPOCH=src\nFROM scratch AS src\nRUN true\nFROM scratch\n",
+        &[],
+    );
+    let report = crate::check::check(&bad, &opts, &images).await;
+    assert_eq!(
+        report.error,
+        Some((
+            "Dockerfile:2: SOURCE_DATE_EPOCH stage does not meet source-only requirements: unsupported RUN instruction".to_string(),
+            Some(2)
+        ))
+    );
+}

@@ -36,6 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 mod checks;
 mod copy;
 mod ctxpaths;
+pub mod epoch;
 pub(crate) mod gocompat;
 mod plan;
 mod run;
@@ -44,6 +45,8 @@ mod ssh;
 mod tests;
 #[cfg(test)]
 mod tests_checks;
+#[cfg(test)]
+mod tests_epoch;
 #[cfg(test)]
 mod tests_metadata;
 
@@ -207,8 +210,24 @@ pub fn to_graph(
     opts: &BuildOptions,
     bases: &BTreeMap<String, ImageConfig>,
 ) -> Result<Build> {
-    let plan = Plan::new(df, opts, bases)?;
-    let epoch = source_date_epoch(df, opts, &plan)?;
+    let mut plan = Plan::new(df, opts, bases)?;
+    let (epoch_set, epoch) = epoch::resolve(df, opts, &plan.global_env)?;
+    // The resolved value stands in for the one given, from here on.
+    let with_epoch;
+    let opts = if epoch_set {
+        let mut o = opts.clone();
+        epoch::apply(&mut o.build_args, &mut plan.global_env, epoch).map_err(|m| {
+            ParseError::Invalid {
+                file: opts.filename.clone(),
+                line: 1,
+                message: format!("build argument {}: {m}", epoch::KEY),
+            }
+        })?;
+        with_epoch = o;
+        &with_epoch
+    } else {
+        opts
+    };
     let mut conv = Converter {
         epoch,
         df,
@@ -1080,107 +1099,6 @@ impl Converter<'_> {
             .push(history(format!("ARG {}", shown.join(" ")), false));
         Ok(())
     }
-}
-
-/// `SOURCE_DATE_EPOCH` from `--build-arg` or a global `ARG` default:
-/// seconds since the epoch; empty is unset, and `context` is unset too
-/// (BuildKit's value for a local context). The other BuildKit forms, a
-/// named context or a stage that is one remote `ADD` (the epoch is the
-/// source's time), are refused before the build, with BuildKit's errors for
-/// a stage that is not such a source and for a name that is neither.
-fn source_date_epoch(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Result<Option<i64>> {
-    const KEY: &str = "SOURCE_DATE_EPOCH";
-    let Some(v) = opts
-        .build_args
-        .get(KEY)
-        .map(String::as_str)
-        .or_else(|| lookup(&plan.global_env, KEY))
-    else {
-        return Ok(None);
-    };
-    if v.is_empty() || v == "context" {
-        return Ok(None);
-    }
-    if let Ok(secs) = v.parse::<i64>() {
-        return Ok(Some(secs));
-    }
-    let first = df.stages.first().map_or(1, |s| s.line);
-    let unsupported = |line: usize, what: &str| ParseError::Unsupported {
-        file: opts.filename.clone(),
-        line,
-        feature: format!("SOURCE_DATE_EPOCH={v} ({what})"),
-    };
-    let invalid = |line: usize, message: &str| ParseError::Invalid {
-        file: opts.filename.clone(),
-        line,
-        message: message.to_string(),
-    };
-    if plan::named_context(opts, v, &opts.target_platform()).is_some() {
-        return Err(unsupported(first, "the time of a named context"));
-    }
-    let Some(stage) = df
-        .stages
-        .iter()
-        .rfind(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(v)))
-    else {
-        return Err(invalid(first, &format!("invalid SOURCE_DATE_EPOCH: {v}")));
-    };
-    // BuildKit's checks of a source stage, in its order.
-    let base = Lex::new(df.escape)
-        .process_word(&stage.base, &plan.global_env)
-        .map_err(|m| invalid(stage.line, &m))?;
-    if base != "scratch" {
-        return Err(invalid(
-            stage.line,
-            "SOURCE_DATE_EPOCH stage must use FROM scratch",
-        ));
-    }
-    let mut add = None;
-    for c in &stage.commands {
-        match &c.instruction {
-            Instruction::Arg(_) => {}
-            Instruction::Copy(cp) if cp.add => {
-                if add.is_some() {
-                    return Err(invalid(
-                        stage.line,
-                        "SOURCE_DATE_EPOCH stage must contain exactly one remote ADD",
-                    ));
-                }
-                add = Some(cp);
-            }
-            _ => {
-                return Err(invalid(
-                    stage.line,
-                    &format!(
-                        "SOURCE_DATE_EPOCH stage does not meet source-only requirements: unsupported {} instruction",
-                        c.word
-                    ),
-                ));
-            }
-        }
-    }
-    let Some(add) = add else {
-        return Err(invalid(
-            stage.line,
-            "SOURCE_DATE_EPOCH stage must contain exactly one remote ADD",
-        ));
-    };
-    if !add.contents.is_empty() || add.srcs.len() != 1 {
-        return Err(invalid(
-            stage.line,
-            "SOURCE_DATE_EPOCH stage must contain exactly one remote ADD source",
-        ));
-    }
-    let src = &add.srcs[0];
-    let git =
-        kiln_solver::source::GitRef::parse(src).map_err(|e| invalid(stage.line, &e.to_string()))?;
-    if !(src.starts_with("http://") || src.starts_with("https://")) && git.is_none() {
-        return Err(invalid(
-            stage.line,
-            "SOURCE_DATE_EPOCH stage source must be a single HTTP(S) or Git ADD",
-        ));
-    }
-    Err(unsupported(stage.line, "the time of a remote ADD source"))
 }
 
 /// Parses an ONBUILD trigger as a Dockerfile line (with the default

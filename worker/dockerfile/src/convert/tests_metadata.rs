@@ -321,7 +321,8 @@ fn source_date_epoch_dates_new_history_and_workdir() {
 }
 
 /// SOURCE_DATE_EPOCH naming a stage: BuildKit's checks of a source stage,
-/// and the one form that passes them (one remote ADD) is not supported.
+/// and the one form that passes them (one remote ADD) needs its time
+/// resolved by the frontend.
 #[test]
 fn source_date_epoch_stage_forms() {
     let check = |src: &str| {
@@ -341,11 +342,11 @@ fn source_date_epoch_stage_forms() {
     };
     assert_eq!(
         check("FROM scratch AS src\nARG V=1\nADD https://example.com/a.tar /a\nFROM img\n"),
-        "Dockerfile:1: SOURCE_DATE_EPOCH=Src (the time of a remote ADD source) is not supported yet"
+        "Dockerfile:1: SOURCE_DATE_EPOCH=Src (the time of a remote ADD source, without a frontend to resolve it) is not supported yet"
     );
     assert_eq!(
         check("FROM scratch\nFROM scratch AS src\nADD https://example.com/a /a\nFROM img\n"),
-        "Dockerfile:2: SOURCE_DATE_EPOCH=Src (the time of a remote ADD source) is not supported yet"
+        "Dockerfile:2: SOURCE_DATE_EPOCH=Src (the time of a remote ADD source, without a frontend to resolve it) is not supported yet"
     );
     assert_eq!(
         check("FROM img AS src\nADD https://example.com/a /a\nFROM img\n"),

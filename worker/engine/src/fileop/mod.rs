@@ -19,7 +19,7 @@ mod ops;
 mod owner;
 pub mod reuse;
 pub(crate) mod root;
-mod unpack;
+pub(crate) mod unpack;
 
 #[cfg(test)]
 mod tests;

@@ -64,6 +64,29 @@ pub(crate) fn is_archive(path: &Path) -> bool {
     matches!(entries.next(), Some(Ok(_)))
 }
 
+/// The latest modification time of a regular file in the archive at
+/// `path` (BuildKit's `archiveMaxTimeFromRef` with non-archives allowed):
+/// `None` when it is not an archive, has no regular file, or does not
+/// read to its end.
+pub(crate) fn latest_file_time(path: &Path) -> Option<i64> {
+    let stream = open_stream(path).ok()?;
+    let mut archive = tar::Archive::new(stream);
+    let mut latest: Option<i64> = None;
+    for entry in archive.entries().ok()? {
+        let entry = entry.ok()?;
+        let header = entry.header();
+        if !matches!(
+            header.entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        ) {
+            continue;
+        }
+        let t = i64::try_from(header.mtime().ok()?).ok()?;
+        latest = Some(latest.map_or(t, |l| l.max(t)));
+    }
+    latest
+}
+
 /// Extracts the archive at `archive` into the directory `dst` of
 /// `dest_root` (created 0755, with `chown`), like `tar -x`: existing
 /// directories are merged, other existing entries replaced. Entry paths,

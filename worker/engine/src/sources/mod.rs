@@ -5,6 +5,7 @@
 //! commit, the content digest), so a second build of the same commit or
 //! file fetches nothing.
 
+pub mod epoch;
 pub mod git;
 pub mod http;
 pub mod limits;
