@@ -45,10 +45,12 @@ impl Gate {
         Gate(TcpListener::bind("127.0.0.1:0").expect("listen"))
     }
 
-    /// The command of a step that prints `started`, then waits.
+    /// A step (with a cache mount) that prints `started`, then waits.
     fn step(&self) -> String {
         let port = self.0.local_addr().expect("addr").port();
-        format!("echo started && wget -q -O /dev/null http://127.0.0.1:{port}/")
+        format!(
+            "RUN --mount=type=cache,target=/c echo started && wget -q -O /dev/null http://127.0.0.1:{port}/"
+        )
     }
 
     /// Lets the waiting step finish.
@@ -77,6 +79,9 @@ impl Gate {
 const OTHER: &str = "[2/2] RUN echo other > /other";
 const ONE: &str = "[2/4] RUN echo one > /one";
 const TWO: &str = "[3/4] RUN echo two > /two";
+/// The held step's cache mount: its id is the target after the (empty)
+/// cache namespace and a slash, as BuildKit's frontend makes it.
+const MOUNT: &str = "cached mount //c";
 
 /// Builds [`OTHER`]'s image through `addr`, then starts a build whose
 /// last step waits on `gate`; returns once that step runs.
@@ -92,7 +97,7 @@ fn start_held_build(h: &Harness, ns: &str, addr: &str, gate: &Gate) -> RunningKi
     .expect("kiln runs")
     .ok();
     let df = format!(
-        "FROM busybox\nRUN echo one > /one\nRUN echo two > /two\nRUN {}\n",
+        "FROM busybox\nRUN echo one > /one\nRUN echo two > /two\n{}\n",
         gate.step()
     );
     let ctx = h.context(&format!("{ns}-running"), &[("Dockerfile", &df)]);
@@ -120,12 +125,13 @@ async fn du_shows_a_running_builds_records_in_use_until_it_ends() {
     let mut running = start_held_build(&h, ns, &addr, &gate);
 
     // While the last step waits, from kilnd and from an embedded kiln on
-    // the same containerd: its parent record and the one below are held;
-    // the other build's is not.
+    // the same containerd: its parent record, the one below and its cache
+    // mount are held; the other build's record is not.
     let mut want = BTreeMap::from([
         (OTHER.to_string(), true),
         (ONE.to_string(), false),
         (TWO.to_string(), false),
+        (MOUNT.to_string(), false),
     ]);
     assert_eq!(reclaimable(&h, ns, Some(&addr)), want, "kilnd's DiskUsage");
     assert_eq!(reclaimable(&h, ns, None), want, "embedded kiln du");
@@ -135,7 +141,7 @@ async fn du_shows_a_running_builds_records_in_use_until_it_ends() {
     assert_eq!(reclaimable(&h, ns, None), want);
     assert_eq!(reclaimable(&h, ns, Some(&addr)), want);
 
-    let last = format!("[4/4] RUN {}", gate.step());
+    let last = format!("[4/4] {}", gate.step());
     gate.open();
     let rest: Vec<String> = running.rest.by_ref().map_while(Result::ok).collect();
     let status = running.child.wait().expect("kiln ends");
@@ -144,6 +150,7 @@ async fn du_shows_a_running_builds_records_in_use_until_it_ends() {
     // for both.
     want.insert(ONE.to_string(), true);
     want.insert(TWO.to_string(), true);
+    want.insert(MOUNT.to_string(), true);
     want.insert(last, true);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -181,6 +188,7 @@ async fn a_crashed_kilnd_holds_nothing_in_use() {
             (OTHER.to_string(), true),
             (ONE.to_string(), true),
             (TWO.to_string(), true),
+            (MOUNT.to_string(), true),
         ])
     );
     h.kiln(ns, &["prune", "-f"]).expect("kiln prune").ok();

@@ -311,8 +311,9 @@ pub struct RecordInfo {
     /// on (its parent chain's record, as BuildKit's parent refs); none
     /// when it sits on a base image or on scratch.
     pub parents: Vec<String>,
-    /// The committed snapshots of the record's outputs (each chain's
-    /// top): what a build that uses the record holds in its lease.
+    /// What a build that uses the record holds in its lease: the committed
+    /// snapshots of a step's outputs (each chain's top), or a cache
+    /// mount's one snapshot.
     pub snapshots: Vec<String>,
     /// A running build holds it (or a record above it), in this process
     /// or another: BuildKit's `InUse`. Set by [`crate::prune::disk_usage`]
@@ -382,13 +383,8 @@ pub async fn list(svc: &Services) -> Result<Vec<RecordInfo>> {
 pub async fn list_of(svc: &Services, all: &[LeaseInfo]) -> Result<Vec<RecordInfo>> {
     let mut out = Vec::new();
     let mut chains = Vec::new();
-    for lease in all.iter().cloned() {
-        if !lease.id.starts_with(&format!(
-            "{}{LEASE_KIND}/",
-            kiln_snapshot::containerd::LEASE_PREFIX
-        )) {
-            continue;
-        }
+    let prefix = format!("{}{LEASE_KIND}/", kiln_snapshot::containerd::LEASE_PREFIX);
+    for lease in all.iter().filter(|l| l.id.starts_with(&prefix)).cloned() {
         let record_type = lease.labels.get(TYPE_LABEL).cloned().unwrap_or_default();
         let size = lease
             .labels
@@ -403,7 +399,10 @@ pub async fn list_of(svc: &Services, all: &[LeaseInfo]) -> Result<Vec<RecordInfo
         let mut last_used = lease.created_secs;
         let mut used = 0;
         let mut chain = None;
-        let mut snapshots = Vec::new();
+        // A cache mount is its one snapshot; a step's record, its outputs.
+        let mut snapshots: Vec<String> = crate::ops::cachemount::snapshot_of(&lease.id)
+            .into_iter()
+            .collect();
         if let Some(rec) = lease.labels.get(RECORD_LABEL) {
             if let Ok(info) = svc.content.info(rec).await {
                 if let Some(t) = info

@@ -6,7 +6,8 @@
 //!
 //! A build holds what it uses in its build lease (`kiln/build/<id>`,
 //! `lease.rs`): the snapshot of every step it ran (leased before the
-//! commit) and of every record it loaded (`cache::load` adds it). That
+//! commit), of every record it loaded (`cache::load` adds it) and of
+//! every cache mount it mounted (`ops/cachemount.rs`). That
 //! lease lives exactly as long as the build's result: it is deleted when
 //! the result is released or the build fails. So a record is in use while
 //! a live build lease holds one of its snapshots

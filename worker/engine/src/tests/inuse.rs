@@ -6,10 +6,12 @@ use super::{build, fixture, request, vertex, Fixture};
 use crate::progress::Progress;
 use crate::prune::{self, PruneOptions};
 use crate::BuildRequest;
-use kiln_shim::testing::FakeExecutor;
+use kiln_shim::testing::{FakeExecutor, FakeOutcome};
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::services::LeaseResource;
-use kiln_solver::{FileAction, FileActionKind, FileInput, FileMkFile, FileOp, Graph, Op};
+use kiln_solver::{
+    FileAction, FileActionKind, FileInput, FileMkFile, FileOp, Graph, Mount, MountType, Op,
+};
 use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 
@@ -184,4 +186,54 @@ async fn a_dead_or_lapsed_build_holds_nothing_in_use() {
     assert_eq!(record_again.lease.id, record.lease.id);
     hold("live", crate::sweep::owner_labels()).await;
     assert!(in_use().await, "a live process's build holds it");
+}
+
+#[tokio::test]
+async fn a_cache_mount_is_in_use_while_a_build_that_mounts_it_runs() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    exec.push(FakeOutcome::Gated {
+        gate: gate.clone(),
+        code: 0,
+    });
+    let mut req = request(&["go", "build"], &[]);
+    if let Op::Exec(e) = &mut req.graph.vertices[1].op {
+        e.mounts.push(Mount {
+            input: None,
+            selector: String::new(),
+            dest: "/cache".into(),
+            output: None,
+            readonly: false,
+            mount_type: MountType::Cache {
+                id: "go-build".into(),
+                sharing: kiln_solver::CacheSharing::Shared,
+            },
+        });
+    }
+    let engine = fx.engine("a", &exec);
+    let running = tokio::spawn(async move { build(&engine, req).await });
+    while exec.steps().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let cache_mount = || async {
+        prune::disk_usage(&fx.svc)
+            .await
+            .expect("du")
+            .into_iter()
+            .find(|r| r.record_type == crate::cache::TYPE_CACHE_MOUNT)
+            .map(|r| r.in_use)
+    };
+    assert_eq!(cache_mount().await, Some(true), "mounted by a running step");
+    let only_mounts = PruneOptions {
+        types: vec![crate::cache::TYPE_CACHE_MOUNT.into()],
+        ..Default::default()
+    };
+    let report = prune::prune(&fx.svc, &only_mounts).await.expect("prune");
+    assert!(report.removed.is_empty(), "{:?}", report.removed);
+    gate.notify_one();
+    running.await.expect("task").expect("build");
+    assert_eq!(cache_mount().await, Some(false), "the build is over");
+    let report = prune::prune(&fx.svc, &only_mounts).await.expect("prune");
+    assert_eq!(report.removed.len(), 1);
 }
