@@ -181,6 +181,8 @@ async fn a_crashed_kilnd_holds_nothing_in_use() {
     // swept it yet), but its process is gone, so it holds nothing.
     k.kill();
     let _ = running.child.wait();
+    let leases = h.ctr(ns, &["leases", "ls"]).expect("ctr leases ls");
+    assert!(leases.contains("kiln/build/"), "{leases}");
     let got = reclaimable(&h, ns, None);
     assert_eq!(
         got,
