@@ -190,6 +190,20 @@ impl LeaseResource {
         }
     }
 
+    /// The resource containerd names by `resource_type` and `id`; `None`
+    /// for a kind kiln does not lease (ingests).
+    pub fn from_containerd(resource_type: &str, id: &str) -> Option<Self> {
+        match resource_type {
+            "content" => Some(LeaseResource::Content(id.to_string())),
+            t => t
+                .strip_prefix("snapshots/")
+                .map(|snapshotter| LeaseResource::Snapshot {
+                    snapshotter: snapshotter.to_string(),
+                    key: id.to_string(),
+                }),
+        }
+    }
+
     /// containerd's resource type (`content`, `snapshots/<snapshotter>`).
     pub fn resource_type(&self) -> String {
         match self {
@@ -244,6 +258,11 @@ pub trait Leases: Send + Sync {
     /// Adds a resource to a lease. The object need not exist yet, so a name
     /// can be leased before it is created. A missing lease is `NotFound`.
     async fn add_resource(&self, id: &LeaseId, resource: &LeaseResource) -> Result<()>;
+
+    /// What lease `id` holds: its content and the snapshots of every
+    /// snapshotter (containerd's other kinds, ingests, are left out). A
+    /// missing lease is `NotFound`.
+    async fn list_resources(&self, id: &LeaseId) -> Result<Vec<LeaseResource>>;
 
     /// Every kiln lease of the namespace (others are not listed).
     async fn list(&self) -> Result<Vec<LeaseInfo>>;

@@ -7,7 +7,7 @@ use super::Containerd;
 use crate::error::Result;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{
-    AddResourceRequest, CreateRequest, DeleteRequest, ListRequest, Resource,
+    AddResourceRequest, CreateRequest, DeleteRequest, ListRequest, ListResourcesRequest, Resource,
 };
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -185,6 +185,22 @@ impl Containerd {
             .await
             .map_err(|s| self.status_error("Leases.AddResource", id.as_str(), s))?;
         Ok(())
+    }
+
+    /// The resources lease `id` holds, as containerd names them: `(type,
+    /// id)` pairs (`content` with a digest, `snapshots/<snapshotter>` with
+    /// a key, `ingests` with a ref). A missing lease is `NotFound`.
+    pub async fn lease_list_resources(&self, id: &LeaseId) -> Result<Vec<(String, String)>> {
+        let r = self
+            .leases()
+            .list_resources(self.request(ListResourcesRequest { id: id.0.clone() }, None))
+            .await
+            .map_err(|s| self.status_error("Leases.ListResources", id.as_str(), s))?;
+        Ok(r.into_inner()
+            .resources
+            .into_iter()
+            .map(|r| (r.r#type, r.id))
+            .collect())
     }
 
     /// Lists the leases kiln owns in this namespace (others are ignored).

@@ -125,6 +125,15 @@ impl Leases for Containerd {
             .await
     }
 
+    async fn list_resources(&self, id: &LeaseId) -> Result<Vec<LeaseResource>> {
+        Ok(self
+            .lease_list_resources(id)
+            .await?
+            .iter()
+            .filter_map(|(t, r)| LeaseResource::from_containerd(t, r))
+            .collect())
+    }
+
     async fn list(&self) -> Result<Vec<LeaseInfo>> {
         self.lease_list_kiln().await
     }

@@ -137,6 +137,18 @@ impl Leases for MemContainerd {
         })
     }
 
+    async fn list_resources(&self, id: &LeaseId) -> Result<Vec<LeaseResource>> {
+        self.injected("Leases.ListResources", id.as_str())?;
+        MemContainerd::list_resources(self, id).ok_or_else(|| {
+            rpc(
+                "Leases.ListResources",
+                id.as_str(),
+                ErrorKind::NotFound,
+                &format!("lease {id:?}: not found"),
+            )
+        })
+    }
+
     async fn list(&self) -> Result<Vec<LeaseInfo>> {
         self.injected("Leases.List", "")?;
         Ok(self.with_ns(|ns| {

@@ -561,6 +561,7 @@ mod tests {
             last_used: 200,
             usage_count: 3,
             parents: vec!["kiln/cache/def".into()],
+            snapshots: vec!["sha256:abc".into()],
             in_use: false,
         };
         let u = usage_record(&r);

@@ -132,8 +132,6 @@ pub struct Engine {
     registry_hosts: Arc<kiln_registry::HostsConfig>,
     /// Bounds on each HTTP(S) download and git fetch (`[fetch]`).
     fetch_limits: crate::sources::limits::FetchLimits,
-    /// The records this engine's running builds hold.
-    in_use: Arc<crate::inuse::InUse>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -205,7 +203,6 @@ impl Engine {
             lease_timing: crate::lease::LeaseTiming::default(),
             registry_hosts: Arc::new(kiln_registry::HostsConfig::default()),
             fetch_limits: Default::default(),
-            in_use: Arc::default(),
         }
     }
 
@@ -268,10 +265,11 @@ impl Engine {
         &self.svc
     }
 
-    /// Every cache record, most recently used first, those this engine's
-    /// running builds hold (and the records below them) in use.
+    /// Every cache record, most recently used first, those running builds
+    /// use (of this engine or any other process, [`crate::inuse`]) and the
+    /// records below them in use.
     pub async fn disk_usage(&self) -> Result<Vec<crate::cache::RecordInfo>> {
-        crate::prune::disk_usage_holding(&self.svc, &self.in_use.record_ids()).await
+        crate::prune::disk_usage(&self.svc).await
     }
 
     /// [`crate::prune::prune`], leaving alone the records in use.
@@ -279,7 +277,7 @@ impl Engine {
         &self,
         opts: &crate::prune::PruneOptions,
     ) -> Result<crate::prune::PruneReport> {
-        crate::prune::prune_holding(&self.svc, opts, &self.in_use.record_ids()).await
+        crate::prune::prune(&self.svc, opts).await
     }
 
     /// Cleans up after kiln processes that died mid-build (their step
@@ -527,8 +525,6 @@ impl Engine {
         let registry = self.registry_client(req.credentials.clone());
         let imports = read_cache_imports(&req.cache_imports, &registry, &progress).await;
         let cache = Arc::new(BuildCache::new(&req.graph, req.result, imports));
-        // Its answered records are in use until the result is released.
-        self.in_use.track(&cache);
         let mount_dir = self
             .state_dir
             .join("mounts")

@@ -325,9 +325,13 @@ pub struct RecordInfo {
     /// on (its parent chain's record, as BuildKit's parent refs); none
     /// when it sits on a base image or on scratch.
     pub parents: Vec<String>,
-    /// A running build holds it (or a record above it): BuildKit's
-    /// `InUse`. Set by [`crate::build::Engine::disk_usage`], for the
-    /// engine's own builds.
+    /// What a build that uses the record holds in its lease: the committed
+    /// snapshots of a step's outputs (each chain's top), or a cache
+    /// mount's one snapshot.
+    pub snapshots: Vec<String>,
+    /// A running build holds it (or a record above it), in this process
+    /// or another: BuildKit's `InUse`. Set by [`crate::prune::disk_usage`]
+    /// ([`crate::inuse`]).
     pub in_use: bool,
 }
 
@@ -346,11 +350,21 @@ fn usage_count(labels: &HashMap<String, String>) -> u64 {
         .unwrap_or(0)
 }
 
-/// The diffIDs of a record's first output, for finding its parent.
-fn first_chain(blob: &[u8]) -> Option<Vec<String>> {
+/// The diffIDs of a record's first output, for finding its parent, and
+/// the top snapshot of each output (none for an output on scratch).
+fn outputs_of(blob: &[u8]) -> Option<(Vec<String>, Vec<String>)> {
     let parsed = serde_json::from_slice::<RecordBlob>(blob).ok()?;
-    let chain = parsed.outputs.into_iter().next()?;
-    Some(chain.into_iter().map(|l| l.diff_id).collect())
+    let tops = parsed
+        .outputs
+        .iter()
+        .filter_map(|chain| {
+            let ids: Option<Vec<Digest>> =
+                chain.iter().map(|l| Digest::parse(&l.diff_id)).collect();
+            Digest::chain_ids(&ids?).last().map(|d| d.to_string())
+        })
+        .collect();
+    let first = parsed.outputs.into_iter().next()?;
+    Some((first.into_iter().map(|l| l.diff_id).collect(), tops))
 }
 
 /// Each record's parents: the record whose first output is this one's
@@ -376,15 +390,15 @@ fn parents(chains: &[Option<Vec<String>>], ids: &[String]) -> Vec<Vec<String>> {
 
 /// Every cache record in the namespace.
 pub async fn list(svc: &Services) -> Result<Vec<RecordInfo>> {
+    list_of(svc, &svc.leases.list().await?).await
+}
+
+/// The cache records among `all` (every kiln lease of the namespace).
+pub async fn list_of(svc: &Services, all: &[LeaseInfo]) -> Result<Vec<RecordInfo>> {
     let mut out = Vec::new();
     let mut chains = Vec::new();
-    for lease in svc.leases.list().await? {
-        if !lease.id.starts_with(&format!(
-            "{}{LEASE_KIND}/",
-            kiln_snapshot::containerd::LEASE_PREFIX
-        )) {
-            continue;
-        }
+    let prefix = format!("{}{LEASE_KIND}/", kiln_snapshot::containerd::LEASE_PREFIX);
+    for lease in all.iter().filter(|l| l.id.starts_with(&prefix)).cloned() {
         let record_type = lease.labels.get(TYPE_LABEL).cloned().unwrap_or_default();
         let size = lease
             .labels
@@ -399,6 +413,10 @@ pub async fn list(svc: &Services) -> Result<Vec<RecordInfo>> {
         let mut last_used = lease.created_secs;
         let mut used = 0;
         let mut chain = None;
+        // A cache mount is its one snapshot; a step's record, its outputs.
+        let mut snapshots: Vec<String> = crate::ops::cachemount::snapshot_of(&lease.id)
+            .into_iter()
+            .collect();
         if let Some(rec) = lease.labels.get(RECORD_LABEL) {
             if let Ok(info) = svc.content.info(rec).await {
                 if let Some(t) = info
@@ -411,12 +429,16 @@ pub async fn list(svc: &Services) -> Result<Vec<RecordInfo>> {
                 used = usage_count(&info.labels);
             }
             // A record being written (or broken) has no parents to show.
-            chain = svc
+            if let Some((first, tops)) = svc
                 .content
                 .read(rec)
                 .await
                 .ok()
-                .and_then(|b| first_chain(&b));
+                .and_then(|b| outputs_of(&b))
+            {
+                chain = Some(first);
+                snapshots = tops;
+            }
         }
         chains.push(chain);
         out.push(RecordInfo {
@@ -427,6 +449,7 @@ pub async fn list(svc: &Services) -> Result<Vec<RecordInfo>> {
             last_used,
             usage_count: used,
             parents: Vec::new(),
+            snapshots,
             in_use: false,
         });
     }

@@ -31,18 +31,23 @@ pub struct PruneReport {
     pub reclaimed: u64,
 }
 
-/// Every cache record, most recently used first.
+/// Every cache record, most recently used first, those that running
+/// builds use (of any process, [`crate::inuse`]) and the records below
+/// them in use: a held record holds its parents, as a BuildKit ref holds
+/// its parent refs.
 pub async fn disk_usage(svc: &Services) -> Result<Vec<RecordInfo>> {
-    disk_usage_holding(svc, &HashSet::new()).await
+    let mut records = records_in_use(svc).await?;
+    records.sort_by_key(|r| std::cmp::Reverse(r.last_used));
+    Ok(records)
 }
 
-/// [`disk_usage`] with the records `held` names (lease IDs) in use, and
-/// the records below them: a held record holds its parents, as a
-/// BuildKit ref holds its parent refs.
-pub async fn disk_usage_holding(svc: &Services, held: &HashSet<String>) -> Result<Vec<RecordInfo>> {
-    let mut records = cache::list(svc).await?;
-    mark_in_use(&mut records, held);
-    records.sort_by_key(|r| std::cmp::Reverse(r.last_used));
+/// Every cache record, with `in_use` set.
+async fn records_in_use(svc: &Services) -> Result<Vec<RecordInfo>> {
+    let all = svc.leases.list().await?;
+    let mut records = cache::list_of(svc, &all).await?;
+    let snapshots = crate::inuse::held_snapshots(&*svc.leases, &all).await?;
+    let held = crate::inuse::records_holding(&records, &snapshots);
+    mark_in_use(&mut records, &held);
     Ok(records)
 }
 
@@ -88,20 +93,10 @@ pub fn select(records: &[RecordInfo], opts: &PruneOptions, now: u64) -> Vec<usiz
     out
 }
 
-/// Removes records as `opts` says, then runs containerd's GC.
+/// Removes records as `opts` says, leaving alone those in use (see
+/// [`disk_usage`]), then runs containerd's GC.
 pub async fn prune(svc: &Services, opts: &PruneOptions) -> Result<PruneReport> {
-    prune_holding(svc, opts, &HashSet::new()).await
-}
-
-/// [`prune`], leaving alone the records `held` names and those below them
-/// (see [`disk_usage_holding`]).
-pub async fn prune_holding(
-    svc: &Services,
-    opts: &PruneOptions,
-    held: &HashSet<String>,
-) -> Result<PruneReport> {
-    let mut records = cache::list(svc).await?;
-    mark_in_use(&mut records, held);
+    let records = records_in_use(svc).await?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -179,6 +174,7 @@ mod tests {
             last_used,
             usage_count: 0,
             parents: Vec::new(),
+            snapshots: Vec::new(),
             in_use: false,
         }
     }

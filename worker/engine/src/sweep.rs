@@ -171,6 +171,21 @@ pub(crate) fn owner_is_alive_here(lease: &LeaseInfo) -> bool {
     owner(lease) == Owner::Alive
 }
 
+/// Whether `lease` is a build lease (`kiln/build/...`).
+pub(crate) fn is_build(lease: &LeaseInfo) -> bool {
+    lease.id.starts_with("kiln/build/")
+}
+
+/// Whether build lease `lease` belongs to a build that is over without
+/// having deleted it: its process is dead on this host, or (wherever it
+/// ran) its keepalive was no longer renewed. `all` is every kiln lease of
+/// the namespace. The sweep deletes such a lease; until then it holds
+/// nothing in use ([`crate::inuse`]).
+pub(crate) fn build_is_gone(lease: &LeaseInfo, all: &[LeaseInfo]) -> bool {
+    owner_is_dead(lease)
+        || (!owner_is_alive_here(lease) && crate::lease::keepalive_lapsed(lease, all))
+}
+
 /// Lazily unmounts everything mounted at or below `dir`, deepest first.
 pub fn unmount_below(dir: &Path) {
     let needle = dir.display().to_string();
@@ -211,13 +226,7 @@ async fn sweep_leases(svc: &Services, containers: &dyn Containers, state_dir: &P
             }
             continue;
         }
-        if !lease.id.starts_with("kiln/build/") {
-            continue;
-        }
-        // Dead on this host, or (wherever it ran) no longer renewed.
-        let gone = owner_is_dead(lease)
-            || (!owner_is_alive_here(lease) && crate::lease::keepalive_lapsed(lease, &all));
-        if !gone {
+        if !is_build(lease) || !build_is_gone(lease, &all) {
             continue;
         }
         for k in crate::lease::keepalives_of(lease, &all) {

@@ -26,6 +26,7 @@ pub async fn leases_conformance(
             deleting_a_missing_lease_is_not_an_error,
             adding_to_a_missing_lease_is_not_found,
             adding_an_invalid_digest_is_invalid_argument,
+            a_lease_lists_what_it_holds,
             a_leased_blob_survives_gc_and_a_released_one_does_not,
             a_blob_in_two_leases_lives_until_both_are_released,
             a_resource_can_be_leased_before_it_exists,
@@ -140,6 +141,38 @@ async fn adding_an_invalid_digest_is_invalid_argument(c: Ctx) -> CaseResult {
             .await,
         ErrorKind::InvalidArgument,
         "add_resource of content that is not a digest",
+    )
+}
+
+async fn a_lease_lists_what_it_holds(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let l = lease(s).await?;
+    ensure(
+        ok(s.leases.list_resources(&l).await, "list_resources")?.is_empty(),
+        "a new lease holds nothing",
+    )?;
+    let d = blob(s, b"listed", &[], &l).await?;
+    let sn = &s.snapshots;
+    ok(sn.prepare("listed-active", "", &l).await, "prepare")?;
+    ok(sn.commit("listed", "listed-active", &l).await, "commit")?;
+    let early = LeaseResource::snapshot(&**sn, "listed-later");
+    ok(s.leases.add_resource(&l, &early).await, "add_resource")?;
+    let mut got = ok(s.leases.list_resources(&l).await, "list_resources")?;
+    got.sort_by(|a, b| (a.resource_type(), a.id()).cmp(&(b.resource_type(), b.id())));
+    let want = vec![
+        LeaseResource::Content(d.to_string()),
+        LeaseResource::snapshot(&**sn, "listed"),
+        early,
+    ];
+    ensure(
+        got == want,
+        &format!("the lease lists its blob, its committed snapshot (not the active key it came from) and a name leased early: {got:?}"),
+    )?;
+    ok(s.leases.delete(&l, true).await, "delete")?;
+    fails(
+        s.leases.list_resources(&l).await,
+        ErrorKind::NotFound,
+        "list_resources of a missing lease",
     )
 }
 

@@ -12,12 +12,10 @@
 //! bind mount without `source`) means the whole context: no follow paths.
 //!
 //! A named local context (`--build-context NAME=DIR`) is limited by what
-//! the graph reads of its source ([`read_by_graph`]): the sources of the
-//! copies and bind mounts that take it as their source, the whole of it
-//! when anything else uses it (a stage built on it, the result). That is
-//! BuildKit's rule where it matters (`COPY --from=NAME`, a bind mount
-//! from it) and never less: BuildKit also limits a stage built on a named
-//! context by what later stages copy from it.
+//! the graph reads of its source ([`read_by_graph`]), BuildKit's rule over
+//! the graph: the sources of the copies and bind mounts that take it, or a
+//! stage built on it (`FROM NAME`), as their source; the whole of it when a
+//! step runs on it or on such a stage, or it is the result.
 
 use kiln_solver::{FileActionKind, FileInput, Graph, Op, VertexId};
 use std::collections::BTreeSet;
@@ -52,31 +50,43 @@ impl ContextPaths {
 }
 
 /// What the graph reads of the source vertex `source`: the paths of the
-/// copies and bind mounts that take it as their source; `None` when it is
-/// read whole (or used any other way: as a filesystem to build on, as the
-/// result).
+/// copies and bind mounts that take it, or a stage built on it, as their
+/// source; `None` when it is read whole: a step runs on it (or on a stage
+/// built on it), something else mounts it, or it is the result.
+///
+/// A stage built on the source (`FROM NAME` and the stages built on that
+/// one, through their file ops and merges) reads what later stages take
+/// from it, as BuildKit's stages share one set of paths with their base:
+/// a path it adds itself is harmless to follow.
 pub(super) fn read_by_graph(
     graph: &Graph,
     result: VertexId,
     source: VertexId,
 ) -> Option<Vec<String>> {
-    if result == source {
-        return None;
-    }
+    // The source and the vertices built on it. Inputs come before the
+    // vertices that read them, so one pass in order finds them all.
+    let mut built_on = vec![false; graph.vertices.len()];
     let mut paths = ContextPaths::default();
-    for v in &graph.vertices {
-        let is_source = |i: usize| v.inputs.get(i).is_some_and(|e| e.vertex == source);
-        if !v.inputs.iter().any(|e| e.vertex == source) {
+    for (id, v) in graph.vertices.iter().enumerate() {
+        if id == source.0 {
+            built_on[id] = true;
             continue;
         }
+        let on = |i: usize| {
+            v.inputs
+                .get(i)
+                .is_some_and(|e| built_on.get(e.vertex.0).copied().unwrap_or(false))
+        };
+        if !(0..v.inputs.len()).any(on) {
+            continue;
+        }
+        let mut derived = false;
         match &v.op {
             Op::File(f) => {
                 for a in &f.actions {
-                    if matches!(a.input, FileInput::Input(i) if is_source(i)) {
-                        return None;
-                    }
+                    derived |= matches!(a.input, FileInput::Input(i) if on(i));
                     match (&a.action, a.secondary_input) {
-                        (FileActionKind::Copy(c), Some(FileInput::Input(i))) if is_source(i) => {
+                        (FileActionKind::Copy(c), Some(FileInput::Input(i))) if on(i) => {
                             paths.read(&c.src);
                         }
                         _ => {}
@@ -85,7 +95,7 @@ pub(super) fn read_by_graph(
             }
             Op::Exec(e) => {
                 for m in &e.mounts {
-                    if !m.input.is_some_and(is_source) {
+                    if !m.input.is_some_and(on) {
                         continue;
                     }
                     let bind = matches!(m.mount_type, kiln_solver::MountType::Bind);
@@ -95,8 +105,13 @@ pub(super) fn read_by_graph(
                     paths.read(&m.selector);
                 }
             }
-            Op::Merge(_) | Op::Source(_) => return None,
+            Op::Merge(_) => derived = true,
+            Op::Source(_) => return None,
         }
+        built_on[id] = derived;
+    }
+    if built_on.get(result.0).copied().unwrap_or(true) {
+        return None;
     }
     paths.follow_paths()
 }
@@ -252,6 +267,28 @@ mod convert_tests {
     }
 
     #[test]
+    fn a_stage_built_on_a_named_context_reads_what_is_taken_from_it() {
+        // BuildKit's stages share their base's paths: what later stages
+        // copy or mount from a stage built on the context is read from it.
+        assert_eq!(
+            named(
+                "FROM ctx AS base\nCOPY x.txt /x.txt\n\
+                 FROM busybox\nCOPY --from=base a.txt /\n"
+            ),
+            Some(vec!["a.txt".to_string()])
+        );
+        assert_eq!(
+            named(
+                "FROM ctx AS base\nWORKDIR /w\nCOPY x.txt .\n\
+                 FROM base AS two\nCOPY --link y /y\n\
+                 FROM busybox\nRUN --mount=from=two,source=conf,target=/c true\n\
+                 COPY --from=base lib /lib\n"
+            ),
+            Some(vec!["conf".to_string(), "lib".to_string()])
+        );
+    }
+
+    #[test]
     fn a_named_context_built_on_or_mounted_whole_is_read_whole() {
         assert_eq!(named("FROM ctx\nRUN true\n"), None);
         assert_eq!(named("FROM ctx\n"), None);
@@ -260,6 +297,16 @@ mod convert_tests {
             None
         );
         assert_eq!(named("FROM busybox\nCOPY --from=ctx . /\n"), None);
+        // A step on a stage built on it, or such a stage as the result.
+        assert_eq!(
+            named("FROM ctx AS base\nCOPY x.txt /\nFROM base\nRUN true\n"),
+            None
+        );
+        assert_eq!(named("FROM ctx\nCOPY x.txt /\n"), None);
+        assert_eq!(
+            named("FROM ctx AS base\nCOPY x /\nFROM busybox\nCOPY --from=base / /all\n"),
+            None
+        );
     }
 
     #[test]

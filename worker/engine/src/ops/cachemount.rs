@@ -3,8 +3,10 @@
 //!
 //! Each cache id is one active snapshot, `kiln-cachemount-<hash>`, held by a
 //! lease without expiry, `kiln/cache/mount-<hash>`, which `kiln du` lists
-//! and `kiln prune` removes like any cache record. Sharing modes use file
-//! locks in the state directory, so they hold across kiln processes:
+//! and `kiln prune` removes like any cache record, except while a build
+//! that mounted it runs (its lease holds the snapshot too: `inuse.rs`).
+//! Sharing modes use file locks in the state directory, so they hold
+//! across kiln processes:
 //! `shared` takes a shared lock, `locked` an exclusive one (waiting), and
 //! `private` an exclusive one without waiting, falling back to a fresh
 //! snapshot of its own when the cache is busy.
@@ -26,6 +28,19 @@ use nix::fcntl::{Flock, FlockArg};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
+
+/// The lease name of a cache mount: `kiln/cache/mount-<hash>`.
+const LEASE_NAME_PREFIX: &str = "mount-";
+/// The snapshot key of a cache mount: `kiln-cachemount-<hash>`.
+const SNAPSHOT_PREFIX: &str = "kiln-cachemount-";
+
+/// The snapshot of the cache mount whose record lease is `lease`; `None`
+/// for a lease that is not a cache mount's.
+pub(crate) fn snapshot_of(lease: &str) -> Option<String> {
+    let prefix = LeaseId::named(crate::cache::LEASE_KIND, LEASE_NAME_PREFIX);
+    let hash = lease.strip_prefix(prefix.as_str())?;
+    Some(format!("{SNAPSHOT_PREFIX}{hash}"))
+}
 
 /// What a step holds while it uses a cache mount.
 pub(crate) struct HeldCacheMount {
@@ -55,8 +70,11 @@ impl StepRunner {
             format!("{id}:{parent}")
         };
         let hash = Digest::of(cache_key.as_bytes()).hex()[..32].to_string();
-        let lease = LeaseId::named(crate::cache::LEASE_KIND, &format!("mount-{hash}"));
-        let key = format!("kiln-cachemount-{hash}");
+        let lease = LeaseId::named(
+            crate::cache::LEASE_KIND,
+            &format!("{LEASE_NAME_PREFIX}{hash}"),
+        );
+        let key = format!("{SNAPSHOT_PREFIX}{hash}");
         let lock = self.lock_cache_mount(&hash, sharing).await?;
         let (key, temporary, lease_for_prepare) = match (&lock, sharing) {
             (None, CacheSharing::Private) => {
@@ -87,6 +105,16 @@ impl StepRunner {
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => return Err(e.into()),
             }
+            // In use while the build runs (`inuse.rs`): a prune meanwhile
+            // leaves the record alone, and could not take the snapshot
+            // from under the step anyway.
+            self.svc
+                .leases
+                .add_resource(
+                    &self.lease,
+                    &kiln_snapshot::services::LeaseResource::snapshot(&*self.svc.snapshots, &key),
+                )
+                .await?;
         }
         let mounts = match self
             .svc

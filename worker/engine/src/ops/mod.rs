@@ -2,7 +2,7 @@
 //! of the solver's `OpRunner`.
 
 mod bindmount;
-mod cachemount;
+pub(crate) mod cachemount;
 mod exec;
 mod file;
 mod layer;

@@ -141,12 +141,6 @@ impl BuildCache {
         m.insert(id, (key.clone(), outputs.to_vec()));
     }
 
-    /// The keys of the vertices answered so far.
-    pub fn answered_keys(&self) -> Vec<Digest> {
-        let m = self.answered.lock().unwrap_or_else(|p| p.into_inner());
-        m.values().map(|(k, _)| k.clone()).collect()
-    }
-
     /// Every answered vertex, in vertex order.
     pub fn records(&self) -> Vec<VertexRecord> {
         let m = self.answered.lock().unwrap_or_else(|p| p.into_inner());

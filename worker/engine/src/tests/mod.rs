@@ -5,6 +5,7 @@
 //! place).
 
 mod claim;
+mod inuse;
 mod merge;
 mod remotecache;
 mod ssh;
