@@ -344,6 +344,9 @@ mod tests {
             self.0.lock().expect("lock").push(r.id().to_string());
             Ok(())
         }
+        async fn list_resources(&self, _: &LeaseId) -> kiln_snapshot::Result<Vec<LeaseResource>> {
+            Ok(Vec::new())
+        }
         async fn list(&self) -> kiln_snapshot::Result<Vec<LeaseInfo>> {
             Ok(Vec::new())
         }
