@@ -3,7 +3,8 @@
 //! server whose bodies are over a small size bound (announced and not),
 //! that never answers, that stops after the headers, that trickles; a
 //! `git daemon` serving a repository over the bound; a listener that takes
-//! git's connection and never answers. Each build fails naming the URL and
+//! git's connection (`git://` or ssh) and never answers, past the overall
+//! and the idle bound. Each build fails naming the URL and
 //! the bound, and leaves nothing: no containerd leftovers (active
 //! snapshots, leases), no new content, no mount or step directory, no git
 //! process.
@@ -362,6 +363,55 @@ async fn git_fetches_stop_at_the_size_and_time_bounds() {
     );
     assert_failed_clean(&h, ns, &out, "cancel", &before);
     drop(daemon);
+}
+
+/// The idle bound holds for every git transport, not only http(s): a
+/// `git://` and an `ssh://` remote whose server takes the connection and
+/// never answers fail at the idle timeout (far before the overall one),
+/// naming the URL and the bound, and leave nothing (no git or ssh
+/// process, no checkout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_fetches_stop_when_idle_over_any_transport() {
+    let ns = "fetchlimits-git-idle";
+    let h = Harness::with_busybox(ns).await;
+    let before = content(&h, ns);
+    let port = silent_listener().await;
+    // An agent for `--ssh default` (the ssh remote never gets to use it).
+    let agent = kiln_integration::ssh::Agent::with_key(&h.state_dir().join("agent"));
+    for (name, url) in [
+        ("idle-git", format!("git://127.0.0.1:{port}/idle-git.git")),
+        (
+            "idle-ssh",
+            format!("ssh://git@127.0.0.1:{port}/idle-ssh.git"),
+        ),
+    ] {
+        let ctx = h.context(
+            name,
+            &[("Dockerfile", &format!("FROM busybox\nADD {url} /src\n"))],
+        );
+        let mut cmd = h.kiln_command(ns).expect("kiln command");
+        cmd.env("SSH_AUTH_SOCK", &agent.socket)
+            .env("KILN_FETCH_IDLE_TIMEOUT", "2s")
+            .env("KILN_FETCH_TIMEOUT", "90s")
+            .args(["build", "--progress", "plain", "--ssh", "default"])
+            .arg(&ctx);
+        let start = Instant::now();
+        let out: KilnOutput = cmd.output().expect("kiln runs").into();
+        let took = start.elapsed();
+        let want = format!(
+            "Dockerfile:2: fetching {url} received nothing for 2s \
+             (idle-timeout of kilnd's [fetch], KILN_FETCH_IDLE_TIMEOUT of kiln build)"
+        );
+        assert_failed_clean(&h, ns, &out, &want, &before);
+        assert!(took < Duration::from_secs(60), "took {took:?}");
+        // The repository's name is on git's command line and on ssh's.
+        let needle = format!("/{name}.git");
+        assert_eq!(
+            processes_with(&needle),
+            Vec::<String>::new(),
+            "left running"
+        );
+    }
 }
 
 /// kilnd takes its bounds from `[fetch]` of its configuration file; here

@@ -21,9 +21,9 @@ pub struct FetchLimits {
     /// repository and checkout together (`max-size`).
     pub max_size: u64,
     /// Longest wait for anything from the server: connecting, the answer's
-    /// headers, the next piece of the body (`idle-timeout`). Git gets it as
-    /// `http.lowSpeedTime` for HTTP(S) remotes; other remotes have only
-    /// the overall timeout.
+    /// headers, the next piece of the body (`idle-timeout`). For git, over
+    /// every transport: a command that talks to the remote printing
+    /// nothing (progress included) and writing nothing for that long.
     pub idle_timeout: Duration,
     /// Longest one fetch may take in all (`timeout`): an HTTP download, or
     /// a git source's `ls-remote` and its checkout, each.
