@@ -32,7 +32,8 @@ struct Gate {
 
 /// An HTTP/1.1 server on loopback. GET `/big` sends [`BIG`] bytes with a
 /// `Content-Length`, `/unannounced` the same without one, `/gated` the
-/// same once its [`Gate`] is open; `/silent` never answers; `/stall`
+/// same once its [`Gate`] is open; `/silent` (and below it) never
+/// answers; `/stall`
 /// sends the headers and then nothing; `/trickle` sends a byte every
 /// 200 ms. HEAD answers at once without an `ETag`.
 async fn http_server() -> (u16, Arc<Gate>) {
@@ -60,7 +61,7 @@ async fn http_server() -> (u16, Arc<Gate>) {
                     }
                     httpserver::respond(&mut conn, "200 OK", &[], &body).await;
                 }
-                "/silent" => tokio::time::sleep(Duration::from_secs(600)).await,
+                t if t.starts_with("/silent") => tokio::time::sleep(Duration::from_secs(600)).await,
                 "/stall" => {
                     let _ = conn
                         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
@@ -343,8 +344,8 @@ async fn git_fetches_stop_at_the_size_and_time_bounds() {
     drop(daemon);
 }
 
-/// The idle bound holds for every git transport, not only http(s): a
-/// `git://` and an `ssh://` remote whose server takes the connection and
+/// The idle bound holds for every git transport: a `git://`, an
+/// `ssh://` and an `http://` remote whose server takes the connection and
 /// never answers fail at the idle timeout (far before the overall one),
 /// naming the URL and the bound, and leave nothing (no git or ssh
 /// process, no checkout).
@@ -354,6 +355,7 @@ async fn git_fetches_stop_when_idle_over_any_transport() {
     let h = Harness::with_busybox(ns).await;
     let before = content(&h, ns);
     let port = silent_listener().await;
+    let (http_port, _) = http_server().await;
     // An agent for `--ssh default` (the ssh remote never gets to use it).
     let agent = kiln_integration::ssh::Agent::with_key(&h.state_dir().join("agent"));
     for (name, url) in [
@@ -361,6 +363,10 @@ async fn git_fetches_stop_when_idle_over_any_transport() {
         (
             "idle-ssh",
             format!("ssh://git@127.0.0.1:{port}/idle-ssh.git"),
+        ),
+        (
+            "idle-http",
+            format!("http://127.0.0.1:{http_port}/silent/idle-http.git"),
         ),
     ] {
         let ctx = h.context(
