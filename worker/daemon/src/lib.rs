@@ -7,8 +7,8 @@
 //! the health service (`health`), the optional metrics endpoint
 //! (`metrics`), readiness for systemd (`notify`), SIGHUP (the
 //! configuration is read again; the log level and `[fetch]` are applied,
-//! the rest at the next start) and an orderly shutdown on SIGTERM/SIGINT: stop accepting,
-//! cancel, wait for running builds, exit 0.
+//! the rest at the next start) and an orderly shutdown on SIGTERM/SIGINT:
+//! stop accepting, cancel, wait for running builds, exit 0.
 
 mod cache;
 mod config;
@@ -244,6 +244,10 @@ fn reload(flags: &config::Flags, d: &state::Daemon, log: &LogHandle) {
     let current = &d.config;
     match config::Config::load(flags) {
         Ok(new) => {
+            if let Some(path) = &new.missing_file {
+                // As at startup: a missing file gives the defaults.
+                tracing::warn!(path = %path.display(), "SIGHUP: config file does not exist: using the defaults");
+            }
             d.fetch.set(new.fetch);
             let level = match log.modify(|f| *f = log_filter(new.debug)) {
                 Ok(()) => "applied",
