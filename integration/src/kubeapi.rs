@@ -19,13 +19,14 @@
 //! What it does not do: authentication (a token is accepted unread),
 //! watches, generations, resourceVersion conflicts, scheduling.
 
+use crate::httpserver::{read_head, Head};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
@@ -291,44 +292,9 @@ impl KubeApi {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-struct Head {
-    method: String,
-    target: String,
-    headers: BTreeMap<String, String>,
-}
-
 /// A connection: plain TCP or TLS.
 trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Conn for T {}
-
-async fn read_head<S: Conn>(r: &mut BufReader<S>) -> Result<Option<Head>, BoxError> {
-    let mut line = String::new();
-    if r.read_line(&mut line).await? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let mut headers = BTreeMap::new();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).await? == 0 {
-            return Err("connection closed in headers".into());
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    Ok(Some(Head {
-        method,
-        target,
-        headers,
-    }))
-}
 
 async fn serve<S: Conn>(
     conn: S,

@@ -13,6 +13,7 @@
 pub mod cases;
 pub mod faultproxy;
 pub mod gitdaemon;
+pub mod httpserver;
 pub mod kubeapi;
 pub mod llbdef;
 pub mod netns;

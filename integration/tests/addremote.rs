@@ -9,11 +9,10 @@
 //! git:// fetch.
 
 use kiln_integration::gitdaemon::{git, GitDaemon};
-use kiln_integration::Harness;
+use kiln_integration::{httpserver, Harness};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BODY: &str = "hello from http\n";
 const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
@@ -22,49 +21,28 @@ const LAST_MODIFIED_SECS: u64 = 1_445_412_480;
 /// An HTTP/1.1 server answering GET and HEAD for `/hello.txt` (with an
 /// ETag and Last-Modified) and 404 otherwise; counts the GETs.
 async fn http_server() -> (u16, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let port = listener.local_addr().expect("addr").port();
     let gets = Arc::new(AtomicUsize::new(0));
     let counter = gets.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&req);
-                let mut first = text.lines().next().unwrap_or("").split_whitespace();
-                let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-                let head = method == "HEAD";
-                if method == "GET" {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-                let resp = if path == "/hello.txt" {
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\nLast-Modified: {LAST_MODIFIED}\r\nConnection: close\r\n\r\n{}",
-                        BODY.len(),
-                        if head { "" } else { BODY }
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_string()
-                };
-                let _ = conn.write_all(resp.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
+    let port = httpserver::serve(move |req, mut conn| {
+        let counter = counter.clone();
+        async move {
+            if req.method == "GET" {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            if req.target != "/hello.txt" {
+                return httpserver::respond(&mut conn, "404 Not Found", &[], b"").await;
+            }
+            let length = BODY.len().to_string();
+            let body = if req.method == "HEAD" { "" } else { BODY };
+            let headers = [
+                ("Content-Length", length.as_str()),
+                ("ETag", "\"v1\""),
+                ("Last-Modified", LAST_MODIFIED),
+            ];
+            httpserver::respond(&mut conn, "200 OK", &headers, body.as_bytes()).await;
         }
-    });
+    })
+    .await;
     (port, gets)
 }
 

@@ -3,105 +3,85 @@
 //! server whose bodies are over a small size bound (announced and not),
 //! that never answers, that stops after the headers, that trickles; a
 //! `git daemon` serving a repository over the bound; a listener that takes
-//! git's connection and never answers. Each build fails naming the URL and
+//! git's connection (`git://` or ssh) and never answers, past the overall
+//! and the idle bound. Each build fails naming the URL and
 //! the bound, and leaves nothing: no containerd leftovers (active
 //! snapshots, leases), no new content, no mount or step directory, no git
 //! process.
 
 use kiln_integration::gitdaemon::{git, GitDaemon};
-use kiln_integration::{state_leftovers, Harness, KilnOutput};
+use kiln_integration::{httpserver, state_leftovers, Harness, KilnOutput};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// 256 KiB: four times the bound the size tests set.
 const BIG: usize = 256 << 10;
 const LIMIT: &str = "64KB";
 const LIMIT_SHOWN: &str = "65536 bytes (64.0 KiB)";
 
+/// What the `/gated` answer of [`http_server`] waits on.
+#[derive(Debug, Default)]
+struct Gate {
+    /// A GET of `/gated` arrived.
+    asked: AtomicBool,
+    /// It may be answered.
+    open: AtomicBool,
+}
+
 /// An HTTP/1.1 server on loopback. GET `/big` sends [`BIG`] bytes with a
-/// `Content-Length`, `/unannounced` the same without one; `/silent` never
-/// answers; `/stall` sends the headers and then nothing; `/trickle` sends a
-/// byte every 200 ms. HEAD answers at once without an `ETag`.
-async fn http_server() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&req);
-                let mut first = text.lines().next().unwrap_or("").split_whitespace();
-                let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-                if method == "HEAD" {
+/// `Content-Length`, `/unannounced` the same without one, `/gated` the
+/// same once its [`Gate`] is open; `/silent` (and below it) never
+/// answers; `/stall`
+/// sends the headers and then nothing; `/trickle` sends a byte every
+/// 200 ms. HEAD answers at once without an `ETag`.
+async fn http_server() -> (u16, Arc<Gate>) {
+    let gate = Arc::new(Gate::default());
+    let g = gate.clone();
+    let port = httpserver::serve(move |req, mut conn| {
+        let gate = g.clone();
+        async move {
+            if req.method == "HEAD" {
+                return httpserver::respond(&mut conn, "200 OK", &[], b"").await;
+            }
+            let body = vec![b'x'; BIG];
+            match req.target.as_str() {
+                "/big" => httpserver::respond(&mut conn, "200 OK", &[], &body).await,
+                "/unannounced" => {
                     let _ = conn
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        )
+                        .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
                         .await;
-                    return;
+                    let _ = conn.write_all(&body).await;
                 }
-                let body = vec![b'x'; BIG];
-                let _ = match path {
-                    "/big" => {
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\nConnection: close\r\n\r\n"
-                        );
-                        let _ = conn.write_all(head.as_bytes()).await;
-                        conn.write_all(&body).await
+                "/gated" => {
+                    gate.asked.store(true, Ordering::SeqCst);
+                    while !gate.open.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    "/unannounced" => {
-                        let _ = conn
-                            .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-                            .await;
-                        conn.write_all(&body).await
+                    httpserver::respond(&mut conn, "200 OK", &[], &body).await;
+                }
+                t if t.starts_with("/silent") => tokio::time::sleep(Duration::from_secs(600)).await,
+                "/stall" => {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                }
+                "/trickle" => {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                        .await;
+                    while conn.write_all(b"t").await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
-                    "/silent" => {
-                        tokio::time::sleep(Duration::from_secs(600)).await;
-                        Ok(())
-                    }
-                    "/stall" => {
-                        let _ = conn
-                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
-                            .await;
-                        tokio::time::sleep(Duration::from_secs(600)).await;
-                        Ok(())
-                    }
-                    "/trickle" => {
-                        let _ = conn
-                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
-                            .await;
-                        loop {
-                            if conn.write_all(b"t").await.is_err() {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                        Ok(())
-                    }
-                    _ => {
-                        conn.write_all(
-                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        )
-                        .await
-                    }
-                };
-                let _ = conn.shutdown().await;
-            });
+                }
+                _ => httpserver::respond(&mut conn, "404 Not Found", &[], b"").await,
+            }
         }
-    });
-    port
+    })
+    .await;
+    (port, gate)
 }
 
 /// A listener that accepts connections and never sends a byte.
@@ -174,7 +154,7 @@ fn assert_failed_clean(h: &Harness, ns: &str, out: &KilnOutput, want: &str, befo
 async fn http_downloads_stop_at_the_size_and_time_bounds() {
     let ns = "fetchlimits-http";
     let h = Harness::with_busybox(ns).await;
-    let port = http_server().await;
+    let (port, _) = http_server().await;
     let before = content(&h, ns);
     let url = |p: &str| format!("http://127.0.0.1:{port}/{p}");
 
@@ -364,13 +344,67 @@ async fn git_fetches_stop_at_the_size_and_time_bounds() {
     drop(daemon);
 }
 
+/// The idle bound holds for every git transport: a `git://`, an
+/// `ssh://` and an `http://` remote whose server takes the connection and
+/// never answers fail at the idle timeout (far before the overall one),
+/// naming the URL and the bound, and leave nothing (no git or ssh
+/// process, no checkout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_fetches_stop_when_idle_over_any_transport() {
+    let ns = "fetchlimits-git-idle";
+    let h = Harness::with_busybox(ns).await;
+    let before = content(&h, ns);
+    let port = silent_listener().await;
+    let (http_port, _) = http_server().await;
+    // An agent for `--ssh default` (the ssh remote never gets to use it).
+    let agent = kiln_integration::ssh::Agent::with_key(&h.state_dir().join("agent"));
+    for (name, url) in [
+        ("idle-git", format!("git://127.0.0.1:{port}/idle-git.git")),
+        (
+            "idle-ssh",
+            format!("ssh://git@127.0.0.1:{port}/idle-ssh.git"),
+        ),
+        (
+            "idle-http",
+            format!("http://127.0.0.1:{http_port}/silent/idle-http.git"),
+        ),
+    ] {
+        let ctx = h.context(
+            name,
+            &[("Dockerfile", &format!("FROM busybox\nADD {url} /src\n"))],
+        );
+        let mut cmd = h.kiln_command(ns).expect("kiln command");
+        cmd.env("SSH_AUTH_SOCK", &agent.socket)
+            .env("KILN_FETCH_IDLE_TIMEOUT", "2s")
+            .env("KILN_FETCH_TIMEOUT", "90s")
+            .args(["build", "--progress", "plain", "--ssh", "default"])
+            .arg(&ctx);
+        let start = Instant::now();
+        let out: KilnOutput = cmd.output().expect("kiln runs").into();
+        let took = start.elapsed();
+        let want = format!(
+            "Dockerfile:2: fetching {url} received nothing for 2s \
+             (idle-timeout of kilnd's [fetch], KILN_FETCH_IDLE_TIMEOUT of kiln build)"
+        );
+        assert_failed_clean(&h, ns, &out, &want, &before);
+        assert!(took < Duration::from_secs(60), "took {took:?}");
+        // The repository's name is on git's command line and on ssh's.
+        let needle = format!("/{name}.git");
+        assert_eq!(
+            processes_with(&needle),
+            Vec::<String>::new(),
+            "left running"
+        );
+    }
+}
+
 /// kilnd takes its bounds from `[fetch]` of its configuration file; here
 /// an http build context (a URL, fetched by kilnd) over the size bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kilnd_reads_its_bounds_from_the_fetch_section() {
     let ns = "fetchlimits-kilnd";
     let h = Harness::with_busybox(ns).await;
-    let port = http_server().await;
+    let (port, _) = http_server().await;
     let config = h.state_dir().join("kilnd-fetch.toml");
     std::fs::write(&config, format!("[fetch]\nmax-size = \"{LIMIT}\"\n")).expect("write config");
     let config = config.to_str().expect("utf8").to_string();
@@ -401,4 +435,149 @@ async fn kilnd_reads_its_bounds_from_the_fetch_section() {
         .filter(|c| !before.contains(c))
         .collect();
     assert!(new.is_empty(), "new content: {new:?}");
+}
+
+/// Waits (up to 60 s) until kilnd's log holds `needle` `n` times; returns
+/// the log.
+async fn wait_log(log: &std::path::Path, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= n {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} (x{n}) in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGHUP applies a changed `[fetch]` to the builds that start after it:
+/// a larger bound lets a download through, a smaller one stops it again,
+/// while a build already running keeps the bound it started with; a file
+/// that is not valid is logged with its name and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kilnd_applies_a_reloaded_fetch_section_to_later_builds() {
+    let ns = "fetchlimits-reload";
+    let h = Harness::with_busybox(ns).await;
+    let (port, gate) = http_server().await;
+    let config = h.state_dir().join("kilnd-reload.toml");
+    let set = |max: &str| {
+        std::fs::write(&config, format!("[fetch]\nmax-size = \"{max}\"\n")).expect("write config")
+    };
+    set(LIMIT);
+    let k = h
+        .start_kilnd_with(ns, &["--config", config.to_str().expect("utf8")])
+        .await
+        .expect("kilnd starts");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(k.pid().expect("running")).expect("pid"));
+    let hup = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let url = format!("http://127.0.0.1:{port}/unannounced");
+    let ctx = h.context(
+        "reload-add",
+        &[("Dockerfile", &format!("FROM busybox\nADD {url} /got\n"))],
+    );
+    let ctx = ctx.to_str().expect("utf8");
+    let addr = k.addr();
+    let build = |c: &str| {
+        h.kiln(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress",
+                "plain",
+                "--no-cache",
+                c,
+            ],
+        )
+        .expect("kiln runs")
+    };
+    let too_large = format!("fetching {url} exceeds the size limit of {LIMIT_SHOWN}");
+    let out = build(ctx);
+    assert!(
+        !out.success && out.stderr.contains(&too_large),
+        "{}",
+        out.stderr
+    );
+
+    // A larger bound: the same download goes through.
+    set("1MB");
+    hup();
+    wait_log(&k.log, "configuration read again", 1).await;
+    build(ctx).ok();
+
+    // A build that started under 1MB keeps it while the bound drops back
+    // to 64KB: its download, answered only after the reload, goes
+    // through; the next build is stopped by the new bound.
+    let gated = h.context(
+        "reload-gated",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nADD http://127.0.0.1:{port}/gated /got\n"),
+        )],
+    );
+    let running = h
+        .kiln_command(ns)
+        .expect("kiln command")
+        .args([
+            "--addr",
+            &addr,
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+        ])
+        .arg(&gated)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gate.asked.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the gated download never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    set(LIMIT);
+    hup();
+    wait_log(&k.log, "configuration read again", 2).await;
+    gate.open.store(true, Ordering::SeqCst);
+    let out: KilnOutput = running.wait_with_output().expect("kiln ends").into();
+    assert!(
+        out.success,
+        "the running build keeps its bound:\n{}",
+        out.stderr
+    );
+    let out = build(ctx);
+    assert!(
+        !out.success && out.stderr.contains(&too_large),
+        "{}",
+        out.stderr
+    );
+
+    // A file that is not valid: logged with its name, the running
+    // configuration (64KB) stays.
+    std::fs::write(&config, "[fetch]\nmax-size = \"lots\"\n").expect("write config");
+    hup();
+    let log = wait_log(&k.log, "the configuration is invalid", 1).await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("the configuration is invalid"))
+        .expect("logged");
+    assert!(
+        line.contains(&config.display().to_string()) && line.contains("fetch.max-size"),
+        "{line}"
+    );
+    let out = build(ctx);
+    assert!(
+        !out.success && out.stderr.contains(&too_large),
+        "{}",
+        out.stderr
+    );
 }

@@ -52,7 +52,8 @@ pub struct Config {
     /// kilnd keeps between builds (`crate::contexts`).
     pub contexts: ContextsConfig,
     /// `[fetch]`: bounds on each HTTP(S) download and git fetch of a
-    /// build (`ADD <url>`, remote contexts, git sources).
+    /// build (`ADD <url>`, remote contexts, git sources). A SIGHUP applies
+    /// a new one to the builds that start after it (`Daemon::fetch`).
     pub fetch: FetchLimits,
     /// How log lines are written (`--log-format`, `[log] format`).
     pub log_format: LogFormat,
@@ -325,6 +326,16 @@ pub struct Flags {
     pub allow_insecure_entitlement: Vec<String>,
 }
 
+impl Flags {
+    /// The configuration file kilnd reads: `--config`, else
+    /// [`DEFAULT_CONFIG`].
+    pub fn config_file(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
+}
+
 /// `kilnd.toml` as written; every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -519,10 +530,7 @@ impl Config {
     /// ([`Config::missing_file`]). A file that exists but cannot be read or
     /// parsed is an error.
     pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
-        let path = flags
-            .config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let path = flags.config_file();
         let (file, read, missing) = match FileConfig::read(&path) {
             Ok(f) => (f, Some(path), None),
             Err(ConfigError::Read { source, .. })

@@ -343,6 +343,7 @@ impl Control for ControlService {
             entitlements: granted,
             cache,
             export_blobs: crate::export::export_blobs(&exporters(&r)),
+            fetch: Some(d.fetch.current()),
         };
         let job = d
             .jobs

@@ -280,6 +280,7 @@ async fn remote_dockerfile(
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<kiln_frontend::DockerfileSource, Status> {
     let (tx, rx) = kiln_engine::progress::channel();
+    let engine = &job.engine(engine);
     let fetch = kiln_frontend::remote::Fetch {
         engine,
         credentials,

@@ -161,6 +161,10 @@ pub struct Job {
     /// solves make those blobs as their steps commit. Set by Control.Solve
     /// before the job is marked started.
     pub export_blobs: Mutex<Option<kiln_snapshot::diff::Compression>>,
+    /// The bounds of this build's remote fetches: kilnd's `[fetch]` as it
+    /// was when Control.Solve started the build (a SIGHUP later changes
+    /// them for later builds only). `None` until then.
+    fetch: Mutex<Option<kiln_engine::sources::limits::FetchLimits>>,
     /// Engine solves of this job still running (their own tasks).
     solving: watch::Sender<usize>,
 }
@@ -174,6 +178,8 @@ pub struct JobOptions {
     pub cache: crate::cache::CacheOptions,
     /// See [`Job::export_blobs`].
     pub export_blobs: Option<kiln_snapshot::diff::Compression>,
+    /// See [`Job::engine`].
+    pub fetch: Option<kiln_engine::sources::limits::FetchLimits>,
 }
 
 /// The results a job holds. Once released (the build ended), a result that
@@ -218,7 +224,17 @@ impl Job {
             entitlements: Mutex::new(Default::default()),
             cache: Mutex::new(Default::default()),
             export_blobs: Mutex::new(None),
+            fetch: Mutex::new(None),
             solving: watch::channel(0).0,
+        }
+    }
+
+    /// The tenant's `engine` as this build uses it: with the fetch bounds
+    /// the build started with, whatever a reload set since.
+    pub fn engine(&self, engine: &kiln_engine::Engine) -> kiln_engine::Engine {
+        match *self.fetch.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(limits) => engine.clone().with_fetch_limits(limits),
+            None => engine.clone(),
         }
     }
 
@@ -409,6 +425,7 @@ impl Jobs {
         *job.entitlements.lock().unwrap_or_else(|p| p.into_inner()) = opts.entitlements;
         *job.cache.lock().unwrap_or_else(|p| p.into_inner()) = opts.cache;
         *job.export_blobs.lock().unwrap_or_else(|p| p.into_inner()) = opts.export_blobs;
+        *job.fetch.lock().unwrap_or_else(|p| p.into_inner()) = opts.fetch;
         job.mark_started();
         drop(m);
         self.changed.notify_waiters();

@@ -6,9 +6,9 @@
 //! server per listening address (`listen`, systemd's sockets included) with
 //! the health service (`health`), the optional metrics endpoint
 //! (`metrics`), readiness for systemd (`notify`), SIGHUP (the
-//! configuration is read again; the log level is applied, the rest at the
-//! next start) and an orderly shutdown on SIGTERM/SIGINT: stop accepting,
-//! cancel, wait for running builds, exit 0.
+//! configuration is read again; the log level and `[fetch]` are applied,
+//! the rest at the next start) and an orderly shutdown on SIGTERM/SIGINT:
+//! stop accepting, cancel, wait for running builds, exit 0.
 
 mod cache;
 mod config;
@@ -234,13 +234,21 @@ fn init_tracing(format: config::LogFormat, debug: bool) -> LogHandle {
 }
 
 /// SIGHUP: reads the configuration again. A valid one applies its log
-/// level now; settings that need new sockets, a new containerd connection
-/// or new engines are logged as waiting for the next start. An invalid one
-/// is logged and changes nothing. Never fatal.
-fn reload(flags: &config::Flags, current: &config::Config, log: &LogHandle) {
+/// level now and its `[fetch]` bounds to the builds that start from now on
+/// (running builds keep theirs); settings that need new sockets, a new
+/// containerd connection or new engines are logged as waiting for the
+/// next start. An invalid one is logged with the file's name and changes
+/// nothing, `[fetch]` included. Never fatal.
+fn reload(flags: &config::Flags, d: &state::Daemon, log: &LogHandle) {
     notify::notify_logged(notify::RELOADING);
+    let current = &d.config;
     match config::Config::load(flags) {
         Ok(new) => {
+            if let Some(path) = &new.missing_file {
+                // As at startup: a missing file gives the defaults.
+                tracing::warn!(path = %path.display(), "SIGHUP: config file does not exist: using the defaults");
+            }
+            d.fetch.set(new.fetch);
             let level = match log.modify(|f| *f = log_filter(new.debug)) {
                 Ok(()) => "applied",
                 Err(e) => {
@@ -268,11 +276,15 @@ fn reload(flags: &config::Flags, current: &config::Config, log: &LogHandle) {
                 file = %new.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
                 debug = new.debug,
                 log_level = level,
+                fetch_max_size = new.fetch.max_size,
+                fetch_idle_timeout = ?new.fetch.idle_timeout,
+                fetch_timeout = ?new.fetch.timeout,
                 needs_restart = %restart.join(", "),
-                "SIGHUP: configuration read again; only the log level changes while running"
+                "SIGHUP: configuration read again; the log level and [fetch] apply to what starts now"
             );
         }
         Err(e) => tracing::error!(
+            file = %flags.config_file().display(),
             error = %error_line(&anyhow::Error::new(e)),
             "SIGHUP: the configuration is invalid; keeping the running one"
         ),
@@ -398,7 +410,7 @@ async fn run(
                 tracing::info!("SIGINT: shutting down");
                 break;
             }
-            _ = sighup.recv() => reload(&flags, &d.config, &log),
+            _ = sighup.recv() => reload(&flags, &d, &log),
             Some(done) = servers.join_next() => {
                 stop_accepting.cancel();
                 d.shutdown.cancel();

@@ -413,7 +413,7 @@ pub async fn solve(
     let cancel = job.cancel.child_token();
     let stop_on_drop = cancel.clone().drop_guard();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let engine = engine.clone();
+    let engine = job.engine(engine);
     let counted = job.solving();
     tokio::spawn(async move {
         let solved = if targets.is_empty() {

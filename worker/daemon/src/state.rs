@@ -34,6 +34,10 @@ pub struct Daemon {
     pub network: &'static str,
     /// The steps' CNI network, shared by every tenant's engine.
     cni: Option<kiln_engine::network::Cni>,
+    /// `[fetch]` as last read (at start, then by each SIGHUP), shared by
+    /// every tenant's engine; each build takes it when it starts
+    /// ([`crate::jobs::Job::engine`]).
+    pub fetch: kiln_engine::sources::limits::SharedLimits,
 }
 
 impl Daemon {
@@ -57,6 +61,7 @@ impl Daemon {
             ),
         }
         let network = if cni.is_some() { "cni" } else { "host" };
+        let fetch = kiln_engine::sources::limits::SharedLimits::from(config.fetch);
         let default = if config.tenants.is_empty() {
             let t = Tenant::new(
                 None,
@@ -64,7 +69,7 @@ impl Daemon {
                 config.root.clone(),
                 cni.clone(),
                 config.registry.clone(),
-                config.fetch,
+                fetch.clone(),
             );
             t.engine.sweep().await?;
             Some(Arc::new(t))
@@ -89,6 +94,7 @@ impl Daemon {
             network,
             cni,
             tenants: Mutex::new(HashMap::new()),
+            fetch,
         });
         // Set up (and sweep) every tenant now, so that what a killed kilnd
         // left in a namespace goes at startup, not at that tenant's next
@@ -142,7 +148,7 @@ impl Daemon {
                 state_dir,
                 self.cni.clone(),
                 self.config.registry.clone(),
-                self.config.fetch,
+                self.fetch.clone(),
             );
             t.engine.sweep().await.map_err(|e| status_of(&e))?;
             tracing::info!(

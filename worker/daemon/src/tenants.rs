@@ -208,7 +208,7 @@ impl Tenant {
         state_dir: PathBuf,
         cni: Option<Cni>,
         registry: Arc<kiln_registry::HostsConfig>,
-        fetch: kiln_engine::sources::limits::FetchLimits,
+        fetch: kiln_engine::sources::limits::SharedLimits,
     ) -> Tenant {
         let engine = Engine::with_network(ctrd.clone(), state_dir.clone(), cni)
             .with_registry(registry)

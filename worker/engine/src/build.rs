@@ -130,8 +130,9 @@ pub struct Engine {
     lease_timing: crate::lease::LeaseTiming,
     /// Registries: mirrors, TLS, plain HTTP (`[registry."host"]`).
     registry_hosts: Arc<kiln_registry::HostsConfig>,
-    /// Bounds on each HTTP(S) download and git fetch (`[fetch]`).
-    fetch_limits: crate::sources::limits::FetchLimits,
+    /// Bounds on each HTTP(S) download and git fetch (`[fetch]`), read
+    /// when a build starts.
+    fetch_limits: crate::sources::limits::SharedLimits,
 }
 
 impl std::fmt::Debug for Engine {
@@ -216,9 +217,14 @@ impl Engine {
 
     /// The same engine with these bounds on remote fetches (kilnd.toml's
     /// `[fetch]`, `KILN_FETCH_*` of embedded builds); without, the
-    /// defaults of [`crate::sources::limits::FetchLimits`].
-    pub fn with_fetch_limits(mut self, limits: crate::sources::limits::FetchLimits) -> Self {
-        self.fetch_limits = limits;
+    /// defaults of [`crate::sources::limits::FetchLimits`]. Given
+    /// [`crate::sources::limits::SharedLimits`], a build takes what they
+    /// hold when it starts.
+    pub fn with_fetch_limits(
+        mut self,
+        limits: impl Into<crate::sources::limits::SharedLimits>,
+    ) -> Self {
+        self.fetch_limits = limits.into();
         self
     }
 
@@ -548,7 +554,7 @@ impl Engine {
             pinned: req.pinned.clone(),
             secrets: req.secrets.clone(),
             ssh: req.ssh.clone(),
-            fetch_limits: self.fetch_limits,
+            fetch_limits: self.fetch_limits.current(),
             added: Default::default(),
             started: Default::default(),
             export_blobs: (req.export_blobs && !req.rewrite_timestamp).then(|| {

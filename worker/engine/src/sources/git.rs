@@ -20,9 +20,12 @@
 //! Limits: every command of a source runs in a process group of its own
 //! under the source's [`Bounds`]: past the deadline, over the size bound
 //! (the git directory and the checkout together, measured while the
-//! command runs) or when the build is cancelled, the whole group (git,
-//! its remote helper, `index-pack`, `ssh`) is killed and its status
-//! collected before the failure is returned.
+//! command runs), idle for the idle timeout (a command that talks to the
+//! remote, over any transport: nothing on its output, where fetches write
+//! their own and the server's `--progress`, and no growth of the git
+//! directory) or when the build is cancelled, the whole group (git, its
+//! remote helper, `index-pack`, `ssh`) is killed and its status collected
+//! before the failure is returned.
 
 use super::limits::FetchLimits;
 use super::SourceFailure;
@@ -184,16 +187,20 @@ impl<'a> Bounds<'a> {
         }
     }
 
-    /// Whether what the fetch wrote is over the size bound.
-    async fn over_size(&self) -> bool {
-        if self.limits.max_size == 0 || self.dirs.is_empty() {
-            return false;
+    /// The bytes the fetch wrote so far, measured only when something
+    /// needs them: the size bound, or (`idle`) the idle bound, for which
+    /// growth is activity. `None` when nothing is measured.
+    async fn written(&self, idle: bool) -> Option<u64> {
+        let wanted = self.limits.max_size != 0 || (idle && self.limits.idle().is_some());
+        if !wanted || self.dirs.is_empty() {
+            return None;
         }
         let dirs = self.dirs.clone();
-        let used = tokio::task::spawn_blocking(move || disk_usage(&dirs))
-            .await
-            .unwrap_or(0);
-        self.limits.too_large(used)
+        Some(
+            tokio::task::spawn_blocking(move || disk_usage(&dirs))
+                .await
+                .unwrap_or(0),
+        )
     }
 
     /// Whether a command was stopped by a bound or the cancellation.
@@ -224,25 +231,11 @@ impl<'a> Bounds<'a> {
             Err(_) => Ok(false),
         }
     }
-
-    /// The `git -c` settings of the idle bound: an HTTP(S) transfer slower
-    /// than a byte a second for the idle timeout is aborted by git itself.
-    fn idle_config(&self) -> Vec<(String, String)> {
-        match self.limits.idle() {
-            Some(idle) => vec![
-                ("http.lowSpeedLimit".into(), "1".into()),
-                (
-                    "http.lowSpeedTime".into(),
-                    idle.as_secs().max(1).to_string(),
-                ),
-            ],
-            None => Vec::new(),
-        }
-    }
 }
 
-/// How often the size of a running fetch is measured.
-const SIZE_POLL: Duration = Duration::from_millis(500);
+/// How often a running fetch is measured (its size) and checked for
+/// activity.
+const POLL: Duration = Duration::from_millis(500);
 
 /// How long a killed command's group gets to go away before kiln stops
 /// waiting for its status (and logs that).
@@ -259,11 +252,20 @@ fn disk_usage(dirs: &[PathBuf]) -> u64 {
         .sum()
 }
 
-async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+/// Reads `pipe` to its end, counting each piece read in `seen` (a
+/// command's output is activity for the idle bound).
+async fn read_all(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    seen: &std::sync::atomic::AtomicU64,
+) -> Vec<u8> {
     let mut buf = Vec::new();
     if let Some(mut p) = pipe {
+        let mut chunk = [0u8; 8192];
         // A read error ends the output; the status still says how it went.
-        let _ = p.read_to_end(&mut buf).await;
+        while let Ok(n @ 1..) = p.read(&mut chunk).await {
+            buf.extend_from_slice(&chunk[..n]);
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     buf
 }
@@ -275,13 +277,39 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// When a command is idle: nothing on its stdout or stderr (where git
+/// writes its and the server's `--progress`) and no growth of what the
+/// fetch wrote, over one poll.
+#[derive(Debug)]
+struct Activity {
+    pieces: u64,
+    written: Option<u64>,
+    since: tokio::time::Instant,
+}
+
+impl Activity {
+    /// Notes what a poll saw; returns how long nothing happened.
+    fn poll(&mut self, pieces: u64, written: Option<u64>) -> Duration {
+        let now = tokio::time::Instant::now();
+        if pieces != self.pieces || written != self.written {
+            (self.pieces, self.written, self.since) = (pieces, written, now);
+        }
+        now - self.since
+    }
+}
+
 /// Runs `cmd` in a process group of its own within `bounds`; `spawn_err`
-/// says why it could not start. When a bound is crossed or the build is
-/// cancelled the group is killed, its status collected, and the failure
-/// returned (`cancelled` for a cancelled build: the caller reports that).
+/// says why it could not start. With `remote` (a command that talks to
+/// the remote) the idle bound applies too: git's output and the growth of
+/// the fetch's directories are its activity, whatever the transport
+/// (`git://`, ssh, http(s), a local path). When a bound is crossed or the
+/// build is cancelled the group is killed, its status collected, and the
+/// failure returned (`cancelled` for a cancelled build: the caller
+/// reports that).
 async fn run_bounded(
     mut cmd: tokio::process::Command,
     bounds: &Bounds<'_>,
+    remote: bool,
     spawn_err: impl FnOnce(std::io::Error) -> SourceFailure,
 ) -> Result<std::process::Output, SourceFailure> {
     cmd.process_group(0)
@@ -295,8 +323,10 @@ async fn run_bounded(
         .and_then(|p| i32::try_from(p).ok())
         .map(nix::unistd::Pid::from_raw);
     let (out, err) = (child.stdout.take(), child.stderr.take());
+    let pieces = std::sync::atomic::AtomicU64::new(0);
     let run = async {
-        let (status, stdout, stderr) = tokio::join!(child.wait(), read_all(out), read_all(err));
+        let (status, stdout, stderr) =
+            tokio::join!(child.wait(), read_all(out, &pieces), read_all(err, &pieces));
         status.map(|status| std::process::Output {
             status,
             stdout,
@@ -304,16 +334,22 @@ async fn run_bounded(
         })
     };
     tokio::pin!(run);
+    let idle = bounds.limits.idle().filter(|_| remote);
+    let mut activity = Activity {
+        pieces: 0,
+        written: None,
+        since: tokio::time::Instant::now(),
+    };
     // What was there before the command was measured when the last one
     // ended; a walk that takes long delays the next rather than bunching.
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SIZE_POLL, SIZE_POLL);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + POLL, POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = loop {
         tokio::select! {
             r = &mut run => {
                 let out = r.map_err(|e| fail(format!("waiting for {}: {e}", bounds.url)))?;
                 // A command quicker than a poll is measured when it ends.
-                if bounds.over_size().await {
+                if bounds.written(false).await.is_some_and(|n| bounds.limits.too_large(n)) {
                     bounds.halted.store(true, std::sync::atomic::Ordering::SeqCst);
                     return Err(bounds.limits.size_failure(bounds.url));
                 }
@@ -322,8 +358,13 @@ async fn run_bounded(
             () = until(bounds.deadline) => break bounds.limits.timeout_failure(bounds.url),
             () = bounds.cancel.cancelled() => break fail("cancelled"),
             _ = tick.tick() => {
-                if bounds.over_size().await {
+                let written = bounds.written(idle.is_some()).await;
+                if written.is_some_and(|n| bounds.limits.too_large(n)) {
                     break bounds.limits.size_failure(bounds.url);
+                }
+                let quiet = activity.poll(pieces.load(std::sync::atomic::Ordering::Relaxed), written);
+                if idle.is_some_and(|idle| quiet >= idle) {
+                    break bounds.limits.idle_failure(bounds.url);
                 }
             }
         }
@@ -345,6 +386,37 @@ async fn run_bounded(
     }
     tracing::debug!(url = bounds.url, reason = %stop, "git fetch stopped");
     Err(stop)
+}
+
+/// Whether `args` make git talk to the remote (the commands the idle
+/// bound watches).
+fn reaches_remote(args: &[&str]) -> bool {
+    args.iter()
+        .any(|a| matches!(*a, "ls-remote" | "fetch" | "submodule"))
+}
+
+/// git's standard error without its progress lines (what a terminal
+/// would show last on each line, less the lines of `--progress`, git's
+/// and the server's): what is left explains a failure.
+fn without_progress(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let is_progress = |line: &str| {
+        let l = line.strip_prefix("remote: ").unwrap_or(line).trim();
+        if let Some(total) = l.strip_prefix("Total ") {
+            return total.starts_with(|c: char| c.is_ascii_digit());
+        }
+        let Some((title, rest)) = l.split_once(": ") else {
+            return false;
+        };
+        title.starts_with(|c: char| c.is_ascii_uppercase())
+            && title.chars().all(|c| c.is_ascii_alphabetic() || c == ' ')
+            && rest.trim_start().starts_with(|c: char| c.is_ascii_digit())
+    };
+    text.lines()
+        .map(|l| l.rsplit('\r').next().unwrap_or(l))
+        .filter(|l| !l.trim().is_empty() && !is_progress(l))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Runs `git args…` with no terminal prompts and no user or system
@@ -371,7 +443,7 @@ async fn git(
         // Never the agent of whoever started kiln.
         None => cmd.env_remove("SSH_AUTH_SOCK"),
     };
-    let mut config = bounds.idle_config();
+    let mut config = Vec::new();
     if let Some(a) = &access.header {
         config.push((
             format!("http.{}.extraheader", a.scope),
@@ -393,7 +465,7 @@ async fn git(
         .env("SSH_ASKPASS", "/bin/false")
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE");
-    let out = run_bounded(cmd, bounds, |e| {
+    let out = run_bounded(cmd, bounds, reaches_remote(args), |e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             fail("git source needs the git binary, which is not installed (Debian package git)")
         } else {
@@ -409,7 +481,7 @@ async fn git(
                 .copied()
                 .collect::<Vec<_>>()
                 .join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            without_progress(&out.stderr)
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -545,7 +617,9 @@ pub async fn checkout(
     git(w, access, bounds, &["remote", "add", "origin", &src.remote]).await?;
     // The ref by name when there is one (any server serves that), the
     // commit itself otherwise; a server that refuses an unadvertised
-    // commit gets a full fetch.
+    // commit gets a full fetch. `--progress` (the server's counting and
+    // compressing, git's receiving) is what shows a slow fetch alive to
+    // the idle bound; failures are reported without it.
     let mut fetched = false;
     if !resolved.remote_ref.is_empty() {
         let spec = format!("+{}:refs/kiln/fetched", resolved.remote_ref);
@@ -554,7 +628,15 @@ pub async fn checkout(
                 w,
                 access,
                 bounds,
-                &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
+                &[
+                    "fetch",
+                    "-q",
+                    "--progress",
+                    "--depth=1",
+                    "--no-tags",
+                    "origin",
+                    &spec,
+                ],
             )
             .await,
         )?;
@@ -565,7 +647,15 @@ pub async fn checkout(
             w,
             access,
             bounds,
-            &["fetch", "-q", "--depth=1", "--no-tags", "origin", &spec],
+            &[
+                "fetch",
+                "-q",
+                "--progress",
+                "--depth=1",
+                "--no-tags",
+                "origin",
+                &spec,
+            ],
         )
         .await;
         if !bounds.tolerate(by_commit)? {
@@ -576,6 +666,7 @@ pub async fn checkout(
                 &[
                     "fetch",
                     "-q",
+                    "--progress",
                     "origin",
                     "+refs/heads/*:refs/remotes/origin/*",
                     "+refs/tags/*:refs/tags/*",
@@ -638,6 +729,7 @@ pub async fn checkout(
                 "update",
                 "--init",
                 "--recursive",
+                "--progress",
                 "--depth=1",
             ],
         )
@@ -702,7 +794,7 @@ pub async fn checkout(
         .arg("--")
         .arg(format!("{}/.", from.display()))
         .arg(dest);
-    let out = run_bounded(cp, bounds, |e| fail(format!("cp: {e}"))).await?;
+    let out = run_bounded(cp, bounds, false, |e| fail(format!("cp: {e}"))).await?;
     if !out.status.success() {
         return Err(fail(format!(
             "copying the checkout: {}",
@@ -810,6 +902,46 @@ mod tests {
             "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=none \
              -o StrictHostKeyChecking=yes -o UserKnownHostsFile='/tmp/it'\\''s/known_hosts'"
         );
+    }
+
+    #[test]
+    fn failures_are_reported_without_gits_progress() {
+        let stderr = b"remote: Enumerating objects: 5, done.        \n\
+remote: Counting objects:  50% (1/2)        \rremote: Counting objects: 100% (2/2), done.        \n\
+remote: Total 3 (delta 0), reused 0 (delta 0), pack-reused 0 (from 0)        \n\
+Receiving objects:  33% (1/3)\rfatal: early EOF\n\
+fatal: fetch-pack: invalid index-pack output\n";
+        assert_eq!(
+            without_progress(stderr),
+            "fatal: early EOF\nfatal: fetch-pack: invalid index-pack output"
+        );
+        assert_eq!(
+            without_progress(b"fatal: 1 is not a ref\nerror: Total: 2\n"),
+            "fatal: 1 is not a ref\nerror: Total: 2"
+        );
+        assert!(reaches_remote(&["ls-remote", "--", "git://h/r"]));
+        assert!(reaches_remote(&["-c", "x=y", "submodule", "update"]));
+        assert!(!reaches_remote(&["checkout", "-q", "--detach", "abc"]));
+    }
+
+    #[test]
+    fn output_or_growth_is_activity() {
+        let long_ago = |secs| {
+            tokio::time::Instant::now()
+                .checked_sub(Duration::from_secs(secs))
+                .expect("the clock is past that")
+        };
+        let mut a = Activity {
+            pieces: 1,
+            written: Some(10),
+            since: long_ago(5),
+        };
+        assert!(a.poll(1, Some(10)) >= Duration::from_secs(5), "quiet");
+        assert!(a.poll(2, Some(10)) < Duration::from_secs(1), "output");
+        a.since = long_ago(5);
+        assert!(a.poll(2, Some(11)) < Duration::from_secs(1), "growth");
+        a.since = long_ago(5);
+        assert!(a.poll(2, Some(11)) >= Duration::from_secs(5), "quiet again");
     }
 
     #[test]

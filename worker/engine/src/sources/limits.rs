@@ -21,9 +21,9 @@ pub struct FetchLimits {
     /// repository and checkout together (`max-size`).
     pub max_size: u64,
     /// Longest wait for anything from the server: connecting, the answer's
-    /// headers, the next piece of the body (`idle-timeout`). Git gets it as
-    /// `http.lowSpeedTime` for HTTP(S) remotes; other remotes have only
-    /// the overall timeout.
+    /// headers, the next piece of the body (`idle-timeout`). For git, over
+    /// every transport: a command that talks to the remote printing
+    /// nothing (progress included) and writing nothing for that long.
     pub idle_timeout: Duration,
     /// Longest one fetch may take in all (`timeout`): an HTTP download, or
     /// a git source's `ls-remote` and its checkout, each.
@@ -115,6 +115,37 @@ impl FetchLimits {
     }
 }
 
+/// The limits of the builds yet to start, shared by the engines of one
+/// kilnd and changed when it reads its configuration again (SIGHUP). A
+/// build reads them once, when it starts, and keeps them to its end.
+#[derive(Clone, Debug, Default)]
+pub struct SharedLimits(std::sync::Arc<std::sync::RwLock<FetchLimits>>);
+
+impl SharedLimits {
+    /// What a build starting now gets.
+    pub fn current(&self) -> FetchLimits {
+        *self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the limits of the builds that start from now on.
+    pub fn set(&self, limits: FetchLimits) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+    }
+}
+
+impl From<FetchLimits> for SharedLimits {
+    /// Limits of their own, shared with nothing yet.
+    fn from(limits: FetchLimits) -> Self {
+        SharedLimits(std::sync::Arc::new(std::sync::RwLock::new(limits)))
+    }
+}
+
 /// A byte count as people read it: `1048576 bytes (1.0 MiB)`.
 fn show_size(bytes: u64) -> String {
     format!(
@@ -172,6 +203,21 @@ mod tests {
         };
         assert!(!none.too_large(u64::MAX));
         assert_eq!((none.idle(), none.deadline()), (None, None));
+    }
+
+    #[test]
+    fn shared_limits_change_for_every_holder() {
+        let shared = SharedLimits::from(FetchLimits::default());
+        let other = shared.clone();
+        let small = FetchLimits {
+            max_size: 1,
+            ..FetchLimits::default()
+        };
+        other.set(small);
+        assert_eq!(shared.current(), small);
+        let taken = shared.current();
+        shared.set(FetchLimits::default());
+        assert_eq!(taken, small, "a copy taken before keeps its limits");
     }
 
     #[test]
