@@ -306,24 +306,27 @@ fn file(f: &kiln_solver::FileOp, inputs: usize) -> llb::FileOp {
             .map(|a| {
                 let input = file_input(a.input, inputs);
                 let action = match &a.action {
-                    FileActionKind::Copy(c) => llb::file_action::Action::Copy(llb::FileActionCopy {
-                        src: c.src.clone(),
-                        dest: c.dest.clone(),
-                        owner: chown(&c.owner, input),
-                        mode: c.mode.map_or(-1, |m| m as i32),
-                        follow_symlink: c.follow_symlink,
-                        dir_copy_contents: c.dir_copy_contents,
-                        attempt_unpack_docker_compatibility: c.attempt_unpack_docker_compatibility,
-                        create_dest_path: c.create_dest_path,
-                        allow_wildcard: c.allow_wildcard,
-                        allow_empty_wildcard: c.allow_empty_wildcard,
-                        timestamp: time(c.timestamp),
-                        include_patterns: c.include_patterns.clone(),
-                        exclude_patterns: c.exclude_patterns.clone(),
-                        always_replace_existing_dest_paths: false,
-                        mode_str: c.mode_str.clone().unwrap_or_default(),
-                        required_paths: c.required_paths.clone(),
-                    }),
+                    FileActionKind::Copy(c) => {
+                        llb::file_action::Action::Copy(llb::FileActionCopy {
+                            src: c.src.clone(),
+                            dest: c.dest.clone(),
+                            owner: chown(&c.owner, input),
+                            mode: c.mode.map_or(-1, |m| m as i32),
+                            follow_symlink: c.follow_symlink,
+                            dir_copy_contents: c.dir_copy_contents,
+                            attempt_unpack_docker_compatibility: c
+                                .attempt_unpack_docker_compatibility,
+                            create_dest_path: c.create_dest_path,
+                            allow_wildcard: c.allow_wildcard,
+                            allow_empty_wildcard: c.allow_empty_wildcard,
+                            timestamp: time(c.timestamp),
+                            include_patterns: c.include_patterns.clone(),
+                            exclude_patterns: c.exclude_patterns.clone(),
+                            always_replace_existing_dest_paths: false,
+                            mode_str: c.mode_str.clone().unwrap_or_default(),
+                            required_paths: c.required_paths.clone(),
+                        })
+                    }
                     FileActionKind::MkDir(m) => {
                         llb::file_action::Action::Mkdir(llb::FileActionMkDir {
                             path: m.path.clone(),
@@ -402,7 +405,11 @@ mod tests {
             graph.definition_digests()[result.0],
             "{case}: the result"
         );
-        assert_eq!(of_vertex(graph, result).def, def.def, "{case}: stable bytes");
+        assert_eq!(
+            of_vertex(graph, result).def,
+            def.def,
+            "{case}: stable bytes"
+        );
         // The digests a client sees are those of the bytes.
         assert_eq!(
             back.digests.last().map(|d| d.to_string()),
@@ -419,7 +426,8 @@ mod tests {
     /// frontend makes all have an LLB form that reads back the same.
     #[test]
     fn dockerfile_graphs_survive_the_round_trip() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/dockerfile");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/dockerfile");
         let mut checked = 0;
         for e in std::fs::read_dir(&dir).expect("testdata") {
             let path = e.expect("entry").path().join("Dockerfile");

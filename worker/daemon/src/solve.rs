@@ -279,6 +279,25 @@ pub async fn solve(
     input: Input<'_>,
     compression: Compression,
 ) -> Result<(Solved, Option<ImageConfig>), Status> {
+    let (solved, config, _) =
+        solve_defined(d, engine, job, session, input, compression, false).await?;
+    Ok((solved, config))
+}
+
+/// [`solve`], and with `definitions` the LLB definition of what was
+/// solved (`crate::definition`): the client's own definition, or one per
+/// platform of what the frontend planned, in the order of the result's
+/// platforms (one for a single platform).
+pub async fn solve_defined(
+    d: &Arc<Daemon>,
+    engine: &kiln_engine::Engine,
+    job: &Arc<Job>,
+    session: Option<&SessionHandle>,
+    input: Input<'_>,
+    compression: Compression,
+    definitions: bool,
+) -> Result<(Solved, Option<ImageConfig>, Vec<llb::Definition>), Status> {
+    let mut defined = Vec::new();
     let dir = job_dir(d, job);
     kiln_engine::sweep::create_private_dir(&dir)
         .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
@@ -300,6 +319,9 @@ pub async fn solve(
             let mut layouts = crate::ocilayout::Layouts::new(&dir);
             layouts.fetch_layers(engine, session, &t.graph).await?;
             let sources = crate::errdetails::SourceMap::definition(def, &t.digests);
+            if definitions {
+                defined.push(def.clone());
+            }
             (
                 t.graph, result, t.digests, None, locals, held, sources, layouts,
             )
@@ -328,6 +350,17 @@ pub async fn solve(
             let (locals, held) =
                 fetch_locals(d, Some(session), &f.build.graph, Some(&f.context_key)).await?;
             let sources = crate::errdetails::SourceMap::dockerfile(f.source, &f.build.graph);
+            if definitions {
+                let results: Vec<_> = if targets.is_empty() {
+                    vec![f.build.result]
+                } else {
+                    targets.iter().map(|t| t.result).collect()
+                };
+                defined = results
+                    .into_iter()
+                    .map(|r| crate::definition::of_vertex(&f.build.graph, r))
+                    .collect();
+            }
             (
                 f.build.graph,
                 f.build.result,
@@ -434,7 +467,7 @@ pub async fn solve(
         .map_err(|_| Status::internal("the build task ended without an answer"))?;
     stop_on_drop.disarm();
     match solved {
-        Ok(s) => Ok((s, config)),
+        Ok(s) => Ok((s, config, defined)),
         // The failed step's digest and source ranges go with the error, so
         // buildctl and buildx print its Dockerfile lines.
         Err(e) => Err(match failed {
