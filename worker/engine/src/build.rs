@@ -42,7 +42,8 @@ pub struct BuildRequest {
     pub result: VertexId,
     /// The image config the frontend computed for the result.
     pub config: ImageConfig,
-    /// Local sources by name (`context` -> directory).
+    /// Local sources by [`kiln_solver::SourceOp::local_key`] (`context` ->
+    /// directory).
     pub locals: HashMap<String, PathBuf>,
     /// OCI layouts by store id (`oci-layout://` named contexts of the
     /// embedded CLI); kilnd gives none.
