@@ -8,6 +8,10 @@
 //! - Multi-platform results: each platform's ref reads that platform's
 //!   files, and the refs returned together export an image index; a part
 //!   of them is refused by name.
+//! - Sessions: a definition's local sources name the session that served
+//!   them, so built on in another build (another session) they still read
+//!   the first build's files; buildx's `local-sessionid:NAME` names the
+//!   session a build reads directory `NAME` from.
 //!
 //! The client here is what buildx's gateway client sends over the wire: a
 //! session serving the context, Control.Solve without a frontend, then
@@ -403,4 +407,118 @@ async fn each_platforms_ref_reads_its_own_files() {
             one.id
         )
     );
+}
+
+/// bake's `target:` context when the targets read different directories:
+/// the parent's definition, built on in another build with another
+/// session, reads the parent's files from the parent's session, not the
+/// child's directory of the same name. And buildx's `local-sessionid:NAME`
+/// (one session shared by targets reading one directory) is where the
+/// build reads that directory from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_reads_the_files_of_the_session_it_names() {
+    let ns = "gatewaysessions";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let parent_dir = h.context(
+        "gatewaysessions-parent",
+        &[
+            ("a.txt", "the parent's a.txt\n"),
+            ("Dockerfile", "FROM scratch\nCOPY a.txt /a.txt\n"),
+        ],
+    );
+    let child_dir = h.context(
+        "gatewaysessions-child",
+        &[
+            ("a.txt", "the child's a.txt\n"),
+            ("b.txt", "the child's b.txt\n"),
+            ("Dockerfile", "FROM base\nCOPY b.txt /b.txt\n"),
+            ("Dockerfile.own", "FROM scratch\nCOPY a.txt /a.txt\n"),
+        ],
+    );
+    let channel = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let parent_session =
+        Session::open(channel.clone(), "gatewaysessionsparent001", &parent_dir).await;
+    let child_session = Session::open(channel, "gatewaysessionschild0001", &child_dir).await;
+
+    // The parent's build stays open while the child builds on it, as
+    // buildx keeps a linked target's build.
+    let mut parent = Build::open(&k, "gatewaysessions000000001", &parent_session, None).await;
+    let base = single(parent.dockerfile(&[], HashMap::new()).await);
+    let def = base.def.expect("a definition");
+
+    let mut child = Build::open(&k, "gatewaysessions000000002", &child_session, None).await;
+    let built = single(
+        child
+            .dockerfile(
+                &[("context:base", "input:base")],
+                HashMap::from([("base".to_string(), def)]),
+            )
+            .await,
+    );
+    assert_eq!(
+        child.read(&built.id, "/a.txt").await.expect("a.txt"),
+        "the parent's a.txt\n"
+    );
+    assert_eq!(
+        child.read(&built.id, "/b.txt").await.expect("b.txt"),
+        "the child's b.txt\n"
+    );
+
+    // `local-sessionid:`: the child's build reads `context` and its
+    // Dockerfile from the parent's session.
+    let shared = single(
+        child
+            .dockerfile(
+                &[
+                    ("local-sessionid:context", "gatewaysessionsparent001"),
+                    ("local-sessionid:dockerfile", "gatewaysessionsparent001"),
+                ],
+                HashMap::new(),
+            )
+            .await,
+    );
+    assert_eq!(
+        child.read(&shared.id, "/a.txt").await.expect("a.txt"),
+        "the parent's a.txt\n"
+    );
+    // Without it, its own.
+    let own = single(
+        child
+            .dockerfile(&[("filename", "Dockerfile.own")], HashMap::new())
+            .await,
+    );
+    assert_eq!(
+        child.read(&own.id, "/a.txt").await.expect("a.txt"),
+        "the child's a.txt\n"
+    );
+    // A session that is not attached fails the solve, naming it.
+    let e = child
+        .gw
+        .solve(with_id(
+            child.id,
+            GwSolve {
+                frontend: "dockerfile.v0".into(),
+                frontend_opt: HashMap::from([
+                    ("filename".to_string(), "Dockerfile.own".to_string()),
+                    (
+                        "local-sessionid:context".to_string(),
+                        "nosuchsession".to_string(),
+                    ),
+                ]),
+                allow_result_return: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("no such session");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("no active session for nosuchsession"),
+        "{e:?}"
+    );
+    child.finish(None).await.expect("the child ends");
+    parent.finish(None).await.expect("the parent ends");
 }
