@@ -784,7 +784,8 @@ mod tests {
         }
         // What buildx needs to read a remote context's files, and what kiln
         // does not serve.
-        for id in ["readfile", "readdir", "statfile"] {
+        // And what buildx needs to build on a result (bake's `target:`).
+        for id in ["readfile", "readdir", "statfile", "reference.output"] {
             assert!(FRONTEND_CAPS.contains(&id), "{id} missing");
         }
         for id in ["gateway.exec", "resolveimage"] {
