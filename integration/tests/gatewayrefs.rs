@@ -17,6 +17,7 @@
 //! session serving the context, Control.Solve without a frontend, then
 //! LLBBridge calls tagged with the build's id.
 
+use kiln_integration::clientsession::ClientSession as Session;
 use kiln_integration::{Harness, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, SolveRequest, SolveResponse};
@@ -26,11 +27,7 @@ use kiln_proto::gateway::{
     SolveRequest as GwSolve,
 };
 use kiln_proto::llb;
-use kiln_session::filesync::FileSyncServerImpl;
-use kiln_session::hijack::{client_side, serve_session, SessionServices};
 use std::collections::HashMap;
-use std::path::Path;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -40,51 +37,6 @@ fn with_id<T>(id: &str, msg: T) -> tonic::Request<T> {
     r.metadata_mut()
         .insert("buildkit-controlapi-buildid", id.parse().expect("ascii"));
     r
-}
-
-/// A client session serving `dir` as the `context` and `dockerfile`
-/// directories; closed when dropped.
-struct Session {
-    id: String,
-    done: CancellationToken,
-}
-
-impl Session {
-    async fn open(channel: Channel, id: &str, dir: &Path) -> Session {
-        let mut services = SessionServices::new();
-        services.add(
-            FileSyncServerImpl::new(HashMap::from([
-                ("context".to_string(), dir.to_path_buf()),
-                ("dockerfile".to_string(), dir.to_path_buf()),
-            ]))
-            .into_service(),
-            FileSyncServerImpl::METHODS,
-        );
-        let (side, requests) = client_side();
-        let req = kiln_session::hijack::session_request(id, "", &services, requests)
-            .expect("session request");
-        let responses = ControlClient::new(channel)
-            .session(req)
-            .await
-            .expect("session")
-            .into_inner();
-        let done = CancellationToken::new();
-        tokio::spawn(serve_session(
-            side.attach(responses),
-            services,
-            done.clone(),
-        ));
-        Session {
-            id: id.to_string(),
-            done,
-        }
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.done.cancel();
-    }
 }
 
 /// A build driven over LLBBridge; its Control answer comes after Return.
@@ -247,7 +199,7 @@ async fn a_refs_definition_is_built_on_from_the_cache() {
     let channel = containerd_client::connect(&k.socket)
         .await
         .expect("connect to kilnd");
-    let session = Session::open(channel, "gatewayrefssession000001", &ctx).await;
+    let session = Session::of_context(channel, "gatewayrefssession000001", &ctx).await;
     let mut b = Build::open(&k, "gatewayrefs0000000000001", &session, None).await;
 
     let pong =
@@ -345,7 +297,7 @@ async fn each_platforms_ref_reads_its_own_files() {
     let channel = containerd_client::connect(&k.socket)
         .await
         .expect("connect to kilnd");
-    let session = Session::open(channel, "gatewayplatformsession01", &ctx).await;
+    let session = Session::of_context(channel, "gatewayplatformsession01", &ctx).await;
     let image = "docker.io/library/gatewayplatforms:1";
     let mut b = Build::open(&k, "gatewayplatforms00000001", &session, Some(image)).await;
 
@@ -440,8 +392,8 @@ async fn a_definition_reads_the_files_of_the_session_it_names() {
         .await
         .expect("connect to kilnd");
     let parent_session =
-        Session::open(channel.clone(), "gatewaysessionsparent001", &parent_dir).await;
-    let child_session = Session::open(channel, "gatewaysessionschild0001", &child_dir).await;
+        Session::of_context(channel.clone(), "gatewaysessionsparent001", &parent_dir).await;
+    let child_session = Session::of_context(channel, "gatewaysessionschild0001", &child_dir).await;
 
     // The parent's build stays open while the child builds on it, as
     // buildx keeps a linked target's build.

@@ -248,19 +248,22 @@ struct LocalSource {
     request: LocalRequest,
 }
 
-/// The session `id` a local source names (`local.session`; buildx's
-/// `local-sessionid:NAME`): the build's own, or another one of the same
-/// tenant that is attached (buildx shares one between bake targets).
+/// The session `id` (the client's id) a local source names
+/// (`local.session`; buildx's `local-sessionid:NAME`): the build's own
+/// (`own`, keyed `own_key`), or another attached one of the same tenant
+/// (buildx shares one between bake targets). Ids are the tenant's own:
+/// another tenant's session is never found.
 pub async fn local_session(
     d: &Daemon,
     own: &SessionHandle,
-    own_id: &str,
+    own_key: &str,
     id: &str,
 ) -> Result<SessionHandle, Status> {
-    if id == own_id {
+    let key = crate::tenants::scoped(own.tenant.as_deref(), id);
+    if key == own_key {
         return Ok(own.clone());
     }
-    match d.sessions.get(id, SESSION_WAIT).await {
+    match d.sessions.get(&key, SESSION_WAIT).await {
         Some(s) if s.tenant == own.tenant => Ok(s),
         // Another tenant's session is not found, as its builds are not.
         _ => Err(Status::failed_precondition(format!(
@@ -273,7 +276,7 @@ pub async fn local_session(
 const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Fetches every `local://NAME` source of `graph` through the session it
-/// names (`own`, whose id is `own_id`, unless `local.session` names another
+/// names (`own`, keyed `own_key`, unless `local.session` names another
 /// one), each as its attributes ask (see [`LocalRequest`]); `main_context`
 /// names the client's directory of `local://context` when it is not
 /// `context` (the Dockerfile frontend's `contextkey`). The directories are
@@ -282,7 +285,7 @@ const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub async fn fetch_locals(
     d: &Daemon,
     session: Option<&SessionHandle>,
-    own_id: &str,
+    own_key: &str,
     graph: &Graph,
     main_context: Option<&str>,
 ) -> Result<(HashMap<String, PathBuf>, Vec<crate::contexts::Held>), Status> {
@@ -294,7 +297,7 @@ pub async fn fetch_locals(
             Status::failed_precondition(format!("local source {name:?} needs a session"))
         })?;
         let from = match &src.session {
-            Some(id) => local_session(d, own, own_id, id).await?,
+            Some(id) => local_session(d, own, own_key, id).await?,
             None => own.clone(),
         };
         let dir = match main_context {
@@ -323,7 +326,7 @@ pub async fn fetch_locals(
 /// Names the client session of each of the Dockerfile frontend's local
 /// sources, as BuildKit's frontend does (`local.session`): the one
 /// `local-sessionid:DIR` gives for its directory, else the build's own
-/// (`own_id`). The main context's source is renamed after its directory
+/// (`own_id`, the client's id of it). The main context's source is renamed after its directory
 /// (`contextkey`), so the graph's definition (`Ref.def`) names what it
 /// reads. Sources that name a session already (a frontend input's) keep it.
 pub fn name_local_sessions(
@@ -385,11 +388,15 @@ pub async fn solve_defined(
     definitions: bool,
 ) -> Result<(Solved, Option<ImageConfig>, Vec<llb::Definition>), Status> {
     let mut defined = Vec::new();
-    let own_id = job
+    // The build's session as sessions are keyed, and as its client knows
+    // it (what a definition's `local.session` holds).
+    let own_key = job
         .session
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let own_id =
+        crate::tenants::unscoped(session.and_then(|s| s.tenant.as_deref()), &own_key).to_string();
     let dir = job_dir(d, job);
     kiln_engine::sweep::create_private_dir(&dir)
         .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
@@ -407,7 +414,7 @@ pub async fn solve_defined(
             let Some(result) = t.result else {
                 return Err(Status::invalid_argument("the definition has no result"));
             };
-            let (locals, held) = fetch_locals(d, session, &own_id, &t.graph, None).await?;
+            let (locals, held) = fetch_locals(d, session, &own_key, &t.graph, None).await?;
             let mut layouts = crate::ocilayout::Layouts::new(&dir);
             layouts.fetch_layers(engine, session, &t.graph).await?;
             let sources = crate::errdetails::SourceMap::definition(def, &t.digests);
@@ -448,7 +455,7 @@ pub async fn solve_defined(
             let (locals, held) = fetch_locals(
                 d,
                 Some(session),
-                &own_id,
+                &own_key,
                 &f.build.graph,
                 Some(&f.context_key),
             )
