@@ -80,7 +80,7 @@ fn op_bytes(op: &Op, inputs: Vec<llb::Input>) -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec();
-    match op {
+    let kind = match op {
         Op::Source(s) => {
             let mut source = llb::SourceOp {
                 identifier: s.identifier.clone(),
@@ -96,27 +96,25 @@ fn op_bytes(op: &Op, inputs: Vec<llb::Input>) -> Vec<u8> {
                 .expect("a Vec grows as needed");
             }
             prost::encoding::bytes::encode(3, &source, &mut buf);
+            None
         }
-        other => {
-            let kind = match other {
-                Op::Exec(e) => llb::op::Op::Exec(exec(e)),
-                Op::File(f) => llb::op::Op::File(file(f, n_inputs)),
-                Op::Merge(m) => llb::op::Op::Merge(llb::MergeOp {
-                    inputs: m
-                        .inputs
-                        .iter()
-                        .map(|i| llb::MergeInput { input: *i as i64 })
-                        .collect(),
-                }),
-                Op::Source(_) => unreachable!("matched above"),
-            };
-            llb::Op {
-                op: Some(kind),
-                ..Default::default()
-            }
-            .encode(&mut buf)
-            .expect("a Vec grows as needed");
+        Op::Exec(e) => Some(llb::op::Op::Exec(exec(e))),
+        Op::File(f) => Some(llb::op::Op::File(file(f, n_inputs))),
+        Op::Merge(m) => Some(llb::op::Op::Merge(llb::MergeOp {
+            inputs: m
+                .inputs
+                .iter()
+                .map(|i| llb::MergeInput { input: *i as i64 })
+                .collect(),
+        })),
+    };
+    if let Some(kind) = kind {
+        llb::Op {
+            op: Some(kind),
+            ..Default::default()
         }
+        .encode(&mut buf)
+        .expect("a Vec grows as needed");
     }
     if let Some(p) = platform {
         llb::Op {
