@@ -19,12 +19,20 @@ use prost::Message;
 use std::collections::HashMap;
 
 /// The definition of `result`'s output 0 and every vertex it needs, with
-/// each vertex's name (`llb.customname`) and cache switch.
-pub fn of_vertex(graph: &Graph, result: VertexId) -> llb::Definition {
+/// each vertex's name (`llb.customname`) and cache switch, and with
+/// `source` (the Dockerfile) the source map of the vertices' lines, as
+/// BuildKit's frontend gives one, so a step of it that fails in a later
+/// solve still shows its line.
+pub fn of_vertex(
+    graph: &Graph,
+    result: VertexId,
+    source: Option<&llb::SourceInfo>,
+) -> llb::Definition {
     let needed = graph.needed_for(result);
     let mut digests: HashMap<VertexId, String> = HashMap::with_capacity(needed.len());
     let mut def = Vec::with_capacity(needed.len() + 1);
     let mut metadata = HashMap::with_capacity(needed.len());
+    let mut locations = HashMap::new();
     for id in needed {
         let v = graph.vertex(id);
         let inputs: Vec<llb::Input> = v
@@ -49,6 +57,26 @@ pub fn of_vertex(graph: &Graph, result: VertexId) -> llb::Definition {
                 ..Default::default()
             },
         );
+        if let Some(line) = v
+            .location
+            .as_ref()
+            .and_then(|l| i32::try_from(l.line).ok())
+            .filter(|l| *l > 0)
+        {
+            let at = llb::Position { line, character: 0 };
+            locations.insert(
+                digest.clone(),
+                llb::Locations {
+                    locations: vec![llb::Location {
+                        source_index: 0,
+                        ranges: vec![llb::Range {
+                            start: Some(at),
+                            end: Some(at),
+                        }],
+                    }],
+                },
+            );
+        }
         digests.insert(id, digest);
         def.push(bytes);
     }
@@ -65,7 +93,10 @@ pub fn of_vertex(graph: &Graph, result: VertexId) -> llb::Definition {
     llb::Definition {
         def,
         metadata,
-        source: None,
+        source: source.map(|info| llb::Source {
+            locations,
+            infos: vec![info.clone()],
+        }),
     }
 }
 
@@ -390,7 +421,7 @@ mod tests {
     /// `graph` encoded and translated back has the same vertices (ops,
     /// inputs, names) and result, and encoding again gives the same bytes.
     fn check_round_trip(case: &str, graph: &Graph, result: VertexId) {
-        let def = of_vertex(graph, result);
+        let def = of_vertex(graph, result, None);
         let back = crate::llb::translate(&def).unwrap_or_else(|e| panic!("{case}: {e}"));
         let back_result = back.result.expect("a result");
         assert_eq!(
@@ -404,7 +435,7 @@ mod tests {
             "{case}: the result"
         );
         assert_eq!(
-            of_vertex(graph, result).def,
+            of_vertex(graph, result, None).def,
             def.def,
             "{case}: stable bytes"
         );
@@ -652,7 +683,47 @@ mod tests {
             .expect("add");
         check_round_trip("every field", &g, merge);
         // A vertex the result does not need is left out.
-        let def = of_vertex(&g, exec);
+        let def = of_vertex(&g, exec, None);
         assert_eq!(def.def.len(), 4, "two sources, the exec, the terminal");
+    }
+
+    /// With the Dockerfile, each vertex with a line points at it in the
+    /// definition's source map, which the error details of a later solve
+    /// of the definition read.
+    #[test]
+    fn the_dockerfile_lines_go_with_the_definition() {
+        let text = "FROM busybox\nRUN false\n";
+        let df = kiln_dockerfile::parse(text, "Dockerfile").expect("parse");
+        let opts = kiln_dockerfile::BuildOptions::default();
+        let bases = df
+            .base_images(&opts)
+            .expect("bases")
+            .into_iter()
+            .map(|r| (r, kiln_solver::ImageConfig::default()))
+            .collect();
+        let build = kiln_dockerfile::to_graph(&df, &opts, &bases).expect("graph");
+        let info = llb::SourceInfo {
+            filename: "Dockerfile".into(),
+            data: text.as_bytes().to_vec(),
+            definition: None,
+            language: "Dockerfile".into(),
+        };
+        let def = of_vertex(&build.graph, build.result, Some(&info));
+        let source = def.source.as_ref().expect("a source map");
+        assert_eq!(source.infos, vec![info]);
+        let back = crate::llb::translate(&def).expect("translate");
+        let map = crate::errdetails::SourceMap::definition(&def, &back.digests);
+        let run = back.result.expect("a result").0;
+        let sources = map.sources(run);
+        assert_eq!(sources.len(), 1, "{sources:?}");
+        let line = |s: &kiln_proto::errdefs::Source| {
+            s.ranges
+                .first()
+                .and_then(|r| r.start.as_ref())
+                .map(|p| p.line)
+        };
+        assert_eq!(line(&sources[0]), Some(2), "the RUN line");
+        // Without it, no map.
+        assert!(of_vertex(&build.graph, build.result, None).source.is_none());
     }
 }

@@ -460,7 +460,6 @@ pub async fn solve_defined(
                 Some(&f.context_key),
             )
             .await?;
-            let sources = crate::errdetails::SourceMap::dockerfile(f.source, &f.build.graph);
             if definitions {
                 let results: Vec<_> = if targets.is_empty() {
                     vec![f.build.result]
@@ -469,9 +468,10 @@ pub async fn solve_defined(
                 };
                 defined = results
                     .into_iter()
-                    .map(|r| crate::definition::of_vertex(&f.build.graph, r))
+                    .map(|r| crate::definition::of_vertex(&f.build.graph, r, Some(&f.source)))
                     .collect();
             }
+            let sources = crate::errdetails::SourceMap::dockerfile(f.source, &f.build.graph);
             (
                 f.build.graph,
                 f.build.result,
