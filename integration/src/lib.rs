@@ -11,6 +11,7 @@
 //! Nothing here ships in a binary.
 
 pub mod cases;
+pub mod clientsession;
 pub mod faultproxy;
 pub mod gitdaemon;
 pub mod httpserver;

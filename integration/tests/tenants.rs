@@ -574,6 +574,73 @@ async fn one_tenants_build_ref_is_not_reachable_from_another() {
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
     drop((alices_session, bobs_session));
 
+    // A local source names a session by the client's id, inside its own
+    // tenant: bob naming alice's live session (as buildx's
+    // `local-sessionid:` or a definition's `local.session` would) finds
+    // nothing, while his own is read.
+    use kiln_integration::clientsession::ClientSession;
+    let alice_dir = h.context("alice-files", &[("a.txt", "alice's file\n")]);
+    let bob_dir = h.context(
+        "bob-files",
+        &[
+            ("a.txt", "bob's file\n"),
+            ("Dockerfile", "FROM scratch\nCOPY a.txt /a.txt\n"),
+        ],
+    );
+    let _alice_files = ClientSession::of_context(alice.clone(), "alices-files", &alice_dir).await;
+    let bob_files = ClientSession::of_context(bob.clone(), "bobs-files", &bob_dir).await;
+    let bob_build = {
+        let ch = bob.clone();
+        let session = bob_files.id.clone();
+        tokio::spawn(async move {
+            ControlClient::new(ch)
+                .solve(SolveRequest {
+                    r#ref: "bobs-files-build".into(),
+                    session,
+                    ..Default::default()
+                })
+                .await
+        })
+    };
+    let solve_with = |session: &str| {
+        for_build(
+            kiln_proto::gateway::SolveRequest {
+                frontend: "dockerfile.v0".into(),
+                frontend_opt: std::collections::HashMap::from([(
+                    "local-sessionid:context".to_string(),
+                    session.to_string(),
+                )]),
+                allow_result_return: true,
+                ..Default::default()
+            },
+            "bobs-files-build",
+        )
+    };
+    for other in ["alices-files", "alice/alices-files"] {
+        let e = LlbBridgeClient::new(bob.clone())
+            .solve(solve_with(other))
+            .await
+            .expect_err("bob read alice's session");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{other}: {e:?}");
+        assert!(
+            e.message()
+                .contains(&format!("no active session for {other}")),
+            "{e:?}"
+        );
+    }
+    LlbBridgeClient::new(bob.clone())
+        .solve(solve_with("bobs-files"))
+        .await
+        .expect("bob's own session by its id");
+    LlbBridgeClient::new(bob.clone())
+        .r#return(for_build(ReturnRequest::default(), "bobs-files-build"))
+        .await
+        .expect("bob returns");
+    bob_build
+        .await
+        .expect("task")
+        .expect("bob's files build ends");
+
     LlbBridgeClient::new(alice.clone())
         .r#return(for_build(ReturnRequest::default(), "shared-ref"))
         .await

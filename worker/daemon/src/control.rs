@@ -108,13 +108,9 @@ async fn run_solve(
         let Some(result) = ret.result else {
             return Ok(SolveResponse::default());
         };
-        let id = crate::gateway::result_ref(&result);
-        let Some(id) = id.filter(|i| !i.is_empty()) else {
+        let Some(found) = crate::gateway::take_returned(&job, &result).await? else {
             // An empty result (buildx's preflight).
             return Ok(SolveResponse::default());
-        };
-        let Some(found) = job.results.lock().await.remove(&id) else {
-            return Err(Status::not_found(format!("no result {id:?} in this build")));
         };
         let config = found
             .config

@@ -20,6 +20,9 @@ pub struct Frontend {
     /// The client's directory of the graph's `local://context` source
     /// (`contextkey`).
     pub context_key: String,
+    /// `local-sessionid:DIR`: the session serving each directory that the
+    /// build's own does not (`crate::solve::name_local_sessions`).
+    pub local_sessions: std::collections::BTreeMap<String, String>,
     /// `image-resolve-mode`, for the build's source ops.
     pub resolve_mode: kiln_engine::resolve::ResolveMode,
     /// The base images the frontend resolved, for the source ops.
@@ -48,6 +51,29 @@ async fn describe_layouts(
         }
     }
     Ok(layouts)
+}
+
+/// The session serving the client's directory `key`: the one
+/// `local-sessionid:KEY` names (buildx shares one between bake targets),
+/// else the build's own.
+async fn dir_session(
+    d: &Daemon,
+    job: &Job,
+    session: &SessionHandle,
+    opts: &FrontendOptions,
+    key: &str,
+) -> Result<SessionHandle, Status> {
+    match opts.local_sessions.get(key) {
+        Some(id) => {
+            let own = job
+                .session
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            crate::solve::local_session(d, session, &own, id).await
+        }
+        None => Ok(session.clone()),
+    }
 }
 
 fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
@@ -119,6 +145,7 @@ async fn definition(
     session: &SessionHandle,
     opts: &FrontendOptions,
 ) -> Result<Definition, Status> {
+    let session = &dir_session(d, job, session, opts, &opts.dockerfile_key).await?;
     let filename = opts.filename.clone();
     let df_dir = fresh_dir(d, job, "dockerfile")?;
     let own_ignore = kiln_frontend::dockerfile_ignore_name(&filename);
@@ -153,6 +180,7 @@ async fn context_ignore(
     opts: &FrontendOptions,
     source: &mut kiln_frontend::DockerfileSource,
 ) -> Result<(), Status> {
+    let session = &dir_session(d, job, session, opts, &opts.context_key).await?;
     let dir = fresh_dir(d, job, "dockerignore")?;
     load_step(
         job,
@@ -240,8 +268,9 @@ pub async fn dockerfile(
     // alone first, as BuildKit does.
     for local in kiln_frontend::local_contexts(&opts) {
         let dir = fresh_dir(d, job, "dockerignore")?;
+        let from = dir_session(d, job, session, &opts, &local).await?;
         kiln_session::filesync::fetch_dir(
-            session.channel.clone(),
+            from.channel.clone(),
             &local,
             &[],
             &[],
@@ -434,6 +463,7 @@ async fn plan(
     Ok(Frontend {
         build,
         context_key: opts.context_key.clone(),
+        local_sessions: opts.local_sessions.clone(),
         resolve_mode: opts.resolve_mode,
         pinned,
         source: kiln_proto::llb::SourceInfo {

@@ -3,8 +3,8 @@
 //! (Ping, Solve with `dockerfile.v0` or a definition, Return); the waiting
 //! Control.Solve then exports the returned result.
 
-use crate::jobs::{GatewayResult, Job};
-use crate::solve::{solve, Input};
+use crate::jobs::{Found, GatewayResult, Job};
+use crate::solve::{solve_defined, Input};
 use crate::state::Daemon;
 use crate::tenants::Tenant;
 use kiln_proto::apicaps::ApiCap;
@@ -79,13 +79,17 @@ impl GatewayService {
 /// itself hold by construction. buildx reads a remote context's policy
 /// file through `statfile` and `readfile`, and refuses without them.
 /// A client's `Warn` becomes a warning of the build's status.
+/// Every returned ref carries the LLB definition of what it holds
+/// (`reference.output`, `crate::definition`), which buildx needs to turn a
+/// bake target's result into another target's context.
 /// Not listed, because kiln does not do them yet: `LLBBridge.Inputs`, containers (`gateway.exec*`), `resolveimage`, the source meta
-/// resolver, cache imports and reference definitions.
+/// resolver and cache imports.
 const FRONTEND_CAPS: &[&str] = &[
     "solve.base",
     "return",
     "returnmap",
     "proto.refarray",
+    "reference.output",
     "readfile",
     "readdir",
     "statfile",
@@ -234,14 +238,68 @@ pub fn context_from_inputs(
     }
 }
 
-/// The ref id a returned result points at.
-pub fn result_ref(r: &GwResult) -> Option<String> {
-    match r.result.as_ref()? {
-        result::Result::Ref(rf) => Some(rf.id.clone()),
-        result::Result::RefDeprecated(id) => Some(id.clone()),
-        result::Result::Refs(m) => m.refs.values().next().map(|r| r.id.clone()),
-        result::Result::RefsDeprecated(m) => m.refs.values().next().cloned(),
+/// The ref ids a returned result points at (none for an empty result).
+fn returned_refs(r: &GwResult) -> Vec<&str> {
+    let ids: Vec<&str> = match r.result.as_ref() {
+        None => Vec::new(),
+        Some(result::Result::Ref(rf)) => vec![rf.id.as_str()],
+        Some(result::Result::RefDeprecated(id)) => vec![id.as_str()],
+        Some(result::Result::Refs(m)) => m.refs.values().map(|r| r.id.as_str()).collect(),
+        Some(result::Result::RefsDeprecated(m)) => m.refs.values().map(String::as_str).collect(),
+    };
+    ids.into_iter().filter(|i| !i.is_empty()).collect()
+}
+
+/// Takes the held solve a client's returned result names out of the
+/// job's results, for Control.Solve to export; `None` for an empty
+/// result. A multi-platform result goes whole, named by all its
+/// platforms' refs (BuildKit's `refs`) or by its own id, and exports an
+/// index; a part of it, or refs of several solves, is refused by name.
+pub async fn take_returned(job: &Job, r: &GwResult) -> Result<Option<GatewayResult>, Status> {
+    let ids = returned_refs(r);
+    if ids.is_empty() {
+        return Ok(None);
     }
+    let mut results = job.results.lock().await;
+    let mut main: Option<String> = None;
+    let mut whole = false;
+    let mut parts = std::collections::BTreeSet::new();
+    for id in &ids {
+        let Some((found, _)) = results.find(id) else {
+            return Err(Status::not_found(format!("no result {id:?} in this build")));
+        };
+        let m = match found {
+            Found::Whole(m) => {
+                whole = true;
+                m
+            }
+            Found::Platform(m, i) => {
+                parts.insert(i);
+                m
+            }
+        };
+        match &main {
+            Some(first) if first != m => {
+                return Err(Status::unimplemented(format!(
+                    "a result of refs from several solves ({first}, {m}) is not supported yet"
+                )))
+            }
+            Some(_) => {}
+            None => main = Some(m.to_string()),
+        }
+    }
+    let main = main.expect("at least one ref was found");
+    let all = results.get(&main).map_or(0, |r| r.platform_refs.len());
+    if !whole && parts.len() != all {
+        let mut some: Vec<&str> = ids.clone();
+        some.sort_unstable();
+        return Err(Status::unimplemented(format!(
+            "returning some platforms ({}) of a multi-platform result is not supported yet: \
+             return the refs of all {all}",
+            some.join(", ")
+        )));
+    }
+    Ok(results.remove(&main))
 }
 
 /// The image config in a result's metadata (`containerimage.config`).
@@ -295,20 +353,20 @@ impl GatewayService {
         let msg = req.into_inner();
         let id = id(&msg);
         let results = job.results.lock().await;
-        let Some(res) = results.get(&id) else {
+        let Some((found, res)) = results.find(&id) else {
             return Err(Status::not_found(format!("no such ref: {id}")));
         };
-        if !res.solved.platform_results().is_empty() {
-            return Err(Status::unimplemented(format!(
-                "reading the files of a multi-platform result ({id}) is not supported yet; \
-                 solve one platform"
-            )));
+        let view = match found {
+            Found::Platform(_, n) => res.solved.platform_view(n).await,
+            Found::Whole(_) if !res.platform_refs.is_empty() => {
+                return Err(Status::invalid_argument(format!(
+                    "{id} is a multi-platform result: read the ref of one of its platforms"
+                )))
+            }
+            Found::Whole(_) => Some(res.solved.view().await),
         }
-        let view = res
-            .solved
-            .view()
-            .await
-            .map_err(|e| crate::state::status_of(&e))?;
+        .ok_or_else(|| Status::not_found(format!("no such ref: {id}")))?
+        .map_err(|e| crate::state::status_of(&e))?;
         let root = view.path().to_path_buf();
         let out = tokio::task::spawn_blocking(move || read(&root, msg)).await;
         view.close().await;
@@ -386,13 +444,14 @@ impl LlbBridge for GatewayService {
             .get("compression")
             .and_then(|c| c.parse().ok())
             .unwrap_or(Compression::Gzip);
-        let (solved, config) = solve(
+        let (solved, config, definitions) = solve_defined(
             &self.0,
             &tenant.engine,
             &job,
             session.as_ref(),
             input,
             compression,
+            true,
         )
         .await?;
         let id = format!(
@@ -402,30 +461,29 @@ impl LlbBridge for GatewayService {
         let mut metadata = HashMap::new();
         // A multi-platform result as BuildKit's gateway gives one: a ref per
         // platform (`refs`, keyed by the platform) with `refs.platforms`
-        // and a `containerimage.config/<platform>` each. Every platform's
-        // ref is the one held solve, which exports them all as an index.
+        // and a `containerimage.config/<platform>` each. Each platform's
+        // ref reads that platform's files; returned together they export
+        // the held solve as an index (`take_returned`).
         let parts = solved.platform_results();
         let multi = !parts.is_empty();
         let mut platform_ids = Vec::new();
-        for (p, cfg, layers) in parts {
-            let id = p.to_string();
+        let mut platform_refs = Vec::new();
+        for (n, (p, cfg, layers)) in parts.into_iter().enumerate() {
+            let key = p.to_string();
             let json = kiln_engine::export::image_config(layers, cfg);
             if let Ok(bytes) = serde_json::to_vec(&json) {
-                metadata.insert(format!("containerimage.config/{id}"), bytes);
+                metadata.insert(format!("containerimage.config/{key}"), bytes);
             }
             let mut platform = serde_json::json!({"os": p.os, "architecture": p.architecture});
             if !p.variant.is_empty() {
                 platform["variant"] = serde_json::Value::from(p.variant.clone());
             }
-            platform_ids.push((
-                id.clone(),
-                serde_json::json!({"id": id, "platform": platform}),
-            ));
+            platform_ids.push(serde_json::json!({"id": key, "platform": platform}));
+            platform_refs.push((key, format!("{id}-{n}")));
         }
         if multi {
-            let list: Vec<serde_json::Value> =
-                platform_ids.iter().map(|(_, v)| v.clone()).collect();
-            if let Ok(bytes) = serde_json::to_vec(&serde_json::json!({ "platforms": list })) {
+            if let Ok(bytes) = serde_json::to_vec(&serde_json::json!({ "platforms": platform_ids }))
+            {
                 metadata.insert("refs.platforms".to_string(), bytes);
             }
         }
@@ -435,25 +493,32 @@ impl LlbBridge for GatewayService {
                 metadata.insert("containerimage.config".to_string(), bytes);
             }
         }
-        job.results
-            .lock()
-            .await
-            .insert(id.clone(), GatewayResult { solved, config });
-        let one = |id: &str| Ref {
+        job.results.lock().await.insert(
+            id.clone(),
+            GatewayResult {
+                solved,
+                config,
+                platform_refs: platform_refs.iter().map(|(_, r)| r.clone()).collect(),
+            },
+        );
+        // Each ref carries the LLB of what it holds (`reference.output`),
+        // which a client builds on (`ref.ToState()`).
+        let one = |id: &str, n: usize| Ref {
             id: id.to_string(),
-            def: None,
+            def: definitions.get(n).cloned(),
         };
         let result = GwResult {
             metadata,
             result: Some(if multi {
                 result::Result::Refs(RefMap {
-                    refs: platform_ids
+                    refs: platform_refs
                         .iter()
-                        .map(|(p, _)| (p.clone(), one(&id)))
+                        .enumerate()
+                        .map(|(n, (key, r))| (key.clone(), one(r, n)))
                         .collect(),
                 })
             } else {
-                result::Result::Ref(one(&id))
+                result::Result::Ref(one(&id, 0))
             }),
             ..Default::default()
         };
@@ -529,7 +594,7 @@ impl LlbBridge for GatewayService {
     ) -> Result<Response<EvaluateResponse>, Status> {
         let (_, job) = self.job(&request).await?;
         let id = &request.get_ref().r#ref;
-        if job.results.lock().await.get(id).is_none() {
+        if job.results.lock().await.find(id).is_none() {
             return Err(Status::not_found(format!("no such ref: {id}")));
         }
         Ok(Response::new(EvaluateResponse {}))
@@ -719,7 +784,8 @@ mod tests {
         }
         // What buildx needs to read a remote context's files, and what kiln
         // does not serve.
-        for id in ["readfile", "readdir", "statfile"] {
+        // And what buildx needs to build on a result (bake's `target:`).
+        for id in ["readfile", "readdir", "statfile", "reference.output"] {
             assert!(FRONTEND_CAPS.contains(&id), "{id} missing");
         }
         for id in ["gateway.exec", "resolveimage"] {

@@ -16,6 +16,19 @@ pub struct GatewayResult {
     pub solved: Solved,
     /// The image config the frontend computed, if any.
     pub config: Option<kiln_solver::ImageConfig>,
+    /// A multi-platform result's ref id per platform, in the order of
+    /// `solved.platform_results()`: each reads that platform's files, and
+    /// all of them together export the index. Empty for one platform.
+    pub platform_refs: Vec<String>,
+}
+
+/// A ref id of a job's results: a held result, or one platform of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found<'a> {
+    /// The result held under this id.
+    Whole(&'a str),
+    /// Platform `.1` of the result held under `.0`.
+    Platform(&'a str, usize),
 }
 
 /// Log bytes a job keeps for late Status subscribers (the newest; older
@@ -187,15 +200,21 @@ pub struct JobOptions {
 #[derive(Default)]
 pub struct Results {
     map: HashMap<String, GatewayResult>,
+    /// Each platform ref id: the result's id and the platform's index.
+    platforms: HashMap<String, (String, usize)>,
     closed: bool,
 }
 
 impl Results {
-    /// Keeps `r` as `id`, or releases it if the job already ended.
+    /// Keeps `r` as `id` (and its platform refs), or releases it if the
+    /// job already ended.
     pub fn insert(&mut self, id: String, r: GatewayResult) {
         if self.closed {
             tokio::spawn(async move { r.solved.release(true).await });
         } else {
+            for (i, p) in r.platform_refs.iter().enumerate() {
+                self.platforms.insert(p.clone(), (id.clone(), i));
+            }
             self.map.insert(id, r);
         }
     }
@@ -204,8 +223,23 @@ impl Results {
         self.map.get(id)
     }
 
+    /// What the ref `id` names, with the result that holds it.
+    pub fn find(&self, id: &str) -> Option<(Found<'_>, &GatewayResult)> {
+        if let Some((k, r)) = self.map.get_key_value(id) {
+            return Some((Found::Whole(k), r));
+        }
+        let (main, i) = self.platforms.get(id)?;
+        let r = self.map.get(main)?;
+        Some((Found::Platform(main, *i), r))
+    }
+
+    /// Takes the result held as `id` (with its platform refs) out.
     pub fn remove(&mut self, id: &str) -> Option<GatewayResult> {
-        self.map.remove(id)
+        let r = self.map.remove(id)?;
+        for p in &r.platform_refs {
+            self.platforms.remove(p);
+        }
+        Some(r)
     }
 }
 
@@ -327,6 +361,7 @@ impl Job {
         let results: Vec<GatewayResult> = {
             let mut r = self.results.lock().await;
             r.closed = true;
+            r.platforms.clear();
             r.map.drain().map(|(_, r)| r).collect()
         };
         for r in results {

@@ -14,6 +14,7 @@ mod cache;
 mod config;
 mod contexts;
 mod control;
+mod definition;
 mod dial;
 mod errdetails;
 mod export;

@@ -141,7 +141,7 @@ fn transfers(
         .filter_map(|(i, v)| {
             let Op::Source(s) = &v.op else { return None };
             let name = s.identifier.strip_prefix("local://")?;
-            let tree = locals.get(name)?;
+            let tree = locals.get(&s.local_key()?)?;
             let h = held.iter().find(|h| h.tree() == *tree)?;
             Some(crate::status::Transfer::new(
                 i,
@@ -213,48 +213,101 @@ impl LocalRequest {
     }
 }
 
-/// The local sources of `graph` by name, in the order they first appear,
-/// each with what its sources ask for.
-fn local_requests(graph: &Graph) -> Vec<(String, LocalRequest)> {
-    let mut out: Vec<(String, LocalRequest)> = Vec::new();
+/// The local sources of `graph` by [`kiln_solver::SourceOp::local_key`]
+/// (a name, and the session it names), in the order they first appear,
+/// each with its name, its session and what its sources ask for.
+fn local_requests(graph: &Graph) -> Vec<(String, LocalSource)> {
+    let mut out: Vec<(String, LocalSource)> = Vec::new();
     for v in &graph.vertices {
         let Op::Source(s) = &v.op else { continue };
-        let Some(name) = s.identifier.strip_prefix("local://") else {
+        let (Some(name), Some(key)) = (s.identifier.strip_prefix("local://"), s.local_key()) else {
             continue;
         };
         let req = LocalRequest::of(s);
-        match out.iter_mut().find(|(n, _)| n == name) {
-            Some((_, r)) => r.merge(req),
-            None => out.push((name.to_string(), req)),
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, r)) => r.request.merge(req),
+            None => out.push((
+                key,
+                LocalSource {
+                    name: name.to_string(),
+                    session: s.local_session().map(str::to_string),
+                    request: req,
+                },
+            )),
         }
     }
     out
 }
 
-/// Fetches every `local://NAME` source of `graph` through the session,
-/// each as its attributes ask (see [`LocalRequest`]); `main_context`
+/// One client directory a graph reads: its name, the session that serves
+/// it (`None`: the build's own) and what its sources ask of it.
+#[derive(Debug, PartialEq)]
+struct LocalSource {
+    name: String,
+    session: Option<String>,
+    request: LocalRequest,
+}
+
+/// The session `id` (the client's id) a local source names
+/// (`local.session`; buildx's `local-sessionid:NAME`): the build's own
+/// (`own`, keyed `own_key`), or another attached one of the same tenant
+/// (buildx shares one between bake targets). Ids are the tenant's own:
+/// another tenant's session is never found.
+pub async fn local_session(
+    d: &Daemon,
+    own: &SessionHandle,
+    own_key: &str,
+    id: &str,
+) -> Result<SessionHandle, Status> {
+    let key = crate::tenants::scoped(own.tenant.as_deref(), id);
+    if key == own_key {
+        return Ok(own.clone());
+    }
+    match d.sessions.get(&key, SESSION_WAIT).await {
+        Some(s) if s.tenant == own.tenant => Ok(s),
+        // Another tenant's session is not found, as its builds are not.
+        _ => Err(Status::failed_precondition(format!(
+            "no active session for {id}: the session a local source names is not attached"
+        ))),
+    }
+}
+
+/// How long a build waits for a session its local sources name.
+const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fetches every `local://NAME` source of `graph` through the session it
+/// names (`own`, keyed `own_key`, unless `local.session` names another
+/// one), each as its attributes ask (see [`LocalRequest`]); `main_context`
 /// names the client's directory of `local://context` when it is not
-/// `context` (the Dockerfile frontend's `contextkey`). The slots hold the
-/// kept contexts until the build no longer reads them.
+/// `context` (the Dockerfile frontend's `contextkey`). The directories are
+/// keyed by [`kiln_solver::SourceOp::local_key`]; the slots hold the kept
+/// contexts until the build no longer reads them.
 pub async fn fetch_locals(
     d: &Daemon,
     session: Option<&SessionHandle>,
+    own_key: &str,
     graph: &Graph,
     main_context: Option<&str>,
 ) -> Result<(HashMap<String, PathBuf>, Vec<crate::contexts::Held>), Status> {
     let mut locals = HashMap::new();
     let mut held = Vec::new();
-    for (name, req) in local_requests(graph) {
-        let session = session.ok_or_else(|| {
+    for (key, src) in local_requests(graph) {
+        let name = src.name.as_str();
+        let own = session.ok_or_else(|| {
             Status::failed_precondition(format!("local source {name:?} needs a session"))
         })?;
+        let from = match &src.session {
+            Some(id) => local_session(d, own, own_key, id).await?,
+            None => own.clone(),
+        };
         let dir = match main_context {
             Some(key) if name == kiln_frontend::CONTEXT_NAME => key,
-            _ => name.as_str(),
+            _ => name,
         };
+        let req = &src.request;
         let slot = fetch_local(
             d,
-            session,
+            &from,
             &Fetch {
                 name: dir,
                 hint: &req.hint,
@@ -264,10 +317,47 @@ pub async fn fetch_locals(
             },
         )
         .await?;
-        locals.insert(name, slot.tree());
+        locals.insert(key, slot.tree());
         held.push(slot);
     }
     Ok((locals, held))
+}
+
+/// Names the client session of each of the Dockerfile frontend's local
+/// sources, as BuildKit's frontend does (`local.session`): the one
+/// `local-sessionid:DIR` gives for its directory, else the build's own
+/// (`own_id`, the client's id of it). The main context's source is renamed after its directory
+/// (`contextkey`), so the graph's definition (`Ref.def`) names what it
+/// reads. Sources that name a session already (a frontend input's) keep it.
+pub fn name_local_sessions(
+    graph: &mut Graph,
+    own_id: &str,
+    named: &std::collections::BTreeMap<String, String>,
+    context_key: &str,
+) {
+    for v in &mut graph.vertices {
+        let Op::Source(s) = &mut v.op else { continue };
+        let Some(name) = s.identifier.strip_prefix("local://") else {
+            continue;
+        };
+        if s.local_session().is_some() {
+            continue;
+        }
+        let dir = if name == kiln_frontend::CONTEXT_NAME {
+            context_key.to_string()
+        } else {
+            name.to_string()
+        };
+        let session = named.get(&dir).map_or(own_id, String::as_str);
+        if session.is_empty() {
+            continue;
+        }
+        s.attrs.insert(
+            kiln_solver::ATTR_LOCAL_SESSION.to_string(),
+            session.to_string(),
+        );
+        s.identifier = format!("local://{dir}");
+    }
 }
 
 /// Solves `input` for `job`, forwarding progress to the job's Status.
@@ -279,6 +369,34 @@ pub async fn solve(
     input: Input<'_>,
     compression: Compression,
 ) -> Result<(Solved, Option<ImageConfig>), Status> {
+    let (solved, config, _) =
+        solve_defined(d, engine, job, session, input, compression, false).await?;
+    Ok((solved, config))
+}
+
+/// [`solve`], and with `definitions` the LLB definition of what was
+/// solved (`crate::definition`): the client's own definition, or one per
+/// platform of what the frontend planned, in the order of the result's
+/// platforms (one for a single platform).
+pub async fn solve_defined(
+    d: &Arc<Daemon>,
+    engine: &kiln_engine::Engine,
+    job: &Arc<Job>,
+    session: Option<&SessionHandle>,
+    input: Input<'_>,
+    compression: Compression,
+    definitions: bool,
+) -> Result<(Solved, Option<ImageConfig>, Vec<llb::Definition>), Status> {
+    let mut defined = Vec::new();
+    // The build's session as sessions are keyed, and as its client knows
+    // it (what a definition's `local.session` holds).
+    let own_key = job
+        .session
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let own_id =
+        crate::tenants::unscoped(session.and_then(|s| s.tenant.as_deref()), &own_key).to_string();
     let dir = job_dir(d, job);
     kiln_engine::sweep::create_private_dir(&dir)
         .map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
@@ -296,10 +414,13 @@ pub async fn solve(
             let Some(result) = t.result else {
                 return Err(Status::invalid_argument("the definition has no result"));
             };
-            let (locals, held) = fetch_locals(d, session, &t.graph, None).await?;
+            let (locals, held) = fetch_locals(d, session, &own_key, &t.graph, None).await?;
             let mut layouts = crate::ocilayout::Layouts::new(&dir);
             layouts.fetch_layers(engine, session, &t.graph).await?;
             let sources = crate::errdetails::SourceMap::definition(def, &t.digests);
+            if definitions {
+                defined.push(def.clone());
+            }
             (
                 t.graph, result, t.digests, None, locals, held, sources, layouts,
             )
@@ -308,7 +429,7 @@ pub async fn solve(
             let session = session.ok_or_else(|| {
                 Status::failed_precondition("the dockerfile frontend needs a session")
             })?;
-            let f = crate::frontend::dockerfile(
+            let mut f = crate::frontend::dockerfile(
                 d,
                 engine,
                 job,
@@ -321,12 +442,35 @@ pub async fn solve(
             resolve_mode = f.resolve_mode;
             pinned = f.pinned;
             targets = f.targets;
+            name_local_sessions(
+                &mut f.build.graph,
+                &own_id,
+                &f.local_sessions,
+                &f.context_key,
+            );
             let digests = f.build.graph.definition_digests();
             // The contexts as the graph reads them: only the paths its
             // sources follow (BuildKit's frontend asks the same). A remote
             // main context is a source op of the graph instead.
-            let (locals, held) =
-                fetch_locals(d, Some(session), &f.build.graph, Some(&f.context_key)).await?;
+            let (locals, held) = fetch_locals(
+                d,
+                Some(session),
+                &own_key,
+                &f.build.graph,
+                Some(&f.context_key),
+            )
+            .await?;
+            if definitions {
+                let results: Vec<_> = if targets.is_empty() {
+                    vec![f.build.result]
+                } else {
+                    targets.iter().map(|t| t.result).collect()
+                };
+                defined = results
+                    .into_iter()
+                    .map(|r| crate::definition::of_vertex(&f.build.graph, r, Some(&f.source)))
+                    .collect();
+            }
             let sources = crate::errdetails::SourceMap::dockerfile(f.source, &f.build.graph);
             (
                 f.build.graph,
@@ -434,7 +578,7 @@ pub async fn solve(
         .map_err(|_| Status::internal("the build task ended without an answer"))?;
     stop_on_drop.disarm();
     match solved {
-        Ok(s) => Ok((s, config)),
+        Ok(s) => Ok((s, config, defined)),
         // The failed step's digest and source ranges go with the error, so
         // buildctl and buildx print its Dockerfile lines.
         Err(e) => Err(match failed {
@@ -481,6 +625,9 @@ mod tests {
             g.add(v).expect("no inputs");
         }
         local_requests(&g)
+            .into_iter()
+            .map(|(k, s)| (k, s.request))
+            .collect()
     }
 
     fn strings(v: &[&str]) -> Vec<String> {
@@ -530,5 +677,66 @@ mod tests {
             local("context", &[]),
         ]);
         assert_eq!(got, vec![("context".to_string(), LocalRequest::default())]);
+    }
+
+    /// One name in two sessions is two directories; sources naming one
+    /// session share its transfer.
+    #[test]
+    fn a_local_source_is_keyed_by_its_name_and_session() {
+        let mut g = Graph::default();
+        for v in [
+            local("context", &[("local.session", "s1")]),
+            local("context", &[("local.session", "s2")]),
+            local("context", &[("local.session", "s1")]),
+            local("context", &[]),
+        ] {
+            g.add(v).expect("no inputs");
+        }
+        let got: Vec<(String, String, Option<String>)> = local_requests(&g)
+            .into_iter()
+            .map(|(k, s)| (k, s.name, s.session))
+            .collect();
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            got,
+            vec![
+                ("context\u{0}s1".into(), "context".into(), some("s1")),
+                ("context\u{0}s2".into(), "context".into(), some("s2")),
+                ("context".into(), "context".into(), None),
+            ]
+        );
+    }
+
+    /// The frontend's local sources name the session of their directory
+    /// (`local-sessionid:DIR`, else the build's own); the main context is
+    /// named after its directory; a source naming a session keeps it.
+    #[test]
+    fn the_frontends_local_sources_name_their_session() {
+        let mut g = Graph::default();
+        for v in [
+            local("context", &[]),
+            local("shared", &[]),
+            local("other", &[("local.session", "input")]),
+        ] {
+            g.add(v).expect("no inputs");
+        }
+        let named = std::collections::BTreeMap::from([("shared".to_string(), "s9".to_string())]);
+        name_local_sessions(&mut g, "own", &named, "ctxdir");
+        let got: Vec<(String, Option<&str>)> = g
+            .vertices
+            .iter()
+            .map(|v| match &v.op {
+                Op::Source(s) => (s.identifier.clone(), s.local_session()),
+                _ => unreachable!("sources only"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("local://ctxdir".to_string(), Some("own")),
+                ("local://shared".to_string(), Some("s9")),
+                ("local://other".to_string(), Some("input")),
+            ]
+        );
     }
 }

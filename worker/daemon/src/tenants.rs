@@ -228,10 +228,7 @@ impl Tenant {
     /// tenant: the id itself for the default tenant, otherwise prefixed by
     /// the tenant's name, so equal ids of two tenants never meet.
     pub fn scoped(&self, id: &str) -> String {
-        match &self.name {
-            None => id.to_string(),
-            Some(name) => format!("{name}/{id}"),
-        }
+        scoped(self.name.as_deref(), id)
     }
 
     /// Counts one more running build against `max-builds`; the permit
@@ -276,9 +273,39 @@ impl Tenant {
     }
 }
 
+/// [`Tenant::scoped`] for the tenant named `tenant` (`None`: the
+/// default tenant), as a session records its tenant.
+pub fn scoped(tenant: Option<&str>, id: &str) -> String {
+    match tenant {
+        None => id.to_string(),
+        Some(name) => format!("{name}/{id}"),
+    }
+}
+
+/// The client's own id of a key [`scoped`] made for `tenant`.
+pub fn unscoped<'a>(tenant: Option<&str>, key: &'a str) -> &'a str {
+    match tenant {
+        None => key,
+        Some(name) => key
+            .strip_prefix(name)
+            .and_then(|k| k.strip_prefix('/'))
+            .unwrap_or(key),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scoped_id_gives_the_clients_id_back() {
+        assert_eq!(scoped(None, "s1"), "s1");
+        assert_eq!(scoped(Some("alice"), "s1"), "alice/s1");
+        assert_eq!(unscoped(Some("alice"), "alice/s1"), "s1");
+        assert_eq!(unscoped(None, "alice/s1"), "alice/s1");
+        // An id with a slash of its own keeps it.
+        assert_eq!(unscoped(Some("a"), &scoped(Some("a"), "b/c")), "b/c");
+    }
 
     fn tenant(name: &str, m: Match) -> TenantConfig {
         TenantConfig {

@@ -42,7 +42,8 @@ pub struct BuildRequest {
     pub result: VertexId,
     /// The image config the frontend computed for the result.
     pub config: ImageConfig,
-    /// Local sources by name (`context` -> directory).
+    /// Local sources by [`kiln_solver::SourceOp::local_key`] (`context` ->
+    /// directory).
     pub locals: HashMap<String, PathBuf>,
     /// OCI layouts by store id (`oci-layout://` named contexts of the
     /// embedded CLI); kilnd gives none.
@@ -1036,6 +1037,22 @@ impl Solved {
                 what: "a file tree (local or tar export) of a multi-platform build".into(),
             });
         }
+        self.view_layers().await
+    }
+
+    /// Mounts platform `index` of a multi-platform result read-only (in
+    /// the order of [`Solved::platform_results`]), as BuildKit's gateway
+    /// reads one platform's ref; `None` when there is no such platform.
+    pub async fn platform_view(&self, index: usize) -> Option<Result<ResultView>> {
+        if index >= self.platforms.len() {
+            return None;
+        }
+        let part = std::iter::once(self).chain(&self.others).nth(index)?;
+        Some(part.view_layers().await)
+    }
+
+    /// Mounts this solve's own layers read-only.
+    async fn view_layers(&self) -> Result<ResultView> {
         let svc = self.engine.svc.clone();
         let top = crate::refs::top_snapshot(&self.layers);
         let dir = self

@@ -172,6 +172,11 @@ pub struct FrontendOptions {
     /// `NAME`, which an `input:NAME` named context starts from as from an
     /// image's (BuildKit's `containerimage.config` of the metadata).
     pub input_configs: BTreeMap<String, Vec<u8>>,
+    /// `local-sessionid:NAME`: the client session that serves the local
+    /// directory `NAME` when it is not the build's own (buildx shares one
+    /// session between the bake targets that read one directory). The
+    /// graph's local sources read from it (`local.session`).
+    pub local_sessions: BTreeMap<String, String>,
     /// The `BUILDKIT_DOCKERFILE_CHECK` build argument, parsed: when set,
     /// the build checks' configuration instead of the `# check=` directive.
     pub check: Option<CheckConfig>,
@@ -215,6 +220,7 @@ impl Default for FrontendOptions {
             multi_platform: false,
             remote_context: None,
             input_configs: BTreeMap::new(),
+            local_sessions: BTreeMap::new(),
             lint: false,
             resolved_epoch: None,
         }
@@ -253,6 +259,11 @@ impl FrontendOptions {
             } else if let Some(name) = key.strip_prefix("context:") {
                 let (key, ctx) = named_context(name, value)?;
                 opts.named_contexts.insert(key, ctx);
+            } else if let Some(name) = key.strip_prefix("local-sessionid:") {
+                if !value.is_empty() {
+                    opts.local_sessions
+                        .insert(name.to_string(), value.to_string());
+                }
             } else if let Some(name) = key.strip_prefix("input-metadata:") {
                 if let Some(config) = input_config(key, value)? {
                     opts.input_configs.insert(name.to_string(), config);

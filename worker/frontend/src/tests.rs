@@ -105,6 +105,20 @@ fn buildx_named_contexts_work_and_its_subrequests_are_refused_by_name() {
     ]))
     .expect("named local context");
     assert_eq!(o.named_contexts.len(), 1);
+    // bake's targets reading one directory share a session.
+    let o = FrontendOptions::from_attrs(&attrs(&[
+        ("local-sessionid:context", "shared1"),
+        ("local-sessionid:dockerfile", "shared1"),
+        ("local-sessionid:empty", ""),
+    ]))
+    .expect("local-sessionid");
+    assert_eq!(
+        o.local_sessions.into_iter().collect::<Vec<_>>(),
+        [
+            ("context".to_string(), "shared1".to_string()),
+            ("dockerfile".to_string(), "shared1".to_string()),
+        ]
+    );
     // `--call outline` (`--check` is the lint request, which works).
     let e = FrontendOptions::from_attrs(&attrs(&[
         (

@@ -84,7 +84,31 @@ pub struct LocalFilter {
     pub follow_paths: Vec<String>,
 }
 
+/// The attribute naming the client session a `local://` source reads
+/// (BuildKit's `pb.AttrLocalSessionID`); without it, the build's own.
+pub const ATTR_LOCAL_SESSION: &str = "local.session";
+
 impl SourceOp {
+    /// The client session a `local://` source reads, when it names one
+    /// ([`ATTR_LOCAL_SESSION`]).
+    pub fn local_session(&self) -> Option<&str> {
+        self.attrs
+            .get(ATTR_LOCAL_SESSION)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// What a build's local directories are keyed by for this `local://`
+    /// source (`None` for any other source): its name, and the session it
+    /// names if any, so one name in two sessions is two directories.
+    pub fn local_key(&self) -> Option<String> {
+        let name = self.identifier.strip_prefix("local://")?;
+        Some(match self.local_session() {
+            Some(session) => format!("{name}\u{0}{session}"),
+            None => name.to_string(),
+        })
+    }
+
     /// The filter of a `local://` source ([`LocalFilter`]).
     pub fn local_filter(&self) -> LocalFilter {
         let list = |key: &str| -> Vec<String> {

@@ -56,7 +56,8 @@ impl StepRunner {
             return self.oci_layout_source(v, s, reference, cancel).await;
         }
         if let Some(name) = s.identifier.strip_prefix("local://") {
-            let dir = self.locals.get(name).ok_or_else(|| WorkerError::BadInput {
+            let key = s.local_key().unwrap_or_else(|| name.to_string());
+            let dir = self.locals.get(&key).ok_or_else(|| WorkerError::BadInput {
                 location: location(v),
                 reason: format!("no local source named {name:?} was given"),
             })?;
