@@ -298,7 +298,13 @@ pub async fn solve(
             };
             let (locals, held) = fetch_locals(d, session, &t.graph, None).await?;
             let mut layouts = crate::ocilayout::Layouts::new(&dir);
-            layouts.fetch_layers(engine, session, &t.graph).await?;
+            layouts
+                .fetch_layers(
+                    engine,
+                    &crate::ocilayout::LayoutSessions::of(d, job, session),
+                    &t.graph,
+                )
+                .await?;
             let sources = crate::errdetails::SourceMap::definition(def, &t.digests);
             (
                 t.graph, result, t.digests, None, locals, held, sources, layouts,
@@ -371,7 +377,8 @@ pub async fn solve(
     // Bounded: the forwarder only records into the job (never waits on a
     // client), so the engine is slowed only by a stuck daemon, not a slow
     // Status reader.
-    let transfers = transfers(&graph, &locals, &held);
+    let mut transfers = transfers(&graph, &locals, &held);
+    transfers.extend(layouts.transfers());
     let (progress, rx) = kiln_engine::progress::channel();
     let forward = tokio::spawn(crate::status::forward(
         rx,

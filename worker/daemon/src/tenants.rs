@@ -185,6 +185,15 @@ pub fn resolve<'a>(
     }
 }
 
+/// The key of a client-chosen id inside tenant `tenant` (`None`: the
+/// default tenant); see [`Tenant::scoped`].
+pub fn scoped(tenant: Option<&str>, id: &str) -> String {
+    match tenant {
+        None => id.to_string(),
+        Some(name) => format!("{name}/{id}"),
+    }
+}
+
 /// A tenant at run time: its engine on its namespace and its limits.
 pub struct Tenant {
     /// `None` for the default tenant (no `[[tenant]]` tables).
@@ -228,10 +237,7 @@ impl Tenant {
     /// tenant: the id itself for the default tenant, otherwise prefixed by
     /// the tenant's name, so equal ids of two tenants never meet.
     pub fn scoped(&self, id: &str) -> String {
-        match &self.name {
-            None => id.to_string(),
-            Some(name) => format!("{name}/{id}"),
-        }
+        scoped(self.name.as_deref(), id)
     }
 
     /// Counts one more running build against `max-builds`; the permit
