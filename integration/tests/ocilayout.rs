@@ -9,7 +9,7 @@
 use kiln_integration::llbdef::{op_bytes, shell_exec};
 use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
-use kiln_proto::control::{Exporter, SolveRequest};
+use kiln_proto::control::{Exporter, SolveRequest, StatusRequest};
 use kiln_proto::llb;
 use kiln_session::hijack::{client_side, serve_session, SessionServices};
 use std::collections::HashMap;
@@ -301,4 +301,226 @@ async fn an_llb_oci_layout_source_reads_the_session_store() {
     r.expect("the solve succeeds");
     let got = h.run_image(other, image, "oci-llb-run", &["cat", "/step.txt"]);
     assert_eq!(got, "from the layout\n");
+}
+
+/// A session on `control` with id `id`, serving these OCI layouts as
+/// content stores (none: a session without a content store); cancel the
+/// token to end it.
+async fn open_session(
+    control: &mut ControlClient<tonic::transport::Channel>,
+    id: &str,
+    layouts: &[(&str, &Path)],
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut services = SessionServices::new();
+    if !layouts.is_empty() {
+        services.add(
+            kiln_session::content::LayoutStores::new(
+                layouts
+                    .iter()
+                    .map(|(name, dir)| {
+                        (kiln_session::content::oci_store_id(name), dir.to_path_buf())
+                    })
+                    .collect(),
+            )
+            .into_service(),
+            kiln_session::content::LayoutStores::METHODS,
+        );
+    }
+    let (side, requests) = client_side();
+    let req = kiln_session::hijack::session_request(id, "", &services, requests).expect("ascii");
+    let responses = control.session(req).await.expect("session").into_inner();
+    let done = CancellationToken::new();
+    let served = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let _ = serve_session(side.attach(responses), services, done).await;
+        }
+    });
+    (done, served)
+}
+
+/// An `oci-layout://` source with these attributes and a step on it.
+fn layout_step(reference: &str, attrs: &[(&str, &str)]) -> llb::Definition {
+    let (src_b, src_d) = op_bytes(&llb::Op {
+        op: Some(llb::op::Op::Source(llb::SourceOp {
+            identifier: format!("oci-layout://{reference}"),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })),
+        ..Default::default()
+    });
+    let (exec_b, exec_d) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: src_d,
+            index: 0,
+        }],
+        op: Some(llb::op::Op::Exec(shell_exec("cat /layout.txt > /step.txt"))),
+        ..Default::default()
+    });
+    let (term_b, _) = op_bytes(&llb::Op {
+        inputs: vec![llb::Input {
+            digest: exec_d,
+            index: 0,
+        }],
+        ..Default::default()
+    });
+    llb::Definition {
+        def: vec![src_b, exec_b, term_b],
+        ..Default::default()
+    }
+}
+
+/// buildctl's `--oci-layout` with `llb.OCISessionID`: the source's
+/// `oci.session` names the session serving its store, not the build's
+/// (which serves none here); kilnd reads the layout from it and shows the
+/// copy on the source's vertex as BuildKit does (`resolve REF`, then each
+/// layer by digest with its bytes). A session the source names that this
+/// client does not have fails the build, naming it; without
+/// `oci.session` the build's own session is asked (and serves nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llb_oci_layout_source_reads_the_session_it_names() {
+    let ns = "ocilayout-named-src";
+    let h = Harness::with_busybox(ns).await;
+    let (dir, digest) = layout(&h, ns).await;
+    let other = "ocilayout-named-use";
+    let k = h.start_kilnd(other).await.expect("kilnd starts");
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let mut control = ControlClient::new(ch);
+
+    let pid = std::process::id();
+    let build_session = format!("ocilayoutbuild{pid}");
+    let store_session = format!("ocilayoutstore{pid}");
+    let (build_done, build_served) = open_session(&mut control, &build_session, &[]).await;
+    let (store_done, store_served) =
+        open_session(&mut control, &store_session, &[("lay", dir.as_path())]).await;
+
+    let reference = format!("lay@{digest}");
+    let solve = |control: &mut ControlClient<tonic::transport::Channel>,
+                 r: String,
+                 attrs: &[(&str, &str)],
+                 image: Option<&str>| {
+        let req = SolveRequest {
+            r#ref: r,
+            definition: Some(layout_step(&reference, attrs)),
+            session: build_session.clone(),
+            exporters: image
+                .map(|i| Exporter {
+                    r#type: "image".into(),
+                    attrs: HashMap::from([("name".to_string(), i.to_string())]),
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let mut control = control.clone();
+        async move { control.solve(req).await }
+    };
+
+    // Its progress, read while it runs.
+    let build_ref = format!("ocilayoutnamed{pid}");
+    let mut sc = control.clone();
+    let status_ref = build_ref.clone();
+    let statuses = tokio::spawn(async move {
+        let mut s = sc
+            .status(StatusRequest { r#ref: status_ref })
+            .await
+            .expect("status")
+            .into_inner();
+        let mut all = Vec::new();
+        while let Ok(Some(m)) = s.message().await {
+            all.extend(m.statuses);
+        }
+        all
+    });
+    let image = "docker.io/library/llb-named-session-layout:1";
+    let r = solve(
+        &mut control,
+        build_ref,
+        &[("oci.store", "lay"), ("oci.session", &store_session)],
+        Some(image),
+    )
+    .await;
+    r.expect("the solve succeeds");
+    let got = h.run_image(other, image, "oci-named-run", &["cat", "/step.txt"]);
+    assert_eq!(got, "from the layout\n");
+
+    let statuses = statuses.await.expect("status task");
+    let resolve = format!("resolve {reference}");
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s.id == resolve && s.completed.is_some()),
+        "want {resolve:?} in {statuses:?}"
+    );
+    let layers: Vec<(String, i64)> = {
+        let m = {
+            let index: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(blob(&dir, &digest)).expect("index blob"))
+                    .expect("index");
+            match index["manifests"][0]["digest"].as_str() {
+                Some(d) => d.to_string(),
+                None => digest.clone(),
+            }
+        };
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(blob(&dir, &m)).expect("manifest blob"))
+                .expect("manifest");
+        m["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| {
+                (
+                    l["digest"].as_str().expect("digest").to_string(),
+                    l["size"].as_i64().expect("size"),
+                )
+            })
+            .collect()
+    };
+    assert!(!layers.is_empty());
+    for (d, size) in &layers {
+        assert!(
+            statuses.iter().any(|s| s.id == *d
+                && s.current == *size
+                && s.total == *size
+                && s.completed.is_some()),
+            "want the copy of layer {d} ({size} bytes) in {statuses:?}"
+        );
+    }
+
+    // Errors, each naming what is wrong.
+    let cases = [
+        (
+            vec![("oci.store", "lay"), ("oci.session", "no-such-session")],
+            "oci.session=\"no-such-session\": no active session \"no-such-session\"",
+        ),
+        (
+            vec![("oci.store", "lay")],
+            "the client's session serves no content store",
+        ),
+    ];
+    for (i, (attrs, want)) in cases.iter().enumerate() {
+        let e = solve(
+            &mut control,
+            format!("ocilayoutnamedbad{i}{pid}"),
+            attrs,
+            None,
+        )
+        .await
+        .expect_err("the solve fails");
+        assert!(
+            e.message().contains(want),
+            "{attrs:?}: want {want:?} in {:?}",
+            e.message()
+        );
+    }
+
+    build_done.cancel();
+    store_done.cancel();
+    let _ = build_served.await;
+    let _ = store_served.await;
 }

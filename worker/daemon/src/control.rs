@@ -340,6 +340,7 @@ impl Control for ControlService {
             cache,
             export_blobs: crate::export::export_blobs(&exporters(&r)),
             fetch: Some(d.fetch.current()),
+            tenant: tenant.name.clone(),
         };
         let job = d
             .jobs

@@ -45,9 +45,17 @@ async fn describe_layouts(
     opts: &FrontendOptions,
 ) -> Result<crate::ocilayout::Layouts, Status> {
     let mut layouts = crate::ocilayout::Layouts::new(&crate::solve::job_dir(d, job));
+    // A named context's store is the build's session's.
+    let from = job
+        .session
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     for ctx in opts.named_contexts.values() {
         if let kiln_dockerfile::NamedContext::OciLayout(l) = ctx {
-            layouts.describe(session, &l.store, &l.digest).await?;
+            layouts
+                .describe(session, &from, &l.store, &l.digest)
+                .await?;
         }
     }
     Ok(layouts)
@@ -458,7 +466,11 @@ async fn plan(
         }
     }
     layouts
-        .fetch_layers(engine, Some(session), &build.graph)
+        .fetch_layers(
+            engine,
+            &crate::ocilayout::LayoutSessions::of(d, job, Some(session)),
+            &build.graph,
+        )
         .await?;
     Ok(Frontend {
         build,

@@ -160,6 +160,9 @@ pub struct Job {
     pub cancel: CancellationToken,
     /// The session that holds this build's local sources and outputs.
     pub session: Mutex<String>,
+    /// The tenant the build belongs to (`None`: the default tenant): the
+    /// other sessions its sources may name are this tenant's only.
+    pub tenant: Mutex<Option<String>>,
     /// Results of LLBBridge solves, by ref id.
     pub results: tokio::sync::Mutex<Results>,
     returned: watch::Sender<Option<ReturnRequest>>,
@@ -193,6 +196,8 @@ pub struct JobOptions {
     pub export_blobs: Option<kiln_snapshot::diff::Compression>,
     /// See [`Job::engine`].
     pub fetch: Option<kiln_engine::sources::limits::FetchLimits>,
+    /// See [`Job::tenant`].
+    pub tenant: Option<String>,
 }
 
 /// The results a job holds. Once released (the build ended), a result that
@@ -253,6 +258,7 @@ impl Job {
             started: watch::channel(false).0,
             cancel: parent.child_token(),
             session: Mutex::new(String::new()),
+            tenant: Mutex::new(None),
             results: tokio::sync::Mutex::new(Results::default()),
             returned: watch::channel(None).0,
             entitlements: Mutex::new(Default::default()),
@@ -457,6 +463,7 @@ impl Jobs {
             }
         };
         *job.session.lock().unwrap_or_else(|p| p.into_inner()) = session.to_string();
+        *job.tenant.lock().unwrap_or_else(|p| p.into_inner()) = opts.tenant;
         *job.entitlements.lock().unwrap_or_else(|p| p.into_inner()) = opts.entitlements;
         *job.cache.lock().unwrap_or_else(|p| p.into_inner()) = opts.cache;
         *job.export_blobs.lock().unwrap_or_else(|p| p.into_inner()) = opts.export_blobs;

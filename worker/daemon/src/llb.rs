@@ -73,10 +73,23 @@ fn timestamp(ns: i64) -> Option<i64> {
     (ns > 0).then_some(ns)
 }
 
-/// A git or HTTP(S) source with an attribute kiln does not handle fails
-/// here, before the build, naming the attribute.
+/// A git, HTTP(S) or OCI layout source with an attribute kiln does not
+/// handle fails here, before the build, naming the attribute.
 fn check_remote_source(op: &SourceOp) -> Result<(), LlbError> {
-    use kiln_solver::source::{GitSource, HttpSource, SourceError};
+    use kiln_solver::source::{
+        GitSource, HttpSource, SourceError, ATTR_OCI_SESSION, ATTR_OCI_STORE,
+    };
+    if op.identifier.starts_with("oci-layout://") {
+        if let Some(k) = op
+            .attrs
+            .keys()
+            .find(|k| *k != ATTR_OCI_STORE && *k != ATTR_OCI_SESSION)
+        {
+            return Err(LlbError::Unsupported {
+                what: format!("oci-layout source attribute {k}"),
+            });
+        }
+    }
     let r = GitSource::from_op(op)
         .map(|_| ())
         .and_then(|()| HttpSource::from_op(op).map(|_| ()));
@@ -1001,5 +1014,19 @@ mod tests {
             "LLB http source attribute http.header.accept is not supported by kiln yet"
         );
         assert!(convert_op(&source("https://h/f", &[("http.perm", "0644")])).is_ok());
+        let layout = |attrs: &[(&str, &str)]| {
+            source(
+                &format!("oci-layout://lay@sha256:{}", "a".repeat(64)),
+                attrs,
+            )
+        };
+        convert_op(&layout(&[("oci.store", "lay"), ("oci.session", "s1")]))
+            .expect("store and session are read");
+        assert_eq!(
+            convert_op(&layout(&[("oci.store", "lay"), ("oci.layerlimit", "1")]))
+                .expect_err("unknown attr")
+                .to_string(),
+            "LLB oci-layout source attribute oci.layerlimit is not supported by kiln yet"
+        );
     }
 }

@@ -416,7 +416,13 @@ pub async fn solve_defined(
             };
             let (locals, held) = fetch_locals(d, session, &own_key, &t.graph, None).await?;
             let mut layouts = crate::ocilayout::Layouts::new(&dir);
-            layouts.fetch_layers(engine, session, &t.graph).await?;
+            layouts
+                .fetch_layers(
+                    engine,
+                    &crate::ocilayout::LayoutSessions::of(d, job, session),
+                    &t.graph,
+                )
+                .await?;
             let sources = crate::errdetails::SourceMap::definition(def, &t.digests);
             if definitions {
                 defined.push(def.clone());
@@ -515,7 +521,8 @@ pub async fn solve_defined(
     // Bounded: the forwarder only records into the job (never waits on a
     // client), so the engine is slowed only by a stuck daemon, not a slow
     // Status reader.
-    let transfers = transfers(&graph, &locals, &held);
+    let mut transfers = transfers(&graph, &locals, &held);
+    transfers.extend(layouts.transfers());
     let (progress, rx) = kiln_engine::progress::channel();
     let forward = tokio::spawn(crate::status::forward(
         rx,

@@ -25,6 +25,8 @@ pub struct Transfer {
     pub vertex: usize,
     pub id: String,
     pub bytes: u64,
+    /// The size the item was to have (0: not known in advance).
+    pub total: u64,
     /// When the receive started and ended.
     pub span: Option<(SystemTime, SystemTime)>,
 }
@@ -41,6 +43,7 @@ impl Transfer {
             vertex,
             id: kiln_session::filesync::transfer_id(name),
             bytes,
+            total: 0,
             span,
         }
     }
@@ -124,10 +127,10 @@ pub async fn forward(
                                 vertex: digest(vertex),
                                 name: t.id.clone(),
                                 current: i64::try_from(t.bytes).unwrap_or(i64::MAX),
+                                total: i64::try_from(t.total).unwrap_or(i64::MAX),
                                 timestamp: Some(to),
                                 started: Some(from),
                                 completed: Some(to),
-                                ..Default::default()
                             }
                         }));
                 }

@@ -185,6 +185,15 @@ pub fn resolve<'a>(
     }
 }
 
+/// The key of a client-chosen id inside tenant `tenant` (`None`: the
+/// default tenant); see [`Tenant::scoped`].
+pub fn scoped(tenant: Option<&str>, id: &str) -> String {
+    match tenant {
+        None => id.to_string(),
+        Some(name) => format!("{name}/{id}"),
+    }
+}
+
 /// A tenant at run time: its engine on its namespace and its limits.
 pub struct Tenant {
     /// `None` for the default tenant (no `[[tenant]]` tables).

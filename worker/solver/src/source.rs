@@ -321,6 +321,9 @@ pub const ATTR_HTTP_FILENAME: &str = "http.filename";
 /// The OCI layout store an `oci-layout://` source reads
 /// (`pb.AttrOCILayoutStoreID`).
 pub const ATTR_OCI_STORE: &str = "oci.store";
+/// The client session that serves the store of an `oci-layout://`
+/// source (`pb.AttrOCILayoutSessionID`); the build's own without it.
+pub const ATTR_OCI_SESSION: &str = "oci.session";
 pub const ATTR_HTTP_PERM: &str = "http.perm";
 pub const ATTR_HTTP_UID: &str = "http.uid";
 pub const ATTR_HTTP_GID: &str = "http.gid";
