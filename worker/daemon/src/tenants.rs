@@ -282,15 +282,6 @@ impl Tenant {
     }
 }
 
-/// [`Tenant::scoped`] for the tenant named `tenant` (`None`: the
-/// default tenant), as a session records its tenant.
-pub fn scoped(tenant: Option<&str>, id: &str) -> String {
-    match tenant {
-        None => id.to_string(),
-        Some(name) => format!("{name}/{id}"),
-    }
-}
-
 /// The client's own id of a key [`scoped`] made for `tenant`.
 pub fn unscoped<'a>(tenant: Option<&str>, key: &'a str) -> &'a str {
     match tenant {
