@@ -230,13 +230,13 @@ async fn an_oci_layout_is_a_named_context() {
 const F_MTIME: i64 = 1_600_000_000;
 
 /// A named directory that is a whole root filesystem (busybox) with `/f`
-/// (owned by uid 1234 on the host, an old mtime), an ignored `skip.log`
+/// (content `f`, owned by uid 1234 on the host, an old mtime), an ignored `skip.log`
 /// and its own `.dockerignore`.
-fn rootfs_context(h: &Harness, name: &str) -> std::path::PathBuf {
+fn rootfs_context(h: &Harness, name: &str, f: &str) -> std::path::PathBuf {
     let dir = h.context(
         name,
         &[
-            ("f", "from ctx\n"),
+            ("f", f),
             ("skip.log", "ignored\n"),
             (".dockerignore", "*.log\n"),
         ],
@@ -290,8 +290,6 @@ async fn a_stage_from_a_named_directory_is_a_filesystem() {
     let ns = "named-ctx-stage";
     let h = Harness::with_busybox(ns).await;
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
-    let root = rootfs_context(&h, "named-stage-root");
-    let ctx_arg = format!("ctx={}", root.display());
     let copy = h.context(
         "named-stage-copy",
         &[(
@@ -312,6 +310,10 @@ async fn a_stage_from_a_named_directory_is_a_filesystem() {
         &[("Dockerfile", "FROM busybox AS unused\nFROM ctx\n")],
     );
     for path in ["embedded", "kilnd"] {
+        // Each path its own files: nothing is answered by the other's cache.
+        let want_f = format!("from ctx {path}\n");
+        let root = rootfs_context(&h, &format!("named-stage-root-{path}"), &want_f);
+        let ctx_arg = format!("ctx={}", root.display());
         let build = |dir: &std::path::Path, tag: &str| {
             let args = [
                 "--build-context",
@@ -335,7 +337,7 @@ async fn a_stage_from_a_named_directory_is_a_filesystem() {
             &format!("stage-copy-{path}"),
             &[],
         );
-        assert_eq!(got, "from ctx\n", "{path}");
+        assert_eq!(got, want_f, "{path}");
 
         // A step runs on it; the rebuild is all cache hits.
         let tag = format!("stage-run:{path}");
@@ -352,7 +354,8 @@ async fn a_stage_from_a_named_directory_is_a_filesystem() {
             &[],
         );
         assert_eq!(
-            got, "from ctx\n0:0\nls: /skip.log: No such file or directory\n",
+            got,
+            format!("{want_f}0:0\nls: /skip.log: No such file or directory\n"),
             "{path}"
         );
         let again = build(&run, &tag).ok();
@@ -392,7 +395,7 @@ async fn a_stage_from_a_named_directory_is_a_filesystem() {
             "{path}: an ignored file exported: {entries:?}"
         );
         let got = h.run_image(ns, &name, &format!("stage-last-{path}"), &["cat", "/f"]);
-        assert_eq!(got, "from ctx\n", "{path}");
+        assert_eq!(got, want_f, "{path}");
         // The same files again: the same image.
         let digest_before = h.image_digest(ns, &name);
         build(&last, &tag).ok();
