@@ -282,7 +282,7 @@ fn layer_entries(h: &Harness, ns: &str, digest: &str) -> Vec<(String, u64, u64, 
 
 /// A stage that is a named directory (`FROM ctx`) is a filesystem like
 /// any other, embedded and through kilnd: another stage copies from it, a
-/// `RUN` runs on it, and a final stage that is only the directory exports
+/// `RUN` runs on it, copies (linked or not) add to it, and a final stage that is only the directory exports
 /// it as one layer of its contents (files root's, times kept, ignored
 /// files left out). A rebuild with the same files runs nothing again.
 #[tokio::test]
@@ -304,6 +304,15 @@ async fn a_stage_from_a_named_directory_is_a_filesystem() {
             "FROM ctx\nRUN echo RAN-ON-$((1+1)) && cat /f > /seen && stat -c %u:%g /f >> /seen \
              && ls /skip.log >> /seen 2>&1 || true\nCMD [\"cat\", \"/seen\"]\n",
         )],
+    );
+    // A linked copy merges onto it, a plain copy copies onto it.
+    let onto = h.context(
+        "named-stage-onto",
+        &[
+            ("Dockerfile", "FROM ctx\nCOPY --link g /g\nCOPY h /h\n"),
+            ("g", "linked\n"),
+            ("h", "copied\n"),
+        ],
     );
     let last = h.context(
         "named-stage-last",
@@ -365,6 +374,16 @@ async fn a_stage_from_a_named_directory_is_a_filesystem() {
             again.stderr
         );
         assert!(again.stderr.contains("CACHED"), "{path}:\n{}", again.stderr);
+
+        let tag = format!("stage-onto:{path}");
+        build(&onto, &tag).ok();
+        let got = h.run_image(
+            ns,
+            &format!("docker.io/library/{tag}"),
+            &format!("stage-onto-{path}"),
+            &["cat", "/f", "/g", "/h"],
+        );
+        assert_eq!(got, format!("{want_f}linked\ncopied\n"), "{path}");
 
         // The final stage is the directory: its image is one layer of it.
         let tag = format!("stage-last:{path}");
