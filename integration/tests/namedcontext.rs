@@ -7,6 +7,7 @@
 mod common;
 
 use kiln_integration::{Harness, KilnOutput, Kilnd};
+use std::os::unix::fs::MetadataExt;
 
 /// `kiln --addr <kilnd> build --progress plain ARGS`.
 fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
@@ -222,5 +223,201 @@ async fn an_oci_layout_is_a_named_context() {
             &[],
         );
         assert_eq!(got, "from the layout\nfrom the layout\nyes\n", "{form}");
+    }
+}
+
+/// The mtime given to the named directory's `/f`, kept in its layer.
+const F_MTIME: i64 = 1_600_000_000;
+
+/// A named directory that is a whole root filesystem (busybox) with `/f`
+/// (content `f`, owned by uid 1234 on the host, an old mtime), an ignored `skip.log`
+/// and its own `.dockerignore`.
+fn rootfs_context(h: &Harness, name: &str, f: &str) -> std::path::PathBuf {
+    let dir = h.context(
+        name,
+        &[
+            ("f", f),
+            ("skip.log", "ignored\n"),
+            (".dockerignore", "*.log\n"),
+        ],
+    );
+    kiln_integration::busybox_rootfs(&dir).expect("busybox rootfs");
+    let f = dir.join("f");
+    std::os::unix::fs::chown(&f, Some(1234), Some(1234)).expect("chown f");
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(F_MTIME as u64);
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .expect("open f")
+        .set_modified(t)
+        .expect("set mtime");
+    assert_eq!(std::fs::metadata(&f).expect("stat f").uid(), 1234);
+    dir
+}
+
+/// (path, uid, gid, mtime) of every entry of the gzip layer blob `digest`.
+fn layer_entries(h: &Harness, ns: &str, digest: &str) -> Vec<(String, u64, u64, u64)> {
+    let out = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(h.socket())
+        .args(["--namespace", ns, "content", "get", digest])
+        .output()
+        .expect("ctr runs");
+    assert!(out.status.success(), "ctr content get {digest}");
+    let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(&out.stdout[..]));
+    a.entries()
+        .expect("tar")
+        .map(|e| {
+            let e = e.expect("entry");
+            let hd = e.header();
+            (
+                e.path().expect("path").display().to_string(),
+                hd.uid().expect("uid"),
+                hd.gid().expect("gid"),
+                hd.mtime().expect("mtime"),
+            )
+        })
+        .collect()
+}
+
+/// A stage that is a named directory (`FROM ctx`) is a filesystem like
+/// any other, embedded and through kilnd: another stage copies from it, a
+/// `RUN` runs on it, copies (linked or not) add to it, and a final stage that is only the directory exports
+/// it as one layer of its contents (files root's, times kept, ignored
+/// files left out). A rebuild with the same files runs nothing again.
+#[tokio::test]
+async fn a_stage_from_a_named_directory_is_a_filesystem() {
+    let ns = "named-ctx-stage";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let copy = h.context(
+        "named-stage-copy",
+        &[(
+            "Dockerfile",
+            "FROM ctx AS base\nFROM busybox\nCOPY --from=base /f /f\nCMD [\"cat\", \"/f\"]\n",
+        )],
+    );
+    let run = h.context(
+        "named-stage-run",
+        &[(
+            "Dockerfile",
+            "FROM ctx\nRUN echo RAN-ON-$((1+1)) && cat /f > /seen && stat -c %u:%g /f >> /seen \
+             && ls /skip.log >> /seen 2>&1 || true\nCMD [\"cat\", \"/seen\"]\n",
+        )],
+    );
+    // A linked copy merges onto it, a plain copy copies onto it.
+    let onto = h.context(
+        "named-stage-onto",
+        &[
+            ("Dockerfile", "FROM ctx\nCOPY --link g /g\nCOPY h /h\n"),
+            ("g", "linked\n"),
+            ("h", "copied\n"),
+        ],
+    );
+    let last = h.context(
+        "named-stage-last",
+        &[("Dockerfile", "FROM busybox AS unused\nFROM ctx\n")],
+    );
+    for path in ["embedded", "kilnd"] {
+        // Each path its own files: nothing is answered by the other's cache.
+        let want_f = format!("from ctx {path}\n");
+        let root = rootfs_context(&h, &format!("named-stage-root-{path}"), &want_f);
+        let ctx_arg = format!("ctx={}", root.display());
+        let build = |dir: &std::path::Path, tag: &str| {
+            let args = [
+                "--build-context",
+                &ctx_arg,
+                "-t",
+                tag,
+                dir.to_str().expect("utf8"),
+            ];
+            if path == "embedded" {
+                h.build(ns, &args)
+            } else {
+                remote(&h, &k, ns, &args)
+            }
+        };
+        // Another stage copies from it.
+        let tag = format!("stage-copy:{path}");
+        build(&copy, &tag).ok();
+        let got = h.run_image(
+            ns,
+            &format!("docker.io/library/{tag}"),
+            &format!("stage-copy-{path}"),
+            &[],
+        );
+        assert_eq!(got, want_f, "{path}");
+
+        // A step runs on it; the rebuild is all cache hits.
+        let tag = format!("stage-run:{path}");
+        let first = build(&run, &tag).ok();
+        assert!(
+            first.stderr.contains("RAN-ON-2"),
+            "{path}:\n{}",
+            first.stderr
+        );
+        let got = h.run_image(
+            ns,
+            &format!("docker.io/library/{tag}"),
+            &format!("stage-run-{path}"),
+            &[],
+        );
+        assert_eq!(
+            got,
+            format!("{want_f}0:0\nls: /skip.log: No such file or directory\n"),
+            "{path}"
+        );
+        let again = build(&run, &tag).ok();
+        assert!(
+            !again.stderr.contains("RAN-ON-2"),
+            "{path}: the step ran again:\n{}",
+            again.stderr
+        );
+        assert!(again.stderr.contains("CACHED"), "{path}:\n{}", again.stderr);
+
+        let tag = format!("stage-onto:{path}");
+        build(&onto, &tag).ok();
+        let got = h.run_image(
+            ns,
+            &format!("docker.io/library/{tag}"),
+            &format!("stage-onto-{path}"),
+            &["cat", "/f", "/g", "/h"],
+        );
+        assert_eq!(got, format!("{want_f}linked\ncopied\n"), "{path}");
+
+        // The final stage is the directory: its image is one layer of it.
+        let tag = format!("stage-last:{path}");
+        build(&last, &tag).ok();
+        let name = format!("docker.io/library/{tag}");
+        let manifest = h.manifest(ns, &name);
+        let layers = manifest["layers"].as_array().expect("layers");
+        assert_eq!(layers.len(), 1, "{path}: {manifest}");
+        let digest = layers[0]["digest"].as_str().expect("digest");
+        let entries = layer_entries(&h, ns, digest);
+        let f = entries
+            .iter()
+            .find(|e| e.0.trim_start_matches("./") == "f")
+            .unwrap_or_else(|| panic!("{path}: no f in {entries:?}"));
+        assert_eq!((f.1, f.2, f.3), (0, 0, F_MTIME as u64), "{path}: {f:?}");
+        assert!(
+            entries.iter().all(|e| e.1 == 0 && e.2 == 0),
+            "{path}: a file not root's: {entries:?}"
+        );
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.0.trim_start_matches("./") == "bin/busybox"),
+            "{path}: {entries:?}"
+        );
+        assert!(
+            !entries.iter().any(|e| e.0.contains("skip.log")),
+            "{path}: an ignored file exported: {entries:?}"
+        );
+        let got = h.run_image(ns, &name, &format!("stage-last-{path}"), &["cat", "/f"]);
+        assert_eq!(got, want_f, "{path}");
+        // The same files again: the same image.
+        let digest_before = h.image_digest(ns, &name);
+        build(&last, &tag).ok();
+        assert_eq!(h.image_digest(ns, &name), digest_before, "{path}");
     }
 }

@@ -565,28 +565,35 @@ impl Engine {
                 }
             }),
         });
-        let solved =
-            kiln_solver::scheduler::solve(&self.solver, &req.graph, req.result, runner, cancel)
-                .await;
+        let solved = kiln_solver::scheduler::solve(
+            &self.solver,
+            &req.graph,
+            req.result,
+            runner.clone(),
+            cancel,
+        )
+        .await;
         // Steps' task records are collected in the background while later
         // steps run; none outlives the solve.
         self.executor.settle(lease).await;
+        // A result that is a local directory (a stage that is a named
+        // context) is exported as its snapshot.
+        let result = match solved {
+            Ok(o) => match o.into_iter().next() {
+                Some(Ref::Chain(l)) => Ok(l),
+                Some(Ref::Local { dir, excludes }) => {
+                    runner.local_snapshot("", &dir, &excludes).await
+                }
+                None => Ok(Vec::new()),
+            },
+            Err(e) => Err(solve_error(e)),
+        };
+        drop(runner);
         if let Err(e) = self.hashes.save() {
             tracing::warn!(error = %e, "cannot save the context hash cache");
         }
         let _ = std::fs::remove_dir_all(&mount_dir);
-        let outputs = match solved {
-            Ok(o) => o,
-            Err(e) => return Err(solve_error(e)),
-        };
-        match outputs.into_iter().next() {
-            Some(Ref::Chain(l)) => Ok((l, cache)),
-            Some(Ref::Local { .. }) => Err(WorkerError::BadInput {
-                location: String::new(),
-                reason: "the build result is a local directory, not a filesystem".into(),
-            }),
-            None => Ok((Vec::new(), cache)),
-        }
+        Ok((result?, cache))
     }
 }
 

@@ -6,6 +6,7 @@ pub(crate) mod cachemount;
 mod exec;
 mod file;
 mod layer;
+mod localfs;
 mod merge;
 mod remote;
 mod secretmount;
@@ -178,6 +179,10 @@ impl OpRunner for StepRunner {
                         selections.push(sel);
                     }
                 }
+                // An op that reads the input as a filesystem sees all of it.
+                if localfs::needs_filesystem(&vertex.op, index) {
+                    selections.clear();
+                }
                 if selections.is_empty() {
                     selections.push(kiln_context::CopySelection::all());
                 }
@@ -280,12 +285,16 @@ impl OpRunner for StepRunner {
         let span = tracing::info_span!("vertex", id = id.0, name = %vertex.name);
         async {
             self.start(id, &vertex).await;
-            let r = match &vertex.op {
-                Op::Source(s) => self.source(id, &vertex, s, &cancel).await,
-                Op::Exec(e) => self.exec(id, &vertex, e, &inputs, cancel).await,
-                Op::File(f) => self.file(id, &vertex, f, &inputs).await,
-                Op::Merge(m) => self.merge(&vertex, m, &inputs).await,
-            };
+            let r = async {
+                let inputs = self.filesystems(&vertex, inputs).await?;
+                match &vertex.op {
+                    Op::Source(s) => self.source(id, &vertex, s, &cancel).await,
+                    Op::Exec(e) => self.exec(id, &vertex, e, &inputs, cancel).await,
+                    Op::File(f) => self.file(id, &vertex, f, &inputs).await,
+                    Op::Merge(m) => self.merge(&vertex, m, &inputs).await,
+                }
+            }
+            .await;
             // containerd or disk trouble in a step (a full disk while its
             // layer is written) names the step's line too.
             let r = r.map_err(|e| match e {
