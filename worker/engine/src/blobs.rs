@@ -418,21 +418,62 @@ impl EagerBlob {
     }
 }
 
-/// A build's eager blobs: the compression its image exporter will ask for
-/// and the vertices whose layers it will read ([`exported_vertices`]).
+/// A build's eager blobs: the compression its image exporter will ask for,
+/// the vertices whose layers it will read ([`exported_vertices`]) and the
+/// build's result among them.
 #[derive(Clone, Debug)]
 pub struct ExportBlobs {
     pub compression: Compression,
     pub vertices: std::collections::HashSet<usize>,
+    pub result: usize,
+}
+
+/// When a step's layer becomes its blob ([`ExportBlobs::plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobPlan {
+    /// Nothing exports the layer: only on demand, if ever.
+    Lazy,
+    /// The result's own layer: in the same pass as its diffID, since the
+    /// export waits for it anyway and a second pass would read it again.
+    SamePass(Compression),
+    /// A layer below the result: after the step committed, beside the
+    /// steps that depend on it (its cache record's save), so they do not
+    /// wait for its compression and containerd write.
+    AfterCommit(Compression),
 }
 
 impl ExportBlobs {
-    /// The compression to make vertex `id`'s blob in as it commits, if an
-    /// exporter will read it.
-    pub fn for_vertex(this: Option<&Self>, id: usize) -> Option<Compression> {
-        this.filter(|e| e.vertices.contains(&id))
-            .map(|e| e.compression)
+    /// When vertex `id`'s blob is made.
+    pub fn plan(this: Option<&Self>, id: usize) -> BlobPlan {
+        match this {
+            Some(e) if e.vertices.contains(&id) && id == e.result => {
+                BlobPlan::SamePass(e.compression)
+            }
+            Some(e) if e.vertices.contains(&id) => BlobPlan::AfterCommit(e.compression),
+            _ => BlobPlan::Lazy,
+        }
     }
+}
+
+/// Makes the blob of the last layer of `layers` in `compression` (held by
+/// `lease`, labelled on its snapshot as [`ensure`] does), unless the
+/// snapshot names one already: for a layer whose blob is made after its
+/// step committed ([`BlobPlan::AfterCommit`]), so the export finds it.
+pub async fn ensure_last(
+    svc: &Services,
+    layers: &[Layer],
+    compression: Compression,
+    lease: &LeaseId,
+    mount_dir: &Path,
+) -> Result<()> {
+    let Some((last, _)) = layers.split_last() else {
+        return Ok(());
+    };
+    let chain_ids = Digest::chain_ids(&crate::refs::diff_ids(layers));
+    Blobs::new(svc, compression, lease, mount_dir)
+        .layer(&chain_ids, layers.len() - 1, last)
+        .await
+        .map(drop)
 }
 
 /// The vertices of `graph` whose committed layer is part of `result`'s

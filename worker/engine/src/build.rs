@@ -558,10 +558,12 @@ impl Engine {
             fetch_limits: self.fetch_limits.current(),
             added: Default::default(),
             started: Default::default(),
+            blobs_after_commit: Default::default(),
             export_blobs: (req.export_blobs && !req.rewrite_timestamp).then(|| {
                 crate::blobs::ExportBlobs {
                     compression: req.compression,
                     vertices: crate::blobs::exported_vertices(&req.graph, req.result),
+                    result: req.result.0,
                 }
             }),
         });

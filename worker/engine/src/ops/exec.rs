@@ -83,7 +83,7 @@ impl StepRunner {
             return Err(e);
         }
         let active = active.expect("a step that ran has prepared its snapshot");
-        let layers = self.commit(active, self.eager(id)).await?;
+        let layers = self.commit_step(active, id).await?;
         let n = root.output.map(|o| o + 1).unwrap_or(1);
         Ok(vec![Ref::Chain(layers); n])
     }

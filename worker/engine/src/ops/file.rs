@@ -152,7 +152,7 @@ impl StepRunner {
                 return Err(e);
             }
         };
-        let layers = self.commit(active, self.eager(id)).await?;
+        let layers = self.commit_step(active, id).await?;
         if let (Some(inc), Some(manifest)) = (incremental, manifest) {
             if let Err(e) = self.remember_copy(&inc, &layers, &manifest).await {
                 tracing::warn!(error = %e, "copy manifest not kept; the next copy starts over");

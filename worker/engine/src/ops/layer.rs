@@ -94,10 +94,47 @@ impl StepRunner {
         }
     }
 
-    /// The compression to make vertex `id`'s blob in as it commits, when
-    /// the build's image exporter will read its layer.
-    pub(super) fn eager(&self, id: kiln_solver::graph::VertexId) -> Option<Compression> {
-        crate::blobs::ExportBlobs::for_vertex(self.export_blobs.as_ref(), id.0)
+    /// Commits a step's layer; its blob, when the build's image exporter
+    /// will read it, is made in the same pass (the result) or noted to be
+    /// made beside the dependents ([`crate::blobs::BlobPlan`]).
+    pub(super) async fn commit_step(
+        &self,
+        active: Active,
+        id: kiln_solver::graph::VertexId,
+    ) -> Result<Vec<Layer>> {
+        use crate::blobs::BlobPlan;
+        match crate::blobs::ExportBlobs::plan(self.export_blobs.as_ref(), id.0) {
+            BlobPlan::Lazy => self.commit(active, None).await,
+            BlobPlan::SamePass(c) => self.commit(active, Some(c)).await,
+            BlobPlan::AfterCommit(c) => {
+                let layers = self.commit(active, None).await?;
+                if let Ok(mut later) = self.blobs_after_commit.lock() {
+                    later.insert(refs::top_snapshot(&layers), c);
+                }
+                Ok(layers)
+            }
+        }
+    }
+
+    /// Makes the blob noted by [`Self::commit_step`] for `chain`, if any.
+    /// A blob that cannot be made now is only a warning: the export makes
+    /// it on demand.
+    pub(super) async fn blob_after_commit(&self, chain: &[Layer]) {
+        let top = refs::top_snapshot(chain);
+        let noted = self
+            .blobs_after_commit
+            .lock()
+            .ok()
+            .and_then(|mut later| later.remove(&top));
+        let Some(compression) = noted else {
+            return;
+        };
+        if let Err(e) =
+            crate::blobs::ensure_last(&self.svc, chain, compression, &self.lease, &self.mount_dir)
+                .await
+        {
+            tracing::warn!(snapshot = %top, error = %e, "layer blob not made after its step; the export makes it");
+        }
     }
 
     /// Prepares an active snapshot on top of `parent` under the build lease.

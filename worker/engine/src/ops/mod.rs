@@ -65,6 +65,9 @@ pub struct StepRunner {
     /// The layers the build's image exporter will read, made into blobs
     /// as their steps commit; `None` when nothing exports an image.
     pub export_blobs: Option<crate::blobs::ExportBlobs>,
+    /// Committed layers whose blob is made when their record is saved
+    /// ([`crate::blobs::BlobPlan::AfterCommit`]), by top snapshot.
+    pub blobs_after_commit: std::sync::Mutex<HashMap<String, kiln_snapshot::diff::Compression>>,
 }
 
 impl std::fmt::Debug for StepRunner {
@@ -244,6 +247,9 @@ impl OpRunner for StepRunner {
                 Ref::Chain(l) => chains.push(l.clone()),
                 Ref::Local { .. } => return Ok(()),
             }
+        }
+        for chain in &chains {
+            self.blob_after_commit(chain).await;
         }
         // A record that cannot be saved costs a future rebuild, not this
         // build: the result itself is safe under the build's lease.

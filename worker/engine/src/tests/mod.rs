@@ -1231,6 +1231,76 @@ async fn a_layer_an_image_exporter_reads_gets_its_blob_as_it_commits() {
     solved.release(true).await;
 }
 
+/// A layer below the result gets its blob after its step committed
+/// (beside the steps on it); the result's own, in the same pass. The solve
+/// answers once both are there, and the export finds them.
+#[tokio::test]
+async fn a_layer_below_the_result_gets_its_blob_after_it_commits() {
+    use crate::blobs::{BlobPlan, ExportBlobs};
+    let fx = fixture();
+    let engine = fx.engine("a", &FakeExecutor::new());
+    let mut req = BuildRequest {
+        export_blobs: true,
+        ..request(&["first"], &[])
+    };
+    let first = req.result;
+    let mut second = req.graph.vertices[first.0].clone();
+    let Op::Exec(exec) = &mut second.op else {
+        panic!("run_graph ends in an exec")
+    };
+    exec.meta.args = vec!["second".into()];
+    second.inputs = vec![Edge {
+        vertex: first,
+        output: 0,
+    }];
+    req.result = req.graph.add(second).expect("second");
+    let plans = ExportBlobs {
+        compression: Compression::Gzip,
+        vertices: crate::blobs::exported_vertices(&req.graph, req.result),
+        result: req.result.0,
+    };
+    assert_eq!(
+        ExportBlobs::plan(Some(&plans), first.0),
+        BlobPlan::AfterCommit(Compression::Gzip)
+    );
+    assert_eq!(
+        ExportBlobs::plan(Some(&plans), req.result.0),
+        BlobPlan::SamePass(Compression::Gzip)
+    );
+    assert_eq!(ExportBlobs::plan(None, req.result.0), BlobPlan::Lazy);
+    let solved = engine
+        .solve(&req, Progress::none(), CancellationToken::new())
+        .await
+        .expect("solve");
+    assert_eq!(solved.layers.len(), 2);
+    let chain = kiln_snapshot::Digest::chain_ids(&crate::refs::diff_ids(&solved.layers));
+    let label = crate::blobs::blob_label(Compression::Gzip);
+    for (name, layer) in chain.iter().zip(&solved.layers) {
+        let snap = fx
+            .svc
+            .snapshots
+            .stat(name.as_str())
+            .await
+            .expect("snapshot");
+        let blob = snap
+            .labels
+            .get(&label)
+            .unwrap_or_else(|| panic!("{name} names no blob after the solve"));
+        let info = fx.svc.content.info(blob).await.expect("the blob exists");
+        assert_eq!(
+            info.labels.get(UNCOMPRESSED_LABEL),
+            Some(&layer.diff_id.to_string())
+        );
+    }
+    fx.mem
+        .fail_next("Snapshots.View", kiln_snapshot::ErrorKind::Unavailable, 1);
+    solved
+        .export_image(&ImageConfig::default(), &[], Compression::Gzip)
+        .await
+        .expect("the export makes no blob, so no view");
+    solved.release(true).await;
+}
+
 #[test]
 fn only_the_results_own_chain_is_made_into_blobs_as_it_commits() {
     // scratch(0) -> a(1); scratch -> b(2) -> c(3), c also mounting a at /a:
