@@ -1,6 +1,6 @@
 //! `COPY`/`ADD` of local trees: BuildKit's `docopy` over fsutil's `Copy`.
 
-use super::reuse::{self, CopyOutcome, CopyReuse, Deferred};
+use super::reuse::{self, CopyOutcome, CopyReuse, Deferred, LayerLinks};
 use super::root::{self, DirAttrs};
 use super::{io_err, meta, owner, unpack, FileOpError, Result};
 use kiln_context::ignore::{clean_path, PatternMatcher};
@@ -35,7 +35,7 @@ pub fn copy(
         op,
         src_excludes,
         false,
-        None,
+        Defer::default(),
     )
 }
 
@@ -55,8 +55,35 @@ pub fn copy_keep_owner(
         op,
         src_excludes,
         true,
-        None,
+        Defer::default(),
     )
+}
+
+/// Like [`copy_keep_owner`] (`COPY --from`), but a regular file that one
+/// of the source's committed layers in `links` holds exactly as the copy
+/// would write it is not written: it is returned, to be hard-linked from
+/// that layer by [`super::reuse::place`] once `dest_root` is unmounted.
+pub fn copy_linking(
+    src_root: &Path,
+    dest_root: &Path,
+    cwd_owner_root: &Path,
+    op: &FileCopy,
+    links: &LayerLinks,
+) -> Result<Vec<Deferred>> {
+    let mut deferred = Vec::new();
+    run(
+        src_root,
+        dest_root,
+        cwd_owner_root,
+        op,
+        None,
+        true,
+        Defer {
+            reuse: None,
+            links: Some((links, &mut deferred)),
+        },
+    )?;
+    Ok(deferred)
 }
 
 /// What `op` selects from its source root, as a typed request: the same
@@ -100,9 +127,20 @@ pub fn copy_reusing(
         op,
         src_excludes,
         false,
-        Some((reuse, &mut outcome)),
+        Defer {
+            reuse: Some((reuse, &mut outcome)),
+            links: None,
+        },
     )?;
     Ok(outcome)
+}
+
+/// Where a copy may leave files to be linked instead of written: from
+/// the previous result of an incremental copy, or from the source's layers.
+#[derive(Default)]
+struct Defer<'a> {
+    reuse: Option<(&'a CopyReuse, &'a mut CopyOutcome)>,
+    links: Option<(&'a LayerLinks, &'a mut Vec<Deferred>)>,
 }
 
 fn run(
@@ -112,8 +150,9 @@ fn run(
     op: &FileCopy,
     src_excludes: Option<&PatternMatcher>,
     keep_owner: bool,
-    reuse: Option<(&CopyReuse, &mut CopyOutcome)>,
+    defer: Defer<'_>,
 ) -> Result<()> {
+    let Defer { reuse, links } = defer;
     let chown = owner::resolve(owner_root, op.owner.as_ref())?;
     let symbolic = match (&op.mode, &op.mode_str) {
         (None, Some(s)) => {
@@ -137,6 +176,8 @@ fn run(
         inodes: HashMap::new(),
         pending: Vec::new(),
         reuse,
+        links,
+        linked_inodes: HashMap::new(),
     };
 
     // Each required path must exist (and not be hidden) on its own: an
@@ -253,6 +294,12 @@ struct Copier<'a> {
     pending: Vec<Pending>,
     /// An incremental copy's inputs and what it records.
     reuse: Option<(&'a CopyReuse, &'a mut CopyOutcome)>,
+    /// The source's layers to link from, and the files left to link.
+    links: Option<(&'a LayerLinks, &'a mut Vec<Deferred>)>,
+    /// (device, inode) of multiply-linked source files left to link ->
+    /// (source, destination): written after all if the copy meets the
+    /// inode again, so the copy's own hard links stay its own.
+    linked_inodes: HashMap<(u64, u64), (PathBuf, PathBuf)>,
 }
 
 impl Copier<'_> {
@@ -308,6 +355,9 @@ impl Copier<'_> {
 
         if ft.is_file() {
             let key = (md.dev(), md.ino());
+            if md.nlink() > 1 {
+                self.write_linked(key)?;
+            }
             let first = if md.nlink() > 1 {
                 self.inodes.get(&key).cloned()
             } else {
@@ -325,6 +375,13 @@ impl Copier<'_> {
                 None => {
                     if self.reuse.is_some() {
                         return self.copy_or_defer(src, ign_rel, &md, dst);
+                    }
+                    if self.defer_link(src, &md, dst) {
+                        if md.nlink() > 1 {
+                            self.linked_inodes
+                                .insert(key, (src.to_path_buf(), dst.to_path_buf()));
+                        }
+                        return Ok(());
                     }
                     self.copy_file(src, &md, dst)?;
                     if md.nlink() > 1 {
@@ -539,6 +596,66 @@ impl Copier<'_> {
         if let (true, Some((_, out))) = (unchanged, self.reuse.as_mut()) {
             out.manifest.insert(key, content);
         }
+        Ok(())
+    }
+
+    /// A regular file of a linking copy: deferred when a layer of the
+    /// source holds it exactly as the copy would write it (and nothing is
+    /// at the destination yet).
+    fn defer_link(&mut self, src: &Path, md: &Metadata, dst: &Path) -> bool {
+        let (uid, gid) = self.owner_of(md);
+        let (atime_ns, mtime_ns) = self.times_of(md);
+        let want = reuse::Intended {
+            uid,
+            gid,
+            mode: self.mode_of(md),
+            atime_ns,
+            mtime_ns,
+        };
+        let (Some((links, out)), Ok(rel), Ok(dst_rel)) = (
+            self.links.as_mut(),
+            src.strip_prefix(self.src_root),
+            dst.strip_prefix(self.dest_root),
+        ) else {
+            return false;
+        };
+        let free = matches!(std::fs::symlink_metadata(dst), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        let Some(old) = free
+            .then(|| links.linkable(rel, &want, md.size()))
+            .flatten()
+        else {
+            return false;
+        };
+        out.push(Deferred {
+            src: src.to_path_buf(),
+            rel: dst_rel.to_path_buf(),
+            old,
+            uid,
+            gid,
+            mode: want.mode,
+            atime_ns,
+            mtime_ns,
+        });
+        true
+    }
+
+    /// Writes the file left to link for source inode `key`, if any: the
+    /// copy met another name of it, which must become a hard link to this
+    /// copy's own file, as a copy without links gives.
+    fn write_linked(&mut self, key: (u64, u64)) -> Result<()> {
+        let Some((src, dst)) = self.linked_inodes.remove(&key) else {
+            return Ok(());
+        };
+        if let Some((_, out)) = self.links.as_mut() {
+            let rel = dst
+                .strip_prefix(self.dest_root)
+                .unwrap_or(&dst)
+                .to_path_buf();
+            out.retain(|d| d.rel != rel);
+        }
+        let md = std::fs::symlink_metadata(&src).map_err(io_err("stat", self.src_root, &src))?;
+        self.copy_file(&src, &md, &dst)?;
+        self.inodes.insert(key, dst);
         Ok(())
     }
 

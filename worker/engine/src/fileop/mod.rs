@@ -29,7 +29,7 @@ use kiln_shim::user::UserError;
 use kiln_types::ErrorKind;
 use std::path::Path;
 
-pub use copy::{copy, copy_keep_owner, copy_reusing, selection};
+pub use copy::{copy, copy_keep_owner, copy_linking, copy_reusing, selection};
 pub use ops::{mkdir, mkfile, rm, symlink};
 
 /// Errors of file actions. Paths are shown as seen inside their root

@@ -156,6 +156,66 @@ impl CopyReuse {
     }
 }
 
+/// The committed layer directories a `COPY --from` reads, topmost first
+/// (those of the mounted view of its source): a regular file the copy
+/// would write exactly as a layer holds it is linked from that layer
+/// (deferred and placed like a file of an incremental copy) instead of
+/// copied. The same rules hold: committed layers are immutable, and the
+/// link is made only where the copy would create a new file.
+#[derive(Debug, Default)]
+pub struct LayerLinks {
+    pub layers: Vec<PathBuf>,
+}
+
+impl LayerLinks {
+    /// The layer file the view shows at `rel` (overlayfs's lookup: the
+    /// topmost layer holding it, unless an opaque or non-directory
+    /// ancestor in a layer above hides the lower ones), if it is a regular
+    /// file without xattrs holding exactly `want`'s metadata and `size`.
+    pub(super) fn linkable(&self, rel: &Path, want: &Intended, size: u64) -> Option<PathBuf> {
+        for dir in &self.layers {
+            let p = dir.join(rel);
+            match std::fs::symlink_metadata(&p) {
+                Ok(md) => {
+                    // overlayfs keeps its own state in xattrs (origin,
+                    // metacopy): such a file is never linked elsewhere.
+                    let bare = xattr::list(&p).is_ok_and(|mut n| n.next().is_none());
+                    return (bare && same_inode_meta(&md, want, size)).then_some(p);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if hides_lower(dir, rel) {
+                        return None;
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+/// Whether an ancestor directory of `rel` in the layer `dir` hides the
+/// layers below it: it is opaque, or is not a directory (a whiteout).
+fn hides_lower(dir: &Path, rel: &Path) -> bool {
+    let mut p = dir.to_path_buf();
+    for c in rel.parent().into_iter().flat_map(Path::components) {
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.is_dir() => {
+                let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"]
+                    .iter()
+                    .any(|n| xattr::get(&p, n).ok().flatten().is_some());
+                if opaque {
+                    return true;
+                }
+            }
+            Ok(_) => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// Puts deferred files below `base`: hard links from the previous result
 /// with `link`, else (or when a link fails, e.g. too many links) fresh
 /// copies of the source with the intended metadata. Each parent directory

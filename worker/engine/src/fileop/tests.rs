@@ -973,3 +973,124 @@ fn required_paths_must_exist_and_includes_keep_parents() {
         Err(FileOpError::NotFound { .. })
     ));
 }
+
+/// A `COPY --from` whose files a source layer holds as the copy would
+/// write them links them (after the destination is placed), copies the
+/// rest, and gives the same tree as a plain copy.
+#[test]
+fn a_linking_copy_links_unchanged_files_from_the_source_layer() {
+    if !kiln_types::testing::needs_root("files keep their owner, as COPY --from does") {
+        return;
+    }
+    let f = fx();
+    // The source is one committed layer shown as itself (a one-layer view).
+    write(&f.ctx, "d/big", "big data");
+    write(&f.ctx, "d/small", "s");
+    std::fs::hard_link(f.ctx.join("d/small"), f.ctx.join("d/twin")).expect("link");
+    chown(&f.ctx.join("d/big"), 1000, 1000);
+    let links = reuse::LayerLinks {
+        layers: vec![f.ctx.clone()],
+    };
+    let deferred = copy_linking(&f.ctx, &f.dest, &f.dest, &cp("d", "/out"), &links).expect("copy");
+    let rels: Vec<_> = deferred.iter().map(|d| d.rel.clone()).collect();
+    assert_eq!(
+        rels,
+        vec![PathBuf::from("out/big")],
+        "the copy's own hard links are written"
+    );
+    assert!(
+        !exists(&f.dest, "out/big"),
+        "a deferred file is not written by the copy"
+    );
+    reuse::place(&f.dest, &deferred, true).expect("place");
+    let (src, dst) = (lstat(&f.ctx, "d/big"), lstat(&f.dest, "out/big"));
+    assert_eq!(src.ino(), dst.ino(), "linked from the layer");
+    assert_eq!((dst.uid(), dst.gid()), (1000, 1000));
+    assert_eq!(read(&f.dest, "out/big"), "big data");
+    // The copy's own hard links are its own, as a plain copy makes them.
+    let (a, b) = (lstat(&f.dest, "out/small"), lstat(&f.dest, "out/twin"));
+    assert_eq!(a.ino(), b.ino());
+    assert_ne!(a.ino(), lstat(&f.ctx, "d/small").ino());
+    // A file linked elsewhere already (nlink 2) is linked again when the
+    // copy meets one name of it.
+    let again =
+        copy_linking(&f.ctx, &f.dest, &f.dest, &cp("d/big", "/again"), &links).expect("copy");
+    assert_eq!(again.len(), 1);
+    reuse::place(&f.dest, &again, true).expect("place");
+    assert_eq!(lstat(&f.dest, "again").ino(), src.ino());
+    assert_eq!(lstat(&f.ctx, "d/big").nlink(), 3);
+}
+
+/// What the copy would change is copied, never linked: a `--chmod`, a
+/// `--chown`, a file already at the destination.
+#[test]
+fn a_linking_copy_copies_what_it_changes() {
+    if !kiln_types::testing::needs_root("COPY --chown writes an owner") {
+        return;
+    }
+    let f = fx();
+    write(&f.ctx, "d/a", "a");
+    set_mode(&f.ctx.join("d/a"), 0o644);
+    let links = reuse::LayerLinks {
+        layers: vec![f.ctx.clone()],
+    };
+    let mut chmod = cp("d", "/m");
+    chmod.mode = Some(0o600);
+    let chowned = chown_op("d", "/o", Some(UserOpt::ById(7)), None);
+    write(&f.dest, "e/a", "old");
+    for op in [chmod, chowned, cp("d", "/e")] {
+        let deferred = copy_linking(&f.ctx, &f.dest, &f.dest, &op, &links).expect("copy");
+        assert!(deferred.is_empty(), "{} linked", op.dest);
+    }
+    assert_eq!(lstat(&f.dest, "m/a").mode() & 0o7777, 0o600);
+    assert_eq!(lstat(&f.dest, "o/a").uid(), 7);
+    assert_eq!(read(&f.dest, "e/a"), "a");
+    assert_eq!(
+        lstat(&f.ctx, "d/a").nlink(),
+        1,
+        "the layer's file is untouched"
+    );
+}
+
+/// The layer lookup is overlayfs's: the topmost layer holding a path, and
+/// no lower layer under an opaque directory or a whiteout.
+#[test]
+fn the_layer_lookup_stops_at_opaque_directories_and_whiteouts() {
+    if !kiln_types::testing::needs_root("trusted.overlay.* xattrs need root") {
+        return;
+    }
+    let base = tempfile::tempdir().expect("tempdir");
+    let (top, low) = (base.path().join("top"), base.path().join("low"));
+    write(&low, "o/f", "low");
+    write(&low, "w/f", "low");
+    write(&low, "plain/f", "low");
+    write(&top, "plain/g", "top");
+    std::fs::create_dir_all(top.join("o")).expect("mkdir");
+    xattr::set(top.join("o"), "trusted.overlay.opaque", b"y").expect("opaque");
+    nix::sys::stat::mknod(
+        &top.join("w"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        0,
+    )
+    .expect("whiteout");
+    let links = reuse::LayerLinks {
+        layers: vec![top.clone(), low.clone()],
+    };
+    let want = |p: &Path| {
+        let md = std::fs::symlink_metadata(p).expect("stat");
+        reuse::Intended {
+            uid: md.uid(),
+            gid: md.gid(),
+            mode: md.mode() & 0o7777,
+            atime_ns: 0,
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        }
+    };
+    let found =
+        |rel: &str, layer: &Path| links.linkable(Path::new(rel), &want(&layer.join(rel)), 3);
+    assert_eq!(found("plain/f", &low), Some(low.join("plain/f")));
+    assert_eq!(found("plain/g", &top), Some(top.join("plain/g")));
+    assert_eq!(found("o/f", &low), None, "under an opaque directory");
+    assert_eq!(found("w/f", &low), None, "under a whiteout");
+}

@@ -19,8 +19,9 @@ enum Source {
         dir: PathBuf,
         excludes: Option<PatternMatcher>,
     },
-    /// A mounted view snapshot, removed after the copy.
-    Mounted(super::layer::HostMount, String),
+    /// A mounted view snapshot, removed after the copy, and the committed
+    /// layer directories it shows (topmost first; empty when unknown).
+    Mounted(super::layer::HostMount, String, Vec<PathBuf>),
     Empty(PathBuf),
 }
 
@@ -28,7 +29,7 @@ impl Source {
     fn path(&self) -> &std::path::Path {
         match self {
             Source::Dir { dir, .. } => dir,
-            Source::Mounted(m, _) => m.path(),
+            Source::Mounted(m, _, _) => m.path(),
             Source::Empty(p) => p,
         }
     }
@@ -135,11 +136,25 @@ impl StepRunner {
             Some((Some(upper), _)) => Some(upper),
             _ => None,
         };
-        let applied = match (&incremental, upper) {
-            (Some(inc), Some(upper)) => self
+        let linking = match op.actions.as_slice() {
+            [a] => match (&a.action, a.secondary_input) {
+                (FileActionKind::Copy(c), Some(FileInput::Input(i))) => inputs
+                    .get(i)
+                    .filter(|r| matches!(r, Ref::Chain(l) if !l.is_empty()))
+                    .map(|_| (c, a.secondary_input)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let applied = match (&incremental, upper, linking) {
+            (Some(inc), Some(upper), _) => self
                 .copy_incremental(v, inputs, inc, &active, &upper)
                 .await
                 .map(Some),
+            (None, Some(upper), Some((c, input))) => self
+                .copy_linked(v, inputs, c, input, &active, &upper)
+                .await
+                .map(|()| None),
             _ => self
                 .apply_actions(v, op, inputs, &active)
                 .await
@@ -244,6 +259,70 @@ impl StepRunner {
                 tracing::warn!(key = %p.view_key, error = %e, "cannot remove view snapshot");
             }
         }
+        result
+    }
+
+    /// A `COPY --from` a stage or image that is the op's only action
+    /// (module [`fileop::reuse`], [`reuse::LayerLinks`]): files the
+    /// source's committed layers hold exactly as the copy would write them
+    /// are hard-linked from there into `upper` after the overlay is
+    /// unmounted, not copied.
+    async fn copy_linked(
+        &self,
+        v: &Vertex,
+        inputs: &[Ref],
+        copy: &kiln_solver::FileCopy,
+        input: Option<FileInput>,
+        active: &super::layer::Active,
+        upper: &std::path::Path,
+    ) -> Result<()> {
+        let loc = location(v);
+        let fail = |e: fileop::FileOpError| WorkerError::FileOp {
+            location: loc.clone(),
+            message: crate::error::error_chain(&e),
+        };
+        let joined = |e: tokio::task::JoinError| WorkerError::FileOp {
+            location: loc.clone(),
+            message: e.to_string(),
+        };
+        let src = self.copy_source(v, input, inputs).await?;
+        let links = reuse::LayerLinks {
+            layers: match &src {
+                Source::Mounted(_, _, layers) => layers.clone(),
+                _ => Vec::new(),
+            },
+        };
+        let result = async {
+            let dest = self.mount(&active.key, &active.mounts, false)?;
+            let (s, d, up, c) = (
+                src.path().to_path_buf(),
+                dest.path().to_path_buf(),
+                upper.to_path_buf(),
+                copy.clone(),
+            );
+            let deferred = tokio::task::spawn_blocking(move || {
+                let mut deferred = fileop::copy_linking(&s, &d, &d, &c, &links)?;
+                // Files whose directory overlayfs has not copied up are
+                // copied through the mount instead.
+                let rest = reuse::not_in_upper(&up, &mut deferred);
+                reuse::place(&d, &rest, false)?;
+                Ok::<_, fileop::FileOpError>(deferred)
+            })
+            .await
+            .map_err(joined)?
+            .map_err(fail)?;
+            drop(dest);
+            if !deferred.is_empty() {
+                tracing::debug!(linked = deferred.len(), "copy links the source's files");
+            }
+            let up = upper.to_path_buf();
+            tokio::task::spawn_blocking(move || reuse::place(&up, &deferred, true))
+                .await
+                .map_err(joined)?
+                .map_err(fail)
+        }
+        .await;
+        self.release(src).await;
         result
     }
 
@@ -379,7 +458,7 @@ impl StepRunner {
     async fn release(&self, src: Source) {
         match src {
             Source::Dir { .. } => {}
-            Source::Mounted(m, key) => {
+            Source::Mounted(m, key, _) => {
                 drop(m);
                 if let Err(e) = self.svc.snapshots.remove(&key).await {
                     tracing::warn!(key = %key, error = %e, "cannot remove view snapshot");
@@ -450,7 +529,7 @@ impl StepRunner {
                     .view(&key, &crate::refs::top_snapshot(&layers), &self.lease)
                     .await?;
                 match self.mount(&key, &mounts, true) {
-                    Ok(m) => Ok(Source::Mounted(m, key)),
+                    Ok(m) => Ok(Source::Mounted(m, key, layer_dirs(&mounts))),
                     Err(e) => {
                         let _ = self.svc.snapshots.remove(&key).await;
                         Err(e)
@@ -458,5 +537,15 @@ impl StepRunner {
                 }
             }
         }
+    }
+}
+
+/// The committed layer directories a mounted view shows, topmost first:
+/// an overlay's lowerdirs, or the directory a one-layer view binds.
+fn layer_dirs(mounts: &[kiln_snapshot::mount::Mount]) -> Vec<PathBuf> {
+    match (overlay_dirs(mounts), mounts) {
+        (Some((None, lowers)), _) => lowers,
+        (None, [m]) if m.mount_type == "bind" => vec![PathBuf::from(&m.source)],
+        _ => Vec::new(),
     }
 }
