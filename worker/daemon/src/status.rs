@@ -215,6 +215,29 @@ pub fn step_items(job: &Job, name: &str, items: &[(String, SystemTime, SystemTim
     });
 }
 
+/// One status item `id` of daemon-side step `name`: running until it has
+/// a `completed` time (a push's `pushing layers` while it uploads).
+pub fn step_item(
+    job: &Job,
+    name: &str,
+    id: &str,
+    started: SystemTime,
+    completed: Option<SystemTime>,
+) {
+    job.publish(StatusResponse {
+        statuses: vec![VertexStatus {
+            id: id.to_string(),
+            vertex: step_digest(job, name),
+            name: id.to_string(),
+            timestamp: Some(ts(completed.unwrap_or(started))),
+            started: Some(ts(started)),
+            completed: completed.map(ts),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+}
+
 /// The transfer item of local source `local` (`transferring
 /// dockerfile:` and its bytes) on daemon-side step `name`, done.
 pub fn step_transfer(
