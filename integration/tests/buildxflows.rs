@@ -3,9 +3,9 @@
 //! a `--metadata-file` is made of (the descriptor with its platform, the
 //! archives' creation time and names, no config digest for an index), the
 //! `index.json` of an OCI archive, each exporter's vertex with BuildKit's
-//! name and items.
+//! name and items, and `--call=targets` through the gateway.
 
-use kiln_integration::{Harness, KilnOutput, Kilnd};
+use kiln_integration::{buildctl_like_binary, Harness, KilnOutput, Kilnd};
 
 fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
     let addr = k.addr();
@@ -268,4 +268,74 @@ async fn local_and_tar_exports_show_under_buildkits_names() {
     }
     assert!(dir.path().join("local/d").exists());
     assert!(dir.path().join("fs.tar").exists());
+}
+
+/// `buildx build --call=targets` sends the targets request through the
+/// gateway (`requestid=frontend.targets`): the answer is BuildKit's
+/// `targets.List` as metadata, which buildx prints from, and nothing is
+/// built.
+#[tokio::test]
+async fn the_targets_request_lists_the_stages() {
+    let ns = "buildxflows-targets";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let src = "FROM busybox AS base\nRUN echo never-run\n# final what ships\nFROM base AS final\n";
+    let ctx = h.context("targets", &[("Dockerfile", src)]);
+    let out = std::process::Command::new(buildctl_like_binary().expect("buildctl-like"))
+        .env(
+            "BUILDCTL_LIKE_OPTS",
+            "requestid=frontend.targets,frontend.caps=moby.buildkit.frontend.subrequests",
+        )
+        .arg(k.addr())
+        .arg(&ctx)
+        .output()
+        .expect("buildctl-like runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("never-run"), "{stdout}");
+    let value = |key: &str| -> String {
+        let marker = format!("buildctl-like: metadata {key}\n");
+        let rest = stdout
+            .split_once(&marker)
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| panic!("no {key} in\n{stdout}"));
+        rest.split("buildctl-like: ")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(value("version").trim(), "1.0.0");
+    let json: serde_json::Value =
+        serde_json::from_str(&value("result.json")).expect("result.json is JSON");
+    assert_eq!(
+        json["targets"],
+        serde_json::json!([
+            {
+                "name": "base",
+                "base": "busybox",
+                "location": {"ranges": [{"start": {"line": 1}, "end": {"line": 1}}]},
+            },
+            {
+                "name": "final",
+                "default": true,
+                "description": "what ships",
+                "base": "base",
+                "location": {"ranges": [{"start": {"line": 4}, "end": {"line": 4}}]},
+            },
+        ])
+    );
+    assert_eq!(
+        value("result.txt").strip_suffix('\n').unwrap_or_default(),
+        "TARGET          DESCRIPTION\nbase            \nfinal (default) what ships\n"
+    );
+    // Nothing ran: no step's container or snapshot was made.
+    assert!(h
+        .ctr(ns, &["containers", "ls", "-q"])
+        .expect("ctr")
+        .trim()
+        .is_empty());
 }

@@ -26,7 +26,7 @@
 //! build prints its error and then each typed detail of the error's status
 //! (`buildctl-like: detail TYPE_URL VALUE`). The frontend result's
 //! `result.*` metadata (a subrequest's answer, such as the lint request's)
-//! is printed as `buildctl-like: metadata KEY` and the value's lines.
+//! and its `version` are printed as `buildctl-like: metadata KEY` and the value's lines.
 
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, SolveRequest, StatusRequest};
@@ -116,7 +116,7 @@ async fn gateway(channel: Channel, build: String) -> Result<(), Error> {
             let mut metadata: Vec<_> = result
                 .iter()
                 .flat_map(|r| r.metadata.iter())
-                .filter(|(k, _)| k.starts_with("result."))
+                .filter(|(k, _)| k.starts_with("result.") || *k == "version")
                 .collect();
             metadata.sort();
             let mut out = std::io::stdout().lock();
