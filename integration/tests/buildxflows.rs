@@ -339,3 +339,54 @@ async fn the_targets_request_lists_the_stages() {
         .trim()
         .is_empty());
 }
+
+/// Ctrl-C in a client mid-step (buildctl's, buildx's): kilnd ends the
+/// step's vertex with BuildKit's `context canceled`, which the clients
+/// show as `CANCELED` rather than as a failed step with its recap, and
+/// leaves nothing behind.
+#[tokio::test]
+async fn an_interrupted_step_shows_as_canceled_and_leaves_nothing() {
+    use std::io::BufRead;
+    let ns = "buildxflows-cancel";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = h.context(
+        "cancel",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo STEP-STARTED && sleep 60\n",
+        )],
+    );
+    let mut child = std::process::Command::new(buildctl_like_binary().expect("buildctl-like"))
+        .arg(k.addr())
+        .arg(&ctx)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("buildctl-like starts");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.trim() == "STEP-STARTED");
+    assert!(started, "the step never started");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(!child.wait().expect("client exits").success());
+    let errors: Vec<&String> = rest
+        .iter()
+        .filter(|l| l.starts_with("buildctl-like: vertex "))
+        .collect();
+    assert_eq!(
+        errors,
+        ["buildctl-like: vertex [2/2] RUN echo STEP-STARTED && sleep 60 error context canceled"],
+        "{rest:#?}"
+    );
+    h.wait_no_leftovers(ns, &h.kilnd_root(ns), std::time::Duration::from_secs(20))
+        .await
+        .expect("nothing left");
+}
