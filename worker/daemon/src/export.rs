@@ -156,6 +156,7 @@ fn session_for<'a>(
 /// archives, `copying files` for a directory.
 fn items(
     kind: &str,
+    attrs: &HashMap<String, String>,
     resp: &HashMap<String, String>,
     started: std::time::SystemTime,
 ) -> Vec<(String, std::time::SystemTime, std::time::SystemTime)> {
@@ -171,15 +172,21 @@ fn items(
             ("image" | "moby", Some(n)) => n.split(',').collect(),
             _ => Vec::new(),
         };
-        items.extend(
-            kiln_engine::progress::image_export_items(
-                d,
-                resp.get("containerimage.config.digest").map(String::as_str),
-                &names,
-            )
-            .into_iter()
-            .map(|i| (i, now, now)),
-        );
+        // kiln's images are always unpacked; with `unpack=true` (nerdctl
+        // asks for it) each name's `unpacking to` follows its `naming to`.
+        let unpack = matches!(attrs.get("unpack").map(String::as_str), Some("true" | "1"));
+        for item in kiln_engine::progress::image_export_items(
+            d,
+            resp.get("containerimage.config.digest").map(String::as_str),
+            &names,
+        ) {
+            let unpacking = item
+                .strip_prefix("naming to ")
+                .filter(|_| unpack)
+                .map(|n| format!("unpacking to {n}"));
+            items.push((item, now, now));
+            items.extend(unpacking.map(|u| (u, now, now)));
+        }
     }
     match kind {
         "oci" | "docker" | "tar" => items.push(("sending tarball".to_string(), now, now)),
@@ -262,7 +269,7 @@ pub async fn run(
                 }
                 image_response(&mut resp, &out);
                 if index == 0 {
-                    crate::status::step_items(job, &vertex, &items(kind, &resp, started));
+                    crate::status::step_items(job, &vertex, &items(kind, attrs, &resp, started));
                 }
                 if let Some(opts) = &push {
                     crate::push::run(job, &vertex, session, solved, &out, &names, opts).await?;
@@ -360,7 +367,7 @@ pub async fn run(
             }
         }
         if index == 0 && !matches!(kind, "image" | "moby") {
-            crate::status::step_items(job, &vertex, &items(kind, &resp, started));
+            crate::status::step_items(job, &vertex, &items(kind, attrs, &resp, started));
         }
     }
     Ok(resp)
@@ -450,7 +457,10 @@ mod tests {
             ("containerimage.config.digest".into(), "sha256:c".into()),
             ("image.name".into(), "a:1,b:2".into()),
         ]);
-        let ids: Vec<String> = items("image", &resp, t).into_iter().map(|i| i.0).collect();
+        let ids: Vec<String> = items("image", &HashMap::new(), &resp, t)
+            .into_iter()
+            .map(|i| i.0)
+            .collect();
         assert_eq!(
             ids,
             [
@@ -459,6 +469,22 @@ mod tests {
                 "exporting config sha256:c",
                 "naming to a:1",
                 "naming to b:2"
+            ]
+        );
+        // nerdctl's `unpack=true`: each name is unpacked after naming.
+        let unpack = HashMap::from([("unpack".to_string(), "true".to_string())]);
+        let ids: Vec<String> = items("image", &unpack, &resp, t)
+            .into_iter()
+            .map(|i| i.0)
+            .skip(3)
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "naming to a:1",
+                "unpacking to a:1",
+                "naming to b:2",
+                "unpacking to b:2"
             ]
         );
     }
