@@ -181,7 +181,14 @@ pub async fn forward(
                     completed: completed.map(ts),
                 });
             }
-            ProgressEvent::Info { .. } => continue,
+            // The engine's free-standing messages (what a cache import
+            // read, or why it was skipped) become steps of their own, as
+            // the embedded CLI shows them: never dropped.
+            ProgressEvent::Info { message } => {
+                let now = SystemTime::now();
+                step(&job, &message, now, Some(now), None);
+                continue;
+            }
         }
         job.publish(s);
     }
