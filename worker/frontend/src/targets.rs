@@ -78,40 +78,32 @@ pub fn list(source: &DockerfileSource) -> Result<TargetList> {
 }
 
 impl TargetList {
-    /// `result.json`: BuildKit's `targets.List` (empty fields left out).
+    /// `result.json`: BuildKit's `targets.List` (empty fields left out),
+    /// its fields in BuildKit's order, so `--call=targets,format=json`
+    /// prints the same text.
     pub fn json(&self) -> String {
-        let targets: Vec<serde_json::Value> = self
+        let targets = self
             .targets
             .iter()
-            .map(|t| {
-                let mut v = serde_json::Map::new();
-                let mut put = |k: &str, s: &str| {
-                    if !s.is_empty() {
-                        v.insert(k.to_string(), serde_json::Value::from(s));
-                    }
-                };
-                put("name", &t.name);
-                put("description", &t.description);
-                put("base", &t.base);
-                put("platform", &t.platform);
-                if t.default {
-                    v.insert("default".into(), serde_json::Value::Bool(true));
-                }
-                v.insert(
-                    "location".into(),
-                    serde_json::json!({ "ranges": [{
-                        "start": { "line": t.lines.0 },
-                        "end": { "line": t.lines.1 },
-                    }] }),
-                );
-                serde_json::Value::Object(v)
+            .map(|t| TargetJson {
+                name: &t.name,
+                default: t.default,
+                description: &t.description,
+                base: &t.base,
+                platform: &t.platform,
+                location: LocationJson {
+                    ranges: [RangeJson {
+                        start: PositionJson { line: t.lines.0 },
+                        end: PositionJson { line: t.lines.1 },
+                    }],
+                },
             })
             .collect();
-        let out = serde_json::json!({
-            "targets": targets,
-            "sources": [base64::engine::general_purpose::STANDARD.encode(&self.source)],
-        });
-        serde_json::to_string_pretty(&out).unwrap_or_default()
+        let list = ListJson {
+            targets,
+            sources: [base64::engine::general_purpose::STANDARD.encode(&self.source)],
+        };
+        serde_json::to_string_pretty(&list).unwrap_or_default()
     }
 
     /// `result.txt`: the table BuildKit prints (`TARGET  DESCRIPTION`,
@@ -143,6 +135,45 @@ impl TargetList {
         }
         out
     }
+}
+
+/// `targets.List` as BuildKit writes it.
+#[derive(serde::Serialize)]
+struct ListJson<'a> {
+    targets: Vec<TargetJson<'a>>,
+    sources: [String; 1],
+}
+
+/// `targets.Target`: its `omitempty` fields left out when empty.
+#[derive(serde::Serialize)]
+struct TargetJson<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    default: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    description: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    base: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    platform: &'a str,
+    location: LocationJson,
+}
+
+#[derive(serde::Serialize)]
+struct LocationJson {
+    ranges: [RangeJson; 1],
+}
+
+#[derive(serde::Serialize)]
+struct RangeJson {
+    start: PositionJson,
+    end: PositionJson,
+}
+
+#[derive(serde::Serialize)]
+struct PositionJson {
+    line: usize,
 }
 
 #[cfg(test)]
@@ -200,5 +231,39 @@ mod tests {
             })
         );
         assert_eq!(j["targets"][2]["default"], true);
+        // BuildKit's field order, as Go's json.MarshalIndent writes it.
+        let one = list(&source(
+            "# app the app\nFROM --platform=linux/arm64 busybox AS app\n",
+        ))
+        .expect("lists");
+        assert_eq!(
+            one.json(),
+            r#"{
+  "targets": [
+    {
+      "name": "app",
+      "default": true,
+      "description": "the app",
+      "base": "busybox",
+      "platform": "linux/arm64",
+      "location": {
+        "ranges": [
+          {
+            "start": {
+              "line": 2
+            },
+            "end": {
+              "line": 2
+            }
+          }
+        ]
+      }
+    }
+  ],
+  "sources": [
+    "IyBhcHAgdGhlIGFwcApGUk9NIC0tcGxhdGZvcm09bGludXgvYXJtNjQgYnVzeWJveCBBUyBhcHAK"
+  ]
+}"#
+        );
     }
 }
