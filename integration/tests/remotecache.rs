@@ -356,6 +356,27 @@ async fn kilnd_exports_and_imports_a_registry_cache_with_mode_max() {
         image(&b, ns, "docker.io/library/multi:1"),
         "the same image through kilnd"
     );
+    // What was imported shows in the client's progress, as embedded.
+    assert!(
+        second.stderr.contains(&format!(
+            "importing cache from registry cache {cache_ref}: "
+        )),
+        "{}",
+        second.stderr
+    );
+    // A cache that cannot be read is a warning the client sees, not
+    // silence, and the build goes on.
+    let none_ref = reg.reference("kiln/cache:none");
+    let none = format!("type=registry,ref={none_ref}");
+    let third = remote(&b, &kb, ns, &["--cache-from", &none, c]);
+    assert!(third.success, "{}", third.stderr);
+    assert!(
+        third.stderr.contains(&format!(
+            "WARNING: cache import from registry cache {none_ref} skipped"
+        )),
+        "{}",
+        third.stderr
+    );
 
     // A directory of the client's machine is refused before the build.
     let local = format!("type=local,dest={}", b.state_dir().join("c").display());

@@ -22,11 +22,12 @@
 //! `BUILDCTL_LIKE_EXPORT=k=v,k=v` are more attributes of the image exporter
 //! (e.g. `compression=zstd`, as in `buildctl --output type=image,...`).
 //! Every status log line is printed to stdout as it arrives, so a test can
-//! wait for a step's output before it interrupts the client. A failed
+//! wait for a step's output before it interrupts the client; a vertex that
+//! ends in error is printed as `buildctl-like: vertex NAME error ERROR`. A failed
 //! build prints its error and then each typed detail of the error's status
 //! (`buildctl-like: detail TYPE_URL VALUE`). The frontend result's
 //! `result.*` metadata (a subrequest's answer, such as the lint request's)
-//! is printed as `buildctl-like: metadata KEY` and the value's lines.
+//! and its `version` are printed as `buildctl-like: metadata KEY` and the value's lines.
 
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, SolveRequest, StatusRequest};
@@ -116,7 +117,7 @@ async fn gateway(channel: Channel, build: String) -> Result<(), Error> {
             let mut metadata: Vec<_> = result
                 .iter()
                 .flat_map(|r| r.metadata.iter())
-                .filter(|(k, _)| k.starts_with("result."))
+                .filter(|(k, _)| k.starts_with("result.") || *k == "version")
                 .collect();
             metadata.sort();
             let mut out = std::io::stdout().lock();
@@ -227,6 +228,11 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
         let mut stream = s.into_inner();
         while let Ok(Some(msg)) = stream.message().await {
             let mut out = std::io::stdout().lock();
+            // A vertex that ended in error, as buildctl shows it (`ERROR:`,
+            // or `CANCELED` for `context canceled`).
+            for v in msg.vertexes.iter().filter(|v| !v.error.is_empty()) {
+                let _ = writeln!(out, "buildctl-like: vertex {} error {}", v.name, v.error);
+            }
             for l in msg.logs {
                 for line in String::from_utf8_lossy(&l.msg).lines() {
                     let _ = writeln!(out, "{line}");

@@ -10,7 +10,6 @@ use kiln_proto::control::{
     ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest, SolveResponse,
     StatusRequest, StatusResponse, UsageRecord,
 };
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::codegen::BoxStream;
@@ -124,10 +123,8 @@ async fn run_solve(
     };
     let config = config.unwrap_or_default();
     let started = std::time::SystemTime::now();
-    let export_name = match exporters.first().map(|e| e.r#type.as_str()) {
-        Some("image") | None => "exporting to image".to_string(),
-        Some(t) => format!("exporting to {t}"),
-    };
+    let kind = exporters.first().map(|e| e.r#type.as_str());
+    let export_name = crate::export::vertex_name(kind.unwrap_or("image"));
     if !exporters.is_empty() {
         crate::status::step(&job, &export_name, started, None, None);
     }
@@ -141,11 +138,6 @@ async fn run_solve(
         compression,
     )
     .await;
-    if let (Ok(resp), Some("image" | "moby")) =
-        (&exported, exporters.first().map(|e| e.r#type.as_str()))
-    {
-        crate::status::step_items(&job, &export_name, &export_items(resp, started));
-    }
     if !exporters.is_empty() {
         crate::status::step(
             &job,
@@ -163,33 +155,6 @@ async fn run_solve(
     Ok(SolveResponse {
         exporter_response: exported?,
     })
-}
-
-/// What the image exporter did, as BuildKit's reports it under
-/// `exporting to image`: the layers (since the step began), the manifest,
-/// the config and each name, from its response.
-fn export_items(
-    resp: &HashMap<String, String>,
-    started: std::time::SystemTime,
-) -> Vec<(String, std::time::SystemTime, std::time::SystemTime)> {
-    let now = std::time::SystemTime::now();
-    let mut items = vec![("exporting layers".to_string(), started, now)];
-    if let Some(d) = resp.get("containerimage.digest") {
-        let names: Vec<&str> = resp
-            .get("image.name")
-            .map(|n| n.split(',').collect())
-            .unwrap_or_default();
-        items.extend(
-            kiln_engine::progress::image_export_items(
-                d,
-                resp.get("containerimage.config.digest").map(String::as_str),
-                &names,
-            )
-            .into_iter()
-            .map(|i| (i, now, now)),
-        );
-    }
-    items
 }
 
 /// Who sent a request, for the log: the identity its connection proves,
@@ -590,27 +555,6 @@ mod tests {
             details: Vec::new(),
         });
         assert!(plain.details().is_empty());
-    }
-
-    #[test]
-    fn the_image_exporter_reports_its_work_as_buildkits() {
-        let t = std::time::SystemTime::UNIX_EPOCH;
-        let resp = HashMap::from([
-            ("containerimage.digest".to_string(), "sha256:m".to_string()),
-            ("containerimage.config.digest".into(), "sha256:c".into()),
-            ("image.name".into(), "a:1,b:2".into()),
-        ]);
-        let ids: Vec<String> = export_items(&resp, t).into_iter().map(|i| i.0).collect();
-        assert_eq!(
-            ids,
-            [
-                "exporting layers",
-                "exporting manifest sha256:m",
-                "exporting config sha256:c",
-                "naming to a:1",
-                "naming to b:2"
-            ]
-        );
     }
 
     #[test]

@@ -15,6 +15,9 @@ use tonic::Status;
 
 const FILE_SEND: &str = "/moby.filesync.v1.FileSend/DiffCopy";
 
+/// OCI's annotation of when an image was made.
+const CREATED: &str = "org.opencontainers.image.created";
+
 /// The exporter types kilnd runs.
 const TYPES: &[&str] = &["image", "moby", "oci", "docker", "local", "tar"];
 
@@ -147,6 +150,78 @@ fn session_for<'a>(
     Ok(s)
 }
 
+/// What exporter `kind` did, as BuildKit's reports it under its vertex:
+/// an image's layers (since the step began), manifest, config and each
+/// name it stored (from the response), `sending tarball` for the
+/// archives, `copying files` for a directory.
+fn items(
+    kind: &str,
+    attrs: &HashMap<String, String>,
+    resp: &HashMap<String, String>,
+    started: std::time::SystemTime,
+) -> Vec<(String, std::time::SystemTime, std::time::SystemTime)> {
+    let now = std::time::SystemTime::now();
+    let image = matches!(kind, "image" | "moby" | "oci" | "docker");
+    let mut items = Vec::new();
+    if image {
+        items.push(("exporting layers".to_string(), started, now));
+    }
+    if let (true, Some(d)) = (image, resp.get("containerimage.digest")) {
+        // The archives name nothing in the image store.
+        let names: Vec<&str> = match (kind, resp.get("image.name")) {
+            ("image" | "moby", Some(n)) => n.split(',').collect(),
+            _ => Vec::new(),
+        };
+        // kiln's images are always unpacked; with `unpack=true` (nerdctl
+        // asks for it) each name's `unpacking to` follows its `naming to`.
+        let unpack = matches!(attrs.get("unpack").map(String::as_str), Some("true" | "1"));
+        for item in kiln_engine::progress::image_export_items(
+            d,
+            resp.get("containerimage.config.digest").map(String::as_str),
+            &names,
+        ) {
+            let unpacking = item
+                .strip_prefix("naming to ")
+                .filter(|_| unpack)
+                .map(|n| format!("unpacking to {n}"));
+            items.push((item, now, now));
+            items.extend(unpacking.map(|u| (u, now, now)));
+        }
+    }
+    match kind {
+        "oci" | "docker" | "tar" => items.push(("sending tarball".to_string(), now, now)),
+        "local" => items.push(("copying files".to_string(), started, now)),
+        _ => {}
+    }
+    items
+}
+
+/// The vertex an exporter's work shows under, as BuildKit names it.
+pub fn vertex_name(kind: &str) -> String {
+    match kind {
+        "image" | "moby" => "exporting to image".to_string(),
+        "oci" | "docker" => format!("exporting to {kind} image format"),
+        "local" => "exporting to client directory".to_string(),
+        "tar" => "exporting to client tarball".to_string(),
+        other => format!("exporting to {other}"),
+    }
+}
+
+/// When an archive's image was made, as BuildKit's oci and docker
+/// exporters annotate its manifest (`org.opencontainers.image.created`):
+/// the exporter's `source-date-epoch`, else the frontend's
+/// `SOURCE_DATE_EPOCH`, else now; whole seconds.
+fn created_annotation(attrs: &HashMap<String, String>, frontend: Option<i64>) -> String {
+    let epoch = attrs
+        .get("source-date-epoch")
+        .and_then(|v| v.parse::<i64>().ok())
+        .or(frontend);
+    match epoch {
+        Some(secs) => kiln_snapshot::time::rfc3339_secs(secs),
+        None => kiln_snapshot::time::rfc3339(std::time::SystemTime::now(), false),
+    }
+}
+
 /// Runs every exporter on `solved` and merges their responses.
 pub async fn run(
     engine: &kiln_engine::Engine,
@@ -158,9 +233,14 @@ pub async fn run(
     compression: Compression,
 ) -> Result<HashMap<String, String>, Status> {
     let mut resp = HashMap::new();
+    // The work shows under the first exporter's vertex (`control`
+    // starts and ends it), as BuildKit's items of it.
+    let vertex = vertex_name(exporters.first().map_or("image", |e| e.r#type.as_str()));
+    let started = std::time::SystemTime::now();
     for (index, e) in exporters.iter().enumerate() {
         let attrs = &e.attrs;
-        match e.r#type.as_str() {
+        let kind = e.r#type.as_str();
+        match kind {
             "image" | "moby" => {
                 let push = crate::push::options(attrs)?;
                 let names = names(attrs)?;
@@ -187,19 +267,30 @@ pub async fn run(
                         .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
                     out.names.push(name);
                 }
-                if let Some(opts) = &push {
-                    crate::push::run(job, session, solved, &out, &names, opts).await?;
-                }
                 image_response(&mut resp, &out);
+                if index == 0 {
+                    crate::status::step_items(job, &vertex, &items(kind, attrs, &resp, started));
+                }
+                if let Some(opts) = &push {
+                    crate::push::run(job, &vertex, session, solved, &out, &names, opts).await?;
+                }
             }
             kind @ ("oci" | "docker") => {
                 let s = session_for(session, kind)?;
                 let names = names(attrs)?;
                 let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
-                let out = solved
+                let mut out = solved
                     .export_image_with(config, &[], compression, epoch)
                     .await
                     .map_err(|e| status_of(&e))?;
+                let mut annotations = out.manifest.annotations().clone().unwrap_or_default();
+                annotations
+                    .entry(CREATED.to_string())
+                    .or_insert_with(|| created_annotation(attrs, config.source_date_epoch));
+                out.manifest.set_annotations(Some(annotations));
+                // The names go into the archive (and the response), not
+                // into the image store.
+                out.names = names.clone();
                 image_response(&mut resp, &out);
                 let format = if kind == "docker" {
                     ArchiveFormat::Docker
@@ -275,6 +366,9 @@ pub async fn run(
                 )))
             }
         }
+        if index == 0 && !matches!(kind, "image" | "moby") {
+            crate::status::step_items(job, &vertex, &items(kind, attrs, &resp, started));
+        }
     }
     Ok(resp)
 }
@@ -300,15 +394,38 @@ fn image_response(resp: &mut HashMap<String, String>, out: &kiln_engine::export:
         "containerimage.digest".into(),
         out.manifest.digest().to_string(),
     );
-    resp.insert(
-        "containerimage.config.digest".into(),
-        out.config_digest.clone(),
-    );
-    let desc = serde_json::json!({
+    // An index has no config of its own: BuildKit leaves the key out.
+    if !out.config_digest.is_empty() {
+        resp.insert(
+            "containerimage.config.digest".into(),
+            out.config_digest.clone(),
+        );
+    }
+    // The descriptor as BuildKit's: with the platform of a single
+    // platform's manifest and the annotations the exporter gave it.
+    let mut desc = serde_json::json!({
         "mediaType": out.manifest.media_type().to_string(),
         "digest": out.manifest.digest().to_string(),
         "size": out.manifest.size(),
     });
+    if let Some(a) = out
+        .manifest
+        .annotations()
+        .as_ref()
+        .filter(|a| !a.is_empty())
+    {
+        desc["annotations"] = serde_json::json!(a);
+    }
+    if let Some(p) = out.manifest.platform() {
+        let mut platform = serde_json::json!({
+            "architecture": p.architecture().to_string(),
+            "os": p.os().to_string(),
+        });
+        if let Some(v) = p.variant().as_ref().filter(|v| !v.is_empty()) {
+            platform["variant"] = serde_json::json!(v);
+        }
+        desc["platform"] = platform;
+    }
     resp.insert(
         "containerimage.descriptor".into(),
         base64::engine::general_purpose::STANDARD.encode(desc.to_string()),
@@ -330,6 +447,46 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_image_exporter_reports_its_work_as_buildkits() {
+        let t = std::time::SystemTime::UNIX_EPOCH;
+        let resp = HashMap::from([
+            ("containerimage.digest".to_string(), "sha256:m".to_string()),
+            ("containerimage.config.digest".into(), "sha256:c".into()),
+            ("image.name".into(), "a:1,b:2".into()),
+        ]);
+        let ids: Vec<String> = items("image", &HashMap::new(), &resp, t)
+            .into_iter()
+            .map(|i| i.0)
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "exporting layers",
+                "exporting manifest sha256:m",
+                "exporting config sha256:c",
+                "naming to a:1",
+                "naming to b:2"
+            ]
+        );
+        // nerdctl's `unpack=true`: each name is unpacked after naming.
+        let unpack = HashMap::from([("unpack".to_string(), "true".to_string())]);
+        let ids: Vec<String> = items("image", &unpack, &resp, t)
+            .into_iter()
+            .map(|i| i.0)
+            .skip(3)
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "naming to a:1",
+                "unpacking to a:1",
+                "naming to b:2",
+                "unpacking to b:2"
+            ]
+        );
     }
 
     #[test]

@@ -237,6 +237,25 @@ pub async fn lint(
     Ok(kiln_frontend::check::check(&source, &opts, &images).await)
 }
 
+/// Answers the targets request (`buildx build --call=targets`): the
+/// Dockerfile's stages, read as a build would read it.
+pub async fn targets(
+    d: &Daemon,
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    attrs: &HashMap<String, String>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<kiln_frontend::targets::TargetList, Status> {
+    let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    let source = if opts.remote_context.is_some() {
+        remote_dockerfile(engine, job, session, &mut opts, credentials).await?
+    } else {
+        definition(d, job, session, &opts).await?.source
+    };
+    kiln_frontend::targets::list(&source).map_err(|e| frontend_status(&e))
+}
+
 /// Runs the Dockerfile frontend with BuildKit's frontend attributes.
 pub async fn dockerfile(
     d: &Daemon,
@@ -249,11 +268,16 @@ pub async fn dockerfile(
 ) -> Result<Frontend, Status> {
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
     crate::inputs::check(attrs, inputs)?;
-    if opts.lint {
+    if opts.lint || opts.targets {
         // Its result is metadata only a gateway client reads.
-        return Err(Status::unimplemented(
-            "the frontend.lint request outside the gateway API (buildx build --check uses the gateway) is not supported yet",
-        ));
+        let request = if opts.lint {
+            kiln_frontend::check::LINT_REQUEST
+        } else {
+            kiln_frontend::targets::TARGETS_REQUEST
+        };
+        return Err(Status::unimplemented(format!(
+            "the {request} request outside the gateway API (buildx build --call uses the gateway) is not supported yet"
+        )));
     }
     if opts.remote_context.is_some() {
         let source =

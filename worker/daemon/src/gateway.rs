@@ -73,6 +73,48 @@ impl GatewayService {
     }
 }
 
+impl GatewayService {
+    /// The targets request (`buildx build --call=targets`): the stages
+    /// as BuildKit's `targets.List` metadata.
+    async fn targets(
+        &self,
+        tenant: &Tenant,
+        job: &Arc<Job>,
+        session: Option<&crate::sessions::SessionHandle>,
+        r: &SolveRequest,
+    ) -> Result<Response<SolveResponse>, Status> {
+        let session = session.ok_or_else(|| {
+            Status::failed_precondition("the dockerfile frontend needs a session")
+        })?;
+        let credentials: Arc<dyn kiln_registry::Credentials> =
+            Arc::new(crate::registry::SessionCredentials::new(Some(session)));
+        let list = crate::frontend::targets(
+            &self.0,
+            &tenant.engine,
+            job,
+            session,
+            &r.frontend_opt,
+            credentials,
+        )
+        .await?;
+        let metadata = HashMap::from([
+            ("result.json".to_string(), list.json().into_bytes()),
+            ("result.txt".to_string(), list.text().into_bytes()),
+            (
+                "version".to_string(),
+                kiln_frontend::targets::TARGETS_VERSION.as_bytes().to_vec(),
+            ),
+        ]);
+        Ok(Response::new(SolveResponse {
+            r#ref: String::new(),
+            result: Some(GwResult {
+                metadata,
+                ..Default::default()
+            }),
+        }))
+    }
+}
+
 /// The gateway API capabilities kiln implements (BuildKit's ids,
 /// frontend/gateway/pb's caps). A solve is never lazy here, so a solve
 /// that asks to be evaluated (`gateway.solve.evaluate`) and `Evaluate`
@@ -438,6 +480,12 @@ impl LlbBridge for GatewayService {
                 == Some(kiln_frontend::check::LINT_REQUEST);
         if lint {
             return self.lint(&tenant, &job, session.as_ref(), &r).await;
+        }
+        let targets = matches!(input, Input::Dockerfile(..))
+            && r.frontend_opt.get("requestid").map(String::as_str)
+                == Some(kiln_frontend::targets::TARGETS_REQUEST);
+        if targets {
+            return self.targets(&tenant, &job, session.as_ref(), &r).await;
         }
         let compression = r
             .frontend_opt

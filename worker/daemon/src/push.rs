@@ -9,7 +9,7 @@ use crate::state::status_of;
 use kiln_engine::build::Solved;
 use kiln_engine::export::Exported;
 use kiln_engine::push::PushOptions;
-use kiln_solver::Digest;
+use kiln_engine::ProgressEvent;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::Status;
@@ -53,9 +53,12 @@ pub fn options(attrs: &HashMap<String, String>) -> Result<Option<PushOptions>, S
     }))
 }
 
-/// Pushes `exported` to every name, reporting to `job`'s Status.
+/// Pushes `exported` to every name, reporting to `job`'s Status as items
+/// of the exporter's vertex `vertex`, as BuildKit's image exporter does:
+/// `pushing layers`, then `pushing manifest for NAME@DIGEST`.
 pub async fn run(
     job: &Arc<Job>,
+    vertex: &str,
     session: Option<&SessionHandle>,
     solved: &Solved,
     exported: &Exported,
@@ -67,19 +70,41 @@ pub async fn run(
             "push=true needs a name to push to (name=REGISTRY/REPOSITORY:TAG)",
         ));
     }
-    // The push's vertices, numbered from 0 as the engine reports them.
-    let digests: Vec<Digest> = (0..2 * names.len())
-        .map(|i| Digest::of(format!("kiln-push:{}:{i}", job.id).as_bytes()))
-        .collect();
-    let inputs = vec![Vec::new(); digests.len()];
-    let (progress, rx) = kiln_engine::progress::channel();
-    let forward = tokio::spawn(crate::status::forward(
-        rx,
-        digests,
-        inputs,
-        Vec::new(),
-        job.clone(),
-    ));
+    let (progress, mut rx) = kiln_engine::progress::channel();
+    let digest = exported.manifest.digest().to_string();
+    let (job2, vertex) = (job.clone(), vertex.to_string());
+    let forward = tokio::spawn(async move {
+        let mut started: HashMap<usize, std::time::SystemTime> = HashMap::new();
+        // The engine's steps of the push become the vertex's items; the
+        // bytes of each blob and the registry's answers are not shown, as
+        // BuildKit does not show them.
+        let item = |name: &str| match name.strip_prefix("pushing manifest for ") {
+            Some(n) => format!("pushing manifest for {n}@{digest}"),
+            None => name.to_string(),
+        };
+        while let Some(e) = rx.recv().await {
+            match e {
+                ProgressEvent::Started {
+                    vertex: v,
+                    name,
+                    at,
+                } => {
+                    started.insert(v, at);
+                    crate::status::step_item(&job2, &vertex, &item(&name), at, None);
+                }
+                ProgressEvent::Completed {
+                    vertex: v,
+                    name,
+                    at,
+                    ..
+                } => {
+                    let from = started.get(&v).copied().unwrap_or(at);
+                    crate::status::step_item(&job2, &vertex, &item(&name), from, Some(at));
+                }
+                _ => {}
+            }
+        }
+    });
     let creds = Arc::new(crate::registry::SessionCredentials::new(session));
     let pushed = solved
         .push(exported, names, opts, creds, &progress, 0)

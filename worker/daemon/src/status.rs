@@ -181,7 +181,14 @@ pub async fn forward(
                     completed: completed.map(ts),
                 });
             }
-            ProgressEvent::Info { .. } => continue,
+            // The engine's free-standing messages (what a cache import
+            // read, or why it was skipped) become steps of their own, as
+            // the embedded CLI shows them: never dropped.
+            ProgressEvent::Info { message } => {
+                let now = SystemTime::now();
+                step(&job, &message, now, Some(now), None);
+                continue;
+            }
         }
         job.publish(s);
     }
@@ -211,6 +218,29 @@ pub fn step_items(job: &Job, name: &str, items: &[(String, SystemTime, SystemTim
                 ..Default::default()
             })
             .collect(),
+        ..Default::default()
+    });
+}
+
+/// One status item `id` of daemon-side step `name`: running until it has
+/// a `completed` time (a push's `pushing layers` while it uploads).
+pub fn step_item(
+    job: &Job,
+    name: &str,
+    id: &str,
+    started: SystemTime,
+    completed: Option<SystemTime>,
+) {
+    job.publish(StatusResponse {
+        statuses: vec![VertexStatus {
+            id: id.to_string(),
+            vertex: step_digest(job, name),
+            name: id.to_string(),
+            timestamp: Some(ts(completed.unwrap_or(started))),
+            started: Some(ts(started)),
+            completed: completed.map(ts),
+            ..Default::default()
+        }],
         ..Default::default()
     });
 }

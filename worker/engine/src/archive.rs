@@ -18,7 +18,7 @@ use crate::services::Services;
 use kiln_snapshot::diff::tar::{padding, Entry, EntryKind, TarWriter, BLOCK};
 use kiln_solver::Digest;
 use sha2::{Digest as _, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
@@ -263,14 +263,16 @@ fn index_json(manifest: &Descriptor, names: &[String], image: &str) -> Result<Ve
             manifest.digest().clone(),
         );
         d.set_platform(manifest.platform().clone());
+        // The manifest's own annotations (the exporter's creation time)
+        // and, for a name, the name's.
+        let mut annotations = manifest.annotations().clone().unwrap_or_default();
         if let Some(name) = name {
-            let mut annotations = HashMap::new();
             annotations.insert(ANNOTATION_IMAGE_NAME.to_string(), name.to_string());
             if let Some(r) = ref_name(name) {
                 annotations.insert(ANNOTATION_REF_NAME.to_string(), r.to_string());
             }
-            d.set_annotations(Some(annotations));
         }
+        d.set_annotations((!annotations.is_empty()).then_some(annotations));
         d
     };
     let manifests = if names.is_empty() {

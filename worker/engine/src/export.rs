@@ -234,11 +234,14 @@ pub async fn export_image(
         );
     }
     let manifest_digest = write_blob(&*svc.content, &manifest_bytes, m_labels, lease).await?;
-    let desc = own_descriptor(
+    let mut desc = own_descriptor(
         oci::MEDIA_OCI_MANIFEST,
         &manifest_digest.to_string(),
         manifest_bytes.len() as i64,
     )?;
+    // As BuildKit's exporters describe a single-platform image: with the
+    // platform its config is for (clients read it from the descriptor).
+    desc.set_platform(Some(oci::config_platform(&config.image)));
     name_image(svc, names, &desc, lease).await?;
     Ok(Exported {
         manifest: desc,

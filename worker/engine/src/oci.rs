@@ -185,6 +185,16 @@ pub fn from_oci(p: &Platform) -> kiln_solver::Platform {
 }
 
 /// A graph platform as an OCI one.
+/// The platform an image config is for (architecture, os, variant), as
+/// a manifest's descriptor names it.
+pub fn config_platform(config: &ImageConfiguration) -> Platform {
+    let mut o = Platform::default();
+    o.set_architecture(config.architecture().clone());
+    o.set_os(config.os().clone());
+    o.set_variant(config.variant().clone().filter(|v| !v.is_empty()));
+    o
+}
+
 pub fn to_oci(p: &kiln_solver::Platform) -> Platform {
     let mut o = Platform::default();
     o.set_architecture(Arch::from(p.architecture.as_str()));

@@ -197,12 +197,25 @@ pub(crate) fn copy_ignored(
     Ok(())
 }
 
-/// Whether `requestid` names the lint request; any other request fails
-/// as BuildKit's frontend does.
-pub(crate) fn request(value: &str) -> Result<bool> {
+/// A subrequest `requestid` names: instead of a build, an answer in the
+/// result's metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Subrequest {
+    /// No `requestid`: a build.
+    None,
+    /// [`LINT_REQUEST`].
+    Lint,
+    /// [`crate::targets::TARGETS_REQUEST`].
+    Targets,
+}
+
+/// Which subrequest `requestid` names; any other request fails as
+/// BuildKit's frontend does.
+pub(crate) fn request(value: &str) -> Result<Subrequest> {
     match value {
-        "" => Ok(false),
-        LINT_REQUEST => Ok(true),
+        "" => Ok(Subrequest::None),
+        LINT_REQUEST => Ok(Subrequest::Lint),
+        crate::targets::TARGETS_REQUEST => Ok(Subrequest::Targets),
         other => Err(FrontendError::Unsupported {
             what: format!("frontend request {other:?}"),
         }),

@@ -192,6 +192,9 @@ pub struct FrontendOptions {
     /// `requestid=frontend.lint`: run the build checks only
     /// ([`check::check`]), over every stage when no target is given.
     pub lint: bool,
+    /// `requestid=frontend.targets`: list the stages only
+    /// ([`targets::list`]).
+    pub targets: bool,
     /// The time of the source `SOURCE_DATE_EPOCH` names, once
     /// [`epoch::resolve`] asked the engine for it.
     pub resolved_epoch: Option<kiln_dockerfile::ResolvedEpoch>,
@@ -222,6 +225,7 @@ impl Default for FrontendOptions {
             input_configs: BTreeMap::new(),
             local_sessions: BTreeMap::new(),
             lint: false,
+            targets: false,
             resolved_epoch: None,
         }
     }
@@ -328,7 +332,11 @@ impl FrontendOptions {
                     // buildx's --check: the lint subrequest instead of a
                     // build; other subrequests (--call outline, targets)
                     // are refused by name.
-                    "requestid" => opts.lint = check::request(value)?,
+                    "requestid" => match check::request(value)? {
+                        check::Subrequest::Lint => opts.lint = true,
+                        check::Subrequest::Targets => opts.targets = true,
+                        check::Subrequest::None => {}
+                    },
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
                     // buildctl repeats the Solve request's cache imports
                     // here (JSON); kilnd reads and checks them with the
@@ -1132,6 +1140,7 @@ async fn resolve_bases<I: ImageConfigs>(
 pub mod check;
 pub mod epoch;
 pub mod remote;
+pub mod targets;
 
 #[cfg(test)]
 mod tests;

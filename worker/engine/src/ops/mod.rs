@@ -317,8 +317,13 @@ impl OpRunner for StepRunner {
                     cached: false,
                     // The vertex's own error as BuildKit shows it on the
                     // vertex: without the `Dockerfile:N: ` that names the
-                    // vertex's line in the build's error.
+                    // vertex's line in the build's error; a cancelled step
+                    // as BuildKit's `context canceled`, which clients show
+                    // as CANCELED rather than as a failure.
                     error: r.as_ref().err().map(|e| {
+                        if e.kind() == kiln_proto::ErrorKind::Cancelled {
+                            return "context canceled".to_string();
+                        }
                         let m = e.to_string();
                         m.strip_prefix(location(&vertex).as_str())
                             .map_or_else(|| m.clone(), str::to_string)
