@@ -312,6 +312,32 @@ async fn hostile_llb_definitions_fail_clearly_and_leave_nothing() {
         .await
         .expect("a failed deep build leaves nothing");
 
+    // A merge of one image 50,000 times would stack more layers than
+    // overlayfs can: refused before any layer is applied.
+    let wide = {
+        let (merge_b, merge_d) = op_bytes(&llb::Op {
+            inputs: vec![input(&src_d, 0)],
+            op: Some(llb::op::Op::Merge(llb::MergeOp {
+                inputs: vec![llb::MergeInput { input: 0 }; 50_000],
+            })),
+            ..Default::default()
+        });
+        definition(vec![src_b.clone(), merge_b], &merge_d, 0)
+    };
+    let err = solve(&k, "hostilellbwide0000000001", wide)
+        .await
+        .expect_err("50,000 layers do not stack");
+    assert!(
+        err.message().contains(
+            "a merge of 50000 inputs makes 50000 layers, more than the 500 a snapshot can stack"
+        ),
+        "{}",
+        err.message()
+    );
+    h.wait_no_leftovers(ns, &h.kilnd_root(ns), Duration::from_secs(20))
+        .await
+        .expect("a refused merge leaves nothing");
+
     // kilnd still builds, and a chain of many real ops runs.
     solve(&k, "hostilellbgood0000000001", chain(100, BUSYBOX))
         .await
