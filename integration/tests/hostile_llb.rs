@@ -346,3 +346,149 @@ async fn hostile_llb_definitions_fail_clearly_and_leave_nothing() {
         .await
         .expect("a finished build leaves nothing");
 }
+
+fn action(input: i64, action: llb::file_action::Action) -> llb::FileAction {
+    llb::FileAction {
+        input,
+        secondary_input: -1,
+        output: 0,
+        action: Some(action),
+    }
+}
+
+/// File ops and exec mounts whose paths climb out with `..`, name a host
+/// directory, or go through a symlink an earlier action made to one: each
+/// lands inside the build's filesystem (as in BuildKit) and the host's
+/// directory stays empty.
+#[tokio::test]
+async fn hostile_llb_paths_stay_inside_the_build() {
+    use llb::file_action::Action;
+    let ns = "hostile-llb-paths";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let canary = h.state_dir().join("canary");
+    std::fs::create_dir_all(&canary).expect("canary");
+    let c = canary.display().to_string();
+    let climb = format!("../../../../../../..{c}");
+    let mkfile = |path: &str| {
+        Action::Mkfile(llb::FileActionMkFile {
+            path: path.into(),
+            mode: 0o644,
+            data: b"planted\n".to_vec(),
+            ..Default::default()
+        })
+    };
+    // Action 0 makes the canary's path inside the build, so each later
+    // action (reading action 0, LLB's input 1) has somewhere to land.
+    let made = |actions: Vec<llb::FileAction>| {
+        let mut all = vec![mkdir(&c, 0)];
+        all.extend(actions);
+        all
+    };
+    let cases: Vec<(&str, Vec<llb::FileAction>)> = vec![
+        (
+            "mkfile at the host path",
+            made(vec![action(1, mkfile(&format!("{c}/a")))]),
+        ),
+        (
+            "mkfile climbing out",
+            made(vec![action(1, mkfile(&format!("{climb}/b")))]),
+        ),
+        (
+            "mkdir climbing out",
+            made(vec![action(
+                1,
+                Action::Mkdir(llb::FileActionMkDir {
+                    path: format!("{climb}/d"),
+                    mode: 0o755,
+                    make_parents: true,
+                    ..Default::default()
+                }),
+            )]),
+        ),
+        (
+            "mkfile through a symlink to the host path",
+            made(vec![
+                action(
+                    1,
+                    Action::Symlink(llb::FileActionSymlink {
+                        oldpath: c.clone(),
+                        newpath: "/l".into(),
+                        ..Default::default()
+                    }),
+                ),
+                action(2, mkfile("/l/c")),
+            ]),
+        ),
+        (
+            "symlink created climbing out",
+            made(vec![action(
+                1,
+                Action::Symlink(llb::FileActionSymlink {
+                    oldpath: "/etc/passwd".into(),
+                    newpath: format!("{climb}/s"),
+                    ..Default::default()
+                }),
+            )]),
+        ),
+        (
+            "rm climbing out",
+            vec![action(
+                0,
+                Action::Rm(llb::FileActionRm {
+                    path: format!("{climb}/keep"),
+                    allow_not_found: true,
+                    ..Default::default()
+                }),
+            )],
+        ),
+    ];
+    std::fs::write(canary.join("keep"), "kept").expect("keep");
+    for (i, (name, actions)) in cases.into_iter().enumerate() {
+        let r = solve(
+            &k,
+            &format!("hostilepaths{i:012}"),
+            file_on_busybox(actions),
+        )
+        .await;
+        assert!(r.is_ok(), "{name}: {r:?}");
+        let mut inside: Vec<_> = std::fs::read_dir(&canary)
+            .expect("canary")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        inside.sort();
+        assert_eq!(inside, vec!["keep"], "{name} ({r:?}) reached the host");
+    }
+    // An exec whose mount target climbs out mounts inside the rootfs.
+    let def = exec_on_busybox(|e, _| {
+        e.meta.as_mut().expect("meta").args = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("echo x > {c}/m/planted && cat {c}/m/planted"),
+        ];
+        e.mounts.push(llb::Mount {
+            input: -1,
+            dest: format!("/{climb}/m"),
+            output: -1,
+            mount_type: llb::MountType::Tmpfs as i32,
+            ..Default::default()
+        });
+    });
+    let r = solve(&k, "hostilepathsexec00000001", def).await;
+    assert!(r.is_ok(), "exec mount climbing out: {r:?}");
+    assert_eq!(
+        std::fs::read_dir(&canary).expect("canary").count(),
+        1,
+        "an exec mount reached the host ({r:?})"
+    );
+    assert!(kilnd_alive(&k));
+    h.wait_no_leftovers(ns, &h.kilnd_root(ns), Duration::from_secs(20))
+        .await
+        .expect("nothing left");
+}
+
+fn kilnd_alive(k: &Kilnd) -> bool {
+    k.pid()
+        .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+}
