@@ -329,6 +329,32 @@ async fn hostile_dockerfiles_through_kilnd_build_or_fail_clearly() {
         .await
         .expect("2,000 heredocs build");
 
+    // A context symlink to a host directory, followed by COPY: resolved
+    // inside the context, where the directory does not exist.
+    let secret_dir = h.state_dir().join("host-secrets");
+    std::fs::create_dir_all(&secret_dir).expect("secrets dir");
+    std::fs::write(secret_dir.join("secret"), "host secret\n").expect("secret");
+    let dir = h.context(
+        "hostile-df-symlink",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nCOPY evil/secret /x\nRUN cat /x\n",
+        )],
+    );
+    std::os::unix::fs::symlink(&secret_dir, dir.join("evil")).expect("symlink");
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let session = ClientSession::of_context(ch, "hostile-df-symlink-session", &dir).await;
+    let err = solve(&k, "hostile-df-symlink-build", &session.id)
+        .await
+        .expect_err("the host's directory is not in the context");
+    assert!(
+        err.message().contains("\"/evil/secret\": not found"),
+        "{}",
+        err.message()
+    );
+
     assert!(kilnd_alive(&k));
     h.wait_no_leftovers(ns, &h.kilnd_root(ns), Duration::from_secs(20))
         .await
