@@ -78,9 +78,11 @@ fn other_compression(data: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Unpacks a (gzipped) tar into a new temporary directory. The tar
-/// reader refuses entries that would land outside it (`..`, absolute
-/// paths, links out).
+/// Unpacks a (gzipped) tar into a new temporary directory, entry by
+/// entry. An entry or hard link named with `..` fails naming it (the tar
+/// reader would skip it silently); an absolute name lands inside, as
+/// docker unpacks it; the reader refuses writes through a link out of the
+/// directory, and the error names the entry.
 fn unpack(data: &[u8], what: &str) -> Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new()
         .prefix("kiln-context-")
@@ -95,10 +97,75 @@ fn unpack(data: &[u8], what: &str) -> Result<tempfile::TempDir> {
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
-    archive
-        .unpack(dir.path())
+    let climbs = |p: &Path| {
+        p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    };
+    let entries = archive
+        .entries()
         .with_context(|| format!("unpack the build context from {what}"))?;
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let mut entry = entry.with_context(|| format!("unpack the build context from {what}"))?;
+        let name = entry
+            .path()
+            .with_context(|| format!("unpack the build context from {what}"))?
+            .into_owned();
+        if climbs(&name) {
+            bail!(
+                "unpack the build context from {what}: entry {} is outside the context",
+                name.display()
+            );
+        }
+        if entry.header().entry_type().is_hard_link() {
+            if let Some(target) = entry
+                .link_name()
+                .with_context(|| format!("unpack the build context from {what}"))?
+            {
+                if climbs(&target) {
+                    bail!(
+                        "unpack the build context from {what}: entry {} is a hard link to {}, outside the context",
+                        name.display(),
+                        target.display()
+                    );
+                }
+            }
+        }
+        // Directories last, as the tar reader's own unpack does: their
+        // modes and times then hold whatever is created below them.
+        if entry.header().entry_type().is_dir() {
+            dirs.push(entry);
+            continue;
+        }
+        unpack_entry(&mut entry, &name, dir.path(), what)?;
+    }
+    for mut entry in dirs {
+        let name = entry.path().map(|p| p.into_owned()).unwrap_or_default();
+        unpack_entry(&mut entry, &name, dir.path(), what)?;
+    }
     Ok(dir)
+}
+
+/// Unpacks one checked entry into `dir`; the error names it.
+fn unpack_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    name: &Path,
+    dir: &Path,
+    what: &str,
+) -> Result<()> {
+    let unpacked = entry.unpack_in(dir).with_context(|| {
+        format!(
+            "unpack the build context from {what}: entry {}",
+            name.display()
+        )
+    })?;
+    if !unpacked {
+        bail!(
+            "unpack the build context from {what}: entry {} is outside the context",
+            name.display()
+        );
+    }
+    Ok(())
 }
 
 fn temp_dockerfile(data: &[u8]) -> Result<(tempfile::TempDir, PathBuf)> {

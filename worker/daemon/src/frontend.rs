@@ -87,7 +87,10 @@ async fn dir_session(
 fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
     Status::new(
         e.kind().code(),
-        format!("failed to read local {name:?}: {e}"),
+        format!(
+            "failed to read local {name:?}: {}",
+            kiln_engine::error::error_chain(&e)
+        ),
     )
 }
 

@@ -46,6 +46,64 @@ fn opt_index(v: i64) -> Option<usize> {
     usize::try_from(v).ok()
 }
 
+/// How many outputs an op has: an exec's and a file op's are numbered by
+/// their mounts' and actions' `output` (-1 for none), every other op has
+/// one.
+fn outputs_of(op: &llb::Op) -> usize {
+    let numbered = |outputs: &mut dyn Iterator<Item = i64>| {
+        outputs
+            .filter_map(opt_index)
+            .max()
+            .map_or(0, |m| m.saturating_add(1))
+    };
+    match op.op.as_ref() {
+        Some(llb::op::Op::Exec(e)) => numbered(&mut e.mounts.iter().map(|m| m.output)),
+        Some(llb::op::Op::File(f)) => numbered(&mut f.actions.iter().map(|a| a.output)),
+        _ => 1,
+    }
+}
+
+/// An edge's output index, checked against the outputs of the op it names.
+fn output_index(input: &llb::Input, of: &llb::Op, op: &Digest) -> Result<usize, LlbError> {
+    let outputs = outputs_of(of);
+    usize::try_from(input.index)
+        .ok()
+        .filter(|&i| i < outputs)
+        .ok_or_else(|| {
+            invalid(format!(
+                "op {op} reads output {} of {}, which has {outputs}",
+                input.index, input.digest
+            ))
+        })
+}
+
+/// An input's digest; the error names the op that lists it.
+fn input_digest(input: &llb::Input, op: &Digest) -> Result<Digest, LlbError> {
+    Digest::parse(&input.digest).ok_or_else(|| {
+        invalid(format!(
+            "input {:?} of op {op} is not a digest",
+            input.digest
+        ))
+    })
+}
+
+/// Checks that each file action reads an input of the op or an earlier
+/// action (LLB numbers actions after the inputs).
+fn check_file_actions(f: &llb::FileOp, inputs: usize) -> Result<(), LlbError> {
+    for (index, a) in f.actions.iter().enumerate() {
+        for (which, v) in [("input", a.input), ("secondary input", a.secondary_input)] {
+            if let FileInput::Action(j) = file_input(v, inputs) {
+                if j >= index {
+                    return Err(invalid(format!(
+                        "file action {index}'s {which} {v} is neither one of the op's {inputs} inputs nor an earlier action"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn file_input(v: i64, inputs: usize) -> FileInput {
     match usize::try_from(v) {
         Err(_) => FileInput::Scratch,
@@ -276,6 +334,7 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
             })
         }
         Some(llb::op::Op::File(f)) => {
+            check_file_actions(f, n_inputs)?;
             let mut actions = Vec::with_capacity(f.actions.len());
             for a in &f.actions {
                 let action = match a.action.as_ref() {
@@ -346,7 +405,11 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
             inputs: m
                 .inputs
                 .iter()
-                .map(|i| opt_index(i.input).ok_or_else(|| invalid("merge input -1")))
+                .map(|i| {
+                    opt_index(i.input)
+                        .filter(|&i| i < n_inputs)
+                        .ok_or_else(|| invalid(format!("merge input {} out of range", i.input)))
+                })
                 .collect::<Result<_, _>>()?,
         }),
         Some(llb::op::Op::Diff(_)) => {
@@ -438,14 +501,24 @@ pub fn translate(def: &llb::Definition) -> Result<Translated, LlbError> {
         ));
     }
     let result_input = terminal.inputs[0].clone();
+    let result_digest = input_digest(&result_input, &last)?;
+    let result_op = ops
+        .get(&result_digest)
+        .ok_or_else(|| invalid(format!("input {result_digest} is not in the definition")))?;
+    // The graph's result is a vertex's first output.
+    if output_index(&result_input, result_op, &last)? != 0 {
+        return Err(LlbError::Unsupported {
+            what: format!(
+                "a result that is output {} of its op (only output 0)",
+                result_input.index
+            ),
+        });
+    }
     // Depth-first from the result so every vertex comes after its inputs.
     let mut graph = Graph::default();
     let mut ids: HashMap<Digest, VertexId> = HashMap::new();
     let mut digests = Vec::new();
-    let mut stack: Vec<(Digest, bool)> = vec![(
-        Digest::parse(&result_input.digest).ok_or_else(|| invalid("bad terminal input digest"))?,
-        false,
-    )];
+    let mut stack: Vec<(Digest, bool)> = vec![(result_digest.clone(), false)];
     let mut visiting = std::collections::HashSet::new();
     while let Some((d, expanded)) = stack.pop() {
         if ids.contains_key(&d) {
@@ -460,7 +533,7 @@ pub fn translate(def: &llb::Definition) -> Result<Translated, LlbError> {
             }
             stack.push((d.clone(), true));
             for i in op.inputs.iter().rev() {
-                let id = Digest::parse(&i.digest).ok_or_else(|| invalid("bad input digest"))?;
+                let id = input_digest(i, &d)?;
                 if !ids.contains_key(&id) {
                     stack.push((id, false));
                 }
@@ -469,14 +542,12 @@ pub fn translate(def: &llb::Definition) -> Result<Translated, LlbError> {
         }
         let mut inputs = Vec::with_capacity(op.inputs.len());
         for i in &op.inputs {
-            let id = Digest::parse(&i.digest).ok_or_else(|| invalid("bad input digest"))?;
+            let id = input_digest(i, &d)?;
             let vertex = *ids
                 .get(&id)
                 .ok_or_else(|| invalid(format!("cycle through {id}")))?;
-            inputs.push(Edge {
-                vertex,
-                output: usize::try_from(i.index).map_err(|_| invalid("negative output index"))?,
-            });
+            let output = output_index(i, &ops[&id], &d)?;
+            inputs.push(Edge { vertex, output });
         }
         let converted = convert_op(op)?;
         let meta = def.metadata.get(d.as_str());
@@ -500,7 +571,7 @@ pub fn translate(def: &llb::Definition) -> Result<Translated, LlbError> {
         ids.insert(d.clone(), v);
         digests.push(d);
     }
-    let result = ids[&Digest::parse(&result_input.digest).ok_or_else(|| invalid("bad digest"))?];
+    let result = ids[&result_digest];
     Ok(Translated {
         graph,
         result: Some(result),

@@ -107,7 +107,11 @@ pub async fn fetch_local(
     .map_err(|e| {
         Status::new(
             e.kind().code(),
-            format!("failed to read local {:?}: {e}", f.name),
+            format!(
+                "failed to read local {:?}: {}",
+                f.name,
+                kiln_engine::error::error_chain(&e)
+            ),
         )
     })?;
     held.received(&stats, started)

@@ -14,10 +14,17 @@ use crate::error::{Result, WorkerError};
 use crate::refs::{Layer, Ref};
 use kiln_snapshot::diff::Compression;
 use kiln_solver::{MergeOp, Vertex};
+use tokio_util::sync::CancellationToken;
 
 /// The compression of the blobs a merge applies: the exporters' default,
 /// so an image export reuses them as they are.
 const APPLY_COMPRESSION: Compression = Compression::Gzip;
+
+/// The most layers a merged chain may have: overlayfs stacks at most 500
+/// lower directories (the kernel's `OVL_MAX_STACK`), so a longer chain
+/// could never be mounted. A merge past it fails before it applies any
+/// layer, rather than applying them all first.
+pub(crate) const MAX_MERGED_LAYERS: usize = 500;
 
 /// The merged chain of `inputs` (each a chain): the first input's layers
 /// as they are, then every other input's layers. Layers of an input
@@ -27,7 +34,13 @@ pub(crate) fn merged_chain(inputs: &[Vec<Layer>]) -> Vec<Layer> {
 }
 
 impl StepRunner {
-    pub(super) async fn merge(&self, v: &Vertex, op: &MergeOp, inputs: &[Ref]) -> Result<Vec<Ref>> {
+    pub(super) async fn merge(
+        &self,
+        v: &Vertex,
+        op: &MergeOp,
+        inputs: &[Ref],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Ref>> {
         let mut chains: Vec<Vec<Layer>> = Vec::with_capacity(op.inputs.len());
         for &i in &op.inputs {
             match inputs.get(i) {
@@ -42,11 +55,24 @@ impl StepRunner {
         }
         // Scratch inputs add nothing; the first real one is the base.
         chains.retain(|c| !c.is_empty());
+        let layers: usize = chains.iter().map(Vec::len).sum();
+        if layers > MAX_MERGED_LAYERS {
+            return Err(WorkerError::BadInput {
+                location: super::location(v),
+                reason: format!(
+                    "a merge of {} inputs makes {layers} layers, more than the {MAX_MERGED_LAYERS} a snapshot can stack",
+                    op.inputs.len()
+                ),
+            });
+        }
         let mut it = chains.into_iter();
         let Some(mut merged) = it.next() else {
             return Ok(vec![Ref::scratch()]);
         };
         for chain in it {
+            if cancel.is_cancelled() {
+                return Err(WorkerError::Cancelled);
+            }
             let with_blobs = crate::blobs::ensure(
                 &self.svc,
                 &chain,

@@ -297,7 +297,7 @@ impl OpRunner for StepRunner {
                     Op::Source(s) => self.source(id, &vertex, s, &cancel).await,
                     Op::Exec(e) => self.exec(id, &vertex, e, &inputs, cancel).await,
                     Op::File(f) => self.file(id, &vertex, f, &inputs).await,
-                    Op::Merge(m) => self.merge(&vertex, m, &inputs).await,
+                    Op::Merge(m) => self.merge(&vertex, m, &inputs, &cancel).await,
                 }
             }
             .await;
