@@ -196,7 +196,29 @@ pub fn overlay_dirs(mounts: &[Mount]) -> Option<(Option<PathBuf>, Vec<PathBuf>)>
 pub fn overlay_parent_view(mounts: &[Mount]) -> Option<Vec<Mount>> {
     let [m] = mounts else { return None };
     let (_, lowers) = overlay_dirs(mounts)?;
-    match lowers.as_slice() {
+    read_only_view(m, &lowers)
+}
+
+/// The read-only view of what an active overlay snapshot is once
+/// committed: containerd's overlay snapshotter commits a snapshot in place
+/// (its upperdir becomes the committed layer's directory), so a View of it
+/// shows the upperdir above the lowerdirs. Built like
+/// [`overlay_parent_view`], with no snapshot made. `None` for anything but
+/// one overlay mount with an upperdir.
+pub fn overlay_committed_view(mounts: &[Mount]) -> Option<Vec<Mount>> {
+    let [m] = mounts else { return None };
+    let (Some(upper), lowers) = overlay_dirs(mounts)? else {
+        return None;
+    };
+    let dirs: Vec<PathBuf> = std::iter::once(upper).chain(lowers).collect();
+    read_only_view(m, &dirs)
+}
+
+/// A read-only view of the layer directories `dirs` (topmost first) with
+/// the other options of the overlay mount `m`: a read-only bind of a
+/// single one, else an overlay of them all as lowerdirs.
+fn read_only_view(m: &Mount, dirs: &[PathBuf]) -> Option<Vec<Mount>> {
+    match dirs {
         [] => None,
         [only] => Some(vec![Mount {
             mount_type: "bind".into(),
@@ -216,7 +238,7 @@ pub fn overlay_parent_view(mounts: &[Mount]) -> Option<Vec<Mount>> {
                 })
                 .cloned()
                 .collect();
-            let dirs: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+            let dirs: Vec<String> = dirs.iter().map(|p| p.display().to_string()).collect();
             options.push(format!("lowerdir={}", dirs.join(":")));
             Some(vec![Mount {
                 mount_type: "overlay".into(),
@@ -611,6 +633,38 @@ mod tests {
         }];
         assert!(overlay_parent_view(&bind).is_none(), "no parent");
         assert!(overlay_parent_view(&active(&["upperdir=/u", "workdir=/w"])).is_none());
+    }
+
+    #[test]
+    fn the_committed_view_of_an_overlay_puts_its_upperdir_on_top() {
+        let active = |opts: &[&str]| {
+            vec![Mount {
+                mount_type: "overlay".into(),
+                source: "overlay".into(),
+                target: String::new(),
+                options: opts.iter().map(|s| s.to_string()).collect(),
+            }]
+        };
+        let two = overlay_committed_view(&active(&[
+            "index=off",
+            "workdir=/s/9/work",
+            "upperdir=/s/9/fs",
+            "lowerdir=/s/1/fs",
+        ]))
+        .expect("a view");
+        assert_eq!(two[0].mount_type, "overlay");
+        assert_eq!(two[0].options, ["index=off", "lowerdir=/s/9/fs:/s/1/fs"]);
+        let bind = vec![Mount {
+            mount_type: "bind".into(),
+            source: "/s/1/fs".into(),
+            target: String::new(),
+            options: vec!["rw".into()],
+        }];
+        assert!(overlay_committed_view(&bind).is_none(), "not an overlay");
+        assert!(
+            overlay_committed_view(&active(&["lowerdir=/a:/b"])).is_none(),
+            "no upperdir"
+        );
     }
 
     #[test]
