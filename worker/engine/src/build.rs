@@ -559,6 +559,7 @@ impl Engine {
             added: Default::default(),
             started: Default::default(),
             blobs_after_commit: Default::default(),
+            committed: Default::default(),
             export_blobs: (req.export_blobs && !req.rewrite_timestamp).then(|| {
                 crate::blobs::ExportBlobs {
                     compression: req.compression,

@@ -19,9 +19,11 @@ enum Source {
         dir: PathBuf,
         excludes: Option<PatternMatcher>,
     },
-    /// A mounted view snapshot, removed after the copy, and the committed
-    /// layer directories it shows (topmost first; empty when unknown).
-    Mounted(super::layer::HostMount, String, Vec<PathBuf>),
+    /// A mounted read-only view, and the view snapshot to remove after the
+    /// copy (none for a view of a snapshot this build committed, mounted
+    /// from its directories), and the committed layer directories it shows
+    /// (topmost first; empty when unknown).
+    Mounted(super::layer::HostMount, Option<String>, Vec<PathBuf>),
     Empty(PathBuf),
 }
 
@@ -460,8 +462,10 @@ impl StepRunner {
             Source::Dir { .. } => {}
             Source::Mounted(m, key, _) => {
                 drop(m);
-                if let Err(e) = self.svc.snapshots.remove(&key).await {
-                    tracing::warn!(key = %key, error = %e, "cannot remove view snapshot");
+                if let Some(key) = key {
+                    if let Err(e) = self.svc.snapshots.remove(&key).await {
+                        tracing::warn!(key = %key, error = %e, "cannot remove view snapshot");
+                    }
                 }
             }
             Source::Empty(p) => {
@@ -523,13 +527,18 @@ impl StepRunner {
             }
             Ref::Chain(layers) => {
                 let key = format!("kiln-view-{}", crate::base::rand_hex());
+                let top = crate::refs::top_snapshot(&layers);
+                if let Some(c) = self.committed_dirs(&top) {
+                    let m = self.mount(&key, &c.view, true)?;
+                    return Ok(Source::Mounted(m, None, layer_dirs(&c.view)));
+                }
                 let mounts = self
                     .svc
                     .snapshots
                     .view(&key, &crate::refs::top_snapshot(&layers), &self.lease)
                     .await?;
                 match self.mount(&key, &mounts, true) {
-                    Ok(m) => Ok(Source::Mounted(m, key, layer_dirs(&mounts))),
+                    Ok(m) => Ok(Source::Mounted(m, Some(key), layer_dirs(&mounts))),
                     Err(e) => {
                         let _ = self.svc.snapshots.remove(&key).await;
                         Err(e)

@@ -21,6 +21,19 @@ pub(super) struct Active {
     pub parent: Vec<Layer>,
 }
 
+/// The directories of a snapshot this build committed itself (containerd's
+/// overlay snapshotter commits in place): read-only views of it and of its
+/// parent mounted by the engine, with no View snapshot in containerd.
+#[derive(Clone, Debug)]
+pub(crate) struct Committed {
+    /// A read-only view of the committed snapshot.
+    pub view: Vec<Mount>,
+    /// The layer's own directory (the active snapshot's upperdir).
+    pub upper: PathBuf,
+    /// A read-only view of its parent.
+    pub parent_view: Option<Vec<Mount>>,
+}
+
 /// A snapshot's tree on the host: either mounted at a directory below the
 /// build's mount dir (unmounted and removed when dropped), or, for a single
 /// bind mount, its source used in place, with nothing mounted.
@@ -129,12 +142,62 @@ impl StepRunner {
         let Some(compression) = noted else {
             return;
         };
-        if let Err(e) =
-            crate::blobs::ensure_last(&self.svc, chain, compression, &self.lease, &self.mount_dir)
+        let made = match self.committed_dirs(&top) {
+            Some(c) => self.blob_from_dirs(chain, &top, &c, compression).await,
+            None => {
+                crate::blobs::ensure_last(
+                    &self.svc,
+                    chain,
+                    compression,
+                    &self.lease,
+                    &self.mount_dir,
+                )
                 .await
-        {
+            }
+        };
+        if let Err(e) = made {
             tracing::warn!(snapshot = %top, error = %e, "layer blob not made after its step; the export makes it");
         }
+    }
+
+    /// What this build knows of the directories of the snapshot `name` it
+    /// committed.
+    pub(super) fn committed_dirs(&self, name: &str) -> Option<Committed> {
+        self.committed.lock().ok()?.get(name).cloned()
+    }
+
+    /// The blob of the top layer of `chain` (committed by this build as
+    /// `name`) from its own directory over a read-only mount of its
+    /// parent, as it would have been made at its commit, then labelled.
+    async fn blob_from_dirs(
+        &self,
+        chain: &[Layer],
+        name: &str,
+        c: &Committed,
+        compression: Compression,
+    ) -> Result<()> {
+        let parent = refs::top_snapshot(&chain[..chain.len().saturating_sub(1)]);
+        let lower = match &c.parent_view {
+            Some(v) => Some(self.mount(&format!("{name}-blob-lower"), v, true)?),
+            None => None,
+        };
+        let source = LayerSource::Overlay {
+            upper: c.upper.clone(),
+            lower: lower.as_ref().map(|m| m.path().to_path_buf()),
+        };
+        let parent_name = (!parent.is_empty()).then_some(parent.as_str());
+        let blob = EagerBlob::make(&self.svc, source, parent_name, compression, &self.lease).await;
+        drop(lower);
+        let blob = blob?;
+        let want = chain.last().map(|l| &l.diff_id);
+        if want != Some(&blob.desc.diff_id) {
+            return Err(crate::error::WorkerError::LayerBlob {
+                diff_id: want.map(|d| d.to_string()).unwrap_or_default(),
+                reason: format!("snapshot {name} now diffs to {}", blob.desc.diff_id),
+            });
+        }
+        blob.label(&self.svc, name).await;
+        Ok(())
     }
 
     /// Prepares an active snapshot on top of `parent` under the build lease.
@@ -249,7 +312,20 @@ impl StepRunner {
             .commit(&name, &active.key, &self.lease)
             .await
         {
-            Ok(()) => {}
+            Ok(()) => {
+                let committed = kiln_snapshot::mount::overlay_committed_view(&active.mounts)
+                    .zip(overlay_dirs(&active.mounts).and_then(|(upper, _)| upper))
+                    .map(|(view, upper)| Committed {
+                        view,
+                        upper,
+                        parent_view: kiln_snapshot::mount::overlay_parent_view(&active.mounts),
+                    });
+                if let (Some(c), Ok(mut known)) = (committed, self.committed.lock()) {
+                    known.insert(name.clone(), c);
+                }
+            }
+            // Another build's snapshot, in directories of its own: not
+            // known here (the active one is removed).
             Err(e) if e.is_already_exists() => {
                 // The same layer was committed by another build: reuse it.
                 self.svc.snapshots.remove(&active.key).await?;

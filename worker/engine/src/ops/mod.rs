@@ -68,6 +68,8 @@ pub struct StepRunner {
     /// Committed layers whose blob is made when their record is saved
     /// ([`crate::blobs::BlobPlan::AfterCommit`]), by top snapshot.
     pub blobs_after_commit: std::sync::Mutex<HashMap<String, kiln_snapshot::diff::Compression>>,
+    /// The directories of the snapshots this build committed, by name.
+    pub(crate) committed: std::sync::Mutex<HashMap<String, layer::Committed>>,
 }
 
 impl std::fmt::Debug for StepRunner {
