@@ -25,7 +25,6 @@ pub(crate) mod unpack;
 mod tests;
 
 use kiln_context::ignore::IgnoreError;
-use kiln_shim::user::UserError;
 use kiln_types::ErrorKind;
 use std::path::Path;
 
@@ -67,12 +66,6 @@ pub enum FileOpError {
         #[source]
         source: IgnoreError,
     },
-    /// A `--chown` name is not in the owner root's passwd or group file.
-    #[error("failed to resolve copy owner")]
-    Owner {
-        #[source]
-        source: UserError,
-    },
     /// A filesystem call failed.
     #[error("failed to {op} {path}")]
     Io {
@@ -104,7 +97,6 @@ impl FileOpError {
             FileOpError::InvalidPath { .. }
             | FileOpError::InvalidMode { .. }
             | FileOpError::Pattern { .. }
-            | FileOpError::Owner { .. }
             | FileOpError::Archive { .. } => ErrorKind::InvalidArgument,
             FileOpError::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,
