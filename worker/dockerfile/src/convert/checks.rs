@@ -6,8 +6,6 @@
 //! while a stage's instructions are dispatched. The rules that need only the parse tree
 //! are in [`crate::lint`].
 
-use std::collections::BTreeSet;
-
 use super::*;
 use crate::parser::Warning;
 use crate::shell::Matches;
@@ -101,10 +99,11 @@ pub(super) fn expose_format(port: &str, line: usize) -> Option<Warning> {
 }
 
 /// UndefinedVar for the names one instruction looked up and did not find
-/// in `env` (the stage's env before it): declared `ARG`s without a value
-/// and the args BuildKit reads itself do not count.
+/// in `env` (the stage's env before it), one per word that used them:
+/// declared `ARG`s without a value and the args BuildKit reads itself do
+/// not count.
 pub(super) fn undefined_vars(
-    unmatched: &BTreeSet<String>,
+    unmatched: &[String],
     args: &[(String, Option<String>)],
     env: &[String],
     line: usize,

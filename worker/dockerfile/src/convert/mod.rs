@@ -31,7 +31,7 @@ use kiln_solver::{
     VertexId,
 };
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 mod checks;
 mod copy;
@@ -368,9 +368,10 @@ struct Converter<'a> {
     stages_built: Vec<String>,
     /// Bytes of step definitions emitted so far (see [`MAX_GRAPH_BYTES`]).
     graph_bytes: usize,
-    /// Variables the current instruction's expansions did not find (for
-    /// the UndefinedVar check).
-    unmatched: RefCell<BTreeSet<String>>,
+    /// Variables the current instruction's expansions did not find, once
+    /// per word that used them (for the UndefinedVar check: BuildKit warns
+    /// for each word).
+    unmatched: RefCell<Vec<String>>,
     /// Build check warnings found while converting (see [`checks`]).
     warnings: Vec<crate::parser::Warning>,
     /// See [`Build::context_reads`].
@@ -990,7 +991,7 @@ impl Converter<'_> {
             Instruction::StopSignal(s) => {
                 let s = self.expand(s, &st.env, line)?;
                 if !valid_signal(&s) {
-                    return Err(self.file_err(line, format!("Invalid signal: {s}")));
+                    return Err(self.file_err(line, format!("invalid signal: {s}")));
                 }
                 st.config
                     .history
@@ -1008,7 +1009,8 @@ impl Converter<'_> {
                 st.config
                     .history
                     .push(history(format!("CMD {}", go_quote_list(&args)), false));
-                st.config.cmd = Some(args);
+                // `CMD []` leaves no Cmd (a nil slice in BuildKit).
+                st.config.cmd = (!args.is_empty()).then_some(args);
                 // As BuildKit, whatever the form.
                 st.config.args_escaped = true;
                 st.cmd_set = true;

@@ -75,14 +75,14 @@ impl Converter<'_> {
             None | Some("default") => NetMode::Unset,
             Some("none") => NetMode::None,
             Some("host") => NetMode::Host,
-            Some(n) => return Err(self.file_err(line, format!("unsupported network mode: {n}"))),
+            Some(n) => return Err(self.file_err(line, format!("invalid network mode {n:?}"))),
         };
         // Whether the build may use `insecure` is the entitlement check's
         // business (the daemon's), not the Dockerfile's.
         let security = match run.security.as_deref() {
             None | Some("sandbox") => SecurityMode::Sandbox,
             Some("insecure") => SecurityMode::Insecure,
-            Some(s) => return Err(self.file_err(line, format!("unsupported security mode: {s}"))),
+            Some(s) => return Err(self.file_err(line, format!("security {s:?} is not valid"))),
         };
         let mut mounts = vec![Mount {
             input: st.edge.map(|e| inputs.index(e)),

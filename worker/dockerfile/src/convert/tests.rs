@@ -672,8 +672,8 @@ v2 "[internal] load build context"
 v3 "[3/6] COPY a.txt ." @Dockerfile:3 <- [v1 v2]
   copy /a.txt -> /app/ mode=None unpack=false excl=[] on in0 from in1 out=Some(0)
 v4 "[4/6] COPY [x, y, dir]" @Dockerfile:4 <- [v3 v2]
-  copy /x -> /app/dir/ mode=None unpack=false excl=[] on in0 from in1 out=None
-  copy /y -> /app/dir/ mode=None unpack=false excl=[] on act0 from in1 out=Some(0)
+  copy /x -> /app/dir mode=None unpack=false excl=[] on in0 from in1 out=None
+  copy /y -> /app/dir mode=None unpack=false excl=[] on act0 from in1 out=Some(0)
 v5 "[5/6] ADD --chown=1000 archive.tar sub/" @Dockerfile:5 <- [v4 v2]
   copy /archive.tar -> /app/sub/ mode=None owner=1000:- unpack=true excl=[] on in0 from in1 out=Some(0)
 v6 "[6/6] COPY --exclude=*.md docs ./docs/." @Dockerfile:6 <- [v5 v2]
@@ -900,11 +900,11 @@ fn conversion_errors_name_the_line() {
     );
     check(
         "FROM busybox\nRUN --network=bridge x\n",
-        "error: Dockerfile:2: unsupported network mode: bridge",
+        "error: Dockerfile:2: invalid network mode \"bridge\"",
     );
     check(
         "FROM busybox\nRUN --security=privileged x\n",
-        "error: Dockerfile:2: unsupported security mode: privileged",
+        "error: Dockerfile:2: security \"privileged\" is not valid",
     );
     check(
         "FROM busybox\nENV A=\"${B:?must be set}\"\n",
@@ -917,7 +917,7 @@ fn conversion_errors_name_the_line() {
     );
     check(
         "FROM busybox\nSTOPSIGNAL SIGNOPE\n",
-        "error: Dockerfile:2: Invalid signal: SIGNOPE",
+        "error: Dockerfile:2: invalid signal: SIGNOPE",
     );
     check(
         "FROM busybox\nEXPOSE 80/tcp abc\n",
