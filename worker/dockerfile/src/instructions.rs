@@ -591,9 +591,7 @@ impl Parser<'_> {
                 }
             }
         }
-        if m.target.is_none() && !matches!(m.kind, Some(MountKind::Secret | MountKind::Ssh)) {
-            return Err(self.invalid(node.line, "mount target must be set".into()));
-        }
+        // A missing target is `/`, which the converter refuses as BuildKit.
         Ok(m)
     }
 

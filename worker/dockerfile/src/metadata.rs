@@ -46,7 +46,7 @@ pub fn healthcheck(flags: &[Flag], rest: &str) -> Result<Healthcheck, String> {
             return Err(format!("unknown flag: {}", f.name));
         };
         if values[i].is_some() {
-            return Err(format!("duplicate flag specified: {}", f.name));
+            return Err(format!("duplicate flag specified: --{}", f.name));
         }
         match f.value.as_deref() {
             Some(v) => values[i] = Some(v),
@@ -464,7 +464,7 @@ mod tests {
                 &[("retries", Some("1")), ("retries", Some("2"))],
                 "CMD true"
             ),
-            "duplicate flag specified: retries"
+            "duplicate flag specified: --retries"
         );
         // Zero means inherit and is allowed.
         let h = healthcheck(&flags(&[("interval", Some("0s"))]), "CMD true").expect("valid");

@@ -669,8 +669,11 @@ impl Converter<'_> {
     /// The filesystem `--from` names: a stage's state or an image.
     fn source_edge(&mut self, from: &str, current: usize, line: usize) -> Result<Option<Edge>> {
         let platform = self.plan.stages[current].platform.clone();
-        match resolve_source(self.df, self.opts, from, current, &platform, line)? {
+        match resolve_source(self.df, self.opts, from, &platform, line)? {
             Source::Stage(j) => match &self.states[j] {
+                _ if j >= current => {
+                    plan::defined_before(self.df, self.opts, from, j, current, line).map(|()| None)
+                }
                 Some(st) => Ok(st.edge),
                 None => Err(self.file_err(line, format!("stage {from:?} was not built"))),
             },
