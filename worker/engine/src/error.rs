@@ -60,7 +60,10 @@ pub enum WorkerError {
     #[error("oci-layout {layout}: {reason}")]
     OciLayout { layout: String, reason: String },
     /// A RUN step exited non-zero.
-    #[error("{location}process \"{command}\" did not complete successfully: exit code: {code}")]
+    #[error(
+        "{location}process {} did not complete successfully: exit code: {code}",
+        go_quote(command)
+    )]
     StepFailed {
         /// `Dockerfile:12: ` or empty.
         location: String,
@@ -173,3 +176,30 @@ impl WorkerError {
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
 
 pub use kiln_snapshot::containerd::error_chain;
+
+/// `s` quoted as Go's `%q` (what BuildKit's step errors use): `"`, `\\` and
+/// control characters escaped, a single quote not.
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push(c);
+        } else {
+            out.extend(c.escape_debug());
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod quote_tests {
+    #[test]
+    fn go_quote_escapes_as_percent_q() {
+        assert_eq!(
+            super::go_quote("sh -c set -e\nfalse\t'x' \"y\""),
+            r#""sh -c set -e\nfalse\t'x' \"y\"""#
+        );
+    }
+}
