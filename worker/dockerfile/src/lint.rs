@@ -3,7 +3,8 @@
 //! StageNameCasing, FromAsCasing, ConsistentInstructionCasing,
 //! ReservedStageName, JSONArgsRecommended, MaintainerDeprecated,
 //! NoEmptyContinuation, MultipleInstructionsDisallowed,
-//! LegacyKeyValueFormat, WorkdirRelativePath and ExposeProtoCasing.
+//! LegacyKeyValueFormat and WorkdirRelativePath (ExposeProtoCasing needs
+//! the expanded ports: the converter's).
 //!
 //! Warnings are data: [`crate::Dockerfile::warnings`] holds those the
 //! `# check=` directive does not skip, the frontend prints them, and
@@ -232,22 +233,6 @@ pub fn run(nodes: &[Node], parser_warnings: &[Warning], check: &CheckConfig) -> 
                 }
                 stage.workdir_set = true;
             }
-            "expose" => {
-                for port in args.split_whitespace() {
-                    if let Some((_, proto)) = port.rsplit_once('/') {
-                        if proto != proto.to_lowercase() {
-                            warn(
-                                &mut out,
-                                "ExposeProtoCasing",
-                                n.line,
-                                format!(
-                                    "Defined protocol '{port}' in EXPOSE instruction should be lowercase"
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
             _ => {}
         }
     }
@@ -357,7 +342,6 @@ mod tests {
              WorkdirRelativePath: Relative workdir \"app\" can have unexpected results if the base image changes (line 5)\n\
              JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 7)\n\
              MultipleInstructionsDisallowed: Multiple CMD instructions should not be used in the same stage because only the last one will be used (line 7)\n\
-             ExposeProtoCasing: Defined protocol '80/TCP' in EXPOSE instruction should be lowercase (line 9)\n\
              ConsistentInstructionCasing: Command 'run' should match the case of the command majority (uppercase) (line 10)\n\
              ReservedStageName: Stage name should not use the same name as reserved stage \"scratch\" (line 11)\n\
              JSONArgsRecommended: JSON arguments recommended for ENTRYPOINT to prevent unintended behavior related to OS signals (line 12)\n\

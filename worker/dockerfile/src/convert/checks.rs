@@ -85,17 +85,29 @@ pub(super) fn secret_key(instruction: &str, key: &str, line: usize) -> Option<Wa
     })
 }
 
-/// ExposeInvalidFormat for one expanded `EXPOSE` word.
-pub(super) fn expose_format(port: &str, line: usize) -> Option<Warning> {
-    port.contains(':').then(|| {
-        warning(
+/// ExposeProtoCasing and ExposeInvalidFormat for one expanded `EXPOSE`
+/// word (BuildKit checks the expanded ports, in this order).
+pub(super) fn expose_checks(port: &str, line: usize) -> Vec<Warning> {
+    let mut out = Vec::new();
+    let container = port.rsplit(':').next().unwrap_or(port);
+    let proto = container.split('/').nth(1).unwrap_or_default();
+    if proto != proto.to_lowercase() {
+        out.push(warning(
+            "ExposeProtoCasing",
+            line,
+            format!("Defined protocol '{port}' in EXPOSE instruction should be lowercase"),
+        ));
+    }
+    if port.contains(':') {
+        out.push(warning(
             "ExposeInvalidFormat",
             line,
             format!(
                 "EXPOSE instruction should not define an IP address or host-port mapping, found '{port}'"
             ),
-        )
-    })
+        ));
+    }
+    out
 }
 
 /// UndefinedVar for the names one instruction looked up and did not find

@@ -962,7 +962,7 @@ impl Converter<'_> {
                         .process_words(p, &st.env)
                         .map_err(|m| self.file_err(line, m))?;
                     for w in words {
-                        self.warnings.extend(checks::expose_format(&w, line));
+                        self.warnings.extend(checks::expose_checks(&w, line));
                         specs.extend(parse_ports(&w).map_err(|m| self.file_err(line, m))?);
                     }
                 }
