@@ -3,8 +3,8 @@
 //! StageNameCasing, FromAsCasing, ConsistentInstructionCasing,
 //! ReservedStageName, JSONArgsRecommended, MaintainerDeprecated,
 //! NoEmptyContinuation, MultipleInstructionsDisallowed,
-//! LegacyKeyValueFormat and WorkdirRelativePath (ExposeProtoCasing needs
-//! the expanded ports: the converter's).
+//! and LegacyKeyValueFormat (ExposeProtoCasing and WorkdirRelativePath
+//! need the expanded words: the converter's).
 //!
 //! Warnings are data: [`crate::Dockerfile::warnings`] holds those the
 //! `# check=` directive does not skip, the frontend prints them, and
@@ -112,7 +112,6 @@ struct StageLint {
     name: Option<String>,
     /// `SHELL` set in this stage or an in-file parent.
     shell_set: bool,
-    workdir_set: bool,
     /// Line of the last CMD / ENTRYPOINT / HEALTHCHECK.
     last: [Option<usize>; 3],
 }
@@ -218,20 +217,6 @@ pub fn run(nodes: &[Node], parser_warnings: &[Warning], check: &CheckConfig) -> 
                         ),
                     );
                 }
-            }
-            "workdir" => {
-                let path = args.trim();
-                if !stage.workdir_set && !path.starts_with('/') && !path.starts_with('$') {
-                    warn(
-                        &mut out,
-                        "WorkdirRelativePath",
-                        n.line,
-                        format!(
-                            "Relative workdir {path:?} can have unexpected results if the base image changes"
-                        ),
-                    );
-                }
-                stage.workdir_set = true;
             }
             _ => {}
         }
@@ -339,7 +324,6 @@ mod tests {
              FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)\n\
              MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 2)\n\
              LegacyKeyValueFormat: \"ENV key=value\" should be used instead of legacy \"ENV key value\" format (line 3)\n\
-             WorkdirRelativePath: Relative workdir \"app\" can have unexpected results if the base image changes (line 5)\n\
              JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 7)\n\
              MultipleInstructionsDisallowed: Multiple CMD instructions should not be used in the same stage because only the last one will be used (line 7)\n\
              ConsistentInstructionCasing: Command 'run' should match the case of the command majority (uppercase) (line 10)\n\

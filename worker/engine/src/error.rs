@@ -70,6 +70,17 @@ pub enum WorkerError {
         command: String,
         code: u32,
     },
+    /// A RUN step's `USER` is not in its rootfs: BuildKit's text, the
+    /// process did not complete and why.
+    #[error(
+        "{location}process {} did not complete successfully: {reason}",
+        go_quote(command)
+    )]
+    StepUser {
+        location: String,
+        command: String,
+        reason: kiln_shim::user::UserError,
+    },
     /// A step is for a platform this machine cannot run: no CPU or
     /// binfmt_misc emulator for it (`reason` says which and what to do).
     #[error(
@@ -159,6 +170,7 @@ impl WorkerError {
             | WorkerError::BadInput { .. }
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,
             WorkerError::StepFailed { .. }
+            | WorkerError::StepUser { .. }
             | WorkerError::NoEmulation { .. }
             | WorkerError::FileOp { .. }
             | WorkerError::Secret { .. }

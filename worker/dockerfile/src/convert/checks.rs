@@ -85,6 +85,20 @@ pub(super) fn secret_key(instruction: &str, key: &str, line: usize) -> Option<Wa
     })
 }
 
+/// WorkdirRelativePath for the first `WORKDIR` of a stage (and its in-file
+/// parents) when its expanded path is relative.
+pub(super) fn workdir_relative(path: &str, line: usize) -> Option<Warning> {
+    (!path.starts_with('/')).then(|| {
+        warning(
+            "WorkdirRelativePath",
+            line,
+            format!(
+                "Relative workdir {path:?} can have unexpected results if the base image changes"
+            ),
+        )
+    })
+}
+
 /// ExposeProtoCasing and ExposeInvalidFormat for one expanded `EXPOSE`
 /// word (BuildKit checks the expanded ports, in this order).
 pub(super) fn expose_checks(port: &str, line: usize) -> Vec<Warning> {

@@ -347,6 +347,9 @@ struct StageState {
     args: Vec<(String, Option<String>)>,
     /// `CMD` was set in this stage (then `ENTRYPOINT` keeps it).
     cmd_set: bool,
+    /// A `WORKDIR` was set in this stage or an in-file parent (for
+    /// WorkdirRelativePath).
+    workdir_set: bool,
     /// The platform of the stage's ops (`None`: the build platform).
     platform: Option<kiln_solver::Platform>,
 }
@@ -859,6 +862,7 @@ impl Converter<'_> {
             config,
             args: Vec::new(),
             cmd_set: false,
+            workdir_set: false,
             platform: self.plan.op_platform(i),
         }
     }
@@ -906,6 +910,10 @@ impl Converter<'_> {
             }
             Instruction::Workdir(p) => {
                 let p = self.expand(p, &st.env, line)?;
+                if !st.workdir_set {
+                    self.warnings.extend(checks::workdir_relative(&p, line));
+                }
+                st.workdir_set = true;
                 let base = if st.config.working_dir.is_empty() {
                     "/"
                 } else {

@@ -222,10 +222,10 @@ impl Plan {
                 from_context = true;
                 Base::of_context(ctx)
             } else {
-                Base::Image(normalize(&base_name).map_err(|err| ParseError::Reference {
+                Base::Image(normalize(&base_name).map_err(|err| ParseError::Invalid {
                     file: file.clone(),
                     line: s.line,
-                    err,
+                    message: format!("failed to parse stage name {base_name:?}: {err}"),
                 })?)
             };
             // A stage built on another runs as that one (BuildKit's rule).

@@ -916,7 +916,7 @@ fn conversion_errors_name_the_line() {
         "FROM busybox\nENV A=\"${B:?must be set}\"\n",
         r#"error: Dockerfile:2: failed to process "\"${B:?must be set}\"": B: must be set"#,
     );
-    check("FROM Busybox\n", "error: Dockerfile:1: invalid reference format: repository name (library/Busybox) must be lowercase");
+    check("FROM Busybox\n", "error: Dockerfile:1: failed to parse stage name \"Busybox\": invalid reference format: repository name (library/Busybox) must be lowercase");
     check(
         "ARG IMG\nFROM $IMG\n",
         "error: Dockerfile:2: base name ($IMG) should not be blank",

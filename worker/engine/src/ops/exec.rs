@@ -189,6 +189,13 @@ impl StepRunner {
         let status = match status {
             Ok(s) => s,
             Err(ExecError::Cancelled { .. }) => return Err(WorkerError::Cancelled),
+            Err(ExecError::User { source, .. }) => {
+                return Err(WorkerError::StepUser {
+                    location: loc.to_string(),
+                    command: op.meta.args.join(" "),
+                    reason: source,
+                })
+            }
             Err(e) => {
                 return Err(WorkerError::Exec {
                     location: loc.to_string(),
