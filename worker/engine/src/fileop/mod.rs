@@ -48,6 +48,10 @@ pub enum FileOpError {
     /// A directory was to be copied or created where a non-directory is.
     #[error("cannot copy to non-directory: {path}")]
     NotADirectory { path: String },
+    /// A directory to create (a destination's parent, a WORKDIR) is a
+    /// non-directory: Go's `MkdirAll` error, as BuildKit prints it.
+    #[error("mkdir {path}: not a directory")]
+    MkdirNotADirectory { path: String },
     /// A file was to replace an existing directory.
     #[error("cannot replace to directory {path} with file")]
     IsADirectory { path: String },
@@ -92,6 +96,7 @@ impl FileOpError {
             }
             FileOpError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             FileOpError::NotADirectory { .. }
+            | FileOpError::MkdirNotADirectory { .. }
             | FileOpError::IsADirectory { .. }
             | FileOpError::SymlinkLoop { .. } => ErrorKind::FailedPrecondition,
             FileOpError::InvalidPath { .. }
