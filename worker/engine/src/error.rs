@@ -70,16 +70,17 @@ pub enum WorkerError {
         command: String,
         code: u32,
     },
-    /// A RUN step's `USER` is not in its rootfs: BuildKit's text, the
+    /// A RUN step's process could not start (its `USER` is not in the
+    /// rootfs, the runtime could not create it): BuildKit's text, the
     /// process did not complete and why.
     #[error(
         "{location}process {} did not complete successfully: {reason}",
         go_quote(command)
     )]
-    StepUser {
+    StepNotStarted {
         location: String,
         command: String,
-        reason: kiln_shim::user::UserError,
+        reason: String,
     },
     /// A step is for a platform this machine cannot run: no CPU or
     /// binfmt_misc emulator for it (`reason` says which and what to do).
@@ -170,7 +171,7 @@ impl WorkerError {
             | WorkerError::BadInput { .. }
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,
             WorkerError::StepFailed { .. }
-            | WorkerError::StepUser { .. }
+            | WorkerError::StepNotStarted { .. }
             | WorkerError::NoEmulation { .. }
             | WorkerError::FileOp { .. }
             | WorkerError::Secret { .. }
