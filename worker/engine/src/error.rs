@@ -106,6 +106,10 @@ pub enum WorkerError {
     /// A graph input has the wrong kind (e.g. a local dir as a rootfs).
     #[error("{location}invalid input: {reason}")]
     BadInput { location: String, reason: String },
+    /// A bind mount's source path is not in its input (BuildKit's
+    /// checksum error ends the same way).
+    #[error("{location}\"{path}\": not found")]
+    MountSourceNotFound { location: String, path: String },
     /// A secret the step needs is missing or unreadable.
     #[error("{location}{source}")]
     Secret {
@@ -159,9 +163,9 @@ impl WorkerError {
             WorkerError::Snapshot(e) | WorkerError::AtStep { error: e, .. } => e.kind(),
             WorkerError::Exec { error, .. } => error.kind(),
             WorkerError::Push { error, .. } => error.kind(),
-            WorkerError::ImageNotFound { .. } | WorkerError::ManifestUnknown { .. } => {
-                ErrorKind::NotFound
-            }
+            WorkerError::ImageNotFound { .. }
+            | WorkerError::ManifestUnknown { .. }
+            | WorkerError::MountSourceNotFound { .. } => ErrorKind::NotFound,
             WorkerError::Registry { error, .. } => error.kind(),
             WorkerError::Pull { .. } | WorkerError::LayerBlob { .. } => {
                 ErrorKind::FailedPrecondition
