@@ -207,16 +207,15 @@ impl Plan {
                 });
                 continue;
             }
-            let lower = base_name.to_lowercase();
+            // As BuildKit: `scratch` and an earlier stage's (lower case)
+            // name match exactly, and a number is no stage index here.
             let mut from_context = false;
-            let base = if lower == "scratch" {
+            let base = if base_name == "scratch" {
                 Base::Scratch
             } else if let Some(j) = df.stages[..i]
                 .iter()
-                .rposition(|p| p.name.as_deref() == Some(&lower))
+                .rposition(|p| p.name.as_deref() == Some(base_name.as_str()))
             {
-                Base::Stage(j)
-            } else if let Some(j) = lower.parse::<usize>().ok().filter(|j| *j < i) {
                 Base::Stage(j)
             } else if let Some(ctx) = named_context(opts, &base_name, &platform) {
                 from_context = true;
