@@ -75,6 +75,28 @@ async fn multi_stage_builds_only_what_the_target_needs() {
     assert_eq!(printed, "built\n");
 }
 
+/// `FROM name@sha256:...` of an image the store has under its tag only:
+/// the digest is read from the content store (as BuildKit does), nothing
+/// is pulled.
+#[tokio::test]
+async fn a_base_by_digest_is_found_in_the_content_store() {
+    let ns = "bydigest";
+    let h = Harness::with_busybox(ns).await;
+    let digest = h.image_digest(ns, "docker.io/library/busybox:latest");
+    let dockerfile = format!("FROM busybox@{digest}\nRUN cat /etc/base-release > /out\n");
+    let ctx = h.context("bydigest", &[("Dockerfile", dockerfile.as_str())]);
+    h.build(ns, &["-t", "bydigest", ctx.to_str().expect("utf8")])
+        .ok();
+    let printed = ctr_run(
+        &h,
+        ns,
+        "docker.io/library/bydigest:latest",
+        "bydigest-run",
+        &["cat", "/out"],
+    );
+    assert_eq!(printed, "busybox test base\n");
+}
+
 #[tokio::test]
 async fn a_deleted_base_file_is_absent() {
     let ns = "whiteout";

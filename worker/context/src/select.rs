@@ -56,8 +56,8 @@ pub struct Source {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selection {
     /// The sources to copy, in order. `from_wildcard` when they are the
-    /// matches of a wildcard (several of them make the destination a
-    /// directory).
+    /// matches of a wildcard (each is copied to the destination in turn,
+    /// as fsutil does: several files onto one path leave the last).
     Found {
         sources: Vec<Source>,
         from_wildcard: bool,

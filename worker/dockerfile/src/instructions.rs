@@ -298,13 +298,15 @@ impl Parser<'_> {
             }
         };
         if let Some(n) = &name {
+            // The error shows the name as written.
+            let written = words.get(2).copied().unwrap_or_default();
             let mut chars = n.chars();
             let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
                 && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
             if !ok {
                 return Err(self.invalid(
                     node.line,
-                    format!("invalid name for build stage: {n:?}, name can't start with a number or contain symbols"),
+                    format!("invalid name for build stage: {written:?}, name can't start with a number or contain symbols"),
                 ));
             }
         }
@@ -331,13 +333,7 @@ impl Parser<'_> {
                 "unpack",
                 "exclude",
             ],
-            "healthcheck" => &[
-                "interval",
-                "timeout",
-                "start-period",
-                "start-interval",
-                "retries",
-            ],
+            "healthcheck" => &crate::metadata::HEALTHCHECK_FLAGS,
             _ => &[],
         };
         ParseError::UnknownFlag {
@@ -386,20 +382,49 @@ impl Parser<'_> {
                 Ok(())
             }
         };
+        // WORKDIR, USER, STOPSIGNAL and MAINTAINER take the rest of the line
+        // as their one argument.
+        let need_one = |what: &str| -> Result<()> {
+            if rest.trim().is_empty() {
+                Err(self.invalid(line, format!("{what} requires exactly one argument")))
+            } else {
+                Ok(())
+            }
+        };
+        // A JSON array with anything but strings is an error, not shell
+        // form (BuildKit's parseJSON).
+        let json_part = match kw {
+            "healthcheck" => rest
+                .trim_start()
+                .split_once(char::is_whitespace)
+                .map_or("", |(_, r)| r),
+            _ => rest,
+        };
+        if matches!(
+            kw,
+            "run" | "cmd" | "entrypoint" | "shell" | "volume" | "copy" | "add" | "healthcheck"
+        ) && json_not_strings(json_part)
+        {
+            return Err(self.invalid(
+                line,
+                "when using JSON array syntax, arrays must be comprised of strings only".into(),
+            ));
+        }
         Ok(match kw {
             "run" => self.run(node, flags, rest)?,
             "copy" | "add" => self.copy(node, kw == "add", flags, rest)?,
-            "cmd" => {
-                need_args("CMD")?;
-                Instruction::Cmd(cmd_line(rest))
-            }
-            "entrypoint" => {
-                need_args("ENTRYPOINT")?;
-                Instruction::Entrypoint(cmd_line(rest))
-            }
+            // Without arguments they are the shell form of an empty command.
+            "cmd" => Instruction::Cmd(cmd_line(rest)),
+            "entrypoint" => Instruction::Entrypoint(cmd_line(rest)),
             "shell" => match json_array(rest) {
                 Some(v) if !v.is_empty() => Instruction::Shell(v),
-                _ => {
+                Some(_) => {
+                    return Err(self.invalid(line, "SHELL requires at least one argument".into()))
+                }
+                None if rest.trim().is_empty() => {
+                    return Err(self.invalid(line, "SHELL requires at least one argument".into()))
+                }
+                None => {
                     return Err(self.invalid(
                         line,
                         "SHELL requires the arguments to be in JSON form".into(),
@@ -424,11 +449,11 @@ impl Parser<'_> {
                 Instruction::Arg(args)
             }
             "workdir" => {
-                need_args("WORKDIR")?;
+                need_one("WORKDIR")?;
                 Instruction::Workdir(rest.to_string())
             }
             "user" => {
-                need_args("USER")?;
+                need_one("USER")?;
                 Instruction::User(rest.to_string())
             }
             "expose" => {
@@ -437,23 +462,40 @@ impl Parser<'_> {
             }
             "volume" => {
                 need_args("VOLUME")?;
-                let vols = match json_array(rest) {
-                    Some(v) => v,
+                let vols: Vec<String> = match json_array(rest) {
+                    Some(v) => v.iter().map(|v| v.trim().to_string()).collect(),
                     None => rest.split_whitespace().map(str::to_string).collect(),
                 };
+                if vols.is_empty() {
+                    return Err(self.invalid(line, "VOLUME requires at least one argument".into()));
+                }
+                if vols.iter().any(String::is_empty) {
+                    return Err(
+                        self.invalid(line, "VOLUME specified can not be an empty string".into())
+                    );
+                }
                 Instruction::Volume(vols)
             }
             "stopsignal" => {
-                need_args("STOPSIGNAL")?;
+                need_one("STOPSIGNAL")?;
                 Instruction::StopSignal(rest.to_string())
             }
             "maintainer" => {
-                need_args("MAINTAINER")?;
+                need_one("MAINTAINER")?;
                 Instruction::Maintainer(rest.to_string())
             }
-            "healthcheck" => Instruction::Healthcheck(
-                crate::metadata::healthcheck(&flags, rest).map_err(|m| self.invalid(line, m))?,
-            ),
+            "healthcheck" => {
+                if let Some(f) = flags
+                    .iter()
+                    .find(|f| !crate::metadata::HEALTHCHECK_FLAGS.contains(&f.name.as_str()))
+                {
+                    return Err(self.unknown_flag(node, f));
+                }
+                Instruction::Healthcheck(
+                    crate::metadata::healthcheck(&flags, rest)
+                        .map_err(|m| self.invalid(line, m))?,
+                )
+            }
             "onbuild" => Instruction::Onbuild(
                 crate::metadata::onbuild(rest).map_err(|m| self.invalid(line, m))?,
             ),
@@ -488,9 +530,7 @@ impl Parser<'_> {
                 _ => return Err(self.unknown_flag(node, f)),
             }
         }
-        if rest.trim().is_empty() {
-            return Err(self.invalid(node.line, "RUN requires at least one argument".into()));
-        }
+        // `RUN` alone runs the shell with an empty command, as BuildKit.
         let cmd = cmd_line(rest);
         Ok(Instruction::Run(Run {
             network,
@@ -551,9 +591,7 @@ impl Parser<'_> {
                 }
             }
         }
-        if m.target.is_none() && !matches!(m.kind, Some(MountKind::Secret | MountKind::Ssh)) {
-            return Err(self.invalid(node.line, "mount target must be set".into()));
-        }
+        // A missing target is `/`, which the converter refuses as BuildKit.
         Ok(m)
     }
 
@@ -656,21 +694,27 @@ impl Parser<'_> {
                 value: value.to_string(),
             }]);
         }
-        words
-            .iter()
-            .map(|w| match w.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok(KeyValue {
-                    key: k.to_string(),
-                    value: v.to_string(),
-                }),
-                _ => Err(self.invalid(
+        // Every word is `k=v` (the parser's check) before any name may be
+        // blank (the instruction's).
+        let mut pairs = Vec::with_capacity(words.len());
+        for w in &words {
+            let Some((k, v)) = w.split_once('=') else {
+                return Err(self.invalid(
                     node.line,
                     format!(
                         "Syntax error - can't find = in {w:?}. Must be of the form: name=value"
                     ),
-                )),
-            })
-            .collect()
+                ));
+            };
+            pairs.push(KeyValue {
+                key: k.to_string(),
+                value: v.to_string(),
+            });
+        }
+        if pairs.iter().any(|p| p.key.is_empty()) {
+            return Err(self.invalid(node.line, format!("{what} names can not be blank")));
+        }
+        Ok(pairs)
     }
 }
 
@@ -727,6 +771,14 @@ fn json_array(rest: &str) -> Option<Vec<String>> {
         return None;
     }
     serde_json::from_str::<Vec<String>>(t).ok()
+}
+
+/// Whether `rest` is a JSON array holding something other than strings.
+fn json_not_strings(rest: &str) -> bool {
+    let t = rest.trim();
+    t.starts_with('[')
+        && serde_json::from_str::<Vec<serde_json::Value>>(t)
+            .is_ok_and(|v| v.iter().any(|e| !e.is_string()))
 }
 
 fn cmd_line(rest: &str) -> CmdLine {
@@ -990,7 +1042,7 @@ ADD ["a b", "/c"]
         );
         check(
             "FROM a\nHEALTHCHECK --interval=1s --retry=2 CMD true\n",
-            "error: Dockerfile:2: unknown flag: retry",
+            "error: Dockerfile:2: unknown flag: --retry",
         );
         check(
             "FROM a\nHEALTHCHECK --timeout=500us CMD true\n",

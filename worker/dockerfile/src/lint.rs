@@ -3,7 +3,8 @@
 //! StageNameCasing, FromAsCasing, ConsistentInstructionCasing,
 //! ReservedStageName, JSONArgsRecommended, MaintainerDeprecated,
 //! NoEmptyContinuation, MultipleInstructionsDisallowed,
-//! LegacyKeyValueFormat, WorkdirRelativePath and ExposeProtoCasing.
+//! and LegacyKeyValueFormat (ExposeProtoCasing and WorkdirRelativePath
+//! need the expanded words: the converter's).
 //!
 //! Warnings are data: [`crate::Dockerfile::warnings`] holds those the
 //! `# check=` directive does not skip, the frontend prints them, and
@@ -111,7 +112,6 @@ struct StageLint {
     name: Option<String>,
     /// `SHELL` set in this stage or an in-file parent.
     shell_set: bool,
-    workdir_set: bool,
     /// Line of the last CMD / ENTRYPOINT / HEALTHCHECK.
     last: [Option<usize>; 3],
 }
@@ -216,36 +216,6 @@ pub fn run(nodes: &[Node], parser_warnings: &[Warning], check: &CheckConfig) -> 
                             n.word
                         ),
                     );
-                }
-            }
-            "workdir" => {
-                let path = args.trim();
-                if !stage.workdir_set && !path.starts_with('/') && !path.starts_with('$') {
-                    warn(
-                        &mut out,
-                        "WorkdirRelativePath",
-                        n.line,
-                        format!(
-                            "Relative workdir {path:?} can have unexpected results if the base image changes"
-                        ),
-                    );
-                }
-                stage.workdir_set = true;
-            }
-            "expose" => {
-                for port in args.split_whitespace() {
-                    if let Some((_, proto)) = port.rsplit_once('/') {
-                        if proto != proto.to_lowercase() {
-                            warn(
-                                &mut out,
-                                "ExposeProtoCasing",
-                                n.line,
-                                format!(
-                                    "Defined protocol '{port}' in EXPOSE instruction should be lowercase"
-                                ),
-                            );
-                        }
-                    }
                 }
             }
             _ => {}
@@ -354,10 +324,8 @@ mod tests {
              FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)\n\
              MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 2)\n\
              LegacyKeyValueFormat: \"ENV key=value\" should be used instead of legacy \"ENV key value\" format (line 3)\n\
-             WorkdirRelativePath: Relative workdir \"app\" can have unexpected results if the base image changes (line 5)\n\
              JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 7)\n\
              MultipleInstructionsDisallowed: Multiple CMD instructions should not be used in the same stage because only the last one will be used (line 7)\n\
-             ExposeProtoCasing: Defined protocol '80/TCP' in EXPOSE instruction should be lowercase (line 9)\n\
              ConsistentInstructionCasing: Command 'run' should match the case of the command majority (uppercase) (line 10)\n\
              ReservedStageName: Stage name should not use the same name as reserved stage \"scratch\" (line 11)\n\
              JSONArgsRecommended: JSON arguments recommended for ENTRYPOINT to prevent unintended behavior related to OS signals (line 12)\n\

@@ -9,6 +9,15 @@ use crate::convert::gocompat::go_quote;
 use crate::parser::Flag;
 use kiln_solver::Healthcheck;
 
+/// The flags of HEALTHCHECK, in the order [`healthcheck`] reads them.
+pub(crate) const HEALTHCHECK_FLAGS: [&str; 5] = [
+    "interval",
+    "timeout",
+    "start-period",
+    "start-interval",
+    "retries",
+];
+
 /// Parses `HEALTHCHECK [flags] NONE|CMD ...`; `rest` is what follows the
 /// flags.
 pub fn healthcheck(flags: &[Flag], rest: &str) -> Result<Healthcheck, String> {
@@ -32,19 +41,12 @@ pub fn healthcheck(flags: &[Flag], rest: &str) -> Result<Healthcheck, String> {
         });
     }
     let mut values: [Option<&str>; 5] = [None; 5];
-    const NAMES: [&str; 5] = [
-        "interval",
-        "timeout",
-        "start-period",
-        "start-interval",
-        "retries",
-    ];
     for f in flags {
-        let Some(i) = NAMES.iter().position(|n| *n == f.name) else {
+        let Some(i) = HEALTHCHECK_FLAGS.iter().position(|n| *n == f.name) else {
             return Err(format!("unknown flag: {}", f.name));
         };
         if values[i].is_some() {
-            return Err(format!("duplicate flag specified: {}", f.name));
+            return Err(format!("duplicate flag specified: --{}", f.name));
         }
         match f.value.as_deref() {
             Some(v) => values[i] = Some(v),
@@ -79,7 +81,7 @@ pub fn healthcheck(flags: &[Flag], rest: &str) -> Result<Healthcheck, String> {
     };
     let mut durations = [0i64; 4];
     for (i, d) in durations.iter_mut().enumerate() {
-        *d = interval(NAMES[i], values[i].unwrap_or_default())?;
+        *d = interval(HEALTHCHECK_FLAGS[i], values[i].unwrap_or_default())?;
     }
     let retries = match values[4] {
         None | Some("") => 0,
@@ -462,7 +464,7 @@ mod tests {
                 &[("retries", Some("1")), ("retries", Some("2"))],
                 "CMD true"
             ),
-            "duplicate flag specified: retries"
+            "duplicate flag specified: --retries"
         );
         // Zero means inherit and is allowed.
         let h = healthcheck(&flags(&[("interval", Some("0s"))]), "CMD true").expect("valid");

@@ -378,9 +378,8 @@ impl Word<'_> {
                     .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
                 Ok(glob.replace(&value, &replacement, all))
             }
-            // BuildKit prints the end of input as U+FFFD here; saying what
-            // is missing is more use.
-            None => Err(MISSING_BRACE.into()),
+            // Go's scanner gives EOF here, which BuildKit prints as U+FFFD.
+            None => Err(unsupported("\u{FFFD}")),
             Some(m) => Err(unsupported(&m.to_string())),
         }
     }
@@ -802,7 +801,7 @@ mod tests {
         fail("${:-x}", "syntax error: bad substitution");
         fail("${{A}", "syntax error: bad substitution");
         fail("${", "syntax error: missing '}'");
-        fail("${A", "syntax error: missing '}'");
+        fail("${A", "unsupported modifier (\u{FFFD}) in substitution");
         fail("${A:-x", "syntax error: missing '}'");
         fail("${A//x}", "syntax error: missing '/' in ${}");
         fail("${A/x", "syntax error: missing '/' in ${}");

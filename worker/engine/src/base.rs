@@ -40,23 +40,21 @@ pub async fn load(
     name: &str,
     platform: Option<&kiln_solver::Platform>,
 ) -> Result<BaseImage> {
-    let record = match svc.images.get(name).await {
-        Ok(r) => r,
-        Err(e) if e.is_not_found() => {
-            return Err(WorkerError::ImageNotFound {
-                image: name.to_string(),
-                namespace: svc.namespace.to_string(),
-            })
-        }
+    let (media_type, digest, size) = match svc.images.get(name).await {
+        Ok(r) => (r.media_type, r.digest, r.size),
+        Err(e) if e.is_not_found() => match by_digest(svc, name).await? {
+            Some(found) => found,
+            None => {
+                return Err(WorkerError::ImageNotFound {
+                    image: name.to_string(),
+                    namespace: svc.namespace.to_string(),
+                })
+            }
+        },
         Err(e) => return Err(e.into()),
     };
-    let mut desc =
-        oci::descriptor(&record.media_type, &record.digest, record.size).ok_or_else(|| {
-            invalid(
-                name,
-                format!("bad record {} of {} bytes", record.digest, record.size),
-            )
-        })?;
+    let mut desc = oci::descriptor(&media_type, &digest, size)
+        .ok_or_else(|| invalid(name, format!("bad record {digest} of {size} bytes")))?;
     let media_type = desc.media_type().to_string();
     if media_type == oci::MEDIA_OCI_INDEX || media_type == oci::MEDIA_DOCKER_LIST {
         let bytes = svc.content.read(desc.digest().as_ref()).await?;
@@ -88,12 +86,42 @@ pub async fn load(
     let layers = layers_of(&manifest, &config).map_err(|m| invalid(name, m))?;
     Ok(BaseImage {
         name: name.to_string(),
-        target: record.digest.clone(),
+        target: digest,
         manifest: desc,
         config_digest,
         config,
         layers,
     })
+}
+
+/// A `name@sha256:...` with no image record of its own, from the content
+/// store (as BuildKit's `imageutil.Config`): the blob's media type, digest
+/// and size, or `None` when the name has no digest or the blob is absent.
+async fn by_digest(svc: &Services, name: &str) -> Result<Option<(String, String, i64)>> {
+    let Some((_, digest)) = name.rsplit_once('@') else {
+        return Ok(None);
+    };
+    let bytes = match svc.content.read(digest).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    let probe: Probe = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(name, format!("manifest {digest}: {e}")))?;
+    let media_type = match (probe.media_type, probe.manifests) {
+        (Some(m), _) => m,
+        (None, Some(_)) => oci::MEDIA_OCI_INDEX.to_string(),
+        (None, None) => oci::MEDIA_OCI_MANIFEST.to_string(),
+    };
+    let size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+    Ok(Some((media_type, digest.to_string(), size)))
 }
 
 /// The manifest for `want` in `index` (or its only manifest when it names

@@ -60,12 +60,27 @@ pub enum WorkerError {
     #[error("oci-layout {layout}: {reason}")]
     OciLayout { layout: String, reason: String },
     /// A RUN step exited non-zero.
-    #[error("{location}process \"{command}\" did not complete successfully: exit code: {code}")]
+    #[error(
+        "{location}process {} did not complete successfully: exit code: {code}",
+        go_quote(command)
+    )]
     StepFailed {
         /// `Dockerfile:12: ` or empty.
         location: String,
         command: String,
         code: u32,
+    },
+    /// A RUN step's process could not start (its `USER` is not in the
+    /// rootfs, the runtime could not create it): BuildKit's text, the
+    /// process did not complete and why.
+    #[error(
+        "{location}process {} did not complete successfully: {reason}",
+        go_quote(command)
+    )]
+    StepNotStarted {
+        location: String,
+        command: String,
+        reason: String,
     },
     /// A step is for a platform this machine cannot run: no CPU or
     /// binfmt_misc emulator for it (`reason` says which and what to do).
@@ -91,6 +106,10 @@ pub enum WorkerError {
     /// A graph input has the wrong kind (e.g. a local dir as a rootfs).
     #[error("{location}invalid input: {reason}")]
     BadInput { location: String, reason: String },
+    /// A bind mount's source path is not in its input (BuildKit's
+    /// checksum error ends the same way).
+    #[error("{location}\"{path}\": not found")]
+    MountSourceNotFound { location: String, path: String },
     /// A secret the step needs is missing or unreadable.
     #[error("{location}{source}")]
     Secret {
@@ -144,9 +163,9 @@ impl WorkerError {
             WorkerError::Snapshot(e) | WorkerError::AtStep { error: e, .. } => e.kind(),
             WorkerError::Exec { error, .. } => error.kind(),
             WorkerError::Push { error, .. } => error.kind(),
-            WorkerError::ImageNotFound { .. } | WorkerError::ManifestUnknown { .. } => {
-                ErrorKind::NotFound
-            }
+            WorkerError::ImageNotFound { .. }
+            | WorkerError::ManifestUnknown { .. }
+            | WorkerError::MountSourceNotFound { .. } => ErrorKind::NotFound,
             WorkerError::Registry { error, .. } => error.kind(),
             WorkerError::Pull { .. } | WorkerError::LayerBlob { .. } => {
                 ErrorKind::FailedPrecondition
@@ -156,6 +175,7 @@ impl WorkerError {
             | WorkerError::BadInput { .. }
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,
             WorkerError::StepFailed { .. }
+            | WorkerError::StepNotStarted { .. }
             | WorkerError::NoEmulation { .. }
             | WorkerError::FileOp { .. }
             | WorkerError::Secret { .. }
@@ -173,3 +193,30 @@ impl WorkerError {
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
 
 pub use kiln_snapshot::containerd::error_chain;
+
+/// `s` quoted as Go's `%q` (what BuildKit's step errors use): `"`, `\\` and
+/// control characters escaped, a single quote not.
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push(c);
+        } else {
+            out.extend(c.escape_debug());
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod quote_tests {
+    #[test]
+    fn go_quote_escapes_as_percent_q() {
+        assert_eq!(
+            super::go_quote("sh -c set -e\nfalse\t'x' \"y\""),
+            r#""sh -c set -e\nfalse\t'x' \"y\"""#
+        );
+    }
+}

@@ -6,8 +6,6 @@
 //! while a stage's instructions are dispatched. The rules that need only the parse tree
 //! are in [`crate::lint`].
 
-use std::collections::BTreeSet;
-
 use super::*;
 use crate::parser::Warning;
 use crate::shell::Matches;
@@ -87,24 +85,51 @@ pub(super) fn secret_key(instruction: &str, key: &str, line: usize) -> Option<Wa
     })
 }
 
-/// ExposeInvalidFormat for one expanded `EXPOSE` word.
-pub(super) fn expose_format(port: &str, line: usize) -> Option<Warning> {
-    port.contains(':').then(|| {
+/// WorkdirRelativePath for the first `WORKDIR` of a stage (and its in-file
+/// parents) when its expanded path is relative.
+pub(super) fn workdir_relative(path: &str, line: usize) -> Option<Warning> {
+    (!path.starts_with('/')).then(|| {
         warning(
-            "ExposeInvalidFormat",
+            "WorkdirRelativePath",
             line,
             format!(
-                "EXPOSE instruction should not define an IP address or host-port mapping, found '{port}'"
+                "Relative workdir {path:?} can have unexpected results if the base image changes"
             ),
         )
     })
 }
 
+/// ExposeProtoCasing and ExposeInvalidFormat for one expanded `EXPOSE`
+/// word (BuildKit checks the expanded ports, in this order).
+pub(super) fn expose_checks(port: &str, line: usize) -> Vec<Warning> {
+    let mut out = Vec::new();
+    let container = port.rsplit(':').next().unwrap_or(port);
+    let proto = container.split('/').nth(1).unwrap_or_default();
+    if proto != proto.to_lowercase() {
+        out.push(warning(
+            "ExposeProtoCasing",
+            line,
+            format!("Defined protocol '{port}' in EXPOSE instruction should be lowercase"),
+        ));
+    }
+    if port.contains(':') {
+        out.push(warning(
+            "ExposeInvalidFormat",
+            line,
+            format!(
+                "EXPOSE instruction should not define an IP address or host-port mapping, found '{port}'"
+            ),
+        ));
+    }
+    out
+}
+
 /// UndefinedVar for the names one instruction looked up and did not find
-/// in `env` (the stage's env before it): declared `ARG`s without a value
-/// and the args BuildKit reads itself do not count.
+/// in `env` (the stage's env before it), one per word that used them:
+/// declared `ARG`s without a value and the args BuildKit reads itself do
+/// not count.
 pub(super) fn undefined_vars(
-    unmatched: &BTreeSet<String>,
+    unmatched: &[String],
     args: &[(String, Option<String>)],
     env: &[String],
     line: usize,

@@ -97,10 +97,9 @@ impl Converter<'_> {
         } else {
             &st.config.working_dir
         };
-        let mut dest = resolve_keep_slash(cwd, &dest_written);
-        if srcs.len() + cp.contents.len() > 1 && !dest.ends_with('/') {
-            dest.push('/');
-        }
+        // Several sources are copied onto `dest` in turn (BuildKit adds no
+        // `/`): without one, the last file stays.
+        let dest = resolve_keep_slash(cwd, &dest_written);
 
         let mut inputs = Inputs::default();
         let first_input = if linked {

@@ -92,6 +92,15 @@ pub(super) fn chown_opt(spec: &str) -> ChownOpt {
     }
 }
 
+/// Go's `strconv.ParseBool` (what BuildKit reads mount flags with).
+pub(super) fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 /// `units.RAMInBytes`: `64m`, `1g`, `512k`, `100` (binary multiples).
 pub fn ram_in_bytes(s: &str) -> Option<u64> {
     let lower = s.trim().to_lowercase();

@@ -31,7 +31,7 @@ use kiln_solver::{
     VertexId,
 };
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 mod checks;
 mod copy;
@@ -347,6 +347,9 @@ struct StageState {
     args: Vec<(String, Option<String>)>,
     /// `CMD` was set in this stage (then `ENTRYPOINT` keeps it).
     cmd_set: bool,
+    /// A `WORKDIR` was set in this stage or an in-file parent (for
+    /// WorkdirRelativePath).
+    workdir_set: bool,
     /// The platform of the stage's ops (`None`: the build platform).
     platform: Option<kiln_solver::Platform>,
 }
@@ -368,9 +371,10 @@ struct Converter<'a> {
     stages_built: Vec<String>,
     /// Bytes of step definitions emitted so far (see [`MAX_GRAPH_BYTES`]).
     graph_bytes: usize,
-    /// Variables the current instruction's expansions did not find (for
-    /// the UndefinedVar check).
-    unmatched: RefCell<BTreeSet<String>>,
+    /// Variables the current instruction's expansions did not find, once
+    /// per word that used them (for the UndefinedVar check: BuildKit warns
+    /// for each word).
+    unmatched: RefCell<Vec<String>>,
     /// Build check warnings found while converting (see [`checks`]).
     warnings: Vec<crate::parser::Warning>,
     /// See [`Build::context_reads`].
@@ -668,8 +672,11 @@ impl Converter<'_> {
     /// The filesystem `--from` names: a stage's state or an image.
     fn source_edge(&mut self, from: &str, current: usize, line: usize) -> Result<Option<Edge>> {
         let platform = self.plan.stages[current].platform.clone();
-        match resolve_source(self.df, self.opts, from, current, &platform, line)? {
+        match resolve_source(self.df, self.opts, from, &platform, line)? {
             Source::Stage(j) => match &self.states[j] {
+                _ if j >= current => {
+                    plan::defined_before(self.df, self.opts, from, j, current, line).map(|()| None)
+                }
                 Some(st) => Ok(st.edge),
                 None => Err(self.file_err(line, format!("stage {from:?} was not built"))),
             },
@@ -855,6 +862,7 @@ impl Converter<'_> {
             config,
             args: Vec::new(),
             cmd_set: false,
+            workdir_set: false,
             platform: self.plan.op_platform(i),
         }
     }
@@ -902,6 +910,10 @@ impl Converter<'_> {
             }
             Instruction::Workdir(p) => {
                 let p = self.expand(p, &st.env, line)?;
+                if !st.workdir_set {
+                    self.warnings.extend(checks::workdir_relative(&p, line));
+                }
+                st.workdir_set = true;
                 let base = if st.config.working_dir.is_empty() {
                     "/"
                 } else {
@@ -958,7 +970,7 @@ impl Converter<'_> {
                         .process_words(p, &st.env)
                         .map_err(|m| self.file_err(line, m))?;
                     for w in words {
-                        self.warnings.extend(checks::expose_format(&w, line));
+                        self.warnings.extend(checks::expose_checks(&w, line));
                         specs.extend(parse_ports(&w).map_err(|m| self.file_err(line, m))?);
                     }
                 }
@@ -990,7 +1002,7 @@ impl Converter<'_> {
             Instruction::StopSignal(s) => {
                 let s = self.expand(s, &st.env, line)?;
                 if !valid_signal(&s) {
-                    return Err(self.file_err(line, format!("Invalid signal: {s}")));
+                    return Err(self.file_err(line, format!("invalid signal: {s}")));
                 }
                 st.config
                     .history
@@ -1008,7 +1020,8 @@ impl Converter<'_> {
                 st.config
                     .history
                     .push(history(format!("CMD {}", go_quote_list(&args)), false));
-                st.config.cmd = Some(args);
+                // `CMD []` leaves no Cmd (a nil slice in BuildKit).
+                st.config.cmd = (!args.is_empty()).then_some(args);
                 // As BuildKit, whatever the form.
                 st.config.args_escaped = true;
                 st.cmd_set = true;

@@ -207,25 +207,24 @@ impl Plan {
                 });
                 continue;
             }
-            let lower = base_name.to_lowercase();
+            // As BuildKit: `scratch` and an earlier stage's (lower case)
+            // name match exactly, and a number is no stage index here.
             let mut from_context = false;
-            let base = if lower == "scratch" {
+            let base = if base_name == "scratch" {
                 Base::Scratch
             } else if let Some(j) = df.stages[..i]
                 .iter()
-                .rposition(|p| p.name.as_deref() == Some(&lower))
+                .rposition(|p| p.name.as_deref() == Some(base_name.as_str()))
             {
-                Base::Stage(j)
-            } else if let Some(j) = lower.parse::<usize>().ok().filter(|j| *j < i) {
                 Base::Stage(j)
             } else if let Some(ctx) = named_context(opts, &base_name, &platform) {
                 from_context = true;
                 Base::of_context(ctx)
             } else {
-                Base::Image(normalize(&base_name).map_err(|err| ParseError::Reference {
+                Base::Image(normalize(&base_name).map_err(|err| ParseError::Invalid {
                     file: file.clone(),
                     line: s.line,
-                    err,
+                    message: format!("failed to parse stage name {base_name:?}: {err}"),
                 })?)
             };
             // A stage built on another runs as that one (BuildKit's rule).
@@ -271,8 +270,11 @@ impl Plan {
         // Dependencies, then the stages reachable from the target.
         let mut image_sources = 0;
         let mut deps: Vec<Vec<usize>> = Vec::new();
+        // The stages each stage's commands read, with the reading line.
+        let mut reads: Vec<Vec<(usize, usize)>> = Vec::new();
         for (i, s) in df.stages.iter().enumerate() {
             let mut d = Vec::new();
+            reads.push(Vec::new());
             if stages[i].replaced {
                 // Nothing of the stage's own text is used.
                 deps.push(d);
@@ -315,21 +317,37 @@ impl Plan {
             for t in triggers {
                 let trigger = super::parse_trigger(t, file, s.line)?;
                 for from in from_refs(&trigger) {
-                    match resolve_source(df, opts, from, i, &stages[i].platform, s.line)? {
-                        Source::Stage(k) => d.push(k),
+                    match resolve_source(df, opts, from, &stages[i].platform, s.line)? {
+                        Source::Stage(k) => {
+                            d.push(k);
+                            reads[i].push((k, s.line));
+                        }
                         _ => image_sources += 1,
                     }
                 }
             }
             for c in &s.commands {
                 for from in from_refs(c) {
-                    match resolve_source(df, opts, from, i, &stages[i].platform, c.line)? {
-                        Source::Stage(j) => d.push(j),
+                    match resolve_source(df, opts, from, &stages[i].platform, c.line)? {
+                        Source::Stage(j) => {
+                            d.push(j);
+                            reads[i].push((j, c.line));
+                        }
                         _ => image_sources += 1,
                     }
                 }
             }
             deps.push(d);
+        }
+        if let Some((i, line)) = find_cycle(&reads) {
+            return Err(ParseError::Invalid {
+                file: file.to_string(),
+                line,
+                message: format!(
+                    "circular dependency detected on stage: {}",
+                    stage_label(df, i)
+                ),
+            });
         }
         // `all_stages` with no target: every stage (the build checks').
         let mut needed = vec![opts.all_stages && opts.target.is_none(); df.stages.len()];
@@ -391,11 +409,72 @@ pub(super) fn from_refs(c: &Command) -> Vec<&str> {
 
 /// Resolves `--from=<name|index|named context|image>` seen in stage
 /// `current`.
+/// The error of a stage being built that reads stage `j` (named `from`)
+/// defined after it (BuildKit's dispatch finds it not dispatched yet).
+pub(super) fn defined_before(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    from: &str,
+    j: usize,
+    current: usize,
+    line: usize,
+) -> Result<()> {
+    if j < current {
+        return Ok(());
+    }
+    Err(ParseError::Invalid {
+        file: opts.filename.clone(),
+        line,
+        message: format!(
+            "cannot copy from stage {from:?}, it needs to be defined before current stage {:?}",
+            stage_label(df, current)
+        ),
+    })
+}
+
+/// A stage's name in errors: its `AS` name, else `stage-N`.
+fn stage_label(df: &Dockerfile, i: usize) -> String {
+    df.stages[i]
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("stage-{i}"))
+}
+
+/// BuildKit's `validateCircularDependency` over the stages' `--from`
+/// reads: the first stage (in order) a cycle is reachable from, and the
+/// line of the read that starts the path.
+fn find_cycle(reads: &[Vec<(usize, usize)>]) -> Option<(usize, usize)> {
+    fn visit(
+        i: usize,
+        reads: &[Vec<(usize, usize)>],
+        visited: &mut [bool],
+        path: &mut [bool],
+    ) -> bool {
+        if visited[i] {
+            return false;
+        }
+        visited[i] = true;
+        path[i] = true;
+        for &(j, _) in &reads[i] {
+            if path[j] || visit(j, reads, visited, path) {
+                return true;
+            }
+        }
+        path[i] = false;
+        false
+    }
+    let mut visited = vec![false; reads.len()];
+    let mut path = vec![false; reads.len()];
+    (0..reads.len()).find_map(|i| {
+        let first = reads[i].first().map(|&(_, line)| line);
+        visit(i, reads, &mut visited, &mut path).then(|| (i, first.unwrap_or_default()))
+    })
+}
+
 pub(super) fn resolve_source(
     df: &Dockerfile,
     opts: &BuildOptions,
     from: &str,
-    current: usize,
     platform: &kiln_solver::Platform,
     line: usize,
 ) -> Result<Source> {
@@ -411,12 +490,6 @@ pub(super) fn resolve_source(
                 .into(),
         ));
     }
-    let stage_label = |i: usize| {
-        df.stages[i]
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("stage-{i}"))
-    };
     let lower = from.to_lowercase();
     let found = match from.parse::<usize>() {
         Ok(idx) if idx < df.stages.len() => Some(idx),
@@ -427,11 +500,10 @@ pub(super) fn resolve_source(
             .rposition(|s| s.name.as_deref() == Some(&lower)),
     };
     match found {
-        Some(j) if j < current => Ok(Source::Stage(j)),
-        Some(_) => Err(invalid(format!(
-            "cannot copy from stage {from:?}, it needs to be defined before current stage {:?}",
-            stage_label(current)
-        ))),
+        // A later stage (or this one) is refused when this stage is built
+        // ([`defined_before`]) or as a cycle ([`Plan::new`]), as BuildKit:
+        // a stage no one needs may name one.
+        Some(j) => Ok(Source::Stage(j)),
         None => match named_context(opts, from, platform) {
             Some(NamedContext::Local { local, excludes }) => Ok(Source::Local {
                 local: local.clone(),

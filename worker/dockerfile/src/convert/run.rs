@@ -75,14 +75,14 @@ impl Converter<'_> {
             None | Some("default") => NetMode::Unset,
             Some("none") => NetMode::None,
             Some("host") => NetMode::Host,
-            Some(n) => return Err(self.file_err(line, format!("unsupported network mode: {n}"))),
+            Some(n) => return Err(self.file_err(line, format!("invalid network mode {n:?}"))),
         };
         // Whether the build may use `insecure` is the entitlement check's
         // business (the daemon's), not the Dockerfile's.
         let security = match run.security.as_deref() {
             None | Some("sandbox") => SecurityMode::Sandbox,
             Some("insecure") => SecurityMode::Insecure,
-            Some(s) => return Err(self.file_err(line, format!("unsupported security mode: {s}"))),
+            Some(s) => return Err(self.file_err(line, format!("security {s:?} is not valid"))),
         };
         let mut mounts = vec![Mount {
             input: st.edge.map(|e| inputs.index(e)),
@@ -190,9 +190,8 @@ impl Converter<'_> {
         let flag = |s: Option<String>, name: &str| -> Result<bool> {
             match s.as_deref() {
                 None => Ok(false),
-                Some("true" | "1") => Ok(true),
-                Some("false" | "0") => Ok(false),
-                Some(v) => Err(self.file_err(line, format!("invalid value for {name}: {v}"))),
+                Some(v) => parse_bool(v)
+                    .ok_or_else(|| self.file_err(line, format!("invalid value for {name}: {v}"))),
             }
         };
         let kind = m.kind.unwrap_or(MountKind::Bind);
@@ -210,7 +209,7 @@ impl Converter<'_> {
                 None => Ok(None),
                 Some(v) => u32::from_str_radix(&v, radix)
                     .map(Some)
-                    .map_err(|_| self.file_err(line, format!("invalid value for {name}: {v}"))),
+                    .map_err(|_| self.file_err(line, format!("invalid value {v} for {name}"))),
             }
         };
         let uid = number(&m.uid, "uid", 10)?;
@@ -218,11 +217,22 @@ impl Converter<'_> {
         let mode = number(&m.mode, "mode", 8)?;
         let owner_mode = (uid.is_some() || gid.is_some() || mode.is_some())
             .then(|| (uid.unwrap_or(0), gid.unwrap_or(0), mode.unwrap_or(0o755)));
-        if owner_mode.is_some() && kind != MountKind::Cache {
-            return Err(self.file_err(
-                line,
-                "mode/uid/gid are only supported for cache, secret and ssh mounts".into(),
-            ));
+        if kind != MountKind::Cache {
+            let kind_name = match kind {
+                MountKind::Bind => "bind",
+                MountKind::Tmpfs => "tmpfs",
+                MountKind::Cache => "cache",
+                MountKind::Secret => "secret",
+                MountKind::Ssh => "ssh",
+            };
+            for (set, key) in [(mode, "mode"), (uid, "uid"), (gid, "gid")] {
+                if set.is_some() {
+                    return Err(self.file_err(
+                        line,
+                        format!("{key} not allowed for {kind_name:?} type mounts"),
+                    ));
+                }
+            }
         }
         for (set, key) in [(m.required.is_some(), "required"), (m.env.is_some(), "env")] {
             if set {
@@ -288,8 +298,9 @@ impl Converter<'_> {
             MountKind::Tmpfs => {
                 let size = match ex(&m.size)? {
                     None => 0,
-                    Some(s) => ram_in_bytes(&s)
-                        .ok_or_else(|| self.file_err(line, format!("invalid size: {s}")))?,
+                    Some(s) => ram_in_bytes(&s).ok_or_else(|| {
+                        self.file_err(line, format!("invalid value for size: {s}"))
+                    })?,
                 };
                 let source = ex(&m.source)?.unwrap_or_default();
                 // BuildKit counts a tmpfs mount as reading its source from
@@ -433,16 +444,16 @@ impl Converter<'_> {
             Some(id) => id,
             None => base(target.as_deref().unwrap_or_default()),
         };
-        let required = match ex(&m.required)?.as_deref() {
-            None | Some("false" | "0") => false,
-            Some("true" | "1") => true,
-            Some(v) => return Err(self.file_err(line, format!("invalid value for required: {v}"))),
+        let required = match ex(&m.required)? {
+            None => false,
+            Some(v) => parse_bool(&v)
+                .ok_or_else(|| self.file_err(line, format!("invalid value for required: {v}")))?,
         };
         let number = |v: Option<String>, name: &str, radix: u32, default: u32| -> Result<u32> {
             match v {
                 None => Ok(default),
                 Some(v) => u32::from_str_radix(&v, radix)
-                    .map_err(|_| self.file_err(line, format!("invalid value for {name}: {v}"))),
+                    .map_err(|_| self.file_err(line, format!("invalid value {v} for {name}"))),
             }
         };
         let uid = number(ex(&m.uid)?, "uid", 10, 0)?;

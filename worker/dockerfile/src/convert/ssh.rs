@@ -44,16 +44,16 @@ impl Converter<'_> {
                 return Err(err(&format!("unexpected key '{key}' for mount type 'ssh'")));
             }
         }
-        let required = match ex(&m.required)?.as_deref() {
-            None | Some("false" | "0") => false,
-            Some("true" | "1") => true,
-            Some(v) => return Err(err(&format!("invalid value for required: {v}"))),
+        let required = match ex(&m.required)? {
+            None => false,
+            Some(v) => super::gocompat::parse_bool(&v)
+                .ok_or_else(|| err(&format!("invalid value for required: {v}")))?,
         };
         let number = |v: Option<String>, name: &str, radix: u32, default: u32| -> Result<u32> {
             match v {
                 None => Ok(default),
                 Some(v) => u32::from_str_radix(&v, radix)
-                    .map_err(|_| err(&format!("invalid value for {name}: {v}"))),
+                    .map_err(|_| err(&format!("invalid value {v} for {name}"))),
             }
         };
         let uid = number(ex(&m.uid)?, "uid", 10, 0)?;

@@ -153,7 +153,7 @@ fn run(
     defer: Defer<'_>,
 ) -> Result<()> {
     let Defer { reuse, links } = defer;
-    let chown = owner::resolve(owner_root, op.owner.as_ref())?;
+    let chown = owner::resolve(owner_root, op.owner.as_ref());
     let symbolic = match (&op.mode, &op.mode_str) {
         (None, Some(s)) => {
             Some(SymbolicMode::parse(s).map_err(|_| FileOpError::InvalidMode { mode: s.clone() })?)
@@ -193,18 +193,12 @@ fn run(
             Selection::NoMatches | Selection::NotFound => return Err(not_found(required)),
         }
     }
-    let (sources, from_wildcard) =
-        match select(src_root, &sel, hide).map_err(root::path_err(src_root))? {
-            Selection::Found {
-                sources,
-                from_wildcard,
-            } => (sources, from_wildcard),
-            Selection::NoMatches if op.allow_empty_wildcard => return Ok(()),
-            Selection::NoMatches | Selection::NotFound => return Err(not_found(&op.src)),
-        };
-    let force_dir = from_wildcard && sources.len() > 1;
-
-    let dest_is_dir = force_dir || root::has_dir_suffix(&op.dest);
+    let sources = match select(src_root, &sel, hide).map_err(root::path_err(src_root))? {
+        Selection::Found { sources, .. } => sources,
+        Selection::NoMatches if op.allow_empty_wildcard => return Ok(()),
+        Selection::NoMatches | Selection::NotFound => return Err(not_found(&op.src)),
+    };
+    let dest_is_dir = root::has_dir_suffix(&op.dest);
     let dest = Path::new(&op.dest);
     let dst = root::resolve(dest_root, dest, true, None)?;
     if !op.create_dest_path && std::fs::symlink_metadata(dst.parent(dest_root).host).is_err() {
@@ -213,10 +207,9 @@ fn run(
         });
     }
     let dir_attrs = DirAttrs {
-        mode: op
-            .mode
-            .or_else(|| copier.symbolic.as_ref().map(|s| s.apply(0o755, true)))
-            .unwrap_or(0o755),
+        // fsutil creates directories with the octal --chmod or 0755; a
+        // symbolic one applies to copied entries only.
+        mode: op.mode.unwrap_or(0o755),
         owner: chown,
         timestamp: op.timestamp,
     };

@@ -25,7 +25,6 @@ pub(crate) mod unpack;
 mod tests;
 
 use kiln_context::ignore::IgnoreError;
-use kiln_shim::user::UserError;
 use kiln_types::ErrorKind;
 use std::path::Path;
 
@@ -49,6 +48,10 @@ pub enum FileOpError {
     /// A directory was to be copied or created where a non-directory is.
     #[error("cannot copy to non-directory: {path}")]
     NotADirectory { path: String },
+    /// A directory to create (a destination's parent, a WORKDIR) is a
+    /// non-directory: Go's `MkdirAll` error, as BuildKit prints it.
+    #[error("mkdir {path}: not a directory")]
+    MkdirNotADirectory { path: String },
     /// A file was to replace an existing directory.
     #[error("cannot replace to directory {path} with file")]
     IsADirectory { path: String },
@@ -66,12 +69,6 @@ pub enum FileOpError {
     Pattern {
         #[source]
         source: IgnoreError,
-    },
-    /// A `--chown` name is not in the owner root's passwd or group file.
-    #[error("failed to resolve copy owner")]
-    Owner {
-        #[source]
-        source: UserError,
     },
     /// A filesystem call failed.
     #[error("failed to {op} {path}")]
@@ -99,12 +96,12 @@ impl FileOpError {
             }
             FileOpError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             FileOpError::NotADirectory { .. }
+            | FileOpError::MkdirNotADirectory { .. }
             | FileOpError::IsADirectory { .. }
             | FileOpError::SymlinkLoop { .. } => ErrorKind::FailedPrecondition,
             FileOpError::InvalidPath { .. }
             | FileOpError::InvalidMode { .. }
             | FileOpError::Pattern { .. }
-            | FileOpError::Owner { .. }
             | FileOpError::Archive { .. } => ErrorKind::InvalidArgument,
             FileOpError::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,

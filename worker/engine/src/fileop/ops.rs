@@ -14,7 +14,7 @@ use std::path::Path;
 /// missing parents are created alike and an existing directory is fine;
 /// without it the parent must exist, and an existing entry is left alone.
 pub fn mkdir(root: &Path, op: &FileMkDir) -> Result<()> {
-    let owner = owner::resolve(root, op.owner.as_ref())?;
+    let owner = owner::resolve(root, op.owner.as_ref());
     let target = root::resolve(root, Path::new(&op.path), true, None)?;
     let attrs = DirAttrs {
         mode: op.mode & 0o777,
@@ -44,7 +44,7 @@ pub fn mkdir(root: &Path, op: &FileMkDir) -> Result<()> {
 /// symlink at the path is followed inside the root), then sets its mode
 /// (permission bits), owner and timestamp.
 pub fn mkfile(root: &Path, op: &FileMkFile) -> Result<()> {
-    let owner = owner::resolve(root, op.owner.as_ref())?;
+    let owner = owner::resolve(root, op.owner.as_ref());
     let target = root::resolve(root, Path::new(&op.path), true, None)?;
     let host = &target.host;
     let mut file = std::fs::OpenOptions::new()

@@ -75,7 +75,7 @@ pub(crate) fn mkdir_all(root: &Path, target: &Resolved, attrs: DirAttrs) -> Resu
         match std::fs::symlink_metadata(&host) {
             Ok(md) if md.is_dir() => continue,
             Ok(_) => {
-                return Err(FileOpError::NotADirectory {
+                return Err(FileOpError::MkdirNotADirectory {
                     path: display(root, &host),
                 })
             }

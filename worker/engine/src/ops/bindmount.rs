@@ -176,9 +176,9 @@ impl StepRunner {
         path: &str,
         hide: Option<&PatternMatcher>,
     ) -> Result<PathBuf> {
-        let not_found = || WorkerError::BadInput {
+        let not_found = || WorkerError::MountSourceNotFound {
             location: loc.to_string(),
-            reason: format!("failed to mount {path}: not found"),
+            path: format!("/{}", path.trim_start_matches('/')),
         };
         let r = kiln_context::path::resolve(root, Path::new(path), true, hide)
             .map_err(|_| not_found())?;

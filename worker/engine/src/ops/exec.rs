@@ -189,6 +189,26 @@ impl StepRunner {
         let status = match status {
             Ok(s) => s,
             Err(ExecError::Cancelled { .. }) => return Err(WorkerError::Cancelled),
+            Err(ExecError::User { source, .. }) => {
+                return Err(WorkerError::StepNotStarted {
+                    location: loc.to_string(),
+                    command: op.meta.args.join(" "),
+                    reason: source.to_string(),
+                })
+            }
+            // The runtime's refusal (no such binary, bad cwd): what it
+            // said, without the containerd call and container id.
+            Err(ExecError::Containerd(kiln_snapshot::SnapshotError::Rpc {
+                method: "Tasks.Create" | "Tasks.Start",
+                message,
+                ..
+            })) => {
+                return Err(WorkerError::StepNotStarted {
+                    location: loc.to_string(),
+                    command: op.meta.args.join(" "),
+                    reason: message,
+                })
+            }
             Err(e) => {
                 return Err(WorkerError::Exec {
                     location: loc.to_string(),
