@@ -166,7 +166,9 @@ pub async fn stage(
 ) -> Result<CacheOptions, Status> {
     let mut out = CacheOptions::default();
     for mut e in opts.exports {
+        let shown = e.describe();
         if let ExportTarget::Local { dest, .. } = &mut e.target {
+            e.shown_as = Some(shown);
             client_store(session, "--export-cache", dest, content::WRITE_METHOD)?;
             let dir = staging(job_dir, "cache-export", dest);
             // A fresh directory: what is sent is what this export wrote.
@@ -176,7 +178,9 @@ pub async fn stage(
         out.exports.push(e);
     }
     for mut i in opts.imports {
+        let shown = i.describe();
         if let ImportSource::Local { src, digest, .. } = &mut i.source {
+            i.shown_as = Some(shown);
             let (s, store) = client_store(session, "--import-cache", src, content::READ_METHOD)?;
             let dir = staging(job_dir, "cache-import", src);
             let wanted = digest.clone().unwrap_or_default();
