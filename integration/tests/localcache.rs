@@ -184,3 +184,43 @@ async fn a_local_cache_goes_through_the_clients_session_both_ways() {
         "the imported cache answered every step"
     );
 }
+
+/// A client whose session serves no content store (an older client, or
+/// one that did not attach the directory): the export is refused before
+/// the solve starts, naming the option and the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_cache_without_the_clients_store_fails_naming_it() {
+    let ns = "localcache-nostore";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
+        "localcache-nostore",
+        &[("Dockerfile", "FROM busybox\nRUN touch /ran\n")],
+    );
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let channel = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let session =
+        ClientSession::of_context(channel.clone(), "localcache-nostore-session", &ctx).await;
+    let err = ControlClient::new(channel)
+        .solve(SolveRequest {
+            r#ref: "localcachenostore0000001".into(),
+            session: session.id.clone(),
+            frontend: "dockerfile.v0".into(),
+            cache: Some(CacheOptions {
+                exports: vec![entry("local", &[("dest", "/client/cache")])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no store to write to");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains(
+            "--export-cache type=local (/client/cache): the client's session serves no content store"
+        ),
+        "{}",
+        err.message()
+    );
+}
