@@ -148,7 +148,17 @@ async fn run_solve(
         );
     }
     let exported = match exported {
-        Ok(resp) => crate::cache::export(&job, &solved).await.map(|()| resp),
+        Ok(mut resp) => crate::cache::export(
+            &job,
+            &solved,
+            session.as_ref(),
+            &crate::solve::job_dir(&d, &job),
+        )
+        .await
+        .map(|cache| {
+            resp.extend(cache);
+            resp
+        }),
         Err(e) => Err(e),
     };
     solved.release(exported.is_err()).await;

@@ -536,6 +536,8 @@ pub async fn solve_defined(
         job.clone(),
     ));
     let cache = job.cache.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // The client's local cache directories, staged below the job's.
+    let cache = crate::cache::stage(cache, engine, session, &dir).await?;
     let req = BuildRequest {
         graph,
         result,

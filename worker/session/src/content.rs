@@ -4,10 +4,13 @@
 //! buildctl serve as the store `oci:NAME`. Each call names its store in
 //! the `buildkit-attachable-store-id` header; a client answers
 //! `InvalidArgument` without one and `NotFound` for a store it does not
-//! have, as BuildKit's does. kiln reads only (`Info`, `Read`).
+//! have, as BuildKit's does. kiln reads (`Info`, `Read`) and, for a
+//! `type=local` cache export, writes (`Write`) the client's store
+//! `local:DIR`.
 //!
 //! [`LayoutStores`] is the client half over OCI layout directories
-//! (`blobs/<algorithm>/<hex>`); [`info`] and [`copy`] are the daemon's.
+//! (`blobs/<algorithm>/<hex>`, read only); [`info`], [`copy`] and [`write`]
+//! are the daemon's.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,8 @@ use std::pin::Pin;
 use kiln_proto::content::content_client::ContentClient;
 use kiln_proto::content::content_server::{Content, ContentServer};
 use kiln_proto::content::{
-    Info, InfoRequest, InfoResponse, ReadContentRequest, ReadContentResponse,
+    Info, InfoRequest, InfoResponse, ReadContentRequest, ReadContentResponse, WriteAction,
+    WriteContentRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio_stream::{Stream, StreamExt};
@@ -34,6 +38,11 @@ pub const OCI_STORE_PREFIX: &str = "oci:";
 
 pub const INFO_METHOD: &str = "/containerd.services.content.v1.Content/Info";
 pub const READ_METHOD: &str = "/containerd.services.content.v1.Content/Read";
+pub const WRITE_METHOD: &str = "/containerd.services.content.v1.Content/Write";
+
+/// The prefix of a local cache directory's store id: buildctl and buildx
+/// serve `--cache-to/--cache-from type=local` directories as `local:DIR`.
+pub const LOCAL_STORE_PREFIX: &str = "local:";
 
 /// How many bytes one `Read` answer carries.
 const CHUNK: usize = 1 << 20;
@@ -41,6 +50,12 @@ const CHUNK: usize = 1 << 20;
 /// The session store id of the OCI layout named `name`.
 pub fn oci_store_id(name: &str) -> String {
     format!("{OCI_STORE_PREFIX}{name}")
+}
+
+/// The session store id of the local cache directory `dir` (the path as
+/// the client wrote it).
+pub fn local_store_id(dir: &str) -> String {
+    format!("{LOCAL_STORE_PREFIX}{dir}")
 }
 
 /// The path of blob `digest` below the layout `dir`, for a well-formed
@@ -258,6 +273,113 @@ pub async fn copy<W: AsyncWrite + Unpin>(
         .await
         .map_err(|source| SessionError::Read { source })?;
     Ok(n)
+}
+
+/// The answer to one write request; `true`: another writer committed the
+/// blob meanwhile (the store answers AlreadyExists), so it is there.
+async fn answered(
+    answers: &mut tonic::Streaming<kiln_proto::content::WriteContentResponse>,
+    digest: &str,
+) -> Result<bool> {
+    match answers.next().await {
+        Some(Ok(_)) => Ok(false),
+        Some(Err(s)) if s.code() == tonic::Code::AlreadyExists => Ok(true),
+        Some(Err(status)) => Err(SessionError::Call {
+            method: WRITE_METHOD,
+            status,
+        }),
+        None => Err(SessionError::Content {
+            digest: digest.to_string(),
+            reason: "the client's store closed the write".into(),
+        }),
+    }
+}
+
+/// The daemon side: writes blob `digest` of `size` bytes, read from `r`,
+/// into the client's store `store` as containerd's content API does (STAT,
+/// WRITE chunks, COMMIT with the expected digest and size, one answer per
+/// request), under the ingest ref `reference`. A blob the store has
+/// already is not sent again. The store checks the digest on commit.
+pub async fn write<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    channel: Channel,
+    store: &str,
+    reference: &str,
+    digest: &str,
+    size: u64,
+    mut r: R,
+) -> Result<()> {
+    match info(channel.clone(), store, digest).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == kiln_proto::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let total = i64::try_from(size).unwrap_or(i64::MAX);
+    let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(2);
+    let req = for_store(tokio_stream::wrappers::ReceiverStream::new(rx), store)?;
+    let call = |status| SessionError::Call {
+        method: WRITE_METHOD,
+        status,
+    };
+    let first = WriteContentRequest {
+        action: WriteAction::Stat as i32,
+        r#ref: reference.to_string(),
+        total,
+        expected: digest.to_string(),
+        ..Default::default()
+    };
+    let closed = || SessionError::Content {
+        digest: digest.to_string(),
+        reason: "the client's store closed the write".into(),
+    };
+    tx.send(first).await.map_err(|_| closed())?;
+    let mut answers = ContentClient::new(channel)
+        .write(req)
+        .await
+        .map_err(call)?
+        .into_inner();
+    if answered(&mut answers, digest).await? {
+        return Ok(());
+    }
+    // A write the store had begun under this ref starts over: offset 0
+    // truncates it.
+    let mut offset = 0i64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = tokio::io::AsyncReadExt::read(&mut r, &mut buf)
+            .await
+            .map_err(|source| SessionError::Read { source })?;
+        if n == 0 {
+            break;
+        }
+        let msg = WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: reference.to_string(),
+            offset,
+            data: buf[..n].to_vec(),
+            ..Default::default()
+        };
+        tx.send(msg).await.map_err(|_| closed())?;
+        if answered(&mut answers, digest).await? {
+            return Ok(());
+        }
+        offset += n as i64;
+    }
+    if offset != total {
+        return Err(SessionError::Content {
+            digest: digest.to_string(),
+            reason: format!("{offset} bytes to write, its descriptor says {size}"),
+        });
+    }
+    let commit = WriteContentRequest {
+        action: WriteAction::Commit as i32,
+        r#ref: reference.to_string(),
+        total,
+        expected: digest.to_string(),
+        offset,
+        ..Default::default()
+    };
+    tx.send(commit).await.map_err(|_| closed())?;
+    answered(&mut answers, digest).await.map(|_| ())
 }
 
 #[cfg(test)]

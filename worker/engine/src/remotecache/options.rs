@@ -38,6 +38,9 @@ pub struct CacheExport {
     pub style: ManifestStyle,
     /// A failed export is a warning instead of a failed build.
     pub ignore_error: bool,
+    /// What progress calls it instead of its location (kilnd: the
+    /// client's directory, not the daemon's staging copy of it).
+    pub shown_as: Option<String>,
 }
 
 /// Where an import comes from.
@@ -59,6 +62,9 @@ pub enum ImportSource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheImport {
     pub source: ImportSource,
+    /// What progress calls it instead of its location (kilnd: the
+    /// client's directory, not the daemon's staging copy of it).
+    pub shown_as: Option<String>,
 }
 
 /// Cache types BuildKit knows that kiln does not implement.
@@ -195,11 +201,15 @@ impl CacheExport {
                 oci,
             },
             ignore_error,
+            shown_as: None,
         })
     }
 
     /// What the export is, for progress lines.
     pub fn describe(&self) -> String {
+        if let Some(s) = &self.shown_as {
+            return s.clone();
+        }
         match &self.target {
             ExportTarget::Local { dest, .. } => format!("local cache {}", dest.display()),
             ExportTarget::Registry { reference } => format!("registry cache {reference}"),
@@ -230,11 +240,17 @@ impl CacheImport {
             }
             other => return Err(unsupported_type(flag, other, "local, registry")),
         };
-        Ok(CacheImport { source })
+        Ok(CacheImport {
+            source,
+            shown_as: None,
+        })
     }
 
     /// What the import is, for progress lines.
     pub fn describe(&self) -> String {
+        if let Some(s) = &self.shown_as {
+            return s.clone();
+        }
         match &self.source {
             ImportSource::Local { src, .. } => format!("local cache {}", src.display()),
             ImportSource::Registry { reference } => format!("registry cache {reference}"),

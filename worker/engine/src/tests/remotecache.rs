@@ -113,6 +113,7 @@ fn local_export(dir: &Path, mode: Mode) -> CacheExport {
         mode,
         style: Default::default(),
         ignore_error: false,
+        shown_as: None,
     }
 }
 
@@ -123,6 +124,7 @@ fn local_import(dir: &Path) -> CacheImport {
             tag: "latest".into(),
             digest: None,
         },
+        shown_as: None,
     }
 }
 
@@ -263,6 +265,7 @@ async fn an_inline_cache_is_in_the_image_config() {
         mode: Mode::Min,
         style: Default::default(),
         ignore_error: false,
+        shown_as: None,
     };
     let (_, _, r) = build_collecting(
         &fx.engine("a", &FakeExecutor::new()),
