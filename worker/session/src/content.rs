@@ -9,7 +9,7 @@
 //! `local:DIR`.
 //!
 //! [`LayoutStores`] is the client half over OCI layout directories
-//! (`blobs/<algorithm>/<hex>`, read only); [`info`], [`copy`] and [`write`]
+//! (`blobs/<algorithm>/<hex>`, read only); [`info`], [`copy`] and [`write()`]
 //! are the daemon's.
 
 use std::collections::HashMap;
