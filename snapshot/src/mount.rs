@@ -596,16 +596,18 @@ mod tests {
         assert_eq!(parse_options(&opts(&["loop"])), Err("loop".to_string()));
     }
 
+    /// One overlay mount with `opts`, as an active snapshot's.
+    fn active(opts: &[&str]) -> Vec<Mount> {
+        vec![Mount {
+            mount_type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: opts.iter().map(|s| s.to_string()).collect(),
+        }]
+    }
+
     #[test]
     fn the_parent_view_of_an_overlay_is_its_lowerdirs_alone() {
-        let active = |opts: &[&str]| {
-            vec![Mount {
-                mount_type: "overlay".into(),
-                source: "overlay".into(),
-                target: String::new(),
-                options: opts.iter().map(|s| s.to_string()).collect(),
-            }]
-        };
         let two = overlay_parent_view(&active(&[
             "index=off",
             "workdir=/s/9/work",
@@ -637,14 +639,6 @@ mod tests {
 
     #[test]
     fn the_committed_view_of_an_overlay_puts_its_upperdir_on_top() {
-        let active = |opts: &[&str]| {
-            vec![Mount {
-                mount_type: "overlay".into(),
-                source: "overlay".into(),
-                target: String::new(),
-                options: opts.iter().map(|s| s.to_string()).collect(),
-            }]
-        };
         let two = overlay_committed_view(&active(&[
             "index=off",
             "workdir=/s/9/work",

@@ -191,15 +191,6 @@ impl StepRunner {
         active: &super::layer::Active,
         upper: &std::path::Path,
     ) -> Result<Manifest> {
-        let loc = location(v);
-        let fail = |e: fileop::FileOpError| WorkerError::FileOp {
-            location: loc.clone(),
-            message: crate::error::error_chain(&e),
-        };
-        let joined = |e: tokio::task::JoinError| WorkerError::FileOp {
-            location: loc.clone(),
-            message: e.to_string(),
-        };
         let c = inc.copy.clone();
         let src = self.copy_source(v, inc.input, inputs).await?;
         let previous = self.previous_copy(&inc.parent_top, &inc.slot).await;
@@ -210,51 +201,22 @@ impl StepRunner {
                 .await
                 .unwrap_or_default()
         };
-        let reuse = std::sync::Arc::new(CopyReuse {
+        let reuse = CopyReuse {
             known,
             previous: previous
                 .as_ref()
                 .map(|p| (p.dir.clone(), p.manifest.clone())),
-        });
-        let result = async {
-            let dest = self.mount(&active.key, &active.mounts, false)?;
-            let excludes = match &src {
-                Source::Dir { excludes, .. } => excludes.clone(),
-                _ => None,
-            };
-            let (s, d, up, r) = (
-                src.path().to_path_buf(),
-                dest.path().to_path_buf(),
-                upper.to_path_buf(),
-                reuse.clone(),
-            );
-            let outcome = tokio::task::spawn_blocking(move || {
-                let mut out = fileop::copy_reusing(&s, &d, &d, &c, excludes.as_ref(), &r)?;
-                // Files whose directory overlayfs has not copied up are
-                // copied through the mount instead.
-                let rest = reuse::not_in_upper(&up, &mut out.deferred);
-                reuse::place(&d, &rest, false)?;
-                Ok::<_, fileop::FileOpError>(out)
+        };
+        let excludes = match &src {
+            Source::Dir { excludes, .. } => excludes.clone(),
+            _ => None,
+        };
+        let result = self
+            .copy_then_link(&location(v), active, upper, src.path(), move |s, d| {
+                let out = fileop::copy_reusing(s, d, d, &c, excludes.as_ref(), &reuse)?;
+                Ok((out.deferred, out.manifest))
             })
-            .await
-            .map_err(joined)?
-            .map_err(fail)?;
-            drop(dest);
-            let up = upper.to_path_buf();
-            let deferred = outcome.deferred;
-            if !deferred.is_empty() {
-                tracing::debug!(
-                    linked = deferred.len(),
-                    "copy reuses the previous result's files"
-                );
-            }
-            tokio::task::spawn_blocking(move || reuse::place(&up, &deferred, true))
-                .await
-                .map_err(joined)?
-                .map_err(fail)?;
-            Ok(outcome.manifest)
-        }
-        .await;
+            .await;
         self.release(src).await;
         if let Some(p) = previous {
             if let Err(e) = self.svc.snapshots.remove(&p.view_key).await {
@@ -278,15 +240,6 @@ impl StepRunner {
         active: &super::layer::Active,
         upper: &std::path::Path,
     ) -> Result<()> {
-        let loc = location(v);
-        let fail = |e: fileop::FileOpError| WorkerError::FileOp {
-            location: loc.clone(),
-            message: crate::error::error_chain(&e),
-        };
-        let joined = |e: tokio::task::JoinError| WorkerError::FileOp {
-            location: loc.clone(),
-            message: e.to_string(),
-        };
         let src = self.copy_source(v, input, inputs).await?;
         let links = reuse::LayerLinks {
             layers: match &src {
@@ -294,38 +247,64 @@ impl StepRunner {
                 _ => Vec::new(),
             },
         };
-        let result = async {
-            let dest = self.mount(&active.key, &active.mounts, false)?;
-            let (s, d, up, c) = (
-                src.path().to_path_buf(),
-                dest.path().to_path_buf(),
-                upper.to_path_buf(),
-                copy.clone(),
-            );
-            let deferred = tokio::task::spawn_blocking(move || {
-                let mut deferred = fileop::copy_linking(&s, &d, &d, &c, &links)?;
-                // Files whose directory overlayfs has not copied up are
-                // copied through the mount instead.
-                let rest = reuse::not_in_upper(&up, &mut deferred);
-                reuse::place(&d, &rest, false)?;
-                Ok::<_, fileop::FileOpError>(deferred)
+        let c = copy.clone();
+        let result = self
+            .copy_then_link(&location(v), active, upper, src.path(), move |s, d| {
+                Ok((fileop::copy_linking(s, d, d, &c, &links)?, ()))
             })
+            .await;
+        self.release(src).await;
+        result
+    }
+
+    /// Runs `copy` (source root, mounted destination) in a blocking task;
+    /// of the files it left to link, those whose directory overlayfs has
+    /// not copied up are copied through the mount, and the rest are linked
+    /// into `upper` once the destination is unmounted. Returns what `copy`
+    /// gave besides.
+    async fn copy_then_link<T: Send + 'static>(
+        &self,
+        loc: &str,
+        active: &super::layer::Active,
+        upper: &std::path::Path,
+        src: &std::path::Path,
+        copy: impl FnOnce(&std::path::Path, &std::path::Path) -> fileop::Result<(Vec<reuse::Deferred>, T)>
+            + Send
+            + 'static,
+    ) -> Result<T> {
+        let fail = |e: fileop::FileOpError| WorkerError::FileOp {
+            location: loc.to_string(),
+            message: crate::error::error_chain(&e),
+        };
+        let joined = |e: tokio::task::JoinError| WorkerError::FileOp {
+            location: loc.to_string(),
+            message: e.to_string(),
+        };
+        let dest = self.mount(&active.key, &active.mounts, false)?;
+        let (s, d, up) = (
+            src.to_path_buf(),
+            dest.path().to_path_buf(),
+            upper.to_path_buf(),
+        );
+        let (deferred, other) = tokio::task::spawn_blocking(move || {
+            let (mut deferred, other) = copy(&s, &d)?;
+            let rest = reuse::not_in_upper(&up, &mut deferred);
+            reuse::place(&d, &rest, false)?;
+            Ok::<_, fileop::FileOpError>((deferred, other))
+        })
+        .await
+        .map_err(joined)?
+        .map_err(fail)?;
+        drop(dest);
+        if !deferred.is_empty() {
+            tracing::debug!(linked = deferred.len(), "copy links files it did not write");
+        }
+        let up = upper.to_path_buf();
+        tokio::task::spawn_blocking(move || reuse::place(&up, &deferred, true))
             .await
             .map_err(joined)?
             .map_err(fail)?;
-            drop(dest);
-            if !deferred.is_empty() {
-                tracing::debug!(linked = deferred.len(), "copy links the source's files");
-            }
-            let up = upper.to_path_buf();
-            tokio::task::spawn_blocking(move || reuse::place(&up, &deferred, true))
-                .await
-                .map_err(joined)?
-                .map_err(fail)
-        }
-        .await;
-        self.release(src).await;
-        result
+        Ok(other)
     }
 
     /// The previous result of the copy in `slot` on `parent_top`, held by a
