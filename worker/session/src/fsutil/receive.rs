@@ -1,6 +1,6 @@
 //! The receiving half of DiffCopy: validate, create, request, write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -206,6 +206,9 @@ struct Applier {
     stats: ReceiveStats,
     /// The sum of the regular files' declared sizes.
     declared: u64,
+    /// (dev, ino) of the kept regular files with other links, so that
+    /// one inode is kept under one path of this transfer only.
+    shared_kept: HashSet<(u64, u64)>,
 }
 
 /// Splits a valid wire path into its parent ("" for the root) and name.
@@ -239,6 +242,7 @@ impl Applier {
             fin_sent: false,
             stats: ReceiveStats::default(),
             declared: 0,
+            shared_kept: HashSet::new(),
         }
     }
 
@@ -437,13 +441,16 @@ impl Applier {
             }
             // The content an earlier transfer wrote is kept when the size
             // and mtime agree (the rule fsutil's receivers use). A file
-            // with other links is never kept: its inode may be shared with
-            // a path that is no longer its link.
+            // with other links (an earlier transfer's hard link, or a
+            // snapshot its owner linked it into) is kept only under the
+            // first path of this transfer that has it, and only if its
+            // metadata needs no change: such an inode is never changed in
+            // place, so whatever else links it keeps what it had.
             let keep = old.is_some_and(|st| {
                 st.st_mode & libc::S_IFMT == libc::S_IFREG
-                    && st.st_nlink == 1
                     && st.st_size == stat.size
                     && stat_mtime(&st) == stat.mod_time
+                    && (st.st_nlink == 1 || self.keep_shared(&dir, name, &st, &stat))
             });
             if keep {
                 self.refresh_file(&dir, name, &stat)?;
@@ -608,6 +615,28 @@ impl Applier {
     fn same_owner_and_mtime(&self, st: &FileStat, stat: &Stat) -> bool {
         let (uid, gid) = self.owner(stat);
         st.st_uid == uid.as_raw() && st.st_gid == gid.as_raw() && stat_mtime(st) == stat.mod_time
+    }
+
+    /// Whether the regular file `st` at `name`, which has other links, may
+    /// be kept as `stat`: no other path of this transfer kept its inode,
+    /// and its owner, mode and xattrs are already what `stat` says.
+    fn keep_shared(&mut self, dir: &OwnedFd, name: &str, st: &FileStat, stat: &Stat) -> bool {
+        let inode = (st.st_dev, st.st_ino);
+        if self.shared_kept.contains(&inode) {
+            return false;
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let Ok(fd) = openat(dir, name, flags, Mode::empty()) else {
+            return false;
+        };
+        let f = File::from(fd);
+        let same = self.same_owner_and_mtime(st, stat)
+            && st.st_mode & 0o7777 == posix_perm(stat.mode)
+            && same_xattrs(&f, stat);
+        if same {
+            self.shared_kept.insert(inode);
+        }
+        same
     }
 
     /// Brings the metadata of a kept regular file to what `stat` says, if

@@ -1045,8 +1045,9 @@ async fn incremental_receive_equals_a_fresh_one_after_every_kind_of_change() {
     assert!(inc.join("secret/key").exists() && !inc.join("tmp").exists());
     // Content went only for what changed: big.bin, the new files in
     // owned/ and a/empty-dir, secret/key, and z-second (its inode was
-    // shared with hl/first, so both go again).
-    assert_eq!(stats.files, 6, "{stats:?}");
+    // shared with hl/first, which keeps it: z-second comes again as a
+    // file of its own).
+    assert_eq!(stats.files, 5, "{stats:?}");
     // a/empty, gone-dir (once, with its tree) and tmp.
     assert_eq!(stats.removed, 3, "{stats:?}");
     // a/setgid lost its set-id bit.
@@ -1131,6 +1132,66 @@ async fn an_interrupted_incremental_receive_is_repaired_by_the_next() {
     let (s, r, _) = transfer(&src, opts.clone(), &inc, INCREMENTAL).await;
     s.expect("send");
     r.expect("repairing receive");
+    let fresh = fresh_copy(&src, &opts, tmp.path(), "fresh").await;
+    assert_eq!(snapshot(&inc), snapshot(&fresh));
+}
+
+/// A received file its owner hard-linked elsewhere (kilnd links context
+/// files into snapshots) is kept while unchanged, and never changed in
+/// place: a changed mode or content gives the tree a new inode and leaves
+/// the other link as it was.
+#[tokio::test]
+async fn files_linked_out_of_the_tree_are_kept_and_never_changed_in_place() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    write(&src.join("same"), b"unchanged");
+    write(&src.join("mode"), b"mode changes");
+    write(&src.join("content"), b"content changes");
+    chmod(&src.join("mode"), 0o644);
+    let opts = SendOptions::default();
+    let inc = fresh_copy(&src, &opts, tmp.path(), "inc").await;
+    // The owner's links, as a snapshot would hold them.
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    for name in ["same", "mode", "content"] {
+        std::fs::hard_link(inc.join(name), outside.join(name)).expect("link");
+    }
+    let ino = |p: &Path| std::fs::symlink_metadata(p).expect("lstat").ino();
+    let before: Vec<u64> = ["same", "mode", "content"]
+        .iter()
+        .map(|n| ino(&inc.join(n)))
+        .collect();
+
+    // Nothing changed: nothing is sent, every inode stays.
+    let (s, r, _) = transfer(&src, opts.clone(), &inc, INCREMENTAL).await;
+    s.expect("send");
+    let stats = r.expect("no-op receive");
+    assert_eq!((stats.files, stats.bytes), (0, 0), "{stats:?}");
+    let after: Vec<u64> = ["same", "mode", "content"]
+        .iter()
+        .map(|n| ino(&inc.join(n)))
+        .collect();
+    assert_eq!(after, before);
+
+    chmod(&src.join("mode"), 0o600);
+    write(&src.join("content"), b"content CHANGED");
+    let (s, r, _) = transfer(&src, opts.clone(), &inc, INCREMENTAL).await;
+    s.expect("send");
+    let stats = r.expect("receive");
+    assert_eq!(stats.files, 2, "the mode change is sent again: {stats:?}");
+    assert_eq!(ino(&inc.join("same")), before[0]);
+    assert_ne!(ino(&inc.join("mode")), before[1]);
+    assert_ne!(ino(&inc.join("content")), before[2]);
+    // The links outside kept what they had.
+    let mode = |p: &Path| std::fs::symlink_metadata(p).expect("lstat").mode() & 0o7777;
+    assert_eq!(mode(&outside.join("mode")), 0o644);
+    assert_eq!(
+        std::fs::read(outside.join("content")).expect("read"),
+        b"content changes"
+    );
+    // Without the outside links (which a snapshot of the tree counts as
+    // link groups), the tree is what a fresh receive gives.
+    std::fs::remove_dir_all(&outside).expect("rm");
     let fresh = fresh_copy(&src, &opts, tmp.path(), "fresh").await;
     assert_eq!(snapshot(&inc), snapshot(&fresh));
 }
