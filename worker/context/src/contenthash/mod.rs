@@ -141,6 +141,8 @@ pub struct HashCache {
     state_dir: PathBuf,
     contexts: Mutex<HashMap<PathBuf, Arc<Mutex<ContextCache>>>>,
     racy_window_ns: i64,
+    /// Where the caller's own context trees live ([`HashCache::with_owned_root`]).
+    owned_root: Option<PathBuf>,
     /// Number of regular files whose content was read (test-only probe).
     #[cfg(test)]
     reads: std::sync::atomic::AtomicUsize,
@@ -169,8 +171,78 @@ impl HashCache {
             state_dir: state_dir.to_path_buf(),
             contexts: Mutex::new(HashMap::new()),
             racy_window_ns: i64::try_from(RACY_WINDOW.as_nanos()).unwrap_or(i64::MAX),
+            owned_root: None,
             #[cfg(test)]
             reads: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The same cache, told that the context directories below `root`
+    /// belong to the caller (kilnd's kept contexts): only the caller
+    /// writes them, never while a build reads them, and never changes a
+    /// file in place (a changed file is a new inode). A record of such a
+    /// tree is trusted as soon as it is made (no [`RACY_WINDOW`]: nothing
+    /// writes during the hash), and its files may be hard-linked into
+    /// snapshots ([`HashCache::owns`], [`HashCache::relinked`]).
+    pub fn with_owned_root(mut self, root: &Path) -> Self {
+        self.owned_root = Some(std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()));
+        self
+    }
+
+    /// Whether `dir` is one of the caller's own trees (below the root of
+    /// [`HashCache::with_owned_root`]).
+    pub fn owns(&self, dir: &Path) -> bool {
+        let Some(root) = &self.owned_root else {
+            return false;
+        };
+        std::fs::canonicalize(dir).is_ok_and(|d| d != *root && d.starts_with(root))
+    }
+
+    /// The racy window for records of the canonical `context`.
+    fn window_for(&self, context: &Path) -> i64 {
+        match &self.owned_root {
+            Some(root) if context != root && context.starts_with(root) => i64::MIN,
+            _ => self.racy_window_ns,
+        }
+    }
+
+    /// Tells the cache that the files at `paths` (relative to `context`,
+    /// `/`-separated) were just hard-linked elsewhere by the caller: a
+    /// link moves an inode's ctime, and the record of a file whose stat
+    /// is otherwise the recorded one takes the new ctime instead of being
+    /// read again. Only for the caller's own trees ([`HashCache::owns`]);
+    /// anything else is left as it is.
+    pub fn relinked<'a>(&self, context: &Path, paths: impl IntoIterator<Item = &'a str>) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(context) = std::fs::canonicalize(context) else {
+            return;
+        };
+        if self.window_for(&context) != i64::MIN {
+            return;
+        }
+        let cache = self.context_cache(&context);
+        let mut cache = lock(&cache);
+        cache.load();
+        let mut moved = false;
+        for rel in paths {
+            let Some(e) = cache.entries.get_mut(rel) else {
+                continue;
+            };
+            let Ok(md) = std::fs::symlink_metadata(context.join(rel)) else {
+                continue;
+            };
+            let same_but_ctime = e.dev == md.dev()
+                && e.ino == md.ino()
+                && e.size == md.size()
+                && e.mtime_ns == state::mtime_ns(&md)
+                && e.mode == md.mode();
+            if same_but_ctime && e.ctime_ns != state::ctime_ns(&md) {
+                e.ctime_ns = state::ctime_ns(&md);
+                moved = true;
+            }
+        }
+        if moved {
+            cache.dirty = true;
         }
     }
 
@@ -303,6 +375,7 @@ impl HashCache {
         let Ok(context) = std::fs::canonicalize(context) else {
             return HashMap::new();
         };
+        let window = self.window_for(&context);
         let cache = self.context_cache(&context);
         let mut cache = lock(&cache);
         cache.load();
@@ -313,7 +386,7 @@ impl HashCache {
             .filter(|(_, e)| {
                 e.xattrs.is_none()
                     && (e.mode & libc::S_IFMT) == libc::S_IFREG
-                    && ((generation > 0 && e.seen == generation) || e.trusted(self.racy_window_ns))
+                    && ((generation > 0 && e.seen == generation) || e.trusted(window))
             })
             .filter_map(|(k, e)| {
                 Some((

@@ -472,3 +472,59 @@ fn the_copy_options_decide_what_is_hashed() {
     f.write("*.txt", "a literal name");
     assert_ne!(digest(&literal), l1);
 }
+
+/// A tree below the owned root (kilnd's kept contexts) is trusted as soon
+/// as it is hashed, and a hard link its owner makes (which moves the
+/// inode's ctime) does not make the next hash read the file again; a
+/// change of the file still does.
+#[test]
+fn owned_trees_are_trusted_at_once_and_survive_their_owners_links() {
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let ctx = root.path().join("slot/tree");
+    std::fs::create_dir_all(&ctx).expect("mkdir");
+    std::fs::write(ctx.join("a"), "1").expect("write");
+    std::fs::write(ctx.join("b"), "2").expect("write");
+    let owned = || HashCache::open(state.path()).with_owned_root(root.path());
+    let c = owned();
+    assert!(c.owns(&ctx));
+    assert!(!c.owns(root.path()), "the root itself is not a tree");
+    assert!(!c.owns(state.path()));
+    let d1 = c.digest(&ctx, &sel("."), &[]).expect("digest");
+    assert_eq!(c.take_reads(), 2);
+    // No racy window for an owned tree (the default cache re-reads).
+    assert_eq!(c.digest(&ctx, &sel("."), &[]).expect("digest"), d1);
+    assert_eq!(c.take_reads(), 0);
+    assert_eq!(c.known_files(&ctx).len(), 2);
+
+    // The owner links `a` elsewhere: its ctime moves.
+    let elsewhere = root.path().join("snapshot-a");
+    std::fs::hard_link(ctx.join("a"), &elsewhere).expect("link");
+    c.relinked(&ctx, ["a", "missing"]);
+    c.save().expect("save");
+    let c2 = owned();
+    assert_eq!(c2.digest(&ctx, &sel("."), &[]).expect("digest"), d1);
+    assert_eq!(c2.take_reads(), 0, "the link did not make `a` unknown");
+    assert_eq!(c2.known_files(&ctx).len(), 2);
+
+    // Without `relinked`, the moved ctime means a read.
+    std::fs::hard_link(ctx.join("b"), root.path().join("snapshot-b")).expect("link");
+    assert_eq!(c2.digest(&ctx, &sel("."), &[]).expect("digest"), d1);
+    assert_eq!(c2.take_reads(), 1);
+
+    // A tree outside the root is not relinked.
+    let other = tempfile::tempdir().expect("other");
+    std::fs::write(other.path().join("x"), "x").expect("write");
+    let plain = HashCache::open(state.path()).with_racy_window(Duration::ZERO);
+    plain.digest(other.path(), &sel("."), &[]).expect("digest");
+    std::fs::hard_link(other.path().join("x"), other.path().join("y")).expect("link");
+    plain.relinked(other.path(), ["x"]);
+    std::fs::remove_file(other.path().join("y")).expect("rm");
+    let _ = plain.take_reads();
+    plain.digest(other.path(), &sel("."), &[]).expect("digest");
+    assert_eq!(
+        plain.take_reads(),
+        1,
+        "ctime still counts outside the owned root"
+    );
+}

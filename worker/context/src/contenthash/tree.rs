@@ -206,7 +206,7 @@ impl TreeHasher<'_> {
         md: &Metadata,
         generation: u64,
     ) -> Result<(Option<String>, Option<String>)> {
-        let window = self.owner.racy_window_ns;
+        let window = self.owner.window_for(self.root);
         if let Some(e) = self.cache.entries.get_mut(key) {
             if e.same_stat(md) && e.trusted(window) {
                 e.seen = generation;
