@@ -180,11 +180,22 @@ impl Drop for Held {
     }
 }
 
+/// The directory of the kept contexts of the kilnd whose state directory
+/// is `root`, created if missing (engines are told it holds kilnd's own
+/// trees before the first slot is made).
+pub fn dir(root: &Path) -> PathBuf {
+    let dir = root.join(CONTEXTS_DIR);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the contexts directory");
+    }
+    dir
+}
+
 impl Contexts {
     /// The kept contexts under `root` (kilnd's state directory).
     pub fn new(root: &Path, limits: ContextsConfig) -> Arc<Contexts> {
         Arc::new(Contexts {
-            dir: root.join(CONTEXTS_DIR),
+            dir: dir(root),
             limits,
             busy: Mutex::new(HashSet::new()),
         })

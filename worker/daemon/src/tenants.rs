@@ -210,18 +210,22 @@ pub struct Tenant {
 
 impl Tenant {
     /// The tenant on `ctrd` (already in its namespace) with state in
-    /// `state_dir`; the caller sweeps its engine before first use.
+    /// `state_dir`, whose builds read the kept contexts below `contexts`
+    /// (kilnd's own trees: see [`Engine::with_owned_locals`]); the caller
+    /// sweeps its engine before first use.
     pub fn new(
         config: Option<&TenantConfig>,
         ctrd: Containerd,
         state_dir: PathBuf,
+        contexts: &std::path::Path,
         cni: Option<Cni>,
         registry: Arc<kiln_registry::HostsConfig>,
         fetch: kiln_engine::sources::limits::SharedLimits,
     ) -> Tenant {
         let engine = Engine::with_network(ctrd.clone(), state_dir.clone(), cni)
             .with_registry(registry)
-            .with_fetch_limits(fetch);
+            .with_fetch_limits(fetch)
+            .with_owned_locals(contexts);
         let max_builds = config.and_then(|c| c.max_builds);
         Tenant {
             name: config.map(|c| c.name.clone()),

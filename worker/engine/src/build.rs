@@ -208,6 +208,18 @@ impl Engine {
         }
     }
 
+    /// The same engine, told that the local sources below `root` are the
+    /// caller's own trees (kilnd's kept contexts; see
+    /// [`HashCache::with_owned_root`]): their hash records are trusted as
+    /// soon as they are made, and a `COPY` from one hard-links the files
+    /// it would write exactly as the tree holds them instead of copying
+    /// their bytes. Call it before the first build.
+    pub fn with_owned_locals(mut self, root: &std::path::Path) -> Self {
+        self.hashes =
+            Arc::new(HashCache::open(&self.state_dir.join("contenthash")).with_owned_root(root));
+        self
+    }
+
     /// The same engine with these registry settings (kilnd.toml's
     /// `[registry."host"]` tables); without, every registry is reached
     /// over HTTPS with the system roots (plain HTTP for localhost).

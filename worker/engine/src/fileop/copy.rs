@@ -59,15 +59,19 @@ pub fn copy_keep_owner(
     )
 }
 
-/// Like [`copy_keep_owner`] (`COPY --from`), but a regular file that one
-/// of the source's committed layers in `links` holds exactly as the copy
-/// would write it is not written: it is returned, to be hard-linked from
-/// that layer by [`super::reuse::place`] once `dest_root` is unmounted.
+/// Like [`copy_keep_owner`] (`COPY --from`; with `keep_owner` false, like
+/// [`copy`]), but a regular file that one of the directories in `links`
+/// (the source's committed layers, or a context tree only its owner
+/// writes, never in place) holds exactly as the copy would write it is not
+/// written: it is returned, to be hard-linked from there by
+/// [`super::reuse::place`] once `dest_root` is unmounted.
 pub fn copy_linking(
     src_root: &Path,
     dest_root: &Path,
     cwd_owner_root: &Path,
     op: &FileCopy,
+    src_excludes: Option<&PatternMatcher>,
+    keep_owner: bool,
     links: &LayerLinks,
 ) -> Result<Vec<Deferred>> {
     let mut deferred = Vec::new();
@@ -76,8 +80,8 @@ pub fn copy_linking(
         dest_root,
         cwd_owner_root,
         op,
-        None,
-        true,
+        src_excludes,
+        keep_owner,
         Defer {
             reuse: None,
             links: Some((links, &mut deferred)),

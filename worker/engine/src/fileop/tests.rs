@@ -1010,7 +1010,16 @@ fn a_linking_copy_links_unchanged_files_from_the_source_layer() {
     let links = reuse::LayerLinks {
         layers: vec![f.ctx.clone()],
     };
-    let deferred = copy_linking(&f.ctx, &f.dest, &f.dest, &cp("d", "/out"), &links).expect("copy");
+    let deferred = copy_linking(
+        &f.ctx,
+        &f.dest,
+        &f.dest,
+        &cp("d", "/out"),
+        None,
+        true,
+        &links,
+    )
+    .expect("copy");
     let rels: Vec<_> = deferred.iter().map(|d| d.rel.clone()).collect();
     assert_eq!(
         rels,
@@ -1032,8 +1041,16 @@ fn a_linking_copy_links_unchanged_files_from_the_source_layer() {
     assert_ne!(a.ino(), lstat(&f.ctx, "d/small").ino());
     // A file linked elsewhere already (nlink 2) is linked again when the
     // copy meets one name of it.
-    let again =
-        copy_linking(&f.ctx, &f.dest, &f.dest, &cp("d/big", "/again"), &links).expect("copy");
+    let again = copy_linking(
+        &f.ctx,
+        &f.dest,
+        &f.dest,
+        &cp("d/big", "/again"),
+        None,
+        true,
+        &links,
+    )
+    .expect("copy");
     assert_eq!(again.len(), 1);
     reuse::place(&f.dest, &again, true).expect("place");
     assert_eq!(lstat(&f.dest, "again").ino(), src.ino());
@@ -1058,7 +1075,8 @@ fn a_linking_copy_copies_what_it_changes() {
     let chowned = chown_op("d", "/o", Some(UserOpt::ById(7)), None);
     write(&f.dest, "e/a", "old");
     for op in [chmod, chowned, cp("d", "/e")] {
-        let deferred = copy_linking(&f.ctx, &f.dest, &f.dest, &op, &links).expect("copy");
+        let deferred =
+            copy_linking(&f.ctx, &f.dest, &f.dest, &op, None, true, &links).expect("copy");
         assert!(deferred.is_empty(), "{} linked", op.dest);
     }
     assert_eq!(lstat(&f.dest, "m/a").mode() & 0o7777, 0o600);

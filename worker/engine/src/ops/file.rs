@@ -149,6 +149,12 @@ impl StepRunner {
             _ => None,
         };
         let applied = match (&incremental, upper, linking) {
+            // The daemon's own context tree: its files are linked, as a
+            // committed layer's are.
+            (Some(inc), Some(upper), _) if self.hashes.owns(&inc.dir) => self
+                .copy_linked(v, inputs, &inc.copy, inc.input, &active, &upper)
+                .await
+                .map(|()| None),
             (Some(inc), Some(upper), _) => self
                 .copy_incremental(v, inputs, inc, &active, &upper)
                 .await
@@ -226,11 +232,13 @@ impl StepRunner {
         result
     }
 
-    /// A `COPY --from` a stage or image that is the op's only action
-    /// (module [`fileop::reuse`], [`reuse::LayerLinks`]): files the
-    /// source's committed layers hold exactly as the copy would write them
-    /// are hard-linked from there into `upper` after the overlay is
-    /// unmounted, not copied.
+    /// A copy that is the op's only action, from a stage or image (`COPY
+    /// --from`) or from a context tree the daemon owns
+    /// ([`crate::contenthash::HashCache::owns`]); module [`fileop::reuse`],
+    /// [`reuse::LayerLinks`]: files the source's committed layers, or the
+    /// owned tree, hold exactly as the copy would write them are
+    /// hard-linked from there into `upper` after the overlay is unmounted,
+    /// not copied.
     async fn copy_linked(
         &self,
         v: &Vertex,
@@ -241,20 +249,45 @@ impl StepRunner {
         upper: &std::path::Path,
     ) -> Result<()> {
         let src = self.copy_source(v, input, inputs).await?;
-        let links = reuse::LayerLinks {
-            layers: match &src {
-                Source::Mounted(_, _, layers) => layers.clone(),
-                _ => Vec::new(),
-            },
+        // A context tree's files are owned by 0:0 in the copy (without
+        // --chown); a stage's keep their owners.
+        let (links, excludes, keep_owner, owned) = match &src {
+            Source::Mounted(_, _, layers) => (layers.clone(), None, true, None),
+            Source::Dir { dir, excludes } if self.hashes.owns(dir) => (
+                vec![dir.clone()],
+                excludes.clone(),
+                false,
+                Some(dir.clone()),
+            ),
+            Source::Dir { excludes, .. } => (Vec::new(), excludes.clone(), false, None),
+            Source::Empty(_) => (Vec::new(), None, true, None),
         };
+        let links = reuse::LayerLinks { layers: links };
         let c = copy.clone();
         let result = self
             .copy_then_link(&location(v), active, upper, src.path(), move |s, d| {
-                Ok((fileop::copy_linking(s, d, d, &c, &links)?, ()))
+                let deferred =
+                    fileop::copy_linking(s, d, d, &c, excludes.as_ref(), keep_owner, &links)?;
+                let sources: Vec<PathBuf> = deferred.iter().map(|f| f.old.clone()).collect();
+                Ok((deferred, sources))
             })
             .await;
         self.release(src).await;
-        result
+        let linked = result?;
+        if let Some(dir) = owned {
+            // The links moved those files' ctimes: their hash records
+            // follow, so the next build does not read them again.
+            let hashes = self.hashes.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let rels: Vec<String> = linked
+                    .iter()
+                    .filter_map(|p| p.strip_prefix(&dir).ok()?.to_str().map(str::to_string))
+                    .collect();
+                hashes.relinked(&dir, rels.iter().map(String::as_str));
+            })
+            .await;
+        }
+        Ok(())
     }
 
     /// Runs `copy` (source root, mounted destination) in a blocking task;
