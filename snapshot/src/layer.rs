@@ -84,11 +84,15 @@ const CHUNK: usize = 1 << 20;
 
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
+        // Never grow the chunk (a reallocation copies what it holds):
+        // what does not fit goes in the next one.
+        let room = CHUNK - self.buf.len();
+        let now = data.len().min(room);
+        self.buf.extend_from_slice(&data[..now]);
         if self.buf.len() >= CHUNK {
             self.flush()?;
         }
-        Ok(data.len())
+        Ok(now)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -131,7 +135,7 @@ where
     let mut writer = content.writer(lease).await?;
     let mut write_err = None;
     while let Some(chunk) = rx.recv().await {
-        if let Err(e) = writer.write(&chunk).await {
+        if let Err(e) = writer.write_vec(chunk).await {
             write_err = Some(e);
             break;
         }
