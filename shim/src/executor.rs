@@ -313,11 +313,13 @@ impl ContainerdExecutor {
         let mut annotations = oci.annotations().clone().unwrap_or_default();
         annotations.insert(GROUP_ANNOTATION.to_string(), joining.name());
         oci.set_annotations(Some(annotations));
+        // The standard mounts' points stay in the layer, as in BuildKit's.
         let dests: Vec<String> = oci
             .mounts()
             .iter()
             .flatten()
             .map(|m| m.destination().to_string_lossy().into_owned())
+            .filter(|d| !spec::STANDARD_MOUNT_POINTS.contains(&d.as_str()))
             .collect();
         stack.push(Undo::MountPoints(MountPoints::record(
             &root,
