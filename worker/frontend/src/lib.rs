@@ -91,16 +91,20 @@ pub enum FrontendError {
     /// The Dockerfile does not parse or convert.
     #[error(transparent)]
     Dockerfile(#[from] ParseError),
-    /// Resolving a base image failed.
+    /// Loading an image failed.
     #[error(transparent)]
     Image(#[from] WorkerError),
-    /// Resolving a base image failed and its name is close to a stage's
-    /// (or a common image's): BuildKit's "did you mean" hint.
-    #[error("{source} (did you mean {hint}?)")]
-    ImageWithHint {
-        #[source]
-        source: Box<WorkerError>,
-        hint: String,
+    /// Resolving a base image failed, worded as BuildKit's; with BuildKit's
+    /// "did you mean" hint when its name is close to a stage's (or a
+    /// common image's).
+    #[error(
+        "failed to resolve source metadata for {image}: {error}{}",
+        hint.as_ref().map(|h| format!(" (did you mean {h}?)")).unwrap_or_default()
+    )]
+    BaseImage {
+        image: String,
+        error: Box<WorkerError>,
+        hint: Option<String>,
     },
 }
 
@@ -122,7 +126,7 @@ impl FrontendError {
             FrontendError::BadFile { .. } => ErrorKind::InvalidArgument,
             FrontendError::Io { .. } | FrontendError::SourceEpoch { .. } => ErrorKind::Internal,
             FrontendError::Image(e) => e.kind(),
-            FrontendError::ImageWithHint { source, .. } => source.kind(),
+            FrontendError::BaseImage { error, .. } => error.kind(),
         }
     }
 }
@@ -1123,12 +1127,10 @@ async fn resolve_bases<I: ImageConfigs>(
         let cfg = match images.image_config(image, base.platform.as_ref()).await {
             Ok(cfg) => cfg,
             Err(source) => {
-                return Err(match df.base_image_hint(image) {
-                    Some(hint) => FrontendError::ImageWithHint {
-                        source: Box::new(source),
-                        hint,
-                    },
-                    None => FrontendError::Image(source),
+                return Err(FrontendError::BaseImage {
+                    image: image.clone(),
+                    error: Box::new(source),
+                    hint: df.base_image_hint(image),
                 })
             }
         };
