@@ -164,6 +164,17 @@ impl CopyFail {
         }
     }
 
+    /// `c` as BuildKit runs it: its required paths (`COPY --parents`
+    /// without wildcards) are checked only by the source's checksum, so a
+    /// copy whose source is not checksummed has none.
+    fn as_run(&self, c: &kiln_solver::FileCopy) -> kiln_solver::FileCopy {
+        let mut c = c.clone();
+        if self.checksummed.is_none() {
+            c.required_paths.clear();
+        }
+        c
+    }
+
     fn joined(&self, e: tokio::task::JoinError) -> WorkerError {
         WorkerError::FileOp {
             location: self.location.clone(),
@@ -331,7 +342,7 @@ impl StepRunner {
                 _ => Vec::new(),
             },
         };
-        let c = copy.clone();
+        let c = fail.as_run(copy);
         let result = self
             .copy_then_link(fail, active, upper, src.path(), move |s, d| {
                 Ok((fileop::copy_linking(s, d, d, &c, &links)?, ()))
@@ -481,7 +492,7 @@ impl StepRunner {
                     let (s, d, c2) = (
                         src.path().to_path_buf(),
                         dest.path().to_path_buf(),
-                        c.clone(),
+                        copy_fail.as_run(c),
                     );
                     let ex = excludes.cloned();
                     // Files from the context become root's (host uids must
