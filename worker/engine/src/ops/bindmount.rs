@@ -103,7 +103,11 @@ impl StepRunner {
                 let dir = self.fresh_dir(loc, "bind")?;
                 if selector != "/" {
                     let _ = std::fs::remove_dir(&dir);
-                    return Err(bad(format!("{selector}: not found in an empty filesystem")));
+                    return Err(WorkerError::SourceNotFound {
+                        location: loc.to_string(),
+                        reference,
+                        path: format!("/{}", selector.trim_start_matches('/')),
+                    });
                 }
                 Ok((dir.clone(), BindHold::Copy(dir)))
             }
