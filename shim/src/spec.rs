@@ -325,8 +325,8 @@ fn mount(dest: &str, typ: &str, source: impl Into<PathBuf>, options: &[&str]) ->
 /// The destinations of the standard mounts (`/proc`, `/dev`, `/sys` and
 /// what is mounted below them), in [`step_mounts`]'s order. runc creates
 /// those a rootfs lacks, and a RUN layer keeps them as BuildKit's does:
-/// only the mount points of `/etc/hosts`, `/etc/resolv.conf`,
-/// `/etc/hostname` and the step's own mounts are removed after the run.
+/// only the mount points of `/etc/hosts`, `/etc/resolv.conf` and the
+/// step's own mounts are removed after the run.
 pub const STANDARD_MOUNT_POINTS: [&str; 7] = [
     "/proc",
     "/dev",
