@@ -17,7 +17,9 @@ pub(crate) fn walk<W: std::io::Write>(
     walk_dir(em, lower, upper, b"")
 }
 
-fn walk_dir<W: std::io::Write>(
+/// Compares `upper` (tar path `rel`) with `lower`; also the overlay
+/// walk's way through an opaque directory.
+pub(super) fn walk_dir<W: std::io::Write>(
     em: &mut Emitter<W>,
     lower: Option<&Path>,
     upper: &Path,
