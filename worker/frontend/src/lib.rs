@@ -98,10 +98,13 @@ pub enum FrontendError {
     /// "did you mean" hint when its name is close to a stage's (or a
     /// common image's).
     #[error(
-        "failed to resolve source metadata for {image}: {error}{}",
+        "{}failed to resolve source metadata for {image}: {error}{}",
+        name.as_ref().map(|n| format!("{n}: ")).unwrap_or_default(),
         hint.as_ref().map(|h| format!(" (did you mean {h}?)")).unwrap_or_default()
     )]
     BaseImage {
+        /// The `FROM` word, when one names the image.
+        name: Option<String>,
         image: String,
         error: Box<WorkerError>,
         hint: Option<String>,
@@ -1128,6 +1131,7 @@ async fn resolve_bases<I: ImageConfigs>(
             Ok(cfg) => cfg,
             Err(source) => {
                 return Err(FrontendError::BaseImage {
+                    name: df.base_image_name(image).map(str::to_string),
                     image: image.clone(),
                     error: Box::new(source),
                     hint: df.base_image_hint(image),
