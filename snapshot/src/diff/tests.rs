@@ -124,6 +124,9 @@ fn overlay_whiteouts_opaque_dirs_and_copy_up_parents() {
     xattr::set(u.join("d"), "trusted.overlay.opaque", b"y")
         .expect("set trusted xattr (root required)");
     write(u, "d/new", b"n");
+    // Whiteouts met below an opaque directory mark deletions, once each.
+    whiteout(&u.join("d/old"));
+    whiteout(&u.join("d/ghost"));
     write(u, "newdir/f", b"f");
 
     let (desc, tar) = layer(DiffSource::Overlay {

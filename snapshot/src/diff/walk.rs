@@ -51,6 +51,14 @@ pub(super) fn walk_dir<W: std::io::Write>(
         }
         let abs = upper.join(name);
         let node = Node::read(&abs)?;
+        // An overlay whiteout (a 0/0 char device) met through an opaque
+        // directory of the overlay walk marks a deletion, never a device.
+        if node.is_whiteout() {
+            if in_lower {
+                em.whiteout(rel, name)?;
+            }
+            continue;
+        }
         if node.is_socket() {
             continue;
         }
