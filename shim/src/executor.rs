@@ -278,10 +278,6 @@ impl ContainerdExecutor {
         root.mkdir_all(cwd, user.uid, user.gid)
             .map_err(io_err("create working directory", Path::new(cwd)))?;
 
-        // /etc/hostname, as BuildKit provides it.
-        let hostname = dir.join("hostname");
-        std::fs::write(&hostname, format!("{}\n", spec::hostname(step)))
-            .map_err(io_err("write", &hostname))?;
         let mut oci = build_spec(step, &user, &hosts, &resolv);
         if let Some(bounding) = own_bounding_set() {
             let removed = spec::restrict_capabilities(&mut oci, bounding);
@@ -297,27 +293,18 @@ impl ContainerdExecutor {
             let netns = self.attach_network(id, stack).await?;
             spec::join_network_namespace(&mut oci, &netns);
         }
-        let mut mounts = oci.mounts().clone().unwrap_or_default();
-        if let Ok(m) = oci_spec::runtime::MountBuilder::default()
-            .destination("/etc/hostname")
-            .typ("bind")
-            .source(&hostname)
-            .options(vec!["rbind".to_string(), "ro".to_string()])
-            .build()
-        {
-            mounts.push(m);
-        }
-        oci.set_mounts(Some(mounts));
         // From here to the task's create, no delete may empty the shim.
         let joining = self.shims.join().await;
         let mut annotations = oci.annotations().clone().unwrap_or_default();
         annotations.insert(GROUP_ANNOTATION.to_string(), joining.name());
         oci.set_annotations(Some(annotations));
+        // The standard mounts' points stay in the layer, as in BuildKit's.
         let dests: Vec<String> = oci
             .mounts()
             .iter()
             .flatten()
             .map(|m| m.destination().to_string_lossy().into_owned())
+            .filter(|d| !spec::STANDARD_MOUNT_POINTS.contains(&d.as_str()))
             .collect();
         stack.push(Undo::MountPoints(MountPoints::record(
             &root,

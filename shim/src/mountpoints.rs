@@ -1,11 +1,12 @@
 //! Mount points: the empty dirs and files runc creates in the rootfs for
-//! a step's mounts (`/proc`, `/dev`, `/etc/hosts`, …).
+//! a step's mounts (`/etc/hosts`, a cache mount's target, …).
 //!
 //! They land in the step's upper layer and would show up in its diff, so,
-//! like BuildKit's `MountPointsCleaner`, kiln records before the run which
+//! like BuildKit's `MountStubsCleaner`, kiln records before the run which
 //! mount destinations do not exist yet and removes afterwards those that
 //! are still empty, deepest first, restoring the times of the directories
-//! they were created in.
+//! they were created in. The executor leaves out the standard mounts
+//! (`/proc`, `/dev`, `/sys`): BuildKit keeps their points in the layer.
 //!
 //! Both halves work on directory fds ([`crate::rootfs`]): before the run the
 //! deepest existing directory of each destination is opened and held; after

@@ -322,6 +322,21 @@ fn mount(dest: &str, typ: &str, source: impl Into<PathBuf>, options: &[&str]) ->
     m
 }
 
+/// The destinations of the standard mounts (`/proc`, `/dev`, `/sys` and
+/// what is mounted below them), in [`step_mounts`]'s order. runc creates
+/// those a rootfs lacks, and a RUN layer keeps them as BuildKit's does:
+/// only the mount points of `/etc/hosts`, `/etc/resolv.conf` and the
+/// step's own mounts are removed after the run.
+pub const STANDARD_MOUNT_POINTS: [&str; 7] = [
+    "/proc",
+    "/dev",
+    "/dev/pts",
+    "/dev/shm",
+    "/dev/mqueue",
+    "/sys",
+    "/sys/fs/cgroup",
+];
+
 /// Every mount of a step in order: the standard set, the generated
 /// hosts/resolv.conf, then the step's own mounts.
 pub fn step_mounts(step: &StepSpec, hosts: &Path, resolv: &Path) -> Vec<Mount> {
@@ -667,6 +682,11 @@ mod tests {
             .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
             .collect();
         assert_eq!(got, want);
+        let standard: Vec<&str> = got[..STANDARD_MOUNT_POINTS.len()]
+            .iter()
+            .map(|(d, _, _)| d.as_str())
+            .collect();
+        assert_eq!(standard, STANDARD_MOUNT_POINTS);
         assert_eq!(
             mounts[7].source().as_deref(),
             Some(Path::new("/state/kiln-abc/hosts"))

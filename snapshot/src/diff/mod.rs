@@ -24,8 +24,9 @@
 //!   (a host label, which moby also leaves out).
 //! - Hard links within the layer become tar links to the first path written.
 //! - A deleted path becomes an empty regular file `.wh.<name>` (mode 0,
-//!   uid/gid 0, mtime 0), an opaque directory the directory followed by
-//!   `<dir>/.wh..wh..opq` and its new contents. Sockets are skipped.
+//!   uid/gid 0, mtime 0), also below an opaque directory (one per lower
+//!   entry it no longer holds, as BuildKit writes it; never a
+//!   `.wh..wh..opq` marker). Sockets are skipped.
 
 mod compress;
 pub mod epoch;
@@ -655,11 +656,6 @@ impl<W: Write> Emitter<W> {
         let mut wh = OsString::from(".wh.");
         wh.push(name);
         self.marker(&join_rel(parent, &wh))
-    }
-
-    /// Writes the opaque marker `<dir>/.wh..wh..opq`.
-    fn opaque(&mut self, dir: &[u8]) -> Result<(), DiffError> {
-        self.marker(&join_rel(dir, OsStr::new(".wh..wh..opq")))
     }
 
     fn marker(&mut self, path: &[u8]) -> Result<(), DiffError> {

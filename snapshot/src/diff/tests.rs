@@ -124,6 +124,9 @@ fn overlay_whiteouts_opaque_dirs_and_copy_up_parents() {
     xattr::set(u.join("d"), "trusted.overlay.opaque", b"y")
         .expect("set trusted xattr (root required)");
     write(u, "d/new", b"n");
+    // Whiteouts met below an opaque directory mark deletions, once each.
+    whiteout(&u.join("d/old"));
+    whiteout(&u.join("d/ghost"));
     write(u, "newdir/f", b"f");
 
     let (desc, tar) = layer(DiffSource::Overlay {
@@ -137,20 +140,21 @@ fn overlay_whiteouts_opaque_dirs_and_copy_up_parents() {
             "a/",
             "a/.wh.gone",
             "d/",
-            "d/.wh..wh..opq",
             "d/new",
+            "d/.wh.old",
+            "d/.wh.sub",
             "newdir/",
             "newdir/f"
         ]
     );
-    assert_eq!(desc.entries, 7);
+    assert_eq!(desc.entries, 8);
     let wh = &got[1];
     assert_eq!((wh.kind, wh.data.len(), wh.mode), ('0', 0, 0));
     assert!(
         got.iter().all(|e| e.xattrs.is_empty()),
         "overlay xattrs must not leak: {got:?}"
     );
-    assert_eq!(got[4].data, b"n");
+    assert_eq!(got[3].data, b"n");
 
     // Without a parent, whiteouts and opaque markers are dropped.
     let (_, tar) = layer(DiffSource::Overlay {

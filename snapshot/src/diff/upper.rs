@@ -1,10 +1,12 @@
 //! The overlay fast path: walk only the upperdir.
 //!
 //! Follows moby/buildkit util/overlay/overlay_linux.go: whiteouts (0/0 char
-//! devices) become `.wh.` entries when the lower has the path, opaque
-//! directories get a `.wh..wh..opq` marker and lose their lower view, and
-//! entries identical to the lower one (copy-up parents) are skipped, except
-//! that a directory is still written before any changed child.
+//! devices) become `.wh.` entries when the lower has the path, an opaque
+//! directory is compared with its lower one by the walking differ (each
+//! lower entry it no longer holds becomes a `.wh.` entry of its own, as in
+//! BuildKit's layers, not a `.wh..wh..opq` marker), and entries identical
+//! to the lower one (copy-up parents) are skipped, except that a directory
+//! is still written before any changed child.
 
 use std::path::Path;
 
@@ -51,19 +53,16 @@ fn walk_dir<W: std::io::Write>(
             let opaque = node.overlay_xattr(&abs, "opaque")?.as_deref() == Some(b"y".as_slice());
             let lower_dir = Lower::dir(&lower_entry);
             let changed = match lower_dir {
-                Some(l) => opaque || !l.same_as(&node, &abs)?,
+                Some(l) => !l.same_as(&node, &abs)?,
                 None => true,
             };
             em.enter_dir(child_rel.clone(), node, changed)?;
-            if opaque && lower_dir.is_some() {
-                em.opaque(&child_rel)?;
+            match lower_dir {
+                // The opaque directory holds all of the directory: what
+                // the lower one has beyond it was deleted.
+                Some(l) if opaque => super::walk::walk_dir(em, Some(&l.path), &abs, &child_rel)?,
+                _ => walk_dir(em, &abs, lower_dir.map(|l| l.path.as_path()), &child_rel)?,
             }
-            let child_lower = if opaque {
-                None
-            } else {
-                lower_dir.map(|l| l.path.as_path())
-            };
-            walk_dir(em, &abs, child_lower, &child_rel)?;
             em.leave_dir();
         } else {
             em.changed_file(&child_rel, &abs, &node, lower_entry.as_ref())?;

@@ -17,7 +17,9 @@ pub(crate) fn walk<W: std::io::Write>(
     walk_dir(em, lower, upper, b"")
 }
 
-fn walk_dir<W: std::io::Write>(
+/// Compares `upper` (tar path `rel`) with `lower`; also the overlay
+/// walk's way through an opaque directory.
+pub(super) fn walk_dir<W: std::io::Write>(
     em: &mut Emitter<W>,
     lower: Option<&Path>,
     upper: &Path,
@@ -49,6 +51,14 @@ fn walk_dir<W: std::io::Write>(
         }
         let abs = upper.join(name);
         let node = Node::read(&abs)?;
+        // An overlay whiteout (a 0/0 char device) met through an opaque
+        // directory of the overlay walk marks a deletion, never a device.
+        if node.is_whiteout() {
+            if in_lower {
+                em.whiteout(rel, name)?;
+            }
+            continue;
+        }
         if node.is_socket() {
             continue;
         }

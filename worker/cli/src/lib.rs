@@ -1583,6 +1583,7 @@ fn base_image_hint(e: &kiln_frontend::FrontendError, namespace: &str) -> Option<
     use kiln_engine::WorkerError as W;
     let w = match e {
         kiln_frontend::FrontendError::Image(w) => w,
+        kiln_frontend::FrontendError::BaseImage { error, .. } => error.as_ref(),
         _ => return None,
     };
     let image = match w {

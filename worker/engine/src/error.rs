@@ -106,10 +106,19 @@ pub enum WorkerError {
     /// A graph input has the wrong kind (e.g. a local dir as a rootfs).
     #[error("{location}invalid input: {reason}")]
     BadInput { location: String, reason: String },
-    /// A bind mount's source path is not in its input (BuildKit's
-    /// checksum error ends the same way).
-    #[error("{location}\"{path}\": not found")]
-    MountSourceNotFound { location: String, path: String },
+    /// A source path of a copy or bind mount is not in its input, worded
+    /// as BuildKit's checksum of that input for the cache key fails.
+    #[error("{location}failed to compute cache key: failed to calculate checksum of ref {reference}: \"{path}\": not found")]
+    SourceNotFound {
+        location: String,
+        /// The input: its top snapshot, or the local source's directory.
+        reference: String,
+        path: String,
+    },
+    /// A copy source path is not in an input BuildKit does not checksum
+    /// (scratch, or the tree the copy writes to): its copy's lstat fails.
+    #[error("{location}lstat {path}: no such file or directory")]
+    SourceMissing { location: String, path: String },
     /// A secret the step needs is missing or unreadable.
     #[error("{location}{source}")]
     Secret {
@@ -165,7 +174,8 @@ impl WorkerError {
             WorkerError::Push { error, .. } => error.kind(),
             WorkerError::ImageNotFound { .. }
             | WorkerError::ManifestUnknown { .. }
-            | WorkerError::MountSourceNotFound { .. } => ErrorKind::NotFound,
+            | WorkerError::SourceNotFound { .. }
+            | WorkerError::SourceMissing { .. } => ErrorKind::NotFound,
             WorkerError::Registry { error, .. } => error.kind(),
             WorkerError::Pull { .. } | WorkerError::LayerBlob { .. } => {
                 ErrorKind::FailedPrecondition

@@ -70,6 +70,19 @@ impl Ref {
     pub fn scratch() -> Self {
         Ref::Chain(Vec::new())
     }
+
+    /// The ref as error messages name it: the chain's top snapshot
+    /// (`scratch` for none) or the local source's directory name.
+    pub fn name(&self) -> String {
+        match self {
+            Ref::Chain(layers) if layers.is_empty() => "scratch".to_string(),
+            Ref::Chain(layers) => top_snapshot(layers),
+            Ref::Local { dir, .. } => dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string()),
+        }
+    }
 }
 
 /// The diffIDs of a chain.

@@ -91,16 +91,23 @@ pub enum FrontendError {
     /// The Dockerfile does not parse or convert.
     #[error(transparent)]
     Dockerfile(#[from] ParseError),
-    /// Resolving a base image failed.
+    /// Loading an image failed.
     #[error(transparent)]
     Image(#[from] WorkerError),
-    /// Resolving a base image failed and its name is close to a stage's
-    /// (or a common image's): BuildKit's "did you mean" hint.
-    #[error("{source} (did you mean {hint}?)")]
-    ImageWithHint {
-        #[source]
-        source: Box<WorkerError>,
-        hint: String,
+    /// Resolving a base image failed, worded as BuildKit's; with BuildKit's
+    /// "did you mean" hint when its name is close to a stage's (or a
+    /// common image's).
+    #[error(
+        "{}failed to resolve source metadata for {image}: {error}{}",
+        name.as_ref().map(|n| format!("{n}: ")).unwrap_or_default(),
+        hint.as_ref().map(|h| format!(" (did you mean {h}?)")).unwrap_or_default()
+    )]
+    BaseImage {
+        /// The `FROM` word, when one names the image.
+        name: Option<String>,
+        image: String,
+        error: Box<WorkerError>,
+        hint: Option<String>,
     },
 }
 
@@ -122,7 +129,7 @@ impl FrontendError {
             FrontendError::BadFile { .. } => ErrorKind::InvalidArgument,
             FrontendError::Io { .. } | FrontendError::SourceEpoch { .. } => ErrorKind::Internal,
             FrontendError::Image(e) => e.kind(),
-            FrontendError::ImageWithHint { source, .. } => source.kind(),
+            FrontendError::BaseImage { error, .. } => error.kind(),
         }
     }
 }
@@ -1123,12 +1130,11 @@ async fn resolve_bases<I: ImageConfigs>(
         let cfg = match images.image_config(image, base.platform.as_ref()).await {
             Ok(cfg) => cfg,
             Err(source) => {
-                return Err(match df.base_image_hint(image) {
-                    Some(hint) => FrontendError::ImageWithHint {
-                        source: Box::new(source),
-                        hint,
-                    },
-                    None => FrontendError::Image(source),
+                return Err(FrontendError::BaseImage {
+                    name: df.base_image_name(image).map(str::to_string),
+                    image: image.clone(),
+                    error: Box::new(source),
+                    hint: df.base_image_hint(image),
                 })
             }
         };

@@ -457,7 +457,8 @@ async fn plan_passes_the_engines_error_through() {
     assert_eq!(e.kind(), ErrorKind::NotFound);
     assert_eq!(
         e.to_string(),
-        "image \"docker.io/library/busybox:latest\" not found in containerd namespace \"test\""
+        "busybox: failed to resolve source metadata for docker.io/library/busybox:latest: \
+         image \"docker.io/library/busybox:latest\" not found in containerd namespace \"test\""
     );
 }
 

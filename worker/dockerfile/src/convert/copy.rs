@@ -394,7 +394,10 @@ impl Converter<'_> {
 
 /// A `--chown` a linked copy can apply: ids, or `root`. A name would have
 /// to be looked up in the stage's `/etc/passwd`, which a copy made on an
-/// empty filesystem does not have (BuildKit fails such a build too).
+/// empty filesystem does not have. BuildKit fails such a build too, late,
+/// with "invalid user index: -1" (its lookup input is the empty
+/// filesystem's index); kiln fails before the build, with BuildKit's words
+/// and what they mean.
 fn link_chown_check(spec: &str) -> std::result::Result<(), String> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -403,7 +406,7 @@ fn link_chown_check(spec: &str) -> std::result::Result<(), String> {
     for name in std::iter::once(user).chain(group) {
         if !name.is_empty() && name != "root" && name.parse::<u32>().is_err() {
             return Err(format!(
-                "--chown={spec} with --link: the name {name:?} cannot be resolved on the empty filesystem a linked copy is made on; use a numeric UID[:GID]"
+                "invalid user index: -1: --chown={spec} with --link: the name {name:?} cannot be resolved on the empty filesystem a linked copy is made on; use a numeric UID[:GID]"
             ));
         }
     }

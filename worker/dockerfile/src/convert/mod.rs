@@ -149,6 +149,15 @@ impl Dockerfile {
 }
 
 impl Dockerfile {
+    /// The `FROM` word that gave base image `reference` (a normalized
+    /// reference), as BuildKit names the image in its errors.
+    pub fn base_image_name(&self, reference: &str) -> Option<&str> {
+        self.stages
+            .iter()
+            .find(|s| normalize(&s.base).ok().as_deref() == Some(reference))
+            .map(|s| s.base.as_str())
+    }
+
     /// A "did you mean" for a base image that could not be resolved: the
     /// stage name (or common image name) closest to the `FROM` word that
     /// gave `reference`, as BuildKit suggests when a `FROM` names a stage

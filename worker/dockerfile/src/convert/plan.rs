@@ -516,6 +516,9 @@ pub(super) fn resolve_source(
                 op: op.clone(),
                 name: name.clone(),
             }),
+            // BuildKit makes an unnamed stage of it, and such a stage on
+            // `scratch` is the empty filesystem, never an image.
+            None if from == "scratch" => Ok(Source::Scratch),
             None => normalize(from)
                 .map(Source::Image)
                 .map_err(|err| ParseError::Reference {

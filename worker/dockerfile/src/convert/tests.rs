@@ -1277,7 +1277,7 @@ built ["0"]
 fn copy_link_refuses_a_chown_name() {
     check(
         "FROM busybox\nCOPY --link --chown=app a /a\n",
-        "error: Dockerfile:2: --chown=app with --link: the name \"app\" cannot be resolved on the empty filesystem a linked copy is made on; use a numeric UID[:GID]",
+        "error: Dockerfile:2: invalid user index: -1: --chown=app with --link: the name \"app\" cannot be resolved on the empty filesystem a linked copy is made on; use a numeric UID[:GID]",
     );
 }
 

@@ -52,9 +52,10 @@ impl StepRunner {
         } else {
             m.selector.as_str()
         };
+        let reference = input.name();
         match input {
             Ref::Local { dir, excludes } if excludes.is_empty() && m.readonly => {
-                let path = self.resolve_in(loc, &dir, selector, None)?;
+                let path = self.resolve_in(loc, &reference, &dir, selector, None)?;
                 Ok((path, BindHold::InPlace))
             }
             Ref::Local { dir, excludes } => {
@@ -65,7 +66,7 @@ impl StepRunner {
                 };
                 // Fails as the mount would: the source must exist and be
                 // visible.
-                let source = self.resolve_in(loc, &dir, selector, hide.as_ref())?;
+                let source = self.resolve_in(loc, &reference, &dir, selector, hide.as_ref())?;
                 let file_name = (!source.is_dir())
                     .then(|| source.file_name().map(|n| n.to_os_string()))
                     .flatten();
@@ -102,7 +103,11 @@ impl StepRunner {
                 let dir = self.fresh_dir(loc, "bind")?;
                 if selector != "/" {
                     let _ = std::fs::remove_dir(&dir);
-                    return Err(bad(format!("{selector}: not found in an empty filesystem")));
+                    return Err(WorkerError::SourceNotFound {
+                        location: loc.to_string(),
+                        reference,
+                        path: format!("/{}", selector.trim_start_matches('/')),
+                    });
                 }
                 Ok((dir.clone(), BindHold::Copy(dir)))
             }
@@ -128,7 +133,7 @@ impl StepRunner {
                         return Err(e);
                     }
                 };
-                match self.resolve_in(loc, mounted.path(), selector, None) {
+                match self.resolve_in(loc, &reference, mounted.path(), selector, None) {
                     Ok(path) => Ok((path, BindHold::Snapshot(mounted, key))),
                     Err(e) => {
                         self.release_binds(vec![BindHold::Snapshot(mounted, key)])
@@ -167,17 +172,19 @@ impl StepRunner {
         }
     }
 
-    /// `path` inside `root`, symlinks resolved without leaving it; it must
-    /// exist (and not be hidden).
+    /// `path` inside `root` (the input named `reference`), symlinks
+    /// resolved without leaving it; it must exist (and not be hidden).
     fn resolve_in(
         &self,
         loc: &str,
+        reference: &str,
         root: &Path,
         path: &str,
         hide: Option<&PatternMatcher>,
     ) -> Result<PathBuf> {
-        let not_found = || WorkerError::MountSourceNotFound {
+        let not_found = || WorkerError::SourceNotFound {
             location: loc.to_string(),
+            reference: reference.to_string(),
             path: format!("/{}", path.trim_start_matches('/')),
         };
         let r = kiln_context::path::resolve(root, Path::new(path), true, hide)

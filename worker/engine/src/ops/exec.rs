@@ -14,7 +14,7 @@ use crate::error::{Result, WorkerError};
 use crate::progress::{LogStream, ProgressEvent};
 use crate::refs::{Layer, Ref};
 use kiln_shim::{ExecError, ExtraMount, Network, OutputStream, Security, StepIo, StepSpec};
-use kiln_solver::{ExecOp, MountType, NetMode, SecurityMode, Vertex, VertexId};
+use kiln_solver::{ExecOp, Mount, MountType, NetMode, SecurityMode, Vertex, VertexId};
 use tokio_util::sync::CancellationToken;
 
 /// What an exec step holds until it ends; see the module docs.
@@ -268,7 +268,10 @@ impl StepRunner {
                     });
                 }
                 MountType::Bind => {
-                    let (source, hold) = self.bind_source(&loc, m, inputs).await?;
+                    let (source, hold) = self
+                        .bind_source(&loc, m, inputs)
+                        .await
+                        .map_err(|e| unchecked_bind_error(op, m, inputs, e))?;
                     held.binds.push(hold);
                     extra.push(ExtraMount::Bind {
                         source,
@@ -327,4 +330,40 @@ fn check_emulation(loc: &str, p: &kiln_solver::Platform) -> Result<()> {
         host: host.to_string(),
         reason,
     })
+}
+
+/// A bind mount's missing source as BuildKit reports it. BuildKit
+/// checksums the mount's source for the cache key, and that fails first,
+/// unless the source is scratch or the very tree the step runs on; then
+/// the runtime's open of the source fails the step.
+fn unchecked_bind_error(op: &ExecOp, m: &Mount, inputs: &[Ref], e: WorkerError) -> WorkerError {
+    let WorkerError::SourceNotFound { location, path, .. } = e else {
+        return e;
+    };
+    let source = m.input.and_then(|i| inputs.get(i));
+    let root = op
+        .mounts
+        .iter()
+        .find(|r| r.dest == "/")
+        .and_then(|r| r.input.and_then(|i| inputs.get(i)));
+    let unchecked = match (source, root) {
+        (None, _) => true,
+        (Some(Ref::Chain(s)), _) if s.is_empty() => true,
+        (Some(Ref::Chain(s)), Some(Ref::Chain(r))) => {
+            crate::refs::top_snapshot(s) == crate::refs::top_snapshot(r)
+        }
+        _ => false,
+    };
+    if !unchecked {
+        return WorkerError::SourceNotFound {
+            location,
+            reference: source.map(Ref::name).unwrap_or_default(),
+            path,
+        };
+    }
+    WorkerError::StepNotStarted {
+        location,
+        command: op.meta.args.join(" "),
+        reason: format!("open {path}: no such file or directory"),
+    }
 }

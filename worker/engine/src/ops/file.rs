@@ -9,7 +9,7 @@ use crate::ignore::PatternMatcher;
 use crate::refs::{self, Layer, Ref};
 use kiln_snapshot::mount::overlay_dirs;
 use kiln_snapshot::Digest;
-use kiln_solver::{FileActionKind, FileInput, FileOp, Vertex, VertexId};
+use kiln_solver::{FileAction, FileActionKind, FileInput, FileOp, Vertex, VertexId};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -96,6 +96,93 @@ fn incremental_copy(op: &FileOp, inputs: &[Ref], parent: &[Layer]) -> Option<Inc
     })
 }
 
+/// How a failed copy is reported. A missing source is worded as BuildKit
+/// words it for the copy's source input: its cache key checksums that
+/// input's content, which fails first, unless the source is scratch or
+/// the very tree the copy writes to (the same vertex; no checksum is
+/// computed then, and the copy's lstat fails).
+struct CopyFail {
+    location: String,
+    /// The source input's name when BuildKit checksums it.
+    checksummed: Option<String>,
+}
+
+impl CopyFail {
+    /// For action `a` of `op`, a linear chain whose first action works on
+    /// the tree the copy writes to.
+    fn new(v: &Vertex, op: &FileOp, a: &FileAction, inputs: &[Ref]) -> Self {
+        let source = match a.secondary_input {
+            Some(FileInput::Input(j)) => Some(j),
+            _ => None,
+        };
+        let dest = op.actions.first().map_or(FileInput::Scratch, |f| f.input);
+        let checksummed = source.and_then(|j| {
+            // The same vertex in BuildKit's graph: here the same edge, or
+            // the same snapshot chain (kiln keeps an image's or a stage's
+            // vertices apart where BuildKit merges equal ones).
+            let same_tree = match dest {
+                FileInput::Input(i) => {
+                    i == j
+                        || v.inputs.get(i) == v.inputs.get(j)
+                        || matches!(
+                            (inputs.get(i), inputs.get(j)),
+                            (Some(Ref::Chain(a)), Some(Ref::Chain(b)))
+                                if refs::top_snapshot(a) == refs::top_snapshot(b)
+                        )
+                }
+                _ => false,
+            };
+            match inputs.get(j) {
+                Some(Ref::Chain(l)) if l.is_empty() => None,
+                Some(r) if !same_tree => Some(r.name()),
+                _ => None,
+            }
+        });
+        CopyFail {
+            location: location(v),
+            checksummed,
+        }
+    }
+
+    fn error(&self, e: fileop::FileOpError) -> WorkerError {
+        let location = self.location.clone();
+        match (e, &self.checksummed) {
+            (fileop::FileOpError::NotFound { path }, Some(reference)) => {
+                WorkerError::SourceNotFound {
+                    location,
+                    reference: reference.clone(),
+                    path,
+                }
+            }
+            (fileop::FileOpError::NotFound { path }, None) => {
+                WorkerError::SourceMissing { location, path }
+            }
+            (e, _) => WorkerError::FileOp {
+                location,
+                message: crate::error::error_chain(&e),
+            },
+        }
+    }
+
+    /// `c` as BuildKit runs it: its required paths (`COPY --parents`
+    /// without wildcards) are checked only by the source's checksum, so a
+    /// copy whose source is not checksummed has none.
+    fn as_run(&self, c: &kiln_solver::FileCopy) -> kiln_solver::FileCopy {
+        let mut c = c.clone();
+        if self.checksummed.is_none() {
+            c.required_paths.clear();
+        }
+        c
+    }
+
+    fn joined(&self, e: tokio::task::JoinError) -> WorkerError {
+        WorkerError::FileOp {
+            location: self.location.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
 impl StepRunner {
     pub(super) async fn file(
         &self,
@@ -148,19 +235,26 @@ impl StepRunner {
             },
             _ => None,
         };
+        let fail = match op.actions.as_slice() {
+            [a] => CopyFail::new(v, op, a, inputs),
+            _ => CopyFail {
+                location: loc.clone(),
+                checksummed: None,
+            },
+        };
         let applied = match (&incremental, upper, linking) {
             // The daemon's own context tree: its files are linked, as a
             // committed layer's are.
             (Some(inc), Some(upper), _) if self.hashes.owns(&inc.dir) => self
-                .copy_linked(v, inputs, &inc.copy, inc.input, &active, &upper)
+                .copy_linked(v, inputs, (&inc.copy, inc.input), &fail, &active, &upper)
                 .await
                 .map(|()| None),
             (Some(inc), Some(upper), _) => self
-                .copy_incremental(v, inputs, inc, &active, &upper)
+                .copy_incremental(v, inputs, inc, &fail, &active, &upper)
                 .await
                 .map(Some),
             (None, Some(upper), Some((c, input))) => self
-                .copy_linked(v, inputs, c, input, &active, &upper)
+                .copy_linked(v, inputs, (c, input), &fail, &active, &upper)
                 .await
                 .map(|()| None),
             _ => self
@@ -194,6 +288,7 @@ impl StepRunner {
         v: &Vertex,
         inputs: &[Ref],
         inc: &Incremental,
+        fail: &CopyFail,
         active: &super::layer::Active,
         upper: &std::path::Path,
     ) -> Result<Manifest> {
@@ -218,7 +313,7 @@ impl StepRunner {
             _ => None,
         };
         let result = self
-            .copy_then_link(&location(v), active, upper, src.path(), move |s, d| {
+            .copy_then_link(fail, active, upper, src.path(), move |s, d| {
                 let out = fileop::copy_reusing(s, d, d, &c, excludes.as_ref(), &reuse)?;
                 Ok((out.deferred, out.manifest))
             })
@@ -243,8 +338,8 @@ impl StepRunner {
         &self,
         v: &Vertex,
         inputs: &[Ref],
-        copy: &kiln_solver::FileCopy,
-        input: Option<FileInput>,
+        (copy, input): (&kiln_solver::FileCopy, Option<FileInput>),
+        fail: &CopyFail,
         active: &super::layer::Active,
         upper: &std::path::Path,
     ) -> Result<()> {
@@ -263,9 +358,9 @@ impl StepRunner {
             Source::Empty(_) => (Vec::new(), None, true, None),
         };
         let links = reuse::LayerLinks { layers: links };
-        let c = copy.clone();
+        let c = fail.as_run(copy);
         let result = self
-            .copy_then_link(&location(v), active, upper, src.path(), move |s, d| {
+            .copy_then_link(fail, active, upper, src.path(), move |s, d| {
                 let deferred =
                     fileop::copy_linking(s, d, d, &c, excludes.as_ref(), keep_owner, &links)?;
                 let sources: Vec<PathBuf> = deferred.iter().map(|f| f.old.clone()).collect();
@@ -297,7 +392,7 @@ impl StepRunner {
     /// gave besides.
     async fn copy_then_link<T: Send + 'static>(
         &self,
-        loc: &str,
+        fail: &CopyFail,
         active: &super::layer::Active,
         upper: &std::path::Path,
         src: &std::path::Path,
@@ -305,14 +400,7 @@ impl StepRunner {
             + Send
             + 'static,
     ) -> Result<T> {
-        let fail = |e: fileop::FileOpError| WorkerError::FileOp {
-            location: loc.to_string(),
-            message: crate::error::error_chain(&e),
-        };
-        let joined = |e: tokio::task::JoinError| WorkerError::FileOp {
-            location: loc.to_string(),
-            message: e.to_string(),
-        };
+        let joined = |e| fail.joined(e);
         let dest = self.mount(&active.key, &active.mounts, false)?;
         let (s, d, up) = (
             src.to_path_buf(),
@@ -327,7 +415,7 @@ impl StepRunner {
         })
         .await
         .map_err(joined)?
-        .map_err(fail)?;
+        .map_err(|e| fail.error(e))?;
         drop(dest);
         if !deferred.is_empty() {
             tracing::debug!(linked = deferred.len(), "copy links files it did not write");
@@ -336,7 +424,7 @@ impl StepRunner {
         tokio::task::spawn_blocking(move || reuse::place(&up, &deferred, true))
             .await
             .map_err(joined)?
-            .map_err(fail)?;
+            .map_err(|e| fail.error(e))?;
         Ok(other)
     }
 
@@ -428,6 +516,7 @@ impl StepRunner {
             };
             match &a.action {
                 FileActionKind::Copy(c) => {
+                    let copy_fail = CopyFail::new(v, op, a, inputs);
                     let src = self.copy_source(v, a.secondary_input, inputs).await?;
                     let excludes = match &src {
                         Source::Dir { excludes, .. } => excludes.as_ref(),
@@ -436,7 +525,7 @@ impl StepRunner {
                     let (s, d, c2) = (
                         src.path().to_path_buf(),
                         dest.path().to_path_buf(),
-                        c.clone(),
+                        copy_fail.as_run(c),
                     );
                     let ex = excludes.cloned();
                     // Files from the context become root's (host uids must
@@ -450,11 +539,8 @@ impl StepRunner {
                         }
                     })
                     .await
-                    .map_err(|e| WorkerError::FileOp {
-                        location: loc.clone(),
-                        message: e.to_string(),
-                    })
-                    .and_then(|r| r.map_err(fail));
+                    .map_err(|e| copy_fail.joined(e))
+                    .and_then(|r| r.map_err(|e| copy_fail.error(e)));
                     self.release(src).await;
                     r?;
                 }
