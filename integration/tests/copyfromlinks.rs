@@ -105,8 +105,8 @@ async fn copy_from_a_stage_links_its_files_and_keeps_them_apart() {
     assert!(out.success, "{}", out.stderr);
     let (a_layers, _) = common::layers(&h, ns, "docker.io/library/stage-a:latest");
     let (layers, _) = common::layers(&h, ns, image);
-    let want = entries(&h, ns, &a_layers[1], "d", "y");
-    let got = entries(&h, ns, &layers[1], "y", "y");
+    let want = entries(&h, ns, &a_layers[1], "d/", "y/");
+    let got = entries(&h, ns, &layers[1], "y/", "y/");
     assert_eq!(want.len(), 5, "d/ and its four files: {want:?}");
     assert_eq!(got, want, "the linked copy's layer is not a copy's");
 }
