@@ -66,6 +66,7 @@ pub struct Fetch<'a> {
 /// caller's until the returned slot is dropped.
 pub async fn fetch_local(
     d: &Daemon,
+    engine: &kiln_engine::Engine,
     session: &SessionHandle,
     f: &Fetch<'_>,
 ) -> Result<crate::contexts::Held, Status> {
@@ -91,10 +92,11 @@ pub async fn fetch_local(
     .map_err(|e| Status::internal(format!("cannot prepare the context for {:?}: {e}", f.name)))?;
     let opts = kiln_session::fsutil::ReceiveOptions {
         incremental: held.incremental(),
+        digests: true,
         ..Default::default()
     };
     let started = std::time::SystemTime::now();
-    let stats = kiln_session::filesync::fetch_dir(
+    let mut stats = kiln_session::filesync::fetch_dir(
         session.channel.clone(),
         f.name,
         f.includes,
@@ -116,6 +118,14 @@ pub async fn fetch_local(
     })?;
     held.received(&stats, started)
         .map_err(|e| Status::internal(format!("cannot record the context {:?}: {e}", f.name)))?;
+    // The receiver hashed what arrived: the context's hash cache takes
+    // those digests instead of reading the files again.
+    let (hashes, tree, digests) = (
+        engine.hash_cache().clone(),
+        held.tree(),
+        std::mem::take(&mut stats.digests),
+    );
+    let _ = tokio::task::spawn_blocking(move || hashes.record_received(&tree, &digests)).await;
     // The transfer's counts, at info: what a rebuild cost is visible (and
     // tests read `files`, the files whose content was sent).
     tracing::info!(
@@ -288,6 +298,7 @@ const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// contexts until the build no longer reads them.
 pub async fn fetch_locals(
     d: &Daemon,
+    engine: &kiln_engine::Engine,
     session: Option<&SessionHandle>,
     own_key: &str,
     graph: &Graph,
@@ -311,6 +322,7 @@ pub async fn fetch_locals(
         let req = &src.request;
         let slot = fetch_local(
             d,
+            engine,
             &from,
             &Fetch {
                 name: dir,
@@ -418,7 +430,7 @@ pub async fn solve_defined(
             let Some(result) = t.result else {
                 return Err(Status::invalid_argument("the definition has no result"));
             };
-            let (locals, held) = fetch_locals(d, session, &own_key, &t.graph, None).await?;
+            let (locals, held) = fetch_locals(d, engine, session, &own_key, &t.graph, None).await?;
             let mut layouts = crate::ocilayout::Layouts::new(&dir);
             layouts
                 .fetch_layers(
@@ -464,6 +476,7 @@ pub async fn solve_defined(
             // main context is a source op of the graph instead.
             let (locals, held) = fetch_locals(
                 d,
+                engine,
                 Some(session),
                 &own_key,
                 &f.build.graph,

@@ -220,6 +220,12 @@ impl Engine {
         self
     }
 
+    /// The hash cache of local sources (to record what the caller's own
+    /// trees received: [`HashCache::record_received`]).
+    pub fn hash_cache(&self) -> &Arc<HashCache> {
+        &self.hashes
+    }
+
     /// The same engine with these registry settings (kilnd.toml's
     /// `[registry."host"]` tables); without, every registry is reached
     /// over HTTPS with the system roots (plain HTTP for localhost).

@@ -206,6 +206,52 @@ impl HashCache {
         }
     }
 
+    /// Records the content digests of files the caller just wrote into
+    /// one of its own trees ([`HashCache::owns`]; kilnd's receiver hashes
+    /// what arrives): `files` holds each file's path relative to
+    /// `context` (`/`-separated) and the SHA-256 of its content. The
+    /// next hash of the tree finds them by their stat and reads nothing.
+    /// Anything else (a tree the caller does not own, a path that is not
+    /// a regular file now) is left out.
+    pub fn record_received(&self, context: &Path, files: &[(String, [u8; 32])]) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(context) = std::fs::canonicalize(context) else {
+            return;
+        };
+        if files.is_empty() || self.window_for(&context) != i64::MIN {
+            return;
+        }
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let cache = self.context_cache(&context);
+        let mut cache = lock(&cache);
+        cache.load();
+        for (rel, digest) in files {
+            let host = context.join(rel);
+            let Ok(md) = std::fs::symlink_metadata(&host) else {
+                continue;
+            };
+            if !md.file_type().is_file() || rel.is_empty() || rel.contains('\0') {
+                continue;
+            }
+            let entry = state::StatEntry {
+                dev: md.dev(),
+                ino: md.ino(),
+                size: md.size(),
+                mtime_ns: state::mtime_ns(&md),
+                ctime_ns: state::ctime_ns(&md),
+                mode: md.mode(),
+                recorded_ns: now_ns,
+                content: Some(hex::encode(digest)),
+                xattrs: tree::xattr_digest(&host),
+                seen: 0,
+            };
+            cache.entries.insert(rel.clone(), entry);
+            cache.dirty = true;
+        }
+    }
+
     /// Tells the cache that the files at `paths` (relative to `context`,
     /// `/`-separated) were just hard-linked elsewhere by the caller: a
     /// link moves an inode's ctime, and the record of a file whose stat

@@ -528,3 +528,37 @@ fn owned_trees_are_trusted_at_once_and_survive_their_owners_links() {
         "ctime still counts outside the owned root"
     );
 }
+
+/// Digests recorded for files an owned tree received are used as they
+/// are: the next hash reads nothing and gives the digest a read gives.
+#[test]
+fn received_digests_spare_the_first_read_of_an_owned_tree() {
+    use sha2::Digest as _;
+    let root = tempfile::tempdir().expect("root");
+    let state = tempfile::tempdir().expect("state");
+    let ctx = root.path().join("slot/tree");
+    std::fs::create_dir_all(ctx.join("d")).expect("mkdir");
+    std::fs::write(ctx.join("a"), "1").expect("write");
+    std::fs::write(ctx.join("d/b"), "2").expect("write");
+    let sha = |s: &str| -> [u8; 32] { Sha256::digest(s.as_bytes()).into() };
+    let c = HashCache::open(state.path()).with_owned_root(root.path());
+    c.record_received(
+        &ctx,
+        &[("a".to_string(), sha("1")), ("d/b".to_string(), sha("2"))],
+    );
+    let d = c.digest(&ctx, &sel("."), &[]).expect("digest");
+    assert_eq!(c.take_reads(), 0, "nothing read");
+    // The same digest as a cache that reads the files.
+    let fresh = tempfile::tempdir().expect("state");
+    let reader = HashCache::open(fresh.path()).with_racy_window(Duration::ZERO);
+    assert_eq!(reader.digest(&ctx, &sel("."), &[]).expect("digest"), d);
+    assert_eq!(reader.take_reads(), 2);
+
+    // Outside the owned root nothing is recorded.
+    let plain = HashCache::open(state.path());
+    let other = tempfile::tempdir().expect("other");
+    std::fs::write(other.path().join("x"), "x").expect("write");
+    plain.record_received(other.path(), &[("x".to_string(), sha("not x"))]);
+    let _ = plain.digest(other.path(), &sel("."), &[]).expect("digest");
+    assert_eq!(plain.take_reads(), 1);
+}

@@ -333,7 +333,7 @@ fn host_name_is_utf8(host: &Path) -> bool {
 /// A digest of an entry's extended attributes (sorted names and values),
 /// which the copy carries over; `None` when there are none or the
 /// filesystem has no xattrs. Never follows symlinks.
-fn xattr_digest(host: &Path) -> Option<String> {
+pub(super) fn xattr_digest(host: &Path) -> Option<String> {
     let names = match xattr::list(host) {
         Ok(names) => names,
         Err(e) => {

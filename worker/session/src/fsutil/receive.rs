@@ -16,6 +16,7 @@ use nix::sys::stat::{
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
@@ -39,6 +40,10 @@ pub struct ReceiveOptions {
     /// directory would give. Without it, entries already in `dest` are
     /// replaced and directories merged, and nothing is removed.
     pub incremental: bool,
+    /// Hash the content of every file that arrives
+    /// ([`ReceiveStats::digests`]): the caller's hash cache then need not
+    /// read the files again.
+    pub digests: bool,
 }
 
 /// What a transfer delivered.
@@ -66,6 +71,9 @@ pub struct ReceiveStats {
     /// hard links to those), in listing order: what a caller that keeps
     /// the tree may not want to keep.
     pub privileged: Vec<String>,
+    /// With [`ReceiveOptions::digests`]: the SHA-256 of the content of
+    /// each regular file whose content this transfer wrote, by path.
+    pub digests: Vec<(String, [u8; 32])>,
 }
 
 /// How many files may be open for writing at once; a sender interleaving
@@ -183,6 +191,8 @@ enum Kind {
 struct PendingFile {
     path: String,
     stat: Stat,
+    /// The digest of what arrived so far ([`ReceiveOptions::digests`]).
+    sha: Option<Sha256>,
 }
 
 /// The receiver's file system side, run on a blocking thread.
@@ -190,6 +200,7 @@ struct Applier {
     root: OwnedFd,
     chown: Option<(u32, u32)>,
     incremental: bool,
+    digests: bool,
     out: mpsc::UnboundedSender<Packet>,
     next_id: u32,
     previous: Option<String>,
@@ -230,6 +241,7 @@ impl Applier {
             root,
             chown: opts.chown,
             incremental: opts.incremental,
+            digests: opts.digests,
             out,
             next_id: 0,
             previous: None,
@@ -471,6 +483,7 @@ impl Applier {
                     PendingFile {
                         path: path.clone(),
                         stat,
+                        sha: self.digests.then(Sha256::new),
                     },
                 );
                 let _ = self.out.send(Packet {
@@ -499,6 +512,9 @@ impl Applier {
             };
             self.apply_fd(&f, &file.stat, &file.path)?;
             self.stats.files += 1;
+            if let Some(sha) = file.sha {
+                self.stats.digests.push((file.path, sha.finalize().into()));
+            }
             return Ok(());
         }
         if !self.writers.contains_key(&id) {
@@ -535,6 +551,9 @@ impl Applier {
                 path: path.to_string(),
                 source,
             })?;
+        }
+        if let Some(sha) = self.pending.get_mut(&id).and_then(|f| f.sha.as_mut()) {
+            sha.update(&data);
         }
         self.stats.bytes += data.len() as u64;
         Ok(())

@@ -968,6 +968,7 @@ fn wire_paths_are_validated_and_ordered_like_the_walk() {
 const INCREMENTAL: ReceiveOptions = ReceiveOptions {
     chown: None,
     incremental: true,
+    digests: false,
 };
 
 /// Receives `src` afresh into a new directory under `tmp` and returns it.
@@ -1194,4 +1195,47 @@ async fn files_linked_out_of_the_tree_are_kept_and_never_changed_in_place() {
     std::fs::remove_dir_all(&outside).expect("rm");
     let fresh = fresh_copy(&src, &opts, tmp.path(), "fresh").await;
     assert_eq!(snapshot(&inc), snapshot(&fresh));
+}
+
+/// With `digests`, the receiver hands back the SHA-256 of each file whose
+/// content arrived (and of no file it kept).
+#[tokio::test]
+async fn a_receive_can_hash_what_arrives() {
+    use sha2::Digest as _;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    write(&src.join("a"), b"alpha");
+    write(&src.join("d/b"), &vec![7u8; 300_000]);
+    write(&src.join("empty"), b"");
+    let dest = tmp.path().join("dest");
+    std::fs::create_dir_all(&dest).expect("mkdir");
+    let hashing = ReceiveOptions {
+        digests: true,
+        ..ReceiveOptions::default()
+    };
+    let (s, r, _) = transfer(&src, SendOptions::default(), &dest, hashing).await;
+    s.expect("send");
+    let stats = r.expect("receive");
+    let sha =
+        |p: &Path| -> [u8; 32] { sha2::Sha256::digest(std::fs::read(p).expect("read")).into() };
+    let mut got = stats.digests.clone();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("a".to_string(), sha(&src.join("a"))),
+            ("d/b".to_string(), sha(&src.join("d/b"))),
+            ("empty".to_string(), sha(&src.join("empty"))),
+        ]
+    );
+    // Incrementally, only the changed file is hashed.
+    write(&src.join("a"), b"ALPHA, longer");
+    let again = ReceiveOptions {
+        incremental: true,
+        ..hashing
+    };
+    let (s, r, _) = transfer(&src, SendOptions::default(), &dest, again).await;
+    s.expect("send");
+    let stats = r.expect("receive");
+    assert_eq!(stats.digests, vec![("a".to_string(), sha(&src.join("a")))]);
 }
