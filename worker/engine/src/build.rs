@@ -782,6 +782,9 @@ pub struct ResultView {
     key: Option<String>,
     svc: Services,
     path: PathBuf,
+    /// A multi-platform result's platforms, each mounted on its
+    /// directory below `path`.
+    parts: Vec<ResultView>,
 }
 
 impl std::fmt::Debug for ResultView {
@@ -800,6 +803,9 @@ impl ResultView {
 
     /// Unmounts and removes the view snapshot.
     pub async fn close(mut self) {
+        for part in std::mem::take(&mut self.parts) {
+            Box::pin(part.close()).await;
+        }
         drop(self.mount.take());
         if let Some(k) = self.key.take() {
             if let Err(e) = self.svc.snapshots.remove(&k).await {
@@ -1039,15 +1045,35 @@ impl Solved {
         .await
     }
 
-    /// Mounts the result read-only (an empty directory for scratch).
+    /// Mounts the result read-only (an empty directory for scratch); a
+    /// multi-platform result's platforms each on a directory of the view.
     pub async fn view(&self) -> Result<ResultView> {
-        if !self.platforms.is_empty() {
-            return Err(WorkerError::Unsupported {
-                location: String::new(),
-                what: "a file tree (local or tar export) of a multi-platform build".into(),
-            });
+        if self.platforms.is_empty() {
+            return self.view_layers(None).await;
         }
-        self.view_layers().await
+        // As BuildKit's local and tar exporters split a multi-platform
+        // result: one directory per platform, named after it with `_` for
+        // `/` (`linux_amd64`, `linux_arm_v7`).
+        let dir = self.view_dir()?;
+        let mut view = ResultView {
+            mount: None,
+            key: None,
+            svc: self.engine.svc.clone(),
+            path: dir,
+            parts: Vec::new(),
+        };
+        let parts = std::iter::once(self).chain(&self.others);
+        for ((platform, _), part) in self.platforms.iter().zip(parts) {
+            let sub = view.path.join(platform.to_string().replace('/', "_"));
+            match part.view_layers(Some(sub)).await {
+                Ok(v) => view.parts.push(v),
+                Err(e) => {
+                    view.close().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(view)
     }
 
     /// Mounts platform `index` of a multi-platform result read-only (in
@@ -1058,13 +1084,11 @@ impl Solved {
             return None;
         }
         let part = std::iter::once(self).chain(&self.others).nth(index)?;
-        Some(part.view_layers().await)
+        Some(part.view_layers(None).await)
     }
 
-    /// Mounts this solve's own layers read-only.
-    async fn view_layers(&self) -> Result<ResultView> {
-        let svc = self.engine.svc.clone();
-        let top = crate::refs::top_snapshot(&self.layers);
+    /// A new directory for a view.
+    fn view_dir(&self) -> Result<PathBuf> {
         let dir = self
             .engine
             .state_dir
@@ -1074,12 +1098,31 @@ impl Solved {
             path: dir.display().to_string(),
             source: e,
         })?;
+        Ok(dir)
+    }
+
+    /// Mounts this solve's own layers read-only, on `at` (created) or a
+    /// new directory.
+    async fn view_layers(&self, at: Option<PathBuf>) -> Result<ResultView> {
+        let svc = self.engine.svc.clone();
+        let top = crate::refs::top_snapshot(&self.layers);
+        let dir = match at {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).map_err(|e| WorkerError::Io {
+                    path: dir.display().to_string(),
+                    source: e,
+                })?;
+                dir
+            }
+            None => self.view_dir()?,
+        };
         if top.is_empty() {
             return Ok(ResultView {
                 mount: None,
                 key: None,
                 svc,
                 path: dir,
+                parts: Vec::new(),
             });
         }
         let key = format!("kiln-view-{}", crate::base::rand_hex());
@@ -1092,6 +1135,7 @@ impl Solved {
                 key: Some(key),
                 svc,
                 path: dir,
+                parts: Vec::new(),
             }),
             Err(e) => {
                 let _ = svc.snapshots.remove(&key).await;
