@@ -1,8 +1,11 @@
 //! File-tree exports (`-o type=local`, `-o type=tar`) of a multi-platform
 //! build through kilnd: as BuildKit's exporters, one directory per
 //! platform (`linux_amd64/`, `linux_arm64/`) holding that platform's
-//! tree; a single platform's tree is written as it is. The Dockerfile has
-//! no `RUN`, so no platform needs emulation.
+//! tree; a single platform's tree is written as it is. `platform-split`
+//! changes that as in BuildKit: `true` puts a single platform on its
+//! directory too, `false` gives the platforms' trees in one, where a file
+//! of two platforms is an error. The Dockerfiles have no `RUN`, so no
+//! platform needs emulation.
 
 use kiln_integration::{Harness, KilnOutput, Kilnd};
 use std::collections::BTreeMap;
@@ -167,6 +170,85 @@ async fn multi_platform_file_trees_get_a_directory_per_platform() {
     )
     .ok();
     assert_eq!(tar_tree(&tarfile), platform_tree("", "arm64"));
+
+    // platform-split=true: a single platform on its directory too.
+    let split1 = out_dir.join("split1");
+    remote(
+        &h,
+        &k,
+        ns,
+        &[
+            "--platform",
+            "linux/arm64",
+            "-o",
+            &format!("type=local,dest={},platform-split=true", split1.display()),
+            c,
+        ],
+    )
+    .ok();
+    let mut want1 = platform_tree("linux_arm64/", "arm64");
+    want1.insert("linux_arm64".into(), "<dir>".into());
+    assert_eq!(tree(&split1), want1);
+
+    // platform-split=false: the platforms' trees in one, where a file of
+    // two platforms is BuildKit's error.
+    let out = remote(
+        &h,
+        &k,
+        ns,
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!(
+                "type=local,dest={},platform-split=false",
+                out_dir.join("clash").display()
+            ),
+            c,
+        ],
+    );
+    assert!(!out.success, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("from linux/amd64 with linux/arm64 when split option is disabled"),
+        "{}",
+        out.stderr
+    );
+    let apart = h.context(
+        "local-multiplatform-apart",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nARG TARGETARCH\nCOPY arch-${TARGETARCH}.txt /${TARGETARCH}/arch.txt\n",
+            ),
+            ("arch-amd64.txt", "built for amd64\n"),
+            ("arch-arm64.txt", "built for arm64\n"),
+        ],
+    );
+    let joined = out_dir.join("joined.tar");
+    remote(
+        &h,
+        &k,
+        ns,
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=tar,dest={},platform-split=false", joined.display()),
+            apart.to_str().expect("utf8"),
+        ],
+    )
+    .ok();
+    let want: BTreeMap<String, String> = [
+        ("amd64", "<dir>"),
+        ("amd64/arch.txt", "built for amd64\n"),
+        ("arm64", "<dir>"),
+        ("arm64/arch.txt", "built for arm64\n"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(tar_tree(&joined), want);
 
     // kilnd leaves no view mounted or behind.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
