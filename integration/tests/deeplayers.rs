@@ -68,33 +68,44 @@ async fn three_hundred_layers_run_copy_and_export() {
     assert_eq!(shown, "300\n300\n");
 }
 
-/// A chain of 501 layers (busybox and 500 copies) cannot be mounted: a
-/// `RUN` or a `COPY` on it fails naming the count and the limit.
+/// Overlayfs's limit exactly: a `RUN` on a chain of 500 layers (busybox and
+/// 499 copies) runs, and a `COPY` onto it makes a chain of 501 that cannot
+/// be mounted: a `RUN` or a `COPY` on that fails naming the count and the
+/// limit.
 #[tokio::test]
 async fn more_layers_than_overlayfs_stacks_fail_naming_the_count() {
     let ns = "deep-layers-over";
     let h = Harness::with_busybox(ns).await;
-    let n = 500;
-    let mut df = deep_stage("over", n);
+    let n = 499;
+    let mut df = deep_stage("base", n);
+    df.push_str("FROM base AS limit\nRUN ls /l | wc -l > /n\n");
+    df.push_str(&format!("FROM base AS over\nCOPY f{n} /l/\n"));
     df.push_str("FROM over AS run\nRUN true\n");
     df.push_str("FROM over AS copy\nCOPY f000 /again\n");
-    let ctx = deep_context(&h, "deep-layers-over", &df, n);
+    let ctx = deep_context(&h, "deep-layers-over", &df, n + 1);
     let c = ctx.to_str().expect("utf8");
-    for target in ["run", "copy"] {
+
+    let out = h.build(ns, &["--target", "limit", "-t", "limit", c]);
+    assert!(out.success, "{}", out.stderr);
+    let layers = h.manifest(ns, "docker.io/library/limit:latest")["layers"]
+        .as_array()
+        .expect("layers")
+        .len();
+    assert_eq!(layers, 501, "busybox, the copies and the RUN");
+
+    for (target, line) in [("run", n + 7), ("copy", n + 9)] {
         let out = h.build(ns, &["--target", target, c]);
         assert!(!out.success, "{target}: a 501-layer chain mounted");
-        let line = out
+        let error = out
             .stderr
             .lines()
             .find(|l| l.starts_with("ERROR: "))
             .unwrap_or_else(|| panic!("{target}: no error line in\n{}", out.stderr));
         assert!(
-            line.contains(&format!(
-                "Dockerfile:{}",
-                n + 3 + usize::from(target == "copy") * 2
-            )) && line.contains("an overlay of 501 layers")
-                && line.contains("more than the 500 layers overlayfs can stack"),
-            "{target}: {line}"
+            error.contains(&format!("Dockerfile:{line}:"))
+                && error.contains("an overlay of 501 layers")
+                && error.contains("more than the 500 layers overlayfs can stack"),
+            "{target}: {error}"
         );
     }
 }
