@@ -563,7 +563,9 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), MountError> {
 
 /// Overlay mounts through the new mount API (`fsopen`, `fsconfig`,
 /// `fsmount`, `move_mount`), for a lowerdir list longer than mount(2)'s
-/// one page of data.
+/// one page of data. `fsconfig` takes strings of at most 255 bytes, so
+/// each path must fit in that (containerd's snapshot directories take
+/// about 80).
 mod fsapi {
     use std::ffi::CString;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
