@@ -504,9 +504,18 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), MountError> {
         if m.mount_type != "overlay" || !parsed.propagation.is_empty() {
             return Err(too_long());
         }
-        // The options as given (absolute lowerdirs), one by one.
-        let whole = parse_options(&m.options).map_err(|_| too_long())?;
-        return match fsapi::mount_overlay(&m.source, &whole.data, flags, target) {
+        // The options one by one, relative to the common parent where
+        // there is one (so that each path is short, as `fsconfig` wants).
+        let call = || fsapi::mount_overlay(&m.source, &parsed.data, flags, target);
+        let result = match &chdir {
+            None => call(),
+            Some(dir) => in_dir(dir, call).map_err(|cause| MountError::Helper {
+                mount_source: m.source.clone(),
+                target: target.to_path_buf(),
+                cause,
+            })?,
+        };
+        return match result {
             Ok(()) => Ok(()),
             Err(fsapi::Failure::Unsupported) => Err(too_long()),
             Err(fsapi::Failure::Errno(errno)) => Err(MountError::Mount {
@@ -564,8 +573,9 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), MountError> {
 /// Overlay mounts through the new mount API (`fsopen`, `fsconfig`,
 /// `fsmount`, `move_mount`), for a lowerdir list longer than mount(2)'s
 /// one page of data. `fsconfig` takes strings of at most 255 bytes, so
-/// each path must fit in that (containerd's snapshot directories take
-/// about 80).
+/// each path must fit in that: the lowerdirs are given relative to their
+/// common parent when they have one (a few bytes each for containerd's
+/// snapshot directories), the upperdir and workdir as they are (about 80).
 mod fsapi {
     use std::ffi::CString;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -742,25 +752,28 @@ impl MountCall<'_> {
     }
 
     /// Runs the mount from a thread whose working directory is `dir`, so
-    /// that relative paths in the data resolve there. `unshare(CLONE_FS)`
-    /// gives the thread its own cwd, leaving the process's untouched.
+    /// that relative paths in the data resolve there.
     fn run_in(&self, dir: &str) -> Result<Result<(), Errno>, Option<std::io::Error>> {
-        std::thread::scope(|s| {
-            let handle = std::thread::Builder::new()
-                .name("kiln-mount".into())
-                .spawn_scoped(
-                    s,
-                    || -> Result<Result<(), Errno>, Option<std::io::Error>> {
-                        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
-                            .map_err(|e| Some(e.into()))?;
-                        nix::unistd::chdir(dir).map_err(|e| Some(e.into()))?;
-                        Ok(self.run())
-                    },
-                )
-                .map_err(Some)?;
-            handle.join().map_err(|_| None)?
-        })
+        in_dir(dir, || self.run())
     }
+}
+
+/// Runs `f` on a thread whose working directory is `dir`:
+/// `unshare(CLONE_FS)` gives the thread its own cwd, leaving the
+/// process's untouched. `None` if the thread panicked.
+fn in_dir<T: Send>(dir: &str, f: impl FnOnce() -> T + Send) -> Result<T, Option<std::io::Error>> {
+    std::thread::scope(|s| {
+        let handle = std::thread::Builder::new()
+            .name("kiln-mount".into())
+            .spawn_scoped(s, || -> Result<T, Option<std::io::Error>> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+                    .map_err(|e| Some(e.into()))?;
+                nix::unistd::chdir(dir).map_err(|e| Some(e.into()))?;
+                Ok(f())
+            })
+            .map_err(Some)?;
+        handle.join().map_err(|_| None)?
+    })
 }
 
 #[cfg(test)]
@@ -1181,7 +1194,13 @@ mod tests {
             return;
         }
         let root = tempfile::tempdir().expect("tempdir");
-        let lowers = long_lowers(root.path(), MAX_OVERLAY_LAYERS + 1);
+        // Each lowerdir's path is longer than the 255 bytes `fsconfig`
+        // takes; relative to their parent they are short.
+        let deep = root
+            .path()
+            .join(["a-deep-directory-of-layers"; 10].join("/"));
+        let lowers = long_lowers(&deep, MAX_OVERLAY_LAYERS + 1);
+        assert!(lowers.iter().all(|l| l.as_os_str().len() > 255));
         let (upper, work, mnt) = (
             root.path().join("u"),
             root.path().join("w"),
