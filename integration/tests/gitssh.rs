@@ -14,7 +14,9 @@
 //!
 //! Checked, as BuildKit does it: an unknown host key is accepted without
 //! known hosts and refused with known hosts that do not hold it
-//! (`git.knownsshhosts` in raw LLB); a build whose client forwards no
+//! (`git.knownsshhosts` in raw LLB); the Dockerfile frontend pins the keys
+//! of a scan of the host (`llb.Git`'s), so a key other than the scanned
+//! one is refused; a build whose client forwards no
 //! agent fails before anything is fetched with BuildKit's
 //! `no SSH key "default" forwarded from the client`; a git context over
 //! ssh forwards `$SSH_AUTH_SOCK` without `--ssh` (buildx's rule) and says
@@ -192,8 +194,8 @@ async fn embedded_builds_fetch_over_ssh_with_the_forwarded_agent() {
         .ok();
         assert_eq!(cat(&h, ns, "gitssh:scp", &["/hello.txt"]), "over ssh\n");
         // ssh:// on another port, without --ssh: $SSH_AUTH_SOCK is
-        // forwarded as buildx forwards it; the host key is unknown and
-        // not checked (no known hosts).
+        // forwarded as buildx forwards it; the host key is the one the
+        // frontend's key scan pinned, as `llb.Git` pins it.
         let logins = f.sshd.logins();
         let ctx = format!("{}#v1", f.url(&f.app));
         build(&h, ns, None, sock, &["-t", "gitssh:url", &ctx]).ok();
@@ -224,6 +226,46 @@ async fn embedded_builds_fetch_over_ssh_with_the_forwarded_agent() {
             cat(&h, ns, "gitssh:add", &["/lib/lib.txt", "/lib2/lib.txt"]),
             "lib v1\nlib v1\n"
         );
+        // The frontend pins the host keys it scanned (BuildKit's
+        // `llb.Git`), and the fetch accepts only those: a scan that saw
+        // another key (here a stand-in `ssh-keyscan` first on PATH, as if
+        // someone else had answered it) fails the fetch.
+        let scanner = h.state_dir().join("other-keyscan");
+        std::fs::create_dir_all(&scanner).expect("mkdir");
+        let client_key = std::fs::read_to_string(&f.agent.public_key).expect("public key");
+        let other: Vec<&str> = client_key.split_whitespace().take(2).collect();
+        let script = format!(
+            "#!/bin/sh\necho '127.0.0.1 {k}'\necho '[127.0.0.1]:2222 {k}'\n",
+            k = other.join(" ")
+        );
+        let fake = scanner.join("ssh-keyscan");
+        std::fs::write(&fake, script).expect("write the stand-in");
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let path = format!(
+            "{}:{}",
+            scanner.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out: KilnOutput = h
+            .kiln_command(ns)
+            .expect("kiln command")
+            .env("HOME", h.state_dir().join("home"))
+            .env("SSH_AUTH_SOCK", &f.agent.socket)
+            .env("PATH", path)
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--no-cache",
+                "--ssh",
+                "default",
+                c,
+            ])
+            .output()
+            .expect("kiln runs")
+            .into();
+        failed_with(&out, "Host key verification failed");
         // Without --ssh, BuildKit's words, before anything is fetched
         // (either ADD may be the first to fail).
         let logins = f.sshd.logins();

@@ -8,6 +8,12 @@
 //! through unchanged, except that a lowerdir list too long for one page is
 //! shortened to paths relative to their common parent, mounted from a thread
 //! that has `chdir`ed there (containerd `compactLowerdirOption`, `mountAt`).
+//! Where even that is more than a page (some 450 layers of a containerd
+//! whose snapshot ids have four digits), the overlay is mounted through
+//! the new mount API instead, each lowerdir given by itself
+//! (`fsconfig` `lowerdir+`, Linux 6.8), which has no limit but
+//! overlayfs's own: at most [`MAX_OVERLAY_LAYERS`] lower layers, checked
+//! before any call so that the error names the count.
 //!
 //! One difference from containerd: every mount kiln makes on the host is
 //! `nosuid,nodev` ([`HOST_FLAGS`]; a bind is remounted to apply them), so
@@ -67,6 +73,9 @@ pub enum MountError {
         target: PathBuf,
         len: usize,
     },
+    /// More lower layers than overlayfs stacks.
+    #[error("an overlay of {count} layers on {target} is more than the {MAX_OVERLAY_LAYERS} layers overlayfs can stack")]
+    TooManyLayers { count: usize, target: PathBuf },
     /// An option containerd supports only through helpers (`loop`).
     #[error("unsupported mount option {option:?} for {mount_source} on {target}")]
     UnsupportedOption {
@@ -93,6 +102,10 @@ pub enum MountError {
         cause: Option<std::io::Error>,
     },
 }
+
+/// The most lower layers one overlay mount may have (the kernel's
+/// `OVL_MAX_STACK`): a snapshot chain longer than this cannot be mounted.
+pub const MAX_OVERLAY_LAYERS: usize = 500;
 
 /// Flags kiln adds to every mount it makes on the host, whatever the
 /// options say.
@@ -426,13 +439,20 @@ fn compact_lowerdir(options: &[String]) -> Option<(String, Vec<String>)> {
         );
     }
     let prefix = &first[..common];
-    // Back up to the parent directory of the common string prefix (Go's
-    // path.Dir), since the prefix may end inside a name ("snapshots/1").
-    let dir = match prefix.trim_end_matches('/').rfind('/') {
+    // The directory part of the common string prefix (Go's path.Dir), since
+    // the prefix may end inside a name ("snapshots/1"); a prefix that ends
+    // in `/` ("snapshots/") is its own directory.
+    let dir = match prefix.rfind('/') {
         Some(0) | None => return None,
-        Some(i) => &prefix[..i],
+        Some(i) => prefix[..i].trim_end_matches('/'),
     };
+    if dir.is_empty() {
+        return None;
+    }
     let dir = format!("{dir}/");
+    if dirs.iter().any(|d| d.len() <= dir.len()) {
+        return None;
+    }
     let rel: Vec<&str> = dirs.iter().map(|d| &d[dir.len()..]).collect();
     let mut opts: Vec<String> = options.to_vec();
     opts.remove(idx);
@@ -440,10 +460,26 @@ fn compact_lowerdir(options: &[String]) -> Option<(String, Vec<String>)> {
     Some((dir, opts))
 }
 
+/// The number of lower layers an overlay's options give.
+fn lower_count(options: &[String]) -> usize {
+    options
+        .iter()
+        .filter_map(|o| o.strip_prefix("lowerdir="))
+        .map(|v| v.split(':').filter(|d| !d.is_empty()).count())
+        .sum()
+}
+
 fn mount_one(m: &Mount, target: &Path) -> Result<(), MountError> {
     let mut options = m.options.clone();
     let mut chdir: Option<String> = None;
     if m.mount_type == "overlay" {
+        let count = lower_count(&options);
+        if count > MAX_OVERLAY_LAYERS {
+            return Err(MountError::TooManyLayers {
+                count,
+                target: target.to_path_buf(),
+            });
+        }
         let len = options.iter().map(|o| o.len() + 1).sum::<usize>();
         if len >= page_size().saturating_sub(512) {
             if let Some((dir, opts)) = compact_lowerdir(&options) {
@@ -458,14 +494,38 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), MountError> {
         target: target.to_path_buf(),
     })?;
     let data = parsed.data.join(",");
+    let flags = parsed.flags | HOST_FLAGS;
     if data.len() >= page_size() {
-        return Err(MountError::OptionsTooLong {
+        let too_long = || MountError::OptionsTooLong {
             mount_source: m.source.clone(),
             target: target.to_path_buf(),
             len: data.len(),
-        });
+        };
+        if m.mount_type != "overlay" || !parsed.propagation.is_empty() {
+            return Err(too_long());
+        }
+        // The options one by one, relative to the common parent where
+        // there is one (so that each path is short, as `fsconfig` wants).
+        let call = || fsapi::mount_overlay(&m.source, &parsed.data, flags, target);
+        let result = match &chdir {
+            None => call(),
+            Some(dir) => in_dir(dir, call).map_err(|cause| MountError::Helper {
+                mount_source: m.source.clone(),
+                target: target.to_path_buf(),
+                cause,
+            })?,
+        };
+        return match result {
+            Ok(()) => Ok(()),
+            Err(fsapi::Failure::Unsupported) => Err(too_long()),
+            Err(fsapi::Failure::Errno(errno)) => Err(MountError::Mount {
+                fstype: m.mount_type.clone(),
+                mount_source: m.source.clone(),
+                target: target.to_path_buf(),
+                errno,
+            }),
+        };
     }
-    let flags = parsed.flags | HOST_FLAGS;
     if !flags.contains(MsFlags::MS_REMOUNT) || !data.is_empty() {
         let call = MountCall {
             source: &m.source,
@@ -510,6 +570,167 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
+/// Overlay mounts through the new mount API (`fsopen`, `fsconfig`,
+/// `fsmount`, `move_mount`), for a lowerdir list longer than mount(2)'s
+/// one page of data. `fsconfig` takes strings of at most 255 bytes, so
+/// each path must fit in that: the lowerdirs are given relative to their
+/// common parent when they have one (a few bytes each for containerd's
+/// snapshot directories), the upperdir and workdir as they are (about 80).
+mod fsapi {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    use nix::errno::Errno;
+    use nix::mount::MsFlags;
+
+    /// Why the mount was not made.
+    pub(super) enum Failure {
+        /// The kernel lacks the new mount API, overlay's `lowerdir+` key
+        /// (before Linux 6.8), or a way to express one of the flags.
+        Unsupported,
+        /// A call failed for another reason.
+        Errno(Errno),
+    }
+
+    impl From<Errno> for Failure {
+        fn from(errno: Errno) -> Self {
+            Failure::Errno(errno)
+        }
+    }
+
+    /// The mount attributes for `flags`, or `None` if one has none.
+    fn attributes(flags: MsFlags) -> Option<u64> {
+        let table = [
+            (MsFlags::MS_RDONLY, libc::MOUNT_ATTR_RDONLY),
+            (MsFlags::MS_NOSUID, libc::MOUNT_ATTR_NOSUID),
+            (MsFlags::MS_NODEV, libc::MOUNT_ATTR_NODEV),
+            (MsFlags::MS_NOEXEC, libc::MOUNT_ATTR_NOEXEC),
+            (MsFlags::MS_NOATIME, libc::MOUNT_ATTR_NOATIME),
+            (MsFlags::MS_STRICTATIME, libc::MOUNT_ATTR_STRICTATIME),
+            (MsFlags::MS_NODIRATIME, libc::MOUNT_ATTR_NODIRATIME),
+            (MsFlags::MS_RELATIME, libc::MOUNT_ATTR_RELATIME),
+        ];
+        let mut left = flags;
+        let mut attrs = 0;
+        for (flag, attr) in table {
+            if flags.contains(flag) {
+                left.remove(flag);
+                attrs |= attr;
+            }
+        }
+        left.is_empty().then_some(attrs)
+    }
+
+    fn cstring(s: &str) -> Result<CString, Failure> {
+        CString::new(s).map_err(|_| Failure::Errno(Errno::EINVAL))
+    }
+
+    /// `fsconfig(fd, cmd, key, value, 0)`.
+    fn fsconfig(
+        fd: &OwnedFd,
+        cmd: libc::c_uint,
+        key: Option<&CString>,
+        value: Option<&CString>,
+    ) -> Result<(), Errno> {
+        let key = key.map_or(std::ptr::null(), |k| k.as_ptr());
+        let value = value.map_or(std::ptr::null(), |v| v.as_ptr());
+        // SAFETY: the fd is open, key and value are NUL-terminated strings
+        // (or null, as the command allows) that outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fd.as_raw_fd(),
+                cmd,
+                key,
+                value,
+                0 as libc::c_int,
+            )
+        };
+        Errno::result(r).map(drop)
+    }
+
+    /// Takes ownership of the fd a syscall returned.
+    fn owned(r: libc::c_long) -> Result<OwnedFd, Errno> {
+        let fd = Errno::result(r)?;
+        let fd = libc::c_int::try_from(fd).map_err(|_| Errno::EBADF)?;
+        // SAFETY: the syscall succeeded, so `fd` is a new descriptor that
+        // nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Mounts an overlay of `data` (mount options, `lowerdir=` a `:` list)
+    /// with `flags` on `target`, giving each lowerdir by itself.
+    pub(super) fn mount_overlay(
+        source: &str,
+        data: &[String],
+        flags: MsFlags,
+        target: &Path,
+    ) -> Result<(), Failure> {
+        let attrs = attributes(flags).ok_or(Failure::Unsupported)?;
+        let fstype = cstring("overlay")?;
+        // SAFETY: fstype is a NUL-terminated string that outlives the call.
+        let r = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC) };
+        let fs = owned(r).map_err(|errno| match errno {
+            Errno::ENOSYS => Failure::Unsupported,
+            e => Failure::Errno(e),
+        })?;
+        let set = |key: &str, value: Option<&str>| -> Result<(), Failure> {
+            let k = cstring(key)?;
+            let v = value.map(cstring).transpose()?;
+            let cmd = match v {
+                Some(_) => libc::FSCONFIG_SET_STRING,
+                None => libc::FSCONFIG_SET_FLAG,
+            };
+            fsconfig(&fs, cmd, Some(&k), v.as_ref()).map_err(|errno| match errno {
+                Errno::EINVAL if key == "lowerdir+" => Failure::Unsupported,
+                e => Failure::Errno(e),
+            })
+        };
+        set("source", Some(source))?;
+        for option in data {
+            match option.split_once('=') {
+                Some(("lowerdir", dirs)) => {
+                    for dir in dirs.split(':').filter(|d| !d.is_empty()) {
+                        set("lowerdir+", Some(dir))?;
+                    }
+                }
+                Some((key, value)) => set(key, Some(value))?,
+                None => set(option, None)?,
+            }
+        }
+        fsconfig(&fs, libc::FSCONFIG_CMD_CREATE, None, None)?;
+        // SAFETY: the fs context fd is open; fsmount takes plain integers.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsmount,
+                fs.as_raw_fd(),
+                libc::FSMOUNT_CLOEXEC,
+                attrs as libc::c_uint,
+            )
+        };
+        let mnt = owned(r)?;
+        let to = CString::new(target.as_os_str().as_bytes())
+            .map_err(|_| Failure::Errno(Errno::EINVAL))?;
+        let empty = cstring("")?;
+        // SAFETY: the mount fd is open, both paths are NUL-terminated
+        // strings that outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                mnt.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        Errno::result(r)?;
+        Ok(())
+    }
+}
+
 struct MountCall<'a> {
     source: &'a str,
     target: &'a Path,
@@ -531,25 +752,28 @@ impl MountCall<'_> {
     }
 
     /// Runs the mount from a thread whose working directory is `dir`, so
-    /// that relative paths in the data resolve there. `unshare(CLONE_FS)`
-    /// gives the thread its own cwd, leaving the process's untouched.
+    /// that relative paths in the data resolve there.
     fn run_in(&self, dir: &str) -> Result<Result<(), Errno>, Option<std::io::Error>> {
-        std::thread::scope(|s| {
-            let handle = std::thread::Builder::new()
-                .name("kiln-mount".into())
-                .spawn_scoped(
-                    s,
-                    || -> Result<Result<(), Errno>, Option<std::io::Error>> {
-                        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
-                            .map_err(|e| Some(e.into()))?;
-                        nix::unistd::chdir(dir).map_err(|e| Some(e.into()))?;
-                        Ok(self.run())
-                    },
-                )
-                .map_err(Some)?;
-            handle.join().map_err(|_| None)?
-        })
+        in_dir(dir, || self.run())
     }
+}
+
+/// Runs `f` on a thread whose working directory is `dir`:
+/// `unshare(CLONE_FS)` gives the thread its own cwd, leaving the
+/// process's untouched. `None` if the thread panicked.
+fn in_dir<T: Send>(dir: &str, f: impl FnOnce() -> T + Send) -> Result<T, Option<std::io::Error>> {
+    std::thread::scope(|s| {
+        let handle = std::thread::Builder::new()
+            .name("kiln-mount".into())
+            .spawn_scoped(s, || -> Result<T, Option<std::io::Error>> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+                    .map_err(|e| Some(e.into()))?;
+                nix::unistd::chdir(dir).map_err(|e| Some(e.into()))?;
+                Ok(f())
+            })
+            .map_err(Some)?;
+        handle.join().map_err(|_| None)?
+    })
 }
 
 #[cfg(test)]
@@ -678,6 +902,12 @@ mod tests {
                 "lowerdir=12/fs:13/fs:1/fs"
             ])
         );
+        // A common prefix that ends in `/` is the directory itself.
+        let (dir, new) =
+            compact_lowerdir(&opts(&["lowerdir=/c/snapshots/12/fs:/c/snapshots/23/fs"]))
+                .expect("compactable");
+        assert_eq!(dir, "/c/snapshots/");
+        assert_eq!(new, opts(&["lowerdir=12/fs:23/fs"]));
         assert_eq!(compact_lowerdir(&opts(&["lowerdir=/a/x:/b/y"])), None);
         assert_eq!(compact_lowerdir(&opts(&["lowerdir=/a/x"])), None);
     }
@@ -915,6 +1145,103 @@ mod tests {
             cwd,
             "process cwd unchanged"
         );
+        guard.unmount().expect("unmount");
+    }
+
+    /// `n` lower directories under `root` whose names are long enough that
+    /// even relative to their parent they are more than a page; the
+    /// lowest holds `bottom`, the topmost `top`.
+    fn long_lowers(root: &Path, n: usize) -> Vec<PathBuf> {
+        let lowers: Vec<PathBuf> = (0..n)
+            .map(|i| {
+                root.join("snapshots")
+                    .join(format!("{i:03}-{}", "a-long-layer-directory-name"))
+            })
+            .collect();
+        for dir in &lowers {
+            fs::create_dir_all(dir).expect("mkdir");
+        }
+        fs::write(lowers[n - 1].join("bottom"), b"lowest layer").expect("write");
+        fs::write(lowers[0].join("top"), b"top layer").expect("write");
+        lowers
+    }
+
+    fn overlay_of(lowers: &[PathBuf], upper: &Path, work: &Path) -> Mount {
+        let lowerdir = lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        Mount {
+            mount_type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![
+                "index=off".to_string(),
+                format!("workdir={}", work.display()),
+                format!("upperdir={}", upper.display()),
+                format!("lowerdir={lowerdir}"),
+            ],
+        }
+    }
+
+    /// 500 lower layers (overlayfs's limit) whose lowerdir list is more
+    /// than a page even when compacted mount through `lowerdir+`; one more
+    /// fails naming the count, before any mount call.
+    #[test]
+    fn as_many_layers_as_overlayfs_stacks_mount_and_one_more_is_refused() {
+        if !kiln_types::testing::needs_root("overlay mounts") {
+            return;
+        }
+        let root = tempfile::tempdir().expect("tempdir");
+        // Each lowerdir's path is longer than the 255 bytes `fsconfig`
+        // takes; relative to their parent they are short.
+        let deep = root
+            .path()
+            .join(["a-deep-directory-of-layers"; 10].join("/"));
+        let lowers = long_lowers(&deep, MAX_OVERLAY_LAYERS + 1);
+        assert!(lowers.iter().all(|l| l.as_os_str().len() > 255));
+        let (upper, work, mnt) = (
+            root.path().join("u"),
+            root.path().join("w"),
+            root.path().join("m"),
+        );
+        for p in [&upper, &work, &mnt] {
+            fs::create_dir_all(p).expect("mkdir");
+        }
+        let over = overlay_of(&lowers, &upper, &work);
+        let err = MountGuard::mount(&[over], mnt.clone()).expect_err("501 layers");
+        assert!(
+            matches!(err, MountError::TooManyLayers { count: 501, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("501 layers"), "{err}");
+        assert!(!is_mount_point(&mnt));
+
+        let m = overlay_of(&lowers[1..], &upper, &work);
+        let compacted = compact_lowerdir(&m.options).expect("a common parent").1;
+        assert!(compacted.iter().map(|o| o.len() + 1).sum::<usize>() > page_size());
+        let guard = MountGuard::mount(&[m], mnt.clone()).expect("500 layers mount");
+        assert_eq!(
+            fs::read(guard.path().join("bottom")).expect("read"),
+            b"lowest layer"
+        );
+        assert!(!guard.path().join("top").exists(), "the 501st is not in it");
+        fs::write(guard.path().join("new"), b"n").expect("write through overlay");
+        let got = mount_options(&mnt);
+        assert!(got.iter().any(|o| o == "nosuid"), "{got:?}");
+        assert!(got.iter().any(|o| o == "nodev"), "{got:?}");
+        guard.unmount().expect("unmount");
+        assert_eq!(fs::read(upper.join("new")).expect("in upper"), b"n");
+
+        // Read-only, without an upperdir: a view of a deep chain.
+        let mut view = overlay_of(&lowers[1..], &upper, &work);
+        view.options.retain(|o| o.starts_with("lowerdir="));
+        view.options.push("ro".into());
+        let guard = MountGuard::mount(&[view], mnt.clone()).expect("500-layer view");
+        let err = fs::write(guard.path().join("x"), b"x").expect_err("read-only");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        assert!(guard.path().join("bottom").exists());
         guard.unmount().expect("unmount");
     }
 

@@ -206,8 +206,6 @@ mod tests {
                 "type=docker,dest=o.tar,compression-level=1",
                 "compression-level",
             ),
-            ("type=local,dest=o,platform-split=true", "platform-split"),
-            ("type=tar,dest=o.tar,platform-split=false", "platform-split"),
         ];
         for (spec, name) in refused {
             let e = one(spec).expect_err(spec).to_string();

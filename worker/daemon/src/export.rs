@@ -325,7 +325,7 @@ pub async fn run(
             }
             "local" => {
                 let s = session_for(session, "local")?;
-                let view = solved.view().await.map_err(|e| status_of(&e))?;
+                let view = file_tree(solved, attrs, config).await?;
                 let r =
                     kiln_session::filesend::send_local(s.channel.clone(), Some(index), view.path())
                         .await;
@@ -334,7 +334,7 @@ pub async fn run(
             }
             "tar" => {
                 let s = session_for(session, "tar")?;
-                let view = solved.view().await.map_err(|e| status_of(&e))?;
+                let view = file_tree(solved, attrs, config).await?;
                 let root = view.path().to_path_buf();
                 let (w, r) = tokio::io::duplex(1 << 20);
                 let writer = tokio::task::spawn_blocking(move || {
@@ -371,6 +371,24 @@ pub async fn run(
         }
     }
     Ok(resp)
+}
+
+/// The result as the local and tar exporters send it, by their
+/// `platform-split` option.
+async fn file_tree(
+    solved: &Solved,
+    attrs: &HashMap<String, String>,
+    config: &ImageConfig,
+) -> Result<kiln_engine::build::ResultView, Status> {
+    let split = attrs
+        .get("platform-split")
+        .map(|v| kiln_engine::exporter_options::bool_option("platform-split", v))
+        .transpose()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    solved
+        .file_tree(split, config.platform.as_ref())
+        .await
+        .map_err(|e| status_of(&e))
 }
 
 /// The image exporters' response keys.

@@ -460,7 +460,8 @@ async fn plan(
                 .await
                 .map_err(Planning::Fetch)?;
         }
-        let build = plan_platforms(&source, &opts, &bases).map_err(Planning::Frontend)?;
+        let mut build = plan_platforms(&source, &opts, &bases).map_err(Planning::Frontend)?;
+        kiln_frontend::knownhosts::pin(&mut build.0.graph).await;
         Ok::<_, Planning>((build, pinned))
     };
     let ((mut build, mut targets), pinned) = match planned.await {

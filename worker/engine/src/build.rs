@@ -794,12 +794,37 @@ impl std::fmt::Debug for Solved {
     }
 }
 
+/// Every path below `dir` that is not a directory, relative to `root`.
+fn files_below(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    out: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let io = |e| WorkerError::Io {
+        path: dir.display().to_string(),
+        source: e,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        if entry.file_type().map_err(io)?.is_dir() {
+            files_below(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_path_buf());
+        }
+    }
+    Ok(())
+}
+
 /// A read-only mount of a build result on the host.
 pub struct ResultView {
     mount: Option<kiln_snapshot::mount::MountGuard>,
     key: Option<String>,
     svc: Services,
     path: PathBuf,
+    /// A multi-platform result's platforms, each mounted on its
+    /// directory below `path`.
+    parts: Vec<ResultView>,
 }
 
 impl std::fmt::Debug for ResultView {
@@ -818,7 +843,11 @@ impl ResultView {
 
     /// Unmounts and removes the view snapshot.
     pub async fn close(mut self) {
+        // Its own mount first: a joined view's overlay stands on its parts.
         drop(self.mount.take());
+        for part in std::mem::take(&mut self.parts) {
+            Box::pin(part.close()).await;
+        }
         if let Some(k) = self.key.take() {
             if let Err(e) = self.svc.snapshots.remove(&k).await {
                 tracing::warn!(key = %k, error = %e, "cannot remove result view");
@@ -1057,15 +1086,145 @@ impl Solved {
         .await
     }
 
-    /// Mounts the result read-only (an empty directory for scratch).
+    /// Mounts the result read-only (an empty directory for scratch); a
+    /// multi-platform result's platforms each on a directory of the view.
     pub async fn view(&self) -> Result<ResultView> {
-        if !self.platforms.is_empty() {
-            return Err(WorkerError::Unsupported {
-                location: String::new(),
-                what: "a file tree (local or tar export) of a multi-platform build".into(),
-            });
+        self.file_tree(None, None).await
+    }
+
+    /// The view the local and tar exporters send, as BuildKit's lay it out
+    /// by their `platform-split` option: split (the default of a
+    /// multi-platform result), each platform's tree on a directory named
+    /// after it with `_` for `/` (`linux_amd64`, `linux_arm_v7`); not
+    /// split, the trees side by side in one, where two platforms holding
+    /// the same file path is an error. `platform` names a single-platform
+    /// result's directory (`None`: the worker's platform).
+    pub async fn file_tree(
+        &self,
+        split: Option<bool>,
+        platform: Option<&kiln_solver::Platform>,
+    ) -> Result<ResultView> {
+        let multi = !self.platforms.is_empty();
+        match (multi, split.unwrap_or(multi)) {
+            (false, false) => self.view_layers(None).await,
+            (false, true) => {
+                let dir = self.view_dir()?;
+                let p = platform
+                    .cloned()
+                    .unwrap_or_else(crate::oci::worker_platform);
+                let sub = dir.join(p.to_string().replace('/', "_"));
+                match self.view_layers(Some(sub)).await {
+                    Ok(part) => Ok(ResultView {
+                        mount: None,
+                        key: None,
+                        svc: self.engine.svc.clone(),
+                        path: dir,
+                        parts: vec![part],
+                    }),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir(&dir);
+                        Err(e)
+                    }
+                }
+            }
+            (true, true) => self.split_view().await,
+            (true, false) => self.joined_view().await,
         }
-        self.view_layers().await
+    }
+
+    /// A multi-platform result with each platform's tree on a directory of
+    /// its own.
+    async fn split_view(&self) -> Result<ResultView> {
+        let dir = self.view_dir()?;
+        let mut view = ResultView {
+            mount: None,
+            key: None,
+            svc: self.engine.svc.clone(),
+            path: dir,
+            parts: Vec::new(),
+        };
+        let parts = std::iter::once(self).chain(&self.others);
+        for ((platform, _), part) in self.platforms.iter().zip(parts) {
+            let sub = view.path.join(platform.to_string().replace('/', "_"));
+            match part.view_layers(Some(sub)).await {
+                Ok(v) => view.parts.push(v),
+                Err(e) => {
+                    view.close().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    /// A multi-platform result's trees in one: [`Solved::split_view`]'s
+    /// directories below it, as the lower layers of a read-only overlay,
+    /// once no file path is in two of them (BuildKit's error names the
+    /// path and both platforms).
+    async fn joined_view(&self) -> Result<ResultView> {
+        let parts = self.split_view().await?;
+        let mut seen: std::collections::HashMap<PathBuf, String> = Default::default();
+        let mut lowers = Vec::new();
+        for ((platform, _), part) in self.platforms.iter().zip(&parts.parts) {
+            let name = platform.to_string();
+            let mut files = Vec::new();
+            if let Err(e) = files_below(&part.path, &part.path, &mut files) {
+                parts.close().await;
+                return Err(e);
+            }
+            for f in files {
+                if let Some(first) = seen.get(&f) {
+                    let reason = format!(
+                        "cannot overwrite {} from {first} with {name} when split option is disabled",
+                        f.display()
+                    );
+                    parts.close().await;
+                    return Err(WorkerError::BadInput {
+                        location: String::new(),
+                        reason,
+                    });
+                }
+                seen.insert(f, name.clone());
+            }
+            lowers.push(part.path.display().to_string());
+        }
+        let dir = match self.view_dir() {
+            Ok(d) => d,
+            Err(e) => {
+                parts.close().await;
+                return Err(e);
+            }
+        };
+        // An overlay needs two lower layers; one is a read-only bind.
+        let mount = if lowers.len() == 1 {
+            kiln_snapshot::mount::Mount {
+                mount_type: "bind".into(),
+                source: lowers.remove(0),
+                target: String::new(),
+                options: vec!["ro".into(), "rbind".into()],
+            }
+        } else {
+            kiln_snapshot::mount::Mount {
+                mount_type: "overlay".into(),
+                source: "overlay".into(),
+                target: String::new(),
+                options: vec![format!("lowerdir={}", lowers.join(":"))],
+            }
+        };
+        match kiln_snapshot::mount::MountGuard::mount(&[mount], dir.clone()) {
+            Ok(m) => Ok(ResultView {
+                mount: Some(m),
+                key: None,
+                svc: self.engine.svc.clone(),
+                path: dir,
+                parts: vec![parts],
+            }),
+            Err(e) => {
+                parts.close().await;
+                let _ = std::fs::remove_dir(&dir);
+                Err(WorkerError::from(kiln_snapshot::SnapshotError::from(e)))
+            }
+        }
     }
 
     /// Mounts platform `index` of a multi-platform result read-only (in
@@ -1076,13 +1235,11 @@ impl Solved {
             return None;
         }
         let part = std::iter::once(self).chain(&self.others).nth(index)?;
-        Some(part.view_layers().await)
+        Some(part.view_layers(None).await)
     }
 
-    /// Mounts this solve's own layers read-only.
-    async fn view_layers(&self) -> Result<ResultView> {
-        let svc = self.engine.svc.clone();
-        let top = crate::refs::top_snapshot(&self.layers);
+    /// A new directory for a view.
+    fn view_dir(&self) -> Result<PathBuf> {
         let dir = self
             .engine
             .state_dir
@@ -1092,12 +1249,31 @@ impl Solved {
             path: dir.display().to_string(),
             source: e,
         })?;
+        Ok(dir)
+    }
+
+    /// Mounts this solve's own layers read-only, on `at` (created) or a
+    /// new directory.
+    async fn view_layers(&self, at: Option<PathBuf>) -> Result<ResultView> {
+        let svc = self.engine.svc.clone();
+        let top = crate::refs::top_snapshot(&self.layers);
+        let dir = match at {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).map_err(|e| WorkerError::Io {
+                    path: dir.display().to_string(),
+                    source: e,
+                })?;
+                dir
+            }
+            None => self.view_dir()?,
+        };
         if top.is_empty() {
             return Ok(ResultView {
                 mount: None,
                 key: None,
                 svc,
                 path: dir,
+                parts: Vec::new(),
             });
         }
         let key = format!("kiln-view-{}", crate::base::rand_hex());
@@ -1110,6 +1286,7 @@ impl Solved {
                 key: Some(key),
                 svc,
                 path: dir,
+                parts: Vec::new(),
             }),
             Err(e) => {
                 let _ = svc.snapshots.remove(&key).await;

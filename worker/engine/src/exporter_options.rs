@@ -27,6 +27,8 @@ pub enum ExporterOptionError {
 enum Support {
     /// Works with any value the option takes.
     Works,
+    /// A boolean option that works with either value.
+    Bool,
     /// Works only with this boolean value (what kiln always does); the
     /// other is not supported yet.
     OnlyBool(bool),
@@ -69,7 +71,7 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         (_, "source-date-epoch") => NotYet,
         ("oci" | "docker", "tar") => OnlyBool(true),
         ("docker", "context") => NotYet,
-        ("local" | "tar", "platform-split") => NotYet,
+        ("local" | "tar", "platform-split") => Bool,
         (_, "attestation-prefix") => NotYet,
         _ => return None,
     };
@@ -93,6 +95,7 @@ pub fn bool_option(key: &str, value: &str) -> Result<bool, ExporterOptionError> 
 pub fn check(kind: &str, key: &str, value: &str) -> Result<(), ExporterOptionError> {
     match support(kind, key) {
         Some(Support::Works) => Ok(()),
+        Some(Support::Bool) => bool_option(key, value).map(drop),
         Some(Support::OnlyBool(always)) => {
             if bool_option(key, value)? == always {
                 Ok(())

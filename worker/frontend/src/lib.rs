@@ -969,7 +969,11 @@ pub async fn plan_all<I: ImageConfigs>(
     images: &I,
 ) -> Result<Vec<(kiln_solver::Platform, kiln_dockerfile::Build)>> {
     let bases = resolve_all(source, opts, images).await?;
-    convert_all(source, opts, &bases)
+    let mut all = convert_all(source, opts, &bases)?;
+    for (_, build) in &mut all {
+        knownhosts::pin(&mut build.graph).await;
+    }
+    Ok(all)
 }
 
 /// The base image configs every target platform's build needs, resolved:
@@ -1145,6 +1149,7 @@ async fn resolve_bases<I: ImageConfigs>(
 
 pub mod check;
 pub mod epoch;
+pub mod knownhosts;
 pub mod remote;
 pub mod targets;
 

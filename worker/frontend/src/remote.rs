@@ -288,9 +288,10 @@ async fn solve_view(fetch: &Fetch<'_>, remote: &RemoteContext, no_cache: bool) -
 /// of its own) and mounts its `result` read-only.
 pub(crate) async fn solve_graph(
     fetch: &Fetch<'_>,
-    graph: Graph,
+    mut graph: Graph,
     result: VertexId,
 ) -> Result<Fetched> {
+    crate::knownhosts::pin(&mut graph).await;
     let req = kiln_engine::BuildRequest {
         graph,
         result,

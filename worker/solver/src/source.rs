@@ -367,6 +367,39 @@ pub fn is_ssh_remote(remote: &str) -> bool {
     }
 }
 
+/// The host and port (`None`: ssh's default) of an ssh remote, as a key
+/// scan of it needs them: `ssh://[user@]host[:port]/path` (an IPv6 host in
+/// brackets) or scp-like `user@host:path`. `None` for anything else.
+pub fn ssh_host_port(remote: &str) -> Option<(String, Option<u16>)> {
+    match scheme_of(remote) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("ssh") => {
+            let rest = remote.split_once("://")?.1;
+            let authority = rest.split('/').next()?;
+            let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let (host, port) = match hostport.strip_prefix('[') {
+                Some(v6) => {
+                    let (host, after) = v6.split_once(']')?;
+                    (host, after.strip_prefix(':'))
+                }
+                None => match hostport.split_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (hostport, None),
+                },
+            };
+            if host.is_empty() {
+                return None;
+            }
+            let port = match port {
+                Some(p) => Some(p.parse().ok()?),
+                None => None,
+            };
+            Some((host.to_string(), port))
+        }
+        Some(_) => None,
+        None => scp_like(remote).map(|(host, _)| (host.to_string(), None)),
+    }
+}
+
 impl GitSource {
     /// The source of a parsed user reference.
     pub fn from_ref(r: &GitRef) -> GitSource {
@@ -687,6 +720,29 @@ mod tests {
                 .to_string(),
             "git source attribute git.sig.pubkey is not supported yet"
         );
+    }
+
+    #[test]
+    fn ssh_host_port_of_each_ssh_form() {
+        let hp = |r: &str| ssh_host_port(r);
+        assert_eq!(
+            hp("ssh://git@example.com:2222/o/r.git"),
+            Some(("example.com".to_string(), Some(2222)))
+        );
+        assert_eq!(
+            hp("ssh://example.com/o/r.git"),
+            Some(("example.com".to_string(), None))
+        );
+        assert_eq!(
+            hp("ssh://git@[::1]:22/r.git"),
+            Some(("::1".to_string(), Some(22)))
+        );
+        assert_eq!(
+            hp("git@github.com:o/r.git"),
+            Some(("github.com".to_string(), None))
+        );
+        assert_eq!(hp("https://example.com/r.git"), None);
+        assert_eq!(hp("ssh://git@example.com:x/r.git"), None);
     }
 
     #[test]

@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 /// so an image export reuses them as they are.
 const APPLY_COMPRESSION: Compression = Compression::Gzip;
 
-/// The most layers a merged chain may have: overlayfs stacks at most 500
-/// lower directories (the kernel's `OVL_MAX_STACK`), so a longer chain
-/// could never be mounted. A merge past it fails before it applies any
-/// layer, rather than applying them all first.
-pub(crate) const MAX_MERGED_LAYERS: usize = 500;
+/// The most layers a merged chain may have: overlayfs stacks at most
+/// this many lower directories, so a longer chain could never be mounted.
+/// A merge past it fails before it applies any layer, rather than
+/// applying them all first.
+pub(crate) const MAX_MERGED_LAYERS: usize = kiln_snapshot::mount::MAX_OVERLAY_LAYERS;
 
 /// The merged chain of `inputs` (each a chain): the first input's layers
 /// as they are, then every other input's layers. Layers of an input
