@@ -355,6 +355,10 @@ impl GatewayService {
     /// The build a gateway call belongs to (metadata
     /// `buildkit-controlapi-buildid`).
     async fn job<T>(&self, req: &Request<T>) -> Result<(Arc<Tenant>, Arc<Job>), Status> {
+        // A frontend image's calls belong to the build that runs it.
+        if let Some(s) = req.extensions().get::<crate::frontendimage::Scope>() {
+            return Ok((s.tenant.clone(), s.job.clone()));
+        }
         let tenant = self.0.tenant(req).await?;
         let id = req
             .metadata()
@@ -423,7 +427,10 @@ impl GatewayService {
 #[tonic::async_trait]
 impl LlbBridge for GatewayService {
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PongResponse>, Status> {
-        let tenant = self.0.tenant(&request).await?;
+        let tenant = match request.extensions().get::<crate::frontendimage::Scope>() {
+            Some(s) => s.tenant.clone(),
+            None => self.0.tenant(&request).await?,
+        };
         let workers = crate::workers::list_workers(&self.0, &tenant, Default::default())
             .await?
             .record;
@@ -456,13 +463,20 @@ impl LlbBridge for GatewayService {
             ));
         }
         let has_definition = r.definition.as_ref().is_some_and(|d| !d.def.is_empty());
-        if !has_definition && r.frontend == "dockerfile.v0" {
+        let route = if has_definition {
+            None
+        } else {
+            crate::frontendimage::route(&r.frontend, &mut r.frontend_opt)?
+        };
+        if route == Some(crate::frontendimage::Route::Dockerfile) {
             context_from_inputs(&mut r.frontend_opt, &mut r.frontend_inputs)?;
         }
         let input = if has_definition {
             Input::Definition(r.definition.as_ref().expect("checked above"))
-        } else if r.frontend == "dockerfile.v0" {
+        } else if route == Some(crate::frontendimage::Route::Dockerfile) {
             Input::Dockerfile(&r.frontend_opt, &r.frontend_inputs)
+        } else if route == Some(crate::frontendimage::Route::Image) {
+            Input::Gateway(&r.frontend_opt, &r.frontend_inputs)
         } else if r.frontend.is_empty() {
             // Nothing to solve: an empty result.
             return Ok(Response::new(SolveResponse {
@@ -471,7 +485,7 @@ impl LlbBridge for GatewayService {
             }));
         } else {
             return Err(Status::invalid_argument(format!(
-                "frontend {:?} is not supported (dockerfile.v0, or LLB)",
+                "frontend {:?} is not supported (dockerfile.v0, gateway.v0, or LLB)",
                 r.frontend
             )));
         };
@@ -668,15 +682,20 @@ impl LlbBridge for GatewayService {
         Ok(Response::new(WarnResponse {}))
     }
 
-    /// The frontend inputs of a frontend that runs in a container; kiln
-    /// runs no frontend images.
+    /// The frontend inputs of a frontend image (`crate::frontendimage`);
+    /// a client driving the build has none to ask for.
     async fn inputs(
         &self,
         request: Request<InputsRequest>,
     ) -> Result<Response<InputsResponse>, Status> {
+        if let Some(s) = request.extensions().get::<crate::frontendimage::Scope>() {
+            return Ok(Response::new(InputsResponse {
+                definitions: (*s.inputs).clone(),
+            }));
+        }
         self.job(&request).await?;
         Err(Status::unimplemented(
-            "LLBBridge.Inputs (the inputs of a frontend image) is not supported yet",
+            "LLBBridge.Inputs outside a frontend image (a client holds its own inputs) is not supported",
         ))
     }
 
@@ -684,6 +703,11 @@ impl LlbBridge for GatewayService {
         &self,
         request: Request<ReturnRequest>,
     ) -> Result<Response<ReturnResponse>, Status> {
+        if let Some(s) = request.extensions().get::<crate::frontendimage::Scope>() {
+            let returned = s.returned.clone();
+            returned.send_replace(Some(request.into_inner()));
+            return Ok(Response::new(ReturnResponse {}));
+        }
         let (_, job) = self.job(&request).await?;
         job.set_returned(request.into_inner());
         Ok(Response::new(ReturnResponse {}))

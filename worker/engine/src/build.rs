@@ -776,6 +776,18 @@ impl std::fmt::Debug for Solved {
     }
 }
 
+/// A process [`Solved::run_process`] runs: what an image config's
+/// Entrypoint, Env, WorkingDir and User give.
+#[derive(Clone, Debug, Default)]
+pub struct Process {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// Empty is `/`.
+    pub cwd: String,
+    /// Empty is root.
+    pub user: String,
+}
+
 /// A read-only mount of a build result on the host.
 pub struct ResultView {
     mount: Option<kiln_snapshot::mount::MountGuard>,
@@ -1099,6 +1111,76 @@ impl Solved {
                 Err(e)
             }
         }
+    }
+
+    /// Runs a process on a writable copy of the result (an active
+    /// snapshot of it under the result's lease, discarded after), as
+    /// BuildKit runs a gateway frontend image: `io` carries its stdio. A
+    /// non-zero exit is data; the task, its container and the snapshot
+    /// are gone when this returns, whatever happened.
+    pub async fn run_process(
+        &self,
+        process: Process,
+        io: kiln_shim::StepIo,
+        cancel: CancellationToken,
+    ) -> Result<kiln_shim::ExitStatus> {
+        if !self.platforms.is_empty() {
+            return Err(WorkerError::Unsupported {
+                location: String::new(),
+                what: "running a process on a multi-platform result".into(),
+            });
+        }
+        let svc = &self.engine.svc;
+        let key = format!("kiln-active-{}", crate::base::rand_hex());
+        let mounts = svc
+            .snapshots
+            .prepare(&key, &crate::refs::top_snapshot(&self.layers), &self.lease)
+            .await?;
+        let dir = self.mount_dir().join(&key);
+        let ran = async {
+            std::fs::create_dir_all(&dir).map_err(|e| WorkerError::Io {
+                path: dir.display().to_string(),
+                source: e,
+            })?;
+            let mounted = kiln_snapshot::mount::MountGuard::mount(&mounts, dir.clone())
+                .map_err(|e| WorkerError::from(kiln_snapshot::SnapshotError::from(e)))?;
+            let spec = kiln_shim::StepSpec {
+                id: format!("kiln-{}", crate::base::rand_hex()),
+                rootfs: dir.clone(),
+                args: process.args,
+                env: process.env,
+                cwd: if process.cwd.is_empty() {
+                    "/".into()
+                } else {
+                    process.cwd
+                },
+                user: process.user,
+                hostname: String::new(),
+                extra_hosts: Vec::new(),
+                ulimits: Vec::new(),
+                network: kiln_shim::Network::None,
+                mounts: Vec::new(),
+                lease: self.lease.clone(),
+                timeout: None,
+                security: kiln_shim::Security::Sandbox,
+                pids_limit: Some(kiln_shim::DEFAULT_PIDS_LIMIT),
+            };
+            let status = self.engine.executor.run(spec, io, cancel).await;
+            drop(mounted);
+            status.map_err(|error| match error {
+                kiln_shim::ExecError::Cancelled { .. } => WorkerError::Cancelled,
+                error => WorkerError::Exec {
+                    location: String::new(),
+                    error,
+                },
+            })
+        }
+        .await;
+        let _ = std::fs::remove_dir(&dir);
+        if let Err(e) = svc.snapshots.remove(&key).await {
+            tracing::warn!(key, error = %e, "cannot remove a process's active snapshot");
+        }
+        ran
     }
 
     /// Deletes the build's lease; `sync` waits for containerd's GC.
