@@ -129,9 +129,13 @@ async fn a_syntax_directive_runs_the_frontend_image_through_kilnd() {
     );
     // The image config the frontend returned.
     let cfg = common::image_config(&h, ns, name);
+    // Busybox's Env, as the frontend resolved it, then its own.
     assert_eq!(
         cfg["config"]["Env"],
-        serde_json::json!(["MADE_BY=kiln-test-frontend"])
+        serde_json::json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "MADE_BY=kiln-test-frontend"
+        ])
     );
     assert_eq!(cfg["config"]["Cmd"], serde_json::json!(["/hello"]));
     h.wait_no_leftovers(ns, &h.kilnd_root(ns), SETTLE)

@@ -1,11 +1,13 @@
 //! A gateway frontend for tests/frontendimage.rs, run by kilnd as a
 //! frontend image (`# syntax=IMAGE`, `gateway.v0` with `source=IMAGE`): it
 //! speaks LLBBridge over its stdin and stdout as BuildKit's Go frontends
-//! do. `Ping`, then it reads the Dockerfile through the `dockerfile` local
-//! of the build's session (`BUILDKIT_SESSION_ID`), solves a file op on
-//! busybox that writes `/hello` (a greeting and the Dockerfile's last line) and
-//! `/opts` (the `BUILDKIT_FRONTEND_OPT_*` it was given, `key=value` lines,
-//! sorted), and returns that result with an image config.
+//! do. `Ping`, `ResolveImageConfig` of busybox, then it reads the
+//! Dockerfile through the `dockerfile` local of the build's session
+//! (`BUILDKIT_SESSION_ID`), solves a file op on busybox (pinned by the
+//! resolved digest) that writes `/hello` (a greeting and the Dockerfile's
+//! last line) and `/opts` (the `BUILDKIT_FRONTEND_OPT_*` it was given,
+//! `key=value` lines, sorted), and returns that result with an image
+//! config (busybox's Env and `MADE_BY`).
 //!
 //! `KILN_TEST_FRONTEND` (from the image config) picks a misbehaviour
 //! instead: `exit` exits 3 without a word on the bridge, `garbage` writes
@@ -257,12 +259,29 @@ async fn run() -> Result<(), String> {
     let dockerfile = String::from_utf8_lossy(&dockerfile);
     let last = dockerfile.lines().last().unwrap_or_default();
 
+    // The base, resolved as BuildKit's Dockerfile frontend resolves FROM:
+    // its config (whose Env the result keeps) and the digest to pin.
+    let base = c
+        .resolve_image_config(gateway::ResolveImageConfigRequest {
+            r#ref: "busybox".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("resolve busybox: {e}"))?
+        .into_inner();
+    let base_config: serde_json::Value =
+        serde_json::from_slice(&base.config).map_err(|e| format!("busybox config: {e}"))?;
+    let mut env: Vec<serde_json::Value> = base_config["config"]["Env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    env.push("MADE_BY=kiln-test-frontend".into());
     let hello = format!("hello from a frontend image\n{last}\n").into_bytes();
     let listed: String = opts.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     let solved = c
         .solve(gateway::SolveRequest {
             definition: Some(files_on(
-                "docker.io/library/busybox:latest",
+                &format!("{}@{}", base.r#ref, base.digest),
                 &[("/hello", hello), ("/opts", listed.into_bytes())],
             )),
             allow_result_return: true,
@@ -284,7 +303,7 @@ async fn run() -> Result<(), String> {
     let config = serde_json::json!({
         "architecture": arch,
         "os": "linux",
-        "config": {"Env": ["MADE_BY=kiln-test-frontend"], "Cmd": ["/hello"]},
+        "config": {"Env": env, "Cmd": ["/hello"]},
         "rootfs": {"type": "layers", "diff_ids": []},
     });
     c.r#return(ReturnRequest {

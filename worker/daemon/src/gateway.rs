@@ -12,8 +12,9 @@ use kiln_proto::gateway::llb_bridge_server::LlbBridge;
 use kiln_proto::gateway::{
     result, EvaluateRequest, EvaluateResponse, InputsRequest, InputsResponse, PingRequest,
     PongResponse, ReadDirRequest, ReadDirResponse, ReadFileRequest, ReadFileResponse, Ref, RefMap,
-    Result as GwResult, ReturnRequest, ReturnResponse, SolveRequest, SolveResponse,
-    StatFileRequest, StatFileResponse, WarnRequest, WarnResponse,
+    ResolveImageConfigRequest, ResolveImageConfigResponse, Result as GwResult, ReturnRequest,
+    ReturnResponse, SolveRequest, SolveResponse, StatFileRequest, StatFileResponse, WarnRequest,
+    WarnResponse,
 };
 use kiln_snapshot::diff::Compression;
 use std::collections::HashMap;
@@ -124,8 +125,8 @@ impl GatewayService {
 /// Every returned ref carries the LLB definition of what it holds
 /// (`reference.output`, `crate::definition`), which buildx needs to turn a
 /// bake target's result into another target's context.
-/// Not listed, because kiln does not do them yet: `LLBBridge.Inputs`, containers (`gateway.exec*`), `resolveimage`, the source meta
-/// resolver and cache imports.
+/// Not listed, because kiln does not do them yet: containers
+/// (`gateway.exec*`), the source meta resolver and cache imports.
 const FRONTEND_CAPS: &[&str] = &[
     "solve.base",
     "return",
@@ -141,6 +142,9 @@ const FRONTEND_CAPS: &[&str] = &[
     // For named contexts (`context:NAME=input:X`); a result as the main
     // context is refused by name (`context_from_inputs`).
     "frontend.inputs",
+    // Base image configs for frontend images (`resolve_image_config`).
+    "resolveimage",
+    "resolveimage.resolvemode",
 ];
 
 /// The LLB capabilities kiln can build: BuildKit's ids (solver/pb's
@@ -699,6 +703,61 @@ impl LlbBridge for GatewayService {
         ))
     }
 
+    /// A base image's config as a frontend resolves it (BuildKit's
+    /// `ResolveImageConfig`): by kiln's resolve rule, with the session's
+    /// registry logins. OCI layout stores are not read here yet.
+    async fn resolve_image_config(
+        &self,
+        request: Request<ResolveImageConfigRequest>,
+    ) -> Result<Response<ResolveImageConfigResponse>, Status> {
+        let (tenant, job) = self.job(&request).await?;
+        let r = request.into_inner();
+        if r.resolver_type != 0 {
+            return Err(Status::unimplemented(format!(
+                "ResolveImageConfig of {:?} from an OCI layout store is not supported yet",
+                r.r#ref
+            )));
+        }
+        let name = kiln_dockerfile::reference::normalize(&r.r#ref)
+            .map_err(|e| Status::invalid_argument(format!("{:?}: {e}", r.r#ref)))?;
+        let mode = if r.resolve_mode.is_empty() {
+            kiln_engine::resolve::ResolveMode::Default
+        } else {
+            kiln_engine::resolve::ResolveMode::parse(&r.resolve_mode).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "resolve mode {:?}: expected default, pull or local",
+                    r.resolve_mode
+                ))
+            })?
+        };
+        let platform = r
+            .platform
+            .map(|p| kiln_solver::Platform::new(&p.os, &p.architecture, &p.variant));
+        let sid = job
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let session = if sid.is_empty() {
+            None
+        } else {
+            self.0.sessions.get(&sid, SESSION_WAIT).await
+        };
+        let credentials: Arc<dyn kiln_registry::Credentials> =
+            Arc::new(crate::registry::SessionCredentials::new(session.as_ref()));
+        let (config, digest) = job
+            .engine(&tenant.engine)
+            .base_images(mode, credentials)
+            .image_config_json(&name, platform.as_ref())
+            .await
+            .map_err(|e| crate::state::status_of(&e))?;
+        Ok(Response::new(ResolveImageConfigResponse {
+            r#ref: name,
+            digest,
+            config,
+        }))
+    }
+
     async fn r#return(
         &self,
         request: Request<ReturnRequest>,
@@ -860,7 +919,7 @@ mod tests {
         for id in ["readfile", "readdir", "statfile", "reference.output"] {
             assert!(FRONTEND_CAPS.contains(&id), "{id} missing");
         }
-        for id in ["gateway.exec", "resolveimage"] {
+        for id in ["gateway.exec", "source.metaresolver"] {
             assert!(!FRONTEND_CAPS.contains(&id), "{id} advertised");
         }
     }

@@ -683,6 +683,30 @@ impl BaseImages {
         Ok(crate::base::frontend_config(&cfg))
     }
 
+    /// Base image `name`'s config as JSON and the digest it was found
+    /// by, as BuildKit's `ResolveImageConfig` answers a gateway frontend;
+    /// the image is pinned as by [`BaseImages::image_config`].
+    pub async fn image_config_json(
+        &self,
+        name: &str,
+        platform: Option<&kiln_solver::Platform>,
+    ) -> Result<(Vec<u8>, String)> {
+        let report = crate::pull::Reporter {
+            progress: self.progress.clone(),
+            vertex: None,
+        };
+        let (cfg, digest) =
+            crate::pull::base_config(&self.svc, &self.client, name, platform, self.mode, &report)
+                .await?;
+        self.pinned
+            .insert(&crate::resolve::Pinned::key(name, platform), &digest);
+        let json = serde_json::to_vec(&cfg).map_err(|e| WorkerError::BadInput {
+            location: String::new(),
+            reason: format!("the config of {name} cannot be written as JSON: {e}"),
+        })?;
+        Ok((json, digest))
+    }
+
     /// The same lookups, with these OCI layouts to read `oci-layout://`
     /// images from ([`BuildRequest::oci_stores`]).
     pub fn with_oci_stores(mut self, stores: crate::layout::OciStores) -> Self {
