@@ -117,7 +117,14 @@ async fn run(f: &Fixture, s: StepSpec) -> (Result<ExitStatus, ExecError>, Output
     });
     let res = f
         .exec
-        .run(s, StepIo { output: tx }, CancellationToken::new())
+        .run(
+            s,
+            StepIo {
+                output: tx,
+                stdin: None,
+            },
+            CancellationToken::new(),
+        )
         .await;
     // Output written before the step ended is queued by now; a reader
     // left behind by the executor must not hang the test.
@@ -320,7 +327,10 @@ async fn cancel_kills_promptly_and_cleans_up() {
         .exec
         .run(
             step(&f, root.path(), "kiln-cancel", "sleep 100"),
-            StepIo { output: tx },
+            StepIo {
+                output: tx,
+                stdin: None,
+            },
             cancel,
         )
         .await;

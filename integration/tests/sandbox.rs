@@ -136,7 +136,14 @@ async fn run(f: &Fixture, s: StepSpec) -> Output {
     });
     let res: Result<ExitStatus, ExecError> = f
         .exec
-        .run(s, StepIo { output: tx }, CancellationToken::new())
+        .run(
+            s,
+            StepIo {
+                output: tx,
+                stdin: None,
+            },
+            CancellationToken::new(),
+        )
         .await;
     let (stdout, stderr) = reader.await.expect("the output reader");
     Output {

@@ -324,6 +324,15 @@ impl ContainerdExecutor {
             FifoReader::spawn(stdout.clone(), OutputStream::Stdout, io.output.clone()),
             FifoReader::spawn(stderr.clone(), OutputStream::Stderr, io.output.clone()),
         ]));
+        // The shim opens the read end during Create; we write after it.
+        let stdin = match io.stdin.as_ref().and_then(|s| s.take()) {
+            Some(rx) => {
+                let path = dir.join(format!("{id}-stdin"));
+                fifo::mkfifo(&path).map_err(io_err("mkfifo", &path))?;
+                Some((path, rx))
+            }
+            None => None,
+        };
 
         let container = Container {
             id: id.to_string(),
@@ -364,6 +373,10 @@ impl ContainerdExecutor {
                 target: String::new(),
                 options: vec!["rbind".to_string(), "rw".to_string()],
             }],
+            stdin: stdin
+                .as_ref()
+                .map(|(p, _)| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             stdout: stdout.to_string_lossy().into_owned(),
             stderr: stderr.to_string_lossy().into_owned(),
             terminal: false,
@@ -386,6 +399,10 @@ impl ContainerdExecutor {
         };
         stack.push(Undo::Task { running: true });
         tracing::debug!(id, pid, "task created");
+        if let Some((path, rx)) = stdin {
+            let file = fifo::open_writer(&path).map_err(io_err("open", &path))?;
+            fifo::spawn_writer(id.to_string(), file, rx);
+        }
         // containerd has its own bind of it in the bundle now.
         if let Err(e) = kiln_snapshot::mount::unmount(&task_root) {
             tracing::warn!(id, path = %task_root.display(), error = %e, "unmounting the task's rootfs bind");

@@ -25,6 +25,39 @@ pub(crate) fn mkfifo(path: &Path) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// Opens the write end of a FIFO whose reader is open already (the shim's,
+/// after `Tasks.Create`), without blocking, then makes writes blocking.
+pub(crate) fn open_writer(path: &Path) -> io::Result<std::fs::File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let flags = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+    flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
+    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(f)
+}
+
+/// A blocking thread writing what `input` carries to a process's stdin
+/// until the sender is dropped (then the process reads EOF) or the reader
+/// goes away (EPIPE).
+pub(crate) fn spawn_writer(
+    id: String,
+    mut file: std::fs::File,
+    mut input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        while let Some(chunk) = input.blocking_recv() {
+            if let Err(e) = file.write_all(&chunk) {
+                tracing::debug!(id, error = %e, "stdin closed by the process");
+                return;
+            }
+        }
+    });
+}
+
 /// A blocking thread that opens one FIFO and forwards what it reads.
 #[derive(Debug)]
 pub(crate) struct FifoReader {

@@ -177,6 +177,25 @@ pub const OUTPUT_QUEUE: usize = 16;
 #[derive(Clone, Debug)]
 pub struct StepIo {
     pub output: tokio::sync::mpsc::Sender<(OutputStream, Vec<u8>)>,
+    /// What the process reads on its stdin, chunk by chunk; the stdin
+    /// closes when the sender is dropped. `None`: no stdin (steps).
+    pub stdin: Option<Stdin>,
+}
+
+/// The process's stdin: the receiving end of its chunks, taken by the one
+/// run that writes them (a [`StepIo`] is cloned, its stdin is not shared).
+#[derive(Clone, Debug)]
+pub struct Stdin(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Vec<u8>>>>>);
+
+impl Stdin {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Stdin(std::sync::Arc::new(std::sync::Mutex::new(Some(rx))))
+    }
+
+    /// The receiver, for the first caller only.
+    pub fn take(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Runs build steps. BuildKit's `Executor` minus interactive exec.

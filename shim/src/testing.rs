@@ -152,7 +152,10 @@ mod tests {
         });
         fake.push(FakeOutcome::Hang);
         let (tx, mut rx) = tokio::sync::mpsc::channel(crate::OUTPUT_QUEUE);
-        let io = StepIo { output: tx };
+        let io = StepIo {
+            output: tx,
+            stdin: None,
+        };
         let st = fake
             .run(step("a"), io.clone(), CancellationToken::new())
             .await

@@ -79,19 +79,22 @@ async fn run_solve(
         )
         .await?;
         (s, c.or_else(|| config_from_attrs(&exporters)))
-    } else if r.frontend == "dockerfile.v0"
-        || r.frontend == "gateway.v0"
-            && r.frontend_attrs
-                .get("source")
-                .is_some_and(|s| s == "dockerfile.v0")
-    {
-        crate::gateway::context_from_inputs(&mut r.frontend_attrs, &mut r.frontend_inputs)?;
+    } else if let Some(route) = crate::frontendimage::route(&r.frontend, &mut r.frontend_attrs)? {
+        let input = match route {
+            crate::frontendimage::Route::Dockerfile => {
+                crate::gateway::context_from_inputs(&mut r.frontend_attrs, &mut r.frontend_inputs)?;
+                Input::Dockerfile(&r.frontend_attrs, &r.frontend_inputs)
+            }
+            crate::frontendimage::Route::Image => {
+                Input::Gateway(&r.frontend_attrs, &r.frontend_inputs)
+            }
+        };
         solve(
             &d,
             &tenant.engine,
             &job,
             session.as_ref(),
-            Input::Dockerfile(&r.frontend_attrs, &r.frontend_inputs),
+            input,
             compression,
         )
         .await?
@@ -117,7 +120,7 @@ async fn run_solve(
         (found.solved, config)
     } else {
         return Err(Status::invalid_argument(format!(
-            "frontend {:?} is not supported (dockerfile.v0, or LLB)",
+            "frontend {:?} is not supported (dockerfile.v0, gateway.v0, or LLB)",
             r.frontend
         )));
     };
@@ -227,7 +230,7 @@ impl BuildLog {
 /// The error a frontend returned, as the build's status: its code, its
 /// message and its typed details (BuildKit's errdefs.Source of the failed
 /// step among them), so clients print the same source snippet.
-fn returned_error(err: kiln_proto::rpc::Status) -> Status {
+pub(crate) fn returned_error(err: kiln_proto::rpc::Status) -> Status {
     let code = tonic::Code::from(err.code);
     let message = strip_code_prefix(&err.message);
     if err.details.is_empty() {

@@ -259,6 +259,14 @@ pub async fn targets(
     kiln_frontend::targets::list(&source).map_err(|e| frontend_status(&e))
 }
 
+/// What the Dockerfile frontend made of a request.
+pub enum Planned {
+    Graph(Box<Frontend>),
+    /// A frontend image's build (`# syntax=IMAGE`, `BUILDKIT_SYNTAX`):
+    /// the attributes to run it with (`crate::frontendimage::forward`).
+    Forward(HashMap<String, String>),
+}
+
 /// Runs the Dockerfile frontend with BuildKit's frontend attributes.
 pub async fn dockerfile(
     d: &Daemon,
@@ -268,7 +276,12 @@ pub async fn dockerfile(
     attrs: &HashMap<String, String>,
     inputs: &HashMap<String, kiln_proto::llb::Definition>,
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
-) -> Result<Frontend, Status> {
+) -> Result<Planned, Status> {
+    if let Some(forwarded) = crate::frontendimage::forward(attrs, None) {
+        return Ok(Planned::Forward(forwarded));
+    }
+    let original = attrs;
+    let attrs = &crate::frontendimage::dockerfile_attrs(attrs);
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
     crate::inputs::check(attrs, inputs)?;
     if opts.lint || opts.targets {
@@ -285,6 +298,9 @@ pub async fn dockerfile(
     if opts.remote_context.is_some() {
         let source =
             remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?;
+        if let Some(forwarded) = crate::frontendimage::forward(original, Some(&source.text)) {
+            return Ok(Planned::Forward(forwarded));
+        }
         return plan(
             d,
             engine,
@@ -296,9 +312,13 @@ pub async fn dockerfile(
             inputs,
             credentials,
         )
-        .await;
+        .await
+        .map(|f| Planned::Graph(Box::new(f)));
     }
     let def = definition(d, job, session, &opts).await?;
+    if let Some(forwarded) = crate::frontendimage::forward(original, Some(&def.source.text)) {
+        return Ok(Planned::Forward(forwarded));
+    }
     // A named local context is read with its own `.dockerignore`, fetched
     // alone first, as BuildKit does.
     for local in kiln_frontend::local_contexts(&opts) {
@@ -331,6 +351,7 @@ pub async fn dockerfile(
         credentials,
     )
     .await
+    .map(|f| Planned::Graph(Box::new(f)))
 }
 
 /// Fetches a git or HTTP main context with the engine (the client's

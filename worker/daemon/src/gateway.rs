@@ -12,8 +12,9 @@ use kiln_proto::gateway::llb_bridge_server::LlbBridge;
 use kiln_proto::gateway::{
     result, EvaluateRequest, EvaluateResponse, InputsRequest, InputsResponse, PingRequest,
     PongResponse, ReadDirRequest, ReadDirResponse, ReadFileRequest, ReadFileResponse, Ref, RefMap,
-    Result as GwResult, ReturnRequest, ReturnResponse, SolveRequest, SolveResponse,
-    StatFileRequest, StatFileResponse, WarnRequest, WarnResponse,
+    ResolveImageConfigRequest, ResolveImageConfigResponse, Result as GwResult, ReturnRequest,
+    ReturnResponse, SolveRequest, SolveResponse, StatFileRequest, StatFileResponse, WarnRequest,
+    WarnResponse,
 };
 use kiln_snapshot::diff::Compression;
 use std::collections::HashMap;
@@ -124,8 +125,8 @@ impl GatewayService {
 /// Every returned ref carries the LLB definition of what it holds
 /// (`reference.output`, `crate::definition`), which buildx needs to turn a
 /// bake target's result into another target's context.
-/// Not listed, because kiln does not do them yet: `LLBBridge.Inputs`, containers (`gateway.exec*`), `resolveimage`, the source meta
-/// resolver and cache imports.
+/// Not listed, because kiln does not do them yet: containers
+/// (`gateway.exec*`), the source meta resolver and cache imports.
 const FRONTEND_CAPS: &[&str] = &[
     "solve.base",
     "return",
@@ -141,6 +142,9 @@ const FRONTEND_CAPS: &[&str] = &[
     // For named contexts (`context:NAME=input:X`); a result as the main
     // context is refused by name (`context_from_inputs`).
     "frontend.inputs",
+    // Base image configs for frontend images (`resolve_image_config`).
+    "resolveimage",
+    "resolveimage.resolvemode",
 ];
 
 /// The LLB capabilities kiln can build: BuildKit's ids (solver/pb's
@@ -355,6 +359,10 @@ impl GatewayService {
     /// The build a gateway call belongs to (metadata
     /// `buildkit-controlapi-buildid`).
     async fn job<T>(&self, req: &Request<T>) -> Result<(Arc<Tenant>, Arc<Job>), Status> {
+        // A frontend image's calls belong to the build that runs it.
+        if let Some(s) = req.extensions().get::<crate::frontendimage::Scope>() {
+            return Ok((s.tenant.clone(), s.job.clone()));
+        }
         let tenant = self.0.tenant(req).await?;
         let id = req
             .metadata()
@@ -423,7 +431,10 @@ impl GatewayService {
 #[tonic::async_trait]
 impl LlbBridge for GatewayService {
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PongResponse>, Status> {
-        let tenant = self.0.tenant(&request).await?;
+        let tenant = match request.extensions().get::<crate::frontendimage::Scope>() {
+            Some(s) => s.tenant.clone(),
+            None => self.0.tenant(&request).await?,
+        };
         let workers = crate::workers::list_workers(&self.0, &tenant, Default::default())
             .await?
             .record;
@@ -456,13 +467,20 @@ impl LlbBridge for GatewayService {
             ));
         }
         let has_definition = r.definition.as_ref().is_some_and(|d| !d.def.is_empty());
-        if !has_definition && r.frontend == "dockerfile.v0" {
+        let route = if has_definition {
+            None
+        } else {
+            crate::frontendimage::route(&r.frontend, &mut r.frontend_opt)?
+        };
+        if route == Some(crate::frontendimage::Route::Dockerfile) {
             context_from_inputs(&mut r.frontend_opt, &mut r.frontend_inputs)?;
         }
         let input = if has_definition {
             Input::Definition(r.definition.as_ref().expect("checked above"))
-        } else if r.frontend == "dockerfile.v0" {
+        } else if route == Some(crate::frontendimage::Route::Dockerfile) {
             Input::Dockerfile(&r.frontend_opt, &r.frontend_inputs)
+        } else if route == Some(crate::frontendimage::Route::Image) {
+            Input::Gateway(&r.frontend_opt, &r.frontend_inputs)
         } else if r.frontend.is_empty() {
             // Nothing to solve: an empty result.
             return Ok(Response::new(SolveResponse {
@@ -471,7 +489,7 @@ impl LlbBridge for GatewayService {
             }));
         } else {
             return Err(Status::invalid_argument(format!(
-                "frontend {:?} is not supported (dockerfile.v0, or LLB)",
+                "frontend {:?} is not supported (dockerfile.v0, gateway.v0, or LLB)",
                 r.frontend
             )));
         };
@@ -668,22 +686,87 @@ impl LlbBridge for GatewayService {
         Ok(Response::new(WarnResponse {}))
     }
 
-    /// The frontend inputs of a frontend that runs in a container; kiln
-    /// runs no frontend images.
+    /// The frontend inputs of a frontend image (`crate::frontendimage`);
+    /// a client driving the build has none to ask for.
     async fn inputs(
         &self,
         request: Request<InputsRequest>,
     ) -> Result<Response<InputsResponse>, Status> {
+        if let Some(s) = request.extensions().get::<crate::frontendimage::Scope>() {
+            return Ok(Response::new(InputsResponse {
+                definitions: (*s.inputs).clone(),
+            }));
+        }
         self.job(&request).await?;
         Err(Status::unimplemented(
-            "LLBBridge.Inputs (the inputs of a frontend image) is not supported yet",
+            "LLBBridge.Inputs outside a frontend image (a client holds its own inputs) is not supported",
         ))
+    }
+
+    /// A base image's config as a frontend resolves it (BuildKit's
+    /// `ResolveImageConfig`): by kiln's resolve rule, with the session's
+    /// registry logins. OCI layout stores are not read here yet.
+    async fn resolve_image_config(
+        &self,
+        request: Request<ResolveImageConfigRequest>,
+    ) -> Result<Response<ResolveImageConfigResponse>, Status> {
+        let (tenant, job) = self.job(&request).await?;
+        let r = request.into_inner();
+        if r.resolver_type != 0 {
+            return Err(Status::unimplemented(format!(
+                "ResolveImageConfig of {:?} from an OCI layout store is not supported yet",
+                r.r#ref
+            )));
+        }
+        let name = kiln_dockerfile::reference::normalize(&r.r#ref)
+            .map_err(|e| Status::invalid_argument(format!("{:?}: {e}", r.r#ref)))?;
+        let mode = if r.resolve_mode.is_empty() {
+            kiln_engine::resolve::ResolveMode::Default
+        } else {
+            kiln_engine::resolve::ResolveMode::parse(&r.resolve_mode).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "resolve mode {:?}: expected default, pull or local",
+                    r.resolve_mode
+                ))
+            })?
+        };
+        let platform = r
+            .platform
+            .map(|p| kiln_solver::Platform::new(&p.os, &p.architecture, &p.variant));
+        let sid = job
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let session = if sid.is_empty() {
+            None
+        } else {
+            self.0.sessions.get(&sid, SESSION_WAIT).await
+        };
+        let credentials: Arc<dyn kiln_registry::Credentials> =
+            Arc::new(crate::registry::SessionCredentials::new(session.as_ref()));
+        let (config, digest) = job
+            .engine(&tenant.engine)
+            .base_images(mode, credentials)
+            .image_config_json(&name, platform.as_ref())
+            .await
+            .map_err(|e| crate::state::status_of(&e))?;
+        Ok(Response::new(ResolveImageConfigResponse {
+            r#ref: name,
+            digest,
+            config,
+        }))
     }
 
     async fn r#return(
         &self,
         request: Request<ReturnRequest>,
     ) -> Result<Response<ReturnResponse>, Status> {
+        if let Some(s) = request.extensions().get::<crate::frontendimage::Scope>() {
+            let returned = s.returned.clone();
+            returned.send_replace(Some(request.into_inner()));
+            return Ok(Response::new(ReturnResponse {}));
+        }
         let (_, job) = self.job(&request).await?;
         job.set_returned(request.into_inner());
         Ok(Response::new(ReturnResponse {}))
@@ -836,7 +919,7 @@ mod tests {
         for id in ["readfile", "readdir", "statfile", "reference.output"] {
             assert!(FRONTEND_CAPS.contains(&id), "{id} missing");
         }
-        for id in ["gateway.exec", "resolveimage"] {
+        for id in ["gateway.exec", "source.metaresolver"] {
             assert!(!FRONTEND_CAPS.contains(&id), "{id} advertised");
         }
     }

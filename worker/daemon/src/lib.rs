@@ -19,6 +19,7 @@ mod dial;
 mod errdetails;
 mod export;
 mod frontend;
+mod frontendimage;
 mod gateway;
 mod health;
 mod inputs;

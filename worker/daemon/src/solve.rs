@@ -21,6 +21,12 @@ pub enum Input<'a> {
         &'a HashMap<String, String>,
         &'a HashMap<String, llb::Definition>,
     ),
+    /// A frontend image (`gateway.v0`, `source` in the attributes:
+    /// `crate::frontendimage`), with its attributes and inputs.
+    Gateway(
+        &'a HashMap<String, String>,
+        &'a HashMap<String, llb::Definition>,
+    ),
 }
 
 /// The directory where a job's local sources land:
@@ -403,6 +409,17 @@ pub async fn solve_defined(
     compression: Compression,
     definitions: bool,
 ) -> Result<(Solved, Option<ImageConfig>, Vec<llb::Definition>), Status> {
+    if let Input::Gateway(attrs, inputs) = input {
+        return Box::pin(crate::frontendimage::solve(
+            d,
+            job,
+            session,
+            attrs,
+            inputs,
+            compression,
+        ))
+        .await;
+    }
     let mut defined = Vec::new();
     // The build's session as sessions are keyed, and as its client knows
     // it (what a definition's `local.session` holds).
@@ -447,11 +464,12 @@ pub async fn solve_defined(
                 t.graph, result, t.digests, None, locals, held, sources, layouts,
             )
         }
+        Input::Gateway(..) => unreachable!("answered above"),
         Input::Dockerfile(attrs, inputs) => {
             let session = session.ok_or_else(|| {
                 Status::failed_precondition("the dockerfile frontend needs a session")
             })?;
-            let mut f = crate::frontend::dockerfile(
+            let planned = crate::frontend::dockerfile(
                 d,
                 engine,
                 job,
@@ -461,6 +479,22 @@ pub async fn solve_defined(
                 credentials.clone(),
             )
             .await?;
+            let mut f = match planned {
+                crate::frontend::Planned::Graph(f) => *f,
+                // `# syntax=IMAGE`: BuildKit's Dockerfile frontend hands
+                // the build to that image.
+                crate::frontend::Planned::Forward(attrs) => {
+                    return Box::pin(crate::frontendimage::solve(
+                        d,
+                        job,
+                        Some(session),
+                        &attrs,
+                        inputs,
+                        compression,
+                    ))
+                    .await;
+                }
+            };
             resolve_mode = f.resolve_mode;
             pinned = f.pinned;
             targets = f.targets;

@@ -121,6 +121,21 @@ impl Daemon {
         self.configured(config).await
     }
 
+    /// The tenant named `name` (`None`: the default tenant), as a build
+    /// records it (`Job::tenant`).
+    pub async fn tenant_named(&self, name: Option<&str>) -> Result<Arc<Tenant>, tonic::Status> {
+        if let Some(t) = &self.default {
+            return Ok(t.clone());
+        }
+        let config = self
+            .config
+            .tenants
+            .iter()
+            .find(|t| Some(t.name.as_str()) == name)
+            .ok_or_else(|| tonic::Status::not_found(format!("no tenant {name:?}")))?;
+        self.configured(config).await
+    }
+
     /// The engine of a configured tenant, created and swept on first use.
     async fn configured(&self, config: &TenantConfig) -> Result<Arc<Tenant>, tonic::Status> {
         let cell = self

@@ -117,7 +117,7 @@ pub fn split_with_check(src: &str, file: &str, check: Option<&CheckConfig>) -> R
                 file: file.to_string(),
                 line: d.line,
                 feature: format!(
-                    "the frontend image {:?} of the syntax directive (kiln builds Dockerfiles itself, with the syntax of docker/dockerfile:1)",
+                    "the frontend image {:?} of the syntax directive without kilnd (frontend images run only through kilnd: kiln build --addr, buildctl, buildx)",
                     d.value
                 ),
             });
@@ -491,11 +491,11 @@ mod tests {
     fn directives() {
         check(
             "# syntax=foo/bar:1\nFROM a\n",
-            "error: Dockerfile:1: the frontend image \"foo/bar:1\" of the syntax directive (kiln builds Dockerfiles itself, with the syntax of docker/dockerfile:1) is not supported yet",
+            "error: Dockerfile:1: the frontend image \"foo/bar:1\" of the syntax directive without kilnd (frontend images run only through kilnd: kiln build --addr, buildctl, buildx) is not supported yet",
         );
         check(
             "#!/bin/kiln\n# syntax=other/frontend\nFROM a\n",
-            "error: Dockerfile:2: the frontend image \"other/frontend\" of the syntax directive (kiln builds Dockerfiles itself, with the syntax of docker/dockerfile:1) is not supported yet",
+            "error: Dockerfile:2: the frontend image \"other/frontend\" of the syntax directive without kilnd (frontend images run only through kilnd: kiln build --addr, buildctl, buildx) is not supported yet",
         );
         check(
             "# syntax=docker/dockerfile:1.7-labs\n# Check = skip=all\nFROM a\n",

@@ -701,6 +701,30 @@ impl BaseImages {
         Ok(crate::base::frontend_config(&cfg))
     }
 
+    /// Base image `name`'s config as JSON and the digest it was found
+    /// by, as BuildKit's `ResolveImageConfig` answers a gateway frontend;
+    /// the image is pinned as by [`BaseImages::image_config`].
+    pub async fn image_config_json(
+        &self,
+        name: &str,
+        platform: Option<&kiln_solver::Platform>,
+    ) -> Result<(Vec<u8>, String)> {
+        let report = crate::pull::Reporter {
+            progress: self.progress.clone(),
+            vertex: None,
+        };
+        let (cfg, digest) =
+            crate::pull::base_config(&self.svc, &self.client, name, platform, self.mode, &report)
+                .await?;
+        self.pinned
+            .insert(&crate::resolve::Pinned::key(name, platform), &digest);
+        let json = serde_json::to_vec(&cfg).map_err(|e| WorkerError::BadInput {
+            location: String::new(),
+            reason: format!("the config of {name} cannot be written as JSON: {e}"),
+        })?;
+        Ok((json, digest))
+    }
+
     /// The same lookups, with these OCI layouts to read `oci-layout://`
     /// images from ([`BuildRequest::oci_stores`]).
     pub fn with_oci_stores(mut self, stores: crate::layout::OciStores) -> Self {
@@ -814,6 +838,18 @@ fn files_below(
         }
     }
     Ok(())
+}
+
+/// A process [`Solved::run_process`] runs: what an image config's
+/// Entrypoint, Env, WorkingDir and User give.
+#[derive(Clone, Debug, Default)]
+pub struct Process {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// Empty is `/`.
+    pub cwd: String,
+    /// Empty is root.
+    pub user: String,
 }
 
 /// A read-only mount of a build result on the host.
@@ -1294,6 +1330,76 @@ impl Solved {
                 Err(e)
             }
         }
+    }
+
+    /// Runs a process on a writable copy of the result (an active
+    /// snapshot of it under the result's lease, discarded after), as
+    /// BuildKit runs a gateway frontend image: `io` carries its stdio. A
+    /// non-zero exit is data; the task, its container and the snapshot
+    /// are gone when this returns, whatever happened.
+    pub async fn run_process(
+        &self,
+        process: Process,
+        io: kiln_shim::StepIo,
+        cancel: CancellationToken,
+    ) -> Result<kiln_shim::ExitStatus> {
+        if !self.platforms.is_empty() {
+            return Err(WorkerError::Unsupported {
+                location: String::new(),
+                what: "running a process on a multi-platform result".into(),
+            });
+        }
+        let svc = &self.engine.svc;
+        let key = format!("kiln-active-{}", crate::base::rand_hex());
+        let mounts = svc
+            .snapshots
+            .prepare(&key, &crate::refs::top_snapshot(&self.layers), &self.lease)
+            .await?;
+        let dir = self.mount_dir().join(&key);
+        let ran = async {
+            std::fs::create_dir_all(&dir).map_err(|e| WorkerError::Io {
+                path: dir.display().to_string(),
+                source: e,
+            })?;
+            let mounted = kiln_snapshot::mount::MountGuard::mount(&mounts, dir.clone())
+                .map_err(|e| WorkerError::from(kiln_snapshot::SnapshotError::from(e)))?;
+            let spec = kiln_shim::StepSpec {
+                id: format!("kiln-{}", crate::base::rand_hex()),
+                rootfs: dir.clone(),
+                args: process.args,
+                env: process.env,
+                cwd: if process.cwd.is_empty() {
+                    "/".into()
+                } else {
+                    process.cwd
+                },
+                user: process.user,
+                hostname: String::new(),
+                extra_hosts: Vec::new(),
+                ulimits: Vec::new(),
+                network: kiln_shim::Network::None,
+                mounts: Vec::new(),
+                lease: self.lease.clone(),
+                timeout: None,
+                security: kiln_shim::Security::Sandbox,
+                pids_limit: Some(kiln_shim::DEFAULT_PIDS_LIMIT),
+            };
+            let status = self.engine.executor.run(spec, io, cancel).await;
+            drop(mounted);
+            status.map_err(|error| match error {
+                kiln_shim::ExecError::Cancelled { .. } => WorkerError::Cancelled,
+                error => WorkerError::Exec {
+                    location: String::new(),
+                    error,
+                },
+            })
+        }
+        .await;
+        let _ = std::fs::remove_dir(&dir);
+        if let Err(e) = svc.snapshots.remove(&key).await {
+            tracing::warn!(key, error = %e, "cannot remove a process's active snapshot");
+        }
+        ran
     }
 
     /// Deletes the build's lease; `sync` waits for containerd's GC.

@@ -49,6 +49,8 @@ pub use kiln_context::{contenthash, ignore};
 /// steps; re-exported so the binaries configure them without depending on
 /// the shim.
 pub use kiln_shim::network;
+/// A process's stdio ([`build::Solved::run_process`]).
+pub use kiln_shim::{ExitStatus, OutputStream, Stdin, StepIo, OUTPUT_QUEUE};
 
 pub use build::{BuildRequest, BuildResult, Engine};
 

@@ -664,12 +664,15 @@ fn check_buildkit_args(opts: &mut FrontendOptions) -> Result<()> {
                 return unsupported(format!("{key}={value} (SBOM attestations)"))
             }
             // BuildKit's own Dockerfile frontend is the language kiln
-            // speaks; any other frontend image is not run.
+            // speaks; kilnd runs any other frontend image before this
+            // (`frontendimage.rs`), the embedded CLI cannot.
             "BUILDKIT_SYNTAX"
                 if !value.is_empty()
                     && !kiln_dockerfile::directives::is_dockerfile_frontend(value) =>
             {
-                return unsupported(format!("{key}={value} (a frontend image)"))
+                return unsupported(format!(
+                    "{key}={value} (a frontend image) without kilnd (frontend images run only through kilnd: kiln build --addr)"
+                ))
             }
             // Replaces the file's `# check=` directive, as in BuildKit.
             "BUILDKIT_DOCKERFILE_CHECK" => {

@@ -286,7 +286,7 @@ fn buildkit_build_args_work_or_fail_by_name() {
         (
             "build-arg:BUILDKIT_SYNTAX",
             "example.com/frontend:1",
-            "BUILDKIT_SYNTAX=example.com/frontend:1 (a frontend image) is not supported yet",
+            "BUILDKIT_SYNTAX=example.com/frontend:1 (a frontend image) without kilnd (frontend images run only through kilnd: kiln build --addr) is not supported yet",
         ),
     ] {
         let e = FrontendOptions::from_attrs(&attrs(&[(key, value)])).expect_err(key);

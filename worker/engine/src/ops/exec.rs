@@ -183,7 +183,17 @@ impl StepRunner {
             },
             pids_limit: Some(kiln_shim::DEFAULT_PIDS_LIMIT),
         };
-        let status = self.executor.run(spec, StepIo { output: tx }, cancel).await;
+        let status = self
+            .executor
+            .run(
+                spec,
+                StepIo {
+                    output: tx,
+                    stdin: None,
+                },
+                cancel,
+            )
+            .await;
         let _ = forward.await;
         drop(mounted);
         let status = match status {
