@@ -371,7 +371,14 @@ impl Copier<'_> {
                 }
                 None => {
                     if self.reuse.is_some() {
-                        return self.copy_or_defer(src, ign_rel, &md, dst);
+                        // A file with other links is always copied here
+                        // (`CopyReuse::content_of`): its later names link
+                        // to this copy, as in a plain copy.
+                        self.copy_or_defer(src, ign_rel, &md, dst)?;
+                        if md.nlink() > 1 {
+                            self.inodes.insert(key, dst.to_path_buf());
+                        }
+                        return Ok(());
                     }
                     if self.defer_link(src, &md, dst) {
                         if md.nlink() > 1 {

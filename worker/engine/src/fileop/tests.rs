@@ -1131,3 +1131,33 @@ fn the_layer_lookup_stops_at_opaque_directories_and_whiteouts() {
     assert_eq!(found("o/f", &low), None, "under an opaque directory");
     assert_eq!(found("w/f", &low), None, "under a whiteout");
 }
+
+/// An incremental copy keeps the context's hard links, as a plain copy
+/// does (BuildKit's layer has the second name as a link to the first).
+#[test]
+fn an_incremental_copy_keeps_hard_links_of_the_context() {
+    if !kiln_types::testing::needs_root("COPY owns what it writes to 0:0") {
+        return;
+    }
+    let f = fx();
+    write(&f.ctx, "d/a", "shared");
+    std::fs::hard_link(f.ctx.join("d/a"), f.ctx.join("d/hl")).expect("link");
+    write(&f.ctx, "d/z", "alone");
+    let out = copy_reusing(
+        &f.ctx,
+        &f.dest,
+        &f.dest,
+        &cp("d", "/x/y/"),
+        None,
+        &reuse::CopyReuse::default(),
+    )
+    .expect("copy");
+    assert!(out.deferred.is_empty());
+    assert_eq!(
+        lstat(&f.dest, "x/y/a").ino(),
+        lstat(&f.dest, "x/y/hl").ino()
+    );
+    assert_eq!(lstat(&f.dest, "x/y/a").nlink(), 2);
+    assert_eq!(read(&f.dest, "x/y/hl"), "shared");
+    assert_eq!(lstat(&f.dest, "x/y/z").nlink(), 1);
+}
