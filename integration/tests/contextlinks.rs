@@ -39,14 +39,8 @@ fn shown(h: &Harness, ns: &str, image: &str, id: &str) -> String {
 /// Every entry of the gzip layer blob `digest`: path, type, mode, owner,
 /// mtime, content.
 fn listing(h: &Harness, ns: &str, digest: &str) -> Vec<String> {
-    let out = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(h.socket())
-        .args(["--namespace", ns, "content", "get", digest])
-        .output()
-        .expect("ctr runs");
-    assert!(out.status.success(), "ctr content get {digest}");
-    let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(&out.stdout[..]));
+    let blob = common::blob(h, ns, digest);
+    let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(&blob[..]));
     a.entries()
         .expect("tar")
         .map(|e| {

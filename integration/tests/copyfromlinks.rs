@@ -27,15 +27,9 @@ COPY --from=b /x /z\n";
 type Entry = (String, u8, u32, u64, u64, u64, String, Vec<u8>);
 
 fn entries(h: &Harness, ns: &str, digest: &str, prefix: &str, as_prefix: &str) -> Vec<Entry> {
-    let out = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(h.socket())
-        .args(["--namespace", ns, "content", "get", digest])
-        .output()
-        .expect("ctr runs");
-    assert!(out.status.success(), "ctr content get {digest}");
+    let blob = common::blob(h, ns, digest);
     let rename = |p: &str| p.strip_prefix(prefix).map(|r| format!("{as_prefix}{r}"));
-    let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(&out.stdout[..]));
+    let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(&blob[..]));
     let mut all = Vec::new();
     for e in a.entries().expect("tar") {
         let mut e = e.expect("entry");

@@ -257,14 +257,8 @@ fn rootfs_context(h: &Harness, name: &str, f: &str) -> std::path::PathBuf {
 
 /// (path, uid, gid, mtime) of every entry of the gzip layer blob `digest`.
 fn layer_entries(h: &Harness, ns: &str, digest: &str) -> Vec<(String, u64, u64, u64)> {
-    let out = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(h.socket())
-        .args(["--namespace", ns, "content", "get", digest])
-        .output()
-        .expect("ctr runs");
-    assert!(out.status.success(), "ctr content get {digest}");
-    let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(&out.stdout[..]));
+    let blob = common::blob(h, ns, digest);
+    let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(&blob[..]));
     a.entries()
         .expect("tar")
         .map(|e| {

@@ -38,14 +38,8 @@ fn build(h: &Harness, ns: &str, ctx: &str, tag: &str, n: &str, rewrite: bool) ->
 
 /// (path, mtime) of every entry of the gzip layer blob `digest`.
 fn layer_times(h: &Harness, ns: &str, digest: &str) -> Vec<(String, u64)> {
-    let out = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(h.socket())
-        .args(["--namespace", ns, "content", "get", digest])
-        .output()
-        .expect("ctr runs");
-    assert!(out.status.success(), "ctr content get {digest}");
-    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(&out.stdout[..]));
+    let blob = common::blob(h, ns, digest);
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
     a.entries()
         .expect("tar")
         .map(|e| {

@@ -184,3 +184,16 @@ pub fn copy_busybox(h: &Harness, from: &str, to: &str) {
     h.ctr(to, &["images", "import", bb])
         .expect("ctr images import");
 }
+
+/// The bytes of content blob `digest` (`ctr content get`), e.g. a layer
+/// to read with `tar` and `flate2`.
+pub fn blob(h: &Harness, ns: &str, digest: &str) -> Vec<u8> {
+    let out = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(h.socket())
+        .args(["--namespace", ns, "content", "get", digest])
+        .output()
+        .expect("ctr runs");
+    assert!(out.status.success(), "ctr content get {digest}");
+    out.stdout
+}
