@@ -21,6 +21,7 @@ mod export;
 mod frontend;
 mod gateway;
 mod health;
+mod history;
 mod inputs;
 mod jobs;
 mod listen;
