@@ -1836,8 +1836,8 @@ mod tests {
                 "--annotation is not supported yet",
             ),
             (
-                vec!["--call", "outline"],
-                "--call=outline is not supported yet",
+                vec!["--call", "describe"],
+                "--call=describe is not supported yet (build, check, outline, targets)",
             ),
             (vec!["--sbom", "true"], "--sbom=true is not supported yet"),
             (
