@@ -608,17 +608,17 @@ async fn run(cli: Cli) -> Result<()> {
                             c.display()
                         ));
                     }
-                    let method = if args.check {
-                        "check".to_string()
+                    let flag = if args.check {
+                        "--check".to_string()
                     } else {
-                        call(&args)?.0
+                        format!("--call={}", call(&args)?.0)
                     };
-                    if method != "build" {
+                    if flag != "--call=build" {
                         // kilnd answers these requests through the
                         // gateway API (buildx); `kiln build --addr` sends
                         // a plain solve.
                         return Err(anyhow!(
-                            "--call={method} with a daemon ({addr}) is not supported yet: run it embedded, or use buildx against kilnd"
+                            "{flag} with a daemon ({addr}) is not supported yet: run it embedded, or use buildx against kilnd"
                         ));
                     }
                     build_remote(&addr, &tls, *args).await
