@@ -1,7 +1,9 @@
 //! Step names in progress (issue 12): a `RUN` shows the values of the
 //! variables its step has set, its quotes and unset variables as written
 //! and a secret's env var as `****`, as buildkitd names the same lines;
-//! embedded and through kilnd alike.
+//! embedded and through kilnd alike. A `RUN --mount` gives the build a
+//! source of its own in BuildKit, so even this one-stage build labels its
+//! stage (`stage-0`).
 
 use kiln_integration::Harness;
 
@@ -12,8 +14,10 @@ RUN echo $NAME ${DIR} "$NAME" '$NAME' $UNSET ${UNSET:-d} \$NAME
 RUN --mount=type=secret,id=s,env=TOKEN test -n "$TOKEN" && echo $NAME
 "#;
 
-const RUN1: &str = r#"[2/3] RUN echo world /opt/world "world" '$NAME' $UNSET ${UNSET:-d} $NAME"#;
-const RUN2: &str = r#"[3/3] RUN --mount=type=secret,id=s,env=TOKEN test -n "****" && echo world"#;
+const RUN1: &str =
+    r#"[stage-0 2/3] RUN echo world /opt/world "world" '$NAME' $UNSET ${UNSET:-d} $NAME"#;
+const RUN2: &str =
+    r#"[stage-0 3/3] RUN --mount=type=secret,id=s,env=TOKEN test -n "****" && echo world"#;
 
 #[tokio::test]
 async fn run_steps_are_named_as_buildkit_names_them() {
