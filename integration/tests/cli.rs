@@ -64,8 +64,8 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
             "--annotation is not supported yet",
         ),
         (
-            &["--call", "outline"],
-            "--call=outline is not supported yet",
+            &["--call", "describe"],
+            "--call=describe is not supported yet",
         ),
         (&["--sbom", "true"], "--sbom=true is not supported yet"),
         (

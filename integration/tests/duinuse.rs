@@ -77,8 +77,10 @@ impl Gate {
 
 /// An earlier build's record, which the running build does not hold.
 const OTHER: &str = "[2/2] RUN echo other > /other";
-const ONE: &str = "[2/4] RUN echo one > /one";
-const TWO: &str = "[3/4] RUN echo two > /two";
+/// The held build's steps: its cache mount makes BuildKit label the
+/// stage, one stage as it is.
+const ONE: &str = "[stage-0 2/4] RUN echo one > /one";
+const TWO: &str = "[stage-0 3/4] RUN echo two > /two";
 /// The held step's cache mount: its id is the target after the (empty)
 /// cache namespace and a slash, as BuildKit's frontend makes it.
 const MOUNT: &str = "cached mount //c";
@@ -141,7 +143,7 @@ async fn du_shows_a_running_builds_records_in_use_until_it_ends() {
     assert_eq!(reclaimable(&h, ns, None), want);
     assert_eq!(reclaimable(&h, ns, Some(&addr)), want);
 
-    let last = format!("[4/4] {}", gate.step());
+    let last = format!("[stage-0 4/4] {}", gate.step());
     gate.open();
     let rest: Vec<String> = running.rest.by_ref().map_while(Result::ok).collect();
     let status = running.child.wait().expect("kiln ends");

@@ -270,9 +270,10 @@ struct BuildArgs {
     /// Add an annotation to the image (not supported yet).
     #[arg(long, value_name = "KEY=VALUE")]
     annotation: Vec<String>,
-    /// Run a frontend method instead of building: build (the default) or
-    /// check (the build checks only); outline and targets are not
-    /// supported yet.
+    /// Run a frontend method instead of building: build (the default),
+    /// check (the build checks only), outline (the build arguments,
+    /// secrets and ssh the target takes) or targets (the stages); add
+    /// `,format=json` for the answer's JSON.
     #[arg(long, value_name = "METHOD")]
     call: Option<String>,
     /// Shorthand for --call=check: run the build checks without building.
@@ -401,6 +402,32 @@ fn require_root() -> Result<()> {
     }
 }
 
+/// `--call` as buildx reads it: the method (`build` without the flag) and
+/// whether the answer is printed as JSON (`outline,format=json`).
+fn call(args: &BuildArgs) -> Result<(String, bool)> {
+    let Some(c) = args.call.as_deref() else {
+        return Ok(("build".to_string(), false));
+    };
+    let mut method = None;
+    let mut json = false;
+    for field in c.split(',') {
+        match field.split_once('=') {
+            None if method.is_none() => method = Some(field.to_string()),
+            Some(("format", "json")) => json = true,
+            Some(("format", "text" | "")) => json = false,
+            _ => bail!("--call={c}: {field:?} is not supported (METHOD[,format=json|text])"),
+        }
+    }
+    let method = method.unwrap_or_else(|| "build".to_string());
+    if !matches!(method.as_str(), "build" | "check" | "outline" | "targets") {
+        bail!("--call={method} is not supported yet (build, check, outline, targets)");
+    }
+    if json && !matches!(method.as_str(), "outline" | "targets") {
+        bail!("--call={c}: format=json is supported for outline and targets only");
+    }
+    Ok((method, json))
+}
+
 /// The build flags buildx has and kiln does not implement yet, refused
 /// by name before anything runs (never ignored).
 fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
@@ -408,13 +435,7 @@ fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
     if !args.annotation.is_empty() {
         return not_yet("--annotation");
     }
-    if let Some(c) = args
-        .call
-        .as_deref()
-        .filter(|c| !matches!(*c, "build" | "check"))
-    {
-        return not_yet(&format!("--call={c}"));
-    }
+    call(args)?;
     let off = |v: &str| matches!(v, "false" | "0");
     if let Some(v) = args.sbom.as_deref().filter(|v| !off(v)) {
         return not_yet(&format!("--sbom={v}"));
@@ -587,12 +608,17 @@ async fn run(cli: Cli) -> Result<()> {
                             c.display()
                         ));
                     }
-                    if args.check || args.call.as_deref() == Some("check") {
-                        // kilnd answers the lint request through the
+                    let flag = if args.check {
+                        "--check".to_string()
+                    } else {
+                        format!("--call={}", call(&args)?.0)
+                    };
+                    if flag != "--call=build" {
+                        // kilnd answers these requests through the
                         // gateway API (buildx); `kiln build --addr` sends
                         // a plain solve.
                         return Err(anyhow!(
-                            "--check with a daemon ({addr}) is not supported yet: run it embedded, or use buildx against kilnd"
+                            "{flag} with a daemon ({addr}) is not supported yet: run it embedded, or use buildx against kilnd"
                         ));
                     }
                     build_remote(&addr, &tls, *args).await
@@ -838,11 +864,15 @@ fn frontend_attrs(
         }
         Some(n) => bail!("network mode {n:?} not supported by kiln (default, none or host)"),
     }
-    if args.check || args.call.as_deref() == Some("check") {
-        attrs.insert(
-            "requestid".into(),
-            kiln_frontend::check::LINT_REQUEST.to_string(),
-        );
+    let request = match call(args)?.0.as_str() {
+        _ if args.check => Some(kiln_frontend::check::LINT_REQUEST),
+        "check" => Some(kiln_frontend::check::LINT_REQUEST),
+        "outline" => Some(kiln_frontend::outline::OUTLINE_REQUEST),
+        "targets" => Some(kiln_frontend::targets::TARGETS_REQUEST),
+        _ => None,
+    };
+    if let Some(request) = request {
+        attrs.insert("requestid".into(), request.to_string());
     }
     match remote {
         // As buildx: the URL is the `context` attribute and `-f` a path
@@ -1211,6 +1241,32 @@ async fn build(
         )?),
         Some(_) => None,
     };
+    if opts.outline || opts.targets {
+        // Answered from the Dockerfile alone, as BuildKit's frontend does.
+        let (method, json) = call(&args)?;
+        let Some(source) = &local_source else {
+            bail!("--call={method} of a remote (git or URL) context is not supported yet in embedded builds");
+        };
+        let text = if opts.outline {
+            let o =
+                kiln_frontend::outline::outline(source, opts.target.as_deref(), &opts.build_args)?;
+            if json {
+                o.json() + "\n"
+            } else {
+                o.text()
+            }
+        } else {
+            let l = kiln_frontend::targets::list(source)?;
+            if json {
+                l.json() + "\n"
+            } else {
+                l.text()
+            }
+        };
+        use std::io::Write as _;
+        std::io::stdout().lock().write_all(text.as_bytes())?;
+        return Ok(());
+    }
     let compression = out.compression.unwrap_or(Compression::Gzip);
     let mut names = out.names.clone();
     names.extend(args.tags.iter().cloned());
@@ -1781,8 +1837,8 @@ mod tests {
                 "--annotation is not supported yet",
             ),
             (
-                vec!["--call", "outline"],
-                "--call=outline is not supported yet",
+                vec!["--call", "describe"],
+                "--call=describe is not supported yet (build, check, outline, targets)",
             ),
             (vec!["--sbom", "true"], "--sbom=true is not supported yet"),
             (

@@ -129,6 +129,88 @@ impl ClientTls {
     }
 }
 
+/// The `type=local` caches of a build through a daemon: the directories
+/// are this machine's, attached to the session; the daemon never reads
+/// their `index.json`.
+struct LocalCaches {
+    /// The imports to send: a local one with the digest its tag names
+    /// here (BuildKit's client rule), one whose tag names nothing left out
+    /// with a warning, as buildctl does.
+    imports: Vec<crate::cacheflags::Entry>,
+    /// Stores the daemon reads (`local:SRC` of an import).
+    read: Vec<(String, PathBuf)>,
+    /// Export directories and the tag their manifest gets.
+    written: Vec<(PathBuf, String)>,
+}
+
+impl LocalCaches {
+    fn of(
+        exports: &[crate::cacheflags::Entry],
+        imports: &[crate::cacheflags::Entry],
+    ) -> Result<LocalCaches> {
+        let tag = |a: &std::collections::BTreeMap<String, String>| {
+            a.get("tag")
+                .cloned()
+                .unwrap_or_else(|| "latest".to_string())
+        };
+        let mut out = LocalCaches {
+            imports: Vec::new(),
+            read: Vec::new(),
+            written: Vec::new(),
+        };
+        for (t, a) in exports.iter().filter(|(t, _)| t == "local") {
+            let dest = a
+                .get("dest")
+                .ok_or_else(|| anyhow!("--cache-to type={t} needs dest=DIR"))?;
+            std::fs::create_dir_all(dest).with_context(|| format!("create {dest}"))?;
+            out.written.push((PathBuf::from(dest), tag(a)));
+        }
+        for (t, a) in imports {
+            let Some(src) = a.get("src").filter(|_| t == "local") else {
+                out.imports.push((t.clone(), a.clone()));
+                continue;
+            };
+            let mut a = a.clone();
+            if a.get("digest").is_none_or(String::is_empty) {
+                match kiln_engine::remotecache::import::tagged_manifest(Path::new(src), &tag(&a)) {
+                    Ok(d) => {
+                        a.insert("digest".into(), d);
+                    }
+                    Err(e) => {
+                        eprintln!("WARNING: local cache import at {src} skipped: {e}");
+                        continue;
+                    }
+                }
+            }
+            out.read.push((
+                kiln_session::content::local_store_id(src),
+                PathBuf::from(src),
+            ));
+            out.imports.push((t.clone(), a));
+        }
+        Ok(out)
+    }
+
+    /// Tags the manifest the daemon answered (`cache.manifest`) in each
+    /// export directory's `index.json`.
+    fn tag_exports(&self, response: &HashMap<String, String>) -> Result<()> {
+        if self.written.is_empty() {
+            return Ok(());
+        }
+        let Some(json) = response.get("cache.manifest") else {
+            return Err(anyhow!(
+                "the daemon answered no cache.manifest for the --cache-to type=local export"
+            ));
+        };
+        let desc: kiln_engine::remotecache::format::Descriptor = serde_json::from_str(json)
+            .with_context(|| format!("the daemon's cache.manifest {json:?}"))?;
+        for (dir, tag) in &self.written {
+            kiln_engine::remotecache::export::tag_local(dir, &desc, tag)?;
+        }
+        Ok(())
+    }
+}
+
 /// One cache record, with the fields of BuildKit's UsageRecord that
 /// buildx shows: from kilnd (DiskUsage, Prune) or from the engine
 /// (embedded `du`/`prune`), so both modes print the same.
@@ -422,17 +504,27 @@ pub async fn build(
         kiln_session::secrets::SecretsServerImpl::METHODS,
     );
     // The OCI layouts of `oci-layout://` named contexts, read by the
-    // daemon through containerd's Content service.
-    if !b.oci_stores.is_empty() {
-        let stores = b
-            .oci_stores
-            .iter()
-            .map(|(id, dir)| (kiln_session::content::oci_store_id(id), dir.clone()))
-            .collect();
-        services.add(
-            kiln_session::content::LayoutStores::new(stores).into_service(),
-            kiln_session::content::LayoutStores::METHODS,
-        );
+    // daemon through containerd's Content service, and the `type=local`
+    // caches: this machine's directories, attached as the stores
+    // `local:DIR` (read for an import, written for an export), as
+    // buildctl and buildx attach them.
+    let local = LocalCaches::of(&b.cache_exports, &b.cache_imports)?;
+    let mut stores: HashMap<String, PathBuf> = b
+        .oci_stores
+        .iter()
+        .map(|(id, dir)| (kiln_session::content::oci_store_id(id), dir.clone()))
+        .collect();
+    stores.extend(local.read.iter().cloned());
+    if !stores.is_empty() || !local.written.is_empty() {
+        let mut stores = kiln_session::content::LayoutStores::new(stores);
+        for (dir, _) in &local.written {
+            stores = stores.with_writable(
+                kiln_session::content::local_store_id(&dir.to_string_lossy()),
+                dir.clone(),
+            );
+        }
+        let methods = stores.methods();
+        services.add(stores.into_service(), methods);
     }
     if let Some(agents) = b.ssh.clone() {
         services.add(
@@ -466,11 +558,11 @@ pub async fn build(
         r#type: t.clone(),
         attrs: a.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
-    let cache_imports: Vec<CacheOptionsEntry> = b.cache_imports.iter().map(entry).collect();
+    let cache_imports: Vec<CacheOptionsEntry> = local.imports.iter().map(entry).collect();
     if !cache_imports.is_empty() {
         // As buildctl: the frontend gets the imports too.
-        let json: Vec<serde_json::Value> = b
-            .cache_imports
+        let json: Vec<serde_json::Value> = local
+            .imports
             .iter()
             .map(|(t, a)| serde_json::json!({"Type": t, "Attrs": a}))
             .collect();
@@ -556,6 +648,7 @@ pub async fn build(
         })?
         .into_inner();
     let mut out = resp.exporter_response;
+    local.tag_exports(&out)?;
     // The solve's ref, for `--metadata-file` (`buildx.build.ref`).
     out.insert(BUILD_REF_KEY.into(), solve_ref);
     Ok(out)

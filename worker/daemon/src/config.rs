@@ -51,6 +51,9 @@ pub struct Config {
     /// `[contexts]`: how long and how much of the clients' build contexts
     /// kilnd keeps between builds (`crate::contexts`).
     pub contexts: ContextsConfig,
+    /// `[history]`: how many build records kilnd keeps, how long and how
+    /// big (`crate::history`).
+    pub history: crate::history::HistoryConfig,
     /// `[fetch]`: bounds on each HTTP(S) download and git fetch of a
     /// build (`ADD <url>`, remote contexts, git sources). A SIGHUP applies
     /// a new one to the builds that start after it (`Daemon::fetch`).
@@ -143,6 +146,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             registry: Default::default(),
             contexts: ContextsConfig::default(),
+            history: Default::default(),
             fetch: FetchLimits::default(),
             log_format: LogFormat::Text,
             group: None,
@@ -360,6 +364,8 @@ pub struct FileConfig {
     #[serde(default)]
     contexts: ContextsSection,
     #[serde(default)]
+    history: HistorySection,
+    #[serde(default)]
     fetch: FetchSection,
     #[serde(default)]
     log: LogSection,
@@ -386,6 +392,15 @@ struct LogSection {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ContextsSection {
     max_age: Option<Amount>,
+    max_size: Option<Amount>,
+}
+
+/// `[history]`: the build records kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct HistorySection {
+    max_age: Option<Amount>,
+    max_entries: Option<usize>,
     max_size: Option<Amount>,
 }
 
@@ -726,6 +741,20 @@ impl Config {
                 max_size: match &file.contexts.max_size {
                     Some(a) => a.bytes("contexts.max-size")?,
                     None => defaults.contexts.max_size,
+                },
+            },
+            history: crate::history::HistoryConfig {
+                max_age: match &file.history.max_age {
+                    Some(a) => a.duration("history.max-age")?,
+                    None => defaults.history.max_age,
+                },
+                max_entries: file
+                    .history
+                    .max_entries
+                    .unwrap_or(defaults.history.max_entries),
+                max_size: match &file.history.max_size {
+                    Some(a) => a.bytes("history.max-size")?,
+                    None => defaults.history.max_size,
                 },
             },
             fetch: FetchLimits {
@@ -1527,6 +1556,22 @@ mod tests {
             Some(Duration::from_secs(60 * 86_400))
         );
         assert_eq!(c.contexts, ContextsConfig::default());
+        assert_eq!(c.history, crate::history::HistoryConfig::default());
+    }
+
+    #[test]
+    fn history_limits_parse() {
+        let c = Config::resolve(
+            file("[history]\nmax-age = \"2h\"\nmax-entries = 5\nmax-size = \"1MB\""),
+            &flags(&[]),
+            env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(c.history.max_age, Duration::from_secs(7200));
+        assert_eq!(c.history.max_entries, 5);
+        assert_eq!(c.history.max_size, 1 << 20);
+        let unknown = FileConfig::parse("[history]\nmaxEntries = 3", Path::new("k.toml"));
+        assert!(unknown.is_err());
     }
 
     #[test]

@@ -6,9 +6,10 @@ use crate::state::Daemon;
 use crate::tenants::Tenant;
 use kiln_proto::control::control_server::Control;
 use kiln_proto::control::{
-    BytesMessage, DiskUsageRequest, DiskUsageResponse, Exporter, InfoRequest, InfoResponse,
-    ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest, SolveResponse,
-    StatusRequest, StatusResponse, UsageRecord,
+    BuildHistoryEvent, BuildHistoryRequest, BytesMessage, DiskUsageRequest, DiskUsageResponse,
+    Exporter, InfoRequest, InfoResponse, ListWorkersRequest, ListWorkersResponse, PruneRequest,
+    SolveRequest, SolveResponse, StatusRequest, StatusResponse, UpdateBuildHistoryRequest,
+    UpdateBuildHistoryResponse, UsageRecord,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -324,6 +325,8 @@ impl Control for ControlService {
             .jobs
             .start(&tenant.scoped(&r.r#ref), &session, opts, &d.shutdown)?;
         let active = d.jobs.enter();
+        tenant.history.started(&r, &exporters(&r));
+        let history_ref = (!r.internal).then(|| r.r#ref.clone());
         // One line when a build starts and one when it ends (with its
         // result and duration), at info: who built what, and how it went.
         let log = BuildLog {
@@ -359,6 +362,17 @@ impl Control for ControlService {
             // result that lands late is not kept by nobody.
             job2.wait_solves().await;
             job2.release_results(true).await;
+            if let Some(id) = history_ref {
+                // The record is written before Solve answers, as BuildKit
+                // does: `buildx history` right after the build finds it.
+                let (history, progress) = (tenant.history.clone(), job2.subscribe().0);
+                let outcome = crate::history::Outcome {
+                    exporter_response: r.as_ref().ok().map(|s| s.exporter_response.clone()),
+                    error: r.as_ref().err().cloned(),
+                    progress,
+                };
+                let _ = tokio::task::spawn_blocking(move || history.completed(&id, outcome)).await;
+            }
             tenant.enforce_cache_max().await;
             drop(build_permit);
             let _ = std::fs::remove_dir_all(crate::solve::job_dir(&d2, &job2));
@@ -385,6 +399,19 @@ impl Control for ControlService {
         let d = self.0.clone();
         let tenant = d.tenant(&request).await?;
         let id = request.into_inner().r#ref;
+        // A finished build's progress comes from its record, as BuildKit
+        // reads its history first (`buildx history logs`).
+        let history = tenant.history.clone();
+        let hid = id.clone();
+        let kept = tokio::task::spawn_blocking(move || history.progress(&hid))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| e.status())?;
+        if let Some(kept) = kept {
+            let mut resp = Response::new(async_stream(kept, |_| async {}));
+            timestamp_header(&mut resp);
+            return Ok(resp);
+        }
         let key = tenant.scoped(&id);
         let Some(job) = d.jobs.wait_started(&key, STATUS_WAIT, &d.shutdown).await else {
             return Err(Status::not_found(format!("no such job {id}")));
@@ -512,6 +539,78 @@ impl Control for ControlService {
             .map(Response::new)
     }
 
+    async fn listen_build_history(
+        &self,
+        request: Request<BuildHistoryRequest>,
+    ) -> Result<Response<BoxStream<BuildHistoryEvent>>, Status> {
+        let tenant = self.0.tenant(&request).await?;
+        let req = request.into_inner();
+        // Subscribe before listing, so nothing between the two is missed.
+        let mut events = tenant.history.subscribe();
+        let history = tenant.history.clone();
+        let list_req = req.clone();
+        let first = tokio::task::spawn_blocking(move || history.list(&list_req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| e.status())?;
+        let shutdown = self.0.shutdown.clone();
+        let early_exit = req.early_exit;
+        let stream = async_stream(first, move |tx| async move {
+            if early_exit {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    e = events.recv() => match e {
+                        Ok(e) => {
+                            let theirs = req.r#ref.is_empty()
+                                || e.record.as_ref().is_some_and(|r| r.r#ref == req.r#ref);
+                            let wanted = !req.active_only
+                                || e.r#type == kiln_proto::control::BuildHistoryEventType::Started as i32;
+                            if theirs && wanted && tx.send(Ok(e)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!(missed = n, "a build history listener fell behind");
+                        }
+                        Err(_) => return,
+                    },
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        let mut resp = Response::new(stream);
+        timestamp_header(&mut resp);
+        Ok(resp)
+    }
+
+    async fn update_build_history(
+        &self,
+        request: Request<UpdateBuildHistoryRequest>,
+    ) -> Result<Response<UpdateBuildHistoryResponse>, Status> {
+        let tenant = self.0.tenant(&request).await?;
+        let req = request.into_inner();
+        let history = tenant.history.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            if req.delete {
+                history.delete(&req.r#ref)
+            } else if req.finalize {
+                // Records are final when written: kilnd adds no trace
+                // later (BuildKit answers OK for a ref without a pending
+                // trace too).
+                Ok(())
+            } else {
+                history.set_pinned(&req.r#ref, req.pinned)
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        done.map_err(|e| e.status())?;
+        Ok(Response::new(UpdateBuildHistoryResponse {}))
+    }
+
     async fn prune(
         &self,
         request: Request<PruneRequest>,
@@ -520,6 +619,16 @@ impl Control for ControlService {
         let records = crate::workers::prune(&tenant, request.into_inner()).await?;
         let s = tokio_stream::iter(records.into_iter().map(Ok));
         Ok(Response::new(Box::pin(s)))
+    }
+}
+
+/// BuildKit's `buildkit-current-timestamp` header of Status and
+/// ListenBuildHistory (buildx's `history ls` computes running builds'
+/// durations from it).
+fn timestamp_header<T>(resp: &mut Response<T>) {
+    let now = crate::history::rfc3339_nanos(std::time::SystemTime::now());
+    if let Ok(v) = now.parse() {
+        resp.metadata_mut().insert("buildkit-current-timestamp", v);
     }
 }
 

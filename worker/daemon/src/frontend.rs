@@ -259,6 +259,26 @@ pub async fn targets(
     kiln_frontend::targets::list(&source).map_err(|e| frontend_status(&e))
 }
 
+/// Answers the outline request (`buildx build --call=outline`): what the
+/// target takes from its caller, read as a build would read it.
+pub async fn outline(
+    d: &Daemon,
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    attrs: &HashMap<String, String>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<kiln_frontend::outline::Outline, Status> {
+    let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    let source = if opts.remote_context.is_some() {
+        remote_dockerfile(engine, job, session, &mut opts, credentials).await?
+    } else {
+        definition(d, job, session, &opts).await?.source
+    };
+    kiln_frontend::outline::outline(&source, opts.target.as_deref(), &opts.build_args)
+        .map_err(|e| frontend_status(&e))
+}
+
 /// What the Dockerfile frontend made of a request.
 pub enum Planned {
     Graph(Box<Frontend>),
@@ -284,12 +304,14 @@ pub async fn dockerfile(
     let attrs = &crate::frontendimage::dockerfile_attrs(attrs);
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
     crate::inputs::check(attrs, inputs)?;
-    if opts.lint || opts.targets {
+    if opts.lint || opts.targets || opts.outline {
         // Its result is metadata only a gateway client reads.
         let request = if opts.lint {
             kiln_frontend::check::LINT_REQUEST
-        } else {
+        } else if opts.targets {
             kiln_frontend::targets::TARGETS_REQUEST
+        } else {
+            kiln_frontend::outline::OUTLINE_REQUEST
         };
         return Err(Status::unimplemented(format!(
             "the {request} request outside the gateway API (buildx build --call uses the gateway) is not supported yet"

@@ -116,6 +116,49 @@ impl GatewayService {
     }
 }
 
+impl GatewayService {
+    /// The outline request (`buildx build --call=outline`): what the
+    /// target takes from its caller, as BuildKit's `outline.Outline`
+    /// metadata.
+    async fn outline(
+        &self,
+        tenant: &Tenant,
+        job: &Arc<Job>,
+        session: Option<&crate::sessions::SessionHandle>,
+        r: &SolveRequest,
+    ) -> Result<Response<SolveResponse>, Status> {
+        let session = session.ok_or_else(|| {
+            Status::failed_precondition("the dockerfile frontend needs a session")
+        })?;
+        let credentials: Arc<dyn kiln_registry::Credentials> =
+            Arc::new(crate::registry::SessionCredentials::new(Some(session)));
+        let o = crate::frontend::outline(
+            &self.0,
+            &tenant.engine,
+            job,
+            session,
+            &r.frontend_opt,
+            credentials,
+        )
+        .await?;
+        let metadata = HashMap::from([
+            ("result.json".to_string(), o.json().into_bytes()),
+            ("result.txt".to_string(), o.text().into_bytes()),
+            (
+                "version".to_string(),
+                kiln_frontend::outline::OUTLINE_VERSION.as_bytes().to_vec(),
+            ),
+        ]);
+        Ok(Response::new(SolveResponse {
+            r#ref: String::new(),
+            result: Some(GwResult {
+                metadata,
+                ..Default::default()
+            }),
+        }))
+    }
+}
+
 /// The gateway API capabilities kiln implements (BuildKit's ids,
 /// frontend/gateway/pb's caps). A solve is never lazy here, so a solve
 /// that asks to be evaluated (`gateway.solve.evaluate`) and `Evaluate`
@@ -504,6 +547,12 @@ impl LlbBridge for GatewayService {
                 == Some(kiln_frontend::targets::TARGETS_REQUEST);
         if targets {
             return self.targets(&tenant, &job, session.as_ref(), &r).await;
+        }
+        let outline = matches!(input, Input::Dockerfile(..))
+            && r.frontend_opt.get("requestid").map(String::as_str)
+                == Some(kiln_frontend::outline::OUTLINE_REQUEST);
+        if outline {
+            return self.outline(&tenant, &job, session.as_ref(), &r).await;
         }
         let compression = r
             .frontend_opt

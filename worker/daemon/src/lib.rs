@@ -22,6 +22,7 @@ mod frontend;
 mod frontendimage;
 mod gateway;
 mod health;
+mod history;
 mod inputs;
 mod jobs;
 mod listen;

@@ -71,6 +71,7 @@ impl Daemon {
                 cni.clone(),
                 config.registry.clone(),
                 fetch.clone(),
+                config.history,
             );
             t.engine.sweep().await?;
             Some(Arc::new(t))
@@ -166,6 +167,7 @@ impl Daemon {
                 self.cni.clone(),
                 self.config.registry.clone(),
                 self.fetch.clone(),
+                self.config.history,
             );
             t.engine.sweep().await.map_err(|e| status_of(&e))?;
             tracing::info!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::mpsc::Receiver;
 
-fn ts(t: SystemTime) -> prost_types::Timestamp {
+pub(crate) fn ts(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp {
         seconds: d.as_secs() as i64,

@@ -204,6 +204,8 @@ pub struct Tenant {
     pub engine: Engine,
     /// See [`TenantConfig::cache_max`].
     pub cache_max: Option<u64>,
+    /// Its build records (`<state dir>/history`).
+    pub history: Arc<crate::history::BuildHistory>,
     max_builds: Option<usize>,
     builds: Option<Arc<Semaphore>>,
 }
@@ -221,7 +223,12 @@ impl Tenant {
         cni: Option<Cni>,
         registry: Arc<kiln_registry::HostsConfig>,
         fetch: kiln_engine::sources::limits::SharedLimits,
+        history: crate::history::HistoryConfig,
     ) -> Tenant {
+        let history = Arc::new(crate::history::BuildHistory::open(
+            state_dir.join("history"),
+            history,
+        ));
         let engine = Engine::with_network(ctrd.clone(), state_dir.clone(), cni)
             .with_registry(registry)
             .with_fetch_limits(fetch)
@@ -232,6 +239,7 @@ impl Tenant {
             ctrd,
             engine,
             cache_max: config.and_then(|c| c.cache_max),
+            history,
             max_builds,
             builds: max_builds.map(|n| Arc::new(Semaphore::new(n))),
         }

@@ -92,6 +92,24 @@ impl Lex {
         self.process_word_matches(word, env).0
     }
 
+    /// A step's vertex name as BuildKit shows it (`RUN echo $X` with `X`
+    /// set shows its value): variables the env has expanded, quotes kept,
+    /// unset ones left as written (BuildKit's `RawQuotes` and
+    /// `SkipUnsetEnv`).
+    pub fn process_name(&self, word: &str, env: &[String]) -> Result<String, String> {
+        let mut w = Word {
+            chars: word.chars().collect(),
+            pos: 0,
+            escape: self.escape,
+            env,
+            depth: 0,
+            raw: false,
+            for_name: true,
+            matches: RefCell::default(),
+        };
+        w.process_stop_on(None)
+    }
+
     /// [`Lex::process_word`], and the variables the word looked up, found
     /// or not (BuildKit's `ProcessWordWithMatches`, which the build checks
     /// read). The names are recorded even when the word fails.
@@ -107,6 +125,7 @@ impl Lex {
             env,
             depth: 0,
             raw: false,
+            for_name: false,
             matches: RefCell::default(),
         };
         let out = w
@@ -146,6 +165,9 @@ struct Word<'a> {
     /// Keep escape characters in the output (the pattern of a `#`, `%`
     /// or `/` modifier, whose escapes quote glob characters).
     raw: bool,
+    /// A vertex name ([`Lex::process_name`]): quotes kept, unset
+    /// variables left as written.
+    for_name: bool,
 }
 
 impl Word<'_> {
@@ -210,6 +232,9 @@ impl Word<'_> {
     fn single_quote(&mut self) -> Result<String, String> {
         self.pos += 1;
         let mut out = String::new();
+        if self.for_name {
+            out.push('\'');
+        }
         loop {
             match self.next() {
                 None => {
@@ -218,7 +243,12 @@ impl Word<'_> {
                             .into(),
                     )
                 }
-                Some('\'') => return Ok(out),
+                Some('\'') => {
+                    if self.for_name {
+                        out.push('\'');
+                    }
+                    return Ok(out);
+                }
                 Some(c) => out.push(c),
             }
         }
@@ -227,6 +257,9 @@ impl Word<'_> {
     fn double_quote(&mut self) -> Result<String, String> {
         self.pos += 1;
         let mut out = String::new();
+        if self.for_name {
+            out.push('"');
+        }
         loop {
             match self.peek() {
                 None => {
@@ -237,6 +270,9 @@ impl Word<'_> {
                 }
                 Some('"') => {
                     self.pos += 1;
+                    if self.for_name {
+                        out.push('"');
+                    }
                     return Ok(out);
                 }
                 Some('$') => {
@@ -307,7 +343,10 @@ impl Word<'_> {
             if name.is_empty() {
                 return Ok("$".into());
             }
-            return Ok(self.get(&name).unwrap_or_default());
+            return Ok(match self.get(&name) {
+                None if self.for_name => format!("${name}"),
+                v => v.unwrap_or_default(),
+            });
         }
         self.pos += 1;
         match self.peek() {
@@ -317,6 +356,9 @@ impl Word<'_> {
         }
         let name = self.name();
         let value = self.get(&name);
+        if self.for_name && value.is_none() {
+            return self.unset_as_written(&name);
+        }
         match self.next() {
             Some('}') => Ok(value.unwrap_or_default()),
             Some(':') => {
@@ -382,6 +424,40 @@ impl Word<'_> {
             None => Err(unsupported("\u{FFFD}")),
             Some(m) => Err(unsupported(&m.to_string())),
         }
+    }
+
+    /// `${NAME...}` of an unset variable in a vertex name, the cursor after
+    /// the name: as written, its modifier's word processed (BuildKit's
+    /// `SkipUnsetEnv`).
+    fn unset_as_written(&mut self, name: &str) -> Result<String, String> {
+        let mut out = format!("${{{name}");
+        match self.next() {
+            Some('}') => {}
+            Some(':') => {
+                out.push(':');
+                if let Some(m) = self.next() {
+                    out.push(m);
+                }
+                out.push_str(&self.nested(Some('}'), false, MISSING_BRACE)?);
+            }
+            Some('/') => {
+                out.push('/');
+                if self.peek() == Some('/') {
+                    self.pos += 1;
+                    out.push('/');
+                }
+                out.push_str(&self.nested(Some('/'), true, "syntax error: missing '/' in ${}")?);
+                out.push('/');
+                out.push_str(&self.nested(Some('}'), true, MISSING_BRACE)?);
+            }
+            Some(m) => {
+                out.push(m);
+                out.push_str(&self.nested(Some('}'), m == '#' || m == '%', MISSING_BRACE)?);
+            }
+            None => return Err(unsupported("\u{FFFD}")),
+        }
+        out.push('}');
+        Ok(out)
     }
 
     /// Processes the word of a modifier up to `stop`, one nesting level
@@ -955,5 +1031,21 @@ mod tests {
             Err("the environment (ENV and ARG values) grows past 1048576 bytes".into())
         );
         assert_eq!(e.len(), 6);
+    }
+
+    /// What buildkitd showed for the same RUN line (its `RawQuotes` and
+    /// `SkipUnsetEnv` expansion of vertex names).
+    #[test]
+    fn vertex_names_expand_set_variables_only_and_keep_quotes() {
+        let env = vec!["NAME=world".to_string(), "DIR=/opt/world".to_string()];
+        let lex = Lex::new('\\');
+        assert_eq!(
+            lex.process_name(
+                r#"RUN echo $NAME ${DIR} "$NAME" '$NAME' $UNSET ${UNSET} ${UNSET:-d} ${NAME:-x} ${UNSET/a/b} \$NAME a\ b"#,
+                &env
+            ),
+            Ok(r#"RUN echo world /opt/world "world" '$NAME' $UNSET ${UNSET} ${UNSET:-d} world ${UNSET/a/b} $NAME a b"#.to_string())
+        );
+        assert!(lex.process_name("RUN echo ${NAME", &env).is_err());
     }
 }

@@ -207,6 +207,8 @@ pub(crate) enum Subrequest {
     Lint,
     /// [`crate::targets::TARGETS_REQUEST`].
     Targets,
+    /// [`crate::outline::OUTLINE_REQUEST`].
+    Outline,
 }
 
 /// Which subrequest `requestid` names; any other request fails as
@@ -216,6 +218,7 @@ pub(crate) fn request(value: &str) -> Result<Subrequest> {
         "" => Ok(Subrequest::None),
         LINT_REQUEST => Ok(Subrequest::Lint),
         crate::targets::TARGETS_REQUEST => Ok(Subrequest::Targets),
+        crate::outline::OUTLINE_REQUEST => Ok(Subrequest::Outline),
         other => Err(FrontendError::Unsupported {
             what: format!("frontend request {other:?}"),
         }),
@@ -240,10 +243,16 @@ mod tests {
         };
         let opts = FrontendOptions::from_attrs(&attrs(LINT_REQUEST)).expect("lint is read");
         assert!(opts.lint);
-        let e = FrontendOptions::from_attrs(&attrs("frontend.outline")).expect_err("refused");
+        assert!(
+            FrontendOptions::from_attrs(&attrs("frontend.outline"))
+                .expect("outline is read")
+                .outline
+        );
+        let e = FrontendOptions::from_attrs(&attrs("frontend.subrequests.describe"))
+            .expect_err("refused");
         assert_eq!(
             e.to_string(),
-            "frontend request \"frontend.outline\" is not supported yet"
+            "frontend request \"frontend.subrequests.describe\" is not supported yet"
         );
     }
 

@@ -202,6 +202,9 @@ pub struct FrontendOptions {
     /// `requestid=frontend.targets`: list the stages only
     /// ([`targets::list`]).
     pub targets: bool,
+    /// `requestid=frontend.outline`: what the target takes from its
+    /// caller only ([`outline::outline`]).
+    pub outline: bool,
     /// The time of the source `SOURCE_DATE_EPOCH` names, once
     /// [`epoch::resolve`] asked the engine for it.
     pub resolved_epoch: Option<kiln_dockerfile::ResolvedEpoch>,
@@ -233,6 +236,7 @@ impl Default for FrontendOptions {
             local_sessions: BTreeMap::new(),
             lint: false,
             targets: false,
+            outline: false,
             resolved_epoch: None,
         }
     }
@@ -336,12 +340,13 @@ impl FrontendOptions {
                     "context" => {
                         opts.remote_context = Some(remote::RemoteContext::parse(key, value)?)
                     }
-                    // buildx's --check: the lint subrequest instead of a
-                    // build; other subrequests (--call outline, targets)
-                    // are refused by name.
+                    // buildx's --check and --call: the lint, targets and
+                    // outline subrequests instead of a build; others are
+                    // refused by name.
                     "requestid" => match check::request(value)? {
                         check::Subrequest::Lint => opts.lint = true,
                         check::Subrequest::Targets => opts.targets = true,
+                        check::Subrequest::Outline => opts.outline = true,
                         check::Subrequest::None => {}
                     },
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
@@ -1153,6 +1158,7 @@ async fn resolve_bases<I: ImageConfigs>(
 pub mod check;
 pub mod epoch;
 pub mod knownhosts;
+pub mod outline;
 pub mod remote;
 pub mod targets;
 

@@ -161,19 +161,19 @@ struct TargetJson<'a> {
 }
 
 #[derive(serde::Serialize)]
-struct LocationJson {
-    ranges: [RangeJson; 1],
+pub(crate) struct LocationJson {
+    pub(crate) ranges: [RangeJson; 1],
 }
 
 #[derive(serde::Serialize)]
-struct RangeJson {
-    start: PositionJson,
-    end: PositionJson,
+pub(crate) struct RangeJson {
+    pub(crate) start: PositionJson,
+    pub(crate) end: PositionJson,
 }
 
 #[derive(serde::Serialize)]
-struct PositionJson {
-    line: usize,
+pub(crate) struct PositionJson {
+    pub(crate) line: usize,
 }
 
 #[cfg(test)]

@@ -119,18 +119,18 @@ fn buildx_named_contexts_work_and_its_subrequests_are_refused_by_name() {
             ("dockerfile".to_string(), "shared1".to_string()),
         ]
     );
-    // `--call outline` (`--check` is the lint request, which works).
+    // The subrequests' description (lint, targets and outline work).
     let e = FrontendOptions::from_attrs(&attrs(&[
         (
             "frontend.caps",
             "moby.buildkit.frontend.subrequests+forward",
         ),
-        ("requestid", "frontend.outline"),
+        ("requestid", "frontend.subrequests.describe"),
     ]))
     .expect_err("subrequests");
     assert_eq!(
         e.to_string(),
-        "frontend request \"frontend.outline\" is not supported yet"
+        "frontend request \"frontend.subrequests.describe\" is not supported yet"
     );
     assert_eq!(e.kind(), ErrorKind::Unimplemented);
     let e = FrontendOptions::from_attrs(&attrs(&[("frontend.caps", "moby.buildkit.frontend.x")]))

@@ -9,8 +9,9 @@
 //! `local:DIR`.
 //!
 //! [`LayoutStores`] is the client half over OCI layout directories
-//! (`blobs/<algorithm>/<hex>`, read only); [`info`], [`copy`] and [`write()`]
-//! are the daemon's.
+//! (`blobs/<algorithm>/<hex>`; read only, or writable for a cache export:
+//! a blob is hashed as it comes and renamed into place on a commit whose
+//! digest matches); [`info`], [`copy`] and [`write()`] are the daemon's.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -76,14 +77,39 @@ pub fn layout_blob_path(dir: &Path, digest: &str) -> Option<PathBuf> {
 #[derive(Clone, Debug, Default)]
 pub struct LayoutStores {
     stores: HashMap<String, PathBuf>,
+    /// The ids of the stores the daemon may write (`local:DIR` of a
+    /// `type=local` cache export).
+    writable: std::collections::HashSet<String>,
 }
 
 impl LayoutStores {
     pub const METHODS: &'static [&'static str] = &["Info", "Read"];
+    /// The methods when a store is writable.
+    pub const WRITE_METHODS: &'static [&'static str] = &["Info", "Read", "Write"];
 
-    /// Stores by id (`oci:NAME` for a layout named `NAME`).
+    /// Stores by id (`oci:NAME` for a layout named `NAME`), read only.
     pub fn new(stores: HashMap<String, PathBuf>) -> LayoutStores {
-        LayoutStores { stores }
+        LayoutStores {
+            stores,
+            writable: Default::default(),
+        }
+    }
+
+    /// Adds the store `id` over the layout `dir`, which the daemon may
+    /// write blobs into (`local:DIR` for a cache export).
+    pub fn with_writable(mut self, id: String, dir: PathBuf) -> LayoutStores {
+        self.writable.insert(id.clone());
+        self.stores.insert(id, dir);
+        self
+    }
+
+    /// The methods to announce for these stores.
+    pub fn methods(&self) -> &'static [&'static str] {
+        if self.writable.is_empty() {
+            Self::METHODS
+        } else {
+            Self::WRITE_METHODS
+        }
     }
 
     /// The service to add to the session's services.
@@ -118,6 +144,133 @@ fn io_status(path: &Path, digest: &str, e: std::io::Error) -> Status {
 }
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadContentResponse, Status>> + Send>>;
+type WriteStream =
+    Pin<Box<dyn Stream<Item = Result<kiln_proto::content::WriteContentResponse, Status>> + Send>>;
+
+/// One write into a layout store: the blob goes to a file beside its final
+/// place, hashed as it comes, and is renamed into place when the commit's
+/// digest and size match.
+struct Ingest {
+    dir: PathBuf,
+    file: Option<(PathBuf, tokio::fs::File)>,
+    hasher: sha2::Sha256,
+    offset: i64,
+}
+
+impl Ingest {
+    async fn handle(
+        &mut self,
+        req: WriteContentRequest,
+    ) -> Result<kiln_proto::content::WriteContentResponse, Status> {
+        use sha2::Digest as _;
+        let mut answer = kiln_proto::content::WriteContentResponse {
+            action: req.action,
+            offset: self.offset,
+            total: req.total,
+            ..Default::default()
+        };
+        let action = WriteAction::try_from(req.action).map_err(|_| {
+            Status::invalid_argument(format!("unknown write action {}", req.action))
+        })?;
+        let blob = |digest: &str| {
+            layout_blob_path(&self.dir, digest)
+                .ok_or_else(|| Status::invalid_argument(format!("invalid digest {digest:?}")))
+        };
+        match action {
+            WriteAction::Stat => {
+                if !req.expected.is_empty()
+                    && tokio::fs::metadata(blob(&req.expected)?).await.is_ok()
+                {
+                    return Err(Status::already_exists(format!(
+                        "content {}: already exists",
+                        req.expected
+                    )));
+                }
+            }
+            WriteAction::Write | WriteAction::Commit => {
+                if action == WriteAction::Write && req.offset != self.offset {
+                    // Offset 0 starts over; anything else must continue.
+                    if req.offset != 0 {
+                        return Err(Status::invalid_argument(format!(
+                            "write at offset {}, {} bytes written",
+                            req.offset, self.offset
+                        )));
+                    }
+                    self.file = None;
+                    self.hasher = sha2::Sha256::new();
+                    self.offset = 0;
+                }
+                if !req.data.is_empty() {
+                    if self.file.is_none() {
+                        let blobs = self.dir.join("blobs").join("sha256");
+                        tokio::fs::create_dir_all(&blobs)
+                            .await
+                            .map_err(|e| io_status(&blobs, &req.expected, e))?;
+                        let name = format!(
+                            ".ingest-{}-{}",
+                            std::process::id(),
+                            INGESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        );
+                        let path = blobs.join(name);
+                        let f = tokio::fs::File::create(&path)
+                            .await
+                            .map_err(|e| io_status(&path, &req.expected, e))?;
+                        self.file = Some((path, f));
+                    }
+                    let (path, f) = self.file.as_mut().expect("created above");
+                    f.write_all(&req.data)
+                        .await
+                        .map_err(|e| io_status(path, &req.expected, e))?;
+                    self.hasher.update(&req.data);
+                    self.offset += req.data.len() as i64;
+                }
+                answer.offset = self.offset;
+                if action == WriteAction::Commit {
+                    let got = format!("sha256:{:x}", self.hasher.clone().finalize());
+                    if got != req.expected || (req.total > 0 && req.total != self.offset) {
+                        // Gone before the client hears of it.
+                        if let Some((path, f)) = self.file.take() {
+                            drop(f);
+                            let _ = tokio::fs::remove_file(&path).await;
+                        }
+                        return Err(Status::failed_precondition(format!(
+                            "unexpected commit digest {got} of {} bytes, expected {} of {}",
+                            self.offset, req.expected, req.total
+                        )));
+                    }
+                    let dest = blob(&got)?;
+                    match self.file.take() {
+                        Some((path, mut f)) => {
+                            f.flush().await.map_err(|e| io_status(&path, &got, e))?;
+                            drop(f);
+                            tokio::fs::rename(&path, &dest)
+                                .await
+                                .map_err(|e| io_status(&dest, &got, e))?;
+                        }
+                        // An empty blob.
+                        None => tokio::fs::write(&dest, b"")
+                            .await
+                            .map_err(|e| io_status(&dest, &got, e))?,
+                    }
+                    answer.digest = got;
+                }
+            }
+        }
+        Ok(answer)
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        // A write that never committed leaves nothing behind.
+        if let Some((path, _)) = self.file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Names of ingest files, unique within the process.
+static INGESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[tonic::async_trait]
 impl Content for LayoutStores {
@@ -182,6 +335,55 @@ impl Content for LayoutStores {
                 }
                 at += n as u64;
                 left = left.map(|l| l - n as u64);
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    /// Writes a blob into a writable store (containerd's protocol: STAT,
+    /// WRITE chunks, COMMIT with the expected digest; one answer each).
+    async fn write(
+        &self,
+        request: Request<tonic::Streaming<WriteContentRequest>>,
+    ) -> std::result::Result<Response<WriteStream>, Status> {
+        let id = request
+            .metadata()
+            .get(STORE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        // Checks the header and the store as a read does.
+        self.blob(
+            &request,
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        )?;
+        if !self.writable.contains(&id) {
+            return Err(Status::permission_denied(format!(
+                "store {id} is read only"
+            )));
+        }
+        let dir = self.stores.get(&id).cloned().unwrap_or_default();
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            use sha2::Digest as _;
+            let mut ingest = Ingest {
+                dir,
+                file: None,
+                hasher: sha2::Sha256::new(),
+                offset: 0,
+            };
+            while let Some(req) = requests.next().await {
+                let answer = match req {
+                    Ok(req) => ingest.handle(req).await,
+                    Err(e) => Err(e),
+                };
+                let end = answer.is_err() || answer.as_ref().is_ok_and(|a| !a.digest.is_empty());
+                if tx.send(answer).await.is_err() || end {
+                    return;
+                }
             }
         });
         Ok(Response::new(Box::pin(
@@ -443,6 +645,52 @@ mod tests {
             .await
             .expect_err("not a digest");
         assert_eq!(e.kind(), kiln_proto::ErrorKind::InvalidArgument);
+        cancel.cancel();
+        let _ = served.await;
+    }
+
+    #[tokio::test]
+    async fn the_daemon_writes_into_a_writable_store_only() {
+        let ro = tempfile::tempdir().expect("tempdir");
+        let rw = tempfile::tempdir().expect("tempdir");
+        let (daemon, client) = loopback();
+        let stores = LayoutStores::new(HashMap::from([(
+            oci_store_id("base"),
+            ro.path().to_path_buf(),
+        )]))
+        .with_writable(local_store_id("/c"), rw.path().to_path_buf());
+        let mut services = SessionServices::new();
+        let methods = stores.methods();
+        assert!(methods.contains(&"Write"));
+        services.add(stores.into_service(), methods);
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(serve_session(client, services, cancel.clone()));
+        let channel = connect_session(daemon).await.expect("session connects");
+
+        write(channel.clone(), "local:/c", "r1", DIGEST, 5, BLOB)
+            .await
+            .expect("written");
+        let path = layout_blob_path(rw.path(), DIGEST).expect("path");
+        assert_eq!(std::fs::read(&path).expect("blob"), BLOB);
+        // Again: the store has it, nothing is sent.
+        write(channel.clone(), "local:/c", "r2", DIGEST, 5, BLOB)
+            .await
+            .expect("already there");
+        // Bytes that are not the digest's are refused, and leave nothing.
+        let other = DIGEST.replace("2cf2", "0000");
+        let e = write(channel.clone(), "local:/c", "r3", &other, 5, BLOB)
+            .await
+            .expect_err("wrong digest");
+        assert!(e.to_string().contains("unexpected commit digest"), "{e}");
+        let names: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("blobs")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        let e = write(channel, "oci:base", "r4", DIGEST, 5, BLOB)
+            .await
+            .expect_err("read only");
+        assert!(e.to_string().contains("read only"), "{e}");
         cancel.cancel();
         let _ = served.await;
     }

@@ -1067,10 +1067,22 @@ impl Converter<'_> {
     }
 
     /// The vertex name: the instruction as written, variables expanded
-    /// where the builder expands them.
+    /// where the builder expands them. A `RUN` shows the values of the
+    /// variables the step's env has (a secret's env var as `****`), its
+    /// quotes and unset variables as written, as BuildKit names it.
     fn display_name(&self, c: &Command, env: &[String]) -> String {
-        if matches!(c.instruction, Instruction::Run(_)) {
-            return c.original.clone();
+        if let Instruction::Run(run) = &c.instruction {
+            let mut env = env.to_vec();
+            for m in &run.mounts {
+                if let (Some(crate::instructions::MountKind::Secret), Some(var)) = (m.kind, &m.env)
+                {
+                    let _ = crate::shell::add_env(&mut env, var, "****");
+                }
+            }
+            return self
+                .lex
+                .process_name(&c.original, &env)
+                .unwrap_or_else(|_| c.original.clone());
         }
         self.lex
             .process_word(&c.original, env)

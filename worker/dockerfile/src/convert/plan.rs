@@ -336,6 +336,13 @@ impl Plan {
                         _ => image_sources += 1,
                     }
                 }
+                // BuildKit gives a `RUN --mount` without `from` a source
+                // of its own (scratch), so a build with one labels its
+                // stage (`[stage-0 1/1] RUN --mount=...`) like a build
+                // of several.
+                if let Instruction::Run(r) = &c.instruction {
+                    image_sources += r.mounts.iter().filter(|m| m.from.is_none()).count();
+                }
             }
             deps.push(d);
         }

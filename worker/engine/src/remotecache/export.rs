@@ -323,6 +323,15 @@ pub async fn write_local(
         })?;
         write_atomic(&path, bytes)?;
     }
+    tag_local(dir, &manifest_desc, tag)?;
+    Ok(manifest_desc)
+}
+
+/// Tags `manifest` as `tag` in the layout `dir`'s `index.json` (replacing
+/// what the tag named before, keeping other entries) and writes its
+/// `oci-layout`, as BuildKit's client does after a `type=local` cache
+/// export (kiln's client does it with kilnd's `cache.manifest`).
+pub fn tag_local(dir: &Path, manifest: &Descriptor, tag: &str) -> Result<(), CacheError> {
     let layout = dir.join("oci-layout");
     write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let index_path = dir.join("index.json");
@@ -345,7 +354,7 @@ pub async fn write_local(
     index
         .manifests
         .retain(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(tag));
-    let mut entry = manifest_desc.clone();
+    let mut entry = manifest.clone();
     entry
         .annotations
         .insert(ANNOTATION_REF_NAME.to_string(), tag.to_string());
@@ -353,6 +362,5 @@ pub async fn write_local(
     let bytes = serde_json::to_value(&index)
         .and_then(|v| serde_json::to_vec(&v))
         .unwrap_or_else(|_| b"{}".to_vec());
-    write_atomic(&index_path, &bytes)?;
-    Ok(manifest_desc)
+    write_atomic(&index_path, &bytes)
 }

@@ -137,31 +137,7 @@ pub async fn read_local(
     let location = src.display().to_string();
     let manifest = match digest {
         Some(d) => d.to_string(),
-        None => {
-            let path = src.join("index.json");
-            let bytes = std::fs::read(&path).map_err(|source| CacheError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let index: format::Index =
-                serde_json::from_slice(&bytes).map_err(|e| CacheError::Format {
-                    location: path.display().to_string(),
-                    source: format::FormatError::Json {
-                        what: "index",
-                        digest: "index.json".into(),
-                        reason: e.to_string(),
-                    },
-                })?;
-            index
-                .manifests
-                .iter()
-                .find(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(tag))
-                .map(|m| m.digest.clone())
-                .ok_or_else(|| CacheError::Option {
-                    option: "--cache-from".into(),
-                    reason: format!("{location}: index.json has no manifest tagged \"{tag}\""),
-                })?
-        }
+        None => tagged_manifest(src, tag)?,
     };
     let bytes = read_small(src, &manifest)?;
     let chains = read_manifest(&location, &manifest, bytes, |d, _| async move {
@@ -173,6 +149,35 @@ pub async fn read_local(
         source: BlobSource::Local(src.to_path_buf()),
         describe: format!("local cache {location}"),
     })
+}
+
+/// The manifest `tag` names in the local cache `src`'s `index.json` (the
+/// embedded import reads it; kiln's client resolves it for kilnd, which
+/// never reads the client's index).
+pub fn tagged_manifest(src: &Path, tag: &str) -> std::result::Result<String, CacheError> {
+    let location = src.display().to_string();
+    let path = src.join("index.json");
+    let bytes = std::fs::read(&path).map_err(|source| CacheError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let index: format::Index = serde_json::from_slice(&bytes).map_err(|e| CacheError::Format {
+        location: path.display().to_string(),
+        source: format::FormatError::Json {
+            what: "index",
+            digest: "index.json".into(),
+            reason: e.to_string(),
+        },
+    })?;
+    index
+        .manifests
+        .iter()
+        .find(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(tag))
+        .map(|m| m.digest.clone())
+        .ok_or_else(|| CacheError::Option {
+            option: "--cache-from".into(),
+            reason: format!("{location}: index.json has no manifest tagged \"{tag}\""),
+        })
 }
 
 /// Reads every import (the blocking reads off the runtime). A cache that
