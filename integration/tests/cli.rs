@@ -116,8 +116,8 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
             "output option tar is not supported yet (kiln always uses",
         ),
         (
-            &["-o", "type=local,dest=o,platform-split=true"],
-            "output option platform-split is not supported yet",
+            &["-o", "type=local,dest=o,attestation-prefix=p"],
+            "output option attestation-prefix is not supported yet",
         ),
         (
             &["github.com/example/repo"],
