@@ -84,15 +84,11 @@ const CHUNK: usize = 1 << 20;
 
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        // Never grow the chunk (a reallocation copies what it holds):
-        // what does not fit goes in the next one.
-        let room = CHUNK - self.buf.len();
-        let now = data.len().min(room);
-        self.buf.extend_from_slice(&data[..now]);
+        self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
             self.flush()?;
         }
-        Ok(now)
+        Ok(data.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -135,7 +131,7 @@ where
     let mut writer = content.writer(lease).await?;
     let mut write_err = None;
     while let Some(chunk) = rx.recv().await {
-        if let Err(e) = writer.write_vec(chunk).await {
+        if let Err(e) = writer.write(&chunk).await {
             write_err = Some(e);
             break;
         }

@@ -343,25 +343,6 @@ impl BlobWriter {
         self.digest.clone()
     }
 
-    /// Appends bytes the caller hands over: moved into the message when
-    /// they fit in one, else split as [`BlobWriter::write`] does.
-    pub async fn write_vec(&mut self, data: Vec<u8>) -> Result<()> {
-        if data.len() > CHUNK {
-            return self.write(&data).await;
-        }
-        let len = data.len() as i64;
-        let req = WriteContentRequest {
-            action: WriteAction::Write as i32,
-            r#ref: self.r#ref.clone(),
-            offset: self.offset,
-            data,
-            ..Default::default()
-        };
-        self.send(req).await?;
-        self.offset += len;
-        Ok(())
-    }
-
     /// Appends bytes (split into 1 MiB messages).
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         for chunk in data.chunks(CHUNK) {

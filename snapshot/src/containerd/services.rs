@@ -52,10 +52,6 @@ impl ContentWriter for BlobWriter {
         BlobWriter::write(self, data).await
     }
 
-    async fn write_vec(&mut self, data: Vec<u8>) -> Result<()> {
-        BlobWriter::write_vec(self, data).await
-    }
-
     fn digest(&self) -> Option<Digest> {
         BlobWriter::digest(self)
     }

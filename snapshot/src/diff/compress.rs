@@ -316,11 +316,7 @@ impl<W: Write> ParMemberWriter<W> {
 
     /// Submits the first `len` bytes of `buf` as a member.
     fn submit(&mut self, len: usize) -> io::Result<()> {
-        // The next member's buffer starts as big as this one grew, so
-        // that filling it never reallocates (and copies) on the way.
-        let mut rest = Vec::with_capacity(self.buf.capacity());
-        rest.extend_from_slice(&self.buf[len..]);
-        self.buf.truncate(len);
+        let rest = self.buf.split_off(len);
         let data = std::mem::replace(&mut self.buf, rest);
         self.member_start += len as u64;
         self.submitted = true;
