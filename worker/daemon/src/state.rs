@@ -67,11 +67,13 @@ impl Daemon {
                 None,
                 ctrd.clone(),
                 config.root.clone(),
-                &crate::contexts::dir(&config.root),
-                cni.clone(),
-                config.registry.clone(),
-                fetch.clone(),
-                config.history,
+                crate::tenants::Shared {
+                    contexts: &crate::contexts::dir(&config.root),
+                    cni: cni.clone(),
+                    registry: config.registry.clone(),
+                    fetch: fetch.clone(),
+                    history: config.history,
+                },
             );
             t.engine.sweep().await?;
             Some(Arc::new(t))
@@ -163,11 +165,13 @@ impl Daemon {
                 Some(config),
                 self.ctrd.with_namespace(&config.namespace),
                 state_dir,
-                &crate::contexts::dir(&self.config.root),
-                self.cni.clone(),
-                self.config.registry.clone(),
-                self.fetch.clone(),
-                self.config.history,
+                crate::tenants::Shared {
+                    contexts: &crate::contexts::dir(&self.config.root),
+                    cni: self.cni.clone(),
+                    registry: self.config.registry.clone(),
+                    fetch: self.fetch.clone(),
+                    history: self.config.history,
+                },
             );
             t.engine.sweep().await.map_err(|e| status_of(&e))?;
             tracing::info!(

@@ -210,29 +210,35 @@ pub struct Tenant {
     builds: Option<Arc<Semaphore>>,
 }
 
+/// What every tenant of one kilnd shares.
+pub struct Shared<'a> {
+    /// The kept contexts (kilnd's own trees: see
+    /// [`Engine::with_owned_locals`]).
+    pub contexts: &'a std::path::Path,
+    /// The steps' network (`None`: the host's).
+    pub cni: Option<Cni>,
+    pub registry: Arc<kiln_registry::HostsConfig>,
+    pub fetch: kiln_engine::sources::limits::SharedLimits,
+    pub history: crate::history::HistoryConfig,
+}
+
 impl Tenant {
     /// The tenant on `ctrd` (already in its namespace) with state in
-    /// `state_dir`, whose builds read the kept contexts below `contexts`
-    /// (kilnd's own trees: see [`Engine::with_owned_locals`]); the caller
-    /// sweeps its engine before first use.
+    /// `state_dir`; the caller sweeps its engine before first use.
     pub fn new(
         config: Option<&TenantConfig>,
         ctrd: Containerd,
         state_dir: PathBuf,
-        contexts: &std::path::Path,
-        cni: Option<Cni>,
-        registry: Arc<kiln_registry::HostsConfig>,
-        fetch: kiln_engine::sources::limits::SharedLimits,
-        history: crate::history::HistoryConfig,
+        shared: Shared<'_>,
     ) -> Tenant {
         let history = Arc::new(crate::history::BuildHistory::open(
             state_dir.join("history"),
-            history,
+            shared.history,
         ));
-        let engine = Engine::with_network(ctrd.clone(), state_dir.clone(), cni)
-            .with_registry(registry)
-            .with_fetch_limits(fetch)
-            .with_owned_locals(contexts);
+        let engine = Engine::with_network(ctrd.clone(), state_dir.clone(), shared.cni)
+            .with_registry(shared.registry)
+            .with_fetch_limits(shared.fetch)
+            .with_owned_locals(shared.contexts);
         let max_builds = config.and_then(|c| c.max_builds);
         Tenant {
             name: config.map(|c| c.name.clone()),
