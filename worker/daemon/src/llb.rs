@@ -391,9 +391,12 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                     }
                     None => return Err(invalid("file action without an action")),
                 };
+                // A copy always reads something: its -1 is scratch (as
+                // `llb.Scratch()` encodes), the other actions' is none.
+                let is_copy = matches!(action, FileActionKind::Copy(_));
                 actions.push(FileAction {
                     input: file_input(a.input, n_inputs),
-                    secondary_input: (a.secondary_input >= 0)
+                    secondary_input: (a.secondary_input >= 0 || is_copy)
                         .then(|| file_input(a.secondary_input, n_inputs)),
                     output: opt_index(a.output),
                     action,
