@@ -7,9 +7,13 @@ mod common;
 use kiln_integration::{step_printed, Harness};
 use std::collections::BTreeSet;
 
-/// The generating stage only feeds the final stage's `COPY --from`.
+/// The generating stage only feeds the final stage's `COPY --from`. Its
+/// `COPY` brings the mount points a step needs (`dev`, `proc`, `sys`,
+/// which the test's busybox lacks), dated, so that the `RUN` layer holds
+/// no directory runc makes at the time of the run: every build of it is
+/// the same bytes.
 const DF: &str = "FROM busybox AS gen\n\
-COPY a /a\n\
+COPY root/ /\n\
 RUN echo GEN-RAN && mkdir /gen && cp /a /gen/b && touch -d '2001-02-03 04:05:06' /gen/b /gen\n\
 FROM busybox\n\
 COPY --from=gen /gen/b /b\n";
@@ -17,14 +21,18 @@ COPY --from=gen /gen/b /b\n";
 /// The context of [`DF`], its files dated so that every build (in any
 /// namespace) reads the same tree.
 fn context(h: &Harness, name: &str) -> std::path::PathBuf {
-    let ctx = h.context(name, &[("Dockerfile", DF), ("a", "lazy\n")]);
+    let ctx = h.context(name, &[("Dockerfile", DF), ("root/a", "lazy\n")]);
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
-    std::fs::File::options()
-        .write(true)
-        .open(ctx.join("a"))
-        .expect("open")
-        .set_modified(when)
-        .expect("date");
+    let root = ctx.join("root");
+    for dir in ["dev", "proc", "sys"] {
+        std::fs::create_dir(root.join(dir)).expect("mkdir");
+    }
+    for path in ["a", "dev", "proc", "sys", ""] {
+        std::fs::File::open(root.join(path))
+            .expect("open")
+            .set_modified(when)
+            .expect("date");
+    }
     ctx
 }
 

@@ -545,14 +545,16 @@ async fn harness_fills_the_registry_with_ctr_push() {
 async fn a_hung_registry_times_out_naming_the_host() {
     let reg = Registry::start().await.expect("registry starts");
     let r = reference(&reg.reference("kiln/slow:v1"));
+    // 32 MiB: more than loopback socket buffers hold, so the answer
+    // cannot have arrived whole before the registry froze. Pushed with the
+    // default limits: on a busy machine the registry may take more than the
+    // 2 s the frozen-registry checks below use to store it.
+    let layer = data(32 << 20, 4);
+    let digest = push_small_image(&client("", Arc::new(Anonymous)), &r, &layer).await;
     let c = client("", Arc::new(Anonymous)).with_timeouts(
         std::time::Duration::from_secs(2),
         std::time::Duration::from_secs(2),
     );
-    // 32 MiB: more than loopback socket buffers hold, so the answer
-    // cannot have arrived whole before the registry froze.
-    let layer = data(32 << 20, 4);
-    let digest = push_small_image(&c, &r, &layer).await;
     let layer_digest = sha256(&layer);
 
     // A blob whose answer stops mid-way: the reader times out.
