@@ -298,13 +298,15 @@ async fn hostile_llb_definitions_fail_clearly_and_leave_nothing() {
         .await
         .expect("hostile definitions leave nothing");
 
-    // A chain of real ops deeper than one overlay mount can stack fails on
-    // the mount's options, naming the mount, and leaves nothing either.
-    let err = solve(&k, "hostilellbdeep0000000001", chain(300, BUSYBOX))
+    // A chain of real ops deeper than overlayfs can stack fails at the op
+    // that would mount 501 layers (busybox and 500 ops below it), naming
+    // the count and the limit, and leaves nothing either.
+    let err = solve(&k, "hostilellbdeep0000000001", chain(501, BUSYBOX))
         .await
-        .expect_err("300 layers do not fit one overlay mount's options");
+        .expect_err("501 layers do not stack");
     assert!(
-        err.message().contains("bytes, more than a page"),
+        err.message()
+            .contains("more than the 500 layers overlayfs can stack"),
         "{}",
         err.message()
     );
