@@ -332,6 +332,26 @@ async fn the_targets_request_lists_the_stages() {
         value("result.txt").strip_suffix('\n').unwrap_or_default(),
         "TARGET          DESCRIPTION\nbase            \nfinal (default) what ships\n"
     );
+    // kiln's own client asks the same way and prints what the embedded
+    // `--call=targets` prints.
+    let (addr, c) = (k.addr(), ctx.to_str().expect("utf8"));
+    for call in ["--call=targets", "--call=targets,format=json"] {
+        let remote = h
+            .kiln(ns, &["--addr", &addr, "build", "--progress=plain", call, c])
+            .expect("kiln runs")
+            .ok();
+        let embedded = h.kiln(ns, &["build", call, c]).expect("kiln runs").ok();
+        assert_eq!(remote.stdout, embedded.stdout, "{call}");
+        if call == "--call=targets" {
+            assert_eq!(
+                remote.stdout,
+                "TARGET          DESCRIPTION\nbase            \nfinal (default) what ships\n"
+            );
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&remote.stdout).expect("JSON");
+            assert_eq!(v["targets"], json["targets"]);
+        }
+    }
     // Nothing ran: no step's container or snapshot was made.
     assert!(h
         .ctr(ns, &["containers", "ls", "-q"])

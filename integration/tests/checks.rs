@@ -70,11 +70,14 @@ async fn warnings_reach_a_daemon_client_and_error_true_fails() {
 /// `kiln build --check` (BuildKit's lint request, embedded): every stage
 /// is checked, the target's or not, nothing is built, the result is
 /// printed as buildx prints it, and the status is 1 when anything was
-/// found. Through a daemon, `kiln --addr` refuses it by name.
+/// found. Through kilnd, `kiln --addr` asks it as buildx does (the lint
+/// request over the gateway) and prints the answer as the embedded one.
 #[tokio::test]
 async fn check_lints_every_stage_without_building() {
     let ns = "checks-only";
     let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let addr = k.addr();
     let src = "FROM busybox AS Build\nENV A=$NOPE\nFROM busybox\nLABEL ok=1\n";
     let ctx = h.context("check-only", &[("Dockerfile", src)]);
     let c = ctx.to_str().expect("utf8");
@@ -119,19 +122,73 @@ async fn check_lints_every_stage_without_building() {
     assert!(out.success, "{}{}", out.stdout, out.stderr);
     assert_eq!(out.stdout, "Check complete, no warnings found.\n");
 
-    let out = h
+    // Through kilnd: the same text and status, and nothing built.
+    let remote = h
         .kiln(
             ns,
-            &["--addr", "unix:///nonexistent", "build", "--check", c],
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress",
+                "plain",
+                "--check",
+                "-t",
+                "checked-remote:latest",
+                c,
+            ],
         )
         .expect("kiln runs");
-    assert!(!out.success);
     assert!(
-        out.stderr
-            .contains("--check with a daemon (unix:///nonexistent) is not supported yet"),
-        "{}",
-        out.stderr
+        !remote.success,
+        "warnings must fail --check:\n{}",
+        remote.stdout
     );
+    assert_eq!(remote.stdout, out_embedded_check(&h, ns, c));
+    let images = h.ctr(ns, &["images", "ls", "-q"]).expect("ctr images");
+    assert!(!images.contains("checked"), "--check built: {images}");
+    let remote = h
+        .kiln(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--call=check",
+                clean.to_str().expect("utf8"),
+            ],
+        )
+        .expect("kiln runs");
+    assert!(remote.success, "{}{}", remote.stdout, remote.stderr);
+    assert_eq!(remote.stdout, "Check complete, no warnings found.\n");
+
+    // A Dockerfile the checks cannot convert: its error and line, printed
+    // alike, and the status is 1.
+    let broken = h.context("check-broken", &[("Dockerfile", "FROM busybox\nFOO bar\n")]);
+    let b = broken.to_str().expect("utf8");
+    let embedded = h.kiln(ns, &["build", "--check", b]).expect("kiln runs");
+    let remote = h
+        .kiln(ns, &["--addr", &addr, "build", "--check", b])
+        .expect("kiln runs");
+    assert!(!embedded.success && !remote.success);
+    assert!(
+        embedded.stdout.contains("unknown instruction: FOO"),
+        "{}",
+        embedded.stdout
+    );
+    assert!(
+        embedded.stdout.contains(" 2 | >>> FOO bar\n"),
+        "{}",
+        embedded.stdout
+    );
+    assert_eq!(remote.stdout, embedded.stdout);
+}
+
+/// What embedded `kiln build --check CONTEXT` prints.
+fn out_embedded_check(h: &Harness, ns: &str, c: &str) -> String {
+    h.kiln(ns, &["build", "--check", c])
+        .expect("kiln runs")
+        .stdout
 }
 
 /// The lint request through kilnd's gateway, as buildx `--check` sends it

@@ -77,6 +77,40 @@ async fn logs(c: &mut ControlClient<Channel>, r: &str) -> (Vec<String>, String) 
     (names, text)
 }
 
+/// A blob of kilnd's content service as buildx reads it (Info, then Read
+/// from offset 0).
+async fn read_blob(k: &Kilnd, digest: &str) -> Vec<u8> {
+    use kiln_proto::content::content_client::ContentClient;
+    use kiln_proto::content::{InfoRequest, ReadContentRequest};
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let mut c = ContentClient::new(ch);
+    let info = c
+        .info(InfoRequest {
+            digest: digest.into(),
+        })
+        .await
+        .expect("Info")
+        .into_inner()
+        .info
+        .expect("info");
+    let mut s = c
+        .read(ReadContentRequest {
+            digest: digest.into(),
+            offset: 0,
+            size: info.size,
+        })
+        .await
+        .expect("Read")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await.expect("read") {
+        out.extend_from_slice(&m.data);
+    }
+    out
+}
+
 #[tokio::test]
 async fn kilnd_keeps_build_records_as_buildkit_does() {
     let ns = "history";
@@ -115,6 +149,41 @@ async fn kilnd_keeps_build_records_as_buildkit_does() {
     let bad = record(&all, "bad").clone();
     let err = bad.error.as_ref().expect("the failed build's error");
     assert!(err.message.contains("exit code: 3"), "{err:?}");
+    // As BuildKit's: the record's error is code and message; the whole
+    // error (the step, the Dockerfile lines) is the blob `externalError`
+    // names, which `buildx history inspect` reads from kilnd's content
+    // service.
+    assert!(err.details.is_empty(), "{err:?}");
+    let ext = bad.external_error.as_ref().expect("external error");
+    assert_eq!(
+        ext.media_type,
+        "application/vnd.googeapis.google.rpc.status+proto"
+    );
+    let blob = read_blob(&k, &ext.digest).await;
+    assert_eq!(blob.len() as i64, ext.size);
+    let full = <kiln_proto::rpc::Status as prost::Message>::decode(blob.as_slice())
+        .expect("a google.rpc.Status");
+    assert_eq!(full.message, err.message);
+    let source = full
+        .details
+        .iter()
+        .find(|d| d.type_url == "github.com/moby/buildkit/errdefs.Source+json")
+        .unwrap_or_else(|| panic!("no source detail in {full:?}"));
+    // BuildKit's errdefs.Source: the Dockerfile (Go's base64 of its
+    // bytes) and the failed step's line.
+    let source: serde_json::Value = serde_json::from_slice(&source.value).expect("JSON");
+    assert_eq!(source["info"]["filename"], "Dockerfile", "{source}");
+    assert_eq!(source["ranges"][0]["start"]["line"], 4, "{source}");
+    let data = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        source["info"]["data"].as_str().unwrap_or_default(),
+    )
+    .expect("base64");
+    assert_eq!(String::from_utf8_lossy(&data), df);
+    assert!(full
+        .details
+        .iter()
+        .any(|d| d.type_url == "github.com/moby/buildkit/errdefs.Vertex+json"));
     assert!(bad.completed_at.is_some() && bad.exporter_response.is_empty());
     let oks: Vec<&BuildHistoryRecord> = all
         .iter()

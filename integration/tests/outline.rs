@@ -152,6 +152,34 @@ async fn the_outline_request_answers_as_buildkit_does() {
         .expect("kiln runs")
         .ok();
     assert_eq!(text.stdout, TEXT);
+    // kiln's own client through kilnd: asked as buildx asks, printed as
+    // the embedded answer.
+    let addr = k.addr();
+    let remote = |call: &str| {
+        h.kiln(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "build",
+                "--progress=plain",
+                call,
+                "--target=build",
+                "--build-arg=MODE=debug",
+                c,
+            ],
+        )
+        .expect("kiln runs")
+        .ok()
+    };
+    let rjson = remote("--call=outline,format=json");
+    assert_eq!(rjson.stdout, embedded.stdout);
+    assert!(
+        !rjson.stderr.contains("No output specified"),
+        "{}",
+        rjson.stderr
+    );
+    assert_eq!(remote("--call=outline").stdout, TEXT);
     // The default target reads `build` through its COPY --from.
     let other = h
         .kiln(ns, &["build", "--call=outline,format=json", c])

@@ -428,6 +428,17 @@ fn call(args: &BuildArgs) -> Result<(String, bool)> {
     Ok((method, json))
 }
 
+/// What `--call=outline|targets` prints, embedded or from a daemon's
+/// `result.json`/`result.txt`: as buildx, the JSON and a newline with
+/// `format=json`, else the text.
+fn call_answer(json: bool, json_answer: String, text_answer: String) -> String {
+    if json {
+        json_answer + "\n"
+    } else {
+        text_answer
+    }
+}
+
 /// The build flags buildx has and kiln does not implement yet, refused
 /// by name before anything runs (never ignored).
 fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
@@ -606,19 +617,6 @@ async fn run(cli: Cli) -> Result<()> {
                         return Err(anyhow!(
                             "--config/KILN_CONFIG ({}) configures the embedded engine's registries; a daemon ({addr}) uses its own kilnd.toml",
                             c.display()
-                        ));
-                    }
-                    let flag = if args.check {
-                        "--check".to_string()
-                    } else {
-                        format!("--call={}", call(&args)?.0)
-                    };
-                    if flag != "--call=build" {
-                        // kilnd answers these requests through the
-                        // gateway API (buildx); `kiln build --addr` sends
-                        // a plain solve.
-                        return Err(anyhow!(
-                            "{flag} with a daemon ({addr}) is not supported yet: run it embedded, or use buildx against kilnd"
                         ));
                     }
                     build_remote(&addr, &tls, *args).await
@@ -1167,8 +1165,29 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     )
     .await;
     let _ = display.await;
-    warn_no_output(&args);
     drop(prepared);
+    let (method, json) = call(&args)?;
+    if args.check || method != "build" {
+        // The daemon's answer, printed as the embedded one is.
+        let resp = resp?;
+        let field = |key: &str| {
+            resp.get(key)
+                .ok_or_else(|| anyhow!("the daemon answered no {key} for --call={method}"))
+        };
+        if args.check || method == "check" {
+            let json = field("result.json")?;
+            let report = kiln_frontend::check::CheckReport::from_json(json)
+                .with_context(|| format!("the daemon's lint result {json:?}"))?;
+            check::print(&report, &mut std::io::stdout().lock())?;
+            return Ok(());
+        }
+        return stdout(&call_answer(
+            json,
+            field("result.json")?.clone(),
+            field("result.txt")?.clone(),
+        ));
+    }
+    warn_no_output(&args);
     let mut resp: BTreeMap<String, String> = resp?.into_iter().collect();
     // As buildx names it: builder/node/ref.
     if let Some(r) = resp.remove(remote::BUILD_REF_KEY) {
@@ -1247,25 +1266,15 @@ async fn build(
         let Some(source) = &local_source else {
             bail!("--call={method} of a remote (git or URL) context is not supported yet in embedded builds");
         };
-        let text = if opts.outline {
+        let (json_answer, text_answer) = if opts.outline {
             let o =
                 kiln_frontend::outline::outline(source, opts.target.as_deref(), &opts.build_args)?;
-            if json {
-                o.json() + "\n"
-            } else {
-                o.text()
-            }
+            (o.json(), o.text())
         } else {
             let l = kiln_frontend::targets::list(source)?;
-            if json {
-                l.json() + "\n"
-            } else {
-                l.text()
-            }
+            (l.json(), l.text())
         };
-        use std::io::Write as _;
-        std::io::stdout().lock().write_all(text.as_bytes())?;
-        return Ok(());
+        return stdout(&call_answer(json, json_answer, text_answer));
     }
     let compression = out.compression.unwrap_or(Compression::Gzip);
     let mut names = out.names.clone();
@@ -1864,8 +1873,13 @@ mod tests {
             let e = refuse_unsupported(&build_args(&argv)).expect_err(want);
             assert_eq!(e.to_string(), want, "{flags:?}");
         }
-        let accepted: [&[&str]; 8] = [
+        // Embedded and through a daemon alike.
+        let accepted: [&[&str]; 12] = [
             &["--call", "build"],
+            &["--call", "check"],
+            &["--check"],
+            &["--call", "outline,format=json"],
+            &["--call", "targets"],
             &["--sbom", "false"],
             &["--provenance", "0"],
             &["--attest", "type=provenance,disabled=true"],

@@ -396,15 +396,22 @@ pub async fn build(
     b: RemoteBuild,
     progress: tokio::sync::mpsc::Sender<crate::progress::model::SolveStatus>,
 ) -> Result<HashMap<String, String>> {
-    let mut control = ControlClient::new(channel)
+    let mut control = ControlClient::new(channel.clone())
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
+    // A subrequest (`--call`, `--check`) is asked as buildx asks it:
+    // through the gateway, its answer in the result's metadata; nothing
+    // is exported (as embedded, outputs and cache exports have nothing to
+    // take).
+    let call = b.attrs.contains_key(REQUEST_ID);
+    let outputs: &[HashMap<String, String>] = if call { &[] } else { &b.outputs };
+    let cache_exports: &[crate::cacheflags::Entry] = if call { &[] } else { &b.cache_exports };
     // Exporters and where FileSend output goes, in exporter order.
     let mut exporters = Vec::new();
     let mut targets = Vec::new();
     let mut names: Vec<String> = b.tags.clone();
     let mut image_attrs: HashMap<String, String> = HashMap::new();
-    for o in &b.outputs {
+    for o in outputs {
         let kind = o.get("type").cloned().unwrap_or_else(|| "image".into());
         let mut attrs = o.clone();
         attrs.remove("type");
@@ -458,10 +465,11 @@ pub async fn build(
     }
     // The image exporter runs when asked for, or when no output was given
     // (a build into containerd is kiln's default); `-t` names go to it.
-    if b.outputs.is_empty()
-        || b.outputs
-            .iter()
-            .any(|o| o.get("type").is_none_or(|t| t == "image"))
+    if !call
+        && (outputs.is_empty()
+            || outputs
+                .iter()
+                .any(|o| o.get("type").is_none_or(|t| t == "image")))
     {
         let mut attrs = image_attrs;
         if !names.is_empty() {
@@ -508,7 +516,7 @@ pub async fn build(
     // caches: this machine's directories, attached as the stores
     // `local:DIR` (read for an import, written for an export), as
     // buildctl and buildx attach them.
-    let local = LocalCaches::of(&b.cache_exports, &b.cache_imports)?;
+    let local = LocalCaches::of(cache_exports, &b.cache_imports)?;
     let mut stores: HashMap<String, PathBuf> = b
         .oci_stores
         .iter()
@@ -572,15 +580,33 @@ pub async fn build(
         );
     }
     let cache = CacheOptions {
-        exports: b.cache_exports.iter().map(entry).collect(),
+        exports: cache_exports.iter().map(entry).collect(),
         imports: cache_imports,
         ..Default::default()
+    };
+    // A subrequest: Control.Solve without a frontend (not a build of the
+    // history either, as buildx marks it), the Dockerfile frontend driven
+    // over LLBBridge.
+    let gateway = call.then(|| {
+        let mut opts = attrs.clone();
+        let caps = opts.entry("frontend.caps".to_string()).or_default();
+        if !caps.is_empty() {
+            caps.push(',');
+        }
+        caps.push_str(SUBREQUEST_CAPS);
+        tokio::spawn(call_frontend(channel, build_ref.clone(), opts))
+    });
+    let (frontend, frontend_attrs) = if call {
+        (String::new(), HashMap::new())
+    } else {
+        ("dockerfile.v0".to_string(), attrs)
     };
     let solve = SolveRequest {
         r#ref: build_ref.clone(),
         session: session_id,
-        frontend: "dockerfile.v0".into(),
-        frontend_attrs: attrs,
+        frontend,
+        frontend_attrs,
+        internal: call,
         exporter_deprecated: exporters
             .first()
             .map(|e| e.r#type.clone())
@@ -622,6 +648,12 @@ pub async fn build(
         Ok(warnings)
     });
     let solved = control.solve(solve).await;
+    // The subrequest's answer, or why the frontend failed (which the
+    // Solve's own error says too, with the Dockerfile lines).
+    let answered = match gateway {
+        Some(g) => Some(g.await.map_err(|e| anyhow!("the frontend's task: {e}"))),
+        None => None,
+    };
     // BuildKit ends a failed job's Status stream only when the client
     // goes away (buildctl cancels it): after a failure, take what is
     // already on its way and stop listening.
@@ -648,10 +680,90 @@ pub async fn build(
         })?
         .into_inner();
     let mut out = resp.exporter_response;
+    if let Some(answer) = answered {
+        // As buildx: the answer's metadata is the response (no ref).
+        out.extend(answer??);
+        return Ok(out);
+    }
     local.tag_exports(&out)?;
     // The solve's ref, for `--metadata-file` (`buildx.build.ref`).
     out.insert(BUILD_REF_KEY.into(), solve_ref);
     Ok(out)
+}
+
+/// The frontend attribute that names a subrequest (`frontend.lint`, …).
+const REQUEST_ID: &str = "requestid";
+
+/// The capability buildx adds for a subrequest: the frontend may answer
+/// it (and forward it to another frontend).
+const SUBREQUEST_CAPS: &str = "moby.buildkit.frontend.subrequests+forward";
+
+/// The gateway half of a subrequest, as buildx drives it: LLBBridge.Solve
+/// with the Dockerfile frontend and `opts`, then Return of its result
+/// (or of its error, which fails the waiting Control.Solve). The answer is
+/// the result's metadata as text.
+async fn call_frontend(
+    channel: Channel,
+    build_ref: String,
+    opts: HashMap<String, String>,
+) -> Result<HashMap<String, String>> {
+    use kiln_proto::gateway::llb_bridge_client::LlbBridgeClient;
+    use kiln_proto::gateway::{ReturnRequest, SolveRequest as GatewaySolve};
+    let mut bridge = LlbBridgeClient::new(channel)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    fn of_build<T>(msg: T, build_ref: &str) -> Result<tonic::Request<T>> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("buildkit-controlapi-buildid", build_ref.parse()?);
+        Ok(r)
+    }
+    let solved = bridge
+        .solve(of_build(
+            GatewaySolve {
+                frontend: "dockerfile.v0".into(),
+                frontend_opt: opts,
+                allow_result_return: true,
+                ..Default::default()
+            },
+            &build_ref,
+        )?)
+        .await;
+    let (answer, ret) = match solved {
+        Ok(r) => {
+            let result = r.into_inner().result;
+            let metadata = result
+                .iter()
+                .flat_map(|r| r.metadata.iter())
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            (
+                Ok(metadata),
+                ReturnRequest {
+                    result,
+                    error: None,
+                },
+            )
+        }
+        Err(s) => (
+            Err(anyhow!("{}", s.message())),
+            ReturnRequest {
+                result: None,
+                error: Some(kiln_proto::rpc::Status {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                    details: <kiln_proto::rpc::Status as prost::Message>::decode(s.details())
+                        .map(|st| st.details)
+                        .unwrap_or_default(),
+                }),
+            },
+        ),
+    };
+    bridge
+        .r#return(of_build(ret, &build_ref)?)
+        .await
+        .map_err(|s| anyhow!("return: {}", s.message()))?;
+    answer
 }
 
 /// The response key under which [`build`] returns its solve ref.

@@ -11,6 +11,10 @@
 //! `StatusResponse` after its little-endian u32 length) made of what the job
 //! kept for late Status readers (`jobs::History`: every vertex's newest
 //! state and the newest logs), and `Status` of a finished ref replays it.
+//! A failed build's record holds its error's code and message, and its
+//! whole error (the details: the step, the Dockerfile lines) is the blob
+//! `<key>.error` that `externalError` names, as BuildKit keeps it; both
+//! blobs are served by digest (`crate::historycontent`).
 //!
 //! Records are kept by BuildKit's rule (`[history]`: one goes once there are
 //! more than `max-entries` and it is older than `max-age`; pinned ones stay)
@@ -31,6 +35,10 @@ use tokio::sync::broadcast;
 
 /// The media type of a record's progress blob, BuildKit's.
 pub const STATUS_MEDIA_TYPE: &str = "application/vnd.buildkit.status.v0";
+/// The media type of a failed build's error blob (BuildKit's
+/// `externalError`): the whole `google.rpc.Status`, its details (the
+/// Dockerfile lines, the failed step) included.
+pub const ERROR_MEDIA_TYPE: &str = "application/vnd.googeapis.google.rpc.status+proto";
 /// The largest `StatusResponse` frame read back from a progress file: the
 /// job's replay batches are about 1 MiB.
 const MAX_FRAME: usize = 64 << 20;
@@ -146,7 +154,7 @@ impl BuildHistory {
             let p = e.path();
             let orphan = match p.extension().and_then(|x| x.to_str()) {
                 Some("tmp") => true,
-                Some("status") => !p.with_extension("record").exists(),
+                Some("status" | "error") => !p.with_extension("record").exists(),
                 _ => false,
             };
             if orphan {
@@ -192,19 +200,30 @@ impl BuildHistory {
         if let Some(resp) = outcome.exporter_response.filter(|r| !r.is_empty()) {
             rec.exporter_response = resp;
         }
-        if let Some(e) = &outcome.error {
+        // As BuildKit: the record's error is the code and message; the
+        // whole error, details and all, is a blob beside it.
+        let error_blob = outcome.error.as_ref().map(|e| {
+            let details = kiln_proto::rpc::Status::decode(e.details())
+                .map(|s| s.details)
+                .unwrap_or_default();
             rec.error = Some(kiln_proto::rpc::Status {
                 code: e.code() as i32,
                 message: e.message().to_string(),
                 details: Vec::new(),
             });
-        }
+            kiln_proto::rpc::Status {
+                code: e.code() as i32,
+                message: e.message().to_string(),
+                details,
+            }
+            .encode_to_vec()
+        });
         let counts = StepCounts::of(&outcome.progress);
         rec.num_total_steps = counts.total;
         rec.num_completed_steps = counts.completed;
         rec.num_cached_steps = counts.cached;
         rec.num_warnings = counts.warnings;
-        match self.write(&mut rec, &outcome.progress) {
+        match self.write(&mut rec, &outcome.progress, error_blob.as_deref()) {
             Ok(()) => {
                 let _ = self.events.send(BuildHistoryEvent {
                     r#type: BuildHistoryEventType::Complete as i32,
@@ -219,10 +238,24 @@ impl BuildHistory {
         }
     }
 
-    /// Writes the progress, then the record naming it (each by rename, so
-    /// a reader never sees half of one).
-    fn write(&self, rec: &mut BuildHistoryRecord, progress: &[StatusResponse]) -> Result<()> {
+    /// Writes the progress (and a failed build's error), then the record
+    /// naming them (each by rename, so a reader never sees half of one).
+    fn write(
+        &self,
+        rec: &mut BuildHistoryRecord,
+        progress: &[StatusResponse],
+        error: Option<&[u8]>,
+    ) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        if let Some(blob) = error {
+            write_file(&self.path(&rec.r#ref, "error"), blob)?;
+            rec.external_error = Some(Descriptor {
+                media_type: ERROR_MEDIA_TYPE.to_string(),
+                digest: Digest::of(blob).to_string(),
+                size: blob.len() as i64,
+                annotations: HashMap::new(),
+            });
+        }
         let mut blob = Vec::new();
         for s in progress {
             let frame = s.encode_to_vec();
@@ -267,6 +300,29 @@ impl BuildHistory {
             }
         }
         Ok(out)
+    }
+
+    /// The blob `digest` a kept record names (its progress, or its
+    /// error), for the content service; `None` if no record names it.
+    pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        for r in self.records()? {
+            let named = |d: &Option<Descriptor>| d.as_ref().is_some_and(|d| d.digest == digest);
+            let ext = if named(&r.logs) {
+                "status"
+            } else if named(&r.external_error) {
+                "error"
+            } else {
+                continue;
+            };
+            let p = self.path(&r.r#ref, ext);
+            return match std::fs::read(&p) {
+                Ok(b) => Ok(Some(b)),
+                // Removed meanwhile (gc, delete).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io(&p)(e)),
+            };
+        }
+        Ok(None)
     }
 
     fn record(&self, r#ref: &str) -> Result<BuildHistoryRecord> {
@@ -383,10 +439,12 @@ impl BuildHistory {
             }
             Err(e) => return Err(io(&record)(e)),
         }
-        let status = self.path(r#ref, "status");
-        if let Err(e) = std::fs::remove_file(&status) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(io(&status)(e));
+        for ext in ["status", "error"] {
+            let p = self.path(r#ref, ext);
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(io(&p)(e));
+                }
             }
         }
         let _ = self.events.send(BuildHistoryEvent {
@@ -407,7 +465,8 @@ impl BuildHistory {
             .into_iter()
             .filter(|r| !r.pinned)
             .map(|r| {
-                let size = [self.path(&r.r#ref, "record"), self.path(&r.r#ref, "status")]
+                let size = ["record", "status", "error"]
+                    .map(|ext| self.path(&r.r#ref, ext))
                     .iter()
                     .filter_map(|p| std::fs::metadata(p).ok())
                     .map(|m| m.len())
@@ -856,10 +915,20 @@ mod tests {
         assert_eq!(rec.exporter_response["containerimage.digest"], "sha256:x");
         assert_eq!(rec.frontend_attrs["target"], "t");
         assert!(rec.error.is_none());
-        assert_eq!(
-            h.record("r2").expect("r2").error.expect("error").message,
-            "boom"
-        );
+        let r2 = h.record("r2").expect("r2");
+        let e = r2.error.as_ref().expect("error");
+        assert_eq!((e.message.as_str(), e.details.len()), ("boom", 0));
+        // The whole error is the blob its descriptor names.
+        let ext = r2.external_error.as_ref().expect("external error");
+        assert_eq!(ext.media_type, ERROR_MEDIA_TYPE);
+        let blob = h.blob(&ext.digest).expect("read").expect("served");
+        assert_eq!(Digest::of(&blob).to_string(), ext.digest);
+        let full = kiln_proto::rpc::Status::decode(blob.as_slice()).expect("a status");
+        assert_eq!(full.message, "boom");
+        assert!(rec.external_error.is_none());
+        let d = rec.logs.as_ref().expect("logs");
+        assert!(h.blob(&d.digest).expect("read").is_some());
+        assert!(h.blob("sha256:00").expect("read").is_none());
         let logs = h.progress("r1").expect("read").expect("kept");
         assert_eq!(logs.len(), 2);
         assert_eq!(logs[1].logs[0].msg, b"hello\n");

@@ -23,6 +23,7 @@ mod frontendimage;
 mod gateway;
 mod health;
 mod history;
+mod historycontent;
 mod inputs;
 mod jobs;
 mod listen;
@@ -384,6 +385,9 @@ async fn run(
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE),
             )
+            .add_service(kiln_proto::content::content_server::ContentServer::new(
+                historycontent::HistoryContent(d.clone()),
+            ))
             .add_service(trace::TraceService)
             .add_service(HealthServer::new(health::HealthService {
                 shutdown: d.shutdown.clone(),

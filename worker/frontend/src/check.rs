@@ -102,6 +102,111 @@ impl CheckReport {
     }
 }
 
+/// BuildKit's `lint.LintResults` as [`CheckReport::json`] writes it and
+/// buildx reads it: only the fields a report holds.
+#[derive(serde::Deserialize)]
+struct LintResultsJson {
+    #[serde(default)]
+    warnings: Vec<WarningJson>,
+    #[serde(default)]
+    sources: Vec<SourceJson>,
+    #[serde(rename = "buildError")]
+    build_error: Option<ErrorJson>,
+}
+
+#[derive(serde::Deserialize)]
+struct WarningJson {
+    #[serde(rename = "ruleName")]
+    rule_name: String,
+    #[serde(default)]
+    detail: String,
+    #[serde(default)]
+    location: LocationJson,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct LocationJson {
+    /// -1: the warning is about no line of a source.
+    #[serde(rename = "sourceIndex", default)]
+    source_index: i64,
+    #[serde(default)]
+    ranges: Vec<RangeJson>,
+}
+
+impl LocationJson {
+    /// The first line of the first range; 0 for none.
+    fn line(&self) -> usize {
+        if self.source_index < 0 {
+            return 0;
+        }
+        self.ranges
+            .first()
+            .map_or(0, |r| usize::try_from(r.start.line).unwrap_or(0))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RangeJson {
+    start: PositionJson,
+}
+
+#[derive(serde::Deserialize)]
+struct PositionJson {
+    #[serde(default)]
+    line: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct SourceJson {
+    #[serde(default)]
+    filename: String,
+    /// Go encodes a `[]byte` as base64.
+    #[serde(default)]
+    data: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorJson {
+    message: String,
+    #[serde(default)]
+    location: LocationJson,
+}
+
+impl CheckReport {
+    /// The report a daemon answered as `result.json` (the inverse of
+    /// [`CheckReport::json`]), so a client prints it as an embedded
+    /// check's.
+    pub fn from_json(json: &str) -> std::result::Result<CheckReport, serde_json::Error> {
+        let r: LintResultsJson = serde_json::from_str(json)?;
+        let source = r.sources.into_iter().next();
+        let (filename, data) = source.map(|s| (s.filename, s.data)).unwrap_or_default();
+        let source = base64::engine::general_purpose::STANDARD
+            .decode(data.as_bytes())
+            .map_err(|e| {
+                <serde_json::Error as serde::de::Error>::custom(format!(
+                    "the source's data is not base64: {e}"
+                ))
+            })?;
+        Ok(CheckReport {
+            filename,
+            source: String::from_utf8_lossy(&source).into_owned(),
+            warnings: r
+                .warnings
+                .into_iter()
+                .map(|w| Warning {
+                    line: w.location.line(),
+                    rule: w.rule_name,
+                    message: w.detail,
+                })
+                .collect(),
+            error: r.build_error.map(|e| {
+                let line = Some(e.location.line()).filter(|l| *l > 0);
+                (e.message, line)
+            }),
+        })
+    }
+}
+
 /// Runs the build checks of `source` for the first target platform;
 /// `opts.lint` need not be set (this sets what it implies).
 pub async fn check<I: ImageConfigs>(
@@ -326,11 +431,31 @@ mod tests {
         assert_eq!(v["sources"][0]["data"], "RlJPTSBhCg==");
         assert_eq!(v["buildError"]["message"], "Dockerfile:1: bad");
         assert_eq!(report.status_code(), 1);
+        // What a client reads back is what was written.
+        assert_eq!(
+            CheckReport::from_json(&report.json()).expect("reads"),
+            report
+        );
+        let lineless = CheckReport {
+            warnings: vec![Warning {
+                rule: "InvalidBaseImagePlatform".into(),
+                message: "no line".into(),
+                line: 0,
+            }],
+            error: Some(("no line either".into(), None)),
+            ..report.clone()
+        };
+        assert_eq!(
+            CheckReport::from_json(&lineless.json()).expect("reads"),
+            lineless
+        );
         let clean = CheckReport {
             warnings: Vec::new(),
             error: None,
             ..report
         };
         assert_eq!(clean.status_code(), 0);
+        assert_eq!(CheckReport::from_json(&clean.json()).expect("reads"), clean);
+        assert!(CheckReport::from_json("{\"warnings\": 1}").is_err());
     }
 }
