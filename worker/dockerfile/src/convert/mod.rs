@@ -923,13 +923,19 @@ impl Converter<'_> {
                     self.warnings.extend(checks::workdir_relative(&p, line));
                 }
                 st.workdir_set = true;
-                let base = if st.config.working_dir.is_empty() {
-                    "/"
-                } else {
-                    &st.config.working_dir
+                // BuildKit's NormalizeWorkdir: an absolute path is kept as
+                // written (`//x//y`, `/a/b/` stay so in the config and the
+                // history), a relative one is joined to the current workdir
+                // and cleaned, an empty one keeps the current workdir.
+                let base = match st.config.working_dir.as_str() {
+                    "" => "/".to_string(),
+                    cur if cur.starts_with('/') => cur.to_string(),
+                    cur => clean(&format!("/{cur}")),
                 };
-                let wd = if p.starts_with('/') {
-                    clean(&p)
+                let wd = if p.is_empty() {
+                    base
+                } else if p.starts_with('/') {
+                    p
                 } else {
                     clean(&format!("{base}/{p}"))
                 };
@@ -949,7 +955,7 @@ impl Converter<'_> {
                                 secondary_input: None,
                                 output: Some(0),
                                 action: FileActionKind::MkDir(FileMkDir {
-                                    path: wd.clone(),
+                                    path: clean(&wd),
                                     mode: 0o755,
                                     make_parents: true,
                                     owner,
