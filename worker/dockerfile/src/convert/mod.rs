@@ -320,7 +320,20 @@ pub fn to_graph(
     }
     let mut warnings = conv.warnings;
     warnings.retain(|w| df.check_enabled(&w.rule, w.line));
-    warnings.extend(df.warnings.iter().cloned());
+    // The rules BuildKit runs while dispatching a stage report nothing for
+    // a stage the build does not need.
+    let needed = |line: usize| {
+        df.stages
+            .iter()
+            .rposition(|s| s.line <= line)
+            .is_none_or(|i| conv.plan.needed[i])
+    };
+    warnings.extend(
+        df.warnings
+            .iter()
+            .filter(|w| !crate::lint::DISPATCH_RULES.contains(&w.rule.as_str()) || needed(w.line))
+            .cloned(),
+    );
     warnings.sort_by_key(|w| w.line);
     if df.check.error && !warnings.is_empty() {
         let mut rules: Vec<&str> = Vec::new();
