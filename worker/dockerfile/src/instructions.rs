@@ -496,8 +496,11 @@ impl Parser<'_> {
                         .map_err(|m| self.invalid(line, m))?,
                 )
             }
+            // A trigger keeps its heredoc bodies (BuildKit appends each
+            // body and terminator to the stored expression).
             "onbuild" => Instruction::Onbuild(
-                crate::metadata::onbuild(rest).map_err(|m| self.invalid(line, m))?,
+                crate::metadata::onbuild(&node.with_heredocs(rest))
+                    .map_err(|m| self.invalid(line, m))?,
             ),
             _ => {
                 return Err(ParseError::UnknownInstruction {

@@ -23,6 +23,15 @@ const GLOBAL_RULES: [&str; 4] = [
     "NoEmptyContinuation",
 ];
 
+/// Rules BuildKit runs while it dispatches a stage's instructions, so a
+/// build reports them only for the stages it needs (the converter filters
+/// them; a lint of every stage keeps them all).
+pub const DISPATCH_RULES: [&str; 3] = [
+    "JSONArgsRecommended",
+    "MultipleInstructionsDisallowed",
+    "LegacyKeyValueFormat",
+];
+
 /// Stage names BuildKit reserves.
 const RESERVED_STAGE_NAMES: [&str; 2] = ["context", "scratch"];
 

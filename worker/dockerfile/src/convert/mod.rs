@@ -320,7 +320,20 @@ pub fn to_graph(
     }
     let mut warnings = conv.warnings;
     warnings.retain(|w| df.check_enabled(&w.rule, w.line));
-    warnings.extend(df.warnings.iter().cloned());
+    // The rules BuildKit runs while dispatching a stage report nothing for
+    // a stage the build does not need.
+    let needed = |line: usize| {
+        df.stages
+            .iter()
+            .rposition(|s| s.line <= line)
+            .is_none_or(|i| conv.plan.needed[i])
+    };
+    warnings.extend(
+        df.warnings
+            .iter()
+            .filter(|w| !crate::lint::DISPATCH_RULES.contains(&w.rule.as_str()) || needed(w.line))
+            .cloned(),
+    );
     warnings.sort_by_key(|w| w.line);
     if df.check.error && !warnings.is_empty() {
         let mut rules: Vec<&str> = Vec::new();
@@ -923,13 +936,19 @@ impl Converter<'_> {
                     self.warnings.extend(checks::workdir_relative(&p, line));
                 }
                 st.workdir_set = true;
-                let base = if st.config.working_dir.is_empty() {
-                    "/"
-                } else {
-                    &st.config.working_dir
+                // BuildKit's NormalizeWorkdir: an absolute path is kept as
+                // written (`//x//y`, `/a/b/` stay so in the config and the
+                // history), a relative one is joined to the current workdir
+                // and cleaned, an empty one keeps the current workdir.
+                let base = match st.config.working_dir.as_str() {
+                    "" => "/".to_string(),
+                    cur if cur.starts_with('/') => cur.to_string(),
+                    cur => clean(&format!("/{cur}")),
                 };
-                let wd = if p.starts_with('/') {
-                    clean(&p)
+                let wd = if p.is_empty() {
+                    base
+                } else if p.starts_with('/') {
+                    p
                 } else {
                     clean(&format!("{base}/{p}"))
                 };
@@ -949,7 +968,7 @@ impl Converter<'_> {
                                 secondary_input: None,
                                 output: Some(0),
                                 action: FileActionKind::MkDir(FileMkDir {
-                                    path: wd.clone(),
+                                    path: clean(&wd),
                                     mode: 0o755,
                                     make_parents: true,
                                     owner,

@@ -306,3 +306,28 @@ fn without_a_target_platform_a_stage_is_built_for_its_images_platform_when_the_w
     );
     assert_eq!(source_platform(&from), None);
 }
+
+#[test]
+fn dispatch_rules_are_reported_for_the_stages_built_only() {
+    let src =
+        "FROM busybox AS a\nCMD x\nFROM busybox AS b\nCMD x\nCMD y\nLABEL k v\nMAINTAINER me\n";
+    let only_a = BuildOptions {
+        target: Some("a".into()),
+        ..Default::default()
+    };
+    // Stage b is not built: its CMD and LABEL rules are BuildKit's
+    // dispatch-time ones; MaintainerDeprecated is a parse-time one.
+    assert_eq!(
+        warnings_with(src, &only_a),
+        vec![
+            "JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 2)",
+            "MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 7)",
+        ]
+    );
+    // A lint of every stage reports them all.
+    let all = BuildOptions {
+        all_stages: true,
+        ..Default::default()
+    };
+    assert_eq!(warnings_with(src, &all).len(), 6);
+}

@@ -441,3 +441,52 @@ fn a_triggers_from_stage_is_built_for_the_child() {
     let p = to_graph(&df, &opts, &bases).expect("builds");
     assert_eq!(p.stages_built, ["parent"]);
 }
+
+#[test]
+fn an_absolute_workdir_is_kept_as_written_and_a_relative_one_cleaned() {
+    // BuildKit's NormalizeWorkdir: the config and the history say what was
+    // written; the directory made is the clean path.
+    let b = build_with(
+        "FROM img\nWORKDIR //x//y/\nWORKDIR ../z/\nWORKDIR /a/b/\n",
+        &ImageConfig::default(),
+    )
+    .expect("converts");
+    assert_eq!(b.config.working_dir, "/a/b/");
+    assert_eq!(
+        created_by(&b.config)[..3],
+        ["WORKDIR //x//y/", "WORKDIR /x/z", "WORKDIR /a/b/"]
+    );
+    let mkdirs: Vec<String> = b
+        .graph
+        .needed_for(b.result)
+        .iter()
+        .filter_map(|id| match &b.graph.vertex(*id).op {
+            Op::File(f) => match &f.actions[0].action {
+                FileActionKind::MkDir(m) => Some(m.path.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(mkdirs, ["/x/y", "/x/z", "/a/b"]);
+}
+
+#[test]
+fn an_onbuild_trigger_keeps_its_heredoc_bodies() {
+    let b = build_with(
+        "FROM img\nONBUILD RUN <<EOF\necho trig\nEOF\nONBUILD COPY <<-X /f\n\tx\n\tX\n",
+        &ImageConfig::default(),
+    )
+    .expect("converts");
+    assert_eq!(
+        b.config.on_build,
+        ["RUN <<EOF\necho trig\nEOF", "COPY <<-X /f\n\tx\nX"]
+    );
+    // ... and a child runs them as written.
+    let base = ImageConfig {
+        on_build: b.config.on_build.clone(),
+        ..Default::default()
+    };
+    let child = build_with("FROM img\n", &base).expect("a child converts");
+    assert!(child.config.on_build.is_empty());
+}
