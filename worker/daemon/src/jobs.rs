@@ -519,10 +519,14 @@ pub struct ActiveGuard(Arc<Jobs>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        let mut a = self.0.active.lock().unwrap_or_else(|p| p.into_inner());
-        *a = a.saturating_sub(1);
-        if *a == 0 {
+        let idle = {
+            let mut a = self.0.active.lock().unwrap_or_else(|p| p.into_inner());
+            *a = a.saturating_sub(1);
+            *a == 0
+        };
+        if idle {
             self.0.idle.notify_waiters();
+            crate::release_free_memory();
         }
     }
 }

@@ -188,6 +188,21 @@ fn tune_malloc() {
     }
 }
 
+/// Gives the allocator's free pages back to the system. A build's
+/// transient buffers (the context's receive, a layer's chunks on their way
+/// to containerd) are freed when it ends, but glibc returns only the free
+/// top of a heap: what was freed below a live allocation stays resident
+/// (~8 MiB after W3's cold build). Called when the last running build ends
+/// ([`jobs::ActiveGuard`]); it takes the arenas' locks like any `malloc`.
+pub(crate) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's
+    // own heaps; it is thread-safe like malloc and free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// An error and its causes on one line.
 fn error_line(e: &anyhow::Error) -> String {
     format!("{e:#}")
