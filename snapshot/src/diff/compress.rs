@@ -186,6 +186,8 @@ enum Member {
         /// Uncompressed length.
         raw: u64,
         bytes: Vec<u8>,
+        /// The member's input buffer, handed back for another member.
+        spent: Vec<u8>,
     },
     /// At (offset, length) in the earlier blob; `data` is kept to compress
     /// it after all if those bytes cannot be read.
@@ -195,11 +197,28 @@ enum Member {
         /// The codec's [`Codec::check`] of `data`.
         check: u32,
         data: Vec<u8>,
+        /// The output buffer the job brought, unused.
+        spent: Vec<u8>,
     },
 }
 
 type MemberResult = io::Result<Member>;
-type Job = (Vec<u8>, Option<Arc<MemberIndex>>, SyncSender<MemberResult>);
+/// A member's bytes, a buffer for its output, the earlier blob's index and
+/// where the result goes.
+type Job = (
+    Vec<u8>,
+    Vec<u8>,
+    Option<Arc<MemberIndex>>,
+    SyncSender<MemberResult>,
+);
+
+/// How many emptied member buffers a writer keeps for the next members.
+/// Every member needs two (its bytes and its output); a fresh multi-MiB
+/// buffer comes from the allocator as new pages that are faulted in, and
+/// zeroed by the kernel, once per member, which costs about as much as
+/// compressing incompressible bytes. Two members' worth covers the steady
+/// state, in which each written member frees what the next one takes.
+const SPARE_BUFFERS: usize = 4;
 
 /// Worker threads compressing members. Threads are started lazily, up to
 /// `max`, and joined on drop.
@@ -228,6 +247,7 @@ impl Pool {
     fn submit(
         &mut self,
         data: Vec<u8>,
+        out: Vec<u8>,
         index: Option<Arc<MemberIndex>>,
         busy: usize,
     ) -> io::Result<Receiver<MemberResult>> {
@@ -244,7 +264,7 @@ impl Pool {
             .jobs
             .as_ref()
             .ok_or_else(|| io::Error::other("compression pool already stopped"))?;
-        jobs.send((data, index, done_tx))
+        jobs.send((data, out, index, done_tx))
             .map_err(|_| io::Error::other("compression workers exited"))?;
         Ok(done_rx)
     }
@@ -283,6 +303,8 @@ pub(crate) struct ParMemberWriter<W: Write> {
     written: u64,
     /// For a member the earlier blob was meant to give but did not.
     fallback: Option<MemberEncoder>,
+    /// Emptied buffers of written members (see [`SPARE_BUFFERS`]).
+    spare: Vec<Vec<u8>>,
 }
 
 impl<W: Write> ParMemberWriter<W> {
@@ -305,6 +327,7 @@ impl<W: Write> ParMemberWriter<W> {
             members: BlobMembers::default(),
             written: 0,
             fallback: None,
+            spare: Vec::with_capacity(SPARE_BUFFERS),
         }
     }
 
@@ -316,12 +339,15 @@ impl<W: Write> ParMemberWriter<W> {
 
     /// Submits the first `len` bytes of `buf` as a member.
     fn submit(&mut self, len: usize) -> io::Result<()> {
-        let rest = self.buf.split_off(len);
+        let mut rest = self.spare.pop().unwrap_or_default();
+        rest.extend_from_slice(&self.buf[len..]);
+        self.buf.truncate(len);
         let data = std::mem::replace(&mut self.buf, rest);
         self.member_start += len as u64;
         self.submitted = true;
         let index = self.old.as_ref().map(|(i, _)| Arc::clone(i));
-        let rx = self.pool.submit(data, index, self.pending.len())?;
+        let out = self.spare.pop().unwrap_or_default();
+        let rx = self.pool.submit(data, out, index, self.pending.len())?;
         self.pending.push_back(rx);
         // Bound memory: one member per worker, plus the one just queued
         // (a worker that finishes finds it). Each member holds its input
@@ -342,13 +368,25 @@ impl<W: Write> ParMemberWriter<W> {
             .recv()
             .map_err(|_| io::Error::other("compression worker exited without a result"))??;
         match member {
-            Member::Fresh { digest, raw, bytes } => self.emit(digest, raw, &bytes),
+            Member::Fresh {
+                digest,
+                raw,
+                bytes,
+                spent,
+            } => {
+                self.emit(digest, raw, &bytes)?;
+                self.recycle(bytes);
+                self.recycle(spent);
+                Ok(())
+            }
             Member::Known {
                 digest,
                 at: (offset, len),
                 check,
                 data,
+                spent,
             } => {
+                self.recycle(spent);
                 let raw = data.len() as u64;
                 let codec = self.codec;
                 let copied = self
@@ -359,7 +397,7 @@ impl<W: Write> ParMemberWriter<W> {
                 match copied {
                     Some(bytes) => {
                         self.members.reused += 1;
-                        self.emit(Some(digest), raw, &bytes)
+                        self.emit(Some(digest), raw, &bytes)?;
                     }
                     None => {
                         let encoder = match &mut self.fallback {
@@ -367,10 +405,20 @@ impl<W: Write> ParMemberWriter<W> {
                             empty => empty.insert(MemberEncoder::new(codec)?),
                         };
                         let bytes = encoder.member(&data)?;
-                        self.emit(Some(digest), raw, &bytes)
+                        self.emit(Some(digest), raw, &bytes)?;
                     }
                 }
+                self.recycle(data);
+                Ok(())
             }
+        }
+    }
+
+    /// Keeps an emptied buffer for a later member, up to [`SPARE_BUFFERS`].
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            buf.clear();
+            self.spare.push(buf);
         }
     }
 
@@ -477,7 +525,9 @@ fn member_worker(codec: Codec, rx: &Mutex<Receiver<Job>>) {
             Ok(guard) => guard.recv(),
             Err(_) => return,
         };
-        let Ok((data, index, done)) = job else { return };
+        let Ok((data, out, index, done)) = job else {
+            return;
+        };
         // Looked up only in an index worth copying from (see
         // `layer::old_members`); its entries are all worth copying.
         let digest = index
@@ -494,31 +544,38 @@ fn member_worker(codec: Codec, rx: &Mutex<Receiver<Job>>) {
                 at,
                 check: codec.check(&data),
                 data,
+                spent: out,
             }),
-            None => fresh(codec, &mut encoder, &data, digest),
+            None => fresh(codec, &mut encoder, data, out, digest),
         };
         // The receiver may be gone if the writer was dropped; that is fine.
         let _ = done.send(result);
     }
 }
 
-/// `data` compressed, with its digest if it is worth indexing (computed
-/// here unless the lookup did already).
+/// `data` compressed into `out`, with its digest if it is worth indexing
+/// (computed here unless the lookup did already).
 fn fresh(
     codec: Codec,
     encoder: &mut Option<MemberEncoder>,
-    data: &[u8],
+    data: Vec<u8>,
+    mut out: Vec<u8>,
     digest: Option<[u8; 32]>,
 ) -> MemberResult {
     let encoder = match encoder {
         Some(e) => e,
         empty => empty.insert(MemberEncoder::new(codec)?),
     };
-    let bytes = encoder.member(data)?;
+    encoder.member_into(&data, &mut out)?;
     let raw = data.len() as u64;
-    let digest = worth_copying(bytes.len() as u64, raw)
-        .then(|| digest.unwrap_or_else(|| Sha256::digest(data).into()));
-    Ok(Member::Fresh { digest, raw, bytes })
+    let digest = worth_copying(out.len() as u64, raw)
+        .then(|| digest.unwrap_or_else(|| Sha256::digest(&data).into()));
+    Ok(Member::Fresh {
+        digest,
+        raw,
+        bytes: out,
+        spent: data,
+    })
 }
 
 /// Encodes members of one codec; every member is a pure function of its
@@ -538,9 +595,17 @@ impl MemberEncoder {
 
     /// One complete member holding `data`.
     pub(crate) fn member(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.member_into(data, &mut out)?;
+        Ok(out)
+    }
+
+    /// One complete member holding `data`, in place of what `out` held.
+    pub(crate) fn member_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        out.clear();
         match self {
-            MemberEncoder::Gzip(e) => e.member(data),
-            MemberEncoder::Zstd(e) => e.member(data),
+            MemberEncoder::Gzip(e) => e.member_into(data, out),
+            MemberEncoder::Zstd(e) => e.member_into(data, out),
         }
     }
 }
@@ -566,9 +631,12 @@ impl ZstdEncoder {
         Ok(ZstdEncoder { cctx })
     }
 
-    /// One complete zstd frame holding `data`.
-    pub(crate) fn member(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
-        self.cctx.compress(data)
+    /// One complete zstd frame holding `data`, in place of what `out` held.
+    fn member_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        self.cctx.compress_to_buffer(data, out)?;
+        Ok(())
     }
 }
 
@@ -613,20 +681,29 @@ impl GzipEncoder {
     }
 
     /// One complete gzip member holding `data`.
+    #[cfg(test)]
     pub(crate) fn member(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(GZIP_HEADER.len() + data.len() + data.len() / 64 + 256);
+        let mut out = Vec::new();
+        self.member_into(data, &mut out)?;
+        Ok(out)
+    }
+
+    /// One complete gzip member holding `data`, in place of what `out` held.
+    fn member_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        out.clear();
+        out.reserve(GZIP_HEADER.len() + data.len() + data.len() / 64 + 256);
         out.extend_from_slice(&GZIP_HEADER);
         if self.incompressible(data)? {
-            stored_blocks(data, &mut out);
+            stored_blocks(data, out);
         } else {
-            self.deflate(data, &mut out)?;
+            self.deflate(data, out)?;
         }
         let mut crc = flate2::Crc::new();
         crc.update(data);
         out.extend_from_slice(&crc.sum().to_le_bytes());
         // ISIZE is the length modulo 2^32 (RFC 1952).
         out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        Ok(out)
+        Ok(())
     }
 
     /// Whether the probe slices of `data` shrink by less than 1/32. Members
