@@ -264,6 +264,85 @@ match = { cn = "bob" }
         "{}",
         alice_again.stderr
     );
+
+    // Build records are a tenant's own too: alice's failed build keeps its
+    // whole error as a blob of kilnd's content service, which she reads
+    // and bob can neither list nor read by its digest.
+    let failing = h.context("failing", &[("Dockerfile", "FROM busybox\nRUN exit 3\n")]);
+    assert!(!alice.build("fails:alice", &failing).success);
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let (a_ch, b_ch) = (
+        tls_channel(port, &pki, &pki.client("alice")).await,
+        tls_channel(port, &pki, &pki.client("bob")).await,
+    );
+    let (a_refs, a_error) = history_of(a_ch.clone()).await;
+    let (b_refs, _) = history_of(b_ch.clone()).await;
+    let digest = a_error.expect("alice's failed build names its error blob");
+    assert!(
+        a_refs.is_disjoint(&b_refs),
+        "records seen by both: {a_refs:?} {b_refs:?}"
+    );
+    use kiln_proto::content::content_client::ContentClient;
+    use kiln_proto::content::{InfoRequest, ReadContentRequest};
+    let info = |ch: tonic::transport::Channel| {
+        let digest = digest.clone();
+        async move { ContentClient::new(ch).info(InfoRequest { digest }).await }
+    };
+    let size = info(a_ch.clone())
+        .await
+        .expect("alice reads her error's Info")
+        .into_inner()
+        .info
+        .expect("info")
+        .size;
+    assert!(size > 0);
+    let e = info(b_ch.clone()).await.expect_err("bob read alice's Info");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let read = ContentClient::new(b_ch)
+        .read(ReadContentRequest {
+            digest: digest.clone(),
+            offset: 0,
+            size,
+        })
+        .await;
+    let e = match read {
+        Err(e) => e,
+        Ok(stream) => stream
+            .into_inner()
+            .message()
+            .await
+            .expect_err("bob read alice's error blob"),
+    };
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+}
+
+/// The refs of the build records a client lists (as `buildx history ls`)
+/// and the digest of the first failed record's `externalError`.
+async fn history_of(ch: tonic::transport::Channel) -> (BTreeSet<String>, Option<String>) {
+    use kiln_proto::control::control_client::ControlClient;
+    use kiln_proto::control::BuildHistoryRequest;
+    let mut s = ControlClient::new(ch)
+        .listen_build_history(BuildHistoryRequest {
+            early_exit: true,
+            ..Default::default()
+        })
+        .await
+        .expect("ListenBuildHistory")
+        .into_inner();
+    let (mut refs, mut error) = (BTreeSet::new(), None);
+    while let Some(e) = s.message().await.expect("event") {
+        if let Some(r) = e.record {
+            if error.is_none() {
+                error = r.external_error.map(|d| d.digest);
+            }
+            refs.insert(r.r#ref);
+        }
+    }
+    (refs, error)
 }
 
 #[tokio::test]
