@@ -638,6 +638,34 @@ impl Harness {
             .expect("ctr run succeeds")
     }
 
+    /// [`Harness::run_image`] for a command whose whole output is known.
+    /// The same ctr race can also drop only the *last* chunk of a
+    /// short-lived task's output (seen once in CI: `two\n` for
+    /// `cat /base; wc -c < /app/big`, ctr exiting 0), so an answer that
+    /// differs from `expected` is retried with a fresh container ID, up to
+    /// three times. The image does not change between tries, so a right
+    /// answer on any try is the image's answer; the last answer is
+    /// returned for the caller to assert on, and a wrong image fails all
+    /// three.
+    pub fn run_image_expecting(
+        &self,
+        namespace: &str,
+        image: &str,
+        id: &str,
+        cmd: &[&str],
+        expected: &str,
+    ) -> String {
+        let mut out = String::new();
+        for attempt in 0..3 {
+            out = self.run_image(namespace, image, &format!("{id}-x{attempt}"), cmd);
+            if out == expected {
+                break;
+            }
+            eprintln!("ctr run {image} (try {attempt}) gave {out:?}, not {expected:?}");
+        }
+        out
+    }
+
     /// [`Harness::run_image`], with a failed `ctr run` as an error.
     pub fn try_run_image(
         &self,

@@ -69,13 +69,15 @@ async fn a_linked_copy_survives_a_base_change_with_the_same_layer() {
 
     // Each image holds its own base and the linked file.
     for (tag, base) in [("one", "one"), ("two", "two")] {
-        let out = h.run_image(
+        let expected = format!("{base}\n{}\n", big.len());
+        let out = h.run_image_expecting(
             ns,
             &format!("docker.io/library/link:{tag}"),
             &format!("link-{tag}"),
             &["sh", "-c", "cat /base; wc -c < /app/big"],
+            &expected,
         );
-        assert_eq!(out, format!("{base}\n{}\n", big.len()));
+        assert_eq!(out, expected);
     }
 }
 
