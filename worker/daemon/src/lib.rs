@@ -24,6 +24,7 @@ mod gateway;
 mod health;
 mod history;
 mod historycontent;
+mod historyresults;
 mod inputs;
 mod jobs;
 mod listen;
