@@ -43,6 +43,7 @@ mod state;
 mod status;
 mod tenants;
 mod trace;
+mod usagefilter;
 mod workers;
 
 use anyhow::{anyhow, Context, Result};
