@@ -420,7 +420,8 @@ impl Harness {
     /// What `ctr` lists of kiln's leftovers in `namespace`: containers,
     /// tasks, active snapshots and kiln leases, except what kiln keeps on
     /// purpose: cache record leases (`kiln/cache/...`, which also hold the
-    /// shared cache-mount snapshots `kiln-cachemount-<hash>`). A build lease
+    /// shared cache-mount snapshots `kiln-cachemount-<hash>`) and build
+    /// records' results (`kiln/history/...`). A build lease
     /// counts whether or not it carries an expiry, so do a build's
     /// keepalive leases (`kiln/keepalive/...`), and so does a private
     /// cache-mount snapshot, which only lives as long as its build. See
@@ -455,11 +456,12 @@ fn is_kept_snapshot(key: &str) -> bool {
     key.starts_with("kiln-cachemount-") && !key.starts_with("kiln-cachemount-private-")
 }
 
-/// kiln leases that may outlive a build: cache records, and the empty lease
-/// a GC run creates and deletes at once (it holds nothing, and a daemon may
-/// be collecting while a test looks).
+/// kiln leases that may outlive a build: cache records, kilnd's build
+/// records' results (`kiln/history/...`, kept as long as the record), and
+/// the empty lease a GC run creates and deletes at once (it holds nothing,
+/// and a daemon may be collecting while a test looks).
 fn is_kept_lease(id: &str) -> bool {
-    id.starts_with("kiln/cache/") || id.starts_with("kiln/gc/")
+    id.starts_with("kiln/cache/") || id.starts_with("kiln/gc/") || id.starts_with("kiln/history/")
 }
 
 /// Whether `line` is the error `kiln` ends a failed run with: `error: …`,

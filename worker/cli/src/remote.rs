@@ -637,8 +637,13 @@ pub async fn build(
         {
             for w in &msg.warnings {
                 let mut text = String::from_utf8_lossy(&w.short).into_owned();
+                // BuildKit's frontend (and kilnd) end the text with the
+                // line already; another frontend's may not.
                 if let Some(line) = w.ranges.first().and_then(|r| r.start.as_ref()) {
-                    text.push_str(&format!(" (line {})", line.line));
+                    let suffix = format!(" (line {})", line.line);
+                    if !text.ends_with(&suffix) {
+                        text.push_str(&suffix);
+                    }
                 }
                 warnings.push(text);
             }

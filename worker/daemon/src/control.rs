@@ -46,7 +46,7 @@ async fn run_solve(
     tenant: Arc<Tenant>,
     job: Arc<Job>,
     mut r: SolveRequest,
-) -> Result<SolveResponse, Status> {
+) -> Result<Finished, Status> {
     if r.source_policy
         .as_ref()
         .is_some_and(|p| !p.rules.is_empty())
@@ -109,11 +109,11 @@ async fn run_solve(
             return Err(returned_error(err));
         }
         let Some(result) = ret.result else {
-            return Ok(SolveResponse::default());
+            return Ok(Finished::default());
         };
         let Some(found) = crate::gateway::take_returned(&job, &result).await? else {
             // An empty result (buildx's preflight).
-            return Ok(SolveResponse::default());
+            return Ok(Finished::default());
         };
         let config = found
             .config
@@ -152,7 +152,7 @@ async fn run_solve(
         );
     }
     let exported = match exported {
-        Ok(mut resp) => crate::cache::export(
+        Ok(mut ex) => crate::cache::export(
             &job,
             &solved,
             session.as_ref(),
@@ -160,15 +160,30 @@ async fn run_solve(
         )
         .await
         .map(|cache| {
-            resp.extend(cache);
-            resp
+            ex.response.extend(cache);
+            ex
         }),
         Err(e) => Err(e),
     };
+    // The record's results are held before the build's lease goes.
+    if let (Ok(ex), false) = (&exported, r.internal) {
+        crate::historyresults::hold(tenant.engine.services(), &r.r#ref, &ex.results).await;
+    }
     solved.release(exported.is_err()).await;
-    Ok(SolveResponse {
-        exporter_response: exported?,
+    let exported = exported?;
+    Ok(Finished {
+        response: SolveResponse {
+            exporter_response: exported.response,
+        },
+        results: exported.results,
     })
+}
+
+/// What a finished Solve answers, and what its record keeps of it.
+#[derive(Default)]
+struct Finished {
+    response: SolveResponse,
+    results: std::collections::HashMap<i64, kiln_proto::control::Descriptor>,
 }
 
 /// Who sent a request, for the log: the identity its connection proves,
@@ -367,11 +382,18 @@ impl Control for ControlService {
                 // does: `buildx history` right after the build finds it.
                 let (history, progress) = (tenant.history.clone(), job2.subscribe().0);
                 let outcome = crate::history::Outcome {
-                    exporter_response: r.as_ref().ok().map(|s| s.exporter_response.clone()),
+                    exporter_response: r
+                        .as_ref()
+                        .ok()
+                        .map(|f| f.response.exporter_response.clone()),
+                    results: r.as_ref().map(|f| f.results.clone()).unwrap_or_default(),
                     error: r.as_ref().err().cloned(),
                     progress,
                 };
-                let _ = tokio::task::spawn_blocking(move || history.completed(&id, outcome)).await;
+                let h = history.clone();
+                let _ = tokio::task::spawn_blocking(move || h.completed(&id, outcome)).await;
+                // Results of records the limits just removed go with them.
+                crate::historyresults::reconcile(tenant.engine.services(), &history).await;
             }
             tenant.enforce_cache_max().await;
             drop(build_permit);
@@ -389,7 +411,7 @@ impl Control for ControlService {
         });
         let r = task.await.map_err(|e| Status::internal(e.to_string()))?;
         guard.disarm();
-        r.map(Response::new)
+        r.map(|f| Response::new(f.response))
     }
 
     async fn status(
@@ -592,6 +614,7 @@ impl Control for ControlService {
     ) -> Result<Response<UpdateBuildHistoryResponse>, Status> {
         let tenant = self.0.tenant(&request).await?;
         let req = request.into_inner();
+        let delete = req.delete;
         let history = tenant.history.clone();
         let done = tokio::task::spawn_blocking(move || {
             if req.delete {
@@ -608,6 +631,9 @@ impl Control for ControlService {
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
         done.map_err(|e| e.status())?;
+        if delete {
+            crate::historyresults::reconcile(tenant.engine.services(), &tenant.history).await;
+        }
         Ok(Response::new(UpdateBuildHistoryResponse {}))
     }
 

@@ -222,6 +222,24 @@ fn created_annotation(attrs: &HashMap<String, String>, frontend: Option<i64>) ->
     }
 }
 
+/// What the exporters did: their merged response, and the descriptor of
+/// each image one made, by exporter index (a build record's result).
+#[derive(Default)]
+pub struct Exports {
+    pub response: HashMap<String, String>,
+    pub results: HashMap<i64, kiln_proto::control::Descriptor>,
+}
+
+/// A made image's descriptor as a build record keeps it.
+fn result_of(out: &kiln_engine::export::Exported) -> kiln_proto::control::Descriptor {
+    kiln_proto::control::Descriptor {
+        media_type: out.manifest.media_type().to_string(),
+        digest: out.manifest.digest().to_string(),
+        size: i64::try_from(out.manifest.size()).unwrap_or(i64::MAX),
+        annotations: out.manifest.annotations().clone().unwrap_or_default(),
+    }
+}
+
 /// Runs every exporter on `solved` and merges their responses.
 pub async fn run(
     engine: &kiln_engine::Engine,
@@ -231,8 +249,9 @@ pub async fn run(
     config: &ImageConfig,
     exporters: &[Exporter],
     compression: Compression,
-) -> Result<HashMap<String, String>, Status> {
+) -> Result<Exports, Status> {
     let mut resp = HashMap::new();
+    let mut results = HashMap::new();
     // The work shows under the first exporter's vertex (`control`
     // starts and ends it), as BuildKit's items of it.
     let vertex = vertex_name(exporters.first().map_or("image", |e| e.r#type.as_str()));
@@ -268,6 +287,7 @@ pub async fn run(
                     out.names.push(name);
                 }
                 image_response(&mut resp, &out);
+                results.insert(i64::try_from(index).unwrap_or(i64::MAX), result_of(&out));
                 if index == 0 {
                     crate::status::step_items(job, &vertex, &items(kind, attrs, &resp, started));
                 }
@@ -292,6 +312,7 @@ pub async fn run(
                 // into the image store.
                 out.names = names.clone();
                 image_response(&mut resp, &out);
+                results.insert(i64::try_from(index).unwrap_or(i64::MAX), result_of(&out));
                 let format = if kind == "docker" {
                     ArchiveFormat::Docker
                 } else {
@@ -370,7 +391,10 @@ pub async fn run(
             crate::status::step_items(job, &vertex, &items(kind, attrs, &resp, started));
         }
     }
-    Ok(resp)
+    Ok(Exports {
+        response: resp,
+        results,
+    })
 }
 
 /// The result as the local and tar exporters send it, by their

@@ -21,12 +21,12 @@
 //! and, beyond BuildKit, within `max-size` bytes, the oldest unpinned first.
 
 use kiln_proto::control::{
-    BuildHistoryEvent, BuildHistoryEventType, BuildHistoryRecord, BuildHistoryRequest, Descriptor,
-    Exporter, SolveRequest, StatusResponse,
+    BuildHistoryEvent, BuildHistoryEventType, BuildHistoryRecord, BuildHistoryRequest,
+    BuildResultInfo, Descriptor, Exporter, SolveRequest, StatusResponse,
 };
 use kiln_solver::Digest;
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -125,6 +125,18 @@ pub struct Outcome {
     pub error: Option<tonic::Status>,
     /// The job's kept progress (`Job::subscribe`'s replay).
     pub progress: Vec<StatusResponse>,
+    /// The images the exporters made, by exporter index
+    /// (`crate::historyresults`).
+    pub results: HashMap<i64, Descriptor>,
+}
+
+/// What a digest the content service is asked for is to the records.
+pub enum Named {
+    /// A blob kilnd keeps beside a record (its progress or its error).
+    Blob(Vec<u8>),
+    /// Not a record's own blob: these are the kept records' results, in
+    /// the content store.
+    Results(Vec<Descriptor>),
 }
 
 impl BuildHistory {
@@ -140,9 +152,36 @@ impl BuildHistory {
         h
     }
 
+    /// The key of the record of `ref`: its files' names, its results'
+    /// lease.
+    pub fn key(r#ref: &str) -> String {
+        Digest::of(r#ref.as_bytes()).hex().to_string()
+    }
+
     fn path(&self, r#ref: &str, ext: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}.{ext}", Digest::of(r#ref.as_bytes()).hex()))
+        self.dir.join(format!("{}.{ext}", Self::key(r#ref)))
+    }
+
+    /// The keys of the kept records and of the running builds' (taken
+    /// together under the writers' lock, so a record being completed is in
+    /// one or the other).
+    pub fn keys(&self) -> Result<HashSet<String>> {
+        let active = self.lock();
+        let mut keys: HashSet<String> = active.keys().map(|r| Self::key(r)).collect();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) == Some("record") {
+                if let Some(stem) = p.file_stem().and_then(|x| x.to_str()) {
+                    keys.insert(stem.to_string());
+                }
+            }
+        }
+        Ok(keys)
     }
 
     /// Removes temporary files and progress files without a record.
@@ -199,6 +238,20 @@ impl BuildHistory {
         rec.completed_at = Some(crate::status::ts(SystemTime::now()));
         if let Some(resp) = outcome.exporter_response.filter(|r| !r.is_empty()) {
             rec.exporter_response = resp;
+        }
+        if !outcome.results.is_empty() {
+            // As BuildKit: the first exporter's also in the deprecated
+            // field, for older clients.
+            let first = outcome
+                .results
+                .iter()
+                .min_by_key(|(i, _)| **i)
+                .map(|(_, d)| d.clone());
+            rec.result = Some(BuildResultInfo {
+                result_deprecated: first,
+                attestations: Vec::new(),
+                results: outcome.results,
+            });
         }
         // As BuildKit: the record's error is the code and message; the
         // whole error, details and all, is a blob beside it.
@@ -303,9 +356,11 @@ impl BuildHistory {
     }
 
     /// The blob `digest` a kept record names (its progress, or its
-    /// error), for the content service; `None` if no record names it.
-    pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
-        for r in self.records()? {
+    /// error), for the content service; else every kept record's results,
+    /// among which the content service looks for it.
+    pub fn blob(&self, digest: &str) -> Result<Named> {
+        let records = self.records()?;
+        for r in &records {
             let named = |d: &Option<Descriptor>| d.as_ref().is_some_and(|d| d.digest == digest);
             let ext = if named(&r.logs) {
                 "status"
@@ -316,13 +371,21 @@ impl BuildHistory {
             };
             let p = self.path(&r.r#ref, ext);
             return match std::fs::read(&p) {
-                Ok(b) => Ok(Some(b)),
+                Ok(b) => Ok(Named::Blob(b)),
                 // Removed meanwhile (gc, delete).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(Named::Results(Vec::new()))
+                }
                 Err(e) => Err(io(&p)(e)),
             };
         }
-        Ok(None)
+        Ok(Named::Results(
+            records
+                .into_iter()
+                .filter_map(|r| r.result)
+                .flat_map(|r| r.results.into_values())
+                .collect(),
+        ))
     }
 
     fn record(&self, r#ref: &str) -> Result<BuildHistoryRecord> {
@@ -871,10 +934,31 @@ mod tests {
             r,
             Outcome {
                 exporter_response: Some(resp),
+                results: if error.is_none() {
+                    [(0, manifest("sha256:x"))].into()
+                } else {
+                    HashMap::new()
+                },
                 error,
                 progress,
             },
         );
+    }
+
+    fn manifest(digest: &str) -> Descriptor {
+        Descriptor {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: digest.into(),
+            size: 10,
+            annotations: HashMap::new(),
+        }
+    }
+
+    fn served(n: Named) -> Option<Vec<u8>> {
+        match n {
+            Named::Blob(b) => Some(b),
+            Named::Results(_) => None,
+        }
     }
 
     fn refs(h: &BuildHistory, req: &BuildHistoryRequest) -> Vec<(i32, String)> {
@@ -913,6 +997,10 @@ mod tests {
             (2, 2, 1)
         );
         assert_eq!(rec.exporter_response["containerimage.digest"], "sha256:x");
+        // The exported image is the record's result, as BuildKit's.
+        let result = rec.result.as_ref().expect("result");
+        assert_eq!(result.results[&0], manifest("sha256:x"));
+        assert_eq!(result.result_deprecated, Some(manifest("sha256:x")));
         assert_eq!(rec.frontend_attrs["target"], "t");
         assert!(rec.error.is_none());
         let r2 = h.record("r2").expect("r2");
@@ -921,14 +1009,22 @@ mod tests {
         // The whole error is the blob its descriptor names.
         let ext = r2.external_error.as_ref().expect("external error");
         assert_eq!(ext.media_type, ERROR_MEDIA_TYPE);
-        let blob = h.blob(&ext.digest).expect("read").expect("served");
+        let blob = served(h.blob(&ext.digest).expect("read")).expect("served");
         assert_eq!(Digest::of(&blob).to_string(), ext.digest);
         let full = kiln_proto::rpc::Status::decode(blob.as_slice()).expect("a status");
         assert_eq!(full.message, "boom");
         assert!(rec.external_error.is_none());
         let d = rec.logs.as_ref().expect("logs");
-        assert!(h.blob(&d.digest).expect("read").is_some());
-        assert!(h.blob("sha256:00").expect("read").is_none());
+        assert!(served(h.blob(&d.digest).expect("read")).is_some());
+        // Another digest is looked for among the kept records' results.
+        match h.blob("sha256:00").expect("read") {
+            Named::Results(r) => assert_eq!(r, [manifest("sha256:x")]),
+            Named::Blob(_) => panic!("sha256:00 is no record's blob"),
+        }
+        let keys = h.keys().expect("keys");
+        assert!(
+            keys.contains(&BuildHistory::key("r1")) && keys.contains(&BuildHistory::key("running"))
+        );
         let logs = h.progress("r1").expect("read").expect("kept");
         assert_eq!(logs.len(), 2);
         assert_eq!(logs[1].logs[0].msg, b"hello\n");

@@ -24,6 +24,7 @@ mod gateway;
 mod health;
 mod history;
 mod historycontent;
+mod historyresults;
 mod inputs;
 mod jobs;
 mod listen;
@@ -42,6 +43,7 @@ mod state;
 mod status;
 mod tenants;
 mod trace;
+mod usagefilter;
 mod workers;
 
 use anyhow::{anyhow, Context, Result};

@@ -293,10 +293,22 @@ pub fn step(
     });
 }
 
+/// A build-check warning's short text, as BuildKit's `LintFormatShort`:
+/// `Rule: message`, then ` (line N)` when it is about a line.
+fn short(rule: &str, message: &str, line: usize) -> String {
+    if line > 0 {
+        format!("{rule}: {message} (line {line})")
+    } else {
+        format!("{rule}: {message}")
+    }
+}
+
 /// The Dockerfile's build-check warnings, on the step named `name`, as
 /// BuildKit's frontend sends them (`VertexWarning`: level 1, `Rule:
-/// message` as the short text, the rule's page, the Dockerfile as source
-/// info with the line as range), so buildctl and buildx print them.
+/// message (line N)` as the short text, as BuildKit's `LintFormatShort`,
+/// the rule's page, the Dockerfile as source info with the line as
+/// range), so buildctl and buildx print them, and buildx's metadata file
+/// (`buildx.build.warnings`) holds them, alike.
 pub fn warnings(
     job: &Job,
     name: &str,
@@ -324,7 +336,7 @@ pub fn warnings(
                 VertexWarning {
                     vertex: vertex.clone(),
                     level: 1,
-                    short: format!("{}: {}", w.rule, w.message).into_bytes(),
+                    short: short(&w.rule, &w.message, w.line).into_bytes(),
                     detail: Vec::new(),
                     url: kiln_dockerfile::lint::rule_url(&w.rule),
                     info: Some(info.clone()),

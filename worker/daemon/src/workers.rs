@@ -10,6 +10,7 @@
 use crate::config::GcPolicy;
 use crate::state::Daemon;
 use crate::tenants::Tenant;
+use crate::usagefilter::UsageFilter;
 use kiln_engine::cache::RecordInfo;
 use kiln_engine::prune::PruneOptions;
 use kiln_proto::control::{
@@ -269,41 +270,6 @@ pub async fn info(_d: &Daemon) -> Result<InfoResponse, Status> {
     })
 }
 
-/// The record types a list of BuildKit filters selects; empty means all.
-///
-/// Supported: `type==T` (also `type=T`), several per filter separated by
-/// commas or several filters; they select the union of the types (kiln
-/// records have exactly one type). Any other key is refused rather than
-/// ignored, so that a filter kilnd does not understand never widens a
-/// prune.
-pub fn parse_filters(filters: &[String]) -> Result<Vec<String>, Status> {
-    let mut types = Vec::new();
-    for f in filters {
-        for term in f.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let (key, value) = term
-                .split_once("==")
-                .or_else(|| term.split_once('='))
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!("invalid filter {term:?} (expected type==T)"))
-                })?;
-            match key.trim() {
-                "type" => {
-                    let v = value.trim().to_string();
-                    if !types.contains(&v) {
-                        types.push(v);
-                    }
-                }
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                        "unsupported filter key {other:?} (kilnd supports type==)"
-                    )))
-                }
-            }
-        }
-    }
-    Ok(types)
-}
-
 fn timestamp(secs: u64) -> Option<prost_types::Timestamp> {
     (secs > 0).then(|| prost_types::Timestamp {
         seconds: i64::try_from(secs).unwrap_or(i64::MAX),
@@ -330,12 +296,12 @@ pub fn usage_record(r: &RecordInfo) -> UsageRecord {
 }
 
 /// DiskUsage: every cache record (most recently used first), narrowed by
-/// `type==` filters. `ageLimit` is ignored.
+/// the request's filters (`crate::usagefilter`). `ageLimit` is ignored.
 pub async fn disk_usage(
     tenant: &Tenant,
     req: DiskUsageRequest,
 ) -> Result<DiskUsageResponse, Status> {
-    let types = parse_filters(&req.filter)?;
+    let filter = UsageFilter::parse(&req.filter)?;
     let records = tenant
         .engine
         .disk_usage()
@@ -344,8 +310,8 @@ pub async fn disk_usage(
     Ok(DiskUsageResponse {
         record: records
             .iter()
-            .filter(|r| types.is_empty() || types.contains(&r.record_type))
             .map(usage_record)
+            .filter(|r| filter.matches(r))
             .collect(),
     })
 }
@@ -367,18 +333,37 @@ pub fn prune_options(req: &PruneRequest) -> Result<PruneOptions, Status> {
         (Some(max), None) => Some(max),
         (None, reserved) => reserved,
     };
+    // The filters are checked here, before anything is removed; `prune`
+    // applies them.
+    UsageFilter::parse(&req.filter)?;
     Ok(PruneOptions {
         all: req.all,
         keep_storage,
         keep_duration: positive(req.keep_duration).map(Duration::from_nanos),
-        types: parse_filters(&req.filter)?,
+        ..Default::default()
     })
 }
 
 /// Prune: removes records as asked and returns what went, for Control to
 /// stream.
 pub async fn prune(tenant: &Tenant, req: PruneRequest) -> Result<Vec<UsageRecord>, Status> {
-    let opts = prune_options(&req)?;
+    let mut opts = prune_options(&req)?;
+    let filter = UsageFilter::parse(&req.filter)?;
+    if !filter.is_empty() {
+        // Only the records the filters select, as the client sees them.
+        let records = tenant
+            .engine
+            .disk_usage()
+            .await
+            .map_err(|e| status_of(&e, e.kind()))?;
+        opts.ids = Some(
+            records
+                .iter()
+                .filter(|r| filter.matches(&usage_record(r)))
+                .map(|r| r.lease.id.clone())
+                .collect(),
+        );
+    }
     let report = tenant
         .engine
         .prune(&opts)
@@ -491,27 +476,6 @@ mod tests {
     }
 
     #[test]
-    fn filters_select_types_and_refuse_the_rest() {
-        let f = |v: &[&str]| parse_filters(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(f(&[]).expect("none"), Vec::<String>::new());
-        assert_eq!(f(&["type==regular"]).expect("one"), vec!["regular"]);
-        assert_eq!(
-            f(&["type=regular", "type==exec.cachemount,type==regular"]).expect("union"),
-            vec!["regular", "exec.cachemount"]
-        );
-        let err = f(&["until=24h"]).expect_err("unsupported");
-        assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert_eq!(
-            err.message(),
-            "unsupported filter key \"until\" (kilnd supports type==)"
-        );
-        assert_eq!(
-            f(&["regular"]).expect_err("no key").code(),
-            tonic::Code::InvalidArgument
-        );
-    }
-
-    #[test]
     fn prune_requests_map_to_engine_options() {
         let o = prune_options(&PruneRequest {
             filter: vec!["type==exec.cachemount".into()],
@@ -525,7 +489,14 @@ mod tests {
         assert!(o.all);
         assert_eq!(o.keep_duration, Some(Duration::from_secs(3600)));
         assert_eq!(o.keep_storage, Some(100));
-        assert_eq!(o.types, vec!["exec.cachemount"]);
+        // The filters select records when the prune runs (`prune`).
+        assert!(o.types.is_empty() && o.ids.is_none());
+        let err = prune_options(&PruneRequest {
+            filter: vec!["until=24h".into()],
+            ..Default::default()
+        })
+        .expect_err("an unknown filter key is refused before anything goes");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
         let o = prune_options(&PruneRequest {
             reserved_space: 100,

@@ -22,6 +22,10 @@ pub struct PruneOptions {
     pub keep_duration: Option<Duration>,
     /// Only records of these types (`regular`, `exec.cachemount`).
     pub types: Vec<String>,
+    /// When set, only these records (by lease ID): what a client's
+    /// filters on other fields selected (kilnd's `id`, `description`,
+    /// `inuse`, ... of BuildKit's prune filters).
+    pub ids: Option<HashSet<String>>,
 }
 
 /// What a prune removed.
@@ -67,6 +71,11 @@ pub fn mark_in_use(records: &mut [RecordInfo], held: &HashSet<String>) {
 pub fn select(records: &[RecordInfo], opts: &PruneOptions, now: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..records.len())
         .filter(|&i| opts.types.is_empty() || opts.types.contains(&records[i].record_type))
+        .filter(|&i| {
+            opts.ids
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&records[i].lease.id))
+        })
         .collect();
     order.sort_by_key(|&i| records[i].last_used);
     let mut total: u64 = order.iter().map(|&i| records[i].size).sum();
@@ -240,6 +249,18 @@ mod tests {
             1000,
         );
         assert_eq!(typed, vec![2]);
+        let picked = select(
+            &rs,
+            &PruneOptions {
+                ids: Some(HashSet::from([
+                    rs[0].lease.id.clone(),
+                    rs[2].lease.id.clone(),
+                ])),
+                ..Default::default()
+            },
+            1000,
+        );
+        assert_eq!(picked, vec![2, 0], "only the records named, oldest first");
     }
 
     #[test]
