@@ -308,12 +308,15 @@ fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {
     }
     if let Some(cmd) = &case.expect.run {
         let want = case.expect.stdout.as_deref().unwrap_or_default();
-        match h.try_run_image(
-            NAMESPACE,
-            &image,
-            &format!("bk-{}", case.name),
-            &["sh", "-c", cmd],
-        ) {
+        let id = format!("bk-{}", case.name);
+        let ran = match &case.expect.run_platform {
+            Some(p) => h.ctr(
+                NAMESPACE,
+                &["run", "--rm", "--platform", p, &image, &id, "sh", "-c", cmd],
+            ),
+            None => h.try_run_image(NAMESPACE, &image, &id, &["sh", "-c", cmd]),
+        };
+        match ran {
             Ok(got) if got == want => {}
             Ok(got) => differ.push(format!("`{cmd}` printed {got:?}, kiln expects {want:?}")),
             Err(e) => differ.push(e),

@@ -36,6 +36,11 @@ pub struct Expect {
     /// A `sh -c` command run in the image, and its exact stdout.
     pub run: Option<String>,
     pub stdout: Option<String>,
+    /// The platform `run` unpacks and runs the image for (`ctr run
+    /// --platform`), for an image built for another platform whose
+    /// binaries are the host's (a cross build's `FROM
+    /// --platform=$BUILDPLATFORM` stage).
+    pub run_platform: Option<String>,
     /// JSON pointer into the image config -> expected JSON value.
     pub config: BTreeMap<String, serde_json::Value>,
     /// JSON pointers that must be absent (or `null`) in the image config.
@@ -150,6 +155,7 @@ fn load_case(dir: &Path) -> Result<Case, String> {
             "error" => expect.error = Some(s()?),
             "run" => expect.run = Some(s()?),
             "stdout" => expect.stdout = Some(s()?),
+            "run_platform" => expect.run_platform = Some(s()?),
             "absent" | "present" => {
                 let what = format!("expect.{key} must be a list of JSON pointers");
                 let list = value.as_array().ok_or_else(|| bad(&what))?;

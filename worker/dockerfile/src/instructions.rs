@@ -204,12 +204,25 @@ pub fn parse_with_check(
     filename: &str,
     check: Option<&CheckConfig>,
 ) -> Result<Dockerfile> {
+    parse_with(src, filename, check, false)
+}
+
+/// [`parse_with_check`]; `syntax_arg` says the `BUILDKIT_SYNTAX` build
+/// argument named the frontend (BuildKit's Dockerfile frontend, the
+/// caller checked), which BuildKit uses in place of the `# syntax=`
+/// directive: the directive's image is then not run, nor refused.
+pub fn parse_with(
+    src: &str,
+    filename: &str,
+    check: Option<&CheckConfig>,
+    syntax_arg: bool,
+) -> Result<Dockerfile> {
     if src.is_empty() {
         return Err(ParseError::EmptyFile {
             file: filename.to_string(),
         });
     }
-    let lines = parser::split_with_check(src, filename, check)?;
+    let lines = parser::split_with(src, filename, check, syntax_arg)?;
     let p = Parser {
         file: filename,
         escape: lines.escape,
@@ -498,10 +511,20 @@ impl Parser<'_> {
             }
             // A trigger keeps its heredoc bodies (BuildKit appends each
             // body and terminator to the stored expression).
-            "onbuild" => Instruction::Onbuild(
-                crate::metadata::onbuild(&node.with_heredocs(rest))
-                    .map_err(|m| self.invalid(line, m))?,
-            ),
+            "onbuild" => {
+                let trigger = crate::metadata::onbuild(&node.with_heredocs(rest))
+                    .map_err(|m| self.invalid(line, m))?;
+                // The parser splits an ENV or LABEL trigger's words here,
+                // with this file's escape (the child parses it again).
+                let t = rest.trim_start();
+                let (word, args) = t.split_once(char::is_whitespace).unwrap_or((t, ""));
+                for what in ["ENV", "LABEL"] {
+                    if word.eq_ignore_ascii_case(what) {
+                        self.name_val_words(line, what, args.trim_start())?;
+                    }
+                }
+                Instruction::Onbuild(trigger)
+            }
             _ => {
                 return Err(ParseError::UnknownInstruction {
                     file: self.file.to_string(),
@@ -681,29 +704,41 @@ impl Parser<'_> {
 
     /// `ENV`/`LABEL`: `k=v k2=v2` or the legacy `k rest of line`.
     fn name_val(&self, node: &Node, what: &str, rest: &str) -> Result<Vec<KeyValue>> {
+        let Some(pairs) = self.name_val_words(node.line, what, rest)? else {
+            return Err(self.invalid(node.line, format!("{what} requires at least one argument")));
+        };
+        if pairs.iter().any(|p| p.key.is_empty()) {
+            return Err(self.invalid(node.line, format!("{what} names can not be blank")));
+        }
+        Ok(pairs)
+    }
+
+    /// The parser's part of `ENV`/`LABEL` (BuildKit's `parseNameVal`,
+    /// also run on an `ONBUILD ENV|LABEL` trigger with the file's escape):
+    /// the pairs, `None` for no words; every word is `k=v` unless the first
+    /// has no `=` (the legacy form).
+    fn name_val_words(&self, line: usize, what: &str, rest: &str) -> Result<Option<Vec<KeyValue>>> {
         let words = parse_words(rest, self.escape);
         let Some(first) = words.first() else {
-            return Err(self.invalid(node.line, format!("{what} requires at least one argument")));
+            return Ok(None);
         };
         if !first.contains('=') {
             let mut parts = rest.splitn(2, char::is_whitespace);
             let key = parts.next().unwrap_or_default().to_string();
             let value = parts.next().map(str::trim_start).unwrap_or_default();
             if value.is_empty() {
-                return Err(self.invalid(node.line, format!("{what} must have two arguments")));
+                return Err(self.invalid(line, format!("{what} must have two arguments")));
             }
-            return Ok(vec![KeyValue {
+            return Ok(Some(vec![KeyValue {
                 key,
                 value: value.to_string(),
-            }]);
+            }]));
         }
-        // Every word is `k=v` (the parser's check) before any name may be
-        // blank (the instruction's).
         let mut pairs = Vec::with_capacity(words.len());
         for w in &words {
             let Some((k, v)) = w.split_once('=') else {
                 return Err(self.invalid(
-                    node.line,
+                    line,
                     format!(
                         "Syntax error - can't find = in {w:?}. Must be of the form: name=value"
                     ),
@@ -714,10 +749,7 @@ impl Parser<'_> {
                 value: v.to_string(),
             });
         }
-        if pairs.iter().any(|p| p.key.is_empty()) {
-            return Err(self.invalid(node.line, format!("{what} names can not be blank")));
-        }
-        Ok(pairs)
+        Ok(Some(pairs))
     }
 }
 

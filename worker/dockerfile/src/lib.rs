@@ -41,7 +41,7 @@ use std::collections::BTreeMap;
 pub use convert::epoch::{epoch_source, EpochSource, ResolvedEpoch};
 pub use convert::gocompat::ram_in_bytes;
 pub use convert::{to_graph, Build, ContextRead};
-pub use instructions::{parse, parse_with_check, Dockerfile};
+pub use instructions::{parse, parse_with, parse_with_check, Dockerfile};
 pub use reference::RefError;
 
 /// Errors of the Dockerfile frontend. Every message names the file, and the

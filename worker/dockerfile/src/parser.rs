@@ -95,6 +95,17 @@ pub fn split(src: &str, file: &str) -> Result<Lines> {
 /// [`split`], with `check` (when `Some`) in place of the `# check=`
 /// directive (see [`crate::instructions::parse_with_check`]).
 pub fn split_with_check(src: &str, file: &str, check: Option<&CheckConfig>) -> Result<Lines> {
+    split_with(src, file, check, false)
+}
+
+/// [`split_with_check`]; `syntax_arg` says the `BUILDKIT_SYNTAX` build
+/// argument named the frontend, so the `# syntax=` directive names none.
+pub fn split_with(
+    src: &str,
+    file: &str,
+    check: Option<&CheckConfig>,
+    syntax_arg: bool,
+) -> Result<Lines> {
     let invalid = |line: usize, message: String| ParseError::Invalid {
         file: file.to_string(),
         line,
@@ -111,7 +122,7 @@ pub fn split_with_check(src: &str, file: &str, check: Option<&CheckConfig>) -> R
         }
     }
     let syntax = directives::detect_syntax(src);
-    if let Some(d) = &syntax {
+    if let Some(d) = syntax.as_ref().filter(|_| !syntax_arg) {
         if !directives::is_dockerfile_frontend(&d.value) {
             return Err(ParseError::Unsupported {
                 file: file.to_string(),
@@ -485,6 +496,16 @@ mod tests {
         );
         let fits = format!("FROM a\nRUN {}\n", "x".repeat(MAX_LINE - 4));
         assert!(split(&fits, "Dockerfile").is_ok());
+    }
+
+    /// The `BUILDKIT_SYNTAX` build argument names the frontend in place
+    /// of the directive, whose image is then neither run nor refused.
+    #[test]
+    fn syntax_arg_replaces_the_directive() {
+        let src = "# syntax=foo/bar:1\nFROM a\n";
+        assert!(split(src, "Dockerfile").is_err());
+        let lines = split_with(src, "Dockerfile", None, true).expect("split");
+        assert_eq!(lines.nodes.len(), 1);
     }
 
     #[test]

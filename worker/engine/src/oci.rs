@@ -21,6 +21,7 @@ pub use oci_spec::image::{
 /// [`ImageConfigJson::config`], which is what reads and writes the `config`
 /// key (serde hands the flattened struct only the keys this one leaves).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
 pub struct ImageConfigJson {
     #[serde(flatten)]
     pub image: ImageConfiguration,
@@ -36,6 +37,35 @@ pub struct ImageConfigJson {
         skip_serializing_if = "Option::is_none"
     )]
     pub inline_cache: Option<String>,
+}
+
+/// [`ImageConfigJson`] as read, before the fix-ups of its `TryFrom`.
+#[derive(Deserialize)]
+struct ImageConfigJsonRead {
+    #[serde(flatten)]
+    image: ImageConfiguration,
+    #[serde(default, deserialize_with = "null_as_default")]
+    config: RunConfig,
+    #[serde(rename = "moby.buildkit.cache.v0", default)]
+    inline_cache: Option<String>,
+}
+
+impl TryFrom<serde_json::Value> for ImageConfigJson {
+    type Error = serde_json::Error;
+
+    /// Reads a config; BuildKit writes a layerless image's
+    /// `rootfs.diff_ids` as `null`, read as no layers.
+    fn try_from(mut v: serde_json::Value) -> Result<Self, Self::Error> {
+        if let Some(d) = v.pointer_mut("/rootfs/diff_ids").filter(|d| d.is_null()) {
+            *d = serde_json::Value::Array(Vec::new());
+        }
+        let read: ImageConfigJsonRead = serde_json::from_value(v)?;
+        Ok(ImageConfigJson {
+            image: read.image,
+            config: read.config,
+            inline_cache: read.inline_cache,
+        })
+    }
 }
 
 /// The runtime part of an image config (`config`): OCI's fields plus the
@@ -378,6 +408,23 @@ mod tests {
             c.base_platform = Some(host_platform()).as_ref().map(from_oci);
             c
         });
+    }
+
+    /// A layerless image as BuildKit writes it (`"diff_ids": null`) reads
+    /// as one of no layers; a missing `config` still reads as empty.
+    #[test]
+    fn null_diff_ids_read_as_no_layers() {
+        let c: ImageConfigJson = serde_json::from_value(json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["A=1"], "OnBuild": ["ENV B=2"]},
+            "rootfs": {"type": "layers", "diff_ids": null},
+        }))
+        .expect("config");
+        assert!(c.image.rootfs().diff_ids().is_empty());
+        assert_eq!(c.config.on_build, Some(vec!["ENV B=2".to_string()]));
+        let bad = serde_json::from_value::<ImageConfigJson>(json!({"rootfs": {"diff_ids": 3}}));
+        assert!(bad.is_err());
     }
 
     /// An empty run config is still written as `"config": {}`, and a

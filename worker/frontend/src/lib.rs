@@ -243,6 +243,16 @@ impl Default for FrontendOptions {
 }
 
 impl FrontendOptions {
+    /// Whether the `BUILDKIT_SYNTAX` build argument names the frontend
+    /// (only BuildKit's Dockerfile frontend gets this far, see
+    /// `check_buildkit_args`): the file's `# syntax=` directive is then
+    /// not used.
+    pub fn syntax_arg(&self) -> bool {
+        self.build_args
+            .get("BUILDKIT_SYNTAX")
+            .is_some_and(|v| !v.is_empty())
+    }
+
     /// Reads BuildKit's `dockerfile.v0` frontend attributes. Every key
     /// must be one kiln implements: anything else fails naming the key,
     /// so no option is silently ignored.
@@ -1001,8 +1011,12 @@ pub async fn resolve_all<I: ImageConfigs>(
     opts: &FrontendOptions,
     images: &I,
 ) -> Result<BaseConfigs> {
-    let df =
-        kiln_dockerfile::parse_with_check(&source.text, &source.filename, opts.check.as_ref())?;
+    let df = kiln_dockerfile::parse_with(
+        &source.text,
+        &source.filename,
+        opts.check.as_ref(),
+        opts.syntax_arg(),
+    )?;
     let mut platforms = Vec::new();
     for p in target_platforms(opts) {
         let bases = resolve_for(&df, source, opts, &p, images).await?;
@@ -1067,8 +1081,12 @@ pub async fn plan_for<I: ImageConfigs>(
     target: &kiln_solver::Platform,
     images: &I,
 ) -> Result<kiln_dockerfile::Build> {
-    let df =
-        kiln_dockerfile::parse_with_check(&source.text, &source.filename, opts.check.as_ref())?;
+    let df = kiln_dockerfile::parse_with(
+        &source.text,
+        &source.filename,
+        opts.check.as_ref(),
+        opts.syntax_arg(),
+    )?;
     let bases = resolve_for(&df, source, opts, target, images).await?;
     convert_for(&df, source, opts, target, &bases)
 }

@@ -1158,18 +1158,28 @@ impl Converter<'_> {
 /// escape, as BuildKit does), located at `line` (the `FROM` that runs it)
 /// and named `ONBUILD <trigger>` in progress.
 pub(super) fn parse_trigger(trigger: &str, file: &str, line: usize) -> Result<Command> {
-    let single = || ParseError::Invalid {
+    let invalid = |message: &str| ParseError::Invalid {
         file: file.to_string(),
         line,
-        message: "onbuild trigger should be a single expression".into(),
+        message: message.into(),
     };
     let df = crate::instructions::parse(&format!("FROM scratch\n{trigger}\n"), file)
         .map_err(|e| at_line(e, line))?;
+    // BuildKit's order: the parser counts the trigger's instructions (none,
+    // or more than one, is an error), then a lone FROM parses as a stage,
+    // which is no command (an image's trigger; the ONBUILD line refuses it).
+    let instructions =
+        df.stages.len() - 1 + df.stages.iter().map(|s| s.commands.len()).sum::<usize>();
+    match instructions {
+        0 => return Err(invalid("file with no instructions")),
+        1 => {}
+        _ => return Err(invalid("onbuild trigger should be a single expression")),
+    }
     let [stage] = df.stages.as_slice() else {
-        return Err(single());
+        return Err(invalid("*instructions.Stage is not a command type"));
     };
     let [c] = stage.commands.as_slice() else {
-        return Err(single());
+        return Err(invalid("onbuild trigger should be a single expression"));
     };
     Ok(Command {
         line,

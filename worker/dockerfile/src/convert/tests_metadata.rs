@@ -81,6 +81,19 @@ fn base_fields_are_kept_and_its_triggers_run_after_from() {
     assert_eq!(c.os_features, ["f"]);
 }
 
+/// An image's MAINTAINER or ONBUILD trigger runs like any other (only
+/// the ONBUILD line refuses them).
+#[test]
+fn a_base_images_maintainer_and_onbuild_triggers_run() {
+    let base = ImageConfig {
+        on_build: vec!["MAINTAINER me".into(), "ONBUILD ENV A=1".into()],
+        ..Default::default()
+    };
+    let b = build_with("FROM img\n", &base).expect("converts");
+    assert_eq!(b.config.author, "me");
+    assert_eq!(b.config.on_build, ["ENV A=1"]);
+}
+
 #[test]
 fn a_bad_base_trigger_fails_at_the_from_line() {
     for (trigger, want) in [
@@ -89,9 +102,26 @@ fn a_bad_base_trigger_fails_at_the_from_line() {
             "COPY x",
             "Dockerfile:2: COPY requires at least two arguments",
         ),
+        // BuildKit's parser finds no instruction in these ...
+        ("", "Dockerfile:2: file with no instructions"),
         (
-            "",
+            "# only a comment",
+            "Dockerfile:2: file with no instructions",
+        ),
+        // ... more than one here ...
+        (
+            "ENV A=1\nENV B=2",
             "Dockerfile:2: onbuild trigger should be a single expression",
+        ),
+        (
+            "FROM a\nENV B=2",
+            "Dockerfile:2: onbuild trigger should be a single expression",
+        ),
+        // ... and a FROM, a stage, is no command (the ONBUILD line refuses
+        // one; an image made by other tools may carry it).
+        (
+            "FROM busybox",
+            "Dockerfile:2: *instructions.Stage is not a command type",
         ),
     ] {
         let base = ImageConfig {

@@ -61,6 +61,16 @@ pub enum FileOpError {
     /// Symlink resolution exceeded 255 links.
     #[error("too many levels of symbolic links resolving {path}")]
     SymlinkLoop { path: String },
+    /// An archive entry whose parent path exists but leads to no
+    /// directory (a symlink to a missing one, or a file): ADD's untar
+    /// creates only parents that are absent, so opening the entry fails
+    /// (`op` and `reason` as Go's `*PathError` says them).
+    #[error("{op} {path}: {reason}")]
+    EntryParent {
+        op: &'static str,
+        path: String,
+        reason: &'static str,
+    },
     /// A path that names no file, like the root given to `rm`.
     #[error("invalid path {path:?}")]
     InvalidPath { path: String },
@@ -96,6 +106,7 @@ impl FileOpError {
             }
             FileOpError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             FileOpError::NotADirectory { .. }
+            | FileOpError::EntryParent { .. }
             | FileOpError::MkdirNotADirectory { .. }
             | FileOpError::IsADirectory { .. }
             | FileOpError::SymlinkLoop { .. } => ErrorKind::FailedPrecondition,

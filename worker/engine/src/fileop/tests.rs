@@ -524,6 +524,46 @@ fn add_extracts_archives_and_clamps_traversal() {
     assert!(lstat(&f.dest, "copied.tgz").is_file());
 }
 
+/// As BuildKit's untar: an entry's missing parents are created only when
+/// the parent path is absent; through an existing symlink to a missing
+/// directory the entry fails (never a directory made for it), and through
+/// one to an existing directory it is written there.
+#[test]
+fn add_does_not_create_parents_through_a_symlink() {
+    if !kiln_types::testing::needs_root("ADD gives extracted entries the archive's uids") {
+        return;
+    }
+    use tar::EntryType as T;
+    let f = fx();
+    let archive = tar_bytes(&[
+        ("ln", T::Symlink, "/etc", 0),
+        ("ln/planted", T::Regular, "p", 0),
+    ]);
+    std::fs::write(f.ctx.join("bad.tar"), &archive).expect("write");
+    let mut op = cp("bad.tar", "/x/");
+    op.attempt_unpack_docker_compatibility = true;
+    let err = run(&f, &op).expect_err("no parent");
+    assert_eq!(
+        err.to_string(),
+        "open /ln/planted: no such file or directory"
+    );
+    assert!(!exists(&f.dest, "x/etc"));
+
+    let archive = tar_bytes(&[
+        ("d/", T::Directory, "", 0),
+        ("ln", T::Symlink, "d", 0),
+        ("ln/f", T::Regular, "through", 0),
+        ("file", T::Regular, "f", 0),
+        ("file/under", T::Regular, "u", 0),
+    ]);
+    std::fs::write(f.ctx.join("good.tar"), &archive).expect("write");
+    let mut op = cp("good.tar", "/y/");
+    op.attempt_unpack_docker_compatibility = true;
+    let err = run(&f, &op).expect_err("a file is no parent");
+    assert_eq!(err.to_string(), "open /file/under: not a directory");
+    assert_eq!(read(&f.dest, "y/d/f"), "through");
+}
+
 #[test]
 fn symbolic_chmod_applies_to_each_entry_mode() {
     if !kiln_types::testing::needs_root("COPY chowns what it writes to uid 0") {

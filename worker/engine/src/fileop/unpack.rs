@@ -126,19 +126,33 @@ pub(crate) fn extract(
             // "", ".", "/": the destination itself, left as it is.
             continue;
         };
-        root::mkdir_all(
-            base,
-            &parent,
-            DirAttrs {
-                mode: 0o755,
-                owner: chown,
-                timestamp: None,
-            },
-        )?;
-        let target = parent.host.join(&last);
-        let xattrs = pax_xattrs(&mut entry);
         let header = entry.header().clone();
         let kind = header.entry_type();
+        // As BuildKit's untar: missing parents are created only when the
+        // parent path itself is absent; one that exists (a symlink, even
+        // to a missing directory) is opened through, never created.
+        let lexical = root::resolve(base, name.parent().unwrap_or(Path::new("")), false, None)?;
+        if std::fs::symlink_metadata(&lexical.host).is_ok() {
+            if let Some(reason) = not_a_dir(&parent.host) {
+                return Err(FileOpError::EntryParent {
+                    op: if kind.is_dir() { "mkdir" } else { "open" },
+                    path: format!("/{}", clean(&name)),
+                    reason,
+                });
+            }
+        } else {
+            root::mkdir_all(
+                base,
+                &parent,
+                DirAttrs {
+                    mode: 0o755,
+                    owner: chown,
+                    timestamp: None,
+                },
+            )?;
+        }
+        let target = parent.host.join(&last);
+        let xattrs = pax_xattrs(&mut entry);
         let mode = header.mode().map_err(bad)?;
         let mtime = header.mtime().map_err(bad)? as i64;
         let (uid, gid) = match chown {
@@ -245,6 +259,31 @@ pub(crate) fn extract(
 }
 
 /// `SCHILY.xattr.*` records of an entry's PAX header.
+/// Why a resolved parent directory is none, in Go's words (`None` when
+/// it is a directory).
+fn not_a_dir(host: &Path) -> Option<&'static str> {
+    match std::fs::symlink_metadata(host) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some("not a directory"),
+        Err(_) => Some("no such file or directory"),
+    }
+}
+
+/// An entry name cleaned as Go's `filepath.Join("/", name)` does: `.`
+/// dropped, `..` taking off a name (none above the root).
+fn clean(name: &Path) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for s in kiln_context::path::segments(name) {
+        match s {
+            kiln_context::path::Seg::Parent => {
+                out.pop();
+            }
+            kiln_context::path::Seg::Name(n) => out.push(n.to_string_lossy().into_owned()),
+        }
+    }
+    out.join("/")
+}
+
 fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
     let Ok(Some(exts)) = entry.pax_extensions() else {
         return Vec::new();
