@@ -8,6 +8,9 @@
 //! daemon's upload-pack log), and that an offered token does not stop a
 //! git:// fetch.
 
+mod common;
+
+use common::remote;
 use kiln_integration::gitdaemon::{git, GitDaemon};
 use kiln_integration::{httpserver, Harness};
 use std::path::Path;
@@ -231,25 +234,20 @@ kept .git\nno mod at v1\n"
 
     // Through kilnd, fetching again (--no-cache).
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
-    let addr = k.addr();
     let tagged = format!("FROM busybox\nADD {url}?tag=v1&mtime=commit /t\n");
     let ctx = h.context("git-kilnd", &[("Dockerfile", &tagged)]);
     let before = daemon.requests();
-    h.kiln(
+    remote(
+        &h,
+        &k,
         ns,
         &[
-            "--addr",
-            &addr,
-            "build",
-            "--progress",
-            "plain",
             "--no-cache",
             "-t",
             "git:remote",
             ctx.to_str().expect("utf8"),
         ],
     )
-    .expect("kiln runs")
     .ok();
     assert!(daemon.requests() >= before + 2, "--no-cache fetched again");
     let commit_time = git(&repo, &["log", "-1", "--format=%ct", &first]);

@@ -5,14 +5,10 @@
 //! `index.json` of an OCI archive, each exporter's vertex with BuildKit's
 //! name and items, and `--call=targets` through the gateway.
 
-use kiln_integration::{buildctl_like_binary, Harness, KilnOutput, Kilnd};
+mod common;
 
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
+use common::remote;
+use kiln_integration::{buildctl_like_binary, Harness};
 
 fn json_file(p: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json")
@@ -281,33 +277,10 @@ async fn the_targets_request_lists_the_stages() {
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
     let src = "FROM busybox AS base\nRUN echo never-run\n# final what ships\nFROM base AS final\n";
     let ctx = h.context("targets", &[("Dockerfile", src)]);
-    let out = std::process::Command::new(buildctl_like_binary().expect("buildctl-like"))
-        .env(
-            "BUILDCTL_LIKE_OPTS",
-            "requestid=frontend.targets,frontend.caps=moby.buildkit.frontend.subrequests",
-        )
-        .arg(k.addr())
-        .arg(&ctx)
-        .output()
-        .expect("buildctl-like runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let answer = common::subrequest(&k.addr(), &ctx, "frontend.targets", "");
+    let stdout = &answer.stdout;
     assert!(!stdout.contains("never-run"), "{stdout}");
-    let value = |key: &str| -> String {
-        let marker = format!("buildctl-like: metadata {key}\n");
-        let rest = stdout
-            .split_once(&marker)
-            .map(|(_, r)| r)
-            .unwrap_or_else(|| panic!("no {key} in\n{stdout}"));
-        rest.split("buildctl-like: ")
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let value = |key: &str| answer.value(key);
     assert_eq!(value("version").trim(), "1.0.0");
     let json: serde_json::Value =
         serde_json::from_str(&value("result.json")).expect("result.json is JSON");

@@ -4,7 +4,10 @@
 //! --addr` prints them as buildx does, like the embedded build. With
 //! `# check=error=true` the build fails before any step.
 
-use kiln_integration::{buildctl_like_binary, Harness};
+mod common;
+
+use common::remote;
+use kiln_integration::Harness;
 
 const DOCKERFILE: &str = "FROM busybox AS Build\nCMD echo hi\n";
 
@@ -13,7 +16,6 @@ async fn warnings_reach_a_daemon_client_and_error_true_fails() {
     let ns = "checks";
     let h = Harness::with_busybox(ns).await;
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
-    let addr = k.addr();
     let ctx = h.context("checks", &[("Dockerfile", DOCKERFILE)]);
     let c = ctx.to_str().expect("utf8");
     let want = [
@@ -22,11 +24,7 @@ async fn warnings_reach_a_daemon_client_and_error_true_fails() {
     ];
     for (how, out) in [
         ("embedded", h.build(ns, &[c])),
-        (
-            "kilnd",
-            h.kiln(ns, &["--addr", &addr, "build", "--progress", "plain", c])
-                .expect("kiln runs"),
-        ),
+        ("kilnd", remote(&h, &k, ns, &[c])),
     ] {
         let out = out.ok();
         assert!(
@@ -45,19 +43,7 @@ async fn warnings_reach_a_daemon_client_and_error_true_fails() {
 
     let strict = format!("# check=error=true\n{DOCKERFILE}");
     let ctx = h.context("checks-strict", &[("Dockerfile", strict.as_str())]);
-    let out = h
-        .kiln(
-            ns,
-            &[
-                "--addr",
-                &addr,
-                "build",
-                "--progress",
-                "plain",
-                ctx.to_str().expect("utf8"),
-            ],
-        )
-        .expect("kiln runs");
+    let out = remote(&h, &k, ns, &[ctx.to_str().expect("utf8")]);
     assert!(!out.success, "check=error=true built");
     assert!(
         out.stderr
@@ -123,22 +109,7 @@ async fn check_lints_every_stage_without_building() {
     assert_eq!(out.stdout, "Check complete, no warnings found.\n");
 
     // Through kilnd: the same text and status, and nothing built.
-    let remote = h
-        .kiln(
-            ns,
-            &[
-                "--addr",
-                &addr,
-                "build",
-                "--progress",
-                "plain",
-                "--check",
-                "-t",
-                "checked-remote:latest",
-                c,
-            ],
-        )
-        .expect("kiln runs");
+    let remote = remote(&h, &k, ns, &["--check", "-t", "checked-remote:latest", c]);
     assert!(
         !remote.success,
         "warnings must fail --check:\n{}",
@@ -202,32 +173,8 @@ async fn the_lint_request_through_the_gateway() {
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
     let src = "FROM busybox AS Build\nENV A=$NOPE\nFROM busybox\nLABEL ok=1\n";
     let ctx = h.context("check-gateway", &[("Dockerfile", src)]);
-    let out = std::process::Command::new(buildctl_like_binary().expect("buildctl-like"))
-        .env(
-            "BUILDCTL_LIKE_OPTS",
-            "requestid=frontend.lint,frontend.caps=moby.buildkit.frontend.subrequests",
-        )
-        .arg(k.addr())
-        .arg(&ctx)
-        .output()
-        .expect("buildctl-like runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value = |key: &str| -> String {
-        let marker = format!("buildctl-like: metadata {key}\n");
-        let rest = stdout
-            .split_once(&marker)
-            .map(|(_, r)| r)
-            .unwrap_or_else(|| panic!("no {key} in\n{stdout}"));
-        rest.split("buildctl-like: ")
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let answer = common::subrequest(&k.addr(), &ctx, "frontend.lint", "");
+    let value = |key: &str| answer.value(key);
     assert_eq!(value("result.statuscode").trim(), "1");
     let json: serde_json::Value =
         serde_json::from_str(&value("result.json")).expect("result.json is JSON");

@@ -9,6 +9,9 @@
 //! snapshots, leases), no new content, no mount or step directory, no git
 //! process.
 
+mod common;
+
+use common::remote;
 use kiln_integration::gitdaemon::{git, GitDaemon};
 use kiln_integration::{httpserver, state_leftovers, Harness, KilnOutput};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -414,12 +417,7 @@ async fn kilnd_reads_its_bounds_from_the_fetch_section() {
         .expect("kilnd starts");
     let before = content(&h, ns);
     let url = format!("http://127.0.0.1:{port}/unannounced");
-    let out = h
-        .kiln(
-            ns,
-            &["--addr", &k.addr(), "build", "--progress", "plain", &url],
-        )
-        .expect("kiln runs");
+    let out = remote(&h, &k, ns, &[&url]);
     assert!(!out.success, "the build must fail:\n{}", out.stderr);
     let want = format!("fetching {url} exceeds the size limit of {LIMIT_SHOWN}");
     assert!(
@@ -481,21 +479,7 @@ async fn kilnd_applies_a_reloaded_fetch_section_to_later_builds() {
     );
     let ctx = ctx.to_str().expect("utf8");
     let addr = k.addr();
-    let build = |c: &str| {
-        h.kiln(
-            ns,
-            &[
-                "--addr",
-                &addr,
-                "build",
-                "--progress",
-                "plain",
-                "--no-cache",
-                c,
-            ],
-        )
-        .expect("kiln runs")
-    };
+    let build = |c: &str| remote(&h, &k, ns, &["--no-cache", c]);
     let too_large = format!("fetching {url} exceeds the size limit of {LIMIT_SHOWN}");
     let out = build(ctx);
     assert!(

@@ -4,7 +4,9 @@
 //! answers for the same Dockerfile (checked against buildkitd v0.2x:
 //! the same JSON and text).
 
-use kiln_integration::{buildctl_like_binary, Harness};
+mod common;
+
+use kiln_integration::Harness;
 use serde_json::json;
 
 const DF: &str = "\
@@ -82,34 +84,15 @@ async fn the_outline_request_answers_as_buildkit_does() {
     let ctx = h.context("outline", &[("Dockerfile", DF)]);
 
     // Through kilnd's gateway, as buildx sends it.
-    let out = std::process::Command::new(buildctl_like_binary().expect("buildctl-like"))
-        .env(
-            "BUILDCTL_LIKE_OPTS",
-            "requestid=frontend.outline,frontend.caps=moby.buildkit.frontend.subrequests,\
-             target=build,build-arg:MODE=debug",
-        )
-        .arg(k.addr())
-        .arg(&ctx)
-        .output()
-        .expect("buildctl-like runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let answer = common::subrequest(
+        &k.addr(),
+        &ctx,
+        "frontend.outline",
+        "target=build,build-arg:MODE=debug",
     );
+    let stdout = &answer.stdout;
     assert!(!stdout.contains("never-run"), "{stdout}");
-    let value = |key: &str| -> String {
-        let marker = format!("buildctl-like: metadata {key}\n");
-        let rest = stdout
-            .split_once(&marker)
-            .map(|(_, r)| r)
-            .unwrap_or_else(|| panic!("no {key} in\n{stdout}"));
-        rest.split("buildctl-like: ")
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let value = |key: &str| answer.value(key);
     assert_eq!(value("version").trim(), "1.0.0");
     let json: serde_json::Value =
         serde_json::from_str(&value("result.json")).expect("result.json is JSON");

@@ -3,6 +3,9 @@
 //! (times and digests masked), the failure recap with the Dockerfile
 //! snippet, and the terminal view under tmux at 80×24 and 200×50.
 
+mod common;
+
+use common::remote;
 use kiln_integration::{Harness, KilnOutput};
 
 /// No COPY: the context load would run beside the FROM and interleave.
@@ -405,21 +408,7 @@ async fn through_kilnd_the_layout_and_the_recap_are_the_same() {
     let addr = k.addr();
     let df = "FROM busybox\nRUN echo out && usleep 100000 && echo err >&2 && exit 3\n";
     let ctx = h.context("remote", &[("Dockerfile", df)]);
-    let out = h
-        .kiln(
-            ns,
-            &[
-                "--addr",
-                &addr,
-                "build",
-                "--progress",
-                "plain",
-                "-t",
-                "remote:1",
-                ctx.to_str().expect("utf8"),
-            ],
-        )
-        .expect("kiln runs");
+    let out = remote(&h, &k, ns, &["-t", "remote:1", ctx.to_str().expect("utf8")]);
     assert!(!out.success, "{}", out.stderr);
     let masked = mask(&out.stderr);
     // Output lines timed from the step's start, the step's end, then the
@@ -564,14 +553,12 @@ async fn through_kilnd_the_frontends_internal_steps_are_buildkits() {
     let ns = "progress-internal";
     let h = Harness::with_busybox(ns).await;
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
-    let addr = k.addr();
     let ctx = internal_context(&h);
     let c = ctx.to_str().expect("utf8");
     let run = |extra: &[&str]| {
-        let mut args = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-        args.extend_from_slice(extra);
+        let mut args = extra.to_vec();
         args.extend(["-t", "internal:1", c]);
-        h.kiln(ns, &args).expect("kiln runs").ok()
+        remote(&h, &k, ns, &args).ok()
     };
     let out = run(&[]);
     assert_eq!(
@@ -612,25 +599,9 @@ async fn embedded_internal_steps_and_bytes_are_kilnds() {
     let ns = "progress-internal-kilnd";
     let h = Harness::start().await.expect("private containerd starts");
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
-    let addr = k.addr();
     let ctx = internal_context(&h);
     let c = ctx.to_str().expect("utf8");
-    let through = h
-        .kiln(
-            ns,
-            &[
-                "--addr",
-                &addr,
-                "build",
-                "--progress",
-                "plain",
-                "-t",
-                "internal:1",
-                c,
-            ],
-        )
-        .expect("kiln runs")
-        .ok();
+    let through = remote(&h, &k, ns, &["-t", "internal:1", c]).ok();
     // Another namespace: no cache record of kilnd's build.
     let embedded_ns = "progress-internal-embedded";
     let embedded = build(&h, embedded_ns, "plain", &[], &["-t", "internal:1", c]).ok();

@@ -5,6 +5,9 @@
 //! source of its own in BuildKit, so even this one-stage build labels its
 //! stage (`stage-0`).
 
+mod common;
+
+use common::remote;
 use kiln_integration::Harness;
 
 const DF: &str = r#"FROM busybox
@@ -28,24 +31,7 @@ async fn run_steps_are_named_as_buildkit_names_them() {
     let c = ctx.to_str().expect("utf8");
     let secret = format!("id=s,src={}", ctx.join("s").display());
     let embedded = h.build(ns, &["--secret", &secret, c]).ok();
-    let addr = k.addr();
-    let remote = h
-        .kiln(
-            ns,
-            &[
-                "--addr",
-                &addr,
-                "build",
-                "--progress",
-                "plain",
-                "--no-cache",
-                "--secret",
-                &secret,
-                c,
-            ],
-        )
-        .expect("kiln runs")
-        .ok();
+    let remote = remote(&h, &k, ns, &["--no-cache", "--secret", &secret, c]).ok();
     for out in [&embedded, &remote] {
         for name in [RUN1, RUN2] {
             assert!(

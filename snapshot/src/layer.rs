@@ -80,15 +80,21 @@ struct ChannelWriter {
     tx: mpsc::Sender<Vec<u8>>,
 }
 
+/// A chunk's size: one `Content.Write` message (see
+/// `containerd::content::BlobWriter::write_owned`).
 const CHUNK: usize = 1 << 20;
 
 impl Write for ChannelWriter {
+    /// Takes at most what fills the chunk: a compressed member (~1 MiB)
+    /// written whole would grow a chunk to up to 2 MiB, and every chunk in
+    /// flight is resident.
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() >= CHUNK {
             self.flush()?;
         }
-        Ok(data.len())
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -131,7 +137,7 @@ where
     let mut writer = content.writer(lease).await?;
     let mut write_err = None;
     while let Some(chunk) = rx.recv().await {
-        if let Err(e) = writer.write(&chunk).await {
+        if let Err(e) = writer.write_owned(chunk).await {
             write_err = Some(e);
             break;
         }

@@ -1,10 +1,12 @@
 //! What several end-to-end test files share: the Dockerfile that uses every
-//! instruction of the engine's subset, and the checks of its image.
+//! instruction of the engine's subset, and the checks of its image; the
+//! frontend subrequests (`--call`) sent through kilnd's gateway; `kiln
+//! build` through kilnd.
 
 #![allow(dead_code, reason = "each test file uses a different part")]
 
-use kiln_integration::Harness;
-use std::path::PathBuf;
+use kiln_integration::{buildctl_like_binary, Harness, KilnOutput, Kilnd};
+use std::path::{Path, PathBuf};
 
 pub fn image_config(h: &Harness, ns: &str, name: &str) -> serde_json::Value {
     let manifest = h.manifest(ns, name);
@@ -196,4 +198,62 @@ pub fn blob(h: &Harness, ns: &str, digest: &str) -> Vec<u8> {
         .expect("ctr runs");
     assert!(out.status.success(), "ctr content get {digest}");
     out.stdout
+}
+
+/// The answer to a frontend subrequest sent through kilnd's gateway: what
+/// `buildctl-like` printed, each metadata entry as `buildctl-like:
+/// metadata KEY` on a line and its value after it.
+pub struct Subrequest {
+    pub stdout: String,
+}
+
+/// Sends the subrequest `requestid` (`frontend.outline`,
+/// `frontend.targets`, `frontend.lint`) for the context `ctx` to kilnd at
+/// `addr` as buildx's `--call` sends it, with the frontend options
+/// `opts` (`k=v,...`, may be empty) after the request's own; the request
+/// must succeed.
+pub fn subrequest(addr: &str, ctx: &Path, requestid: &str, opts: &str) -> Subrequest {
+    let mut all = format!("requestid={requestid},frontend.caps=moby.buildkit.frontend.subrequests");
+    if !opts.is_empty() {
+        all.push(',');
+        all.push_str(opts);
+    }
+    let out = std::process::Command::new(buildctl_like_binary().expect("buildctl-like"))
+        .env("BUILDCTL_LIKE_OPTS", all)
+        .arg(addr)
+        .arg(ctx)
+        .output()
+        .expect("buildctl-like runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Subrequest { stdout }
+}
+
+impl Subrequest {
+    /// The value of metadata entry `key`; fails the test without it.
+    pub fn value(&self, key: &str) -> String {
+        let marker = format!("buildctl-like: metadata {key}\n");
+        let rest = self
+            .stdout
+            .split_once(&marker)
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| panic!("no {key} in\n{}", self.stdout));
+        rest.split("buildctl-like: ")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// `kiln --addr ADDR build --progress plain ARGS...`: a build through
+/// kilnd `k`, as [`Harness::build`] runs one embedded.
+pub fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
+    let addr = k.addr();
+    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    h.kiln(ns, &all).expect("kiln runs")
 }

@@ -346,16 +346,31 @@ impl BlobWriter {
     /// Appends bytes (split into 1 MiB messages).
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         for chunk in data.chunks(CHUNK) {
-            let req = WriteContentRequest {
-                action: WriteAction::Write as i32,
-                r#ref: self.r#ref.clone(),
-                offset: self.offset,
-                data: chunk.to_vec(),
-                ..Default::default()
-            };
-            self.send(req).await?;
-            self.offset += chunk.len() as i64;
+            self.write_message(chunk.to_vec()).await?;
         }
+        Ok(())
+    }
+
+    /// Appends bytes, sending `data` itself as the message when it fits
+    /// in one (1 MiB), without a copy.
+    pub async fn write_owned(&mut self, data: Vec<u8>) -> Result<()> {
+        if data.len() > CHUNK {
+            return self.write(&data).await;
+        }
+        self.write_message(data).await
+    }
+
+    async fn write_message(&mut self, data: Vec<u8>) -> Result<()> {
+        let len = data.len() as i64;
+        let req = WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: self.r#ref.clone(),
+            offset: self.offset,
+            data,
+            ..Default::default()
+        };
+        self.send(req).await?;
+        self.offset += len;
         Ok(())
     }
 

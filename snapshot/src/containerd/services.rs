@@ -52,6 +52,10 @@ impl ContentWriter for BlobWriter {
         BlobWriter::write(self, data).await
     }
 
+    async fn write_owned(&mut self, data: Vec<u8>) -> Result<()> {
+        BlobWriter::write_owned(self, data).await
+    }
+
     fn digest(&self) -> Option<Digest> {
         BlobWriter::digest(self)
     }

@@ -250,12 +250,7 @@ pub async fn targets(
     attrs: &HashMap<String, String>,
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<kiln_frontend::targets::TargetList, Status> {
-    let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
-    let source = if opts.remote_context.is_some() {
-        remote_dockerfile(engine, job, session, &mut opts, credentials).await?
-    } else {
-        definition(d, job, session, &opts).await?.source
-    };
+    let (_, source) = read_dockerfile(d, engine, job, session, attrs, credentials).await?;
     kiln_frontend::targets::list(&source).map_err(|e| frontend_status(&e))
 }
 
@@ -269,14 +264,29 @@ pub async fn outline(
     attrs: &HashMap<String, String>,
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<kiln_frontend::outline::Outline, Status> {
+    let (opts, source) = read_dockerfile(d, engine, job, session, attrs, credentials).await?;
+    kiln_frontend::outline::outline(&source, opts.target.as_deref(), &opts.build_args)
+        .map_err(|e| frontend_status(&e))
+}
+
+/// The options of a `--call` request (targets, outline) and the
+/// Dockerfile they name, read as a build would read it: from the remote
+/// context when there is one, else from the client's dockerfile local.
+async fn read_dockerfile(
+    d: &Daemon,
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    attrs: &HashMap<String, String>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<(FrontendOptions, kiln_frontend::DockerfileSource), Status> {
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
     let source = if opts.remote_context.is_some() {
         remote_dockerfile(engine, job, session, &mut opts, credentials).await?
     } else {
         definition(d, job, session, &opts).await?.source
     };
-    kiln_frontend::outline::outline(&source, opts.target.as_deref(), &opts.build_args)
-        .map_err(|e| frontend_status(&e))
+    Ok((opts, source))
 }
 
 /// What the Dockerfile frontend made of a request.

@@ -243,7 +243,7 @@ impl HashCache {
                 ctime_ns: state::ctime_ns(&md),
                 mode: md.mode(),
                 recorded_ns: now_ns,
-                content: Some(hex::encode(digest)),
+                content: Some(state::Sha(*digest)),
                 xattrs: tree::xattr_digest(&host),
                 seen: 0,
             };
@@ -444,7 +444,7 @@ impl HashCache {
                         mtime_ns: e.mtime_ns,
                         ctime_ns: e.ctime_ns,
                         mode: e.mode,
-                        content: e.content.clone()?,
+                        content: e.content?.to_hex_string(),
                     },
                 ))
             })

@@ -562,3 +562,33 @@ fn received_digests_spare_the_first_read_of_an_owned_tree() {
     let _ = plain.digest(other.path(), &sel("."), &[]).expect("digest");
     assert_eq!(plain.take_reads(), 1);
 }
+
+/// Digests are kept as bytes but the state file still holds them as
+/// lowercase hex (files written before stay readable), and an entry whose
+/// digest is not 64 lowercase hex digits makes the file be rebuilt.
+#[test]
+fn state_file_digests_are_lowercase_hex() {
+    let f = Fixture::new(&[("a", "1")]);
+    let c = f.cache();
+    let d1 = dig(&c, &f, ".", &[]);
+    c.save().expect("save");
+    let file = f.state_file();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    assert_eq!(
+        saved["entries"]["a"]["h"],
+        hex::encode(Sha256::digest(b"1")),
+        "{saved}"
+    );
+
+    let text = std::fs::read_to_string(&file).expect("read");
+    let upper = text.replace(
+        &hex::encode(Sha256::digest(b"1")),
+        &hex::encode_upper(Sha256::digest(b"1")),
+    );
+    assert_ne!(upper, text);
+    std::fs::write(&file, upper).expect("write");
+    let c2 = f.cache();
+    assert_eq!(dig(&c2, &f, ".", &[]), d1);
+    assert_eq!(c2.take_reads(), 1, "an upper-case digest is not trusted");
+}

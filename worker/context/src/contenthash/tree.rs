@@ -1,7 +1,7 @@
 //! One digest computation: the selected sources of a copy, walked in name
 //! order, one length-prefixed record per entry the copy would take.
 
-use super::state::{ctime_ns, mtime_ns, ContextCache, StatEntry};
+use super::state::{ctime_ns, mtime_ns, ContextCache, Sha, StatEntry};
 use super::{io_err, HashCache, HashError, Result};
 use crate::ignore::PatternMatcher;
 use crate::path::{rel_string, PathError};
@@ -172,7 +172,8 @@ impl TreeHasher<'_> {
         put(out, b'M', &(md.mode() & 0o7777).to_le_bytes());
         match kind {
             b'f' => {
-                put(out, b'C', content.as_deref().unwrap_or_default().as_bytes());
+                let hex = content.map(|c| c.hex());
+                put(out, b'C', hex.as_ref().map_or(&[][..], |h| &h[..]));
                 if md.nlink() > 1 && include {
                     match self.links.get(&(md.dev(), md.ino())) {
                         Some(first) => put(out, b'H', first),
@@ -191,7 +192,7 @@ impl TreeHasher<'_> {
             _ => {}
         }
         if let Some(x) = xattrs {
-            put(out, b'X', x.as_bytes());
+            put(out, b'X', &x.hex());
         }
         put(out, b'E', &[]);
         Ok(())
@@ -205,12 +206,12 @@ impl TreeHasher<'_> {
         key: &str,
         md: &Metadata,
         generation: u64,
-    ) -> Result<(Option<String>, Option<String>)> {
+    ) -> Result<(Option<Sha>, Option<Sha>)> {
         let window = self.owner.window_for(self.root);
         if let Some(e) = self.cache.entries.get_mut(key) {
             if e.same_stat(md) && e.trusted(window) {
                 e.seen = generation;
-                return Ok((e.content.clone(), e.xattrs.clone()));
+                return Ok((e.content, e.xattrs));
             }
         }
         let content = if md.file_type().is_file() {
@@ -233,8 +234,8 @@ impl TreeHasher<'_> {
                 ctime_ns: ctime_ns(md),
                 mode: md.mode(),
                 recorded_ns: self.now_ns,
-                content: content.clone(),
-                xattrs: xattrs.clone(),
+                content,
+                xattrs,
                 seen: generation,
             };
             self.cache.entries.insert(key.to_string(), fresh);
@@ -243,9 +244,9 @@ impl TreeHasher<'_> {
         Ok((content, xattrs))
     }
 
-    /// Streams a regular file through SHA-256. Returns the hex digest and
+    /// Streams a regular file through SHA-256. Returns the digest and
     /// whether the file's stat tuple was the same before and after.
-    fn read_content(&mut self, host: &Path, md: &Metadata) -> Result<(String, bool)> {
+    fn read_content(&mut self, host: &Path, md: &Metadata) -> Result<(Sha, bool)> {
         #[cfg(test)]
         self.owner.reads.fetch_add(1, Ordering::SeqCst);
         // O_NOFOLLOW: a file swapped for a symlink is not followed out of
@@ -282,7 +283,7 @@ impl TreeHasher<'_> {
         let stable = after.size() == md.size()
             && mtime_ns(&after) == mtime_ns(md)
             && ctime_ns(&after) == ctime_ns(md);
-        Ok((hex::encode(h.finalize()), stable))
+        Ok((Sha(h.finalize().into()), stable))
     }
 
     /// Drops cache entries below `base_key` that this walk should have
@@ -333,7 +334,7 @@ fn host_name_is_utf8(host: &Path) -> bool {
 /// A digest of an entry's extended attributes (sorted names and values),
 /// which the copy carries over; `None` when there are none or the
 /// filesystem has no xattrs. Never follows symlinks.
-pub(super) fn xattr_digest(host: &Path) -> Option<String> {
+pub(super) fn xattr_digest(host: &Path) -> Option<Sha> {
     let names = match xattr::list(host) {
         Ok(names) => names,
         Err(e) => {
@@ -360,5 +361,5 @@ pub(super) fn xattr_digest(host: &Path) -> Option<String> {
         put(&mut h, b'N', name.as_bytes());
         put(&mut h, b'V', value);
     }
-    Some(hex::encode(h.finalize()))
+    Some(Sha(h.finalize().into()))
 }
