@@ -3,7 +3,10 @@
 //! other builds wait for its record, so every image holds the one run's
 //! layer and a rebuild afterwards finds every step cached.
 
-use kiln_integration::{step_printed, Harness, KilnOutput, Kilnd};
+mod common;
+use common::remote;
+
+use kiln_integration::{step_printed, Harness, KilnOutput};
 
 /// A step whose output differs on every run (a fresh UUID), slow enough
 /// that every build reaches it while the first one runs it, and a step
@@ -82,14 +85,6 @@ async fn concurrent_kiln_processes_run_a_shared_step_once() {
     let outs = at_once(|i| h.build(ns, &["-t", &format!("claim:{i}"), c]));
     let rebuild = h.build(ns, &["-t", "claim:again", c]);
     check(&h, ns, &outs, rebuild);
-}
-
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
 }
 
 #[tokio::test]

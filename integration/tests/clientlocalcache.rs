@@ -6,16 +6,10 @@
 //! resolves the tag to the `digest` kilnd reads.
 
 mod common;
+use common::remote;
 
-use kiln_integration::{Harness, KilnOutput, Kilnd};
+use kiln_integration::Harness;
 use std::path::Path;
-
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
 
 fn index(cache: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(cache.join("index.json")).expect("index.json"))

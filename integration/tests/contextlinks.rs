@@ -7,17 +7,10 @@
 //! earlier keeps what it had.
 
 mod common;
+use common::remote;
 
-use kiln_integration::{Harness, KilnOutput, Kilnd};
+use kiln_integration::Harness;
 use std::io::Read;
-
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
 
 const DF: &str = "FROM busybox\nCOPY . /app/\n";
 

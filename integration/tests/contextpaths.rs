@@ -6,17 +6,12 @@
 //! whole context gives: an embedded build of the same directory finds
 //! every step cached and makes the same image.
 
-use kiln_integration::registry::Registry;
-use kiln_integration::{Harness, KilnOutput, Kilnd};
-use std::path::Path;
+mod common;
+use common::remote;
 
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
+use kiln_integration::registry::Registry;
+use kiln_integration::Harness;
+use std::path::Path;
 
 /// A `key=value` field of a log line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {

@@ -3,16 +3,11 @@
 //! is read from kilnd's `received local directory` log line, whose `files`
 //! counts the files whose content the client sent.
 
-use kiln_integration::{Harness, KilnOutput, Kilnd};
-use std::path::Path;
+mod common;
+use common::remote;
 
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
+use kiln_integration::Harness;
+use std::path::Path;
 
 /// One transfer of the `context` local as kilnd logged it.
 #[derive(Debug, PartialEq, Eq)]

@@ -2,9 +2,10 @@
 //! Control API, exporters, workers, load and disconnects.
 
 mod common;
+use common::remote;
 
 use kiln_integration::llbdef::{op_bytes, shell_exec};
-use kiln_integration::{step_printed, Harness, KilnOutput, Kilnd};
+use kiln_integration::{step_printed, Harness, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{Exporter, ListWorkersRequest, SolveRequest, StatusRequest};
 use kiln_proto::llb;
@@ -15,14 +16,6 @@ async fn setup(ns: &str) -> (Harness, Kilnd) {
     let h = Harness::with_busybox(ns).await;
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
     (h, k)
-}
-
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
 }
 
 async fn control(k: &Kilnd) -> ControlClient<tonic::transport::Channel> {

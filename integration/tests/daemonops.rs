@@ -3,8 +3,11 @@
 //! readiness, the socket's group, the systemd units, and BuildKit's error
 //! details on a failed build.
 
+mod common;
+use common::remote;
+
 use kiln_integration::llbdef::op_bytes;
-use kiln_integration::{buildctl_like_binary, kilnd_binary, Harness, KilnOutput, Kilnd};
+use kiln_integration::{buildctl_like_binary, kilnd_binary, Harness};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::SolveRequest;
 use kiln_proto::health::health_check_response::ServingStatus;
@@ -21,14 +24,6 @@ use std::time::{Duration, Instant};
 
 const SOURCE_URL: &str = "github.com/moby/buildkit/errdefs.Source+json";
 const VERTEX_URL: &str = "github.com/moby/buildkit/errdefs.Vertex+json";
-
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
 
 async fn health(socket: &Path, service: &str) -> Result<i32, tonic::Status> {
     let ch = containerd_client::connect(socket)

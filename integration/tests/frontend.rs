@@ -3,16 +3,9 @@
 //! image, and a Dockerfile's own ignore file works in both.
 
 mod common;
+use common::remote;
 
-use kiln_integration::{Harness, KilnOutput, Kilnd};
-
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
+use kiln_integration::Harness;
 
 /// An image config without its timestamps: the exporter stamps `created`
 /// (and the history entries of this build) with the export time.

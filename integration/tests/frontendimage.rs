@@ -11,13 +11,14 @@
 //! return an error fail the build naming the image and leave nothing
 //! behind; the embedded CLI refuses them, naming kilnd.
 
-use kiln_integration::{buildctl_like_binary, Harness, KilnOutput, Kilnd};
+use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 mod common;
+use common::remote;
 
 /// How long a finished build may take to remove what it made.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -68,14 +69,6 @@ async fn import_frontends(h: &Harness, ns: &str) {
             .await
             .expect("import the frontend image");
     }
-}
-
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
 }
 
 /// What the frontend wrote into image `name`: `/hello` and `/opts`.

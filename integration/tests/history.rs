@@ -3,20 +3,16 @@
 //! `UpdateBuildHistory` and `Status` of a finished ref, kept across a
 //! restart of kilnd.
 
-use kiln_integration::{Harness, KilnOutput, Kilnd};
+mod common;
+use common::remote;
+
+use kiln_integration::{Harness, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::{
     BuildHistoryEvent, BuildHistoryEventType, BuildHistoryRecord, BuildHistoryRequest,
     StatusRequest, UpdateBuildHistoryRequest,
 };
 use tonic::transport::Channel;
-
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
 
 async fn control(k: &Kilnd) -> ControlClient<Channel> {
     let ch = containerd_client::connect(&k.socket)

@@ -7,7 +7,10 @@
 //! record is kept, even an archive's image that no image record names;
 //! nothing else of the store, and nothing once the record is deleted.
 
-use kiln_integration::{Harness, KilnOutput, Kilnd};
+mod common;
+use common::remote;
+
+use kiln_integration::{Harness, Kilnd};
 use kiln_proto::content::content_client::ContentClient;
 use kiln_proto::content::{InfoRequest, ReadContentRequest};
 use kiln_proto::control::control_client::ControlClient;
@@ -17,13 +20,6 @@ use kiln_proto::control::{
 use sha2::Digest as _;
 use std::time::Duration;
 use tonic::transport::Channel;
-
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
 
 async fn channel(k: &Kilnd) -> Channel {
     containerd_client::connect(&k.socket)

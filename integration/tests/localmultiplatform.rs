@@ -7,7 +7,10 @@
 //! of two platforms is an error. The Dockerfiles have no `RUN`, so no
 //! platform needs emulation.
 
-use kiln_integration::{Harness, KilnOutput, Kilnd};
+mod common;
+use common::remote;
+
+use kiln_integration::Harness;
 use std::collections::BTreeMap;
 use std::io::Read;
 
@@ -16,14 +19,6 @@ ARG TARGETARCH\n\
 COPY common.txt /\n\
 COPY arch-${TARGETARCH}.txt /arch.txt\n\
 WORKDIR /dir-${TARGETARCH}\n";
-
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
 
 /// Every file below `root` (relative path -> contents) and every directory
 /// (relative path -> `<dir>`).

@@ -4,17 +4,11 @@
 //! of the base and runs its ONBUILD triggers right after FROM.
 
 mod common;
+use common::remote;
 
 use common::image_config;
-use kiln_integration::{Harness, KilnOutput, Kilnd};
+use kiln_integration::Harness;
 use serde_json::json;
-
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
 
 const BASE: &str = "FROM busybox\n\
 MAINTAINER Jane Doe <jane@example.com>\n\

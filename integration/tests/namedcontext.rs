@@ -5,17 +5,10 @@
 //! fetches its `.dockerignore` first, then its files with those patterns.
 
 mod common;
+use common::remote;
 
-use kiln_integration::{Harness, KilnOutput, Kilnd};
+use kiln_integration::Harness;
 use std::os::unix::fs::MetadataExt;
-
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
 
 /// The `deps` stage is replaced by a directory (with its own ignore
 /// file), `alpine` by the local busybox image, and `tools` (read by

@@ -11,7 +11,10 @@
 //! e.g. a 2.x build), even when `KILN_TEST_CONTAINERD` names a shared one
 //! outside the namespace.
 
-use kiln_integration::{step_printed, Harness, KilnOutput, Kilnd};
+mod common;
+use common::remote;
+
+use kiln_integration::{step_printed, Harness, KilnOutput};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -139,13 +142,6 @@ fn assert_no_network_leftovers(h: &Harness, ns: &str, root: &Path) {
 
 fn embedded(h: &Harness, ns: &str, args: &[&str]) -> KilnOutput {
     let mut all = vec!["build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
-}
-
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
     all.extend_from_slice(args);
     h.kiln(ns, &all).expect("kiln runs")
 }

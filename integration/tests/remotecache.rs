@@ -2,8 +2,11 @@
 //! (`--cache-to`), a build of the same context on a fresh containerd B
 //! imports it (`--cache-from`) and runs no step whose result is in it.
 
+mod common;
+use common::remote;
+
 use kiln_integration::registry::Registry;
-use kiln_integration::{step_printed, Harness, KilnOutput, Kilnd};
+use kiln_integration::{step_printed, Harness, KilnOutput};
 use std::path::Path;
 
 /// `kiln build` that must succeed.
@@ -313,14 +316,6 @@ async fn a_registry_cache_makes_every_step_cached_on_a_fresh_containerd() {
         image(&b, ns, "docker.io/library/out:1"),
         "the same image"
     );
-}
-
-/// `kiln --addr <kilnd> build --progress plain ARGS`.
-fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
-    let addr = k.addr();
-    let mut all = vec!["--addr", addr.as_str(), "build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    h.kiln(ns, &all).expect("kiln runs")
 }
 
 #[tokio::test]
