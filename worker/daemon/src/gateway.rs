@@ -40,11 +40,7 @@ impl GatewayService {
         session: Option<&crate::sessions::SessionHandle>,
         r: &SolveRequest,
     ) -> Result<Response<SolveResponse>, Status> {
-        let session = session.ok_or_else(|| {
-            Status::failed_precondition("the dockerfile frontend needs a session")
-        })?;
-        let credentials: Arc<dyn kiln_registry::Credentials> =
-            Arc::new(crate::registry::SessionCredentials::new(Some(session)));
+        let (session, credentials) = frontend_session(session)?;
         let report = crate::frontend::lint(
             &self.0,
             &tenant.engine,
@@ -54,23 +50,12 @@ impl GatewayService {
             credentials,
         )
         .await?;
-        let metadata = HashMap::from([
-            ("result.json".to_string(), report.json().into_bytes()),
-            ("result.txt".to_string(), report.text().into_bytes()),
-            (
-                "result.statuscode".to_string(),
-                report.status_code().to_string().into_bytes(),
-            ),
-            ("version".to_string(), b"1.0.0".to_vec()),
-        ]);
-        let result = GwResult {
-            metadata,
-            ..Default::default()
-        };
-        Ok(Response::new(SolveResponse {
-            r#ref: String::new(),
-            result: Some(result),
-        }))
+        let mut metadata = subrequest_metadata(report.json(), report.text(), "1.0.0");
+        metadata.insert(
+            "result.statuscode".to_string(),
+            report.status_code().to_string().into_bytes(),
+        );
+        Ok(metadata_response(metadata))
     }
 }
 
@@ -84,11 +69,7 @@ impl GatewayService {
         session: Option<&crate::sessions::SessionHandle>,
         r: &SolveRequest,
     ) -> Result<Response<SolveResponse>, Status> {
-        let session = session.ok_or_else(|| {
-            Status::failed_precondition("the dockerfile frontend needs a session")
-        })?;
-        let credentials: Arc<dyn kiln_registry::Credentials> =
-            Arc::new(crate::registry::SessionCredentials::new(Some(session)));
+        let (session, credentials) = frontend_session(session)?;
         let list = crate::frontend::targets(
             &self.0,
             &tenant.engine,
@@ -98,21 +79,11 @@ impl GatewayService {
             credentials,
         )
         .await?;
-        let metadata = HashMap::from([
-            ("result.json".to_string(), list.json().into_bytes()),
-            ("result.txt".to_string(), list.text().into_bytes()),
-            (
-                "version".to_string(),
-                kiln_frontend::targets::TARGETS_VERSION.as_bytes().to_vec(),
-            ),
-        ]);
-        Ok(Response::new(SolveResponse {
-            r#ref: String::new(),
-            result: Some(GwResult {
-                metadata,
-                ..Default::default()
-            }),
-        }))
+        Ok(metadata_response(subrequest_metadata(
+            list.json(),
+            list.text(),
+            kiln_frontend::targets::TARGETS_VERSION,
+        )))
     }
 }
 
@@ -127,11 +98,7 @@ impl GatewayService {
         session: Option<&crate::sessions::SessionHandle>,
         r: &SolveRequest,
     ) -> Result<Response<SolveResponse>, Status> {
-        let session = session.ok_or_else(|| {
-            Status::failed_precondition("the dockerfile frontend needs a session")
-        })?;
-        let credentials: Arc<dyn kiln_registry::Credentials> =
-            Arc::new(crate::registry::SessionCredentials::new(Some(session)));
+        let (session, credentials) = frontend_session(session)?;
         let o = crate::frontend::outline(
             &self.0,
             &tenant.engine,
@@ -141,22 +108,51 @@ impl GatewayService {
             credentials,
         )
         .await?;
-        let metadata = HashMap::from([
-            ("result.json".to_string(), o.json().into_bytes()),
-            ("result.txt".to_string(), o.text().into_bytes()),
-            (
-                "version".to_string(),
-                kiln_frontend::outline::OUTLINE_VERSION.as_bytes().to_vec(),
-            ),
-        ]);
-        Ok(Response::new(SolveResponse {
-            r#ref: String::new(),
-            result: Some(GwResult {
-                metadata,
-                ..Default::default()
-            }),
-        }))
+        Ok(metadata_response(subrequest_metadata(
+            o.json(),
+            o.text(),
+            kiln_frontend::outline::OUTLINE_VERSION,
+        )))
     }
+}
+
+/// The session a frontend subrequest reads the Dockerfile through, and
+/// the registry credentials it lends.
+fn frontend_session(
+    session: Option<&crate::sessions::SessionHandle>,
+) -> Result<
+    (
+        &crate::sessions::SessionHandle,
+        Arc<dyn kiln_registry::Credentials>,
+    ),
+    Status,
+> {
+    let session = session
+        .ok_or_else(|| Status::failed_precondition("the dockerfile frontend needs a session"))?;
+    let credentials: Arc<dyn kiln_registry::Credentials> =
+        Arc::new(crate::registry::SessionCredentials::new(Some(session)));
+    Ok((session, credentials))
+}
+
+/// A subrequest's answer as buildx reads it: `result.json`, `result.txt`
+/// and the format's `version`.
+fn subrequest_metadata(json: String, text: String, version: &str) -> HashMap<String, Vec<u8>> {
+    HashMap::from([
+        ("result.json".to_string(), json.into_bytes()),
+        ("result.txt".to_string(), text.into_bytes()),
+        ("version".to_string(), version.as_bytes().to_vec()),
+    ])
+}
+
+/// A result that is only metadata, with no ref.
+fn metadata_response(metadata: HashMap<String, Vec<u8>>) -> Response<SolveResponse> {
+    Response::new(SolveResponse {
+        r#ref: String::new(),
+        result: Some(GwResult {
+            metadata,
+            ..Default::default()
+        }),
+    })
 }
 
 /// The gateway API capabilities kiln implements (BuildKit's ids,
