@@ -1,6 +1,7 @@
 //! Layer blobs made on demand: a step's layer is a snapshot with a diffID
 //! and no blob until an exporter needs one; the blob then made is the one
-//! a cold build gives, and it lives as long as the cache record.
+//! a cold build gives, and it lives as long as a record holding it (the
+//! cache record, or the build record of a build that exported it).
 
 mod common;
 
@@ -215,8 +216,49 @@ async fn a_blob_made_on_demand_lives_as_long_as_its_record() {
     )
     .expect("ctr images rm");
     kiln(&["prune", "--all"]);
+    // kilnd's build records keep the images their exporters made, as
+    // BuildKit's do (`buildx history inspect` reads them): the cache is
+    // gone, the records still hold the blob.
+    assert!(
+        exists(&run_blob),
+        "the build records keep their images' blobs"
+    );
+    delete_build_records(&k).await;
+    kiln(&["prune", "--all"]);
     assert!(
         !exists(&run_blob),
-        "the blob went with the last record holding its snapshot"
+        "the blob went with the last record holding it"
     );
+}
+
+/// Deletes every build record of `k`, as `buildx history rm --all` does.
+async fn delete_build_records(k: &kiln_integration::Kilnd) {
+    use kiln_proto::control::control_client::ControlClient;
+    use kiln_proto::control::{BuildHistoryRequest, UpdateBuildHistoryRequest};
+    let ch = containerd_client::connect(&k.socket)
+        .await
+        .expect("connect to kilnd");
+    let mut c = ControlClient::new(ch);
+    let mut s = c
+        .listen_build_history(BuildHistoryRequest {
+            early_exit: true,
+            ..Default::default()
+        })
+        .await
+        .expect("ListenBuildHistory")
+        .into_inner();
+    let mut refs = Vec::new();
+    while let Some(e) = s.message().await.expect("event") {
+        refs.extend(e.record.map(|r| r.r#ref));
+    }
+    assert!(!refs.is_empty(), "the builds left records");
+    for r in refs {
+        c.update_build_history(UpdateBuildHistoryRequest {
+            r#ref: r,
+            delete: true,
+            ..Default::default()
+        })
+        .await
+        .expect("delete the record");
+    }
 }
