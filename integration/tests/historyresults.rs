@@ -14,9 +14,7 @@ use kiln_integration::{Harness, Kilnd};
 use kiln_proto::content::content_client::ContentClient;
 use kiln_proto::content::{InfoRequest, ReadContentRequest};
 use kiln_proto::control::control_client::ControlClient;
-use kiln_proto::control::{
-    BuildHistoryRecord, BuildHistoryRequest, Descriptor, UpdateBuildHistoryRequest,
-};
+use kiln_proto::control::{BuildHistoryRecord, Descriptor, UpdateBuildHistoryRequest};
 use sha2::Digest as _;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -29,19 +27,7 @@ async fn channel(k: &Kilnd) -> Channel {
 
 /// The kept records, newest first, as `buildx history ls` reads them.
 async fn records(k: &Kilnd) -> Vec<BuildHistoryRecord> {
-    let mut c = ControlClient::new(channel(k).await);
-    let mut s = c
-        .listen_build_history(BuildHistoryRequest {
-            early_exit: true,
-            ..Default::default()
-        })
-        .await
-        .expect("ListenBuildHistory")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(e) = s.message().await.expect("event") {
-        out.extend(e.record);
-    }
+    let mut out = common::build_records(channel(k).await).await;
     out.sort_by_key(|r| std::cmp::Reverse(r.created_at.as_ref().map(|t| (t.seconds, t.nanos))));
     out
 }

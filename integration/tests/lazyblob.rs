@@ -234,23 +234,16 @@ async fn a_blob_made_on_demand_lives_as_long_as_its_record() {
 /// Deletes every build record of `k`, as `buildx history rm --all` does.
 async fn delete_build_records(k: &kiln_integration::Kilnd) {
     use kiln_proto::control::control_client::ControlClient;
-    use kiln_proto::control::{BuildHistoryRequest, UpdateBuildHistoryRequest};
+    use kiln_proto::control::UpdateBuildHistoryRequest;
     let ch = containerd_client::connect(&k.socket)
         .await
         .expect("connect to kilnd");
-    let mut c = ControlClient::new(ch);
-    let mut s = c
-        .listen_build_history(BuildHistoryRequest {
-            early_exit: true,
-            ..Default::default()
-        })
+    let refs: Vec<String> = common::build_records(ch.clone())
         .await
-        .expect("ListenBuildHistory")
-        .into_inner();
-    let mut refs = Vec::new();
-    while let Some(e) = s.message().await.expect("event") {
-        refs.extend(e.record.map(|r| r.r#ref));
-    }
+        .into_iter()
+        .map(|r| r.r#ref)
+        .collect();
+    let mut c = ControlClient::new(ch);
     assert!(!refs.is_empty(), "the builds left records");
     for r in refs {
         c.update_build_history(UpdateBuildHistoryRequest {

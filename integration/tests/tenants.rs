@@ -3,6 +3,8 @@
 //! confined to its own containerd namespace; a kilnd that refuses to
 //! listen where it should not.
 
+mod common;
+
 use kiln_integration::pki::{free_port, write, Pki};
 use kiln_integration::{kilnd_binary, Harness, KilnOutput};
 use std::collections::BTreeSet;
@@ -323,24 +325,12 @@ match = { cn = "bob" }
 /// The refs of the build records a client lists (as `buildx history ls`)
 /// and the digest of the first failed record's `externalError`.
 async fn history_of(ch: tonic::transport::Channel) -> (BTreeSet<String>, Option<String>) {
-    use kiln_proto::control::control_client::ControlClient;
-    use kiln_proto::control::BuildHistoryRequest;
-    let mut s = ControlClient::new(ch)
-        .listen_build_history(BuildHistoryRequest {
-            early_exit: true,
-            ..Default::default()
-        })
-        .await
-        .expect("ListenBuildHistory")
-        .into_inner();
     let (mut refs, mut error) = (BTreeSet::new(), None);
-    while let Some(e) = s.message().await.expect("event") {
-        if let Some(r) = e.record {
-            if error.is_none() {
-                error = r.external_error.map(|d| d.digest);
-            }
-            refs.insert(r.r#ref);
+    for r in common::build_records(ch).await {
+        if error.is_none() {
+            error = r.external_error.map(|d| d.digest);
         }
+        refs.insert(r.r#ref);
     }
     (refs, error)
 }

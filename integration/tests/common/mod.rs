@@ -257,3 +257,26 @@ pub fn remote(h: &Harness, k: &Kilnd, ns: &str, args: &[&str]) -> KilnOutput {
     all.extend_from_slice(args);
     h.kiln(ns, &all).expect("kiln runs")
 }
+
+/// Every build record a client of kilnd may see over `ch`, in the order
+/// kilnd sends them (`ListenBuildHistory` with `early_exit`, as `buildx
+/// history ls` reads them).
+pub async fn build_records(
+    ch: tonic::transport::Channel,
+) -> Vec<kiln_proto::control::BuildHistoryRecord> {
+    use kiln_proto::control::control_client::ControlClient;
+    use kiln_proto::control::BuildHistoryRequest;
+    let mut s = ControlClient::new(ch)
+        .listen_build_history(BuildHistoryRequest {
+            early_exit: true,
+            ..Default::default()
+        })
+        .await
+        .expect("ListenBuildHistory")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = s.message().await.expect("event") {
+        out.extend(e.record);
+    }
+    out
+}
