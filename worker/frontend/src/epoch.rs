@@ -21,12 +21,7 @@ use kiln_solver::Graph;
 /// `opts`, if it names one; the Dockerfile's errors for a name that is
 /// neither a context nor a source-only stage.
 pub fn source(source: &DockerfileSource, opts: &FrontendOptions) -> Result<Option<EpochSource>> {
-    let df = kiln_dockerfile::parse_with(
-        &source.text,
-        &source.filename,
-        opts.check.as_ref(),
-        opts.syntax_arg(),
-    )?;
+    let df = source.parse(opts)?;
     Ok(kiln_dockerfile::epoch_source(
         &df,
         &build_options(source, opts),

@@ -730,6 +730,20 @@ pub struct DockerfileSource {
     pub excludes: Vec<String>,
 }
 
+impl DockerfileSource {
+    /// The Dockerfile parsed as `opts` ask: `BUILDKIT_DOCKERFILE_CHECK` in
+    /// place of its `# check=`, and its `# syntax=` unused when
+    /// `BUILDKIT_SYNTAX` names the frontend.
+    pub fn parse(&self, opts: &FrontendOptions) -> Result<kiln_dockerfile::Dockerfile> {
+        Ok(kiln_dockerfile::parse_with(
+            &self.text,
+            &self.filename,
+            opts.check.as_ref(),
+            opts.syntax_arg(),
+        )?)
+    }
+}
+
 /// The largest Dockerfile or ignore file kiln reads: these files come
 /// from clients, and a larger one is almost surely not a build definition.
 pub const MAX_DEFINITION_FILE: u64 = 16 << 20;
@@ -1011,12 +1025,7 @@ pub async fn resolve_all<I: ImageConfigs>(
     opts: &FrontendOptions,
     images: &I,
 ) -> Result<BaseConfigs> {
-    let df = kiln_dockerfile::parse_with(
-        &source.text,
-        &source.filename,
-        opts.check.as_ref(),
-        opts.syntax_arg(),
-    )?;
+    let df = source.parse(opts)?;
     let mut platforms = Vec::new();
     for p in target_platforms(opts) {
         let bases = resolve_for(&df, source, opts, &p, images).await?;
@@ -1081,12 +1090,7 @@ pub async fn plan_for<I: ImageConfigs>(
     target: &kiln_solver::Platform,
     images: &I,
 ) -> Result<kiln_dockerfile::Build> {
-    let df = kiln_dockerfile::parse_with(
-        &source.text,
-        &source.filename,
-        opts.check.as_ref(),
-        opts.syntax_arg(),
-    )?;
+    let df = source.parse(opts)?;
     let bases = resolve_for(&df, source, opts, target, images).await?;
     convert_for(&df, source, opts, target, &bases)
 }
