@@ -91,6 +91,11 @@ fn kilnd_command(h: &Harness, ns: &str, root: &Path, socket: &Path) -> Result<Co
         .arg("--namespace")
         .arg(ns)
         .args(["--network-mode", "host"]);
+    // Connection-level failures (tonic logs them at debug) are in the log
+    // a failed build's report carries.
+    if std::env::var_os("KILND_LOG").is_none() {
+        cmd.env("KILND_LOG", "info,tonic=debug");
+    }
     Ok(cmd)
 }
 
@@ -160,9 +165,34 @@ impl Daemon {
     }
 
     fn log_tail(&self) -> String {
+        self.log_lines(15)
+    }
+
+    fn log_lines(&self, n: usize) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Whether the daemon still runs, and the end of its log: what a
+    /// failed build's report carries from the daemon's side.
+    pub fn report(&self) -> String {
+        let state = match self.pid() {
+            // An exited child not yet waited for is a zombie ("Z").
+            Some(pid) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Ok(stat) if stat.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')) => {
+                    "has exited"
+                }
+                Ok(_) => "is running",
+                Err(_) => "is gone",
+            },
+            None => "was stopped",
+        };
+        format!(
+            "daemon {state}; the end of its log ({}):\n{}",
+            self.log.display(),
+            self.log_lines(60)
+        )
     }
 
     /// `unix://<socket>`.

@@ -169,10 +169,21 @@ impl<'h> Session<'h> {
         if !out.status.success() {
             let tail = |b: &[u8]| {
                 let s = String::from_utf8_lossy(b).into_owned();
-                s[s.len().saturating_sub(4000)..].to_string()
+                let mut cut = s.len().saturating_sub(4000);
+                while !s.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                s[cut..].to_string()
             };
+            // A daemon's side of a failed build: its log is removed when
+            // the session ends, so it is kept with the failure.
+            let daemon = self
+                .daemon
+                .as_ref()
+                .map(|d| format!("\n{}", d.report()))
+                .unwrap_or_default();
             return Err(format!(
-                "{} build of {} failed ({}):\n{}\n{}",
+                "{} build of {} failed ({}):\n{}\n{}{daemon}",
                 self.engine.name(),
                 ctx.display(),
                 out.status,
