@@ -127,73 +127,113 @@ impl Entry {
     }
 }
 
+/// The enabled-or-not handlers of one binfmt_misc directory, read once
+/// (each is a file the kernel formats on every read), in name order.
+#[derive(Debug, Default)]
+struct Handlers(Vec<(String, Entry)>);
+
+impl Handlers {
+    /// The handlers in `dir`; none when it cannot be read.
+    fn read(dir: &Path) -> Handlers {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Handlers::default();
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "register" && n != "status")
+            .collect();
+        names.sort();
+        Handlers(
+            names
+                .into_iter()
+                .filter_map(|name| {
+                    let text = std::fs::read_to_string(dir.join(&name)).ok()?;
+                    parse_entry(&text).map(|e| (name, e))
+                })
+                .collect(),
+        )
+    }
+
+    /// How a step for `os/arch` runs on a `host_arch` machine with these
+    /// handlers: the first enabled `F` handler matching the
+    /// architecture's ELF header, else the first enabled one without `F`.
+    fn support(&self, host_arch: &str, os: &str, arch: &str) -> Support {
+        if os != "linux" {
+            return Support::Missing;
+        }
+        if native(host_arch, arch) {
+            return Support::Native;
+        }
+        let Some(header) = elf_header(arch) else {
+            return Support::Missing;
+        };
+        let mut not_fixed = None;
+        for (name, e) in &self.0 {
+            if !e.enabled || !e.matches(&header) {
+                continue;
+            }
+            if e.flags.contains('F') {
+                return Support::Emulated {
+                    handler: name.clone(),
+                };
+            }
+            not_fixed.get_or_insert(name);
+        }
+        match not_fixed {
+            Some(handler) => Support::NotFixed {
+                handler: handler.clone(),
+            },
+            None => Support::Missing,
+        }
+    }
+}
+
 /// How a step for `os/arch` runs on a `host_arch` machine, reading the
 /// handlers in `dir` (normally [`BINFMT_DIR`]).
 pub fn support_in(dir: &Path, host_arch: &str, os: &str, arch: &str) -> Support {
-    if os != "linux" {
-        return Support::Missing;
+    // Neither a foreign OS nor the CPU's own architectures read anything.
+    if os != "linux" || native(host_arch, arch) {
+        return Handlers::default().support(host_arch, os, arch);
     }
-    if native(host_arch, arch) {
-        return Support::Native;
-    }
-    let Some(header) = elf_header(arch) else {
-        return Support::Missing;
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Support::Missing;
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "register" && n != "status")
-        .collect();
-    names.sort();
-    let mut not_fixed = None;
-    for name in names {
-        let Ok(text) = std::fs::read_to_string(dir.join(&name)) else {
-            continue;
-        };
-        let Some(e) = parse_entry(&text) else {
-            continue;
-        };
-        if !e.enabled || !e.matches(&header) {
-            continue;
-        }
-        if e.flags.contains('F') {
-            return Support::Emulated { handler: name };
-        }
-        not_fixed.get_or_insert(name);
-    }
-    match not_fixed {
-        Some(handler) => Support::NotFixed { handler },
-        None => Support::Missing,
+    Handlers::read(dir).support(host_arch, os, arch)
+}
+
+/// This machine's handlers, or none when binfmt_misc as a whole is
+/// switched off.
+fn machine_handlers() -> Handlers {
+    let on = std::fs::read_to_string(Path::new(BINFMT_DIR).join("status"))
+        .map(|s| s.trim() == "enabled")
+        .unwrap_or(false);
+    if on {
+        Handlers::read(Path::new(BINFMT_DIR))
+    } else {
+        Handlers::default()
     }
 }
 
 /// [`support_in`] on this machine's handlers.
 pub fn support(host_arch: &str, os: &str, arch: &str) -> Support {
-    // binfmt_misc as a whole may be switched off.
-    let on = std::fs::read_to_string(Path::new(BINFMT_DIR).join("status"))
-        .map(|s| s.trim() == "enabled")
-        .unwrap_or(false);
-    if !on && !native(host_arch, arch) {
-        return Support::Missing;
+    if os != "linux" || native(host_arch, arch) {
+        return Handlers::default().support(host_arch, os, arch);
     }
-    support_in(Path::new(BINFMT_DIR), host_arch, os, arch)
+    machine_handlers().support(host_arch, os, arch)
 }
 
 /// The Linux architectures (OCI names) this machine runs, natively or
-/// under emulation, the host's first; what a worker advertises.
+/// under emulation, the host's first; what a worker advertises. The
+/// handlers are read once for all of them.
 pub fn runnable(host_arch: &str) -> Vec<&'static str> {
     const ALL: &[&str] = &[
         "amd64", "arm64", "386", "arm", "ppc64le", "s390x", "riscv64", "mips64le", "mips64",
         "loong64", "ppc64", "mipsle", "mips",
     ];
+    let handlers = machine_handlers();
     let mut out: Vec<&'static str> = ALL.iter().copied().filter(|a| *a == host_arch).collect();
     for a in ALL {
         if *a != host_arch
             && matches!(
-                support(host_arch, "linux", a),
+                handlers.support(host_arch, "linux", a),
                 Support::Native | Support::Emulated { .. }
             )
         {

@@ -50,6 +50,10 @@ impl Default for ContainerdConfig {
 pub struct Containerd {
     channel: Channel,
     config: ContainerdConfig,
+    /// containerd's server UUID, asked once per connection (it names the
+    /// daemon's state directory, so it does not change while it runs; as
+    /// BuildKit, which reads it when its worker starts).
+    uuid: std::sync::Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl std::fmt::Debug for Containerd {
@@ -77,7 +81,11 @@ impl Containerd {
                 address: address.clone(),
                 reason: error_chain(&e),
             })?;
-        let this = Containerd { channel, config };
+        let this = Containerd {
+            channel,
+            config,
+            uuid: Default::default(),
+        };
         this.version().await.map_err(|e| SnapshotError::Connect {
             address,
             reason: e.to_string(),
@@ -161,16 +169,23 @@ impl Containerd {
         Ok(r.into_inner().version)
     }
 
-    /// containerd's server UUID (Introspection.Server).
+    /// containerd's server UUID (Introspection.Server), asked the first
+    /// time only.
     pub async fn server_uuid(&self) -> Result<String> {
-        let mut c = containerd_client::services::v1::introspection_client::IntrospectionClient::new(
-            self.channel(),
-        );
-        let r = c
-            .server(Request::new(()))
+        self.uuid
+            .get_or_try_init(|| async {
+                let mut c =
+                    containerd_client::services::v1::introspection_client::IntrospectionClient::new(
+                        self.channel(),
+                    );
+                let r = c
+                    .server(Request::new(()))
+                    .await
+                    .map_err(|s| self.status_error("Introspection.Server", "", s))?;
+                Ok(r.into_inner().uuid)
+            })
             .await
-            .map_err(|s| self.status_error("Introspection.Server", "", s))?;
-        Ok(r.into_inner().uuid)
+            .cloned()
     }
 }
 
@@ -218,6 +233,7 @@ mod tests {
                 namespace: "ns".into(),
                 snapshotter: "overlayfs".into(),
             },
+            uuid: Default::default(),
         }
     }
 
