@@ -85,7 +85,7 @@ fn lease_of(r: &BuildHistoryRecord) -> String {
 async fn a_records_images_are_its_result_and_served_while_it_is_kept() {
     let ns = "historyresults";
     let h = Harness::with_busybox(ns).await;
-    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let mut k = h.start_kilnd(ns).await.expect("kilnd starts");
     let df = "FROM busybox\nRUN echo results > /r\n";
     let ctx = h.context("historyresults", &[("Dockerfile", df)]);
     let c = ctx.to_str().expect("utf8");
@@ -184,6 +184,31 @@ async fn a_records_images_are_its_result_and_served_while_it_is_kept() {
         recs[0].error.is_some() && recs[0].result.is_none(),
         "{:?}",
         recs[0]
+    );
+
+    // A results lease whose record went while kilnd was stopped (killed
+    // between removing a record and its lease) is released when kilnd
+    // starts again; a kept record's stays.
+    k.terminate().expect("kilnd stops");
+    let stray = format!("kiln/history/{}", "0".repeat(64));
+    h.ctr(
+        ns,
+        &[
+            "leases",
+            "create",
+            "--id",
+            &stray,
+            "dev.kiln/owner=build history results",
+        ],
+    )
+    .expect("a stray results lease");
+    let k = h.start_kilnd(ns).await.expect("kilnd starts again");
+    let leases = h.ctr(ns, &["leases", "ls"]).expect("ctr");
+    assert!(!leases.contains(&stray), "{leases}");
+    assert!(leases.contains(&lease_of(&image)), "{leases}");
+    assert!(
+        records(&k).await.iter().any(|r| r.r#ref == image.r#ref),
+        "the record is still kept"
     );
 
     // The kept lease is no leftover; nothing else is left.

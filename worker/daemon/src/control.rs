@@ -390,10 +390,11 @@ impl Control for ControlService {
                     error: r.as_ref().err().cloned(),
                     progress,
                 };
-                let h = history.clone();
-                let _ = tokio::task::spawn_blocking(move || h.completed(&id, outcome)).await;
+                let gone = tokio::task::spawn_blocking(move || history.completed(&id, outcome))
+                    .await
+                    .unwrap_or_default();
                 // Results of records the limits just removed go with them.
-                crate::historyresults::reconcile(tenant.engine.services(), &history).await;
+                crate::historyresults::release(tenant.engine.services(), &gone).await;
             }
             tenant.enforce_cache_max().await;
             drop(build_permit);
@@ -614,7 +615,7 @@ impl Control for ControlService {
     ) -> Result<Response<UpdateBuildHistoryResponse>, Status> {
         let tenant = self.0.tenant(&request).await?;
         let req = request.into_inner();
-        let delete = req.delete;
+        let deleted = req.delete.then(|| req.r#ref.clone());
         let history = tenant.history.clone();
         let done = tokio::task::spawn_blocking(move || {
             if req.delete {
@@ -631,8 +632,8 @@ impl Control for ControlService {
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
         done.map_err(|e| e.status())?;
-        if delete {
-            crate::historyresults::reconcile(tenant.engine.services(), &tenant.history).await;
+        if let Some(r) = deleted {
+            crate::historyresults::release(tenant.engine.services(), &[r]).await;
         }
         Ok(Response::new(UpdateBuildHistoryResponse {}))
     }

@@ -229,11 +229,14 @@ impl BuildHistory {
     }
 
     /// Completes the record of `ref` and writes it (a failure to write is
-    /// logged: the build's own result stands).
-    pub fn completed(&self, r#ref: &str, outcome: Outcome) {
+    /// logged: the build's own result stands), then applies the limits.
+    /// Returns the refs whose records are gone now (removed by the limits,
+    /// or this one if it could not be written): their results are no
+    /// longer held for anyone.
+    pub fn completed(&self, r#ref: &str, outcome: Outcome) -> Vec<String> {
         let mut active = self.lock();
         let Some(mut rec) = active.remove(r#ref) else {
-            return;
+            return vec![r#ref.to_string()];
         };
         rec.completed_at = Some(crate::status::ts(SystemTime::now()));
         if let Some(resp) = outcome.exporter_response.filter(|r| !r.is_empty()) {
@@ -276,6 +279,7 @@ impl BuildHistory {
         rec.num_completed_steps = counts.completed;
         rec.num_cached_steps = counts.cached;
         rec.num_warnings = counts.warnings;
+        let mut gone = Vec::new();
         match self.write(&mut rec, &outcome.progress, error_blob.as_deref()) {
             Ok(()) => {
                 let _ = self.events.send(BuildHistoryEvent {
@@ -283,12 +287,17 @@ impl BuildHistory {
                     record: Some(rec),
                 });
             }
-            Err(e) => tracing::warn!("ref" = r#ref, error = %e, "cannot save the build record"),
+            Err(e) => {
+                tracing::warn!("ref" = r#ref, error = %e, "cannot save the build record");
+                gone.push(r#ref.to_string());
+            }
         }
         drop(active);
-        if let Err(e) = self.gc(SystemTime::now()) {
-            tracing::warn!(error = %e, "cannot remove old build records");
+        match self.gc(SystemTime::now()) {
+            Ok(removed) => gone.extend(removed),
+            Err(e) => tracing::warn!(error = %e, "cannot remove old build records"),
         }
+        gone
     }
 
     /// Writes the progress (and a failed build's error), then the record
@@ -520,8 +529,8 @@ impl BuildHistory {
         Ok(())
     }
 
-    /// Applies the limits as of `now`.
-    fn gc(&self, now: SystemTime) -> Result<()> {
+    /// Applies the limits as of `now`; returns the refs it removed.
+    fn gc(&self, now: SystemTime) -> Result<Vec<String>> {
         let _writers = self.lock();
         let mut recs: Vec<(BuildHistoryRecord, u64)> = self
             .records()?
@@ -540,6 +549,7 @@ impl BuildHistory {
         // Newest first.
         recs.sort_by_key(|(r, _)| std::cmp::Reverse(time_of(r.completed_at.as_ref())));
         let mut total = 0u64;
+        let mut removed = Vec::new();
         for (i, (r, size)) in recs.iter().enumerate() {
             total += size;
             let old = now
@@ -552,12 +562,13 @@ impl BuildHistory {
                     Ok(()) | Err(HistoryError::NotFound { .. }) => {
                         total -= size;
                         tracing::debug!("ref" = %r.r#ref, "build record removed by the [history] limits");
+                        removed.push(r.r#ref.clone());
                     }
                     Err(e) => return Err(e),
                 }
             }
         }
-        Ok(())
+        Ok(removed)
     }
 }
 
@@ -911,7 +922,9 @@ mod tests {
         }
     }
 
-    fn build(h: &BuildHistory, r: &str, error: Option<tonic::Status>) {
+    /// A build of `r`; returns the refs whose records went
+    /// ([`BuildHistory::completed`]).
+    fn build(h: &BuildHistory, r: &str, error: Option<tonic::Status>) -> Vec<String> {
         h.started(&request(r), &[]);
         let progress = vec![
             StatusResponse {
@@ -942,7 +955,7 @@ mod tests {
                 error,
                 progress,
             },
-        );
+        )
     }
 
     fn manifest(digest: &str) -> Descriptor {
@@ -1080,9 +1093,10 @@ mod tests {
         build(&h, "a", None);
         h.set_pinned("a", true).expect("pin");
         assert_eq!(h.record("a").expect("a").generation, 1);
-        for r in ["b", "c", "d"] {
-            build(&h, r, None);
-        }
+        // Each build says which records the limits removed, so their
+        // results can be released.
+        let gone: Vec<Vec<String>> = ["b", "c", "d"].iter().map(|r| build(&h, r, None)).collect();
+        assert_eq!(gone, [vec![], vec![], vec!["b".to_string()]]);
         // Two unpinned are kept, and the pinned one.
         let kept: Vec<String> = refs(&h, &BuildHistoryRequest::default())
             .into_iter()

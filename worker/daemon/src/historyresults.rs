@@ -64,7 +64,26 @@ pub async fn hold(svc: &Services, r#ref: &str, results: &HashMap<i64, Descriptor
     }
 }
 
-/// Deletes the results leases of records that are no longer kept.
+/// Deletes the results leases of the records of `refs`, which are gone:
+/// removed by the history limits or a client, or never written. A lease
+/// that is not there (a record without results) is no error.
+pub async fn release(svc: &Services, refs: &[String]) {
+    for r in refs {
+        let id = lease_of(&BuildHistory::key(r));
+        match svc.leases.delete(&id, false).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::warn!(lease = %id, error = %e, "cannot release a build record's results")
+            }
+        }
+    }
+}
+
+/// Deletes the results leases of every record that is no longer kept
+/// (one listing of the namespace's leases): when a tenant is set up, for
+/// what a stopped kilnd left between removing a record and its lease.
+/// While kilnd runs, [`release`] deletes each as its record goes.
 pub async fn reconcile(svc: &Services, history: &std::sync::Arc<BuildHistory>) {
     let h = history.clone();
     let kept = match tokio::task::spawn_blocking(move || h.keys()).await {

@@ -76,6 +76,7 @@ impl Daemon {
                 },
             );
             t.engine.sweep().await?;
+            crate::historyresults::reconcile(t.engine.services(), &t.history).await;
             Some(Arc::new(t))
         } else {
             // Job directories live under the root whatever the tenant
@@ -174,6 +175,7 @@ impl Daemon {
                 },
             );
             t.engine.sweep().await.map_err(|e| status_of(&e))?;
+            crate::historyresults::reconcile(t.engine.services(), &t.history).await;
             tracing::info!(
                 tenant = %config.name,
                 namespace = %config.namespace,
