@@ -255,6 +255,7 @@ impl<'h> Bench<'h> {
         );
         for run in 0..self.s.runs {
             for e in self.engines.clone() {
+                engines::settle_inodes();
                 let s = self.open(e, &Self::ns("w1", e, run));
                 self.f.time("W1", e, s.build(&ctx, "w1", None));
                 self.f.time("W2", e, s.build(&ctx, "w1", None));
@@ -270,6 +271,7 @@ impl<'h> Bench<'h> {
         w3_context(&ctx, self.s.scaled(20_000));
         for run in 0..self.s.runs {
             for e in self.engines.clone() {
+                engines::settle_inodes();
                 let s = self.open(e, &Self::ns("w3", e, run));
                 let sampler = s.daemon_pid().map(RssSampler::start);
                 self.f.time("W3", e, s.build(&ctx, "w3", None));
@@ -298,6 +300,7 @@ impl<'h> Bench<'h> {
         w3_context(&ctx, self.s.scaled(20_000));
         for run in 0..self.s.runs {
             for e in self.engines.clone() {
+                engines::settle_inodes();
                 let s = self.open(e, &Self::ns("w3z", e, run));
                 self.f
                     .time("W3-zstd", e, s.build(&ctx, "w3z", Some("zstd")));
