@@ -235,8 +235,10 @@ impl BuildHistory {
     /// longer held for anyone.
     pub fn completed(&self, r#ref: &str, outcome: Outcome) -> Vec<String> {
         let mut active = self.lock();
+        // Not started here (or completed already): its results, if any,
+        // are another completion's to keep or release.
         let Some(mut rec) = active.remove(r#ref) else {
-            return vec![r#ref.to_string()];
+            return Vec::new();
         };
         rec.completed_at = Some(crate::status::ts(SystemTime::now()));
         if let Some(resp) = outcome.exporter_response.filter(|r| !r.is_empty()) {
