@@ -120,10 +120,10 @@ where
     F: FnOnce(&mut dyn Write) -> std::result::Result<T, crate::diff::DiffError> + Send + 'static,
     T: Send + 'static,
 {
-    // Two chunks queued (plus the one being filled and the one on its way
-    // to containerd) keep the producer and the ingest both busy; each
+    // One chunk queued (plus the one being filled and the one on its way
+    // to containerd) keeps the producer and the ingest both busy; each
     // more is 1 MiB of resident memory for the whole blob.
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
     let producer = tokio::task::spawn_blocking(move || {
         let mut w = ChannelWriter {
             buf: Vec::with_capacity(CHUNK),

@@ -339,6 +339,15 @@ impl<W: Write> ParMemberWriter<W> {
 
     /// Submits the first `len` bytes of `buf` as a member.
     fn submit(&mut self, len: usize) -> io::Result<()> {
+        // Bound memory: one member per worker. Each member holds its input
+        // and its output (1 MiB each for incompressible data) until it is
+        // written, and the member being filled one more buffer. Writing
+        // the oldest before queueing this one (not after) keeps five
+        // buffers, not seven, and the oldest's buffers are the ones this
+        // member takes.
+        while self.pending.len() >= self.pool.max {
+            self.write_oldest()?;
+        }
         let mut rest = self.spare.pop().unwrap_or_default();
         rest.extend_from_slice(&self.buf[len..]);
         self.buf.truncate(len);
@@ -349,14 +358,6 @@ impl<W: Write> ParMemberWriter<W> {
         let out = self.spare.pop().unwrap_or_default();
         let rx = self.pool.submit(data, out, index, self.pending.len())?;
         self.pending.push_back(rx);
-        // Bound memory: one member per worker, plus the one just queued
-        // (a worker that finishes finds it). Each member holds its input
-        // and its output (1 MiB each for incompressible data) until it is
-        // written; two per worker made kilnd's peak during W3 ~4 MiB
-        // higher on two cores.
-        while self.pending.len() > self.pool.max {
-            self.write_oldest()?;
-        }
         Ok(())
     }
 

@@ -244,7 +244,7 @@ impl HashCache {
                 mode: md.mode(),
                 recorded_ns: now_ns,
                 content: Some(state::Sha(*digest)),
-                xattrs: tree::xattr_digest(&host),
+                xattrs: tree::xattr_digest(&host).map(Box::new),
                 seen: 0,
             };
             cache.entries.insert(rel.clone(), entry);

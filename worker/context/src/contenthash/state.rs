@@ -37,9 +37,11 @@ pub(super) struct StatEntry {
     /// SHA-256 of the content, for regular files.
     #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
     pub(super) content: Option<Sha>,
-    /// SHA-256 of the xattrs, when the entry has any.
+    /// SHA-256 of the xattrs, when the entry has any: boxed, as few
+    /// entries have xattrs and an inline `Option<Sha>` made every entry
+    /// of a 20,000-file context's record 24 bytes larger.
     #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
-    pub(super) xattrs: Option<Sha>,
+    pub(super) xattrs: Option<Box<Sha>>,
     /// Generation of the last call that visited the entry (not persisted).
     #[serde(skip)]
     pub(super) seen: u64,

@@ -211,7 +211,7 @@ impl TreeHasher<'_> {
         if let Some(e) = self.cache.entries.get_mut(key) {
             if e.same_stat(md) && e.trusted(window) {
                 e.seen = generation;
-                return Ok((e.content, e.xattrs));
+                return Ok((e.content, e.xattrs.as_deref().copied()));
             }
         }
         let content = if md.file_type().is_file() {
@@ -235,7 +235,7 @@ impl TreeHasher<'_> {
                 mode: md.mode(),
                 recorded_ns: self.now_ns,
                 content,
-                xattrs,
+                xattrs: xattrs.map(Box::new),
                 seen: generation,
             };
             self.cache.entries.insert(key.to_string(), fresh);
