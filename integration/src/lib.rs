@@ -657,15 +657,28 @@ impl Harness {
         cmd: &[&str],
         expected: &str,
     ) -> String {
+        self.try_run_image_expecting(namespace, image, id, cmd, expected)
+            .expect("ctr run succeeds")
+    }
+
+    /// [`Harness::run_image_expecting`], with a failed `ctr run` as an error.
+    pub fn try_run_image_expecting(
+        &self,
+        namespace: &str,
+        image: &str,
+        id: &str,
+        cmd: &[&str],
+        expected: &str,
+    ) -> HarnessResult<String> {
         let mut out = String::new();
         for attempt in 0..3 {
-            out = self.run_image(namespace, image, &format!("{id}-x{attempt}"), cmd);
+            out = self.try_run_image(namespace, image, &format!("{id}-x{attempt}"), cmd)?;
             if out == expected {
                 break;
             }
             eprintln!("ctr run {image} (try {attempt}) gave {out:?}, not {expected:?}");
         }
-        out
+        Ok(out)
     }
 
     /// [`Harness::run_image`], with a failed `ctr run` as an error.

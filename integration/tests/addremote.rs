@@ -72,8 +72,11 @@ ADD --checksum=sha256:{} {url} /web/checked\n",
     let c = ctx.to_str().expect("utf8");
     h.build(ns, &["-t", "web:one", c]).ok();
     let image = "docker.io/library/web:one";
+    let want = format!(
+        "{BODY}{BODY}/web/hello.txt 600 0:0 {LAST_MODIFIED_SECS}\n/web/tool 755 0:0 {LAST_MODIFIED_SECS}\n/web/checked 600 0:0 {LAST_MODIFIED_SECS}\n"
+    );
     assert_eq!(
-        h.run_image(
+        h.run_image_expecting(
             ns,
             image,
             "web-1",
@@ -81,11 +84,10 @@ ADD --checksum=sha256:{} {url} /web/checked\n",
                 "sh",
                 "-c",
                 "cat /web/hello.txt /web/checked; stat -c '%n %a %u:%g %Y' /web/hello.txt /web/tool /web/checked"
-            ]
+            ],
+            &want
         ),
-        format!(
-            "{BODY}{BODY}/web/hello.txt 600 0:0 {LAST_MODIFIED_SECS}\n/web/tool 755 0:0 {LAST_MODIFIED_SECS}\n/web/checked 600 0:0 {LAST_MODIFIED_SECS}\n"
-        )
+        want
     );
     let first = gets.load(Ordering::SeqCst);
     assert!(first >= 1, "the file was downloaded");
@@ -195,17 +197,19 @@ ADD --checksum={second} {url}#main /checked\n"
         "cat /src/a.txt /src/mod/sub.txt /tag/b.txt /query/b.txt /kept/a.txt /checked/a.txt; \
         stat -c '%n %a' /src/run.sh; ls -A /src /tag; test -d /kept/.git && echo kept .git; \
         test -e /kept/mod || echo no mod at v1";
-    assert_eq!(
-        h.run_image(ns, image, "git-1", &["sh", "-c", script]),
-        "second\nin the submodule\nin dir\nin dir\nfirst\nsecond\n\
+    let want = "second\nin the submodule\nin dir\nin dir\nfirst\nsecond\n\
 /src/run.sh 755\n\
 /src:\n.gitmodules\na.txt\ndir\nmod\nrun.sh\n\n/tag:\nb.txt\n\
-kept .git\nno mod at v1\n"
+kept .git\nno mod at v1\n";
+    assert_eq!(
+        h.run_image_expecting(ns, image, "git-1", &["sh", "-c", script], want),
+        want
     );
     // The kept .git is a repository at the commit.
+    let want = format!("{first}\n");
     assert_eq!(
-        h.run_image(ns, image, "git-head", &["cat", "/kept/.git/HEAD"]),
-        format!("{first}\n")
+        h.run_image_expecting(ns, image, "git-head", &["cat", "/kept/.git/HEAD"], &want),
+        want
     );
 
     // Again: each named ref is resolved with one ls-remote, the commit id
@@ -251,14 +255,16 @@ kept .git\nno mod at v1\n"
     .ok();
     assert!(daemon.requests() >= before + 2, "--no-cache fetched again");
     let commit_time = git(&repo, &["log", "-1", "--format=%ct", &first]);
+    let want = format!("first\n{commit_time}\n{commit_time}\n");
     assert_eq!(
-        h.run_image(
+        h.run_image_expecting(
             ns,
             "docker.io/library/git:remote",
             "git-r",
-            &["sh", "-c", "cat /t/a.txt; stat -c %Y /t/a.txt /t/dir/b.txt"]
+            &["sh", "-c", "cat /t/a.txt; stat -c %Y /t/a.txt /t/dir/b.txt"],
+            &want
         ),
-        format!("first\n{commit_time}\n{commit_time}\n")
+        want
     );
 
     // A token is an HTTP header: a git:// remote builds with it offered

@@ -15,10 +15,6 @@ fn ok(out: KilnOutput) -> KilnOutput {
     out.ok()
 }
 
-fn ctr_run(h: &Harness, ns: &str, image: &str, id: &str, cmd: &[&str]) -> String {
-    h.run_image(ns, image, id, cmd)
-}
-
 #[tokio::test]
 async fn every_instruction_builds_and_runs_unpacked() {
     let ns = "full";
@@ -65,12 +61,12 @@ async fn multi_stage_builds_only_what_the_target_needs() {
     assert!(out.stderr.contains("FINAL-RAN"), "{}", out.stderr);
     assert!(!out.stderr.contains("UNUSED-STAGE-RAN"), "{}", out.stderr);
     assert!(!out.stderr.contains("AFTER-RAN"), "{}", out.stderr);
-    let printed = ctr_run(
-        &h,
+    let printed = h.run_image_expecting(
         ns,
         "docker.io/library/multi:latest",
         "multi-run",
         &["cat", "/artifact"],
+        "built\n",
     );
     assert_eq!(printed, "built\n");
 }
@@ -87,12 +83,12 @@ async fn a_base_by_digest_is_found_in_the_content_store() {
     let ctx = h.context("bydigest", &[("Dockerfile", dockerfile.as_str())]);
     h.build(ns, &["-t", "bydigest", ctx.to_str().expect("utf8")])
         .ok();
-    let printed = ctr_run(
-        &h,
+    let printed = h.run_image_expecting(
         ns,
         "docker.io/library/bydigest:latest",
         "bydigest-run",
         &["cat", "/out"],
+        "busybox test base\n",
     );
     assert_eq!(printed, "busybox test base\n");
 }
@@ -109,8 +105,7 @@ async fn a_deleted_base_file_is_absent() {
         )],
     );
     h.build(ns, &["-t", "wh", ctx.to_str().expect("utf8")]).ok();
-    let printed = ctr_run(
-        &h,
+    let printed = h.run_image(
         ns,
         "docker.io/library/wh:latest",
         "wh-run",
@@ -255,12 +250,12 @@ async fn two_builds_at_once_both_succeed() {
     ok(a);
     ok(b);
     for tag in ["a", "b"] {
-        let printed = ctr_run(
-            &h,
+        let printed = h.run_image_expecting(
             ns,
             &format!("docker.io/library/conc:{tag}"),
             &format!("conc-{tag}"),
             &["cat", "/g"],
+            "same\n",
         );
         assert_eq!(printed, "same\n");
     }
@@ -395,7 +390,13 @@ async fn zstd_and_uncompressed_layers_export_and_run() {
             serde_json::from_str(&h.ctr(ns, &["content", "get", digest]).expect("manifest"))
                 .expect("json");
         assert_eq!(manifest["layers"][1]["mediaType"], media);
-        let printed = ctr_run(&h, ns, &name, &format!("c-{compression}"), &["cat", "/f"]);
+        let printed = h.run_image_expecting(
+            ns,
+            &name,
+            &format!("c-{compression}"),
+            &["cat", "/f"],
+            "compressed\n",
+        );
         assert_eq!(printed, "compressed\n");
     }
 }

@@ -297,13 +297,15 @@ async fn prune_all_leaves_no_kiln_lease_and_images_still_run() {
     // Only the images' snapshots are left: the busybox chain and the image's.
     let snaps = h.ctr(ns, &["snapshots", "ls"]).expect("ctr");
     assert_eq!(snaps.lines().skip(1).count(), 3, "{snaps}");
-    let printed = h.run_image(
+    let want = "tmp\nkept\n";
+    let printed = h.run_image_expecting(
         ns,
         "docker.io/library/pruned:latest",
         "pruned-run",
         &["cat", "/t", "/k"],
+        want,
     );
-    assert_eq!(printed, "tmp\nkept\n");
+    assert_eq!(printed, want);
 }
 
 #[tokio::test]

@@ -14,19 +14,17 @@ use std::io::Read;
 
 const DF: &str = "FROM busybox\nCOPY . /app/\n";
 
-/// `stat` of the files the tests look at, inside image `image`.
+/// Prints `stat` and content of the files the tests look at.
+const SHOW: [&str; 3] = [
+    "sh",
+    "-c",
+    "for f in /app/same /app/mode /app/content /app/d/deep; do \
+     echo \"$(stat -c '%n %h %u:%g %a' $f) $(cat $f)\"; done",
+];
+
+/// What [`SHOW`] prints inside image `image`.
 fn shown(h: &Harness, ns: &str, image: &str, id: &str) -> String {
-    h.run_image(
-        ns,
-        &format!("docker.io/library/{image}"),
-        id,
-        &[
-            "sh",
-            "-c",
-            "for f in /app/same /app/mode /app/content /app/d/deep; do \
-             echo \"$(stat -c '%n %h %u:%g %a' $f) $(cat $f)\"; done",
-        ],
-    )
+    h.run_image(ns, &format!("docker.io/library/{image}"), id, &SHOW)
 }
 
 /// Every entry of the gzip layer blob `digest`: path, type, mode, owner,
@@ -97,14 +95,12 @@ async fn copy_from_a_kept_context_links_its_files_and_later_changes_leave_them_a
     let out = remote(&h, &k, ns, &["-t", "cl:1", c]);
     assert!(out.success, "{}", out.stderr);
     // Each file is in kilnd's kept tree and in the layer: two links.
-    let first = shown(&h, ns, "cl:1", "cl-run1");
-    assert_eq!(
-        first,
-        "/app/same 2 0:0 644 unchanged\n\
+    let want = "/app/same 2 0:0 644 unchanged\n\
          /app/mode 2 0:0 640 mode changes\n\
          /app/content 2 0:0 644 content changes\n\
-         /app/d/deep 2 0:0 644 deep\n",
-    );
+         /app/d/deep 2 0:0 644 deep\n";
+    let first = h.run_image_expecting(ns, "docker.io/library/cl:1", "cl-run1", &SHOW, want);
+    assert_eq!(first, want);
     // The linked layer is the layer a copy makes: an embedded build of
     // the same directory (which copies) gives the very same layers.
     let embedded = h.build(ns, &["--no-cache", "-t", "cl:embedded", c]);

@@ -121,12 +121,17 @@ async fn only_the_files_the_dockerfile_reads_cross_the_wire() {
         ["app/main.txt", "app/sub/x.txt", "conf.txt", "lnk"],
         "the unused files were never sent"
     );
-    let run =
-        |id: &str, cmd: &[&str]| h.run_image(ns, "docker.io/library/ctxpaths:remote", id, cmd);
-    assert_eq!(run("ctxpaths-conf", &[]), "configured\n");
+    let image = "docker.io/library/ctxpaths:remote";
+    let want = "configured\n";
     assert_eq!(
-        run("ctxpaths-ls", &["sh", "-c", "cat /x.txt; find /app | sort"]),
-        "behind a link\n/app\n/app/main.txt\n/app/sub\n/app/sub/x.txt\n"
+        h.run_image_expecting(ns, image, "ctxpaths-conf", &[], want),
+        want
+    );
+    let want = "behind a link\n/app\n/app/main.txt\n/app/sub\n/app/sub/x.txt\n";
+    let ls = ["sh", "-c", "cat /x.txt; find /app | sort"];
+    assert_eq!(
+        h.run_image_expecting(ns, image, "ctxpaths-ls", &ls, want),
+        want
     );
 
     // The image is the whole context's: an embedded build of the client's
@@ -151,16 +156,15 @@ async fn only_the_files_the_dockerfile_reads_cross_the_wire() {
     let (files, _) = last_transfer(&k.log);
     assert_eq!(files, 4, "{}", out.stderr);
     assert!(kept_files(&h, ns).contains(&"big.bin".to_string()));
-    let listed = h.run_image(
+    let want = "./Dockerfile\n./Dockerfile.all\n./app/main.txt\n./app/sub/x.txt\n./big.bin\n./conf.txt\n./other/unused.txt\n";
+    let listed = h.run_image_expecting(
         ns,
         "docker.io/library/ctxpaths:all",
         "ctxpaths-all",
         &["sh", "-c", "cd /all && find . -type f | sort"],
+        want,
     );
-    assert_eq!(
-        listed,
-        "./Dockerfile\n./Dockerfile.all\n./app/main.txt\n./app/sub/x.txt\n./big.bin\n./conf.txt\n./other/unused.txt\n"
-    );
+    assert_eq!(listed, want);
     assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
 }
 

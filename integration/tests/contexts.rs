@@ -99,16 +99,20 @@ async fn a_rebuild_through_kilnd_sends_only_what_changed() {
             removed: 1
         })
     );
-    let printed = h.run_image(ns, "docker.io/library/kept:3", "kept-run", &[]);
-    assert_eq!(printed, "changed content\n");
-    let listed = h.run_image(ns, "docker.io/library/kept:3", "kept-ls", &["ls", "/ctx"]);
-    assert_eq!(listed, "Dockerfile\nd0\nd1\nd2\nd3\nd4\n");
+    let image = "docker.io/library/kept:3";
+    let want = "changed content\n";
+    let printed = h.run_image_expecting(ns, image, "kept-run", &[], want);
+    assert_eq!(printed, want);
+    let want = "Dockerfile\nd0\nd1\nd2\nd3\nd4\n";
+    let listed = h.run_image_expecting(ns, image, "kept-ls", &["ls", "/ctx"], want);
+    assert_eq!(listed, want);
     // A rewrite that keeps the size is seen too (its mtime moved).
     std::fs::write(ctx.join("d2/f0007.txt"), "CHANGED content\n").expect("write");
     remote(&h, &k, ns, &["-t", "kept:4", c]).ok();
     assert_eq!(transfers(&k.log).last().map(|t| t.files), Some(1));
-    let printed = h.run_image(ns, "docker.io/library/kept:4", "kept-run4", &[]);
-    assert_eq!(printed, "CHANGED content\n");
+    let want = "CHANGED content\n";
+    let printed = h.run_image_expecting(ns, "docker.io/library/kept:4", "kept-run4", &[], want);
+    assert_eq!(printed, want);
     // The kept context hashes like the client's own directory: an embedded
     // build of that directory finds the `COPY .` kilnd cached.
     let embedded = h.build(ns, &["-t", "kept:embedded", c]).ok();

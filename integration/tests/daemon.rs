@@ -46,8 +46,9 @@ async fn the_kiln_client_builds_through_kilnd_like_embedded_mode() {
         "{}",
         out.stderr
     );
-    let printed = h.run_image(ns, "docker.io/library/remote:1", "remote-run", &[]);
-    assert_eq!(printed, "hello via kilnd\nbuilt-remotely\n");
+    let want = "hello via kilnd\nbuilt-remotely\n";
+    let printed = h.run_image_expecting(ns, "docker.io/library/remote:1", "remote-run", &[], want);
+    assert_eq!(printed, want);
     let check = h.ctr(ns, &["images", "check"]).expect("ctr");
     let line = check
         .lines()
@@ -124,11 +125,12 @@ async fn the_full_dockerfile_gives_the_same_image_through_kilnd() {
     .ok();
     assert!(step_printed(&out.stderr, "BUILDER-RAN"), "{}", out.stderr);
     assert!(!out.stderr.contains("UNUSED-STAGE-RAN"), "{}", out.stderr);
-    let printed = h.run_image(
+    let printed = h.run_image_expecting(
         ns,
         "docker.io/library/multi:remote",
         "multi-remote",
         &["cat", "/artifact"],
+        "built\n",
     );
     assert_eq!(printed, "built\n");
 }
@@ -150,13 +152,15 @@ async fn every_exporter_delivers() {
         remote(&h, &k, ns, &["-o", &o, c]).ok();
         h.ctr(ns2, &["images", "import", file.to_str().expect("utf8")])
             .expect("ctr import");
-        let printed = h.run_image(
+        let want = "exported\nbuilt-remotely\n";
+        let printed = h.run_image_expecting(
             ns2,
             &format!("docker.io/library/exp:{kind}"),
             &format!("exp-{kind}"),
             &[],
+            want,
         );
-        assert_eq!(printed, "exported\nbuilt-remotely\n");
+        assert_eq!(printed, want);
         // Only the archive: nothing was named in kilnd's namespace.
         assert!(!h
             .ctr(ns, &["images", "ls", "-q"])
@@ -299,8 +303,15 @@ async fn raw_llb_builds_and_status_reports_its_digests() {
         digests.contains(&src_d) && digests.contains(&exec_d),
         "{digests:?}"
     );
-    let printed = h.run_image(ns, "docker.io/library/llb:1", "llb-run", &["cat", "/x"]);
-    assert_eq!(printed, "from-llb\n");
+    let want = "from-llb\n";
+    let printed = h.run_image_expecting(
+        ns,
+        "docker.io/library/llb:1",
+        "llb-run",
+        &["cat", "/x"],
+        want,
+    );
+    assert_eq!(printed, want);
 }
 
 /// The exec fields a client may set beyond the command: extra hosts,
@@ -339,13 +350,15 @@ async fn llb_exec_options_reach_the_step_or_fail_naming_them() {
     c.solve(solve(def, "execopts"))
         .await
         .expect("exit code 3 is valid for this step");
-    let printed = h.run_image(
+    let want = "10.9.8.7\tdb\n300\n400\n";
+    let printed = h.run_image_expecting(
         ns,
         "docker.io/library/execopts:1",
         "execopts-run",
         &["cat", "/h", "/u"],
+        want,
     );
-    assert_eq!(printed, "10.9.8.7\tdb\n300\n400\n");
+    assert_eq!(printed, want);
 
     let (def, _, _) = busybox_exec_with("exit 3", |e| {
         e.meta.as_mut().expect("meta").valid_exit_codes = vec![0, 4];
@@ -429,13 +442,15 @@ async fn eight_clients_at_once_and_a_disconnect_cancels() {
         }
     });
     for i in 0..8 {
-        let printed = h.run_image(
+        let want = format!("client-{i}\n");
+        let printed = h.run_image_expecting(
             ns,
             &format!("docker.io/library/load:{i}"),
             &format!("load-{i}"),
             &["cat", "/who"],
+            &want,
         );
-        assert_eq!(printed, format!("client-{i}\n"));
+        assert_eq!(printed, want);
     }
 
     // A client that goes away mid-build cancels it and its lease goes.
@@ -546,9 +561,16 @@ async fn tls_needs_a_client_certificate_when_a_ca_is_set() {
         c,
     ]);
     h.kiln(ns, &args).expect("kiln runs").ok();
+    let want = "over-tls\n";
     assert_eq!(
-        h.run_image(ns, "docker.io/library/tls:yes", "tls-run", &["cat", "/t"]),
-        "over-tls\n"
+        h.run_image_expecting(
+            ns,
+            "docker.io/library/tls:yes",
+            "tls-run",
+            &["cat", "/t"],
+            want
+        ),
+        want
     );
 }
 
@@ -688,8 +710,9 @@ async fn the_gateway_flow_builds_and_an_empty_return_is_an_empty_result() {
         resp.exporter_response["image.name"],
         "docker.io/library/gw:1"
     );
+    let want = "via-gateway\n";
     assert_eq!(
-        h.run_image(ns, "docker.io/library/gw:1", "gw-run", &["cat", "/g"]),
-        "via-gateway\n"
+        h.run_image_expecting(ns, "docker.io/library/gw:1", "gw-run", &["cat", "/g"], want),
+        want
     );
 }

@@ -43,13 +43,15 @@ async fn three_hundred_layers_run_copy_and_export() {
     let c = ctx.to_str().expect("utf8");
     let out = h.build(ns, &["-t", "deep-copy", c]);
     assert!(out.success, "{}", out.stderr);
-    let shown = h.run_image(
+    let want = "300\nlayer 0\nlayer 299\nlayer 150\n";
+    let shown = h.run_image_expecting(
         ns,
         "docker.io/library/deep-copy:latest",
         "deep-copy-run",
         &["cat", "/got/count", "/got/ends", "/got/f150"],
+        want,
     );
-    assert_eq!(shown, "300\nlayer 0\nlayer 299\nlayer 150\n");
+    assert_eq!(shown, want);
 
     // The deep stage itself as an image: containerd mounts its 302 layers.
     let out = h.build(ns, &["--target", "deep", "-t", "deep", c]);
@@ -59,13 +61,15 @@ async fn three_hundred_layers_run_copy_and_export() {
         .expect("layers")
         .len();
     assert_eq!(layers, 1 + n + 1, "busybox, the copies and the RUN");
-    let shown = h.run_image(
+    let want = "300\n300\n";
+    let shown = h.run_image_expecting(
         ns,
         "docker.io/library/deep:latest",
         "deep-run",
         &["sh", "-c", "ls /l | wc -l; cat /count"],
+        want,
     );
-    assert_eq!(shown, "300\n300\n");
+    assert_eq!(shown, want);
 }
 
 /// Overlayfs's limit exactly: a `RUN` on a chain of 500 layers (busybox and

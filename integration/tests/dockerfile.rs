@@ -200,14 +200,14 @@ fn run_case(h: &Harness, case: &Case) -> Result<(), String> {
     }
     if let Some(cmd) = &case.expect.run {
         let id = format!("conformance-{}", case.name);
+        let want = case.expect.stdout.as_deref().unwrap_or_default();
         let got = match &case.expect.run_platform {
             Some(p) => h.ctr(
                 NAMESPACE,
                 &["run", "--rm", "--platform", p, &image, &id, "sh", "-c", cmd],
             )?,
-            None => h.try_run_image(NAMESPACE, &image, &id, &["sh", "-c", cmd])?,
+            None => h.try_run_image_expecting(NAMESPACE, &image, &id, &["sh", "-c", cmd], want)?,
         };
-        let want = case.expect.stdout.as_deref().unwrap_or_default();
         if got != want {
             return Err(format!("`{cmd}` printed {got:?}, expected {want:?}"));
         }

@@ -96,11 +96,12 @@ async fn client_stopped_mid_run(ns: &str, sig: nix::sys::signal::Signal) {
     );
     buildctl_ok(&k, &next, "docker.io/library/next:1");
     assert_eq!(
-        h.run_image(
+        h.run_image_expecting(
             ns,
             "docker.io/library/next:1",
             &format!("{ns}-run"),
-            &["cat", "/next"]
+            &["cat", "/next"],
+            "next\n"
         ),
         "next\n"
     );

@@ -82,11 +82,19 @@ async fn embedded_and_kilnd_builds_give_the_same_image() {
     assert_eq!(cfg_embedded["config"]["Labels"]["built.by"], "test");
     assert_eq!(cfg_embedded["config"]["Labels"]["stage"], "final");
 
-    let printed = h.run_image(ns, "docker.io/library/fe:kilnd", "fe-run", &[]);
     let arch = cfg_embedded["architecture"].as_str().expect("architecture");
-    assert_eq!(printed, format!("hello from {arch}\n"));
-    let listed = h.run_image(ns, "docker.io/library/fe:kilnd", "fe-ls", &["ls", "/app"]);
-    assert_eq!(listed, "Dockerfile\ngreeting.txt\nkept.txt\n");
+    let want = format!("hello from {arch}\n");
+    let printed = h.run_image_expecting(ns, "docker.io/library/fe:kilnd", "fe-run", &[], &want);
+    assert_eq!(printed, want);
+    let want = "Dockerfile\ngreeting.txt\nkept.txt\n";
+    let listed = h.run_image_expecting(
+        ns,
+        "docker.io/library/fe:kilnd",
+        "fe-ls",
+        &["ls", "/app"],
+        want,
+    );
+    assert_eq!(listed, want);
 }
 
 #[tokio::test]
@@ -114,11 +122,11 @@ async fn a_dockerfiles_own_ignore_file_wins_in_both_paths() {
     let want = "app.Dockerfile\napp.Dockerfile.dockerignore\nkeep.txt\n";
 
     h.build(ns, &["-f", df, "-t", "ign:embedded", c]).ok();
-    let listed = h.run_image(ns, "docker.io/library/ign:embedded", "ign-e", &[]);
+    let listed = h.run_image_expecting(ns, "docker.io/library/ign:embedded", "ign-e", &[], want);
     assert_eq!(listed, want, "embedded");
 
     remote(&h, &k, ns, &["-f", df, "-t", "ign:kilnd", c]).ok();
-    let listed = h.run_image(ns, "docker.io/library/ign:kilnd", "ign-k", &[]);
+    let listed = h.run_image_expecting(ns, "docker.io/library/ign:kilnd", "ign-k", &[], want);
     assert_eq!(listed, want, "kilnd");
 
     // A kind of named context kiln does not implement: both paths refuse

@@ -72,9 +72,11 @@ async fn import_frontends(h: &Harness, ns: &str) {
 }
 
 /// What the frontend wrote into image `name`: `/hello` and `/opts`.
-fn written(h: &Harness, ns: &str, name: &str, id: &str) -> (String, String) {
+/// `/hello` is expected to read `hello`.
+fn written(h: &Harness, ns: &str, name: &str, id: &str, hello: &str) -> (String, String) {
+    let cat_hello = ["/bin/cat", "/hello"];
     (
-        h.run_image(ns, name, &format!("{id}-hello"), &["/bin/cat", "/hello"]),
+        h.run_image_expecting(ns, name, &format!("{id}-hello"), &cat_hello, hello),
         h.run_image(ns, name, &format!("{id}-opts"), &["/bin/cat", "/opts"]),
     )
 }
@@ -106,11 +108,9 @@ async fn a_syntax_directive_runs_the_frontend_image_through_kilnd() {
     let out = remote(&h, &k, ns, &["-t", "fe-out:directive", c]);
     assert!(out.success, "{}\nkilnd: {}", out.stderr, kilnd_log(&k));
     let name = "docker.io/library/fe-out:directive";
-    let (hello, opts) = written(&h, ns, name, "fe-directive");
-    assert_eq!(
-        hello,
-        "hello from a frontend image\n# read by the frontend\n"
-    );
+    let want = "hello from a frontend image\n# read by the frontend\n";
+    let (hello, opts) = written(&h, ns, name, "fe-directive", want);
+    assert_eq!(hello, want);
     // The directive as BuildKit's Dockerfile frontend forwards it.
     assert!(
         opts.lines().any(|l| l == "source=kilntest/frontend:ok"),
@@ -153,8 +153,9 @@ async fn a_syntax_directive_runs_the_frontend_image_through_kilnd() {
         ],
     );
     assert!(out.success, "{}\nkilnd: {}", out.stderr, kilnd_log(&k));
-    let (hello, opts) = written(&h, ns, "docker.io/library/fe-out:arg", "fe-arg");
-    assert_eq!(hello, "hello from a frontend image\n# the arg's build\n");
+    let want = "hello from a frontend image\n# the arg's build\n";
+    let (hello, opts) = written(&h, ns, "docker.io/library/fe-out:arg", "fe-arg", want);
+    assert_eq!(hello, want);
     assert!(
         opts.lines()
             .any(|l| l == "build-arg:BUILDKIT_SYNTAX=kilntest/frontend:ok"),
@@ -200,11 +201,9 @@ async fn a_gateway_client_build_forwards_to_the_frontend_image() {
         String::from_utf8_lossy(&out.stderr),
         kilnd_log(&k)
     );
-    let (hello, _) = written(&h, ns, "docker.io/library/fe-gw:latest", "fe-gw");
-    assert_eq!(
-        hello,
-        "hello from a frontend image\n# through the gateway\n"
-    );
+    let want = "hello from a frontend image\n# through the gateway\n";
+    let (hello, _) = written(&h, ns, "docker.io/library/fe-gw:latest", "fe-gw", want);
+    assert_eq!(hello, want);
     h.wait_no_leftovers(ns, &h.kilnd_root(ns), SETTLE)
         .await
         .expect("nothing left behind");

@@ -100,11 +100,9 @@ async fn named_contexts_read_frontend_inputs() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = h.run_image(ns, image, "frontend-inputs-run", &[]);
-    assert_eq!(
-        got,
-        "/srv\nfrom the base input\nfrom the tools input\nyes\n"
-    );
+    let want = "/srv\nfrom the base input\nfrom the tools input\nyes\n";
+    let got = h.run_image_expecting(ns, image, "frontend-inputs-run", &[], want);
+    assert_eq!(got, want);
 
     // An input a named context reads but the client did not send, and one
     // sent that nothing reads (a build result as the main context), fail

@@ -261,8 +261,11 @@ fn make_repos(base: &Path, sub_url: &str) -> Repos {
     }
 }
 
-fn run(h: &Harness, ns: &str, image: &str, id: &str, script: &str) -> String {
-    h.run_image(ns, image, id, &["sh", "-c", script])
+/// Asserts that `sh -c SCRIPT` in `image` prints `want`.
+#[track_caller]
+fn run_is(h: &Harness, ns: &str, image: &str, id: &str, script: &str, want: &str) {
+    let cmd = ["sh", "-c", script];
+    assert_eq!(h.run_image_expecting(ns, image, id, &cmd, want), want);
 }
 
 /// Multi-threaded: the HTTP server answers while the test blocks on kiln.
@@ -280,36 +283,36 @@ async fn git_contexts_embedded() {
     // A branch, with the submodule checked out, and its Dockerfile.
     h.build(ns, &["-t", "gc:branch", &format!("{url}#main")])
         .ok();
-    assert_eq!(
-        run(
-            &h,
-            ns,
-            "docker.io/library/gc:branch",
-            "b",
-            "cat /ctx/a.txt /ctx/mod/sub.txt; ls -A /ctx"
-        ),
-        "second\nin the submodule\n.gitmodules\nDockerfile\na.txt\napp\nmod\n"
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/gc:branch",
+        "b",
+        "cat /ctx/a.txt /ctx/mod/sub.txt; ls -A /ctx",
+        "second\nin the submodule\n.gitmodules\nDockerfile\na.txt\napp\nmod\n",
     );
     // A tag and a subdir: the Dockerfile is the subdir's, the context the
     // subdir (no .git, no submodule at v1).
     h.build(ns, &["-t", "gc:tag", &format!("{url}#v1:app")])
         .ok();
-    assert_eq!(
-        run(
-            &h,
-            ns,
-            "docker.io/library/gc:tag",
-            "t",
-            "ls -A /sub; cat /sub/b.txt"
-        ),
-        "Dockerfile\nb.txt\nin app\n"
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/gc:tag",
+        "t",
+        "ls -A /sub; cat /sub/b.txt",
+        "Dockerfile\nb.txt\nin app\n",
     );
     // A commit id, and the query form with -f relative to the subdir.
     h.build(ns, &["-t", "gc:commit", &format!("{url}#{}", r.first)])
         .ok();
-    assert_eq!(
-        run(&h, ns, "docker.io/library/gc:commit", "c", "cat /ctx/a.txt"),
-        "first\n"
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/gc:commit",
+        "c",
+        "cat /ctx/a.txt",
+        "first\n",
     );
     h.build(
         ns,
@@ -341,15 +344,13 @@ async fn git_contexts_embedded() {
         ],
     )
     .ok();
-    assert_eq!(
-        run(
-            &h,
-            ns,
-            "docker.io/library/gc:kept",
-            "k",
-            "cat /ctx/.git/HEAD"
-        ),
-        "ref: refs/heads/main\n"
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/gc:kept",
+        "k",
+        "cat /ctx/.git/HEAD",
+        "ref: refs/heads/main\n",
     );
 
     // Over HTTP (git http-backend): a second build of the same commit
@@ -391,15 +392,13 @@ async fn git_contexts_embedded() {
         )
         .ok();
     assert!(!out.stderr.contains(TOKEN) && !out.stdout.contains(TOKEN));
-    assert_eq!(
-        run(
-            &h,
-            ns,
-            "docker.io/library/gc:private",
-            "p",
-            "cat /ctx/a.txt; test -e /ctx/.git && echo has .git; grep -rl s3cret /ctx /etc || true"
-        ),
-        "second\n"
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/gc:private",
+        "p",
+        "cat /ctx/a.txt; test -e /ctx/.git && echo has .git; grep -rl s3cret /ctx /etc || true",
+        "second\n",
     );
     // A host-scoped secret wins over the plain one (BuildKit's order).
     let wrong = h.state_dir().join("wrong");
@@ -485,26 +484,22 @@ async fn git_contexts_through_kilnd() {
         h.kiln(ns, &all).expect("kiln runs")
     };
     kiln(&["-t", "gk:tag", &format!("{url}#v1:app")]).ok();
-    assert_eq!(
-        run(
-            &h,
-            ns,
-            "docker.io/library/gk:tag",
-            "t",
-            "ls -A /sub; cat /sub/b.txt"
-        ),
-        "Dockerfile\nb.txt\nin app\n"
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/gk:tag",
+        "t",
+        "ls -A /sub; cat /sub/b.txt",
+        "Dockerfile\nb.txt\nin app\n",
     );
     kiln(&["-t", "gk:branch", &format!("{url}#main")]).ok();
-    assert_eq!(
-        run(
-            &h,
-            ns,
-            "docker.io/library/gk:branch",
-            "b",
-            "cat /ctx/a.txt /ctx/mod/sub.txt"
-        ),
-        "second\nin the submodule\n"
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/gk:branch",
+        "b",
+        "cat /ctx/a.txt /ctx/mod/sub.txt",
+        "second\nin the submodule\n",
     );
 
     // The private repository, the token lent by the client's session.
@@ -521,15 +516,13 @@ async fn git_contexts_through_kilnd() {
         &private,
     ])
     .ok();
-    assert_eq!(
-        run(
-            &h,
-            ns,
-            "docker.io/library/gk:private",
-            "p",
-            "cat /ctx/a.txt"
-        ),
-        "first\n"
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/gk:private",
+        "p",
+        "cat /ctx/a.txt",
+        "first\n",
     );
     let fetched = seen.fetches.load(Ordering::SeqCst);
     kiln(&[
@@ -607,9 +600,13 @@ async fn http_contexts() {
         ],
     )
     .ok();
-    assert_eq!(
-        run(&h, ns, "docker.io/library/hc:tar", "t", "cat /t/dir/c.txt"),
-        "from the tarball\n"
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/hc:tar",
+        "t",
+        "cat /t/dir/c.txt",
+        "from the tarball\n",
     );
     h.build(
         ns,
@@ -620,8 +617,12 @@ async fn http_contexts() {
         ],
     )
     .ok();
-    assert_eq!(
-        run(&h, ns, "docker.io/library/hc:lone", "l", "cat /lone"),
-        "lone\n"
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/hc:lone",
+        "l",
+        "cat /lone",
+        "lone\n",
     );
 }

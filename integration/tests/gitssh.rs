@@ -143,12 +143,14 @@ fn build(
         .into()
 }
 
-/// `cat FILES` in image `docker.io/library/TAG`.
-fn cat(h: &Harness, ns: &str, tag: &str, files: &[&str]) -> String {
+/// Asserts that `cat FILES` in image `docker.io/library/TAG` prints `want`.
+#[track_caller]
+fn cat_is(h: &Harness, ns: &str, tag: &str, files: &[&str], want: &str) {
     let mut cmd = vec!["cat"];
     cmd.extend_from_slice(files);
     let id = tag.replace(':', "-");
-    h.run_image(ns, &format!("docker.io/library/{tag}"), &id, &cmd)
+    let image = format!("docker.io/library/{tag}");
+    assert_eq!(h.run_image_expecting(ns, &image, &id, &cmd, want), want);
 }
 
 fn failed_with(out: &KilnOutput, text: &str) {
@@ -192,14 +194,14 @@ async fn embedded_builds_fetch_over_ssh_with_the_forwarded_agent() {
             &["--ssh", "default", "-t", "gitssh:scp", &ctx],
         )
         .ok();
-        assert_eq!(cat(&h, ns, "gitssh:scp", &["/hello.txt"]), "over ssh\n");
+        cat_is(&h, ns, "gitssh:scp", &["/hello.txt"], "over ssh\n");
         // ssh:// on another port, without --ssh: $SSH_AUTH_SOCK is
         // forwarded as buildx forwards it; the host key is the one the
         // frontend's key scan pinned, as `llb.Git` pins it.
         let logins = f.sshd.logins();
         let ctx = format!("{}#v1", f.url(&f.app));
         build(&h, ns, None, sock, &["-t", "gitssh:url", &ctx]).ok();
-        assert_eq!(cat(&h, ns, "gitssh:url", &["/hello.txt"]), "over ssh\n");
+        cat_is(&h, ns, "gitssh:url", &["/hello.txt"], "over ssh\n");
         assert!(f.sshd.logins() > logins, "{}", f.sshd.log_text());
         // No agent at all.
         let out = build(&h, ns, None, None, &[&ctx]);
@@ -222,9 +224,12 @@ async fn embedded_builds_fetch_over_ssh_with_the_forwarded_agent() {
             &["--ssh", "default", "-t", "gitssh:add", c],
         )
         .ok();
-        assert_eq!(
-            cat(&h, ns, "gitssh:add", &["/lib/lib.txt", "/lib2/lib.txt"]),
-            "lib v1\nlib v1\n"
+        cat_is(
+            &h,
+            ns,
+            "gitssh:add",
+            &["/lib/lib.txt", "/lib2/lib.txt"],
+            "lib v1\nlib v1\n",
         );
         // The frontend pins the host keys it scanned (BuildKit's
         // `llb.Git`), and the fetch accepts only those: a scan that saw
@@ -399,7 +404,7 @@ async fn kilnd_fetches_over_ssh_with_the_clients_agent() {
             &["--ssh", "default", "-t", "gitssh:remote", &ctx],
         )
         .ok();
-        assert_eq!(cat(&h, ns, "gitssh:remote", &["/hello.txt"]), "over ssh\n");
+        cat_is(&h, ns, "gitssh:remote", &["/hello.txt"], "over ssh\n");
 
         // buildctl --ssh default --opt context=ssh://…
         let empty = h.context("gitssh-empty", &[]);
@@ -422,10 +427,7 @@ async fn kilnd_fetches_over_ssh_with_the_clients_agent() {
             KilnOutput::from(cmd.output().expect("buildctl-like runs"))
         };
         buildctl(true).ok();
-        assert_eq!(
-            cat(&h, ns, "gitssh:buildctl", &["/hello.txt"]),
-            "over ssh\n"
-        );
+        cat_is(&h, ns, "gitssh:buildctl", &["/hello.txt"], "over ssh\n");
         let logins = f.sshd.logins();
         failed_with(
             &buildctl(false),
@@ -445,10 +447,7 @@ async fn kilnd_fetches_over_ssh_with_the_clients_agent() {
             &["--ssh", "default", "-t", "gitssh:addremote", c],
         )
         .ok();
-        assert_eq!(
-            cat(&h, ns, "gitssh:addremote", &["/lib/lib.txt"]),
-            "lib v1\n"
-        );
+        cat_is(&h, ns, "gitssh:addremote", &["/lib/lib.txt"], "lib v1\n");
 
         // Known hosts (raw LLB, as `llb.KnownSSHHosts` sends them): the
         // server's key is checked against them.

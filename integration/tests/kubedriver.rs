@@ -371,11 +371,12 @@ async fn create_use_build_rm_through_the_api_and_pod_exec() {
     );
     assert!(daemon.requests() > 0, "the git daemon served nothing");
     assert_eq!(
-        h.run_image(
+        h.run_image_expecting(
             dns,
             "docker.io/library/demo-git:latest",
             "kube-git",
-            &["cat", "/hello"]
+            &["cat", "/hello"],
+            "from git\n"
         ),
         "from git\n"
     );

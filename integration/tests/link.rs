@@ -169,7 +169,8 @@ async fn kilnd_runs_an_llb_merge_op() {
         })
         .await
         .expect("solve");
-    let out = h.run_image(
+    let want = "merged\n640\nbase\n";
+    let out = h.run_image_expecting(
         ns,
         name,
         "merged-run",
@@ -178,8 +179,9 @@ async fn kilnd_runs_an_llb_merge_op() {
             "-c",
             "cat /m; stat -c '%a' /m; test -x /bin/busybox && echo base",
         ],
+        want,
     );
-    assert_eq!(out, "merged\n640\nbase\n");
+    assert_eq!(out, want);
     let layers = h.manifest(ns, name)["layers"]
         .as_array()
         .expect("layers")

@@ -83,13 +83,15 @@ async fn base_healthcheck_and_onbuild_reach_and_run_in_the_child() {
     remote(&h, &k, ns, &["-t", "meta-child:kilnd", c]).ok();
     for tag in ["embedded", "kilnd"] {
         let name = format!("docker.io/library/meta-child:{tag}");
-        let printed = h.run_image(
+        let want = "trigger saw \nyes\n";
+        let printed = h.run_image_expecting(
             ns,
             &name,
             &format!("meta-child-{tag}"),
             &["cat", "/trigger.txt", "/env.txt"],
+            want,
         );
-        assert_eq!(printed, "trigger saw \nyes\n", "{tag}");
+        assert_eq!(printed, want, "{tag}");
         let cfg = image_config(&h, ns, &name);
         assert_eq!(cfg["config"]["Healthcheck"], healthcheck, "{tag}");
         assert_eq!(cfg["author"], base["author"], "{tag}");

@@ -105,8 +105,9 @@ async fn an_oci_layout_of_the_session_is_a_named_context() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = h.run_image(other, image, "oci-session-run", &[]);
-    assert_eq!(got, "from the layout\nfrom the layout\nyes\n");
+    let want = "from the layout\nfrom the layout\nyes\n";
+    let got = h.run_image_expecting(other, image, "oci-session-run", &[], want);
+    assert_eq!(got, want);
     // The layout's layers are in this namespace's content store now,
     // referenced by the image.
     let manifest = h.manifest(other, image);
@@ -206,13 +207,15 @@ async fn the_kiln_cli_serves_its_oci_layout_to_kilnd() {
         "{}",
         out.stderr
     );
-    let got = h.run_image(
+    let want = "from the layout\nyes\n";
+    let got = h.run_image_expecting(
         other,
         &format!("docker.io/library/{image}"),
         "oci-cli-run",
         &[],
+        want,
     );
-    assert_eq!(got, "from the layout\nyes\n");
+    assert_eq!(got, want);
 }
 
 fn blob(dir: &Path, digest: &str) -> PathBuf {
@@ -299,8 +302,9 @@ async fn an_llb_oci_layout_source_reads_the_session_store() {
     done.cancel();
     let _ = served.await;
     r.expect("the solve succeeds");
-    let got = h.run_image(other, image, "oci-llb-run", &["cat", "/step.txt"]);
-    assert_eq!(got, "from the layout\n");
+    let want = "from the layout\n";
+    let got = h.run_image_expecting(other, image, "oci-llb-run", &["cat", "/step.txt"], want);
+    assert_eq!(got, want);
 }
 
 /// A session on `control` with id `id`, serving these OCI layouts as
@@ -445,8 +449,9 @@ async fn an_llb_oci_layout_source_reads_the_session_it_names() {
     )
     .await;
     r.expect("the solve succeeds");
-    let got = h.run_image(other, image, "oci-named-run", &["cat", "/step.txt"]);
-    assert_eq!(got, "from the layout\n");
+    let want = "from the layout\n";
+    let got = h.run_image_expecting(other, image, "oci-named-run", &["cat", "/step.txt"], want);
+    assert_eq!(got, want);
 
     let statuses = statuses.await.expect("status task");
     let resolve = format!("resolve {reference}");

@@ -34,11 +34,12 @@ async fn a_base_images_trigger_copies_from_the_childs_stage() {
         "{}",
         out.stderr
     );
-    let seen = h.run_image(
+    let seen = h.run_image_expecting(
         ns,
         "docker.io/library/onb-child:1",
         "onb-run",
         &["cat", "/seen"],
+        "tool\n",
     );
     assert_eq!(seen, "tool\n");
 }

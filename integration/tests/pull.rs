@@ -176,7 +176,13 @@ async fn from_a_registry_pulls_once_and_rebuilds_without_asking() {
         first.stderr
     );
     assert_eq!(
-        h.run_image(ns, "docker.io/library/pulled:1", "pulled-1", &[]),
+        h.run_image_expecting(
+            ns,
+            "docker.io/library/pulled:1",
+            "pulled-1",
+            &[],
+            "pulled\n"
+        ),
         "pulled\n"
     );
     // The base is an image of its own, as ctr pull leaves it.
@@ -267,7 +273,7 @@ async fn from_a_registry_pulls_once_and_rebuilds_without_asking() {
     );
     build_with(&h, ns, &[], &["--pull", "-t", "moved:1", c3]).ok();
     assert_eq!(
-        h.run_image(ns, "docker.io/library/moved:1", "moved-1", &[]),
+        h.run_image_expecting(ns, "docker.io/library/moved:1", "moved-1", &[], "two\n"),
         "two\n"
     );
     assert!(h.leftovers(ns).expect("leftovers").is_empty());
@@ -304,11 +310,12 @@ async fn ctr_sees_a_kiln_pull_as_its_own() {
     assert_eq!(target("pull-kiln"), target("pull-ctr"));
     // And ctr runs the image kiln pulled.
     assert_eq!(
-        h.run_image(
+        h.run_image_expecting(
             "pull-kiln",
             &base,
             "kiln-pulled",
-            &["cat", "/etc/base-release"]
+            &["cat", "/etc/base-release"],
+            "busybox test base\n"
         ),
         "busybox test base\n"
     );
@@ -424,7 +431,13 @@ async fn a_dropped_download_resumes_and_a_dead_registry_leaves_nothing() {
         "stored layer is corrupt"
     );
     assert_eq!(
-        h.run_image("pull-cut", "docker.io/library/resumed:1", "resumed", &[]),
+        h.run_image_expecting(
+            "pull-cut",
+            "docker.io/library/resumed:1",
+            "resumed",
+            &[],
+            "pulled\n"
+        ),
         "pulled\n"
     );
 }
@@ -486,7 +499,13 @@ async fn kilnd_pulls_and_reports_layers_in_its_status_stream() {
         out.stderr
     );
     assert_eq!(
-        h.run_image(ns, "docker.io/library/viakilnd:1", "viakilnd", &[]),
+        h.run_image_expecting(
+            ns,
+            "docker.io/library/viakilnd:1",
+            "viakilnd",
+            &[],
+            "pulled\n"
+        ),
         "pulled\n"
     );
     // The resolve mode travels as the frontend attribute: without --pull
@@ -818,7 +837,13 @@ async fn resolve_mode_local_prefers_the_store_and_pulls_what_is_missing() {
         asked(&reg)
     );
     assert_eq!(
-        h.run_image(ns, "docker.io/library/local-mode:1", "local-mode", &[]),
+        h.run_image_expecting(
+            ns,
+            "docker.io/library/local-mode:1",
+            "local-mode",
+            &[],
+            "pulled\n"
+        ),
         "pulled\n"
     );
     let before = asked(&reg).len();

@@ -99,11 +99,12 @@ async fn a_local_cache_makes_every_step_cached_on_a_fresh_containerd() {
         image(&b, ns, "docker.io/library/out:1"),
         "the same image"
     );
-    let out = b.run_image(
+    let out = b.run_image_expecting(
         ns,
         "docker.io/library/out:1",
         "rc-local",
         &["cat", "/r1", "/r2"],
+        "a1\ntwo\n",
     );
     assert_eq!(out, "a1\ntwo\n");
 

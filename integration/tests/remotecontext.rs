@@ -72,11 +72,12 @@ async fn an_http_named_context_is_one_file_named_context() {
         "{}",
         out.stderr
     );
-    let got = h.run_image(
+    let got = h.run_image_expecting(
         ns,
         "docker.io/library/remote-ctx:1",
         "remote-ctx-run",
         &["cat", "/got"],
+        BODY,
     );
     assert_eq!(got, BODY);
 }

@@ -71,12 +71,13 @@ async fn a_secret_reaches_the_step_and_nothing_else() {
     check_output(&out);
     let image = "docker.io/library/secret:embedded";
     assert_eq!(
-        h.run_image(ns, image, "secret-e", &["cat", "/hash"]),
+        h.run_image_expecting(ns, image, "secret-e", &["cat", "/hash"], &want_hash),
         want_hash
     );
+    let want_len = format!("{}\n", VALUE.len());
     assert_eq!(
-        h.run_image(ns, image, "secret-e-len", &["cat", "/len"]),
-        format!("{}\n", VALUE.len())
+        h.run_image_expecting(ns, image, "secret-e-len", &["cat", "/len"], &want_len),
+        want_len
     );
     assert!(!contains(&image_bytes(&h, ns, image).await, VALUE));
 
@@ -95,7 +96,7 @@ async fn a_secret_reaches_the_step_and_nothing_else() {
     check_output(&out);
     let image = "docker.io/library/secret:remote";
     assert_eq!(
-        h.run_image(ns, image, "secret-r", &["cat", "/hash"]),
+        h.run_image_expecting(ns, image, "secret-r", &["cat", "/hash"], &want_hash),
         want_hash
     );
     assert!(!contains(&image_bytes(&h, ns, image).await, VALUE));

@@ -184,11 +184,12 @@ match = { cn = "bob" }
     alice.build("reader:alice", &reader).ok();
     bob.build("reader:bob", &reader).ok();
     assert_eq!(
-        h.run_image(
+        h.run_image_expecting(
             "kiln-alice",
             "docker.io/library/reader:alice",
             "ra",
-            &["cat", "/seen"]
+            &["cat", "/seen"],
+            "f\n"
         ),
         "f\n"
     );
@@ -216,9 +217,11 @@ match = { cn = "bob" }
     }
     for who in ["alice", "bob"] {
         let ns = format!("kiln-{who}");
+        let want = format!("made-by-{who}\n");
+        let image = "docker.io/library/same:name";
         assert_eq!(
-            h.run_image(&ns, "docker.io/library/same:name", "who", &["cat", "/who"]),
-            format!("made-by-{who}\n")
+            h.run_image_expecting(&ns, image, "who", &["cat", "/who"], &want),
+            want
         );
     }
     let (a_images, b_images) = (images(&h, "kiln-alice"), images(&h, "kiln-bob"));
@@ -400,7 +403,13 @@ async fn unix_socket_clients_are_tenants_by_uid() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        h.run_image("kiln-u4242", "docker.io/library/uid:1", "u", &["cat", "/u"]),
+        h.run_image_expecting(
+            "kiln-u4242",
+            "docker.io/library/uid:1",
+            "u",
+            &["cat", "/u"],
+            "by-uid\n"
+        ),
         "by-uid\n"
     );
     assert!(

@@ -86,13 +86,15 @@ async fn rewrite_timestamp_clamps_layer_times_to_the_epoch() {
     let cfg = image_config(&h, ns, "docker.io/library/ts:1");
     assert_eq!(cfg["rootfs"]["diff_ids"][1], ts1.1[1].as_str());
     // containerd unpacks the rewritten layers to run the image.
-    let out = h.run_image(
+    let want = format!("{EPOCH}\n1000\n");
+    let out = h.run_image_expecting(
         ns,
         "docker.io/library/ts:1",
         "ts-run",
         &["stat", "-c", "%Y", "/f", "/old"],
+        &want,
     );
-    assert_eq!(out, format!("{EPOCH}\n1000\n"));
+    assert_eq!(out, want);
 
     // Through kilnd the same layers come out.
     let k = h.start_kilnd(ns).await.expect("kilnd");

@@ -69,11 +69,9 @@ pub fn full_context(h: &Harness, name: &str) -> PathBuf {
 /// Checks the image FULL built as `name`: what it prints, its config and
 /// history, that it is unpacked, and that no build leftovers remain.
 pub fn check_full_image(h: &Harness, ns: &str, name: &str) {
-    let printed = h.run_image(ns, name, &format!("{ns}-full-run"), &[]);
-    assert_eq!(
-        printed,
-        "hello from the context\nhowdy from test\nextracted by ADD\n1000\n"
-    );
+    let want = "hello from the context\nhowdy from test\nextracted by ADD\n1000\n";
+    let printed = h.run_image_expecting(ns, name, &format!("{ns}-full-run"), &[], want);
+    assert_eq!(printed, want);
 
     let cfg = image_config(h, ns, name);
     let c = &cfg["config"];
