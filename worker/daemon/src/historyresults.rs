@@ -69,13 +69,17 @@ pub async fn hold(svc: &Services, r#ref: &str, results: &HashMap<i64, Descriptor
 /// that is not there (a record without results) is no error.
 pub async fn release(svc: &Services, refs: &[String]) {
     for r in refs {
-        let id = lease_of(&BuildHistory::key(r));
-        match svc.leases.delete(&id, false).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                tracing::warn!(lease = %id, error = %e, "cannot release a build record's results")
-            }
+        drop_lease(svc, &lease_of(&BuildHistory::key(r))).await;
+    }
+}
+
+/// Deletes one results lease; one already gone is no error.
+async fn drop_lease(svc: &Services, id: &LeaseId) {
+    match svc.leases.delete(id, false).await {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => {
+            tracing::warn!(lease = %id, error = %e, "cannot release a build record's results")
         }
     }
 }
@@ -110,9 +114,7 @@ pub async fn reconcile(svc: &Services, history: &std::sync::Arc<BuildHistory>) {
             continue;
         }
         if let Some(id) = LeaseId::from_kiln(&l.id) {
-            if let Err(e) = svc.leases.delete(&id, false).await {
-                tracing::warn!(lease = %l.id, error = %e, "cannot release a build record's results");
-            }
+            drop_lease(svc, &id).await;
         }
     }
 }
