@@ -252,7 +252,7 @@ impl<'h> Session<'h> {
 
 /// Deletes everything in containerd namespace `ns` (images, leases, then
 /// whatever the synchronous garbage collection left) and the namespace.
-fn wipe_namespace(h: &Harness, ns: &str) {
+pub fn wipe_namespace(h: &Harness, ns: &str) {
     let ctr = |args: &[&str]| h.ctr(ns, args).unwrap_or_default();
     let first_column = |out: String, skip: usize| -> Vec<String> {
         out.lines()

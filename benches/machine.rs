@@ -1,7 +1,10 @@
 //! This machine's physical limits, measured in the same run as the
 //! workloads so docs/PERFORMANCE.md can show them next to the targets:
 //! disk write throughput (dd with fsync), SHA-256 (the sha2 crate kiln
-//! uses), `gzip -6` and `zstd -3` on incompressible data, and a memory copy.
+//! uses), `gzip -6` and `zstd -3` on incompressible data, and a memory copy;
+//! and the two costs a cold layer cannot avoid on this containerd: writing
+//! random data (what W5's step does) and containerd receiving a blob into
+//! its content store (what every engine's image export does).
 
 use sha2::Digest;
 use std::path::Path;
@@ -102,5 +105,60 @@ pub fn limits(dir: &Path, disk_mib: usize, data_mib: usize) -> Vec<(String, Stri
         "memory copy (one core)".into(),
         mib_per_s(4 * data.len(), mc),
     ));
+    rows
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // /proc reports clock ticks in USER_HZ, which Linux fixes at 100.
+    Some(ticks / 100.0)
+}
+
+/// The floor rows for a layer of `mib` MiB of random data, measured in
+/// `dir` against the containerd at `socket` (process `containerd`) in
+/// namespace `ns`: `dd` from /dev/urandom (W5's step, outside a
+/// container), and `ctr content ingest` of those bytes (containerd's
+/// `Content.Write`, which hashes and writes every byte; the same for every
+/// engine), with the CPU time containerd spent on it.
+pub fn layer_floor(
+    dir: &Path,
+    socket: &Path,
+    containerd: Option<u32>,
+    ns: &str,
+    mib: usize,
+) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    let file = dir.join("layer-floor.bin");
+    let f = file.display();
+    let dd = timed_sh(&format!(
+        "dd if=/dev/urandom of='{f}' bs=1M count={mib} 2>/dev/null"
+    ));
+    rows.push((
+        format!("dd {mib} MiB from /dev/urandom (W5's step)"),
+        dd.map_or("failed".into(), |s| {
+            format!("{:.2} s ({})", s, mib_per_s(mib << 20, s))
+        }),
+    ));
+    let before = containerd.and_then(cpu_secs);
+    let ingest = timed_sh(&format!(
+        "ctr -a '{}' -n '{ns}' content ingest layer-floor < '{f}'",
+        socket.display()
+    ));
+    let spent = match (before, containerd.and_then(cpu_secs)) {
+        (Some(a), Some(b)) => format!(", containerd {:.2} s CPU", b - a),
+        _ => String::new(),
+    };
+    rows.push((
+        format!("containerd receiving {mib} MiB (`ctr content ingest`)"),
+        ingest.map_or("failed".into(), |s| {
+            format!("{:.2} s ({}{spent})", s, mib_per_s(mib << 20, s))
+        }),
+    ));
+    let _ = std::fs::remove_file(&file);
     rows
 }

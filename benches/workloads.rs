@@ -425,6 +425,15 @@ impl<'h> Bench<'h> {
 
     fn machine(&mut self) {
         self.f.machine = machine::limits(&self.work, self.s.scaled(1024), self.s.scaled(256));
+        let ns = "machine-floor";
+        self.f.machine.extend(machine::layer_floor(
+            &self.work,
+            self.h.socket(),
+            self.h.containerd_pid(),
+            ns,
+            self.s.scaled(1024),
+        ));
+        engines::wipe_namespace(self.h, ns);
     }
 }
 
