@@ -195,6 +195,37 @@ async fn stdout_and_stderr_are_captured() {
     assert_eq!(f.ctrd.namespace(), "exec-output");
 }
 
+/// Steps started together in a group with no shim yet all run: their
+/// creates do not start the group's shim side by side (two starts race on
+/// its socket and both fail). Several rounds, each after every task of
+/// the last was deleted, so each round starts a fresh shim.
+#[tokio::test]
+async fn steps_started_together_all_run() {
+    let f = fixture("exec-together").await;
+    let roots: Vec<_> = (0..6).map(|_| rootfs()).collect();
+    for round in 0..4 {
+        let runs = roots.iter().enumerate().map(|(i, r)| {
+            let s = step(
+                &f,
+                r.path(),
+                &format!("kiln-together-{i}"),
+                &format!("echo {round}-{i}"),
+            );
+            run(&f, s)
+        });
+        for (i, (res, out)) in futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let status = res.unwrap_or_else(|e| panic!("round {round}, step {i}: {e}"));
+            assert_eq!(status.code, 0, "round {round}, step {i}: {}", out.stderr);
+        }
+        f.exec.settle(&f.lease).await;
+    }
+    assert_nothing_left(&f).await;
+}
+
 #[tokio::test]
 async fn large_output_arrives_complete() {
     let f = fixture("exec-large").await;

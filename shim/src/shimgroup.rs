@@ -14,12 +14,19 @@
 //! one, and the delete that leaves the group empty renames the group for
 //! every later create: those start a fresh shim instead of finding the
 //! one that is going away.
+//!
+//! Two creates must not start one group's shim at once: each start binds
+//! the group's socket, and one that finds the other's socket before it
+//! listens removes it as stale, so both fail ("create new shim socket:
+//! chmod ...: no such file or directory", containerd 1.6 and 2.x). The
+//! first create of a group therefore goes alone; the creates that arrive
+//! meanwhile wait for it and then join its shim together.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock};
 
 /// The annotation the runc v2 shim groups containers by.
 pub(crate) const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
@@ -32,6 +39,8 @@ static EXECUTORS: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct ShimGroup {
     prefix: Arc<str>,
     state: Arc<RwLock<Generation>>,
+    /// Held by the create that starts the current generation's shim.
+    starting: Arc<Mutex<()>>,
 }
 
 /// The group's current name (by number) and its tasks created and not yet
@@ -44,18 +53,31 @@ struct Generation {
 }
 
 /// A task on its way into the group: while this is held, no delete of the
-/// group's tasks runs, so its shim does not exit under the create.
-pub(crate) struct Joining(OwnedRwLockReadGuard<Generation>, Arc<str>);
+/// group's tasks runs, so its shim does not exit under the create. The
+/// create that starts the shim also holds the group's start.
+pub(crate) struct Joining {
+    generation: OwnedRwLockReadGuard<Generation>,
+    prefix: Arc<str>,
+    starter: Option<OwnedMutexGuard<()>>,
+}
 
 impl Joining {
     /// The group name to put in the step's spec.
     pub(crate) fn name(&self) -> String {
-        format!("{}-{}", self.1, self.0.number)
+        format!("{}-{}", self.prefix, self.generation.number)
     }
 
-    /// The task was created: it counts until its delete.
+    /// Whether this create starts the group's shim (the others wait).
+    #[cfg(test)]
+    fn starts(&self) -> bool {
+        self.starter.is_some()
+    }
+
+    /// The task was created: it counts until its delete, and the creates
+    /// waiting for the shim's start go on.
     pub(crate) fn created(self) {
-        self.0.live.fetch_add(1, Ordering::SeqCst);
+        self.generation.live.fetch_add(1, Ordering::SeqCst);
+        drop(self.starter);
     }
 }
 
@@ -65,12 +87,27 @@ impl ShimGroup {
         ShimGroup {
             prefix: format!("kiln-{}-{n}", std::process::id()).into(),
             state: Arc::default(),
+            starting: Arc::default(),
         }
     }
 
-    /// Waits for deletes under way, then lets a create in.
+    /// Waits for deletes under way and, in a group with no live task, for
+    /// the create that starts its shim; then lets a create in.
     pub(crate) async fn join(&self) -> Joining {
-        Joining(self.state.clone().read_owned().await, self.prefix.clone())
+        let generation = self.state.clone().read_owned().await;
+        // The generation cannot move on while its read guard is held, so
+        // "no live task" stays true until a create in it succeeds.
+        let starter = if generation.live.load(Ordering::SeqCst) == 0 {
+            let start = self.starting.clone().lock_owned().await;
+            (generation.live.load(Ordering::SeqCst) == 0).then_some(start)
+        } else {
+            None
+        };
+        Joining {
+            generation,
+            prefix: self.prefix.clone(),
+            starter,
+        }
     }
 
     /// Runs `delete` of a task created through [`Joining::created`], with
@@ -133,6 +170,55 @@ mod tests {
         creating.created();
         deleted.await.expect("the delete");
         assert_eq!(g.join().await.name(), name, "the new task keeps the shim");
+    }
+
+    #[tokio::test]
+    async fn the_first_create_starts_the_shim_alone() {
+        let g = ShimGroup::new();
+        let first = g.join().await;
+        assert!(
+            first.starts(),
+            "the empty group's first create starts its shim"
+        );
+        let g2 = g.clone();
+        let second = tokio::spawn(async move { g2.join().await });
+        tokio::task::yield_now().await;
+        assert!(
+            !second.is_finished(),
+            "a second create ran beside the shim's start"
+        );
+        let name = first.name();
+        first.created();
+        let second = second.await.expect("the second create");
+        assert!(
+            !second.starts(),
+            "the shim runs: the second create joins it"
+        );
+        assert_eq!(second.name(), name);
+        let third = g.join().await;
+        assert!(!third.starts(), "creates into a live group run together");
+        second.created();
+        third.created();
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_lets_the_next_create_start_the_shim() {
+        let g = ShimGroup::new();
+        let first = g.join().await;
+        let g2 = g.clone();
+        let second = tokio::spawn(async move { g2.join().await });
+        tokio::task::yield_now().await;
+        // The abandon's move to a new generation waits for the create
+        // under way, so it runs beside this test's.
+        let g3 = g.clone();
+        let abandoned = tokio::spawn(async move { g3.abandon(first).await });
+        let second = second.await.expect("the second create");
+        assert!(
+            second.starts(),
+            "no shim runs yet: the next create starts it"
+        );
+        second.created();
+        abandoned.await.expect("the abandon");
     }
 
     #[tokio::test]
