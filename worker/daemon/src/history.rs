@@ -19,6 +19,10 @@
 //! Records are kept by BuildKit's rule (`[history]`: one goes once there are
 //! more than `max-entries` and it is older than `max-age`; pinned ones stay)
 //! and, beyond BuildKit, within `max-size` bytes, the oldest unpinned first.
+//! What the rule reads of each record (completion time, pin, bytes on disk)
+//! is kept in memory, read from the files once at open and updated by every
+//! write and removal, so applying it after each build reads no file
+//! however many records a busy node keeps.
 
 use kiln_proto::control::{
     BuildHistoryEvent, BuildHistoryEventType, BuildHistoryRecord, BuildHistoryRequest,
@@ -116,7 +120,29 @@ pub struct BuildHistory {
     limits: HistoryConfig,
     /// Records of running builds, by ref; also serializes the writers.
     active: Mutex<HashMap<String, BuildHistoryRecord>>,
+    /// What the limits read of each kept record, by ref; changed only by
+    /// writers, under `active`'s lock.
+    kept: Mutex<HashMap<String, Kept>>,
     events: broadcast::Sender<BuildHistoryEvent>,
+}
+
+/// What the `[history]` limits read of a kept record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Kept {
+    completed: SystemTime,
+    pinned: bool,
+    /// Bytes of its files (record, progress, error).
+    size: u64,
+}
+
+impl Kept {
+    fn of(r: &BuildHistoryRecord, size: u64) -> Kept {
+        Kept {
+            completed: time_of(r.completed_at.as_ref()),
+            pinned: r.pinned,
+            size,
+        }
+    }
 }
 
 /// How a finished build ended, for its record.
@@ -146,10 +172,37 @@ impl BuildHistory {
             dir,
             limits,
             active: Mutex::new(HashMap::new()),
+            kept: Mutex::new(HashMap::new()),
             events: broadcast::channel(EVENTS_QUEUE).0,
         };
         h.clear_orphans();
+        match h.records() {
+            Ok(records) => {
+                let kept = records
+                    .iter()
+                    .map(|r| (r.r#ref.clone(), Kept::of(r, h.size_on_disk(&r.r#ref))))
+                    .collect();
+                *h.kept() = kept;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the build records: the limits start from none")
+            }
+        }
         h
+    }
+
+    /// Bytes of the files of the record of `ref`.
+    fn size_on_disk(&self, r#ref: &str) -> u64 {
+        ["record", "status", "error"]
+            .map(|ext| self.path(r#ref, ext))
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The key of the record of `ref`: its files' names, its results'
@@ -311,8 +364,10 @@ impl BuildHistory {
         error: Option<&[u8]>,
     ) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let mut size = 0;
         if let Some(blob) = error {
             write_file(&self.path(&rec.r#ref, "error"), blob)?;
+            size += blob.len() as u64;
             rec.external_error = Some(Descriptor {
                 media_type: ERROR_MEDIA_TYPE.to_string(),
                 digest: Digest::of(blob).to_string(),
@@ -329,13 +384,18 @@ impl BuildHistory {
         }
         let status = self.path(&rec.r#ref, "status");
         write_file(&status, &blob)?;
+        size += blob.len() as u64;
         rec.logs = Some(Descriptor {
             media_type: STATUS_MEDIA_TYPE.to_string(),
             digest: Digest::of(&blob).to_string(),
             size: blob.len() as i64,
             annotations: HashMap::new(),
         });
-        write_file(&self.path(&rec.r#ref, "record"), &rec.encode_to_vec())
+        let record = rec.encode_to_vec();
+        write_file(&self.path(&rec.r#ref, "record"), &record)?;
+        size += record.len() as u64;
+        self.kept().insert(rec.r#ref.clone(), Kept::of(rec, size));
+        Ok(())
     }
 
     /// Every kept (completed) record.
@@ -489,6 +549,8 @@ impl BuildHistory {
         rec.pinned = pinned;
         rec.generation += 1;
         write_file(&self.path(r#ref, "record"), &rec.encode_to_vec())?;
+        let size = self.size_on_disk(r#ref);
+        self.kept().insert(r#ref.to_string(), Kept::of(&rec, size));
         let _ = self.events.send(BuildHistoryEvent {
             r#type: BuildHistoryEventType::Complete as i32,
             record: Some(rec),
@@ -504,7 +566,11 @@ impl BuildHistory {
 
     fn remove(&self, r#ref: &str) -> Result<()> {
         let record = self.path(r#ref, "record");
-        match std::fs::remove_file(&record) {
+        let removed = std::fs::remove_file(&record);
+        if !matches!(&removed, Err(e) if e.kind() != std::io::ErrorKind::NotFound) {
+            self.kept().remove(r#ref);
+        }
+        match removed {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(HistoryError::NotFound {
@@ -531,40 +597,33 @@ impl BuildHistory {
         Ok(())
     }
 
-    /// Applies the limits as of `now`; returns the refs it removed.
+    /// Applies the limits as of `now` (from the kept summaries: no file is
+    /// read); returns the refs it removed.
     fn gc(&self, now: SystemTime) -> Result<Vec<String>> {
         let _writers = self.lock();
-        let mut recs: Vec<(BuildHistoryRecord, u64)> = self
-            .records()?
-            .into_iter()
-            .filter(|r| !r.pinned)
-            .map(|r| {
-                let size = ["record", "status", "error"]
-                    .map(|ext| self.path(&r.r#ref, ext))
-                    .iter()
-                    .filter_map(|p| std::fs::metadata(p).ok())
-                    .map(|m| m.len())
-                    .sum();
-                (r, size)
-            })
+        let mut recs: Vec<(String, Kept)> = self
+            .kept()
+            .iter()
+            .filter(|(_, k)| !k.pinned)
+            .map(|(r, k)| (r.clone(), *k))
             .collect();
         // Newest first.
-        recs.sort_by_key(|(r, _)| std::cmp::Reverse(time_of(r.completed_at.as_ref())));
+        recs.sort_by_key(|(_, k)| std::cmp::Reverse(k.completed));
         let mut total = 0u64;
         let mut removed = Vec::new();
-        for (i, (r, size)) in recs.iter().enumerate() {
-            total += size;
+        for (i, (r, k)) in recs.iter().enumerate() {
+            total += k.size;
             let old = now
-                .duration_since(time_of(r.completed_at.as_ref()))
+                .duration_since(k.completed)
                 .is_ok_and(|age| age > self.limits.max_age);
             let by_entries = i >= self.limits.max_entries && old;
             let by_size = total > self.limits.max_size;
             if by_entries || by_size {
-                match self.remove(&r.r#ref) {
+                match self.remove(r) {
                     Ok(()) | Err(HistoryError::NotFound { .. }) => {
-                        total -= size;
-                        tracing::debug!("ref" = %r.r#ref, "build record removed by the [history] limits");
-                        removed.push(r.r#ref.clone());
+                        total -= k.size;
+                        tracing::debug!("ref" = %r, "build record removed by the [history] limits");
+                        removed.push(r.clone());
                     }
                     Err(e) => return Err(e),
                 }
@@ -1116,6 +1175,43 @@ mod tests {
             Err(HistoryError::NotFound { .. })
         ));
         assert!(h.progress("d").expect("read").is_none());
+    }
+
+    /// The limits' summaries are read back at open: records of an earlier
+    /// kilnd count, pins and sizes included.
+    #[test]
+    fn limits_count_the_records_kept_before_a_restart() {
+        let limits = HistoryConfig {
+            max_age: Duration::ZERO,
+            max_entries: 2,
+            max_size: u64::MAX,
+        };
+        let (dir, h) = history(limits);
+        build(&h, "p", None);
+        h.set_pinned("p", true).expect("pin");
+        build(&h, "b", None);
+        drop(h);
+        let h = BuildHistory::open(dir.path().join("history"), limits);
+        assert_eq!(build(&h, "c", None), Vec::<String>::new());
+        assert_eq!(build(&h, "d", None), vec!["b".to_string()]);
+        let sized = HistoryConfig {
+            max_size: 1,
+            ..limits
+        };
+        drop(h);
+        let h = BuildHistory::open(dir.path().join("history"), sized);
+        let mut gone = build(&h, "e", None);
+        gone.sort();
+        assert_eq!(
+            gone,
+            ["c", "d", "e"],
+            "every unpinned record is over one byte"
+        );
+        let kept: Vec<String> = refs(&h, &BuildHistoryRequest::default())
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(kept, ["p"]);
     }
 
     #[test]
