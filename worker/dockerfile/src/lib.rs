@@ -89,11 +89,14 @@ pub enum ParseError {
         line: usize,
         message: String,
     },
-    /// An image reference that does not parse.
-    #[error("{file}:{line}: {err}")]
+    /// An image reference (a `FROM`, `--from` or `from=` word after
+    /// expansion) that does not parse: BuildKit resolves each as a stage's
+    /// base image, and says so.
+    #[error("{file}:{line}: failed to parse stage name {name:?}: {err}")]
     Reference {
         file: String,
         line: usize,
+        name: String,
         err: RefError,
     },
     /// `--target` names no stage (with a hint when a stage name is close).
