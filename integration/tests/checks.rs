@@ -209,4 +209,31 @@ async fn the_lint_request_through_the_gateway() {
     );
     assert_eq!(json["sources"][0]["filename"], "Dockerfile");
     assert!(json.get("buildError").is_none(), "{json}");
+    // Each warning with its rule's description, and `result.txt` with the
+    // source snippet of each, as buildkitd 73ed6825c answers.
+    assert_eq!(
+        json["warnings"][0]["description"],
+        "Stage names should be lowercase"
+    );
+    assert_eq!(
+        // (the helper ends each value with a newline)
+        value("result.txt").strip_suffix('\n').unwrap_or_default(),
+        "\nWARNING: StageNameCasing - https://docs.docker.com/go/dockerfile/rule/stage-name-casing/\n\
+         Stage name 'Build' should be lowercase\n\
+         Dockerfile:1\n\
+         --------------------\n   \
+         1 | >>> FROM busybox AS Build\n   \
+         2 |     ENV A=$NOPE\n   \
+         3 |     FROM busybox\n\
+         --------------------\n\
+         \nWARNING: UndefinedVar - https://docs.docker.com/go/dockerfile/rule/undefined-var/\n\
+         Usage of undefined variable '$NOPE'\n\
+         Dockerfile:2\n\
+         --------------------\n   \
+         1 |     FROM busybox AS Build\n   \
+         2 | >>> ENV A=$NOPE\n   \
+         3 |     FROM busybox\n   \
+         4 |     LABEL ok=1\n\
+         --------------------\n"
+    );
 }
