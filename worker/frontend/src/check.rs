@@ -13,6 +13,9 @@ use kiln_dockerfile::parser::Warning;
 /// The `requestid` frontend attribute of the lint request.
 pub const LINT_REQUEST: &str = "frontend.lint";
 
+/// The lint request's `version` (BuildKit's `SubrequestLintDefinition`).
+pub const LINT_VERSION: &str = "1.0.0";
+
 /// What the lint request found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckReport {
@@ -314,6 +317,39 @@ pub(crate) fn copy_ignored(
     build.warnings.extend(found);
     build.warnings.sort_by_key(|w| w.line);
     Ok(())
+}
+
+/// A subrequest's answer as BuildKit's frontend puts it in the result's
+/// metadata, which is what buildx writes to `--metadata-file`:
+/// `result.json`, `result.txt`, `version`, and for the lint request
+/// `result.statuscode`.
+pub fn answer_metadata(
+    json: String,
+    text: String,
+    version: &str,
+    status_code: Option<i32>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut m = std::collections::BTreeMap::from([
+        ("result.json".to_string(), json),
+        ("result.txt".to_string(), text),
+        ("version".to_string(), version.to_string()),
+    ]);
+    if let Some(c) = status_code {
+        m.insert("result.statuscode".to_string(), c.to_string());
+    }
+    m
+}
+
+impl CheckReport {
+    /// The lint request's answer ([`answer_metadata`]).
+    pub fn metadata(&self) -> std::collections::BTreeMap<String, String> {
+        answer_metadata(
+            self.json(),
+            self.text(),
+            LINT_VERSION,
+            Some(self.status_code()),
+        )
+    }
 }
 
 /// A subrequest `requestid` names: instead of a build, an answer in the
