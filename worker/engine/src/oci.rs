@@ -187,6 +187,16 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Reads an image manifest. BuildKit writes a layerless image's `layers`
+/// as `null` (Go's nil slice), read as no layers.
+pub fn manifest_from_slice(bytes: &[u8]) -> serde_json::Result<ImageManifest> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes)?;
+    if let Some(l) = v.get_mut("layers").filter(|l| l.is_null()) {
+        *l = serde_json::Value::Array(Vec::new());
+    }
+    serde_json::from_value(v)
+}
+
 /// The JSON kiln writes for configs, manifests and indexes: compact, with
 /// every object's keys sorted. oci-spec keeps labels, annotations and
 /// exposed ports in `HashMap`s, so serializing its types directly would
@@ -446,6 +456,27 @@ mod tests {
             c.base_platform = Some(host_platform()).as_ref().map(from_oci);
             c
         });
+    }
+
+    /// A layerless image's manifest as BuildKit 73ed6825c wrote it
+    /// (`"layers": null`) reads as one of no layers; a manifest without
+    /// a config still fails.
+    #[test]
+    fn null_manifest_layers_read_as_none() {
+        let bk = br#"{
+  "schemaVersion": 2,
+  "mediaType": "application/vnd.oci.image.manifest.v1+json",
+  "config": {
+    "mediaType": "application/vnd.oci.image.config.v1+json",
+    "digest": "sha256:f218b8e7950ebd5864cf96e22976765f39c048cdbab45f9de162e75a648738a9",
+    "size": 311
+  },
+  "layers": null
+}"#;
+        let m = manifest_from_slice(bk).expect("reads");
+        assert!(m.layers().is_empty());
+        assert_eq!(m.config().size(), 311);
+        assert!(manifest_from_slice(br#"{"schemaVersion": 2, "layers": null}"#).is_err());
     }
 
     /// A layerless image without times (`FROM scratch` and `LABEL`) is
