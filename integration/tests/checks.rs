@@ -155,6 +155,67 @@ async fn check_lints_every_stage_without_building() {
     assert_eq!(remote.stdout, embedded.stdout);
 }
 
+/// `--metadata-file` with `--call=check|outline|targets`: as buildx
+/// (commands/build.go writes the response of any call), the answer's
+/// metadata, `result.json` as JSON; buildx v0.36 against buildkitd
+/// 73ed6825c wrote `result.json`, `result.txt`, `version` and, for a
+/// check, `result.statuscode`, even when the check fails. Embedded and
+/// through kilnd alike.
+#[tokio::test]
+async fn a_call_writes_its_answer_to_the_metadata_file() {
+    let ns = "checks-metadata";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let addr = k.addr();
+    let src = "FROM busybox AS Build\nENV A=$NOPE\nFROM busybox\nLABEL ok=1\n";
+    let ctx = h.context("check-md", &[("Dockerfile", src)]);
+    let c = ctx.to_str().expect("utf8");
+    let dir = tempfile::tempdir().expect("dir");
+    for call in ["check", "outline", "targets"] {
+        let mut files = Vec::new();
+        for remote in [false, true] {
+            let md = dir.path().join(format!("{call}-{remote}.json"));
+            let m = md.to_str().expect("utf8");
+            let flag = format!("--call={call}");
+            let mut args = Vec::new();
+            if remote {
+                args.extend(["--addr", addr.as_str()]);
+            }
+            args.extend(["build", flag.as_str(), "--metadata-file", m, c]);
+            let out = h.kiln(ns, &args).expect("kiln runs");
+            assert_eq!(
+                out.success,
+                call != "check",
+                "{call} remote={remote}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            let written = std::fs::read(&md)
+                .unwrap_or_else(|e| panic!("{call} remote={remote}: no metadata file: {e}"));
+            let v: serde_json::Value = serde_json::from_slice(&written).expect("json");
+            let mut keys: Vec<&str> = v
+                .as_object()
+                .expect("object")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            keys.sort();
+            let mut want = vec!["result.json", "result.txt", "version"];
+            if call == "check" {
+                want.insert(1, "result.statuscode");
+                assert_eq!(v["result.statuscode"], "1", "{v}");
+                let txt = v["result.txt"].as_str().unwrap_or_default();
+                assert!(txt.contains("   1 | >>> FROM busybox AS Build\n"), "{v}");
+            }
+            assert_eq!(keys, want, "{call} remote={remote}: {v}");
+            assert!(v["result.json"].is_object(), "{call} remote={remote}: {v}");
+            assert_eq!(v["version"], "1.0.0");
+            files.push(v);
+        }
+        assert_eq!(files[0], files[1], "{call}: embedded and through kilnd");
+    }
+}
+
 /// What embedded `kiln build --check CONTEXT` prints.
 fn out_embedded_check(h: &Harness, ns: &str, c: &str) -> String {
     h.kiln(ns, &["build", "--check", c])
@@ -209,4 +270,31 @@ async fn the_lint_request_through_the_gateway() {
     );
     assert_eq!(json["sources"][0]["filename"], "Dockerfile");
     assert!(json.get("buildError").is_none(), "{json}");
+    // Each warning with its rule's description, and `result.txt` with the
+    // source snippet of each, as buildkitd 73ed6825c answers.
+    assert_eq!(
+        json["warnings"][0]["description"],
+        "Stage names should be lowercase"
+    );
+    assert_eq!(
+        // (the helper ends each value with a newline)
+        value("result.txt").strip_suffix('\n').unwrap_or_default(),
+        "\nWARNING: StageNameCasing - https://docs.docker.com/go/dockerfile/rule/stage-name-casing/\n\
+         Stage name 'Build' should be lowercase\n\
+         Dockerfile:1\n\
+         --------------------\n   \
+         1 | >>> FROM busybox AS Build\n   \
+         2 |     ENV A=$NOPE\n   \
+         3 |     FROM busybox\n\
+         --------------------\n\
+         \nWARNING: UndefinedVar - https://docs.docker.com/go/dockerfile/rule/undefined-var/\n\
+         Usage of undefined variable '$NOPE'\n\
+         Dockerfile:2\n\
+         --------------------\n   \
+         1 |     FROM busybox AS Build\n   \
+         2 | >>> ENV A=$NOPE\n   \
+         3 |     FROM busybox\n   \
+         4 |     LABEL ok=1\n\
+         --------------------\n"
+    );
 }

@@ -101,7 +101,7 @@ async fn a_syntax_directive_runs_the_frontend_image_through_kilnd() {
         "feimage-ok",
         &[(
             "Dockerfile",
-            "# syntax=kilntest/frontend:ok\nFROM busybox\n# read by the frontend\n",
+            "# syntax=kilntest/frontend:ok --flag a\nFROM busybox\n# read by the frontend\n",
         )],
     );
     let c = ctx.to_str().expect("utf8");
@@ -111,13 +111,15 @@ async fn a_syntax_directive_runs_the_frontend_image_through_kilnd() {
     let want = "hello from a frontend image\n# read by the frontend\n";
     let (hello, opts) = written(&h, ns, name, "fe-directive", want);
     assert_eq!(hello, want);
-    // The directive as BuildKit's Dockerfile frontend forwards it.
+    // The directive as BuildKit's Dockerfile frontend forwards it: the
+    // image, and the whole line (its arguments too) as `cmdline`.
     assert!(
         opts.lines().any(|l| l == "source=kilntest/frontend:ok"),
         "{opts}"
     );
     assert!(
-        opts.lines().any(|l| l == "cmdline=kilntest/frontend:ok"),
+        opts.lines()
+            .any(|l| l == "cmdline=kilntest/frontend:ok --flag a"),
         "{opts}"
     );
     // The image config the frontend returned.

@@ -18,12 +18,18 @@ pub enum RefError {
     /// A bare 64-hex string, which docker reserves for image ids.
     #[error("invalid repository name ({reference}), cannot specify 64-byte hexadecimal strings")]
     HexName { reference: String },
-    /// The name is longer than 255 characters.
-    #[error("invalid reference format: repository name must not be more than 255 characters")]
+    /// The repository path is longer than 255 characters.
+    #[error("repository name must not be more than 255 characters")]
     TooLong,
-    /// The digest after `@` is not `algorithm:hex` of the right length.
-    #[error("invalid reference format: invalid digest {digest:?}")]
-    Digest { digest: String },
+    /// The digest after `@` has the reference grammar's shape but is not a
+    /// valid digest; `reason` is go-digest's text (`invalid checksum digest
+    /// length`, `invalid checksum digest format`, `unsupported digest
+    /// algorithm`), which is all distribution/reference reports.
+    #[error("{reason}")]
+    Digest {
+        digest: String,
+        reason: &'static str,
+    },
     /// Anything else that does not match the reference grammar.
     /// (distribution/reference's text: the reference is not repeated.)
     #[error("invalid reference format")]
@@ -46,12 +52,8 @@ pub fn normalize(name: &str) -> Result<String, RefError> {
         Some((n, d)) => (n, Some(d)),
         None => (name, None),
     };
-    if let Some(d) = digest {
-        if !valid_digest(d) {
-            return Err(RefError::Digest {
-                digest: d.to_string(),
-            });
-        }
+    if digest.is_some_and(|d| !digest_grammar(d)) {
+        return Err(invalid());
     }
     if name_tag.is_empty() {
         return Err(invalid());
@@ -101,8 +103,16 @@ pub fn normalize(name: &str) -> Result<String, RefError> {
     if !valid_domain(&domain) || path.is_empty() || !path.split('/').all(valid_component) {
         return Err(invalid());
     }
-    if domain.len() + 1 + path.len() > 255 {
+    if path.len() > 255 {
         return Err(RefError::TooLong);
+    }
+    if let Some(d) = digest {
+        if let Some(reason) = digest_error(d) {
+            return Err(RefError::Digest {
+                digest: d.to_string(),
+                reason,
+            });
+        }
     }
     let mut out = format!("{domain}/{path}");
     match (tag, digest) {
@@ -312,23 +322,43 @@ fn valid_tag(t: &str) -> bool {
 }
 
 /// `algorithm:hex`; sha256 and sha512 must have their exact lowercase length.
-fn valid_digest(d: &str) -> bool {
+/// distribution/reference's digest grammar inside a reference:
+/// `[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[[:xdigit:]]{32,}`.
+/// A digest outside it makes the whole reference `invalid reference format`.
+fn digest_grammar(d: &str) -> bool {
     let Some((algo, hex)) = d.split_once(':') else {
         return false;
     };
-    let algo_ok = algo.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-        && algo
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-_".contains(&b));
-    let hex_ok = hex
-        .bytes()
-        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    let len_ok = match algo {
-        "sha256" => hex.len() == 64,
-        "sha512" => hex.len() == 128,
-        _ => hex.len() >= 32,
+    let component = |c: &str| {
+        c.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && c.bytes().all(|b| b.is_ascii_alphanumeric())
     };
-    algo_ok && hex_ok && len_ok
+    algo.split(['-', '_', '+', '.']).all(component)
+        && hex.len() >= 32
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// go-digest's validation of a digest that has the grammar's shape: the
+/// algorithm must be one it knows, the hex its exact length in lower case.
+fn digest_error(d: &str) -> Option<&'static str> {
+    const FORMAT: &str = "invalid checksum digest format";
+    let (algo, hex) = d.split_once(':')?;
+    let len = match algo {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        // An unknown algorithm in go-digest's own grammar (lower case) is
+        // unsupported; anything else is a malformed digest.
+        _ if algo.bytes().any(|b| b.is_ascii_uppercase()) => return Some(FORMAT),
+        _ => return Some("unsupported digest algorithm"),
+    };
+    if hex.len() != len {
+        return Some("invalid checksum digest length");
+    }
+    if hex.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(FORMAT);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -381,9 +411,25 @@ mod tests {
             &format!("name:tag@sha256:{HEX}"),
             &format!("docker.io/library/name:tag@sha256:{HEX}"),
         );
+        // distribution/reference's texts, as BuildKit prints them for
+        // `FROM` (checked with BuildKit 73ed6825c).
+        check("name@sha256:abc", "error: invalid reference format");
+        let a40 = "a".repeat(40);
         check(
-            "name@sha256:abc",
-            "error: invalid reference format: invalid digest \"sha256:abc\"",
+            &format!("name@sha256:{a40}"),
+            "error: invalid checksum digest length",
+        );
+        check(
+            &format!("name@sha256:{}", HEX.to_uppercase()),
+            "error: invalid checksum digest format",
+        );
+        check(
+            &format!("name@md5:{a40}"),
+            "error: unsupported digest algorithm",
+        );
+        check(
+            &format!("name@sha512:{HEX}{HEX}"),
+            &format!("docker.io/library/name@sha512:{HEX}{HEX}"),
         );
     }
 
@@ -451,6 +497,10 @@ mod tests {
         check("foo//bar", "error: invalid reference format");
         check("foo:bad tag", "error: invalid reference format");
         check("-foo", "error: invalid reference format");
+        check(
+            &"a".repeat(300),
+            "error: repository name must not be more than 255 characters",
+        );
         check(
             HEX,
             &format!("error: invalid repository name ({HEX}), cannot specify 64-byte hexadecimal strings"),

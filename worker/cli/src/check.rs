@@ -2,7 +2,6 @@
 //! checks without a build, printed as buildx prints BuildKit's lint
 //! result (`Check complete, …`, then each warning with its source lines).
 
-use crate::progress::model::{Range, Source};
 use kiln_frontend::check::CheckReport;
 use std::io::Write;
 
@@ -18,19 +17,6 @@ impl std::fmt::Display for ChecksFound {
 }
 
 impl std::error::Error for ChecksFound {}
-
-fn source(report: &CheckReport, line: usize) -> Source {
-    let l = i32::try_from(line).unwrap_or(i32::MAX);
-    Source {
-        filename: report.filename.clone(),
-        data: report.source.clone().into_bytes(),
-        language: "Dockerfile".into(),
-        ranges: vec![Range {
-            start: (l, 0),
-            end: (l, 0),
-        }],
-    }
-}
 
 /// Prints `report` as buildx does; `Err(ChecksFound)` when it holds
 /// warnings or an error.
@@ -49,26 +35,15 @@ pub fn print(report: &CheckReport, w: &mut dyn Write) -> Result<(), ChecksFound>
             let _ = writeln!(w, "Check complete, {n} warnings have been found!");
         }
     }
-    for warning in &report.warnings {
-        // As BuildKit: ` - URL` only for a rule with a page.
-        let url = kiln_dockerfile::lint::rule_url(&warning.rule);
-        if url.is_empty() {
-            let _ = writeln!(w, "\nWARNING: {}", warning.rule);
-        } else {
-            let _ = writeln!(w, "\nWARNING: {} - {url}", warning.rule);
-        }
-        let _ = writeln!(w, "{}", warning.message);
-        if warning.line > 0 {
-            crate::progress::source::print(&source(report, warning.line), w);
-        }
-    }
+    // The warnings as BuildKit's lint result prints them.
+    let _ = write!(w, "{}", report.text());
     if let Some((message, line)) = &report.error {
         if n > 0 {
             let _ = writeln!(w);
         }
         let _ = writeln!(w, "{message}");
         if let Some(l) = line {
-            crate::progress::source::print(&source(report, *l), w);
+            let _ = write!(w, "{}", report.snippet(*l));
         }
     }
     Err(ChecksFound(n + usize::from(report.error.is_some())))

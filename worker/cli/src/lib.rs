@@ -1170,6 +1170,7 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     if args.check || method != "build" {
         // The daemon's answer, printed as the embedded one is.
         let resp = resp?;
+        report.report_call(&resp.iter().map(|(k, v)| (k.clone(), v.clone())).collect())?;
         let field = |key: &str| {
             resp.get(key)
                 .ok_or_else(|| anyhow!("the daemon answered no {key} for --call={method}"))
@@ -1274,6 +1275,17 @@ async fn build(
             let l = kiln_frontend::targets::list(source)?;
             (l.json(), l.text())
         };
+        let version = if opts.outline {
+            kiln_frontend::outline::OUTLINE_VERSION
+        } else {
+            kiln_frontend::targets::TARGETS_VERSION
+        };
+        reporting(&args).report_call(&kiln_frontend::check::answer_metadata(
+            json_answer.clone(),
+            text_answer.clone(),
+            version,
+            None,
+        ))?;
         return stdout(&call_answer(json, json_answer, text_answer));
     }
     let compression = out.compression.unwrap_or(Compression::Gzip);
@@ -1334,6 +1346,7 @@ async fn build(
             .base_images(opts.resolve_mode, credentials.clone())
             .with_oci_stores(oci_stores(&args)?);
         let report = kiln_frontend::check::check(source, &opts, &images).await;
+        reporting(&args).report_call(&report.metadata())?;
         let mut stdout = std::io::stdout().lock();
         check::print(&report, &mut stdout)?;
         return Ok(());

@@ -52,14 +52,18 @@ pub fn image_id(resp: &BTreeMap<String, String>) -> String {
 }
 
 /// The response as buildx writes `--metadata-file`: a value that is
-/// base64 of a JSON object or list is written decoded; any other stays a
-/// string.
+/// base64 of a JSON object or list (or, for `result.json`, such JSON
+/// itself) is written decoded; any other stays a string.
 pub fn metadata(resp: &BTreeMap<String, String>) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for (k, v) in resp {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(v)
-            .ok()
+        // A subrequest's `result.json` is JSON already, not base64.
+        let bytes = if k == "result.json" {
+            Some(v.as_bytes().to_vec())
+        } else {
+            base64::engine::general_purpose::STANDARD.decode(v).ok()
+        };
+        let decoded = bytes
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .filter(|j| match j {
                 serde_json::Value::Object(m) => !m.is_empty(),
@@ -103,11 +107,28 @@ impl Reporting {
         if let Some(p) = &self.iidfile {
             write_atomic(p, image_id(resp).as_bytes()).context("writing image ID file")?;
         }
+        self.write_metadata(resp)?;
+        crate::stdout(&out)
+    }
+
+    /// After `--call=check|outline|targets` (`--check`), before its answer
+    /// is printed, as buildx: `--metadata-file` gets the answer's metadata
+    /// (`result.json`, `result.txt`, `version`, and `result.statuscode`
+    /// for a check) and `--iidfile` the image ID there is none of (an
+    /// empty file); `-q` prints no ID.
+    pub fn report_call(&self, resp: &BTreeMap<String, String>) -> Result<()> {
+        if let Some(p) = &self.iidfile {
+            write_atomic(p, image_id(resp).as_bytes()).context("writing image ID file")?;
+        }
+        self.write_metadata(resp)
+    }
+
+    fn write_metadata(&self, resp: &BTreeMap<String, String>) -> Result<()> {
         if let Some(p) = &self.metadata_file {
             let json = serde_json::to_vec_pretty(&metadata(resp))?;
             write_atomic(p, &json)?;
         }
-        crate::stdout(&out)
+        Ok(())
     }
 }
 
@@ -145,6 +166,43 @@ mod tests {
                 "image.name": "docker.io/library/x:1,docker.io/r/y:2"
             })
         );
+    }
+
+    /// A `--call` answer as buildx writes it: `result.json` is JSON in the
+    /// file, the other keys strings.
+    #[test]
+    fn a_call_answer_is_written_as_buildx_writes_it() {
+        let answer = kiln_frontend::check::answer_metadata(
+            r#"{"warnings": null, "sources": []}"#.into(),
+            "\nWARNING: X\n".into(),
+            "1.0.0",
+            Some(1),
+        );
+        assert_eq!(
+            metadata(&answer),
+            serde_json::json!({
+                "result.json": {"warnings": null, "sources": []},
+                "result.statuscode": "1",
+                "result.txt": "\nWARNING: X\n",
+                "version": "1.0.0"
+            })
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = Reporting {
+            quiet: true,
+            iidfile: Some(dir.path().join("iid")),
+            metadata_file: Some(dir.path().join("md.json")),
+        };
+        r.report_call(&answer).expect("report");
+        // buildx writes the ID of no image: an empty file.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("iid")).expect("iid"),
+            ""
+        );
+        let md: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("md.json")).expect("md"))
+                .expect("json");
+        assert_eq!(md, metadata(&answer));
     }
 
     #[test]

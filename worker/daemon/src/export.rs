@@ -122,17 +122,28 @@ fn rewrite_epoch(
     Ok(epoch.filter(|_| rewrite))
 }
 
+/// The `name` attribute's names as the client gave them.
+fn given_names(attrs: &HashMap<String, String>) -> Vec<String> {
+    attrs.get("name").map_or_else(Vec::new, |n| {
+        n.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
+}
+
+/// The `name` attribute's names normalized (`docker.io/library/a:1`): what
+/// the image store and the archives hold, where nerdctl and the kubelet
+/// look them up.
 fn names(attrs: &HashMap<String, String>) -> Result<Vec<String>, Status> {
-    let mut out = Vec::new();
-    if let Some(n) = attrs.get("name") {
-        for name in n.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            out.push(
-                kiln_dockerfile::reference::normalize(name)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            );
-        }
-    }
-    Ok(out)
+    given_names(attrs)
+        .iter()
+        .map(|name| {
+            kiln_dockerfile::reference::normalize(name)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        })
+        .collect()
 }
 
 fn session_for<'a>(
@@ -268,7 +279,12 @@ pub async fn run(
                     .export_image_with(config, &names, compression, epoch)
                     .await
                     .map_err(|e| status_of(&e))?;
+                // buildkitd's image exporter reports (and names in its
+                // progress) the names as the client gave them (`a1:1`),
+                // and the dangling name it added.
+                let mut reported = given_names(attrs);
                 if let Some(name) = dangling_name(attrs, &out) {
+                    reported.push(name.clone());
                     engine
                         .services()
                         .images
@@ -286,7 +302,7 @@ pub async fn run(
                         .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
                     out.names.push(name);
                 }
-                image_response(&mut resp, &out);
+                image_response(&mut resp, &out, &reported);
                 results.insert(i64::try_from(index).unwrap_or(i64::MAX), result_of(&out));
                 if index == 0 {
                     crate::status::step_items(job, &vertex, &items(kind, attrs, &resp, started));
@@ -310,8 +326,9 @@ pub async fn run(
                 out.manifest.set_annotations(Some(annotations));
                 // The names go into the archive (and the response), not
                 // into the image store.
+                // The OCI and Docker exporters report them normalized.
                 out.names = names.clone();
-                image_response(&mut resp, &out);
+                image_response(&mut resp, &out, &names);
                 results.insert(i64::try_from(index).unwrap_or(i64::MAX), result_of(&out));
                 let format = if kind == "docker" {
                     ArchiveFormat::Docker
@@ -415,7 +432,6 @@ async fn file_tree(
         .map_err(|e| status_of(&e))
 }
 
-/// The image exporters' response keys.
 /// The name BuildKit's image exporter gives an image built without a name
 /// when asked for `dangling-name-prefix` (nerdctl sends `<none>` for a
 /// build without `-t`): `PREFIX@DIGEST`.
@@ -431,7 +447,12 @@ fn dangling_name(
         .then(|| format!("{prefix}@{}", out.manifest.digest()))
 }
 
-fn image_response(resp: &mut HashMap<String, String>, out: &kiln_engine::export::Exported) {
+/// The image exporters' response keys; `names` is what `image.name` says.
+fn image_response(
+    resp: &mut HashMap<String, String>,
+    out: &kiln_engine::export::Exported,
+    names: &[String],
+) {
     resp.insert(
         "containerimage.digest".into(),
         out.manifest.digest().to_string(),
@@ -472,8 +493,8 @@ fn image_response(resp: &mut HashMap<String, String>, out: &kiln_engine::export:
         "containerimage.descriptor".into(),
         base64::engine::general_purpose::STANDARD.encode(desc.to_string()),
     );
-    if !out.names.is_empty() {
-        resp.insert("image.name".into(), out.names.join(","));
+    if !names.is_empty() {
+        resp.insert("image.name".into(), names.join(","));
     }
 }
 

@@ -117,8 +117,10 @@ pub fn forward(
             (image.to_string(), v.to_string())
         }
         None => {
+            // As BuildKit: the image is the first word, and the whole
+            // line (its arguments too) is the image's `cmdline`.
             let d = kiln_dockerfile::directives::detect_syntax(dockerfile?)?;
-            (d.value.clone(), d.value)
+            (d.value, d.cmdline)
         }
     };
     if kiln_dockerfile::directives::is_dockerfile_frontend(&image) {
@@ -502,7 +504,10 @@ mod tests {
         let a = attrs(&[("filename", "Dockerfile")]);
         let f = forward(&a, Some("# syntax=example.com/fe:1 --flag\nFROM a\n")).expect("forwards");
         assert_eq!(f.get(SOURCE).map(String::as_str), Some("example.com/fe:1"));
-        assert_eq!(f.get(CMDLINE).map(String::as_str), Some("example.com/fe:1"));
+        assert_eq!(
+            f.get(CMDLINE).map(String::as_str),
+            Some("example.com/fe:1 --flag")
+        );
         assert_eq!(f.get("filename").map(String::as_str), Some("Dockerfile"));
         assert_eq!(
             forward(&a, Some("# syntax=docker/dockerfile:1.7\nFROM a\n")),

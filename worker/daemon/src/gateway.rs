@@ -50,12 +50,7 @@ impl GatewayService {
             credentials,
         )
         .await?;
-        let mut metadata = subrequest_metadata(report.json(), report.text(), "1.0.0");
-        metadata.insert(
-            "result.statuscode".to_string(),
-            report.status_code().to_string().into_bytes(),
-        );
-        Ok(metadata_response(metadata))
+        Ok(metadata_response(bytes(report.metadata())))
     }
 }
 
@@ -79,10 +74,13 @@ impl GatewayService {
             credentials,
         )
         .await?;
-        Ok(metadata_response(subrequest_metadata(
-            list.json(),
-            list.text(),
-            kiln_frontend::targets::TARGETS_VERSION,
+        Ok(metadata_response(bytes(
+            kiln_frontend::check::answer_metadata(
+                list.json(),
+                list.text(),
+                kiln_frontend::targets::TARGETS_VERSION,
+                None,
+            ),
         )))
     }
 }
@@ -108,10 +106,13 @@ impl GatewayService {
             credentials,
         )
         .await?;
-        Ok(metadata_response(subrequest_metadata(
-            o.json(),
-            o.text(),
-            kiln_frontend::outline::OUTLINE_VERSION,
+        Ok(metadata_response(bytes(
+            kiln_frontend::check::answer_metadata(
+                o.json(),
+                o.text(),
+                kiln_frontend::outline::OUTLINE_VERSION,
+                None,
+            ),
         )))
     }
 }
@@ -134,14 +135,10 @@ fn frontend_session(
     Ok((session, credentials))
 }
 
-/// A subrequest's answer as buildx reads it: `result.json`, `result.txt`
-/// and the format's `version`.
-fn subrequest_metadata(json: String, text: String, version: &str) -> HashMap<String, Vec<u8>> {
-    HashMap::from([
-        ("result.json".to_string(), json.into_bytes()),
-        ("result.txt".to_string(), text.into_bytes()),
-        ("version".to_string(), version.as_bytes().to_vec()),
-    ])
+/// A subrequest's answer ([`kiln_frontend::check::answer_metadata`]) as
+/// the result's metadata bytes.
+fn bytes(m: std::collections::BTreeMap<String, String>) -> HashMap<String, Vec<u8>> {
+    m.into_iter().map(|(k, v)| (k, v.into_bytes())).collect()
 }
 
 /// A result that is only metadata, with no ref.

@@ -15,7 +15,11 @@ use crate::reference::Reference;
 /// A directive's value and the (1-based) line it is on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Directive {
+    /// The value's first word (BuildKit cuts it at the first space).
     pub value: String,
+    /// The whole value: for `syntax`, the frontend image and its
+    /// arguments, which BuildKit forwards to that image as its `cmdline`.
+    pub cmdline: String,
     pub line: usize,
 }
 
@@ -142,7 +146,14 @@ fn scan_top(src: &str, comment: &str) -> Vec<(String, Directive)> {
         if out.iter().any(|(k, _)| *k == key) {
             break;
         }
-        out.push((key, Directive { value, line: i + 1 }));
+        out.push((
+            key,
+            Directive {
+                cmdline: value.clone(),
+                value,
+                line: i + 1,
+            },
+        ));
     }
     out
 }
@@ -174,6 +185,7 @@ pub fn detect_syntax(src: &str) -> Option<Directive> {
     let v = json.as_object()?.get("syntax")?.as_str()?;
     Some(Directive {
         value: v.to_string(),
+        cmdline: v.to_string(),
         line: 1,
     })
 }
@@ -229,6 +241,21 @@ mod tests {
         );
         assert_eq!(d("// syntax=x/y\n"), Some(("x/y".into(), 1)));
         assert_eq!(d("{\"syntax\": \"x/z\"}"), Some(("x/z".into(), 1)));
+        // The whole line is the frontend's command line (BuildKit's
+        // DetectSyntax returns it as `cmdline`); the JSON form is one word.
+        let cmdline = |s: &str| detect_syntax(s).map(|d| (d.value, d.cmdline));
+        assert_eq!(
+            cmdline("# syntax=a/b:c --flag x y\nFROM a\n"),
+            Some(("a/b:c".into(), "a/b:c --flag x y".into()))
+        );
+        assert_eq!(
+            cmdline("// syntax=x/y  z \n"),
+            Some(("x/y".into(), "x/y  z".into()))
+        );
+        assert_eq!(
+            cmdline("{\"syntax\": \"x/z w\"}"),
+            Some(("x/z w".into(), "x/z w".into()))
+        );
         // After a comment or an instruction it is a comment.
         assert_eq!(d("# hello\n# syntax=x/y\nFROM a\n"), None);
         assert_eq!(d("FROM a\n# syntax=x/y\n"), None);

@@ -9,6 +9,7 @@
 //! [`directives`] reads `# syntax=`/`# escape=`/`# check=`, [`heredoc`]
 //! recognizes `<<EOF` words, [`suggest`] gives "did you mean" hints and
 //! [`lint`] runs the build checks that need only the parse tree.
+//! [`snippet`] prints BuildKit's source snippet of a line (`>>>`).
 //! [`shell`] holds the word lexer (variable substitution) and
 //! [`reference`](mod@reference) re-exports the image-name normalization of
 //! `kiln_types::reference`, which the exporters and the registry share.
@@ -28,6 +29,7 @@ pub mod lint;
 pub mod metadata;
 pub mod parser;
 pub mod shell;
+pub mod snippet;
 pub mod suggest;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -89,11 +91,14 @@ pub enum ParseError {
         line: usize,
         message: String,
     },
-    /// An image reference that does not parse.
-    #[error("{file}:{line}: {err}")]
+    /// An image reference (a `FROM`, `--from` or `from=` word after
+    /// expansion) that does not parse: BuildKit resolves each as a stage's
+    /// base image, and says so.
+    #[error("{file}:{line}: failed to parse stage name {name:?}: {err}")]
     Reference {
         file: String,
         line: usize,
+        name: String,
         err: RefError,
     },
     /// `--target` names no stage (with a hint when a stage name is close).

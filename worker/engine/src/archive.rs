@@ -115,7 +115,7 @@ pub async fn write_archive(
     let mut parsed_all: Vec<ImageManifest> = Vec::with_capacity(children.len());
     for (digest, bytes) in &children {
         parsed_all.push(
-            serde_json::from_slice(bytes)
+            oci::manifest_from_slice(bytes)
                 .map_err(|e| invalid(image, format!("manifest {digest} JSON: {e}")))?,
         );
     }

@@ -77,7 +77,7 @@ pub async fn load(
         desc = chosen.clone();
     }
     let bytes = svc.content.read(desc.digest().as_ref()).await?;
-    let manifest: ImageManifest = serde_json::from_slice(&bytes)
+    let manifest: ImageManifest = oci::manifest_from_slice(&bytes)
         .map_err(|e| invalid(name, format!("manifest {}: {e}", desc.digest())))?;
     let config_digest = manifest.config().digest().to_string();
     let cfg_bytes = svc.content.read(&config_digest).await?;

@@ -184,7 +184,7 @@ fn read_image(dir: &Path, digest: &str, platform: Option<&kiln_solver::Platform>
             .ok_or_else(|| layout_error(dir, format!("invalid digest {digest}")))?;
         (None, desc, bytes)
     };
-    let m: ImageManifest = serde_json::from_slice(&manifest_bytes)
+    let m: ImageManifest = oci::manifest_from_slice(&manifest_bytes)
         .map_err(|e| layout_error(dir, format!("manifest {}: {e}", manifest.digest())))?;
     let config_digest = m.config().digest().to_string();
     let config_bytes = read_blob(dir, &config_digest)?;

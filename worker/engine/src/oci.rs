@@ -20,7 +20,11 @@ pub use oci_spec::image::{
 /// `image.config` is always `None`: the runtime part lives in
 /// [`ImageConfigJson::config`], which is what reads and writes the `config`
 /// key (serde hands the flattened struct only the keys this one leaves).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Written as BuildKit's exporter writes it: a layerless image's
+/// `rootfs.diff_ids` is `null` (Go's nil slice) and `created` is always
+/// there, `null` when no history entry has a time.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(try_from = "serde_json::Value")]
 pub struct ImageConfigJson {
     #[serde(flatten)]
@@ -37,6 +41,40 @@ pub struct ImageConfigJson {
         skip_serializing_if = "Option::is_none"
     )]
     pub inline_cache: Option<String>,
+}
+
+/// [`ImageConfigJson`] as written, before the fix-ups of its `Serialize`.
+#[derive(Serialize)]
+struct ImageConfigJsonWrite<'a> {
+    #[serde(flatten)]
+    image: &'a ImageConfiguration,
+    config: &'a RunConfig,
+    #[serde(
+        rename = "moby.buildkit.cache.v0",
+        skip_serializing_if = "Option::is_none"
+    )]
+    inline_cache: Option<&'a String>,
+}
+
+impl Serialize for ImageConfigJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = serde_json::to_value(ImageConfigJsonWrite {
+            image: &self.image,
+            config: &self.config,
+            inline_cache: self.inline_cache.as_ref(),
+        })
+        .map_err(serde::ser::Error::custom)?;
+        if let Some(d) = v
+            .pointer_mut("/rootfs/diff_ids")
+            .filter(|d| d.as_array().is_some_and(Vec::is_empty))
+        {
+            *d = serde_json::Value::Null;
+        }
+        if let Some(o) = v.as_object_mut() {
+            o.entry("created").or_insert(serde_json::Value::Null);
+        }
+        v.serialize(s)
+    }
 }
 
 /// [`ImageConfigJson`] as read, before the fix-ups of its `TryFrom`.
@@ -147,6 +185,16 @@ where
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Reads an image manifest. BuildKit writes a layerless image's `layers`
+/// as `null` (Go's nil slice), read as no layers.
+pub fn manifest_from_slice(bytes: &[u8]) -> serde_json::Result<ImageManifest> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes)?;
+    if let Some(l) = v.get_mut("layers").filter(|l| l.is_null()) {
+        *l = serde_json::Value::Array(Vec::new());
+    }
+    serde_json::from_value(v)
 }
 
 /// The JSON kiln writes for configs, manifests and indexes: compact, with
@@ -410,6 +458,55 @@ mod tests {
         });
     }
 
+    /// A layerless image's manifest as BuildKit 73ed6825c wrote it
+    /// (`"layers": null`) reads as one of no layers; a manifest without
+    /// a config still fails.
+    #[test]
+    fn null_manifest_layers_read_as_none() {
+        let bk = br#"{
+  "schemaVersion": 2,
+  "mediaType": "application/vnd.oci.image.manifest.v1+json",
+  "config": {
+    "mediaType": "application/vnd.oci.image.config.v1+json",
+    "digest": "sha256:f218b8e7950ebd5864cf96e22976765f39c048cdbab45f9de162e75a648738a9",
+    "size": 311
+  },
+  "layers": null
+}"#;
+        let m = manifest_from_slice(bk).expect("reads");
+        assert!(m.layers().is_empty());
+        assert_eq!(m.config().size(), 311);
+        assert!(manifest_from_slice(br#"{"schemaVersion": 2, "layers": null}"#).is_err());
+    }
+
+    /// A layerless image without times (`FROM scratch` and `LABEL`) is
+    /// written as BuildKit 73ed6825c's exporter wrote it: `"diff_ids":
+    /// null` and `"created": null`; it reads back as no layers.
+    #[test]
+    fn layerless_config_is_written_as_buildkits() {
+        let cfg = kiln_solver::ImageConfig {
+            labels: [("a".to_string(), "b".to_string())].into(),
+            history: vec![kiln_solver::HistoryEntry {
+                created: None,
+                created_by: "LABEL a=b".into(),
+                comment: "buildkit.dockerfile.v0".into(),
+                empty_layer: true,
+            }],
+            ..Default::default()
+        };
+        let config = crate::export::image_config(&[], &cfg);
+        let bytes = to_json(&config).expect("json");
+        let v: Value = serde_json::from_slice(&bytes).expect("parse");
+        assert_eq!(
+            v["rootfs"],
+            json!({"type": "layers", "diff_ids": null}),
+            "{v}"
+        );
+        assert_eq!(v.get("created"), Some(&Value::Null), "{v}");
+        let back: ImageConfigJson = serde_json::from_slice(&bytes).expect("reads back");
+        assert_eq!(back, config);
+    }
+
     /// A layerless image as BuildKit writes it (`"diff_ids": null`) reads
     /// as one of no layers; a missing `config` still reads as empty.
     #[test]
@@ -430,13 +527,17 @@ mod tests {
     /// An empty run config is still written as `"config": {}`, and a
     /// `null` or missing one reads as empty; Docker-only fields of a base
     /// image survive a read and write. Nothing dates an image without
-    /// layers or history, so it has no `created` (never "now").
+    /// layers or history, so its `created` is `null` (never "now").
     #[test]
     fn config_json_round_trips_docker_fields() {
         let empty = crate::export::image_config(&[], &kiln_solver::ImageConfig::default());
         let v: Value = serde_json::from_slice(&to_json(&empty).expect("json")).expect("parse");
         assert_eq!(v["config"], json!({}));
-        assert_eq!(keys(&v), ["architecture", "config", "os", "rootfs"]);
+        assert_eq!(
+            keys(&v),
+            ["architecture", "config", "created", "os", "rootfs"]
+        );
+        assert_eq!(v["created"], Value::Null);
         for base in [
             json!({"architecture": "amd64", "os": "linux", "config": null, "rootfs": {"type": "layers", "diff_ids": []}}),
             json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}),
@@ -460,7 +561,11 @@ mod tests {
         assert_eq!(c.image.config(), &None);
         assert_eq!(c.image.architecture(), &Arch::ARM64);
         let out: Value = serde_json::from_slice(&to_json(&c).expect("json")).expect("parse");
-        assert_eq!(out, base);
+        // Written back in BuildKit's layerless form.
+        let mut expect = base.clone();
+        expect["rootfs"]["diff_ids"] = Value::Null;
+        expect["created"] = Value::Null;
+        assert_eq!(out, expect);
         // The frontend's view keeps all of it, and exporting that view
         // writes it back.
         let f = crate::base::frontend_config(&c);

@@ -232,7 +232,7 @@ impl Puller {
         } else {
             (resolved.digest.clone(), resolved.bytes.clone(), None)
         };
-        let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
+        let manifest: ImageManifest = oci::manifest_from_slice(&manifest_bytes)
             .map_err(|e| pull_error(&self.image, format!("manifest {manifest_digest}: {e}")))?;
         let mt = manifest
             .media_type()
@@ -633,7 +633,7 @@ async fn remote_config(
     } else {
         resolved.bytes.clone()
     };
-    let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
+    let manifest: ImageManifest = oci::manifest_from_slice(&manifest_bytes)
         .map_err(|e| pull_error(&image, format!("manifest: {e}")))?;
     let cfg = manifest.config();
     let digest = cfg.digest().to_string();

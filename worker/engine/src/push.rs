@@ -248,7 +248,7 @@ async fn plan(svc: &Services, root: &Descriptor) -> Result<Plan> {
     let mut seen = BTreeSet::new();
     for (d, bytes) in &manifests {
         let digest = d.digest().to_string();
-        let m: ImageManifest = serde_json::from_slice(bytes)
+        let m: ImageManifest = oci::manifest_from_slice(bytes)
             .map_err(|e| invalid(&digest, format!("manifest: {e}")))?;
         for l in m.layers() {
             if seen.insert(l.digest().to_string()) {

@@ -7,11 +7,14 @@
 use crate::{plan_for, target_platforms, DockerfileSource, FrontendError, FrontendOptions};
 use crate::{ImageConfigs, Result};
 use base64::Engine as _;
-use kiln_dockerfile::lint::rule_url;
+use kiln_dockerfile::lint::{rule_description, rule_url};
 use kiln_dockerfile::parser::Warning;
 
 /// The `requestid` frontend attribute of the lint request.
 pub const LINT_REQUEST: &str = "frontend.lint";
+
+/// The lint request's `version` (BuildKit's `SubrequestLintDefinition`).
+pub const LINT_VERSION: &str = "1.0.0";
 
 /// What the lint request found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,10 +36,11 @@ impl CheckReport {
         i32::from(!self.warnings.is_empty() || self.error.is_some())
     }
 
-    /// `result.txt`: each warning as BuildKit's `PrintLintViolations`
-    /// starts it (`WARNING: Rule - URL`, the message, the file and line),
-    /// without the source snippet, which clients print from
-    /// [`CheckReport::json`].
+    /// `result.txt`: the warnings as BuildKit's `PrintLintViolations`
+    /// prints them: `WARNING: Rule - URL`, the message, and the source
+    /// snippet of its line (none for a warning about no line). The error
+    /// that stopped the checks is not in it (it is `buildError` of
+    /// [`CheckReport::json`]), as in BuildKit's.
     pub fn text(&self) -> String {
         let mut out = String::new();
         for w in &self.warnings {
@@ -48,19 +52,20 @@ impl CheckReport {
                 format!(" - {url}")
             };
             out.push_str(&format!("\nWARNING: {}{url}\n{}\n", w.rule, w.message));
-            if w.line > 0 {
-                out.push_str(&format!("{}:{}\n", self.filename, w.line));
-            }
-        }
-        if let Some((message, _)) = &self.error {
-            out.push_str(message);
-            out.push('\n');
+            out.push_str(&self.snippet(w.line));
         }
         out
     }
 
+    /// The source snippet of `line` (nothing for line 0, no line).
+    pub fn snippet(&self, line: usize) -> String {
+        let l = i64::try_from(line).unwrap_or(i64::MAX);
+        kiln_dockerfile::snippet::snippet(&self.filename, &self.source, &[(l, l)])
+    }
+
     /// `result.json`: BuildKit's `lint.LintResults`, one source (the
-    /// Dockerfile) and each warning at its line.
+    /// Dockerfile) and each warning at its line, with its rule's
+    /// description and page.
     pub fn json(&self) -> String {
         let location = |line: usize| {
             let pos = serde_json::json!({ "line": line });
@@ -75,6 +80,10 @@ impl CheckReport {
                     "url": rule_url(&w.rule),
                     "detail": w.message,
                 });
+                let description = rule_description(&w.rule);
+                if !description.is_empty() {
+                    v["description"] = description.into();
+                }
                 if w.line > 0 {
                     v["location"] = location(w.line);
                 } else {
@@ -83,6 +92,12 @@ impl CheckReport {
                 v
             })
             .collect();
+        // Go's nil slice: `null` when nothing was found, as BuildKit's.
+        let warnings = if warnings.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::Array(warnings)
+        };
         let mut out = serde_json::json!({
             "warnings": warnings,
             "sources": [{
@@ -106,8 +121,9 @@ impl CheckReport {
 /// buildx reads it: only the fields a report holds.
 #[derive(serde::Deserialize)]
 struct LintResultsJson {
+    /// `null` when there are none (BuildKit's and kiln's answer).
     #[serde(default)]
-    warnings: Vec<WarningJson>,
+    warnings: Option<Vec<WarningJson>>,
     #[serde(default)]
     sources: Vec<SourceJson>,
     #[serde(rename = "buildError")]
@@ -192,6 +208,7 @@ impl CheckReport {
             source: String::from_utf8_lossy(&source).into_owned(),
             warnings: r
                 .warnings
+                .unwrap_or_default()
                 .into_iter()
                 .map(|w| Warning {
                     line: w.location.line(),
@@ -302,6 +319,39 @@ pub(crate) fn copy_ignored(
     Ok(())
 }
 
+/// A subrequest's answer as BuildKit's frontend puts it in the result's
+/// metadata, which is what buildx writes to `--metadata-file`:
+/// `result.json`, `result.txt`, `version`, and for the lint request
+/// `result.statuscode`.
+pub fn answer_metadata(
+    json: String,
+    text: String,
+    version: &str,
+    status_code: Option<i32>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut m = std::collections::BTreeMap::from([
+        ("result.json".to_string(), json),
+        ("result.txt".to_string(), text),
+        ("version".to_string(), version.to_string()),
+    ]);
+    if let Some(c) = status_code {
+        m.insert("result.statuscode".to_string(), c.to_string());
+    }
+    m
+}
+
+impl CheckReport {
+    /// The lint request's answer ([`answer_metadata`]).
+    pub fn metadata(&self) -> std::collections::BTreeMap<String, String> {
+        answer_metadata(
+            self.json(),
+            self.text(),
+            LINT_VERSION,
+            Some(self.status_code()),
+        )
+    }
+}
+
 /// A subrequest `requestid` names: instead of a build, an answer in the
 /// result's metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -334,6 +384,78 @@ pub(crate) fn request(value: &str) -> Result<Subrequest> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    fn warning(rule: &str, message: &str, line: usize) -> Warning {
+        Warning {
+            rule: rule.into(),
+            message: message.into(),
+            line,
+        }
+    }
+
+    /// `result.txt` and `result.json` as buildkitd 73ed6825c answered the
+    /// lint request for this file (through buildx v0.36 --call=check
+    /// --metadata-file): each warning's source snippet in the text, each
+    /// rule's description in the JSON, `"warnings": null` for none.
+    #[test]
+    fn the_lint_result_is_buildkits() {
+        let report = CheckReport {
+            filename: "Dockerfile".into(),
+            source: "FROM scratch as base\nENV A $FOO\nFROM base\ncopy a b\nMAINTAINER me\n".into(),
+            warnings: vec![
+                warning(
+                    "FromAsCasing",
+                    "'as' and 'FROM' keywords' casing do not match",
+                    1,
+                ),
+                warning(
+                    "ConsistentInstructionCasing",
+                    "Command 'copy' should match the case of the command majority (uppercase)",
+                    4,
+                ),
+            ],
+            error: Some(("Dockerfile:9: bad".into(), Some(9))),
+        };
+        assert_eq!(
+            report.text(),
+            "\nWARNING: FromAsCasing - https://docs.docker.com/go/dockerfile/rule/from-as-casing/\n\
+             'as' and 'FROM' keywords' casing do not match\n\
+             Dockerfile:1\n\
+             --------------------\n   \
+             1 | >>> FROM scratch as base\n   \
+             2 |     ENV A $FOO\n   \
+             3 |     FROM base\n\
+             --------------------\n\
+             \nWARNING: ConsistentInstructionCasing - https://docs.docker.com/go/dockerfile/rule/consistent-instruction-casing/\n\
+             Command 'copy' should match the case of the command majority (uppercase)\n\
+             Dockerfile:4\n\
+             --------------------\n   \
+             2 |     ENV A $FOO\n   \
+             3 |     FROM base\n   \
+             4 | >>> copy a b\n   \
+             5 |     MAINTAINER me\n   \
+             6 |     \n\
+             --------------------\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.json()).expect("json");
+        assert_eq!(
+            json["warnings"][0]["description"],
+            "The 'as' keyword should match the case of the 'from' keyword"
+        );
+        assert_eq!(
+            CheckReport::from_json(&report.json()).expect("reads"),
+            report
+        );
+        let clean = CheckReport {
+            warnings: Vec::new(),
+            error: None,
+            ..report
+        };
+        let json: serde_json::Value = serde_json::from_str(&clean.json()).expect("json");
+        assert_eq!(json["warnings"], serde_json::Value::Null);
+        assert_eq!(CheckReport::from_json(&clean.json()).expect("reads"), clean);
+        assert_eq!(clean.text(), "");
+    }
 
     #[test]
     fn the_lint_request_is_read_and_other_requests_are_refused() {

@@ -95,49 +95,16 @@ pub fn from_status(status: &tonic::Status) -> Vec<Source> {
 /// numbered and the failing ones marked `>>>`, between rules.
 pub fn print(src: &Source, w: &mut dyn Write) {
     let text = String::from_utf8_lossy(&src.data);
-    let lines: Vec<&str> = text.split('\n').collect();
-    let Some(first) = src.ranges.iter().map(|r| r.start.0).min() else {
-        return;
-    };
-    let last = src
+    let ranges: Vec<(i64, i64)> = src
         .ranges
         .iter()
-        .map(|r| r.start.0.max(r.end.0))
-        .max()
-        .unwrap_or(first);
-    let n = lines.len() as i64;
-    let (mut start, mut end) = (i64::from(first), i64::from(last));
-    if start > n || start < 1 {
-        return;
-    }
-    end = end.min(n);
-    let pad = if end == start { 4 } else { 2 };
-    let first_line = start;
-    let mut p = 0;
-    while p < pad {
-        if start > 1 {
-            start -= 1;
-            p += 1;
-        }
-        if end != n {
-            end += 1;
-            p += 1;
-        }
-        p += 1;
-    }
-    let marked = |l: i64| {
-        src.ranges
-            .iter()
-            .any(|r| i64::from(r.start.0) <= l && i64::from(r.start.0.max(r.end.0)) >= l)
-    };
-    let _ = writeln!(w, "{}:{first_line}", src.filename);
-    let _ = writeln!(w, "--------------------");
-    for l in start..=end {
-        let pfx = if marked(l) { ">>>" } else { "   " };
-        let line = lines.get((l - 1) as usize).copied().unwrap_or("");
-        let _ = writeln!(w, " {l:>3} | {pfx} {line}");
-    }
-    let _ = writeln!(w, "--------------------");
+        .map(|r| (i64::from(r.start.0), i64::from(r.end.0)))
+        .collect();
+    let _ = write!(
+        w,
+        "{}",
+        kiln_dockerfile::snippet::snippet(&src.filename, &text, &ranges)
+    );
 }
 
 #[cfg(test)]

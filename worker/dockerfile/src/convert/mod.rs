@@ -1219,9 +1219,12 @@ fn at_line(e: ParseError, at: usize) -> ParseError {
             line: at,
             message,
         },
-        ParseError::Reference { file, err, .. } => ParseError::Reference {
+        ParseError::Reference {
+            file, name, err, ..
+        } => ParseError::Reference {
             file,
             line: at,
+            name,
             err,
         },
         other => other,

@@ -221,10 +221,11 @@ impl Plan {
                 from_context = true;
                 Base::of_context(ctx)
             } else {
-                Base::Image(normalize(&base_name).map_err(|err| ParseError::Invalid {
+                Base::Image(normalize(&base_name).map_err(|err| ParseError::Reference {
                     file: file.clone(),
                     line: s.line,
-                    message: format!("failed to parse stage name {base_name:?}: {err}"),
+                    name: base_name.clone(),
+                    err,
                 })?)
             };
             // A stage built on another runs as that one (BuildKit's rule).
@@ -531,6 +532,7 @@ pub(super) fn resolve_source(
                 .map_err(|err| ParseError::Reference {
                     file: file.to_string(),
                     line,
+                    name: from.to_string(),
                     err,
                 }),
         },

@@ -921,6 +921,15 @@ fn conversion_errors_name_the_line() {
         "ARG IMG\nFROM $IMG\n",
         "error: Dockerfile:2: base name ($IMG) should not be blank",
     );
+    // A `--from`/`from=` image is a stage's base for BuildKit too.
+    check(
+        "FROM busybox\nCOPY --from=a:b:c /x /y\n",
+        "error: Dockerfile:2: failed to parse stage name \"a:b:c\": invalid reference format",
+    );
+    check(
+        "FROM busybox\nRUN --mount=from=Foo:1 true\n",
+        "error: Dockerfile:2: failed to parse stage name \"Foo:1\": invalid reference format: repository name (library/Foo) must be lowercase",
+    );
     check(
         "FROM busybox\nSTOPSIGNAL SIGNOPE\n",
         "error: Dockerfile:2: invalid signal: SIGNOPE",

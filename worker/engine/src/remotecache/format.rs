@@ -421,8 +421,9 @@ pub fn parse_inline(
 ) -> Result<Option<Chains>, FormatError> {
     #[derive(Deserialize)]
     struct RootFs {
+        // `null` for a layerless image, as BuildKit (and kiln) write it.
         #[serde(default)]
-        diff_ids: Vec<String>,
+        diff_ids: Option<Vec<String>>,
     }
     #[derive(Deserialize)]
     struct Image {
@@ -440,7 +441,7 @@ pub fn parse_inline(
     let Some(cache) = img.cache else {
         return Ok(None);
     };
-    let diff_ids = img.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+    let diff_ids = img.rootfs.and_then(|r| r.diff_ids).unwrap_or_default();
     if diff_ids.len() != layers.len() {
         // BuildKit skips such an image too.
         return Ok(None);

@@ -176,6 +176,12 @@ fn reads_an_inline_cache_from_an_image_config() {
     assert!(parse_inline(plain.as_bytes(), "sha256:cfg", &[])
         .expect("parses")
         .is_none());
+    // A layerless image as BuildKit and kiln write it.
+    let layerless =
+        r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":null}}"#;
+    assert!(parse_inline(layerless.as_bytes(), "sha256:cfg", &[])
+        .expect("parses")
+        .is_none());
 }
 
 #[test]
