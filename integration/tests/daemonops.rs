@@ -792,6 +792,9 @@ async fn a_failed_step_carries_buildkit_source_details() {
         serde_json::json!([{"start": {"line": 2}, "end": {"line": 2}}])
     );
     assert_eq!(source["info"]["data"], base64_std(unparsable.as_bytes()));
+    // As BuildKit's frontend: no code, so clients print the message alone
+    // (not "InvalidArgument: Dockerfile:2: ...").
+    assert!(stderr.contains("buildctl-like: code Unknown\n"), "{stderr}");
 }
 
 /// Standard base64 with padding, written out here so the test does not

@@ -268,6 +268,9 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
         r = solve => {
             if let Err(e) = &r {
                 eprintln!("buildctl-like: solve: {}", e.message());
+                // The code apart: BuildKit's clients print any code but
+                // Unknown before the message.
+                eprintln!("buildctl-like: code {:?}", e.code());
                 // Each typed detail on its own line, as
                 // `detail TYPE_URL VALUE` (buildctl prints the
                 // errdefs.Source ones as the `>>>` snippet).

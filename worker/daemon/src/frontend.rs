@@ -94,9 +94,16 @@ fn fetch_err(name: &str, e: kiln_session::SessionError) -> Status {
     )
 }
 
-/// A frontend error as a gRPC status, with its kind's code.
+/// A frontend error as a gRPC status, with its kind's code; but a
+/// Dockerfile's own errors (parse, instructions, variables) carry no code,
+/// as BuildKit's frontend sends them: clients print any other code's name
+/// before the message (`failed to solve: InvalidArgument: Dockerfile:1:`).
 fn frontend_status(e: &FrontendError) -> Status {
-    Status::new(e.kind().code(), kiln_engine::error::error_chain(e))
+    let code = match e {
+        FrontendError::Dockerfile(_) => tonic::Code::Unknown,
+        _ => e.kind().code(),
+    };
+    Status::new(code, kiln_engine::error::error_chain(e))
 }
 
 /// An empty directory `name` under the job's directory.
