@@ -34,7 +34,9 @@ fn invalid(name: &str, reason: impl Into<String>) -> WorkerError {
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
 
 /// Looks `name` (normalized) up and reads its manifest and config; from
-/// an index, the manifest for `platform` (`None`: the worker's).
+/// an index, the manifest for `platform` (`None`: the worker's). The image
+/// record is read from containerd each time; the blobs it names, once per
+/// digest ([`Services::read_small`]).
 pub async fn load(
     svc: &Services,
     name: &str,
@@ -57,7 +59,7 @@ pub async fn load(
         .ok_or_else(|| invalid(name, format!("bad record {digest} of {size} bytes")))?;
     let media_type = desc.media_type().to_string();
     if media_type == oci::MEDIA_OCI_INDEX || media_type == oci::MEDIA_DOCKER_LIST {
-        let bytes = svc.content.read(desc.digest().as_ref()).await?;
+        let bytes = svc.read_small(desc.digest().as_ref()).await?;
         let index: ImageIndex = serde_json::from_slice(&bytes)
             .map_err(|e| invalid(name, format!("index {}: {e}", desc.digest())))?;
         let want = platform.cloned().unwrap_or_else(oci::worker_platform);
@@ -76,11 +78,11 @@ pub async fn load(
         })?;
         desc = chosen.clone();
     }
-    let bytes = svc.content.read(desc.digest().as_ref()).await?;
+    let bytes = svc.read_small(desc.digest().as_ref()).await?;
     let manifest: ImageManifest = oci::manifest_from_slice(&bytes)
         .map_err(|e| invalid(name, format!("manifest {}: {e}", desc.digest())))?;
     let config_digest = manifest.config().digest().to_string();
-    let cfg_bytes = svc.content.read(&config_digest).await?;
+    let cfg_bytes = svc.read_small(&config_digest).await?;
     let config: ImageConfigJson = serde_json::from_slice(&cfg_bytes)
         .map_err(|e| invalid(name, format!("config {config_digest}: {e}")))?;
     let layers = layers_of(&manifest, &config).map_err(|m| invalid(name, m))?;

@@ -99,7 +99,9 @@ pub async fn load(
     let Some(record) = lease.labels.get(RECORD_LABEL).cloned() else {
         return Ok(None);
     };
-    let blob = match svc.content.read(&record).await {
+    // The lease, just read, names the blob and holds it: its bytes may
+    // come from memory.
+    let blob = match svc.read_small(&record).await {
         Ok(b) => b,
         Err(e) if e.is_not_found() => {
             forget(svc, &id, "record blob is gone").await;
@@ -174,6 +176,8 @@ pub async fn load(
         }
         Ok::<bool, crate::error::WorkerError>(true)
     };
+    // The bump's look at the record blob also tells whether containerd
+    // still has it: its bytes may have come from memory.
     let bump = async {
         let mut labels = HashMap::new();
         labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
@@ -181,14 +185,23 @@ pub async fn load(
         // count one use.
         let used = match svc.content.info(&record).await {
             Ok(info) => usage_count(&info.labels),
+            Err(e) if e.is_not_found() => {
+                svc.memo.forget(&record);
+                return false;
+            }
             Err(_) => 0,
         };
         labels.insert(USAGE_COUNT_LABEL.to_string(), (used + 1).to_string());
         if let Err(e) = svc.content.set_labels(&record, labels).await {
             tracing::warn!(record = %record, error = %e, "cannot update cache record use time");
         }
+        true
     };
-    let (whole, ()) = tokio::join!(protect, bump);
+    let (whole, present) = tokio::join!(protect, bump);
+    if !present {
+        forget(svc, &id, "record blob is gone").await;
+        return Ok(None);
+    }
     if !whole? {
         forget(svc, &id, "snapshot is gone").await;
         return Ok(None);

@@ -7,7 +7,8 @@
 
 use kiln_snapshot::services::{Applier, Content, Images, Leases, Snapshots};
 use kiln_snapshot::Containerd;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 /// The storage services of one containerd namespace (and snapshotter).
 #[derive(Clone)]
@@ -20,6 +21,8 @@ pub struct Services {
     pub images: Arc<dyn Images>,
     /// Unpacks base-image layers (`Diff.Apply`).
     pub applier: Arc<dyn Applier>,
+    /// Small blobs already read, by digest ([`Services::read_small`]).
+    pub memo: Arc<BlobMemo>,
 }
 
 impl Services {
@@ -33,7 +36,26 @@ impl Services {
             leases: c.clone(),
             images: c.clone(),
             applier: c,
+            memo: Arc::default(),
         }
+    }
+
+    /// The bytes of a small blob (a cache record, an image index,
+    /// manifest or config), read from containerd once per digest.
+    ///
+    /// A blob's bytes never change under its digest, so the copy in
+    /// memory is as good as containerd's; what the memo cannot know is
+    /// whether the blob is still *wanted*. So the caller reads first what
+    /// names the digest (the record's lease, the image record) from
+    /// containerd on every use, and only then the blob through here; one
+    /// found gone in containerd is dropped with [`BlobMemo::forget`].
+    pub async fn read_small(&self, digest: &str) -> kiln_snapshot::Result<Arc<[u8]>> {
+        if let Some(b) = self.memo.get(digest) {
+            return Ok(b);
+        }
+        let bytes: Arc<[u8]> = self.content.read(digest).await?.into();
+        self.memo.put(digest, bytes.clone());
+        Ok(bytes)
     }
 
     /// The labels of every image record kiln writes (exports, pulls):
@@ -47,6 +69,74 @@ impl Services {
             labels.insert(CRI_IMAGE_LABEL.to_string(), CRI_MANAGED.to_string());
         }
         labels
+    }
+}
+
+/// Bounded store of small immutable blobs by digest: at most
+/// [`BlobMemo::MAX_BLOB`] bytes each and [`BlobMemo::MAX_TOTAL`] in all,
+/// the oldest dropped first (a daemon's idle memory stays small).
+#[derive(Debug, Default)]
+pub struct BlobMemo(Mutex<MemoInner>);
+
+#[derive(Debug, Default)]
+struct MemoInner {
+    blobs: HashMap<String, Arc<[u8]>>,
+    order: VecDeque<String>,
+    total: usize,
+}
+
+impl BlobMemo {
+    /// The largest blob kept.
+    pub const MAX_BLOB: usize = 64 << 10;
+    /// What all kept blobs may take together.
+    pub const MAX_TOTAL: usize = 1 << 20;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, digest: &str) -> Option<Arc<[u8]>> {
+        self.lock().blobs.get(digest).cloned()
+    }
+
+    fn put(&self, digest: &str, bytes: Arc<[u8]>) {
+        if bytes.len() > Self::MAX_BLOB {
+            return;
+        }
+        let mut m = self.lock();
+        if m.blobs.contains_key(digest) {
+            return;
+        }
+        m.total += bytes.len();
+        m.blobs.insert(digest.to_string(), bytes);
+        m.order.push_back(digest.to_string());
+        while m.total > Self::MAX_TOTAL {
+            let Some(old) = m.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = m.blobs.remove(&old) {
+                m.total -= b.len();
+            }
+        }
+    }
+
+    /// Drops `digest` (containerd no longer has it).
+    pub fn forget(&self, digest: &str) {
+        let mut m = self.lock();
+        if let Some(b) = m.blobs.remove(digest) {
+            m.total -= b.len();
+            m.order.retain(|d| d != digest);
+        }
+    }
+
+    /// How many blobs are kept.
+    pub fn len(&self) -> usize {
+        self.lock().blobs.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

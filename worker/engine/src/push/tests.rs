@@ -205,6 +205,7 @@ async fn fixture() -> Fixture {
         leases: s.clone(),
         images: s.clone(),
         applier: s,
+        memo: Default::default(),
     };
     let lease = LeaseId::named("test", "push");
     svc.leases

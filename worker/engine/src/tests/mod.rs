@@ -49,6 +49,7 @@ fn fixture() -> Fixture {
         leases: s.clone(),
         images: s.clone(),
         applier: s,
+        memo: Default::default(),
     };
     Fixture { dir, mem, svc }
 }
