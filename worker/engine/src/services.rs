@@ -128,16 +128,6 @@ impl BlobMemo {
             m.order.retain(|d| d != digest);
         }
     }
-
-    /// How many blobs are kept.
-    pub fn len(&self) -> usize {
-        self.lock().blobs.len()
-    }
-
-    /// Whether none is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The containerd namespace of Kubernetes' CRI plugin.
