@@ -271,7 +271,7 @@ async fn bad_input_gives_one_line_and_leaves_nothing() {
         (
             "unknown",
             "FROM busybox\nFOO bar\n",
-            "Dockerfile:2: unknown instruction: FOO",
+            "Dockerfile:2: dockerfile parse error on line 2: unknown instruction: FOO",
         ),
         (
             "missing-src",

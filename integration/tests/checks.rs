@@ -134,8 +134,12 @@ async fn check_lints_every_stage_without_building() {
     assert_eq!(remote.stdout, "Check complete, no warnings found.\n");
 
     // A Dockerfile the checks cannot convert: its error and line, printed
-    // alike, and the status is 1.
-    let broken = h.context("check-broken", &[("Dockerfile", "FROM busybox\nFOO bar\n")]);
+    // alike, and the status is 1; with the checks BuildKit's instruction
+    // parser ran before it failed (the stage name's casing of line 1).
+    let broken = h.context(
+        "check-broken",
+        &[("Dockerfile", "FROM busybox AS Build\nFOO bar\n")],
+    );
     let b = broken.to_str().expect("utf8");
     let embedded = h.kiln(ns, &["build", "--check", b]).expect("kiln runs");
     let remote = h
@@ -149,6 +153,16 @@ async fn check_lints_every_stage_without_building() {
     );
     assert!(
         embedded.stdout.contains(" 2 | >>> FOO bar\n"),
+        "{}",
+        embedded.stdout
+    );
+    assert!(
+        embedded
+            .stdout
+            .starts_with("Check complete, 1 warning has been found!\n")
+            && embedded
+                .stdout
+                .contains("\nStage name 'Build' should be lowercase\nDockerfile:1\n"),
         "{}",
         embedded.stdout
     );

@@ -793,8 +793,14 @@ async fn a_failed_step_carries_buildkit_source_details() {
     );
     assert_eq!(source["info"]["data"], base64_std(unparsable.as_bytes()));
     // As BuildKit's frontend: no code, so clients print the message alone
-    // (not "InvalidArgument: Dockerfile:2: ...").
+    // (not "InvalidArgument: Dockerfile:2: ..."), in BuildKit's words.
     assert!(stderr.contains("buildctl-like: code Unknown\n"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "buildctl-like: solve: dockerfile parse error on line 2: unknown instruction: RUNN (did you mean RUN?)\n"
+        ),
+        "{stderr}"
+    );
 }
 
 /// Standard base64 with padding, written out here so the test does not

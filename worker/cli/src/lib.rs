@@ -1450,6 +1450,9 @@ async fn build(
     let pinned = images.pinned();
     drop(images);
     let namespace = engine.services().namespace.clone();
+    // The build checks BuildKit's parser ran before a Dockerfile failed to
+    // parse, printed with the failure.
+    let mut failed_warnings = Vec::new();
     let checked = match planned {
         // The exec op carries no security mode, so none asks for
         // security.insecure.
@@ -1459,9 +1462,25 @@ async fn build(
             .map_err(anyhow::Error::from),
         Err(e) => {
             let hint = base_image_hint(&e, &namespace);
+            // A Dockerfile error about one line gets buildx's snippet of it.
+            let at = match &e {
+                kiln_frontend::FrontendError::Dockerfile(p) => {
+                    failed_warnings = source.parse_warnings(&opts, p);
+                    p.line()
+                }
+                _ => None,
+            };
             let e = anyhow::Error::from(e);
-            Err(match hint {
+            let e = match hint {
                 Some(h) => e.context(h),
+                None => e,
+            };
+            Err(match at {
+                Some(line) => progress::SolveFailed {
+                    message: format!("{e:#}"),
+                    sources: vec![line_source(&source, line)],
+                }
+                .into(),
                 None => e,
             })
         }
@@ -1473,6 +1492,10 @@ async fn build(
             let _ = forward.await;
             drop(shown);
             let _ = display.await;
+            if !report.quiet {
+                let shown: Vec<String> = failed_warnings.iter().map(|w| w.to_string()).collect();
+                print_warnings(&shown);
+            }
             return Err(e);
         }
     };
@@ -1586,18 +1609,7 @@ async fn build(
                 .iter()
                 .filter_map(|v| digests.iter().position(|d| *d == v.vertex.digest))
                 .filter_map(|i| locations.get(i).cloned().flatten())
-                .map(|l| {
-                    let line = i32::try_from(l.line).unwrap_or(i32::MAX);
-                    progress::model::Source {
-                        filename: l.file,
-                        data: source.text.clone().into_bytes(),
-                        language: "Dockerfile".into(),
-                        ranges: vec![progress::model::Range {
-                            start: (line, 0),
-                            end: (line, 0),
-                        }],
-                    }
-                })
+                .map(|l| line_source(&source, l.line))
                 .collect();
             trace.updated.clear();
             return Err(progress::SolveFailed {
@@ -1608,6 +1620,20 @@ async fn build(
         }
     };
     report.report(&results::embedded_response(&result))
+}
+
+/// One line of the Dockerfile as the source of an error, for its snippet.
+fn line_source(source: &kiln_frontend::DockerfileSource, line: usize) -> progress::model::Source {
+    let line = i32::try_from(line).unwrap_or(i32::MAX);
+    progress::model::Source {
+        filename: source.filename.clone(),
+        data: source.text.clone().into_bytes(),
+        language: "Dockerfile".into(),
+        ranges: vec![progress::model::Range {
+            start: (line, 0),
+            end: (line, 0),
+        }],
+    }
 }
 
 /// Fetches a git or HTTP main context with the engine and reads the

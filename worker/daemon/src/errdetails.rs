@@ -135,12 +135,9 @@ pub fn with_details(
     if status.code() == tonic::Code::Ok || (vertex.is_none() && sources.is_empty()) {
         return status;
     }
-    // A step's error: its vertex's source says where. A frontend error
-    // (no vertex) keeps its text.
-    let message = match vertex {
-        Some(_) => without_location(status.message(), sources),
-        None => status.message(),
-    };
+    // A step's error (its vertex's source) or a Dockerfile's (its line):
+    // the detail says where, the message is BuildKit's text alone.
+    let message = without_location(status.message(), sources);
     let mut details = Vec::new();
     if let Some(v) = vertex {
         details.push(prost_types::Any {
@@ -385,10 +382,17 @@ mod tests {
     #[test]
     fn a_frontend_error_names_its_line() {
         let st = with_line(
-            tonic::Status::invalid_argument("Dockerfile:2: unknown instruction: RUNN"),
+            tonic::Status::invalid_argument(
+                "Dockerfile:2: dockerfile parse error on line 2: unknown instruction: RUNN",
+            ),
             "Dockerfile",
             b"FROM busybox\nRUNN x\n",
             Some(2),
+        );
+        // What BuildKit says: the location rides in the details.
+        assert_eq!(
+            st.message(),
+            "dockerfile parse error on line 2: unknown instruction: RUNN"
         );
         let rpc = kiln_proto::rpc::Status::decode(st.details()).expect("google.rpc.Status");
         assert_eq!(rpc.details.len(), 1);

@@ -531,7 +531,12 @@ async fn plan(
             // A Dockerfile error about a line carries it as BuildKit's
             // source detail, so clients print the snippet.
             let line = match &e {
-                FrontendError::Dockerfile(p) => p.line(),
+                FrontendError::Dockerfile(p) => {
+                    // The checks BuildKit's parser ran before it failed.
+                    let ran = source.parse_warnings(&opts, p);
+                    crate::status::warnings(job, &load_name, &filename, &source.text, &ran);
+                    p.line()
+                }
                 _ => None,
             };
             return Err(crate::errdetails::with_line(

@@ -117,7 +117,14 @@ pub struct MountSpec {
     pub required: Option<String>,
 }
 
-/// `RUN [--network=..] [--security=..] [--mount=..]... cmd`.
+/// The values of `RUN --network`.
+pub const NETWORK_MODES: [&str; 3] = ["default", "none", "host"];
+
+/// The values of `RUN --security`.
+pub const SECURITY_MODES: [&str; 2] = ["sandbox", "insecure"];
+
+/// `RUN [--network=..] [--security=..] [--mount=..]... cmd`, `network`
+/// and `security` among [`NETWORK_MODES`] and [`SECURITY_MODES`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
     pub network: Option<String>,
@@ -263,7 +270,7 @@ pub fn parse_with(
             None if matches!(command.instruction, Instruction::Arg(_)) => {
                 df.global_args.push(command)
             }
-            None => return Err(p.invalid(node.line, "no build stage in current context".into())),
+            None => return Err(p.plain(node.line, "no build stage in current context".into())),
         }
     }
     if df.stages.is_empty() {
@@ -274,13 +281,59 @@ pub fn parse_with(
     Ok(df)
 }
 
+/// The build check warnings BuildKit has reported by the time its
+/// instruction parser fails with `err` (an error of [`parse_with`] on the
+/// same arguments): the parser's own (NoEmptyContinuation), and the
+/// checks that parser runs on each instruction up to the failing one
+/// ([`crate::lint::PARSE_TIME_RULES`]). The checks that run on a parsed
+/// file (casing, stage names, ...) never ran; nor did any for an error
+/// of another kind, which is found before those checks or after them.
+pub fn parse_warnings(
+    src: &str,
+    filename: &str,
+    check: Option<&CheckConfig>,
+    syntax_arg: bool,
+    err: &ParseError,
+) -> Vec<Warning> {
+    let failed_at = match err {
+        ParseError::Instruction { line, .. }
+        | ParseError::UnknownInstruction { line, .. }
+        | ParseError::UnknownFlag { line, .. } => *line,
+        _ => return Vec::new(),
+    };
+    let Ok(lines) = parser::split_with(src, filename, check, syntax_arg) else {
+        return Vec::new();
+    };
+    crate::lint::run(&lines.nodes, &lines.warnings, &lines.check)
+        .into_iter()
+        .filter(|w| {
+            w.rule == "NoEmptyContinuation"
+                || (crate::lint::PARSE_TIME_RULES.contains(&w.rule.as_str()) && w.line <= failed_at)
+        })
+        .collect()
+}
+
 struct Parser<'a> {
     file: &'a str,
     escape: char,
 }
 
 impl Parser<'_> {
+    /// An error of BuildKit's instruction parser (most of this module's):
+    /// shown after `dockerfile parse error on line N: ` as BuildKit does.
     fn invalid(&self, line: usize, message: String) -> ParseError {
+        ParseError::Instruction {
+            file: self.file.to_string(),
+            line,
+            message,
+        }
+    }
+
+    /// An error BuildKit gives elsewhere, without that prefix: its line
+    /// parser's (`ENV`/`LABEL` pairs, JSON arrays), or the converter's
+    /// (the fields of `--mount`, which BuildKit checks once expanded;
+    /// `--device`; an instruction before any `FROM`).
+    fn plain(&self, line: usize, message: String) -> ParseError {
         ParseError::Invalid {
             file: self.file.to_string(),
             line,
@@ -418,7 +471,7 @@ impl Parser<'_> {
             "run" | "cmd" | "entrypoint" | "shell" | "volume" | "copy" | "add" | "healthcheck"
         ) && json_not_strings(json_part)
         {
-            return Err(self.invalid(
+            return Err(self.plain(
                 line,
                 "when using JSON array syntax, arrays must be comprised of strings only".into(),
             ));
@@ -544,11 +597,25 @@ impl Parser<'_> {
         let mut mounts = Vec::new();
         for f in &flags {
             match f.name.as_str() {
-                "network" => network = Some(self.flag_value(node, f)?),
-                "security" => security = Some(self.flag_value(node, f)?),
+                // Checked here, as BuildKit's instruction parser does (a
+                // stage the target does not need fails the build too).
+                "network" => {
+                    let v = self.flag_value(node, f)?;
+                    if !NETWORK_MODES.contains(&v.as_str()) {
+                        return Err(self.invalid(node.line, format!("invalid network mode {v:?}")));
+                    }
+                    network = Some(v)
+                }
+                "security" => {
+                    let v = self.flag_value(node, f)?;
+                    if !SECURITY_MODES.contains(&v.as_str()) {
+                        return Err(self.invalid(node.line, format!("security {v:?} is not valid")));
+                    }
+                    security = Some(v)
+                }
                 "mount" => mounts.push(self.mount(node, &self.flag_value(node, f)?)?),
                 // BuildKit's stable frontend rejects it the same way.
-                "device" => return Err(self.invalid(
+                "device" => return Err(self.plain(
                     node.line,
                     "device feature is only supported in Dockerfile frontend 1.14.0-labs or later"
                         .into(),
@@ -576,7 +643,7 @@ impl Parser<'_> {
             };
             let need = |v: Option<String>| {
                 v.ok_or_else(|| {
-                    self.invalid(
+                    self.plain(
                         node.line,
                         format!("invalid field '{field}' must be a key=value pair"),
                     )
@@ -592,7 +659,7 @@ impl Parser<'_> {
                         "ssh" => MountKind::Ssh,
                         t => {
                             return Err(
-                                self.invalid(node.line, format!("unsupported mount type {t:?}"))
+                                self.plain(node.line, format!("unsupported mount type {t:?}"))
                             )
                         }
                     })
@@ -612,7 +679,7 @@ impl Parser<'_> {
                 "required" => m.required = Some(value.unwrap_or_else(|| "true".into())),
                 _ => {
                     return Err(
-                        self.invalid(node.line, format!("unexpected key '{key}' in '{field}'"))
+                        self.plain(node.line, format!("unexpected key '{key}' in '{field}'"))
                     )
                 }
             }
@@ -727,7 +794,7 @@ impl Parser<'_> {
             let key = parts.next().unwrap_or_default().to_string();
             let value = parts.next().map(str::trim_start).unwrap_or_default();
             if value.is_empty() {
-                return Err(self.invalid(line, format!("{what} must have two arguments")));
+                return Err(self.plain(line, format!("{what} must have two arguments")));
             }
             return Ok(Some(vec![KeyValue {
                 key,
@@ -737,7 +804,7 @@ impl Parser<'_> {
         let mut pairs = Vec::with_capacity(words.len());
         for w in &words {
             let Some((k, v)) = w.split_once('=') else {
-                return Err(self.invalid(
+                return Err(self.plain(
                     line,
                     format!(
                         "Syntax error - can't find = in {w:?}. Must be of the form: name=value"
@@ -912,11 +979,11 @@ ADD ["a b", "/c"]
         );
         check(
             "FROM a\nCOPY <<A <<B\na\nA\nb\nB\n",
-            "error: Dockerfile:2: COPY cannot accept a heredoc as a destination",
+            "error: Dockerfile:2: dockerfile parse error on line 2: COPY cannot accept a heredoc as a destination",
         );
         check(
             "FROM a\nADD <<A\na\nA\n",
-            "error: Dockerfile:2: ADD requires at least two arguments, but only one was provided. Destination could not be determined",
+            "error: Dockerfile:2: dockerfile parse error on line 2: ADD requires at least two arguments, but only one was provided. Destination could not be determined",
         );
         check(
             "FROM a\nRUN echo $((1<<4)) \"a<<b\"\n",
@@ -991,23 +1058,23 @@ ADD ["a b", "/c"]
     fn did_you_mean() {
         check(
             "FROM a\nFNTRYPOINT [\"x\"]\n",
-            "error: Dockerfile:2: unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)",
+            "error: Dockerfile:2: dockerfile parse error on line 2: unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)",
         );
         check(
             "FROM a\ncopu x y\n",
-            "error: Dockerfile:2: unknown instruction: copu (did you mean copy?)",
+            "error: Dockerfile:2: dockerfile parse error on line 2: unknown instruction: copu (did you mean copy?)",
         );
         check(
             "FROM a\nRUN --mont=type=cache,target=/x true\n",
-            "error: Dockerfile:2: unknown flag: --mont (did you mean mount?)",
+            "error: Dockerfile:2: dockerfile parse error on line 2: unknown flag: --mont (did you mean mount?)",
         );
         check(
             "FROM a\nCOPY --chmown=1 x y\n",
-            "error: Dockerfile:2: unknown flag: --chmown (did you mean chown?)",
+            "error: Dockerfile:2: dockerfile parse error on line 2: unknown flag: --chmown (did you mean chown?)",
         );
         check(
             "FROM --platfrom=linux/amd64 a\n",
-            "error: Dockerfile:1: unknown flag: --platfrom (did you mean platform?)",
+            "error: Dockerfile:1: dockerfile parse error on line 1: unknown flag: --platfrom (did you mean platform?)",
         );
     }
 
@@ -1018,6 +1085,44 @@ ADD ["a b", "/c"]
             r#"stage 0 1: base=a name=None platform=None
   2: Run(Run { network: Some("none"), security: None, mounts: [MountSpec { kind: Some(Cache), target: Some("/root/.cache"), source: None, from: None, id: Some("x"), sharing: Some("locked"), readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None, env: None, required: None }, MountSpec { kind: Some(Tmpfs), target: Some("/t"), source: None, from: None, id: None, sharing: None, readonly: None, readwrite: None, uid: None, gid: None, mode: None, size: None, env: None, required: None }], cmd: Shell("make"), heredocs: [] })"#,
         );
+    }
+
+    /// BuildKit's instruction parser runs some checks on each instruction
+    /// before parsing it; when one fails, those that ran are reported with
+    /// the error, and no other.
+    #[test]
+    fn a_parse_error_keeps_the_checks_run_before_it() {
+        let rules = |src: &str| {
+            let err = parse(src, "Dockerfile").expect_err("does not parse");
+            parse_warnings(src, "Dockerfile", None, false, &err)
+                .into_iter()
+                .map(|w| format!("{} {}", w.line, w.rule))
+                .collect::<Vec<_>>()
+        };
+        // An empty continuation line (the parser's), the casing checks of
+        // the FROM before the error and of the failing FROM itself; not the
+        // later MAINTAINER's, not ConsistentInstructionCasing (run on the
+        // whole file once parsed).
+        let src = "FROM busybox as Build\nRUN echo \\\n\n  x\nrun true\nfrom --nope busybox AS Other\nMAINTAINER me\n";
+        assert_eq!(
+            rules(src),
+            [
+                "1 StageNameCasing",
+                "1 FromAsCasing",
+                "4 NoEmptyContinuation",
+                "6 StageNameCasing",
+                "6 FromAsCasing",
+            ]
+        );
+        // A failing MAINTAINER was checked first.
+        assert_eq!(
+            rules("FROM busybox\nMAINTAINER\n"),
+            ["2 MaintainerDeprecated"]
+        );
+        // An error of BuildKit's line parser comes before any check.
+        let src = "FROM busybox AS Build\nENV x\n";
+        let err = parse(src, "Dockerfile").expect_err("does not parse");
+        assert!(parse_warnings(src, "Dockerfile", None, false, &err).is_empty());
     }
 
     #[test]
@@ -1037,19 +1142,19 @@ ADD ["a b", "/c"]
         );
         check(
             "FROM a\n\nFOO bar\n",
-            "error: Dockerfile:3: unknown instruction: FOO (did you mean FROM?)",
+            "error: Dockerfile:3: dockerfile parse error on line 3: unknown instruction: FOO (did you mean FROM?)",
         );
         check(
             "FROM a\nxyzzy bar\n",
-            "error: Dockerfile:2: unknown instruction: xyzzy",
+            "error: Dockerfile:2: dockerfile parse error on line 2: unknown instruction: xyzzy",
         );
         check(
             "FROM a b\n",
-            "error: Dockerfile:1: FROM requires either one or three arguments",
+            "error: Dockerfile:1: dockerfile parse error on line 1: FROM requires either one or three arguments",
         );
         check(
             "FROM a AS 1x\n",
-            "error: Dockerfile:1: invalid name for build stage: \"1x\", name can't start with a number or contain symbols",
+            "error: Dockerfile:1: dockerfile parse error on line 1: invalid name for build stage: \"1x\", name can't start with a number or contain symbols",
         );
         check(
             "FROM a\nENV A\n",
@@ -1061,35 +1166,35 @@ ADD ["a b", "/c"]
         );
         check(
             "FROM a\nSHELL /bin/sh\n",
-            "error: Dockerfile:2: SHELL requires the arguments to be in JSON form",
+            "error: Dockerfile:2: dockerfile parse error on line 2: SHELL requires the arguments to be in JSON form",
         );
         check(
             "FROM a\nCOPY x\n",
-            "error: Dockerfile:2: COPY requires at least two arguments, but only one was provided. Destination could not be determined",
+            "error: Dockerfile:2: dockerfile parse error on line 2: COPY requires at least two arguments, but only one was provided. Destination could not be determined",
         );
         check(
             "FROM a\nCOPY --nope x y\n",
-            "error: Dockerfile:2: unknown flag: --nope",
+            "error: Dockerfile:2: dockerfile parse error on line 2: unknown flag: --nope",
         );
         check(
             "FROM a\nADD --from=b x y\n",
-            "error: Dockerfile:2: unknown flag: --from",
+            "error: Dockerfile:2: dockerfile parse error on line 2: unknown flag: --from",
         );
         check(
             "FROM a\nHEALTHCHECK --interval=1s --retry=2 CMD true\n",
-            "error: Dockerfile:2: unknown flag: --retry",
+            "error: Dockerfile:2: dockerfile parse error on line 2: unknown flag: --retry",
         );
         check(
             "FROM a\nHEALTHCHECK --timeout=500us CMD true\n",
-            "error: Dockerfile:2: Interval \"timeout\" cannot be less than 1ms",
+            "error: Dockerfile:2: dockerfile parse error on line 2: Interval \"timeout\" cannot be less than 1ms",
         );
         check(
             "FROM a\nONBUILD ONBUILD RUN true\n",
-            "error: Dockerfile:2: Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+            "error: Dockerfile:2: dockerfile parse error on line 2: Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
         );
         check(
             "FROM a\nONBUILD --x RUN true\n",
-            "error: Dockerfile:2: unknown flag: --x",
+            "error: Dockerfile:2: dockerfile parse error on line 2: unknown flag: --x",
         );
         check(
             "FROM a\nRUN --mount=type=ssh,agent=x cat /s\n",
@@ -1097,7 +1202,7 @@ ADD ["a b", "/c"]
         );
         check(
             "FROM a\nARG =1\n",
-            "error: Dockerfile:2: ARG names can not be blank",
+            "error: Dockerfile:2: dockerfile parse error on line 2: ARG names can not be blank",
         );
     }
 }

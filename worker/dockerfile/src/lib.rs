@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 pub use convert::epoch::{epoch_source, EpochSource, ResolvedEpoch};
 pub use convert::gocompat::ram_in_bytes;
 pub use convert::{to_graph, Build, ContextRead};
-pub use instructions::{parse, parse_with, parse_with_check, Dockerfile};
+pub use instructions::{parse, parse_warnings, parse_with, parse_with_check, Dockerfile};
 pub use reference::RefError;
 
 /// Errors of the Dockerfile frontend. Every message names the file, and the
@@ -61,7 +61,11 @@ pub enum ParseError {
     NoStages { file: String },
     /// An instruction keyword that is not a Dockerfile instruction, as
     /// written, with a ` (did you mean X?)` hint when one is close.
-    #[error("{file}:{line}: unknown instruction: {word}{hint}")]
+    /// BuildKit's instruction parser refuses it, as all errors of that
+    /// parser, with `dockerfile parse error on line N: ` before the message.
+    #[error(
+        "{file}:{line}: dockerfile parse error on line {line}: unknown instruction: {word}{hint}"
+    )]
     UnknownInstruction {
         file: String,
         line: usize,
@@ -69,7 +73,7 @@ pub enum ParseError {
         hint: String,
     },
     /// A `--flag` the instruction does not take (`--name`), with a hint.
-    #[error("{file}:{line}: unknown flag: {flag}{hint}")]
+    #[error("{file}:{line}: dockerfile parse error on line {line}: unknown flag: {flag}{hint}")]
     UnknownFlag {
         file: String,
         line: usize,
@@ -83,8 +87,20 @@ pub enum ParseError {
         line: usize,
         feature: String,
     },
-    /// A malformed instruction (wrong arguments, bad flag value, bad
-    /// substitution, ...); the message follows BuildKit's wording.
+    /// An instruction BuildKit's instruction parser refuses (wrong
+    /// number of arguments, a bad flag value, a bad `HEALTHCHECK` or
+    /// `ONBUILD`, ...): the message follows BuildKit's, which puts
+    /// `dockerfile parse error on line N: ` before each error of that
+    /// parser (and only of that one).
+    #[error("{file}:{line}: dockerfile parse error on line {line}: {message}")]
+    Instruction {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    /// Any other malformed input about one line (BuildKit's line parser,
+    /// a bad substitution, a value refused when the step is converted,
+    /// ...); the message follows BuildKit's wording.
     #[error("{file}:{line}: {message}")]
     Invalid {
         file: String,
@@ -130,6 +146,7 @@ impl ParseError {
             ParseError::UnknownInstruction { line, .. }
             | ParseError::UnknownFlag { line, .. }
             | ParseError::Unsupported { line, .. }
+            | ParseError::Instruction { line, .. }
             | ParseError::Invalid { line, .. }
             | ParseError::Reference { line, .. }
             | ParseError::MissingBaseConfig { line, .. } => Some(*line),

@@ -180,6 +180,12 @@ struct StageLint {
     last: [Option<usize>; 3],
 }
 
+/// The rules BuildKit's instruction parser runs on each instruction as it
+/// parses it (before parsing it: an instruction that then fails to parse
+/// has had them); the others run once the whole file parsed, or on the
+/// build steps.
+pub const PARSE_TIME_RULES: [&str; 3] = ["MaintainerDeprecated", "StageNameCasing", "FromAsCasing"];
+
 /// Runs the rules over the logical lines of a file; `parser_warnings` are
 /// those the parser found (NoEmptyContinuation). Only rules `check` enables
 /// are kept, in line order.

@@ -242,11 +242,11 @@ pub async fn check<I: ImageConfigs>(
     let (warnings, error) = match plan_for(source, &opts, &first, images).await {
         Ok(build) => (build.warnings, None),
         Err(e) => {
-            let line = match &e {
-                FrontendError::Dockerfile(p) => p.line(),
-                _ => None,
+            let (line, warnings) = match &e {
+                FrontendError::Dockerfile(p) => (p.line(), source.parse_warnings(&opts, p)),
+                _ => (None, Vec::new()),
             };
-            (Vec::new(), Some((e.to_string(), line)))
+            (warnings, Some((e.to_string(), line)))
         }
     };
     CheckReport {

@@ -742,6 +742,23 @@ impl DockerfileSource {
             opts.syntax_arg(),
         )?)
     }
+
+    /// The build check warnings BuildKit reports beside `err`, an error
+    /// of [`DockerfileSource::parse`] with the same `opts`
+    /// ([`kiln_dockerfile::parse_warnings`]).
+    pub fn parse_warnings(
+        &self,
+        opts: &FrontendOptions,
+        err: &ParseError,
+    ) -> Vec<kiln_dockerfile::parser::Warning> {
+        kiln_dockerfile::parse_warnings(
+            &self.text,
+            &self.filename,
+            opts.check.as_ref(),
+            opts.syntax_arg(),
+            err,
+        )
+    }
 }
 
 /// The largest Dockerfile or ignore file kiln reads: these files come

@@ -1190,35 +1190,29 @@ pub(super) fn parse_trigger(trigger: &str, file: &str, line: usize) -> Result<Co
 }
 
 /// An error of a parsed ONBUILD trigger, moved to the line of the `FROM`
-/// that ran it.
+/// that ran it. BuildKit parses a trigger with `ParseCommand`, not with
+/// the whole file's parser: its errors come without the
+/// `dockerfile parse error on line N: ` of the latter.
 fn at_line(e: ParseError, at: usize) -> ParseError {
+    let plain = |file, message| ParseError::Invalid {
+        file,
+        line: at,
+        message,
+    };
     match e {
         ParseError::UnknownInstruction {
             file, word, hint, ..
-        } => ParseError::UnknownInstruction {
-            file,
-            line: at,
-            word,
-            hint,
-        },
+        } => plain(file, format!("unknown instruction: {word}{hint}")),
         ParseError::UnknownFlag {
             file, flag, hint, ..
-        } => ParseError::UnknownFlag {
-            file,
-            line: at,
-            flag,
-            hint,
-        },
+        } => plain(file, format!("unknown flag: {flag}{hint}")),
         ParseError::Unsupported { file, feature, .. } => ParseError::Unsupported {
             file,
             line: at,
             feature,
         },
-        ParseError::Invalid { file, message, .. } => ParseError::Invalid {
-            file,
-            line: at,
-            message,
-        },
+        ParseError::Instruction { file, message, .. }
+        | ParseError::Invalid { file, message, .. } => plain(file, message),
         ParseError::Reference {
             file, name, err, ..
         } => ParseError::Reference {

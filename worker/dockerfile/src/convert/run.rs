@@ -72,17 +72,19 @@ impl Converter<'_> {
             .as_deref()
             .or(self.opts.force_network.as_deref())
         {
-            None | Some("default") => NetMode::Unset,
+            // The parser let only `default`, `none` and `host` through
+            // (`instructions::NETWORK_MODES`), the frontend the same for
+            // the build's `force-network-mode`.
             Some("none") => NetMode::None,
             Some("host") => NetMode::Host,
-            Some(n) => return Err(self.file_err(line, format!("invalid network mode {n:?}"))),
+            _ => NetMode::Unset,
         };
         // Whether the build may use `insecure` is the entitlement check's
-        // business (the daemon's), not the Dockerfile's.
+        // business (the daemon's), not the Dockerfile's; the parser let
+        // only `sandbox` and `insecure` through.
         let security = match run.security.as_deref() {
-            None | Some("sandbox") => SecurityMode::Sandbox,
             Some("insecure") => SecurityMode::Insecure,
-            Some(s) => return Err(self.file_err(line, format!("security {s:?} is not valid"))),
+            _ => SecurityMode::Sandbox,
         };
         let mut mounts = vec![Mount {
             input: st.edge.map(|e| inputs.index(e)),

@@ -906,11 +906,11 @@ fn conversion_errors_name_the_line() {
     );
     check(
         "FROM busybox\nRUN --network=bridge x\n",
-        "error: Dockerfile:2: invalid network mode \"bridge\"",
+        "error: Dockerfile:2: dockerfile parse error on line 2: invalid network mode \"bridge\"",
     );
     check(
         "FROM busybox\nRUN --security=privileged x\n",
-        "error: Dockerfile:2: security \"privileged\" is not valid",
+        "error: Dockerfile:2: dockerfile parse error on line 2: security \"privileged\" is not valid",
     );
     check(
         "FROM busybox\nENV A=\"${B:?must be set}\"\n",
