@@ -261,16 +261,21 @@ fn check(h: &Harness, buildctl: &Path, addr: &str, case: &Case) -> Outcome {
                 Outcome::Differ(format!("BuildKit built it; kiln expects {want:?}"))
             };
         }
-        // kiln prefixes `Dockerfile:N: `; BuildKit words the location its
-        // own way, so the message after the location is compared.
-        let message = want.split_once(": ").map_or(want.as_str(), |(loc, rest)| {
-            if loc.contains(':') {
-                rest
-            } else {
-                want.as_str()
-            }
+        // kiln prefixes `Dockerfile:N: `; BuildKit puts the location in
+        // the error's source (the snippet buildctl prints), so the message
+        // after the location is compared; but BuildKit's own words for
+        // the line, `dockerfile parse error on line N: `, before it and not
+        // in kiln's message, are a difference.
+        let located = want
+            .split_once(": ")
+            .filter(|(loc, _)| loc.contains(':'))
+            .map(|(loc, rest)| (loc.trim_start_matches(|c: char| c != ':'), rest));
+        let message = located.map_or(want.as_str(), |(_, rest)| rest);
+        let unsaid_prefix = located.is_some_and(|(line, rest)| {
+            let line = line.trim_start_matches(':');
+            stderr.contains(&format!("dockerfile parse error on line {line}: {rest}"))
         });
-        if stderr.contains(message) {
+        if stderr.contains(message) && !unsaid_prefix {
             return Outcome::Agree;
         }
         let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
