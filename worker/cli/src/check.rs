@@ -18,9 +18,15 @@ impl std::fmt::Display for ChecksFound {
 
 impl std::error::Error for ChecksFound {}
 
-/// Prints `report` as buildx does; `Err(ChecksFound)` when it holds
-/// warnings or an error.
-pub fn print(report: &CheckReport, w: &mut dyn Write) -> Result<(), ChecksFound> {
+/// Prints `report` as buildx does: the warnings to `w`, the error that
+/// stopped the checks to `err` (buildx returns it as the command's error:
+/// `ERROR: ` and the message, then its snippet); `Err(ChecksFound)` when
+/// it holds warnings or an error.
+pub fn print(
+    report: &CheckReport,
+    w: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), ChecksFound> {
     let n = report.warnings.len();
     match n {
         0 if report.error.is_none() => {
@@ -41,10 +47,13 @@ pub fn print(report: &CheckReport, w: &mut dyn Write) -> Result<(), ChecksFound>
         if n > 0 {
             let _ = writeln!(w);
         }
-        let _ = writeln!(w, "{message}");
+        let _ = w.flush();
+        let _ = writeln!(err, "ERROR: {message}");
         if let Some(l) = line {
-            let _ = write!(w, "{}", report.snippet(*l));
+            let _ = write!(err, "{}", report.snippet(*l));
         }
+        // The docker CLI's line end after the error's own.
+        let _ = writeln!(err);
     }
     Err(ChecksFound(n + usize::from(report.error.is_some())))
 }
@@ -66,9 +75,10 @@ mod tests {
             }],
             error: None,
         };
-        let mut out = Vec::new();
-        let r = print(&report, &mut out);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let r = print(&report, &mut out, &mut err);
         assert!(matches!(r, Err(ChecksFound(1))), "{r:?}");
+        assert!(err.is_empty());
         assert_eq!(
             String::from_utf8_lossy(&out),
             "Check complete, 1 warning has been found!\n\
@@ -84,13 +94,37 @@ mod tests {
         );
         let clean = CheckReport {
             warnings: Vec::new(),
-            ..report
+            ..report.clone()
         };
         let mut out = Vec::new();
-        assert!(print(&clean, &mut out).is_ok());
+        assert!(print(&clean, &mut out, &mut Vec::new()).is_ok());
         assert_eq!(
             String::from_utf8_lossy(&out),
             "Check complete, no warnings found.\n"
+        );
+        // The error goes where buildx's goes (checked against buildx v0.36
+        // and buildkitd 73ed6825c).
+        let broken = CheckReport {
+            source: "FROM busybox AS Build\nFOO bar\n".into(),
+            error: Some((
+                "dockerfile parse error on line 2: unknown instruction: FOO".into(),
+                Some(2),
+            )),
+            ..report
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let r = print(&broken, &mut out, &mut err);
+        assert!(matches!(r, Err(ChecksFound(2))), "{r:?}");
+        assert!(String::from_utf8_lossy(&out).ends_with("--------------------\n\n"));
+        assert_eq!(
+            String::from_utf8_lossy(&err),
+            "ERROR: dockerfile parse error on line 2: unknown instruction: FOO\n\
+             Dockerfile:2\n\
+             --------------------\n   \
+             1 |     FROM busybox AS Build\n   \
+             2 | >>> FOO bar\n   \
+             3 |     \n\
+             --------------------\n\n"
         );
     }
 }

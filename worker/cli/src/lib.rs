@@ -1179,7 +1179,11 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
             let json = field("result.json")?;
             let report = kiln_frontend::check::CheckReport::from_json(json)
                 .with_context(|| format!("the daemon's lint result {json:?}"))?;
-            check::print(&report, &mut std::io::stdout().lock())?;
+            check::print(
+                &report,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
             return Ok(());
         }
         return stdout(&call_answer(
@@ -1347,8 +1351,11 @@ async fn build(
             .with_oci_stores(oci_stores(&args)?);
         let report = kiln_frontend::check::check(source, &opts, &images).await;
         reporting(&args).report_call(&report.metadata())?;
-        let mut stdout = std::io::stdout().lock();
-        check::print(&report, &mut stdout)?;
+        check::print(
+            &report,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )?;
         return Ok(());
     }
     // Progress starts before the frontend, which shows its registry

@@ -233,9 +233,10 @@ pub async fn lint(
     let source = if opts.remote_context.is_some() {
         remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?
     } else {
-        // The check of ignored files needs the patterns before planning.
+        // The check of ignored files needs the patterns before planning;
+        // as in BuildKit, a file that does not parse gets no further.
         let mut def = definition(d, job, session, &opts).await?;
-        if def.context_ignore {
+        if def.context_ignore && def.source.parse(&opts).is_ok() {
             context_ignore(d, job, session, &opts, &mut def.source).await?;
         }
         def.source

@@ -142,15 +142,33 @@ impl ParseError {
     /// The Dockerfile line the error is about, when it is about one (for
     /// the source snippet clients print).
     pub fn line(&self) -> Option<usize> {
+        self.location().map(|(_, line)| line)
+    }
+
+    /// The file and line the error is about, when it is about one.
+    fn location(&self) -> Option<(&str, usize)> {
         match self {
-            ParseError::UnknownInstruction { line, .. }
-            | ParseError::UnknownFlag { line, .. }
-            | ParseError::Unsupported { line, .. }
-            | ParseError::Instruction { line, .. }
-            | ParseError::Invalid { line, .. }
-            | ParseError::Reference { line, .. }
-            | ParseError::MissingBaseConfig { line, .. } => Some(*line),
+            ParseError::UnknownInstruction { file, line, .. }
+            | ParseError::UnknownFlag { file, line, .. }
+            | ParseError::Unsupported { file, line, .. }
+            | ParseError::Instruction { file, line, .. }
+            | ParseError::Invalid { file, line, .. }
+            | ParseError::Reference { file, line, .. }
+            | ParseError::MissingBaseConfig { file, line, .. } => Some((file, *line)),
             _ => None,
+        }
+    }
+
+    /// The message as BuildKit words it, for where the line is given
+    /// apart from it (a lint result's `buildError`, whose location is its
+    /// own field): without the `FILE:LINE: ` that begins kiln's.
+    pub fn unlocated(&self) -> String {
+        let text = self.to_string();
+        match self.location() {
+            Some((file, line)) => text
+                .strip_prefix(&format!("{file}:{line}: "))
+                .map_or_else(|| text.clone(), str::to_string),
+            None => text,
         }
     }
 }

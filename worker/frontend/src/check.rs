@@ -242,11 +242,14 @@ pub async fn check<I: ImageConfigs>(
     let (warnings, error) = match plan_for(source, &opts, &first, images).await {
         Ok(build) => (build.warnings, None),
         Err(e) => {
-            let (line, warnings) = match &e {
-                FrontendError::Dockerfile(p) => (p.line(), source.parse_warnings(&opts, p)),
-                _ => (None, Vec::new()),
+            // BuildKit's `buildError`: its location apart from the message.
+            let (message, line, warnings) = match &e {
+                FrontendError::Dockerfile(p) => {
+                    (p.unlocated(), p.line(), source.parse_warnings(&opts, p))
+                }
+                _ => (e.to_string(), None, Vec::new()),
             };
-            (warnings, Some((e.to_string(), line)))
+            (warnings, Some((message, line)))
         }
     };
     CheckReport {
