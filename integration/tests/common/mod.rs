@@ -172,9 +172,11 @@ pub fn layers(h: &Harness, ns: &str, name: &str) -> (Vec<String>, Vec<String>) {
 }
 
 /// Copies the very same busybox image from namespace `from` into `to`
-/// (export and import with ctr), for a cold build to compare with.
+/// (export and import with ctr), for a cold build to compare with. The
+/// tar is named after both namespaces: tests of one binary share the
+/// harness's state directory and run at once.
 pub fn copy_busybox(h: &Harness, from: &str, to: &str) {
-    let bb = h.state_dir().join("busybox-image.tar");
+    let bb = h.state_dir().join(format!("busybox-image-{from}-{to}.tar"));
     let bb = bb.to_str().expect("utf8");
     h.ctr(
         from,
