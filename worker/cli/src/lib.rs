@@ -1372,16 +1372,16 @@ async fn build(
         transfers.clone(),
         shown.clone(),
     ));
+    let local_context = local_source.is_some();
     let source = match local_source {
         // kilnd's steps before it plans, with what its fetches of the
         // same files from this client would take. A remote context's
         // Dockerfile comes with the context's own step instead.
         Some(s) => {
-            let steps = progress::internal::definition_steps(
+            let steps = progress::internal::definition_step(
                 &mut embedded.lock().unwrap_or_else(|p| p.into_inner()),
                 &opts,
                 df_dir,
-                &context,
             );
             for u in steps {
                 let _ = shown.send(u).await;
@@ -1430,8 +1430,20 @@ async fn build(
         .with_progress(tx.clone());
     // Every platform of `--platform a,b` is planned; one graph holds them.
     let multi = kiln_frontend::is_multi_platform(&opts);
-    let all = match epoch {
-        Ok(()) => kiln_frontend::plan_all(&source, &opts, &images).await,
+    let resolved = match epoch {
+        Ok(()) => kiln_frontend::resolve_all(&source, &opts, &images).await,
+        Err(e) => Err(e),
+    };
+    let all = match resolved {
+        Ok(bases) => {
+            // A remote context's ignore file came with the context.
+            if local_context {
+                for e in progress::internal::ignore_step(&opts, df_dir, &context) {
+                    tx.send(e).await;
+                }
+            }
+            kiln_frontend::finish_all(&source, &opts, &bases).await
+        }
         Err(e) => Err(e),
     };
     let planned = match all {

@@ -553,8 +553,9 @@ pub async fn base_image(
 /// for the frontend: from the store, or read from the registry (manifest
 /// and config only, stored nowhere; the source op pulls the image). Also
 /// returns the index or manifest digest it came from, to pin.
-/// A registry lookup shows as BuildKit's `[internal] load metadata for
-/// <name>` vertex on `report` (its `vertex` is the id to use).
+/// The lookup shows as BuildKit's `[internal] load metadata for <name>`
+/// vertex on `report` (its `vertex` is the id to use), whether the
+/// registry was asked or not, as BuildKit shows every one.
 pub async fn base_config(
     svc: &Services,
     client: &Client,
@@ -564,42 +565,45 @@ pub async fn base_config(
     report: &Reporter,
 ) -> Result<(ImageConfigJson, String)> {
     let r = parse_reference(name)?;
-    let found = local(svc, name, platform).await?;
-    match (mode.decide(r.digest.is_some(), found.is_some()), found) {
-        (Decision::UseLocal, Some(b)) => Ok((b.config, b.target)),
-        (Decision::UseLocal | Decision::PullMissing | Decision::AskRegistry, found) => {
-            let step = match platform {
-                Some(p) => format!("[internal] load metadata for {name} ({p})"),
-                None => format!("[internal] load metadata for {name}"),
-            };
-            let started = SystemTime::now();
-            if let Some(vertex) = report.vertex {
-                report
-                    .progress
-                    .send(ProgressEvent::Started {
-                        vertex,
-                        name: step.clone(),
-                        at: started,
-                    })
-                    .await;
+    let step = match platform {
+        Some(p) => format!("[internal] load metadata for {name} ({p})"),
+        None => format!("[internal] load metadata for {name}"),
+    };
+    let started = SystemTime::now();
+    if let Some(vertex) = report.vertex {
+        report
+            .progress
+            .send(ProgressEvent::Started {
+                vertex,
+                name: step.clone(),
+                at: started,
+            })
+            .await;
+    }
+    let looked_up = async {
+        let found = local(svc, name, platform).await?;
+        match (mode.decide(r.digest.is_some(), found.is_some()), found) {
+            (Decision::UseLocal, Some(b)) => Ok((b.config, b.target)),
+            (Decision::UseLocal | Decision::PullMissing | Decision::AskRegistry, found) => {
+                let want = platform.cloned().unwrap_or_else(oci::worker_platform);
+                remote_config(client, &r, &want, found).await
             }
-            let want = platform.cloned().unwrap_or_else(oci::worker_platform);
-            let r = remote_config(client, &r, &want, found).await;
-            if let Some(vertex) = report.vertex {
-                report
-                    .progress
-                    .send(ProgressEvent::Completed {
-                        vertex,
-                        name: step,
-                        cached: false,
-                        error: r.as_ref().err().map(|e| e.to_string()),
-                        at: SystemTime::now(),
-                    })
-                    .await;
-            }
-            r
         }
     }
+    .await;
+    if let Some(vertex) = report.vertex {
+        report
+            .progress
+            .send(ProgressEvent::Completed {
+                vertex,
+                name: step,
+                cached: false,
+                error: looked_up.as_ref().err().map(|e| e.to_string()),
+                at: SystemTime::now(),
+            })
+            .await;
+    }
+    looked_up
 }
 
 /// Resolves `r` at the registry and reads its config for `platform` (and

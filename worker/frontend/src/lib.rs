@@ -925,6 +925,17 @@ pub trait ImageConfigs {
         reference: &str,
         platform: Option<&kiln_solver::Platform>,
     ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send;
+
+    /// The digest (of an index or a manifest) the image `reference` for
+    /// `platform` was resolved to by [`ImageConfigs::image_config`], when
+    /// it was pinned to one: BuildKit names the `FROM` step by it.
+    fn pinned_digest(
+        &self,
+        _reference: &str,
+        _platform: Option<&kiln_solver::Platform>,
+    ) -> Option<String> {
+        None
+    }
 }
 
 /// The engine's base images, resolved with one build's mode and
@@ -939,6 +950,15 @@ impl ImageConfigs for kiln_engine::build::BaseImages {
             Some(l) => self.layout_config(&l.store, &l.digest, platform).await,
             None => kiln_engine::build::BaseImages::image_config(self, reference, platform).await,
         }
+    }
+
+    fn pinned_digest(
+        &self,
+        reference: &str,
+        platform: Option<&kiln_solver::Platform>,
+    ) -> Option<String> {
+        self.pinned()
+            .get(&kiln_engine::resolve::Pinned::key(reference, platform))
     }
 }
 
@@ -1018,7 +1038,18 @@ pub async fn plan_all<I: ImageConfigs>(
     images: &I,
 ) -> Result<Vec<(kiln_solver::Platform, kiln_dockerfile::Build)>> {
     let bases = resolve_all(source, opts, images).await?;
-    let mut all = convert_all(source, opts, &bases)?;
+    finish_all(source, opts, &bases).await
+}
+
+/// The second half of [`plan_all`], after [`resolve_all`]: each
+/// platform's graph ([`convert_all`]) with the known hosts of its ssh git
+/// sources pinned.
+pub async fn finish_all(
+    source: &DockerfileSource,
+    opts: &FrontendOptions,
+    bases: &BaseConfigs,
+) -> Result<Vec<(kiln_solver::Platform, kiln_dockerfile::Build)>> {
+    let mut all = convert_all(source, opts, bases)?;
     for (_, build) in &mut all {
         knownhosts::pin(&mut build.graph).await;
     }
@@ -1032,7 +1063,17 @@ pub async fn plan_all<I: ImageConfigs>(
 pub struct BaseConfigs {
     df: kiln_dockerfile::Dockerfile,
     /// Per target platform, the configs under [`kiln_dockerfile::BaseRef::key`].
-    platforms: Vec<(kiln_solver::Platform, BTreeMap<String, ImageConfig>)>,
+    platforms: Vec<(kiln_solver::Platform, Resolved)>,
+}
+
+/// The base images of one platform's build, resolved.
+#[derive(Clone, Debug, Default)]
+struct Resolved {
+    /// Their configs, under [`kiln_dockerfile::BaseRef::key`].
+    configs: BTreeMap<String, ImageConfig>,
+    /// By reference, the digest each was pinned to (`None`: two
+    /// platforms' lookups of one reference gave two digests).
+    pins: BTreeMap<String, Option<String>>,
 }
 
 /// Parses the Dockerfile and resolves the base images of every target
@@ -1119,17 +1160,17 @@ async fn resolve_for<I: ImageConfigs>(
     opts: &FrontendOptions,
     target: &kiln_solver::Platform,
     images: &I,
-) -> Result<BTreeMap<String, ImageConfig>> {
+) -> Result<Resolved> {
     let build_opts = build_options_for(source, opts, target);
-    let mut bases = BTreeMap::new();
+    let mut bases = Resolved::default();
     // A base image's ONBUILD trigger may copy from a stage whose base is
     // another image: resolve until no new base appears (each round adds at
     // least one ref of the Dockerfile's finite set, or ends).
     loop {
         let new: Vec<kiln_dockerfile::BaseRef> = df
-            .base_image_refs_with(&build_opts, &bases)?
+            .base_image_refs_with(&build_opts, &bases.configs)?
             .into_iter()
-            .filter(|b| !bases.contains_key(&b.key()))
+            .filter(|b| !bases.configs.contains_key(&b.key()))
             .collect();
         if new.is_empty() {
             break;
@@ -1145,10 +1186,11 @@ fn convert_for(
     source: &DockerfileSource,
     opts: &FrontendOptions,
     target: &kiln_solver::Platform,
-    bases: &BTreeMap<String, ImageConfig>,
+    bases: &Resolved,
 ) -> Result<kiln_dockerfile::Build> {
     let build_opts = build_options_for(source, opts, target);
-    let mut build = kiln_dockerfile::to_graph(df, &build_opts, bases)?;
+    let mut build = kiln_dockerfile::to_graph(df, &build_opts, &bases.configs)?;
+    name_pinned(&mut build.graph, &bases.pins);
     check::copy_ignored(df, &build_opts, &mut build)?;
     if let Some(remote) = &opts.remote_context {
         let (graph, result) = remote::replace_context(build.graph, build.result, remote)?;
@@ -1164,7 +1206,7 @@ async fn resolve_bases<I: ImageConfigs>(
     opts: &FrontendOptions,
     images: &I,
     refs: Vec<kiln_dockerfile::BaseRef>,
-    bases: &mut BTreeMap<String, ImageConfig>,
+    bases: &mut Resolved,
 ) -> Result<()> {
     for base in refs {
         let image = &base.reference;
@@ -1175,7 +1217,9 @@ async fn resolve_bases<I: ImageConfigs>(
         if let Some(bytes) = input {
             let cfg: kiln_engine::oci::ImageConfigJson = serde_json::from_slice(bytes)
                 .map_err(|e| invalid(&format!("input-metadata:{image}"), "", e))?;
-            bases.insert(base.key(), kiln_engine::base::frontend_config(&cfg));
+            bases
+                .configs
+                .insert(base.key(), kiln_engine::base::frontend_config(&cfg));
             continue;
         }
         let cfg = match images.image_config(image, base.platform.as_ref()).await {
@@ -1189,9 +1233,39 @@ async fn resolve_bases<I: ImageConfigs>(
                 })
             }
         };
-        bases.insert(base.key(), cfg);
+        if let Some(digest) = images.pinned_digest(image, base.platform.as_ref()) {
+            let pin = bases
+                .pins
+                .entry(image.clone())
+                .or_insert(Some(digest.clone()));
+            if pin.as_ref() != Some(&digest) {
+                *pin = None;
+            }
+        }
+        bases.configs.insert(base.key(), cfg);
     }
     Ok(())
+}
+
+/// Names each image's `FROM` step with the digest the image was pinned
+/// to, as BuildKit does (`[1/2] FROM docker.io/library/busybox:latest@sha256:...`).
+fn name_pinned(graph: &mut kiln_solver::Graph, pins: &BTreeMap<String, Option<String>>) {
+    for v in &mut graph.vertices {
+        let kiln_solver::Op::Source(op) = &v.op else {
+            continue;
+        };
+        let Some(reference) = op.identifier.strip_prefix("docker-image://") else {
+            continue;
+        };
+        if reference.contains('@') {
+            continue;
+        }
+        if let Some(Some(digest)) = pins.get(reference) {
+            if v.name.ends_with(&format!("FROM {reference}")) {
+                v.name = format!("{}@{digest}", v.name);
+            }
+        }
+    }
 }
 
 pub mod check;

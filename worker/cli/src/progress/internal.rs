@@ -48,46 +48,83 @@ fn counted(dir: &Path, opts: &SendOptions) -> Option<u64> {
     }
 }
 
-/// The steps kilnd's frontend shows before it plans, for a Dockerfile
-/// `filename` in `dockerfile_dir` and the main context `context`:
-/// the definition with its own ignore file, then the context's ignore
-/// file unless the Dockerfile has its own. Each step starts when the
-/// previous one ends.
-pub fn definition_steps(
+/// The step kilnd's frontend shows before it plans, for a Dockerfile
+/// `filename` in `dockerfile_dir`: the definition with its own ignore
+/// file.
+pub fn definition_step(
     e: &mut Embedded,
     opts: &kiln_frontend::FrontendOptions,
     dockerfile_dir: &Path,
-    context: &Path,
 ) -> Vec<SolveStatus> {
-    let own_ignore = kiln_frontend::dockerfile_ignore_name(&opts.filename);
-    let mut steps = vec![(
-        format!("[internal] load build definition from {}", opts.filename),
-        &opts.dockerfile_key,
+    let name = format!("[internal] load build definition from {}", opts.filename);
+    let follow_paths = vec![
+        opts.filename.clone(),
+        kiln_frontend::dockerfile_ignore_name(&opts.filename),
+    ];
+    let started = SystemTime::now();
+    let mut out = vec![e.begin(&name, started)];
+    let bytes = counted(
         dockerfile_dir,
-        vec![opts.filename.clone(), own_ignore.clone()],
-    )];
-    // kilnd fetches the context's ignore file only when the Dockerfile's
-    // own did not come with the definition.
-    if !dockerfile_dir.join(&own_ignore).exists() {
-        steps.push((
-            "[internal] load .dockerignore".to_string(),
-            &opts.context_key,
-            context,
-            vec![kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
-        ));
+        &send_options(Vec::new(), Vec::new(), follow_paths),
+    );
+    let done = SystemTime::now();
+    if let Some(n) = bytes {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        out.push(e.item(&transfer_id(&opts.dockerfile_key), n, started, done));
     }
-    let mut out = Vec::new();
-    for (name, key, dir, follow_paths) in steps {
-        let started = SystemTime::now();
-        out.push(e.begin(&name, started));
-        let bytes = counted(dir, &send_options(Vec::new(), Vec::new(), follow_paths));
-        let done = SystemTime::now();
-        if let Some(n) = bytes {
-            let n = i64::try_from(n).unwrap_or(i64::MAX);
-            out.push(e.item(&transfer_id(key), n, started, done));
-        }
-        out.push(e.close(done, None));
+    out.push(e.close(done, None));
+    out
+}
+
+/// The progress vertex id of [`ignore_step`], apart from the graph's
+/// (counted up from 0) and the base image lookups' (counted down from
+/// [`kiln_engine::build::METADATA_VERTICES`]).
+const IGNORE_VERTEX: usize = usize::MAX / 2;
+
+/// The step kilnd's frontend shows once the base images are resolved
+/// (as BuildKit reads the ignore file then): the context's
+/// `[internal] load .dockerignore`, unless the Dockerfile has its own
+/// ignore file (which came with the definition). Events for the engine's
+/// progress channel, so they follow the lookups' in the display.
+pub fn ignore_step(
+    opts: &kiln_frontend::FrontendOptions,
+    dockerfile_dir: &Path,
+    context: &Path,
+) -> Vec<kiln_engine::ProgressEvent> {
+    use kiln_engine::ProgressEvent;
+    if dockerfile_dir
+        .join(kiln_frontend::dockerfile_ignore_name(&opts.filename))
+        .exists()
+    {
+        return Vec::new();
     }
+    let name = "[internal] load .dockerignore".to_string();
+    let started = SystemTime::now();
+    let mut out = vec![ProgressEvent::Started {
+        vertex: IGNORE_VERTEX,
+        name: name.clone(),
+        at: started,
+    }];
+    let follow_paths = vec![kiln_frontend::CONTEXT_IGNORE_FILE.to_string()];
+    let bytes = counted(context, &send_options(Vec::new(), Vec::new(), follow_paths));
+    let done = SystemTime::now();
+    if let Some(n) = bytes {
+        out.push(ProgressEvent::Status {
+            vertex: IGNORE_VERTEX,
+            id: transfer_id(&opts.context_key),
+            current: n,
+            total: 0,
+            started,
+            completed: Some(done),
+        });
+    }
+    out.push(ProgressEvent::Completed {
+        vertex: IGNORE_VERTEX,
+        name,
+        cached: false,
+        error: None,
+        at: done,
+    });
     out
 }
 
