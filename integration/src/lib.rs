@@ -471,6 +471,31 @@ pub fn is_error_line(line: &str) -> bool {
     line.starts_with("error: ") || line.starts_with("ERROR: failed to build: failed to solve: ")
 }
 
+/// How many build steps the plain progress in `stderr` shows as
+/// `CACHED`, `FROM` steps left out: a base image the store already had
+/// shows `CACHED` too, as in BuildKit, but no step of the Dockerfile was
+/// saved by it.
+pub fn cached_steps(stderr: &str) -> usize {
+    let mut names: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut cached = 0;
+    for line in stderr.lines() {
+        let Some((id, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        if !id.starts_with('#') {
+            continue;
+        }
+        if rest == "CACHED" {
+            if !names.get(id).is_some_and(|n| n.contains("] FROM ")) {
+                cached += 1;
+            }
+        } else {
+            names.entry(id).or_insert(rest);
+        }
+    }
+    cached
+}
+
 /// Whether a step printed `marker` as a whole output line (`#N SECS
 /// marker` in the plain progress, `#N marker` without the time), as
 /// opposed to the marker appearing in a step's name.

@@ -63,7 +63,7 @@ fn check(h: &Harness, ns: &str, outs: &[KilnOutput], rebuild: KilnOutput) {
         rebuild.stderr
     );
     assert_eq!(
-        rebuild.stderr.matches("CACHED").count(),
+        kiln_integration::cached_steps(&rebuild.stderr),
         3,
         "{}",
         rebuild.stderr

@@ -138,7 +138,7 @@ async fn only_the_files_the_dockerfile_reads_cross_the_wire() {
     // directory hits every step kilnd ran and makes the same image.
     let embedded = h.build(ns, &["-t", "ctxpaths:embedded", c]).ok();
     assert_eq!(
-        embedded.stderr.matches("CACHED").count(),
+        kiln_integration::cached_steps(&embedded.stderr),
         3,
         "{}",
         embedded.stderr
@@ -251,7 +251,7 @@ async fn a_named_context_sends_only_what_is_copied_from_it() {
         .build(ns, &["--build-context", &named, "-t", "named:embedded", c])
         .ok();
     assert_eq!(
-        embedded.stderr.matches("CACHED").count(),
+        kiln_integration::cached_steps(&embedded.stderr),
         1,
         "{}",
         embedded.stderr

@@ -84,7 +84,12 @@ async fn a_rebuild_through_kilnd_sends_only_what_changed() {
             removed: 0
         })
     );
-    assert_eq!(out.stderr.matches("CACHED").count(), 1, "{}", out.stderr);
+    assert_eq!(
+        kiln_integration::cached_steps(&out.stderr),
+        1,
+        "{}",
+        out.stderr
+    );
 
     // One file changed, one deleted: exactly that is sent and removed,
     // and the image has the new content.
@@ -117,7 +122,7 @@ async fn a_rebuild_through_kilnd_sends_only_what_changed() {
     // build of that directory finds the `COPY .` kilnd cached.
     let embedded = h.build(ns, &["-t", "kept:embedded", c]).ok();
     assert_eq!(
-        embedded.stderr.matches("CACHED").count(),
+        kiln_integration::cached_steps(&embedded.stderr),
         1,
         "{}",
         embedded.stderr

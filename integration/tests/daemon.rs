@@ -58,14 +58,14 @@ async fn the_kiln_client_builds_through_kilnd_like_embedded_mode() {
     // The cache is shared with embedded builds of the same namespace.
     let again = remote(&h, &k, ns, &["-t", "remote:2", c]).ok();
     assert_eq!(
-        again.stderr.matches("CACHED").count(),
+        kiln_integration::cached_steps(&again.stderr),
         3,
         "{}",
         again.stderr
     );
     let embedded = h.build(ns, &["-t", "remote:3", c]).ok();
     assert_eq!(
-        embedded.stderr.matches("CACHED").count(),
+        kiln_integration::cached_steps(&embedded.stderr),
         3,
         "{}",
         embedded.stderr

@@ -172,8 +172,9 @@ pub fn choose_platform<'a>(
 
 /// Makes sure every prefix of `layers` is a committed snapshot named by its
 /// chainID, applying the missing layers with containerd's diff service.
-/// Snapshots are leased before they are created.
-pub async fn ensure_unpacked(svc: &Services, layers: &[Layer], lease: &LeaseId) -> Result<()> {
+/// Snapshots are leased before they are created. Says whether any layer
+/// was applied.
+pub async fn ensure_unpacked(svc: &Services, layers: &[Layer], lease: &LeaseId) -> Result<bool> {
     let chain = Digest::chain_ids(&crate::refs::diff_ids(layers));
     // Find the first missing prefix, from the top down.
     let mut first_missing = chain.len();
@@ -241,7 +242,7 @@ pub async fn ensure_unpacked(svc: &Services, layers: &[Layer], lease: &LeaseId) 
             }
         }
     }
-    Ok(())
+    Ok(first_missing < chain.len())
 }
 
 /// Records the unpacked chain on the config blob, as containerd's own

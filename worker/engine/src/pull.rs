@@ -512,6 +512,7 @@ async fn local(
 /// With `pin` (what the frontend resolved `name` to in this build) that
 /// exact index or manifest is used: the store's if the record points at
 /// it, else pulled by digest, with no second look at the tag.
+/// Also says whether the store had it (nothing was pulled).
 #[allow(
     clippy::too_many_arguments,
     reason = "one call site (the source op); a struct would only rename the same fields"
@@ -525,25 +526,25 @@ pub async fn base_image(
     pin: Option<&str>,
     lease: &LeaseId,
     report: Reporter,
-) -> Result<BaseImage> {
+) -> Result<(BaseImage, bool)> {
     let r = parse_reference(name)?;
     let found = local(svc, name, platform).await?;
     if let Some(digest) = pin {
         if let Some(b) = found.filter(|b| b.target == digest) {
-            return Ok(b);
+            return Ok((b, true));
         }
         let pinned = Reference {
             digest: Some(digest.to_string()),
             ..r
         };
         pull(svc, client, &pinned, name, platform, lease, report).await?;
-        return crate::base::load(svc, name, platform).await;
+        return Ok((crate::base::load(svc, name, platform).await?, false));
     }
     match (mode.decide(r.digest.is_some(), found.is_some()), found) {
-        (Decision::UseLocal, Some(b)) => Ok(b),
+        (Decision::UseLocal, Some(b)) => Ok((b, true)),
         (Decision::UseLocal | Decision::PullMissing | Decision::AskRegistry, _) => {
             pull(svc, client, &r, name, platform, lease, report).await?;
-            crate::base::load(svc, name, platform).await
+            Ok((crate::base::load(svc, name, platform).await?, false))
         }
     }
 }

@@ -295,14 +295,25 @@ impl OpRunner for StepRunner {
             self.start(id, &vertex).await;
             let r = async {
                 let inputs = self.filesystems(&vertex, inputs).await?;
+                // Whether it was a cache hit: only a source can tell (a
+                // base image the store had, unpacked); a step's hits are
+                // found before it runs.
                 match &vertex.op {
                     Op::Source(s) => self.source(id, &vertex, s, &cancel).await,
-                    Op::Exec(e) => self.exec(id, &vertex, e, &inputs, cancel).await,
-                    Op::File(f) => self.file(id, &vertex, f, &inputs).await,
-                    Op::Merge(m) => self.merge(&vertex, m, &inputs, &cancel).await,
+                    Op::Exec(e) => self
+                        .exec(id, &vertex, e, &inputs, cancel)
+                        .await
+                        .map(|r| (r, false)),
+                    Op::File(f) => self.file(id, &vertex, f, &inputs).await.map(|r| (r, false)),
+                    Op::Merge(m) => self
+                        .merge(&vertex, m, &inputs, &cancel)
+                        .await
+                        .map(|r| (r, false)),
                 }
             }
             .await;
+            let cached = matches!(r, Ok((_, true)));
+            let r = r.map(|(refs, _)| refs);
             // containerd or disk trouble in a step (a full disk while its
             // layer is written) names the step's line too.
             let r = r.map_err(|e| match e {
@@ -316,7 +327,7 @@ impl OpRunner for StepRunner {
                 .send(ProgressEvent::Completed {
                     vertex: id.0,
                     name: vertex.name.clone(),
-                    cached: false,
+                    cached,
                     // The vertex's own error as BuildKit shows it on the
                     // vertex: without the `Dockerfile:N: ` that names the
                     // vertex's line in the build's error; a cancelled step

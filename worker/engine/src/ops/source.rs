@@ -14,7 +14,7 @@ impl StepRunner {
         v: &Vertex,
         s: &SourceOp,
         cancel: &CancellationToken,
-    ) -> Result<Vec<Ref>> {
+    ) -> Result<(Vec<Ref>, bool)> {
         if let Some(name) = s.identifier.strip_prefix("docker-image://") {
             // LLB's per-image mode wins over the build's.
             let mode = match s.attrs.get(crate::resolve::LLB_ATTR) {
@@ -44,16 +44,21 @@ impl StepRunner {
                 &self.lease,
                 report,
             );
-            let base = tokio::select! {
+            let (base, stored) = tokio::select! {
                 b = pull => b?,
                 _ = cancel.cancelled() => return Err(WorkerError::Cancelled),
             };
-            crate::base::ensure_unpacked(&self.svc, &base.layers, &self.lease).await?;
+            let unpacked =
+                crate::base::ensure_unpacked(&self.svc, &base.layers, &self.lease).await?;
             crate::base::label_unpacked(&self.svc, &base).await?;
-            return Ok(vec![Ref::Chain(base.layers)]);
+            // An image the store had, unpacked: BuildKit's cache hit.
+            return Ok((vec![Ref::Chain(base.layers)], stored && !unpacked));
         }
         if let Some(reference) = s.identifier.strip_prefix("oci-layout://") {
-            return self.oci_layout_source(v, s, reference, cancel).await;
+            return self
+                .oci_layout_source(v, s, reference, cancel)
+                .await
+                .map(|r| (r, false));
         }
         if let Some(name) = s.identifier.strip_prefix("local://") {
             let key = s.local_key().unwrap_or_else(|| name.to_string());
@@ -68,10 +73,13 @@ impl StepRunner {
                 })?,
                 None => Vec::new(),
             };
-            return Ok(vec![Ref::Local {
-                dir: dir.clone(),
-                excludes,
-            }]);
+            return Ok((
+                vec![Ref::Local {
+                    dir: dir.clone(),
+                    excludes,
+                }],
+                false,
+            ));
         }
         let bad = |e: kiln_solver::source::SourceError| match e {
             kiln_solver::source::SourceError::Unsupported(what) => WorkerError::Unsupported {
@@ -84,10 +92,10 @@ impl StepRunner {
             },
         };
         if let Some(g) = kiln_solver::source::GitSource::from_op(s).map_err(bad)? {
-            return self.git_source(v, g, cancel).await;
+            return self.git_source(v, g, cancel).await.map(|r| (r, false));
         }
         if let Some(h) = kiln_solver::source::HttpSource::from_op(s).map_err(bad)? {
-            return self.http_source(v, h, cancel).await;
+            return self.http_source(v, h, cancel).await.map(|r| (r, false));
         }
         Err(WorkerError::Unsupported {
             location: location(v),
