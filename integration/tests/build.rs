@@ -93,6 +93,40 @@ async fn a_base_by_digest_is_found_in_the_content_store() {
     assert_eq!(printed, "busybox test base\n");
 }
 
+/// A layerless image (`FROM scratch` and metadata) is written as BuildKit's
+/// exporter writes it, `"layers": null`, and serves as a base again.
+#[tokio::test]
+async fn a_layerless_image_has_null_layers_and_is_a_base() {
+    let ns = "layerless";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context("layerless", &[("Dockerfile", "FROM scratch\nLABEL a=b\n")]);
+    h.build(ns, &["-t", "layerless", ctx.to_str().expect("utf8")])
+        .ok();
+    let manifest = h.manifest(ns, "docker.io/library/layerless:latest");
+    assert_eq!(
+        manifest.get("layers"),
+        Some(&serde_json::Value::Null),
+        "{manifest}"
+    );
+    let on = h.context(
+        "onlayerless",
+        &[("Dockerfile", "FROM layerless\nLABEL c=d\n")],
+    );
+    h.build(ns, &["-t", "onlayerless", on.to_str().expect("utf8")])
+        .ok();
+    let config = image_config(&h, ns, "docker.io/library/onlayerless:latest");
+    assert_eq!(
+        config["config"]["Labels"],
+        serde_json::json!({"a": "b", "c": "d"})
+    );
+    let manifest = h.manifest(ns, "docker.io/library/onlayerless:latest");
+    assert_eq!(
+        manifest.get("layers"),
+        Some(&serde_json::Value::Null),
+        "{manifest}"
+    );
+}
+
 #[tokio::test]
 async fn a_deleted_base_file_is_absent() {
     let ns = "whiteout";

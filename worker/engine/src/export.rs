@@ -221,7 +221,8 @@ pub async fn export_image(
         )
         .build()
         .map_err(|e| result_invalid(e.to_string()))?;
-    let manifest_bytes = oci::to_json(&manifest).map_err(|e| result_invalid(e.to_string()))?;
+    let manifest_bytes =
+        oci::manifest_to_json(&manifest).map_err(|e| result_invalid(e.to_string()))?;
     let mut m_labels = HashMap::new();
     m_labels.insert(
         "containerd.io/gc.ref.content.config".to_string(),

@@ -197,6 +197,20 @@ pub fn manifest_from_slice(bytes: &[u8]) -> serde_json::Result<ImageManifest> {
     serde_json::from_value(v)
 }
 
+/// An image manifest's JSON as [`to_json`] writes it, except that a
+/// layerless image's `layers` is `null`, as BuildKit's exporter writes it
+/// (Go's nil slice); [`manifest_from_slice`] reads it back.
+pub fn manifest_to_json(manifest: &ImageManifest) -> serde_json::Result<Vec<u8>> {
+    let mut v = serde_json::to_value(manifest)?;
+    if let Some(l) = v
+        .get_mut("layers")
+        .filter(|l| l.as_array().is_some_and(Vec::is_empty))
+    {
+        *l = serde_json::Value::Null;
+    }
+    serde_json::to_vec(&v)
+}
+
 /// The JSON kiln writes for configs, manifests and indexes: compact, with
 /// every object's keys sorted. oci-spec keeps labels, annotations and
 /// exposed ports in `HashMap`s, so serializing its types directly would
@@ -482,6 +496,34 @@ mod tests {
     /// A layerless image without times (`FROM scratch` and `LABEL`) is
     /// written as BuildKit 73ed6825c's exporter wrote it: `"diff_ids":
     /// null` and `"created": null`; it reads back as no layers.
+    #[test]
+    fn layerless_manifest_is_written_as_buildkits() {
+        let config = descriptor(MEDIA_OCI_CONFIG, &format!("sha256:{}", "a".repeat(64)), 2)
+            .expect("descriptor");
+        let build = |layers: Vec<Descriptor>| {
+            ImageManifestBuilder::default()
+                .schema_version(2u32)
+                .media_type(MediaType::from(MEDIA_OCI_MANIFEST))
+                .config(config.clone())
+                .layers(layers)
+                .build()
+                .expect("manifest")
+        };
+        let empty = build(Vec::new());
+        let bytes = manifest_to_json(&empty).expect("json");
+        let v: Value = serde_json::from_slice(&bytes).expect("parse");
+        assert_eq!(v.get("layers"), Some(&Value::Null), "{v}");
+        assert_eq!(manifest_from_slice(&bytes).expect("reads back"), empty);
+        let one = build(vec![config.clone()]);
+        let v: Value =
+            serde_json::from_slice(&manifest_to_json(&one).expect("json")).expect("parse");
+        assert_eq!(v["layers"].as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(
+            to_json(&one).expect("json"),
+            manifest_to_json(&one).expect("json")
+        );
+    }
+
     #[test]
     fn layerless_config_is_written_as_buildkits() {
         let cfg = kiln_solver::ImageConfig {
