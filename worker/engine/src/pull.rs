@@ -204,7 +204,7 @@ pub async fn pull(
 impl Puller {
     async fn run(self: &Arc<Self>) -> Result<ImageRecord> {
         let started = SystemTime::now();
-        let resolve_id = format!("resolve {}", self.image);
+        let resolve_id = format!("resolve {}", self.reference);
         self.report.status(&resolve_id, 0, 0, started, false).await;
         let resolved = self
             .client
@@ -528,10 +528,22 @@ pub async fn base_image(
     report: Reporter,
 ) -> Result<(BaseImage, bool)> {
     let r = parse_reference(name)?;
+    let started = SystemTime::now();
     let found = local(svc, name, platform).await?;
+    // BuildKit's image source shows `resolve REF` in its step whether the
+    // store or a registry answers; a pull shows it itself.
+    let resolved_locally = |b: BaseImage| async {
+        let shown = Reference {
+            digest: pin.map(str::to_string).or_else(|| r.digest.clone()),
+            ..r.clone()
+        };
+        let id = format!("resolve {shown}");
+        report.status(&id, 0, 0, started, true).await;
+        (b, true)
+    };
     if let Some(digest) = pin {
         if let Some(b) = found.filter(|b| b.target == digest) {
-            return Ok((b, true));
+            return Ok(resolved_locally(b).await);
         }
         let pinned = Reference {
             digest: Some(digest.to_string()),
@@ -541,7 +553,7 @@ pub async fn base_image(
         return Ok((crate::base::load(svc, name, platform).await?, false));
     }
     match (mode.decide(r.digest.is_some(), found.is_some()), found) {
-        (Decision::UseLocal, Some(b)) => Ok((b, true)),
+        (Decision::UseLocal, Some(b)) => Ok(resolved_locally(b).await),
         (Decision::UseLocal | Decision::PullMissing | Decision::AskRegistry, _) => {
             pull(svc, client, &r, name, platform, lease, report).await?;
             Ok((crate::base::load(svc, name, platform).await?, false))
