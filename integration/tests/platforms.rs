@@ -222,8 +222,25 @@ async fn a_multi_platform_build_is_an_index_of_both() {
     let ctx = ctx.to_str().expect("utf8");
     let (host, other) = (host_arch(), other_arch());
     let list = format!("linux/{host},linux/{other}");
-    h.build(ns, &["--platform", &list, "-t", "multi:1", ctx])
+    let out = h
+        .build(ns, &["--platform", &list, "-t", "multi:1", ctx])
         .ok();
+    // One lookup per image and platform, named with its platform as
+    // BuildKit names them in a multi-platform build: the host's serves
+    // the `$BUILDPLATFORM` stage of both platforms and the host's image.
+    let mut lookups: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest))
+        .filter(|l| l.contains("load metadata for"))
+        .collect();
+    lookups.sort_unstable();
+    let mut expected = vec![
+        format!("[linux/{host} internal] load metadata for docker.io/library/busybox:latest"),
+        format!("[linux/{other} internal] load metadata for docker.io/library/busybox:latest"),
+    ];
+    expected.sort_unstable();
+    assert_eq!(lookups, expected, "{}", out.stderr);
 
     let index = h.manifest(ns, "docker.io/library/multi:1");
     assert_eq!(

@@ -179,7 +179,7 @@ pub async fn solve(
     let config = job
         .engine(&tenant.engine)
         .base_images(kiln_engine::resolve::ResolveMode::Default, credentials)
-        .image_config(&name, None)
+        .image_config(&name, None, None)
         .await
         .map_err(|e| failed(&image, status_of(&e)))?;
     let (rootfs, _, _) = solve_defined(

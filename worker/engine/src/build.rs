@@ -276,6 +276,7 @@ impl Engine {
             progress: Progress::none(),
             next_vertex: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             oci_stores: Arc::new(crate::layout::OciStores::new()),
+            answered: Arc::default(),
         }
     }
 
@@ -324,7 +325,7 @@ impl Engine {
     /// default resolve rule without credentials.
     pub async fn image_config(&self, name: &str) -> Result<ImageConfig> {
         self.base_images(ResolveMode::Default, anonymous())
-            .image_config(name, None)
+            .image_config(name, None, None)
             .await
     }
 
@@ -663,6 +664,12 @@ pub struct BaseImages {
     next_vertex: Arc<std::sync::atomic::AtomicUsize>,
     /// OCI layouts by store id (`oci-layout://` named contexts).
     oci_stores: Arc<crate::layout::OciStores>,
+    /// What [`BaseImages::image_config`] answered, by
+    /// [`crate::resolve::Pinned::key`]: an image and platform is looked up
+    /// (and shown) once per build, as BuildKit's resolver caches it (the
+    /// platforms of a multi-platform build share a `FROM
+    /// --platform=$BUILDPLATFORM` base).
+    answered: Arc<std::sync::Mutex<HashMap<String, ImageConfig>>>,
 }
 
 /// Progress vertex ids of the frontend's registry lookups count down from
@@ -680,12 +687,24 @@ impl BaseImages {
 
     /// The frontend's view of base image `name` (normalized) for
     /// `platform` (`None`: the worker's); the image it came from is pinned
-    /// for the build.
+    /// for the build. Its lookup step names platform `shown`, if any (see
+    /// [`crate::pull::base_config`]).
     pub async fn image_config(
         &self,
         name: &str,
         platform: Option<&kiln_solver::Platform>,
+        shown: Option<&kiln_solver::Platform>,
     ) -> Result<ImageConfig> {
+        let key = crate::resolve::Pinned::key(name, platform);
+        let known = self
+            .answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(c) = known {
+            return Ok(c);
+        }
         let n = self
             .next_vertex
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -693,12 +712,23 @@ impl BaseImages {
             progress: self.progress.clone(),
             vertex: Some(METADATA_VERTICES - n),
         };
-        let (cfg, digest) =
-            crate::pull::base_config(&self.svc, &self.client, name, platform, self.mode, &report)
-                .await?;
-        self.pinned
-            .insert(&crate::resolve::Pinned::key(name, platform), &digest);
-        Ok(crate::base::frontend_config(&cfg))
+        let (cfg, digest) = crate::pull::base_config(
+            &self.svc,
+            &self.client,
+            name,
+            platform,
+            self.mode,
+            &report,
+            shown,
+        )
+        .await?;
+        self.pinned.insert(&key, &digest);
+        let cfg = crate::base::frontend_config(&cfg);
+        self.answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, cfg.clone());
+        Ok(cfg)
     }
 
     /// Base image `name`'s config as JSON and the digest it was found
@@ -713,9 +743,16 @@ impl BaseImages {
             progress: self.progress.clone(),
             vertex: None,
         };
-        let (cfg, digest) =
-            crate::pull::base_config(&self.svc, &self.client, name, platform, self.mode, &report)
-                .await?;
+        let (cfg, digest) = crate::pull::base_config(
+            &self.svc,
+            &self.client,
+            name,
+            platform,
+            self.mode,
+            &report,
+            None,
+        )
+        .await?;
         self.pinned
             .insert(&crate::resolve::Pinned::key(name, platform), &digest);
         let json = serde_json::to_vec(&cfg).map_err(|e| WorkerError::BadInput {

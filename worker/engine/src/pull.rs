@@ -568,7 +568,9 @@ pub async fn base_image(
 /// returns the index or manifest digest it came from, to pin.
 /// The lookup shows as BuildKit's `[internal] load metadata for <name>`
 /// vertex on `report` (its `vertex` is the id to use), whether the
-/// registry was asked or not, as BuildKit shows every one.
+/// registry was asked or not, as BuildKit shows every one; named with
+/// platform `shown` when there is one (`[linux/arm64 internal] …`: BuildKit's
+/// dockerfile frontend names it so in a multi-platform build).
 pub async fn base_config(
     svc: &Services,
     client: &Client,
@@ -576,10 +578,11 @@ pub async fn base_config(
     platform: Option<&kiln_solver::Platform>,
     mode: ResolveMode,
     report: &Reporter,
+    shown: Option<&kiln_solver::Platform>,
 ) -> Result<(ImageConfigJson, String)> {
     let r = parse_reference(name)?;
-    let step = match platform {
-        Some(p) => format!("[internal] load metadata for {name} ({p})"),
+    let step = match shown {
+        Some(p) => format!("[{p} internal] load metadata for {name}"),
         None => format!("[internal] load metadata for {name}"),
     };
     let started = SystemTime::now();

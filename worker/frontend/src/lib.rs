@@ -919,11 +919,13 @@ fn read_beneath(root: &Path, name: &str) -> Result<Option<String>> {
 /// containerd image store or a registry; tests answer from a table.
 pub trait ImageConfigs {
     /// The frontend-relevant config of the image `reference` (normalized)
-    /// for `platform` (`None`: the worker's).
+    /// for `platform` (`None`: the worker's). A lookup shown as a progress
+    /// step names platform `shown`, if any (BuildKit's `LogName`).
     fn image_config(
         &self,
         reference: &str,
         platform: Option<&kiln_solver::Platform>,
+        shown: Option<&kiln_solver::Platform>,
     ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send;
 
     /// The digest (of an index or a manifest) the image `reference` for
@@ -945,10 +947,13 @@ impl ImageConfigs for kiln_engine::build::BaseImages {
         &self,
         reference: &str,
         platform: Option<&kiln_solver::Platform>,
+        shown: Option<&kiln_solver::Platform>,
     ) -> Result<ImageConfig, WorkerError> {
         match OciLayoutRef::from_key(reference) {
             Some(l) => self.layout_config(&l.store, &l.digest, platform).await,
-            None => kiln_engine::build::BaseImages::image_config(self, reference, platform).await,
+            None => {
+                kiln_engine::build::BaseImages::image_config(self, reference, platform, shown).await
+            }
         }
     }
 
@@ -1208,6 +1213,9 @@ async fn resolve_bases<I: ImageConfigs>(
     refs: Vec<kiln_dockerfile::BaseRef>,
     bases: &mut Resolved,
 ) -> Result<()> {
+    // BuildKit names a lookup's platform only in a multi-platform build:
+    // `[linux/arm64 internal] load metadata for …`.
+    let multi = is_multi_platform(opts);
     for base in refs {
         let image = &base.reference;
         // A frontend input's config came with the request.
@@ -1222,7 +1230,15 @@ async fn resolve_bases<I: ImageConfigs>(
                 .insert(base.key(), kiln_engine::base::frontend_config(&cfg));
             continue;
         }
-        let cfg = match images.image_config(image, base.platform.as_ref()).await {
+        let shown = multi.then(|| {
+            base.platform
+                .clone()
+                .unwrap_or_else(kiln_engine::oci::worker_platform)
+        });
+        let cfg = match images
+            .image_config(image, base.platform.as_ref(), shown.as_ref())
+            .await
+        {
             Ok(cfg) => cfg,
             Err(source) => {
                 return Err(FrontendError::BaseImage {

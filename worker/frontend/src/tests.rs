@@ -256,6 +256,10 @@ async fn each_platform_is_planned_with_its_own_bases() {
             format!("docker.io/library/busybox:latest {other}")
         ]
     );
+    // Each lookup is shown with the platform it is for, as BuildKit names
+    // them in a multi-platform build (`[linux/arm64 internal] …`).
+    let shown = images.shown.lock().expect("not poisoned").clone();
+    assert_eq!(shown, [Some(host.to_string()), Some(other.to_string())]);
 }
 
 #[test]
@@ -347,6 +351,8 @@ fn no_ignore_file_means_no_excludes_and_a_missing_dockerfile_is_named() {
 struct FakeImages {
     configs: BTreeMap<String, ImageConfig>,
     asked: Mutex<Vec<String>>,
+    /// The platform each lookup's progress step was to name.
+    shown: Mutex<Vec<Option<String>>>,
 }
 
 impl ImageConfigs for FakeImages {
@@ -354,7 +360,11 @@ impl ImageConfigs for FakeImages {
         &self,
         reference: &str,
         platform: Option<&kiln_solver::Platform>,
+        shown: Option<&kiln_solver::Platform>,
     ) -> impl Future<Output = Result<ImageConfig, WorkerError>> + Send {
+        if let Ok(mut s) = self.shown.lock() {
+            s.push(shown.map(ToString::to_string));
+        }
         if let Ok(mut asked) = self.asked.lock() {
             asked.push(match platform {
                 None => reference.to_string(),
@@ -402,6 +412,8 @@ async fn plan_resolves_only_the_needed_bases_and_builds_for_the_host() {
         .expect("plan");
     let asked = images.asked.lock().expect("not poisoned").clone();
     assert_eq!(asked, ["docker.io/library/busybox:latest"]);
+    // One platform: `[internal] load metadata for …`, no platform.
+    assert_eq!(*images.shown.lock().expect("not poisoned"), [None]);
     assert_eq!(build.config.labels.get("a").map(String::as_str), Some("b"));
 
     let context = build
