@@ -239,6 +239,12 @@ pub struct BuildOptions {
     /// context, a source-only stage: [`convert::epoch::epoch_source`]), as
     /// the caller resolved it; `None` when it did not.
     pub resolved_epoch: Option<convert::epoch::ResolvedEpoch>,
+    /// Name each step with its stage's platform, as BuildKit does when
+    /// several platforms are built (its `MultiPlatformRequested`):
+    /// `[linux/arm64 build 2/3] RUN …`, `[linux/amd64->arm64 build 3/3] …`
+    /// for a step of a `$BUILDPLATFORM` stage that declares `TARGET*`
+    /// arguments.
+    pub prefix_platform: bool,
 }
 
 impl BuildOptions {
@@ -421,6 +427,7 @@ impl Default for BuildOptions {
             all_stages: false,
             worker_platforms: Vec::new(),
             resolved_epoch: None,
+            prefix_platform: false,
         }
     }
 }

@@ -1020,6 +1020,7 @@ pub fn build_options_for(
         all_stages: opts.lint,
         worker_platforms: kiln_engine::oci::runnable_platforms(),
         resolved_epoch: opts.resolved_epoch,
+        prefix_platform: is_multi_platform(opts),
     }
 }
 
@@ -1112,34 +1113,30 @@ pub fn convert_all(
         .collect()
 }
 
-/// One graph for the builds of [`plan_all`]: each platform's vertices
-/// appended in turn (named with the platform first, as BuildKit names the
-/// steps of a multi-platform build: `[linux/arm64 2/3] RUN ...`), and
-/// where each platform's result is. Equal steps of two platforms (a
-/// `FROM --platform=$BUILDPLATFORM` stage) stay two vertices with one
-/// cache key, so the engine runs them once.
+/// One graph for the builds of [`plan_all`] (whose steps are named with
+/// their stage's platform, as BuildKit names the steps of a multi-platform
+/// build: `[linux/arm64 2/3] RUN ...`), and where each platform's result
+/// is. A vertex equal to one of an earlier platform's (a `FROM
+/// --platform=$BUILDPLATFORM` stage, the build context) is that vertex,
+/// with the earlier platform's name ([`kiln_solver::Graph::append`]).
 pub fn merge_platforms(
     builds: Vec<(kiln_solver::Platform, kiln_dockerfile::Build)>,
 ) -> Result<(kiln_solver::Graph, Vec<kiln_engine::build::PlatformTarget>)> {
     let mut graph = kiln_solver::Graph::default();
+    let mut seen = kiln_solver::Seen::default();
     let mut targets = Vec::with_capacity(builds.len());
     for (platform, b) in builds {
-        let offset = graph.vertices.len();
-        for mut v in b.graph.vertices {
-            for e in &mut v.inputs {
-                e.vertex = kiln_solver::VertexId(e.vertex.0 + offset);
-            }
-            v.name = match v.name.strip_prefix('[') {
-                Some(rest) => format!("[{platform} {rest}"),
-                None => format!("[{platform}] {}", v.name),
-            };
-            graph
-                .add(v)
-                .map_err(|e| FrontendError::Dockerfile(ParseError::Graph(e)))?;
-        }
+        let graph_err = |e| FrontendError::Dockerfile(ParseError::Graph(e));
+        let ids = graph.append(&b.graph, &mut seen).map_err(graph_err)?;
+        let result = *ids.get(b.result.0).ok_or_else(|| {
+            graph_err(kiln_solver::SolveError::BadInput {
+                vertex: ids.len(),
+                input: b.result.0,
+            })
+        })?;
         targets.push(kiln_engine::build::PlatformTarget {
             platform,
-            result: kiln_solver::VertexId(b.result.0 + offset),
+            result,
             config: b.config,
         });
     }

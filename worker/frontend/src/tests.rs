@@ -1108,3 +1108,54 @@ async fn checks_do_not_fetch_the_epochs_source() {
         ))
     );
 }
+
+/// The steps of a multi-platform build are named with their stage's
+/// platform (and the target's, for a `$BUILDPLATFORM` stage declaring
+/// `TARGETARCH`), and a step equal in both platforms' builds is one
+/// vertex, as in BuildKit.
+#[tokio::test]
+async fn multi_platform_steps_are_named_by_their_stage_and_merged_when_equal() {
+    let images = FakeImages {
+        configs: BTreeMap::from([(
+            "docker.io/library/busybox:latest".to_string(),
+            ImageConfig::default(),
+        )]),
+        ..Default::default()
+    };
+    let host = kiln_engine::oci::worker_platform();
+    let other = if host.architecture == "arm64" {
+        "linux/amd64"
+    } else {
+        "linux/arm64"
+    };
+    let other_arch = &other["linux/".len()..];
+    let list = format!("{host},{other}");
+    let opts =
+        FrontendOptions::from_attrs(&attrs(&[("platform", list.as_str())])).expect("options");
+    let text = "FROM --platform=$BUILDPLATFORM busybox AS build\nARG TARGETARCH\n\
+                RUN echo $TARGETARCH > /arch\n\
+                FROM --platform=$BUILDPLATFORM busybox AS common\nRUN echo common > /c\n\
+                FROM scratch\nCOPY --from=build /arch /arch\nCOPY --from=common /c /c\n";
+    let built = plan_all(&source(text, &[]), &opts, &images)
+        .await
+        .expect("plans");
+    let (graph, targets) = merge_platforms(built).expect("merges");
+    assert_eq!(targets.len(), 2);
+    assert_ne!(targets[0].result, targets[1].result);
+    let mut names: Vec<String> = graph.vertices.iter().map(|v| v.name.clone()).collect();
+    names.sort();
+    let host_arch = &host.architecture;
+    let mut want = vec![
+        // Both stages' FROM: one vertex, named as BuildKit names it.
+        format!("[{host} common 1/2] FROM docker.io/library/busybox:latest"),
+        format!("[{host} build 2/2] RUN echo {host_arch} > /arch"),
+        format!("[{host}->{other_arch} build 2/2] RUN echo {other_arch} > /arch"),
+        format!("[{host} common 2/2] RUN echo common > /c"),
+        format!("[{host} stage-2 1/2] COPY --from=build /arch /arch"),
+        format!("[{host} stage-2 2/2] COPY --from=common /c /c"),
+        format!("[{other} stage-2 1/2] COPY --from=build /arch /arch"),
+        format!("[{other} stage-2 2/2] COPY --from=common /c /c"),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+}

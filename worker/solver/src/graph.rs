@@ -6,7 +6,7 @@
 use crate::digest::Digest;
 use crate::{Result, SolveError};
 pub use kiln_types::process::{HostIp, Ulimit};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Index of a vertex in [`Graph::vertices`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -654,7 +654,80 @@ impl Graph {
         }
         out
     }
+
+    /// Appends `other`'s vertices, each one equal to a vertex `seen`
+    /// already (the same op on the same inputs, by
+    /// [`Graph::definition_digests`], under the same cache rule) being
+    /// that vertex, as equal LLB ops are one vertex in BuildKit; returns
+    /// where each of `other`'s vertices is in this graph. A merged vertex
+    /// keeps the name it had.
+    pub fn append(&mut self, other: &Graph, seen: &mut Seen) -> Result<Vec<VertexId>> {
+        let digests = other.definition_digests();
+        let mut ids: Vec<VertexId> = Vec::with_capacity(other.vertices.len());
+        for (v, digest) in other.vertices.iter().zip(digests) {
+            let key = (digest, v.ignore_cache);
+            if let Some(&id) = seen.0.get(&key) {
+                ids.push(id);
+                continue;
+            }
+            let mut v = v.clone();
+            for e in &mut v.inputs {
+                // `other` was built by `add`: inputs point backwards.
+                e.vertex = ids[e.vertex.0];
+            }
+            let id = self.add(v)?;
+            seen.0.insert(key, id);
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// This graph with equal vertices made one ([`Graph::append`]), each
+    /// named (and located) as the last of its copies in the order BuildKit
+    /// marshals a definition (from `result`, each vertex once, after its
+    /// inputs, in input order), whose metadata overwrites the earlier
+    /// ones'; a vertex `result` does not reach keeps its own. Returns the
+    /// graph and `result`'s id in it.
+    pub fn merge_equal(self, result: VertexId) -> Result<(Graph, VertexId)> {
+        let mut merged = Graph::default();
+        let ids = merged.append(&self, &mut Seen::default())?;
+        let Some(&new_result) = ids.get(result.0) else {
+            return Err(SolveError::BadInput {
+                vertex: self.vertices.len(),
+                input: result.0,
+            });
+        };
+        // The marshal order without recursion: a vertex is finished once
+        // all its inputs are.
+        let mut done = vec![false; self.vertices.len()];
+        let mut stack = vec![(result.0, 0usize)];
+        while let Some((i, next)) = stack.pop() {
+            if done[i] {
+                continue;
+            }
+            match self.vertices[i].inputs.get(next) {
+                Some(e) => {
+                    stack.push((i, next + 1));
+                    if !done[e.vertex.0] {
+                        stack.push((e.vertex.0, 0));
+                    }
+                }
+                None => {
+                    done[i] = true;
+                    let to = &mut merged.vertices[ids[i].0];
+                    to.name.clone_from(&self.vertices[i].name);
+                    to.location.clone_from(&self.vertices[i].location);
+                }
+            }
+        }
+        Ok((merged, new_result))
+    }
 }
+
+/// The vertices a graph holds by what makes them equal, for
+/// [`Graph::append`].
+#[derive(Debug, Default)]
+pub struct Seen(HashMap<(Digest, bool), VertexId>);
 
 #[cfg(test)]
 mod tests {
@@ -672,6 +745,61 @@ mod tests {
             location: None,
             ignore_cache: false,
         }
+    }
+
+    /// A vertex named `name` doing `op` (a source identifier) on `inputs`.
+    fn named(op: &str, name: &str, inputs: &[VertexId]) -> Vertex {
+        Vertex {
+            inputs: inputs
+                .iter()
+                .map(|&vertex| Edge { vertex, output: 0 })
+                .collect(),
+            name: name.into(),
+            ..source(op)
+        }
+    }
+
+    /// Equal vertices become one named as BuildKit's marshal leaves it:
+    /// the last copy reached from the result, inputs first, in order.
+    #[test]
+    fn merge_equal_keeps_one_vertex_named_by_the_last_copy_marshalled() {
+        let mut g = Graph::default();
+        let a1 = g.add(named("img", "[a 1/2] FROM img", &[])).expect("valid");
+        let a2 = g.add(named("run", "[a 2/2] RUN x", &[a1])).expect("valid");
+        let b1 = g.add(named("img", "[b 1/2] FROM img", &[])).expect("valid");
+        let b2 = g.add(named("run", "[b 2/2] RUN x", &[b1])).expect("valid");
+        let _unused = g.add(named("img", "[c 1/1] FROM img", &[])).expect("valid");
+        let mut no_cache = named("img", "[d 1/1] FROM img", &[]);
+        no_cache.ignore_cache = true;
+        let d = g.add(no_cache).expect("valid");
+        let top = g
+            .add(named("copy", "[s 2/2] COPY", &[b2, a2, d]))
+            .expect("valid");
+        let (m, result) = g.merge_equal(top).expect("merges");
+        let names: Vec<&str> = m.vertices.iter().map(|v| v.name.as_str()).collect();
+        // `img` and `run` once each (named by the copies under input 1,
+        // marshalled last); the uncached `img` stays apart.
+        assert_eq!(
+            names,
+            [
+                "[a 1/2] FROM img",
+                "[a 2/2] RUN x",
+                "[d 1/1] FROM img",
+                "[s 2/2] COPY"
+            ]
+        );
+        assert_eq!(result, VertexId(3));
+        let inputs: Vec<usize> = m.vertices[3].inputs.iter().map(|e| e.vertex.0).collect();
+        assert_eq!(inputs, [1, 1, 2]);
+        assert_eq!(m.vertices[1].inputs[0].vertex, VertexId(0));
+        // Nothing reaches a copy from a result it does not lead to.
+        let mut g = Graph::default();
+        let first = g.add(named("img", "first", &[])).expect("valid");
+        let _second = g.add(named("img", "second", &[])).expect("valid");
+        let (m, result) = g.merge_equal(first).expect("merges");
+        assert_eq!((m.vertices.len(), result), (1, VertexId(0)));
+        assert_eq!(m.vertices[0].name, "first");
+        assert!(Graph::default().merge_equal(VertexId(0)).is_err());
     }
 
     #[test]

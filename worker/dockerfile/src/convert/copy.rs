@@ -372,7 +372,7 @@ impl Converter<'_> {
         base: Edge,
     ) -> Result<()> {
         let display = self.display_name(c, &st.env);
-        let name = progress.name(&display);
+        let name = progress.name(&display, &st.env);
         let copy = self.add(Vertex {
             op,
             inputs: inputs.0,
@@ -383,7 +383,7 @@ impl Converter<'_> {
         let merged = self.add(Vertex {
             op: Op::Merge(MergeOp { inputs: vec![0, 1] }),
             inputs: vec![base, Self::edge(copy)],
-            name: progress.same(&format!("LINK {display}")),
+            name: progress.same(&format!("LINK {display}"), &st.env),
             location: self.location(c.line),
             ignore_cache: self.opts.no_cache,
         })?;

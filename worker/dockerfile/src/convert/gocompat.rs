@@ -4,6 +4,47 @@
 
 use super::*;
 
+/// The platform part of a step's name in a multi-platform build, as
+/// BuildKit's `prefixCommand` writes it: the stage's platform, then
+/// `->ARCH` (same OS) or `->OS/ARCH` when the `TARGET*` arguments in the
+/// step's environment `env` (`KEY=VALUE`) name another platform
+/// (`formatTargetPlatform`); a FROM passes no environment.
+pub(super) fn platform_prefix(stage: &kiln_solver::Platform, env: &[String]) -> String {
+    let get = |k: &str| {
+        env.iter()
+            .find_map(|e| e.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+    };
+    let target = match get("TARGETPLATFORM") {
+        Some(v) => kiln_solver::Platform::parse(v, stage).ok(),
+        None => {
+            let (os, arch, variant) = (get("TARGETOS"), get("TARGETARCH"), get("TARGETVARIANT"));
+            if os.is_none() && arch.is_none() && variant.is_none() {
+                None
+            } else {
+                let or =
+                    |v: Option<&str>, d: &str| v.filter(|v| !v.is_empty()).unwrap_or(d).to_string();
+                let mut spec = format!("{}/{}", or(os, &stage.os), or(arch, &stage.architecture));
+                if let Some(v) = variant.filter(|v| !v.is_empty()) {
+                    spec = format!("{spec}/{v}");
+                }
+                kiln_solver::Platform::parse(&spec, stage).ok()
+            }
+        }
+    };
+    let arrow = match target {
+        Some(t) if t.os == stage.os && t.architecture != stage.architecture => {
+            if t.variant.is_empty() {
+                format!("->{}", t.architecture)
+            } else {
+                format!("->{}/{}", t.architecture, t.variant)
+            }
+        }
+        Some(t) if t.os != stage.os => format!("->{t}"),
+        _ => String::new(),
+    };
+    format!("{stage}{arrow}")
+}
+
 /// Go's `%q` of a `[]string`: `["a" "b"]`.
 pub(super) fn go_quote_list(v: &[String]) -> String {
     let items: Vec<String> = v.iter().map(|s| go_quote(s)).collect();

@@ -347,8 +347,11 @@ pub fn to_graph(
             rules: rules.join(", "),
         });
     }
+    // Equal steps (two stages `FROM` one image) are one vertex, named as
+    // BuildKit names it.
+    let (graph, result) = conv.graph.merge_equal(result).map_err(ParseError::Graph)?;
     Ok(Build {
-        graph: conv.graph,
+        graph,
         result,
         config: st.config,
         stages_built: conv.stages_built,
@@ -418,31 +421,40 @@ struct Progress {
     label: String,
     index: usize,
     total: usize,
+    /// The stage's platform, named in each step's name when several
+    /// platforms are built ([`BuildOptions::prefix_platform`]).
+    platform: Option<kiln_solver::Platform>,
 }
 
 impl Progress {
-    fn name(&mut self, text: &str) -> String {
+    /// The next step's name: `text` under the stage's label and number;
+    /// `env` is the step's environment (BuildKit names a `TARGET*`
+    /// argument's platform in it), empty for a FROM.
+    fn name(&mut self, text: &str, env: &[String]) -> String {
         if self.total == 0 {
             return text.to_string();
         }
         self.index += 1;
         let width = self.total.to_string().len();
-        let label = if self.label.is_empty() {
-            String::new()
-        } else {
-            format!("{} ", self.label)
+        let mut label = match &self.platform {
+            Some(p) => format!("{} ", gocompat::platform_prefix(p, env)),
+            None => String::new(),
         };
+        if !self.label.is_empty() {
+            label.push_str(&self.label);
+            label.push(' ');
+        }
         format!("[{label}{:>width$}/{}] {text}", self.index, self.total)
     }
 
     /// A name under the step number [`Self::name`] gave last (a step of
     /// two vertices, such as a linked copy and its merge).
-    fn same(&mut self, text: &str) -> String {
+    fn same(&mut self, text: &str, env: &[String]) -> String {
         if self.total == 0 {
             return text.to_string();
         }
         self.index = self.index.saturating_sub(1);
-        self.name(text)
+        self.name(text, env)
     }
 }
 
@@ -533,7 +545,10 @@ impl Converter<'_> {
         op: Op,
         inputs: Inputs,
     ) -> Result<()> {
-        let name = progress.name(&format!("{}{suffix}", self.display_name(c, &st.env)));
+        let name = progress.name(
+            &format!("{}{suffix}", self.display_name(c, &st.env)),
+            &st.env,
+        );
         let v = self.add(Vertex {
             op,
             inputs: inputs.0,
@@ -773,6 +788,10 @@ impl Converter<'_> {
             label: self.plan.display[i].clone(),
             index: 0,
             total,
+            platform: self
+                .opts
+                .prefix_platform
+                .then(|| self.plan.stages[i].platform.clone()),
         };
         let mut st = match self.plan.stages[i].base.clone() {
             Base::Stage(j) => {
@@ -788,14 +807,14 @@ impl Converter<'_> {
             // A directory has no config: the stage starts as on scratch.
             Base::Remote { op, name } => {
                 let edge = self.remote_context(op, &name)?;
-                let _ = progress.name("");
+                let _ = progress.name("", &[]);
                 self.new_state(i, Some(edge), scratch_config())
             }
             Base::Local { local, excludes } => {
                 let edge = self.local_source(&local, &excludes)?;
                 // The source counts in the stage's steps but is named
                 // after the context, as in BuildKit.
-                let _ = progress.name("");
+                let _ = progress.name("", &[]);
                 self.new_state(i, Some(edge), scratch_config())
             }
             Base::Image(r) => {
@@ -820,10 +839,10 @@ impl Converter<'_> {
                 // A layout's load counts in the stage's steps but is named
                 // after the context, as a directory's.
                 let name = if crate::OciLayoutRef::from_key(&r).is_some() {
-                    let _ = progress.name("");
+                    let _ = progress.name("", &[]);
                     name
                 } else {
-                    progress.name(&name)
+                    progress.name(&name, &[])
                 };
                 let v = self.add(Vertex {
                     op: Op::Source(op),

@@ -731,13 +731,11 @@ v1 "[deps 2/2] RUN fetch" @Dockerfile:2 <- [v0]
   exec ["/bin/sh", "-c", "fetch"] cwd=/ user="" net=Unset
   env ["PATH=/usr/bin:/bin", "HOME=/root"]
   mount / <- in0"" out=Some(0) ro=false Bind
-v2 "[stage-1 1/3] FROM docker.io/library/busybox:latest" @Dockerfile:3
-  source docker-image://docker.io/library/busybox:latest {}
-v3 "[stage-1 2/3] WORKDIR /w" @Dockerfile:4 <- [v2]
+v2 "[stage-1 2/3] WORKDIR /w" @Dockerfile:4 <- [v0]
   mkdir /w 755 parents=true on in0 out=Some(0)
-v4 "[internal] load build context"
+v3 "[internal] load build context"
   source local://context {}
-v5 "[stage-1 3/3] RUN --network=none --mount=type=cache,target=/root/.cache,sharing=locked     --mount=type=cache,target=cache,id=shared     --mount=type=tmpfs,target=/tmp,size=64m     --mount=type=bind,from=deps,source=/out,target=/deps     --mount=target=src,rw     make" @Dockerfile:5 <- [v3 v1 v4]
+v4 "[stage-1 3/3] RUN --network=none --mount=type=cache,target=/root/.cache,sharing=locked     --mount=type=cache,target=cache,id=shared     --mount=type=tmpfs,target=/tmp,size=64m     --mount=type=bind,from=deps,source=/out,target=/deps     --mount=target=src,rw     make" @Dockerfile:5 <- [v2 v1 v3]
   exec ["/bin/sh", "-c", "make"] cwd=/w user="" net=None
   env ["PATH=/usr/bin:/bin", "HOME=/root"]
   mount / <- in0"" out=Some(0) ro=false Bind
@@ -1295,11 +1293,9 @@ fn copy_parents_keeps_parent_dirs_below_the_pivot() {
     check(
         "FROM busybox\nCOPY --parents --from=busybox x/./y/z.txt a/*/c /dst/\n",
         r#"
-v0 "[stage-0 1/2] FROM docker.io/library/busybox:latest" @Dockerfile:1
+v0 "FROM docker.io/library/busybox:latest" @Dockerfile:2
   source docker-image://docker.io/library/busybox:latest {}
-v1 "FROM docker.io/library/busybox:latest" @Dockerfile:2
-  source docker-image://docker.io/library/busybox:latest {}
-v2 "[stage-0 2/2] COPY --parents --from=busybox x/./y/z.txt a/*/c /dst/" @Dockerfile:2 <- [v0 v1]
+v1 "[stage-0 2/2] COPY --parents --from=busybox x/./y/z.txt a/*/c /dst/" @Dockerfile:2 <- [v0 v0]
   copy /x -> /dst/ mode=None unpack=false excl=[] incl=["y/z.txt"] req=["/x/y/z.txt"] on in0 from in1 out=None
   copy / -> /dst/ mode=None unpack=false excl=[] incl=["a/*/c"] req=[] on act0 from in1 out=Some(0)
 env ["PATH=/usr/bin:/bin", "HOME=/root"]
@@ -1719,13 +1715,12 @@ fn a_named_context_for_one_platform_is_read_by_stages_built_for_it() {
     let src = "FROM base\nFROM --platform=linux/arm64 base AS arm\nCOPY --from=base /a /b\n\
                FROM scratch\nCOPY --from=0 / /x\nCOPY --from=arm / /y\n";
     let b = build(src, &o).expect("build");
-    // The arm64 stage and its --from (a vertex of its own) read the
-    // arm64 context; the target-platform stage reads the plain one.
+    // The arm64 stage and its --from (one vertex: the same image op) read
+    // the arm64 context; the target-platform stage reads the plain one.
     assert_eq!(
         sources(&b),
         [
             "docker-image://docker.io/library/plain-base:1",
-            "docker-image://docker.io/library/arm-base:1",
             "docker-image://docker.io/library/arm-base:1",
         ]
     );
@@ -1737,4 +1732,46 @@ fn a_named_context_for_one_platform_is_read_by_stages_built_for_it() {
         sources(&b),
         ["docker-image://docker.io/library/base:latest"]
     );
+}
+
+/// A step's platform in a multi-platform build is named as BuildKit's
+/// `prefixCommand` names it: the stage's, then the `TARGET*` arguments'
+/// when they name another.
+#[test]
+fn step_platforms_are_named_as_buildkits() {
+    let amd64 = kiln_solver::Platform {
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        variant: String::new(),
+    };
+    let env = |e: &[&str]| e.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for (vars, want) in [
+        (env(&[]), "linux/amd64"),
+        (
+            env(&["PATH=/bin", "TARGETARCH=arm64"]),
+            "linux/amd64->arm64",
+        ),
+        (env(&["TARGETPLATFORM=linux/arm/v7"]), "linux/amd64->arm/v7"),
+        (
+            env(&["TARGETPLATFORM=linux/arm64", "TARGETARCH=s390x"]),
+            "linux/amd64->arm64",
+        ),
+        (
+            env(&["TARGETPLATFORM=windows/amd64"]),
+            "linux/amd64->windows/amd64",
+        ),
+        (
+            env(&["TARGETPLATFORM=linux/amd64", "TARGETOS=linux"]),
+            "linux/amd64",
+        ),
+        (env(&["TARGETOS=linux"]), "linux/amd64"),
+        (env(&["TARGETPLATFORM=not a platform"]), "linux/amd64"),
+        (env(&["TARGETARCHX=arm64"]), "linux/amd64"),
+    ] {
+        assert_eq!(
+            super::gocompat::platform_prefix(&amd64, &vars),
+            want,
+            "{vars:?}"
+        );
+    }
 }
