@@ -241,6 +241,56 @@ async fn a_multi_platform_build_is_an_index_of_both() {
     ];
     expected.sort_unstable();
     assert_eq!(lookups, expected, "{}", out.stderr);
+    // Steps are named with their stage's platform; the `$BUILDPLATFORM`
+    // stage's step is one vertex for both platforms, as in BuildKit.
+    let named = |step: &str| {
+        out.stderr
+            .lines()
+            .filter(|l| l.split_once(' ').is_some_and(|(_, rest)| rest == step))
+            .count()
+    };
+    assert_eq!(
+        named(&format!("[linux/{host} native 2/2] RUN uname -m > /native")),
+        1,
+        "{}",
+        out.stderr
+    );
+    for arch in [host.as_str(), other] {
+        let copy = format!("[linux/{arch} stage-1 2/3] COPY --from=native /native /native");
+        assert_eq!(named(&copy), 1, "{copy}:\n{}", out.stderr);
+    }
+    // The export lists each platform's manifest and config, then the
+    // index, as BuildKit's exporter does.
+    let index_digest = h.image_digest(ns, "docker.io/library/multi:1");
+    let exported: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest))
+        .filter(|l| l.starts_with("exporting "))
+        .collect();
+    let kinds: Vec<String> = exported
+        .iter()
+        .map(|l| l.split(" sha256:").next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 5..],
+        [
+            "exporting manifest",
+            "exporting config",
+            "exporting manifest",
+            "exporting config",
+            "exporting manifest list"
+        ],
+        "{}",
+        out.stderr
+    );
+    assert!(
+        exported
+            .iter()
+            .any(|l| *l == format!("exporting manifest list {index_digest} done")),
+        "{}",
+        out.stderr
+    );
 
     let index = h.manifest(ns, "docker.io/library/multi:1");
     assert_eq!(

@@ -1599,6 +1599,7 @@ async fn build(
                 for i in kiln_engine::progress::image_export_items(
                     &r.manifest_digest,
                     Some(&r.config_digest),
+                    &r.children,
                     &names,
                 ) {
                     u.push(e.item(&i, 0, now, now));

@@ -143,6 +143,7 @@ mod tests {
             manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
             manifest_size: 42,
             names: vec!["docker.io/library/x:1".into(), "docker.io/r/y:2".into()],
+            children: Vec::new(),
         };
         embedded_response(&r)
     }

@@ -169,6 +169,7 @@ fn items(
     kind: &str,
     attrs: &HashMap<String, String>,
     resp: &HashMap<String, String>,
+    children: &[(String, String)],
     started: std::time::SystemTime,
 ) -> Vec<(String, std::time::SystemTime, std::time::SystemTime)> {
     let now = std::time::SystemTime::now();
@@ -189,6 +190,7 @@ fn items(
         for item in kiln_engine::progress::image_export_items(
             d,
             resp.get("containerimage.config.digest").map(String::as_str),
+            children,
             &names,
         ) {
             let unpacking = item
@@ -267,6 +269,8 @@ pub async fn run(
     // starts and ends it), as BuildKit's items of it.
     let vertex = vertex_name(exporters.first().map_or("image", |e| e.r#type.as_str()));
     let started = std::time::SystemTime::now();
+    // An archived index's platforms, for the first exporter's items.
+    let mut children = Vec::new();
     for (index, e) in exporters.iter().enumerate() {
         let attrs = &e.attrs;
         let kind = e.r#type.as_str();
@@ -305,7 +309,8 @@ pub async fn run(
                 image_response(&mut resp, &out, &reported);
                 results.insert(i64::try_from(index).unwrap_or(i64::MAX), result_of(&out));
                 if index == 0 {
-                    crate::status::step_items(job, &vertex, &items(kind, attrs, &resp, started));
+                    let items = items(kind, attrs, &resp, &out.children, started);
+                    crate::status::step_items(job, &vertex, &items);
                 }
                 if let Some(opts) = &push {
                     crate::push::run(job, &vertex, session, solved, &out, &names, opts).await?;
@@ -329,6 +334,7 @@ pub async fn run(
                 // The OCI and Docker exporters report them normalized.
                 out.names = names.clone();
                 image_response(&mut resp, &out, &names);
+                children.clone_from(&out.children);
                 results.insert(i64::try_from(index).unwrap_or(i64::MAX), result_of(&out));
                 let format = if kind == "docker" {
                     ArchiveFormat::Docker
@@ -405,7 +411,8 @@ pub async fn run(
             }
         }
         if index == 0 && !matches!(kind, "image" | "moby") {
-            crate::status::step_items(job, &vertex, &items(kind, attrs, &resp, started));
+            let items = items(kind, attrs, &resp, &children, started);
+            crate::status::step_items(job, &vertex, &items);
         }
     }
     Ok(Exports {
@@ -520,7 +527,7 @@ mod tests {
             ("containerimage.config.digest".into(), "sha256:c".into()),
             ("image.name".into(), "a:1,b:2".into()),
         ]);
-        let ids: Vec<String> = items("image", &HashMap::new(), &resp, t)
+        let ids: Vec<String> = items("image", &HashMap::new(), &resp, &[], t)
             .into_iter()
             .map(|i| i.0)
             .collect();
@@ -536,7 +543,7 @@ mod tests {
         );
         // nerdctl's `unpack=true`: each name is unpacked after naming.
         let unpack = HashMap::from([("unpack".to_string(), "true".to_string())]);
-        let ids: Vec<String> = items("image", &unpack, &resp, t)
+        let ids: Vec<String> = items("image", &unpack, &resp, &[], t)
             .into_iter()
             .map(|i| i.0)
             .skip(3)

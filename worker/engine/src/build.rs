@@ -112,6 +112,9 @@ pub struct BuildResult {
     pub manifest_size: i64,
     pub config_digest: String,
     pub names: Vec<String>,
+    /// When the result is an index: each platform's manifest and config
+    /// digest ([`Exported::children`]).
+    pub children: Vec<(String, String)>,
 }
 
 /// The engine: containerd's services, an executor, a state directory for
@@ -421,6 +424,7 @@ impl Engine {
             manifest,
             config_digest,
             names,
+            children,
         } = r?;
         Ok(BuildResult {
             manifest_digest: manifest.digest().to_string(),
@@ -428,6 +432,7 @@ impl Engine {
             manifest_size: crate::oci::size_of(&manifest),
             config_digest,
             names,
+            children,
         })
     }
 
@@ -463,6 +468,8 @@ impl Engine {
                 what: "a cache export (--cache-to) of a multi-platform build".into(),
             });
         }
+        // A step two platforms share runs once and shows once.
+        let progress = progress.once_per_vertex();
         let solves = targets.iter().map(|t| {
             let mut r = req.clone();
             r.result = t.result;
@@ -988,15 +995,20 @@ impl Solved {
     ) -> Result<Exported> {
         if !self.platforms.is_empty() {
             let mut manifests = Vec::with_capacity(self.platforms.len());
+            let mut children = Vec::with_capacity(self.platforms.len());
             let parts = std::iter::once(self).chain(&self.others);
             for ((platform, cfg), s) in self.platforms.iter().zip(parts) {
                 let out = s
                     .export_manifest(cfg, &[], compression, rewrite_timestamp)
                     .await?;
+                children.push((out.manifest.digest().to_string(), out.config_digest));
                 manifests.push((platform.clone(), out.manifest));
             }
-            return crate::export::export_index(&self.engine.svc, &manifests, names, &self.lease)
-                .await;
+            let mut out =
+                crate::export::export_index(&self.engine.svc, &manifests, names, &self.lease)
+                    .await?;
+            out.children = children;
+            return Ok(out);
         }
         self.export_manifest(config, names, compression, rewrite_timestamp)
             .await

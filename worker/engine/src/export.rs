@@ -19,6 +19,9 @@ pub struct Exported {
     pub manifest: Descriptor,
     pub config_digest: String,
     pub names: Vec<String>,
+    /// When `manifest` is an index: each platform's manifest and config
+    /// digest, in its order (empty for one image).
+    pub children: Vec<(String, String)>,
 }
 
 /// Builds the OCI config for a chain and the frontend's image config.
@@ -248,6 +251,7 @@ pub async fn export_image(
         manifest: desc,
         config_digest: config_digest.to_string(),
         names: names.to_vec(),
+        children: Vec::new(),
     })
 }
 
@@ -316,5 +320,6 @@ pub async fn export_index(
         manifest: desc,
         config_digest: String::new(),
         names: names.to_vec(),
+        children: Vec::new(),
     })
 }
