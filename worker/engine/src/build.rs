@@ -719,23 +719,38 @@ impl BaseImages {
             progress: self.progress.clone(),
             vertex: Some(METADATA_VERTICES - n),
         };
-        let (cfg, digest) = crate::pull::base_config(
-            &self.svc,
-            &self.client,
-            name,
-            platform,
-            self.mode,
-            &report,
-            shown,
-        )
-        .await?;
-        self.pinned.insert(&key, &digest);
+        let (cfg, _) = self.look_up(name, platform, &report, shown).await?;
         let cfg = crate::base::frontend_config(&cfg);
         self.answered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, cfg.clone());
         Ok(cfg)
+    }
+
+    /// Base image `name`'s config for `platform` by the build's resolve
+    /// rule ([`crate::pull::base_config`], shown on `report`) and the
+    /// digest it was found by, which the build's image is pinned to.
+    async fn look_up(
+        &self,
+        name: &str,
+        platform: Option<&kiln_solver::Platform>,
+        report: &crate::pull::Reporter,
+        shown: Option<&kiln_solver::Platform>,
+    ) -> Result<(crate::oci::ImageConfigJson, String)> {
+        let (cfg, digest) = crate::pull::base_config(
+            &self.svc,
+            &self.client,
+            name,
+            platform,
+            self.mode,
+            report,
+            shown,
+        )
+        .await?;
+        self.pinned
+            .insert(&crate::resolve::Pinned::key(name, platform), &digest);
+        Ok((cfg, digest))
     }
 
     /// Base image `name`'s config as JSON and the digest it was found
@@ -750,18 +765,7 @@ impl BaseImages {
             progress: self.progress.clone(),
             vertex: None,
         };
-        let (cfg, digest) = crate::pull::base_config(
-            &self.svc,
-            &self.client,
-            name,
-            platform,
-            self.mode,
-            &report,
-            None,
-        )
-        .await?;
-        self.pinned
-            .insert(&crate::resolve::Pinned::key(name, platform), &digest);
+        let (cfg, digest) = self.look_up(name, platform, &report, None).await?;
         let json = serde_json::to_vec(&cfg).map_err(|e| WorkerError::BadInput {
             location: String::new(),
             reason: format!("the config of {name} cannot be written as JSON: {e}"),

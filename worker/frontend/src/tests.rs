@@ -218,8 +218,14 @@ fn platforms_are_a_normalized_list() {
     }
 }
 
-#[tokio::test]
-async fn each_platform_is_planned_with_its_own_bases() {
+/// Busybox as the only image, and options building for the worker's
+/// platform and another one (`linux/arm64`, or `linux/amd64` on arm64).
+fn two_platforms() -> (
+    FakeImages,
+    kiln_solver::Platform,
+    &'static str,
+    FrontendOptions,
+) {
     let images = FakeImages {
         configs: BTreeMap::from([(
             "docker.io/library/busybox:latest".to_string(),
@@ -236,6 +242,12 @@ async fn each_platform_is_planned_with_its_own_bases() {
     let list = format!("{host},{other}");
     let opts =
         FrontendOptions::from_attrs(&attrs(&[("platform", list.as_str())])).expect("options");
+    (images, host, other, opts)
+}
+
+#[tokio::test]
+async fn each_platform_is_planned_with_its_own_bases() {
+    let (images, host, other, opts) = two_platforms();
     let built = plan_all(&source("FROM busybox\nRUN true\n", &[]), &opts, &images)
         .await
         .expect("plans");
@@ -1115,23 +1127,8 @@ async fn checks_do_not_fetch_the_epochs_source() {
 /// vertex, as in BuildKit.
 #[tokio::test]
 async fn multi_platform_steps_are_named_by_their_stage_and_merged_when_equal() {
-    let images = FakeImages {
-        configs: BTreeMap::from([(
-            "docker.io/library/busybox:latest".to_string(),
-            ImageConfig::default(),
-        )]),
-        ..Default::default()
-    };
-    let host = kiln_engine::oci::worker_platform();
-    let other = if host.architecture == "arm64" {
-        "linux/amd64"
-    } else {
-        "linux/arm64"
-    };
+    let (images, host, other, opts) = two_platforms();
     let other_arch = &other["linux/".len()..];
-    let list = format!("{host},{other}");
-    let opts =
-        FrontendOptions::from_attrs(&attrs(&[("platform", list.as_str())])).expect("options");
     let text = "FROM --platform=$BUILDPLATFORM busybox AS build\nARG TARGETARCH\n\
                 RUN echo $TARGETARCH > /arch\n\
                 FROM --platform=$BUILDPLATFORM busybox AS common\nRUN echo common > /c\n\
