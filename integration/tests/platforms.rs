@@ -86,6 +86,7 @@ async fn import_two_platform_busybox(h: &Harness, ns: &str) {
         &svc,
         &manifests,
         &["docker.io/library/busybox:latest".to_string()],
+        &Default::default(),
         &lease,
     )
     .await

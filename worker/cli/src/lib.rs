@@ -267,7 +267,10 @@ struct BuildArgs {
     /// (containerd's store, unpacked); the flag is buildx's spelling.
     #[arg(long)]
     load: bool,
-    /// Add an annotation to the image (not supported yet).
+    /// Add an annotation to the image outputs: KEY=VALUE (the manifest),
+    /// or TYPE[,TYPE...]:KEY=VALUE with types manifest, index,
+    /// manifest-descriptor, index-descriptor, each optionally narrowed to
+    /// a platform (`manifest[linux/arm64]:KEY=VALUE`).
     #[arg(long, value_name = "KEY=VALUE")]
     annotation: Vec<String>,
     /// Run a frontend method instead of building: build (the default),
@@ -443,9 +446,6 @@ fn call_answer(json: bool, json_answer: String, text_answer: String) -> String {
 /// by name before anything runs (never ignored).
 fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
     let not_yet = |flag: &str| Err(anyhow!("{flag} is not supported yet"));
-    if !args.annotation.is_empty() {
-        return not_yet("--annotation");
-    }
     call(args)?;
     let off = |v: &str| matches!(v, "false" | "0");
     if let Some(v) = args.sbom.as_deref().filter(|v| !off(v)) {
@@ -806,14 +806,29 @@ struct ImageOutput {
     /// `rewrite-timestamp=true`: layer file times are clamped to
     /// `SOURCE_DATE_EPOCH`.
     rewrite_timestamp: bool,
+    /// The `annotation*` options, with `--annotation`'s.
+    annotations: kiln_engine::annotations::ExportAnnotations,
 }
 
 /// `-o` specs of an embedded build (checked by [`outputs::parse`]);
-/// `push` is `--push`, `load` is `--load`.
-fn parse_outputs(specs: &[String], push: bool, load: bool) -> Result<ImageOutput> {
+/// `push` is `--push`, `load` is `--load`, `annotations` are
+/// `--annotation`'s values.
+fn parse_outputs(
+    specs: &[String],
+    push: bool,
+    load: bool,
+    annotations: &[String],
+) -> Result<ImageOutput> {
     let mut out = ImageOutput::default();
-    for o in outputs::parse(specs, push, load, true)? {
+    let mut parsed = outputs::parse(specs, push, load, true)?;
+    outputs::annotate(&mut parsed, &outputs::annotation_options(annotations)?)?;
+    let mut annotation_options = Vec::new();
+    for o in parsed {
         for (k, v) in &o.attrs {
+            if kiln_engine::annotations::is_annotation(k) {
+                annotation_options.push((k.clone(), v.clone()));
+                continue;
+            }
             match k.as_str() {
                 "name" => out
                     .names
@@ -832,6 +847,11 @@ fn parse_outputs(specs: &[String], push: bool, load: bool) -> Result<ImageOutput
             }
         }
     }
+    out.annotations = kiln_engine::annotations::ExportAnnotations::from_options(
+        annotation_options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    )?;
     Ok(out)
 }
 
@@ -1111,8 +1131,11 @@ fn remote_outputs(
     specs: &[String],
     push: bool,
     load: bool,
+    annotations: &[String],
 ) -> Result<Vec<HashMap<String, String>>> {
-    Ok(outputs::parse(specs, push, load, false)?
+    let mut parsed = outputs::parse(specs, push, load, false)?;
+    outputs::annotate(&mut parsed, &outputs::annotation_options(annotations)?)?;
+    Ok(parsed
         .into_iter()
         .map(|o| {
             let mut m: HashMap<String, String> = o.attrs.into_iter().collect();
@@ -1124,7 +1147,7 @@ fn remote_outputs(
 
 /// `kiln build` against a daemon.
 async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> Result<()> {
-    let outputs = remote_outputs(&args.outputs, args.push, args.load)?;
+    let outputs = remote_outputs(&args.outputs, args.push, args.load, &args.annotation)?;
     let prepared = contexts::prepare(&args.context, args.file.as_deref(), &mut std::io::stdin())?;
     let (context, dockerfile) = (prepared.context.clone(), prepared.dockerfile.clone());
     // The daemon parses (and refuses) them, as any BuildKit client's.
@@ -1231,7 +1254,7 @@ async fn build(
     config_file: Option<PathBuf>,
     args: BuildArgs,
 ) -> Result<()> {
-    let out = parse_outputs(&args.outputs, args.push, args.load)?;
+    let out = parse_outputs(&args.outputs, args.push, args.load, &args.annotation)?;
     let prepared = contexts::prepare(&args.context, args.file.as_deref(), &mut std::io::stdin())?;
     let (context, dockerfile) = (prepared.context.clone(), prepared.dockerfile.clone());
     let mut opts = kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(
@@ -1568,6 +1591,7 @@ async fn build(
         rewrite_timestamp: out.rewrite_timestamp,
         // Embedded builds always export an image.
         export_blobs: !out.rewrite_timestamp,
+        annotations: out.annotations.clone(),
     };
 
     let cancel = CancellationToken::new();
@@ -1830,6 +1854,7 @@ mod tests {
                 &specs.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                 push,
                 false,
+                &[],
             )
         };
         let plain = out(&["type=image,name=r/x:1"], false).expect("plain");
@@ -1879,31 +1904,30 @@ mod tests {
         let specs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let get = |m: &HashMap<String, String>, k: &str| m.get(k).cloned();
         // No output: an image output that pushes.
-        let o = remote_outputs(&[], true, false).expect("outputs");
+        let o = remote_outputs(&[], true, false, &[]).expect("outputs");
         assert_eq!(o.len(), 1);
         assert_eq!(get(&o[0], "type").as_deref(), Some("image"));
         assert_eq!(get(&o[0], "push").as_deref(), Some("true"));
         // A local output alone gets an image output besides it.
-        let o = remote_outputs(&specs(&["type=local,dest=out"]), true, false).expect("outputs");
+        let o =
+            remote_outputs(&specs(&["type=local,dest=out"]), true, false, &[]).expect("outputs");
         assert_eq!(o.len(), 2);
         assert_eq!(get(&o[0], "push"), None);
         assert_eq!(get(&o[1], "push").as_deref(), Some("true"));
         // An image output is marked, not duplicated.
-        let o = remote_outputs(&specs(&["type=image,name=r/x:1"]), true, false).expect("outputs");
+        let o =
+            remote_outputs(&specs(&["type=image,name=r/x:1"]), true, false, &[]).expect("outputs");
         assert_eq!(o.len(), 1);
         assert_eq!(get(&o[0], "push").as_deref(), Some("true"));
         assert_eq!(get(&o[0], "name").as_deref(), Some("r/x:1"));
-        let o = remote_outputs(&specs(&["type=image,name=r/x:1"]), false, false).expect("outputs");
+        let o =
+            remote_outputs(&specs(&["type=image,name=r/x:1"]), false, false, &[]).expect("outputs");
         assert_eq!(get(&o[0], "push"), None);
     }
 
     #[test]
     fn buildx_flags_not_built_yet_are_refused_by_name() {
         let refused = [
-            (
-                vec!["--annotation", "a=b"],
-                "--annotation is not supported yet",
-            ),
             (
                 vec!["--call", "describe"],
                 "--call=describe is not supported yet (build, check, outline, targets)",

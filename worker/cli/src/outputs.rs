@@ -133,6 +133,90 @@ pub fn parse(specs: &[String], push: bool, load: bool, embedded: bool) -> Result
     Ok(out)
 }
 
+/// buildx's `--annotation` values as exporter options: `KEY=VALUE` is
+/// `annotation.KEY`; `TYPES:KEY=VALUE` gives one option per type of the
+/// comma-separated `TYPE[PLATFORM]` list (`manifest`, `index`,
+/// `manifest-descriptor`, `index-descriptor`; a platform only narrows the
+/// manifest kinds). buildx's error texts.
+pub fn annotation_options(values: &[String]) -> Result<Vec<(String, String)>> {
+    let host = kiln_engine::oci::worker_platform();
+    let mut out = Vec::new();
+    for given in values.iter().filter(|v| !v.is_empty()) {
+        let (k, v) = given
+            .split_once('=')
+            .ok_or_else(|| anyhow!("invalid annotation {given:?}, expected key=value"))?;
+        let Some((types, key)) = k.split_once(':') else {
+            out.push((format!("annotation.{k}"), v.to_string()));
+            continue;
+        };
+        for one in types.split(',') {
+            let (kind, platform) = match one.split_once('[') {
+                Some((kind, rest)) => match rest.strip_suffix(']') {
+                    Some(p) if !p.is_empty() && !p.contains(['[', ']']) => (kind, Some(p)),
+                    _ => (kind, None),
+                },
+                None => (one, None),
+            };
+            let well_formed = !kind.is_empty()
+                && kind.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                && (one.len() == kind.len() || platform.is_some());
+            if !well_formed {
+                return Err(anyhow!(
+                    "invalid annotation type {one:?}, expected type and optional platform in square brackets"
+                ));
+            }
+            let manifest_kind = match kind {
+                "manifest" | "manifest-descriptor" => true,
+                "index" | "index-descriptor" => false,
+                _ => return Err(anyhow!("unknown annotation type {kind:?}")),
+            };
+            let platform = platform
+                .map(|p| {
+                    kiln_solver::Platform::parse(p, &host)
+                        .map_err(|e| anyhow!("invalid platform {p:?}: {e}"))
+                })
+                .transpose()?
+                .filter(|_| manifest_kind);
+            let option = match platform {
+                Some(p) => format!("annotation-{kind}[{p}].{key}"),
+                None => format!("annotation-{kind}.{key}"),
+            };
+            out.push((option, v.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `--annotation`'s `options` ([`annotation_options`]) to every image
+/// output (`image`, `oci`, `docker`), as buildx adds them to its outputs.
+/// With no output at all they go to the image output kiln makes by
+/// default; with outputs but no image among them they would change
+/// nothing, which is an error.
+pub fn annotate(outputs: &mut Vec<Output>, options: &[(String, String)]) -> Result<()> {
+    if options.is_empty() {
+        return Ok(());
+    }
+    let image_like = |o: &Output| matches!(o.kind.as_str(), "image" | "oci" | "docker");
+    if outputs.is_empty() {
+        outputs.push(Output {
+            kind: "image".into(),
+            attrs: BTreeMap::new(),
+        });
+    }
+    if !outputs.iter().any(image_like) {
+        return Err(anyhow!(
+            "--annotation applies to image outputs (type=image, registry, oci or docker), and no output is one"
+        ));
+    }
+    for o in outputs.iter_mut().filter(|o| image_like(o)) {
+        for (k, v) in options {
+            check(&o.kind, k, v)?;
+            o.attrs.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +250,10 @@ mod tests {
             "type=oci,dest=out.tar,name=r/x:1,compression=gzip",
             "type=docker,dest=out.tar,name=r/x:1",
             "type=oci,dest=-,tar=true",
+            "type=image,annotation.org.opencontainers.image.title=x",
+            "type=image,annotation-index.a=b",
+            "type=image,annotation-manifest-descriptor[linux/arm64].a=b",
+            "type=oci,dest=o.tar,annotation.a=b",
             "out-dir",
         ];
         for spec in works {
@@ -188,19 +276,9 @@ mod tests {
             ("type=image,buildinfo-attrs=true", "buildinfo-attrs=true"),
             ("type=image,dangling-name-prefix=x", "dangling-name-prefix"),
             ("type=image,name-canonical=true", "name-canonical"),
-            (
-                "type=image,annotation.org.opencontainers.image.title=x",
-                "annotation.org.opencontainers.image.title",
-            ),
-            ("type=image,annotation-index.a=b", "annotation-index.a"),
-            (
-                "type=image,annotation-manifest-descriptor.a=b",
-                "annotation-manifest-descriptor.a",
-            ),
             ("type=image,source-date-epoch=0", "source-date-epoch"),
             ("type=image,attestation-prefix=x", "attestation-prefix"),
             ("type=oci,dest=o.tar,tar=false", "tar=false"),
-            ("type=oci,dest=o.tar,annotation.a=b", "annotation.a"),
             ("type=docker,dest=o.tar,context=x", "context"),
             (
                 "type=docker,dest=o.tar,compression-level=1",
@@ -225,6 +303,84 @@ mod tests {
                 None => assert_eq!(e, format!("output option {key} is not supported yet")),
             }
         }
+    }
+
+    #[test]
+    fn annotation_flags_become_buildx_s_exporter_options() {
+        let given =
+            |v: &[&str]| annotation_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            given(&[
+                "a=1",
+                "index,manifest[linux/arm64]:b=2",
+                "manifest-descriptor:c=x=y"
+            ])
+            .expect("options"),
+            [
+                ("annotation.a".to_string(), "1".to_string()),
+                ("annotation-index.b".into(), "2".into()),
+                ("annotation-manifest[linux/arm64].b".into(), "2".into()),
+                ("annotation-manifest-descriptor.c".into(), "x=y".into()),
+            ]
+        );
+        // A platform only narrows the manifest kinds.
+        assert_eq!(
+            given(&["index[linux/arm64]:k=v"]).expect("index"),
+            [("annotation-index.k".to_string(), "v".to_string())]
+        );
+        for (bad, text) in [
+            ("novalue", "invalid annotation \"novalue\", expected key=value"),
+            ("layer:k=v", "unknown annotation type \"layer\""),
+            (
+                "Manifest:k=v",
+                "invalid annotation type \"Manifest\", expected type and optional platform in square brackets",
+            ),
+        ] {
+            assert_eq!(
+                given(&[bad]).expect_err(bad).to_string(),
+                text,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn annotations_go_to_image_outputs_only() {
+        let opts = annotation_options(&["k=v".to_string()]).expect("options");
+        let mut none = Vec::new();
+        annotate(&mut none, &opts).expect("default output");
+        assert_eq!(none.len(), 1);
+        assert!(none[0].is_image());
+        assert_eq!(
+            none[0].attrs.get("annotation.k").map(String::as_str),
+            Some("v")
+        );
+
+        let mut mixed = parse(
+            &[
+                "type=local,dest=d".to_string(),
+                "type=oci,dest=o.tar".to_string(),
+            ],
+            false,
+            false,
+            false,
+        )
+        .expect("outputs");
+        annotate(&mut mixed, &opts).expect("oci output");
+        assert!(
+            !mixed[0].attrs.contains_key("annotation.k"),
+            "local: no place"
+        );
+        assert!(mixed[1].attrs.contains_key("annotation.k"));
+
+        let mut local =
+            parse(&["type=local,dest=d".to_string()], false, false, false).expect("outputs");
+        let e = annotate(&mut local, &opts).expect_err("no image output");
+        assert!(
+            e.to_string()
+                .contains("--annotation applies to image outputs"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -53,6 +53,8 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
             E::Unknown { .. } | E::NotBool { .. } => Status::invalid_argument(err.to_string()),
         })?;
     }
+    // An annotation of an unknown type or with a bad platform.
+    annotations(&e.attrs)?;
     Ok(())
 }
 
@@ -120,6 +122,17 @@ fn rewrite_epoch(
         })?),
     };
     Ok(epoch.filter(|_| rewrite))
+}
+
+/// An image exporter's annotation options ([`kiln_engine::annotations`]);
+/// [`check_options`] read them once before the build.
+fn annotations(
+    attrs: &HashMap<String, String>,
+) -> Result<kiln_engine::annotations::ExportAnnotations, Status> {
+    kiln_engine::annotations::ExportAnnotations::from_options(
+        attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// The `name` attribute's names as the client gave them.
@@ -280,7 +293,7 @@ pub async fn run(
                 let names = names(attrs)?;
                 let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
                 let mut out = solved
-                    .export_image_with(config, &names, compression, epoch)
+                    .export_image_with(config, &names, compression, epoch, &annotations(attrs)?)
                     .await
                     .map_err(|e| status_of(&e))?;
                 // buildkitd's image exporter reports (and names in its
@@ -321,7 +334,7 @@ pub async fn run(
                 let names = names(attrs)?;
                 let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
                 let mut out = solved
-                    .export_image_with(config, &[], compression, epoch)
+                    .export_image_with(config, &[], compression, epoch, &annotations(attrs)?)
                     .await
                     .map_err(|e| status_of(&e))?;
                 let mut annotations = out.manifest.annotations().clone().unwrap_or_default();
@@ -629,9 +642,7 @@ mod tests {
             "output option oci-mediatypes is not supported yet (kiln always uses oci-mediatypes=true)"
         );
         for (kind, key) in [
-            ("image", "annotation.a"),
             ("image", "compression-level"),
-            ("docker", "annotation-index.b"),
             ("local", "source-date-epoch"),
         ] {
             let e = refused(with(kind, &[(key, "1")]));
@@ -641,6 +652,22 @@ mod tests {
                 format!("output option {key} is not supported yet")
             );
         }
+        // Annotations are read before the build: a bad type fails then.
+        for ok in [
+            with("image", &[("annotation.a", "1")]),
+            with("docker", &[("annotation-index.b", "2")]),
+            with("oci", &[("annotation-manifest[linux/arm64].c", "3")]),
+        ] {
+            compression(std::slice::from_ref(&ok)).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        let e = refused(with("image", &[("annotation-layer.a", "1")]));
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.message(), "unrecognized annotation type layer");
+        let e = refused(with("local", &[("annotation.a", "1")]));
+        assert_eq!(
+            e.message(),
+            "unknown output option \"annotation.a\" for type=local"
+        );
         let e = refused(with("image", &[("frobnicate", "1")]));
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(

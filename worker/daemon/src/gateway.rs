@@ -253,6 +253,7 @@ const LLB_CAPS: &[&str] = &[
     "meta.ignorecache",
     "meta.description",
     "mergeop",
+    "exporter.image.annotations",
     "exporter.multiple",
 ];
 

@@ -85,6 +85,8 @@ pub struct BuildRequest {
     /// when nothing exports an image, or when the export rewrites the
     /// layers (`rewrite_timestamp`).
     pub export_blobs: bool,
+    /// The image exporter's annotations (`annotation.*` options).
+    pub annotations: crate::annotations::ExportAnnotations,
 }
 
 /// One platform of a multi-platform build ([`Engine::build_index`]).
@@ -395,6 +397,7 @@ impl Engine {
                 &req.names,
                 req.compression,
                 epoch.filter(|_| req.rewrite_timestamp),
+                &req.annotations,
             )
             .await;
         if let (Ok(out), Some(opts)) = (&r, &req.push) {
@@ -982,7 +985,7 @@ impl Solved {
         names: &[String],
         compression: Compression,
     ) -> Result<Exported> {
-        self.export_image_with(config, names, compression, None)
+        self.export_image_with(config, names, compression, None, &Default::default())
             .await
     }
 
@@ -990,31 +993,48 @@ impl Solved {
     /// `Some(epoch)` clamps the layers' file times to it
     /// ([`crate::epoch`]); an image whose layers changed is not backed by
     /// the build's snapshots (containerd unpacks it when it is run).
+    /// `annotations` are checked against the image's platforms before
+    /// anything is written.
     pub async fn export_image_with(
         &self,
         config: &ImageConfig,
         names: &[String],
         compression: Compression,
         rewrite_timestamp: Option<i64>,
+        annotations: &crate::annotations::ExportAnnotations,
     ) -> Result<Exported> {
         if !self.platforms.is_empty() {
+            let platforms: Vec<_> = self.platforms.iter().map(|(p, _)| p).collect();
+            annotations.check(&platforms, true)?;
             let mut manifests = Vec::with_capacity(self.platforms.len());
             let mut children = Vec::with_capacity(self.platforms.len());
             let parts = std::iter::once(self).chain(&self.others);
             for ((platform, cfg), s) in self.platforms.iter().zip(parts) {
+                let own = annotations.for_manifest(platform);
                 let out = s
-                    .export_manifest(cfg, &[], compression, rewrite_timestamp)
+                    .export_manifest(cfg, &[], compression, rewrite_timestamp, &own)
                     .await?;
                 children.push((out.manifest.digest().to_string(), out.config_digest));
                 manifests.push((platform.clone(), out.manifest));
             }
-            let mut out =
-                crate::export::export_index(&self.engine.svc, &manifests, names, &self.lease)
-                    .await?;
+            let mut out = crate::export::export_index(
+                &self.engine.svc,
+                &manifests,
+                names,
+                annotations,
+                &self.lease,
+            )
+            .await?;
             out.children = children;
             return Ok(out);
         }
-        self.export_manifest(config, names, compression, rewrite_timestamp)
+        let platform = config
+            .platform
+            .clone()
+            .unwrap_or_else(crate::oci::worker_platform);
+        annotations.check(&[&platform], false)?;
+        let own = annotations.for_manifest(&platform);
+        self.export_manifest(config, names, compression, rewrite_timestamp, &own)
             .await
     }
 
@@ -1025,6 +1045,7 @@ impl Solved {
         names: &[String],
         compression: Compression,
         rewrite_timestamp: Option<i64>,
+        annotations: &crate::annotations::ManifestAnnotations,
     ) -> Result<Exported> {
         let layers = crate::blobs::ensure(
             &self.engine.svc,
@@ -1063,6 +1084,7 @@ impl Solved {
             &json,
             names,
             !rewritten,
+            annotations,
             &self.lease,
         )
         .await

@@ -161,6 +161,10 @@ pub enum WorkerError {
     /// the blob made from it has another diffID than the one recorded.
     #[error("layer {diff_id}: cannot make its blob: {reason}")]
     LayerBlob { diff_id: String, reason: String },
+    /// An exporter's annotation options name a bad type or platform, or
+    /// one the image has no place for.
+    #[error(transparent)]
+    Annotation(#[from] crate::annotations::AnnotationError),
     /// The task solving a step panicked: a bug in kiln.
     #[error("{step}: internal error: the step panicked: {message}")]
     Panicked { step: String, message: String },
@@ -183,6 +187,7 @@ impl WorkerError {
             WorkerError::InvalidImage { .. }
             | WorkerError::OciLayout { .. }
             | WorkerError::BadInput { .. }
+            | WorkerError::Annotation(_)
             | WorkerError::LogLimit { .. } => ErrorKind::InvalidArgument,
             WorkerError::StepFailed { .. }
             | WorkerError::StepNotStarted { .. }

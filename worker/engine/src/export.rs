@@ -1,6 +1,7 @@
 //! The image exporter: config, manifest, GC labels and image records, so
 //! the result is complete and already unpacked for other clients.
 
+use crate::annotations::{ExportAnnotations, ManifestAnnotations};
 use crate::error::Result;
 use crate::error::WorkerError;
 use crate::oci::{
@@ -179,12 +180,14 @@ fn own_descriptor(media_type: &str, digest: &str, size: i64) -> Result<Descripto
 /// every name at the manifest. `unpacked` says the chain's snapshots exist
 /// (named by chainID) and should live as long as the image. Every layer
 /// must have its blob ([`crate::blobs::ensure`] makes them).
+/// `annotations` go into the manifest and onto its descriptor.
 pub async fn export_image(
     svc: &Services,
     layers: &[Layer],
     config: &ImageConfigJson,
     names: &[String],
     unpacked: bool,
+    annotations: &ManifestAnnotations,
     lease: &LeaseId,
 ) -> Result<Exported> {
     let blobs = layers
@@ -208,7 +211,7 @@ pub async fn export_image(
         );
     }
     let config_digest = write_blob(&*svc.content, &config_bytes, cfg_labels, lease).await?;
-    let manifest = ImageManifestBuilder::default()
+    let mut manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::from(oci::MEDIA_OCI_MANIFEST))
         .config(own_descriptor(
@@ -224,6 +227,9 @@ pub async fn export_image(
         )
         .build()
         .map_err(|e| result_invalid(e.to_string()))?;
+    if !annotations.manifest.is_empty() {
+        manifest.set_annotations(Some(annotations.manifest.clone()));
+    }
     let manifest_bytes =
         oci::manifest_to_json(&manifest).map_err(|e| result_invalid(e.to_string()))?;
     let mut m_labels = HashMap::new();
@@ -246,6 +252,9 @@ pub async fn export_image(
     // As BuildKit's exporters describe a single-platform image: with the
     // platform its config is for (clients read it from the descriptor).
     desc.set_platform(Some(oci::config_platform(&config.image)));
+    if !annotations.descriptor.is_empty() {
+        desc.set_annotations(Some(annotations.descriptor.clone()));
+    }
     name_image(svc, names, &desc, lease).await?;
     Ok(Exported {
         manifest: desc,
@@ -284,11 +293,13 @@ async fn name_image(
 /// for) under `lease`, with the GC labels that tie it to each manifest,
 /// and points every name at it. The manifests were exported first
 /// ([`export_image`] without names), so each already holds its config,
-/// layers and unpacked snapshots.
+/// layers and unpacked snapshots. The index carries `annotations`'
+/// index annotations, its descriptor the index-descriptor ones.
 pub async fn export_index(
     svc: &Services,
     manifests: &[(kiln_solver::Platform, Descriptor)],
     names: &[String],
+    annotations: &ExportAnnotations,
     lease: &LeaseId,
 ) -> Result<Exported> {
     let mut descs = Vec::with_capacity(manifests.len());
@@ -302,19 +313,27 @@ pub async fn export_index(
             m.digest().to_string(),
         );
     }
-    let index = oci::ImageIndexBuilder::default()
+    let mut index = oci::ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::from(oci::MEDIA_OCI_INDEX))
         .manifests(descs)
         .build()
         .map_err(|e| result_invalid(e.to_string()))?;
+    let index_annotations = annotations.index();
+    if !index_annotations.is_empty() {
+        index.set_annotations(Some(index_annotations));
+    }
     let bytes = oci::to_json(&index).map_err(|e| result_invalid(e.to_string()))?;
     let digest = write_blob(&*svc.content, &bytes, labels, lease).await?;
-    let desc = own_descriptor(
+    let mut desc = own_descriptor(
         oci::MEDIA_OCI_INDEX,
         &digest.to_string(),
         bytes.len() as i64,
     )?;
+    let on_descriptor = annotations.index_descriptor();
+    if !on_descriptor.is_empty() {
+        desc.set_annotations(Some(on_descriptor));
+    }
     name_image(svc, names, &desc, lease).await?;
     Ok(Exported {
         manifest: desc,

@@ -58,7 +58,16 @@ pub async fn import_rootfs(
         }];
         let json = image_config(&layers, &cfg);
         // Not unpacked: the config must not claim a snapshot.
-        let out = export_image(svc, &layers, &json, &[name.to_string()], false, &lease).await?;
+        let out = export_image(
+            svc,
+            &layers,
+            &json,
+            &[name.to_string()],
+            false,
+            &Default::default(),
+            &lease,
+        )
+        .await?;
         Ok::<_, crate::error::WorkerError>(out.manifest.digest().to_string())
     }
     .await;

@@ -10,6 +10,7 @@
 //! does not build OCI runtime specs (the shim does) and does not write
 //! layer tars (the snapshot crate does).
 
+pub mod annotations;
 pub mod archive;
 pub mod base;
 pub mod blobs;

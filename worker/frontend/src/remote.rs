@@ -310,6 +310,7 @@ pub(crate) async fn solve_graph(
         ssh: fetch.ssh.clone(),
         rewrite_timestamp: false,
         export_blobs: false,
+        annotations: Default::default(),
     };
     let solved = fetch
         .engine

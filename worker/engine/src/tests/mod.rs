@@ -191,6 +191,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         ssh: crate::ssh::none(),
         rewrite_timestamp: false,
         export_blobs: false,
+        annotations: Default::default(),
     }
 }
 

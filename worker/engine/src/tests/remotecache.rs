@@ -101,6 +101,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         ssh: crate::ssh::none(),
         rewrite_timestamp: false,
         export_blobs: false,
+        annotations: Default::default(),
     }
 }
 
