@@ -133,3 +133,119 @@ async fn a_rebuild_through_kilnd_sends_only_what_changed() {
     );
     assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
 }
+
+/// The slots' trees of kilnd's kept contexts, with the number of regular
+/// files in each.
+fn kept_files(k_root: &Path) -> usize {
+    fn count(dir: &Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |rd| {
+            rd.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => count(&e.path()),
+                    Ok(t) if t.is_file() => 1,
+                    _ => 0,
+                })
+                .sum()
+        })
+    }
+    count(&k_root.join("contexts"))
+}
+
+#[tokio::test]
+async fn a_transfer_cut_short_is_kept_and_the_next_build_sends_the_rest() {
+    let ns = "kept-partial";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let total = 3000;
+    let mut files: Vec<(String, String)> = (0..total)
+        .map(|i| {
+            let line = format!("file {i} ");
+            (
+                format!("d{}/f{i:04}", i % 10),
+                line.repeat(64 * 1024 / line.len()),
+            )
+        })
+        .collect();
+    files.push(("Dockerfile".into(), "FROM busybox\nCOPY . /ctx/\n".into()));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_str()))
+        .collect();
+    let ctx = h.context("partial", &refs);
+    let c = ctx.to_str().expect("utf8");
+    let root = h.state_dir().join(format!("kilnd-root-{ns}"));
+
+    // The client goes away once part of the context has arrived.
+    let addr = k.addr();
+    let mut child = h
+        .kiln_command(ns)
+        .expect("kiln")
+        .args([
+            "--addr",
+            &addr,
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "partial:cut",
+            c,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while kept_files(&root) < 200 {
+        assert!(std::time::Instant::now() < deadline, "nothing arrived");
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the transfer ended before it could be cut"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().expect("SIGKILL the client");
+    child.wait().expect("reaped");
+    // kilnd lets go of the slot once the build has ended (failed: its
+    // session is gone).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&k.log).expect("log");
+        if log.lines().any(|l| l.contains("build finished")) {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("build finished") && !l.contains("result=\"ok\"")),
+                "{log}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ended:\n{log}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let arrived = kept_files(&root);
+    assert!(
+        arrived < total + 1,
+        "all arrived ({arrived}): nothing was cut"
+    );
+
+    // The next build brings the kept part up to date: only the rest (and
+    // any file cut in the middle) is sent, and the image is what the
+    // client's directory gives.
+    remote(&h, &k, ns, &["-t", "partial:1", c]).ok();
+    let last = transfers(&k.log).pop().expect("a transfer");
+    assert!(last.incremental, "{last:?}");
+    assert!(
+        last.files > 0 && last.files < (total + 1) as u64,
+        "{last:?}, {arrived} files had arrived"
+    );
+    let embedded = h.build(ns, &["-t", "partial:embedded", c]).ok();
+    assert_eq!(
+        kiln_integration::cached_steps(&embedded.stderr),
+        1,
+        "{}",
+        embedded.stderr
+    );
+    assert_eq!(
+        h.image_digest(ns, "docker.io/library/partial:embedded"),
+        h.image_digest(ns, "docker.io/library/partial:1")
+    );
+}

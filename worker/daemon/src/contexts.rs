@@ -14,11 +14,18 @@
 //! A slot is used by one build at a time: a second build with the same key
 //! while the first one runs takes the next free slot (BuildKit makes a new
 //! directory when the kept one is in use too), so builds never see each
-//! other's transfers. A slot whose `dirty` marker survived (a failed,
-//! cancelled or crashed receive) is emptied before use: its next receive is
-//! a full one. The slot directory's mtime is its last use; [`Contexts::prune`]
-//! removes dirty slots no build holds, slots unused for `max-age`, then the
-//! least recently used until the rest hold at most `max-size`.
+//! other's transfers. A receive that fails or is cancelled (Ctrl-C, a
+//! dropped connection) leaves a tree that is part old, part new: when the
+//! build lets go of the slot its device nodes, FIFOs and set-id files are
+//! removed and the tree is kept, so the next receive brings it up to date
+//! like any other (a file is written under its name from its first byte,
+//! but its size, mode and mtime are set only once its last byte is there,
+//! so a partly written file never looks like the sender's). A slot whose
+//! `dirty` marker survived (a crash during a receive, or a tree that could
+//! not be cleaned) is emptied before use: its next receive is a full one.
+//! The slot directory's mtime is its last use; [`Contexts::prune`] removes
+//! dirty slots no build holds, slots unused for `max-age`, then the least
+//! recently used until the rest hold at most `max-size`.
 //!
 //! Device nodes, FIFOs and set-id files are not kept: a build's context
 //! holds them only while the build runs (kiln's state keeps none past a
@@ -104,6 +111,9 @@ pub struct Held {
     transferred: u64,
     /// When the last receive started and ended.
     span: Option<(std::time::SystemTime, std::time::SystemTime)>,
+    /// A receive completed ([`Held::received`]); otherwise the tree may
+    /// be part of one, cleaned when the slot is let go.
+    complete: bool,
 }
 
 impl Held {
@@ -138,6 +148,7 @@ impl Held {
         started: std::time::SystemTime,
     ) -> std::io::Result<()> {
         self.span = Some((started, std::time::SystemTime::now()));
+        self.complete = true;
         std::fs::write(self.dir.join(SIZE), stats.tree_bytes.to_string())?;
         self.privileged = stats.privileged.clone();
         self.transferred = stats.wire_bytes;
@@ -155,9 +166,53 @@ fn remove_marker(slot: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes from the tree under `dir` (not following symlinks) what a kept
+/// context may not hold: device nodes, FIFOs, sockets and set-id files;
+/// returns the bytes of the regular files left.
+fn clean_partial_tree(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let md = entry.path().symlink_metadata()?;
+        let ft = md.file_type();
+        let set_id = ft.is_file() && md.permissions().mode() & 0o6000 != 0;
+        if ft.is_block_device() || ft.is_char_device() || ft.is_fifo() || ft.is_socket() || set_id {
+            std::fs::remove_file(entry.path())?;
+        } else if ft.is_dir() {
+            bytes += clean_partial_tree(&entry.path())?;
+        } else if ft.is_file() {
+            bytes += md.len();
+        }
+    }
+    Ok(bytes)
+}
+
+impl Held {
+    /// After a receive that did not complete: the tree is kept for the
+    /// next (incremental) receive once nothing privileged is in it; the
+    /// slot stays dirty (emptied at its next use) if that fails.
+    fn keep_partial(&self) {
+        if !self.dir.join(DIRTY).exists() {
+            return;
+        }
+        let kept = clean_partial_tree(&self.tree())
+            .and_then(|bytes| std::fs::write(self.dir.join(SIZE), bytes.to_string()))
+            .and_then(|()| remove_marker(&self.dir));
+        match kept {
+            Ok(()) => tracing::debug!(slot = %self.slot, "kept a partly received context"),
+            Err(e) => {
+                tracing::warn!(slot = %self.slot, error = %e, "cannot keep a partly received context")
+            }
+        }
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
-        if !self.privileged.is_empty() {
+        if !self.complete {
+            self.keep_partial();
+        } else if !self.privileged.is_empty() {
             let tree = self.tree();
             // Wire paths the receiver checked: relative, clean, below
             // directories it made (never through a symlink).
@@ -227,6 +282,7 @@ impl Contexts {
             incremental: false,
             privileged: Vec::new(),
             transferred: 0,
+            complete: false,
             span: None,
         };
         kiln_engine::sweep::create_private_dir(&held.dir)?;
@@ -389,12 +445,55 @@ mod tests {
         assert_eq!(again.tree(), tree);
         assert!(again.incremental());
         assert!(tree.join("f").exists(), "the earlier receive is kept");
-        // This receive never completes (a failed or cancelled build).
+        // This receive never completes (a failed or cancelled build): what
+        // it left is kept for the next one to bring up to date.
+        std::fs::write(tree.join("g"), b"part").expect("write");
         drop(again);
         let after_failure = c.acquire(&k).expect("acquire");
         assert_eq!(after_failure.tree(), tree);
-        assert!(!after_failure.incremental());
+        assert!(after_failure.incremental());
+        assert!(tree.join("f").exists() && tree.join("g").exists());
+        // A slot still marked dirty when taken (kilnd crashed during a
+        // receive) starts empty.
+        let slot = tree.parent().expect("slot").to_path_buf();
+        std::mem::forget(after_failure);
+        c.lock().clear();
+        assert!(slot.join(DIRTY).exists());
+        let after_crash = c.acquire(&k).expect("acquire");
+        assert!(!after_crash.incremental());
         assert!(!tree.join("f").exists(), "a dirty slot starts empty");
+    }
+
+    #[test]
+    fn a_partly_received_tree_is_kept_without_special_or_set_id_files() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let c = Contexts::new(tmp.path(), ContextsConfig::default());
+        let k = key(None, "", "context");
+        let h = c.acquire(&k).expect("acquire");
+        let tree = h.tree();
+        std::fs::create_dir_all(tree.join("d/e")).expect("mkdir");
+        std::fs::write(tree.join("d/e/plain"), b"12345").expect("write");
+        std::fs::write(tree.join("d/suid"), b"x").expect("write");
+        std::fs::set_permissions(tree.join("d/suid"), std::fs::Permissions::from_mode(0o4755))
+            .expect("chmod");
+        nix::unistd::mkfifo(&tree.join("d/e/fifo"), nix::sys::stat::Mode::S_IRUSR).expect("mkfifo");
+        std::os::unix::fs::symlink("/dev/null", tree.join("to-null")).expect("symlink");
+        drop(h);
+        assert!(!tree.join("d/suid").exists() && !tree.join("d/e/fifo").exists());
+        assert!(tree.join("d/e/plain").exists());
+        // A symlink is kept as a link: what it points at is not looked at.
+        let link = std::fs::symlink_metadata(tree.join("to-null")).expect("link");
+        assert!(link.file_type().is_symlink());
+        assert!(std::fs::metadata("/dev/null")
+            .expect("null")
+            .file_type()
+            .is_char_device());
+        assert_eq!(
+            std::fs::read_to_string(tree.parent().expect("slot").join(SIZE)).expect("size"),
+            "5"
+        );
+        assert!(c.acquire(&k).expect("acquire").incremental());
     }
 
     #[test]
@@ -459,8 +558,9 @@ mod tests {
         assert!(tree.join("d/plain").exists());
         let h = c.acquire(&k).expect("acquire");
         assert!(h.incremental(), "clean once they are gone");
-        // Never received (a failed build): dirty, and pruned when free.
-        drop(h);
+        // Still dirty and free (kilnd crashed during its receive): pruned.
+        std::mem::forget(h);
+        c.lock().clear();
         let other = c.acquire(&key(None, "", "other")).expect("acquire");
         assert_eq!(c.prune().slots, 1, "the dirty, free slot");
         assert!(!tree.exists());

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::errno::Errno;
@@ -137,11 +138,18 @@ where
     };
     let (in_tx, in_rx) = mpsc::channel::<Packet>(APPLY_DEPTH);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Packet>();
+    // Dropping this future (a cancelled build) stops the applier at its
+    // next packet, not after the ones queued: the caller may look at
+    // `dest` as soon as it has let go.
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(abandoned.clone());
     // The file system work runs on a blocking thread; it never waits on the
     // network (its output queue is unbounded), so reading never stalls. The
     // queue holds at most one small REQ per listed file, so MAX_ENTRIES
     // bounds it.
-    let applier = tokio::task::spawn_blocking(move || Applier::new(root, opts, out_tx).run(in_rx));
+    let applier = tokio::task::spawn_blocking(move || {
+        Applier::new(root, opts, out_tx).run(in_rx, &abandoned)
+    });
     let reader = async move {
         loop {
             tokio::select! {
@@ -173,6 +181,15 @@ where
         // A broken transport is the cause of the applier's early end.
         Ok(Err(e)) => Err(read.err().unwrap_or(e)),
         Err(source) => Err(FsutilError::Task { source }),
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -258,8 +275,12 @@ impl Applier {
         }
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Packet>) -> Result<ReceiveStats, FsutilError> {
-        let res = self.drive(&mut rx);
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Packet>,
+        abandoned: &AtomicBool,
+    ) -> Result<ReceiveStats, FsutilError> {
+        let res = self.drive(&mut rx, abandoned);
         if let Err(e) = &res {
             if !matches!(
                 e,
@@ -274,9 +295,17 @@ impl Applier {
         res
     }
 
-    fn drive(&mut self, rx: &mut mpsc::Receiver<Packet>) -> Result<ReceiveStats, FsutilError> {
+    fn drive(
+        &mut self,
+        rx: &mut mpsc::Receiver<Packet>,
+        abandoned: &AtomicBool,
+    ) -> Result<ReceiveStats, FsutilError> {
         loop {
-            let Some(p) = rx.blocking_recv() else {
+            let p = rx.blocking_recv();
+            if abandoned.load(Ordering::Acquire) {
+                return Err(FsutilError::Closed);
+            }
+            let Some(p) = p else {
                 // After our FIN the peer may just close.
                 return if self.fin_sent {
                     Ok(std::mem::take(&mut self.stats))
