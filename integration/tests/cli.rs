@@ -60,8 +60,8 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
     let addr = k.addr();
     let refused: &[(&[&str], &str)] = &[
         (
-            &["--annotation", "a=b"],
-            "--annotation is not supported yet",
+            &["--annotation", "layer:a=b"],
+            "unknown annotation type \"layer\"",
         ),
         (
             &["--call", "describe"],
@@ -99,9 +99,9 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
         (
             &[
                 "-o",
-                "type=image,annotation.org.opencontainers.image.title=x",
+                "type=image,annotation-layer.org.opencontainers.image.title=x",
             ],
-            "output option annotation.org.opencontainers.image.title is not supported yet",
+            "unrecognized annotation type layer",
         ),
         (
             &["-o", "type=image,name-canonical=true"],

@@ -711,9 +711,14 @@ async fn a_failed_step_carries_buildkit_source_details() {
             "output option oci-mediatypes is not supported yet (kiln always uses oci-mediatypes=true)",
         ),
         (
-            &[("annotation.org.opencontainers.image.title", "t")][..],
+            &[("compression-level", "3")][..],
             tonic::Code::Unimplemented,
-            "output option annotation.org.opencontainers.image.title is not supported yet",
+            "output option compression-level is not supported yet",
+        ),
+        (
+            &[("annotation-layer.org.opencontainers.image.title", "t")][..],
+            tonic::Code::InvalidArgument,
+            "unrecognized annotation type layer",
         ),
         (
             &[("frobnicate", "1")][..],
@@ -801,6 +806,36 @@ async fn a_failed_step_carries_buildkit_source_details() {
         ),
         "{stderr}"
     );
+
+    // (4) An error about the whole file and (5) a copy source that is not
+    // there: BuildKit's text alone, code Unknown, so clients print no
+    // "NotFound: " or file name before it.
+    for (name, dockerfile, text) in [
+        (
+            "ops-errdetails-empty",
+            "# only a comment\n",
+            "file with no instructions",
+        ),
+        (
+            "ops-errdetails-missing",
+            "FROM busybox AS s\nFROM busybox\nCOPY --from=s /nope /x\n",
+            "lstat /nope: no such file or directory",
+        ),
+    ] {
+        let ctx = h.context(name, &[("Dockerfile", dockerfile)]);
+        let out = Command::new(buildctl_like_binary().expect("buildctl-like"))
+            .arg(k.addr())
+            .arg(&ctx)
+            .output()
+            .expect("buildctl-like runs");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("buildctl-like: code Unknown\n"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("buildctl-like: solve: {text}\n")),
+            "{stderr}"
+        );
+    }
 }
 
 /// Standard base64 with padding, written out here so the test does not

@@ -160,7 +160,9 @@ pub fn with_details(
 }
 
 /// `status` with the Dockerfile `data` (named `filename`) and `line` as
-/// an `errdefs.Source` detail; unchanged without a line.
+/// an `errdefs.Source` detail. Without a line (an error about the whole
+/// file) there is no detail, and the message is BuildKit's text alone,
+/// without kiln's `FILE: `.
 pub fn with_line(
     status: tonic::Status,
     filename: &str,
@@ -168,7 +170,10 @@ pub fn with_line(
     line: Option<usize>,
 ) -> tonic::Status {
     let Some(line) = line.and_then(|l| i32::try_from(l).ok()).filter(|l| *l > 0) else {
-        return status;
+        return match status.message().strip_prefix(&format!("{filename}: ")) {
+            Some(text) if status.details().is_empty() => tonic::Status::new(status.code(), text),
+            _ => status,
+        };
     };
     let at = llb::Position { line, character: 0 };
     let source = errdefs::Source {
@@ -404,6 +409,14 @@ mod tests {
         );
         let none = with_line(tonic::Status::internal("x"), "Dockerfile", b"", None);
         assert!(none.details().is_empty());
+        let whole = with_line(
+            tonic::Status::unknown("Dockerfile: file with no instructions"),
+            "Dockerfile",
+            b"# only a comment\n",
+            None,
+        );
+        assert_eq!(whole.message(), "file with no instructions");
+        assert_eq!(whole.code(), tonic::Code::Unknown);
     }
 
     #[test]

@@ -195,9 +195,11 @@ impl Daemon {
 }
 
 /// A worker error as a gRPC status, with its kind's code and the whole
-/// cause chain as message. A step's non-zero exit is `Unknown`, as
-/// BuildKit answers it: buildx and buildctl print any other code before
-/// the message (`FailedPrecondition: process "…" did not complete …`).
+/// cause chain as message. What fails a step as it runs (its non-zero
+/// exit, a copy source that is not there, a missing secret or SSH agent,
+/// a file op, an emulator to start it with) is `Unknown`, as BuildKit
+/// answers those: buildx and buildctl print any other code before the
+/// message (`NotFound: lstat /x: no such file or directory`).
 pub fn status_of(e: &kiln_engine::WorkerError) -> tonic::Status {
     tonic::Status::new(code_of(e), kiln_engine::error::error_chain(e))
 }
@@ -205,7 +207,14 @@ pub fn status_of(e: &kiln_engine::WorkerError) -> tonic::Status {
 fn code_of(e: &kiln_engine::WorkerError) -> tonic::Code {
     use kiln_engine::WorkerError;
     match e {
-        WorkerError::StepFailed { .. } => tonic::Code::Unknown,
+        WorkerError::StepFailed { .. }
+        | WorkerError::StepNotStarted { .. }
+        | WorkerError::NoEmulation { .. }
+        | WorkerError::SourceNotFound { .. }
+        | WorkerError::SourceMissing { .. }
+        | WorkerError::FileOp { .. }
+        | WorkerError::Secret { .. }
+        | WorkerError::Ssh { .. } => tonic::Code::Unknown,
         WorkerError::Shared(inner) => code_of(inner),
         e => e.kind().code(),
     }
@@ -241,5 +250,30 @@ mod tests {
             message: "boom".into(),
         });
         assert_eq!(panicked.code(), Code::Internal);
+    }
+
+    #[test]
+    fn what_fails_a_step_as_it_runs_is_unknown_as_in_buildkit() {
+        let missing = status_of(&WorkerError::SourceMissing {
+            location: "Dockerfile:2: ".into(),
+            path: "/nope".into(),
+        });
+        assert_eq!(missing.code(), Code::Unknown);
+        assert_eq!(
+            missing.message(),
+            "Dockerfile:2: lstat /nope: no such file or directory"
+        );
+        let not_found = status_of(&WorkerError::SourceNotFound {
+            location: String::new(),
+            reference: "r".into(),
+            path: "/nope".into(),
+        });
+        assert_eq!(not_found.code(), Code::Unknown);
+        // Not about a step: the kind's code.
+        let image = status_of(&WorkerError::ImageNotFound {
+            image: "x".into(),
+            namespace: "n".into(),
+        });
+        assert_eq!(image.code(), Code::NotFound);
     }
 }
