@@ -36,6 +36,8 @@ async fn annotations_go_where_their_type_says_or_fail_naming_why() {
             "org.opencontainers.image.title=kiln test",
             "--annotation",
             &narrowed,
+            "--annotation",
+            "manifest-descriptor:on.descriptor=d",
             "-o",
             "type=image,name=ann:1,annotation.from.output=o",
             c,
@@ -47,6 +49,33 @@ async fn annotations_go_where_their_type_says_or_fail_naming_why() {
         m["annotations"],
         json!({"org.opencontainers.image.title": "kiln test", "only.here": "1", "from.output": "o"})
     );
+    // The descriptor's annotations are the image record's target's, as
+    // BuildKit's image exporter stores them: containerd's own export of
+    // the image shows them in its index.json.
+    let tar = h.state_dir().join("ann-1.tar");
+    h.ctr(
+        ns,
+        &[
+            "images",
+            "export",
+            tar.to_str().expect("utf8"),
+            "docker.io/library/ann:1",
+        ],
+    )
+    .expect("ctr export");
+    let mut archive = tar::Archive::new(std::fs::File::open(&tar).expect("tar"));
+    let index: Value = archive
+        .entries()
+        .expect("entries")
+        .filter_map(Result::ok)
+        .find(|e| e.path().is_ok_and(|p| p.as_os_str() == "index.json"))
+        .map(|e| serde_json::from_reader(e).expect("index.json"))
+        .expect("index.json");
+    assert_eq!(
+        index["manifests"][0]["annotations"]["on.descriptor"], "d",
+        "{index}"
+    );
+    assert!(m["annotations"].get("on.descriptor").is_none());
 
     // An index of one platform: the index's, the manifest descriptor's in
     // it, the manifest's.

@@ -19,6 +19,9 @@ pub struct ImageRecord {
     pub digest: String,
     pub size: i64,
     pub labels: HashMap<String, String>,
+    /// The annotations of the target's descriptor (BuildKit's image
+    /// exporter puts the manifest descriptor's there).
+    pub annotations: HashMap<String, String>,
 }
 
 impl Containerd {
@@ -46,6 +49,7 @@ impl Containerd {
             digest: t.digest,
             size: t.size,
             labels: img.labels,
+            annotations: t.annotations,
         })
     }
 
@@ -68,6 +72,7 @@ impl Containerd {
                     digest: t.digest,
                     size: t.size,
                     labels: img.labels,
+                    annotations: t.annotations,
                 }
             })
             .collect();
@@ -85,7 +90,7 @@ impl Containerd {
                 media_type: record.media_type.clone(),
                 digest: record.digest.clone(),
                 size: record.size,
-                annotations: HashMap::new(),
+                annotations: record.annotations.clone(),
             }),
             created_at: None,
             updated_at: None,

@@ -60,6 +60,7 @@ mod tests {
             digest: d.to_string(),
             size: 4,
             labels: Default::default(),
+            annotations: Default::default(),
         };
         Images::put(&mem, &img, None).await.expect("put");
 

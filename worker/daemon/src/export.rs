@@ -312,6 +312,7 @@ pub async fn run(
                                 digest: out.manifest.digest().to_string(),
                                 size: kiln_engine::oci::size_of(&out.manifest),
                                 labels: HashMap::new(),
+                                annotations: out.manifest.annotations().clone().unwrap_or_default(),
                             },
                             None,
                         )

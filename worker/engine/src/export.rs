@@ -281,6 +281,9 @@ async fn name_image(
                     digest: desc.digest().to_string(),
                     size: oci::size_of(desc),
                     labels: svc.image_labels(),
+                    // As BuildKit's image exporter: the target descriptor
+                    // keeps the manifest (or index) descriptor's own.
+                    annotations: desc.annotations().clone().unwrap_or_default(),
                 },
                 Some(lease),
             )

@@ -301,6 +301,7 @@ impl Puller {
             digest: top.to_string(),
             size: i64::try_from(resolved.bytes.len()).unwrap_or(i64::MAX),
             labels: self.svc.image_labels(),
+            annotations: HashMap::new(),
         };
         self.svc.images.put(&record, Some(&self.lease)).await?;
         Ok(record)

@@ -46,17 +46,19 @@ fn record(name: &str, digest: &Digest, size: i64, labels: &[(&str, &str)]) -> Im
         digest: digest.to_string(),
         size,
         labels: labels_of(labels),
+        annotations: Default::default(),
     }
 }
 
 async fn a_put_record_reads_back(c: Ctx) -> CaseResult {
     let s = &c.s;
-    let r = record(
+    let mut r = record(
         "docker.io/library/conformance:one",
         &Digest::of(b"m1"),
         2,
         &[("dev.kiln/x", "1")],
     );
+    r.annotations = labels_of(&[("dev.kiln/d", "2")]);
     ok(s.images.put(&r, None).await, "put")?;
     let got = ok(s.images.get(&r.name).await, "get")?;
     ensure(got.name == r.name, "the name")?;
@@ -66,6 +68,10 @@ async fn a_put_record_reads_back(c: Ctx) -> CaseResult {
     ensure(
         got.labels.get("dev.kiln/x").map(String::as_str) == Some("1"),
         "the labels",
+    )?;
+    ensure(
+        got.annotations == r.annotations,
+        "the target descriptor's annotations",
     )
 }
 

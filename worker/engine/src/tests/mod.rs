@@ -111,6 +111,7 @@ impl Fixture {
                     digest,
                     size: manifest.len() as i64,
                     labels: HashMap::new(),
+                    annotations: HashMap::new(),
                 },
                 None,
             )
