@@ -107,6 +107,20 @@ async fn a_syntax_directive_runs_the_frontend_image_through_kilnd() {
     let c = ctx.to_str().expect("utf8");
     let out = remote(&h, &k, ns, &["-t", "fe-out:directive", c]);
     assert!(out.success, "{}\nkilnd: {}", out.stderr, kilnd_log(&k));
+    // The frontend's lookup is a step of the build, named as it asked.
+    let lookup = out
+        .stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix(" [internal] load metadata for docker.io/library/busybox:latest")
+        })
+        .unwrap_or_else(|| panic!("no lookup step:\n{}", out.stderr));
+    let done = format!("{lookup} DONE ");
+    assert!(
+        out.stderr.lines().any(|l| l.starts_with(&done)),
+        "{}",
+        out.stderr
+    );
     let name = "docker.io/library/fe-out:directive";
     let want = "hello from a frontend image\n# read by the frontend\n";
     let (hello, opts) = written(&h, ns, name, "fe-directive", want);

@@ -264,6 +264,8 @@ async fn run() -> Result<(), String> {
     let base = c
         .resolve_image_config(gateway::ResolveImageConfigRequest {
             r#ref: "busybox".into(),
+            // The step BuildKit's Dockerfile frontend names its lookups.
+            log_name: "[internal] load metadata for docker.io/library/busybox:latest".into(),
             ..Default::default()
         })
         .await

@@ -788,12 +788,30 @@ impl LlbBridge for GatewayService {
         };
         let credentials: Arc<dyn kiln_registry::Credentials> =
             Arc::new(crate::registry::SessionCredentials::new(session.as_ref()));
-        let (config, digest) = job
+        // A step in the build's progress, as BuildKit shows every lookup:
+        // named by the client (`[internal] load metadata for …`), else
+        // after the image.
+        let step = if r.log_name.is_empty() {
+            format!("resolve image config for docker-image://{name}")
+        } else {
+            r.log_name.clone()
+        };
+        let started = std::time::SystemTime::now();
+        crate::status::step(&job, &step, started, None, None);
+        let resolved = job
             .engine(&tenant.engine)
             .base_images(mode, credentials)
             .image_config_json(&name, platform.as_ref())
             .await
-            .map_err(|e| crate::state::status_of(&e))?;
+            .map_err(|e| crate::state::status_of(&e));
+        crate::status::step(
+            &job,
+            &step,
+            started,
+            Some(std::time::SystemTime::now()),
+            resolved.as_ref().err().map(|e| e.message().to_string()),
+        );
+        let (config, digest) = resolved?;
         Ok(Response::new(ResolveImageConfigResponse {
             r#ref: name,
             digest,
