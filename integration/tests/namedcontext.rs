@@ -69,6 +69,25 @@ async fn named_contexts_replace_stages_images_and_sources_in_both_paths() {
             "{path}: the replaced stage ran:\n{}",
             out.stderr
         );
+        // Each named directory's own ignore file is read first, a step of
+        // its own as in BuildKit (before the base image lookups).
+        for local in ["deps", "tools"] {
+            let step = format!("[context {local}] load .dockerignore");
+            let at = |text: &str| {
+                out.stderr
+                    .lines()
+                    .position(|l| l.split_once(' ').is_some_and(|(_, rest)| rest == text))
+            };
+            let (ignore, lookup) = (
+                at(&step),
+                at("[internal] load metadata for docker.io/library/busybox:latest"),
+            );
+            assert!(
+                ignore.is_some() && ignore < lookup,
+                "{path}: {step}:\n{}",
+                out.stderr
+            );
+        }
         let got = h.run_image_expecting(
             ns,
             &format!("docker.io/library/{tag}"),

@@ -1264,12 +1264,14 @@ async fn build(
     )?)?;
     // Each named directory is read with its own `.dockerignore`.
     let named_dirs = context_dirs(&args)?;
+    let mut named_ignores = Vec::new();
     for local in kiln_frontend::local_contexts(&opts) {
         let dir = named_dirs
             .get(&local)
             .ok_or_else(|| anyhow!("build context {local:?}: no such directory given"))?;
         let excludes = kiln_frontend::read_context_ignore(dir)?;
         kiln_frontend::set_context_excludes(&mut opts, &local, &excludes);
+        named_ignores.push((local.clone(), dir.clone()));
     }
     let (cache_exports, cache_imports) = cache_entries(&args)?;
     let (cache_exports, cache_imports) = cacheflags::parsed(&cache_exports, &cache_imports)?;
@@ -1434,6 +1436,11 @@ async fn build(
             }
         }
     };
+    // Named contexts' ignore files are read before anything is planned,
+    // as kilnd reads them.
+    for e in progress::internal::named_ignore_steps(&named_ignores) {
+        tx.send(e).await;
+    }
     // A SOURCE_DATE_EPOCH naming a source: its time, fetched first.
     let epoch = {
         let fetch = kiln_frontend::remote::Fetch {

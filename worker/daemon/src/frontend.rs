@@ -360,21 +360,20 @@ pub async fn dockerfile(
         return Ok(Planned::Forward(forwarded));
     }
     // A named local context is read with its own `.dockerignore`, fetched
-    // alone first, as BuildKit does.
+    // alone first, as BuildKit does (and shows: `[context NAME] load
+    // .dockerignore`).
     for local in kiln_frontend::local_contexts(&opts) {
         let dir = fresh_dir(d, job, "dockerignore")?;
         let from = dir_session(d, job, session, &opts, &local).await?;
-        kiln_session::filesync::fetch_dir(
-            from.channel.clone(),
+        load_step(
+            job,
+            &from,
+            &format!("[context {local}] load .dockerignore"),
             &local,
-            &[],
-            &[],
             &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
             &dir,
-            Default::default(),
         )
-        .await
-        .map_err(|e| fetch_err(&local, e))?;
+        .await?;
         let excludes = kiln_frontend::read_context_ignore(&dir).map_err(|e| frontend_status(&e))?;
         let _ = std::fs::remove_dir_all(&dir);
         kiln_frontend::set_context_excludes(&mut opts, &local, &excludes);

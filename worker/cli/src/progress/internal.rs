@@ -2,6 +2,7 @@
 //! for the same build: `[internal] load build definition from NAME` with
 //! `transferring dockerfile:`, `[internal] load .dockerignore` with
 //! `transferring context:` (unless the Dockerfile has its own ignore file),
+//! `[context NAME] load .dockerignore` for each named local context,
 //! and a `transferring NAME:` item on each `local://NAME` source vertex
 //! (`[internal] load build context`) when it completes.
 //!
@@ -91,27 +92,60 @@ pub fn ignore_step(
     dockerfile_dir: &Path,
     context: &Path,
 ) -> Vec<kiln_engine::ProgressEvent> {
-    use kiln_engine::ProgressEvent;
     if dockerfile_dir
         .join(kiln_frontend::dockerfile_ignore_name(&opts.filename))
         .exists()
     {
         return Vec::new();
     }
-    let name = "[internal] load .dockerignore".to_string();
+    load_ignore(
+        IGNORE_VERTEX,
+        "[internal] load .dockerignore",
+        &opts.context_key,
+        context,
+    )
+}
+
+/// The steps of each named local context's own ignore file, read before
+/// its files (`[context NAME] load .dockerignore`, `transferring NAME:`),
+/// as kilnd shows them: `named` holds each local's name and directory.
+pub fn named_ignore_steps(named: &[(String, PathBuf)]) -> Vec<kiln_engine::ProgressEvent> {
+    named
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (local, dir))| {
+            load_ignore(
+                IGNORE_VERTEX + 1 + i,
+                &format!("[context {local}] load .dockerignore"),
+                local,
+                dir,
+            )
+        })
+        .collect()
+}
+
+/// Step `name` (progress vertex `vertex`) reading the ignore file of
+/// `dir`, the client directory `key`.
+fn load_ignore(
+    vertex: usize,
+    name: &str,
+    key: &str,
+    dir: &Path,
+) -> Vec<kiln_engine::ProgressEvent> {
+    use kiln_engine::ProgressEvent;
     let started = SystemTime::now();
     let mut out = vec![ProgressEvent::Started {
-        vertex: IGNORE_VERTEX,
-        name: name.clone(),
+        vertex,
+        name: name.to_string(),
         at: started,
     }];
     let follow_paths = vec![kiln_frontend::CONTEXT_IGNORE_FILE.to_string()];
-    let bytes = counted(context, &send_options(Vec::new(), Vec::new(), follow_paths));
+    let bytes = counted(dir, &send_options(Vec::new(), Vec::new(), follow_paths));
     let done = SystemTime::now();
     if let Some(n) = bytes {
         out.push(ProgressEvent::Status {
-            vertex: IGNORE_VERTEX,
-            id: transfer_id(&opts.context_key),
+            vertex,
+            id: transfer_id(key),
             current: n,
             total: 0,
             started,
@@ -119,8 +153,8 @@ pub fn ignore_step(
         });
     }
     out.push(ProgressEvent::Completed {
-        vertex: IGNORE_VERTEX,
-        name,
+        vertex,
+        name: name.to_string(),
         cached: false,
         error: None,
         at: done,
