@@ -130,6 +130,31 @@ async fn plain_is_buildkits_layout() {
         "{}",
         again.stderr
     );
+    // Nothing ran, so nothing loaded the base: its step is DONE, as
+    // BuildKit shows a source no running step read (CACHED when one does).
+    let from = format!(
+        "#4 [1/2] FROM docker.io/library/busybox:latest@{busybox}\n\
+         #4 resolve docker.io/library/busybox:latest@{busybox} done\n#4 DONE "
+    );
+    assert!(again.stderr.contains(&from), "{}", again.stderr);
+    // A change to the step: it runs and reads the base, now CACHED.
+    let changed = h.context(
+        "plain-changed",
+        &[("Dockerfile", &DF.replace("hello", "hi"))],
+    );
+    let third = build(
+        &h,
+        ns,
+        "plain",
+        &[],
+        &["-t", "plain:2", changed.to_str().expect("utf8")],
+    )
+    .ok();
+    let from = format!(
+        "#4 [1/2] FROM docker.io/library/busybox:latest@{busybox}\n\
+         #4 resolve docker.io/library/busybox:latest@{busybox} done\n#4 CACHED\n"
+    );
+    assert!(third.stderr.contains(&from), "{}", third.stderr);
 }
 
 #[tokio::test]

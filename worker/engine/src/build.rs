@@ -589,6 +589,7 @@ impl Engine {
             started: Default::default(),
             blobs_after_commit: Default::default(),
             committed: Default::default(),
+            loads: crate::ops::Loads::new(req.result),
             export_blobs: (req.export_blobs && !req.rewrite_timestamp).then(|| {
                 crate::blobs::ExportBlobs {
                     compression: req.compression,
@@ -605,6 +606,7 @@ impl Engine {
             cancel,
         )
         .await;
+        runner.show_undecided_sources().await;
         // Steps' task records are collected in the background while later
         // steps run; none outlives the solve.
         self.executor.settle(lease).await;

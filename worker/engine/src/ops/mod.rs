@@ -6,6 +6,8 @@ pub(crate) mod cachemount;
 mod exec;
 mod file;
 mod layer;
+mod loads;
+pub use loads::Loads;
 mod localfs;
 mod merge;
 mod remote;
@@ -70,6 +72,8 @@ pub struct StepRunner {
     pub blobs_after_commit: std::sync::Mutex<HashMap<String, kiln_snapshot::diff::Compression>>,
     /// The directories of the snapshots this build committed, by name.
     pub(crate) committed: std::sync::Mutex<HashMap<String, layer::Committed>>,
+    /// When the sources that did no work show as done, and how.
+    pub loads: loads::Loads,
 }
 
 impl std::fmt::Debug for StepRunner {
@@ -91,6 +95,34 @@ pub(crate) fn location(v: &Vertex) -> String {
 
 impl StepRunner {
     /// Shows vertex `id` as started, unless it already is.
+    /// Shows the completions of sources that answering `vertex` decided
+    /// (`ran`: it runs, reading them).
+    async fn answered(&self, vertex: &Vertex, ran: bool) {
+        for shown in self.loads.answered(vertex, ran) {
+            self.show_source(shown).await;
+        }
+    }
+
+    async fn show_source(&self, (vertex, name, cached): loads::Shown) {
+        self.progress
+            .send(ProgressEvent::Completed {
+                vertex,
+                name,
+                cached,
+                error: None,
+                at: SystemTime::now(),
+            })
+            .await;
+    }
+
+    /// The source completions no reader decided (one failed or the solve
+    /// was cancelled first): `DONE`, as BuildKit ends them.
+    pub async fn show_undecided_sources(&self) {
+        for shown in self.loads.rest() {
+            self.show_source(shown).await;
+        }
+    }
+
     async fn start(&self, id: VertexId, vertex: &Vertex) {
         let shown = self
             .started
@@ -270,6 +302,7 @@ impl OpRunner for StepRunner {
     }
 
     async fn cached(&self, id: VertexId, vertex: &Vertex) {
+        self.answered(vertex, false).await;
         self.start(id, vertex).await;
         let at = SystemTime::now();
         self.progress
@@ -292,6 +325,7 @@ impl OpRunner for StepRunner {
     ) -> Result<Vec<Ref>> {
         let span = tracing::info_span!("vertex", id = id.0, name = %vertex.name);
         async {
+            self.answered(&vertex, true).await;
             self.start(id, &vertex).await;
             let r = async {
                 let inputs = self.filesystems(&vertex, inputs).await?;
@@ -314,6 +348,13 @@ impl OpRunner for StepRunner {
             .await;
             let cached = matches!(r, Ok((_, true)));
             let r = r.map(|(refs, _)| refs);
+            // A source that did no work shows as its readers decide.
+            if cached && matches!(vertex.op, Op::Source(_)) {
+                if let Some(cached) = self.loads.defer(id.0, &vertex.name) {
+                    self.show_source((id.0, vertex.name.clone(), cached)).await;
+                }
+                return r;
+            }
             // containerd or disk trouble in a step (a full disk while its
             // layer is written) names the step's line too.
             let r = r.map_err(|e| match e {
