@@ -84,6 +84,21 @@ async fn buildx_cache_filters_select_records_and_unknown_keys_are_refused() {
 
     let all = du(&mut c, &[]).await.expect("du");
     assert!(all.len() >= 4, "{all:?}");
+    // The image filters:1 has the steps' layers: their records are shared
+    // with it (BuildKit's `Shared`, buildx's `*` and `Shared:` total); the
+    // cache mount's is not.
+    let shared = du(&mut c, &["shared"]).await.expect("du");
+    assert_eq!(
+        descriptions(&shared),
+        [
+            "[stage-0 2/4] RUN echo one > /one",
+            "[stage-0 3/4] RUN echo two > /two",
+            "[stage-0 4/4] RUN --mount=type=cache,target=/c echo cached > /c/x",
+        ]
+    );
+    let private = du(&mut c, &["private"]).await.expect("du");
+    assert_eq!(private.len(), all.len() - 3, "{private:?}");
+    assert!(private.iter().all(|r| !r.shared));
     // `buildx du --filter description~=…`, a regular expression.
     let runs = du(&mut c, &["description~=RUN echo (one|two)"])
         .await

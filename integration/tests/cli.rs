@@ -574,6 +574,14 @@ async fn du_and_prune_look_like_buildx_embedded_and_through_kilnd() {
             "{}",
             out.stdout
         );
+        // The RUN's record is in the image cli-du:1: shared, marked `*`.
+        assert!(
+            lines.iter().any(|l| l.starts_with("Shared:"))
+                && lines.iter().any(|l| l.starts_with("Private:"))
+                && lines.iter().any(|l| l.contains("B*")),
+            "{}",
+            out.stdout
+        );
         let total = lines.last().expect("total");
         assert!(
             total.starts_with("Total:") && total.ends_with('B'),

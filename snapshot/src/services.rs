@@ -296,6 +296,9 @@ pub trait Images: Send + Sync {
 
     /// Deletes a record (with `sync`, after a GC run); `NotFound` if absent.
     async fn delete(&self, name: &str, sync: bool) -> Result<()>;
+
+    /// Every record of the namespace, by name.
+    async fn list(&self) -> Result<Vec<ImageRecord>>;
 }
 
 /// containerd's diff service, Apply: unpacks a layer blob onto mounts.

@@ -164,6 +164,10 @@ impl Images for Containerd {
     async fn delete(&self, name: &str, sync: bool) -> Result<()> {
         self.image_delete(name, sync).await
     }
+
+    async fn list(&self) -> Result<Vec<ImageRecord>> {
+        self.image_list().await
+    }
 }
 
 #[async_trait]

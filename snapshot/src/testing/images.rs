@@ -76,4 +76,9 @@ impl Images for MemContainerd {
         }
         Ok(())
     }
+
+    async fn list(&self) -> Result<Vec<ImageRecord>> {
+        self.injected("Images.List", "")?;
+        Ok(self.with_ns(|ns| ns.images.values().cloned().collect()))
+    }
 }

@@ -273,7 +273,7 @@ impl From<kiln_engine::cache::RecordInfo> for Record {
             usage_count: r.usage_count,
             description: r.description,
             in_use: r.in_use,
-            shared: false,
+            shared: r.shared,
             parents: r.parents,
         }
     }

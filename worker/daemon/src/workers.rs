@@ -289,7 +289,7 @@ pub fn usage_record(r: &RecordInfo) -> UsageRecord {
         usage_count: i64::try_from(r.usage_count).unwrap_or(i64::MAX),
         description: r.description.clone(),
         record_type: r.record_type.clone(),
-        shared: false,
+        shared: r.shared,
         parents: r.parents.clone(),
         ..Default::default()
     }
@@ -534,6 +534,7 @@ mod tests {
             parents: vec!["kiln/cache/def".into()],
             snapshots: vec!["sha256:abc".into()],
             in_use: false,
+            shared: false,
         };
         let u = usage_record(&r);
         assert_eq!(u.id, "kiln/cache/abc");

@@ -346,6 +346,10 @@ pub struct RecordInfo {
     /// or another: BuildKit's `InUse`. Set by [`crate::prune::disk_usage`]
     /// ([`crate::inuse`]).
     pub in_use: bool,
+    /// An image of the namespace has its layers (or a record above it is
+    /// such a record): BuildKit's `Shared`. Set by
+    /// [`crate::prune::disk_usage`] ([`crate::shared`]).
+    pub shared: bool,
 }
 
 impl RecordInfo {
@@ -464,6 +468,7 @@ pub async fn list_of(svc: &Services, all: &[LeaseInfo]) -> Result<Vec<RecordInfo
             parents: Vec::new(),
             snapshots,
             in_use: false,
+            shared: false,
         });
     }
     let ids: Vec<String> = out.iter().map(|r| r.lease.id.clone()).collect();

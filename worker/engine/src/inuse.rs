@@ -84,6 +84,7 @@ mod tests {
             parents: Vec::new(),
             snapshots: snapshots.iter().map(|s| s.to_string()).collect(),
             in_use: false,
+            shared: false,
         }
     }
 

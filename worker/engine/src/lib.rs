@@ -38,6 +38,7 @@ pub mod remotecache;
 pub mod resolve;
 pub mod secrets;
 pub mod services;
+pub mod shared;
 pub mod sources;
 pub mod ssh;
 pub mod steplog;

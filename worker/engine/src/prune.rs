@@ -41,6 +41,7 @@ pub struct PruneReport {
 /// its parent refs.
 pub async fn disk_usage(svc: &Services) -> Result<Vec<RecordInfo>> {
     let mut records = records_in_use(svc).await?;
+    crate::shared::mark_shared(&mut records, &crate::shared::image_chains(svc).await?);
     records.sort_by_key(|r| std::cmp::Reverse(r.last_used));
     Ok(records)
 }
@@ -185,6 +186,7 @@ mod tests {
             parents: Vec::new(),
             snapshots: Vec::new(),
             in_use: false,
+            shared: false,
         }
     }
 

@@ -22,6 +22,7 @@ pub async fn images_conformance(
         cases![
             a_put_record_reads_back,
             a_second_put_replaces_target_and_labels,
+            the_list_has_every_record_of_the_namespace,
             concurrent_puts_of_one_name_both_succeed,
             a_missing_image_is_not_found,
             an_invalid_record_is_invalid_argument,
@@ -91,6 +92,35 @@ async fn a_second_put_replaces_target_and_labels(c: Ctx) -> CaseResult {
     ensure(
         got.labels.contains_key("new") && !got.labels.contains_key("old"),
         "the second put's labels replace the first's",
+    )
+}
+
+async fn the_list_has_every_record_of_the_namespace(c: Ctx) -> CaseResult {
+    let s = &c.s;
+    let names = [
+        "docker.io/library/conformance:list-b",
+        "docker.io/library/conformance:list-a",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let r = record(name, &Digest::of(name.as_bytes()), 2 + i as i64, &[]);
+        ok(s.images.put(&r, None).await, "put")?;
+    }
+    let listed = ok(s.images.list().await, "list")?;
+    let ours: Vec<&ImageRecord> = listed
+        .iter()
+        .filter(|r| r.name.starts_with("docker.io/library/conformance:list-"))
+        .collect();
+    ensure(ours.len() == 2, "both records")?;
+    ensure(
+        ours.iter()
+            .all(|r| r.digest == Digest::of(r.name.as_bytes()).to_string()),
+        "each with its target",
+    )?;
+    ok(s.images.delete(names[0], false).await, "delete")?;
+    let listed = ok(s.images.list().await, "list again")?;
+    ensure(
+        !listed.iter().any(|r| r.name == names[0]),
+        "a deleted record is not listed",
     )
 }
 

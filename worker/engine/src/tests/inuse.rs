@@ -237,3 +237,39 @@ async fn a_cache_mount_is_in_use_while_a_build_that_mounts_it_runs() {
     let report = prune::prune(&fx.svc, &only_mounts).await.expect("prune");
     assert_eq!(report.removed.len(), 1);
 }
+
+/// `Shared` (BuildKit's): a record whose layers an image in the store has.
+#[tokio::test]
+async fn a_record_an_image_was_exported_from_is_shared_until_the_image_goes() {
+    let fx = fixture();
+    let engine = fx.engine("a", &FakeExecutor::new());
+    let shared = |fx: &Fixture| {
+        let svc = fx.svc.clone();
+        async move {
+            prune::disk_usage(&svc)
+                .await
+                .expect("du")
+                .into_iter()
+                .filter(|r| r.description == "FILE")
+                .map(|r| (r.lease.id, r.shared))
+                .collect::<BTreeMap<String, bool>>()
+        }
+    };
+    build(&engine, file_request("cache only"))
+        .await
+        .expect("a build into the cache");
+    assert_eq!(shared(&fx).await.values().collect::<Vec<_>>(), [&false]);
+    let named = BuildRequest {
+        names: vec!["docker.io/library/shared:1".into()],
+        ..file_request("exported")
+    };
+    build(&engine, named).await.expect("an exported build");
+    let du = shared(&fx).await;
+    assert_eq!(du.values().filter(|s| **s).count(), 1, "{du:?}");
+    fx.svc
+        .images
+        .delete("docker.io/library/shared:1", false)
+        .await
+        .expect("delete the image");
+    assert!(shared(&fx).await.values().all(|s| !s));
+}
