@@ -136,17 +136,7 @@ async fn only_the_files_the_dockerfile_reads_cross_the_wire() {
 
     // The image is the whole context's: an embedded build of the client's
     // directory hits every step kilnd ran and makes the same image.
-    let embedded = h.build(ns, &["-t", "ctxpaths:embedded", c]).ok();
-    assert_eq!(
-        kiln_integration::cached_steps(&embedded.stderr),
-        3,
-        "{}",
-        embedded.stderr
-    );
-    assert_eq!(
-        h.image_digest(ns, "docker.io/library/ctxpaths:embedded"),
-        h.image_digest(ns, "docker.io/library/ctxpaths:remote")
-    );
+    common::embedded_build_is_kilnds(&h, ns, c, "ctxpaths:embedded", 3, "ctxpaths:remote");
 
     // `COPY .` reads the whole context: everything is sent (the kept
     // files again only in part: what the last build left is kept).

@@ -120,17 +120,7 @@ async fn a_rebuild_through_kilnd_sends_only_what_changed() {
     assert_eq!(printed, want);
     // The kept context hashes like the client's own directory: an embedded
     // build of that directory finds the `COPY .` kilnd cached.
-    let embedded = h.build(ns, &["-t", "kept:embedded", c]).ok();
-    assert_eq!(
-        kiln_integration::cached_steps(&embedded.stderr),
-        1,
-        "{}",
-        embedded.stderr
-    );
-    assert_eq!(
-        h.image_digest(ns, "docker.io/library/kept:embedded"),
-        h.image_digest(ns, "docker.io/library/kept:4")
-    );
+    common::embedded_build_is_kilnds(&h, ns, c, "kept:embedded", 1, "kept:4");
     assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
 }
 
@@ -237,15 +227,5 @@ async fn a_transfer_cut_short_is_kept_and_the_next_build_sends_the_rest() {
         last.files > 0 && last.files < (total + 1) as u64,
         "{last:?}, {arrived} files had arrived"
     );
-    let embedded = h.build(ns, &["-t", "partial:embedded", c]).ok();
-    assert_eq!(
-        kiln_integration::cached_steps(&embedded.stderr),
-        1,
-        "{}",
-        embedded.stderr
-    );
-    assert_eq!(
-        h.image_digest(ns, "docker.io/library/partial:embedded"),
-        h.image_digest(ns, "docker.io/library/partial:1")
-    );
+    common::embedded_build_is_kilnds(&h, ns, c, "partial:embedded", 1, "partial:1");
 }

@@ -7,7 +7,7 @@ mod common;
 use common::remote;
 
 use kiln_integration::llbdef::op_bytes;
-use kiln_integration::{buildctl_like_binary, kilnd_binary, Harness};
+use kiln_integration::{buildctl_like_binary, kilnd_binary, Harness, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
 use kiln_proto::control::SolveRequest;
 use kiln_proto::health::health_check_response::ServingStatus;
@@ -748,14 +748,7 @@ async fn a_failed_step_carries_buildkit_source_details() {
     // (2) The Dockerfile frontend through the gateway flow, as buildctl
     // drives it: the error Solve returns carries the Dockerfile and line.
     let dockerfile = "FROM busybox\nRUN echo about to fail && exit 4\n";
-    let ctx = h.context("ops-errdetails", &[("Dockerfile", dockerfile)]);
-    let out = Command::new(buildctl_like_binary().expect("buildctl-like"))
-        .arg(k.addr())
-        .arg(&ctx)
-        .output()
-        .expect("buildctl-like runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failing_dockerfile_build(&h, &k, "ops-errdetails", dockerfile);
     let source: serde_json::Value = stderr
         .lines()
         .find_map(|l| l.strip_prefix(&format!("buildctl-like: detail {SOURCE_URL} ")))
@@ -779,14 +772,7 @@ async fn a_failed_step_carries_buildkit_source_details() {
 
     // (3) A Dockerfile that does not parse: its line, before any step.
     let unparsable = "FROM busybox\nRUNN echo typo\n";
-    let ctx = h.context("ops-errdetails-parse", &[("Dockerfile", unparsable)]);
-    let out = Command::new(buildctl_like_binary().expect("buildctl-like"))
-        .arg(k.addr())
-        .arg(&ctx)
-        .output()
-        .expect("buildctl-like runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failing_dockerfile_build(&h, &k, "ops-errdetails-parse", unparsable);
     let source: serde_json::Value = stderr
         .lines()
         .find_map(|l| l.strip_prefix(&format!("buildctl-like: detail {SOURCE_URL} ")))
@@ -822,20 +808,26 @@ async fn a_failed_step_carries_buildkit_source_details() {
             "lstat /nope: no such file or directory",
         ),
     ] {
-        let ctx = h.context(name, &[("Dockerfile", dockerfile)]);
-        let out = Command::new(buildctl_like_binary().expect("buildctl-like"))
-            .arg(k.addr())
-            .arg(&ctx)
-            .output()
-            .expect("buildctl-like runs");
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = failing_dockerfile_build(&h, &k, name, dockerfile);
         assert!(stderr.contains("buildctl-like: code Unknown\n"), "{stderr}");
         assert!(
             stderr.contains(&format!("buildctl-like: solve: {text}\n")),
             "{stderr}"
         );
     }
+}
+
+/// The stderr of `buildctl-like` building `dockerfile` (in a context
+/// named `name`) through `k`, a build that must fail.
+fn failing_dockerfile_build(h: &Harness, k: &Kilnd, name: &str, dockerfile: &str) -> String {
+    let ctx = h.context(name, &[("Dockerfile", dockerfile)]);
+    let out = Command::new(buildctl_like_binary().expect("buildctl-like"))
+        .arg(k.addr())
+        .arg(&ctx)
+        .output()
+        .expect("buildctl-like runs");
+    assert!(!out.status.success(), "{name} built");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Standard base64 with padding, written out here so the test does not

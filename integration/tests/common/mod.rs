@@ -280,3 +280,28 @@ pub async fn build_records(
     }
     out
 }
+
+/// An embedded build of the client's directory `ctx` (named `tag`) hits
+/// `steps` steps kilnd ran and makes kilnd's image `kilnd_image` (both
+/// names normalized from `docker.io/library/`): what kilnd received and
+/// kept hashes like the directory itself.
+pub fn embedded_build_is_kilnds(
+    h: &Harness,
+    ns: &str,
+    ctx: &str,
+    tag: &str,
+    steps: usize,
+    kilnd_image: &str,
+) {
+    let embedded = h.build(ns, &["-t", tag, ctx]).ok();
+    assert_eq!(
+        kiln_integration::cached_steps(&embedded.stderr),
+        steps,
+        "{}",
+        embedded.stderr
+    );
+    assert_eq!(
+        h.image_digest(ns, &format!("docker.io/library/{tag}")),
+        h.image_digest(ns, &format!("docker.io/library/{kilnd_image}"))
+    );
+}

@@ -353,6 +353,28 @@ pub struct RecordInfo {
 }
 
 impl RecordInfo {
+    /// A regular record `id` of `snapshots`, with nothing else set, for
+    /// tests of the rules over records.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, snapshots: &[&str]) -> RecordInfo {
+        RecordInfo {
+            lease: kiln_snapshot::containerd::LeaseInfo {
+                id: id.into(),
+                labels: HashMap::new(),
+                created_secs: 0,
+            },
+            record_type: TYPE_REGULAR.into(),
+            size: 0,
+            description: String::new(),
+            last_used: 0,
+            usage_count: 0,
+            parents: Vec::new(),
+            snapshots: snapshots.iter().map(|s| s.to_string()).collect(),
+            in_use: false,
+            shared: false,
+        }
+    }
+
     /// A cache mount is written in place by the steps that mount it
     /// (BuildKit's mutable refs); a step's result never changes.
     pub fn mutable(&self) -> bool {

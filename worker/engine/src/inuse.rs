@@ -66,26 +66,9 @@ pub fn records_holding(records: &[RecordInfo], held: &HashSet<String>) -> HashSe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_snapshot::containerd::LeaseInfo;
-    use std::collections::HashMap;
 
     fn record(id: &str, snapshots: &[&str]) -> RecordInfo {
-        RecordInfo {
-            lease: LeaseInfo {
-                id: id.into(),
-                labels: HashMap::new(),
-                created_secs: 0,
-            },
-            record_type: crate::cache::TYPE_REGULAR.into(),
-            size: 0,
-            description: String::new(),
-            last_used: 0,
-            usage_count: 0,
-            parents: Vec::new(),
-            snapshots: snapshots.iter().map(|s| s.to_string()).collect(),
-            in_use: false,
-            shared: false,
-        }
+        RecordInfo::for_test(id, snapshots)
     }
 
     #[test]

@@ -75,25 +75,11 @@ pub fn mark_shared(records: &mut [RecordInfo], chains: &HashSet<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_snapshot::containerd::LeaseInfo;
-    use std::collections::HashMap;
 
     fn record(id: &str, snapshot: &str, parents: &[&str]) -> RecordInfo {
         RecordInfo {
-            lease: LeaseInfo {
-                id: id.into(),
-                labels: HashMap::new(),
-                created_secs: 0,
-            },
-            record_type: crate::cache::TYPE_REGULAR.into(),
-            size: 1,
-            description: String::new(),
-            last_used: 0,
-            usage_count: 0,
             parents: parents.iter().map(|p| p.to_string()).collect(),
-            snapshots: vec![snapshot.to_string()],
-            in_use: false,
-            shared: false,
+            ..RecordInfo::for_test(id, &[snapshot])
         }
     }
 
