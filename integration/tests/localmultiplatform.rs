@@ -117,6 +117,16 @@ async fn multi_platform_file_trees_get_a_directory_per_platform() {
         want.extend(platform_tree(&format!("linux_{arch}/"), arch));
     }
     assert_eq!(tree(&local), want);
+    // Each platform's directory as BuildKit's exporter makes it up: mode
+    // 0755, no time (the epoch), whatever the image's root says.
+    for arch in ["amd64", "arm64"] {
+        let md = std::fs::metadata(local.join(format!("linux_{arch}"))).expect("platform dir");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o7777,
+            0o755
+        );
+        assert_eq!(md.modified().expect("mtime"), std::time::UNIX_EPOCH);
+    }
 
     let tarfile = out_dir.join("multi.tar");
     remote(

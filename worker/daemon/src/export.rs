@@ -384,9 +384,18 @@ pub async fn run(
             "local" => {
                 let s = session_for(session, "local")?;
                 let view = file_tree(solved, attrs, config).await?;
-                let r =
-                    kiln_session::filesend::send_local(s.channel.clone(), Some(index), view.path())
-                        .await;
+                // Platform directories as BuildKit's exporter makes them up.
+                let opts = kiln_session::fsutil::SendOptions {
+                    synthetic_dirs: view.platform_dirs(),
+                    ..Default::default()
+                };
+                let r = kiln_session::filesend::send_local(
+                    s.channel.clone(),
+                    Some(index),
+                    view.path(),
+                    &opts,
+                )
+                .await;
                 view.close().await;
                 r.map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
             }

@@ -930,6 +930,21 @@ impl ResultView {
         &self.path
     }
 
+    /// The directories below [`ResultView::path`] that hold one
+    /// platform's tree each (`linux_amd64`, ...): made up by the export,
+    /// not part of any result, so BuildKit describes them alone (mode
+    /// 0755, owner 0:0, no time). Empty when the view is one tree.
+    pub fn platform_dirs(&self) -> Vec<String> {
+        if self.mount.is_some() {
+            return Vec::new();
+        }
+        self.parts
+            .iter()
+            .filter_map(|p| p.path.strip_prefix(&self.path).ok())
+            .filter_map(|p| p.to_str().map(str::to_string))
+            .collect()
+    }
+
     /// Unmounts and removes the view snapshot.
     pub async fn close(mut self) {
         // Its own mount first: a joined view's overlay stands on its parts.

@@ -142,7 +142,12 @@ where
 
 /// The daemon side for the local exporter: sends the tree under `root` as
 /// the fsutil sender and waits for the client to end the call.
-pub async fn send_local(channel: Channel, exporter_id: Option<usize>, root: &Path) -> Result<()> {
+pub async fn send_local(
+    channel: Channel,
+    exporter_id: Option<usize>,
+    root: &Path,
+    opts: &SendOptions,
+) -> Result<()> {
     let call_err = |status| SessionError::Call {
         method: DIFF_COPY_METHOD,
         status,
@@ -187,7 +192,7 @@ pub async fn send_local(channel: Channel, exporter_id: Option<usize>, root: &Pat
         }
     });
     let mut inbound = ReceiverStream::new(in_rx);
-    let sent = send_dir(root, &SendOptions::default(), &mut inbound, tx)
+    let sent = send_dir(root, opts, &mut inbound, tx)
         .await
         .map_err(|source| SessionError::Transfer {
             name: root.display().to_string(),

@@ -87,6 +87,7 @@ impl FileSync for FileSyncServerImpl {
             exclude_patterns: values(md, EXCLUDE_PATTERNS_KEY)?,
             follow_paths: values(md, FOLLOW_PATHS_KEY)?,
             reset_owner: true,
+            ..Default::default()
         };
         tracing::debug!(dir = %name, path = %root.display(), "sending local directory");
         let inbound = request.into_inner();

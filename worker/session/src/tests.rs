@@ -252,7 +252,7 @@ async fn exports_reach_the_client_as_trees() {
 
     let src = tmp.path().join("rootfs");
     context_tree(&src);
-    send_local(session.channel.clone(), Some(1), &src)
+    send_local(session.channel.clone(), Some(1), &src, &Default::default())
         .await
         .expect("send local");
     let (want, got) = (snapshot(&src), snapshot(&local_out));

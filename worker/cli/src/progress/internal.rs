@@ -34,6 +34,7 @@ fn send_options(
         exclude_patterns: excludes,
         follow_paths,
         reset_owner: true,
+        ..Default::default()
     }
 }
 

@@ -41,6 +41,10 @@ pub struct SendOptions {
     /// Sends uid and gid 0 for every entry, as buildctl and buildx do for
     /// build contexts.
     pub reset_owner: bool,
+    /// Top-level directories that only group what is below them (an
+    /// exporter's platform directories): sent as BuildKit's exporters
+    /// describe them, mode 0755, owner 0:0, no time and no xattrs.
+    pub synthetic_dirs: Vec<String>,
 }
 
 /// Sends the tree under `root` to the receiver at the other end of
@@ -210,6 +214,7 @@ pub(super) struct Walker {
     not_included: Option<PatternMatcher>,
     exclude: Option<PatternMatcher>,
     reset_owner: bool,
+    synthetic_dirs: Vec<String>,
     out: Listing,
     /// Requestable regular files by entry ID, shared with the request loop.
     files: Arc<Mutex<HashMap<u32, PathBuf>>>,
@@ -255,6 +260,7 @@ impl Walker {
             not_included,
             exclude,
             reset_owner: opts.reset_owner,
+            synthetic_dirs: opts.synthetic_dirs.clone(),
             out,
             files,
             cancel,
@@ -397,6 +403,13 @@ impl Walker {
         let mut stat = super::stat_of(abs, rel, md)?;
         if self.reset_owner {
             (stat.uid, stat.gid) = (0, 0);
+        }
+        if md.is_dir() && self.synthetic_dirs.contains(&stat.path) {
+            stat = Stat {
+                path: stat.path,
+                mode: super::mode::DIR | 0o755,
+                ..Stat::default()
+            };
         }
         Ok(stat)
     }
