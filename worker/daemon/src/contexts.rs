@@ -17,7 +17,9 @@
 //! other's transfers. A receive that fails or is cancelled (Ctrl-C, a
 //! dropped connection) leaves a tree that is part old, part new: when the
 //! build lets go of the slot its device nodes, FIFOs and set-id files are
-//! removed and the tree is kept, so the next receive brings it up to date
+//! removed (on a blocking thread: it walks the tree; a build of the same
+//! key waits for it rather than start an empty slot) and the tree is
+//! kept, so the next receive brings it up to date
 //! like any other (a file is written under its name from its first byte,
 //! but its size, mode and mtime are set only once its last byte is there,
 //! so a partly written file never looks like the sender's). A slot whose
@@ -37,7 +39,7 @@ use kiln_solver::Digest;
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 
 /// The directory under kilnd's root that holds the slots.
@@ -88,7 +90,17 @@ pub struct Contexts {
     dir: PathBuf,
     limits: ContextsConfig,
     /// Slots held by a build (or being removed by a prune).
-    busy: Mutex<HashSet<String>>,
+    busy: Mutex<Slots>,
+    /// Told when a slot's partial tree has been cleaned.
+    salvaged: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    /// Slots no other build may take.
+    held: HashSet<String>,
+    /// Held slots whose partial tree is being cleaned for reuse.
+    salvaging: HashSet<String>,
 }
 
 /// What a prune removed.
@@ -188,30 +200,43 @@ fn clean_partial_tree(dir: &Path) -> std::io::Result<u64> {
     Ok(bytes)
 }
 
-impl Held {
-    /// After a receive that did not complete: the tree is kept for the
-    /// next (incremental) receive once nothing privileged is in it; the
-    /// slot stays dirty (emptied at its next use) if that fails.
-    fn keep_partial(&self) {
-        if !self.dir.join(DIRTY).exists() {
-            return;
-        }
-        let kept = clean_partial_tree(&self.tree())
-            .and_then(|bytes| std::fs::write(self.dir.join(SIZE), bytes.to_string()))
-            .and_then(|()| remove_marker(&self.dir));
-        match kept {
-            Ok(()) => tracing::debug!(slot = %self.slot, "kept a partly received context"),
-            Err(e) => {
-                tracing::warn!(slot = %self.slot, error = %e, "cannot keep a partly received context")
-            }
-        }
+/// After a receive into slot `dir` that did not complete: the tree is
+/// kept for the next (incremental) receive once nothing privileged is in
+/// it; the slot stays dirty (emptied at its next use) if that fails.
+/// Blocking (walks the tree).
+fn keep_partial(dir: &Path, slot: &str) {
+    if !dir.join(DIRTY).exists() {
+        return;
+    }
+    let kept = clean_partial_tree(&dir.join(TREE))
+        .and_then(|bytes| std::fs::write(dir.join(SIZE), bytes.to_string()))
+        .and_then(|()| remove_marker(dir));
+    match kept {
+        Ok(()) => tracing::debug!(slot, "kept a partly received context"),
+        Err(e) => tracing::warn!(slot, error = %e, "cannot keep a partly received context"),
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         if !self.complete {
-            self.keep_partial();
+            // Cleaning walks the tree: not on an async worker. The slot
+            // stays held until it is done.
+            let (contexts, slot, dir) =
+                (self.contexts.clone(), self.slot.clone(), self.dir.clone());
+            contexts.lock().salvaging.insert(slot.clone());
+            let salvage = move || {
+                keep_partial(&dir, &slot);
+                let mut slots = contexts.lock();
+                slots.salvaging.remove(&slot);
+                slots.held.remove(&slot);
+                contexts.salvaged.notify_all();
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(salvage)),
+                Err(_) => salvage(),
+            }
+            return;
         } else if !self.privileged.is_empty() {
             let tree = self.tree();
             // Wire paths the receiver checked: relative, clean, below
@@ -231,7 +256,7 @@ impl Drop for Held {
                 }
             }
         }
-        self.contexts.lock().remove(&self.slot);
+        self.contexts.lock().held.remove(&self.slot);
     }
 }
 
@@ -252,11 +277,12 @@ impl Contexts {
         Arc::new(Contexts {
             dir: dir(root),
             limits,
-            busy: Mutex::new(HashSet::new()),
+            busy: Mutex::default(),
+            salvaged: Condvar::new(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.busy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -267,11 +293,20 @@ impl Contexts {
         let base = key.hash();
         let slot = {
             let mut busy = self.lock();
+            // A slot of this key being cleaned after a cut receive holds
+            // its latest tree: wait for it rather than start an empty one.
+            let of_key = |s: &String| {
+                s.strip_prefix(base.as_str())
+                    .is_some_and(|n| n.starts_with('-'))
+            };
+            while busy.salvaging.iter().any(of_key) {
+                busy = self.salvaged.wait(busy).unwrap_or_else(|p| p.into_inner());
+            }
             let slot = (0..)
                 .map(|n| format!("{base}-{n}"))
-                .find(|s| !busy.contains(s))
+                .find(|s| !busy.held.contains(s))
                 .expect("an unbounded range has a free slot");
-            busy.insert(slot.clone());
+            busy.held.insert(slot.clone());
             slot
         };
         let dir = self.dir.join(&slot);
@@ -335,14 +370,14 @@ impl Contexts {
         {
             let mut busy = self.lock();
             for (used, name, bytes, dirty) in &slots {
-                if busy.contains(name) {
+                if busy.held.contains(name) {
                     continue;
                 }
                 let old = now
                     .duration_since(*used)
                     .is_ok_and(|age| age > self.limits.max_age);
                 if *dirty || old || total > self.limits.max_size {
-                    busy.insert(name.clone());
+                    busy.held.insert(name.clone());
                     doomed.push((name.clone(), *bytes));
                     total = total.saturating_sub(*bytes);
                 }
@@ -357,7 +392,7 @@ impl Contexts {
                 }
                 Err(e) => tracing::warn!(slot = %name, error = %e, "cannot remove a kept context"),
             }
-            self.lock().remove(&name);
+            self.lock().held.remove(&name);
         }
         if pruned.slots > 0 {
             tracing::info!(
@@ -457,7 +492,7 @@ mod tests {
         // receive) starts empty.
         let slot = tree.parent().expect("slot").to_path_buf();
         std::mem::forget(after_failure);
-        c.lock().clear();
+        c.lock().held.clear();
         assert!(slot.join(DIRTY).exists());
         let after_crash = c.acquire(&k).expect("acquire");
         assert!(!after_crash.incremental());
@@ -494,6 +529,33 @@ mod tests {
             "5"
         );
         assert!(c.acquire(&k).expect("acquire").incremental());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_receive_is_cleaned_off_the_async_thread_and_waited_for() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let c = Contexts::new(tmp.path(), ContextsConfig::default());
+        let k = key(None, "", "context");
+        let h = c.acquire(&k).expect("acquire");
+        let tree = h.tree();
+        for i in 0..300 {
+            std::fs::write(tree.join(format!("f{i}")), b"x").expect("write");
+        }
+        std::fs::write(tree.join("suid"), b"x").expect("write");
+        std::fs::set_permissions(tree.join("suid"), std::fs::Permissions::from_mode(0o4755))
+            .expect("chmod");
+        drop(h);
+        // Taken at once: the same slot, once it is clean.
+        let c2 = c.clone();
+        let next = tokio::task::spawn_blocking(move || c2.acquire(&key(None, "", "context")))
+            .await
+            .expect("join")
+            .expect("acquire");
+        assert_eq!(next.tree(), tree);
+        assert!(next.incremental());
+        assert!(!tree.join("suid").exists() && tree.join("f299").exists());
+        assert!(c.lock().salvaging.is_empty());
     }
 
     #[test]
@@ -560,7 +622,7 @@ mod tests {
         assert!(h.incremental(), "clean once they are gone");
         // Still dirty and free (kilnd crashed during its receive): pruned.
         std::mem::forget(h);
-        c.lock().clear();
+        c.lock().held.clear();
         let other = c.acquire(&key(None, "", "other")).expect("acquire");
         assert_eq!(c.prune().slots, 1, "the dirty, free slot");
         assert!(!tree.exists());
