@@ -157,6 +157,53 @@ async fn plain_is_buildkits_layout() {
     assert!(third.stderr.contains(&from), "{}", third.stderr);
 }
 
+/// Two platforms on one base built for the build platform: the base and
+/// the step are one vertex each (one digest), and the base's state is
+/// decided by its readers for both platforms, as in a single-platform
+/// build: DONE in a no-op rebuild (buildkitd 73ed6825c prints the same).
+#[tokio::test]
+async fn a_base_shared_by_two_platforms_is_done_in_a_no_op_rebuild() {
+    let ns = "progress-platforms";
+    let h = Harness::with_busybox(ns).await;
+    let df = "FROM --platform=$BUILDPLATFORM busybox\nRUN echo hi > /x\n";
+    let ctx = h.context("platforms", &[("Dockerfile", df)]);
+    let args = [
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        "platforms:1",
+        ctx.to_str().expect("utf8"),
+    ];
+    // The first build unpacks the base: work, DONE.
+    build(&h, ns, "plain", &[], &args).ok();
+    let busybox = h.image_digest(ns, "docker.io/library/busybox:latest");
+    let from = |state: &str| {
+        format!(
+            "] FROM docker.io/library/busybox:latest@{busybox}\n\
+             #4 resolve docker.io/library/busybox:latest@{busybox} done\n#4 {state}"
+        )
+    };
+    // Nothing runs: nothing loads the base, for either platform.
+    let again = build(&h, ns, "plain", &[], &args).ok();
+    assert!(again.stderr.contains(&from("DONE ")), "{}", again.stderr);
+    assert_eq!(
+        again.stderr.matches("] FROM ").count(),
+        1,
+        "{}",
+        again.stderr
+    );
+    assert!(
+        again.stderr.contains("RUN echo hi > /x\n#5 CACHED\n"),
+        "{}",
+        again.stderr
+    );
+    // The step runs again and loads the base: CACHED.
+    let mut no_cache = vec!["--no-cache"];
+    no_cache.extend(args);
+    let third = build(&h, ns, "plain", &[], &no_cache).ok();
+    assert!(third.stderr.contains(&from("CACHED\n")), "{}", third.stderr);
+}
+
 #[tokio::test]
 async fn rawjson_is_buildkits_solve_status_and_buildkit_progress_selects_it() {
     use base64::Engine as _;

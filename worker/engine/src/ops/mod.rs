@@ -304,6 +304,14 @@ impl OpRunner for StepRunner {
     async fn cached(&self, id: VertexId, vertex: &Vertex) {
         self.answered(vertex, false).await;
         self.start(id, vertex).await;
+        // A source answered by an equal one in flight (the same base image
+        // for two platforms) did no work either: its readers decide.
+        if matches!(vertex.op, Op::Source(_)) {
+            if let Some(cached) = self.loads.defer(id.0, &vertex.name) {
+                self.show_source((id.0, vertex.name.clone(), cached)).await;
+            }
+            return;
+        }
         let at = SystemTime::now();
         self.progress
             .send(ProgressEvent::Completed {
