@@ -525,11 +525,16 @@ impl Engine {
                 self.lease_timing,
             )
             .await?;
-            match self.solve_leased(req, &lease, progress, cancel).await {
+            let uses = Arc::new(crate::cache::Uses::default());
+            match self
+                .solve_leased(req, &lease, &uses, progress, cancel)
+                .await
+            {
                 Ok((layers, cache)) => Ok(Solved {
                     engine: self.clone(),
                     lease: lease.clone(),
                     keepalive,
+                    uses,
                     layers,
                     cache,
                     cache_exports: req.cache_exports.clone(),
@@ -539,6 +544,7 @@ impl Engine {
                     others: Vec::new(),
                 }),
                 Err(e) => {
+                    uses.write(&self.svc).await;
                     if let Err(d) = self.svc.leases.delete(&lease, true).await {
                         tracing::warn!(lease = %lease, error = %d, "cannot delete build lease");
                     }
@@ -555,6 +561,7 @@ impl Engine {
         &self,
         req: &BuildRequest,
         lease: &LeaseId,
+        uses: &Arc<crate::cache::Uses>,
         progress: Progress,
         cancel: CancellationToken,
     ) -> Result<(Vec<crate::refs::Layer>, Arc<BuildCache>)> {
@@ -586,6 +593,7 @@ impl Engine {
             ssh: req.ssh.clone(),
             fetch_limits: self.fetch_limits.current(),
             added: Default::default(),
+            uses: uses.clone(),
             started: Default::default(),
             blobs_after_commit: Default::default(),
             committed: Default::default(),
@@ -845,6 +853,8 @@ pub struct Solved {
     lease: LeaseId,
     /// Renews the lease's protection until release.
     keepalive: crate::lease::Keepalive,
+    /// The records the solve hit, whose use is written at release.
+    uses: Arc<crate::cache::Uses>,
     /// The result's layer chain (empty = scratch).
     pub layers: Vec<crate::refs::Layer>,
     /// The build's answered vertices, for cache export.
@@ -1501,6 +1511,7 @@ impl Solved {
         }
         // The exporters' mount points are gone; their directory may stay.
         let _ = std::fs::remove_dir(self.mount_dir());
+        self.uses.write(&self.engine.svc).await;
         if let Err(e) = self.engine.svc.leases.delete(&self.lease, sync).await {
             tracing::warn!(lease = %self.lease, error = %e, "cannot delete build lease");
         }

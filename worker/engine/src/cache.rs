@@ -82,15 +82,44 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// The use of the records one build hit: last-use time and usage count,
+/// written by [`Uses::write`] when the build lets go of its lease, not on
+/// each hit's path (each write is a containerd write transaction, and a
+/// no-op rebuild is made of hits). A record hit twice by one build counts
+/// once.
+#[derive(Debug, Default)]
+pub struct Uses(std::sync::Mutex<HashMap<String, HashMap<String, String>>>);
+
+impl Uses {
+    fn note(&self, record: &str, labels: HashMap<String, String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(record.to_string())
+            .or_insert(labels);
+    }
+
+    /// Writes the uses noted so far (best effort, as the use time).
+    pub async fn write(&self, svc: &Services) {
+        let noted = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        for (record, labels) in noted {
+            if let Err(e) = svc.content.set_labels(&record, labels).await {
+                tracing::warn!(record = %record, error = %e, "cannot update cache record use time");
+            }
+        }
+    }
+}
+
 /// Looks the record for `key` up. A hit is added to `build_lease` so it
 /// cannot be pruned while the build uses it (`added`: what the build
-/// added already, added once), and its last-use time is bumped, both at
-/// once. A record whose objects are gone is deleted and misses.
+/// added already, added once), and its use is noted in `uses`. A record
+/// whose objects are gone is deleted and misses.
 pub async fn load(
     svc: &Services,
     key: &Digest,
     build_lease: &LeaseId,
     added: &crate::lease::Added,
+    uses: &Uses,
 ) -> Result<Option<Vec<Vec<Layer>>>> {
     let id = lease_for(key);
     let Some(lease) = svc.leases.get(&id).await? else {
@@ -176,8 +205,8 @@ pub async fn load(
         }
         Ok::<bool, crate::error::WorkerError>(true)
     };
-    // The bump's look at the record blob also tells whether containerd
-    // still has it: its bytes may have come from memory.
+    // The look at the record blob for its use count also tells whether
+    // containerd still has it: its bytes may have come from memory.
     let bump = async {
         let mut labels = HashMap::new();
         labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
@@ -192,9 +221,7 @@ pub async fn load(
             Err(_) => 0,
         };
         labels.insert(USAGE_COUNT_LABEL.to_string(), (used + 1).to_string());
-        if let Err(e) = svc.content.set_labels(&record, labels).await {
-            tracing::warn!(record = %record, error = %e, "cannot update cache record use time");
-        }
+        uses.note(&record, labels);
         true
     };
     let (whole, present) = tokio::join!(protect, bump);

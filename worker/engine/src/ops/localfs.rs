@@ -96,7 +96,7 @@ impl StepRunner {
         };
         let key = snapshot_key(&content);
         if let Some(mut outs) =
-            crate::cache::load(&self.svc, &key, &self.lease, &self.added).await?
+            crate::cache::load(&self.svc, &key, &self.lease, &self.added, &self.uses).await?
         {
             if outs.len() == 1 {
                 tracing::debug!(dir = %dir.display(), "local directory's snapshot reused");

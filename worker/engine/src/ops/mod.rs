@@ -39,6 +39,8 @@ pub struct StepRunner {
     pub lease: LeaseId,
     /// What cache hits added to `lease` (each resource once).
     pub added: crate::lease::Added,
+    /// The records the build hit, whose use is written at its end.
+    pub uses: Arc<crate::cache::Uses>,
     /// Local sources by name (`context` -> directory).
     pub locals: HashMap<String, PathBuf>,
     /// OCI layouts by store id (`oci-layout://` sources).
@@ -253,7 +255,9 @@ impl OpRunner for StepRunner {
         if matches!(vertex.op, Op::Source(_)) {
             return Ok(None);
         }
-        if let Some(outs) = crate::cache::load(&self.svc, key, &self.lease, &self.added).await? {
+        if let Some(outs) =
+            crate::cache::load(&self.svc, key, &self.lease, &self.added, &self.uses).await?
+        {
             return Ok(Some(outs.into_iter().map(Ref::Chain).collect()));
         }
         Ok(crate::remotecache::import::load(

@@ -29,9 +29,11 @@ impl StepRunner {
         if v.ignore_cache {
             return Ok(None);
         }
-        Ok(crate::cache::load(&self.svc, key, &self.lease, &self.added)
-            .await?
-            .and_then(|mut outs| (outs.len() == 1).then(|| outs.remove(0))))
+        Ok(
+            crate::cache::load(&self.svc, key, &self.lease, &self.added, &self.uses)
+                .await?
+                .and_then(|mut outs| (outs.len() == 1).then(|| outs.remove(0))),
+        )
     }
 
     /// Saves `layers` under each of `keys` (a failure costs a later

@@ -221,6 +221,37 @@ async fn a_cache_hit_executes_nothing() {
     assert_eq!(exec.steps().len(), 2, "a different step is not a hit");
 }
 
+/// A hit's use is written when the build lets go of its lease, not on the
+/// hit's path: a no-op rebuild's steps wait for no label write.
+#[tokio::test]
+async fn a_hits_use_is_written_when_the_build_is_released() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    let engine = fx.engine("a", &exec);
+    build(&engine, request(&["true"], &[]))
+        .await
+        .expect("first build");
+    let count = || async {
+        let records = prune::disk_usage(&fx.svc).await.expect("du");
+        let run: Vec<_> = records.iter().filter(|r| r.description == "RUN").collect();
+        assert_eq!(run.len(), 1, "{records:?}");
+        run[0].usage_count
+    };
+    assert_eq!(count().await, 1, "the build that made it");
+    let solved = engine
+        .solve(
+            &request(&["true"], &[]),
+            Progress::none(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("a hit");
+    assert_eq!(exec.steps().len(), 1, "nothing ran");
+    assert_eq!(count().await, 1, "not written while the build holds it");
+    solved.release(false).await;
+    assert_eq!(count().await, 2);
+}
+
 #[tokio::test]
 async fn a_cache_record_is_found_by_another_engine_on_the_same_namespace() {
     let fx = fixture();
@@ -1116,10 +1147,16 @@ async fn records_of_both_shapes_load() {
         .create(&build, "build", None, HashMap::new())
         .await
         .expect("build lease");
-    let got = crate::cache::load(&fx.svc, &old_key, &build, &Default::default())
-        .await
-        .expect("load")
-        .expect("a hit");
+    let got = crate::cache::load(
+        &fx.svc,
+        &old_key,
+        &build,
+        &Default::default(),
+        &Default::default(),
+    )
+    .await
+    .expect("load")
+    .expect("a hit");
     let want = crate::refs::Layer::with_blob(
         diff_id.clone(),
         Compression::Gzip.media_type(),
@@ -1139,10 +1176,16 @@ async fn records_of_both_shapes_load() {
     crate::cache::save(&fx.svc, &new_key, &[vec![lazy.clone()]], "regular", "RUN x")
         .await
         .expect("save");
-    let got = crate::cache::load(&fx.svc, &new_key, &build, &Default::default())
-        .await
-        .expect("load")
-        .expect("a hit");
+    let got = crate::cache::load(
+        &fx.svc,
+        &new_key,
+        &build,
+        &Default::default(),
+        &Default::default(),
+    )
+    .await
+    .expect("load")
+    .expect("a hit");
     assert_eq!(got, vec![vec![lazy]]);
     let listed = crate::cache::list(&fx.svc).await.expect("list");
     let rec = listed
