@@ -169,7 +169,12 @@ async fn run_solve(
     if let (Ok(ex), false) = (&exported, r.internal) {
         crate::historyresults::hold(tenant.engine.services(), &r.r#ref, &ex.results).await;
     }
-    solved.release(exported.is_err()).await;
+    if exported.is_ok() {
+        // The client has its answer; the build's lease goes after it.
+        d.jobs.after(solved.release(false));
+    } else {
+        solved.release(true).await;
+    }
     let exported = exported?;
     Ok(Finished {
         response: SolveResponse {
@@ -557,6 +562,7 @@ impl Control for ControlService {
         request: Request<DiskUsageRequest>,
     ) -> Result<Response<DiskUsageResponse>, Status> {
         let tenant = self.0.tenant(&request).await?;
+        self.0.jobs.settled().await;
         crate::workers::disk_usage(&tenant, request.into_inner())
             .await
             .map(Response::new)
@@ -643,6 +649,7 @@ impl Control for ControlService {
         request: Request<PruneRequest>,
     ) -> Result<Response<BoxStream<UsageRecord>>, Status> {
         let tenant = self.0.tenant(&request).await?;
+        self.0.jobs.settled().await;
         let records = crate::workers::prune(&tenant, request.into_inner()).await?;
         let s = tokio_stream::iter(records.into_iter().map(Ok));
         Ok(Response::new(Box::pin(s)))

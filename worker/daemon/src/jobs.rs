@@ -383,6 +383,9 @@ pub struct Jobs {
     changed: Notify,
     active: Mutex<usize>,
     idle: Notify,
+    /// Builds answered whose lease is still being let go ([`Jobs::after`]).
+    releasing: Mutex<usize>,
+    released: Notify,
 }
 
 impl Jobs {
@@ -491,6 +494,41 @@ impl Jobs {
     pub fn enter(self: &Arc<Self>) -> ActiveGuard {
         *self.active.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         ActiveGuard(self.clone())
+    }
+
+    /// Runs `work`, what is left of a build once its client has the
+    /// answer (letting go of its lease, writing its cache records' use),
+    /// in the background; counted as a running build, so a shutdown waits
+    /// for it, and [`Jobs::settled`] waits for it too.
+    pub fn after<F>(self: &Arc<Self>, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let active = self.enter();
+        *self.releasing.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            work.await;
+            {
+                let mut n = jobs.releasing.lock().unwrap_or_else(|p| p.into_inner());
+                *n = n.saturating_sub(1);
+            }
+            jobs.released.notify_waiters();
+            drop(active);
+        });
+    }
+
+    /// Waits until the work of every answered build is done
+    /// ([`Jobs::after`]): what `du` and `prune` see is then what the
+    /// builds left, not a lease they are still letting go.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.released.notified();
+            if *self.releasing.lock().unwrap_or_else(|p| p.into_inner()) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Waits until no build runs.
