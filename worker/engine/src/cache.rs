@@ -320,7 +320,9 @@ pub async fn save(
     let mut blob_labels = HashMap::new();
     blob_labels.insert(LAST_USED_LABEL.to_string(), now_secs().to_string());
     blob_labels.insert(USAGE_COUNT_LABEL.to_string(), "1".to_string());
-    write_blob(&*svc.content, &bytes, blob_labels, &id).await?;
+    let digest = write_blob(&*svc.content, &bytes, blob_labels, &id).await?;
+    // The next build's hit reads it by digest: from memory.
+    svc.memo.put(digest.as_str(), bytes.into());
     for chain in outputs {
         let top = refs::top_snapshot(chain);
         if !top.is_empty() {

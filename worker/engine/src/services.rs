@@ -99,7 +99,8 @@ impl BlobMemo {
         self.lock().blobs.get(digest).cloned()
     }
 
-    fn put(&self, digest: &str, bytes: Arc<[u8]>) {
+    /// Keeps `bytes`, the content of `digest` (read, or just written).
+    pub(crate) fn put(&self, digest: &str, bytes: Arc<[u8]>) {
         if bytes.len() > Self::MAX_BLOB {
             return;
         }

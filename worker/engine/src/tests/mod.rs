@@ -252,6 +252,24 @@ async fn a_hits_use_is_written_when_the_build_is_released() {
     assert_eq!(count().await, 2);
 }
 
+/// The record a build saved is read from memory by the next build's hit
+/// in the same process: the first no-op rebuild reads no record blob.
+#[tokio::test]
+async fn a_saved_record_is_hit_without_reading_its_blob_again() {
+    let fx = fixture();
+    let exec = FakeExecutor::new();
+    let engine = fx.engine("a", &exec);
+    build(&engine, request(&["true"], &[]))
+        .await
+        .expect("first build");
+    fx.mem
+        .fail_next("Content.Read", kiln_snapshot::ErrorKind::Unavailable, 100);
+    build(&engine, request(&["true"], &[]))
+        .await
+        .expect("a rebuild that reads no blob");
+    assert_eq!(exec.steps().len(), 1, "the rebuild hit");
+}
+
 #[tokio::test]
 async fn a_cache_record_is_found_by_another_engine_on_the_same_namespace() {
     let fx = fixture();
