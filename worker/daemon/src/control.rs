@@ -169,18 +169,20 @@ async fn run_solve(
     if let (Ok(ex), false) = (&exported, r.internal) {
         crate::historyresults::hold(tenant.engine.services(), &r.r#ref, &ex.results).await;
     }
-    if exported.is_ok() {
-        // The client has its answer; the build's lease goes after it.
-        d.jobs.after(solved.release(false));
-    } else {
-        solved.release(true).await;
-    }
-    let exported = exported?;
+    let exported = match exported {
+        Ok(ex) => ex,
+        Err(e) => {
+            solved.release(true).await;
+            return Err(e);
+        }
+    };
     Ok(Finished {
         response: SolveResponse {
             exporter_response: exported.response,
         },
         results: exported.results,
+        // The build's lease goes once the client has its answer.
+        release: Some(Box::pin(solved.release(false))),
     })
 }
 
@@ -189,6 +191,10 @@ async fn run_solve(
 struct Finished {
     response: SolveResponse,
     results: std::collections::HashMap<i64, kiln_proto::control::Descriptor>,
+    /// Letting go of the build's lease: after the answer and the record
+    /// ([`crate::jobs::Jobs::after`]), so its containerd writes wait for
+    /// nothing the client waits for.
+    release: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
 /// Who sent a request, for the log: the identity its connection proves,
@@ -404,6 +410,10 @@ impl Control for ControlService {
             tenant.enforce_cache_max().await;
             drop(build_permit);
             let _ = std::fs::remove_dir_all(crate::solve::job_dir(&d2, &job2));
+            let mut r = r;
+            if let Some(release) = r.as_mut().ok().and_then(|f| f.release.take()) {
+                d2.jobs.after(release);
+            }
             job2.mark_done();
             // Keep the finished job a little so a Status call that arrives
             // after a fast (all cached) build still gets its history.
