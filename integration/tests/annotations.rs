@@ -75,6 +75,11 @@ async fn annotations_go_where_their_type_says_or_fail_naming_why() {
         index["manifests"][0]["annotations"]["on.descriptor"], "d",
         "{index}"
     );
+    // And, as BuildKit's record of a single-platform image, its config.
+    assert_eq!(
+        index["manifests"][0]["annotations"]["config.digest"], m["config"]["digest"],
+        "{index}"
+    );
     assert!(m["annotations"].get("on.descriptor").is_none());
 
     // An index of one platform: the index's, the manifest descriptor's in

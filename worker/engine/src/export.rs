@@ -255,7 +255,17 @@ pub async fn export_image(
     if !annotations.descriptor.is_empty() {
         desc.set_annotations(Some(annotations.descriptor.clone()));
     }
-    name_image(svc, names, &desc, lease).await?;
+    // BuildKit's image record of a single-platform image also names the
+    // config (the writer's `config.digest`, dropped from the descriptor it
+    // answers with).
+    let mut record = desc.clone();
+    let mut with_config = record.annotations().clone().unwrap_or_default();
+    with_config.insert(
+        CONFIG_DIGEST_ANNOTATION.to_string(),
+        config_digest.to_string(),
+    );
+    record.set_annotations(Some(with_config));
+    name_image(svc, names, &record, lease).await?;
     Ok(Exported {
         manifest: desc,
         config_digest: config_digest.to_string(),
@@ -263,6 +273,10 @@ pub async fn export_image(
         children: Vec::new(),
     })
 }
+
+/// The annotation on a single-platform image record's target naming its
+/// config, as BuildKit's image exporter stores it.
+pub const CONFIG_DIGEST_ANNOTATION: &str = "config.digest";
 
 /// Points every name of `names` at `desc`, held by `lease` until the
 /// records hold it.

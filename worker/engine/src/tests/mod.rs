@@ -359,6 +359,13 @@ async fn an_export_writes_exactly_config_manifest_and_layers_with_gc_labels() {
     assert_eq!(record.digest, r.manifest_digest);
     assert_eq!(record.media_type, oci::MEDIA_OCI_MANIFEST);
     assert_eq!(r.names, [name]);
+    // As BuildKit's record of a single-platform image, it names the config.
+    assert_eq!(
+        record.annotations.get("config.digest"),
+        Some(&r.config_digest),
+        "{:?}",
+        record.annotations
+    );
 
     // The manifest names the config and one layer.
     let content = &fx.svc.content;
