@@ -143,6 +143,22 @@ async fn multi_platform_file_trees_get_a_directory_per_platform() {
     )
     .ok();
     assert_eq!(tar_tree(&tarfile), want);
+    // The platform directories' headers, as BuildKit's tar exporter writes
+    // them: mode 0755, owner 0:0, time 0.
+    let mut a = tar::Archive::new(std::fs::File::open(&tarfile).expect("tar"));
+    let mut seen = 0;
+    for e in a.entries().expect("entries") {
+        let e = e.expect("entry");
+        let name = e.path().expect("path").display().to_string();
+        if name == "linux_amd64/" || name == "linux_arm64/" {
+            let h = e.header();
+            assert_eq!(h.mode().expect("mode") & 0o7777, 0o755, "{name}");
+            assert_eq!(h.mtime().expect("mtime"), 0, "{name}");
+            assert_eq!((h.uid().expect("uid"), h.gid().expect("gid")), (0, 0));
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2);
 
     // One platform: its tree as it is, in both.
     let single = out_dir.join("single");

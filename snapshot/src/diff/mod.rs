@@ -203,6 +203,29 @@ pub fn write_layer(
     Ok(desc)
 }
 
+/// The tar of the whole tree under `root` (no parent, nothing compressed),
+/// as an exporter sends a result's files, to `out`; returns the entries
+/// written. The top-level directories named in `synthetic_dirs` only group
+/// what is below them (a multi-platform export's `linux_amd64/`, ...):
+/// each is written as BuildKit's tar exporter describes it, mode 0755,
+/// owner 0:0, time 0, no xattrs.
+pub fn write_tree(
+    root: &Path,
+    synthetic_dirs: &[String],
+    out: &mut dyn Write,
+) -> Result<usize, DiffError> {
+    let mut emitter = Emitter::new(TarWriter::new(BufWriter::with_capacity(256 * 1024, out)));
+    emitter.synthetic = synthetic_dirs
+        .iter()
+        .map(|d| d.as_bytes().to_vec())
+        .collect();
+    walk::walk(&mut emitter, None, root)?;
+    let entries = emitter.entries;
+    let mut buffered = emitter.tar.finish().map_err(DiffError::output)?;
+    buffered.flush().map_err(DiffError::output)?;
+    Ok(entries)
+}
+
 /// [`write_layer`] into a store that hashes what it receives, as
 /// containerd's content store does (it answers every write with its
 /// running digest, and checks a commit against it): the compressed bytes
@@ -535,6 +558,8 @@ pub(crate) struct Emitter<W: Write> {
     /// (dev, ino) of multiply-linked non-directories -> first tar path.
     links: HashMap<(u64, u64), Vec<u8>>,
     entries: usize,
+    /// Directories written with a bare stat ([`write_tree`]).
+    synthetic: Vec<Vec<u8>>,
 }
 
 impl<W: Write> Emitter<W> {
@@ -544,6 +569,7 @@ impl<W: Write> Emitter<W> {
             open: Vec::new(),
             links: HashMap::new(),
             entries: 0,
+            synthetic: Vec::new(),
         }
     }
 
@@ -573,7 +599,20 @@ impl<W: Write> Emitter<W> {
             let mut path = self.open[i].rel.clone();
             path.push(b'/');
             let dir = &self.open[i];
-            let entry = entry_for(&path, &dir.node, EntryKind::Dir);
+            let entry = if self.synthetic.contains(&dir.rel) {
+                Entry {
+                    path: &path,
+                    size: 0,
+                    kind: EntryKind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    xattrs: &[],
+                }
+            } else {
+                entry_for(&path, &dir.node, EntryKind::Dir)
+            };
             self.tar.append_header(&entry).map_err(DiffError::output)?;
             self.entries += 1;
             self.open[i].written = true;

@@ -402,18 +402,11 @@ pub async fn run(
             "tar" => {
                 let s = session_for(session, "tar")?;
                 let view = file_tree(solved, attrs, config).await?;
-                let root = view.path().to_path_buf();
+                let (root, platforms) = (view.path().to_path_buf(), view.platform_dirs());
                 let (w, r) = tokio::io::duplex(1 << 20);
                 let writer = tokio::task::spawn_blocking(move || {
                     let mut sync = tokio_util::io::SyncIoBridge::new(w);
-                    kiln_snapshot::diff::write_layer(
-                        kiln_snapshot::diff::DiffSource::Walk {
-                            lower: None,
-                            upper: &root,
-                        },
-                        Compression::Uncompressed,
-                        &mut sync,
-                    )
+                    kiln_snapshot::diff::write_tree(&root, &platforms, &mut sync)
                 });
                 let sent = kiln_session::filesend::send_bytes(
                     s.channel.clone(),
