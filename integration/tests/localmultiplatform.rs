@@ -279,3 +279,85 @@ async fn multi_platform_file_trees_get_a_directory_per_platform() {
         "views still mounted under {root}"
     );
 }
+
+/// With an epoch (the build's `SOURCE_DATE_EPOCH`, or the exporter's
+/// `source-date-epoch`), every file the local and tar exporters write has
+/// that time, as BuildKit's exporters give it, platform directories too.
+#[tokio::test]
+async fn an_epoch_is_every_exported_files_time() {
+    let ns = "local-epoch";
+    let h = Harness::start().await.expect("private containerd starts");
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = h.context(
+        "local-epoch",
+        &[
+            ("Dockerfile", DF),
+            ("common.txt", "common\n"),
+            ("arch-amd64.txt", "built for amd64\n"),
+            ("arch-arm64.txt", "built for arm64\n"),
+        ],
+    );
+    let c = ctx.to_str().expect("utf8");
+    let out_dir = h.state_dir().join("local-epoch-out");
+    let epoch = 1_000_000_000;
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+
+    let local = out_dir.join("multi");
+    remote(
+        &h,
+        &k,
+        ns,
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            &format!("SOURCE_DATE_EPOCH={epoch}"),
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+            c,
+        ],
+    )
+    .ok();
+    fn times(dir: &std::path::Path, out: &mut Vec<(String, std::time::SystemTime)>) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let md = std::fs::symlink_metadata(&p).expect("stat");
+            out.push((p.display().to_string(), md.modified().expect("mtime")));
+            if md.is_dir() {
+                times(&p, out);
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    times(&local, &mut seen);
+    assert!(seen.len() >= 8, "{seen:?}");
+    assert!(seen.iter().all(|(_, t)| *t == at), "{seen:?}");
+
+    // The exporter's own option, for a tar of one platform.
+    let tarfile = out_dir.join("single.tar");
+    remote(
+        &h,
+        &k,
+        ns,
+        &[
+            "--platform",
+            "linux/arm64",
+            "-o",
+            &format!(
+                "type=tar,dest={},source-date-epoch={epoch}",
+                tarfile.display()
+            ),
+            c,
+        ],
+    )
+    .ok();
+    let mut a = tar::Archive::new(std::fs::File::open(&tarfile).expect("tar"));
+    let mut seen = 0;
+    for e in a.entries().expect("entries") {
+        let e = e.expect("entry");
+        let name = e.path().expect("path").display().to_string();
+        assert_eq!(e.header().mtime().expect("mtime"), epoch, "{name}");
+        seen += 1;
+    }
+    assert!(seen >= 3, "{seen}");
+}

@@ -203,22 +203,34 @@ pub fn write_layer(
     Ok(desc)
 }
 
+/// How [`write_tree`] describes what it writes beside the files' stats.
+#[derive(Clone, Debug, Default)]
+pub struct TreeOptions {
+    /// Top-level directories that only group what is below them (a
+    /// multi-platform export's `linux_amd64/`, ...): each is written as
+    /// BuildKit's exporters describe them, mode 0755, owner 0:0, no time
+    /// (the `mtime` below if there is one), no xattrs.
+    pub synthetic_dirs: Vec<String>,
+    /// Every entry's time, in seconds (an exporter's epoch, as BuildKit's
+    /// local and tar exporters set it): `None` keeps each file's own.
+    pub mtime: Option<i64>,
+}
+
 /// The tar of the whole tree under `root` (no parent, nothing compressed),
 /// as an exporter sends a result's files, to `out`; returns the entries
-/// written. The top-level directories named in `synthetic_dirs` only group
-/// what is below them (a multi-platform export's `linux_amd64/`, ...):
-/// each is written as BuildKit's tar exporter describes it, mode 0755,
-/// owner 0:0, time 0, no xattrs.
+/// written.
 pub fn write_tree(
     root: &Path,
-    synthetic_dirs: &[String],
+    opts: &TreeOptions,
     out: &mut dyn Write,
 ) -> Result<usize, DiffError> {
     let mut emitter = Emitter::new(TarWriter::new(BufWriter::with_capacity(256 * 1024, out)));
-    emitter.synthetic = synthetic_dirs
+    emitter.synthetic = opts
+        .synthetic_dirs
         .iter()
         .map(|d| d.as_bytes().to_vec())
         .collect();
+    emitter.mtime = opts.mtime;
     walk::walk(&mut emitter, None, root)?;
     let entries = emitter.entries;
     let mut buffered = emitter.tar.finish().map_err(DiffError::output)?;
@@ -560,6 +572,8 @@ pub(crate) struct Emitter<W: Write> {
     entries: usize,
     /// Directories written with a bare stat ([`write_tree`]).
     synthetic: Vec<Vec<u8>>,
+    /// Every entry's time ([`TreeOptions::mtime`]).
+    mtime: Option<i64>,
 }
 
 impl<W: Write> Emitter<W> {
@@ -570,6 +584,7 @@ impl<W: Write> Emitter<W> {
             links: HashMap::new(),
             entries: 0,
             synthetic: Vec::new(),
+            mtime: None,
         }
     }
 
@@ -599,7 +614,7 @@ impl<W: Write> Emitter<W> {
             let mut path = self.open[i].rel.clone();
             path.push(b'/');
             let dir = &self.open[i];
-            let entry = if self.synthetic.contains(&dir.rel) {
+            let mut entry = if self.synthetic.contains(&dir.rel) {
                 Entry {
                     path: &path,
                     size: 0,
@@ -613,6 +628,9 @@ impl<W: Write> Emitter<W> {
             } else {
                 entry_for(&path, &dir.node, EntryKind::Dir)
             };
+            if let Some(t) = self.mtime {
+                entry.mtime = t;
+            }
             self.tar.append_header(&entry).map_err(DiffError::output)?;
             self.entries += 1;
             self.open[i].written = true;
@@ -675,7 +693,10 @@ impl<W: Write> Emitter<W> {
         } else {
             None
         };
-        let entry = entry_for(rel, node, kind);
+        let mut entry = entry_for(rel, node, kind);
+        if let Some(t) = self.mtime {
+            entry.mtime = t;
+        }
         self.tar.append_header(&entry).map_err(DiffError::output)?;
         self.entries += 1;
         if let Some(f) = file.as_mut() {

@@ -37,11 +37,11 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
     for (k, v) in attrs {
         // Options kilnd acts on that `kiln build -o` does not have: a
         // client's own image config (buildctl, gateway clients;
-        // read by `control::config_from_attrs`) and the epoch of
-        // `rewrite-timestamp` (read, and its value checked, by
-        // `rewrite_epoch`).
+        // read by `control::config_from_attrs`) and the epoch (of
+        // `rewrite-timestamp`, of the file trees' times; read, and its
+        // value checked, by `epoch_of`).
         let image_like = matches!(e.r#type.as_str(), "image" | "moby" | "oci" | "docker");
-        if image_like && matches!(k.as_str(), "containerimage.config" | "source-date-epoch") {
+        if (image_like && k == "containerimage.config") || k == "source-date-epoch" {
             continue;
         }
         // nerdctl's name for an untagged build (`dangling_name`).
@@ -98,8 +98,8 @@ pub fn export_blobs(exporters: &[Exporter]) -> Option<Compression> {
 }
 
 /// The epoch an image exporter clamps layer times to: with
-/// `rewrite-timestamp=true`, its `source-date-epoch` option, else the
-/// frontend's `SOURCE_DATE_EPOCH` (BuildKit's texts for bad values).
+/// `rewrite-timestamp=true`, [`epoch_of`] (BuildKit's texts for bad
+/// values).
 fn rewrite_epoch(
     attrs: &HashMap<String, String>,
     frontend: Option<i64>,
@@ -113,15 +113,21 @@ fn rewrite_epoch(
             )))
         }
     };
-    let epoch = match attrs.get("source-date-epoch").map(String::as_str) {
-        None | Some("") => frontend,
-        Some(v) => Some(v.parse::<i64>().map_err(|_| {
+    Ok(epoch_of(attrs, frontend)?.filter(|_| rewrite))
+}
+
+/// An exporter's epoch: its `source-date-epoch` option, else the
+/// frontend's `SOURCE_DATE_EPOCH`. The local and tar exporters give every
+/// file this time, as BuildKit's do.
+fn epoch_of(attrs: &HashMap<String, String>, frontend: Option<i64>) -> Result<Option<i64>, Status> {
+    match attrs.get("source-date-epoch").map(String::as_str) {
+        None | Some("") => Ok(frontend),
+        Some(v) => Ok(Some(v.parse::<i64>().map_err(|_| {
             Status::invalid_argument(format!(
                 "invalid source-date-epoch: strconv.ParseInt: parsing {v:?}: invalid syntax"
             ))
-        })?),
-    };
-    Ok(epoch.filter(|_| rewrite))
+        })?)),
+    }
 }
 
 /// An image exporter's annotation options ([`kiln_engine::annotations`]);
@@ -383,10 +389,12 @@ pub async fn run(
             }
             "local" => {
                 let s = session_for(session, "local")?;
+                let epoch = epoch_of(attrs, config.source_date_epoch)?;
                 let view = file_tree(solved, attrs, config).await?;
                 // Platform directories as BuildKit's exporter makes them up.
                 let opts = kiln_session::fsutil::SendOptions {
                     synthetic_dirs: view.platform_dirs(),
+                    mtime: epoch.map(|secs| secs.saturating_mul(1_000_000_000)),
                     ..Default::default()
                 };
                 let r = kiln_session::filesend::send_local(
@@ -401,12 +409,17 @@ pub async fn run(
             }
             "tar" => {
                 let s = session_for(session, "tar")?;
+                let epoch = epoch_of(attrs, config.source_date_epoch)?;
                 let view = file_tree(solved, attrs, config).await?;
-                let (root, platforms) = (view.path().to_path_buf(), view.platform_dirs());
+                let root = view.path().to_path_buf();
+                let opts = kiln_snapshot::diff::TreeOptions {
+                    synthetic_dirs: view.platform_dirs(),
+                    mtime: epoch,
+                };
                 let (w, r) = tokio::io::duplex(1 << 20);
                 let writer = tokio::task::spawn_blocking(move || {
                     let mut sync = tokio_util::io::SyncIoBridge::new(w);
-                    kiln_snapshot::diff::write_tree(&root, &platforms, &mut sync)
+                    kiln_snapshot::diff::write_tree(&root, &opts, &mut sync)
                 });
                 let sent = kiln_session::filesend::send_bytes(
                     s.channel.clone(),

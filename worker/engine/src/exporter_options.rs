@@ -70,6 +70,8 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         (_, "rewrite-timestamp") if image_like => Works,
         (_, "rewrite-timestamp") => OnlyBool(false),
         (_, "buildinfo" | "buildinfo-attrs") if image_like => OnlyBool(false),
+        // Every file's time in the tree kilnd sends.
+        ("local" | "tar", "source-date-epoch") => Works,
         (_, "source-date-epoch") => NotYet,
         ("oci" | "docker", "tar") => OnlyBool(true),
         ("docker", "context") => NotYet,

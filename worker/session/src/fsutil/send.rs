@@ -45,6 +45,9 @@ pub struct SendOptions {
     /// exporter's platform directories): sent as BuildKit's exporters
     /// describe them, mode 0755, owner 0:0, no time and no xattrs.
     pub synthetic_dirs: Vec<String>,
+    /// Every entry's time in nanoseconds (an exporter's epoch, as
+    /// BuildKit's local exporter sets it); `None` sends each file's own.
+    pub mtime: Option<i64>,
 }
 
 /// Sends the tree under `root` to the receiver at the other end of
@@ -215,6 +218,7 @@ pub(super) struct Walker {
     exclude: Option<PatternMatcher>,
     reset_owner: bool,
     synthetic_dirs: Vec<String>,
+    mtime: Option<i64>,
     out: Listing,
     /// Requestable regular files by entry ID, shared with the request loop.
     files: Arc<Mutex<HashMap<u32, PathBuf>>>,
@@ -261,6 +265,7 @@ impl Walker {
             exclude,
             reset_owner: opts.reset_owner,
             synthetic_dirs: opts.synthetic_dirs.clone(),
+            mtime: opts.mtime,
             out,
             files,
             cancel,
@@ -410,6 +415,9 @@ impl Walker {
                 mode: super::mode::DIR | 0o755,
                 ..Stat::default()
             };
+        }
+        if let Some(t) = self.mtime {
+            stat.mod_time = t;
         }
         Ok(stat)
     }
