@@ -80,20 +80,25 @@ fn platform_tree(prefix: &str, arch: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
-#[tokio::test]
-async fn multi_platform_file_trees_get_a_directory_per_platform() {
-    let ns = "local-multiplatform";
-    let h = Harness::start().await.expect("private containerd starts");
-    let k = h.start_kilnd(ns).await.expect("kilnd starts");
-    let ctx = h.context(
-        "local-multiplatform",
+/// The context of [`DF`], named `name`.
+fn context(h: &Harness, name: &str) -> std::path::PathBuf {
+    h.context(
+        name,
         &[
             ("Dockerfile", DF),
             ("common.txt", "common\n"),
             ("arch-amd64.txt", "built for amd64\n"),
             ("arch-arm64.txt", "built for arm64\n"),
         ],
-    );
+    )
+}
+
+#[tokio::test]
+async fn multi_platform_file_trees_get_a_directory_per_platform() {
+    let ns = "local-multiplatform";
+    let h = Harness::start().await.expect("private containerd starts");
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = context(&h, "local-multiplatform");
     let c = ctx.to_str().expect("utf8");
     let out_dir = h.state_dir().join("local-multiplatform-out");
 
@@ -288,15 +293,7 @@ async fn an_epoch_is_every_exported_files_time() {
     let ns = "local-epoch";
     let h = Harness::start().await.expect("private containerd starts");
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
-    let ctx = h.context(
-        "local-epoch",
-        &[
-            ("Dockerfile", DF),
-            ("common.txt", "common\n"),
-            ("arch-amd64.txt", "built for amd64\n"),
-            ("arch-arm64.txt", "built for arm64\n"),
-        ],
-    );
+    let ctx = context(&h, "local-epoch");
     let c = ctx.to_str().expect("utf8");
     let out_dir = h.state_dir().join("local-epoch-out");
     let epoch = 1_000_000_000;
