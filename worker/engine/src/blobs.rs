@@ -33,6 +33,7 @@ use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::diff::{compression_of, Compression, DiffError};
 use kiln_snapshot::layer::{commit_layer_reusing, convert_layer, LayerSource};
 use kiln_snapshot::mount::{overlay_dirs, Mount, MountGuard};
+use kiln_snapshot::services::LeaseResource;
 use kiln_snapshot::{Digest, SnapshotError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -192,10 +193,7 @@ impl<'a> Blobs<'a> {
     }
 
     /// The blob the snapshot `name` names for this compression, if it is
-    /// still there. The label is a GC reference and the build's lease
-    /// holds the snapshot (or a child of it: every chain made blobs for is
-    /// one the build ran or hit), so the snapshot holds the blob: no lease
-    /// write per layer.
+    /// still there (then held by the lease from before the check on).
     async fn labelled(&self, name: &str, l: &Layer) -> Result<Option<Blob>> {
         let info = match self.svc.snapshots.stat(name).await {
             Ok(i) => i,
@@ -205,6 +203,10 @@ impl<'a> Blobs<'a> {
         let Some(digest) = info.labels.get(&blob_label(self.compression)) else {
             return Ok(None);
         };
+        self.svc
+            .leases
+            .add_resource(self.lease, &LeaseResource::Content(digest.clone()))
+            .await?;
         match self.svc.content.info(digest).await {
             Ok(ci) => {
                 let diff_id = ci.labels.get(kiln_snapshot::layer::UNCOMPRESSED_LABEL);
