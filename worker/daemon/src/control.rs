@@ -193,7 +193,9 @@ struct Finished {
     results: std::collections::HashMap<i64, kiln_proto::control::Descriptor>,
     /// Letting go of the build's lease: after the answer and the record
     /// ([`crate::jobs::Jobs::after`]), so its containerd writes wait for
-    /// nothing the client waits for.
+    /// nothing the client waits for; before the answer for a tenant with
+    /// `cache-max`, whose prune after each build must find this build's
+    /// records free.
     release: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
@@ -407,13 +409,19 @@ impl Control for ControlService {
                 // Results of records the limits just removed go with them.
                 crate::historyresults::release(tenant.engine.services(), &gone).await;
             }
+            let mut r = r;
+            if let Some(release) = r.as_mut().ok().and_then(|f| f.release.take()) {
+                if tenant.cache_max.is_some() {
+                    // The prune to cache-max below comes before the answer
+                    // and must not find this build's records in use.
+                    release.await;
+                } else {
+                    d2.jobs.after(release);
+                }
+            }
             tenant.enforce_cache_max().await;
             drop(build_permit);
             let _ = std::fs::remove_dir_all(crate::solve::job_dir(&d2, &job2));
-            let mut r = r;
-            if let Some(release) = r.as_mut().ok().and_then(|f| f.release.take()) {
-                d2.jobs.after(release);
-            }
             job2.mark_done();
             // Keep the finished job a little so a Status call that arrives
             // after a fast (all cached) build still gets its history.
