@@ -646,7 +646,11 @@ mod tests {
                 &[("name", "a"), ("tar", "true"), ("compression", "zstd")],
             ),
             with("local", &[]),
-            with("tar", &[("rewrite-timestamp", "false")]),
+            with("local", &[("source-date-epoch", "5")]),
+            with(
+                "tar",
+                &[("rewrite-timestamp", "false"), ("source-date-epoch", "5")],
+            ),
         ] {
             compression(std::slice::from_ref(&ok)).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
@@ -659,7 +663,7 @@ mod tests {
         );
         for (kind, key) in [
             ("image", "compression-level"),
-            ("local", "source-date-epoch"),
+            ("local", "attestation-prefix"),
         ] {
             let e = refused(with(kind, &[(key, "1")]));
             assert_eq!(e.code(), tonic::Code::Unimplemented, "{kind} {key}");
@@ -679,6 +683,12 @@ mod tests {
         let e = refused(with("image", &[("annotation-layer.a", "1")]));
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(e.message(), "unrecognized annotation type layer");
+        let e = refused(with("tar", &[("source-date-epoch", "soon")]));
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "invalid source-date-epoch: strconv.ParseInt: parsing \"soon\": invalid syntax"
+        );
         let e = refused(with("local", &[("annotation.a", "1")]));
         assert_eq!(
             e.message(),
