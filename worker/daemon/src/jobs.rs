@@ -506,15 +506,11 @@ impl Jobs {
     {
         let active = self.enter();
         *self.releasing.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        let jobs = self.clone();
+        let releasing = ReleasingGuard(self.clone());
         tokio::spawn(async move {
+            // Both guards count down however the work ends (a panic too).
+            let _guards = (releasing, active);
             work.await;
-            {
-                let mut n = jobs.releasing.lock().unwrap_or_else(|p| p.into_inner());
-                *n = n.saturating_sub(1);
-            }
-            jobs.released.notify_waiters();
-            drop(active);
         });
     }
 
@@ -540,6 +536,19 @@ impl Jobs {
             }
             notified.await;
         }
+    }
+}
+
+/// Counts one [`Jobs::after`] work while alive.
+struct ReleasingGuard(Arc<Jobs>);
+
+impl Drop for ReleasingGuard {
+    fn drop(&mut self) {
+        {
+            let mut n = self.0.releasing.lock().unwrap_or_else(|p| p.into_inner());
+            *n = n.saturating_sub(1);
+        }
+        self.0.released.notify_waiters();
     }
 }
 
@@ -572,6 +581,29 @@ impl Drop for ActiveGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `settled` and `wait_idle` wait for the work after a build, however
+    /// it ends: a panicking one counts down too.
+    #[tokio::test]
+    async fn the_work_after_a_build_is_waited_for_even_when_it_panics() {
+        let jobs = Arc::new(Jobs::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        jobs.after(async move {
+            let _ = rx.await;
+            panic!("release failed");
+        });
+        let short = Duration::from_millis(50);
+        assert!(tokio::time::timeout(short, jobs.settled()).await.is_err());
+        assert!(tokio::time::timeout(short, jobs.wait_idle()).await.is_err());
+        let _ = tx.send(());
+        let long = Duration::from_secs(5);
+        tokio::time::timeout(long, jobs.settled())
+            .await
+            .expect("settled");
+        tokio::time::timeout(long, jobs.wait_idle())
+            .await
+            .expect("idle");
+    }
 
     fn log(vertex: &str, n: usize) -> StatusResponse {
         StatusResponse {
