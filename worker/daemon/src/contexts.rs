@@ -49,6 +49,9 @@ const TREE: &str = "tree";
 const DIRTY: &str = "dirty";
 const SIZE: &str = "size";
 
+/// How long an `acquire` waits for the cleanup of its key's cut receive.
+const SALVAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What identifies a kept context.
 #[derive(Clone, Copy, Debug)]
 pub struct ContextKey<'a> {
@@ -299,8 +302,19 @@ impl Contexts {
                 s.strip_prefix(base.as_str())
                     .is_some_and(|n| n.starts_with('-'))
             };
+            // Bounded: a cleanup the runtime never ran (it was shutting
+            // down) must not hold the key forever; another slot is taken.
+            let deadline = std::time::Instant::now() + SALVAGE_WAIT;
             while busy.salvaging.iter().any(of_key) {
-                busy = self.salvaged.wait(busy).unwrap_or_else(|p| p.into_inner());
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                busy = self
+                    .salvaged
+                    .wait_timeout(busy, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
             let slot = (0..)
                 .map(|n| format!("{base}-{n}"))
