@@ -210,7 +210,10 @@ pub async fn export_image(
             top,
         );
     }
-    let config_digest = write_blob(&*svc.content, &config_bytes, cfg_labels, lease).await?;
+    // The manifest names the config by digest only, so both are written
+    // at once (each held by the lease as it lands; the image record that
+    // makes them reachable comes after both).
+    let config_digest = kiln_snapshot::Digest::of(&config_bytes);
     let mut manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::from(oci::MEDIA_OCI_MANIFEST))
@@ -243,7 +246,11 @@ pub async fn export_image(
             b.digest.clone(),
         );
     }
-    let manifest_digest = write_blob(&*svc.content, &manifest_bytes, m_labels, lease).await?;
+    let (written_config, manifest_digest) = tokio::try_join!(
+        write_blob(&*svc.content, &config_bytes, cfg_labels, lease),
+        write_blob(&*svc.content, &manifest_bytes, m_labels, lease),
+    )?;
+    debug_assert_eq!(written_config, config_digest);
     let mut desc = own_descriptor(
         oci::MEDIA_OCI_MANIFEST,
         &manifest_digest.to_string(),
