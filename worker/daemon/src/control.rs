@@ -165,10 +165,6 @@ async fn run_solve(
         }),
         Err(e) => Err(e),
     };
-    // The record's results are held before the build's lease goes.
-    if let (Ok(ex), false) = (&exported, r.internal) {
-        crate::historyresults::hold(tenant.engine.services(), &r.r#ref, &ex.results).await;
-    }
     let exported = match exported {
         Ok(ex) => ex,
         Err(e) => {
@@ -403,9 +399,14 @@ impl Control for ControlService {
                     error: r.as_ref().err().cloned(),
                     progress,
                 };
-                let gone = tokio::task::spawn_blocking(move || history.completed(&id, outcome))
-                    .await
-                    .unwrap_or_default();
+                // The record's results are held before the build's lease
+                // goes, beside the record's write (its fsyncs).
+                let results = r.as_ref().map(|f| f.results.clone()).unwrap_or_default();
+                let key = id.clone();
+                let held = crate::historyresults::hold(tenant.engine.services(), &key, &results);
+                let written = tokio::task::spawn_blocking(move || history.completed(&id, outcome));
+                let (written, ()) = tokio::join!(written, held);
+                let gone = written.unwrap_or_default();
                 // Results of records the limits just removed go with them.
                 crate::historyresults::release(tenant.engine.services(), &gone).await;
             }
