@@ -210,6 +210,21 @@ async fn a_records_images_are_its_result_and_served_while_it_is_kept() {
         records(&k).await.iter().any(|r| r.r#ref == image.r#ref),
         "the record is still kept"
     );
+    // Another kilnd with its own root on the same namespace keeps its
+    // hands off this one's results: its records are elsewhere.
+    let mut other = h
+        .start_kilnd_named(ns, "historyresults-other")
+        .await
+        .expect("a second kilnd starts");
+    let leases = h.ctr(ns, &["leases", "ls"]).expect("ctr");
+    assert!(leases.contains(&lease_of(&image)), "{leases}");
+    assert_eq!(
+        read(&k, &result(&image).digest, 0, 0)
+            .await
+            .map(|b| sha256(&b)),
+        Ok(result(&image).digest.clone())
+    );
+    other.terminate().expect("the second kilnd stops");
 
     // The kept lease is no leftover; nothing else is left.
     h.wait_no_leftovers(ns, &h.kilnd_root(ns), Duration::from_secs(10))

@@ -403,7 +403,12 @@ impl Control for ControlService {
                 // goes, beside the record's write (its fsyncs).
                 let results = r.as_ref().map(|f| f.results.clone()).unwrap_or_default();
                 let key = id.clone();
-                let held = crate::historyresults::hold(tenant.engine.services(), &key, &results);
+                let held = crate::historyresults::hold(
+                    tenant.engine.services(),
+                    &tenant.owner,
+                    &key,
+                    &results,
+                );
                 let written = tokio::task::spawn_blocking(move || history.completed(&id, outcome));
                 let (written, ()) = tokio::join!(written, held);
                 let gone = written.unwrap_or_default();

@@ -12,7 +12,10 @@
 //! long as the record is kept, as BuildKit leases a record's results. It
 //! is taken before the build's own lease is released, and a lease whose
 //! record is gone (removed by the history limits, deleted by a client, or
-//! never written) is deleted by [`reconcile`].
+//! never written) is deleted by [`reconcile`]. Each lease names the
+//! kilnd that took it (its worker id, [`OWNER_LABEL`]): several kilnd
+//! with their own roots may share a namespace, and one only ever deletes
+//! its own records' leases.
 //!
 //! The content service serves, besides a record's own blobs, only what a
 //! kept record's result reaches: the result, an index's manifests, a
@@ -27,6 +30,10 @@ use std::collections::{HashMap, HashSet};
 
 /// The lease kind of records' results.
 const LEASE_KIND: &str = "history";
+/// The label naming the worker id of the kilnd whose record a results
+/// lease is for. A lease without it (from a kilnd before this label) is
+/// taken for the reconciling kilnd's own, as before.
+pub const OWNER_LABEL: &str = "dev.kiln/history.owner";
 /// How deep [`reachable`] walks: index -> manifest -> config and layers.
 const MAX_DEPTH: usize = 2;
 
@@ -38,15 +45,17 @@ fn lease_of(key: &str) -> LeaseId {
 /// Holds `results` for the record of `ref` (before the build's lease goes).
 /// A failure is logged: the build's result stands, its record just may not
 /// keep the blobs.
-pub async fn hold(svc: &Services, r#ref: &str, results: &HashMap<i64, Descriptor>) {
+/// `owner` is this kilnd's worker id.
+pub async fn hold(svc: &Services, owner: &str, r#ref: &str, results: &HashMap<i64, Descriptor>) {
     if results.is_empty() {
         return;
     }
     let id = lease_of(&BuildHistory::key(r#ref));
+    let labels = HashMap::from([(OWNER_LABEL.to_string(), owner.to_string())]);
     let held = async {
         match svc
             .leases
-            .create_referencing(&id, "build history results", HashMap::new())
+            .create_referencing(&id, "build history results", labels)
             .await
         {
             Err(e) if e.kind() != kiln_snapshot::ErrorKind::AlreadyExists => return Err(e),
@@ -87,8 +96,10 @@ async fn drop_lease(svc: &Services, id: &LeaseId) {
 /// Deletes the results leases of every record that is no longer kept
 /// (one listing of the namespace's leases): when a tenant is set up, for
 /// what a stopped kilnd left between removing a record and its lease.
-/// While kilnd runs, [`release`] deletes each as its record goes.
-pub async fn reconcile(svc: &Services, history: &std::sync::Arc<BuildHistory>) {
+/// While kilnd runs, [`release`] deletes each as its record goes. Only
+/// leases of `owner` (this kilnd's worker id) or of no owner are looked
+/// at: another kilnd's records are in another root.
+pub async fn reconcile(svc: &Services, history: &std::sync::Arc<BuildHistory>, owner: &str) {
     let h = history.clone();
     let kept = match tokio::task::spawn_blocking(move || h.keys()).await {
         Ok(Ok(k)) => k,
@@ -110,13 +121,19 @@ pub async fn reconcile(svc: &Services, history: &std::sync::Arc<BuildHistory>) {
         let Some(key) = l.id.strip_prefix(&prefix) else {
             continue;
         };
-        if kept.contains(key) {
+        if kept.contains(key) || !owned_by(&l.labels, owner) {
             continue;
         }
         if let Some(id) = LeaseId::from_kiln(&l.id) {
             drop_lease(svc, &id).await;
         }
     }
+}
+
+/// Whether a results lease with `labels` is `owner`'s to reconcile: it
+/// names `owner`, or no owner at all.
+fn owned_by(labels: &HashMap<String, String>, owner: &str) -> bool {
+    labels.get(OWNER_LABEL).is_none_or(|o| o == owner)
 }
 
 /// Whether the blob `digest` is reachable from one of `results`: a result
@@ -203,5 +220,16 @@ mod tests {
             "application/vnd.docker.distribution.manifest.v2+json"
         ));
         assert!(!is_json_doc("application/vnd.oci.image.config.v1+json"));
+    }
+
+    #[test]
+    fn a_kilnd_reconciles_its_own_leases_and_those_of_no_owner() {
+        let of = |o: Option<&str>| {
+            o.map(|o| HashMap::from([(OWNER_LABEL.to_string(), o.to_string())]))
+                .unwrap_or_default()
+        };
+        assert!(owned_by(&of(Some("me")), "me"));
+        assert!(owned_by(&of(None), "me"));
+        assert!(!owned_by(&of(Some("another")), "me"));
     }
 }

@@ -73,10 +73,11 @@ impl Daemon {
                     registry: config.registry.clone(),
                     fetch: fetch.clone(),
                     history: config.history,
+                    owner: &worker_id,
                 },
             );
             t.engine.sweep().await?;
-            crate::historyresults::reconcile(t.engine.services(), &t.history).await;
+            crate::historyresults::reconcile(t.engine.services(), &t.history, &t.owner).await;
             Some(Arc::new(t))
         } else {
             // Job directories live under the root whatever the tenant
@@ -172,10 +173,11 @@ impl Daemon {
                     registry: self.config.registry.clone(),
                     fetch: self.fetch.clone(),
                     history: self.config.history,
+                    owner: &self.worker_id,
                 },
             );
             t.engine.sweep().await.map_err(|e| status_of(&e))?;
-            crate::historyresults::reconcile(t.engine.services(), &t.history).await;
+            crate::historyresults::reconcile(t.engine.services(), &t.history, &t.owner).await;
             tracing::info!(
                 tenant = %config.name,
                 namespace = %config.namespace,

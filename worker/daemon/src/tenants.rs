@@ -206,6 +206,9 @@ pub struct Tenant {
     pub cache_max: Option<u64>,
     /// Its build records (`<state dir>/history`).
     pub history: Arc<crate::history::BuildHistory>,
+    /// This kilnd's worker id, which its records' results leases name
+    /// (`historyresults::OWNER_LABEL`).
+    pub owner: String,
     max_builds: Option<usize>,
     builds: Option<Arc<Semaphore>>,
 }
@@ -220,6 +223,8 @@ pub struct Shared<'a> {
     pub registry: Arc<kiln_registry::HostsConfig>,
     pub fetch: kiln_engine::sources::limits::SharedLimits,
     pub history: crate::history::HistoryConfig,
+    /// This kilnd's worker id.
+    pub owner: &'a str,
 }
 
 impl Tenant {
@@ -246,6 +251,7 @@ impl Tenant {
             engine,
             cache_max: config.and_then(|c| c.cache_max),
             history,
+            owner: shared.owner.to_string(),
             max_builds,
             builds: max_builds.map(|n| Arc::new(Semaphore::new(n))),
         }
