@@ -48,11 +48,19 @@ async fn fresh_like(a: &Harness, ns: &str) -> Harness {
         .expect("private containerd starts");
     let tar = a.state_dir().join(format!("busybox-{ns}.tar"));
     let t = tar.to_str().expect("utf8");
-    a.ctr(
-        ns,
-        &["images", "export", t, "docker.io/library/busybox:latest"],
-    )
-    .expect("ctr export busybox");
+    // containerd 2.x's `ctr images export` goes through the transfer
+    // service, whose client copies the stream into the file in a goroutine
+    // it does not wait for: the tar can be cut short (seen once, on
+    // 2.3.4). `--local` (2.x only) writes it before ctr exits.
+    let help = a
+        .ctr(ns, &["images", "export", "--help"])
+        .unwrap_or_default();
+    let mut args = vec!["images", "export"];
+    if help.contains("--local") {
+        args.push("--local");
+    }
+    args.extend([t, "docker.io/library/busybox:latest"]);
+    a.ctr(ns, &args).expect("ctr export busybox");
     b.ctr(ns, &["images", "import", t])
         .expect("ctr import busybox");
     b
