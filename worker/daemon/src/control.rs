@@ -390,18 +390,18 @@ impl Control for ControlService {
                 // The record is written before Solve answers, as BuildKit
                 // does: `buildx history` right after the build finds it.
                 let (history, progress) = (tenant.history.clone(), job2.subscribe().0);
+                let results = r.as_ref().map(|f| f.results.clone()).unwrap_or_default();
                 let outcome = crate::history::Outcome {
                     exporter_response: r
                         .as_ref()
                         .ok()
                         .map(|f| f.response.exporter_response.clone()),
-                    results: r.as_ref().map(|f| f.results.clone()).unwrap_or_default(),
+                    results: results.clone(),
                     error: r.as_ref().err().cloned(),
                     progress,
                 };
                 // The record's results are held before the build's lease
                 // goes, beside the record's write (its fsyncs).
-                let results = r.as_ref().map(|f| f.results.clone()).unwrap_or_default();
                 let key = id.clone();
                 let held = crate::historyresults::hold(
                     tenant.engine.services(),

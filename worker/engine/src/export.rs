@@ -212,7 +212,8 @@ pub async fn export_image(
     }
     // The manifest names the config by digest only, so both are written
     // at once (each held by the lease as it lands; the image record that
-    // makes them reachable comes after both).
+    // makes them reachable comes after both). Both writes end before an
+    // error of either is returned: none is left half-written.
     let config_digest = kiln_snapshot::Digest::of(&config_bytes);
     let mut manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
@@ -246,11 +247,12 @@ pub async fn export_image(
             b.digest.clone(),
         );
     }
-    let (written_config, manifest_digest) = tokio::try_join!(
+    let (config_written, manifest_written) = tokio::join!(
         write_blob(&*svc.content, &config_bytes, cfg_labels, lease),
         write_blob(&*svc.content, &manifest_bytes, m_labels, lease),
-    )?;
-    debug_assert_eq!(written_config, config_digest);
+    );
+    config_written?;
+    let manifest_digest = manifest_written?;
     let mut desc = own_descriptor(
         oci::MEDIA_OCI_MANIFEST,
         &manifest_digest.to_string(),
