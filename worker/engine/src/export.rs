@@ -247,12 +247,7 @@ pub async fn export_image(
             b.digest.clone(),
         );
     }
-    let (config_written, manifest_written) = tokio::join!(
-        write_blob(&*svc.content, &config_bytes, cfg_labels, lease),
-        write_blob(&*svc.content, &manifest_bytes, m_labels, lease),
-    );
-    config_written?;
-    let manifest_digest = manifest_written?;
+    let manifest_digest = kiln_snapshot::Digest::of(&manifest_bytes);
     let mut desc = own_descriptor(
         oci::MEDIA_OCI_MANIFEST,
         &manifest_digest.to_string(),
@@ -274,7 +269,21 @@ pub async fn export_image(
         config_digest.to_string(),
     );
     record.set_annotations(Some(with_config));
-    name_image(svc, names, &record, lease).await?;
+    let blobs = [
+        (config_digest.as_str(), &cfg_labels),
+        (manifest_digest.as_str(), &m_labels),
+    ];
+    if !already_named(svc, names, &record, blobs).await {
+        let (config_written, manifest_written) = tokio::join!(
+            write_blob(&*svc.content, &config_bytes, cfg_labels.clone(), lease),
+            write_blob(&*svc.content, &manifest_bytes, m_labels.clone(), lease),
+        );
+        config_written?;
+        manifest_written?;
+        name_image(svc, names, &record, lease).await?;
+    } else {
+        tracing::debug!(manifest = %manifest_digest, "the image is named already; nothing written");
+    }
     Ok(Exported {
         manifest: desc,
         config_digest: config_digest.to_string(),
@@ -287,6 +296,63 @@ pub async fn export_image(
 /// config, as BuildKit's image exporter stores it.
 pub const CONFIG_DIGEST_ANNOTATION: &str = "config.digest";
 
+/// The record naming `desc` as `name`.
+fn image_record(svc: &Services, name: &str, desc: &Descriptor) -> ImageRecord {
+    ImageRecord {
+        name: name.to_string(),
+        media_type: desc.media_type().to_string(),
+        digest: desc.digest().to_string(),
+        size: oci::size_of(desc),
+        labels: svc.image_labels(),
+        // As BuildKit's image exporter: the target descriptor keeps the
+        // manifest (or index) descriptor's own.
+        annotations: desc.annotations().clone().unwrap_or_default(),
+    }
+}
+
+/// Whether a rebuild's image is there already: every one of `names` (at
+/// least one) is the very record [`name_image`] would write, and each of
+/// `blobs` (digest, labels) is in the store with those labels. Those
+/// records hold the blobs, and through their labels the layers and the
+/// unpacked snapshot, so nothing is written: no lease holds, no record
+/// update (three write transactions of containerd's metadata store, each
+/// with its fsync, on every no-op rebuild). Any read that fails or differs
+/// says no, and the export writes as for a new image.
+async fn already_named(
+    svc: &Services,
+    names: &[String],
+    desc: &Descriptor,
+    blobs: [(&str, &HashMap<String, String>); 2],
+) -> bool {
+    if names.is_empty() {
+        return false;
+    }
+    let records = async {
+        for name in names {
+            match svc.images.get(name).await {
+                Ok(r) if r == image_record(svc, name, desc) => {}
+                _ => return false,
+            }
+        }
+        true
+    };
+    let [config, manifest] = blobs;
+    let (records, config, manifest) = tokio::join!(
+        records,
+        has_blob(svc, config.0, config.1),
+        has_blob(svc, manifest.0, manifest.1)
+    );
+    records && config && manifest
+}
+
+/// Whether the blob `digest` is in the store with `labels` (and maybe more).
+async fn has_blob(svc: &Services, digest: &str, labels: &HashMap<String, String>) -> bool {
+    svc.content
+        .info(digest)
+        .await
+        .is_ok_and(|info| labels.iter().all(|(k, v)| info.labels.get(k) == Some(v)))
+}
+
 /// Points every name of `names` at `desc`, held by `lease` until the
 /// records hold it.
 async fn name_image(
@@ -297,19 +363,7 @@ async fn name_image(
 ) -> Result<()> {
     for name in names {
         svc.images
-            .put(
-                &ImageRecord {
-                    name: name.clone(),
-                    media_type: desc.media_type().to_string(),
-                    digest: desc.digest().to_string(),
-                    size: oci::size_of(desc),
-                    labels: svc.image_labels(),
-                    // As BuildKit's image exporter: the target descriptor
-                    // keeps the manifest (or index) descriptor's own.
-                    annotations: desc.annotations().clone().unwrap_or_default(),
-                },
-                Some(lease),
-            )
+            .put(&image_record(svc, name, desc), Some(lease))
             .await?;
     }
     Ok(())

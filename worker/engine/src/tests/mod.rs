@@ -1407,3 +1407,81 @@ fn only_the_results_own_chain_is_made_into_blobs_as_it_commits() {
     assert!(out.contains(&c.0) && out.contains(&b.0), "{out:?}");
     assert!(!out.contains(&a.0), "a only feeds a mount: {out:?}");
 }
+
+/// The image store, counting record writes.
+struct CountingImages {
+    inner: Arc<MemContainerd>,
+    puts: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl kiln_snapshot::services::Images for CountingImages {
+    async fn get(&self, name: &str) -> kiln_snapshot::Result<ImageRecord> {
+        self.inner.get(name).await
+    }
+    async fn put(
+        &self,
+        record: &ImageRecord,
+        lease: Option<&LeaseId>,
+    ) -> kiln_snapshot::Result<()> {
+        self.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.put(record, lease).await
+    }
+    async fn delete(&self, name: &str, sync: bool) -> kiln_snapshot::Result<()> {
+        kiln_snapshot::services::Images::delete(&*self.inner, name, sync).await
+    }
+    async fn list(&self) -> kiln_snapshot::Result<Vec<ImageRecord>> {
+        kiln_snapshot::services::Images::list(&*self.inner).await
+    }
+}
+
+/// A no-op rebuild finds its image already named: no record write and no
+/// hold on its config or manifest (its lease would hold nothing the
+/// record does not). An image record moved elsewhere meanwhile is
+/// written again.
+#[tokio::test]
+async fn a_no_op_rebuild_leaves_its_image_record_as_it_is() {
+    let mut fx = fixture();
+    let images = Arc::new(CountingImages {
+        inner: Arc::new(fx.mem.clone()),
+        puts: Default::default(),
+    });
+    fx.svc.images = images.clone();
+    let puts = || images.puts.load(std::sync::atomic::Ordering::SeqCst);
+    let exec = FakeExecutor::new();
+    let engine = fx.engine("a", &exec);
+    let name = "docker.io/library/out:latest";
+    let first = build(&engine, request(&["true"], &[name]))
+        .await
+        .expect("first build");
+    assert_eq!(puts(), 1, "the first build names its image");
+
+    let second = build(&engine, request(&["true"], &[name]))
+        .await
+        .expect("no-op rebuild");
+    assert_eq!(second.manifest_digest, first.manifest_digest);
+    assert_eq!(puts(), 1, "the unchanged record is not written again");
+    let record = fx.svc.images.get(name).await.expect("image record");
+    assert_eq!(record.digest, first.manifest_digest);
+
+    // Someone points the name elsewhere: the rebuild names it again.
+    fx.svc
+        .images
+        .put(
+            &ImageRecord {
+                digest: first.config_digest.clone(),
+                ..record.clone()
+            },
+            None,
+        )
+        .await
+        .expect("move the name");
+    let before = puts();
+    let third = build(&engine, request(&["true"], &[name]))
+        .await
+        .expect("rebuild after the move");
+    assert_eq!(third.manifest_digest, first.manifest_digest);
+    assert_eq!(puts(), before + 1, "the moved record is written");
+    let record = fx.svc.images.get(name).await.expect("image record");
+    assert_eq!(record.digest, first.manifest_digest);
+}
