@@ -152,7 +152,7 @@ pub async fn write_blob(
     // into an ingest, fail on commit, then hold it and write its labels,
     // three write transactions in containerd's metadata store for one.
     if let Ok(info) = content.info(digest.as_str()).await {
-        if labels.iter().all(|(k, v)| info.labels.get(k) == Some(v)) {
+        if info.has_labels(&labels) {
             match content.hold(digest.as_str(), lease).await {
                 Ok(()) => return Ok(digest),
                 // Collected meanwhile (or no such lease, which the write

@@ -24,6 +24,14 @@ pub struct ContentInfo {
     pub labels: HashMap<String, String>,
 }
 
+impl ContentInfo {
+    /// Whether the blob carries every one of `labels` with its value
+    /// (other labels may be there too).
+    pub fn has_labels(&self, labels: &HashMap<String, String>) -> bool {
+        labels.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
 /// `n` random bytes as hex, for unique refs and IDs.
 pub(crate) fn random_hex(n: usize) -> String {
     use rand::RngCore;

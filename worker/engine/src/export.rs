@@ -350,7 +350,7 @@ async fn has_blob(svc: &Services, digest: &str, labels: &HashMap<String, String>
     svc.content
         .info(digest)
         .await
-        .is_ok_and(|info| labels.iter().all(|(k, v)| info.labels.get(k) == Some(v)))
+        .is_ok_and(|info| info.has_labels(labels))
 }
 
 /// Points every name of `names` at `desc`, held by `lease` until the
