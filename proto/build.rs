@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "buildkit/session/secrets.proto",
     "buildkit/session/sshforward.proto",
     "buildkit/solver/errdefs.proto",
+    "buildkit/sourcepolicy/policysession.proto",
     "containerd/services/content/v1/content.proto",
     "grpc/health/v1/health.proto",
 ];

@@ -45,6 +45,9 @@ pub use wire::moby::buildkit::v1::apicaps;
 pub use wire::moby::buildkit::v1::frontend as gateway;
 /// `moby.buildkit.v1.sourcepolicy`: source policies in solve requests.
 pub use wire::moby::buildkit::v1::sourcepolicy;
+/// `moby.buildkit.v1.sourcepolicy.policysession`: the PolicyVerifier a
+/// client serves in its session (buildx's build policies).
+pub use wire::moby::buildkit::v1::sourcepolicy::policysession;
 /// `moby.buildkit.v1.types`: worker records, GC policies, versions.
 pub use wire::moby::buildkit::v1::types as worker;
 /// `moby.filesync.v1`: the session's FileSync, FileSend and Auth services.

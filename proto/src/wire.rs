@@ -90,6 +90,15 @@ pub mod moby {
                     env!("OUT_DIR"),
                     "/moby.buildkit.v1.sourcepolicy.rs"
                 ));
+
+                /// Package `moby.buildkit.v1.sourcepolicy.policysession`:
+                /// the build policy a client serves in its session.
+                pub mod policysession {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/moby.buildkit.v1.sourcepolicy.policysession.rs"
+                    ));
+                }
             }
 
             /// Package `moby.buildkit.v1.frontend`: the LLBBridge gateway.

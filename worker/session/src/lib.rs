@@ -19,7 +19,9 @@
 //! - [`auth`]: registry credentials the client lends per request
 //!   (`Auth.Credentials`), served from whatever store the client has;
 //! - [`ssh`]: the client's SSH agents (`SSH.CheckAgent`/`ForwardAgent`),
-//!   forwarded read-only for ssh mounts.
+//!   forwarded read-only for ssh mounts;
+//! - [`policy`]: the client's build policy (`PolicyVerifier.CheckPolicy`),
+//!   asked about each source before a build runs.
 //!
 //! The crate is shaped around the two roles rather than the two binaries:
 //! each module offers the daemon half and the client half side by side so
@@ -38,6 +40,7 @@ pub mod filesend;
 pub mod filesync;
 pub mod fsutil;
 pub mod hijack;
+pub mod policy;
 pub mod secrets;
 pub mod ssh;
 
