@@ -21,6 +21,13 @@
 //! `BUILDCTL_LIKE_OPTS=k=v,k=v` are frontend options, as `buildctl --opt`;
 //! `BUILDCTL_LIKE_EXPORT=k=v,k=v` are more attributes of the image exporter
 //! (e.g. `compression=zstd`, as in `buildctl --output type=image,...`).
+//! `BUILDCTL_LIKE_POLICY=allow` or `deny=MESSAGE` serves a build policy in
+//! the session and names it in `SourcePolicySession`, as buildx does for a
+//! `Dockerfile.rego`: `allow` lets every source through, `deny` denies
+//! image sources with MESSAGE; each source asked about is printed as
+//! `buildctl-like: policy IDENTIFIER`.
+//! `BUILDCTL_LIKE_REQUEST=compat=N|proxy-network|session-exporter` sets
+//! that option of the Solve request.
 //! Every status log line is printed to stdout as it arrives, so a test can
 //! wait for a step's output before it interrupts the client; a vertex that
 //! ends in error is printed as `buildctl-like: vertex NAME error ERROR`. A failed
@@ -71,6 +78,48 @@ fn with_build_id<T>(msg: T, id: &str) -> Result<tonic::Request<T>, Error> {
     r.metadata_mut()
         .insert("buildkit-controlapi-buildid", id.parse()?);
     Ok(r)
+}
+
+/// The policy of `BUILDCTL_LIKE_POLICY`.
+#[derive(Debug)]
+struct FixedPolicy {
+    deny: Option<String>,
+}
+
+impl kiln_session::policy::Policy for FixedPolicy {
+    fn check(
+        &self,
+        req: &kiln_proto::policysession::CheckPolicyRequest,
+    ) -> Result<kiln_proto::policysession::CheckPolicyResponse, String> {
+        use kiln_proto::policysession::{check_policy_response, DecisionResponse, DenyMessage};
+        use kiln_proto::sourcepolicy::PolicyAction;
+        let id = req
+            .source
+            .as_ref()
+            .and_then(|s| s.source.as_ref())
+            .map(|s| s.identifier.clone())
+            .ok_or("no source in the policy request")?;
+        println!("buildctl-like: policy {id}");
+        let deny = self
+            .deny
+            .as_ref()
+            .filter(|_| id.starts_with("docker-image://"));
+        let decision = DecisionResponse {
+            action: if deny.is_some() {
+                PolicyAction::Deny as i32
+            } else {
+                PolicyAction::Allow as i32
+            },
+            deny_messages: deny
+                .map(|m| DenyMessage { message: m.clone() })
+                .into_iter()
+                .collect(),
+            update: None,
+        };
+        Ok(kiln_proto::policysession::CheckPolicyResponse {
+            result: Some(check_policy_response::Result::Decision(decision)),
+        })
+    }
 }
 
 /// `k=v,k=v` pairs of the environment variable `var`.
@@ -206,6 +255,15 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
             SshServerImpl::METHODS,
         );
     }
+    let policy = std::env::var("BUILDCTL_LIKE_POLICY").ok();
+    if let Some(p) = &policy {
+        let deny = p.strip_prefix("deny=").map(str::to_string);
+        services.add(
+            kiln_session::policy::PolicyServerImpl::new(std::sync::Arc::new(FixedPolicy { deny }))
+                .into_service(),
+            kiln_session::policy::PolicyServerImpl::METHODS,
+        );
+    }
     let (side, requests) = client_side();
     let req = kiln_session::hijack::session_request(&session_id, "", &services, requests)?;
     let responses = control.session(req).await?.into_inner();
@@ -256,10 +314,22 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
             }]
         })
         .unwrap_or_default();
+    let request = std::env::var("BUILDCTL_LIKE_REQUEST").unwrap_or_default();
     let solve = control.solve(SolveRequest {
         r#ref: build,
+        source_policy_session: if policy.is_some() {
+            session_id.clone()
+        } else {
+            String::new()
+        },
         session: session_id,
         exporters,
+        compatibility_version: request
+            .strip_prefix("compat=")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        proxy_network: request == "proxy-network",
+        enable_session_exporter: request == "session-exporter",
         ..Default::default()
     });
 

@@ -21,7 +21,7 @@ const STATUS_WAIT: Duration = Duration::from_secs(6);
 /// How long a finished build stays visible to Status.
 const FINISHED_JOB_GRACE: Duration = Duration::from_secs(10);
 /// How long a build waits for its session to attach.
-const SESSION_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const SESSION_WAIT: Duration = Duration::from_secs(5);
 
 pub struct ControlService(pub Arc<Daemon>);
 
@@ -300,6 +300,47 @@ fn strip_code_prefix(message: &str) -> String {
     m.to_string()
 }
 
+/// BuildKit's current solve compatibility version (`CompatibilityVersion`
+/// 0 means it): what kiln builds.
+const COMPATIBILITY_VERSION_CURRENT: i64 = 30;
+/// The older versions BuildKit can still build as (v0.13, v0.15).
+const COMPATIBILITY_VERSIONS_OLDER: [i64; 2] = [10, 20];
+
+/// The request's options that change how BuildKit builds, checked before
+/// the build exists: what kiln cannot do yet fails here, never ignored.
+/// (`SourcePolicySession` is served: `crate::policy`.)
+fn request_options(r: &SolveRequest) -> Result<(), Status> {
+    let v = r.compatibility_version;
+    if v != 0 && v != COMPATIBILITY_VERSION_CURRENT {
+        // As Go prints BuildKit's list.
+        let supported = format!("[10 20 {COMPATIBILITY_VERSION_CURRENT}]");
+        return Err(if COMPATIBILITY_VERSIONS_OLDER.contains(&v) {
+            Status::unimplemented(format!(
+                "compatibility-version {v} is not supported yet (kiln builds as {COMPATIBILITY_VERSION_CURRENT})"
+            ))
+        } else if v > COMPATIBILITY_VERSION_CURRENT {
+            Status::invalid_argument(format!(
+                "unsupported compatibility-version {v}: upgrade buildkit (max supported: {COMPATIBILITY_VERSION_CURRENT})"
+            ))
+        } else {
+            Status::invalid_argument(format!(
+                "unsupported compatibility-version {v} (supported: {supported})"
+            ))
+        });
+    }
+    if r.enable_session_exporter {
+        return Err(Status::unimplemented(
+            "exporters chosen through the session (EnableSessionExporter) are not supported yet",
+        ));
+    }
+    if r.proxy_network {
+        return Err(Status::unimplemented(
+            "the policy's network proxy for steps (ProxyNetwork) is not supported yet",
+        ));
+    }
+    Ok(())
+}
+
 /// An image config passed as exporter attribute `containerimage.config`.
 fn config_from_attrs(exporters: &[Exporter]) -> Option<kiln_solver::ImageConfig> {
     exporters.iter().find_map(|e| {
@@ -332,6 +373,7 @@ impl Control for ControlService {
                 .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
         // Cache exports and imports are checked before the build too.
         let cache = crate::cache::CacheOptions::from_request(&r)?;
+        request_options(&r)?;
         let build_permit = tenant.start_build()?;
         let session = if r.session.is_empty() {
             String::new()
@@ -344,6 +386,8 @@ impl Control for ControlService {
             export_blobs: crate::export::export_blobs(&exporters(&r)),
             fetch: Some(d.fetch.current()),
             tenant: tenant.name.clone(),
+            policy_session: (!r.source_policy_session.is_empty())
+                .then(|| tenant.scoped(&r.source_policy_session)),
         };
         let job = d
             .jobs

@@ -181,6 +181,9 @@ pub struct Job {
     /// was when Control.Solve started the build (a SIGHUP later changes
     /// them for later builds only). `None` until then.
     fetch: Mutex<Option<kiln_engine::sources::limits::FetchLimits>>,
+    /// The session serving the build's policy (`SourcePolicySession`,
+    /// scoped to the tenant), asked about every source (`crate::policy`).
+    policy_session: Mutex<Option<String>>,
     /// Engine solves of this job still running (their own tasks).
     solving: watch::Sender<usize>,
 }
@@ -198,6 +201,8 @@ pub struct JobOptions {
     pub fetch: Option<kiln_engine::sources::limits::FetchLimits>,
     /// See [`Job::tenant`].
     pub tenant: Option<String>,
+    /// See [`Job::policy_session`].
+    pub policy_session: Option<String>,
 }
 
 /// The results a job holds. Once released (the build ended), a result that
@@ -265,6 +270,7 @@ impl Job {
             cache: Mutex::new(Default::default()),
             export_blobs: Mutex::new(None),
             fetch: Mutex::new(None),
+            policy_session: Mutex::new(None),
             solving: watch::channel(0).0,
         }
     }
@@ -276,6 +282,22 @@ impl Job {
             Some(limits) => engine.clone().with_fetch_limits(limits),
             None => engine.clone(),
         }
+    }
+
+    /// The session serving the build's policy, as sessions are keyed.
+    pub fn policy_session(&self) -> Option<String> {
+        self.policy_session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The tenant the build belongs to (`None`: the default tenant).
+    pub fn tenant(&self) -> Option<String> {
+        self.tenant
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Counts an engine solve of this job until the guard drops.
@@ -471,6 +493,7 @@ impl Jobs {
         *job.cache.lock().unwrap_or_else(|p| p.into_inner()) = opts.cache;
         *job.export_blobs.lock().unwrap_or_else(|p| p.into_inner()) = opts.export_blobs;
         *job.fetch.lock().unwrap_or_else(|p| p.into_inner()) = opts.fetch;
+        *job.policy_session.lock().unwrap_or_else(|p| p.into_inner()) = opts.policy_session;
         job.mark_started();
         drop(m);
         self.changed.notify_waiters();

@@ -32,6 +32,7 @@ mod llb;
 mod metrics;
 mod notify;
 mod ocilayout;
+mod policy;
 mod push;
 mod registry;
 mod resultfs;

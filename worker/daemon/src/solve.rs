@@ -447,6 +447,7 @@ pub async fn solve_defined(
             let Some(result) = t.result else {
                 return Err(Status::invalid_argument("the definition has no result"));
             };
+            crate::policy::check(d, job, &t.graph).await?;
             let (locals, held) = fetch_locals(d, engine, session, &own_key, &t.graph, None).await?;
             let mut layouts = crate::ocilayout::Layouts::new(&dir);
             layouts
@@ -504,6 +505,7 @@ pub async fn solve_defined(
                 &f.local_sessions,
                 &f.context_key,
             );
+            crate::policy::check(d, job, &f.build.graph).await?;
             let digests = f.build.graph.definition_digests();
             // The contexts as the graph reads them: only the paths its
             // sources follow (BuildKit's frontend asks the same). A remote

@@ -1,0 +1,196 @@
+//! Build policies (buildx's `Dockerfile.rego` and `--policy`) through
+//! kilnd: the client serves its policy in its session and names it in
+//! `SourcePolicySession`; kilnd asks it about every source before any step
+//! runs and builds only what it allows. The Solve request's other options
+//! kiln cannot honour yet fail before the build; `kiln build` refuses a
+//! policy file it cannot enforce.
+
+use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
+use std::path::Path;
+use std::process::{Command, Output};
+
+const DOCKERFILE: &str =
+    "FROM busybox\nCOPY a.txt /a.txt\nRUN echo ran-the-step && cat /a.txt > /b.txt\n";
+
+fn buildctl(k: &Kilnd, ctx: &Path, image: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(buildctl_like_binary().expect("buildctl-like"));
+    cmd.arg(k.addr()).arg(ctx).arg(image);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd.output().expect("buildctl-like runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kilnd_builds_only_what_the_clients_policy_allows() {
+    let ns = "policy-session";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = h.context(
+        "policy",
+        &[("Dockerfile", DOCKERFILE), ("a.txt", "from the context\n")],
+    );
+
+    // Denied: the build fails naming the source and the policy's message,
+    // and no step ran.
+    let denied = buildctl(
+        &k,
+        &ctx,
+        "docker.io/library/policy:denied",
+        &[(
+            "BUILDCTL_LIKE_POLICY",
+            "deny=images must come from the mirror",
+        )],
+    );
+    let (out, err) = text(&denied);
+    assert!(
+        !denied.status.success(),
+        "a denied build succeeded:\n{out}\n{err}"
+    );
+    assert!(
+        err.contains(
+            "buildctl-like: solve: source \"docker-image://docker.io/library/busybox:latest"
+        ) && err.contains("not allowed by policy: action DENY"),
+        "{err}"
+    );
+    assert!(err.contains("code Unknown"), "{err}");
+    assert!(
+        !out.contains("ran-the-step"),
+        "a step ran under a denying policy:\n{out}"
+    );
+    assert!(
+        out.contains("buildctl-like: policy docker-image://docker.io/library/busybox:latest"),
+        "the policy was not asked about the base:\n{out}"
+    );
+    let images = h.ctr(ns, &["images", "ls", "-q"]).expect("ctr images ls");
+    assert!(!images.contains("policy:denied"), "{images}");
+
+    // Allowed: every source was asked about (the base and the context),
+    // and the image is built.
+    let allowed = buildctl(
+        &k,
+        &ctx,
+        "docker.io/library/policy:allowed",
+        &[("BUILDCTL_LIKE_POLICY", "allow")],
+    );
+    let (out, err) = text(&allowed);
+    assert!(allowed.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("buildctl-like: policy docker-image://docker.io/library/busybox:latest"),
+        "{out}"
+    );
+    assert!(
+        out.contains("buildctl-like: policy local://context"),
+        "{out}"
+    );
+    assert_eq!(
+        h.run_image_expecting(
+            ns,
+            "docker.io/library/policy:allowed",
+            "policy-allowed",
+            &["cat", "/b.txt"],
+            "from the context\n"
+        ),
+        "from the context\n"
+    );
+
+    // Without a policy session nothing is asked.
+    let plain = buildctl(&k, &ctx, "docker.io/library/policy:plain", &[]);
+    let (out, err) = text(&plain);
+    assert!(plain.status.success(), "{out}\n{err}");
+    assert!(!out.contains("buildctl-like: policy "), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn solve_options_kiln_cannot_honour_fail_before_the_build() {
+    let ns = "policy-request";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = h.context("request", &[("Dockerfile", DOCKERFILE), ("a.txt", "x\n")]);
+    let refused = [
+        ("compat=20", "compatibility-version 20 is not supported yet"),
+        (
+            "compat=99",
+            "unsupported compatibility-version 99: upgrade buildkit (max supported: 30)",
+        ),
+        (
+            "compat=5",
+            "unsupported compatibility-version 5 (supported: [10 20 30])",
+        ),
+        (
+            "proxy-network",
+            "the policy's network proxy for steps (ProxyNetwork) is not supported yet",
+        ),
+        (
+            "session-exporter",
+            "exporters chosen through the session (EnableSessionExporter) are not supported yet",
+        ),
+    ];
+    for (request, want) in refused {
+        let o = buildctl(
+            &k,
+            &ctx,
+            "docker.io/library/policy:request",
+            &[("BUILDCTL_LIKE_REQUEST", request)],
+        );
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{request}: {out}\n{err}");
+        assert!(err.contains(want), "{request}: {err}");
+        assert!(
+            !out.contains("ran-the-step"),
+            "{request}: a step ran:\n{out}"
+        );
+    }
+    // The current version is what kiln builds as.
+    let o = buildctl(
+        &k,
+        &ctx,
+        "docker.io/library/policy:request",
+        &[("BUILDCTL_LIKE_REQUEST", "compat=30")],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_build_refuses_a_policy_file_it_cannot_enforce() {
+    let ns = "policy-file";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
+        "policyfile",
+        &[
+            ("Dockerfile", "FROM busybox\nRUN echo ran-the-step > /x\n"),
+            (
+                "Dockerfile.rego",
+                "package docker\n\ndefault allow := false\n",
+            ),
+        ],
+    );
+    let ctx = ctx.to_str().expect("utf-8");
+    let refused = h.build(ns, &["-t", "policy-file:1", ctx]);
+    assert!(!refused.success, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(
+            "Dockerfile.rego: build policies are not supported yet (--policy disabled=true builds without it)"
+        ),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !refused.stderr.contains("ran-the-step"),
+        "{}",
+        refused.stderr
+    );
+    let off = h.build(
+        ns,
+        &["--policy", "disabled=true", "-t", "policy-file:1", ctx],
+    );
+    assert!(off.success, "{}", off.stderr);
+}
