@@ -292,6 +292,10 @@ struct BuildArgs {
     /// disabled=true is supported.
     #[arg(long, value_name = "SPEC")]
     attest: Vec<String>,
+    /// Build policy (buildx's --policy): only disabled=true is supported,
+    /// which builds without the Dockerfile's `.rego` policy file.
+    #[arg(long, value_name = "SPEC")]
+    policy: Vec<String>,
     /// Networking mode of RUN steps without their own --network: default
     /// (kiln's), none, or host (which asks for the network.host
     /// entitlement, as buildx does).
@@ -442,6 +446,38 @@ fn call_answer(json: bool, json_answer: String, text_answer: String) -> String {
     }
 }
 
+/// Whether a `--policy` value turns policies off (buildx's
+/// `disabled=true`).
+fn policy_disabled(spec: &str) -> bool {
+    matches!(spec, "disabled" | "disabled=true")
+}
+
+/// buildx enforces the policy file beside a local Dockerfile
+/// (`Dockerfile.rego` for `Dockerfile`) unless `--policy disabled=true`;
+/// kiln cannot enforce one yet, so it refuses to build past it rather than
+/// build what the policy might deny.
+fn refuse_policy_file(args: &BuildArgs, prepared: &contexts::Prepared) -> Result<()> {
+    if prepared.remote.is_some()
+        || args.file.as_deref().is_some_and(|f| f.as_os_str() == "-")
+        || args.policy.iter().any(|p| policy_disabled(p))
+    {
+        return Ok(());
+    }
+    let Some(name) = prepared.dockerfile.file_name() else {
+        return Ok(());
+    };
+    let mut rego = name.to_os_string();
+    rego.push(".rego");
+    let rego = prepared.dockerfile.with_file_name(rego);
+    if rego.is_file() {
+        bail!(
+            "{}: build policies are not supported yet (--policy disabled=true builds without it)",
+            rego.display()
+        );
+    }
+    Ok(())
+}
+
 /// The build flags buildx has and kiln does not implement yet, refused
 /// by name before anything runs (never ignored).
 fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
@@ -464,6 +500,9 @@ fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
     }
     if args.cgroup_parent.is_some() {
         return not_yet("--cgroup-parent");
+    }
+    if let Some(p) = args.policy.iter().find(|p| !policy_disabled(p)) {
+        return not_yet(&format!("--policy {p}"));
     }
     if let Some(p) = args
         .progress
@@ -1149,6 +1188,7 @@ fn remote_outputs(
 async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> Result<()> {
     let outputs = remote_outputs(&args.outputs, args.push, args.load, &args.annotation)?;
     let prepared = contexts::prepare(&args.context, args.file.as_deref(), &mut std::io::stdin())?;
+    refuse_policy_file(&args, &prepared)?;
     let (context, dockerfile) = (prepared.context.clone(), prepared.dockerfile.clone());
     // The daemon parses (and refuses) them, as any BuildKit client's.
     let attrs = frontend_attrs(&args, &prepared.dockerfile, prepared.remote.as_deref())?;
@@ -1256,6 +1296,7 @@ async fn build(
 ) -> Result<()> {
     let out = parse_outputs(&args.outputs, args.push, args.load, &args.annotation)?;
     let prepared = contexts::prepare(&args.context, args.file.as_deref(), &mut std::io::stdin())?;
+    refuse_policy_file(&args, &prepared)?;
     let (context, dockerfile) = (prepared.context.clone(), prepared.dockerfile.clone());
     let mut opts = kiln_frontend::FrontendOptions::from_attrs(&frontend_attrs(
         &args,
@@ -1933,6 +1974,39 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_file_beside_the_dockerfile_is_refused_unless_disabled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").expect("write");
+        std::fs::write(dir.path().join("other.Dockerfile"), "FROM scratch\n").expect("write");
+        let ctx = dir.path().to_str().expect("utf-8");
+        let prepare = |args: &BuildArgs| {
+            contexts::prepare(&args.context, args.file.as_deref(), &mut std::io::empty())
+                .expect("prepare")
+        };
+        let plain = build_args(&[ctx]);
+        refuse_policy_file(&plain, &prepare(&plain)).expect("no policy file yet");
+        std::fs::write(dir.path().join("Dockerfile.rego"), "package docker\n").expect("write");
+        let e = refuse_policy_file(&plain, &prepare(&plain)).expect_err("a policy file");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: build policies are not supported yet (--policy disabled=true builds without it)",
+                dir.path().join("Dockerfile.rego").display()
+            )
+        );
+        let off = build_args(&["--policy", "disabled=true", ctx]);
+        refuse_policy_file(&off, &prepare(&off)).expect("disabled");
+        // The file goes with the Dockerfile's own name.
+        let other_file = dir.path().join("other.Dockerfile");
+        let other_path = other_file.to_str().expect("utf-8");
+        let other = build_args(&["-f", other_path, ctx]);
+        refuse_policy_file(&other, &prepare(&other)).expect("other.Dockerfile has none");
+        std::fs::write(dir.path().join("other.Dockerfile.rego"), "package docker\n")
+            .expect("write");
+        assert!(refuse_policy_file(&other, &prepare(&other)).is_err());
+    }
+
+    #[test]
     fn buildx_flags_not_built_yet_are_refused_by_name() {
         let refused = [
             (
@@ -1953,6 +2027,10 @@ mod tests {
                 "--cgroup-parent is not supported yet",
             ),
             (
+                vec!["--policy", "filename=p.rego"],
+                "--policy filename=p.rego is not supported yet",
+            ),
+            (
                 vec!["-q", "--progress", "plain"],
                 "progress=plain and quiet cannot be used together",
             ),
@@ -1964,8 +2042,9 @@ mod tests {
             assert_eq!(e.to_string(), want, "{flags:?}");
         }
         // Embedded and through a daemon alike.
-        let accepted: [&[&str]; 12] = [
+        let accepted: [&[&str]; 13] = [
             &["--call", "build"],
+            &["--policy", "disabled=true"],
             &["--call", "check"],
             &["--check"],
             &["--call", "outline,format=json"],
