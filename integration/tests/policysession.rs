@@ -101,6 +101,42 @@ async fn kilnd_builds_only_what_the_clients_policy_allows() {
         "from the context\n"
     );
 
+    // A policy that must see the image first gets its digest and config,
+    // resolved as the build resolves it.
+    let config = buildctl(
+        &k,
+        &ctx,
+        "docker.io/library/policy:config",
+        &[("BUILDCTL_LIKE_POLICY", "config")],
+    );
+    let (out, err) = text(&config);
+    assert!(config.status.success(), "{out}\n{err}");
+    let resolved = out
+        .lines()
+        .find(|l| l.contains(" digest sha256:"))
+        .unwrap_or_else(|| panic!("the policy never saw the image resolved:\n{out}"));
+    assert!(
+        resolved
+            .starts_with("buildctl-like: policy docker-image://docker.io/library/busybox:latest")
+            && resolved.ends_with(" os linux"),
+        "{resolved}"
+    );
+    // An image's attestations and signatures cannot be resolved yet.
+    let attest = buildctl(
+        &k,
+        &ctx,
+        "docker.io/library/policy:attest",
+        &[("BUILDCTL_LIKE_POLICY", "attest")],
+    );
+    let (out, err) = text(&attest);
+    assert!(!attest.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("the build policy asks for the attestations and signatures of source \"docker-image://docker.io/library/busybox:latest")
+            && err.contains("that is not supported yet"),
+        "{err}"
+    );
+    assert!(!out.contains("ran-the-step"), "{out}");
+
     // Without a policy session nothing is asked.
     let plain = buildctl(&k, &ctx, "docker.io/library/policy:plain", &[]);
     let (out, err) = text(&plain);

@@ -21,11 +21,14 @@
 //! `BUILDCTL_LIKE_OPTS=k=v,k=v` are frontend options, as `buildctl --opt`;
 //! `BUILDCTL_LIKE_EXPORT=k=v,k=v` are more attributes of the image exporter
 //! (e.g. `compression=zstd`, as in `buildctl --output type=image,...`).
-//! `BUILDCTL_LIKE_POLICY=allow` or `deny=MESSAGE` serves a build policy in
-//! the session and names it in `SourcePolicySession`, as buildx does for a
-//! `Dockerfile.rego`: `allow` lets every source through, `deny` denies
-//! image sources with MESSAGE; each source asked about is printed as
-//! `buildctl-like: policy IDENTIFIER`.
+//! `BUILDCTL_LIKE_POLICY=allow`, `deny=MESSAGE`, `config` or `attest`
+//! serves a build policy in the session and names it in
+//! `SourcePolicySession`, as buildx does for a `Dockerfile.rego`: `allow`
+//! lets every source through, `deny` denies image sources with MESSAGE,
+//! `config` first asks for an image's digest and config (then allows it),
+//! `attest` asks for its attestation chain; each source asked about is
+//! printed as `buildctl-like: policy IDENTIFIER`, and a resolved image as
+//! `buildctl-like: policy IDENTIFIER digest DIGEST os OS`.
 //! `BUILDCTL_LIKE_REQUEST=compat=N|proxy-network|session-exporter` sets
 //! that option of the Solve request.
 //! Every status log line is printed to stdout as it arrives, so a test can
@@ -84,6 +87,9 @@ fn with_build_id<T>(msg: T, id: &str) -> Result<tonic::Request<T>, Error> {
 #[derive(Debug)]
 struct FixedPolicy {
     deny: Option<String>,
+    /// Ask for an image's metadata first: `Some(true)` with its
+    /// attestation chain.
+    ask: Option<bool>,
 }
 
 impl kiln_session::policy::Policy for FixedPolicy {
@@ -99,7 +105,33 @@ impl kiln_session::policy::Policy for FixedPolicy {
             .and_then(|s| s.source.as_ref())
             .map(|s| s.identifier.clone())
             .ok_or("no source in the policy request")?;
-        println!("buildctl-like: policy {id}");
+        let resolved = req.source.as_ref().and_then(|s| s.image.as_ref());
+        if let Some(image) = resolved {
+            let os = serde_json::from_slice::<serde_json::Value>(&image.config)
+                .ok()
+                .and_then(|c| c["os"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            println!("buildctl-like: policy {id} digest {} os {os}", image.digest);
+        } else {
+            println!("buildctl-like: policy {id}");
+        }
+        if let (Some(attest), None, true) = (self.ask, resolved, id.starts_with("docker-image://"))
+        {
+            let source = req.source.as_ref().and_then(|s| s.source.clone());
+            return Ok(kiln_proto::policysession::CheckPolicyResponse {
+                result: Some(check_policy_response::Result::Request(
+                    kiln_proto::gateway::ResolveSourceMetaRequest {
+                        source,
+                        platform: req.platform.clone(),
+                        image: Some(kiln_proto::gateway::ResolveSourceImageRequest {
+                            attestation_chain: attest,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )),
+            });
+        }
         let deny = self
             .deny
             .as_ref()
@@ -258,9 +290,17 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
     let policy = std::env::var("BUILDCTL_LIKE_POLICY").ok();
     if let Some(p) = &policy {
         let deny = p.strip_prefix("deny=").map(str::to_string);
+        let ask = match p.as_str() {
+            "config" => Some(false),
+            "attest" => Some(true),
+            _ => None,
+        };
         services.add(
-            kiln_session::policy::PolicyServerImpl::new(std::sync::Arc::new(FixedPolicy { deny }))
-                .into_service(),
+            kiln_session::policy::PolicyServerImpl::new(std::sync::Arc::new(FixedPolicy {
+                deny,
+                ask,
+            }))
+            .into_service(),
             kiln_session::policy::PolicyServerImpl::METHODS,
         );
     }

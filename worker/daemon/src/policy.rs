@@ -5,24 +5,47 @@
 //! definition.
 //!
 //! The policy's `ALLOW` lets the source through and `DENY` (or an action
-//! kiln does not know) fails the build with BuildKit's text. A policy that wants to
-//! rewrite a source (`CONVERT`) or needs to see more of it first (an
-//! image's config, a git commit: a metadata request) fails the build as
-//! not supported yet: kilnd never builds what the policy did not allow.
+//! kiln does not know) fails the build with BuildKit's text. A policy may
+//! first ask to see more of a source: for an image, kilnd resolves its
+//! digest and config (as `ResolveImageConfig` does, in the resolve mode the
+//! policy asks for and with the client's registry logins) and asks again. A
+//! policy that wants to rewrite a source (`CONVERT`), or asks for what
+//! kilnd cannot resolve yet (an image's attestations and signatures, a
+//! git or http source's metadata), fails the build as not supported yet:
+//! kilnd never builds what the policy did not allow.
 
 use crate::jobs::Job;
 use crate::sessions::SessionHandle;
-use kiln_proto::gateway::ResolveSourceMetaResponse;
+use kiln_proto::gateway::{
+    ResolveSourceImageResponse, ResolveSourceMetaRequest, ResolveSourceMetaResponse,
+};
 use kiln_proto::policysession::check_policy_response::Result as Answer;
-use kiln_proto::policysession::{CheckPolicyRequest, CheckPolicyResponse};
+use kiln_proto::policysession::{CheckPolicyRequest, DecisionResponse};
 use kiln_proto::sourcepolicy::PolicyAction;
 use kiln_solver::graph::{Graph, Op, SourceOp};
 use std::collections::HashSet;
+use std::sync::Arc;
 use tonic::Status;
+
+/// How many times one source may be asked about (BuildKit's bound on a
+/// policy that keeps asking for metadata).
+const MAX_ROUNDS: usize = 10;
+
+/// What a policy's metadata requests are resolved with: the build's engine
+/// and the client's registry logins.
+pub struct Resolver<'a> {
+    pub engine: &'a kiln_engine::Engine,
+    pub credentials: Arc<dyn kiln_registry::Credentials>,
+}
 
 /// Asks the job's policy session, if it has one, about each distinct
 /// source of `graph`; the first source it does not allow fails the build.
-pub async fn check(d: &crate::state::Daemon, job: &Job, graph: &Graph) -> Result<(), Status> {
+pub async fn check(
+    d: &crate::state::Daemon,
+    job: &Job,
+    resolver: &Resolver<'_>,
+    graph: &Graph,
+) -> Result<(), Status> {
     let Some(key) = job.policy_session() else {
         return Ok(());
     };
@@ -36,23 +59,31 @@ pub async fn check(d: &crate::state::Daemon, job: &Job, graph: &Graph) -> Result
                 crate::tenants::unscoped(job.tenant().as_deref(), &key)
             ))
         })?;
-    let mut asked = HashSet::new();
-    for v in &graph.vertices {
-        let Op::Source(s) = &v.op else { continue };
-        if asked.insert(serde_json::to_string(s).unwrap_or_default()) {
-            ask(&session, s).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn ask(session: &SessionHandle, s: &SourceOp) -> Result<(), Status> {
     if !session.exposes(kiln_session::policy::CHECK_POLICY_METHOD) {
         return Err(Status::failed_precondition(
             "the build names a policy session, but the client's session serves no PolicyVerifier",
         ));
     }
-    let req = CheckPolicyRequest {
+    let mut asked = HashSet::new();
+    for v in &graph.vertices {
+        let Op::Source(s) = &v.op else { continue };
+        if asked.insert(serde_json::to_string(s).unwrap_or_default()) {
+            ask(&session, resolver, s).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn ask(session: &SessionHandle, resolver: &Resolver<'_>, s: &SourceOp) -> Result<(), Status> {
+    let source = kiln_proto::llb::SourceOp {
+        identifier: s.identifier.clone(),
+        attrs: s
+            .attrs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    let mut req = CheckPolicyRequest {
         platform: s.platform.as_ref().map(|p| kiln_proto::llb::Platform {
             architecture: p.architecture.clone(),
             os: p.os.clone(),
@@ -60,37 +91,98 @@ async fn ask(session: &SessionHandle, s: &SourceOp) -> Result<(), Status> {
             ..Default::default()
         }),
         source: Some(ResolveSourceMetaResponse {
-            source: Some(kiln_proto::llb::SourceOp {
-                identifier: s.identifier.clone(),
-                attrs: s
-                    .attrs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            }),
+            source: Some(source),
             ..Default::default()
         }),
         caps: Default::default(),
     };
-    let answer = kiln_session::policy::check(session.channel.clone(), req)
-        .await
-        .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
-    decide(&s.identifier, answer)
+    for _ in 0..MAX_ROUNDS {
+        let answer = kiln_session::policy::check(session.channel.clone(), req.clone())
+            .await
+            .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
+        match answer.result {
+            Some(Answer::Request(meta)) => {
+                req.source = Some(resolve(resolver, s, meta).await?);
+            }
+            Some(Answer::Decision(d)) => return decide(&s.identifier, &d),
+            None => return Err(Status::unknown("no decision in policy response")),
+        }
+    }
+    Err(Status::unknown("too many policy requests"))
 }
 
-/// What the policy's answer about the source `identifier` means for the
-/// build.
-fn decide(identifier: &str, answer: CheckPolicyResponse) -> Result<(), Status> {
-    let decision = match answer.result {
-        Some(Answer::Decision(d)) => d,
-        Some(Answer::Request(_)) => {
-            return Err(Status::unimplemented(format!(
-                "the build policy asks for the metadata of source {identifier:?} before it \
-                 decides; policies that need source metadata are not supported yet"
-            )))
-        }
-        None => return Err(Status::internal("no decision in policy response")),
+/// Resolves what the policy asked to see of the source `s` (BuildKit's
+/// checks and texts where it has them).
+async fn resolve(
+    resolver: &Resolver<'_>,
+    s: &SourceOp,
+    meta: ResolveSourceMetaRequest,
+) -> Result<ResolveSourceMetaResponse, Status> {
+    let asked = meta.source.clone().unwrap_or_default();
+    if asked.identifier != s.identifier {
+        return Err(Status::unknown(format!(
+            "policy requested different source identifier: {:?} != {:?}",
+            asked.identifier, s.identifier
+        )));
+    }
+    let same_attrs = asked.attrs.len() == s.attrs.len()
+        && s.attrs.iter().all(|(k, v)| asked.attrs.get(k) == Some(v));
+    if !same_attrs {
+        return Err(Status::unknown("policy requested different source attrs"));
+    }
+    let not_yet = |what: &str| {
+        Status::unimplemented(format!(
+            "the build policy asks for {what} of source {:?} before it decides; that is not \
+             supported yet",
+            s.identifier
+        ))
     };
+    let Some(name) = s.identifier.strip_prefix("docker-image://") else {
+        return Err(not_yet("the metadata"));
+    };
+    let image = meta.image.unwrap_or_default();
+    if image.attestation_chain || !image.resolve_attestations.is_empty() {
+        return Err(not_yet("the attestations and signatures"));
+    }
+    let mode = if meta.resolve_mode.is_empty() {
+        kiln_engine::resolve::ResolveMode::Default
+    } else {
+        kiln_engine::resolve::ResolveMode::parse(&meta.resolve_mode).map_err(|_| {
+            Status::invalid_argument(format!(
+                "resolve mode {:?}: expected default, pull or local",
+                meta.resolve_mode
+            ))
+        })?
+    };
+    let platform = match &meta.platform {
+        Some(p) => Some(kiln_solver::Platform::new(
+            &p.os,
+            &p.architecture,
+            &p.variant,
+        )),
+        None => s.platform.clone(),
+    };
+    let name = kiln_dockerfile::reference::normalize(name)
+        .map_err(|e| Status::invalid_argument(format!("{name:?}: {e}")))?;
+    let (config, digest) = resolver
+        .engine
+        .base_images(mode, resolver.credentials.clone())
+        .image_config_json(&name, platform.as_ref())
+        .await
+        .map_err(|e| crate::state::status_of(&e))?;
+    Ok(ResolveSourceMetaResponse {
+        source: meta.source,
+        image: Some(ResolveSourceImageResponse {
+            digest,
+            config: if image.no_config { Vec::new() } else { config },
+        }),
+        ..Default::default()
+    })
+}
+
+/// What the policy's decision about the source `identifier` means for the
+/// build.
+fn decide(identifier: &str, decision: &DecisionResponse) -> Result<(), Status> {
     match PolicyAction::try_from(decision.action) {
         Ok(PolicyAction::Allow) => Ok(()),
         Ok(PolicyAction::Convert) => Err(Status::unimplemented(format!(
@@ -115,55 +207,41 @@ fn decide(identifier: &str, answer: CheckPolicyResponse) -> Result<(), Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_proto::gateway::ResolveSourceMetaRequest;
-    use kiln_proto::policysession::{DecisionResponse, DenyMessage};
+    use kiln_proto::policysession::DenyMessage;
 
-    fn decision(action: PolicyAction, messages: &[&str]) -> CheckPolicyResponse {
-        CheckPolicyResponse {
-            result: Some(Answer::Decision(DecisionResponse {
-                action: action as i32,
-                deny_messages: messages
-                    .iter()
-                    .map(|m| DenyMessage {
-                        message: m.to_string(),
-                    })
-                    .collect(),
-                update: None,
-            })),
+    fn decision(action: i32, messages: &[&str]) -> DecisionResponse {
+        DecisionResponse {
+            action,
+            deny_messages: messages
+                .iter()
+                .map(|m| DenyMessage {
+                    message: m.to_string(),
+                })
+                .collect(),
+            update: None,
         }
     }
 
     #[test]
     fn only_allow_lets_a_source_through() {
         let id = "docker-image://docker.io/library/busybox:latest";
-        assert!(decide(id, decision(PolicyAction::Allow, &[])).is_ok());
-        let denied =
-            decide(id, decision(PolicyAction::Deny, &["untrusted base"])).expect_err("denied");
+        assert!(decide(id, &decision(PolicyAction::Allow as i32, &[])).is_ok());
+        let denied = decide(
+            id,
+            &decision(PolicyAction::Deny as i32, &["untrusted base"]),
+        )
+        .expect_err("denied");
         assert_eq!(denied.code(), tonic::Code::Unknown);
         assert_eq!(
             denied.message(),
             "source \"docker-image://docker.io/library/busybox:latest\" not allowed by policy: \
              action DENY"
         );
-        let converted = decide(id, decision(PolicyAction::Convert, &[])).expect_err("converted");
+        let converted =
+            decide(id, &decision(PolicyAction::Convert as i32, &[])).expect_err("converted");
         assert_eq!(converted.code(), tonic::Code::Unimplemented);
         assert!(converted.message().contains("not supported yet"));
-        let asks = CheckPolicyResponse {
-            result: Some(Answer::Request(ResolveSourceMetaRequest::default())),
-        };
-        let asked = decide(id, asks).expect_err("asks for metadata");
-        assert_eq!(asked.code(), tonic::Code::Unimplemented);
-        assert!(asked.message().contains("not supported yet"));
-        let unknown = CheckPolicyResponse {
-            result: Some(Answer::Decision(DecisionResponse {
-                action: 7,
-                ..Default::default()
-            })),
-        };
-        assert!(decide(id, unknown)
-            .expect_err("an unknown action")
-            .message()
-            .contains("action 7"));
-        assert!(decide(id, CheckPolicyResponse::default()).is_err());
+        let unknown = decide(id, &decision(7, &[])).expect_err("an unknown action");
+        assert!(unknown.message().ends_with("action 7"), "{unknown:?}");
     }
 }

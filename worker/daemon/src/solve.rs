@@ -437,6 +437,13 @@ pub async fn solve_defined(
     // registry wants them (anonymous without an Auth service).
     let credentials: Arc<dyn kiln_registry::Credentials> =
         Arc::new(crate::registry::SessionCredentials::new(session));
+    // The client's policy, if it serves one, resolves what it asks to see
+    // of a source as the build would.
+    let policy_engine = job.engine(engine);
+    let policy = crate::policy::Resolver {
+        engine: &policy_engine,
+        credentials: credentials.clone(),
+    };
     let mut resolve_mode = kiln_engine::resolve::ResolveMode::Default;
     let mut pinned = kiln_engine::resolve::Pinned::default();
     let mut targets = Vec::new();
@@ -447,7 +454,7 @@ pub async fn solve_defined(
             let Some(result) = t.result else {
                 return Err(Status::invalid_argument("the definition has no result"));
             };
-            crate::policy::check(d, job, &t.graph).await?;
+            crate::policy::check(d, job, &policy, &t.graph).await?;
             let (locals, held) = fetch_locals(d, engine, session, &own_key, &t.graph, None).await?;
             let mut layouts = crate::ocilayout::Layouts::new(&dir);
             layouts
@@ -505,7 +512,7 @@ pub async fn solve_defined(
                 &f.local_sessions,
                 &f.context_key,
             );
-            crate::policy::check(d, job, &f.build.graph).await?;
+            crate::policy::check(d, job, &policy, &f.build.graph).await?;
             let digests = f.build.graph.definition_digests();
             // The contexts as the graph reads them: only the paths its
             // sources follow (BuildKit's frontend asks the same). A remote
