@@ -224,6 +224,9 @@ const LLB_CAPS: &[&str] = &[
     // From the client's session content store `oci:NAME` (`ocilayout.rs`).
     "source.ocilayout",
     "source.http.perm",
+    // The client's build policy, asked about every source (`policy.rs`);
+    // buildx's `--policy strict=true` needs it.
+    "source.policy.session",
     // BuildKit's own spelling of this id.
     "soruce.http.uidgid",
     "exec.meta.base",
