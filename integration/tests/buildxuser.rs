@@ -30,9 +30,18 @@ async fn du(
     c: &mut ControlClient<Channel>,
     filter: &[&str],
 ) -> Result<Vec<UsageRecord>, tonic::Status> {
+    du_aged(c, filter, 0).await
+}
+
+/// [`du`] with BuildKit's `ageLimit` (nanoseconds).
+async fn du_aged(
+    c: &mut ControlClient<Channel>,
+    filter: &[&str],
+    age_limit: i64,
+) -> Result<Vec<UsageRecord>, tonic::Status> {
     Ok(c.disk_usage(DiskUsageRequest {
         filter: filter.iter().map(|f| f.to_string()).collect(),
-        age_limit: 0,
+        age_limit,
     })
     .await?
     .into_inner()
@@ -84,6 +93,16 @@ async fn buildx_cache_filters_select_records_and_unknown_keys_are_refused() {
 
     let all = du(&mut c, &[]).await.expect("du");
     assert!(all.len() >= 4, "{all:?}");
+    // `ageLimit`: records used within the last hour (all of this build's
+    // that were used) are left out; records never used stay.
+    let hour = 3_600 * 1_000_000_000_i64;
+    let aged = du_aged(&mut c, &[], hour).await.expect("du");
+    let never_used: Vec<&UsageRecord> = all.iter().filter(|r| r.last_used_at.is_none()).collect();
+    assert!(never_used.len() < all.len(), "no record was used: {all:?}");
+    assert_eq!(
+        aged.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        never_used.iter().map(|r| &r.id).collect::<Vec<_>>()
+    );
     // The image filters:1 has the steps' layers: their records are shared
     // with it (BuildKit's `Shared`, buildx's `*` and `Shared:` total); the
     // cache mount's is not.

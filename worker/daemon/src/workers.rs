@@ -296,7 +296,7 @@ pub fn usage_record(r: &RecordInfo) -> UsageRecord {
 }
 
 /// DiskUsage: every cache record (most recently used first), narrowed by
-/// the request's filters (`crate::usagefilter`). `ageLimit` is ignored.
+/// the request's filters (`crate::usagefilter`) and its `ageLimit`.
 pub async fn disk_usage(
     tenant: &Tenant,
     req: DiskUsageRequest,
@@ -307,13 +307,33 @@ pub async fn disk_usage(
         .disk_usage()
         .await
         .map_err(|e| status_of(&e, e.kind()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     Ok(DiskUsageResponse {
         record: records
             .iter()
             .map(usage_record)
-            .filter(|r| filter.matches(r))
+            .filter(|r| filter.matches(r) && unused_for(r, req.age_limit, now))
             .collect(),
     })
+}
+
+/// BuildKit's `ageLimit` (nanoseconds; 0 is none): only records not used
+/// within it, and records never used.
+fn unused_for(r: &UsageRecord, age_limit: i64, now: Duration) -> bool {
+    let Some(limit) = u64::try_from(age_limit).ok().filter(|&n| n > 0) else {
+        return true;
+    };
+    let Some(used) = &r.last_used_at else {
+        return true;
+    };
+    let cutoff = now.saturating_sub(Duration::from_nanos(limit));
+    let used = Duration::new(
+        u64::try_from(used.seconds).unwrap_or(0),
+        u32::try_from(used.nanos).unwrap_or(0),
+    );
+    used <= cutoff
 }
 
 /// The engine's prune options for a BuildKit PruneRequest.
@@ -554,5 +574,25 @@ mod tests {
         });
         assert!(!regular.mutable);
         assert_eq!(regular.last_used_at, None);
+    }
+
+    #[test]
+    fn the_age_limit_keeps_records_not_used_within_it() {
+        let used_at = |secs: i64| UsageRecord {
+            last_used_at: Some(prost_types::Timestamp {
+                seconds: secs,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let now = Duration::from_secs(10_000);
+        let hour = 3_600 * 1_000_000_000_i64;
+        // No limit: everything.
+        assert!(unused_for(&used_at(9_999), 0, now));
+        // Used a minute ago: within an hour, left out.
+        assert!(!unused_for(&used_at(9_940), hour, now));
+        // Used two hours ago, or never: listed.
+        assert!(unused_for(&used_at(10_000 - 7_200), hour, now));
+        assert!(unused_for(&UsageRecord::default(), hour, now));
     }
 }
