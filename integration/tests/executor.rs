@@ -88,6 +88,7 @@ fn step(f: &Fixture, root: &Path, id: &str, script: &str) -> StepSpec {
         timeout: None,
         security: Security::Sandbox,
         pids_limit: Some(kiln_shim::DEFAULT_PIDS_LIMIT),
+        resources: None,
     }
 }
 

@@ -110,6 +110,7 @@ fn step(f: &Fixture, root: &Path, id: &str, script: &str, security: Security) ->
         timeout: Some(Duration::from_secs(120)),
         security,
         pids_limit: Some(kiln_shim::DEFAULT_PIDS_LIMIT),
+        resources: None,
     }
 }
 

@@ -970,6 +970,7 @@ mod tests {
             timeout: None,
             security: crate::Security::Sandbox,
             pids_limit: None,
+            resources: None,
         };
         assert!(validate(&ok).is_ok());
         let check = |f: &dyn Fn(&mut StepSpec), reason: &str| {

@@ -93,6 +93,9 @@ pub struct StepSpec {
     /// Most tasks (processes and threads) the step may have at once
     /// (cgroup `pids.max`); `None` is unlimited.
     pub pids_limit: Option<u64>,
+    /// cgroup memory and CPU limits (buildx `--resource`); `None` sets
+    /// none.
+    pub resources: Option<kiln_types::process::Resources>,
 }
 
 /// How much of the sandbox a step runs in (LLB `SecurityMode`).

@@ -18,9 +18,9 @@
 use crate::user::ResolvedUser;
 use crate::{ExtraMount, HostIp, Network, Security, StepSpec, Ulimit, DEFAULT_HOSTNAME};
 use oci_spec::runtime::{
-    Capability, Linux, LinuxCapabilities, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType,
-    LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources, Mount, PosixRlimit,
-    PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
+    Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxDevice, LinuxDeviceCgroup,
+    LinuxDeviceType, LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources,
+    Mount, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
 };
 use std::path::{Path, PathBuf};
 
@@ -461,6 +461,45 @@ pub fn join_network_namespace(spec: &mut Spec, path: &Path) {
 /// `hosts` and `resolv` files bound over `/etc/hosts` and
 /// `/etc/resolv.conf`. The root path is `rootfs`, relative to the bundle,
 /// where containerd mounts the rootfs passed to `Tasks.Create`.
+/// A step's memory and CPU limits in the spec's cgroup resources, as
+/// BuildKit's executor writes them: only what is set.
+pub fn cgroup_limits(resources: &mut LinuxResources, r: &kiln_types::process::Resources) {
+    if r.memory > 0 || r.memory_swap != 0 {
+        let mut memory = LinuxMemory::default();
+        if r.memory > 0 {
+            memory.set_limit(Some(r.memory));
+        }
+        if r.memory_swap != 0 {
+            memory.set_swap(Some(r.memory_swap));
+        }
+        resources.set_memory(Some(memory));
+    }
+    let cpu_set = r.cpu_shares > 0
+        || r.cpu_period > 0
+        || r.cpu_quota > 0
+        || !r.cpuset_cpus.is_empty()
+        || !r.cpuset_mems.is_empty();
+    if cpu_set {
+        let mut cpu = LinuxCpu::default();
+        if r.cpu_shares > 0 {
+            cpu.set_shares(Some(r.cpu_shares));
+        }
+        if r.cpu_period > 0 {
+            cpu.set_period(Some(r.cpu_period));
+        }
+        if r.cpu_quota > 0 {
+            cpu.set_quota(Some(r.cpu_quota));
+        }
+        if !r.cpuset_cpus.is_empty() {
+            cpu.set_cpus(Some(r.cpuset_cpus.clone()));
+        }
+        if !r.cpuset_mems.is_empty() {
+            cpu.set_mems(Some(r.cpuset_mems.clone()));
+        }
+        resources.set_cpu(Some(cpu));
+    }
+}
+
 pub fn build_spec(step: &StepSpec, user: &ResolvedUser, hosts: &Path, resolv: &Path) -> Spec {
     let mut u = User::default();
     u.set_uid(user.uid);
@@ -526,6 +565,9 @@ pub fn build_spec(step: &StepSpec, user: &ResolvedUser, hosts: &Path, resolv: &P
         pids.set_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         resources.set_pids(Some(pids));
     }
+    if let Some(r) = &step.resources {
+        cgroup_limits(&mut resources, r);
+    }
 
     let mut linux = Linux::default();
     linux.set_resources(Some(resources));
@@ -589,6 +631,7 @@ mod tests {
             timeout: None,
             security: Security::Sandbox,
             pids_limit: Some(crate::DEFAULT_PIDS_LIMIT),
+            resources: None,
         }
     }
 

@@ -139,6 +139,7 @@ mod tests {
             timeout: None,
             security: crate::Security::Sandbox,
             pids_limit: None,
+            resources: None,
         }
     }
 

@@ -203,6 +203,11 @@ struct BuildArgs {
     /// nofile=1024:2048; repeatable).
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     ulimits: Vec<String>,
+    /// cgroup limits of RUN steps, KEY=VALUE: memory (e.g. 2g),
+    /// memory-swap (-1 is unlimited), cpu-shares, cpu-period, cpu-quota,
+    /// cpuset-cpus, cpuset-mems (repeatable; buildx's --resource).
+    #[arg(long = "resource", value_name = "KEY=VALUE")]
+    resources: Vec<String>,
     /// Size of RUN steps' /dev/shm (e.g. 128m).
     #[arg(long = "shm-size", value_name = "SIZE")]
     shm_size: Option<String>,
@@ -995,6 +1000,9 @@ fn frontend_attrs(
             })
             .collect::<Result<Vec<_>>>()?;
         attrs.insert("ulimit".into(), list.join(","));
+    }
+    for (k, v) in kiln_solver::Resources::buildx_attrs(&args.resources)? {
+        attrs.insert(k, v);
     }
     if let Some(s) = &args.shm_size {
         let bytes = kiln_dockerfile::ram_in_bytes(s)

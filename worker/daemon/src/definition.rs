@@ -54,6 +54,7 @@ pub fn of_vertex(
             llb::OpMetadata {
                 ignore_cache: v.ignore_cache,
                 description,
+                linux_resources: linux_resources(&v.op),
                 ..Default::default()
             },
         );
@@ -175,6 +176,21 @@ fn op_platform(op: &Op) -> Option<llb::Platform> {
 
 fn index(i: Option<usize>) -> i64 {
     i.map_or(-1, |i| i as i64)
+}
+
+/// An exec's cgroup limits, which LLB keeps in the op's metadata.
+fn linux_resources(op: &Op) -> Option<llb::LinuxResources> {
+    let Op::Exec(e) = op else { return None };
+    let r = e.meta.resources.as_deref()?;
+    Some(llb::LinuxResources {
+        memory: r.memory,
+        memory_swap: r.memory_swap,
+        cpu_shares: r.cpu_shares,
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpuset_cpus: r.cpuset_cpus.clone(),
+        cpuset_mems: r.cpuset_mems.clone(),
+    })
 }
 
 fn exec(e: &kiln_solver::ExecOp) -> llb::ExecOp {
@@ -557,6 +573,11 @@ mod tests {
                         valid_exit_codes: vec![0, 3],
                         proxy_env: Some(Box::new(ProxyEnv {
                             http_proxy: "http://p".into(),
+                            ..Default::default()
+                        })),
+                        resources: Some(Box::new(kiln_solver::Resources {
+                            memory: 64 << 20,
+                            cpuset_cpus: "0".into(),
                             ..Default::default()
                         })),
                     },

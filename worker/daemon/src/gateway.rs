@@ -234,6 +234,8 @@ const LLB_CAPS: &[&str] = &[
     "exec.meta.proxyenv",
     "exec.meta.security",
     "exec.meta.ulimit",
+    // cgroup limits of an exec (its metadata's `linux_resources`).
+    "exec.meta.linux.resources",
     "exec.meta.removemountstubs.recursive",
     "exec.mount.bind",
     "exec.mount.selector",

@@ -299,6 +299,8 @@ fn convert_op(op: &llb::Op) -> Result<Op, LlbError> {
                             all_proxy: p.all_proxy,
                         })
                     }),
+                    // From the op's metadata, below.
+                    resources: None,
                 },
                 mounts,
                 network: match llb::NetMode::try_from(e.network) {
@@ -552,12 +554,24 @@ pub fn translate(def: &llb::Definition) -> Result<Translated, LlbError> {
             let output = output_index(i, &ops[&id], &d)?;
             inputs.push(Edge { vertex, output });
         }
-        let converted = convert_op(op)?;
+        let mut converted = convert_op(op)?;
         let meta = def.metadata.get(d.as_str());
-        if meta.is_some_and(|m| m.linux_resources.is_some()) {
-            return Err(LlbError::Unsupported {
-                what: "an exec's resource limits (memory, cpu)".into(),
-            });
+        // cgroup limits are the exec's metadata, never its definition: they
+        // do not change its cache key (BuildKit's rule).
+        if let (Some(r), Op::Exec(e)) = (
+            meta.and_then(|m| m.linux_resources.as_ref()),
+            &mut converted,
+        ) {
+            let res = kiln_solver::graph::Resources {
+                memory: r.memory,
+                memory_swap: r.memory_swap,
+                cpu_shares: r.cpu_shares,
+                cpu_period: r.cpu_period,
+                cpu_quota: r.cpu_quota,
+                cpuset_cpus: r.cpuset_cpus.clone(),
+                cpuset_mems: r.cpuset_mems.clone(),
+            };
+            e.meta.resources = (!res.is_empty()).then(|| Box::new(res));
         }
         let name = meta
             .and_then(|m| m.description.get("llb.customname").cloned())

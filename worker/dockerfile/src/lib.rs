@@ -214,6 +214,9 @@ pub struct BuildOptions {
     pub extra_hosts: Vec<kiln_types::process::HostIp>,
     /// Resource limits of `RUN` steps (`ulimit`).
     pub ulimits: Vec<kiln_types::process::Ulimit>,
+    /// cgroup limits of `RUN` steps (`memory`, `cpuquota`, ...; buildx
+    /// `--resource`); empty sets none.
+    pub resources: kiln_types::process::Resources,
     /// Size in bytes of the `/dev/shm` tmpfs of `RUN` steps (`shm-size`);
     /// 0 leaves the runtime's default.
     pub shm_size: u64,
@@ -421,6 +424,7 @@ impl Default for BuildOptions {
             hostname: String::new(),
             extra_hosts: Vec::new(),
             ulimits: Vec::new(),
+            resources: Default::default(),
             shm_size: 0,
             force_network: None,
             named_contexts: BTreeMap::new(),

@@ -1485,6 +1485,7 @@ impl Solved {
                 timeout: None,
                 security: kiln_shim::Security::Sandbox,
                 pids_limit: Some(kiln_shim::DEFAULT_PIDS_LIMIT),
+                resources: None,
             };
             let status = self.engine.executor.run(spec, io, cancel).await;
             drop(mounted);

@@ -70,6 +70,10 @@ pub enum FrontendError {
         value: String,
         reason: String,
     },
+    /// A cgroup limit attribute (`memory`, `cpuquota`, ...) kiln cannot
+    /// use (BuildKit's text).
+    #[error(transparent)]
+    Resource(#[from] kiln_types::process::ProcessOptError),
     /// The Dockerfile is not there.
     #[error("failed to read dockerfile: open {filename}: no such file or directory")]
     DockerfileNotFound { filename: String },
@@ -124,6 +128,7 @@ impl FrontendError {
             FrontendError::InvalidAttribute { .. }
             | FrontendError::TargetPlatform { .. }
             | FrontendError::CheckArg { .. }
+            | FrontendError::Resource(_)
             | FrontendError::Dockerfile(_) => ErrorKind::InvalidArgument,
             FrontendError::DockerfileNotFound { .. } => ErrorKind::NotFound,
             FrontendError::BadFile { .. } => ErrorKind::InvalidArgument,
@@ -166,6 +171,10 @@ pub struct FrontendOptions {
     pub extra_hosts: Vec<HostIp>,
     /// `ulimit` (buildx `--ulimit`): resource limits of `RUN` steps.
     pub ulimits: Vec<Ulimit>,
+    /// `memory`, `memswap`, `cpushares`, `cpuperiod`, `cpuquota`,
+    /// `cpusetcpus`, `cpusetmems` (buildx `--resource`): cgroup limits of
+    /// `RUN` steps.
+    pub resources: kiln_types::process::Resources,
     /// `shm-size` (buildx `--shm-size`), in bytes; 0 is the default.
     pub shm_size: u64,
     /// `force-network-mode` (buildx's `--network`): `none` or `host`.
@@ -225,6 +234,7 @@ impl Default for FrontendOptions {
             hostname: String::new(),
             extra_hosts: Vec::new(),
             ulimits: Vec::new(),
+            resources: Default::default(),
             shm_size: 0,
             force_network: None,
             named_contexts: BTreeMap::new(),
@@ -336,6 +346,9 @@ impl FrontendOptions {
                                 ))
                             }
                         }
+                    }
+                    _ if kiln_types::process::RESOURCE_ATTRS.contains(&key) => {
+                        opts.resources.set_attr(key, value)?
                     }
                     "shm-size" if value.is_empty() => opts.shm_size = 0,
                     "shm-size" => {
@@ -1014,6 +1027,7 @@ pub fn build_options_for(
         hostname: opts.hostname.clone(),
         extra_hosts: opts.extra_hosts.clone(),
         ulimits: opts.ulimits.clone(),
+        resources: opts.resources.clone(),
         shm_size: opts.shm_size,
         force_network: opts.force_network.clone(),
         named_contexts: opts.named_contexts.clone(),

@@ -5,7 +5,7 @@
 
 use crate::digest::Digest;
 use crate::{Result, SolveError};
-pub use kiln_types::process::{HostIp, Ulimit};
+pub use kiln_types::process::{HostIp, Resources, Ulimit};
 use std::collections::{BTreeMap, HashMap};
 
 /// Index of a vertex in [`Graph::vertices`].
@@ -183,6 +183,11 @@ pub struct Meta {
     /// never change a cache key or the build history.
     #[serde(skip)]
     pub proxy_env: Option<Box<ProxyEnv>>,
+    /// cgroup limits of the process (buildx `--resource`, LLB
+    /// `OpMetadata.linux_resources`). Metadata in BuildKit, not part of
+    /// the definition: they never change a cache key.
+    #[serde(skip)]
+    pub resources: Option<Box<Resources>>,
 }
 
 impl Meta {

@@ -142,24 +142,8 @@ pub(super) fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// `units.RAMInBytes`: `64m`, `1g`, `512k`, `100` (binary multiples).
-pub fn ram_in_bytes(s: &str) -> Option<u64> {
-    let lower = s.trim().to_lowercase();
-    let digits_end = lower
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(lower.len());
-    let (num, unit) = lower.split_at(digits_end);
-    let n: f64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim_end_matches('b').trim_end_matches('i') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => return None,
-    };
-    Some((n * mult as f64) as u64)
-}
+/// `units.RAMInBytes` (one rule, in `kiln-types`).
+pub use kiln_types::process::ram_in_bytes;
 
 pub(super) fn valid_signal(s: &str) -> bool {
     const SIGNALS: &[&str] = &[

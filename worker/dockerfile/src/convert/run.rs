@@ -141,6 +141,8 @@ impl Converter<'_> {
                     ulimits: self.opts.ulimits.clone(),
                     valid_exit_codes: Vec::new(),
                     proxy_env: self.plan.proxy_env.clone().map(Box::new),
+                    resources: (!self.opts.resources.is_empty())
+                        .then(|| Box::new(self.opts.resources.clone())),
                 },
                 mounts,
                 network,

@@ -182,6 +182,7 @@ impl StepRunner {
                 SecurityMode::Insecure => Security::Insecure,
             },
             pids_limit: Some(kiln_shim::DEFAULT_PIDS_LIMIT),
+            resources: op.meta.resources.as_deref().cloned(),
         };
         let status = self
             .executor
