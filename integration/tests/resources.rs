@@ -37,11 +37,21 @@ async fn a_step_runs_under_the_resource_limits_given() {
         h.run_image_expecting(ns, image, id, &["cat", file], want)
     };
     assert_eq!(
-        read("docker.io/library/resources:1", "res-mem", "/mem", "67108864\n"),
+        read(
+            "docker.io/library/resources:1",
+            "res-mem",
+            "/mem",
+            "67108864\n"
+        ),
         "67108864\n"
     );
     assert_eq!(
-        read("docker.io/library/resources:1", "res-quota", "/quota", "50000\n"),
+        read(
+            "docker.io/library/resources:1",
+            "res-quota",
+            "/quota",
+            "50000\n"
+        ),
         "50000\n"
     );
 

@@ -166,12 +166,29 @@ fn op_platform(op: &Op) -> Option<llb::Platform> {
         Op::Exec(e) => e.platform.as_ref(),
         Op::File(_) | Op::Merge(_) => None,
     }?;
-    Some(llb::Platform {
+    Some(llb_platform(p))
+}
+
+/// A platform as LLB writes it.
+pub(crate) fn llb_platform(p: &kiln_solver::Platform) -> llb::Platform {
+    llb::Platform {
         architecture: p.architecture.clone(),
         os: p.os.clone(),
         variant: p.variant.clone(),
         ..Default::default()
-    })
+    }
+}
+
+/// A source op as LLB carries it in a message (a policy check).
+pub(crate) fn llb_source(s: &kiln_solver::SourceOp) -> llb::SourceOp {
+    llb::SourceOp {
+        identifier: s.identifier.clone(),
+        attrs: s
+            .attrs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
 }
 
 fn index(i: Option<usize>) -> i64 {

@@ -768,16 +768,7 @@ impl LlbBridge for GatewayService {
         }
         let name = kiln_dockerfile::reference::normalize(&r.r#ref)
             .map_err(|e| Status::invalid_argument(format!("{:?}: {e}", r.r#ref)))?;
-        let mode = if r.resolve_mode.is_empty() {
-            kiln_engine::resolve::ResolveMode::Default
-        } else {
-            kiln_engine::resolve::ResolveMode::parse(&r.resolve_mode).map_err(|_| {
-                Status::invalid_argument(format!(
-                    "resolve mode {:?}: expected default, pull or local",
-                    r.resolve_mode
-                ))
-            })?
-        };
+        let mode = resolve_mode(&r.resolve_mode)?;
         let platform = r
             .platform
             .map(|p| kiln_solver::Platform::new(&p.os, &p.architecture, &p.variant));
@@ -837,6 +828,19 @@ impl LlbBridge for GatewayService {
         job.set_returned(request.into_inner());
         Ok(Response::new(ReturnResponse {}))
     }
+}
+
+/// A resolve mode a client asks for (`ResolveImageConfig`, a policy's
+/// metadata request): empty is the default.
+pub(crate) fn resolve_mode(mode: &str) -> Result<kiln_engine::resolve::ResolveMode, Status> {
+    if mode.is_empty() {
+        return Ok(kiln_engine::resolve::ResolveMode::Default);
+    }
+    kiln_engine::resolve::ResolveMode::parse(mode).map_err(|_| {
+        Status::invalid_argument(format!(
+            "resolve mode {mode:?}: expected default, pull or local"
+        ))
+    })
 }
 
 #[cfg(test)]

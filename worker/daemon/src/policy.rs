@@ -23,7 +23,6 @@ use kiln_proto::policysession::check_policy_response::Result as Answer;
 use kiln_proto::policysession::{CheckPolicyRequest, DecisionResponse};
 use kiln_proto::sourcepolicy::PolicyAction;
 use kiln_solver::graph::{Graph, Op, SourceOp};
-use std::collections::HashSet;
 use std::sync::Arc;
 use tonic::Status;
 
@@ -64,10 +63,12 @@ pub async fn check(
             "the build names a policy session, but the client's session serves no PolicyVerifier",
         ));
     }
-    let mut asked = HashSet::new();
+    // A build has few sources; each distinct one is asked once.
+    let mut asked: Vec<&SourceOp> = Vec::new();
     for v in &graph.vertices {
         let Op::Source(s) = &v.op else { continue };
-        if asked.insert(serde_json::to_string(s).unwrap_or_default()) {
+        if !asked.contains(&s) {
+            asked.push(s);
             ask(&session, resolver, s).await?;
         }
     }
@@ -75,23 +76,10 @@ pub async fn check(
 }
 
 async fn ask(session: &SessionHandle, resolver: &Resolver<'_>, s: &SourceOp) -> Result<(), Status> {
-    let source = kiln_proto::llb::SourceOp {
-        identifier: s.identifier.clone(),
-        attrs: s
-            .attrs
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    };
     let mut req = CheckPolicyRequest {
-        platform: s.platform.as_ref().map(|p| kiln_proto::llb::Platform {
-            architecture: p.architecture.clone(),
-            os: p.os.clone(),
-            variant: p.variant.clone(),
-            ..Default::default()
-        }),
+        platform: s.platform.as_ref().map(crate::definition::llb_platform),
         source: Some(ResolveSourceMetaResponse {
-            source: Some(source),
+            source: Some(crate::definition::llb_source(s)),
             ..Default::default()
         }),
         caps: Default::default(),
@@ -144,16 +132,7 @@ async fn resolve(
     if image.attestation_chain || !image.resolve_attestations.is_empty() {
         return Err(not_yet("the attestations and signatures"));
     }
-    let mode = if meta.resolve_mode.is_empty() {
-        kiln_engine::resolve::ResolveMode::Default
-    } else {
-        kiln_engine::resolve::ResolveMode::parse(&meta.resolve_mode).map_err(|_| {
-            Status::invalid_argument(format!(
-                "resolve mode {:?}: expected default, pull or local",
-                meta.resolve_mode
-            ))
-        })?
-    };
+    let mode = crate::gateway::resolve_mode(&meta.resolve_mode)?;
     let platform = match &meta.platform {
         Some(p) => Some(kiln_solver::Platform::new(
             &p.os,
