@@ -5,6 +5,7 @@
 //! kiln cannot honour yet fail before the build; `kiln build` refuses a
 //! policy file it cannot enforce.
 
+use kiln_integration::gitdaemon::{git, GitDaemon};
 use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -227,6 +228,47 @@ async fn kiln_build_refuses_a_policy_file_it_cannot_enforce() {
     let off = h.build(
         ns,
         &["--policy", "disabled=true", "-t", "policy-file:1", ctx],
+    );
+    assert!(off.success, "{}", off.stderr);
+}
+
+/// buildx reads the policy file of a git context too; so does the
+/// embedded CLI, once the context is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_build_refuses_a_policy_file_in_a_git_context() {
+    let ns = "policy-git";
+    let h = Harness::with_busybox(ns).await;
+    let base = h.state_dir().join("git");
+    let repo = base.join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    std::fs::write(
+        repo.join("Dockerfile"),
+        "FROM busybox\nRUN echo ran-the-step > /x\n",
+    )
+    .expect("write");
+    std::fs::write(repo.join("Dockerfile.rego"), "package docker\n").expect("write");
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "with a policy"]);
+    let daemon = GitDaemon::start(&base, h.state_dir().join("git-daemon.log"));
+    let url = daemon.url("repo");
+    let refused = h.build(ns, &["-t", "policy-git:1", &url]);
+    assert!(!refused.success, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(&format!(
+            "{url}: Dockerfile.rego: build policies are not supported yet (--policy disabled=true builds without it)"
+        )),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !refused.stderr.contains("ran-the-step"),
+        "{}",
+        refused.stderr
+    );
+    let off = h.build(
+        ns,
+        &["--policy", "disabled=true", "-t", "policy-git:1", &url],
     );
     assert!(off.success, "{}", off.stderr);
 }

@@ -468,19 +468,23 @@ fn refuse_policy_file(args: &BuildArgs, prepared: &contexts::Prepared) -> Result
     {
         return Ok(());
     }
-    let Some(name) = prepared.dockerfile.file_name() else {
+    let Some(name) = prepared.dockerfile.file_name().and_then(|n| n.to_str()) else {
         return Ok(());
     };
-    let mut rego = name.to_os_string();
-    rego.push(".rego");
-    let rego = prepared.dockerfile.with_file_name(rego);
+    let rego = prepared
+        .dockerfile
+        .with_file_name(kiln_frontend::policy_file_name(name));
     if rego.is_file() {
-        bail!(
-            "{}: build policies are not supported yet (--policy disabled=true builds without it)",
-            rego.display()
-        );
+        return Err(policy_not_supported(&rego.display().to_string()));
     }
     Ok(())
+}
+
+/// A policy file kiln cannot enforce, and how to build without it.
+fn policy_not_supported(file: &str) -> anyhow::Error {
+    anyhow!(
+        "{file}: build policies are not supported yet (--policy disabled=true builds without it)"
+    )
 }
 
 /// The build flags buildx has and kiln does not implement yet, refused
@@ -1473,6 +1477,16 @@ async fn build(
                 ssh.clone(),
             )
             .await;
+            // A policy file in the fetched context, as buildx reads one.
+            let fetched =
+                fetched
+                    .map_err(anyhow::Error::from)
+                    .and_then(|s| match s.policy_file.as_deref() {
+                        Some(f) if !args.policy.iter().any(|p| policy_disabled(p)) => Err(
+                            policy_not_supported(&format!("{}: {f}", args.context.display())),
+                        ),
+                        _ => Ok(s),
+                    });
             match fetched {
                 Ok(s) => s,
                 Err(e) => {
@@ -1480,7 +1494,7 @@ async fn build(
                     let _ = forward.await;
                     drop(shown);
                     let _ = display.await;
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }

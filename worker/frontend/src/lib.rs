@@ -741,6 +741,16 @@ pub struct DockerfileSource {
     pub text: String,
     /// Ignore patterns, as `local.excludepatterns` wants them.
     pub excludes: Vec<String>,
+    /// The build policy file beside the Dockerfile
+    /// ([`policy_file_name`]), when there is one.
+    pub policy_file: Option<String>,
+}
+
+/// The build policy buildx enforces by default for the Dockerfile
+/// `dockerfile` (a path relative to its directory): `Dockerfile.rego`
+/// beside `Dockerfile`.
+pub fn policy_file_name(dockerfile: &str) -> String {
+    format!("{dockerfile}.rego")
 }
 
 impl DockerfileSource {
@@ -821,10 +831,13 @@ pub fn read_dockerfile(
         None => Vec::new(),
         Some((name, t)) => ignore_patterns(name, &t)?,
     };
+    let policy = policy_file_name(filename);
+    let policy_file = read_beneath(dockerfile_dir, &policy)?.map(|_| policy);
     Ok(DockerfileSource {
         filename: filename.to_string(),
         text,
         excludes,
+        policy_file,
     })
 }
 

@@ -526,6 +526,7 @@ mod tests {
             filename: "Dockerfile".into(),
             text: text.into(),
             excludes: Vec::new(),
+            policy_file: None,
         }
     }
 

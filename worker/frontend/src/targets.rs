@@ -185,6 +185,7 @@ mod tests {
             filename: "Dockerfile".into(),
             text: text.into(),
             excludes: Vec::new(),
+            policy_file: None,
         }
     }
 

@@ -64,6 +64,7 @@ fn process_options_are_parsed_as_buildkit_does() {
             filename: "Dockerfile".into(),
             text: String::new(),
             excludes: Vec::new(),
+            policy_file: None,
         },
         &o,
     );
@@ -400,6 +401,7 @@ fn source(text: &str, excludes: &[&str]) -> DockerfileSource {
         filename: "Dockerfile".to_string(),
         text: text.to_string(),
         excludes: excludes.iter().map(|s| s.to_string()).collect(),
+        policy_file: None,
     }
 }
 
