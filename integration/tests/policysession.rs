@@ -272,3 +272,62 @@ async fn kiln_build_refuses_a_policy_file_in_a_git_context() {
     );
     assert!(off.success, "{}", off.stderr);
 }
+
+/// A git context is the policy's to allow before kilnd fetches it for its
+/// Dockerfile, as BuildKit's frontend reads it through the policy too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kilnd_asks_the_policy_before_fetching_a_git_context() {
+    let ns = "policy-git-kilnd";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let base = h.state_dir().join("git");
+    let repo = base.join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    std::fs::write(
+        repo.join("Dockerfile"),
+        "FROM busybox\nRUN echo ran-the-step > /x\n",
+    )
+    .expect("write");
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "a Dockerfile"]);
+    let daemon = GitDaemon::start(&base, h.state_dir().join("git-daemon.log"));
+    let url = daemon.url("repo");
+    let empty = h.context("policy-git-kilnd", &[]);
+    let opts = format!("context={url}");
+    let denied = buildctl(
+        &k,
+        &empty,
+        "docker.io/library/policy:git",
+        &[
+            ("BUILDCTL_LIKE_POLICY", "deny-prefix=git://"),
+            ("BUILDCTL_LIKE_OPTS", &opts),
+        ],
+    );
+    let (out, err) = text(&denied);
+    assert!(!denied.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains(&format!("source \"{url}"))
+            && err.contains("not allowed by policy: action DENY"),
+        "{err}"
+    );
+    assert_eq!(daemon.requests(), 0, "the denied repository was fetched");
+    assert!(!out.contains("ran-the-step"), "{out}");
+    // Allowed, the same build fetches and runs.
+    let allowed = buildctl(
+        &k,
+        &empty,
+        "docker.io/library/policy:git",
+        &[
+            ("BUILDCTL_LIKE_POLICY", "allow"),
+            ("BUILDCTL_LIKE_OPTS", &opts),
+        ],
+    );
+    let (out, err) = text(&allowed);
+    assert!(allowed.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains(&format!("buildctl-like: policy {url}")),
+        "{out}"
+    );
+    assert!(daemon.requests() > 0);
+}

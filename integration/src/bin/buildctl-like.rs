@@ -21,10 +21,11 @@
 //! `BUILDCTL_LIKE_OPTS=k=v,k=v` are frontend options, as `buildctl --opt`;
 //! `BUILDCTL_LIKE_EXPORT=k=v,k=v` are more attributes of the image exporter
 //! (e.g. `compression=zstd`, as in `buildctl --output type=image,...`).
-//! `BUILDCTL_LIKE_POLICY=allow`, `deny=MESSAGE`, `config` or `attest`
-//! serves a build policy in the session and names it in
-//! `SourcePolicySession`, as buildx does for a `Dockerfile.rego`: `allow`
-//! lets every source through, `deny` denies image sources with MESSAGE,
+//! `BUILDCTL_LIKE_POLICY=allow`, `deny=MESSAGE`, `deny-prefix=PREFIX`,
+//! `config` or `attest` serves a build policy in the session and names it
+//! in `SourcePolicySession`, as buildx does for a `Dockerfile.rego`:
+//! `allow` lets every source through, `deny` denies image sources with
+//! MESSAGE, `deny-prefix` the sources whose identifier starts with PREFIX,
 //! `config` first asks for an image's digest and config (then allows it),
 //! `attest` asks for its attestation chain; each source asked about is
 //! printed as `buildctl-like: policy IDENTIFIER`, and a resolved image as
@@ -87,6 +88,8 @@ fn with_build_id<T>(msg: T, id: &str) -> Result<tonic::Request<T>, Error> {
 #[derive(Debug)]
 struct FixedPolicy {
     deny: Option<String>,
+    /// Denies the sources whose identifier starts with this.
+    deny_prefix: Option<String>,
     /// Ask for an image's metadata first: `Some(true)` with its
     /// attestation chain.
     ask: Option<bool>,
@@ -132,10 +135,17 @@ impl kiln_session::policy::Policy for FixedPolicy {
                 )),
             });
         }
+        let by_prefix = self
+            .deny_prefix
+            .as_ref()
+            .filter(|p| id.starts_with(p.as_str()))
+            .map(|p| format!("{p} sources are not allowed"));
         let deny = self
             .deny
-            .as_ref()
-            .filter(|_| id.starts_with("docker-image://"));
+            .clone()
+            .filter(|_| id.starts_with("docker-image://"))
+            .or(by_prefix);
+        let deny = deny.as_ref();
         let decision = DecisionResponse {
             action: if deny.is_some() {
                 PolicyAction::Deny as i32
@@ -298,6 +308,7 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
         services.add(
             kiln_session::policy::PolicyServerImpl::new(std::sync::Arc::new(FixedPolicy {
                 deny,
+                deny_prefix: p.strip_prefix("deny-prefix=").map(str::to_string),
                 ask,
             }))
             .into_service(),

@@ -335,7 +335,15 @@ pub async fn dockerfile(
             "the {request} request outside the gateway API (buildx build --call uses the gateway) is not supported yet"
         )));
     }
-    if opts.remote_context.is_some() {
+    if let Some(remote) = &opts.remote_context {
+        // The context is the client's policy's to allow before its
+        // Dockerfile is fetched.
+        let resolver = crate::policy::Resolver {
+            engine: &job.engine(engine),
+            credentials: credentials.clone(),
+        };
+        let op = remote.source_op();
+        crate::policy::check_sources(d, job, &resolver, std::iter::once(&op)).await?;
         let source =
             remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?;
         if let Some(forwarded) = crate::frontendimage::forward(original, Some(&source.text)) {

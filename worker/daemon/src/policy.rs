@@ -45,6 +45,22 @@ pub async fn check(
     resolver: &Resolver<'_>,
     graph: &Graph,
 ) -> Result<(), Status> {
+    let sources = graph.vertices.iter().filter_map(|v| match &v.op {
+        Op::Source(s) => Some(s),
+        _ => None,
+    });
+    check_sources(d, job, resolver, sources).await
+}
+
+/// [`check`] of `sources` (a remote context's source before the frontend
+/// fetches its Dockerfile, as BuildKit's frontend solves it through the
+/// policy too).
+pub async fn check_sources<'s>(
+    d: &crate::state::Daemon,
+    job: &Job,
+    resolver: &Resolver<'_>,
+    sources: impl Iterator<Item = &'s SourceOp>,
+) -> Result<(), Status> {
     let Some(key) = job.policy_session() else {
         return Ok(());
     };
@@ -65,8 +81,7 @@ pub async fn check(
     }
     // A build has few sources; each distinct one is asked once.
     let mut asked: Vec<&SourceOp> = Vec::new();
-    for v in &graph.vertices {
-        let Op::Source(s) = &v.op else { continue };
+    for s in sources {
         if !asked.contains(&s) {
             asked.push(s);
             ask(&session, resolver, s).await?;
