@@ -208,6 +208,23 @@ struct BuildArgs {
     /// cpuset-cpus, cpuset-mems (repeatable; buildx's --resource).
     #[arg(long = "resource", value_name = "KEY=VALUE")]
     resources: Vec<String>,
+    /// docker build's own spellings of --resource (hidden, as in buildx):
+    /// -m/--memory, --memory-swap, -c/--cpu-shares, --cpu-period,
+    /// --cpu-quota, --cpuset-cpus, --cpuset-mems.
+    #[arg(short = 'm', long = "memory", hide = true)]
+    memory: Option<String>,
+    #[arg(long = "memory-swap", hide = true, allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    #[arg(short = 'c', long = "cpu-shares", hide = true)]
+    cpu_shares: Option<String>,
+    #[arg(long = "cpu-period", hide = true)]
+    cpu_period: Option<String>,
+    #[arg(long = "cpu-quota", hide = true)]
+    cpu_quota: Option<String>,
+    #[arg(long = "cpuset-cpus", hide = true)]
+    cpuset_cpus: Option<String>,
+    #[arg(long = "cpuset-mems", hide = true)]
+    cpuset_mems: Option<String>,
     /// Size of RUN steps' /dev/shm (e.g. 128m).
     #[arg(long = "shm-size", value_name = "SIZE")]
     shm_size: Option<String>,
@@ -449,6 +466,25 @@ fn call_answer(json: bool, json_answer: String, text_answer: String) -> String {
     } else {
         text_answer
     }
+}
+
+/// The `--resource` entries with the legacy flags' first, as buildx
+/// joins them.
+fn resource_entries(args: &BuildArgs) -> Vec<String> {
+    let legacy = [
+        ("memory", &args.memory),
+        ("memory-swap", &args.memory_swap),
+        ("cpu-shares", &args.cpu_shares),
+        ("cpu-period", &args.cpu_period),
+        ("cpu-quota", &args.cpu_quota),
+        ("cpuset-cpus", &args.cpuset_cpus),
+        ("cpuset-mems", &args.cpuset_mems),
+    ];
+    legacy
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .chain(args.resources.iter().cloned())
+        .collect()
 }
 
 /// Whether a `--policy` value turns policies off (buildx's
@@ -1005,7 +1041,7 @@ fn frontend_attrs(
             .collect::<Result<Vec<_>>>()?;
         attrs.insert("ulimit".into(), list.join(","));
     }
-    for (k, v) in kiln_solver::Resources::buildx_attrs(&args.resources)? {
+    for (k, v) in kiln_solver::Resources::buildx_attrs(&resource_entries(args))? {
         attrs.insert(k, v);
     }
     if let Some(s) = &args.shm_size {
@@ -1993,6 +2029,30 @@ mod tests {
         let o =
             remote_outputs(&specs(&["type=image,name=r/x:1"]), false, false, &[]).expect("outputs");
         assert_eq!(get(&o[0], "push"), None);
+    }
+
+    #[test]
+    fn docker_builds_resource_flags_join_the_resource_entries() {
+        let args = build_args(&[
+            "-m",
+            "64m",
+            "--memory-swap",
+            "-1",
+            "-c",
+            "512",
+            "--resource",
+            "cpu-quota=50000",
+            "ctx",
+        ]);
+        assert_eq!(
+            resource_entries(&args),
+            [
+                "memory=64m",
+                "memory-swap=-1",
+                "cpu-shares=512",
+                "cpu-quota=50000"
+            ]
+        );
     }
 
     #[test]
