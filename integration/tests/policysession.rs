@@ -232,12 +232,10 @@ async fn kiln_build_refuses_a_policy_file_it_cannot_enforce() {
     assert!(off.success, "{}", off.stderr);
 }
 
-/// buildx reads the policy file of a git context too; so does the
-/// embedded CLI, once the context is fetched.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kiln_build_refuses_a_policy_file_in_a_git_context() {
-    let ns = "policy-git";
-    let h = Harness::with_busybox(ns).await;
+/// A git repository `repo` whose Dockerfile runs one step (with a
+/// `Dockerfile.rego` beside it when `policy`), served by a git daemon:
+/// the daemon and the repository's URL.
+fn git_repo(h: &Harness, policy: bool) -> (GitDaemon, String) {
     let base = h.state_dir().join("git");
     let repo = base.join("repo");
     std::fs::create_dir_all(&repo).expect("mkdir");
@@ -246,12 +244,24 @@ async fn kiln_build_refuses_a_policy_file_in_a_git_context() {
         "FROM busybox\nRUN echo ran-the-step > /x\n",
     )
     .expect("write");
-    std::fs::write(repo.join("Dockerfile.rego"), "package docker\n").expect("write");
+    if policy {
+        std::fs::write(repo.join("Dockerfile.rego"), "package docker\n").expect("write");
+    }
     git(&repo, &["init", "-q"]);
     git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "with a policy"]);
+    git(&repo, &["commit", "-q", "-m", "a Dockerfile"]);
     let daemon = GitDaemon::start(&base, h.state_dir().join("git-daemon.log"));
     let url = daemon.url("repo");
+    (daemon, url)
+}
+
+/// buildx reads the policy file of a git context too; so does the
+/// embedded CLI, once the context is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_build_refuses_a_policy_file_in_a_git_context() {
+    let ns = "policy-git";
+    let h = Harness::with_busybox(ns).await;
+    let (_daemon, url) = git_repo(&h, true);
     let refused = h.build(ns, &["-t", "policy-git:1", &url]);
     assert!(!refused.success, "{}", refused.stderr);
     assert!(
@@ -280,19 +290,7 @@ async fn kilnd_asks_the_policy_before_fetching_a_git_context() {
     let ns = "policy-git-kilnd";
     let h = Harness::with_busybox(ns).await;
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
-    let base = h.state_dir().join("git");
-    let repo = base.join("repo");
-    std::fs::create_dir_all(&repo).expect("mkdir");
-    std::fs::write(
-        repo.join("Dockerfile"),
-        "FROM busybox\nRUN echo ran-the-step > /x\n",
-    )
-    .expect("write");
-    git(&repo, &["init", "-q"]);
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "-q", "-m", "a Dockerfile"]);
-    let daemon = GitDaemon::start(&base, h.state_dir().join("git-daemon.log"));
-    let url = daemon.url("repo");
+    let (daemon, url) = git_repo(&h, false);
     let empty = h.context("policy-git-kilnd", &[]);
     let opts = format!("context={url}");
     let denied = buildctl(
