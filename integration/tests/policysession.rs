@@ -196,6 +196,27 @@ async fn solve_options_kiln_cannot_honour_fail_before_the_build() {
     assert!(o.status.success(), "{out}\n{err}");
 }
 
+/// `kiln build CONTEXT` fails naming the policy file `file` before any
+/// step runs, and builds with `--policy disabled=true`.
+fn refused_unless_disabled(h: &Harness, ns: &str, context: &str, file: &str) {
+    let refused = h.build(ns, &["-t", "policy:refused", context]);
+    assert!(!refused.success, "{}", refused.stderr);
+    let want = format!(
+        "{file}: build policies are not supported yet (--policy disabled=true builds without it)"
+    );
+    assert!(refused.stderr.contains(&want), "{}", refused.stderr);
+    assert!(
+        !refused.stderr.contains("ran-the-step"),
+        "{}",
+        refused.stderr
+    );
+    let off = h.build(
+        ns,
+        &["--policy", "disabled=true", "-t", "policy:refused", context],
+    );
+    assert!(off.success, "{}", off.stderr);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kiln_build_refuses_a_policy_file_it_cannot_enforce() {
     let ns = "policy-file";
@@ -211,25 +232,7 @@ async fn kiln_build_refuses_a_policy_file_it_cannot_enforce() {
         ],
     );
     let ctx = ctx.to_str().expect("utf-8");
-    let refused = h.build(ns, &["-t", "policy-file:1", ctx]);
-    assert!(!refused.success, "{}", refused.stderr);
-    assert!(
-        refused.stderr.contains(
-            "Dockerfile.rego: build policies are not supported yet (--policy disabled=true builds without it)"
-        ),
-        "{}",
-        refused.stderr
-    );
-    assert!(
-        !refused.stderr.contains("ran-the-step"),
-        "{}",
-        refused.stderr
-    );
-    let off = h.build(
-        ns,
-        &["--policy", "disabled=true", "-t", "policy-file:1", ctx],
-    );
-    assert!(off.success, "{}", off.stderr);
+    refused_unless_disabled(&h, ns, ctx, &format!("{}/Dockerfile.rego", ctx));
 }
 
 /// A git repository `repo` whose Dockerfile runs one step (with a
@@ -262,25 +265,7 @@ async fn kiln_build_refuses_a_policy_file_in_a_git_context() {
     let ns = "policy-git";
     let h = Harness::with_busybox(ns).await;
     let (_daemon, url) = git_repo(&h, true);
-    let refused = h.build(ns, &["-t", "policy-git:1", &url]);
-    assert!(!refused.success, "{}", refused.stderr);
-    assert!(
-        refused.stderr.contains(&format!(
-            "{url}: Dockerfile.rego: build policies are not supported yet (--policy disabled=true builds without it)"
-        )),
-        "{}",
-        refused.stderr
-    );
-    assert!(
-        !refused.stderr.contains("ran-the-step"),
-        "{}",
-        refused.stderr
-    );
-    let off = h.build(
-        ns,
-        &["--policy", "disabled=true", "-t", "policy-git:1", &url],
-    );
-    assert!(off.success, "{}", off.stderr);
+    refused_unless_disabled(&h, ns, &url, &format!("{url}: Dockerfile.rego"));
 }
 
 /// A git context is the policy's to allow before kilnd fetches it for its
