@@ -832,7 +832,7 @@ pub fn read_dockerfile(
         Some((name, t)) => ignore_patterns(name, &t)?,
     };
     let policy = policy_file_name(filename);
-    let policy_file = read_beneath(dockerfile_dir, &policy)?.map(|_| policy);
+    let policy_file = is_file_beneath(dockerfile_dir, &policy).then_some(policy);
     Ok(DockerfileSource {
         filename: filename.to_string(),
         text,
@@ -891,6 +891,15 @@ pub fn set_context_excludes(opts: &mut FrontendOptions, local: &str, patterns: &
 }
 
 /// The text of `name` beneath `root`, `None` if there is no such file.
+/// Whether `name` is a regular file beneath `root` (symlinks resolved
+/// inside it); only looked at, never read.
+fn is_file_beneath(root: &Path, name: &str) -> bool {
+    kiln_context::path::resolve(root, Path::new(name), true, None)
+        .ok()
+        .and_then(|r| std::fs::symlink_metadata(r.host).ok())
+        .is_some_and(|md| md.file_type().is_file())
+}
+
 fn read_beneath(root: &Path, name: &str) -> Result<Option<String>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;

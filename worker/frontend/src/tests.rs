@@ -346,6 +346,26 @@ fn dockerfile_specific_ignore_file_wins_over_the_contexts() {
 }
 
 #[test]
+fn a_policy_file_beside_the_dockerfile_is_noted_never_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "Dockerfile", "FROM scratch\n");
+    let s = read_dockerfile(dir.path(), "Dockerfile", dir.path()).expect("read");
+    assert_eq!(s.policy_file, None);
+    // Not UTF-8 and larger than any Dockerfile kiln reads: still only
+    // noted, and the Dockerfile reads as before.
+    let big = vec![0xff_u8; 2 * MAX_DEFINITION_FILE as usize];
+    std::fs::write(dir.path().join("Dockerfile.rego"), big).expect("write");
+    let s = read_dockerfile(dir.path(), "Dockerfile", dir.path()).expect("read");
+    assert_eq!(s.policy_file.as_deref(), Some("Dockerfile.rego"));
+    assert_eq!(s.text, "FROM scratch\n");
+    // A directory of that name is no policy file.
+    std::fs::create_dir(dir.path().join("other.Dockerfile.rego")).expect("mkdir");
+    write(dir.path(), "other.Dockerfile", "FROM scratch\n");
+    let s = read_dockerfile(dir.path(), "other.Dockerfile", dir.path()).expect("read");
+    assert_eq!(s.policy_file, None);
+}
+
+#[test]
 fn no_ignore_file_means_no_excludes_and_a_missing_dockerfile_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let e = read_dockerfile(dir.path(), "Dockerfile", dir.path()).expect_err("missing");
