@@ -8,7 +8,7 @@
 //! daemon's upload-pack log), and that an offered token does not stop a
 //! git:// fetch.
 
-mod common;
+use crate::common;
 
 use common::remote;
 use kiln_integration::gitdaemon::{git, GitDaemon};

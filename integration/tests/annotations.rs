@@ -4,7 +4,7 @@
 //! with `BUILDKIT_MULTI_PLATFORM`) and in an OCI archive's `index.json`
 //! through kilnd, and refused where the image has no place for them.
 
-mod common;
+use crate::common;
 use common::remote;
 use kiln_integration::Harness;
 use serde_json::{json, Value};

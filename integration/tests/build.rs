@@ -1,7 +1,7 @@
 //! Issue 2's acceptance: Dockerfiles built into a private containerd by the
 //! `kiln` binary, checked with `ctr` and the content store.
 
-mod common;
+use crate::common;
 
 use common::image_config;
 use kiln_integration::{Harness, KilnOutput, RunningKiln};

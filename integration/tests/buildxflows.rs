@@ -5,7 +5,7 @@
 //! `index.json` of an OCI archive, each exporter's vertex with BuildKit's
 //! name and items, and `--call=targets` through the gateway.
 
-mod common;
+use crate::common;
 
 use common::remote;
 use kiln_integration::{buildctl_like_binary, Harness};

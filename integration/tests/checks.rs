@@ -4,7 +4,7 @@
 //! --addr` prints them as buildx does, like the embedded build. With
 //! `# check=error=true` the build fails before any step.
 
-mod common;
+use crate::common;
 
 use common::remote;
 use kiln_integration::Harness;

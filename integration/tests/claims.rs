@@ -3,7 +3,7 @@
 //! other builds wait for its record, so every image holds the one run's
 //! layer and a rebuild afterwards finds every step cached.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::{step_printed, Harness, KilnOutput};

@@ -5,8 +5,6 @@
 //! stdin and tar files, the root check, `du`/`prune`/`inspect`, and the
 //! basics (version, completion, man pages, a closed pipe).
 
-mod common;
-
 use kiln_integration::{Harness, KilnOutput};
 use std::io::Write;
 use std::process::{Command, Stdio};

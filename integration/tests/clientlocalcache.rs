@@ -5,7 +5,7 @@
 //! answered `cache.manifest` in its `index.json`; for an import kiln
 //! resolves the tag to the `digest` kilnd reads.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::Harness;

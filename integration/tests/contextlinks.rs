@@ -6,7 +6,7 @@
 //! directory reaches the kept tree as a new inode, so an image built
 //! earlier keeps what it had.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::Harness;

@@ -6,7 +6,7 @@
 //! whole context gives: an embedded build of the same directory finds
 //! every step cached and makes the same image.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::registry::Registry;

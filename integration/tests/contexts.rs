@@ -3,7 +3,7 @@
 //! is read from kilnd's `received local directory` log line, whose `files`
 //! counts the files whose content the client sent.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::Harness;

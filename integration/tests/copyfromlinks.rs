@@ -4,7 +4,7 @@
 //! again, hard links included), and a later step that changes such a file
 //! changes only its own copy.
 
-mod common;
+use crate::common;
 
 use kiln_integration::Harness;
 use std::io::Read;

@@ -1,7 +1,7 @@
 //! Issue 4's acceptance through kilnd: the kiln client, raw LLB over the
 //! Control API, exporters, workers, load and disconnects.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::llbdef::{op_bytes, shell_exec};

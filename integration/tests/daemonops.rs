@@ -3,7 +3,7 @@
 //! readiness, the socket's group, the systemd units, and BuildKit's error
 //! details on a failed build.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::llbdef::op_bytes;

@@ -9,7 +9,7 @@
 //! snapshots, leases), no new content, no mount or step directory, no git
 //! process.
 
-mod common;
+use crate::common;
 
 use common::remote;
 use kiln_integration::gitdaemon::{git, GitDaemon};

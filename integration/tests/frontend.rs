@@ -2,7 +2,7 @@
 //! frontend path, so the same context, Dockerfile and options give the same
 //! image, and a Dockerfile's own ignore file works in both.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::Harness;

@@ -3,7 +3,7 @@
 //! `UpdateBuildHistory` and `Status` of a finished ref, kept across a
 //! restart of kilnd.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::{Harness, Kilnd};

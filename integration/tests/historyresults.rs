@@ -7,7 +7,7 @@
 //! record is kept, even an archive's image that no image record names;
 //! nothing else of the store, and nothing once the record is deleted.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::{Harness, Kilnd};

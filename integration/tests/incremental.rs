@@ -4,7 +4,7 @@
 //! layer is byte for byte the layer a cold build of the changed context
 //! gives (gzip and zstd).
 
-mod common;
+use crate::common;
 
 use kiln_integration::Harness;
 use std::collections::BTreeSet;

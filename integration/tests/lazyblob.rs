@@ -3,7 +3,7 @@
 //! a cold build gives, and it lives as long as a record holding it (the
 //! cache record, or the build record of a build that exported it).
 
-mod common;
+use crate::common;
 
 use kiln_integration::{step_printed, Harness};
 use std::collections::BTreeSet;

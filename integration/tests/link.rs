@@ -3,7 +3,7 @@
 //! (an earlier RUN) neither runs the copy again nor changes its layer:
 //! the same blob, by digest and diffID, sits on both bases.
 
-mod common;
+use crate::common;
 
 use kiln_integration::llbdef::op_bytes;
 use kiln_integration::{step_printed, Harness, KilnOutput};

@@ -6,7 +6,7 @@
 //! by `digest` (the client resolved the tag) and kilnd reads it, its
 //! config and layers from the store.
 
-mod common;
+use crate::common;
 
 use kiln_integration::clientsession::ClientSession;
 use kiln_integration::Harness;

@@ -7,7 +7,7 @@
 //! of two platforms is an error. The Dockerfiles have no `RUN`, so no
 //! platform needs emulation.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::Harness;

@@ -3,7 +3,7 @@
 //! for byte the blob a cold build of the changed context gives in a fresh
 //! namespace, and the `gzip` / `zstd` tools decompress it to its diffID.
 
-mod common;
+use crate::common;
 
 use kiln_integration::Harness;
 use std::fmt::Write as _;

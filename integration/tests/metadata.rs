@@ -3,7 +3,7 @@
 //! a build FROM that image (embedded and through kilnd) keeps every field
 //! of the base and runs its ONBUILD triggers right after FROM.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use common::image_config;

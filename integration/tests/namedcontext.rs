@@ -4,7 +4,7 @@
 //! its session (`context:NAME=local:NAME`, as buildx sends it) and kilnd
 //! fetches its `.dockerignore` first, then its files with those patterns.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::Harness;

@@ -11,7 +11,7 @@
 //! e.g. a 2.x build), even when `KILN_TEST_CONTAINERD` names a shared one
 //! outside the namespace.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::{step_printed, Harness, KilnOutput};

@@ -4,7 +4,7 @@
 //! answers for the same Dockerfile (checked against buildkitd v0.2x:
 //! the same JSON and text).
 
-mod common;
+use crate::common;
 
 use kiln_integration::Harness;
 use serde_json::json;

@@ -6,7 +6,7 @@
 //! --platform=$BUILDPLATFORM` stages running natively, and
 //! `--platform linux/amd64,linux/arm64` giving an image index.
 
-mod common;
+use crate::common;
 
 use common::image_config;
 use kiln_integration::llbdef::{op_bytes, shell_exec};

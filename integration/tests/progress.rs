@@ -3,7 +3,7 @@
 //! (times and digests masked), the failure recap with the Dockerfile
 //! snippet, and the terminal view under tmux at 80×24 and 200×50.
 
-mod common;
+use crate::common;
 
 use common::remote;
 use kiln_integration::{Harness, KilnOutput};

@@ -3,7 +3,7 @@
 //! from containerd on every build, so a record another process removed is
 //! never served from memory.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::{step_printed, Harness, Kilnd};

@@ -2,7 +2,7 @@
 //! (`--cache-to`), a build of the same context on a fresh containerd B
 //! imports it (`--cache-from`) and runs no step whose result is in it.
 
-mod common;
+use crate::common;
 use common::remote;
 
 use kiln_integration::registry::Registry;

@@ -7,7 +7,7 @@
 //! loopback HTTP server: the image config's `created`, the history's
 //! times and the value a `RUN` step sees; and BuildKit's refusals.
 
-mod common;
+use crate::common;
 
 use common::image_config;
 use kiln_integration::gitdaemon::GitDaemon;

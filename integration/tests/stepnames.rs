@@ -5,7 +5,7 @@
 //! source of its own in BuildKit, so even this one-stage build labels its
 //! stage (`stage-0`).
 
-mod common;
+use crate::common;
 
 use common::remote;
 use kiln_integration::Harness;

@@ -3,7 +3,7 @@
 //! confined to its own containerd namespace; a kilnd that refuses to
 //! listen where it should not.
 
-mod common;
+use crate::common;
 
 use kiln_integration::pki::{free_port, write, Pki};
 use kiln_integration::{cached_steps, kilnd_binary, Harness, KilnOutput};

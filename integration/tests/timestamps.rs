@@ -3,7 +3,7 @@
 //! through kilnd, so builds at different times give the same layers; the
 //! base image's layers are kept as they are.
 
-mod common;
+use crate::common;
 
 use common::{image_config, layers};
 use kiln_integration::{Harness, KilnOutput};
