@@ -225,6 +225,56 @@ async fn a_gateway_client_build_forwards_to_the_frontend_image() {
         .expect("nothing left behind");
 }
 
+/// A frontend image's own lookups go through the client's policy
+/// (`ResolveImageConfig`, as BuildKit's bridge checks them): the frontend
+/// image itself is allowed and runs, its lookup of the denied busybox
+/// fails with the policy's answer, and no result is built.
+#[tokio::test]
+async fn a_frontend_images_lookups_ask_the_clients_policy() {
+    let ns = "feimage-policy";
+    let (h, k) = setup(ns).await;
+    let ctx = h.context(
+        "feimage-policy",
+        &[(
+            "Dockerfile",
+            "# syntax=kilntest/frontend:ok\nFROM busybox\n",
+        )],
+    );
+    let out = Command::new(buildctl_like_binary().expect("buildctl-like"))
+        .arg(k.addr())
+        .arg(&ctx)
+        .arg("fe-policy:latest")
+        .env(
+            "BUILDCTL_LIKE_POLICY",
+            "deny-prefix=docker-image://docker.io/library/busybox:",
+        )
+        .output()
+        .expect("buildctl-like runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("buildctl-like: policy docker-image://docker.io/kilntest/frontend:ok"),
+        "the frontend image was not asked about:\n{stdout}"
+    );
+    // (The frontend quotes kilnd's status in its own error.)
+    assert!(
+        stderr.contains("resolve busybox:")
+            && stderr.contains("could not resolve image due to policy: source")
+            && stderr.contains("docker-image://docker.io/library/busybox:latest")
+            && stderr.contains("not allowed by policy: action DENY"),
+        "{stderr}\nkilnd: {}",
+        kilnd_log(&k)
+    );
+    let images = h.ctr(ns, &["images", "ls", "-q"]).expect("ctr images ls");
+    assert!(!images.contains("fe-policy"), "{images}");
+    h.wait_no_leftovers(ns, &h.kilnd_root(ns), SETTLE)
+        .await
+        .expect("nothing left behind");
+}
+
 #[tokio::test]
 async fn a_frontend_that_fails_fails_the_build_naming_it() {
     let ns = "feimage-fail";

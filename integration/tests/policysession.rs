@@ -55,10 +55,14 @@ async fn kilnd_builds_only_what_the_clients_policy_allows() {
         !denied.status.success(),
         "a denied build succeeded:\n{out}\n{err}"
     );
+    // Denied when the frontend looks the base image up, as BuildKit's
+    // frontend is (its text).
     assert!(
         err.contains(
-            "buildctl-like: solve: source \"docker-image://docker.io/library/busybox:latest"
-        ) && err.contains("not allowed by policy: action DENY"),
+            "buildctl-like: solve: busybox: failed to resolve source metadata for \
+             docker.io/library/busybox:latest: could not resolve image due to policy: source \
+             \"docker-image://docker.io/library/busybox:latest\" not allowed by policy: action DENY"
+        ),
         "{err}"
     );
     assert!(err.contains("code Unknown"), "{err}");
@@ -143,6 +147,62 @@ async fn kilnd_builds_only_what_the_clients_policy_allows() {
     let (out, err) = text(&plain);
     assert!(plain.status.success(), "{out}\n{err}");
     assert!(!out.contains("buildctl-like: policy "), "{out}");
+}
+
+/// An image the policy denies is never looked up: not a base image of the
+/// Dockerfile, not a frontend image (`# syntax=`). Their registry here
+/// does not exist, so a lookup before the policy's answer would fail the
+/// build with a pull error instead of the denial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_image_is_refused_before_it_is_looked_up() {
+    let ns = "policy-lookup";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let deny = [(
+        "BUILDCTL_LIKE_POLICY",
+        "deny-prefix=docker-image://127.0.0.1:9/",
+    )];
+
+    let base = h.context(
+        "policy-base",
+        &[(
+            "Dockerfile",
+            "FROM busybox AS ok\nRUN echo ran-the-step\nFROM 127.0.0.1:9/denied/base\nCOPY --from=ok /etc/passwd /p\n",
+        )],
+    );
+    let denied = buildctl(&k, &base, "docker.io/library/policy:base", &deny);
+    let (out, err) = text(&denied);
+    assert!(!denied.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains(
+            "buildctl-like: solve: 127.0.0.1:9/denied/base: failed to resolve source metadata \
+             for 127.0.0.1:9/denied/base:latest: could not resolve image due to policy: source \
+             \"docker-image://127.0.0.1:9/denied/base:latest\" not allowed by policy: action DENY"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("code Unknown"), "{err}");
+    assert!(!out.contains("ran-the-step"), "{out}");
+
+    let syntax = h.context(
+        "policy-syntax",
+        &[(
+            "Dockerfile",
+            "# syntax=127.0.0.1:9/denied/frontend\nFROM busybox\nRUN echo ran-the-step\n",
+        )],
+    );
+    let denied = buildctl(&k, &syntax, "docker.io/library/policy:syntax", &deny);
+    let (out, err) = text(&denied);
+    assert!(!denied.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains(
+            "frontend image 127.0.0.1:9/denied/frontend: could not resolve image due to policy: \
+             source \"docker-image://127.0.0.1:9/denied/frontend:latest\" not allowed by policy: \
+             action DENY"
+        ),
+        "{err}"
+    );
+    assert!(!out.contains("ran-the-step"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

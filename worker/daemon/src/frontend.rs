@@ -242,10 +242,23 @@ pub async fn lint(
         def.source
     };
     let layouts = describe_layouts(d, job, session, &opts).await?;
-    let images = engine
-        .base_images(opts.resolve_mode, credentials)
-        .with_oci_stores(layouts.stores());
-    Ok(kiln_frontend::check::check(&source, &opts, &images).await)
+    let policy_engine = job.engine(engine);
+    let images = crate::policy::CheckedImages::new(
+        d,
+        job,
+        crate::policy::Resolver {
+            engine: &policy_engine,
+            credentials: credentials.clone(),
+        },
+        engine
+            .base_images(opts.resolve_mode, credentials)
+            .with_oci_stores(layouts.stores()),
+    );
+    let report = kiln_frontend::check::check(&source, &opts, &images).await;
+    match images.take_denied() {
+        Some(denied) => Err(denied),
+        None => Ok(report),
+    }
 }
 
 /// Answers the targets request (`buildx build --call=targets`): the
@@ -511,18 +524,37 @@ async fn plan(
         // Registry lookups show as `[internal] load metadata for <name>`
         // steps, as BuildKit's frontend shows them.
         let (tx, rx) = kiln_engine::progress::channel();
-        let images = engine
-            .base_images(opts.resolve_mode, credentials)
-            .with_oci_stores(layouts.stores())
-            .with_progress(tx);
-        let pinned = images.pinned();
+        let policy_engine = job.engine(engine);
+        let images = crate::policy::CheckedImages::new(
+            d,
+            job,
+            crate::policy::Resolver {
+                engine: &policy_engine,
+                credentials: credentials.clone(),
+            },
+            engine
+                .base_images(opts.resolve_mode, credentials)
+                .with_oci_stores(layouts.stores())
+                .with_progress(tx),
+        );
+        let pinned = images.inner().pinned();
         let resolve = async {
             let r = kiln_frontend::resolve_all(&source, &opts, &images).await;
+            let denied = images.take_denied();
             drop(images);
-            r
+            (r, denied)
         };
-        let (bases, ()) = tokio::join!(resolve, forward_steps(job, rx));
-        let bases = bases.map_err(Planning::Frontend)?;
+        let ((bases, denied), ()) = tokio::join!(resolve, forward_steps(job, rx));
+        let bases = match (bases, denied) {
+            // The frontend's words (`FROM` name, image), the policy's code.
+            (Err(e), Some(denied)) => {
+                return Err(Planning::Policy(Status::new(
+                    denied.code(),
+                    kiln_engine::error::error_chain(&e),
+                )))
+            }
+            (bases, _) => bases.map_err(Planning::Frontend)?,
+        };
         if context_ignore {
             self::context_ignore(d, job, session, &opts, &mut source)
                 .await
@@ -534,7 +566,7 @@ async fn plan(
     };
     let ((mut build, mut targets), pinned) = match planned.await {
         Ok(p) => p,
-        Err(Planning::Fetch(s)) => return Err(s),
+        Err(Planning::Fetch(s) | Planning::Policy(s)) => return Err(s),
         Err(Planning::Frontend(e)) => {
             // A Dockerfile error about a line carries it as BuildKit's
             // source detail, so clients print the snippet.
@@ -590,11 +622,12 @@ async fn plan(
     })
 }
 
-/// Why planning stopped: the frontend's error (with a Dockerfile line) or
-/// a fetch through the session.
+/// Why planning stopped: the frontend's error (with a Dockerfile line), a
+/// fetch through the session, or the client's policy on a base image.
 enum Planning {
     Frontend(FrontendError),
     Fetch(Status),
+    Policy(Status),
 }
 
 /// Every platform the attributes ask for, as one build: a multi-platform

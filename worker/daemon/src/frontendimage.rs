@@ -176,8 +176,17 @@ pub async fn solve(
     let tenant = d.tenant_named(tenant_name.as_deref()).await?;
     let credentials: Arc<dyn kiln_registry::Credentials> =
         Arc::new(crate::registry::SessionCredentials::new(session));
-    let config = job
-        .engine(&tenant.engine)
+    // The frontend image is a source of the build like any other: the
+    // client's policy allows it before it is looked up.
+    let engine = job.engine(&tenant.engine);
+    let resolver = crate::policy::Resolver {
+        engine: &engine,
+        credentials: credentials.clone(),
+    };
+    crate::policy::check_image(d, job, &resolver, &name, None)
+        .await
+        .map_err(|s| failed(&image, s))?;
+    let config = engine
         .base_images(kiln_engine::resolve::ResolveMode::Default, credentials)
         .image_config(&name, None, None)
         .await

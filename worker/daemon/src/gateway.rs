@@ -784,6 +784,12 @@ impl LlbBridge for GatewayService {
         };
         let credentials: Arc<dyn kiln_registry::Credentials> =
             Arc::new(crate::registry::SessionCredentials::new(session.as_ref()));
+        let engine = job.engine(&tenant.engine);
+        let resolver = crate::policy::Resolver {
+            engine: &engine,
+            credentials: credentials.clone(),
+        };
+        crate::policy::check_image(&self.0, &job, &resolver, &name, platform.as_ref()).await?;
         // A step in the build's progress, as BuildKit shows every lookup:
         // named by the client (`[internal] load metadata for …`), else
         // after the image.
@@ -794,8 +800,7 @@ impl LlbBridge for GatewayService {
         };
         let started = std::time::SystemTime::now();
         crate::status::step(&job, &step, started, None, None);
-        let resolved = job
-            .engine(&tenant.engine)
+        let resolved = engine
             .base_images(mode, credentials)
             .image_config_json(&name, platform.as_ref())
             .await

@@ -2,7 +2,9 @@
 //! serves one in its session when a build has a `Dockerfile.rego` or
 //! `--policy`, and kilnd asks it about every source of the build before
 //! anything of the build runs, as BuildKit does when it loads a
-//! definition.
+//! definition, and about every image before its config is looked up (a
+//! Dockerfile's base, a frontend image, a frontend's `ResolveImageConfig`),
+//! as BuildKit's bridge does before it resolves an image's metadata.
 //!
 //! The policy's `ALLOW` lets the source through and `DENY` (or an action
 //! kiln does not know) fails the build with BuildKit's text. A policy may
@@ -88,6 +90,106 @@ pub async fn check_sources<'s>(
         }
     }
     Ok(())
+}
+
+/// Asks the policy about the image `name` (normalized) for `platform`
+/// before its config is looked up, as BuildKit does before it resolves any
+/// image's metadata: so no registry is asked about an image the policy
+/// denies, and the denial, not a failed pull, is what the client reads.
+pub async fn check_image(
+    d: &crate::state::Daemon,
+    job: &Job,
+    resolver: &Resolver<'_>,
+    name: &str,
+    platform: Option<&kiln_solver::Platform>,
+) -> Result<(), Status> {
+    let op = SourceOp {
+        identifier: format!("docker-image://{name}"),
+        attrs: Default::default(),
+        platform: platform.cloned(),
+    };
+    check_sources(d, job, resolver, std::iter::once(&op))
+        .await
+        .map_err(|s| {
+            Status::new(
+                s.code(),
+                format!("could not resolve image due to policy: {}", s.message()),
+            )
+        })
+}
+
+/// The base images the Dockerfile frontend looks up, each asked of the
+/// client's policy first ([`check_image`]; an OCI layout context's image
+/// is local and asked about when the build is solved).
+pub struct CheckedImages<'a, I> {
+    d: &'a crate::state::Daemon,
+    job: &'a Job,
+    resolver: Resolver<'a>,
+    inner: I,
+    denied: std::sync::Mutex<Option<Status>>,
+}
+
+impl<'a, I> CheckedImages<'a, I> {
+    pub fn new(
+        d: &'a crate::state::Daemon,
+        job: &'a Job,
+        resolver: Resolver<'a>,
+        inner: I,
+    ) -> Self {
+        CheckedImages {
+            d,
+            job,
+            resolver,
+            inner,
+            denied: Default::default(),
+        }
+    }
+
+    pub fn inner(&self) -> &I {
+        &self.inner
+    }
+
+    /// The policy's answer that stopped a lookup, as the client reads it
+    /// when nothing words it further (the frontend's error carries only
+    /// its text, not its code).
+    pub fn take_denied(&self) -> Option<Status> {
+        self.denied.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl<I: kiln_frontend::ImageConfigs + Sync> kiln_frontend::ImageConfigs for CheckedImages<'_, I> {
+    async fn image_config(
+        &self,
+        reference: &str,
+        platform: Option<&kiln_solver::Platform>,
+        shown: Option<&kiln_solver::Platform>,
+    ) -> Result<kiln_solver::ImageConfig, kiln_engine::error::WorkerError> {
+        if kiln_dockerfile::OciLayoutRef::from_key(reference).is_none() {
+            if let Err(s) = check_image(self.d, self.job, &self.resolver, reference, platform).await
+            {
+                *self.denied.lock().unwrap_or_else(|p| p.into_inner()) = Some(Status::new(
+                    s.code(),
+                    format!(
+                        "failed to resolve source metadata for {reference}: {}",
+                        s.message()
+                    ),
+                ));
+                return Err(kiln_engine::error::WorkerError::Source {
+                    location: String::new(),
+                    message: s.message().to_string(),
+                });
+            }
+        }
+        self.inner.image_config(reference, platform, shown).await
+    }
+
+    fn pinned_digest(
+        &self,
+        reference: &str,
+        platform: Option<&kiln_solver::Platform>,
+    ) -> Option<String> {
+        self.inner.pinned_digest(reference, platform)
+    }
 }
 
 async fn ask(session: &SessionHandle, resolver: &Resolver<'_>, s: &SourceOp) -> Result<(), Status> {
