@@ -95,6 +95,10 @@ async fn kilnd_builds_only_what_the_clients_policy_allows() {
         out.contains("buildctl-like: policy local://context"),
         "{out}"
     );
+    assert!(
+        out.contains("buildctl-like: policy local://dockerfile"),
+        "{out}"
+    );
     assert_eq!(
         h.run_image_expecting(
             ns,
@@ -203,6 +207,44 @@ async fn a_denied_image_is_refused_before_it_is_looked_up() {
         "{err}"
     );
     assert!(!out.contains("ran-the-step"), "{out}");
+}
+
+/// The frontend's reads of the client's directories are sources the
+/// policy decides on too, as BuildKit's frontend reads them through local
+/// sources: the Dockerfile (`local://dockerfile`) and the context's
+/// `.dockerignore` (`local://context`), each denied before it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_decides_on_the_frontends_reads_of_the_client() {
+    let ns = "policy-locals";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = h.context(
+        "policy-locals",
+        &[("Dockerfile", DOCKERFILE), ("a.txt", "from the context\n")],
+    );
+    for (prefix, want) in [
+        (
+            "local://dockerfile",
+            "buildctl-like: solve: failed to resolve dockerfile: source \"local://dockerfile\" \
+             not allowed by policy: action DENY",
+        ),
+        (
+            "local://context",
+            "buildctl-like: solve: failed to read dockerignore patterns: source \
+             \"local://context\" not allowed by policy: action DENY",
+        ),
+    ] {
+        let denied = buildctl(
+            &k,
+            &ctx,
+            "docker.io/library/policy:locals",
+            &[("BUILDCTL_LIKE_POLICY", &format!("deny-prefix={prefix}"))],
+        );
+        let (out, err) = text(&denied);
+        assert!(!denied.status.success(), "{prefix}: {out}\n{err}");
+        assert!(err.contains(want), "{prefix}: {err}");
+        assert!(!out.contains("ran-the-step"), "{prefix}: {out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 //! solve as the graph's sources ask (only the paths the build reads).
 
 use crate::jobs::Job;
+use crate::policy::Resolver;
 use crate::sessions::SessionHandle;
 use crate::state::Daemon;
 use kiln_frontend::{FrontendError, FrontendOptions};
@@ -162,17 +163,28 @@ async fn definition(
     job: &Job,
     session: &SessionHandle,
     opts: &FrontendOptions,
+    policy: &Resolver<'_>,
 ) -> Result<Definition, Status> {
-    let session = &dir_session(d, job, session, opts, &opts.dockerfile_key).await?;
     let filename = opts.filename.clone();
-    let df_dir = fresh_dir(d, job, "dockerfile")?;
     let own_ignore = kiln_frontend::dockerfile_ignore_name(&filename);
+    let paths = [filename.clone(), own_ignore.clone()];
+    crate::policy::check_local(
+        d,
+        job,
+        policy,
+        &opts.dockerfile_key,
+        &paths,
+        "failed to resolve dockerfile",
+    )
+    .await?;
+    let session = &dir_session(d, job, session, opts, &opts.dockerfile_key).await?;
+    let df_dir = fresh_dir(d, job, "dockerfile")?;
     load_step(
         job,
         session,
         &load_name(&filename),
         &opts.dockerfile_key,
-        &[filename.clone(), own_ignore.clone()],
+        &paths,
         &df_dir,
     )
     .await?;
@@ -197,7 +209,18 @@ async fn context_ignore(
     session: &SessionHandle,
     opts: &FrontendOptions,
     source: &mut kiln_frontend::DockerfileSource,
+    policy: &Resolver<'_>,
 ) -> Result<(), Status> {
+    let paths = [kiln_frontend::CONTEXT_IGNORE_FILE.to_string()];
+    crate::policy::check_local(
+        d,
+        job,
+        policy,
+        &opts.context_key,
+        &paths,
+        "failed to read dockerignore patterns",
+    )
+    .await?;
     let session = &dir_session(d, job, session, opts, &opts.context_key).await?;
     let dir = fresh_dir(d, job, "dockerignore")?;
     load_step(
@@ -205,7 +228,7 @@ async fn context_ignore(
         session,
         "[internal] load .dockerignore",
         &opts.context_key,
-        &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
+        &paths,
         &dir,
     )
     .await?;
@@ -230,26 +253,27 @@ pub async fn lint(
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<kiln_frontend::check::CheckReport, Status> {
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
+    let policy_engine = job.engine(engine);
+    let policy = || Resolver {
+        engine: &policy_engine,
+        credentials: credentials.clone(),
+    };
     let source = if opts.remote_context.is_some() {
         remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?
     } else {
         // The check of ignored files needs the patterns before planning;
         // as in BuildKit, a file that does not parse gets no further.
-        let mut def = definition(d, job, session, &opts).await?;
+        let mut def = definition(d, job, session, &opts, &policy()).await?;
         if def.context_ignore && def.source.parse(&opts).is_ok() {
-            context_ignore(d, job, session, &opts, &mut def.source).await?;
+            context_ignore(d, job, session, &opts, &mut def.source, &policy()).await?;
         }
         def.source
     };
     let layouts = describe_layouts(d, job, session, &opts).await?;
-    let policy_engine = job.engine(engine);
     let images = crate::policy::CheckedImages::new(
         d,
         job,
-        crate::policy::Resolver {
-            engine: &policy_engine,
-            credentials: credentials.clone(),
-        },
+        policy(),
         engine
             .base_images(opts.resolve_mode, credentials)
             .with_oci_stores(layouts.stores()),
@@ -305,7 +329,11 @@ async fn read_dockerfile(
     let source = if opts.remote_context.is_some() {
         remote_dockerfile(engine, job, session, &mut opts, credentials).await?
     } else {
-        definition(d, job, session, &opts).await?.source
+        let policy = Resolver {
+            engine: &job.engine(engine),
+            credentials,
+        };
+        definition(d, job, session, &opts, &policy).await?.source
     };
     Ok((opts, source))
 }
@@ -348,15 +376,16 @@ pub async fn dockerfile(
             "the {request} request outside the gateway API (buildx build --call uses the gateway) is not supported yet"
         )));
     }
+    let policy_engine = job.engine(engine);
+    let policy = Resolver {
+        engine: &policy_engine,
+        credentials: credentials.clone(),
+    };
     if let Some(remote) = &opts.remote_context {
         // The context is the client's policy's to allow before its
         // Dockerfile is fetched.
-        let resolver = crate::policy::Resolver {
-            engine: &job.engine(engine),
-            credentials: credentials.clone(),
-        };
         let op = remote.source_op();
-        crate::policy::check_sources(d, job, &resolver, std::iter::once(&op)).await?;
+        crate::policy::check_sources(d, job, &policy, std::iter::once(&op)).await?;
         let source =
             remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?;
         if let Some(forwarded) = crate::frontendimage::forward(original, Some(&source.text)) {
@@ -376,7 +405,7 @@ pub async fn dockerfile(
         .await
         .map(|f| Planned::Graph(Box::new(f)));
     }
-    let def = definition(d, job, session, &opts).await?;
+    let def = definition(d, job, session, &opts, &policy).await?;
     if let Some(forwarded) = crate::frontendimage::forward(original, Some(&def.source.text)) {
         return Ok(Planned::Forward(forwarded));
     }
@@ -384,6 +413,16 @@ pub async fn dockerfile(
     // alone first, as BuildKit does (and shows: `[context NAME] load
     // .dockerignore`).
     for local in kiln_frontend::local_contexts(&opts) {
+        let paths = [kiln_frontend::CONTEXT_IGNORE_FILE.to_string()];
+        crate::policy::check_local(
+            d,
+            job,
+            &policy,
+            &local,
+            &paths,
+            "failed to read dockerignore patterns",
+        )
+        .await?;
         let dir = fresh_dir(d, job, "dockerignore")?;
         let from = dir_session(d, job, session, &opts, &local).await?;
         load_step(
@@ -391,7 +430,7 @@ pub async fn dockerfile(
             &from,
             &format!("[context {local}] load .dockerignore"),
             &local,
-            &[kiln_frontend::CONTEXT_IGNORE_FILE.to_string()],
+            &paths,
             &dir,
         )
         .await?;
@@ -509,6 +548,11 @@ async fn plan(
 ) -> Result<Frontend, Status> {
     let filename = opts.filename.clone();
     let load_name = load_name(&filename);
+    let policy_engine = job.engine(engine);
+    let policy = || Resolver {
+        engine: &policy_engine,
+        credentials: credentials.clone(),
+    };
     let mut layouts = describe_layouts(d, job, session, &opts).await?;
     let epoch = resolve_epoch(
         engine,
@@ -524,16 +568,12 @@ async fn plan(
         // Registry lookups show as `[internal] load metadata for <name>`
         // steps, as BuildKit's frontend shows them.
         let (tx, rx) = kiln_engine::progress::channel();
-        let policy_engine = job.engine(engine);
         let images = crate::policy::CheckedImages::new(
             d,
             job,
-            crate::policy::Resolver {
-                engine: &policy_engine,
-                credentials: credentials.clone(),
-            },
+            policy(),
             engine
-                .base_images(opts.resolve_mode, credentials)
+                .base_images(opts.resolve_mode, credentials.clone())
                 .with_oci_stores(layouts.stores())
                 .with_progress(tx),
         );
@@ -556,7 +596,7 @@ async fn plan(
             (bases, _) => bases.map_err(Planning::Frontend)?,
         };
         if context_ignore {
-            self::context_ignore(d, job, session, &opts, &mut source)
+            self::context_ignore(d, job, session, &opts, &mut source, &policy())
                 .await
                 .map_err(Planning::Fetch)?;
         }

@@ -118,6 +118,36 @@ pub async fn check_image(
         })
 }
 
+/// Asks the policy about the client's directory `name` before the
+/// frontend reads `paths` of it: BuildKit's frontend reads the Dockerfile
+/// and `.dockerignore` files through local sources, which a policy sees
+/// as `local://NAME` (buildx's `input.local.name`). A denial reads as
+/// BuildKit's frontend words it (`failed to resolve dockerfile: …`).
+pub async fn check_local(
+    d: &crate::state::Daemon,
+    job: &Job,
+    resolver: &Resolver<'_>,
+    name: &str,
+    paths: &[String],
+    context: &str,
+) -> Result<(), Status> {
+    let op = SourceOp {
+        identifier: format!("local://{name}"),
+        attrs: [
+            (
+                "local.followpaths".to_string(),
+                serde_json::to_string(paths).unwrap_or_default(),
+            ),
+            ("local.sharedkeyhint".to_string(), name.to_string()),
+        ]
+        .into(),
+        platform: None,
+    };
+    check_sources(d, job, resolver, std::iter::once(&op))
+        .await
+        .map_err(|s| Status::new(s.code(), format!("{context}: {}", s.message())))
+}
+
 /// The base images the Dockerfile frontend looks up, each asked of the
 /// client's policy first ([`check_image`]; an OCI layout context's image
 /// is local and asked about when the build is solved).
