@@ -168,15 +168,14 @@ async fn definition(
     let filename = opts.filename.clone();
     let own_ignore = kiln_frontend::dockerfile_ignore_name(&filename);
     let paths = [filename.clone(), own_ignore.clone()];
-    crate::policy::check_local(
-        d,
-        job,
-        policy,
-        &opts.dockerfile_key,
-        &paths,
-        "failed to resolve dockerfile",
-    )
-    .await?;
+    crate::policy::check_local(d, job, policy, &opts.dockerfile_key, &paths)
+        .await
+        .map_err(|s| {
+            Status::new(
+                s.code(),
+                format!("failed to read dockerfile: {}", s.message()),
+            )
+        })?;
     let session = &dir_session(d, job, session, opts, &opts.dockerfile_key).await?;
     let df_dir = fresh_dir(d, job, "dockerfile")?;
     load_step(
@@ -212,15 +211,9 @@ async fn context_ignore(
     policy: &Resolver<'_>,
 ) -> Result<(), Status> {
     let paths = [kiln_frontend::CONTEXT_IGNORE_FILE.to_string()];
-    crate::policy::check_local(
-        d,
-        job,
-        policy,
-        &opts.context_key,
-        &paths,
-        "failed to read dockerignore patterns",
-    )
-    .await?;
+    if !may_read_ignore_file(d, job, policy, &opts.context_key, &paths).await {
+        return Ok(());
+    }
     let session = &dir_session(d, job, session, opts, &opts.context_key).await?;
     let dir = fresh_dir(d, job, "dockerignore")?;
     load_step(
@@ -235,6 +228,31 @@ async fn context_ignore(
     source.excludes = kiln_frontend::read_context_ignore(&dir).map_err(|e| frontend_status(&e))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Whether the client's policy lets the frontend read the `.dockerignore`
+/// of the directory `name`. BuildKit's frontend reads it lazily and
+/// ignores a failed read, so a denied directory has no ignore patterns:
+/// the build fails only if the graph uses that directory, when it is
+/// solved.
+async fn may_read_ignore_file(
+    d: &Daemon,
+    job: &Job,
+    policy: &Resolver<'_>,
+    name: &str,
+    paths: &[String],
+) -> bool {
+    match crate::policy::check_local(d, job, policy, name, paths).await {
+        Ok(()) => true,
+        Err(s) => {
+            tracing::debug!(
+                local = name,
+                error = s.message(),
+                "the .dockerignore is not read"
+            );
+            false
+        }
+    }
 }
 
 /// The step that loads the Dockerfile, as BuildKit names it.
@@ -414,15 +432,9 @@ pub async fn dockerfile(
     // .dockerignore`).
     for local in kiln_frontend::local_contexts(&opts) {
         let paths = [kiln_frontend::CONTEXT_IGNORE_FILE.to_string()];
-        crate::policy::check_local(
-            d,
-            job,
-            &policy,
-            &local,
-            &paths,
-            "failed to read dockerignore patterns",
-        )
-        .await?;
+        if !may_read_ignore_file(d, job, &policy, &local, &paths).await {
+            continue;
+        }
         let dir = fresh_dir(d, job, "dockerignore")?;
         let from = dir_session(d, job, session, &opts, &local).await?;
         load_step(

@@ -40,7 +40,8 @@ pub struct Resolver<'a> {
 }
 
 /// Asks the job's policy session, if it has one, about each distinct
-/// source of `graph`; the first source it does not allow fails the build.
+/// source of `graph`; the first source it does not allow fails the build,
+/// worded as BuildKit words a definition it will not load.
 pub async fn check(
     d: &crate::state::Daemon,
     job: &Job,
@@ -51,7 +52,20 @@ pub async fn check(
         Op::Source(s) => Some(s),
         _ => None,
     });
-    check_sources(d, job, resolver, sources).await
+    check_sources(d, job, resolver, sources)
+        .await
+        .map_err(not_loaded)
+}
+
+/// `s` as the error of a definition BuildKit's policy stopped it loading.
+fn not_loaded(s: Status) -> Status {
+    Status::new(
+        s.code(),
+        format!(
+            "failed to load LLB: error evaluating the source policy: {}",
+            s.message()
+        ),
+    )
 }
 
 /// [`check`] of `sources` (a remote context's source before the frontend
@@ -121,15 +135,14 @@ pub async fn check_image(
 /// Asks the policy about the client's directory `name` before the
 /// frontend reads `paths` of it: BuildKit's frontend reads the Dockerfile
 /// and `.dockerignore` files through local sources, which a policy sees
-/// as `local://NAME` (buildx's `input.local.name`). A denial reads as
-/// BuildKit's frontend words it (`failed to resolve dockerfile: …`).
+/// as `local://NAME` (buildx's `input.local.name`); a denial is worded as
+/// for a definition BuildKit will not load.
 pub async fn check_local(
     d: &crate::state::Daemon,
     job: &Job,
     resolver: &Resolver<'_>,
     name: &str,
     paths: &[String],
-    context: &str,
 ) -> Result<(), Status> {
     let op = SourceOp {
         identifier: format!("local://{name}"),
@@ -145,7 +158,7 @@ pub async fn check_local(
     };
     check_sources(d, job, resolver, std::iter::once(&op))
         .await
-        .map_err(|s| Status::new(s.code(), format!("{context}: {}", s.message())))
+        .map_err(not_loaded)
 }
 
 /// The base images the Dockerfile frontend looks up, each asked of the
@@ -223,8 +236,15 @@ impl<I: kiln_frontend::ImageConfigs + Sync> kiln_frontend::ImageConfigs for Chec
 }
 
 async fn ask(session: &SessionHandle, resolver: &Resolver<'_>, s: &SourceOp) -> Result<(), Status> {
+    // An image is asked about for a platform, the worker's when the source
+    // names none (BuildKit's frontends always name one).
+    let platform = s.platform.clone().or_else(|| {
+        s.identifier
+            .starts_with("docker-image://")
+            .then(kiln_engine::oci::worker_platform)
+    });
     let mut req = CheckPolicyRequest {
-        platform: s.platform.as_ref().map(crate::definition::llb_platform),
+        platform: platform.as_ref().map(crate::definition::llb_platform),
         source: Some(ResolveSourceMetaResponse {
             source: Some(crate::definition::llb_source(s)),
             ..Default::default()
