@@ -409,6 +409,8 @@ async fn main() -> Result<(), String> {
     let h = Harness::start().await?;
     h.import_busybox(NAMESPACE, "docker.io/library/busybox:latest")
         .await?;
+    h.import_busybox_for(NAMESPACE, kiln_integration::cases::ARM64_BASE, "arm64")
+        .await?;
     let root = h.state_dir().join("buildkitd-root");
     let (d, _) = Daemon::start(&h, DaemonKind::Buildkitd, NAMESPACE, &root).await?;
     let cases = load_cases()?;

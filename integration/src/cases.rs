@@ -6,6 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The base image of the cases whose steps run under QEMU user emulation
+/// (`FROM busybox-arm64` with `--platform linux/arm64`), beside `busybox`:
+/// both the suite and the BuildKit comparison import it.
+pub const ARM64_BASE: &str = "docker.io/library/busybox-arm64:latest";
+
 /// The directory holding the cases.
 pub fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/dockerfile")

@@ -364,7 +364,50 @@ pub fn busybox_rootfs(dir: &Path) -> HarnessResult<()> {
     Ok(())
 }
 
+/// Where `.ci/install` puts Debian's arm64 busybox-static
+/// (`busybox-static:arm64`), for images whose steps run under QEMU user
+/// emulation on an amd64 machine.
+pub const ARM64_BUSYBOX: &str = "/usr/local/lib/kiln-test/arm64/busybox";
+
 impl Harness {
+    /// Imports a busybox image for the architecture `arch` named `name`
+    /// into `namespace`: the host's busybox for the host's architecture,
+    /// Debian's arm64 one ([`ARM64_BUSYBOX`]) for arm64 on another host;
+    /// its config names the platform. Returns its manifest's digest.
+    pub async fn import_busybox_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        arch: &str,
+    ) -> HarnessResult<String> {
+        let rootfs = self.state_dir().join(format!("busybox-{namespace}-{arch}"));
+        busybox_rootfs(&rootfs)?;
+        if arch != kiln_engine::oci::worker_platform().architecture {
+            if arch != "arm64" {
+                return Err(format!("no busybox for {arch}: only arm64's is installed"));
+            }
+            std::fs::copy(ARM64_BUSYBOX, rootfs.join("bin/busybox")).map_err(|e| {
+                format!("copy {ARM64_BUSYBOX} (.ci/install unpacks busybox-static:arm64): {e}")
+            })?;
+        }
+        let platform = kiln_solver::Platform::new("linux", arch, "");
+        let cfg = kiln_solver::ImageConfig {
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            cmd: Some(vec!["sh".into()]),
+            platform: Some(platform),
+            ..Default::default()
+        };
+        let ctrd = self.client(namespace).await?;
+        kiln_engine::import::import_rootfs(
+            &kiln_engine::Services::containerd(&ctrd),
+            &rootfs,
+            name,
+            &cfg,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
     /// Imports a busybox image named `name` into `namespace` with kiln's
     /// own importer (not unpacked, so builds exercise the unpacker).
     pub async fn import_busybox(&self, namespace: &str, name: &str) -> HarnessResult<()> {

@@ -7,7 +7,7 @@
 //! either works or fails as not supported.
 
 use kiln_dockerfile::{parse, to_graph, BuildOptions};
-use kiln_integration::cases::{load_cases, load_features, Case};
+use kiln_integration::cases::{load_cases, load_features, Case, ARM64_BASE};
 use kiln_integration::Harness;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -249,6 +249,9 @@ fn run_case(h: &Harness, case: &Case) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn cases_build_on_containerd() {
     let h = Harness::with_busybox(NAMESPACE).await;
+    h.import_busybox_for(NAMESPACE, ARM64_BASE, "arm64")
+        .await
+        .expect("the arm64 busybox imports");
     let mut cases = load_cases().expect("cases load");
     // While working on one area: `KILN_CASES=heredoc-` builds only the cases
     // whose name starts with it, `KILN_CASES=a,b` those starting with either

@@ -10,10 +10,7 @@ use crate::common;
 
 use common::image_config;
 use kiln_integration::llbdef::{op_bytes, shell_exec};
-use kiln_integration::{busybox_rootfs, Harness};
-
-/// Where `.ci/install` puts Debian's arm64 busybox-static.
-const ARM64_BUSYBOX: &str = "/usr/local/lib/kiln-test/arm64/busybox";
+use kiln_integration::Harness;
 
 /// The `uname -m` of a platform.
 fn machine(arch: &str) -> &'static str {
@@ -45,24 +42,9 @@ async fn import_two_platform_busybox(h: &Harness, ns: &str) {
     let svc = kiln_engine::Services::containerd(&ctrd);
     let mut manifests = Vec::new();
     for arch in [host_arch().as_str(), other_arch()] {
-        let rootfs = h.state_dir().join(format!("busybox-{ns}-{arch}"));
-        busybox_rootfs(&rootfs).expect("rootfs");
-        if arch != host_arch() {
-            assert_eq!(arch, "arm64", "the foreign half is Debian's arm64 busybox");
-            std::fs::copy(ARM64_BUSYBOX, rootfs.join("bin/busybox"))
-                .expect("the arm64 busybox of .ci/install (busybox-static:arm64)");
-        }
         let platform = kiln_solver::Platform::new("linux", arch, "");
-        let cfg = kiln_solver::ImageConfig {
-            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            cmd: Some(vec!["sh".into()]),
-            platform: Some(platform.clone()),
-            ..Default::default()
-        };
         let name = format!("docker.io/library/busybox-{arch}:latest");
-        let digest = kiln_engine::import::import_rootfs(&svc, &rootfs, &name, &cfg)
-            .await
-            .expect("import");
+        let digest = h.import_busybox_for(ns, &name, arch).await.expect("import");
         let bytes = svc.content.read(&digest).await.expect("manifest blob");
         let desc = kiln_engine::oci::descriptor(
             kiln_engine::oci::MEDIA_OCI_MANIFEST,
