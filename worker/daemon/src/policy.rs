@@ -4,7 +4,10 @@
 //! anything of the build runs, as BuildKit does when it loads a
 //! definition, and about every image before its config is looked up (a
 //! Dockerfile's base, a frontend image, a frontend's `ResolveImageConfig`),
-//! as BuildKit's bridge does before it resolves an image's metadata.
+//! as BuildKit's bridge does before it resolves an image's metadata, and
+//! about the client's directories before the Dockerfile frontend reads its
+//! Dockerfile or a `.dockerignore` from them (`local://NAME`), as
+//! BuildKit's frontend reads them through local sources.
 //!
 //! The policy's `ALLOW` lets the source through and `DENY` (or an action
 //! kiln does not know) fails the build with BuildKit's text. A policy may
