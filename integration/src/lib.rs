@@ -391,21 +391,8 @@ impl Harness {
             })?;
         }
         let platform = kiln_solver::Platform::new("linux", arch, "");
-        let cfg = kiln_solver::ImageConfig {
-            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            cmd: Some(vec!["sh".into()]),
-            platform: Some(platform),
-            ..Default::default()
-        };
-        let ctrd = self.client(namespace).await?;
-        kiln_engine::import::import_rootfs(
-            &kiln_engine::Services::containerd(&ctrd),
-            &rootfs,
-            name,
-            &cfg,
-        )
-        .await
-        .map_err(|e| e.to_string())
+        self.import_busybox_rootfs(namespace, name, &rootfs, Some(platform))
+            .await
     }
 
     /// Imports a busybox image named `name` into `namespace` with kiln's
@@ -413,21 +400,35 @@ impl Harness {
     pub async fn import_busybox(&self, namespace: &str, name: &str) -> HarnessResult<()> {
         let rootfs = self.state_dir().join(format!("busybox-{namespace}"));
         busybox_rootfs(&rootfs)?;
-        let ctrd = self.client(namespace).await?;
+        self.import_busybox_rootfs(namespace, name, &rootfs, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Imports the busybox root filesystem `rootfs` as image `name` (for
+    /// `platform`, else the worker's); returns its manifest's digest.
+    async fn import_busybox_rootfs(
+        &self,
+        namespace: &str,
+        name: &str,
+        rootfs: &Path,
+        platform: Option<kiln_solver::Platform>,
+    ) -> HarnessResult<String> {
         let cfg = kiln_solver::ImageConfig {
             env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
             cmd: Some(vec!["sh".into()]),
+            platform,
             ..Default::default()
         };
+        let ctrd = self.client(namespace).await?;
         kiln_engine::import::import_rootfs(
             &kiln_engine::Services::containerd(&ctrd),
-            &rootfs,
+            rootfs,
             name,
             &cfg,
         )
         .await
-        .map_err(|e| e.to_string())?;
-        Ok(())
+        .map_err(|e| e.to_string())
     }
 
     /// A `kiln` command pointed at this containerd and `namespace`. Its
