@@ -1,5 +1,5 @@
 //! A `git daemon` on loopback for the git source and context tests
-//! (`tests/addremote.rs`, `tests/gitcontext.rs`): the real server, its
+//! (`tests/e2e/addremote.rs`, `tests/e2e/gitcontext.rs`): the real server, its
 //! verbose log counting the fetches it served.
 
 use std::os::unix::process::CommandExt;

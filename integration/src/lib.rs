@@ -434,7 +434,7 @@ impl Harness {
     /// A `kiln` command pointed at this containerd and `namespace`. Its
     /// steps use the host's network (`KILN_NETWORK_MODE=host`): a CNI
     /// bridge would change the host's network, so only tests that run in a
-    /// network namespace of their own (`tests/network.rs`) use one.
+    /// network namespace of their own (`tests/e2e/network.rs`) use one.
     pub fn kiln_command(&self, namespace: &str) -> HarnessResult<Command> {
         let mut cmd = Command::new(kiln_binary()?);
         cmd.env("KILN_NETWORK_MODE", "host");

@@ -1,6 +1,6 @@
 //! Named network namespaces a test makes for itself (`ip netns add`,
 //! loopback up), for daemons that must each have a network of their own:
-//! the kubernetes driver's stand-in pods (`tests/kubedriver.rs`).
+//! the kubernetes driver's stand-in pods (`tests/e2e/kubedriver.rs`).
 //!
 //! A namespace is named `kiln-it-<pid>-<tag>-<n>`: unique per test process
 //! and per call, so parallel tests and concurrent runs never share one. It

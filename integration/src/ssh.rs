@@ -1,6 +1,6 @@
 //! ssh for the tests: a real `ssh-agent` holding a fresh key
-//! (`tests/ssh.rs`, `tests/gitssh.rs`) and a private `sshd` serving git
-//! repositories through `git-shell` (`tests/gitssh.rs`). Nothing here
+//! (`tests/e2e/ssh.rs`, `tests/e2e/gitssh.rs`) and a private `sshd` serving git
+//! repositories through `git-shell` (`tests/e2e/gitssh.rs`). Nothing here
 //! reads or writes a user's `~/.ssh` or the system's sshd configuration:
 //! keys, configuration and logs live in the directory the test gives.
 

@@ -1,4 +1,4 @@
-//! A gateway frontend for tests/frontendimage.rs, run by kilnd as a
+//! A gateway frontend for tests/e2e/frontendimage.rs, run by kilnd as a
 //! frontend image (`# syntax=IMAGE`, `gateway.v0` with `source=IMAGE`): it
 //! speaks LLBBridge over its stdin and stdout as BuildKit's Go frontends
 //! do. `Ping`, `ResolveImageConfig` of busybox, then it reads the

@@ -268,7 +268,7 @@ kept .git\nno mod at v1\n";
     );
 
     // A token is an HTTP header: a git:// remote builds with it offered
-    // (tests/gitcontext.rs checks a private repository over HTTP).
+    // (tests/e2e/gitcontext.rs checks a private repository over HTTP).
     let token = h.state_dir().join("token");
     std::fs::write(&token, "t0ken").expect("token file");
     let ctx = h.context("git-token", &[("Dockerfile", &tagged)]);

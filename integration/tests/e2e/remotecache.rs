@@ -385,7 +385,7 @@ async fn kilnd_exports_and_imports_a_registry_cache_with_mode_max() {
 
     // A directory of the client's machine (type=local) goes through the
     // content store kiln's client attaches to its session: see
-    // tests/clientlocalcache.rs.
+    // tests/e2e/clientlocalcache.rs.
 }
 
 #[tokio::test]

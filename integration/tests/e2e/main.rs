@@ -1,5 +1,5 @@
-//! The end-to-end tests, one test binary: each file beside this one is a
-//! module of it.
+//! The end-to-end tests, one test binary (`e2e`): each file beside this
+//! one is a module of it.
 //!
 //! Why one binary: each test file used to link its own executable of
 //! about 43 MB (the engine, kilnd and kiln's client code, half of it line
@@ -9,9 +9,9 @@
 //! `netns`), so tests of different files may run side by side as tests of
 //! one file always did.
 //!
-//! `Cargo.toml` turns off target auto-discovery (`autotests = false`), so a
-//! file added here runs only when it is declared below; the test
-//! `every_test_file_is_a_module` fails until it is.
+//! A file here runs only when it is declared below; the test
+//! `every_test_file_is_a_module` fails until it is. (A file directly in
+//! `tests/` is still a test binary of its own, as Cargo finds it.)
 
 mod common;
 
@@ -90,17 +90,17 @@ mod tidy;
 mod timestamps;
 mod version;
 
-/// Every `.rs` file and directory module in `tests/` is declared above, so
-/// none is silently left out of the run.
+/// Every `.rs` file and directory module beside this one is declared
+/// above, so none is silently left out of the run.
 #[test]
 fn every_test_file_is_a_module() {
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let root = include_str!("e2e.rs");
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    let root = include_str!("main.rs");
     let mut missing = Vec::new();
-    for entry in std::fs::read_dir(&here).expect("read tests/") {
-        let path = entry.expect("tests/ entry").path();
+    for entry in std::fs::read_dir(&here).expect("read tests/e2e/") {
+        let path = entry.expect("tests/e2e/ entry").path();
         let name = match path.file_name().and_then(|n| n.to_str()) {
-            Some("e2e.rs") => continue,
+            Some("main.rs") => continue,
             Some(n) if path.is_dir() => n.to_string(),
             Some(n) => match n.strip_suffix(".rs") {
                 Some(stem) => stem.to_string(),
@@ -114,6 +114,6 @@ fn every_test_file_is_a_module() {
     }
     assert!(
         missing.is_empty(),
-        "tests/ files not declared in tests/e2e.rs, so never run: {missing:?}"
+        "tests/e2e/ files not declared in tests/e2e/main.rs, so never run: {missing:?}"
     );
 }
