@@ -225,6 +225,24 @@ struct BuildArgs {
     cpuset_cpus: Option<String>,
     #[arg(long = "cpuset-mems", hide = true)]
     cpuset_mems: Option<String>,
+    /// docker build's flags that buildx keeps hidden and that do nothing
+    /// with BuildKit (nor with kiln): accepted, each with a warning.
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    rm: Option<bool>,
+    #[arg(long = "force-rm", hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    force_rm: Option<bool>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    compress: Option<bool>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    squash: Option<bool>,
+    #[arg(long, hide = true)]
+    isolation: Option<String>,
+    #[arg(long = "security-opt", hide = true)]
+    security_opt: Vec<String>,
     /// Size of RUN steps' /dev/shm (e.g. 128m).
     #[arg(long = "shm-size", value_name = "SIZE")]
     shm_size: Option<String>,
@@ -299,7 +317,7 @@ struct BuildArgs {
     /// check (the build checks only), outline (the build arguments,
     /// secrets and ssh the target takes) or targets (the stages); add
     /// `,format=json` for the answer's JSON.
-    #[arg(long, value_name = "METHOD")]
+    #[arg(long, value_name = "METHOD", alias = "print")]
     call: Option<String>,
     /// Shorthand for --call=check: run the build checks without building.
     #[arg(long)]
@@ -559,6 +577,36 @@ fn refuse_unsupported(args: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
+/// The warnings for docker build's legacy flags given (buildx accepts them
+/// and builds as without them): buildx's own text where it warns, else
+/// what the flag would have done and why nothing changes.
+fn legacy_flag_warnings(args: &BuildArgs) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if args.rm.is_some() || args.force_rm.is_some() {
+        out.push(
+            "--rm and --force-rm have no effect: kiln removes each step's container when it ends",
+        );
+    }
+    if args.compress.is_some() {
+        out.push("--compress has no effect: the context is sent as kiln sends it");
+    }
+    if args.isolation.is_some() {
+        out.push("isolation flag is deprecated with BuildKit.");
+    }
+    if !args.security_opt.is_empty() {
+        out.push(
+            "security-opt flag is deprecated. \"RUN --security=insecure\" should be used with BuildKit.",
+        );
+    }
+    if args.squash.is_some() {
+        out.push(
+            "experimental flag squash is removed with BuildKit. You should squash inside build \
+             using a multi-stage Dockerfile for efficiency.",
+        );
+    }
+    out
+}
+
 /// The progress mode: nothing with `-q`, else `--progress`, else
 /// `BUILDKIT_PROGRESS`, else auto.
 fn progress_mode(args: &BuildArgs) -> Result<progress::Mode> {
@@ -690,6 +738,9 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => {
             refuse_unsupported(&args)?;
+            for w in legacy_flag_warnings(&args) {
+                eprintln!("WARNING: {w}");
+            }
             match addr {
                 Some(addr) => {
                     if args.network_mode.is_some() {
@@ -2150,6 +2201,53 @@ mod tests {
         let q = build_args(&["-q", "ctx"]);
         assert!(reporting(&q).quiet);
         assert_eq!(progress_mode(&q).expect("mode"), progress::Mode::Quiet);
+    }
+
+    /// docker build's legacy flags parse as buildx parses them (hidden,
+    /// `--rm=false` too) and each is warned about; `--print` is `--call`.
+    #[test]
+    fn docker_builds_legacy_flags_are_accepted_with_a_warning() {
+        let none = build_args(&["ctx"]);
+        assert!(legacy_flag_warnings(&none).is_empty());
+        for (flags, want) in [
+            (&["--rm"][..], "--rm and --force-rm have no effect"),
+            (&["--rm=false"], "--rm and --force-rm have no effect"),
+            (&["--force-rm"], "--rm and --force-rm have no effect"),
+            (&["--compress"], "--compress has no effect"),
+            (&["--isolation", "default"], "isolation flag is deprecated"),
+            (
+                &["--security-opt", "seccomp=unconfined"],
+                "security-opt flag is deprecated",
+            ),
+            (&["--squash"], "experimental flag squash is removed"),
+        ] {
+            let mut argv = flags.to_vec();
+            argv.push("ctx");
+            let args = build_args(&argv);
+            refuse_unsupported(&args).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+            let warned = legacy_flag_warnings(&args);
+            assert!(
+                warned.len() == 1 && warned[0].starts_with(want),
+                "{flags:?}: {warned:?}"
+            );
+        }
+        let printed = build_args(&["--print", "targets", "ctx"]);
+        assert_eq!(
+            call(&printed).expect("call"),
+            ("targets".to_string(), false)
+        );
+        let help = {
+            use clap::CommandFactory;
+            Cli::command()
+                .find_subcommand_mut("build")
+                .expect("build")
+                .render_help()
+                .to_string()
+        };
+        assert!(
+            !help.contains("--squash") && !help.contains("--rm"),
+            "{help}"
+        );
     }
 
     #[test]
