@@ -183,6 +183,47 @@ fn json_file(p: &std::path::Path) -> serde_json::Value {
 /// buildx's `--network none` (frontend attribute `force-network-mode`):
 /// RUN steps without their own `--network` see only loopback, embedded
 /// and through kilnd; a step's own `--network` still wins.
+/// docker build's legacy flags (`docker build --rm --squash -t x .`)
+/// build, each warned about by name, as buildx builds with them.
+#[tokio::test]
+async fn docker_builds_legacy_flags_build_with_a_warning() {
+    let ns = "cli-legacy";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
+        "legacy",
+        &[("Dockerfile", "FROM busybox\nRUN echo built > /b\n")],
+    );
+    let args = [
+        "build",
+        "--rm",
+        "--force-rm=false",
+        "--squash",
+        "--security-opt",
+        "seccomp=unconfined",
+        "-t",
+        "legacy:1",
+        ctx.to_str().expect("utf8"),
+    ];
+    let (code, out) = kiln_code(&h, ns, &args);
+    assert_eq!(code, 0, "{}", out.stderr);
+    for want in [
+        "WARNING: --rm and --force-rm have no effect",
+        "WARNING: experimental flag squash is removed with BuildKit.",
+        "WARNING: security-opt flag is deprecated.",
+    ] {
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+    }
+    assert_eq!(
+        h.run_image(
+            ns,
+            "docker.io/library/legacy:1",
+            "legacy-run",
+            &["cat", "/b"]
+        ),
+        "built\n"
+    );
+}
+
 #[tokio::test]
 async fn network_none_takes_the_steps_off_the_network() {
     let ns = "cli-netnone";
