@@ -188,6 +188,23 @@ async fn a_denied_image_is_refused_before_it_is_looked_up() {
     assert!(err.contains("code Unknown"), "{err}");
     assert!(!out.contains("ran-the-step"), "{out}");
 
+    // The lint request (buildx `--check`) reports the denied base as the
+    // report's error, as BuildKit's does, instead of failing the request.
+    let mut lint_env = deny.to_vec();
+    lint_env.push(("BUILDCTL_LIKE_OPTS", "requestid=frontend.lint"));
+    let lint = buildctl(&k, &base, "docker.io/library/policy:lint", &lint_env);
+    let (out, err) = text(&lint);
+    assert!(lint.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains(
+            "127.0.0.1:9/denied/base: failed to resolve source metadata for \
+             127.0.0.1:9/denied/base:latest: could not resolve image due to policy"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("buildError"), "{out}");
+    assert!(!out.contains("ran-the-step"), "{out}");
+
     let syntax = h.context(
         "policy-syntax",
         &[(
