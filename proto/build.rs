@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "buildkit/session/filesync.proto",
     "buildkit/session/secrets.proto",
     "buildkit/session/sshforward.proto",
+    "buildkit/session/upload.proto",
     "buildkit/solver/errdefs.proto",
     "buildkit/sourcepolicy/policysession.proto",
     "containerd/services/content/v1/content.proto",

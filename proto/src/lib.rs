@@ -54,6 +54,8 @@ pub use wire::moby::buildkit::v1::types as worker;
 pub use wire::moby::filesync::v1 as filesync;
 /// `moby.sshforward.v1`: the session's SSH agent forwarding.
 pub use wire::moby::sshforward::v1 as sshforward;
+/// `moby.upload.v1`: the session's uploads (a tar context on stdin).
+pub use wire::moby::upload::v1 as upload;
 /// `pb`: LLB, the build graph (`Definition`, `Op` and the op kinds).
 pub use wire::pb as llb;
 
@@ -331,6 +333,7 @@ mod tests {
             sshforward::ssh_server::SERVICE_NAME,
             "moby.sshforward.v1.SSH"
         );
+        assert_eq!(upload::upload_server::SERVICE_NAME, "moby.upload.v1.Upload");
 
         let rec = PathRecorder::default();
         let mut c = control::control_client::ControlClient::new(rec.clone());

@@ -132,4 +132,12 @@ pub mod moby {
             include!(concat!(env!("OUT_DIR"), "/moby.sshforward.v1.rs"));
         }
     }
+
+    /// Package `moby.upload`.
+    pub mod upload {
+        /// Package `moby.upload.v1`: the session's uploads.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/moby.upload.v1.rs"));
+        }
+    }
 }

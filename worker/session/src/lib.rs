@@ -20,6 +20,8 @@
 //!   (`Auth.Credentials`), served from whatever store the client has;
 //! - [`ssh`]: the client's SSH agents (`SSH.CheckAgent`/`ForwardAgent`),
 //!   forwarded read-only for ssh mounts;
+//! - [`upload`]: bytes the client serves once for an
+//!   `http://buildkit-session/<id>` URL (a tar context on stdin);
 //! - [`policy`]: the client's build policy (`PolicyVerifier.CheckPolicy`),
 //!   asked about each source before a build runs.
 //!
@@ -43,6 +45,7 @@ pub mod hijack;
 pub mod policy;
 pub mod secrets;
 pub mod ssh;
+pub mod upload;
 
 mod codec;
 mod error;
