@@ -1598,6 +1598,7 @@ async fn build(
             credentials: credentials.clone(),
             secrets: secrets.clone(),
             ssh: ssh.clone(),
+            uploads: kiln_engine::uploads::none(),
             progress: tx.clone(),
             cancel: CancellationToken::new(),
         };
@@ -1745,6 +1746,7 @@ async fn build(
         push,
         secrets,
         ssh,
+        uploads: kiln_engine::uploads::none(),
         rewrite_timestamp: out.rewrite_timestamp,
         // Embedded builds always export an image.
         export_blobs: !out.rewrite_timestamp,
@@ -1867,6 +1869,7 @@ async fn remote_dockerfile(
         credentials,
         secrets,
         ssh,
+        uploads: kiln_engine::uploads::none(),
         progress: tx,
         cancel: CancellationToken::new(),
     };

@@ -481,6 +481,7 @@ async fn remote_dockerfile(
         credentials,
         secrets: std::sync::Arc::new(crate::secrets::SessionSecrets::new(Some(session))),
         ssh: std::sync::Arc::new(crate::ssh::SessionSsh::new(Some(session))),
+        uploads: std::sync::Arc::new(crate::uploads::SessionUploads::new(Some(session))),
         progress: tx,
         cancel: job.cancel.child_token(),
     };
@@ -509,6 +510,7 @@ async fn resolve_epoch(
         credentials,
         secrets: std::sync::Arc::new(crate::secrets::SessionSecrets::new(Some(session))),
         ssh: std::sync::Arc::new(crate::ssh::SessionSsh::new(Some(session))),
+        uploads: std::sync::Arc::new(crate::uploads::SessionUploads::new(Some(session))),
         progress: tx,
         cancel: job.cancel.child_token(),
     };

@@ -44,6 +44,7 @@ mod state;
 mod status;
 mod tenants;
 mod trace;
+mod uploads;
 mod usagefilter;
 mod workers;
 

@@ -613,6 +613,7 @@ pub async fn solve_defined(
         push: None,
         secrets: Arc::new(crate::secrets::SessionSecrets::new(session)),
         ssh: Arc::new(crate::ssh::SessionSsh::new(session)),
+        uploads: Arc::new(crate::uploads::SessionUploads::new(session)),
         // kilnd's exporters clamp layer times themselves (`export.rs`).
         rewrite_timestamp: false,
         export_blobs: *job.export_blobs.lock().unwrap_or_else(|p| p.into_inner())

@@ -74,6 +74,9 @@ pub struct BuildRequest {
     pub secrets: Arc<dyn crate::secrets::SecretSource>,
     /// The client's SSH agents; [`crate::ssh::NoSsh`] by default.
     pub ssh: Arc<dyn crate::ssh::SshSource>,
+    /// The client's uploads (`http://buildkit-session/<id>` sources);
+    /// [`crate::uploads::NoUploads`] by default.
+    pub uploads: Arc<dyn crate::uploads::UploadSource>,
     /// The exporter's `rewrite-timestamp=true`: layer file times later
     /// than the config's `source_date_epoch` are clamped to it (nothing
     /// without an epoch).
@@ -591,6 +594,7 @@ impl Engine {
             pinned: req.pinned.clone(),
             secrets: req.secrets.clone(),
             ssh: req.ssh.clone(),
+            uploads: req.uploads.clone(),
             fetch_limits: self.fetch_limits.current(),
             added: Default::default(),
             uses: uses.clone(),

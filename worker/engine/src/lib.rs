@@ -43,6 +43,7 @@ pub mod sources;
 pub mod ssh;
 pub mod steplog;
 pub mod sweep;
+pub mod uploads;
 
 /// The build context's rules live in `kiln-context` (shared with the
 /// session); re-exported so `kiln_engine::{contenthash, ignore}` keep working.

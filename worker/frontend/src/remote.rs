@@ -216,6 +216,8 @@ pub struct Fetch<'a> {
     pub credentials: Arc<dyn kiln_registry::Credentials>,
     pub secrets: Arc<dyn kiln_engine::secrets::SecretSource>,
     pub ssh: Arc<dyn kiln_engine::ssh::SshSource>,
+    /// The client's uploads (a tar context on stdin through buildx).
+    pub uploads: Arc<dyn kiln_engine::uploads::UploadSource>,
     pub progress: kiln_engine::Progress,
     pub cancel: tokio_util::sync::CancellationToken,
 }
@@ -308,6 +310,7 @@ pub(crate) async fn solve_graph(
         push: None,
         secrets: fetch.secrets.clone(),
         ssh: fetch.ssh.clone(),
+        uploads: fetch.uploads.clone(),
         rewrite_timestamp: false,
         export_blobs: false,
         annotations: Default::default(),

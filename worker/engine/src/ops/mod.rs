@@ -61,6 +61,8 @@ pub struct StepRunner {
     pub secrets: Arc<dyn crate::secrets::SecretSource>,
     /// The client's SSH agents (`RUN --mount=type=ssh`).
     pub ssh: Arc<dyn crate::ssh::SshSource>,
+    /// The client's uploads (an HTTP source of its session).
+    pub uploads: Arc<dyn crate::uploads::UploadSource>,
     /// Bounds on each HTTP(S) download and git fetch.
     pub fetch_limits: crate::sources::limits::FetchLimits,
     /// Vertices already shown as started while they waited on another

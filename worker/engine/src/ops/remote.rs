@@ -4,7 +4,7 @@
 //! image source does), but only to learn that key: the commit (`git
 //! ls-remote`, nothing for a commit id), the checksum the op names, or the
 //! server's `ETag` (one HEAD request); a record under it means nothing is
-//! downloaded.
+//! downloaded. An upload of the client's session is read once per build.
 
 use super::{location, StepRunner};
 use crate::error::{Result, WorkerError};
@@ -257,6 +257,11 @@ impl StepRunner {
                 .as_bytes(),
             )
         };
+        if crate::uploads::is_session_url(&src.url) {
+            return self
+                .upload_source(v, &src, key_of("upload", &src.url), cancel)
+                .await;
+        }
         let mut keys = Vec::new();
         if !src.checksum.is_empty() {
             let k = key_of("checksum", &src.checksum);
@@ -295,7 +300,7 @@ impl StepRunner {
                 let (client, src) = (&client, &src);
                 async move {
                     tokio::select! {
-                        r = http::download(client, src, &dir, &self.fetch_limits) => r.map_err(|e| Self::source_err(v, e)),
+                        r = http::download(http::Origin::Http(client), src, &dir, &self.fetch_limits) => r.map_err(|e| Self::source_err(v, e)),
                         _ = cancel.cancelled() => Err(WorkerError::Cancelled),
                     }
                 }
@@ -323,6 +328,53 @@ impl StepRunner {
         }
         keys.push(content);
         let layers = self.record(v, &keys, layers).await?;
+        Ok(vec![Ref::Chain(layers)])
+    }
+}
+
+impl StepRunner {
+    /// An upload of the client's session (`http://buildkit-session/<id>`):
+    /// the client serves it once, so it is read once per build and kept
+    /// under its URL (`url_key`; a client names each upload afresh), which
+    /// every later use of the URL in the build reads, even under
+    /// `--no-cache`. Its content key makes equal uploads one record, so
+    /// the steps on it hit the cache in later builds.
+    async fn upload_source(
+        &self,
+        v: &Vertex,
+        src: &HttpSource,
+        url_key: Digest,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Ref>> {
+        let read = crate::cache::load(&self.svc, &url_key, &self.lease, &self.added, &self.uses)
+            .await?
+            .and_then(|mut outs| (outs.len() == 1).then(|| outs.remove(0)));
+        if let Some(chain) = read {
+            return Ok(vec![Ref::Chain(chain)]);
+        }
+        let (fetched, layers) = self
+            .new_layer("upload", |dir| async move {
+                let origin = http::Origin::Upload(self.uploads.as_ref());
+                tokio::select! {
+                    r = http::download(origin, src, &dir, &self.fetch_limits) => r.map_err(|e| Self::source_err(v, e)),
+                    _ = cancel.cancelled() => Err(WorkerError::Cancelled),
+                }
+            })
+            .await?;
+        let content = Digest::of(
+            serde_json::json!({
+                "source": "upload",
+                "filename": fetched.filename,
+                "perm": src.perm,
+                "uid": src.uid,
+                "gid": src.gid,
+                "content": fetched.digest,
+            })
+            .to_string()
+            .as_bytes(),
+        );
+        let layers = self.record(v, &[content], layers).await?;
+        self.save_records(v, &[url_key], &layers).await;
         Ok(vec![Ref::Chain(layers)])
     }
 }

@@ -5,14 +5,18 @@
 //! The download is bounded by the [`FetchLimits`]: a body over the size
 //! bound (by its `Content-Length` or as it streams), a server silent for
 //! the idle timeout, or a download longer than the timeout fails it.
+//! An upload URL of the client's session (`http://buildkit-session/<id>`)
+//! is read from the session instead, under the same limits.
 
 use super::limits::FetchLimits;
 use super::SourceFailure;
+use crate::uploads::{UploadReader, UploadSource};
 use kiln_solver::source::HttpSource;
 use sha2::{Digest as _, Sha256};
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
+use tokio::io::AsyncReadExt as _;
 
 /// What a download gave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,17 +88,51 @@ fn safe_name(n: &str) -> Option<String> {
         .then(|| n.to_string())
 }
 
+/// Where a download's bytes come from: the network, or the client's
+/// session for an upload URL ([`crate::uploads::is_session_url`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Origin<'a> {
+    Http(&'a reqwest::Client),
+    Upload(&'a dyn UploadSource),
+}
+
+/// A body being read, chunk by chunk.
+enum Body {
+    Http(reqwest::Response),
+    Upload(UploadReader),
+}
+
+impl Body {
+    async fn chunk(&mut self, url: &str) -> Result<Option<bytes::Bytes>, SourceFailure> {
+        match self {
+            Body::Http(resp) => resp
+                .chunk()
+                .await
+                .map_err(|e| SourceFailure(format!("failed to fetch {url}: {}", chain(&e)))),
+            Body::Upload(reader) => {
+                let mut buf = vec![0u8; 256 * 1024];
+                let n = reader
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| SourceFailure(format!("failed to read {url}: {e}")))?;
+                buf.truncate(n);
+                Ok((n > 0).then(|| bytes::Bytes::from(buf)))
+            }
+        }
+    }
+}
+
 /// Downloads `src` into `dir` (a fresh, empty directory), checking
 /// `src.checksum`, within `limits`. Blocking file writes run on the
 /// blocking pool. On failure the partial file stays in `dir`: the caller
 /// discards the directory (the op's snapshot).
 pub async fn download(
-    client: &reqwest::Client,
+    origin: Origin<'_>,
     src: &HttpSource,
     dir: &Path,
     limits: &FetchLimits,
 ) -> Result<Fetched, SourceFailure> {
-    let whole = download_unbounded(client, src, dir, limits);
+    let whole = download_unbounded(origin, src, dir, limits);
     match limits.deadline() {
         Some(at) => tokio::time::timeout_at(at, whole)
             .await
@@ -118,25 +156,40 @@ async fn idle_bounded<T>(
 }
 
 async fn download_unbounded(
-    client: &reqwest::Client,
+    origin: Origin<'_>,
     src: &HttpSource,
     dir: &Path,
     limits: &FetchLimits,
 ) -> Result<Fetched, SourceFailure> {
-    let mut resp = idle_bounded(limits, &src.url, client.get(&src.url).send())
-        .await?
-        .map_err(|e| SourceFailure(format!("failed to fetch {}: {}", src.url, chain(&e))))?;
-    if !resp.status().is_success() {
-        return Err(SourceFailure(format!(
-            "invalid response status {}",
-            resp.status().as_u16()
-        )));
-    }
-    // A body announced over the bound is refused before a byte is written.
-    if resp.content_length().is_some_and(|n| limits.too_large(n)) {
-        return Err(limits.size_failure(&src.url));
-    }
-    let headers = resp.headers().clone();
+    let (mut body, headers) = match origin {
+        Origin::Http(client) => {
+            let resp = idle_bounded(limits, &src.url, client.get(&src.url).send())
+                .await?
+                .map_err(|e| {
+                    SourceFailure(format!("failed to fetch {}: {}", src.url, chain(&e)))
+                })?;
+            if !resp.status().is_success() {
+                return Err(SourceFailure(format!(
+                    "invalid response status {}",
+                    resp.status().as_u16()
+                )));
+            }
+            // A body announced over the bound is refused before a byte
+            // is written.
+            if resp.content_length().is_some_and(|n| limits.too_large(n)) {
+                return Err(limits.size_failure(&src.url));
+            }
+            let headers = resp.headers().clone();
+            (Body::Http(resp), headers)
+        }
+        // An upload has no headers: no name, no time, no ETag.
+        Origin::Upload(uploads) => {
+            let reader = idle_bounded(limits, &src.url, uploads.open(&src.url))
+                .await?
+                .map_err(|e| SourceFailure(e.to_string()))?;
+            (Body::Upload(reader), reqwest::header::HeaderMap::new())
+        }
+    };
     let header = |name: reqwest::header::HeaderName| {
         headers
             .get(name)
@@ -153,9 +206,7 @@ async fn download_unbounded(
     let mut hasher = Sha256::new();
     let mut written: u64 = 0;
     loop {
-        let chunk = idle_bounded(limits, &src.url, resp.chunk())
-            .await?
-            .map_err(|e| SourceFailure(format!("failed to fetch {}: {}", src.url, chain(&e))))?;
+        let chunk = idle_bounded(limits, &src.url, body.chunk(&src.url)).await??;
         let Some(chunk) = chunk else { break };
         written = written.saturating_add(chunk.len() as u64);
         if limits.too_large(written) {

@@ -190,6 +190,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         push: None,
         secrets: crate::secrets::none(),
         ssh: crate::ssh::none(),
+        uploads: crate::uploads::none(),
         rewrite_timestamp: false,
         export_blobs: false,
         annotations: Default::default(),

@@ -99,6 +99,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         pinned: Default::default(),
         secrets: crate::secrets::none(),
         ssh: crate::ssh::none(),
+        uploads: crate::uploads::none(),
         rewrite_timestamp: false,
         export_blobs: false,
         annotations: Default::default(),
