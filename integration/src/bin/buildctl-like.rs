@@ -30,6 +30,10 @@
 //! `attest` asks for its attestation chain; each source asked about is
 //! printed as `buildctl-like: policy IDENTIFIER`, and a resolved image as
 //! `buildctl-like: policy IDENTIFIER digest DIGEST os OS`.
+//! `BUILDCTL_LIKE_UPLOAD=FILE` serves FILE in the session as an upload
+//! and names its `http://buildkit-session/<id>` URL as the `context`
+//! frontend option, as buildx does for a tar context on stdin
+//! (`docker buildx build - < context.tar`).
 //! `BUILDCTL_LIKE_REQUEST=compat=N|proxy-network|session-exporter` sets
 //! that option of the Solve request.
 //! Every status log line is printed to stdout as it arrives, so a test can
@@ -187,14 +191,19 @@ fn frontend_inputs() -> Result<HashMap<String, kiln_proto::llb::Definition>, Err
 }
 
 /// The frontend half: LLBBridge.Solve with dockerfile.v0, then Return.
-async fn gateway(channel: Channel, build: String) -> Result<(), Error> {
+async fn gateway(
+    channel: Channel,
+    build: String,
+    mut frontend_opt: HashMap<String, String>,
+) -> Result<(), Error> {
     let mut bridge = LlbBridgeClient::new(channel);
     let frontend_inputs = frontend_inputs()?;
+    frontend_opt.extend(env_pairs("BUILDCTL_LIKE_OPTS"));
     let solved = bridge
         .solve(with_build_id(
             gateway::SolveRequest {
                 frontend: "dockerfile.v0".into(),
-                frontend_opt: env_pairs("BUILDCTL_LIKE_OPTS"),
+                frontend_opt,
                 frontend_inputs,
                 allow_result_return: true,
                 ..Default::default()
@@ -297,6 +306,16 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
             SshServerImpl::METHODS,
         );
     }
+    let mut frontend_opt = HashMap::new();
+    if let Ok(file) = std::env::var("BUILDCTL_LIKE_UPLOAD") {
+        let uploads = kiln_session::upload::UploadServerImpl::new();
+        let body = tokio::fs::File::open(&file).await?;
+        frontend_opt.insert("context".to_string(), uploads.add(Box::new(body))?);
+        services.add(
+            uploads.into_service(),
+            kiln_session::upload::UploadServerImpl::METHODS,
+        );
+    }
     let policy = std::env::var("BUILDCTL_LIKE_POLICY").ok();
     if let Some(p) = &policy {
         let deny = p.strip_prefix("deny=").map(str::to_string);
@@ -350,7 +369,7 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
             let _ = out.flush();
         }
     });
-    let frontend = tokio::spawn(gateway(channel.clone(), build.clone()));
+    let frontend = tokio::spawn(gateway(channel.clone(), build.clone(), frontend_opt));
     let push = std::env::var("BUILDCTL_LIKE_PUSH").is_ok_and(|v| v == "1");
     let exporters = name
         .map(|n| {

@@ -88,6 +88,7 @@ mod stepnames;
 mod tenants;
 mod tidy;
 mod timestamps;
+mod uploadcontext;
 mod version;
 
 /// Every `.rs` file and directory module beside this one is declared

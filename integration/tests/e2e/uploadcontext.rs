@@ -1,0 +1,135 @@
+//! A tar context on stdin through kilnd, as buildx sends it (`docker
+//! buildx build - < context.tar`): the client serves the archive in its
+//! session as an upload and names `http://buildkit-session/<id>` as the
+//! `context` frontend option; kilnd pulls it with `Upload.Pull` (the
+//! client serves it once), unpacks it and builds from it. A plain
+//! Dockerfile on stdin is the Dockerfile, with an empty context.
+
+use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn buildctl(k: &Kilnd, ctx: &Path, image: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(buildctl_like_binary().expect("buildctl-like"));
+    cmd.arg(k.addr()).arg(ctx).arg(image);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd.output().expect("buildctl-like runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A gzip tar of `files`.
+fn tar_gz(path: &Path, files: &[(&str, &str)]) {
+    let out = std::fs::File::create(path).expect("create the archive");
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    for (name, body) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        tar.append_data(&mut header, name, body.as_bytes())
+            .expect("append");
+    }
+    tar.into_inner()
+        .expect("tar ends")
+        .finish()
+        .expect("gzip ends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tar_context_uploaded_in_the_session_is_built() {
+    let ns = "upload-context";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    // The local context the client also offers is not the build's.
+    let unused = h.context("upload-unused", &[("a.txt", "from the directory\n")]);
+    let archive = h.state_dir().join("upload-context.tar.gz");
+    tar_gz(
+        &archive,
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY a.txt /a.txt\nRUN echo ran-the-step && cat /a.txt > /b.txt\n",
+            ),
+            ("a.txt", "from the upload\n"),
+        ],
+    );
+    let upload = archive.to_str().expect("utf-8 path");
+
+    let built = buildctl(
+        &k,
+        &unused,
+        "docker.io/library/upload:one",
+        &[("BUILDCTL_LIKE_UPLOAD", upload)],
+    );
+    let (out, err) = text(&built);
+    assert!(built.status.success(), "{out}\n{err}");
+    assert!(out.contains("ran-the-step"), "{out}");
+    let b = h.run_image(
+        ns,
+        "docker.io/library/upload:one",
+        "upload-one",
+        &["cat", "/b.txt"],
+    );
+    assert_eq!(b, "from the upload\n");
+
+    // The same archive again (a new upload, under a new URL): the same
+    // content, so the steps on it are cached.
+    let again = buildctl(
+        &k,
+        &unused,
+        "docker.io/library/upload:two",
+        &[("BUILDCTL_LIKE_UPLOAD", upload)],
+    );
+    let (out, err) = text(&again);
+    assert!(again.status.success(), "{out}\n{err}");
+    assert!(!out.contains("ran-the-step"), "the step ran again:\n{out}");
+    assert_eq!(
+        h.image_digest(ns, "docker.io/library/upload:two"),
+        h.image_digest(ns, "docker.io/library/upload:one")
+    );
+
+    // A Dockerfile that is not an archive is the Dockerfile itself.
+    let plain = h.state_dir().join("upload-Dockerfile");
+    std::fs::write(&plain, "FROM busybox\nRUN echo plain > /p.txt\n").expect("write");
+    let built = buildctl(
+        &k,
+        &unused,
+        "docker.io/library/upload:plain",
+        &[("BUILDCTL_LIKE_UPLOAD", plain.to_str().expect("utf-8 path"))],
+    );
+    let (out, err) = text(&built);
+    assert!(built.status.success(), "{out}\n{err}");
+    let p = h.run_image(
+        ns,
+        "docker.io/library/upload:plain",
+        "upload-plain",
+        &["cat", "/p.txt"],
+    );
+    assert_eq!(p, "plain\n");
+
+    // An upload URL the client does not serve fails, naming it.
+    let missing = buildctl(
+        &k,
+        &unused,
+        "docker.io/library/upload:missing",
+        &[("BUILDCTL_LIKE_OPTS", "context=http://buildkit-session/nope")],
+    );
+    let (out, err) = text(&missing);
+    assert!(!missing.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("no upload http://buildkit-session/nope in the client's session"),
+        "{err}"
+    );
+}
