@@ -524,6 +524,45 @@ fn add_extracts_archives_and_clamps_traversal() {
     assert!(lstat(&f.dest, "copied.tgz").is_file());
 }
 
+/// An archive written without owners or times (the numeric fields all
+/// NULs, as the tar crate's own fresh headers leave them) unpacks with
+/// 0 for each, as Go's archive/tar reads it in BuildKit.
+#[test]
+fn add_reads_empty_numeric_fields_as_zero() {
+    if !kiln_types::testing::needs_root("ADD gives extracted entries the archive's uids") {
+        return;
+    }
+    let f = fx();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.as_old_mut().mode.copy_from_slice(b"0000644\0");
+    h.set_cksum();
+    b.append_data(&mut h, "f.txt", &b"hello"[..])
+        .expect("append");
+    let archive = b.into_inner().expect("tar");
+    assert!(tar::Archive::new(&archive[..])
+        .entries()
+        .expect("entries")
+        .next()
+        .expect("one")
+        .expect("entry")
+        .header()
+        .uid()
+        .is_err());
+    std::fs::write(f.ctx.join("e.tar"), &archive).expect("write");
+    let mut op = cp("e.tar", "/e");
+    op.attempt_unpack_docker_compatibility = true;
+    run(&f, &op).expect("add");
+    assert_eq!(read(&f.dest, "e/f.txt"), "hello");
+    let md = lstat(&f.dest, "e/f.txt");
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777, md.mtime()),
+        (0, 0, 0o644, 0)
+    );
+}
+
 /// As BuildKit's untar: an entry's missing parents are created only when
 /// the parent path is absent; through an existing symlink to a missing
 /// directory the entry fails (never a directory made for it), and through

@@ -87,6 +87,16 @@ pub(crate) fn latest_file_time(path: &Path) -> Option<i64> {
     latest
 }
 
+/// A numeric header field as Go's archive/tar (BuildKit's) reads it: a
+/// field of only NULs and spaces is 0, where the tar crate refuses it
+/// (archives written without owners leave the fields empty).
+fn numeric(value: std::io::Result<u64>, raw: &[u8]) -> std::io::Result<u64> {
+    match value {
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        v => v,
+    }
+}
+
 /// Extracts the archive at `archive` into the directory `dst` of
 /// `dest_root` (created 0755, with `chown`), like `tar -x`: existing
 /// directories are merged, other existing entries replaced. Entry paths,
@@ -153,13 +163,14 @@ pub(crate) fn extract(
         }
         let target = parent.host.join(&last);
         let xattrs = pax_xattrs(&mut entry);
-        let mode = header.mode().map_err(bad)?;
-        let mtime = header.mtime().map_err(bad)? as i64;
+        let old = header.as_old();
+        let mode = numeric(header.mode().map(u64::from), &old.mode).map_err(bad)? as u32;
+        let mtime = numeric(header.mtime(), &old.mtime).map_err(bad)? as i64;
         let (uid, gid) = match chown {
             Some(ids) => ids,
             None => (
-                header.uid().map_err(bad)? as u32,
-                header.gid().map_err(bad)? as u32,
+                numeric(header.uid(), &old.uid).map_err(bad)? as u32,
+                numeric(header.gid(), &old.gid).map_err(bad)? as u32,
             ),
         };
         let existing = std::fs::symlink_metadata(&target).ok();
