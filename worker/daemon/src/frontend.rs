@@ -277,7 +277,7 @@ pub async fn lint(
         credentials: credentials.clone(),
     };
     let source = if opts.remote_context.is_some() {
-        remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?
+        remote_dockerfile(d, engine, job, session, &mut opts, credentials.clone()).await?
     } else {
         // The check of ignored files needs the patterns before planning;
         // as in BuildKit, a file that does not parse gets no further.
@@ -344,7 +344,7 @@ async fn read_dockerfile(
 ) -> Result<(FrontendOptions, kiln_frontend::DockerfileSource), Status> {
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
     let source = if opts.remote_context.is_some() {
-        remote_dockerfile(engine, job, session, &mut opts, credentials).await?
+        remote_dockerfile(d, engine, job, session, &mut opts, credentials).await?
     } else {
         let policy = Resolver {
             engine: &job.engine(engine),
@@ -404,7 +404,7 @@ pub async fn dockerfile(
         let op = remote.source_op();
         crate::policy::check_sources(d, job, &policy, std::iter::once(&op)).await?;
         let source =
-            remote_dockerfile(engine, job, session, &mut opts, credentials.clone()).await?;
+            remote_dockerfile(d, engine, job, session, &mut opts, credentials.clone()).await?;
         if let Some(forwarded) = crate::frontendimage::forward(original, Some(&source.text)) {
             return Ok(Planned::Forward(forwarded));
         }
@@ -468,6 +468,7 @@ pub async fn dockerfile(
 /// secrets carry its git credentials) and reads the Dockerfile from it;
 /// the fetch shows as the source's own progress steps.
 async fn remote_dockerfile(
+    d: &Daemon,
     engine: &kiln_engine::Engine,
     job: &Job,
     session: &SessionHandle,
@@ -476,6 +477,34 @@ async fn remote_dockerfile(
 ) -> Result<kiln_frontend::DockerfileSource, Status> {
     let (tx, rx) = kiln_engine::progress::channel();
     let engine = &job.engine(engine);
+    if opts.dockerfile_local {
+        // The Dockerfile is the client's (`dockerfilekey`); the context
+        // is fetched only to learn whether it is an archive.
+        let fetch = kiln_frontend::remote::Fetch {
+            engine,
+            credentials: credentials.clone(),
+            secrets: std::sync::Arc::new(crate::secrets::SessionSecrets::new(Some(session))),
+            ssh: std::sync::Arc::new(crate::ssh::SessionSsh::new(Some(session))),
+            uploads: std::sync::Arc::new(crate::uploads::SessionUploads::new(Some(session))),
+            progress: tx,
+            cancel: job.cancel.child_token(),
+        };
+        let settle = async {
+            let r = kiln_frontend::remote::settle_context(&fetch, opts).await;
+            drop(fetch);
+            r
+        };
+        let (settled, ()) = tokio::join!(settle, forward_steps(job, rx));
+        settled.map_err(|e| frontend_status(&e))?;
+        let policy = Resolver {
+            engine,
+            credentials,
+        };
+        let mut source = definition(d, job, session, opts, &policy).await?.source;
+        // No ignore file applies to a remote context.
+        source.excludes.clear();
+        return Ok(source);
+    }
     let fetch = kiln_frontend::remote::Fetch {
         engine,
         credentials,

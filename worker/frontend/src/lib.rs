@@ -147,6 +147,8 @@ pub struct FrontendOptions {
     /// `filename`: the Dockerfile's name in its directory.
     pub filename: String,
     /// `dockerfilekey`: the session's local dir holding the Dockerfile.
+    /// Named explicitly, it is read even beside a remote context
+    /// (`dockerfile_local`), as BuildKit's dockerui does.
     pub dockerfile_key: String,
     /// `contextkey`: the session's local dir holding the context.
     pub context_key: String,
@@ -205,6 +207,13 @@ pub struct FrontendOptions {
     /// `context=<git or http(s) URL>`: the main context is fetched by the
     /// engine instead of read from the client ([`remote`]).
     pub remote_context: Option<remote::RemoteContext>,
+    /// `contextsubdir`: the remote context is this directory of the
+    /// fetched tree (the Dockerfile is still read from the whole tree), as
+    /// BuildKit's dockerui scopes it.
+    pub context_subdir: Option<String>,
+    /// The Dockerfile comes from the client's `dockerfilekey` directory
+    /// even when the context is remote (the attribute was given).
+    pub dockerfile_local: bool,
     /// `requestid=frontend.lint`: run the build checks only
     /// ([`check::check`]), over every stage when no target is given.
     pub lint: bool,
@@ -242,6 +251,8 @@ impl Default for FrontendOptions {
             platforms: Vec::new(),
             multi_platform: false,
             remote_context: None,
+            context_subdir: None,
+            dockerfile_local: false,
             input_configs: BTreeMap::new(),
             local_sessions: BTreeMap::new(),
             lint: false,
@@ -306,7 +317,10 @@ impl FrontendOptions {
             } else {
                 match key {
                     "filename" if !value.is_empty() => opts.filename = check_filename(value)?,
-                    "dockerfilekey" if !value.is_empty() => opts.dockerfile_key = value.to_string(),
+                    "dockerfilekey" if !value.is_empty() => {
+                        opts.dockerfile_key = value.to_string();
+                        opts.dockerfile_local = true;
+                    }
                     "contextkey" if !value.is_empty() => opts.context_key = value.to_string(),
                     "filename" | "dockerfilekey" | "contextkey" => {}
                     "target" => {
@@ -363,6 +377,7 @@ impl FrontendOptions {
                     "context" => {
                         opts.remote_context = Some(remote::RemoteContext::parse(key, value)?)
                     }
+                    "contextsubdir" => opts.context_subdir = remote::context_subdir(key, value)?,
                     // buildx's --check and --call: the lint, targets and
                     // outline subrequests instead of a build; others are
                     // refused by name.
@@ -388,6 +403,16 @@ impl FrontendOptions {
         }
         check_buildkit_args(&mut opts)?;
         remote::apply_build_args(&mut opts);
+        // BuildKit scopes only a context it fetches (git, HTTP, a frontend
+        // input) and passes the client's directory over it unscoped; kiln
+        // says so instead.
+        if opts.context_subdir.is_some() && opts.remote_context.is_none() {
+            return Err(FrontendError::Unsupported {
+                what: "contextsubdir with the client's directory as the context (it scopes a \
+                       git or HTTP context)"
+                    .into(),
+            });
+        }
         // An input with an image config starts from it, as an image.
         for ctx in opts.named_contexts.values_mut() {
             if let NamedContext::Remote { op, .. } = ctx {
@@ -1231,7 +1256,12 @@ fn convert_for(
     name_pinned(&mut build.graph, &bases.pins);
     check::copy_ignored(df, &build_opts, &mut build)?;
     if let Some(remote) = &opts.remote_context {
-        let (graph, result) = remote::replace_context(build.graph, build.result, remote)?;
+        let (graph, result) = remote::replace_context(
+            build.graph,
+            build.result,
+            remote,
+            opts.context_subdir.as_deref(),
+        )?;
         build.graph = graph;
         build.result = result;
     }

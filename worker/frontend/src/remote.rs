@@ -180,13 +180,69 @@ pub(crate) fn apply_build_args(opts: &mut FrontendOptions) {
     }
 }
 
+/// The `contextsubdir` attribute: a relative directory of the fetched
+/// context, cleaned; `None` for the whole context (empty, `.`, `/`).
+pub fn context_subdir(key: &str, value: &str) -> Result<Option<String>> {
+    let mut parts = Vec::new();
+    for part in value.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err(FrontendError::InvalidAttribute {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                    reason: "the directory must be inside the context".into(),
+                })
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok((!parts.is_empty()).then(|| parts.join("/")))
+}
+
+/// Appends the copy of `subdir`'s contents of `context` onto scratch
+/// (BuildKit's `scopeToSubDir`) and returns it.
+fn scope_to_subdir(
+    graph: &mut Graph,
+    context: VertexId,
+    subdir: &str,
+    ignore_cache: bool,
+) -> Result<VertexId> {
+    graph
+        .add(Vertex {
+            op: Op::File(FileOp {
+                actions: vec![FileAction {
+                    input: FileInput::Scratch,
+                    secondary_input: Some(FileInput::Input(0)),
+                    output: Some(0),
+                    action: FileActionKind::Copy(FileCopy {
+                        src: format!("/{subdir}"),
+                        dest: "/".into(),
+                        dir_copy_contents: true,
+                        ..FileCopy::default()
+                    }),
+                }],
+            }),
+            inputs: vec![Edge {
+                vertex: context,
+                output: 0,
+            }],
+            // BuildKit's name of an unnamed copy.
+            name: format!("copy /{subdir} /"),
+            location: None,
+            ignore_cache,
+        })
+        .map_err(|e| FrontendError::Dockerfile(kiln_dockerfile::ParseError::Graph(e)))
+}
+
 /// Replaces the graph's `local://context` source with the remote
 /// context's vertices (appended at its place, every later vertex moved),
-/// and returns the moved `result`.
+/// scoped to `subdir` when one is given, and returns the moved `result`.
 pub fn replace_context(
     graph: Graph,
     result: VertexId,
     remote: &RemoteContext,
+    subdir: Option<&str>,
 ) -> Result<(Graph, VertexId)> {
     let local = format!("local://{}", crate::CONTEXT_NAME);
     let mut out = Graph::default();
@@ -194,7 +250,11 @@ pub fn replace_context(
     for mut v in graph.vertices {
         let is_context = matches!(&v.op, Op::Source(s) if s.identifier == local);
         if is_context {
-            moved.push(remote.add_to(&mut out, v.ignore_cache)?);
+            let mut context = remote.add_to(&mut out, v.ignore_cache)?;
+            if let Some(dir) = subdir {
+                context = scope_to_subdir(&mut out, context, dir, v.ignore_cache)?;
+            }
+            moved.push(context);
             continue;
         }
         for e in &mut v.inputs {
@@ -229,41 +289,59 @@ pub async fn load_dockerfile(
     fetch: &Fetch<'_>,
     opts: &mut FrontendOptions,
 ) -> Result<crate::DockerfileSource> {
+    let fetched = fetch_context(fetch, opts).await?;
+    let r = crate::read_dockerfile(fetched.0.path(), &opts.filename, fetched.0.path());
+    close(fetched).await;
+    r.map(without_excludes)
+}
+
+/// For a build whose Dockerfile is the client's (`dockerfilekey`, as
+/// buildx sends an absolute `-f` beside a URL context): fetches the remote
+/// context of `opts` only to learn whether an HTTP one is an archive, as
+/// BuildKit does (a git context needs nothing).
+pub async fn settle_context(fetch: &Fetch<'_>, opts: &mut FrontendOptions) -> Result<()> {
+    if matches!(
+        opts.remote_context.as_ref().map(|r| &r.kind),
+        Some(RemoteKind::Http { .. })
+    ) {
+        let filename = opts.filename.clone();
+        close(fetch_context(fetch, opts).await?).await;
+        opts.filename = filename;
+    }
+    Ok(())
+}
+
+/// Fetches the remote context of `opts` and mounts the tree the Dockerfile
+/// is read from: the checkout, the unpacked archive, or the directory
+/// holding a plain HTTP file (whose name becomes `opts.filename`).
+async fn fetch_context(fetch: &Fetch<'_>, opts: &mut FrontendOptions) -> Result<Fetched> {
     let Some(remote) = opts.remote_context.clone() else {
         return Err(FrontendError::Unsupported {
             what: "reading a Dockerfile of a local context here".into(),
         });
     };
     let fetched = solve_view(fetch, &remote, opts.no_cache).await?;
-    if let RemoteKind::Http { .. } = remote.kind {
-        let head = read_head(&fetched, HTTP_FILENAME, 1024);
-        let archive = match head {
-            Ok(h) => is_archive(&h),
-            Err(e) => {
-                close(fetched).await;
-                return Err(e);
-            }
-        };
-        if !archive {
-            opts.filename = HTTP_FILENAME.to_string();
-            let r = crate::read_dockerfile(fetched.0.path(), HTTP_FILENAME, fetched.0.path());
-            close(fetched).await;
-            return r.map(without_excludes);
-        }
-        close(fetched).await;
-        let unpacked = RemoteContext {
-            kind: RemoteKind::Http { archive: true },
-            ..remote
-        };
-        opts.remote_context = Some(unpacked.clone());
-        let fetched = solve_view(fetch, &unpacked, opts.no_cache).await?;
-        let r = crate::read_dockerfile(fetched.0.path(), &opts.filename, fetched.0.path());
-        close(fetched).await;
-        return r.map(without_excludes);
+    if !matches!(remote.kind, RemoteKind::Http { .. }) {
+        return Ok(fetched);
     }
-    let r = crate::read_dockerfile(fetched.0.path(), &opts.filename, fetched.0.path());
+    let archive = match read_head(&fetched, HTTP_FILENAME, 1024) {
+        Ok(h) => is_archive(&h),
+        Err(e) => {
+            close(fetched).await;
+            return Err(e);
+        }
+    };
+    if !archive {
+        opts.filename = HTTP_FILENAME.to_string();
+        return Ok(fetched);
+    }
     close(fetched).await;
-    r.map(without_excludes)
+    let unpacked = RemoteContext {
+        kind: RemoteKind::Http { archive: true },
+        ..remote
+    };
+    opts.remote_context = Some(unpacked.clone());
+    solve_view(fetch, &unpacked, opts.no_cache).await
 }
 
 /// No ignore file applies to a remote context.

@@ -1007,6 +1007,77 @@ async fn a_remote_context_replaces_the_local_source_in_the_graph() {
     }
 }
 
+/// `contextsubdir` scopes a fetched context to one of its directories
+/// with BuildKit's copy of the directory's contents onto scratch; it is
+/// refused with the client's directory as the context (BuildKit passes
+/// that over unscoped) and outside the context.
+#[tokio::test]
+async fn contextsubdir_scopes_a_remote_context() {
+    let images = FakeImages {
+        configs: BTreeMap::from([(
+            "docker.io/library/busybox:latest".to_string(),
+            ImageConfig::default(),
+        )]),
+        ..Default::default()
+    };
+    let text = "FROM busybox\nCOPY . /src\n";
+    let opts = FrontendOptions::from_attrs(&attrs(&[
+        ("context", "git://h/r.git#main"),
+        ("contextsubdir", "./sub//dir/"),
+    ]))
+    .expect("opts");
+    assert_eq!(opts.context_subdir.as_deref(), Some("sub/dir"));
+    let build = plan(&source(text, &[]), &opts, &images)
+        .await
+        .expect("plan");
+    let copy = build
+        .graph
+        .vertices
+        .iter()
+        .find(|v| v.name.contains("COPY . /src"))
+        .expect("the COPY");
+    let scoped = copy
+        .inputs
+        .iter()
+        .map(|e| build.graph.vertex(e.vertex))
+        .find(|v| v.name == "copy /sub/dir /")
+        .expect("the COPY reads the scoped context");
+    let Op::File(f) = &scoped.op else {
+        panic!("not a file op: {scoped:?}")
+    };
+    let kiln_solver::graph::FileActionKind::Copy(c) = &f.actions[0].action else {
+        panic!("not a copy")
+    };
+    assert_eq!((c.src.as_str(), c.dest.as_str()), ("/sub/dir", "/"));
+    assert!(c.dir_copy_contents);
+    assert_eq!(
+        build.graph.vertex(scoped.inputs[0].vertex).name,
+        "[internal] load git source git://h/r.git#main"
+    );
+
+    for whole in ["", ".", "/"] {
+        let o = FrontendOptions::from_attrs(&attrs(&[
+            ("context", "git://h/r.git"),
+            ("contextsubdir", whole),
+        ]))
+        .expect("the whole context");
+        assert_eq!(o.context_subdir, None, "{whole:?}");
+    }
+    let e = FrontendOptions::from_attrs(&attrs(&[("contextsubdir", "sub")]))
+        .expect_err("a local context");
+    assert_eq!(
+        e.to_string(),
+        "contextsubdir with the client's directory as the context (it scopes a git or HTTP \
+         context) is not supported yet"
+    );
+    let e = FrontendOptions::from_attrs(&attrs(&[
+        ("context", "git://h/r.git"),
+        ("contextsubdir", "../up"),
+    ]))
+    .expect_err("outside");
+    assert!(matches!(e, FrontendError::InvalidAttribute { .. }), "{e}");
+}
+
 #[test]
 fn archives_are_told_from_other_files_as_buildkit_does() {
     use crate::remote::is_archive;
