@@ -133,3 +133,51 @@ async fn a_tar_context_uploaded_in_the_session_is_built() {
         "{err}"
     );
 }
+
+/// BuildKit's `testTarContextExternalDockerfile`: the context is an
+/// uploaded archive scoped to one of its directories (`contextsubdir`),
+/// and the Dockerfile is the client's (`dockerfilekey`), as buildx sends
+/// an absolute `-f` beside a URL context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subdir_of_an_uploaded_context_with_the_clients_dockerfile() {
+    let ns = "upload-subdir";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let local = h.context(
+        "upload-subdir",
+        &[("Dockerfile", "FROM busybox\nCOPY foo /bar\n")],
+    );
+    let archive = h.state_dir().join("upload-subdir.tar.gz");
+    tar_gz(
+        &archive,
+        &[
+            ("sub/dir/foo", "contents\n"),
+            ("foo", "the archive's root\n"),
+            ("Dockerfile", "FROM busybox\nRUN false\n"),
+        ],
+    );
+    let built = buildctl(
+        &k,
+        &local,
+        "docker.io/library/upload:subdir",
+        &[
+            (
+                "BUILDCTL_LIKE_UPLOAD",
+                archive.to_str().expect("utf-8 path"),
+            ),
+            (
+                "BUILDCTL_LIKE_OPTS",
+                "dockerfilekey=dockerfile,contextsubdir=sub/dir",
+            ),
+        ],
+    );
+    let (out, err) = text(&built);
+    assert!(built.status.success(), "{out}\n{err}");
+    let bar = h.run_image(
+        ns,
+        "docker.io/library/upload:subdir",
+        "upload-subdir",
+        &["cat", "/bar"],
+    );
+    assert_eq!(bar, "contents\n");
+}
