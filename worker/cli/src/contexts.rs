@@ -32,7 +32,8 @@ fn is_remote(arg: &str) -> bool {
 
 /// A remote context: checked by the frontend's own rule (so a typo fails
 /// here, before anything connects), with an empty directory in place of
-/// the context. `-f` names a file in the fetched context.
+/// the context. `-f` names a file in the fetched context or, when
+/// absolute, the client's own file (as buildx reads it).
 fn prepare_remote(arg: &str, file: Option<&Path>) -> Result<Prepared> {
     if arg.starts_with("github.com/") {
         bail!("build context {arg}: the github.com/… short form is not supported yet (use https://{arg}.git)");

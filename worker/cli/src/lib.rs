@@ -516,7 +516,11 @@ fn policy_disabled(spec: &str) -> bool {
 /// kiln cannot enforce one yet, so it refuses to build past it rather than
 /// build what the policy might deny.
 fn refuse_policy_file(args: &BuildArgs, prepared: &contexts::Prepared) -> Result<()> {
-    if prepared.remote.is_some()
+    let local_dockerfile = args
+        .file
+        .as_deref()
+        .is_some_and(std::path::Path::is_absolute);
+    if prepared.remote.is_some() && !local_dockerfile
         || args.file.as_deref().is_some_and(|f| f.as_os_str() == "-")
         || args.policy.iter().any(|p| policy_disabled(p))
     {
@@ -1029,11 +1033,21 @@ fn frontend_attrs(
     }
     match remote {
         // As buildx: the URL is the `context` attribute and `-f` a path
-        // in the fetched context.
+        // in the fetched context, or, when absolute, the client's own
+        // file (the `dockerfile` directory, named by `dockerfilekey`).
         Some(url) => {
             attrs.insert("context".into(), url.to_string());
-            if let Some(f) = &args.file {
-                attrs.insert("filename".into(), f.to_string_lossy().into_owned());
+            match &args.file {
+                Some(f) if f.is_absolute() => {
+                    if let Some(name) = f.file_name() {
+                        attrs.insert("filename".into(), name.to_string_lossy().into_owned());
+                    }
+                    attrs.insert("dockerfilekey".into(), "dockerfile".into());
+                }
+                Some(f) => {
+                    attrs.insert("filename".into(), f.to_string_lossy().into_owned());
+                }
+                None => {}
             }
         }
         None => {
@@ -1421,14 +1435,16 @@ async fn build(
         std::sync::Arc::new(ssh::Agents::for_build(&args.ssh, &args.context)?);
     let shown_as = progress_mode(&args)?;
     let df_dir = dockerfile.parent().unwrap_or(&context);
-    // A remote context's Dockerfile is read once the engine fetched it.
+    // A remote context's Dockerfile is read once the engine fetched it,
+    // unless it is the client's (an absolute `-f`); `context` is then an
+    // empty directory: no ignore file applies to a remote context.
     let local_source = match &prepared.remote {
-        None => Some(kiln_frontend::read_dockerfile(
+        Some(_) if !opts.dockerfile_local => None,
+        _ => Some(kiln_frontend::read_dockerfile(
             df_dir,
             &opts.filename,
             &context,
         )?),
-        Some(_) => None,
     };
     if opts.outline || opts.targets {
         // Answered from the Dockerfile alone, as BuildKit's frontend does.
@@ -1537,7 +1553,7 @@ async fn build(
         transfers.clone(),
         shown.clone(),
     ));
-    let local_context = local_source.is_some();
+    let local_context = local_source.is_some() && prepared.remote.is_none();
     let source = match local_source {
         // kilnd's steps before it plans, with what its fetches of the
         // same files from this client would take. A remote context's
@@ -1550,6 +1566,28 @@ async fn build(
             );
             for u in steps {
                 let _ = shown.send(u).await;
+            }
+            // The client's Dockerfile beside a remote context: the
+            // context is fetched only to learn whether it is an archive.
+            if prepared.remote.is_some() {
+                let settled = remote_step(
+                    &engine,
+                    &mut opts,
+                    &embedded,
+                    &shown,
+                    credentials.clone(),
+                    secrets.clone(),
+                    ssh.clone(),
+                    None,
+                )
+                .await;
+                if let Err(e) = settled {
+                    drop(tx);
+                    let _ = forward.await;
+                    drop(shown);
+                    let _ = display.await;
+                    return Err(e.into());
+                }
             }
             s
         }
@@ -1851,6 +1889,37 @@ async fn remote_dockerfile(
     secrets: std::sync::Arc<dyn kiln_engine::secrets::SecretSource>,
     ssh: std::sync::Arc<dyn kiln_engine::ssh::SshSource>,
 ) -> std::result::Result<kiln_frontend::DockerfileSource, kiln_frontend::FrontendError> {
+    let mut source = None;
+    remote_step(
+        engine,
+        opts,
+        embedded,
+        shown,
+        credentials,
+        secrets,
+        ssh,
+        Some(&mut source),
+    )
+    .await?;
+    source.ok_or_else(|| kiln_frontend::FrontendError::Unsupported {
+        what: "a remote context without a Dockerfile read".into(),
+    })
+}
+
+/// The fetch of a remote main context as one step: with `read`, the
+/// Dockerfile read from it; without, only whether an HTTP context is an
+/// archive (the Dockerfile is the client's).
+#[allow(clippy::too_many_arguments)]
+async fn remote_step(
+    engine: &Engine,
+    opts: &mut kiln_frontend::FrontendOptions,
+    embedded: &std::sync::Mutex<progress::model::Embedded>,
+    shown: &tokio::sync::mpsc::Sender<progress::model::SolveStatus>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+    secrets: std::sync::Arc<dyn kiln_engine::secrets::SecretSource>,
+    ssh: std::sync::Arc<dyn kiln_engine::ssh::SshSource>,
+    read: Option<&mut Option<kiln_frontend::DockerfileSource>>,
+) -> std::result::Result<(), kiln_frontend::FrontendError> {
     let name = opts
         .remote_context
         .as_ref()
@@ -1873,7 +1942,12 @@ async fn remote_dockerfile(
         progress: tx,
         cancel: CancellationToken::new(),
     };
-    let r = kiln_frontend::remote::load_dockerfile(&fetch, opts).await;
+    let r = match read {
+        Some(out) => kiln_frontend::remote::load_dockerfile(&fetch, opts)
+            .await
+            .map(|s| *out = Some(s)),
+        None => kiln_frontend::remote::settle_context(&fetch, opts).await,
+    };
     drop(fetch);
     let _ = drain.await;
     let end = embedded.lock().unwrap_or_else(|p| p.into_inner()).close(
