@@ -625,4 +625,53 @@ async fn http_contexts() {
         "cat /lone",
         "lone\n",
     );
+
+    // An absolute -f is the client's Dockerfile beside the fetched
+    // context (as buildx sends it: `dockerfilekey`), embedded and through
+    // kilnd; the tarball's own Dockerfile is not built.
+    let local = h.context(
+        "external-dockerfile",
+        &[("Dockerfile.ext", "FROM busybox\nCOPY dir/c.txt /ext\n")],
+    );
+    let external = local.join("Dockerfile.ext");
+    let url = format!("http://127.0.0.1:{port}/files/ctx.tar.gz");
+    h.build(
+        ns,
+        &[
+            "-t",
+            "hc:ext",
+            "-f",
+            external.to_str().expect("utf-8"),
+            &url,
+        ],
+    )
+    .ok();
+    run_is(
+        &h,
+        ns,
+        "docker.io/library/hc:ext",
+        "e",
+        "cat /ext; ls /t 2>&1 || true",
+        "from the tarball\nls: /t: No such file or directory\n",
+    );
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    h.kiln(
+        ns,
+        &[
+            "build",
+            "--addr",
+            &k.addr(),
+            "-t",
+            "hc:ext-kilnd",
+            "-f",
+            external.to_str().expect("utf-8"),
+            &url,
+        ],
+    )
+    .expect("kiln runs")
+    .ok();
+    assert_eq!(
+        h.image_digest(ns, "docker.io/library/hc:ext-kilnd"),
+        h.image_digest(ns, "docker.io/library/hc:ext")
+    );
 }
