@@ -19,8 +19,13 @@ pub struct Prepared {
     pub context: PathBuf,
     pub dockerfile: PathBuf,
     /// A git or http(s) context, fetched by the engine; `context` is then
-    /// an empty directory and `dockerfile` is not read.
+    /// an empty directory and `dockerfile` is not read unless
+    /// `dockerfile_local`.
     pub remote: Option<String>,
+    /// Beside a remote context, the Dockerfile is the client's (an
+    /// absolute `-f`, or `-f -`), sent as buildx sends it
+    /// (`dockerfilekey`).
+    pub dockerfile_local: bool,
     _keep: Vec<tempfile::TempDir>,
 }
 
@@ -33,27 +38,37 @@ fn is_remote(arg: &str) -> bool {
 /// A remote context: checked by the frontend's own rule (so a typo fails
 /// here, before anything connects), with an empty directory in place of
 /// the context. `-f` names a file in the fetched context or, when
-/// absolute, the client's own file (as buildx reads it).
-fn prepare_remote(arg: &str, file: Option<&Path>) -> Result<Prepared> {
+/// absolute or `-` (stdin), the client's own file (as buildx reads it).
+fn prepare_remote(arg: &str, file: Option<&Path>, stdin: &mut dyn Read) -> Result<Prepared> {
     if arg.starts_with("github.com/") {
         bail!("build context {arg}: the github.com/… short form is not supported yet (use https://{arg}.git)");
     }
     kiln_frontend::remote::RemoteContext::parse("context", arg)
         .with_context(|| format!("build context {arg}"))?;
-    if file.is_some_and(|f| f.as_os_str() == "-") {
-        bail!("build context {arg}: a Dockerfile from stdin (-f -) with a remote context is not supported yet");
-    }
     let empty = tempfile::Builder::new()
         .prefix("kiln-context-")
         .tempdir()
         .context("create an empty context")?;
     let context = empty.path().to_path_buf();
-    let dockerfile = context.join(file.unwrap_or(Path::new(kiln_frontend::DEFAULT_FILENAME)));
+    let mut keep = vec![empty];
+    let (dockerfile, dockerfile_local) = match file {
+        Some(f) if f.as_os_str() == "-" => {
+            let (dir, path) = temp_dockerfile(&read_stdin(stdin)?)?;
+            keep.push(dir);
+            (path, true)
+        }
+        Some(f) if f.is_absolute() => (f.to_path_buf(), true),
+        f => (
+            context.join(f.unwrap_or(Path::new(kiln_frontend::DEFAULT_FILENAME))),
+            false,
+        ),
+    };
     Ok(Prepared {
         context,
         dockerfile,
         remote: Some(arg.to_string()),
-        _keep: vec![empty],
+        dockerfile_local,
+        _keep: keep,
     })
 }
 
@@ -194,7 +209,7 @@ pub fn prepare(context: &Path, file: Option<&Path>, stdin: &mut dyn Read) -> Res
     let file_stdin = file.is_some_and(|f| f.as_os_str() == "-");
     let mut keep = Vec::new();
     if is_remote(&arg) {
-        return prepare_remote(&arg, file);
+        return prepare_remote(&arg, file, stdin);
     }
     let (dir, stdin_dockerfile) = if arg == "-" {
         if file_stdin {
@@ -287,6 +302,7 @@ pub fn prepare(context: &Path, file: Option<&Path>, stdin: &mut dyn Read) -> Res
         context: dir,
         dockerfile,
         remote: None,
+        dockerfile_local: false,
         _keep: keep,
     })
 }
@@ -414,13 +430,36 @@ mod tests {
             let e = prepare(Path::new(url), None, &mut &b""[..]).expect_err(url);
             assert!(format!("{e:#}").contains(msg), "{url}: {e:#}");
         }
-        let e = prepare(
+    }
+
+    #[test]
+    fn a_dockerfile_from_stdin_or_an_absolute_path_beside_a_remote_context_is_local() {
+        let p = prepare(
             Path::new("git://example.com/r"),
             Some(Path::new("-")),
+            &mut &b"FROM scratch\n"[..],
+        )
+        .expect("-f -");
+        assert!(p.dockerfile_local);
+        assert_eq!(
+            std::fs::read_to_string(&p.dockerfile).expect("written"),
+            "FROM scratch\n"
+        );
+        let p = prepare(
+            Path::new("git://example.com/r"),
+            Some(Path::new("/abs/Dockerfile.x")),
             &mut &b""[..],
         )
-        .expect_err("-f -");
-        assert!(e.to_string().contains("-f -"), "{e}");
+        .expect("absolute");
+        assert!(p.dockerfile_local);
+        assert_eq!(p.dockerfile, Path::new("/abs/Dockerfile.x"));
+        let p = prepare(
+            Path::new("git://example.com/r"),
+            Some(Path::new("sub/Dockerfile")),
+            &mut &b""[..],
+        )
+        .expect("in the context");
+        assert!(!p.dockerfile_local);
     }
 
     #[test]

@@ -516,11 +516,7 @@ fn policy_disabled(spec: &str) -> bool {
 /// kiln cannot enforce one yet, so it refuses to build past it rather than
 /// build what the policy might deny.
 fn refuse_policy_file(args: &BuildArgs, prepared: &contexts::Prepared) -> Result<()> {
-    let local_dockerfile = args
-        .file
-        .as_deref()
-        .is_some_and(std::path::Path::is_absolute);
-    if prepared.remote.is_some() && !local_dockerfile
+    if prepared.remote.is_some() && !prepared.dockerfile_local
         || args.file.as_deref().is_some_and(|f| f.as_os_str() == "-")
         || args.policy.iter().any(|p| policy_disabled(p))
     {
@@ -1011,6 +1007,7 @@ fn frontend_attrs(
     args: &BuildArgs,
     dockerfile: &std::path::Path,
     remote: Option<&str>,
+    dockerfile_local: bool,
 ) -> Result<HashMap<String, String>> {
     let mut attrs = HashMap::new();
     // buildx's `--network`, as it sends it (and with its text for others).
@@ -1038,8 +1035,8 @@ fn frontend_attrs(
         Some(url) => {
             attrs.insert("context".into(), url.to_string());
             match &args.file {
-                Some(f) if f.is_absolute() => {
-                    if let Some(name) = f.file_name() {
+                _ if dockerfile_local => {
+                    if let Some(name) = dockerfile.file_name() {
                         attrs.insert("filename".into(), name.to_string_lossy().into_owned());
                     }
                     attrs.insert("dockerfilekey".into(), "dockerfile".into());
@@ -1304,7 +1301,12 @@ async fn build_remote(addr: &str, tls: &remote::ClientTls, args: BuildArgs) -> R
     refuse_policy_file(&args, &prepared)?;
     let (context, dockerfile) = (prepared.context.clone(), prepared.dockerfile.clone());
     // The daemon parses (and refuses) them, as any BuildKit client's.
-    let attrs = frontend_attrs(&args, &prepared.dockerfile, prepared.remote.as_deref())?;
+    let attrs = frontend_attrs(
+        &args,
+        &prepared.dockerfile,
+        prepared.remote.as_deref(),
+        prepared.dockerfile_local,
+    )?;
     let named_dirs = context_dirs(&args)?;
     let oci_stores = oci_stores(&args)?;
     let (cache_exports, cache_imports) = cache_entries(&args)?;
@@ -1415,6 +1417,7 @@ async fn build(
         &args,
         &prepared.dockerfile,
         prepared.remote.as_deref(),
+        prepared.dockerfile_local,
     )?)?;
     // Each named directory is read with its own `.dockerignore`.
     let named_dirs = context_dirs(&args)?;
@@ -2049,8 +2052,13 @@ mod tests {
             "--pull",
             "ctx",
         ]);
-        let attrs = frontend_attrs(&args, std::path::Path::new("/abs/ctx/app.Dockerfile"), None)
-            .expect("attrs");
+        let attrs = frontend_attrs(
+            &args,
+            std::path::Path::new("/abs/ctx/app.Dockerfile"),
+            None,
+            false,
+        )
+        .expect("attrs");
         let want: HashMap<String, String> = [
             ("filename", "app.Dockerfile"),
             ("target", "final"),
@@ -2069,11 +2077,11 @@ mod tests {
         assert_eq!(attrs, want);
 
         let all = build_args(&["--no-cache", "--no-cache-filter", "x", "ctx"]);
-        let attrs =
-            frontend_attrs(&all, std::path::Path::new("/c/Dockerfile"), None).expect("attrs");
+        let attrs = frontend_attrs(&all, std::path::Path::new("/c/Dockerfile"), None, false)
+            .expect("attrs");
         assert_eq!(attrs.get("no-cache").map(String::as_str), Some(""));
         let bad = build_args(&["--label", "novalue", "ctx"]);
-        let e = frontend_attrs(&bad, std::path::Path::new("/c/Dockerfile"), None)
+        let e = frontend_attrs(&bad, std::path::Path::new("/c/Dockerfile"), None, false)
             .expect_err("bad label");
         assert_eq!(
             e.to_string(),
