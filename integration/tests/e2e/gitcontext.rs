@@ -674,4 +674,39 @@ async fn http_contexts() {
         h.image_digest(ns, "docker.io/library/hc:ext-kilnd"),
         h.image_digest(ns, "docker.io/library/hc:ext")
     );
+
+    // `-f -`: the Dockerfile from stdin beside the fetched context.
+    for addr in [None, Some(k.addr())] {
+        let mut cmd = h.kiln_command(ns).expect("kiln");
+        cmd.arg("build");
+        if let Some(a) = &addr {
+            cmd.args(["--addr", a]);
+        }
+        cmd.args(["-t", "hc:stdin", "-f", "-", &url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("kiln starts");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(b"FROM busybox\nCOPY dir/c.txt /stdin\n")
+                .expect("write the Dockerfile");
+        }
+        let out = child.wait_with_output().expect("kiln ends");
+        assert!(
+            out.status.success(),
+            "{addr:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        run_is(
+            &h,
+            ns,
+            "docker.io/library/hc:stdin",
+            "s",
+            "cat /stdin",
+            "from the tarball\n",
+        );
+    }
 }
