@@ -139,7 +139,9 @@ impl RemoteContext {
                     vertex: src,
                     output: 0,
                 }],
-                name: "[internal] unpack remote build context".into(),
+                // BuildKit's name of its unnamed copy (dockerui names
+                // only the download).
+                name: format!("copy /{HTTP_FILENAME} /"),
                 location: None,
                 ignore_cache,
             })

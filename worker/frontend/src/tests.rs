@@ -996,7 +996,7 @@ async fn a_remote_context_replaces_the_local_source_in_the_graph() {
             .map(|e| build.graph.vertex(e.vertex).name.clone())
             .collect::<Vec<_>>();
         let want = if archive {
-            "[internal] unpack remote build context"
+            "copy /context /"
         } else {
             "[internal] load git source git://h/r.git#main"
         };
