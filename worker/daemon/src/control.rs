@@ -593,6 +593,7 @@ impl Control for ControlService {
                         methods,
                         tenant: tenant_name,
                         shared_key,
+                        nonce: crate::sessions::nonce(),
                     },
                 ),
                 Err(e) => tracing::warn!(session = %sid, error = %e, "cannot talk to the session"),

@@ -398,6 +398,7 @@ mod tests {
             methods: vec![content::READ_METHOD.to_string()],
             tenant: tenant.map(String::from),
             shared_key: String::new(),
+            nonce: String::new(),
         }
     }
 

@@ -18,6 +18,17 @@ pub struct SessionHandle {
     /// `x-docker-expose-session-sharedkey`: with the local name, which kept
     /// context (`crate::contexts`) the session's local sources update.
     pub shared_key: String,
+    /// A random value of the daemon's for this session, never sent to a
+    /// client: what the session alone may read back (its uploads).
+    pub nonce: String,
+}
+
+/// A new session nonce ([`SessionHandle::nonce`]).
+pub fn nonce() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl SessionHandle {

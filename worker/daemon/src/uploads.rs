@@ -1,7 +1,8 @@
 //! A build's uploads (`http://buildkit-session/<id>` sources, buildx's tar
-//! context on stdin): pulled from the client's session
-//! (`Upload.Pull`) when the source runs, never kept by the daemon beyond
-//! the source's snapshot.
+//! context on stdin): pulled from the client's session (`Upload.Pull`)
+//! when the source first runs; the engine keeps what it read for that
+//! session only (scoped by the session's random nonce, which no client
+//! sees).
 
 use kiln_engine::uploads::{UploadError, UploadReader, UploadSource};
 use tonic::transport::Channel;
@@ -11,6 +12,7 @@ use tonic::transport::Channel;
 #[derive(Clone, Debug)]
 pub struct SessionUploads {
     channel: Option<Channel>,
+    scope: String,
 }
 
 impl SessionUploads {
@@ -19,6 +21,7 @@ impl SessionUploads {
             channel: session
                 .filter(|s| s.exposes(kiln_session::upload::PULL_METHOD))
                 .map(|s| s.channel.clone()),
+            scope: session.map(|s| s.nonce.clone()).unwrap_or_default(),
         }
     }
 }
@@ -38,5 +41,9 @@ impl UploadSource for SessionUploads {
                 reason: e.to_string(),
             })?;
         Ok(Box::new(reader))
+    }
+
+    fn scope(&self) -> &str {
+        &self.scope
     }
 }

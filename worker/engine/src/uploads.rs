@@ -2,18 +2,20 @@
 //! `http://buildkit-session/<id>` URL, as buildx sends a tar context read
 //! from stdin (`docker buildx build - < context.tar`). An HTTP source of
 //! such a URL reads the upload instead of the network, as BuildKit's http
-//! source does. kilnd pulls it from the client's session
-//! (`Upload.Pull`); a build without a session has no uploads.
+//! source does (it looks at the host alone, so `https://` is one too).
+//! kilnd pulls it from the client's session (`Upload.Pull`); a build
+//! without a session has no uploads.
 
 use tokio::io::AsyncRead;
 
 /// The host of an upload URL (BuildKit's).
 pub const SESSION_HOST: &str = "buildkit-session";
 
-/// Whether `url` names an upload of the client's session:
-/// `http://buildkit-session/<id>`.
+/// Whether `url` names an upload of the client's session: its host is
+/// `buildkit-session` (`http://buildkit-session/<id>`).
 pub fn is_session_url(url: &str) -> bool {
     url.strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .and_then(|rest| rest.split(['/', '?', '#']).next())
         .is_some_and(|host| host == SESSION_HOST)
 }
@@ -27,6 +29,10 @@ pub trait UploadSource: Send + Sync + std::fmt::Debug {
     /// The bytes of the upload `url` names. A client serves each upload
     /// once: a second open of the same URL fails.
     async fn open(&self, url: &str) -> Result<UploadReader, UploadError>;
+
+    /// What only this source's session shares, unguessable by other
+    /// clients: an upload read once is kept under its URL in this scope.
+    fn scope(&self) -> &str;
 }
 
 /// Why an upload cannot be read.
@@ -52,6 +58,10 @@ impl UploadSource for NoUploads {
             url: url.to_string(),
         })
     }
+
+    fn scope(&self) -> &str {
+        ""
+    }
 }
 
 /// The uploads of a build that has none.
@@ -66,7 +76,7 @@ mod tests {
     #[test]
     fn only_the_session_host_is_an_upload() {
         assert!(is_session_url("http://buildkit-session/abc123"));
-        assert!(!is_session_url("https://buildkit-session/abc123"));
+        assert!(is_session_url("https://buildkit-session/abc123"));
         assert!(!is_session_url("http://buildkit-session.example.com/x"));
         assert!(!is_session_url("http://example.com/buildkit-session/x"));
     }

@@ -4,7 +4,8 @@
 //! image source does), but only to learn that key: the commit (`git
 //! ls-remote`, nothing for a commit id), the checksum the op names, or the
 //! server's `ETag` (one HEAD request); a record under it means nothing is
-//! downloaded. An upload of the client's session is read once per build.
+//! downloaded. An upload of the client's session is read once, and kept
+//! for that session only.
 
 use super::{location, StepRunner};
 use crate::error::{Result, WorkerError};
@@ -29,6 +30,11 @@ impl StepRunner {
         if v.ignore_cache {
             return Ok(None);
         }
+        self.load_record(key).await
+    }
+
+    /// The one chain of the cache record `key`, if there is one.
+    async fn load_record(&self, key: &Digest) -> Result<Option<Vec<Layer>>> {
         Ok(
             crate::cache::load(&self.svc, key, &self.lease, &self.added, &self.uses)
                 .await?
@@ -258,8 +264,10 @@ impl StepRunner {
             )
         };
         if crate::uploads::is_session_url(&src.url) {
+            // Only the session that served an upload reads it back.
+            let scope = format!("{} {}", self.uploads.scope(), src.url);
             return self
-                .upload_source(v, &src, key_of("upload", &src.url), cancel)
+                .upload_source(v, &src, key_of("upload", &scope), cancel)
                 .await;
         }
         let mut keys = Vec::new();
@@ -334,9 +342,11 @@ impl StepRunner {
 
 impl StepRunner {
     /// An upload of the client's session (`http://buildkit-session/<id>`):
-    /// the client serves it once, so it is read once per build and kept
-    /// under its URL (`url_key`; a client names each upload afresh), which
-    /// every later use of the URL in the build reads, even under
+    /// the client serves it once, so it is read once and kept under its
+    /// URL scoped to the session (`url_key`: the URL is no secret, it is
+    /// in the build's history, but the scope is the daemon's own for that
+    /// session), which every later use of the URL by the session reads
+    /// (the frontend's fetches, then the build's source), even under
     /// `--no-cache`. Its content key makes equal uploads one record, so
     /// the steps on it hit the cache in later builds.
     async fn upload_source(
@@ -346,10 +356,7 @@ impl StepRunner {
         url_key: Digest,
         cancel: &CancellationToken,
     ) -> Result<Vec<Ref>> {
-        let read = crate::cache::load(&self.svc, &url_key, &self.lease, &self.added, &self.uses)
-            .await?
-            .and_then(|mut outs| (outs.len() == 1).then(|| outs.remove(0)));
-        if let Some(chain) = read {
+        if let Some(chain) = self.load_record(&url_key).await? {
             return Ok(vec![Ref::Chain(chain)]);
         }
         let (fetched, layers) = self
@@ -374,7 +381,16 @@ impl StepRunner {
             .as_bytes(),
         );
         let layers = self.record(v, &[content], layers).await?;
-        self.save_records(v, &[url_key], &layers).await;
+        // Unlike a download's, this record cannot be fetched again if it
+        // is lost: its failure fails the build.
+        crate::cache::save(
+            &self.svc,
+            &url_key,
+            std::slice::from_ref(&layers),
+            crate::cache::TYPE_REGULAR,
+            &v.name,
+        )
+        .await?;
         Ok(vec![Ref::Chain(layers)])
     }
 }
