@@ -398,11 +398,7 @@ pub async fn dockerfile(
         engine: &policy_engine,
         credentials: credentials.clone(),
     };
-    if let Some(remote) = &opts.remote_context {
-        // The context is the client's policy's to allow before its
-        // Dockerfile is fetched.
-        let op = remote.source_op();
-        crate::policy::check_sources(d, job, &policy, std::iter::once(&op)).await?;
+    if opts.remote_context.is_some() {
         let source =
             remote_dockerfile(d, engine, job, session, &mut opts, credentials.clone()).await?;
         if let Some(forwarded) = crate::frontendimage::forward(original, Some(&source.text)) {
@@ -465,8 +461,10 @@ pub async fn dockerfile(
 }
 
 /// Fetches a git or HTTP main context with the engine (the client's
-/// secrets carry its git credentials) and reads the Dockerfile from it;
-/// the fetch shows as the source's own progress steps.
+/// secrets carry its git credentials) once the client's policy allows it,
+/// and reads the Dockerfile from it, or, when the client names its own
+/// (`dockerfilekey`), reads that one; the fetch shows as the source's own
+/// progress steps.
 async fn remote_dockerfile(
     d: &Daemon,
     engine: &kiln_engine::Engine,
@@ -477,6 +475,17 @@ async fn remote_dockerfile(
 ) -> Result<kiln_frontend::DockerfileSource, Status> {
     let (tx, rx) = kiln_engine::progress::channel();
     let engine = &job.engine(engine);
+    let policy = Resolver {
+        engine,
+        credentials: credentials.clone(),
+    };
+    // The context is the client's policy's to allow before anything of it
+    // is fetched (for a build and for the lint, outline and targets
+    // requests alike).
+    if let Some(remote) = &opts.remote_context {
+        let op = remote.source_op();
+        crate::policy::check_sources(d, job, &policy, std::iter::once(&op)).await?;
+    }
     if opts.dockerfile_local {
         // The Dockerfile is the client's (`dockerfilekey`); the context
         // is fetched only to learn whether it is an archive.
@@ -496,14 +505,8 @@ async fn remote_dockerfile(
         };
         let (settled, ()) = tokio::join!(settle, forward_steps(job, rx));
         settled.map_err(|e| frontend_status(&e))?;
-        let policy = Resolver {
-            engine,
-            credentials,
-        };
-        let mut source = definition(d, job, session, opts, &policy).await?.source;
-        // No ignore file applies to a remote context.
-        source.excludes.clear();
-        return Ok(source);
+        let source = definition(d, job, session, opts, &policy).await?.source;
+        return Ok(kiln_frontend::remote::without_excludes(source));
     }
     let fetch = kiln_frontend::remote::Fetch {
         engine,
@@ -631,7 +634,7 @@ async fn plan(
             // The frontend's words (`FROM` name, image), the policy's code.
             (Err(e), Some(denied)) => {
                 return Err(Planning::Policy(Status::new(
-                    denied.code(),
+                    denied,
                     kiln_engine::error::error_chain(&e),
                 )))
             }

@@ -172,7 +172,7 @@ pub struct CheckedImages<'a, I> {
     job: &'a Job,
     resolver: Resolver<'a>,
     inner: I,
-    denied: std::sync::Mutex<Option<Status>>,
+    denied: std::sync::Mutex<Option<tonic::Code>>,
 }
 
 impl<'a, I> CheckedImages<'a, I> {
@@ -195,10 +195,10 @@ impl<'a, I> CheckedImages<'a, I> {
         &self.inner
     }
 
-    /// The policy's answer that stopped a lookup, as the client reads it
-    /// when nothing words it further (the frontend's error carries only
-    /// its text, not its code).
-    pub fn take_denied(&self) -> Option<Status> {
+    /// The code of the policy's answer that stopped a lookup (the
+    /// frontend's error carries its text, worded as BuildKit's, but not
+    /// its code).
+    pub fn take_denied(&self) -> Option<tonic::Code> {
         self.denied.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -213,13 +213,7 @@ impl<I: kiln_frontend::ImageConfigs + Sync> kiln_frontend::ImageConfigs for Chec
         if kiln_dockerfile::OciLayoutRef::from_key(reference).is_none() {
             if let Err(s) = check_image(self.d, self.job, &self.resolver, reference, platform).await
             {
-                *self.denied.lock().unwrap_or_else(|p| p.into_inner()) = Some(Status::new(
-                    s.code(),
-                    format!(
-                        "failed to resolve source metadata for {reference}: {}",
-                        s.message()
-                    ),
-                ));
+                *self.denied.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.code());
                 return Err(kiln_engine::error::WorkerError::Source {
                     location: String::new(),
                     message: s.message().to_string(),

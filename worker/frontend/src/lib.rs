@@ -377,7 +377,7 @@ impl FrontendOptions {
                     "context" => {
                         opts.remote_context = Some(remote::RemoteContext::parse(key, value)?)
                     }
-                    "contextsubdir" => opts.context_subdir = remote::context_subdir(key, value)?,
+                    "contextsubdir" => opts.context_subdir = remote::context_subdir(value),
                     // buildx's --check and --call: the lint, targets and
                     // outline subrequests instead of a build; others are
                     // refused by name.

@@ -6,12 +6,19 @@
 //! - any other `http(s)://` URL is downloaded as the file `context`: a
 //!   tar archive (plain, gzip, bzip2 or xz) is unpacked and is the
 //!   context; anything else is the Dockerfile itself, with an empty
-//!   context.
+//!   context. `http://buildkit-session/<id>` is the client's upload (a
+//!   tar context on stdin through buildx), read from its session.
+//!
+//! `contextsubdir` scopes the context to one of its directories (the
+//! Dockerfile is still read from the whole tree); an explicit
+//! `dockerfilekey` makes the Dockerfile the client's, and the context is
+//! then fetched only to settle what it is ([`settle_context`]).
 //!
 //! No `.dockerignore` applies to a remote context (BuildKit reads ignore
-//! files for local contexts only). The engine fetches the source twice at
-//! most in the same way, so the second fetch is a cache hit: the git
-//! checkout is keyed by commit, the download by ETag or checksum.
+//! files for local contexts only). The engine fetches the source more
+//! than once in the same way, so later fetches are cache hits: the git
+//! checkout is keyed by commit, the download by ETag or checksum, an
+//! upload by its URL within the session.
 
 use crate::{FrontendError, FrontendOptions, Result};
 use kiln_solver::graph::{
@@ -182,24 +189,21 @@ pub(crate) fn apply_build_args(opts: &mut FrontendOptions) {
     }
 }
 
-/// The `contextsubdir` attribute: a relative directory of the fetched
-/// context, cleaned; `None` for the whole context (empty, `.`, `/`).
-pub fn context_subdir(key: &str, value: &str) -> Result<Option<String>> {
+/// The `contextsubdir` attribute: a directory of the fetched context,
+/// cleaned as BuildKit's copy cleans its source against `/` (`a/../b` is
+/// `b`, `../up` is `up`); `None` for the whole context (empty, `.`, `/`).
+pub fn context_subdir(value: &str) -> Option<String> {
     let mut parts = Vec::new();
     for part in value.split('/') {
         match part {
             "" | "." => {}
             ".." => {
-                return Err(FrontendError::InvalidAttribute {
-                    key: key.to_string(),
-                    value: value.to_string(),
-                    reason: "the directory must be inside the context".into(),
-                })
+                parts.pop();
             }
             p => parts.push(p),
         }
     }
-    Ok((!parts.is_empty()).then(|| parts.join("/")))
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 /// Appends the copy of `subdir`'s contents of `context` onto scratch
@@ -298,9 +302,10 @@ pub async fn load_dockerfile(
 }
 
 /// For a build whose Dockerfile is the client's (`dockerfilekey`, as
-/// buildx sends an absolute `-f` beside a URL context): fetches the remote
-/// context of `opts` only to learn whether an HTTP one is an archive, as
-/// BuildKit does (a git context needs nothing).
+/// buildx sends an absolute `-f` beside a URL context): fetches an HTTP
+/// context of `opts` (and unpacks it when it is an archive) as the
+/// Dockerfile's read would, only to settle what it is, as BuildKit does;
+/// a git context needs nothing.
 pub async fn settle_context(fetch: &Fetch<'_>, opts: &mut FrontendOptions) -> Result<()> {
     if matches!(
         opts.remote_context.as_ref().map(|r| &r.kind),
@@ -346,8 +351,10 @@ async fn fetch_context(fetch: &Fetch<'_>, opts: &mut FrontendOptions) -> Result<
     solve_view(fetch, &unpacked, opts.no_cache).await
 }
 
-/// No ignore file applies to a remote context.
-fn without_excludes(mut s: crate::DockerfileSource) -> crate::DockerfileSource {
+/// No ignore file applies to a remote context, whether the Dockerfile
+/// came with it or is the client's (BuildKit reads ignore files for a
+/// local context only).
+pub fn without_excludes(mut s: crate::DockerfileSource) -> crate::DockerfileSource {
     s.excludes.clear();
     s
 }
