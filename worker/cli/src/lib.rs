@@ -1443,7 +1443,10 @@ async fn build(
     // empty directory: no ignore file applies to a remote context.
     let local_source = match &prepared.remote {
         Some(_) if !opts.dockerfile_local => None,
-        _ => Some(kiln_frontend::read_dockerfile(
+        Some(_) => Some(kiln_frontend::remote::without_excludes(
+            kiln_frontend::read_dockerfile(df_dir, &opts.filename, &context)?,
+        )),
+        None => Some(kiln_frontend::read_dockerfile(
             df_dir,
             &opts.filename,
             &context,

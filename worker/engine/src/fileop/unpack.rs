@@ -81,7 +81,7 @@ pub(crate) fn latest_file_time(path: &Path) -> Option<i64> {
         ) {
             continue;
         }
-        let t = i64::try_from(header.mtime().ok()?).ok()?;
+        let t = i64::try_from(numeric(header.mtime(), &header.as_old().mtime).ok()?).ok()?;
         latest = Some(latest.map_or(t, |l| l.max(t)));
     }
     latest
@@ -89,7 +89,9 @@ pub(crate) fn latest_file_time(path: &Path) -> Option<i64> {
 
 /// A numeric header field as Go's archive/tar (BuildKit's) reads it: a
 /// field of only NULs and spaces is 0, where the tar crate refuses it
-/// (archives written without owners leave the fields empty).
+/// (archives written without owners leave the fields empty). Used for
+/// the fields unpacking reads itself: mode, mtime, uid and gid (the
+/// size is the tar crate's to read).
 fn numeric(value: std::io::Result<u64>, raw: &[u8]) -> std::io::Result<u64> {
     match value {
         Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
