@@ -33,7 +33,8 @@
 //! `BUILDCTL_LIKE_UPLOAD=FILE` serves FILE in the session as an upload
 //! and names its `http://buildkit-session/<id>` URL as the `context`
 //! frontend option, as buildx does for a tar context on stdin
-//! (`docker buildx build - < context.tar`).
+//! (`docker buildx build - < context.tar`); the URL is printed as
+//! `buildctl-like: upload URL`.
 //! `BUILDCTL_LIKE_REQUEST=compat=N|proxy-network|session-exporter` sets
 //! that option of the Solve request.
 //! Every status log line is printed to stdout as it arrives, so a test can
@@ -310,7 +311,9 @@ async fn run(addr: &str, context: PathBuf, name: Option<String>) -> Result<bool,
     if let Ok(file) = std::env::var("BUILDCTL_LIKE_UPLOAD") {
         let uploads = kiln_session::upload::UploadServerImpl::new();
         let body = tokio::fs::File::open(&file).await?;
-        frontend_opt.insert("context".to_string(), uploads.add(Box::new(body))?);
+        let url = uploads.add(Box::new(body))?;
+        println!("buildctl-like: upload {url}");
+        frontend_opt.insert("context".to_string(), url);
         services.add(
             uploads.into_service(),
             kiln_session::upload::UploadServerImpl::METHODS,

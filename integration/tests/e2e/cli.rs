@@ -180,9 +180,6 @@ fn json_file(p: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json")
 }
 
-/// buildx's `--network none` (frontend attribute `force-network-mode`):
-/// RUN steps without their own `--network` see only loopback, embedded
-/// and through kilnd; a step's own `--network` still wins.
 /// docker build's legacy flags (`docker build --rm --squash -t x .`)
 /// build, each warned about by name, as buildx builds with them.
 #[tokio::test]
@@ -224,6 +221,9 @@ async fn docker_builds_legacy_flags_build_with_a_warning() {
     );
 }
 
+/// buildx's `--network none` (frontend attribute `force-network-mode`):
+/// RUN steps without their own `--network` see only loopback, embedded
+/// and through kilnd; a step's own `--network` still wins.
 #[tokio::test]
 async fn network_none_takes_the_steps_off_the_network() {
     let ns = "cli-netnone";

@@ -682,7 +682,12 @@ async fn http_contexts() {
         if let Some(a) = &addr {
             cmd.args(["--addr", a]);
         }
-        cmd.args(["-t", "hc:stdin", "-f", "-", &url])
+        let tag = if addr.is_some() {
+            "hc:stdin-kilnd"
+        } else {
+            "hc:stdin"
+        };
+        cmd.args(["-t", tag, "-f", "-", &url])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -703,7 +708,7 @@ async fn http_contexts() {
         run_is(
             &h,
             ns,
-            "docker.io/library/hc:stdin",
+            &format!("docker.io/library/{tag}"),
             "s",
             "cat /stdin",
             "from the tarball\n",

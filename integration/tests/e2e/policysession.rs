@@ -445,6 +445,31 @@ async fn kilnd_asks_the_policy_before_fetching_a_git_context() {
     );
     assert_eq!(daemon.requests(), 0, "the denied repository was fetched");
     assert!(!out.contains("ran-the-step"), "{out}");
+    // The lint, outline and targets requests read the Dockerfile of the
+    // context too: the policy is asked first, and nothing is fetched.
+    for request in ["frontend.lint", "frontend.outline", "frontend.targets"] {
+        let opts = format!("context={url},requestid={request}");
+        let denied = buildctl(
+            &k,
+            &empty,
+            "docker.io/library/policy:git-call",
+            &[
+                ("BUILDCTL_LIKE_POLICY", "deny-prefix=git://"),
+                ("BUILDCTL_LIKE_OPTS", &opts),
+            ],
+        );
+        let (out, err) = text(&denied);
+        assert!(!denied.status.success(), "{request}: {out}\n{err}");
+        assert!(
+            err.contains("not allowed by policy: action DENY"),
+            "{request}: {err}"
+        );
+        assert_eq!(
+            daemon.requests(),
+            0,
+            "{request}: the repository was fetched"
+        );
+    }
     // Allowed, the same build fetches and runs.
     let allowed = buildctl(
         &k,

@@ -84,6 +84,29 @@ async fn a_tar_context_uploaded_in_the_session_is_built() {
     );
     assert_eq!(b, "from the upload\n");
 
+    // The URL is no secret (it is the build's `context` attribute, kept
+    // in its history): another client naming it reads nothing.
+    let url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("buildctl-like: upload "))
+        .expect("the upload's URL")
+        .to_string();
+    let replay = buildctl(
+        &k,
+        &unused,
+        "docker.io/library/upload:replay",
+        &[("BUILDCTL_LIKE_OPTS", &format!("context={url}"))],
+    );
+    let (rout, rerr) = text(&replay);
+    assert!(
+        !replay.status.success(),
+        "another session read the upload:\n{rout}\n{rerr}"
+    );
+    assert!(
+        rerr.contains(&format!("no upload {url} in the client's session")),
+        "{rerr}"
+    );
+
     // The same archive again (a new upload, under a new URL): the same
     // content, so the steps on it are cached.
     let again = buildctl(
@@ -119,7 +142,9 @@ async fn a_tar_context_uploaded_in_the_session_is_built() {
     );
     assert_eq!(p, "plain\n");
 
-    // An upload URL the client does not serve fails, naming it.
+    // An upload URL fails, naming it, when the client serves no uploads
+    // and when it serves others but not this one (BuildKit's client
+    // answers that with "no http response from session").
     let missing = buildctl(
         &k,
         &unused,
@@ -130,6 +155,22 @@ async fn a_tar_context_uploaded_in_the_session_is_built() {
     assert!(!missing.status.success(), "{out}\n{err}");
     assert!(
         err.contains("no upload http://buildkit-session/nope in the client's session"),
+        "{err}"
+    );
+    let other = buildctl(
+        &k,
+        &unused,
+        "docker.io/library/upload:other",
+        &[
+            ("BUILDCTL_LIKE_UPLOAD", upload),
+            ("BUILDCTL_LIKE_OPTS", "context=http://buildkit-session/nope"),
+        ],
+    );
+    let (out, err) = text(&other);
+    assert!(!other.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("upload http://buildkit-session/nope: ")
+            && err.contains("no http response from session for nope"),
         "{err}"
     );
 }
