@@ -1811,6 +1811,13 @@ async fn build(
         engine.build(req, tx.clone(), cancel).await
     };
     drop(tx);
+    // Once more at the end: a kiln killed while its lease request was in
+    // flight leaves a lease that containerd may commit only after this
+    // build's first sweep (seen on a loaded machine: a kill 30 ms after
+    // start). What such a sweep cannot do costs nothing but a warning.
+    if let Err(e) = engine.sweep().await {
+        tracing::warn!(error = %e, "cannot clean up after dead builds");
+    }
     // The engine's last events, then the export's items and its end, as
     // BuildKit's exporter reports them.
     let _ = forward.await;
