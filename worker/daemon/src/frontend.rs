@@ -486,6 +486,11 @@ async fn remote_dockerfile(
         let op = remote.source_op();
         crate::policy::check_sources(d, job, &policy, std::iter::once(&op)).await?;
     }
+    let known = opts
+        .remote_context
+        .as_ref()
+        .map(|r| r.vertices())
+        .unwrap_or_default();
     if opts.dockerfile_local {
         // The Dockerfile is the client's (`dockerfilekey`); the context
         // is fetched only to learn whether it is an archive.
@@ -503,7 +508,7 @@ async fn remote_dockerfile(
             drop(fetch);
             r
         };
-        let (settled, ()) = tokio::join!(settle, forward_steps(job, rx));
+        let (settled, ()) = tokio::join!(settle, forward_steps_as(job, rx, &known));
         settled.map_err(|e| frontend_status(&e))?;
         let source = definition(d, job, session, opts, &policy).await?.source;
         return Ok(kiln_frontend::remote::without_excludes(source));
@@ -522,7 +527,7 @@ async fn remote_dockerfile(
         drop(fetch);
         r
     };
-    let (source, ()) = tokio::join!(load, forward_steps(job, rx));
+    let (source, ()) = tokio::join!(load, forward_steps_as(job, rx, &known));
     source.map_err(|e| frontend_status(&e))
 }
 
@@ -557,19 +562,35 @@ async fn resolve_epoch(
 
 /// Shows the engine's steps of the frontend's own work (registry lookups,
 /// fetching a remote context) as job steps, by name.
-async fn forward_steps(job: &Job, mut rx: tokio::sync::mpsc::Receiver<kiln_engine::ProgressEvent>) {
+async fn forward_steps(job: &Job, rx: tokio::sync::mpsc::Receiver<kiln_engine::ProgressEvent>) {
+    forward_steps_as(job, rx, &[]).await
+}
+
+/// [`forward_steps`], with the steps named in `known` published as those
+/// vertices of the build's graph (name, digest, input digests).
+async fn forward_steps_as(
+    job: &Job,
+    mut rx: tokio::sync::mpsc::Receiver<kiln_engine::ProgressEvent>,
+    known: &[(String, String, Vec<String>)],
+) {
     let mut started = HashMap::new();
+    let publish = |name: &str, from, to, error| match known.iter().find(|(n, ..)| n == name) {
+        Some((_, digest, inputs)) => {
+            crate::status::step_as(job, digest, inputs, name, from, to, error)
+        }
+        None => crate::status::step(job, name, from, to, error),
+    };
     while let Some(e) = rx.recv().await {
         match e {
             kiln_engine::ProgressEvent::Started { name, at, .. } => {
-                crate::status::step(job, &name, at, None, None);
+                publish(&name, at, None, None);
                 started.insert(name, at);
             }
             kiln_engine::ProgressEvent::Completed {
                 name, at, error, ..
             } => {
                 let from = started.get(&name).copied().unwrap_or(at);
-                crate::status::step(job, &name, from, Some(at), error);
+                publish(&name, from, Some(at), error);
             }
             _ => {}
         }

@@ -280,9 +280,34 @@ pub fn step(
     completed: Option<SystemTime>,
     error: Option<String>,
 ) {
+    step_as(
+        job,
+        &step_digest(job, name),
+        &[],
+        name,
+        started,
+        completed,
+        error,
+    )
+}
+
+/// [`step`] for a step that is also a vertex of the build's own graph (a
+/// remote context fetched before planning): published under that
+/// vertex's digest and inputs, so clients show it once, as BuildKit's
+/// frontend and build share one vertex.
+pub fn step_as(
+    job: &Job,
+    digest: &str,
+    inputs: &[String],
+    name: &str,
+    started: SystemTime,
+    completed: Option<SystemTime>,
+    error: Option<String>,
+) {
     job.publish(StatusResponse {
         vertexes: vec![Vertex {
-            digest: step_digest(job, name),
+            digest: digest.to_string(),
+            inputs: inputs.to_vec(),
             name: name.to_string(),
             started: Some(ts(started)),
             completed: completed.map(ts),

@@ -109,6 +109,38 @@ impl RemoteContext {
         }
     }
 
+    /// The vertices a fetch of the context shows, as the build's graph
+    /// has them: (name, definition digest, input digests), the source and
+    /// the unpacking copy an HTTP archive gets, so a client shows the
+    /// fetch before planning and the build's own vertex as one.
+    pub fn vertices(&self) -> Vec<(String, String, Vec<String>)> {
+        let mut graph = Graph::default();
+        let unpacked = match &self.kind {
+            RemoteKind::Http { .. } => RemoteContext {
+                kind: RemoteKind::Http { archive: true },
+                ..self.clone()
+            },
+            RemoteKind::Git(_) => self.clone(),
+        };
+        if unpacked.add_to(&mut graph, false).is_err() {
+            return Vec::new();
+        }
+        let digests = graph.definition_digests();
+        graph
+            .vertices
+            .iter()
+            .zip(&digests)
+            .map(|(v, d)| {
+                let inputs = v
+                    .inputs
+                    .iter()
+                    .map(|e| digests[e.vertex.0].to_string())
+                    .collect();
+                (v.name.clone(), d.to_string(), inputs)
+            })
+            .collect()
+    }
+
     /// Appends the vertices of the context to `graph`: the source, and for
     /// an archive the copy that unpacks it onto scratch. Returns the
     /// context's vertex.

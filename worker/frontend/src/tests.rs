@@ -1004,6 +1004,17 @@ async fn a_remote_context_replaces_the_local_source_in_the_graph() {
             copy_input.iter().any(|n| n == want),
             "{url}: {copy_input:?}"
         );
+        // The fetch before planning shows as the build's own vertices.
+        let digests: Vec<String> = build
+            .graph
+            .definition_digests()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        let remote = opts.remote_context.as_ref().expect("remote");
+        for (name, digest, _) in remote.vertices() {
+            assert!(digests.contains(&digest), "{url}: {name} {digest}");
+        }
     }
 }
 
