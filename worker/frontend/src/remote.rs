@@ -158,34 +158,50 @@ impl RemoteContext {
         if !matches!(self.kind, RemoteKind::Http { archive: true }) {
             return Ok(src);
         }
-        graph
-            .add(Vertex {
-                op: Op::File(FileOp {
-                    actions: vec![FileAction {
-                        input: FileInput::Scratch,
-                        secondary_input: Some(FileInput::Input(0)),
-                        output: Some(0),
-                        action: FileActionKind::Copy(FileCopy {
-                            src: format!("/{HTTP_FILENAME}"),
-                            dest: "/".into(),
-                            attempt_unpack_docker_compatibility: true,
-                            create_dest_path: true,
-                            ..FileCopy::default()
-                        }),
-                    }],
-                }),
-                inputs: vec![Edge {
-                    vertex: src,
-                    output: 0,
-                }],
-                // BuildKit's name of its unnamed copy (dockerui names
-                // only the download).
-                name: format!("copy /{HTTP_FILENAME} /"),
-                location: None,
-                ignore_cache,
-            })
-            .map_err(graph_err)
+        copy_to_scratch(
+            graph,
+            src,
+            FileCopy {
+                src: format!("/{HTTP_FILENAME}"),
+                dest: "/".into(),
+                attempt_unpack_docker_compatibility: true,
+                create_dest_path: true,
+                ..FileCopy::default()
+            },
+            ignore_cache,
+        )
     }
+}
+
+/// Appends `copy` from `from` onto scratch, named as BuildKit names an
+/// unnamed copy (`copy SRC DEST`: dockerui names neither the unpacking
+/// of an HTTP archive nor the scoping to a subdirectory), and returns it.
+fn copy_to_scratch(
+    graph: &mut Graph,
+    from: VertexId,
+    copy: FileCopy,
+    ignore_cache: bool,
+) -> Result<VertexId> {
+    let name = format!("copy {} {}", copy.src, copy.dest);
+    graph
+        .add(Vertex {
+            op: Op::File(FileOp {
+                actions: vec![FileAction {
+                    input: FileInput::Scratch,
+                    secondary_input: Some(FileInput::Input(0)),
+                    output: Some(0),
+                    action: FileActionKind::Copy(copy),
+                }],
+            }),
+            inputs: vec![Edge {
+                vertex: from,
+                output: 0,
+            }],
+            name,
+            location: None,
+            ignore_cache,
+        })
+        .map_err(|e| FrontendError::Dockerfile(kiln_dockerfile::ParseError::Graph(e)))
 }
 
 /// `BUILDKIT_CONTEXT_KEEP_GIT_DIR` (Go's boolean; anything else is no
@@ -246,31 +262,17 @@ fn scope_to_subdir(
     subdir: &str,
     ignore_cache: bool,
 ) -> Result<VertexId> {
-    graph
-        .add(Vertex {
-            op: Op::File(FileOp {
-                actions: vec![FileAction {
-                    input: FileInput::Scratch,
-                    secondary_input: Some(FileInput::Input(0)),
-                    output: Some(0),
-                    action: FileActionKind::Copy(FileCopy {
-                        src: format!("/{subdir}"),
-                        dest: "/".into(),
-                        dir_copy_contents: true,
-                        ..FileCopy::default()
-                    }),
-                }],
-            }),
-            inputs: vec![Edge {
-                vertex: context,
-                output: 0,
-            }],
-            // BuildKit's name of an unnamed copy.
-            name: format!("copy /{subdir} /"),
-            location: None,
-            ignore_cache,
-        })
-        .map_err(|e| FrontendError::Dockerfile(kiln_dockerfile::ParseError::Graph(e)))
+    copy_to_scratch(
+        graph,
+        context,
+        FileCopy {
+            src: format!("/{subdir}"),
+            dest: "/".into(),
+            dir_copy_contents: true,
+            ..FileCopy::default()
+        },
+        ignore_cache,
+    )
 }
 
 /// Replaces the graph's `local://context` source with the remote
