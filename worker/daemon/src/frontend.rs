@@ -491,44 +491,52 @@ async fn remote_dockerfile(
         .as_ref()
         .map(|r| r.vertices())
         .unwrap_or_default();
-    if opts.dockerfile_local {
-        // The Dockerfile is the client's (`dockerfilekey`); the context
-        // is fetched only to learn whether it is an archive.
-        let fetch = kiln_frontend::remote::Fetch {
-            engine,
-            credentials: credentials.clone(),
-            secrets: std::sync::Arc::new(crate::secrets::SessionSecrets::new(Some(session))),
-            ssh: std::sync::Arc::new(crate::ssh::SessionSsh::new(Some(session))),
-            uploads: std::sync::Arc::new(crate::uploads::SessionUploads::new(Some(session))),
-            progress: tx,
-            cancel: job.cancel.child_token(),
+    let fetch = session_fetch(engine, job, session, credentials, tx);
+    // The Dockerfile is the context's, or the client's (`dockerfilekey`):
+    // then the context is fetched only to settle what it is.
+    let local = opts.dockerfile_local;
+    let read = async {
+        let r = if local {
+            kiln_frontend::remote::settle_context(&fetch, opts)
+                .await
+                .map(|()| None)
+        } else {
+            kiln_frontend::remote::load_dockerfile(&fetch, opts)
+                .await
+                .map(Some)
         };
-        let settle = async {
-            let r = kiln_frontend::remote::settle_context(&fetch, opts).await;
-            drop(fetch);
-            r
-        };
-        let (settled, ()) = tokio::join!(settle, forward_steps_as(job, rx, &known));
-        settled.map_err(|e| frontend_status(&e))?;
-        let source = definition(d, job, session, opts, &policy).await?.source;
-        return Ok(kiln_frontend::remote::without_excludes(source));
+        drop(fetch);
+        r
+    };
+    let (read, ()) = tokio::join!(read, forward_steps_as(job, rx, &known));
+    match read.map_err(|e| frontend_status(&e))? {
+        Some(source) => Ok(source),
+        None => {
+            let source = definition(d, job, session, opts, &policy).await?.source;
+            Ok(kiln_frontend::remote::without_excludes(source))
+        }
     }
-    let fetch = kiln_frontend::remote::Fetch {
+}
+
+/// What the frontend's own fetches (a remote context, a dated source)
+/// need from the client: its logins, secrets, SSH agents and uploads,
+/// through its session; their progress goes to `progress`.
+fn session_fetch<'a>(
+    engine: &'a kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+    progress: kiln_engine::Progress,
+) -> kiln_frontend::remote::Fetch<'a> {
+    kiln_frontend::remote::Fetch {
         engine,
         credentials,
         secrets: std::sync::Arc::new(crate::secrets::SessionSecrets::new(Some(session))),
         ssh: std::sync::Arc::new(crate::ssh::SessionSsh::new(Some(session))),
         uploads: std::sync::Arc::new(crate::uploads::SessionUploads::new(Some(session))),
-        progress: tx,
+        progress,
         cancel: job.cancel.child_token(),
-    };
-    let load = async {
-        let r = kiln_frontend::remote::load_dockerfile(&fetch, opts).await;
-        drop(fetch);
-        r
-    };
-    let (source, ()) = tokio::join!(load, forward_steps_as(job, rx, &known));
-    source.map_err(|e| frontend_status(&e))
+    }
 }
 
 /// A `SOURCE_DATE_EPOCH` naming a source: its time, fetched with the
@@ -542,15 +550,7 @@ async fn resolve_epoch(
     credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
 ) -> Result<(), FrontendError> {
     let (tx, rx) = kiln_engine::progress::channel();
-    let fetch = kiln_frontend::remote::Fetch {
-        engine,
-        credentials,
-        secrets: std::sync::Arc::new(crate::secrets::SessionSecrets::new(Some(session))),
-        ssh: std::sync::Arc::new(crate::ssh::SessionSsh::new(Some(session))),
-        uploads: std::sync::Arc::new(crate::uploads::SessionUploads::new(Some(session))),
-        progress: tx,
-        cancel: job.cancel.child_token(),
-    };
+    let fetch = session_fetch(engine, job, session, credentials, tx);
     let resolve = async {
         let r = kiln_frontend::epoch::resolve(&fetch, source, opts).await;
         drop(fetch);
