@@ -5,29 +5,12 @@
 //! kiln cannot honour yet fail before the build; `kiln build` refuses a
 //! policy file it cannot enforce.
 
+use crate::common::{buildctl_like as buildctl, outputs as text};
 use kiln_integration::gitdaemon::{git, GitDaemon};
-use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
-use std::path::Path;
-use std::process::{Command, Output};
+use kiln_integration::Harness;
 
 const DOCKERFILE: &str =
     "FROM busybox\nCOPY a.txt /a.txt\nRUN echo ran-the-step && cat /a.txt > /b.txt\n";
-
-fn buildctl(k: &Kilnd, ctx: &Path, image: &str, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(buildctl_like_binary().expect("buildctl-like"));
-    cmd.arg(k.addr()).arg(ctx).arg(image);
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    cmd.output().expect("buildctl-like runs")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kilnd_builds_only_what_the_clients_policy_allows() {

@@ -5,25 +5,9 @@
 //! client serves it once), unpacks it and builds from it. A plain
 //! Dockerfile on stdin is the Dockerfile, with an empty context.
 
-use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
+use crate::common::{buildctl_like as buildctl, outputs as text};
+use kiln_integration::Harness;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn buildctl(k: &Kilnd, ctx: &Path, image: &str, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(buildctl_like_binary().expect("buildctl-like"));
-    cmd.arg(k.addr()).arg(ctx).arg(image);
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    cmd.output().expect("buildctl-like runs")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 /// A gzip tar of `files`.
 fn tar_gz(path: &Path, files: &[(&str, &str)]) {

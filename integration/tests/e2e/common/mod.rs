@@ -1,12 +1,36 @@
 //! What several end-to-end test files share: the Dockerfile that uses every
 //! instruction of the engine's subset, and the checks of its image; the
 //! frontend subrequests (`--call`) sent through kilnd's gateway; `kiln
-//! build` through kilnd.
+//! build` through kilnd; buildctl-like runs.
 
 #![allow(dead_code, reason = "each test file uses a different part")]
 
 use kiln_integration::{buildctl_like_binary, Harness, KilnOutput, Kilnd};
 use std::path::{Path, PathBuf};
+
+/// Runs `buildctl-like` against `k` with the context `ctx`, naming the
+/// image `image`, with its `BUILDCTL_LIKE_*` settings in `env`.
+pub fn buildctl_like(
+    k: &Kilnd,
+    ctx: &Path,
+    image: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(buildctl_like_binary().expect("buildctl-like"));
+    cmd.arg(k.addr()).arg(ctx).arg(image);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd.output().expect("buildctl-like runs")
+}
+
+/// A finished command's stdout and stderr, as text.
+pub fn outputs(o: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
 
 pub fn image_config(h: &Harness, ns: &str, name: &str) -> serde_json::Value {
     let manifest = h.manifest(ns, name);
