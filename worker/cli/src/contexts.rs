@@ -463,6 +463,24 @@ mod tests {
     }
 
     #[test]
+    fn a_tar_without_owners_or_times_unpacks() {
+        // The tar crate's fresh header leaves uid, gid and mtime all NULs.
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut h, "Dockerfile", &b"FROM "[..])
+            .expect("append");
+        let data = b.into_inner().expect("tar");
+        let p = prepare(Path::new("-"), None, &mut data.as_slice()).expect("unpacked");
+        assert_eq!(
+            std::fs::read_to_string(&p.dockerfile).expect("read"),
+            "FROM "
+        );
+    }
+
+    #[test]
     fn a_tar_cannot_write_outside_the_context() {
         // A hand-made header with `../escape` (the builder refuses it).
         let mut h = tar::Header::new_gnu();
