@@ -915,7 +915,6 @@ pub fn set_context_excludes(opts: &mut FrontendOptions, local: &str, patterns: &
     }
 }
 
-/// The text of `name` beneath `root`, `None` if there is no such file.
 /// Whether `name` is a regular file beneath `root` (symlinks resolved
 /// inside it); only looked at, never read.
 fn is_file_beneath(root: &Path, name: &str) -> bool {
@@ -925,6 +924,7 @@ fn is_file_beneath(root: &Path, name: &str) -> bool {
         .is_some_and(|md| md.file_type().is_file())
 }
 
+/// The text of `name` beneath `root`, `None` if there is no such file.
 fn read_beneath(root: &Path, name: &str) -> Result<Option<String>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
