@@ -110,13 +110,13 @@ impl Body {
                 .await
                 .map_err(|e| SourceFailure(format!("failed to fetch {url}: {}", chain(&e)))),
             Body::Upload(reader) => {
-                let mut buf = vec![0u8; 256 * 1024];
+                // Read into spare capacity: no zeroing of a buffer per chunk.
+                let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
                 let n = reader
-                    .read(&mut buf)
+                    .read_buf(&mut buf)
                     .await
                     .map_err(|e| SourceFailure(format!("failed to read {url}: {e}")))?;
-                buf.truncate(n);
-                Ok((n > 0).then(|| bytes::Bytes::from(buf)))
+                Ok((n > 0).then(|| buf.freeze()))
             }
         }
     }
