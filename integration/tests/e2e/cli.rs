@@ -559,6 +559,20 @@ async fn preconditions_are_said_in_plain_language() {
         "{}",
         out.stderr
     );
+    // buildx's `-o type=cacheonly`: no warning, and `-t` names nothing.
+    let out = h.build(
+        ns,
+        &["-t", "cli-pre:cacheonly", "-o", "type=cacheonly", ctx],
+    );
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("No output specified"),
+        "{}",
+        out.stderr
+    );
+    let images = h.ctr(ns, &["images", "ls", "-q"]).expect("ctr");
+    assert!(images.contains("cli-pre:1"), "{images}");
+    assert!(!images.contains("cli-pre:cacheonly"), "{images}");
 
     // A base image neither in the store nor pullable (a registry on a
     // loopback port nothing listens on): what to run.

@@ -210,6 +210,58 @@ async fn every_exporter_delivers() {
         names.contains("app/built.txt") && names.contains("bin/busybox"),
         "{names:?}"
     );
+    // buildx's `-o -`: the same tar on stdout.
+    let out = h
+        .kiln_command(ns)
+        .expect("kiln")
+        .args([
+            "--addr",
+            &k.addr(),
+            "build",
+            "--progress",
+            "plain",
+            "-o",
+            "-",
+            c,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("kiln runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut a = tar::Archive::new(&out.stdout[..]);
+    let mut on_stdout = HashSet::new();
+    for e in a.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let path = e.path().expect("path").display().to_string();
+        if path == "app/hello.txt" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut e, &mut text).expect("read");
+            assert_eq!(text, "exported\n");
+        }
+        on_stdout.insert(path);
+    }
+    assert_eq!(on_stdout, names);
+    // `-o type=cacheonly`: nothing exported, `-t` names nothing.
+    let out = remote(
+        &h,
+        &k,
+        ns,
+        &["-t", "exp:cacheonly", "-o", "type=cacheonly", c],
+    )
+    .ok();
+    assert!(
+        !out.stderr.contains("No output specified"),
+        "{}",
+        out.stderr
+    );
+    assert!(!h
+        .ctr(ns, &["images", "ls", "-q"])
+        .expect("ctr")
+        .contains("exp:cacheonly"));
 }
 
 /// A definition: busybox, then `sh -c CMD` on it, then the terminal op.

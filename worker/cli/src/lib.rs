@@ -943,6 +943,8 @@ struct ImageOutput {
     rewrite_timestamp: bool,
     /// The `annotation*` options, with `--annotation`'s.
     annotations: kiln_engine::annotations::ExportAnnotations,
+    /// `-o type=cacheonly` and no image output: `-t` names nothing.
+    cache_only: bool,
 }
 
 /// `-o` specs of an embedded build (checked by [`outputs::parse`]);
@@ -957,6 +959,8 @@ fn parse_outputs(
     let mut out = ImageOutput::default();
     let mut parsed = outputs::parse(specs, push, load, true)?;
     outputs::annotate(&mut parsed, &outputs::annotation_options(annotations)?)?;
+    out.cache_only = parsed.iter().any(outputs::Output::is_cache_only)
+        && !parsed.iter().any(outputs::Output::is_image);
     let mut annotation_options = Vec::new();
     for o in parsed {
         for (k, v) in &o.attrs {
@@ -1481,7 +1485,9 @@ async fn build(
     }
     let compression = out.compression.unwrap_or(Compression::Gzip);
     let mut names = out.names.clone();
-    names.extend(args.tags.iter().cloned());
+    if !out.cache_only {
+        names.extend(args.tags.iter().cloned());
+    }
     let names = names
         .iter()
         .map(|n| kiln_dockerfile::reference::normalize(n).map_err(anyhow::Error::from))

@@ -17,7 +17,18 @@ impl Output {
     pub fn is_image(&self) -> bool {
         self.kind == "image"
     }
+
+    /// buildx's `type=cacheonly`: no export at all, and none of the
+    /// defaults a build without outputs gets (an image named by `-t`, the
+    /// "No output specified" warning).
+    pub fn is_cache_only(&self) -> bool {
+        self.kind == CACHE_ONLY
+    }
 }
+
+/// buildx's output type that exports nothing (buildx drops it before the
+/// solve; kiln drops it before the exporters).
+pub const CACHE_ONLY: &str = "cacheonly";
 
 /// The output types buildx knows, and whether kiln exports them embedded
 /// (`true`) or only through a daemon (`false`).
@@ -28,6 +39,7 @@ const TYPES: &[(&str, bool)] = &[
     ("tar", false),
     ("oci", false),
     ("docker", false),
+    (CACHE_ONLY, true),
 ];
 
 /// A boolean attribute as BuildKit reads it (a bare key is `true`).
@@ -45,10 +57,12 @@ fn check(kind: &str, key: &str, value: &str) -> Result<()> {
 /// empty value; a lone value is buildx's `-o DIR`, `type=local,dest=DIR`).
 fn pairs(spec: &str) -> Result<Vec<(String, String)>> {
     if !spec.contains('=') && !spec.is_empty() {
+        // buildx's `-o -`: a tar of the result on stdout.
         if spec == "-" {
-            return Err(anyhow!(
-                "-o - (a tar of the result on stdout) is not supported yet: use -o type=tar,dest=-"
-            ));
+            return Ok(vec![
+                ("type".into(), "tar".into()),
+                ("dest".into(), "-".into()),
+            ]);
         }
         return Ok(vec![
             ("type".into(), "local".into()),
@@ -84,9 +98,18 @@ pub fn parse(specs: &[String], push: bool, load: bool, embedded: bool) -> Result
         let mut kind = kind.unwrap_or_else(|| "image".to_string());
         let Some((_, in_process)) = TYPES.iter().find(|(t, _)| *t == kind) else {
             return Err(anyhow!(
-                "unknown output type {kind:?} (image, registry, local, tar, oci, docker)"
+                "unknown output type {kind:?} (image, registry, local, tar, oci, docker, cacheonly)"
             ));
         };
+        if kind == CACHE_ONLY {
+            if let Some(k) = attrs.keys().next() {
+                return Err(anyhow!(
+                    "unknown output option {k:?} for type=cacheonly (it takes none)"
+                ));
+            }
+            out.push(Output { kind, attrs });
+            continue;
+        }
         if kind == "registry" {
             kind = "image".into();
             attrs.insert("push".into(), "true".into());
@@ -392,8 +415,12 @@ mod tests {
             "unknown output option \"frobnicate\" for type=image"
         );
         assert_eq!(
-            one("type=cacheonly").expect_err("type").to_string(),
-            "unknown output type \"cacheonly\" (image, registry, local, tar, oci, docker)"
+            one("type=fancy").expect_err("type").to_string(),
+            "unknown output type \"fancy\" (image, registry, local, tar, oci, docker, cacheonly)"
+        );
+        assert_eq!(
+            one("type=cacheonly,dest=x").expect_err("attr").to_string(),
+            "unknown output option \"dest\" for type=cacheonly (it takes none)"
         );
         assert_eq!(
             one("type=local").expect_err("no dest").to_string(),
@@ -403,10 +430,41 @@ mod tests {
             one("type=image,push=maybe").expect_err("bool").to_string(),
             "invalid push=\"maybe\": expected true or false"
         );
-        assert!(one("-")
-            .expect_err("stdout")
-            .to_string()
-            .contains("not supported yet"));
+    }
+
+    /// buildx's shorthands: `-o DIR` and `-o -` (a tar on stdout).
+    #[test]
+    fn lone_values_are_buildx_shorthands() {
+        let attrs = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(
+            one("-").expect("stdout"),
+            vec![Output {
+                kind: "tar".into(),
+                attrs: attrs(&[("dest", "-")])
+            }]
+        );
+        assert_eq!(
+            one("out").expect("dir"),
+            vec![Output {
+                kind: "local".into(),
+                attrs: attrs(&[("dest", "out")])
+            }]
+        );
+    }
+
+    /// `type=cacheonly` is kept as itself (the callers drop it), in both
+    /// modes, and gets no image output added unless `--push`/`--load`.
+    #[test]
+    fn cacheonly_exports_nothing() {
+        for embedded in [false, true] {
+            let o = parse(&["type=cacheonly".into()], false, false, embedded).expect("cacheonly");
+            assert_eq!(o.len(), 1);
+            assert!(o[0].is_cache_only() && !o[0].is_image());
+        }
     }
 
     #[test]

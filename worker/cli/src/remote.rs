@@ -456,9 +456,11 @@ pub async fn build(
                 });
                 targets.push(FileSendTarget::Bytes { dest });
             }
+            // Exports nothing, and keeps the default image export off.
+            crate::outputs::CACHE_ONLY => {}
             other => {
                 return Err(anyhow!(
-                    "unknown output type {other:?} (image, local, tar, oci, docker)"
+                    "unknown output type {other:?} (image, local, tar, oci, docker, cacheonly)"
                 ))
             }
         }
