@@ -87,8 +87,8 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
             "output option force-compression is not supported yet (kiln always uses",
         ),
         (
-            &["-o", "type=image,oci-mediatypes=false"],
-            "output option oci-mediatypes is not supported yet (kiln always uses",
+            &["-o", "type=image,oci-mediatypes=false,compression=zstd"],
+            "exporter option \"compression=zstd\" conflicts with \"oci-mediatypes=false\"",
         ),
         (
             &["-o", "type=image,store=false"],

@@ -706,9 +706,13 @@ async fn a_failed_step_carries_buildkit_source_details() {
         .expect("connect");
     for (attrs, code, want) in [
         (
-            &[("name", "x"), ("oci-mediatypes", "false")][..],
-            tonic::Code::Unimplemented,
-            "output option oci-mediatypes is not supported yet (kiln always uses oci-mediatypes=true)",
+            &[
+                ("name", "x"),
+                ("oci-mediatypes", "false"),
+                ("annotation-manifest-descriptor.a", "b"),
+            ][..],
+            tonic::Code::InvalidArgument,
+            "cannot export annotations with \"oci-mediatypes=false\"",
         ),
         (
             &[("compression-level", "3")][..],

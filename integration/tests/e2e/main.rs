@@ -63,6 +63,7 @@ mod link;
 mod localcache;
 mod localmultiplatform;
 mod localviews;
+mod mediatypes;
 mod members;
 mod metadata;
 mod namedcontext;

@@ -69,6 +69,7 @@ async fn import_two_platform_busybox(h: &Harness, ns: &str) {
         &manifests,
         &["docker.io/library/busybox:latest".to_string()],
         &Default::default(),
+        Default::default(),
         &lease,
     )
     .await

@@ -7,10 +7,7 @@
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 
-fn is_index(media_type: &str) -> bool {
-    media_type == kiln_engine::oci::MEDIA_OCI_INDEX
-        || media_type == kiln_engine::oci::MEDIA_DOCKER_LIST
-}
+use kiln_engine::oci::is_index;
 
 async fn read_json(svc: &kiln_engine::Services, digest: &str) -> Result<Value> {
     let bytes = svc

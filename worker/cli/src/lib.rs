@@ -945,6 +945,8 @@ struct ImageOutput {
     annotations: kiln_engine::annotations::ExportAnnotations,
     /// `-o type=cacheonly` and no image output: `-t` names nothing.
     cache_only: bool,
+    /// `oci-mediatypes`: OCI's media types (the default) or Docker's.
+    media_types: kiln_engine::oci::MediaTypes,
 }
 
 /// `-o` specs of an embedded build (checked by [`outputs::parse`]);
@@ -962,6 +964,7 @@ fn parse_outputs(
     out.cache_only = parsed.iter().any(outputs::Output::is_cache_only)
         && !parsed.iter().any(outputs::Output::is_image);
     let mut annotation_options = Vec::new();
+    let mut oci_mediatypes = None;
     for o in parsed {
         for (k, v) in &o.attrs {
             if kiln_engine::annotations::is_annotation(k) {
@@ -981,6 +984,7 @@ fn parse_outputs(
                 "push-by-digest" => out.push_by_digest = outputs::bool_attr(k, v)?,
                 "registry.insecure" => out.insecure = outputs::bool_attr(k, v)?,
                 "rewrite-timestamp" => out.rewrite_timestamp = outputs::bool_attr(k, v)?,
+                "oci-mediatypes" => oci_mediatypes = Some(v.clone()),
                 // What kiln always does (checked by outputs::parse).
                 _ => {}
             }
@@ -990,6 +994,11 @@ fn parse_outputs(
         annotation_options
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str())),
+    )?;
+    out.media_types = kiln_engine::exporter_options::media_types(
+        oci_mediatypes.as_deref(),
+        out.compression.map(Compression::as_str),
+        out.annotations.beyond_manifests(),
     )?;
     Ok(out)
 }
@@ -1801,6 +1810,7 @@ async fn build(
         // Embedded builds always export an image.
         export_blobs: !out.rewrite_timestamp,
         annotations: out.annotations.clone(),
+        media_types: out.media_types,
     };
 
     let cancel = CancellationToken::new();

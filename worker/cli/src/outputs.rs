@@ -260,6 +260,8 @@ mod tests {
             "type=image,compression=zstd",
             "type=image,compression=gzip,force-compression=false",
             "type=image,oci-mediatypes=true",
+            "type=image,oci-mediatypes=false",
+            "type=docker,dest=out.tar,oci-mediatypes=false",
             "type=image,oci-artifact=false",
             "type=image,unpack=true",
             "type=image,push=true,unpack=false",
@@ -288,7 +290,6 @@ mod tests {
                 "type=image,force-compression=true",
                 "force-compression=true",
             ),
-            ("type=image,oci-mediatypes=false", "oci-mediatypes=false"),
             ("type=image,oci-artifact=true", "oci-artifact=true"),
             ("type=image,store=false", "store=false"),
             (

@@ -50,12 +50,31 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
         }
         kiln_engine::exporter_options::check(&e.r#type, k, v).map_err(|err| match err {
             E::NotYet { .. } | E::OnlyBool { .. } => Status::unimplemented(err.to_string()),
-            E::Unknown { .. } | E::NotBool { .. } => Status::invalid_argument(err.to_string()),
+            E::Unknown { .. }
+            | E::NotBool { .. }
+            | E::NeedsOciTypes { .. }
+            | E::AnnotationsNeedOciTypes => Status::invalid_argument(err.to_string()),
         })?;
     }
-    // An annotation of an unknown type or with a bad platform.
+    // An annotation of an unknown type or with a bad platform, and media
+    // types the other options conflict with.
     annotations(&e.attrs)?;
+    if matches!(e.r#type.as_str(), "image" | "moby" | "oci" | "docker") {
+        media_types(&e.attrs)?;
+    }
     Ok(())
+}
+
+/// The media types an image exporter writes (its `oci-mediatypes`),
+/// checked against its other options.
+fn media_types(attrs: &HashMap<String, String>) -> Result<kiln_engine::oci::MediaTypes, Status> {
+    let get = |k: &str| attrs.get(k).map(String::as_str);
+    kiln_engine::exporter_options::media_types(
+        get("oci-mediatypes"),
+        get("compression"),
+        annotations(attrs)?.beyond_manifests(),
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// The layer compression the exporters ask for (gzip by default).
@@ -299,7 +318,14 @@ pub async fn run(
                 let names = names(attrs)?;
                 let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
                 let mut out = solved
-                    .export_image_with(config, &names, compression, epoch, &annotations(attrs)?)
+                    .export_image_with(
+                        config,
+                        &names,
+                        compression,
+                        epoch,
+                        &annotations(attrs)?,
+                        media_types(attrs)?,
+                    )
                     .await
                     .map_err(|e| status_of(&e))?;
                 // buildkitd's image exporter reports (and names in its
@@ -341,7 +367,14 @@ pub async fn run(
                 let names = names(attrs)?;
                 let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
                 let mut out = solved
-                    .export_image_with(config, &[], compression, epoch, &annotations(attrs)?)
+                    .export_image_with(
+                        config,
+                        &[],
+                        compression,
+                        epoch,
+                        &annotations(attrs)?,
+                        media_types(attrs)?,
+                    )
                     .await
                     .map_err(|e| status_of(&e))?;
                 let mut annotations = out.manifest.annotations().clone().unwrap_or_default();
@@ -645,6 +678,11 @@ mod tests {
                 "oci",
                 &[("name", "a"), ("tar", "true"), ("compression", "zstd")],
             ),
+            with("image", &[("oci-mediatypes", "false")]),
+            with(
+                "docker",
+                &[("oci-mediatypes", "false"), ("annotation.a", "b")],
+            ),
             with("local", &[]),
             with("local", &[("source-date-epoch", "5")]),
             with(
@@ -655,11 +693,22 @@ mod tests {
             compression(std::slice::from_ref(&ok)).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
         let refused = |e: Exporter| compression(&[e]).expect_err("refused");
-        let e = refused(with("image", &[("oci-mediatypes", "false")]));
-        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        let e = refused(with(
+            "image",
+            &[("oci-mediatypes", "false"), ("compression", "zstd")],
+        ));
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             e.message(),
-            "output option oci-mediatypes is not supported yet (kiln always uses oci-mediatypes=true)"
+            "exporter option \"compression=zstd\" conflicts with \"oci-mediatypes=false\""
+        );
+        let e = refused(with(
+            "oci",
+            &[("oci-mediatypes", "false"), ("annotation-index.a", "b")],
+        ));
+        assert_eq!(
+            e.message(),
+            "cannot export annotations with \"oci-mediatypes=false\""
         );
         for (kind, key) in [
             ("image", "compression-level"),

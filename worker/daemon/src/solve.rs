@@ -619,6 +619,7 @@ pub async fn solve_defined(
         export_blobs: *job.export_blobs.lock().unwrap_or_else(|p| p.into_inner())
             == Some(compression),
         annotations: Default::default(),
+        media_types: Default::default(),
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a

@@ -175,6 +175,14 @@ impl ExportAnnotations {
         }
     }
 
+    /// Whether any goes elsewhere than into a manifest: an index, or a
+    /// descriptor (which Docker's media types have no place for).
+    pub fn beyond_manifests(&self) -> bool {
+        !self.index.is_empty()
+            || !self.index_descriptor.is_empty()
+            || self.manifest_descriptor.values().any(|m| !m.is_empty())
+    }
+
     pub fn index(&self) -> HashMap<String, String> {
         self.index.clone().into_iter().collect()
     }

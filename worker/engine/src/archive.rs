@@ -64,7 +64,7 @@ pub async fn write_archive(
 ) -> Result<()> {
     let image: &str = manifest.digest().as_ref();
     let media_type = manifest.media_type().to_string();
-    let is_index = media_type == oci::MEDIA_OCI_INDEX;
+    let is_index = oci::is_index(&media_type);
     if is_index && format == ArchiveFormat::Docker {
         // BuildKit's docker exporter refuses an index the same way.
         return Err(WorkerError::Unsupported {

@@ -58,7 +58,7 @@ pub async fn load(
     let mut desc = oci::descriptor(&media_type, &digest, size)
         .ok_or_else(|| invalid(name, format!("bad record {digest} of {size} bytes")))?;
     let media_type = desc.media_type().to_string();
-    if media_type == oci::MEDIA_OCI_INDEX || media_type == oci::MEDIA_DOCKER_LIST {
+    if oci::is_index(&media_type) {
         let bytes = svc.read_small(desc.digest().as_ref()).await?;
         let index: ImageIndex = serde_json::from_slice(&bytes)
             .map_err(|e| invalid(name, format!("index {}: {e}", desc.digest())))?;

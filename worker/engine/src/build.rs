@@ -90,6 +90,8 @@ pub struct BuildRequest {
     pub export_blobs: bool,
     /// The image exporter's annotations (`annotation.*` options).
     pub annotations: crate::annotations::ExportAnnotations,
+    /// The image exporter's media types (`oci-mediatypes`).
+    pub media_types: crate::oci::MediaTypes,
 }
 
 /// One platform of a multi-platform build ([`Engine::build_index`]).
@@ -401,6 +403,7 @@ impl Engine {
                 req.compression,
                 epoch.filter(|_| req.rewrite_timestamp),
                 &req.annotations,
+                req.media_types,
             )
             .await;
         if let (Ok(out), Some(opts)) = (&r, &req.push) {
@@ -1016,8 +1019,15 @@ impl Solved {
         names: &[String],
         compression: Compression,
     ) -> Result<Exported> {
-        self.export_image_with(config, names, compression, None, &Default::default())
-            .await
+        self.export_image_with(
+            config,
+            names,
+            compression,
+            None,
+            &Default::default(),
+            Default::default(),
+        )
+        .await
     }
 
     /// [`Solved::export_image`] with the exporter's `rewrite-timestamp`:
@@ -1033,6 +1043,7 @@ impl Solved {
         compression: Compression,
         rewrite_timestamp: Option<i64>,
         annotations: &crate::annotations::ExportAnnotations,
+        media: crate::oci::MediaTypes,
     ) -> Result<Exported> {
         if !self.platforms.is_empty() {
             let platforms: Vec<_> = self.platforms.iter().map(|(p, _)| p).collect();
@@ -1041,7 +1052,10 @@ impl Solved {
             let mut children = Vec::with_capacity(self.platforms.len());
             let parts = std::iter::once(self).chain(&self.others);
             for ((platform, cfg), s) in self.platforms.iter().zip(parts) {
-                let own = annotations.for_manifest(platform);
+                let own = crate::export::ManifestShape {
+                    media,
+                    annotations: annotations.for_manifest(platform),
+                };
                 let out = s
                     .export_manifest(cfg, &[], compression, rewrite_timestamp, &own)
                     .await?;
@@ -1053,6 +1067,7 @@ impl Solved {
                 &manifests,
                 names,
                 annotations,
+                media,
                 &self.lease,
             )
             .await?;
@@ -1064,7 +1079,10 @@ impl Solved {
             .clone()
             .unwrap_or_else(crate::oci::worker_platform);
         annotations.check(&[&platform], false)?;
-        let own = annotations.for_manifest(&platform);
+        let own = crate::export::ManifestShape {
+            media,
+            annotations: annotations.for_manifest(&platform),
+        };
         self.export_manifest(config, names, compression, rewrite_timestamp, &own)
             .await
     }
@@ -1076,7 +1094,7 @@ impl Solved {
         names: &[String],
         compression: Compression,
         rewrite_timestamp: Option<i64>,
-        annotations: &crate::annotations::ManifestAnnotations,
+        shape: &crate::export::ManifestShape,
     ) -> Result<Exported> {
         let layers = crate::blobs::ensure(
             &self.engine.svc,
@@ -1115,7 +1133,7 @@ impl Solved {
             &json,
             names,
             !rewritten,
-            annotations,
+            shape,
             &self.lease,
         )
         .await

@@ -14,6 +14,14 @@ use kiln_snapshot::containerd::{ImageRecord, LeaseId};
 use kiln_snapshot::services::write_blob;
 use std::collections::HashMap;
 
+/// How one image manifest is written: the media types of it, its config
+/// and layers, and its annotations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManifestShape {
+    pub media: oci::MediaTypes,
+    pub annotations: ManifestAnnotations,
+}
+
 /// What the exporter produced.
 #[derive(Clone, Debug)]
 pub struct Exported {
@@ -180,22 +188,31 @@ fn own_descriptor(media_type: &str, digest: &str, size: i64) -> Result<Descripto
 /// every name at the manifest. `unpacked` says the chain's snapshots exist
 /// (named by chainID) and should live as long as the image. Every layer
 /// must have its blob ([`crate::blobs::ensure`] makes them).
-/// `annotations` go into the manifest and onto its descriptor.
+/// `shape` names the media types, and its annotations go into the
+/// manifest and onto its descriptor.
 pub async fn export_image(
     svc: &Services,
     layers: &[Layer],
     config: &ImageConfigJson,
     names: &[String],
     unpacked: bool,
-    annotations: &ManifestAnnotations,
+    shape: &ManifestShape,
     lease: &LeaseId,
 ) -> Result<Exported> {
+    let (media, annotations) = (shape.media, &shape.annotations);
     let blobs = layers
         .iter()
         .map(|l| {
-            l.blob
-                .as_ref()
-                .ok_or_else(|| result_invalid(format!("layer {} has no blob to export", l.diff_id)))
+            let b = l.blob.as_ref().ok_or_else(|| {
+                result_invalid(format!("layer {} has no blob to export", l.diff_id))
+            })?;
+            let media_type = media.layer(&b.media_type).ok_or_else(|| {
+                result_invalid(format!(
+                    "layer {} ({}) has no Docker media type (oci-mediatypes=false)",
+                    l.diff_id, b.media_type
+                ))
+            })?;
+            Ok((b, media_type))
         })
         .collect::<Result<Vec<_>>>()?;
     let config_bytes = oci::to_json(config).map_err(|e| result_invalid(e.to_string()))?;
@@ -217,16 +234,16 @@ pub async fn export_image(
     let config_digest = kiln_snapshot::Digest::of(&config_bytes);
     let mut manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
-        .media_type(MediaType::from(oci::MEDIA_OCI_MANIFEST))
+        .media_type(MediaType::from(media.manifest()))
         .config(own_descriptor(
-            oci::MEDIA_OCI_CONFIG,
+            media.config(),
             &config_digest.to_string(),
             config_bytes.len() as i64,
         )?)
         .layers(
             blobs
                 .iter()
-                .map(|b| own_descriptor(&b.media_type, &b.digest, b.size))
+                .map(|(b, media_type)| own_descriptor(media_type, &b.digest, b.size))
                 .collect::<Result<Vec<_>>>()?,
         )
         .build()
@@ -241,7 +258,7 @@ pub async fn export_image(
         "containerd.io/gc.ref.content.config".to_string(),
         config_digest.to_string(),
     );
-    for (i, b) in blobs.iter().enumerate() {
+    for (i, (b, _)) in blobs.iter().enumerate() {
         m_labels.insert(
             format!("containerd.io/gc.ref.content.l.{i}"),
             b.digest.clone(),
@@ -249,7 +266,7 @@ pub async fn export_image(
     }
     let manifest_digest = kiln_snapshot::Digest::of(&manifest_bytes);
     let mut desc = own_descriptor(
-        oci::MEDIA_OCI_MANIFEST,
+        media.manifest(),
         &manifest_digest.to_string(),
         manifest_bytes.len() as i64,
     )?;
@@ -374,12 +391,14 @@ async fn name_image(
 /// and points every name at it. The manifests were exported first
 /// ([`export_image`] without names), so each already holds its config,
 /// layers and unpacked snapshots. The index carries `annotations`'
-/// index annotations, its descriptor the index-descriptor ones.
+/// index annotations, its descriptor the index-descriptor ones; `media`
+/// names its media type.
 pub async fn export_index(
     svc: &Services,
     manifests: &[(kiln_solver::Platform, Descriptor)],
     names: &[String],
     annotations: &ExportAnnotations,
+    media: oci::MediaTypes,
     lease: &LeaseId,
 ) -> Result<Exported> {
     let mut descs = Vec::with_capacity(manifests.len());
@@ -395,7 +414,7 @@ pub async fn export_index(
     }
     let mut index = oci::ImageIndexBuilder::default()
         .schema_version(2u32)
-        .media_type(MediaType::from(oci::MEDIA_OCI_INDEX))
+        .media_type(MediaType::from(media.index()))
         .manifests(descs)
         .build()
         .map_err(|e| result_invalid(e.to_string()))?;
@@ -405,11 +424,7 @@ pub async fn export_index(
     }
     let bytes = oci::to_json(&index).map_err(|e| result_invalid(e.to_string()))?;
     let digest = write_blob(&*svc.content, &bytes, labels, lease).await?;
-    let mut desc = own_descriptor(
-        oci::MEDIA_OCI_INDEX,
-        &digest.to_string(),
-        bytes.len() as i64,
-    )?;
+    let mut desc = own_descriptor(media.index(), &digest.to_string(), bytes.len() as i64)?;
     let on_descriptor = annotations.index_descriptor();
     if !on_descriptor.is_empty() {
         desc.set_annotations(Some(on_descriptor));

@@ -20,6 +20,12 @@ pub enum ExporterOptionError {
     /// A boolean option with another value.
     #[error("invalid {key}={value:?}: expected true or false")]
     NotBool { key: String, value: String },
+    /// An option Docker's media types cannot carry out (BuildKit's text).
+    #[error("exporter option \"{option}\" conflicts with \"oci-mediatypes=false\"")]
+    NeedsOciTypes { option: String },
+    /// Index or descriptor annotations with Docker's media types.
+    #[error("cannot export annotations with \"oci-mediatypes=false\"")]
+    AnnotationsNeedOciTypes,
 }
 
 /// How kiln treats one option of an exporter type.
@@ -63,8 +69,8 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         (_, "compression") if image_like => Works,
         (_, "force-compression") if image_like => OnlyBool(false),
         (_, "compression-level") if image_like => NotYet,
-        // kiln writes OCI media types only.
-        (_, "oci-mediatypes") if image_like => OnlyBool(true),
+        // OCI's media types, or Docker's ([`media_types`]).
+        (_, "oci-mediatypes") if image_like => Bool,
         (_, "oci-artifact") if image_like => OnlyBool(false),
         // Layer file times clamped to SOURCE_DATE_EPOCH.
         (_, "rewrite-timestamp") if image_like => Works,
@@ -94,6 +100,34 @@ pub fn bool_option(key: &str, value: &str) -> Result<bool, ExporterOptionError> 
     }
 }
 
+/// The media types an image exporter writes, by its `oci-mediatypes`
+/// option (BuildKit's default at the current compatibility version is
+/// OCI's, for every image exporter), checked as BuildKit checks them
+/// before a build: Docker's types have no zstd layer, and no place for
+/// index or descriptor annotations (`annotations` has some).
+pub fn media_types(
+    oci_mediatypes: Option<&str>,
+    compression: Option<&str>,
+    annotations: bool,
+) -> Result<crate::oci::MediaTypes, ExporterOptionError> {
+    let oci = oci_mediatypes
+        .map(|v| bool_option("oci-mediatypes", v))
+        .transpose()?
+        .unwrap_or(true);
+    if oci {
+        return Ok(crate::oci::MediaTypes::Oci);
+    }
+    if let Some(c @ "zstd") = compression {
+        return Err(ExporterOptionError::NeedsOciTypes {
+            option: format!("compression={c}"),
+        });
+    }
+    if annotations {
+        return Err(ExporterOptionError::AnnotationsNeedOciTypes);
+    }
+    Ok(crate::oci::MediaTypes::Docker)
+}
+
 /// Checks option `key=value` of an exporter of `kind`: `Ok` when kiln does
 /// what it asks.
 pub fn check(kind: &str, key: &str, value: &str) -> Result<(), ExporterOptionError> {
@@ -121,6 +155,35 @@ pub fn check(kind: &str, key: &str, value: &str) -> Result<(), ExporterOptionErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_media_types_are_asked_for_and_checked_as_buildkit_checks_them() {
+        use crate::oci::MediaTypes;
+        assert_eq!(media_types(None, None, true), Ok(MediaTypes::Oci));
+        assert_eq!(
+            media_types(Some("true"), Some("zstd"), true),
+            Ok(MediaTypes::Oci)
+        );
+        assert_eq!(
+            media_types(Some("false"), Some("gzip"), false),
+            Ok(MediaTypes::Docker)
+        );
+        assert_eq!(
+            media_types(Some("false"), Some("zstd"), false).map_err(|e| e.to_string()),
+            Err(
+                "exporter option \"compression=zstd\" conflicts with \"oci-mediatypes=false\""
+                    .into()
+            )
+        );
+        assert_eq!(
+            media_types(Some("false"), None, true).map_err(|e| e.to_string()),
+            Err("cannot export annotations with \"oci-mediatypes=false\"".into())
+        );
+        assert!(matches!(
+            media_types(Some("maybe"), None, false),
+            Err(ExporterOptionError::NotBool { .. })
+        ));
+    }
 
     #[test]
     fn moby_is_the_image_exporter_and_unknown_kinds_know_nothing() {

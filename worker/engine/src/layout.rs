@@ -149,8 +149,7 @@ fn read_image(dir: &Path, digest: &str, platform: Option<&kiln_solver::Platform>
     }
     let probe: Probe =
         serde_json::from_slice(&bytes).map_err(|e| layout_error(dir, format!("{digest}: {e}")))?;
-    let is_index = probe.media_type == oci::MEDIA_OCI_INDEX
-        || probe.media_type == oci::MEDIA_DOCKER_LIST
+    let is_index = oci::is_index(&probe.media_type)
         || (probe.media_type.is_empty() && probe.manifests.is_some());
     let (index, manifest, manifest_bytes) = if is_index {
         let idx: ImageIndex = serde_json::from_slice(&bytes)

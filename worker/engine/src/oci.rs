@@ -8,6 +8,67 @@ pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json
 pub const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+
+/// Whether `media_type` is an image index (OCI's, or Docker's manifest
+/// list).
+pub fn is_index(media_type: &str) -> bool {
+    media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST
+}
+
+/// The media types an image export writes: OCI's (BuildKit's default),
+/// or Docker's schema 2 (the exporters' `oci-mediatypes=false`, for
+/// registries and engines that predate OCI). The JSON is the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MediaTypes {
+    #[default]
+    Oci,
+    Docker,
+}
+
+impl MediaTypes {
+    pub fn index(self) -> &'static str {
+        match self {
+            MediaTypes::Oci => MEDIA_OCI_INDEX,
+            MediaTypes::Docker => MEDIA_DOCKER_LIST,
+        }
+    }
+
+    pub fn manifest(self) -> &'static str {
+        match self {
+            MediaTypes::Oci => MEDIA_OCI_MANIFEST,
+            MediaTypes::Docker => MEDIA_DOCKER_MANIFEST,
+        }
+    }
+
+    pub fn config(self) -> &'static str {
+        match self {
+            MediaTypes::Oci => MEDIA_OCI_CONFIG,
+            MediaTypes::Docker => MEDIA_DOCKER_CONFIG,
+        }
+    }
+
+    /// A layer of `media_type` (OCI's or Docker's name) as these types
+    /// name it: a type kiln does not know (a foreign layer) is kept;
+    /// `None` for a layer they cannot name (Docker has no zstd layer).
+    pub fn layer(self, media_type: &str) -> Option<String> {
+        use kiln_snapshot::diff::Compression;
+        let Some(compression) = kiln_snapshot::diff::compression_of(media_type) else {
+            return Some(media_type.to_string());
+        };
+        let name = match (self, compression) {
+            (MediaTypes::Oci, c) => c.media_type(),
+            (MediaTypes::Docker, Compression::Gzip) => {
+                "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            }
+            (MediaTypes::Docker, Compression::Uncompressed) => {
+                "application/vnd.docker.image.rootfs.diff.tar"
+            }
+            (MediaTypes::Docker, Compression::Zstd) => return None,
+        };
+        Some(name.to_string())
+    }
+}
 
 pub use oci_spec::image::{
     Arch, Config, Descriptor, Digest, History, ImageConfiguration, ImageIndex, ImageIndexBuilder,
@@ -331,6 +392,37 @@ mod tests {
     use crate::refs::Layer;
     use kiln_solver::Digest as KilnDigest;
     use serde_json::{json, Value};
+
+    #[test]
+    fn docker_media_types_name_what_docker_has() {
+        let d = MediaTypes::Docker;
+        assert_eq!(d.manifest(), MEDIA_DOCKER_MANIFEST);
+        assert_eq!(d.config(), MEDIA_DOCKER_CONFIG);
+        assert_eq!(d.index(), MEDIA_DOCKER_LIST);
+        let layer = |m: MediaTypes, t: &str| m.layer(t);
+        assert_eq!(
+            layer(d, "application/vnd.oci.image.layer.v1.tar+gzip").as_deref(),
+            Some("application/vnd.docker.image.rootfs.diff.tar.gzip")
+        );
+        assert_eq!(
+            layer(d, "application/vnd.oci.image.layer.v1.tar").as_deref(),
+            Some("application/vnd.docker.image.rootfs.diff.tar")
+        );
+        assert_eq!(
+            layer(d, "application/vnd.oci.image.layer.v1.tar+zstd"),
+            None
+        );
+        assert_eq!(
+            layer(
+                MediaTypes::Oci,
+                "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            )
+            .as_deref(),
+            Some("application/vnd.oci.image.layer.v1.tar+gzip")
+        );
+        let foreign = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+        assert_eq!(layer(d, foreign).as_deref(), Some(foreign));
+    }
 
     fn keys(v: &Value) -> Vec<&str> {
         let mut k: Vec<&str> = v

@@ -160,9 +160,7 @@ fn is_layer(mt: &str) -> bool {
         || mt.starts_with("application/vnd.docker.image.rootfs.")
 }
 
-fn is_index(mt: &str) -> bool {
-    mt == oci::MEDIA_OCI_INDEX || mt == oci::MEDIA_DOCKER_LIST
-}
+use oci::is_index;
 
 /// Everything one pull shares.
 struct Puller {

@@ -217,9 +217,7 @@ fn invalid(digest: &str, reason: impl Into<String>) -> WorkerError {
     }
 }
 
-fn is_index(media_type: &str) -> bool {
-    media_type == oci::MEDIA_OCI_INDEX || media_type == oci::MEDIA_DOCKER_LIST
-}
+use oci::is_index;
 
 /// Reads the image under `root` from the content store: index ->
 /// manifests -> configs and layers.

@@ -435,6 +435,7 @@ pub(crate) async fn solve_graph(
         rewrite_timestamp: false,
         export_blobs: false,
         annotations: Default::default(),
+        media_types: Default::default(),
     };
     let solved = fetch
         .engine

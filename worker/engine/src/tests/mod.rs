@@ -194,6 +194,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         rewrite_timestamp: false,
         export_blobs: false,
         annotations: Default::default(),
+        media_types: Default::default(),
     }
 }
 

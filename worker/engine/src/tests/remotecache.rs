@@ -103,6 +103,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         rewrite_timestamp: false,
         export_blobs: false,
         annotations: Default::default(),
+        media_types: Default::default(),
     }
 }
 
