@@ -281,7 +281,7 @@ async fn solve_options_kiln_cannot_honour_fail_before_the_build() {
     let k = h.start_kilnd(ns).await.expect("kilnd starts");
     let ctx = h.context("request", &[("Dockerfile", DOCKERFILE), ("a.txt", "x\n")]);
     let refused = [
-        ("compat=20", "compatibility-version 20 is not supported yet"),
+        ("compat=10", "compatibility-version 10 is not supported yet"),
         (
             "compat=99",
             "unsupported compatibility-version 99: upgrade buildkit (max supported: 30)",
@@ -314,15 +314,21 @@ async fn solve_options_kiln_cannot_honour_fail_before_the_build() {
             "{request}: a step ran:\n{out}"
         );
     }
-    // The current version is what kiln builds as.
-    let o = buildctl(
-        &k,
-        &ctx,
-        "docker.io/library/policy:request",
-        &[("BUILDCTL_LIKE_REQUEST", "compat=30")],
-    );
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{out}\n{err}");
+    // The current version is what kiln builds as; v0.15's (20) differs
+    // only in the image exporter's default media types: Docker's.
+    for (request, media_type) in [
+        ("compat=30", "application/vnd.oci.image.manifest.v1+json"),
+        (
+            "compat=20",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ),
+    ] {
+        let name = "docker.io/library/policy:request";
+        let o = buildctl(&k, &ctx, name, &[("BUILDCTL_LIKE_REQUEST", request)]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{request}: {out}\n{err}");
+        assert_eq!(h.manifest(ns, name)["mediaType"], media_type, "{request}");
+    }
 }
 
 /// `kiln build CONTEXT` fails naming the policy file `file` before any

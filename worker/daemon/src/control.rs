@@ -39,6 +39,24 @@ fn exporters(r: &SolveRequest) -> Vec<Exporter> {
     }]
 }
 
+/// [`exporters`] with the defaults of the request's compatibility
+/// version: below BuildKit v0.31's (30), the image and docker exporters
+/// write Docker's media types unless asked for OCI's (BuildKit's
+/// `DefaultOCITypes`; kiln makes no attestations, which would need OCI's).
+fn exporters_as_built(r: &SolveRequest) -> Vec<Exporter> {
+    let mut out = exporters(r);
+    if r.compatibility_version != 0 && r.compatibility_version < COMPATIBILITY_VERSION_CURRENT {
+        for e in &mut out {
+            if matches!(e.r#type.as_str(), "image" | "moby" | "docker") {
+                e.attrs
+                    .entry("oci-mediatypes".into())
+                    .or_insert_with(|| "false".into());
+            }
+        }
+    }
+    out
+}
+
 /// The whole build of one Solve call, run in its own task so that a client
 /// that goes away cancels it rather than dropping it halfway.
 async fn run_solve(
@@ -65,7 +83,7 @@ async fn run_solve(
     if !r.session.is_empty() && session.is_none() {
         tracing::warn!(session = %r.session, "session did not attach; building without it");
     }
-    let exporters = exporters(&r);
+    let exporters = exporters_as_built(&r);
     let compression = crate::export::compression(&exporters)?;
     let has_definition = r.definition.as_ref().is_some_and(|d| !d.def.is_empty());
     let (solved, config) = if has_definition {
@@ -303,15 +321,19 @@ fn strip_code_prefix(message: &str) -> String {
 /// BuildKit's current solve compatibility version (`CompatibilityVersion`
 /// 0 means it): what kiln builds.
 const COMPATIBILITY_VERSION_CURRENT: i64 = 30;
-/// The older versions BuildKit can still build as (v0.13, v0.15).
-const COMPATIBILITY_VERSIONS_OLDER: [i64; 2] = [10, 20];
+/// BuildKit v0.15's version: as the current one, but with Docker's media
+/// types by default ([`exporters_as_built`]).
+const COMPATIBILITY_VERSION_015: i64 = 20;
+/// The older versions BuildKit can still build as that kiln cannot yet
+/// (v0.13's resets git checkouts' file modes and refuses zstd images).
+const COMPATIBILITY_VERSIONS_OLDER: [i64; 1] = [10];
 
 /// The request's options that change how BuildKit builds, checked before
 /// the build exists: what kiln cannot do yet fails here, never ignored.
 /// (`SourcePolicySession` is served: `crate::policy`.)
 fn request_options(r: &SolveRequest) -> Result<(), Status> {
     let v = r.compatibility_version;
-    if v != 0 && v != COMPATIBILITY_VERSION_CURRENT {
+    if v != 0 && v != COMPATIBILITY_VERSION_CURRENT && v != COMPATIBILITY_VERSION_015 {
         // As Go prints BuildKit's list.
         let supported = format!("[10 20 {COMPATIBILITY_VERSION_CURRENT}]");
         return Err(if COMPATIBILITY_VERSIONS_OLDER.contains(&v) {
@@ -383,7 +405,7 @@ impl Control for ControlService {
         let opts = crate::jobs::JobOptions {
             entitlements: granted,
             cache,
-            export_blobs: crate::export::export_blobs(&exporters(&r)),
+            export_blobs: crate::export::export_blobs(&exporters_as_built(&r)),
             fetch: Some(d.fetch.current()),
             tenant: tenant.name.clone(),
             policy_session: (!r.source_policy_session.is_empty())
