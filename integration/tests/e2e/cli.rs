@@ -91,19 +91,11 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
             "exporter option \"compression=zstd\" conflicts with \"oci-mediatypes=false\"",
         ),
         (
-            &["-o", "type=image,store=false"],
-            "output option store is not supported yet (kiln always uses",
-        ),
-        (
             &[
                 "-o",
                 "type=image,annotation-layer.org.opencontainers.image.title=x",
             ],
             "unrecognized annotation type layer",
-        ),
-        (
-            &["-o", "type=image,name-canonical=true"],
-            "output option name-canonical is not supported yet",
         ),
         (
             &["-o", "type=local,dest=o,rewrite-timestamp=true"],
@@ -149,6 +141,22 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
         "{}",
         out.stderr
     );
+    // Embedded, only kilnd names images other than by `-t`/`name`
+    // (imagenames.rs proves them through kilnd).
+    for o in [
+        "type=image,store=false",
+        "type=image,name-canonical=true",
+        "type=image,dangling-name-prefix=<none>",
+    ] {
+        let (code, out) = kiln_code(&h, ns, &["build", "--progress", "plain", "-o", o, ctx]);
+        assert_eq!(code, 1, "{o}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("is not supported yet without a daemon"),
+            "{o}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains(MARKER), "{o} ran a step");
+    }
     // Accepted spellings of "nothing to add" build as usual.
     let (code, out) = kiln_code(
         &h,

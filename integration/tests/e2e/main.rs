@@ -54,6 +54,7 @@ mod hostile;
 mod hostile_context;
 mod hostile_llb;
 mod hostile_tar;
+mod imagenames;
 mod incremental;
 mod kubedriver;
 mod kubedriverretry;

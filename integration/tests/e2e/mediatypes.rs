@@ -200,3 +200,39 @@ async fn docker_media_types_embedded_and_through_kilnd() {
         }
     }
 }
+
+/// A Docker-typed image pushed to Debian's docker-registry: a fresh
+/// containerd pulls the same manifest, sees Docker's type, and runs it.
+#[tokio::test]
+async fn a_docker_typed_push_pulls_back_and_runs() {
+    use kiln_integration::registry::Registry;
+    let ns = "mediatypes-push";
+    let h = Harness::with_busybox(ns).await;
+    let reg = Registry::start().await.expect("registry starts");
+    let ctx = h.context("mt-push", &[("Dockerfile", DF)]);
+    let name = reg.reference("kiln/dockertypes:v1");
+    let out = h.build(
+        ns,
+        &[
+            "-o",
+            &format!("type=image,name={name},push=true,oci-mediatypes=false"),
+            ctx.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.success, "{}", out.stderr);
+    let built = h.image_digest(ns, &name);
+    let fresh = Harness::start_private()
+        .await
+        .expect("fresh containerd starts");
+    let pulled_ns = "pulled";
+    fresh
+        .ctr(pulled_ns, &["images", "pull", "--plain-http", &name])
+        .expect("ctr images pull");
+    assert_eq!(fresh.image_digest(pulled_ns, &name), built);
+    assert_eq!(listed_type(&fresh, pulled_ns, &name), MANIFEST);
+    assert_docker_manifest(&fresh.manifest(pulled_ns, &name));
+    assert_eq!(
+        fresh.run_image(pulled_ns, &name, "mt-pulled", &[]),
+        "docker-types\n"
+    );
+}

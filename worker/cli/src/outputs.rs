@@ -53,6 +53,18 @@ fn check(kind: &str, key: &str, value: &str) -> Result<()> {
     Ok(kiln_engine::exporter_options::check(kind, key, value)?)
 }
 
+/// Whether option `k=v` of an image output is what an embedded build does:
+/// kilnd's naming options (`store`, `name-canonical`, the dangling name;
+/// its `export::Naming`) only at their defaults, every other option.
+fn embedded_default(k: &str, v: &str) -> Result<bool> {
+    Ok(match k {
+        "store" => bool_attr(k, v)?,
+        "name-canonical" | "danging-name-empty-only" => !bool_attr(k, v)?,
+        "dangling-name-prefix" => v.is_empty(),
+        _ => true,
+    })
+}
+
 /// Splits one spec into key/value pairs (a bare key, e.g. `push`, has an
 /// empty value; a lone value is buildx's `-o DIR`, `type=local,dest=DIR`).
 fn pairs(spec: &str) -> Result<Vec<(String, String)>> {
@@ -116,6 +128,11 @@ pub fn parse(specs: &[String], push: bool, load: bool, embedded: bool) -> Result
         }
         for (k, v) in &attrs {
             check(&kind, k, v)?;
+            if embedded && !embedded_default(k, v)? {
+                return Err(anyhow!(
+                    "output option {k} is not supported yet without a daemon (use --addr with kilnd)"
+                ));
+            }
         }
         if embedded && !in_process {
             return Err(anyhow!(
@@ -266,6 +283,9 @@ mod tests {
             "type=image,unpack=true",
             "type=image,push=true,unpack=false",
             "type=image,store=true",
+            "type=image,name=a,store=false,push=true",
+            "type=image,name=a,name-canonical=true",
+            "type=image,dangling-name-prefix=<none>,danging-name-empty-only=true",
             "type=image,rewrite-timestamp=false",
             "type=image,rewrite-timestamp=true",
             "type=image,buildinfo=false",
@@ -291,15 +311,12 @@ mod tests {
                 "force-compression=true",
             ),
             ("type=image,oci-artifact=true", "oci-artifact=true"),
-            ("type=image,store=false", "store=false"),
             (
                 "type=local,dest=o,rewrite-timestamp=true",
                 "rewrite-timestamp=true",
             ),
             ("type=image,buildinfo=true", "buildinfo=true"),
             ("type=image,buildinfo-attrs=true", "buildinfo-attrs=true"),
-            ("type=image,dangling-name-prefix=x", "dangling-name-prefix"),
-            ("type=image,name-canonical=true", "name-canonical"),
             ("type=image,source-date-epoch=0", "source-date-epoch"),
             ("type=image,attestation-prefix=x", "attestation-prefix"),
             ("type=oci,dest=o.tar,tar=false", "tar=false"),
@@ -465,6 +482,40 @@ mod tests {
             let o = parse(&["type=cacheonly".into()], false, false, embedded).expect("cacheonly");
             assert_eq!(o.len(), 1);
             assert!(o[0].is_cache_only() && !o[0].is_image());
+        }
+    }
+
+    /// How kilnd names an image in containerd's store (`store`,
+    /// `name-canonical`, the dangling name): embedded builds do what the
+    /// defaults say and refuse the rest by name.
+    #[test]
+    fn embedded_builds_refuse_the_daemons_naming_options() {
+        let embedded = |spec: &str| parse(&[spec.to_string()], false, false, true);
+        for spec in [
+            "type=image,store=true",
+            "type=image,name-canonical=false",
+            "type=image,danging-name-empty-only=false",
+        ] {
+            embedded(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        }
+        for (spec, key) in [
+            ("type=image,store=false,push=true", "store"),
+            ("type=image,name-canonical=true", "name-canonical"),
+            (
+                "type=image,dangling-name-prefix=<none>",
+                "dangling-name-prefix",
+            ),
+            (
+                "type=image,danging-name-empty-only",
+                "danging-name-empty-only",
+            ),
+        ] {
+            assert_eq!(
+                embedded(spec).expect_err(spec).to_string(),
+                format!(
+                    "output option {key} is not supported yet without a daemon (use --addr with kilnd)"
+                )
+            );
         }
     }
 

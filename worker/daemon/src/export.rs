@@ -44,10 +44,6 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
         if (image_like && k == "containerimage.config") || k == "source-date-epoch" {
             continue;
         }
-        // nerdctl's name for an untagged build (`dangling_name`).
-        if matches!(e.r#type.as_str(), "image" | "moby") && k == "dangling-name-prefix" {
-            continue;
-        }
         kiln_engine::exporter_options::check(&e.r#type, k, v).map_err(|err| match err {
             E::NotYet { .. } | E::OnlyBool { .. } => Status::unimplemented(err.to_string()),
             E::Unknown { .. }
@@ -217,9 +213,11 @@ fn items(
         items.push(("exporting layers".to_string(), started, now));
     }
     if let (true, Some(d)) = (image, resp.get("containerimage.digest")) {
-        // The archives name nothing in the image store.
+        // The archives name nothing in the image store, nor does an image
+        // exporter with `store=false`.
+        let stored = !matches!(attrs.get("store").map(String::as_str), Some("false" | "0"));
         let names: Vec<&str> = match (kind, resp.get("image.name")) {
-            ("image" | "moby", Some(n)) => n.split(',').collect(),
+            ("image" | "moby", Some(n)) if stored => n.split(',').collect(),
             _ => Vec::new(),
         };
         // kiln's images are always unpacked; with `unpack=true` (nerdctl
@@ -316,11 +314,13 @@ pub async fn run(
             "image" | "moby" => {
                 let push = crate::push::options(attrs)?;
                 let names = names(attrs)?;
+                let naming = Naming::of(attrs)?;
                 let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
+                let stored: &[String] = if naming.store { &names } else { &[] };
                 let mut out = solved
                     .export_image_with(
                         config,
-                        &names,
+                        stored,
                         compression,
                         epoch,
                         &annotations(attrs)?,
@@ -332,25 +332,14 @@ pub async fn run(
                 // progress) the names as the client gave them (`a1:1`),
                 // and the dangling name it added.
                 let mut reported = given_names(attrs);
-                if let Some(name) = dangling_name(attrs, &out) {
-                    reported.push(name.clone());
-                    engine
-                        .services()
-                        .images
-                        .put(
-                            &kiln_snapshot::containerd::ImageRecord {
-                                name: name.clone(),
-                                media_type: out.manifest.media_type().to_string(),
-                                digest: out.manifest.digest().to_string(),
-                                size: kiln_engine::oci::size_of(&out.manifest),
-                                labels: HashMap::new(),
-                                annotations: out.manifest.annotations().clone().unwrap_or_default(),
-                            },
-                            None,
-                        )
+                let digest = out.manifest.digest().to_string();
+                let (dangling, more) = naming.more_names(&names, &digest);
+                reported.extend(dangling);
+                if naming.store && !more.is_empty() {
+                    kiln_engine::export::name_exported(engine.services(), &more, &out)
                         .await
-                        .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
-                    out.names.push(name);
+                        .map_err(|e| status_of(&e))?;
+                    out.names.extend(more);
                 }
                 image_response(&mut resp, &out, &reported);
                 results.insert(i64::try_from(index).unwrap_or(i64::MAX), result_of(&out));
@@ -501,19 +490,63 @@ async fn file_tree(
         .map_err(|e| status_of(&e))
 }
 
-/// The name BuildKit's image exporter gives an image built without a name
-/// when asked for `dangling-name-prefix` (nerdctl sends `<none>` for a
-/// build without `-t`): `PREFIX@DIGEST`.
-fn dangling_name(
-    attrs: &HashMap<String, String>,
-    out: &kiln_engine::export::Exported,
-) -> Option<String> {
-    let prefix = attrs
-        .get("dangling-name-prefix")
-        .filter(|p| !p.is_empty())?;
-    out.names
-        .is_empty()
-        .then(|| format!("{prefix}@{}", out.manifest.digest()))
+/// The image exporter's naming options, as BuildKit's reads them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Naming {
+    /// `store` (default true): name the image in containerd's store at
+    /// all (`store=false` only pushes).
+    store: bool,
+    /// `name-canonical=true`: each name also as `NAME@DIGEST`.
+    canonical: bool,
+    /// `dangling-name-prefix=P` (nerdctl sends `<none>`): the image is
+    /// also named `P@DIGEST`...
+    dangling_prefix: Option<String>,
+    /// ...only when it has no other name (`danging-name-empty-only`,
+    /// BuildKit's spelling).
+    dangling_empty_only: bool,
+}
+
+impl Naming {
+    fn of(attrs: &HashMap<String, String>) -> Result<Self, Status> {
+        let flag = |key: &str, default: bool| {
+            attrs
+                .get(key)
+                .map(|v| kiln_engine::exporter_options::bool_option(key, v))
+                .transpose()
+                .map(|b| b.unwrap_or(default))
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        };
+        Ok(Naming {
+            store: flag("store", true)?,
+            canonical: flag("name-canonical", false)?,
+            dangling_prefix: attrs
+                .get("dangling-name-prefix")
+                .filter(|p| !p.is_empty())
+                .cloned(),
+            dangling_empty_only: flag("danging-name-empty-only", false)?,
+        })
+    }
+
+    /// The names of the image `digest` beyond `names`: the dangling name
+    /// (also reported as a name), then the canonical ones. A dangling name
+    /// that is the only name turns the canonical ones off, as BuildKit's.
+    fn more_names(&self, names: &[String], digest: &str) -> (Option<String>, Vec<String>) {
+        let dangling = self
+            .dangling_prefix
+            .as_ref()
+            .filter(|_| !self.dangling_empty_only || names.is_empty())
+            .map(|p| format!("{p}@{digest}"));
+        let mut more: Vec<String> = dangling.iter().cloned().collect();
+        if self.canonical && !names.is_empty() {
+            more.extend(
+                names
+                    .iter()
+                    .filter(|n| !n.contains('@'))
+                    .map(|n| format!("{n}@{digest}")),
+            );
+        }
+        (dangling, more)
+    }
 }
 
 /// The image exporters' response keys; `names` is what `image.name` says.
@@ -579,6 +612,55 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn images_are_named_as_buildkits_image_exporter_names_them() {
+        let naming = |kv: &[(&str, &str)]| Naming::of(&exporter(kv).attrs).expect("naming");
+        let names = [
+            "docker.io/library/a:1".to_string(),
+            "r/b@sha256:x".to_string(),
+        ];
+        assert_eq!(
+            naming(&[]),
+            Naming {
+                store: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(naming(&[]).more_names(&names, "sha256:d"), (None, vec![]));
+        // Canonical names for the names without a digest.
+        let canonical = naming(&[("name-canonical", "true")]);
+        assert_eq!(
+            canonical.more_names(&names, "sha256:d"),
+            (None, vec!["docker.io/library/a:1@sha256:d".to_string()])
+        );
+        // The dangling name, beside names too, unless asked otherwise;
+        // alone, it turns the canonical names off.
+        let dangling = naming(&[("dangling-name-prefix", "<none>"), ("name-canonical", "")]);
+        let d = Some("<none>@sha256:d".to_string());
+        assert_eq!(
+            dangling.more_names(&[], "sha256:d"),
+            (d.clone(), vec!["<none>@sha256:d".to_string()])
+        );
+        assert_eq!(
+            dangling.more_names(&names[..1], "sha256:d"),
+            (
+                d.clone(),
+                vec![
+                    "<none>@sha256:d".to_string(),
+                    "docker.io/library/a:1@sha256:d".to_string()
+                ]
+            )
+        );
+        let only = naming(&[
+            ("dangling-name-prefix", "<none>"),
+            ("danging-name-empty-only", "true"),
+        ]);
+        assert_eq!(only.more_names(&names, "sha256:d"), (None, vec![]));
+        assert_eq!(only.more_names(&[], "sha256:d").0, d);
+        assert!(!naming(&[("store", "false")]).store);
+        assert!(Naming::of(&exporter(&[("store", "no")]).attrs).is_err());
     }
 
     #[test]

@@ -276,16 +276,7 @@ pub async fn export_image(
     if !annotations.descriptor.is_empty() {
         desc.set_annotations(Some(annotations.descriptor.clone()));
     }
-    // BuildKit's image record of a single-platform image also names the
-    // config (the writer's `config.digest`, dropped from the descriptor it
-    // answers with).
-    let mut record = desc.clone();
-    let mut with_config = record.annotations().clone().unwrap_or_default();
-    with_config.insert(
-        CONFIG_DIGEST_ANNOTATION.to_string(),
-        config_digest.to_string(),
-    );
-    record.set_annotations(Some(with_config));
+    let record = record_target(&desc, config_digest.as_str());
     let blobs = [
         (config_digest.as_str(), &cfg_labels),
         (manifest_digest.as_str(), &m_labels),
@@ -312,6 +303,36 @@ pub async fn export_image(
 /// The annotation on a single-platform image record's target naming its
 /// config, as BuildKit's image exporter stores it.
 pub const CONFIG_DIGEST_ANNOTATION: &str = "config.digest";
+
+/// What an image record of `desc` points at: BuildKit's record of a
+/// single-platform image also names the config (the writer's
+/// `config.digest`, dropped from the descriptor it answers with); an
+/// index's (no `config_digest`) is `desc` itself.
+fn record_target(desc: &Descriptor, config_digest: &str) -> Descriptor {
+    let mut record = desc.clone();
+    if !config_digest.is_empty() {
+        let mut with_config = record.annotations().clone().unwrap_or_default();
+        with_config.insert(
+            CONFIG_DIGEST_ANNOTATION.to_string(),
+            config_digest.to_string(),
+        );
+        record.set_annotations(Some(with_config));
+    }
+    record
+}
+
+/// Points more `names` at the image `out` (already held by its own
+/// records or the build), with the same record as its own names: the
+/// exporter options' extra names (a dangling name, canonical names).
+pub async fn name_exported(svc: &Services, names: &[String], out: &Exported) -> Result<()> {
+    let target = record_target(&out.manifest, &out.config_digest);
+    for name in names {
+        svc.images
+            .put(&image_record(svc, name, &target), None)
+            .await?;
+    }
+    Ok(())
+}
 
 /// The record naming `desc` as `name`.
 fn image_record(svc: &Services, name: &str, desc: &Descriptor) -> ImageRecord {

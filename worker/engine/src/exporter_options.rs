@@ -64,8 +64,10 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         // buildx sends with every `--push`) only asks to skip that work:
         // the image stored and pushed is the same.
         ("image", "unpack") => Works,
-        ("image", "store") => OnlyBool(true),
-        ("image", "dangling-name-prefix" | "name-canonical") => NotYet,
+        // How the image is named in containerd's store (kilnd's
+        // `export::Naming`; embedded builds refuse them, `kiln` outputs).
+        ("image", "store" | "name-canonical" | "danging-name-empty-only") => Bool,
+        ("image", "dangling-name-prefix") => Works,
         (_, "compression") if image_like => Works,
         (_, "force-compression") if image_like => OnlyBool(false),
         (_, "compression-level") if image_like => NotYet,
@@ -189,13 +191,12 @@ mod tests {
     fn moby_is_the_image_exporter_and_unknown_kinds_know_nothing() {
         assert_eq!(check("moby", "push", "true"), Ok(()));
         assert_eq!(check("moby", "unpack", "false"), Ok(()), "buildx --push");
-        assert_eq!(
-            check("moby", "store", "false"),
-            Err(ExporterOptionError::OnlyBool {
-                key: "store".into(),
-                always: true
-            })
-        );
+        assert_eq!(check("moby", "store", "false"), Ok(()));
+        assert_eq!(check("moby", "dangling-name-prefix", "<none>"), Ok(()));
+        assert!(matches!(
+            check("image", "name-canonical", "sure"),
+            Err(ExporterOptionError::NotBool { .. })
+        ));
         assert_eq!(
             check("tar", "name", "x").map_err(|e| e.to_string()),
             Err("unknown output option \"name\" for type=tar".to_string())
