@@ -559,12 +559,20 @@ async fn sender_packets_follow_the_wire_protocol() {
         .iter()
         .position(|p| p.r#type == PacketType::PacketStat as i32 && p.stat.is_none())
         .expect("end of listing");
+    // A file the receiver asked for may be sent while the walk goes on
+    // (as upstream's sender serves requests during the listing): DATA
+    // packets can come between the STATs.
+    let is = |p: &Packet, t: PacketType| p.r#type == t as i32;
     let listing: Vec<&Stat> = log[..end]
         .iter()
-        .map(|p| {
-            assert_eq!(p.r#type, PacketType::PacketStat as i32);
-            p.stat.as_ref().expect("stat")
+        .filter(|p| {
+            assert!(
+                is(p, PacketType::PacketStat) || is(p, PacketType::PacketData),
+                "{p:?} during the listing"
+            );
+            is(p, PacketType::PacketStat)
         })
+        .map(|p| p.stat.as_ref().expect("stat"))
         .collect();
     let listed: Vec<&str> = listing.iter().map(|s| s.path.as_str()).collect();
     assert_eq!(listed, ["a", "a/x", "a/y", "a/y/z", "a-b", "b", "c", "d"]);
@@ -585,11 +593,15 @@ async fn sender_packets_follow_the_wire_protocol() {
         .collect();
     let mut got: HashMap<u32, Vec<u8>> = HashMap::new();
     let mut ended: BTreeSet<u32> = BTreeSet::new();
-    let rest = &log[end + 1..];
-    let (fin, data) = rest.split_last().expect("packets after the listing");
+    let (fin, all) = log.split_last().expect("packets");
     assert_eq!(fin.r#type, PacketType::PacketFin as i32);
-    for p in data {
-        assert_eq!(p.r#type, PacketType::PacketData as i32);
+    assert!(
+        log[end + 1..log.len() - 1]
+            .iter()
+            .all(|p| is(p, PacketType::PacketData)),
+        "only DATA after the listing"
+    );
+    for p in all.iter().filter(|p| is(p, PacketType::PacketData)) {
         assert!(p.data.len() <= MAX_DATA_CHUNK);
         assert!(
             !ended.contains(&p.id),
