@@ -400,17 +400,17 @@ async fn ctrl_c_kills_the_step_and_leaves_nothing() {
 async fn zstd_and_uncompressed_layers_export_and_run() {
     let ns = "compress";
     let h = Harness::with_busybox(ns).await;
-    let ctx = h.context(
-        "zstd",
-        &[
-            ("Dockerfile", "FROM busybox\nCOPY f /f\n"),
-            ("f", "compressed\n"),
-        ],
-    );
     for (compression, media) in [
         ("zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
         ("uncompressed", "application/vnd.oci.image.layer.v1.tar"),
     ] {
+        // A layer of its own per compression: a layer with a blob already
+        // keeps it, in whatever compression.
+        let content = format!("compressed {compression}\n");
+        let ctx = h.context(
+            compression,
+            &[("Dockerfile", "FROM busybox\nCOPY f /f\n"), ("f", &content)],
+        );
         let name = format!("docker.io/library/c:{compression}");
         let out = format!("type=image,name={name},compression={compression}");
         h.build(ns, &["-o", &out, ctx.to_str().expect("utf8")]).ok();
@@ -424,13 +424,40 @@ async fn zstd_and_uncompressed_layers_export_and_run() {
             serde_json::from_str(&h.ctr(ns, &["content", "get", digest]).expect("manifest"))
                 .expect("json");
         assert_eq!(manifest["layers"][1]["mediaType"], media);
+        // As BuildKit's exporter without force-compression: the base
+        // layer keeps its own blob (gzip); with it, it is converted.
+        let base = h.manifest(ns, "docker.io/library/busybox:latest");
+        assert_eq!(manifest["layers"][0], base["layers"][0]);
+        let forced = format!("{name}-forced");
+        h.build(
+            ns,
+            &[
+                "-o",
+                &format!(
+                    "type=image,name={forced},compression={compression},force-compression=true"
+                ),
+                ctx.to_str().expect("utf8"),
+            ],
+        )
+        .ok();
+        let m = h.manifest(ns, &forced);
+        assert_eq!(m["layers"][0]["mediaType"], media);
+        assert_eq!(m["layers"][1], manifest["layers"][1]);
+        let printed = h.run_image_expecting(
+            ns,
+            &forced,
+            &format!("c-forced-{compression}"),
+            &["cat", "/f"],
+            &content,
+        );
+        assert_eq!(printed, content);
         let printed = h.run_image_expecting(
             ns,
             &name,
             &format!("c-{compression}"),
             &["cat", "/f"],
-            "compressed\n",
+            &content,
         );
-        assert_eq!(printed, "compressed\n");
+        assert_eq!(printed, content);
     }
 }

@@ -83,10 +83,6 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
             "output option compression-level is not supported yet",
         ),
         (
-            &["-o", "type=image,force-compression=true"],
-            "output option force-compression is not supported yet (kiln always uses",
-        ),
-        (
             &["-o", "type=image,oci-mediatypes=false,compression=zstd"],
             "exporter option \"compression=zstd\" conflicts with \"oci-mediatypes=false\"",
         ),

@@ -947,6 +947,8 @@ struct ImageOutput {
     cache_only: bool,
     /// `oci-mediatypes`: OCI's media types (the default) or Docker's.
     media_types: kiln_engine::oci::MediaTypes,
+    /// `force-compression=true`: every layer in `compression`.
+    force_compression: bool,
 }
 
 /// `-o` specs of an embedded build (checked by [`outputs::parse`]);
@@ -985,6 +987,7 @@ fn parse_outputs(
                 "registry.insecure" => out.insecure = outputs::bool_attr(k, v)?,
                 "rewrite-timestamp" => out.rewrite_timestamp = outputs::bool_attr(k, v)?,
                 "oci-mediatypes" => oci_mediatypes = Some(v.clone()),
+                "force-compression" => out.force_compression = outputs::bool_attr(k, v)?,
                 // What kiln always does (checked by outputs::parse).
                 _ => {}
             }
@@ -1811,6 +1814,7 @@ async fn build(
         export_blobs: !out.rewrite_timestamp,
         annotations: out.annotations.clone(),
         media_types: out.media_types,
+        force_compression: out.force_compression,
     };
 
     let cancel = CancellationToken::new();

@@ -276,6 +276,7 @@ mod tests {
             "type=image,push=true,registry.insecure=true",
             "type=image,compression=zstd",
             "type=image,compression=gzip,force-compression=false",
+            "type=image,compression=zstd,force-compression=true",
             "type=image,oci-mediatypes=true",
             "type=image,oci-mediatypes=false",
             "type=docker,dest=out.tar,oci-mediatypes=false",
@@ -306,10 +307,6 @@ mod tests {
         }
         let refused = [
             ("type=image,compression-level=3", "compression-level"),
-            (
-                "type=image,force-compression=true",
-                "force-compression=true",
-            ),
             ("type=image,oci-artifact=true", "oci-artifact=true"),
             (
                 "type=local,dest=o,rewrite-timestamp=true",

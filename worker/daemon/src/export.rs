@@ -61,6 +61,28 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
     Ok(())
 }
 
+/// How an image exporter writes the image: the build's `compression`,
+/// its own `force-compression`, `epoch` to clamp layer times to
+/// (`rewrite-timestamp`) and its media types.
+fn image_format(
+    attrs: &HashMap<String, String>,
+    compression: Compression,
+    epoch: Option<i64>,
+) -> Result<kiln_engine::export::ImageFormat, Status> {
+    let force_compression = attrs
+        .get("force-compression")
+        .map(|v| kiln_engine::exporter_options::bool_option("force-compression", v))
+        .transpose()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .unwrap_or(false);
+    Ok(kiln_engine::export::ImageFormat {
+        compression,
+        force_compression,
+        rewrite_timestamp: epoch,
+        media: media_types(attrs)?,
+    })
+}
+
 /// The media types an image exporter writes (its `oci-mediatypes`),
 /// checked against its other options.
 fn media_types(attrs: &HashMap<String, String>) -> Result<kiln_engine::oci::MediaTypes, Status> {
@@ -321,10 +343,8 @@ pub async fn run(
                     .export_image_with(
                         config,
                         stored,
-                        compression,
-                        epoch,
+                        &image_format(attrs, compression, epoch)?,
                         &annotations(attrs)?,
-                        media_types(attrs)?,
                     )
                     .await
                     .map_err(|e| status_of(&e))?;
@@ -359,10 +379,8 @@ pub async fn run(
                     .export_image_with(
                         config,
                         &[],
-                        compression,
-                        epoch,
+                        &image_format(attrs, compression, epoch)?,
                         &annotations(attrs)?,
-                        media_types(attrs)?,
                     )
                     .await
                     .map_err(|e| status_of(&e))?;

@@ -620,6 +620,7 @@ pub async fn solve_defined(
             == Some(compression),
         annotations: Default::default(),
         media_types: Default::default(),
+        force_compression: false,
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a

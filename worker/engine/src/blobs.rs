@@ -52,20 +52,24 @@ pub fn members_label(compression: Compression) -> String {
     format!("kiln.members.{}", compression.as_str())
 }
 
-/// `layers` with every layer's blob in `compression` (made, converted or
-/// found again as needed; held by `lease`), with OCI media type names.
-/// A layer of a type kiln does not know (foreign) is kept as it is. Host
-/// mounts go below `mount_dir`.
+/// `layers` with every layer's blob (made, converted or found again as
+/// needed; held by `lease`), with OCI media type names. With `force`
+/// every blob is in `compression`; without it (BuildKit's default for an
+/// image export, `force-compression=false`) a layer that has a blob
+/// already, in any compression, keeps it, and only a missing one is made
+/// in `compression`. A layer of a type kiln does not know (foreign) is
+/// kept as it is. Host mounts go below `mount_dir`.
 pub async fn ensure(
     svc: &Services,
     layers: &[Layer],
     compression: Compression,
+    force: bool,
     lease: &LeaseId,
     mount_dir: &Path,
 ) -> Result<Vec<Layer>> {
-    Blobs::new(svc, compression, lease, mount_dir)
-        .chain(layers)
-        .await
+    let mut blobs = Blobs::new(svc, compression, lease, mount_dir);
+    blobs.force = force;
+    blobs.chain(layers).await
 }
 
 /// [`ensure`] for several chains that share layers (a cache export): each
@@ -73,6 +77,9 @@ pub async fn ensure(
 pub struct Blobs<'a> {
     svc: &'a Services,
     compression: Compression,
+    /// Every blob in `compression` (converted if need be); else an
+    /// existing blob of any compression is kept ([`ensure`]).
+    force: bool,
     lease: &'a LeaseId,
     mount_dir: &'a Path,
     /// By chainID.
@@ -98,6 +105,7 @@ impl<'a> Blobs<'a> {
         Blobs {
             svc,
             compression,
+            force: true,
             lease,
             mount_dir,
             done: HashMap::new(),
@@ -160,8 +168,8 @@ impl<'a> Blobs<'a> {
         let to = self.compression;
         if let Some(b) = &l.blob {
             return match compression_of(&b.media_type) {
-                Some(from) if from == to => Ok(Blob {
-                    media_type: to.media_type().to_string(),
+                Some(from) if from == to || !self.force => Ok(Blob {
+                    media_type: from.media_type().to_string(),
                     ..b.clone()
                 }),
                 Some(from) => {
@@ -192,20 +200,45 @@ impl<'a> Blobs<'a> {
         self.make(chain_ids, i, l).await
     }
 
-    /// The blob the snapshot `name` names for this compression, if it is
-    /// still there (then held by the lease from before the check on).
+    /// The blob the snapshot `name` names for this compression (without
+    /// `force`, else for any other), if it is still there (then held by
+    /// the lease from before the check on).
     async fn labelled(&self, name: &str, l: &Layer) -> Result<Option<Blob>> {
         let info = match self.svc.snapshots.stat(name).await {
             Ok(i) => i,
             Err(e) if e.is_not_found() => return Err(no_snapshot(l)),
             Err(e) => return Err(e.into()),
         };
-        let Some(digest) = info.labels.get(&blob_label(self.compression)) else {
-            return Ok(None);
-        };
+        let others = [
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::Uncompressed,
+        ]
+        .into_iter()
+        .filter(|c| !self.force && *c != self.compression);
+        for c in std::iter::once(self.compression).chain(others) {
+            if let Some(digest) = info.labels.get(&blob_label(c)) {
+                if let Some(b) = self.found(name, l, digest, c).await? {
+                    return Ok(Some(b));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The blob `digest` in `compression` a snapshot's label names, if it
+    /// is still there and is the layer's (held by the lease from before
+    /// the check on).
+    async fn found(
+        &self,
+        name: &str,
+        l: &Layer,
+        digest: &str,
+        compression: Compression,
+    ) -> Result<Option<Blob>> {
         self.svc
             .leases
-            .add_resource(self.lease, &LeaseResource::Content(digest.clone()))
+            .add_resource(self.lease, &LeaseResource::Content(digest.to_string()))
             .await?;
         match self.svc.content.info(digest).await {
             Ok(ci) => {
@@ -215,8 +248,8 @@ impl<'a> Blobs<'a> {
                     return Ok(None);
                 }
                 Ok(Some(Blob {
-                    media_type: self.compression.media_type().to_string(),
-                    digest: digest.clone(),
+                    media_type: compression.media_type().to_string(),
+                    digest: digest.to_string(),
                     size: ci.size,
                 }))
             }

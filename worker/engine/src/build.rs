@@ -92,6 +92,8 @@ pub struct BuildRequest {
     pub annotations: crate::annotations::ExportAnnotations,
     /// The image exporter's media types (`oci-mediatypes`).
     pub media_types: crate::oci::MediaTypes,
+    /// The image exporter's `force-compression`.
+    pub force_compression: bool,
 }
 
 /// One platform of a multi-platform build ([`Engine::build_index`]).
@@ -400,10 +402,13 @@ impl Engine {
             .export_image_with(
                 &req.config,
                 &req.names,
-                req.compression,
-                epoch.filter(|_| req.rewrite_timestamp),
+                &crate::export::ImageFormat {
+                    compression: req.compression,
+                    force_compression: req.force_compression,
+                    rewrite_timestamp: epoch.filter(|_| req.rewrite_timestamp),
+                    media: req.media_types,
+                },
                 &req.annotations,
-                req.media_types,
             )
             .await;
         if let (Ok(out), Some(opts)) = (&r, &req.push) {
@@ -1022,29 +1027,26 @@ impl Solved {
         self.export_image_with(
             config,
             names,
-            compression,
-            None,
+            &crate::export::ImageFormat::new(compression),
             &Default::default(),
-            Default::default(),
         )
         .await
     }
 
-    /// [`Solved::export_image`] with the exporter's `rewrite-timestamp`:
-    /// `Some(epoch)` clamps the layers' file times to it
-    /// ([`crate::epoch`]); an image whose layers changed is not backed by
-    /// the build's snapshots (containerd unpacks it when it is run).
+    /// [`Solved::export_image`] with the exporter's options (`format`):
+    /// its `rewrite-timestamp` epoch clamps the layers' file times
+    /// ([`crate::epoch`]; an image whose layers changed is not backed by
+    /// the build's snapshots, containerd unpacks it when it is run).
     /// `annotations` are checked against the image's platforms before
     /// anything is written.
     pub async fn export_image_with(
         &self,
         config: &ImageConfig,
         names: &[String],
-        compression: Compression,
-        rewrite_timestamp: Option<i64>,
+        format: &crate::export::ImageFormat,
         annotations: &crate::annotations::ExportAnnotations,
-        media: crate::oci::MediaTypes,
     ) -> Result<Exported> {
+        let media = format.media;
         if !self.platforms.is_empty() {
             let platforms: Vec<_> = self.platforms.iter().map(|(p, _)| p).collect();
             annotations.check(&platforms, true)?;
@@ -1056,9 +1058,7 @@ impl Solved {
                     media,
                     annotations: annotations.for_manifest(platform),
                 };
-                let out = s
-                    .export_manifest(cfg, &[], compression, rewrite_timestamp, &own)
-                    .await?;
+                let out = s.export_manifest(cfg, &[], format, &own).await?;
                 children.push((out.manifest.digest().to_string(), out.config_digest));
                 manifests.push((platform.clone(), out.manifest));
             }
@@ -1083,8 +1083,7 @@ impl Solved {
             media,
             annotations: annotations.for_manifest(&platform),
         };
-        self.export_manifest(config, names, compression, rewrite_timestamp, &own)
-            .await
+        self.export_manifest(config, names, format, &own).await
     }
 
     /// [`Solved::export_image_with`] of this solve's own result.
@@ -1092,19 +1091,20 @@ impl Solved {
         &self,
         config: &ImageConfig,
         names: &[String],
-        compression: Compression,
-        rewrite_timestamp: Option<i64>,
+        format: &crate::export::ImageFormat,
         shape: &crate::export::ManifestShape,
     ) -> Result<Exported> {
+        let compression = format.compression;
         let layers = crate::blobs::ensure(
             &self.engine.svc,
             &self.layers,
             compression,
+            format.force_compression,
             &self.lease,
             &self.mount_dir(),
         )
         .await?;
-        let (layers, rewritten) = match rewrite_timestamp {
+        let (layers, rewritten) = match format.rewrite_timestamp {
             Some(epoch) => {
                 crate::epoch::clamp_layers(
                     &self.engine.svc,

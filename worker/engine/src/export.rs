@@ -14,6 +14,33 @@ use kiln_snapshot::containerd::{ImageRecord, LeaseId};
 use kiln_snapshot::services::write_blob;
 use std::collections::HashMap;
 
+/// How an image exporter writes an image's layers and manifests: its
+/// options `compression`, `force-compression`, `rewrite-timestamp` (with
+/// the epoch it clamps to) and `oci-mediatypes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageFormat {
+    pub compression: kiln_snapshot::diff::Compression,
+    /// Every layer in `compression`, converted if need be; BuildKit's
+    /// default (false) keeps a layer's existing blob in any compression
+    /// ([`crate::blobs::ensure`]).
+    pub force_compression: bool,
+    /// Layer file times later than this are clamped to it.
+    pub rewrite_timestamp: Option<i64>,
+    pub media: oci::MediaTypes,
+}
+
+impl ImageFormat {
+    /// BuildKit's defaults with `compression`.
+    pub fn new(compression: kiln_snapshot::diff::Compression) -> Self {
+        ImageFormat {
+            compression,
+            force_compression: false,
+            rewrite_timestamp: None,
+            media: oci::MediaTypes::Oci,
+        }
+    }
+}
+
 /// How one image manifest is written: the media types of it, its config
 /// and layers, and its annotations.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -69,7 +69,8 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         ("image", "store" | "name-canonical" | "danging-name-empty-only") => Bool,
         ("image", "dangling-name-prefix") => Works,
         (_, "compression") if image_like => Works,
-        (_, "force-compression") if image_like => OnlyBool(false),
+        // Converts layers that have a blob in another compression.
+        (_, "force-compression") if image_like => Bool,
         (_, "compression-level") if image_like => NotYet,
         // OCI's media types, or Docker's ([`media_types`]).
         (_, "oci-mediatypes") if image_like => Bool,

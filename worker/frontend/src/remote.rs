@@ -436,6 +436,7 @@ pub(crate) async fn solve_graph(
         export_blobs: false,
         annotations: Default::default(),
         media_types: Default::default(),
+        force_compression: false,
     };
     let solved = fetch
         .engine

@@ -77,6 +77,7 @@ impl StepRunner {
                 &self.svc,
                 &chain,
                 APPLY_COMPRESSION,
+                true,
                 &self.lease,
                 &self.mount_dir,
             )

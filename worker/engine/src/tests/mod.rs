@@ -195,6 +195,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         export_blobs: false,
         annotations: Default::default(),
         media_types: Default::default(),
+        force_compression: false,
     }
 }
 
@@ -735,9 +736,27 @@ async fn a_step_leaves_no_blob_and_an_export_makes_it_once() {
     let m2 = read_manifest(second.manifest.digest().to_string()).await;
     assert_eq!(m2.layers()[0].digest().to_string(), zstd_digest);
     assert_eq!(of_layer(layer.diff_id.as_str()), 1, "one blob, made once");
-    // Another compression is another blob of the same diffID.
-    let gz = solved
+    // Another compression keeps the layer's blob (BuildKit's default,
+    // force-compression=false)...
+    let kept = solved
         .export_image(&ImageConfig::default(), &[], Compression::Gzip)
+        .await
+        .expect("gzip export");
+    let kept = read_manifest(kept.manifest.digest().to_string()).await;
+    assert_eq!(kept.layers()[0].digest().to_string(), zstd_digest);
+    assert_eq!(of_layer(layer.diff_id.as_str()), 1);
+    // ...and with force-compression=true is another blob of the same
+    // diffID.
+    let gz = solved
+        .export_image_with(
+            &ImageConfig::default(),
+            &[],
+            &crate::export::ImageFormat {
+                force_compression: true,
+                ..crate::export::ImageFormat::new(Compression::Gzip)
+            },
+            &Default::default(),
+        )
         .await
         .expect("gzip export");
     let m3 = read_manifest(gz.manifest.digest().to_string()).await;

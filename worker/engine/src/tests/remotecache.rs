@@ -104,6 +104,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         export_blobs: false,
         annotations: Default::default(),
         media_types: Default::default(),
+        force_compression: false,
     }
 }
 
