@@ -77,6 +77,12 @@ async fn docker_media_types_embedded_and_through_kilnd() {
         manifest["config"]["digest"],
         oci_manifest["config"]["digest"]
     );
+    // `oci-artifact` and `attestation-inline` only shape attestation
+    // manifests, which kiln does not make: the same image.
+    let artifact = "docker.io/library/mt:artifact";
+    let o = format!("type=image,name={artifact},oci-artifact=true,attestation-inline=true");
+    h.build(ns, &["-o", &o, c]).ok();
+    assert_eq!(h.image_digest(ns, artifact), h.image_digest(ns, oci));
     let want = "docker-types\n";
     let printed = h.run_image_expecting(ns, docker, "mt-embedded", &[], want);
     assert_eq!(printed, want);
@@ -170,6 +176,10 @@ async fn docker_media_types_embedded_and_through_kilnd() {
         (
             "type=image,name=x,oci-mediatypes=false,annotation-manifest-descriptor.a=b",
             "cannot export annotations with \"oci-mediatypes=false\"",
+        ),
+        (
+            "type=image,name=x,oci-mediatypes=false,oci-artifact=true",
+            "exporter option \"oci-artifact=true\" conflicts with \"oci-mediatypes=false\"",
         ),
     ] {
         let marked = h.context(

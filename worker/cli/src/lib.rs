@@ -966,7 +966,8 @@ fn parse_outputs(
     out.cache_only = parsed.iter().any(outputs::Output::is_cache_only)
         && !parsed.iter().any(outputs::Output::is_image);
     let mut annotation_options = Vec::new();
-    let mut oci_mediatypes = None;
+    // The options [`kiln_engine::exporter_options::media_types`] reads.
+    let mut media_options: HashMap<String, String> = HashMap::new();
     for o in parsed {
         for (k, v) in &o.attrs {
             if kiln_engine::annotations::is_annotation(k) {
@@ -980,13 +981,16 @@ fn parse_outputs(
                 "compression" => {
                     out.compression = Some(v.parse().map_err(|_| {
                         anyhow!("invalid compression {v:?}: use gzip, zstd or uncompressed")
-                    })?)
+                    })?);
+                    media_options.insert(k.clone(), v.clone());
                 }
                 "push" => out.push |= outputs::bool_attr(k, v)?,
                 "push-by-digest" => out.push_by_digest = outputs::bool_attr(k, v)?,
                 "registry.insecure" => out.insecure = outputs::bool_attr(k, v)?,
                 "rewrite-timestamp" => out.rewrite_timestamp = outputs::bool_attr(k, v)?,
-                "oci-mediatypes" => oci_mediatypes = Some(v.clone()),
+                "oci-mediatypes" | "oci-artifact" => {
+                    media_options.insert(k.clone(), v.clone());
+                }
                 "force-compression" => out.force_compression = outputs::bool_attr(k, v)?,
                 // What kiln always does (checked by outputs::parse).
                 _ => {}
@@ -999,8 +1003,7 @@ fn parse_outputs(
             .map(|(k, v)| (k.as_str(), v.as_str())),
     )?;
     out.media_types = kiln_engine::exporter_options::media_types(
-        oci_mediatypes.as_deref(),
-        out.compression.map(Compression::as_str),
+        |k| media_options.get(k).map(String::as_str),
         out.annotations.beyond_manifests(),
     )?;
     Ok(out)

@@ -281,6 +281,7 @@ mod tests {
             "type=image,oci-mediatypes=false",
             "type=docker,dest=out.tar,oci-mediatypes=false",
             "type=image,oci-artifact=false",
+            "type=image,oci-artifact=true,attestation-inline=true",
             "type=image,unpack=true",
             "type=image,push=true,unpack=false",
             "type=image,store=true",
@@ -307,7 +308,10 @@ mod tests {
         }
         let refused = [
             ("type=image,compression-level=3", "compression-level"),
-            ("type=image,oci-artifact=true", "oci-artifact=true"),
+            (
+                "type=image,prefer-nondist-layers=true",
+                "prefer-nondist-layers",
+            ),
             (
                 "type=local,dest=o,rewrite-timestamp=true",
                 "rewrite-timestamp=true",

@@ -86,10 +86,8 @@ fn image_format(
 /// The media types an image exporter writes (its `oci-mediatypes`),
 /// checked against its other options.
 fn media_types(attrs: &HashMap<String, String>) -> Result<kiln_engine::oci::MediaTypes, Status> {
-    let get = |k: &str| attrs.get(k).map(String::as_str);
     kiln_engine::exporter_options::media_types(
-        get("oci-mediatypes"),
-        get("compression"),
+        |k| attrs.get(k).map(String::as_str),
         annotations(attrs)?.beyond_manifests(),
     )
     .map_err(|e| Status::invalid_argument(e.to_string()))

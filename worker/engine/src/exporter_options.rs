@@ -74,7 +74,11 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         (_, "compression-level") if image_like => NotYet,
         // OCI's media types, or Docker's ([`media_types`]).
         (_, "oci-mediatypes") if image_like => Bool,
-        (_, "oci-artifact") if image_like => OnlyBool(false),
+        // Only how attestation manifests are written; kiln makes none
+        // (BuildKit's default is true with OCI's media types). Checked
+        // against Docker's types ([`media_types`]).
+        (_, "oci-artifact" | "attestation-inline") if image_like => Bool,
+        (_, "prefer-nondist-layers") if image_like => NotYet,
         // Layer file times clamped to SOURCE_DATE_EPOCH.
         (_, "rewrite-timestamp") if image_like => Works,
         (_, "rewrite-timestamp") => OnlyBool(false),
@@ -104,25 +108,27 @@ pub fn bool_option(key: &str, value: &str) -> Result<bool, ExporterOptionError> 
 }
 
 /// The media types an image exporter writes, by its `oci-mediatypes`
-/// option (BuildKit's default at the current compatibility version is
-/// OCI's, for every image exporter), checked as BuildKit checks them
-/// before a build: Docker's types have no zstd layer, and no place for
+/// option (`option` reads the exporter's options; BuildKit's default at
+/// the current compatibility version is OCI's, for every image exporter),
+/// checked as BuildKit checks them before a build: Docker's types have no
+/// zstd layer, no OCI artifact (`oci-artifact=true`), and no place for
 /// index or descriptor annotations (`annotations` has some).
-pub fn media_types(
-    oci_mediatypes: Option<&str>,
-    compression: Option<&str>,
+pub fn media_types<'a>(
+    option: impl Fn(&str) -> Option<&'a str>,
     annotations: bool,
 ) -> Result<crate::oci::MediaTypes, ExporterOptionError> {
-    let oci = oci_mediatypes
-        .map(|v| bool_option("oci-mediatypes", v))
-        .transpose()?
-        .unwrap_or(true);
-    if oci {
+    let flag = |key: &str| option(key).map(|v| bool_option(key, v)).transpose();
+    if flag("oci-mediatypes")?.unwrap_or(true) {
         return Ok(crate::oci::MediaTypes::Oci);
     }
-    if let Some(c @ "zstd") = compression {
+    if let Some(c @ "zstd") = option("compression") {
         return Err(ExporterOptionError::NeedsOciTypes {
             option: format!("compression={c}"),
+        });
+    }
+    if flag("oci-artifact")? == Some(true) {
+        return Err(ExporterOptionError::NeedsOciTypes {
+            option: "oci-artifact=true".into(),
         });
     }
     if annotations {
@@ -162,28 +168,52 @@ mod tests {
     #[test]
     fn docker_media_types_are_asked_for_and_checked_as_buildkit_checks_them() {
         use crate::oci::MediaTypes;
-        assert_eq!(media_types(None, None, true), Ok(MediaTypes::Oci));
+        let of = |kv: &'static [(&'static str, &'static str)], annotations: bool| {
+            media_types(
+                |k| kv.iter().find(|(key, _)| *key == k).map(|(_, v)| *v),
+                annotations,
+            )
+        };
+        assert_eq!(of(&[], true), Ok(MediaTypes::Oci));
         assert_eq!(
-            media_types(Some("true"), Some("zstd"), true),
+            of(&[("oci-mediatypes", "true"), ("compression", "zstd")], true),
             Ok(MediaTypes::Oci)
         );
         assert_eq!(
-            media_types(Some("false"), Some("gzip"), false),
+            of(
+                &[
+                    ("oci-mediatypes", "false"),
+                    ("compression", "gzip"),
+                    ("oci-artifact", "false")
+                ],
+                false
+            ),
             Ok(MediaTypes::Docker)
         );
+        let conflict = |option: &str| {
+            Err(format!(
+                "exporter option \"{option}\" conflicts with \"oci-mediatypes=false\""
+            ))
+        };
         assert_eq!(
-            media_types(Some("false"), Some("zstd"), false).map_err(|e| e.to_string()),
-            Err(
-                "exporter option \"compression=zstd\" conflicts with \"oci-mediatypes=false\""
-                    .into()
+            of(
+                &[("oci-mediatypes", "false"), ("compression", "zstd")],
+                false
             )
+            .map_err(|e| e.to_string()),
+            conflict("compression=zstd")
         );
         assert_eq!(
-            media_types(Some("false"), None, true).map_err(|e| e.to_string()),
+            of(&[("oci-mediatypes", "false"), ("oci-artifact", "")], false)
+                .map_err(|e| e.to_string()),
+            conflict("oci-artifact=true")
+        );
+        assert_eq!(
+            of(&[("oci-mediatypes", "false")], true).map_err(|e| e.to_string()),
             Err("cannot export annotations with \"oci-mediatypes=false\"".into())
         );
         assert!(matches!(
-            media_types(Some("maybe"), None, false),
+            of(&[("oci-mediatypes", "maybe")], false),
             Err(ExporterOptionError::NotBool { .. })
         ));
     }
