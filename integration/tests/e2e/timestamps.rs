@@ -122,3 +122,63 @@ async fn rewrite_timestamp_clamps_layer_times_to_the_epoch() {
     assert!(out.success, "{}", out.stderr);
     assert_eq!(layers(&h, ns, "docker.io/library/ts:3"), ts1);
 }
+
+/// The image exporter's own `source-date-epoch` (no `SOURCE_DATE_EPOCH`
+/// build argument), through kilnd: as BuildKit's exporter, the history
+/// entries but the base image's and the image's `created` take the epoch;
+/// without `rewrite-timestamp` the layers are the build's own.
+#[tokio::test]
+async fn the_exporters_epoch_dates_the_history_but_the_bases() {
+    let ns = "ts-exporter";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context("ts-exporter", &[("Dockerfile", DOCKERFILE)]);
+    let c = ctx.to_str().expect("utf8");
+    let base = image_config(&h, ns, "docker.io/library/busybox:latest");
+    let base_history = base["history"].as_array().expect("base history").clone();
+    let k = h.start_kilnd(ns).await.expect("kilnd");
+    let name = "docker.io/library/ts:exporter";
+    common::remote(
+        &h,
+        &k,
+        ns,
+        &[
+            "--build-arg",
+            "N=1",
+            "-o",
+            &format!("type=image,name={name},source-date-epoch={EPOCH}"),
+            c,
+        ],
+    )
+    .ok();
+    let cfg = image_config(&h, ns, name);
+    let at = "2023-11-14T22:13:20Z";
+    assert_eq!(cfg["created"], at, "{cfg}");
+    let history = cfg["history"].as_array().expect("history");
+    assert!(history.len() > base_history.len(), "{cfg}");
+    assert_eq!(history[..base_history.len()], base_history[..]);
+    for h in &history[base_history.len()..] {
+        assert_eq!(h["created"], at, "{cfg}");
+    }
+    // Embedded, the same option gives the same config (the step is the
+    // cached one).
+    let embedded = "docker.io/library/ts:exporter-embedded";
+    h.build(
+        ns,
+        &[
+            "--build-arg",
+            "N=1",
+            "-o",
+            &format!("type=image,name={embedded},source-date-epoch={EPOCH}"),
+            c,
+        ],
+    )
+    .ok();
+    assert_eq!(image_config(&h, ns, embedded), cfg);
+    // The file times in the layer are the step's own.
+    let built = layers(&h, ns, name);
+    let times = layer_times(&h, ns, &built.0[1]);
+    assert!(
+        times.contains(&("f".to_string(), 2_000_000_001)),
+        "{times:?}"
+    );
+}

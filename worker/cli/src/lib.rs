@@ -949,6 +949,9 @@ struct ImageOutput {
     media_types: kiln_engine::oci::MediaTypes,
     /// `force-compression=true`: every layer in `compression`.
     force_compression: bool,
+    /// `source-date-epoch`: the exporter's epoch, in place of the
+    /// frontend's `SOURCE_DATE_EPOCH`.
+    epoch: Option<i64>,
 }
 
 /// `-o` specs of an embedded build (checked by [`outputs::parse`]);
@@ -992,6 +995,11 @@ fn parse_outputs(
                     media_options.insert(k.clone(), v.clone());
                 }
                 "force-compression" => out.force_compression = outputs::bool_attr(k, v)?,
+                "source-date-epoch" if !v.is_empty() => {
+                    out.epoch = Some(v.parse().map_err(|_| {
+                        anyhow!("invalid source-date-epoch {v:?}: expected seconds")
+                    })?);
+                }
                 // What kiln always does (checked by outputs::parse).
                 _ => {}
             }
@@ -1750,7 +1758,7 @@ async fn build(
             })
         }
     };
-    let (built, targets) = match checked {
+    let (mut built, mut targets) = match checked {
         Ok(b) => b,
         Err(e) => {
             drop(tx);
@@ -1795,6 +1803,14 @@ async fn build(
     let mut locals = named_dirs;
     locals.insert(kiln_frontend::CONTEXT_NAME.to_string(), context.clone());
     transfers.start(&built.graph, &locals);
+    // The exporter's own epoch, in place of the frontend's (as kilnd's
+    // `export::image_format`).
+    if let Some(epoch) = out.epoch {
+        built.config.source_date_epoch = Some(epoch);
+        for t in &mut targets {
+            t.config.source_date_epoch = Some(epoch);
+        }
+    }
     let req = BuildRequest {
         graph: built.graph,
         result: built.result,

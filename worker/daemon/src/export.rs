@@ -35,13 +35,11 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
     let mut attrs: Vec<_> = e.attrs.iter().collect();
     attrs.sort();
     for (k, v) in attrs {
-        // Options kilnd acts on that `kiln build -o` does not have: a
-        // client's own image config (buildctl, gateway clients;
-        // read by `control::config_from_attrs`) and the epoch (of
-        // `rewrite-timestamp`, of the file trees' times; read, and its
-        // value checked, by `epoch_of`).
+        // An option kilnd acts on that `kiln build -o` does not have: a
+        // client's own image config (buildctl, gateway clients; read by
+        // `control::config_from_attrs`).
         let image_like = matches!(e.r#type.as_str(), "image" | "moby" | "oci" | "docker");
-        if (image_like && k == "containerimage.config") || k == "source-date-epoch" {
+        if image_like && k == "containerimage.config" {
             continue;
         }
         kiln_engine::exporter_options::check(&e.r#type, k, v).map_err(|err| match err {
@@ -62,12 +60,12 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
 }
 
 /// How an image exporter writes the image: the build's `compression`,
-/// its own `force-compression`, `epoch` to clamp layer times to
-/// (`rewrite-timestamp`) and its media types.
+/// its own `force-compression`, its epoch (its `source-date-epoch`, else
+/// the `frontend`'s) with `rewrite-timestamp`, and its media types.
 fn image_format(
     attrs: &HashMap<String, String>,
     compression: Compression,
-    epoch: Option<i64>,
+    frontend: Option<i64>,
 ) -> Result<kiln_engine::export::ImageFormat, Status> {
     let force_compression = attrs
         .get("force-compression")
@@ -78,7 +76,8 @@ fn image_format(
     Ok(kiln_engine::export::ImageFormat {
         compression,
         force_compression,
-        rewrite_timestamp: epoch,
+        epoch: epoch_of(attrs, frontend)?,
+        rewrite_timestamp: rewrite_epoch(attrs, Some(0))?.is_some(),
         media: media_types(attrs)?,
     })
 }
@@ -335,13 +334,12 @@ pub async fn run(
                 let push = crate::push::options(attrs)?;
                 let names = names(attrs)?;
                 let naming = Naming::of(attrs)?;
-                let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
                 let stored: &[String] = if naming.store { &names } else { &[] };
                 let mut out = solved
                     .export_image_with(
                         config,
                         stored,
-                        &image_format(attrs, compression, epoch)?,
+                        &image_format(attrs, compression, config.source_date_epoch)?,
                         &annotations(attrs)?,
                     )
                     .await
@@ -372,12 +370,11 @@ pub async fn run(
             kind @ ("oci" | "docker") => {
                 let s = session_for(session, kind)?;
                 let names = names(attrs)?;
-                let epoch = rewrite_epoch(attrs, config.source_date_epoch)?;
                 let mut out = solved
                     .export_image_with(
                         config,
                         &[],
-                        &image_format(attrs, compression, epoch)?,
+                        &image_format(attrs, compression, config.source_date_epoch)?,
                         &annotations(attrs)?,
                     )
                     .await

@@ -323,6 +323,7 @@ pub fn frontend_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
         os_features: cfg.image.os_features().clone().unwrap_or_default(),
         source_date_epoch: None,
         base_diff_ids: cfg.image.rootfs().diff_ids().clone(),
+        base_history: cfg.image.history().as_ref().map_or(0, Vec::len),
         platform: None,
         base_platform: {
             let (os, arch) = (

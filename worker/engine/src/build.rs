@@ -3,7 +3,7 @@
 
 use crate::contenthash::HashCache;
 use crate::error::{Result, WorkerError};
-use crate::export::{export_image, image_config, Exported};
+use crate::export::{export_image, Exported};
 use crate::ops::StepRunner;
 use crate::progress::{Progress, ProgressEvent};
 use crate::refs::Ref;
@@ -405,7 +405,8 @@ impl Engine {
                 &crate::export::ImageFormat {
                     compression: req.compression,
                     force_compression: req.force_compression,
-                    rewrite_timestamp: epoch.filter(|_| req.rewrite_timestamp),
+                    epoch,
+                    rewrite_timestamp: req.rewrite_timestamp,
                     media: req.media_types,
                 },
                 &req.annotations,
@@ -1104,7 +1105,8 @@ impl Solved {
             &self.mount_dir(),
         )
         .await?;
-        let (layers, rewritten) = match format.rewrite_timestamp {
+        let rewrite = format.epoch.filter(|_| format.rewrite_timestamp);
+        let (layers, rewritten) = match rewrite {
             Some(epoch) => {
                 crate::epoch::clamp_layers(
                     &self.engine.svc,
@@ -1118,7 +1120,7 @@ impl Solved {
             }
             None => (layers, false),
         };
-        let mut json = image_config(&layers, config);
+        let mut json = crate::export::image_config_at(&layers, config, format.epoch);
         if self
             .cache_exports
             .iter()

@@ -24,8 +24,13 @@ pub struct ImageFormat {
     /// default (false) keeps a layer's existing blob in any compression
     /// ([`crate::blobs::ensure`]).
     pub force_compression: bool,
-    /// Layer file times later than this are clamped to it.
-    pub rewrite_timestamp: Option<i64>,
+    /// The exporter's epoch (its `source-date-epoch`, else the frontend's
+    /// `SOURCE_DATE_EPOCH`): history times after it, but the base
+    /// image's, and the image's `created` are clamped to it.
+    pub epoch: Option<i64>,
+    /// `rewrite-timestamp=true`: layer file times after `epoch` are
+    /// clamped to it too.
+    pub rewrite_timestamp: bool,
     pub media: oci::MediaTypes,
 }
 
@@ -35,7 +40,8 @@ impl ImageFormat {
         ImageFormat {
             compression,
             force_compression: false,
-            rewrite_timestamp: None,
+            epoch: None,
+            rewrite_timestamp: false,
             media: oci::MediaTypes::Oci,
         }
     }
@@ -72,6 +78,18 @@ pub struct Exported {
 /// when it is set. The image is for `cfg.platform`, else the worker's
 /// platform.
 pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageConfigJson {
+    image_config_at(layers, cfg, cfg.source_date_epoch)
+}
+
+/// [`image_config`] with an exporter's `epoch` in place of the frontend's
+/// `SOURCE_DATE_EPOCH`, as BuildKit's exporter patches the config: every
+/// history entry but the base image's own without a time or with a later
+/// one takes the epoch, and so does a later `created`.
+pub fn image_config_at(
+    layers: &[Layer],
+    cfg: &kiln_solver::ImageConfig,
+    epoch: Option<i64>,
+) -> ImageConfigJson {
     let platform = cfg
         .platform
         .as_ref()
@@ -100,15 +118,29 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
         // `created` follows when they are the last).
         let backfill = || {
             let mut e = entry(None);
-            e.set_created(cfg.source_date_epoch.map(kiln_types::time::rfc3339_secs));
+            e.set_created(epoch.map(kiln_types::time::rfc3339_secs));
             e
         };
         let mut filled: Vec<History> = (0..missing).map(|_| backfill()).collect();
         filled.extend(history);
         history = filled;
     }
+    let base = (history.len() - cfg.history.len())
+        ..(history.len() - cfg.history.len() + cfg.base_history.min(cfg.history.len()));
     date_history(&mut history, layers);
-    let created = history.iter().rev().find_map(|h| h.created().clone());
+    let mut created = history.iter().rev().find_map(|h| h.created().clone());
+    if let Some(epoch) = epoch {
+        let at = kiln_types::time::rfc3339_secs(epoch);
+        let later = |t: &Option<String>| t.as_deref().is_some_and(|t| after(t, epoch));
+        for (i, h) in history.iter_mut().enumerate() {
+            if !base.contains(&i) && (h.created().is_none() || later(h.created())) {
+                h.set_created(Some(at.clone()));
+            }
+        }
+        if later(&created) {
+            created = Some(at);
+        }
+    }
     let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
     let mut run = Config::default();
     run.set_user(nonempty(&cfg.user));
@@ -154,6 +186,18 @@ pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageCo
             on_build: (!cfg.on_build.is_empty()).then(|| cfg.on_build.clone()),
         },
         inline_cache: None,
+    }
+}
+
+/// Whether RFC 3339 time `t` is after `epoch` (seconds); a time that does
+/// not parse is left as it is.
+fn after(t: &str, epoch: i64) -> bool {
+    match humantime::parse_rfc3339_weak(t.trim_end_matches('Z')) {
+        Ok(t) => t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() > epoch as f64)
+            .unwrap_or(false),
+        Err(_) => false,
     }
 }
 
@@ -484,4 +528,85 @@ pub async fn export_index(
         names: names.to_vec(),
         children: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(created: Option<&str>, created_by: &str) -> kiln_solver::HistoryEntry {
+        kiln_solver::HistoryEntry {
+            created: created.map(String::from),
+            created_by: created_by.into(),
+            comment: String::new(),
+            empty_layer: false,
+        }
+    }
+
+    fn layer(n: u8, created: Option<&str>) -> Layer {
+        Layer::with_blob(
+            kiln_snapshot::Digest::of(&[n]),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            kiln_snapshot::Digest::of(&[n, n]).to_string(),
+            1,
+            created.map(String::from),
+        )
+    }
+
+    /// As BuildKit's exporter patches a config with its epoch: the base
+    /// image's entries keep their times (even later ones), every other
+    /// entry and `created` are clamped; an earlier time stays.
+    #[test]
+    fn an_exporters_epoch_clamps_every_time_but_the_bases() {
+        let cfg = kiln_solver::ImageConfig {
+            history: vec![
+                entry(Some("2030-01-01T00:00:00Z"), "base"),
+                entry(Some("2001-01-01T00:00:00Z"), "early"),
+                entry(None, "late"),
+            ],
+            base_history: 1,
+            ..Default::default()
+        };
+        let layers = [
+            layer(1, None),
+            layer(2, None),
+            layer(3, Some("2029-05-05T10:00:00.5Z")),
+        ];
+        let times = |epoch: Option<i64>| {
+            let json = image_config_at(&layers, &cfg, epoch);
+            let history: Vec<Option<String>> = json
+                .image
+                .history()
+                .iter()
+                .flatten()
+                .map(|h| h.created().clone())
+                .collect();
+            (history, json.image.created().clone())
+        };
+        let at = |s: &str| Some(s.to_string());
+        // No epoch: the layer's own time.
+        assert_eq!(
+            times(None),
+            (
+                vec![
+                    at("2030-01-01T00:00:00Z"),
+                    at("2001-01-01T00:00:00Z"),
+                    at("2029-05-05T10:00:00.5Z")
+                ],
+                at("2029-05-05T10:00:00.5Z")
+            )
+        );
+        // 2020-01-01T00:00:00Z.
+        assert_eq!(
+            times(Some(1_577_836_800)),
+            (
+                vec![
+                    at("2030-01-01T00:00:00Z"),
+                    at("2001-01-01T00:00:00Z"),
+                    at("2020-01-01T00:00:00Z")
+                ],
+                at("2020-01-01T00:00:00Z")
+            )
+        );
+    }
 }

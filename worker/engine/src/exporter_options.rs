@@ -83,9 +83,9 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         (_, "rewrite-timestamp") if image_like => Works,
         (_, "rewrite-timestamp") => OnlyBool(false),
         (_, "buildinfo" | "buildinfo-attrs") if image_like => OnlyBool(false),
-        // Every file's time in the tree kilnd sends.
-        ("local" | "tar", "source-date-epoch") => Works,
-        (_, "source-date-epoch") => NotYet,
+        // Every file's time in the tree kilnd sends; an image's history
+        // times and `created` (and its layers' with `rewrite-timestamp`).
+        (_, "source-date-epoch") => Works,
         ("oci" | "docker", "tar") => OnlyBool(true),
         ("docker", "context") => NotYet,
         ("local" | "tar", "platform-split") => Bool,

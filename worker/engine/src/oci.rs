@@ -487,6 +487,7 @@ mod tests {
             // Exporter inputs: none is written into the config.
             source_date_epoch: Some(1),
             base_diff_ids: vec![KilnDigest::of(b"base").to_string()],
+            base_history: 0,
             platform: None,
             base_platform: Some(kiln_solver::Platform::new("plan9", "mips", "")),
         };
@@ -554,8 +555,9 @@ mod tests {
             c.exposed_ports.sort();
             c.history[0].created = v["created"].as_str().map(String::from);
             // Read back, the exporter inputs are the image's own: no epoch,
-            // and its layers are the next build's base layers.
+            // and its layers and history are the next build's base ones.
             c.source_date_epoch = None;
+            c.base_history = c.history.len();
             c.base_diff_ids =
                 serde_json::from_value(v["rootfs"]["diff_ids"].clone()).expect("diff_ids");
             // ... and its platform is the one the exporter wrote.

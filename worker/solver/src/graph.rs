@@ -543,6 +543,10 @@ pub struct ImageConfig {
     /// with its base as they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub base_diff_ids: Vec<String>,
+    /// How many of `history`'s first entries are the base image's own: an
+    /// exporter's epoch leaves their times as they are.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub base_history: usize,
     /// The platform the image is for (its `os`, `architecture` and
     /// `variant`): `--platform`, else the target stage's when it is not
     /// the worker's; `None` is the worker's own.
@@ -554,6 +558,10 @@ pub struct ImageConfig {
     /// platform. Not carried into a result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_platform: Option<crate::Platform>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Docker's `HealthcheckConfig`: durations in nanoseconds, 0 = inherit.
