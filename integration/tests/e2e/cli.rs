@@ -83,6 +83,15 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
             "output option compression-level is not supported yet",
         ),
         (
+            &[
+                "-t",
+                "x:1",
+                "-o",
+                "type=image,unpack=true,rewrite-timestamp=true",
+            ],
+            "exporter option \"rewrite-timestamp\" conflicts with \"unpack\"",
+        ),
+        (
             &["-o", "type=image,oci-mediatypes=false,compression=zstd"],
             "exporter option \"compression=zstd\" conflicts with \"oci-mediatypes=false\"",
         ),

@@ -952,6 +952,9 @@ struct ImageOutput {
     /// `source-date-epoch`: the exporter's epoch, in place of the
     /// frontend's `SOURCE_DATE_EPOCH`.
     epoch: Option<i64>,
+    /// `unpack=true` (what kiln does anyway, but not for layers
+    /// `rewrite-timestamp` rewrote).
+    unpack: bool,
 }
 
 /// `-o` specs of an embedded build (checked by [`outputs::parse`]);
@@ -995,6 +998,7 @@ fn parse_outputs(
                     media_options.insert(k.clone(), v.clone());
                 }
                 "force-compression" => out.force_compression = outputs::bool_attr(k, v)?,
+                "unpack" => out.unpack = outputs::bool_attr(k, v)?,
                 "source-date-epoch" if !v.is_empty() => {
                     out.epoch = Some(v.parse().map_err(|_| {
                         anyhow!("invalid source-date-epoch {v:?}: expected seconds")
@@ -1511,6 +1515,19 @@ async fn build(
     if !out.cache_only {
         names.extend(args.tags.iter().cloned());
     }
+    // `-t` names the image output too (buildx's `name`), so the options
+    // are checked together again with them.
+    let joined = names.join(",");
+    kiln_engine::exporter_options::check_together("image", |k| match k {
+        "name" => Some(joined.as_str()),
+        "unpack" => Some(if out.unpack { "true" } else { "false" }),
+        "rewrite-timestamp" => Some(if out.rewrite_timestamp {
+            "true"
+        } else {
+            "false"
+        }),
+        _ => None,
+    })?;
     let names = names
         .iter()
         .map(|n| kiln_dockerfile::reference::normalize(n).map_err(anyhow::Error::from))

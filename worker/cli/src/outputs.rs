@@ -134,6 +134,7 @@ pub fn parse(specs: &[String], push: bool, load: bool, embedded: bool) -> Result
                 ));
             }
         }
+        kiln_engine::exporter_options::check_together(&kind, |k| attrs.get(k).map(String::as_str))?;
         if embedded && !in_process {
             return Err(anyhow!(
                 "output type={kind} is not supported yet without a daemon (use --addr with kilnd)"

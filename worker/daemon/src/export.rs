@@ -47,7 +47,8 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
             E::Unknown { .. }
             | E::NotBool { .. }
             | E::NeedsOciTypes { .. }
-            | E::AnnotationsNeedOciTypes => Status::invalid_argument(err.to_string()),
+            | E::AnnotationsNeedOciTypes
+            | E::Conflict { .. } => Status::invalid_argument(err.to_string()),
         })?;
     }
     // An annotation of an unknown type or with a bad platform, and media
@@ -55,6 +56,10 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
     annotations(&e.attrs)?;
     if matches!(e.r#type.as_str(), "image" | "moby" | "oci" | "docker") {
         media_types(&e.attrs)?;
+        kiln_engine::exporter_options::check_together(&e.r#type, |k| {
+            e.attrs.get(k).map(String::as_str)
+        })
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     }
     Ok(())
 }

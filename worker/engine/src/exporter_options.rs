@@ -26,6 +26,9 @@ pub enum ExporterOptionError {
     /// Index or descriptor annotations with Docker's media types.
     #[error("cannot export annotations with \"oci-mediatypes=false\"")]
     AnnotationsNeedOciTypes,
+    /// Two options BuildKit's exporter cannot honour together.
+    #[error("exporter option \"{one}\" conflicts with \"{other}\"")]
+    Conflict { one: String, other: String },
 }
 
 /// How kiln treats one option of an exporter type.
@@ -137,6 +140,36 @@ pub fn media_types<'a>(
     Ok(crate::oci::MediaTypes::Docker)
 }
 
+/// Checks the options of an image exporter of `kind` together (`option`
+/// reads them), as BuildKit's exporter does: a named image in the store
+/// is unpacked from the build's own layers, so `unpack=true` cannot go
+/// with `rewrite-timestamp=true` (BuildKit's text; it fails after the
+/// build, kiln before).
+pub fn check_together<'a>(
+    kind: &str,
+    option: impl Fn(&str) -> Option<&'a str>,
+) -> Result<(), ExporterOptionError> {
+    let flag = |key: &str, default: bool| {
+        option(key)
+            .map(|v| bool_option(key, v))
+            .transpose()
+            .map(|b| b.unwrap_or(default))
+    };
+    let named = option("name").is_some_and(|n| n.split(',').any(|n| !n.trim().is_empty()));
+    if matches!(kind, "image" | "moby")
+        && named
+        && flag("store", true)?
+        && flag("unpack", false)?
+        && flag("rewrite-timestamp", false)?
+    {
+        return Err(ExporterOptionError::Conflict {
+            one: "rewrite-timestamp".into(),
+            other: "unpack".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks option `key=value` of an exporter of `kind`: `Ok` when kiln does
 /// what it asks.
 pub fn check(kind: &str, key: &str, value: &str) -> Result<(), ExporterOptionError> {
@@ -216,6 +249,48 @@ mod tests {
             of(&[("oci-mediatypes", "maybe")], false),
             Err(ExporterOptionError::NotBool { .. })
         ));
+    }
+
+    #[test]
+    fn rewriting_a_stored_image_cannot_unpack_it() {
+        let of = |kind: &str, kv: &'static [(&'static str, &'static str)]| {
+            check_together(kind, |k| {
+                kv.iter().find(|(key, _)| *key == k).map(|(_, v)| *v)
+            })
+            .map_err(|e| e.to_string())
+        };
+        const BOTH: &[(&str, &str)] =
+            &[("name", "a"), ("unpack", "true"), ("rewrite-timestamp", "")];
+        assert_eq!(
+            of("image", BOTH),
+            Err("exporter option \"rewrite-timestamp\" conflicts with \"unpack\"".into())
+        );
+        assert!(of("moby", BOTH).is_err());
+        assert_eq!(of("oci", BOTH), Ok(()));
+        assert_eq!(
+            of(
+                "image",
+                &[("unpack", "true"), ("rewrite-timestamp", "true")]
+            ),
+            Ok(()),
+            "nothing named, nothing unpacked"
+        );
+        assert_eq!(
+            of(
+                "image",
+                &[
+                    ("name", "a"),
+                    ("store", "false"),
+                    ("unpack", "true"),
+                    ("rewrite-timestamp", "true")
+                ]
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            of("image", &[("name", "a"), ("rewrite-timestamp", "true")]),
+            Ok(())
+        );
     }
 
     #[test]
