@@ -107,10 +107,6 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
             "output option rewrite-timestamp is not supported yet (kiln always uses",
         ),
         (
-            &["-o", "type=oci,dest=o.tar,tar=false"],
-            "output option tar is not supported yet (kiln always uses",
-        ),
-        (
             &["-o", "type=local,dest=o,attestation-prefix=p"],
             "output option attestation-prefix is not supported yet",
         ),

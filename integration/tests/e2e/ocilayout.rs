@@ -6,6 +6,7 @@
 //! config through the session, copies the layers containerd lacks and
 //! builds on them.
 
+use crate::common;
 use kiln_integration::llbdef::{op_bytes, shell_exec};
 use kiln_integration::{buildctl_like_binary, Harness, Kilnd};
 use kiln_proto::control::control_client::ControlClient;
@@ -528,4 +529,118 @@ async fn an_llb_oci_layout_source_reads_the_session_it_names() {
     store_done.cancel();
     let _ = build_served.await;
     let _ = store_served.await;
+}
+
+/// `-o type=oci,dest=DIR,tar=false` through kilnd (buildctl's and buildx's
+/// directory export): kilnd copies the image's blobs into the session's
+/// export store, the client puts it into `DIR/index.json` under each
+/// name (an entry of the same name replaced, others kept), and the
+/// directory is a layout another build takes as `oci-layout://DIR:TAG`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oci_export_with_tar_false_fills_a_layout_directory() {
+    use sha2::Digest as _;
+    let ns = "ocilayout-export";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let dir = h.state_dir().join("exported-layout");
+    let build = |content: &str, tag: &str| {
+        let ctx = h.context(
+            &format!("oci-export-{tag}"),
+            &[
+                ("Dockerfile", "FROM busybox\nCOPY f /exported.txt\n"),
+                ("f", content),
+            ],
+        );
+        let o = format!(
+            "type=oci,dest={},tar=false,name=docker.io/library/exp:{tag}",
+            dir.display()
+        );
+        common::remote(&h, &k, ns, &["-o", &o, ctx.to_str().expect("utf8")]).ok()
+    };
+    let index = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+            .expect("JSON")
+    };
+    let entry = |tag: &str| -> serde_json::Value {
+        index()["manifests"]
+            .as_array()
+            .expect("manifests")
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {tag} in {}", index()))
+    };
+    let out = build("first\n", "v1");
+    assert!(!out.stderr.contains("sending tarball"), "{}", out.stderr);
+    build("second\n", "v2");
+    let v1 = entry("v1");
+    assert_eq!(
+        v1["annotations"]["io.containerd.image.name"],
+        "docker.io/library/exp:v1"
+    );
+    assert_eq!(
+        entry("v2")["annotations"]["io.containerd.image.name"],
+        "docker.io/library/exp:v2"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("oci-layout")).expect("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#
+    );
+    // Every blob the manifest names is there, with its digest.
+    let check = |digest: &str| -> Vec<u8> {
+        let bytes = std::fs::read(blob(&dir, digest)).unwrap_or_else(|e| panic!("{digest}: {e}"));
+        let hex = format!("{:x}", sha2::Sha256::digest(&bytes));
+        assert_eq!(format!("sha256:{hex}"), digest);
+        bytes
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&check(v1["digest"].as_str().expect("digest"))).expect("manifest");
+    check(manifest["config"]["digest"].as_str().expect("config"));
+    for l in manifest["layers"].as_array().expect("layers") {
+        check(l["digest"].as_str().expect("layer"));
+    }
+    // The same name again replaces its entry.
+    build("third\n", "v1");
+    let tags: Vec<String> = index()["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| m["annotations"]["org.opencontainers.image.ref.name"].to_string())
+        .collect();
+    assert_eq!(tags, ["\"v2\"", "\"v1\""]);
+    assert_ne!(entry("v1")["digest"], v1["digest"]);
+
+    // Another namespace builds on the directory as a layout.
+    let other = "ocilayout-export-use";
+    let k2 = h.start_kilnd(other).await.expect("kilnd starts");
+    let ctx = h.context(
+        "oci-export-use",
+        &[(
+            "Dockerfile",
+            "FROM base\nCMD [\"cat\", \"/exported.txt\"]\n",
+        )],
+    );
+    let base = format!("base=oci-layout://{}:v1", dir.display());
+    common::remote(
+        &h,
+        &k2,
+        other,
+        &[
+            "--build-context",
+            &base,
+            "-t",
+            "from-export:1",
+            ctx.to_str().expect("utf8"),
+        ],
+    )
+    .ok();
+    let want = "third\n";
+    let got = h.run_image_expecting(
+        other,
+        "docker.io/library/from-export:1",
+        "oci-export-run",
+        &[],
+        want,
+    );
+    assert_eq!(got, want);
 }

@@ -299,6 +299,8 @@ mod tests {
             "type=oci,dest=out.tar,name=r/x:1,compression=gzip",
             "type=docker,dest=out.tar,name=r/x:1",
             "type=oci,dest=-,tar=true",
+            "type=oci,dest=layout,tar=false",
+            "type=docker,dest=layout,tar=false",
             "type=image,annotation.org.opencontainers.image.title=x",
             "type=image,annotation-index.a=b",
             "type=image,annotation-manifest-descriptor[linux/arm64].a=b",
@@ -321,7 +323,6 @@ mod tests {
             ("type=image,buildinfo=true", "buildinfo=true"),
             ("type=image,buildinfo-attrs=true", "buildinfo-attrs=true"),
             ("type=image,attestation-prefix=x", "attestation-prefix"),
-            ("type=oci,dest=o.tar,tar=false", "tar=false"),
             ("type=docker,dest=o.tar,context=x", "context"),
             (
                 "type=docker,dest=o.tar,compression-level=1",

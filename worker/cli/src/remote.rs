@@ -381,6 +381,43 @@ fn endpoint(uri: &str) -> Result<tonic::transport::Endpoint> {
         .http2_max_header_list_size(MAX_HEADER_LIST))
 }
 
+/// An `oci`/`docker` output's `tar` option (true by default).
+fn tar_attr(attrs: &HashMap<String, String>) -> Result<bool> {
+    attrs
+        .get("tar")
+        .map(|v| crate::outputs::bool_attr("tar", v))
+        .transpose()
+        .map(|t| t.unwrap_or(true))
+}
+
+/// Puts the image the daemon exported into the `tar=false` directory
+/// `dir` into its `index.json`, as buildctl does: the descriptor it
+/// answered, once per name it answered (else tagged `latest`).
+fn put_export_index(dir: &Path, response: &HashMap<String, String>) -> Result<()> {
+    use base64::Engine as _;
+    let encoded = response.get("containerimage.descriptor").ok_or_else(|| {
+        anyhow!(
+            "the daemon answered no containerimage.descriptor for {}",
+            dir.display()
+        )
+    })?;
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .context("the daemon's containerimage.descriptor")?;
+    let desc: kiln_engine::oci::Descriptor =
+        serde_json::from_slice(&json).context("the daemon's containerimage.descriptor")?;
+    let names: Vec<String> = response
+        .get("image.name")
+        .map(|n| {
+            n.split(',')
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(kiln_engine::archive::put_index(dir, &desc, &names)?)
+}
+
 fn random_id(len: usize) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -411,6 +448,8 @@ pub async fn build(
     let mut targets = Vec::new();
     let mut names: Vec<String> = b.tags.clone();
     let mut image_attrs: HashMap<String, String> = HashMap::new();
+    // The directory an `oci`/`docker` output with `tar=false` fills.
+    let mut export_dir: Option<PathBuf> = None;
     for o in outputs {
         let kind = o.get("type").cloned().unwrap_or_else(|| "image".into());
         let mut attrs = o.clone();
@@ -434,6 +473,29 @@ pub async fn build(
                 targets.push(FileSendTarget::Local {
                     dir: PathBuf::from(dest),
                 });
+            }
+            "oci" | "docker" if !tar_attr(&attrs)? => {
+                // The daemon writes the blobs into this directory, served
+                // as the session's export store; `index.json` is written
+                // here from its answer (`put_export_index`).
+                let dest = attrs
+                    .remove("dest")
+                    .ok_or_else(|| anyhow!("type={kind},tar=false needs dest=DIR"))?;
+                if export_dir.is_some() {
+                    return Err(anyhow!(
+                        "only one output with tar=false can be written (BuildKit's one export store)"
+                    ));
+                }
+                std::fs::create_dir_all(&dest).with_context(|| format!("create {dest}"))?;
+                export_dir = Some(PathBuf::from(dest));
+                if !attrs.contains_key("name") && !b.tags.is_empty() {
+                    attrs.insert("name".into(), b.tags.join(","));
+                }
+                exporters.push(Exporter {
+                    r#type: kind,
+                    attrs,
+                });
+                targets.push(FileSendTarget::Bytes { dest: None });
             }
             "tar" | "oci" | "docker" => {
                 let dest = attrs
@@ -525,8 +587,12 @@ pub async fn build(
         .map(|(id, dir)| (kiln_session::content::oci_store_id(id), dir.clone()))
         .collect();
     stores.extend(local.read.iter().cloned());
-    if !stores.is_empty() || !local.written.is_empty() {
+    if !stores.is_empty() || !local.written.is_empty() || export_dir.is_some() {
         let mut stores = kiln_session::content::LayoutStores::new(stores);
+        if let Some(dir) = &export_dir {
+            stores =
+                stores.with_writable(kiln_session::content::EXPORT_STORE.to_string(), dir.clone());
+        }
         for (dir, _) in &local.written {
             stores = stores.with_writable(
                 kiln_session::content::local_store_id(&dir.to_string_lossy()),
@@ -693,6 +759,9 @@ pub async fn build(
         return Ok(out);
     }
     local.tag_exports(&out)?;
+    if let Some(dir) = &export_dir {
+        put_export_index(dir, &out)?;
+    }
     // The solve's ref, for `--metadata-file` (`buildx.build.ref`).
     out.insert(BUILD_REF_KEY.into(), solve_ref);
     Ok(out)

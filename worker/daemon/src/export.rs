@@ -204,14 +204,17 @@ fn names(attrs: &HashMap<String, String>) -> Result<Vec<String>, Status> {
         .collect()
 }
 
+/// The session an exporter of `kind` sends to, which must accept files
+/// when `files` (FileSend).
 fn session_for<'a>(
     session: Option<&'a SessionHandle>,
     kind: &str,
+    files: bool,
 ) -> Result<&'a SessionHandle, Status> {
     let s = session.ok_or_else(|| {
         Status::failed_precondition(format!("the {kind} exporter needs a session"))
     })?;
-    if !s.exposes(FILE_SEND) {
+    if files && !s.exposes(FILE_SEND) {
         return Err(Status::failed_precondition(format!(
             "the {kind} exporter needs the client to accept files (FileSend)"
         )));
@@ -261,7 +264,9 @@ fn items(
             items.extend(unpacking.map(|u| (u, now, now)));
         }
     }
+    let tarball = !matches!(attrs.get("tar").map(String::as_str), Some("false" | "0"));
     match kind {
+        "oci" | "docker" if !tarball => {}
         "oci" | "docker" | "tar" => items.push(("sending tarball".to_string(), now, now)),
         "local" => items.push(("copying files".to_string(), started, now)),
         _ => {}
@@ -373,7 +378,9 @@ pub async fn run(
                 }
             }
             kind @ ("oci" | "docker") => {
-                let s = session_for(session, kind)?;
+                let tar = tar_output(attrs)?;
+                // `tar=false` writes into a content store, not a file.
+                let s = session_for(session, kind, tar)?;
                 let names = names(attrs)?;
                 let mut out = solved
                     .export_image_with(
@@ -396,6 +403,12 @@ pub async fn run(
                 image_response(&mut resp, &out, &names);
                 children.clone_from(&out.children);
                 results.insert(i64::try_from(index).unwrap_or(i64::MAX), result_of(&out));
+                if !tar {
+                    // `tar=false`: the blobs go into the client's store;
+                    // the client writes its `index.json` from the answer.
+                    copy_to_client(engine, s, &out.manifest).await?;
+                    continue;
+                }
                 let format = if kind == "docker" {
                     ArchiveFormat::Docker
                 } else {
@@ -428,7 +441,7 @@ pub async fn run(
                 sent.map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
             }
             "local" => {
-                let s = session_for(session, "local")?;
+                let s = session_for(session, "local", true)?;
                 let epoch = epoch_of(attrs, config.source_date_epoch)?;
                 let view = file_tree(solved, attrs, config).await?;
                 // Platform directories as BuildKit's exporter makes them up.
@@ -448,7 +461,7 @@ pub async fn run(
                 r.map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
             }
             "tar" => {
-                let s = session_for(session, "tar")?;
+                let s = session_for(session, "tar", true)?;
                 let epoch = epoch_of(attrs, config.source_date_epoch)?;
                 let view = file_tree(solved, attrs, config).await?;
                 let root = view.path().to_path_buf();
@@ -488,6 +501,62 @@ pub async fn run(
         response: resp,
         results,
     })
+}
+
+/// An `oci` or `docker` exporter's `tar` option: a tarball (the default),
+/// or the blobs into the client's store ([`copy_to_client`]).
+fn tar_output(attrs: &HashMap<String, String>) -> Result<bool, Status> {
+    attrs
+        .get("tar")
+        .map(|v| kiln_engine::exporter_options::bool_option("tar", v))
+        .transpose()
+        .map(|t| t.unwrap_or(true))
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Copies every blob of the image `manifest` into the client's export
+/// store (BuildKit's `CopyChain` into the session's content store), the
+/// root last; what the store has already is not sent again.
+async fn copy_to_client(
+    engine: &kiln_engine::Engine,
+    s: &SessionHandle,
+    manifest: &kiln_engine::oci::Descriptor,
+) -> Result<(), Status> {
+    use kiln_session::content;
+    use tokio_stream::StreamExt as _;
+    if !s.exposes(content::WRITE_METHOD) {
+        return Err(Status::failed_precondition(
+            "an export with tar=false needs the client to serve its directory as a content store",
+        ));
+    }
+    let svc = engine.services();
+    let blobs = kiln_engine::archive::chain_blobs(svc, manifest)
+        .await
+        .map_err(|e| status_of(&e))?;
+    for (digest, size) in blobs {
+        let rx = svc
+            .content
+            .read_stream(&digest)
+            .await
+            .map_err(|e| Status::new(e.kind().code(), format!("read {digest}: {e}")))?;
+        let chunks = tokio_stream::wrappers::ReceiverStream::new(rx).map(|chunk| {
+            chunk
+                .map(std::io::Cursor::new)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        let reader = tokio_util::io::StreamReader::new(chunks);
+        content::write(
+            s.channel.clone(),
+            content::EXPORT_STORE,
+            &digest,
+            &digest,
+            size,
+            reader,
+        )
+        .await
+        .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// The result as the local and tar exporters send it, by their

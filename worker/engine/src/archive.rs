@@ -254,37 +254,141 @@ fn tag_of(name: &str) -> Option<&str> {
     (!tag.is_empty()).then_some(tag)
 }
 
+/// An `index.json` entry of `manifest`: with its own annotations (the
+/// exporter's creation time) and, for a name, the name's.
+fn index_entry(manifest: &Descriptor, name: Option<&str>) -> Descriptor {
+    let mut d = Descriptor::new(
+        manifest.media_type().clone(),
+        manifest.size(),
+        manifest.digest().clone(),
+    );
+    d.set_platform(manifest.platform().clone());
+    let mut annotations = manifest.annotations().clone().unwrap_or_default();
+    if let Some(name) = name {
+        annotations.insert(ANNOTATION_IMAGE_NAME.to_string(), name.to_string());
+        if let Some(r) = ref_name(name) {
+            annotations.insert(ANNOTATION_REF_NAME.to_string(), r.to_string());
+        }
+    }
+    d.set_annotations((!annotations.is_empty()).then_some(annotations));
+    d
+}
+
 /// `index.json`: the manifest once per name, annotated with the name.
 fn index_json(manifest: &Descriptor, names: &[String], image: &str) -> Result<Vec<u8>> {
-    let entry = |name: Option<&str>| {
-        let mut d = Descriptor::new(
-            manifest.media_type().clone(),
-            manifest.size(),
-            manifest.digest().clone(),
-        );
-        d.set_platform(manifest.platform().clone());
-        // The manifest's own annotations (the exporter's creation time)
-        // and, for a name, the name's.
-        let mut annotations = manifest.annotations().clone().unwrap_or_default();
-        if let Some(name) = name {
-            annotations.insert(ANNOTATION_IMAGE_NAME.to_string(), name.to_string());
-            if let Some(r) = ref_name(name) {
-                annotations.insert(ANNOTATION_REF_NAME.to_string(), r.to_string());
-            }
-        }
-        d.set_annotations((!annotations.is_empty()).then_some(annotations));
-        d
-    };
     let manifests = if names.is_empty() {
-        vec![entry(None)]
+        vec![index_entry(manifest, None)]
     } else {
-        names.iter().map(|n| entry(Some(n))).collect()
+        names
+            .iter()
+            .map(|n| index_entry(manifest, Some(n)))
+            .collect()
     };
     let mut index = ImageIndex::default();
     index.set_schema_version(2);
     index.set_media_type(Some(MediaType::from(oci::MEDIA_OCI_INDEX)));
     index.set_manifests(manifests);
     oci::to_json(&index).map_err(|e| invalid(image, format!("index.json: {e}")))
+}
+
+/// Puts `manifest` into the `index.json` of the OCI layout `dir` (and
+/// writes its `oci-layout`), as BuildKit's client does once a daemon has
+/// exported an image into its store (`tar=false`): once per name,
+/// annotated as in an archive, in place of an entry with the same name;
+/// without names, tagged `latest`. Other entries stay.
+pub fn put_index(dir: &std::path::Path, manifest: &Descriptor, names: &[String]) -> Result<()> {
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| WorkerError::Io { path, source }
+    };
+    let path = dir.join("index.json");
+    let mut index = match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice::<ImageIndex>(&bytes).map_err(|e| WorkerError::OciLayout {
+                layout: dir.display().to_string(),
+                reason: format!("index.json: {e}"),
+            })?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut i = ImageIndex::default();
+            i.set_schema_version(2);
+            i.set_media_type(Some(MediaType::from(oci::MEDIA_OCI_INDEX)));
+            i
+        }
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let entries: Vec<Descriptor> = if names.is_empty() {
+        let mut latest = index_entry(manifest, None);
+        let mut a = latest.annotations().clone().unwrap_or_default();
+        a.insert(ANNOTATION_REF_NAME.to_string(), "latest".to_string());
+        latest.set_annotations(Some(a));
+        vec![latest]
+    } else {
+        names
+            .iter()
+            .map(|n| index_entry(manifest, Some(n)))
+            .collect()
+    };
+    let key = |d: &Descriptor| {
+        let a = d.annotations().clone().unwrap_or_default();
+        (
+            a.get(ANNOTATION_REF_NAME).cloned(),
+            a.get(ANNOTATION_IMAGE_NAME).cloned(),
+        )
+    };
+    let mut manifests = index.manifests().clone();
+    for entry in entries {
+        let k = key(&entry);
+        manifests.retain(|m| key(m) != k);
+        manifests.push(entry);
+    }
+    index.set_manifests(manifests);
+    let bytes = oci::to_json(&index).map_err(|e| WorkerError::OciLayout {
+        layout: dir.display().to_string(),
+        reason: format!("index.json: {e}"),
+    })?;
+    let layout = dir.join("oci-layout");
+    std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(&layout))?;
+    let tmp = dir.join(".index.json.kiln");
+    std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// Every blob of the image `manifest` (a manifest or an index of them) in
+/// the content store, in the order an exporter copies them into a store:
+/// each manifest's config and layers before it, the root last; each blob
+/// once, with its size.
+pub async fn chain_blobs(svc: &Services, manifest: &Descriptor) -> Result<Vec<(String, u64)>> {
+    let image: &str = manifest.digest().as_ref();
+    let root = svc.content.read(image).await?;
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut push = |digest: &str, size: u64, out: &mut Vec<(String, u64)>| {
+        if seen.insert(digest.to_string()) {
+            out.push((digest.to_string(), size));
+        }
+    };
+    let mut manifests: Vec<(String, Vec<u8>)> = Vec::new();
+    if oci::is_index(manifest.media_type().as_ref()) {
+        let index: ImageIndex = serde_json::from_slice(&root)
+            .map_err(|e| invalid(image, format!("index JSON: {e}")))?;
+        for m in index.manifests() {
+            let digest: &str = m.digest().as_ref();
+            manifests.push((digest.to_string(), svc.content.read(digest).await?));
+        }
+    } else {
+        manifests.push((image.to_string(), root.clone()));
+    }
+    for (digest, bytes) in &manifests {
+        let m = oci::manifest_from_slice(bytes)
+            .map_err(|e| invalid(image, format!("manifest {digest} JSON: {e}")))?;
+        for d in std::iter::once(m.config()).chain(m.layers()) {
+            push(d.digest().as_ref(), d.size(), &mut out);
+        }
+        push(digest, bytes.len() as u64, &mut out);
+    }
+    push(image, root.len() as u64, &mut out);
+    Ok(out)
 }
 
 /// One entry of Docker's `manifest.json`.

@@ -89,7 +89,7 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         // Every file's time in the tree kilnd sends; an image's history
         // times and `created` (and its layers' with `rewrite-timestamp`).
         (_, "source-date-epoch") => Works,
-        ("oci" | "docker", "tar") => OnlyBool(true),
+        ("oci" | "docker", "tar") => Bool,
         ("docker", "context") => NotYet,
         ("local" | "tar", "platform-split") => Bool,
         (_, "attestation-prefix") => NotYet,

@@ -45,6 +45,10 @@ pub const WRITE_METHOD: &str = "/containerd.services.content.v1.Content/Write";
 /// serve `--cache-to/--cache-from type=local` directories as `local:DIR`.
 pub const LOCAL_STORE_PREFIX: &str = "local:";
 
+/// The store id of the directory an `oci` or `docker` exporter with
+/// `tar=false` writes into (buildctl's and buildx's `OutputDir` store).
+pub const EXPORT_STORE: &str = "export";
+
 /// How many bytes one `Read` answer carries.
 const CHUNK: usize = 1 << 20;
 
