@@ -770,3 +770,55 @@ async fn the_gateway_flow_builds_and_an_empty_return_is_an_empty_result() {
         want
     );
 }
+
+/// buildctl's path (raw LLB with the client's `containerimage.config` and
+/// the base's `containerimage.base.config`) with the exporter's
+/// `source-date-epoch`: as BuildKit's exporter patches the config, the
+/// entries shared with the base keep their times, every later one and
+/// `created` take the epoch.
+#[tokio::test]
+async fn a_clients_config_is_dated_by_the_exporters_epoch_but_its_bases_entries() {
+    let ns = "llb-epoch";
+    let (h, k) = setup(ns).await;
+    let (def, _, _) = busybox_exec("echo dated > /x");
+    let base_entry = serde_json::json!({"created": "2030-01-01T00:00:00Z", "created_by": "base"});
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["cat", "/x"]},
+        "created": "2031-01-01T00:00:00Z",
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [base_entry, {"created": "2031-01-01T00:00:00Z", "created_by": "step"}],
+    });
+    let base = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [base_entry],
+    });
+    let mut c = control(&k).await;
+    c.solve(SolveRequest {
+        r#ref: "llbepoch00000000000000001".into(),
+        definition: Some(def),
+        exporters: vec![Exporter {
+            r#type: "image".into(),
+            attrs: HashMap::from([
+                ("name".to_string(), "llb:epoch".to_string()),
+                ("containerimage.config".into(), config.to_string()),
+                ("containerimage.base.config".into(), base.to_string()),
+                ("source-date-epoch".into(), "1700000000".into()),
+            ]),
+        }],
+        ..Default::default()
+    })
+    .await
+    .expect("solve");
+    let cfg = common::image_config(&h, ns, "docker.io/library/llb:epoch");
+    let at = "2023-11-14T22:13:20Z";
+    assert_eq!(cfg["created"], at, "{cfg}");
+    let times: Vec<&str> = cfg["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|e| e["created"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(times, ["2030-01-01T00:00:00Z", at], "{cfg}");
+}

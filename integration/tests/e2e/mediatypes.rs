@@ -87,6 +87,43 @@ async fn docker_media_types_embedded_and_through_kilnd() {
     let printed = h.run_image_expecting(ns, docker, "mt-embedded", &[], want);
     assert_eq!(printed, want);
 
+    // A layer that keeps a zstd blob (made by an earlier zstd export; no
+    // force-compression) is named with Docker's zstd type, as BuildKit's.
+    let zctx = h.context(
+        "mt-zstd",
+        &[("Dockerfile", "FROM busybox\nRUN echo zstd > /z\n")],
+    );
+    let zc = zctx.to_str().expect("utf8");
+    h.build(
+        ns,
+        &[
+            "-o",
+            "type=image,name=docker.io/library/mt:z,compression=zstd",
+            zc,
+        ],
+    )
+    .ok();
+    let zd = "docker.io/library/mt:zd";
+    h.build(
+        ns,
+        &[
+            "-o",
+            &format!("type=image,name={zd},oci-mediatypes=false"),
+            zc,
+        ],
+    )
+    .ok();
+    let m = h.manifest(ns, zd);
+    assert_eq!(m["layers"][0]["mediaType"], LAYER, "{m}");
+    assert_eq!(
+        m["layers"][1]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.zstd",
+        "{m}"
+    );
+    assert_eq!(
+        m["layers"][1]["digest"],
+        h.manifest(ns, "docker.io/library/mt:z")["layers"][1]["digest"]
+    );
+
     // Through kilnd: into the store, and as a docker archive that another
     // namespace imports and runs.
     let k = h.start_kilnd(ns).await.expect("kilnd starts");

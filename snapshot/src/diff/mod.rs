@@ -70,6 +70,16 @@ impl Compression {
         }
     }
 
+    /// The layer media type of this compression in Docker's names (an
+    /// export with `oci-mediatypes=false`; zstd as BuildKit names it).
+    pub fn docker_media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            Compression::Zstd => "application/vnd.docker.image.rootfs.diff.tar.zstd",
+            Compression::Uncompressed => "application/vnd.docker.image.rootfs.diff.tar",
+        }
+    }
+
     /// The name accepted by [`FromStr`] (BuildKit's `compression=` values).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -12,7 +12,8 @@ pub fn compression_of(media_type: &str) -> Option<Compression> {
     match media_type {
         "application/vnd.oci.image.layer.v1.tar+gzip"
         | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Some(Compression::Gzip),
-        "application/vnd.oci.image.layer.v1.tar+zstd" => Some(Compression::Zstd),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(Compression::Zstd),
         "application/vnd.oci.image.layer.v1.tar"
         | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::Uncompressed),
         _ => None,

@@ -363,12 +363,18 @@ fn request_options(r: &SolveRequest) -> Result<(), Status> {
     Ok(())
 }
 
-/// An image config passed as exporter attribute `containerimage.config`.
+/// An image config passed as exporter attribute `containerimage.config`
+/// (with its base's, `containerimage.base.config`, when given).
 fn config_from_attrs(exporters: &[Exporter]) -> Option<kiln_solver::ImageConfig> {
     exporters.iter().find_map(|e| {
-        let j = e.attrs.get("containerimage.config")?;
-        let cfg: kiln_engine::oci::ImageConfigJson = serde_json::from_str(j).ok()?;
-        Some(kiln_engine::base::frontend_config(&cfg))
+        let read = |key: &str| -> Option<kiln_engine::oci::ImageConfigJson> {
+            serde_json::from_str(e.attrs.get(key)?).ok()
+        };
+        let cfg = read("containerimage.config")?;
+        Some(kiln_engine::base::client_config(
+            &cfg,
+            read("containerimage.base.config").as_ref(),
+        ))
     })
 }
 

@@ -35,11 +35,16 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
     let mut attrs: Vec<_> = e.attrs.iter().collect();
     attrs.sort();
     for (k, v) in attrs {
-        // An option kilnd acts on that `kiln build -o` does not have: a
-        // client's own image config (buildctl, gateway clients; read by
-        // `control::config_from_attrs`).
+        // Options kilnd acts on that `kiln build -o` does not have: a
+        // client's own image config and its base's (buildctl, gateway
+        // clients; read by `control::config_from_attrs`).
         let image_like = matches!(e.r#type.as_str(), "image" | "moby" | "oci" | "docker");
-        if image_like && k == "containerimage.config" {
+        if image_like
+            && matches!(
+                k.as_str(),
+                "containerimage.config" | "containerimage.base.config"
+            )
+        {
             continue;
         }
         kiln_engine::exporter_options::check(&e.r#type, k, v).map_err(|err| match err {
@@ -242,7 +247,7 @@ fn items(
     if let (true, Some(d)) = (image, resp.get("containerimage.digest")) {
         // The archives name nothing in the image store, nor does an image
         // exporter with `store=false`.
-        let stored = !matches!(attrs.get("store").map(String::as_str), Some("false" | "0"));
+        let stored = Naming::of(attrs).is_ok_and(|n| n.store);
         let names: Vec<&str> = match (kind, resp.get("image.name")) {
             ("image" | "moby", Some(n)) if stored => n.split(',').collect(),
             _ => Vec::new(),
@@ -403,42 +408,13 @@ pub async fn run(
                 image_response(&mut resp, &out, &names);
                 children.clone_from(&out.children);
                 results.insert(i64::try_from(index).unwrap_or(i64::MAX), result_of(&out));
-                if !tar {
+                if tar {
+                    send_archive(engine, s, index, kind, &out.manifest, &names, &resp).await?;
+                } else {
                     // `tar=false`: the blobs go into the client's store;
                     // the client writes its `index.json` from the answer.
                     copy_to_client(engine, s, &out.manifest).await?;
-                    continue;
                 }
-                let format = if kind == "docker" {
-                    ArchiveFormat::Docker
-                } else {
-                    ArchiveFormat::Oci
-                };
-                let (mut w, r) = tokio::io::duplex(1 << 20);
-                let svc = engine.services().clone();
-                let manifest = out.manifest.clone();
-                let writer = tokio::spawn(async move {
-                    let r = kiln_engine::archive::write_archive(
-                        &svc, &manifest, &names, format, &mut w,
-                    )
-                    .await;
-                    drop(w);
-                    r
-                });
-                let md: Vec<(String, String)> = resp
-                    .iter()
-                    .map(|(k, v)| (format!("exporter-md-{k}"), v.clone()))
-                    .collect();
-                let sent = kiln_session::filesend::send_bytes(
-                    s.channel.clone(),
-                    Some(index),
-                    md,
-                    crate::metrics::CountingReader(r),
-                )
-                .await;
-                let written = writer.await.map_err(|e| Status::internal(e.to_string()))?;
-                written.map_err(|e| status_of(&e))?;
-                sent.map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
             }
             "local" => {
                 let s = session_for(session, "local", true)?;
@@ -501,6 +477,47 @@ pub async fn run(
         response: resp,
         results,
     })
+}
+
+/// Streams the `kind` (`oci` or `docker`) archive of the image `manifest`,
+/// named `names`, to the client as exporter `index`'s FileSend, with the
+/// response so far as its metadata.
+async fn send_archive(
+    engine: &kiln_engine::Engine,
+    s: &SessionHandle,
+    index: usize,
+    kind: &str,
+    manifest: &kiln_engine::oci::Descriptor,
+    names: &[String],
+    resp: &HashMap<String, String>,
+) -> Result<(), Status> {
+    let format = if kind == "docker" {
+        ArchiveFormat::Docker
+    } else {
+        ArchiveFormat::Oci
+    };
+    let (mut w, r) = tokio::io::duplex(1 << 20);
+    let svc = engine.services().clone();
+    let (manifest, names) = (manifest.clone(), names.to_vec());
+    let writer = tokio::spawn(async move {
+        let r = kiln_engine::archive::write_archive(&svc, &manifest, &names, format, &mut w).await;
+        drop(w);
+        r
+    });
+    let md: Vec<(String, String)> = resp
+        .iter()
+        .map(|(k, v)| (format!("exporter-md-{k}"), v.clone()))
+        .collect();
+    let sent = kiln_session::filesend::send_bytes(
+        s.channel.clone(),
+        Some(index),
+        md,
+        crate::metrics::CountingReader(r),
+    )
+    .await;
+    let written = writer.await.map_err(|e| Status::internal(e.to_string()))?;
+    written.map_err(|e| status_of(&e))?;
+    sent.map_err(|e| Status::new(e.kind().code(), e.to_string()))
 }
 
 /// An `oci` or `docker` exporter's `tar` option: a tarball (the default),
@@ -586,7 +603,8 @@ struct Naming {
     /// `name-canonical=true`: each name also as `NAME@DIGEST`.
     canonical: bool,
     /// `dangling-name-prefix=P` (nerdctl sends `<none>`): the image is
-    /// also named `P@DIGEST`...
+    /// also named `P@DIGEST` (not pushed: BuildKit tries to push it with
+    /// `push=true` and fails on the name)...
     dangling_prefix: Option<String>,
     /// ...only when it has no other name (`danging-name-empty-only`,
     /// BuildKit's spelling).

@@ -390,11 +390,17 @@ pub async fn take_returned(job: &Job, r: &GwResult) -> Result<Option<GatewayResu
     Ok(results.remove(&main))
 }
 
-/// The image config in a result's metadata (`containerimage.config`).
+/// The image config in a result's metadata (`containerimage.config`),
+/// with the base's (`containerimage.base.config`) when it names one.
 pub fn config_from_metadata(md: &HashMap<String, Vec<u8>>) -> Option<kiln_solver::ImageConfig> {
-    let bytes = md.get("containerimage.config")?;
-    let cfg: kiln_engine::oci::ImageConfigJson = serde_json::from_slice(bytes).ok()?;
-    Some(kiln_engine::base::frontend_config(&cfg))
+    let read = |key: &str| -> Option<kiln_engine::oci::ImageConfigJson> {
+        serde_json::from_slice(md.get(key)?).ok()
+    };
+    let cfg = read("containerimage.config")?;
+    Some(kiln_engine::base::client_config(
+        &cfg,
+        read("containerimage.base.config").as_ref(),
+    ))
 }
 
 impl GatewayService {

@@ -57,8 +57,10 @@ pub fn members_label(compression: Compression) -> String {
 /// every blob is in `compression`; without it (BuildKit's default for an
 /// image export, `force-compression=false`) a layer that has a blob
 /// already, in any compression, keeps it, and only a missing one is made
-/// in `compression`. A layer of a type kiln does not know (foreign) is
-/// kept as it is. Host mounts go below `mount_dir`.
+/// in `compression`. Of several blobs a layer has (an earlier forced
+/// export made one more), the one in `compression` is taken where
+/// BuildKit takes the layer's first. A layer of a type kiln does not know
+/// (foreign) is kept as it is. Host mounts go below `mount_dir`.
 pub async fn ensure(
     svc: &Services,
     layers: &[Layer],

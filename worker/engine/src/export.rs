@@ -75,8 +75,9 @@ pub struct Exported {
 /// before it, or the time of the entry before it after that; the image's
 /// `created` is the last entry's. Base-image entries keep their times; an
 /// entry made up for a base layer without one takes `SOURCE_DATE_EPOCH`
-/// when it is set. The image is for `cfg.platform`, else the worker's
-/// platform.
+/// when it is set, and so does every other entry and `created` that is
+/// later ([`image_config_at`] with the frontend's epoch). The image is for
+/// `cfg.platform`, else the worker's platform.
 pub fn image_config(layers: &[Layer], cfg: &kiln_solver::ImageConfig) -> ImageConfigJson {
     image_config_at(layers, cfg, cfg.source_date_epoch)
 }
@@ -128,19 +129,24 @@ pub fn image_config_at(
     let base = (history.len() - cfg.history.len())
         ..(history.len() - cfg.history.len() + cfg.base_history.min(cfg.history.len()));
     date_history(&mut history, layers);
-    let mut created = history.iter().rev().find_map(|h| h.created().clone());
     if let Some(epoch) = epoch {
         let at = kiln_types::time::rfc3339_secs(epoch);
-        let later = |t: &Option<String>| t.as_deref().is_some_and(|t| after(t, epoch));
         for (i, h) in history.iter_mut().enumerate() {
-            if !base.contains(&i) && (h.created().is_none() || later(h.created())) {
+            let later = h.created().as_deref().is_some_and(|t| after(t, epoch));
+            if !base.contains(&i) && (h.created().is_none() || later) {
                 h.set_created(Some(at.clone()));
             }
         }
-        if later(&created) {
-            created = Some(at);
-        }
     }
+    // The last entry's time; with an epoch, never a later one.
+    let created = history
+        .iter()
+        .rev()
+        .find_map(|h| h.created().clone())
+        .map(|t| match epoch {
+            Some(e) if after(&t, e) => kiln_types::time::rfc3339_secs(e),
+            _ => t,
+        });
     let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
     let mut run = Config::default();
     run.set_user(nonempty(&cfg.user));
@@ -189,16 +195,15 @@ pub fn image_config_at(
     }
 }
 
-/// Whether RFC 3339 time `t` is after `epoch` (seconds); a time that does
-/// not parse is left as it is.
+/// Whether RFC 3339 UTC time `t` is after `epoch` (seconds). A time that
+/// does not parse (one with a `+hh:mm` offset) counts as not after.
 fn after(t: &str, epoch: i64) -> bool {
-    match humantime::parse_rfc3339_weak(t.trim_end_matches('Z')) {
-        Ok(t) => t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64() > epoch as f64)
-            .unwrap_or(false),
-        Err(_) => false,
-    }
+    let Ok(t) = humantime::parse_rfc3339_weak(t.trim_end_matches('Z')) else {
+        return false;
+    };
+    let epoch =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(epoch).unwrap_or(0));
+    t > epoch
 }
 
 /// Fills in history times as described at [`image_config`].
@@ -277,13 +282,7 @@ pub async fn export_image(
             let b = l.blob.as_ref().ok_or_else(|| {
                 result_invalid(format!("layer {} has no blob to export", l.diff_id))
             })?;
-            let media_type = media.layer(&b.media_type).ok_or_else(|| {
-                result_invalid(format!(
-                    "layer {} ({}) has no Docker media type (oci-mediatypes=false)",
-                    l.diff_id, b.media_type
-                ))
-            })?;
-            Ok((b, media_type))
+            Ok((b, media.layer(&b.media_type)))
         })
         .collect::<Result<Vec<_>>>()?;
     let config_bytes = oci::to_json(config).map_err(|e| result_invalid(e.to_string()))?;

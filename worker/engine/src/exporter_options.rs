@@ -98,11 +98,12 @@ fn support(kind: &str, key: &str) -> Option<Support> {
     Some(s)
 }
 
-/// A boolean option as BuildKit reads it (a bare key is `true`).
+/// A boolean option as BuildKit reads it: Go's `strconv.ParseBool`, and a
+/// bare key is `true`.
 pub fn bool_option(key: &str, value: &str) -> Result<bool, ExporterOptionError> {
     match value {
-        "" | "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
+        "" | "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
         _ => Err(ExporterOptionError::NotBool {
             key: key.into(),
             value: value.into(),
@@ -155,7 +156,9 @@ pub fn check_together<'a>(
             .transpose()
             .map(|b| b.unwrap_or(default))
     };
-    let named = option("name").is_some_and(|n| n.split(',').any(|n| !n.trim().is_empty()));
+    // A dangling name names the image too (BuildKit adds it first).
+    let named = option("name").is_some_and(|n| n.split(',').any(|n| !n.trim().is_empty()))
+        || option("dangling-name-prefix").is_some_and(|p| !p.is_empty());
     if matches!(kind, "image" | "moby")
         && named
         && flag("store", true)?
@@ -274,6 +277,18 @@ mod tests {
             ),
             Ok(()),
             "nothing named, nothing unpacked"
+        );
+        assert!(
+            of(
+                "image",
+                &[
+                    ("dangling-name-prefix", "<none>"),
+                    ("unpack", "true"),
+                    ("rewrite-timestamp", "true")
+                ]
+            )
+            .is_err(),
+            "nerdctl's dangling name"
         );
         assert_eq!(
             of(

@@ -49,24 +49,15 @@ impl MediaTypes {
     }
 
     /// A layer of `media_type` (OCI's or Docker's name) as these types
-    /// name it: a type kiln does not know (a foreign layer) is kept;
-    /// `None` for a layer they cannot name (Docker has no zstd layer).
-    pub fn layer(self, media_type: &str) -> Option<String> {
-        use kiln_snapshot::diff::Compression;
-        let Some(compression) = kiln_snapshot::diff::compression_of(media_type) else {
-            return Some(media_type.to_string());
-        };
-        let name = match (self, compression) {
-            (MediaTypes::Oci, c) => c.media_type(),
-            (MediaTypes::Docker, Compression::Gzip) => {
-                "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            }
-            (MediaTypes::Docker, Compression::Uncompressed) => {
-                "application/vnd.docker.image.rootfs.diff.tar"
-            }
-            (MediaTypes::Docker, Compression::Zstd) => return None,
-        };
-        Some(name.to_string())
+    /// name it, as BuildKit converts them (a zstd layer kept by an export
+    /// with Docker's types is `…rootfs.diff.tar.zstd`); a type kiln does
+    /// not know (a foreign layer) is kept.
+    pub fn layer(self, media_type: &str) -> String {
+        match kiln_snapshot::diff::compression_of(media_type) {
+            Some(c) if self == MediaTypes::Oci => c.media_type().to_string(),
+            Some(c) => c.docker_media_type().to_string(),
+            None => media_type.to_string(),
+        }
     }
 }
 
@@ -401,27 +392,26 @@ mod tests {
         assert_eq!(d.index(), MEDIA_DOCKER_LIST);
         let layer = |m: MediaTypes, t: &str| m.layer(t);
         assert_eq!(
-            layer(d, "application/vnd.oci.image.layer.v1.tar+gzip").as_deref(),
-            Some("application/vnd.docker.image.rootfs.diff.tar.gzip")
+            layer(d, "application/vnd.oci.image.layer.v1.tar+gzip"),
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
         );
         assert_eq!(
-            layer(d, "application/vnd.oci.image.layer.v1.tar").as_deref(),
-            Some("application/vnd.docker.image.rootfs.diff.tar")
+            layer(d, "application/vnd.oci.image.layer.v1.tar"),
+            "application/vnd.docker.image.rootfs.diff.tar"
         );
         assert_eq!(
             layer(d, "application/vnd.oci.image.layer.v1.tar+zstd"),
-            None
+            "application/vnd.docker.image.rootfs.diff.tar.zstd"
         );
         assert_eq!(
             layer(
                 MediaTypes::Oci,
-                "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            )
-            .as_deref(),
-            Some("application/vnd.oci.image.layer.v1.tar+gzip")
+                "application/vnd.docker.image.rootfs.diff.tar.zstd"
+            ),
+            "application/vnd.oci.image.layer.v1.tar+zstd"
         );
         let foreign = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
-        assert_eq!(layer(d, foreign).as_deref(), Some(foreign));
+        assert_eq!(layer(d, foreign), foreign);
     }
 
     fn keys(v: &Value) -> Vec<&str> {
