@@ -187,3 +187,55 @@ async fn the_outline_request_answers_as_buildkit_does() {
         .trim()
         .is_empty());
 }
+
+/// `buildx build --call=subrequests.describe`: the subrequests the
+/// frontend answers (outline, targets, describe), through kilnd's gateway
+/// as buildx asks, and from `kiln build` embedded and through kilnd, as
+/// BuildKit's Dockerfile frontend lists them.
+#[tokio::test]
+async fn the_describe_request_lists_the_subrequests() {
+    let ns = "describe";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = h.context("describe", &[("Dockerfile", DF)]);
+    let text = "NAME                 VERSION DESCRIPTION\n\
+                outline              1.0.0   List all parameters current build target supports\n\
+                targets              1.0.0   List all targets current build supports\n\
+                subrequests.describe 1.0.0   List available subrequest types\n";
+    let answer = common::subrequest(&k.addr(), &ctx, "frontend.subrequests.describe", "");
+    assert_eq!(answer.value("version").trim(), "1.0.0");
+    assert_eq!(answer.value("result.txt").strip_suffix('\n'), Some(text));
+    let json: serde_json::Value =
+        serde_json::from_str(&answer.value("result.json")).expect("result.json is JSON");
+    let names: Vec<&str> = json
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "frontend.outline",
+            "frontend.targets",
+            "frontend.subrequests.describe"
+        ]
+    );
+    let c = ctx.to_str().expect("utf8");
+    let addr = k.addr();
+    for addr in [None, Some(addr.as_str())] {
+        let run = |call: &str| {
+            let mut args = Vec::new();
+            if let Some(a) = addr {
+                args.extend(["--addr", a]);
+            }
+            args.extend(["build", "--progress=plain", call, c]);
+            h.kiln(ns, &args).expect("kiln runs").ok()
+        };
+        assert_eq!(run("--call=subrequests.describe").stdout, text, "{addr:?}");
+        let j: serde_json::Value =
+            serde_json::from_str(&run("--call=subrequests.describe,format=json").stdout)
+                .expect("JSON");
+        assert_eq!(j, json, "{addr:?}");
+    }
+}

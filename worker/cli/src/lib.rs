@@ -466,11 +466,19 @@ fn call(args: &BuildArgs) -> Result<(String, bool)> {
         }
     }
     let method = method.unwrap_or_else(|| "build".to_string());
-    if !matches!(method.as_str(), "build" | "check" | "outline" | "targets") {
-        bail!("--call={method} is not supported yet (build, check, outline, targets)");
+    if !matches!(
+        method.as_str(),
+        "build" | "check" | "outline" | "targets" | "subrequests.describe"
+    ) {
+        bail!("--call={method} is not supported yet (build, check, outline, targets, subrequests.describe)");
     }
-    if json && !matches!(method.as_str(), "outline" | "targets") {
-        bail!("--call={c}: format=json is supported for outline and targets only");
+    if json
+        && !matches!(
+            method.as_str(),
+            "outline" | "targets" | "subrequests.describe"
+        )
+    {
+        bail!("--call={c}: format=json is supported for outline, targets and subrequests.describe only");
     }
     Ok((method, json))
 }
@@ -1054,6 +1062,7 @@ fn frontend_attrs(
         "check" => Some(kiln_frontend::check::LINT_REQUEST),
         "outline" => Some(kiln_frontend::outline::OUTLINE_REQUEST),
         "targets" => Some(kiln_frontend::targets::TARGETS_REQUEST),
+        "subrequests.describe" => Some(kiln_frontend::describe::DESCRIBE_REQUEST),
         _ => None,
     };
     if let Some(request) = request {
@@ -1483,6 +1492,17 @@ async fn build(
             &context,
         )?),
     };
+    if opts.describe {
+        // The frontend's own list: no Dockerfile needed.
+        let (_, json) = call(&args)?;
+        let answer = kiln_frontend::describe::answer();
+        reporting(&args).report_call(&answer)?;
+        return stdout(&call_answer(
+            json,
+            answer["result.json"].clone(),
+            answer["result.txt"].clone(),
+        ));
+    }
     if opts.outline || opts.targets {
         // Answered from the Dockerfile alone, as BuildKit's frontend does.
         let (method, json) = call(&args)?;
@@ -2295,7 +2315,7 @@ mod tests {
         let refused = [
             (
                 vec!["--call", "describe"],
-                "--call=describe is not supported yet (build, check, outline, targets)",
+                "--call=describe is not supported yet (build, check, outline, targets, subrequests.describe)",
             ),
             (vec!["--sbom", "true"], "--sbom=true is not supported yet"),
             (

@@ -380,14 +380,16 @@ pub async fn dockerfile(
     let attrs = &crate::frontendimage::dockerfile_attrs(attrs);
     let mut opts = FrontendOptions::from_attrs(attrs).map_err(|e| frontend_status(&e))?;
     crate::inputs::check(attrs, inputs)?;
-    if opts.lint || opts.targets || opts.outline {
+    if opts.lint || opts.targets || opts.outline || opts.describe {
         // Its result is metadata only a gateway client reads.
         let request = if opts.lint {
             kiln_frontend::check::LINT_REQUEST
         } else if opts.targets {
             kiln_frontend::targets::TARGETS_REQUEST
-        } else {
+        } else if opts.outline {
             kiln_frontend::outline::OUTLINE_REQUEST
+        } else {
+            kiln_frontend::describe::DESCRIBE_REQUEST
         };
         return Err(Status::unimplemented(format!(
             "the {request} request outside the gateway API (buildx build --call uses the gateway) is not supported yet"

@@ -559,6 +559,13 @@ impl LlbBridge for GatewayService {
         if outline {
             return self.outline(&tenant, &job, session.as_ref(), &r).await;
         }
+        // The subrequests this frontend answers: no Dockerfile needed.
+        let describe = matches!(input, Input::Dockerfile(..))
+            && r.frontend_opt.get("requestid").map(String::as_str)
+                == Some(kiln_frontend::describe::DESCRIBE_REQUEST);
+        if describe {
+            return Ok(metadata_response(bytes(kiln_frontend::describe::answer())));
+        }
         let compression = r
             .frontend_opt
             .get("compression")

@@ -367,6 +367,8 @@ pub(crate) enum Subrequest {
     Targets,
     /// [`crate::outline::OUTLINE_REQUEST`].
     Outline,
+    /// [`crate::describe::DESCRIBE_REQUEST`].
+    Describe,
 }
 
 /// Which subrequest `requestid` names; any other request fails as
@@ -377,6 +379,7 @@ pub(crate) fn request(value: &str) -> Result<Subrequest> {
         LINT_REQUEST => Ok(Subrequest::Lint),
         crate::targets::TARGETS_REQUEST => Ok(Subrequest::Targets),
         crate::outline::OUTLINE_REQUEST => Ok(Subrequest::Outline),
+        crate::describe::DESCRIBE_REQUEST => Ok(Subrequest::Describe),
         other => Err(FrontendError::Unsupported {
             what: format!("frontend request {other:?}"),
         }),
@@ -478,11 +481,15 @@ mod tests {
                 .expect("outline is read")
                 .outline
         );
-        let e = FrontendOptions::from_attrs(&attrs("frontend.subrequests.describe"))
-            .expect_err("refused");
+        assert!(
+            FrontendOptions::from_attrs(&attrs("frontend.subrequests.describe"))
+                .expect("describe is read")
+                .describe
+        );
+        let e = FrontendOptions::from_attrs(&attrs("frontend.convertllb")).expect_err("refused");
         assert_eq!(
             e.to_string(),
-            "frontend request \"frontend.subrequests.describe\" is not supported yet"
+            "frontend request \"frontend.convertllb\" is not supported yet"
         );
     }
 

@@ -223,6 +223,9 @@ pub struct FrontendOptions {
     /// `requestid=frontend.outline`: what the target takes from its
     /// caller only ([`outline::outline`]).
     pub outline: bool,
+    /// `requestid=frontend.subrequests.describe`: the subrequests this
+    /// frontend answers ([`describe::answer`]).
+    pub describe: bool,
     /// The time of the source `SOURCE_DATE_EPOCH` names, once
     /// [`epoch::resolve`] asked the engine for it.
     pub resolved_epoch: Option<kiln_dockerfile::ResolvedEpoch>,
@@ -258,6 +261,7 @@ impl Default for FrontendOptions {
             lint: false,
             targets: false,
             outline: false,
+            describe: false,
             resolved_epoch: None,
         }
     }
@@ -385,6 +389,7 @@ impl FrontendOptions {
                         check::Subrequest::Lint => opts.lint = true,
                         check::Subrequest::Targets => opts.targets = true,
                         check::Subrequest::Outline => opts.outline = true,
+                        check::Subrequest::Describe => opts.describe = true,
                         check::Subrequest::None => {}
                     },
                     "image-resolve-mode" => opts.resolve_mode = resolve_mode(value)?,
@@ -1348,6 +1353,7 @@ fn name_pinned(graph: &mut kiln_solver::Graph, pins: &BTreeMap<String, Option<St
 }
 
 pub mod check;
+pub mod describe;
 pub mod epoch;
 pub mod knownhosts;
 pub mod outline;

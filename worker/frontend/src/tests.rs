@@ -120,18 +120,27 @@ fn buildx_named_contexts_work_and_its_subrequests_are_refused_by_name() {
             ("dockerfile".to_string(), "shared1".to_string()),
         ]
     );
-    // The subrequests' description (lint, targets and outline work).
-    let e = FrontendOptions::from_attrs(&attrs(&[
+    // The subrequests' description works; LLB conversion does not yet.
+    let o = FrontendOptions::from_attrs(&attrs(&[
         (
             "frontend.caps",
             "moby.buildkit.frontend.subrequests+forward",
         ),
         ("requestid", "frontend.subrequests.describe"),
     ]))
+    .expect("describe");
+    assert!(o.describe);
+    let e = FrontendOptions::from_attrs(&attrs(&[
+        (
+            "frontend.caps",
+            "moby.buildkit.frontend.subrequests+forward",
+        ),
+        ("requestid", "frontend.convertllb"),
+    ]))
     .expect_err("subrequests");
     assert_eq!(
         e.to_string(),
-        "frontend request \"frontend.subrequests.describe\" is not supported yet"
+        "frontend request \"frontend.convertllb\" is not supported yet"
     );
     assert_eq!(e.kind(), ErrorKind::Unimplemented);
     let e = FrontendOptions::from_attrs(&attrs(&[("frontend.caps", "moby.buildkit.frontend.x")]))
