@@ -1007,10 +1007,8 @@ fn parse_outputs(
                 }
                 "force-compression" => out.force_compression = outputs::bool_attr(k, v)?,
                 "unpack" => out.unpack = outputs::bool_attr(k, v)?,
-                "source-date-epoch" if !v.is_empty() => {
-                    out.epoch = Some(v.parse().map_err(|_| {
-                        anyhow!("invalid source-date-epoch {v:?}: expected seconds")
-                    })?);
+                "source-date-epoch" => {
+                    out.epoch = kiln_engine::exporter_options::source_date_epoch(v)?;
                 }
                 // What kiln always does (checked by outputs::parse).
                 _ => {}

@@ -49,11 +49,7 @@ fn check_options(e: &Exporter) -> Result<(), Status> {
         }
         kiln_engine::exporter_options::check(&e.r#type, k, v).map_err(|err| match err {
             E::NotYet { .. } | E::OnlyBool { .. } => Status::unimplemented(err.to_string()),
-            E::Unknown { .. }
-            | E::NotBool { .. }
-            | E::NeedsOciTypes { .. }
-            | E::AnnotationsNeedOciTypes
-            | E::Conflict { .. } => Status::invalid_argument(err.to_string()),
+            _ => Status::invalid_argument(err.to_string()),
         })?;
     }
     // An annotation of an unknown type or with a bad platform, and media
@@ -164,14 +160,13 @@ fn rewrite_epoch(
 /// frontend's `SOURCE_DATE_EPOCH`. The local and tar exporters give every
 /// file this time, as BuildKit's do.
 fn epoch_of(attrs: &HashMap<String, String>, frontend: Option<i64>) -> Result<Option<i64>, Status> {
-    match attrs.get("source-date-epoch").map(String::as_str) {
-        None | Some("") => Ok(frontend),
-        Some(v) => Ok(Some(v.parse::<i64>().map_err(|_| {
-            Status::invalid_argument(format!(
-                "invalid source-date-epoch: strconv.ParseInt: parsing {v:?}: invalid syntax"
-            ))
-        })?)),
-    }
+    let own = attrs
+        .get("source-date-epoch")
+        .map(|v| kiln_engine::exporter_options::source_date_epoch(v))
+        .transpose()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .flatten();
+    Ok(own.or(frontend))
 }
 
 /// An image exporter's annotation options ([`kiln_engine::annotations`]);
@@ -295,11 +290,8 @@ pub fn vertex_name(kind: &str) -> String {
 /// the exporter's `source-date-epoch`, else the frontend's
 /// `SOURCE_DATE_EPOCH`, else now; whole seconds.
 fn created_annotation(attrs: &HashMap<String, String>, frontend: Option<i64>) -> String {
-    let epoch = attrs
-        .get("source-date-epoch")
-        .and_then(|v| v.parse::<i64>().ok())
-        .or(frontend);
-    match epoch {
+    // The options were checked before the build (`compression`).
+    match epoch_of(attrs, frontend).ok().flatten() {
         Some(secs) => kiln_snapshot::time::rfc3339_secs(secs),
         None => kiln_snapshot::time::rfc3339(std::time::SystemTime::now(), false),
     }

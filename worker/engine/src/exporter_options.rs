@@ -26,6 +26,9 @@ pub enum ExporterOptionError {
     /// Index or descriptor annotations with Docker's media types.
     #[error("cannot export annotations with \"oci-mediatypes=false\"")]
     AnnotationsNeedOciTypes,
+    /// A `source-date-epoch` that is not whole seconds (BuildKit's text).
+    #[error("invalid source-date-epoch: strconv.ParseInt: parsing {value:?}: invalid syntax")]
+    NotEpoch { value: String },
     /// Two options BuildKit's exporter cannot honour together.
     #[error("exporter option \"{one}\" conflicts with \"{other}\"")]
     Conflict { one: String, other: String },
@@ -36,8 +39,12 @@ pub enum ExporterOptionError {
 enum Support {
     /// Works with any value the option takes.
     Works,
-    /// A boolean option that works with either value.
+    /// A boolean option that works with either value (a bare key is
+    /// `true`).
     Bool,
+    /// [`Support::Bool`] read strictly, as BuildKit reads some with Go's
+    /// `strconv.ParseBool` alone: a bare key is not a value.
+    StrictBool,
     /// Works only with this boolean value (what kiln always does); the
     /// other is not supported yet.
     OnlyBool(bool),
@@ -73,17 +80,17 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         ("image", "dangling-name-prefix") => Works,
         (_, "compression") if image_like => Works,
         // Converts layers that have a blob in another compression.
-        (_, "force-compression") if image_like => Bool,
+        (_, "force-compression") if image_like => StrictBool,
         (_, "compression-level") if image_like => NotYet,
         // OCI's media types, or Docker's ([`media_types`]).
-        (_, "oci-mediatypes") if image_like => Bool,
+        (_, "oci-mediatypes") if image_like => StrictBool,
         // Only how attestation manifests are written; kiln makes none
         // (BuildKit's default is true with OCI's media types). Checked
         // against Docker's types ([`media_types`]).
-        (_, "oci-artifact" | "attestation-inline") if image_like => Bool,
+        (_, "oci-artifact" | "attestation-inline") if image_like => StrictBool,
         (_, "prefer-nondist-layers") if image_like => NotYet,
         // Layer file times clamped to SOURCE_DATE_EPOCH.
-        (_, "rewrite-timestamp") if image_like => Works,
+        (_, "rewrite-timestamp") if image_like => StrictBool,
         (_, "rewrite-timestamp") => OnlyBool(false),
         (_, "buildinfo" | "buildinfo-attrs") if image_like => OnlyBool(false),
         // Every file's time in the tree kilnd sends; an image's history
@@ -91,7 +98,7 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         (_, "source-date-epoch") => Works,
         ("oci" | "docker", "tar") => Bool,
         ("docker", "context") => NotYet,
-        ("local" | "tar", "platform-split") => Bool,
+        ("local" | "tar", "platform-split") => StrictBool,
         (_, "attestation-prefix") => NotYet,
         _ => return None,
     };
@@ -173,12 +180,31 @@ pub fn check_together<'a>(
     Ok(())
 }
 
+/// An exporter's `source-date-epoch` option: whole seconds, `None` when
+/// empty (the frontend's epoch applies).
+pub fn source_date_epoch(value: &str) -> Result<Option<i64>, ExporterOptionError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| ExporterOptionError::NotEpoch {
+            value: value.to_string(),
+        })
+}
+
 /// Checks option `key=value` of an exporter of `kind`: `Ok` when kiln does
 /// what it asks.
 pub fn check(kind: &str, key: &str, value: &str) -> Result<(), ExporterOptionError> {
     match support(kind, key) {
         Some(Support::Works) => Ok(()),
         Some(Support::Bool) => bool_option(key, value).map(drop),
+        Some(Support::StrictBool) if value.is_empty() => Err(ExporterOptionError::NotBool {
+            key: key.into(),
+            value: value.into(),
+        }),
+        Some(Support::StrictBool) => bool_option(key, value).map(drop),
         Some(Support::OnlyBool(always)) => {
             if bool_option(key, value)? == always {
                 Ok(())
@@ -240,7 +266,7 @@ mod tests {
             conflict("compression=zstd")
         );
         assert_eq!(
-            of(&[("oci-mediatypes", "false"), ("oci-artifact", "")], false)
+            of(&[("oci-mediatypes", "false"), ("oci-artifact", "true")], false)
                 .map_err(|e| e.to_string()),
             conflict("oci-artifact=true")
         );
@@ -313,6 +339,19 @@ mod tests {
         assert_eq!(check("moby", "push", "true"), Ok(()));
         assert_eq!(check("moby", "unpack", "false"), Ok(()), "buildx --push");
         assert_eq!(check("moby", "store", "false"), Ok(()));
+        // A bare key is true where BuildKit's exporter says so (push,
+        // store, …), not where it reads Go's ParseBool alone.
+        assert_eq!(check("image", "push", ""), Ok(()));
+        assert_eq!(check("image", "oci-mediatypes", "True"), Ok(()));
+        for key in ["oci-mediatypes", "rewrite-timestamp", "force-compression"] {
+            assert!(
+                matches!(
+                    check("image", key, ""),
+                    Err(ExporterOptionError::NotBool { .. })
+                ),
+                "{key}"
+            );
+        }
         assert_eq!(check("moby", "dangling-name-prefix", "<none>"), Ok(()));
         assert!(matches!(
             check("image", "name-canonical", "sure"),
