@@ -266,8 +266,11 @@ mod tests {
             conflict("compression=zstd")
         );
         assert_eq!(
-            of(&[("oci-mediatypes", "false"), ("oci-artifact", "true")], false)
-                .map_err(|e| e.to_string()),
+            of(
+                &[("oci-mediatypes", "false"), ("oci-artifact", "true")],
+                false
+            )
+            .map_err(|e| e.to_string()),
             conflict("oci-artifact=true")
         );
         assert_eq!(

@@ -1064,6 +1064,16 @@ async fn a_cached_rebuild_gives_the_same_image_digest() {
     );
 }
 
+/// The `created` of every history entry of an exported config.
+fn history_times(json: &crate::oci::ImageConfigJson) -> Vec<Option<String>> {
+    json.image
+        .history()
+        .iter()
+        .flatten()
+        .map(|h| h.created().clone())
+        .collect()
+}
+
 /// BuildKit's history times: base entries keep theirs, a layer's entry
 /// takes its layer's time, an empty entry before the first new layer
 /// takes that layer's time and one after takes the entry before it; the
@@ -1103,13 +1113,7 @@ fn history_times_follow_the_layers() {
         layer("b", Some("2024-05-01T10:00:02Z")),
     ];
     let json = crate::export::image_config(&layers, &cfg);
-    let times: Vec<Option<String>> = json
-        .image
-        .history()
-        .iter()
-        .flatten()
-        .map(|h| h.created().clone())
-        .collect();
+    let times = history_times(&json);
     let t = |s: &str| Some(s.to_string());
     assert_eq!(
         times,
@@ -1132,17 +1136,76 @@ fn history_times_follow_the_layers() {
         ..Default::default()
     };
     let json = crate::export::image_config(&layers[..1], &bare);
-    let created: Vec<Option<String>> = json
-        .image
-        .history()
-        .iter()
-        .flatten()
-        .map(|h| h.created().clone())
-        .collect();
+    let created = history_times(&json);
     assert_eq!(created, [t("2023-11-14T22:13:20Z")]);
     assert_eq!(json.image.created(), &t("2023-11-14T22:13:20Z"));
     let json = crate::export::image_config(&layers[..1], &ImageConfig::default());
     assert_eq!(json.image.created(), &t("2019-01-01T00:00:00Z"));
+}
+
+/// As BuildKit's exporter patches a config with its epoch: the base
+/// image's entries keep their times (even later ones), every other entry
+/// and `created` are clamped; an earlier time stays.
+#[test]
+fn an_exporters_epoch_clamps_every_time_but_the_bases() {
+    let layer = |n: u8, created: Option<&str>| {
+        crate::refs::Layer::with_blob(
+            kiln_solver::Digest::of(&[n]),
+            Compression::Gzip.media_type(),
+            kiln_solver::Digest::of(&[n, n]).to_string(),
+            1,
+            created.map(String::from),
+        )
+    };
+    let entry = |by: &str, created: Option<&str>| kiln_solver::HistoryEntry {
+        created: created.map(String::from),
+        created_by: by.into(),
+        comment: String::new(),
+        empty_layer: false,
+    };
+    let cfg = ImageConfig {
+        history: vec![
+            entry("base", Some("2030-01-01T00:00:00Z")),
+            entry("early", Some("2001-01-01T00:00:00Z")),
+            entry("late", None),
+        ],
+        base_history: 1,
+        ..Default::default()
+    };
+    let layers = [
+        layer(1, None),
+        layer(2, None),
+        layer(3, Some("2029-05-05T10:00:00.5Z")),
+    ];
+    let times = |epoch: Option<i64>| {
+        let json = crate::export::image_config_at(&layers, &cfg, epoch);
+        (history_times(&json), json.image.created().clone())
+    };
+    let at = |s: &str| Some(s.to_string());
+    // No epoch: the layer's own time.
+    assert_eq!(
+        times(None),
+        (
+            vec![
+                at("2030-01-01T00:00:00Z"),
+                at("2001-01-01T00:00:00Z"),
+                at("2029-05-05T10:00:00.5Z")
+            ],
+            at("2029-05-05T10:00:00.5Z")
+        )
+    );
+    // 2020-01-01T00:00:00Z.
+    assert_eq!(
+        times(Some(1_577_836_800)),
+        (
+            vec![
+                at("2030-01-01T00:00:00Z"),
+                at("2001-01-01T00:00:00Z"),
+                at("2020-01-01T00:00:00Z")
+            ],
+            at("2020-01-01T00:00:00Z")
+        )
+    );
 }
 
 /// A record written before layers could lack a blob (version 2) still
