@@ -643,4 +643,36 @@ async fn an_oci_export_with_tar_false_fills_a_layout_directory() {
         want,
     );
     assert_eq!(got, want);
+
+    // The docker exporter has no manifest lists, whatever `tar` says
+    // (BuildKit's text), before anything is written.
+    let multi = h.context(
+        "oci-export-multi",
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x\n")],
+    );
+    let dest = h.state_dir().join("docker-multi");
+    let out = h
+        .kiln(
+            ns,
+            &[
+                "--addr",
+                &k.addr(),
+                "build",
+                "--progress=plain",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "-o",
+                &format!("type=docker,dest={},tar=false", dest.display()),
+                multi.to_str().expect("utf8"),
+            ],
+        )
+        .expect("kiln runs");
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("docker exporter does not currently support exporting manifest lists"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dest.join("index.json").exists());
 }

@@ -1491,7 +1491,8 @@ async fn build(
         )?),
     };
     if opts.describe {
-        // The frontend's own list: no Dockerfile needed.
+        // The frontend's own list (the Dockerfile was read, as BuildKit's
+        // frontend reads it first; through kilnd's gateway it is not).
         let (_, json) = call(&args)?;
         let answer = kiln_frontend::describe::answer();
         reporting(&args).report_call(&answer)?;

@@ -406,6 +406,17 @@ fn put_export_index(dir: &Path, response: &HashMap<String, String>) -> Result<()
         .context("the daemon's containerimage.descriptor")?;
     let desc: kiln_engine::oci::Descriptor =
         serde_json::from_slice(&json).context("the daemon's containerimage.descriptor")?;
+    // The answer merges every exporter's: it must be the image the daemon
+    // wrote here.
+    let written = kiln_session::content::layout_blob_path(dir, desc.digest().as_ref())
+        .is_some_and(|p| p.is_file());
+    if !written {
+        return Err(anyhow!(
+            "the daemon answered image {} for {}, which it did not write there (one image output with tar=false only)",
+            desc.digest(),
+            dir.display()
+        ));
+    }
     let names: Vec<String> = response
         .get("image.name")
         .map(|n| {

@@ -1,6 +1,7 @@
 //! The exporters of a solved build: `image` (into containerd, unpacked),
-//! `oci` / `docker` / `tar` (bytes over FileSend), `local` (a file tree over
-//! FileSend, the daemon as fsutil sender).
+//! `oci` / `docker` / `tar` (bytes over FileSend; `oci`/`docker` with
+//! `tar=false` into the client's session content store), `local` (a file
+//! tree over FileSend, the daemon as fsutil sender).
 
 use crate::sessions::SessionHandle;
 use crate::state::status_of;
@@ -249,7 +250,9 @@ fn items(
         };
         // kiln's images are always unpacked; with `unpack=true` (nerdctl
         // asks for it) each name's `unpacking to` follows its `naming to`.
-        let unpack = matches!(attrs.get("unpack").map(String::as_str), Some("true" | "1"));
+        let unpack = attrs
+            .get("unpack")
+            .is_some_and(|v| kiln_engine::exporter_options::bool_option("unpack", v) == Ok(true));
         for item in kiln_engine::progress::image_export_items(
             d,
             resp.get("containerimage.config.digest").map(String::as_str),
@@ -264,7 +267,7 @@ fn items(
             items.extend(unpacking.map(|u| (u, now, now)));
         }
     }
-    let tarball = !matches!(attrs.get("tar").map(String::as_str), Some("false" | "0"));
+    let tarball = tar_output(attrs).unwrap_or(true);
     match kind {
         "oci" | "docker" if !tarball => {}
         "oci" | "docker" | "tar" => items.push(("sending tarball".to_string(), now, now)),
@@ -378,7 +381,19 @@ pub async fn run(
                 let tar = tar_output(attrs)?;
                 // `tar=false` writes into a content store, not a file.
                 let s = session_for(session, kind, tar)?;
+                if !tar && !s.exposes(kiln_session::content::WRITE_METHOD) {
+                    return Err(Status::failed_precondition(
+                        "an export with tar=false needs the client to serve its directory as a content store",
+                    ));
+                }
                 let names = names(attrs)?;
+                // Before anything is written, whatever `tar` says (the
+                // archive writer refuses an index too).
+                if kind == "docker" && !solved.platform_results().is_empty() {
+                    return Err(Status::unimplemented(
+                        "docker exporter does not currently support exporting manifest lists",
+                    ));
+                }
                 let mut out = solved
                     .export_image_with(
                         config,
@@ -533,11 +548,6 @@ async fn copy_to_client(
 ) -> Result<(), Status> {
     use kiln_session::content;
     use tokio_stream::StreamExt as _;
-    if !s.exposes(content::WRITE_METHOD) {
-        return Err(Status::failed_precondition(
-            "an export with tar=false needs the client to serve its directory as a content store",
-        ));
-    }
     let svc = engine.services();
     let blobs = kiln_engine::archive::chain_blobs(svc, manifest)
         .await

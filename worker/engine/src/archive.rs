@@ -302,21 +302,23 @@ pub fn put_index(dir: &std::path::Path, manifest: &Descriptor, names: &[String])
         move |source| WorkerError::Io { path, source }
     };
     let path = dir.join("index.json");
+    // A missing or empty `index.json` is an empty index; one without a
+    // schema version or media type gets OCI's (as BuildKit's client).
     let mut index = match std::fs::read(&path) {
-        Ok(bytes) => {
+        Ok(bytes) if !bytes.is_empty() => {
             serde_json::from_slice::<ImageIndex>(&bytes).map_err(|e| WorkerError::OciLayout {
                 layout: dir.display().to_string(),
                 reason: format!("index.json: {e}"),
             })?
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut i = ImageIndex::default();
-            i.set_schema_version(2);
-            i.set_media_type(Some(MediaType::from(oci::MEDIA_OCI_INDEX)));
-            i
-        }
+        Ok(_) => ImageIndex::default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ImageIndex::default(),
         Err(e) => return Err(io(&path)(e)),
     };
+    index.set_schema_version(2);
+    if index.media_type().is_none() {
+        index.set_media_type(Some(MediaType::from(oci::MEDIA_OCI_INDEX)));
+    }
     let entries: Vec<Descriptor> = if names.is_empty() {
         let mut latest = index_entry(manifest, None);
         let mut a = latest.annotations().clone().unwrap_or_default();
@@ -596,6 +598,59 @@ impl<W: AsyncWrite + Unpin> TarStream<W> {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    /// `put_index` as BuildKit's client puts an exported image into a
+    /// layout: `latest` without names, an entry of the same name
+    /// replaced, others kept, an empty `index.json` read as none.
+    #[test]
+    fn put_index_adds_replaces_and_keeps_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = |c: u8| {
+            oci::descriptor(oci::MEDIA_OCI_MANIFEST, &digest_of(&[c]), 1).expect("descriptor")
+        };
+        let read = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).expect("read"))
+                .expect("JSON")
+        };
+        let refs = |v: &serde_json::Value| -> Vec<(String, String)> {
+            v["manifests"]
+                .as_array()
+                .expect("manifests")
+                .iter()
+                .map(|e| {
+                    (
+                        e["digest"].as_str().unwrap_or_default().to_string(),
+                        e["annotations"][ANNOTATION_REF_NAME]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                })
+                .collect()
+        };
+        std::fs::write(dir.path().join("index.json"), b"").expect("empty");
+        put_index(dir.path(), &m(1), &[]).expect("latest");
+        put_index(dir.path(), &m(2), &["docker.io/library/x:v1".into()]).expect("v1");
+        put_index(dir.path(), &m(3), &["docker.io/library/x:v1".into()]).expect("v1 again");
+        let v = read();
+        assert_eq!(v["mediaType"], oci::MEDIA_OCI_INDEX);
+        assert_eq!(v["schemaVersion"], 2);
+        assert_eq!(
+            refs(&v),
+            [
+                (digest_of(&[1]), "latest".to_string()),
+                (digest_of(&[3]), "v1".to_string())
+            ]
+        );
+        assert_eq!(
+            v["manifests"][1]["annotations"][ANNOTATION_IMAGE_NAME],
+            "docker.io/library/x:v1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("oci-layout")).expect("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#
+        );
+    }
 
     #[test]
     fn familiar_names() {

@@ -80,7 +80,7 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         ("image", "dangling-name-prefix") => Works,
         (_, "compression") if image_like => Works,
         // Converts layers that have a blob in another compression.
-        (_, "force-compression") if image_like => StrictBool,
+        (_, "force-compression") if image_like => Bool,
         (_, "compression-level") if image_like => NotYet,
         // OCI's media types, or Docker's ([`media_types`]).
         (_, "oci-mediatypes") if image_like => StrictBool,
@@ -291,8 +291,11 @@ mod tests {
             })
             .map_err(|e| e.to_string())
         };
-        const BOTH: &[(&str, &str)] =
-            &[("name", "a"), ("unpack", "true"), ("rewrite-timestamp", "")];
+        const BOTH: &[(&str, &str)] = &[
+            ("name", "a"),
+            ("unpack", "true"),
+            ("rewrite-timestamp", "true"),
+        ];
         assert_eq!(
             of("image", BOTH),
             Err("exporter option \"rewrite-timestamp\" conflicts with \"unpack\"".into())
@@ -346,10 +349,15 @@ mod tests {
         // store, …), not where it reads Go's ParseBool alone.
         assert_eq!(check("image", "push", ""), Ok(()));
         assert_eq!(check("image", "oci-mediatypes", "True"), Ok(()));
-        for key in ["oci-mediatypes", "rewrite-timestamp", "force-compression"] {
+        assert_eq!(check("image", "force-compression", ""), Ok(()));
+        for (kind, key) in [
+            ("image", "oci-mediatypes"),
+            ("image", "rewrite-timestamp"),
+            ("local", "platform-split"),
+        ] {
             assert!(
                 matches!(
-                    check("image", key, ""),
+                    check(kind, key, ""),
                     Err(ExporterOptionError::NotBool { .. })
                 ),
                 "{key}"
