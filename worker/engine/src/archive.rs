@@ -81,44 +81,12 @@ pub async fn write_archive(
             what: format!("an image archive of {media_type}"),
         });
     }
-    let manifest_bytes = svc.content.read(image).await?;
-    if manifest_bytes.len() as u64 != manifest.size() {
-        return Err(invalid(
-            image,
-            format!(
-                "manifest is {} bytes, its descriptor says {}",
-                manifest_bytes.len(),
-                manifest.size()
-            ),
-        ));
-    }
-    // The manifests to archive: the root itself, or an index's children
-    // (each written from memory next to the index).
-    let mut children: Vec<(String, Vec<u8>)> = Vec::new();
-    if is_index {
-        let index: ImageIndex = serde_json::from_slice(&manifest_bytes)
-            .map_err(|e| invalid(image, format!("index JSON: {e}")))?;
-        for m in index.manifests() {
-            let digest: &str = m.digest().as_ref();
-            let bytes = svc.content.read(digest).await?;
-            if bytes.len() as u64 != m.size() {
-                return Err(invalid(
-                    image,
-                    format!("manifest {digest} is not {} bytes", m.size()),
-                ));
-            }
-            children.push((digest.to_string(), bytes));
-        }
-    } else {
-        children.push((image.to_string(), manifest_bytes.clone()));
-    }
-    let mut parsed_all: Vec<ImageManifest> = Vec::with_capacity(children.len());
-    for (digest, bytes) in &children {
-        parsed_all.push(
-            oci::manifest_from_slice(bytes)
-                .map_err(|e| invalid(image, format!("manifest {digest} JSON: {e}")))?,
-        );
-    }
+    let ImageBlobs {
+        root: manifest_bytes,
+        children,
+        manifests: parsed_all,
+        blobs: streamed,
+    } = read_image(svc, manifest).await?;
     let parsed = &parsed_all[0];
 
     // Blob paths are built from digests: only accept well-formed sha256
@@ -128,34 +96,6 @@ pub async fn write_archive(
     let mut layer_hexes = Vec::with_capacity(parsed.layers().len());
     for l in parsed.layers() {
         layer_hexes.push(blob_hex(image, l.digest().as_ref())?);
-    }
-
-    // Config and layers, each once, in manifest order; checked to exist
-    // with the right size before anything is written.
-    let mut streamed: Vec<(&Descriptor, u64)> = Vec::new();
-    let mut seen = HashSet::from([image]);
-    let mut blobs: Vec<&Descriptor> = Vec::new();
-    for p in &parsed_all {
-        blobs.push(p.config());
-        blobs.extend(p.layers().iter());
-    }
-    for d in blobs {
-        let digest: &str = d.digest().as_ref();
-        if !seen.insert(digest) {
-            continue;
-        }
-        let size = d.size();
-        let info = svc.content.info(digest).await?;
-        if u64::try_from(info.size).ok() != Some(size) {
-            return Err(invalid(
-                image,
-                format!(
-                    "blob {digest} is {} bytes in the content store, the manifest says {size}",
-                    info.size
-                ),
-            ));
-        }
-        streamed.push((d, size));
     }
 
     let index_json = index_json(manifest, names, image)?;
@@ -186,8 +126,8 @@ pub async fn write_archive(
                 .map_err(output_error)?;
         }
     }
-    for (d, size) in streamed {
-        let digest: &str = d.digest().as_ref();
+    for (d, size) in &streamed {
+        let (digest, size): (&str, u64) = (d.digest().as_ref(), *size);
         let hex = blob_hex(image, digest)?;
         let rx = svc.content.read_stream(digest).await?;
         stream_blob(
@@ -356,40 +296,110 @@ pub fn put_index(dir: &std::path::Path, manifest: &Descriptor, names: &[String])
     std::fs::rename(&tmp, &path).map_err(io(&path))
 }
 
-/// Every blob of the image `manifest` (a manifest or an index of them) in
-/// the content store, in the order an exporter copies them into a store:
-/// each manifest's config and layers before it, the root last; each blob
-/// once, with its size.
-pub async fn chain_blobs(svc: &Services, manifest: &Descriptor) -> Result<Vec<(String, u64)>> {
+/// An image read from the content store and checked against its
+/// descriptors: the root's bytes; an index's manifests (digest, bytes),
+/// or the root itself for one manifest; each of them parsed; and the
+/// config and layer blobs, each once in manifest order, found in the
+/// store with the size their manifest gives.
+struct ImageBlobs {
+    root: Vec<u8>,
+    children: Vec<(String, Vec<u8>)>,
+    manifests: Vec<ImageManifest>,
+    blobs: Vec<(Descriptor, u64)>,
+}
+
+/// Reads the image `manifest` as [`ImageBlobs`] says.
+async fn read_image(svc: &Services, manifest: &Descriptor) -> Result<ImageBlobs> {
     let image: &str = manifest.digest().as_ref();
     let root = svc.content.read(image).await?;
-    let mut out: Vec<(String, u64)> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut push = |digest: &str, size: u64, out: &mut Vec<(String, u64)>| {
-        if seen.insert(digest.to_string()) {
-            out.push((digest.to_string(), size));
-        }
-    };
-    let mut manifests: Vec<(String, Vec<u8>)> = Vec::new();
+    if root.len() as u64 != manifest.size() {
+        return Err(invalid(
+            image,
+            format!(
+                "manifest is {} bytes, its descriptor says {}",
+                root.len(),
+                manifest.size()
+            ),
+        ));
+    }
+    let mut children: Vec<(String, Vec<u8>)> = Vec::new();
     if oci::is_index(manifest.media_type().as_ref()) {
         let index: ImageIndex = serde_json::from_slice(&root)
             .map_err(|e| invalid(image, format!("index JSON: {e}")))?;
         for m in index.manifests() {
             let digest: &str = m.digest().as_ref();
-            manifests.push((digest.to_string(), svc.content.read(digest).await?));
+            let bytes = svc.content.read(digest).await?;
+            if bytes.len() as u64 != m.size() {
+                return Err(invalid(
+                    image,
+                    format!("manifest {digest} is not {} bytes", m.size()),
+                ));
+            }
+            children.push((digest.to_string(), bytes));
         }
     } else {
-        manifests.push((image.to_string(), root.clone()));
+        children.push((image.to_string(), root.clone()));
     }
-    for (digest, bytes) in &manifests {
-        let m = oci::manifest_from_slice(bytes)
-            .map_err(|e| invalid(image, format!("manifest {digest} JSON: {e}")))?;
-        for d in std::iter::once(m.config()).chain(m.layers()) {
-            push(d.digest().as_ref(), d.size(), &mut out);
+    let mut manifests: Vec<ImageManifest> = Vec::with_capacity(children.len());
+    for (digest, bytes) in &children {
+        manifests.push(
+            oci::manifest_from_slice(bytes)
+                .map_err(|e| invalid(image, format!("manifest {digest} JSON: {e}")))?,
+        );
+    }
+    let mut blobs: Vec<(Descriptor, u64)> = Vec::new();
+    let mut seen = HashSet::from([image.to_string()]);
+    let mut named: Vec<Descriptor> = Vec::new();
+    for p in &manifests {
+        named.push(p.config().clone());
+        named.extend(p.layers().iter().cloned());
+    }
+    for d in named {
+        let digest: &str = d.digest().as_ref();
+        if !seen.insert(digest.to_string()) {
+            continue;
         }
-        push(digest, bytes.len() as u64, &mut out);
+        let size = d.size();
+        let info = svc.content.info(digest).await?;
+        if u64::try_from(info.size).ok() != Some(size) {
+            return Err(invalid(
+                image,
+                format!(
+                    "blob {digest} is {} bytes in the content store, the manifest says {size}",
+                    info.size
+                ),
+            ));
+        }
+        blobs.push((d, size));
     }
-    push(image, root.len() as u64, &mut out);
+    Ok(ImageBlobs {
+        root,
+        children,
+        manifests,
+        blobs,
+    })
+}
+
+/// Every blob of the image `manifest` (a manifest or an index of them) in
+/// the content store, in the order an exporter copies them into a store:
+/// configs and layers, then an index's manifests, the root last; each
+/// once, with its size, checked as [`write_archive`] checks them.
+pub async fn chain_blobs(svc: &Services, manifest: &Descriptor) -> Result<Vec<(String, u64)>> {
+    let image = read_image(svc, manifest).await?;
+    let root: &str = manifest.digest().as_ref();
+    let mut out: Vec<(String, u64)> = image
+        .blobs
+        .iter()
+        .map(|(d, size)| (d.digest().to_string(), *size))
+        .collect();
+    out.extend(
+        image
+            .children
+            .iter()
+            .filter(|(d, _)| d != root)
+            .map(|(d, bytes)| (d.clone(), bytes.len() as u64)),
+    );
+    out.push((root.to_string(), image.root.len() as u64));
     Ok(out)
 }
 
