@@ -145,14 +145,17 @@ fn rewrite_epoch(
     attrs: &HashMap<String, String>,
     frontend: Option<i64>,
 ) -> Result<Option<i64>, Status> {
-    let rewrite = match attrs.get("rewrite-timestamp").map(String::as_str) {
-        None | Some("false" | "0" | "f" | "F" | "FALSE" | "False") => false,
-        Some("true" | "1" | "t" | "T" | "TRUE" | "True") => true,
-        Some(v) => {
-            return Err(Status::invalid_argument(format!(
-                "non-bool value specified for rewrite-timestamp: strconv.ParseBool: parsing {v:?}: invalid syntax"
-            )))
-        }
+    // Go's ParseBool, without the bare key (BuildKit's `parseBool`).
+    let rewrite = match attrs.get("rewrite-timestamp") {
+        None => false,
+        Some(v) => match kiln_engine::exporter_options::bool_option("rewrite-timestamp", v) {
+            Ok(b) if !v.is_empty() => b,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "non-bool value specified for rewrite-timestamp: strconv.ParseBool: parsing {v:?}: invalid syntax"
+                )))
+            }
+        },
     };
     Ok(epoch_of(attrs, frontend)?.filter(|_| rewrite))
 }
@@ -552,7 +555,15 @@ async fn copy_to_client(
     let blobs = kiln_engine::archive::chain_blobs(svc, manifest)
         .await
         .map_err(|e| status_of(&e))?;
+    let status = |e: kiln_session::SessionError| Status::new(e.kind().code(), e.to_string());
     for (digest, size) in blobs {
+        // Asked first, so a blob the directory has is not read at all.
+        if content::has(s.channel.clone(), content::EXPORT_STORE, &digest)
+            .await
+            .map_err(status)?
+        {
+            continue;
+        }
         let rx = svc
             .content
             .read_stream(&digest)
@@ -564,7 +575,7 @@ async fn copy_to_client(
                 .map_err(|e| std::io::Error::other(e.to_string()))
         });
         let reader = tokio_util::io::StreamReader::new(chunks);
-        content::write(
+        content::write_missing(
             s.channel.clone(),
             content::EXPORT_STORE,
             &digest,
@@ -573,7 +584,7 @@ async fn copy_to_client(
             reader,
         )
         .await
-        .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
+        .map_err(status)?;
     }
     Ok(())
 }

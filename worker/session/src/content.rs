@@ -501,6 +501,15 @@ async fn answered(
     }
 }
 
+/// Whether the client's store `store` has blob `digest`.
+pub async fn has(channel: Channel, store: &str, digest: &str) -> Result<bool> {
+    match info(channel, store, digest).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == kiln_proto::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The daemon side: writes blob `digest` of `size` bytes, read from `r`,
 /// into the client's store `store` as containerd's content API does (STAT,
 /// WRITE chunks, COMMIT with the expected digest and size, one answer per
@@ -512,13 +521,24 @@ pub async fn write<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     reference: &str,
     digest: &str,
     size: u64,
+    r: R,
+) -> Result<()> {
+    if has(channel.clone(), store, digest).await? {
+        return Ok(());
+    }
+    write_missing(channel, store, reference, digest, size, r).await
+}
+
+/// [`write`] of a blob the store was found not to have ([`has`]), for a
+/// caller that asks before it opens `r`.
+pub async fn write_missing<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    channel: Channel,
+    store: &str,
+    reference: &str,
+    digest: &str,
+    size: u64,
     mut r: R,
 ) -> Result<()> {
-    match info(channel.clone(), store, digest).await {
-        Ok(_) => return Ok(()),
-        Err(e) if e.kind() == kiln_proto::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
     let total = i64::try_from(size).unwrap_or(i64::MAX);
     let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(2);
     let req = for_store(tokio_stream::wrappers::ReceiverStream::new(rx), store)?;
