@@ -237,5 +237,24 @@ async fn the_describe_request_lists_the_subrequests() {
             serde_json::from_str(&run("--call=subrequests.describe,format=json").stdout)
                 .expect("JSON");
         assert_eq!(j, json, "{addr:?}");
+        // As BuildKit's frontend, the Dockerfile is read first.
+        let empty = h.context("describe-empty", &[("other.txt", "x\n")]);
+        let mut args = Vec::new();
+        if let Some(a) = addr {
+            args.extend(["--addr", a]);
+        }
+        args.extend([
+            "build",
+            "--progress=plain",
+            "--call=subrequests.describe",
+            empty.to_str().expect("utf8"),
+        ]);
+        let out = h.kiln(ns, &args).expect("kiln runs");
+        assert!(!out.success, "{addr:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("Dockerfile"),
+            "{addr:?}: {}",
+            out.stderr
+        );
     }
 }

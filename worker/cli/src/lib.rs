@@ -1492,7 +1492,7 @@ async fn build(
     };
     if opts.describe {
         // The frontend's own list (the Dockerfile was read, as BuildKit's
-        // frontend reads it first; through kilnd's gateway it is not).
+        // frontend reads it first).
         let (_, json) = call(&args)?;
         let answer = kiln_frontend::describe::answer();
         reporting(&args).report_call(&answer)?;

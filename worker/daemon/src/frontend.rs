@@ -331,6 +331,21 @@ pub async fn outline(
         .map_err(|e| frontend_status(&e))
 }
 
+/// The answer to `frontend.subrequests.describe`: the Dockerfile is read
+/// first, as BuildKit's frontend reads it before any subrequest (a
+/// missing one fails the request).
+pub async fn describe(
+    d: &Daemon,
+    engine: &kiln_engine::Engine,
+    job: &Job,
+    session: &SessionHandle,
+    attrs: &HashMap<String, String>,
+    credentials: std::sync::Arc<dyn kiln_registry::Credentials>,
+) -> Result<std::collections::BTreeMap<String, String>, Status> {
+    read_dockerfile(d, engine, job, session, attrs, credentials).await?;
+    Ok(kiln_frontend::describe::answer())
+}
+
 /// The options of a `--call` request (targets, outline) and the
 /// Dockerfile they name, read as a build would read it: from the remote
 /// context when there is one, else from the client's dockerfile local.

@@ -559,12 +559,21 @@ impl LlbBridge for GatewayService {
         if outline {
             return self.outline(&tenant, &job, session.as_ref(), &r).await;
         }
-        // The subrequests this frontend answers: no Dockerfile needed.
         let describe = matches!(input, Input::Dockerfile(..))
             && r.frontend_opt.get("requestid").map(String::as_str)
                 == Some(kiln_frontend::describe::DESCRIBE_REQUEST);
         if describe {
-            return Ok(metadata_response(bytes(kiln_frontend::describe::answer())));
+            let (session, credentials) = frontend_session(session.as_ref())?;
+            let answer = crate::frontend::describe(
+                &self.0,
+                &tenant.engine,
+                &job,
+                session,
+                &r.frontend_opt,
+                credentials,
+            )
+            .await?;
+            return Ok(metadata_response(bytes(answer)));
         }
         let compression = r
             .frontend_opt
