@@ -277,33 +277,9 @@ pub(crate) fn rand_hex() -> String {
 /// `DockerOCIImage` keeps except `created`, which the exporter sets (keys
 /// Docker's engine writes but BuildKit drops, such as `Hostname`, are
 /// dropped too). Port and volume sets come out sorted: oci-spec reads them into `HashMap`s, and the frontend's
-/// config must not depend on their iteration order.
+/// config must not depend on their iteration order. Every history entry
+/// is the base image's own (`base_history`).
 pub fn frontend_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
-    base_config(cfg)
-}
-
-/// A result's image config that a client or a frontend image gave
-/// (`containerimage.config`), with the base image config it named
-/// (`containerimage.base.config`), as BuildKit's exporter reads them: the
-/// history entries it shares with the base, from the first on, are the
-/// base's own; without a base, none is.
-pub fn client_config(
-    cfg: &ImageConfigJson,
-    base: Option<&ImageConfigJson>,
-) -> kiln_solver::ImageConfig {
-    let mut out = base_config(cfg);
-    let theirs = base.map(base_config).map(|b| b.history).unwrap_or_default();
-    out.base_history = out
-        .history
-        .iter()
-        .zip(&theirs)
-        .take_while(|(a, b)| a == b)
-        .count();
-    out
-}
-
-/// [`frontend_config`]: every history entry is the base image's own.
-fn base_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
     let c = &cfg.config.oci;
     let sorted = |v: &Option<Vec<String>>| {
         let mut v = v.clone().unwrap_or_default();
@@ -360,6 +336,29 @@ fn base_config(cfg: &ImageConfigJson) -> kiln_solver::ImageConfig {
                 .then(|| kiln_solver::Platform::new(&os, &arch, &variant))
         },
     }
+}
+
+/// A result's image config that a client or a frontend image gave
+/// (`containerimage.config`), with the base image config it named
+/// (`containerimage.base.config`), as BuildKit's exporter reads them: the
+/// history entries it shares with the base, from the first on, are the
+/// base's own; without a base, none is.
+pub fn client_config(
+    cfg: &ImageConfigJson,
+    base: Option<&ImageConfigJson>,
+) -> kiln_solver::ImageConfig {
+    let mut out = frontend_config(cfg);
+    let theirs = base
+        .map(frontend_config)
+        .map(|b| b.history)
+        .unwrap_or_default();
+    out.base_history = out
+        .history
+        .iter()
+        .zip(&theirs)
+        .take_while(|(a, b)| a == b)
+        .count();
+    out
 }
 
 /// The layers of an image, each with its diffID from the config, in
