@@ -529,7 +529,7 @@ pub async fn write<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     write_missing(channel, store, reference, digest, size, r).await
 }
 
-/// [`write`] of a blob the store was found not to have ([`has`]), for a
+/// [`write()`] of a blob the store was found not to have ([`has`]), for a
 /// caller that asks before it opens `r`.
 pub async fn write_missing<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     channel: Channel,
