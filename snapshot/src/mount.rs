@@ -176,6 +176,17 @@ pub fn direct_path(mounts: &[Mount]) -> Option<PathBuf> {
     }
 }
 
+/// The committed layer directories a mounted view shows, topmost first:
+/// an overlay's lowerdirs, or the directory a one-layer view binds. Empty
+/// for anything else (a view with an upperdir, several mounts).
+pub fn layer_dirs(mounts: &[Mount]) -> Vec<PathBuf> {
+    match (overlay_dirs(mounts), mounts) {
+        (Some((None, lowers)), _) => lowers,
+        (None, [m]) if m.mount_type == "bind" => vec![PathBuf::from(&m.source)],
+        _ => Vec::new(),
+    }
+}
+
 /// For a single overlay mount, its `upperdir` (if any) and `lowerdir`s
 /// (nearest parent first), for the upperdir diff fast path. `None` for
 /// anything else.

@@ -7,7 +7,7 @@ use crate::fileop;
 use crate::fileop::reuse::{self, CopyReuse, Manifest};
 use crate::ignore::PatternMatcher;
 use crate::refs::{self, Layer, Ref};
-use kiln_snapshot::mount::overlay_dirs;
+use kiln_snapshot::mount::{layer_dirs, overlay_dirs};
 use kiln_snapshot::Digest;
 use kiln_solver::{FileAction, FileActionKind, FileInput, FileOp, Vertex, VertexId};
 use std::collections::HashMap;
@@ -644,15 +644,5 @@ impl StepRunner {
                 }
             }
         }
-    }
-}
-
-/// The committed layer directories a mounted view shows, topmost first:
-/// an overlay's lowerdirs, or the directory a one-layer view binds.
-fn layer_dirs(mounts: &[kiln_snapshot::mount::Mount]) -> Vec<PathBuf> {
-    match (overlay_dirs(mounts), mounts) {
-        (Some((None, lowers)), _) => lowers,
-        (None, [m]) if m.mount_type == "bind" => vec![PathBuf::from(&m.source)],
-        _ => Vec::new(),
     }
 }
