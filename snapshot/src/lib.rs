@@ -17,6 +17,7 @@ pub mod diff;
 pub mod error;
 pub mod layer;
 pub mod mount;
+pub mod origin;
 pub mod services;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -39,6 +39,7 @@ mod deploy;
 mod dockerfile;
 mod duinuse;
 mod executor;
+mod exportlinks;
 mod faults;
 mod fetchlimits;
 mod frontend;

@@ -51,6 +51,7 @@ use self::compress::{Compressor, CountWriter, HashWriter};
 use self::members::{BlobMembers, OldMembers};
 pub use self::recompress::{compression_of, recompress};
 use self::tar::{CopyError, Entry, EntryKind, TarWriter};
+use crate::origin::{LayerOrigin, LinkKey};
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -224,6 +225,9 @@ pub struct TreeOptions {
     /// Every entry's time, in seconds (an exporter's epoch, as BuildKit's
     /// local and tar exporters set it): `None` keeps each file's own.
     pub mtime: Option<i64>,
+    /// The layers under `root`: names of one inode are written as hard
+    /// links only when they come from one layer.
+    pub origin: LayerOrigin,
 }
 
 /// The tar of the whole tree under `root` (no parent, nothing compressed),
@@ -241,6 +245,7 @@ pub fn write_tree(
         .map(|d| d.as_bytes().to_vec())
         .collect();
     emitter.mtime = opts.mtime;
+    emitter.origin = opts.origin.clone();
     walk::walk(&mut emitter, None, root)?;
     let entries = emitter.entries;
     let mut buffered = emitter.tar.finish().map_err(DiffError::output)?;
@@ -577,8 +582,12 @@ struct OpenDir {
 pub(crate) struct Emitter<W: Write> {
     tar: TarWriter<W>,
     open: Vec<OpenDir>,
-    /// (dev, ino) of multiply-linked non-directories -> first tar path.
-    links: HashMap<(u64, u64), Vec<u8>>,
+    /// Multiply-linked non-directories (by [`LayerOrigin::link_key`]) ->
+    /// first tar path.
+    links: HashMap<LinkKey, Vec<u8>>,
+    /// Where the walked tree's files come from ([`write_tree`]); a layer's
+    /// own directory is one layer.
+    origin: LayerOrigin,
     entries: usize,
     /// Directories written with a bare stat ([`write_tree`]).
     synthetic: Vec<Vec<u8>>,
@@ -592,6 +601,7 @@ impl<W: Write> Emitter<W> {
             tar,
             open: Vec::new(),
             links: HashMap::new(),
+            origin: LayerOrigin::default(),
             entries: 0,
             synthetic: Vec::new(),
             mtime: None,
@@ -690,10 +700,13 @@ impl<W: Write> Emitter<W> {
             return Ok(());
         };
         if meta.nlink() > 1 {
-            match self.links.get(&(meta.dev(), meta.ino())) {
+            let key = self
+                .origin
+                .link_key(Path::new(OsStr::from_bytes(rel)), meta);
+            match self.links.get(&key) {
                 Some(first) => kind = EntryKind::HardLink(first.clone()),
                 None => {
-                    self.links.insert((meta.dev(), meta.ino()), rel.to_vec());
+                    self.links.insert(key, rel.to_vec());
                 }
             }
         }

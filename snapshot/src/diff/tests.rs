@@ -576,3 +576,40 @@ fn mounted_overlay_delete_and_new_dir() {
     assert_eq!(paths(&read_tar(&tar)), expected);
     assert_eq!(walked.diff_id, fast.diff_id);
 }
+
+/// A tree export writes a later name of one inode as a hard link only when
+/// both names come from one layer of the view: across layers (kiln's shared
+/// inodes) each name is a file with its data.
+#[test]
+fn tree_links_only_names_of_one_layer() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (root, top) = (t.path().join("root"), t.path().join("top"));
+    fs::create_dir_all(&root).expect("mkdir");
+    fs::create_dir_all(&top).expect("mkdir");
+    fs::write(root.join("a"), b"data").expect("write");
+    for name in ["b", "c"] {
+        fs::hard_link(root.join("a"), root.join(name)).expect("link");
+    }
+    fs::write(top.join("c"), b"").expect("write");
+    let mut origin = crate::origin::LayerOrigin::default();
+    origin.add_tree(Path::new(""), vec![top, root.clone()]);
+    let opts = TreeOptions {
+        origin,
+        ..TreeOptions::default()
+    };
+    let mut out = Vec::new();
+    write_tree(&root, &opts, &mut out).expect("tree");
+    let got: Vec<(String, char, Option<String>, Vec<u8>)> = read_tar(&out)
+        .into_iter()
+        .filter(|g| g.kind != '5')
+        .map(|g| (g.path, g.kind, g.link, g.data))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a".to_string(), '0', None, b"data".to_vec()),
+            ("b".to_string(), '1', Some("a".to_string()), Vec::new()),
+            ("c".to_string(), '0', None, b"data".to_vec()),
+        ]
+    );
+}

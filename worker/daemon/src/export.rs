@@ -431,9 +431,13 @@ pub async fn run(
                 let epoch = epoch_of(attrs, config.source_date_epoch)?;
                 let view = file_tree(solved, attrs, config).await?;
                 // Platform directories as BuildKit's exporter makes them up.
+                let origin = view.origin();
                 let opts = kiln_session::fsutil::SendOptions {
                     synthetic_dirs: view.platform_dirs(),
                     mtime: epoch.map(|secs| secs.saturating_mul(1_000_000_000)),
+                    link_groups: Some(kiln_session::fsutil::LinkGroups(std::sync::Arc::new(
+                        move |p| origin.layer_of(std::path::Path::new(p)),
+                    ))),
                     ..Default::default()
                 };
                 let r = kiln_session::filesend::send_local(
@@ -454,6 +458,7 @@ pub async fn run(
                 let opts = kiln_snapshot::diff::TreeOptions {
                     synthetic_dirs: view.platform_dirs(),
                     mtime: epoch,
+                    origin: view.origin(),
                 };
                 let (w, r) = tokio::io::duplex(1 << 20);
                 let writer = tokio::task::spawn_blocking(move || {

@@ -439,7 +439,11 @@ impl GatewayService {
         &self,
         req: Request<T>,
         id: impl FnOnce(&T) -> String,
-        read: impl FnOnce(&std::path::Path, T) -> Result<R, crate::resultfs::ResultFsError>
+        read: impl FnOnce(
+                &std::path::Path,
+                &kiln_snapshot::origin::LayerOrigin,
+                T,
+            ) -> Result<R, crate::resultfs::ResultFsError>
             + Send
             + 'static,
     ) -> Result<R, Status>
@@ -466,7 +470,8 @@ impl GatewayService {
         .ok_or_else(|| Status::not_found(format!("no such ref: {id}")))?
         .map_err(|e| crate::state::status_of(&e))?;
         let root = view.path().to_path_buf();
-        let out = tokio::task::spawn_blocking(move || read(&root, msg)).await;
+        let origin = view.origin();
+        let out = tokio::task::spawn_blocking(move || read(&root, &origin, msg)).await;
         view.close().await;
         drop(results);
         match out {
@@ -680,7 +685,7 @@ impl LlbBridge for GatewayService {
             .read_result(
                 request,
                 |r| r.r#ref.clone(),
-                |root, r| {
+                |root, _, r| {
                     let range = r.range.map(|g| crate::resultfs::FileRange {
                         offset: g.offset,
                         length: g.length,
@@ -701,7 +706,9 @@ impl LlbBridge for GatewayService {
             .read_result(
                 request,
                 |r| r.r#ref.clone(),
-                |root, r| crate::resultfs::read_dir(root, &r.dir_path, &r.include_pattern),
+                |root, origin, r| {
+                    crate::resultfs::read_dir(root, origin, &r.dir_path, &r.include_pattern)
+                },
             )
             .await?;
         Ok(Response::new(ReadDirResponse { entries }))
@@ -716,7 +723,7 @@ impl LlbBridge for GatewayService {
             .read_result(
                 request,
                 |r| r.r#ref.clone(),
-                |root, r| crate::resultfs::stat_file(root, &r.path),
+                |root, _, r| crate::resultfs::stat_file(root, &r.path),
             )
             .await?;
         Ok(Response::new(StatFileResponse { stat: Some(stat) }))

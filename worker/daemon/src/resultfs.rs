@@ -13,6 +13,7 @@
 use kiln_context::{CopySelection, EntryFilter, PathError};
 use kiln_proto::fsutil::Stat;
 use kiln_session::fsutil::{stat_of, FsutilError};
+use kiln_snapshot::origin::{LayerOrigin, LinkKey};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -200,8 +201,9 @@ pub fn stat_file(root: &Path, path: &str) -> Result<Stat> {
 /// each recorded under its name. With `include`, only entries it matches,
 /// and directories with a matching entry somewhere below them (as fsutil's
 /// walk sends the parents of what it includes). A later name for a file
-/// listed earlier is a hard link to it.
-pub fn read_dir(root: &Path, path: &str, include: &str) -> Result<Vec<Stat>> {
+/// listed earlier is a hard link to it if both come from one layer of
+/// `origin` (the view's layers).
+pub fn read_dir(root: &Path, origin: &LayerOrigin, path: &str, include: &str) -> Result<Vec<Stat>> {
     let (host, _) = resolve(root, path)?;
     let md = std::fs::symlink_metadata(&host).map_err(io_err("lstat", path))?;
     if !md.is_dir() {
@@ -222,7 +224,7 @@ pub fn read_dir(root: &Path, path: &str, include: &str) -> Result<Vec<Stat>> {
         source,
     })?;
     let mut out = Vec::new();
-    let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
+    let mut inodes: HashMap<LinkKey, String> = HashMap::new();
     for (name, entry, md) in sorted_entries(&host, path)? {
         let (included, _) = filter.decide(&name, &name, md.is_dir());
         let holds_included = || -> Result<bool> {
@@ -236,10 +238,11 @@ pub fn read_dir(root: &Path, path: &str, include: &str) -> Result<Vec<Stat>> {
             source,
         })?;
         if !md.is_dir() && !md.file_type().is_symlink() && md.nlink() > 1 {
-            match inodes.get(&(md.dev(), md.ino())) {
+            let key = origin.link_key(entry.strip_prefix(root).unwrap_or(&entry), &md);
+            match inodes.get(&key) {
                 Some(first) => stat.linkname = first.clone(),
                 None => {
-                    inodes.insert((md.dev(), md.ino()), stat.path.clone());
+                    inodes.insert(key, stat.path.clone());
                 }
             }
         }
@@ -357,11 +360,15 @@ mod tests {
         let e = Status::from(stat_file(&root, "nope").expect_err("missing"));
         assert_eq!(e.code(), Code::NotFound);
         assert_eq!(e.message(), "lstat nope: no such file or directory");
-        let e = Status::from(read_dir(&root, "nope", "").expect_err("missing"));
+        let e = Status::from(
+            read_dir(&root, &LayerOrigin::default(), "nope", "").expect_err("missing"),
+        );
         assert_eq!(e.code(), Code::NotFound);
         let e = Status::from(read_file(&root, "data", None).expect_err("dir"));
         assert_eq!(e.message(), "data is not a regular file");
-        let e = Status::from(read_dir(&root, "data/hello.txt", "").expect_err("file"));
+        let e = Status::from(
+            read_dir(&root, &LayerOrigin::default(), "data/hello.txt", "").expect_err("file"),
+        );
         assert_eq!(e.message(), "walk data/hello.txt: not a directory");
         symlink("loop2", root.join("loop1")).expect("symlink");
         symlink("loop1", root.join("loop2")).expect("symlink");
@@ -386,10 +393,31 @@ mod tests {
         assert_eq!(stat_file(&root, "/").expect("root").path, "/");
     }
 
+    /// Names of one inode from two layers of the view are two files (kiln
+    /// shares inodes across layers where a copy makes new ones); names
+    /// from one layer stay a hard link.
+    #[test]
+    fn read_dir_links_only_names_of_one_layer() {
+        let (d, root) = tree();
+        std::fs::hard_link(root.join("data/b.bin"), root.join("data/d.bin")).expect("link");
+        let top = d.path().join("top");
+        std::fs::create_dir_all(top.join("data")).expect("mkdir");
+        std::fs::write(top.join("data/d.bin"), "").expect("write");
+        let mut origin = LayerOrigin::default();
+        origin.add_tree(Path::new(""), vec![top, root.clone()]);
+        let all = read_dir(&root, &origin, "data", "").expect("list");
+        let links: Vec<(&str, &str)> = all
+            .iter()
+            .filter(|s| s.path.ends_with(".bin"))
+            .map(|s| (s.path.as_str(), s.linkname.as_str()))
+            .collect();
+        assert_eq!(links, [("b.bin", ""), ("c.bin", "b.bin"), ("d.bin", "")]);
+    }
+
     #[test]
     fn read_dir_lists_one_level_with_links_unfollowed() {
         let (d, root) = tree();
-        let all = read_dir(&root, "data", "").expect("list");
+        let all = read_dir(&root, &LayerOrigin::default(), "data", "").expect("list");
         let names: Vec<&str> = all.iter().map(|s| s.path.as_str()).collect();
         assert_eq!(
             names,
@@ -400,11 +428,16 @@ mod tests {
         assert_eq!(up.linkname, "../../../../../../secret");
         assert_eq!(all[2].linkname, "b.bin", "the second name is a hard link");
         // A listing through a link that climbs out lists the root.
-        let top: Vec<String> = read_dir(&root, "data/parent/data/parent", "")
-            .expect("root")
-            .into_iter()
-            .map(|s| s.path)
-            .collect();
+        let top: Vec<String> = read_dir(
+            &root,
+            &LayerOrigin::default(),
+            "data/parent/data/parent",
+            "",
+        )
+        .expect("root")
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
         let mirror_top = d
             .path()
             .components()
@@ -421,14 +454,16 @@ mod tests {
         ];
         expect.sort();
         assert_eq!(top, expect);
-        assert!(read_dir(&root, "empty", "").expect("empty").is_empty());
+        assert!(read_dir(&root, &LayerOrigin::default(), "empty", "")
+            .expect("empty")
+            .is_empty());
     }
 
     #[test]
     fn an_include_pattern_keeps_matches_and_the_directories_holding_them() {
         let (_d, root) = tree();
         let names = |pattern: &str| -> Vec<String> {
-            read_dir(&root, "data", pattern)
+            read_dir(&root, &LayerOrigin::default(), "data", pattern)
                 .expect("list")
                 .into_iter()
                 .map(|s| s.path)
@@ -438,7 +473,7 @@ mod tests {
         assert_eq!(names("sub/*.txt"), ["sub"]);
         assert_eq!(names("sub/*.go"), Vec::<String>::new());
         assert_eq!(names("*.bin"), ["b.bin", "c.bin"]);
-        let e = read_dir(&root, "data", "!").expect_err("bad pattern");
+        let e = read_dir(&root, &LayerOrigin::default(), "data", "!").expect_err("bad pattern");
         assert_eq!(Status::from(e).code(), Code::InvalidArgument);
     }
 }

@@ -14,11 +14,12 @@ use kiln_shim::network::Cni;
 use kiln_shim::{ContainerdExecutor, Containers, Executor};
 use kiln_snapshot::containerd::LeaseId;
 use kiln_snapshot::diff::Compression;
+use kiln_snapshot::origin::LayerOrigin;
 use kiln_snapshot::Containerd;
 use kiln_solver::scheduler::Solver;
 use kiln_solver::{Graph, ImageConfig, SolveError, VertexId};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -937,6 +938,9 @@ pub struct ResultView {
     /// A multi-platform result's platforms, each mounted on its
     /// directory below `path`.
     parts: Vec<ResultView>,
+    /// The committed layer directories the view's own mount shows,
+    /// topmost first (empty for a view made of `parts`).
+    layers: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for ResultView {
@@ -966,6 +970,30 @@ impl ResultView {
             .filter_map(|p| p.path.strip_prefix(&self.path).ok())
             .filter_map(|p| p.to_str().map(str::to_string))
             .collect()
+    }
+
+    /// Where the view's files come from, so that its walks count only
+    /// the hard links a build made ([`kiln_snapshot::origin`]). A split
+    /// view shows each platform's part at its directory; a joined view
+    /// (mounted over a split one) shows them all at its root.
+    pub fn origin(&self) -> LayerOrigin {
+        let mut origin = LayerOrigin::default();
+        let (split, joined) = match (&self.mount, self.parts.as_slice()) {
+            (_, []) => {
+                origin.add_tree(Path::new(""), self.layers.clone());
+                return origin;
+            }
+            (Some(_), [split]) => (split, true),
+            _ => (self, false),
+        };
+        for part in &split.parts {
+            let at = match joined {
+                true => Path::new(""),
+                false => part.path.strip_prefix(&split.path).unwrap_or(Path::new("")),
+            };
+            origin.add_tree(at, part.layers.clone());
+        }
+        origin
     }
 
     /// Unmounts and removes the view snapshot.
@@ -1282,6 +1310,7 @@ impl Solved {
                         svc: self.engine.svc.clone(),
                         path: dir,
                         parts: vec![part],
+                        layers: Vec::new(),
                     }),
                     Err(e) => {
                         let _ = std::fs::remove_dir(&dir);
@@ -1304,6 +1333,7 @@ impl Solved {
             svc: self.engine.svc.clone(),
             path: dir,
             parts: Vec::new(),
+            layers: Vec::new(),
         };
         let parts = std::iter::once(self).chain(&self.others);
         for ((platform, _), part) in self.platforms.iter().zip(parts) {
@@ -1380,6 +1410,7 @@ impl Solved {
                 svc: self.engine.svc.clone(),
                 path: dir,
                 parts: vec![parts],
+                layers: Vec::new(),
             }),
             Err(e) => {
                 parts.close().await;
@@ -1436,6 +1467,7 @@ impl Solved {
                 svc,
                 path: dir,
                 parts: Vec::new(),
+                layers: Vec::new(),
             });
         }
         let key = format!("kiln-view-{}", crate::base::rand_hex());
@@ -1449,6 +1481,7 @@ impl Solved {
                 svc,
                 path: dir,
                 parts: Vec::new(),
+                layers: kiln_snapshot::mount::layer_dirs(&mounts),
             }),
             Err(e) => {
                 let _ = svc.snapshots.remove(&key).await;

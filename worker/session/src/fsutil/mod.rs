@@ -26,7 +26,7 @@ pub use kiln_proto::fsutil::{Packet, Stat};
 pub use receive::{
     receive_dir, ReceiveOptions, ReceiveStats, MAX_ENTRIES, MAX_PATH_BYTES, MAX_TOTAL_BYTES,
 };
-pub use send::{send_dir, SendOptions};
+pub use send::{send_dir, LinkGroups, SendOptions};
 pub use stat::stat_of;
 pub use wire::wire_size;
 

@@ -48,6 +48,21 @@ pub struct SendOptions {
     /// Every entry's time in nanoseconds (an exporter's epoch, as
     /// BuildKit's local exporter sets it); `None` sends each file's own.
     pub mtime: Option<i64>,
+    /// Groups the names of one inode: a later name is sent as a hard link
+    /// of an earlier one only in the same group. `None`: one group.
+    pub link_groups: Option<LinkGroups>,
+}
+
+/// The group of a name (its path as sent) for hard-link detection: the
+/// daemon passes which layer of a result each name comes from, since it
+/// shares inodes across layers where a copy would have made new files.
+#[derive(Clone)]
+pub struct LinkGroups(pub Arc<dyn Fn(&str) -> usize + Send + Sync>);
+
+impl std::fmt::Debug for LinkGroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkGroups")
+    }
 }
 
 /// Sends the tree under `root` to the receiver at the other end of
@@ -228,8 +243,10 @@ pub(super) struct Walker {
     /// sent (a directory that is not itself included is sent only when
     /// something inside it is).
     ancestors: Vec<(Stat, bool)>,
-    /// (device, inode) of multiply-linked files -> the first path sent.
-    inodes: HashMap<(u64, u64), String>,
+    /// (device, inode, link group) of multiply-linked files -> the first
+    /// path sent.
+    inodes: HashMap<(u64, u64, usize), String>,
+    link_groups: Option<LinkGroups>,
 }
 
 impl Walker {
@@ -272,6 +289,7 @@ impl Walker {
             next_id: 0,
             ancestors: Vec::new(),
             inodes: HashMap::new(),
+            link_groups: opts.link_groups.clone(),
         })
     }
 
@@ -378,13 +396,15 @@ impl Walker {
     fn send(&mut self, mut stat: Stat, abs: &Path, md: &Metadata) -> Result<(), FsutilError> {
         let ft = md.file_type();
         if !ft.is_dir() && !ft.is_symlink() && md.nlink() > 1 {
-            match self.inodes.get(&(md.dev(), md.ino())) {
+            let group = self.link_groups.as_ref().map_or(0, |g| (g.0)(&stat.path));
+            let key = (md.dev(), md.ino(), group);
+            match self.inodes.get(&key) {
                 Some(first) => {
                     stat.linkname = first.clone();
                     stat.size = 0;
                 }
                 None => {
-                    self.inodes.insert((md.dev(), md.ino()), stat.path.clone());
+                    self.inodes.insert(key, stat.path.clone());
                 }
             }
         }

@@ -532,6 +532,41 @@ async fn a_follow_path_naming_the_root_sends_everything_and_one_above_it_nothing
     assert_eq!(got, set(&["a.txt"]));
 }
 
+/// With link groups, a later name of one inode is sent as a hard link
+/// only within its group; across groups it is a file of its own, received
+/// as a separate file with the same contents.
+#[tokio::test]
+async fn link_groups_keep_names_of_different_groups_apart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    std::fs::create_dir_all(&dest).expect("mkdir");
+    write(&src.join("a"), b"shared");
+    for name in ["b", "x/c"] {
+        std::fs::create_dir_all(src.join("x")).expect("mkdir");
+        std::fs::hard_link(src.join("a"), src.join(name)).expect("link");
+    }
+    let opts = SendOptions {
+        link_groups: Some(LinkGroups(std::sync::Arc::new(|p: &str| {
+            usize::from(p.starts_with("x/"))
+        }))),
+        ..SendOptions::default()
+    };
+    let (s, r, log) = transfer(&src, opts, &dest, ReceiveOptions::default()).await;
+    s.expect("send");
+    r.expect("receive");
+    let links: Vec<(&str, &str)> = log
+        .iter()
+        .filter_map(|p| p.stat.as_ref())
+        .filter(|s| s.mode & mode::DIR == 0)
+        .map(|s| (s.path.as_str(), s.linkname.as_str()))
+        .collect();
+    assert_eq!(links, [("a", ""), ("b", "a"), ("x/c", "")]);
+    let ino = |p: &str| std::fs::metadata(dest.join(p)).expect("stat").ino();
+    assert_eq!(ino("a"), ino("b"));
+    assert_ne!(ino("a"), ino("x/c"));
+    assert_eq!(std::fs::read(dest.join("x/c")).expect("read"), b"shared");
+}
+
 #[tokio::test]
 async fn sender_packets_follow_the_wire_protocol() {
     let tmp = tempfile::tempdir().expect("tempdir");
