@@ -8,7 +8,7 @@
 //! `zstd-1frame` is the zstd layers kiln made before they were cut into
 //! frames (one multithreaded frame per layer, level 3), for comparison.
 
-use kiln_snapshot::diff::{recompress, write_layer, Compression, DiffSource};
+use kiln_snapshot::diff::{recompress, write_layer, Compression, DiffSource, Level};
 use std::path::Path;
 use std::time::Instant;
 
@@ -41,7 +41,7 @@ fn main() {
                 Some(d) => recompress(
                     &mut d.as_slice(),
                     Compression::Uncompressed,
-                    compression,
+                    (compression, Level::default()),
                     &mut std::io::sink(),
                 ),
                 None => write_layer(

@@ -13,7 +13,9 @@
 
 use crate::containerd::LeaseId;
 use crate::diff::members::{Codec, MemberIndex, OldMembers};
-use crate::diff::{stream_layer_reusing, Compression, DiffSource, LayerDescriptor, LayerHash};
+use crate::diff::{
+    stream_layer_reusing, Compression, DiffSource, LayerDescriptor, LayerHash, Level,
+};
 use crate::error::{Result, SnapshotError};
 use crate::services::{write_blob, Content, ContentWriter, LeaseResource, Leases};
 use kiln_types::Digest;
@@ -165,29 +167,39 @@ pub async fn commit_layer(
     compression: Compression,
     lease: &LeaseId,
 ) -> Result<LayerDescriptor> {
-    let (desc, _) = commit_layer_reusing(content, source, compression, lease, None).await?;
+    let (desc, _) = commit_layer_reusing(
+        content,
+        source,
+        (compression, Level::default()),
+        lease,
+        None,
+    )
+    .await?;
     Ok(desc)
 }
 
-/// [`commit_layer`], copying from the blob `previous` (an earlier version
-/// of the layer, or any layer blob, in `compression`) the compressed
-/// members it
-/// holds with the same bytes, when it has a member index. The blob is the
-/// same as without `previous`. Also returns how many members were copied.
+/// [`commit_layer`] at a compression level, copying from the blob
+/// `previous` (an earlier version of the layer, or any layer blob, in
+/// `compression`) the compressed members it holds with the same bytes,
+/// when it has a member index. The blob is the same as without
+/// `previous`. Also returns how many members were copied. Member indexes
+/// are kept for kiln's default level only (their members are what a
+/// default-level blob holds), so a blob at another level neither copies
+/// members nor offers its own.
 pub async fn commit_layer_reusing(
     content: &dyn Content,
     source: LayerSource,
-    compression: Compression,
+    (compression, level): (Compression, Level),
     lease: &LeaseId,
     previous: Option<&str>,
 ) -> Result<(LayerDescriptor, usize)> {
-    let codec = Codec::of(compression);
+    let codec = Codec::of(compression).filter(|_| level.is_default());
     let old = match (previous, codec) {
         (Some(p), Some(codec)) => old_members(content, p, codec).await,
         _ => None,
     };
     let (writer, (hash, size, members)) = stream_blob(content, lease, move |w| {
-        stream_layer_reusing(source.diff_source(), compression, w, old)
+        stream_layer_reusing(source.diff_source(), (compression, level), w, old)
     })
     .await?;
     let digest = writer.digest().ok_or_else(|| SnapshotError::InvalidBlob {
@@ -292,7 +304,7 @@ pub async fn clamp_layer_times(
     content: &dyn Content,
     leases: &dyn Leases,
     stored: StoredLayer<'_>,
-    to: Compression,
+    (to, level): (Compression, Level),
     epoch: i64,
     lease: &LeaseId,
 ) -> Result<Option<LayerDescriptor>> {
@@ -339,7 +351,7 @@ pub async fn clamp_layer_times(
         crate::diff::epoch::clamp_times(
             &mut input,
             from,
-            Compression::Uncompressed,
+            (Compression::Uncompressed, Level::default()),
             epoch,
             &mut std::io::sink(),
         )
@@ -367,7 +379,7 @@ pub async fn clamp_layer_times(
             buf: Vec::new(),
             pos: 0,
         };
-        crate::diff::epoch::clamp_times(&mut input, from, to, epoch, w)
+        crate::diff::epoch::clamp_times(&mut input, from, (to, level), epoch, w)
     })
     .await?;
     if desc.diff_id != probe.diff_id {
@@ -390,15 +402,16 @@ fn variant_label(to: Compression) -> String {
 }
 
 /// The layer `digest` (compressed as `from`, diffID `diff_id`) in
-/// compression `to`: an existing variant when the blob names one that is
-/// still there, else a new blob written under `lease`.
+/// compression `to`: an existing variant (at whatever level) when the blob
+/// names one that is still there, else a new blob at `level` written
+/// under `lease`.
 pub async fn convert_layer(
     content: &dyn Content,
     leases: &dyn Leases,
     digest: &str,
     from: Compression,
     diff_id: &Digest,
-    to: Compression,
+    (to, level): (Compression, Level),
     lease: &LeaseId,
 ) -> Result<(Digest, u64)> {
     let info = content.info(digest).await?;
@@ -419,7 +432,7 @@ pub async fn convert_layer(
             buf: Vec::new(),
             pos: 0,
         };
-        crate::diff::recompress(&mut input, from, to, w)
+        crate::diff::recompress(&mut input, from, (to, level), w)
     })
     .await?;
     if desc.diff_id != *diff_id {

@@ -27,6 +27,7 @@ mod checks;
 mod claims;
 mod cli;
 mod clientlocalcache;
+mod compressionlevel;
 mod conformance;
 mod contextlinks;
 mod contextpaths;

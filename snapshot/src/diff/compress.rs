@@ -31,9 +31,7 @@ use std::thread::JoinHandle;
 use sha2::{Digest as _, Sha256};
 
 use super::members::{worth_copying, BlobMembers, Codec, Cutter, MemberIndex, OldBlob, OldMembers};
-use super::Compression;
-/// zstd level, as BuildKit's default.
-const ZSTD_LEVEL: i32 = 3;
+use super::{Compression, Level};
 
 pub(crate) fn parallelism() -> usize {
     std::thread::available_parallelism()
@@ -115,8 +113,9 @@ pub(crate) enum Compressor<W: Write> {
 }
 
 impl<W: Write> Compressor<W> {
-    pub(crate) fn new(compression: Compression, out: W) -> io::Result<Self> {
-        Self::with_threads(compression, out, parallelism())
+    /// A compressor whose members are compressed at `level`.
+    pub(crate) fn at_level(compression: Compression, level: Level, out: W) -> io::Result<Self> {
+        Self::reusing(compression, level, out, None)
     }
 
     /// A compressor that may copy members from an earlier blob of the same
@@ -124,19 +123,26 @@ impl<W: Write> Compressor<W> {
     /// without.
     pub(crate) fn reusing(
         compression: Compression,
+        level: Level,
         out: W,
         reuse: Option<OldMembers>,
     ) -> io::Result<Self> {
         Ok(match (Codec::of(compression), reuse) {
             (Some(codec), Some(old)) => Compressor::Members(Box::new(
-                ParMemberWriter::new(codec, out, parallelism()).reusing(old),
+                ParMemberWriter::new(codec, out, parallelism())
+                    .at_level(level)
+                    .reusing(old),
             )),
-            _ => Self::new(compression, out)?,
+            (Some(codec), None) => Compressor::Members(Box::new(
+                ParMemberWriter::new(codec, out, parallelism()).at_level(level),
+            )),
+            (None, _) => Compressor::None(out),
         })
     }
 
     /// A compressor using `threads` worker threads; the output is the same
     /// for any number.
+    #[cfg(test)]
     pub(crate) fn with_threads(
         compression: Compression,
         out: W,
@@ -224,6 +230,7 @@ const SPARE_BUFFERS: usize = 4;
 /// `max`, and joined on drop.
 struct Pool {
     codec: Codec,
+    level: Level,
     max: usize,
     jobs: Option<Sender<Job>>,
     shared_rx: Arc<Mutex<Receiver<Job>>>,
@@ -235,6 +242,7 @@ impl Pool {
         let (tx, rx) = mpsc::channel::<Job>();
         Pool {
             codec,
+            level: Level::default(),
             max: max.max(1),
             jobs: Some(tx),
             shared_rx: Arc::new(Mutex::new(rx)),
@@ -253,10 +261,10 @@ impl Pool {
     ) -> io::Result<Receiver<MemberResult>> {
         if self.workers.len() < self.max && self.workers.len() <= busy {
             let rx = Arc::clone(&self.shared_rx);
-            let codec = self.codec;
+            let (codec, level) = (self.codec, self.level);
             let handle = std::thread::Builder::new()
                 .name(format!("kiln-{}", codec.name()))
-                .spawn(move || member_worker(codec, &rx))?;
+                .spawn(move || member_worker(codec, level, &rx))?;
             self.workers.push(handle);
         }
         let (done_tx, done_rx) = mpsc::sync_channel(1);
@@ -331,6 +339,12 @@ impl<W: Write> ParMemberWriter<W> {
         }
     }
 
+    /// Compresses new members at `level` (before anything is written).
+    pub(crate) fn at_level(mut self, level: Level) -> Self {
+        self.pool.level = level;
+        self
+    }
+
     /// Copies the members `old` holds instead of compressing them.
     pub(crate) fn reusing(mut self, old: OldMembers) -> Self {
         self.old = Some((Arc::new(old.index), OldBlob::new(old.blob)));
@@ -403,7 +417,7 @@ impl<W: Write> ParMemberWriter<W> {
                     None => {
                         let encoder = match &mut self.fallback {
                             Some(e) => e,
-                            empty => empty.insert(MemberEncoder::new(codec)?),
+                            empty => empty.insert(MemberEncoder::new(codec, self.pool.level)?),
                         };
                         let bytes = encoder.member(&data)?;
                         self.emit(Some(digest), raw, &bytes)?;
@@ -516,7 +530,7 @@ impl Codec {
     }
 }
 
-fn member_worker(codec: Codec, rx: &Mutex<Receiver<Job>>) {
+fn member_worker(codec: Codec, level: Level, rx: &Mutex<Receiver<Job>>) {
     // One encoder per thread: its state is reset, not reallocated, for
     // every member. Made on the first job, which gets the error if it
     // cannot be.
@@ -547,7 +561,7 @@ fn member_worker(codec: Codec, rx: &Mutex<Receiver<Job>>) {
                 data,
                 spent: out,
             }),
-            None => fresh(codec, &mut encoder, data, out, digest),
+            None => fresh((codec, level), &mut encoder, data, out, digest),
         };
         // The receiver may be gone if the writer was dropped; that is fine.
         let _ = done.send(result);
@@ -557,7 +571,7 @@ fn member_worker(codec: Codec, rx: &Mutex<Receiver<Job>>) {
 /// `data` compressed into `out`, with its digest if it is worth indexing
 /// (computed here unless the lookup did already).
 fn fresh(
-    codec: Codec,
+    (codec, level): (Codec, Level),
     encoder: &mut Option<MemberEncoder>,
     data: Vec<u8>,
     mut out: Vec<u8>,
@@ -565,7 +579,7 @@ fn fresh(
 ) -> MemberResult {
     let encoder = match encoder {
         Some(e) => e,
-        empty => empty.insert(MemberEncoder::new(codec)?),
+        empty => empty.insert(MemberEncoder::new(codec, level)?),
     };
     encoder.member_into(&data, &mut out)?;
     let raw = data.len() as u64;
@@ -587,10 +601,10 @@ pub(crate) enum MemberEncoder {
 }
 
 impl MemberEncoder {
-    pub(crate) fn new(codec: Codec) -> io::Result<Self> {
+    pub(crate) fn new(codec: Codec, level: Level) -> io::Result<Self> {
         Ok(match codec {
-            Codec::Gzip => MemberEncoder::Gzip(Box::new(GzipEncoder::new())),
-            Codec::Zstd => MemberEncoder::Zstd(ZstdEncoder::new()?),
+            Codec::Gzip => MemberEncoder::Gzip(Box::new(GzipEncoder::with_level(level))),
+            Codec::Zstd => MemberEncoder::Zstd(ZstdEncoder::with_level(level)?),
         })
     }
 
@@ -614,7 +628,7 @@ impl MemberEncoder {
 /// The magic number every zstd frame starts with (RFC 8878 §3.1.1).
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-/// Encodes zstd frames at [`ZSTD_LEVEL`] with the content size and a
+/// Encodes zstd frames (at level 3 unless asked: [`Level`]) with the content size and a
 /// content checksum in every frame (as the `zstd` tool and containerd's
 /// encoder write them). A frame is one single-threaded `ZSTD_compress2` of
 /// the member's bytes, so it depends only on them (and the zstd version
@@ -625,8 +639,8 @@ pub(crate) struct ZstdEncoder {
 }
 
 impl ZstdEncoder {
-    pub(crate) fn new() -> io::Result<Self> {
-        let mut cctx = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+    pub(crate) fn with_level(level: Level) -> io::Result<Self> {
+        let mut cctx = zstd::bulk::Compressor::new(level.zstd())?;
         cctx.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
         cctx.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
         Ok(ZstdEncoder { cctx })
@@ -645,8 +659,6 @@ impl ZstdEncoder {
 /// flags, OS unknown (what flate2's `GzBuilder` writes at level 6 with
 /// mtime 0).
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-/// Level of the members' deflate streams (gzip's and BuildKit's default).
-const GZIP_LEVEL: u32 = 6;
 /// The incompressibility probe: this many slices of `PROBE_SLICE` bytes,
 /// evenly spaced over a member, each deflated at `PROBE_LEVEL` (zlib-rs'
 /// `deflate_fast`: no lazy matching, dynamic Huffman codes).
@@ -673,9 +685,16 @@ pub(crate) struct GzipEncoder {
 }
 
 impl GzipEncoder {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
+        Self::with_level(Level::default())
+    }
+
+    /// Deflates at `level` (6, gzip's and BuildKit's default, unless
+    /// asked); level 0 stores every member.
+    pub(crate) fn with_level(level: Level) -> Self {
         GzipEncoder {
-            deflate: flate2::Compress::new(flate2::Compression::new(GZIP_LEVEL), false),
+            deflate: flate2::Compress::new(flate2::Compression::new(level.gzip()), false),
             probe: flate2::Compress::new(flate2::Compression::new(PROBE_LEVEL), false),
             probe_out: Vec::with_capacity(PROBE_SLICE + PROBE_SLICE / 8 + 256),
         }

@@ -12,7 +12,7 @@
 //! no such time comes out unchanged (the caller keeps its blob).
 
 use super::compress::{Compressor, HashWriter};
-use super::{Compression, DiffError, LayerDescriptor};
+use super::{Compression, DiffError, LayerDescriptor, Level};
 use kiln_types::Digest;
 use std::io::{self, Read, Write};
 
@@ -30,18 +30,18 @@ const GNU_CTIME: std::ops::Range<usize> = 357..369;
 const GNU_MAGIC: &[u8] = b"ustar  \0";
 
 /// Reads a layer compressed with `from`, clamps its times to `epoch`
-/// (seconds since 1970) and writes it compressed with `to`; the
-/// descriptor's diffID is the new tar's.
+/// (seconds since 1970) and writes it compressed with `to` at its level;
+/// the descriptor's diffID is the new tar's.
 pub fn clamp_times(
     input: &mut dyn Read,
     from: Compression,
-    to: Compression,
+    (to, level): (Compression, Level),
     epoch: i64,
     out: &mut dyn Write,
 ) -> Result<LayerDescriptor, DiffError> {
     let mut reader = super::recompress::decompressor(input, from)?;
     let blob = HashWriter::new(out);
-    let compressor = Compressor::new(to, blob).map_err(DiffError::output)?;
+    let compressor = Compressor::at_level(to, level, blob).map_err(DiffError::output)?;
     let mut tar = HashWriter::new(compressor);
     clamp_tar(&mut reader, epoch, &mut tar).map_err(DiffError::output)?;
     let (compressor, diff_hash, uncompressed_size) = tar.finish();
@@ -446,7 +446,7 @@ mod tests {
         let d = clamp_times(
             &mut &gz[..],
             Compression::Gzip,
-            Compression::Uncompressed,
+            (Compression::Uncompressed, Level::default()),
             1_700_000_000,
             &mut blob,
         )

@@ -106,6 +106,82 @@ impl FromStr for Compression {
     }
 }
 
+/// How hard new blobs are compressed: an exporter's `compression-level`,
+/// or kiln's default (gzip 6, zstd 3: BuildKit's). Only blobs made new
+/// take it; a layer's existing blob is kept, as in BuildKit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Level(Option<i32>);
+
+impl Level {
+    /// `compression-level=value` for blobs in `compression`, as BuildKit's
+    /// compressors take it: gzip from -1 (its default) to 9 (Go's
+    /// `gzip.NewWriterLevel`; -2, Huffman only, is not supported yet);
+    /// zstd any level, on the four speeds of BuildKit's Go encoder
+    /// (`zstd.EncoderLevelFromZstd`: below 3, below 6, below 10, the rest),
+    /// which are here libzstd's levels 1, 3, 7 and 11 (the levels its
+    /// authors give them); uncompressed, none. A level equal to the
+    /// default is the default. An out-of-range gzip level is refused here;
+    /// BuildKit's differs fail on it and its fallback compresses at the
+    /// default (it only logs that), which kiln does not do silently.
+    pub fn parse(value: &str, compression: Compression) -> Result<Level, DiffError> {
+        let level: i64 = value.parse().map_err(|e: std::num::ParseIntError| {
+            let why = match e.kind() {
+                std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                    "value out of range"
+                }
+                _ => "invalid syntax",
+            };
+            DiffError::Level {
+                reason: format!(
+                    "non-integer value {value} specified for compression-level: strconv.ParseInt: parsing {value:?}: {why}"
+                ),
+            }
+        })?;
+        let level = match compression {
+            Compression::Gzip => match level {
+                -1 | 6 => None,
+                0..=9 => Some(level as i32),
+                -2 => {
+                    return Err(DiffError::Level {
+                        reason: "compression-level=-2 (Huffman-only gzip) is not supported yet"
+                            .into(),
+                    })
+                }
+                _ => {
+                    return Err(DiffError::Level {
+                        reason: format!(
+                            "gzip: invalid compression level: {level} (gzip takes -1 to 9)"
+                        ),
+                    })
+                }
+            },
+            Compression::Zstd => match level {
+                ..3 => Some(1),
+                3..6 => None,
+                6..10 => Some(7),
+                _ => Some(11),
+            },
+            Compression::Uncompressed => None,
+        };
+        Ok(Level(level))
+    }
+
+    /// Whether this is kiln's default level.
+    pub fn is_default(self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The deflate level of gzip members.
+    pub(crate) fn gzip(self) -> u32 {
+        self.0.and_then(|l| u32::try_from(l).ok()).unwrap_or(6)
+    }
+
+    /// The libzstd level of zstd frames.
+    pub(crate) fn zstd(self) -> i32 {
+        self.0.unwrap_or(3)
+    }
+}
+
 /// Where the change comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum DiffSource<'a> {
@@ -168,6 +244,9 @@ pub enum DiffError {
     /// A compression name other than gzip, zstd or uncompressed.
     #[error("unknown layer compression {name:?}")]
     UnknownCompression { name: String },
+    /// A `compression-level` the compression does not take.
+    #[error("{reason}")]
+    Level { reason: String },
 }
 
 impl DiffError {
@@ -192,7 +271,12 @@ pub fn write_layer(
     compression: Compression,
     out: &mut dyn Write,
 ) -> Result<LayerDescriptor, DiffError> {
-    let (blob, hash, _) = compress_layer(src, compression, HashWriter::new(out), None)?;
+    let (blob, hash, _) = compress_layer(
+        src,
+        (compression, Level::default()),
+        HashWriter::new(out),
+        None,
+    )?;
     let (out, digest, size) = blob.finish();
     out.flush().map_err(DiffError::output)?;
     let desc = LayerDescriptor {
@@ -265,18 +349,18 @@ pub fn stream_layer(
     compression: Compression,
     out: &mut dyn Write,
 ) -> Result<(LayerHash, u64), DiffError> {
-    let (hash, size, _) = stream_layer_reusing(src, compression, out, None)?;
+    let (hash, size, _) = stream_layer_reusing(src, (compression, Level::default()), out, None)?;
     Ok((hash, size))
 }
 
-/// [`stream_layer`], copying the members `old` (an earlier blob's members,
-/// of the same compression) already holds instead of compressing them
-/// again: the bytes written are the same as without it. Also returns, for
-/// gzip and zstd, where this blob's members are (for the next blob to
-/// reuse).
+/// [`stream_layer`] at a compression `level`, copying the members `old`
+/// (an earlier blob's members, of the same compression and level) already
+/// holds instead of compressing them again: the bytes written are the
+/// same as without it. Also returns, for gzip and zstd, where this blob's
+/// members are (for the next blob to reuse).
 pub fn stream_layer_reusing(
     src: DiffSource<'_>,
-    compression: Compression,
+    compression: (Compression, Level),
     out: &mut dyn Write,
     old: Option<OldMembers>,
 ) -> Result<(LayerHash, u64, Option<BlobMembers>), DiffError> {
@@ -299,11 +383,12 @@ pub fn stream_layer_reusing(
 /// shared middle of [`write_layer`] and [`stream_layer`].
 fn compress_layer<B: Write>(
     src: DiffSource<'_>,
-    compression: Compression,
+    (compression, level): (Compression, Level),
     blob: B,
     old: Option<OldMembers>,
 ) -> Result<(B, LayerHash, Option<BlobMembers>), DiffError> {
-    let compressor = Compressor::reusing(compression, blob, old).map_err(DiffError::output)?;
+    let compressor =
+        Compressor::reusing(compression, level, blob, old).map_err(DiffError::output)?;
     let (tar_hash, entries) = emit(src, HashWriter::new(compressor))?;
     let (compressor, diff_id, uncompressed_size) = tar_hash.finish();
     let (blob, members) = compressor.finish_indexed().map_err(DiffError::output)?;

@@ -2,7 +2,7 @@
 //! "variant", as BuildKit calls it), checking its diffID on the way.
 
 use super::compress::{Compressor, HashWriter};
-use super::{Compression, DiffError, LayerDescriptor};
+use super::{Compression, DiffError, LayerDescriptor, Level};
 use kiln_types::Digest;
 use std::io::{self, Read, Write};
 
@@ -21,16 +21,18 @@ pub fn compression_of(media_type: &str) -> Option<Compression> {
 }
 
 /// Reads a layer compressed with `from` and writes it compressed with
-/// `to`: decompress -> sha256 (diffID) -> compress -> sha256 -> `out`.
+/// `to` at its level: decompress -> sha256 (diffID) -> compress -> sha256
+/// -> `out`.
 pub fn recompress(
     input: &mut dyn Read,
     from: Compression,
-    to: Compression,
+    (to, level): (Compression, Level),
     out: &mut dyn Write,
 ) -> Result<LayerDescriptor, DiffError> {
     let mut reader = decompressor(input, from)?;
     let blob = HashWriter::new(out);
-    let compressor = Compressor::new(to, blob).map_err(|e| DiffError::Output { source: e })?;
+    let compressor =
+        Compressor::at_level(to, level, blob).map_err(|e| DiffError::Output { source: e })?;
     let mut tar = HashWriter::new(compressor);
     io::copy(&mut reader, &mut tar).map_err(|e| DiffError::Output { source: e })?;
     let (compressor, diff_hash, uncompressed_size) = tar.finish();
@@ -87,15 +89,20 @@ mod tests {
         )
         .expect("layer");
         let mut zst = Vec::new();
-        let z =
-            recompress(&mut &gz[..], Compression::Gzip, Compression::Zstd, &mut zst).expect("zstd");
+        let z = recompress(
+            &mut &gz[..],
+            Compression::Gzip,
+            (Compression::Zstd, Level::default()),
+            &mut zst,
+        )
+        .expect("zstd");
         assert_eq!(z.diff_id, orig.diff_id);
         assert_eq!(z.digest, Digest::of(&zst));
         let mut raw = Vec::new();
         let r = recompress(
             &mut &zst[..],
             Compression::Zstd,
-            Compression::Uncompressed,
+            (Compression::Uncompressed, Level::default()),
             &mut raw,
         )
         .expect("raw");

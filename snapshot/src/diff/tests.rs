@@ -613,3 +613,90 @@ fn tree_links_only_names_of_one_layer() {
         ]
     );
 }
+
+/// `compression-level` as BuildKit's compressors take it: gzip's levels
+/// from -1 to 9 (its default is the default), zstd's on the Go encoder's
+/// four speeds, none uncompressed.
+#[test]
+fn compression_levels_are_read_as_buildkit_reads_them() {
+    let level = |v: &str, c: Compression| Level::parse(v, c).map_err(|e| e.to_string());
+    assert!(level("-1", Compression::Gzip)
+        .expect("default")
+        .is_default());
+    assert!(level("6", Compression::Gzip).expect("default").is_default());
+    assert_eq!(level("9", Compression::Gzip).expect("9").gzip(), 9);
+    assert_eq!(level("0", Compression::Gzip).expect("0").gzip(), 0);
+    assert_eq!(
+        level("10", Compression::Gzip),
+        Err("gzip: invalid compression level: 10 (gzip takes -1 to 9)".to_string())
+    );
+    assert_eq!(
+        level("-2", Compression::Gzip),
+        Err("compression-level=-2 (Huffman-only gzip) is not supported yet".to_string())
+    );
+    assert_eq!(
+        level("x", Compression::Zstd),
+        Err("non-integer value x specified for compression-level: strconv.ParseInt: parsing \"x\": invalid syntax".to_string())
+    );
+    for (v, want) in [
+        ("-5", 1),
+        ("2", 1),
+        ("3", 3),
+        ("5", 3),
+        ("6", 7),
+        ("9", 7),
+        ("10", 11),
+        ("22", 11),
+    ] {
+        assert_eq!(
+            level(v, Compression::Zstd).expect(v).zstd(),
+            want,
+            "zstd {v}"
+        );
+    }
+    assert!(level("5", Compression::Zstd).expect("default").is_default());
+    assert!(level("99", Compression::Uncompressed)
+        .expect("none")
+        .is_default());
+}
+
+/// A layer written at another level is another blob of the same tar.
+#[test]
+fn a_level_changes_the_blob_not_the_layer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text: String = (0..20_000)
+        .map(|i| format!("line {i} of a text file\n"))
+        .collect();
+    fs::write(dir.path().join("a.txt"), &text).expect("write");
+    let src = DiffSource::Walk {
+        lower: None,
+        upper: dir.path(),
+    };
+    for c in [Compression::Gzip, Compression::Zstd] {
+        let blob = |level: &str| {
+            let mut out = Vec::new();
+            let level = Level::parse(level, c).expect("level");
+            let (hash, size, _) =
+                stream_layer_reusing(src, (c, level), &mut out, None).expect("layer");
+            assert_eq!(size as usize, out.len());
+            (hash.diff_id, out)
+        };
+        let (fast_id, fast) = blob("1");
+        let (best_id, best) = blob("9");
+        assert_eq!(fast_id, best_id, "{c:?}");
+        assert_ne!(fast, best, "{c:?}");
+        for bytes in [fast, best] {
+            let tar = match c {
+                Compression::Gzip => {
+                    let mut t = Vec::new();
+                    flate2::read::MultiGzDecoder::new(&bytes[..])
+                        .read_to_end(&mut t)
+                        .expect("gunzip");
+                    t
+                }
+                _ => zstd::decode_all(&bytes[..]).expect("unzstd"),
+            };
+            assert_eq!(Digest::of(&tar), fast_id);
+        }
+    }
+}

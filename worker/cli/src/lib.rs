@@ -957,6 +957,8 @@ struct ImageOutput {
     media_types: kiln_engine::oci::MediaTypes,
     /// `force-compression=true`: every layer in `compression`.
     force_compression: bool,
+    /// `compression-level`: the level of the blobs made new.
+    level: kiln_snapshot::diff::Level,
     /// `source-date-epoch`: the exporter's epoch, in place of the
     /// frontend's `SOURCE_DATE_EPOCH`.
     epoch: Option<i64>,
@@ -980,7 +982,8 @@ fn parse_outputs(
     out.cache_only = parsed.iter().any(outputs::Output::is_cache_only)
         && !parsed.iter().any(outputs::Output::is_image);
     let mut annotation_options = Vec::new();
-    // The options [`kiln_engine::exporter_options::media_types`] reads.
+    // The options [`kiln_engine::exporter_options::media_types`] and
+    // [`kiln_engine::exporter_options::compression_level`] read.
     let mut media_options: HashMap<String, String> = HashMap::new();
     for o in parsed {
         for (k, v) in &o.attrs {
@@ -1006,6 +1009,9 @@ fn parse_outputs(
                     media_options.insert(k.clone(), v.clone());
                 }
                 "force-compression" => out.force_compression = outputs::bool_attr(k, v)?,
+                "compression-level" => {
+                    media_options.insert(k.clone(), v.clone());
+                }
                 "unpack" => out.unpack = outputs::bool_attr(k, v)?,
                 "source-date-epoch" => {
                     out.epoch = kiln_engine::exporter_options::source_date_epoch(v)?;
@@ -1023,6 +1029,10 @@ fn parse_outputs(
     out.media_types = kiln_engine::exporter_options::media_types(
         |k| media_options.get(k).map(String::as_str),
         out.annotations.beyond_manifests(),
+    )?;
+    out.level = kiln_engine::exporter_options::compression_level(
+        |k| media_options.get(k).map(String::as_str),
+        out.compression.unwrap_or(Compression::Gzip),
     )?;
     Ok(out)
 }
@@ -1870,6 +1880,7 @@ async fn build(
         annotations: out.annotations.clone(),
         media_types: out.media_types,
         force_compression: out.force_compression,
+        compression_level: out.level,
     };
 
     let cancel = CancellationToken::new();

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use kiln_engine::archive::ArchiveFormat;
 use kiln_engine::build::Solved;
 use kiln_proto::control::Exporter;
-use kiln_snapshot::diff::Compression;
+use kiln_snapshot::diff::{Compression, Level};
 use kiln_solver::ImageConfig;
 use std::collections::HashMap;
 use tonic::Status;
@@ -83,6 +83,7 @@ fn image_format(
     Ok(kiln_engine::export::ImageFormat {
         compression,
         force_compression,
+        level: level(attrs, compression)?,
         epoch: epoch_of(attrs, frontend)?,
         rewrite_timestamp: rewrite_epoch(attrs, Some(0))?.is_some(),
         media: media_types(attrs)?,
@@ -108,34 +109,48 @@ pub fn compression(exporters: &[Exporter]) -> Result<Compression, Status> {
         rewrite_epoch(&e.attrs, None)?;
         check_options(e)?;
     }
+    let compression = match exporters.iter().find_map(|e| e.attrs.get("compression")) {
+        Some(c) => c
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("invalid compression {c:?}")))?,
+        None => Compression::Gzip,
+    };
     for e in exporters {
-        if let Some(c) = e.attrs.get("compression") {
-            return c
-                .parse()
-                .map_err(|_| Status::invalid_argument(format!("invalid compression {c:?}")));
-        }
+        level(&e.attrs, compression)?;
     }
-    Ok(Compression::Gzip)
+    Ok(compression)
+}
+
+/// An exporter's `compression-level` for layers in `compression`.
+fn level(attrs: &HashMap<String, String>, compression: Compression) -> Result<Level, Status> {
+    kiln_engine::exporter_options::compression_level(
+        |k| attrs.get(k).map(String::as_str),
+        compression,
+    )
+    .map_err(|e| match e.to_string() {
+        t if t.ends_with("not supported yet") => Status::unimplemented(t),
+        t => Status::invalid_argument(t),
+    })
 }
 
 /// The compression an image exporter among `exporters` (image store,
 /// oci/docker tar, push) will read the result's layers in, unchanged, so
 /// the solve makes their blobs as the steps commit (the engine's
 /// `BuildRequest::export_blobs`). `None` when no exporter makes an image,
-/// when one rewrites layer times, or when the options are invalid (the
+/// when one rewrites layer times or asks for a compression level (only
+/// the blobs it makes take it), or when the options are invalid (the
 /// build then fails on them before anything runs).
 pub fn export_blobs(exporters: &[Exporter]) -> Option<Compression> {
     let images = exporters
         .iter()
         .any(|e| matches!(e.r#type.as_str(), "image" | "moby" | "oci" | "docker"));
+    let compression = compression(exporters).ok().filter(|_| images)?;
     // Any epoch: does the exporter rewrite times when there is one?
-    let rewrites = exporters
-        .iter()
-        .any(|e| !matches!(rewrite_epoch(&e.attrs, Some(0)), Ok(None)));
-    match (images, rewrites) {
-        (true, false) => compression(exporters).ok(),
-        _ => None,
-    }
+    let rewrites = exporters.iter().any(|e| {
+        !matches!(rewrite_epoch(&e.attrs, Some(0)), Ok(None))
+            || !matches!(level(&e.attrs, compression), Ok(l) if l.is_default())
+    });
+    (!rewrites).then_some(compression)
 }
 
 /// The epoch an image exporter clamps layer times to: with
@@ -916,7 +931,7 @@ mod tests {
             "cannot export annotations with \"oci-mediatypes=false\""
         );
         for (kind, key) in [
-            ("image", "compression-level"),
+            ("image", "prefer-nondist-layers"),
             ("local", "attestation-prefix"),
         ] {
             let e = refused(with(kind, &[(key, "1")]));
@@ -926,6 +941,50 @@ mod tests {
                 format!("output option {key} is not supported yet")
             );
         }
+        // A compression level the build's compression does not take fails
+        // before the build; any zstd level is one of BuildKit's speeds.
+        for (attrs, code, text) in [
+            (
+                &[("compression-level", "10")][..],
+                tonic::Code::InvalidArgument,
+                "gzip: invalid compression level: 10 (gzip takes -1 to 9)",
+            ),
+            (
+                &[("compression-level", "fast")],
+                tonic::Code::InvalidArgument,
+                "non-integer value fast specified for compression-level: strconv.ParseInt: parsing \"fast\": invalid syntax",
+            ),
+            (
+                &[("compression-level", "-2")],
+                tonic::Code::Unimplemented,
+                "compression-level=-2 (Huffman-only gzip) is not supported yet",
+            ),
+        ] {
+            let e = refused(with("image", attrs));
+            assert_eq!((e.code(), e.message()), (code, text));
+        }
+        for ok in [
+            with("image", &[("compression-level", "9")]),
+            with(
+                "oci",
+                &[("compression", "zstd"), ("compression-level", "22")],
+            ),
+            with(
+                "docker",
+                &[("compression", "uncompressed"), ("compression-level", "99")],
+            ),
+        ] {
+            compression(std::slice::from_ref(&ok)).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        // Only the blobs an export makes take a level: none as steps commit.
+        assert_eq!(
+            export_blobs(&[with("image", &[("compression-level", "9")])]),
+            None
+        );
+        assert_eq!(
+            export_blobs(&[with("image", &[("compression-level", "6")])]),
+            Some(Compression::Gzip)
+        );
         // Annotations are read before the build: a bad type fails then.
         for ok in [
             with("image", &[("annotation.a", "1")]),

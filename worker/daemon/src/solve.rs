@@ -621,6 +621,8 @@ pub async fn solve_defined(
         annotations: Default::default(),
         media_types: Default::default(),
         force_compression: false,
+        // kilnd's exporters take their level themselves (`export.rs`).
+        compression_level: Default::default(),
     };
     // The engine runs in a task of its own: the caller (a Control.Solve or
     // LLBBridge.Solve handler) is dropped when its client goes away, and a

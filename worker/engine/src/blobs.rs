@@ -30,7 +30,7 @@ use crate::error::{Result, WorkerError};
 use crate::refs::{Blob, Layer};
 use crate::services::Services;
 use kiln_snapshot::containerd::LeaseId;
-use kiln_snapshot::diff::{compression_of, Compression, DiffError};
+use kiln_snapshot::diff::{compression_of, Compression, DiffError, Level};
 use kiln_snapshot::layer::{commit_layer_reusing, convert_layer, LayerSource};
 use kiln_snapshot::mount::{overlay_dirs, Mount, MountGuard};
 use kiln_snapshot::services::LeaseResource;
@@ -60,17 +60,20 @@ pub fn members_label(compression: Compression) -> String {
 /// in `compression`. Of several blobs a layer has (an earlier forced
 /// export made one more), the one in `compression` is taken where
 /// BuildKit takes the layer's first. A layer of a type kiln does not know
-/// (foreign) is kept as it is. Host mounts go below `mount_dir`.
+/// (foreign) is kept as it is. A blob made new is compressed at `level`
+/// (an existing one is kept at whatever level it has, as in BuildKit).
+/// Host mounts go below `mount_dir`.
 pub async fn ensure(
     svc: &Services,
     layers: &[Layer],
-    compression: Compression,
+    (compression, level): (Compression, Level),
     force: bool,
     lease: &LeaseId,
     mount_dir: &Path,
 ) -> Result<Vec<Layer>> {
     let mut blobs = Blobs::new(svc, compression, lease, mount_dir);
     blobs.force = force;
+    blobs.level = level;
     blobs.chain(layers).await
 }
 
@@ -82,6 +85,8 @@ pub struct Blobs<'a> {
     /// Every blob in `compression` (converted if need be); else an
     /// existing blob of any compression is kept ([`ensure`]).
     force: bool,
+    /// The level of the blobs made new.
+    level: Level,
     lease: &'a LeaseId,
     mount_dir: &'a Path,
     /// By chainID.
@@ -108,6 +113,7 @@ impl<'a> Blobs<'a> {
             svc,
             compression,
             force: true,
+            level: Level::default(),
             lease,
             mount_dir,
             done: HashMap::new(),
@@ -181,7 +187,7 @@ impl<'a> Blobs<'a> {
                         &b.digest,
                         from,
                         &l.diff_id,
-                        to,
+                        (to, self.level),
                         self.lease,
                     )
                     .await?;
@@ -284,7 +290,10 @@ impl<'a> Blobs<'a> {
             },
         };
         let parent_name = i.checked_sub(1).map(|p| chain_ids[p].as_str());
-        let previous = previous_members(self.svc, parent_name, self.compression).await;
+        let previous = match self.level.is_default() {
+            true => previous_members(self.svc, parent_name, self.compression).await,
+            false => None,
+        };
         let r = self.diff(&own, parent.as_ref(), previous.as_deref()).await;
         if let Some(p) = parent {
             p.close(self.svc).await;
@@ -300,6 +309,8 @@ impl<'a> Blobs<'a> {
                 ),
             });
         }
+        // Only a default-level blob offers its members to the next one.
+        let parent_name = parent_name.filter(|_| self.level.is_default());
         label_made(self.svc, name, parent_name, self.compression, &desc).await;
         tracing::debug!(snapshot = name, blob = %desc.digest, "layer blob made on demand");
         Ok(Blob {
@@ -338,7 +349,7 @@ impl<'a> Blobs<'a> {
                     upper,
                     lower: lower.clone(),
                 },
-                self.compression,
+                (self.compression, self.level),
                 self.lease,
                 previous,
             )
@@ -355,7 +366,7 @@ impl<'a> Blobs<'a> {
             commit_layer_reusing(
                 content,
                 LayerSource::Walk { lower, upper },
-                self.compression,
+                (self.compression, self.level),
                 self.lease,
                 previous,
             )
@@ -428,7 +439,7 @@ impl EagerBlob {
         let made = commit_layer_reusing(
             &*svc.content,
             source,
-            compression,
+            (compression, Level::default()),
             lease,
             previous.as_deref(),
         )

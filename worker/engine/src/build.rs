@@ -95,6 +95,10 @@ pub struct BuildRequest {
     pub media_types: crate::oci::MediaTypes,
     /// The image exporter's `force-compression`.
     pub force_compression: bool,
+    /// The image exporter's `compression-level` (only blobs made new take
+    /// it, so a build with one makes its blobs at the export, not as its
+    /// steps commit).
+    pub compression_level: kiln_snapshot::diff::Level,
 }
 
 /// One platform of a multi-platform build ([`Engine::build_index`]).
@@ -406,6 +410,7 @@ impl Engine {
                 &crate::export::ImageFormat {
                     compression: req.compression,
                     force_compression: req.force_compression,
+                    level: req.compression_level,
                     epoch,
                     rewrite_timestamp: req.rewrite_timestamp,
                     media: req.media_types,
@@ -612,12 +617,13 @@ impl Engine {
             blobs_after_commit: Default::default(),
             committed: Default::default(),
             loads: crate::ops::Loads::new(req.result),
-            export_blobs: (req.export_blobs && !req.rewrite_timestamp).then(|| {
-                crate::blobs::ExportBlobs {
-                    compression: req.compression,
-                    vertices: crate::blobs::exported_vertices(&req.graph, req.result),
-                    result: req.result.0,
-                }
+            export_blobs: (req.export_blobs
+                && !req.rewrite_timestamp
+                && req.compression_level.is_default())
+            .then(|| crate::blobs::ExportBlobs {
+                compression: req.compression,
+                vertices: crate::blobs::exported_vertices(&req.graph, req.result),
+                result: req.result.0,
             }),
         });
         let solved = kiln_solver::scheduler::solve(
@@ -1127,7 +1133,7 @@ impl Solved {
         let layers = crate::blobs::ensure(
             &self.engine.svc,
             &self.layers,
-            compression,
+            (compression, format.level),
             format.force_compression,
             &self.lease,
             &self.mount_dir(),
@@ -1141,7 +1147,7 @@ impl Solved {
                     &layers,
                     &config.base_diff_ids,
                     epoch,
-                    compression,
+                    (compression, format.level),
                     &self.lease,
                 )
                 .await?

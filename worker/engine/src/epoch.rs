@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::refs::{Blob, Layer};
 use crate::services::Services;
 use kiln_snapshot::containerd::LeaseId;
-use kiln_snapshot::diff::{compression_of, Compression};
+use kiln_snapshot::diff::{compression_of, Compression, Level};
 use kiln_snapshot::layer::{clamp_layer_times, StoredLayer};
 
 /// `layers` (which all have blobs, see [`crate::blobs::ensure`]) with their
@@ -24,7 +24,7 @@ pub async fn clamp_layers(
     layers: &[Layer],
     base: &[String],
     epoch: i64,
-    compression: Compression,
+    compression: (Compression, Level),
     lease: &LeaseId,
 ) -> Result<(Vec<Layer>, bool)> {
     let shared = layers

@@ -24,6 +24,9 @@ pub struct ImageFormat {
     /// default (false) keeps a layer's existing blob in any compression
     /// ([`crate::blobs::ensure`]).
     pub force_compression: bool,
+    /// `compression-level`: the level of the blobs made new for this
+    /// export (a layer's existing blob is kept, as in BuildKit).
+    pub level: kiln_snapshot::diff::Level,
     /// The exporter's epoch (its `source-date-epoch`, else the frontend's
     /// `SOURCE_DATE_EPOCH`): history times after it, but the base
     /// image's, and the image's `created` are clamped to it.
@@ -40,6 +43,7 @@ impl ImageFormat {
         ImageFormat {
             compression,
             force_compression: false,
+            level: Default::default(),
             epoch: None,
             rewrite_timestamp: false,
             media: oci::MediaTypes::Oci,

@@ -5,6 +5,8 @@
 //! client sent the request: buildx, buildctl, nerdctl), so an option is
 //! never silently ignored.
 
+use kiln_snapshot::diff::{Compression, Level};
+
 /// Why an exporter option was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExporterOptionError {
@@ -32,6 +34,9 @@ pub enum ExporterOptionError {
     /// Two options BuildKit's exporter cannot honour together.
     #[error("exporter option \"{one}\" conflicts with \"{other}\"")]
     Conflict { one: String, other: String },
+    /// A `compression-level` the compression does not take.
+    #[error("{reason}")]
+    Level { reason: String },
 }
 
 /// How kiln treats one option of an exporter type.
@@ -81,7 +86,8 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         (_, "compression") if image_like => Works,
         // Converts layers that have a blob in another compression.
         (_, "force-compression") if image_like => Bool,
-        (_, "compression-level") if image_like => NotYet,
+        // The level of the blobs made new ([`compression_level`]).
+        (_, "compression-level") if image_like => Works,
         // OCI's media types, or Docker's ([`media_types`]).
         (_, "oci-mediatypes") if image_like => StrictBool,
         // Only how attestation manifests are written; kiln makes none
@@ -178,6 +184,21 @@ pub fn check_together<'a>(
         });
     }
     Ok(())
+}
+
+/// An image exporter's `compression-level` (`option` reads its options)
+/// for layers in `compression` (its `compression`, else the build's), as
+/// [`Level::parse`] reads it; the default when it has none.
+pub fn compression_level<'a>(
+    option: impl Fn(&str) -> Option<&'a str>,
+    compression: Compression,
+) -> Result<Level, ExporterOptionError> {
+    match option("compression-level") {
+        Some(v) => Level::parse(v, compression).map_err(|e| ExporterOptionError::Level {
+            reason: e.to_string(),
+        }),
+        None => Ok(Level::default()),
+    }
 }
 
 /// An exporter's `source-date-epoch` option: whole seconds, `None` when

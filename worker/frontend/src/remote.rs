@@ -437,6 +437,7 @@ pub(crate) async fn solve_graph(
         annotations: Default::default(),
         media_types: Default::default(),
         force_compression: false,
+        compression_level: Default::default(),
     };
     let solved = fetch
         .engine

@@ -76,7 +76,7 @@ impl StepRunner {
             let with_blobs = crate::blobs::ensure(
                 &self.svc,
                 &chain,
-                APPLY_COMPRESSION,
+                (APPLY_COMPRESSION, Default::default()),
                 true,
                 &self.lease,
                 &self.mount_dir,

@@ -196,6 +196,7 @@ fn request(args: &[&str], names: &[&str]) -> BuildRequest {
         annotations: Default::default(),
         media_types: Default::default(),
         force_compression: false,
+        compression_level: Default::default(),
     }
 }
 

@@ -105,6 +105,7 @@ fn request(exports: Vec<CacheExport>, imports: Vec<CacheImport>) -> BuildRequest
         annotations: Default::default(),
         media_types: Default::default(),
         force_compression: false,
+        compression_level: Default::default(),
     }
 }
 
