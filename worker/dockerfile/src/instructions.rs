@@ -344,7 +344,9 @@ impl Parser<'_> {
     fn from(&self, node: &Node) -> Result<Stage> {
         let (flags, rest) = extract_flags(&node.rest);
         let mut platform = None;
+        let mut seen = Vec::new();
         for f in flags {
+            self.once(node, &mut seen, &f, &[])?;
             match f.name.as_str() {
                 "platform" => platform = Some(self.flag_value(node, &f)?),
                 _ => return Err(self.unknown_flag(node, &f)),
@@ -413,20 +415,39 @@ impl Parser<'_> {
     }
 
     fn flag_value(&self, node: &Node, f: &Flag) -> Result<String> {
-        f.value
-            .clone()
-            .ok_or_else(|| self.invalid(node.line, format!("missing a value on flag: {}", f.name)))
+        f.value.clone().ok_or_else(|| {
+            self.invalid(node.line, format!("missing a value on flag: --{}", f.name))
+        })
     }
 
+    /// A boolean flag as BuildKit's `BFlags` reads it: bare is true, a
+    /// value is `true` or `false` in any case, `--flag=` has none.
     fn flag_bool(&self, node: &Node, f: &Flag) -> Result<bool> {
-        match f.value.as_deref() {
+        match f.value.as_deref().map(str::to_lowercase).as_deref() {
             None | Some("true") => Ok(true),
             Some("false") => Ok(false),
-            Some(v) => Err(self.invalid(
+            Some("") => {
+                Err(self.invalid(node.line, format!("missing a value on flag: --{}", f.name)))
+            }
+            Some(_) => Err(self.invalid(
                 node.line,
-                format!("expecting boolean value for flag {}, not: {v}", f.name),
+                format!(
+                    "expecting boolean value for flag --{}, not: {}",
+                    f.name,
+                    f.value.as_deref().unwrap_or_default()
+                ),
             )),
         }
+    }
+
+    /// BuildKit's `duplicate flag specified` for a flag given a second
+    /// time; only flags that take several values (`multi`) may be.
+    fn once(&self, node: &Node, seen: &mut Vec<String>, f: &Flag, multi: &[&str]) -> Result<()> {
+        if seen.contains(&f.name) && !multi.contains(&f.name.as_str()) {
+            return Err(self.invalid(node.line, format!("duplicate flag specified: --{}", f.name)));
+        }
+        seen.push(f.name.clone());
+        Ok(())
     }
 
     /// Parses a non-`FROM` line.
@@ -595,7 +616,9 @@ impl Parser<'_> {
         let mut network = None;
         let mut security = None;
         let mut mounts = Vec::new();
+        let mut seen = Vec::new();
         for f in &flags {
+            self.once(node, &mut seen, f, &["mount"])?;
             match f.name.as_str() {
                 // Checked here, as BuildKit's instruction parser does (a
                 // stage the target does not need fails the build too).
@@ -705,7 +728,9 @@ impl Parser<'_> {
             contents: Vec::new(),
             dest: String::new(),
         };
+        let mut seen = Vec::new();
         for f in &flags {
+            self.once(node, &mut seen, f, &["exclude"])?;
             match (f.name.as_str(), add) {
                 ("from", false) => c.from = Some(self.flag_value(node, f)?),
                 ("chown", _) => c.chown = Some(self.flag_value(node, f)?),
@@ -723,15 +748,12 @@ impl Parser<'_> {
             Some(v) => v,
             None => rest.split_whitespace().map(str::to_string).collect(),
         };
-        match words.len() {
-            0 => return Err(self.invalid(node.line, format!("{name} requires at least two arguments"))),
-            1 => {
-                return Err(self.invalid(
-                    node.line,
-                    format!("{name} requires at least two arguments, but only one was provided. Destination could not be determined"),
-                ))
-            }
-            _ => {}
+        // BuildKit's `errNoDestinationArgument`, for no argument too.
+        if words.len() < 2 {
+            return Err(self.invalid(
+                node.line,
+                format!("{name} requires at least two arguments, but only one was provided. Destination could not be determined"),
+            ));
         }
         c.dest = words.pop().unwrap_or_default();
         if !node.heredocs.is_empty() {

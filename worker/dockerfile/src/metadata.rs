@@ -50,7 +50,7 @@ pub fn healthcheck(flags: &[Flag], rest: &str) -> Result<Healthcheck, String> {
         }
         match f.value.as_deref() {
             Some(v) => values[i] = Some(v),
-            None => return Err(format!("missing a value on flag: {}", f.name)),
+            None => return Err(format!("missing a value on flag: --{}", f.name)),
         }
     }
     let test = match typ.as_str() {
@@ -457,7 +457,7 @@ mod tests {
         assert_eq!(err(&[("foo", Some("1"))], "CMD true"), "unknown flag: foo");
         assert_eq!(
             err(&[("interval", None)], "CMD true"),
-            "missing a value on flag: interval"
+            "missing a value on flag: --interval"
         );
         assert_eq!(
             err(
