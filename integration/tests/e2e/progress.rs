@@ -382,6 +382,45 @@ ERROR: failed to build: failed to solve: Dockerfile:3: process \"/bin/sh -c echo
     );
 }
 
+/// An error about a multi-line instruction marks all its lines, as
+/// BuildKit's source ranges do (`node.Location()`): a failing `RUN` with
+/// continuation lines, a failing heredoc `RUN`, and a parse error of a
+/// continued `COPY`, embedded and through kilnd (the details' ranges).
+#[tokio::test]
+async fn a_multi_line_instruction_is_marked_whole() {
+    let ns = "progress-lines";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let cases = [
+        (
+            "run",
+            "FROM busybox\nRUN echo a && \\\n    false\nRUN echo after\n",
+            "Dockerfile:2\n--------------------\n   1 |     FROM busybox\n   2 | >>> RUN echo a && \\\n   3 | >>>     false\n   4 |     RUN echo after\n--------------------\n",
+        ),
+        (
+            "heredoc",
+            "FROM busybox\nRUN <<EOF\necho hi\nexit 3\nEOF\n",
+            "Dockerfile:2\n--------------------\n   1 |     FROM busybox\n   2 | >>> RUN <<EOF\n   3 | >>> echo hi\n   4 | >>> exit 3\n   5 | >>> EOF\n   6 |     \n--------------------\n",
+        ),
+        (
+            "parse",
+            "FROM busybox\nCOPY --chown=1 \\\n  --chown=2 f /p\n",
+            "Dockerfile:2\n--------------------\n   1 |     FROM busybox\n   2 | >>> COPY --chown=1 \\\n   3 | >>>   --chown=2 f /p\n   4 |     \n--------------------\n",
+        ),
+    ];
+    for (name, df, snippet) in cases {
+        let ctx = h.context(&format!("lines-{name}"), &[("Dockerfile", df), ("f", "x")]);
+        let c = ctx.to_str().expect("utf8");
+        for (how, out) in [
+            ("embedded", build(&h, ns, "plain", &[], &[c])),
+            ("kilnd", remote(&h, &k, ns, &[c])),
+        ] {
+            assert!(!out.success, "{name} {how}: {}", out.stderr);
+            assert!(out.stderr.contains(snippet), "{name} {how}: {}", out.stderr);
+        }
+    }
+}
+
 /// Runs `kiln build --progress tty` in a tmux window of `w`×`h` and
 /// returns the screen once it exits.
 fn tty_screen(h: &Harness, ns: &str, ctx: &std::path::Path, w: u32, rows: u32) -> String {

@@ -1797,7 +1797,10 @@ async fn build(
             Err(match at {
                 Some(line) => progress::SolveFailed {
                     message: format!("{e:#}"),
-                    sources: vec![line_source(&source, line)],
+                    sources: vec![line_source(
+                        &source,
+                        kiln_dockerfile::snippet::instruction_lines(&source.text, line),
+                    )],
                 }
                 .into(),
                 None => e,
@@ -1949,7 +1952,7 @@ async fn build(
                 .iter()
                 .filter_map(|v| digests.iter().position(|d| *d == v.vertex.digest))
                 .filter_map(|i| locations.get(i).cloned().flatten())
-                .map(|l| line_source(&source, l.line))
+                .map(|l| line_source(&source, (l.line, l.end_line)))
                 .collect();
             trace.updated.clear();
             return Err(progress::SolveFailed {
@@ -1962,16 +1965,21 @@ async fn build(
     report.report(&results::embedded_response(&result))
 }
 
-/// One line of the Dockerfile as the source of an error, for its snippet.
-fn line_source(source: &kiln_frontend::DockerfileSource, line: usize) -> progress::model::Source {
+/// Lines of the Dockerfile (first and last) as the source of an error,
+/// for its snippet.
+fn line_source(
+    source: &kiln_frontend::DockerfileSource,
+    (line, end_line): (usize, usize),
+) -> progress::model::Source {
     let line = i32::try_from(line).unwrap_or(i32::MAX);
+    let end_line = i32::try_from(end_line).unwrap_or(line).max(line);
     progress::model::Source {
         filename: source.filename.clone(),
         data: source.text.clone().into_bytes(),
         language: "Dockerfile".into(),
         ranges: vec![progress::model::Range {
             start: (line, 0),
-            end: (line, 0),
+            end: (end_line, 0),
         }],
     }
 }

@@ -58,22 +58,13 @@ pub fn of_vertex(
                 ..Default::default()
             },
         );
-        if let Some(line) = v
-            .location
-            .as_ref()
-            .and_then(|l| i32::try_from(l.line).ok())
-            .filter(|l| *l > 0)
-        {
-            let at = llb::Position { line, character: 0 };
+        if let Some(range) = v.location.as_ref().and_then(crate::errdetails::range_of) {
             locations.insert(
                 digest.clone(),
                 llb::Locations {
                     locations: vec![llb::Location {
                         source_index: 0,
-                        ranges: vec![llb::Range {
-                            start: Some(at),
-                            end: Some(at),
-                        }],
+                        ranges: vec![range],
                     }],
                 },
             );

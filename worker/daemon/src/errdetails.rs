@@ -37,7 +37,7 @@ pub struct SourceMap {
 
 impl SourceMap {
     /// The Dockerfile frontend's map: `info` is the Dockerfile, each vertex
-    /// with a location points at its line.
+    /// with a location points at its instruction's lines.
     pub fn dockerfile(info: llb::SourceInfo, graph: &Graph) -> SourceMap {
         let by_vertex = graph
             .vertices
@@ -45,18 +45,8 @@ impl SourceMap {
             .map(|v| {
                 v.location
                     .as_ref()
-                    .and_then(|l| i32::try_from(l.line).ok())
-                    .filter(|line| *line > 0)
-                    .map(|line| {
-                        let at = llb::Position { line, character: 0 };
-                        (
-                            0,
-                            vec![llb::Range {
-                                start: Some(at),
-                                end: Some(at),
-                            }],
-                        )
-                    })
+                    .and_then(range_of)
+                    .map(|r| (0, vec![r]))
                     .into_iter()
                     .collect()
             })
@@ -113,6 +103,21 @@ impl SourceMap {
     }
 }
 
+/// The lines of `l` as BuildKit's Dockerfile frontend gives an
+/// instruction's place (`node.Location()`: its first and last line);
+/// `None` without a line.
+pub fn range_of(l: &kiln_solver::SourceLocation) -> Option<llb::Range> {
+    let line = i32::try_from(l.line).ok().filter(|line| *line > 0)?;
+    let end = i32::try_from(l.end_line).unwrap_or(line).max(line);
+    Some(llb::Range {
+        start: Some(llb::Position { line, character: 0 }),
+        end: Some(llb::Position {
+            line: end,
+            character: 0,
+        }),
+    })
+}
+
 /// `message` without the `FILE:LINE: ` that names one of `sources`
 /// (clients print the source itself, with its name and line, as they do
 /// for BuildKit, whose messages never carry it).
@@ -159,10 +164,10 @@ pub fn with_details(
     tonic::Status::with_details(status.code(), message, rpc.encode_to_vec().into())
 }
 
-/// `status` with the Dockerfile `data` (named `filename`) and `line` as
-/// an `errdefs.Source` detail. Without a line (an error about the whole
-/// file) there is no detail, and the message is BuildKit's text alone,
-/// without kiln's `FILE: `.
+/// `status` with the Dockerfile `data` (named `filename`) and the
+/// instruction at `line` (all its lines) as an `errdefs.Source` detail.
+/// Without a line (an error about the whole file) there is no detail, and
+/// the message is BuildKit's text alone, without kiln's `FILE: `.
 pub fn with_line(
     status: tonic::Status,
     filename: &str,
@@ -175,7 +180,9 @@ pub fn with_line(
             _ => status,
         };
     };
-    let at = llb::Position { line, character: 0 };
+    let first = usize::try_from(line).unwrap_or(0);
+    let (_, end) =
+        kiln_dockerfile::snippet::instruction_lines(&String::from_utf8_lossy(data), first);
     let source = errdefs::Source {
         info: Some(llb::SourceInfo {
             filename: filename.to_string(),
@@ -184,8 +191,11 @@ pub fn with_line(
             language: "Dockerfile".into(),
         }),
         ranges: vec![llb::Range {
-            start: Some(at),
-            end: Some(at),
+            start: Some(llb::Position { line, character: 0 }),
+            end: Some(llb::Position {
+                line: i32::try_from(end).unwrap_or(line),
+                character: 0,
+            }),
         }],
     };
     with_details(status, None, &[source])
@@ -300,6 +310,7 @@ mod tests {
             location: line.map(|line| SourceLocation {
                 file: "Dockerfile".into(),
                 line,
+                end_line: line,
             }),
             ignore_cache: false,
         }

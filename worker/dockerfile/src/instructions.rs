@@ -43,6 +43,8 @@ impl Dockerfile {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stage {
     pub line: usize,
+    /// The `FROM` instruction's last line.
+    pub end_line: usize,
     /// `--platform`, unexpanded.
     pub platform: Option<String>,
     /// The base, unexpanded: an image, `scratch` or an earlier stage.
@@ -56,6 +58,8 @@ pub struct Stage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Command {
     pub line: usize,
+    /// The last line of the instruction (continuations, heredoc bodies).
+    pub end_line: usize,
     /// The logical line, keyword uppercased (`RUN echo hi`).
     pub original: String,
     /// The keyword as written (`run`), as BuildKit names a command.
@@ -261,6 +265,7 @@ pub fn parse_with(
         let instruction = p.instruction(node)?;
         let command = Command {
             line: node.line,
+            end_line: node.end_line,
             original: node.original.clone(),
             word: node.word.clone(),
             instruction,
@@ -380,6 +385,7 @@ impl Parser<'_> {
         }
         Ok(Stage {
             line: node.line,
+            end_line: node.end_line,
             platform,
             base: base.to_string(),
             name,

@@ -51,11 +51,43 @@ pub fn snippet(filename: &str, text: &str, ranges: &[(i64, i64)]) -> String {
     out
 }
 
+/// The first and last line of the instruction of `text` that starts at
+/// `line`, as BuildKit marks an error about it (`node.Location()`: its
+/// continuation lines and heredoc bodies too; an unterminated heredoc runs
+/// to the end of the file). `(line, line)` when no instruction starts
+/// there.
+pub fn instruction_lines(text: &str, line: usize) -> (usize, usize) {
+    match crate::parser::split(text, "") {
+        Ok(lines) => lines
+            .nodes
+            .iter()
+            .find(|n| n.line == line)
+            .map_or((line, line), |n| (line, n.end_line.max(line))),
+        Err(crate::ParseError::Invalid {
+            line: at, message, ..
+        }) if at == line && message == "unterminated heredoc" => {
+            (line, text.split_inclusive('\n').count().max(line))
+        }
+        Err(_) => (line, line),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const FILE: &str = "FROM scratch as base\nENV A $FOO\nFROM base\ncopy a b\nMAINTAINER me\n";
+
+    /// An instruction's lines, as BuildKit 73ed6825c marked them.
+    #[test]
+    fn an_instruction_spans_its_continuations_and_heredocs() {
+        let file =
+            "FROM busybox\nCOPY --chown=1 \\\n  --chown=2 a /p\nRUN <<EOF\necho\nEOF\nRUN x\n";
+        assert_eq!(instruction_lines(file, 2), (2, 3));
+        assert_eq!(instruction_lines(file, 4), (4, 6));
+        assert_eq!(instruction_lines(file, 7), (7, 7));
+        assert_eq!(instruction_lines(file, 3), (3, 3));
+    }
 
     /// As buildkitd 73ed6825c printed them in a lint request's
     /// `result.txt`.
@@ -74,6 +106,13 @@ mod tests {
             "Dockerfile:5\n--------------------\n   3 |     FROM base\n   4 |     copy a b\n   5 | >>> MAINTAINER me\n   6 |     \n--------------------\n"
         );
         assert_eq!(snippet("Dockerfile", FILE, &[]), "");
+        // Several lines: two of context around them.
+        let file = "FROM busybox\nRUN <<EOF\necho hi\n";
+        assert_eq!(instruction_lines(file, 2), (2, 3));
+        assert_eq!(
+            snippet("Dockerfile", file, &[(2, 3)]),
+            "Dockerfile:2\n--------------------\n   1 |     FROM busybox\n   2 | >>> RUN <<EOF\n   3 | >>> echo hi\n   4 |     \n--------------------\n"
+        );
         assert_eq!(snippet("Dockerfile", FILE, &[(9, 9)]), "");
     }
 }

@@ -266,6 +266,7 @@ mod tests {
             location: Some(SourceLocation {
                 file: "Dockerfile".into(),
                 line,
+                end_line: line,
             }),
             ignore_cache: false,
         };

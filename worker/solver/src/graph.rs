@@ -27,6 +27,10 @@ pub struct Edge {
 pub struct SourceLocation {
     pub file: String,
     pub line: usize,
+    /// The instruction's last line (its continuation lines and heredoc
+    /// bodies included): BuildKit's source ranges, and so the `>>>` of an
+    /// error's snippet, cover all of them. `line` for a one-line one.
+    pub end_line: usize,
 }
 
 /// A node of the graph.

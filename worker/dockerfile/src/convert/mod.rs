@@ -560,10 +560,23 @@ impl Converter<'_> {
         Ok(())
     }
 
+    /// The place of the instruction (or `FROM`) starting at `line`, to
+    /// its last line.
     fn location(&self, line: usize) -> Option<SourceLocation> {
+        let end_line = self
+            .df
+            .stages
+            .iter()
+            .flat_map(|s| {
+                std::iter::once((s.line, s.end_line))
+                    .chain(s.commands.iter().map(|c| (c.line, c.end_line)))
+            })
+            .find(|(l, _)| *l == line)
+            .map_or(line, |(_, end)| end.max(line));
         Some(SourceLocation {
             file: self.opts.filename.clone(),
             line,
+            end_line,
         })
     }
 
@@ -1202,6 +1215,7 @@ pub(super) fn parse_trigger(trigger: &str, file: &str, line: usize) -> Result<Co
     };
     Ok(Command {
         line,
+        end_line: line,
         original: format!("ONBUILD {}", c.original),
         word: c.word.clone(),
         instruction: c.instruction.clone(),

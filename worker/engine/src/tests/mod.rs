@@ -853,6 +853,7 @@ async fn a_failed_layer_write_names_the_steps_dockerfile_line() {
     req.graph.vertices[run.0].location = Some(kiln_solver::SourceLocation {
         file: "Dockerfile".into(),
         line: 7,
+        end_line: 7,
     });
     // What a full disk looks like from here: containerd refuses the
     // commit of the step's layer.
