@@ -248,12 +248,10 @@ pub fn hosts_content(hostname: &str, extra: &[HostIp]) -> String {
     s
 }
 
-/// The process's resource limits: the given ones (as BuildKit, they
-/// replace the default), else open files at 1024.
+/// The process's resource limits: the given ones, else none, so the step
+/// inherits the runtime's (as BuildKit resets containerd's default open
+/// files limit of 1024: `s.Process.Rlimits = nil` without ulimits).
 pub fn rlimits(ulimits: &[Ulimit]) -> Vec<PosixRlimit> {
-    if ulimits.is_empty() {
-        return vec![rlimit(PosixRlimitType::RlimitNofile, 1024, 1024)];
-    }
     ulimits
         .iter()
         .filter_map(|u| {
@@ -531,7 +529,8 @@ pub fn build_spec(step: &StepSpec, user: &ResolvedUser, hosts: &Path, resolv: &P
         step.cwd.as_str()
     }));
     process.set_capabilities(Some(capabilities));
-    process.set_rlimits(Some(rlimits(&step.ulimits)));
+    let limits = rlimits(&step.ulimits);
+    process.set_rlimits((!limits.is_empty()).then_some(limits));
     process.set_no_new_privileges(Some(false));
 
     let mut root = Root::default();
@@ -673,12 +672,8 @@ mod tests {
         assert_eq!(want.len(), 13);
         assert!(!want.contains(&Capability::NetRaw));
         assert_eq!(process.no_new_privileges(), Some(false));
-        let rl = process.rlimits().as_ref().expect("rlimits");
-        assert_eq!(rl.len(), 1);
-        assert_eq!(
-            (rl[0].typ(), rl[0].soft(), rl[0].hard()),
-            (PosixRlimitType::RlimitNofile, 1024, 1024)
-        );
+        // No limits: the step inherits the runtime's, as in BuildKit.
+        assert_eq!(process.rlimits(), &None);
     }
 
     #[test]
@@ -948,14 +943,12 @@ mod tests {
     fn extra_hosts_and_ulimits_reach_the_spec() {
         let extra = [HostIp::parse("db=10.0.0.1").expect("valid")];
         assert!(hosts_content("h", &extra).ends_with("ip6-loopback\n10.0.0.1\tdb\n"));
-        let default = rlimits(&[]);
-        assert_eq!(default.len(), 1);
-        assert_eq!(default[0].typ(), PosixRlimitType::RlimitNofile);
+        assert!(rlimits(&[]).is_empty());
         let given = rlimits(&[
             Ulimit::parse("nproc=5:6").expect("valid"),
             Ulimit::parse("core=-1").expect("valid"),
         ]);
-        assert_eq!(given.len(), 2, "the given limits replace the default");
+        assert_eq!(given.len(), 2);
         assert_eq!(given[0].typ(), PosixRlimitType::RlimitNproc);
         assert_eq!((given[0].soft(), given[0].hard()), (5, 6));
         assert_eq!(given[1].soft(), u64::MAX);

@@ -359,6 +359,32 @@ async fn dockerfile_run_steps_are_sandboxed() {
         out.stderr
     );
 
+    // Without --ulimit a step keeps the runtime's open files limit, as in
+    // BuildKit (which drops containerd's default 1024): the hard limit is
+    // containerd's own, through its shim and runc.
+    let hard = std::fs::read_to_string(format!(
+        "/proc/{}/limits",
+        h.containerd_pid().expect("the harness's containerd")
+    ))
+    .expect("limits")
+    .lines()
+    .find(|l| l.starts_with("Max open files"))
+    .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+    .expect("open files hard limit");
+    let ctx = h.context(
+        "nofile",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo nofile-hard=$(ulimit -Hn)\n",
+        )],
+    );
+    let out = h.build(ns, &[ctx.to_str().expect("utf8")]).ok();
+    assert!(
+        kiln_integration::step_printed(&out.stderr, &format!("nofile-hard={hard}")),
+        "{hard}: {}",
+        out.stderr
+    );
+
     let ctx = h.context(
         "unshare",
         &[("Dockerfile", "FROM busybox\nRUN unshare -U true\n")],
