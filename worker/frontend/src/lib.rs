@@ -369,9 +369,18 @@ impl FrontendOptions {
                         opts.resources.set_attr(key, value)?
                     }
                     "shm-size" if value.is_empty() => opts.shm_size = 0,
+                    // Bytes, as Go's ParseInt reads them (BuildKit's text).
                     "shm-size" => {
-                        opts.shm_size = value.parse().map_err(|_| {
-                            invalid(key, value, "expected a size in bytes".to_string())
+                        opts.shm_size = value.parse::<i64>().ok().and_then(|n| u64::try_from(n.max(0)).ok()).ok_or_else(|| {
+                            let why = match value.parse::<i128>() {
+                                Ok(_) => "value out of range",
+                                Err(_) => "invalid syntax",
+                            };
+                            invalid(
+                                key,
+                                value,
+                                format!("failed to parse shm size: strconv.ParseInt: parsing {value:?}: {why}"),
+                            )
                         })?;
                     }
                     "multi-platform" => opts.multi_platform = multi_platform(key, value)?,

@@ -77,7 +77,11 @@ fn process_options_are_parsed_as_buildkit_does() {
         ("add-hosts", "db=10.0.0", "failed to parse IP 10.0.0"),
         ("add-hosts", "db", "invalid key-value pair db"),
         ("ulimit", "as=1", "invalid ulimit type: as"),
-        ("shm-size", "64m", "expected a size in bytes"),
+        (
+            "shm-size",
+            "64m",
+            "failed to parse shm size: strconv.ParseInt: parsing \"64m\": invalid syntax",
+        ),
     ] {
         let e = FrontendOptions::from_attrs(&attrs(&[(key, value)])).expect_err(value);
         assert!(e.to_string().contains(text), "{key}={value}: {e}");
