@@ -71,8 +71,12 @@ pub enum FsutilError {
         #[source]
         source: std::io::Error,
     },
+    /// The sender sent a name that is not UTF-8 (Go's fsutil sends any
+    /// bytes; kiln's paths are strings).
+    #[error("a file name the client sent is not UTF-8: receiving it is not supported yet")]
+    NonUtf8Received,
     /// A file name is not UTF-8 and cannot be sent.
-    #[error("path {path:?} is not valid UTF-8")]
+    #[error("file name {path:?} is not UTF-8: sending it is not supported yet")]
     NonUtf8Path { path: std::path::PathBuf },
     /// An include or exclude pattern does not compile.
     #[error("invalid pattern")]
@@ -106,6 +110,7 @@ impl FsutilError {
             | InvalidPacketType { .. }
             | NonUtf8Path { .. }
             | Pattern { .. } => ErrorKind::InvalidArgument,
+            NonUtf8Received => ErrorKind::Unimplemented,
             FromSender { .. } | FromReceiver { .. } | Task { .. } => ErrorKind::Internal,
             UnexpectedEof | Closed => ErrorKind::Unavailable,
             Transport { status } => ErrorKind::from_code(status.code()),

@@ -160,6 +160,11 @@ where
                             return Ok(());
                         }
                     }
+                    // prost refuses a `string` that is not UTF-8 (a path
+                    // or link target) while decoding the packet.
+                    Some(Err(status)) if status.message().contains("not UTF-8 encoded") => {
+                        return Err(FsutilError::NonUtf8Received)
+                    }
                     Some(Err(status)) => return Err(FsutilError::Transport { status }),
                     // Dropping `in_tx` tells the applier.
                     None => return Ok(()),

@@ -328,9 +328,10 @@ impl Walker {
                 return Err(FsutilError::Closed);
             }
             let abs = dir.join(&name);
-            let Some(name) = name.to_str() else {
-                return Err(FsutilError::NonUtf8Path { path: abs });
-            };
+            // A name that is not UTF-8 cannot be sent (fsutil's paths are
+            // strings here); one the filters leave out is no matter.
+            let utf8 = name.to_str().is_some();
+            let name = name.to_string_lossy();
             let rel = if dir_rel.is_empty() {
                 name.to_string()
             } else {
@@ -362,6 +363,9 @@ impl Walker {
             }
             if !include && !descend {
                 continue;
+            }
+            if !utf8 {
+                return Err(FsutilError::NonUtf8Path { path: abs });
             }
             let stat = self.stat_of(&abs, rel.clone(), &md)?;
             if include {

@@ -532,6 +532,59 @@ async fn a_follow_path_naming_the_root_sends_everything_and_one_above_it_nothing
     assert_eq!(got, set(&["a.txt"]));
 }
 
+/// A file name that is not UTF-8 fails the transfer naming it, unless the
+/// filters leave it out (a Dockerfile's own transfer from its directory).
+#[tokio::test]
+async fn a_name_that_is_not_utf8_fails_only_when_sent() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    std::fs::create_dir_all(&dest).expect("mkdir");
+    write(&src.join("Dockerfile"), b"FROM scratch\n");
+    let bad = src.join(std::ffi::OsStr::from_bytes(b"bad-\xff"));
+    write(&bad, b"x");
+    let only_dockerfile = SendOptions {
+        include_patterns: vec!["Dockerfile".into()],
+        ..SendOptions::default()
+    };
+    let (s, r, _) = transfer(&src, only_dockerfile, &dest, ReceiveOptions::default()).await;
+    s.expect("send");
+    r.expect("receive");
+    assert!(dest.join("Dockerfile").exists());
+    let (s, _, _) = transfer(
+        &src,
+        SendOptions::default(),
+        &dest,
+        ReceiveOptions::default(),
+    )
+    .await;
+    let e = s.expect_err("a name that is not UTF-8").to_string();
+    assert!(
+        e.contains("bad-\\xFF") && e.contains("not supported yet"),
+        "{e}"
+    );
+}
+
+/// A packet whose path is not UTF-8 (Go's fsutil sends any bytes) fails
+/// the receive with a clear "not supported yet", not a decode error.
+#[tokio::test]
+async fn a_received_name_that_is_not_utf8_is_refused_clearly() {
+    use prost::Message;
+    // Stat{path: "bad-\xff"} as a Go sender encodes it: prost refuses it
+    // while tonic decodes the stream, and says why.
+    let decode =
+        Stat::decode(&[0x0a, 0x05, b'b', b'a', b'd', b'-', 0xff][..]).expect_err("not UTF-8");
+    let status = tonic::Status::internal(format!("failed to decode Protobuf message: {decode}"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tx, _rx) = mpsc::channel::<Packet>(4);
+    let stream = tokio_stream::iter(vec![Err(status)]);
+    let e = receive_dir(tmp.path(), stream, tx, ReceiveOptions::default())
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, FsutilError::NonUtf8Received), "{e}");
+    assert!(e.to_string().contains("not supported yet"), "{e}");
+}
+
 /// With link groups, a later name of one inode is sent as a hard link
 /// only within its group; across groups it is a file of its own, received
 /// as a separate file with the same contents.
