@@ -388,8 +388,18 @@ pub fn step_mounts(step: &StepSpec, hosts: &Path, resolv: &Path) -> Vec<Mount> {
             "cgroup",
             &["nosuid", "noexec", "nodev", "relatime", sys_mode],
         ),
-        mount("/etc/hosts", "bind", hosts, &["rbind", "ro"]),
-        mount("/etc/resolv.conf", "bind", resolv, &["rbind", "ro"]),
+        mount(
+            "/etc/hosts",
+            "bind",
+            hosts,
+            &["nosuid", "noexec", "nodev", "rbind", "ro"],
+        ),
+        mount(
+            "/etc/resolv.conf",
+            "bind",
+            resolv,
+            &["nosuid", "noexec", "nodev", "rbind", "ro"],
+        ),
     ];
     for m in &step.mounts {
         mounts.push(match m {
@@ -710,8 +720,8 @@ mod tests {
                 "cgroup",
                 "nosuid,noexec,nodev,relatime,ro",
             ),
-            ("/etc/hosts", "bind", "rbind,ro"),
-            ("/etc/resolv.conf", "bind", "rbind,ro"),
+            ("/etc/hosts", "bind", "nosuid,noexec,nodev,rbind,ro"),
+            ("/etc/resolv.conf", "bind", "nosuid,noexec,nodev,rbind,ro"),
             ("/cache", "bind", "rbind,ro"),
             ("/tmp", "tmpfs", "nosuid,nodev,mode=1777,size=1048576"),
         ];
