@@ -421,6 +421,30 @@ async fn a_multi_line_instruction_is_marked_whole() {
     }
 }
 
+/// An image a `COPY --from` names is resolved with the bases, as BuildKit
+/// resolves it (a stage of its own): `[internal] load metadata for …`,
+/// embedded and through kilnd.
+#[tokio::test]
+async fn an_image_copied_from_is_looked_up_like_a_base() {
+    let ns = "progress-copy-from";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let df = "FROM scratch\nCOPY --from=busybox /bin/busybox /bb\n";
+    let ctx = h.context("copy-from-image", &[("Dockerfile", df)]);
+    let c = ctx.to_str().expect("utf8");
+    for (how, out) in [
+        ("embedded", build(&h, ns, "plain", &[], &[c]).ok()),
+        ("kilnd", remote(&h, &k, ns, &[c]).ok()),
+    ] {
+        assert!(
+            out.stderr
+                .contains("[internal] load metadata for docker.io/library/busybox:latest\n"),
+            "{how}: {}",
+            out.stderr
+        );
+    }
+}
+
 /// Runs `kiln build --progress tty` in a tmux window of `w`×`h` and
 /// returns the screen once it exits.
 fn tty_screen(h: &Harness, ns: &str, ctx: &std::path::Path, w: u32, rows: u32) -> String {

@@ -1782,13 +1782,10 @@ async fn build(
         Err(e) => {
             let hint = base_image_hint(&e, &namespace);
             // A Dockerfile error about one line gets buildx's snippet of it.
-            let at = match &e {
-                kiln_frontend::FrontendError::Dockerfile(p) => {
-                    failed_warnings = source.parse_warnings(&opts, p);
-                    p.line()
-                }
-                _ => None,
-            };
+            if let kiln_frontend::FrontendError::Dockerfile(p) = &e {
+                failed_warnings = source.parse_warnings(&opts, p);
+            }
+            let at = e.line();
             let e = anyhow::Error::from(e);
             let e = match hint {
                 Some(h) => e.context(h),

@@ -691,17 +691,15 @@ async fn plan(
         Ok(p) => p,
         Err(Planning::Fetch(s) | Planning::Policy(s)) => return Err(s),
         Err(Planning::Frontend(e)) => {
-            // A Dockerfile error about a line carries it as BuildKit's
-            // source detail, so clients print the snippet.
-            let line = match &e {
-                FrontendError::Dockerfile(p) => {
-                    // The checks BuildKit's parser ran before it failed.
-                    let ran = source.parse_warnings(&opts, p);
-                    crate::status::warnings(job, &load_name, &filename, &source.text, &ran);
-                    p.line()
-                }
-                _ => None,
-            };
+            // A Dockerfile error about a line (a bad instruction, a base
+            // image that does not resolve) carries it as BuildKit's source
+            // detail, so clients print the snippet.
+            if let FrontendError::Dockerfile(p) = &e {
+                // The checks BuildKit's parser ran before it failed.
+                let ran = source.parse_warnings(&opts, p);
+                crate::status::warnings(job, &load_name, &filename, &source.text, &ran);
+            }
+            let line = e.line();
             return Err(crate::errdetails::with_line(
                 frontend_status(&e),
                 &filename,

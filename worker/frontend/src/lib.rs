@@ -107,8 +107,10 @@ pub enum FrontendError {
         hint.as_ref().map(|h| format!(" (did you mean {h}?)")).unwrap_or_default()
     )]
     BaseImage {
-        /// The `FROM` word, when one names the image.
+        /// The `FROM` (or `--from`) word, when one names the image.
         name: Option<String>,
+        /// The line of the instruction that names it.
+        line: Option<usize>,
         image: String,
         error: Box<WorkerError>,
         hint: Option<String>,
@@ -116,6 +118,16 @@ pub enum FrontendError {
 }
 
 impl FrontendError {
+    /// The Dockerfile line the error is about, if one: where BuildKit's
+    /// error points (its source detail, the snippet clients print).
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            FrontendError::Dockerfile(p) => p.line(),
+            FrontendError::BaseImage { line, .. } => *line,
+            _ => None,
+        }
+    }
+
     /// The error's kind, for the daemon's gRPC status.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -1318,12 +1330,14 @@ async fn resolve_bases<I: ImageConfigs>(
         {
             Ok(cfg) => cfg,
             Err(source) => {
+                let place = df.base_image_place(image);
                 return Err(FrontendError::BaseImage {
-                    name: df.base_image_name(image).map(str::to_string),
+                    name: place.map(|(word, _)| word.to_string()),
+                    line: place.map(|(_, line)| line),
                     image: image.clone(),
                     error: Box::new(source),
                     hint: df.base_image_hint(image),
-                })
+                });
             }
         };
         if let Some(digest) = images.pinned_digest(image, base.platform.as_ref()) {

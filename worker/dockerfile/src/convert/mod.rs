@@ -93,9 +93,11 @@ pub struct ContextRead {
 impl Dockerfile {
     /// The normalized base image refs (after `ARG` expansion) of the
     /// `FROM` lines of the stages the target needs, without `scratch` and
-    /// stage names, each once. The caller resolves their configs and passes
-    /// them to [`to_graph`]. Images used only by `COPY --from` or
-    /// `RUN --mount=from=` are not listed: their config is not needed.
+    /// stage names, then those the needed stages read with `COPY --from`
+    /// or `RUN --mount from=`, each once. The caller resolves their configs
+    /// (as BuildKit resolves an image a `--from` names, as a stage of its
+    /// own: `[internal] load metadata for …`, and its errors) and passes
+    /// them to [`to_graph`].
     pub fn base_images(&self, opts: &BuildOptions) -> Result<Vec<String>> {
         self.base_images_with(opts, &BTreeMap::new())
     }
@@ -144,18 +146,40 @@ impl Dockerfile {
                 }
             }
         }
+        for (i, reads) in plan.image_reads.iter().enumerate() {
+            for r in reads.iter().filter(|_| plan.needed[i]) {
+                let b = crate::BaseRef {
+                    reference: r.clone(),
+                    platform: plan.op_platform(i),
+                };
+                if !out.contains(&b) {
+                    out.push(b);
+                }
+            }
+        }
         Ok(out)
     }
 }
 
 impl Dockerfile {
-    /// The `FROM` word that gave base image `reference` (a normalized
-    /// reference), as BuildKit names the image in its errors.
-    pub fn base_image_name(&self, reference: &str) -> Option<&str> {
+    /// The `FROM` word (else the `--from` or `from=` word) that gave base
+    /// image `reference` (a normalized reference), as BuildKit names the
+    /// image in its errors, and the line of its instruction (where
+    /// BuildKit's error points).
+    pub fn base_image_place(&self, reference: &str) -> Option<(&str, usize)> {
+        let names = |w: &str| normalize(w).ok().as_deref() == Some(reference);
         self.stages
             .iter()
-            .find(|s| normalize(&s.base).ok().as_deref() == Some(reference))
-            .map(|s| s.base.as_str())
+            .find(|s| names(&s.base))
+            .map(|s| (s.base.as_str(), s.line))
+            .or_else(|| {
+                self.stages.iter().flat_map(|s| &s.commands).find_map(|c| {
+                    plan::from_refs(c)
+                        .into_iter()
+                        .find(|w| names(w))
+                        .map(|w| (w, c.line))
+                })
+            })
     }
 
     /// A "did you mean" for a base image that could not be resolved: the

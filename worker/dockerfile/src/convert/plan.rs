@@ -137,6 +137,10 @@ pub(super) struct Plan {
     pub(super) stages: Vec<StagePlan>,
     pub(super) target: usize,
     pub(super) needed: Vec<bool>,
+    /// The images each stage reads (`COPY --from`, `RUN --mount from=`),
+    /// as normalized references: BuildKit makes each a stage of its own
+    /// and resolves its metadata with the bases'.
+    pub(super) image_reads: Vec<Vec<String>>,
     /// Stage labels for vertex names (`build`, `stage-1`, or none when the
     /// build has a single stage).
     pub(super) display: Vec<String>,
@@ -270,6 +274,8 @@ impl Plan {
 
         // Dependencies, then the stages reachable from the target.
         let mut image_sources = 0;
+        // The images each stage's commands read (`--from`, `from=`).
+        let mut image_reads: Vec<Vec<String>> = vec![Vec::new(); df.stages.len()];
         let mut deps: Vec<Vec<usize>> = Vec::new();
         // The stages each stage's commands read, with the reading line.
         let mut reads: Vec<Vec<(usize, usize)>> = Vec::new();
@@ -323,6 +329,10 @@ impl Plan {
                             d.push(k);
                             reads[i].push((k, s.line));
                         }
+                        Source::Image(r) => {
+                            image_reads[i].push(r);
+                            image_sources += 1;
+                        }
                         _ => image_sources += 1,
                     }
                 }
@@ -333,6 +343,10 @@ impl Plan {
                         Source::Stage(j) => {
                             d.push(j);
                             reads[i].push((j, c.line));
+                        }
+                        Source::Image(r) => {
+                            image_reads[i].push(r);
+                            image_sources += 1;
                         }
                         _ => image_sources += 1,
                     }
@@ -391,6 +405,7 @@ impl Plan {
             stages,
             target,
             needed,
+            image_reads,
             display,
             build_platform: build,
         })

@@ -490,13 +490,19 @@ RUN echo $TARGETPLATFORM $TARGETARCH $BUILDARCH
                 reference: "docker.io/library/busybox:latest".into(),
                 platform: Some(arm64.clone())
             },
+            // The image a `--from` names, for the stage that reads it.
+            crate::BaseRef {
+                reference: "docker.io/library/alpine:latest".into(),
+                platform: Some(arm64.clone())
+            },
         ]
     );
     assert_eq!(
         df.base_images(&o).expect("plans"),
         [
             "docker.io/library/busybox:latest",
-            "docker.io/library/busybox:latest linux/arm64"
+            "docker.io/library/busybox:latest linux/arm64",
+            "docker.io/library/alpine:latest linux/arm64"
         ]
     );
     let b = build(src, &o).expect("builds");
