@@ -182,6 +182,7 @@ fn run(
         reuse,
         links,
         linked_inodes: HashMap::new(),
+        stamped: Vec::new(),
     };
 
     // Each required path must exist (and not be hidden) on its own: an
@@ -260,6 +261,9 @@ fn run(
             target.parent(dest_root)
         };
         created.extend(root::mkdir_all(dest_root, &parent, dir_attrs)?);
+        if op.timestamp.is_some() {
+            copier.stamped.clone_from(&created);
+        }
         let ign_rel = src.resolved.rel_str();
         copier.copy_entry(&src.resolved.host, &ign_rel, "", &target.host, false)?;
     }
@@ -297,6 +301,22 @@ struct Copier<'a> {
     /// (source, destination): written after all if the copy meets the
     /// inode again, so the copy's own hard links stay its own.
     linked_inodes: HashMap<(u64, u64), (PathBuf, PathBuf)>,
+    /// Directories this copy created whose times it sets afterwards (at
+    /// the op's timestamp, [`root::restamp`]).
+    stamped: Vec<PathBuf>,
+}
+
+/// Whether the copy sets the times of `dst`'s parent: a directory it
+/// copies (its times applied once its entries are written) or one it
+/// created to be restamped (`stamped`).
+fn parent_stamped(pending: &[Pending], stamped: &[PathBuf], dst: &Path) -> bool {
+    let Some(parent) = dst.parent() else {
+        return false;
+    };
+    pending
+        .iter()
+        .any(|p| p.dst == parent && (p.copied || p.created_late))
+        || stamped.iter().any(|d| d == parent)
 }
 
 impl Copier<'_> {
@@ -576,6 +596,7 @@ impl Copier<'_> {
             if let (Some((_, out)), Ok(rel)) =
                 (self.reuse.as_mut(), dst.strip_prefix(self.dest_root))
             {
+                let keep_parent_times = parent_stamped(&self.pending, &self.stamped, dst);
                 out.deferred.push(Deferred {
                     src: src.to_path_buf(),
                     rel: rel.to_path_buf(),
@@ -585,6 +606,7 @@ impl Copier<'_> {
                     mode: want.mode,
                     atime_ns: want.atime_ns,
                     mtime_ns: want.mtime_ns,
+                    keep_parent_times,
                 });
                 out.manifest.insert(key, content);
                 return Ok(());
@@ -630,6 +652,7 @@ impl Copier<'_> {
         else {
             return false;
         };
+        let keep_parent_times = parent_stamped(&self.pending, &self.stamped, dst);
         out.push(Deferred {
             src: src.to_path_buf(),
             rel: dst_rel.to_path_buf(),
@@ -639,6 +662,7 @@ impl Copier<'_> {
             mode: want.mode,
             atime_ns,
             mtime_ns,
+            keep_parent_times,
         });
         true
     }

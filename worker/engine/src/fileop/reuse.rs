@@ -55,6 +55,12 @@ pub struct Deferred {
     pub mode: u32,
     pub atime_ns: i64,
     pub mtime_ns: i64,
+    /// The copy set the times of the file's parent directory (one it
+    /// copied, or created at the op's timestamp), so placing the file
+    /// keeps them; any other parent takes the time of the placement, as a
+    /// file created in it through the mount gives it (BuildKit's copy
+    /// leaves such a directory's times to the kernel).
+    pub keep_parent_times: bool,
 }
 
 /// What an incremental copy did besides copying.
@@ -218,15 +224,16 @@ fn hides_lower(dir: &Path, rel: &Path) -> bool {
 
 /// Puts deferred files below `base`: hard links from the previous result
 /// with `link`, else (or when a link fails, e.g. too many links) fresh
-/// copies of the source with the intended metadata. Each parent directory
-/// keeps the times it had before (the copy set them). Call it on the
-/// unmounted upper directory to link; a copy may go through a mount.
+/// copies of the source with the intended metadata. A parent directory
+/// whose times the copy set keeps them ([`Deferred::keep_parent_times`]).
+/// Call it on the unmounted upper directory to link; a copy may go
+/// through a mount.
 pub fn place(base: &Path, items: &[Deferred], link: bool) -> Result<()> {
     let mut parents: Vec<(PathBuf, Metadata)> = Vec::new();
     let mut seen: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     for it in items {
         let dst = base.join(&it.rel);
-        if let Some(parent) = dst.parent() {
+        if let Some(parent) = dst.parent().filter(|_| it.keep_parent_times) {
             if seen.insert(parent.to_path_buf()) {
                 let md = std::fs::symlink_metadata(parent).map_err(io_err("stat", base, parent))?;
                 parents.push((parent.to_path_buf(), md));
@@ -313,6 +320,36 @@ mod tests {
             .digest(ctx, &CopySelection::all(), &[])
             .expect("digest");
         cache.known_files(ctx)
+    }
+
+    /// A placed file's parent keeps the times the copy gave it, and only
+    /// those: a directory the copy did not stamp takes the placement's
+    /// time, as a file created in it would give it.
+    #[test]
+    fn a_parent_keeps_only_the_times_the_copy_set() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let (old, up) = (base.path().join("old"), base.path().join("up"));
+        for d in ["kept", "bumped"] {
+            std::fs::create_dir_all(up.join(d)).expect("mkdir");
+            meta::set_times(&up, &up.join(d), 1_000_000_000, 1_000_000_000).expect("times");
+        }
+        write(&old, "f", "x");
+        let item = |dir: &str, keep: bool| Deferred {
+            src: old.join("f"),
+            rel: PathBuf::from(dir).join("f"),
+            old: old.join("f"),
+            uid: 0,
+            gid: 0,
+            mode: 0o644,
+            atime_ns: 0,
+            mtime_ns: 0,
+            keep_parent_times: keep,
+        };
+        place(&up, &[item("kept", true), item("bumped", false)], true).expect("placed");
+        let mtime = |d: &str| std::fs::metadata(up.join(d)).expect("stat").mtime();
+        assert_eq!(mtime("kept"), 1);
+        assert!(mtime("bumped") > 1_000_000, "{}", mtime("bumped"));
+        assert_eq!(ino(&up, "kept/f"), ino(&old, "f"));
     }
 
     #[test]
