@@ -152,3 +152,41 @@ async fn copy_from_a_kept_context_links_its_files_and_later_changes_leave_them_a
     drop(k);
     assert_eq!(h.leftovers(ns).expect("ctr"), Vec::<String>::new());
 }
+
+/// A linked file placed in a directory the copy did not create or copy
+/// (an existing `/x` of `COPY f /x/f`) gives that directory the time of
+/// the copy, as the kernel does for BuildKit's copy; a directory the copy
+/// copies keeps the source's time.
+#[tokio::test]
+async fn an_existing_directory_takes_the_time_of_a_linked_copy() {
+    let ns = "context-links-times";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let df = "FROM busybox\n\
+              RUN mkdir -p /x /y && touch -d '2010-01-01 00:00:00' /x /y\n\
+              COPY f /x/f\n\
+              COPY d /y/d\n\
+              RUN stat -c 'mtime %n %Y' /x /y/d\n";
+    let ctx = h.context(
+        "links-times",
+        &[("Dockerfile", df), ("f", "f\n"), ("d/g", "g\n")],
+    );
+    let d = ctx.join("d");
+    let set = std::process::Command::new("touch")
+        .args(["-d", "@1293840000"])
+        .arg(&d)
+        .status()
+        .expect("touch");
+    assert!(set.success());
+    let out = remote(&h, &k, ns, &[ctx.to_str().expect("utf8")]).ok();
+    let mtime = |path: &str| -> i64 {
+        out.stderr
+            .lines()
+            .find_map(|l| l.split_once(&format!("mtime {path} ")))
+            .and_then(|(_, t)| t.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{path}: {}", out.stderr))
+    };
+    // 2010-01-01 and 2011-01-01 UTC.
+    assert!(mtime("/x") > 1_262_304_000 + 86_400, "{}", out.stderr);
+    assert_eq!(mtime("/y/d"), 1_293_840_000, "{}", out.stderr);
+}
