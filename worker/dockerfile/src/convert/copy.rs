@@ -169,7 +169,7 @@ impl Converter<'_> {
                     let edge = self.add(Vertex {
                         op: Op::Source(r.op.clone()),
                         inputs: Vec::new(),
-                        name: self.display_name(c, &st.env),
+                        name: self.display_name(c, "", &st.env),
                         location: self.location(line),
                         ignore_cache: self.opts.no_cache,
                     })?;
@@ -371,7 +371,7 @@ impl Converter<'_> {
         inputs: Inputs,
         base: Edge,
     ) -> Result<()> {
-        let display = self.display_name(c, &st.env);
+        let display = self.display_name(c, "", &st.env);
         let name = progress.name(&display, &st.env);
         let copy = self.add(Vertex {
             op,

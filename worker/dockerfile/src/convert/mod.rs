@@ -569,10 +569,7 @@ impl Converter<'_> {
         op: Op,
         inputs: Inputs,
     ) -> Result<()> {
-        let name = progress.name(
-            &format!("{}{suffix}", self.display_name(c, &st.env)),
-            &st.env,
-        );
+        let name = progress.name(&self.display_name(c, suffix, &st.env), &st.env);
         let v = self.add(Vertex {
             op,
             inputs: inputs.0,
@@ -1141,11 +1138,13 @@ impl Converter<'_> {
         Ok(())
     }
 
-    /// The vertex name: the instruction as written, variables expanded
-    /// where the builder expands them. A `RUN` shows the values of the
-    /// variables the step's env has (a secret's env var as `****`), its
-    /// quotes and unset variables as written, as BuildKit names it.
-    fn display_name(&self, c: &Command, env: &[String]) -> String {
+    /// The vertex name: the instruction as written with `suffix` (a
+    /// heredoc `RUN`'s summary of its script), variables expanded where
+    /// the builder expands them. A `RUN` shows the values of the variables
+    /// the step's env has (a secret's env var as `****`), its quotes and
+    /// unset variables as written, as BuildKit names it (its summary too).
+    fn display_name(&self, c: &Command, suffix: &str, env: &[String]) -> String {
+        let text = format!("{}{suffix}", c.original);
         if let Instruction::Run(run) = &c.instruction {
             let mut env = env.to_vec();
             for m in &run.mounts {
@@ -1154,14 +1153,9 @@ impl Converter<'_> {
                     let _ = crate::shell::add_env(&mut env, var, "****");
                 }
             }
-            return self
-                .lex
-                .process_name(&c.original, &env)
-                .unwrap_or_else(|_| c.original.clone());
+            return self.lex.process_name(&text, &env).unwrap_or(text);
         }
-        self.lex
-            .process_word(&c.original, env)
-            .unwrap_or_else(|_| c.original.clone())
+        self.lex.process_word(&text, env).unwrap_or(text)
     }
 
     /// Expands keys and values; every value sees the env from before the

@@ -1781,3 +1781,21 @@ fn step_platforms_are_named_as_buildkits() {
         );
     }
 }
+
+/// A heredoc `RUN`'s name shows its script's summary with the step's
+/// variables expanded, the quoted heredoc's too (as BuildKit 73ed6825c
+/// named them).
+#[test]
+fn a_heredoc_runs_name_expands_its_summary() {
+    let src = "FROM busybox\nARG V=val\nENV E=env\nRUN <<'EOF'\necho \"q $V $E\"\nEOF\nRUN <<EOF\necho \"u $V $E\"\nEOF\n";
+    let b = build(src, &opts()).expect("converts");
+    let names = vertex_names(&b);
+    assert!(
+        names.contains(&"[2/3] RUN <<'EOF' (echo \"q val env\")".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"[3/3] RUN <<EOF (echo \"u val env\")".to_string()),
+        "{names:?}"
+    );
+}
