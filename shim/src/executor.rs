@@ -298,13 +298,16 @@ impl ContainerdExecutor {
         let mut annotations = oci.annotations().clone().unwrap_or_default();
         annotations.insert(GROUP_ANNOTATION.to_string(), joining.name());
         oci.set_annotations(Some(annotations));
-        // The standard mounts' points stay in the layer, as in BuildKit's.
+        // The standard mounts' points stay in the layer, as in BuildKit's;
+        // those of the step's own mounts go (a `shm-size` tmpfs on
+        // /dev/shm is one: BuildKit's stub cleaner then removes a /dev the
+        // run created). The standard mounts come first ([`spec::step_mounts`]).
         let dests: Vec<String> = oci
             .mounts()
             .iter()
             .flatten()
+            .skip(spec::STANDARD_MOUNT_POINTS.len())
             .map(|m| m.destination().to_string_lossy().into_owned())
-            .filter(|d| !spec::STANDARD_MOUNT_POINTS.contains(&d.as_str()))
             .collect();
         stack.push(Undo::MountPoints(MountPoints::record(
             &root,

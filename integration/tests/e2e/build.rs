@@ -461,3 +461,53 @@ async fn zstd_and_uncompressed_layers_export_and_run() {
         assert_eq!(printed, content);
     }
 }
+
+/// The names of the entries of the top layer of image `name`.
+fn top_layer_names(h: &Harness, ns: &str, name: &str) -> Vec<String> {
+    let m = h.manifest(ns, name);
+    let digest = m["layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(|l| l["digest"].as_str())
+        .expect("a top layer")
+        .to_string();
+    let blob = common::blob(h, ns, &digest);
+    let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(&blob[..]));
+    a.entries()
+        .expect("tar")
+        .map(|e| {
+            let e = e.expect("entry");
+            let p = e.path().expect("path").display().to_string();
+            p.trim_end_matches('/').to_string()
+        })
+        .collect()
+}
+
+/// `--shm-size` is a tmpfs mount of the step's own on /dev/shm, as in
+/// BuildKit: its mount point is removed after the run like any step
+/// mount's, so a /dev the run created is not in the layer (the standard
+/// mounts' points, /proc and /sys, stay, as in BuildKit's).
+#[tokio::test]
+async fn a_shm_size_mount_leaves_no_dev_in_the_layer() {
+    let ns = "shm-layer";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
+        "shm-layer",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN df -k /dev/shm | tail -n 1 > /s\n",
+        )],
+    );
+    let c = ctx.to_str().expect("utf8");
+    h.build(ns, &["-t", "shm:sized", "--shm-size", "67108864", c])
+        .ok();
+    let sized = top_layer_names(&h, ns, "docker.io/library/shm:sized");
+    assert!(
+        sized.contains(&"s".to_string()) && sized.contains(&"proc".to_string()),
+        "{sized:?}"
+    );
+    assert!(!sized.contains(&"dev".to_string()), "{sized:?}");
+    h.build(ns, &["-t", "shm:plain", "--no-cache", c]).ok();
+    let plain = top_layer_names(&h, ns, "docker.io/library/shm:plain");
+    assert!(plain.contains(&"dev".to_string()), "{plain:?}");
+}
