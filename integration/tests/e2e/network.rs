@@ -332,11 +332,12 @@ fn kilnd_grants_network_host_only_when_allowed_and_asked() {
             )
             .await
             .expect("kilnd starts");
-        // Allowed but not asked for: refused.
+        // Allowed but not asked for: refused, with BuildKit's text.
         let out = remote(&h, &k, ns, &[c]);
         assert!(!out.success);
         assert!(
-            out.stderr.contains("network.host is not allowed"),
+            out.stderr
+                .contains("failed to solve: failed to load LLB: network.host is not allowed"),
             "{}",
             out.stderr
         );

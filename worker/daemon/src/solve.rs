@@ -551,12 +551,18 @@ pub async fn solve_defined(
         }
     };
     // A step needing an entitlement the build was not granted fails the
-    // build here, before any step runs (host network, insecure mode).
+    // build here, before any step runs (host network, insecure mode), with
+    // BuildKit's text (its LLB loader's, with no place in the file).
     job.entitlements
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .check_graph(&graph)
-        .map_err(|e| Status::new(e.kind().code(), e.to_string()))?;
+        .map_err(|e| match e {
+            kiln_engine::entitlements::EntitlementError::NotAllowed { entitlement, .. } => {
+                Status::unknown(format!("failed to load LLB: {entitlement} is not allowed"))
+            }
+            e => Status::new(e.kind().code(), e.to_string()),
+        })?;
     let inputs = vertex_inputs(&graph, &digests);
     // Announce every vertex the result needs up front, as BuildKit does, so
     // clients know the total before steps start (every platform's).
