@@ -283,8 +283,11 @@ impl std::io::Read for ChannelReader {
 
 /// The label on a layer blob whose times were clamped to an epoch, naming
 /// the clamped blob (in the compression the label names) and its diffID.
-fn clamped_label(epoch: i64, to: Compression) -> String {
-    format!("dev.kiln/epoch.{epoch}.{}", to.as_str())
+fn clamped_label(epoch: i64, (to, level): (Compression, Level)) -> String {
+    match level.value() {
+        None => format!("dev.kiln/epoch.{epoch}.{}", to.as_str()),
+        Some(l) => format!("dev.kiln/epoch.{epoch}.{}.level{l}", to.as_str()),
+    }
 }
 
 /// A layer blob in the content store.
@@ -314,7 +317,7 @@ pub async fn clamp_layer_times(
         diff_id,
     } = stored;
     let info = content.info(digest).await?;
-    let label = clamped_label(epoch, to);
+    let label = clamped_label(epoch, (to, level));
     if let Some(v) = info.labels.get(&label) {
         if v == "unchanged" {
             return Ok(None);

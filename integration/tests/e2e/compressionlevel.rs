@@ -74,6 +74,37 @@ async fn an_exports_new_blobs_take_its_level() {
     }
 }
 
+/// A `COPY --link` layer is applied through a blob of kiln's own (the
+/// merge needs one); its export still makes the layer's blob at the level
+/// asked for, as BuildKit's (which has none before the export) does.
+#[tokio::test]
+async fn a_linked_copys_layer_takes_the_level_too() {
+    let (fast_ns, best_ns) = ("level-link-fast", "level-link-best");
+    let h = Harness::with_busybox(fast_ns).await;
+    h.import_busybox(best_ns, "docker.io/library/busybox:latest")
+        .await
+        .expect("busybox");
+    let text: String = (0..40_000)
+        .map(|i| format!("line {i}: {}\n", i * 7919 % 10_007))
+        .collect();
+    let ctx = h.context(
+        "level-link",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY --link t.txt /\n"),
+            ("t.txt", &text),
+        ],
+    );
+    let c = ctx.to_str().expect("utf8");
+    let image = |level: u8| {
+        format!("type=image,name=docker.io/library/lvl:{level},compression-level={level}")
+    };
+    h.build(fast_ns, &["-o", &image(1), c]).ok();
+    h.build(best_ns, &["-o", &image(9), c]).ok();
+    let fast = top_layer(&h, fast_ns, "docker.io/library/lvl:1");
+    let best = top_layer(&h, best_ns, "docker.io/library/lvl:9");
+    assert!(fast.1 > best.1, "level 1 {fast:?}, level 9 {best:?}");
+}
+
 #[tokio::test]
 async fn a_level_the_compression_does_not_take_fails_before_the_build() {
     let ns = "level-refused";

@@ -171,6 +171,12 @@ impl Level {
         self.0.is_none()
     }
 
+    /// The level asked for, `None` for the default (for labels naming
+    /// blobs made at it).
+    pub fn value(self) -> Option<i32> {
+        self.0
+    }
+
     /// The deflate level of gzip members.
     pub(crate) fn gzip(self) -> u32 {
         self.0.and_then(|l| u32::try_from(l).ok()).unwrap_or(6)
@@ -387,6 +393,8 @@ fn compress_layer<B: Write>(
     blob: B,
     old: Option<OldMembers>,
 ) -> Result<(B, LayerHash, Option<BlobMembers>), DiffError> {
+    // Members describe default-level bytes: never copied into another level.
+    let old = old.filter(|_| level.is_default());
     let compressor =
         Compressor::reusing(compression, level, blob, old).map_err(DiffError::output)?;
     let (tar_hash, entries) = emit(src, HashWriter::new(compressor))?;

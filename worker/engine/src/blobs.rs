@@ -210,7 +210,10 @@ impl<'a> Blobs<'a> {
 
     /// The blob the snapshot `name` names for this compression (without
     /// `force`, else for any other), if it is still there (then held by
-    /// the lease from before the check on).
+    /// the lease from before the check on). At a level other than the
+    /// default, one in this compression is made again: kiln's own blobs
+    /// (an earlier export's, or a merge's, which BuildKit would not have)
+    /// are at whatever level they were made.
     async fn labelled(&self, name: &str, l: &Layer) -> Result<Option<Blob>> {
         let info = match self.svc.snapshots.stat(name).await {
             Ok(i) => i,
@@ -224,7 +227,8 @@ impl<'a> Blobs<'a> {
         ]
         .into_iter()
         .filter(|c| !self.force && *c != self.compression);
-        for c in std::iter::once(self.compression).chain(others) {
+        let own = Some(self.compression).filter(|_| self.level.is_default());
+        for c in own.into_iter().chain(others) {
             if let Some(digest) = info.labels.get(&blob_label(c)) {
                 if let Some(b) = self.found(name, l, digest, c).await? {
                     return Ok(Some(b));

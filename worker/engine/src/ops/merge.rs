@@ -69,6 +69,11 @@ impl StepRunner {
         let Some(mut merged) = it.next() else {
             return Ok(vec![Ref::scratch()]);
         };
+        // The blobs made here only to apply layers: the result does not
+        // carry them, so an export makes its own as it asks (a level, a
+        // compression), as for any step's layer; the snapshots still name
+        // them for the next use at kiln's defaults.
+        let mut made = std::collections::HashSet::new();
         for chain in it {
             if cancel.is_cancelled() {
                 return Err(WorkerError::Cancelled);
@@ -82,9 +87,19 @@ impl StepRunner {
                 &self.mount_dir,
             )
             .await?;
+            for (before, after) in chain.iter().zip(&with_blobs) {
+                if let (None, Some(b)) = (&before.blob, &after.blob) {
+                    made.insert(b.digest.clone());
+                }
+            }
             merged = merged_chain(&[merged, with_blobs]);
         }
         crate::base::ensure_unpacked(&self.svc, &merged, &self.lease).await?;
+        for l in &mut merged {
+            if l.blob.as_ref().is_some_and(|b| made.contains(&b.digest)) {
+                l.blob = None;
+            }
+        }
         Ok(vec![Ref::Chain(merged)])
     }
 }
