@@ -37,8 +37,9 @@ impl LayerOrigin {
     }
 
     /// The index of the topmost layer holding the non-directory `rel`
-    /// (relative to the view's root). A view of one layer, or a name no
-    /// layer holds, is layer 0: its links are then taken as they are.
+    /// (relative to the view's root). A view of one layer is layer 0: its
+    /// links are taken as they are. A name no layer holds (which a view
+    /// of them never shows) is a group of its own, past the layers.
     pub fn layer_of(&self, rel: &Path) -> usize {
         if self.layers.len() < 2 {
             return 0;
@@ -49,7 +50,10 @@ impl LayerOrigin {
                 rel.strip_prefix(at)
                     .is_ok_and(|below| std::fs::symlink_metadata(dir.join(below)).is_ok())
             })
-            .unwrap_or(0)
+            .unwrap_or_else(|| {
+                tracing::debug!(path = %rel.display(), "a name of a view no layer holds");
+                self.layers.len()
+            })
     }
 
     /// The key under which the name `rel` with metadata `md` is the same
@@ -86,7 +90,7 @@ mod tests {
         let o = origin_of(&[("", &[top.clone(), low.clone()])]);
         assert_eq!(o.layer_of(Path::new("d/a")), 0);
         assert_eq!(o.layer_of(Path::new("b")), 1);
-        assert_eq!(o.layer_of(Path::new("missing")), 0);
+        assert_eq!(o.layer_of(Path::new("missing")), 2);
         let one = origin_of(&[("", &[low])]);
         assert_eq!(one.layer_of(Path::new("b")), 0);
     }
