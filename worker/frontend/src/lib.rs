@@ -384,9 +384,9 @@ impl FrontendOptions {
                     // Bytes, as Go's ParseInt reads them (BuildKit's text).
                     "shm-size" => {
                         opts.shm_size = value.parse::<i64>().ok().and_then(|n| u64::try_from(n.max(0)).ok()).ok_or_else(|| {
-                            let why = match value.parse::<i128>() {
-                                Ok(_) => "value out of range",
-                                Err(_) => "invalid syntax",
+                            let why = match value.parse::<i64>().map_err(|e| *e.kind()) {
+                                Err(std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow) => "value out of range",
+                                _ => "invalid syntax",
                             };
                             invalid(
                                 key,

@@ -75,6 +75,9 @@ pub enum FsutilError {
     /// bytes; kiln's paths are strings).
     #[error("a file name the client sent is not UTF-8: receiving it is not supported yet")]
     NonUtf8Received,
+    /// A symlink's target is not UTF-8 and cannot be sent.
+    #[error("the target of symlink {path:?} is not UTF-8: sending it is not supported yet")]
+    NonUtf8Link { path: std::path::PathBuf },
     /// A file name is not UTF-8 and cannot be sent.
     #[error("file name {path:?} is not UTF-8: sending it is not supported yet")]
     NonUtf8Path { path: std::path::PathBuf },
@@ -109,6 +112,7 @@ impl FsutilError {
             | UnexpectedPacket { .. }
             | InvalidPacketType { .. }
             | NonUtf8Path { .. }
+            | NonUtf8Link { .. }
             | Pattern { .. } => ErrorKind::InvalidArgument,
             NonUtf8Received => ErrorKind::Unimplemented,
             FromSender { .. } | FromReceiver { .. } | Task { .. } => ErrorKind::Internal,

@@ -243,6 +243,10 @@ pub(super) struct Walker {
     /// sent (a directory that is not itself included is sent only when
     /// something inside it is).
     ancestors: Vec<(Stat, bool)>,
+    /// The first of the directories in `ancestors` whose name is not
+    /// UTF-8 (its host path): an error only once something below it is
+    /// sent.
+    unsendable: Option<(usize, PathBuf)>,
     /// (device, inode, link group) of multiply-linked files -> the first
     /// path sent.
     inodes: HashMap<(u64, u64, usize), String>,
@@ -288,6 +292,7 @@ impl Walker {
             cancel,
             next_id: 0,
             ancestors: Vec::new(),
+            unsendable: None,
             inodes: HashMap::new(),
             link_groups: opts.link_groups.clone(),
         })
@@ -364,7 +369,8 @@ impl Walker {
             if !include && !descend {
                 continue;
             }
-            if !utf8 {
+            // Only a directory walked into but not itself sent may wait.
+            if !utf8 && (include || !is_dir) {
                 return Err(FsutilError::NonUtf8Path { path: abs });
             }
             let stat = self.stat_of(&abs, rel.clone(), &md)?;
@@ -373,9 +379,19 @@ impl Walker {
                 self.send(stat.clone(), &abs, &md)?;
             }
             if is_dir {
+                if !utf8 && self.unsendable.is_none() {
+                    self.unsendable = Some((self.ancestors.len(), abs.clone()));
+                }
                 self.ancestors.push((stat, include));
                 let res = self.walk(&abs, &rel);
                 self.ancestors.pop();
+                if self
+                    .unsendable
+                    .as_ref()
+                    .is_some_and(|(depth, _)| *depth == self.ancestors.len())
+                {
+                    self.unsendable = None;
+                }
                 res?;
             }
         }
@@ -385,6 +401,9 @@ impl Walker {
     /// Sends the directories leading to an included entry that were held
     /// back because they are not included themselves.
     fn send_ancestors(&mut self) -> Result<(), FsutilError> {
+        if let Some((_, path)) = &self.unsendable {
+            return Err(FsutilError::NonUtf8Path { path: path.clone() });
+        }
         for i in 0..self.ancestors.len() {
             if !self.ancestors[i].1 {
                 self.ancestors[i].1 = true;

@@ -24,8 +24,8 @@ pub fn stat_of(abs: &Path, rel: String, md: &Metadata) -> Result<Stat, FsutilErr
         })?;
         target
             .to_str()
-            .ok_or_else(|| FsutilError::NonUtf8Path {
-                path: target.clone(),
+            .ok_or_else(|| FsutilError::NonUtf8Link {
+                path: abs.to_path_buf(),
             })?
             .to_string()
     } else {

@@ -563,6 +563,26 @@ async fn a_name_that_is_not_utf8_fails_only_when_sent() {
         e.contains("bad-\\xFF") && e.contains("not supported yet"),
         "{e}"
     );
+    // A directory of such a name the filters only walk into is no matter
+    // until something below it is sent.
+    let dir = src.join(std::ffi::OsStr::from_bytes(b"dir-\xfe"));
+    write(&dir.join("skip.txt"), b"x");
+    write(&dir.join("keep.go"), b"x");
+    std::fs::remove_file(&bad).expect("rm");
+    let only = |pattern: &str| SendOptions {
+        exclude_patterns: vec!["**".into(), format!("!{pattern}")],
+        ..SendOptions::default()
+    };
+    let dest2 = tmp.path().join("dest2");
+    std::fs::create_dir_all(&dest2).expect("mkdir");
+    let (s, r, _) = transfer(&src, only("**/*.rs"), &dest2, ReceiveOptions::default()).await;
+    s.expect("nothing below the directory is sent");
+    r.expect("receive");
+    let dest3 = tmp.path().join("dest3");
+    std::fs::create_dir_all(&dest3).expect("mkdir");
+    let (s, _, _) = transfer(&src, only("**/*.go"), &dest3, ReceiveOptions::default()).await;
+    let e = s.expect_err("keep.go is below it").to_string();
+    assert!(e.contains("dir-\\xFE"), "{e}");
 }
 
 /// A packet whose path is not UTF-8 (Go's fsutil sends any bytes) fails
