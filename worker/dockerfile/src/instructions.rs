@@ -349,9 +349,8 @@ impl Parser<'_> {
     fn from(&self, node: &Node) -> Result<Stage> {
         let (flags, rest) = extract_flags(&node.rest);
         let mut platform = None;
-        let mut seen = Vec::new();
+        self.check_flags(node, &flags)?;
         for f in flags {
-            self.once(node, &mut seen, &f, &[])?;
             match f.name.as_str() {
                 "platform" => platform = Some(self.flag_value(node, &f)?),
                 _ => return Err(self.unknown_flag(node, &f)),
@@ -394,21 +393,11 @@ impl Parser<'_> {
     }
 
     fn unknown_flag(&self, node: &Node, f: &Flag) -> ParseError {
-        let known: &[&str] = match node.keyword.as_str() {
-            "from" => &["platform"],
-            "run" => &["mount", "network", "security", "device"],
-            "copy" => &["from", "chown", "chmod", "link", "parents", "exclude"],
-            "add" => &[
-                "chown",
-                "chmod",
-                "link",
-                "keep-git-dir",
-                "checksum",
-                "unpack",
-                "exclude",
-            ],
+        let keyword = node.keyword.as_str();
+        let taken: Vec<&str> = flags_of(keyword).iter().map(|(n, _)| *n).collect();
+        let known: &[&str] = match keyword {
             "healthcheck" => &crate::metadata::HEALTHCHECK_FLAGS,
-            _ => &[],
+            _ => &taken,
         };
         ParseError::UnknownFlag {
             file: self.file.to_string(),
@@ -446,13 +435,27 @@ impl Parser<'_> {
         }
     }
 
-    /// BuildKit's `duplicate flag specified` for a flag given a second
-    /// time; only flags that take several values (`multi`) may be.
-    fn once(&self, node: &Node, seen: &mut Vec<String>, f: &Flag, multi: &[&str]) -> Result<()> {
-        if seen.contains(&f.name) && !multi.contains(&f.name.as_str()) {
-            return Err(self.invalid(node.line, format!("duplicate flag specified: --{}", f.name)));
+    /// BuildKit's `BFlags.Parse` over all of an instruction's flags,
+    /// before any value is looked at: an unknown flag, one given twice
+    /// (only those taking several values may be), a missing value, a
+    /// boolean that is neither true nor false, in the order they come.
+    fn check_flags(&self, node: &Node, flags: &[Flag]) -> Result<()> {
+        let mut seen: Vec<&str> = Vec::new();
+        for f in flags {
+            let Some((_, kind)) = flags_of(&node.keyword).iter().find(|(n, _)| *n == f.name) else {
+                return Err(self.unknown_flag(node, f));
+            };
+            if seen.contains(&f.name.as_str()) && *kind != FlagKind::Strings {
+                return Err(
+                    self.invalid(node.line, format!("duplicate flag specified: --{}", f.name))
+                );
+            }
+            seen.push(&f.name);
+            match kind {
+                FlagKind::Bool => self.flag_bool(node, f).map(drop)?,
+                FlagKind::Str | FlagKind::Strings => self.flag_value(node, f).map(drop)?,
+            }
         }
-        seen.push(f.name.clone());
         Ok(())
     }
 
@@ -622,9 +625,8 @@ impl Parser<'_> {
         let mut network = None;
         let mut security = None;
         let mut mounts = Vec::new();
-        let mut seen = Vec::new();
+        self.check_flags(node, &flags)?;
         for f in &flags {
-            self.once(node, &mut seen, f, &["mount"])?;
             match f.name.as_str() {
                 // Checked here, as BuildKit's instruction parser does (a
                 // stage the target does not need fails the build too).
@@ -734,9 +736,8 @@ impl Parser<'_> {
             contents: Vec::new(),
             dest: String::new(),
         };
-        let mut seen = Vec::new();
+        self.check_flags(node, &flags)?;
         for f in &flags {
-            self.once(node, &mut seen, f, &["exclude"])?;
             match (f.name.as_str(), add) {
                 ("from", false) => c.from = Some(self.flag_value(node, f)?),
                 ("chown", _) => c.chown = Some(self.flag_value(node, f)?),
@@ -915,6 +916,50 @@ fn cmd_line(rest: &str) -> CmdLine {
     match json_array(rest) {
         Some(v) => CmdLine::Exec(v),
         None => CmdLine::Shell(rest.to_string()),
+    }
+}
+
+/// How BuildKit's `BFlags` reads a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlagKind {
+    /// `--name=value`.
+    Str,
+    /// `--name`, `--name=true|false` (any case).
+    Bool,
+    /// `--name=value`, any number of times.
+    Strings,
+}
+
+/// The flags an instruction takes, as BuildKit's stable frontend defines
+/// them (HEALTHCHECK's are read apart: [`crate::metadata`]).
+fn flags_of(keyword: &str) -> &'static [(&'static str, FlagKind)] {
+    use FlagKind::{Bool, Str, Strings};
+    match keyword {
+        "from" => &[("platform", Str)],
+        "run" => &[
+            ("mount", Strings),
+            ("network", Str),
+            ("security", Str),
+            ("device", Strings),
+        ],
+        "copy" => &[
+            ("from", Str),
+            ("chown", Str),
+            ("chmod", Str),
+            ("link", Bool),
+            ("parents", Bool),
+            ("exclude", Strings),
+        ],
+        "add" => &[
+            ("chown", Str),
+            ("chmod", Str),
+            ("link", Bool),
+            ("keep-git-dir", Bool),
+            ("checksum", Str),
+            ("unpack", Bool),
+            ("exclude", Strings),
+        ],
+        _ => &[],
     }
 }
 
