@@ -149,8 +149,8 @@ impl Dockerfile {
         for (i, reads) in plan.image_reads.iter().enumerate() {
             for r in reads.iter().filter(|_| plan.needed[i]) {
                 let b = crate::BaseRef {
-                    reference: r.clone(),
-                    platform: plan.op_platform(i),
+                    reference: r.reference.clone(),
+                    platform: plan.read_image_platform(i, r.named),
                 };
                 if !out.contains(&b) {
                     out.push(b);
@@ -751,9 +751,11 @@ impl Converter<'_> {
                 Some(st) => Ok(st.edge),
                 None => Err(self.file_err(line, format!("stage {from:?} was not built"))),
             },
-            Source::Image(r) => self
-                .image_source(&r, self.plan.op_platform(current), line)
-                .map(Some),
+            Source::Image(r) => {
+                let named = plan::named_context(self.opts, from, &platform).is_some();
+                let platform = self.plan.read_image_platform(current, named);
+                self.image_source(&r, platform, line).map(Some)
+            }
             Source::Local { local, excludes } => self.local_source(&local, &excludes).map(Some),
             Source::Remote { op, name } => self.remote_context(op, &name).map(Some),
             Source::Scratch => Ok(None),

@@ -59,6 +59,15 @@ pub(super) struct StagePlan {
     pub(super) platform: kiln_solver::Platform,
 }
 
+/// An image a stage reads with `--from` / `from=`.
+#[derive(Clone, Debug)]
+pub(super) struct ImageRead {
+    /// The normalized reference.
+    pub(super) reference: String,
+    /// It is a named context's, picked for the reading stage's platform.
+    pub(super) named: bool,
+}
+
 /// Where `COPY --from` / `--mount from=` reads.
 pub(super) enum Source {
     Stage(usize),
@@ -137,15 +146,17 @@ pub(super) struct Plan {
     pub(super) stages: Vec<StagePlan>,
     pub(super) target: usize,
     pub(super) needed: Vec<bool>,
-    /// The images each stage reads (`COPY --from`, `RUN --mount from=`),
-    /// as normalized references: BuildKit makes each a stage of its own
-    /// and resolves its metadata with the bases'.
-    pub(super) image_reads: Vec<Vec<String>>,
+    /// The images each stage reads (`COPY --from`, `RUN --mount from=`):
+    /// BuildKit makes each a stage of its own and resolves its metadata
+    /// with the bases'.
+    pub(super) image_reads: Vec<Vec<ImageRead>>,
     /// Stage labels for vertex names (`build`, `stage-1`, or none when the
     /// build has a single stage).
     pub(super) display: Vec<String>,
     /// The platform the build runs on: ops for it carry no platform.
     pub(super) build_platform: kiln_solver::Platform,
+    /// The platform the build is for (`TARGETPLATFORM`).
+    pub(super) target_platform: kiln_solver::Platform,
 }
 
 impl Plan {
@@ -275,7 +286,7 @@ impl Plan {
         // Dependencies, then the stages reachable from the target.
         let mut image_sources = 0;
         // The images each stage's commands read (`--from`, `from=`).
-        let mut image_reads: Vec<Vec<String>> = vec![Vec::new(); df.stages.len()];
+        let mut image_reads: Vec<Vec<ImageRead>> = vec![Vec::new(); df.stages.len()];
         let mut deps: Vec<Vec<usize>> = Vec::new();
         // The stages each stage's commands read, with the reading line.
         let mut reads: Vec<Vec<(usize, usize)>> = Vec::new();
@@ -329,8 +340,9 @@ impl Plan {
                             d.push(k);
                             reads[i].push((k, s.line));
                         }
-                        Source::Image(r) => {
-                            image_reads[i].push(r);
+                        Source::Image(reference) => {
+                            let named = named_context(opts, from, &stages[i].platform).is_some();
+                            image_reads[i].push(ImageRead { reference, named });
                             image_sources += 1;
                         }
                         _ => image_sources += 1,
@@ -344,8 +356,9 @@ impl Plan {
                             d.push(j);
                             reads[i].push((j, c.line));
                         }
-                        Source::Image(r) => {
-                            image_reads[i].push(r);
+                        Source::Image(reference) => {
+                            let named = named_context(opts, from, &stages[i].platform).is_some();
+                            image_reads[i].push(ImageRead { reference, named });
                             image_sources += 1;
                         }
                         _ => image_sources += 1,
@@ -408,6 +421,7 @@ impl Plan {
             image_reads,
             display,
             build_platform: build,
+            target_platform: for_platform,
         })
     }
 }
@@ -418,6 +432,23 @@ impl Plan {
     pub(super) fn op_platform(&self, i: usize) -> Option<kiln_solver::Platform> {
         let p = &self.stages[i].platform;
         (*p != self.build_platform).then(|| p.clone())
+    }
+
+    /// The platform the op of an image stage `i` reads carries: BuildKit
+    /// makes an image a `--from` names a stage of its own, with no `FROM
+    /// --platform`, so it is the target's whatever stage reads it; a named
+    /// context picked for the reading stage's platform is that stage's.
+    pub(super) fn read_image_platform(
+        &self,
+        i: usize,
+        named: bool,
+    ) -> Option<kiln_solver::Platform> {
+        match named {
+            true => self.op_platform(i),
+            false => {
+                (self.target_platform != self.build_platform).then(|| self.target_platform.clone())
+            }
+        }
     }
 }
 

@@ -1799,3 +1799,42 @@ fn a_heredoc_runs_name_expands_its_summary() {
         "{names:?}"
     );
 }
+
+/// An image a `--from` names is a stage of its own in BuildKit, with no
+/// `FROM --platform`: it is read for the target platform even by a stage
+/// built for the build platform (BuildKit 73ed6825c's `unregistered`
+/// stages take the target platform).
+#[test]
+fn an_image_a_from_names_is_read_for_the_target_platform() {
+    let arm64 = kiln_solver::Platform::new("linux", "arm64", "");
+    let o = BuildOptions {
+        target_platform: Some(arm64.clone()),
+        ..opts()
+    };
+    let src = "FROM --platform=$BUILDPLATFORM busybox AS tools\nCOPY --from=alpine /x /x\n";
+    let df = parse(src, "Dockerfile").expect("parses");
+    assert_eq!(
+        df.base_image_refs(&o).expect("plans"),
+        vec![
+            crate::BaseRef {
+                reference: "docker.io/library/busybox:latest".into(),
+                platform: None
+            },
+            crate::BaseRef {
+                reference: "docker.io/library/alpine:latest".into(),
+                platform: Some(arm64.clone())
+            },
+        ]
+    );
+    let b = build(src, &o).expect("converts");
+    let alpine = b
+        .graph
+        .vertices
+        .iter()
+        .find_map(|v| match &v.op {
+            Op::Source(s) if s.identifier.contains("alpine") => Some(s.platform.clone()),
+            _ => None,
+        })
+        .expect("the alpine source");
+    assert_eq!(alpine, Some(arm64));
+}
