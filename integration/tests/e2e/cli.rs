@@ -79,8 +79,12 @@ async fn flags_and_output_options_not_built_yet_fail_before_any_step() {
             "--cgroup-parent is not supported yet",
         ),
         (
-            &["-o", "type=image,compression-level=3"],
-            "output option compression-level is not supported yet",
+            &["-o", "type=image,prefer-nondist-layers=true"],
+            "output option prefer-nondist-layers is not supported yet",
+        ),
+        (
+            &["-o", "type=image,compression-level=-2"],
+            "compression-level=-2 (Huffman-only gzip) is not supported yet",
         ),
         (
             &[

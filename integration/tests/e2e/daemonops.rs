@@ -715,9 +715,14 @@ async fn a_failed_step_carries_buildkit_source_details() {
             "cannot export annotations with \"oci-mediatypes=false\"",
         ),
         (
-            &[("compression-level", "3")][..],
+            &[("prefer-nondist-layers", "true")][..],
             tonic::Code::Unimplemented,
-            "output option compression-level is not supported yet",
+            "output option prefer-nondist-layers is not supported yet",
+        ),
+        (
+            &[("compression-level", "-2")][..],
+            tonic::Code::Unimplemented,
+            "compression-level=-2 (Huffman-only gzip) is not supported yet",
         ),
         (
             &[("annotation-layer.org.opencontainers.image.title", "t")][..],
