@@ -462,24 +462,12 @@ async fn zstd_and_uncompressed_layers_export_and_run() {
     }
 }
 
-/// The names of the entries of the top layer of image `name`.
-fn top_layer_names(h: &Harness, ns: &str, name: &str) -> Vec<String> {
-    let m = h.manifest(ns, name);
-    let digest = m["layers"]
-        .as_array()
-        .and_then(|l| l.last())
-        .and_then(|l| l["digest"].as_str())
-        .expect("a top layer")
-        .to_string();
-    let blob = common::blob(h, ns, &digest);
-    let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(&blob[..]));
-    a.entries()
-        .expect("tar")
-        .map(|e| {
-            let e = e.expect("entry");
-            let p = e.path().expect("path").display().to_string();
-            p.trim_end_matches('/').to_string()
-        })
+/// The entries of the newest layer of `image`, directories without
+/// their `/`.
+fn top_layer_names(h: &Harness, ns: &str, image: &str) -> Vec<String> {
+    top_layer_entries(h, ns, image)
+        .into_iter()
+        .map(|p| p.trim_end_matches('/').to_string())
         .collect()
 }
 
