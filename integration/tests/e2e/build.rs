@@ -180,6 +180,15 @@ async fn a_failing_run_names_the_line_and_leaves_nothing() {
 
 /// The entries of the newest layer of `image`.
 fn top_layer_entries(h: &Harness, ns: &str, image: &str) -> Vec<String> {
+    top_layer(h, ns, image)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The entries of the newest layer of `image`, each with the keys of its
+/// PAX records.
+fn top_layer(h: &Harness, ns: &str, image: &str) -> Vec<(String, Vec<String>)> {
     let images = h.ctr(ns, &["images", "ls"]).expect("ctr");
     let line = images
         .lines()
@@ -211,13 +220,45 @@ fn top_layer_entries(h: &Harness, ns: &str, image: &str) -> Vec<String> {
     a.entries()
         .expect("tar")
         .map(|e| {
-            e.expect("entry")
-                .path()
-                .expect("path")
-                .display()
-                .to_string()
+            let mut e = e.expect("entry");
+            let keys = e
+                .pax_extensions()
+                .expect("pax")
+                .into_iter()
+                .flatten()
+                .map(|r| r.expect("record").key().expect("utf8 key").to_string())
+                .collect();
+            (e.path().expect("path").display().to_string(), keys)
         })
         .collect()
+}
+
+/// Of a file's extended attributes, only its capability goes into a
+/// layer, as with containerd's archive writer that BuildKit uses: a
+/// context file's `user.*` attribute stays out.
+#[tokio::test]
+async fn layers_carry_no_user_xattrs() {
+    let ns = "xattrs";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
+        "xattrs",
+        &[("Dockerfile", "FROM busybox\nCOPY f /f\n"), ("f", "f\n")],
+    );
+    xattr::set(ctx.join("f"), "user.kiln", b"1").expect("set a user xattr");
+    ok(build(
+        &h,
+        ns,
+        &["-t", "xattrs", ctx.to_str().expect("utf8")],
+    ));
+    let layer = top_layer(&h, ns, "docker.io/library/xattrs:latest");
+    let f = layer
+        .iter()
+        .find(|(p, _)| p == "f")
+        .expect("f in the layer");
+    assert!(
+        !f.1.iter().any(|k| k.starts_with("SCHILY.xattr.")),
+        "{layer:?}"
+    );
 }
 
 #[tokio::test]

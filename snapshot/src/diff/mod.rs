@@ -18,10 +18,12 @@
 //!   as with containerd's differ.
 //! - A directory whose own metadata did not change is written only when
 //!   something below it is (BuildKit and containerd `includeParents`).
-//! - Numeric uid/gid, no user or group names, mtime in whole seconds, all
-//!   extended attributes as `SCHILY.xattr.*` PAX records except overlayfs'
-//!   own (`trusted.overlay.*`, `user.overlay.*`) and `security.selinux`
-//!   (a host label, which moby also leaves out).
+//! - Numeric uid/gid, no user or group names, mtime in whole seconds, and
+//!   of the extended attributes only `security.capability`, as a
+//!   `SCHILY.xattr.security.capability` PAX record: containerd's archive
+//!   writer (which BuildKit's differs use) and moby's keep no other, so a
+//!   context file's `user.*` attribute or a host's SELinux label never
+//!   reaches a layer.
 //! - Hard links within the layer become tar links to the first path written.
 //! - A deleted path becomes an empty regular file `.wh.<name>` (mode 0,
 //!   uid/gid 0, mtime 0), also below an opaque directory (one per lower
@@ -459,10 +461,13 @@ pub fn hash_layer(src: DiffSource<'_>) -> Result<LayerHash, DiffError> {
     Ok(h)
 }
 
+/// The one extended attribute a layer carries (see the module doc).
+const LAYER_XATTR: &str = "security.capability";
+
 /// An lstat result plus the extended attributes that go into the tar.
 pub(crate) struct Node {
     meta: Metadata,
-    /// Sorted by name; overlay-internal and `security.selinux` removed.
+    /// [`LAYER_XATTR`] if the entry has it.
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Names of overlay-internal xattrs that were present.
     overlay_xattrs: Vec<OsString>,
@@ -503,7 +508,11 @@ impl Node {
                 overlay_xattrs.push(name);
                 continue;
             }
-            if bytes == b"security.selinux" {
+            // containerd's archive writer and BuildKit's overlay differ
+            // keep (and compare) only the file capability; any other
+            // attribute (`user.*`, `security.selinux`, ACLs) stays out of
+            // the layer and does not make a file changed.
+            if bytes != LAYER_XATTR.as_bytes() {
                 continue;
             }
             // A value removed between list and get is simply not there.
@@ -546,7 +555,7 @@ impl Node {
 
 /// Whether `upper` is unchanged relative to `lower`, following
 /// containerd/continuity `sameFile`: same inode, or same type, mode, uid,
-/// gid, rdev and xattrs, and for non-directories same size and mtime, with
+/// gid, rdev and file capability, and for non-directories same size and mtime, with
 /// contents (or symlink targets) compared when both mtimes have no
 /// sub-second part (they may have been truncated by a tar round trip).
 fn same_node(
