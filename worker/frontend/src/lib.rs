@@ -989,10 +989,16 @@ fn read_beneath(root: &Path, name: &str) -> Result<Option<String>> {
             md.len()
         )));
     }
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.take(MAX_DEFINITION_FILE + 1)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(io)?;
+    // BuildKit reads the file as bytes: a Latin-1 comment or label builds,
+    // its bad bytes becoming U+FFFD in the image's JSON, as here.
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
     if text.len() as u64 > MAX_DEFINITION_FILE {
         return Err(bad(format!(
             "more than the {MAX_DEFINITION_FILE} bytes kiln reads"

@@ -392,6 +392,24 @@ fn no_ignore_file_means_no_excludes_and_a_missing_dockerfile_is_named() {
     assert!(s.excludes.is_empty());
 }
 
+#[test]
+fn bytes_that_are_not_utf8_are_read_as_buildkit_reads_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        b"# Maintainer: Jos\xe9\nFROM scratch\nLABEL bad=\"\xff\xfeok\"\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join(".dockerignore"), b"# caf\xe9\n*.log\n").expect("write");
+    let s = read_dockerfile(dir.path(), "Dockerfile", dir.path()).expect("read");
+    assert!(
+        s.text.contains("LABEL bad=\"\u{fffd}\u{fffd}ok\""),
+        "{}",
+        s.text
+    );
+    assert_eq!(s.excludes, ["*.log"]);
+}
+
 /// Answers image configs from a table and records what was asked.
 #[derive(Default)]
 struct FakeImages {
