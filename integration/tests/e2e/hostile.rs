@@ -217,7 +217,7 @@ fn cases() -> Vec<Case> {
             "doubling-env-chain",
             BOTH,
             vec![df(&doubling)],
-            Expect::Err("variable substitution produces more than 131072 bytes".into()),
+            Expect::Err("variable substitution produces more than 131084 bytes".into()),
         ),
         // RUN's shell form is expanded by the step's shell, not kiln (as
         // in BuildKit): the same nesting runs.

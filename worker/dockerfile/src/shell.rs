@@ -19,10 +19,11 @@ use crate::convert::gocompat::go_quote;
 /// real Dockerfile comes near it.
 pub const MAX_EXPANSION_DEPTH: usize = 64;
 
-/// The longest word an expansion may produce: the kernel's limit for one
-/// argument or environment string (`MAX_ARG_STRLEN`, 128 KiB), so nothing
-/// longer could reach a step anyway. It stops `ENV B=$A$A$A$A` chains from
-/// doubling their way through the daemon's memory.
+/// How much longer than its own text an expanded word may be: the
+/// kernel's limit for one argument or environment string
+/// (`MAX_ARG_STRLEN`, 128 KiB). It stops `ENV B=$A$A$A$A` chains from
+/// doubling their way through the daemon's memory, while a long literal
+/// (a heredoc of a few MiB) expands as written, as in BuildKit.
 pub const MAX_WORD_BYTES: usize = 128 << 10;
 
 /// Looks `key` up in a `K=V` list; the last entry wins.
@@ -99,6 +100,7 @@ impl Lex {
     pub fn process_name(&self, word: &str, env: &[String]) -> Result<String, String> {
         let mut w = Word {
             chars: word.chars().collect(),
+            limit: word.len().saturating_add(MAX_WORD_BYTES),
             pos: 0,
             escape: self.escape,
             env,
@@ -120,6 +122,7 @@ impl Lex {
     ) -> (Result<String, String>, Matches) {
         let mut w = Word {
             chars: word.chars().collect(),
+            limit: word.len().saturating_add(MAX_WORD_BYTES),
             pos: 0,
             escape: self.escape,
             env,
@@ -157,6 +160,9 @@ struct Word<'a> {
     /// Every name looked up, for [`Lex::process_word_matches`].
     matches: RefCell<Matches>,
     chars: Vec<char>,
+    /// The most bytes the expansion may produce: the word's own length
+    /// plus [`MAX_WORD_BYTES`].
+    limit: usize,
     pos: usize,
     escape: char,
     env: &'a [String],
@@ -183,10 +189,11 @@ impl Word<'_> {
         c
     }
 
-    fn too_long(out: &str) -> Result<(), String> {
-        if out.len() > MAX_WORD_BYTES {
+    fn too_long(&self, out: &str) -> Result<(), String> {
+        if out.len() > self.limit {
             return Err(format!(
-                "variable substitution produces more than {MAX_WORD_BYTES} bytes"
+                "variable substitution produces more than {} bytes",
+                self.limit
             ));
         }
         Ok(())
@@ -195,7 +202,7 @@ impl Word<'_> {
     fn process_stop_on(&mut self, stop: Option<char>) -> Result<String, String> {
         let mut out = String::new();
         while let Some(ch) = self.peek() {
-            Self::too_long(&out)?;
+            self.too_long(&out)?;
             if Some(ch) == stop {
                 self.pos += 1;
                 return Ok(out);
@@ -220,7 +227,7 @@ impl Word<'_> {
                 }
             }
         }
-        Self::too_long(&out)?;
+        self.too_long(&out)?;
         match stop {
             Some(s) => Err(format!(
                 "unexpected end of statement while looking for matching {s}"
@@ -277,7 +284,7 @@ impl Word<'_> {
                 }
                 Some('$') => {
                     out.push_str(&self.dollar()?);
-                    Self::too_long(&out)?;
+                    self.too_long(&out)?;
                 }
                 Some(c) if c == self.escape => {
                     self.pos += 1;
@@ -818,11 +825,20 @@ mod tests {
             Ok(MAX_WORD_BYTES)
         );
         for word in ["$B$B$B", "\"$B$B$B\"", "${X:-$B$B$B}"] {
+            let limit = 131072 + word.len();
             assert_eq!(
                 Lex::new('\\').process_word(word, &big),
-                Err(format!("failed to process {word:?}: variable substitution produces more than 131072 bytes")),
+                Err(format!("failed to process {word:?}: variable substitution produces more than {limit} bytes")),
             );
         }
+        // A long literal (a heredoc's body) is as long as it is written.
+        let literal = "x".repeat(3 * MAX_WORD_BYTES);
+        assert_eq!(
+            Lex::new('\\')
+                .process_word(&format!("{literal}$B"), &big)
+                .map(|w| w.len()),
+            Ok(3 * MAX_WORD_BYTES + MAX_WORD_BYTES / 2)
+        );
     }
 
     #[test]

@@ -1020,7 +1020,7 @@ fn hostile_dockerfiles_are_bounded_errors() {
     }
     check(
         &doubling,
-        r#"error: Dockerfile:16: failed to process "${a13}${a13}": variable substitution produces more than 131072 bytes"#,
+        r#"error: Dockerfile:16: failed to process "${a13}${a13}": variable substitution produces more than 131084 bytes"#,
     );
     let n = (24 << 10) / 6;
     check(
@@ -1798,6 +1798,30 @@ fn a_heredoc_runs_name_expands_its_summary() {
         names.contains(&"[3/3] RUN <<EOF (echo \"u val env\")".to_string()),
         "{names:?}"
     );
+}
+
+/// An unquoted heredoc longer than the expansion's margin (128 KiB) is
+/// written as it is, as BuildKit writes it.
+#[test]
+fn a_long_unquoted_heredoc_expands_whole() {
+    let body = "line of plain text\n".repeat(12_000);
+    let src = format!("FROM busybox\nCOPY <<EOF /big\n{body}EOF\n");
+    let b = build(&src, &opts()).expect("converts");
+    let written: Vec<usize> = b
+        .graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::File(f) => Some(f),
+            _ => None,
+        })
+        .flat_map(|f| &f.actions)
+        .filter_map(|a| match &a.action {
+            kiln_solver::FileActionKind::MkFile(m) => Some(m.data.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(written, [body.len()]);
 }
 
 /// An image a `--from` names is a stage of its own in BuildKit, with no
