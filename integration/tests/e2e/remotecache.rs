@@ -166,25 +166,58 @@ async fn mode_max_caches_every_stage_of_a_multi_stage_build() {
 }
 
 #[tokio::test]
-async fn mode_min_leaves_the_builder_stage_out() {
+async fn mode_min_answers_the_final_stage_without_the_builder() {
     let (stderr, la, lb) = multi_stage("rcache-min", "min").await;
-    // Only the final image's records were exported (its FROM, COPY and
-    // RUN), so the builder stage runs again.
+    // Only the final image's results were exported (its FROM, COPY and
+    // RUN), each step with its plan key: the final RUN is answered by its
+    // plan, so the builder stage it reads through the COPY is not run at
+    // all, as with BuildKit's mode=min cache. The builder's RUN, the COPY
+    // and the final RUN show CACHED.
     assert!(
         stderr.contains("importing cache from local cache"),
         "{stderr}"
     );
-    assert!(stderr.contains(": 3 keys"), "{stderr}");
-    assert!(step_printed(&stderr, "BUILDER-RAN"), "{stderr}");
-    // Whether the final stage then hits depends on timing: its COPY is
-    // looked up by the builder's definition (a hit in the imported cache,
-    // as BuildKit's content-keyed copy would always give) or, once the
-    // re-run builder is done, by its new output (a miss: kiln keys a COPY
-    // --from by the source stage's chainID, and /other changed). Either
-    // way a final stage taken from the cache must give the exported image.
-    if !step_printed(&stderr, "FINAL-RAN") {
-        assert_eq!(la, lb, "a cached final stage gives the same image");
-    }
+    assert!(
+        !step_printed(&stderr, "BUILDER-RAN") && !step_printed(&stderr, "FINAL-RAN"),
+        "{stderr}"
+    );
+    assert_eq!(cached(&stderr), 3, "{stderr}");
+    assert_eq!(la, lb, "the same image");
+}
+
+/// A changed builder stage is another plan: a mode=min cache does not
+/// answer the final stage, which runs on the new builder's output.
+#[tokio::test]
+async fn mode_min_misses_when_the_builder_changed() {
+    let ns = "rcache-min-changed";
+    let a = fresh(ns).await;
+    let ctx = a.context("multi", &[("Dockerfile", MULTI)]);
+    let c = ctx.to_str().expect("utf8");
+    let dir = a.state_dir().join("cache-multi");
+    let to = format!("type=local,dest={},mode=min", dir.display());
+    build(&a, ns, &["--cache-to", &to, "-t", "multi:1", c]);
+    let changed = MULTI.replace("echo built", "echo rebuilt");
+    let ctx2 = a.context("multi2", &[("Dockerfile", &changed)]);
+    let b = fresh_like(&a, ns).await;
+    let from = format!("type=local,src={}", dir.display());
+    let second = build(
+        &b,
+        ns,
+        &[
+            "--cache-from",
+            &from,
+            "-t",
+            "multi:2",
+            ctx2.to_str().expect("utf8"),
+        ],
+    );
+    assert!(
+        step_printed(&second.stderr, "BUILDER-RAN") && step_printed(&second.stderr, "FINAL-RAN"),
+        "{}",
+        second.stderr
+    );
+    let out = b.run_image(ns, "docker.io/library/multi:2", "mm-run", &["cat", "/y"]);
+    assert_eq!(out, "rebuilt\n");
 }
 
 #[tokio::test]
@@ -205,30 +238,8 @@ async fn an_inline_cache_travels_in_the_image() {
         config["moby.buildkit.cache.v0"].is_string(),
         "the config carries the inline cache: {config}"
     );
-    // The image as an OCI layout (containerd's own export), read on B as
-    // the image whose config holds the cache.
-    let tar = a.state_dir().join("inl.tar");
-    a.ctr(
-        ns,
-        &[
-            "images",
-            "export",
-            tar.to_str().expect("utf8"),
-            "docker.io/library/inl:1",
-        ],
-    )
-    .expect("ctr export");
-    let dir = a.state_dir().join("inl-layout");
-    untar(&tar, &dir);
-    let images = a.ctr(ns, &["images", "ls"]).expect("ls");
-    let digest = images
-        .lines()
-        .find(|l| l.starts_with("docker.io/library/inl:1"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .expect("digest")
-        .to_string();
+    let from = inline_source(&a, ns, "inl:1");
     let b = fresh_like(&a, ns).await;
-    let from = format!("type=local,src={},digest={digest}", dir.display());
     // B writes its inline cache too: the config holds it either way.
     let second = build(
         &b,
@@ -254,6 +265,47 @@ async fn an_inline_cache_travels_in_the_image() {
         image(&b, ns, "docker.io/library/inl:1"),
         "the same image, inline cache included"
     );
+}
+
+/// `--cache-from` for the inline cache of image `name` (`inl:1`): the
+/// image as an OCI layout (containerd's own export), read as the image
+/// whose config holds the cache.
+fn inline_source(a: &Harness, ns: &str, name: &str) -> String {
+    let full = format!("docker.io/library/{name}");
+    let stem = name.replace(':', "-");
+    let tar = a.state_dir().join(format!("{stem}.tar"));
+    a.ctr(
+        ns,
+        &["images", "export", tar.to_str().expect("utf8"), &full],
+    )
+    .expect("ctr export");
+    let dir = a.state_dir().join(format!("{stem}-layout"));
+    untar(&tar, &dir);
+    let digest = a.image_digest(ns, &full);
+    format!("type=local,src={},digest={digest}", dir.display())
+}
+
+/// The inline cache of a multi-stage build holds only the final image's
+/// steps, as BuildKit's: the final stage is answered by its plan, and the
+/// builder stage is not run.
+#[tokio::test]
+async fn an_inline_cache_answers_a_multi_stage_build() {
+    let ns = "rcache-inline-multi";
+    let a = fresh(ns).await;
+    let ctx = a.context("multi", &[("Dockerfile", MULTI)]);
+    let c = ctx.to_str().expect("utf8");
+    build(&a, ns, &["--cache-to", "type=inline", "-t", "inm:1", c]);
+    let from = inline_source(&a, ns, "inm:1");
+    let b = fresh_like(&a, ns).await;
+    let second = build(&b, ns, &["--cache-from", &from, "-t", "inm:1", c]);
+    assert!(
+        !step_printed(&second.stderr, "BUILDER-RAN") && !step_printed(&second.stderr, "FINAL-RAN"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
+    let out = b.run_image(ns, "docker.io/library/inm:1", "inm-run", &["cat", "/y"]);
+    assert_eq!(out, "built\n");
 }
 
 fn untar(tar: &Path, dir: &Path) {

@@ -6,6 +6,14 @@
 //! selects). Equal keys mean equal results, so a key found in the cache is
 //! a result that need not be computed again, and two vertices with one key
 //! (in one build or in concurrent builds of one process) run once.
+//!
+//! A vertex's *plan key* stands for the work as planned rather than for
+//! its inputs' results: its op, and for each input either the source's
+//! content digest (a source's result is cheap and always fetched) or the
+//! plan key of the step it comes from. It can be known before any step
+//! runs, so an imported cache that kept only the final stage's results
+//! (`mode=min`, inline) answers that stage without running the stages it
+//! copies from, as BuildKit's definition-based keys do.
 
 use crate::digest::Digest;
 use std::collections::HashMap;
@@ -18,6 +26,18 @@ pub fn cache_key(op_digest: &Digest, inputs: &[Digest]) -> Digest {
     let mut text = format!("kiln.cachekey.v1\n{op_digest}\n");
     for d in inputs {
         text.push_str(d.as_str());
+        text.push('\n');
+    }
+    Digest::of(text.as_bytes())
+}
+
+/// The plan key of an op given its definition digest and, for each input
+/// (in input order), a source's content digest or `"<plan key>:<output>"`
+/// of the step it comes from.
+pub fn plan_key(op_digest: &Digest, inputs: &[String]) -> Digest {
+    let mut text = format!("kiln.plankey.v1\n{op_digest}\n");
+    for d in inputs {
+        text.push_str(d);
         text.push('\n');
     }
     Digest::of(text.as_bytes())

@@ -2,11 +2,11 @@
 //! ready, with bounded parallelism; answers vertices from the cache and
 //! from equal vertices running at the same time.
 
-use crate::cache::{cache_key, Flight, FlightControl, FlightError};
+use crate::cache::{cache_key, plan_key, Flight, FlightControl, FlightError};
 use crate::digest::Digest;
-use crate::graph::{Graph, Vertex, VertexId};
+use crate::graph::{Graph, Op, Vertex, VertexId};
 use crate::{Result, SharedError, SolveError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -82,10 +82,40 @@ pub trait OpRunner: Send + Sync + 'static {
     /// by an equal vertex that ran at the same time.
     fn cached(&self, id: VertexId, vertex: &Vertex) -> impl Future<Output = ()> + Send;
 
-    /// Told the key and outputs of every vertex of this solve that
-    /// succeeded, however it was answered (run, cache, or an equal vertex
-    /// in flight): what a cache exporter needs to describe the build.
-    fn solved(&self, _id: VertexId, _key: &Digest, _outputs: &[Self::Ref]) {}
+    /// Told the key, plan key and outputs of every vertex of this solve
+    /// that succeeded, however it was answered (run, cache, an equal
+    /// vertex in flight, its plan key): what a cache exporter needs to
+    /// describe the build.
+    fn solved(&self, _id: VertexId, _key: &Digest, _plan: &Digest, _outputs: &[Self::Ref]) {}
+
+    /// Whether [`OpRunner::load_planned`] may answer vertices (an imported
+    /// cache is there): the solve then runs its sources first, computes
+    /// every step's plan key, and runs only what the steps it cannot
+    /// answer by plan need.
+    fn answers_plans(&self) -> bool {
+        false
+    }
+
+    /// Whether [`OpRunner::load_planned`] would find `plan`, without
+    /// loading anything.
+    fn plan_known(&self, plan: &Digest) -> bool {
+        let _ = plan;
+        false
+    }
+
+    /// The outputs an imported cache keeps for the step planned as `plan`
+    /// (a plan key, [`crate::cache::plan_key`]), with the step's key, if
+    /// any.
+    #[allow(clippy::type_complexity)] // outputs and key, as `load` plus the key
+    fn load_planned(
+        &self,
+        plan: &Digest,
+        vertex: &Vertex,
+    ) -> impl Future<Output = std::result::Result<Option<(Vec<Self::Ref>, Digest)>, Self::Error>> + Send
+    {
+        let _ = (plan, vertex);
+        async { Ok(None) }
+    }
 }
 
 /// What [`OpRunner::claim`] answers.
@@ -123,11 +153,15 @@ impl<R: OpRunner> std::fmt::Debug for Solver<R> {
     }
 }
 
-/// A vertex's outputs, or the (shareable) error of the run that failed it.
-type VertexResult<R> = std::result::Result<Vec<<R as OpRunner>::Ref>, Arc<<R as OpRunner>::Error>>;
+/// What solving one vertex gave: its outputs and plan key, `None` for a
+/// step that was only to be loaded and was not in the cache.
+type Solved<R> = Option<(Vec<<R as OpRunner>::Ref>, Digest)>;
 
-/// A vertex that finished, with its outputs or its error.
-type Finished<R> = (VertexId, VertexResult<R>);
+/// A vertex that finished, with what it gave or its error.
+type Finished<R> = (
+    VertexId,
+    std::result::Result<Solved<R>, Arc<<R as OpRunner>::Error>>,
+);
 
 /// The record saves of one solve still running, each with its claim's
 /// release after it: a vertex's outputs go to its dependents as soon as it
@@ -146,25 +180,54 @@ async fn solve_vertex<R: OpRunner>(
     id: VertexId,
     vertex: Vertex,
     inputs: Vec<R::Ref>,
+    plan_inputs: Vec<Option<String>>,
+    load_only: bool,
     cancel: CancellationToken,
-) -> VertexResult<R> {
+) -> std::result::Result<Solved<R>, Arc<R::Error>> {
     let mut digests = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
         digests.push(runner.input_digest(&vertex, i, input).await?);
     }
-    let key = cache_key(&Graph::op_digest(&vertex.op), &digests);
+    let op = Graph::op_digest(&vertex.op);
+    let key = cache_key(&op, &digests);
+    let parts: Vec<String> = plan_inputs
+        .into_iter()
+        .zip(&digests)
+        .map(|(p, d)| p.unwrap_or_else(|| d.to_string()))
+        .collect();
+    let plan = plan_key(&op, &parts);
     let result = answer_vertex(
-        &runner, &flight, &sem, &saves, id, &vertex, inputs, &key, cancel,
+        &runner, &flight, &sem, &saves, id, &vertex, inputs, &key, load_only, cancel,
     )
     .await;
-    if let Ok(outs) = &result {
-        runner.solved(id, &key, outs);
+    if let Ok(Some(outs)) = &result {
+        runner.solved(id, &key, &plan, outs);
     }
-    result
+    result.map(|outs| outs.map(|o| (o, plan)))
+}
+
+/// What stands for each input of `v` in its plan key: `Some` of
+/// `"<plan key>:<output>"` for a step's output, `None` for a source's (its
+/// content digest stands in, as in the cache key).
+fn plan_inputs(
+    graph: &Graph,
+    v: &Vertex,
+    plans: &HashMap<VertexId, Digest>,
+) -> Vec<Option<String>> {
+    v.inputs
+        .iter()
+        .map(|e| {
+            if matches!(graph.vertex(e.vertex).op, Op::Source(_)) {
+                return None;
+            }
+            plans.get(&e.vertex).map(|p| format!("{p}:{}", e.output))
+        })
+        .collect()
 }
 
 /// Answers one vertex under `key`: from an equal vertex in flight, from the
-/// cache, or by running it (then saving the result).
+/// cache, or by running it (then saving the result). With `load_only`, a
+/// vertex the cache does not hold is not run: `None`.
 #[allow(clippy::too_many_arguments)] // the parts of one vertex solve, passed once
 async fn answer_vertex<R: OpRunner>(
     runner: &Arc<R>,
@@ -175,8 +238,9 @@ async fn answer_vertex<R: OpRunner>(
     vertex: &Vertex,
     inputs: Vec<R::Ref>,
     key: &Digest,
+    load_only: bool,
     cancel: CancellationToken,
-) -> VertexResult<R> {
+) -> std::result::Result<Option<Vec<R::Ref>>, Arc<R::Error>> {
     let key = key.clone();
     loop {
         let leader = match flight.join(&key) {
@@ -184,7 +248,7 @@ async fn answer_vertex<R: OpRunner>(
             Flight::Follower(f) => match f.wait().await {
                 Ok(outs) => {
                     runner.cached(id, vertex).await;
-                    return Ok(outs);
+                    return Ok(Some(outs));
                 }
                 Err(FlightError::Failed(e)) => return Err(e),
                 // The leader's build went away; the work itself may be
@@ -197,6 +261,27 @@ async fn answer_vertex<R: OpRunner>(
         // meanwhile wait for the record, as for any run; its own
         // dependents get the outputs at once.
         let mut leader = Some(leader);
+        if load_only {
+            // Dropping the leadership lets an equal vertex that must run
+            // lead it.
+            return match runner.load(&key, vertex).await {
+                Ok(Some(outs)) => {
+                    runner.cached(id, vertex).await;
+                    if let Some(l) = leader {
+                        l.finish(Ok(outs.clone()));
+                    }
+                    Ok(Some(outs))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => {
+                    let e = Arc::new(e);
+                    if let Some(l) = leader {
+                        l.finish(Err(e.clone()));
+                    }
+                    Err(e)
+                }
+            };
+        }
         let result: std::result::Result<Vec<R::Ref>, R::Error> = async {
             let mut claim = None;
             if !vertex.ignore_cache {
@@ -254,7 +339,7 @@ async fn answer_vertex<R: OpRunner>(
         if let Some(l) = leader {
             l.finish(result.clone());
         }
-        return result;
+        return result.map(Some);
     }
 }
 
@@ -272,7 +357,10 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// Solves `target` of `graph` and returns the target's outputs. Every
 /// needed vertex starts as soon as its inputs are ready; on the first
 /// failure every running vertex is cancelled and awaited before the error
-/// is returned.
+/// is returned. When the runner answers plan keys (and no vertex ignores
+/// the cache), the sources run first and the steps are looked up by plan
+/// key from the target down: what an answered step alone needed does not
+/// run.
 pub async fn solve<R: OpRunner>(
     solver: &Solver<R>,
     graph: &Graph,
@@ -284,83 +372,145 @@ pub async fn solve<R: OpRunner>(
     if order.is_empty() {
         return Err(SolveError::Empty);
     }
-    // A failure cancels this solve's vertices, never the caller's token
-    // (which may stand for a whole build that outlives this solve).
-    let cancel = cancel.child_token();
-    let mut done: HashMap<VertexId, Vec<R::Ref>> = HashMap::new();
-    let mut pending: Vec<VertexId> = order;
-    let mut running: JoinSet<Finished<R>> = JoinSet::new();
-    // Which vertex each task solves, to name it when the task panics.
-    let mut tasks: HashMap<tokio::task::Id, VertexId> = HashMap::new();
-    let mut first_error: Option<SolveError> = None;
-    let saves: Saves<R::Error> = Arc::default();
-
-    loop {
-        if first_error.is_none() && !cancel.is_cancelled() {
-            // Start every pending vertex whose inputs are all done.
-            let mut i = 0;
-            while i < pending.len() {
-                let id = pending[i];
-                let v = graph.vertex(id);
-                if v.inputs.iter().all(|e| done.contains_key(&e.vertex)) {
-                    pending.remove(i);
-                    let mut inputs = Vec::with_capacity(v.inputs.len());
-                    for e in &v.inputs {
-                        let outs = &done[&e.vertex];
-                        match outs.get(e.output) {
-                            Some(r) => inputs.push(r.clone()),
-                            None => {
-                                return Err(SolveError::BadInput {
-                                    vertex: id.0,
-                                    input: e.vertex.0,
-                                })
-                            }
-                        }
-                    }
-                    let task = solve_vertex(
-                        runner.clone(),
-                        solver.flight.clone(),
-                        solver.parallelism.clone(),
-                        saves.clone(),
-                        id,
-                        v.clone(),
-                        inputs,
-                        cancel.child_token(),
-                    );
-                    let handle = running.spawn(async move { (id, task.await) });
-                    tasks.insert(handle.id(), id);
-                } else {
-                    i += 1;
-                }
+    let mut run = Run {
+        graph,
+        solver,
+        runner: runner.clone(),
+        // A failure cancels this solve's vertices, never the caller's
+        // token (which may stand for a whole build that outlives this
+        // solve).
+        cancel: cancel.child_token(),
+        done: HashMap::new(),
+        plans: HashMap::new(),
+        saves: Arc::default(),
+        first_error: None,
+    };
+    let planned = runner.answers_plans() && order.iter().all(|&id| !graph.vertex(id).ignore_cache);
+    if planned {
+        let (sources, steps): (Vec<VertexId>, Vec<VertexId>) = order
+            .iter()
+            .partition(|&&id| matches!(graph.vertex(id).op, Op::Source(_)));
+        run.run(sources, None).await?;
+        if run.first_error.is_none() {
+            if let Err(e) = run.planned(steps, target).await {
+                run.fail(e);
             }
         }
-        let next = tokio::select! {
-            r = running.join_next_with_id() => r,
-            _ = cancel.cancelled(), if first_error.is_none() => {
-                first_error = Some(SolveError::Cancelled);
-                continue;
-            }
-        };
-        match next {
-            None => break,
-            Some(Ok((_, (id, Ok(outs))))) => {
-                done.insert(id, outs);
-            }
-            Some(Ok((_, (id, Err(e))))) => {
-                if first_error.is_none() {
-                    first_error = Some(SolveError::Op {
-                        name: graph.vertex(id).name.clone(),
-                        source: Box::new(SharedError(e)),
-                    });
-                    cancel.cancel();
+    } else {
+        run.run(order, None).await?;
+    }
+    run.finish(target).await
+}
+
+/// The state of one solve.
+struct Run<'a, R: OpRunner> {
+    graph: &'a Graph,
+    solver: &'a Solver<R>,
+    runner: Arc<R>,
+    cancel: CancellationToken,
+    done: HashMap<VertexId, Vec<R::Ref>>,
+    /// The plan key of every step answered or planned so far.
+    plans: HashMap<VertexId, Digest>,
+    saves: Saves<R::Error>,
+    first_error: Option<SolveError>,
+}
+
+impl<R: OpRunner> Run<'_, R> {
+    /// Keeps the first failure and cancels what still runs.
+    fn fail(&mut self, e: SolveError) {
+        if self.first_error.is_none() {
+            self.first_error = Some(e);
+            self.cancel.cancel();
+        }
+    }
+
+    /// The failure of `id` with the runner's error `e`.
+    fn op_error(&self, id: VertexId, e: Arc<R::Error>) -> SolveError {
+        SolveError::Op {
+            name: self.graph.vertex(id).name.clone(),
+            source: Box::new(SharedError(e)),
+        }
+    }
+
+    /// Solves `pending` (in dependency order), each as soon as its inputs
+    /// are done, until none is left that can start or one failed. A step
+    /// outside `may_run` (when given) is only loaded from the cache: if
+    /// the cache does not hold it, it stays undone, as do the steps that
+    /// read it.
+    async fn run(
+        &mut self,
+        mut pending: Vec<VertexId>,
+        may_run: Option<&HashSet<VertexId>>,
+    ) -> Result<()> {
+        let graph = self.graph;
+        let mut running: JoinSet<Finished<R>> = JoinSet::new();
+        // Which vertex each task solves, to name it when the task panics.
+        let mut tasks: HashMap<tokio::task::Id, VertexId> = HashMap::new();
+        loop {
+            if self.first_error.is_none() && !self.cancel.is_cancelled() {
+                // Start every pending vertex whose inputs are all done.
+                let mut i = 0;
+                while i < pending.len() {
+                    let id = pending[i];
+                    let v = graph.vertex(id);
+                    if v.inputs.iter().all(|e| self.done.contains_key(&e.vertex)) {
+                        pending.remove(i);
+                        let mut inputs = Vec::with_capacity(v.inputs.len());
+                        for e in &v.inputs {
+                            let outs = &self.done[&e.vertex];
+                            match outs.get(e.output) {
+                                Some(r) => inputs.push(r.clone()),
+                                None => {
+                                    return Err(SolveError::BadInput {
+                                        vertex: id.0,
+                                        input: e.vertex.0,
+                                    })
+                                }
+                            }
+                        }
+                        let task = solve_vertex(
+                            self.runner.clone(),
+                            self.solver.flight.clone(),
+                            self.solver.parallelism.clone(),
+                            self.saves.clone(),
+                            id,
+                            v.clone(),
+                            inputs,
+                            plan_inputs(graph, v, &self.plans),
+                            may_run.is_some_and(|m| !m.contains(&id)),
+                            self.cancel.child_token(),
+                        );
+                        let handle = running.spawn(async move { (id, task.await) });
+                        tasks.insert(handle.id(), id);
+                    } else {
+                        i += 1;
+                    }
                 }
             }
-            Some(Err(join)) => {
-                if first_error.is_none() {
+            let next = tokio::select! {
+                r = running.join_next_with_id() => r,
+                _ = self.cancel.cancelled(), if self.first_error.is_none() => {
+                    self.first_error = Some(SolveError::Cancelled);
+                    continue;
+                }
+            };
+            match next {
+                None => return Ok(()),
+                Some(Ok((_, (id, Ok(Some((outs, plan))))))) => {
+                    self.done.insert(id, outs);
+                    self.plans.insert(id, plan);
+                }
+                // Only to be loaded, and not in the cache.
+                Some(Ok((_, (_, Ok(None))))) => {}
+                Some(Ok((_, (id, Err(e))))) => {
+                    let e = self.op_error(id, e);
+                    self.fail(e);
+                }
+                Some(Err(join)) => {
                     let name = tasks
                         .get(&join.id())
                         .map_or_else(|| "scheduler".into(), |&v| graph.vertex(v).name.clone());
-                    first_error = Some(if join.is_panic() {
+                    self.fail(if join.is_panic() {
                         SolveError::Panicked {
                             name,
                             message: panic_message(join.into_panic()),
@@ -370,32 +520,152 @@ pub async fn solve<R: OpRunner>(
                         // runtime shutting down ends the solve the same way.
                         SolveError::Cancelled
                     });
-                    cancel.cancel();
                 }
             }
         }
     }
-    // Every run's record is saved (or failed) before the solve answers.
-    let mut pending_saves = std::mem::take(&mut *saves.lock().unwrap_or_else(|p| p.into_inner()));
-    while let Some(saved) = pending_saves.join_next().await {
-        let err = match saved {
-            Ok(Ok(())) => continue,
-            Ok(Err((name, e))) => SolveError::Op {
-                name,
-                source: Box::new(SharedError(e)),
-            },
-            Err(join) if join.is_panic() => SolveError::Panicked {
-                name: "saving a cache record".into(),
-                message: panic_message(join.into_panic()),
-            },
-            Err(_) => SolveError::Cancelled,
-        };
-        first_error.get_or_insert(err);
+
+    /// With every source done: computes the plan key of each of `steps`
+    /// (in dependency order).
+    async fn compute_plans(&mut self, steps: &[VertexId]) -> Result<()> {
+        let graph = self.graph;
+        for &id in steps {
+            let v = graph.vertex(id);
+            let mut parts = Vec::with_capacity(v.inputs.len());
+            for (i, (part, e)) in plan_inputs(graph, v, &self.plans)
+                .into_iter()
+                .zip(&v.inputs)
+                .enumerate()
+            {
+                if let Some(p) = part {
+                    parts.push(p);
+                    continue;
+                }
+                let input = self
+                    .done
+                    .get(&e.vertex)
+                    .and_then(|outs| outs.get(e.output))
+                    .ok_or(SolveError::BadInput {
+                        vertex: id.0,
+                        input: e.vertex.0,
+                    })?;
+                let d = self
+                    .runner
+                    .input_digest(v, i, input)
+                    .await
+                    .map_err(|err| self.op_error(id, Arc::new(err)))?;
+                parts.push(d.to_string());
+            }
+            self.plans
+                .insert(id, plan_key(&Graph::op_digest(&v.op), &parts));
+        }
+        Ok(())
     }
-    if let Some(e) = first_error {
-        return Err(e);
+
+    /// Solves `steps` (in dependency order; the sources are done) running
+    /// only what is needed. Walking down from `target`, a step whose plan
+    /// the runner knows stands for its inputs; the steps below such a step
+    /// are only loaded from the cache (a hit keeps its record, as before),
+    /// never run. A known step whose inputs are not all done is then
+    /// answered by its plan; if that fails after all, what it reads may
+    /// run. What is left did no work and shows as cached.
+    async fn planned(&mut self, steps: Vec<VertexId>, target: VertexId) -> Result<()> {
+        let graph = self.graph;
+        self.compute_plans(&steps).await?;
+        let mut may_run: HashSet<VertexId> = HashSet::new();
+        let mut known: HashSet<VertexId> = HashSet::new();
+        let mut stack = vec![target];
+        while let Some(id) = stack.pop() {
+            if self.done.contains_key(&id) || !may_run.insert(id) {
+                continue;
+            }
+            match self.plans.get(&id) {
+                Some(p) if self.runner.plan_known(p) => {
+                    known.insert(id);
+                }
+                _ => stack.extend(graph.vertex(id).inputs.iter().map(|e| e.vertex)),
+            }
+        }
+        let mut left = steps;
+        loop {
+            self.run(left.clone(), Some(&may_run)).await?;
+            if self.first_error.is_some() || self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            left.retain(|id| !self.done.contains_key(id));
+            let mut changed = false;
+            for &id in &left {
+                let v = graph.vertex(id);
+                if !known.contains(&id)
+                    || v.inputs.iter().all(|e| self.done.contains_key(&e.vertex))
+                {
+                    continue;
+                }
+                let Some(plan) = self.plans.get(&id).cloned() else {
+                    continue;
+                };
+                let hit = self
+                    .runner
+                    .load_planned(&plan, v)
+                    .await
+                    .map_err(|err| self.op_error(id, Arc::new(err)))?;
+                known.remove(&id);
+                changed = true;
+                match hit {
+                    Some((outs, key)) => {
+                        self.runner.cached(id, v).await;
+                        self.runner.solved(id, &key, &plan, &outs);
+                        self.done.insert(id, outs);
+                    }
+                    // Its inputs run after all (and it, on them).
+                    None => {
+                        let mut below = vec![id];
+                        while let Some(b) = below.pop() {
+                            for e in &graph.vertex(b).inputs {
+                                if !self.done.contains_key(&e.vertex) && may_run.insert(e.vertex) {
+                                    below.push(e.vertex);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+            left.retain(|id| !self.done.contains_key(id));
+        }
+        for id in left {
+            self.runner.cached(id, graph.vertex(id)).await;
+        }
+        Ok(())
     }
-    done.remove(&target).ok_or(SolveError::Empty)
+
+    /// Waits for every run's record to be saved (or failed), then answers
+    /// the target's outputs or the first failure.
+    async fn finish(mut self, target: VertexId) -> Result<Vec<R::Ref>> {
+        let mut pending_saves =
+            std::mem::take(&mut *self.saves.lock().unwrap_or_else(|p| p.into_inner()));
+        while let Some(saved) = pending_saves.join_next().await {
+            let err = match saved {
+                Ok(Ok(())) => continue,
+                Ok(Err((name, e))) => SolveError::Op {
+                    name,
+                    source: Box::new(SharedError(e)),
+                },
+                Err(join) if join.is_panic() => SolveError::Panicked {
+                    name: "saving a cache record".into(),
+                    message: panic_message(join.into_panic()),
+                },
+                Err(_) => SolveError::Cancelled,
+            };
+            self.first_error.get_or_insert(err);
+        }
+        if let Some(e) = self.first_error {
+            return Err(e);
+        }
+        self.done.remove(&target).ok_or(SolveError::Empty)
+    }
 }
 
 #[cfg(test)]
@@ -425,11 +695,20 @@ mod tests {
         solved: Mutex<Vec<(VertexId, Digest, Vec<String>)>>,
         /// Every claim and release, in order (`claim a`, `release a`).
         claims: Mutex<Vec<String>>,
+        /// An imported cache by plan key; `Some` makes the fake answer
+        /// plans.
+        imported: Option<Mutex<HashMap<Digest, Vec<String>>>>,
+        /// Every `solved` call's plan key, by vertex.
+        plans: Mutex<BTreeMap<usize, Digest>>,
+        /// The imported plans are known but cannot be loaded (a blob
+        /// that cannot be fetched).
+        plans_broken: bool,
     }
 
     fn ident(v: &Vertex) -> String {
         match &v.op {
             Op::Source(s) => s.identifier.clone(),
+            Op::Exec(e) => e.meta.args.join(" "),
             _ => String::new(),
         }
     }
@@ -539,11 +818,40 @@ mod tests {
                 .push(vertex.name.clone());
         }
 
-        fn solved(&self, id: VertexId, key: &Digest, outputs: &[String]) {
+        fn solved(&self, id: VertexId, key: &Digest, plan: &Digest, outputs: &[String]) {
             self.solved
                 .lock()
                 .expect("not poisoned")
                 .push((id, key.clone(), outputs.to_vec()));
+            self.plans
+                .lock()
+                .expect("not poisoned")
+                .insert(id.0, plan.clone());
+        }
+
+        fn answers_plans(&self) -> bool {
+            self.imported.is_some()
+        }
+
+        fn plan_known(&self, plan: &Digest) -> bool {
+            self.imported
+                .as_ref()
+                .is_some_and(|m| m.lock().expect("not poisoned").contains_key(plan))
+        }
+
+        async fn load_planned(
+            &self,
+            plan: &Digest,
+            _vertex: &Vertex,
+        ) -> std::result::Result<Option<(Vec<String>, Digest)>, FakeError> {
+            if self.plans_broken {
+                return Ok(None);
+            }
+            let outs = self
+                .imported
+                .as_ref()
+                .and_then(|m| m.lock().expect("not poisoned").get(plan).cloned());
+            Ok(outs.map(|o| (o, Digest::of(format!("key of {plan}").as_bytes()))))
         }
     }
 
@@ -876,5 +1184,183 @@ mod tests {
         let f = Arc::new(Fake::default());
         run(&solver, &g, n, &f).await.expect("solves");
         assert_eq!(f.claims(), vec!["save nocache"]);
+    }
+
+    /// A step (an exec whose args are `args`) named `name`.
+    fn step(name: &str, args: &str, inputs: &[VertexId]) -> Vertex {
+        Vertex {
+            op: Op::Exec(ExecOp {
+                meta: Meta {
+                    args: vec![args.into()],
+                    ..Meta::default()
+                },
+                mounts: Vec::new(),
+                network: NetMode::default(),
+                security: SecurityMode::default(),
+                secret_env: Vec::new(),
+                platform: None,
+            }),
+            ..v(name, "", inputs)
+        }
+    }
+
+    /// Two stages as a Dockerfile makes them: `a` (two steps on `base`)
+    /// and the final one, whose first step reads `a`'s result (`COPY
+    /// --from=a`) and whose second reads the first. Returns the graph and
+    /// the final step.
+    fn stages(base: &str) -> (Graph, VertexId) {
+        let mut g = Graph::default();
+        let b = g.add(v("base", base, &[])).expect("valid");
+        let a1 = g.add(step("a1", "a1", &[b])).expect("valid");
+        let a2 = g.add(step("a2", "a2", &[a1])).expect("valid");
+        let f1 = g.add(step("f1", "f1", &[b, a2])).expect("valid");
+        let f2 = g.add(step("f2", "f2", &[f1])).expect("valid");
+        (g, f2)
+    }
+
+    /// A fake answering plans from `imported`.
+    fn importing(imported: HashMap<Digest, Vec<String>>) -> Arc<Fake> {
+        Arc::new(Fake {
+            imported: Some(Mutex::new(imported)),
+            ..Fake::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_step_answered_by_its_plan_key_runs_nothing_only_it_needed() {
+        let solver = Solver::new(4);
+        let (g, f2) = stages("base");
+        let first = Arc::new(Fake::default());
+        run(&solver, &g, f2, &first).await.expect("solves");
+        let plans = first.plans.lock().expect("not poisoned").clone();
+        assert_eq!(plans.len(), 5, "every vertex has a plan key: {plans:?}");
+
+        // A cache that kept only the final step (mode=min): the builder
+        // stage is not run, its steps show as cached.
+        let f = importing(HashMap::from([(plans[&f2.0].clone(), vec!["kept".into()])]));
+        let got = run(&solver, &g, f2, &f).await.expect("solves");
+        assert_eq!(got, vec!["kept"]);
+        assert_eq!(f.runs(), vec!["base"], "only the source runs");
+        let mut cached = f.cached.lock().expect("not poisoned").clone();
+        cached.sort();
+        assert_eq!(cached, vec!["a1", "a2", "f1", "f2"]);
+        assert_eq!(f.plans.lock().expect("not poisoned")[&f2.0], plans[&f2.0]);
+
+        // Another source (a changed context) is another plan: all runs.
+        let (g2, t2) = stages("other-base");
+        let f = importing(HashMap::from([(plans[&f2.0].clone(), vec!["kept".into()])]));
+        let got = run(&solver, &g2, t2, &f).await.expect("solves");
+        assert_ne!(got, vec!["kept"]);
+        assert_eq!(f.runs(), vec!["base", "a1", "a2", "f1", "f2"]);
+    }
+
+    #[tokio::test]
+    async fn a_plan_hit_below_the_target_feeds_the_steps_above_it() {
+        let solver = Solver::new(4);
+        let (g, f2) = stages("base");
+        let first = Arc::new(Fake::default());
+        run(&solver, &g, f2, &first).await.expect("solves");
+        let plans = first.plans.lock().expect("not poisoned").clone();
+        let f1 = VertexId(f2.0 - 1);
+        let f = importing(HashMap::from([(
+            plans[&f1.0].clone(),
+            vec!["f1-kept".into()],
+        )]));
+        let got = run(&solver, &g, f2, &f).await.expect("solves");
+        assert_eq!(got, vec!["f2(f1-kept)"]);
+        assert_eq!(f.runs(), vec!["base", "f2"]);
+        // A run's plan key is the one the planning computed.
+        assert_eq!(f.plans.lock().expect("not poisoned")[&f2.0], plans[&f2.0]);
+    }
+
+    #[tokio::test]
+    async fn a_vertex_ignoring_the_cache_turns_plan_lookups_off() {
+        let solver = Solver::new(4);
+        let (g, f2) = stages("base");
+        let first = Arc::new(Fake::default());
+        run(&solver, &g, f2, &first).await.expect("solves");
+        let plans = first.plans.lock().expect("not poisoned").clone();
+
+        // `--no-cache-filter a`: the stage must run, so nothing may be
+        // answered by a plan that skips it.
+        let (mut g, f2) = stages("base");
+        let a1 = VertexId(1);
+        let mut copy = g.vertex(a1).clone();
+        copy.ignore_cache = true;
+        let mut g2 = Graph::default();
+        for (i, vx) in (0..=f2.0).map(|i| (i, g.vertex(VertexId(i)).clone())) {
+            g2.add(if i == a1.0 { copy.clone() } else { vx })
+                .expect("valid");
+        }
+        g = g2;
+        let f = importing(HashMap::from([(plans[&f2.0].clone(), vec!["kept".into()])]));
+        let got = run(&solver, &g, f2, &f).await.expect("solves");
+        assert_ne!(got, vec!["kept"]);
+        assert!(f.runs().contains(&"a1".to_string()), "{:?}", f.runs());
+    }
+
+    #[tokio::test]
+    async fn steps_below_a_known_plan_are_still_loaded_when_cached() {
+        let solver = Solver::new(4);
+        let (g, f2) = stages("base");
+        let first = Arc::new(Fake::default());
+        run(&solver, &g, f2, &first).await.expect("solves");
+        let plans = first.plans.lock().expect("not poisoned").clone();
+        let keys: Vec<Digest> = first
+            .solved
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(_, k, _)| k.clone())
+            .collect();
+
+        // The cache holds every step (a single-stage build's cache, or
+        // mode=max): each step is loaded under its own key, so the
+        // records this build reports are the first build's.
+        let f = Arc::new(Fake {
+            imported: Some(Mutex::new(HashMap::from([(
+                plans[&f2.0].clone(),
+                vec!["kept".into()],
+            )]))),
+            store: Mutex::new(first.store.lock().expect("not poisoned").clone()),
+            ..Fake::default()
+        });
+        run(&solver, &g, f2, &f).await.expect("solves");
+        assert_eq!(
+            f.runs(),
+            Vec::<String>::new(),
+            "the fake's store has the source too"
+        );
+        let mut got: Vec<Digest> = f
+            .solved
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(_, k, _)| k.clone())
+            .collect();
+        let mut want = keys.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn a_known_plan_that_cannot_be_loaded_runs_what_it_reads() {
+        let solver = Solver::new(4);
+        let (g, f2) = stages("base");
+        let first = Arc::new(Fake::default());
+        let want = run(&solver, &g, f2, &first).await.expect("solves");
+        let plans = first.plans.lock().expect("not poisoned").clone();
+        let f = Arc::new(Fake {
+            imported: Some(Mutex::new(HashMap::from([(
+                plans[&f2.0].clone(),
+                vec!["kept".into()],
+            )]))),
+            plans_broken: true,
+            ..Fake::default()
+        });
+        let got = run(&solver, &g, f2, &f).await.expect("solves");
+        assert_eq!(got, want);
+        assert_eq!(f.runs(), vec!["base", "a1", "a2", "f1", "f2"]);
     }
 }

@@ -273,8 +273,29 @@ impl OpRunner for StepRunner {
         .map(|chain| vec![Ref::Chain(chain)]))
     }
 
-    fn solved(&self, id: VertexId, key: &Digest, outputs: &[Ref]) {
-        self.remote.note(id, key, outputs);
+    fn solved(&self, id: VertexId, key: &Digest, plan: &Digest, outputs: &[Ref]) {
+        self.remote.note(id, key, plan, outputs);
+    }
+
+    fn answers_plans(&self) -> bool {
+        self.remote.has_imports()
+    }
+
+    fn plan_known(&self, plan: &Digest) -> bool {
+        self.remote.planned(plan).is_some()
+    }
+
+    /// An imported cache's plan record names the key it stands for; that
+    /// key is then loaded as any other (the local cache first).
+    async fn load_planned(
+        &self,
+        plan: &Digest,
+        vertex: &Vertex,
+    ) -> Result<Option<(Vec<Ref>, Digest)>> {
+        let Some(key) = self.remote.planned(plan) else {
+            return Ok(None);
+        };
+        Ok(self.load(&key, vertex).await?.map(|outs| (outs, key)))
     }
 
     async fn save(&self, key: &Digest, vertex: &Vertex, outputs: &[Ref]) -> Result<()> {

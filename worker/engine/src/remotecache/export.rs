@@ -8,7 +8,7 @@ use super::format::{
 use super::{CacheError, Mode, VertexRecord};
 use crate::refs::{Blob, Layer};
 use crate::services::Services;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -73,6 +73,32 @@ fn link(records: &[VertexRecord]) -> Vec<Vec<Vec<CacheInput>>> {
         .collect()
 }
 
+/// A record for each plan key of a record with a result (deduplicated by
+/// digest), linking that record through [`format::PLAN_SELECTOR`]: what
+/// an import looks a step up by before the steps it reads have run, and
+/// how it learns the step's key. `out` are the records written for
+/// `records`, in order.
+fn plan_records(records: &[VertexRecord], out: &[CacheRecord]) -> Vec<CacheRecord> {
+    let mut seen: HashSet<String> = out.iter().map(|r| r.digest.clone()).collect();
+    records
+        .iter()
+        .zip(out)
+        .enumerate()
+        .filter(|(_, (_, rec))| !rec.results.is_empty())
+        .filter_map(|(i, (r, _))| {
+            let plan = r.plan.as_ref()?.to_string();
+            seen.insert(plan.clone()).then(|| CacheRecord {
+                digest: plan,
+                inputs: vec![vec![CacheInput {
+                    selector: format::PLAN_SELECTOR.into(),
+                    link: i as i64,
+                }]],
+                ..CacheRecord::default()
+            })
+        })
+        .collect()
+}
+
 /// The cache of `records` for an export in `mode`: layers deduplicated by
 /// chain (a blob with the same parent is one entry), one record per vertex.
 /// Each result's `createdAt` is its top layer's time (Go's zero time for a
@@ -121,6 +147,8 @@ pub fn plan(records: &[VertexRecord], result: &[Layer], mode: Mode) -> Plan {
         }
         out.push(rec);
     }
+    let plans = plan_records(records, &out);
+    out.extend(plans);
     Plan {
         config: CacheConfig {
             layers,
@@ -152,6 +180,8 @@ pub fn inline(records: &[VertexRecord], result: &[Layer]) -> Option<String> {
         }
         out.push(rec);
     }
+    let plans = plan_records(records, &out);
+    out.extend(plans);
     any.then(|| format::inline_value(&out))
 }
 

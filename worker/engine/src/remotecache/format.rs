@@ -252,13 +252,36 @@ pub struct ChainLayer {
     pub created: Option<String>,
 }
 
+/// The selector of the one link of a plan record: it names the record
+/// (by index) whose key the plan key stands for. A plan record has no
+/// result of its own; BuildKit never matches its digest.
+pub const PLAN_SELECTOR: &str = "kiln.plan";
+
 /// A parsed cache: each key's results as layer chains (bottom first).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Chains {
     pub by_key: HashMap<String, Vec<Vec<ChainLayer>>>,
+    /// Plan key -> the key of the record it stands for.
+    pub plans: HashMap<String, String>,
 }
 
 impl Chains {
+    /// The key whose record a plan key stands for, if it has a result.
+    pub fn planned(&self, plan: &str) -> Option<&str> {
+        self.plans
+            .get(plan)
+            .map(String::as_str)
+            .filter(|k| self.get(k).is_some())
+    }
+
+    /// Adds `other`'s keys and plans.
+    pub fn extend(&mut self, other: Chains) {
+        for (k, v) in other.by_key {
+            self.by_key.entry(k).or_default().extend(v);
+        }
+        self.plans.extend(other.plans);
+    }
+
     /// The first usable chain of `key`.
     pub fn get(&self, key: &str) -> Option<&Vec<ChainLayer>> {
         self.by_key.get(key).and_then(|c| c.first())
@@ -369,6 +392,16 @@ fn chains_of(
     for (ri, r) in config.records.iter().enumerate() {
         if r.digest.is_empty() {
             return Err(invalid(format!("record {ri} has no digest")));
+        }
+        if let [links] = r.inputs.as_slice() {
+            if let [CacheInput { selector, link }] = links.as_slice() {
+                let to = usize::try_from(*link)
+                    .ok()
+                    .and_then(|i| config.records.get(i));
+                if let (true, Some(to)) = (selector == PLAN_SELECTOR, to) {
+                    out.plans.insert(r.digest.clone(), to.digest.clone());
+                }
+            }
         }
         for res in &r.results {
             // Walk parents to the root, then flip to bottom-first.

@@ -116,9 +116,7 @@ where
                     if let Some(c) =
                         format::parse_inline(&cfg, &m.config.digest, &m.layers).map_err(fmt)?
                     {
-                        for (k, v) in c.by_key {
-                            all.by_key.entry(k).or_default().extend(v);
-                        }
+                        all.extend(c);
                     }
                 }
             }

@@ -15,6 +15,11 @@
 //!
 //! kiln's keys are content based (op definition + input chainIDs/content
 //! digests), so the same inputs give the same keys on another containerd.
+//! Each step with a result is also written under its plan key (a record
+//! linking the step's with the selector [`format::PLAN_SELECTOR`]), which
+//! the solver looks up before the steps it reads have run
+//! ([`BuildCache::planned`]): a `mode=min` cache answers a multi-stage
+//! build's final stage without the stages it copies from.
 //! BuildKit computes its keys differently: a cache written by either is
 //! readable by the other, but only hits where keys agree.
 
@@ -84,6 +89,10 @@ impl CacheError {
 pub struct VertexRecord {
     pub id: VertexId,
     pub key: Digest,
+    /// The step's plan key (`kiln_solver::cache::plan_key`; `None` for a
+    /// source): exported as a record linking this one, so that an import
+    /// answers the step before the steps it reads have run.
+    pub plan: Option<Digest>,
     /// For each input, the vertex it came from (`None`: not describable,
     /// e.g. a second output).
     pub inputs: Vec<Option<VertexId>>,
@@ -100,7 +109,7 @@ pub struct BuildCache {
     imports: Vec<import::Imported>,
     /// The input vertices of each vertex (output 0 only) and its name.
     shape: HashMap<VertexId, (Vec<Option<VertexId>>, String, bool)>,
-    answered: Mutex<HashMap<VertexId, (Digest, Vec<Ref>)>>,
+    answered: Mutex<HashMap<VertexId, (Digest, Digest, Vec<Ref>)>>,
 }
 
 impl BuildCache {
@@ -135,10 +144,19 @@ impl BuildCache {
             .find_map(|i| i.chains.get(key.as_str()).map(|c| (i, c)))
     }
 
+    /// The key an imported cache's plan record stands for, whose result
+    /// it holds.
+    pub fn planned(&self, plan: &Digest) -> Option<Digest> {
+        self.imports
+            .iter()
+            .find_map(|i| i.chains.planned(plan.as_str()))
+            .and_then(Digest::parse)
+    }
+
     /// Notes a vertex the solver answered.
-    pub fn note(&self, id: VertexId, key: &Digest, outputs: &[Ref]) {
+    pub fn note(&self, id: VertexId, key: &Digest, plan: &Digest, outputs: &[Ref]) {
         let mut m = self.answered.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(id, (key.clone(), outputs.to_vec()));
+        m.insert(id, (key.clone(), plan.clone(), outputs.to_vec()));
     }
 
     /// Every answered vertex, in vertex order.
@@ -146,8 +164,8 @@ impl BuildCache {
         let m = self.answered.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<VertexRecord> = m
             .iter()
-            .map(|(id, (key, outs))| {
-                let (inputs, name, _) = self.shape.get(id).cloned().unwrap_or_default();
+            .map(|(id, (key, plan, outs))| {
+                let (inputs, name, source) = self.shape.get(id).cloned().unwrap_or_default();
                 let chain = match outs.as_slice() {
                     [Ref::Chain(l)] => Some(l.clone()),
                     _ => None,
@@ -155,6 +173,7 @@ impl BuildCache {
                 VertexRecord {
                     id: *id,
                     key: key.clone(),
+                    plan: (!source).then(|| plan.clone()),
                     inputs,
                     chain,
                     name,

@@ -22,6 +22,9 @@ fn rec(id: usize, inputs: &[usize], chain: &[char]) -> VertexRecord {
     VertexRecord {
         id: VertexId(id),
         key: Digest::of(format!("key-{id}").as_bytes()),
+        // Without a plan key (a source) no plan record is written (see
+        // `plan_keys_are_records_linking_their_steps`).
+        plan: None,
         inputs: inputs.iter().map(|&i| Some(VertexId(i))).collect(),
         chain: Some(chain.iter().map(|&c| layer(c)).collect()),
         name: format!("v{id}"),
@@ -155,6 +158,67 @@ fn inline_results_index_the_images_layers() {
         chains.get(records[2].key.as_str()).is_none(),
         "not in the image"
     );
+}
+
+#[test]
+fn plan_keys_are_records_linking_their_steps() {
+    let (mut records, result) = build();
+    for r in &mut records {
+        r.plan = Some(Digest::of(format!("plan-{}", r.id.0).as_bytes()));
+    }
+    // Two steps planned alike are one record.
+    records[2].plan = records[1].plan.clone();
+    let plan_of = |i: usize| records[i].plan.clone().expect("plan").to_string();
+    let min = plan(&records, &result, Mode::Min);
+    let digests: Vec<String> = min
+        .config
+        .records
+        .iter()
+        .map(|r| r.digest.clone())
+        .collect();
+    let want: Vec<String> = [0, 1, 2, 3]
+        .iter()
+        .map(|&i| records[i].key.to_string())
+        .chain([0, 1, 3].iter().map(|&i| plan_of(i)))
+        .collect();
+    assert_eq!(digests, want, "the side stage had no result in min mode");
+    for (rec, link) in min.config.records[4..].iter().zip([0, 1, 3]) {
+        assert!(rec.results.is_empty());
+        assert_eq!(
+            rec.inputs,
+            [[format::CacheInput {
+                selector: format::PLAN_SELECTOR.into(),
+                link,
+            }]]
+        );
+    }
+    let (config, config_desc, _, _) = manifest_blobs(&min, format::ManifestStyle::default());
+    let layers: Vec<format::Descriptor> = min.layers.iter().map(export::layer_descriptor).collect();
+    let chains = format::parse_config(&config, &config_desc.digest, &layers).expect("config");
+    for i in [0, 1, 3] {
+        assert_eq!(
+            chains.planned(&plan_of(i)),
+            Some(records[i].key.as_str()),
+            "the plan record of {i} names its key"
+        );
+    }
+    assert_eq!(chains.len(), 3, "plan records add no result");
+
+    let value = inline(&records, &result).expect("has results");
+    let descs: Vec<format::Descriptor> = result.iter().map(export::layer_descriptor).collect();
+    let config = serde_json::json!({
+        "rootfs": {"type": "layers", "diff_ids": result.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
+        format::INLINE_CONFIG_KEY: value,
+    });
+    let chains = format::parse_inline(
+        &serde_json::to_vec(&config).expect("json"),
+        "sha256:cfg",
+        &descs,
+    )
+    .expect("parses")
+    .expect("inline cache");
+    assert_eq!(chains.planned(&plan_of(3)), Some(records[3].key.as_str()));
+    assert_eq!(chains.plans.len(), 3, "the side stage is not in the image");
 }
 
 fn attrs(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
