@@ -118,7 +118,31 @@ fn cases() -> Vec<Case> {
     for i in 0..5000 {
         patterns.push_str(&format!("**/a*b*c*d*e*f*g*{i}/**\n"));
     }
+    // A thousand levels: the walks of a tree recurse once per level, and
+    // at about 270 they overflowed a runtime thread's stack, aborting
+    // kilnd with every build in it (BuildKit copies such trees).
+    let deep_dirs = "d/".repeat(1000);
+    let deep_file: &'static str = Box::leak(format!("{deep_dirs}f").into_boxed_str());
+    let deep_context = format!(
+        "FROM busybox\nCOPY . /ctx\nRUN test -f /ctx/{deep_file} && echo deep-context-ok\n"
+    );
+    let deep_stage = format!(
+        "FROM busybox AS a\nRUN mkdir -p /x/{deep_dirs} && echo deep > /x/{deep_file}\n\
+         FROM busybox\nCOPY --from=a /x /x\nRUN test -f /x/{deep_file} && echo deep-copy-ok\n"
+    );
     vec![
+        case(
+            "deep-context-tree",
+            BOTH,
+            vec![df(&deep_context), Entry::File(deep_file, "bottom".into())],
+            Expect::OkWith("deep-context-ok"),
+        ),
+        case(
+            "deep-tree-copied-from-a-stage",
+            BOTH,
+            vec![df(&deep_stage)],
+            Expect::OkWith("deep-copy-ok"),
+        ),
         // The Dockerfile and its ignore files, read by kiln itself.
         case(
             "dockerfile-symlink-to-shadow",

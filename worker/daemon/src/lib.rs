@@ -127,10 +127,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match kiln_engine::runtime::multi_thread() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kilnd: cannot start the runtime: {e}");

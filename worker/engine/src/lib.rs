@@ -36,6 +36,7 @@ pub mod push;
 pub mod refs;
 pub mod remotecache;
 pub mod resolve;
+pub mod runtime;
 pub mod secrets;
 pub mod services;
 pub mod shared;
