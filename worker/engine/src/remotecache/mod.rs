@@ -102,6 +102,9 @@ pub struct VertexRecord {
     pub name: String,
 }
 
+/// A vertex the solver answered: its key, its plan key and its outputs.
+type Answered = (Digest, Digest, Vec<Ref>);
+
 /// The cache side of one build: the imported caches to consult on a
 /// miss and the vertices answered so far (for export).
 #[derive(Debug, Default)]
@@ -109,7 +112,7 @@ pub struct BuildCache {
     imports: Vec<import::Imported>,
     /// The input vertices of each vertex (output 0 only) and its name.
     shape: HashMap<VertexId, (Vec<Option<VertexId>>, String, bool)>,
-    answered: Mutex<HashMap<VertexId, (Digest, Digest, Vec<Ref>)>>,
+    answered: Mutex<HashMap<VertexId, Answered>>,
 }
 
 impl BuildCache {
