@@ -375,10 +375,12 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Channel> {
 /// files), which hyper's 16 KiB default would refuse as a protocol error.
 const MAX_HEADER_LIST: u32 = 16 << 20;
 
-/// An endpoint for `uri` with kiln's HTTP/2 limits.
+/// An endpoint for `uri` with kiln's HTTP/2 limits and a session's
+/// connection window.
 fn endpoint(uri: &str) -> Result<tonic::transport::Endpoint> {
     Ok(tonic::transport::Endpoint::from_shared(uri.to_string())?
-        .http2_max_header_list_size(MAX_HEADER_LIST))
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+        .initial_connection_window_size(kiln_session::hijack::CONNECTION_WINDOW))
 }
 
 /// An `oci`/`docker` output's `tar` option (true by default).

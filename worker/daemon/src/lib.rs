@@ -391,6 +391,7 @@ async fn run(
     let mut servers = JoinSet::new();
     for listener in listeners {
         let router = Server::builder()
+            .initial_connection_window_size(kiln_session::hijack::CONNECTION_WINDOW)
             .add_service(
                 ControlServer::new(control::ControlService(d.clone()))
                     .max_decoding_message_size(MAX_MESSAGE)

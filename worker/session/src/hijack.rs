@@ -47,6 +47,23 @@ const MAX_CHUNK: usize = 1 << 20;
 /// How many outbound messages may wait for the gRPC stream.
 const OUTBOUND_DEPTH: usize = 16;
 
+/// The HTTP/2 connection window of every connection a session's frames
+/// cross: kilnd's listeners, kiln's connection to kilnd, and the
+/// connection tunnelled in the session itself. hyper's defaults are 1 MiB
+/// (server) and 5 MiB (client). Session traffic is mostly tiny frames (a
+/// buildctl sends one fsutil packet per file of a context's listing, about
+/// 30 bytes each, and on the outer connection each tunnelled frame is a
+/// message of its own), and h2 ends a connection (GOAWAY
+/// `ENHANCE_YOUR_CALM`, "too_many_data_frames") once the small frames it
+/// holds unread cost more than half this window, about 230 bytes each.
+/// A sender may have a whole stream window (2 MiB on the tunnelled
+/// connection) in flight while kiln writes files: some 70,000 frames of a
+/// 50,000-file listing, which needs more than 32 MiB. The window only
+/// raises what may be in flight across a connection's streams; each
+/// stream keeps its own window, and the outer frames are drained at once
+/// ([`HijackedConn::from_parts`]).
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
+
 /// The inbound half: the `data` of each received message, in order.
 type Inbound = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
@@ -72,12 +89,37 @@ impl HijackedConn {
     /// A connection reading the `data` of `inbound` and writing chunks to
     /// `outbound`; dropping or shutting down the connection closes
     /// `outbound`.
+    ///
+    /// `inbound` is drained at once by a task of its own, whatever the
+    /// reader is doing: the peer's HTTP/2 layer writes each frame of the
+    /// tunnelled connection as a message of its own, mostly tiny (an
+    /// fsutil listing is one per file), and the HTTP/2 connection they
+    /// arrive on ends itself (GOAWAY `ENHANCE_YOUR_CALM`,
+    /// "too_many_data_frames") once a few thousand small frames wait
+    /// unread. What waits here instead is bounded by the tunnelled
+    /// connection's own flow-control windows. Must be called within a
+    /// tokio runtime.
     pub fn from_parts<S>(inbound: S, outbound: mpsc::Sender<Bytes>) -> HijackedConn
     where
         S: Stream<Item = Result<Bytes, Status>> + Send + 'static,
     {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut inbound = Box::pin(inbound);
+            loop {
+                let item = tokio::select! {
+                    () = tx.closed() => return,
+                    item = inbound.next() => item,
+                };
+                let Some(item) = item else { return };
+                let failed = item.is_err();
+                if tx.send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
         HijackedConn {
-            inbound: Box::pin(inbound),
+            inbound: Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)),
             pending: Bytes::new(),
             eof: false,
             outbound: PollSender::new(outbound),
@@ -260,6 +302,7 @@ pub async fn connect_session(conn: HijackedConn) -> Result<Channel> {
     });
     // Upstream sends authority "localhost"; clients do not check it.
     Endpoint::from_static("http://localhost")
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .connect_with_connector(connector)
         .await
         .map_err(|source| SessionError::Connect { source })

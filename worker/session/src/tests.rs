@@ -298,3 +298,128 @@ async fn already_exists_from_the_client_counts_as_success() {
         .expect("skip is success");
     session.end().await;
 }
+
+/// A client whose fsutil sender writes one tiny packet per HTTP/2 frame
+/// and all of them at once, as buildctl's does for a context's listing:
+/// `count` directories, the end of the listing, then FIN. A raw HTTP/2
+/// body: tonic's own encoder would gather the packets into large frames.
+#[derive(Clone)]
+struct TinyFrames {
+    count: usize,
+}
+
+impl tonic::server::NamedService for TinyFrames {
+    const NAME: &'static str = "moby.filesync.v1.FileSync";
+}
+
+/// The response body: each gRPC message a frame of its own, then the
+/// trailers of a successful call.
+struct Frames(std::collections::VecDeque<bytes::Bytes>);
+
+impl tonic::codegen::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(Some(Ok(match self.0.pop_front() {
+            Some(data) => hyper::body::Frame::data(data),
+            None if self.0.capacity() > 0 => {
+                self.0 = std::collections::VecDeque::new();
+                let mut trailers = tonic::codegen::http::HeaderMap::new();
+                trailers.insert(
+                    "grpc-status",
+                    tonic::codegen::http::HeaderValue::from_static("0"),
+                );
+                hyper::body::Frame::trailers(trailers)
+            }
+            None => return std::task::Poll::Ready(None),
+        })))
+    }
+}
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for TinyFrames {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        use crate::fsutil::{Packet, PacketType, Stat};
+        use prost::Message as _;
+        // The receiver's packets (its FIN) are read and dropped.
+        let mut inbound = req.into_body();
+        tokio::spawn(async move {
+            while let Some(Ok(_)) = std::future::poll_fn(|cx| {
+                tonic::codegen::Body::poll_frame(std::pin::Pin::new(&mut inbound), cx)
+            })
+            .await
+            {}
+        });
+        let grpc = |p: Packet| {
+            let body = p.encode_to_vec();
+            let mut m = Vec::with_capacity(5 + body.len());
+            m.push(0);
+            m.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            m.extend_from_slice(&body);
+            bytes::Bytes::from(m)
+        };
+        let kind = |t: PacketType| Packet {
+            r#type: t as i32,
+            ..Packet::default()
+        };
+        let mut frames: std::collections::VecDeque<bytes::Bytes> = (0..self.count)
+            .map(|i| {
+                grpc(Packet {
+                    stat: Some(Stat {
+                        path: format!("d{i:06}"),
+                        mode: 0o755 | (1 << 31),
+                        ..Stat::default()
+                    }),
+                    ..kind(PacketType::PacketStat)
+                })
+            })
+            .collect();
+        frames.push_back(grpc(kind(PacketType::PacketStat)));
+        frames.push_back(grpc(kind(PacketType::PacketFin)));
+        let resp = tonic::codegen::http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::new(Frames(frames)))
+            .expect("a response");
+        std::future::ready(Ok(resp))
+    }
+}
+
+/// Tens of thousands of tiny frames arriving at once: h2 ends a
+/// connection once too many small frames wait unread, which a connection
+/// window sized for it (`hijack::CONNECTION_WINDOW`) keeps from happening
+/// (before it, a buildctl sending a 10,000-file context failed at once).
+#[tokio::test]
+async fn a_listing_in_tiny_frames_keeps_the_session() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut services = SessionServices::new();
+    services.add(TinyFrames { count: 60_000 }, &["DiffCopy"]);
+    let session = Session::start(services).await;
+    let stats = fetch_dir(
+        session.channel.clone(),
+        "context",
+        &[],
+        &[],
+        &[],
+        tmp.path(),
+        Default::default(),
+    )
+    .await
+    .expect("the whole listing arrives");
+    assert_eq!(stats.entries, 60_000);
+    assert!(tmp.path().join("d059999").is_dir());
+    session.end().await;
+}

@@ -98,8 +98,21 @@ pub const MAX_PATH_BYTES: usize = 4096;
 /// context, and no image build context comes near it.
 pub const MAX_TOTAL_BYTES: u64 = 64 << 30;
 
-/// How many received packets may wait for the file system.
-const APPLY_DEPTH: usize = 64;
+/// How many bytes of received packets may wait for the file system.
+/// Counted in bytes, not packets: a listing of tens of thousands of small
+/// entries must not back up into the connection, where h2 counts every
+/// small DATA frame it holds against a budget and ends the connection
+/// (GOAWAY `ENHANCE_YOUR_CALM`, "too_many_data_frames") once a few
+/// thousand wait. The file contents that fill it are large frames.
+const APPLY_BYTES: usize = 4 << 20;
+
+/// What a queued packet counts for beyond its wire size (its place in the
+/// queue and its decoded stat).
+const PACKET_COST: usize = 256;
+
+/// A received packet and its share of [`APPLY_BYTES`], given back once
+/// applied.
+type Queued = (Packet, tokio::sync::OwnedSemaphorePermit);
 
 /// Receives a tree from the sender at the other end of `rx`/`tx` into
 /// `dest`, an existing directory (buildkit-protocol.md §5). Entries already
@@ -136,7 +149,8 @@ where
             return Err(e);
         }
     };
-    let (in_tx, in_rx) = mpsc::channel::<Packet>(APPLY_DEPTH);
+    let budget = Arc::new(tokio::sync::Semaphore::new(APPLY_BYTES));
+    let (in_tx, in_rx) = mpsc::unbounded_channel::<Queued>();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Packet>();
     // Dropping this future (a cancelled build) stops the applier at its
     // next packet, not after the ones queued: the caller may look at
@@ -156,7 +170,18 @@ where
                 () = in_tx.closed() => return Ok(()),
                 item = rx.next() => match item {
                     Some(Ok(p)) => {
-                        if in_tx.send(p).await.is_err() {
+                        let cost = usize::try_from(super::wire::packet_len(&p))
+                            .unwrap_or(APPLY_BYTES)
+                            .saturating_add(PACKET_COST)
+                            .min(APPLY_BYTES);
+                        let permit = tokio::select! {
+                            () = in_tx.closed() => return Ok(()),
+                            permit = budget.clone().acquire_many_owned(cost as u32) => match permit {
+                                Ok(permit) => permit,
+                                Err(_) => return Ok(()),
+                            },
+                        };
+                        if in_tx.send((p, permit)).is_err() {
                             return Ok(());
                         }
                     }
@@ -282,7 +307,7 @@ impl Applier {
 
     fn run(
         mut self,
-        mut rx: mpsc::Receiver<Packet>,
+        mut rx: mpsc::UnboundedReceiver<Queued>,
         abandoned: &AtomicBool,
     ) -> Result<ReceiveStats, FsutilError> {
         let res = self.drive(&mut rx, abandoned);
@@ -302,7 +327,7 @@ impl Applier {
 
     fn drive(
         &mut self,
-        rx: &mut mpsc::Receiver<Packet>,
+        rx: &mut mpsc::UnboundedReceiver<Queued>,
         abandoned: &AtomicBool,
     ) -> Result<ReceiveStats, FsutilError> {
         loop {
@@ -310,7 +335,8 @@ impl Applier {
             if abandoned.load(Ordering::Acquire) {
                 return Err(FsutilError::Closed);
             }
-            let Some(p) = p else {
+            // The packet's share of the queue is given back once applied.
+            let Some((p, _queued)) = p else {
                 // After our FIN the peer may just close.
                 return if self.fin_sent {
                     Ok(std::mem::take(&mut self.stats))
