@@ -142,6 +142,8 @@ struct Inner {
     /// Keyed by (host, scopes); scopes "" is a host-wide Basic header.
     auth: Mutex<HashMap<(String, String), CachedAuth>>,
     credentials: Mutex<HashMap<String, Option<Credential>>>,
+    /// The scheme each probed insecure host answered on.
+    schemes: Mutex<HashMap<String, &'static str>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -167,6 +169,28 @@ impl Client {
                 http: Mutex::new(HashMap::new()),
                 auth: Mutex::new(HashMap::new()),
                 credentials: Mutex::new(HashMap::new()),
+                schemes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The registry settings this client follows.
+    pub fn hosts(&self) -> &Arc<HostsConfig> {
+        &self.inner.hosts
+    }
+
+    /// The same credentials and timeouts over other registry settings
+    /// (`registry.insecure=true` for one registry); caches start empty.
+    pub fn with_hosts(&self, hosts: Arc<HostsConfig>) -> Self {
+        Client {
+            inner: Arc::new(Inner {
+                hosts,
+                creds: self.inner.creds.clone(),
+                timeouts: self.inner.timeouts,
+                http: Mutex::new(HashMap::new()),
+                auth: Mutex::new(HashMap::new()),
+                credentials: Mutex::new(HashMap::new()),
+                schemes: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -183,6 +207,7 @@ impl Client {
                 http: Mutex::new(HashMap::new()),
                 auth: Mutex::new(HashMap::new()),
                 credentials: Mutex::new(HashMap::new()),
+                schemes: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -212,7 +237,7 @@ impl Client {
         check_digest(digest)?;
         let scopes = Scopes::pull(&r.path);
         let what = format!("fetching blob {digest}");
-        let eps = endpoints(&self.inner.hosts, &r.domain, true);
+        let eps = self.endpoints(&r.domain, true).await;
         let mut last = None;
         for ep in &eps {
             let url = ep.url(&format!("{}/blobs/{digest}", r.path), &[]);
@@ -256,7 +281,7 @@ impl Client {
     /// itself): its size if so.
     pub async fn blob_exists(&self, r: &Reference, digest: &str) -> Result<Option<u64>> {
         check_digest(digest)?;
-        let ep = self.push_endpoint(r);
+        let ep = self.push_endpoint(r).await;
         let url = ep.url(&format!("{}/blobs/{digest}", r.path), &[]);
         let what = format!("checking blob {digest}");
         let resp = self
@@ -284,7 +309,7 @@ impl Client {
     /// `false`: the registry declined, upload it.
     pub async fn mount_blob(&self, r: &Reference, digest: &str, from_path: &str) -> Result<bool> {
         check_digest(digest)?;
-        let ep = self.push_endpoint(r);
+        let ep = self.push_endpoint(r).await;
         let url = ep.url(
             &format!("{}/blobs/uploads/", r.path),
             &[("mount", digest), ("from", from_path)],
@@ -336,7 +361,7 @@ impl Client {
         mut body: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     ) -> Result<()> {
         let hasher = Hasher::new(digest)?;
-        let ep = self.push_endpoint(r);
+        let ep = self.push_endpoint(r).await;
         let scopes = Scopes::push(&r.path);
         let what = format!("pushing blob {digest}");
         let start_url = ep.url(&format!("{}/blobs/uploads/", r.path), &[]);
@@ -469,7 +494,7 @@ impl Client {
         media_type: &str,
         bytes: Vec<u8>,
     ) -> Result<String> {
-        let ep = self.push_endpoint(r);
+        let ep = self.push_endpoint(r).await;
         let what = format!("pushing manifest {tag_or_digest}");
         // A tag has no `:`; anything else must be the manifest's digest.
         let digest = if tag_or_digest.contains(':') {
@@ -517,8 +542,60 @@ impl Client {
         Ok(digest)
     }
 
-    fn push_endpoint(&self, r: &Reference) -> Endpoint {
-        endpoints(&self.inner.hosts, &r.domain, false)
+    /// [`endpoints`] of `domain`, each with the scheme it answers on: an
+    /// `insecure` host that would be reached over plain HTTP (`http =
+    /// true`, or a loopback registry by default) is tried over HTTPS
+    /// without verification first, as BuildKit's resolver does, and stays
+    /// on HTTP only when that fails. Decided once per host and client.
+    async fn endpoints(&self, domain: &str, pull: bool) -> Vec<Endpoint> {
+        let mut eps = endpoints(&self.inner.hosts, domain, pull);
+        for ep in &mut eps {
+            let insecure = self
+                .inner
+                .hosts
+                .settings(&ep.host)
+                .is_some_and(|c| c.insecure);
+            if ep.scheme == "http" && insecure {
+                ep.scheme = self.probe_scheme(&ep.host).await;
+            }
+        }
+        eps
+    }
+
+    /// `https` if `host` completes a TLS handshake, else `http`.
+    async fn probe_scheme(&self, host: &str) -> &'static str {
+        let known = |c: &Self| {
+            c.inner
+                .schemes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(host)
+                .copied()
+        };
+        if let Some(s) = known(self) {
+            return s;
+        }
+        let scheme = match self.http(host) {
+            Ok(c) => match c.get(format!("https://{host}/v2/")).send().await {
+                Ok(_) => "https",
+                Err(e) => {
+                    tracing::debug!(host, error = %e, "no HTTPS answer: using plain HTTP");
+                    "http"
+                }
+            },
+            Err(_) => "http",
+        };
+        self.inner
+            .schemes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(host.to_string(), scheme);
+        scheme
+    }
+
+    async fn push_endpoint(&self, r: &Reference) -> Endpoint {
+        self.endpoints(&r.domain, false)
+            .await
             .pop()
             .unwrap_or_else(|| Endpoint {
                 host: r.domain.clone(),
@@ -556,7 +633,7 @@ impl Client {
             .chain(["*/*"])
             .collect::<Vec<_>>()
             .join(", ");
-        let eps = endpoints(&self.inner.hosts, &r.domain, true);
+        let eps = self.endpoints(&r.domain, true).await;
         let mut last = None;
         for ep in &eps {
             let url = ep.url(&format!("{}/manifests/{object}", r.path), &[]);

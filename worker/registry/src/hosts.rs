@@ -32,7 +32,9 @@ pub struct HostConfig {
     /// needs `http = false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<bool>,
-    /// HTTPS without verifying the server's certificate.
+    /// HTTPS without verifying the server's certificate. A host reached
+    /// over plain HTTP (`http = true`, or loopback) is then tried over
+    /// such HTTPS first, as BuildKit does.
     #[serde(default)]
     pub insecure: bool,
     /// PEM files of CAs trusted for this host, besides the system roots.
