@@ -285,6 +285,41 @@ fn inline_source(a: &Harness, ns: &str, name: &str) -> String {
     format!("type=local,src={},digest={digest}", dir.display())
 }
 
+/// `registry.insecure=true` on a registry cache, as buildx users add it:
+/// a loopback registry serving TLS with a certificate kiln cannot verify
+/// is then reached over HTTPS anyway (tried before plain HTTP, as
+/// BuildKit does), for the export and the import; without it the export
+/// speaks plain HTTP to it and fails naming the registry.
+#[tokio::test]
+async fn a_registry_cache_may_be_insecure() {
+    use kiln_integration::registry::RegistryOptions;
+    let ns = "rcache-insecure";
+    let reg = Registry::start_with(RegistryOptions {
+        tls: true,
+        ..RegistryOptions::default()
+    })
+    .await
+    .expect("registry starts");
+    let cache_ref = reg.reference("kiln/cache:insecure");
+    let a = fresh(ns).await;
+    let ctx = a.context("reg-insecure", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx.to_str().expect("utf8");
+    let refused = a.build(
+        ns,
+        &["--cache-to", &format!("type=registry,ref={cache_ref}"), c],
+    );
+    // A loopback registry is plain HTTP by default: this one speaks TLS.
+    assert!(!refused.success, "{}", refused.stderr);
+    assert!(refused.stderr.contains(reg.host()), "{}", refused.stderr);
+    let to = format!("type=registry,ref={cache_ref},registry.insecure=true");
+    build(&a, ns, &["--cache-to", &to, "-t", "out:1", c]);
+
+    let b = fresh_like(&a, ns).await;
+    let from = format!("type=registry,ref={cache_ref},registry.insecure=true");
+    let second = build(&b, ns, &["--cache-from", &from, "-t", "out:1", c]);
+    assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
+}
+
 /// The inline cache of a multi-stage build holds only the final image's
 /// steps, as BuildKit's: the final stage is answered by its plan, and the
 /// builder stage is not run.

@@ -1226,9 +1226,13 @@ impl Solved {
                 ExportTarget::Local { dest, tag } => {
                     export::write_local(svc, &plan, e.style, dest, tag).await
                 }
-                ExportTarget::Registry { reference } => {
-                    registry::push(svc, &self.registry, reference, &plan, e.style).await
-                }
+                ExportTarget::Registry {
+                    reference,
+                    insecure,
+                } => match registry::client_for(&self.registry, reference, *insecure) {
+                    Ok(client) => registry::push(svc, &client, reference, &plan, e.style).await,
+                    Err(err) => Err(err),
+                },
                 ExportTarget::Inline => continue,
             };
             match r {

@@ -193,7 +193,13 @@ pub async fn read_all(
             ImportSource::Local { src, tag, digest } => {
                 read_local(src, tag, digest.as_deref()).await
             }
-            ImportSource::Registry { reference } => super::registry::read(client, reference).await,
+            ImportSource::Registry {
+                reference,
+                insecure,
+            } => match super::registry::client_for(client, reference, *insecure) {
+                Ok(c) => super::registry::read(&c, reference).await,
+                Err(e) => Err(e),
+            },
         };
         out.push((what, r));
     }

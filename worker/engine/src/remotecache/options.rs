@@ -24,8 +24,9 @@ pub enum ExportTarget {
     /// An OCI layout directory (on the machine running the engine),
     /// tagged `tag` in its `index.json`.
     Local { dest: PathBuf, tag: String },
-    /// A registry reference.
-    Registry { reference: String },
+    /// A registry reference; `insecure` (`registry.insecure=true`)
+    /// reaches its registry over plain HTTP or unverified TLS.
+    Registry { reference: String, insecure: bool },
     /// The records in the exported image's config.
     Inline,
 }
@@ -54,8 +55,8 @@ pub enum ImportSource {
         digest: Option<String>,
     },
     /// A registry reference: a cache manifest, or an image with an inline
-    /// cache.
-    Registry { reference: String },
+    /// cache; `insecure` as for [`ExportTarget::Registry`].
+    Registry { reference: String, insecure: bool },
 }
 
 /// One cache import.
@@ -93,6 +94,18 @@ fn boolean(flag: &str, key: &str, v: &str) -> Result<bool, CacheError> {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
         _ => Err(option(flag, format!("{key}={v}: expected true or false"))),
+    }
+}
+
+/// The attribute that lets a registry cache use plain HTTP or unverified
+/// TLS, as buildx and BuildKit spell it.
+const INSECURE: &str = "registry.insecure";
+
+/// `registry.insecure` of `attrs` (false when absent).
+fn insecure(flag: &str, attrs: &BTreeMap<String, String>) -> Result<bool, CacheError> {
+    match attrs.get(INSECURE) {
+        Some(v) => boolean(flag, INSECURE, v),
+        None => Ok(false),
     }
 }
 
@@ -151,10 +164,11 @@ impl CacheExport {
             }
             "registry" => {
                 let mut allowed = common.to_vec();
-                allowed.push("ref");
+                allowed.extend(["ref", INSECURE]);
                 unknown_attrs(flag, ty, attrs, &allowed)?;
                 ExportTarget::Registry {
                     reference: required(flag, ty, attrs, "ref")?,
+                    insecure: insecure(flag, attrs)?,
                 }
             }
             "inline" => {
@@ -212,7 +226,7 @@ impl CacheExport {
         }
         match &self.target {
             ExportTarget::Local { dest, .. } => format!("local cache {}", dest.display()),
-            ExportTarget::Registry { reference } => format!("registry cache {reference}"),
+            ExportTarget::Registry { reference, .. } => format!("registry cache {reference}"),
             ExportTarget::Inline => "inline cache".into(),
         }
     }
@@ -233,9 +247,10 @@ impl CacheImport {
                 }
             }
             "registry" => {
-                unknown_attrs(flag, ty, attrs, &["ref"])?;
+                unknown_attrs(flag, ty, attrs, &["ref", INSECURE])?;
                 ImportSource::Registry {
                     reference: required(flag, ty, attrs, "ref")?,
+                    insecure: insecure(flag, attrs)?,
                 }
             }
             other => return Err(unsupported_type(flag, other, "local, registry")),
@@ -253,7 +268,7 @@ impl CacheImport {
         }
         match &self.source {
             ImportSource::Local { src, .. } => format!("local cache {}", src.display()),
-            ImportSource::Registry { reference } => format!("registry cache {reference}"),
+            ImportSource::Registry { reference, .. } => format!("registry cache {reference}"),
         }
     }
 }

@@ -56,6 +56,23 @@ async fn blob_bytes(client: &Client, r: &Reference, digest: &str) -> Result<Vec<
 
 /// Reads the cache (or the inline caches of the image) that `reference`
 /// names.
+/// `client`, or with `insecure` (`registry.insecure=true`) the same over
+/// settings that reach `reference`'s registry over plain HTTP or
+/// unverified TLS, as a push with that option does.
+pub fn client_for(client: &Client, reference: &str, insecure: bool) -> Result<Client, CacheError> {
+    if !insecure {
+        return Ok(client.clone());
+    }
+    let hosts =
+        crate::push::hosts_for(client.hosts(), &[reference.to_string()], true).map_err(|e| {
+            CacheError::Option {
+                option: "registry.insecure".into(),
+                reason: crate::error::error_chain(&e),
+            }
+        })?;
+    Ok(client.with_hosts(std::sync::Arc::new(hosts)))
+}
+
 pub async fn read(client: &Client, reference: &str) -> Result<Imported, CacheError> {
     let r = parse_ref("--cache-from", reference)?;
     let resolved = client.resolve(&r).await?;

@@ -245,7 +245,30 @@ fn options_parse_as_buildx_writes_them() {
     assert_eq!(
         CacheImport::parse(&ty, &a).expect("registry").source,
         ImportSource::Registry {
-            reference: "localhost:5000/app:cache".into()
+            reference: "localhost:5000/app:cache".into(),
+            insecure: false,
+        }
+    );
+    // buildx's registry.insecure, both ways.
+    let (ty, a) = split_spec(
+        "--cache-from",
+        "type=registry,ref=r:1,registry.insecure=true",
+    )
+    .expect("spec");
+    assert_eq!(
+        CacheImport::parse(&ty, &a).expect("insecure import").source,
+        ImportSource::Registry {
+            reference: "r:1".into(),
+            insecure: true,
+        }
+    );
+    let (ty, a) =
+        split_spec("--cache-to", "type=registry,ref=r:1,registry.insecure=true").expect("spec");
+    assert_eq!(
+        CacheExport::parse(&ty, &a).expect("insecure export").target,
+        ExportTarget::Registry {
+            reference: "r:1".into(),
+            insecure: true,
         }
     );
     let e = CacheExport::parse(
