@@ -320,6 +320,37 @@ async fn a_registry_cache_may_be_insecure() {
     assert_eq!(cached(&second.stderr), 3, "{}", second.stderr);
 }
 
+/// A cache export that fails with `ignore-error=true` lets the build
+/// succeed but is not hidden: embedded it is a warning, through kilnd
+/// the export step fails, as BuildKit shows the vertex.
+#[tokio::test]
+async fn an_ignored_cache_export_failure_is_shown() {
+    let ns = "rcache-ignored";
+    let a = fresh(ns).await;
+    let ctx = a.context("ignored", &[("Dockerfile", DF), ("a", "a1\n")]);
+    let c = ctx.to_str().expect("utf8");
+    // Nothing listens on port 1.
+    let to = "type=registry,ref=127.0.0.1:1/kiln/c:1,ignore-error=true";
+    let embedded = build(&a, ns, &["--cache-to", to, c]);
+    assert!(
+        embedded
+            .stderr
+            .contains("WARNING: cache export to registry cache 127.0.0.1:1/kiln/c:1 failed: "),
+        "{}",
+        embedded.stderr
+    );
+    let k = a.start_kilnd(ns).await.expect("kilnd starts");
+    let daemon = remote(&a, &k, ns, &["--cache-to", to, c]);
+    assert!(daemon.success, "{}", daemon.stderr);
+    assert!(
+        daemon
+            .stderr
+            .contains("ERROR: cache export to registry cache 127.0.0.1:1/kiln/c:1 failed: "),
+        "{}",
+        daemon.stderr
+    );
+}
+
 /// The inline cache of a multi-stage build holds only the final image's
 /// steps, as BuildKit's: the final stage is answered by its plan, and the
 /// builder stage is not run.

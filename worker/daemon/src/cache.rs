@@ -365,9 +365,11 @@ pub async fn export(
     let name = format!("exporting cache to {}", wanted.join(", "));
     let started = std::time::SystemTime::now();
     crate::status::step(job, &name, started, None, None);
+    let mut ignored = Vec::new();
     let mut r = solved
         .export_cache(&kiln_engine::Progress::none())
         .await
+        .map(|failed| ignored = failed)
         .map_err(|e| crate::state::status_of(&e));
     for e in &exports {
         if r.is_err() {
@@ -385,16 +387,28 @@ pub async fn export(
             }
             Err(err) if e.ignore_error => {
                 tracing::warn!(cache = %dest.display(), error = %err, "local cache export failed (ignore-error=true)");
+                ignored.push(format!(
+                    "cache export to {} failed: {}",
+                    e.describe(),
+                    err.message()
+                ));
             }
             Err(err) => r = Err(err),
         }
     }
+    // A failure ignore-error=true let pass still fails the step, as
+    // BuildKit shows it, while the build succeeds.
+    let shown = match &r {
+        Err(e) => Some(e.message().to_string()),
+        Ok(()) if !ignored.is_empty() => Some(ignored.join("; ")),
+        Ok(()) => None,
+    };
     crate::status::step(
         job,
         &name,
         started,
         Some(std::time::SystemTime::now()),
-        r.as_ref().err().map(|e| e.message().to_string()),
+        shown,
     );
     r.map(|()| resp)
 }

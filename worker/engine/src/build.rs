@@ -436,6 +436,7 @@ impl Engine {
             }
         }
         if r.is_ok() {
+            // An ignored failure was shown on `progress`.
             if let Err(e) = solved.export_cache(progress).await {
                 r = Err(e);
             }
@@ -1177,15 +1178,18 @@ impl Solved {
 
     /// Writes the build's cache to every `--cache-to` target but inline
     /// (which [`Solved::export_image`] writes into the image config). An
-    /// export with `ignore-error=true` that fails is a warning.
-    pub async fn export_cache(&self, progress: &Progress) -> Result<()> {
+    /// export with `ignore-error=true` that fails is a warning on
+    /// `progress` and one of the messages returned (kilnd marks its export
+    /// step failed with them, as BuildKit shows the vertex, while the
+    /// build succeeds).
+    pub async fn export_cache(&self, progress: &Progress) -> Result<Vec<String>> {
         use crate::remotecache::{export, registry, ExportTarget};
         if self
             .cache_exports
             .iter()
             .all(|e| e.target == ExportTarget::Inline)
         {
-            return Ok(());
+            return Ok(Vec::new());
         }
         if !self.platforms.is_empty() {
             return Err(WorkerError::Unsupported {
@@ -1211,6 +1215,7 @@ impl Solved {
             }
         }
         let result = blobs.chain(&self.layers).await?;
+        let mut ignored = Vec::new();
         for e in &self.cache_exports {
             if e.target == ExportTarget::Inline {
                 continue;
@@ -1238,19 +1243,18 @@ impl Solved {
             match r {
                 Ok(_) => {}
                 Err(err) if e.ignore_error => {
+                    let message = format!("cache export to {} failed: {err}", e.describe());
                     progress
                         .send(ProgressEvent::Info {
-                            message: format!(
-                                "WARNING: cache export to {} failed (ignore-error=true): {err}",
-                                e.describe()
-                            ),
+                            message: format!("WARNING: {message} (ignore-error=true)"),
                         })
                         .await;
+                    ignored.push(message);
                 }
                 Err(err) => return Err(err.into()),
             }
         }
-        Ok(())
+        Ok(ignored)
     }
 
     /// Pushes an exported image to every name of `names` with `creds`
