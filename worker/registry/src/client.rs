@@ -1233,7 +1233,17 @@ async fn status_error(ep: &Endpoint, what: &str, mut resp: reqwest::Response) ->
         });
     // Go's answer to plain HTTP on a TLS port: a loopback registry is
     // reached over HTTP unless its settings say `http = false`.
-    let message = if message.contains("HTTP request to an HTTPS server") {
+    // A HEAD answer has no body to say so: a bare 400 over plain HTTP
+    // is the same mistake as far as can be told.
+    let message = if message.is_empty() && status == StatusCode::BAD_REQUEST && ep.scheme == "http"
+    {
+        "Bad Request to plain HTTP: a registry serving TLS?".to_string()
+    } else {
+        message
+    };
+    let message = if message.contains("HTTP request to an HTTPS server")
+        || message.starts_with("Bad Request to plain HTTP")
+    {
         format!(
             "{message} (set `http = false` under [registry.\"{}\"] in kilnd.toml)",
             ep.host
@@ -1370,6 +1380,34 @@ mod tests {
             h.insert(*k, HeaderValue::from_str(v).expect("header value"));
         }
         h
+    }
+
+    /// A TLS registry spoken to over plain HTTP answers a bare 400 to a
+    /// HEAD (no body to say why): the error says what to set.
+    #[tokio::test]
+    async fn a_bare_400_over_plain_http_names_the_setting() {
+        let ep = |scheme| Endpoint {
+            host: "127.0.0.1:5056".into(),
+            scheme,
+            root: "/v2".into(),
+            ns: None,
+        };
+        let bare = || {
+            reqwest::Response::from(
+                http::Response::builder()
+                    .status(400)
+                    .body(Vec::<u8>::new())
+                    .expect("response"),
+            )
+        };
+        let e = status_error(&ep("http"), "checking blob sha256:x", bare()).await;
+        assert_eq!(
+            e.to_string(),
+            "127.0.0.1:5056: checking blob sha256:x: 400: Bad Request to plain HTTP: a registry \
+             serving TLS? (set `http = false` under [registry.\"127.0.0.1:5056\"] in kilnd.toml)"
+        );
+        let e = status_error(&ep("https"), "checking blob sha256:x", bare()).await;
+        assert_eq!(e.to_string(), "127.0.0.1:5056: checking blob sha256:x: 400");
     }
 
     #[test]
