@@ -1,6 +1,9 @@
 //! Runs the vertices a target needs, each once, as soon as its inputs are
 //! ready, with bounded parallelism; answers vertices from the cache and
-//! from equal vertices running at the same time.
+//! from equal vertices running at the same time. With an imported cache
+//! that knows plan keys, the sources run first and a step answered by its
+//! plan key stands for the steps only it reads, which are then only
+//! loaded if cached, never run.
 
 use crate::cache::{cache_key, plan_key, Flight, FlightControl, FlightError};
 use crate::digest::Digest;
@@ -250,6 +253,9 @@ async fn answer_vertex<R: OpRunner>(
                     runner.cached(id, vertex).await;
                     return Ok(Some(outs));
                 }
+                // A step only to be loaded is not needed: an equal one's
+                // failure is not its own.
+                Err(FlightError::Failed(_)) if load_only => return Ok(None),
                 Err(FlightError::Failed(e)) => return Err(e),
                 // The leader's build went away; the work itself may be
                 // fine, so try again (leading it this time, if nobody else
@@ -273,13 +279,9 @@ async fn answer_vertex<R: OpRunner>(
                     Ok(Some(outs))
                 }
                 Ok(None) => Ok(None),
-                Err(e) => {
-                    let e = Arc::new(e);
-                    if let Some(l) = leader {
-                        l.finish(Err(e.clone()));
-                    }
-                    Err(e)
-                }
+                // Not needed: a cache that cannot be read is a miss (the
+                // runner says why in its own log).
+                Err(_) => Ok(None),
             };
         }
         let result: std::result::Result<Vec<R::Ref>, R::Error> = async {
@@ -487,12 +489,15 @@ impl<R: OpRunner> Run<'_, R> {
                     }
                 }
             }
+            // Cancellation first: with nothing running, joining answers
+            // at once and would end the round as if all were done.
             let next = tokio::select! {
-                r = running.join_next_with_id() => r,
+                biased;
                 _ = self.cancel.cancelled(), if self.first_error.is_none() => {
                     self.first_error = Some(SolveError::Cancelled);
                     continue;
                 }
+                r = running.join_next_with_id() => r,
             };
             match next {
                 None => return Ok(()),
@@ -525,11 +530,30 @@ impl<R: OpRunner> Run<'_, R> {
         }
     }
 
+    /// [`OpRunner::load_planned`] for step `id`, given up when the solve is
+    /// cancelled.
+    async fn load_planned(
+        &self,
+        id: VertexId,
+        plan: &Digest,
+    ) -> Result<Option<(Vec<R::Ref>, Digest)>> {
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(SolveError::Cancelled),
+            r = self.runner.load_planned(plan, self.graph.vertex(id)) => {
+                r.map_err(|err| self.op_error(id, Arc::new(err)))
+            }
+        }
+    }
+
     /// With every source done: computes the plan key of each of `steps`
     /// (in dependency order).
     async fn compute_plans(&mut self, steps: &[VertexId]) -> Result<()> {
         let graph = self.graph;
         for &id in steps {
+            if self.cancel.is_cancelled() {
+                return Err(SolveError::Cancelled);
+            }
             let v = graph.vertex(id);
             let mut parts = Vec::with_capacity(v.inputs.len());
             for (i, (part, e)) in plan_inputs(graph, v, &self.plans)
@@ -589,7 +613,10 @@ impl<R: OpRunner> Run<'_, R> {
         let mut left = steps;
         loop {
             self.run(left.clone(), Some(&may_run)).await?;
-            if self.first_error.is_some() || self.cancel.is_cancelled() {
+            if self.cancel.is_cancelled() {
+                return Err(SolveError::Cancelled);
+            }
+            if self.first_error.is_some() {
                 return Ok(());
             }
             left.retain(|id| !self.done.contains_key(id));
@@ -604,11 +631,7 @@ impl<R: OpRunner> Run<'_, R> {
                 let Some(plan) = self.plans.get(&id).cloned() else {
                     continue;
                 };
-                let hit = self
-                    .runner
-                    .load_planned(&plan, v)
-                    .await
-                    .map_err(|err| self.op_error(id, Arc::new(err)))?;
+                let hit = self.load_planned(id, &plan).await?;
                 known.remove(&id);
                 changed = true;
                 match hit {
@@ -634,6 +657,23 @@ impl<R: OpRunner> Run<'_, R> {
                 break;
             }
             left.retain(|id| !self.done.contains_key(id));
+        }
+        // What is left needs no work, but a step the import knows by plan
+        // (a final stage's steps below the one answered: their layers are
+        // its layers) is still loaded, so that the records this build
+        // reports, and a cache it exports again, are whole.
+        for &id in &left {
+            let Some(plan) = self.plans.get(&id).cloned() else {
+                continue;
+            };
+            if !self.runner.plan_known(&plan) {
+                continue;
+            }
+            let hit = self.load_planned(id, &plan).await?;
+            if let Some((outs, key)) = hit {
+                self.runner.solved(id, &key, &plan, &outs);
+                self.done.insert(id, outs);
+            }
         }
         for id in left {
             self.runner.cached(id, graph.vertex(id)).await;
@@ -664,7 +704,11 @@ impl<R: OpRunner> Run<'_, R> {
         if let Some(e) = self.first_error {
             return Err(e);
         }
-        self.done.remove(&target).ok_or(SolveError::Empty)
+        match self.done.remove(&target) {
+            Some(outs) => Ok(outs),
+            None if self.cancel.is_cancelled() => Err(SolveError::Cancelled),
+            None => Err(SolveError::Empty),
+        }
     }
 }
 
@@ -1235,16 +1279,24 @@ mod tests {
         let plans = first.plans.lock().expect("not poisoned").clone();
         assert_eq!(plans.len(), 5, "every vertex has a plan key: {plans:?}");
 
-        // A cache that kept only the final step (mode=min): the builder
-        // stage is not run, its steps show as cached.
-        let f = importing(HashMap::from([(plans[&f2.0].clone(), vec!["kept".into()])]));
+        // A cache that kept only the final stage (mode=min): the builder
+        // stage is not run, its steps show as cached; the final stage's
+        // first step, known too, is loaded for its record.
+        let f1 = VertexId(f2.0 - 1);
+        let f = importing(HashMap::from([
+            (plans[&f2.0].clone(), vec!["kept".into()]),
+            (plans[&f1.0].clone(), vec!["f1-kept".into()]),
+        ]));
         let got = run(&solver, &g, f2, &f).await.expect("solves");
         assert_eq!(got, vec!["kept"]);
         assert_eq!(f.runs(), vec!["base"], "only the source runs");
         let mut cached = f.cached.lock().expect("not poisoned").clone();
         cached.sort();
         assert_eq!(cached, vec!["a1", "a2", "f1", "f2"]);
-        assert_eq!(f.plans.lock().expect("not poisoned")[&f2.0], plans[&f2.0]);
+        let reported = f.plans.lock().expect("not poisoned").clone();
+        assert_eq!(reported[&f2.0], plans[&f2.0]);
+        assert_eq!(reported[&f1.0], plans[&f1.0], "f1's record is reported");
+        assert!(!reported.contains_key(&1), "a1 was not loaded");
 
         // Another source (a changed context) is another plan: all runs.
         let (g2, t2) = stages("other-base");
@@ -1362,5 +1414,21 @@ mod tests {
         let got = run(&solver, &g, f2, &f).await.expect("solves");
         assert_eq!(got, want);
         assert_eq!(f.runs(), vec!["base", "a1", "a2", "f1", "f2"]);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_planned_solve_says_cancelled() {
+        let solver = Solver::new(4);
+        let (g, f2) = stages("base");
+        let first = Arc::new(Fake::default());
+        run(&solver, &g, f2, &first).await.expect("solves");
+        let plans = first.plans.lock().expect("not poisoned").clone();
+        let f = importing(HashMap::from([(plans[&f2.0].clone(), vec!["kept".into()])]));
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let err = solve(&solver, &g, f2, f.clone(), cancel)
+            .await
+            .expect_err("cancelled");
+        assert!(matches!(err, SolveError::Cancelled), "{err}");
     }
 }

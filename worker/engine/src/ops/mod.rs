@@ -278,7 +278,7 @@ impl OpRunner for StepRunner {
     }
 
     fn answers_plans(&self) -> bool {
-        self.remote.has_imports()
+        self.remote.has_plans()
     }
 
     fn plan_known(&self, plan: &Digest) -> bool {

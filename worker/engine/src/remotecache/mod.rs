@@ -135,16 +135,17 @@ impl BuildCache {
         }
     }
 
-    /// Whether any import was read (a miss must then ask it).
-    pub fn has_imports(&self) -> bool {
-        self.imports.iter().any(|i| !i.chains.is_empty())
-    }
-
     /// The imported chain of `key`, with where its blobs come from.
     pub fn imported(&self, key: &Digest) -> Option<(&import::Imported, &Vec<format::ChainLayer>)> {
         self.imports
             .iter()
             .find_map(|i| i.chains.get(key.as_str()).map(|c| (i, c)))
+    }
+
+    /// Whether an import has plan records (kiln wrote it): only then is a
+    /// solve planned, its sources first.
+    pub fn has_plans(&self) -> bool {
+        self.imports.iter().any(|i| !i.chains.plans.is_empty())
     }
 
     /// The key an imported cache's plan record stands for, whose result
