@@ -26,7 +26,7 @@ use kiln_proto::health::health_check_response::ServingStatus;
 use kiln_proto::health::health_server::{Health, HealthServer};
 use kiln_proto::health::{HealthCheckRequest, HealthCheckResponse};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::{CancellationToken, PollSender};
@@ -60,18 +60,31 @@ const OUTBOUND_DEPTH: usize = 16;
 /// connection) in flight while kiln writes files: some 70,000 frames of a
 /// 50,000-file listing, which needs more than 32 MiB. The window only
 /// raises what may be in flight across a connection's streams; each
-/// stream keeps its own window, and the outer frames are drained at once
-/// ([`HijackedConn::from_parts`]).
+/// stream keeps its own window, and the outer frames are drained at once,
+/// up to [`DRAIN_BYTES`] ([`HijackedConn::from_parts`]).
 pub const CONNECTION_WINDOW: u32 = 64 << 20;
 
-/// The inbound half: the `data` of each received message, in order.
-type Inbound = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+/// The inbound half: the `data` of each received message, in order, each
+/// with its share of [`DRAIN_BYTES`].
+type Inbound = mpsc::UnboundedReceiver<(Result<Bytes, Status>, OwnedSemaphorePermit)>;
+
+/// How much of the peer's messages the drain of [`HijackedConn::from_parts`]
+/// holds unread (each message counting [`DRAIN_MESSAGE_COST`] more than its
+/// data) before it waits, and the outer connection's flow control pushes
+/// back on the peer again.
+const DRAIN_BYTES: usize = 16 << 20;
+
+/// What one drained message counts for beyond its data.
+const DRAIN_MESSAGE_COST: usize = 64;
 
 /// The session byte stream tunnelled through `Control.Session`.
 pub struct HijackedConn {
     inbound: Inbound,
     /// Received bytes not yet read.
     pending: Bytes,
+    /// `pending`'s share of the drain, given back when the next message is
+    /// taken.
+    held: Option<OwnedSemaphorePermit>,
     eof: bool,
     outbound: PollSender<Bytes>,
 }
@@ -96,14 +109,15 @@ impl HijackedConn {
     /// fsutil listing is one per file), and the HTTP/2 connection they
     /// arrive on ends itself (GOAWAY `ENHANCE_YOUR_CALM`,
     /// "too_many_data_frames") once a few thousand small frames wait
-    /// unread. What waits here instead is bounded by the tunnelled
-    /// connection's own flow-control windows. Must be called within a
-    /// tokio runtime.
+    /// unread. What waits here instead is at most [`DRAIN_BYTES`]; past
+    /// it the drain waits for the reader. Must be called within a tokio
+    /// runtime.
     pub fn from_parts<S>(inbound: S, outbound: mpsc::Sender<Bytes>) -> HijackedConn
     where
         S: Stream<Item = Result<Bytes, Status>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(DRAIN_BYTES));
         tokio::spawn(async move {
             let mut inbound = Box::pin(inbound);
             loop {
@@ -112,15 +126,28 @@ impl HijackedConn {
                     item = inbound.next() => item,
                 };
                 let Some(item) = item else { return };
+                let cost = item
+                    .as_ref()
+                    .map_or(0, Bytes::len)
+                    .saturating_add(DRAIN_MESSAGE_COST)
+                    .min(DRAIN_BYTES);
+                let permit = tokio::select! {
+                    () = tx.closed() => return,
+                    p = budget.clone().acquire_many_owned(cost as u32) => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
                 let failed = item.is_err();
-                if tx.send(item).is_err() || failed {
+                if tx.send((item, permit)).is_err() || failed {
                     return;
                 }
             }
         });
         HijackedConn {
-            inbound: Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)),
+            inbound: rx,
             pending: Bytes::new(),
+            held: None,
             eof: false,
             outbound: PollSender::new(outbound),
         }
@@ -143,9 +170,12 @@ impl AsyncRead for HijackedConn {
             if self.eof {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(self.inbound.as_mut().poll_next(cx)) {
-                Some(Ok(data)) => self.pending = data,
-                Some(Err(status)) => {
+            match ready!(self.inbound.poll_recv(cx)) {
+                Some((Ok(data), permit)) => {
+                    self.pending = data;
+                    self.held = Some(permit);
+                }
+                Some((Err(status), _)) => {
                     self.eof = true;
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::ConnectionReset,
