@@ -575,15 +575,22 @@ impl Client {
         if let Some(s) = known(self) {
             return s;
         }
-        let scheme = match self.http(host) {
-            Ok(c) => match c.get(format!("https://{host}/v2/")).send().await {
-                Ok(_) => "https",
-                Err(e) => {
-                    tracing::debug!(host, error = %e, "no HTTPS answer: using plain HTTP");
-                    "http"
-                }
-            },
-            Err(_) => "http",
+        let Ok(c) = self.http(host) else {
+            return "https";
+        };
+        let scheme = match c.get(format!("https://{host}/v2/")).send().await {
+            Ok(_) => "https",
+            Err(e) if speaks_plain_http(host, &e) => {
+                tracing::debug!(host, error = %error_chain(&e), "no TLS here: using plain HTTP");
+                "http"
+            }
+            // Anything else (a name that does not resolve, a refused
+            // client certificate, a dead port) is not a reason to send
+            // the requests unencrypted; the requests themselves will say.
+            Err(e) => {
+                tracing::debug!(host, error = %error_chain(&e), "HTTPS probe failed");
+                return "https";
+            }
         };
         self.inner
             .schemes
@@ -1191,6 +1198,20 @@ fn no_endpoint(r: &Reference) -> RegistryError {
     }
 }
 
+/// Whether a failed HTTPS request shows that `host` speaks plain HTTP, as
+/// BuildKit's fallback decides: what answered the TLS hello was not TLS
+/// (a plain HTTP server's reply), or, for a host without a port, the
+/// connection was refused (HTTPS's 443 closed; HTTP's 80 may be open).
+fn speaks_plain_http(host: &str, e: &reqwest::Error) -> bool {
+    let chain = error_chain(e);
+    let not_tls = chain.contains("InvalidContentType") || chain.contains("corrupt message");
+    let refused = chain.contains("Connection refused") || chain.contains("connection refused");
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.ends_with(':') && p.bytes().all(|b| b.is_ascii_digit()));
+    not_tls || (refused && !has_port)
+}
+
 /// A non-success answer as an error, with the registry's error codes and
 /// messages from its JSON body (bounded).
 async fn status_error(ep: &Endpoint, what: &str, mut resp: reqwest::Response) -> RegistryError {
@@ -1380,6 +1401,43 @@ mod tests {
             h.insert(*k, HeaderValue::from_str(v).expect("header value"));
         }
         h
+    }
+
+    /// An insecure loopback host is tried over HTTPS first: a plain HTTP
+    /// server is recognized by its answer and remembered; a closed port
+    /// is not a reason to fall back.
+    #[tokio::test]
+    async fn an_insecure_host_falls_back_to_http_only_when_it_speaks_http() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let plain = l.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf).await;
+                let _ = c
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").to_string()
+        };
+        let text = format!(
+            "[registry.\"{plain}\"]\ninsecure = true\n[registry.\"{closed}\"]\ninsecure = true\n"
+        );
+        let hosts = HostsConfig::parse(&text, std::path::Path::new("kilnd.toml")).expect("config");
+        let c = Client::new(Arc::new(hosts), Arc::new(crate::Anonymous));
+        assert_eq!(c.probe_scheme(&plain).await, "http");
+        assert_eq!(c.probe_scheme(&closed).await, "https");
+        assert_eq!(
+            c.endpoints(&plain, false).await[0].scheme,
+            "http",
+            "remembered"
+        );
     }
 
     /// A TLS registry spoken to over plain HTTP answers a bare 400 to a
