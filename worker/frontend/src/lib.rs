@@ -993,18 +993,19 @@ fn read_beneath(root: &Path, name: &str) -> Result<Option<String>> {
     file.take(MAX_DEFINITION_FILE + 1)
         .read_to_end(&mut bytes)
         .map_err(io)?;
-    // BuildKit reads the file as bytes: a Latin-1 comment or label builds,
-    // its bad bytes becoming U+FFFD in the image's JSON, as here.
-    let text = match String::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    };
-    if text.len() as u64 > MAX_DEFINITION_FILE {
+    if bytes.len() as u64 > MAX_DEFINITION_FILE {
         return Err(bad(format!(
             "more than the {MAX_DEFINITION_FILE} bytes kiln reads"
         )));
     }
-    Ok(Some(text))
+    // BuildKit reads the file as bytes: a Latin-1 comment or label builds,
+    // its bad bytes becoming U+FFFD in the image's JSON, as here. (In a
+    // RUN argument or an ignore pattern BuildKit keeps the raw byte; kiln
+    // has U+FFFD there too.)
+    Ok(Some(match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }))
 }
 
 /// Where base image configs come from: the engine reads them from the
