@@ -54,8 +54,6 @@ async fn blob_bytes(client: &Client, r: &Reference, digest: &str) -> Result<Vec<
     Ok(out)
 }
 
-/// Reads the cache (or the inline caches of the image) that `reference`
-/// names.
 /// `client`, or with `insecure` (`registry.insecure=true`) the same over
 /// settings that reach `reference`'s registry over plain HTTP or
 /// unverified TLS, as a push with that option does.
@@ -73,6 +71,8 @@ pub fn client_for(client: &Client, reference: &str, insecure: bool) -> Result<Cl
     Ok(client.with_hosts(std::sync::Arc::new(hosts)))
 }
 
+/// Reads the cache (or the inline caches of the image) that `reference`
+/// names.
 pub async fn read(client: &Client, reference: &str) -> Result<Imported, CacheError> {
     let r = parse_ref("--cache-from", reference)?;
     let resolved = client.resolve(&r).await?;
