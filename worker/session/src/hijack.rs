@@ -61,7 +61,7 @@ const OUTBOUND_DEPTH: usize = 16;
 /// 50,000-file listing, which needs more than 32 MiB. The window only
 /// raises what may be in flight across a connection's streams; each
 /// stream keeps its own window, and the outer frames are drained at once,
-/// up to [`DRAIN_BYTES`] ([`HijackedConn::from_parts`]).
+/// up to 16 MiB ([`HijackedConn::from_parts`]).
 pub const CONNECTION_WINDOW: u32 = 64 << 20;
 
 /// The inbound half: the `data` of each received message, in order, each
@@ -109,7 +109,7 @@ impl HijackedConn {
     /// fsutil listing is one per file), and the HTTP/2 connection they
     /// arrive on ends itself (GOAWAY `ENHANCE_YOUR_CALM`,
     /// "too_many_data_frames") once a few thousand small frames wait
-    /// unread. What waits here instead is at most [`DRAIN_BYTES`]; past
+    /// unread. What waits here instead is at most 16 MiB; past
     /// it the drain waits for the reader. Must be called within a tokio
     /// runtime.
     pub fn from_parts<S>(inbound: S, outbound: mpsc::Sender<Bytes>) -> HijackedConn
