@@ -1262,6 +1262,17 @@ mod tests {
         (g, f2)
     }
 
+    /// [`stages`] on `base`, solved once by a plain fake: the solver, the
+    /// graph, its final step and the fake (which holds the plan keys and
+    /// the records of that first build).
+    async fn stages_solved() -> (Solver<Fake>, Graph, VertexId, Arc<Fake>) {
+        let solver = Solver::new(4);
+        let (g, f2) = stages("base");
+        let first = Arc::new(Fake::default());
+        run(&solver, &g, f2, &first).await.expect("solves");
+        (solver, g, f2, first)
+    }
+
     /// A fake answering plans from `imported`.
     fn importing(imported: HashMap<Digest, Vec<String>>) -> Arc<Fake> {
         Arc::new(Fake {
@@ -1272,10 +1283,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_step_answered_by_its_plan_key_runs_nothing_only_it_needed() {
-        let solver = Solver::new(4);
-        let (g, f2) = stages("base");
-        let first = Arc::new(Fake::default());
-        run(&solver, &g, f2, &first).await.expect("solves");
+        let (solver, g, f2, first) = stages_solved().await;
         let plans = first.plans.lock().expect("not poisoned").clone();
         assert_eq!(plans.len(), 5, "every vertex has a plan key: {plans:?}");
 
@@ -1308,10 +1316,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_plan_hit_below_the_target_feeds_the_steps_above_it() {
-        let solver = Solver::new(4);
-        let (g, f2) = stages("base");
-        let first = Arc::new(Fake::default());
-        run(&solver, &g, f2, &first).await.expect("solves");
+        let (solver, g, f2, first) = stages_solved().await;
         let plans = first.plans.lock().expect("not poisoned").clone();
         let f1 = VertexId(f2.0 - 1);
         let f = importing(HashMap::from([(
@@ -1327,15 +1332,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_vertex_ignoring_the_cache_turns_plan_lookups_off() {
-        let solver = Solver::new(4);
-        let (g, f2) = stages("base");
-        let first = Arc::new(Fake::default());
-        run(&solver, &g, f2, &first).await.expect("solves");
+        let (solver, g, f2, first) = stages_solved().await;
         let plans = first.plans.lock().expect("not poisoned").clone();
 
         // `--no-cache-filter a`: the stage must run, so nothing may be
         // answered by a plan that skips it.
-        let (mut g, f2) = stages("base");
         let a1 = VertexId(1);
         let mut copy = g.vertex(a1).clone();
         copy.ignore_cache = true;
@@ -1344,7 +1345,7 @@ mod tests {
             g2.add(if i == a1.0 { copy.clone() } else { vx })
                 .expect("valid");
         }
-        g = g2;
+        let g = g2;
         let f = importing(HashMap::from([(plans[&f2.0].clone(), vec!["kept".into()])]));
         let got = run(&solver, &g, f2, &f).await.expect("solves");
         assert_ne!(got, vec!["kept"]);
@@ -1353,10 +1354,7 @@ mod tests {
 
     #[tokio::test]
     async fn steps_below_a_known_plan_are_still_loaded_when_cached() {
-        let solver = Solver::new(4);
-        let (g, f2) = stages("base");
-        let first = Arc::new(Fake::default());
-        run(&solver, &g, f2, &first).await.expect("solves");
+        let (solver, g, f2, first) = stages_solved().await;
         let plans = first.plans.lock().expect("not poisoned").clone();
         let keys: Vec<Digest> = first
             .solved
@@ -1418,10 +1416,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_planned_solve_says_cancelled() {
-        let solver = Solver::new(4);
-        let (g, f2) = stages("base");
-        let first = Arc::new(Fake::default());
-        run(&solver, &g, f2, &first).await.expect("solves");
+        let (solver, g, f2, first) = stages_solved().await;
         let plans = first.plans.lock().expect("not poisoned").clone();
         let f = importing(HashMap::from([(plans[&f2.0].clone(), vec!["kept".into()])]));
         let cancel = CancellationToken::new();

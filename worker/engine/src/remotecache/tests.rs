@@ -136,22 +136,28 @@ fn our_cache_reads_back_as_the_same_chains() {
     }
 }
 
-#[test]
-fn inline_results_index_the_images_layers() {
-    let (records, result) = build();
-    let value = inline(&records, &result).expect("has results");
+/// The inline cache of `records` for an image of `result`, read back
+/// from an image config.
+fn inline_round_trip(records: &[VertexRecord], result: &[Layer]) -> format::Chains {
+    let value = inline(records, result).expect("has results");
     let descs: Vec<format::Descriptor> = result.iter().map(export::layer_descriptor).collect();
     let config = serde_json::json!({
         "rootfs": {"type": "layers", "diff_ids": result.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
         format::INLINE_CONFIG_KEY: value,
     });
-    let chains = format::parse_inline(
+    format::parse_inline(
         &serde_json::to_vec(&config).expect("json"),
         "sha256:cfg",
         &descs,
     )
     .expect("parses")
-    .expect("inline cache");
+    .expect("inline cache")
+}
+
+#[test]
+fn inline_results_index_the_images_layers() {
+    let (records, result) = build();
+    let chains = inline_round_trip(&records, &result);
     assert_eq!(chains.get(records[1].key.as_str()).map(Vec::len), Some(2));
     assert_eq!(chains.get(records[3].key.as_str()).map(Vec::len), Some(3));
     assert!(
@@ -204,19 +210,7 @@ fn plan_keys_are_records_linking_their_steps() {
     }
     assert_eq!(chains.len(), 3, "plan records add no result");
 
-    let value = inline(&records, &result).expect("has results");
-    let descs: Vec<format::Descriptor> = result.iter().map(export::layer_descriptor).collect();
-    let config = serde_json::json!({
-        "rootfs": {"type": "layers", "diff_ids": result.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
-        format::INLINE_CONFIG_KEY: value,
-    });
-    let chains = format::parse_inline(
-        &serde_json::to_vec(&config).expect("json"),
-        "sha256:cfg",
-        &descs,
-    )
-    .expect("parses")
-    .expect("inline cache");
+    let chains = inline_round_trip(&records, &result);
     assert_eq!(chains.planned(&plan_of(3)), Some(records[3].key.as_str()));
     assert_eq!(chains.plans.len(), 3, "the side stage is not in the image");
 }
