@@ -98,13 +98,13 @@ pub const MAX_PATH_BYTES: usize = 4096;
 /// context, and no image build context comes near it.
 pub const MAX_TOTAL_BYTES: u64 = 64 << 30;
 
-/// How many bytes of received packets may wait for the file system.
-/// Counted in bytes, not packets: a listing of tens of thousands of small
-/// entries must not back up into the connection, where h2 counts every
-/// small DATA frame it holds against a budget and ends the connection
-/// (GOAWAY `ENHANCE_YOUR_CALM`, "too_many_data_frames") once a few
-/// thousand wait. The file contents that fill it are large frames.
-const APPLY_BYTES: usize = 4 << 20;
+/// How many bytes of received packets may wait for the file system: what
+/// 64 full data packets (32 KiB each) held before, so a transfer's memory
+/// stays the same. Counted in bytes, not packets, so that a listing's
+/// thousands of small entries queue here rather than in the connection,
+/// where h2 counts every small DATA frame it holds against a budget
+/// (see `hijack::CONNECTION_WINDOW`).
+const APPLY_BYTES: usize = 2 << 20;
 
 /// What a queued packet counts for beyond its wire size (its place in the
 /// queue and its decoded stat).
