@@ -378,6 +378,15 @@ pub async fn export(
         let ExportTarget::Local { dest, tag } = &e.target else {
             continue;
         };
+        // Its write already failed (and was let pass): nothing to send.
+        // The engine's copy names the staging directory but is shown as
+        // the client's.
+        if ignored
+            .iter()
+            .any(|(failed, _)| failed.describe() == e.describe())
+        {
+            continue;
+        }
         let staged = staging(job_dir, "cache-export", dest);
         match send_export(session, dest, &staged, tag).await {
             Ok(desc) => {
@@ -387,11 +396,8 @@ pub async fn export(
             }
             Err(err) if e.ignore_error => {
                 tracing::warn!(cache = %dest.display(), error = %err, "local cache export failed (ignore-error=true)");
-                ignored.push(format!(
-                    "cache export to {} failed: {}",
-                    e.describe(),
-                    err.message()
-                ));
+                let message = format!("cache export to {} failed: {}", e.describe(), err.message());
+                ignored.push((e.clone(), message));
             }
             Err(err) => r = Err(err),
         }
@@ -400,7 +406,13 @@ pub async fn export(
     // BuildKit shows it, while the build succeeds.
     let shown = match &r {
         Err(e) => Some(e.message().to_string()),
-        Ok(()) if !ignored.is_empty() => Some(ignored.join("; ")),
+        Ok(()) if !ignored.is_empty() => Some(
+            ignored
+                .iter()
+                .map(|(_, m)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
         Ok(()) => None,
     };
     crate::status::step(

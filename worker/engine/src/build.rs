@@ -1179,10 +1179,13 @@ impl Solved {
     /// Writes the build's cache to every `--cache-to` target but inline
     /// (which [`Solved::export_image`] writes into the image config). An
     /// export with `ignore-error=true` that fails is a warning on
-    /// `progress` and one of the messages returned (kilnd marks its export
+    /// `progress` and returned with its message (kilnd marks its export
     /// step failed with them, as BuildKit shows the vertex, while the
     /// build succeeds).
-    pub async fn export_cache(&self, progress: &Progress) -> Result<Vec<String>> {
+    pub async fn export_cache(
+        &self,
+        progress: &Progress,
+    ) -> Result<Vec<(crate::remotecache::CacheExport, String)>> {
         use crate::remotecache::{export, registry, ExportTarget};
         if self
             .cache_exports
@@ -1249,7 +1252,7 @@ impl Solved {
                             message: format!("WARNING: {message} (ignore-error=true)"),
                         })
                         .await;
-                    ignored.push(message);
+                    ignored.push((e.clone(), message));
                 }
                 Err(err) => return Err(err.into()),
             }
