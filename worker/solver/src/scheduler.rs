@@ -906,6 +906,18 @@ mod tests {
         fn claims(&self) -> Vec<String> {
             self.claims.lock().expect("not poisoned").clone()
         }
+        /// The keys every `solved` call reported, sorted.
+        fn solved_keys(&self) -> Vec<Digest> {
+            let mut keys: Vec<Digest> = self
+                .solved
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .map(|(_, k, _)| k.clone())
+                .collect();
+            keys.sort();
+            keys
+        }
         fn forget_runs(&self) {
             self.runs.lock().expect("not poisoned").clear();
             self.cached.lock().expect("not poisoned").clear();
@@ -1356,13 +1368,7 @@ mod tests {
     async fn steps_below_a_known_plan_are_still_loaded_when_cached() {
         let (solver, g, f2, first) = stages_solved().await;
         let plans = first.plans.lock().expect("not poisoned").clone();
-        let keys: Vec<Digest> = first
-            .solved
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(|(_, k, _)| k.clone())
-            .collect();
+        let keys = first.solved_keys();
 
         // The cache holds every step (a single-stage build's cache, or
         // mode=max): each step is loaded under its own key, so the
@@ -1381,17 +1387,7 @@ mod tests {
             Vec::<String>::new(),
             "the fake's store has the source too"
         );
-        let mut got: Vec<Digest> = f
-            .solved
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(|(_, k, _)| k.clone())
-            .collect();
-        let mut want = keys.clone();
-        got.sort();
-        want.sort();
-        assert_eq!(got, want);
+        assert_eq!(f.solved_keys(), keys);
     }
 
     #[tokio::test]
