@@ -414,7 +414,9 @@ pub fn step_mounts(step: &StepSpec, hosts: &Path, resolv: &Path) -> Vec<Mount> {
                 &["rbind", if *readonly { "ro" } else { "rw" }],
             ),
             ExtraMount::Tmpfs { dest, size } => {
-                let mut opts = vec!["nosuid".to_string(), "nodev".into(), "mode=1777".into()];
+                // BuildKit's tmpfs mount: only `nosuid` (a tmpfs is 1777
+                // by default), so devices work on it as there.
+                let mut opts = vec!["nosuid".to_string()];
                 if let Some(size) = size {
                     opts.push(format!("size={size}"));
                 }
@@ -723,7 +725,7 @@ mod tests {
             ("/etc/hosts", "bind", "nosuid,noexec,nodev,rbind,ro"),
             ("/etc/resolv.conf", "bind", "nosuid,noexec,nodev,rbind,ro"),
             ("/cache", "bind", "rbind,ro"),
-            ("/tmp", "tmpfs", "nosuid,nodev,mode=1777,size=1048576"),
+            ("/tmp", "tmpfs", "nosuid,size=1048576"),
         ];
         let want: Vec<(String, String, String)> = want
             .iter()

@@ -24,6 +24,24 @@ pub enum UserError {
     /// The name is not in the rootfs' `/etc/group`.
     #[error("unable to find group {name}: no matching entries in group file")]
     UnknownGroup { name: String },
+    /// A numeric uid or gid outside 0..=2147483647 (moby/sys/user's
+    /// `ErrRange`, which BuildKit's executor reports).
+    #[error("uids and gids must be in range 0-2147483647")]
+    Range,
+}
+
+/// moby/sys/user's `parseNumeric`: a value Go's `Atoi` reads (an optional
+/// sign and digits) is an id, which must be in 0..=2147483647; anything
+/// else is a name (`None`).
+fn numeric_in_range(val: &str) -> Result<Option<u32>, UserError> {
+    let digits = val.strip_prefix(['+', '-']).unwrap_or(val);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    match val.parse::<i64>() {
+        Ok(id) if (0..=2_147_483_647).contains(&id) => Ok(u32::try_from(id).ok()),
+        _ => Err(UserError::Range),
+    }
 }
 
 struct PasswdEntry {
@@ -180,10 +198,16 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, UserError
             home: home_of(uid),
         }
     };
+    // BuildKit's fast path (`ParseUIDGID`): `uid:gid` as 32-bit numbers,
+    // no range check.
     if let (Some(u), Some(g)) = (numeric_id(user), group.and_then(numeric_id)) {
         return Ok(with_primary(u, g, Vec::new()));
     }
-    let numeric_user: Option<u32> = user.parse().ok();
+    // Then moby/sys/user's: a number (Go's Atoi) must be in range.
+    let numeric_user = numeric_in_range(user)?;
+    if let Some(g) = group {
+        numeric_in_range(g)?;
+    }
     let found = entries.iter().find(|e| match numeric_user {
         Some(uid) => e.uid == uid,
         None => e.name == user,
@@ -285,6 +309,36 @@ mod tests {
             "unable to find user nobody: no matching entries in passwd file"
         );
         assert!(resolve_user(r.path(), "app:nogroup").is_err());
+    }
+
+    /// Numeric ids past 2147483647 or below 0 fail with BuildKit's text
+    /// (moby/sys/user's range), not as an unknown name or a runtime error.
+    #[test]
+    fn ids_out_of_range_are_refused_with_buildkits_text() {
+        let r = rootfs();
+        for spec in [
+            "4294967296",
+            "4294967295",
+            "-1",
+            "2147483648",
+            "app:-5",
+            "1:99999999999999999999",
+        ] {
+            let e = resolve_user(r.path(), spec).expect_err(spec);
+            assert_eq!(
+                e.to_string(),
+                "uids and gids must be in range 0-2147483647",
+                "{spec}"
+            );
+        }
+        let u = resolve_user(r.path(), "2147483647").expect("the largest id");
+        assert_eq!(u.uid, 2_147_483_647);
+        // `uid:gid` as 32-bit numbers needs no range (BuildKit's fast path).
+        let u = resolve_user(r.path(), "3000000000:3000000000").expect("fast path");
+        assert_eq!((u.uid, u.gid), (3_000_000_000, 3_000_000_000));
+        // Go's Atoi reads "-0" as 0: root.
+        let u = resolve_user(r.path(), "-0").expect("-0");
+        assert_eq!(u.uid, 0);
     }
 
     /// An image whose `/etc` is an absolute link must not make kiln read

@@ -540,3 +540,25 @@ async fn a_shm_size_mount_leaves_no_dev_in_the_layer() {
     let plain = top_layer_names(&h, ns, "docker.io/library/shm:plain");
     assert!(plain.contains(&"dev".to_string()), "{plain:?}");
 }
+
+/// A `RUN --mount=type=tmpfs` is mounted as BuildKit mounts it: `nosuid`
+/// and its size, nothing else (no `nodev`, no `noexec`).
+#[tokio::test]
+async fn a_tmpfs_mount_has_buildkits_options() {
+    let ns = "tmpfs-opts";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
+        "tmpfs-opts",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=tmpfs,target=/t,size=1m \
+             o=\"$(grep ' /t ' /proc/mounts | cut -d' ' -f4)\" && echo \"opts=$o\" \
+             && case \",$o,\" in *,nosuid,*size=1024k*) ;; *) exit 3;; esac \
+             && case \",$o,\" in *,nodev,*|*,noexec,*) exit 4;; esac \
+             && echo tmpfs-$((1+1))-ok\n",
+        )],
+    );
+    let out = h.build(ns, &["--no-cache", ctx.to_str().expect("utf8")]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(out.stderr.contains("tmpfs-2-ok"), "{}", out.stderr);
+}
