@@ -602,7 +602,14 @@ pub(super) fn global_env(
     let build = opts.build_platform();
     let for_platform = opts.target_platform();
     let (build_text, target_text) = (build.to_string(), for_platform.to_string());
-    let target_name = opts.target.clone().unwrap_or_else(|| "default".into());
+    // BuildKit's: the target asked for, else the last stage's name, else
+    // "default" (an unnamed last stage).
+    let target_name = opts
+        .target
+        .clone()
+        .filter(|t| !t.is_empty())
+        .or_else(|| df.stages.last().and_then(|s| s.name.clone()))
+        .unwrap_or_else(|| "default".into());
     let mut global_env: Vec<String> = Vec::new();
     // BuildKit's `defaultArgs`: the platform the build runs on and the
     // one it is for.

@@ -1222,6 +1222,18 @@ fn platform_args_are_global_with_buildkits_values() {
         .meta
         .env
         .contains(&"TARGETSTAGE=default".to_string()));
+    // With no target, a named last stage is the target's name.
+    let b = build(
+        "FROM busybox\nRUN true\nFROM busybox AS named\nARG TARGETSTAGE\nRUN env\n",
+        &opts(),
+    )
+    .expect("converts");
+    let last = execs(&b).into_iter().last().expect("a step");
+    assert!(
+        last.meta.env.contains(&"TARGETSTAGE=named".to_string()),
+        "{:?}",
+        last.meta.env
+    );
 }
 
 #[test]
