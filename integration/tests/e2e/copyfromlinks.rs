@@ -104,3 +104,43 @@ async fn copy_from_a_stage_links_its_files_and_keeps_them_apart() {
     assert_eq!(want.len(), 5, "d/ and its four files: {want:?}");
     assert_eq!(got, want, "the linked copy's layer is not a copy's");
 }
+
+/// Sources that share a destination (a wildcard's matches, a directory
+/// and a symlink to it) are copied in order, the last one winning, as in
+/// BuildKit; kiln used to fail with "File exists" when the earlier one
+/// was a file it meant to link and the later one another.
+#[tokio::test]
+async fn wildcard_sources_with_one_destination_end_with_the_last() {
+    let ns = "copyfrom-dupdest";
+    let h = Harness::with_busybox(ns).await;
+    let ctx = h.context(
+        "copyfrom-dupdest",
+        &[
+            ("a1", "one\n"),
+            ("a2", "two\n"),
+            ("x1/f", "1\n"),
+            ("x2/f", "2\n"),
+            (
+                "Dockerfile",
+                "FROM busybox AS s\n\
+                 RUN mkdir -p /real/d /real/e && echo rf > /real/d/f && echo rf2 > /real/e/f \
+                 && ln -s /real /sl && ln -s d /real/dl\n\
+                 FROM busybox\n\
+                 COPY a* /dest\n\
+                 COPY x* /b/\n\
+                 COPY --from=s /real/* /c/\n\
+                 COPY --from=s /sl/* /c8/\n\
+                 RUN echo \"got=$(cat /dest /b/f /c/f /c8/f | tr '\\n' ,)\"\n",
+            ),
+        ],
+    );
+    let c = ctx.to_str().expect("utf8");
+    let out = h.build(ns, &["--no-cache", c]);
+    assert!(out.success, "embedded: {}", out.stderr);
+    assert!(out.stderr.contains("got=two,2,rf2,rf2,"), "{}", out.stderr);
+    // Through kilnd the context's files are linked from its kept tree.
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let out = common::remote(&h, &k, ns, &["--no-cache", c]);
+    assert!(out.success, "through kilnd: {}", out.stderr);
+    assert!(out.stderr.contains("got=two,2,rf2,rf2,"), "{}", out.stderr);
+}

@@ -8,7 +8,7 @@ use kiln_context::select::{select, CopySelection, EntryFilter, Selection};
 use kiln_context::walk::sorted_names;
 use kiln_solver::chmod::SymbolicMode;
 use kiln_solver::FileCopy;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -182,6 +182,7 @@ fn run(
         reuse,
         links,
         linked_inodes: HashMap::new(),
+        deferred: HashSet::new(),
         stamped: Vec::new(),
     };
 
@@ -223,7 +224,22 @@ fn run(
     } else {
         dst.parent(dest_root)
     };
-    let mut created = root::mkdir_all(dest_root, &ensure, dir_attrs)?;
+    // The first source makes the destination, as in BuildKit: an archive
+    // it unpacks there gets a 0755 directory whatever --chmod says (the
+    // mode is for the copied entries, which an unpack keeps as archived).
+    let first_unpacks = op.attempt_unpack_docker_compatibility
+        && sources
+            .first()
+            .is_some_and(|s| unpack::is_archive(&s.resolved.host));
+    let top_attrs = if first_unpacks {
+        DirAttrs {
+            mode: 0o755,
+            ..dir_attrs
+        }
+    } else {
+        dir_attrs
+    };
+    let mut created = root::mkdir_all(dest_root, &ensure, top_attrs)?;
 
     for src in &sources {
         if op.attempt_unpack_docker_compatibility && unpack::is_archive(&src.resolved.host) {
@@ -301,6 +317,10 @@ struct Copier<'a> {
     /// (source, destination): written after all if the copy meets the
     /// inode again, so the copy's own hard links stay its own.
     linked_inodes: HashMap<(u64, u64), (PathBuf, PathBuf)>,
+    /// Destinations of the files deferred to be linked: a later source
+    /// for one of them (a wildcard's matches can share a destination)
+    /// replaces it, as a later copy overwrites an earlier one.
+    deferred: HashSet<PathBuf>,
     /// Directories this copy created whose times it sets afterwards (at
     /// the op's timestamp, [`root::restamp`]).
     stamped: Vec<PathBuf>,
@@ -343,6 +363,9 @@ impl Copier<'_> {
         }
 
         let ft = md.file_type();
+        if !is_dir {
+            self.forget_deferred(dst);
+        }
         if is_dir {
             let created = if include {
                 self.copy_dir_only(dst)?
@@ -597,6 +620,7 @@ impl Copier<'_> {
                 (self.reuse.as_mut(), dst.strip_prefix(self.dest_root))
             {
                 let keep_parent_times = parent_stamped(&self.pending, &self.stamped, dst);
+                self.deferred.insert(dst.to_path_buf());
                 out.deferred.push(Deferred {
                     src: src.to_path_buf(),
                     rel: rel.to_path_buf(),
@@ -653,6 +677,7 @@ impl Copier<'_> {
             return false;
         };
         let keep_parent_times = parent_stamped(&self.pending, &self.stamped, dst);
+        self.deferred.insert(dst.to_path_buf());
         out.push(Deferred {
             src: src.to_path_buf(),
             rel: dst_rel.to_path_buf(),
@@ -667,6 +692,30 @@ impl Copier<'_> {
         true
     }
 
+    /// Drops what an earlier source of this copy left for `dst`: the file
+    /// deferred there, if any, and an incremental copy's record of its
+    /// content (what is written there now comes later in the copy and
+    /// wins, and records itself).
+    fn forget_deferred(&mut self, dst: &Path) {
+        let deferred = self.deferred.remove(dst);
+        let rel = dst.strip_prefix(self.dest_root).unwrap_or(dst);
+        if let Some((_, out)) = self.reuse.as_mut() {
+            if let Some(key) = reuse::record(self.dest_root, dst) {
+                out.manifest.remove(&key);
+            }
+            if deferred {
+                out.deferred.retain(|d| d.rel != rel);
+            }
+        }
+        if !deferred {
+            return;
+        }
+        if let Some((_, out)) = self.links.as_mut() {
+            out.retain(|d| d.rel != rel);
+        }
+        self.linked_inodes.retain(|_, (_, d)| d != dst);
+    }
+
     /// Writes the file left to link for source inode `key`, if any: the
     /// copy met another name of it, which must become a hard link to this
     /// copy's own file, as a copy without links gives.
@@ -674,6 +723,7 @@ impl Copier<'_> {
         let Some((src, dst)) = self.linked_inodes.remove(&key) else {
             return Ok(());
         };
+        self.deferred.remove(&dst);
         if let Some((_, out)) = self.links.as_mut() {
             let rel = dst
                 .strip_prefix(self.dest_root)

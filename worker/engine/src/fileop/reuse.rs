@@ -322,6 +322,59 @@ mod tests {
         cache.known_files(ctx)
     }
 
+    /// A copy by `op` of the context `files` into `one`, then, after
+    /// `change` edits the context, its rerun into `two` with the first as
+    /// the previous result.
+    struct Rerun {
+        base: tempfile::TempDir,
+        ctx: PathBuf,
+        cache: HashCache,
+        one: PathBuf,
+        two: PathBuf,
+        first: CopyOutcome,
+        second: CopyOutcome,
+    }
+
+    fn rerun(op: &FileCopy, files: &[(&str, &str)], change: impl FnOnce(&Path)) -> Rerun {
+        let base = tempfile::tempdir().expect("tempdir");
+        let (ctx, one, two) = (
+            base.path().join("ctx"),
+            base.path().join("one"),
+            base.path().join("two"),
+        );
+        for d in [&one, &two] {
+            std::fs::create_dir(d).expect("mkdir");
+        }
+        // One fixed mtime for every file: a copy links a file only where
+        // the previous one has its metadata, and files written a tick
+        // apart would not (matches sharing a destination compare so).
+        for (rel, data) in files {
+            write(&ctx, rel, data);
+            meta::set_times(&ctx, &ctx.join(rel), 1_000_000_000, 1_000_000_000).expect("times");
+        }
+        let cache = HashCache::open(&base.path().join("state"));
+        let reuse = CopyReuse {
+            known: known(&cache, &ctx),
+            previous: None,
+        };
+        let first = super::super::copy_reusing(&ctx, &one, &one, op, None, &reuse).expect("copy");
+        change(&ctx);
+        let reuse = CopyReuse {
+            known: known(&cache, &ctx),
+            previous: Some((one.clone(), first.manifest.clone())),
+        };
+        let second = super::super::copy_reusing(&ctx, &two, &two, op, None, &reuse).expect("copy");
+        Rerun {
+            base,
+            ctx,
+            cache,
+            one,
+            two,
+            first,
+            second,
+        }
+    }
+
     /// A placed file's parent keeps the times the copy gave it, and only
     /// those: a directory the copy did not stamp takes the placement's
     /// time, as a file created in it would give it.
@@ -352,24 +405,37 @@ mod tests {
         assert_eq!(ino(&up, "kept/f"), ino(&old, "f"));
     }
 
+    /// Wildcard matches with one destination (`*/VERSION` of two
+    /// directories with the same content): on a rerun, the first match's
+    /// link gives way to the second's, as a copy overwrites, so one file
+    /// is placed there and the manifest holds its content.
+    #[test]
+    fn a_rerun_of_matches_with_one_destination_places_one_file() {
+        if !kiln_types::testing::needs_root("the copy owns files to 0:0") {
+            return;
+        }
+        let op = FileCopy {
+            src: "*/VERSION".into(),
+            dest: "/app/".into(),
+            follow_symlink: true,
+            create_dest_path: true,
+            allow_wildcard: true,
+            ..FileCopy::default()
+        };
+        let r = rerun(&op, &[("a/VERSION", "same"), ("b/VERSION", "same")], |_| {});
+        assert_eq!(r.first.manifest.len(), 1, "{:?}", r.first.manifest);
+        let deferred: Vec<_> = r.second.deferred.iter().map(|d| d.rel.clone()).collect();
+        assert_eq!(deferred, [PathBuf::from("app/VERSION")]);
+        assert_eq!(r.second.manifest, r.first.manifest);
+        place(&r.two, &r.second.deferred, true).expect("place");
+        assert_eq!(ino(&r.one, "app/VERSION"), ino(&r.two, "app/VERSION"));
+    }
+
     #[test]
     fn a_rerun_links_unchanged_files_and_copies_the_changed_one() {
         if !kiln_types::testing::needs_root("the copy owns files to 0:0") {
             return;
         }
-        let base = tempfile::tempdir().expect("tempdir");
-        let (ctx, one, two) = (
-            base.path().join("ctx"),
-            base.path().join("one"),
-            base.path().join("two"),
-        );
-        for d in [&one, &two] {
-            std::fs::create_dir(d).expect("mkdir");
-        }
-        write(&ctx, "a.txt", "aaa");
-        write(&ctx, "d/b.txt", "bbb");
-        write(&ctx, "c.txt", "ccc");
-        let cache = HashCache::open(&base.path().join("state"));
         let op = FileCopy {
             src: ".".into(),
             dest: "/app/".into(),
@@ -379,11 +445,10 @@ mod tests {
             allow_wildcard: true,
             ..FileCopy::default()
         };
-        let first = CopyReuse {
-            known: known(&cache, &ctx),
-            previous: None,
-        };
-        let out1 = super::super::copy_reusing(&ctx, &one, &one, &op, None, &first).expect("copy");
+        let files = [("a.txt", "aaa"), ("d/b.txt", "bbb"), ("c.txt", "ccc")];
+        let r = rerun(&op, &files, |ctx| write(ctx, "c.txt", "CCC"));
+        let (one, two, out1, out2) = (r.one.clone(), r.two.clone(), &r.first, &r.second);
+        let (base, ctx, cache) = (r.base.path(), r.ctx.clone(), r.cache);
         assert!(out1.deferred.is_empty(), "{:?}", out1.deferred);
         assert_eq!(out1.manifest.len(), 3, "{:?}", out1.manifest);
         // The manifest survives its encoding.
@@ -391,17 +456,10 @@ mod tests {
             decode_manifest(&encode_manifest(&out1.manifest)),
             out1.manifest
         );
-
-        write(&ctx, "c.txt", "CCC");
         let d_times = |root: &Path| {
             let m = std::fs::symlink_metadata(root.join("app/d")).expect("stat");
             (m.mtime(), m.mtime_nsec())
         };
-        let second = CopyReuse {
-            known: known(&cache, &ctx),
-            previous: Some((one.clone(), out1.manifest.clone())),
-        };
-        let out2 = super::super::copy_reusing(&ctx, &two, &two, &op, None, &second).expect("copy");
         let mut deferred: Vec<_> = out2.deferred.iter().map(|d| d.rel.clone()).collect();
         deferred.sort();
         assert_eq!(
@@ -427,7 +485,7 @@ mod tests {
         // A file whose previous copy has other metadata is copied, and a
         // fallback copy (no link) writes a new inode with the intended
         // metadata.
-        let three = base.path().join("three");
+        let three = base.join("three");
         std::fs::create_dir(&three).expect("mkdir");
         std::fs::set_permissions(
             one.join("app/a.txt"),

@@ -514,6 +514,22 @@ fn add_extracts_archives_and_clamps_traversal() {
     assert_eq!(lstat(&f.dest, "plain/dir/f.txt").uid(), 77);
     assert_eq!(lstat(&f.dest, "plain").uid(), 77);
 
+    // --chmod is for what is copied: the directory an unpack makes is
+    // 0755 (BuildKit's), with or without the trailing slash; the
+    // archive's entries keep their own modes.
+    for dest in ["/m1/", "/m2"] {
+        let mut op = cp("plain.tar", dest);
+        op.mode = Some(0o700);
+        op.attempt_unpack_docker_compatibility = true;
+        run(&f, &op).expect("add with chmod");
+        let top = dest.trim_matches('/');
+        assert_eq!(lstat(&f.dest, top).mode() & 0o7777, 0o755, "{dest}");
+        assert_eq!(
+            lstat(&f.dest, &format!("{top}/dir/f.txt")).mode() & 0o7777,
+            0o640
+        );
+    }
+
     // A non-archive is copied as a file.
     let mut op = cp("notes.txt", "/n/");
     op.attempt_unpack_docker_compatibility = true;
