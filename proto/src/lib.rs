@@ -223,7 +223,7 @@ mod tests {
         let p = fsutil::Packet::decode(packet).expect("packet");
         assert_eq!(p.r#type(), fsutil::packet::PacketType::PacketData);
         let stat = p.stat.as_ref().expect("stat");
-        assert_eq!((stat.path.as_str(), stat.mode), ("a", 0o644));
+        assert_eq!((stat.path.as_slice(), stat.mode), (&b"a"[..], 0o644));
         assert_eq!(stat.xattrs["k"], b"v".to_vec());
         assert_eq!((p.id, p.data.as_slice()), (7, &b"z"[..]));
 

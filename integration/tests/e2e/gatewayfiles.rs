@@ -205,7 +205,10 @@ impl GatewayBuild {
 }
 
 fn names(entries: &[kiln_proto::fsutil::Stat]) -> Vec<&str> {
-    entries.iter().map(|s| s.path.as_str()).collect()
+    entries
+        .iter()
+        .map(|s| std::str::from_utf8(&s.path).expect("UTF-8 name"))
+        .collect()
 }
 
 #[tokio::test]
@@ -370,7 +373,10 @@ async fn a_results_files_are_read_inside_its_root() {
     );
     let up = &all[6];
     assert_ne!(up.mode & MODE_SYMLINK, 0, "{up:?}");
-    assert_eq!(up.linkname, format!("../../../../../../../..{hs}"));
+    assert_eq!(
+        up.linkname,
+        format!("../../../../../../../..{hs}").into_bytes()
+    );
     assert_ne!(all[5].mode & MODE_DIR, 0);
     assert_eq!(all[3].size, 11);
     assert_eq!(
@@ -392,7 +398,7 @@ async fn a_results_files_are_read_inside_its_root() {
 
     // Stats follow the final link and use the resolved base name.
     let st = b.stat(&r, "data/up").await.expect("stat");
-    assert_eq!((st.path.as_str(), st.size), ("secret", 11));
+    assert_eq!((st.path.as_slice(), st.size), (b"secret".as_slice(), 11));
     assert_eq!(st.mode & (MODE_DIR | MODE_SYMLINK), 0);
     let st = b.stat(&r, "data/sub").await.expect("stat dir");
     assert_ne!(st.mode & MODE_DIR, 0);

@@ -32,9 +32,9 @@ fn stat(path: &str, mode: u32, linkname: &str) -> Packet {
     Packet {
         r#type: PacketType::PacketStat as i32,
         stat: Some(Stat {
-            path: path.to_string(),
+            path: path.into(),
             mode,
-            linkname: linkname.to_string(),
+            linkname: linkname.into(),
             ..Stat::default()
         }),
         ..Packet::default()

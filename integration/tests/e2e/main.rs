@@ -22,6 +22,7 @@ mod build;
 mod builders;
 mod buildxflows;
 mod buildxuser;
+mod bytenames;
 mod cache;
 mod checks;
 mod claims;

@@ -121,7 +121,7 @@ pub struct Held {
     dir: PathBuf,
     incremental: bool,
     /// Tree paths to remove when the build is done with the context.
-    privileged: Vec<String>,
+    privileged: Vec<PathBuf>,
     /// What the last receive cost on the wire (fsutil's count).
     transferred: u64,
     /// When the last receive started and ended.
@@ -247,7 +247,7 @@ impl Drop for Held {
             let removed = self.privileged.iter().all(|p| {
                 match std::fs::remove_file(tree.join(p)) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        tracing::warn!(path = %p, error = %e, "cannot remove from a kept context");
+                        tracing::warn!(path = %p.display(), error = %e, "cannot remove from a kept context");
                         false
                     }
                     _ => true,
@@ -436,7 +436,7 @@ mod tests {
     fn stats(tree_bytes: u64, privileged: &[&str]) -> kiln_session::fsutil::ReceiveStats {
         kiln_session::fsutil::ReceiveStats {
             tree_bytes,
-            privileged: privileged.iter().map(|p| p.to_string()).collect(),
+            privileged: privileged.iter().map(PathBuf::from).collect(),
             ..Default::default()
         }
     }

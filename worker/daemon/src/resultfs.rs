@@ -15,7 +15,9 @@ use kiln_proto::fsutil::Stat;
 use kiln_session::fsutil::{stat_of, FsutilError};
 use kiln_snapshot::origin::{LayerOrigin, LinkKey};
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use tonic::{Code, Status};
@@ -111,18 +113,19 @@ impl From<ResultFsError> for Status {
 type Result<T, E = ResultFsError> = std::result::Result<T, E>;
 
 /// `path` resolved inside `root`, every symlink followed and clamped.
-fn resolve(root: &Path, path: &str) -> Result<(PathBuf, String)> {
+fn resolve(root: &Path, path: &str) -> Result<(PathBuf, Vec<u8>)> {
     let r = kiln_context::path::resolve(root, Path::new(path), true, None).map_err(|source| {
         ResultFsError::Resolve {
             path: path.to_string(),
             source,
         }
     })?;
+    // The name's bytes, as `read_dir` lists it.
     let base = r
         .rel
         .last()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/".to_string());
+        .map(|n| std::ffi::OsStr::new(n).as_encoded_bytes().to_vec())
+        .unwrap_or_else(|| b"/".to_vec());
     Ok((r.host, base))
 }
 
@@ -224,19 +227,23 @@ pub fn read_dir(root: &Path, origin: &LayerOrigin, path: &str, include: &str) ->
         source,
     })?;
     let mut out = Vec::new();
-    let mut inodes: HashMap<LinkKey, String> = HashMap::new();
+    let mut inodes: HashMap<LinkKey, Vec<u8>> = HashMap::new();
     for (name, entry, md) in sorted_entries(&host, path)? {
-        let (included, _) = filter.decide(&name, &name, md.is_dir());
+        // The filter matches text: a name that is not UTF-8 as its lossy
+        // form; the entry keeps its bytes.
+        let text = name.to_string_lossy();
+        let (included, _) = filter.decide(&text, &text, md.is_dir());
         let holds_included = || -> Result<bool> {
-            Ok(md.is_dir() && has_included_below(&filter, &entry, &name, path)?)
+            Ok(md.is_dir() && has_included_below(&filter, &entry, &text, path)?)
         };
         if !included && !holds_included()? {
             continue;
         }
-        let mut stat = stat_of(&entry, name, &md).map_err(|source| ResultFsError::Stat {
-            path: path.to_string(),
-            source,
-        })?;
+        let mut stat =
+            stat_of(&entry, name.into_vec(), &md).map_err(|source| ResultFsError::Stat {
+                path: path.to_string(),
+                source,
+            })?;
         if !md.is_dir() && !md.file_type().is_symlink() && md.nlink() > 1 {
             let key = origin.link_key(entry.strip_prefix(root).unwrap_or(&entry), &md);
             match inodes.get(&key) {
@@ -253,13 +260,14 @@ pub fn read_dir(root: &Path, origin: &LayerOrigin, path: &str, include: &str) ->
 
 /// The entries of the host directory `dir` as (name, host path, metadata
 /// not following links), sorted by name like Go's walk.
-fn sorted_entries(dir: &Path, path: &str) -> Result<Vec<(String, PathBuf, std::fs::Metadata)>> {
+fn sorted_entries(dir: &Path, path: &str) -> Result<Vec<(OsString, PathBuf, std::fs::Metadata)>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(io_err("readdir", path))? {
         let e = e.map_err(io_err("readdir", path))?;
         let md = std::fs::symlink_metadata(e.path()).map_err(io_err("lstat", path))?;
-        out.push((e.file_name().to_string_lossy().into_owned(), e.path(), md));
+        out.push((e.file_name(), e.path(), md));
     }
+    // OsString orders by bytes on Unix, as Go's walk does.
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
@@ -268,7 +276,7 @@ fn sorted_entries(dir: &Path, path: &str) -> Result<Vec<(String, PathBuf, std::f
 /// directory) is included; links are not followed.
 fn has_included_below(filter: &EntryFilter<'_>, dir: &Path, rel: &str, path: &str) -> Result<bool> {
     for (name, entry, md) in sorted_entries(dir, path)? {
-        let rel = format!("{rel}/{name}");
+        let rel = format!("{rel}/{}", name.to_string_lossy());
         if filter.decide(&rel, &rel, md.is_dir()).0 {
             return Ok(true);
         }
@@ -283,6 +291,11 @@ fn has_included_below(filter: &EntryFilter<'_>, dir: &Path, rel: &str, path: &st
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// A listed name that the test knows is UTF-8.
+    fn text(name: &[u8]) -> &str {
+        std::str::from_utf8(name).expect("UTF-8")
+    }
 
     /// A root with a file, a directory, links that try to leave the root
     /// and a hard link; beside it, outside the root, a file of the same
@@ -383,14 +396,14 @@ mod tests {
     fn stat_follows_the_final_link_and_uses_the_base_name() {
         let (_d, root) = tree();
         let st = stat_file(&root, "data/up").expect("stat");
-        assert_eq!(st.path, "secret");
+        assert_eq!(st.path, b"secret");
         assert_eq!(st.size, 6);
         assert_eq!(st.mode & kiln_session::fsutil::mode::TYPE, 0, "a file");
         let st = stat_file(&root, "data/sub").expect("stat dir");
-        assert_eq!(st.path, "sub");
+        assert_eq!(st.path, b"sub");
         assert_ne!(st.mode & kiln_session::fsutil::mode::DIR, 0);
         assert_eq!(st.size, 0, "directories have no size, as in fsutil");
-        assert_eq!(stat_file(&root, "/").expect("root").path, "/");
+        assert_eq!(stat_file(&root, "/").expect("root").path, b"/");
     }
 
     /// Names of one inode from two layers of the view are two files (kiln
@@ -408,8 +421,8 @@ mod tests {
         let all = read_dir(&root, &origin, "data", "").expect("list");
         let links: Vec<(&str, &str)> = all
             .iter()
-            .filter(|s| s.path.ends_with(".bin"))
-            .map(|s| (s.path.as_str(), s.linkname.as_str()))
+            .filter(|s| s.path.ends_with(b".bin"))
+            .map(|s| (text(&s.path), text(&s.linkname)))
             .collect();
         assert_eq!(links, [("b.bin", ""), ("c.bin", "b.bin"), ("d.bin", "")]);
     }
@@ -418,15 +431,15 @@ mod tests {
     fn read_dir_lists_one_level_with_links_unfollowed() {
         let (d, root) = tree();
         let all = read_dir(&root, &LayerOrigin::default(), "data", "").expect("list");
-        let names: Vec<&str> = all.iter().map(|s| s.path.as_str()).collect();
+        let names: Vec<&str> = all.iter().map(|s| text(&s.path)).collect();
         assert_eq!(
             names,
             ["abs", "b.bin", "c.bin", "hello.txt", "parent", "sub", "up"]
         );
         let up = &all[6];
         assert_ne!(up.mode & kiln_session::fsutil::mode::SYMLINK, 0);
-        assert_eq!(up.linkname, "../../../../../../secret");
-        assert_eq!(all[2].linkname, "b.bin", "the second name is a hard link");
+        assert_eq!(up.linkname, b"../../../../../../secret");
+        assert_eq!(all[2].linkname, b"b.bin", "the second name is a hard link");
         // A listing through a link that climbs out lists the root.
         let top: Vec<String> = read_dir(
             &root,
@@ -436,7 +449,7 @@ mod tests {
         )
         .expect("root")
         .into_iter()
-        .map(|s| s.path)
+        .map(|s| String::from_utf8(s.path).expect("UTF-8"))
         .collect();
         let mirror_top = d
             .path()
@@ -459,6 +472,21 @@ mod tests {
             .is_empty());
     }
 
+    /// A name that is not UTF-8 is listed with its bytes, as Go's fsutil
+    /// lists it, and in byte order.
+    #[test]
+    fn read_dir_keeps_names_that_are_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let (_d, root) = tree();
+        let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        std::fs::write(root.join("empty").join(latin1), "x").expect("write");
+        std::fs::write(root.join("empty/cafe"), "y").expect("write");
+        let all = read_dir(&root, &LayerOrigin::default(), "empty", "").expect("list");
+        let names: Vec<&[u8]> = all.iter().map(|s| s.path.as_slice()).collect();
+        assert_eq!(names, [b"cafe".as_slice(), b"caf\xe9"]);
+        assert_eq!(all[1].size, 1);
+    }
+
     #[test]
     fn an_include_pattern_keeps_matches_and_the_directories_holding_them() {
         let (_d, root) = tree();
@@ -466,7 +494,7 @@ mod tests {
             read_dir(&root, &LayerOrigin::default(), "data", pattern)
                 .expect("list")
                 .into_iter()
-                .map(|s| s.path)
+                .map(|s| String::from_utf8(s.path).expect("UTF-8"))
                 .collect()
         };
         assert_eq!(names("*.txt"), ["hello.txt"]);

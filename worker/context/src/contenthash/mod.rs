@@ -213,7 +213,7 @@ impl HashCache {
     /// next hash of the tree finds them by their stat and reads nothing.
     /// Anything else (a tree the caller does not own, a path that is not
     /// a regular file now) is left out.
-    pub fn record_received(&self, context: &Path, files: &[(String, [u8; 32])]) {
+    pub fn record_received(&self, context: &Path, files: &[(PathBuf, [u8; 32])]) {
         use std::os::unix::fs::MetadataExt;
         let Ok(context) = std::fs::canonicalize(context) else {
             return;
@@ -232,7 +232,12 @@ impl HashCache {
             let Ok(md) = std::fs::symlink_metadata(&host) else {
                 continue;
             };
-            if !md.file_type().is_file() || rel.is_empty() || rel.contains('\0') {
+            // Only UTF-8 paths are cached, as the tree hasher caches them
+            // (the state file is JSON and a lossy key could alias another).
+            let Some(key) = rel.to_str() else {
+                continue;
+            };
+            if !md.file_type().is_file() || key.is_empty() || rel.is_absolute() {
                 continue;
             }
             let entry = state::StatEntry {
@@ -247,7 +252,7 @@ impl HashCache {
                 xattrs: tree::xattr_digest(&host).map(Box::new),
                 seen: 0,
             };
-            cache.entries.insert(rel.clone(), entry);
+            cache.entries.insert(key.to_string(), entry);
             cache.dirty = true;
         }
     }

@@ -540,25 +540,32 @@ fn received_digests_spare_the_first_read_of_an_owned_tree() {
     std::fs::create_dir_all(ctx.join("d")).expect("mkdir");
     std::fs::write(ctx.join("a"), "1").expect("write");
     std::fs::write(ctx.join("d/b"), "2").expect("write");
+    // A name that is not UTF-8 is not cached (the hasher reads it).
+    let latin1 = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"d/caf\xe9"));
+    std::fs::write(ctx.join(&latin1), "3").expect("write");
     let sha = |s: &str| -> [u8; 32] { Sha256::digest(s.as_bytes()).into() };
     let c = HashCache::open(state.path()).with_owned_root(root.path());
     c.record_received(
         &ctx,
-        &[("a".to_string(), sha("1")), ("d/b".to_string(), sha("2"))],
+        &[
+            ("a".into(), sha("1")),
+            ("d/b".into(), sha("2")),
+            (latin1, sha("3")),
+        ],
     );
     let d = c.digest(&ctx, &sel("."), &[]).expect("digest");
-    assert_eq!(c.take_reads(), 0, "nothing read");
+    assert_eq!(c.take_reads(), 1, "only the file whose name is not UTF-8");
     // The same digest as a cache that reads the files.
     let fresh = tempfile::tempdir().expect("state");
     let reader = HashCache::open(fresh.path()).with_racy_window(Duration::ZERO);
     assert_eq!(reader.digest(&ctx, &sel("."), &[]).expect("digest"), d);
-    assert_eq!(reader.take_reads(), 2);
+    assert_eq!(reader.take_reads(), 3);
 
     // Outside the owned root nothing is recorded.
     let plain = HashCache::open(state.path());
     let other = tempfile::tempdir().expect("other");
     std::fs::write(other.path().join("x"), "x").expect("write");
-    plain.record_received(other.path(), &[("x".to_string(), sha("not x"))]);
+    plain.record_received(other.path(), &[("x".into(), sha("not x"))]);
     let _ = plain.digest(other.path(), &sel("."), &[]).expect("digest");
     assert_eq!(plain.take_reads(), 1);
 }

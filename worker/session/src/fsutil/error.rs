@@ -1,5 +1,7 @@
 //! The errors of an fsutil transfer.
 
+use std::path::PathBuf;
+
 use kiln_proto::ErrorKind;
 
 /// Errors of an fsutil DiffCopy transfer, on either side.
@@ -7,32 +9,32 @@ use kiln_proto::ErrorKind;
 pub enum FsutilError {
     /// A path is absolute, unclean, escapes the root or is empty.
     #[error("invalid path {path:?}")]
-    InvalidPath { path: String },
+    InvalidPath { path: PathBuf },
     /// An entry does not come after the one before it in walk order (or
     /// repeats it).
     #[error("changes out of order: {path:?} after {previous:?}")]
-    OutOfOrder { path: String, previous: String },
+    OutOfOrder { path: PathBuf, previous: PathBuf },
     /// An entry's parent is not a directory sent earlier in this transfer.
     #[error("parent of {path:?} is not a directory of this transfer")]
-    ParentNotDirectory { path: String },
+    ParentNotDirectory { path: PathBuf },
     /// A hard link does not name an earlier regular file of this transfer.
     #[error("invalid hard link {path:?} to {target:?}")]
-    InvalidLink { path: String, target: String },
+    InvalidLink { path: PathBuf, target: PathBuf },
     /// A transfer past one of the receiver's limits (the receiver's
     /// `MAX_*`): too many entries, too long a path or symlink target, more
     /// content than declared or than a context may hold.
     #[error("{path:?}: {what} exceeds the limit of {limit}")]
     TooLarge {
-        path: String,
+        path: PathBuf,
         what: &'static str,
         limit: u64,
     },
     /// A symlink without a target.
     #[error("symlink {path:?} has no target")]
-    EmptySymlink { path: String },
+    EmptySymlink { path: PathBuf },
     /// An entry whose type cannot be created (socket, irregular file).
     #[error("unsupported file type {mode:#x} for {path:?}")]
-    UnsupportedType { path: String, mode: u32 },
+    UnsupportedType { path: PathBuf, mode: u32 },
     /// The receiver asked for an ID that is not a pending regular file.
     #[error("invalid file request {id}")]
     InvalidRequest { id: u32 },
@@ -67,20 +69,15 @@ pub enum FsutilError {
     #[error("{op} {path:?} failed")]
     Io {
         op: &'static str,
-        path: String,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    /// The sender sent a name that is not UTF-8 (Go's fsutil sends any
-    /// bytes; kiln's paths are strings).
-    #[error("a file name the client sent is not UTF-8: receiving it is not supported yet")]
-    NonUtf8Received,
-    /// A symlink's target is not UTF-8 and cannot be sent.
-    #[error("the target of symlink {path:?} is not UTF-8: sending it is not supported yet")]
-    NonUtf8Link { path: std::path::PathBuf },
-    /// A file name is not UTF-8 and cannot be sent.
-    #[error("file name {path:?} is not UTF-8: sending it is not supported yet")]
-    NonUtf8Path { path: std::path::PathBuf },
+    /// The sender sent an extended attribute whose name is not UTF-8
+    /// (Go's fsutil sends any bytes; the wire's map keys are strings, so
+    /// the packet does not decode).
+    #[error("an extended attribute name the client sent is not UTF-8: receiving it is not supported yet")]
+    NonUtf8XattrReceived,
     /// An include or exclude pattern does not compile.
     #[error("invalid pattern")]
     Pattern {
@@ -111,10 +108,8 @@ impl FsutilError {
             | UnexpectedData { .. }
             | UnexpectedPacket { .. }
             | InvalidPacketType { .. }
-            | NonUtf8Path { .. }
-            | NonUtf8Link { .. }
             | Pattern { .. } => ErrorKind::InvalidArgument,
-            NonUtf8Received => ErrorKind::Unimplemented,
+            NonUtf8XattrReceived => ErrorKind::Unimplemented,
             FromSender { .. } | FromReceiver { .. } | Task { .. } => ErrorKind::Internal,
             UnexpectedEof | Closed => ErrorKind::Unavailable,
             Transport { status } => ErrorKind::from_code(status.code()),

@@ -103,17 +103,26 @@ pub fn posix_perm(go: u32) -> u32 {
 }
 
 /// Whether a wire path is relative, clean and inside the root: non-empty,
-/// no leading or trailing `/`, no empty, `.` or `..` element, no NUL.
-pub fn is_valid_path(p: &str) -> bool {
+/// no leading or trailing `/`, no empty, `.` or `..` element, no NUL. A
+/// path is bytes, as in Go's fsutil (a name need not be UTF-8).
+pub fn is_valid_path(p: &[u8]) -> bool {
     !p.is_empty()
-        && !p.contains('\0')
-        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && !p.contains(&0)
+        && p.split(|&c| c == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
 /// Orders wire paths as the sender's walk does: element by element, each
 /// compared byte-wise, a directory before what it contains.
-pub fn compare_paths(a: &str, b: &str) -> std::cmp::Ordering {
-    a.split('/').cmp(b.split('/'))
+pub fn compare_paths(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
+}
+
+/// A wire path (or a link target) as a host path relative to the root,
+/// byte for byte.
+pub fn wire_path(p: &[u8]) -> &std::path::Path {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::Path::new(std::ffi::OsStr::from_bytes(p))
 }
 
 /// A packet of `kind` with no payload.

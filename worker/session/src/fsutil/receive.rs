@@ -4,7 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -25,7 +26,8 @@ use xattr::FileExt;
 
 use super::send::send_err;
 use super::{
-    compare_paths, is_valid_path, mode, packet, posix_perm, FsutilError, Packet, PacketType, Stat,
+    compare_paths, is_valid_path, mode, packet, posix_perm, wire_path, FsutilError, Packet,
+    PacketType, Stat,
 };
 
 /// How a receiver applies what it receives.
@@ -71,10 +73,10 @@ pub struct ReceiveStats {
     /// Device nodes, FIFOs and set-user/group-id files in the tree (and
     /// hard links to those), in listing order: what a caller that keeps
     /// the tree may not want to keep.
-    pub privileged: Vec<String>,
+    pub privileged: Vec<PathBuf>,
     /// With [`ReceiveOptions::digests`]: the SHA-256 of the content of
     /// each regular file whose content this transfer wrote, by path.
-    pub digests: Vec<(String, [u8; 32])>,
+    pub digests: Vec<(PathBuf, [u8; 32])>,
 }
 
 /// How many files may be open for writing at once; a sender interleaving
@@ -142,7 +144,7 @@ where
         Err(errno) => {
             let e = FsutilError::Io {
                 op: "open destination",
-                path: dest.display().to_string(),
+                path: dest.to_path_buf(),
                 source: errno.into(),
             };
             send_err(&tx, &e).await;
@@ -185,10 +187,13 @@ where
                             return Ok(());
                         }
                     }
-                    // prost refuses a `string` that is not UTF-8 (a path
-                    // or link target) while decoding the packet.
-                    Some(Err(status)) if status.message().contains("not UTF-8 encoded") => {
-                        return Err(FsutilError::NonUtf8Received)
+                    // Paths and link targets are bytes; an xattr's name
+                    // is a string, which prost refuses unless UTF-8.
+                    Some(Err(status))
+                        if status.code() == tonic::Code::Internal
+                            && status.message().contains("not UTF-8 encoded") =>
+                    {
+                        return Err(FsutilError::NonUtf8XattrReceived)
                     }
                     Some(Err(status)) => return Err(FsutilError::Transport { status }),
                     // Dropping `in_tx` tells the applier.
@@ -236,7 +241,7 @@ enum Kind {
 
 /// A requested file whose DATA has not ended yet.
 struct PendingFile {
-    path: String,
+    path: Vec<u8>,
     stat: Stat,
     /// The digest of what arrived so far ([`ReceiveOptions::digests`]).
     sha: Option<Sha256>,
@@ -250,15 +255,15 @@ struct Applier {
     digests: bool,
     out: mpsc::UnboundedSender<Packet>,
     next_id: u32,
-    previous: Option<String>,
-    entries: HashMap<String, Kind>,
+    previous: Option<Vec<u8>>,
+    entries: HashMap<Vec<u8>, Kind>,
     /// Requested files by ID until their empty DATA.
     pending: HashMap<u32, PendingFile>,
     writers: HashMap<u32, File>,
     /// Directories in listing order; their metadata is applied last.
     dirs: Vec<Stat>,
     /// The last directory opened, as consecutive entries share parents.
-    last_dir: Option<(String, Arc<OwnedFd>)>,
+    last_dir: Option<(Vec<u8>, Arc<OwnedFd>)>,
     listing_done: bool,
     fin_sent: bool,
     stats: ReceiveStats,
@@ -269,15 +274,32 @@ struct Applier {
     shared_kept: HashSet<(u64, u64)>,
 }
 
-/// Splits a valid wire path into its parent ("" for the root) and name.
-fn split(path: &str) -> (&str, &str) {
-    path.rsplit_once('/').unwrap_or(("", path))
+/// Splits a valid wire path into its parent (empty for the root) and name.
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&c| c == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
 }
 
-fn io_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(Errno) -> FsutilError + 'a {
+/// `parent/name`, or `name` in the root.
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        [parent, b"/", name].concat()
+    }
+}
+
+/// A wire path as an error names it.
+fn shown(path: &[u8]) -> PathBuf {
+    wire_path(path).to_path_buf()
+}
+
+fn io_err<'a>(op: &'static str, path: &'a [u8]) -> impl FnOnce(Errno) -> FsutilError + 'a {
     move |errno| FsutilError::Io {
         op,
-        path: path.to_string(),
+        path: wire_path(path).to_path_buf(),
         source: errno.into(),
     }
 }
@@ -383,40 +405,40 @@ impl Applier {
         let path = stat.path.clone();
         if self.stats.entries > MAX_ENTRIES {
             return Err(FsutilError::TooLarge {
-                path,
+                path: shown(&path),
                 what: "the number of entries",
                 limit: MAX_ENTRIES,
             });
         }
         if path.len() > MAX_PATH_BYTES {
             return Err(FsutilError::TooLarge {
-                path,
+                path: shown(&path),
                 what: "the path length",
                 limit: MAX_PATH_BYTES as u64,
             });
         }
         if stat.linkname.len() > MAX_PATH_BYTES {
             return Err(FsutilError::TooLarge {
-                path,
+                path: shown(&path),
                 what: "the link target length",
                 limit: MAX_PATH_BYTES as u64,
             });
         }
         if !is_valid_path(&path) {
-            return Err(FsutilError::InvalidPath { path });
+            return Err(FsutilError::InvalidPath { path: shown(&path) });
         }
         if let Some(previous) = &self.previous {
             if compare_paths(&path, previous) != std::cmp::Ordering::Greater {
                 return Err(FsutilError::OutOfOrder {
-                    path,
-                    previous: previous.clone(),
+                    path: shown(&path),
+                    previous: shown(previous),
                 });
             }
         }
         self.previous = Some(path.clone());
         let (parent, name) = split(&path);
         if !parent.is_empty() && self.entries.get(parent) != Some(&Kind::Dir) {
-            return Err(FsutilError::ParentNotDirectory { path });
+            return Err(FsutilError::ParentNotDirectory { path: shown(&path) });
         }
         let dir = self.open_dir(parent)?;
         // What an earlier transfer left at this path (incremental only).
@@ -436,22 +458,23 @@ impl Applier {
             Kind::Dir
         } else if m & mode::SYMLINK != 0 {
             if stat.linkname.is_empty() {
-                return Err(FsutilError::EmptySymlink { path });
+                return Err(FsutilError::EmptySymlink { path: shown(&path) });
             }
             if old.is_some_and(|st| self.same_symlink(&dir, name, &st, &stat)) {
                 self.stats.kept += 1;
             } else {
                 self.clear(&dir, name, &path)?;
-                symlinkat(stat.linkname.as_str(), &*dir, name).map_err(io_err("symlink", &path))?;
+                symlinkat(stat.linkname.as_slice(), &*dir, name)
+                    .map_err(io_err("symlink", &path))?;
                 self.apply_at(&dir, name, &stat, true)?;
             }
             Kind::Symlink
         } else if !stat.linkname.is_empty() {
-            let target = stat.linkname.as_str();
+            let target = stat.linkname.as_slice();
             if !is_valid_path(target) || self.entries.get(target) != Some(&Kind::File) {
                 return Err(FsutilError::InvalidLink {
-                    path,
-                    target: target.to_string(),
+                    path: shown(&path),
+                    target: shown(target),
                 });
             }
             let (tparent, tname) = split(target);
@@ -460,8 +483,13 @@ impl Applier {
                 (Some(o), Ok(t)) => o.st_dev == t.st_dev && o.st_ino == t.st_ino,
                 _ => false,
             };
-            if self.stats.privileged.iter().any(|p| p == target) {
-                self.stats.privileged.push(path.clone());
+            if self
+                .stats
+                .privileged
+                .iter()
+                .any(|p| p.as_os_str().as_bytes() == target)
+            {
+                self.stats.privileged.push(shown(&path));
             }
             if linked {
                 self.stats.kept += 1;
@@ -494,22 +522,25 @@ impl Applier {
                     .map_err(io_err("mknod", &path))?;
                 self.apply_at(&dir, name, &stat, false)?;
             }
-            self.stats.privileged.push(path.clone());
+            self.stats.privileged.push(shown(&path));
             Kind::Special
         } else if m & mode::TYPE != 0 {
-            return Err(FsutilError::UnsupportedType { path, mode: m });
+            return Err(FsutilError::UnsupportedType {
+                path: shown(&path),
+                mode: m,
+            });
         } else {
             let size = u64::try_from(stat.size).unwrap_or(0);
             if self.declared.saturating_add(size) > MAX_TOTAL_BYTES {
                 return Err(FsutilError::TooLarge {
-                    path,
+                    path: shown(&path),
                     what: "the context's total file size",
                     limit: MAX_TOTAL_BYTES,
                 });
             }
             self.declared = self.declared.saturating_add(size);
             if m & (mode::SETUID | mode::SETGID) != 0 {
-                self.stats.privileged.push(path.clone());
+                self.stats.privileged.push(shown(&path));
             }
             // The content an earlier transfer wrote is kept when the size
             // and mtime agree (the rule fsutil's receivers use). A file
@@ -573,7 +604,8 @@ impl Applier {
             self.apply_fd(&f, &file.stat, &file.path)?;
             self.stats.files += 1;
             if let Some(sha) = file.sha {
-                self.stats.digests.push((file.path, sha.finalize().into()));
+                let path = PathBuf::from(std::ffi::OsString::from_vec(file.path));
+                self.stats.digests.push((path, sha.finalize().into()));
             }
             return Ok(());
         }
@@ -594,13 +626,13 @@ impl Applier {
         let path = self
             .pending
             .get(&id)
-            .map(|f| f.path.as_str())
+            .map(|f| f.path.as_slice())
             .unwrap_or_default();
         // A file may grow while the sender reads it, so its own size is not
         // held to what it declared; the whole transfer is.
         if self.stats.bytes.saturating_add(data.len() as u64) > MAX_TOTAL_BYTES {
             return Err(FsutilError::TooLarge {
-                path: path.to_string(),
+                path: shown(path),
                 what: "the context's total file size",
                 limit: MAX_TOTAL_BYTES,
             });
@@ -608,7 +640,7 @@ impl Applier {
         if let Some(f) = self.writers.get_mut(&id) {
             f.write_all(&data).map_err(|source| FsutilError::Io {
                 op: "write",
-                path: path.to_string(),
+                path: shown(path),
                 source,
             })?;
         }
@@ -631,7 +663,7 @@ impl Applier {
         if self.incremental {
             // What the sender no longer lists goes before any directory's
             // metadata is set: removing changes a directory's mtime.
-            self.remove_unlisted("")?;
+            self.remove_unlisted(b"")?;
             for stat in &dirs {
                 self.remove_unlisted(&stat.path)?;
             }
@@ -640,7 +672,7 @@ impl Applier {
             let fd = self.open_dir(&stat.path)?;
             let f = File::from(fd.try_clone().map_err(|source| FsutilError::Io {
                 op: "dup",
-                path: stat.path.clone(),
+                path: shown(&stat.path),
                 source,
             })?);
             if self.incremental {
@@ -665,15 +697,11 @@ impl Applier {
 
     /// Removes every entry of the directory `rel` (of this transfer, or the
     /// root for "") that the sender did not list.
-    fn remove_unlisted(&mut self, rel: &str) -> Result<(), FsutilError> {
+    fn remove_unlisted(&mut self, rel: &[u8]) -> Result<(), FsutilError> {
         let dir = self.open_dir(rel)?;
         let names = list_dir(&dir, rel)?;
         for name in names {
-            let path = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
+            let path = join(rel, &name);
             if !self.entries.contains_key(&path) {
                 remove_entry(&dir, &name, &path)?;
                 self.stats.removed += 1;
@@ -683,11 +711,11 @@ impl Applier {
     }
 
     /// Whether the symlink `st` at `name` is the one `stat` describes.
-    fn same_symlink(&self, dir: &OwnedFd, name: &str, st: &FileStat, stat: &Stat) -> bool {
+    fn same_symlink(&self, dir: &OwnedFd, name: &[u8], st: &FileStat, stat: &Stat) -> bool {
         st.st_mode & libc::S_IFMT == libc::S_IFLNK
             && self.same_owner_and_mtime(st, stat)
             && nix::fcntl::readlinkat(dir, name)
-                .is_ok_and(|t| t.as_encoded_bytes() == stat.linkname.as_bytes())
+                .is_ok_and(|t| t.as_encoded_bytes() == stat.linkname.as_slice())
     }
 
     /// Whether `st` has the owner this transfer gives `stat` and its mtime.
@@ -699,7 +727,7 @@ impl Applier {
     /// Whether the regular file `st` at `name`, which has other links, may
     /// be kept as `stat`: no other path of this transfer kept its inode,
     /// and its owner, mode and xattrs are already what `stat` says.
-    fn keep_shared(&mut self, dir: &OwnedFd, name: &str, st: &FileStat, stat: &Stat) -> bool {
+    fn keep_shared(&mut self, dir: &OwnedFd, name: &[u8], st: &FileStat, stat: &Stat) -> bool {
         let inode = (st.st_dev, st.st_ino);
         if self.shared_kept.contains(&inode) {
             return false;
@@ -720,8 +748,8 @@ impl Applier {
 
     /// Brings the metadata of a kept regular file to what `stat` says, if
     /// it differs (and leaves the file untouched otherwise).
-    fn refresh_file(&self, dir: &OwnedFd, name: &str, stat: &Stat) -> Result<(), FsutilError> {
-        let path = stat.path.as_str();
+    fn refresh_file(&self, dir: &OwnedFd, name: &[u8], stat: &Stat) -> Result<(), FsutilError> {
+        let path = stat.path.as_slice();
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let f = File::from(openat(dir, name, flags, Mode::empty()).map_err(io_err("open", path))?);
         let st = nix::sys::stat::fstat(f.as_fd()).map_err(io_err("stat", path))?;
@@ -737,27 +765,28 @@ impl Applier {
 
     /// Opens a directory of this transfer (or the root, for "") by walking
     /// from the root without following symlinks.
-    fn open_dir(&mut self, rel: &str) -> Result<Arc<OwnedFd>, FsutilError> {
+    fn open_dir(&mut self, rel: &[u8]) -> Result<Arc<OwnedFd>, FsutilError> {
         if let Some((p, fd)) = &self.last_dir {
             if p == rel {
                 return Ok(fd.clone());
             }
         }
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let mut cur = openat(&self.root, ".", flags, Mode::empty()).map_err(io_err("open", "."))?;
+        let mut cur =
+            openat(&self.root, ".", flags, Mode::empty()).map_err(io_err("open", b"."))?;
         if !rel.is_empty() {
-            for c in rel.split('/') {
+            for c in rel.split(|&c| c == b'/') {
                 cur = openat(&cur, c, flags, Mode::empty()).map_err(io_err("open", rel))?;
             }
         }
         let fd = Arc::new(cur);
-        self.last_dir = Some((rel.to_string(), fd.clone()));
+        self.last_dir = Some((rel.to_vec(), fd.clone()));
         Ok(fd)
     }
 
     /// Opens a regular file of this transfer for writing, never through a
     /// symlink.
-    fn open_file(&mut self, rel: &str, extra: OFlag) -> Result<File, FsutilError> {
+    fn open_file(&mut self, rel: &[u8], extra: OFlag) -> Result<File, FsutilError> {
         let (parent, name) = split(rel);
         let dir = self.open_dir(parent)?;
         let flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | extra;
@@ -767,7 +796,7 @@ impl Applier {
 
     /// Makes `name` a directory, keeping one that exists already (merge)
     /// and replacing anything else.
-    fn make_dir(&self, dir: &OwnedFd, name: &str, path: &str) -> Result<(), FsutilError> {
+    fn make_dir(&self, dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<(), FsutilError> {
         match mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
             Ok(()) => Ok(()),
             Err(Errno::EEXIST) => {
@@ -786,7 +815,7 @@ impl Applier {
     /// Removes a non-directory at `name` so it can be created afresh. An
     /// existing directory is not replaced by a non-directory, except in an
     /// incremental transfer (where it is what an earlier one left).
-    fn clear(&self, dir: &OwnedFd, name: &str, path: &str) -> Result<(), FsutilError> {
+    fn clear(&self, dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<(), FsutilError> {
         match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(io_err("stat", path)(e)),
@@ -809,7 +838,7 @@ impl Applier {
 
     /// Owner, mode, xattrs and mtime of an open file or directory. The owner
     /// goes first: chown clears set-id bits and file capabilities.
-    fn apply_fd(&self, f: &File, stat: &Stat, path: &str) -> Result<(), FsutilError> {
+    fn apply_fd(&self, f: &File, stat: &Stat, path: &[u8]) -> Result<(), FsutilError> {
         let (uid, gid) = self.owner(stat);
         fchown(f.as_fd(), Some(uid), Some(gid)).map_err(io_err("chown", path))?;
         fchmod(f.as_fd(), Mode::from_bits_truncate(posix_perm(stat.mode)))
@@ -818,7 +847,7 @@ impl Applier {
             if let Err(e) = f.set_xattr(key, value) {
                 // Some namespaces need privileges or support this file
                 // system may lack; like upstream, that does not fail a copy.
-                tracing::debug!(path, key, error = %e, "skipping xattr");
+                tracing::debug!(path = %wire_path(path).display(), key, error = %e, "skipping xattr");
             }
         }
         let t = timespec(stat.mod_time);
@@ -830,11 +859,11 @@ impl Applier {
     fn apply_at(
         &self,
         dir: &OwnedFd,
-        name: &str,
+        name: &[u8],
         stat: &Stat,
         symlink: bool,
     ) -> Result<(), FsutilError> {
-        let path = stat.path.as_str();
+        let path = stat.path.as_slice();
         let (uid, gid) = self.owner(stat);
         fchownat(
             dir,
@@ -888,23 +917,23 @@ fn same_xattrs(f: &File, stat: &Stat) -> bool {
 
 /// Removes the extended attributes of `f` that `stat` does not have (a
 /// fresh file has none of them).
-fn drop_xattrs(f: &File, stat: &Stat, path: &str) {
+fn drop_xattrs(f: &File, stat: &Stat, path: &[u8]) {
     let Ok(names) = f.list_xattr() else { return };
     for key in names {
         if key.to_str().is_some_and(|k| stat.xattrs.contains_key(k)) {
             continue;
         }
         if let Err(e) = f.remove_xattr(&key) {
-            tracing::debug!(path, key = ?key, error = %e, "cannot remove xattr");
+            tracing::debug!(path = %wire_path(path).display(), key = ?key, error = %e, "cannot remove xattr");
         }
     }
 }
 
 /// The names in the open directory `dir` (without `.` and `..`).
-fn list_dir(dir: &OwnedFd, path: &str) -> Result<Vec<String>, FsutilError> {
+fn list_dir(dir: &OwnedFd, path: &[u8]) -> Result<Vec<Vec<u8>>, FsutilError> {
     let fd = dir.try_clone().map_err(|source| FsutilError::Io {
         op: "dup",
-        path: path.to_string(),
+        path: shown(path),
         source,
     })?;
     let mut d = nix::dir::Dir::from_fd(fd).map_err(io_err("read directory", path))?;
@@ -915,16 +944,14 @@ fn list_dir(dir: &OwnedFd, path: &str) -> Result<Vec<String>, FsutilError> {
         if name == b"." || name == b".." {
             continue;
         }
-        // Entries this side wrote have UTF-8 names (wire paths are
-        // strings); anything else is not the sender's and goes too.
-        names.push(String::from_utf8_lossy(name).into_owned());
+        names.push(name.to_vec());
     }
     Ok(names)
 }
 
 /// Removes `name` in `dir` whatever it is, a directory with everything in
 /// it, never following a symlink.
-fn remove_entry(dir: &OwnedFd, name: &str, path: &str) -> Result<(), FsutilError> {
+fn remove_entry(dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<(), FsutilError> {
     let st = match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),
@@ -936,7 +963,7 @@ fn remove_entry(dir: &OwnedFd, name: &str, path: &str) -> Result<(), FsutilError
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let sub = openat(dir, name, flags, Mode::empty()).map_err(io_err("open", path))?;
     for child in list_dir(&sub, path)? {
-        remove_entry(&sub, &child, &format!("{path}/{child}"))?;
+        remove_entry(&sub, &child, &join(path, &child))?;
     }
     unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(io_err("remove", path))
 }

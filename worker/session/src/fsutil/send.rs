@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +58,7 @@ pub struct SendOptions {
 /// daemon passes which layer of a result each name comes from, since it
 /// shares inodes across layers where a copy would have made new files.
 #[derive(Clone)]
-pub struct LinkGroups(pub Arc<dyn Fn(&str) -> usize + Send + Sync>);
+pub struct LinkGroups(pub Arc<dyn Fn(&Path) -> usize + Send + Sync>);
 
 impl std::fmt::Debug for LinkGroups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,7 +201,7 @@ async fn send_file(
         loop {
             let n = f.read(&mut buf).await.map_err(|source| FsutilError::Io {
                 op: "read",
-                path: path.display().to_string(),
+                path: path.clone(),
                 source,
             })?;
             if n == 0 {
@@ -243,13 +244,9 @@ pub(super) struct Walker {
     /// sent (a directory that is not itself included is sent only when
     /// something inside it is).
     ancestors: Vec<(Stat, bool)>,
-    /// The first of the directories in `ancestors` whose name is not
-    /// UTF-8 (its host path): an error only once something below it is
-    /// sent.
-    unsendable: Option<(usize, PathBuf)>,
     /// (device, inode, link group) of multiply-linked files -> the first
     /// path sent.
-    inodes: HashMap<(u64, u64, usize), String>,
+    inodes: HashMap<(u64, u64, usize), Vec<u8>>,
     link_groups: Option<LinkGroups>,
 }
 
@@ -292,7 +289,6 @@ impl Walker {
             cancel,
             next_id: 0,
             ancestors: Vec::new(),
-            unsendable: None,
             inodes: HashMap::new(),
             link_groups: opts.link_groups.clone(),
         })
@@ -302,24 +298,24 @@ impl Walker {
         let root = self.root.clone();
         let md = std::fs::metadata(&root).map_err(|source| FsutilError::Io {
             op: "stat",
-            path: root.display().to_string(),
+            path: root.clone(),
             source,
         })?;
         if !md.is_dir() {
             return Err(FsutilError::Io {
                 op: "walk",
-                path: root.display().to_string(),
+                path: root.clone(),
                 source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
             });
         }
-        self.walk(&root, "")?;
+        self.walk(&root, b"")?;
         (self.out)(packet(PacketType::PacketStat))
     }
 
-    fn walk(&mut self, dir: &Path, dir_rel: &str) -> Result<(), FsutilError> {
+    fn walk(&mut self, dir: &Path, dir_rel: &[u8]) -> Result<(), FsutilError> {
         let io = |op, source| FsutilError::Io {
             op,
-            path: dir.display().to_string(),
+            path: dir.to_path_buf(),
             source,
         };
         let mut names = Vec::new();
@@ -333,15 +329,16 @@ impl Walker {
                 return Err(FsutilError::Closed);
             }
             let abs = dir.join(&name);
-            // A name that is not UTF-8 cannot be sent (fsutil's paths are
-            // strings here); one the filters leave out is no matter.
-            let utf8 = name.to_str().is_some();
-            let name = name.to_string_lossy();
+            // A name is any bytes (Go's fsutil sends them as they are);
+            // the patterns, text, match its lossy form (each invalid
+            // sequence one U+FFFD, where Go's matcher sees one character
+            // per invalid byte: a `?` can differ on such a name).
             let rel = if dir_rel.is_empty() {
-                name.to_string()
+                name.as_bytes().to_vec()
             } else {
-                format!("{dir_rel}/{name}")
+                [dir_rel, b"/", name.as_bytes()].concat()
             };
+            let text = String::from_utf8_lossy(&rel);
             let md = match std::fs::symlink_metadata(&abs) {
                 Ok(md) => md,
                 // Removed since the directory was read.
@@ -349,7 +346,7 @@ impl Walker {
                 Err(source) => {
                     return Err(FsutilError::Io {
                         op: "stat",
-                        path: abs.display().to_string(),
+                        path: abs.clone(),
                         source,
                     })
                 }
@@ -361,17 +358,13 @@ impl Walker {
             let mut include = true;
             let mut descend = is_dir;
             for m in [&self.not_included, &self.exclude].into_iter().flatten() {
-                if m.matches(&rel) {
+                if m.matches(&text) {
                     include = false;
-                    descend = descend && m.might_include_children(&rel);
+                    descend = descend && m.might_include_children(&text);
                 }
             }
             if !include && !descend {
                 continue;
-            }
-            // Only a directory walked into but not itself sent may wait.
-            if !utf8 && (include || !is_dir) {
-                return Err(FsutilError::NonUtf8Path { path: abs });
             }
             let stat = self.stat_of(&abs, rel.clone(), &md)?;
             if include {
@@ -379,19 +372,9 @@ impl Walker {
                 self.send(stat.clone(), &abs, &md)?;
             }
             if is_dir {
-                if !utf8 && self.unsendable.is_none() {
-                    self.unsendable = Some((self.ancestors.len(), abs.clone()));
-                }
                 self.ancestors.push((stat, include));
                 let res = self.walk(&abs, &rel);
                 self.ancestors.pop();
-                if self
-                    .unsendable
-                    .as_ref()
-                    .is_some_and(|(depth, _)| *depth == self.ancestors.len())
-                {
-                    self.unsendable = None;
-                }
                 res?;
             }
         }
@@ -401,9 +384,6 @@ impl Walker {
     /// Sends the directories leading to an included entry that were held
     /// back because they are not included themselves.
     fn send_ancestors(&mut self) -> Result<(), FsutilError> {
-        if let Some((_, path)) = &self.unsendable {
-            return Err(FsutilError::NonUtf8Path { path: path.clone() });
-        }
         for i in 0..self.ancestors.len() {
             if !self.ancestors[i].1 {
                 self.ancestors[i].1 = true;
@@ -419,7 +399,10 @@ impl Walker {
     fn send(&mut self, mut stat: Stat, abs: &Path, md: &Metadata) -> Result<(), FsutilError> {
         let ft = md.file_type();
         if !ft.is_dir() && !ft.is_symlink() && md.nlink() > 1 {
-            let group = self.link_groups.as_ref().map_or(0, |g| (g.0)(&stat.path));
+            let group = self
+                .link_groups
+                .as_ref()
+                .map_or(0, |g| (g.0)(super::wire_path(&stat.path)));
             let key = (md.dev(), md.ino(), group);
             match self.inodes.get(&key) {
                 Some(first) => {
@@ -447,12 +430,17 @@ impl Walker {
         })
     }
 
-    fn stat_of(&self, abs: &Path, rel: String, md: &Metadata) -> Result<Stat, FsutilError> {
+    fn stat_of(&self, abs: &Path, rel: Vec<u8>, md: &Metadata) -> Result<Stat, FsutilError> {
         let mut stat = super::stat_of(abs, rel, md)?;
         if self.reset_owner {
             (stat.uid, stat.gid) = (0, 0);
         }
-        if md.is_dir() && self.synthetic_dirs.contains(&stat.path) {
+        if md.is_dir()
+            && self
+                .synthetic_dirs
+                .iter()
+                .any(|d| d.as_bytes() == stat.path)
+        {
             stat = Stat {
                 path: stat.path,
                 mode: super::mode::DIR | 0o755,

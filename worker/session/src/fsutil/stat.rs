@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::Metadata;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -14,22 +15,17 @@ use super::{go_mode, mode, FsutilError, Stat};
 /// (0 for a directory), mtime in nanoseconds, a symlink's target, device
 /// numbers and extended attributes. Hard links are the caller's: only a
 /// walk knows which path came first.
-pub fn stat_of(abs: &Path, rel: String, md: &Metadata) -> Result<Stat, FsutilError> {
+pub fn stat_of(abs: &Path, rel: Vec<u8>, md: &Metadata) -> Result<Stat, FsutilError> {
     let ft = md.file_type();
     let linkname = if ft.is_symlink() {
         let target = std::fs::read_link(abs).map_err(|source| FsutilError::Io {
             op: "readlink",
-            path: abs.display().to_string(),
+            path: abs.to_path_buf(),
             source,
         })?;
-        target
-            .to_str()
-            .ok_or_else(|| FsutilError::NonUtf8Link {
-                path: abs.to_path_buf(),
-            })?
-            .to_string()
+        target.into_os_string().into_vec()
     } else {
-        String::new()
+        Vec::new()
     };
     let (devmajor, devminor) = if ft.is_block_device() || ft.is_char_device() {
         (

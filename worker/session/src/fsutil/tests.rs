@@ -59,6 +59,11 @@ pub(crate) struct Entry {
     pub(crate) link_group: Option<String>,
 }
 
+/// A path as text: itself when UTF-8, else its escaped debug form.
+fn text_or_debug(p: &Path) -> String {
+    p.to_str().map_or_else(|| format!("{p:?}"), str::to_string)
+}
+
 /// The tree under `root` (the root itself excluded), by relative path.
 pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
     fn walk(
@@ -74,12 +79,7 @@ pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
         names.sort();
         for name in names {
             let p = dir.join(&name);
-            let rel = p
-                .strip_prefix(root)
-                .expect("under root")
-                .to_str()
-                .expect("utf-8")
-                .to_string();
+            let rel = text_or_debug(p.strip_prefix(root).expect("under root"));
             let md = std::fs::symlink_metadata(&p).expect("lstat");
             let ft = md.file_type();
             let link_group = if !ft.is_dir() && md.nlink() > 1 {
@@ -110,13 +110,9 @@ pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
                     mtime: (md.mtime(), md.mtime_nsec()),
                     rdev: md.rdev(),
                     content: ft.is_file().then(|| std::fs::read(&p).expect("read")),
-                    target: ft.is_symlink().then(|| {
-                        std::fs::read_link(&p)
-                            .expect("readlink")
-                            .to_str()
-                            .expect("utf-8")
-                            .to_string()
-                    }),
+                    target: ft
+                        .is_symlink()
+                        .then(|| text_or_debug(&std::fs::read_link(&p).expect("readlink"))),
                     xattrs,
                     link_group,
                 },
@@ -292,7 +288,7 @@ async fn chown_option_reowns_everything_and_reset_owner_sends_root() {
     let file_stat = log
         .iter()
         .filter_map(|p| p.stat.as_ref())
-        .find(|s| s.path == "d/f")
+        .find(|s| s.path == b"d/f")
         .expect("d/f listed");
     assert_eq!((file_stat.uid, file_stat.gid), (7, 8));
 
@@ -532,68 +528,91 @@ async fn a_follow_path_naming_the_root_sends_everything_and_one_above_it_nothing
     assert_eq!(got, set(&["a.txt"]));
 }
 
-/// A file name that is not UTF-8 fails the transfer naming it, unless the
-/// filters leave it out (a Dockerfile's own transfer from its directory).
+/// Names and link targets are bytes, as in Go's fsutil: a file, a
+/// directory, a symlink and its target, and a hard link whose names are
+/// not UTF-8 arrive byte for byte; the filters match such a name by its
+/// lossy text; an incremental transfer removes one the sender no longer
+/// lists.
 #[tokio::test]
-async fn a_name_that_is_not_utf8_fails_only_when_sent() {
+async fn names_that_are_not_utf8_arrive_byte_for_byte() {
+    use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let tmp = tempfile::tempdir().expect("tempdir");
     let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
     std::fs::create_dir_all(&dest).expect("mkdir");
-    write(&src.join("Dockerfile"), b"FROM scratch\n");
-    let bad = src.join(std::ffi::OsStr::from_bytes(b"bad-\xff"));
-    write(&bad, b"x");
-    let only_dockerfile = SendOptions {
-        include_patterns: vec!["Dockerfile".into()],
-        ..SendOptions::default()
-    };
-    let (s, r, _) = transfer(&src, only_dockerfile, &dest, ReceiveOptions::default()).await;
-    s.expect("send");
-    r.expect("receive");
-    assert!(dest.join("Dockerfile").exists());
-    let (s, _, _) = transfer(
+    let name = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+    write(&src.join(name(b"bad-\xff")), b"latin");
+    let dir = src.join(name(b"dir-\xfe"));
+    write(&dir.join("keep.go"), b"go");
+    write(&dir.join("skip.txt"), b"txt");
+    std::os::unix::fs::symlink(name(b"bad-\xff"), src.join(name(b"link-\xfd"))).expect("symlink");
+    std::fs::hard_link(src.join(name(b"bad-\xff")), src.join(name(b"hard-\xfc"))).expect("link");
+    let (s, r, _) = transfer(
         &src,
         SendOptions::default(),
         &dest,
         ReceiveOptions::default(),
     )
     .await;
-    let e = s.expect_err("a name that is not UTF-8").to_string();
-    assert!(
-        e.contains("bad-\\xFF") && e.contains("not supported yet"),
-        "{e}"
+    s.expect("send");
+    r.expect("receive");
+    assert_eq!(snapshot(&src), snapshot(&dest));
+    assert_eq!(
+        std::fs::read_link(dest.join(name(b"link-\xfd"))).expect("readlink"),
+        Path::new(&name(b"bad-\xff"))
     );
-    // A directory of such a name the filters only walk into is no matter
-    // until something below it is sent.
-    let dir = src.join(std::ffi::OsStr::from_bytes(b"dir-\xfe"));
-    write(&dir.join("skip.txt"), b"x");
-    write(&dir.join("keep.go"), b"x");
-    std::fs::remove_file(&bad).expect("rm");
-    let only = |pattern: &str| SendOptions {
-        exclude_patterns: vec!["**".into(), format!("!{pattern}")],
+    let md = |p: &Path| std::fs::metadata(p).expect("stat").ino();
+    assert_eq!(
+        md(&dest.join(name(b"hard-\xfc"))),
+        md(&dest.join(name(b"bad-\xff"))),
+        "still one inode"
+    );
+
+    // A pattern sees the name's lossy text: `dir-?/*.go` matches.
+    let only_go = tmp.path().join("only-go");
+    std::fs::create_dir_all(&only_go).expect("mkdir");
+    let opts = SendOptions {
+        include_patterns: vec!["dir-?/*.go".into()],
         ..SendOptions::default()
     };
-    let dest2 = tmp.path().join("dest2");
-    std::fs::create_dir_all(&dest2).expect("mkdir");
-    let (s, r, _) = transfer(&src, only("**/*.rs"), &dest2, ReceiveOptions::default()).await;
-    s.expect("nothing below the directory is sent");
+    let (s, r, _) = transfer(&src, opts, &only_go, ReceiveOptions::default()).await;
+    s.expect("send");
     r.expect("receive");
-    let dest3 = tmp.path().join("dest3");
-    std::fs::create_dir_all(&dest3).expect("mkdir");
-    let (s, _, _) = transfer(&src, only("**/*.go"), &dest3, ReceiveOptions::default()).await;
-    let e = s.expect_err("keep.go is below it").to_string();
-    assert!(e.contains("dir-\\xFE"), "{e}");
+    assert_eq!(
+        std::fs::read(only_go.join(name(b"dir-\xfe")).join("keep.go")).expect("kept"),
+        b"go"
+    );
+    assert!(!only_go.join(name(b"bad-\xff")).exists());
+    assert!(!only_go.join(name(b"dir-\xfe")).join("skip.txt").exists());
+
+    // Incrementally, what the sender no longer lists goes, whatever its
+    // name's bytes.
+    std::fs::remove_file(src.join(name(b"hard-\xfc"))).expect("rm");
+    std::fs::remove_dir_all(&dir).expect("rm dir");
+    let incremental = ReceiveOptions {
+        incremental: true,
+        ..ReceiveOptions::default()
+    };
+    let (s, r, _) = transfer(&src, SendOptions::default(), &dest, incremental).await;
+    s.expect("send");
+    let stats = r.expect("receive");
+    assert_eq!(stats.removed, 2, "{stats:?}");
+    assert_eq!(snapshot(&src), snapshot(&dest));
 }
 
-/// A packet whose path is not UTF-8 (Go's fsutil sends any bytes) fails
-/// the receive with a clear "not supported yet", not a decode error.
+/// A packet whose xattr name is not UTF-8 (Go's fsutil sends any bytes;
+/// the wire's map keys are strings) fails the receive with a clear "not
+/// supported yet", not a bare transport error.
 #[tokio::test]
-async fn a_received_name_that_is_not_utf8_is_refused_clearly() {
+async fn a_received_xattr_name_that_is_not_utf8_is_refused_clearly() {
     use prost::Message;
-    // Stat{path: "bad-\xff"} as a Go sender encodes it: prost refuses it
-    // while tonic decodes the stream, and says why.
-    let decode =
-        Stat::decode(&[0x0a, 0x05, b'b', b'a', b'd', b'-', 0xff][..]).expect_err("not UTF-8");
+    // Stat{path: "f", xattrs: {"user.\xff": "v"}} as a Go sender encodes it.
+    let entry = [
+        0x0a, 0x06, b'u', b's', b'e', b'r', b'.', 0xff, 0x12, 0x01, b'v',
+    ];
+    let mut wire = vec![0x0a, 0x01, b'f', 0x52, entry.len() as u8];
+    wire.extend_from_slice(&entry);
+    let decode = Stat::decode(&wire[..]).expect_err("not UTF-8");
     let status = tonic::Status::internal(format!("failed to decode Protobuf message: {decode}"));
     let tmp = tempfile::tempdir().expect("tempdir");
     let (tx, _rx) = mpsc::channel::<Packet>(4);
@@ -601,8 +620,22 @@ async fn a_received_name_that_is_not_utf8_is_refused_clearly() {
     let e = receive_dir(tmp.path(), stream, tx, ReceiveOptions::default())
         .await
         .expect_err("refused");
-    assert!(matches!(e, FsutilError::NonUtf8Received), "{e}");
+    assert!(matches!(e, FsutilError::NonUtf8XattrReceived), "{e}");
     assert!(e.to_string().contains("not supported yet"), "{e}");
+}
+
+/// A Go sender's STAT whose path is not UTF-8 decodes: the wire field is
+/// read as bytes.
+#[test]
+fn a_stat_whose_path_is_not_utf8_decodes() {
+    use prost::Message;
+    let stat = Stat::decode(&[0x0a, 0x05, b'b', b'a', b'd', b'-', 0xff][..]).expect("decodes");
+    assert_eq!(stat.path, b"bad-\xff");
+}
+
+/// A listed name that the test knows is UTF-8.
+fn text(name: &[u8]) -> &str {
+    std::str::from_utf8(name).expect("UTF-8")
 }
 
 /// With link groups, a later name of one inode is sent as a hard link
@@ -619,8 +652,8 @@ async fn link_groups_keep_names_of_different_groups_apart() {
         std::fs::hard_link(src.join("a"), src.join(name)).expect("link");
     }
     let opts = SendOptions {
-        link_groups: Some(LinkGroups(std::sync::Arc::new(|p: &str| {
-            usize::from(p.starts_with("x/"))
+        link_groups: Some(LinkGroups(std::sync::Arc::new(|p: &Path| {
+            usize::from(p.starts_with("x"))
         }))),
         ..SendOptions::default()
     };
@@ -631,7 +664,7 @@ async fn link_groups_keep_names_of_different_groups_apart() {
         .iter()
         .filter_map(|p| p.stat.as_ref())
         .filter(|s| s.mode & mode::DIR == 0)
-        .map(|s| (s.path.as_str(), s.linkname.as_str()))
+        .map(|s| (text(&s.path), text(&s.linkname)))
         .collect();
     assert_eq!(links, [("a", ""), ("b", "a"), ("x/c", "")]);
     let ino = |p: &str| std::fs::metadata(dest.join(p)).expect("stat").ino();
@@ -682,12 +715,12 @@ async fn sender_packets_follow_the_wire_protocol() {
         })
         .map(|p| p.stat.as_ref().expect("stat"))
         .collect();
-    let listed: Vec<&str> = listing.iter().map(|s| s.path.as_str()).collect();
+    let listed: Vec<&str> = listing.iter().map(|s| text(&s.path)).collect();
     assert_eq!(listed, ["a", "a/x", "a/y", "a/y/z", "a-b", "b", "c", "d"]);
     assert_eq!(listing[0].mode & mode::DIR, mode::DIR);
-    assert_eq!(listing[6].linkname, "b");
+    assert_eq!(listing[6].linkname, b"b");
     assert_eq!(listing[6].size, 0);
-    assert_eq!(listing[7].linkname, "b");
+    assert_eq!(listing[7].linkname, b"b");
     assert_eq!(listing[7].mode & mode::SYMLINK, mode::SYMLINK);
     assert!(
         listing[1].mod_time > 1_000_000_000_000_000_000,
@@ -747,7 +780,9 @@ async fn hostile(packets: Vec<Packet>) -> FsutilError {
     let sentinel_str = sentinel.to_str().expect("utf-8").to_string();
     for mut p in packets {
         if let Some(s) = &mut p.stat {
-            s.linkname = s.linkname.replace("SENTINEL", &sentinel_str);
+            s.linkname = String::from_utf8_lossy(&s.linkname)
+                .replace("SENTINEL", &sentinel_str)
+                .into_bytes();
         }
         in_tx.send(p).await.expect("queue");
     }
@@ -795,9 +830,9 @@ fn stat(path: &str, mode: u32, linkname: &str) -> Packet {
     Packet {
         r#type: PacketType::PacketStat as i32,
         stat: Some(Stat {
-            path: path.to_string(),
+            path: path.into(),
             mode,
-            linkname: linkname.to_string(),
+            linkname: linkname.into(),
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
             ..Stat::default()
@@ -1072,17 +1107,17 @@ fn modes_convert_between_posix_and_go() {
 #[test]
 fn wire_paths_are_validated_and_ordered_like_the_walk() {
     for ok in ["a", "a/b", "a b/c", ".hidden", "a..b"] {
-        assert!(is_valid_path(ok), "{ok}");
+        assert!(is_valid_path(ok.as_bytes()), "{ok}");
     }
     for bad in ["", "/a", "a/", "./a", "a/./b", "..", "a/..", "a//b", "a\0b"] {
-        assert!(!is_valid_path(bad), "{bad:?}");
+        assert!(!is_valid_path(bad.as_bytes()), "{bad:?}");
     }
     use std::cmp::Ordering::*;
-    assert_eq!(compare_paths("a", "a/b"), Less);
-    assert_eq!(compare_paths("a/b", "a-b"), Less);
-    assert_eq!(compare_paths("a-b", "a/b"), Greater);
-    assert_eq!(compare_paths("B", "a"), Less);
-    assert_eq!(compare_paths("a", "a"), Equal);
+    assert_eq!(compare_paths(b"a", b"a/b"), Less);
+    assert_eq!(compare_paths(b"a/b", b"a-b"), Less);
+    assert_eq!(compare_paths(b"a-b", b"a/b"), Greater);
+    assert_eq!(compare_paths(b"B", b"a"), Less);
+    assert_eq!(compare_paths(b"a", b"a"), Equal);
 }
 
 const INCREMENTAL: ReceiveOptions = ReceiveOptions {
@@ -1172,7 +1207,10 @@ async fn incremental_receive_equals_a_fresh_one_after_every_kind_of_change() {
     // a/empty, gone-dir (once, with its tree) and tmp.
     assert_eq!(stats.removed, 3, "{stats:?}");
     // a/setgid lost its set-id bit.
-    assert_eq!(stats.privileged, ["a/setuid", "fifo", "null"]);
+    assert_eq!(
+        stats.privileged,
+        [Path::new("a/setuid"), Path::new("fifo"), Path::new("null")]
+    );
     assert_eq!(
         stats.tree_bytes,
         snapshot(&fresh)
@@ -1343,9 +1381,9 @@ async fn a_receive_can_hash_what_arrives() {
     assert_eq!(
         got,
         vec![
-            ("a".to_string(), sha(&src.join("a"))),
-            ("d/b".to_string(), sha(&src.join("d/b"))),
-            ("empty".to_string(), sha(&src.join("empty"))),
+            ("a".into(), sha(&src.join("a"))),
+            ("d/b".into(), sha(&src.join("d/b"))),
+            ("empty".into(), sha(&src.join("empty"))),
         ]
     );
     // Incrementally, only the changed file is hashed.
@@ -1357,5 +1395,5 @@ async fn a_receive_can_hash_what_arrives() {
     let (s, r, _) = transfer(&src, SendOptions::default(), &dest, again).await;
     s.expect("send");
     let stats = r.expect("receive");
-    assert_eq!(stats.digests, vec![("a".to_string(), sha(&src.join("a")))]);
+    assert_eq!(stats.digests, vec![("a".into(), sha(&src.join("a")))]);
 }
