@@ -22,6 +22,11 @@ const STATUS_WAIT: Duration = Duration::from_secs(6);
 const FINISHED_JOB_GRACE: Duration = Duration::from_secs(10);
 /// How long a build waits for its session to attach.
 pub(crate) const SESSION_WAIT: Duration = Duration::from_secs(5);
+/// How long a build's answer waits for its session's last bytes to leave
+/// ([`kiln_session::hijack::Outbound::drained`]); they are usually gone
+/// already, and a session whose client stopped reading does not hold the
+/// answer back for longer.
+const SESSION_DRAIN: Duration = Duration::from_millis(500);
 
 pub struct ControlService(pub Arc<Daemon>);
 
@@ -513,6 +518,9 @@ impl Control for ControlService {
         });
         let r = task.await.map_err(|e| Status::internal(e.to_string()))?;
         guard.disarm();
+        if let Some(s) = d.sessions.get(&session, Duration::ZERO).await {
+            s.outbound.drained(SESSION_DRAIN).await;
+        }
         r.map(|f| Response::new(f.response))
     }
 
@@ -609,6 +617,7 @@ impl Control for ControlService {
         // use is refused, never merged with (or allowed to replace) it.
         let generation = self.0.sessions.reserve(&id)?;
         let (conn, outbound) = kiln_session::hijack::daemon_side(request.into_inner());
+        let written = conn.outbound();
         let d = self.0.clone();
         let sid = id.clone();
         tokio::spawn(async move {
@@ -622,6 +631,7 @@ impl Control for ControlService {
                         tenant: tenant_name,
                         shared_key,
                         nonce: crate::sessions::nonce(),
+                        outbound: written,
                     },
                 ),
                 Err(e) => tracing::warn!(session = %sid, error = %e, "cannot talk to the session"),

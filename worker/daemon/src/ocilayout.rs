@@ -399,6 +399,7 @@ mod tests {
             tenant: tenant.map(String::from),
             shared_key: String::new(),
             nonce: String::new(),
+            outbound: Default::default(),
         }
     }
 

@@ -21,6 +21,9 @@ pub struct SessionHandle {
     /// A random value of the daemon's for this session, never sent to a
     /// client: what the session alone may read back (its uploads).
     pub nonce: String,
+    /// What kilnd wrote to the session and its connection has not taken
+    /// yet: a build's answer waits for it.
+    pub outbound: kiln_session::hijack::Outbound,
 }
 
 /// A new session nonce ([`SessionHandle::nonce`]).

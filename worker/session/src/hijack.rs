@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
@@ -87,6 +88,13 @@ pub struct HijackedConn {
     held: Option<OwnedSemaphorePermit>,
     eof: bool,
     outbound: PollSender<Bytes>,
+    /// Set once the peer's side of the stream has ended.
+    peer_closed: Arc<AtomicBool>,
+    /// Whether that end means the peer is closing the connection, so that
+    /// nothing more may be written to it (the daemon's end: a BuildKit
+    /// client ends its side only in `Close`); otherwise it is a half
+    /// close, as on a socket.
+    closes_on_peer_end: bool,
 }
 
 impl std::fmt::Debug for HijackedConn {
@@ -118,6 +126,8 @@ impl HijackedConn {
     {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(DRAIN_BYTES));
+        let peer_closed = Arc::new(AtomicBool::new(false));
+        let ended = peer_closed.clone();
         tokio::spawn(async move {
             let mut inbound = Box::pin(inbound);
             loop {
@@ -125,7 +135,13 @@ impl HijackedConn {
                     () = tx.closed() => return,
                     item = inbound.next() => item,
                 };
-                let Some(item) = item else { return };
+                let Some(item) = item else {
+                    ended.store(true, Ordering::Release);
+                    return;
+                };
+                if item.is_err() {
+                    ended.store(true, Ordering::Release);
+                }
                 let cost = item
                     .as_ref()
                     .map_or(0, Bytes::len)
@@ -150,7 +166,21 @@ impl HijackedConn {
             held: None,
             eof: false,
             outbound: PollSender::new(outbound),
+            peer_closed,
+            closes_on_peer_end: false,
         }
+    }
+}
+
+impl HijackedConn {
+    /// A handle on what this end has written and the connection has not
+    /// taken yet.
+    pub fn outbound(&self) -> Outbound {
+        Outbound(
+            self.outbound
+                .get_ref()
+                .map(|tx| (tx.downgrade(), self.peer_closed.clone())),
+        )
     }
 }
 
@@ -198,6 +228,15 @@ impl AsyncWrite for HijackedConn {
             return Poll::Ready(Ok(0));
         }
         let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "session stream closed");
+        // A peer that ended its side is closing the connection, and
+        // BuildKit's clients append stale buffer bytes to whatever they
+        // still receive then (grpchijack's `Close` drain), which their
+        // HTTP/2 server reads as a bad frame ("http2: server connection
+        // error ... PROTOCOL_ERROR" on the user's terminal): write nothing
+        // more.
+        if self.closes_on_peer_end && self.peer_closed.load(Ordering::Acquire) {
+            return Poll::Ready(Err(closed()));
+        }
         ready!(self.outbound.poll_reserve(cx)).map_err(|_| closed())?;
         let n = buf.len().min(MAX_CHUNK);
         self.outbound
@@ -213,6 +252,47 @@ impl AsyncWrite for HijackedConn {
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.outbound.close();
         Poll::Ready(Ok(()))
+    }
+}
+
+/// What one end of a session has written and the connection has not
+/// taken yet ([`HijackedConn::outbound`]).
+#[derive(Clone, Debug, Default)]
+pub struct Outbound(Option<(mpsc::WeakSender<Bytes>, Arc<AtomicBool>)>);
+
+impl Outbound {
+    /// Waits, at most `within`, until what was written before the call
+    /// has left the queue for the connection carrying the session (or
+    /// the connection is gone).
+    ///
+    /// A BuildKit client reads its session and a call's answer on two
+    /// streams of its connection, and closes the session as soon as the
+    /// answer of a build arrives. What the session still had to read
+    /// then goes through grpchijack's `Close`, which appends stale bytes
+    /// of its buffer to it: the client's HTTP/2 server reads them as a
+    /// bad frame and prints "http2: server connection error ...
+    /// PROTOCOL_ERROR". Answering after this wait puts the session's
+    /// last bytes on the wire first.
+    pub async fn drained(&self, within: std::time::Duration) {
+        let Some((weak, peer_closed)) = &self.0 else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // A client that ended its side reads nothing more.
+            if peer_closed.load(Ordering::Acquire) {
+                return;
+            }
+            let Some(tx) = weak.upgrade() else { return };
+            if tx.capacity() == tx.max_capacity() {
+                return;
+            }
+            drop(tx);
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 }
 
@@ -236,15 +316,19 @@ where
     S: Stream<Item = Result<BytesMessage, Status>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
-    let outbound = ReceiverStream::new(rx).map(|data: Bytes| {
-        Ok(BytesMessage {
-            data: data.to_vec(),
-        })
-    });
-    (
-        HijackedConn::from_parts(inbound_data(inbound), tx),
-        outbound,
-    )
+    let mut conn = HijackedConn::from_parts(inbound_data(inbound), tx);
+    conn.closes_on_peer_end = true;
+    // What was queued when the client ended its side is not sent either
+    // (see `poll_write`): the answer ends there.
+    let peer_closed = conn.peer_closed.clone();
+    let outbound = ReceiverStream::new(rx)
+        .take_while(move |_| !peer_closed.load(Ordering::Acquire))
+        .map(|data: Bytes| {
+            Ok(BytesMessage {
+                data: data.to_vec(),
+            })
+        });
+    (conn, outbound)
 }
 
 /// BuildKit's `Control.Session` headers: the session's id, its name, the

@@ -72,6 +72,25 @@ fn file_sync(dirs: &[(&str, &Path)]) -> SessionServices {
     services
 }
 
+/// `name`'s whole tree from the client of `session` into `dest`, with no
+/// filter and the receiver's defaults.
+async fn fetch_whole(
+    session: &Session,
+    name: &str,
+    dest: &Path,
+) -> Result<crate::fsutil::ReceiveStats, SessionError> {
+    fetch_dir(
+        session.channel.clone(),
+        name,
+        &[],
+        &[],
+        &[],
+        dest,
+        Default::default(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn daemon_fetches_the_client_context_over_the_session() {
     if !kiln_types::testing::needs_root(
@@ -85,17 +104,9 @@ async fn daemon_fetches_the_client_context_over_the_session() {
     std::fs::create_dir_all(&dest).expect("mkdir");
     let session = Session::start(file_sync(&[("context", &src)])).await;
 
-    let stats = fetch_dir(
-        session.channel.clone(),
-        "context",
-        &[],
-        &[],
-        &[],
-        &dest,
-        Default::default(),
-    )
-    .await
-    .expect("fetch");
+    let stats = fetch_whole(&session, "context", &dest)
+        .await
+        .expect("fetch");
     assert_eq!(stats.entries, 8);
     let (want, got) = (snapshot(&src), snapshot(&dest));
     assert_eq!(
@@ -169,17 +180,9 @@ async fn a_dir_the_client_did_not_share_is_not_found() {
     write(&src.join("Dockerfile"), b"FROM scratch\n");
     std::fs::create_dir_all(&dest).expect("mkdir");
     let session = Session::start(file_sync(&[("context", &src)])).await;
-    let err = fetch_dir(
-        session.channel.clone(),
-        "secret",
-        &[],
-        &[],
-        &[],
-        &dest,
-        Default::default(),
-    )
-    .await
-    .expect_err("unknown dir");
+    let err = fetch_whole(&session, "secret", &dest)
+        .await
+        .expect_err("unknown dir");
     assert_eq!(err.kind(), kiln_proto::ErrorKind::NotFound);
     assert!(
         format!("{:?}", err).contains("no access allowed to dir"),
@@ -380,7 +383,7 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for TinyFr
             .map(|i| {
                 grpc(Packet {
                     stat: Some(Stat {
-                        path: format!("d{i:06}"),
+                        path: format!("d{i:06}").into_bytes(),
                         mode: 0o755 | (1 << 31),
                         ..Stat::default()
                     }),
@@ -408,18 +411,65 @@ async fn a_listing_in_tiny_frames_keeps_the_session() {
     let mut services = SessionServices::new();
     services.add(TinyFrames { count: 60_000 }, &["DiffCopy"]);
     let session = Session::start(services).await;
-    let stats = fetch_dir(
-        session.channel.clone(),
-        "context",
-        &[],
-        &[],
-        &[],
-        tmp.path(),
-        Default::default(),
-    )
-    .await
-    .expect("the whole listing arrives");
+    let stats = fetch_whole(&session, "context", tmp.path())
+        .await
+        .expect("the whole listing arrives");
     assert_eq!(stats.entries, 60_000);
     assert!(tmp.path().join("d059999").is_dir());
     session.end().await;
+}
+
+/// Once the peer has ended its side of the session (a BuildKit client's
+/// `Close`), nothing more is written to it: the write fails and the
+/// answer stream ends without what was queued after that.
+#[tokio::test]
+async fn nothing_is_written_after_the_peer_ended_its_side() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (peer_tx, peer_rx) = tokio::sync::mpsc::channel::<Result<_, tonic::Status>>(4);
+    let (mut conn, outbound) = daemon_side(tokio_stream::wrappers::ReceiverStream::new(peer_rx));
+    conn.write_all(b"before")
+        .await
+        .expect("the peer still reads");
+    drop(peer_tx);
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).await.expect("eof");
+    assert!(rest.is_empty());
+    let e = conn
+        .write_all(b"after")
+        .await
+        .expect_err("the peer has gone");
+    assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+    drop(conn);
+    let sent: Vec<Vec<u8>> = outbound.map(|m| m.expect("message").data).collect().await;
+    assert!(
+        sent.iter().all(|m| m != b"after"),
+        "{sent:?}: nothing after the end"
+    );
+}
+
+/// `Outbound::drained` returns once what was written has been taken by
+/// the connection that carries the session.
+#[tokio::test]
+async fn drained_waits_until_the_connection_took_the_bytes() {
+    use tokio::io::AsyncWriteExt;
+    let (_peer_tx, peer_rx) = tokio::sync::mpsc::channel::<Result<_, tonic::Status>>(4);
+    let (mut conn, outbound) = daemon_side(tokio_stream::wrappers::ReceiverStream::new(peer_rx));
+    for chunk in [b"one".as_slice(), b"two", b"three"] {
+        conn.write_all(chunk).await.expect("queued");
+    }
+    let probe = conn.outbound();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = taken.clone();
+    let reader = tokio::spawn(async move {
+        tokio::task::yield_now().await;
+        let mut outbound = Box::pin(outbound);
+        while let Some(m) = outbound.next().await {
+            m.expect("message");
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    probe.drained(std::time::Duration::from_secs(30)).await;
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 3);
+    drop(conn);
+    reader.await.expect("reader");
 }
