@@ -741,6 +741,15 @@ async fn a_failed_step_carries_buildkit_source_details() {
             .expect_err("refused before the build");
         assert_eq!((err.code(), err.message()), (code, want), "{attrs:?}");
     }
+    // Before the build: no job ever existed, so no record either (a
+    // client driving its own frontend would have started its transfers).
+    let records = common::build_records(ch.clone()).await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r.r#ref != "opserrdetails000000000002"),
+        "a refused build left a record"
+    );
     let d = details(&err);
     let urls: Vec<&str> = d.iter().map(|(u, _)| u.as_str()).collect();
     assert_eq!(urls, vec![VERTEX_URL, SOURCE_URL], "{d:?}");

@@ -407,6 +407,10 @@ impl Control for ControlService {
         // Cache exports and imports are checked before the build too.
         let cache = crate::cache::CacheOptions::from_request(&r)?;
         request_options(&r)?;
+        // And the exporters with every option: a client driving its own
+        // frontend (buildctl, buildx) has already started it, and a
+        // refusal that waited for the job would cut its transfers.
+        crate::export::compression(&exporters_as_built(&r))?;
         let build_permit = tenant.start_build()?;
         let session = if r.session.is_empty() {
             String::new()
