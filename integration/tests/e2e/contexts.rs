@@ -229,3 +229,77 @@ async fn a_transfer_cut_short_is_kept_and_the_next_build_sends_the_rest() {
     );
     common::embedded_build_is_kilnds(&h, ns, c, "partial:embedded", 1, "partial:1");
 }
+
+/// The contexts kilnd keeps are build cache a client sees and frees, as
+/// BuildKit's local sources: `du` lists each as a reclaimable
+/// `source.local` record with its size, and a prune removes it (here with
+/// `--filter type=source.local`, which leaves every other record alone),
+/// so the next build sends the whole context again.
+#[tokio::test]
+async fn kept_contexts_show_in_du_and_go_with_a_prune() {
+    let ns = "kept-context-du";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let ctx = h.context(
+        "kept-du",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY . /ctx/\n"),
+            ("payload.txt", &"x".repeat(10_000)),
+        ],
+    );
+    let c = ctx.to_str().expect("utf8");
+    remote(&h, &k, ns, &["-t", "kept-du:1", c]).ok();
+    let addr = k.addr();
+    let du = |h: &Harness| {
+        h.kiln(ns, &["--addr", &addr, "du", "--verbose"])
+            .expect("kiln du")
+            .ok()
+            .stdout
+    };
+    let listed = du(&h);
+    let block = listed
+        .split("\n\n")
+        .find(|b| b.contains("local source for context"))
+        .unwrap_or_else(|| panic!("no kept context in:\n{listed}"));
+    assert!(block.contains("source.local"), "{block}");
+    assert!(
+        block
+            .lines()
+            .any(|l| l.starts_with("Reclaimable:") && l.trim_end().ends_with("true")),
+        "{block}"
+    );
+    let size = block
+        .lines()
+        .find_map(|l| l.strip_prefix("Size:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    assert!(size.ends_with("kB"), "10 kB of context: {block}");
+    let (records, kept) = (
+        listed.matches("ID:").count(),
+        listed.matches("local source for").count(),
+    );
+
+    let out = h
+        .kiln(
+            ns,
+            &[
+                "--addr",
+                &addr,
+                "prune",
+                "--force",
+                "--filter",
+                "type=source.local",
+            ],
+        )
+        .expect("kiln prune")
+        .ok();
+    assert!(out.stdout.contains("kiln/context/"), "{}", out.stdout);
+    let after = du(&h);
+    assert!(!after.contains("local source for"), "{after}");
+    assert_eq!(after.matches("ID:").count(), records - kept, "{after}");
+    assert!(after.contains("COPY . /ctx/"), "the cache stays: {after}");
+    remote(&h, &k, ns, &["-t", "kept-du:2", c]).ok();
+    let last = transfers(&k.log).pop().expect("a transfer");
+    assert!(!last.incremental && last.files == 2, "{last:?}");
+}

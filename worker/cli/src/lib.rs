@@ -118,8 +118,9 @@ enum Command {
         /// Keep records used within this long (e.g. 48h).
         #[arg(long)]
         keep_duration: Option<String>,
-        /// Only records matching type=regular|exec.cachemount, or unused
-        /// for a while: until=DURATION (e.g. until=24h) (repeatable).
+        /// Only records matching type=regular|exec.cachemount (or, through
+        /// kilnd, source.local: the contexts it keeps), or unused for a
+        /// while: until=DURATION (e.g. until=24h) (repeatable).
         #[arg(long)]
         filter: Vec<String>,
         /// Do not prompt for confirmation.

@@ -48,6 +48,10 @@ pub const CONTEXTS_DIR: &str = "contexts";
 const TREE: &str = "tree";
 const DIRTY: &str = "dirty";
 const SIZE: &str = "size";
+/// Whose slot this is: the tenant (`-` for the default one, else `t` and
+/// its name) on the first line, the local name on the second; written
+/// when the slot is made, so its mtime is the slot's creation.
+const OWNER: &str = "owner";
 
 /// How long an `acquire` waits for the cleanup of its key's cut receive.
 const SALVAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -104,6 +108,23 @@ struct Slots {
     held: HashSet<String>,
     /// Held slots whose partial tree is being cleaned for reuse.
     salvaging: HashSet<String>,
+}
+
+/// A kept context as `du` shows it (BuildKit's `source.local` record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// The slot's directory name.
+    pub id: String,
+    /// The local name (`context`, a named context); empty for a slot
+    /// made before kilnd recorded it.
+    pub name: String,
+    /// The file content bytes of its last complete receive.
+    pub bytes: u64,
+    pub created: SystemTime,
+    /// Its last use (the slot directory's mtime).
+    pub used: SystemTime,
+    /// A build holds it now.
+    pub in_use: bool,
 }
 
 /// What a prune removed.
@@ -201,6 +222,15 @@ fn clean_partial_tree(dir: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(bytes)
+}
+
+/// The file content bytes slot `dir` recorded for its last complete
+/// receive (0 for one that never completed).
+fn slot_bytes(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(SIZE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// After a receive into slot `dir` that did not complete: the tree is
@@ -335,6 +365,14 @@ impl Contexts {
             span: None,
         };
         kiln_engine::sweep::create_private_dir(&held.dir)?;
+        let owner = held.dir.join(OWNER);
+        if !owner.exists() {
+            let tenant = match key.tenant {
+                Some(t) => format!("t{t}"),
+                None => "-".to_string(),
+            };
+            std::fs::write(&owner, format!("{tenant}\n{}\n", key.name))?;
+        }
         let tree = held.tree();
         let clean = tree.is_dir() && !held.dir.join(DIRTY).exists();
         if !clean {
@@ -355,6 +393,78 @@ impl Contexts {
         Ok(held)
     }
 
+    /// The slots of `tenant` (`None`: the default tenant), most recently
+    /// used first. A slot made before kilnd recorded its owner counts as
+    /// the default tenant's. Blocking (file system).
+    pub fn list(&self, tenant: Option<&str>) -> Vec<Slot> {
+        let held = self.lock().held.clone();
+        self.list_held(tenant, &held)
+    }
+
+    /// [`Contexts::list`] with the slots `held` in use.
+    fn list_held(&self, tenant: Option<&str>, held: &HashSet<String>) -> Vec<Slot> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Slot> = entries
+            .flatten()
+            .filter_map(|e| {
+                let id = e.file_name().into_string().ok()?;
+                let used = e.metadata().and_then(|m| m.modified()).ok()?;
+                let owner = std::fs::read_to_string(e.path().join(OWNER)).unwrap_or_default();
+                let mut lines = owner.lines();
+                let whose = match lines.next().unwrap_or("-") {
+                    "-" => None,
+                    t => Some(t.strip_prefix('t').unwrap_or(t)),
+                };
+                if whose != tenant {
+                    return None;
+                }
+                let created = std::fs::metadata(e.path().join(OWNER))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(used);
+                Some(Slot {
+                    name: lines.next().unwrap_or_default().to_string(),
+                    bytes: slot_bytes(&e.path()),
+                    created,
+                    used,
+                    in_use: held.contains(&id),
+                    id,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.used.cmp(&a.used).then_with(|| a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Removes the slots of `tenant` that no build holds and `select`
+    /// picks (a client's prune), and returns them. Blocking (file system).
+    pub fn remove(&self, tenant: Option<&str>, select: impl Fn(&Slot) -> bool) -> Vec<Slot> {
+        // Listed outside the lock (a walk of the directory), then taken
+        // under it if no build took them meanwhile.
+        let candidates: Vec<Slot> = self
+            .list(tenant)
+            .into_iter()
+            .filter(|s| !s.in_use && select(s))
+            .collect();
+        let picked: Vec<Slot> = {
+            let mut busy = self.lock();
+            candidates
+                .into_iter()
+                .filter(|s| busy.held.insert(s.id.clone()))
+                .collect()
+        };
+        let mut removed = Vec::new();
+        for s in picked {
+            match std::fs::remove_dir_all(self.dir.join(&s.id)) {
+                Ok(()) => removed.push(s.clone()),
+                Err(e) => tracing::warn!(slot = %s.id, error = %e, "cannot remove a kept context"),
+            }
+            self.lock().held.remove(&s.id);
+        }
+        removed
+    }
+
     /// Removes slots no build holds that were last used more than
     /// `max-age` ago, then the least recently used until the others hold
     /// at most `max-size` bytes. Blocking (file system).
@@ -370,10 +480,7 @@ impl Contexts {
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
                 let used = e.metadata().and_then(|m| m.modified()).ok()?;
-                let bytes = std::fs::read_to_string(e.path().join(SIZE))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(0);
+                let bytes = slot_bytes(&e.path());
                 let dirty = e.path().join(DIRTY).exists();
                 Some((used, name, bytes, dirty))
             })
@@ -570,6 +677,47 @@ mod tests {
         assert!(next.incremental());
         assert!(!tree.join("suid").exists() && tree.join("f299").exists());
         assert!(c.lock().salvaging.is_empty());
+    }
+
+    /// `du` sees a tenant's own slots, with their size and whether a
+    /// build holds them; a client's prune removes only the free ones it
+    /// selects, of its own tenant.
+    #[test]
+    fn slots_are_listed_and_removed_per_tenant() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let c = Contexts::new(tmp.path(), ContextsConfig::default());
+        let mut a = c.acquire(&key(None, "s", "context")).expect("acquire");
+        a.received(&stats(7, &[]), std::time::SystemTime::now())
+            .expect("received");
+        drop(a);
+        let held = c.acquire(&key(None, "s", "dockerfile")).expect("acquire");
+        let mut t = c
+            .acquire(&key(Some("team"), "s", "context"))
+            .expect("acquire");
+        t.received(&stats(5, &[]), std::time::SystemTime::now())
+            .expect("received");
+        drop(t);
+        let mine = c.list(None);
+        let names: Vec<(&str, u64, bool)> = mine
+            .iter()
+            .map(|s| (s.name.as_str(), s.bytes, s.in_use))
+            .collect();
+        assert_eq!(names.len(), 2, "{mine:?}");
+        assert!(names.contains(&("context", 7, false)), "{names:?}");
+        assert!(names.contains(&("dockerfile", 0, true)), "{names:?}");
+        let theirs = c.list(Some("team"));
+        assert_eq!(theirs.len(), 1);
+        assert_eq!((theirs[0].name.as_str(), theirs[0].bytes), ("context", 5));
+
+        let gone = c.remove(None, |_| true);
+        assert_eq!(gone.len(), 1, "the held slot stays: {gone:?}");
+        assert_eq!(gone[0].name, "context");
+        assert!(!tmp.path().join(CONTEXTS_DIR).join(&gone[0].id).exists());
+        assert_eq!(c.list(None).len(), 1);
+        assert_eq!(c.list(Some("team")).len(), 1, "another tenant's stays");
+        drop(held);
+        assert_eq!(c.remove(None, |s| s.name == "nothing").len(), 0);
+        assert_eq!(c.remove(None, |_| true).len(), 1);
     }
 
     #[test]

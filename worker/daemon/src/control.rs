@@ -674,7 +674,7 @@ impl Control for ControlService {
     ) -> Result<Response<DiskUsageResponse>, Status> {
         let tenant = self.0.tenant(&request).await?;
         self.0.jobs.settled().await;
-        crate::workers::disk_usage(&tenant, request.into_inner())
+        crate::workers::disk_usage(&tenant, &self.0.contexts, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -761,7 +761,8 @@ impl Control for ControlService {
     ) -> Result<Response<BoxStream<UsageRecord>>, Status> {
         let tenant = self.0.tenant(&request).await?;
         self.0.jobs.settled().await;
-        let records = crate::workers::prune(&tenant, request.into_inner()).await?;
+        let records =
+            crate::workers::prune(&tenant, &self.0.contexts, request.into_inner()).await?;
         let s = tokio_stream::iter(records.into_iter().map(Ok));
         Ok(Response::new(Box::pin(s)))
     }

@@ -295,10 +295,54 @@ pub fn usage_record(r: &RecordInfo) -> UsageRecord {
     }
 }
 
-/// DiskUsage: every cache record (most recently used first), narrowed by
-/// the request's filters (`crate::usagefilter`) and its `ageLimit`.
+/// A build context kilnd keeps for the next build of the same client
+/// directory (`crate::contexts`), as BuildKit shows the local sources it
+/// keeps: a `source.local` record, reclaimable when no build holds it.
+pub fn context_record(s: &crate::contexts::Slot) -> UsageRecord {
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let name = if s.name.is_empty() {
+        "context"
+    } else {
+        s.name.as_str()
+    };
+    UsageRecord {
+        id: format!("kiln/context/{}", s.id),
+        mutable: true,
+        in_use: s.in_use,
+        size: i64::try_from(s.bytes).unwrap_or(i64::MAX),
+        created_at: timestamp(secs(s.created)),
+        last_used_at: timestamp(secs(s.used)),
+        usage_count: 1,
+        description: format!("local source for {name}"),
+        record_type: "source.local".to_string(),
+        // A `COPY` of the context links its files into the step's layer
+        // (a cache record): removing the slot may not free their bytes.
+        shared: true,
+        ..Default::default()
+    }
+}
+
+/// The kept contexts of `tenant`, off the async workers (they are read
+/// from the file system).
+async fn kept_contexts(
+    contexts: &std::sync::Arc<crate::contexts::Contexts>,
+    tenant: &Tenant,
+) -> Vec<crate::contexts::Slot> {
+    let (contexts, name) = (contexts.clone(), tenant.name.clone());
+    tokio::task::spawn_blocking(move || contexts.list(name.as_deref()))
+        .await
+        .unwrap_or_default()
+}
+
+/// DiskUsage: every cache record (most recently used first), then the
+/// build contexts kilnd keeps, narrowed by the request's filters
+/// (`crate::usagefilter`) and its `ageLimit`.
 pub async fn disk_usage(
     tenant: &Tenant,
+    contexts: &std::sync::Arc<crate::contexts::Contexts>,
     req: DiskUsageRequest,
 ) -> Result<DiskUsageResponse, Status> {
     let filter = UsageFilter::parse(&req.filter)?;
@@ -307,6 +351,7 @@ pub async fn disk_usage(
         .disk_usage()
         .await
         .map_err(|e| status_of(&e, e.kind()))?;
+    let kept = kept_contexts(contexts, tenant).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -314,6 +359,7 @@ pub async fn disk_usage(
         record: records
             .iter()
             .map(usage_record)
+            .chain(kept.iter().map(context_record))
             .filter(|r| filter.matches(r) && unused_for(r, req.age_limit, now))
             .collect(),
     })
@@ -365,10 +411,68 @@ pub fn prune_options(req: &PruneRequest) -> Result<PruneOptions, Status> {
 }
 
 /// Prune: removes records as asked and returns what went, for Control to
-/// stream.
-pub async fn prune(tenant: &Tenant, req: PruneRequest) -> Result<Vec<UsageRecord>, Status> {
-    let mut opts = prune_options(&req)?;
+/// stream; then the build contexts kilnd keeps that no build holds and
+/// the filters select, unused for `keepDuration` if one is given
+/// (`maxUsedSpace`/`reservedSpace` bound the kept contexts on their own:
+/// the least recently used go until the rest fit).
+pub async fn prune(
+    tenant: &Tenant,
+    contexts: &std::sync::Arc<crate::contexts::Contexts>,
+    req: PruneRequest,
+) -> Result<Vec<UsageRecord>, Status> {
+    let opts = prune_options(&req)?;
     let filter = UsageFilter::parse(&req.filter)?;
+    let mut removed = prune_records(tenant, opts.clone(), &filter).await?;
+    let now = std::time::SystemTime::now();
+    // Most recently used first: what a size bound keeps.
+    let kept = kept_contexts(contexts, tenant).await;
+    let mut budget = opts.keep_storage;
+    // Each picked slot with the last use it was picked at: one a build
+    // used since is not removed.
+    let mut doomed: HashMap<String, std::time::SystemTime> = HashMap::new();
+    for s in &kept {
+        if s.in_use || !filter.matches(&context_record(s)) {
+            continue;
+        }
+        // A last use in the future (the clock moved back) is recent, as
+        // BuildKit's `lastUsedAt.After(cutOff)` has it.
+        let recent = opts
+            .keep_duration
+            .is_some_and(|d| now.duration_since(s.used).map_or(true, |age| age <= d));
+        let fits = match &mut budget {
+            Some(left) if *left >= s.bytes => {
+                *left -= s.bytes;
+                true
+            }
+            Some(left) => {
+                *left = 0;
+                false
+            }
+            None => false,
+        };
+        if !recent && !fits {
+            doomed.insert(s.id.clone(), s.used);
+        }
+    }
+    if !doomed.is_empty() {
+        let (contexts, name) = (contexts.clone(), tenant.name.clone());
+        let gone = tokio::task::spawn_blocking(move || {
+            contexts.remove(name.as_deref(), |s| doomed.get(&s.id) == Some(&s.used))
+        })
+        .await
+        .unwrap_or_default();
+        tracing::info!(slots = gone.len(), "pruned kept build contexts");
+        removed.extend(gone.iter().map(context_record));
+    }
+    Ok(removed)
+}
+
+/// [`prune`]'s cache records.
+async fn prune_records(
+    tenant: &Tenant,
+    mut opts: PruneOptions,
+    filter: &UsageFilter,
+) -> Result<Vec<UsageRecord>, Status> {
     if !filter.is_empty() {
         // Only the records the filters select, as the client sees them.
         let records = tenant
