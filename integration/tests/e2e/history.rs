@@ -73,6 +73,36 @@ async fn logs(c: &mut ControlClient<Channel>, r: &str) -> (Vec<String>, String) 
     (names, text)
 }
 
+/// Whether the replay of `r` sends the log `text` of the step `name`
+/// after the step's start and before its completion, as the build did
+/// (`buildx history logs` prints it under the step).
+async fn logged_while_running(
+    c: &mut ControlClient<Channel>,
+    r: &str,
+    name: &str,
+    text: &str,
+) -> bool {
+    let mut s = c
+        .status(StatusRequest { r#ref: r.into() })
+        .await
+        .expect("Status")
+        .into_inner();
+    let (mut digest, mut started, mut logged) = (None, false, false);
+    while let Some(m) = s.message().await.expect("status") {
+        for v in m.vertexes.iter().filter(|v| v.name == name) {
+            digest = Some(v.digest.clone());
+            if v.completed.is_some() {
+                return started && logged;
+            }
+            started = true;
+        }
+        logged |= m.logs.iter().any(|l| {
+            Some(&l.vertex) == digest.as_ref() && String::from_utf8_lossy(&l.msg).contains(text)
+        });
+    }
+    false
+}
+
 /// A blob of kilnd's content service as buildx reads it (Info, then Read
 /// from offset 0).
 async fn read_blob(k: &Kilnd, digest: &str) -> Vec<u8> {
@@ -223,6 +253,16 @@ async fn kilnd_keeps_build_records_as_buildkit_does() {
         "{names:?}"
     );
     assert!(text.contains("history-step-ran"), "{text}");
+    assert!(
+        logged_while_running(
+            &mut cc,
+            &first.r#ref,
+            "[ok 2/2] RUN echo history-step-ran",
+            "history-step-ran"
+        )
+        .await,
+        "the step's log is replayed between its start and its end"
+    );
 
     // buildx's filters.
     let errors = history(&mut cc, &["status==error"]).await;

@@ -117,28 +117,83 @@ impl History {
         }
     }
 
-    /// What a new subscriber is sent: the state (unless nothing happened
-    /// yet: BuildKit never sends an empty update, and buildx's rawjson
-    /// would print it as `{}`), then the kept logs in batches.
+    /// What a new subscriber is sent (and what a build record keeps):
+    /// the vertices in the order they started (by their `started` time),
+    /// each vertex's logs between
+    /// its start and its newest state, as the build sent them (`buildx
+    /// history logs` and a late `buildctl` print each step's output under
+    /// it, not after the whole build); the progress items with their
+    /// vertex, the warnings first. Vertices without logs share a message,
+    /// logs are batched, and nothing is sent for a job where nothing
+    /// happened yet (BuildKit never sends an empty update, and buildx's
+    /// rawjson would print it as `{}`).
     pub fn replay(&self) -> Vec<StatusResponse> {
-        let state = self.state();
-        let mut out = Vec::new();
-        if state != StatusResponse::default() {
-            out.push(state);
-        }
-        let mut batch = StatusResponse::default();
-        let mut size = 0;
+        let mut logs_of: HashMap<&str, Vec<&VertexLog>> = HashMap::new();
         for l in &self.logs {
-            if size + l.msg.len() > REPLAY_BATCH_BYTES && !batch.logs.is_empty() {
-                out.push(std::mem::take(&mut batch));
-                size = 0;
+            logs_of.entry(l.vertex.as_str()).or_default().push(l);
+        }
+        let mut out = Vec::new();
+        let mut cur = StatusResponse {
+            warnings: self.warnings.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let mut statuses_by: HashMap<&str, Vec<VertexStatus>> = HashMap::new();
+        for st in &self.statuses {
+            statuses_by
+                .entry(st.vertex.as_str())
+                .or_default()
+                .push(st.clone());
+        }
+        let mut statuses_of =
+            |digest: &str| -> Vec<VertexStatus> { statuses_by.remove(digest).unwrap_or_default() };
+        // In the order they started (announced vertices that never
+        // started last, in their order).
+        let mut order: Vec<&Vertex> = self.vertexes.iter().collect();
+        order.sort_by_key(|v| {
+            v.started
+                .as_ref()
+                .map_or((1, 0, 0), |t| (0, t.seconds, t.nanos))
+        });
+        for v in order {
+            let Some(logs) = logs_of.remove(v.digest.as_str()) else {
+                cur.vertexes.push(v.clone());
+                cur.statuses.extend(statuses_of(&v.digest));
+                continue;
+            };
+            let done = v.completed.is_some();
+            let mut started = v.clone();
+            if done {
+                started.completed = None;
+                started.error.clear();
             }
-            size += l.msg.len();
-            batch.logs.push(l.clone());
+            cur.vertexes.push(started);
+            out.push(std::mem::take(&mut cur));
+            push_log_batches(&mut out, logs);
+            cur.vertexes.push(v.clone());
+            cur.statuses.extend(statuses_of(&v.digest));
+            if !done {
+                // Still running: its state was sent before its logs.
+                cur.vertexes.pop();
+            }
         }
-        if !batch.logs.is_empty() {
-            out.push(batch);
+        // Progress items of a vertex no update named.
+        cur.statuses.extend(
+            self.statuses
+                .iter()
+                .filter(|s| !self.vertex_index.contains_key(&s.vertex))
+                .cloned(),
+        );
+        if cur != StatusResponse::default() {
+            out.push(cur);
         }
+        // Logs of a vertex no update named, last.
+        let rest: Vec<&VertexLog> = self
+            .logs
+            .iter()
+            .filter(|l| logs_of.contains_key(l.vertex.as_str()))
+            .collect();
+        push_log_batches(&mut out, rest);
+        out.retain(|r| *r != StatusResponse::default());
         out
     }
 
@@ -146,6 +201,23 @@ impl History {
     #[cfg(test)]
     fn log_bytes(&self) -> usize {
         self.log_bytes
+    }
+}
+
+/// `logs` as messages of at most [`REPLAY_BATCH_BYTES`] of output each.
+fn push_log_batches(out: &mut Vec<StatusResponse>, logs: Vec<&VertexLog>) {
+    let mut batch = StatusResponse::default();
+    let mut size = 0;
+    for l in logs {
+        if size + l.msg.len() > REPLAY_BATCH_BYTES && !batch.logs.is_empty() {
+            out.push(std::mem::take(&mut batch));
+            size = 0;
+        }
+        size += l.msg.len();
+        batch.logs.push(l.clone());
+    }
+    if !batch.logs.is_empty() {
+        out.push(batch);
     }
 }
 
@@ -667,12 +739,19 @@ mod tests {
         assert!(job.history_log_bytes() <= HISTORY_LOG_BYTES);
         assert!(job.history_log_bytes() > HISTORY_LOG_BYTES - (32 << 10));
         let (replay, _, _) = job.subscribe();
-        let state = &replay[0];
-        assert_eq!(state.vertexes.len(), 2, "one entry per vertex");
-        assert_eq!(state.vertexes[0].digest, "a");
-        assert!(state.vertexes[0].completed.is_some(), "the newest state");
-        assert!(state.vertexes[1].completed.is_none());
-        let logs: usize = replay[1..]
+        // `a` started, its logs, then its newest state beside `b`'s.
+        let (first, last) = (&replay[0], &replay[replay.len() - 1]);
+        assert_eq!(first.vertexes.len(), 1);
+        assert_eq!(first.vertexes[0].digest, "a");
+        assert!(first.vertexes[0].completed.is_none(), "a's start");
+        assert!(replay[1..replay.len() - 1]
+            .iter()
+            .all(|r| r.vertexes.is_empty() && !r.logs.is_empty()));
+        let names: Vec<&str> = last.vertexes.iter().map(|v| v.digest.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "one entry per vertex");
+        assert!(last.vertexes[0].completed.is_some(), "the newest state");
+        assert!(last.vertexes[1].completed.is_none());
+        let logs: usize = replay
             .iter()
             .flat_map(|r| &r.logs)
             .map(|l| l.msg.len())
