@@ -318,3 +318,44 @@ async fn the_lint_request_through_the_gateway() {
          --------------------\n"
     );
 }
+
+/// A lint request whose conversion fails answers the warnings found
+/// before the failure beside it (`buildError`), as BuildKit's does (buildx
+/// prints "Check complete, N warnings have been found!" above the error);
+/// so does the embedded check.
+#[tokio::test]
+async fn a_failed_check_keeps_the_warnings_found_before_it() {
+    let ns = "checks-failed";
+    let h = Harness::with_busybox(ns).await;
+    let k = h.start_kilnd(ns).await.expect("kilnd starts");
+    let src = "FROM busybox as Base\nARG X\nCMD echo hi\nFROM $MISSING_ARG\n";
+    let ctx = h.context("check-failed", &[("Dockerfile", src)]);
+    let answer = common::subrequest(&k.addr(), &ctx, "frontend.lint", "");
+    let json: serde_json::Value =
+        serde_json::from_str(&answer.value("result.json")).expect("result.json is JSON");
+    let rules: Vec<&str> = json["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| w["ruleName"].as_str().unwrap_or_default())
+        .collect();
+    // BuildKit 73ed6825c's answer for this file, in its order.
+    assert_eq!(
+        rules,
+        [
+            "StageNameCasing",
+            "FromAsCasing",
+            "InvalidDefaultArgInFrom",
+            "UndefinedArgInFrom"
+        ],
+        "{json}"
+    );
+    assert_eq!(
+        json["buildError"]["message"],
+        "base name ($MISSING_ARG) should not be blank"
+    );
+    let out = out_embedded_check(&h, ns, ctx.to_str().expect("utf8"));
+    for rule in rules {
+        assert!(out.contains(&format!("WARNING: {rule}")), "{out}");
+    }
+}

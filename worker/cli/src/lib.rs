@@ -1780,9 +1780,7 @@ async fn build(
         Err(e) => {
             let hint = base_image_hint(&e, &namespace);
             // A Dockerfile error about one line gets buildx's snippet of it.
-            if let kiln_frontend::FrontendError::Dockerfile(p) = &e {
-                failed_warnings = source.parse_warnings(&opts, p);
-            }
+            failed_warnings = source.failure_warnings(&opts, &e);
             let at = e.line();
             let e = anyhow::Error::from(e);
             let e = match hint {

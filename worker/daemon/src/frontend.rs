@@ -694,11 +694,9 @@ async fn plan(
             // A Dockerfile error about a line (a bad instruction, a base
             // image that does not resolve) carries it as BuildKit's source
             // detail, so clients print the snippet.
-            if let FrontendError::Dockerfile(p) = &e {
-                // The checks BuildKit's parser ran before it failed.
-                let ran = source.parse_warnings(&opts, p);
-                crate::status::warnings(job, &load_name, &filename, &source.text, &ran);
-            }
+            // The checks BuildKit ran before it failed.
+            let ran = source.failure_warnings(&opts, &e);
+            crate::status::warnings(job, &load_name, &filename, &source.text, &ran);
             let line = e.line();
             return Err(crate::errdetails::with_line(
                 frontend_status(&e),

@@ -286,9 +286,9 @@ pub fn parse_with(
     Ok(df)
 }
 
-/// The build check warnings BuildKit has reported by the time its
-/// instruction parser fails with `err` (an error of [`parse_with`] on the
-/// same arguments): the parser's own (NoEmptyContinuation), and the
+/// The build check warnings BuildKit has reported by the time it fails
+/// with `err`: those a conversion error carries ([`ParseError::Checked`]),
+/// or for an error of [`parse_with`] on the same arguments, the parser's own (NoEmptyContinuation), and the
 /// checks that parser runs on each instruction up to the failing one
 /// ([`crate::lint::PARSE_TIME_RULES`]). The checks that run on a parsed
 /// file (casing, stage names, ...) never ran; nor did any for an error
@@ -301,6 +301,8 @@ pub fn parse_warnings(
     err: &ParseError,
 ) -> Vec<Warning> {
     let failed_at = match err {
+        // A conversion error carries what the checks found before it.
+        ParseError::Checked { warnings, .. } => return warnings.clone(),
         ParseError::Instruction { line, .. }
         | ParseError::UnknownInstruction { line, .. }
         | ParseError::UnknownFlag { line, .. } => *line,

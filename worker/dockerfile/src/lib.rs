@@ -42,7 +42,7 @@ use std::collections::BTreeMap;
 
 pub use convert::epoch::{epoch_source, EpochSource, ResolvedEpoch};
 pub use convert::gocompat::ram_in_bytes;
-pub use convert::{to_graph, Build, ContextRead};
+pub use convert::{checks_before_conversion, to_graph, Build, ContextRead};
 pub use instructions::{parse, parse_warnings, parse_with, parse_with_check, Dockerfile};
 pub use reference::RefError;
 
@@ -134,6 +134,14 @@ pub enum ParseError {
     /// The emitted graph was refused by the solver (a bug in this crate).
     #[error("invalid build graph")]
     Graph(#[source] kiln_solver::SolveError),
+    /// A conversion error (it reads as `error`) with the build check
+    /// warnings found before it, which BuildKit prints above the error as
+    /// it finds them ([`parse_warnings`] hands them out).
+    #[error("{error}")]
+    Checked {
+        error: Box<ParseError>,
+        warnings: Vec<parser::Warning>,
+    },
 }
 
 pub type Result<T, E = ParseError> = std::result::Result<T, E>;
@@ -155,6 +163,7 @@ impl ParseError {
             | ParseError::Invalid { file, line, .. }
             | ParseError::Reference { file, line, .. }
             | ParseError::MissingBaseConfig { file, line, .. } => Some((file, *line)),
+            ParseError::Checked { error, .. } => error.location(),
             _ => None,
         }
     }

@@ -243,11 +243,10 @@ pub async fn check<I: ImageConfigs>(
         Ok(build) => (build.warnings, None),
         Err(e) => {
             // BuildKit's `buildError`: its location apart from the message.
-            let (message, line, warnings) = match &e {
-                FrontendError::Dockerfile(p) => {
-                    (p.unlocated(), p.line(), source.parse_warnings(&opts, p))
-                }
-                _ => (e.to_string(), None, Vec::new()),
+            let warnings = source.failure_warnings(&opts, &e);
+            let (message, line) = match &e {
+                FrontendError::Dockerfile(p) => (p.unlocated(), p.line()),
+                _ => (e.to_string(), e.line()),
             };
             (warnings, Some((message, line)))
         }
@@ -309,16 +308,21 @@ pub(crate) fn copy_ignored(
     if found.is_empty() {
         return Ok(());
     }
+    build.warnings.extend(found);
+    build.warnings.sort_by_key(|w| w.line);
     if df.check.error {
+        // With the warnings found so far, as the converter's own lint
+        // failure carries them.
         return Err(FrontendError::Dockerfile(
-            kiln_dockerfile::ParseError::Lint {
-                file: opts.filename.clone(),
-                rules: RULE.to_string(),
+            kiln_dockerfile::ParseError::Checked {
+                error: Box::new(kiln_dockerfile::ParseError::Lint {
+                    file: opts.filename.clone(),
+                    rules: RULE.to_string(),
+                }),
+                warnings: std::mem::take(&mut build.warnings),
             },
         ));
     }
-    build.warnings.extend(found);
-    build.warnings.sort_by_key(|w| w.line);
     Ok(())
 }
 

@@ -835,25 +835,66 @@ impl DockerfileSource {
     }
 }
 
+impl DockerfileSource {
+    /// The build check warnings BuildKit has printed by the time a build
+    /// of this Dockerfile fails with `err`: those of the parse or the
+    /// conversion that failed ([`DockerfileSource::parse_warnings`]), or,
+    /// for a base image that does not resolve, the checks that come
+    /// before any stage is converted (for the first target platform).
+    pub fn failure_warnings(
+        &self,
+        opts: &FrontendOptions,
+        err: &FrontendError,
+    ) -> Vec<kiln_dockerfile::parser::Warning> {
+        match err {
+            FrontendError::Dockerfile(p) => self.parse_warnings(opts, p),
+            FrontendError::BaseImage { .. } => {
+                let Ok(df) = self.parse(opts) else {
+                    return Vec::new();
+                };
+                let first = target_platforms(opts).swap_remove(0);
+                kiln_dockerfile::checks_before_conversion(
+                    &df,
+                    &build_options_for(self, opts, &first),
+                )
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// The largest Dockerfile or ignore file kiln reads: these files come
 /// from clients, and a larger one is almost surely not a build definition.
 pub const MAX_DEFINITION_FILE: u64 = 16 << 20;
 
 /// `filename` names a file inside the Dockerfile's directory: relative,
-/// without `..`.
+/// and no `..` climbs above that directory (`sub/../Dockerfile` is
+/// inside, as BuildKit reads it). The name is kept lexically clean
+/// (`Dockerfile` for `sub/../Dockerfile`): the client sends the files its
+/// follow paths name cleaned, so that is where they are.
 fn check_filename(value: &str) -> Result<String> {
     let p = Path::new(value);
-    let escapes = p.is_absolute()
-        || p.components()
-            .any(|c| matches!(c, std::path::Component::ParentDir));
-    if escapes {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    let mut escapes = p.is_absolute();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => escapes |= parts.pop().is_none(),
+            std::path::Component::Normal(n) => parts.push(n),
+            _ => {}
+        }
+    }
+    if escapes || parts.is_empty() {
         return Err(FrontendError::InvalidAttribute {
             key: "filename".to_string(),
             value: value.to_string(),
             reason: "must be a path inside the Dockerfile's directory".to_string(),
         });
     }
-    Ok(value.to_string())
+    Ok(parts
+        .iter()
+        .map(|n| n.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/"))
 }
 
 /// Reads `filename` from `dockerfile_dir` and the ignore file that applies:

@@ -547,9 +547,15 @@ fn a_filename_outside_the_dockerfile_directory_is_refused() {
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
         assert!(e.to_string().contains("filename"), "{e}");
     }
-    let ok = FrontendOptions::from_attrs(&attrs(&[("filename", "sub/app.Dockerfile")]))
-        .expect("a path inside is fine");
-    assert_eq!(ok.filename, "sub/app.Dockerfile");
+    for (inside, clean) in [
+        ("sub/app.Dockerfile", "sub/app.Dockerfile"),
+        ("sub/../Dockerfile", "Dockerfile"),
+        ("./a/b/../c", "a/c"),
+    ] {
+        let ok = FrontendOptions::from_attrs(&attrs(&[("filename", inside)]))
+            .expect("a path inside is fine");
+        assert_eq!(ok.filename, clean);
+    }
 }
 
 #[test]

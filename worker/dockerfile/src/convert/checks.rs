@@ -158,13 +158,31 @@ pub(super) fn undefined_vars(
 
 /// The rules of every `FROM` line (all stages, needed or not, as BuildKit
 /// checks them before it picks the target's).
-pub(super) fn from_checks(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> Vec<Warning> {
+pub(super) fn from_checks(df: &Dockerfile, opts: &BuildOptions, env: &[String]) -> Vec<Warning> {
     let lex = Lex::new(df.escape);
     let mut out = Vec::new();
+    // InvalidDefaultArgInFrom: each base as the ARG defaults alone make it.
+    // BuildKit checks these first, before it looks at each stage.
+    if let Ok(defaults) = global_env(df, opts, &BTreeMap::new()) {
+        for s in &df.stages {
+            let Ok(name) = lex.process_word(&s.base, &defaults) else {
+                break;
+            };
+            if normalize(&name).is_err() {
+                out.push(warning(
+                    "InvalidDefaultArgInFrom",
+                    s.line,
+                    format!(
+                        "Default value for ARG {} results in empty or invalid base image name",
+                        s.base
+                    ),
+                ));
+            }
+        }
+    }
     // BuildKit's `unusedFromArgsCheckKeys`: every global ARG declared, with
     // a value or not, and the platform args.
-    let mut declared: Vec<&str> = plan
-        .global_env
+    let mut declared: Vec<&str> = env
         .iter()
         .filter_map(|e| e.split_once('='))
         .map(|(k, _)| k)
@@ -191,12 +209,12 @@ pub(super) fn from_checks(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> 
         }
     };
     for s in &df.stages {
-        let (_, m) = lex.process_word_matches(&s.base, &plan.global_env);
+        let (_, m) = lex.process_word_matches(&s.base, env);
         undeclared(&m, s.line, &mut out);
         let Some(p) = &s.platform else {
             continue;
         };
-        let (result, m) = lex.process_word_matches(p, &plan.global_env);
+        let (result, m) = lex.process_word_matches(p, env);
         undeclared(&m, s.line, &mut out);
         let Ok(result) = result else {
             continue;
@@ -204,7 +222,7 @@ pub(super) fn from_checks(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> 
         if m.unmatched.is_empty()
             && m.matched.len() == 1
             && m.matched.contains("TARGETPLATFORM")
-            && lookup(&plan.global_env, "TARGETPLATFORM") == Some(result.as_str())
+            && lookup(env, "TARGETPLATFORM") == Some(result.as_str())
         {
             out.push(warning(
                 "RedundantTargetPlatform",
@@ -229,25 +247,6 @@ pub(super) fn from_checks(df: &Dockerfile, opts: &BuildOptions, plan: &Plan) -> 
                     ));
                 }
             }
-        }
-    }
-    // InvalidDefaultArgInFrom: each base as the ARG defaults alone make it.
-    let Ok(defaults) = global_env(df, opts, &BTreeMap::new()) else {
-        return out;
-    };
-    for s in &df.stages {
-        let Ok(name) = lex.process_word(&s.base, &defaults) else {
-            break;
-        };
-        if normalize(&name).is_err() {
-            out.push(warning(
-                "InvalidDefaultArgInFrom",
-                s.line,
-                format!(
-                    "Default value for ARG {} results in empty or invalid base image name",
-                    s.base
-                ),
-            ));
         }
     }
     out

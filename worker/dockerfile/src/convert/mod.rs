@@ -133,7 +133,7 @@ impl Dockerfile {
         opts: &BuildOptions,
         known: &BTreeMap<String, ImageConfig>,
     ) -> Result<Vec<crate::BaseRef>> {
-        let plan = Plan::new(self, opts, known)?;
+        let plan = Plan::new(self, opts, known).map_err(|e| checked(self, opts, e, None))?;
         let mut out: Vec<crate::BaseRef> = Vec::new();
         for (i, s) in plan.stages.iter().enumerate() {
             if let Base::Image(r) = &s.base {
@@ -238,10 +238,91 @@ fn image_op(reference: &str, platform: Option<kiln_solver::Platform>) -> (Source
 
 /// Builds the graph for `opts.target` (or the last stage). `bases` maps the
 /// refs of [`Dockerfile::base_images`] to their image configs.
+///
+/// An error comes with the build check warnings found before it
+/// ([`ParseError::Checked`], when there are any): BuildKit prints each
+/// as it finds it, so a failed build shows them above its error.
 pub fn to_graph(
     df: &Dockerfile,
     opts: &BuildOptions,
     bases: &BTreeMap<String, ImageConfig>,
+) -> Result<Build> {
+    let mut found = None;
+    convert(df, opts, bases, &mut found).map_err(|e| checked(df, opts, e, found))
+}
+
+/// `error` with the warnings BuildKit reports before it: `found` when
+/// the converter failed (what [`warnings_until`] gave at the failing
+/// line, or a lint failure's list), else, for a failure before any stage
+/// was dispatched (a base name that does not expand), the checks of the
+/// `FROM` lines and the parser's checks of the file.
+fn checked(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    error: ParseError,
+    found: Option<Vec<crate::parser::Warning>>,
+) -> ParseError {
+    if matches!(error, ParseError::Graph(_) | ParseError::Checked { .. }) {
+        return error;
+    }
+    let found = found.unwrap_or_else(|| checks_before_conversion(df, opts));
+    if found.is_empty() {
+        return error;
+    }
+    ParseError::Checked {
+        error: Box::new(error),
+        warnings: found,
+    }
+}
+
+/// The build check warnings BuildKit has printed when a build fails
+/// before any stage is converted (a base image that does not resolve):
+/// the checks of every `FROM` line and the parser's checks of the file.
+pub fn checks_before_conversion(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+) -> Vec<crate::parser::Warning> {
+    warnings_until(df, opts, Vec::new(), 0, &|_| false)
+}
+
+/// `found` (else the `FROM` lines' checks), the parser's checks of the
+/// file, and its dispatch-time checks up to line `failed_at` of the
+/// stages the build `needed` (by line), as the `# check=` directive
+/// keeps them, in line order.
+fn warnings_until(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    mut found: Vec<crate::parser::Warning>,
+    failed_at: usize,
+    needed: &dyn Fn(usize) -> bool,
+) -> Vec<crate::parser::Warning> {
+    if found.is_empty() {
+        if let Ok(env) = global_env(df, opts, &opts.build_args) {
+            found = checks::from_checks(df, opts, &env);
+        }
+    }
+    found.extend(
+        df.warnings
+            .iter()
+            .filter(|w| {
+                !crate::lint::DISPATCH_RULES.contains(&w.rule.as_str())
+                    || (w.line <= failed_at && needed(w.line))
+            })
+            .cloned(),
+    );
+    found.retain(|w| df.check_enabled(&w.rule, w.line));
+    found.sort_by_key(|w| w.line);
+    found.dedup();
+    found
+}
+
+/// [`to_graph`]'s work; on an error once stages are dispatched, `found`
+/// holds the warnings the converter had found.
+fn convert(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    bases: &BTreeMap<String, ImageConfig>,
+    found: &mut Option<Vec<crate::parser::Warning>>,
 ) -> Result<Build> {
     let mut plan = Plan::new(df, opts, bases)?;
     let (epoch_set, epoch) = epoch::resolve(df, opts, &plan.global_env)?;
@@ -280,10 +361,29 @@ pub fn to_graph(
         context_reads: Vec::new(),
         context_paths: ctxpaths::ContextPaths::default(),
     };
-    conv.warnings = checks::from_checks(df, opts, &conv.plan);
+    conv.warnings = checks::from_checks(df, opts, &conv.plan.global_env);
     for i in 0..df.stages.len() {
         if conv.plan.needed[i] {
-            let st = conv.dispatch_stage(i)?;
+            let st = match conv.dispatch_stage(i) {
+                Ok(st) => st,
+                Err(e) => {
+                    let plan = &conv.plan;
+                    let needed = |line: usize| {
+                        df.stages
+                            .iter()
+                            .rposition(|s| s.line <= line)
+                            .is_none_or(|i| plan.needed[i])
+                    };
+                    *found = Some(warnings_until(
+                        df,
+                        opts,
+                        std::mem::take(&mut conv.warnings),
+                        e.line().unwrap_or(usize::MAX),
+                        &needed,
+                    ));
+                    return Err(e);
+                }
+            };
             conv.states[i] = Some(st);
             let s = &df.stages[i];
             conv.stages_built
@@ -366,6 +466,7 @@ pub fn to_graph(
                 rules.push(&w.rule);
             }
         }
+        *found = Some(warnings.clone());
         return Err(ParseError::Lint {
             file: opts.filename.clone(),
             rules: rules.join(", "),
@@ -901,13 +1002,16 @@ impl Converter<'_> {
             // `add_env` replaces in place and appends new names, so they
             // are the first `before` entries' (no copy per instruction).
             let before = st.env.len();
-            self.dispatch(i, &mut st, &mut progress, c)?;
+            let dispatched = self.dispatch(i, &mut st, &mut progress, c);
+            // Also for an instruction that fails: BuildKit reports what it
+            // looked up before the error (`${u:?unset}`).
             let unmatched = self.unmatched.take();
             if !unmatched.is_empty() {
                 let env = &st.env[..before.min(st.env.len())];
                 self.warnings
                     .extend(checks::undefined_vars(&unmatched, &st.args, env, c.line));
             }
+            dispatched?;
         }
         Ok(st)
     }

@@ -331,3 +331,78 @@ fn dispatch_rules_are_reported_for_the_stages_built_only() {
     };
     assert_eq!(warnings_with(src, &all).len(), 6);
 }
+
+/// The warnings a failed conversion carries ([`ParseError::Checked`]),
+/// as `Rule: message (line N)`, and the error.
+fn failure(src: &str) -> (Vec<String>, String) {
+    let opts = BuildOptions::default();
+    let df = parse(src, &opts.filename).expect("parses");
+    let bases: BTreeMap<String, ImageConfig> = match df.base_images(&opts) {
+        Ok(refs) => refs
+            .into_iter()
+            .map(|r| (r, ImageConfig::default()))
+            .collect(),
+        Err(e) => return split(e),
+    };
+    split(to_graph(&df, &opts, &bases).expect_err("fails"))
+}
+
+fn split(e: ParseError) -> (Vec<String>, String) {
+    let text = e.to_string();
+    let warnings = match e {
+        ParseError::Checked { warnings, .. } => warnings.iter().map(ToString::to_string).collect(),
+        _ => Vec::new(),
+    };
+    (warnings, text)
+}
+
+/// A build that fails reports the checks BuildKit ran before the failure
+/// (it prints each as it finds it): those of every `FROM` line and of the
+/// file before a base name fails, and the converter's up to a failing
+/// instruction; a lint failure lists what it failed for.
+#[test]
+fn a_failure_carries_the_warnings_found_before_it() {
+    let (w, e) = failure(
+        "ARG BASEX\nFROM busybox as Builder\nFROM --platform=linux/amd64 busybox AS plat\nFROM $UNDEFARG AS last\n",
+    );
+    assert_eq!(e, "Dockerfile:4: base name ($UNDEFARG) should not be blank");
+    assert_eq!(
+        w,
+        [
+            "StageNameCasing: Stage name 'Builder' should be lowercase (line 2)",
+            "FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 2)",
+            "FromPlatformFlagConstDisallowed: FROM --platform flag should not use constant value \"linux/amd64\" (line 3)",
+            "InvalidDefaultArgInFrom: Default value for ARG $UNDEFARG results in empty or invalid base image name (line 4)",
+            "UndefinedArgInFrom: FROM argument 'UNDEFARG' is not declared (line 4)",
+        ]
+    );
+    let (w, e) =
+        failure("FROM busybox\nWORKDIR /$NOPE\nENV h2=\"${u:?is unset}\"\nWORKDIR /$LATER\n");
+    assert_eq!(
+        e,
+        "Dockerfile:3: failed to process \"\\\"${u:?is unset}\\\"\": u: is unset"
+    );
+    // The failing line's own lookups too, as BuildKit reports them.
+    assert_eq!(
+        w,
+        [
+            "UndefinedVar: Usage of undefined variable '$NOPE' (line 2)",
+            "UndefinedVar: Usage of undefined variable '$u' (line 3)"
+        ]
+    );
+    // The checks of a stage the target does not need are not reported.
+    let (w, _) = failure("FROM busybox AS unused\nCMD echo hi\nFROM busybox\nENV h=\"${u:?x}\"\n");
+    assert_eq!(
+        w,
+        ["UndefinedVar: Usage of undefined variable '$u' (line 4)"]
+    );
+    let (w, e) = failure("# check=error=true\nFROM busybox as x\n");
+    assert_eq!(
+        e,
+        "Dockerfile: lint violation found for rules: FromAsCasing"
+    );
+    assert_eq!(
+        w,
+        ["FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 2)"]
+    );
+}
