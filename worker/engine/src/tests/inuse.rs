@@ -119,12 +119,14 @@ async fn a_dead_or_lapsed_build_holds_nothing_in_use() {
         .into_iter()
         .find(|r| r.description == "FILE")
         .expect("the FILE record");
-    let top = record.snapshots.first().expect("a snapshot").clone();
-    let snapshot = LeaseResource::snapshot(&*fx.svc.snapshots, &top);
     let leases = &fx.svc.leases;
-    let hold = |name: &str, labels: std::collections::HashMap<String, String>| {
+    // A build lease holding the top snapshot of `record`.
+    let hold = |name: &str,
+                record: &crate::cache::RecordInfo,
+                labels: std::collections::HashMap<String, String>| {
         let id = LeaseId::named("build", name);
-        let snapshot = snapshot.clone();
+        let top = record.snapshots.first().expect("a snapshot");
+        let snapshot = LeaseResource::snapshot(&*fx.svc.snapshots, top);
         async move {
             leases
                 .create(&id, "build", None, labels)
@@ -147,7 +149,7 @@ async fn a_dead_or_lapsed_build_holds_nothing_in_use() {
     // A process on this host that is gone (this pid, another start).
     let mut dead = crate::sweep::owner_labels();
     dead.insert(crate::sweep::START_LABEL.into(), "1".into());
-    let dead = hold("dead", dead).await;
+    let dead = hold("dead", &record, dead).await;
     assert!(!in_use().await, "a dead process holds nothing");
 
     // Another host's build whose keepalive lapsed long ago.
@@ -157,7 +159,7 @@ async fn a_dead_or_lapsed_build_holds_nothing_in_use() {
         crate::lease::KEEPALIVE_LABEL.into(),
         "kiln/keepalive/elsewhere/".into(),
     );
-    let lapsed = hold("elsewhere", elsewhere).await;
+    let lapsed = hold("elsewhere", &record, elsewhere).await;
     assert!(
         !in_use().await,
         "a build whose keepalive lapsed holds nothing"
@@ -184,7 +186,10 @@ async fn a_dead_or_lapsed_build_holds_nothing_in_use() {
         .find(|r| r.description == "FILE")
         .expect("the FILE record");
     assert_eq!(record_again.lease.id, record.lease.id);
-    hold("live", crate::sweep::owner_labels()).await;
+    // Its snapshot, not the first build's: the file's times are the
+    // rebuild's, so its layer, and the snapshot's chain ID, can differ
+    // (about one run in 300 did, and the test failed).
+    hold("live", &record_again, crate::sweep::owner_labels()).await;
     assert!(in_use().await, "a live process's build holds it");
 }
 
