@@ -111,11 +111,19 @@ pub(super) fn resolve_keep_slash(dir: &str, p: &str) -> String {
     out
 }
 
-/// `user[:group]` as an LLB chown (numbers by id, others by name).
+/// `user[:group]` as an LLB chown, as BuildKit's `llb.WithUser` makes
+/// it: `root` and what Go's `ParseInt(s, 10, 32)` reads are ids (a
+/// negative one wraps to 32 bits, `-5` is 4294967291, as its marshalling
+/// to `uint32` gives), an empty part is id 0, anything else (a number
+/// past 32 bits too) a name.
 pub(super) fn chown_opt(spec: &str) -> ChownOpt {
-    let one = |s: &str| match s.parse::<u32>() {
-        Ok(id) => UserOpt::ById(id),
-        Err(_) => UserOpt::ByName(s.to_string()),
+    let one = |s: &str| match s {
+        "root" | "" => UserOpt::ById(0),
+        _ => match s.parse::<i32>() {
+            // The two's complement bits, as Go's uint32(int) conversion.
+            Ok(id) => UserOpt::ById(id as u32),
+            Err(_) => UserOpt::ByName(s.to_string()),
+        },
     };
     match spec.split_once(':') {
         Some((u, "")) => ChownOpt {

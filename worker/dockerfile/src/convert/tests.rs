@@ -1874,3 +1874,25 @@ fn an_image_a_from_names_is_read_for_the_target_platform() {
         .expect("the alpine source");
     assert_eq!(alpine, Some(arm64));
 }
+
+/// `--chown` values as BuildKit's `llb.WithUser` reads them: 32-bit
+/// signed numbers are ids (a negative one wraps, as Go's `uint32`
+/// conversion), `root` and an empty part are 0, and anything else, a
+/// number past 32 bits too, is a name looked up in the image.
+#[test]
+fn chown_values_are_read_as_buildkits_with_user() {
+    let ids = |spec: &str| {
+        let o = gocompat::chown_opt(spec);
+        (o.user, o.group)
+    };
+    let id = |n: u32| Some(UserOpt::ById(n));
+    let name = |s: &str| Some(UserOpt::ByName(s.to_string()));
+    assert_eq!(ids("-5"), (id(4_294_967_291), None));
+    assert_eq!(ids("+7:-1"), (id(7), id(u32::MAX)));
+    assert_eq!(ids("root:root"), (id(0), id(0)));
+    assert_eq!(ids(":5"), (id(0), id(5)));
+    assert_eq!(ids("5:"), (id(5), id(0)));
+    assert_eq!(ids("2147483647"), (id(2_147_483_647), None));
+    assert_eq!(ids("2147483648"), (name("2147483648"), None));
+    assert_eq!(ids("4294967295:app"), (name("4294967295"), name("app")));
+}
