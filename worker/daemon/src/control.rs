@@ -383,9 +383,10 @@ fn config_from_attrs(exporters: &[Exporter]) -> Option<kiln_solver::ImageConfig>
     })
 }
 
-#[tonic::async_trait]
-impl Control for ControlService {
-    async fn solve(
+impl ControlService {
+    /// Solve's work; its error is answered as BuildKit answers a failed
+    /// build ([`crate::errdetails::build_failure`]).
+    async fn build(
         &self,
         request: Request<SolveRequest>,
     ) -> Result<Response<SolveResponse>, Status> {
@@ -526,6 +527,18 @@ impl Control for ControlService {
             s.outbound.drained(SESSION_DRAIN).await;
         }
         r.map(|f| Response::new(f.response))
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn solve(
+        &self,
+        request: Request<SolveRequest>,
+    ) -> Result<Response<SolveResponse>, Status> {
+        self.build(request)
+            .await
+            .map_err(crate::errdetails::build_failure)
     }
 
     async fn status(

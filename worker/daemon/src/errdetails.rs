@@ -164,6 +164,41 @@ pub fn with_details(
     tonic::Status::with_details(status.code(), message, rpc.encode_to_vec().into())
 }
 
+/// A failed build's answer as BuildKit gives it: BuildKit's build errors
+/// are plain Go errors in which `grpcerrors.Code` finds no code, so they
+/// travel as `Unknown`, which buildctl and buildx print as the message
+/// alone (`failed to solve: failed to read dockerfile: open nope: ...`);
+/// any other code is printed in front of it (`NotFound: failed to
+/// read ...`). Only what concerns the call, not the build, keeps its
+/// code: a cancellation, a deadline, the caller's identity or rights, a
+/// tenant at its build limit. The typed details keep the same code, as
+/// gRPC clients require.
+pub fn build_failure(status: tonic::Status) -> tonic::Status {
+    use tonic::Code;
+    if matches!(
+        status.code(),
+        Code::Ok
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::ResourceExhausted
+    ) {
+        return status;
+    }
+    if status.details().is_empty() {
+        return tonic::Status::new(Code::Unknown, status.message());
+    }
+    match kiln_proto::rpc::Status::decode(status.details()) {
+        Ok(mut rpc) => {
+            rpc.code = Code::Unknown as i32;
+            tonic::Status::with_details(Code::Unknown, status.message(), rpc.encode_to_vec().into())
+        }
+        Err(_) => tonic::Status::new(Code::Unknown, status.message()),
+    }
+}
+
 /// `status` with the Dockerfile `data` (named `filename`) and the
 /// instruction at `line` (all its lines) as an `errdefs.Source` detail.
 /// Without a line (an error about the whole file) there is no detail, and
@@ -477,5 +512,38 @@ mod tests {
             source_json(&s[0])["ranges"],
             json!([{"start": {"line": 4, "character": 1}, "end": {"line": 5}}])
         );
+    }
+
+    /// A failed build answers `Unknown`, so clients print BuildKit's text
+    /// without a code in front; its details say the same code. What
+    /// concerns the call keeps its code.
+    #[test]
+    fn a_build_failure_is_unknown_as_buildkits_are() {
+        let st = build_failure(tonic::Status::not_found(
+            "failed to read dockerfile: open nope: no such file or directory",
+        ));
+        assert_eq!(st.code(), tonic::Code::Unknown);
+        assert_eq!(
+            st.message(),
+            "failed to read dockerfile: open nope: no such file or directory"
+        );
+        let located = with_line(
+            tonic::Status::invalid_argument("Dockerfile:1: unknown instruction: FROOM"),
+            "Dockerfile",
+            b"FROOM x\n",
+            Some(1),
+        );
+        let st = build_failure(located);
+        assert_eq!(st.code(), tonic::Code::Unknown);
+        let rpc = kiln_proto::rpc::Status::decode(st.details()).expect("details");
+        assert_eq!(rpc.code, tonic::Code::Unknown as i32);
+        assert_eq!(rpc.details.len(), 1, "the source detail stays");
+        for code in [
+            tonic::Code::Cancelled,
+            tonic::Code::PermissionDenied,
+            tonic::Code::ResourceExhausted,
+        ] {
+            assert_eq!(build_failure(tonic::Status::new(code, "x")).code(), code);
+        }
     }
 }
