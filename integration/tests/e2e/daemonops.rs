@@ -704,6 +704,23 @@ async fn a_failed_step_carries_buildkit_source_details() {
     let ch = containerd_client::connect(&k.socket)
         .await
         .expect("connect");
+    // A client asks the Status of its ref beside the Solve (buildctl and
+    // buildx do): for a refused build it ends, empty and OK, instead of
+    // waiting for a build that never starts and failing "no such job".
+    let status_of_refused = || {
+        let mut c = ControlClient::new(ch.clone());
+        async move {
+            let mut s = c
+                .status(kiln_proto::control::StatusRequest {
+                    r#ref: "opserrdetails000000000002".into(),
+                })
+                .await
+                .expect("the status of a refused build")
+                .into_inner();
+            s.message().await.expect("ends OK")
+        }
+    };
+    let beside = tokio::spawn(status_of_refused());
     for (attrs, want) in [
         (
             &[
@@ -751,6 +768,8 @@ async fn a_failed_step_carries_buildkit_source_details() {
             .all(|r| r.r#ref != "opserrdetails000000000002"),
         "a refused build left a record"
     );
+    assert_eq!(beside.await.expect("status task"), None, "nothing to show");
+    assert_eq!(status_of_refused().await, None, "asked after the answer");
     let d = details(&err);
     let urls: Vec<&str> = d.iter().map(|(u, _)| u.as_str()).collect();
     assert_eq!(urls, vec![VERTEX_URL, SOURCE_URL], "{d:?}");

@@ -527,6 +527,36 @@ impl Jobs {
         ok.then_some(job)
     }
 
+    /// A build `id` that Control.Solve refused before it started: the job
+    /// a Status call left waiting for it (or makes now) is started and
+    /// done, so that Status ends at once with nothing. `None` when a build
+    /// of that ref started (it answers for itself).
+    pub fn refused(&self, id: &str, parent: &CancellationToken) -> Option<Arc<Job>> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let job = match m.get(id) {
+            Some(j) if *j.started.borrow() => return None,
+            Some(j) => j.clone(),
+            None => {
+                let j = Arc::new(Job::new(id, parent));
+                m.insert(id.to_string(), j.clone());
+                j
+            }
+        };
+        job.mark_started();
+        job.mark_done();
+        drop(m);
+        self.changed.notify_waiters();
+        Some(job)
+    }
+
+    /// Removes `job` if it is still the one registered under its id.
+    pub fn remove_job(&self, job: &Arc<Job>) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(&job.id).is_some_and(|j| Arc::ptr_eq(j, job)) {
+            m.remove(&job.id);
+        }
+    }
+
     pub fn remove(&self, id: &str) {
         self.map
             .lock()
@@ -788,6 +818,44 @@ mod tests {
             .start("r1", "s3", Default::default(), &parent)
             .expect("a finished ref is reusable");
         assert!(!Arc::ptr_eq(&job, &again));
+    }
+
+    /// A refused build ends the Status waiting for it (or asked later),
+    /// leaves a started build of the ref alone, and frees the ref again.
+    #[tokio::test]
+    async fn a_refused_ref_ends_the_status_that_waits_for_it() {
+        let jobs = Arc::new(Jobs::default());
+        let parent = CancellationToken::new();
+        let waiting = {
+            let (jobs, parent) = (jobs.clone(), parent.clone());
+            tokio::spawn(async move {
+                jobs.wait_started("r1", Duration::from_secs(600), &parent)
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        let refused = jobs.refused("r1", &parent).expect("not started");
+        let seen = waiting.await.expect("task").expect("ended by the refusal");
+        assert!(Arc::ptr_eq(&seen, &refused), "the job it waited on");
+        assert!(*refused.done.borrow());
+        let later = jobs
+            .wait_started("r1", Duration::ZERO, &parent)
+            .await
+            .expect("kept for a Status asked after the answer");
+        assert!(*later.done.borrow());
+        jobs.remove_job(&refused);
+        let running = jobs
+            .start("r1", "s", Default::default(), &parent)
+            .expect("the ref is free again");
+        assert!(
+            jobs.refused("r1", &parent).is_none(),
+            "a started build answers for itself"
+        );
+        jobs.remove_job(&refused);
+        assert!(
+            Arc::ptr_eq(&jobs.get_or_create("r1", &parent), &running),
+            "removing the old job leaves the new one"
+        );
     }
 
     #[test]
