@@ -746,6 +746,10 @@ async fn a_failed_step_carries_buildkit_source_details() {
             &[("frobnicate", "1")][..],
             "unknown output option \"frobnicate\" for type=image",
         ),
+        (
+            &[("name", "x"), ("unpack", "maybe")][..],
+            "non-bool value specified for unpack: strconv.ParseBool: parsing \"maybe\": invalid syntax",
+        ),
     ] {
         let err = ControlClient::new(ch.clone())
             .solve(refused(attrs))

@@ -2233,7 +2233,7 @@ mod tests {
             out(&["type=image,push=maybe"], false)
                 .expect_err("bad bool")
                 .to_string(),
-            "invalid push=\"maybe\": expected true or false"
+            "non-bool value specified for push: strconv.ParseBool: parsing \"maybe\": invalid syntax"
         );
         assert!(build_args(&["--push", "-t", "r/x:1", "ctx"]).push);
     }

@@ -446,7 +446,7 @@ mod tests {
         );
         assert_eq!(
             one("type=image,push=maybe").expect_err("bool").to_string(),
-            "invalid push=\"maybe\": expected true or false"
+            "non-bool value specified for push: strconv.ParseBool: parsing \"maybe\": invalid syntax"
         );
     }
 

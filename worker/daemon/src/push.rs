@@ -15,14 +15,12 @@ use std::sync::Arc;
 use tonic::Status;
 
 /// A boolean exporter attribute as BuildKit reads it (`push` with an
-/// empty value is `true`).
+/// empty value is `true`; absent is `false`).
 fn bool_attr(attrs: &HashMap<String, String>, key: &str) -> Result<bool, Status> {
-    match attrs.get(key).map(String::as_str) {
-        None | Some("false") | Some("0") => Ok(false),
-        Some("" | "true" | "1") => Ok(true),
-        Some(v) => Err(Status::invalid_argument(format!(
-            "invalid {key}={v:?}: expected true or false"
-        ))),
+    match attrs.get(key) {
+        None => Ok(false),
+        Some(v) => kiln_engine::exporter_options::bool_option(key, v)
+            .map_err(|e| Status::invalid_argument(e.to_string())),
     }
 }
 
@@ -147,7 +145,10 @@ mod tests {
         );
         let e = options(&attrs(&[("push", "yes")])).expect_err("bad bool");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert_eq!(e.message(), "invalid push=\"yes\": expected true or false");
+        assert_eq!(
+            e.message(),
+            "non-bool value specified for push: strconv.ParseBool: parsing \"yes\": invalid syntax"
+        );
         let e = options(&attrs(&[("push-by-digest", "true")])).expect_err("no push");
         assert_eq!(e.message(), "push-by-digest=true needs push=true");
     }

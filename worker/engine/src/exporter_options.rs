@@ -19,8 +19,9 @@ pub enum ExporterOptionError {
     /// BuildKit's exporter of this type has no such option.
     #[error("unknown output option {key:?} for type={kind}")]
     Unknown { kind: String, key: String },
-    /// A boolean option with another value.
-    #[error("invalid {key}={value:?}: expected true or false")]
+    /// A boolean option with another value (BuildKit's text: Go's
+    /// `strconv.ParseBool` error, wrapped as its exporters wrap it).
+    #[error("{}", not_bool_text(key, value))]
     NotBool { key: String, value: String },
     /// An option Docker's media types cannot carry out (BuildKit's text).
     #[error("exporter option \"{option}\" conflicts with \"oci-mediatypes=false\"")]
@@ -74,11 +75,11 @@ fn support(kind: &str, key: &str) -> Option<Support> {
     let s = match (kind, key) {
         (_, "dest") if kind != "image" => Works,
         ("image" | "oci" | "docker", "name") => Works,
-        ("image", "push" | "push-by-digest" | "registry.insecure") => Works,
+        ("image", "push" | "push-by-digest" | "registry.insecure") => Bool,
         // kiln always unpacks into the snapshotter. `unpack=false` (what
         // buildx sends with every `--push`) only asks to skip that work:
         // the image stored and pushed is the same.
-        ("image", "unpack") => Works,
+        ("image", "unpack") => Bool,
         // How the image is named in containerd's store (kilnd's
         // `export::Naming`; embedded builds refuse them, `kiln` outputs).
         ("image", "store" | "name-canonical" | "danging-name-empty-only") => Bool,
@@ -109,6 +110,18 @@ fn support(kind: &str, key: &str) -> Option<Support> {
         _ => return None,
     };
     Some(s)
+}
+
+/// BuildKit's refusal of `key=value` for a boolean option: the local and
+/// tar exporters' `platform-split` says it one way, the image exporters
+/// another.
+fn not_bool_text(key: &str, value: &str) -> String {
+    let parse = format!("strconv.ParseBool: parsing {value:?}: invalid syntax");
+    if key == "platform-split" {
+        format!("non-bool value for {key}: {value}: {parse}")
+    } else {
+        format!("non-bool value specified for {key}: {parse}")
+    }
 }
 
 /// A boolean option as BuildKit reads it: Go's `strconv.ParseBool`, and a
