@@ -350,7 +350,8 @@ async fn each_platforms_ref_reads_its_own_files() {
         })))
         .await
         .expect_err("a part of the result");
-    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    // The build's answer: Unknown, as BuildKit's failed builds.
+    assert_eq!(e.code(), Code::Unknown, "{e:?}");
     assert_eq!(
         e.message(),
         format!(
