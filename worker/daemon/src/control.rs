@@ -389,15 +389,33 @@ fn config_from_attrs(exporters: &[Exporter]) -> Option<kiln_solver::ImageConfig>
     })
 }
 
+/// Waits, bounded, until what kilnd wrote to the client's session `id`
+/// has left for the connection, so that the client, which closes the
+/// session on a build's answer, reads all of it
+/// ([`kiln_session::hijack::Outbound::drained`]). `attach`: how long to
+/// wait for a session still attaching; `quiet`: a pause after which what
+/// kilnd wrote meanwhile (its acknowledgement of the client's HTTP/2
+/// settings, for a session that just attached) is waited for too.
+async fn settle_session(d: &Daemon, id: &str, attach: Duration, quiet: Duration) {
+    let Some(s) = d.sessions.get(id, attach).await else {
+        return;
+    };
+    s.outbound.drained(SESSION_DRAIN).await;
+    if !quiet.is_zero() {
+        tokio::time::sleep(quiet).await;
+        s.outbound.drained(SESSION_DRAIN).await;
+    }
+}
+
 impl ControlService {
     /// Solve's work; its error is answered as BuildKit answers a failed
     /// build ([`crate::errdetails::build_failure`]).
     async fn build(
         &self,
+        tenant: Arc<Tenant>,
         request: Request<SolveRequest>,
     ) -> Result<Response<SolveResponse>, Status> {
         let d = self.0.clone();
-        let tenant = d.tenant(&request).await?;
         let client = client_of(&request);
         let r = request.into_inner();
         if r.r#ref.is_empty() {
@@ -519,19 +537,13 @@ impl ControlService {
             job2.mark_done();
             // Keep the finished job a little so a Status call that arrives
             // after a fast (all cached) build still gets its history.
-            let (d3, id) = (d2.clone(), job2.id.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(FINISHED_JOB_GRACE).await;
-                d3.jobs.remove(&id);
-            });
+            d2.jobs.forget_after(&job2, FINISHED_JOB_GRACE);
             drop(active);
             r
         });
         let r = task.await.map_err(|e| Status::internal(e.to_string()))?;
         guard.disarm();
-        if let Some(s) = d.sessions.get(&session, Duration::ZERO).await {
-            s.outbound.drained(SESSION_DRAIN).await;
-        }
+        settle_session(&d, &session, Duration::ZERO, Duration::ZERO).await;
         r.map(|f| Response::new(f.response))
     }
 }
@@ -543,42 +555,33 @@ impl Control for ControlService {
         request: Request<SolveRequest>,
     ) -> Result<Response<SolveResponse>, Status> {
         let d = &self.0;
-        let tenant = d.tenant(&request).await.ok();
-        let scoped = |name: &str| match &tenant {
-            Some(t) if !name.is_empty() => Some(t.scoped(name)),
-            _ => None,
-        };
+        let tenant = d
+            .tenant(&request)
+            .await
+            .map_err(crate::errdetails::build_failure)?;
+        let scoped = |name: &str| (!name.is_empty()).then(|| tenant.scoped(name));
         let (key, session) = (
             scoped(&request.get_ref().r#ref),
             scoped(&request.get_ref().session),
         );
-        let answer = self.build(request).await;
+        let answer = self.build(tenant.clone(), request).await;
         if answer.is_err() {
             // Refused before any job (a build that ran has its own): a
             // client's Status of this ref ends at once, empty, instead of
             // waiting for a build that will never start (buildctl and
             // buildx waited 6 s for it, BuildKit's clients 5 s).
             if let Some(job) = key.and_then(|k| d.jobs.refused(&k, &d.shutdown)) {
-                let d = d.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(FINISHED_JOB_GRACE).await;
-                    d.jobs.remove_job(&job);
-                });
+                d.jobs.forget_after(&job, FINISHED_JOB_GRACE);
             }
             // The client opened its session beside this call and closes
             // it on the answer; kilnd's side of it may still be starting
             // (HTTP/2's preface and settings). Answered now, those bytes
             // meet the client's closing, which reads them as a bad frame
             // (buildx printed "http2: server connection error ...
-            // PROTOCOL_ERROR"). Let it attach and its bytes leave first,
-            // briefly (a build that ran waited for this in `build`).
-            if let Some(s) = match session {
-                Some(id) => d.sessions.get(&id, SESSION_DRAIN).await,
-                None => None,
-            } {
-                s.outbound.drained(SESSION_DRAIN).await;
-                tokio::time::sleep(SESSION_HANDSHAKE_QUIET).await;
-                s.outbound.drained(SESSION_DRAIN).await;
+            // PROTOCOL_ERROR"). Let it attach and settle first, briefly
+            // (a build that ran settled it in `build`).
+            if let Some(id) = session {
+                settle_session(d, &id, SESSION_DRAIN, SESSION_HANDSHAKE_QUIET).await;
             }
         }
         answer.map_err(crate::errdetails::build_failure)

@@ -549,19 +549,22 @@ impl Jobs {
         Some(job)
     }
 
+    /// Forgets the finished `job` after `grace` (a Status that comes late
+    /// still finds it), unless a new build of its ref has replaced it.
+    pub fn forget_after(self: &Arc<Self>, job: &Arc<Job>, grace: Duration) {
+        let (jobs, job) = (self.clone(), job.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            jobs.remove_job(&job);
+        });
+    }
+
     /// Removes `job` if it is still the one registered under its id.
     pub fn remove_job(&self, job: &Arc<Job>) {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if m.get(&job.id).is_some_and(|j| Arc::ptr_eq(j, job)) {
             m.remove(&job.id);
         }
-    }
-
-    pub fn remove(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
     }
 
     /// Registers the build `id` for Control.Solve: a placeholder left by an
