@@ -299,7 +299,7 @@ fn shown(path: &[u8]) -> PathBuf {
 fn io_err<'a>(op: &'static str, path: &'a [u8]) -> impl FnOnce(Errno) -> FsutilError + 'a {
     move |errno| FsutilError::Io {
         op,
-        path: wire_path(path).to_path_buf(),
+        path: shown(path),
         source: errno.into(),
     }
 }
